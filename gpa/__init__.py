@@ -1,0 +1,3 @@
+"""gpa: gradient-path analysis for PyTorch models."""
+
+__version__ = "0.1.0"
