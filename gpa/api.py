@@ -1,0 +1,187 @@
+"""``gpa.analyze``: trace a model, decide gradient flow, compute every layer's gradient paths."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from gpa.errors import GpaError, NoLayersError
+from gpa.flow import flow_from_names, flow_from_values
+from gpa.graph import LOSS, OutputKey, layer_graph, op_graph
+from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, find_layers, uncalled_layers
+from gpa.paths import GradientPaths, gradient_paths
+from gpa.report import LayerRecord, NetworkSummary, Report, record_graph
+from gpa.trace import LeafSpec, trace
+
+__all__ = ["analyze"]
+
+Shape = Sequence[int]
+
+_NO_INPUTS_NOTE = (
+    "no example inputs: shapes were not propagated, and gradient flow was decided from "
+    "a table of operation names instead of the values themselves (give --input-shape or "
+    "example_inputs for the exact analysis)"
+)
+
+
+def analyze(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[Any] | None = None,
+    *,
+    input_shape: Shape | Sequence[Shape] | None = None,
+    outputs: Iterable[OutputKey] | None = None,
+    layer_types: Iterable[type[nn.Module]] | None = None,
+    leaf_modules: LeafSpec | None = None,
+    train: bool = True,
+    name: str | None = None,
+) -> Report:
+    """Compute the gradient paths of every layer of ``model``.
+
+    Args:
+        model: any ``nn.Module`` torch.fx can trace (it may live on the meta device).
+        example_inputs: a tensor or a tuple of forward's positional arguments;
+            only their shapes and dtypes are used.
+        input_shape: instead of ``example_inputs``: one shape or a list of shapes
+            (zeros of float32, or int64 for inputs read by an embedding).
+        outputs: the returned values that feed the loss, by index or key (dotted
+            for nested ones, e.g. ``"1.logits"``); default: all.
+        layer_types: module classes counted as layers (default
+            :data:`gpa.layers.DEFAULT_LAYER_TYPES`).
+        leaf_modules: extra module classes or qualified names not to trace into.
+        train: trace in train mode (default) or eval mode.
+        name: display name of the model in the report.
+
+    Returns:
+        A :class:`~gpa.report.Report`.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+        >>> report = analyze(net, input_shape=(1, 3, 8, 8))
+        >>> [(r.name, r.shortest) for r in report.layers.values()]
+        [('0', 2), ('3', 1)]
+    """
+    was_training = model.training
+    model.train(train)
+    try:
+        gm = trace(model, leaf_modules)
+        inputs = _example_inputs(gm, example_inputs, input_shape)
+        notes = []
+        if inputs is None:
+            flow_from_names(gm)
+            notes.append(_NO_INPUTS_NOTE)
+        else:
+            flow_from_values(gm, inputs)
+    finally:
+        model.train(was_training)
+    calls = find_layers(gm, layer_types)
+    records = _records(gm, calls, outputs)
+    for missing, kind in uncalled_layers(model, gm, layer_types):
+        if missing not in records:
+            records[missing] = LayerRecord(missing, kind, 0, None)
+    if not records:
+        types = ", ".join(t.__name__ for t in (layer_types or DEFAULT_LAYER_TYPES))
+        raise NoLayersError(
+            f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
+            f"(layer types: {types}; add more with layer_types= / --layer-type)"
+        )
+    return Report(
+        model=name or type(model).__name__,
+        inputs=_describe_inputs(inputs),
+        layers=records,
+        network=NetworkSummary.of(records),
+        graph=record_graph(records),
+        notes=notes,
+    )
+
+
+def _records(
+    gm: fx.GraphModule, calls: dict[fx.Node, LayerCall], outputs: Iterable[OutputKey] | None
+) -> dict[str, LayerRecord]:
+    """Merge the per-call gradient paths into one record per layer, in forward order."""
+    names = {node.name: call for node, call in calls.items()}
+    dag = layer_graph(op_graph(gm, outputs), names)
+    paths = gradient_paths(dag)
+    stamps = {n: p.stamps for n, p in paths.items()} | {LOSS: 1}
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for node_name, call in names.items():
+        grouped[call.record].append(node_name)
+    records = {}
+    for record, members in grouped.items():
+        found = [paths[m] for m in members if m in paths]
+        deliveries: dict[str, int] = defaultdict(int)
+        for m in members:
+            for succ in dag.successors(m):
+                source = names[succ].record if succ in names else succ
+                deliveries[source] |= stamps.get(succ, 0)
+        records[record] = LayerRecord(
+            name=record,
+            type=names[members[0]].type,
+            calls=len(members),
+            paths=GradientPaths.union(found) if found else None,
+            deliveries=dict(deliveries),
+        )
+    return records
+
+
+def _reads_embedding(gm: fx.GraphModule, placeholder: fx.Node) -> bool:
+    for user in placeholder.users:
+        if user.op == "call_module" and isinstance(
+            gm.get_submodule(user.target), (nn.Embedding, nn.EmbeddingBag)
+        ):
+            return True
+        if user.op == "call_function" and user.target in (F.embedding, torch.embedding):
+            return True
+    return False
+
+
+def _example_inputs(
+    gm: fx.GraphModule,
+    example_inputs: torch.Tensor | Sequence[Any] | None,
+    input_shape: Shape | Sequence[Shape] | None,
+) -> tuple | None:
+    if example_inputs is not None and input_shape is not None:
+        raise GpaError("give either example_inputs or input_shape, not both")
+    if example_inputs is not None:
+        if isinstance(example_inputs, torch.Tensor):
+            return (example_inputs,)
+        return tuple(example_inputs)
+    if input_shape is None:
+        return None
+    shapes = _shapes(input_shape)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    inputs = []
+    for i, shape in enumerate(shapes):
+        integer = i < len(placeholders) and _reads_embedding(gm, placeholders[i])
+        dtype = torch.int64 if integer else torch.float32
+        inputs.append(torch.zeros(shape, dtype=dtype, device="meta"))
+    return tuple(inputs)
+
+
+def _shapes(input_shape: Shape | Sequence[Shape]) -> list[tuple[int, ...]]:
+    items = list(input_shape)
+    if all(isinstance(d, int) for d in items):
+        return [tuple(items)]
+    if all(isinstance(s, (tuple, list, torch.Size)) for s in items):
+        return [tuple(int(d) for d in s) for s in items]
+    raise GpaError(f"input_shape must be a shape or a list of shapes, got {input_shape!r}")
+
+
+def _describe_inputs(inputs: tuple | None) -> list[dict[str, Any]] | None:
+    if inputs is None:
+        return None
+    described = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor):
+            described.append(
+                {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+            )
+        else:
+            described.append({"value": repr(x)})
+    return described

@@ -1,0 +1,233 @@
+"""The ``gpa`` command line.
+
+Commands are thin: they parse options, call the library (:mod:`gpa.load`,
+:func:`gpa.analyze`, :mod:`gpa.format`) and print. Exit codes:
+
+* 0: success;
+* 2: a usage error, or any :class:`gpa.errors.GpaError` (a problem with the
+  user's target, model or inputs): ``error: <message>`` on stderr, no traceback;
+* 1: any other exception, which is a bug in gpa: a short notice and the
+  traceback on stderr.
+
+Heavy imports (torch) happen inside the commands so ``gpa --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from gpa import __version__
+from gpa.errors import GpaError
+
+__all__ = ["main"]
+
+
+class UserError(click.ClickException):
+    """A :class:`GpaError` surfaced on the command line (exit code 2)."""
+
+    exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Print ``error: <message>`` to stderr."""
+        click.echo(f"error: {self.format_message()}", file=file or sys.stderr)
+
+
+class InternalError(click.ClickException):
+    """An unexpected exception: a bug in gpa (exit code 1)."""
+
+    exit_code = 1
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"{type(exc).__name__}: {exc}")
+        self.details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        """Print a short notice and the full traceback to stderr."""
+        out = file or sys.stderr
+        click.echo(
+            f"internal error: gpa {__version__} failed unexpectedly. This is a bug in gpa; "
+            "please report it with the traceback below.",
+            file=out,
+        )
+        click.echo(self.details.rstrip("\n"), file=out)
+
+
+class _Group(click.Group):
+    """A group that maps exceptions to gpa's exit codes (see the module docstring)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except GpaError as exc:
+            raise UserError(str(exc)) from exc
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:
+            raise InternalError(exc) from exc
+
+
+def _shape_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    from gpa.load import parse_shape
+
+    try:
+        return [parse_shape(v) for v in values]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def _kv_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    from gpa.load import parse_kv
+
+    kwargs: dict[str, Any] = {}
+    try:
+        for value in values:
+            key, parsed = parse_kv(value)
+            kwargs[key] = parsed
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return kwargs
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, "-V", "--version", prog_name="gpa", message="%(prog)s %(version)s"
+)
+def main() -> None:
+    """gpa: gradient-path analysis for PyTorch models.
+
+    For every layer: the shortest and longest gradient path to the loss, the
+    rounds at which gradient reaches it, how many paths there are and where
+    its gradient comes from.
+    """
+
+
+@main.command()
+@click.argument("target")
+@click.option(
+    "-k",
+    "kwargs",
+    metavar="KEY=VALUE",
+    multiple=True,
+    callback=_kv_option,
+    help="Keyword argument for the model factory (repeatable; values are Python literals).",
+)
+@click.option(
+    "--input-shape",
+    "input_shapes",
+    metavar="SHAPE",
+    multiple=True,
+    callback=_shape_option,
+    help="Shape of an input, e.g. 1,3,224,224 (repeat for several inputs).",
+)
+@click.option(
+    "--outputs",
+    metavar="IDX_OR_KEY",
+    multiple=True,
+    help="Output(s) feeding the loss: an index, a dict key or a dotted path (repeatable).",
+)
+@click.option(
+    "--layer-type",
+    "layer_types",
+    metavar="CLASS",
+    multiple=True,
+    help="Module class counted as a layer, replacing the default set (repeatable).",
+)
+@click.option(
+    "--leaf",
+    "leaves",
+    metavar="CLASS_OR_NAME",
+    multiple=True,
+    help="Module class or qualified submodule name not to trace into (repeatable).",
+)
+@click.option("--eval", "eval_mode", is_flag=True, help="Trace in eval mode (default: train).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the output to this file instead of standard output.",
+)
+def analyze(
+    target: str,
+    kwargs: dict[str, Any],
+    input_shapes: list[tuple[int, ...]],
+    outputs: tuple[str, ...],
+    layer_types: tuple[str, ...],
+    leaves: tuple[str, ...],
+    eval_mode: bool,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """Analyse the gradient paths of the model named by TARGET.
+
+    TARGET is a Python file (nets/mine.py, nets/mine.py:build) or an import
+    spec (package.module:attr). Without :attr the file's model is the first
+    of model, build_model, get_model, create_model.
+
+    Inputs: --input-shape, else example_inputs or input_shape defined next to
+    the model. With none, the analyses that need no shapes still run.
+    """
+    import gpa
+    from gpa.format import format_csv, format_table
+    from gpa.load import load_target, parse_outputs, resolve_layer_types, resolve_leaf_modules
+
+    loaded = load_target(target, kwargs)
+    if input_shapes:
+        example_inputs, input_shape = None, list(input_shapes)
+    else:
+        example_inputs, input_shape = loaded.example_inputs, loaded.input_shape
+
+    report = gpa.analyze(
+        loaded.model,
+        example_inputs,
+        input_shape=input_shape,
+        outputs=parse_outputs(outputs),
+        layer_types=resolve_layer_types(layer_types, loaded.model) if layer_types else None,
+        leaf_modules=resolve_leaf_modules(leaves, loaded.model) if leaves else None,
+        train=not eval_mode,
+    )
+    _name_report(report, loaded.name)
+
+    if fmt == "json":
+        text = report.to_json()
+    elif fmt == "csv":
+        text = format_csv(report)
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
+    else:
+        color = output is None and sys.stdout.isatty()
+        text = format_table(report, color=color)
+    if not text.endswith("\n"):
+        text += "\n"
+
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+def _name_report(report: Any, name: str) -> None:
+    """Show the TARGET (e.g. ``nets/mine.py:build``) as the report's model name."""
+    try:
+        report.model = name
+    except (AttributeError, TypeError):  # a frozen report keeps its own name
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

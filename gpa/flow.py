@@ -1,0 +1,360 @@
+"""Gradient flow of each traced node: which of its inputs does gradient reach?
+
+Two fx passes annotate every node with ``node.meta["gpa_grad_from"]``, the set
+of input nodes through which gradient flows back from the node's result:
+
+* :func:`flow_from_values` (used whenever example inputs are given) runs each
+  node on the ``meta`` device — shapes and dtypes only, no data — with every
+  floating input replaced by a fresh autograd leaf, and then walks the autograd
+  graph of the result to see which leaves it reaches. Detaches, ``no_grad``
+  blocks, integer values and shape-only arguments (``expand_as``'s argument,
+  ``zeros_like``…) are thus decided by autograd itself, not by a list of names.
+  It also stores ``node.meta["gpa_value"]``, a :class:`ValueInfo`.
+* :func:`flow_from_names` (no inputs) decides the same from a fixed table of
+  operations; it is exact for the common ones and says so in the report.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from gpa.trace import trace
+    >>> gm = trace(nn.Sequential(nn.Linear(2, 2)))
+    >>> flow_from_values(gm, (torch.zeros(1, 2),))
+    >>> [sorted(a.name for a in n.meta["gpa_grad_from"]) for n in gm.graph.nodes]
+    [[], [], ['_0']]
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from gpa.errors import ShapeError
+from gpa.trace import grad_mode
+
+__all__ = ["ValueInfo", "flow_from_values", "flow_from_names", "module_of"]
+
+GRAD_FROM = "gpa_grad_from"
+VALUE = "gpa_value"
+
+
+@dataclass(frozen=True)
+class ValueInfo:
+    """What shape propagation learned about a node's result (first tensor if several)."""
+
+    shape: tuple[int, ...] | None
+    dtype: str | None
+    requires_grad: bool
+
+    @staticmethod
+    def of(value: Any) -> ValueInfo:
+        tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+        if not tensors:
+            return ValueInfo(None, None, False)
+        first = tensors[0]
+        return ValueInfo(
+            tuple(first.shape),
+            str(first.dtype).removeprefix("torch."),
+            any(t.requires_grad for t in tensors),
+        )
+
+
+def module_of(gm: fx.GraphModule, node: fx.Node) -> tuple[str, nn.Module] | None:
+    """The innermost module whose code produced ``node`` (None at the root)."""
+    if node.op == "call_module":
+        return node.target, gm.get_submodule(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return None
+    path = list(stack.values())[-1][0]
+    try:
+        return path, gm.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+# --------------------------------------------------------------------- values
+
+
+class _MetaState:
+    """Meta-device stand-ins for the model's tensors, made once per tensor."""
+
+    def __init__(self) -> None:
+        # id -> (original, meta copy); holding the original keeps its id unique.
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tensor(self, t: torch.Tensor) -> torch.Tensor:
+        entry = self._cache.get(id(t))
+        if entry is None:
+            meta = t.detach().to("meta")
+            # Every floating weight counts: gradient paths are a property of the
+            # architecture, not of which parameters a training run freezes.
+            if isinstance(t, nn.Parameter) and meta.is_floating_point():
+                meta.requires_grad_(True)
+            entry = self._cache[id(t)] = (t, meta)
+        return entry[1]
+
+    def module_state(self, m: nn.Module) -> dict[str, torch.Tensor]:
+        state = {n: self.tensor(p) for n, p in m.named_parameters(remove_duplicate=False)}
+        state.update({n: self.tensor(b) for n, b in m.named_buffers(remove_duplicate=False)})
+        return state
+
+
+def _to_meta(value: Any) -> Any:
+    def convert(x: Any) -> Any:
+        return x.detach().to("meta") if isinstance(x, torch.Tensor) else x
+
+    return tree_map(convert, value)
+
+
+def _fresh(value: Any, owner: fx.Node, leaves: dict[int, fx.Node], keep: list) -> Any:
+    """Copy ``value`` with each floating tensor behind a new autograd leaf owned by ``owner``."""
+
+    def renew(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return x
+        if not (x.requires_grad and (x.is_floating_point() or x.is_complex())):
+            return x.detach()
+        leaf = x.detach().requires_grad_(True)
+        leaves[id(leaf)] = owner
+        keep.append(leaf)
+        return leaf.clone()  # a non-leaf, so in-place ops in the node are allowed
+
+    return tree_map(renew, value)
+
+
+def _reached(result: Any, leaves: dict[int, fx.Node]) -> set[fx.Node]:
+    """Owners of the leaves that the autograd graph of ``result`` reaches."""
+    found: set[fx.Node] = set()
+    stack = [
+        t.grad_fn
+        for t in tree_flatten(result)[0]
+        if isinstance(t, torch.Tensor) and t.grad_fn is not None
+    ]
+    seen: set[int] = set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen.add(id(fn))
+        variable = getattr(fn, "variable", None)
+        if variable is not None:
+            owner = leaves.get(id(variable))
+            if owner is not None:
+                found.add(owner)
+            continue
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return found
+
+
+def _run(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict, state: _MetaState) -> Any:
+    if node.op == "call_function":
+        return node.target(*args, **kwargs)
+    if node.op == "call_method":
+        self_obj, *rest = args
+        return getattr(self_obj, node.target)(*rest, **kwargs)
+    module = gm.get_submodule(node.target)
+    return torch.func.functional_call(module, state.module_state(module), args, kwargs)
+
+
+def _placeholder_value(node: fx.Node, inputs: list, index: int) -> Any:
+    if index < len(inputs):
+        return inputs[index]
+    if node.args:  # a default value in forward's signature
+        return node.args[0]
+    raise ShapeError(
+        f"the model's forward takes an input '{node.target}' but only {len(inputs)} "
+        "example input(s) were given"
+    )
+
+
+def flow_from_values(gm: fx.GraphModule, inputs: tuple) -> None:
+    """Propagate ``inputs`` through ``gm`` on the meta device and annotate gradient flow.
+
+    Sets ``node.meta["gpa_value"]`` (:class:`ValueInfo`) and
+    ``node.meta["gpa_grad_from"]`` (the input nodes whose gradient the node's
+    result depends on) for every node. For the ``output`` node, the second is
+    the set of returned nodes whose value requires grad.
+
+    Raises:
+        ShapeError: an operation fails on the given shapes; the message names
+            the module and the shapes involved.
+    """
+    state = _MetaState()
+    inputs = list(_to_meta(tuple(inputs)))
+    env: dict[fx.Node, Any] = {}
+    position = 0
+    with torch.device("meta"), torch.enable_grad():
+        try:
+            for node in gm.graph.nodes:
+                if node.op == "placeholder":
+                    env[node] = _placeholder_value(node, inputs, position)
+                    position += 1
+                    node.meta[GRAD_FROM] = frozenset()
+                elif node.op == "get_attr":
+                    env[node] = _fetch(gm, node.target, state)
+                    node.meta[GRAD_FROM] = frozenset()
+                elif node.op == "output":
+                    node.meta[GRAD_FROM] = frozenset(
+                        n for n in node.all_input_nodes if ValueInfo.of(env[n]).requires_grad
+                    )
+                    continue
+                else:
+                    env[node] = _flow_of(gm, node, env, state)
+                node.meta[VALUE] = ValueInfo.of(env[node])
+        finally:
+            grad_mode(True)
+
+
+def _flow_of(gm: fx.GraphModule, node: fx.Node, env: dict, state: _MetaState) -> Any:
+    leaves: dict[int, fx.Node] = {}
+    keep: list[torch.Tensor] = []
+    fresh = {n: _fresh(env[n], n, leaves, keep) for n in node.all_input_nodes}
+    args = fx.node.map_arg(node.args, fresh.__getitem__)
+    kwargs = fx.node.map_arg(node.kwargs, fresh.__getitem__)
+    try:
+        result = _run(gm, node, args, kwargs, state)
+    except Exception as exc:
+        raise ShapeError(_shape_failure(gm, node, env, exc)) from exc
+    mutated = _mutated_argument(node, args)
+    node.meta[GRAD_FROM] = frozenset(_reached((result, mutated), leaves))
+    return tree_map(_cut_history, result)
+
+
+def _cut_history(x: Any) -> Any:
+    """Drop the autograd history of a result but keep whether it requires grad."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().requires_grad_(x.requires_grad)
+    return x
+
+
+def _mutated_argument(node: fx.Node, args: tuple) -> Any:
+    """The tensor an in-place method (``x.add_(y)``) wrote to, else None."""
+    if node.op == "call_method" and node.target.endswith("_") and args:
+        return args[0]
+    return None
+
+
+def _fetch(gm: fx.GraphModule, target: str, state: _MetaState) -> Any:
+    owner_path, _, attr = target.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    value = getattr(owner, attr)
+    return state.tensor(value) if isinstance(value, torch.Tensor) else value
+
+
+def _describe(value: Any) -> str:
+    tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+    return ", ".join(str(tuple(t.shape)) for t in tensors) or repr(value)
+
+
+def _shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception) -> str:
+    got = "; ".join(_describe(env[n]) for n in node.all_input_nodes) or "no tensor"
+    found = module_of(gm, node)
+    if node.op == "call_module" and found is not None:
+        name, module = found
+        weight = getattr(module, "weight", None)
+        expects = (
+            f"; its weight has shape {tuple(weight.shape)}"
+            if isinstance(weight, torch.Tensor)
+            else ""
+        )
+        head = (
+            f"input shapes do not fit layer '{name}' ({type(module).__name__}): "
+            f"it received input of shape {got}{expects}"
+        )
+    else:
+        where = f" in module '{found[0]}' ({type(found[1]).__name__})" if found else ""
+        head = (
+            f"input shapes do not fit operation '{node.name}'{where}: "
+            f"it received inputs of shapes {got}"
+        )
+    return f"{head}.\ntorch says: {type(exc).__name__}: {exc}".rstrip()
+
+
+# ---------------------------------------------------------------------- names
+
+_NO_GRAD_METHODS = frozenset(
+    "detach detach_ size dim numel argmax argmin argsort eq ne lt le gt ge long int bool byte "
+    "short char nonzero new_zeros new_ones new_empty new_full new_tensor zero_ isnan isinf "
+    "isfinite sign_ bernoulli_ uniform_ normal_ random_ fill_ numpy tolist item data_ptr "
+    "stride is_contiguous get_device".split()
+)
+_NO_GRAD_FUNCTIONS = frozenset(
+    "detach argmax argmin argsort eq ne lt le gt ge zeros_like ones_like empty_like rand_like "
+    "randn_like randint_like full_like zeros ones empty rand randn randint full arange "
+    "linspace logspace eye tensor isnan isinf isfinite numel bernoulli".split()
+)
+_NO_GRAD_OPERATORS = frozenset(
+    {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.not_}
+)
+# Methods whose second argument contributes only its shape, dtype or device.
+_SHAPE_ONLY_SECOND = frozenset("expand_as view_as reshape_as type_as to new_tensor".split())
+_TENSOR_ATTRIBUTES = frozenset("T mT H mH real imag".split())
+
+
+def _differentiable_inputs(node: fx.Node) -> list[fx.Node] | None:
+    """Inputs gradient may flow through by name; None means all of them."""
+    target = node.target
+    name = getattr(target, "__name__", str(target))
+    if node.op == "call_method":
+        if target in _NO_GRAD_METHODS:
+            return []
+        if target in _SHAPE_ONLY_SECOND:
+            first = node.args[0]
+            return [first] if isinstance(first, fx.Node) else []
+        return None
+    if node.op == "call_function":
+        if target is getattr:
+            return None if node.args[1] in _TENSOR_ATTRIBUTES else []
+        if target in _NO_GRAD_OPERATORS or target is grad_mode:
+            return []
+        module = getattr(target, "__module__", "") or ""
+        if name in _NO_GRAD_FUNCTIONS and (module.startswith("torch") or target is getattr(torch, name, None)):
+            return []
+        return None
+    return None
+
+
+def flow_from_names(gm: fx.GraphModule) -> None:
+    """Annotate gradient flow without example inputs, from a table of operation names.
+
+    A node's result requires grad when one of its differentiable inputs does;
+    parameters require grad, placeholders do not; code between
+    ``grad_mode(False)`` and ``grad_mode(True)`` produces no gradient.
+    """
+    requires: dict[fx.Node, bool] = {}
+    enabled = True
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            requires[node], node.meta[GRAD_FROM] = False, frozenset()
+            continue
+        if node.op == "get_attr":
+            value = _fetch_plain(gm, node.target)
+            requires[node] = isinstance(value, nn.Parameter) and value.is_floating_point()
+            node.meta[GRAD_FROM] = frozenset()
+            continue
+        if node.op == "call_function" and node.target is grad_mode:
+            enabled = bool(node.args[0])
+        if node.op == "output":
+            node.meta[GRAD_FROM] = frozenset(n for n in node.all_input_nodes if requires[n])
+            continue
+        allowed = _differentiable_inputs(node)
+        candidates = node.all_input_nodes if allowed is None else allowed
+        flows = frozenset(n for n in candidates if requires[n]) if enabled else frozenset()
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            has_weights = any(p.is_floating_point() for p in module.parameters())
+            requires[node] = enabled and (bool(flows) or has_weights)
+        else:
+            requires[node] = bool(flows)
+        node.meta[GRAD_FROM] = flows
+
+
+def _fetch_plain(gm: fx.GraphModule, target: str) -> Any:
+    owner_path, _, attr = target.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    return getattr(owner, attr)

@@ -1,0 +1,185 @@
+"""Which traced calls are *layers*: the weight layers gradient paths count.
+
+A layer is a call of a module of a layer type (or of a leaf module containing
+one), or a functional feature-mixing call (conv, linear, matmul, einsum,
+embedding …) one of whose operands is a parameter or is computed from
+parameters alone. Functional layers are reported under the module that owns
+the parameter. See ``docs/semantics.md``.
+
+Example:
+    >>> import torch.nn as nn
+    >>> from gpa.trace import trace
+    >>> gm = trace(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()))
+    >>> {n.name: c.record for n, c in find_layers(gm).items()}
+    {'_0': '0'}
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DEFAULT_LAYER_TYPES", "LayerCall", "find_layers", "uncalled_layers"]
+
+DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Bilinear,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.MultiheadAttention,
+    nn.RNNBase,  # RNN, LSTM, GRU
+    nn.RNNCellBase,  # RNNCell, LSTMCell, GRUCell
+)
+
+_MIXING_FUNCTIONS = frozenset(
+    {
+        torch.conv1d,
+        torch.conv2d,
+        torch.conv3d,
+        torch.conv_transpose1d,
+        torch.conv_transpose2d,
+        torch.conv_transpose3d,
+        F.conv1d,
+        F.conv2d,
+        F.conv3d,
+        F.conv_transpose1d,
+        F.conv_transpose2d,
+        F.conv_transpose3d,
+        F.linear,
+        F.bilinear,
+        F.embedding,
+        F.embedding_bag,
+        torch.matmul,
+        operator.matmul,
+        torch.mm,
+        torch.bmm,
+        torch.mv,
+        torch.addmm,
+        torch.addbmm,
+        torch.baddbmm,
+        torch.addmv,
+        torch.einsum,
+        torch.tensordot,
+        torch.embedding,
+    }
+)
+_MIXING_METHODS = frozenset({"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__"})
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """A traced call that is a layer: the record it is reported under and its type."""
+
+    record: str
+    type: str
+
+
+def _is_layer_module(module: nn.Module, layer_types: tuple[type, ...]) -> bool:
+    return any(isinstance(m, layer_types) for m in module.modules())
+
+
+def _parameter_roots(gm: fx.GraphModule, layer_nodes: set[fx.Node]) -> dict[fx.Node, tuple[str, ...]]:
+    """For nodes computed from parameters alone: the parameter targets they come from.
+
+    A node qualifies when it has at least one parameter among its ancestors and
+    no placeholder and no layer call among them (buffers and constants are fine).
+    """
+    roots: dict[fx.Node, tuple[str, ...]] = {}
+    tainted: set[fx.Node] = set()  # depends on model inputs or on a layer's output
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" or node in layer_nodes:
+            tainted.add(node)
+            continue
+        if node.op == "get_attr":
+            owner_path, _, attr = node.target.rpartition(".")
+            owner = gm.get_submodule(owner_path) if owner_path else gm
+            if isinstance(getattr(owner, attr, None), nn.Parameter):
+                roots[node] = (node.target,)
+            continue
+        inputs = node.all_input_nodes
+        if any(n in tainted for n in inputs):
+            tainted.add(node)
+            continue
+        found = tuple(dict.fromkeys(t for n in inputs for t in roots.get(n, ())))
+        if found:
+            roots[node] = found
+    return roots
+
+
+def _is_mixing(node: fx.Node) -> bool:
+    if node.op == "call_function":
+        return node.target in _MIXING_FUNCTIONS
+    return node.op == "call_method" and node.target in _MIXING_METHODS
+
+
+def _owner(gm: fx.GraphModule, parameter: str) -> tuple[str, str]:
+    """Record name and type of the module owning ``parameter`` (the root: the parameter's name)."""
+    path = parameter.rpartition(".")[0]
+    if not path:
+        return parameter, "Parameter"
+    return path, type(gm.get_submodule(path)).__name__
+
+
+def find_layers(
+    gm: fx.GraphModule, layer_types: Iterable[type[nn.Module]] | None = None
+) -> dict[fx.Node, LayerCall]:
+    """Map every layer call of ``gm``'s graph to the record it belongs to, in graph order.
+
+    Args:
+        gm: a traced module (see :func:`gpa.trace.trace`).
+        layer_types: module classes that are layers; defaults to
+            :data:`DEFAULT_LAYER_TYPES`.
+    """
+    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
+    calls: dict[fx.Node, LayerCall] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            if _is_layer_module(module, types):
+                calls[node] = LayerCall(node.target, type(module).__name__)
+    roots = _parameter_roots(gm, set(calls))
+    for node in gm.graph.nodes:
+        if not _is_mixing(node):
+            continue
+        operands = [n for n in node.all_input_nodes if n in roots]
+        if operands:
+            calls[node] = LayerCall(*_owner(gm, roots[operands[0]][0]))
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
+
+
+def uncalled_layers(
+    model: nn.Module, gm: fx.GraphModule, layer_types: Iterable[type[nn.Module]] | None = None
+) -> list[tuple[str, str]]:
+    """Layer modules of ``model`` that the traced forward never uses, as (name, type).
+
+    Modules inside a called leaf module or inside another layer module (e.g. the
+    output projection of ``nn.MultiheadAttention``) are part of that call, not
+    separate layers; a module whose parameters a functional layer reads is used.
+    """
+    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
+    used = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    used |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+    modules = dict(model.named_modules())
+    found = []
+    for name, module in modules.items():
+        if not name or name in used or not isinstance(module, types):
+            continue
+        parts = name.split(".")
+        ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
+        if any(a in used or isinstance(modules[a], types) for a in ancestors):
+            continue
+        found.append((name, type(module).__name__))
+    return found

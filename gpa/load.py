@@ -1,0 +1,722 @@
+"""Loading a model to analyse from a TARGET string, as the CLI receives it.
+
+A TARGET is either
+
+* a path to a Python file, optionally followed by ``:attr``
+  (``nets/mine.py`` or ``nets/mine.py:build``), or
+* an import spec ``package.module:attr`` (``torchvision.models:resnet50``).
+
+``attr`` (a dotted attribute path is allowed) may name an ``nn.Module``
+instance, an ``nn.Module`` subclass or any callable returning an ``nn.Module``.
+Without ``:attr`` the model is the first defined of :data:`DEFAULT_NAMES`.
+
+Example inputs come from the same file or module: ``example_inputs`` (a
+tensor, a tuple of tensors, or a zero-argument callable returning one) or
+``input_shape`` (a tuple of ints, or a list of such tuples); failing both, a
+model attribute ``input_shape`` is used.
+
+Every problem a user can cause raises :class:`gpa.errors.TargetError` with
+one message that names the problem and what to do about it. Nothing here
+depends on click: the CLI only parses options and calls these functions.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import sysconfig
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from gpa.errors import GpaError, TargetError
+
+__all__ = [
+    "DEFAULT_NAMES",
+    "LoadedTarget",
+    "ParseError",
+    "load_target",
+    "parse_kv",
+    "parse_outputs",
+    "parse_shape",
+    "resolve_layer_types",
+    "resolve_leaf_modules",
+    "resolve_module_class",
+]
+
+#: Names looked up, in this order, when a target gives no ``:attr``.
+DEFAULT_NAMES: tuple[str, ...] = ("model", "build_model", "get_model", "create_model")
+
+_GPA_DIR = Path(__file__).resolve().parent
+_MAX_LISTED = 20
+
+
+class ParseError(GpaError, ValueError):
+    """A command-line value (shape, ``key=value``) could not be parsed."""
+
+
+@dataclass
+class LoadedTarget:
+    """A model loaded from a TARGET, with the inputs its file or module defines.
+
+    Attributes:
+        model: the ``nn.Module`` to analyse.
+        example_inputs: positional inputs of ``forward`` (a tuple of tensors),
+            or ``None`` when the target defines none.
+        input_shape: one shape per positional input, or ``None``. At most one
+            of ``example_inputs`` and ``input_shape`` is set; ``example_inputs``
+            takes precedence when a file defines both.
+        name: display name, e.g. ``"nets/mine.py:build"`` or
+            ``"torchvision.models:resnet50"``.
+    """
+
+    model: nn.Module
+    example_inputs: tuple[torch.Tensor, ...] | None
+    input_shape: list[tuple[int, ...]] | None
+    name: str
+
+
+# --------------------------------------------------------------------------
+# Parsing command-line values
+# --------------------------------------------------------------------------
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse a tensor shape such as ``"1,3,224,224"`` (or ``"1x3x224x224"``).
+
+    Surrounding brackets and spaces are allowed. Every dimension must be a
+    positive integer.
+
+    Raises:
+        ParseError: the text is not a shape; the message says what is wrong.
+    """
+    stripped = text.strip().strip("()[]").strip()
+    if not stripped:
+        raise ParseError(f"invalid shape {text!r}: expected comma-separated sizes like 1,3,224,224")
+    parts = [p.strip() for p in re.split(r"[,xX]", stripped)]
+    if parts and parts[-1] == "" and len(parts) > 1:  # trailing comma: "(8,)"
+        parts = parts[:-1]
+    dims: list[int] = []
+    for part in parts:
+        if not re.fullmatch(r"[+]?\d+", part):
+            raise ParseError(
+                f"invalid shape {text!r}: {part!r} is not a whole number; "
+                "expected comma-separated sizes like 1,3,224,224"
+            )
+        value = int(part)
+        if value <= 0:
+            raise ParseError(f"invalid shape {text!r}: sizes must be positive, got {value}")
+        dims.append(value)
+    return tuple(dims)
+
+
+def parse_kv(text: str) -> tuple[str, Any]:
+    """Parse a ``key=value`` option into ``(key, value)``.
+
+    The value is read as a Python literal (``3``, ``0.5``, ``True``,
+    ``(1, 2)``, ``'a'``, ``None``); anything that is not a literal is kept
+    as the raw string (``act=silu`` gives ``"silu"``).
+
+    Raises:
+        ParseError: there is no ``=`` or the key is not a Python identifier.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise ParseError(f"invalid option {text!r}: expected key=value, e.g. depth=18")
+    if not key.isidentifier():
+        raise ParseError(f"invalid option {text!r}: {key!r} is not a valid keyword-argument name")
+    try:
+        value: Any = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = raw
+    return key, value
+
+
+def parse_outputs(values: Iterable[str]) -> list[int | str] | None:
+    """Turn ``--outputs`` values into ``gpa.analyze(outputs=...)``.
+
+    Integers (``"0"``, ``"-1"``) become indices; anything else stays a key
+    (dict key or dotted path such as ``"1.logits"``). No values gives ``None``
+    (all outputs).
+    """
+    result: list[int | str] = []
+    for value in values:
+        text = value.strip()
+        result.append(int(text) if re.fullmatch(r"[+-]?\d+", text) else text)
+    return result or None
+
+
+# --------------------------------------------------------------------------
+# Tracebacks restricted to the user's own code
+# --------------------------------------------------------------------------
+
+
+def _excluded_roots() -> list[Path]:
+    roots = {_GPA_DIR}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(KeyError, OSError):
+            roots.add(Path(sysconfig.get_paths()[key]).resolve())
+    for module in (importlib, torch):
+        file = getattr(module, "__file__", None)
+        if file:
+            roots.add(Path(file).resolve().parent)
+    return sorted(roots)
+
+
+def _is_under(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root)
+    except ValueError:
+        return False
+    return True
+
+
+def _display_path(filename: str | os.PathLike[str]) -> str:
+    """A path relative to the working directory when it lies below it."""
+    path = Path(filename)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def _user_frames(tb: TracebackType | None, roots: Iterable[Path]) -> list[traceback.FrameSummary]:
+    """The frames of ``tb`` in the user's code.
+
+    A frame is kept when its file lies under one of ``roots`` (the target's
+    directory or package), or otherwise outside gpa, the standard library,
+    installed packages and importlib's frozen modules.
+    """
+    wanted = [Path(r).resolve() for r in roots]
+    excluded = _excluded_roots()
+    kept: list[traceback.FrameSummary] = []
+    for frame in traceback.extract_tb(tb):
+        if frame.filename.startswith("<"):
+            continue
+        path = Path(frame.filename).resolve()
+        if any(_is_under(path, r) for r in wanted) or not any(_is_under(path, r) for r in excluded):
+            kept.append(frame)
+    return kept
+
+
+def _describe_exception(exc: BaseException, roots: Iterable[Path]) -> str:
+    """The user's traceback lines followed by the exception, Python-style."""
+    lines: list[str] = []
+    frames = _user_frames(exc.__traceback__, roots)
+    if frames:
+        lines.append("Traceback (user code):")
+        for frame in frames:
+            lines.append(
+                f'  File "{_display_path(frame.filename)}", line {frame.lineno}, in {frame.name}'
+            )
+            if frame.line:
+                lines.append(f"    {frame.line.strip()}")
+    if isinstance(exc, SyntaxError) and exc.filename:
+        lines.append(f'  File "{_display_path(exc.filename)}", line {exc.lineno}')
+        if exc.text:
+            lines.append(f"    {exc.text.strip()}")
+        lines.append(f"{type(exc).__name__}: {exc.msg}")
+    else:
+        lines.extend(line.rstrip("\n") for line in traceback.format_exception_only(type(exc), exc))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
+# Importing
+# --------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _on_sys_path(directory: Path) -> Iterator[None]:
+    """Put ``directory`` first on ``sys.path`` for the duration of the block."""
+    entry = str(directory)
+    already = entry in sys.path
+    if not already:
+        sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if not already:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(entry)
+
+
+@contextlib.contextmanager
+def _isolated_siblings(directory: Path, keep: str) -> Iterator[None]:
+    """Forget, on exit, modules newly imported from ``directory`` (except ``keep``).
+
+    A file importing ``blocks.py`` next to it must work, but ``blocks`` must
+    not stay in ``sys.modules``, where it would shadow another target's own
+    ``blocks`` or an installed package of that name.
+    """
+    before = set(sys.modules)
+    try:
+        yield
+    finally:
+        for name in set(sys.modules) - before:
+            if name == keep:
+                continue
+            file = getattr(sys.modules.get(name), "__file__", None)
+            if file and _is_under(Path(file).resolve(), directory):
+                del sys.modules[name]
+
+
+def _module_name_for(path: Path) -> str:
+    """A private, unique ``sys.modules`` name for the target file ``path``."""
+    stem = re.sub(r"\W", "_", path.stem) or "target"
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    return f"_gpa_target_{stem}_{digest}"
+
+
+def _exec_file(path: Path, display: str) -> ModuleType:
+    """Execute the file at ``path`` as a fresh module."""
+    name = _module_name_for(path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise TargetError(f"cannot load {display}: not a Python source file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses, pickle and inspect look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        sys.modules.pop(name, None)
+        raise TargetError(
+            f"importing {display} failed; fix the error in the file:\n"
+            + _describe_exception(exc, [path.parent])
+        ) from None
+    return module
+
+
+def _import_module(module_name: str, spec_text: str) -> tuple[ModuleType, list[Path]]:
+    """Import ``module_name`` for an import spec, with the working directory on the path."""
+    cwd = Path.cwd()
+    try:
+        with _on_sys_path(cwd):
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            hint = module_name.replace(".", "/") + ".py"
+            raise TargetError(
+                f"cannot import module {module_name!r} (from target {spec_text!r}): "
+                f"no module named {missing!r}. Install the package that provides it, run gpa "
+                f"from the directory that contains it, or give a file path such as {hint}"
+            ) from None
+        raise TargetError(
+            f"importing module {module_name!r} (from target {spec_text!r}) failed:\n"
+            + _describe_exception(exc, _package_roots(module_name))
+        ) from None
+    except (Exception, SystemExit) as exc:
+        raise TargetError(
+            f"importing module {module_name!r} (from target {spec_text!r}) failed:\n"
+            + _describe_exception(exc, _package_roots(module_name))
+        ) from None
+    return module, _package_roots(module_name)
+
+
+def _package_roots(module_name: str) -> list[Path]:
+    """Directories holding the code of ``module_name``'s top-level package."""
+    top = sys.modules.get(module_name.partition(".")[0])
+    roots: list[Path] = []
+    if top is not None:
+        for location in getattr(top, "__path__", None) or ():
+            roots.append(Path(location))
+        file = getattr(top, "__file__", None)
+        if file and not roots:
+            roots.append(Path(file).parent)
+    return roots
+
+
+# --------------------------------------------------------------------------
+# Finding and building the model
+# --------------------------------------------------------------------------
+
+
+_KINDS = ("nn.Module instances", "nn.Module subclasses", "functions")
+
+
+def _kind_of(name: str, value: Any, module: ModuleType) -> str | None:
+    """Which of :data:`_KINDS` ``value`` is, when it could be the model the user meant."""
+    if name.startswith("_") or name in ("example_inputs", "input_shape"):
+        return None
+    if isinstance(value, nn.Module):
+        return _KINDS[0]
+    origin = getattr(value, "__module__", None) or ""
+    defined_here = origin == module.__name__ or (
+        hasattr(module, "__path__") and origin.startswith(module.__name__ + ".")
+    )
+    if not defined_here:
+        return None
+    if inspect.isclass(value) and issubclass(value, nn.Module):
+        return _KINDS[1]
+    if inspect.isfunction(value):
+        return _KINDS[2]
+    return None
+
+
+def _candidates(module: ModuleType) -> dict[str, list[str]]:
+    """Public names of ``module`` that could be a model, by kind, in definition order."""
+    names = getattr(module, "__all__", None)
+    if not isinstance(names, (list, tuple)):
+        names = list(vars(module))
+    found: dict[str, list[str]] = {kind: [] for kind in _KINDS}
+    for name in names:
+        if not isinstance(name, str):
+            continue
+        kind = _kind_of(name, getattr(module, name, None), module)
+        if kind:
+            found[kind].append(name)
+    return found
+
+
+def _candidate_text(module: ModuleType) -> str:
+    found = _candidates(module)
+    if not any(found.values()):
+        return "it defines no nn.Module, nn.Module subclass or function"
+    parts = []
+    for kind, names in found.items():
+        if names:
+            shown = ", ".join(names[:_MAX_LISTED])
+            more = f", … ({len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
+            parts.append(f"{kind}: {shown}{more}")
+    return "it defines " + "; ".join(parts)
+
+
+def _get_attr(module: ModuleType, attr: str, where: str) -> Any:
+    value: Any = module
+    for i, part in enumerate(attr.split(".")):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            missing = ".".join(attr.split(".")[: i + 1])
+            known = [n for names in _candidates(module).values() for n in names]
+            close = difflib.get_close_matches(part, known, n=1) if i == 0 else []
+            guess = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TargetError(
+                f"{where} has no attribute {missing!r}{guess}; {_candidate_text(module)}. "
+                f"Name the model or its factory as {where}:NAME"
+            ) from None
+        except Exception as exc:  # a module-level __getattr__ that fails
+            raise TargetError(
+                f"looking up {attr!r} in {where} failed:\n{_describe_exception(exc, [])}"
+            ) from None
+    return value
+
+
+def _find_default(module: ModuleType, where: str) -> tuple[str, Any]:
+    for name in DEFAULT_NAMES:
+        if name in vars(module):
+            return name, vars(module)[name]
+    looked = ", ".join(DEFAULT_NAMES)
+    raise TargetError(
+        f"no model found in {where}: looked for {looked}; {_candidate_text(module)}. "
+        f"Define one of those names, or name the model or its factory as {where}:NAME"
+    )
+
+
+def _check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:
+    """Reject keyword arguments the factory does not accept, before calling it."""
+    if not kwargs:
+        return
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind_partial(**kwargs)
+    except TypeError:
+        params = [
+            p.name
+            for p in signature.parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+        unknown = [k for k in kwargs if k not in params]
+        accepted = ", ".join(params) if params else "no keyword arguments"
+        raise TargetError(
+            f"{label} does not accept {', '.join(repr(k) for k in unknown) or 'these'} "
+            f"(given with -k); it accepts: {accepted}"
+        ) from None
+
+
+def _build(
+    value: Any, attr: str, kwargs: dict[str, Any], where: str, roots: list[Path]
+) -> nn.Module:
+    label = f"{attr} in {where}"
+    if isinstance(value, nn.Module):
+        if kwargs:
+            given = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+            raise TargetError(
+                f"{label} is an nn.Module instance, so the -k options ({given}) cannot be "
+                "passed to it; name a factory function or class instead, or drop -k"
+            )
+        return value
+    if not callable(value):
+        raise TargetError(
+            f"{label} is a value of type {type(value).__name__}, not an nn.Module or a "
+            "function returning one; name the model or its factory"
+        )
+    _check_kwargs(value, kwargs, label)
+    try:
+        built = value(**kwargs)
+    except (Exception, SystemExit) as exc:
+        args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise TargetError(
+            f"building the model failed: {attr}({args}) from {where} raised an exception:\n"
+            + _describe_exception(exc, roots)
+        ) from None
+    if not isinstance(built, nn.Module):
+        raise TargetError(
+            f"{label} returned {type(built).__module__}.{type(built).__qualname__}, "
+            "not a torch.nn.Module; the factory must return the model"
+        )
+    return built
+
+
+# --------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------
+
+
+def _as_shapes(value: Any, label: str) -> list[tuple[int, ...]]:
+    def is_shape(v: Any) -> bool:
+        return isinstance(v, (tuple, list, torch.Size)) and all(
+            isinstance(d, int) and not isinstance(d, bool) for d in v
+        )
+
+    if is_shape(value) and len(value) > 0:
+        return [tuple(int(d) for d in value)]
+    if isinstance(value, (tuple, list)) and value and all(is_shape(v) for v in value):
+        return [tuple(int(d) for d in v) for v in value]
+    raise TargetError(
+        f"{label} must be a tuple of ints like (1, 3, 224, 224) or a list of such tuples, "
+        f"got {value!r}"
+    )
+
+
+def _as_inputs(value: Any, label: str) -> tuple[torch.Tensor, ...]:
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value):
+        return tuple(value)
+    raise TargetError(
+        f"{label} must be a tensor, a tuple of tensors or a callable returning one, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _find_inputs(
+    module: ModuleType, model: nn.Module, where: str, roots: list[Path]
+) -> tuple[tuple[torch.Tensor, ...] | None, list[tuple[int, ...]] | None]:
+    namespace = vars(module)
+    if "example_inputs" in namespace:
+        value = namespace["example_inputs"]
+        label = f"example_inputs in {where}"
+        if callable(value) and not isinstance(value, torch.Tensor):
+            try:
+                value = value()
+            except (Exception, SystemExit) as exc:
+                raise TargetError(
+                    f"calling example_inputs() from {where} failed:\n"
+                    + _describe_exception(exc, roots)
+                ) from None
+        return _as_inputs(value, label), None
+    if "input_shape" in namespace:
+        return None, _as_shapes(namespace["input_shape"], f"input_shape in {where}")
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and not isinstance(shape, nn.Module):
+        return None, _as_shapes(shape, f"the model's input_shape attribute ({where})")
+    return None, None
+
+
+# --------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------
+
+
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``"path_or_module:attr"``; a colon not followed by a dotted name is part of the path."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and tail and all(part.isidentifier() for part in tail.split(".")):
+        return head, tail
+    return spec, None
+
+
+def _is_file_spec(head: str) -> bool:
+    return (
+        head.endswith(".py")
+        or "/" in head
+        or os.sep in head
+        or (os.altsep is not None and os.altsep in head)
+        or os.path.exists(head)
+        or not all(part.isidentifier() for part in head.split("."))
+    )
+
+
+def load_target(spec: str, kwargs: dict[str, Any] | None = None) -> LoadedTarget:
+    """Load the model named by a TARGET string, and the inputs its source defines.
+
+    Args:
+        spec: ``path/to/file.py``, ``path/to/file.py:attr`` or ``package.module:attr``.
+        kwargs: keyword arguments for the factory (``-k key=value`` options).
+
+    Returns:
+        The model, its example inputs or input shapes (if any), and a display name.
+
+    Raises:
+        TargetError: the file is missing or fails to import, no model is found,
+            the factory raises or returns something that is not an ``nn.Module``,
+            or the module of an import spec cannot be imported.
+    """
+    kwargs = dict(kwargs or {})
+    spec = spec.strip()
+    if not spec:
+        raise TargetError("empty target: give a .py file or a package.module:attr import spec")
+    head, attr = _split_spec(spec)
+
+    if _is_file_spec(head):
+        path = Path(head).expanduser()
+        if not path.exists():
+            raise TargetError(
+                f"file not found: {head} (looked in {path.resolve().parent}); "
+                "check the path, or use package.module:attr to import an installed module"
+            )
+        if path.is_dir():
+            raise TargetError(f"{head} is a directory; give the .py file that defines the model")
+        path = path.resolve()
+        directory = path.parent
+        roots = [directory]
+        module_name = _module_name_for(path)
+        with _isolated_siblings(directory, keep=module_name), _on_sys_path(directory):
+            module = _exec_file(path, head)
+            return _finish(module, head, attr, kwargs, roots)
+
+    module, roots = _import_module(head, spec)
+    return _finish(module, head, attr, kwargs, roots)
+
+
+def _finish(
+    module: ModuleType, where: str, attr: str | None, kwargs: dict[str, Any], roots: list[Path]
+) -> LoadedTarget:
+    """Find the model in the imported ``module``, build it and collect its inputs."""
+    if attr is None:
+        attr, value = _find_default(module, where)
+    else:
+        value = _get_attr(module, attr, where)
+    model = _build(value, attr, kwargs, where, roots)
+    example_inputs, input_shape = _find_inputs(module, model, where, roots)
+    return LoadedTarget(
+        model=model,
+        example_inputs=example_inputs,
+        input_shape=input_shape,
+        name=f"{where}:{attr}",
+    )
+
+
+# --------------------------------------------------------------------------
+# Resolving class names for --layer-type and --leaf
+# --------------------------------------------------------------------------
+
+
+def _classes_in(model: nn.Module | None) -> list[type[nn.Module]]:
+    if model is None:
+        return []
+    seen: dict[type[nn.Module], None] = {}
+    for module in model.modules():
+        for cls in type(module).__mro__:
+            if isinstance(cls, type) and issubclass(cls, nn.Module) and cls is not nn.Module:
+                seen.setdefault(cls, None)
+    return list(seen)
+
+
+def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.Module]:
+    """Resolve a class name given on the command line to an ``nn.Module`` subclass.
+
+    ``name`` may be a ``torch.nn`` class name (``Conv2d``), the name of a
+    module class used in ``model`` (``Bottleneck``; must be unambiguous), or a
+    dotted import path (``torchvision.ops.StochasticDepth``).
+
+    Raises:
+        TargetError: nothing by that name is an ``nn.Module`` subclass.
+    """
+    text = name.strip()
+    candidate = getattr(nn, text, None) if text.isidentifier() else None
+    if inspect.isclass(candidate) and issubclass(candidate, nn.Module):
+        return candidate
+
+    in_model = _classes_in(model)
+    matches = [c for c in in_model if text in (c.__name__, f"{c.__module__}.{c.__qualname__}")]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        options = ", ".join(sorted(f"{c.__module__}.{c.__qualname__}" for c in matches))
+        raise TargetError(f"class name {text!r} is ambiguous in this model: {options}")
+
+    if "." in text:
+        parts = text.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                obj: Any = importlib.import_module(".".join(parts[:cut]))
+            except ImportError:
+                continue
+            except Exception:  # importing a third-party module failed in its own code
+                break
+            try:
+                for part in parts[cut:]:
+                    obj = getattr(obj, part)
+            except AttributeError:
+                break
+            if inspect.isclass(obj) and issubclass(obj, nn.Module):
+                return obj
+            raise TargetError(f"{text!r} is not an nn.Module subclass")
+
+    used = sorted({c.__name__ for c in in_model if not c.__module__.startswith("torch.")})
+    hint = f"; module classes defined for this model: {', '.join(used)}" if used else ""
+    raise TargetError(
+        f"unknown module class {text!r}: not a torch.nn class (e.g. Conv2d), a class used in "
+        f"the model, or an importable package.module.Class{hint}"
+    )
+
+
+def resolve_layer_types(names: Iterable[str], model: nn.Module | None = None) -> list[type]:
+    """Resolve ``--layer-type`` values to module classes (see :func:`resolve_module_class`)."""
+    return [resolve_module_class(n, model) for n in names]
+
+
+def resolve_leaf_modules(names: Iterable[str], model: nn.Module | None = None) -> list[type | str]:
+    """Resolve ``--leaf`` values to module classes or qualified module names.
+
+    A value naming a submodule of ``model`` (as in ``model.named_modules()``,
+    e.g. ``"backbone.stage2"``) stays a name; anything else is resolved as a
+    class with :func:`resolve_module_class`.
+    """
+    submodules = {n for n, _ in model.named_modules() if n} if model is not None else set()
+    result: list[type | str] = []
+    for name in names:
+        text = name.strip()
+        if text in submodules:
+            result.append(text)
+            continue
+        try:
+            result.append(resolve_module_class(text, model))
+        except TargetError as exc:
+            if model is None:
+                raise
+            raise TargetError(
+                f"{text!r} is not the name of a submodule of the model, and {exc}"
+            ) from None
+    return result

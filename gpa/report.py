@@ -1,0 +1,190 @@
+"""The result of an analysis: one record per layer and a network summary.
+
+Reports are plain data: they hold the numbers defined in ``docs/semantics.md``
+and know how to serialise themselves; rendering lives in :mod:`gpa.format`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+
+from gpa import __version__
+from gpa.paths import GradientPaths
+
+__all__ = ["LayerRecord", "NetworkSummary", "Report"]
+
+LOSS = "<loss>"
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """Gradient paths of one layer (all calls of one module together).
+
+    ``deliveries`` maps each source (a layer name or ``<loss>``) to the bitset
+    of rounds at which that source itself holds gradient; the source hands it
+    on one round later.
+    """
+
+    name: str
+    type: str
+    calls: int
+    paths: GradientPaths | None
+    deliveries: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def reachable(self) -> bool:
+        """Whether any gradient reaches this layer."""
+        return self.paths is not None
+
+    @property
+    def shortest(self) -> int | None:
+        return self.paths.shortest if self.paths else None
+
+    @property
+    def longest(self) -> int | None:
+        return self.paths.longest if self.paths else None
+
+    @property
+    def timestamps(self) -> tuple[int, ...]:
+        return self.paths.timestamps if self.paths else ()
+
+    @property
+    def num_paths(self) -> int:
+        return self.paths.num_paths if self.paths else 0
+
+    @property
+    def path_histogram(self) -> dict[int, int]:
+        return self.paths.histogram if self.paths else {}
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Layers (or ``<loss>``) that send gradient to this layer directly."""
+        return tuple(sorted(self.deliveries))
+
+    def sources_at(self, t: int) -> tuple[str, ...]:
+        """The sources delivering gradient to this layer at round ``t``."""
+        if t < 1:
+            return ()
+        return tuple(sorted(s for s, stamps in self.deliveries.items() if stamps >> (t - 1) & 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "calls": self.calls,
+            "shortest": self.shortest,
+            "longest": self.longest,
+            "timestamps": list(self.timestamps),
+            "num_paths": self.num_paths,
+            "path_histogram": {str(k): v for k, v in self.path_histogram.items()},
+            "sources": list(self.sources),
+        }
+
+
+@dataclass(frozen=True)
+class NetworkSummary:
+    """Network-level gradient-path metrics (``docs/semantics.md``, "Network")."""
+
+    layers: int
+    max_shortest: int | None
+    min_shortest: int | None
+    mean_shortest: float | None
+    longest: int | None
+    unreachable: tuple[str, ...]
+
+    @staticmethod
+    def of(records: Mapping[str, LayerRecord]) -> NetworkSummary:
+        reached = [r for r in records.values() if r.reachable]
+        shortest = [r.shortest for r in reached]
+        return NetworkSummary(
+            layers=len(records),
+            max_shortest=max(shortest, default=None),
+            min_shortest=min(shortest, default=None),
+            mean_shortest=round(sum(shortest) / len(shortest), 6) if shortest else None,
+            longest=max((r.longest for r in reached), default=None),
+            unreachable=tuple(r.name for r in records.values() if not r.reachable),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "layers": self.layers,
+            "max_shortest": self.max_shortest,
+            "min_shortest": self.min_shortest,
+            "mean_shortest": self.mean_shortest,
+            "longest": self.longest,
+            "unreachable": list(self.unreachable),
+        }
+
+
+@dataclass
+class Report:
+    """Everything :func:`gpa.analyze` found about one model.
+
+    Attributes:
+        model: display name of the model.
+        inputs: shapes and dtypes of the example inputs (None without inputs).
+        layers: layer name -> :class:`LayerRecord`, in forward order.
+        network: the network summary.
+        graph: layer-level ``networkx.DiGraph`` (layers and ``<loss>``, edges in
+            the forward direction, the record's numbers as node attributes).
+        notes: remarks on how the analysis was done (what was skipped, fallbacks).
+    """
+
+    model: str
+    inputs: list[dict[str, Any]] | None
+    layers: dict[str, LayerRecord]
+    network: NetworkSummary
+    graph: nx.DiGraph
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; the layout is documented in ``docs/semantics.md``."""
+        return {
+            "gpa_version": __version__,
+            "model": self.model,
+            "inputs": self.inputs,
+            "network": self.network.to_dict(),
+            "layers": [r.to_dict() for r in self.layers.values()],
+            "notes": list(self.notes),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        """The report as JSON; the same model gives the same bytes on every run."""
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def __str__(self) -> str:
+        from gpa.format import format_table
+
+        return format_table(self)
+
+    def __repr__(self) -> str:
+        n = self.network
+        return (
+            f"<Report {self.model}: {n.layers} layers, max_shortest={n.max_shortest}, "
+            f"longest={n.longest}>"
+        )
+
+
+def record_graph(records: Mapping[str, LayerRecord]) -> nx.DiGraph:
+    """The layer-level graph of a set of records, with their numbers on the nodes."""
+    g = nx.DiGraph()
+    for r in records.values():
+        g.add_node(
+            r.name,
+            type=r.type,
+            calls=r.calls,
+            shortest=r.shortest,
+            longest=r.longest,
+            timestamps=r.timestamps,
+            num_paths=r.num_paths,
+        )
+    g.add_node(LOSS, type="loss", calls=0, shortest=0, longest=0, timestamps=(0,), num_paths=1)
+    for r in records.values():
+        g.add_edges_from((r.name, s) for s in r.deliveries)
+    return g
+
