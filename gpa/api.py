@@ -13,7 +13,7 @@ from torch import nn
 
 from gpa.errors import GpaError, NoLayersError
 from gpa.flow import flow_from_names, flow_from_values
-from gpa.graph import LOSS, OutputKey, layer_graph, op_graph
+from gpa.graph import LOSS, OutputKey, op_graph
 from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, find_layers, uncalled_layers
 from gpa.paths import GradientPaths, gradient_paths
 from gpa.report import LayerRecord, NetworkSummary, Report, record_graph
@@ -62,11 +62,12 @@ def analyze(
 
     Example:
         >>> import torch.nn as nn
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(10))
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 10))
         >>> report = analyze(net, input_shape=(1, 3, 8, 8))
         >>> [(r.name, r.shortest) for r in report.layers.values()]
         [('0', 2), ('3', 1)]
     """
+    _refuse_lazy(model)
     was_training = model.training
     model.train(train)
     try:
@@ -80,7 +81,7 @@ def analyze(
             flow_from_values(gm, inputs)
     finally:
         model.train(was_training)
-    calls = find_layers(gm, layer_types)
+    calls = find_layers(gm, layer_types, model)
     records = _records(gm, calls, outputs)
     for missing, kind in uncalled_layers(model, gm, layer_types):
         if missing not in records:
@@ -101,30 +102,40 @@ def analyze(
     )
 
 
+def _refuse_lazy(model: nn.Module) -> None:
+    lazy = [
+        n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)
+    ]
+    if lazy:
+        raise GpaError(
+            f"{type(model).__name__} has uninitialized lazy parameters ({', '.join(lazy[:3])}"
+            f"{', …' if len(lazy) > 3 else ''}); run one forward pass to materialize them first"
+        )
+
+
 def _records(
     gm: fx.GraphModule, calls: dict[fx.Node, LayerCall], outputs: Iterable[OutputKey] | None
 ) -> dict[str, LayerRecord]:
     """Merge the per-call gradient paths into one record per layer, in forward order."""
     names = {node.name: call for node, call in calls.items()}
-    dag = layer_graph(op_graph(gm, outputs), names)
-    paths = gradient_paths(dag)
-    stamps = {n: p.stamps for n, p in paths.items()} | {LOSS: 1}
+    found = gradient_paths(op_graph(gm, outputs), names, loss=LOSS)
+    stamps = {n: p.paths.stamps for n, p in found.items() if p.paths} | {LOSS: 1}
     grouped: dict[str, list[str]] = defaultdict(list)
     for node_name, call in names.items():
         grouped[call.record].append(node_name)
     records = {}
     for record, members in grouped.items():
-        found = [paths[m] for m in members if m in paths]
+        reached = [found[m].paths for m in members if found[m].paths]
         deliveries: dict[str, int] = defaultdict(int)
         for m in members:
-            for succ in dag.successors(m):
+            for succ in found[m].sources:
                 source = names[succ].record if succ in names else succ
-                deliveries[source] |= stamps.get(succ, 0)
+                deliveries[source] |= stamps[succ]
         records[record] = LayerRecord(
             name=record,
             type=names[members[0]].type,
             calls=len(members),
-            paths=GradientPaths.union(found) if found else None,
+            paths=GradientPaths.union(reached) if reached else None,
             deliveries=dict(deliveries),
         )
     return records
@@ -179,9 +190,7 @@ def _describe_inputs(inputs: tuple | None) -> list[dict[str, Any]] | None:
     described = []
     for x in inputs:
         if isinstance(x, torch.Tensor):
-            described.append(
-                {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
-            )
+            described.append({"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")})
         else:
             described.append({"value": repr(x)})
     return described

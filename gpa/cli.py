@@ -197,8 +197,8 @@ def analyze(
         layer_types=resolve_layer_types(layer_types, loaded.model) if layer_types else None,
         leaf_modules=resolve_leaf_modules(leaves, loaded.model) if leaves else None,
         train=not eval_mode,
+        name=loaded.name,
     )
-    _name_report(report, loaded.name)
 
     if fmt == "json":
         text = report.to_json()
@@ -219,14 +219,6 @@ def analyze(
             output.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
-
-
-def _name_report(report: Any, name: str) -> None:
-    """Show the TARGET (e.g. ``nets/mine.py:build``) as the report's model name."""
-    try:
-        report.model = name
-    except (AttributeError, TypeError):  # a frozen report keeps its own name
-        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -19,7 +19,7 @@ Example:
     >>> gm = trace(nn.Sequential(nn.Linear(2, 2)))
     >>> flow_from_values(gm, (torch.zeros(1, 2),))
     >>> [sorted(a.name for a in n.meta["gpa_grad_from"]) for n in gm.graph.nodes]
-    [[], [], ['_0']]
+    [[], ['input_1'], ['_0']]
 """
 
 from __future__ import annotations
@@ -104,9 +104,14 @@ class _MetaState:
         return state
 
 
-def _to_meta(value: Any) -> Any:
+def _as_meta_input(value: Any) -> Any:
+    """Meta copies of example inputs; floating ones require grad like any value gradient can reach."""
+
     def convert(x: Any) -> Any:
-        return x.detach().to("meta") if isinstance(x, torch.Tensor) else x
+        if not isinstance(x, torch.Tensor):
+            return x
+        meta = x.detach().to("meta")
+        return meta.requires_grad_(True) if meta.is_floating_point() else meta
 
     return tree_map(convert, value)
 
@@ -151,7 +156,71 @@ def _reached(result: Any, leaves: dict[int, fx.Node]) -> set[fx.Node]:
     return found
 
 
+# Modules whose result has the shape and dtype of their single input and depends
+# differentiably on it (norms, activations, dropout). Running them on the meta
+# device costs up to milliseconds each (train-mode batch norm decomposes into
+# dozens of ops); a clone of the input is an exact stand-in for what this pass
+# records: the result's shape, dtype, requires_grad and which input it reaches.
+_SHAPE_PRESERVING = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Softplus,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.modules.dropout._DropoutNd,
+    nn.Identity,
+)
+
+
+# The same for pointwise functions and methods of one tensor (other arguments
+# are scalars such as a slope or a dropout probability).
+_POINTWISE_NAMES = frozenset(
+    "relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu mish sigmoid sigmoid_ "
+    "tanh tanh_ hardswish hardsigmoid hardtanh hardtanh_ softplus dropout dropout1d dropout2d "
+    "dropout3d alpha_dropout".split()
+)
+
+
+def _single_float_tensor(args: tuple, kwargs: dict) -> bool:
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    return (
+        len(tensors) == 1
+        and bool(args)
+        and args[0] is tensors[0]
+        and tensors[0].is_floating_point()
+    )
+
+
+def _shape_preserving(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> bool:
+    if not _single_float_tensor(args, kwargs):
+        return False
+    if node.op == "call_module":
+        return not kwargs and isinstance(gm.get_submodule(node.target), _SHAPE_PRESERVING)
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    module = "" if node.op == "call_method" else getattr(node.target, "__module__", "") or ""
+    return name in _POINTWISE_NAMES and (node.op == "call_method" or module.startswith("torch"))
+
+
 def _run(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict, state: _MetaState) -> Any:
+    if _shape_preserving(gm, node, args, kwargs):
+        return args[0].clone()
     if node.op == "call_function":
         return node.target(*args, **kwargs)
     if node.op == "call_method":
@@ -185,7 +254,7 @@ def flow_from_values(gm: fx.GraphModule, inputs: tuple) -> None:
             the module and the shapes involved.
     """
     state = _MetaState()
-    inputs = list(_to_meta(tuple(inputs)))
+    inputs = list(_as_meta_input(tuple(inputs)))
     env: dict[fx.Node, Any] = {}
     position = 0
     with torch.device("meta"), torch.enable_grad():
@@ -313,7 +382,9 @@ def _differentiable_inputs(node: fx.Node) -> list[fx.Node] | None:
         if target in _NO_GRAD_OPERATORS or target is grad_mode:
             return []
         module = getattr(target, "__module__", "") or ""
-        if name in _NO_GRAD_FUNCTIONS and (module.startswith("torch") or target is getattr(torch, name, None)):
+        if name in _NO_GRAD_FUNCTIONS and (
+            module.startswith("torch") or target is getattr(torch, name, None)
+        ):
             return []
         return None
     return None
@@ -323,14 +394,14 @@ def flow_from_names(gm: fx.GraphModule) -> None:
     """Annotate gradient flow without example inputs, from a table of operation names.
 
     A node's result requires grad when one of its differentiable inputs does;
-    parameters require grad, placeholders do not; code between
+    parameters and inputs require grad; code between
     ``grad_mode(False)`` and ``grad_mode(True)`` produces no gradient.
     """
     requires: dict[fx.Node, bool] = {}
     enabled = True
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            requires[node], node.meta[GRAD_FROM] = False, frozenset()
+            requires[node], node.meta[GRAD_FROM] = True, frozenset()
             continue
         if node.op == "get_attr":
             value = _fetch_plain(gm, node.target)

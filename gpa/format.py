@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import textwrap
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 from typing import Any
@@ -111,6 +112,13 @@ def _summary_lines(report: Any) -> list[str]:
     return lines
 
 
+def _wrap(text: str, width: int, first: str, rest: str) -> str:
+    """``text`` wrapped at ``width`` with a hanging indent (stable, unlike terminal wrapping)."""
+    return textwrap.fill(
+        text, width=width, initial_indent=first, subsequent_indent=rest, break_long_words=False
+    )
+
+
 def format_table(report: Any, *, width: int = TABLE_WIDTH, color: bool = False) -> str:
     """Render ``report`` as text: network summary, one row per layer, then the notes.
 
@@ -166,7 +174,9 @@ def format_table(report: Any, *, width: int = TABLE_WIDTH, color: bool = False) 
         _environ={},  # ignore COLUMNS, FORCE_COLOR, TERM...: output must not depend on them
     )
     for line in _summary_lines(report):
-        console.print(Text(line, style="bold" if line.startswith("model:") else ""))
+        console.print(
+            Text(_wrap(line, width, "", "    "), style="bold" if line.startswith("model:") else "")
+        )
     console.print()
     if report.layers:
         console.print(table)
@@ -175,7 +185,7 @@ def format_table(report: Any, *, width: int = TABLE_WIDTH, color: bool = False) 
         console.print()
         console.print(Text("notes:", style="bold"))
         for note in notes:
-            console.print(Text(f"  - {note}"))
+            console.print(Text(_wrap(note, width, "  - ", "    ")))
     text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
     return text.rstrip("\n") + "\n"
 

@@ -1,20 +1,18 @@
-"""The gradient-path graph: traced operations and layers as networkx DAGs.
+"""The gradient-path graph: the traced operations as a networkx DAG.
 
-Two graphs, both with edges in the forward (data) direction:
-
-* :func:`op_graph` — one node per traced fx node plus the virtual loss
-  ``<loss>``; an edge ``u -> v`` carries ``grad=True`` when gradient flows back
-  from ``v`` into ``u`` (see :mod:`gpa.flow`).
-* :func:`layer_graph` — one node per layer *call* plus ``<loss>``; an edge
-  ``a -> b`` when gradient flows from ``b`` back to ``a`` along a route that
-  crosses no other layer. Routes between the same two calls collapse into one
-  edge, which is what makes a path "the sequence of layers it crosses".
+:func:`op_graph` has one node per traced fx node plus the virtual loss
+``<loss>``, with edges in the forward (data) direction; an edge ``u -> v``
+carries ``grad=True`` when gradient flows back from ``v`` into ``u`` (decided
+by a :mod:`gpa.flow` pass).
 
 Example:
-    >>> g = nx.DiGraph([("conv", "relu"), ("relu", "fc"), ("fc", LOSS)])
-    >>> nx.set_edge_attributes(g, True, "grad")
-    >>> sorted(layer_graph(g, {"conv", "fc"}).edges)
-    [('conv', 'fc'), ('fc', '<loss>')]
+    >>> import torch.nn as nn
+    >>> from gpa.trace import trace
+    >>> from gpa.flow import flow_from_names
+    >>> gm = trace(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    >>> flow_from_names(gm)
+    >>> sorted(op_graph(gm).edges(data="grad"))
+    [('_0', '_1', True), ('_1', '<loss>', True), ('input_1', '_0', True)]
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import torch.fx as fx
 from gpa.errors import GpaError
 from gpa.flow import GRAD_FROM, VALUE
 
-__all__ = ["LOSS", "op_graph", "layer_graph", "output_paths", "select_outputs"]
+__all__ = ["LOSS", "op_graph", "output_paths", "select_outputs"]
 
 LOSS = "<loss>"
 
@@ -108,37 +106,3 @@ def _qualname(target: Any) -> str:
     module = getattr(target, "__module__", None) or ""
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
     return f"{module}.{name}" if module else name
-
-
-def layer_graph(ops: nx.DiGraph, layers: Collection[str]) -> nx.DiGraph:
-    """Collapse an operation graph onto its layer calls.
-
-    Args:
-        ops: a graph with a ``grad`` attribute on every edge and a ``<loss>`` node.
-        layers: the nodes of ``ops`` that are layer calls.
-
-    Returns:
-        A DAG over ``layers`` and ``<loss>`` (in the order of ``ops``) with an
-        edge ``a -> b`` whenever a gradient-carrying route from ``a`` reaches
-        ``b`` without crossing another layer.
-    """
-    layer_set = set(layers)
-    # next_layers[n]: the layers (or the loss) first met downstream of n.
-    next_layers: dict[str, frozenset[str]] = {}
-    for node in reversed(list(nx.topological_sort(ops))):
-        found: set[str] = set()
-        for succ, edge in ops.succ[node].items():
-            if not edge["grad"]:
-                continue
-            if succ in layer_set or succ == LOSS:
-                found.add(succ)
-            else:
-                found |= next_layers[succ]
-        next_layers[node] = frozenset(found)
-    g = nx.DiGraph()
-    g.add_nodes_from(n for n in ops if n in layer_set)
-    g.add_node(LOSS)
-    for node in g:
-        if node != LOSS:
-            g.add_edges_from((node, succ) for succ in next_layers.get(node, ()))
-    return g

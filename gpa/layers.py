@@ -75,7 +75,9 @@ _MIXING_FUNCTIONS = frozenset(
         torch.embedding,
     }
 )
-_MIXING_METHODS = frozenset({"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__"})
+_MIXING_METHODS = frozenset(
+    {"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__"}
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ def _is_layer_module(module: nn.Module, layer_types: tuple[type, ...]) -> bool:
     return any(isinstance(m, layer_types) for m in module.modules())
 
 
-def _parameter_roots(gm: fx.GraphModule, layer_nodes: set[fx.Node]) -> dict[fx.Node, tuple[str, ...]]:
+def _parameter_roots(
+    gm: fx.GraphModule, layer_nodes: set[fx.Node]
+) -> dict[fx.Node, tuple[str, ...]]:
     """For nodes computed from parameters alone: the parameter targets they come from.
 
     A node qualifies when it has at least one parameter among its ancestors and
@@ -124,16 +128,18 @@ def _is_mixing(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in _MIXING_METHODS
 
 
-def _owner(gm: fx.GraphModule, parameter: str) -> tuple[str, str]:
+def _owner(model: nn.Module, parameter: str) -> tuple[str, str]:
     """Record name and type of the module owning ``parameter`` (the root: the parameter's name)."""
     path = parameter.rpartition(".")[0]
     if not path:
         return parameter, "Parameter"
-    return path, type(gm.get_submodule(path)).__name__
+    return path, type(model.get_submodule(path)).__name__
 
 
 def find_layers(
-    gm: fx.GraphModule, layer_types: Iterable[type[nn.Module]] | None = None
+    gm: fx.GraphModule,
+    layer_types: Iterable[type[nn.Module]] | None = None,
+    model: nn.Module | None = None,
 ) -> dict[fx.Node, LayerCall]:
     """Map every layer call of ``gm``'s graph to the record it belongs to, in graph order.
 
@@ -141,6 +147,8 @@ def find_layers(
         gm: a traced module (see :func:`gpa.trace.trace`).
         layer_types: module classes that are layers; defaults to
             :data:`DEFAULT_LAYER_TYPES`.
+        model: the traced model, to name the types of modules that own the
+            parameters of functional layers (``gm`` keeps only their tensors).
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     calls: dict[fx.Node, LayerCall] = {}
@@ -155,7 +163,7 @@ def find_layers(
             continue
         operands = [n for n in node.all_input_nodes if n in roots]
         if operands:
-            calls[node] = LayerCall(*_owner(gm, roots[operands[0]][0]))
+            calls[node] = LayerCall(*_owner(model or gm, roots[operands[0]][0]))
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
 

@@ -1,28 +1,29 @@
 """Gradient paths of every node of a layer DAG: lengths, timestamps, counts.
 
-A gradient path of node ``n`` is a path ``n -> … -> <loss>`` in the layer
-graph; its length is the number of layer nodes on it (``n`` included, the loss
-excluded). One pass in reverse topological order computes, per node, the set
+A gradient path of a layer ``n`` is a path ``n -> … -> <loss>`` along
+gradient-carrying edges; its length is the number of layer nodes on it (``n``
+included, the loss excluded), and two routes that cross the same layers are
+one path. One pass in reverse topological order computes, per node, the set
 of path lengths as a bitset (bit ``t`` set: gradient arrives at round ``t``),
 the exact number of paths and the number of paths of each length. Paths are
 never enumerated: the cost is linear in the graph size times its depth.
 
 Example:
     >>> import networkx as nx
-    >>> g = nx.DiGraph([("a", "b"), ("b", "<loss>"), ("a", "<loss>")])
-    >>> p = gradient_paths(g)["a"]
+    >>> g = nx.DiGraph([("a", "add"), ("b", "add"), ("a", "b"), ("add", "<loss>")])
+    >>> p = gradient_paths(g, layers={"a", "b"})["a"].paths
     >>> p.shortest, p.longest, p.timestamps, p.num_paths, p.histogram
     (1, 2, (1, 2), 2, {1: 1, 2: 1})
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
 
-__all__ = ["GradientPaths", "gradient_paths", "bits"]
+__all__ = ["GradientPaths", "LayerPaths", "gradient_paths", "bits"]
 
 
 def bits(stamps: int) -> tuple[int, ...]:
@@ -89,23 +90,65 @@ class GradientPaths:
 _LOSS_PATHS = GradientPaths(stamps=1, num_paths=1, offset=0, counts=(1,))
 
 
-def gradient_paths(g: nx.DiGraph, loss: Hashable = "<loss>") -> dict[Hashable, GradientPaths]:
-    """Summaries of the gradient paths of every node of ``g`` that reaches ``loss``.
+@dataclass(frozen=True)
+class LayerPaths:
+    """A layer node's gradient paths and the layers (or loss) it receives gradient from."""
+
+    paths: GradientPaths | None
+    sources: frozenset[Hashable]
+
+
+def gradient_paths(
+    g: nx.DiGraph,
+    layers: Collection[Hashable] | None = None,
+    loss: Hashable = "<loss>",
+    edge: str = "grad",
+) -> dict[Hashable, LayerPaths]:
+    """Gradient paths of every layer node of ``g``.
 
     Args:
-        g: a DAG whose edges point forward (towards ``loss``); every node but
-            ``loss`` counts as one layer on a path.
-        loss: the sink. It is not included in the result.
+        g: a DAG whose edges point forward (towards ``loss``). An edge whose
+            ``edge`` attribute is false carries no gradient and is ignored.
+        layers: the nodes that count as one layer on a path; the others are
+            crossed without a hop. Default: every node but ``loss``.
+        loss: the sink.
+        edge: the name of the edge attribute telling whether gradient flows.
 
     Returns:
-        node -> :class:`GradientPaths`, for the nodes with at least one path.
+        layer -> :class:`LayerPaths`. Its ``sources`` are the layers (or
+        ``loss``) first met downstream along gradient-carrying edges; a path is
+        the sequence of layers it crosses, so several routes between two
+        layers that cross no other layer count once.
     """
-    found: dict[Hashable, GradientPaths] = {loss: _LOSS_PATHS}
+    layer_set = set(g) - {loss} if layers is None else set(layers)
+    # For every node: the layers first met downstream (its frontier), and the
+    # paths of all of them together.
+    frontier: dict[Hashable, frozenset] = {loss: frozenset({loss})}
+    ahead: dict[Hashable, GradientPaths | None] = {loss: None}
+    own: dict[Hashable, GradientPaths] = {loss: _LOSS_PATHS}
+    result: dict[Hashable, LayerPaths] = {}
     for node in reversed(list(nx.topological_sort(g))):
         if node == loss:
             continue
-        parts = [found[s].shifted() for s in g.successors(node) if s in found]
-        if parts:
-            found[node] = GradientPaths.union(parts)
-    del found[loss]
-    return found
+        sets, parts = [], []
+        for succ, attrs in g.succ[node].items():
+            if not attrs.get(edge, True):
+                continue
+            if succ in own:  # a layer or the loss: reached directly
+                sets.append(frozenset({succ}))
+                parts.append(own[succ])
+            elif frontier.get(succ):
+                sets.append(frontier[succ])
+                parts.append(ahead[succ])
+        reached = frozenset().union(*sets)
+        if sum(map(len, sets)) != len(reached):  # overlapping routes: count each layer once
+            parts = [own[f] for f in reached]
+        total = GradientPaths.union(parts) if parts else None
+        if node in layer_set:
+            mine = total.shifted() if total else None
+            result[node] = LayerPaths(mine, reached)
+            if mine is not None:
+                own[node] = mine
+        else:
+            frontier[node], ahead[node] = reached, total
+    return result

@@ -187,4 +187,3 @@ def record_graph(records: Mapping[str, LayerRecord]) -> nx.DiGraph:
     for r in records.values():
         g.add_edges_from((r.name, s) for s in r.deliveries)
     return g
-

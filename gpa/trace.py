@@ -107,7 +107,9 @@ def _split_leaves(leaf_modules: LeafSpec | None) -> tuple[tuple[type, ...], froz
         elif isinstance(leaf, type) and issubclass(leaf, nn.Module):
             types.append(leaf)
         else:
-            raise TypeError(f"leaf_modules entries must be nn.Module classes or names, got {leaf!r}")
+            raise TypeError(
+                f"leaf_modules entries must be nn.Module classes or names, got {leaf!r}"
+            )
     return tuple(types), frozenset(names)
 
 
@@ -187,8 +189,7 @@ def _is_view(node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in _VIEW_METHODS
     return node.op == "call_function" and (
-        node.target is operator.getitem
-        or getattr(node.target, "__name__", "") in _VIEW_METHODS
+        node.target is operator.getitem or getattr(node.target, "__name__", "") in _VIEW_METHODS
     )
 
 

@@ -1,0 +1,69 @@
+"""Reference model zoo: small, faithful PyTorch models of every family the paper discusses.
+
+Each family lives in its own module (``plainnet``, ``resnet``, ``prn``, ``densenet``,
+``sparsenet``, ``csp``, ``vovnet``, ``elan``, ``darknet``) built from the shared parts of
+:mod:`gpa.models.blocks`; every entry is a registered zero-argument-callable factory whose
+keyword parameters are its knobs. Every built model carries ``model.input_shape``.
+
+Example:
+    >>> import gpa.models
+    >>> "resnet" in gpa.models.names()
+    True
+    >>> model = gpa.models.build("resnet", blocks=4)
+    >>> model.input_shape
+    (1, 3, 64, 64)
+    >>> gpa.models.resnet is gpa.models.describe("resnet").factory
+    True
+
+Note: the package attribute ``gpa.models.resnet`` (and so on) is the *factory*, not the
+family module of the same name; import from a family module with
+``from gpa.models.resnet import residual_net``.
+"""
+
+from gpa.models.registry import ModelInfo, ZooError, build, describe, names, register
+
+# Factories, bound after their modules are loaded, so the names refer to the functions.
+from gpa.models.plainnet import plainnet  # isort: skip
+from gpa.models.resnet import resnet, resnet_stopgrad  # isort: skip
+from gpa.models.prn import prn  # isort: skip
+from gpa.models.densenet import densenet  # isort: skip
+from gpa.models.sparsenet import sparsenet  # isort: skip
+from gpa.models.csp import csp  # isort: skip
+from gpa.models.vovnet import vovnet, vovnet99, vovnet99_elan, vovnet99_elan_csp  # isort: skip
+from gpa.models.elan import elan, elan_h  # isort: skip
+from gpa.models.darknet import (  # isort: skip
+    cspdarknet53,
+    cspresnet50,
+    cspresnext50,
+    darknet53,
+    resnet50_darknet,
+    resnext50_darknet,
+)
+
+__all__ = [
+    "ModelInfo",
+    "ZooError",
+    "build",
+    "describe",
+    "names",
+    "register",
+    "plainnet",
+    "resnet",
+    "resnet_stopgrad",
+    "prn",
+    "densenet",
+    "sparsenet",
+    "csp",
+    "vovnet",
+    "vovnet99",
+    "vovnet99_elan",
+    "vovnet99_elan_csp",
+    "elan",
+    "elan_h",
+    "darknet53",
+    "cspdarknet53",
+    "resnet50_darknet",
+    "cspresnet50",
+    "resnext50_darknet",
+    "cspresnext50",
+]
