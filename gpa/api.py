@@ -16,8 +16,8 @@ from gpa.flow import flow_from_names, flow_from_values
 from gpa.graph import LOSS, OutputKey, op_graph
 from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, find_layers, uncalled_layers
 from gpa.paths import GradientPaths, gradient_paths
-from gpa.report import LayerRecord, NetworkSummary, Report, record_graph
-from gpa.trace import LeafSpec, trace
+from gpa.report import LayerRecord, NetworkSummary, Report
+from gpa.trace import LeafSpec, single_call, trace
 
 __all__ = ["analyze"]
 
@@ -71,7 +71,9 @@ def analyze(
     was_training = model.training
     model.train(train)
     try:
-        gm = trace(model, leaf_modules)
+        leaves = [*(leaf_modules or ()), *_custom_types(layer_types)]
+        traced = _rooted(model, leaves)
+        gm = trace(traced, leaves)
         inputs = _example_inputs(gm, example_inputs, input_shape)
         notes = []
         if inputs is None:
@@ -81,9 +83,9 @@ def analyze(
             flow_from_values(gm, inputs)
     finally:
         model.train(was_training)
-    calls = find_layers(gm, layer_types, model)
+    calls = find_layers(gm, layer_types, traced)
     records = _records(gm, calls, outputs)
-    for missing, kind in uncalled_layers(model, gm, layer_types):
+    for missing, kind in uncalled_layers(traced, gm, layer_types):
         if missing not in records:
             records[missing] = LayerRecord(missing, kind, 0, None)
     if not records:
@@ -97,9 +99,32 @@ def analyze(
         inputs=_describe_inputs(inputs),
         layers=records,
         network=NetworkSummary.of(records),
-        graph=record_graph(records),
         notes=notes,
     )
+
+
+def _fx_leaf(cls: type) -> bool:
+    """Whether torch.fx's default policy keeps modules of ``cls`` as single calls."""
+    return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
+        cls, nn.Sequential
+    )
+
+
+def _rooted(model: nn.Module, leaves: Sequence[Any]) -> nn.Module:
+    """``model`` itself, or a wrapper naming it after its class when fx would not trace into it.
+
+    A model that is a layer or a leaf (``gpa.analyze(nn.Linear(3, 2))``) is then
+    reported as one call named ``Linear`` rather than by its parameters' names.
+    """
+    leaf_types = tuple(t for t in leaves if isinstance(t, type))
+    if _fx_leaf(type(model)) or isinstance(model, leaf_types):
+        return single_call(model)
+    return model
+
+
+def _custom_types(layer_types: Iterable[type[nn.Module]] | None) -> list[type[nn.Module]]:
+    """Layer types fx would trace into: they must be leaves to be seen as one call."""
+    return [t for t in layer_types or () if not _fx_leaf(t)]
 
 
 def _refuse_lazy(model: nn.Module) -> None:
@@ -123,6 +148,7 @@ def _records(
     grouped: dict[str, list[str]] = defaultdict(list)
     for node_name, call in names.items():
         grouped[call.record].append(node_name)
+    rank = {record: i for i, record in enumerate(grouped)} | {LOSS: len(grouped)}
     records = {}
     for record, members in grouped.items():
         reached = [found[m].paths for m in members if found[m].paths]
@@ -136,7 +162,7 @@ def _records(
             type=names[members[0]].type,
             calls=len(members),
             paths=GradientPaths.union(reached) if reached else None,
-            deliveries=dict(deliveries),
+            deliveries={s: deliveries[s] for s in sorted(deliveries, key=rank.__getitem__)},
         )
     return records
 

@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from gpa.errors import ShapeError
 
@@ -133,18 +135,51 @@ def count_params(model: nn.Module, convention: str = "torch") -> dict[str, int]:
 def _macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
     """Multiply-adds of one call of a weight layer."""
     if isinstance(module, _CONV):
-        return output.numel() * (module.in_channels // module.groups) * math.prod(
-            module.kernel_size
+        return (
+            output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
         )
     if isinstance(module, _CONV_T):
-        return inputs[0].numel() * (module.out_channels // module.groups) * math.prod(
-            module.kernel_size
+        return (
+            inputs[0].numel()
+            * (module.out_channels // module.groups)
+            * math.prod(module.kernel_size)
         )
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
     if isinstance(module, nn.Bilinear):
         return output.numel() * module.in1_features * module.in2_features
     return 0
+
+
+#: Normalisations keep their input's shape; on the meta device their decompositions cost
+#: milliseconds per call, so the counting pass replaces them by an empty tensor of that shape.
+_NORMS = frozenset(
+    {
+        F.batch_norm,
+        F.instance_norm,
+        F.layer_norm,
+        F.group_norm,
+        torch.batch_norm,
+        torch.instance_norm,
+        torch.layer_norm,
+        torch.group_norm,
+    }
+)
+
+
+class _SkipNorms(TorchFunctionMode):
+    """Answer normalisations of meta tensors with an empty meta tensor of the same shape."""
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if func in _NORMS and args and isinstance(args[0], Tensor) and args[0].is_meta:
+            return torch.empty_like(args[0])
+        return func(*args, **(kwargs or {}))
 
 
 def _to_meta(value: Any) -> Any:
@@ -201,16 +236,12 @@ def count_flops(
 
             handles.append(module.register_forward_hook(hook))
     state = {
-        k: _to_meta(v)
-        for k, v in [
-            *model.named_parameters(remove_duplicate=False),
-            *model.named_buffers(remove_duplicate=False),
-        ]
-    }
+        k: _to_meta(v) for k, v in [*model.named_parameters(), *model.named_buffers()]
+    }  # tied parameters appear once; functional_call re-ties them
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _SkipNorms():
             torch.func.functional_call(model, state, args)
     except Exception as err:  # the model does not accept these inputs
         shapes = [tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__ for a in args]

@@ -25,6 +25,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from gpa.flow import VALUE
+
 __all__ = ["DEFAULT_LAYER_TYPES", "LayerCall", "find_layers", "uncalled_layers"]
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
@@ -99,6 +101,8 @@ def _parameter_roots(
 
     A node qualifies when it has at least one parameter among its ancestors and
     no placeholder and no layer call among them (buffers and constants are fine).
+    Dependencies through non-tensor values (``x.size(0)``) carry only a shape
+    and do not count.
     """
     roots: dict[fx.Node, tuple[str, ...]] = {}
     tainted: set[fx.Node] = set()  # depends on model inputs or on a layer's output
@@ -113,13 +117,28 @@ def _parameter_roots(
                 roots[node] = (node.target,)
             continue
         inputs = node.all_input_nodes
-        if any(n in tainted for n in inputs):
+        if any(n in tainted and _is_tensor(n) for n in inputs):
             tainted.add(node)
             continue
         found = tuple(dict.fromkeys(t for n in inputs for t in roots.get(n, ())))
         if found:
             roots[node] = found
     return roots
+
+
+_SHAPE_QUERIES = frozenset({"size", "dim", "numel", "shape", "dtype", "device", "ndim"})
+
+
+def _is_tensor(node: fx.Node) -> bool:
+    """Whether a node's value is a tensor (from shape propagation, else from its name)."""
+    info = node.meta.get(VALUE)
+    if info is not None:
+        return info.shape is not None
+    if node.op == "call_method":
+        return node.target not in _SHAPE_QUERIES
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] not in _SHAPE_QUERIES
+    return True
 
 
 def _is_mixing(node: fx.Node) -> bool:

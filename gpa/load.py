@@ -61,7 +61,8 @@ __all__ = [
 #: Names looked up, in this order, when a target gives no ``:attr``.
 DEFAULT_NAMES: tuple[str, ...] = ("model", "build_model", "get_model", "create_model")
 
-_GPA_DIR = Path(__file__).resolve().parent
+_THIS_FILE = Path(__file__).resolve()
+_GPA_DIR = _THIS_FILE.parent
 _MAX_LISTED = 20
 
 
@@ -209,6 +210,8 @@ def _user_frames(tb: TracebackType | None, roots: Iterable[Path]) -> list[traceb
         if frame.filename.startswith("<"):
             continue
         path = Path(frame.filename).resolve()
+        if path == _THIS_FILE:  # the loader itself, even when the target sits above gpa/
+            continue
         if any(_is_under(path, r) for r in wanted) or not any(_is_under(path, r) for r in excluded):
             kept.append(frame)
     return kept
@@ -257,23 +260,39 @@ def _on_sys_path(directory: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _isolated_siblings(directory: Path, keep: str) -> Iterator[None]:
-    """Forget, on exit, modules newly imported from ``directory`` (except ``keep``).
+def _importing_from(directory: Path, keep: str) -> Iterator[None]:
+    """Let the target file import the modules next to it, then forget them.
 
-    A file importing ``blocks.py`` next to it must work, but ``blocks`` must
-    not stay in ``sys.modules``, where it would shadow another target's own
-    ``blocks`` or an installed package of that name.
+    ``directory`` goes first on ``sys.path`` for the duration of the block.
+    If it was not on ``sys.path`` already, the sibling modules imported
+    through it (``blocks.py``, a ``blocks/`` package) are removed from
+    ``sys.modules`` on exit, except ``keep``: otherwise ``blocks`` would shadow
+    another target's own ``blocks`` or an installed package of that name.
+    Packages that were imported before (gpa itself, for instance) are never
+    touched.
     """
     before = set(sys.modules)
-    try:
-        yield
-    finally:
-        for name in set(sys.modules) - before:
-            if name == keep:
-                continue
-            file = getattr(sys.modules.get(name), "__file__", None)
-            if file and _is_under(Path(file).resolve(), directory):
-                del sys.modules[name]
+    inserted = str(directory) not in sys.path
+    with _on_sys_path(directory):
+        try:
+            yield
+        finally:
+            if inserted:
+                added = set(sys.modules) - before
+                tops = {n.partition(".")[0] for n in added} - before - {keep}
+                siblings = {top for top in tops if _is_sibling(top, directory)}
+                for name in added:
+                    if name.partition(".")[0] in siblings:
+                        del sys.modules[name]
+
+
+def _is_sibling(top: str, directory: Path) -> bool:
+    """Whether top-level module ``top`` is a file or package directly in ``directory``."""
+    module = sys.modules.get(top)
+    locations = [getattr(module, "__file__", None), *(getattr(module, "__path__", None) or ())]
+    return any(
+        loc is not None and _is_under(Path(loc).resolve(), directory.resolve()) for loc in locations
+    ) and ((directory / f"{top}.py").exists() or (directory / top).is_dir())
 
 
 def _module_name_for(path: Path) -> str:
@@ -430,27 +449,35 @@ def _find_default(module: ModuleType, where: str) -> tuple[str, Any]:
 
 
 def _check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:
-    """Reject keyword arguments the factory does not accept, before calling it."""
-    if not kwargs:
-        return
+    """Check the ``-k`` options against the factory's signature before calling it.
+
+    Unknown keywords and required parameters left without a value get a
+    message naming them, instead of a bare ``TypeError`` from the call.
+    """
     try:
         signature = inspect.signature(factory)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError):  # builtins and C extensions: let the call decide
         return
-    try:
-        signature.bind_partial(**kwargs)
-    except TypeError:
-        params = [
-            p.name
-            for p in signature.parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        ]
-        unknown = [k for k in kwargs if k not in params]
-        accepted = ", ".join(params) if params else "no keyword arguments"
-        raise TargetError(
-            f"{label} does not accept {', '.join(repr(k) for k in unknown) or 'these'} "
-            f"(given with -k); it accepts: {accepted}"
-        ) from None
+    params = signature.parameters.values()
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        unknown = [k for k in kwargs if k not in named]
+        if unknown:
+            accepted = ", ".join(named) if named else "no keyword arguments"
+            raise TargetError(
+                f"{label} does not accept {', '.join(repr(k) for k in unknown)} "
+                f"(given with -k); it accepts: {accepted}"
+            )
+    required = [
+        p.name
+        for p in params
+        if p.default is p.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and p.name not in kwargs
+    ]
+    if required:
+        options = " ".join(f"-k {name}=VALUE" for name in required)
+        raise TargetError(f"{label} requires {', '.join(required)}: give {options}")
 
 
 def _build(
@@ -601,7 +628,7 @@ def load_target(spec: str, kwargs: dict[str, Any] | None = None) -> LoadedTarget
         directory = path.parent
         roots = [directory]
         module_name = _module_name_for(path)
-        with _isolated_siblings(directory, keep=module_name), _on_sys_path(directory):
+        with _importing_from(directory, keep=module_name):
             module = _exec_file(path, head)
             return _finish(module, head, attr, kwargs, roots)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import networkx as nx
@@ -25,9 +26,9 @@ LOSS = "<loss>"
 class LayerRecord:
     """Gradient paths of one layer (all calls of one module together).
 
-    ``deliveries`` maps each source (a layer name or ``<loss>``) to the bitset
-    of rounds at which that source itself holds gradient; the source hands it
-    on one round later.
+    ``deliveries`` maps each source (a layer name or ``<loss>``), in forward
+    order, to the bitset of rounds at which that source itself holds gradient;
+    the source hands it on one round later.
     """
 
     name: str
@@ -63,14 +64,14 @@ class LayerRecord:
 
     @property
     def sources(self) -> tuple[str, ...]:
-        """Layers (or ``<loss>``) that send gradient to this layer directly."""
-        return tuple(sorted(self.deliveries))
+        """Layers (or ``<loss>``) that send gradient to this layer directly, in forward order."""
+        return tuple(self.deliveries)
 
     def sources_at(self, t: int) -> tuple[str, ...]:
         """The sources delivering gradient to this layer at round ``t``."""
         if t < 1:
             return ()
-        return tuple(sorted(s for s, stamps in self.deliveries.items() if stamps >> (t - 1) & 1))
+        return tuple(s for s, stamps in self.deliveries.items() if stamps >> (t - 1) & 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,8 +131,6 @@ class Report:
         inputs: shapes and dtypes of the example inputs (None without inputs).
         layers: layer name -> :class:`LayerRecord`, in forward order.
         network: the network summary.
-        graph: layer-level ``networkx.DiGraph`` (layers and ``<loss>``, edges in
-            the forward direction, the record's numbers as node attributes).
         notes: remarks on how the analysis was done (what was skipped, fallbacks).
     """
 
@@ -139,8 +138,16 @@ class Report:
     inputs: list[dict[str, Any]] | None
     layers: dict[str, LayerRecord]
     network: NetworkSummary
-    graph: nx.DiGraph
     notes: list[str] = field(default_factory=list)
+
+    @cached_property
+    def graph(self) -> nx.DiGraph:
+        """The layer-level ``networkx.DiGraph``: layers and ``<loss>``, an edge from each
+        layer to each of its sources (forward direction), the record's numbers on the nodes.
+
+        Built on first access: a residual network has quadratically many such edges.
+        """
+        return record_graph(self.layers)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; the layout is documented in ``docs/semantics.md``."""

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import operator
 import os
 import traceback
@@ -27,7 +28,7 @@ from torch import nn
 
 from gpa.errors import TraceError
 
-__all__ = ["trace", "grad_mode", "LeafSpec"]
+__all__ = ["trace", "grad_mode", "single_call", "LeafSpec"]
 
 LeafSpec = Iterable[type[nn.Module] | str]
 
@@ -145,6 +146,26 @@ def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphMod
     for added in set(vars(model)) - before:  # fx parks tensor constants on the root
         vars(model).pop(added, None)
     return gm
+
+
+def single_call(model: nn.Module) -> fx.GraphModule:
+    """A module whose forward makes one call of ``model``, which it holds under its class name.
+
+    Used to analyse a model that is itself a leaf (``nn.Linear(3, 2)``): its one
+    call then has a name, and the wrapper keeps the model's positional signature.
+    """
+    name = type(model).__name__
+    holder = nn.Module()
+    holder.add_module(name, model)
+    graph = fx.Graph()
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    args = [
+        graph.placeholder(p.name, default_value=p.default)
+        for p in inspect.signature(model.forward).parameters.values()
+        if p.kind in positional
+    ]
+    graph.output(graph.call_module(name, tuple(args)))
+    return fx.GraphModule(holder, graph, name)
 
 
 def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:

@@ -1,0 +1,123 @@
+"""Registry behaviour: names, build, describe, knobs and their errors."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+
+import pytest
+
+import gpa.models
+from gpa.errors import GpaError
+from gpa.models import ZooError, build, describe, names
+
+PUBLIC = [
+    "plainnet",
+    "resnet",
+    "resnet_stopgrad",
+    "prn",
+    "densenet",
+    "sparsenet",
+    "csp",
+    "vovnet",
+    "vovnet99",
+    "vovnet99_elan",
+    "vovnet99_elan_csp",
+    "elan",
+    "elan_h",
+    "darknet53",
+    "cspdarknet53",
+    "resnet50_darknet",
+    "cspresnet50",
+    "resnext50_darknet",
+    "cspresnext50",
+]
+
+
+def test_names_are_the_public_entries() -> None:
+    assert sorted(names()) == sorted(PUBLIC)
+    assert len(set(names())) == len(names())
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_factory_is_a_package_attribute_with_defaults(name: str) -> None:
+    factory = getattr(importlib.import_module("gpa.models"), name)
+    assert callable(factory) and not isinstance(factory, types.ModuleType)
+    assert factory is describe(name).factory
+    sig = inspect.signature(factory)
+    assert all(p.default is not inspect.Parameter.empty for p in sig.parameters.values())
+    info = describe(name)
+    assert dict(info.knobs) == {k: p.default for k, p in sig.parameters.items()}
+    assert info.description and "\n" not in info.description
+    assert info.section and info.family
+    assert info.summary().startswith(f"{name}(")
+    assert factory.__doc__
+
+
+def test_known_knob_defaults() -> None:
+    assert dict(describe("resnet").knobs) == {
+        "blocks": 3,
+        "bottleneck": False,
+        "width": 16,
+        "num_classes": 10,
+    }
+    knobs = describe("csp").knobs
+    assert (knobs["base"], knobs["fusion"], knobs["split"]) == ("darknet", "csp", "conv")
+    assert describe("prn").knobs["ratio"] == 0.5
+    assert describe("sparsenet").knobs["aggregation"] == "concat"
+    assert describe("resnet_stopgrad").knobs["where"] == "identity"
+    assert describe("vovnet").knobs["elan"] is False
+    assert describe("darknet53").input_shape == (1, 3, 256, 256)
+    assert describe("plainnet").input_shape == (1, 3, 64, 64)
+
+
+def test_build_passes_knobs() -> None:
+    model = build("plainnet", depth=3, width=8)
+    assert len(model.stages[0].blocks) == 3
+    assert model.stem.conv.out_channels == 8
+    assert model.input_shape == (1, 3, 64, 64)
+    assert build("csp", stages=6).input_shape == (1, 3, 128, 128)
+
+
+def test_unknown_model_name() -> None:
+    with pytest.raises(ValueError, match="unknown model 'resnett'.*did you mean 'resnet'"):
+        build("resnett")
+    with pytest.raises(ZooError, match="unknown model 'nope'"):
+        describe("nope")
+
+
+def test_unknown_knob_is_named() -> None:
+    with pytest.raises(ValueError, match="unknown knob 'depth' for model 'resnet'") as info:
+        build("resnet", depth=3)
+    assert "blocks" in str(info.value)  # lists the real knobs
+    with pytest.raises(ValueError, match="'foo', 'bar'"):
+        gpa.models.plainnet(foo=1, bar=2)
+
+
+@pytest.mark.parametrize(
+    ("name", "knobs", "knob"),
+    [
+        ("plainnet", {"depth": 0}, "depth"),
+        ("resnet", {"blocks": 2.5}, "blocks"),
+        ("resnet", {"bottleneck": "yes"}, "bottleneck"),
+        ("prn", {"ratio": 1.5}, "ratio"),
+        ("sparsenet", {"aggregation": "mean"}, "aggregation"),
+        ("csp", {"fusion": "middle"}, "fusion"),
+        ("csp", {"base": "vgg"}, "base"),
+        ("csp", {"split": "half"}, "split"),
+        ("resnet_stopgrad", {"where": "loss"}, "where"),
+        ("vovnet", {"stages": 2, "osa_per_stage": (1, 2, 3)}, "osa_per_stage"),
+        ("elan", {"pairs": True}, "pairs"),
+    ],
+)
+def test_invalid_knob_value_is_named(name: str, knobs: dict, knob: str) -> None:
+    with pytest.raises(ValueError, match=rf"^{name}: knob '{knob}'"):
+        build(name, **knobs)
+
+
+def test_zoo_errors_are_user_errors() -> None:
+    with pytest.raises(GpaError):
+        build("nope")
+    with pytest.raises(GpaError):
+        build("resnet", nope=1)

@@ -1,0 +1,516 @@
+"""Tests of the ``gpa`` command line: options, formats, exit codes and error messages.
+
+Fixture models live in tests/data; their expected numbers are derived by hand in
+the comments next to each assertion.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import gpa
+from gpa.cli import main
+from gpa.format import format_count, format_sources, format_timestamps
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def in_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run every command from tests/data so targets and names are short and stable."""
+    monkeypatch.chdir(DATA)
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def analyze_json(*args: str) -> dict:
+    result = run("analyze", *args, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def by_name(report: dict) -> dict[str, dict]:
+    return {layer["name"]: layer for layer in report["layers"]}
+
+
+def fails_with(*args: str) -> str:
+    """Run ``gpa analyze ARGS``, check it is a user error (exit 2, no traceback), return stderr."""
+    result = run("analyze", *args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: ")
+    assert "Traceback (most recent call last)" not in result.stderr
+    return result.stderr
+
+
+# ------------------------------------------------------------------ basics
+
+
+def test_version_and_help() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"gpa {gpa.__version__}\n"
+    result = run("analyze", "--help")
+    assert result.exit_code == 0
+    for option in ("-k KEY=VALUE", "--input-shape", "--outputs", "--layer-type", "--leaf"):
+        assert option in result.stdout
+    assert "[table|json|csv]" in result.stdout
+
+
+def test_json_report_of_a_three_conv_chain() -> None:
+    report = analyze_json("chain3.py")
+    assert list(report) == ["gpa_version", "model", "inputs", "network", "layers", "notes"]
+    assert report["gpa_version"] == gpa.__version__
+    assert report["model"] == "chain3.py:build_model"
+    assert report["inputs"] == [{"shape": [1, 3, 8, 8], "dtype": "float32"}]
+    # conv1 -> conv2 -> conv3 -> fc -> loss: conv i crosses 3 - i + 1 more layers plus itself
+    assert [layer["name"] for layer in report["layers"]] == ["conv1", "conv2", "conv3", "fc"]
+    assert [layer["shortest"] for layer in report["layers"]] == [4, 3, 2, 1]
+    assert [layer["longest"] for layer in report["layers"]] == [4, 3, 2, 1]
+    assert [layer["timestamps"] for layer in report["layers"]] == [[4], [3], [2], [1]]
+    assert [layer["num_paths"] for layer in report["layers"]] == [1, 1, 1, 1]
+    assert [layer["sources"] for layer in report["layers"]] == [
+        ["conv2"],
+        ["conv3"],
+        ["fc"],
+        ["<loss>"],
+    ]
+    first = report["layers"][0]
+    assert list(first) == [
+        "name",
+        "type",
+        "calls",
+        "shortest",
+        "longest",
+        "timestamps",
+        "num_paths",
+        "path_histogram",
+        "sources",
+    ]
+    assert (first["type"], first["calls"], first["path_histogram"]) == ("Conv2d", 1, {"4": 1})
+    assert report["network"] == {
+        "layers": 4,
+        "max_shortest": 4,
+        "min_shortest": 1,
+        "mean_shortest": 2.5,
+        "longest": 4,
+        "unreachable": [],
+    }
+    assert report["notes"] == []
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_output_is_byte_identical_across_runs(fmt: str) -> None:
+    outputs = {run("analyze", "pair.py", "--format", fmt).stdout for _ in range(2)}
+    assert len(outputs) == 1
+
+
+def test_table_format() -> None:
+    result = run("analyze", "chain3.py")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == "model: chain3.py:build_model"
+    assert lines[1] == "inputs: float32[1, 3, 8, 8]"
+    assert (
+        lines[2].split()
+        == (
+            "layers: 4 max_shortest: 4 min_shortest: 1 mean_shortest: 2.50 longest: 4 unreachable: 0"
+        ).split()
+    )
+    header = next(line for line in lines if line.startswith("layer "))
+    assert header.split() == [
+        "layer",
+        "type",
+        "calls",
+        "shortest",
+        "longest",
+        "timestamps",
+        "paths",
+        "sources",
+    ]
+    rows = {line.split()[0]: line.split() for line in lines[lines.index(header) + 2 :] if line}
+    assert rows["conv1"] == ["conv1", "Conv2d", "1", "4", "4", "4", "1", "conv2"]
+    assert rows["fc"] == ["fc", "Linear", "1", "1", "1", "1", "1", "<loss>"]
+    assert all(len(line) <= 120 for line in lines)
+    assert "\x1b[" not in result.stdout  # no colour when not a terminal
+
+
+def test_table_lists_unreachable_layers() -> None:
+    result = run("analyze", "two_heads.py", "--outputs", "main")
+    assert result.exit_code == 0
+    assert "unreachable layers: aux" in result.stdout
+    aux = next(line for line in result.stdout.splitlines() if line.startswith("aux "))
+    assert aux.split() == ["aux", "Linear", "1", "-", "-", "-", "0", "-"]
+
+
+def test_csv_format() -> None:
+    result = run("analyze", "pair.py", "--format", "csv")
+    assert result.exit_code == 0
+    # h = left(a) + right(b) is returned and also feeds mix: left reaches the loss
+    # directly (length 1) and through mix (length 2)
+    assert result.stdout == (
+        "name,type,calls,shortest,longest,timestamps,num_paths,sources\n"
+        "left,Linear,1,1,2,1;2,2,mix;<loss>\n"
+        "right,Linear,1,1,2,1;2,2,mix;<loss>\n"
+        "mix,Linear,1,1,1,1,1,<loss>\n"
+    )
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert rows[0]["timestamps"].split(";") == ["1", "2"]
+
+
+def test_output_file(tmp_path: Path) -> None:
+    for fmt in ("table", "json", "csv"):
+        target = tmp_path / f"report.{fmt}"
+        result = run("analyze", "chain3.py", "--format", fmt, "-o", str(target))
+        assert result.exit_code == 0
+        assert result.stdout == ""
+        expected = run("analyze", "chain3.py", "--format", fmt).stdout
+        assert target.read_text(encoding="utf-8") == expected
+    assert json.loads((tmp_path / "report.json").read_text())["network"]["max_shortest"] == 4
+
+
+def test_output_file_that_cannot_be_written(tmp_path: Path) -> None:
+    message = fails_with("chain3.py", "-o", str(tmp_path / "no" / "such" / "dir" / "r.txt"))
+    assert message.startswith("error: cannot write")
+
+
+# ------------------------------------------------------------- options
+
+
+def test_factory_kwargs() -> None:
+    # Stack(depth=3): three chained linears -> shortest 3, 2, 1
+    report = analyze_json("factory.py:build", "-k", "depth=3", "-k", "act=tanh")
+    assert [(r["name"], r["shortest"]) for r in report["layers"]] == [
+        ("layers.0", 3),
+        ("layers.1", 2),
+        ("layers.2", 1),
+    ]
+    # factory.py defines example_inputs() returning zeros(2, 4)
+    assert report["inputs"] == [{"shape": [2, 4], "dtype": "float32"}]
+
+
+def test_factory_kwargs_change_the_model() -> None:
+    narrow = analyze_json("chain3.py", "-k", "width=2", "--input-shape", "1,3,5,5")
+    assert narrow["inputs"] == [{"shape": [1, 3, 5, 5], "dtype": "float32"}]
+    assert [r["shortest"] for r in narrow["layers"]] == [4, 3, 2, 1]
+
+
+@pytest.mark.parametrize(
+    ("option", "fragment"),
+    [
+        ("depth", "invalid option 'depth': expected key=value"),
+        ("2x=1", "is not a valid keyword-argument name"),
+    ],
+)
+def test_bad_kwargs_are_usage_errors(option: str, fragment: str) -> None:
+    result = run("analyze", "chain3.py", "-k", option)
+    assert result.exit_code == 2
+    assert "Invalid value for '-k'" in result.stderr
+    assert fragment in result.stderr
+
+
+def test_unknown_factory_kwarg() -> None:
+    message = fails_with("chain3.py", "-k", "depht=3")
+    assert "build_model in chain3.py does not accept 'depht'" in message
+    assert "it accepts: width" in message
+
+
+def test_repeated_input_shapes() -> None:
+    report = analyze_json("pair.py", "--input-shape", "2,3", "--input-shape", "2,5")
+    assert report["inputs"] == [
+        {"shape": [2, 3], "dtype": "float32"},
+        {"shape": [2, 5], "dtype": "float32"},
+    ]
+    assert by_name(report)["left"]["timestamps"] == [1, 2]
+
+
+def test_bad_input_shape_is_a_usage_error() -> None:
+    result = run("analyze", "chain3.py", "--input-shape", "1,three,8,8")
+    assert result.exit_code == 2
+    assert "Invalid value for '--input-shape'" in result.stderr
+    assert "'three' is not a whole number" in result.stderr
+
+
+def test_eval_mode_drops_the_training_only_head() -> None:
+    # train: body feeds main and aux -> two paths of length 2; eval: only main is returned
+    train = by_name(analyze_json("two_heads.py"))
+    assert (train["body"]["num_paths"], train["body"]["sources"]) == (2, ["main", "aux"])
+    assert train["aux"]["shortest"] == 1
+    evaluated = analyze_json("two_heads.py", "--eval")
+    layers = by_name(evaluated)
+    assert (layers["body"]["num_paths"], layers["body"]["sources"]) == (1, ["main"])
+    assert evaluated["network"]["unreachable"] == ["aux"]
+    assert layers["aux"]["calls"] == 0
+
+
+def test_outputs_select_by_key_and_index() -> None:
+    main_only = analyze_json("two_heads.py", "--outputs", "main")
+    assert main_only["network"]["unreachable"] == ["aux"]
+    assert by_name(main_only)["body"]["num_paths"] == 1
+    # output 0 is mix(h): left only reaches the loss through mix
+    first = by_name(analyze_json("pair.py", "--outputs", "0"))
+    assert (first["left"]["shortest"], first["left"]["longest"]) == (2, 2)
+    assert first["left"]["sources"] == ["mix"]
+    # output 1 is h itself: mix gets no gradient
+    second = analyze_json("pair.py", "--outputs", "1")
+    assert second["network"]["unreachable"] == ["mix"]
+    assert by_name(second)["left"]["timestamps"] == [1]
+    both = analyze_json("pair.py", "--outputs", "0", "--outputs", "1")
+    assert by_name(both)["left"]["timestamps"] == [1, 2]
+
+
+def test_unknown_output_key() -> None:
+    message = fails_with("two_heads.py", "--outputs", "logits")
+    assert "'logits'" in message and "'main'" in message and "'aux'" in message
+
+
+def test_layer_type_overrides_the_layer_set() -> None:
+    only_fc = analyze_json("chain3.py", "--layer-type", "Linear")
+    assert [(r["name"], r["shortest"]) for r in only_fc["layers"]] == [("fc", 1)]
+    convs = analyze_json("chain3.py", "--layer-type", "torch.nn.Conv2d")
+    assert [(r["name"], r["shortest"]) for r in convs["layers"]] == [
+        ("conv1", 3),
+        ("conv2", 2),
+        ("conv3", 1),
+    ]
+
+
+def test_unknown_layer_type() -> None:
+    message = fails_with("chain3.py", "--layer-type", "Conv9d")
+    assert "unknown module class 'Conv9d'" in message
+
+
+def test_leaf_by_class_and_by_name() -> None:
+    # b1 = (a, b), b2 = (a, b), head: five convs in a chain
+    plain = analyze_json("blocks.py")
+    assert [(r["name"], r["shortest"]) for r in plain["layers"]] == [
+        ("b1.a", 5),
+        ("b1.b", 4),
+        ("b2.a", 3),
+        ("b2.b", 2),
+        ("head", 1),
+    ]
+    # each Block is a leaf containing convs, hence a single layer
+    by_class = analyze_json("blocks.py", "--leaf", "Block")
+    assert [(r["name"], r["type"], r["shortest"]) for r in by_class["layers"]] == [
+        ("b1", "Block", 3),
+        ("b2", "Block", 2),
+        ("head", "Conv2d", 1),
+    ]
+    by_module_name = analyze_json("blocks.py", "--leaf", "b1")
+    assert [(r["name"], r["shortest"]) for r in by_module_name["layers"]] == [
+        ("b1", 4),
+        ("b2.a", 3),
+        ("b2.b", 2),
+        ("head", 1),
+    ]
+
+
+def test_unknown_leaf() -> None:
+    message = fails_with("blocks.py", "--leaf", "b3")
+    assert "'b3' is not the name of a submodule of the model" in message
+    assert "Block" in message
+
+
+def test_import_spec_target() -> None:
+    report = analyze_json(
+        "torch.nn:Linear", "-k", "in_features=3", "-k", "out_features=2", "--input-shape", "4,3"
+    )
+    assert report["model"] == "torch.nn:Linear"
+    assert report["inputs"] == [{"shape": [4, 3], "dtype": "float32"}]
+    # the root module is the only layer: fx traces its forward, F.linear(x, weight)
+    assert [(r["shortest"], r["longest"], r["num_paths"]) for r in report["layers"]] == [(1, 1, 1)]
+    assert report["network"]["layers"] == 1
+
+
+def test_no_inputs_still_runs_and_prints_the_notes() -> None:
+    result = run("analyze", "no_inputs.py")
+    assert result.exit_code == 0
+    assert "inputs: none" in result.stdout
+    notes = result.stdout[result.stdout.index("\nnotes:\n") :]
+    assert "no example inputs" in notes and "--input-shape" in notes
+    report = analyze_json("no_inputs.py")
+    assert report["inputs"] is None
+    assert [(r["name"], r["shortest"]) for r in report["layers"]] == [("0", 2), ("2", 1)]
+    assert any("no example inputs" in note for note in report["notes"])
+    csv_result = run("analyze", "no_inputs.py", "--format", "csv")
+    assert csv_result.stdout.startswith("name,type,")
+    assert csv_result.stderr.startswith("note: no example inputs")
+
+
+def test_bad_format_is_a_usage_error() -> None:
+    result = run("analyze", "chain3.py", "--format", "xml")
+    assert result.exit_code == 2
+    assert "Invalid value for '--format'" in result.stderr
+
+
+def test_missing_target_argument_is_a_usage_error() -> None:
+    result = run("analyze")
+    assert result.exit_code == 2
+    assert "Missing argument 'TARGET'" in result.stderr
+
+
+# ------------------------------------------------------ errors (issue 2 §7)
+
+
+def test_error_missing_file() -> None:
+    message = fails_with("nets/mine.py:build")
+    assert message.startswith("error: file not found: nets/mine.py")
+
+
+def test_error_exception_while_importing() -> None:
+    message = fails_with("import_error.py")
+    assert "importing import_error.py failed" in message
+    assert 'File "import_error.py", line 6, in <module>' in message
+    assert 'MAX_DEPTH = LIMITS["detph"]' in message
+    assert "KeyError: 'detph'" in message
+    assert "importlib" not in message
+
+
+def test_error_syntax_error_in_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("def build_model(:\n    pass\n")
+    message = fails_with(str(tmp_path / "broken.py"))
+    assert 'broken.py", line 1' in message and "SyntaxError" in message
+
+
+def test_error_no_model_found() -> None:
+    message = fails_with("no_model.py")
+    assert "no model found in no_model.py" in message
+    assert "looked for model, build_model, get_model, create_model" in message
+    assert "TinyNet" in message and "make_net" in message
+
+
+def test_error_missing_attr() -> None:
+    message = fails_with("factory.py:buld")
+    assert "factory.py has no attribute 'buld' (did you mean 'build'?)" in message
+
+
+def test_error_factory_raises() -> None:
+    message = fails_with("factory_raises.py")
+    assert "build_model() from factory_raises.py raised an exception" in message
+    assert 'File "factory_raises.py", line 8, in _check' in message
+    assert "ValueError: width must be a multiple of 8, got 12" in message
+
+
+def test_error_factory_returns_no_module() -> None:
+    message = fails_with("not_module.py")
+    assert "returned builtins.dict, not a torch.nn.Module" in message
+
+
+def test_error_unimportable_module() -> None:
+    message = fails_with("no_such_pkg_for_gpa_tests.nets:build")
+    assert "cannot import module 'no_such_pkg_for_gpa_tests.nets'" in message
+
+
+def test_error_model_fx_cannot_trace() -> None:
+    message = fails_with("untraceable.py")
+    assert "cannot trace" in message
+    assert "control flow" in message
+    # points at the model's own source file and line
+    assert 'untraceable.py", line 14, in forward' in message
+    assert "if x.sum() > 0:" in message
+
+
+def test_error_input_shape_does_not_fit() -> None:
+    message = fails_with("convnet.py", "--input-shape", "1,4,8,8")
+    assert "'stem'" in message  # the layer
+    assert "(1, 4, 8, 8)" in message  # the shape it received
+    assert "(8, 3, 3, 3)" in message  # the shape its weight expects
+
+
+def test_error_model_without_layers() -> None:
+    message = fails_with("no_layers.py")
+    assert "has no layers" in message
+    assert "--layer-type" in message
+
+
+def test_internal_error_exits_1_with_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(gpa, "analyze", broken)
+    result = run("analyze", "chain3.py")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("internal error: gpa ")
+    assert "bug in gpa" in result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "RuntimeError: simulated bug" in result.stderr
+
+
+# ---------------------------------------------------------- real processes
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("FORCE_COLOR", None)
+    env["COLUMNS"] = "60"  # must not change the table
+    return env
+
+
+def test_console_script_in_a_subprocess() -> None:
+    script = shutil.which("gpa") or str(Path(sys.executable).with_name("gpa"))
+    done = subprocess.run(
+        [script, "analyze", "chain3.py", "--format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=DATA,
+        env=_subprocess_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [r["shortest"] for r in json.loads(done.stdout)["layers"]] == [4, 3, 2, 1]
+    table = subprocess.run(
+        [script, "analyze", "chain3.py"],
+        capture_output=True,
+        text=True,
+        cwd=DATA,
+        env=_subprocess_env(),
+        timeout=300,
+    )
+    assert table.returncode == 0
+    assert table.stdout == run("analyze", "chain3.py").stdout
+
+
+def test_python_dash_m_in_a_subprocess() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gpa", "analyze", "factory_raises.py"],
+        capture_output=True,
+        text=True,
+        cwd=DATA,
+        env=_subprocess_env(),
+        timeout=300,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.startswith("error: building the model failed")
+    assert "Traceback (most recent call last)" not in done.stderr
+    version = subprocess.run(
+        [sys.executable, "-m", "gpa", "--version"], capture_output=True, text=True, timeout=300
+    )
+    assert (version.returncode, version.stdout) == (0, f"gpa {gpa.__version__}\n")
+
+
+# ------------------------------------------------------------ formatting helpers
+
+
+def test_format_helpers() -> None:
+    assert format_timestamps([2, 4, 6, 8]) == "2,4,6,8"
+    assert format_timestamps(list(range(2, 42, 2))) == "2,4,…,40 (20)"
+    assert format_timestamps([]) == "-"
+    assert format_count(999_999) == "999999"
+    assert format_count(2**100) == "1.27e+30"
+    assert format_count(10**400) == "1.00e+400"
+    assert format_sources(["a", "b"]) == "a, b"
+    assert format_sources(["a", "b", "c", "d", "e"]) == "a, b, … (+3)"
