@@ -362,13 +362,30 @@ _NO_GRAD_OPERATORS = frozenset(
 )
 # Methods whose second argument contributes only its shape, dtype or device.
 _SHAPE_ONLY_SECOND = frozenset("expand_as view_as reshape_as type_as to new_tensor".split())
-_TENSOR_ATTRIBUTES = frozenset("T mT H mH real imag".split())
+_TENSOR_ATTRIBUTES = frozenset("T mT H mH real imag values".split())
+# Reductions returning (values, indices): element 1 / ``.indices`` is an integer tensor.
+_VALUES_INDICES = frozenset("max min sort topk mode median kthvalue cummax cummin".split())
+
+
+def _is_indices_of(node: fx.Node) -> bool:
+    """``torch.max(x, 1)[1]`` and the like: the integer half of a (values, indices) result."""
+    source = node.args[0] if node.args else None
+    if not isinstance(source, fx.Node) or source.op not in ("call_function", "call_method"):
+        return False
+    name = source.target if source.op == "call_method" else getattr(source.target, "__name__", "")
+    return name in _VALUES_INDICES and node.args[1] == 1
+
+
+def _is_integer_dtype(value: Any) -> bool:
+    return isinstance(value, torch.dtype) and not (value.is_floating_point or value.is_complex)
 
 
 def _differentiable_inputs(node: fx.Node) -> list[fx.Node] | None:
     """Inputs gradient may flow through by name; None means all of them."""
     target = node.target
     name = getattr(target, "__name__", str(target))
+    if any(_is_integer_dtype(a) for a in (*node.args, *node.kwargs.values())):
+        return []  # a cast to (or a tensor made with) an integer or bool dtype
     if node.op == "call_method":
         if target in _NO_GRAD_METHODS:
             return []
@@ -379,6 +396,8 @@ def _differentiable_inputs(node: fx.Node) -> list[fx.Node] | None:
     if node.op == "call_function":
         if target is getattr:
             return None if node.args[1] in _TENSOR_ATTRIBUTES else []
+        if target is operator.getitem and _is_indices_of(node):
+            return []
         if target in _NO_GRAD_OPERATORS or target is grad_mode:
             return []
         module = getattr(target, "__module__", "") or ""

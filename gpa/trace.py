@@ -69,16 +69,16 @@ def _recording_grad_mode(tracer: _Tracer) -> Iterator[None]:
         real_set(mode)
         tracer.record_grad_mode(mode)
 
+    # inference_mode(m) sets grad mode to (not m) for its block: inference_mode(False)
+    # inside inference_mode() enables gradient again.
     def enter(self) -> None:
         self._gpa_prev = torch.is_grad_enabled()
         real_enter(self)
-        if self.mode:
-            tracer.record_grad_mode(False)
+        tracer.record_grad_mode(not self.mode)
 
     def exit(self, *exc) -> None:
         real_exit(self, *exc)
-        if self.mode:
-            tracer.record_grad_mode(self._gpa_prev)
+        tracer.record_grad_mode(self._gpa_prev)
 
     torch._C._set_grad_enabled = set_and_record
     inference_mode.__enter__, inference_mode.__exit__ = enter, exit

@@ -167,7 +167,7 @@ def _check(spec: Spec, selected: list[int] | None, with_inputs: bool = True) -> 
 
 
 @settings(
-    max_examples=120,
+    max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -178,7 +178,7 @@ def test_random_dag_matches_brute_force(case, with_inputs):
     _check(spec, selected, with_inputs)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs_and_selection())
 def test_brute_force_reachability_matches_real_autograd(case):
     """Sanity check of the reference itself: its reachable layers are exactly those

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import networkx as nx
 import pytest
@@ -1347,6 +1351,29 @@ def test_json_byte_identical_across_runs():
     assert first == again
     assert third == fourth
     assert json.loads(first)["layers"][0]["path_histogram"] == {"2": 1, "4": 2, "6": 1}
+
+
+_JSON_SCRIPT = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+import gpa, test_semantics as t
+for model in (t.ResNet(2), t.DenseBlock(), t.NoGradNet("no_grad"), t.Shared()):
+    print(gpa.analyze(model, torch.randn(t.IMG)).to_json())
+"""
+
+
+def test_json_byte_identical_across_processes():
+    # separate interpreters with different string-hash seeds: no set/dict-order leaks
+    script = _JSON_SCRIPT.format(tests=str(Path(__file__).parent))
+    outs = []
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        proc = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        )
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1]
+    assert outs[0].count('"gpa_version"') == 4
 
 
 def test_str_is_a_table_of_layers():
