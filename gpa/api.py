@@ -13,13 +13,13 @@ from torch import nn
 
 from gpa.errors import GpaError, NoLayersError
 from gpa.flow import flow_from_names, flow_from_values
-from gpa.graph import LOSS, OutputKey, op_graph
-from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, find_layers, uncalled_layers
+from gpa.graph import LOSS, GradientGraph, OutputKey, op_graph
+from gpa.layers import DEFAULT_LAYER_TYPES, find_layers, uncalled_layers
 from gpa.paths import GradientPaths, gradient_paths
 from gpa.report import LayerRecord, NetworkSummary, Report
 from gpa.trace import LeafSpec, single_call, trace
 
-__all__ = ["analyze"]
+__all__ = ["analyze", "fx_gradient_graph"]
 
 Shape = Sequence[int]
 
@@ -68,6 +68,42 @@ def analyze(
         [('0', 2), ('3', 1)]
     """
     _refuse_lazy(model)
+    graph = fx_gradient_graph(
+        model,
+        example_inputs,
+        input_shape=input_shape,
+        outputs=outputs,
+        layer_types=layer_types,
+        leaf_modules=leaf_modules,
+        train=train,
+    )
+    records = _records(graph)
+    if not records:
+        types = ", ".join(t.__name__ for t in (layer_types or DEFAULT_LAYER_TYPES))
+        raise NoLayersError(
+            f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
+            f"(layer types: {types}; add more with layer_types= / --layer-type)"
+        )
+    return Report(
+        model=name or type(model).__name__,
+        inputs=_describe_inputs(graph.inputs),
+        layers=records,
+        network=NetworkSummary.of(records),
+        notes=list(graph.notes),
+    )
+
+
+def fx_gradient_graph(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[Any] | None = None,
+    *,
+    input_shape: Shape | Sequence[Shape] | None = None,
+    outputs: Iterable[OutputKey] | None = None,
+    layer_types: Iterable[type[nn.Module]] | None = None,
+    leaf_modules: LeafSpec | None = None,
+    train: bool = True,
+) -> GradientGraph:
+    """The gradient graph of ``model`` as the torch.fx tracer sees it (arguments as :func:`analyze`)."""
     was_training = model.training
     model.train(train)
     try:
@@ -84,21 +120,11 @@ def analyze(
     finally:
         model.train(was_training)
     calls = find_layers(gm, layer_types, traced)
-    records = _records(gm, calls, outputs)
-    for missing, kind in uncalled_layers(traced, gm, layer_types):
-        if missing not in records:
-            records[missing] = LayerRecord(missing, kind, 0, None)
-    if not records:
-        types = ", ".join(t.__name__ for t in (layer_types or DEFAULT_LAYER_TYPES))
-        raise NoLayersError(
-            f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
-            f"(layer types: {types}; add more with layer_types= / --layer-type)"
-        )
-    return Report(
-        model=name or type(model).__name__,
-        inputs=_describe_inputs(inputs),
-        layers=records,
-        network=NetworkSummary.of(records),
+    return GradientGraph(
+        ops=op_graph(gm, outputs),
+        calls={node.name: call for node, call in calls.items()},
+        uncalled=uncalled_layers(traced, gm, layer_types),
+        inputs=inputs,
         notes=notes,
     )
 
@@ -138,12 +164,10 @@ def _refuse_lazy(model: nn.Module) -> None:
         )
 
 
-def _records(
-    gm: fx.GraphModule, calls: dict[fx.Node, LayerCall], outputs: Iterable[OutputKey] | None
-) -> dict[str, LayerRecord]:
+def _records(graph: GradientGraph) -> dict[str, LayerRecord]:
     """Merge the per-call gradient paths into one record per layer, in forward order."""
-    names = {node.name: call for node, call in calls.items()}
-    found = gradient_paths(op_graph(gm, outputs), names, loss=LOSS)
+    names = graph.calls
+    found = gradient_paths(graph.ops, names, loss=LOSS)
     stamps = {n: p.paths.stamps for n, p in found.items() if p.paths} | {LOSS: 1}
     grouped: dict[str, list[str]] = defaultdict(list)
     for node_name, call in names.items():
@@ -164,6 +188,9 @@ def _records(
             paths=GradientPaths.union(reached) if reached else None,
             deliveries={s: deliveries[s] for s in sorted(deliveries, key=rank.__getitem__)},
         )
+    for missing, kind in graph.uncalled:
+        if missing not in records:
+            records[missing] = LayerRecord(missing, kind, 0, None)
     return records
 
 

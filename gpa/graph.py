@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -25,12 +26,34 @@ import torch.fx as fx
 
 from gpa.errors import GpaError
 from gpa.flow import GRAD_FROM, VALUE
+from gpa.layers import LayerCall
 
-__all__ = ["LOSS", "op_graph", "output_paths", "select_outputs"]
+__all__ = ["LOSS", "GradientGraph", "op_graph", "output_paths", "select_outputs"]
 
 LOSS = "<loss>"
 
 OutputKey = int | str
+
+
+@dataclass
+class GradientGraph:
+    """What a tracer hands to the path analysis, whichever tracer it is.
+
+    Attributes:
+        ops: operation-level DAG ending in ``<loss>``; every edge has a ``grad``
+            attribute telling whether gradient flows along it.
+        calls: the nodes of ``ops`` that are layer calls -> their record and type,
+            in forward order.
+        uncalled: layer modules forward never uses, as (name, type).
+        inputs: the example inputs used (meta tensors), or None.
+        notes: remarks for the report (fallbacks, what was skipped).
+    """
+
+    ops: nx.DiGraph
+    calls: dict[str, LayerCall]
+    uncalled: list[tuple[str, str]] = field(default_factory=list)
+    inputs: tuple | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _flatten(structure: Any, prefix: str) -> Iterator[tuple[str, Any]]:
