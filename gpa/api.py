@@ -11,15 +11,17 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from gpa.errors import GpaError, NoLayersError
+from gpa.counts import check_convention, count_report
+from gpa.errors import GpaError, NoLayersError, TraceError
 from gpa.flow import flow_from_names, flow_from_values
 from gpa.graph import LOSS, GradientGraph, OutputKey, op_graph
 from gpa.layers import DEFAULT_LAYER_TYPES, find_layers, uncalled_layers
+from gpa.load import load_target, parse_outputs, resolve_layer_types, resolve_leaf_modules
 from gpa.paths import GradientPaths, gradient_paths
 from gpa.report import LayerRecord, NetworkSummary, Report
 from gpa.trace import LeafSpec, single_call, trace
 
-__all__ = ["analyze", "fx_gradient_graph"]
+__all__ = ["analyze", "analyze_target", "fx_gradient_graph", "gradient_graph"]
 
 Shape = Sequence[int]
 
@@ -40,6 +42,8 @@ def analyze(
     leaf_modules: LeafSpec | None = None,
     train: bool = True,
     name: str | None = None,
+    count_convention: str = "torch",
+    tracer: str = "fx",
 ) -> Report:
     """Compute the gradient paths of every layer of ``model``.
 
@@ -56,6 +60,11 @@ def analyze(
         leaf_modules: extra module classes or qualified names not to trace into.
         train: trace in train mode (default) or eval mode.
         name: display name of the model in the report.
+        count_convention: how parameters are counted, ``"torch"`` (all) or ``"darknet"``
+            (conv/linear weights only, the paper's Table 2); see :mod:`gpa.counts`.
+        tracer: ``"fx"`` (symbolic tracing), ``"autograd"`` (one forward pass, then the
+            autograd graph; see :mod:`gpa.autograd`) or ``"auto"`` (fx, falling back to
+            autograd when fx cannot trace the model, with a note in the report).
 
     Returns:
         A :class:`~gpa.report.Report`.
@@ -68,7 +77,8 @@ def analyze(
         [('0', 2), ('3', 1)]
     """
     _refuse_lazy(model)
-    graph = fx_gradient_graph(
+    check_convention(count_convention)
+    graph = gradient_graph(
         model,
         example_inputs,
         input_shape=input_shape,
@@ -76,6 +86,7 @@ def analyze(
         layer_types=layer_types,
         leaf_modules=leaf_modules,
         train=train,
+        tracer=tracer,
     )
     records = _records(graph)
     if not records:
@@ -84,13 +95,94 @@ def analyze(
             f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
             f"(layer types: {types}; add more with layer_types= / --layer-type)"
         )
-    return Report(
+    report = Report(
         model=name or type(model).__name__,
         inputs=_describe_inputs(graph.inputs),
         layers=records,
         network=NetworkSummary.of(records),
         notes=list(graph.notes),
     )
+    return count_report(report, model, graph.inputs, count_convention, train)
+
+
+def analyze_target(
+    target: str,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    input_shape: Sequence[Shape] | None = None,
+    outputs: Iterable[str] = (),
+    layer_types: Iterable[str] = (),
+    leaf_modules: Iterable[str] = (),
+    train: bool = True,
+    count_convention: str = "torch",
+) -> Report:
+    """:func:`analyze` the model named by a TARGET string, with options as the CLI gives them.
+
+    ``input_shape`` (a list of shapes) replaces the inputs the target defines; ``outputs``,
+    ``layer_types`` and ``leaf_modules`` are the strings of ``--outputs``, ``--layer-type``
+    and ``--leaf`` (see :mod:`gpa.load`).
+
+    Example:
+        >>> analyze_target("gpa.models:plainnet", {"depth": 2}).network.max_shortest
+        4
+    """
+    loaded = load_target(target, kwargs)
+    if input_shape:
+        example_inputs, shapes = None, list(input_shape)
+    else:
+        example_inputs, shapes = loaded.example_inputs, loaded.input_shape
+    layer_types, leaf_modules = list(layer_types), list(leaf_modules)
+    return analyze(
+        loaded.model,
+        example_inputs,
+        input_shape=shapes,
+        outputs=parse_outputs(outputs),
+        layer_types=resolve_layer_types(layer_types, loaded.model) if layer_types else None,
+        leaf_modules=resolve_leaf_modules(leaf_modules, loaded.model) if leaf_modules else None,
+        train=train,
+        name=loaded.name,
+        count_convention=count_convention,
+    )
+
+
+TRACERS = ("fx", "autograd", "auto")
+
+
+def gradient_graph(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[Any] | None = None,
+    *,
+    tracer: str = "fx",
+    **options: Any,
+) -> GradientGraph:
+    """The gradient graph of ``model`` built by ``tracer`` (see :func:`analyze`).
+
+    ``"auto"`` uses fx and, when fx cannot trace the model, the autograd tracer,
+    saying so in the graph's notes.
+    """
+    from gpa.autograd import autograd_gradient_graph
+
+    if tracer not in TRACERS:
+        raise GpaError(f"unknown tracer {tracer!r}; choose one of {', '.join(TRACERS)}")
+    if tracer == "autograd":
+        return autograd_gradient_graph(model, example_inputs, **options)
+    try:
+        return fx_gradient_graph(model, example_inputs, **options)
+    except TraceError as exc:
+        if tracer == "fx":
+            raise TraceError(
+                f"{exc}\nOr analyse it with the autograd tracer (--tracer auto / tracer='auto'), "
+                "which runs the model once instead of tracing it."
+            ) from exc
+        reason = str(exc).splitlines()[0]
+        if example_inputs is None and options.get("input_shape") is None:
+            raise TraceError(
+                f"{exc}\nThe autograd tracer could analyse it by running it, but it needs "
+                "example inputs (--input-shape or example_inputs)."
+            ) from exc
+    graph = autograd_gradient_graph(model, example_inputs, **options)
+    graph.notes.insert(0, f"{reason}; used the autograd tracer instead (tracer='auto')")
+    return graph
 
 
 def fx_gradient_graph(
@@ -129,7 +221,7 @@ def fx_gradient_graph(
     )
 
 
-def _fx_leaf(cls: type) -> bool:
+def _fx_leaf(cls: type) -> bool:  # see also gpa.autograd.fx_leaf
     """Whether torch.fx's default policy keeps modules of ``cls`` as single calls."""
     return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
         cls, nn.Sequential

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -93,6 +94,54 @@ def _kv_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     return kwargs
 
 
+def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say how to load and analyse a model (shared by several commands)."""
+    for option in reversed(_MODEL_OPTIONS):
+        command = option(command)
+    return command
+
+
+_MODEL_OPTIONS = [
+    click.option(
+        "-k",
+        "kwargs",
+        metavar="KEY=VALUE",
+        multiple=True,
+        callback=_kv_option,
+        help="Keyword argument for the model factory (repeatable; values are Python literals).",
+    ),
+    click.option(
+        "--input-shape",
+        "input_shapes",
+        metavar="SHAPE",
+        multiple=True,
+        callback=_shape_option,
+        help="Shape of an input, e.g. 1,3,224,224 (repeat for several inputs).",
+    ),
+    click.option(
+        "--outputs",
+        metavar="IDX_OR_KEY",
+        multiple=True,
+        help="Output(s) feeding the loss: an index, a dict key or a dotted path (repeatable).",
+    ),
+    click.option(
+        "--layer-type",
+        "layer_types",
+        metavar="CLASS",
+        multiple=True,
+        help="Module class counted as a layer, replacing the default set (repeatable).",
+    ),
+    click.option(
+        "--leaf",
+        "leaves",
+        metavar="CLASS_OR_NAME",
+        multiple=True,
+        help="Module class or qualified submodule name not to trace into (repeatable).",
+    ),
+    click.option("--eval", "eval_mode", is_flag=True, help="Trace in eval mode (default: train)."),
+]
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(
     __version__, "-V", "--version", prog_name="gpa", message="%(prog)s %(version)s"
@@ -108,43 +157,14 @@ def main() -> None:
 
 @main.command()
 @click.argument("target")
+@model_options
 @click.option(
-    "-k",
-    "kwargs",
-    metavar="KEY=VALUE",
-    multiple=True,
-    callback=_kv_option,
-    help="Keyword argument for the model factory (repeatable; values are Python literals).",
+    "--count-convention",
+    type=click.Choice(["torch", "darknet"]),
+    default="torch",
+    show_default=True,
+    help="Parameters counted: all (torch) or conv/linear weights only (darknet, Table 2).",
 )
-@click.option(
-    "--input-shape",
-    "input_shapes",
-    metavar="SHAPE",
-    multiple=True,
-    callback=_shape_option,
-    help="Shape of an input, e.g. 1,3,224,224 (repeat for several inputs).",
-)
-@click.option(
-    "--outputs",
-    metavar="IDX_OR_KEY",
-    multiple=True,
-    help="Output(s) feeding the loss: an index, a dict key or a dotted path (repeatable).",
-)
-@click.option(
-    "--layer-type",
-    "layer_types",
-    metavar="CLASS",
-    multiple=True,
-    help="Module class counted as a layer, replacing the default set (repeatable).",
-)
-@click.option(
-    "--leaf",
-    "leaves",
-    metavar="CLASS_OR_NAME",
-    multiple=True,
-    help="Module class or qualified submodule name not to trace into (repeatable).",
-)
-@click.option("--eval", "eval_mode", is_flag=True, help="Trace in eval mode (default: train).")
 @click.option(
     "--format",
     "fmt",
@@ -167,6 +187,7 @@ def analyze(
     layer_types: tuple[str, ...],
     leaves: tuple[str, ...],
     eval_mode: bool,
+    count_convention: str,
     fmt: str,
     output: Path | None,
 ) -> None:
@@ -197,6 +218,7 @@ def analyze(
         layer_types=resolve_layer_types(layer_types, loaded.model) if layer_types else None,
         leaf_modules=resolve_leaf_modules(leaves, loaded.model) if leaves else None,
         train=not eval_mode,
+        count_convention=count_convention,
         name=loaded.name,
     )
 
@@ -219,6 +241,187 @@ def analyze(
             output.write_text(text, encoding="utf-8")
         except OSError as exc:
             raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+def _emit(text: str, output: Path | None) -> None:
+    """Print ``text``, or write it to ``output``."""
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+def _cli_model_options(
+    kwargs: dict[str, Any],
+    input_shapes: list[tuple[int, ...]],
+    outputs: tuple[str, ...],
+    layer_types: tuple[str, ...],
+    leaves: tuple[str, ...],
+    eval_mode: bool,
+    **rules: Any,
+) -> Any:
+    """The :class:`gpa.config.ModelOptions` set on the command line (unset ones stay None)."""
+    from gpa.config import ModelOptions
+    from gpa.rules import Rules
+
+    return ModelOptions(
+        kwargs=kwargs,
+        input_shape=tuple(input_shapes) or None,
+        outputs=outputs or None,
+        layer_types=layer_types or None,
+        leaf_modules=leaves or None,
+        eval=True if eval_mode else None,
+        rules=Rules(**rules),
+    )
+
+
+def _config(path: Path | None) -> Any:
+    from gpa.config import find_config, load_config
+
+    found = path or find_config()
+    return load_config(found) if found else None
+
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file with a [tool.gpa] table (default: the nearest pyproject.toml that has one).",
+)
+_output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the output to this file instead of standard output.",
+)
+
+
+@main.command()
+@click.argument("targets", nargs=-1, metavar="[TARGET]...")
+@model_options
+@click.option(
+    "--max-shortest",
+    type=click.IntRange(min=1),
+    help="Fail if a layer's shortest gradient path exceeds N.",
+)
+@click.option(
+    "--max-longest",
+    type=click.IntRange(min=1),
+    help="Fail if a layer's longest gradient path exceeds N.",
+)
+@click.option(
+    "--no-unreachable", is_flag=True, default=None, help="Fail if a layer receives no gradient."
+)
+@click.option(
+    "--max-mean-shortest", type=float, help="Fail if the mean shortest gradient path exceeds X."
+)
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Fail on regressions against this baseline file.",
+)
+@click.option(
+    "--write-baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Record the models' metrics in this baseline file.",
+)
+@_config_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "junit", "github"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@_output_option
+@click.pass_context
+def check(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    max_shortest: int | None,
+    max_longest: int | None,
+    no_unreachable: bool | None,
+    max_mean_shortest: float | None,
+    baseline: Path | None,
+    write_baseline: Path | None,
+    config_path: Path | None,
+    fmt: str,
+    output: Path | None,
+    **model: Any,
+) -> None:
+    """Check gradient-path rules; exit 1 if one fails, 2 if a model cannot be analysed.
+
+    Without TARGET, checks every model of [tool.gpa.models] in the nearest
+    pyproject.toml (or --config FILE); a TARGET may also name such a model.
+    Command-line options override the configuration. See docs/ci.md.
+    """
+    from gpa.baseline import read_baseline
+    from gpa.baseline import write_baseline as write
+    from gpa.check import check_models, plan_models
+    from gpa.check_format import format_run
+
+    config = _config(config_path)
+    overrides = _cli_model_options(
+        **model,
+        max_shortest=max_shortest,
+        max_longest=max_longest,
+        no_unreachable=no_unreachable,
+        max_mean_shortest=max_mean_shortest,
+    )
+    specs = plan_models(targets, config, overrides)
+    if baseline is None and write_baseline is None and config is not None:
+        baseline = config.baseline
+    run = check_models(specs, read_baseline(baseline) if baseline else None)
+    color = fmt == "text" and output is None and sys.stdout.isatty()
+    _emit(format_run(run, fmt, color=color), output)
+    if fmt != "text" or output is not None:
+        for m in run.models:
+            if m.error is not None:
+                click.echo(f"error: {m.name}: {m.error}", err=True)
+    if write_baseline is not None:
+        if run.errors:
+            click.echo(f"error: baseline {write_baseline} not written: a model failed", err=True)
+        else:
+            write(write_baseline, run.snapshots())
+    ctx.exit(run.exit_code)
+
+
+@main.command()
+@click.argument("a")
+@click.argument("b")
+@model_options
+@_config_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@_output_option
+def compare(
+    a: str, b: str, config_path: Path | None, fmt: str, output: Path | None, **model: Any
+) -> None:
+    """Compare two models side by side: network metrics and per-layer paths.
+
+    A and B are TARGETs, models of [tool.gpa.models], baseline files
+    (base.json, or base.json:MODEL) or saved `gpa analyze --format json` reports.
+    Model options apply to both sides.
+    """
+    from gpa.compare import compare as compare_sides
+    from gpa.compare import format_comparison, load_side
+
+    config = _config(config_path)
+    options = _cli_model_options(**model)
+    comparison = compare_sides(
+        load_side(a, options, config), load_side(b, options, config), names=(a, b)
+    )
+    _emit(comparison.to_json() if fmt == "json" else format_comparison(comparison), output)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,13 +39,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from gpa.errors import ShapeError
+from gpa.errors import GpaError, ShapeError
 
 __all__ = [
     "CONVENTIONS",
     "WEIGHT_LAYERS",
     "Counts",
+    "check_convention",
     "count",
+    "count_report",
     "count_flops",
     "count_params",
     "format_flops",
@@ -213,10 +215,12 @@ def count_flops(
     example_inputs: Tensor | Sequence[Any] | None = None,
     *,
     input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
+    train: bool = False,
 ) -> dict[str, int]:
     """FLOPs per weight-layer name for one forward pass (2 per multiply-add).
 
-    The forward runs in eval mode (the train/eval flag of every module is restored) on
+    The forward runs in eval mode, or train mode with ``train=True`` (the train/eval
+    flag of every module is restored), on
     the meta device, with ``example_inputs`` (moved to meta), tensors of ``input_shape``
     (a shape or a list of shapes), or ``model.input_shape``. Layers never called are
     absent. Raises :class:`gpa.errors.ShapeError` if the forward pass fails.
@@ -239,7 +243,7 @@ def count_flops(
         k: _to_meta(v) for k, v in [*model.named_parameters(), *model.named_buffers()]
     }  # tied parameters appear once; functional_call re-ties them
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
+    model.train(train)
     try:
         with torch.no_grad(), _SkipNorms():
             torch.func.functional_call(model, state, args)
@@ -276,3 +280,88 @@ def count(
     """
     params = count_params(model, convention)
     return Counts(convention, params, count_flops(model, example_inputs, input_shape=input_shape))
+
+
+def check_convention(convention: str) -> str:
+    """``convention`` if it is one of :data:`CONVENTIONS`; a :class:`GpaError` otherwise."""
+    if convention not in CONVENTIONS:
+        raise GpaError(
+            f"count convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}"
+        )
+    return convention
+
+
+_NO_FLOPS_NOTE = "no example inputs: FLOPs were not counted (give --input-shape or example_inputs)"
+
+
+def _subtree_sum(per_module: Mapping[str, int], name: str) -> int | None:
+    """Sum of the entries for module ``name`` and its descendants (None if there are none)."""
+    if name == "":
+        return sum(per_module.values()) if per_module else None
+    prefix = name + "."
+    found = [v for k, v in per_module.items() if k == name or k.startswith(prefix)]
+    return sum(found) if found else None
+
+
+def _layer_counts(
+    model: nn.Module, record: str, params: Mapping[str, int], flops: Mapping[str, int] | None
+) -> tuple[int | None, int | None]:
+    """Parameters and FLOPs of the layer record named ``record``."""
+    try:
+        model.get_submodule(record)
+        module: str | None = record
+    except AttributeError:
+        module = "" if record == type(model).__name__ else None  # gpa.trace.single_call
+    if module is None:
+        try:  # a functional layer on a parameter of the root module
+            return model.get_parameter(record).numel(), None
+        except AttributeError:
+            return None, None
+    n_flops = _subtree_sum(flops, module) if flops is not None else None
+    return _subtree_sum(params, module) or 0, n_flops
+
+
+def count_report(
+    report: Any, model: nn.Module, inputs: tuple | None, convention: str, train: bool = True
+) -> Any:
+    """``report`` (a :class:`gpa.Report`) with parameters and FLOPs per layer and in total.
+
+    A layer's ``params`` are those of its module and the modules inside it under
+    ``convention``; a functional layer on a root parameter counts that parameter. Its
+    ``flops`` are those of the conv/linear/bilinear modules it is or contains (None for
+    other layer types). Network ``params`` count the whole model (norms included under
+    ``"torch"``), network ``flops`` all counted layers; the forward pass counting FLOPs
+    runs in train mode unless ``train=False``, as the analysis does. Without ``inputs`` FLOPs are None
+    and a note says so; a model whose forward fails on the meta device keeps FLOPs None,
+    with a note.
+
+    Example:
+        >>> import gpa
+        >>> r = gpa.analyze(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)), input_shape=(2, 4))
+        >>> r.layers["0"].params, r.layers["0"].flops, r.network.params, r.network.flops
+        (15, 48, 21, 48)
+    """
+    from dataclasses import replace
+
+    params = count_params(model, convention)
+    notes = list(report.notes)
+    flops: dict[str, int] | None = None
+    if inputs is None:
+        notes.append(_NO_FLOPS_NOTE)
+    else:
+        try:
+            flops = count_flops(model, inputs, train=train)
+        except GpaError as err:
+            notes.append(f"FLOPs were not counted: {err}")
+    layers = {}
+    for name, record in report.layers.items():
+        n_params, n_flops = _layer_counts(model, name, params, flops)
+        layers[name] = replace(record, params=n_params, flops=n_flops)
+    total_flops = sum(flops.values()) if flops is not None else None
+    network = replace(
+        report.network,
+        params=sum(params.values()),
+        flops=total_flops,
+        count_convention=convention,
+    )
+    return replace(report, layers=layers, network=network, notes=notes)

@@ -24,6 +24,7 @@ __all__ = [
     "format_count",
     "format_csv",
     "format_inputs",
+    "format_si",
     "format_sources",
     "format_table",
     "format_timestamps",
@@ -39,6 +40,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "timestamps",
     "num_paths",
     "sources",
+    "params",
+    "flops",
 )
 
 #: Default width of :func:`format_table`, in characters.
@@ -63,6 +66,25 @@ def format_count(count: int) -> str:
         return str(count)
     mantissa, _, exponent = format(Decimal(count), ".2e").partition("e")
     return f"{mantissa}e+{int(exponent):02d}"  # Decimal handles counts beyond float range
+
+
+def format_si(value: int | None) -> str:
+    """A compact count with an SI suffix and 3 significant digits: ``1234567 -> "1.23M"``.
+
+    ``None`` (not counted) is ``"-"``; values below 1000 are exact.
+
+    Example:
+        >>> format_si(864), format_si(41573216), format_si(18570000000), format_si(None)
+        ('864', '41.6M', '18.6G', '-')
+    """
+    if value is None:
+        return "-"
+    scaled, suffix = float(value), ""
+    for next_suffix in ("K", "M", "G", "T", "P"):
+        if abs(scaled) < 999.5:
+            break
+        scaled, suffix = scaled / 1000, next_suffix
+    return f"{scaled:.3g}{suffix}" if suffix else str(value)
 
 
 def format_sources(sources: Sequence[str], limit: int = 3) -> str:
@@ -107,6 +129,12 @@ def _summary_lines(report: Any) -> list[str]:
             f"longest: {_value(network.longest)}   unreachable: {len(unreachable)}"
         ),
     ]
+    convention = getattr(network, "count_convention", None)
+    if convention is not None:
+        lines.append(
+            f"params: {format_si(network.params)}   flops: {format_si(network.flops)}   "
+            f"({convention} convention; a multiply-add counts as 2 FLOPs)"
+        )
     if unreachable:
         lines.append(f"unreachable layers: {', '.join(unreachable)}")
     return lines
@@ -139,6 +167,8 @@ def format_table(report: Any, *, width: int = TABLE_WIDTH, color: bool = False) 
     table.add_column("longest", justify="right")
     table.add_column("timestamps", overflow="fold")
     table.add_column("paths", justify="right")
+    table.add_column("params", justify="right")
+    table.add_column("flops", justify="right")
     table.add_column("sources", overflow="fold")
     for record in report.layers.values():
         table.add_row(
@@ -152,6 +182,8 @@ def format_table(report: Any, *, width: int = TABLE_WIDTH, color: bool = False) 
                     _value(record.longest),
                     format_timestamps(record.timestamps),
                     format_count(record.num_paths),
+                    format_si(record.params),
+                    format_si(record.flops),
                     format_sources(record.sources),
                 )
             )
@@ -210,6 +242,8 @@ def format_csv(report: Any) -> str:
                 ";".join(str(t) for t in record.timestamps),
                 record.num_paths,
                 ";".join(record.sources),
+                "" if record.params is None else record.params,
+                "" if record.flops is None else record.flops,
             ]
         )
     return buffer.getvalue()

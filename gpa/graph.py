@@ -28,7 +28,7 @@ from gpa.errors import GpaError
 from gpa.flow import GRAD_FROM, VALUE
 from gpa.layers import LayerCall
 
-__all__ = ["LOSS", "GradientGraph", "op_graph", "output_paths", "select_outputs"]
+__all__ = ["LOSS", "GradientGraph", "op_graph", "output_paths", "select_outputs", "select_paths"]
 
 LOSS = "<loss>"
 
@@ -56,6 +56,11 @@ class GradientGraph:
     notes: list[str] = field(default_factory=list)
 
 
+def flatten_outputs(structure: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every leaf of a returned structure with its dotted path (tuples, lists, dicts, nested)."""
+    return _flatten(structure, prefix)
+
+
 def _flatten(structure: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     if isinstance(structure, (tuple, list)):
         for i, item in enumerate(structure):
@@ -81,7 +86,18 @@ def select_outputs(
     gm: fx.GraphModule, outputs: Iterable[OutputKey] | None
 ) -> list[tuple[str, fx.Node]]:
     """The returned nodes that feed the loss: all, or those under the selected paths."""
-    paths = output_paths(gm)
+    return select_paths(output_paths(gm), outputs)
+
+
+def select_paths(
+    paths: list[tuple[str, Any]], outputs: Iterable[OutputKey] | None
+) -> list[tuple[str, Any]]:
+    """The (path, value) pairs under the selected output paths (all when ``outputs`` is None).
+
+    Example:
+        >>> select_paths([("0", "a"), ("1.x", "b"), ("1.y", "c")], [1])
+        [('1.x', 'b'), ('1.y', 'c')]
+    """
     if outputs is None:
         return paths
     chosen = []

@@ -181,6 +181,8 @@ def find_layers(
         if not _is_mixing(node):
             continue
         operands = [n for n in node.all_input_nodes if n in roots]
+        if node in roots:  # all its operands are weights: it computes a weight (A @ B)
+            continue
         if operands:
             calls[node] = LayerCall(*_owner(model or gm, roots[operands[0]][0]))
     order = {n: i for i, n in enumerate(gm.graph.nodes)}

@@ -36,6 +36,8 @@ class LayerRecord:
     calls: int
     paths: GradientPaths | None
     deliveries: Mapping[str, int] = field(default_factory=dict)
+    params: int | None = None
+    flops: int | None = None
 
     @property
     def reachable(self) -> bool:
@@ -84,6 +86,8 @@ class LayerRecord:
             "num_paths": self.num_paths,
             "path_histogram": {str(k): v for k, v in self.path_histogram.items()},
             "sources": list(self.sources),
+            "params": self.params,
+            "flops": self.flops,
         }
 
 
@@ -97,6 +101,9 @@ class NetworkSummary:
     mean_shortest: float | None
     longest: int | None
     unreachable: tuple[str, ...]
+    params: int | None = None
+    flops: int | None = None
+    count_convention: str | None = None
 
     @staticmethod
     def of(records: Mapping[str, LayerRecord]) -> NetworkSummary:
@@ -119,6 +126,9 @@ class NetworkSummary:
             "mean_shortest": self.mean_shortest,
             "longest": self.longest,
             "unreachable": list(self.unreachable),
+            "params": self.params,
+            "flops": self.flops,
+            "count_convention": self.count_convention,
         }
 
 

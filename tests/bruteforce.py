@@ -4,9 +4,11 @@ A *spec* describes a small DAG-shaped model as a list of steps. :class:`SpecNet`
 executes a spec in ``forward`` (the spec is fixed at construction, so torch.fx
 unrolls the loop over it). :func:`brute_force` works on the spec's own graph,
 never on gpa's: it enumerates every route from each layer's output to the loss,
-writes each route down as the sequence of layers it crosses, de-duplicates
+writes each route down as the sequence of layer calls it crosses, de-duplicates
 those sequences (two routes between the same two layers that cross no other
 layer are one path) and derives every metric from the resulting set of paths.
+:func:`autograd_reachable` cross-checks the reference's reachability against a
+real backward pass.
 
 Values are tensors of shape ``(BATCH, WIDTH, LENGTH)``. Value 0 is the model
 input; step ``i`` (0-based) produces value ``i + 1``.

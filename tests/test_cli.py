@@ -98,8 +98,13 @@ def test_json_report_of_a_three_conv_chain() -> None:
         "num_paths",
         "path_histogram",
         "sources",
+        "params",
+        "flops",
     ]
     assert (first["type"], first["calls"], first["path_histogram"]) == ("Conv2d", 1, {"4": 1})
+    # by hand: 3x3 convs 3->4 and 4->4 with bias on 8x8, linear 4->10; 2 FLOPs per multiply-add
+    assert [layer["params"] for layer in report["layers"]] == [112, 148, 148, 50]
+    assert [layer["flops"] for layer in report["layers"]] == [13824, 18432, 18432, 80]
     assert report["network"] == {
         "layers": 4,
         "max_shortest": 4,
@@ -107,6 +112,9 @@ def test_json_report_of_a_three_conv_chain() -> None:
         "mean_shortest": 2.5,
         "longest": 4,
         "unreachable": [],
+        "params": 458,
+        "flops": 50768,
+        "count_convention": "torch",
     }
     assert report["notes"] == []
 
@@ -138,11 +146,14 @@ def test_table_format() -> None:
         "longest",
         "timestamps",
         "paths",
+        "params",
+        "flops",
         "sources",
     ]
+    assert lines[3].split()[:4] == ["params:", "458", "flops:", "50.8K"]
     rows = {line.split()[0]: line.split() for line in lines[lines.index(header) + 2 :] if line}
-    assert rows["conv1"] == ["conv1", "Conv2d", "1", "4", "4", "4", "1", "conv2"]
-    assert rows["fc"] == ["fc", "Linear", "1", "1", "1", "1", "1", "<loss>"]
+    assert rows["conv1"] == ["conv1", "Conv2d", "1", "4", "4", "4", "1", "112", "13.8K", "conv2"]
+    assert rows["fc"] == ["fc", "Linear", "1", "1", "1", "1", "1", "50", "80", "<loss>"]
     assert all(len(line) <= 120 for line in lines)
     assert "\x1b[" not in result.stdout  # no colour when not a terminal
 
@@ -152,7 +163,8 @@ def test_table_lists_unreachable_layers() -> None:
     assert result.exit_code == 0
     assert "unreachable layers: aux" in result.stdout
     aux = next(line for line in result.stdout.splitlines() if line.startswith("aux "))
-    assert aux.split() == ["aux", "Linear", "1", "-", "-", "-", "0", "-"]
+    # params 4*3 + 3, FLOPs 2 * 2 rows * 3 * 4 (counted in train mode, where aux runs)
+    assert aux.split() == ["aux", "Linear", "1", "-", "-", "-", "0", "15", "48", "-"]
 
 
 def test_csv_format() -> None:
@@ -161,10 +173,10 @@ def test_csv_format() -> None:
     # h = left(a) + right(b) is returned and also feeds mix: left reaches the loss
     # directly (length 1) and through mix (length 2)
     assert result.stdout == (
-        "name,type,calls,shortest,longest,timestamps,num_paths,sources\n"
-        "left,Linear,1,1,2,1;2,2,mix;<loss>\n"
-        "right,Linear,1,1,2,1;2,2,mix;<loss>\n"
-        "mix,Linear,1,1,1,1,1,<loss>\n"
+        "name,type,calls,shortest,longest,timestamps,num_paths,sources,params,flops\n"
+        "left,Linear,1,1,2,1;2,2,mix;<loss>,16,24\n"
+        "right,Linear,1,1,2,1;2,2,mix;<loss>,24,40\n"
+        "mix,Linear,1,1,1,1,1,<loss>,10,16\n"
     )
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert rows[0]["timestamps"].split(";") == ["1", "2"]

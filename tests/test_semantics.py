@@ -1813,3 +1813,126 @@ def test_sources_order():
     assert tuple(tied.layers["emb"].sources) == ("lin", LOSS)
     aux = gpa.analyze(AuxNet(), torch.randn(2, 4))
     assert tuple(aux.layers["l1"].sources) == ("l2", "aux")
+
+
+class LowRank(nn.Module):
+    """A weight factorized as A @ B, then applied to the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(4, 2))
+        self.B = nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x):
+        return x @ (self.A @ self.B)
+
+
+class LowRankNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.lr = LowRank()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.lr(self.l1(x)))
+
+
+@WITH_INPUTS
+def test_weight_computed_by_matmul_of_parameters(with_inputs):
+    report = run(LowRankNet(), torch.randn(2, 4), with_inputs)
+    # A @ B mixes no features: both operands are parameters, it only computes the weight
+    # (an op that transforms a weight: no layer, no call). x @ W is the one layer call of
+    # lr. Chain l1 -> lr -> fc: 3, 2, 1, one path each.
+    assert list(report.layers) == ["l1", "lr", "fc"]
+    expect(report, "lr", {2: 1}, ("fc",), calls=1)
+    expect(report, "l1", {3: 1}, ("lr",))
+    expect(report, "fc", {1: 1}, (LOSS,))
+
+
+# ======================================================================================
+# 19. Two common blocks: squeeze-and-excitation gating and a transformer block
+
+
+class SE(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(c, 2)
+        self.fc2 = nn.Linear(2, c)
+
+    def forward(self, x):
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(pool(x)))))
+        return x * s[:, :, None, None]
+
+
+class SENet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.se = SE(4)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(pool(self.c2(self.se(self.c1(x)))))
+
+
+def test_squeeze_excitation_gating():
+    report = gpa.analyze(SENet(), torch.randn(IMG))
+    # fc 1; c2 -> fc: 2; the gate multiplies c1's output, so fc2 -> (mul) -> c2: 3;
+    # fc1 -> fc2: 4. c1's output reaches c2 through the multiplication (3) and fc1 (5).
+    assert list(report.layers) == ["c1", "se.fc1", "se.fc2", "c2", "fc"]
+    expect(report, "fc", {1: 1}, (LOSS,))
+    expect(report, "c2", {2: 1}, ("fc",))
+    expect(report, "se.fc2", {3: 1}, ("c2",))
+    expect(report, "se.fc1", {4: 1}, ("se.fc2",))
+    expect(report, "c1", {3: 1, 5: 1}, ("c2", "se.fc1"))
+    # shortest 3, 4, 3, 2, 1: max 4 (fc1), mean 13/5; longest 5 (c1)
+    expect_network(
+        report, layers=5, max_shortest=4, min_shortest=1, mean_shortest=13 / 5, longest=5
+    )
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.inp = nn.Linear(6, d)
+        self.q = nn.Linear(d, d)
+        self.k = nn.Linear(d, d)
+        self.v = nn.Linear(d, d)
+        self.proj = nn.Linear(d, d)
+        self.ln1 = nn.LayerNorm(d)
+        self.fc1 = nn.Linear(d, 2 * d)
+        self.fc2 = nn.Linear(2 * d, d)
+        self.ln2 = nn.LayerNorm(d)
+        self.head = nn.Linear(d, 3)
+
+    def forward(self, x):  # x: (2, 5, 6)
+        h = self.inp(x)
+        u = self.ln1(h)
+        att = (self.q(u) @ self.k(u).transpose(1, 2) * 8**-0.5).softmax(-1)
+        a = h + self.proj(att @ self.v(u))
+        o = a + self.fc2(F.gelu(self.fc1(self.ln2(a))))
+        return self.head(o.mean(1))
+
+
+def test_transformer_block():
+    report = gpa.analyze(TransformerBlock(), torch.randn(2, 5, 6))
+    assert list(report.layers) == ["inp", "q", "k", "v", "proj", "fc1", "fc2", "head"]
+    # head 1. fc2 -> (residual) -> head: 2. fc1 -> fc2: 3.
+    # a is read by fc1 (then fc2, head: 3 layers) and by the residual (head: 1 layer).
+    # proj -> a: {1 + 3, 1 + 1} = {2: 1, 4: 1}, sources fc1, head.
+    # q, k, v: the two activation-activation matmuls are no layers, so each reaches proj
+    # directly: 1 + {2, 4} = {3: 1, 5: 1}.
+    # inp -> q, k, v (1 + {3, 5} each) and -> a (1 + {3, 1}): {2: 1, 4: 4, 6: 3}.
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "fc2", {2: 1}, ("head",))
+    expect(report, "fc1", {3: 1}, ("fc2",))
+    expect(report, "proj", {2: 1, 4: 1}, ("fc1", "head"))
+    for name in ("q", "k", "v"):
+        expect(report, name, {3: 1, 5: 1}, ("proj",))
+    expect(report, "inp", {2: 1, 4: 4, 6: 3}, ("q", "k", "v", "fc1", "head"))
+    # shortest: inp 2, q/k/v 3, proj 2, fc1 3, fc2 2, head 1 -> sum 19 over 8
+    expect_network(
+        report, layers=8, max_shortest=3, min_shortest=1, mean_shortest=19 / 8, longest=6
+    )

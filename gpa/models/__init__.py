@@ -1,7 +1,7 @@
 """Reference model zoo: small, faithful PyTorch models of every family the paper discusses.
 
 Each family lives in its own module (``plainnet``, ``resnet``, ``prn``, ``densenet``,
-``sparsenet``, ``csp``, ``vovnet``, ``elan``, ``darknet``) built from the shared parts of
+``sparsenet``, ``csp``, ``vovnet``, ``elan``, ``darknet``, and the detectors in ``yolo``) built from the shared parts of
 :mod:`gpa.models.blocks`; every entry is a registered zero-argument-callable factory whose
 keyword parameters are its knobs. Every built model carries ``model.input_shape``.
 
@@ -39,6 +39,14 @@ from gpa.models.darknet import (  # isort: skip
     resnet50_darknet,
     resnext50_darknet,
 )
+from gpa.models.yolo import (  # isort: skip
+    yolo_csp,
+    yolo_csp_stopgrad,
+    yolo_elan,
+    yolo_elan_af,
+    yolo_prn,
+    yolo_v3,
+)
 
 __all__ = [
     "ModelInfo",
@@ -66,4 +74,10 @@ __all__ = [
     "cspresnet50",
     "resnext50_darknet",
     "cspresnext50",
+    "yolo_v3",
+    "yolo_prn",
+    "yolo_csp",
+    "yolo_csp_stopgrad",
+    "yolo_elan",
+    "yolo_elan_af",
 ]

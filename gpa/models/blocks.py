@@ -20,6 +20,7 @@ from torch import Tensor, nn
 __all__ = [
     "AggregationStage",
     "ConvBnAct",
+    "MaxPoolPyramid",
     "NormActConv",
     "Residual",
     "Transition",
@@ -242,9 +243,52 @@ def bottleneck_block(
     )
 
 
-def darknet_block(c: int, mid: int, act: str = "leaky") -> Residual:
-    """Darknet residual block: 1x1 c→mid, 3x3 mid→c, ``y = x + F(x)`` with no activation after."""
-    return Residual([ConvBnAct(c, mid, 1, act=act), ConvBnAct(mid, c, 3, act=act)], c_in=c, c_out=c)
+def darknet_block(
+    c: int,
+    mid: int,
+    act: str = "leaky",
+    *,
+    c_in: int | None = None,
+    shortcut: bool = True,
+    identity_channels: int | None = None,
+    stopgrad: str | None = None,
+) -> Residual | nn.Sequential:
+    """Darknet residual block: 1x1 c_in→mid, 3x3 mid→c, ``y = x + F(x)`` with no activation
+    after (YOLO's ``Bottleneck``). ``c_in`` defaults to ``c``.
+
+    ``identity_channels`` and ``stopgrad`` are passed to :class:`Residual` (PRN's masked
+    residual, Fig. 9). ``shortcut=False`` gives the plain pair of convs of the YOLO necks:
+    an ``nn.Sequential`` with the same children ``conv1``, ``conv2`` and no add.
+
+    Example:
+        >>> type(darknet_block(8, 4)).__name__, type(darknet_block(8, 4, shortcut=False)).__name__
+        ('Residual', 'Sequential')
+    """
+    c_in = c if c_in is None else c_in
+    convs = [ConvBnAct(c_in, mid, 1, act=act), ConvBnAct(mid, c, 3, act=act)]
+    if not shortcut:
+        return stage(conv1=convs[0], conv2=convs[1])
+    return Residual(
+        convs, c_in=c_in, c_out=c, identity_channels=identity_channels, stopgrad=stopgrad
+    )
+
+
+class MaxPoolPyramid(nn.Module):
+    """Spatial pyramid pooling (SPP): ``cat([x, maxpool_k1(x), maxpool_k2(x), ...])`` with
+    stride-1, "same"-padded max pools; the output has ``(1 + len(kernels))`` times the
+    input's channels. No weights.
+
+    Example:
+        >>> MaxPoolPyramid()(torch.zeros(1, 2, 8, 8)).shape
+        torch.Size([1, 8, 8, 8])
+    """
+
+    def __init__(self, kernels: Sequence[int] = (5, 9, 13)) -> None:
+        super().__init__()
+        self.pools = nn.ModuleList(nn.MaxPool2d(k, 1, k // 2) for k in kernels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([x, *(pool(x) for pool in self.pools)], dim=1)
 
 
 class AggregationStage(nn.Module):

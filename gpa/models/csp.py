@@ -34,8 +34,10 @@ class CSPStage(nn.Module):
     """A cross stage partial stage.
 
     ``x = down(x)``; part 1 = ``part1(x)`` and part 2 = ``part2(x)`` (two 1x1 convs, the
-    authors' YOLO code) or the channel slices ``x[:, :split_at]`` / ``x[:, split_at:]``
-    (``part1``/``part2`` ``None``, Fig. 4); ``b = blocks(part 1)``, then
+    authors' YOLO code), part 1 = ``x`` itself and part 2 = ``part2(x)`` (``part1`` ``None``:
+    YOLOR's ``BottleneckCSPB``, whose first conv is ``down``), or the channel slices
+    ``x[:, :split_at]`` / ``x[:, split_at:]`` (``part1``/``part2`` ``None``, Fig. 4);
+    ``b = blocks(part 1)``, then
     ``partial_transition`` (Tb) if present; ``y = cat(b, part 2)``, then ``transition``
     (T) if present. Absent children are ``None``.
     """
@@ -52,8 +54,10 @@ class CSPStage(nn.Module):
         transition: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if (part1 is None) != (part2 is None) or (part1 is None) == (split_at is None):
-            raise ValueError("give either part1 and part2 (conv split) or split_at (slice split)")
+        if (part2 is None) == (split_at is None) or (part1 is not None and part2 is None):
+            raise ValueError(
+                "give part2 (and optionally part1) for a conv split, or split_at (slice split)"
+            )
         self.down = down
         self.part1 = part1
         self.part2 = part2
@@ -65,8 +69,9 @@ class CSPStage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.down is not None:
             x = self.down(x)
-        if self.part1 is not None:
-            p1, p2 = self.part1(x), self.part2(x)
+        if self.part2 is not None:
+            p1 = x if self.part1 is None else self.part1(x)
+            p2 = self.part2(x)
         else:
             p1, p2 = x[:, : self.split_at], x[:, self.split_at :]
         b = self.blocks(p1)
@@ -92,7 +97,8 @@ def csp_stage(
     """Build a :class:`CSPStage` on a ``c_in``-channel input (after ``down``).
 
     ``blocks_fn(c)`` returns the computational block for a ``c``-channel part 1 and its
-    output width. Tb (``fusion`` "csp"/"last") is a 1x1 conv to ``c_tb`` channels (default:
+    output width. ``split="cross"`` makes only part 2 a 1x1 conv and feeds the stage input
+    itself to the blocks (needs ``c_part1 == c_in``; YOLOR's ``BottleneckCSPB``). Tb (``fusion`` "csp"/"last") is a 1x1 conv to ``c_tb`` channels (default:
     the block's width); T ("csp"/"first") a 1x1 conv to ``c_out`` channels (default: the
     concat's width). ``split="slice"`` needs ``c_part1 + c_part2 == c_in``.
     Returns the stage and its output width.
@@ -111,12 +117,16 @@ def csp_stage(
             "part1": ConvBnAct(c_in, c_part1, 1, act=act),
             "part2": ConvBnAct(c_in, c_part2, 1, act=act),
         }
+    elif split == "cross":
+        if c_part1 != c_in:
+            raise ValueError(f"cross split needs c_part1 == c_in ({c_in})")
+        parts = {"part2": ConvBnAct(c_in, c_part2, 1, act=act)}
     elif split == "slice":
         if c_part1 + c_part2 != c_in:
             raise ValueError(f"slice split needs c_part1 + c_part2 == c_in ({c_in})")
         parts = {"split_at": c_part1}
     else:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise ValueError(f"split must be one of {(*SPLITS, 'cross')}, got {split!r}")
     blocks, c_b = blocks_fn(c_part1)
     tb = None
     if fusion in ("csp", "last"):

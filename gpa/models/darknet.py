@@ -19,6 +19,8 @@ from gpa.models.csp import csp_stage
 from gpa.models.registry import knob_int, register
 
 __all__ = [
+    "CSPDARKNET53",
+    "DARKNET53",
     "CSPDarkStageCfg",
     "CSPResStageCfg",
     "DarkStageCfg",
@@ -26,7 +28,9 @@ __all__ = [
     "cspdarknet53",
     "cspresnet50",
     "cspresnext50",
+    "csp_darknet_stage",
     "darknet53",
+    "darknet_stage",
     "resnet50_darknet",
     "resnext50_darknet",
 ]
@@ -119,6 +123,51 @@ CSPRESNEXT50 = (
 )
 
 
+def darknet_stage(
+    c_in: int, cfg: DarkStageCfg, act: str = _ACT, *, identity_ratio: float = 1.0
+) -> nn.Sequential:
+    """A Darknet-53 stage on a ``c_in``-channel input: ``down`` = 3x3 stride-2 conv to
+    ``cfg.out``, then ``blocks`` = ``cfg.blocks`` darknet residual blocks
+    ``out``→``out/2``→``out``. ``identity_ratio < 1`` gives PRN's masked residual: only the
+    first ``round(identity_ratio * out)`` channels receive the identity."""
+    k = max(1, round(identity_ratio * cfg.out))
+    blocks = nn.Sequential(
+        *(
+            darknet_block(cfg.out, cfg.out // 2, act, identity_channels=k)
+            for _ in range(cfg.blocks)
+        )
+    )
+    return stage(down=ConvBnAct(c_in, cfg.out, 3, 2, act=act), blocks=blocks)
+
+
+def csp_darknet_stage(
+    c_in: int,
+    cfg: CSPDarkStageCfg,
+    act: str = _ACT,
+    *,
+    fusion: str = "csp",
+    stopgrad: str | None = None,
+) -> tuple[nn.Module, int]:
+    """A CSPDarknet stage on a ``c_in``-channel input (see :class:`CSPDarkStageCfg`) with
+    the ``fusion`` of Fig. 5; ``stopgrad`` is passed to every residual block (Fig. 9).
+    Returns the stage and its output width (``cfg.out`` for every fusion)."""
+    return csp_stage(
+        cfg.out,
+        lambda p: (
+            nn.Sequential(
+                *(darknet_block(p, cfg.mid, act, stopgrad=stopgrad) for _ in range(cfg.blocks))
+            ),
+            p,
+        ),
+        c_part1=cfg.part,
+        c_part2=cfg.part,
+        fusion=fusion,
+        c_out=cfg.out,
+        down=ConvBnAct(c_in, cfg.out, 3, 2, act=act),
+        act=act,
+    )
+
+
 def _head(stem: nn.Module, stages: list[nn.Module], c: int, num_classes: int) -> ZooNet:
     return ZooNet(stem, stages, c, knob_int("num_classes", num_classes), conv_head=True)
 
@@ -159,8 +208,7 @@ def darknet53(num_classes: int = 1000) -> ZooNet:
     conv 1024→1000. Darknet convention: 41,573,216 weights, 18.57 GFLOPs at 256x256."""
     stages, c = [], 32
     for cfg in DARKNET53:
-        blocks = nn.Sequential(*(darknet_block(cfg.out, cfg.out // 2) for _ in range(cfg.blocks)))
-        stages.append(stage(down=ConvBnAct(c, cfg.out, 3, 2, act=_ACT), blocks=blocks))
+        stages.append(darknet_stage(c, cfg))
         c = cfg.out
     return _head(ConvBnAct(3, 32, 3, act=_ACT), stages, c, num_classes)
 
@@ -177,19 +225,7 @@ def cspdarknet53(num_classes: int = 1000) -> ZooNet:
     27,605,856 weights, 13.07 GFLOPs at 256x256."""
     stages, c = [], 32
     for cfg in CSPDARKNET53:
-        st, c = csp_stage(
-            cfg.out,
-            lambda p, cfg=cfg: (
-                nn.Sequential(*(darknet_block(p, cfg.mid) for _ in range(cfg.blocks))),
-                p,
-            ),
-            c_part1=cfg.part,
-            c_part2=cfg.part,
-            fusion="csp",
-            c_out=cfg.out,
-            down=ConvBnAct(c, cfg.out, 3, 2, act=_ACT),
-            act=_ACT,
-        )
+        st, c = csp_darknet_stage(c, cfg)
         stages.append(st)
     return _head(ConvBnAct(3, 32, 3, act=_ACT), stages, c, num_classes)
 

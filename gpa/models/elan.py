@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from gpa.models.blocks import ConvBnAct, ZooNet, stage, toy_input_shape
 from gpa.models.registry import knob_int, register
 
-__all__ = ["ELANBlock", "elan", "elan_h"]
+__all__ = ["ELANBlock", "MPDown", "elan", "elan_h"]
 
 
 class ELANBlock(nn.Module):
@@ -60,6 +60,30 @@ class ELANBlock(nn.Module):
             outs.append(h)
         taps = [outs[j] for j in reversed(self.taps)]
         return self.transition(torch.cat([*taps, b, a], dim=1))
+
+
+class MPDown(nn.Module):
+    """YOLOv7's "MP" downsampling between ELAN stages (reference §1.8): two halving paths,
+    ``cat(conv(part1(x)), pool_conv(maxpool(x)))`` with ``part1`` a 1x1 conv
+    ``c_in``→``c_branch``, ``conv`` a 3x3 stride-2 conv ``c_branch``→``c_branch``,
+    ``maxpool`` 2x2 stride 2 and ``pool_conv`` a 1x1 conv ``c_in``→``c_branch``. The output
+    has ``2 * c_branch`` channels (the backbone uses ``c_branch = c_in / 2``, the neck
+    ``c_branch = c_in``).
+
+    Example:
+        >>> MPDown(8, 4)(torch.zeros(1, 8, 4, 4)).shape
+        torch.Size([1, 8, 2, 2])
+    """
+
+    def __init__(self, c_in: int, c_branch: int, act: str = "silu") -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2, 2)
+        self.pool_conv = ConvBnAct(c_in, c_branch, 1, act=act)
+        self.part1 = ConvBnAct(c_in, c_branch, 1, act=act)
+        self.conv = ConvBnAct(c_branch, c_branch, 3, 2, act=act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.conv(self.part1(x)), self.pool_conv(self.pool(x))], dim=1)
 
 
 def _elan_net(stages: int, width: int, num_classes: int, make_block, c_out_mult: int) -> ZooNet:

@@ -1,0 +1,484 @@
+"""A second tracer: the gradient graph read from autograd after one forward pass.
+
+:func:`autograd_gradient_graph` runs the model once — on the ``meta`` device
+when it allows it (parameters, buffers and inputs replaced by meta copies with
+``torch.func.functional_call``), else on real inputs of the given shapes — and
+walks the autograd graph of its outputs (``grad_fn.next_functions``). Every
+edge of that graph carries gradient, so detaches, ``no_grad`` blocks, integer
+values and shape-only arguments are honoured by construction, and models with
+data-dependent Python that torch.fx cannot trace are analysed all the same.
+
+Layers follow the contract of ``docs/semantics.md`` exactly as the fx tracer
+applies it: forward hooks on the modules fx would keep as single calls tell
+which autograd nodes one call created (by their sequence numbers), and a call
+containing a layer module becomes one node; a feature-mixing autograd node
+(convolution, mm, addmm, bmm, embedding …) created outside such calls is a
+functional layer when one of its operands is computed from parameters alone,
+reported under the module owning that parameter.
+
+Example:
+    >>> import torch.nn as nn
+    >>> g = autograd_gradient_graph(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)),
+    ...                             input_shape=(1, 2))
+    >>> [c.record for c in g.calls.values()]
+    ['0', '2']
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten, tree_map
+
+from gpa.errors import GpaError, ShapeError, TraceError
+from gpa.graph import LOSS, GradientGraph, OutputKey, flatten_outputs, select_paths
+from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, _owner
+from gpa.trace import LeafSpec, _split_leaves, _user_frame
+
+__all__ = ["autograd_gradient_graph", "fx_leaf"]
+
+Shape = Sequence[int]
+
+# Autograd node names (without the trailing version digit) of feature-mixing operations.
+_MIXING_NODES = frozenset(
+    "ConvolutionBackward ConvolutionBackwardOverrideable MkldnnConvolutionBackward "
+    "SlowConv2DBackward SlowConvDilated2DBackward SlowConvDilated3DBackward "
+    "SlowConv3DBackward SlowConvTranspose2DBackward SlowConvTranspose3DBackward "
+    "ConvDepthwise2DBackward ConvDepthwise3DBackward ThnnConv2DBackward "
+    "MkldnnLinearBackward LinearBackward MmBackward AddmmBackward BmmBackward "
+    "BaddbmmBackward AddbmmBackward MvBackward AddmvBackward DotBackward "
+    "EmbeddingBackward EmbeddingBagBackward TrilinearBackward".split()
+)
+# Operand order that matches the forward call: addmm(bias, x, w) comes from F.linear(x, w, bias).
+_BIAS_FIRST = frozenset({"AddmmBackward", "BaddbmmBackward", "AddbmmBackward", "AddmvBackward"})
+
+_TAINTED = object()  # an operand depending on a model input or a layer's output
+
+
+def fx_leaf(cls: type) -> bool:
+    """Whether torch.fx's default policy keeps modules of ``cls`` as single calls."""
+    return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
+        cls, nn.Sequential
+    )
+
+
+@dataclass
+class _Call:
+    """One call of a module the fx tracer would not trace into (outermost only)."""
+
+    name: str
+    module: nn.Module
+    start: int  # sequence numbers of the autograd nodes it created: start < seq < end
+    end: int = 0
+
+
+@dataclass
+class _Recorder:
+    """Forward hooks: the stack of active modules and the outermost opaque calls."""
+
+    opaque: dict[int, str]  # id(module) -> qualified name, for modules fx keeps whole
+    names: dict[int, str]  # id(module) -> qualified name, every module
+    calls: list[_Call] = field(default_factory=list)
+    stack: list[str] = field(default_factory=list)
+    depth: int = 0  # how many opaque calls are open
+    probe: torch.Tensor = field(default_factory=lambda: _probe_leaf())
+
+    def sequence(self) -> int:
+        """The sequence number autograd gives the next node it creates (one is spent)."""
+        with torch.inference_mode(False), torch.enable_grad():
+            return (self.probe * 1).grad_fn._sequence_nr() + 1
+
+    def pre(self, module: nn.Module, args: Any) -> None:
+        self.stack.append(self.names[id(module)])
+        if id(module) in self.opaque:
+            if self.depth == 0:
+                self.calls.append(_Call(self.opaque[id(module)], module, self.sequence()))
+            self.depth += 1
+
+    def post(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.stack.pop()
+        if id(module) in self.opaque:
+            self.depth -= 1
+            if self.depth == 0:
+                self.calls[-1].end = self.sequence() - 1
+
+
+def _probe_leaf() -> torch.Tensor:
+    return torch.zeros((), device="meta", requires_grad=True)
+
+
+class _ParameterUse(TorchFunctionMode):
+    """Which parameters the forward reads, and functional layers run without gradient."""
+
+    def __init__(self, recorder: _Recorder, parameters: dict[int, str]) -> None:
+        super().__init__()
+        self.recorder = recorder
+        self.parameters = parameters
+        self.used: set[str] = set()
+        self.no_grad_layers: list[tuple[int, str]] = []  # (sequence, parameter)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        read = [
+            self.parameters[id(t)]
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and id(t) in self.parameters
+        ]
+        self.used.update(read)
+        if (
+            read
+            and self.recorder.depth == 0
+            and not torch.is_grad_enabled()
+            and getattr(func, "__name__", "") in _NO_GRAD_MIXING
+        ):
+            self.no_grad_layers.append((self.recorder.sequence(), read[0]))
+        return func(*args, **kwargs)
+
+
+_NO_GRAD_MIXING = frozenset(
+    "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear bilinear "
+    "embedding embedding_bag matmul __matmul__ __rmatmul__ mm bmm mv addmm addbmm baddbmm "
+    "addmv einsum tensordot".split()
+)
+
+
+def _kind(fn: Any) -> str:
+    return type(fn).__name__.rstrip("0123456789")
+
+
+def autograd_gradient_graph(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[Any] | None = None,
+    *,
+    input_shape: Shape | Sequence[Shape] | None = None,
+    outputs: Iterable[OutputKey] | None = None,
+    layer_types: Iterable[type[nn.Module]] | None = None,
+    leaf_modules: LeafSpec | None = None,
+    train: bool = True,
+) -> GradientGraph:
+    """The gradient graph of ``model`` read from autograd (arguments as :func:`gpa.analyze`).
+
+    Needs example inputs or input shapes: the model is run once, on the meta
+    device when it allows it, else on real inputs (zeros of the given shapes).
+
+    Raises:
+        GpaError: no inputs were given, or the forward pass fails (the message
+            names the module that failed and the model's own source line).
+    """
+    if example_inputs is None and input_shape is None:
+        raise GpaError(
+            "the autograd tracer runs the model, so it needs example inputs "
+            "(give --input-shape or example_inputs)"
+        )
+    if example_inputs is not None and input_shape is not None:
+        raise GpaError("give either example_inputs or input_shape, not both")
+    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
+    leaf_types, leaf_names = _split_leaves(leaf_modules)
+    modules = dict(model.named_modules())
+    unknown = sorted(n for n in leaf_names if n not in modules)
+    if unknown:
+        raise TraceError(f"leaf module name(s) not found in the model: {', '.join(unknown)}")
+    root_name = type(model).__name__
+    custom = tuple(t for t in types if not fx_leaf(t))
+
+    def is_opaque(name: str, m: nn.Module) -> bool:
+        if not name:  # the model itself, when fx could only record it as one call
+            return fx_leaf(type(m)) or isinstance(m, leaf_types)
+        return (
+            fx_leaf(type(m)) or isinstance(m, leaf_types + custom) or name in leaf_names
+        )
+
+    opaque = {id(m): (n or root_name) for n, m in modules.items() if is_opaque(n, m)}
+    was_training = model.training
+    model.train(train)
+    try:
+        run = _run(model, example_inputs, input_shape, opaque, modules)
+    finally:
+        model.train(was_training)
+    return _build(model, run, outputs, types)
+
+
+@dataclass
+class _Run:
+    """What one forward pass left: outputs, inputs, hooks' records, parameter tensors."""
+
+    output: Any
+    inputs: tuple
+    recorder: _Recorder
+    use: _ParameterUse
+    parameters: dict[int, str]  # id(parameter tensor used) -> name
+    input_ids: set[int]
+    keep: list  # keeps the tensors alive so that their ids stay unique
+    notes: list[str]
+
+
+def _run(
+    model: nn.Module,
+    example_inputs: Any,
+    input_shape: Any,
+    opaque: dict[int, str],
+    modules: dict[str, nn.Module],
+) -> _Run:
+    """Run the forward pass on meta if possible, else on real tensors; retry integer inputs."""
+    on_meta_only = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    first_error: tuple[BaseException, list[str]] | None = None
+    meta_error: BaseException | None = None
+    for candidate in _input_candidates(example_inputs, input_shape):
+        for device in ("meta",) if on_meta_only else ("meta", "real"):
+            try:
+                run = _forward(model, candidate, device, opaque, modules)
+            except Exception as exc:  # the user's forward failed on these inputs
+                stack = getattr(exc, "_gpa_stack", [])
+                if first_error is None:
+                    first_error = (exc, stack)
+                if device == "meta" and meta_error is None:
+                    meta_error = exc
+                if device == "real" and first_error[0] is meta_error:
+                    first_error = (exc, stack)  # the real run's failure says more
+                continue
+            if device == "real":
+                reason = str(meta_error).strip().splitlines()[0] if meta_error else ""
+                run.notes.append(
+                    "autograd tracer: the model cannot run on the meta device "
+                    f"({type(meta_error).__name__}: {reason}); it was run once on real inputs"
+                )
+            return run
+    assert first_error is not None
+    raise ShapeError(_failure_message(model, *first_error))
+
+
+def _input_candidates(example_inputs: Any, input_shape: Any) -> Iterator[tuple]:
+    """The inputs to try: as given; from shapes, float32 zeros, then each in turn as int64."""
+    if example_inputs is not None:
+        yield (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(
+            example_inputs
+        )
+        return
+    from gpa.api import _shapes  # shapes parsing shared with the fx tracer
+
+    shapes = _shapes(input_shape)
+    yield tuple(torch.zeros(s) for s in shapes)
+    for i in range(len(shapes)):
+        yield tuple(
+            torch.zeros(s, dtype=torch.int64 if j == i else torch.float32)
+            for j, s in enumerate(shapes)
+        )
+
+
+def _failure_message(model: nn.Module, exc: BaseException, stack: list[str]) -> str:
+    where = f" in module '{stack[-1]}'" if stack else ""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    lines = [f"{type(model).__name__} failed to run{where}: {type(exc).__name__}: {detail}"]
+    frame = _user_frame(exc)
+    if frame is not None:
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}")
+    return "\n".join(lines)
+
+
+def _forward(
+    model: nn.Module,
+    inputs: tuple,
+    device: str,
+    opaque: dict[int, str],
+    modules: dict[str, nn.Module],
+) -> _Run:
+    keep: list = []
+
+    def stand_in(t: torch.Tensor, grad: bool, share: bool = False) -> torch.Tensor:
+        if device == "meta":
+            copy = t.detach().to("meta")
+        else:  # parameters share their storage; buffers and inputs may be written in place
+            copy = t.detach() if share else t.detach().clone()
+        keep.append(copy)
+        return copy.requires_grad_(grad and copy.is_floating_point())
+
+    parameters = {
+        name: nn.Parameter(stand_in(p, True, share=True), requires_grad=p.is_floating_point())
+        for name, p in model.named_parameters()
+    }
+    keep.extend(parameters.values())
+    state = {**parameters, **{n: stand_in(b, False) for n, b in model.named_buffers()}}
+    args = tree_map(lambda x: stand_in(x, True) if isinstance(x, torch.Tensor) else x, inputs)
+    input_ids = {id(t) for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)}
+    recorder = _Recorder(opaque, {id(m): n for n, m in modules.items()})
+    ids = {id(p): n for n, p in parameters.items()}
+    use = _ParameterUse(recorder, ids)
+    with _hooks(modules.values(), recorder), torch.enable_grad(), use:
+        try:
+            output = functional_call(model, state, args, strict=False)
+        except Exception as exc:
+            exc._gpa_stack = list(recorder.stack)  # type: ignore[attr-defined]
+            raise
+    return _Run(output, args, recorder, use, ids, input_ids, keep, [])
+
+
+@contextlib.contextmanager
+def _hooks(modules: Iterable[nn.Module], recorder: _Recorder) -> Iterator[None]:
+    handles = []
+    try:
+        for m in modules:
+            handles.append(m.register_forward_pre_hook(recorder.pre))
+            handles.append(m.register_forward_hook(recorder.post))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _has_layer(module: nn.Module, types: tuple[type, ...]) -> bool:
+    return any(isinstance(m, types) for m in module.modules())
+
+
+def _autograd_nodes(roots: list[Any]) -> list[Any]:
+    """Every autograd node reachable from ``roots``, inputs before their users."""
+    seen: dict[int, Any] = {}
+    stack = list(roots)
+    while stack:
+        fn = stack.pop()
+        if fn is None or id(fn) in seen:
+            continue
+        seen[id(fn)] = fn
+        stack.extend(n for n, _ in fn.next_functions)
+    # A node's inputs were created before it; leaves (AccumulateGrad) have the largest number.
+    return sorted(seen.values(), key=lambda fn: -1 if _is_leaf(fn) else fn._sequence_nr())
+
+
+def _is_leaf(fn: Any) -> bool:
+    return hasattr(fn, "variable")
+
+
+def _build(
+    model: nn.Module, run: _Run, outputs: Iterable[OutputKey] | None, types: tuple[type, ...]
+) -> GradientGraph:
+    recorder = run.recorder
+    calls = sorted(recorder.calls, key=lambda c: c.start)
+    starts = [c.start for c in calls]
+
+    def opaque_call(fn: Any) -> int | None:
+        if _is_leaf(fn):
+            return None
+        i = bisect.bisect_right(starts, fn._sequence_nr()) - 1
+        return i if i >= 0 and fn._sequence_nr() < calls[i].end else None
+
+    layer_calls = {i for i, c in enumerate(calls) if _has_layer(c.module, types)}
+    flat = list(flatten_outputs(run.output))
+    chosen = select_paths([(p, i) for i, (p, _) in enumerate(flat)], outputs)
+    returned = [flat[i][1] for _, i in chosen]
+    roots = [t.grad_fn for t in returned if isinstance(t, torch.Tensor)]
+    nodes = _autograd_nodes([r for r in roots if r is not None])
+
+    g = nx.DiGraph()
+    names: dict[int, str] = {}
+    layer_seq: dict[str, int] = {}
+    layer_call: dict[str, LayerCall] = {}
+    for i, c in enumerate(calls):
+        if i in layer_calls:
+            key = f"call{i}:{c.name}"
+            g.add_node(key)
+            layer_seq[key] = c.start
+            layer_call[key] = LayerCall(c.name, type(c.module).__name__)
+
+    def key_of(fn: Any) -> str:
+        i = opaque_call(fn)
+        if i in layer_calls:
+            return f"call{i}:{calls[i].name}"
+        found = names.get(id(fn))
+        if found is None:
+            found = names[id(fn)] = f"{type(fn).__name__}#{len(names)}"
+        return found
+
+    roots_of: dict[int, Any] = {}  # id(node) -> first parameter it is computed from, or _TAINTED
+    for fn in nodes:
+        key = key_of(fn)
+        g.add_node(key)
+        for child, _ in fn.next_functions:
+            if child is not None and key_of(child) != key:
+                g.add_edge(key_of(child), key, grad=True)
+        roots_of[id(fn)] = _parameter_root(fn, key, layer_call, roots_of, run)
+        if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
+            parameter = _mixing_parameter(fn, roots_of)
+            if parameter is not None:
+                layer_call[key] = LayerCall(*_owner(model, parameter))
+                layer_seq[key] = fn._sequence_nr()
+    g.add_node(LOSS)
+    for root in roots:
+        if root is not None:
+            g.add_edge(key_of(root), LOSS, grad=True)
+    for seq, parameter in run.use.no_grad_layers:  # functional layers run without gradient
+        key = f"nograd{seq}"
+        g.add_node(key)
+        layer_call[key] = LayerCall(*_owner(model, parameter))
+        layer_seq[key] = seq
+    ordered = dict(sorted(layer_call.items(), key=lambda item: layer_seq[item[0]]))
+    return GradientGraph(
+        ops=g,
+        calls=ordered,
+        uncalled=_uncalled(model, types, calls, run.use.used),
+        inputs=run.inputs,
+        notes=run.notes,
+    )
+
+
+def _parameter_root(
+    fn: Any, key: str, layer_call: dict[str, LayerCall], roots_of: dict[int, Any], run: _Run
+) -> Any:
+    """The first parameter ``fn``'s value is computed from, ``_TAINTED``, or None."""
+    if _is_leaf(fn):
+        variable = id(fn.variable)
+        if variable in run.input_ids:
+            return _TAINTED
+        return run.parameters.get(variable)
+    if key in layer_call and key.startswith("call"):
+        return _TAINTED
+    first = None
+    for child, _ in fn.next_functions:
+        if child is None:
+            continue
+        found = roots_of[id(child)]
+        if found is _TAINTED:
+            return _TAINTED
+        first = first or found
+    return first
+
+
+def _mixing_parameter(fn: Any, roots_of: dict[int, Any]) -> str | None:
+    """The parameter naming a feature-mixing node: that of its first parameter-only operand."""
+    operands = [c for c, _ in fn.next_functions]
+    if _kind(fn) in _BIAS_FIRST:
+        operands = operands[1:] + operands[:1]
+    for child in operands:
+        if child is None:
+            continue
+        found = roots_of[id(child)]
+        if found is not None and found is not _TAINTED:
+            return found
+    return None
+
+
+def _uncalled(
+    model: nn.Module, types: tuple[type, ...], calls: list[_Call], used_parameters: set[str]
+) -> list[tuple[str, str]]:
+    """Layer modules never called (outside another call) and whose parameters are never read."""
+    used = {c.name for c in calls} | {p.rpartition(".")[0] for p in used_parameters}
+    modules = dict(model.named_modules())
+    found = []
+    for name, module in modules.items():
+        if not name or name in used or not isinstance(module, types):
+            continue
+        parts = name.split(".")
+        ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
+        if any(a in used or isinstance(modules[a], types) for a in ancestors):
+            continue
+        found.append((name, type(module).__name__))
+    return found

@@ -1,0 +1,177 @@
+"""``gpa check``: analyse models and hold them to their rules and baseline.
+
+:func:`check_models` runs every :class:`~gpa.config.ModelSpec`: it analyses the model,
+evaluates its :class:`~gpa.rules.Rules` and, given baseline snapshots, looks for
+regressions. A model that cannot be loaded, traced or analysed is recorded as an
+error, never as a pass. :class:`CheckRun` gives the exit code: 2 when any model is in
+error, else 1 when any rule failed, else 0. Rendering lives in :mod:`gpa.check_format`.
+
+Example:
+    >>> from gpa.config import ModelOptions, ModelSpec
+    >>> from gpa.rules import Rules
+    >>> spec = ModelSpec("plain", "gpa.models:plainnet", ModelOptions(rules=Rules(max_shortest=9)))
+    >>> run = check_models([spec])
+    >>> run.exit_code, run.models[0].results[0].message
+    (0, 'max-shortest 9: ok (max_shortest 8)')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpa.api import analyze_target
+from gpa.baseline import Snapshot, regressions
+from gpa.config import Config, ModelOptions, ModelSpec
+from gpa.errors import GpaError
+from gpa.report import Report
+from gpa.rules import RuleResult, evaluate
+
+__all__ = ["CheckRun", "ModelCheck", "analyze_spec", "check_models", "plan_models"]
+
+
+@dataclass
+class ModelCheck:
+    """The outcome for one model: its report and rule results, or the error that stopped it."""
+
+    name: str
+    target: str
+    report: Report | None = None
+    results: list[RuleResult] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and all(r.passed for r in self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "error": self.error,
+            "passed": self.passed,
+            "network": self.report.network.to_dict() if self.report else None,
+            "rules": [r.to_dict() for r in self.results],
+        }
+
+
+@dataclass
+class CheckRun:
+    """All models of one ``gpa check`` run, in the order they were given."""
+
+    models: list[ModelCheck]
+
+    @property
+    def errors(self) -> int:
+        return sum(m.error is not None for m in self.models)
+
+    @property
+    def failures(self) -> int:
+        """The number of failed rules."""
+        return sum(not r.passed for m in self.models for r in m.results)
+
+    @property
+    def rules(self) -> int:
+        return sum(len(m.results) for m in self.models)
+
+    @property
+    def exit_code(self) -> int:
+        """2 if a model is in error, else 1 if a rule failed, else 0."""
+        if self.errors:
+            return 2
+        return 1 if self.failures else 0
+
+    def summary(self) -> str:
+        """One line: ``"2 models, 5 rules: 4 passed, 1 failed, 0 errors"``."""
+        n = len(self.models)
+        return (
+            f"{n} model{'s' if n != 1 else ''}, {self.rules} rule{'s' if self.rules != 1 else ''}"
+            f": {self.rules - self.failures} passed, {self.failures} failed, "
+            f"{self.errors} error{'s' if self.errors != 1 else ''}"
+        )
+
+    def snapshots(self) -> dict[str, Snapshot]:
+        """The baseline snapshots of the models that were analysed."""
+        return {m.name: Snapshot.of(m.report) for m in self.models if m.report is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        from gpa import __version__
+
+        return {
+            "gpa_version": __version__,
+            "exit_code": self.exit_code,
+            "summary": {
+                "models": len(self.models),
+                "rules": self.rules,
+                "passed": self.rules - self.failures,
+                "failed": self.failures,
+                "errors": self.errors,
+            },
+            "models": [m.to_dict() for m in self.models],
+        }
+
+
+def analyze_spec(spec: ModelSpec) -> Report:
+    """Load and analyse the model of ``spec`` with its options."""
+    o = spec.options
+    return analyze_target(
+        spec.target,
+        dict(o.kwargs),
+        input_shape=list(o.input_shape) if o.input_shape else None,
+        outputs=o.outputs or (),
+        layer_types=o.layer_types or (),
+        leaf_modules=o.leaf_modules or (),
+        train=not o.eval,
+    )
+
+
+def check_models(
+    specs: Iterable[ModelSpec], baseline: Mapping[str, Snapshot] | None = None
+) -> CheckRun:
+    """Analyse each model of ``specs`` and evaluate its rules (and ``baseline``, if given).
+
+    Every model is checked even when an earlier one fails or is in error.
+    """
+    checks = []
+    for spec in specs:
+        check = ModelCheck(spec.name, spec.target)
+        try:
+            check.report = analyze_spec(spec)
+        except GpaError as exc:
+            check.error = str(exc)
+            checks.append(check)
+            continue
+        check.results = evaluate(check.report, spec.options.rules)
+        if baseline is not None:
+            check.results.append(regressions(check.report, baseline.get(spec.name)))
+        checks.append(check)
+    return CheckRun(checks)
+
+
+def plan_models(
+    targets: Sequence[str], config: Config | None, overrides: ModelOptions | None = None
+) -> list[ModelSpec]:
+    """The models a ``gpa check`` run checks.
+
+    Without ``targets``: every model of ``config``. Otherwise one model per target; a
+    target that names a configured model uses its table, any other is a TARGET string
+    with the configuration's defaults. ``overrides`` (the command-line options) win.
+
+    Raises:
+        GpaError: no target and no configured model.
+    """
+    overrides = overrides or ModelOptions()
+    if not targets:
+        if config is None or not config.models:
+            where = f"in {config.path}" if config and config.path else "in any pyproject.toml"
+            raise GpaError(
+                f"nothing to check: give a TARGET, or configure models {where} under "
+                "[tool.gpa.models.<name>] (see docs/ci.md)"
+            )
+        chosen = list(config.models.values())
+    else:
+        defaults = config.defaults if config else ModelOptions()
+        models = config.models if config else {}
+        chosen = [models.get(t) or ModelSpec(t, t, defaults) for t in targets]
+    return [ModelSpec(s.name, s.target, s.options.overridden_by(overrides)) for s in chosen]

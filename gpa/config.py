@@ -1,0 +1,301 @@
+"""The ``[tool.gpa]`` configuration of ``gpa check`` (schema in ``docs/ci.md``).
+
+``[tool.gpa]`` holds defaults for every model (any model key except ``target``),
+an optional ``baseline`` file, and ``[tool.gpa.models.<name>]`` tables, one per model::
+
+    [tool.gpa]
+    no_unreachable = true
+
+    [tool.gpa.models.resnet]
+    target = "gpa.models:resnet"
+    kwargs = { blocks = 4 }
+    max_shortest = 3
+    layers = { "stem.*" = { max_longest = 10 } }
+
+Unknown keys and values of the wrong type raise :class:`gpa.errors.GpaError` naming the
+key. Relative file targets and the baseline path are relative to the configuration file.
+
+Example:
+    >>> spec = parse_config({"models": {"m": {"target": "a.py", "max_shortest": 3}}})
+    >>> spec.models["m"].options.rules.max_shortest
+    3
+"""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from gpa.errors import GpaError
+from gpa.rules import LayerLimit, Rules
+
+__all__ = [
+    "Config",
+    "ModelOptions",
+    "ModelSpec",
+    "find_config",
+    "load_config",
+    "parse_config",
+]
+
+_RULE_KEYS = ("max_shortest", "max_longest", "no_unreachable", "max_mean_shortest", "layers")
+_OPTION_KEYS = ("kwargs", "input_shape", "outputs", "layer_types", "leaf_modules", "eval")
+_MODEL_KEYS = ("target", *_OPTION_KEYS, *_RULE_KEYS)
+_TOP_KEYS = ("models", "baseline", *_OPTION_KEYS, *_RULE_KEYS)
+_LAYER_KEYS = ("max_shortest", "max_longest")
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """How to load and analyse a model, and its rules; ``None`` means "not set here".
+
+    Options of a more specific source (a model's table over ``[tool.gpa]``, the command
+    line over both) win: see :meth:`overridden_by`. ``kwargs`` merge key by key.
+    """
+
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    input_shape: tuple[tuple[int, ...], ...] | None = None
+    outputs: tuple[str, ...] | None = None
+    layer_types: tuple[str, ...] | None = None
+    leaf_modules: tuple[str, ...] | None = None
+    eval: bool | None = None
+    rules: Rules = field(default_factory=Rules)
+
+    def overridden_by(self, other: ModelOptions) -> ModelOptions:
+        """These options with everything ``other`` sets taking precedence."""
+        changes: dict[str, Any] = {
+            name: getattr(other, name)
+            for name in ("input_shape", "outputs", "layer_types", "leaf_modules", "eval")
+            if getattr(other, name) is not None
+        }
+        return replace(
+            self,
+            **changes,
+            kwargs={**self.kwargs, **other.kwargs},
+            rules=self.rules.overridden_by(other.rules),
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to check: its display name, TARGET string and options."""
+
+    name: str
+    target: str
+    options: ModelOptions = field(default_factory=ModelOptions)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A parsed ``[tool.gpa]`` table.
+
+    Attributes:
+        path: the file it came from (``None`` for a dict parsed directly).
+        defaults: options for every model, from ``[tool.gpa]`` itself.
+        models: name -> spec (defaults already applied), in file order.
+        baseline: the baseline file named by ``baseline``, if any.
+    """
+
+    path: Path | None
+    defaults: ModelOptions
+    models: dict[str, ModelSpec]
+    baseline: Path | None = None
+
+
+def _unknown(key: str, where: str, allowed: tuple[str, ...]) -> GpaError:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return GpaError(
+        f"unknown key {key!r} in {where}{hint}; allowed keys: {', '.join(sorted(allowed))}"
+    )
+
+
+def _check_keys(table: Mapping[str, Any], where: str, allowed: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise _unknown(key, where, allowed)
+
+
+def _expect(value: Any, kind: type | tuple[type, ...], what: str, where: str) -> Any:
+    if isinstance(value, bool) and kind in (int, (int, float)):  # TOML true is not a number
+        raise GpaError(f"{where}: expected {what}, got {value!r}")
+    if not isinstance(value, kind):
+        raise GpaError(f"{where}: expected {what}, got {value!r}")
+    return value
+
+
+def _strings(value: Any, where: str) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else [value]
+    return tuple(str(_expect(v, (str, int), "a string or a list of strings", where)) for v in items)
+
+
+def _shapes(value: Any, where: str) -> tuple[tuple[int, ...], ...]:
+    what = "a shape such as [1, 3, 224, 224] or a list of shapes"
+
+    def shape(items: Any) -> tuple[int, ...]:
+        _expect(items, list, what, where)
+        if not items or not all(isinstance(d, int) and not isinstance(d, bool) for d in items):
+            raise GpaError(f"{where}: expected {what}, got {value!r}")
+        if any(d <= 0 for d in items):
+            raise GpaError(f"{where}: sizes must be positive, got {value!r}")
+        return tuple(items)
+
+    _expect(value, list, what, where)
+    if value and all(isinstance(s, list) for s in value):
+        return tuple(shape(s) for s in value)
+    return (shape(value),)
+
+
+def _limit(value: Any, where: str) -> int:
+    _expect(value, int, "a positive integer", where)
+    if value < 1:
+        raise GpaError(f"{where}: expected a positive integer, got {value!r}")
+    return value
+
+
+def _layer_limits(value: Any, where: str) -> tuple[LayerLimit, ...]:
+    _expect(value, dict, 'a table of patterns, e.g. {"stem.*" = {max_shortest = 4}}', where)
+    limits = []
+    for pattern, entry in value.items():
+        here = f"{where}.{pattern!r}" if "." in pattern or "*" in pattern else f"{where}.{pattern}"
+        _expect(entry, dict, "a table with max_shortest and/or max_longest", here)
+        _check_keys(entry, here, _LAYER_KEYS)
+        if not entry:
+            raise GpaError(f"{here}: give max_shortest and/or max_longest")
+        limits.append(
+            LayerLimit(
+                pattern,
+                *(_limit(entry[k], f"{here}.{k}") if k in entry else None for k in _LAYER_KEYS),
+            )
+        )
+    return tuple(limits)
+
+
+def _options(table: Mapping[str, Any], where: str) -> ModelOptions:
+    """The :class:`ModelOptions` of a model table or of ``[tool.gpa]`` (keys already checked)."""
+
+    def at(key: str) -> str:
+        return f"{where}.{key}"
+
+    rules = Rules(
+        max_shortest=_limit(table["max_shortest"], at("max_shortest"))
+        if "max_shortest" in table
+        else None,
+        max_longest=_limit(table["max_longest"], at("max_longest"))
+        if "max_longest" in table
+        else None,
+        no_unreachable=_expect(table["no_unreachable"], bool, "true or false", at("no_unreachable"))
+        if "no_unreachable" in table
+        else None,
+        max_mean_shortest=float(
+            _expect(table["max_mean_shortest"], (int, float), "a number", at("max_mean_shortest"))
+        )
+        if "max_mean_shortest" in table
+        else None,
+        layers=_layer_limits(table["layers"], at("layers")) if "layers" in table else (),
+    )
+    get = table.get
+    return ModelOptions(
+        kwargs=dict(_expect(get("kwargs", {}), dict, "a table of keyword arguments", at("kwargs"))),
+        input_shape=_shapes(table["input_shape"], at("input_shape"))
+        if "input_shape" in table
+        else None,
+        outputs=_strings(table["outputs"], at("outputs")) if "outputs" in table else None,
+        layer_types=_strings(table["layer_types"], at("layer_types"))
+        if "layer_types" in table
+        else None,
+        leaf_modules=_strings(table["leaf_modules"], at("leaf_modules"))
+        if "leaf_modules" in table
+        else None,
+        eval=_expect(table["eval"], bool, "true or false", at("eval")) if "eval" in table else None,
+        rules=rules,
+    )
+
+
+def _resolve_target(target: str, root: Path | None) -> str:
+    """A relative file target made relative to the configuration file's directory."""
+    head, sep, attr = target.rpartition(":")
+    if not (sep and head and all(p.isidentifier() for p in attr.split("."))):
+        head, sep, attr = target, "", ""
+    is_file = head.endswith(".py") or "/" in head or "\\" in head
+    if root is None or not is_file or Path(head).is_absolute():
+        return target
+    return str(root / head) + sep + attr
+
+
+def parse_config(table: Mapping[str, Any], path: Path | None = None) -> Config:
+    """Parse the contents of ``[tool.gpa]`` (from ``path``, for messages and relative paths).
+
+    Raises:
+        GpaError: an unknown key (named), a value of the wrong type, a model without target.
+    """
+    where = "[tool.gpa]" if path is None else f"[tool.gpa] of {path}"
+    _expect(table, dict, "a table", where)
+    _check_keys(table, where, _TOP_KEYS)
+    root = path.parent if path is not None else None
+    defaults = _options(table, "tool.gpa")
+    models_table = _expect(table.get("models", {}), dict, "a table of models", "tool.gpa.models")
+    models = {}
+    for name, entry in models_table.items():
+        here = f"tool.gpa.models.{name}"
+        _expect(entry, dict, "a table", here)
+        _check_keys(entry, f"{here} of {path}" if path else here, _MODEL_KEYS)
+        if "target" not in entry:
+            raise GpaError(f"{here}: missing 'target' (a .py file or package.module:attr)")
+        target = _expect(entry["target"], str, "a TARGET string", f"{here}.target")
+        options = defaults.overridden_by(_options(entry, here))
+        models[name] = ModelSpec(name, _resolve_target(target, root), options)
+    baseline = None
+    if "baseline" in table:
+        value = _expect(table["baseline"], str, "a file path", "tool.gpa.baseline")
+        baseline = root / value if root is not None else Path(value)
+    return Config(path, defaults, models, baseline)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise GpaError("reading TOML on Python 3.10 needs the tomli package") from None
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise GpaError(f"configuration file {path} not found") from None
+    except OSError as exc:
+        raise GpaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise GpaError(f"{path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read ``[tool.gpa]`` from the TOML file ``path``.
+
+    Raises:
+        GpaError: the file is missing or invalid, has no ``[tool.gpa]``, or the table is invalid.
+    """
+    path = Path(path)
+    data = _read_toml(path)
+    table = data.get("tool", {}).get("gpa") if isinstance(data.get("tool"), dict) else None
+    if table is None:
+        raise GpaError(f"{path} has no [tool.gpa] table")
+    return parse_config(table, path)
+
+
+def find_config(start: str | Path | None = None) -> Path | None:
+    """The nearest ``pyproject.toml`` with a ``[tool.gpa]`` table, from ``start`` upward."""
+    here = Path(start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / "pyproject.toml"
+        if candidate.is_file():
+            data = _read_toml(candidate)
+            if isinstance(data.get("tool"), dict) and "gpa" in data["tool"]:
+                return candidate
+    return None

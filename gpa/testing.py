@@ -1,0 +1,78 @@
+"""Assertions for a project's own test suite.
+
+Example:
+    >>> import torch.nn as nn
+    >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> assert_gradient_paths(net, input_shape=(1, 4), max_shortest=2, no_unreachable=True)
+    >>> assert_gradient_paths(net, input_shape=(1, 4), max_shortest=1)
+    Traceback (most recent call last):
+        ...
+    AssertionError: Sequential breaks 1 gradient-path rule:
+      max-shortest 1: 1 layer exceeds it: 0 (2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from gpa.api import Shape, analyze
+from gpa.graph import OutputKey
+from gpa.report import Report
+from gpa.rules import LayerLimit, Rules, evaluate
+from gpa.trace import LeafSpec
+
+__all__ = ["assert_gradient_paths"]
+
+
+def assert_gradient_paths(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[Any] | None = None,
+    *,
+    input_shape: Shape | Sequence[Shape] | None = None,
+    max_shortest: int | None = None,
+    max_longest: int | None = None,
+    no_unreachable: bool = False,
+    max_mean_shortest: float | None = None,
+    layers: Mapping[str, Mapping[str, int]] | None = None,
+    outputs: Iterable[OutputKey] | None = None,
+    layer_types: Iterable[type[nn.Module]] | None = None,
+    leaf_modules: LeafSpec | None = None,
+    train: bool = True,
+) -> Report:
+    """Analyse ``model`` and raise ``AssertionError`` listing every rule it breaks.
+
+    The rules are those of ``gpa check`` (see :class:`gpa.rules.Rules`); ``layers`` maps
+    a glob pattern of layer names to ``{"max_shortest": n, "max_longest": m}``. The
+    remaining arguments are those of :func:`gpa.analyze`. Errors in the model itself
+    (it cannot be traced, the inputs do not fit) propagate as :class:`gpa.errors.GpaError`.
+
+    Returns:
+        The report, for further assertions.
+    """
+    rules = Rules(
+        max_shortest=max_shortest,
+        max_longest=max_longest,
+        no_unreachable=no_unreachable,
+        max_mean_shortest=max_mean_shortest,
+        layers=tuple(LayerLimit(p, **dict(limits)) for p, limits in (layers or {}).items()),
+    )
+    report = analyze(
+        model,
+        example_inputs,
+        input_shape=input_shape,
+        outputs=outputs,
+        layer_types=layer_types,
+        leaf_modules=leaf_modules,
+        train=train,
+    )
+    failed = [r for r in evaluate(report, rules) if not r.passed]
+    if failed:
+        word = "rule" if len(failed) == 1 else "rules"
+        lines = [f"{report.model} breaks {len(failed)} gradient-path {word}:"]
+        lines += [f"  {r.message}" for r in failed]
+        raise AssertionError("\n".join(lines))
+    return report
