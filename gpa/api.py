@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from gpa.channels import route_channels
 from gpa.counts import check_convention, count_report
 from gpa.errors import GpaError, NoLayersError, TraceError
 from gpa.flow import flow_from_names, flow_from_values
@@ -19,6 +21,7 @@ from gpa.layers import DEFAULT_LAYER_TYPES, find_layers, uncalled_layers
 from gpa.load import load_target, parse_outputs, resolve_layer_types, resolve_leaf_modules
 from gpa.paths import GradientPaths, gradient_paths
 from gpa.report import LayerRecord, NetworkSummary, Report
+from gpa.segments import Segment, channel_segments, merge_calls
 from gpa.trace import LeafSpec, single_call, trace
 
 __all__ = ["analyze", "analyze_target", "fx_gradient_graph", "gradient_graph"]
@@ -44,6 +47,7 @@ def analyze(
     name: str | None = None,
     count_convention: str = "torch",
     tracer: str = "fx",
+    channels: bool = False,
 ) -> Report:
     """Compute the gradient paths of every layer of ``model``.
 
@@ -65,6 +69,10 @@ def analyze(
         tracer: ``"fx"`` (symbolic tracing), ``"autograd"`` (one forward pass, then the
             autograd graph; see :mod:`gpa.autograd`) or ``"auto"`` (fx, falling back to
             autograd when fx cannot trace the model, with a note in the report).
+        channels: also analyse channel segments (:mod:`gpa.segments`): each layer's
+            output channels cut into ranges with their own gradient record, and the
+            network's number of distinct gradient combinations. Needs example inputs
+            and the fx tracer.
 
     Returns:
         A :class:`~gpa.report.Report`.
@@ -89,6 +97,8 @@ def analyze(
         tracer=tracer,
     )
     records = _records(graph)
+    if channels:
+        records = _with_segments(records, graph, outputs)
     if not records:
         types = ", ".join(t.__name__ for t in (layer_types or DEFAULT_LAYER_TYPES))
         raise NoLayersError(
@@ -102,7 +112,7 @@ def analyze(
         network=NetworkSummary.of(records),
         notes=list(graph.notes),
     )
-    return count_report(report, model, graph.inputs, count_convention, train)
+    return count_report(report, model, graph, count_convention)
 
 
 def analyze_target(
@@ -218,6 +228,7 @@ def fx_gradient_graph(
         uncalled=uncalled_layers(traced, gm, layer_types),
         inputs=inputs,
         notes=notes,
+        traced=gm,
     )
 
 
@@ -284,6 +295,36 @@ def _records(graph: GradientGraph) -> dict[str, LayerRecord]:
         if missing not in records:
             records[missing] = LayerRecord(missing, kind, 0, None)
     return records
+
+
+def _with_segments(
+    records: dict[str, LayerRecord], graph: GradientGraph, outputs: Iterable[OutputKey] | None
+) -> dict[str, LayerRecord]:
+    """Records with their channel segments (senders named by record)."""
+    if graph.traced is None or graph.inputs is None:
+        raise GpaError(
+            "the channel analysis needs example inputs (--input-shape / example_inputs) and "
+            "the fx tracer: it follows channels through the shapes of every traced tensor"
+        )
+    found = channel_segments(route_channels(graph.traced, graph.calls, outputs), graph.calls)
+    rename = {call: c.record for call, c in graph.calls.items()}
+    grouped: dict[str, list[list[Segment]]] = defaultdict(list)
+    for call, segs in found.items():
+        grouped[rename[call]].append(
+            [
+                replace(
+                    s,
+                    sources=tuple(
+                        replace(x, sender=rename.get(x.sender, x.sender)) for x in s.sources
+                    ),
+                )
+                for s in segs
+            ]
+        )
+    return {
+        name: replace(r, segments=tuple(merge_calls(grouped[name])) if name in grouped else ())
+        for name, r in records.items()
+    }
 
 
 def _reads_embedding(gm: fx.GraphModule, placeholder: fx.Node) -> bool:

@@ -58,8 +58,17 @@ _MIXING_NODES = frozenset(
     "BaddbmmBackward AddbmmBackward MvBackward AddmvBackward DotBackward "
     "EmbeddingBackward EmbeddingBagBackward TrilinearBackward".split()
 )
-# Operand order that matches the forward call: addmm(bias, x, w) comes from F.linear(x, w, bias).
-_BIAS_FIRST = frozenset({"AddmmBackward", "BaddbmmBackward", "AddbmmBackward", "AddmvBackward"})
+# The operands that are mixed (not a bias), in the order of the forward call:
+# addmm(bias, x, w) comes from F.linear(x, w, bias), convolution(x, w, bias) from F.conv2d.
+_MIXED_OPERANDS = {
+    "AddmmBackward": (1, 2),
+    "BaddbmmBackward": (1, 2),
+    "AddbmmBackward": (1, 2),
+    "AddmvBackward": (1, 2),
+    **{kind: (0, 1) for kind in _MIXING_NODES if "Conv" in kind or "Linear" in kind},
+}
+# Their indices are not in the autograd graph: the weight's operand is always data.
+_INDEXED = frozenset({"EmbeddingBackward", "EmbeddingBagBackward"})
 
 _TAINTED = object()  # an operand depending on a model input or a layer's output
 
@@ -94,7 +103,7 @@ class _Recorder:
 
     def sequence(self) -> int:
         """The sequence number autograd gives the next node it creates (one is spent)."""
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), torch._C.DisableTorchFunction():
             return (self.probe * 1).grad_fn._sequence_nr() + 1
 
     def pre(self, module: nn.Module, args: Any) -> None:
@@ -117,7 +126,8 @@ def _probe_leaf() -> torch.Tensor:
 
 
 class _ParameterUse(TorchFunctionMode):
-    """Which parameters the forward reads, and functional layers run without gradient."""
+    """Which parameters the forward reads, the autograd nodes it creates (also those
+    the outputs do not reach), and functional layers run without gradient."""
 
     def __init__(self, recorder: _Recorder, parameters: dict[int, str]) -> None:
         super().__init__()
@@ -125,23 +135,36 @@ class _ParameterUse(TorchFunctionMode):
         self.parameters = parameters
         self.used: set[str] = set()
         self.no_grad_layers: list[tuple[int, str]] = []  # (sequence, parameter)
+        self.created: list[Any] = []  # grad_fn of every value computed
+        self.derived: dict[int, str] = {}  # id -> parameter, values computed without gradient
+        self.keep: list[torch.Tensor] = []  # keeps those ids unique
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        read = [
-            self.parameters[id(t)]
-            for t in tree_flatten((args, kwargs))[0]
-            if isinstance(t, torch.Tensor) and id(t) in self.parameters
-        ]
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        read = [self.parameters[id(t)] for t in tensors if id(t) in self.parameters]
         self.used.update(read)
-        if (
-            read
-            and self.recorder.depth == 0
-            and not torch.is_grad_enabled()
-            and getattr(func, "__name__", "") in _NO_GRAD_MIXING
-        ):
-            self.no_grad_layers.append((self.recorder.sequence(), read[0]))
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        if self.recorder.depth == 0 and not torch.is_grad_enabled():
+            self._without_grad(func, tensors, result)
+        for t in tree_flatten(result)[0]:
+            if isinstance(t, torch.Tensor) and t.grad_fn is not None:
+                self.created.append(t.grad_fn)
+        return result
+
+    def _without_grad(self, func: Any, tensors: list[torch.Tensor], result: Any) -> None:
+        """Autograd records nothing here: follow values computed from parameters alone."""
+        weights = [self.derived.get(id(t), self.parameters.get(id(t))) for t in tensors]
+        named = [w for w in weights if w is not None]
+        if not named:
+            return
+        if len(named) == len(weights):  # a weight computed without gradient
+            for t in tree_flatten(result)[0]:
+                if isinstance(t, torch.Tensor):
+                    self.derived[id(t)] = named[0]
+                    self.keep.append(t)
+        elif getattr(func, "__name__", "") in _NO_GRAD_MIXING:
+            self.no_grad_layers.append((self.recorder.sequence(), named[0]))
 
 
 _NO_GRAD_MIXING = frozenset(
@@ -193,9 +216,7 @@ def autograd_gradient_graph(
     def is_opaque(name: str, m: nn.Module) -> bool:
         if not name:  # the model itself, when fx could only record it as one call
             return fx_leaf(type(m)) or isinstance(m, leaf_types)
-        return (
-            fx_leaf(type(m)) or isinstance(m, leaf_types + custom) or name in leaf_names
-        )
+        return fx_leaf(type(m)) or isinstance(m, leaf_types + custom) or name in leaf_names
 
     opaque = {id(m): (n or root_name) for n, m in modules.items() if is_opaque(n, m)}
     was_training = model.training
@@ -259,8 +280,8 @@ def _run(
 def _input_candidates(example_inputs: Any, input_shape: Any) -> Iterator[tuple]:
     """The inputs to try: as given; from shapes, float32 zeros, then each in turn as int64."""
     if example_inputs is not None:
-        yield (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(
-            example_inputs
+        yield (
+            (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
         )
         return
     from gpa.api import _shapes  # shapes parsing shared with the fx tracer
@@ -376,7 +397,7 @@ def _build(
     chosen = select_paths([(p, i) for i, (p, _) in enumerate(flat)], outputs)
     returned = [flat[i][1] for _, i in chosen]
     roots = [t.grad_fn for t in returned if isinstance(t, torch.Tensor)]
-    nodes = _autograd_nodes([r for r in roots if r is not None])
+    nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created])
 
     g = nx.DiGraph()
     names: dict[int, str] = {}
@@ -411,6 +432,7 @@ def _build(
             if parameter is not None:
                 layer_call[key] = LayerCall(*_owner(model, parameter))
                 layer_seq[key] = fn._sequence_nr()
+                roots_of[id(fn)] = _TAINTED  # a layer's output is data
     g.add_node(LOSS)
     for root in roots:
         if root is not None:
@@ -453,16 +475,22 @@ def _parameter_root(
 
 
 def _mixing_parameter(fn: Any, roots_of: dict[int, Any]) -> str | None:
-    """The parameter naming a feature-mixing node: that of its first parameter-only operand."""
-    operands = [c for c, _ in fn.next_functions]
-    if _kind(fn) in _BIAS_FIRST:
-        operands = operands[1:] + operands[:1]
-    for child in operands:
-        if child is None:
-            continue
-        found = roots_of[id(child)]
-        if found is not None and found is not _TAINTED:
-            return found
+    """The parameter naming a feature-mixing node, or None when it is no layer.
+
+    It is a layer when one mixed operand is computed from parameters alone (the
+    first such names it) and another is data: a model input, a layer's output,
+    or a value without gradient. With parameters alone on every side, it only
+    transforms a weight (``A @ B``).
+    """
+    kind = _kind(fn)
+    children = [c for c, _ in fn.next_functions]
+    operands = [children[i] for i in _MIXED_OPERANDS.get(kind, range(len(children)))]
+    found = [None if c is None else roots_of[id(c)] for c in operands]
+    weights = [f for f in found if f is not None and f is not _TAINTED]
+    if not weights:
+        return None
+    if kind in _INDEXED or len(weights) < len(found):
+        return weights[0]
     return None
 
 

@@ -41,8 +41,6 @@ __all__ = [
 #: Version of the baseline file layout.
 BASELINE_FORMAT = 1
 
-_NETWORK_KEYS = ("layers", "max_shortest", "min_shortest", "mean_shortest", "longest")
-
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -146,7 +144,7 @@ def regressions(report: Report, baseline: Snapshot | None) -> RuleResult:
     """
     if baseline is None:
         return RuleResult(
-            "baseline", None, True, "baseline: no entry for this model (not compared)"
+            "baseline", None, True, "baseline: ok (no entry for this model, not compared)"
         )
     current = Snapshot.of(report)
     worse: list[Violation] = []

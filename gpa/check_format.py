@@ -34,8 +34,8 @@ def _status(word: str, color: bool) -> str:
 def format_text(run: CheckRun, *, color: bool = False) -> str:
     """One line per rule (``PASS``/``FAIL``/``ERROR``, model, message), then a summary line.
 
-    A failed rule is followed by one indented line per offending layer, and a baseline
-    by one indented line per improvement.
+    A failed rule's line names every offending layer; a baseline line is followed by
+    one indented line per improvement.
     """
     lines = []
     for model in run.models:
@@ -49,10 +49,6 @@ def format_text(run: CheckRun, *, color: bool = False) -> str:
         for result in model.results:
             status = _status("PASS" if result.passed else "FAIL", color)
             lines.append(f"{status} {model.name}: {result.message}")
-            for v in result.violations:
-                if v.layer is not None:
-                    detail = "unreachable" if v.value is None else v.value
-                    lines.append(f"    {v.layer}: {detail}")
             lines.extend(f"    improved: {text}" for text in result.improvements)
     lines.append(run.summary())
     return "\n".join(lines) + "\n"
@@ -84,10 +80,11 @@ def format_junit(run: CheckRun) -> str:
         suite.set("errors", str(errors))
         suite.set("skipped", "0")
         suite.set("time", "0")
-        classname = f"gpa.{model.name}"
+        classname = model.name
         if model.error is not None:
             case = ET.SubElement(suite, "testcase", classname=classname, name="analyse", time="0")
-            error = ET.SubElement(case, "error", message=model.error.splitlines()[0], type="error")
+            first = (model.error.splitlines() or [""])[0]
+            error = ET.SubElement(case, "error", message=first, type="error")
             error.text = model.error
         for result in model.results:
             case = ET.SubElement(suite, "testcase", classname=classname, name=result.rule)

@@ -233,14 +233,7 @@ def analyze(
         text = format_table(report, color=color)
     if not text.endswith("\n"):
         text += "\n"
-
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot write {output}: {exc.strerror or exc}") from None
+    _emit(text, output)
 
 
 def _emit(text: str, output: Path | None) -> None:
@@ -422,6 +415,112 @@ def compare(
         load_side(a, options, config), load_side(b, options, config), names=(a, b)
     )
     _emit(comparison.to_json() if fmt == "json" else format_comparison(comparison), output)
+
+
+
+@main.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+def zoo(fmt: str) -> None:
+    """List the reference models of gpa.models (analyse one with gpa analyze gpa.models:NAME).
+
+    Each entry: its one-line description, the paper section it illustrates, its
+    knobs (-k KNOB=VALUE) with their defaults, and its default input shape.
+    """
+    import json
+
+    from gpa.models import entries
+
+    rows = entries()
+    if fmt == "json":
+        data = [
+            {
+                "name": e.name,
+                "description": e.description,
+                "section": e.section,
+                "knobs": dict(e.knobs),
+                "input_shape": list(e.input_shape),
+            }
+            for e in rows
+        ]
+        _emit(json.dumps(data, indent=2) + "\n", None)
+        return
+    lines = []
+    for e in rows:
+        knobs = ", ".join(f"{k}={v!r}" for k, v in e.knobs.items()) or "-"
+        shape = "x".join(str(d) for d in e.input_shape)
+        lines += [
+            f"{e.name}: {e.description}",
+            f"    section: {e.section}",
+            f"    knobs: {knobs}   input: {shape}",
+        ]
+    _emit("\n".join(lines) + "\n", None)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--knob", required=True, help="The knob to vary, e.g. depth or blocks.")
+@click.option(
+    "--values",
+    required=True,
+    metavar="V1,V2,...",
+    help="Comma-separated values of the knob (Python literals), e.g. 4,8,16,32,64.",
+)
+@click.option(
+    "-k",
+    "kwargs",
+    metavar="KEY=VALUE",
+    multiple=True,
+    callback=_kv_option,
+    help="Another knob held fixed (repeatable; values are Python literals).",
+)
+@click.option(
+    "--count-convention",
+    type=click.Choice(["torch", "darknet"]),
+    default="torch",
+    show_default=True,
+    help="How parameters are counted.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+def scale(
+    name: str,
+    knob: str,
+    values: str,
+    kwargs: dict[str, Any],
+    count_convention: str,
+    fmt: str,
+) -> None:
+    """Fit how zoo model NAME's gradient paths and parameters grow as KNOB grows.
+
+    Builds NAME at every value, analyses it, and fits max_shortest, longest and
+    parameters against N = number of layers: O(1), O(log N), O(N), O(N log N)
+    or O(N²) (criterion: docs/semantics.md, "Scaling").
+    """
+    import json
+
+    from gpa.load import parse_kv
+    from gpa.scaling import scaling
+
+    try:
+        parsed = [parse_kv(f"{knob}={v.strip()}")[1] for v in values.split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--values") from None
+    result = scaling(name, knob, parsed, count_convention=count_convention, **kwargs)
+    text = json.dumps(result.to_dict(), indent=2) + "\n" if fmt == "json" else str(result)
+    _emit(text, None)
 
 
 if __name__ == "__main__":  # pragma: no cover

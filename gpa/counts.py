@@ -215,12 +215,10 @@ def count_flops(
     example_inputs: Tensor | Sequence[Any] | None = None,
     *,
     input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
-    train: bool = False,
 ) -> dict[str, int]:
     """FLOPs per weight-layer name for one forward pass (2 per multiply-add).
 
-    The forward runs in eval mode, or train mode with ``train=True`` (the train/eval
-    flag of every module is restored), on
+    The forward runs in eval mode (the train/eval flag of every module is restored) on
     the meta device, with ``example_inputs`` (moved to meta), tensors of ``input_shape``
     (a shape or a list of shapes), or ``model.input_shape``. Layers never called are
     absent. Raises :class:`gpa.errors.ShapeError` if the forward pass fails.
@@ -243,7 +241,7 @@ def count_flops(
         k: _to_meta(v) for k, v in [*model.named_parameters(), *model.named_buffers()]
     }  # tied parameters appear once; functional_call re-ties them
     modes = [(m, m.training) for m in model.modules()]
-    model.train(train)
+    model.eval()
     try:
         with torch.no_grad(), _SkipNorms():
             torch.func.functional_call(model, state, args)
@@ -294,46 +292,63 @@ def check_convention(convention: str) -> str:
 _NO_FLOPS_NOTE = "no example inputs: FLOPs were not counted (give --input-shape or example_inputs)"
 
 
-def _subtree_sum(per_module: Mapping[str, int], name: str) -> int | None:
-    """Sum of the entries for module ``name`` and its descendants (None if there are none)."""
-    if name == "":
-        return sum(per_module.values()) if per_module else None
-    prefix = name + "."
-    found = [v for k, v in per_module.items() if k == name or k.startswith(prefix)]
-    return sum(found) if found else None
+class _Shape:
+    """Stands in for a tensor in :func:`_macs`: only ``numel()`` is read."""
+
+    def __init__(self, shape: Sequence[int]) -> None:
+        self.n = math.prod(shape)
+
+    def numel(self) -> int:
+        return self.n
 
 
-def _layer_counts(
-    model: nn.Module, record: str, params: Mapping[str, int], flops: Mapping[str, int] | None
-) -> tuple[int | None, int | None]:
-    """Parameters and FLOPs of the layer record named ``record``."""
-    try:
-        model.get_submodule(record)
-        module: str | None = record
-    except AttributeError:
-        module = "" if record == type(model).__name__ else None  # gpa.trace.single_call
-    if module is None:
-        try:  # a functional layer on a parameter of the root module
-            return model.get_parameter(record).numel(), None
-        except AttributeError:
-            return None, None
-    n_flops = _subtree_sum(flops, module) if flops is not None else None
-    return _subtree_sum(params, module) or 0, n_flops
+def _call_flops(graph: Any, node: str, module: nn.Module) -> int | None:
+    """FLOPs of one layer call from the shapes the analysis propagated (None if unknown)."""
+    value = graph.ops.nodes[node].get("value")
+    preds = list(graph.ops.predecessors(node))
+    first = graph.ops.nodes[preds[0]].get("value") if preds else None
+    if value is None or value.shape is None:
+        return None
+    if isinstance(module, _CONV_T) and (first is None or first.shape is None):
+        return None
+    inputs = (_Shape(first.shape),) if first is not None and first.shape is not None else ()
+    return 2 * _macs(module, inputs, _Shape(value.shape))
 
 
-def count_report(
-    report: Any, model: nn.Module, inputs: tuple | None, convention: str, train: bool = True
-) -> Any:
+def _subtree_sums(per_module: Mapping[str, int]) -> dict[str, int]:
+    """Per module name, the sum of its own entry and its descendants' (root ``""`` included)."""
+    sums: dict[str, int] = {}
+    for name, value in per_module.items():
+        parts = name.split(".") if name else []
+        for i in range(len(parts) + 1):
+            prefix = ".".join(parts[:i])
+            sums[prefix] = sums.get(prefix, 0) + value
+    return sums
+
+
+def _layer_modules(model: nn.Module, records: Any) -> dict[str, nn.Module | None]:
+    """Record name -> the module it stands for (None for a functional layer on a root parameter)."""
+    named = dict(model.named_modules(remove_duplicate=False))
+    out: dict[str, nn.Module | None] = {}
+    for record in records:
+        if record in named:
+            out[record] = named[record]
+        else:  # the model analysed as one call (gpa.trace.single_call), or a root parameter
+            out[record] = model if record == type(model).__name__ else None
+    return out
+
+
+def count_report(report: Any, model: nn.Module, graph: Any, convention: str) -> Any:
     """``report`` (a :class:`gpa.Report`) with parameters and FLOPs per layer and in total.
 
-    A layer's ``params`` are those of its module and the modules inside it under
-    ``convention``; a functional layer on a root parameter counts that parameter. Its
-    ``flops`` are those of the conv/linear/bilinear modules it is or contains (None for
-    other layer types). Network ``params`` count the whole model (norms included under
-    ``"torch"``), network ``flops`` all counted layers; the forward pass counting FLOPs
-    runs in train mode unless ``train=False``, as the analysis does. Without ``inputs`` FLOPs are None
-    and a note says so; a model whose forward fails on the meta device keeps FLOPs None,
-    with a note.
+    A layer's ``params`` are those of its module and of the modules inside it, under
+    ``convention`` (a functional layer on a root parameter: that parameter). Its ``flops``
+    are computed from the shapes the analysis propagated through ``graph`` (a
+    :class:`gpa.graph.GradientGraph`), over all its calls, for conv, transposed conv,
+    linear and bilinear layers; other layer types have ``flops`` None. No forward pass
+    is added, so counting costs little next to the analysis. Network ``params`` count the
+    whole model (norms and biases included under ``"torch"``); network ``flops`` are the
+    sum over the layers. Without example inputs FLOPs are None and a note says so.
 
     Example:
         >>> import gpa
@@ -343,25 +358,39 @@ def count_report(
     """
     from dataclasses import replace
 
-    params = count_params(model, convention)
-    notes = list(report.notes)
-    flops: dict[str, int] | None = None
-    if inputs is None:
-        notes.append(_NO_FLOPS_NOTE)
-    else:
-        try:
-            flops = count_flops(model, inputs, train=train)
-        except GpaError as err:
-            notes.append(f"FLOPs were not counted: {err}")
+    params = _subtree_sums(count_params(model, convention))
+    modules = _layer_modules(model, report.layers)
+    per_call: dict[str, list[int | None]] = {}
+    for node, call in graph.calls.items():
+        module = modules.get(call.record)
+        weighted = isinstance(module, WEIGHT_LAYERS)
+        n = _call_flops(graph, node, module) if weighted else None  # type: ignore[arg-type]
+        per_call.setdefault(call.record, []).append(n)
+    flops = {r: None if None in fs else sum(fs) for r, fs in per_call.items()}  # type: ignore[arg-type]
     layers = {}
     for name, record in report.layers.items():
-        n_params, n_flops = _layer_counts(model, name, params, flops)
-        layers[name] = replace(record, params=n_params, flops=n_flops)
-    total_flops = sum(flops.values()) if flops is not None else None
+        module = modules[name]
+        if module is None:
+            n_params = _root_parameter_size(model, name)
+        else:
+            prefix = "" if module is model else name
+            n_params = params.get(prefix, 0)
+        layers[name] = replace(record, params=n_params, flops=flops.get(name))
+    notes = list(report.notes)
+    counted = [f for f in flops.values() if f is not None]
+    if graph.inputs is None:
+        notes.append(_NO_FLOPS_NOTE)
     network = replace(
         report.network,
-        params=sum(params.values()),
-        flops=total_flops,
+        params=params.get("", 0),
+        flops=sum(counted) if graph.inputs is not None else None,
         count_convention=convention,
     )
     return replace(report, layers=layers, network=network, notes=notes)
+
+
+def _root_parameter_size(model: nn.Module, name: str) -> int | None:
+    try:
+        return model.get_parameter(name).numel()
+    except AttributeError:
+        return None

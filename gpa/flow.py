@@ -36,10 +36,12 @@ from torch.utils._pytree import tree_flatten, tree_map
 from gpa.errors import ShapeError
 from gpa.trace import grad_mode
 
-__all__ = ["ValueInfo", "flow_from_values", "flow_from_names", "module_of"]
+__all__ = ["ValueInfo", "Shape", "flow_from_values", "flow_from_names", "module_of"]
 
 GRAD_FROM = "gpa_grad_from"
 VALUE = "gpa_value"
+SHAPES = "gpa_shapes"
+CONSTANT = "gpa_constant"
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,9 @@ def flow_from_values(gm: fx.GraphModule, inputs: tuple) -> None:
                 else:
                     env[node] = _flow_of(gm, node, env, state)
                 node.meta[VALUE] = ValueInfo.of(env[node])
+                node.meta[SHAPES] = _shapes_of(env[node])
+                if _is_plain(env[node]):
+                    node.meta[CONSTANT] = env[node]
         finally:
             grad_mode(True)
 
@@ -292,6 +297,22 @@ def _flow_of(gm: fx.GraphModule, node: fx.Node, env: dict, state: _MetaState) ->
     mutated = _mutated_argument(node, args)
     node.meta[GRAD_FROM] = frozenset(_reached((result, mutated), leaves))
     return tree_map(_cut_history, result)
+
+
+def _is_plain(value: Any) -> bool:
+    """Python numbers and (nested) sequences of them, such as sizes computed in forward."""
+    if isinstance(value, (bool, int, float)):
+        return True
+    return isinstance(value, (tuple, list)) and all(_is_plain(v) for v in value)
+
+
+class Shape(tuple):
+    """A tensor's shape inside a value's structure (a leaf for pytree, unlike a tuple)."""
+
+
+def _shapes_of(value: Any) -> Any:
+    """The value's structure with every tensor replaced by its :class:`Shape` (others: None)."""
+    return tree_map(lambda x: Shape(x.shape) if isinstance(x, torch.Tensor) else None, value)
 
 
 def _cut_history(x: Any) -> Any:

@@ -47,6 +47,8 @@ class GradientGraph:
         uncalled: layer modules forward never uses, as (name, type).
         inputs: the example inputs used (meta tensors), or None.
         notes: remarks for the report (fallbacks, what was skipped).
+        traced: the annotated fx module when the fx tracer built the graph (the
+            channel analysis reads it), else None.
     """
 
     ops: nx.DiGraph
@@ -54,6 +56,7 @@ class GradientGraph:
     uncalled: list[tuple[str, str]] = field(default_factory=list)
     inputs: tuple | None = None
     notes: list[str] = field(default_factory=list)
+    traced: fx.GraphModule | None = None
 
 
 def flatten_outputs(structure: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

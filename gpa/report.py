@@ -15,7 +15,8 @@ from typing import Any
 import networkx as nx
 
 from gpa import __version__
-from gpa.paths import GradientPaths
+from gpa.paths import GradientPaths, bits
+from gpa.segments import Segment, Source, combination
 
 __all__ = ["LayerRecord", "NetworkSummary", "Report"]
 
@@ -38,6 +39,7 @@ class LayerRecord:
     deliveries: Mapping[str, int] = field(default_factory=dict)
     params: int | None = None
     flops: int | None = None
+    segments: tuple[Segment, ...] | None = None
 
     @property
     def reachable(self) -> bool:
@@ -88,7 +90,60 @@ class LayerRecord:
             "sources": list(self.sources),
             "params": self.params,
             "flops": self.flops,
+            **self._channel_dict(),
         }
+
+    @property
+    def gradient_combinations(self) -> int | None:
+        """The number of distinct gradient combinations among this layer's segments."""
+        if self.segments is None:
+            return None
+        return len({combination(s) for s in self.segments if s.paths is not None})
+
+    @property
+    def channel_fallbacks(self) -> tuple[str, ...]:
+        """Operations whose channel routing gpa could not follow exactly for this layer."""
+        return tuple(sorted({f for s in self.segments or () for f in s.fallback}))
+
+    def _channel_dict(self) -> dict[str, Any]:
+        if self.segments is None:
+            return {}
+        found = {
+            "segments": [segment_dict(s) for s in self.segments],
+            "gradient_combinations": self.gradient_combinations,
+        }
+        if self.channel_fallbacks:
+            found["channel_fallback"] = list(self.channel_fallbacks)
+        return found
+
+
+def segment_dict(s: Segment) -> dict[str, Any]:
+    """One segment as JSON (``docs/semantics.md``, channel segments)."""
+    paths = s.paths
+    return {
+        "channels": [s.start, s.stop],
+        "shortest": paths.shortest if paths else None,
+        "longest": paths.longest if paths else None,
+        "timestamps": list(paths.timestamps) if paths else [],
+        "num_paths": paths.num_paths if paths else 0,
+        "path_histogram": {str(k): v for k, v in paths.histogram.items()} if paths else {},
+        "sources": [source_dict(x) for x in s.sources],
+    }
+
+
+def source_dict(x: Source) -> dict[str, Any]:
+    """A segment's source as JSON: the sender and the part of its gradient delivered."""
+    found: dict[str, Any] = {"from": x.sender, "channels": list(x.channels)}
+    if x.output is not None:
+        found["output"] = x.output
+    if x.group is not None:
+        found["group"] = list(x.group)
+    if x.argument is not None:
+        found["argument"] = x.argument
+    if x.mixed:
+        found["mixed"] = True
+    found["rounds"] = list(bits(x.rounds))
+    return found
 
 
 @dataclass(frozen=True)
@@ -104,12 +159,20 @@ class NetworkSummary:
     params: int | None = None
     flops: int | None = None
     count_convention: str | None = None
+    gradient_combinations: int | None = None
 
     @staticmethod
     def of(records: Mapping[str, LayerRecord]) -> NetworkSummary:
         reached = [r for r in records.values() if r.reachable]
         shortest = [r.shortest for r in reached]
+        with_segments = [r for r in records.values() if r.segments is not None]
+        combinations = (
+            len({combination(s) for r in with_segments for s in r.segments if s.paths})
+            if with_segments
+            else None
+        )
         return NetworkSummary(
+            gradient_combinations=combinations,
             layers=len(records),
             max_shortest=max(shortest, default=None),
             min_shortest=min(shortest, default=None),
@@ -129,6 +192,11 @@ class NetworkSummary:
             "params": self.params,
             "flops": self.flops,
             "count_convention": self.count_convention,
+            **(
+                {"gradient_combinations": self.gradient_combinations}
+                if self.gradient_combinations is not None
+                else {}
+            ),
         }
 
 

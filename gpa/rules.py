@@ -61,11 +61,6 @@ class Rules:
         patterns.update({limit.pattern: limit for limit in other.layers})
         return replace(self, **changes, layers=tuple(patterns.values()))
 
-    @property
-    def empty(self) -> bool:
-        """Whether no rule is set."""
-        return self == Rules() or self == Rules(no_unreachable=False)
-
 
 @dataclass(frozen=True)
 class Violation:

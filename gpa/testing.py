@@ -3,7 +3,7 @@
 Example:
     >>> import torch.nn as nn
     >>> net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    >>> assert_gradient_paths(net, input_shape=(1, 4), max_shortest=2, no_unreachable=True)
+    >>> report = assert_gradient_paths(net, input_shape=(1, 4), max_shortest=2, no_unreachable=True)
     >>> assert_gradient_paths(net, input_shape=(1, 4), max_shortest=1)
     Traceback (most recent call last):
         ...

@@ -1,9 +1,9 @@
 """Reference model zoo: small, faithful PyTorch models of every family the paper discusses.
 
 Each family lives in its own module (``plainnet``, ``resnet``, ``prn``, ``densenet``,
-``sparsenet``, ``csp``, ``vovnet``, ``elan``, ``darknet``, and the detectors in ``yolo``) built from the shared parts of
-:mod:`gpa.models.blocks`; every entry is a registered zero-argument-callable factory whose
-keyword parameters are its knobs. Every built model carries ``model.input_shape``.
+``sparsenet``, ``csp``, ``vovnet``, ``elan``, ``darknet``; the paper's detectors in ``yolo``)
+built from the shared parts of :mod:`gpa.models.blocks`; every entry is a registered
+zero-argument-callable factory whose keyword parameters are its knobs. Every built model carries ``model.input_shape``.
 
 Example:
     >>> import gpa.models
@@ -20,7 +20,7 @@ family module of the same name; import from a family module with
 ``from gpa.models.resnet import residual_net``.
 """
 
-from gpa.models.registry import ModelInfo, ZooError, build, describe, names, register
+from gpa.models.registry import ModelInfo, ZooError, build, describe, entries, names, register
 
 # Factories, bound after their modules are loaded, so the names refer to the functions.
 from gpa.models.plainnet import plainnet  # isort: skip
@@ -53,6 +53,7 @@ __all__ = [
     "ZooError",
     "build",
     "describe",
+    "entries",
     "names",
     "register",
     "plainnet",

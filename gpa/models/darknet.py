@@ -132,10 +132,7 @@ def darknet_stage(
     first ``round(identity_ratio * out)`` channels receive the identity."""
     k = max(1, round(identity_ratio * cfg.out))
     blocks = nn.Sequential(
-        *(
-            darknet_block(cfg.out, cfg.out // 2, act, identity_channels=k)
-            for _ in range(cfg.blocks)
-        )
+        *(darknet_block(cfg.out, cfg.out // 2, act, identity_channels=k) for _ in range(cfg.blocks))
     )
     return stage(down=ConvBnAct(c_in, cfg.out, 3, 2, act=act), blocks=blocks)
 

@@ -34,6 +34,7 @@ __all__ = [
     "ZooError",
     "build",
     "describe",
+    "entries",
     "knob_choice",
     "knob_int",
     "knob_ratio",
@@ -164,6 +165,17 @@ def describe(name: str) -> ModelInfo:
         raise ZooError(
             f"unknown model {name!r}{hint} (known models: {', '.join(names())})"
         ) from None
+
+
+def entries() -> list[ModelInfo]:
+    """The :class:`ModelInfo` of every public entry, in :func:`names` order (``gpa zoo``'s rows).
+
+    Example:
+        >>> info = entries()[0]
+        >>> info.name, dict(info.knobs), info.input_shape
+        ('plainnet', {'depth': 6, 'width': 16, 'num_classes': 10}, (1, 3, 64, 64))
+    """
+    return [_REGISTRY[n] for n in names()]
 
 
 def build(name: str, **knobs: Any) -> nn.Module:

@@ -348,7 +348,10 @@ def _csp_b(c_in: int, c_out: int, n: int = 2) -> nn.Module:
     ``n`` plain bottlenecks (``c_out`` wide), part 2 = a 1x1 on it; concat; 1x1 →``c_out``."""
     st, _ = csp_stage(
         c_out,
-        lambda c: (nn.Sequential(*(darknet_block(c, c, _ACT, shortcut=False) for _ in range(n))), c),
+        lambda c: (
+            nn.Sequential(*(darknet_block(c, c, _ACT, shortcut=False) for _ in range(n))),
+            c,
+        ),
         c_part1=c_out,
         c_part2=c_out,
         split="cross",

@@ -32,6 +32,12 @@ PUBLIC = [
     "cspresnet50",
     "resnext50_darknet",
     "cspresnext50",
+    "yolo_v3",
+    "yolo_prn",
+    "yolo_csp",
+    "yolo_csp_stopgrad",
+    "yolo_elan",
+    "yolo_elan_af",
 ]
 
 

@@ -1,0 +1,154 @@
+"""Tests of ``gpa compare`` and :func:`gpa.compare.compare`.
+
+``tests/data/check/chain.py``: ``layers.i`` of a chain of depth d has shortest = longest
+= d − i (the last layer feeds the loss: 1). The project fixture
+``tests/data/check/project/pyproject.toml`` names ``short`` (a chain of 2) and ``plain``
+(``gpa.models:plainnet`` with depth 2: stem 4, blocks 3 and 2, fc 1).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import gpa
+from gpa.api import analyze_target
+from gpa.baseline import Snapshot, dump_baseline
+from gpa.cli import main
+from gpa.compare import compare, format_comparison, load_side
+from gpa.errors import GpaError
+
+DATA = Path(__file__).parent / "data" / "check"
+CHAIN = str(DATA / "chain.py")
+CONFIG = str(DATA / "project" / "pyproject.toml")
+
+
+@pytest.fixture(autouse=True)
+def in_check_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(DATA)
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, ["compare", *args], catch_exceptions=False)
+
+
+def chain(depth: int, **knobs: object) -> gpa.Report:
+    return analyze_target(CHAIN, {"depth": depth, **knobs})
+
+
+def test_compare_two_reports() -> None:
+    c = compare(chain(2), chain(3))
+    # depth 2: 2, 1 (mean 1.5); depth 3: 3, 2, 1 (mean 2)
+    assert c.network == {
+        "layers": (2, 3),
+        "max_shortest": (2, 3),
+        "min_shortest": (1, 1),
+        "mean_shortest": (1.5, 2.0),
+        "longest": (2, 3),
+        "unreachable": (0, 0),
+    }
+    assert [(d.name, d.shortest, d.longest) for d in c.changed] == [
+        ("layers.0", (2, 3), (2, 3)),
+        ("layers.1", (1, 2), (1, 2)),
+    ]
+    assert (c.same, c.only_a, c.only_b) == (0, [], ["layers.2"])
+
+
+def test_compare_identical_models_has_no_changes() -> None:
+    c = compare(chain(3), chain(3))
+    assert (c.changed, c.same, c.only_a, c.only_b) == ([], 3, [], [])
+
+
+def test_compare_unreachable_layers() -> None:
+    # cut=0 detaches layers.0: unreachable on the B side; spare exists only on B
+    c = compare(chain(2), chain(2, cut=0, spare=True))
+    assert c.network["unreachable"] == (0, 2)
+    assert [(d.name, d.shortest) for d in c.changed] == [("layers.0", (2, None))]
+    assert c.only_b == ["spare"]
+
+
+def test_compare_a_report_with_a_snapshot() -> None:
+    c = compare(chain(3), Snapshot.of(chain(3)))
+    assert c.same == 3 and not c.changed
+
+
+def test_format_comparison_table() -> None:
+    text = format_comparison(compare(chain(2), chain(3), names=("two", "three")))
+    assert text == (
+        "A: two\n"
+        "B: three\n"
+        "\n"
+        "metric            A     B  delta\n"
+        "layers            2     3     +1\n"
+        "max_shortest      2     3     +1\n"
+        "min_shortest      1     1\n"
+        "mean_shortest  1.50  2.00  +0.50\n"
+        "longest           2     3     +1\n"
+        "unreachable       0     0\n"
+        "\n"
+        "layers in both: 2, differing: 2\n"
+        "layer     shortest A  shortest B  delta  longest A  longest B  delta\n"
+        "layers.0           2           3     +1          2          3     +1\n"
+        "layers.1           1           2     +1          1          2     +1\n"
+        "only in B (1): layers.2\n"
+    )
+
+
+def test_cli_compare_configured_models_as_json() -> None:
+    result = run("short", "plain", "--config", CONFIG, "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["a"] == "short" and data["b"] == "plain"
+    assert data["network"]["max_shortest"] == [2, 4]
+    # no layer names in common: nn.Sequential indices vs zoo names
+    assert data["layers"]["changed"] == []
+    assert data["layers"]["only_a"] == ["0", "1"]
+    assert data["layers"]["only_b"] == [
+        "stem.conv",
+        "stages.0.blocks.0.conv",
+        "stages.0.blocks.1.conv",
+        "fc",
+    ]
+
+
+def test_cli_compare_with_a_baseline_file(tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(dump_baseline({"c": Snapshot.of(chain(3))}))
+    result = run(CHAIN, str(base), "-k", "depth=4", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["network"]["max_shortest"] == [4, 3]
+    assert data["layers"]["changed"][0] == {
+        "name": "layers.0",
+        "shortest": [4, 3],
+        "longest": [4, 3],
+    }
+    assert data["layers"]["only_a"] == ["layers.3"]
+    # a baseline with several models needs FILE:MODEL
+    base.write_text(dump_baseline({"c": Snapshot.of(chain(3)), "d": Snapshot.of(chain(2))}))
+    result = run(CHAIN, str(base))
+    assert result.exit_code == 2
+    assert "holds 2 models; name one as" in result.stderr
+    result = run(CHAIN, f"{base}:d", "-k", "depth=2", "--format", "json")
+    assert json.loads(result.stdout)["layers"]["same"] == 2
+
+
+def test_cli_compare_with_a_saved_report(tmp_path: Path) -> None:
+    saved = tmp_path / "report.json"
+    saved.write_text(chain(2).to_json())
+    result = run(str(saved), CHAIN, "-k", "depth=2")
+    assert result.exit_code == 0
+    assert "layers in both: 2, differing: 0\n" in result.stdout
+
+
+def test_load_side_errors(tmp_path: Path) -> None:
+    base = tmp_path / "base.json"
+    base.write_text(dump_baseline({"c": Snapshot.of(chain(2))}))
+    with pytest.raises(GpaError, match="has no model 'x'"):
+        load_side(f"{base}:x")
+    with pytest.raises(GpaError, match="cannot read"):
+        load_side(str(tmp_path / "none.json"))
+    assert run("missing.py", CHAIN).exit_code == 2

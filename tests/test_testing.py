@@ -1,0 +1,96 @@
+"""Tests of :func:`gpa.testing.assert_gradient_paths`.
+
+Model: ``nn.Sequential(Linear, ReLU, Linear, ReLU, Linear)``: a chain of three layers
+``0``, ``2``, ``4`` with shortest = longest = 3, 2, 1 (mean 2). ``Detached`` adds a layer
+whose output is detached and one that is never called.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gpa.errors import GpaError
+from gpa.testing import assert_gradient_paths
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+
+class Detached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.side = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+        self.unused = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x + self.side(x).detach())
+
+
+def test_passes_and_returns_the_report() -> None:
+    report = assert_gradient_paths(
+        mlp(),
+        input_shape=(1, 4),
+        max_shortest=3,
+        max_longest=3,
+        no_unreachable=True,
+        max_mean_shortest=2.0,
+        layers={"4": {"max_shortest": 1}},
+    )
+    assert report.network.max_shortest == 3
+
+
+def test_example_inputs_are_accepted() -> None:
+    assert_gradient_paths(mlp(), torch.zeros(2, 4), max_shortest=3)
+
+
+def test_message_lists_every_violation() -> None:
+    with pytest.raises(AssertionError) as info:
+        assert_gradient_paths(
+            mlp(),
+            input_shape=(1, 4),
+            max_shortest=1,
+            max_longest=2,
+            max_mean_shortest=1.5,
+            layers={"2": {"max_longest": 1}},
+        )
+    assert str(info.value) == (
+        "Sequential breaks 4 gradient-path rules:\n"
+        "  max-shortest 1: 2 layers exceed it: 0 (3), 2 (2)\n"
+        "  max-longest 2: 1 layer exceeds it: 0 (3)\n"
+        "  max-mean-shortest 1.5: mean_shortest 2.0 exceeds it\n"
+        "  layers[2].max-longest 1: 1 layer exceeds it: 2 (2)"
+    )
+
+
+def test_unreachable_layers() -> None:
+    # side: detached output, unreachable; unused: never called, listed last
+    with pytest.raises(AssertionError) as info:
+        assert_gradient_paths(Detached(), input_shape=(1, 4), no_unreachable=True)
+    assert str(info.value) == (
+        "Detached breaks 1 gradient-path rule:\n"
+        "  no-unreachable: 2 layers receive no gradient: side, unused"
+    )
+    # without the rule the same model passes
+    assert_gradient_paths(Detached(), input_shape=(1, 4), max_shortest=1)
+
+
+def test_pattern_matching_nothing_is_a_violation() -> None:
+    with pytest.raises(AssertionError, match=r"layers\[head\.\*\]\.max-shortest 2: the pattern"):
+        assert_gradient_paths(mlp(), input_shape=(1, 4), layers={"head.*": {"max_shortest": 2}})
+
+
+def test_model_errors_are_not_assertion_errors() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) if x.sum() > 0 else x
+
+    with pytest.raises(GpaError):
+        assert_gradient_paths(Branchy(), input_shape=(1, 4), max_shortest=1)
