@@ -10,5 +10,6 @@ __version__ = "0.1.0"
 
 from gpa.api import analyze  # noqa: E402
 from gpa.report import LayerRecord, NetworkSummary, Report  # noqa: E402
+from gpa.scaling import scaling  # noqa: E402
 
-__all__ = ["analyze", "Report", "LayerRecord", "NetworkSummary", "__version__"]
+__all__ = ["analyze", "scaling", "Report", "LayerRecord", "NetworkSummary", "__version__"]

@@ -40,6 +40,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from gpa.errors import GpaError, ShapeError, TraceError
+from gpa.flow import ValueInfo
 from gpa.graph import LOSS, GradientGraph, OutputKey, flatten_outputs, select_paths
 from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, _owner
 from gpa.trace import LeafSpec, _split_leaves, _user_frame
@@ -86,8 +87,15 @@ class _Call:
 
     name: str
     module: nn.Module
-    start: int  # sequence numbers of the autograd nodes it created: start < seq < end
+    start: int  # sequence numbers of the autograd nodes it created: start <= seq < end
     end: int = 0
+    value: ValueInfo | None = None  # its result
+    input: ValueInfo | None = None  # its first tensor argument
+
+
+def _first_value(args: Any) -> ValueInfo | None:
+    tensors = [t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)]
+    return ValueInfo.of(tensors[0]) if tensors else None
 
 
 @dataclass
@@ -118,7 +126,9 @@ class _Recorder:
         if id(module) in self.opaque:
             self.depth -= 1
             if self.depth == 0:
-                self.calls[-1].end = self.sequence() - 1
+                call = self.calls[-1]
+                call.end = self.sequence() - 1
+                call.value, call.input = ValueInfo.of(output), _first_value(args)
 
 
 def _probe_leaf() -> torch.Tensor:
@@ -134,9 +144,12 @@ class _ParameterUse(TorchFunctionMode):
         self.recorder = recorder
         self.parameters = parameters
         self.used: set[str] = set()
-        self.no_grad_layers: list[tuple[int, str]] = []  # (sequence, parameter)
+        # (sequence, parameter, operands, result) of functional layers run without gradient
+        self.no_grad_layers: list[tuple[int, str, list, Any]] = []
         self.created: list[Any] = []  # grad_fn of every value computed
         self.derived: dict[int, str] = {}  # id -> parameter, values computed without gradient
+        # (first, last sequence number, result, first operand) of feature-mixing functions
+        self.values: list[tuple[int, int, ValueInfo, ValueInfo]] = []
         self.keep: list[torch.Tensor] = []  # keeps those ids unique
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -144,7 +157,12 @@ class _ParameterUse(TorchFunctionMode):
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         read = [self.parameters[id(t)] for t in tensors if id(t) in self.parameters]
         self.used.update(read)
+        mixing = self.recorder.depth == 0 and getattr(func, "__name__", "") in _NO_GRAD_MIXING
+        start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
+        if mixing and tensors:  # the shapes of a functional layer that may be found here
+            value = (ValueInfo.of(result), ValueInfo.of(tensors[0]))
+            self.values.append((start, self.recorder.sequence() - 1, *value))
         if self.recorder.depth == 0 and not torch.is_grad_enabled():
             self._without_grad(func, tensors, result)
         for t in tree_flatten(result)[0]:
@@ -164,7 +182,7 @@ class _ParameterUse(TorchFunctionMode):
                     self.derived[id(t)] = named[0]
                     self.keep.append(t)
         elif getattr(func, "__name__", "") in _NO_GRAD_MIXING:
-            self.no_grad_layers.append((self.recorder.sequence(), named[0]))
+            self.no_grad_layers.append((self.recorder.sequence(), named[0], tensors, result))
 
 
 _NO_GRAD_MIXING = frozenset(
@@ -406,7 +424,7 @@ def _build(
     for i, c in enumerate(calls):
         if i in layer_calls:
             key = f"call{i}:{c.name}"
-            g.add_node(key)
+            _add_call(g, key, c.value, c.input)
             layer_seq[key] = c.start
             layer_call[key] = LayerCall(c.name, type(c.module).__name__)
 
@@ -420,26 +438,28 @@ def _build(
         return found
 
     roots_of: dict[int, Any] = {}  # id(node) -> first parameter it is computed from, or _TAINTED
-    for fn in nodes:
+    for fn in nodes:  # inputs before their users
         key = key_of(fn)
+        roots_of[id(fn)] = _parameter_root(fn, key, layer_call, roots_of, run)
+        parameter = None
+        if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
+            parameter = _mixing_parameter(fn, roots_of)
+        if parameter is not None:  # a functional layer
+            layer_call[key] = LayerCall(*_owner(model, parameter))
+            layer_seq[key] = fn._sequence_nr()
+            roots_of[id(fn)] = _TAINTED  # a layer's output is data
+            _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
         g.add_node(key)
         for child, _ in fn.next_functions:
             if child is not None and key_of(child) != key:
                 g.add_edge(key_of(child), key, grad=True)
-        roots_of[id(fn)] = _parameter_root(fn, key, layer_call, roots_of, run)
-        if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
-            parameter = _mixing_parameter(fn, roots_of)
-            if parameter is not None:
-                layer_call[key] = LayerCall(*_owner(model, parameter))
-                layer_seq[key] = fn._sequence_nr()
-                roots_of[id(fn)] = _TAINTED  # a layer's output is data
     g.add_node(LOSS)
     for root in roots:
         if root is not None:
             g.add_edge(key_of(root), LOSS, grad=True)
-    for seq, parameter in run.use.no_grad_layers:  # functional layers run without gradient
+    for seq, parameter, operands, result in run.use.no_grad_layers:  # run without gradient
         key = f"nograd{seq}"
-        g.add_node(key)
+        _add_call(g, key, ValueInfo.of(result), ValueInfo.of(operands[0]))
         layer_call[key] = LayerCall(*_owner(model, parameter))
         layer_seq[key] = seq
     ordered = dict(sorted(layer_call.items(), key=lambda item: layer_seq[item[0]]))
@@ -450,6 +470,22 @@ def _build(
         inputs=run.inputs,
         notes=run.notes,
     )
+
+
+def _add_call(g: nx.DiGraph, key: str, value: Any, first_input: Any) -> None:
+    """A layer call node with its result's shape, and its first operand's as the first
+    predecessor (an edge carrying no gradient), as the fx tracer's graph has them."""
+    g.add_node(key, op="call", target=key, value=value)
+    g.add_node(f"{key}:input", op="input", target=key, value=first_input)
+    g.add_edge(f"{key}:input", key, grad=False)
+
+
+def _function_values(values: list[tuple], seq: int) -> tuple[Any, Any]:
+    """Result and first operand of the feature-mixing function that created node ``seq``."""
+    i = bisect.bisect_right(values, (seq, float("inf"))) - 1
+    if i >= 0 and values[i][0] <= seq < values[i][1]:
+        return values[i][2], values[i][3]
+    return None, None
 
 
 def _parameter_root(

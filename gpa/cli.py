@@ -174,6 +174,19 @@ def main() -> None:
     help="Output format.",
 )
 @click.option(
+    "--tracer",
+    type=click.Choice(["fx", "autograd", "auto"]),
+    default="fx",
+    show_default=True,
+    help="fx: symbolic tracing; autograd: run the model once and read its autograd graph "
+    "(needs inputs); auto: fx, else autograd when fx cannot trace the model.",
+)
+@click.option(
+    "--channels",
+    is_flag=True,
+    help="Also analyse channel segments (needs inputs): per-segment paths, gradient combinations.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
@@ -189,6 +202,8 @@ def analyze(
     eval_mode: bool,
     count_convention: str,
     fmt: str,
+    tracer: str,
+    channels: bool,
     output: Path | None,
 ) -> None:
     """Analyse the gradient paths of the model named by TARGET.
@@ -220,6 +235,8 @@ def analyze(
         train=not eval_mode,
         count_convention=count_convention,
         name=loaded.name,
+        channels=channels,
+        tracer=tracer,
     )
 
     if fmt == "json":
@@ -415,7 +432,6 @@ def compare(
         load_side(a, options, config), load_side(b, options, config), names=(a, b)
     )
     _emit(comparison.to_json() if fmt == "json" else format_comparison(comparison), output)
-
 
 
 @main.command()

@@ -135,6 +135,9 @@ def _summary_lines(report: Any) -> list[str]:
             f"params: {format_si(network.params)}   flops: {format_si(network.flops)}   "
             f"({convention} convention; a multiply-add counts as 2 FLOPs)"
         )
+    combinations = getattr(network, "gradient_combinations", None)
+    if combinations is not None:
+        lines.append(f"gradient_combinations: {combinations}   (channel segments)")
     if unreachable:
         lines.append(f"unreachable layers: {', '.join(unreachable)}")
     return lines
@@ -170,24 +173,30 @@ def format_table(report: Any, *, width: int = TABLE_WIDTH, color: bool = False) 
     table.add_column("params", justify="right")
     table.add_column("flops", justify="right")
     table.add_column("sources", overflow="fold")
+    with_segments = any(getattr(r, "segments", None) is not None for r in report.layers.values())
+    if with_segments:
+        table.add_column("segments", justify="right")
+        table.add_column("combos", justify="right")
     for record in report.layers.values():
-        table.add_row(
-            *(
-                Text(cell)
-                for cell in (
-                    record.name,
-                    record.type,
-                    str(record.calls),
-                    _value(record.shortest),
-                    _value(record.longest),
-                    format_timestamps(record.timestamps),
-                    format_count(record.num_paths),
-                    format_si(record.params),
-                    format_si(record.flops),
-                    format_sources(record.sources),
-                )
-            )
-        )
+        cells = [
+            record.name,
+            record.type,
+            str(record.calls),
+            _value(record.shortest),
+            _value(record.longest),
+            format_timestamps(record.timestamps),
+            format_count(record.num_paths),
+            format_si(record.params),
+            format_si(record.flops),
+            format_sources(record.sources),
+        ]
+        if with_segments:
+            segments = getattr(record, "segments", None)
+            cells += [
+                _value(None if segments is None else len(segments)),
+                _value(getattr(record, "gradient_combinations", None)),
+            ]
+        table.add_row(*(Text(cell) for cell in cells))
 
     buffer = io.StringIO()
     console = Console(

@@ -171,9 +171,10 @@ def find_layers(
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     calls: dict[fx.Node, LayerCall] = {}
+    modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            module = gm.get_submodule(node.target)
+            module = modules[node.target]
             if _is_layer_module(module, types):
                 calls[node] = LayerCall(node.target, type(module).__name__)
     roots = _parameter_roots(gm, set(calls))

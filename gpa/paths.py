@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -81,9 +82,8 @@ class GradientPaths:
         stamps = 0
         for p in parts:
             stamps |= p.stamps
-            start = p.offset - low
-            for i, c in enumerate(p.counts, start):
-                counts[i] += c
+            start, stop = p.offset - low, p.offset - low + len(p.counts)
+            counts[start:stop] = map(operator.add, counts[start:stop], p.counts)
         return GradientPaths(stamps, sum(p.num_paths for p in parts), low, tuple(counts))
 
 

@@ -99,9 +99,9 @@ def _least_squares(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, flo
     sxx = sum((x - mx) ** 2 for x in xs)
     if sxx == 0:
         return my, 0.0, sum((y - my) ** 2 for y in ys)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
     a = my - b * mx
-    return a, b, sum((y - a - b * x) ** 2 for x, y in zip(xs, ys))
+    return a, b, sum((y - a - b * x) ** 2 for x, y in zip(xs, ys, strict=True))
 
 
 def fit_growth(ns: Sequence[float], ys: Sequence[float]) -> GrowthFit:
@@ -208,7 +208,9 @@ class ScalingResult:
         ]
         widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
         for row in (header, *rows):
-            lines.append("  ".join(cell.rjust(w) for cell, w in zip(row, widths)).rstrip())
+            lines.append(
+                "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
         lines.append(
             "growth: " + "   ".join(f"{metric} {fit.growth}" for metric, fit in self.fits.items())
         )

@@ -1292,7 +1292,17 @@ def test_two_inputs(by_shape):
 # 16. Report serialisation
 
 TOP_KEYS = {"gpa_version", "model", "inputs", "network", "layers", "notes"}
-NETWORK_KEYS = {"layers", "max_shortest", "min_shortest", "mean_shortest", "longest", "unreachable"}
+NETWORK_KEYS = {
+    "layers",
+    "max_shortest",
+    "min_shortest",
+    "mean_shortest",
+    "longest",
+    "unreachable",
+    "params",
+    "flops",
+    "count_convention",
+}
 LAYER_KEYS = {
     "name",
     "type",
@@ -1303,6 +1313,8 @@ LAYER_KEYS = {
     "num_paths",
     "path_histogram",
     "sources",
+    "params",
+    "flops",
 }
 
 
@@ -1319,8 +1331,11 @@ def test_to_dict_and_json():
     for layer in data["layers"]:
         assert set(layer) == LAYER_KEYS
     by_name = {layer["name"]: layer for layer in data["layers"]}
+    c1 = dict(by_name["c1"])
+    counted = {k: c1.pop(k) for k in ("params", "flops")}
+    assert counted["params"] == 3 * 4 * 3 * 3 + 4  # Conv2d(3, 4, 3): weight and bias
     # values as derived in test_no_grad_block
-    assert by_name["c1"] == {
+    assert c1 == {
         "name": "c1",
         "type": "Conv2d",
         "calls": 1,

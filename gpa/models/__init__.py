@@ -3,7 +3,8 @@
 Each family lives in its own module (``plainnet``, ``resnet``, ``prn``, ``densenet``,
 ``sparsenet``, ``csp``, ``vovnet``, ``elan``, ``darknet``; the paper's detectors in ``yolo``)
 built from the shared parts of :mod:`gpa.models.blocks`; every entry is a registered
-zero-argument-callable factory whose keyword parameters are its knobs. Every built model carries ``model.input_shape``.
+zero-argument-callable factory whose keyword parameters are its knobs. Every built model
+carries ``model.input_shape``.
 
 Example:
     >>> import gpa.models

@@ -263,7 +263,7 @@ class AnchorFreeHead(nn.Module):
     def __init__(self, channels: Sequence[int], num_classes: int, *, masks: bool) -> None:
         super().__init__()
         c0 = channels[0]
-        c_box, c_cls = max(c0 // 4, 64, 16), max(c0, min(2 * num_classes, 128))
+        c_box, c_cls = max(c0 // 4, 64), max(c0, min(2 * num_classes, 128))
         self.box = nn.ModuleList(_branch(c, c_box, 64) for c in channels)
         self.cls = nn.ModuleList(_branch(c, c_cls, num_classes) for c in channels)
         self.mask = (

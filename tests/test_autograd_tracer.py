@@ -1,0 +1,280 @@
+"""The autograd tracer (gpa/autograd.py) against the fx tracer and against hand derivations.
+
+Two independent computations of the same contract must agree: every model of
+tests/test_semantics.py and tests/test_properties.py (whose tests are re-run here
+with ``gpa.analyze`` comparing both tracers on every call that has inputs) and
+every model of the built-in zoo gives identical per-layer records. Models fx
+cannot trace (data-dependent control flow) are analysed by ``tracer="auto"`` and
+checked against values derived by hand.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import test_properties
+import test_semantics
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gpa
+import gpa.models
+from gpa.errors import GpaError, TraceError
+
+LOSS = "<loss>"
+_analyze = gpa.analyze
+
+
+def records(report) -> list[tuple]:
+    """Everything a report says per layer, in order."""
+    return [
+        (
+            name,
+            r.type,
+            r.calls,
+            r.shortest,
+            r.longest,
+            r.timestamps,
+            r.num_paths,
+            r.path_histogram,
+            tuple(r.sources),
+        )
+        for name, r in report.layers.items()
+    ]
+
+
+def both_tracers(model, example_inputs=None, **options):
+    """``gpa.analyze`` that also runs the autograd tracer and requires the same records."""
+    fx_report = _analyze(model, example_inputs, **options)
+    if example_inputs is not None or options.get("input_shape") is not None:
+        options.pop("tracer", None)
+        autograd_report = _analyze(model, example_inputs, tracer="autograd", **options)
+        assert records(autograd_report) == records(fx_report)
+        assert autograd_report.network == fx_report.network
+    return fx_report
+
+
+@pytest.fixture(autouse=True)
+def _compare_tracers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpa, "analyze", both_tracers)
+
+
+# Re-run the hand-derived semantics tests and the brute-force property tests with
+# both tracers: each of their analyses with inputs is now also a cross-check.
+for _module in (test_semantics, test_properties):
+    for _name, _test in list(vars(_module).items()):
+        if _name.startswith("test_") and callable(_test) and "cli" not in _name:
+            globals()[f"test_both_{_module.__name__.removeprefix('test_')}_{_name[5:]}"] = _test
+
+
+@pytest.mark.parametrize("name", gpa.models.names())
+def test_builtin_zoo_tracers_agree(name: str) -> None:
+    model = gpa.models.build(name)
+    fx_report = _analyze(model, input_shape=model.input_shape, tracer="fx")
+    autograd_report = _analyze(model, input_shape=model.input_shape, tracer="autograd")
+    assert records(autograd_report) == records(fx_report)
+    assert autograd_report.network == fx_report.network
+
+
+# ------------------------------------------------- models fx cannot trace, by hand
+
+
+class Gate(nn.Module):
+    """Branches on the value of its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a1 = nn.Linear(4, 4)
+        self.a2 = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.mean() > 0:
+            return self.a2(F.relu(self.a1(x)))
+        return self.b(x)
+
+
+def test_auto_falls_back_on_data_dependent_branch() -> None:
+    with pytest.raises(TraceError):
+        _analyze(Gate(), torch.ones(2, 4), tracer="fx")
+    report = _analyze(Gate(), torch.ones(2, 4), tracer="auto")
+    # mean(ones) > 0: the branch a1 -> a2 runs; b is never called.
+    assert [r[:7] for r in records(report)] == [
+        ("a1", "Linear", 1, 2, 2, (2,), 1),
+        ("a2", "Linear", 1, 1, 1, (1,), 1),
+        ("b", "Linear", 0, None, None, (), 0),
+    ]
+    assert list(report.network.unreachable) == ["b"]
+    assert any("used the autograd tracer instead" in n for n in report.notes)
+    # The branch cannot be decided on the meta device: the model ran on real inputs.
+    assert any("real inputs" in n for n in report.notes)
+
+
+def test_auto_branch_with_zero_inputs_from_shape() -> None:
+    # input_shape gives zeros: mean 0 is not > 0, so only b runs.
+    report = _analyze(Gate(), input_shape=(2, 4), tracer="auto")
+    assert [r[:7] for r in records(report)] == [
+        ("b", "Linear", 1, 1, 1, (1,), 1),
+        ("a1", "Linear", 0, None, None, (), 0),
+        ("a2", "Linear", 0, None, None, (), 0),
+    ]
+
+
+class Unrolled(nn.Module):
+    """A residual conv applied as many times as the input is wide / 4 (fx: range(Proxy))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for _ in range(x.shape[-1] // 4):
+            h = h + self.conv(h)
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def test_auto_unrolls_shape_dependent_loop() -> None:
+    report = _analyze(Unrolled(), input_shape=(1, 3, 8, 8), tracer="auto")
+    # Width 8: two calls c1, c2 of conv; h1 = h0 + c1(h0), h2 = h1 + c2(h1), fc(h2).
+    # fc: 1. conv: c2 -> fc (2); c1 -> c2 -> fc (3), c1 -> fc (2): {2: 2, 3: 1}.
+    # stem: -> c1 -> c2 -> fc (4), -> c1 -> fc (3), -> c2 -> fc (3), -> fc (2): {2: 1, 3: 2, 4: 1}.
+    got = {r[0]: (r[2], r[7], r[8]) for r in records(report)}
+    assert got == {
+        "stem": (1, {2: 1, 3: 2, 4: 1}, ("conv", "fc")),
+        "conv": (2, {2: 2, 3: 1}, ("conv", "fc")),
+        "fc": (1, {1: 1}, (LOSS,)),
+    }
+    assert report.network.max_shortest == 2
+    assert report.network.longest == 4
+    # Shapes alone decide this loop: it ran on the meta device.
+    assert not any("real inputs" in n for n in report.notes)
+
+
+class ItemScaled(nn.Module):
+    """Reads a value with .item() (impossible on meta) and detaches a branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 4)
+        self.l3 = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        scale = float(x.abs().mean().item()) + 1.0
+        h = self.l1(x) * scale
+        side = self.l3(self.l2(h).detach())  # no gradient reaches l2 (nor l1 through it)
+        with torch.no_grad():
+            ignored = self.head(h)  # a call without gradient
+        return self.head(h + side) + 0 * ignored
+
+
+def test_autograd_honours_detach_and_no_grad_on_real_run() -> None:
+    report = _analyze(ItemScaled(), input_shape=(2, 4), tracer="autograd")
+    got = {r[0]: r[2:7] for r in records(report)}
+    # head: 1 (two calls: one without gradient). l3 -> head: 2. l1 -> head: 2 (its
+    # route through l2 is detached). l2: unreachable.
+    assert got == {
+        "l1": (1, 2, 2, (2,), 1),
+        "l2": (1, None, None, (), 0),
+        "l3": (1, 2, 2, (2,), 1),
+        "head": (2, 1, 1, (1,), 1),
+    }
+
+
+class TiedFunctional(nn.Module):
+    """Functional layers: a tied embedding read by F.linear and x @ w.t() inside a loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.w = nn.Parameter(torch.randn(6, 6))
+
+    def forward(self, ids):
+        h = self.emb(ids)
+        steps = int(ids.shape[1])
+        for _ in range(steps // 2):
+            h = torch.tanh(h @ self.w.t())
+        return F.linear(h, self.emb.weight)
+
+
+def test_auto_functional_layers_named_after_owner() -> None:
+    report = _analyze(TiedFunctional(), input_shape=(2, 4), tracer="auto")
+    # ids width 4: w is applied twice. emb (call 1) -> w -> w -> emb (call 2, F.linear).
+    # emb record: call 2 has 1; call 1 has 4 -> {1: 1, 4: 1}. w: {2: 1, 3: 1}.
+    got = {r[0]: (r[1], r[2], r[7]) for r in records(report)}
+    assert got == {"emb": ("Embedding", 2, {1: 1, 4: 1}), "w": ("Parameter", 2, {2: 1, 3: 1})}
+    # the input is read by an embedding: the shape was turned into int64 indices
+    assert report.inputs == [{"shape": [2, 4], "dtype": "int64"}]
+
+
+# ------------------------------------------------------------------ errors and CLI
+
+
+def test_autograd_needs_inputs() -> None:
+    with pytest.raises(GpaError, match="needs example inputs"):
+        _analyze(Gate(), tracer="autograd")
+
+
+def test_auto_without_inputs_keeps_fx_error() -> None:
+    with pytest.raises(TraceError, match="needs example inputs"):
+        _analyze(Gate(), tracer="auto")
+
+
+def test_unknown_tracer() -> None:
+    with pytest.raises(GpaError, match="unknown tracer"):
+        _analyze(Gate(), input_shape=(1, 4), tracer="jit")
+
+
+def test_autograd_shape_error_names_module() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(5, 2))
+    with pytest.raises(GpaError, match="in module '2'"):
+        _analyze(net, input_shape=(1, 3, 8, 8), tracer="autograd")
+
+
+def test_cli_tracer_option(tmp_path: Path) -> None:
+    source = tmp_path / "gate.py"
+    source.write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            class Gate(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.a = nn.Linear(4, 4)
+                    self.b = nn.Linear(4, 4)
+
+                def forward(self, x):
+                    return self.a(x) if x.sum() > 0 else self.b(x)
+
+            model = Gate()
+            input_shape = (1, 4)
+            """
+        )
+    )
+    fails = subprocess.run(
+        [sys.executable, "-m", "gpa", "analyze", str(source)], capture_output=True, text=True
+    )
+    assert fails.returncode == 2
+    assert "--tracer auto" in fails.stderr
+    ok = subprocess.run(
+        [sys.executable, "-m", "gpa", "analyze", str(source), "--tracer", "auto", "--format", "csv"],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    # zeros: sum 0 -> b, a never called
+    lines = ok.stdout.splitlines()
+    assert lines[1].startswith("b,Linear,1,1,1")
+    assert lines[2].startswith("a,Linear,0")
+    assert "used the autograd tracer instead" in ok.stderr

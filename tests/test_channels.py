@@ -1,0 +1,613 @@
+"""Channel segments (docs/semantics.md §8) on small models with hand-derived answers.
+
+Conventions of the expectations below: a segment is written
+``(start, stop, shortest, longest, path_histogram)``; a source
+``(sender, (a, b), rounds)`` plus the extra keys of its JSON form. Every number is derived
+by hand in the comment above it: a channel-level path is the sequence of
+(layer, segment) nodes it crosses, and a sender that mixes its input channels (a plain
+convolution, a linear) continues through every segment of its own output.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gpa
+import gpa.models
+from gpa.errors import GpaError
+from gpa.report import source_dict
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def analyze(model: nn.Module, shape, **kw):
+    return gpa.analyze(model, input_shape=shape, channels=True, **kw)
+
+
+def segments(report, name: str) -> list[tuple]:
+    """(start, stop, shortest, longest, histogram) per segment of layer ``name``."""
+    return [
+        (s.start, s.stop, s.paths.shortest, s.paths.longest, s.paths.histogram)
+        if s.paths
+        else (s.start, s.stop, None, None, {})
+        for s in report.layers[name].segments
+    ]
+
+
+def sources(report, name: str) -> list[list[dict]]:
+    """The JSON sources of each segment of ``name``, as sets of comparable tuples."""
+    return [
+        sorted(
+            (
+                d["from"],
+                tuple(d["channels"]),
+                tuple(d["rounds"]),
+                *(
+                    (k, tuple(v) if isinstance(v, list) else v)
+                    for k, v in d.items()
+                    if k not in ("from", "channels", "rounds")
+                ),
+            )
+            for d in map(source_dict, s.sources)
+        )
+        for s in report.layers[name].segments
+    ]
+
+
+def conv(ci: int, co: int, k: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(ci, co, k, padding=k // 2, groups=groups)
+
+
+def pool_fc(x: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
+    return fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+IMG = (1, 3, 4, 4)
+
+
+# ----------------------------------------------------------------- PRN (W5)
+
+
+def test_prn_zoo_is_w5():
+    """Reference W5: ``prn()`` (3 masked blocks of 16 channels, identity on channels 0..8).
+
+    Layer-level paths of a block output's channels: S.A 2/8, S.B 4/8, b1.A 2/6, b1.B 4/6,
+    b2.A 2/4, b2.B 4/4, b3 2/2 (its halves agree, so one segment). Histograms by hand:
+    fc {1:1}; b3 {2:1}; a3 -> b3: {3:1}; b2.A -> fc, a3: {2:1, 4:1}; b2.B -> a3: {4:1};
+    a2 -> b2.A, b2.B: {3:1, 5:2}; b1.A -> fc, a2, a3: {2:1, 4:2, 6:2}; b1.B -> a2:
+    {4:1, 6:2}; a1 -> b1.A, b1.B: {3:1, 5:3, 7:4}; S.A -> fc, a1, a2, a3:
+    {2:1, 4:3, 6:5, 8:4}; S.B -> a1: {4:1, 6:3, 8:4}.
+    """
+    model = gpa.models.build("prn")
+    report = analyze(model, model.input_shape)
+    b = "stages.0.blocks.{}.conv{}.conv"
+    assert segments(report, "stem.conv") == [
+        (0, 8, 2, 8, {2: 1, 4: 3, 6: 5, 8: 4}),
+        (8, 16, 4, 8, {4: 1, 6: 3, 8: 4}),
+    ]
+    assert segments(report, b.format(0, 1)) == [(0, 16, 3, 7, {3: 1, 5: 3, 7: 4})]
+    assert segments(report, b.format(0, 2)) == [
+        (0, 8, 2, 6, {2: 1, 4: 2, 6: 2}),
+        (8, 16, 4, 6, {4: 1, 6: 2}),
+    ]
+    assert segments(report, b.format(1, 1)) == [(0, 16, 3, 5, {3: 1, 5: 2})]
+    assert segments(report, b.format(1, 2)) == [(0, 8, 2, 4, {2: 1, 4: 1}), (8, 16, 4, 4, {4: 1})]
+    assert segments(report, b.format(2, 1)) == [(0, 16, 3, 3, {3: 1})]
+    assert segments(report, b.format(2, 2)) == [(0, 16, 2, 2, {2: 1})]
+    assert segments(report, "fc") == [(0, 10, 1, 1, {1: 1})]
+    # S.A: the identity carries it to fc (round 2) and into every block's conv1; S.B
+    # reaches only block 1's conv1, through its input channels 8..16.
+    a = [b.format(i, 1) for i in range(3)]
+    assert sources(report, "stem.conv") == [
+        sorted(
+            [
+                ("fc", (0, 8), (2,)),
+                (a[0], (0, 8), (4, 6, 8)),
+                (a[1], (0, 8), (4, 6)),
+                (a[2], (0, 8), (4,)),
+            ]
+        ),
+        [(a[0], (8, 16), (4, 6, 8))],
+    ]
+    # Layer records stay the layer-level ones: union of the segments' lengths.
+    stem = report.layers["stem.conv"]
+    assert (stem.shortest, stem.longest, stem.timestamps) == (2, 8, (2, 4, 6, 8))
+
+
+class Residual2(nn.Module):
+    """Stem S (3->4), two residual blocks a_k, b_k (4->4), GAP, fc (4->2).
+
+    ``masked``: PRN's masked residual, the identity added onto channels 0..2 only.
+    """
+
+    def __init__(self, masked: bool) -> None:
+        super().__init__()
+        self.masked = masked
+        self.S = conv(3, 4)
+        self.a1, self.b1, self.a2, self.b2 = (conv(4, 4, 3) for _ in range(4))
+        self.fc = nn.Linear(4, 2)
+
+    def add(self, f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if self.masked:
+            return torch.cat([f[:, :2] + x[:, :2], f[:, 2:]], 1)
+        return f + x
+
+    def forward(self, x):
+        x = self.S(x)
+        x = self.add(self.b1(torch.relu(self.a1(x))), x)
+        x = self.add(self.b2(torch.relu(self.a2(x))), x)
+        return pool_fc(x, self.fc)
+
+
+def test_prn_block_halves_get_different_timestamps():
+    """Masked 2-block toy. b1.A (0..2) -> fc (round 2) and a2 (round 4): {2:1, 4:1};
+    b1.B (2..4) -> a2 only: {4:1}. S.A -> fc, a1 (a1: {3:1, 5:2}), a2 ({3:1}):
+    {2:1, 4:2, 6:2}; S.B -> a1: {4:1, 6:2}."""
+    report = analyze(Residual2(masked=True), IMG)
+    assert segments(report, "b1") == [(0, 2, 2, 4, {2: 1, 4: 1}), (2, 4, 4, 4, {4: 1})]
+    assert segments(report, "S") == [(0, 2, 2, 6, {2: 1, 4: 2, 6: 2}), (2, 4, 4, 6, {4: 1, 6: 2})]
+    assert segments(report, "a1") == [(0, 4, 3, 5, {3: 1, 5: 2})]
+    assert segments(report, "b2") == [(0, 4, 2, 2, {2: 1})]
+    assert sources(report, "b1") == [
+        [("a2", (0, 2), (4,)), ("fc", (0, 2), (2,))],
+        [("a2", (2, 4), (4,))],
+    ]
+
+
+def test_gradient_combinations_resnet_vs_prn():
+    """Combinations (set of (round, sender, part)) of the 2-block toys, by hand.
+
+    ResNet, one segment per layer, all distinct: fc {(1, loss)}, b2 {(2, fc)},
+    a2 {(3, b2)}, b1 {(2, fc), (4, a2)}, a1 {(3, b1), (5, b1)},
+    S {(2, fc), (4, a1), (6, a1), (4, a2)}: 6.
+    PRN: the same layers, with S and b1 split in two differing halves: 8.
+    """
+    resnet = analyze(Residual2(masked=False), IMG)
+    prn = analyze(Residual2(masked=True), IMG)
+    assert resnet.network.gradient_combinations == 6
+    assert prn.network.gradient_combinations == 8
+    assert {n: r.gradient_combinations for n, r in resnet.layers.items()} == dict.fromkeys(
+        ["S", "a1", "b1", "a2", "b2", "fc"], 1
+    )
+    assert {n: r.gradient_combinations for n, r in prn.layers.items()} == {
+        "S": 2,
+        "a1": 1,
+        "b1": 2,
+        "a2": 1,
+        "b2": 1,
+        "fc": 1,
+    }
+    assert resnet.to_dict()["network"]["gradient_combinations"] == 6
+
+
+def test_plain_network_has_no_combinations_field_without_channels():
+    report = gpa.analyze(Residual2(masked=True), input_shape=IMG)
+    assert report.network.gradient_combinations is None
+    assert "gradient_combinations" not in report.to_dict()["network"]
+    assert "segments" not in report.to_dict()["layers"][0]
+
+
+# ---------------------------------------------------------- asymmetric residual
+
+
+class Asymmetric(nn.Module):
+    """S (3->cs), a (cs->4), b (4->4); y = b(a(x)) + shortcut on the common channels; fc."""
+
+    def __init__(self, cs: int) -> None:
+        super().__init__()
+        self.cs = cs
+        self.S, self.a, self.b = conv(3, cs), conv(cs, 4), conv(4, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.S(x)
+        f = self.b(self.a(x))
+        if self.cs < 4:  # shortcut narrower than the block output: onto its first channels
+            y = torch.cat([f[:, : self.cs] + x, f[:, self.cs :]], 1)
+        else:  # wider: only its first 4 channels are added
+            y = f + x[:, :4]
+        return pool_fc(y, self.fc)
+
+
+def test_asymmetric_shortcut_narrower():
+    """cs = 2: both channels of S reach fc (inputs 0..2) and a: one segment, 2/4, 2 paths."""
+    report = analyze(Asymmetric(2), IMG)
+    assert segments(report, "S") == [(0, 2, 2, 4, {2: 1, 4: 1})]
+    assert sources(report, "S") == [[("a", (0, 2), (4,)), ("fc", (0, 2), (2,))]]
+    assert segments(report, "b") == [(0, 4, 2, 2, {2: 1})]
+    assert sources(report, "b") == [[("fc", (0, 4), (2,))]]
+
+
+def test_asymmetric_shortcut_wider():
+    """cs = 6: S channels 0..4 reach fc (2) and a (4); channels 4..6 reach a only."""
+    report = analyze(Asymmetric(6), IMG)
+    assert segments(report, "S") == [(0, 4, 2, 4, {2: 1, 4: 1}), (4, 6, 4, 4, {4: 1})]
+    assert sources(report, "S") == [
+        [("a", (0, 4), (4,)), ("fc", (0, 4), (2,))],
+        [("a", (4, 6), (4,))],
+    ]
+    assert report.layers["S"].gradient_combinations == 2
+
+
+# -------------------------------------------------------------- DenseNet / ResNet
+
+
+class Dense(nn.Module):
+    """S (3->2); H1 (2->2) on S; H2 on cat(S, H1); H3 on cat(S, H1, H2); returns cat of all.
+
+    ``residual=True`` replaces the concatenations by additions (a ResNet of 1x1 blocks).
+    """
+
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        self.residual = residual
+        self.S = conv(3, 2)
+        w = (2, 2, 2) if residual else (2, 4, 6)
+        self.H1, self.H2, self.H3 = (conv(c, 2) for c in w)
+
+    def forward(self, x):
+        s = self.S(x)
+        if self.residual:
+            x1 = s + self.H1(s)
+            x2 = x1 + self.H2(x1)
+            return x2 + self.H3(x2)
+        h1 = self.H1(s)
+        h2 = self.H2(torch.cat([s, h1], 1))
+        h3 = self.H3(torch.cat([s, h1, h2], 1))
+        return torch.cat([s, h1, h2, h3], 1)
+
+
+def test_densenet_layers_get_different_parts_of_the_loss():
+    """At round 1 each layer receives the loss's channels of its own concat slot:
+    S [0,2], H1 [2,4], H2 [4,6], H3 [6,8]. Later rounds: H3 has timestamps {1}, H2 {1,2},
+    H1 {1,2,3}; so H2 gets H3 at 2; H1 gets H2 at 2,3 and H3 at 2; S gets H1 at 2,3,4,
+    H2 at 2,3, H3 at 2. Paths: H3 1, H2 2, H1 4, S 8."""
+    report = analyze(Dense(residual=False), IMG)
+    assert segments(report, "H3") == [(0, 2, 1, 1, {1: 1})]
+    assert segments(report, "H2") == [(0, 2, 1, 2, {1: 1, 2: 1})]
+    assert segments(report, "H1") == [(0, 2, 1, 3, {1: 1, 2: 2, 3: 1})]
+    assert segments(report, "S") == [(0, 2, 1, 4, {1: 1, 2: 3, 3: 3, 4: 1})]
+    assert sources(report, "H3") == [[("<loss>", (6, 8), (1,))]]
+    assert sources(report, "H2") == [[("<loss>", (4, 6), (1,)), ("H3", (4, 6), (2,))]]
+    assert sources(report, "H1") == [
+        [("<loss>", (2, 4), (1,)), ("H2", (2, 4), (2, 3)), ("H3", (2, 4), (2,))]
+    ]
+    assert sources(report, "S") == [
+        [
+            ("<loss>", (0, 2), (1,)),
+            ("H1", (0, 2), (2, 3, 4)),
+            ("H2", (0, 2), (2, 3)),
+            ("H3", (0, 2), (2,)),
+        ]
+    ]
+    at_round_1 = {
+        name: [src for src in sources(report, name)[0] if 1 in src[2]] for name in report.layers
+    }
+    assert {n: [s[1] for s in v] for n, v in at_round_1.items()} == {
+        "S": [(0, 2)],
+        "H1": [(2, 4)],
+        "H2": [(4, 6)],
+        "H3": [(6, 8)],
+    }
+    # every layer its own combination
+    assert report.network.gradient_combinations == 4
+
+
+def test_resnet_layers_get_the_same_part_of_the_loss():
+    """Additions instead: every layer receives the loss's channels [0, 2] at round 1."""
+    report = analyze(Dense(residual=True), IMG)
+    for name in ("S", "H1", "H2", "H3"):
+        assert len(report.layers[name].segments) == 1
+        first = [src for src in sources(report, name)[0] if src[0] == "<loss>"]
+        assert first == [("<loss>", (0, 2), (1,))]
+
+
+def test_densenet_transition_parts():
+    """With a transition T (8->2) on the concat, round 1 is T's: S [0,2], H1 [2,4] …"""
+
+    class WithT(Dense):
+        def __init__(self):
+            super().__init__(residual=False)
+            self.T = conv(8, 2)
+
+        def forward(self, x):
+            return self.T(super().forward(x))
+
+    report = analyze(WithT(), IMG)
+    for name, part in {"S": (0, 2), "H1": (2, 4), "H2": (4, 6), "H3": (6, 8)}.items():
+        (srcs,) = sources(report, name)
+        assert [s for s in srcs if s[0] == "T"] == [("T", part, (2,))]
+
+
+# ---------------------------------------------------------------------- CSP
+
+
+class CSP(nn.Module):
+    """S (3->4); split into p1, p2; a, b (2->2) on p2 with a residual; T on cat(p1, r)."""
+
+    def __init__(self, split: str) -> None:
+        super().__init__()
+        self.split = split
+        self.S = conv(3, 4)
+        if split == "convs":
+            self.P1, self.P2 = conv(4, 2), conv(4, 2)
+        self.a, self.b = conv(2, 2, 3), conv(2, 2, 3)
+        self.T = conv(4, 4)
+
+    def forward(self, x):
+        x = self.S(x)
+        if self.split == "chunk":
+            p1, p2 = x.chunk(2, 1)
+        elif self.split == "slice":
+            p1, p2 = x[:, :2], x[:, 2:]
+        else:
+            p1, p2 = self.P1(x), self.P2(x)
+        r = p2 + self.b(self.a(p2))
+        return self.T(torch.cat([p1, r], 1))
+
+
+@pytest.mark.parametrize("split", ["chunk", "slice"])
+def test_csp_channel_split(split):
+    """S.A (0..2) crosses the stage: T [0,2] at round 2, one path. S.B (2..4) enters the
+    block as a's inputs 0..2 (round 4: a -> b -> T) and reaches T [2,4] through the
+    residual (round 2): 2/4, two paths. Layer-level S is 2/4 with 2 paths."""
+    report = analyze(CSP(split), IMG)
+    assert segments(report, "S") == [(0, 2, 2, 2, {2: 1}), (2, 4, 2, 4, {2: 1, 4: 1})]
+    assert sources(report, "S") == [
+        [("T", (0, 2), (2,))],
+        [("T", (2, 4), (2,)), ("a", (0, 2), (4,))],
+    ]
+    assert report.layers["S"].num_paths == 2
+    assert report.layers["S"].gradient_combinations == 2
+    assert segments(report, "b") == [(0, 2, 2, 2, {2: 1})]
+    assert sources(report, "b") == [[("T", (2, 4), (2,))]]
+
+
+def test_csp_conv_split():
+    """Two 1x1 convs: S mixes into both (one segment); P1 reaches T [0,2] only (2/2),
+    P2 reaches T [2,4] and a (2/4)."""
+    report = analyze(CSP("convs"), IMG)
+    assert segments(report, "S") == [(0, 4, 3, 5, {3: 2, 5: 1})]
+    assert sources(report, "P1") == [[("T", (0, 2), (2,))]]
+    assert sources(report, "P2") == [[("T", (2, 4), (2,)), ("a", (0, 2), (4,))]]
+    assert segments(report, "P1") == [(0, 2, 2, 2, {2: 1})]
+    assert segments(report, "P2") == [(0, 2, 2, 4, {2: 1, 4: 1})]
+
+
+# ------------------------------------------------------- groups, shuffles
+
+
+class Grouped(nn.Module):
+    def __init__(self, c: int, groups: int, k: int = 1, shuffle: bool = False) -> None:
+        super().__init__()
+        self.shuffle, self.groups = shuffle, groups
+        self.S = conv(3, c)
+        self.G = conv(c, c, k, groups)
+
+    def forward(self, x):
+        x = self.S(x)
+        if self.shuffle:
+            n, c, h, w = x.shape
+            x = x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.G(x)
+
+
+def test_grouped_conv_splits_producer_into_groups():
+    """groups = 2 over 4 channels: S 0..2 feed group 0, S 2..4 group 1; both 2/2."""
+    report = analyze(Grouped(4, 2), IMG)
+    assert segments(report, "S") == [(0, 2, 2, 2, {2: 1}), (2, 4, 2, 2, {2: 1})]
+    assert sources(report, "S") == [
+        [("G", (0, 2), (2,), ("group", (0,)))],
+        [("G", (2, 4), (2,), ("group", (1,)))],
+    ]
+    assert report.layers["S"].gradient_combinations == 2
+
+
+def test_depthwise_conv():
+    """groups = channels = 3: one segment per channel, each its own group."""
+    report = analyze(Grouped(3, 3, k=3), IMG)
+    assert segments(report, "S") == [(c, c + 1, 2, 2, {2: 1}) for c in range(3)]
+    assert sources(report, "S") == [[("G", (c, c + 1), (2,), ("group", (c,)))] for c in range(3)]
+    assert report.layers["S"].gradient_combinations == 3
+
+
+def test_channel_shuffle_before_grouped_conv():
+    """ShuffleNet's shuffle with 2 groups of 2: channel i = 2g + k moves to position
+    2k + g, so S channels 0, 1, 2, 3 land on G's inputs 0, 2, 1, 3; G's group 0 is
+    inputs 0..2. The segments alternate: 0 -> group 0, 1 -> group 1, 2 -> group 0,
+    3 -> group 1."""
+    report = analyze(Grouped(4, 2, shuffle=True), IMG)
+    assert segments(report, "S") == [(c, c + 1, 2, 2, {2: 1}) for c in range(4)]
+    assert sources(report, "S") == [
+        [("G", (0, 1), (2,), ("group", (0,)))],
+        [("G", (2, 3), (2,), ("group", (1,)))],
+        [("G", (1, 2), (2,), ("group", (0,)))],
+        [("G", (3, 4), (2,), ("group", (1,)))],
+    ]
+
+
+def test_channel_shuffle_module():
+    """nn.ChannelShuffle(2) is the same permutation."""
+
+    class Shuffled(Grouped):
+        def __init__(self):
+            super().__init__(4, 2)
+            self.shuffle_op = nn.ChannelShuffle(2)
+
+        def forward(self, x):
+            return self.G(self.shuffle_op(self.S(x)))
+
+    report = analyze(Shuffled(), IMG)
+    groups = [dict(src[3:])["group"] for (src,) in sources(report, "S")]
+    assert groups == [(0,), (1,), (0,), (1,)]
+
+
+# ------------------------------------------------------------------ transformer
+
+
+class Attention(nn.Module):
+    """E (8->8) then a fused qkv projection (8->24) chunked into q, k, v; proj (8->8).
+
+    ``heads`` > 1 uses ``scaled_dot_product_attention`` on a (batch, heads, tokens, d)
+    layout built with view/transpose; 1 a hand-written softmax attention.
+    """
+
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.E, self.qkv, self.proj = nn.Linear(8, 8), nn.Linear(8, 24), nn.Linear(8, 8)
+
+    def forward(self, x):
+        x = self.E(x)
+        q, k, v = self.qkv(x).chunk(3, -1)
+        if self.heads == 1:
+            weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), -1)
+            o = weights @ v
+        else:
+            b, t, _ = x.shape
+
+            def split(z):
+                return z.view(b, t, self.heads, 8 // self.heads).transpose(1, 2)
+
+            o = F.scaled_dot_product_attention(split(q), split(k), split(v))
+            o = o.transpose(1, 2).reshape(b, t, 8)
+        return self.proj(o)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_transformer_qkv(heads):
+    """q and k (channels 0..16 of qkv) reach proj only through the attention weights:
+    every channel reaches every input of proj ("mixed"); they have the same record, so
+    they form one segment. v (16..24) reaches proj channel to channel (input c - 16).
+    All of qkv's paths have length 2; E's 3."""
+    report = analyze(Attention(heads), (2, 5, 8))
+    assert segments(report, "qkv") == [(0, 16, 2, 2, {2: 1}), (16, 24, 2, 2, {2: 1})]
+    assert sources(report, "qkv") == [
+        [("proj", (0, 8), (2,), ("mixed", True))],
+        [("proj", (0, 8), (2,))],
+    ]
+    assert segments(report, "E") == [(0, 8, 3, 3, {3: 2})]
+    assert report.layers["qkv"].gradient_combinations == 2
+    assert segments(report, "proj") == [(0, 8, 1, 1, {1: 1})]
+
+
+# ------------------------------------------------------------------ flatten
+
+
+def test_flatten_before_linear_is_one_segment():
+    """S (3->2) on 4x4, flattened: channel c feeds fc inputs 16c .. 16c + 15."""
+
+    class Flat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.S, self.fc = conv(3, 2), nn.Linear(32, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.S(x), 1))
+
+    report = analyze(Flat(), IMG)
+    assert segments(report, "S") == [(0, 2, 2, 2, {2: 1})]
+    assert sources(report, "S") == [[("fc", (0, 32), (2,))]]
+
+
+# ------------------------------------------------- networks without partial ops
+
+
+ONE_SEGMENT_ZOO = [
+    ("plainnet", {}),
+    ("resnet", {}),
+    ("resnet", {"bottleneck": True}),
+    ("resnet_stopgrad", {}),
+    ("densenet", {}),
+    ("sparsenet", {}),
+    ("vovnet", {}),
+    ("elan", {}),
+]
+
+
+def _same_as_layer(report):
+    for record in report.layers.values():
+        assert record.segments is not None
+        assert len(record.segments) == 1, record.name
+        (seg,) = record.segments
+        if not record.reachable:
+            assert seg.paths is None
+            continue
+        p = seg.paths
+        assert (p.shortest, p.longest, p.timestamps, p.num_paths, p.histogram) == (
+            record.shortest,
+            record.longest,
+            record.timestamps,
+            record.num_paths,
+            record.path_histogram,
+        ), record.name
+        assert record.gradient_combinations == 1
+
+
+@pytest.mark.parametrize(("name", "knobs"), ONE_SEGMENT_ZOO)
+def test_zoo_without_partial_ops_one_segment_per_layer(name, knobs):
+    model = gpa.models.build(name, **knobs)
+    _same_as_layer(analyze(model, model.input_shape))
+
+
+def test_semantics_models_one_segment_per_layer():
+    from tests.test_semantics import Chain, DenseBlock, ResNet
+
+    for model, shape in [
+        (Chain(4), None),
+        (ResNet(3), None),
+        (DenseBlock(), None),
+    ]:
+        shape = shape or getattr(model, "input_shape", None) or (1, 3, 8, 8)
+        _same_as_layer(analyze(model, shape))
+
+
+# --------------------------------------------------------------- fallbacks
+
+
+class _Opaque(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.flip(1) * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.flip(1) * 2
+
+
+@torch.fx.wrap
+def opaque(x):
+    return _Opaque.apply(x)
+
+
+class Fallback(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.S, self.T = conv(3, 4), conv(4, 2)
+
+    def forward(self, x):
+        x = self.S(x)
+        x = x.cumsum(1) if self.how == "cumsum" else opaque(x)
+        return self.T(x)
+
+
+@pytest.mark.parametrize(("how", "op"), [("cumsum", "cumsum"), ("custom", "opaque")])
+def test_fallback_is_reported(how, op):
+    """An op gpa cannot route: S's channels are taken to reach every input of T (mixed)."""
+    report = analyze(Fallback(how), IMG)
+    record = report.layers["S"]
+    assert any(op in f for f in record.channel_fallbacks), record.channel_fallbacks
+    assert any(op in f for f in record.to_dict()["channel_fallback"])
+    assert sources(report, "S") == [[("T", (0, 4), (2,), ("mixed", True))]]
+    assert "channel_fallback" not in report.to_dict()["layers"][1]
+
+
+def test_channels_without_inputs_is_an_error():
+    with pytest.raises(GpaError, match="example inputs"):
+        gpa.analyze(Fallback("cumsum"), channels=True)

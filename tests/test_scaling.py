@@ -1,0 +1,67 @@
+"""The growth-class fit of :mod:`gpa.scaling` on data of known growth (hand-made formulas)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import gpa
+from gpa.errors import GpaError
+from gpa.scaling import fit_growth
+
+NS = [4, 8, 16, 32, 64]
+
+
+@pytest.mark.parametrize(
+    ("formula", "growth"),
+    [
+        (lambda n: 7, "O(1)"),
+        (lambda n: 3 + 2 * math.log2(n), "O(log N)"),
+        (lambda n: 5 + 3 * n, "O(N)"),
+        (lambda n: 100 + n * math.log(n), "O(N log N)"),
+        (lambda n: 2 * n * n + 9 * n, "O(N²)"),
+        (lambda n: math.floor(math.log2(n)) + 2, "O(log N)"),
+    ],
+)
+def test_known_growth(formula, growth: str) -> None:
+    assert fit_growth(NS, [formula(n) for n in NS]).growth == growth
+
+
+def test_exact_linear_fit_coefficients() -> None:
+    fit = fit_growth(NS, [5 + 3 * n for n in NS])
+    assert (round(fit.a, 9), round(fit.b, 9)) == (5, 3)
+    assert fit.r2["O(N)"] == pytest.approx(1.0)
+
+
+def test_simpler_class_wins_a_tie_within_tolerance() -> None:
+    # linear data: N log N fits almost as well over this range, but O(N) is simpler
+    fit = fit_growth(NS, [n for n in NS])
+    assert fit.r2["O(N log N)"] > 0.99 and fit.growth == "O(N)"
+
+
+def test_decreasing_data_fit_no_growth_class() -> None:
+    fit = fit_growth(NS, [100 - n for n in NS])
+    assert fit.growth == "none" and fit.r2 == {}
+
+
+def test_too_few_points() -> None:
+    with pytest.raises(GpaError, match="at least 3"):
+        fit_growth([4, 4, 8], [1, 2, 3])
+
+
+def test_scaling_result_layout() -> None:
+    result = gpa.scaling("plainnet", "depth", [1, 2, 3], width=4)
+    data = result.to_dict()
+    assert set(data) == {"model", "knob", "fixed", "n", "count_convention", "points", "fits"}
+    assert data["fixed"] == {"width": 4} and data["n"] == "layers"
+    assert set(data["fits"]) == {"max_shortest", "longest", "params"}
+    # reference §0 Conv = conv without bias + BN: stem 3->4 (108 + 8), depth 3x3 convs 4->4
+    # (144 + 8 each), linear 4->10 with bias (50)
+    assert [p.params for p in result.points] == [116 + 152 * d + 50 for d in (1, 2, 3)]
+    assert "growth: max_shortest O(N)" in str(result)
+
+
+def test_varied_knob_cannot_also_be_fixed() -> None:
+    with pytest.raises(GpaError, match="being varied"):
+        gpa.scaling("plainnet", "depth", [1, 2, 3], depth=4)
