@@ -85,6 +85,7 @@ def analyze(
         [('0', 2), ('3', 1)]
     """
     _refuse_lazy(model)
+    _refuse_cycles(model)
     check_convention(count_convention)
     graph = gradient_graph(
         model,
@@ -125,6 +126,7 @@ def analyze_target(
     leaf_modules: Iterable[str] = (),
     train: bool = True,
     count_convention: str = "torch",
+    channels: bool = False,
 ) -> Report:
     """:func:`analyze` the model named by a TARGET string, with options as the CLI gives them.
 
@@ -152,6 +154,7 @@ def analyze_target(
         train=train,
         name=loaded.name,
         count_convention=count_convention,
+        channels=channels,
     )
 
 
@@ -254,6 +257,28 @@ def _rooted(model: nn.Module, leaves: Sequence[Any]) -> nn.Module:
 def _custom_types(layer_types: Iterable[type[nn.Module]] | None) -> list[type[nn.Module]]:
     """Layer types fx would trace into: they must be leaves to be seen as one call."""
     return [t for t in layer_types or () if not _fx_leaf(t)]
+
+
+def _refuse_cycles(model: nn.Module) -> None:
+    """A module that contains one of its ancestors cannot be walked (torch recurses forever)."""
+    stack: list[tuple[str, nn.Module, tuple[int, ...]]] = [("", model, (id(model),))]
+    done: set[int] = set()
+    while stack:
+        name, module, ancestors = stack.pop()
+        if id(module) in done:
+            continue
+        done.add(id(module))
+        for child_name, child in module._modules.items():
+            if child is None:
+                continue
+            path = f"{name}.{child_name}" if name else child_name
+            if id(child) in ancestors:
+                raise GpaError(
+                    f"{type(model).__name__} contains itself: submodule '{path}' is one of its "
+                    "own ancestors; keep such a reference out of the module tree (e.g. in a "
+                    "plain list or with object.__setattr__)"
+                )
+            stack.append((path, child, (*ancestors, id(child))))
 
 
 def _refuse_lazy(model: nn.Module) -> None:
@@ -362,12 +387,18 @@ def _example_inputs(
 
 
 def _shapes(input_shape: Shape | Sequence[Shape]) -> list[tuple[int, ...]]:
-    items = list(input_shape)
-    if all(isinstance(d, int) for d in items):
-        return [tuple(items)]
-    if all(isinstance(s, (tuple, list, torch.Size)) for s in items):
-        return [tuple(int(d) for d in s) for s in items]
-    raise GpaError(f"input_shape must be a shape or a list of shapes, got {input_shape!r}")
+    def is_shape(s: Any) -> bool:
+        return isinstance(s, (tuple, list, torch.Size)) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in s
+        )
+
+    if is_shape(input_shape) and len(input_shape) > 0:
+        return [tuple(input_shape)]
+    if isinstance(input_shape, (tuple, list)) and input_shape and all(map(is_shape, input_shape)):
+        return [tuple(s) for s in input_shape]
+    raise GpaError(
+        f"input_shape must be a shape of positive sizes or a list of shapes, got {input_shape!r}"
+    )
 
 
 def _describe_inputs(inputs: tuple | None) -> list[dict[str, Any]] | None:

@@ -539,5 +539,82 @@ def scale(
     _emit(text, None)
 
 
+@main.command()
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@model_options
+@click.option(
+    "--kind",
+    type=click.Choice(["timestamps", "sources", "profile", "histogram"]),
+    default="timestamps",
+    show_default=True,
+    help="timestamps (Fig. 7), sources at a round (Fig. 8), profile along depth "
+    "(several TARGETs overlaid), or the path-length histogram of --layer.",
+)
+@click.option("--layer", metavar="NAME", help="The layer of --kind histogram.")
+@click.option(
+    "--round",
+    "t",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="The round of --kind sources.",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    help="Collapse layers by this module depth (default: only beyond 48 layers).",
+)
+@click.option(
+    "--channels/--no-channels",
+    default=None,
+    help="Analyse channel segments (default: on for timestamps and sources).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Image file; .png, .svg or .pdf (default: KIND.png).",
+)
+def plot(
+    targets: tuple[str, ...],
+    kwargs: dict[str, Any],
+    input_shapes: list[tuple[int, ...]],
+    outputs: tuple[str, ...],
+    layer_types: tuple[str, ...],
+    leaves: tuple[str, ...],
+    eval_mode: bool,
+    kind: str,
+    layer: str | None,
+    t: int,
+    depth: int | None,
+    channels: bool | None,
+    output: Path | None,
+) -> None:
+    """Draw the gradient paths of the model(s) named by TARGET as an image (see gpa.plot)."""
+    import gpa.plot
+    from gpa.api import analyze_target
+
+    output = output or Path(f"{kind}.png")
+    gpa.plot.image_format(output)  # refuse a bad file name before analysing
+    if channels is None:
+        channels = kind in ("timestamps", "sources")
+    reports = [
+        analyze_target(
+            target,
+            kwargs,
+            input_shape=input_shapes,
+            outputs=outputs,
+            layer_types=layer_types,
+            leaf_modules=leaves,
+            train=not eval_mode,
+            channels=channels,
+        )
+        for target in targets
+    ]
+    fig = gpa.plot.draw(kind, reports, layer=layer, t=t, depth=depth)
+    gpa.plot.save(fig, output)
+    click.echo(f"wrote {output}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

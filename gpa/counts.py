@@ -10,6 +10,9 @@ norms, activations, pooling and element-wise ops are not counted. For a convolut
 is ``2 * weights * output positions`` (darknet's "BFLOPs"). FLOPs are for the given
 inputs, batch included.
 
+:func:`count_report` adds these numbers to a :class:`gpa.Report` (``gpa.analyze`` calls it)
+without a second forward pass: FLOPs come from the shapes the analysis propagated.
+
 Two parameter conventions:
 
 - ``"torch"``: every parameter (weights, biases, norm affine parameters, ...), attributed
@@ -380,10 +383,17 @@ def count_report(report: Any, model: nn.Module, graph: Any, convention: str) -> 
     counted = [f for f in flops.values() if f is not None]
     if graph.inputs is None:
         notes.append(_NO_FLOPS_NOTE)
+    else:
+        uncounted = sorted({layers[r].type for r, f in flops.items() if f is None})
+        if uncounted:
+            notes.append(
+                f"FLOPs were not counted for layers of type {', '.join(uncounted)} (only conv, "
+                "linear and bilinear modules of known shapes are); the total leaves them out"
+            )
     network = replace(
         report.network,
         params=params.get("", 0),
-        flops=sum(counted) if graph.inputs is not None else None,
+        flops=sum(counted) if graph.inputs is not None and counted else None,
         count_convention=convention,
     )
     return replace(report, layers=layers, network=network, notes=notes)

@@ -522,7 +522,7 @@ def _build(
 def _as_shapes(value: Any, label: str) -> list[tuple[int, ...]]:
     def is_shape(v: Any) -> bool:
         return isinstance(v, (tuple, list, torch.Size)) and all(
-            isinstance(d, int) and not isinstance(d, bool) for d in v
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v
         )
 
     if is_shape(value) and len(value) > 0:
@@ -530,7 +530,7 @@ def _as_shapes(value: Any, label: str) -> list[tuple[int, ...]]:
     if isinstance(value, (tuple, list)) and value and all(is_shape(v) for v in value):
         return [tuple(int(d) for d in v) for v in value]
     raise TargetError(
-        f"{label} must be a tuple of ints like (1, 3, 224, 224) or a list of such tuples, "
+        f"{label} must be a tuple of positive ints like (1, 3, 224, 224) or a list of such tuples, "
         f"got {value!r}"
     )
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize, to_rgb
+from matplotlib.colors import BoundaryNorm, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
@@ -50,7 +50,21 @@ from gpa.errors import GpaError
 from gpa.format import format_count, format_timestamps
 from gpa.report import LOSS, LayerRecord, Report
 
-__all__ = ["Part", "Unit", "histogram", "profile", "scaling", "sources", "timestamps", "units"]
+__all__ = [
+    "FORMATS",
+    "KINDS",
+    "Part",
+    "Unit",
+    "draw",
+    "image_format",
+    "histogram",
+    "profile",
+    "save",
+    "scaling",
+    "sources",
+    "timestamps",
+    "units",
+]
 
 #: Beyond this many layers a drawing collapses layers into units (see the module docstring).
 MAX_UNITS = 48
@@ -119,9 +133,16 @@ def _group_names(names: Sequence[str], depth: int | None, limit: int) -> dict[st
     bins = {}
     for i in range(0, len(prefixes), size):
         chunk = prefixes[i : i + size]
-        label = chunk[0] if len(chunk) == 1 else f"{chunk[0]} … {chunk[-1].split('.')[-1]}"
+        label = chunk[0] if len(chunk) == 1 else _range_label(chunk[0], chunk[-1])
         bins.update({p: label for p in chunk})
     return {n: bins[_prefix(n, finer)] for n in names}
+
+
+def _range_label(first: str, last: str) -> str:
+    """``stages.0.blocks.1–2`` for consecutive modules of one parent, else ``first … last``."""
+    head, _, a = first.rpartition(".")
+    parent, _, b = last.rpartition(".")
+    return f"{head}.{a}–{b}" if head and head == parent else f"{first} … {last}"
 
 
 def _source_label(src: Any, group: dict[str, str] | None) -> tuple[tuple, str]:
@@ -222,7 +243,7 @@ def _font(n: int) -> float:
 
 
 def _figure(n: int, height: float = 5.2) -> tuple[Figure, Any]:
-    width = min(40.0, max(6.5, 0.5 * (n + 1) + 2.0))
+    width = min(40.0, max(6.5, (0.95 if n <= 12 else 0.5) * (n + 1) + 2.5))
     fig = Figure(figsize=(width, height), layout="constrained")
     ax = fig.add_subplot()
     ax.set_xlim(-0.8, n + 0.8)
@@ -324,6 +345,9 @@ def _part_gid(unit: Unit, part: Part) -> str:
 
 def _stamp_text(part: Part, vertical: bool) -> str:
     text = format_timestamps(part.timestamps, limit=4 if vertical else 6)
+    if not vertical:  # at most three values a line, so that text fits the box
+        values = text.split(",")
+        text = ",\n".join(",".join(values[i : i + 3]) for i in range(0, len(values), 3))
     if part.label is not None:
         text = f"ch {part.label}: {text}" if vertical else f"{text}\nch {part.label}"
     return text
@@ -356,9 +380,9 @@ def timestamps(
     font = _font(n)
     fig, ax = _figure(n)
     shortest = [p.shortest for u in drawn for p in u.parts if p.shortest is not None]
-    norm = Normalize(
-        min(shortest, default=1), max(max(shortest, default=1), min(shortest, default=1) + 1)
-    )
+    low, high = min(shortest, default=1), max(shortest, default=1)
+    # One colour per path length: boundaries halfway between integers.
+    norm = BoundaryNorm([v - 0.5 for v in range(low, high + 2)], ncolors=256)
     colours = colormaps[cmap]
     _draw_edges(ax, report, drawn)
     vertical = n > 10
@@ -393,6 +417,8 @@ def timestamps(
     _name_axis(ax, drawn, font)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, shrink=0.8, pad=0.01)
     bar.set_label("shortest gradient path", fontsize=9)
+    if high - low <= 12:
+        bar.set_ticks(range(low, high + 1))
     collapsed = any(len(u.members) > 1 for u in drawn)
     note = " (layers collapsed by module; count in parentheses)" if collapsed else ""
     ax.set_title(f"{report.model}: gradient timestamps per layer{note}", fontsize=11)
@@ -482,7 +508,7 @@ def sources(
                         FancyArrowPatch(
                             (sender, -0.15),
                             (x, -0.15),
-                            connectionstyle=f"arc3,rad={min(0.6, 2.0 / abs(sender - x))}",
+                            connectionstyle=f"arc3,rad={math.copysign(min(0.6, 2.0 / abs(sender - x)), x - sender)}",
                             arrowstyle="-|>",
                             mutation_scale=8,
                             lw=1.0,
@@ -540,10 +566,10 @@ def profile(report: Report, *others: Report, names: Sequence[str] | None = None)
         >>> import matplotlib; matplotlib.use("Agg")
         >>> import gpa, gpa.models, gpa.plot
         >>> m = gpa.models.build("plainnet", depth=3)
-        >>> r = gpa.analyze(m, input_shape=m.input_shape)
-        >>> [tuple(line.get_ydata()) for line in gpa.plot.profile(r).axes[0].lines
-        ...  if line.get_gid() == "shortest:plainnet"]
-        [(5, 4, 3, 2, 1)]
+        >>> r = gpa.analyze(m, input_shape=m.input_shape, name="plain")
+        >>> [line.get_ydata().tolist() for line in gpa.plot.profile(r).axes[0].lines
+        ...  if line.get_gid() == "shortest:plain"]
+        [[5, 4, 3, 2, 1]]
     """
     reports = [report, *others]
     labels = list(names) if names is not None else [r.model for r in reports]
@@ -602,8 +628,8 @@ def histogram(report: Report, layer: str) -> Figure:
         >>> import gpa, gpa.models, gpa.plot
         >>> m = gpa.models.build("resnet", blocks=2)
         >>> fig = gpa.plot.histogram(gpa.analyze(m, input_shape=m.input_shape), "stem.conv")
-        >>> [(p.get_gid(), p.get_height()) for p in fig.axes[0].patches]
-        [('bar:2', 1.0), ('bar:4', 2.0), ('bar:6', 1.0)]
+        >>> [(p.get_gid(), int(p.get_height())) for p in fig.axes[0].patches]
+        [('bar:2', 1), ('bar:4', 2), ('bar:6', 1)]
     """
     record = _record(report, layer)
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
@@ -672,8 +698,8 @@ def scaling(
 
     Example:
         >>> import matplotlib; matplotlib.use("Agg")
-        >>> import gpa.plot, gpa.scaling
-        >>> r = gpa.scaling.scaling("plainnet", "depth", [2, 4, 8], width=4)
+        >>> import gpa, gpa.plot
+        >>> r = gpa.scaling("plainnet", "depth", [2, 4, 8], width=4)
         >>> [t.get_text() for t in gpa.plot.scaling(r).axes[0].get_legend().get_texts()]
         ['plainnet: O(N)']
     """
@@ -722,3 +748,63 @@ def scaling(
 
 #: The kinds ``gpa plot --kind`` draws, for the CLI.
 KINDS = ("timestamps", "sources", "profile", "histogram")
+
+
+#: File types :func:`save` writes, by extension.
+FORMATS = ("png", "svg", "pdf")
+
+
+def draw(
+    kind: str,
+    reports: Sequence[Report],
+    *,
+    layer: str | None = None,
+    t: int = 1,
+    depth: int | None = None,
+) -> Figure:
+    """The figure of one of :data:`KINDS` for ``reports`` (what ``gpa plot --kind`` draws).
+
+    ``profile`` overlays every report; the other kinds take exactly one.
+    ``histogram`` needs ``layer``; ``sources`` draws round ``t``; ``depth``
+    collapses layers by module depth in ``timestamps`` and ``sources``.
+    """
+    if kind not in KINDS:
+        raise GpaError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "profile":
+        return profile(*reports)
+    if len(reports) != 1:
+        raise GpaError(f"--kind {kind} draws one model; only profile overlays several")
+    (report,) = reports
+    if kind == "timestamps":
+        return timestamps(report, depth=depth)
+    if kind == "sources":
+        return sources(report, t, depth=depth)
+    if layer is None:
+        raise GpaError(
+            f"--kind histogram needs --layer NAME (one of: {', '.join(list(report.layers)[:5])}, …)"
+        )
+    return histogram(report, layer)
+
+
+def image_format(path: Any) -> str:
+    """``"png"``, ``"svg"`` or ``"pdf"``, from ``path``'s extension (a :class:`GpaError` otherwise).
+
+    Example:
+        >>> image_format("figures/resnet.SVG")
+        'svg'
+    """
+    suffix = str(path).rsplit(".", 1)[-1].lower() if "." in str(path) else ""
+    if suffix not in FORMATS:
+        raise GpaError(
+            f"cannot tell the image format of {path}: use a .png, .svg or .pdf file name"
+        )
+    return suffix
+
+
+def save(fig: Figure, path: Any, dpi: int = 150) -> None:
+    """Write ``fig`` to ``path`` as PNG, SVG or PDF, chosen by the file's extension."""
+    fmt = image_format(path)
+    try:
+        fig.savefig(path, format=fmt, dpi=dpi)
+    except OSError as exc:
+        raise GpaError(f"cannot write {path}: {exc.strerror or exc}") from None

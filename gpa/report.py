@@ -247,6 +247,12 @@ class Report:
 
         return format_table(self)
 
+    def _repr_html_(self) -> str:
+        """Jupyter display: the network summary, then one table row per layer."""
+        from gpa.html import report_html
+
+        return report_html(self)
+
     def __repr__(self) -> str:
         n = self.network
         return (

@@ -268,7 +268,17 @@ def test_cli_tracer_option(tmp_path: Path) -> None:
     assert fails.returncode == 2
     assert "--tracer auto" in fails.stderr
     ok = subprocess.run(
-        [sys.executable, "-m", "gpa", "analyze", str(source), "--tracer", "auto", "--format", "csv"],
+        [
+            sys.executable,
+            "-m",
+            "gpa",
+            "analyze",
+            str(source),
+            "--tracer",
+            "auto",
+            "--format",
+            "csv",
+        ],
         capture_output=True,
         text=True,
     )

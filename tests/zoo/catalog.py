@@ -9,6 +9,7 @@ Shared by ``tests/zoo`` and ``scripts/gen_coverage.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -133,3 +134,76 @@ def build(entry: Entry) -> tuple[nn.Module, str]:
             return _construct(entry), "meta"
     except Exception:  # some constructors compute on tensors (.tolist(), .item())
         return _construct(entry), "cpu"
+
+
+# Models on which the tracers are known to differ, and why (the fx side is wrong).
+KNOWN_DIFFERENCES: dict[str, str] = {
+    "torchvision:swin_t": (
+        "fx misses the attention layers: torchvision wraps shifted_window_attention with "
+        "torch.fx.wrap, so fx records one opaque call and never sees its F.linear calls on "
+        "attn.qkv.weight / attn.proj.weight; autograd finds them (2 layers per block)"
+    ),
+    "torchvision:swin_v2_t": (
+        "as swin_t: fx misses attn.qkv and attn.proj inside the fx-wrapped "
+        "shifted_window_attention_v2"
+    ),
+}
+
+
+@dataclass
+class Outcome:
+    """Both tracers on one entry: what each found and whether they agree."""
+
+    entry: Entry
+    built_on: str = ""
+    fx: Any = None  # gpa.Report or None
+    autograd: Any = None
+    fx_error: str = ""
+    autograd_error: str = ""
+    fx_seconds: float = 0.0
+    autograd_seconds: float = 0.0
+
+    @property
+    def agree(self) -> bool | None:
+        """Identical per-layer shortest, longest, timestamps and num_paths (None: not both ran)."""
+        if self.fx is None or self.autograd is None:
+            return None
+        return per_layer(self.fx) == per_layer(self.autograd)
+
+    @property
+    def auto(self) -> Any:
+        """What ``tracer="auto"`` reports: fx's analysis, else autograd's."""
+        return self.fx if self.fx is not None else self.autograd
+
+
+def per_layer(report: Any) -> list[tuple]:
+    return [
+        (name, r.shortest, r.longest, r.timestamps, r.num_paths)
+        for name, r in report.layers.items()
+    ]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def run(entry: Entry) -> Outcome:
+    """Build ``entry`` and analyse it with each tracer, timing both."""
+    import time
+
+    import gpa
+    from gpa.errors import GpaError
+
+    model, where = build(entry)
+    outcome = Outcome(entry, where)
+    for tracer in ("fx", "autograd"):
+        start = time.perf_counter()
+        try:
+            report = gpa.analyze(model, input_shape=entry.input_shape, tracer=tracer)
+        except GpaError as exc:
+            report = None
+            setattr(outcome, f"{tracer}_error", _first_line(exc))
+        setattr(outcome, tracer, report)
+        setattr(outcome, f"{tracer}_seconds", time.perf_counter() - start)
+    return outcome
