@@ -52,13 +52,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from gpa.flow import CONSTANT, GRAD_FROM, SHAPES, VALUE, Shape
+from gpa.flow import CONSTANT, GRAD_FROM, POINTWISE_MODULES, SHAPES, VALUE, Shape
 from gpa.graph import select_outputs
-from gpa.layers import LayerCall
+from gpa.layers import CONV_FUNCTIONS, LayerCall
 
 __all__ = ["Term", "Channels", "Delivery", "ChannelRouting", "route_channels", "layer_axis"]
 
@@ -131,22 +130,6 @@ class ChannelRouting:
 # ------------------------------------------------------------------ helpers
 
 _CONV_TYPES = (nn.modules.conv._ConvNd,)
-_CONV_FUNCTIONS = frozenset(
-    {
-        F.conv1d,
-        F.conv2d,
-        F.conv3d,
-        F.conv_transpose1d,
-        F.conv_transpose2d,
-        F.conv_transpose3d,
-        torch.conv1d,
-        torch.conv2d,
-        torch.conv3d,
-        torch.conv_transpose1d,
-        torch.conv_transpose2d,
-        torch.conv_transpose3d,
-    }
-)
 
 
 def _is_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -155,7 +138,7 @@ def _is_conv(gm: fx.GraphModule, node: fx.Node) -> bool:
         return isinstance(module, _CONV_TYPES) or any(
             isinstance(m, _CONV_TYPES) for m in module.modules()
         )
-    return node.op == "call_function" and node.target in _CONV_FUNCTIONS
+    return node.op == "call_function" and node.target in CONV_FUNCTIONS
 
 
 def layer_axis(conv: bool, ndim: int) -> int:
@@ -166,7 +149,7 @@ def layer_axis(conv: bool, ndim: int) -> int:
 def _groups(gm: fx.GraphModule, node: fx.Node) -> int:
     if node.op == "call_module":
         return int(getattr(gm.get_submodule(node.target), "groups", 1) or 1)
-    if node.op == "call_function" and node.target in _CONV_FUNCTIONS:
+    if node.op == "call_function" and node.target in CONV_FUNCTIONS:
         if "groups" in node.kwargs:
             return int(node.kwargs["groups"])
         position = 7 if "transpose" in node.target.__name__ else 6
@@ -369,24 +352,7 @@ _KEEPING_MODULES: tuple[type[nn.Module], ...] = (
     nn.modules.pooling._AdaptiveMaxPoolNd,
     nn.modules.pooling._LPPoolNd,
     nn.Upsample,
-    nn.modules.dropout._DropoutNd,
-    nn.Identity,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Softplus,
+    *POINTWISE_MODULES,
 )
 _MOVING_MODULES: tuple[type[nn.Module], ...] = (
     nn.Flatten,

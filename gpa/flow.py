@@ -36,7 +36,14 @@ from torch.utils._pytree import tree_flatten, tree_map
 from gpa.errors import ShapeError
 from gpa.trace import grad_mode
 
-__all__ = ["ValueInfo", "Shape", "flow_from_values", "flow_from_names", "module_of"]
+__all__ = [
+    "ValueInfo",
+    "Shape",
+    "POINTWISE_MODULES",
+    "flow_from_values",
+    "flow_from_names",
+    "module_of",
+]
 
 GRAD_FROM = "gpa_grad_from"
 VALUE = "gpa_value"
@@ -163,11 +170,7 @@ def _reached(result: Any, leaves: dict[int, fx.Node]) -> set[fx.Node]:
 # device costs up to milliseconds each (train-mode batch norm decomposes into
 # dozens of ops); a clone of the input is an exact stand-in for what this pass
 # records: the result's shape, dtype, requires_grad and which input it reaches.
-_SHAPE_PRESERVING = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
+POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.ReLU,
     nn.ReLU6,
     nn.LeakyReLU,
@@ -184,10 +187,17 @@ _SHAPE_PRESERVING = (
     nn.Hardsigmoid,
     nn.Hardtanh,
     nn.Softplus,
-    nn.Softmax,
-    nn.LogSoftmax,
     nn.modules.dropout._DropoutNd,
     nn.Identity,
+)
+_SHAPE_PRESERVING = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.Softmax,
+    nn.LogSoftmax,
+    *POINTWISE_MODULES,
 )
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from gpa.flow import VALUE
 
-__all__ = ["DEFAULT_LAYER_TYPES", "LayerCall", "find_layers", "uncalled_layers"]
+__all__ = ["CONV_FUNCTIONS", "DEFAULT_LAYER_TYPES", "LayerCall", "find_layers", "uncalled_layers"]
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
@@ -45,7 +45,7 @@ DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.RNNCellBase,  # RNNCell, LSTMCell, GRUCell
 )
 
-_MIXING_FUNCTIONS = frozenset(
+CONV_FUNCTIONS = frozenset(
     {
         torch.conv1d,
         torch.conv2d,
@@ -59,24 +59,26 @@ _MIXING_FUNCTIONS = frozenset(
         F.conv_transpose1d,
         F.conv_transpose2d,
         F.conv_transpose3d,
-        F.linear,
-        F.bilinear,
-        F.embedding,
-        F.embedding_bag,
-        torch.matmul,
-        operator.matmul,
-        torch.mm,
-        torch.bmm,
-        torch.mv,
-        torch.addmm,
-        torch.addbmm,
-        torch.baddbmm,
-        torch.addmv,
-        torch.einsum,
-        torch.tensordot,
-        torch.embedding,
     }
 )
+_MIXING_FUNCTIONS = CONV_FUNCTIONS | {
+    F.linear,
+    F.bilinear,
+    F.embedding,
+    F.embedding_bag,
+    torch.matmul,
+    operator.matmul,
+    torch.mm,
+    torch.bmm,
+    torch.mv,
+    torch.addmm,
+    torch.addbmm,
+    torch.baddbmm,
+    torch.addmv,
+    torch.einsum,
+    torch.tensordot,
+    torch.embedding,
+}
 _MIXING_METHODS = frozenset(
     {"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__"}
 )
