@@ -12,11 +12,14 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from gpa.autograd import autograd_gradient_graph
+from gpa.autograd import fx_leaf as _fx_leaf
 from gpa.channels import route_channels
 from gpa.counts import check_convention, count_report
 from gpa.errors import GpaError, NoLayersError, TraceError
 from gpa.flow import flow_from_names, flow_from_values
 from gpa.graph import LOSS, GradientGraph, OutputKey, op_graph
+from gpa.graph import input_shapes as _shapes
 from gpa.layers import DEFAULT_LAYER_TYPES, find_layers, uncalled_layers
 from gpa.load import load_target, parse_outputs, resolve_layer_types, resolve_leaf_modules
 from gpa.paths import GradientPaths, gradient_paths
@@ -173,8 +176,6 @@ def gradient_graph(
     ``"auto"`` uses fx and, when fx cannot trace the model, the autograd tracer,
     saying so in the graph's notes.
     """
-    from gpa.autograd import autograd_gradient_graph
-
     if tracer not in TRACERS:
         raise GpaError(f"unknown tracer {tracer!r}; choose one of {', '.join(TRACERS)}")
     if tracer == "autograd":
@@ -232,13 +233,6 @@ def fx_gradient_graph(
         inputs=inputs,
         notes=notes,
         traced=gm,
-    )
-
-
-def _fx_leaf(cls: type) -> bool:  # see also gpa.autograd.fx_leaf
-    """Whether torch.fx's default policy keeps modules of ``cls`` as single calls."""
-    return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
-        cls, nn.Sequential
     )
 
 
@@ -384,21 +378,6 @@ def _example_inputs(
         dtype = torch.int64 if integer else torch.float32
         inputs.append(torch.zeros(shape, dtype=dtype, device="meta"))
     return tuple(inputs)
-
-
-def _shapes(input_shape: Shape | Sequence[Shape]) -> list[tuple[int, ...]]:
-    def is_shape(s: Any) -> bool:
-        return isinstance(s, (tuple, list, torch.Size)) and all(
-            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in s
-        )
-
-    if is_shape(input_shape) and len(input_shape) > 0:
-        return [tuple(input_shape)]
-    if isinstance(input_shape, (tuple, list)) and input_shape and all(map(is_shape, input_shape)):
-        return [tuple(s) for s in input_shape]
-    raise GpaError(
-        f"input_shape must be a shape of positive sizes or a list of shapes, got {input_shape!r}"
-    )
 
 
 def _describe_inputs(inputs: tuple | None) -> list[dict[str, Any]] | None:

@@ -39,9 +39,16 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from gpa.errors import GpaError, ShapeError, TraceError
+from gpa.errors import GpaError, TraceError
 from gpa.flow import ValueInfo
-from gpa.graph import LOSS, GradientGraph, OutputKey, flatten_outputs, select_paths
+from gpa.graph import (
+    LOSS,
+    GradientGraph,
+    OutputKey,
+    flatten_outputs,
+    input_shapes,
+    select_paths,
+)
 from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, _owner
 from gpa.trace import LeafSpec, _split_leaves, _user_frame
 
@@ -292,7 +299,7 @@ def _run(
                 )
             return run
     assert first_error is not None
-    raise ShapeError(_failure_message(model, *first_error))
+    raise GpaError(_failure_message(model, *first_error))
 
 
 def _input_candidates(example_inputs: Any, input_shape: Any) -> Iterator[tuple]:
@@ -302,9 +309,7 @@ def _input_candidates(example_inputs: Any, input_shape: Any) -> Iterator[tuple]:
             (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
         )
         return
-    from gpa.api import _shapes  # shapes parsing shared with the fx tracer
-
-    shapes = _shapes(input_shape)
+    shapes = input_shapes(input_shape)
     yield tuple(torch.zeros(s) for s in shapes)
     for i in range(len(shapes)):
         yield tuple(

@@ -475,11 +475,10 @@ class _Router:
             else:
                 k = ch.axes.index(axis)
                 rows = np.moveaxis(t.index, k, -1).reshape(-1, size)
-                inbound.extend(
-                    Delivery(consumer, row.copy())
-                    for row in np.unique(rows, axis=0)
-                    if (row >= 0).any()
-                )
+                # distinct rows; keyed by bytes: np.unique(axis=0) builds a structured
+                # dtype with one field per column, slow for wide layers
+                distinct = {row.tobytes(): row for row in rows if (row >= 0).any()}
+                inbound.extend(Delivery(consumer, row.copy()) for row in distinct.values())
 
     # outputs ---------------------------------------------------------------
     def output(self, node: fx.Node, outputs: Any) -> None:

@@ -22,13 +22,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
+import torch
 import torch.fx as fx
 
 from gpa.errors import GpaError
 from gpa.flow import GRAD_FROM, VALUE
 from gpa.layers import LayerCall
 
-__all__ = ["LOSS", "GradientGraph", "op_graph", "output_paths", "select_outputs", "select_paths"]
+__all__ = [
+    "LOSS",
+    "GradientGraph",
+    "op_graph",
+    "output_paths",
+    "select_outputs",
+    "select_paths",
+    "input_shapes",
+]
 
 LOSS = "<loss>"
 
@@ -114,6 +123,28 @@ def select_paths(
             )
         chosen.extend(h for h in hits if h not in chosen)
     return chosen
+
+
+def input_shapes(input_shape: Any) -> list[tuple[int, ...]]:
+    """One shape or a list of shapes, as a list of shapes; anything else is a GpaError.
+
+    Example:
+        >>> input_shapes((1, 3, 8, 8)), input_shapes([(1, 4), (1, 2)])
+        ([(1, 3, 8, 8)], [(1, 4), (1, 2)])
+    """
+
+    def is_shape(s: Any) -> bool:
+        return isinstance(s, (tuple, list, torch.Size)) and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in s
+        )
+
+    if is_shape(input_shape) and len(input_shape) > 0:
+        return [tuple(input_shape)]
+    if isinstance(input_shape, (tuple, list)) and input_shape and all(map(is_shape, input_shape)):
+        return [tuple(s) for s in input_shape]
+    raise GpaError(
+        f"input_shape must be a shape of positive sizes or a list of shapes, got {input_shape!r}"
+    )
 
 
 def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> nx.DiGraph:

@@ -530,7 +530,7 @@ def _as_shapes(value: Any, label: str) -> list[tuple[int, ...]]:
     if isinstance(value, (tuple, list)) and value and all(is_shape(v) for v in value):
         return [tuple(int(d) for d in v) for v in value]
     raise TargetError(
-        f"{label} must be a tuple of positive ints like (1, 3, 224, 224) or a list of such tuples, "
+        f"{label} must be a tuple of ints like (1, 3, 224, 224), each at least 1, or a list of such tuples, "
         f"got {value!r}"
     )
 

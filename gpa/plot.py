@@ -45,6 +45,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import BoundaryNorm, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.ticker import FuncFormatter
 
 from gpa.errors import GpaError
 from gpa.format import format_count, format_timestamps
@@ -345,9 +346,9 @@ def _part_gid(unit: Unit, part: Part) -> str:
 
 def _stamp_text(part: Part, vertical: bool) -> str:
     text = format_timestamps(part.timestamps, limit=4 if vertical else 6)
-    if not vertical:  # at most three values a line, so that text fits the box
+    if not vertical:  # at most four values a line, so that text fits the box
         values = text.split(",")
-        text = ",\n".join(",".join(values[i : i + 3]) for i in range(0, len(values), 3))
+        text = ",\n".join(",".join(values[i : i + 4]) for i in range(0, len(values), 4))
     if part.label is not None:
         text = f"ch {part.label}: {text}" if vertical else f"{text}\nch {part.label}"
     return text
@@ -681,6 +682,9 @@ def _as_dict(result: Any) -> dict[str, Any]:
     return found
 
 
+_PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+
+
 def _fitted(growth: str, a: float, b: float, n: float) -> float:
     from gpa.scaling import CLASSES
 
@@ -738,6 +742,9 @@ def scaling(
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers (6, 10, 20), not 2×10¹
+            axis.set_major_formatter(_PLAIN)
+            axis.set_minor_formatter(_PLAIN)
         ax.set_xlabel("N (number of layers)")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} against depth", fontsize=10)

@@ -249,7 +249,7 @@ class Report:
 
     def _repr_html_(self) -> str:
         """Jupyter display: the network summary, then one table row per layer."""
-        from gpa.html import report_html
+        from gpa.html_report import report_html
 
         return report_html(self)
 

@@ -36,11 +36,16 @@ def _row(outcome: Outcome) -> tuple[str, str]:
     auto = outcome.auto
     notes = []
     if outcome.fx is None:
-        notes.append(f"fx: {outcome.fx_error}")
+        notes.append(f"fx: {outcome.fx_error}; `auto` used the autograd tracer")
     if outcome.autograd is None:
         notes.append(f"autograd: {outcome.autograd_error}")
     if outcome.agree is False:
         notes.append(KNOWN_DIFFERENCES.get(e.spec, "tracers disagree: not yet explained"))
+        net = outcome.autograd.network
+        notes.append(
+            f"the columns show fx's (`auto`) figures; autograd: {len(outcome.autograd.layers)} "
+            f"layers, max_shortest {net.max_shortest}, longest {net.longest}"
+        )
     if outcome.built_on != "meta":
         notes.append("built on the CPU (its constructor computes on tensors)")
     cells = [

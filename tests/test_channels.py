@@ -10,6 +10,7 @@ convolution, a linear) continues through every segment of its own output.
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -207,10 +208,9 @@ class Asymmetric(nn.Module):
     def forward(self, x):
         x = self.S(x)
         f = self.b(self.a(x))
-        if self.cs < 4:  # shortcut narrower than the block output: onto its first channels
-            y = torch.cat([f[:, : self.cs] + x, f[:, self.cs :]], 1)
-        else:  # wider: only its first 4 channels are added
-            y = f + x[:, :4]
+        # narrower shortcut: onto the block's first channels; wider: only its first 4 added
+        narrow = self.cs < 4
+        y = torch.cat([f[:, : self.cs] + x, f[:, self.cs :]], 1) if narrow else f + x[:, :4]
         return pool_fc(y, self.fc)
 
 
@@ -431,6 +431,20 @@ def test_channel_shuffle_before_grouped_conv():
     ]
 
 
+def test_channel_shuffle_eight_channels_exact_parts():
+    """Shuffle with 2 groups of 4: channel i = 4g + k moves to position 2k + g, so S
+    channels 0..8 land on G's inputs 0, 2, 4, 6, 1, 3, 5, 7 (group 0: inputs 0..4).
+    No two neighbouring channels reach inputs c + k and c + 1 + k, so by §8 every channel
+    is its own segment, and each source names exactly the one input channel it reaches
+    (a range like [0, 3) would claim input 1, which carries S's channel 4)."""
+    report = analyze(Grouped(8, 2, shuffle=True), IMG)
+    position = [0, 2, 4, 6, 1, 3, 5, 7]
+    assert segments(report, "S") == [(c, c + 1, 2, 2, {2: 1}) for c in range(8)]
+    assert sources(report, "S") == [
+        [("G", (p, p + 1), (2,), ("group", (p // 4,)))] for p in position
+    ]
+
+
 def test_channel_shuffle_module():
     """nn.ChannelShuffle(2) is the same permutation."""
 
@@ -611,3 +625,60 @@ def test_fallback_is_reported(how, op):
 def test_channels_without_inputs_is_an_error():
     with pytest.raises(GpaError, match="example inputs"):
         gpa.analyze(Fallback("cumsum"), channels=True)
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def _cli(tmp_path, *args):
+    from click.testing import CliRunner
+
+    from gpa.cli import main
+
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\n"
+        "model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))\n"
+    )
+    return CliRunner().invoke(main, ["analyze", str(tmp_path / "net.py"), *args])
+
+
+def test_cli_channels_json_layout(tmp_path):
+    """--channels adds §8's fields: per layer segments and gradient_combinations, per
+    network gradient_combinations. The chain: "0" reaches "2" (all 4 inputs, round 2)."""
+    result = _cli(tmp_path, "--channels", "--input-shape", "1,3,4,4", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["network"]["gradient_combinations"] == 2
+    first = data["layers"][0]
+    assert first["gradient_combinations"] == 1
+    assert first["segments"] == [
+        {
+            "channels": [0, 4],
+            "shortest": 2,
+            "longest": 2,
+            "timestamps": [2],
+            "num_paths": 1,
+            "path_histogram": {"2": 1},
+            "sources": [{"from": "2", "channels": [0, 4], "rounds": [2]}],
+        }
+    ]
+    assert data["layers"][1]["segments"][0]["sources"] == [
+        {"from": "<loss>", "channels": [0, 2], "rounds": [1]}
+    ]
+
+
+def test_cli_channels_table(tmp_path):
+    result = _cli(tmp_path, "--channels", "--input-shape", "1,3,4,4")
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if line.startswith("layer "))
+    assert header.split()[-2:] == ["segments", "combos"]
+    assert "gradient_combinations: 2" in result.output
+    plain = _cli(tmp_path, "--input-shape", "1,3,4,4")
+    assert "combos" not in plain.output and "gradient_combinations" not in plain.output
+
+
+def test_cli_channels_without_inputs(tmp_path):
+    result = _cli(tmp_path, "--channels")
+    assert result.exit_code == 2
+    assert "channel analysis needs example inputs" in result.output
+    assert "Traceback" not in result.output

@@ -86,12 +86,12 @@ def test_timestamps_small_resnet_draws_every_layer_edge_and_stamp() -> None:
     assert "edge:fc-><loss>" in edges
     arcs = [p for p in patches(fig, "edge:") if "rad=0" not in str(p.get_connectionstyle())]
     assert arcs  # skips are drawn bent
-    # Timestamps written in the boxes: stem 2,4,6,8 (wrapped after 3 values), conv1 of block 0
+    # Timestamps written in the boxes: stem 2,4,6,8 (up to 4 values a line), conv1 of block 0
     # 3,5,7, fc 1.
     stamps = {
         t.get_gid(): t.get_text() for t in ax.texts if (t.get_gid() or "").startswith("stamps")
     }
-    assert stamps["stamps:unit:stem.conv"] == "2,4,6,\n8"
+    assert stamps["stamps:unit:stem.conv"] == "2,4,6,8"
     assert stamps["stamps:unit:stages.0.blocks.0.conv1.conv"] == "3,5,7"
     assert stamps["stamps:unit:fc"] == "1"
     # Colour by shortest path: all conv1 (3) alike, stem and conv2 (2) alike, fc (1) apart.
@@ -222,6 +222,17 @@ def test_sources_round_one_is_the_loss() -> None:
     assert legend(fig) == ["<loss> [0:10]"]
     with pytest.raises(GpaError, match="round"):
         gpa.plot.sources(report("resnet", blocks=3), t=0)
+
+
+def test_sources_without_channel_analysis_names_layers() -> None:
+    fig = gpa.plot.sources(report("prn", channels=False, blocks=2), t=2)
+    # at layer level the stem and both conv2 receive at round 2, all from fc
+    assert set(receiving(fig)) == {
+        "stem.conv:",
+        "stages.0.blocks.0.conv2.conv:",
+        "stages.0.blocks.1.conv2.conv:",
+    }
+    assert legend(fig) == ["fc"]
 
 
 def test_sources_large_model_collapsed() -> None:

@@ -1,5 +1,7 @@
 """HTML rendering of a :class:`gpa.Report`, for Jupyter (``Report._repr_html_``).
 
+(Not named ``html.py``: that would shadow the standard library when gpa/ is on the path.)
+
 The network summary comes first, as a small table, then one row per layer with
 the columns of the text table, then the notes. Every name is HTML-escaped.
 
@@ -20,17 +22,8 @@ from gpa.format import format_count, format_inputs, format_si, format_sources, f
 
 __all__ = ["report_html"]
 
-_LAYER_COLUMNS = (
-    "layer",
-    "type",
-    "calls",
-    "shortest",
-    "longest",
-    "timestamps",
-    "paths",
-    "params",
-    "flops",
-    "sources",
+_LAYER_COLUMNS = tuple(
+    "layer type calls shortest longest timestamps paths params flops sources".split()
 )
 
 
