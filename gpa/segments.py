@@ -91,33 +91,65 @@ def _split_label(label: str) -> tuple[str, int | None, str | None]:
     return name, (int(arg) if arg else None), None
 
 
-def _per_channel(routing: ChannelRouting, call: str, count: int) -> list[dict[str, object]]:
-    """For each output channel of ``call``: consumer label -> sorted positions, or ``"*"``."""
-    channels: list[dict[str, object]] = [defaultdict(set) for _ in range(count)]
+@dataclass
+class _Arrival:
+    """Where the channels of one producer arrive at one consumer, per producer channel.
+
+    ``mixed[c]``: channel c reaches every input channel of the consumer. Otherwise it
+    reaches ``count[c]`` input channels, the lowest ``first[c]``, the highest ``last[c]``;
+    ``pairs`` keeps them all (``channel * width + position``, sorted).
+    """
+
+    label: str
+    width: int
+    mixed: np.ndarray
+    count: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+    pairs: np.ndarray
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.mixed | (self.count > 0)
+
+    def positions(self, channel: int) -> np.ndarray:
+        lo, hi = np.searchsorted(self.pairs, [channel * self.width, (channel + 1) * self.width])
+        return self.pairs[lo:hi] - channel * self.width
+
+
+def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
+    """The deliveries of ``call``'s channels, merged per consumer."""
+    by_label: dict[str, list] = defaultdict(list)
     for d in routing.inbound.get(call, ()):
-        if d.positions is None:
-            for c in range(count) if d.mixed is None else d.mixed:
-                if c < count:
-                    channels[c][d.consumer] = "*"
-            continue
-        where = np.flatnonzero(d.positions >= 0)
-        chans = d.positions[where]
-        order = np.argsort(chans, kind="stable")
-        chans, where = chans[order], where[order]
-        cuts = np.flatnonzero(np.diff(chans)) + 1
-        for cs, ps in zip(np.split(chans, cuts), np.split(where, cuts), strict=True):
-            entry = channels[int(cs[0])]
-            if entry.get(d.consumer) != "*":
-                entry[d.consumer].update(ps.tolist())
-    return [
-        {k: (v if v == "*" else tuple(sorted(v))) for k, v in sorted(ch.items())} for ch in channels
-    ]
+        by_label[d.consumer].append(d)
+    found = []
+    for label, deliveries in sorted(by_label.items()):
+        width = routing.in_channels.get(label, 0)
+        mixed = np.zeros(count, dtype=bool)
+        pairs = []
+        for d in deliveries:
+            if d.positions is None:
+                chosen = [c for c in (range(count) if d.mixed is None else d.mixed) if c < count]
+                mixed[chosen] = True
+                continue
+            where = np.flatnonzero(d.positions >= 0)
+            pairs.append(d.positions[where].astype(np.int64) * width + where)
+        pairs_all = np.unique(np.concatenate(pairs)) if pairs else np.empty(0, np.int64)
+        chans, where = pairs_all // max(width, 1), pairs_all % max(width, 1)
+        first = np.full(count, width, dtype=np.int64)
+        last = np.full(count, -1, dtype=np.int64)
+        np.minimum.at(first, chans, where)
+        np.maximum.at(last, chans, where)
+        tally = np.bincount(chans, minlength=count)[:count]
+        tally[mixed] = 0
+        found.append(_Arrival(label, width, mixed, tally, first, last, pairs_all))
+    return found
 
 
-def _group_of(positions: tuple[int, ...], width: int, groups: int) -> tuple[int, ...] | None:
-    if groups <= 1:
-        return None
-    return tuple(sorted({p // max(width // groups, 1) for p in positions}))
+def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal [start, stop) runs of consecutive positions."""
+    cuts = np.flatnonzero(np.diff(positions) != 1) + 1
+    return [(int(p[0]), int(p[-1]) + 1) for p in np.split(positions, cuts)]
 
 
 class _Segmenter:
@@ -126,24 +158,56 @@ class _Segmenter:
         self.calls = calls
         self.result: dict[str, list[Segment]] = {}
 
-    def groups(self, sender: str) -> int:
-        return self.routing.groups.get(sender, 1)
+    def group_width(self, label: str) -> int | None:
+        """Input channels per group of a grouped-convolution consumer, else None."""
+        sender, _, _ = _split_label(label)
+        groups = self.routing.groups.get(sender, 1)
+        if sender == LOSS or groups <= 1:
+            return None
+        return max(self.routing.in_channels.get(label, 0) // groups, 1)
 
-    def signature(self, entries: dict[str, object]) -> tuple:
-        sig = []
-        for label, pos in entries.items():
-            sender, _, _ = _split_label(label)
-            if pos == "*":
-                sig.append((label, "*"))
-                continue
-            width = self.routing.in_channels.get(label, 0)
-            group = None if sender == LOSS else _group_of(pos, width, self.groups(sender))
-            sig.append((label, group, tuple(p - pos[0] for p in pos)))
-        return tuple(sig)
+    def cuts(self, arrivals: list[_Arrival], count: int) -> np.ndarray:
+        """Channel indices where a new segment starts.
+
+        Neighbouring channels stay together when, for every consumer, both arrive
+        nowhere, both everywhere, or both at input channels that continue each
+        other: the second channel's runs of input channels come right after the
+        first's (channel c at c + k, or at c + k and c + k' after concatenating a
+        tensor twice; a flattened channel at its block of positions), within one
+        group of a grouped consumer.
+        """
+        cut = np.zeros(count, dtype=bool)
+        cut[0] = True
+        for a in arrivals:
+            placed = a.count > 0
+            block = placed & (a.last - a.first + 1 == a.count)
+            tiled = (
+                block[1:]
+                & block[:-1]
+                & (a.count[1:] == a.count[:-1])
+                & (a.first[1:] - a.first[:-1] == a.count[1:])
+            )
+            for c in np.flatnonzero(placed[1:] & placed[:-1] & ~(block[1:] & block[:-1])) + 1:
+                tiled[c - 1] = self.continues(a, int(c))
+            width = self.group_width(a.label)
+            if width is not None:
+                one_group = a.first // width == a.last // width
+                tiled &= one_group[1:] & one_group[:-1]
+                tiled &= a.first[1:] // width == a.first[:-1] // width
+            split = (a.mixed[1:] != a.mixed[:-1]) | (placed[1:] != placed[:-1])
+            split |= placed[1:] & ~tiled
+            cut[1:] |= split
+        return np.flatnonzero(cut)
 
     @staticmethod
-    def base(entries: dict[str, object]) -> tuple[int, ...]:
-        return tuple(0 if pos == "*" else pos[0] for pos in entries.values())
+    def continues(a: _Arrival, c: int) -> bool:
+        """Whether channel c's runs of input channels each follow channel c - 1's."""
+        before, after = _runs(a.positions(c - 1)), _runs(a.positions(c))
+        lengths = {hi - lo for lo, hi in before + after}
+        if len(before) != len(after) or len(lengths) != 1:
+            return False
+        step = lengths.pop()
+        return all(b[0] + step == n[0] for b, n in zip(before, after, strict=True))
 
     def reached(self, label: str, group: tuple[int, ...] | None) -> list[tuple[str, int]]:
         """Path nodes (sender call, segment index) a delivery to ``label`` continues through."""
@@ -152,7 +216,7 @@ class _Segmenter:
             return [(LOSS, 0)]
         segments = self.result.get(sender, [])
         count = self.routing.out_channels.get(sender, 0)
-        groups = self.groups(sender)
+        groups = self.routing.groups.get(sender, 1)
         if group is None or groups <= 1:
             ranges = [(0, count)]
         else:
@@ -167,30 +231,37 @@ class _Segmenter:
     def paths_of(self, node: tuple[str, int]) -> GradientPaths:
         return _LOSS_PATHS if node[0] == LOSS else self.result[node[0]][node[1]].paths
 
-    def segment(
-        self, call: str, start: int, stop: int, entries: list[dict[str, object]]
-    ) -> Segment:
-        first, last = entries[0], entries[-1]
+    def parts(self, a: _Arrival, start: int, stop: int) -> list[tuple[tuple[int, int], bool]]:
+        """The input-channel ranges of ``a``'s consumer that channels [start, stop) reach."""
+        if a.mixed[start]:
+            return [((0, a.width), True)]
+        if a.last[start] - a.first[start] + 1 == a.count[start]:
+            return [((int(a.first[start]), int(a.last[stop - 1]) + 1), False)]
+        first, last = _runs(a.positions(start)), _runs(a.positions(stop - 1))
+        return [((lo, hi), False) for (lo, _), (_, hi) in zip(first, last, strict=True)]
+
+    def segment(self, call: str, start: int, stop: int, arrivals: list[_Arrival]) -> Segment:
         nodes: set[tuple[str, int]] = set()
         sources = []
-        for label, pos in first.items():
-            sender, argument, output = _split_label(label)
-            width = self.routing.in_channels.get(label, 0)
-            if pos == "*":
-                group = None
-                lo, hi = 0, width
-            else:
-                group = None if sender == LOSS else _group_of(pos, width, self.groups(sender))
-                lo = min(min(e[label]) for e in (first, last))
-                hi = max(max(e[label]) for e in (first, last)) + 1
-            reached = self.reached(label, group)
-            if not reached:
+        for a in arrivals:
+            if not a.present[start]:
                 continue
-            nodes.update(reached)
-            rounds = 0
-            for node in reached:
-                rounds |= self.paths_of(node).stamps << 1
-            sources.append(Source(sender, (lo, hi), rounds, group, output, argument, pos == "*"))
+            sender, argument, output = _split_label(a.label)
+            width = self.group_width(a.label)
+            for (lo, hi), mixed in self.parts(a, start, stop):
+                group = (
+                    None
+                    if width is None or mixed
+                    else tuple(range(lo // width, (hi - 1) // width + 1))
+                )
+                reached = self.reached(a.label, group)
+                if not reached:
+                    continue
+                nodes.update(reached)
+                rounds = 0
+                for node in reached:
+                    rounds |= self.paths_of(node).stamps << 1
+                sources.append(Source(sender, (lo, hi), rounds, group, output, argument, mixed))
         paths = (
             GradientPaths.union([self.paths_of(n) for n in sorted(nodes)]).shifted()
             if nodes
@@ -201,29 +272,13 @@ class _Segmenter:
 
     def run(self, call: str) -> list[Segment]:
         count = self.routing.out_channels.get(call, 0)
-        per_channel = _per_channel(self.routing, call, count)
-        segments: list[Segment] = []
-        start = 0
-        stride: tuple[int, ...] | None = None
-        for c in range(1, count + 1):
-            if c < count:
-                same = self.signature(per_channel[c]) == self.signature(per_channel[c - 1])
-                step = (
-                    tuple(
-                        b - a
-                        for a, b in zip(
-                            self.base(per_channel[c - 1]), self.base(per_channel[c]), strict=True
-                        )
-                    )
-                    if same
-                    else None
-                )
-                if same and (stride is None or step == stride):
-                    stride = step
-                    continue
-            segments.append(self.segment(call, start, c, per_channel[start:c]))
-            start, stride = c, None
-        return segments
+        if count == 0:
+            return []
+        arrivals = _arrivals(self.routing, call, count)
+        starts = [int(c) for c in self.cuts(arrivals, count)] + [count]
+        return [
+            self.segment(call, a, b, arrivals) for a, b in zip(starts, starts[1:], strict=False)
+        ]
 
 
 def channel_segments(
