@@ -504,7 +504,8 @@ class _Router:
         if node.op == "call_module":
             return self.module(node, inputs, shapes)
         if name in _MOVEMENT or name in ("getattr.T", "getattr.mT"):
-            return self.probe(node, inputs, shapes)
+            moved = _slices_and_joins(node, name, inputs, shapes)
+            return moved if moved is not None else self.probe(node, inputs, shapes)
         if node.op in ("call_function", "call_method") and (
             name in _POINTWISE or node.target in _OPERATORS
         ):
@@ -688,6 +689,110 @@ class _Router:
     def _floating(self, node: fx.Node) -> bool:
         info = node.meta.get(VALUE)
         return info is not None and info.dtype is not None and "float" in info.dtype
+
+
+def _arg(node: fx.Node, position: int, keyword: str, default: Any = None) -> Any:
+    if len(node.args) > position:
+        return node.args[position]
+    return node.kwargs.get(keyword, default)
+
+
+def _slices_and_joins(node: fx.Node, name: str, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``cat``, ``split``/``chunk``, ``narrow`` and basic slicing of one-axis channels, directly.
+
+    The same answer as the probe for these common cases, without materialising a
+    probe as large as the activation. None when the case is not one of them.
+    """
+    if name in ("cat", "concat", "concatenate") and node.op == "call_function":
+        parts = _arg(node, 0, "tensors")
+        dim = _arg(node, 1, "dim", 0)
+        if not isinstance(parts, (list, tuple)) or not isinstance(shapes, Shape):
+            return None
+        values = [inputs.get(p) if isinstance(p, fx.Node) else None for p in parts]
+        if not all(isinstance(v, Channels) for v in values):
+            return None
+        ndim = len(shapes)
+        dim %= ndim
+        if any(v.axes not in ((), (dim,)) or len(v.shape) != ndim for v in values):
+            return None
+        if any(v.axes == () and any(t.index is not None for t in v.terms) for v in values):
+            return None
+        terms, offset = [], 0
+        for v in values:
+            size = v.shape[dim]
+            for t in v.terms:
+                if t.index is None:
+                    terms.append(t)
+                    continue
+                index = np.full(shapes[dim], -1, dtype=np.int64)
+                index[offset : offset + size] = t.index
+                terms.append(Term(t.producer, index))
+            offset += size
+        axes = (dim,) if any(t.index is not None for t in terms) else ()
+        return Channels(axes, tuple(shapes), tuple(terms))
+    source = inputs.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+    if not isinstance(source, Channels) or len(source.axes) > 1:
+        return None
+    ndim = len(source.shape)
+    if name in ("split", "chunk", "narrow"):
+        dim = _arg(node, 1, "dim", 0) if name == "narrow" else _arg(node, 2, "dim", 0)
+        leaves = [s for s in tree_flatten(shapes)[0] if isinstance(s, Shape)]
+        if not leaves or not isinstance(dim, int) or any(len(s) != ndim for s in leaves):
+            return None
+        dim %= ndim
+        if name == "narrow":
+            start = _arg(node, 2, "start")
+            if not isinstance(start, int):
+                return None
+            bounds = [(start % source.shape[dim], start % source.shape[dim] + leaves[0][dim])]
+        else:
+            offsets = np.cumsum([0] + [s[dim] for s in leaves]).tolist()
+            bounds = list(zip(offsets[:-1], offsets[1:], strict=True))
+        pieces = iter(
+            [
+                _cut(source, dim, lo, hi, tuple(s))
+                for (lo, hi), s in zip(bounds, leaves, strict=True)
+            ]
+        )
+        return tree_map(lambda s: next(pieces) if isinstance(s, Shape) else None, shapes)
+    if name == "getitem" and isinstance(shapes, Shape):
+        index = node.args[1]
+        index = index if isinstance(index, tuple) else (index,)
+        if not all(isinstance(i, slice) or i is Ellipsis for i in index):
+            return None
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1 :]
+        if len(index) > ndim or any(
+            not all(isinstance(b, (int, type(None))) for b in (i.start, i.stop, i.step))
+            for i in index
+        ):
+            return None
+        result = source
+        for d, i in enumerate(index):
+            if d in source.axes:
+                lo, hi, step = i.indices(source.shape[d])
+                if step != 1:
+                    return None
+                result = _cut(result, d, lo, hi, tuple(shapes))
+        return Channels(result.axes, tuple(shapes), result.terms)
+    return None
+
+
+def _cut(ch: Channels, dim: int, lo: int, hi: int, shape: tuple[int, ...]) -> Channels:
+    """Positions [lo, hi) along ``dim`` (a channel axis or not) of ``ch``, as a tensor of ``shape``."""
+    if dim not in ch.axes:
+        return Channels(ch.axes, shape, ch.terms)
+    k = ch.axes.index(dim)
+    terms = []
+    for t in ch.terms:
+        if t.index is None:
+            terms.append(t)
+            continue
+        part = np.take(t.index, np.arange(lo, hi), axis=k)
+        if (part >= 0).any():
+            terms.append(Term(t.producer, part))
+    return Channels(ch.axes, shape, tuple(terms))
 
 
 def _first_shape(shapes: Any) -> Shape | None:

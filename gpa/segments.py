@@ -146,6 +146,10 @@ def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
     return found
 
 
+# How one consumer sees two neighbouring channels (see _Segmenter.cuts).
+_CUT, _SAME, _NEXT, _NEUTRAL = -1, 0, 1, 2
+
+
 def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
     """Maximal [start, stop) runs of consecutive positions."""
     cuts = np.flatnonzero(np.diff(positions) != 1) + 1
@@ -170,34 +174,58 @@ class _Segmenter:
         """Channel indices where a new segment starts.
 
         Neighbouring channels stay together when, for every consumer, both arrive
-        nowhere, both everywhere, or both at input channels that continue each
-        other: the second channel's runs of input channels come right after the
-        first's (channel c at c + k, or at c + k and c + k' after concatenating a
-        tensor twice; a flattened channel at its block of positions), within one
-        group of a grouped consumer.
+        nowhere, both everywhere, both at the same input channels, or both at
+        input channels that continue each other: the second channel's runs of input
+        channels come right after the first's (channel c at c + k, or at c + k and
+        c + k' after concatenating a tensor twice; a flattened channel at its block
+        of positions) — always within one group of a grouped consumer, and in one
+        way (same or continuing) throughout a segment.
         """
+        if count == 1:
+            return np.zeros(1, dtype=np.int64)
+        kinds = np.stack([self.kinds(a) for a in arrivals]) if arrivals else None
         cut = np.zeros(count, dtype=bool)
         cut[0] = True
-        for a in arrivals:
-            placed = a.count > 0
-            block = placed & (a.last - a.first + 1 == a.count)
-            tiled = (
-                block[1:]
-                & block[:-1]
-                & (a.count[1:] == a.count[:-1])
-                & (a.first[1:] - a.first[:-1] == a.count[1:])
-            )
-            for c in np.flatnonzero(placed[1:] & placed[:-1] & ~(block[1:] & block[:-1])) + 1:
-                tiled[c - 1] = self.continues(a, int(c))
-            width = self.group_width(a.label)
-            if width is not None:
-                one_group = a.first // width == a.last // width
-                tiled &= one_group[1:] & one_group[:-1]
-                tiled &= a.first[1:] // width == a.first[:-1] // width
-            split = (a.mixed[1:] != a.mixed[:-1]) | (placed[1:] != placed[:-1])
-            split |= placed[1:] & ~tiled
-            cut[1:] |= split
+        if kinds is None:
+            return np.flatnonzero(cut)
+        cut[1:] = (kinds == _CUT).any(axis=0)
+        if (kinds == _SAME).any():  # a segment must not mix "same" and "continuing" steps
+            way = None
+            for c in range(1, count):
+                if cut[c]:
+                    way = None
+                    continue
+                step = tuple(kinds[:, c - 1])
+                if way is None:
+                    way = step
+                elif step != way:
+                    cut[c], way = True, None
         return np.flatnonzero(cut)
+
+    def kinds(self, a: _Arrival) -> np.ndarray:
+        """For each pair of neighbouring channels: how ``a``'s consumer sees them."""
+        placed = a.count > 0
+        block = placed & (a.last - a.first + 1 == a.count)
+        both = block[1:] & block[:-1] & (a.count[1:] == a.count[:-1])
+        step = a.first[1:] - a.first[:-1]
+        tiled = both & (step == a.count[1:])
+        same = both & (step == 0)
+        for c in np.flatnonzero(placed[1:] & placed[:-1] & ~(block[1:] & block[:-1])) + 1:
+            tiled[c - 1] = self.continues(a, int(c))
+            same[c - 1] = np.array_equal(a.positions(c - 1), a.positions(int(c)))
+        width = self.group_width(a.label)
+        if width is not None:
+            one_group = a.first // width == a.last // width
+            inside = (
+                one_group[1:] & one_group[:-1] & (a.first[1:] // width == a.first[:-1] // width)
+            )
+            tiled &= inside
+        kinds = np.full(len(step), _CUT, dtype=np.int8)
+        kinds[tiled] = _NEXT
+        kinds[same] = _SAME
+        neutral = (a.mixed[1:] & a.mixed[:-1]) | (~a.present[1:] & ~a.present[:-1])
+        kinds[neutral] = _NEUTRAL
+        return kinds
 
     @staticmethod
     def continues(a: _Arrival, c: int) -> bool:
