@@ -130,6 +130,7 @@ def analyze_target(
     train: bool = True,
     count_convention: str = "torch",
     channels: bool = False,
+    tracer: str = "fx",
 ) -> Report:
     """:func:`analyze` the model named by a TARGET string, with options as the CLI gives them.
 
@@ -158,6 +159,7 @@ def analyze_target(
         name=loaded.name,
         count_convention=count_convention,
         channels=channels,
+        tracer=tracer,
     )
 
 

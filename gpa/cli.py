@@ -215,26 +215,18 @@ def analyze(
     Inputs: --input-shape, else example_inputs or input_shape defined next to
     the model. With none, the analyses that need no shapes still run.
     """
-    import gpa
+    from gpa.api import analyze_target
     from gpa.format import format_csv, format_table
-    from gpa.load import load_target, parse_outputs, resolve_layer_types, resolve_leaf_modules
 
-    loaded = load_target(target, kwargs)
-    if input_shapes:
-        example_inputs, input_shape = None, list(input_shapes)
-    else:
-        example_inputs, input_shape = loaded.example_inputs, loaded.input_shape
-
-    report = gpa.analyze(
-        loaded.model,
-        example_inputs,
-        input_shape=input_shape,
-        outputs=parse_outputs(outputs),
-        layer_types=resolve_layer_types(layer_types, loaded.model) if layer_types else None,
-        leaf_modules=resolve_leaf_modules(leaves, loaded.model) if leaves else None,
+    report = analyze_target(
+        target,
+        kwargs,
+        input_shape=list(input_shapes) or None,
+        outputs=outputs,
+        layer_types=layer_types,
+        leaf_modules=leaves,
         train=not eval_mode,
         count_convention=count_convention,
-        name=loaded.name,
         channels=channels,
         tracer=tracer,
     )

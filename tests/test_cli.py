@@ -452,7 +452,7 @@ def test_internal_error_exits_1_with_traceback(monkeypatch: pytest.MonkeyPatch) 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(gpa, "analyze", broken)
+    monkeypatch.setattr(gpa.api, "analyze", broken)
     result = run("analyze", "chain3.py")
     assert result.exit_code == 1
     assert result.stderr.startswith("internal error: gpa ")
