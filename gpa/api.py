@@ -20,7 +20,7 @@ from gpa.errors import GpaError, NoLayersError, TraceError
 from gpa.flow import flow_from_names, flow_from_values
 from gpa.graph import LOSS, GradientGraph, OutputKey, op_graph
 from gpa.graph import input_shapes as _shapes
-from gpa.layers import DEFAULT_LAYER_TYPES, find_layers, uncalled_layers
+from gpa.layers import DEFAULT_LAYER_TYPES, find_layers, opaque_calls, uncalled_layers
 from gpa.load import load_target, parse_outputs, resolve_layer_types, resolve_leaf_modules
 from gpa.paths import GradientPaths, gradient_paths
 from gpa.report import LayerRecord, NetworkSummary, Report
@@ -175,15 +175,19 @@ def gradient_graph(
 ) -> GradientGraph:
     """The gradient graph of ``model`` built by ``tracer`` (see :func:`analyze`).
 
-    ``"auto"`` uses fx and, when fx cannot trace the model, the autograd tracer,
-    saying so in the graph's notes.
+    ``"auto"`` uses fx and, when fx cannot trace the model or cannot look into a
+    function that uses parameters (``torch.fx.wrap``), the autograd tracer, saying so
+    in the graph's notes.
     """
     if tracer not in TRACERS:
         raise GpaError(f"unknown tracer {tracer!r}; choose one of {', '.join(TRACERS)}")
     if tracer == "autograd":
         return autograd_gradient_graph(model, example_inputs, **options)
     try:
-        return fx_gradient_graph(model, example_inputs, **options)
+        graph = fx_gradient_graph(model, example_inputs, **options)
+        if tracer == "fx" or not graph.opaque or graph.inputs is None:
+            return graph
+        reason = f"fx cannot look into {', '.join(graph.opaque)}"
     except TraceError as exc:
         if tracer == "fx":
             raise TraceError(
@@ -228,6 +232,13 @@ def fx_gradient_graph(
     finally:
         model.train(was_training)
     calls = find_layers(gm, layer_types, traced)
+    opaque = opaque_calls(gm, calls)
+    notes += [
+        f"'{name}' is a function fx does not look into (torch.fx.wrap) and it reads "
+        f"parameters of {', '.join(owners)}: layers inside it are not seen; analyse with "
+        "--tracer auto or autograd to see them"
+        for name, owners in opaque
+    ]
     return GradientGraph(
         ops=op_graph(gm, outputs),
         calls={node.name: call for node, call in calls.items()},
@@ -235,6 +246,7 @@ def fx_gradient_graph(
         inputs=inputs,
         notes=notes,
         traced=gm,
+        opaque=[name for name, _ in opaque],
     )
 
 

@@ -112,8 +112,9 @@ class CheckRun:
         }
 
 
-def analyze_spec(spec: ModelSpec) -> Report:
-    """Load and analyse the model of ``spec`` with its options."""
+def analyze_spec(spec: ModelSpec, *, channels: bool = False) -> Report:
+    """Load and analyse the model of ``spec`` with its options (and channel segments if
+    ``channels``)."""
     o = spec.options
     return analyze_target(
         spec.target,
@@ -123,6 +124,7 @@ def analyze_spec(spec: ModelSpec) -> Report:
         layer_types=o.layer_types or (),
         leaf_modules=o.leaf_modules or (),
         train=not o.eval,
+        channels=channels,
     )
 
 

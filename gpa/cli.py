@@ -405,9 +405,20 @@ def check(
     show_default=True,
     help="Output format.",
 )
+@click.option(
+    "--channels",
+    is_flag=True,
+    help="Analyse models at channel level too: compares their gradient combinations.",
+)
 @_output_option
 def compare(
-    a: str, b: str, config_path: Path | None, fmt: str, output: Path | None, **model: Any
+    a: str,
+    b: str,
+    config_path: Path | None,
+    fmt: str,
+    channels: bool,
+    output: Path | None,
+    **model: Any,
 ) -> None:
     """Compare two models side by side: network metrics and per-layer paths.
 
@@ -421,7 +432,9 @@ def compare(
     config = _config(config_path)
     options = _cli_model_options(**model)
     comparison = compare_sides(
-        load_side(a, options, config), load_side(b, options, config), names=(a, b)
+        load_side(a, options, config, channels=channels),
+        load_side(b, options, config, channels=channels),
+        names=(a, b),
     )
     _emit(comparison.to_json() if fmt == "json" else format_comparison(comparison), output)
 

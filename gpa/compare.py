@@ -5,7 +5,8 @@
 in both, its shortest and longest paths where they differ. :func:`load_side` turns a
 command-line argument (a TARGET, a model of ``[tool.gpa]``, a baseline file
 ``base.json`` / ``base.json:model`` or a ``gpa analyze --format json`` report) into a
-snapshot.
+snapshot. Channel-level analyses (``channels=True``, ``--channels``) add the number of
+gradient combinations to the network metrics.
 
 Example:
     >>> import torch.nn as nn, gpa
@@ -30,6 +31,7 @@ from gpa.errors import GpaError
 from gpa.report import Report
 
 __all__ = [
+    "CHANNEL_METRICS",
     "Comparison",
     "LayerDiff",
     "NETWORK_METRICS",
@@ -48,6 +50,9 @@ NETWORK_METRICS = (
     "unreachable",
 )
 
+#: Compared as well when either side was analysed with channels (``docs/semantics.md`` §8).
+CHANNEL_METRICS = ("gradient_combinations",)
+
 
 @dataclass(frozen=True)
 class LayerDiff:
@@ -63,7 +68,8 @@ class LayerDiff:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Two sides compared; ``network`` maps each of :data:`NETWORK_METRICS` to ``(a, b)``."""
+    """Two sides compared; ``network`` maps each of :data:`NETWORK_METRICS` (and of
+    :data:`CHANNEL_METRICS` when a side has them) to ``(a, b)``."""
 
     a: str
     b: str
@@ -107,7 +113,8 @@ def compare(
     Layers are listed in ``a``'s order; those of only one side by name.
     """
     sa, sb = _snapshot(a), _snapshot(b)
-    network = {key: (_metric(sa, key), _metric(sb, key)) for key in NETWORK_METRICS}
+    channel = [k for k in CHANNEL_METRICS if k in sa.network or k in sb.network]
+    network = {key: (_metric(sa, key), _metric(sb, key)) for key in (*NETWORK_METRICS, *channel)}
     changed, same = [], 0
     for name, (short_a, long_a) in sa.layers.items():
         if name not in sb.layers:
@@ -206,13 +213,18 @@ def _json_side(path: Path, model: str | None) -> Snapshot:
 
 
 def load_side(
-    arg: str, options: ModelOptions | None = None, config: Config | None = None
+    arg: str,
+    options: ModelOptions | None = None,
+    config: Config | None = None,
+    *,
+    channels: bool = False,
 ) -> Snapshot:
     """The snapshot named by a ``gpa compare`` argument.
 
     ``arg`` is a JSON file (``base.json``, ``base.json:MODEL`` for a baseline with several
     models, or a saved report), a model name of ``config``, or a TARGET analysed with
-    ``options`` (which also override a configured model's options).
+    ``options`` (which also override a configured model's options) and, if ``channels``,
+    at channel level.
     """
     head, sep, tail = arg.rpartition(":")
     if sep and head.endswith(".json"):
@@ -225,4 +237,4 @@ def load_side(
         spec = ModelSpec(spec.name, spec.target, spec.options.overridden_by(options))
     else:
         spec = ModelSpec(arg, arg, options)
-    return Snapshot.of(analyze_spec(spec))
+    return Snapshot.of(analyze_spec(spec, channels=channels))

@@ -58,6 +58,7 @@ class GradientGraph:
         notes: remarks for the report (fallbacks, what was skipped).
         traced: the annotated fx module when the fx tracer built the graph (the
             channel analysis reads it), else None.
+        opaque: functions fx kept opaque although they read parameters.
     """
 
     ops: nx.DiGraph
@@ -66,6 +67,7 @@ class GradientGraph:
     inputs: tuple | None = None
     notes: list[str] = field(default_factory=list)
     traced: fx.GraphModule | None = None
+    opaque: list[str] = field(default_factory=list)
 
 
 def flatten_outputs(structure: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

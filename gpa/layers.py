@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +27,14 @@ from torch import nn
 
 from gpa.flow import VALUE
 
-__all__ = ["CONV_FUNCTIONS", "DEFAULT_LAYER_TYPES", "LayerCall", "find_layers", "uncalled_layers"]
+__all__ = [
+    "CONV_FUNCTIONS",
+    "DEFAULT_LAYER_TYPES",
+    "LayerCall",
+    "find_layers",
+    "opaque_calls",
+    "uncalled_layers",
+]
 
 DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
@@ -190,6 +197,30 @@ def find_layers(
             calls[node] = LayerCall(*_owner(model or gm, roots[operands[0]][0]))
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
+
+
+def opaque_calls(
+    gm: fx.GraphModule, calls: Mapping[fx.Node, LayerCall]
+) -> list[tuple[str, list[str]]]:
+    """Calls of functions fx kept opaque (``torch.fx.wrap``) that read parameters.
+
+    gpa cannot see what such a function does with the weights it is given, so a
+    layer inside it would go unnoticed; the caller reports these calls. Returns
+    (function name, modules owning the parameters it reads).
+    """
+    roots = _parameter_roots(gm, set(calls))
+    found = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node in calls or _is_mixing(node):
+            continue
+        module = getattr(node.target, "__module__", None) or ""
+        if module.split(".")[0] in ("torch", "_operator", "operator", "builtins", "math", "gpa"):
+            continue
+        params = [t for n in node.all_input_nodes for t in roots.get(n, ())]
+        if params and any(n not in roots for n in node.all_input_nodes):
+            owners = sorted({p.rpartition(".")[0] or p for p in params})
+            found.append((getattr(node.target, "__name__", str(node.target)), owners))
+    return found
 
 
 def uncalled_layers(

@@ -1,0 +1,44 @@
+"""Functions fx keeps opaque (torch.fx.wrap) that read parameters: reported, and `auto` looks inside.
+
+Hand derivation: head(attend(x, qkv.weight, qkv.bias)) where attend is F.linear, so qkv is a
+layer feeding head: qkv has one path of length 2, head one of length 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gpa
+
+
+def attend(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, weight, bias)
+
+
+torch.fx.wrap("attend")
+
+
+class Wrapped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(attend(x, self.qkv.weight, self.qkv.bias))
+
+
+def test_fx_reports_the_opaque_call_instead_of_a_silent_answer() -> None:
+    report = gpa.analyze(Wrapped(), input_shape=(1, 4))
+    assert any("'attend'" in n and "qkv" in n and "autograd" in n for n in report.notes)
+
+
+def test_auto_tracer_looks_inside() -> None:
+    report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="auto")
+    assert {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()} == {
+        "qkv": (2, 2, 1),
+        "head": (1, 1, 1),
+    }
+    assert any("attend" in n and "autograd" in n for n in report.notes)
