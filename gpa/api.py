@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -51,6 +51,7 @@ def analyze(
     count_convention: str = "torch",
     tracer: str = "fx",
     channels: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Compute the gradient paths of every layer of ``model``.
 
@@ -76,6 +77,8 @@ def analyze(
             output channels cut into ranges with their own gradient record, and the
             network's number of distinct gradient combinations. Needs example inputs
             and the fx tracer.
+        progress: called with the name of each phase as it starts (the CLI shows
+            them on a terminal).
 
     Returns:
         A :class:`~gpa.report.Report`.
@@ -90,6 +93,8 @@ def analyze(
     _refuse_lazy(model)
     _refuse_cycles(model)
     check_convention(count_convention)
+    step = progress or (lambda phase: None)
+    step("tracing and propagating shapes")
     graph = gradient_graph(
         model,
         example_inputs,
@@ -100,8 +105,10 @@ def analyze(
         train=train,
         tracer=tracer,
     )
+    step("gradient paths")
     records = _records(graph)
     if channels:
+        step("channel segments")
         records = _with_segments(records, graph, outputs)
     if not records:
         types = ", ".join(t.__name__ for t in (layer_types or DEFAULT_LAYER_TYPES))
@@ -116,6 +123,7 @@ def analyze(
         network=NetworkSummary.of(records),
         notes=list(graph.notes),
     )
+    step("parameters and FLOPs")
     return count_report(report, model, graph, count_convention)
 
 
@@ -131,6 +139,7 @@ def analyze_target(
     count_convention: str = "torch",
     channels: bool = False,
     tracer: str = "fx",
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
     """:func:`analyze` the model named by a TARGET string, with options as the CLI gives them.
 
@@ -160,6 +169,7 @@ def analyze_target(
         count_convention=count_convention,
         channels=channels,
         tracer=tracer,
+        progress=progress,
     )
 
 

@@ -14,9 +14,10 @@ Heavy imports (torch) happen inside the commands so ``gpa --help`` is quick.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -92,6 +93,18 @@ def _kv_option(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     except ValueError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
     return kwargs
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool) -> Iterator[Callable[[str], None] | None]:
+    """A phase display on standard error when it is a terminal (and not ``--quiet``)."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status("gpa: starting") as status:
+        yield lambda phase: status.update(f"gpa: {phase}…")
 
 
 def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -187,6 +200,9 @@ def main() -> None:
     help="Also analyse channel segments (needs inputs): per-segment paths, gradient combinations.",
 )
 @click.option(
+    "-q", "--quiet", is_flag=True, help="No progress display (it only shows on a terminal)."
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, writable=True, path_type=Path),
@@ -204,6 +220,7 @@ def analyze(
     fmt: str,
     tracer: str,
     channels: bool,
+    quiet: bool,
     output: Path | None,
 ) -> None:
     """Analyse the gradient paths of the model named by TARGET.
@@ -218,18 +235,20 @@ def analyze(
     from gpa.api import analyze_target
     from gpa.format import format_csv, format_table
 
-    report = analyze_target(
-        target,
-        kwargs,
-        input_shape=list(input_shapes) or None,
-        outputs=outputs,
-        layer_types=layer_types,
-        leaf_modules=leaves,
-        train=not eval_mode,
-        count_convention=count_convention,
-        channels=channels,
-        tracer=tracer,
-    )
+    with _progress(quiet) as progress:
+        report = analyze_target(
+            target,
+            kwargs,
+            input_shape=list(input_shapes) or None,
+            outputs=outputs,
+            layer_types=layer_types,
+            leaf_modules=leaves,
+            train=not eval_mode,
+            count_convention=count_convention,
+            channels=channels,
+            tracer=tracer,
+            progress=progress,
+        )
 
     if fmt == "json":
         text = report.to_json()

@@ -2,7 +2,8 @@
 
 Every row is built with :mod:`gpa.models` on the meta device, counted with
 :func:`gpa.counts.count` (torch convention; FLOPs = 2 x multiply-adds of the weight layers)
-and analysed with ``gpa.analyze(model, input_shape=model.input_shape)``; the paper's
+and analysed with ``gpa.analyze(model, input_shape=model.input_shape, channels=True)``
+(layer-level paths and the channel-level number of gradient combinations); the paper's
 figures sit next to the measured ones.
 
 Usage::
@@ -10,7 +11,8 @@ Usage::
     python scripts/gen_detectors_doc.py            # rewrite docs/detectors.md
     python scripts/gen_detectors_doc.py --check    # exit 1 if the file is out of date
 
-The build-and-analyse time of each detector is printed (not written to the document).
+The build, count and analysis times of each detector are printed (not written to the
+document).
 """
 
 from __future__ import annotations
@@ -87,20 +89,32 @@ The experiments of the paper (Tables 3-8) compare whole instance-segmentation de
 one per design strategy. `gpa.models` builds each of them at 640×640 from the zoo's shared
 blocks, following the authors' public configurations (named in the docstrings of
 `gpa/models/yolo.py`); this table puts their sizes next to the paper's and their gradient
-paths side by side. Building and analysing all ten rows on the meta device takes seconds.
+paths side by side. Building and analysing all ten rows on the meta device, channel level
+included, takes seconds.
 
 - **Sizes**: FLOPs are 2 × the multiply-adds of the conv layers for one 640×640 image
   (BN, activations, pooling and adds not counted), parameters include BN and biases
   (`gpa.counts.count`, torch convention). Paper figures in the *paper* columns.
-- **Paths** (`gpa.analyze(model, input_shape=model.input_shape)`, train mode, meta
-  device): `layers` = weight layers; `max shortest` = the longest shortest gradient path
+- **Paths** (`gpa.analyze(model, input_shape=model.input_shape, channels=True)`, train
+  mode, meta device): `layers` = weight layers; `max shortest` = the longest shortest gradient path
   over all layers (ELAN's criterion); `longest` = the longest gradient path; `mean
   shortest` = the mean of the layers' shortest paths. A layer feeding the loss has length 1
   (`docs/semantics.md`); the head's output convs and the mask-prototype branch feed the
   loss.
-- **Gradient combinations** (the paper's channel-level (timestamp, source) pairs, where
-  YOLO-PRN should differ from YOLO-v3) are not computed yet: the channel-level analysis is
-  being built; the column shows "—" until then.
+- **Gradient combinations** (`docs/semantics.md` §8): the layers' output channels are cut
+  into segments with one gradient record each; a segment's combination is its set of
+  (round, source) pairs, a source being the layer (or output) that sends the gradient and
+  the part of its input the segment feeds. The column counts the distinct combinations
+  over all segments of the network — the paper's "combinations of gradients of different
+  timestamps and sources" (§4.1).
+
+Any two of them side by side, layer by layer, with `gpa compare` (`--channels` adds the
+gradient combinations; `-k` knobs apply to both sides):
+
+```console
+$ gpa compare gpa.models:yolo_v3 gpa.models:yolo_prn --channels
+$ gpa compare gpa.models:yolo_csp gpa.models:yolo_elan --channels
+```
 """
 
 FOOTNOTES = """\
@@ -132,7 +146,13 @@ configuration and are not built.
 - **YOLO-PRN = YOLO-v3 at layer level.** The masked residual keeps half of every block
   input's channels on the shortcut, so every layer-to-layer route of YOLO-v3 remains and
   none is added: same layers, FLOPs, shortest and longest paths. What PRN changes is which
-  *channels* receive gradient at which timestamps — the gradient combinations above.
+  *channels* receive gradient from where. In a masked block `y = F(x) + x[:, :C/2]`, the
+  first half of the block input's channels sends gradient to the block's first conv and,
+  through the identity, on to the next blocks; the second half only to the first conv. The
+  layer producing each block input (a stage's stride-2 conv, or the previous block's second
+  conv) thus has two segments with different combinations, where YOLO-v3 has one: one
+  combination more per masked block, 78 + 23 = 101. In YOLO-v3 every layer is a single
+  segment with a combination of its own (78).
 - **Fusion variants (Fig. 5).** "Fusion first" removes the partial transition Tb: the
   layers of each stage's computational block (P1 and the residual convs) lose one layer on
   their shortest path, nothing else moves. "Fusion last" removes the transition T after
@@ -150,7 +170,15 @@ configuration and are not built.
   the longest path.
 - **Fig. 9.** Detaching the block input makes the longest path collapse (the trunk's
   layers reach the stage output only through identities); detaching the identity turns
-  the CSP stages into plain chains and raises the largest shortest path.
+  the CSP stages into plain chains and raises the largest shortest path. Detaching the
+  block input also duplicates gradient: in a CSP stage of n blocks, the part-1 conv and
+  the n residual convs feeding the chain of adds all receive the same gradient from Tb
+  at the same round, one combination for n + 1 layers — 2 + 8 + 8 + 4 = 22 fewer
+  combinations than YOLO-CSP (96 against 118).
+- **Fusion variants at channel level.** YOLO-CSP computes both parts of a stage with
+  their own 1x1 convs, so no layer's output is split: every layer of every fusion variant
+  is one segment with a combination of its own, and the number of combinations drops with
+  the removed transitions only (118, 114, 114, 110).
 """
 
 COLUMNS = (
@@ -176,7 +204,8 @@ def measure(row: Row) -> dict[str, Any]:
     with torch.device("meta"):
         model = gpa.models.build(row.entry, **row.knobs)
     sizes = count(model)
-    net = gpa.analyze(model, input_shape=model.input_shape).network
+    built = time.perf_counter()
+    net = gpa.analyze(model, input_shape=model.input_shape, channels=True).network
     return {
         "gflops": sizes.total_flops / 1e9,
         "mparams": sizes.total_params / 1e6,
@@ -184,6 +213,8 @@ def measure(row: Row) -> dict[str, Any]:
         "max_shortest": net.max_shortest,
         "longest": net.longest,
         "mean_shortest": net.mean_shortest,
+        "combinations": net.gradient_combinations,
+        "build_seconds": built - start,
         "seconds": time.perf_counter() - start,
     }
 
@@ -205,7 +236,7 @@ def render(measured: list[tuple[Row, dict[str, Any]]]) -> str:
             str(m["max_shortest"]),
             str(m["longest"]),
             f"{m['mean_shortest']:.2f}",
-            "—",
+            str(m["combinations"]),
         )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + FOOTNOTES
@@ -220,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in ROWS:
         m = measure(row)
         total += m["seconds"]
-        print(f"{row.label:<28} built and analysed in {m['seconds']:5.2f} s", file=sys.stderr)
+        print(
+            f"{row.label:<28} built and counted in {m['build_seconds']:5.2f} s, "
+            f"analysed (channels) in {m['seconds'] - m['build_seconds']:5.2f} s",
+            file=sys.stderr,
+        )
         measured.append((row, m))
     print(f"{'all detectors':<28} {total:5.2f} s", file=sys.stderr)
     text = render(measured)

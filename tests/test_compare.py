@@ -152,3 +152,20 @@ def test_load_side_errors(tmp_path: Path) -> None:
     with pytest.raises(GpaError, match="cannot read"):
         load_side(str(tmp_path / "none.json"))
     assert run("missing.py", CHAIN).exit_code == 2
+
+
+def test_cli_compare_channels_adds_gradient_combinations(tmp_path: Path) -> None:
+    """At channel level each linear of the chain is one segment with its own combination:
+    layers.2 gets round 1 from the loss, layers.1 round 2 from layers.2, layers.0 round 3
+    from layers.1, so 3 distinct combinations (docs/semantics.md §8). Without --channels the
+    metric is not compared; a side saved without channels shows none."""
+    result = run(CHAIN, CHAIN, "--channels", "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["network"]["gradient_combinations"] == [3, 3]
+    result = run(CHAIN, CHAIN, "--format", "json")
+    assert "gradient_combinations" not in json.loads(result.stdout)["network"]
+    saved = tmp_path / "report.json"
+    saved.write_text(chain(3).to_json())
+    result = run(str(saved), CHAIN, "--channels")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-3].split() == ["gradient_combinations", "-", "3"]

@@ -30,6 +30,7 @@ import gpa
 import gpa.models
 from gpa.counts import count, count_flops
 from gpa.models.blocks import Residual
+from gpa.segments import combination
 
 G = 1e9
 
@@ -76,6 +77,18 @@ def _report(name: str, **knobs: object) -> gpa.Report:
         model = _meta(name, **knobs)
         _REPORTS[key] = gpa.analyze(model, input_shape=model.input_shape)
     return _REPORTS[key]
+
+
+_CHANNEL_REPORTS: dict[tuple, gpa.Report] = {}
+
+
+def _channel_report(name: str, **knobs: object) -> gpa.Report:
+    """gpa.analyze(..., channels=True) of a detector on the meta device, once per session."""
+    key = (name, tuple(sorted(knobs.items())))
+    if key not in _CHANNEL_REPORTS:
+        model = _meta(name, **knobs)
+        _CHANNEL_REPORTS[key] = gpa.analyze(model, input_shape=model.input_shape, channels=True)
+    return _CHANNEL_REPORTS[key]
 
 
 def _shortest(name: str, **knobs: object) -> dict[str, int]:
@@ -154,6 +167,111 @@ def test_prn_has_the_layers_flops_and_layer_paths_of_v3() -> None:
     assert {k: (r.shortest, r.longest) for k, r in a.layers.items()} == {
         k: (r.shortest, r.longest) for k, r in b.layers.items()
     }
+
+
+# Darknet-53 (paper Table 5's backbone of YOLO-v3/PRN): stage widths and residual blocks.
+DARKNET_STAGES = ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4))
+
+
+def _masked_block_inputs() -> dict[str, tuple[int, int]]:
+    """Producer of each masked block's input -> (that block's conv1, stage width C).
+
+    Block 0 of a stage takes the stage's stride-2 ``down`` conv; block j > 0 takes block
+    j - 1's ``conv2``. The last block's conv2 feeds the next stage (or the neck) whole.
+    """
+    found = {}
+    for s, (width, blocks) in enumerate(DARKNET_STAGES):
+        stage = f"backbone.stages.{s}"
+        for j in range(blocks):
+            producer = f"{stage}.down.conv" if j == 0 else f"{stage}.blocks.{j - 1}.conv2.conv"
+            found[producer] = (f"{stage}.blocks.{j}.conv1.conv", width)
+    return found
+
+
+def _width(model: nn.Module, layer: str) -> int:
+    return model.get_submodule(layer).out_channels
+
+
+def test_prn_has_more_gradient_combinations_than_v3() -> None:
+    """Channel level (docs/semantics.md §8), derived by hand.
+
+    YOLO-v3: every layer's output is consumed whole (a conv reads all its channels, a
+    concat keeps them as one block) and the only adds are residual ones, where the block
+    input also feeds the block's conv1: no two layers get the same gradient. So one segment
+    per layer and one combination per layer: 78.
+
+    YOLO-PRN: a masked block computes ``y = F(x) + x[:, :C/2]`` (concatenated with
+    ``F(x)[:, C/2:]``). The first half of the block input ``x`` sends gradient to conv1
+    (its input channels [0, C/2)) and through the identity onward to the later blocks; the
+    second half to conv1 only (input channels [C/2, C)), arriving later (shortest: conv1's
+    plus one). So the layer producing each masked block's input gets two segments with
+    different sources, where YOLO-v3's has one: 23 blocks, 78 + 23 = 101 combinations.
+    """
+    v3, prn = _channel_report("yolo_v3"), _channel_report("yolo_prn")
+    model = _meta("yolo_v3")
+    for layer, record in v3.layers.items():
+        assert [(g.start, g.stop) for g in record.segments] == [(0, _width(model, layer))]
+    assert v3.network.gradient_combinations == 78
+
+    masked = _masked_block_inputs()
+    assert len(masked) == 23
+    for layer, record in prn.layers.items():
+        width = _width(model, layer)
+        cuts = [(g.start, g.stop) for g in record.segments]
+        if layer not in masked:
+            assert cuts == [(0, width)], layer
+            continue
+        conv1, c = masked[layer]
+        assert width == c and cuts == [(0, c // 2), (c // 2, c)], layer
+        kept, dropped = record.segments
+        assert [(x.sender, x.channels) for x in dropped.sources] == [(conv1, (c // 2, c))]
+        senders = [(x.sender, x.channels) for x in kept.sources]
+        assert senders[0] == (conv1, (0, c // 2)) and len(senders) >= 2, layer
+        assert dropped.paths.shortest == prn.layers[conv1].shortest + 1
+        assert record.gradient_combinations == 2
+    assert prn.network.gradient_combinations == 78 + 23
+
+
+# One segment per layer and a combination of its own, for the reasons given for YOLO-v3
+# above: YOLO-CSP computes both parts of a stage with their own 1x1 convs (no layer's
+# output is split), ELAN's taps and the "MP" branches are concatenated whole, and every
+# residual add's input also feeds the block's conv1. The fusion variants (Fig. 5) thus
+# change the combinations at channel level only through the transitions they remove:
+# 118 layers, 4 Tb removed ("first"), 4 T ("last"), both ("none").
+DISTINCT = [
+    ("yolo_csp", {}, 118),
+    ("yolo_csp", {"fusion": "first"}, 114),
+    ("yolo_csp", {"fusion": "last"}, 114),
+    ("yolo_csp", {"fusion": "none"}, 110),
+    ("yolo_csp_stopgrad", {"where": "identity"}, 118),
+    ("yolo_elan", {}, 95),
+    ("yolo_elan_af", {}, 119),
+]
+
+
+@pytest.mark.parametrize(("name", "knobs", "layers"), DISTINCT, ids=map(_id, DISTINCT))
+def test_one_combination_per_layer(name: str, knobs: dict, layers: int) -> None:
+    rep = _channel_report(name, **knobs)
+    assert rep.network.layers == layers
+    assert all(len(r.segments) == 1 for r in rep.layers.values())
+    assert rep.network.gradient_combinations == layers
+
+
+def test_stopgrad_block_duplicates_gradient_combinations() -> None:
+    """``y = x + F(x.detach())`` (Fig. 9): in a CSP stage of n blocks the part-1 conv and
+    the n residual conv2s reach Tb only through the chain of adds (their conv1 routes are
+    detached), so all n + 1 receive Tb's gradient at the same round: one combination
+    instead of n + 1. YOLO-CSP's 118 lose 2 + 8 + 8 + 4 = 22: 96."""
+    rep = _channel_report("yolo_csp_stopgrad", where="block")
+    for i, n in CSP_BLOCKS.items():
+        stg = f"backbone.stages.{i}"
+        chain = [f"{stg}.part1.conv"] + [f"{stg}.blocks.{j}.conv2.conv" for j in range(n)]
+        tb = f"{stg}.partial_transition.conv"
+        for layer in chain:
+            (segment,) = rep.layers[layer].segments
+            assert {x.sender for x in segment.sources} == {tb}, layer
+        assert len({combination(rep.layers[k].segments[0]) for k in chain}) == 1
+    assert rep.network.gradient_combinations == 118 - 22
 
 
 # --- network-level numbers, derived by hand -------------------------------------------------
