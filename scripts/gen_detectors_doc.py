@@ -96,9 +96,9 @@ included, takes seconds.
   (BN, activations, pooling and adds not counted), parameters include BN and biases
   (`gpa.counts.count`, torch convention). Paper figures in the *paper* columns.
 - **Paths** (`gpa.analyze(model, input_shape=model.input_shape, channels=True)`, train
-  mode, meta device): `layers` = weight layers; `max shortest` = the longest shortest gradient path
-  over all layers (ELAN's criterion); `longest` = the longest gradient path; `mean
-  shortest` = the mean of the layers' shortest paths. A layer feeding the loss has length 1
+  mode, meta device): `layers` = weight layers; `max shortest` = the longest shortest
+  gradient path over all layers (ELAN's criterion); `longest` = the longest gradient path;
+  `mean shortest` = the mean of the layers' shortest paths. A layer feeding the loss has length 1
   (`docs/semantics.md`); the head's output convs and the mask-prototype branch feed the
   loss.
 - **Gradient combinations** (`docs/semantics.md` §8): the layers' output channels are cut
@@ -115,6 +115,9 @@ gradient combinations; `-k` knobs apply to both sides):
 $ gpa compare gpa.models:yolo_v3 gpa.models:yolo_prn --channels
 $ gpa compare gpa.models:yolo_csp gpa.models:yolo_elan --channels
 ```
+
+`notebooks/06_paper_detectors.ipynb` draws their path profiles side by side
+(`gpa.plot.profile`).
 """
 
 FOOTNOTES = """\

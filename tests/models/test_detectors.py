@@ -22,6 +22,10 @@ So the backbone stages' transitions T3, T4, T5 have shortest 7, 10 and 8.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -257,23 +261,6 @@ def test_one_combination_per_layer(name: str, knobs: dict, layers: int) -> None:
     assert rep.network.gradient_combinations == layers
 
 
-def test_stopgrad_block_duplicates_gradient_combinations() -> None:
-    """``y = x + F(x.detach())`` (Fig. 9): in a CSP stage of n blocks the part-1 conv and
-    the n residual conv2s reach Tb only through the chain of adds (their conv1 routes are
-    detached), so all n + 1 receive Tb's gradient at the same round: one combination
-    instead of n + 1. YOLO-CSP's 118 lose 2 + 8 + 8 + 4 = 22: 96."""
-    rep = _channel_report("yolo_csp_stopgrad", where="block")
-    for i, n in CSP_BLOCKS.items():
-        stg = f"backbone.stages.{i}"
-        chain = [f"{stg}.part1.conv"] + [f"{stg}.blocks.{j}.conv2.conv" for j in range(n)]
-        tb = f"{stg}.partial_transition.conv"
-        for layer in chain:
-            (segment,) = rep.layers[layer].segments
-            assert {x.sender for x in segment.sources} == {tb}, layer
-        assert len({combination(rep.layers[k].segments[0]) for k in chain}) == 1
-    assert rep.network.gradient_combinations == 118 - 22
-
-
 # --- network-level numbers, derived by hand -------------------------------------------------
 
 
@@ -429,3 +416,33 @@ def test_stopgrad_leaves_the_forward_pass_alone() -> None:
     for where in ("block", "identity"):
         model = _meta("yolo_csp_stopgrad", where=where)
         assert count_flops(model, input_shape=(1, 3, 640, 640)) == plain
+
+
+def test_stopgrad_block_duplicates_gradient_combinations() -> None:
+    """``y = x + F(x.detach())`` (Fig. 9): in a CSP stage of n blocks the part-1 conv and
+    the n residual conv2s reach Tb only through the chain of adds (their conv1 routes are
+    detached), so all n + 1 receive Tb's gradient at the same round: one combination
+    instead of n + 1. YOLO-CSP's 118 lose 2 + 8 + 8 + 4 = 22: 96."""
+    rep = _channel_report("yolo_csp_stopgrad", where="block")
+    for i, n in CSP_BLOCKS.items():
+        stg = f"backbone.stages.{i}"
+        chain = [f"{stg}.part1.conv"] + [f"{stg}.blocks.{j}.conv2.conv" for j in range(n)]
+        tb = f"{stg}.partial_transition.conv"
+        for layer in chain:
+            (segment,) = rep.layers[layer].segments
+            assert {x.sender for x in segment.sources} == {tb}, layer
+        assert len({combination(rep.layers[k].segments[0]) for k in chain}) == 1
+    assert rep.network.gradient_combinations == 118 - 22
+
+
+# --- docs/detectors.md ----------------------------------------------------------------------
+
+
+def test_detectors_doc_is_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/detectors.md is what scripts/gen_detectors_doc.py generates now."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gen_detectors_doc.py"
+    spec = importlib.util.spec_from_file_location("gen_detectors_doc", path)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # its dataclasses look it up
+    spec.loader.exec_module(script)
+    assert script.main(["--check"]) == 0, "docs/detectors.md is stale: run " + path.name
