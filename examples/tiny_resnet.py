@@ -1,6 +1,6 @@
 """A small ResNet for the README: a stem conv, three basic blocks, global pooling, a linear.
 
-    gpa analyze examples/tiny_resnet.py
+gpa analyze examples/tiny_resnet.py
 """
 
 import torch
