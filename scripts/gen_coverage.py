@@ -41,9 +41,10 @@ def _row(outcome: Outcome) -> tuple[str, str]:
         notes.append(f"autograd: {outcome.autograd_error}")
     if outcome.agree is False:
         notes.append(KNOWN_DIFFERENCES.get(e.spec, "tracers disagree: not yet explained"))
-        net = outcome.autograd.network
+        net = outcome.fx.network
+        shown = "autograd's" if outcome.auto is outcome.autograd else "fx's"
         notes.append(
-            f"the columns show fx's (`auto`) figures; autograd: {len(outcome.autograd.layers)} "
+            f"the columns show {shown} (`auto`) figures; fx alone: {len(outcome.fx.layers)} "
             f"layers, max_shortest {net.max_shortest}, longest {net.longest}"
         )
     if outcome.built_on != "meta":

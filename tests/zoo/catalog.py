@@ -172,8 +172,10 @@ class Outcome:
 
     @property
     def auto(self) -> Any:
-        """What ``tracer="auto"`` reports: fx's analysis, else autograd's."""
-        return self.fx if self.fx is not None else self.autograd
+        """What ``tracer="auto"`` reports: fx's analysis, else autograd's (when fx fails,
+        or cannot look into a function that reads parameters, which its notes report)."""
+        opaque = self.fx is not None and any("torch.fx.wrap" in n for n in self.fx.notes)
+        return self.fx if self.fx is not None and not opaque else self.autograd
 
 
 def per_layer(report: Any) -> list[tuple]:
