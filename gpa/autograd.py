@@ -49,7 +49,7 @@ from gpa.graph import (
     input_shapes,
     select_paths,
 )
-from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, _owner
+from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, _owner, unused_layer_modules
 from gpa.trace import LeafSpec, _split_leaves, _user_frame
 
 __all__ = ["autograd_gradient_graph", "fx_leaf"]
@@ -540,14 +540,4 @@ def _uncalled(
 ) -> list[tuple[str, str]]:
     """Layer modules never called (outside another call) and whose parameters are never read."""
     used = {c.name for c in calls} | {p.rpartition(".")[0] for p in used_parameters}
-    modules = dict(model.named_modules())
-    found = []
-    for name, module in modules.items():
-        if not name or name in used or not isinstance(module, types):
-            continue
-        parts = name.split(".")
-        ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
-        if any(a in used or isinstance(modules[a], types) for a in ancestors):
-            continue
-        found.append((name, type(module).__name__))
-    return found
+    return unused_layer_modules(model, used, types)

@@ -155,6 +155,15 @@ _MODEL_OPTIONS = [
 ]
 
 
+count_convention_option = click.option(
+    "--count-convention",
+    type=click.Choice(["torch", "darknet"]),
+    default="torch",
+    show_default=True,
+    help="Parameters counted: all (torch) or conv/linear weights only (darknet, Table 2).",
+)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(
     __version__, "-V", "--version", prog_name="gpa", message="%(prog)s %(version)s"
@@ -171,13 +180,7 @@ def main() -> None:
 @main.command()
 @click.argument("target")
 @model_options
-@click.option(
-    "--count-convention",
-    type=click.Choice(["torch", "darknet"]),
-    default="torch",
-    show_default=True,
-    help="Parameters counted: all (torch) or conv/linear weights only (darknet, Table 2).",
-)
+@count_convention_option
 @click.option(
     "--format",
     "fmt",
@@ -520,13 +523,7 @@ def zoo(fmt: str) -> None:
     callback=_kv_option,
     help="Another knob held fixed (repeatable; values are Python literals).",
 )
-@click.option(
-    "--count-convention",
-    type=click.Choice(["torch", "darknet"]),
-    default="torch",
-    show_default=True,
-    help="How parameters are counted.",
-)
+@count_convention_option
 @click.option(
     "--format",
     "fmt",

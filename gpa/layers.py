@@ -232,9 +232,20 @@ def uncalled_layers(
     output projection of ``nn.MultiheadAttention``) are part of that call, not
     separate layers; a module whose parameters a functional layer reads is used.
     """
-    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     used = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     used |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
+    return unused_layer_modules(model, used, layer_types)
+
+
+def unused_layer_modules(
+    model: nn.Module, used: set[str], layer_types: Iterable[type[nn.Module]] | None = None
+) -> list[tuple[str, str]]:
+    """Layer modules of ``model`` that are not in ``used`` nor inside a used or layer module.
+
+    ``used`` holds the qualified names of the modules a tracer saw called, or whose
+    parameters it saw read. Returns (name, type) in module order.
+    """
+    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     modules = dict(model.named_modules())
     found = []
     for name, module in modules.items():

@@ -15,8 +15,6 @@ from torch import nn
 import gpa
 import gpa.models
 
-pytestmark = pytest.mark.skipif(not hasattr(gpa, "analyze"), reason="gpa.analyze not available")
-
 Table = dict[str, tuple[int, int]]
 
 
