@@ -92,6 +92,7 @@ def analyze(
     """
     _refuse_lazy(model)
     _refuse_cycles(model)
+    outputs = _check_arguments(example_inputs, outputs, layer_types, leaf_modules)
     check_convention(count_convention)
     step = progress or (lambda phase: None)
     step("tracing and propagating shapes")
@@ -116,12 +117,18 @@ def analyze(
             f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
             f"(layer types: {types}; add more with layer_types= / --layer-type)"
         )
+    notes = list(graph.notes)
+    if not any(grad for _, _, grad in graph.ops.in_edges(LOSS, data="grad")):
+        notes.append(
+            "the model returns no tensor that gradient can flow back from (none, or only "
+            "detached or integer values): every layer is unreachable"
+        )
     report = Report(
         model=name or type(model).__name__,
         inputs=_describe_inputs(graph.inputs),
         layers=records,
         network=NetworkSummary.of(records),
-        notes=list(graph.notes),
+        notes=notes,
     )
     step("parameters and FLOPs")
     return count_report(report, model, graph, count_convention)
@@ -297,6 +304,42 @@ def _refuse_cycles(model: nn.Module) -> None:
                     "plain list or with object.__setattr__)"
                 )
             stack.append((path, child, (*ancestors, id(child))))
+
+
+def _check_arguments(
+    example_inputs: Any, outputs: Any, layer_types: Any, leaf_modules: Any
+) -> Iterable[OutputKey] | None:
+    """Refuse wrongly typed arguments with a clear message; a single output key is a list of one."""
+    if example_inputs is not None and not isinstance(example_inputs, (torch.Tensor, tuple, list)):
+        raise GpaError(
+            "example_inputs must be a tensor or a tuple of forward's arguments, "
+            f"got {type(example_inputs).__name__}"
+        )
+    if isinstance(outputs, (int, str)):
+        outputs = [outputs]
+    elif outputs is not None and (
+        isinstance(outputs, torch.Tensor) or not isinstance(outputs, Iterable)
+    ):
+        raise GpaError(f"outputs must be indices or keys, got {type(outputs).__name__}")
+    for name, value, allowed in (
+        ("layer_types", layer_types, "nn.Module classes"),
+        ("leaf_modules", leaf_modules, "nn.Module classes or qualified module names"),
+    ):
+        entries = (
+            None
+            if value is None
+            or isinstance(value, (str, type, torch.Tensor))
+            or not isinstance(value, Iterable)
+            else list(value)
+        )
+        fits = entries is not None and all(
+            (isinstance(e, type) and issubclass(e, nn.Module))
+            or (isinstance(e, str) and name == "leaf_modules")
+            for e in entries
+        )
+        if value is not None and not fits:
+            raise GpaError(f"{name} must be a list of {allowed}, got {value!r}")
+    return outputs
 
 
 def _refuse_lazy(model: nn.Module) -> None:

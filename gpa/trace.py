@@ -102,13 +102,13 @@ def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
 
 def _split_leaves(leaf_modules: LeafSpec | None) -> tuple[tuple[type, ...], frozenset[str]]:
     types, names = [], []
-    for leaf in leaf_modules or ():
+    for leaf in () if leaf_modules is None else leaf_modules:
         if isinstance(leaf, str):
             names.append(leaf)
         elif isinstance(leaf, type) and issubclass(leaf, nn.Module):
             types.append(leaf)
         else:
-            raise TypeError(
+            raise TraceError(
                 f"leaf_modules entries must be nn.Module classes or names, got {leaf!r}"
             )
     return tuple(types), frozenset(names)

@@ -1,0 +1,59 @@
+"""Wrongly typed library arguments and models whose outputs carry no gradient: clear answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gpa
+from gpa.errors import GpaError
+
+NET = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"example_inputs": 0}, "example_inputs must be a tensor"),
+        ({"input_shape": (1, 4), "outputs": torch.zeros(1)}, "outputs must be indices or keys"),
+        ({"input_shape": (1, 4), "leaf_modules": torch.zeros(2)}, "leaf_modules must be a list"),
+        ({"input_shape": (1, 4), "layer_types": [3]}, "layer_types must be a list"),
+        ({"input_shape": (1, 4), "leaf_modules": [3]}, "leaf_modules must be a list"),
+    ],
+)
+def test_wrong_argument_types_are_gpa_errors(options: dict, message: str) -> None:
+    with pytest.raises(GpaError, match=message):
+        gpa.analyze(NET, **options)
+
+
+def test_a_single_output_key_selects_that_output() -> None:
+    class Two(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.a(x), self.b(x)
+
+    # outputs=1 is outputs=[1]: only b feeds the loss; a is unreachable
+    report = gpa.analyze(Two(), input_shape=(1, 4), outputs=1)
+    assert report.network.unreachable == ("a",)
+    assert report.layers["b"].shortest == 1
+
+
+class Detached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.a(x).detach()
+
+
+def test_no_gradient_carrying_output_is_said_in_a_note() -> None:
+    report = gpa.analyze(Detached(), input_shape=(1, 4))
+    assert report.network.unreachable == ("a",)
+    assert any("returns no tensor that gradient can flow back from" in n for n in report.notes)
+    # a model with a gradient-carrying output gets no such note
+    assert not any("returns no tensor" in n for n in gpa.analyze(NET, input_shape=(1, 4)).notes)
