@@ -22,13 +22,13 @@ from torch import nn
 
 import gpa
 from gpa import api
-from gpa.flow import flow_from_values
-from gpa.graph import GradientGraph, op_graph
-from gpa.layers import find_layers, uncalled_layers
+from gpa.core.graph import GradientGraph, op_graph
+from gpa.core.report import NetworkSummary
+from gpa.frontends.fx.flow import flow_from_values
+from gpa.frontends.fx.layers import find_layers, uncalled_layers
+from gpa.frontends.fx.tracer import trace
 from gpa.models import build
 from gpa.models.darknet import ResStageCfg, _darknet_resnet
-from gpa.report import NetworkSummary
-from gpa.trace import trace
 
 RESNET152 = (
     ResStageCfg(3, 64, 256, 1),

@@ -18,7 +18,7 @@ import torch
 import gpa
 import gpa.models
 from gpa.api import gradient_graph
-from gpa.counts import count, count_report
+from gpa.frontends.counts import count, count_report
 
 DEEP = [("plainnet", {"depth": 2000, "width": 8}), ("resnet", {"blocks": 1000, "width": 8})]
 SHAPE = (1, 3, 16, 16)

@@ -90,8 +90,8 @@ def build(name: str, device: str = "meta") -> tuple[nn.Module, tuple[int, ...]]:
 def measure(name: str) -> dict:
     """Run in a subprocess: time the phases of one analysis and its peak memory."""
     import gpa
-    from gpa.flow import flow_from_values
-    from gpa.trace import trace
+    from gpa.frontends.fx.flow import flow_from_values
+    from gpa.frontends.fx.tracer import trace
 
     model, shape = build(name)
     gpa.analyze(model, input_shape=shape)  # pays the process's one-off meta-kernel warm-up

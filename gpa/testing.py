@@ -13,17 +13,15 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from gpa.api import Shape, analyze
-from gpa.graph import OutputKey
-from gpa.report import Report
-from gpa.rules import LayerLimit, Rules, evaluate
-from gpa.trace import LeafSpec
+from gpa.api import analyze
+from gpa.ci.rules import LayerLimit, Rules, evaluate
+from gpa.core.report import Report
 
 __all__ = ["assert_gradient_paths"]
 
@@ -32,23 +30,21 @@ def assert_gradient_paths(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[Any] | None = None,
     *,
-    input_shape: Shape | Sequence[Shape] | None = None,
     max_shortest: int | None = None,
     max_longest: int | None = None,
     no_unreachable: bool = False,
     max_mean_shortest: float | None = None,
     layers: Mapping[str, Mapping[str, int]] | None = None,
-    outputs: Iterable[OutputKey] | None = None,
-    layer_types: Iterable[type[nn.Module]] | None = None,
-    leaf_modules: LeafSpec | None = None,
-    train: bool = True,
+    **options: Any,
 ) -> Report:
     """Analyse ``model`` and raise ``AssertionError`` listing every rule it breaks.
 
-    The rules are those of ``gpa check`` (see :class:`gpa.rules.Rules`); ``layers`` maps
-    a glob pattern of layer names to ``{"max_shortest": n, "max_longest": m}``. The
-    remaining arguments are those of :func:`gpa.analyze`. Errors in the model itself
-    (it cannot be traced, the inputs do not fit) propagate as :class:`gpa.errors.GpaError`.
+    The rules are those of ``gpa check`` (see :class:`gpa.ci.rules.Rules`); ``layers`` maps
+    a glob pattern of layer names to ``{"max_shortest": n, "max_longest": m}``. Every other
+    keyword is an option of :func:`gpa.analyze` (``input_shape``, ``outputs``,
+    ``layer_types``, ``leaf_modules``, ``train``, ``tracer``, ``channels``,
+    ``count_convention``, ``name``). Errors in the model itself (it cannot be traced, the
+    inputs do not fit) propagate as :class:`gpa.errors.GpaError`.
 
     Returns:
         The report, for further assertions.
@@ -60,15 +56,7 @@ def assert_gradient_paths(
         max_mean_shortest=max_mean_shortest,
         layers=tuple(LayerLimit(p, **dict(limits)) for p, limits in (layers or {}).items()),
     )
-    report = analyze(
-        model,
-        example_inputs,
-        input_shape=input_shape,
-        outputs=outputs,
-        layer_types=layer_types,
-        leaf_modules=leaf_modules,
-        train=train,
-    )
+    report = analyze(model, example_inputs, **options)
     failed = [r for r in evaluate(report, rules) if not r.passed]
     if failed:
         word = "rule" if len(failed) == 1 else "rules"

@@ -28,7 +28,7 @@ import torch
 
 import gpa
 import gpa.models
-from gpa.counts import count
+from gpa.frontends.counts import count
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "detectors.md"
 

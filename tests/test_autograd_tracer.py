@@ -264,7 +264,9 @@ def test_cli_tracer_option(tmp_path: Path) -> None:
         )
     )
     fails = subprocess.run(
-        [sys.executable, "-m", "gpa", "analyze", str(source)], capture_output=True, text=True
+        [sys.executable, "-m", "gpa", "analyze", str(source), "--tracer", "fx"],
+        capture_output=True,
+        text=True,
     )
     assert fails.returncode == 2
     assert "--tracer auto" in fails.stderr

@@ -20,8 +20,8 @@ from torch import nn
 
 import gpa
 import gpa.models
+from gpa.core.serialize import source_dict
 from gpa.errors import GpaError
-from gpa.report import source_dict
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -24,13 +24,13 @@ from click.testing import CliRunner, Result
 
 import gpa
 import gpa.models
-from gpa.baseline import Snapshot, dump_baseline, read_baseline, regressions
-from gpa.check import CheckRun, ModelCheck, check_models, plan_models
-from gpa.check_format import format_github, format_junit, format_text
+from gpa.ci.baseline import Snapshot, dump_baseline, read_baseline, regressions
+from gpa.ci.check import CheckRun, ModelCheck, check_models, plan_models
+from gpa.ci.config import ModelSettings, ModelSpec, find_config, load_config, parse_config
+from gpa.ci.formats import format_github, format_junit, format_text
+from gpa.ci.rules import LayerLimit, RuleResult, Rules, evaluate
 from gpa.cli import main
-from gpa.config import ModelOptions, ModelSpec, find_config, load_config, parse_config
 from gpa.errors import GpaError
-from gpa.rules import LayerLimit, RuleResult, Rules, evaluate
 
 DATA = Path(__file__).parent / "data" / "check"
 PROJECT = DATA / "project"
@@ -198,7 +198,7 @@ def test_exit_2_for_a_missing_file() -> None:
 
 
 def test_exit_2_for_an_untraceable_model_never_a_pass() -> None:
-    result = run("untraceable.py", "gpa.models:resnet", "--max-shortest", "3")
+    result = run("untraceable.py", "gpa.models:resnet", "--max-shortest", "3", "--tracer", "fx")
     assert result.exit_code == 2
     lines = result.stdout.splitlines()
     assert lines[0].startswith("ERROR untraceable.py: torch.fx cannot trace Branchy")
@@ -209,7 +209,7 @@ def test_exit_2_for_an_untraceable_model_never_a_pass() -> None:
 
 
 def test_exit_2_for_errors_even_when_rules_also_fail() -> None:
-    result = run("untraceable.py", "gpa.models:resnet", "--max-shortest", "2")
+    result = run("untraceable.py", "gpa.models:resnet", "--max-shortest", "2", "--tracer", "fx")
     assert result.exit_code == 2
 
 
@@ -307,15 +307,15 @@ def test_parse_config_precedence() -> None:
         }
     )
     a, b = config.models["a"], config.models["b"]
-    assert a.options.rules.max_shortest == 3
-    assert dict(a.options.kwargs) == {"width": 8, "depth": 2}
-    assert b.options.rules.max_shortest == 5
-    assert b.options.rules.layers == (LayerLimit("fc", None, 2),)
+    assert a.settings.rules.max_shortest == 3
+    assert dict(a.settings.kwargs) == {"width": 8, "depth": 2}
+    assert b.settings.rules.max_shortest == 5
+    assert b.settings.rules.layers == (LayerLimit("fc", None, 2),)
     assert b.target == "pkg.mod:f"
-    override = ModelOptions(kwargs={"depth": 4}, rules=Rules(max_shortest=9))
+    override = ModelSettings(kwargs={"depth": 4}, rules=Rules(max_shortest=9))
     (planned,) = plan_models(["a"], config, override)
-    assert planned.options.rules.max_shortest == 9
-    assert dict(planned.options.kwargs) == {"width": 8, "depth": 4}
+    assert planned.settings.rules.max_shortest == 9
+    assert dict(planned.settings.kwargs) == {"width": 8, "depth": 4}
 
 
 def test_relative_targets_and_baseline_are_relative_to_the_config(tmp_path: Path) -> None:
@@ -360,7 +360,7 @@ def test_find_config_searches_upward_for_a_tool_gpa_table() -> None:
         ),
         (
             '[tool.gpa.models.m]\ntarget = "a.py"\ninput_shape = [1, 0]\n',
-            "tool.gpa.models.m.input_shape: sizes must be positive",
+            "tool.gpa.models.m.input_shape: input_shape must be a shape of positive sizes",
         ),
         ("[tool.gpa\n", "is not valid TOML"),
     ],
@@ -543,11 +543,11 @@ def test_config_baseline_key_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def mixed_run() -> CheckRun:
     """resnet passing max-shortest 3, plainnet depth 2 failing it, a missing file."""
     specs = [
-        ModelSpec("resnet", "gpa.models:resnet", ModelOptions(rules=Rules(max_shortest=3))),
+        ModelSpec("resnet", "gpa.models:resnet", ModelSettings(rules=Rules(max_shortest=3))),
         ModelSpec(
             "plain",
             "gpa.models:plainnet",
-            ModelOptions(kwargs={"depth": 2}, rules=Rules(max_shortest=3, no_unreachable=True)),
+            ModelSettings(kwargs={"depth": 2}, rules=Rules(max_shortest=3, no_unreachable=True)),
         ),
         ModelSpec("gone", "missing.py"),
     ]

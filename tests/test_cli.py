@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 
 import gpa
 from gpa.cli import main
-from gpa.format import format_count, format_sources, format_timestamps
+from gpa.render.text import format_count, format_sources, format_timestamps
 
 DATA = Path(__file__).parent / "data"
 
@@ -66,12 +66,20 @@ def test_version_and_help() -> None:
     assert result.exit_code == 0
     for option in ("-k KEY=VALUE", "--input-shape", "--outputs", "--layer-type", "--leaf"):
         assert option in result.stdout
-    assert "[table|json|csv]" in result.stdout
+    assert "[text|json|csv]" in result.stdout
 
 
 def test_json_report_of_a_three_conv_chain() -> None:
     report = analyze_json("chain3.py")
-    assert list(report) == ["gpa_version", "model", "inputs", "network", "layers", "notes"]
+    assert list(report) == [
+        "gpa_version",
+        "model",
+        "tracer",
+        "inputs",
+        "network",
+        "layers",
+        "notes",
+    ]
     assert report["gpa_version"] == gpa.__version__
     assert report["model"] == "chain3.py:build_model"
     assert report["inputs"] == [{"shape": [1, 3, 8, 8], "dtype": "float32"}]
@@ -183,7 +191,7 @@ def test_csv_format() -> None:
 
 
 def test_output_file(tmp_path: Path) -> None:
-    for fmt in ("table", "json", "csv"):
+    for fmt in ("text", "json", "csv"):
         target = tmp_path / f"report.{fmt}"
         result = run("analyze", "chain3.py", "--format", fmt, "-o", str(target))
         assert result.exit_code == 0
@@ -427,7 +435,7 @@ def test_error_unimportable_module() -> None:
 
 
 def test_error_model_fx_cannot_trace() -> None:
-    message = fails_with("untraceable.py")
+    message = fails_with("untraceable.py", "--tracer", "fx")
     assert "cannot trace" in message
     assert "control flow" in message
     # points at the model's own source file and line
@@ -452,7 +460,7 @@ def test_internal_error_exits_1_with_traceback(monkeypatch: pytest.MonkeyPatch) 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(gpa.api, "analyze", broken)
+    monkeypatch.setattr(gpa.api, "analyze_target", broken)
     result = run("analyze", "chain3.py")
     assert result.exit_code == 1
     assert result.stderr.startswith("internal error: gpa ")

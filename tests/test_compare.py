@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 import gpa
 from gpa.api import analyze_target
-from gpa.baseline import Snapshot, dump_baseline
+from gpa.ci.baseline import Snapshot, dump_baseline
 from gpa.cli import main
 from gpa.compare import compare, format_comparison, load_side
 from gpa.errors import GpaError

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import gpa
-from gpa.html_report import report_html
+from gpa.render.html import report_html
 
 
 class Block(nn.Module):

@@ -12,18 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from gpa.cli.options import ParseError, parse_kv, parse_shape
 from gpa.errors import GpaError, TargetError
-from gpa.load import (
-    DEFAULT_NAMES,
-    ParseError,
-    load_target,
-    parse_kv,
-    parse_outputs,
-    parse_shape,
-    resolve_layer_types,
-    resolve_leaf_modules,
-    resolve_module_class,
-)
+from gpa.frontends.modules import resolve_layer_types, resolve_leaf_modules, resolve_module_class
+from gpa.target import DEFAULT_NAMES, load_target
 
 DATA = Path(__file__).parent / "data"
 
@@ -111,14 +103,6 @@ def test_parse_kv_reads_literals_else_strings(text: str, expected: tuple) -> Non
 def test_parse_kv_rejects_bad_text(text: str, fragment: str) -> None:
     with pytest.raises(ParseError, match=fragment):
         parse_kv(text)
-
-
-def test_parse_outputs_splits_indices_and_keys() -> None:
-    assert parse_outputs([]) is None
-    assert parse_outputs(["0", "-1", "logits", "1.aux", "+2"]) == [0, -1, "logits", "1.aux", 2]
-
-
-# ------------------------------------------------------- finding the model
 
 
 def test_default_name_is_first_of_model_build_get_create(tmp_path: Path) -> None:
@@ -449,15 +433,15 @@ def test_sibling_packages_are_forgotten_but_earlier_imports_are_kept(tmp_path: P
     write(
         tmp_path / "net.py",
         """
-        import gpa.format
+        import gpa.render.text
         from gpa_fixture_pkg.layers import make
         model = make
         """,
     )
-    format_module = sys.modules["gpa.format"]
+    format_module = sys.modules["gpa.render.text"]
     assert isinstance(load_target(str(tmp_path / "net.py")).model, nn.Linear)
     assert not [m for m in sys.modules if m.startswith("gpa_fixture_pkg")]
-    assert sys.modules["gpa.format"] is format_module  # gpa was imported before: untouched
+    assert sys.modules["gpa.render.text"] is format_module  # gpa was imported before: untouched
 
 
 def test_dataclasses_work_in_target_files(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ NET = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     ("options", "message"),
     [
         ({"example_inputs": 0}, "example_inputs must be a tensor"),
-        ({"input_shape": (1, 4), "outputs": torch.zeros(1)}, "outputs must be indices or keys"),
+        ({"input_shape": (1, 4), "outputs": torch.zeros(1)}, "outputs must be an index or key"),
         ({"input_shape": (1, 4), "leaf_modules": torch.zeros(2)}, "leaf_modules must be a list"),
         ({"input_shape": (1, 4), "layer_types": [3]}, "layer_types must be a list"),
         ({"input_shape": (1, 4), "leaf_modules": [3]}, "leaf_modules must be a list"),

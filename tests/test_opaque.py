@@ -31,7 +31,7 @@ class Wrapped(nn.Module):
 
 
 def test_fx_reports_the_opaque_call_instead_of_a_silent_answer() -> None:
-    report = gpa.analyze(Wrapped(), input_shape=(1, 4))
+    report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="fx")
     assert any("'attend'" in n and "qkv" in n and "autograd" in n for n in report.notes)
 
 

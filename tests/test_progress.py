@@ -25,9 +25,9 @@ def test_phases_are_reported_in_order() -> None:
     )
     assert seen == [
         "tracing and propagating shapes",
-        "gradient paths",
         "channel segments",
         "parameters and FLOPs",
+        "gradient paths",
     ]
 
 

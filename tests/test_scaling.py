@@ -8,7 +8,7 @@ import pytest
 
 import gpa
 from gpa.errors import GpaError
-from gpa.scaling import fit_growth
+from gpa.growth import fit_growth
 
 NS = [4, 8, 16, 32, 64]
 

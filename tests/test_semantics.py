@@ -1291,7 +1291,7 @@ def test_two_inputs(by_shape):
 # ======================================================================================
 # 16. Report serialisation
 
-TOP_KEYS = {"gpa_version", "model", "inputs", "network", "layers", "notes"}
+TOP_KEYS = {"gpa_version", "model", "tracer", "inputs", "network", "layers", "notes"}
 NETWORK_KEYS = {
     "layers",
     "max_shortest",

@@ -93,4 +93,4 @@ def test_model_errors_are_not_assertion_errors() -> None:
             return self.fc(x) if x.sum() > 0 else x
 
     with pytest.raises(GpaError):
-        assert_gradient_paths(Branchy(), input_shape=(1, 4), max_shortest=1)
+        assert_gradient_paths(Branchy(), input_shape=(1, 4), max_shortest=1, tracer="fx")

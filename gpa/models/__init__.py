@@ -18,20 +18,20 @@ Example:
 
 Note: the package attribute ``gpa.models.resnet`` (and so on) is the *factory*, not the
 family module of the same name; import from a family module with
-``from gpa.models.resnet import residual_net``.
+``from gpa.models.residual import residual_net``.
 """
 
 from gpa.models.registry import ModelInfo, ZooError, build, describe, entries, names, register
 
 # Factories, bound after their modules are loaded, so the names refer to the functions.
-from gpa.models.plainnet import plainnet  # isort: skip
-from gpa.models.resnet import resnet, resnet_stopgrad  # isort: skip
-from gpa.models.prn import prn  # isort: skip
-from gpa.models.densenet import densenet  # isort: skip
-from gpa.models.sparsenet import sparsenet  # isort: skip
-from gpa.models.csp import csp  # isort: skip
-from gpa.models.vovnet import vovnet, vovnet99, vovnet99_elan, vovnet99_elan_csp  # isort: skip
-from gpa.models.elan import elan, elan_h  # isort: skip
+from gpa.models.plain import plainnet  # isort: skip
+from gpa.models.residual import resnet, resnet_stopgrad  # isort: skip
+from gpa.models.partial_residual import prn  # isort: skip
+from gpa.models.dense import densenet  # isort: skip
+from gpa.models.sparse import sparsenet  # isort: skip
+from gpa.models.cross_stage import csp  # isort: skip
+from gpa.models.one_shot import vovnet, vovnet99, vovnet99_elan, vovnet99_elan_csp  # isort: skip
+from gpa.models.layer_aggregation import elan, elan_h  # isort: skip
 from gpa.models.darknet import (  # isort: skip
     cspdarknet53,
     cspresnet50,

@@ -3,7 +3,7 @@
 All six use darknet's partial ``[shortcut]`` instead of projection convs (a shortcut from
 a narrower or larger tensor is added onto the first channels, subsampled spatially), leaky
 ReLU (0.1) and a classifier made of global average pooling followed by a 1x1 conv with
-bias. With :func:`gpa.counts.count` and ``convention="darknet"`` at 256x256 they give
+bias. With :func:`gpa.frontends.counts.count` and ``convention="darknet"`` at 256x256 they give
 Table 2's numbers.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from gpa.models.blocks import ConvBnAct, ZooNet, bottleneck_block, darknet_block, stage
-from gpa.models.csp import csp_stage
+from gpa.models.cross_stage import csp_stage
 from gpa.models.registry import knob_int, register
 
 __all__ = [

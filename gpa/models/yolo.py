@@ -10,7 +10,7 @@ downsampling (:mod:`gpa.models.elan`). Convs are ``Conv2d(bias=False)`` â†’ BN â
 head's output convs have biases. The forward returns a flat tuple of tensors (three
 pyramid levels, then the mask prototypes with ``head="seg"``) and is fx-traceable.
 
-With :func:`gpa.counts.count` (torch convention) the sizes match the paper's tables; see
+With :func:`gpa.frontends.counts.count` (torch convention) the sizes match the paper's tables; see
 ``docs/detectors.md``.
 
 Example:
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from gpa.models.blocks import ConvBnAct, MaxPoolPyramid, darknet_block, stage
-from gpa.models.csp import FUSIONS, csp_stage
+from gpa.models.cross_stage import FUSIONS, csp_stage
 from gpa.models.darknet import (
     CSPDARKNET53,
     DARKNET53,
@@ -39,7 +39,7 @@ from gpa.models.darknet import (
     csp_darknet_stage,
     darknet_stage,
 )
-from gpa.models.elan import ELANBlock, MPDown
+from gpa.models.layer_aggregation import ELANBlock, MPDown
 from gpa.models.registry import knob_choice, knob_int, register
 
 __all__ = [

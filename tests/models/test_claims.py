@@ -14,7 +14,7 @@ import torch
 
 import gpa
 import gpa.models
-from gpa.scaling import scaling
+from gpa.growth import scaling
 
 DEPTHS = [2, 4, 8, 16, 32]  # five depths, doubling, for every Table 1 fit
 

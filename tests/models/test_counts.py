@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from gpa.counts import Counts, count, count_flops, count_params
-from gpa.errors import ShapeError
+from gpa.errors import GpaError, ShapeError
+from gpa.frontends.counts import Counts, count, count_flops, count_params
 
 
 def test_conv_bn_counts_by_hand() -> None:
@@ -100,9 +100,9 @@ def test_meta_model_counts() -> None:
 
 def test_errors() -> None:
     lin = nn.Linear(4, 2)
-    with pytest.raises(ValueError, match="input_shape"):
+    with pytest.raises(GpaError, match="input_shape"):
         count(lin)
-    with pytest.raises(ValueError, match="convention"):
+    with pytest.raises(GpaError, match="convention"):
         count(lin, input_shape=(1, 4), convention="caffe")
     with pytest.raises(ShapeError, match=r"\(1, 5\)"):
         count(lin, input_shape=(1, 5))

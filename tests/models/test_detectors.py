@@ -32,9 +32,9 @@ from torch import nn
 
 import gpa
 import gpa.models
-from gpa.counts import count, count_flops
+from gpa.core.report import combination
+from gpa.frontends.counts import count, count_flops
 from gpa.models.blocks import Residual
-from gpa.segments import combination
 
 G = 1e9
 

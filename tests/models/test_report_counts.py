@@ -17,9 +17,9 @@ from torch import nn
 import gpa
 import gpa.models
 from gpa.cli import main
-from gpa.counts import count
 from gpa.errors import GpaError
-from gpa.load import load_target
+from gpa.frontends.counts import count
+from gpa.target import load_target
 
 TOY = [n for n in gpa.models.names() if gpa.models.describe(n).input_shape == (1, 3, 64, 64)]
 

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 import pytest
 
-from gpa.counts import count, count_params
+from gpa.frontends.counts import count, count_params
 
 # name: (paper GFLOPs, paper M params, reference conv-weight total, reference total incl. BN/bias)
 TABLE2 = {

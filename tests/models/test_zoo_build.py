@@ -12,10 +12,10 @@ from torch import nn
 
 import gpa.models
 from gpa.models.blocks import ConvBnAct, Residual, partial_add
-from gpa.models.csp import csp_stage
-from gpa.models.elan import ELANBlock
-from gpa.models.sparsenet import exponential_sources
-from gpa.models.vovnet import OSA
+from gpa.models.cross_stage import csp_stage
+from gpa.models.layer_aggregation import ELANBlock
+from gpa.models.one_shot import OSA
+from gpa.models.sparse import exponential_sources
 
 TABLE2 = {
     "darknet53",

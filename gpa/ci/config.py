@@ -1,6 +1,7 @@
 """The ``[tool.gpa]`` configuration of ``gpa check`` (schema in ``docs/ci.md``).
 
-``[tool.gpa]`` holds defaults for every model (any model key except ``target``),
+``[tool.gpa]`` holds defaults for every model (any model key except ``target``: ``kwargs``,
+every field of :class:`~gpa.options.AnalysisOptions` under its own name, and the rules),
 an optional ``baseline`` file, and ``[tool.gpa.models.<name>]`` tables, one per model::
 
     [tool.gpa]
@@ -17,8 +18,10 @@ key. Relative file targets and the baseline path are relative to the configurati
 
 Example:
     >>> spec = parse_config({"models": {"m": {"target": "a.py", "max_shortest": 3}}})
-    >>> spec.models["m"].options.rules.max_shortest
+    >>> spec.models["m"].settings.rules.max_shortest
     3
+    >>> parse_config({"tracer": "autograd"}).defaults.options
+    {'tracer': <Tracer.AUTOGRAD: 'autograd'>}
 """
 
 from __future__ import annotations
@@ -26,67 +29,70 @@ from __future__ import annotations
 import difflib
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gpa.ci.rules import LayerLimit, Rules
 from gpa.errors import GpaError
-from gpa.rules import LayerLimit, Rules
+from gpa.options import AnalysisOptions, option_names
 
 __all__ = [
     "Config",
-    "ModelOptions",
+    "ModelSettings",
     "ModelSpec",
     "find_config",
     "load_config",
     "parse_config",
+    "read_config",
 ]
 
 _RULE_KEYS = ("max_shortest", "max_longest", "no_unreachable", "max_mean_shortest", "layers")
-_OPTION_KEYS = ("kwargs", "input_shape", "outputs", "layer_types", "leaf_modules", "eval")
+_OPTION_KEYS = ("kwargs", *option_names())
 _MODEL_KEYS = ("target", *_OPTION_KEYS, *_RULE_KEYS)
 _TOP_KEYS = ("models", "baseline", *_OPTION_KEYS, *_RULE_KEYS)
 _LAYER_KEYS = ("max_shortest", "max_longest")
+_RENAMED = {"eval": "train = false"}  # keys of earlier versions -> what to write now
 
 
 @dataclass(frozen=True)
-class ModelOptions:
-    """How to load and analyse a model, and its rules; ``None`` means "not set here".
+class ModelSettings:
+    """How one source (``[tool.gpa]``, a model's table, the command line) sets up a model.
 
-    Options of a more specific source (a model's table over ``[tool.gpa]``, the command
-    line over both) win: see :meth:`overridden_by`. ``kwargs`` merge key by key.
+    Attributes:
+        kwargs: keyword arguments for the target's factory (``-k``).
+        options: the :class:`~gpa.options.AnalysisOptions` fields this source sets,
+            already checked (unset ones are absent).
+        rules: the rules to check.
+
+    A more specific source wins (a model's table over ``[tool.gpa]``, the command line
+    over both): see :meth:`overridden_by`; ``kwargs`` merge key by key.
     """
 
     kwargs: Mapping[str, Any] = field(default_factory=dict)
-    input_shape: tuple[tuple[int, ...], ...] | None = None
-    outputs: tuple[str, ...] | None = None
-    layer_types: tuple[str, ...] | None = None
-    leaf_modules: tuple[str, ...] | None = None
-    eval: bool | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
     rules: Rules = field(default_factory=Rules)
 
-    def overridden_by(self, other: ModelOptions) -> ModelOptions:
-        """These options with everything ``other`` sets taking precedence."""
-        changes: dict[str, Any] = {
-            name: getattr(other, name)
-            for name in ("input_shape", "outputs", "layer_types", "leaf_modules", "eval")
-            if getattr(other, name) is not None
-        }
-        return replace(
-            self,
-            **changes,
+    def overridden_by(self, other: ModelSettings) -> ModelSettings:
+        """These settings with everything ``other`` sets taking precedence."""
+        return ModelSettings(
             kwargs={**self.kwargs, **other.kwargs},
+            options={**self.options, **other.options},
             rules=self.rules.overridden_by(other.rules),
         )
+
+    def analysis_options(self) -> AnalysisOptions:
+        """The options of the analysis (defaults where nothing is set)."""
+        return AnalysisOptions(**self.options)
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model to check: its display name, TARGET string and options."""
+    """One model to check: its display name, TARGET string and settings."""
 
     name: str
     target: str
-    options: ModelOptions = field(default_factory=ModelOptions)
+    settings: ModelSettings = field(default_factory=ModelSettings)
 
 
 @dataclass(frozen=True)
@@ -95,13 +101,13 @@ class Config:
 
     Attributes:
         path: the file it came from (``None`` for a dict parsed directly).
-        defaults: options for every model, from ``[tool.gpa]`` itself.
+        defaults: settings for every model, from ``[tool.gpa]`` itself.
         models: name -> spec (defaults already applied), in file order.
         baseline: the baseline file named by ``baseline``, if any.
     """
 
     path: Path | None
-    defaults: ModelOptions
+    defaults: ModelSettings
     models: dict[str, ModelSpec]
     baseline: Path | None = None
 
@@ -109,6 +115,8 @@ class Config:
 def _unknown(key: str, where: str, allowed: tuple[str, ...]) -> GpaError:
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
+    if key in _RENAMED:
+        hint = f" (write {_RENAMED[key]})"
     return GpaError(
         f"unknown key {key!r} in {where}{hint}; allowed keys: {', '.join(sorted(allowed))}"
     )
@@ -126,28 +134,6 @@ def _expect(value: Any, kind: type | tuple[type, ...], what: str, where: str) ->
     if not isinstance(value, kind):
         raise GpaError(f"{where}: expected {what}, got {value!r}")
     return value
-
-
-def _strings(value: Any, where: str) -> tuple[str, ...]:
-    items = value if isinstance(value, list) else [value]
-    return tuple(str(_expect(v, (str, int), "a string or a list of strings", where)) for v in items)
-
-
-def _shapes(value: Any, where: str) -> tuple[tuple[int, ...], ...]:
-    what = "a shape such as [1, 3, 224, 224] or a list of shapes"
-
-    def shape(items: Any) -> tuple[int, ...]:
-        _expect(items, list, what, where)
-        if not items or not all(isinstance(d, int) and not isinstance(d, bool) for d in items):
-            raise GpaError(f"{where}: expected {what}, got {value!r}")
-        if any(d <= 0 for d in items):
-            raise GpaError(f"{where}: sizes must be positive, got {value!r}")
-        return tuple(items)
-
-    _expect(value, list, what, where)
-    if value and all(isinstance(s, list) for s in value):
-        return tuple(shape(s) for s in value)
-    return (shape(value),)
 
 
 def _limit(value: Any, where: str) -> int:
@@ -175,8 +161,16 @@ def _layer_limits(value: Any, where: str) -> tuple[LayerLimit, ...]:
     return tuple(limits)
 
 
-def _options(table: Mapping[str, Any], where: str) -> ModelOptions:
-    """The :class:`ModelOptions` of a model table or of ``[tool.gpa]`` (keys already checked)."""
+def _option(key: str, value: Any, where: str) -> Any:
+    """An analysis option from TOML, checked as :class:`AnalysisOptions` checks it."""
+    try:
+        return getattr(AnalysisOptions(**{key: value}), key)
+    except GpaError as exc:
+        raise GpaError(f"{where}: {exc}") from None
+
+
+def _settings(table: Mapping[str, Any], where: str) -> ModelSettings:
+    """The :class:`ModelSettings` of a model table or of ``[tool.gpa]`` (keys already checked)."""
 
     def at(key: str) -> str:
         return f"{where}.{key}"
@@ -198,22 +192,9 @@ def _options(table: Mapping[str, Any], where: str) -> ModelOptions:
         else None,
         layers=_layer_limits(table["layers"], at("layers")) if "layers" in table else (),
     )
-    get = table.get
-    return ModelOptions(
-        kwargs=dict(_expect(get("kwargs", {}), dict, "a table of keyword arguments", at("kwargs"))),
-        input_shape=_shapes(table["input_shape"], at("input_shape"))
-        if "input_shape" in table
-        else None,
-        outputs=_strings(table["outputs"], at("outputs")) if "outputs" in table else None,
-        layer_types=_strings(table["layer_types"], at("layer_types"))
-        if "layer_types" in table
-        else None,
-        leaf_modules=_strings(table["leaf_modules"], at("leaf_modules"))
-        if "leaf_modules" in table
-        else None,
-        eval=_expect(table["eval"], bool, "true or false", at("eval")) if "eval" in table else None,
-        rules=rules,
-    )
+    kwargs = _expect(table.get("kwargs", {}), dict, "a table of keyword arguments", at("kwargs"))
+    options = {k: _option(k, table[k], at(k)) for k in option_names() if k in table}
+    return ModelSettings(kwargs=dict(kwargs), options=options, rules=rules)
 
 
 def _resolve_target(target: str, root: Path | None) -> str:
@@ -237,7 +218,7 @@ def parse_config(table: Mapping[str, Any], path: Path | None = None) -> Config:
     _expect(table, dict, "a table", where)
     _check_keys(table, where, _TOP_KEYS)
     root = path.parent if path is not None else None
-    defaults = _options(table, "tool.gpa")
+    defaults = _settings(table, "tool.gpa")
     models_table = _expect(table.get("models", {}), dict, "a table of models", "tool.gpa.models")
     models = {}
     for name, entry in models_table.items():
@@ -247,8 +228,8 @@ def parse_config(table: Mapping[str, Any], path: Path | None = None) -> Config:
         if "target" not in entry:
             raise GpaError(f"{here}: missing 'target' (a .py file or package.module:attr)")
         target = _expect(entry["target"], str, "a TARGET string", f"{here}.target")
-        options = defaults.overridden_by(_options(entry, here))
-        models[name] = ModelSpec(name, _resolve_target(target, root), options)
+        settings = defaults.overridden_by(_settings(entry, here))
+        models[name] = ModelSpec(name, _resolve_target(target, root), settings)
     baseline = None
     if "baseline" in table:
         value = _expect(table["baseline"], str, "a file path", "tool.gpa.baseline")
@@ -299,3 +280,9 @@ def find_config(start: str | Path | None = None) -> Path | None:
             if isinstance(data.get("tool"), dict) and "gpa" in data["tool"]:
                 return candidate
     return None
+
+
+def read_config(path: str | Path | None = None) -> Config | None:
+    """``[tool.gpa]`` of ``path``, else of the nearest ``pyproject.toml`` that has one, else None."""
+    found = Path(path) if path is not None else find_config()
+    return load_config(found) if found else None

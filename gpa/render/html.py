@@ -18,7 +18,13 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from gpa.format import format_count, format_inputs, format_si, format_sources, format_timestamps
+from gpa.render.text import (
+    format_count,
+    format_inputs,
+    format_si,
+    format_sources,
+    format_timestamps,
+)
 
 __all__ = ["report_html"]
 

@@ -1,24 +1,26 @@
 """Gradient flow of each traced node: which of its inputs does gradient reach?
 
-Two fx passes annotate every node with ``node.meta["gpa_grad_from"]``, the set
-of input nodes through which gradient flows back from the node's result:
+One fx pass annotates every node with ``node.meta["gpa_flow"]`` (:data:`FLOW`), a
+:class:`NodeFlow`: the input nodes through which gradient flows back from the node's
+result (for the ``output`` node: the returned nodes whose value requires grad) and,
+given example inputs, what the node's value looks like.
 
-* :func:`flow_from_values` (used whenever example inputs are given) runs each
-  node on the ``meta`` device — shapes and dtypes only, no data — with every
-  floating input replaced by a fresh autograd leaf, and then walks the autograd
-  graph of the result to see which leaves it reaches. Detaches, ``no_grad``
-  blocks, integer values and shape-only arguments (``expand_as``'s argument,
-  ``zeros_like``…) are thus decided by autograd itself, not by a list of names.
-  It also stores ``node.meta["gpa_value"]``, a :class:`ValueInfo`.
+* :class:`GradientFlow` (used whenever example inputs are given), an
+  ``fx.Interpreter``, runs each node on the ``meta`` device — shapes and dtypes only,
+  no data — with every floating input replaced by a fresh autograd leaf, and then
+  walks the autograd graph of the result to see which leaves it reaches. Detaches,
+  ``no_grad`` blocks, integer values and shape-only arguments (``expand_as``'s
+  argument, ``zeros_like``…) are thus decided by autograd itself, not by a list of
+  names.
 * :func:`flow_from_names` (no inputs) decides the same from a fixed table of
-  operations; it is exact for the common ones and says so in the report.
+  operations; it is exact for the common ones and the report says so.
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from gpa.trace import trace
+    >>> from gpa.frontends.fx.tracer import trace
     >>> gm = trace(nn.Sequential(nn.Linear(2, 2)))
-    >>> flow_from_values(gm, (torch.zeros(1, 2),))
-    >>> [sorted(a.name for a in n.meta["gpa_grad_from"]) for n in gm.graph.nodes]
+    >>> GradientFlow(gm).run(torch.zeros(1, 2))
+    >>> [sorted(a.name for a in n.meta[FLOW].grad_from) for n in gm.graph.nodes]
     [[], ['input_1'], ['_0']]
 """
 
@@ -34,21 +36,23 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from gpa.errors import ShapeError
-from gpa.trace import grad_mode
+from gpa.frontends.fx.tracer import grad_mode
+from gpa.frontends.modules import POINTWISE_MODULES
 
 __all__ = [
-    "ValueInfo",
+    "FLOW",
+    "GradientFlow",
+    "NodeFlow",
     "Shape",
-    "POINTWISE_MODULES",
-    "flow_from_values",
+    "ValueInfo",
     "flow_from_names",
     "module_of",
 ]
 
-GRAD_FROM = "gpa_grad_from"
-VALUE = "gpa_value"
-SHAPES = "gpa_shapes"
-CONSTANT = "gpa_constant"
+#: The ``node.meta`` key of this pass.
+FLOW = "gpa_flow"
+
+_NOTHING = object()
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,33 @@ class ValueInfo:
             str(first.dtype).removeprefix("torch."),
             any(t.requires_grad for t in tensors),
         )
+
+
+@dataclass(frozen=True)
+class NodeFlow:
+    """What :class:`GradientFlow` (or :func:`flow_from_names`) learned about one node.
+
+    Attributes:
+        grad_from: the input nodes through which gradient flows back from the node's
+            result; for the ``output`` node, the returned nodes whose value requires grad.
+        value: shape, dtype and requires_grad of the result (None without inputs).
+        shapes: the result's structure with each tensor replaced by its :class:`Shape`
+            and anything else by None (None without inputs).
+        constant: the result itself when it is a plain Python number or a sequence of
+            them (a size computed in ``forward``), else :data:`NOT_CONSTANT`.
+    """
+
+    grad_from: frozenset[fx.Node]
+    value: ValueInfo | None = None
+    shapes: Any = None
+    constant: Any = _NOTHING
+
+    @property
+    def is_constant(self) -> bool:
+        return self.constant is not _NOTHING
+
+
+NOT_CONSTANT = _NOTHING
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> tuple[str, nn.Module] | None:
@@ -166,30 +197,10 @@ def _reached(result: Any, leaves: dict[int, fx.Node]) -> set[fx.Node]:
 
 
 # Modules whose result has the shape and dtype of their single input and depends
-# differentiably on it (norms, activations, dropout). Running them on the meta
-# device costs up to milliseconds each (train-mode batch norm decomposes into
-# dozens of ops); a clone of the input is an exact stand-in for what this pass
-# records: the result's shape, dtype, requires_grad and which input it reaches.
-POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.PReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Sigmoid,
-    nn.Tanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Hardtanh,
-    nn.Softplus,
-    nn.modules.dropout._DropoutNd,
-    nn.Identity,
-)
+# differentiably on it. Running them on the meta device costs up to milliseconds each
+# (train-mode batch norm decomposes into dozens of ops); a clone of the input is an
+# exact stand-in for what this pass records: the result's shape, dtype, requires_grad
+# and which input it reaches.
 _SHAPE_PRESERVING = (
     nn.modules.batchnorm._NormBase,
     nn.LayerNorm,
@@ -230,83 +241,81 @@ def _shape_preserving(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: di
     return name in _POINTWISE_NAMES and (node.op == "call_method" or module.startswith("torch"))
 
 
-def _run(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict, state: _MetaState) -> Any:
-    if _shape_preserving(gm, node, args, kwargs):
-        return args[0].clone()
-    if node.op == "call_function":
-        return node.target(*args, **kwargs)
-    if node.op == "call_method":
-        self_obj, *rest = args
-        return getattr(self_obj, node.target)(*rest, **kwargs)
-    module = gm.get_submodule(node.target)
-    return torch.func.functional_call(module, state.module_state(module), args, kwargs)
+class GradientFlow(fx.Interpreter):
+    """An fx pass that propagates example inputs on the meta device and annotates
+    every node with its :class:`NodeFlow` under ``node.meta[FLOW]``.
 
-
-def _placeholder_value(node: fx.Node, inputs: list, index: int) -> Any:
-    if index < len(inputs):
-        return inputs[index]
-    if node.args:  # a default value in forward's signature
-        return node.args[0]
-    raise ShapeError(
-        f"the model's forward takes an input '{node.target}' but only {len(inputs)} "
-        "example input(s) were given"
-    )
-
-
-def flow_from_values(gm: fx.GraphModule, inputs: tuple) -> None:
-    """Propagate ``inputs`` through ``gm`` on the meta device and annotate gradient flow.
-
-    Sets ``node.meta["gpa_value"]`` (:class:`ValueInfo`) and
-    ``node.meta["gpa_grad_from"]`` (the input nodes whose gradient the node's
-    result depends on) for every node. For the ``output`` node, the second is
-    the set of returned nodes whose value requires grad.
+    ``GradientFlow(gm).run(*inputs)`` takes forward's positional arguments (tensors on
+    any device; only shapes and dtypes are used) and returns None.
 
     Raises:
-        ShapeError: an operation fails on the given shapes; the message names
-            the module and the shapes involved.
+        ShapeError: an operation fails on the given shapes; the message names the
+            module and the shapes involved.
     """
-    state = _MetaState()
-    inputs = list(_as_meta_input(tuple(inputs)))
-    env: dict[fx.Node, Any] = {}
-    position = 0
-    with torch.device("meta"), torch.enable_grad():
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False  # our errors say where they happened
+        self.state = _MetaState()
+        self.given = 0
+
+    def run(self, *inputs: Any) -> None:  # type: ignore[override]
+        self.given = len(inputs)
+        with torch.device("meta"), torch.enable_grad():
+            super().run(*_as_meta_input(inputs))
+
+    def run_node(self, n: fx.Node) -> Any:
+        if n.op == "output":
+            returned = frozenset(
+                m for m in n.all_input_nodes if ValueInfo.of(self.env[m]).requires_grad
+            )
+            n.meta[FLOW] = NodeFlow(returned)
+            return None
+        if n.op in ("placeholder", "get_attr"):
+            value, flows = super().run_node(n), frozenset()
+        else:
+            value, flows = self._flow_of(n)
+        n.meta[FLOW] = NodeFlow(
+            flows, ValueInfo.of(value), _shapes_of(value), value if _is_plain(value) else _NOTHING
+        )
+        return value
+
+    def placeholder(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
         try:
-            for node in gm.graph.nodes:
-                if node.op == "placeholder":
-                    env[node] = _placeholder_value(node, inputs, position)
-                    position += 1
-                    node.meta[GRAD_FROM] = frozenset()
-                elif node.op == "get_attr":
-                    env[node] = _fetch(gm, node.target, state)
-                    node.meta[GRAD_FROM] = frozenset()
-                elif node.op == "output":
-                    node.meta[GRAD_FROM] = frozenset(
-                        n for n in node.all_input_nodes if ValueInfo.of(env[n]).requires_grad
-                    )
-                    continue
-                else:
-                    env[node] = _flow_of(gm, node, env, state)
-                node.meta[VALUE] = ValueInfo.of(env[node])
-                node.meta[SHAPES] = _shapes_of(env[node])
-                if _is_plain(env[node]):
-                    node.meta[CONSTANT] = env[node]
-        finally:
-            grad_mode(True)
+            return next(self.args_iter)
+        except StopIteration:
+            if args:  # a default value in forward's signature
+                return args[0]
+            raise ShapeError(
+                f"the model's forward takes an input '{target}' but only {self.given} "
+                "example input(s) were given"
+            ) from None
 
+    def get_attr(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
+        value = self.fetch_attr(target)
+        return self.state.tensor(value) if isinstance(value, torch.Tensor) else value
 
-def _flow_of(gm: fx.GraphModule, node: fx.Node, env: dict, state: _MetaState) -> Any:
-    leaves: dict[int, fx.Node] = {}
-    keep: list[torch.Tensor] = []
-    fresh = {n: _fresh(env[n], n, leaves, keep) for n in node.all_input_nodes}
-    args = fx.node.map_arg(node.args, fresh.__getitem__)
-    kwargs = fx.node.map_arg(node.kwargs, fresh.__getitem__)
-    try:
-        result = _run(gm, node, args, kwargs, state)
-    except Exception as exc:
-        raise ShapeError(_shape_failure(gm, node, env, exc)) from exc
-    mutated = _mutated_argument(node, args)
-    node.meta[GRAD_FROM] = frozenset(_reached((result, mutated), leaves))
-    return tree_map(_cut_history, result)
+    def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
+        module = self.fetch_attr(target)
+        return torch.func.functional_call(module, self.state.module_state(module), args, kwargs)
+
+    def _flow_of(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
+        leaves: dict[int, fx.Node] = {}
+        keep: list[torch.Tensor] = []
+        fresh = {m: _fresh(self.env[m], m, leaves, keep) for m in n.all_input_nodes}
+        args = fx.node.map_arg(n.args, fresh.__getitem__)
+        kwargs = fx.node.map_arg(n.kwargs, fresh.__getitem__)
+        try:
+            if _shape_preserving(self.module, n, args, kwargs):
+                result = args[0].clone()
+            else:
+                result = getattr(self, n.op)(n.target, args, kwargs)
+        except ShapeError:
+            raise
+        except Exception as exc:
+            raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
+        mutated = _mutated_argument(n, args)
+        return tree_map(_cut_history, result), frozenset(_reached((result, mutated), leaves))
 
 
 def _is_plain(value: Any) -> bool:
@@ -337,13 +346,6 @@ def _mutated_argument(node: fx.Node, args: tuple) -> Any:
     if node.op == "call_method" and node.target.endswith("_") and args:
         return args[0]
     return None
-
-
-def _fetch(gm: fx.GraphModule, target: str, state: _MetaState) -> Any:
-    owner_path, _, attr = target.rpartition(".")
-    owner = gm.get_submodule(owner_path) if owner_path else gm
-    value = getattr(owner, attr)
-    return state.tensor(value) if isinstance(value, torch.Tensor) else value
 
 
 def _describe(value: Any) -> str:
@@ -440,42 +442,46 @@ def _differentiable_inputs(node: fx.Node) -> list[fx.Node] | None:
     return None
 
 
+class _NamedFlow(fx.Interpreter):
+    """:func:`flow_from_names` as an fx pass: each node's value is whether its result
+    requires grad."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False
+        self.enabled = True
+
+    def run_node(self, n: fx.Node) -> bool:
+        if n.op == "placeholder":
+            n.meta[FLOW] = NodeFlow(frozenset())
+            return True
+        if n.op == "get_attr":
+            value = self.fetch_attr(n.target)
+            n.meta[FLOW] = NodeFlow(frozenset())
+            return isinstance(value, nn.Parameter) and value.is_floating_point()
+        if n.op == "output":
+            n.meta[FLOW] = NodeFlow(frozenset(m for m in n.all_input_nodes if self.env[m]))
+            return False
+        if n.op == "call_function" and n.target is grad_mode:
+            self.enabled = bool(n.args[0])
+        allowed = _differentiable_inputs(n)
+        candidates = n.all_input_nodes if allowed is None else allowed
+        flows = frozenset(m for m in candidates if self.env[m]) if self.enabled else frozenset()
+        n.meta[FLOW] = NodeFlow(flows)
+        if n.op == "call_module":
+            module = self.fetch_attr(n.target)
+            has_weights = any(p.is_floating_point() for p in module.parameters())
+            return self.enabled and (bool(flows) or has_weights)
+        return bool(flows)
+
+
 def flow_from_names(gm: fx.GraphModule) -> None:
     """Annotate gradient flow without example inputs, from a table of operation names.
 
     A node's result requires grad when one of its differentiable inputs does;
-    parameters and inputs require grad; code between
-    ``grad_mode(False)`` and ``grad_mode(True)`` produces no gradient.
+    parameters and inputs require grad; code between ``grad_mode(False)`` and
+    ``grad_mode(True)`` produces no gradient. Sets ``node.meta[FLOW]`` with
+    ``value`` and ``shapes`` None.
     """
-    requires: dict[fx.Node, bool] = {}
-    enabled = True
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            requires[node], node.meta[GRAD_FROM] = True, frozenset()
-            continue
-        if node.op == "get_attr":
-            value = _fetch_plain(gm, node.target)
-            requires[node] = isinstance(value, nn.Parameter) and value.is_floating_point()
-            node.meta[GRAD_FROM] = frozenset()
-            continue
-        if node.op == "call_function" and node.target is grad_mode:
-            enabled = bool(node.args[0])
-        if node.op == "output":
-            node.meta[GRAD_FROM] = frozenset(n for n in node.all_input_nodes if requires[n])
-            continue
-        allowed = _differentiable_inputs(node)
-        candidates = node.all_input_nodes if allowed is None else allowed
-        flows = frozenset(n for n in candidates if requires[n]) if enabled else frozenset()
-        if node.op == "call_module":
-            module = gm.get_submodule(node.target)
-            has_weights = any(p.is_floating_point() for p in module.parameters())
-            requires[node] = enabled and (bool(flows) or has_weights)
-        else:
-            requires[node] = bool(flows)
-        node.meta[GRAD_FROM] = flows
-
-
-def _fetch_plain(gm: fx.GraphModule, target: str) -> Any:
-    owner_path, _, attr = target.rpartition(".")
-    owner = gm.get_submodule(owner_path) if owner_path else gm
-    return getattr(owner, attr)
+    count = sum(n.op == "placeholder" for n in gm.graph.nodes)
+    _NamedFlow(gm).run(*([True] * count))

@@ -8,7 +8,7 @@ the parameter. See ``docs/semantics.md``.
 
 Example:
     >>> import torch.nn as nn
-    >>> from gpa.trace import trace
+    >>> from gpa.frontends.fx.tracer import trace
     >>> gm = trace(nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU()))
     >>> {n.name: c.record for n, c in find_layers(gm).items()}
     {'_0': '0'}
@@ -18,39 +18,22 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from gpa.flow import VALUE
+from gpa.core.graph import LayerCall
+from gpa.frontends.fx.flow import FLOW
+from gpa.frontends.modules import DEFAULT_LAYER_TYPES, owner, unused_layer_modules
 
 __all__ = [
     "CONV_FUNCTIONS",
-    "DEFAULT_LAYER_TYPES",
-    "LayerCall",
     "find_layers",
     "opaque_calls",
     "uncalled_layers",
 ]
-
-DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-    nn.Linear,
-    nn.Bilinear,
-    nn.Embedding,
-    nn.EmbeddingBag,
-    nn.MultiheadAttention,
-    nn.RNNBase,  # RNN, LSTM, GRU
-    nn.RNNCellBase,  # RNNCell, LSTMCell, GRUCell
-)
 
 CONV_FUNCTIONS = frozenset(
     {
@@ -89,14 +72,6 @@ _MIXING_FUNCTIONS = CONV_FUNCTIONS | {
 _MIXING_METHODS = frozenset(
     {"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__"}
 )
-
-
-@dataclass(frozen=True)
-class LayerCall:
-    """A traced call that is a layer: the record it is reported under and its type."""
-
-    record: str
-    type: str
 
 
 def _is_layer_module(module: nn.Module, layer_types: tuple[type, ...]) -> bool:
@@ -140,9 +115,9 @@ _SHAPE_QUERIES = frozenset({"size", "dim", "numel", "shape", "dtype", "device", 
 
 def _is_tensor(node: fx.Node) -> bool:
     """Whether a node's value is a tensor (from shape propagation, else from its name)."""
-    info = node.meta.get(VALUE)
-    if info is not None:
-        return info.shape is not None
+    flow = node.meta.get(FLOW)
+    if flow is not None and flow.value is not None:
+        return flow.value.shape is not None
     if node.op == "call_method":
         return node.target not in _SHAPE_QUERIES
     if node.op == "call_function" and node.target is getattr:
@@ -156,14 +131,6 @@ def _is_mixing(node: fx.Node) -> bool:
     return node.op == "call_method" and node.target in _MIXING_METHODS
 
 
-def _owner(model: nn.Module, parameter: str) -> tuple[str, str]:
-    """Record name and type of the module owning ``parameter`` (the root: the parameter's name)."""
-    path = parameter.rpartition(".")[0]
-    if not path:
-        return parameter, "Parameter"
-    return path, type(model.get_submodule(path)).__name__
-
-
 def find_layers(
     gm: fx.GraphModule,
     layer_types: Iterable[type[nn.Module]] | None = None,
@@ -172,7 +139,7 @@ def find_layers(
     """Map every layer call of ``gm``'s graph to the record it belongs to, in graph order.
 
     Args:
-        gm: a traced module (see :func:`gpa.trace.trace`).
+        gm: a traced module (see :func:`gpa.frontends.fx.tracer.trace`).
         layer_types: module classes that are layers; defaults to
             :data:`DEFAULT_LAYER_TYPES`.
         model: the traced model, to name the types of modules that own the
@@ -194,7 +161,7 @@ def find_layers(
         if node in roots:  # all its operands are weights: it computes a weight (A @ B)
             continue
         if operands:
-            calls[node] = LayerCall(*_owner(model or gm, roots[operands[0]][0]))
+            calls[node] = LayerCall(*owner(model or gm, roots[operands[0]][0]))
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
 
@@ -235,25 +202,3 @@ def uncalled_layers(
     used = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     used |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
     return unused_layer_modules(model, used, layer_types)
-
-
-def unused_layer_modules(
-    model: nn.Module, used: set[str], layer_types: Iterable[type[nn.Module]] | None = None
-) -> list[tuple[str, str]]:
-    """Layer modules of ``model`` that are not in ``used`` nor inside a used or layer module.
-
-    ``used`` holds the qualified names of the modules a tracer saw called, or whose
-    parameters it saw read. Returns (name, type) in module order.
-    """
-    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
-    modules = dict(model.named_modules())
-    found = []
-    for name, module in modules.items():
-        if not name or name in used or not isinstance(module, types):
-            continue
-        parts = name.split(".")
-        ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
-        if any(a in used or isinstance(modules[a], types) for a in ancestors):
-            continue
-        found.append((name, type(module).__name__))
-    return found

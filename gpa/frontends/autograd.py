@@ -18,8 +18,9 @@ reported under the module owning that parameter.
 
 Example:
     >>> import torch.nn as nn
+    >>> from gpa.options import AnalysisOptions
     >>> g = autograd_gradient_graph(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)),
-    ...                             input_shape=(1, 2))
+    ...                             AnalysisOptions(input_shape=(1, 2)))
     >>> [c.record for c in g.calls.values()]
     ['0', '2']
 """
@@ -28,9 +29,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import networkx as nx
 import torch
@@ -39,22 +40,22 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
+from gpa.core.graph import LOSS, GradientGraph, LayerCall, OutputKey, flatten_outputs, select_paths
 from gpa.errors import GpaError, TraceError
-from gpa.flow import ValueInfo
-from gpa.graph import (
-    LOSS,
-    GradientGraph,
-    OutputKey,
-    flatten_outputs,
-    input_shapes,
-    select_paths,
+from gpa.frontends.frames import user_frame
+from gpa.frontends.fx.flow import ValueInfo
+from gpa.frontends.inputs import integer_variants
+from gpa.frontends.modules import (
+    DEFAULT_LAYER_TYPES,
+    fx_leaf,
+    owner,
+    split_leaves,
+    training_mode,
+    unused_layer_modules,
 )
-from gpa.layers import DEFAULT_LAYER_TYPES, LayerCall, _owner, unused_layer_modules
-from gpa.trace import LeafSpec, _split_leaves, _user_frame
+from gpa.options import AnalysisOptions
 
-__all__ = ["autograd_gradient_graph", "fx_leaf"]
-
-Shape = Sequence[int]
+__all__ = ["autograd_gradient_graph"]
 
 # Autograd node names (without the trailing version digit) of feature-mixing operations.
 _MIXING_NODES = frozenset(
@@ -79,13 +80,6 @@ _MIXED_OPERANDS = {
 _INDEXED = frozenset({"EmbeddingBackward", "EmbeddingBagBackward"})
 
 _TAINTED = object()  # an operand depending on a model input or a layer's output
-
-
-def fx_leaf(cls: type) -> bool:
-    """Whether torch.fx's default policy keeps modules of ``cls`` as single calls."""
-    return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
-        cls, nn.Sequential
-    )
 
 
 @dataclass
@@ -203,34 +197,24 @@ def _kind(fn: Any) -> str:
     return type(fn).__name__.rstrip("0123456789")
 
 
-def autograd_gradient_graph(
-    model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[Any] | None = None,
-    *,
-    input_shape: Shape | Sequence[Shape] | None = None,
-    outputs: Iterable[OutputKey] | None = None,
-    layer_types: Iterable[type[nn.Module]] | None = None,
-    leaf_modules: LeafSpec | None = None,
-    train: bool = True,
-) -> GradientGraph:
-    """The gradient graph of ``model`` read from autograd (arguments as :func:`gpa.analyze`).
+def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
+    """The gradient graph of ``model`` read from autograd after one forward pass.
 
-    Needs example inputs or input shapes: the model is run once, on the meta
-    device when it allows it, else on real inputs (zeros of the given shapes).
+    Needs example inputs or input shapes: the model is run once, on the meta device when
+    it allows it, else on real inputs (zeros of the given shapes). ``options.layer_types``
+    and ``options.leaf_modules`` must hold classes and qualified names only.
 
     Raises:
         GpaError: no inputs were given, or the forward pass fails (the message
             names the module that failed and the model's own source line).
     """
-    if example_inputs is None and input_shape is None:
+    if not options.has_inputs:
         raise GpaError(
             "the autograd tracer runs the model, so it needs example inputs "
             "(give --input-shape or example_inputs)"
         )
-    if example_inputs is not None and input_shape is not None:
-        raise GpaError("give either example_inputs or input_shape, not both")
-    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
-    leaf_types, leaf_names = _split_leaves(leaf_modules)
+    types = options.layer_types if options.layer_types is not None else DEFAULT_LAYER_TYPES
+    leaf_types, leaf_names = split_leaves(options.leaf_modules)
     modules = dict(model.named_modules())
     unknown = sorted(n for n in leaf_names if n not in modules)
     if unknown:
@@ -244,13 +228,17 @@ def autograd_gradient_graph(
         return fx_leaf(type(m)) or isinstance(m, leaf_types + custom) or name in leaf_names
 
     opaque = {id(m): (n or root_name) for n, m in modules.items() if is_opaque(n, m)}
-    was_training = model.training
-    model.train(train)
-    try:
-        run = _run(model, example_inputs, input_shape, opaque, modules)
-    finally:
-        model.train(was_training)
-    return _build(model, run, outputs, types)
+    with training_mode(model, options.train):
+        run = _run(model, options, opaque, modules)
+    return _build(model, run, options.outputs, types)
+
+
+class _ForwardFailed(Exception):
+    """The user's forward raised ``error`` while the modules of ``stack`` were running."""
+
+    def __init__(self, error: BaseException, stack: list[str]) -> None:
+        super().__init__(str(error))
+        self.error, self.stack = error, stack
 
 
 @dataclass
@@ -269,27 +257,30 @@ class _Run:
 
 def _run(
     model: nn.Module,
-    example_inputs: Any,
-    input_shape: Any,
+    options: AnalysisOptions,
     opaque: dict[int, str],
     modules: dict[str, nn.Module],
 ) -> _Run:
     """Run the forward pass on meta if possible, else on real tensors; retry integer inputs."""
     on_meta_only = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
-    first_error: tuple[BaseException, list[str]] | None = None
+    first_error: _ForwardFailed | None = None
     meta_error: BaseException | None = None
-    for candidate in _input_candidates(example_inputs, input_shape):
+    candidates = (
+        [options.example_inputs]
+        if options.example_inputs is not None
+        else integer_variants(options.input_shape or (), device="cpu")
+    )
+    for candidate in candidates:
         for device in ("meta",) if on_meta_only else ("meta", "real"):
             try:
                 run = _forward(model, candidate, device, opaque, modules)
-            except Exception as exc:  # the user's forward failed on these inputs
-                stack = getattr(exc, "_gpa_stack", [])
+            except _ForwardFailed as failed:  # the user's forward failed on these inputs
                 if first_error is None:
-                    first_error = (exc, stack)
+                    first_error = failed
                 if device == "meta" and meta_error is None:
-                    meta_error = exc
-                if device == "real" and first_error[0] is meta_error:
-                    first_error = (exc, stack)  # the real run's failure says more
+                    meta_error = failed.error
+                if device == "real" and first_error.error is meta_error:
+                    first_error = failed  # the real run's failure says more
                 continue
             if device == "real":
                 reason = str(meta_error).strip().splitlines()[0] if meta_error else ""
@@ -299,30 +290,14 @@ def _run(
                 )
             return run
     assert first_error is not None
-    raise GpaError(_failure_message(model, *first_error))
-
-
-def _input_candidates(example_inputs: Any, input_shape: Any) -> Iterator[tuple]:
-    """The inputs to try: as given; from shapes, float32 zeros, then each in turn as int64."""
-    if example_inputs is not None:
-        yield (
-            (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-        )
-        return
-    shapes = input_shapes(input_shape)
-    yield tuple(torch.zeros(s) for s in shapes)
-    for i in range(len(shapes)):
-        yield tuple(
-            torch.zeros(s, dtype=torch.int64 if j == i else torch.float32)
-            for j, s in enumerate(shapes)
-        )
+    raise GpaError(_failure_message(model, first_error.error, first_error.stack))
 
 
 def _failure_message(model: nn.Module, exc: BaseException, stack: list[str]) -> str:
     where = f" in module '{stack[-1]}'" if stack else ""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     lines = [f"{type(model).__name__} failed to run{where}: {type(exc).__name__}: {detail}"]
-    frame = _user_frame(exc)
+    frame = user_frame(exc)
     if frame is not None:
         lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
         if frame.line:
@@ -362,8 +337,7 @@ def _forward(
         try:
             output = functional_call(model, state, args, strict=False)
         except Exception as exc:
-            exc._gpa_stack = list(recorder.stack)  # type: ignore[attr-defined]
-            raise
+            raise _ForwardFailed(exc, list(recorder.stack)) from exc
     return _Run(output, args, recorder, use, ids, input_ids, keep, [])
 
 
@@ -423,23 +397,23 @@ def _build(
     nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created])
 
     g = nx.DiGraph()
-    names: dict[int, str] = {}
-    layer_seq: dict[str, int] = {}
-    layer_call: dict[str, LayerCall] = {}
+    names: dict[int, _Key] = {}
+    layer_seq: dict[_Key, int] = {}
+    layer_call: dict[_Key, LayerCall] = {}
     for i, c in enumerate(calls):
         if i in layer_calls:
-            key = f"call{i}:{c.name}"
+            key = _Key("call", i, c.name)
             _add_call(g, key, c.value, c.input)
             layer_seq[key] = c.start
             layer_call[key] = LayerCall(c.name, type(c.module).__name__)
 
-    def key_of(fn: Any) -> str:
+    def key_of(fn: Any) -> _Key:
         i = opaque_call(fn)
         if i in layer_calls:
-            return f"call{i}:{calls[i].name}"
+            return _Key("call", i, calls[i].name)
         found = names.get(id(fn))
         if found is None:
-            found = names[id(fn)] = f"{type(fn).__name__}#{len(names)}"
+            found = names[id(fn)] = _Key("op", len(names), type(fn).__name__)
         return found
 
     roots_of: dict[int, Any] = {}  # id(node) -> first parameter it is computed from, or _TAINTED
@@ -450,7 +424,7 @@ def _build(
         if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
             parameter = _mixing_parameter(fn, roots_of)
         if parameter is not None:  # a functional layer
-            layer_call[key] = LayerCall(*_owner(model, parameter))
+            layer_call[key] = LayerCall(*owner(model, parameter))
             layer_seq[key] = fn._sequence_nr()
             roots_of[id(fn)] = _TAINTED  # a layer's output is data
             _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
@@ -463,26 +437,37 @@ def _build(
         if root is not None:
             g.add_edge(key_of(root), LOSS, grad=True)
     for seq, parameter, operands, result in run.use.no_grad_layers:  # run without gradient
-        key = f"nograd{seq}"
+        key = _Key("nograd", seq, parameter)
         _add_call(g, key, ValueInfo.of(result), ValueInfo.of(operands[0]))
-        layer_call[key] = LayerCall(*_owner(model, parameter))
+        layer_call[key] = LayerCall(*owner(model, parameter))
         layer_seq[key] = seq
     ordered = dict(sorted(layer_call.items(), key=lambda item: layer_seq[item[0]]))
     return GradientGraph(
         ops=g,
         calls=ordered,
+        tracer="autograd",
         uncalled=_uncalled(model, types, calls, run.use.used),
         inputs=run.inputs,
         notes=run.notes,
     )
 
 
-def _add_call(g: nx.DiGraph, key: str, value: Any, first_input: Any) -> None:
+class _Key(NamedTuple):
+    """A node of the op graph: a module call, an autograd node, a call run without
+    gradient, or the first operand of a layer call (``kind`` "input")."""
+
+    kind: str
+    index: int
+    name: str
+
+
+def _add_call(g: nx.DiGraph, key: _Key, value: Any, first_input: Any) -> None:
     """A layer call node with its result's shape, and its first operand's as the first
     predecessor (an edge carrying no gradient), as the fx tracer's graph has them."""
-    g.add_node(key, op="call", target=key, value=value)
-    g.add_node(f"{key}:input", op="input", target=key, value=first_input)
-    g.add_edge(f"{key}:input", key, grad=False)
+    g.add_node(key, op="call", target=key.name, value=value)
+    operand = _Key("input", key.index, key.kind)
+    g.add_node(operand, op="input", target=key.name, value=first_input)
+    g.add_edge(operand, key, grad=False)
 
 
 def _function_values(values: list[tuple], seq: int) -> tuple[Any, Any]:
@@ -494,7 +479,7 @@ def _function_values(values: list[tuple], seq: int) -> tuple[Any, Any]:
 
 
 def _parameter_root(
-    fn: Any, key: str, layer_call: dict[str, LayerCall], roots_of: dict[int, Any], run: _Run
+    fn: Any, key: _Key, layer_call: dict[_Key, LayerCall], roots_of: dict[int, Any], run: _Run
 ) -> Any:
     """The first parameter ``fn``'s value is computed from, ``_TAINTED``, or None."""
     if _is_leaf(fn):
@@ -502,7 +487,7 @@ def _parameter_root(
         if variable in run.input_ids:
             return _TAINTED
         return run.parameters.get(variable)
-    if key in layer_call and key.startswith("call"):
+    if key.kind == "call" and key in layer_call:
         return _TAINTED
     first = None
     for child, _ in fn.next_functions:

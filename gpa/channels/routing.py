@@ -1,6 +1,6 @@
 """Channel routing: which channels of which layer every traced tensor carries.
 
-An fx pass over a graph annotated by :func:`gpa.flow.flow_from_values`. It
+An fx pass over a graph annotated by :func:`gpa.frontends.fx.flow.flow_from_values`. It
 follows the forward data flow along gradient-carrying edges and gives each
 tensor a :class:`Channels` value: its *channel-bearing axes* and, for each
 layer output reaching it without crossing another layer, a :class:`Term`
@@ -27,14 +27,15 @@ channels.
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from gpa.api import fx_gradient_graph
+    >>> from gpa.frontends.fx import fx_gradient_graph
+    >>> from gpa.options import AnalysisOptions
     >>> class Half(nn.Module):
     ...     def __init__(self):
     ...         super().__init__()
     ...         self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(2, 2, 1)
     ...     def forward(self, x):
     ...         return self.b(self.a(x)[:, 2:])
-    >>> graph = fx_gradient_graph(Half(), input_shape=(1, 3, 4, 4))
+    >>> graph = fx_gradient_graph(Half(), AnalysisOptions(input_shape=(1, 3, 4, 4)))
     >>> routing = route_channels(graph.traced, graph.calls)
     >>> [(d.consumer, d.positions.tolist()) for d in routing.inbound["a"]]
     [('b', [2, 3])]
@@ -55,9 +56,11 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from gpa.flow import CONSTANT, GRAD_FROM, POINTWISE_MODULES, SHAPES, VALUE, Shape
-from gpa.graph import select_outputs
-from gpa.layers import CONV_FUNCTIONS, LayerCall
+from gpa.core.graph import LayerCall
+from gpa.frontends.fx.flow import FLOW, Shape
+from gpa.frontends.fx.graph import select_outputs
+from gpa.frontends.fx.layers import CONV_FUNCTIONS
+from gpa.frontends.modules import POINTWISE_MODULES
 
 __all__ = ["Term", "Channels", "Delivery", "ChannelRouting", "route_channels", "layer_axis"]
 
@@ -405,14 +408,14 @@ class _Router:
     # inputs --------------------------------------------------------------
     def inputs(self, node: fx.Node) -> dict[fx.Node, Any]:
         """Channels of each input node; inputs gradient does not flow through carry none."""
-        flows = node.meta.get(GRAD_FROM, frozenset())
+        flows = node.meta[FLOW].grad_from
         return {
-            n: self.env[n] if n in flows else _untracked(n.meta.get(SHAPES))
+            n: self.env[n] if n in flows else _untracked(n.meta[FLOW].shapes)
             for n in node.all_input_nodes
         }
 
     def fallback(self, node: fx.Node, inputs: Mapping[fx.Node, Any], why: str) -> Any:
-        shapes = node.meta.get(SHAPES)
+        shapes = node.meta[FLOW].shapes
         terms = tuple(t for v in inputs.values() for c in _leaves(v) for t in c.terms)
         for t in terms:
             self.routing.fallbacks[t.producer].add(why)
@@ -432,7 +435,7 @@ class _Router:
             consumer = node.name if len(tensor_args) == 1 else f"{node.name}#{k}"
             self.deliver(consumer, node.name, ch, axis)
         self.routing.groups[node.name] = _groups(self.gm, node)
-        shapes = node.meta.get(SHAPES)
+        shapes = node.meta[FLOW].shapes
         first = True
 
         def fresh(s: Any) -> Any:
@@ -482,7 +485,7 @@ class _Router:
 
     # outputs ---------------------------------------------------------------
     def output(self, node: fx.Node, outputs: Any) -> None:
-        flows = node.meta.get(GRAD_FROM, frozenset())
+        flows = node.meta[FLOW].grad_from
         for path, source in select_outputs(self.gm, outputs):
             if source not in flows:
                 continue
@@ -495,7 +498,7 @@ class _Router:
     # everything else -------------------------------------------------------
     def transfer(self, node: fx.Node) -> Any:
         inputs = self.inputs(node)
-        shapes = node.meta.get(SHAPES)
+        shapes = node.meta[FLOW].shapes
         if not any(_tracked(v) for v in inputs.values()):
             return _untracked(shapes)
         name = _op_name(node)
@@ -649,8 +652,8 @@ class _Router:
                         if constant is not None
                         else torch.zeros(value.shape, dtype=torch.float64)
                     )
-            elif CONSTANT in n.meta:
-                probes[n] = n.meta[CONSTANT]  # a size computed in forward
+            elif n.meta[FLOW].is_constant:
+                probes[n] = n.meta[FLOW].constant  # a size computed in forward
             else:
                 return self.fallback(node, inputs, _op_name(node))
         args = fx.node.map_arg(node.args, probes.__getitem__)
@@ -687,7 +690,7 @@ class _Router:
         return None
 
     def _floating(self, node: fx.Node) -> bool:
-        info = node.meta.get(VALUE)
+        info = node.meta[FLOW].value
         return info is not None and info.dtype is not None and "float" in info.dtype
 
 
@@ -844,14 +847,14 @@ def route_channels(
     """Follow every layer call's output channels to the layers and outputs they reach.
 
     Args:
-        gm: a traced module annotated by :func:`gpa.flow.flow_from_values`.
-        calls: its layer calls (node name -> :class:`~gpa.layers.LayerCall`).
-        outputs: the selected outputs, as for :func:`gpa.graph.select_outputs`.
+        gm: a traced module annotated by :func:`gpa.frontends.fx.flow.flow_from_values`.
+        calls: its layer calls (node name -> :class:`~gpa.core.graph.LayerCall`).
+        outputs: the selected outputs, as for :func:`gpa.frontends.fx.graph.select_outputs`.
     """
     router = _Router(gm, calls)
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "get_attr"):
-            router.env[node] = _untracked(node.meta.get(SHAPES))
+            router.env[node] = _untracked(node.meta[FLOW].shapes)
         elif node.op == "output":
             router.output(node, outputs)
         elif node.name in calls:

@@ -9,13 +9,14 @@ same gradient record.
 At channel level a gradient path is the sequence of (layer call, segment) it
 crosses; the loss counts as one node. One pass over the layer calls in reverse
 forward order computes each segment's paths from the segments of its senders,
-exactly as :mod:`gpa.paths` does for whole layers. A network without partial
+exactly as :mod:`gpa.core.paths` does for whole layers. A network without partial
 channel operations has one segment per layer, equal to the whole-layer record.
 
 Example:
     >>> import torch, torch.nn as nn
-    >>> from gpa.api import fx_gradient_graph
-    >>> from gpa.channels import route_channels
+    >>> from gpa.frontends.fx import fx_gradient_graph
+    >>> from gpa.options import AnalysisOptions
+    >>> from gpa.channels.routing import route_channels
     >>> class Masked(nn.Module):  # a masked residual: the identity feeds half the channels
     ...     def __init__(self):
     ...         super().__init__()
@@ -24,8 +25,8 @@ Example:
     ...         y = self.a(x)
     ...         f = self.b(y)
     ...         return torch.cat([f[:, :2] + y[:, :2], f[:, 2:]], 1)
-    >>> g = fx_gradient_graph(Masked(), input_shape=(1, 4))
-    >>> segs = channel_segments(route_channels(g.traced, g.calls), g.calls)
+    >>> g = fx_gradient_graph(Masked(), AnalysisOptions(input_shape=(1, 4)))
+    >>> segs = call_segments(route_channels(g.traced, g.calls), g.calls)
     >>> [(s.start, s.stop, s.paths.timestamps) for s in segs["a"]]
     [(0, 2, (1, 2)), (2, 4, (2,))]
 """
@@ -34,53 +35,18 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from gpa.channels import ChannelRouting
-from gpa.layers import LayerCall
-from gpa.paths import GradientPaths, bits
+from gpa.channels.routing import ChannelRouting
+from gpa.core.graph import LOSS, LayerCall
+from gpa.core.paths import GradientPaths
+from gpa.core.report import Segment, Source
 
-__all__ = ["Source", "Segment", "channel_segments", "combination", "merge_calls", "LOSS"]
+__all__ = ["call_segments", "merge_calls"]
 
-LOSS = "<loss>"
 _LOSS_PATHS = GradientPaths(stamps=1, num_paths=1, offset=0, counts=(1,))
-
-
-@dataclass(frozen=True)
-class Source:
-    """A sender of gradient to a segment and the part of its gradient delivered.
-
-    ``sender`` is a layer call or ``<loss>``; ``channels`` the [start, stop) range
-    of the sender's input channels (of the returned tensor, for the loss) that
-    carry the segment's channels; ``group`` the sender's group for a grouped
-    convolution; ``output`` the returned value's path for the loss; ``argument``
-    the sender's tensor argument when it takes several; ``mixed`` whether every
-    channel of the segment reaches every input channel of the sender (through a
-    softmax, a layer norm, an attention …) rather than one each. ``rounds`` is the
-    bitset of rounds at which the segment receives gradient from this sender
-    (round 1 from the loss; one round after the sender's own timestamps).
-    """
-
-    sender: str
-    channels: tuple[int, int]
-    rounds: int
-    group: tuple[int, ...] | None = None
-    output: str | None = None
-    argument: int | None = None
-    mixed: bool = False
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Output channels [start, stop) of one layer call with one gradient record."""
-
-    start: int
-    stop: int
-    paths: GradientPaths | None
-    sources: tuple[Source, ...] = ()
-    fallback: tuple[str, ...] = field(default=())
 
 
 def _split_label(label: str) -> tuple[str, int | None, str | None]:
@@ -309,13 +275,13 @@ class _Segmenter:
         ]
 
 
-def channel_segments(
+def call_segments(
     routing: ChannelRouting, calls: Mapping[str, LayerCall]
 ) -> dict[str, list[Segment]]:
     """Segments of every layer call's output channels, with their gradient paths.
 
     Args:
-        routing: the result of :func:`gpa.channels.route_channels`.
+        routing: the result of :func:`gpa.channels.routing.route_channels`.
         calls: the layer calls in forward order (node name -> LayerCall).
 
     Returns:
@@ -325,19 +291,6 @@ def channel_segments(
     for call in reversed(list(calls)):
         segmenter.result[call] = segmenter.run(call)
     return segmenter.result
-
-
-def combination(segment: Segment) -> frozenset:
-    """A segment's gradient combination: its set of (round, source) pairs (paper, Section 4.1).
-
-    A source is identified by its sender and the part of the sender's gradient
-    delivered (channels, group, output, argument, mixed).
-    """
-    return frozenset(
-        (t, s.sender, s.channels, s.group, s.output, s.argument, s.mixed)
-        for s in segment.sources
-        for t in bits(s.rounds)
-    )
 
 
 def merge_calls(parts: list[list[Segment]]) -> list[Segment]:

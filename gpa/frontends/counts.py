@@ -10,8 +10,10 @@ norms, activations, pooling and element-wise ops are not counted. For a convolut
 is ``2 * weights * output positions`` (darknet's "BFLOPs"). FLOPs are for the given
 inputs, batch included.
 
-:func:`count_report` adds these numbers to a :class:`gpa.Report` (``gpa.analyze`` calls it)
-without a second forward pass: FLOPs come from the shapes the analysis propagated.
+:func:`layer_counts` gives these numbers for every layer record of a gradient graph
+(``gpa.analyze`` puts them in its report) without a second forward pass: FLOPs come from
+the shapes the frontend propagated, and :func:`count_flops` is the same computation on a
+graph built for counting alone.
 
 Two parameter conventions:
 
@@ -33,32 +35,26 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
-from gpa.errors import GpaError, ShapeError
+from gpa.core.graph import GradientGraph
+from gpa.options import AnalysisOptions, CountConvention
 
 __all__ = [
-    "CONVENTIONS",
     "WEIGHT_LAYERS",
     "Counts",
-    "check_convention",
+    "LayerCounts",
     "count",
-    "count_report",
     "count_flops",
     "count_params",
     "format_flops",
     "format_params",
+    "layer_counts",
 ]
-
-#: Parameter conventions understood by :func:`count_params` and :func:`count`.
-CONVENTIONS: tuple[str, ...] = ("torch", "darknet")
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -117,12 +113,11 @@ def count_params(model: nn.Module, convention: str = "torch") -> dict[str, int]:
         >>> count_params(nn.Linear(4, 2)), count_params(nn.Linear(4, 2), "darknet")
         ({'': 10}, {'': 8})
     """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    convention = CountConvention.parse(convention, "count convention")
     out: dict[str, int] = {}
     seen: set[int] = set()
     for name, module in model.named_modules():
-        if convention == "darknet":
+        if convention is CountConvention.DARKNET:
             weight = getattr(module, "weight", None) if isinstance(module, WEIGHT_LAYERS) else None
             params = [weight] if isinstance(weight, Tensor) else []
         else:
@@ -156,107 +151,44 @@ def _macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
     return 0
 
 
-#: Normalisations keep their input's shape; on the meta device their decompositions cost
-#: milliseconds per call, so the counting pass replaces them by an empty tensor of that shape.
-_NORMS = frozenset(
-    {
-        F.batch_norm,
-        F.instance_norm,
-        F.layer_norm,
-        F.group_norm,
-        torch.batch_norm,
-        torch.instance_norm,
-        torch.layer_norm,
-        torch.group_norm,
-    }
-)
-
-
-class _SkipNorms(TorchFunctionMode):
-    """Answer normalisations of meta tensors with an empty meta tensor of the same shape."""
-
-    def __torch_function__(
-        self,
-        func: Any,
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        if func in _NORMS and args and isinstance(args[0], Tensor) and args[0].is_meta:
-            return torch.empty_like(args[0])
-        return func(*args, **(kwargs or {}))
-
-
-def _to_meta(value: Any) -> Any:
-    return torch.empty_like(value, device="meta") if isinstance(value, Tensor) else value
-
-
-def _meta_inputs(
-    model: nn.Module,
-    example_inputs: Tensor | Sequence[Any] | None,
-    input_shape: Sequence[int] | Sequence[Sequence[int]] | None,
-) -> tuple[Any, ...]:
-    """Positional arguments on the meta device, from inputs, shapes or ``model.input_shape``."""
-    if example_inputs is not None:
-        args = (example_inputs,) if isinstance(example_inputs, Tensor) else tuple(example_inputs)
-        return tuple(_to_meta(a) for a in args)
-    if input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
-        if input_shape is None:
-            raise ValueError(
-                "counting FLOPs needs example_inputs or input_shape (the model has no "
-                "input_shape attribute)"
-            )
-    shapes = list(input_shape)
-    if shapes and all(isinstance(s, int) for s in shapes):
-        shapes = [shapes]
-    return tuple(torch.zeros(tuple(s), device="meta") for s in shapes)
-
-
 def count_flops(
     model: nn.Module,
     example_inputs: Tensor | Sequence[Any] | None = None,
     *,
     input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
 ) -> dict[str, int]:
-    """FLOPs per weight-layer name for one forward pass (2 per multiply-add).
+    """FLOPs per weight-layer module name for one forward pass (2 per multiply-add).
 
-    The forward runs in eval mode (the train/eval flag of every module is restored) on
-    the meta device, with ``example_inputs`` (moved to meta), tensors of ``input_shape``
-    (a shape or a list of shapes), or ``model.input_shape``. Layers never called are
-    absent. Raises :class:`gpa.errors.ShapeError` if the forward pass fails.
+    The computation of :func:`layer_counts`, on the gradient graph of ``model`` in eval
+    mode (the default frontend, nothing computed for real) with ``example_inputs``,
+    tensors of ``input_shape`` (a shape or a list of shapes), or ``model.input_shape``.
+    Layers never called, and layers that are not weight-layer modules, are absent.
+
+    Raises:
+        GpaError: no inputs are known, or the model does not accept them.
 
     Example:
         >>> count_flops(nn.Linear(4, 2), input_shape=(3, 4))
         {'': 48}
     """
-    args = _meta_inputs(model, example_inputs, input_shape)
-    flops: dict[str, int] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, WEIGHT_LAYERS):
+    from gpa.errors import GpaError
+    from gpa.frontends import gradient_graph
 
-            def hook(mod: nn.Module, inp: tuple[Any, ...], out: Any, name: str = name) -> None:
-                flops[name] = flops.get(name, 0) + 2 * _macs(mod, inp, out)
-
-            handles.append(module.register_forward_hook(hook))
-    state = {
-        k: _to_meta(v) for k, v in [*model.named_parameters(), *model.named_buffers()]
-    }  # tied parameters appear once; functional_call re-ties them
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad(), _SkipNorms():
-            torch.func.functional_call(model, state, args)
-    except Exception as err:  # the model does not accept these inputs
-        shapes = [tuple(a.shape) if isinstance(a, Tensor) else type(a).__name__ for a in args]
-        raise ShapeError(f"forward pass on inputs {shapes} failed: {err}") from err
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes:
-            m.training = training
-    return flops
+    if example_inputs is None and input_shape is None:
+        input_shape = getattr(model, "input_shape", None)
+        if input_shape is None:
+            raise GpaError(
+                "counting FLOPs needs example_inputs or input_shape (the model has no "
+                "input_shape attribute)"
+            )
+    options = AnalysisOptions(example_inputs=example_inputs, input_shape=input_shape, train=False)
+    graph = gradient_graph(model, options)
+    modules = _layer_modules(model, [c.record for c in graph.calls.values()])
+    return {
+        "" if modules[record] is model else record: sum(fs)  # type: ignore[arg-type]
+        for record, fs in _flops_by_record(graph, modules).items()
+        if None not in fs
+    }
 
 
 def count(
@@ -283,15 +215,6 @@ def count(
     return Counts(convention, params, count_flops(model, example_inputs, input_shape=input_shape))
 
 
-def check_convention(convention: str) -> str:
-    """``convention`` if it is one of :data:`CONVENTIONS`; a :class:`GpaError` otherwise."""
-    if convention not in CONVENTIONS:
-        raise GpaError(
-            f"count convention must be one of {', '.join(CONVENTIONS)}, got {convention!r}"
-        )
-    return convention
-
-
 _NO_FLOPS_NOTE = "no example inputs: FLOPs were not counted (give --input-shape or example_inputs)"
 
 
@@ -305,7 +228,7 @@ class _Shape:
         return self.n
 
 
-def _call_flops(graph: Any, node: str, module: nn.Module) -> int | None:
+def _call_flops(graph: GradientGraph, node: Hashable, module: nn.Module) -> int | None:
     """FLOPs of one layer call from the shapes the analysis propagated (None if unknown)."""
     value = graph.ops.nodes[node].get("value")
     preds = list(graph.ops.predecessors(node))
@@ -336,22 +259,42 @@ def _layer_modules(model: nn.Module, records: Any) -> dict[str, nn.Module | None
     for record in records:
         if record in named:
             out[record] = named[record]
-        else:  # the model analysed as one call (gpa.trace.single_call), or a root parameter
+        else:  # the model analysed as one call (named after its class), or a root parameter
             out[record] = model if record == type(model).__name__ else None
     return out
 
 
-def count_report(report: Any, model: nn.Module, graph: Any, convention: str) -> Any:
-    """``report`` (a :class:`gpa.Report`) with parameters and FLOPs per layer and in total.
+@dataclass(frozen=True)
+class LayerCounts:
+    """Parameters and FLOPs of every layer record of a gradient graph (``docs/semantics.md`` §9).
 
-    A layer's ``params`` are those of its module and of the modules inside it, under
-    ``convention`` (a functional layer on a root parameter: that parameter). Its ``flops``
-    are computed from the shapes the analysis propagated through ``graph`` (a
-    :class:`gpa.graph.GradientGraph`), over all its calls, for conv, transposed conv,
-    linear and bilinear layers; other layer types have ``flops`` None. No forward pass
-    is added, so counting costs little next to the analysis. Network ``params`` count the
-    whole model (norms and biases included under ``"torch"``); network ``flops`` are the
-    sum over the layers. Without example inputs FLOPs are None and a note says so.
+    Attributes:
+        convention: how parameters were counted.
+        params: record -> parameters of its module and the modules inside it (a functional
+            layer on a root parameter: that parameter; None if unknown).
+        flops: record -> FLOPs over all its calls (None: not counted, see ``notes``).
+        total_params: parameters of the whole model.
+        total_flops: the sum of the counted layers' FLOPs (None without inputs).
+        notes: what was not counted, for the report.
+    """
+
+    convention: CountConvention
+    params: Mapping[str, int | None]
+    flops: Mapping[str, int | None]
+    total_params: int
+    total_flops: int | None
+    notes: tuple[str, ...] = ()
+
+
+def layer_counts(
+    model: nn.Module, graph: GradientGraph, convention: CountConvention | str = "torch"
+) -> LayerCounts:
+    """Parameters (under ``convention``) and FLOPs of every layer record of ``graph``.
+
+    FLOPs come from the shapes the frontend propagated through ``graph``, over all calls
+    of a layer, for conv, transposed conv, linear and bilinear modules; other layer types
+    have ``flops`` None, with a note. No forward pass is added. Without example inputs
+    every ``flops`` is None and a note says so.
 
     Example:
         >>> import gpa
@@ -359,44 +302,54 @@ def count_report(report: Any, model: nn.Module, graph: Any, convention: str) -> 
         >>> r.layers["0"].params, r.layers["0"].flops, r.network.params, r.network.flops
         (15, 48, 21, 48)
     """
-    from dataclasses import replace
-
+    convention = CountConvention.parse(convention, "count convention")
+    records = dict.fromkeys(
+        [*(c.record for c in graph.calls.values()), *(n for n, _ in graph.uncalled)]
+    )
+    types = {c.record: c.type for c in graph.calls.values()}
     params = _subtree_sums(count_params(model, convention))
-    modules = _layer_modules(model, report.layers)
-    per_call: dict[str, list[int | None]] = {}
-    for node, call in graph.calls.items():
-        module = modules.get(call.record)
-        weighted = isinstance(module, WEIGHT_LAYERS)
-        n = _call_flops(graph, node, module) if weighted else None  # type: ignore[arg-type]
-        per_call.setdefault(call.record, []).append(n)
-    flops = {r: None if None in fs else sum(fs) for r, fs in per_call.items()}  # type: ignore[arg-type]
-    layers = {}
-    for name, record in report.layers.items():
-        module = modules[name]
-        if module is None:
-            n_params = _root_parameter_size(model, name)
-        else:
-            prefix = "" if module is model else name
-            n_params = params.get(prefix, 0)
-        layers[name] = replace(record, params=n_params, flops=flops.get(name))
-    notes = list(report.notes)
-    counted = [f for f in flops.values() if f is not None]
+    modules = _layer_modules(model, records)
+    flops = {
+        r: None if None in fs else sum(fs)  # type: ignore[arg-type]
+        for r, fs in _flops_by_record(graph, modules).items()
+    }
+    record_params = {
+        r: _root_parameter_size(model, r)
+        if modules[r] is None
+        else params.get("" if modules[r] is model else r, 0)
+        for r in records
+    }
+    notes: list[str] = []
     if graph.inputs is None:
         notes.append(_NO_FLOPS_NOTE)
     else:
-        uncounted = sorted({layers[r].type for r, f in flops.items() if f is None})
+        uncounted = sorted({types[r] for r, f in flops.items() if f is None})
         if uncounted:
             notes.append(
                 f"FLOPs were not counted for layers of type {', '.join(uncounted)} (only conv, "
                 "linear and bilinear modules of known shapes are); the total leaves them out"
             )
-    network = replace(
-        report.network,
-        params=params.get("", 0),
-        flops=sum(counted) if graph.inputs is not None and counted else None,
-        count_convention=convention,
+    counted = [f for f in flops.values() if f is not None]
+    return LayerCounts(
+        convention=convention,
+        params=record_params,
+        flops=flops,
+        total_params=params.get("", 0),
+        total_flops=sum(counted) if graph.inputs is not None and counted else None,
+        notes=tuple(notes),
     )
-    return replace(report, layers=layers, network=network, notes=notes)
+
+
+def _flops_by_record(
+    graph: GradientGraph, modules: Mapping[str, nn.Module | None]
+) -> dict[str, list[int | None]]:
+    """Record -> FLOPs of each of its calls (None for a call that is not counted)."""
+    per_call: dict[str, list[int | None]] = {}
+    for node, call in graph.calls.items():
+        module = modules.get(call.record)
+        n = _call_flops(graph, node, module) if isinstance(module, WEIGHT_LAYERS) else None
+        per_call.setdefault(call.record, []).append(n)
+    return per_call
 
 
 def _root_parameter_size(model: nn.Module, name: str) -> int | None:

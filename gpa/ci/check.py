@@ -1,14 +1,14 @@
 """``gpa check``: analyse models and hold them to their rules and baseline.
 
-:func:`check_models` runs every :class:`~gpa.config.ModelSpec`: it analyses the model,
-evaluates its :class:`~gpa.rules.Rules` and, given baseline snapshots, looks for
+:func:`check_models` runs every :class:`~gpa.ci.config.ModelSpec`: it analyses the model,
+evaluates its :class:`~gpa.ci.rules.Rules` and, given baseline snapshots, looks for
 regressions. A model that cannot be loaded, traced or analysed is recorded as an
 error, never as a pass. :class:`CheckRun` gives the exit code: 2 when any model is in
-error, else 1 when any rule failed, else 0. Rendering lives in :mod:`gpa.check_format`.
+error, else 1 when any rule failed, else 0. Rendering lives in :mod:`gpa.ci.formats`.
 
 Example:
-    >>> from gpa.config import ModelOptions, ModelSpec
-    >>> from gpa.rules import Rules
+    >>> from gpa.ci.config import ModelOptions, ModelSpec
+    >>> from gpa.ci.rules import Rules
     >>> spec = ModelSpec("plain", "gpa.models:plainnet", ModelOptions(rules=Rules(max_shortest=9)))
     >>> run = check_models([spec])
     >>> run.exit_code, run.models[0].results[0].message
@@ -17,16 +17,16 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpa.api import analyze_target
-from gpa.baseline import Snapshot, regressions
-from gpa.config import Config, ModelOptions, ModelSpec
+from gpa.ci.baseline import Snapshot, regressions
+from gpa.ci.config import Config, ModelSettings, ModelSpec
+from gpa.ci.rules import RuleResult, evaluate
+from gpa.core.report import Report
 from gpa.errors import GpaError
-from gpa.report import Report
-from gpa.rules import RuleResult, evaluate
 
 __all__ = ["CheckRun", "ModelCheck", "analyze_spec", "check_models", "plan_models"]
 
@@ -112,24 +112,19 @@ class CheckRun:
         }
 
 
-def analyze_spec(spec: ModelSpec, *, channels: bool = False) -> Report:
-    """Load and analyse the model of ``spec`` with its options (and channel segments if
-    ``channels``)."""
-    o = spec.options
+def analyze_spec(spec: ModelSpec, progress: Callable[[str], None] | None = None) -> Report:
+    """Load and analyse the model of ``spec`` with its settings (``progress``: see
+    :func:`gpa.analyze`)."""
+    settings = spec.settings
     return analyze_target(
-        spec.target,
-        dict(o.kwargs),
-        input_shape=list(o.input_shape) if o.input_shape else None,
-        outputs=o.outputs or (),
-        layer_types=o.layer_types or (),
-        leaf_modules=o.leaf_modules or (),
-        train=not o.eval,
-        channels=channels,
+        spec.target, dict(settings.kwargs), settings.analysis_options(), progress=progress
     )
 
 
 def check_models(
-    specs: Iterable[ModelSpec], baseline: Mapping[str, Snapshot] | None = None
+    specs: Iterable[ModelSpec],
+    baseline: Mapping[str, Snapshot] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> CheckRun:
     """Analyse each model of ``specs`` and evaluate its rules (and ``baseline``, if given).
 
@@ -139,12 +134,14 @@ def check_models(
     for spec in specs:
         check = ModelCheck(spec.name, spec.target)
         try:
-            check.report = analyze_spec(spec)
+            check.report = analyze_spec(
+                spec, progress and (lambda phase, n=spec.name: progress(f"{n}: {phase}"))
+            )
         except GpaError as exc:
             check.error = str(exc)
             checks.append(check)
             continue
-        check.results = evaluate(check.report, spec.options.rules)
+        check.results = evaluate(check.report, spec.settings.rules)
         if baseline is not None:
             check.results.append(regressions(check.report, baseline.get(spec.name)))
         checks.append(check)
@@ -152,18 +149,18 @@ def check_models(
 
 
 def plan_models(
-    targets: Sequence[str], config: Config | None, overrides: ModelOptions | None = None
+    targets: Sequence[str], config: Config | None, overrides: ModelSettings | None = None
 ) -> list[ModelSpec]:
     """The models a ``gpa check`` run checks.
 
     Without ``targets``: every model of ``config``. Otherwise one model per target; a
     target that names a configured model uses its table, any other is a TARGET string
-    with the configuration's defaults. ``overrides`` (the command-line options) win.
+    with the configuration's defaults. ``overrides`` (the command-line settings) win.
 
     Raises:
         GpaError: no target and no configured model.
     """
-    overrides = overrides or ModelOptions()
+    overrides = overrides or ModelSettings()
     if not targets:
         if config is None or not config.models:
             where = f"in {config.path}" if config and config.path else "in any pyproject.toml"
@@ -173,7 +170,7 @@ def plan_models(
             )
         chosen = list(config.models.values())
     else:
-        defaults = config.defaults if config else ModelOptions()
+        defaults = config.defaults if config else ModelSettings()
         models = config.models if config else {}
         chosen = [models.get(t) or ModelSpec(t, t, defaults) for t in targets]
-    return [ModelSpec(s.name, s.target, s.options.overridden_by(overrides)) for s in chosen]
+    return [ModelSpec(s.name, s.target, s.settings.overridden_by(overrides)) for s in chosen]

@@ -1,10 +1,10 @@
-"""Renderings of a :class:`gpa.check.CheckRun`: text, JSON, JUnit XML, GitHub annotations.
+"""Renderings of a :class:`gpa.ci.check.CheckRun`: text, JSON, JUnit XML, GitHub annotations.
 
 All are pure functions of the run, without timestamps or durations, so the same run
 gives byte-identical output every time (JUnit's ``time`` attributes are ``0``).
 
 Example:
-    >>> from gpa.check import CheckRun, ModelCheck
+    >>> from gpa.ci.check import CheckRun, ModelCheck
     >>> print(format_text(CheckRun([ModelCheck("m", "m.py", error="no model")])), end="")
     ERROR m: no model
     1 model, 0 rules: 0 passed, 0 failed, 1 error
@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 
 import click
 
-from gpa.check import CheckRun
+from gpa.ci.check import CheckRun
 
 __all__ = ["FORMATS", "format_github", "format_json", "format_junit", "format_run", "format_text"]
 

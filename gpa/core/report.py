@@ -1,12 +1,13 @@
 """The result of an analysis: one record per layer and a network summary.
 
-Reports are plain data: they hold the numbers defined in ``docs/semantics.md``
-and know how to serialise themselves; rendering lives in :mod:`gpa.format`.
+Reports are plain data: they hold the numbers defined in ``docs/semantics.md``; their
+JSON form is :mod:`gpa.core.serialize`, their text, HTML and pictures live in
+:mod:`gpa.render`. :func:`gpa.core.records.layer_records` builds the records, each with
+all its fields at once.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -14,22 +15,78 @@ from typing import Any
 
 import networkx as nx
 
-from gpa import __version__
-from gpa.paths import GradientPaths, bits
-from gpa.segments import Segment, Source, combination
+from gpa.core.graph import LOSS
+from gpa.core.paths import GradientPaths, bits
 
-__all__ = ["LayerRecord", "NetworkSummary", "Report"]
+__all__ = [
+    "LOSS",
+    "LayerRecord",
+    "NetworkSummary",
+    "Report",
+    "Segment",
+    "Source",
+    "combination",
+    "record_graph",
+]
 
-LOSS = "<loss>"
+
+@dataclass(frozen=True)
+class Source:
+    """A sender of gradient to a channel segment and the part of its gradient delivered
+    (``docs/semantics.md`` §8).
+
+    ``sender`` is a layer (or ``<loss>``); ``channels`` the [start, stop) range of the
+    sender's input channels (of the returned tensor, for the loss) that carry the
+    segment's channels; ``group`` the sender's groups for a grouped convolution;
+    ``output`` the returned value's path for the loss; ``argument`` the sender's tensor
+    argument when it takes several; ``mixed`` whether every channel of the segment
+    reaches every input channel of the sender (through a softmax, a layer norm, an
+    attention …) rather than one each. ``rounds`` is the bitset of rounds at which the
+    segment receives gradient from this sender (round 1 from the loss; one round after
+    the sender's own timestamps).
+    """
+
+    sender: str
+    channels: tuple[int, int]
+    rounds: int
+    group: tuple[int, ...] | None = None
+    output: str | None = None
+    argument: int | None = None
+    mixed: bool = False
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Output channels [start, stop) of a layer with one gradient record (§8)."""
+
+    start: int
+    stop: int
+    paths: GradientPaths | None
+    sources: tuple[Source, ...] = ()
+    fallback: tuple[str, ...] = field(default=())
+
+
+def combination(segment: Segment) -> frozenset:
+    """A segment's gradient combination: its set of (round, source) pairs (paper, §4.1).
+
+    A source is identified by its sender and the part of the sender's gradient delivered
+    (channels, group, output, argument, mixed).
+    """
+    return frozenset(
+        (t, s.sender, s.channels, s.group, s.output, s.argument, s.mixed)
+        for s in segment.sources
+        for t in bits(s.rounds)
+    )
 
 
 @dataclass(frozen=True)
 class LayerRecord:
-    """Gradient paths of one layer (all calls of one module together).
+    """Gradient paths of one layer (all calls of one module together), ``docs/semantics.md`` §4.
 
-    ``deliveries`` maps each source (a layer name or ``<loss>``), in forward
-    order, to the bitset of rounds at which that source itself holds gradient;
-    the source hands it on one round later.
+    ``deliveries`` maps each source (a layer name or ``<loss>``), in forward order, to the
+    bitset of rounds at which that source itself holds gradient; the source hands it on
+    one round later. ``params`` and ``flops`` follow §9 (None: not counted); ``segments``
+    are the channel segments of §8 (None unless the analysis ran with ``channels``).
     """
 
     name: str
@@ -77,22 +134,6 @@ class LayerRecord:
             return ()
         return tuple(s for s, stamps in self.deliveries.items() if stamps >> (t - 1) & 1)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "type": self.type,
-            "calls": self.calls,
-            "shortest": self.shortest,
-            "longest": self.longest,
-            "timestamps": list(self.timestamps),
-            "num_paths": self.num_paths,
-            "path_histogram": {str(k): v for k, v in self.path_histogram.items()},
-            "sources": list(self.sources),
-            "params": self.params,
-            "flops": self.flops,
-            **self._channel_dict(),
-        }
-
     @property
     def gradient_combinations(self) -> int | None:
         """The number of distinct gradient combinations among this layer's segments."""
@@ -105,50 +146,16 @@ class LayerRecord:
         """Operations whose channel routing gpa could not follow exactly for this layer."""
         return tuple(sorted({f for s in self.segments or () for f in s.fallback}))
 
-    def _channel_dict(self) -> dict[str, Any]:
-        if self.segments is None:
-            return {}
-        found = {
-            "segments": [segment_dict(s) for s in self.segments],
-            "gradient_combinations": self.gradient_combinations,
-        }
-        if self.channel_fallbacks:
-            found["channel_fallback"] = list(self.channel_fallbacks)
-        return found
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON (``docs/semantics.md`` §7–§8)."""
+        from gpa.core.serialize import record_dict
 
-
-def segment_dict(s: Segment) -> dict[str, Any]:
-    """One segment as JSON (``docs/semantics.md``, channel segments)."""
-    paths = s.paths
-    return {
-        "channels": [s.start, s.stop],
-        "shortest": paths.shortest if paths else None,
-        "longest": paths.longest if paths else None,
-        "timestamps": list(paths.timestamps) if paths else [],
-        "num_paths": paths.num_paths if paths else 0,
-        "path_histogram": {str(k): v for k, v in paths.histogram.items()} if paths else {},
-        "sources": [source_dict(x) for x in s.sources],
-    }
-
-
-def source_dict(x: Source) -> dict[str, Any]:
-    """A segment's source as JSON: the sender and the part of its gradient delivered."""
-    found: dict[str, Any] = {"from": x.sender, "channels": list(x.channels)}
-    if x.output is not None:
-        found["output"] = x.output
-    if x.group is not None:
-        found["group"] = list(x.group)
-    if x.argument is not None:
-        found["argument"] = x.argument
-    if x.mixed:
-        found["mixed"] = True
-    found["rounds"] = list(bits(x.rounds))
-    return found
+        return record_dict(self)
 
 
 @dataclass(frozen=True)
 class NetworkSummary:
-    """Network-level gradient-path metrics (``docs/semantics.md``, "Network")."""
+    """Network-level gradient-path metrics (``docs/semantics.md`` §4, "Per network")."""
 
     layers: int
     max_shortest: int | None
@@ -162,7 +169,14 @@ class NetworkSummary:
     gradient_combinations: int | None = None
 
     @staticmethod
-    def of(records: Mapping[str, LayerRecord]) -> NetworkSummary:
+    def of(
+        records: Mapping[str, LayerRecord],
+        *,
+        params: int | None = None,
+        flops: int | None = None,
+        count_convention: str | None = None,
+    ) -> NetworkSummary:
+        """The summary of ``records``, with the model's parameter and FLOP totals."""
         reached = [r for r in records.values() if r.reachable]
         shortest = [r.shortest for r in reached]
         with_segments = [r for r in records.values() if r.segments is not None]
@@ -172,32 +186,23 @@ class NetworkSummary:
             else None
         )
         return NetworkSummary(
-            gradient_combinations=combinations,
             layers=len(records),
             max_shortest=max(shortest, default=None),
             min_shortest=min(shortest, default=None),
             mean_shortest=round(sum(shortest) / len(shortest), 6) if shortest else None,
             longest=max((r.longest for r in reached), default=None),
             unreachable=tuple(r.name for r in records.values() if not r.reachable),
+            params=params,
+            flops=flops,
+            count_convention=count_convention,
+            gradient_combinations=combinations,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "layers": self.layers,
-            "max_shortest": self.max_shortest,
-            "min_shortest": self.min_shortest,
-            "mean_shortest": self.mean_shortest,
-            "longest": self.longest,
-            "unreachable": list(self.unreachable),
-            "params": self.params,
-            "flops": self.flops,
-            "count_convention": self.count_convention,
-            **(
-                {"gradient_combinations": self.gradient_combinations}
-                if self.gradient_combinations is not None
-                else {}
-            ),
-        }
+        """The summary as JSON (``docs/semantics.md`` §7)."""
+        from gpa.core.serialize import network_dict
+
+        return network_dict(self)
 
 
 @dataclass
@@ -210,6 +215,7 @@ class Report:
         layers: layer name -> :class:`LayerRecord`, in forward order.
         network: the network summary.
         notes: remarks on how the analysis was done (what was skipped, fallbacks).
+        tracer: the frontend that built the graph (``"fx"`` or ``"autograd"``).
     """
 
     model: str
@@ -217,6 +223,7 @@ class Report:
     layers: dict[str, LayerRecord]
     network: NetworkSummary
     notes: list[str] = field(default_factory=list)
+    tracer: str | None = None
 
     @cached_property
     def graph(self) -> nx.DiGraph:
@@ -228,28 +235,25 @@ class Report:
         return record_graph(self.layers)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict; the layout is documented in ``docs/semantics.md``."""
-        return {
-            "gpa_version": __version__,
-            "model": self.model,
-            "inputs": self.inputs,
-            "network": self.network.to_dict(),
-            "layers": [r.to_dict() for r in self.layers.values()],
-            "notes": list(self.notes),
-        }
+        """A JSON-ready dict; the layout is documented in ``docs/semantics.md`` §7."""
+        from gpa.core.serialize import report_dict
+
+        return report_dict(self)
 
     def to_json(self, indent: int | None = 2) -> str:
         """The report as JSON; the same model gives the same bytes on every run."""
-        return json.dumps(self.to_dict(), indent=indent)
+        from gpa.core.serialize import to_json
+
+        return to_json(self.to_dict(), indent)
 
     def __str__(self) -> str:
-        from gpa.format import format_table
+        from gpa.render.text import format_table
 
         return format_table(self)
 
     def _repr_html_(self) -> str:
         """Jupyter display: the network summary, then one table row per layer."""
-        from gpa.html_report import report_html
+        from gpa.render.html import report_html
 
         return report_html(self)
 

@@ -22,7 +22,6 @@ depends on click: the CLI only parses options and calls these functions.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import difflib
 import hashlib
@@ -44,18 +43,12 @@ import torch
 from torch import nn
 
 from gpa.errors import GpaError, TargetError
+from gpa.options import parse_input_shapes
 
 __all__ = [
     "DEFAULT_NAMES",
     "LoadedTarget",
-    "ParseError",
     "load_target",
-    "parse_kv",
-    "parse_outputs",
-    "parse_shape",
-    "resolve_layer_types",
-    "resolve_leaf_modules",
-    "resolve_module_class",
 ]
 
 #: Names looked up, in this order, when a target gives no ``:attr``.
@@ -64,10 +57,6 @@ DEFAULT_NAMES: tuple[str, ...] = ("model", "build_model", "get_model", "create_m
 _THIS_FILE = Path(__file__).resolve()
 _GPA_DIR = _THIS_FILE.parent
 _MAX_LISTED = 20
-
-
-class ParseError(GpaError, ValueError):
-    """A command-line value (shape, ``key=value``) could not be parsed."""
 
 
 @dataclass
@@ -89,77 +78,6 @@ class LoadedTarget:
     example_inputs: tuple[torch.Tensor, ...] | None
     input_shape: list[tuple[int, ...]] | None
     name: str
-
-
-# --------------------------------------------------------------------------
-# Parsing command-line values
-# --------------------------------------------------------------------------
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse a tensor shape such as ``"1,3,224,224"`` (or ``"1x3x224x224"``).
-
-    Surrounding brackets and spaces are allowed. Every dimension must be a
-    positive integer.
-
-    Raises:
-        ParseError: the text is not a shape; the message says what is wrong.
-    """
-    stripped = text.strip().strip("()[]").strip()
-    if not stripped:
-        raise ParseError(f"invalid shape {text!r}: expected comma-separated sizes like 1,3,224,224")
-    parts = [p.strip() for p in re.split(r"[,xX]", stripped)]
-    if parts and parts[-1] == "" and len(parts) > 1:  # trailing comma: "(8,)"
-        parts = parts[:-1]
-    dims: list[int] = []
-    for part in parts:
-        if not re.fullmatch(r"[+]?\d+", part):
-            raise ParseError(
-                f"invalid shape {text!r}: {part!r} is not a whole number; "
-                "expected comma-separated sizes like 1,3,224,224"
-            )
-        value = int(part)
-        if value <= 0:
-            raise ParseError(f"invalid shape {text!r}: sizes must be positive, got {value}")
-        dims.append(value)
-    return tuple(dims)
-
-
-def parse_kv(text: str) -> tuple[str, Any]:
-    """Parse a ``key=value`` option into ``(key, value)``.
-
-    The value is read as a Python literal (``3``, ``0.5``, ``True``,
-    ``(1, 2)``, ``'a'``, ``None``); anything that is not a literal is kept
-    as the raw string (``act=silu`` gives ``"silu"``).
-
-    Raises:
-        ParseError: there is no ``=`` or the key is not a Python identifier.
-    """
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep:
-        raise ParseError(f"invalid option {text!r}: expected key=value, e.g. depth=18")
-    if not key.isidentifier():
-        raise ParseError(f"invalid option {text!r}: {key!r} is not a valid keyword-argument name")
-    try:
-        value: Any = ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        value = raw
-    return key, value
-
-
-def parse_outputs(values: Iterable[str]) -> list[int | str] | None:
-    """Turn ``--outputs`` values into ``gpa.analyze(outputs=...)``.
-
-    Integers (``"0"``, ``"-1"``) become indices; anything else stays a key
-    (dict key or dotted path such as ``"1.logits"``). No values gives ``None``
-    (all outputs).
-    """
-    result: list[int | str] = []
-    for value in values:
-        text = value.strip()
-        result.append(int(text) if re.fullmatch(r"[+-]?\d+", text) else text)
-    return result or None
 
 
 # --------------------------------------------------------------------------
@@ -520,19 +438,13 @@ def _build(
 
 
 def _as_shapes(value: Any, label: str) -> list[tuple[int, ...]]:
-    def is_shape(v: Any) -> bool:
-        return isinstance(v, (tuple, list, torch.Size)) and all(
-            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v
-        )
-
-    if is_shape(value) and len(value) > 0:
-        return [tuple(int(d) for d in value)]
-    if isinstance(value, (tuple, list)) and value and all(is_shape(v) for v in value):
-        return [tuple(int(d) for d in v) for v in value]
-    raise TargetError(
-        f"{label} must be a tuple of ints like (1, 3, 224, 224), each at least 1, or a list of such tuples, "
-        f"got {value!r}"
-    )
+    try:
+        return list(parse_input_shapes(value))
+    except GpaError:
+        raise TargetError(
+            f"{label} must be a tuple of ints like (1, 3, 224, 224), each at least 1, or a "
+            f"list of such tuples, got {value!r}"
+        ) from None
 
 
 def _as_inputs(value: Any, label: str) -> tuple[torch.Tensor, ...]:
@@ -652,98 +564,3 @@ def _finish(
         input_shape=input_shape,
         name=f"{where}:{attr}",
     )
-
-
-# --------------------------------------------------------------------------
-# Resolving class names for --layer-type and --leaf
-# --------------------------------------------------------------------------
-
-
-def _classes_in(model: nn.Module | None) -> list[type[nn.Module]]:
-    if model is None:
-        return []
-    seen: dict[type[nn.Module], None] = {}
-    for module in model.modules():
-        for cls in type(module).__mro__:
-            if isinstance(cls, type) and issubclass(cls, nn.Module) and cls is not nn.Module:
-                seen.setdefault(cls, None)
-    return list(seen)
-
-
-def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.Module]:
-    """Resolve a class name given on the command line to an ``nn.Module`` subclass.
-
-    ``name`` may be a ``torch.nn`` class name (``Conv2d``), the name of a
-    module class used in ``model`` (``Bottleneck``; must be unambiguous), or a
-    dotted import path (``torchvision.ops.StochasticDepth``).
-
-    Raises:
-        TargetError: nothing by that name is an ``nn.Module`` subclass.
-    """
-    text = name.strip()
-    candidate = getattr(nn, text, None) if text.isidentifier() else None
-    if inspect.isclass(candidate) and issubclass(candidate, nn.Module):
-        return candidate
-
-    in_model = _classes_in(model)
-    matches = [c for c in in_model if text in (c.__name__, f"{c.__module__}.{c.__qualname__}")]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        options = ", ".join(sorted(f"{c.__module__}.{c.__qualname__}" for c in matches))
-        raise TargetError(f"class name {text!r} is ambiguous in this model: {options}")
-
-    if "." in text:
-        parts = text.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            try:
-                obj: Any = importlib.import_module(".".join(parts[:cut]))
-            except ImportError:
-                continue
-            except Exception:  # importing a third-party module failed in its own code
-                break
-            try:
-                for part in parts[cut:]:
-                    obj = getattr(obj, part)
-            except AttributeError:
-                break
-            if inspect.isclass(obj) and issubclass(obj, nn.Module):
-                return obj
-            raise TargetError(f"{text!r} is not an nn.Module subclass")
-
-    used = sorted({c.__name__ for c in in_model if not c.__module__.startswith("torch.")})
-    hint = f"; module classes defined for this model: {', '.join(used)}" if used else ""
-    raise TargetError(
-        f"unknown module class {text!r}: not a torch.nn class (e.g. Conv2d), a class used in "
-        f"the model, or an importable package.module.Class{hint}"
-    )
-
-
-def resolve_layer_types(names: Iterable[str], model: nn.Module | None = None) -> list[type]:
-    """Resolve ``--layer-type`` values to module classes (see :func:`resolve_module_class`)."""
-    return [resolve_module_class(n, model) for n in names]
-
-
-def resolve_leaf_modules(names: Iterable[str], model: nn.Module | None = None) -> list[type | str]:
-    """Resolve ``--leaf`` values to module classes or qualified module names.
-
-    A value naming a submodule of ``model`` (as in ``model.named_modules()``,
-    e.g. ``"backbone.stage2"``) stays a name; anything else is resolved as a
-    class with :func:`resolve_module_class`.
-    """
-    submodules = {n for n, _ in model.named_modules() if n} if model is not None else set()
-    result: list[type | str] = []
-    for name in names:
-        text = name.strip()
-        if text in submodules:
-            result.append(text)
-            continue
-        try:
-            result.append(resolve_module_class(text, model))
-        except TargetError as exc:
-            if model is None:
-                raise
-            raise TargetError(
-                f"{text!r} is not the name of a submodule of the model, and {exc}"
-            ) from None
-    return result

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from gpa.errors import GpaError
+from gpa.options import AnalysisOptions
 
 __all__ = [
     "CLASSES",
@@ -222,15 +223,22 @@ def scaling(
     knob: str,
     values: Iterable[Any],
     *,
-    count_convention: str = "torch",
+    options: AnalysisOptions | None = None,
+    progress: Callable[[str], None] | None = None,
     **fixed: Any,
 ) -> ScalingResult:
     """Build zoo entry ``name`` at each of ``values`` of ``knob`` and fit how it grows.
 
     Each model is built on the meta device with ``fixed`` as further knobs and analysed
-    at its default input (``model.input_shape``). ``max_shortest``, ``longest`` and the
-    parameter count (``count_convention``) are fitted against N = the number of layers
-    with :func:`fit_growth`; at least three values giving distinct layer counts are needed.
+    with ``options`` (default: :class:`~gpa.options.AnalysisOptions` defaults) at its
+    default input (``model.input_shape``) unless ``options`` gives inputs.
+    ``max_shortest``, ``longest`` and the parameter count (``options.count_convention``)
+    are fitted against N = the number of layers with :func:`fit_growth`; at least three
+    values giving distinct layer counts are needed.
+
+    Raises:
+        GpaError: an unknown entry or knob, the knob also fixed, fewer than three distinct
+            layer counts, or an undefined metric.
 
     Example:
         >>> r = scaling("resnet", "blocks", [2, 4, 8, 16, 32], width=4)
@@ -239,9 +247,10 @@ def scaling(
         >>> [p.layers for p in r.points]
         [6, 10, 18, 34, 66]
     """
-    import gpa
     import gpa.models
+    from gpa.pipeline import analyze_model
 
+    options = options or AnalysisOptions()
     info = gpa.models.describe(name)
     if knob not in info.knobs:
         raise gpa.models.ZooError(
@@ -254,12 +263,10 @@ def scaling(
     for value in values:
         with torch.device("meta"):
             model = gpa.models.build(name, **fixed, **{knob: value})
-        report = gpa.analyze(
-            model,
-            input_shape=model.input_shape,
-            name=f"{name}({knob}={value!r})",
-            count_convention=count_convention,
-        )
+        chosen = options if options.has_inputs else options.replace(input_shape=model.input_shape)
+        label = f"{name}({knob}={value!r})"
+        step = progress and (lambda phase, label=label: progress(f"{label}: {phase}"))
+        report = analyze_model(model, chosen, name=label, progress=step)
         net = report.network
         points.append(ScalingPoint(value, net.layers, net.max_shortest, net.longest, net.params))
     ns = [p.layers for p in points]
@@ -274,4 +281,6 @@ def scaling(
         if any(y is None for y in ys):
             raise GpaError(f"{name}: {metric} is undefined for some value of {knob!r}")
         fits[metric] = fit_growth(ns, ys)
-    return ScalingResult(name, knob, dict(fixed), count_convention, tuple(points), fits)
+    return ScalingResult(
+        name, knob, dict(fixed), options.count_convention.value, tuple(points), fits
+    )

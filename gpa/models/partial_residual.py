@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from gpa.models.blocks import ZooNet, basic_block
 from gpa.models.registry import knob_bool, knob_int, knob_ratio, register
-from gpa.models.resnet import residual_net
+from gpa.models.residual import residual_net
 
 __all__ = ["prn"]
 

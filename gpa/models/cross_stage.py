@@ -16,7 +16,7 @@ from gpa.models.blocks import (
     darknet_block,
     toy_input_shape,
 )
-from gpa.models.densenet import dense_stage
+from gpa.models.dense import dense_stage
 from gpa.models.registry import knob_choice, knob_int, register
 
 __all__ = ["FUSIONS", "CSPStage", "csp", "csp_stage"]

@@ -2,9 +2,14 @@
 
 The tracer follows torch.fx's leaf policy (modules of ``torch.nn`` are leaves)
 plus the leaf modules the user declares. It also records what plain fx loses:
-changes of autograd's grad mode inside ``forward`` (``torch.no_grad()``,
-``torch.set_grad_enabled(False)``, ``torch.inference_mode()``) become
-:func:`grad_mode` nodes, so later passes know which code ran without gradient.
+the grad mode under which ``forward`` creates each operation. Whenever it differs
+from the mode of the previous operation (``torch.no_grad()``,
+``torch.set_grad_enabled(False)``, ``torch.inference_mode()`` …), a :func:`grad_mode`
+node is inserted first, so later passes know which code ran without gradient. The
+mode is read, never intercepted: nothing of torch is patched, and grad mode is
+per thread. The user's model is not modified (fx's tensor constants go on a
+shallow copy of it), and one lock serialises fx's own tracing, which patches
+``torch.nn.Module`` for its duration.
 
 Example:
     >>> import torch.nn as nn
@@ -15,25 +20,26 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import inspect
 import operator
-import os
-import traceback
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from gpa.errors import TraceError
+from gpa.frontends.frames import user_frame
+from gpa.frontends.modules import split_leaves
 
 __all__ = ["trace", "grad_mode", "single_call", "LeafSpec"]
 
 LeafSpec = Iterable[type[nn.Module] | str]
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_GPA_DIR = os.path.dirname(__file__)
+# fx patches torch.nn.Module.__call__ and __getattr__ while it traces: one trace at a time.
+_FX_LOCK = threading.Lock()
 
 
 def grad_mode(enabled: bool) -> None:
@@ -42,76 +48,25 @@ def grad_mode(enabled: bool) -> None:
 
 
 class _Tracer(fx.Tracer):
-    """fx tracer with user leaf modules and grad-mode recording."""
+    """fx tracer with user leaf modules that records the grad mode of every operation."""
 
     def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> None:
         super().__init__()
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
+        self._grad_enabled = True  # tracing starts under torch.enable_grad()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self._leaf_names or isinstance(m, self._leaf_types):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
-    def record_grad_mode(self, enabled: bool) -> None:
-        self.create_node("call_function", grad_mode, (bool(enabled),), {})
-
-
-@contextlib.contextmanager
-def _recording_grad_mode(tracer: _Tracer) -> Iterator[None]:
-    """Patch torch's grad-mode switches so that calls made while tracing are recorded."""
-    real_set = torch._C._set_grad_enabled
-    inference_mode = torch.autograd.grad_mode.inference_mode
-    real_enter, real_exit = inference_mode.__enter__, inference_mode.__exit__
-
-    def set_and_record(mode: bool) -> None:
-        real_set(mode)
-        tracer.record_grad_mode(mode)
-
-    # inference_mode(m) sets grad mode to (not m) for its block: inference_mode(False)
-    # inside inference_mode() enables gradient again.
-    def enter(self) -> None:
-        self._gpa_prev = torch.is_grad_enabled()
-        real_enter(self)
-        tracer.record_grad_mode(not self.mode)
-
-    def exit(self, *exc) -> None:
-        real_exit(self, *exc)
-        tracer.record_grad_mode(self._gpa_prev)
-
-    torch._C._set_grad_enabled = set_and_record
-    inference_mode.__enter__, inference_mode.__exit__ = enter, exit
-    try:
-        yield
-    finally:
-        torch._C._set_grad_enabled = real_set
-        inference_mode.__enter__, inference_mode.__exit__ = real_enter, real_exit
-
-
-def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
-    """The innermost traceback frame that belongs to the user's code (not torch, not gpa)."""
-    frames = traceback.extract_tb(exc.__traceback__)
-    user = [
-        f
-        for f in frames
-        if not f.filename.startswith((_TORCH_DIR, _GPA_DIR)) and not f.filename.startswith("<")
-    ]
-    return user[-1] if user else None
-
-
-def _split_leaves(leaf_modules: LeafSpec | None) -> tuple[tuple[type, ...], frozenset[str]]:
-    types, names = [], []
-    for leaf in () if leaf_modules is None else leaf_modules:
-        if isinstance(leaf, str):
-            names.append(leaf)
-        elif isinstance(leaf, type) and issubclass(leaf, nn.Module):
-            types.append(leaf)
-        else:
-            raise TraceError(
-                f"leaf_modules entries must be nn.Module classes or names, got {leaf!r}"
-            )
-    return tuple(types), frozenset(names)
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # noqa: ANN001
+        enabled = torch.is_grad_enabled()  # False under no_grad and inference_mode
+        if kind not in ("placeholder", "output") and enabled != self._grad_enabled:
+            self._grad_enabled = enabled
+            super().create_node("call_function", grad_mode, (enabled,), {})
+        return super().create_node(kind, target, args, kwargs, name, type_expr)
 
 
 def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphModule:
@@ -124,28 +79,25 @@ def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphMod
 
     Returns:
         A ``GraphModule`` whose graph contains :func:`grad_mode` calls where
-        ``forward`` switched grad mode.
+        the grad mode of ``forward``'s operations changes.
 
     Raises:
         TraceError: fx cannot trace the model; the message points at the
             model's own source line when the traceback has one.
     """
-    types, names = _split_leaves(leaf_modules)
+    types, names = split_leaves(leaf_modules)
     unknown = sorted(n for n in names if n not in dict(model.named_modules()))
     if unknown:
         raise TraceError(f"leaf module name(s) not found in the model: {', '.join(unknown)}")
     tracer = _Tracer(types, names)
-    before = set(vars(model))
+    root = copy.copy(model)  # fx stores tensor constants on its root: not on the user's model
     try:
-        with torch.enable_grad(), _recording_grad_mode(tracer):
-            graph = tracer.trace(model)
+        with _FX_LOCK, torch.enable_grad():
+            graph = tracer.trace(root)
     except Exception as exc:  # any failure inside user code under symbolic tracing
         raise TraceError(_trace_failure_message(model, exc)) from exc
-    _follow_mutations(graph, model)
-    gm = fx.GraphModule(tracer.root, graph, model.__class__.__name__)
-    for added in set(vars(model)) - before:  # fx parks tensor constants on the root
-        vars(model).pop(added, None)
-    return gm
+    _follow_mutations(graph, root)
+    return fx.GraphModule(root, graph, model.__class__.__name__)
 
 
 def single_call(model: nn.Module) -> fx.GraphModule:
@@ -169,7 +121,7 @@ def single_call(model: nn.Module) -> fx.GraphModule:
 
 
 def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
-    where = _user_frame(exc)
+    where = user_frame(exc)
     lines = [f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}"]
     if where is not None:
         lines.append(f'  File "{where.filename}", line {where.lineno}, in {where.name}')

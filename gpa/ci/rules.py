@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gpa.report import Report
+from gpa.core.report import Report
 
 __all__ = ["LayerLimit", "RuleResult", "Rules", "Violation", "evaluate"]
 

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from gpa import __version__
+from gpa.ci.rules import RuleResult, Violation
+from gpa.core.report import Report
 from gpa.errors import GpaError
-from gpa.report import Report
-from gpa.rules import RuleResult, Violation
 
 __all__ = [
     "BASELINE_FORMAT",

@@ -1,0 +1,67 @@
+"""Channel segments (``docs/semantics.md`` §8): gradient paths of parts of a layer's channels.
+
+:mod:`~gpa.channels.routing` follows every layer call's output channels through the fx
+graph; :mod:`~gpa.channels.segments` cuts them into segments with their own gradient
+paths. :func:`channel_segments` gives, per layer record, its segments with every call
+merged and senders named by record.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from gpa.frontends.fx import fx_gradient_graph
+    >>> from gpa.options import AnalysisOptions
+    >>> class Split(nn.Module):  # CSP-style: half the channels skip the block
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(2, 2), nn.Linear(4, 1)
+    ...     def forward(self, x):
+    ...         y = self.a(x)
+    ...         return self.c(torch.cat([y[:, :2], self.b(y[:, 2:])], 1))
+    >>> found = channel_segments(fx_gradient_graph(Split(), AnalysisOptions(input_shape=(1, 4))))
+    >>> [(s.start, s.stop, s.paths.shortest) for s in found["a"]]
+    [(0, 2, 2), (2, 4, 3)]
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import replace
+
+from gpa.channels.routing import route_channels
+from gpa.channels.segments import call_segments, merge_calls
+from gpa.core.graph import GradientGraph, OutputKey
+from gpa.core.report import Segment
+from gpa.errors import GpaError
+
+__all__ = ["channel_segments"]
+
+
+def channel_segments(
+    graph: GradientGraph, outputs: tuple[OutputKey, ...] | None = None
+) -> dict[str, tuple[Segment, ...]]:
+    """Record name -> its channel segments, for every layer called in ``graph``.
+
+    Raises:
+        GpaError: ``graph`` has no annotated fx module with shapes (the autograd tracer,
+            or no example inputs).
+    """
+    if graph.traced is None or graph.inputs is None:
+        raise GpaError(
+            "the channel analysis needs example inputs (--input-shape / example_inputs) and "
+            "fx's graph: it follows channels through the shapes of every traced tensor"
+        )
+    found = call_segments(route_channels(graph.traced, graph.calls, outputs), graph.calls)
+    rename = {call: c.record for call, c in graph.calls.items()}
+    grouped: dict[str, list[list[Segment]]] = defaultdict(list)
+    for call, segments in found.items():
+        grouped[rename[call]].append(
+            [
+                replace(
+                    s,
+                    sources=tuple(
+                        replace(x, sender=rename.get(x.sender, x.sender)) for x in s.sources
+                    ),
+                )
+                for s in segments
+            ]
+        )
+    return {record: tuple(merge_calls(parts)) for record, parts in grouped.items()}

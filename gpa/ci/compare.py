@@ -1,0 +1,240 @@
+"""``gpa compare``: two models, or a model and a baseline, side by side.
+
+:func:`compare` takes two reports or baseline snapshots and returns a
+:class:`Comparison`: the network metrics of both, and for every layer name present
+in both, its shortest and longest paths where they differ. :func:`load_side` turns a
+command-line argument (a TARGET, a model of ``[tool.gpa]``, a baseline file
+``base.json`` / ``base.json:model`` or a ``gpa analyze --format json`` report) into a
+snapshot. Channel-level analyses (``channels=True``, ``--channels``) add the number of
+gradient combinations to the network metrics.
+
+Example:
+    >>> import torch.nn as nn, gpa
+    >>> a = gpa.analyze(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), input_shape=(1, 4))
+    >>> b = gpa.analyze(nn.Sequential(nn.Linear(4, 2)), input_shape=(1, 4))
+    >>> c = compare(a, b)
+    >>> c.network["max_shortest"], [d.name for d in c.changed], c.only_a
+    ((2, 1), ['0'], ['1'])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpa.ci.baseline import Snapshot, read_baseline
+from gpa.ci.check import analyze_spec
+from gpa.ci.config import Config, ModelSettings, ModelSpec
+from gpa.core.report import Report
+from gpa.errors import GpaError
+
+__all__ = [
+    "CHANNEL_METRICS",
+    "Comparison",
+    "LayerDiff",
+    "NETWORK_METRICS",
+    "compare",
+    "format_comparison",
+    "load_side",
+]
+
+#: The network metrics compared, in display order (``unreachable`` as a count).
+NETWORK_METRICS = (
+    "layers",
+    "max_shortest",
+    "min_shortest",
+    "mean_shortest",
+    "longest",
+    "unreachable",
+)
+
+#: Compared as well when either side was analysed with channels (``docs/semantics.md`` §8).
+CHANNEL_METRICS = ("gradient_combinations",)
+
+
+@dataclass(frozen=True)
+class LayerDiff:
+    """A layer present in both sides whose shortest or longest path differs."""
+
+    name: str
+    shortest: tuple[int | None, int | None]
+    longest: tuple[int | None, int | None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shortest": list(self.shortest), "longest": list(self.longest)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two sides compared; ``network`` maps each of :data:`NETWORK_METRICS` (and of
+    :data:`CHANNEL_METRICS` when a side has them) to ``(a, b)``."""
+
+    a: str
+    b: str
+    network: dict[str, tuple[Any, Any]]
+    changed: list[LayerDiff] = field(default_factory=list)
+    same: int = 0
+    only_a: list[str] = field(default_factory=list)
+    only_b: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "network": {k: list(v) for k, v in self.network.items()},
+            "layers": {
+                "changed": [d.to_dict() for d in self.changed],
+                "same": self.same,
+                "only_a": self.only_a,
+                "only_b": self.only_b,
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+
+def _snapshot(side: Report | Snapshot) -> Snapshot:
+    return Snapshot.of(side) if isinstance(side, Report) else side
+
+
+def _metric(snapshot: Snapshot, key: str) -> Any:
+    value = snapshot.network.get(key)
+    return len(value) if key == "unreachable" and value is not None else value
+
+
+def compare(
+    a: Report | Snapshot, b: Report | Snapshot, *, names: tuple[str, str] = ("A", "B")
+) -> Comparison:
+    """Compare ``a`` with ``b``: network metrics, and layers matched by name.
+
+    Layers are listed in ``a``'s order; those of only one side by name.
+    """
+    sa, sb = _snapshot(a), _snapshot(b)
+    channel = [k for k in CHANNEL_METRICS if k in sa.network or k in sb.network]
+    network = {key: (_metric(sa, key), _metric(sb, key)) for key in (*NETWORK_METRICS, *channel)}
+    changed, same = [], 0
+    for name, (short_a, long_a) in sa.layers.items():
+        if name not in sb.layers:
+            continue
+        short_b, long_b = sb.layers[name]
+        if (short_a, long_a) == (short_b, long_b):
+            same += 1
+        else:
+            changed.append(LayerDiff(name, (short_a, short_b), (long_a, long_b)))
+    return Comparison(
+        names[0],
+        names[1],
+        network,
+        changed,
+        same,
+        only_a=[n for n in sa.layers if n not in sb.layers],
+        only_b=[n for n in sb.layers if n not in sa.layers],
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def _delta(a: Any, b: Any) -> str:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or a == b:
+        return ""
+    diff = b - a
+    return f"{diff:+.2f}" if isinstance(diff, float) else f"{diff:+d}"
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+
+
+def format_comparison(comparison: Comparison) -> str:
+    """The comparison as aligned text: network metrics, then the differing layers."""
+    c = comparison
+    lines = [f"A: {c.a}", f"B: {c.b}", ""]
+    rows = [["metric", "A", "B", "delta"]]
+    rows += [[k, _cell(a), _cell(b), _delta(a, b)] for k, (a, b) in c.network.items()]
+    lines += _table(rows)
+    lines.append("")
+    matched = len(c.changed) + c.same
+    lines.append(f"layers in both: {matched}, differing: {len(c.changed)}")
+    if c.changed:
+        rows = [["layer", "shortest A", "shortest B", "delta", "longest A", "longest B", "delta"]]
+        for d in c.changed:
+            rows.append(
+                [
+                    d.name,
+                    _cell(d.shortest[0]),
+                    _cell(d.shortest[1]),
+                    _delta(*d.shortest),
+                    _cell(d.longest[0]),
+                    _cell(d.longest[1]),
+                    _delta(*d.longest),
+                ]
+            )
+        lines += _table(rows)
+    for label, only in (("only in A", c.only_a), ("only in B", c.only_b)):
+        if only:
+            lines.append(f"{label} ({len(only)}): {', '.join(only)}")
+    return "\n".join(lines) + "\n"
+
+
+def _json_side(path: Path, model: str | None) -> Snapshot:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise GpaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise GpaError(f"{path} is not JSON: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("layers"), list) and "network" in data:
+        return Snapshot.from_report_dict(data)  # a gpa analyze --format json report
+    snapshots = read_baseline(path)
+    if model is None:
+        if len(snapshots) != 1:
+            raise GpaError(
+                f"{path} holds {len(snapshots)} models; name one as {path}:MODEL "
+                f"({', '.join(snapshots) or 'none'})"
+            )
+        return next(iter(snapshots.values()))
+    if model not in snapshots:
+        raise GpaError(f"{path} has no model {model!r} (it has: {', '.join(snapshots)})")
+    return snapshots[model]
+
+
+def load_side(
+    arg: str,
+    settings: ModelSettings | None = None,
+    config: Config | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Snapshot:
+    """The snapshot named by a ``gpa compare`` argument.
+
+    ``arg`` is a JSON file (``base.json``, ``base.json:MODEL`` for a baseline with several
+    models, or a saved report), a model name of ``config``, or a TARGET analysed with
+    ``settings`` (which also override a configured model's settings; with the
+    ``channels`` option the snapshot holds the gradient combinations).
+    """
+    head, sep, tail = arg.rpartition(":")
+    if sep and head.endswith(".json"):
+        return _json_side(Path(head), tail)
+    if arg.endswith(".json"):
+        return _json_side(Path(arg), None)
+    settings = settings or ModelSettings()
+    if config is not None and arg in config.models:
+        spec = config.models[arg]
+        spec = ModelSpec(spec.name, spec.target, spec.settings.overridden_by(settings))
+    else:
+        spec = ModelSpec(arg, arg, settings)
+    return Snapshot.of(analyze_spec(spec, progress))

@@ -1,0 +1,62 @@
+"""``gpa analyze TARGET``: the gradient paths of one model, as text, JSON or CSV."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gpa.cli.options import (
+    analysis_options,
+    analysis_settings,
+    emit,
+    format_option,
+    output_option,
+    progress_display,
+)
+
+__all__ = ["command"]
+
+
+@click.command("analyze")
+@click.argument("target")
+@analysis_options
+@format_option("json", "csv")
+@output_option
+@click.pass_context
+def command(
+    ctx: click.Context,
+    target: str,
+    kwargs: dict[str, Any],
+    quiet: bool,
+    fmt: str,
+    output: Path | None,
+    **params: Any,
+) -> None:
+    """Analyse the gradient paths of the model named by TARGET.
+
+    TARGET is a Python file (nets/mine.py, nets/mine.py:build) or an import
+    spec (package.module:attr). Without :attr the file's model is the first
+    of model, build_model, get_model, create_model.
+
+    Inputs: --input-shape, else example_inputs or input_shape defined next to
+    the model. With none, the analyses that need no shapes still run.
+    """
+    from gpa.api import analyze_target
+    from gpa.options import AnalysisOptions
+    from gpa.render.text import format_csv, format_table
+
+    options = AnalysisOptions(**analysis_settings(ctx, params))
+    with progress_display(quiet) as progress:
+        report = analyze_target(target, kwargs, options, progress=progress)
+    if fmt == "json":
+        text = report.to_json()
+    elif fmt == "csv":
+        text = format_csv(report)
+        for note in report.notes:
+            click.echo(f"note: {note}", err=True)
+    else:
+        text = format_table(report, color=output is None and sys.stdout.isatty())
+    emit(text, output)

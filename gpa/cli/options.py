@@ -1,0 +1,268 @@
+"""The command-line options shared by gpa's commands, each declared once.
+
+Every command that analyses a model takes :func:`analysis_options`: one flag per field of
+:class:`gpa.options.AnalysisOptions` (the click parameter is named after the field, so
+:func:`analysis_settings` hands the ones given on the command line straight to it), plus
+``-k`` for the target's factory and ``-q``. ``--format``, ``-o`` and ``--config`` have one
+spelling everywhere; every command's default format is ``text``.
+
+Nothing here imports torch: ``gpa --help`` stays quick.
+
+Example:
+    >>> parse_shape("1x3x224x224"), parse_kv("depth=18"), parse_kv("act=silu")
+    ((1, 3, 224, 224), ('depth', 18), ('act', 'silu'))
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from gpa.errors import GpaError
+from gpa.options import CountConvention, Tracer, option_names
+
+__all__ = [
+    "ParseError",
+    "analysis_options",
+    "analysis_settings",
+    "config_option",
+    "emit",
+    "format_option",
+    "output_option",
+    "parse_kv",
+    "parse_shape",
+    "progress_display",
+]
+
+
+class ParseError(GpaError, ValueError):
+    """A command-line value (shape, ``key=value``) could not be parsed."""
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse a tensor shape such as ``"1,3,224,224"`` (or ``"1x3x224x224"``).
+
+    Surrounding brackets and spaces are allowed. Every dimension must be a positive integer.
+
+    Raises:
+        ParseError: the text is not a shape; the message says what is wrong.
+    """
+    stripped = text.strip().strip("()[]").strip()
+    if not stripped:
+        raise ParseError(f"invalid shape {text!r}: expected comma-separated sizes like 1,3,224,224")
+    parts = [p.strip() for p in re.split(r"[,xX]", stripped)]
+    if parts and parts[-1] == "" and len(parts) > 1:  # trailing comma: "(8,)"
+        parts = parts[:-1]
+    dims: list[int] = []
+    for part in parts:
+        if not re.fullmatch(r"[+]?\d+", part):
+            raise ParseError(
+                f"invalid shape {text!r}: {part!r} is not a whole number; "
+                "expected comma-separated sizes like 1,3,224,224"
+            )
+        value = int(part)
+        if value <= 0:
+            raise ParseError(f"invalid shape {text!r}: sizes must be positive, got {value}")
+        dims.append(value)
+    return tuple(dims)
+
+
+def parse_kv(text: str) -> tuple[str, Any]:
+    """Parse a ``key=value`` option into ``(key, value)``.
+
+    The value is read as a Python literal (``3``, ``0.5``, ``True``, ``(1, 2)``, ``'a'``,
+    ``None``); anything that is not a literal is kept as the raw string (``act=silu``
+    gives ``"silu"``).
+
+    Raises:
+        ParseError: there is no ``=`` or the key is not a Python identifier.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep:
+        raise ParseError(f"invalid option {text!r}: expected key=value, e.g. depth=18")
+    if not key.isidentifier():
+        raise ParseError(f"invalid option {text!r}: {key!r} is not a valid keyword-argument name")
+    try:
+        value: Any = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = raw
+    return key, value
+
+
+def _parsed(parse: Callable[[str], Any]) -> Callable[..., Any]:
+    """A click callback applying ``parse`` to every value of a repeatable option."""
+
+    def callback(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+        try:
+            return tuple(parse(v) for v in values)
+        except ParseError as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+    return callback
+
+
+def _kwargs(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    return dict(_parsed(parse_kv)(ctx, param, values))
+
+
+# One declaration per AnalysisOptions field; the parameter name is the field's name.
+_ANALYSIS = [
+    click.option(
+        "--input-shape",
+        "input_shape",
+        metavar="SHAPE",
+        multiple=True,
+        callback=_parsed(parse_shape),
+        help="Shape of an input, e.g. 1,3,224,224 (repeat for several inputs).",
+    ),
+    click.option(
+        "--outputs",
+        "outputs",
+        metavar="KEY",
+        multiple=True,
+        help="Output(s) feeding the loss: an index, a key or a dotted path (repeatable).",
+    ),
+    click.option(
+        "--layer-type",
+        "layer_types",
+        metavar="CLASS",
+        multiple=True,
+        help="Module class counted as a layer, replacing the default set (repeatable).",
+    ),
+    click.option(
+        "--leaf",
+        "leaf_modules",
+        metavar="CLASS_OR_NAME",
+        multiple=True,
+        help="Module class or qualified submodule name not to trace into (repeatable).",
+    ),
+    click.option(
+        "--train/--eval",
+        "train",
+        default=True,
+        help="Analyse in train mode (default) or eval mode.",
+    ),
+    click.option(
+        "--tracer",
+        type=click.Choice([t.value for t in Tracer]),
+        default=Tracer.AUTO.value,
+        show_default=True,
+        help="fx: symbolic tracing; autograd: run the model once and read its autograd graph "
+        "(needs inputs); auto: fx, else autograd when fx cannot trace the model.",
+    ),
+    click.option(
+        "--channels/--no-channels",
+        "channels",
+        default=False,
+        help="Also analyse channel segments (needs inputs and fx): per-segment paths and "
+        "gradient combinations.",
+    ),
+    click.option(
+        "--count-convention",
+        type=click.Choice([c.value for c in CountConvention]),
+        default=CountConvention.TORCH.value,
+        show_default=True,
+        help="Parameters counted: all (torch) or conv/linear weights only (darknet, Table 2).",
+    ),
+]
+
+_MODEL = [
+    click.option(
+        "-k",
+        "kwargs",
+        metavar="KEY=VALUE",
+        multiple=True,
+        callback=_kwargs,
+        help="Keyword argument for the model factory (repeatable; values are Python literals).",
+    ),
+    click.option(
+        "-q", "--quiet", is_flag=True, help="No progress display (it only shows on a terminal)."
+    ),
+]
+
+
+def analysis_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add every analysis option, ``-k`` and ``-q`` to ``command``."""
+    for option in reversed([*_MODEL, *_ANALYSIS]):
+        command = option(command)
+    return command
+
+
+def analysis_settings(ctx: click.Context, params: dict[str, Any]) -> dict[str, Any]:
+    """Take the analysis options out of ``params`` (a command's keyword arguments) and
+    return those given on the command line, by :class:`~gpa.options.AnalysisOptions` field.
+
+    ``-k`` and ``-q`` stay in ``params``.
+    """
+    given = {}
+    for name in option_names():
+        value = params.pop(name)
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None):
+            given[name] = value
+    return given
+
+
+def format_option(*choices: str) -> Callable[..., Any]:
+    """``--format``, with ``text`` first and the default."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", *choices]),
+        default="text",
+        show_default=True,
+        help="Output format.",
+    )
+
+
+output_option = click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the output to this file instead of standard output.",
+)
+
+
+def emit(text: str, output: Path | None) -> None:
+    """Print ``text`` (ending it with a newline), or write it to the file ``output``.
+
+    Raises:
+        GpaError: the file cannot be written.
+    """
+    if not text.endswith("\n"):
+        text += "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise GpaError(f"cannot write {output}: {exc.strerror or exc}") from None
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML file with a [tool.gpa] table (default: the nearest pyproject.toml that has one).",
+)
+
+
+@contextlib.contextmanager
+def progress_display(quiet: bool) -> Iterator[Callable[[str], None] | None]:
+    """A phase display on standard error when it is a terminal (and not ``--quiet``)."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+
+    with Console(stderr=True).status("gpa: starting") as status:
+        yield lambda phase: status.update(f"gpa: {phase}…")

@@ -1,0 +1,93 @@
+"""``gpa plot TARGET... --kind KIND -o FILE``: the paper's figures for a model (gpa.plot)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from gpa.cli.options import analysis_options, analysis_settings, progress_display
+
+__all__ = ["command"]
+
+
+@click.command("plot")
+@click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
+@analysis_options
+@click.option(
+    "--kind",
+    type=click.Choice(["timestamps", "sources", "profile", "histogram"]),
+    default="timestamps",
+    show_default=True,
+    help="timestamps (Fig. 7), sources at a round (Fig. 8), profile along depth "
+    "(several TARGETs overlaid), or the path-length histogram of --layer.",
+)
+@click.option("--layer", metavar="NAME", help="The layer of --kind histogram.")
+@click.option(
+    "--round",
+    "t",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="The round of --kind sources.",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(min=1),
+    help="Collapse layers by this module depth (default: only beyond 48 layers).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Image file; .png, .svg or .pdf (default: KIND.png).",
+)
+@click.pass_context
+def command(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    kwargs: dict[str, Any],
+    quiet: bool,
+    kind: str,
+    layer: str | None,
+    t: int,
+    depth: int | None,
+    output: Path | None,
+    **params: Any,
+) -> None:
+    """Draw the gradient paths of the model(s) named by TARGET as an image (see gpa.plot).
+
+    Channel segments are analysed for --kind timestamps and sources unless --no-channels.
+    """
+    import gpa.plot
+    from gpa.options import AnalysisOptions
+
+    output = output or Path(f"{kind}.png")
+    gpa.plot.image_format(output)  # refuse a bad file name before analysing
+    given = ctx.get_parameter_source("channels") is not ParameterSource.DEFAULT
+    options = AnalysisOptions(**analysis_settings(ctx, params))
+    if not given:
+        options = options.replace(channels=kind in ("timestamps", "sources"))
+    with progress_display(quiet) as progress:
+        reports = [_analyze(x, kwargs, options, not given, progress) for x in targets]
+    fig = gpa.plot.draw(kind, reports, layer=layer, t=t, depth=depth)
+    gpa.plot.save(fig, output)
+    click.echo(f"wrote {output}")
+
+
+def _analyze(
+    target: str, kwargs: dict[str, Any], options: Any, optional: bool, progress: Any
+) -> Any:
+    """The report of ``target``; at layer level when channels were not asked for and no
+    frontend that gives them can read the model."""
+    from gpa.api import analyze_target
+    from gpa.errors import TraceError
+
+    try:
+        return analyze_target(target, kwargs, options, progress=progress)
+    except TraceError:
+        if not (optional and options.channels):
+            raise
+    return analyze_target(target, kwargs, options.replace(channels=False), progress=progress)

@@ -1,0 +1,122 @@
+"""The fx frontend: symbolic tracing, a gradient-flow pass, layers, and the op graph.
+
+:func:`fx_gradient_graph` traces the model (:mod:`~gpa.frontends.fx.tracer`), annotates
+every node with its gradient flow (:mod:`~gpa.frontends.fx.flow`), finds the layer calls
+(:mod:`~gpa.frontends.fx.layers`) and builds the :class:`~gpa.core.graph.GradientGraph`
+(:mod:`~gpa.frontends.fx.graph`).
+
+Example:
+    >>> import torch.nn as nn
+    >>> from gpa.options import AnalysisOptions
+    >>> g = fx_gradient_graph(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)),
+    ...                       AnalysisOptions(input_shape=(1, 2)))
+    >>> [c.record for c in g.calls.values()], g.tracer
+    (['0', '2'], 'fx')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from gpa.core.graph import GradientGraph
+from gpa.frontends.fx.flow import GradientFlow, flow_from_names
+from gpa.frontends.fx.graph import op_graph
+from gpa.frontends.fx.layers import find_layers, opaque_calls, uncalled_layers
+from gpa.frontends.fx.tracer import single_call, trace
+from gpa.frontends.inputs import zeros
+from gpa.frontends.modules import fx_leaf, training_mode
+from gpa.options import AnalysisOptions
+
+__all__ = ["fx_gradient_graph"]
+
+NO_INPUTS_NOTE = (
+    "no example inputs: shapes were not propagated, and gradient flow was decided from "
+    "a table of operation names instead of the values themselves (give --input-shape or "
+    "example_inputs for the exact analysis)"
+)
+
+
+def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
+    """The gradient graph of ``model`` as the torch.fx tracer sees it.
+
+    ``options.layer_types`` and ``options.leaf_modules`` must hold classes and qualified
+    names only (class names resolved, see :func:`gpa.frontends.modules.resolve_options`).
+
+    Raises:
+        TraceError: fx cannot trace the model.
+        ShapeError: the inputs do not fit it.
+    """
+    with training_mode(model, options.train):
+        leaves = [*(options.leaf_modules or ()), *_custom_types(options.layer_types)]
+        traced = _rooted(model, leaves)
+        gm = trace(traced, leaves)
+        inputs = _example_inputs(gm, options)
+        notes = []
+        if inputs is None:
+            flow_from_names(gm)
+            notes.append(NO_INPUTS_NOTE)
+        else:
+            GradientFlow(gm).run(*inputs)
+    calls = find_layers(gm, options.layer_types, traced)
+    opaque = opaque_calls(gm, calls)
+    notes += [
+        f"'{name}' is a function fx does not look into (torch.fx.wrap) and it reads "
+        f"parameters of {', '.join(owners)}: layers inside it are not seen; analyse with "
+        "--tracer auto or autograd to see them"
+        for name, owners in opaque
+    ]
+    return GradientGraph(
+        ops=op_graph(gm, options.outputs),
+        calls={node.name: call for node, call in calls.items()},
+        tracer="fx",
+        uncalled=uncalled_layers(traced, gm, options.layer_types),
+        inputs=inputs,
+        notes=notes,
+        traced=gm,
+        opaque=[name for name, _ in opaque],
+    )
+
+
+def _rooted(model: nn.Module, leaves: Sequence[Any]) -> nn.Module:
+    """``model`` itself, or a wrapper naming it after its class when fx would not trace into it.
+
+    A model that is a layer or a leaf (``gpa.analyze(nn.Linear(3, 2))``) is then reported
+    as one call named ``Linear`` rather than by its parameters' names.
+    """
+    leaf_types = tuple(t for t in leaves if isinstance(t, type))
+    if fx_leaf(type(model)) or isinstance(model, leaf_types):
+        return single_call(model)
+    return model
+
+
+def _custom_types(layer_types: Sequence[type[nn.Module]] | None) -> list[type[nn.Module]]:
+    """Layer types fx would trace into: they must be leaves to be seen as one call."""
+    return [t for t in layer_types or () if not fx_leaf(t)]
+
+
+def _reads_embedding(gm: fx.GraphModule, placeholder: fx.Node) -> bool:
+    for user in placeholder.users:
+        if user.op == "call_module" and isinstance(
+            gm.get_submodule(user.target), (nn.Embedding, nn.EmbeddingBag)
+        ):
+            return True
+        if user.op == "call_function" and user.target in (F.embedding, torch.embedding):
+            return True
+    return False
+
+
+def _example_inputs(gm: fx.GraphModule, options: AnalysisOptions) -> tuple | None:
+    """The example inputs, or meta zeros of the input shapes (int64 when read by an embedding)."""
+    if options.example_inputs is not None:
+        return options.example_inputs
+    if options.input_shape is None:
+        return None
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    integer = {i for i, p in enumerate(placeholders) if _reads_embedding(gm, p)}
+    return zeros(*options.input_shape, integer=integer)

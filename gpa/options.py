@@ -1,0 +1,247 @@
+"""Every option of an analysis, in one frozen value: :class:`AnalysisOptions`.
+
+:func:`gpa.analyze` builds it from its keyword arguments, :func:`gpa.analyze_target`,
+``[tool.gpa]`` (:mod:`gpa.ci.config`), every CLI command (:mod:`gpa.cli.options`) and
+:func:`gpa.testing.assert_gradient_paths` build the same value, so an option exists
+everywhere or nowhere. Values are checked and normalised once, here: strings become
+:class:`Tracer` / :class:`CountConvention`, shapes become tuples, a single output key
+becomes a tuple of one; a bad value raises :class:`gpa.errors.GpaError` naming the option.
+
+The option table of ``docs/semantics.md`` (§1) and ``docs/ci.md`` lists every field with its
+CLI flag and ``[tool.gpa]`` key; the key is the field's name and the flag is declared once in
+:mod:`gpa.cli.options`.
+
+This module does not import torch (the CLI builds options before it needs torch).
+
+Example:
+    >>> opts = AnalysisOptions(input_shape=(1, 3, 8, 8), tracer="fx", outputs=0)
+    >>> opts.input_shape, opts.tracer, opts.outputs
+    (((1, 3, 8, 8),), <Tracer.FX: 'fx'>, (0,))
+    >>> AnalysisOptions(tracer="jit")
+    Traceback (most recent call last):
+        ...
+    gpa.errors.GpaError: unknown tracer 'jit'; choose one of fx, autograd, auto
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from gpa.errors import GpaError
+
+__all__ = [
+    "AnalysisOptions",
+    "CountConvention",
+    "OutputKey",
+    "Shape",
+    "Tracer",
+    "option_names",
+    "parse_input_shapes",
+]
+
+OutputKey = int | str
+Shape = tuple[int, ...]
+
+
+class _Choice(str, Enum):
+    """A string enumeration that prints as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: Any, what: str) -> Any:
+        try:
+            return cls(value)
+        except ValueError:
+            choices = ", ".join(c.value for c in cls)
+            raise GpaError(f"unknown {what} {value!r}; choose one of {choices}") from None
+
+
+class Tracer(_Choice):
+    """The frontend that turns a model into a gradient graph (``docs/semantics.md`` §1.6).
+
+    ``AUTO`` (the default) uses fx where it can trace the model and the autograd
+    tracer otherwise, saying which ran and why in the report's notes.
+    """
+
+    FX = "fx"
+    AUTOGRAD = "autograd"
+    AUTO = "auto"
+
+
+class CountConvention(_Choice):
+    """How parameters are counted (``docs/semantics.md`` §9): all, or conv/linear weights."""
+
+    TORCH = "torch"
+    DARKNET = "darknet"
+
+
+def _is_shape(value: Any) -> bool:
+    return (
+        isinstance(value, (tuple, list))
+        and len(value) > 0
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
+    )
+
+
+def parse_input_shapes(value: Any) -> tuple[Shape, ...]:
+    """One shape or a sequence of shapes, as a tuple of shapes; anything else is a GpaError.
+
+    Example:
+        >>> parse_input_shapes((1, 3, 8, 8)), parse_input_shapes([[1, 4], [1, 2]])
+        (((1, 3, 8, 8),), ((1, 4), (1, 2)))
+    """
+    if _is_shape(value):
+        return (tuple(int(d) for d in value),)
+    if isinstance(value, (tuple, list)) and value and all(map(_is_shape, value)):
+        return tuple(tuple(int(d) for d in s) for s in value)
+    raise GpaError(
+        f"input_shape must be a shape of positive sizes, e.g. (1, 3, 224, 224), or a list of "
+        f"shapes, got {value!r}"
+    )
+
+
+def _example_inputs(value: Any) -> tuple | None:
+    import torch
+
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    raise GpaError(
+        "example_inputs must be a tensor or a tuple of forward's arguments, "
+        f"got {type(value).__name__}"
+    )
+
+
+def _outputs(value: Any) -> tuple[OutputKey, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return (value,)
+    if isinstance(value, (tuple, list)) and all(
+        isinstance(v, (int, str)) and not isinstance(v, bool) for v in value
+    ):
+        return tuple(value)
+    raise GpaError(
+        f"outputs must be an index or key, or a list of them (e.g. [0, 'logits']), got {value!r}"
+    )
+
+
+def _module_entries(name: str, allowed: str) -> Callable[[Any], tuple | None]:
+    """A checker for lists of ``nn.Module`` classes or of names (resolved against the model)."""
+
+    def check(value: Any) -> tuple | None:
+        from torch import nn
+
+        if value is None:
+            return None
+        if isinstance(value, (str, type)):  # one entry
+            value = (value,)
+        entries = (
+            None
+            if isinstance(value, (str, type, bytes)) or not isinstance(value, Iterable)
+            else tuple(value)
+        )
+        if entries is None or not all(
+            isinstance(e, str) or (isinstance(e, type) and issubclass(e, nn.Module))
+            for e in entries
+        ):
+            raise GpaError(f"{name} must be a list of {allowed}, got {value!r}")
+        return entries
+
+    return check
+
+
+def _flag(name: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise GpaError(f"{name} must be true or false, got {value!r}")
+        return value
+
+    return check
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "example_inputs": _example_inputs,
+    "input_shape": lambda v: None if v is None else parse_input_shapes(v),
+    "outputs": _outputs,
+    "layer_types": _module_entries("layer_types", "nn.Module classes or class names"),
+    "leaf_modules": _module_entries(
+        "leaf_modules", "nn.Module classes, class names or qualified submodule names"
+    ),
+    "train": _flag("train"),
+    "tracer": lambda v: Tracer.parse(v, "tracer"),
+    "channels": _flag("channels"),
+    "count_convention": lambda v: CountConvention.parse(v, "count convention"),
+}
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """How to analyse a model: every option of :func:`gpa.analyze`, checked once.
+
+    Attributes:
+        example_inputs: forward's positional arguments (a tuple; a single tensor is
+            wrapped). Only shapes and dtypes are used by the fx tracer; the autograd
+            tracer runs the model on them (on the meta device when it can).
+        input_shape: instead of ``example_inputs``, one shape per positional input
+            (float32 zeros, or int64 for an input read by an embedding).
+        outputs: the returned values that feed the loss, by index, key or dotted path
+            (``"1.logits"``); ``None``: all of them (``docs/semantics.md`` §1.5).
+        layer_types: module classes (or class names) counted as layers, replacing
+            the default set (§2); ``None``: the default set.
+        leaf_modules: module classes, class names or qualified submodule names not to
+            trace into (§1.1).
+        train: analyse in train mode (default) or eval mode.
+        tracer: :class:`Tracer` (default ``auto``).
+        channels: also analyse channel segments (§8); needs inputs and an fx graph.
+        count_convention: :class:`CountConvention` of the parameter counts (§9).
+
+    Raises:
+        GpaError: a value of the wrong type or an unknown choice; both
+            ``example_inputs`` and ``input_shape``.
+    """
+
+    example_inputs: tuple | None = field(default=None, compare=False, repr=False)
+    input_shape: tuple[Shape, ...] | None = None
+    outputs: tuple[OutputKey, ...] | None = None
+    layer_types: tuple | None = None
+    leaf_modules: tuple | None = None
+    train: bool = True
+    tracer: Tracer = Tracer.AUTO
+    channels: bool = False
+    count_convention: CountConvention = CountConvention.TORCH
+
+    def __post_init__(self) -> None:
+        for name, check in _CHECKS.items():
+            object.__setattr__(self, name, check(getattr(self, name)))
+        if self.example_inputs is not None and self.input_shape is not None:
+            raise GpaError("give either example_inputs or input_shape, not both")
+
+    @property
+    def has_inputs(self) -> bool:
+        """Whether example inputs or input shapes are set."""
+        return self.example_inputs is not None or self.input_shape is not None
+
+    def replace(self, **changes: Any) -> AnalysisOptions:
+        """A copy with ``changes`` applied (checked like the constructor's arguments)."""
+        return dataclasses.replace(self, **changes)
+
+    def overridden_by(self, changes: Mapping[str, Any]) -> AnalysisOptions:
+        """A copy where the options of ``changes`` that are not None replace these."""
+        return self.replace(**{k: v for k, v in changes.items() if v is not None})
+
+
+def option_names(*, settable: bool = True) -> tuple[str, ...]:
+    """The names of :class:`AnalysisOptions`' fields; ``settable``: those a configuration file
+    or the command line can set (not ``example_inputs``, which only Python can give)."""
+    names = tuple(f.name for f in dataclasses.fields(AnalysisOptions))
+    return tuple(n for n in names if n != "example_inputs") if settable else names

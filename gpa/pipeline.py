@@ -1,0 +1,88 @@
+"""The analysis pipeline: model and options in, report out.
+
+One path for every surface (library, CLI, ``gpa check``, ``gpa.testing``):
+
+1. :func:`gpa.frontends.modules.resolve_options`: class names resolved against the model;
+2. :func:`gpa.frontends.gradient_graph`: the frontend the options name builds the graph;
+3. :func:`gpa.channels.channel_segments` (with ``channels``): segments per layer;
+4. :func:`gpa.frontends.counts.layer_counts`: parameters and FLOPs per layer;
+5. :func:`gpa.core.records.layer_records`: every record, with all its fields, at once;
+6. the :class:`~gpa.core.report.Report` and its network summary.
+
+Example:
+    >>> import torch.nn as nn
+    >>> from gpa.options import AnalysisOptions
+    >>> report = analyze_model(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)),
+    ...                        AnalysisOptions(input_shape=(1, 4)))
+    >>> report.network.max_shortest, report.tracer
+    (2, 'fx')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from gpa.channels import channel_segments
+from gpa.core.records import layer_records
+from gpa.core.report import NetworkSummary, Report
+from gpa.errors import NoLayersError
+from gpa.frontends import gradient_graph
+from gpa.frontends.counts import layer_counts
+from gpa.frontends.inputs import describe_inputs
+from gpa.frontends.modules import DEFAULT_LAYER_TYPES, check_model, resolve_options
+from gpa.options import AnalysisOptions
+
+__all__ = ["analyze_model"]
+
+_NO_GRADIENT_NOTE = (
+    "the model returns no tensor that gradient can flow back from (none, or only "
+    "detached or integer values): every layer is unreachable"
+)
+
+
+def analyze_model(
+    model: nn.Module,
+    options: AnalysisOptions,
+    *,
+    name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Report:
+    """Analyse ``model`` as ``options`` say (see :func:`gpa.analyze` for the errors raised)."""
+    step = progress or (lambda phase: None)
+    check_model(model)
+    options = resolve_options(options, model)
+    step("tracing and propagating shapes")
+    graph = gradient_graph(model, options)
+    segments = None
+    if options.channels:
+        step("channel segments")
+        segments = channel_segments(graph, options.outputs)
+    step("parameters and FLOPs")
+    counts = layer_counts(model, graph, options.count_convention)
+    step("gradient paths")
+    records = layer_records(graph, params=counts.params, flops=counts.flops, segments=segments)
+    if not records:
+        types = ", ".join(
+            t if isinstance(t, str) else t.__name__
+            for t in (options.layer_types or DEFAULT_LAYER_TYPES)
+        )
+        raise NoLayersError(
+            f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
+            f"(layer types: {types}; add more with layer_types= / --layer-type)"
+        )
+    notes = [*graph.notes, *([] if graph.carries_gradient else [_NO_GRADIENT_NOTE]), *counts.notes]
+    return Report(
+        model=name or type(model).__name__,
+        inputs=describe_inputs(graph.inputs),
+        layers=records,
+        network=NetworkSummary.of(
+            records,
+            params=counts.total_params,
+            flops=counts.total_flops,
+            count_convention=counts.convention.value,
+        ),
+        notes=notes,
+        tracer=graph.tracer,
+    )
