@@ -1,7 +1,7 @@
-"""Scaling analysis: how a zoo family's gradient paths and parameters grow with its depth.
+"""Scaling analysis: how a family's gradient paths and parameters grow with its depth.
 
-:func:`scaling` builds one entry of :mod:`gpa.models` at several values of a knob, analyses
-each model, and fits a growth class to ``max_shortest``, ``longest`` and the parameter count
+:func:`scaling` builds one entry of :mod:`gpa.models` (or any factory named by a TARGET) at
+several values of a knob, analyses each model, and fits a growth class to ``max_shortest``, ``longest`` and the parameter count
 as functions of **N = the number of layers** of the built model (the layer records of
 :func:`gpa.analyze`; the paper's Table 1 states its orders in the number of layers).
 
@@ -227,18 +227,21 @@ def scaling(
     progress: Callable[[str], None] | None = None,
     **fixed: Any,
 ) -> ScalingResult:
-    """Build zoo entry ``name`` at each of ``values`` of ``knob`` and fit how it grows.
+    """Build ``name`` at each of ``values`` of ``knob`` and fit how it grows.
 
-    Each model is built on the meta device with ``fixed`` as further knobs and analysed
-    with ``options`` (default: :class:`~gpa.options.AnalysisOptions` defaults) at its
-    default input (``model.input_shape``) unless ``options`` gives inputs.
+    ``name`` is a zoo entry (:mod:`gpa.models`; built on the meta device) or a TARGET
+    naming a factory (``nets/mine.py:build``, ``package.module:factory``; see
+    :mod:`gpa.target`) whose keyword parameter ``knob`` is varied. ``fixed`` holds the
+    other knobs. Each model is analysed with ``options`` (default:
+    :class:`~gpa.options.AnalysisOptions` defaults) at the inputs it defines
+    (``model.input_shape`` for the zoo) unless ``options`` gives inputs.
     ``max_shortest``, ``longest`` and the parameter count (``options.count_convention``)
     are fitted against N = the number of layers with :func:`fit_growth`; at least three
     values giving distinct layer counts are needed.
 
     Raises:
         GpaError: an unknown entry or knob, the knob also fixed, fewer than three distinct
-            layer counts, or an undefined metric.
+            layer counts, an undefined metric, or a model gpa cannot analyse.
 
     Example:
         >>> r = scaling("resnet", "blocks", [2, 4, 8, 16, 32], width=4)
@@ -247,23 +250,17 @@ def scaling(
         >>> [p.layers for p in r.points]
         [6, 10, 18, 34, 66]
     """
-    import gpa.models
     from gpa.pipeline import analyze_model
 
     options = options or AnalysisOptions()
-    info = gpa.models.describe(name)
-    if knob not in info.knobs:
-        raise gpa.models.ZooError(
-            f"model {name!r} has no knob {knob!r}; its knobs are: {', '.join(info.knobs)}"
-        )
     if knob in fixed:
         raise GpaError(f"knob {knob!r} is the one being varied; do not also fix it")
+    build = _builder(name, knob, fixed)
     values = list(values)
     points = []
     for value in values:
-        with torch.device("meta"):
-            model = gpa.models.build(name, **fixed, **{knob: value})
-        chosen = options if options.has_inputs else options.replace(input_shape=model.input_shape)
+        model, inputs = build(value)
+        chosen = options if options.has_inputs else options.replace(**inputs)
         label = f"{name}({knob}={value!r})"
         step = progress and (lambda phase, label=label: progress(f"{label}: {phase}"))
         report = analyze_model(model, chosen, name=label, progress=step)
@@ -284,3 +281,35 @@ def scaling(
     return ScalingResult(
         name, knob, dict(fixed), options.count_convention.value, tuple(points), fits
     )
+
+
+def _builder(
+    name: str, knob: str, fixed: Mapping[str, Any]
+) -> Callable[[Any], tuple[Any, dict[str, Any]]]:
+    """A function building the model at a knob value, with the inputs it defines."""
+    import gpa.models
+
+    if all(part.isidentifier() for part in name.split(".")) and "." not in name:
+        info = gpa.models.describe(name)  # a zoo entry: unknown names get suggestions
+        if knob not in info.knobs:
+            raise gpa.models.ZooError(
+                f"model {name!r} has no knob {knob!r}; its knobs are: {', '.join(info.knobs)}"
+            )
+
+        def build_entry(value: Any) -> tuple[Any, dict[str, Any]]:
+            with torch.device("meta"):
+                model = gpa.models.build(name, **fixed, **{knob: value})
+            return model, {"input_shape": model.input_shape}
+
+        return build_entry
+
+    from gpa.target import load_target
+
+    def build_target(value: Any) -> tuple[Any, dict[str, Any]]:
+        loaded = load_target(name, {**fixed, knob: value})
+        return loaded.model, {
+            "example_inputs": loaded.example_inputs,
+            "input_shape": loaded.input_shape,
+        }
+
+    return build_target

@@ -62,14 +62,15 @@ def command(
     Channel segments are analysed for --kind timestamps and sources unless --no-channels.
     """
     import gpa.plot
-    from gpa.options import AnalysisOptions
+    from gpa.options import AnalysisOptions, Tracer
 
     output = output or Path(f"{kind}.png")
     gpa.plot.image_format(output)  # refuse a bad file name before analysing
     given = ctx.get_parameter_source("channels") is not ParameterSource.DEFAULT
     options = AnalysisOptions(**analysis_settings(ctx, params))
-    if not given:
-        options = options.replace(channels=kind in ("timestamps", "sources"))
+    if not given:  # segments make timestamps and sources richer, where fx can give them
+        wanted = kind in ("timestamps", "sources") and options.tracer is not Tracer.AUTOGRAD
+        options = options.replace(channels=wanted)
     with progress_display(quiet) as progress:
         reports = [_analyze(x, kwargs, options, not given, progress) for x in targets]
     fig = gpa.plot.draw(kind, reports, layer=layer, t=t, depth=depth)

@@ -1,4 +1,4 @@
-"""``gpa scale NAME --knob K --values ...``: how a zoo family's paths grow with its depth."""
+"""``gpa scale NAME --knob K --values ...``: how a family's paths grow with its depth."""
 
 from __future__ import annotations
 
@@ -46,9 +46,11 @@ def command(
     output: Path | None,
     **params: Any,
 ) -> None:
-    """Fit how zoo model NAME's gradient paths and parameters grow as KNOB grows.
+    """Fit how model NAME's gradient paths and parameters grow as KNOB grows.
 
-    Builds NAME at every value (other knobs fixed with -k), analyses it, and fits
+    NAME is a zoo entry (gpa zoo) or a TARGET naming a factory whose keyword
+    argument KNOB is varied. Builds NAME at every value (other knobs fixed with
+    -k), analyses it, and fits
     max_shortest, longest and parameters against N = number of layers: O(1),
     O(log N), O(N), O(N log N) or O(N²) (criterion: docs/semantics.md, "Scaling").
     """

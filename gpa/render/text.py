@@ -121,7 +121,8 @@ def _summary_lines(report: Any) -> list[str]:
     unreachable = tuple(network.unreachable)
     lines = [
         f"model: {report.model}",
-        f"inputs: {format_inputs(report.inputs)}",
+        f"inputs: {format_inputs(report.inputs)}"
+        + (f"   tracer: {report.tracer}" if getattr(report, "tracer", None) else ""),
         (
             f"layers: {network.layers}   max_shortest: {_value(network.max_shortest)}   "
             f"min_shortest: {_value(network.min_shortest)}   "
