@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -91,17 +93,26 @@ def fx_leaf(cls: type) -> bool:
     )
 
 
+# One lock per model being analysed: a frontend switches the model's train/eval flags and
+# may put hooks on its modules, so two threads analysing the same model take turns.
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def training_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
-    """``model`` in train (or eval) mode for the block; every module's own mode is restored
-    afterwards, so a mixed train/eval state survives."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.train(train)
-    try:
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    """``model`` in train (or eval) mode for the block, used by this thread alone; every
+    module's own mode is restored afterwards, so a mixed train/eval state survives."""
+    with _LOCKS_LOCK:
+        lock = _LOCKS.setdefault(model, threading.Lock())
+    with lock:
+        modes = [(m, m.training) for m in model.modules()]
+        model.train(train)
+        try:
+            yield model
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
 
 def split_leaves(

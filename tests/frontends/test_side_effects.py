@@ -1,0 +1,132 @@
+"""Analysing a model leaves no trace in it, in torch, or in another thread's analysis."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import gpa
+import gpa.models
+
+
+class Constant(nn.Module):
+    """Its forward makes a tensor constant, which fx stores on the traced root."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * torch.tensor([2.0])
+
+
+class NoGrad(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            y = self.a(x)
+        return self.b(y)
+
+
+def test_the_users_model_is_not_modified() -> None:
+    model = Constant()
+    before = dict(vars(model))
+    before_modules = dict(model._modules)
+    for tracer in ("fx", "autograd"):
+        gpa.analyze(model, input_shape=(1, 4), tracer=tracer)
+    assert vars(model).keys() == before.keys()
+    assert all(vars(model)[k] is v for k, v in before.items())
+    assert dict(model._modules) == before_modules
+
+
+def test_mixed_train_eval_flags_survive_every_tracer() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout())
+    model[1].eval()
+    for tracer in ("fx", "autograd"):
+        gpa.analyze(model, input_shape=(2, 4), tracer=tracer, train=False)
+        assert [m.training for m in model] == [True, False, True]
+
+
+def test_grad_mode_switches_are_not_patched() -> None:
+    real = (torch._C._set_grad_enabled, torch.inference_mode.__enter__, torch.no_grad.__enter__)
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(torch._C._set_grad_enabled is real[0])
+            with torch.no_grad():
+                x = x * 1
+            return self.fc(x)
+
+    report = gpa.analyze(Spy(), input_shape=(1, 4), tracer="fx")
+    assert seen == [True]  # forward ran once under tracing, with torch's own switch
+    assert report.layers["fc"].shortest == 1
+    assert real == (
+        torch._C._set_grad_enabled,
+        torch.inference_mode.__enter__,
+        torch.no_grad.__enter__,
+    )
+    assert torch.is_grad_enabled()
+
+
+def test_a_failing_forward_gets_no_attributes_on_its_exception() -> None:
+    error = ValueError("the model's own error")
+
+    class Raises(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise error
+
+    with pytest.raises(gpa.GpaError, match="the model's own error"):
+        gpa.analyze(Raises(), input_shape=(1, 4), tracer="autograd")
+    assert not [k for k in vars(error) if k.startswith("_gpa")]
+
+
+def _records(report: gpa.Report) -> dict:
+    return {n: (r.shortest, r.longest, r.num_paths, r.sources) for n, r in report.layers.items()}
+
+
+def test_two_threads_analyse_at_once() -> None:
+    """Concurrent analyses (both tracers, grad-mode regions, one model shared by two
+    threads) give exactly the serial results."""
+    resnet = gpa.models.build("resnet", blocks=3)
+    jobs = [
+        (resnet, {"input_shape": resnet.input_shape, "tracer": "fx"}),
+        (resnet, {"input_shape": resnet.input_shape, "tracer": "autograd"}),
+        (NoGrad(), {"input_shape": (1, 4), "tracer": "fx"}),
+        (NoGrad(), {"input_shape": (1, 4), "tracer": "autograd"}),
+    ]
+    serial = [_records(gpa.analyze(m, **o)) for m, o in jobs]
+    assert serial[2]["a"][0] is None and serial[2]["b"][0] == 1  # a only runs under no_grad
+    found: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            model, options = jobs[i % len(jobs)]
+            found.setdefault(i % len(jobs), []).append(_records(gpa.analyze(model, **options)))
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4 * len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, expected in enumerate(serial):
+        assert found[i] == [expected] * 4
+    assert torch.is_grad_enabled()
