@@ -6,14 +6,14 @@ Both build an :class:`~gpa.options.AnalysisOptions` and hand it to the one pipel
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from gpa.core.report import Report
-from gpa.options import AnalysisOptions, OutputKey, Shape
+from gpa.options import AnalysisOptions
 from gpa.pipeline import analyze_model
 from gpa.target import load_target
 
@@ -24,16 +24,9 @@ def analyze(
     model: nn.Module,
     example_inputs: torch.Tensor | Sequence[Any] | None = None,
     *,
-    input_shape: Shape | Sequence[Shape] | None = None,
-    outputs: OutputKey | Iterable[OutputKey] | None = None,
-    layer_types: Iterable[type[nn.Module] | str] | None = None,
-    leaf_modules: Iterable[type[nn.Module] | str] | None = None,
-    train: bool = True,
     name: str | None = None,
-    count_convention: str = "torch",
-    tracer: str = "auto",
-    channels: bool = False,
     progress: Callable[[str], None] | None = None,
+    **options: Any,
 ) -> Report:
     """Compute the gradient paths of every layer of ``model`` (``docs/semantics.md``).
 
@@ -42,35 +35,39 @@ def analyze(
         example_inputs: a tensor or a tuple of forward's positional arguments;
             only their shapes and dtypes are used (the autograd tracer runs the model
             on them, on the meta device when it can).
-        input_shape: instead of ``example_inputs``: one shape or a list of shapes
-            (zeros of float32, or int64 for inputs read by an embedding).
-        outputs: the returned values that feed the loss, by index or key (dotted
-            for nested ones, e.g. ``"1.logits"``); default: all.
-        layer_types: module classes (or class names) counted as layers (default
-            :data:`gpa.frontends.modules.DEFAULT_LAYER_TYPES`).
-        leaf_modules: module classes, class names or qualified submodule names not to
-            trace into.
-        train: analyse in train mode (default) or eval mode.
         name: display name of the model in the report.
-        count_convention: how parameters are counted, ``"torch"`` (all) or ``"darknet"``
-            (conv/linear weights only, the paper's Table 2); see :mod:`gpa.frontends.counts`.
-        tracer: ``"auto"`` (default: fx, or the autograd tracer when fx cannot trace the
-            model, with a note), ``"fx"`` (symbolic tracing) or ``"autograd"`` (one forward
-            pass, then the autograd graph; needs inputs).
-        channels: also analyse channel segments (``docs/semantics.md`` §8): each layer's
-            output channels cut into ranges with their own gradient record, and the
-            network's number of distinct gradient combinations. Needs inputs and fx.
         progress: called with the name of each phase as it starts (the CLI shows
             them on a terminal).
+        **options: the analysis options, the fields of :class:`~gpa.options.AnalysisOptions`
+            (the table "Options" of ``docs/semantics.md``):
+
+            - ``input_shape``: instead of ``example_inputs``, one shape or a list of
+              shapes (zeros of float32, or int64 for inputs read by an embedding);
+            - ``outputs``: the returned values that feed the loss, by index or key (dotted
+              for nested ones, e.g. ``"1.logits"``); default: all;
+            - ``layer_types``: module classes (or class names) counted as layers (default
+              :data:`gpa.frontends.modules.DEFAULT_LAYER_TYPES`);
+            - ``leaf_modules``: module classes, class names or qualified submodule names
+              not to trace into;
+            - ``train``: analyse in train mode (default True) or eval mode;
+            - ``tracer``: ``"auto"`` (default: fx, or the autograd tracer when fx cannot
+              trace the model, with a note), ``"fx"`` or ``"autograd"`` (one forward
+              pass, then the autograd graph; needs inputs);
+            - ``channels``: also analyse channel segments (§8): each layer's output
+              channels cut into ranges with their own gradient record, and the
+              network's number of distinct gradient combinations (needs inputs and fx);
+            - ``count_convention``: ``"torch"`` (all parameters) or ``"darknet"``
+              (conv/linear weights only, the paper's Table 2).
 
     Returns:
         A :class:`~gpa.core.report.Report`: one record per layer in forward order
         (lengths are numbers of layers, §4), the network summary and notes.
 
     Raises:
-        GpaError: a bad option value, or a model gpa cannot analyse; in particular
-            TraceError (fx cannot trace it and no other frontend may or can be used),
-            ShapeError (the inputs do not fit it), NoLayersError (it has no layer).
+        GpaError: an unknown option or a bad option value, or a model gpa cannot
+            analyse; in particular TraceError (fx cannot trace it and no other frontend
+            may or can be used), ShapeError (the inputs do not fit it), NoLayersError (it
+            has no layer).
 
     Example:
         >>> import torch.nn as nn
@@ -79,18 +76,8 @@ def analyze(
         >>> [(r.name, r.shortest) for r in report.layers.values()]
         [('0', 2), ('3', 1)]
     """
-    options = AnalysisOptions(
-        example_inputs=example_inputs,
-        input_shape=input_shape,
-        outputs=outputs,
-        layer_types=layer_types,
-        leaf_modules=leaf_modules,
-        train=train,
-        tracer=tracer,
-        channels=channels,
-        count_convention=count_convention,
-    )
-    return analyze_model(model, options, name=name, progress=progress)
+    chosen = AnalysisOptions.of(example_inputs=example_inputs, **options)
+    return analyze_model(model, chosen, name=name, progress=progress)
 
 
 def analyze_target(

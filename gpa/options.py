@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -225,6 +226,28 @@ class AnalysisOptions:
             object.__setattr__(self, name, check(getattr(self, name)))
         if self.example_inputs is not None and self.input_shape is not None:
             raise GpaError("give either example_inputs or input_shape, not both")
+
+    @classmethod
+    def of(cls, **options: Any) -> AnalysisOptions:
+        """The options named by keyword; an unknown name is a GpaError (not a TypeError).
+
+        Example:
+            >>> AnalysisOptions.of(tracer="fx").tracer
+            <Tracer.FX: 'fx'>
+            >>> AnalysisOptions.of(tracr="fx")
+            Traceback (most recent call last):
+                ...
+            gpa.errors.GpaError: unknown option 'tracr' (did you mean 'tracer'?); the options are: example_inputs, input_shape, outputs, layer_types, leaf_modules, train, tracer, channels, count_convention
+        """
+        known = option_names(settable=False)
+        for name in options:
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise GpaError(
+                    f"unknown option {name!r}{hint}; the options are: {', '.join(known)}"
+                )
+        return cls(**options)
 
     @property
     def has_inputs(self) -> bool:
