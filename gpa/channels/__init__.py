@@ -1,7 +1,8 @@
 """Channel segments (``docs/semantics.md`` §8): gradient paths of parts of a layer's channels.
 
 :mod:`~gpa.channels.routing` follows every layer call's output channels through the fx
-graph; :mod:`~gpa.channels.segments` cuts them into segments with their own gradient
+graph, each operation by its rule in :mod:`~gpa.channels.rules` (a table from operation
+to rule); :mod:`~gpa.channels.segments` cuts them into segments with their own gradient
 paths. :func:`channel_segments` gives, per layer record, its segments with every call
 merged and senders named by record.
 
@@ -52,7 +53,8 @@ def channel_segments(
     found = call_segments(route_channels(graph.traced, graph.calls, outputs), graph.calls)
     rename = {call: c.record for call, c in graph.calls.items()}
     grouped: dict[str, list[list[Segment]]] = defaultdict(list)
-    for call, segments in found.items():
+    # latest call first: a layer called several times lists its last call's sources first
+    for call, segments in reversed(found.items()):
         grouped[rename[call]].append(
             [
                 replace(

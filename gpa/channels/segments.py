@@ -1,16 +1,16 @@
 """Channel segments: gradient paths of parts of a layer's output channels.
 
-A layer's output channels are cut into *segments*: maximal ranges of channels
-that receive gradient from the same senders, through the same part of each
-sender (the same input channels, shifted along with the channel, or the same
-group of a grouped convolution). Every channel of a segment therefore has the
-same gradient record.
+A layer's output channels are cut into *segments*: maximal ranges of channels that
+receive gradient from the same senders, through the same part of each sender (the same
+input channels, shifted along with the channel, or the same group of a grouped
+convolution). Every channel of a segment therefore has the same gradient record.
 
-At channel level a gradient path is the sequence of (layer call, segment) it
-crosses; the loss counts as one node. One pass over the layer calls in reverse
-forward order computes each segment's paths from the segments of its senders,
-exactly as :mod:`gpa.core.paths` does for whole layers. A network without partial
-channel operations has one segment per layer, equal to the whole-layer record.
+The cuts depend only on the channel routing. At channel level a gradient path is the
+sequence of (layer call, segment) nodes it crosses, the loss one node more: the
+*segment graph* has an edge from each segment to every segment of a sender it reaches,
+and its paths are those :func:`gpa.core.paths.gradient_paths` computes for whole
+layers. A network without partial channel operations has one segment per layer, equal
+to the whole-layer record.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -34,27 +34,35 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import networkx as nx
 import numpy as np
 
-from gpa.channels.routing import ChannelRouting
+from gpa.channels.routing import ChannelRouting, Consumer
 from gpa.core.graph import LOSS, LayerCall
-from gpa.core.paths import GradientPaths
+from gpa.core.paths import GradientPaths, gradient_paths
 from gpa.core.report import Segment, Source
 
-__all__ = ["call_segments", "merge_calls"]
+__all__ = ["SegmentNode", "call_segments", "merge_calls"]
 
-_LOSS_PATHS = GradientPaths(stamps=1, num_paths=1, offset=0, counts=(1,))
+#: A node of the segment graph: (layer call, index of its segment), or :data:`LOSS`.
+SegmentNode = tuple[str, int] | str
+
+# Rounds are one more than the stamps of the node delivering: the loss holds gradient at
+# round 0, so what it delivers arrives at round 1.
+_LOSS_STAMPS = 1
 
 
-def _split_label(label: str) -> tuple[str, int | None, str | None]:
-    """(sender, argument index, output path) of a delivery's consumer label."""
-    if label.startswith(LOSS):
-        return LOSS, None, label[len(LOSS) + 1 :] or None
-    name, _, arg = label.partition("#")
-    return name, (int(arg) if arg else None), None
+def _listing_order(consumer: Consumer) -> tuple[bool, str, int, str]:
+    """Sources are listed the loss first (by output), then by layer call and argument."""
+    return (
+        consumer.call is not None,
+        consumer.call or "",
+        consumer.argument or 0,
+        consumer.output or "",
+    )
 
 
 @dataclass
@@ -66,7 +74,7 @@ class _Arrival:
     ``pairs`` keeps them all (``channel * width + position``, sorted).
     """
 
-    label: str
+    consumer: Consumer
     width: int
     mixed: np.ndarray
     count: np.ndarray
@@ -85,15 +93,15 @@ class _Arrival:
 
 def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
     """The deliveries of ``call``'s channels, merged per consumer."""
-    by_label: dict[str, list] = defaultdict(list)
+    by_consumer: dict[Consumer, list] = defaultdict(list)
     for d in routing.inbound.get(call, ()):
-        by_label[d.consumer].append(d)
+        by_consumer[d.consumer].append(d)
     found = []
-    for label, deliveries in sorted(by_label.items()):
-        width = routing.in_channels.get(label, 0)
+    for consumer in sorted(by_consumer, key=_listing_order):
+        width = routing.in_channels.get(consumer, 0)
         mixed = np.zeros(count, dtype=bool)
         pairs = []
-        for d in deliveries:
+        for d in by_consumer[consumer]:
             if d.positions is None:
                 chosen = [c for c in (range(count) if d.mixed is None else d.mixed) if c < count]
                 mixed[chosen] = True
@@ -108,7 +116,7 @@ def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
         np.maximum.at(last, chans, where)
         tally = np.bincount(chans, minlength=count)[:count]
         tally[mixed] = 0
-        found.append(_Arrival(label, width, mixed, tally, first, last, pairs_all))
+        found.append(_Arrival(consumer, width, mixed, tally, first, last, pairs_all))
     return found
 
 
@@ -122,30 +130,62 @@ def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
     return [(int(p[0]), int(p[-1]) + 1) for p in np.split(positions, cuts)]
 
 
-class _Segmenter:
-    def __init__(self, routing: ChannelRouting, calls: Mapping[str, LayerCall]) -> None:
-        self.routing = routing
-        self.calls = calls
-        self.result: dict[str, list[Segment]] = {}
+@dataclass(frozen=True)
+class _Part:
+    """A part of one consumer's gradient that a segment receives (a future :class:`Source`).
 
-    def group_width(self, label: str) -> int | None:
-        """Input channels per group of a grouped-convolution consumer, else None."""
-        sender, _, _ = _split_label(label)
-        groups = self.routing.groups.get(sender, 1)
-        if sender == LOSS or groups <= 1:
+    ``nodes`` are the segment-graph nodes the part continues through: the loss, or the
+    segments of the sender whose channels overlap the part's group(s), reachable or not.
+    """
+
+    consumer: Consumer
+    channels: tuple[int, int]
+    mixed: bool
+    group: tuple[int, ...] | None
+    nodes: tuple[SegmentNode, ...]
+
+    def source(self, stamps: Mapping[SegmentNode, int]) -> Source | None:
+        """The source this part is, given each reachable node's stamps (None: reaches none)."""
+        reached = [n for n in self.nodes if n in stamps]
+        if not reached:
             return None
-        return max(self.routing.in_channels.get(label, 0) // groups, 1)
+        rounds = 0
+        for node in reached:
+            rounds |= stamps[node] << 1
+        c = self.consumer
+        return Source(c.sender, self.channels, rounds, self.group, c.output, c.argument, self.mixed)
+
+
+class _Segmenter:
+    """Cuts every call's channels into segments and finds what each segment receives."""
+
+    def __init__(self, routing: ChannelRouting, calls: Iterable[str]) -> None:
+        self.routing = routing
+        self.arrivals = {c: _arrivals(routing, c, routing.out_channels.get(c, 0)) for c in calls}
+        self.bounds: dict[str, list[tuple[int, int]]] = {}
+        for call, arrivals in self.arrivals.items():
+            count = routing.out_channels.get(call, 0)
+            starts = [int(c) for c in self.cuts(arrivals, count)] if count else []
+            # each segment runs to the next start; a call without channels has none
+            self.bounds[call] = list(zip(starts, [*starts[1:], count], strict=False))
+
+    def group_width(self, consumer: Consumer) -> int | None:
+        """Input channels per group of a grouped-convolution consumer, else None."""
+        groups = self.routing.groups.get(consumer.call, 1) if consumer.call is not None else 1
+        if groups <= 1:
+            return None
+        return max(self.routing.in_channels.get(consumer, 0) // groups, 1)
 
     def cuts(self, arrivals: list[_Arrival], count: int) -> np.ndarray:
         """Channel indices where a new segment starts.
 
         Neighbouring channels stay together when, for every consumer, both arrive
-        nowhere, both everywhere, both at the same input channels, or both at
-        input channels that continue each other: the second channel's runs of input
-        channels come right after the first's (channel c at c + k, or at c + k and
-        c + k' after concatenating a tensor twice; a flattened channel at its block
-        of positions) — always within one group of a grouped consumer, and in one
-        way (same or continuing) throughout a segment.
+        nowhere, both everywhere, both at the same input channels, or both at input
+        channels that continue each other: the second channel's runs of input channels
+        come right after the first's (channel c at c + k, or at c + k and c + k' after
+        concatenating a tensor twice; a flattened channel at its block of positions) —
+        always within one group of a grouped consumer, and in one way (same or
+        continuing) throughout a segment.
         """
         if count == 1:
             return np.zeros(1, dtype=np.int64)
@@ -179,7 +219,7 @@ class _Segmenter:
         for c in np.flatnonzero(placed[1:] & placed[:-1] & ~(block[1:] & block[:-1])) + 1:
             tiled[c - 1] = self.continues(a, int(c))
             same[c - 1] = np.array_equal(a.positions(c - 1), a.positions(int(c)))
-        width = self.group_width(a.label)
+        width = self.group_width(a.consumer)
         if width is not None:
             one_group = a.first // width == a.last // width
             inside = (
@@ -203,12 +243,21 @@ class _Segmenter:
         step = lengths.pop()
         return all(b[0] + step == n[0] for b, n in zip(before, after, strict=True))
 
-    def reached(self, label: str, group: tuple[int, ...] | None) -> list[tuple[str, int]]:
-        """Path nodes (sender call, segment index) a delivery to ``label`` continues through."""
-        sender, _, _ = _split_label(label)
-        if sender == LOSS:
-            return [(LOSS, 0)]
-        segments = self.result.get(sender, [])
+    def ranges(self, a: _Arrival, start: int, stop: int) -> list[tuple[tuple[int, int], bool]]:
+        """The input-channel ranges of ``a``'s consumer that channels [start, stop) reach,
+        each with whether every channel reaches all of it (mixed)."""
+        if a.mixed[start]:
+            return [((0, a.width), True)]
+        if a.last[start] - a.first[start] + 1 == a.count[start]:
+            return [((int(a.first[start]), int(a.last[stop - 1]) + 1), False)]
+        first, last = _runs(a.positions(start)), _runs(a.positions(stop - 1))
+        return [((lo, hi), False) for (lo, _), (_, hi) in zip(first, last, strict=True)]
+
+    def nodes(self, consumer: Consumer, group: tuple[int, ...] | None) -> list[SegmentNode]:
+        """The segment-graph nodes a delivery to ``consumer`` (to ``group``) continues through."""
+        if consumer.call is None:
+            return [LOSS]
+        sender = consumer.call
         count = self.routing.out_channels.get(sender, 0)
         groups = self.routing.groups.get(sender, 1)
         if group is None or groups <= 1:
@@ -218,61 +267,37 @@ class _Segmenter:
             ranges = [(g * width, (g + 1) * width) for g in group]
         return [
             (sender, i)
-            for i, s in enumerate(segments)
-            if s.paths is not None and any(s.start < hi and lo < s.stop for lo, hi in ranges)
+            for i, (start, stop) in enumerate(self.bounds.get(sender, ()))
+            if any(start < hi and lo < stop for lo, hi in ranges)
         ]
 
-    def paths_of(self, node: tuple[str, int]) -> GradientPaths:
-        return _LOSS_PATHS if node[0] == LOSS else self.result[node[0]][node[1]].paths
-
-    def parts(self, a: _Arrival, start: int, stop: int) -> list[tuple[tuple[int, int], bool]]:
-        """The input-channel ranges of ``a``'s consumer that channels [start, stop) reach."""
-        if a.mixed[start]:
-            return [((0, a.width), True)]
-        if a.last[start] - a.first[start] + 1 == a.count[start]:
-            return [((int(a.first[start]), int(a.last[stop - 1]) + 1), False)]
-        first, last = _runs(a.positions(start)), _runs(a.positions(stop - 1))
-        return [((lo, hi), False) for (lo, _), (_, hi) in zip(first, last, strict=True)]
-
-    def segment(self, call: str, start: int, stop: int, arrivals: list[_Arrival]) -> Segment:
-        nodes: set[tuple[str, int]] = set()
-        sources = []
-        for a in arrivals:
+    def received(self, call: str, start: int, stop: int) -> list[_Part]:
+        """What channels [start, stop) of ``call`` receive, per consumer and part."""
+        parts = []
+        for a in self.arrivals[call]:
             if not a.present[start]:
                 continue
-            sender, argument, output = _split_label(a.label)
-            width = self.group_width(a.label)
-            for (lo, hi), mixed in self.parts(a, start, stop):
+            width = self.group_width(a.consumer)
+            for (lo, hi), mixed in self.ranges(a, start, stop):
                 group = (
                     None
                     if width is None or mixed
                     else tuple(range(lo // width, (hi - 1) // width + 1))
                 )
-                reached = self.reached(a.label, group)
-                if not reached:
-                    continue
-                nodes.update(reached)
-                rounds = 0
-                for node in reached:
-                    rounds |= self.paths_of(node).stamps << 1
-                sources.append(Source(sender, (lo, hi), rounds, group, output, argument, mixed))
-        paths = (
-            GradientPaths.union([self.paths_of(n) for n in sorted(nodes)]).shifted()
-            if nodes
-            else None
-        )
-        fallback = tuple(sorted(self.routing.fallbacks.get(call, ())))
-        return Segment(start, stop, paths, tuple(sources), fallback)
+                nodes = tuple(self.nodes(a.consumer, group))
+                parts.append(_Part(a.consumer, (lo, hi), mixed, group, nodes))
+        return parts
 
-    def run(self, call: str) -> list[Segment]:
-        count = self.routing.out_channels.get(call, 0)
-        if count == 0:
-            return []
-        arrivals = _arrivals(self.routing, call, count)
-        starts = [int(c) for c in self.cuts(arrivals, count)] + [count]
-        return [
-            self.segment(call, a, b, arrivals) for a, b in zip(starts, starts[1:], strict=False)
-        ]
+
+def _segment_graph(received: Mapping[tuple[str, int], list[_Part]]) -> nx.DiGraph:
+    """The segment graph: an edge from each segment to every node its gradient comes from."""
+    graph = nx.DiGraph()
+    graph.add_node(LOSS)
+    graph.add_nodes_from(received)
+    graph.add_edges_from(
+        (node, target) for node, parts in received.items() for p in parts for target in p.nodes
+    )
+    return graph
 
 
 def call_segments(
@@ -285,16 +310,47 @@ def call_segments(
         calls: the layer calls in forward order (node name -> LayerCall).
 
     Returns:
-        layer call -> its segments, in channel order.
+        layer call -> its segments, in channel order; calls in forward order.
+        (See this module's docstring for an example.)
     """
     segmenter = _Segmenter(routing, calls)
-    for call in reversed(list(calls)):
-        segmenter.result[call] = segmenter.run(call)
-    return segmenter.result
+    received = {
+        (call, i): segmenter.received(call, start, stop)
+        for call, bounds in segmenter.bounds.items()
+        for i, (start, stop) in enumerate(bounds)
+    }
+    found = gradient_paths(_segment_graph(received), layers=received, loss=LOSS)
+    stamps = {n: p.paths.stamps for n, p in found.items() if p.paths is not None}
+    stamps[LOSS] = _LOSS_STAMPS
+    result: dict[str, list[Segment]] = {}
+    for call, bounds in segmenter.bounds.items():
+        fallback = tuple(sorted(routing.fallbacks.get(call, ())))
+        result[call] = []
+        for i, (start, stop) in enumerate(bounds):
+            sources = (p.source(stamps) for p in received[call, i])
+            result[call].append(
+                Segment(
+                    start,
+                    stop,
+                    found[call, i].paths,
+                    tuple(s for s in sources if s is not None),
+                    fallback,
+                )
+            )
+    return result
 
 
 def merge_calls(parts: list[list[Segment]]) -> list[Segment]:
-    """Segments of a layer called several times: each channel range gets the paths of all calls."""
+    """Segments of a layer called several times: each channel range gets the paths of all calls.
+
+    Example:
+        >>> from gpa.core.paths import GradientPaths
+        >>> one = GradientPaths(stamps=0b10, num_paths=1, offset=1, counts=(1,))
+        >>> two = GradientPaths(stamps=0b100, num_paths=1, offset=2, counts=(1,))
+        >>> merged = merge_calls([[Segment(0, 4, one)], [Segment(0, 2, two), Segment(2, 4, None)]])
+        >>> [(s.start, s.stop, s.paths.timestamps) for s in merged]
+        [(0, 2, (1, 2)), (2, 4, (1,))]
+    """
     if len(parts) == 1:
         return parts[0]
     cuts = sorted({s.start for p in parts for s in p} | {s.stop for p in parts for s in p})

@@ -1,0 +1,867 @@
+"""What each operation does to channels: the channel values and the op -> rule table.
+
+Every traced tensor gets a :class:`Channels` value: its *channel-bearing axes* and, for
+each layer output reaching it without crossing another layer, a :class:`Term` mapping
+every position of those axes to the producer channel found there
+(``docs/semantics.md`` §8). A *rule* computes the value of an operation's result from
+the values of its inputs; :data:`RULES` maps each operation to its rule, as fvcore's
+``_DEFAULT_SUPPORTED_OPS`` maps ops to FLOP handlers. The routing pass
+(:mod:`gpa.channels.routing`) looks every node up there and knows no operation itself;
+an operation not in the table goes to :func:`fallback`.
+
+The rules, by what an operation does to channels:
+
+* data movement (view, reshape, permute, slicing, ``chunk``/``split``, ``cat``/``stack``,
+  padding, ``index_select`` with a constant index, pixel shuffle …): :func:`probe` runs it
+  for real on a small tensor holding channel positions, so any permutation (ShuffleNet's
+  shuffle) is tracked exactly; ``cat``, ``split``/``chunk``, ``narrow`` and basic slicing
+  of one-axis channels have direct rules with the same answer and no probe;
+* pointwise and broadcasting operations, and those keeping the channel axis
+  (normalisations with per-channel statistics, pooling, upsampling): :func:`pointwise`;
+* operations combining positions along an axis (softmax, layer and group norm,
+  reductions, products of activations, attention): the positions they combine depend on
+  every channel involved;
+* anything else: :func:`fallback`, "every channel reaches every position", recorded.
+
+Adding an operation is adding one row to :data:`RULES`: a function or method name (as
+:func:`op_name` spells it), an ``operator`` function, or a module class (looked up along
+the called module's MRO), mapped to a :data:`Rule`.
+
+Example:
+    >>> RULES["permute"] is probe, RULES[nn.ReLU] is pointwise, RULES["softmax"] is combine
+    (True, True, True)
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from gpa.frontends.fx.flow import FLOW, Shape
+from gpa.frontends.fx.layers import CONV_FUNCTIONS
+from gpa.frontends.modules import POINTWISE_MODULES
+
+__all__ = [
+    "MAX_PROBE",
+    "RULES",
+    "Channels",
+    "OpKey",
+    "Rule",
+    "RoutingContext",
+    "Term",
+    "attention",
+    "combine",
+    "concatenate",
+    "everywhere_of",
+    "fallback",
+    "getitem",
+    "group_norm",
+    "is_conv",
+    "layer_axis",
+    "layer_groups",
+    "layer_input_axis",
+    "layer_norm",
+    "leaves",
+    "matmul",
+    "narrow",
+    "op_name",
+    "pointwise",
+    "probe",
+    "reduce",
+    "split",
+    "tracked",
+    "untracked",
+]
+
+# Probes larger than this (elements) are not materialised: the operation falls back.
+MAX_PROBE = 1 << 24
+
+
+# ------------------------------------------------------------------ values
+
+
+@dataclass(frozen=True)
+class Term:
+    """The channels of one producer found in a tensor.
+
+    ``index`` (over the tensor's channel-bearing axes) holds the producer channel at
+    each position, -1 where it has none. When ``index`` is None, the channels in
+    ``everywhere`` (None: all of the producer's channels) reach every position.
+
+    Example:
+        >>> Term("conv", np.array([2, 3, -1])).index.tolist()  # channels 2, 3 of conv, then none
+        [2, 3, -1]
+    """
+
+    producer: str
+    index: np.ndarray | None
+    everywhere: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Channels:
+    """Channel provenance of one tensor: channel-bearing ``axes`` (ascending) and terms.
+
+    Example:
+        >>> Channels((1,), (2, 4, 8, 8), (Term("conv", np.arange(4)),)).sizes
+        (4,)
+    """
+
+    axes: tuple[int, ...]
+    shape: tuple[int, ...]
+    terms: tuple[Term, ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The sizes of the channel-bearing axes."""
+        return tuple(self.shape[a] for a in self.axes)
+
+
+def untracked(shapes: Any) -> Any:
+    """The value of a result carrying no layer's channels (``shapes``: its structure)."""
+    return tree_map(lambda s: Channels((), tuple(s), ()) if isinstance(s, Shape) else None, shapes)
+
+
+def leaves(value: Any) -> list[Channels]:
+    """The :class:`Channels` of every tensor in a (possibly nested) value."""
+    return [c for c in tree_flatten(value)[0] if isinstance(c, Channels)]
+
+
+def tracked(value: Any) -> bool:
+    """Whether any tensor of ``value`` carries some layer's channels."""
+    return any(c.terms for c in leaves(value))
+
+
+def everywhere_of(term: Term) -> tuple[int, ...] | None:
+    """The channels a term holds anywhere, for "reaches every position" (None: all)."""
+    if term.index is None:
+        return term.everywhere
+    values = np.unique(term.index[term.index >= 0])
+    return tuple(int(v) for v in values)
+
+
+# ------------------------------------------------------------ the context
+
+
+class RoutingContext(Protocol):
+    """What a rule may ask of the pass running it (:class:`~gpa.channels.routing.ChannelRouter`)."""
+
+    def fetch_attr(self, target: str) -> Any:
+        """The traced module's attribute (submodule, parameter, buffer) at ``target``."""
+
+    def note_fallback(self, producer: str, why: str) -> None:
+        """Record that ``producer``'s channels went through ``why``, routed by :func:`fallback`."""
+
+
+#: ``rule(ctx, node, inputs, shapes)``: the channel value of ``node``'s result, given the
+#: values of its input nodes (``inputs``; untracked where no gradient flows) and the
+#: result's structure of :class:`~gpa.frontends.fx.flow.Shape` leaves (``shapes``).
+Rule = Callable[[RoutingContext, fx.Node, Mapping[fx.Node, Any], Any], Any]
+
+
+def op_name(node: fx.Node) -> str:
+    """The name :data:`RULES` knows a function or method call by.
+
+    Methods lose a trailing ``_`` (in-place variants); ``x[i]`` is ``getitem`` and
+    ``x.T`` is ``getattr.T``.
+
+    Example:
+        >>> g = fx.Graph()
+        >>> x = g.placeholder("x")
+        >>> op_name(g.call_method("relu_", (x,))), op_name(g.call_function(getattr, (x, "T")))
+        ('relu', 'getattr.T')
+    """
+    if node.op == "call_method":
+        return node.target.rstrip("_") if node.target.endswith("_") else node.target
+    if node.op == "call_function":
+        if node.target is operator.getitem:
+            return "getitem"
+        if node.target is getattr:
+            return f"getattr.{node.args[1]}"
+        return getattr(node.target, "__name__", str(node.target))
+    return node.op
+
+
+# ------------------------------------------------------- channel algebra
+
+
+def _mix(ch: Channels, shape: tuple[int, ...]) -> Channels:
+    """Every channel of every term reaches every position of a tensor of ``shape``."""
+    terms = tuple(
+        Term(t.producer, None, everywhere_of(t))
+        for t in ch.terms
+        if t.index is None or (t.index >= 0).any()
+    )
+    return Channels((), shape, terms)
+
+
+def _union(parts: list[Channels], shape: tuple[int, ...]) -> Channels:
+    """Broadcast several tensors' channels onto ``shape`` (pointwise operations)."""
+    tracked_parts = [p for p in parts if p.terms]
+    if not tracked_parts:
+        return Channels((), shape, ())
+    ndim = len(shape)
+    moved = []
+    for p in tracked_parts:
+        shift = ndim - len(p.shape)
+        moved.append((tuple(a + shift for a in p.axes), p, shift))
+    axes = tuple(sorted({a for axes_, _, _ in moved for a in axes_}))
+    sizes = tuple(shape[a] for a in axes)
+    if math.prod(sizes) > MAX_PROBE:
+        return _mix(Channels((), shape, tuple(t for p in tracked_parts for t in p.terms)), shape)
+    terms = []
+    for axes_, p, shift in moved:
+        for t in p.terms:
+            if t.index is None:
+                terms.append(t)
+                continue
+            arr = t.index.reshape([p.shape[a - shift] if a in axes_ else 1 for a in axes])
+            terms.append(Term(t.producer, np.broadcast_to(arr, sizes)))
+    return Channels(axes, shape, tuple(terms))
+
+
+def _probe_tensor(ch: Channels, base: int) -> torch.Tensor:
+    """A tensor of the channels' shape holding ``base`` + the flat channel position.
+
+    ``base`` is at least 1, so that the zeros an operation pads with mean "no channel".
+    float64 holds these integers exactly and every movement op takes it.
+    """
+    sizes = ch.sizes
+    values = torch.arange(base, base + math.prod(sizes), dtype=torch.float64)
+    view = [1] * len(ch.shape)
+    for a, n in zip(ch.axes, sizes, strict=True):
+        view[a] = n
+    return values.reshape(view).expand(ch.shape).contiguous()
+
+
+def _decode(out: torch.Tensor) -> tuple[tuple[int, ...], np.ndarray]:
+    """Channel-bearing axes of a probe result and its (integer) values over them."""
+    axes = tuple(
+        a for a in range(out.dim()) if out.shape[a] > 1 and bool((out != out.narrow(a, 0, 1)).any())
+    )
+    if out.numel() == 0:
+        return (), np.zeros((), dtype=np.int64)
+    index = tuple(slice(None) if a in axes else 0 for a in range(out.dim()))
+    return axes, out[index].round().to(torch.int64).numpy()
+
+
+def _remap(
+    ch_terms: list[tuple[Term, int, int]],
+    axes: tuple[int, ...],
+    shape: tuple[int, ...],
+    positions: np.ndarray,
+) -> Channels:
+    """Terms re-indexed by probe positions (``positions`` hold base + flat input position)."""
+    terms = []
+    for term, base, size in ch_terms:
+        if term.index is None:
+            terms.append(term)
+            continue
+        flat = term.index.reshape(-1)
+        inside = (positions >= base) & (positions < base + size)
+        index = np.full(positions.shape, -1, dtype=np.int64)
+        index[inside] = flat[positions[inside] - base]
+        if (index >= 0).any():
+            terms.append(Term(term.producer, index))
+    return Channels(axes, tuple(shape), tuple(terms))
+
+
+def _collapse(ch: Channels, axis: int, keepdim_shape: tuple[int, ...] | None) -> Channels:
+    """Positions along ``axis`` combine: each remaining position holds every channel along it.
+
+    With ``keepdim_shape`` the axis stays (of the new size, broadcast); otherwise it is
+    removed.
+    """
+    if axis not in ch.axes:
+        if keepdim_shape is not None:
+            return Channels(ch.axes, keepdim_shape, ch.terms)
+        axes = tuple(a - (a > axis) for a in ch.axes)
+        shape = ch.shape[:axis] + ch.shape[axis + 1 :]
+        return Channels(axes, shape, ch.terms)
+    k = ch.axes.index(axis)
+    rest = ch.axes[:k] + ch.axes[k + 1 :]
+    new_shape = (
+        keepdim_shape if keepdim_shape is not None else ch.shape[:axis] + ch.shape[axis + 1 :]
+    )
+    if not rest:
+        return _mix(ch, new_shape)
+    terms = []
+    for t in ch.terms:
+        if t.index is None:
+            terms.append(t)
+            continue
+        seen = set()
+        for j in range(t.index.shape[k]):
+            part = np.take(t.index, j, axis=k)
+            key = part.tobytes()
+            if key in seen or not (part >= 0).any():
+                continue
+            seen.add(key)
+            if keepdim_shape is not None:
+                part = np.expand_dims(part, k)
+                part = np.broadcast_to(part, tuple(new_shape[a] for a in ch.axes))
+            terms.append(Term(t.producer, part))
+    if keepdim_shape is not None:
+        return Channels(ch.axes, new_shape, tuple(terms))
+    axes = tuple(a - (a > axis) for a in rest)
+    return Channels(axes, new_shape, tuple(terms))
+
+
+def _combine_along(ch: Channels, axes: list[int]) -> Channels:
+    """Every position along ``axes`` depends on every position along them (softmax, norms)."""
+    for a in axes:
+        size = ch.shape[a]
+        ch = _collapse(ch, a, ch.shape[:a] + (1,) + ch.shape[a + 1 :])
+        shape = ch.shape[:a] + (size,) + ch.shape[a + 1 :]
+        ch = _union([ch], shape) if ch.axes else Channels((), shape, ch.terms)
+    return ch
+
+
+def _within_groups(ch: Channels, axis: int, groups: int) -> Channels:
+    """Positions along ``axis`` combine within each of ``groups`` equal groups (group norm)."""
+    k = ch.axes.index(axis)
+    width = ch.shape[axis] // groups
+    terms = []
+    for t in ch.terms:
+        if t.index is None:
+            terms.append(t)
+            continue
+        moved = np.moveaxis(t.index, k, -1)
+        grouped = moved.reshape(moved.shape[:-1] + (groups, width))
+        for r in range(width):
+            member = np.repeat(grouped[..., r : r + 1], width, axis=-1).reshape(moved.shape)
+            terms.append(Term(t.producer, np.moveaxis(member, -1, k)))
+    return Channels(ch.axes, ch.shape, tuple(terms))
+
+
+def _cut(ch: Channels, dim: int, lo: int, hi: int, shape: tuple[int, ...]) -> Channels:
+    """Positions [lo, hi) along ``dim`` (a channel axis or not) of ``ch``, as a tensor of ``shape``."""
+    if dim not in ch.axes:
+        return Channels(ch.axes, shape, ch.terms)
+    k = ch.axes.index(dim)
+    terms = []
+    for t in ch.terms:
+        if t.index is None:
+            terms.append(t)
+            continue
+        part = np.take(t.index, np.arange(lo, hi), axis=k)
+        if (part >= 0).any():
+            terms.append(Term(t.producer, part))
+    return Channels(ch.axes, shape, tuple(terms))
+
+
+# ------------------------------------------------------------- arguments
+
+
+def _arg(node: fx.Node, position: int, keyword: str, default: Any = None) -> Any:
+    """An argument of ``node`` given by keyword or at ``position``.
+
+    The keyword wins: in ``normalize(x, 2.0, dim=1)`` the second argument is ``p``.
+    """
+    if keyword in node.kwargs:
+        return node.kwargs[keyword]
+    return node.args[position] if len(node.args) > position else default
+
+
+def _first(node: fx.Node, inputs: Mapping[fx.Node, Any]) -> Channels | None:
+    """The channels of the first argument, if it is a tensor."""
+    first = node.args[0] if node.args else None
+    value = inputs.get(first) if isinstance(first, fx.Node) else None
+    return value if isinstance(value, Channels) else None
+
+
+def _one_axis_first(node: fx.Node, inputs: Mapping[fx.Node, Any]) -> Channels | None:
+    """The first argument's channels when they lie on at most one axis (the direct rules' case)."""
+    source = _first(node, inputs)
+    return source if source is not None and len(source.axes) <= 1 else None
+
+
+def _shape_leaves(shapes: Any) -> list[Shape]:
+    return [s for s in tree_flatten(shapes)[0] if isinstance(s, Shape)]
+
+
+def _called_module(ctx: RoutingContext, node: fx.Node) -> nn.Module:
+    return ctx.fetch_attr(node.target)
+
+
+# ------------------------------------------------------------------ rules
+
+
+def fallback(
+    ctx: RoutingContext,
+    node: fx.Node,
+    inputs: Mapping[fx.Node, Any],
+    shapes: Any,
+    why: str | None = None,
+) -> Any:
+    """The rule of operations gpa cannot follow: every channel reaches every position.
+
+    This over-approximates, never drops, a route. Each producer concerned is noted with
+    ``why`` (default: the module class, or :func:`op_name`), reported as ``channel_fallback``.
+    """
+    if why is None:
+        why = (
+            type(_called_module(ctx, node)).__name__ if node.op == "call_module" else op_name(node)
+        )
+    terms = tuple(t for v in inputs.values() for c in leaves(v) for t in c.terms)
+    for t in terms:
+        ctx.note_fallback(t.producer, why)
+    mixed = Channels((), (), terms)
+    return tree_map(
+        lambda s: _mix(mixed, tuple(s)) if isinstance(s, Shape) else None,
+        node.meta[FLOW].shapes,
+    )
+
+
+def pointwise(
+    ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
+) -> Any:
+    """Pointwise and broadcasting operations, and those that keep channel positions."""
+    if not isinstance(shapes, Shape):
+        return None
+    return _union([v for v in inputs.values() if isinstance(v, Channels)], tuple(shapes))
+
+
+def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """Data movement: run the operation on tensors holding channel positions and read them back.
+
+    Each tracked input becomes a float64 tensor holding 1 + its flat channel-position
+    offset, so any permutation or offset the operation applies is read off its result;
+    constant arguments (weights, sizes computed in ``forward``) take their real values.
+    """
+    base = 1
+    ch_terms: list[tuple[Term, int, int]] = []
+    probes: dict[fx.Node, Any] = {}
+    for n, value in inputs.items():
+        if isinstance(value, Channels):
+            size = math.prod(value.sizes)
+            if math.prod(value.shape) > MAX_PROBE:
+                return fallback(ctx, node, inputs, shapes, f"{op_name(node)} (too large to probe)")
+            if value.terms:
+                probes[n] = _probe_tensor(value, base)
+                ch_terms += [(t, base, size) for t in value.terms]
+                base += size
+            else:
+                constant = _constant(ctx, n)
+                if constant is None and not _floating(n):
+                    return fallback(ctx, node, inputs, shapes, f"{op_name(node)} (computed index)")
+                probes[n] = (
+                    constant
+                    if constant is not None
+                    else torch.zeros(value.shape, dtype=torch.float64)
+                )
+        elif n.meta[FLOW].is_constant:
+            probes[n] = n.meta[FLOW].constant  # a size computed in forward
+        else:
+            return fallback(ctx, node, inputs, shapes, op_name(node))
+    args = fx.node.map_arg(node.args, probes.__getitem__)
+    kwargs = fx.node.map_arg(node.kwargs, probes.__getitem__)
+    try:
+        if node.op == "call_module":
+            result = _called_module(ctx, node)(*args, **kwargs)
+        elif node.op == "call_method":
+            result = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            result = node.target(*args, **kwargs)
+    except Exception:  # an op that refuses the probe's dtype: no exact routing
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    everywhere = tuple(t for t, _, _ in ch_terms if t.index is None)
+
+    def decode(out: Any) -> Any:
+        if not isinstance(out, torch.Tensor):
+            return None
+        axes, positions = _decode(out)
+        channels = _remap(ch_terms, axes, tuple(out.shape), positions)
+        return Channels(channels.axes, channels.shape, channels.terms + everywhere)
+
+    return tree_map(decode, result)
+
+
+def _constant(ctx: RoutingContext, node: fx.Node) -> torch.Tensor | None:
+    """The real value of a constant (parameter, buffer) argument, if it has one."""
+    if node.op != "get_attr":
+        return None
+    value = ctx.fetch_attr(node.target)
+    if isinstance(value, torch.Tensor) and value.device.type != "meta":
+        return value.detach()
+    return None
+
+
+def _floating(node: fx.Node) -> bool:
+    info = node.meta[FLOW].value
+    return info is not None and info.dtype is not None and "float" in info.dtype
+
+
+def _or_probe(direct: Callable[[fx.Node, Mapping[fx.Node, Any], Any], Any]) -> Rule:
+    """A rule computing ``direct``'s answer, or probing where ``direct`` gives None.
+
+    The direct rules give the probe's answer for the common cases without materialising
+    a probe as large as the activation.
+    """
+
+    def rule(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+        found = direct(node, inputs, shapes)
+        return found if found is not None else probe(ctx, node, inputs, shapes)
+
+    rule.__name__ = rule.__qualname__ = direct.__name__.lstrip("_")
+    rule.__doc__ = direct.__doc__
+    return rule
+
+
+def _concatenated(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``cat`` of tensors with channels on the concatenated axis or everywhere."""
+    parts = _arg(node, 0, "tensors")
+    dim = _arg(node, 1, "dim", 0)
+    if node.op != "call_function" or not isinstance(parts, (list, tuple)):
+        return None
+    if not isinstance(shapes, Shape):
+        return None
+    values = [inputs.get(p) if isinstance(p, fx.Node) else None for p in parts]
+    if not all(isinstance(v, Channels) for v in values):
+        return None
+    ndim = len(shapes)
+    dim %= ndim
+    if any(v.axes not in ((), (dim,)) or len(v.shape) != ndim for v in values):
+        return None
+    if any(v.axes == () and any(t.index is not None for t in v.terms) for v in values):
+        return None
+    terms, offset = [], 0
+    for v in values:
+        size = v.shape[dim]
+        for t in v.terms:
+            if t.index is None:
+                terms.append(t)
+                continue
+            index = np.full(shapes[dim], -1, dtype=np.int64)
+            index[offset : offset + size] = t.index
+            terms.append(Term(t.producer, index))
+        offset += size
+    axes = (dim,) if any(t.index is not None for t in terms) else ()
+    return Channels(axes, tuple(shapes), tuple(terms))
+
+
+def _pieces(
+    source: Channels | None, dim: Any, shapes: Any, starts: Callable[[int, list[Shape]], Any]
+) -> Any:
+    """The pieces along ``dim`` of ``source`` making up ``shapes``; ``starts(dim, pieces)``
+    gives each piece's first position along ``dim`` (None: not a direct case)."""
+    if source is None:
+        return None
+    ndim = len(source.shape)
+    pieces = _shape_leaves(shapes)
+    if not pieces or not isinstance(dim, int) or any(len(s) != ndim for s in pieces):
+        return None
+    dim %= ndim
+    first = starts(dim, pieces)
+    if first is None:
+        return None
+    cut = iter(
+        [_cut(source, dim, lo, lo + s[dim], tuple(s)) for lo, s in zip(first, pieces, strict=True)]
+    )
+    return tree_map(lambda s: next(cut) if isinstance(s, Shape) else None, shapes)
+
+
+def _split(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``split`` / ``chunk``: consecutive pieces along ``dim``."""
+    return _pieces(
+        _one_axis_first(node, inputs),
+        _arg(node, 2, "dim", 0),
+        shapes,
+        lambda dim, pieces: np.cumsum([0] + [s[dim] for s in pieces[:-1]]).tolist(),
+    )
+
+
+def _narrow(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``narrow(dim, start, length)``: one piece along ``dim``."""
+    source = _one_axis_first(node, inputs)
+    start = _arg(node, 2, "start")
+
+    def starts(dim: int, pieces: list[Shape]) -> list[int] | None:
+        return [start % source.shape[dim]] if isinstance(start, int) else None
+
+    return _pieces(source, _arg(node, 1, "dim", 0), shapes, starts)
+
+
+def _sliced(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``x[a:b, ..., c:d]``: basic slicing with unit steps."""
+    source = _one_axis_first(node, inputs)
+    if source is None or not isinstance(shapes, Shape):
+        return None
+    ndim = len(source.shape)
+    index = node.args[1]
+    index = index if isinstance(index, tuple) else (index,)
+    if not all(isinstance(i, slice) or i is Ellipsis for i in index):
+        return None
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1 :]
+    if len(index) > ndim or any(
+        not all(isinstance(b, (int, type(None))) for b in (i.start, i.stop, i.step)) for i in index
+    ):
+        return None
+    result = source
+    for d, i in enumerate(index):
+        if d in source.axes:
+            lo, hi, step = i.indices(source.shape[d])
+            if step != 1:
+                return None
+            result = _cut(result, d, lo, hi, tuple(shapes))
+    return Channels(result.axes, tuple(shapes), result.terms)
+
+
+concatenate: Rule = _or_probe(_concatenated)
+split: Rule = _or_probe(_split)
+narrow: Rule = _or_probe(_narrow)
+_slice: Rule = _or_probe(_sliced)
+
+
+def getitem(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``x[...]``: an element of a tuple result, or indexing a tensor (sliced or probed)."""
+    if not isinstance(inputs.get(node.args[0]), Channels):
+        return inputs[node.args[0]][node.args[1]]
+    return _slice(ctx, node, inputs, shapes)
+
+
+def _parameter(ctx: RoutingContext, node: fx.Node, position: int, name: str) -> Any:
+    """An operation's parameter ``name``: the called module's attribute of that name, or
+    the function's argument (None: not given)."""
+    if node.op == "call_module":
+        return getattr(_called_module(ctx, node), name, None)
+    return _arg(node, position, name)
+
+
+def combine(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``softmax``, ``normalize``, ``nn.Softmax`` …: positions along ``dim`` combine."""
+    ch = _first(node, inputs)
+    dim = _parameter(ctx, node, 1, "dim")
+    if ch is None or not isinstance(dim, int):
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    return _combine_along(ch, [dim % len(ch.shape)])
+
+
+def layer_norm(
+    ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
+) -> Any:
+    """``layer_norm``, ``rms_norm``, ``nn.LayerNorm`` …: positions along the normalised
+    (last) axes combine."""
+    ch = _first(node, inputs)
+    normalized = _parameter(ctx, node, 1, "normalized_shape")
+    if ch is None or normalized is None:
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    count = 1 if isinstance(normalized, int) else len(tuple(normalized))
+    ndim = len(ch.shape)
+    return _combine_along(ch, list(range(ndim - count, ndim)))
+
+
+def group_norm(
+    ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
+) -> Any:
+    """``group_norm``, ``nn.GroupNorm``: channels (axis 1) combine within each group."""
+    ch = _first(node, inputs)
+    groups = _parameter(ctx, node, 1, "num_groups")
+    if ch is None or len(ch.shape) < 2:
+        return fallback(ctx, node, inputs, shapes, "group_norm")
+    if groups == ch.shape[1] or 1 not in ch.axes:
+        return ch
+    if groups == 1:
+        return _combine_along(ch, [1])
+    if not isinstance(groups, int):  # a group count computed in forward
+        return fallback(ctx, node, inputs, shapes, "group_norm")
+    return _within_groups(ch, 1, groups)
+
+
+def reduce(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``sum``, ``mean``, ``amax`` …: positions along the reduced dims combine."""
+    ch = _first(node, inputs)
+    dim = _parameter(ctx, node, 1, "dim")
+    keep = bool(_parameter(ctx, node, 2, "keepdim"))
+    if ch is None or not (dim is None or isinstance(dim, (int, tuple, list))):
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    found = _shape_leaves(shapes)
+    if not found:
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    ndim = len(ch.shape)
+    dims = range(ndim) if dim is None else ([dim] if isinstance(dim, int) else list(dim))
+    result = ch
+    for d in sorted({d % ndim for d in dims}, reverse=True):
+        kept = result.shape[:d] + (1,) + result.shape[d + 1 :] if keep else None
+        result = _collapse(result, d, kept)
+    result = Channels(result.axes, tuple(found[0]), result.terms)
+    if isinstance(shapes, Shape):
+        return result
+    # (values, indices): the indices are integers and carry no gradient.
+    rest = iter([result] + [Channels((), tuple(s), ()) for s in found[1:]])
+    return tree_map(lambda s: next(rest) if isinstance(s, Shape) else None, shapes)
+
+
+def matmul(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``a @ b`` of two activations: the contracted axis combines."""
+    a, b = inputs.get(node.args[0]), inputs.get(node.args[1])
+    if not (isinstance(a, Channels) and isinstance(b, Channels) and isinstance(shapes, Shape)):
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    # a (..., n, k) @ b (..., k, m): k is combined; a's n and b's m move to the result.
+    a_part = _collapse(a, len(a.shape) - 1, a.shape[:-1] + (1,))
+    b_part = _collapse(b, len(b.shape) - 2, b.shape[:-2] + (1,) + b.shape[-1:])
+    return _union([a_part, b_part], tuple(shapes))
+
+
+def attention(
+    ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
+) -> Any:
+    """``scaled_dot_product_attention``: every channel of q and k reaches every position."""
+    q, k, v = (inputs.get(a) for a in node.args[:3])
+    if not all(isinstance(x, Channels) for x in (q, k, v)) or not isinstance(shapes, Shape):
+        return fallback(ctx, node, inputs, shapes, "scaled_dot_product_attention")
+    out = tuple(shapes)
+    # The attention weights combine every channel of q and k, and every position of v.
+    weights = _mix(Channels((), (), q.terms + k.terms), out)
+    v_part = _collapse(v, len(v.shape) - 2, v.shape[:-2] + (1,) + v.shape[-1:])
+    return _union([weights, v_part], out)
+
+
+# ------------------------------------------------------------------ table
+
+#: An operation as :data:`RULES` knows it: a function or method name (:func:`op_name`),
+#: an ``operator`` function, or a module class.
+OpKey = Hashable
+
+
+def _each(names: str | Iterable[Hashable], rule: Rule) -> dict[Hashable, Rule]:
+    """Rows mapping each of ``names`` (a space-separated string or keys) to ``rule``."""
+    return dict.fromkeys(names.split() if isinstance(names, str) else names, rule)
+
+
+#: Operation -> the rule routing its channels. Module classes are looked up along the
+#: called module's MRO; anything missing goes to :func:`fallback`.
+RULES: dict[OpKey, Rule] = {
+    # pointwise and broadcasting, and ops that keep channel positions
+    **_each(
+        "add sub rsub mul div true_divide floor_divide remainder fmod pow neg abs exp exp2 "
+        "expm1 log log2 log10 log1p sqrt rsqrt sin cos tan sinh cosh tanh sigmoid relu relu6 "
+        "gelu silu mish elu selu celu leaky_relu hardswish hardsigmoid hardtanh softplus "
+        "softsign tanhshrink threshold clamp clip clamp_min clamp_max maximum minimum where "
+        "lerp addcmul addcdiv erf erfc sign round floor ceil trunc reciprocal square logit "
+        "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout float "
+        "double half bfloat16 to type type_as contiguous clone masked_fill nan_to_num prelu "
+        "batch_norm instance_norm max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d "
+        "avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
+        "adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d lp_pool1d lp_pool2d "
+        "interpolate upsample upsample_nearest upsample_bilinear",
+        pointwise,
+    ),
+    **_each(
+        (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv)
+        + (operator.mod, operator.pow, operator.neg, operator.pos, operator.abs)
+        + (operator.iadd, operator.isub, operator.imul, operator.itruediv),
+        pointwise,
+    ),
+    # data movement
+    **_each(
+        "view reshape permute transpose flatten unflatten squeeze unsqueeze select "
+        "index_select tensor_split unbind flip roll expand expand_as repeat movedim swapaxes "
+        "swapdims t view_as reshape_as stack pad pixel_shuffle pixel_unshuffle channel_shuffle "
+        "hstack vstack getattr.T getattr.mT",
+        probe,
+    ),
+    **_each("cat concat concatenate", concatenate),
+    **_each("split chunk", split),
+    "narrow": narrow,
+    "getitem": getitem,
+    # positions combined along an axis
+    **_each("softmax log_softmax softmin normalize", combine),
+    **_each("sum mean amax amin prod std var norm logsumexp max min median nansum nanmean", reduce),
+    **_each("matmul bmm mm __matmul__", matmul),
+    "scaled_dot_product_attention": attention,
+    **_each("layer_norm rms_norm", layer_norm),
+    "group_norm": group_norm,
+    # modules
+    **_each(
+        (
+            nn.modules.batchnorm._NormBase,
+            nn.modules.pooling._MaxPoolNd,
+            nn.modules.pooling._AvgPoolNd,
+            nn.modules.pooling._AdaptiveAvgPoolNd,
+            nn.modules.pooling._AdaptiveMaxPoolNd,
+            nn.modules.pooling._LPPoolNd,
+            nn.Upsample,
+            *POINTWISE_MODULES,
+        ),
+        pointwise,
+    ),
+    **_each(
+        (
+            nn.Flatten,
+            nn.Unflatten,
+            nn.PixelShuffle,
+            nn.PixelUnshuffle,
+            nn.ChannelShuffle,
+            nn.modules.padding._ConstantPadNd,
+            nn.modules.padding._ReflectionPadNd,
+            nn.modules.padding._ReplicationPadNd,
+        ),
+        probe,
+    ),
+    **_each((nn.Softmax, nn.LogSoftmax, nn.Softmin), combine),
+    **_each((nn.LayerNorm, getattr(nn, "RMSNorm", nn.LayerNorm)), layer_norm),
+    nn.GroupNorm: group_norm,
+}
+
+
+# ----------------------------------------------------------- layer calls
+
+_CONV_TYPES = (nn.modules.conv._ConvNd,)
+
+
+def is_conv(module: nn.Module | None, node: fx.Node) -> bool:
+    """Whether a layer call is a convolution (channels on axis 1): a conv module, a module
+    containing one (a leaf module), or a functional ``conv*``. ``module``: the called module."""
+    if module is not None:
+        return isinstance(module, _CONV_TYPES) or any(
+            isinstance(m, _CONV_TYPES) for m in module.modules()
+        )
+    return node.op == "call_function" and node.target in CONV_FUNCTIONS
+
+
+def layer_groups(module: nn.Module | None, node: fx.Node) -> int:
+    """The groups of a (possibly functional) grouped convolution, else 1."""
+    if module is not None:
+        return int(getattr(module, "groups", 1) or 1)
+    if node.op == "call_function" and node.target in CONV_FUNCTIONS:
+        if "groups" in node.kwargs:
+            return int(node.kwargs["groups"])
+        position = 7 if "transpose" in node.target.__name__ else 6
+        if len(node.args) > position:
+            return int(node.args[position])
+    return 1
+
+
+def layer_axis(conv: bool, ndim: int) -> int:
+    """The channel axis of a layer's tensors: 1 for convolutions, the last axis otherwise.
+
+    Example:
+        >>> layer_axis(True, 4), layer_axis(False, 3)
+        (1, 2)
+    """
+    return 1 if conv and ndim >= 2 else ndim - 1
+
+
+def layer_input_axis(rule: Rule, node: fx.Node, arg: fx.Node, ndim: int, conv: bool) -> int:
+    """The axis of a layer call's argument ``arg`` holding its input channels.
+
+    ``rule`` is the call's rule: for ``W @ x`` with the weight first (a :func:`matmul`
+    with ``arg`` second) the contracted axis of ``x`` is its second-to-last.
+    """
+    if rule is matmul and node.args and node.args[0] is not arg:
+        return max(ndim - 2, 0)
+    return layer_axis(conv, ndim)

@@ -1,0 +1,271 @@
+"""The op -> rule table of the channel routing (gpa/channels/rules.py) and the pass using it.
+
+Each routing expectation below is derived by hand: a Linear's channels lie on the last
+axis, a Conv's on axis 1 (docs/semantics.md §8); ``inbound[producer]`` lists, per
+consumer, the producer channel found at each of its input channels (``positions``) or,
+for a mixing operation, the producer channels reaching all of them (``mixed``).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+import gpa
+from gpa.channels.routing import CHANNELS, Consumer, route_channels, rule_for
+from gpa.channels.rules import RULES, Channels, fallback, pointwise, probe
+from gpa.frontends.fx import fx_gradient_graph
+from gpa.options import AnalysisOptions
+
+
+def _node_for(key) -> tuple[fx.Node, nn.Module | None]:
+    """A node calling the operation ``key`` names, and the module it calls."""
+    g = fx.Graph()
+    x = g.placeholder("x")
+    if isinstance(key, type):
+        return g.call_module("m", (x,)), key.__new__(key)
+    if callable(key):
+        return g.call_function(key, (x, x)), None
+    if key == "getitem":
+        return g.call_function(operator.getitem, (x, 0)), None
+    if key.startswith("getattr."):
+        return g.call_function(getattr, (x, key.partition(".")[2])), None
+
+    def named(*args):
+        return args[0]
+
+    named.__name__ = key  # a function is known by its name, wherever it comes from
+    return g.call_function(named, (x,)), None
+
+
+@pytest.mark.parametrize("key", list(RULES), ids=str)
+def test_every_row_routes_its_operation(key):
+    node, module = _node_for(key)
+    assert rule_for(node, module) is RULES[key]
+
+
+# Method names (a dunder such as "__matmul__" is reached as a function: a method call
+# loses its trailing underscores).
+METHODS = [k for k in RULES if isinstance(k, str) and k.isidentifier() and not k.startswith("__")]
+
+
+@pytest.mark.parametrize("key", METHODS)
+def test_methods_and_in_place_methods_route_by_name(key):
+    g = fx.Graph()
+    x = g.placeholder("x")
+    assert rule_for(g.call_method(key, (x,))) is RULES[key]
+    assert rule_for(g.call_method(key + "_", (x,))) is RULES[key]
+
+
+def test_modules_route_by_their_most_specific_class():
+    class MyBatchNorm(nn.BatchNorm2d):  # inherits _NormBase's row
+        pass
+
+    g = fx.Graph()
+    node = g.call_module("m", (g.placeholder("x"),))
+    assert rule_for(node, MyBatchNorm(4)) is pointwise
+    assert rule_for(node, nn.Flatten()) is probe
+    assert rule_for(node, nn.Softmax2d()) is fallback
+
+
+def test_unknown_operations_fall_back():
+    g = fx.Graph()
+    x = g.placeholder("x")
+    assert rule_for(g.call_method("cumsum", (x, 1))) is fallback
+    assert rule_for(g.call_function(torch.cumsum, (x, 1))) is fallback
+    assert rule_for(g.call_module("m", (x,)), nn.Module()) is fallback
+
+
+# ---------------------------------------------------------- the pass at work
+
+
+def route(model: nn.Module, shape: tuple[int, ...], outputs=None):
+    graph = fx_gradient_graph(model, AnalysisOptions(input_shape=shape))
+    return graph, route_channels(graph.traced, graph.calls, outputs)
+
+
+def delivered(routing, producer: str) -> list[tuple]:
+    """(consumer call, argument, output, positions or None, mixed) per delivery."""
+    return [
+        (
+            d.consumer.call,
+            d.consumer.argument,
+            d.consumer.output,
+            None if d.positions is None else d.positions.tolist(),
+            d.mixed,
+        )
+        for d in routing.inbound[producer]
+    ]
+
+
+class Pair(nn.Module):
+    """``forward`` = ``self.body`` applied to the output of Linear ``a`` (4 channels);
+    the result feeds Linear ``b``."""
+
+    def __init__(self, body, width: int = 4) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(width, 2)
+        self.body = body
+
+    def forward(self, x):
+        return self.b(self.body(self.a(x)))
+
+
+@pytest.mark.parametrize(
+    "body, width, expected",
+    [
+        # cat: a's 4 channels, then its channel 0 again; each part is a delivery of its own
+        (
+            lambda y: torch.cat([y, y[:, :1]], 1),
+            5,
+            [([0, 1, 2, 3, -1], None), ([-1, -1, -1, -1, 0], None)],
+        ),
+        # chunk (direct rule): b sees the second half
+        (lambda y: y.chunk(2, 1)[1], 2, [([2, 3], None)]),
+        # narrow(1, start 1, length 2): channels 1, 2
+        (lambda y: y.narrow(1, 1, 2), 2, [([1, 2], None)]),
+        # slicing with a negative start: the last three
+        (lambda y: y[:, -3:], 3, [([1, 2, 3], None)]),
+        # flip is probed: reversed
+        (lambda y: y.flip(1), 4, [([3, 2, 1, 0], None)]),
+        # pointwise: positions kept
+        (lambda y: torch.relu(y) * 2, 4, [([0, 1, 2, 3], None)]),
+        # softmax over the channels: every channel reaches every input of b
+        (lambda y: y.softmax(-1), 4, [(None, (0, 1, 2, 3))]),
+        # a reduction over the channels, broadcast back: all mixed
+        (lambda y: y - y.mean(1, keepdim=True), 4, [([0, 1, 2, 3], None), (None, (0, 1, 2, 3))]),
+        # layer norm over the channel axis
+        (lambda y: F.layer_norm(y, (4,)), 4, [(None, (0, 1, 2, 3))]),
+        # an unknown operation: full mixing
+        (lambda y: torch.cumsum(y, 1), 4, [(None, (0, 1, 2, 3))]),
+    ],
+    ids=["cat", "chunk", "narrow", "slice", "flip", "pointwise", "softmax", "mean", "ln", "cumsum"],
+)
+def test_linear_channels_through(body, width, expected):
+    _, routing = route(Pair(body, width), (1, 4))
+    assert [(p, m) for _, _, _, p, m in delivered(routing, "a")] == expected
+
+
+def test_unknown_operation_is_reported_as_fallback():
+    _, routing = route(Pair(lambda y: torch.cumsum(y, 1)), (1, 4))
+    assert dict(routing.fallbacks) == {"a": {"cumsum"}}
+    # and in the report: a's one segment receives b's gradient, every channel mixed
+    report = gpa.analyze(Pair(lambda y: torch.cumsum(y, 1)), input_shape=(1, 4), channels=True)
+    (segment,) = report.layers["a"].segments
+    assert (segment.start, segment.stop, segment.fallback) == (0, 4, ("cumsum",))
+    assert [(s.sender, s.channels, s.mixed) for s in segment.sources] == [("b", (0, 4), True)]
+
+
+def test_unknown_module_is_reported_by_its_class():
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.s, self.b = nn.Conv2d(3, 4, 1), nn.Softmax2d(), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.b(self.s(self.a(x)))
+
+    _, routing = route(Model(), (1, 3, 2, 2))
+    assert dict(routing.fallbacks) == {"a": {"Softmax2d"}}
+    assert delivered(routing, "a") == [("b", None, None, None, (0, 1, 2, 3))]
+
+
+class Convs(nn.Module):
+    """Conv ``a`` (4 channels on axis 1), ``body``, then conv ``b``."""
+
+    def __init__(self, body, width: int = 4) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(width, 2, 1)
+        self.body = body
+
+    def forward(self, x):
+        return self.b(self.body(self.a(x)))
+
+
+def _shuffle(y):  # ShuffleNet's channel shuffle with 2 groups of 2
+    return y.view(1, 2, 2, 2, 2).transpose(1, 2).reshape(1, 4, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "body, width, expected",
+    [
+        # the shuffle interleaves the groups: b's input 1 holds a's channel 2
+        (_shuffle, 4, [[0, 2, 1, 3]]),
+        # group norm with 2 groups: each input channel holds one member of each pair
+        # position r of its group (rows [0, 0, 2, 2] and [1, 1, 3, 3])
+        (lambda y: F.group_norm(y, 2), 4, [[0, 0, 2, 2], [1, 1, 3, 3]]),
+        # pooling keeps channels
+        (lambda y: F.max_pool2d(y, 2), 4, [[0, 1, 2, 3]]),
+        # zero-padding the channel axis by one on each side: none at 0 and 5
+        (lambda y: F.pad(y, (0, 0, 0, 0, 1, 1)), 6, [[-1, 0, 1, 2, 3, -1]]),
+    ],
+    ids=["shuffle", "group_norm", "max_pool", "pad"],
+)
+def test_conv_channels_through(body, width, expected):
+    _, routing = route(Convs(body, width), (1, 3, 2, 2))
+    assert [p for _, _, _, p, _ in delivered(routing, "a")] == expected
+
+
+def test_flatten_gives_each_channel_its_block():
+    # (1, 4, 2, 2) flattened: Linear input i holds conv channel i // 4
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.b(torch.flatten(self.a(x), 1))
+
+    _, routing = route(Model(), (1, 3, 2, 2))
+    assert delivered(routing, "a") == [("b", None, None, [i // 4 for i in range(16)], None)]
+
+
+def test_attention_mixes_query_and_key_and_keeps_value_channels():
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v, self.o = (nn.Linear(4, 4) for _ in range(4))
+
+        def forward(self, x):
+            return self.o(F.scaled_dot_product_attention(self.q(x), self.k(x), self.v(x)))
+
+    _, routing = route(Model(), (1, 3, 4))
+    assert delivered(routing, "q") == [("o", None, None, None, (0, 1, 2, 3))]
+    assert delivered(routing, "k") == [("o", None, None, None, (0, 1, 2, 3))]
+    assert delivered(routing, "v") == [("o", None, None, [0, 1, 2, 3], None)]
+
+
+def test_consumers_are_typed_arguments_and_outputs():
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.c = nn.Linear(4, 3), nn.Linear(4, 2)
+            self.bil = nn.Bilinear(3, 2, 1)
+
+        def forward(self, x):
+            y, z = self.a(x), self.c(x)
+            return self.bil(y, z), y
+
+    _, routing = route(Model(), (1, 4))
+    # the bilinear takes two tensors: y is its argument 0, z its argument 1; y is also
+    # returned as output "1"
+    assert delivered(routing, "a") == [
+        ("bil", 0, None, [0, 1, 2], None),
+        (None, None, "1", [0, 1, 2], None),
+    ]
+    assert delivered(routing, "c") == [("bil", 1, None, [0, 1], None)]
+    assert Consumer(None, output="1") in routing.in_channels
+    assert routing.in_channels[Consumer("bil", 0)] == 3
+
+
+def test_every_node_is_annotated():
+    graph, _ = route(Pair(lambda y: y.flip(1)), (1, 4))
+    nodes = {n.name: n.meta[CHANNELS] for n in graph.traced.graph.nodes}
+    assert nodes["output"] is None
+    assert nodes["flip"].terms[0].index.tolist() == [3, 2, 1, 0]
+    assert all(isinstance(v, Channels) for k, v in nodes.items() if k != "output")
