@@ -648,6 +648,17 @@ def combine(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], s
     return _combine_along(ch, [dim % len(ch.shape)])
 
 
+def normalize(
+    ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
+) -> Any:
+    """``F.normalize(x, p=2.0, dim=1)``: positions along ``dim`` (default 1) combine."""
+    ch = _first(node, inputs)
+    dim = _arg(node, 2, "dim", 1)
+    if ch is None or not isinstance(dim, int):
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    return _combine_along(ch, [dim % len(ch.shape)])
+
+
 def layer_norm(
     ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
 ) -> Any:
@@ -779,7 +790,8 @@ RULES: dict[OpKey, Rule] = {
     "narrow": narrow,
     "getitem": getitem,
     # positions combined along an axis
-    **_each("softmax log_softmax softmin normalize", combine),
+    **_each("softmax log_softmax softmin", combine),
+    "normalize": normalize,
     **_each("sum mean amax amin prod std var norm logsumexp max min median nansum nanmean", reduce),
     **_each("matmul bmm mm __matmul__", matmul),
     "scaled_dot_product_attention": attention,
@@ -840,9 +852,10 @@ def layer_groups(module: nn.Module | None, node: fx.Node) -> int:
     if node.op == "call_function" and node.target in CONV_FUNCTIONS:
         if "groups" in node.kwargs:
             return int(node.kwargs["groups"])
-        position = 7 if "transpose" in node.target.__name__ else 6
-        if len(node.args) > position:
-            return int(node.args[position])
+        # conv*d(input, weight, bias, stride, padding, dilation, groups) and
+        # conv_transpose*d(input, weight, bias, stride, padding, output_padding, groups, ...)
+        if len(node.args) > 6:
+            return int(node.args[6])
     return 1
 
 

@@ -143,8 +143,27 @@ class Pair(nn.Module):
         (lambda y: F.layer_norm(y, (4,)), 4, [(None, (0, 1, 2, 3))]),
         # an unknown operation: full mixing
         (lambda y: torch.cumsum(y, 1), 4, [(None, (0, 1, 2, 3))]),
+        # normalize(x, p, dim): dim is the third argument (default 1, the channels here)
+        (lambda y: F.normalize(y), 4, [(None, (0, 1, 2, 3))]),
+        (lambda y: F.normalize(y, 2.0, 1), 4, [(None, (0, 1, 2, 3))]),
+        # ... over the batch axis, the channels keep their positions
+        (lambda y: F.normalize(y, 2.0, 0), 4, [([0, 1, 2, 3], None)]),
     ],
-    ids=["cat", "chunk", "narrow", "slice", "flip", "pointwise", "softmax", "mean", "ln", "cumsum"],
+    ids=[
+        "cat",
+        "chunk",
+        "narrow",
+        "slice",
+        "flip",
+        "pointwise",
+        "softmax",
+        "mean",
+        "ln",
+        "cumsum",
+        "normalize",
+        "normalize-p-dim",
+        "normalize-batch",
+    ],
 )
 def test_linear_channels_through(body, width, expected):
     _, routing = route(Pair(body, width), (1, 4))
@@ -209,6 +228,30 @@ def _shuffle(y):  # ShuffleNet's channel shuffle with 2 groups of 2
 def test_conv_channels_through(body, width, expected):
     _, routing = route(Convs(body, width), (1, 3, 2, 2))
     assert [p for _, _, _, p, _ in delivered(routing, "a")] == expected
+
+
+class TransposedGroups(nn.Module):
+    """Conv ``a`` (4 channels), a functional transposed conv with 2 groups given
+    positionally (conv_transpose2d(x, w, b, stride, padding, output_padding, groups)), a
+    head; ``w`` is a parameter of the root, so the transposed conv is a functional layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.w = nn.Parameter(torch.randn(4, 1, 1, 1))  # in 4, out 1 per group
+        self.head = nn.Conv2d(2, 1, 1)
+
+    def forward(self, x):
+        return self.head(F.conv_transpose2d(self.a(x), self.w, None, 1, 0, 0, 2))
+
+
+def test_groups_of_a_positional_functional_transposed_conv():
+    graph, routing = route(TransposedGroups(), (1, 3, 2, 2))
+    (call,) = [n for n, c in graph.calls.items() if c.record == "w"]
+    assert routing.groups[call] == 2
+    report = gpa.analyze(TransposedGroups(), input_shape=(1, 3, 2, 2), channels=True)
+    # a's channels 0-1 reach the transposed conv's group 0, 2-3 its group 1
+    assert [(s.start, s.stop) for s in report.layers["a"].segments] == [(0, 2), (2, 4)]
 
 
 def test_flatten_gives_each_channel_its_block():
