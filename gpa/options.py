@@ -20,7 +20,7 @@ Example:
     >>> AnalysisOptions(tracer="jit")
     Traceback (most recent call last):
         ...
-    gpa.errors.GpaError: unknown tracer 'jit'; choose one of fx, autograd, auto
+    gpa.errors.GpaError: unknown tracer 'jit'; choose one of fx, export, autograd, auto
 """
 
 from __future__ import annotations
@@ -66,11 +66,12 @@ class _Choice(str, Enum):
 class Tracer(_Choice):
     """The frontend that turns a model into a gradient graph (``docs/semantics.md`` §1.6).
 
-    ``AUTO`` (the default) uses fx where it can trace the model and the autograd
-    tracer otherwise, saying which ran and why in the report's notes.
+    ``AUTO`` (the default) uses fx where it can trace the model, else ``torch.export``,
+    else the autograd tracer, saying which ran and why in the report's notes.
     """
 
     FX = "fx"
+    EXPORT = "export"
     AUTOGRAD = "autograd"
     AUTO = "auto"
 

@@ -172,7 +172,9 @@ def op_name(node: fx.Node) -> str:
     """The name :data:`RULES` knows a function or method call by.
 
     Methods lose a trailing ``_`` (in-place variants); ``x[i]`` is ``getitem`` and
-    ``x.T`` is ``getattr.T``.
+    ``x.T`` is ``getattr.T``. An ATen operation (the export frontend's graph) is known by
+    its operator's name, so ``aten.add_.Tensor`` is ``add`` and ``aten.slice.Tensor`` is
+    ``slice``.
 
     Example:
         >>> g = fx.Graph()
@@ -187,6 +189,10 @@ def op_name(node: fx.Node) -> str:
             return "getitem"
         if node.target is getattr:
             return f"getattr.{node.args[1]}"
+        packet = getattr(node.target, "overloadpacket", None)  # an ATen OpOverload
+        if packet is not None:
+            name = packet.__name__
+            return name[:-1] if name.endswith("_") and not name.startswith("_") else name
         return getattr(node.target, "__name__", str(node.target))
     return node.op
 
@@ -768,7 +774,9 @@ RULES: dict[OpKey, Rule] = {
         "batch_norm instance_norm max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d "
         "avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
         "adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d lp_pool1d lp_pool2d "
-        "interpolate upsample upsample_nearest upsample_bilinear",
+        "interpolate upsample upsample_nearest upsample_bilinear upsample_nearest1d "
+        "upsample_nearest2d upsample_nearest3d upsample_bilinear2d upsample_bicubic2d "
+        "upsample_linear1d upsample_trilinear3d alias _to_copy",
         pointwise,
     ),
     **_each(
@@ -782,11 +790,11 @@ RULES: dict[OpKey, Rule] = {
         "view reshape permute transpose flatten unflatten squeeze unsqueeze select "
         "index_select tensor_split unbind flip roll expand expand_as repeat movedim swapaxes "
         "swapdims t view_as reshape_as stack pad pixel_shuffle pixel_unshuffle channel_shuffle "
-        "hstack vstack getattr.T getattr.mT",
+        "hstack vstack getattr.T getattr.mT slice _unsafe_view constant_pad_nd",
         probe,
     ),
     **_each("cat concat concatenate", concatenate),
-    **_each("split chunk", split),
+    **_each("split chunk split_with_sizes", split),
     "narrow": narrow,
     "getitem": getitem,
     # positions combined along an axis

@@ -303,8 +303,9 @@ class GradientFlow(fx.Interpreter):
         leaves: dict[int, fx.Node] = {}
         keep: list[torch.Tensor] = []
         fresh = {m: _fresh(self.env[m], m, leaves, keep) for m in n.all_input_nodes}
-        args = fx.node.map_arg(n.args, fresh.__getitem__)
-        kwargs = fx.node.map_arg(n.kwargs, fresh.__getitem__)
+        # devices written into the graph (export bakes in ``device="cpu"``) become meta
+        args = fx.node.map_aggregate(fx.node.map_arg(n.args, fresh.__getitem__), _on_meta)
+        kwargs = fx.node.map_aggregate(fx.node.map_arg(n.kwargs, fresh.__getitem__), _on_meta)
         try:
             if _shape_preserving(self.module, n, args, kwargs):
                 result = args[0].clone()
@@ -316,6 +317,10 @@ class GradientFlow(fx.Interpreter):
             raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
         mutated = _mutated_argument(n, args)
         return tree_map(_cut_history, result), frozenset(_reached((result, mutated), leaves))
+
+
+def _on_meta(value: Any) -> Any:
+    return torch.device("meta") if isinstance(value, torch.device) else value
 
 
 def _is_plain(value: Any) -> bool:

@@ -35,8 +35,23 @@ __all__ = [
     "uncalled_layers",
 ]
 
+
+def _overloads(*names: str) -> set:
+    """Every overload of the named ATen operators (the export frontend's graph holds them)."""
+    packets = [getattr(torch.ops.aten, n) for n in names]
+    return {getattr(p, o) for p in packets for o in p.overloads()}
+
+
 CONV_FUNCTIONS = frozenset(
     {
+        *_overloads(
+            "conv1d",
+            "conv2d",
+            "conv3d",
+            "conv_transpose1d",
+            "conv_transpose2d",
+            "conv_transpose3d",
+        ),
         torch.conv1d,
         torch.conv2d,
         torch.conv3d,
@@ -68,6 +83,22 @@ _MIXING_FUNCTIONS = CONV_FUNCTIONS | {
     torch.einsum,
     torch.tensordot,
     torch.embedding,
+    *_overloads(
+        "linear",
+        "bilinear",
+        "embedding",
+        "embedding_bag",
+        "matmul",
+        "mm",
+        "bmm",
+        "mv",
+        "addmm",
+        "addbmm",
+        "baddbmm",
+        "addmv",
+        "einsum",
+        "tensordot",
+    ),
 }
 _MIXING_METHODS = frozenset(
     {"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__"}
