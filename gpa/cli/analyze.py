@@ -11,6 +11,7 @@ import click
 from gpa.cli.options import (
     analysis_options,
     analysis_settings,
+    depth_option,
     emit,
     format_option,
     output_option,
@@ -25,6 +26,15 @@ __all__ = ["command"]
 @analysis_options
 @format_option("json", "csv")
 @output_option
+@click.option(
+    "--columns",
+    metavar="NAMES",
+    help="Comma-separated columns of the text table, e.g. shortest,longest,timestamps "
+    "(of: type, calls, shortest, longest, timestamps, paths, params, flops, sources, "
+    "segments, combos).",
+)
+@click.option("--wide", is_flag=True, help="Every column, nothing wrapped (for piping).")
+@depth_option
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -33,6 +43,9 @@ def command(
     quiet: bool,
     fmt: str,
     output: Path | None,
+    columns: str | None,
+    wide: bool,
+    depth: int | None,
     **params: Any,
 ) -> None:
     """Analyse the gradient paths of the model named by TARGET.
@@ -46,9 +59,16 @@ def command(
     """
     from gpa.api import analyze_target
     from gpa.options import AnalysisOptions
-    from gpa.render.text import format_csv, format_table
+    from gpa.render.text import COLUMNS, format_csv, format_table
 
     options = AnalysisOptions(**analysis_settings(ctx, params))
+    chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    unknown = [c for c in chosen or () if c not in COLUMNS]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(COLUMNS)}",
+            param_hint="--columns",
+        )
     with progress_display(quiet) as progress:
         report = analyze_target(target, kwargs, options, progress=progress)
     if fmt == "json":
@@ -58,5 +78,11 @@ def command(
         for note in report.notes:
             click.echo(f"note: {note}", err=True)
     else:
-        text = format_table(report, color=output is None and sys.stdout.isatty())
+        text = format_table(
+            report,
+            color=output is None and sys.stdout.isatty(),
+            columns=chosen,
+            wide=wide,
+            depth=depth,
+        )
     emit(text, output)

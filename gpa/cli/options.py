@@ -34,6 +34,7 @@ __all__ = [
     "analysis_options",
     "analysis_settings",
     "config_option",
+    "depth_option",
     "emit",
     "format_option",
     "output_option",
@@ -247,6 +248,13 @@ def emit(text: str, output: Path | None) -> None:
     except OSError as exc:
         raise GpaError(f"cannot write {output}: {exc.strerror or exc}") from None
 
+
+depth_option = click.option(
+    "--depth",
+    type=click.IntRange(min=0),
+    help="Group layers by their module path's first N parts (0: every layer; default: "
+    "grouped only for large models).",
+)
 
 config_option = click.option(
     "--config",

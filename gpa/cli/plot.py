@@ -8,7 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from gpa.cli.options import analysis_options, analysis_settings, progress_display
+from gpa.cli.options import analysis_options, analysis_settings, depth_option, progress_display
 
 __all__ = ["command"]
 
@@ -33,11 +33,7 @@ __all__ = ["command"]
     show_default=True,
     help="The round of --kind sources.",
 )
-@click.option(
-    "--depth",
-    type=click.IntRange(min=1),
-    help="Collapse layers by this module depth (default: only beyond 48 layers).",
-)
+@depth_option
 @click.option(
     "-o",
     "--output",

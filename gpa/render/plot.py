@@ -49,7 +49,7 @@ from matplotlib.ticker import FuncFormatter
 
 from gpa.core.report import LOSS, LayerRecord, Report
 from gpa.errors import GpaError
-from gpa.render.text import format_count, format_timestamps
+from gpa.render.text import format_count, format_timestamps, module_prefix
 
 __all__ = [
     "FORMATS",
@@ -109,34 +109,32 @@ class Unit:
 # ------------------------------------------------------------------ grouping
 
 
-def _prefix(name: str, depth: int) -> str:
-    return ".".join(name.split(".")[:depth])
-
-
 def _group_names(names: Sequence[str], depth: int | None, limit: int) -> dict[str, str]:
     """Layer name -> the unit it is drawn in (itself, a module prefix, or a bin of prefixes)."""
     if depth is not None:
-        if depth < 1:
-            raise GpaError(f"depth must be at least 1, got {depth}")
-        return {n: _prefix(n, depth) for n in names}
+        if depth < 0:
+            raise GpaError(f"depth must be 0 (every layer) or more, got {depth}")
+        return {n: module_prefix(n, depth) if depth else n for n in names}
     if len(names) <= limit:
         return {n: n for n in names}
     deepest = max(n.count(".") + 1 for n in names)
-    counts = {k: len(dict.fromkeys(_prefix(n, k) for n in names)) for k in range(1, deepest + 1)}
+    counts = {
+        k: len(dict.fromkeys(module_prefix(n, k) for n in names)) for k in range(1, deepest + 1)
+    }
     natural = [k for k, c in counts.items() if limit / 3 <= c <= limit]
     if natural:
         return _group_names(names, max(natural), limit)
     # No module depth gives a readable count: bin consecutive modules of the first
     # depth that is finer than the limit.
     finer = min((k for k, c in counts.items() if c > limit), default=deepest)
-    prefixes = list(dict.fromkeys(_prefix(n, finer) for n in names))
+    prefixes = list(dict.fromkeys(module_prefix(n, finer) for n in names))
     size = math.ceil(len(prefixes) / limit)
     bins = {}
     for i in range(0, len(prefixes), size):
         chunk = prefixes[i : i + size]
         label = chunk[0] if len(chunk) == 1 else _range_label(chunk[0], chunk[-1])
         bins.update({p: label for p in chunk})
-    return {n: bins[_prefix(n, finer)] for n in names}
+    return {n: bins[module_prefix(n, finer)] for n in names}
 
 
 def _range_label(first: str, last: str) -> str:

@@ -1,14 +1,18 @@
 """Text renderings of a :class:`gpa.Report`: a readable table and CSV.
 
-Both are pure functions of the report, so the same model gives byte-identical
-output on every run: the table is rendered at a fixed width, without colour
-unless asked for, whatever the terminal.
+Both are pure functions of the report and of the width asked for: the same model at
+the same width gives byte-identical output. The table fits the terminal (its width, or
+``COLUMNS``) by dropping the least important columns first (sources, then FLOPs,
+parameters …); a layer's qualified name is never broken; ``wide=True`` prints every
+column unwrapped, for piping. Above :data:`COLLAPSE_ABOVE` layers the table groups layers
+by module path (``depth``), as torchinfo's ``depth=`` does, and says how to see all.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import shutil
 import textwrap
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
@@ -20,6 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 __all__ = [
+    "COLLAPSE_ABOVE",
+    "COLUMNS",
     "CSV_COLUMNS",
     "format_count",
     "format_csv",
@@ -28,6 +34,7 @@ __all__ = [
     "format_sources",
     "format_table",
     "format_timestamps",
+    "module_prefix",
 ]
 
 #: Header of :func:`format_csv`.
@@ -44,20 +51,68 @@ CSV_COLUMNS: tuple[str, ...] = (
     "flops",
 )
 
-#: Default width of :func:`format_table`, in characters.
-TABLE_WIDTH = 120
+#: The columns of :func:`format_table`, in display order.
+COLUMNS: tuple[str, ...] = (
+    "type",
+    "calls",
+    "shortest",
+    "longest",
+    "timestamps",
+    "paths",
+    "params",
+    "flops",
+    "sources",
+    "segments",
+    "combos",
+)
+
+# Dropped first when the table is too wide for the terminal; the layer's name, shortest
+# and longest always stay.
+_DROP_ORDER = ("sources", "flops", "params", "combos", "segments", "type", "calls", "paths")
+
+#: Tables of more layers than this are collapsed by module path unless ``depth=0``.
+COLLAPSE_ABOVE = 60
 
 _BIG = 10**6
 
 
-def format_timestamps(timestamps: Sequence[int], limit: int = 5) -> str:
-    """Compact timestamps: ``"2,4,6,8"``, or ``"2,4,…,40 (20)"`` beyond ``limit`` values."""
-    values = [str(t) for t in timestamps]
+def format_timestamps(timestamps: Sequence[int], limit: int | None = None) -> str:
+    """Exact shorthand for a set of rounds.
+
+    Consecutive runs become ranges (``6, 8–48, 50``); four or more values at an equal step
+    become ``2–40 by 2``; other values are listed. Beyond ``limit`` items the first ones,
+    ``…``, the last and the number of values are shown.
+
+    Example:
+        >>> format_timestamps([6, *range(8, 49), 50]), format_timestamps(range(2, 42, 2))
+        ('6, 8–48, 50', '2–40 by 2')
+        >>> format_timestamps([1, 3, 4, 7, 11, 12, 13, 20, 25], limit=4)
+        '1, 3, 4, …, 25 (9 values)'
+    """
+    values = sorted(set(timestamps))
     if not values:
         return "-"
-    if len(values) <= limit:
-        return ",".join(values)
-    return f"{values[0]},{values[1]},…,{values[-1]} ({len(values)})"
+    items, i = [], 0
+    while i < len(values):
+        run = i
+        while run + 1 < len(values) and values[run + 1] == values[run] + 1:
+            run += 1
+        if run - i >= 2:
+            items.append(f"{values[i]}–{values[run]}")
+            i = run + 1
+            continue
+        step, end = (values[i + 1] - values[i] if i + 1 < len(values) else 0), i
+        while end + 1 < len(values) and values[end + 1] - values[end] == step:
+            end += 1
+        if step > 1 and end - i >= 3:
+            items.append(f"{values[i]}–{values[end]} by {step}")
+            i = end + 1
+            continue
+        items.append(str(values[i]))
+        i += 1
+    if limit is not None and len(items) > limit:
+        return f"{', '.join(items[: limit - 1])}, …, {items[-1]} ({len(values)} values)"
+    return ", ".join(items)
 
 
 def format_count(count: int) -> str:
@@ -151,56 +206,8 @@ def _wrap(text: str, width: int, first: str, rest: str) -> str:
     )
 
 
-def format_table(report: Any, *, width: int = TABLE_WIDTH, color: bool = False) -> str:
-    """Render ``report`` as text: network summary, one row per layer, then the notes.
-
-    Args:
-        report: a :class:`gpa.Report`.
-        width: line width in characters (at least 100; fixed, so output is stable).
-        color: emit ANSI styles (only for a terminal).
-
-    Returns:
-        The text, ending with a newline.
-    """
-    width = max(100, width)
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
-    table.add_column("layer", overflow="fold")
-    table.add_column("type", overflow="fold")
-    table.add_column("calls", justify="right")
-    table.add_column("shortest", justify="right")
-    table.add_column("longest", justify="right")
-    table.add_column("timestamps", overflow="fold")
-    table.add_column("paths", justify="right")
-    table.add_column("params", justify="right")
-    table.add_column("flops", justify="right")
-    table.add_column("sources", overflow="fold")
-    with_segments = any(getattr(r, "segments", None) is not None for r in report.layers.values())
-    if with_segments:
-        table.add_column("segments", justify="right")
-        table.add_column("combos", justify="right")
-    for record in report.layers.values():
-        cells = [
-            record.name,
-            record.type,
-            str(record.calls),
-            _value(record.shortest),
-            _value(record.longest),
-            format_timestamps(record.timestamps),
-            format_count(record.num_paths),
-            format_si(record.params),
-            format_si(record.flops),
-            format_sources(record.sources),
-        ]
-        if with_segments:
-            segments = getattr(record, "segments", None)
-            cells += [
-                _value(None if segments is None else len(segments)),
-                _value(getattr(record, "gradient_combinations", None)),
-            ]
-        table.add_row(*(Text(cell) for cell in cells))
-
-    buffer = io.StringIO()
-    console = Console(
+def _console(buffer: io.StringIO, width: int, color: bool) -> Console:
+    return Console(
         file=buffer,
         width=width,
         force_terminal=color,
@@ -213,23 +220,204 @@ def format_table(report: Any, *, width: int = TABLE_WIDTH, color: bool = False) 
         emoji=False,
         legacy_windows=False,
         soft_wrap=False,
-        _environ={},  # ignore COLUMNS, FORCE_COLOR, TERM...: output must not depend on them
+        _environ={},  # COLUMNS, FORCE_COLOR…: the width is decided by the caller
     )
-    for line in _summary_lines(report):
-        console.print(
-            Text(_wrap(line, width, "", "    "), style="bold" if line.startswith("model:") else "")
+
+
+def _cells(record: Any) -> dict[str, str]:
+    segments = getattr(record, "segments", None)
+    return {
+        "layer": record.name,
+        "type": record.type,
+        "calls": str(record.calls),
+        "shortest": _value(record.shortest),
+        "longest": _value(record.longest),
+        "timestamps": format_timestamps(record.timestamps),
+        "paths": format_count(record.num_paths),
+        "params": format_si(record.params),
+        "flops": format_si(record.flops),
+        "sources": format_sources(record.sources),
+        "segments": _value(None if segments is None else len(segments)),
+        "combos": _value(getattr(record, "gradient_combinations", None)),
+    }
+
+
+_RIGHT = {"calls", "shortest", "longest", "paths", "params", "flops", "segments", "combos"}
+
+
+def _table(rows: list[dict[str, str]], columns: Sequence[str], wide: bool) -> Table:
+    """A table of ``rows`` (column -> cell) with ``columns``; only timestamps and sources
+    may wrap, and only between items, so that names stay whole."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    for key in columns:
+        wraps = key in ("timestamps", "sources") and not wide
+        longest_item = max(
+            (len(item) for row in rows for item in row[key].split(", ")), default=len(key)
         )
+        table.add_column(
+            key,
+            justify="right" if key in _RIGHT else "left",
+            no_wrap=not wraps,
+            overflow="fold",
+            min_width=max(longest_item, len(key)) + (1 if wraps else 0),
+        )
+    for row in rows:
+        table.add_row(*(Text(row[key]) for key in columns))
+    return table
+
+
+def _fit(rows: list[dict[str, str]], columns: list[str], width: int) -> list[str]:
+    """``columns`` minus the least important ones until the table fits ``width``."""
+    console = _console(io.StringIO(), 10**6, False)  # measures are capped at its width
+    kept = list(columns)
+    for drop in (None, *_DROP_ORDER):
+        if drop in kept:
+            kept.remove(drop)
+        if console.measure(_table(rows, ["layer", *kept], wide=False)).minimum <= width:
+            break
+    return kept
+
+
+def module_prefix(name: str, depth: int) -> str:
+    """The first ``depth`` parts of a qualified name: the module group it belongs to.
+
+    Example:
+        >>> module_prefix("stages.0.blocks.3.conv1", 2)
+        'stages.0'
+    """
+    return ".".join(name.split(".")[:depth])
+
+
+def _collapsed_rows(report: Any, depth: int) -> list[dict[str, str]]:
+    """One row per module-path group at ``depth``: its layers' shortest and longest ranges
+    and its worst layer (the largest shortest path, ELAN's criterion)."""
+    groups: dict[str, list[Any]] = {}
+    for record in report.layers.values():
+        groups.setdefault(module_prefix(record.name, depth), []).append(record)
+    rows = []
+    for name, records in groups.items():
+        reached = [r for r in records if r.shortest is not None]
+
+        def span(values: list[int]) -> str:
+            return (
+                "-"
+                if not values
+                else f"{min(values)}–{max(values)}"
+                if min(values) != max(values)
+                else str(values[0])
+            )
+
+        worst = max(reached, key=lambda r: r.shortest, default=None)
+        rows.append(
+            {
+                "layer": name,
+                "layers": str(len(records)),
+                "shortest": span([r.shortest for r in reached]),
+                "longest": span([r.longest for r in reached]),
+                "unreachable": str(len(records) - len(reached)),
+                "worst": "-" if worst is None else f"{worst.name} ({worst.shortest})",
+            }
+        )
+    return rows
+
+
+def format_table(
+    report: Any,
+    *,
+    width: int | None = None,
+    color: bool = False,
+    columns: Sequence[str] | None = None,
+    wide: bool = False,
+    depth: int | None = None,
+) -> str:
+    """Render ``report`` as text: network summary, one row per layer, then the notes.
+
+    Args:
+        report: a :class:`gpa.Report`.
+        width: line width in characters; default: the terminal's (``COLUMNS`` first,
+            80 when there is no terminal).
+        color: emit ANSI styles (only for a terminal).
+        columns: the columns to show (of :data:`COLUMNS`), after the layer's name;
+            default: all that apply, the least important dropped to fit ``width``.
+        wide: every column, nothing wrapped (for piping to other tools).
+        depth: group layers by their module path's first ``depth`` parts (one row per
+            group: its layers' shortest and longest ranges and its worst layer); 0 shows
+            every layer; default: 0 up to :data:`COLLAPSE_ABOVE` layers, else the
+            smallest depth giving at most that many groups.
+
+    Returns:
+        The text, ending with a newline.
+
+    Raises:
+        ValueError: an unknown column.
+
+    Example:
+        >>> import gpa, torch.nn as nn
+        >>> r = gpa.analyze(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), input_shape=(1, 4))
+        >>> for line in format_table(r, columns=["shortest", "longest"]).splitlines()[-4:]:
+        ...     print(line)
+        layer   shortest   longest
+        ──────────────────────────
+        0              2         2
+        1              1         1
+    """
+    width = width or shutil.get_terminal_size().columns
+    with_segments = any(getattr(r, "segments", None) is not None for r in report.layers.values())
+    available = [c for c in COLUMNS if with_segments or c not in ("segments", "combos")]
+    unknown = [c for c in columns or () if c not in COLUMNS]
+    if unknown:
+        raise ValueError(
+            f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(COLUMNS)}"
+        )
+    if depth is None:
+        depth = 0 if wide or columns else _auto_depth(report)
+    if depth:
+        rows = _collapsed_rows(report, depth)
+        keys = ["layer", "layers", "shortest", "longest", "unreachable", "worst"]
+        note = (
+            f"{len(report.layers)} layers in {len(rows)} groups of module path depth {depth}; "
+            "--depth 0 (or --wide) shows every layer, --depth N another grouping"
+        )
+    else:
+        rows = [_cells(r) for r in report.layers.values()]
+        chosen = [c for c in available if columns is None or c in columns]
+        keys = ["layer", *(chosen if wide else _fit(rows, chosen, width))]
+        note = None
+        if columns is None and len(keys) - 1 < len(chosen):
+            dropped = [c for c in chosen if c not in keys]
+            note = f"columns left out to fit {width} characters: {', '.join(dropped)} (--wide shows all)"
+    table = _table(rows, keys, wide)
+    buffer = io.StringIO()
+    if wide:
+        width = max(width, _console(io.StringIO(), 10**6, False).measure(table).maximum)
+    console = _console(buffer, width, color)
+    for line in _summary_lines(report):
+        style = "bold" if line.startswith("model:") else ""
+        console.print(Text(line if wide else _wrap(line, width, "", "    "), style=style))
     console.print()
     if report.layers:
         console.print(table)
-    notes = list(getattr(report, "notes", ()) or ())
+    notes = [*(getattr(report, "notes", ()) or ()), *([note] if note else [])]
     if notes:
         console.print()
         console.print(Text("notes:", style="bold"))
-        for note in notes:
-            console.print(Text(_wrap(note, width, "  - ", "    ")))
+        for text in notes:
+            console.print(Text("  - " + text if wide else _wrap(text, width, "  - ", "    ")))
     text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
     return text.rstrip("\n") + "\n"
+
+
+def _auto_depth(report: Any) -> int:
+    """0 for a small model; else the smallest module-path depth with at most
+    :data:`COLLAPSE_ABOVE` groups."""
+    names = list(report.layers)
+    if len(names) <= COLLAPSE_ABOVE:
+        return 0
+    deepest = max(len(n.split(".")) for n in names)
+    for depth in range(1, deepest + 1):
+        if len({module_prefix(n, depth) for n in names}) > COLLAPSE_ABOVE:
+            return max(depth - 1, 1)
+    return deepest
 
 
 def format_csv(report: Any) -> str:
