@@ -24,7 +24,7 @@ __all__ = ["command"]
 @click.command("analyze")
 @click.argument("target")
 @analysis_options
-@format_option("json", "csv")
+@format_option("json", "csv", "dot", "graphml", "node-link")
 @output_option
 @click.option(
     "--columns",
@@ -56,9 +56,14 @@ def command(
 
     Inputs: --input-shape, else example_inputs or input_shape defined next to
     the model. With none, the analyses that need no shapes still run.
+
+    Formats: text (a table fitted to the terminal), json (the report), csv (one row
+    per layer), and the layer-level gradient graph as dot, graphml or node-link.
     """
     from gpa.api import analyze_target
     from gpa.options import AnalysisOptions
+    from gpa.render.graph import FORMATS as GRAPH_FORMATS
+    from gpa.render.graph import export_graph
     from gpa.render.text import COLUMNS, format_csv, format_table
 
     options = AnalysisOptions(**analysis_settings(ctx, params))
@@ -73,6 +78,8 @@ def command(
         report = analyze_target(target, kwargs, options, progress=progress)
     if fmt == "json":
         text = report.to_json()
+    elif fmt in GRAPH_FORMATS:
+        text = export_graph(report, fmt)
     elif fmt == "csv":
         text = format_csv(report)
         for note in report.notes:

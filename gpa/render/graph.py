@@ -1,0 +1,108 @@
+"""The layer-level gradient graph handed on to other tools: DOT, GraphML, node-link JSON.
+
+The graph is :attr:`Report.graph <gpa.core.report.Report.graph>`: one node per layer and
+``<loss>``, an edge from each layer to each of its gradient sources (the forward
+direction; gradient flows against it). Every per-layer metric of ``docs/semantics.md`` §4
+is a node attribute: ``type``, ``calls``, ``shortest``, ``longest``, ``timestamps``,
+``num_paths``, ``params``, ``flops`` (plus ``segments`` and ``gradient_combinations`` with
+channels); ``<loss>`` has ``type`` "loss". Unreachable layers have no ``shortest`` /
+``longest`` attribute. The DOT text is written here (no Graphviz needed to produce it,
+``dot -Tsvg`` renders it); GraphML and node-link JSON come from networkx.
+
+Example:
+    >>> import gpa, torch.nn as nn
+    >>> report = gpa.analyze(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), input_shape=(1, 4))
+    >>> print(to_dot(report).splitlines()[2])
+      "0" [label="0\\nLinear\\nshortest 2, longest 2", type="Linear", calls=1, shortest=2, longest=2, timestamps="2", num_paths=1, params=20, flops=32];
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import networkx as nx
+
+from gpa.core.graph import LOSS
+
+__all__ = ["FORMATS", "export_graph", "to_dot", "to_graphml", "to_node_link"]
+
+#: The graph formats of ``gpa analyze --format``.
+FORMATS = ("dot", "graphml", "node-link")
+
+
+def _attributes(report: Any) -> nx.DiGraph:
+    """The report's graph with plain attribute values: numbers, and ``timestamps`` as text
+    (``"2, 4, 6"``: GraphML and DOT have no lists); unset values left out."""
+    g = nx.DiGraph(name=report.model)
+    for r in report.layers.values():
+        values = {
+            "type": r.type,
+            "calls": r.calls,
+            "shortest": r.shortest,
+            "longest": r.longest,
+            "timestamps": ", ".join(map(str, r.timestamps)),
+            "num_paths": r.num_paths,
+            "params": r.params,
+            "flops": r.flops,
+            "segments": None if r.segments is None else len(r.segments),
+            "gradient_combinations": r.gradient_combinations,
+        }
+        g.add_node(r.name, **{k: v for k, v in values.items() if v is not None})
+    g.add_node(LOSS, type="loss")
+    for r in report.layers.values():
+        g.add_edges_from((r.name, source) for source in r.deliveries)
+    return g
+
+
+def _quote(text: Any) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def to_dot(report: Any) -> str:
+    """The graph as Graphviz DOT text, layers labelled with their shortest and longest paths."""
+    g = _attributes(report)
+    lines = [f"digraph {_quote(report.model)} {{", "  rankdir=LR;"]
+    for name, attrs in g.nodes(data=True):
+        if name == LOSS:
+            lines.append(f'  {_quote(LOSS)} [label="<loss>", type="loss", shape=doublecircle];')
+            continue
+        paths = (
+            f"shortest {attrs['shortest']}, longest {attrs['longest']}"
+            if "shortest" in attrs
+            else "unreachable"
+        )
+        label = _quote(f"{name}\n{attrs['type']}\n{paths}").replace("\n", "\\n")
+        rest = ", ".join(
+            f"{k}={v}" if isinstance(v, int) else f"{k}={_quote(v)}" for k, v in attrs.items()
+        )
+        lines.append(f"  {_quote(name)} [label={label}, {rest}];")
+    lines += [f"  {_quote(a)} -> {_quote(b)};" for a, b in g.edges]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def to_graphml(report: Any) -> str:
+    """The graph as GraphML (networkx's writer)."""
+    buffer = io.BytesIO()
+    nx.write_graphml(_attributes(report), buffer)
+    return buffer.getvalue().decode("utf-8")
+
+
+def to_node_link(report: Any) -> str:
+    """The graph as networkx's node-link JSON (``networkx.node_link_graph`` reads it back)."""
+    data = nx.node_link_data(_attributes(report), edges="links")
+    return json.dumps(data, indent=2)
+
+
+def export_graph(report: Any, fmt: str) -> str:
+    """The graph in one of :data:`FORMATS`.
+
+    Raises:
+        ValueError: an unknown format.
+    """
+    writers = {"dot": to_dot, "graphml": to_graphml, "node-link": to_node_link}
+    if fmt not in writers:
+        raise ValueError(f"unknown graph format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    return writers[fmt](report)
