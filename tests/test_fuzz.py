@@ -26,6 +26,9 @@ import gpa
 from gpa.cli import main
 from gpa.errors import GpaError
 
+# Random and broken inputs by the hundred, and real processes: the property-style tier.
+pytestmark = pytest.mark.slow
+
 SECONDS = 60  # per case; a case that takes longer is a hang
 TRACERS = ("fx", "autograd", "auto")
 

@@ -28,6 +28,7 @@ def test_notebook_is_committed_without_outputs(path: Path) -> None:
     assert all(c.outputs == [] and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow  # runs each notebook in a kernel
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path: Path) -> None:
     book = nbformat.read(path, as_version=4)

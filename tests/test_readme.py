@@ -2,7 +2,7 @@
 
 These keep the documentation in sync; the numbers themselves are the worked example W2
 (stem 2/8 with histogram {2: 1, 4: 3, 6: 3, 8: 1}, conv1 3/…, conv2 2/…, fc 1), which
-tests/test_semantics.py derives by hand.
+tests/core/test_paths.py derives by hand.
 """
 
 from __future__ import annotations
@@ -12,9 +12,12 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from gpa.cli import main
+
+pytestmark = pytest.mark.slow  # doc sync: the README's examples
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

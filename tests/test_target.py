@@ -68,6 +68,7 @@ def test_parse_shape_rejects_bad_text(text: str, fragment: str) -> None:
     assert isinstance(info.value, GpaError) and isinstance(info.value, ValueError)
 
 
+@pytest.mark.slow  # hypothesis
 @given(st.lists(st.integers(min_value=1, max_value=10**6), min_size=1, max_size=6))
 def test_parse_shape_round_trips(dims: list[int]) -> None:
     assert parse_shape(",".join(map(str, dims))) == tuple(dims)

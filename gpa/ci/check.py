@@ -7,9 +7,10 @@ error, never as a pass. :class:`CheckRun` gives the exit code: 2 when any model 
 error, else 1 when any rule failed, else 0. Rendering lives in :mod:`gpa.ci.formats`.
 
 Example:
-    >>> from gpa.ci.config import ModelOptions, ModelSpec
+    >>> from gpa.ci.config import ModelSettings, ModelSpec
     >>> from gpa.ci.rules import Rules
-    >>> spec = ModelSpec("plain", "gpa.models:plainnet", ModelOptions(rules=Rules(max_shortest=9)))
+    >>> settings = ModelSettings(rules=Rules(max_shortest=9))
+    >>> spec = ModelSpec("plain", "gpa.models:plainnet", settings)
     >>> run = check_models([spec])
     >>> run.exit_code, run.models[0].results[0].message
     (0, 'max-shortest 9: ok (max_shortest 8)')

@@ -1,13 +1,18 @@
 """The user's own frame in a traceback, for error messages that point at the model's code.
 
-Example:
-    >>> def forward():
+Example (model code compiled from a file, as a model's module is):
+    >>> source = '''
+    ... def forward():
     ...     raise ValueError("bad")
+    ... '''
+    >>> namespace = {}
+    >>> exec(compile(source, "model.py", "exec"), namespace)
     >>> try:
-    ...     forward()
+    ...     namespace["forward"]()
     ... except ValueError as exc:
-    ...     user_frame(exc).name
-    'forward'
+    ...     frame = user_frame(exc)
+    >>> frame.name, frame.filename, frame.lineno
+    ('forward', 'model.py', 3)
 """
 
 from __future__ import annotations

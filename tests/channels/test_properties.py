@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from functools import cache
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,7 +30,7 @@ from torch import nn
 import gpa
 
 LENGTH = 2
-# More examples for a longer hunt: GPA_CHANNEL_EXAMPLES=500 pytest tests/test_channels_properties.py
+# More examples for a longer hunt: GPA_CHANNEL_EXAMPLES=500 pytest tests/channels/test_properties.py
 EXAMPLES = int(os.environ.get("GPA_CHANNEL_EXAMPLES", "50"))
 IN_WIDTH = 4
 LOSS = "<loss>"
@@ -191,6 +192,7 @@ def lengths(edges):
 # -------------------------------------------------------------------- tests
 
 
+@pytest.mark.slow  # hypothesis
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -257,6 +259,7 @@ def _one_run(net, reaches, name, lo, hi):
     return True
 
 
+@pytest.mark.slow  # hypothesis
 @settings(max_examples=max(EXAMPLES // 2, 1), deadline=None, derandomize=EXAMPLES <= 50)
 @given(step_nets())
 def test_segment_path_counts_consistent(net):

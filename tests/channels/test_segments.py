@@ -74,6 +74,7 @@ IMG = (1, 3, 4, 4)
 # ----------------------------------------------------------------- PRN (W5)
 
 
+@pytest.mark.slow  # over 1 s
 def test_prn_zoo_is_w5():
     """Reference W5: ``prn()`` (3 masked blocks of 16 channels, identity on channels 0..8).
 
@@ -570,7 +571,7 @@ def test_zoo_without_partial_ops_one_segment_per_layer(name, knobs):
 
 
 def test_semantics_models_one_segment_per_layer():
-    from tests.test_semantics import Chain, DenseBlock, ResNet
+    from tests.core.test_paths import Chain, DenseBlock, ResNet
 
     for model, shape in [
         (Chain(4), None),

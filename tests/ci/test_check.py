@@ -32,7 +32,7 @@ from gpa.ci.rules import LayerLimit, RuleResult, Rules, evaluate
 from gpa.cli import main
 from gpa.errors import GpaError
 
-DATA = Path(__file__).parent / "data" / "check"
+DATA = Path(__file__).resolve().parents[1] / "data" / "check"
 PROJECT = DATA / "project"
 CHAIN = str(DATA / "chain.py")
 
@@ -645,7 +645,7 @@ def test_output_is_byte_identical_between_runs(fmt: str) -> None:
 
 
 def test_pre_commit_hook_runs_gpa_check() -> None:
-    text = (Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text()
+    text = (Path(__file__).resolve().parents[2] / ".pre-commit-hooks.yaml").read_text()
     assert "- id: gpa-check\n" in text
     assert "  entry: gpa check\n" in text
     assert "  pass_filenames: false\n" in text

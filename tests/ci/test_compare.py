@@ -21,7 +21,7 @@ from gpa.cli import main
 from gpa.compare import compare, format_comparison, load_side
 from gpa.errors import GpaError
 
-DATA = Path(__file__).parent / "data" / "check"
+DATA = Path(__file__).resolve().parents[1] / "data" / "check"
 CHAIN = str(DATA / "chain.py")
 CONFIG = str(DATA / "project" / "pyproject.toml")
 

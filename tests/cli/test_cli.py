@@ -22,7 +22,7 @@ import gpa
 from gpa.cli import main
 from gpa.render.text import format_count, format_sources, format_timestamps
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -479,6 +479,7 @@ def _subprocess_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # subprocesses
 def test_console_script_in_a_subprocess() -> None:
     script = shutil.which("gpa") or str(Path(sys.executable).with_name("gpa"))
     done = subprocess.run(
@@ -503,6 +504,7 @@ def test_console_script_in_a_subprocess() -> None:
     assert table.stdout == run("analyze", "chain3.py").stdout
 
 
+@pytest.mark.slow  # subprocesses
 def test_python_dash_m_in_a_subprocess() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "gpa", "analyze", "factory_raises.py"],

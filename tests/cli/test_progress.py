@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from torch import nn
 
 import gpa
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_phases_are_reported_in_order() -> None:
@@ -54,10 +55,12 @@ def _run(*args: str, terminal: bool) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow  # subprocesses
 def test_cli_is_quiet_when_stderr_is_not_a_terminal() -> None:
     assert _run(terminal=False) == ""
 
 
+@pytest.mark.slow  # subprocesses
 def test_cli_shows_phases_on_a_terminal_unless_quiet() -> None:
     assert "gpa:" in _run(terminal=True)
     assert "gpa:" not in _run("--quiet", terminal=True)

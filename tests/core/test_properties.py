@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bruteforce import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpa
+from tests.bruteforce import (
     DETACH_VARIANTS,
     INPUT_SHAPE,
     LAYER_VARIANTS,
@@ -24,10 +28,6 @@ from bruteforce import (
     brute_force,
     layer_name,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import gpa
 
 MAX_STEPS = 12
 # kinds with repeats: drawing uniformly from this tuple favours layers and adds, so that
@@ -172,6 +172,7 @@ def _check(spec: Spec, selected: list[int] | None, with_inputs: bool = True) -> 
     assert set(report.graph.edges) == {(a, s) for a, e in expected.items() for s in e.sources}
 
 
+@pytest.mark.slow  # hypothesis
 @settings(
     max_examples=300,
     deadline=None,
@@ -184,6 +185,7 @@ def test_random_dag_matches_brute_force(case, with_inputs):
     _check(spec, selected, with_inputs)
 
 
+@pytest.mark.slow  # hypothesis
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs_and_selection())
 def test_brute_force_reachability_matches_real_autograd(case):

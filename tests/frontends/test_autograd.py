@@ -1,23 +1,22 @@
-"""The autograd tracer (gpa/autograd.py) against the fx tracer and against hand derivations.
+"""The autograd tracer (gpa/frontends/autograd.py) against the fx tracer and against hand derivations.
 
-Two independent computations of the same contract must agree: every model of
-tests/test_semantics.py and tests/test_properties.py (whose tests are re-run here
-with ``gpa.analyze`` comparing both tracers on every call that has inputs) and
-every model of the built-in zoo gives identical per-layer records. Models fx
+Two independent computations of the same contract must agree: every model of the
+hand-derived semantics tests (:data:`SEMANTICS`) and of tests/core/test_properties.py
+(whose tests are re-run here with ``gpa.analyze`` comparing both tracers on every call
+that has inputs) and every model of the built-in zoo gives identical per-layer records. Models fx
 cannot trace (data-dependent control flow) are analysed by ``tracer="auto"`` and
 checked against values derived by hand.
 """
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-import test_properties
-import test_semantics
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -26,6 +25,8 @@ from torch import nn
 import gpa
 import gpa.models
 from gpa.errors import GpaError, TraceError
+from tests.core import test_paths, test_properties, test_serialize
+from tests.frontends import test_gradient_flow, test_inputs_outputs, test_layers, test_tracing
 
 LOSS = "<loss>"
 _analyze = gpa.analyze
@@ -65,14 +66,41 @@ def _compare_tracers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpa, "analyze", both_tracers)
 
 
+def _slow_copy(test):
+    """``test`` again, marked ``slow`` (a second pass over a suite the fast tier runs once).
+
+    The original keeps its own marks; a test marked slow already is reused as it is.
+    """
+    if any(mark.name == "slow" for mark in getattr(test, "pytestmark", [])):
+        return test
+
+    @functools.wraps(test)
+    def copy(*args, **kwargs):
+        return test(*args, **kwargs)
+
+    return pytest.mark.slow(copy)
+
+
 # Re-run the hand-derived semantics tests and the brute-force property tests with
-# both tracers: each of their analyses with inputs is now also a cross-check.
-for _module in (test_semantics, test_properties):
-    for _name, _test in list(vars(_module).items()):
-        if _name.startswith("test_") and callable(_test) and "cli" not in _name:
-            globals()[f"test_both_{_module.__name__.removeprefix('test_')}_{_name[5:]}"] = _test
+# both tracers: each of their analyses with inputs is now also a cross-check. The
+# semantics tests were one file (test_semantics.py) before they were split by topic;
+# their copies keep the prefix test_both_semantics_.
+SEMANTICS = (
+    test_paths,
+    test_serialize,
+    test_layers,
+    test_gradient_flow,
+    test_inputs_outputs,
+    test_tracing,
+)
+for _prefix, _modules in (("semantics", SEMANTICS), ("properties", (test_properties,))):
+    for _module in _modules:
+        for _name, _test in list(vars(_module).items()):
+            if _name.startswith("test_") and callable(_test) and "cli" not in _name:
+                globals()[f"test_both_{_prefix}_{_name[5:]}"] = _slow_copy(_test)
 
 
+@pytest.mark.slow  # every zoo entry at full size, both tracers
 @pytest.mark.parametrize("name", gpa.models.names())
 def test_builtin_zoo_tracers_agree(name: str) -> None:
     model = gpa.models.build(name)
@@ -241,6 +269,7 @@ def test_autograd_shape_error_names_module() -> None:
         _analyze(net, input_shape=(1, 3, 8, 8), tracer="autograd")
 
 
+@pytest.mark.slow  # subprocesses
 def test_cli_tracer_option(tmp_path: Path) -> None:
     source = tmp_path / "gate.py"
     source.write_text(

@@ -36,6 +36,10 @@ from gpa.core.report import combination
 from gpa.frontends.counts import count, count_flops
 from gpa.models.blocks import Residual
 
+# Every test here builds and analyses full-size YOLO detectors (tens of millions of
+# parameters): 0.3 to 10 s each, 35 s in all.
+pytestmark = pytest.mark.slow
+
 G = 1e9
 
 # (entry, knobs, paper GFLOPs, reproduced parameters in M) -- paper Tables 3, 5-8 and the

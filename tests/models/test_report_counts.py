@@ -118,6 +118,7 @@ def run(*args: str):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+@pytest.mark.slow  # over 1 s
 def test_cli_count_convention_reproduces_table2_darknet53() -> None:
     result = run(
         "analyze", "gpa.models:darknet53", "--count-convention", "darknet", "--format", "json"
@@ -143,6 +144,7 @@ def test_cli_zoo_lists_every_entry() -> None:
     assert rows[1]["input_shape"] == [1, 3, 64, 64]
 
 
+@pytest.mark.slow  # every zoo entry at full size
 @pytest.mark.parametrize("name", gpa.models.names())
 def test_every_entry_loads_with_its_own_input_shape(name: str) -> None:
     """``gpa analyze gpa.models:NAME`` needs no --input-shape: the loader finds one."""

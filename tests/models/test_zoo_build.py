@@ -49,6 +49,7 @@ def _conv_weights(module: nn.Module, bn: bool = False) -> int:
     return n
 
 
+@pytest.mark.slow  # every zoo entry at full size
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_entry_builds_and_runs_on_meta(name: str, meta_model) -> None:
     model = meta_model(name)
@@ -60,6 +61,7 @@ def test_entry_builds_and_runs_on_meta(name: str, meta_model) -> None:
     assert tuple(out.shape) == (1, classes)
 
 
+@pytest.mark.slow  # every zoo entry at full size
 @pytest.mark.parametrize("name", gpa.models.names())
 def test_entry_traces_with_fx_without_inplace_ops(name: str, meta_model) -> None:
     model = meta_model(name)
@@ -98,6 +100,7 @@ def test_layer_names_are_readable(name: str, meta_model) -> None:
     assert not bad, bad
 
 
+@pytest.mark.slow  # a sweep of zoo knob variants
 @pytest.mark.parametrize(
     ("name", "knobs"),
     [

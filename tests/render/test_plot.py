@@ -127,6 +127,7 @@ def test_timestamps_prn_draws_segments_as_stacked_parts() -> None:
     assert colour(low) != colour(high)
 
 
+@pytest.mark.slow  # over 1 s
 def test_timestamps_large_model_collapses_to_a_legible_figure() -> None:
     r = report("resnet", blocks=75)  # 152 layers
     assert len(r.layers) == 152
@@ -147,6 +148,7 @@ def test_timestamps_large_model_collapses_to_a_legible_figure() -> None:
     assert "collapsed" in ax.get_title()
 
 
+@pytest.mark.slow  # over 1 s (a 75-block ResNet)
 def test_timestamps_explicit_depth() -> None:
     fig = gpa.plot.timestamps(report("resnet", blocks=75), depth=2)
     assert gids(fig, "unit:") == ["unit:stem.conv", "unit:stages.0", "unit:fc"]
@@ -235,6 +237,7 @@ def test_sources_without_channel_analysis_names_layers() -> None:
     assert legend(fig) == ["fc"]
 
 
+@pytest.mark.slow  # over 1 s
 def test_sources_large_model_collapsed() -> None:
     r = report("resnet", blocks=75)
     fig = gpa.plot.sources(r, t=2)
@@ -271,6 +274,7 @@ def test_profile_overlays_models() -> None:
     assert len(dots.get_offsets()) == 3 + 2 + 2 + 1 + 1 + 1
 
 
+@pytest.mark.slow  # about 1 s (a 150-conv PlainNet)
 def test_profile_large() -> None:
     fig = gpa.plot.profile(report("plainnet", channels=False, depth=150))
     assert line(fig, "shortest:plainnet") == list(range(152, 0, -1))
@@ -359,6 +363,7 @@ def test_scaling_of_a_real_study() -> None:
 MAGIC = {"png": b"\x89PNG", "svg": b"<?xml", "pdf": b"%PDF"}
 
 
+@pytest.mark.slow  # over 1 s
 def test_draw_and_save(tmp_path: Path) -> None:
     r = report("resnet", blocks=3)
     with pytest.raises(GpaError, match="histogram needs --layer"):
@@ -379,6 +384,7 @@ def gpa_plot(*args: str):
     return CliRunner().invoke(main, ["plot", *args], catch_exceptions=False)
 
 
+@pytest.mark.slow  # a sweep: every kind and format through the CLI
 @pytest.mark.parametrize("kind", ["timestamps", "sources", "profile", "histogram"])
 @pytest.mark.parametrize("ext", ["png", "svg", "pdf"])
 def test_cli_plot_every_kind_and_format(tmp_path: Path, kind: str, ext: str) -> None:

@@ -1,0 +1,29 @@
+"""Test-suite set-up: the zoo tier is opt-in; tests/data is not collected.
+
+Markers (registered in pyproject.toml):
+
+* ``slow``: subprocess, notebook, property (hypothesis) and doc-sync tests, and tests that
+  take more than about a second. ``python -m pytest -m "not slow"`` is the fast tier a
+  developer runs; ``python -m pytest`` (README, ``.ci/run``) runs everything.
+* ``zoo``: the torchvision/timm tier of tests/zoo, run by ``.ci/zoo`` with ``-m zoo``. It
+  is deselected here unless the ``-m`` expression names it, so that any other selection
+  (``-m "not slow"``, ``-k``, none) leaves it out.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+# Target files for the CLI and loader tests; some fail to import on purpose.
+collect_ignore = ["data"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if re.search(r"\bzoo\b", config.getoption("markexpr") or ""):
+        return
+    zoo = [item for item in items if item.get_closest_marker("zoo")]
+    if zoo:
+        config.hook.pytest_deselected(items=zoo)
+        items[:] = [item for item in items if not item.get_closest_marker("zoo")]

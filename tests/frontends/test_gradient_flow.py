@@ -1,0 +1,307 @@
+"""Where gradient stops: unused layers, integer and bool side branches, shape-only uses, detach.
+
+Every expected value below is derived by hand in the comment next to it, from the
+contract (docs/semantics.md); none was copied from gpa's output. The conventions and the
+helpers (``expect``, ``expect_network``, ``at`` ...) are in tests/semantics.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import gpa
+from tests.semantics import (
+    LOSS,
+    WITH_INPUTS,
+    check_reachability_with_autograd,
+    expect,
+    expect_network,
+    expect_unreachable,
+    run,
+)
+
+# ======================================================================================
+# Unused layers
+
+
+class Unused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l3 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 4)
+        self.l5 = nn.Linear(4, 2)
+        self.never = nn.Linear(4, 4)  # defined, never called
+
+    def forward(self, x):
+        a = self.l1(x)
+        dead = self.l2(self.l3(a))  # called, result unused  # noqa: F841
+        return self.l5(a)
+
+
+def test_unused_layers():
+    model = Unused()
+    report = gpa.analyze(model, torch.randn(2, 4))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    # forward order of first calls; the never-called layer last (docs/semantics.md §2)
+    assert list(report.layers) == ["l1", "l3", "l2", "l5", "never"]
+    # l5 feeds the loss: 1. l1 -> l5: 2, one path; l3 (and l2) give it no gradient, so its
+    # only source is l5.
+    expect(report, "l5", {1: 1}, (LOSS,))
+    expect(report, "l1", {2: 1}, ("l5",))
+    # l2's result is discarded; l3 feeds only l2: both receive nothing.
+    expect_unreachable(report, "l2")
+    expect_unreachable(report, "l3")
+    # never called: calls 0, unreachable
+    expect_unreachable(report, "never", calls=0)
+    expect_network(
+        report,
+        layers=5,
+        max_shortest=2,
+        min_shortest=1,
+        mean_shortest=1.5,
+        longest=2,
+        unreachable=("l2", "l3", "never"),
+    )
+
+
+# ======================================================================================
+# Integer / bool side branches
+
+
+class IntSide(nn.Module):
+    """a = l1(x); s = l2(x); s only becomes an integer or bool value used to index/mask a."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 5)
+        self.l2 = nn.Linear(4, 5)
+        width = {"argmax": 1, "index": 1, "max_indices": 1, "topk_indices": 2}
+        self.head = nn.Linear(width.get(kind, 5), 2)
+        self.kind = kind
+
+    def forward(self, x):
+        a, s = self.l1(x), self.l2(x)
+        if self.kind == "argmax":
+            v = torch.gather(a, 1, s.argmax(dim=1, keepdim=True))
+        elif self.kind == "compare":
+            v = a * (s > 0).float()
+        elif self.kind == "index":
+            v = a[torch.arange(a.size(0)), s.argmax(dim=1)].unsqueeze(1)
+        elif self.kind == "long":
+            v = torch.gather(a, 1, s.long().clamp(0, 4))
+        elif self.kind == "to_int64":
+            v = torch.gather(a, 1, s.to(torch.int64).clamp(0, 4))
+        elif self.kind == "max_indices":
+            _, idx = s.max(dim=1, keepdim=True)
+            v = torch.gather(a, 1, idx)
+        elif self.kind == "topk_indices":
+            v = torch.gather(a, 1, s.topk(2, dim=1).indices)
+        elif self.kind == "sort_indices":
+            _, idx = s.sort(dim=1)
+            v = torch.gather(a, 1, idx)
+        else:
+            v = torch.where(s > s.mean(), a, torch.zeros_like(a))
+        return self.head(v)
+
+
+INT_KINDS = [
+    "argmax",
+    "index",
+    "compare",
+    "long",
+    "to_int64",
+    "max_indices",
+    "topk_indices",
+    "sort_indices",
+    "where",
+]
+
+
+@pytest.mark.parametrize("kind", INT_KINDS)
+@WITH_INPUTS
+def test_integer_side_branch(kind, with_inputs):
+    model = IntSide(kind)
+    report = run(model, torch.randn(2, 4), with_inputs)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    # gradient reaches a (l1) through gather / mul / where; s only yields integers or bools:
+    # l2 is unreachable. head 1, l1 -> head 2.
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "l1", {2: 1}, ("head",))
+    expect_unreachable(report, "l2")
+    expect_network(
+        report,
+        layers=3,
+        max_shortest=2,
+        min_shortest=1,
+        mean_shortest=1.5,
+        longest=2,
+        unreachable=("l2",),
+    )
+
+
+class ArgmaxEmbedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.score = nn.Linear(4, 6)
+        self.table = nn.Embedding(6, 4)
+        self.l1 = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        idx = self.score(x).argmax(dim=1)  # an integer index into the table
+        return self.head(self.table(idx) + self.l1(x))
+
+
+def test_argmax_as_embedding_index():
+    report = gpa.analyze(ArgmaxEmbedding(), torch.randn(2, 4))
+    # table's weight gets gradient (table -> head: 2); score only produces the index: unreachable
+    expect(report, "table", {2: 1}, ("head",))
+    expect(report, "l1", {2: 1}, ("head",))
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect_unreachable(report, "score")
+
+
+# ======================================================================================
+# Shape-only arguments and values without gradient
+
+
+SHAPE_OPS = {
+    "expand_as": lambda a, b: b.expand_as(a),
+    "zeros_like": lambda a, b: b + torch.zeros_like(a),
+    "ones_like": lambda a, b: b * torch.ones_like(a),
+    "randn_like": lambda a, b: b + torch.randn_like(a),
+    "full_like": lambda a, b: b + torch.full_like(a, 2.0),
+    "new_zeros": lambda a, b: b + a.new_zeros(a.shape),
+    "new_ones_size": lambda a, b: b + a.new_ones(a.size()),
+    "view_as": lambda a, b: b.reshape(-1).view_as(a),
+    "reshape_as": lambda a, b: b.reshape(-1).reshape_as(a),
+    "type_as": lambda a, b: b.type_as(a),
+    "to_other": lambda a, b: b.to(a),
+    "size": lambda a, b: b.view(a.size(0), -1),
+    "shape": lambda a, b: b.reshape(a.shape[0], a.shape[1]),
+    "new_empty_bernoulli": lambda a, b: b * a.new_empty(a.shape).bernoulli_(0.5),
+    "empty_like_bernoulli": lambda a, b: b * torch.empty_like(a).bernoulli_(0.5) * 2.0,
+}
+
+
+class ShapeOnly(nn.Module):
+    """a = l1(x); b = l2(a); z = op(a, b) where a gives only its shape (or a no-grad mask);
+    out = l3(z)."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 1 if op == "expand_as" else 4)
+        self.l3 = nn.Linear(4, 3)
+        self.op = op
+
+    def forward(self, x):
+        a = self.l1(x)
+        b = self.l2(a)
+        return self.l3(SHAPE_OPS[self.op](a, b))
+
+
+@pytest.mark.parametrize("op", sorted(SHAPE_OPS))
+@WITH_INPUTS
+def test_shape_only_arguments_add_no_edge(op, with_inputs):
+    model = ShapeOnly(op)
+    report = run(model, torch.randn(2, 4), with_inputs)
+    # a reaches l3 only through l2; its direct use in op gives no gradient. If it did,
+    # l1 would have a second path l1-l3 (length 2). So: l1 -> l2 -> l3, one path of 3;
+    # l2 -> l3: 2; l3: 1.
+    expect(report, "l1", {3: 1}, ("l2",))
+    expect(report, "l2", {2: 1}, ("l3",))
+    expect(report, "l3", {1: 1}, (LOSS,))
+    assert report.graph.has_edge("l1", "l2")
+    assert not report.graph.has_edge("l1", "l3")
+    # real autograd agrees that op(a, b) passes no gradient to a
+    a = torch.randn(2, 4, requires_grad=True)
+    b = torch.randn(2, 1 if op == "expand_as" else 4, requires_grad=True)
+    grad_a, grad_b = torch.autograd.grad(SHAPE_OPS[op](a, b).sum(), [a, b], allow_unused=True)
+    assert grad_a is None and grad_b is not None
+
+
+class ShapeOfLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 4)
+
+    def forward(self, x):
+        a = self.l1(x)
+        return self.l2(x).view(a.shape[0], -1)
+
+
+def test_layer_used_only_for_its_shape_is_unreachable():
+    report = gpa.analyze(ShapeOfLayer(), torch.randn(2, 4))
+    # l1's output gives only its shape: no gradient; l2 feeds the loss: 1
+    expect_unreachable(report, "l1")
+    expect(report, "l2", {1: 1}, (LOSS,))
+
+
+# ======================================================================================
+# Detach
+
+
+class Detached(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 4)
+        self.l3 = nn.Linear(4, 2)
+        self.how = how
+
+    def forward(self, x):
+        a = self.l1(x)
+        if self.how == "method":
+            skip = a.detach()
+        elif self.how == "function":
+            skip = torch.detach(a)
+        else:
+            skip = a.data
+        return self.l3(self.l2(a) + skip)
+
+
+@pytest.mark.parametrize("how", ["method", "function", "data"])
+@WITH_INPUTS
+def test_detach(how, with_inputs):
+    model = Detached(how)
+    report = run(model, torch.randn(2, 4), with_inputs)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    # the skip carries no gradient: l1 reaches the loss only through l2:
+    # l1-l2-l3 (3), not also l1-l3 (2). l2 2, l3 1.
+    expect(report, "l1", {3: 1}, ("l2",))
+    expect(report, "l2", {2: 1}, ("l3",))
+    expect(report, "l3", {1: 1}, (LOSS,))
+    expect_network(report, layers=3, max_shortest=3, min_shortest=1, mean_shortest=2.0, longest=3)
+
+
+class AllDetached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.l1(x).detach()
+
+
+def test_no_reachable_layer():
+    report = gpa.analyze(AllDetached(), torch.randn(2, 4))
+    # the only output is detached: l1 gets nothing; the shortest/longest summaries are over
+    # an empty set of reachable layers: None (null in JSON)
+    expect_unreachable(report, "l1")
+    expect_network(
+        report,
+        layers=1,
+        max_shortest=None,
+        min_shortest=None,
+        mean_shortest=None,
+        longest=None,
+        unreachable=("l1",),
+    )
+    assert json.loads(report.to_json())["network"]["max_shortest"] is None

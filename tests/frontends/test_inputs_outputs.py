@@ -1,0 +1,231 @@
+"""Inputs and outputs: several outputs and outputs= selection, train vs eval, several inputs.
+
+Every expected value below is derived by hand in the comment next to it, from the
+contract (docs/semantics.md); none was copied from gpa's output. The conventions and the
+helpers (``expect``, ``expect_network``, ``at`` ...) are in tests/semantics.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gpa
+from tests.semantics import LOSS, at, expect, expect_network, expect_unreachable
+
+# ======================================================================================
+# Several outputs and outputs= selection; non-tensor outputs
+
+
+class Heads(nn.Module):
+    """trunk -> h1 (out 0); trunk -> h2 -> h3 (out 1); trunk -> h4 (nested out)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.trunk = nn.Linear(4, 4)
+        self.h1 = nn.Linear(4, 2)
+        self.h2 = nn.Linear(4, 4)
+        self.h3 = nn.Linear(4, 2)
+        self.h4 = nn.Linear(4, 2)
+        self.kind = kind
+
+    def forward(self, x):
+        a = F.relu(self.trunk(x))
+        o1, o2 = self.h1(a), self.h3(self.h2(a))
+        if self.kind == "tuple":
+            return o1, o2
+        if self.kind == "dict":
+            return {"main": o1, "aux": o2}
+        if self.kind == "twice":
+            return o1, o1
+        o3 = self.h4(a)
+        return (o1, [o2, {"deep": o3}])  # nested
+
+
+def test_two_outputs_all():
+    report = gpa.analyze(Heads("tuple"), torch.randn(2, 4))
+    # h1 and h3 feed the loss: 1; h2 -> h3: 2; trunk -> h1 (2) and trunk -> h2 -> h3 (3);
+    # h4 is never called.
+    expect(report, "h1", {1: 1}, (LOSS,))
+    expect(report, "h3", {1: 1}, (LOSS,))
+    expect(report, "h2", {2: 1}, ("h3",))
+    expect(report, "trunk", {2: 1, 3: 1}, ("h1", "h2"))
+    expect_unreachable(report, "h4", calls=0)
+    expect_network(
+        report,
+        layers=5,
+        max_shortest=2,
+        min_shortest=1,
+        mean_shortest=6 / 4,
+        longest=3,
+        unreachable=("h4",),
+    )
+
+
+@pytest.mark.parametrize(("kind", "sel"), [("tuple", 0), ("dict", "main")])
+def test_select_first_output(kind, sel):
+    report = gpa.analyze(Heads(kind), torch.randn(2, 4), outputs=[sel])
+    # only o1 = h1(trunk) feeds the loss: trunk 2 (one path), h1 1; h2, h3 get nothing
+    expect(report, "h1", {1: 1}, (LOSS,))
+    expect(report, "trunk", {2: 1}, ("h1",))
+    expect_unreachable(report, "h2")
+    expect_unreachable(report, "h3")
+    assert report.network.max_shortest == 2
+    assert report.network.longest == 2
+
+
+@pytest.mark.parametrize(("kind", "sel"), [("tuple", 1), ("dict", "aux"), ("nested", "1.0")])
+def test_select_second_output(kind, sel):
+    report = gpa.analyze(Heads(kind), torch.randn(2, 4), outputs=[sel])
+    # only o2 = h3(h2(trunk)): h3 1, h2 2, trunk 3; h1 (and h4) get nothing
+    expect(report, "h3", {1: 1}, (LOSS,))
+    expect(report, "h2", {2: 1}, ("h3",))
+    expect(report, "trunk", {3: 1}, ("h2",))
+    expect_unreachable(report, "h1")
+    assert report.network.max_shortest == 3
+    assert report.network.min_shortest == 1
+
+
+def test_dict_outputs_all():
+    # both dict values feed the loss: same as the tuple case
+    report = gpa.analyze(Heads("dict"), torch.randn(2, 4))
+    expect(report, "trunk", {2: 1, 3: 1}, ("h1", "h2"))
+    expect(report, "h1", {1: 1}, (LOSS,))
+
+
+def test_nested_outputs_flattened():
+    report = gpa.analyze(Heads("nested"), torch.randn(2, 4))
+    # o1, o2 and o3 (inside a list inside a tuple, and a dict inside that) all feed the loss:
+    # trunk -> h1 (2), trunk -> h2 -> h3 (3), trunk -> h4 (2): {2: 2, 3: 1}
+    expect(report, "trunk", {2: 2, 3: 1}, ("h1", "h2", "h4"))
+    for head in ("h1", "h3", "h4"):
+        expect(report, head, {1: 1}, (LOSS,))
+    # the dotted path selects the innermost value only: trunk -> h4 -> loss
+    only_deep = gpa.analyze(Heads("nested"), torch.randn(2, 4), outputs=["1.1.deep"])
+    expect(only_deep, "trunk", {2: 1}, ("h4",))
+    expect(only_deep, "h4", {1: 1}, (LOSS,))
+    for other in ("h1", "h2", "h3"):
+        expect_unreachable(only_deep, other)
+    # "1" keeps everything below it: o2 and o3. trunk -> h2 -> h3 (3), trunk -> h4 (2)
+    subtree = gpa.analyze(Heads("nested"), torch.randn(2, 4), outputs=[1])
+    expect(subtree, "trunk", {2: 1, 3: 1}, ("h2", "h4"))
+    expect_unreachable(subtree, "h1")
+
+
+def test_same_output_returned_twice_is_one_path():
+    report = gpa.analyze(Heads("twice"), torch.randn(2, 4))
+    # (o1, o1): two routes from h1 to the loss crossing no other layer: one path
+    expect(report, "h1", {1: 1}, (LOSS,))
+    expect(report, "trunk", {2: 1}, ("h1",))
+    # h2 -> h3 computed, result unused
+    expect_unreachable(report, "h2")
+    expect_unreachable(report, "h3")
+
+
+class NonTensorOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return {"logits": self.l2(self.l1(x)), "extra": None, "n": x.shape[0]}
+
+
+def test_non_tensor_outputs_are_ignored():
+    report = gpa.analyze(NonTensorOutputs(), torch.randn(2, 4))
+    # only the logits tensor feeds the loss: l1 2, l2 1
+    expect(report, "l1", {2: 1}, ("l2",))
+    expect(report, "l2", {1: 1}, (LOSS,))
+
+
+# ======================================================================================
+# Train vs eval: an auxiliary head returned only in training
+
+
+class AuxNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 4)
+        self.l3 = nn.Linear(4, 2)
+        self.aux = nn.Linear(4, 2)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        a = F.relu(self.l1(x))
+        main = self.l3(self.drop(self.l2(a)))
+        if self.training:
+            return main, self.aux(a)
+        return main
+
+
+def test_train_mode_has_aux_head():
+    model = AuxNet().eval()
+    report = gpa.analyze(model, torch.randn(2, 4))  # train=True by default
+    assert model.training is False  # the model's own mode is restored
+    assert list(report.layers) == ["l1", "l2", "l3", "aux"]
+    # l3 1, aux 1, l2 -> l3: 2, l1: via l2 (l1-l2-l3, 3) and via aux (l1-aux, 2)
+    expect(report, "l3", {1: 1}, (LOSS,))
+    expect(report, "aux", {1: 1}, (LOSS,))
+    expect(report, "l2", {2: 1}, ("l3",))
+    expect(report, "l1", {2: 1, 3: 1}, ("aux", "l2"))
+    assert at(report.layers["l1"].sources_at(2)) == ("aux",)
+    assert at(report.layers["l1"].sources_at(3)) == ("l2",)
+    # shortest: 2, 2, 1, 1 -> mean 1.5
+    expect_network(report, layers=4, max_shortest=2, min_shortest=1, mean_shortest=1.5, longest=3)
+
+
+def test_eval_mode_drops_aux_head():
+    model = AuxNet().train()
+    report = gpa.analyze(model, torch.randn(2, 4), train=False)
+    assert model.training is True
+    # eval: main only: l1-l2-l3 chain 3, 2, 1; aux is never called -> calls 0, unreachable,
+    # listed after the called layers
+    assert list(report.layers) == ["l1", "l2", "l3", "aux"]
+    expect(report, "l1", {3: 1}, ("l2",))
+    expect(report, "l2", {2: 1}, ("l3",))
+    expect(report, "l3", {1: 1}, (LOSS,))
+    expect_unreachable(report, "aux", calls=0)
+    expect_network(
+        report,
+        layers=4,
+        max_shortest=3,
+        min_shortest=1,
+        mean_shortest=2.0,
+        longest=3,
+        unreachable=("aux",),
+    )
+
+
+# ======================================================================================
+# Several inputs
+
+
+class TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(6, 4)
+        self.c = nn.Linear(4, 2)
+
+    def forward(self, x, y):
+        return self.c(self.a(x) + self.b(y))
+
+
+@pytest.mark.parametrize("by_shape", [True, False])
+def test_two_inputs(by_shape):
+    if by_shape:
+        report = gpa.analyze(TwoInputs(), input_shape=[(2, 4), (2, 6)])
+    else:
+        report = gpa.analyze(TwoInputs(), (torch.randn(2, 4), torch.randn(2, 6)))
+    # a -> c and b -> c: 2 each; c 1
+    expect(report, "a", {2: 1}, ("c",))
+    expect(report, "b", {2: 1}, ("c",))
+    expect(report, "c", {1: 1}, (LOSS,))
+    assert report.inputs == [
+        {"shape": [2, 4], "dtype": "float32"},
+        {"shape": [2, 6], "dtype": "float32"},
+    ]

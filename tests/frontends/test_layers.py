@@ -1,0 +1,490 @@
+"""What is a layer: module and functional layers, what is not one, leaf modules, layer types.
+
+Every expected value below is derived by hand in the comment next to it, from the
+contract (docs/semantics.md); none was copied from gpa's output. The conventions and the
+helpers (``expect``, ``expect_network``, ``at`` ...) are in tests/semantics.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gpa
+from tests.core.test_paths import ResNet
+from tests.semantics import IMG, LOSS, WITH_INPUTS, expect, expect_network, pool, run
+
+# ======================================================================================
+# Functional layers owned by a module
+
+
+class MyConv(nn.Module):
+    """A conv written with F.conv2d and its own weight."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3))
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, padding=1)
+
+
+class WSConv2d(nn.Conv2d):
+    """Weight-standardized conv: the weight is normalized from the parameter first."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mc = MyConv(3, 4)
+        self.ws = WSConv2d(4, 4, 3, padding=1)
+        self.proj = nn.Parameter(torch.randn(4, 6))  # a parameter on the root module
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        y = self.ws(F.relu(self.mc(x)))
+        v = pool(y)
+        v = v / v.norm(dim=1, keepdim=True)  # two routes into the next layer: one path
+        return self.head(v @ self.proj)
+
+
+def test_functional_layers():
+    report = gpa.analyze(Functional(), torch.randn(IMG))
+    # four layers in a chain: mc (F.conv2d with its own weight), ws (F.conv2d with a weight
+    # computed from the parameter), proj (matmul with a root parameter: named after it),
+    # head. Lengths 4, 3, 2, 1, one path each: the norm's second route from ws's output to
+    # proj crosses no layer, so it is the same path.
+    assert list(report.layers) == ["mc", "ws", "proj", "head"]
+    expect(report, "mc", {4: 1}, ("ws",))
+    expect(report, "ws", {3: 1}, ("proj",))
+    expect(report, "proj", {2: 1}, ("head",))
+    expect(report, "head", {1: 1}, (LOSS,))
+    assert report.layers["mc"].type == "MyConv"  # the owning module's class
+    assert report.layers["ws"].type == "WSConv2d"
+    expect_network(report, layers=4, max_shortest=4, min_shortest=1, mean_shortest=2.5, longest=4)
+
+
+class NormBetween(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 4)
+
+    def forward(self, x):
+        a = self.l1(x)
+        a = a / a.norm(dim=-1, keepdim=True)
+        b = self.l2(a + a)  # a + a: still one route-pair between l1 and l2
+        return b * b.sigmoid()
+
+
+def test_x_over_norm_does_not_double():
+    report = gpa.analyze(NormBetween(), torch.randn(2, 4))
+    # every route from l1 to the loss crosses exactly l2: one path (l1, l2), length 2;
+    # b * sigmoid(b) gives l2 two routes to the loss: one path (l2), length 1.
+    expect(report, "l1", {2: 1}, ("l2",))
+    expect(report, "l2", {1: 1}, (LOSS,))
+
+
+# ======================================================================================
+# Not layers: BatchNorm, PReLU, layer scale, bias adds, positional embeddings, norms
+
+
+class NotLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.act = nn.PReLU(4)
+        self.gamma = nn.Parameter(torch.ones(1, 4, 1, 1))  # layer scale
+        self.bias = nn.Parameter(torch.zeros(1, 4, 1, 1))  # bias add
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 4)
+        self.pos = nn.Parameter(torch.zeros(1, 4, 8, 8))  # positional embedding
+        self.ln = nn.LayerNorm(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.act(self.bn(self.c1(x))) * self.gamma + self.bias
+        y = self.gn(self.c2(y)) + self.pos
+        return self.fc(self.ln(pool(y)))
+
+
+def test_norms_prelu_layer_scale_are_not_layers():
+    report = gpa.analyze(NotLayers(), torch.randn(IMG))
+    # only c1, c2, fc are layers; everything between passes gradient without a hop:
+    # c1 -> c2 -> fc: 3, c2: 2, fc: 1.
+    assert list(report.layers) == ["c1", "c2", "fc"]
+    expect(report, "c1", {3: 1}, ("c2",))
+    expect(report, "c2", {2: 1}, ("fc",))
+    expect(report, "fc", {1: 1}, (LOSS,))
+    expect_network(report, layers=3, max_shortest=3, min_shortest=1, mean_shortest=2.0, longest=3)
+
+
+class ConvBN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(pool(x))
+
+
+def test_layer_types_override():
+    model = ConvBN()
+    # default: conv1 -> conv2 -> fc: 3, 2, 1
+    default = gpa.analyze(model, torch.randn(IMG))
+    assert list(default.layers) == ["conv1", "conv2", "fc"]
+    expect(default, "conv1", {3: 1}, ("conv2",))
+    # BatchNorm2d counted too: conv1 -> bn1 -> conv2 -> bn2 -> fc: conv1 5, bn1 4, conv2 3,
+    # bn2 2, fc 1 (every conv's length grows by the BNs above it)
+    with_bn = gpa.analyze(
+        model, torch.randn(IMG), layer_types=[nn.Conv2d, nn.Linear, nn.BatchNorm2d]
+    )
+    assert list(with_bn.layers) == ["conv1", "bn1", "conv2", "bn2", "fc"]
+    expect(with_bn, "conv1", {5: 1}, ("bn1",))
+    expect(with_bn, "bn1", {4: 1}, ("conv2",))
+    expect(with_bn, "conv2", {3: 1}, ("bn2",))
+    expect(with_bn, "bn2", {2: 1}, ("fc",))
+    expect(with_bn, "fc", {1: 1}, (LOSS,))
+    assert with_bn.layers["bn1"].type == "BatchNorm2d"
+    expect_network(with_bn, layers=5, max_shortest=5, min_shortest=1, mean_shortest=3.0, longest=5)
+    # only Conv2d: fc is no layer, so conv2 feeds the loss without a hop: conv1 2, conv2 1
+    convs = gpa.analyze(model, torch.randn(IMG), layer_types=[nn.Conv2d])
+    assert list(convs.layers) == ["conv1", "conv2"]
+    expect(convs, "conv1", {2: 1}, ("conv2",))
+    expect(convs, "conv2", {1: 1}, (LOSS,))
+
+
+# ======================================================================================
+# leaf_modules=
+
+
+class TwoConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv_a = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv_b = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.conv_b(F.relu(self.bn(self.conv_a(x))))
+
+
+class Swish(nn.Module):
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+class LeafNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = Swish()
+        self.blk = TwoConv()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(pool(self.blk(self.act(self.stem(x)))))
+
+
+def test_leaf_modules():
+    model = LeafNet()
+    # traced through: stem -> blk.conv_a -> blk.conv_b -> fc: 4, 3, 2, 1
+    plain = gpa.analyze(model, torch.randn(IMG))
+    assert list(plain.layers) == ["stem", "blk.conv_a", "blk.conv_b", "fc"]
+    expect(plain, "stem", {4: 1}, ("blk.conv_a",))
+    expect(plain, "blk.conv_b", {2: 1}, ("fc",))
+    # TwoConv as a leaf: one layer "blk" (it contains convs): stem -> blk -> fc: 3, 2, 1.
+    # Swish as a leaf contains no layer: still not a layer.
+    for leaves in ([TwoConv, Swish], ["blk", "act"]):
+        rep = gpa.analyze(model, torch.randn(IMG), leaf_modules=leaves)
+        assert list(rep.layers) == ["stem", "blk", "fc"]
+        assert rep.layers["blk"].type == "TwoConv"
+        expect(rep, "stem", {3: 1}, ("blk",))
+        expect(rep, "blk", {2: 1}, ("fc",))
+        expect(rep, "fc", {1: 1}, (LOSS,))
+        expect_network(rep, layers=3, max_shortest=3, min_shortest=1, mean_shortest=2.0, longest=3)
+
+
+def test_nested_leaf_by_name():
+    # blocks.0 of a 2-block ResNet as a leaf: one opaque layer (its identity is hidden).
+    report = gpa.analyze(ResNet(2), torch.randn(IMG), leaf_modules=["blocks.0"])
+    assert list(report.layers) == ["stem", "blocks.0", "blocks.1.conv1", "blocks.1.conv2", "fc"]
+    assert report.layers["blocks.0"].type == "BasicBlock"
+    # block 2 as before: conv2 2 (fc), conv1 3 (conv2).
+    expect(report, "blocks.1.conv2", {2: 1}, ("fc",))
+    expect(report, "blocks.1.conv1", {3: 1}, ("blocks.1.conv2",))
+    # blocks.0's output: block 2's identity -> fc (2) or its convs -> fc (4)
+    expect(report, "blocks.0", {2: 1, 4: 1}, ("fc", "blocks.1.conv1"))
+    # the stem reaches the loss only through the leaf: 1 + {2, 4} -> {3, 5}
+    expect(report, "stem", {3: 1, 5: 1}, ("blocks.0",))
+
+
+# ======================================================================================
+# Attention and recurrent modules are single layers
+
+
+class SeqNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.lstm = nn.LSTM(8, 8, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h, _ = self.mha(x, x, x)
+        out, _ = self.lstm(h + x)
+        return self.fc(out[:, -1])
+
+
+def test_attention_and_lstm_are_single_layers():
+    report = gpa.analyze(SeqNet(), torch.randn(2, 5, 8))
+    # mha.in_proj / mha.out_proj and the LSTM's weights are not separate layers.
+    assert list(report.layers) == ["mha", "lstm", "fc"]
+    assert report.layers["mha"].type == "MultiheadAttention"
+    # mha -> lstm -> fc: 3; lstm 2; fc 1 (x's skip around mha adds no layer)
+    expect(report, "mha", {3: 1}, ("lstm",))
+    expect(report, "lstm", {2: 1}, ("fc",))
+    expect(report, "fc", {1: 1}, (LOSS,))
+
+
+# ======================================================================================
+# The other layer types, functional calls on other modules' weights, buffers
+
+
+class LayerZoo(nn.Module):
+    """A chain through one module of each remaining layer type."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv1d(3, 4, 3, padding=1)
+        self.ct = nn.ConvTranspose2d(4, 4, 1)
+        self.c3 = nn.Conv3d(4, 4, 1)
+        self.gru = nn.GRU(4, 6, batch_first=True)
+        self.cell = nn.LSTMCell(6, 6)
+        self.bil = nn.Bilinear(6, 6, 5)
+        self.rnncell = nn.RNNCell(5, 5)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x):  # x: (2, 3, 8)
+        h = self.ct(self.c1(x).unsqueeze(-1))  # (2, 4, 8, 1)
+        h = self.c3(h.unsqueeze(-1)).flatten(2).transpose(1, 2)  # (2, 8, 4)
+        out, _ = self.gru(h)
+        h1, _ = self.cell(out[:, -1])
+        return self.fc(self.rnncell(self.bil(h1, h1)))
+
+
+def test_layer_type_zoo_chain():
+    report = gpa.analyze(LayerZoo(), torch.randn(2, 3, 8))
+    chain = ["c1", "ct", "c3", "gru", "cell", "bil", "rnncell", "fc"]
+    assert list(report.layers) == chain
+    assert [r.type for r in report.layers.values()] == [
+        "Conv1d",
+        "ConvTranspose2d",
+        "Conv3d",
+        "GRU",
+        "LSTMCell",
+        "Bilinear",
+        "RNNCell",
+        "Linear",
+    ]
+    # a chain of 8 layers: the i-th (0-based) has 8 - i, one path (bil reads h1 twice:
+    # two routes from cell to bil crossing no other layer, one path)
+    for i, name in enumerate(chain):
+        sender = chain[i + 1] if i + 1 < len(chain) else LOSS
+        expect(report, name, {8 - i: 1}, (sender,))
+
+
+class Bag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(10, 4)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, ids):
+        return self.fc(self.bag(ids))
+
+
+def test_embedding_bag():
+    report = gpa.analyze(Bag(), torch.zeros(2, 3, dtype=torch.long))
+    # bag -> fc: 2; fc 1
+    expect(report, "bag", {2: 1}, ("fc",))
+    assert report.layers["bag"].type == "EmbeddingBag"
+    expect(report, "fc", {1: 1}, (LOSS,))
+
+
+class BorrowedWeights(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.register_buffer("dct", torch.randn(4, 4))  # a buffer: no layer
+        self.frozen = nn.Parameter(torch.randn(4, 4), requires_grad=False)
+        self.fc = nn.Linear(4, 2)  # only its weight and bias are used, functionally
+
+    def forward(self, x):
+        h = (self.l1(x) @ self.dct) @ self.frozen
+        return F.linear(h, self.fc.weight, self.fc.bias)
+
+
+def test_functional_use_of_module_weights_and_buffers():
+    report = gpa.analyze(BorrowedWeights(), torch.randn(2, 4))
+    # @ dct: a buffer operand, not a layer. @ frozen: a parameter (frozen parameters still
+    # count): layer "frozen". F.linear with fc's weight: layer "fc" (type Linear, 1 call).
+    # Chain l1 -> frozen -> fc: 3, 2, 1.
+    assert list(report.layers) == ["l1", "frozen", "fc"]
+    expect(report, "l1", {3: 1}, ("frozen",))
+    expect(report, "frozen", {2: 1}, ("fc",))
+    expect(report, "fc", {1: 1}, (LOSS,))
+    assert report.layers["fc"].type == "Linear"
+
+
+class Latents(nn.Module):
+    """Learned queries expanded to the batch and multiplied with the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l_in = nn.Linear(4, 4)
+        self.latents = nn.Parameter(torch.randn(3, 4))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):  # x: (2, 5, 4)
+        h = self.l_in(x)
+        q = self.latents.expand(x.size(0), -1, -1)  # x gives only the batch size
+        att = torch.bmm(q, h.transpose(1, 2)).softmax(-1)  # a layer: latents
+        out = torch.bmm(att, h)  # no parameter operand: not a layer
+        return self.fc(out.mean(1))
+
+
+def test_expanded_parameter_operand():
+    report = gpa.analyze(Latents(), torch.randn(2, 5, 4))
+    # q is computed from the parameter alone (x contributes only its size), so the first
+    # bmm is the layer "latents"; the second bmm mixes two activations: no layer.
+    # fc 1; latents -> (att, second bmm) -> fc: 2; l_in feeds latents (3) and the second
+    # bmm directly, i.e. fc without another layer (2).
+    assert list(report.layers) == ["l_in", "latents", "fc"]
+    expect(report, "latents", {2: 1}, ("fc",))
+    expect(report, "l_in", {2: 1, 3: 1}, ("fc", "latents"))
+    expect(report, "fc", {1: 1}, (LOSS,))
+
+
+class WeightNormed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.wn = nn.utils.parametrizations.weight_norm(nn.Linear(4, 4))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.wn(x))
+
+
+def test_weight_norm_parametrization():
+    report = gpa.analyze(WeightNormed(), torch.randn(2, 4))
+    # the weight-normed Linear is still one Linear layer: wn 2, fc 1
+    assert list(report.layers) == ["wn", "fc"]
+    expect(report, "wn", {2: 1}, ("fc",))
+    expect(report, "fc", {1: 1}, (LOSS,))
+
+
+class Encoder(nn.Module):
+    def __init__(self, stacked: bool) -> None:
+        super().__init__()
+        self.l_in = nn.Linear(8, 8)
+        layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False) if stacked else layer
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.enc(self.l_in(x)).mean(1))
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_torch_leaf_containing_layers_is_one_layer(stacked):
+    report = gpa.analyze(Encoder(stacked), torch.randn(2, 5, 8))
+    # torch.nn.TransformerEncoder(Layer) is an fx leaf containing Linear/attention layers:
+    # one layer "enc". l_in -> enc -> fc: 3, 2, 1.
+    assert list(report.layers) == ["l_in", "enc", "fc"]
+    assert report.layers["enc"].type == (
+        "TransformerEncoder" if stacked else "TransformerEncoderLayer"
+    )
+    expect(report, "l_in", {3: 1}, ("enc",))
+    expect(report, "enc", {2: 1}, ("fc",))
+    expect(report, "fc", {1: 1}, (LOSS,))
+
+
+class MoreFunctional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, 4))  # root parameter used by F.embedding
+        self.fc1 = nn.Linear(4, 4)  # used only through addmm with its weight and bias
+        self.td = nn.Parameter(torch.randn(4, 4))
+        self.pruned = nn.Linear(4, 4)  # used only with its weight times a mask buffer
+        self.register_buffer("mask", torch.ones(4, 4))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, ids):
+        h = F.embedding(ids, self.table).mean(1)  # (2, 4)
+        h = torch.addmm(self.fc1.bias, h, self.fc1.weight.t())
+        h = torch.tensordot(h, self.td, dims=1)
+        h = F.linear(h, self.pruned.weight * self.mask)  # parameter and buffer only
+        return self.fc(h)
+
+
+def test_more_functional_layers():
+    report = gpa.analyze(MoreFunctional(), torch.zeros(2, 3, dtype=torch.long))
+    # a chain of five layers: table (F.embedding), fc1 (addmm), td (tensordot), pruned
+    # (F.linear with a weight computed from a parameter and a buffer), fc: 5, 4, 3, 2, 1
+    chain = ["table", "fc1", "td", "pruned", "fc"]
+    assert list(report.layers) == chain
+    for i, name in enumerate(chain):
+        sender = chain[i + 1] if i + 1 < len(chain) else LOSS
+        expect(report, name, {5 - i: 1}, (sender,))
+    assert report.layers["fc1"].type == "Linear"
+    assert report.layers["pruned"].type == "Linear"
+
+
+class LowRank(nn.Module):
+    """A weight factorized as A @ B, then applied to the features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(4, 2))
+        self.B = nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x):
+        return x @ (self.A @ self.B)
+
+
+class LowRankNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.lr = LowRank()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.lr(self.l1(x)))
+
+
+@WITH_INPUTS
+def test_weight_computed_by_matmul_of_parameters(with_inputs):
+    report = run(LowRankNet(), torch.randn(2, 4), with_inputs)
+    # A @ B mixes no features: both operands are parameters, it only computes the weight
+    # (an op that transforms a weight: no layer, no call). x @ W is the one layer call of
+    # lr. Chain l1 -> lr -> fc: 3, 2, 1, one path each.
+    assert list(report.layers) == ["l1", "lr", "fc"]
+    expect(report, "lr", {2: 1}, ("fc",), calls=1)
+    expect(report, "l1", {3: 1}, ("lr",))
+    expect(report, "fc", {1: 1}, (LOSS,))

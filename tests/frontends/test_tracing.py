@@ -1,0 +1,193 @@
+"""Tracing: grad-mode switches inside forward, in-place operations, models on the meta device.
+
+Every expected value below is derived by hand in the comment next to it, from the
+contract (docs/semantics.md); none was copied from gpa's output. The conventions and the
+helpers (``expect``, ``expect_network``, ``at`` ...) are in tests/semantics.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gpa
+from tests.core.test_paths import ResNet
+from tests.semantics import (
+    IMG,
+    LOSS,
+    WITH_INPUTS,
+    at,
+    check_reachability_with_autograd,
+    expect,
+    expect_network,
+    expect_unreachable,
+    pool,
+    run,
+)
+
+# ======================================================================================
+# No-grad blocks inside forward
+
+
+class NoGradNet(nn.Module):
+    """a = c1(x); b = c4(a); [no grad: n = c2(b)]; y = c3(a) + n; fc(pool(y))."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.c4 = nn.Conv2d(4, 4, 1)
+        self.c2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.c3 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+        self.mode = mode
+
+    @torch.no_grad()
+    def frozen(self, b):
+        return self.c2(b)
+
+    def forward(self, x):
+        a = self.c1(x)
+        b = self.c4(a)
+        if self.mode == "no_grad":
+            with torch.no_grad():
+                n = self.c2(b)
+        elif self.mode == "set_grad_enabled":
+            with torch.set_grad_enabled(False):
+                n = self.c2(b)
+        elif self.mode == "set_grad_enabled_call":
+            torch.set_grad_enabled(False)
+            n = self.c2(b)
+            torch.set_grad_enabled(True)
+        elif self.mode == "inference_mode":
+            with torch.inference_mode():
+                n = self.c2(b)
+            n = n.clone()
+        elif self.mode == "decorator":
+            n = self.frozen(b)
+        elif self.mode == "enable_inside":
+            with torch.no_grad(), torch.enable_grad():
+                n = self.c2(b)
+        elif self.mode == "inference_off_inside":
+            with torch.inference_mode(), torch.inference_mode(False):
+                n = self.c2(b)
+        else:
+            n = self.c2(b)
+        y = self.c3(a) + n
+        return self.fc(pool(y))
+
+
+@pytest.mark.parametrize(
+    "mode", ["no_grad", "set_grad_enabled", "set_grad_enabled_call", "inference_mode", "decorator"]
+)
+@WITH_INPUTS
+def test_no_grad_block(mode, with_inputs):
+    model = NoGradNet(mode)
+    report = run(model, torch.randn(IMG), with_inputs)
+    check_reachability_with_autograd(report, model, torch.randn(IMG))
+    assert list(report.layers) == ["c1", "c4", "c2", "c3", "fc"]
+    # c2 runs without gradient: its weights get none, and nothing flows into b.
+    expect_unreachable(report, "c2")
+    # c4's only consumer is c2 under no_grad: unreachable too.
+    expect_unreachable(report, "c4")
+    # fc 1; c3 -> fc: 2; c1 reaches the loss only through c3: c1-c3-fc, one path of 3
+    # (without the no_grad block it would also have c1-c4-c2-fc, length 4).
+    expect(report, "fc", {1: 1}, (LOSS,))
+    expect(report, "c3", {2: 1}, ("fc",))
+    expect(report, "c1", {3: 1}, ("c3",))
+    # shortest over reachable layers: 3, 2, 1 -> mean 2
+    expect_network(
+        report,
+        layers=5,
+        max_shortest=3,
+        min_shortest=1,
+        mean_shortest=2.0,
+        longest=3,
+        unreachable=("c2", "c4"),
+    )
+
+
+@pytest.mark.parametrize("mode", ["plain", "enable_inside", "inference_off_inside"])
+def test_grad_enabled_again_inside_no_grad(mode):
+    # enable_grad() inside no_grad(), inference_mode(False) inside inference_mode() (which
+    # re-enables grad mode, as real autograd confirms below), or no block at all: c2 and
+    # c4 get gradient.
+    # fc 1; c3 2; c2 -> fc: 2; c4 -> c2 -> fc: 3;
+    # c1: c1-c3-fc (3) and c1-c4-c2-fc (4): two paths, senders c3 and c4.
+    model = NoGradNet(mode)
+    report = gpa.analyze(model, torch.randn(IMG))
+    check_reachability_with_autograd(report, model, torch.randn(IMG))
+    expect(report, "c2", {2: 1}, ("fc",))
+    expect(report, "c4", {3: 1}, ("c2",))
+    expect(report, "c1", {3: 1, 4: 1}, ("c3", "c4"))
+    assert at(report.layers["c1"].sources_at(3)) == ("c3",)
+    assert at(report.layers["c1"].sources_at(4)) == ("c4",)
+    expect_network(
+        report, layers=5, max_shortest=3, min_shortest=1, mean_shortest=11 / 5, longest=4
+    )
+
+
+# ======================================================================================
+# In-place operations
+
+
+class InplaceAdd(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 4)
+        self.l3 = nn.Linear(4, 2)
+        self.how = how
+
+    def forward(self, x):
+        a = self.l1(x)
+        b = self.l2(x)
+        if self.how == "add_":
+            a.add_(b)
+        else:
+            a += b
+        F.relu(a, inplace=True)
+        return self.l3(a)
+
+
+@pytest.mark.parametrize("how", ["add_", "iadd"])
+def test_inplace_add(how):
+    report = gpa.analyze(InplaceAdd(how), torch.randn(2, 4))
+    # l3 reads a after b was added into it: l1 -> l3 and l2 -> l3, 2 each; l3 1
+    expect(report, "l1", {2: 1}, ("l3",))
+    expect(report, "l2", {2: 1}, ("l3",))
+    expect(report, "l3", {1: 1}, (LOSS,))
+    expect_network(report, layers=3, max_shortest=2, min_shortest=1, mean_shortest=5 / 3, longest=2)
+
+
+# ======================================================================================
+# Models built on the meta device
+
+
+class Huge(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(100_000, 100_000)  # 40 GB of float32 weights
+        self.l2 = nn.Linear(100_000, 10)
+
+    def forward(self, x):
+        return self.l2(F.relu(self.l1(x)))
+
+
+def test_model_built_on_meta_device():
+    with torch.device("meta"):
+        big = Huge()
+        resnet = ResNet(3)
+    report = gpa.analyze(big, input_shape=(1, 100_000))
+    expect(report, "l1", {2: 1}, ("l2",))
+    expect(report, "l2", {1: 1}, (LOSS,))
+    # the meta-built ResNet gives the hand-derived numbers of test_resnet (B = 3)
+    report = gpa.analyze(resnet, input_shape=IMG)
+    expect(
+        report,
+        "stem",
+        {2: 1, 4: 3, 6: 3, 8: 1},
+        ("fc", "blocks.0.conv1", "blocks.1.conv1", "blocks.2.conv1"),
+    )
+    assert report.network.max_shortest == 3
