@@ -564,6 +564,7 @@ def _same_as_layer(report):
         assert record.gradient_combinations == 1
 
 
+@pytest.mark.slow  # a sweep over zoo entries with channel analysis
 @pytest.mark.parametrize(("name", "knobs"), ONE_SEGMENT_ZOO)
 def test_zoo_without_partial_ops_one_segment_per_layer(name, knobs):
     model = gpa.models.build(name, **knobs)

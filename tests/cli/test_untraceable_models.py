@@ -30,7 +30,13 @@ EXPECTED = {
     "blocks.1": (2, 2, 1),
     "head": (1, 1, 1),
 }
-TRACER_FLAGS = [(), ("--tracer", "auto"), ("--tracer", "autograd")]
+# No flag (auto, the default) runs in the fast tier; --tracer auto (the default spelled out)
+# and --tracer autograd in the slow tier: auto tries fx and export on this model before autograd.
+TRACER_FLAGS = [
+    (),
+    pytest.param(("--tracer", "auto"), marks=pytest.mark.slow),
+    pytest.param(("--tracer", "autograd"), marks=pytest.mark.slow),
+]
 
 
 def run(*args: str, cwd: Path | None = None) -> object:

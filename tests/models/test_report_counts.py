@@ -100,6 +100,7 @@ def test_unknown_convention_is_a_user_error() -> None:
         gpa.analyze(nn.Linear(2, 2), input_shape=(1, 2), count_convention="keras")
 
 
+@pytest.mark.slow  # a sweep: every toy zoo entry, both conventions
 @pytest.mark.parametrize("convention", ["torch", "darknet"])
 @pytest.mark.parametrize("name", TOY)
 def test_report_agrees_with_the_hook_count(name: str, convention: str) -> None:

@@ -90,6 +90,7 @@ def test_toy_entry_is_fast_and_runs_for_real(name: str) -> None:
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.slow  # every zoo classifier at full size
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_layer_names_are_readable(name: str, meta_model) -> None:
     model = meta_model(name)

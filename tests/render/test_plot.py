@@ -289,6 +289,7 @@ def bars(fig) -> dict[int, float]:
     return {int(p.get_gid()[4:]): p.get_height() for p in patches(fig, "bar:")}
 
 
+@pytest.mark.slow  # a 75-block ResNet
 def test_histogram_small_and_large() -> None:
     fig = gpa.plot.histogram(report("resnet", blocks=3), "stem.conv")
     assert bars(fig) == {2: 1, 4: 3, 6: 3, 8: 1}
