@@ -20,6 +20,13 @@ import pytest
 collect_ignore = ["data"]
 
 
+@pytest.fixture(autouse=True)
+def _terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables fit the terminal (COLUMNS first): tests render at a fixed 120 columns,
+    whatever terminal runs them (subprocesses inherit it); width tests set their own."""
+    monkeypatch.setenv("COLUMNS", "120")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if re.search(r"\bzoo\b", config.getoption("markexpr") or ""):
         return

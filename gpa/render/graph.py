@@ -93,7 +93,7 @@ def to_graphml(report: Any) -> str:
 def to_node_link(report: Any) -> str:
     """The graph as networkx's node-link JSON (``networkx.node_link_graph`` reads it back)."""
     data = nx.node_link_data(_attributes(report), edges="links")
-    return json.dumps(data, indent=2)
+    return json.dumps(data, indent=2) + "\n"
 
 
 def export_graph(report: Any, fmt: str) -> str:

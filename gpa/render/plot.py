@@ -343,10 +343,10 @@ def _part_gid(unit: Unit, part: Part) -> str:
 
 
 def _stamp_text(part: Part, vertical: bool) -> str:
-    text = format_timestamps(part.timestamps, limit=4 if vertical else 6)
-    if not vertical:  # at most four values a line, so that text fits the box
-        values = text.split(",")
-        text = ",\n".join(",".join(values[i : i + 4]) for i in range(0, len(values), 4))
+    # the exact shorthand of the table, packed: no spaces, at most four items a line
+    items = format_timestamps(part.timestamps, limit=4 if vertical else 6).split(", ")
+    size = len(items) if vertical else 4
+    text = ",\n".join(",".join(items[i : i + size]) for i in range(0, len(items), size))
     if part.label is not None:
         text = f"ch {part.label}: {text}" if vertical else f"{text}\nch {part.label}"
     return text

@@ -79,8 +79,8 @@ _BIG = 10**6
 def format_timestamps(timestamps: Sequence[int], limit: int | None = None) -> str:
     """Exact shorthand for a set of rounds.
 
-    Consecutive runs become ranges (``6, 8–48, 50``); four or more values at an equal step
-    become ``2–40 by 2``; other values are listed. Beyond ``limit`` items the first ones,
+    Consecutive runs of three or more become ranges (``6, 8–48, 50``); five or more values
+    at an equal step become ``2–40 by 2``; other values are listed. Beyond ``limit`` items the first ones,
     ``…``, the last and the number of values are shown.
 
     Example:
@@ -104,7 +104,7 @@ def format_timestamps(timestamps: Sequence[int], limit: int | None = None) -> st
         step, end = (values[i + 1] - values[i] if i + 1 < len(values) else 0), i
         while end + 1 < len(values) and values[end + 1] - values[end] == step:
             end += 1
-        if step > 1 and end - i >= 3:
+        if step > 1 and end - i >= 4:
             items.append(f"{values[i]}–{values[end]} by {step}")
             i = end + 1
             continue

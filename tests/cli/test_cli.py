@@ -66,7 +66,7 @@ def test_version_and_help() -> None:
     assert result.exit_code == 0
     for option in ("-k KEY=VALUE", "--input-shape", "--outputs", "--layer-type", "--leaf"):
         assert option in result.stdout
-    assert "[text|json|csv]" in result.stdout
+    assert "[text|json|csv|dot|graphml|node-link]" in result.stdout
 
 
 def test_json_report_of_a_three_conv_chain() -> None:
@@ -138,7 +138,7 @@ def test_table_format() -> None:
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[0] == "model: chain3.py:build_model"
-    assert lines[1] == "inputs: float32[1, 3, 8, 8]"
+    assert lines[1] == "inputs: float32[1, 3, 8, 8]   tracer: fx"
     assert (
         lines[2].split()
         == (
@@ -475,7 +475,7 @@ def test_internal_error_exits_1_with_traceback(monkeypatch: pytest.MonkeyPatch) 
 def _subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("FORCE_COLOR", None)
-    env["COLUMNS"] = "60"  # must not change the table
+    env["COLUMNS"] = "120"  # the table fits COLUMNS: the width of run()'s (tests/conftest.py)
     return env
 
 
@@ -528,8 +528,14 @@ def test_python_dash_m_in_a_subprocess() -> None:
 
 
 def test_format_helpers() -> None:
-    assert format_timestamps([2, 4, 6, 8]) == "2,4,6,8"
-    assert format_timestamps(list(range(2, 42, 2))) == "2,4,…,40 (20)"
+    # exact: runs as ranges, an equal step of five or more values as "a–b by k"
+    assert format_timestamps([2, 4, 6, 8]) == "2, 4, 6, 8"
+    assert format_timestamps(list(range(2, 42, 2))) == "2–40 by 2"
+    assert format_timestamps([6, *range(8, 49), 50]) == "6, 8–48, 50"
+    assert format_timestamps([1, 2, 4, 5, 6, 9]) == "1, 2, 4–6, 9"
+    assert format_timestamps([1, 3, 5, 7, 9, 10, 11]) == "1–9 by 2, 10, 11"
+    assert format_timestamps(range(1, 30, 3), limit=3) == "1–28 by 3"
+    assert format_timestamps([1, 4, 9, 16, 25], limit=3) == "1, 4, …, 25 (5 values)"
     assert format_timestamps([]) == "-"
     assert format_count(999_999) == "999999"
     assert format_count(2**100) == "1.27e+30"

@@ -78,7 +78,7 @@ def test_repr_html_summary_on_top_then_one_row_per_layer() -> None:
     assert (stem["shortest"], stem["longest"], stem["timestamps"], stem["paths"]) == (
         "2",
         "8",
-        "2,4,6,8",
+        "2, 4, 6, 8",
         "8",
     )
     fc = dict(zip(header, body[-1], strict=True))

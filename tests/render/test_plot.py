@@ -155,7 +155,10 @@ def test_timestamps_explicit_depth() -> None:
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["stem.conv", "stages.0 (150)", "fc", "loss"]
     with pytest.raises(GpaError, match="depth"):
-        gpa.plot.timestamps(report("resnet", blocks=3), depth=0)
+        gpa.plot.timestamps(report("resnet", blocks=3), depth=-1)
+    # depth 0: every layer its own unit
+    every = gpa.plot.timestamps(report("resnet", blocks=3), depth=0)
+    assert len(gids(every, "unit:")) == 8
 
 
 def test_timestamps_without_channel_analysis() -> None:

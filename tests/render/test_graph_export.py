@@ -1,0 +1,79 @@
+"""The layer-level gradient graph handed on (issue 15 §4): DOT, GraphML and node-link JSON
+read back with networkx carry every layer's metrics and the edges to its sources."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import networkx as nx
+import pytest
+from click.testing import CliRunner
+
+import gpa
+import gpa.models
+from gpa.cli import main
+from gpa.render.graph import export_graph, to_dot, to_graphml, to_node_link
+
+LOSS = "<loss>"
+
+
+@pytest.fixture(scope="module")
+def report() -> gpa.Report:
+    model = gpa.models.build("prn", blocks=2)
+    return gpa.analyze(model, input_shape=model.input_shape, name="gpa.models:prn")
+
+
+def _check(g: nx.DiGraph, report: gpa.Report, cast=int) -> None:
+    """Every layer with its metrics, ``<loss>``, and one edge per (layer, source)."""
+    assert set(g.nodes) == {*report.layers, LOSS}
+    for name, r in report.layers.items():
+        attrs = g.nodes[name]
+        assert attrs["type"] == r.type
+        assert cast(attrs["calls"]) == r.calls
+        assert cast(attrs["shortest"]) == r.shortest
+        assert cast(attrs["longest"]) == r.longest
+        assert cast(attrs["num_paths"]) == r.num_paths
+        assert [int(t) for t in str(attrs["timestamps"]).split(", ")] == list(r.timestamps)
+        assert cast(attrs["params"]) == r.params
+        assert set(g.successors(name)) == set(r.sources)
+    assert g.nodes[LOSS]["type"] == "loss"
+    assert g.number_of_edges() == sum(len(r.sources) for r in report.layers.values())
+
+
+def test_graphml_round_trip(report: gpa.Report) -> None:
+    _check(nx.read_graphml(io.BytesIO(to_graphml(report).encode())), report)
+
+
+def test_node_link_round_trip(report: gpa.Report) -> None:
+    data = json.loads(to_node_link(report))
+    _check(nx.node_link_graph(data, edges="links"), report)
+
+
+def test_dot_round_trip(report: gpa.Report) -> None:
+    import pydot  # a test dependency: networkx reads DOT through it
+
+    (parsed,) = pydot.graph_from_dot_data(to_dot(report))
+    g = nx.DiGraph(nx.nx_pydot.from_pydot(parsed))
+    for _, attrs in g.nodes(data=True):  # pydot keeps quoted strings quoted
+        for key, value in attrs.items():
+            attrs[key] = value.strip('"') if isinstance(value, str) else value
+    _check(g, report)
+
+
+def test_unreachable_layers_have_no_path_attributes() -> None:
+    model = gpa.models.build("resnet_stopgrad", blocks=2)
+    report = gpa.analyze(model, input_shape=model.input_shape)
+    g = nx.read_graphml(io.BytesIO(to_graphml(report).encode()))
+    for name, r in report.layers.items():
+        assert ("shortest" in g.nodes[name]) == r.reachable
+
+
+@pytest.mark.parametrize("fmt", ["dot", "graphml", "node-link"])
+def test_cli_formats(tmp_path, report: gpa.Report, fmt: str) -> None:
+    out = tmp_path / f"graph.{fmt}"
+    result = CliRunner().invoke(
+        main, ["analyze", "gpa.models:prn", "-k", "blocks=2", "--format", fmt, "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == export_graph(report, fmt)

@@ -1,0 +1,131 @@
+"""The terminal table (issue 15 §1): fits its width, keeps names whole, collapses big models."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+import gpa
+import gpa.models
+from gpa.cli import main
+from gpa.render.text import COLLAPSE_ABOVE, format_table
+
+
+class Dense(nn.Module):
+    """Long qualified names (``features.denseblock1.denselayerK.conv1``), residual sums."""
+
+    def __init__(self, layers: int = 6) -> None:
+        super().__init__()
+        self.features = nn.Module()
+        self.features.denseblock1 = nn.Module()
+        for k in range(layers):
+            layer = nn.Module()
+            layer.conv1 = nn.Conv2d(4, 4, 3, padding=1)
+            self.features.denseblock1.add_module(f"denselayer{k + 1}", layer)
+        self.classifier = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.features.denseblock1.children():
+            x = x + layer.conv1(x)
+        return self.classifier(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def report() -> gpa.Report:
+    return gpa.analyze(Dense(), input_shape=(1, 4, 8, 8))
+
+
+def _rows(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("layer "))
+    end = lines.index("", start) if "" in lines[start:] else len(lines)
+    return lines[start:end]
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_fits_the_width_and_keeps_every_name_whole(report: gpa.Report, width: int) -> None:
+    text = format_table(report, width=width)
+    assert all(len(line) <= width for line in text.splitlines())
+    rows = [row for row in _rows(text)[2:] if not row.startswith(" ")]  # not continuations
+    assert [row.split()[0] for row in rows] == list(report.layers)  # grep finds each name
+    # each source name appears unbroken wherever sources are shown
+    if "sources" in _rows(text)[0]:
+        for record in report.layers.values():
+            for source in record.sources[:2]:
+                assert re.search(rf"(^|\s){re.escape(source)}(,|\s|$)", text)
+
+
+def test_narrow_terminal_drops_sources_first_and_says_so(report: gpa.Report) -> None:
+    narrow = format_table(report, width=80)
+    header = _rows(narrow)[0].split()
+    assert "sources" not in header and {"layer", "shortest", "longest"} <= set(header)
+    assert "columns left out to fit 80 characters: " in narrow
+    assert "--wide shows all" in narrow
+    wide = format_table(report, width=200)
+    assert _rows(wide)[0].split()[-1] == "sources"
+
+
+def test_columns_picks_them_in_order(report: gpa.Report) -> None:
+    text = format_table(report, width=80, columns=["longest", "shortest"])
+    assert _rows(text)[0].split() == ["layer", "shortest", "longest"]
+    with pytest.raises(ValueError, match="unknown column"):
+        format_table(report, columns=["nope"])
+
+
+def test_wide_prints_everything_unwrapped(report: gpa.Report) -> None:
+    text = format_table(report, width=40, wide=True)
+    rows = _rows(text)
+    assert rows[0].split()[-1] == "sources"
+    assert len(rows) == 2 + len(report.layers)  # one line per layer: nothing wrapped
+
+
+def test_cli_columns_wide_and_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    target = "gpa.models:resnet"
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = runner.invoke(main, ["analyze", target])
+    assert narrow.exit_code == 0 and max(map(len, narrow.stdout.splitlines())) <= 80
+    monkeypatch.setenv("COLUMNS", "200")
+    broad = runner.invoke(main, ["analyze", target])
+    assert "sources" in broad.stdout and "columns left out" not in broad.stdout
+    picked = runner.invoke(main, ["analyze", target, "--columns", "shortest,timestamps"])
+    assert picked.exit_code == 0
+    assert _rows(picked.stdout)[0].split() == ["layer", "shortest", "timestamps"]
+    bad = runner.invoke(main, ["analyze", target, "--columns", "shortest,nope"])
+    assert bad.exit_code == 2 and "unknown column(s) nope" in bad.stderr
+    wide = runner.invoke(main, ["analyze", target, "--wide"])
+    assert len(_rows(wide.stdout)) == 2 + 8
+
+
+@pytest.mark.slow  # a 200-layer model, twice
+def test_big_models_collapse_by_module_path() -> None:
+    # ResNet with 99 blocks: stem.conv, 198 block convs in stages.0.blocks.K, fc
+    with torch.device("meta"):
+        model = gpa.models.build("resnet", blocks=99)
+    report = gpa.analyze(model, input_shape=model.input_shape)
+    assert len(report.layers) == 200 > COLLAPSE_ABOVE
+    text = format_table(report, width=120)
+    rows = _rows(text)
+    assert rows[0].split() == ["layer", "layers", "shortest", "longest", "unreachable", "worst"]
+    groups = {row.split()[0]: row.split() for row in rows[2:]}
+    # names are stages.0.blocks.K.convJ.conv: depth 4 gives 101 groups (> 60), depth 3
+    # stem.conv, stages.0.blocks and fc
+    assert list(groups) == ["stem.conv", "stages.0.blocks", "fc"]
+    # the blocks: 198 layers, shortest 2 (conv2) to 3 (conv1), longest 3..198 + ...
+    blocks = report.layers
+    conv = [r for n, r in blocks.items() if n.startswith("stages.0")]
+    assert groups["stages.0.blocks"][1] == "198"
+    assert (
+        groups["stages.0.blocks"][2]
+        == f"{min(r.shortest for r in conv)}–{max(r.shortest for r in conv)}"
+    )
+    assert groups["stages.0.blocks"][2] == "2–3"  # every block: conv2 2, conv1 3 (semantics §5)
+    worst = max(conv, key=lambda r: r.shortest)
+    assert groups["stages.0.blocks"][5] == worst.name and worst.name.endswith("conv1.conv")
+    assert "200 layers in 3 groups of module path depth 3" in text
+    every = format_table(report, width=120, depth=0)
+    assert len(_rows(every)) == 2 + 200
