@@ -24,12 +24,22 @@ from typing import Any
 
 from gpa.api import analyze_target
 from gpa.ci.baseline import Snapshot, regressions
-from gpa.ci.config import Config, ModelSettings, ModelSpec
+from gpa.ci.config import Config, Location, ModelSettings, ModelSpec
 from gpa.ci.rules import RuleResult, evaluate
 from gpa.core.report import Report
 from gpa.errors import GpaError
 
 __all__ = ["CheckRun", "ModelCheck", "analyze_spec", "check_models", "plan_models"]
+
+# rule name (before any ``[pattern]``) -> the configuration key that sets it
+_RULE_KEYS = {
+    "max-shortest": "max_shortest",
+    "max-longest": "max_longest",
+    "no-unreachable": "no_unreachable",
+    "max-mean-shortest": "max_mean_shortest",
+    "layers": "layers",
+    "baseline": "baseline",
+}
 
 
 @dataclass
@@ -41,10 +51,23 @@ class ModelCheck:
     report: Report | None = None
     results: list[RuleResult] = field(default_factory=list)
     error: str | None = None
+    locations: Mapping[str, Location] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return self.error is None and all(r.passed for r in self.results)
+
+    def location(self, rule: str | None = None) -> Location | None:
+        """Where ``rule`` is configured for this model (``None``: the model's table), if
+        it comes from a configuration file."""
+        key = "" if rule is None else _RULE_KEYS.get(rule.partition("[")[0], "")
+        return self.locations.get(key) or self.locations.get("")
+
+    def layer_location(self, layer: str) -> Location | None:
+        """The source line that calls ``layer`` in the model's code, if the frontend knew it."""
+        record = self.report.layers.get(layer) if self.report is not None else None
+        site = getattr(record, "site", None)
+        return None if site is None else Location(*site)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,7 +156,7 @@ def check_models(
     """
     checks = []
     for spec in specs:
-        check = ModelCheck(spec.name, spec.target)
+        check = ModelCheck(spec.name, spec.target, locations=spec.locations)
         try:
             check.report = analyze_spec(
                 spec, progress and (lambda phase, n=spec.name: progress(f"{n}: {phase}"))
@@ -174,4 +197,7 @@ def plan_models(
         defaults = config.defaults if config else ModelSettings()
         models = config.models if config else {}
         chosen = [models.get(t) or ModelSpec(t, t, defaults) for t in targets]
-    return [ModelSpec(s.name, s.target, s.settings.overridden_by(overrides)) for s in chosen]
+    return [
+        ModelSpec(s.name, s.target, s.settings.overridden_by(overrides), s.locations)
+        for s in chosen
+    ]

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from gpa.errors import GpaError
 from gpa.options import AnalysisOptions, option_names
 
 __all__ = [
+    "Location",
     "Config",
     "ModelSettings",
     "ModelSpec",
@@ -87,12 +89,29 @@ class ModelSettings:
 
 
 @dataclass(frozen=True)
+class Location:
+    """A line of a file: where a model or a rule is configured, or where a layer is called."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """One model to check: its display name, TARGET string and settings."""
+    """One model to check: its display name, TARGET string and settings.
+
+    ``locations`` maps a configuration key (``max_shortest``, ``layers``, ``baseline`` …) to
+    the line that sets it for this model, and ``""`` to the model's table, when the model
+    comes from a configuration file (so that CI annotations point at the right line).
+    """
 
     name: str
     target: str
     settings: ModelSettings = field(default_factory=ModelSettings)
+    locations: Mapping[str, Location] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,6 +234,7 @@ def parse_config(table: Mapping[str, Any], path: Path | None = None) -> Config:
         GpaError: an unknown key (named), a value of the wrong type, a model without target.
     """
     where = "[tool.gpa]" if path is None else f"[tool.gpa] of {path}"
+    lines = _key_lines(path) if path is not None else {}
     _expect(table, dict, "a table", where)
     _check_keys(table, where, _TOP_KEYS)
     root = path.parent if path is not None else None
@@ -229,12 +249,69 @@ def parse_config(table: Mapping[str, Any], path: Path | None = None) -> Config:
             raise GpaError(f"{here}: missing 'target' (a .py file or package.module:attr)")
         target = _expect(entry["target"], str, "a TARGET string", f"{here}.target")
         settings = defaults.overridden_by(_settings(entry, here))
-        models[name] = ModelSpec(name, _resolve_target(target, root), settings)
+        models[name] = ModelSpec(
+            name, _resolve_target(target, root), settings, _model_locations(lines, name)
+        )
     baseline = None
     if "baseline" in table:
         value = _expect(table["baseline"], str, "a file path", "tool.gpa.baseline")
         baseline = root / value if root is not None else Path(value)
     return Config(path, defaults, models, baseline)
+
+
+_HEADER = re.compile(r"^\s*\[\s*([^\[\]]+?)\s*\]\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')\s*=")
+
+
+def _parts(dotted: str) -> tuple[str, ...]:
+    """``tool.gpa.models."my.net"`` -> ("tool", "gpa", "models", "my.net")."""
+    return tuple(
+        m.group(1) or m.group(2) or m.group(3)
+        for m in re.finditer(r'"([^"]*)"|\'([^\']*)\'|([^.\s]+)', dotted)
+    )
+
+
+def _key_lines(path: Path) -> dict[tuple[str, ...], Location]:
+    """The line of every table header and ``key =`` of a TOML file, by full key path."""
+    found: dict[tuple[str, ...], Location] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return found
+    shown = _display(path)
+    table: tuple[str, ...] = ()
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = _HEADER.match(line)
+        if header:
+            table = _parts(header.group(1))
+            found.setdefault(table, Location(shown, number))
+            continue
+        key = _KEY.match(line)
+        if key:
+            found.setdefault((*table, *_parts(key.group(1))), Location(shown, number))
+    return found
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working directory when below it (as CI annotations want)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _model_locations(lines: Mapping[tuple[str, ...], Location], name: str) -> dict[str, Location]:
+    """Configuration key -> the line setting it for model ``name`` (its table, else
+    ``[tool.gpa]``); ``""`` -> the model's table."""
+    model = ("tool", "gpa", "models", name)
+    top = ("tool", "gpa")
+    keys = ("", *_RULE_KEYS, "baseline", "target")
+    found = {}
+    for key in keys:
+        at = lines.get((*model, key) if key else model) or (lines.get((*top, key)) if key else None)
+        if at is not None:
+            found[key] = at
+    return found
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -1,7 +1,11 @@
-"""Renderings of a :class:`gpa.ci.check.CheckRun`: text, JSON, JUnit XML, GitHub annotations.
+"""Renderings of a :class:`gpa.ci.check.CheckRun`: text, JSON, JUnit XML, GitHub
+annotations and SARIF 2.1.0.
 
 All are pure functions of the run, without timestamps or durations, so the same run
-gives byte-identical output every time (JUnit's ``time`` attributes are ``0``).
+gives byte-identical output every time (JUnit's ``time`` attributes are ``0``). Text shows
+failures and errors only (as ruff does) unless ``verbose``; GitHub annotations and SARIF
+results point at a line: the source line calling an offending layer where the frontend
+knew it, else the configuration line setting the rule, else the model's table.
 
 Example:
     >>> from gpa.ci.check import CheckRun, ModelCheck
@@ -14,15 +18,27 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
 from gpa.ci.check import CheckRun
+from gpa.ci.config import Location
 
-__all__ = ["FORMATS", "format_github", "format_json", "format_junit", "format_run", "format_text"]
+__all__ = [
+    "FORMATS",
+    "format_github",
+    "format_json",
+    "format_junit",
+    "format_run",
+    "format_sarif",
+    "format_text",
+]
 
 #: The values of ``gpa check --format``.
-FORMATS = ("text", "json", "junit", "github")
+FORMATS = ("text", "json", "junit", "github", "sarif")
 
 _STYLES = {"PASS": "green", "FAIL": "red", "ERROR": "red"}
 
@@ -31,8 +47,9 @@ def _status(word: str, color: bool) -> str:
     return click.style(word, fg=_STYLES[word], bold=True) if color else word
 
 
-def format_text(run: CheckRun, *, color: bool = False) -> str:
-    """One line per rule (``PASS``/``FAIL``/``ERROR``, model, message), then a summary line.
+def format_text(run: CheckRun, *, color: bool = False, verbose: bool = False) -> str:
+    """A line per failed rule (``FAIL``) and model in error (``ERROR``) — with ``verbose``
+    also per rule that holds (``PASS``) — then a summary line.
 
     A failed rule's line names every offending layer; a baseline line is followed by
     one indented line per improvement.
@@ -44,14 +61,50 @@ def format_text(run: CheckRun, *, color: bool = False) -> str:
             lines.append(f"{_status('ERROR', color)} {model.name}: {first}")
             lines.extend(f"    {line}" for line in rest)
             continue
-        if not model.results:
+        if not model.results and verbose:
             lines.append(f"{_status('PASS', color)} {model.name}: analysed (no rules configured)")
         for result in model.results:
+            if result.passed and not verbose:
+                continue
             status = _status("PASS" if result.passed else "FAIL", color)
             lines.append(f"{status} {model.name}: {result.message}")
             lines.extend(f"    improved: {text}" for text in result.improvements)
     lines.append(run.summary())
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class _Finding:
+    """A failure, an error or an improvement, with the line it belongs to (if known)."""
+
+    level: str  # "error" or "note"
+    model: str
+    rule: str
+    message: str
+    location: Location | None
+
+
+def _findings(run: CheckRun) -> Iterator[_Finding]:
+    """Every failure, error and improvement of ``run``: one per offending layer that has a
+    source line, else one per rule (at the configuration line setting it)."""
+    for model in run.models:
+        if model.error is not None:
+            yield _Finding("error", model.name, "analysis", model.error, model.location())
+            continue
+        for result in model.results:
+            if not result.passed:
+                placed = [(v, model.layer_location(v.layer)) for v in result.violations if v.layer]
+                placed = [(v, at) for v, at in placed if at is not None]
+                for v, at in placed:
+                    value = "unreachable" if v.value is None else v.value
+                    text = f"{result.rule} {result.limit}: {v.layer} ({value})"
+                    yield _Finding("error", model.name, result.rule, text, at)
+                if not placed:
+                    at = model.location(result.rule)
+                    yield _Finding("error", model.name, result.rule, result.message, at)
+            for text in result.improvements:
+                at = model.location(result.rule)
+                yield _Finding("note", model.name, result.rule, f"improved: {text}", at)
 
 
 def format_json(run: CheckRun) -> str:
@@ -112,28 +165,84 @@ def _escape_property(text: str) -> str:
 
 
 def format_github(run: CheckRun) -> str:
-    """GitHub Actions workflow commands: an ``::error`` per failed rule or model in error,
-    a ``::notice`` per baseline improvement, then the summary line (plain text).
+    """GitHub Actions workflow commands: an ``::error`` per offending layer (at the line
+    calling it) or failed rule (at the configuration line setting it) or model in error, a
+    ``::notice`` per baseline improvement, then the summary line (plain text).
 
-    Example line: ``::error title=gpa check resnet max-shortest::max-shortest 2: …``.
+    Example line: ``::error file=pyproject.toml,line=12,title=gpa check resnet
+    max-shortest::max-shortest 2: …``.
     """
     lines = []
-    for model in run.models:
-        if model.error is not None:
-            title = _escape_property(f"gpa check {model.name}")
-            lines.append(f"::error title={title}::{_escape_data(model.error)}")
-            continue
-        for result in model.results:
-            title = _escape_property(f"gpa check {model.name} {result.rule}")
-            if not result.passed:
-                lines.append(f"::error title={title}::{_escape_data(result.message)}")
-            for text in result.improvements:
-                lines.append(f"::notice title={title}::{_escape_data('improved: ' + text)}")
+    for f in _findings(run):
+        command = "error" if f.level == "error" else "notice"
+        at = f.location
+        where = f"file={_escape_property(at.path)},line={at.line}," if at is not None else ""
+        rule = "" if f.rule == "analysis" else f" {f.rule}"
+        title = _escape_property(f"gpa check {f.model}{rule}")
+        lines.append(f"::{command} {where}title={title}::{_escape_data(f.message)}")
     lines.append(f"gpa check: {run.summary()}")
     return "\n".join(lines) + "\n"
 
 
-def format_run(run: CheckRun, fmt: str, *, color: bool = False) -> str:
+_RULE_TEXT = {
+    "analysis": "The model could not be loaded, traced or analysed.",
+    "max-shortest": "A layer's shortest gradient path is longer than the limit.",
+    "max-longest": "A layer's longest gradient path is longer than the limit.",
+    "no-unreachable": "A layer receives no gradient.",
+    "max-mean-shortest": "The network's mean shortest gradient path is longer than the limit.",
+    "layers": "A layer matching a pattern breaks its own limit, or the pattern matches none.",
+    "baseline": "A regression against the baseline.",
+}
+
+
+def format_sarif(run: CheckRun) -> str:
+    """SARIF 2.1.0 (as ruff and semgrep write it) for GitHub code scanning and SARIF viewers:
+    one result per offending layer or failed rule or model in error, at its line."""
+    from gpa import __version__
+
+    results = []
+    for f in _findings(run):
+        at = f.location
+        result: dict = {
+            "ruleId": f.rule.partition("[")[0],
+            "level": f.level,
+            "message": {"text": f"{f.model}: {f.message}"},
+        }
+        if at is not None:
+            result["locations"] = [
+                {
+                    "physicalLocation": {
+                        "artifactLocation": {"uri": Path(at.path).as_posix()},
+                        "region": {"startLine": at.line},
+                    }
+                }
+            ]
+        results.append(result)
+    rules = [
+        {"id": rule, "name": rule, "shortDescription": {"text": text}}
+        for rule, text in _RULE_TEXT.items()
+    ]
+    log = {
+        "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "gpa",
+                        "version": __version__,
+                        "informationUri": "https://pypi.org/project/gpa/",
+                        "rules": rules,
+                    }
+                },
+                "results": results,
+            }
+        ],
+    }
+    return json.dumps(log, indent=2) + "\n"
+
+
+def format_run(run: CheckRun, fmt: str, *, color: bool = False, verbose: bool = False) -> str:
     """Render ``run`` in one of :data:`FORMATS`."""
     if fmt == "json":
         return format_json(run)
@@ -141,4 +250,6 @@ def format_run(run: CheckRun, fmt: str, *, color: bool = False) -> str:
         return format_junit(run)
     if fmt == "github":
         return format_github(run)
-    return format_text(run, color=color)
+    if fmt == "sarif":
+        return format_sarif(run)
+    return format_text(run, color=color, verbose=verbose)

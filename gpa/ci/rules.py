@@ -50,6 +50,12 @@ class Rules:
     max_mean_shortest: float | None = None
     layers: tuple[LayerLimit, ...] = ()
 
+    @property
+    def is_empty(self) -> bool:
+        """Whether no rule is set (a check with these rules checks nothing)."""
+        flags = (self.max_shortest, self.max_longest, self.no_unreachable, self.max_mean_shortest)
+        return not self.layers and all(v is None or v is False for v in flags)
+
     def overridden_by(self, other: Rules) -> Rules:
         """These rules with every limit that ``other`` sets replaced (patterns by pattern)."""
         changes: dict[str, Any] = {

@@ -51,8 +51,17 @@ __all__ = ["command"]
     help="Record the models' metrics in this baseline file.",
 )
 @config_option
-@format_option("json", "junit", "github")
+@format_option("json", "junit", "github", "sarif")
 @output_option
+@click.option("-v", "--verbose", is_flag=True, help="Text: show every rule, not only failures.")
+@click.option(
+    "--exit-zero", is_flag=True, help="Exit 0 even when rules fail (a model in error still 2)."
+)
+@click.option(
+    "--allow-empty",
+    is_flag=True,
+    help="Pass when no rule is configured (by default that is an error: it checks nothing).",
+)
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -68,6 +77,9 @@ def command(
     config_path: Path | None,
     fmt: str,
     output: Path | None,
+    verbose: bool,
+    exit_zero: bool,
+    allow_empty: bool,
     **params: Any,
 ) -> None:
     """Check gradient-path rules; exit 1 if one fails, 2 if a model cannot be analysed.
@@ -82,6 +94,7 @@ def command(
     from gpa.ci.config import ModelSettings, read_config
     from gpa.ci.formats import format_run
     from gpa.ci.rules import Rules
+    from gpa.errors import GpaError
 
     config = read_config(config_path)
     overrides = ModelSettings(
@@ -97,10 +110,18 @@ def command(
     specs = plan_models(targets, config, overrides)
     if baseline is None and write_baseline is None and config is not None:
         baseline = config.baseline
+    checks_nothing = baseline is None and write_baseline is None
+    if checks_nothing and not allow_empty and all(s.settings.rules.is_empty for s in specs):
+        names = ", ".join(s.name for s in specs)
+        raise GpaError(
+            f"no rules configured for {names}: gpa check would check nothing. Set rules "
+            "(--max-shortest, --no-unreachable …, or in [tool.gpa]; see docs/ci.md), give a "
+            "--baseline, or pass --allow-empty to only analyse the models"
+        )
     with progress_display(quiet) as progress:
         run = check_models(specs, read_baseline(baseline) if baseline else None, progress=progress)
     color = fmt == "text" and output is None and sys.stdout.isatty()
-    emit(format_run(run, fmt, color=color), output)
+    emit(format_run(run, fmt, color=color, verbose=verbose), output)
     if fmt != "text" or output is not None:
         for m in run.models:
             if m.error is not None:
@@ -110,4 +131,4 @@ def command(
             click.echo(f"error: baseline {write_baseline} not written: a model failed", err=True)
         else:
             write(write_baseline, run.snapshots())
-    ctx.exit(run.exit_code)
+    ctx.exit(0 if exit_zero and run.exit_code == 1 else run.exit_code)

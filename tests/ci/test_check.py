@@ -43,8 +43,10 @@ def in_check_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(DATA)
 
 
-def run(*args: str) -> Result:
-    return CliRunner().invoke(main, ["check", *args], catch_exceptions=False)
+def run(*args: str, verbose: bool = True) -> Result:
+    """``gpa check ARGS`` (with ``--verbose``: most tests read the lines of passing rules)."""
+    extra = ["--verbose"] if verbose else []
+    return CliRunner().invoke(main, ["check", *args, *extra], catch_exceptions=False)
 
 
 def zoo(name: str, **knobs: object) -> gpa.Report:
@@ -214,7 +216,7 @@ def test_exit_2_for_errors_even_when_rules_also_fail() -> None:
 
 
 def test_model_error_goes_to_stderr_in_machine_formats() -> None:
-    result = run("missing.py", "--format", "json")
+    result = run("missing.py", "--format", "json", "--no-unreachable")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: missing.py: file not found")
     assert json.loads(result.stdout)["models"][0]["error"].startswith("file not found")
@@ -241,9 +243,14 @@ def test_exit_2_with_nothing_to_check() -> None:
 
 def test_model_options_are_those_of_analyze() -> None:
     # --input-shape replaces the file's shape; --layer-type Linear keeps the chain
-    result = run(CHAIN, "--input-shape", "2,4", "--layer-type", "Linear", "--eval")
+    args = (CHAIN, "--input-shape", "2,4", "--layer-type", "Linear", "--eval")
+    result = run(*args, "--allow-empty")
     assert result.exit_code == 0
     assert result.stdout.startswith(f"PASS {CHAIN}: analysed (no rules configured)")
+    # without --allow-empty, a check of no rule is an error: it would pass silently
+    empty = run(*args)
+    assert empty.exit_code == 2
+    assert "no rules configured" in empty.stderr and "--allow-empty" in empty.stderr
 
 
 # ------------------------------------------------------------------ configuration
@@ -555,7 +562,7 @@ def mixed_run() -> CheckRun:
 
 
 def test_text_format() -> None:
-    text = format_text(mixed_run())
+    text = format_text(mixed_run(), verbose=True)
     assert text.splitlines()[:4] == [
         "PASS resnet: max-shortest 3: ok (max_shortest 3)",
         "FAIL plain: max-shortest 3: 1 layer exceeds it: stem.conv (4)",

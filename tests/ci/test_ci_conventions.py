@@ -1,0 +1,148 @@
+"""``gpa check`` as CI tools behave (issue 15 §3): failures only by default, --verbose,
+--exit-zero, no silent pass when nothing is checked, annotations on the right line, SARIF.
+
+tests/data/sarif-schema-2.1.0.json is the OASIS SARIF 2.1.0 JSON schema (the
+``sarif-2.1.0-rtm.5`` schema, as distributed in the MIT-licensed npm package
+``@microsoft/jest-sarif``); SARIF output is validated against it with jsonschema.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from gpa.cli import main
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+SCHEMA = json.loads((DATA / "sarif-schema-2.1.0.json").read_text(encoding="utf-8"))
+PLAIN = ("gpa.models:plainnet", "-k", "depth=2")  # max_shortest 4 (stem.conv), longest 4
+
+# A project whose rules sit on known lines (numbered from 1 below).
+PYPROJECT = """\
+[project]
+name = "demo"
+
+[tool.gpa]
+no_unreachable = true
+
+[tool.gpa.models.plain]
+target = "gpa.models:plainnet"
+kwargs = { depth = 2 }
+max_shortest = 3
+max_longest = 9
+
+[tool.gpa.models.gone]
+target = "missing.py"
+"""
+LINES = {"tool.gpa": 4, "no_unreachable": 5, "plain": 7, "plain.max_shortest": 10, "gone": 13}
+
+
+def check(*args: str, cwd: Path | None = None):
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(main, ["check", *args])
+    with runner.isolated_filesystem(temp_dir=cwd):
+        return runner.invoke(main, ["check", *args])
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "pyproject.toml").write_text(PYPROJECT)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_text_shows_failures_only_unless_verbose() -> None:
+    quiet = check(*PLAIN, "--max-shortest", "3", "--max-longest", "9")
+    assert quiet.exit_code == 1
+    assert quiet.stdout.splitlines() == [
+        "FAIL gpa.models:plainnet: max-shortest 3: 1 layer exceeds it: stem.conv (4)",
+        "1 model, 2 rules: 1 passed, 1 failed, 0 errors",
+    ]
+    loud = check(*PLAIN, "--max-shortest", "3", "--max-longest", "9", "--verbose")
+    assert loud.stdout.splitlines()[1] == "PASS gpa.models:plainnet: max-longest 9: ok (longest 4)"
+
+
+def test_exit_zero_keeps_errors_at_2(project: Path) -> None:
+    failing = check(*PLAIN, "--max-shortest", "3", "--exit-zero")
+    assert failing.exit_code == 0 and "FAIL" in failing.stdout
+    with_error = check("--exit-zero")  # the configured 'gone' model cannot be loaded
+    assert with_error.exit_code == 2
+
+
+def test_nothing_to_check_is_an_error_unless_allowed() -> None:
+    empty = check(*PLAIN)
+    assert empty.exit_code == 2
+    assert "no rules configured for gpa.models:plainnet" in empty.stderr
+    allowed = check(*PLAIN, "--allow-empty")
+    assert allowed.exit_code == 0
+    assert allowed.stdout == "1 model, 0 rules: 0 passed, 0 failed, 0 errors\n"
+
+
+def test_writing_a_baseline_needs_no_rules(tmp_path: Path) -> None:
+    # the bootstrap step of docs/ci.md
+    out = tmp_path / "baseline.json"
+    result = check(*PLAIN, "--write-baseline", str(out))
+    assert result.exit_code == 0 and json.loads(out.read_text())["models"]
+
+
+def test_github_annotations_point_at_the_configuration_lines(project: Path) -> None:
+    result = check("--format", "github")
+    assert result.exit_code == 2
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        f"::error file=pyproject.toml,line={LINES['plain.max_shortest']},"
+        "title=gpa check plain max-shortest::max-shortest 3: 1 layer exceeds it: stem.conv (4)"
+    )
+    assert lines[1].startswith(
+        f"::error file=pyproject.toml,line={LINES['gone']},title=gpa check gone::file not found"
+    )
+    assert lines[-1].startswith("gpa check: 2 models,")
+
+
+def test_a_rule_set_in_tool_gpa_points_there(project: Path) -> None:
+    (project / "pyproject.toml").write_text(
+        PYPROJECT.replace('target = "missing.py"', 'target = "gpa.models:resnet_stopgrad"')
+    )
+    result = check("--format", "github")
+    # resnet_stopgrad: the detached identity leaves no layer unreachable, so every
+    # no-unreachable rule holds; plain still breaks max_shortest
+    assert result.exit_code == 1
+    assert all(f"line={LINES['no_unreachable']}" not in line for line in result.stdout.splitlines())
+
+
+def _sarif(result) -> dict:
+    log = json.loads(result.stdout)
+    jsonschema.validate(log, SCHEMA)
+    return log
+
+
+def test_sarif_is_valid_and_locates_results(project: Path) -> None:
+    log = _sarif(check("--format", "sarif"))
+    (run,) = log["runs"]
+    assert run["tool"]["driver"]["name"] == "gpa"
+    ids = {r["id"] for r in run["tool"]["driver"]["rules"]}
+    results = run["results"]
+    assert [r["ruleId"] for r in results] == ["max-shortest", "analysis"]
+    assert {r["ruleId"] for r in results} <= ids
+    located = [r["locations"][0]["physicalLocation"] for r in results]
+    assert [(p["artifactLocation"]["uri"], p["region"]["startLine"]) for p in located] == [
+        ("pyproject.toml", LINES["plain.max_shortest"]),
+        ("pyproject.toml", LINES["gone"]),
+    ]
+    assert results[0]["message"]["text"] == (
+        "plain: max-shortest 3: 1 layer exceeds it: stem.conv (4)"
+    )
+
+
+def test_sarif_of_a_passing_run_and_of_command_line_rules() -> None:
+    ok = _sarif(check(*PLAIN, "--max-shortest", "4", "--format", "sarif"))
+    assert ok["runs"][0]["results"] == []
+    failing = _sarif(check(*PLAIN, "--max-shortest", "3", "--format", "sarif"))
+    (result,) = failing["runs"][0]["results"]
+    assert "locations" not in result  # a command-line rule has no configuration line
