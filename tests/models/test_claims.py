@@ -16,6 +16,9 @@ import gpa
 import gpa.models
 from gpa.growth import scaling
 
+# Scaling studies: every test analyses a family at several sizes (0.1 to 4 s each).
+pytestmark = pytest.mark.slow
+
 DEPTHS = [2, 4, 8, 16, 32]  # five depths, doubling, for every Table 1 fit
 
 
@@ -56,7 +59,6 @@ TABLE1 = {
 }
 
 
-@pytest.mark.slow  # over 1 s
 @pytest.mark.parametrize("row", list(TABLE1))
 def test_table1_shortest_path_and_parameter_growth(row: str) -> None:
     """Table 1: the order of the shortest gradient path and of the parameters, by fit."""
@@ -67,7 +69,6 @@ def test_table1_shortest_path_and_parameter_growth(row: str) -> None:
     assert result.growth["params"] == params
 
 
-@pytest.mark.slow  # over 1 s
 def test_table1_closed_forms_behind_the_fits() -> None:
     """Table 1 / reference §4.2: the exact values the fits summarise."""
     for depth in DEPTHS:  # PlainNet: stem + depth convs + FC, a chain: max_shortest = N
@@ -152,7 +153,6 @@ def test_section_3_3_fusion_last_shortens_every_layer_by_one_per_stage_crossed(
     assert not any(n.endswith(".transition.conv") for n in last)
 
 
-@pytest.mark.slow  # over 1 s
 def test_section_3_3_elan_replanned_vovnet_keeps_max_shortest_constant() -> None:
     """§3.3/§4.3, Table 4: OSA modules without their transitions (ELAN) keep max_shortest."""
     modules = [1, 2, 4, 8, 16]
@@ -165,7 +165,6 @@ def test_section_3_3_elan_replanned_vovnet_keeps_max_shortest_constant() -> None
     assert [p.max_shortest for p in elan.points] == [3] * len(modules)
 
 
-@pytest.mark.slow  # over 1 s
 def test_section_3_3_elan_max_shortest_does_not_grow_with_pairs() -> None:
     """§3.3, Fig. 6: stacking 3x3 pairs inside an ELAN block leaves max_shortest unchanged."""
     result = scaling("elan", "pairs", [1, 2, 4, 8, 16], width=4)

@@ -9,6 +9,9 @@ import pytest
 
 from gpa.frontends.counts import count, count_params
 
+# Table 2's six full-size backbones (20 to 40 M parameters), counted at 256x256.
+pytestmark = pytest.mark.slow
+
 # name: (paper GFLOPs, paper M params, reference conv-weight total, reference total incl. BN/bias)
 TABLE2 = {
     "darknet53": (18.57, 41.57, 41_573_216, 41_609_928),
