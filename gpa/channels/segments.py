@@ -345,8 +345,8 @@ def merge_calls(parts: list[list[Segment]]) -> list[Segment]:
 
     Example:
         >>> from gpa.core.paths import GradientPaths
-        >>> one = GradientPaths(stamps=0b10, num_paths=1, offset=1, counts=(1,))
-        >>> two = GradientPaths(stamps=0b100, num_paths=1, offset=2, counts=(1,))
+        >>> one = GradientPaths(stamps=0b10, num_paths=1, counts=lambda: {1: 1})
+        >>> two = GradientPaths(stamps=0b100, num_paths=1, counts=lambda: {2: 1})
         >>> merged = merge_calls([[Segment(0, 4, one)], [Segment(0, 2, two), Segment(2, 4, None)]])
         >>> [(s.start, s.stop, s.paths.timestamps) for s in merged]
         [(0, 2, (1, 2)), (2, 4, (1,))]

@@ -1,34 +1,46 @@
 """Gradient paths of every node of a layer DAG: lengths, timestamps, counts.
 
-A gradient path of a layer ``n`` is a path ``n -> … -> <loss>`` along
-gradient-carrying edges; its length is the number of layer nodes on it (``n``
-included, the loss excluded), and two routes that cross the same layers are
-one path. One pass in reverse topological order computes, per node, the set
-of path lengths as a bitset (bit ``t`` set: gradient arrives at round ``t``),
-the exact number of paths and the number of paths of each length. Paths are
-never enumerated: the cost is linear in the graph size times its depth.
+A gradient path of a layer ``n`` is a path ``n -> … -> <loss>`` along gradient-carrying
+edges; its length is the number of layer nodes on it (``n`` included, the loss excluded),
+and two routes that cross the same layers are one path (``docs/semantics.md`` §4).
+
+One pass in reverse topological order computes, per layer, the set of its path lengths as
+a bitset (bit ``t`` set: gradient arrives at round ``t``), the exact number of paths and
+its sources (the layers first met downstream) as a bitset over the layers. Paths are never
+enumerated, and nothing per node is larger than those integers: an operation node's
+working values are dropped as soon as every node before it has read them, so a residual
+stream of N layers needs O(N²) bits, not O(N²) Python objects. The number of paths of each
+length (:attr:`GradientPaths.histogram`) — which is as large as the output, quadratic on a
+residual stream — is computed only when first asked for, for every layer at once.
 
 Example:
     >>> import networkx as nx
     >>> g = nx.DiGraph([("a", "add"), ("b", "add"), ("a", "b"), ("add", "<loss>")])
-    >>> p = gradient_paths(g, layers={"a", "b"})["a"].paths
+    >>> found = gradient_paths(g, layers={"a", "b"})
+    >>> p = found["a"].paths
     >>> p.shortest, p.longest, p.timestamps, p.num_paths, p.histogram
     (1, 2, (1, 2), 2, {1: 1, 2: 1})
+    >>> found["a"].sources
+    ('b', '<loss>')
 """
 
 from __future__ import annotations
 
-import operator
-from collections.abc import Collection, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Hashable, Sequence
+from dataclasses import dataclass, field
 
 import networkx as nx
 
-__all__ = ["GradientPaths", "LayerPaths", "gradient_paths", "bits"]
+__all__ = ["GradientPaths", "LayerPaths", "PathIndex", "bits", "gradient_paths"]
 
 
 def bits(stamps: int) -> tuple[int, ...]:
-    """The positions of the set bits of ``stamps``, ascending."""
+    """The positions of the set bits of ``stamps``, ascending.
+
+    Example:
+        >>> bits(0b10110)
+        (1, 2, 4)
+    """
     out = []
     while stamps:
         low = stamps & -stamps
@@ -37,27 +49,38 @@ def bits(stamps: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _add(histograms: Sequence[dict[int, int]]) -> dict[int, int]:
+    total: dict[int, int] = {}
+    for h in histograms:
+        for length, count in h.items():
+            total[length] = total.get(length, 0) + count
+    return dict(sorted(total.items()))
+
+
 @dataclass(frozen=True)
 class GradientPaths:
-    """The gradient paths from one node to the loss, summarised.
+    """The gradient paths from one node (or several, together) to the loss, summarised.
 
-    ``counts[i]`` is the number of paths of length ``offset + i``; the first
-    and last entries are non-zero. ``counts`` may be shared between records
-    (it is never mutated).
+    ``stamps`` has bit ``t`` set when a path of length ``t`` exists; ``num_paths`` counts
+    them exactly. The histogram (paths per length) is computed on first access.
+
+    Example:
+        >>> p = GradientPaths(stamps=0b1100, num_paths=3, counts=lambda: {2: 1, 3: 2})
+        >>> p.shortest, p.longest, p.timestamps, p.histogram
+        (2, 3, (2, 3), {2: 1, 3: 2})
     """
 
     stamps: int
     num_paths: int
-    offset: int
-    counts: Sequence[int]
+    counts: Callable[[], dict[int, int]] = field(compare=False, repr=False, default=dict)
 
     @property
     def shortest(self) -> int:
-        return self.offset
+        return (self.stamps & -self.stamps).bit_length() - 1
 
     @property
     def longest(self) -> int:
-        return self.offset + len(self.counts) - 1
+        return self.stamps.bit_length() - 1
 
     @property
     def timestamps(self) -> tuple[int, ...]:
@@ -65,37 +88,89 @@ class GradientPaths:
 
     @property
     def histogram(self) -> dict[int, int]:
-        return {self.offset + i: c for i, c in enumerate(self.counts) if c}
-
-    def shifted(self) -> GradientPaths:
-        """The same paths seen one layer further from the loss."""
-        return GradientPaths(self.stamps << 1, self.num_paths, self.offset + 1, self.counts)
+        """``{length: number of paths of that length}``, lengths ascending."""
+        return self.counts()
 
     @staticmethod
     def union(parts: Sequence[GradientPaths]) -> GradientPaths:
         """Paths of several disjoint sets together."""
         if len(parts) == 1:
             return parts[0]
-        low = min(p.offset for p in parts)
-        high = max(p.longest for p in parts)
-        counts = [0] * (high - low + 1)
         stamps = 0
         for p in parts:
             stamps |= p.stamps
-            start, stop = p.offset - low, p.offset - low + len(p.counts)
-            counts[start:stop] = map(operator.add, counts[start:stop], p.counts)
-        return GradientPaths(stamps, sum(p.num_paths for p in parts), low, tuple(counts))
-
-
-_LOSS_PATHS = GradientPaths(stamps=1, num_paths=1, offset=0, counts=(1,))
+        return GradientPaths(
+            stamps,
+            sum(p.num_paths for p in parts),
+            lambda: _add([p.histogram for p in parts]),
+        )
 
 
 @dataclass(frozen=True)
 class LayerPaths:
-    """A layer node's gradient paths and the layers (or loss) it receives gradient from."""
+    """A layer node's gradient paths and the layers (or the loss) it receives gradient from."""
 
     paths: GradientPaths | None
-    sources: frozenset[Hashable]
+    successors: int = field(default=0, repr=False)  # bitset over PathIndex positions
+    index: PathIndex | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def sources(self) -> tuple[Hashable, ...]:
+        """The layers (or loss) first met downstream along gradient-carrying edges, in
+        topological order (the loss last)."""
+        if self.index is None:
+            return ()
+        return tuple(self.index.nodes[i] for i in bits(self.successors))
+
+
+class PathIndex:
+    """The layer-level DAG a :func:`gradient_paths` pass found, compactly: per layer (by
+    topological position) its path-length bitset, path count and successor bitset.
+
+    It computes every layer's path-length histogram in one more pass, on first demand.
+    """
+
+    def __init__(self, nodes: list[Hashable]) -> None:
+        self.nodes = nodes  # by position; the loss is last
+        self.position = {n: i for i, n in enumerate(nodes)}
+        self.stamps: list[int] = [0] * len(nodes)
+        self.num_paths: list[int] = [0] * len(nodes)
+        self.successors: list[int] = [0] * len(nodes)
+        self._histograms: list[tuple[int, tuple[int, ...]]] | None = None
+
+    def histogram(self, position: int) -> dict[int, int]:
+        """``{length: number of paths}`` of the layer at ``position``."""
+        if self._histograms is None:
+            self._histograms = self._all_histograms()
+        offset, counts = self._histograms[position]
+        return {offset + i: c for i, c in enumerate(counts) if c}
+
+    def _all_histograms(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(shortest length, counts per length from it) of every position, loss first."""
+        found: list[tuple[int, tuple[int, ...]]] = [(0, ())] * len(self.nodes)
+        found[-1] = (0, (1,))
+        for i in range(len(self.nodes) - 2, -1, -1):
+            if not self.stamps[i]:
+                continue
+            low, high = self.stamps[i] & -self.stamps[i], self.stamps[i].bit_length() - 1
+            low = low.bit_length() - 1
+            counts = [0] * (high - low + 1)
+            for j in bits(self.successors[i]):
+                offset, part = found[j]
+                start = offset + 1 - low
+                for k, c in enumerate(part):
+                    counts[start + k] += c
+            found[i] = (low, tuple(counts))
+        return found
+
+    def paths(self, position: int) -> GradientPaths | None:
+        if not self.stamps[position]:
+            return None
+        return GradientPaths(
+            self.stamps[position],
+            self.num_paths[position],
+            lambda: self.histogram(position),
+        )
 
 
 def gradient_paths(
@@ -107,48 +182,69 @@ def gradient_paths(
     """Gradient paths of every layer node of ``g``.
 
     Args:
-        g: a DAG whose edges point forward (towards ``loss``). An edge whose
-            ``edge`` attribute is false carries no gradient and is ignored.
-        layers: the nodes that count as one layer on a path; the others are
-            crossed without a hop. Default: every node but ``loss``.
+        g: a DAG whose edges point forward (towards ``loss``). An edge whose ``edge``
+            attribute is false carries no gradient and is ignored.
+        layers: the nodes that count as one layer on a path; the others are crossed
+            without a hop. Default: every node but ``loss``.
         loss: the sink.
         edge: the name of the edge attribute telling whether gradient flows.
 
     Returns:
-        layer -> :class:`LayerPaths`. Its ``sources`` are the layers (or
-        ``loss``) first met downstream along gradient-carrying edges; a path is
-        the sequence of layers it crosses, so several routes between two
-        layers that cross no other layer count once.
+        layer -> :class:`LayerPaths`. Its ``sources`` are the layers (or ``loss``) first
+        met downstream along gradient-carrying edges; a path is the sequence of layers it
+        crosses, so several routes between two layers that cross no other layer count once.
     """
     layer_set = set(g) - {loss} if layers is None else set(layers)
-    # For every node: the layers first met downstream (its frontier), and the
-    # paths of all of them together.
-    frontier: dict[Hashable, frozenset] = {loss: frozenset({loss})}
-    ahead: dict[Hashable, GradientPaths | None] = {loss: None}
-    own: dict[Hashable, GradientPaths] = {loss: _LOSS_PATHS}
-    result: dict[Hashable, LayerPaths] = {}
-    for node in reversed(list(nx.topological_sort(g))):
+    order = list(nx.topological_sort(g))
+    index = PathIndex([n for n in order if n in layer_set] + [loss])
+    position = index.position
+    last = len(index.nodes) - 1
+    index.stamps[last], index.num_paths[last] = 1, 1
+    # Operation nodes: the layers first met downstream (a bitset) and their paths
+    # together, kept until every node reading them has done so.
+    frontier: dict[Hashable, tuple[int, int, int]] = {}
+    readers = {
+        n: sum(1 for _, _, grad in g.in_edges(n, data=edge, default=True) if grad)
+        for n in order
+        if n not in position
+    }
+    for node in reversed(order):
         if node == loss:
             continue
-        sets, parts = [], []
+        reached, stamps, count, overlap = 0, 0, 0, False
         for succ, attrs in g.succ[node].items():
             if not attrs.get(edge, True):
                 continue
-            if succ in own:  # a layer or the loss: reached directly
-                sets.append(frozenset({succ}))
-                parts.append(own[succ])
-            elif frontier.get(succ):
-                sets.append(frontier[succ])
-                parts.append(ahead[succ])
-        reached = frozenset().union(*sets)
-        if sum(map(len, sets)) != len(reached):  # overlapping routes: count each layer once
-            parts = [own[f] for f in reached]
-        total = GradientPaths.union(parts) if parts else None
-        if node in layer_set:
-            mine = total.shifted() if total else None
-            result[node] = LayerPaths(mine, reached)
-            if mine is not None:
-                own[node] = mine
-        else:
-            frontier[node], ahead[node] = reached, total
-    return result
+            if succ in position:  # a layer or the loss: reached directly
+                i = position[succ]
+                if not index.stamps[i]:
+                    continue
+                found = (1 << i, index.stamps[i], index.num_paths[i])
+            else:
+                found = frontier.get(succ)
+                readers[succ] -= 1
+                if not readers[succ]:
+                    frontier.pop(succ, None)
+                if found is None:
+                    continue
+            overlap = overlap or bool(reached & found[0])
+            reached |= found[0]
+            stamps |= found[1]
+            count += found[2]
+        if overlap:  # routes meet again: count each layer once
+            stamps, count = 0, 0
+            for i in bits(reached):
+                stamps |= index.stamps[i]
+                count += index.num_paths[i]
+        if node in position:
+            i = position[node]
+            index.successors[i] = reached
+            if reached:
+                index.stamps[i], index.num_paths[i] = stamps << 1, count
+        elif reached and readers[node]:
+            frontier[node] = (reached, stamps, count)
+    return {
+        n: LayerPaths(index.paths(i), index.successors[i], index)
+        for n, i in position.items()
+        if n != loss
+    }

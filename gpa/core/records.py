@@ -3,7 +3,9 @@
 Each layer call's gradient paths come from :func:`gpa.core.paths.gradient_paths` over the
 graph; the calls of one module merge into one record (``docs/semantics.md`` §2, "Records"),
 and the record gets its parameter and FLOP counts (§9) and channel segments (§8), when
-given, in the same step.
+given, in the same step. A record's sources (with the rounds each delivers at) are read
+from the path index when first asked for: on a residual stream they are quadratic in
+number, and an analysis that does not print them does not hold them.
 
 Example:
     >>> import networkx as nx
@@ -19,13 +21,51 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 
 from gpa.core.graph import LOSS, GradientGraph
-from gpa.core.paths import GradientPaths, gradient_paths
+from gpa.core.paths import GradientPaths, LayerPaths, gradient_paths
 from gpa.core.report import LayerRecord, Segment
 
 __all__ = ["layer_records"]
+
+
+class _Deliveries(Mapping[str, int]):
+    """A record's sources -> the rounds at which each holds gradient (read lazily).
+
+    Sources are named by record and listed in forward order, ``<loss>`` last; a source's
+    value is the bitset of its own timestamps over the calls that deliver to this record.
+    """
+
+    def __init__(
+        self, members: list[LayerPaths], record_of: Mapping[Hashable, str], rank: Mapping[str, int]
+    ) -> None:
+        self._members, self._record_of, self._rank = members, record_of, rank
+        self._found: dict[str, int] | None = None
+
+    def _resolve(self) -> dict[str, int]:
+        if self._found is None:
+            delivered: dict[str, int] = defaultdict(int)
+            for member in self._members:
+                index = member.index
+                for succ in member.sources:
+                    stamps = index.stamps[index.position[succ]]
+                    delivered[self._record_of.get(succ, succ)] |= stamps
+            order = sorted(delivered, key=self._rank.__getitem__)
+            self._found = {s: delivered[s] for s in order}
+        return self._found
+
+    def __getitem__(self, key: str) -> int:
+        return self._resolve()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._resolve())
+
+    def __len__(self) -> int:
+        return len(self._resolve())
+
+    def __repr__(self) -> str:
+        return repr(self._resolve())
 
 
 def layer_records(
@@ -45,37 +85,28 @@ def layer_records(
     """
     names = graph.calls
     found = gradient_paths(graph.ops, names, loss=LOSS)
-    stamps = {n: p.paths.stamps for n, p in found.items() if p.paths} | {LOSS: 1}
     grouped: dict[str, list[Hashable]] = defaultdict(list)
     for node, call in names.items():
         grouped[call.record].append(node)
     rank = {record: i for i, record in enumerate(grouped)} | {LOSS: len(grouped)}
+    record_of = {node: call.record for node, call in names.items()}
     kinds = {call.record: call.type for call in names.values()}
-    members_paths: dict[str, GradientPaths | None] = {}
-    deliveries: dict[str, dict[str, int]] = {}
-    for record, members in grouped.items():
+
+    def record(name: str, kind: str, calls: int, members: list[Hashable]) -> LayerRecord:
         reached = [found[m].paths for m in members if found[m].paths]
-        members_paths[record] = GradientPaths.union(reached) if reached else None
-        delivered: dict[str, int] = defaultdict(int)
-        for m in members:
-            for succ in found[m].sources:
-                delivered[names[succ].record if succ in names else succ] |= stamps[succ]
-        deliveries[record] = {s: delivered[s] for s in sorted(delivered, key=rank.__getitem__)}
-    calls = {record: len(members) for record, members in grouped.items()}
-    for missing, kind in graph.uncalled:
-        if missing not in calls:
-            calls[missing], kinds[missing] = 0, kind
-            members_paths[missing], deliveries[missing] = None, {}
-    return {
-        name: LayerRecord(
+        return LayerRecord(
             name=name,
-            type=kinds[name],
-            calls=count,
-            paths=members_paths[name],
-            deliveries=deliveries[name],
+            type=kind,
+            calls=calls,
+            paths=GradientPaths.union(reached) if reached else None,
+            deliveries=_Deliveries([found[m] for m in members], record_of, rank),
             params=None if params is None else params.get(name),
             flops=None if flops is None else flops.get(name),
             segments=None if segments is None else tuple(segments.get(name, ())),
         )
-        for name, count in calls.items()
-    }
+
+    records = {name: record(name, kinds[name], len(m), m) for name, m in grouped.items()}
+    for missing, kind in graph.uncalled:
+        if missing not in records:
+            records[missing] = record(missing, kind, 0, [])
+    return records

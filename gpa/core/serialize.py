@@ -2,7 +2,7 @@
 
 Example:
     >>> from gpa.core.paths import GradientPaths
-    >>> paths_dict(GradientPaths(stamps=0b1100, num_paths=3, offset=2, counts=(1, 2)))
+    >>> paths_dict(GradientPaths(stamps=0b1100, num_paths=3, counts=lambda: {2: 1, 3: 2}))
     {'shortest': 2, 'longest': 3, 'timestamps': [2, 3], 'num_paths': 3, 'path_histogram': {'2': 1, '3': 2}}
 """
 
