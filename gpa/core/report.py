@@ -16,7 +16,7 @@ from typing import Any
 import networkx as nx
 
 from gpa.core.graph import LOSS
-from gpa.core.paths import GradientPaths, bits
+from gpa.core.paths import GradientPaths
 
 __all__ = [
     "LOSS",
@@ -70,13 +70,21 @@ def combination(segment: Segment) -> frozenset:
     """A segment's gradient combination: its set of (round, source) pairs (paper, §4.1).
 
     A source is identified by its sender and the part of the sender's gradient delivered
-    (channels, group, output, argument, mixed).
+    (channels, group, output, argument, mixed). The set is held as one (source, rounds
+    bitset) pair per source, which is the same set of (round, source) pairs, without a
+    tuple per round.
+
+    Example:
+        >>> a = Segment(0, 2, None, (Source("b", (0, 2), rounds=0b110),))
+        >>> b = Segment(2, 4, None, (Source("b", (0, 2), rounds=0b010), Source("b", (0, 2), 0b100)))
+        >>> combination(a) == combination(b)
+        True
     """
-    return frozenset(
-        (t, s.sender, s.channels, s.group, s.output, s.argument, s.mixed)
-        for s in segment.sources
-        for t in bits(s.rounds)
-    )
+    rounds: dict[tuple, int] = {}
+    for s in segment.sources:
+        key = (s.sender, s.channels, s.group, s.output, s.argument, s.mixed)
+        rounds[key] = rounds.get(key, 0) | s.rounds
+    return frozenset(rounds.items())
 
 
 @dataclass(frozen=True)
