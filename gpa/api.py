@@ -43,8 +43,9 @@ def analyze(
 
             - ``input_shape``: instead of ``example_inputs``, one shape or a list of
               shapes (zeros of float32, or int64 for inputs read by an embedding);
-            - ``outputs``: the returned values that feed the loss, by index or key (dotted
-              for nested ones, e.g. ``"1.logits"``); default: all;
+            - ``outputs``: the returned values that feed the loss, by index, key or field
+              name (dotted for nested ones, e.g. ``"1.logits"``, ``"policy.logits"``);
+              default: all;
             - ``layer_types``: module classes (or class names) counted as layers (default
               :data:`gpa.frontends.modules.DEFAULT_LAYER_TYPES`);
             - ``leaf_modules``: module classes, class names or qualified submodule names
@@ -66,8 +67,9 @@ def analyze(
     Raises:
         GpaError: an unknown option or a bad option value, or a model gpa cannot
             analyse; in particular TraceError (fx cannot trace it and no other frontend
-            may or can be used), ShapeError (the inputs do not fit it), NoLayersError (it
-            has no layer).
+            may or can be used), ModelError (its forward raised), ShapeError (the inputs
+            do not fit it), NoLayersError (it has no layer), NoGradientError (no selected
+            output carries gradient back into it).
 
     Example:
         >>> import torch.nn as nn

@@ -25,3 +25,11 @@ class ShapeError(GpaError):
 
 class NoLayersError(GpaError):
     """The model contains no layer, so there is nothing to analyse."""
+
+
+class ModelError(GpaError):
+    """The model's own code raised an exception while gpa ran or traced it."""
+
+
+class NoGradientError(GpaError):
+    """No selected output carries gradient back into the model: nothing to analyse."""

@@ -27,7 +27,7 @@ from torch import nn
 from gpa.channels import channel_segments
 from gpa.core.records import layer_records
 from gpa.core.report import NetworkSummary, Report
-from gpa.errors import NoLayersError
+from gpa.errors import NoGradientError, NoLayersError
 from gpa.frontends import gradient_graph
 from gpa.frontends.counts import layer_counts
 from gpa.frontends.inputs import describe_inputs
@@ -35,11 +35,6 @@ from gpa.frontends.modules import DEFAULT_LAYER_TYPES, check_model, resolve_opti
 from gpa.options import AnalysisOptions
 
 __all__ = ["analyze_model"]
-
-_NO_GRADIENT_NOTE = (
-    "the model returns no tensor that gradient can flow back from (none, or only "
-    "detached or integer values): every layer is unreachable"
-)
 
 
 def analyze_model(
@@ -55,6 +50,8 @@ def analyze_model(
     options = resolve_options(options, model)
     step("tracing and propagating shapes")
     graph = gradient_graph(model, options)
+    if not graph.carries_gradient:
+        raise NoGradientError(_no_gradient(type(model).__name__, options))
     segments = None
     if options.channels:
         step("channel segments")
@@ -72,7 +69,7 @@ def analyze_model(
             f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
             f"(layer types: {types}; add more with layer_types= / --layer-type)"
         )
-    notes = [*graph.notes, *([] if graph.carries_gradient else [_NO_GRADIENT_NOTE]), *counts.notes]
+    notes = [*graph.notes, *counts.notes]
     return Report(
         model=name or type(model).__name__,
         inputs=describe_inputs(graph.inputs),
@@ -85,4 +82,18 @@ def analyze_model(
         ),
         notes=notes,
         tracer=graph.tracer,
+    )
+
+
+def _no_gradient(name: str, options: AnalysisOptions) -> str:
+    which = (
+        f"the selected outputs of {name} ({', '.join(map(repr, options.outputs))}) carry"
+        if options.outputs is not None
+        else f"{name} returns"
+    )
+    return (
+        f"{which} no tensor that gradient can flow back from (only detached or integer "
+        "values, or values computed without gradient): every layer would be unreachable, "
+        "so there is nothing to analyse"
+        + ("; select other outputs with outputs= / --outputs" if options.outputs else "")
     )

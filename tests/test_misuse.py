@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import gpa
-from gpa.errors import GpaError
+from gpa.errors import GpaError, NoGradientError
 
 NET = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
 
@@ -51,9 +51,9 @@ class Detached(nn.Module):
         return self.a(x).detach()
 
 
-def test_no_gradient_carrying_output_is_said_in_a_note() -> None:
-    report = gpa.analyze(Detached(), input_shape=(1, 4))
-    assert report.network.unreachable == ("a",)
-    assert any("returns no tensor that gradient can flow back from" in n for n in report.notes)
+def test_no_gradient_carrying_output_is_an_error() -> None:
+    # nothing to analyse: an error (issue 13), not an all-unreachable report
+    with pytest.raises(NoGradientError, match="returns no tensor that gradient can flow back"):
+        gpa.analyze(Detached(), input_shape=(1, 4))
     # a model with a gradient-carrying output gets no such note
     assert not any("returns no tensor" in n for n in gpa.analyze(NET, input_shape=(1, 4)).notes)

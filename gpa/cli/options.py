@@ -130,7 +130,10 @@ _ANALYSIS = [
         "outputs",
         metavar="KEY",
         multiple=True,
-        help="Output(s) feeding the loss: an index, a key or a dotted path (repeatable).",
+        help=(
+            "Output(s) feeding the loss: an index, a key, a field name or a dotted path "
+            "such as policy.logits (repeatable)."
+        ),
     ),
     click.option(
         "--layer-type",

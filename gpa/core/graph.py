@@ -14,8 +14,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Any
 
 import networkx as nx
@@ -28,7 +29,7 @@ __all__ = [
     "GradientGraph",
     "LayerCall",
     "OutputKey",
-    "flatten_outputs",
+    "OutputPath",
     "select_paths",
 ]
 
@@ -79,41 +80,60 @@ class GradientGraph:
         return any(grad for _, _, grad in self.ops.in_edges(LOSS, data="grad"))
 
 
-def flatten_outputs(structure: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Every leaf of a returned structure with its dotted path (tuples, lists, dicts, nested).
+@dataclass(frozen=True)
+class OutputPath:
+    """Where a returned value sits in the returned structure: one step per level.
+
+    A step holds the spellings that name it, the canonical one first: a dict key, a
+    list index, a field name, or a namedtuple field's name and its index (a namedtuple
+    is a tuple: ``"policy"`` and ``"0"`` name its first field). ``str()`` is the
+    canonical dotted path (``docs/semantics.md`` §1.5).
 
     Example:
-        >>> list(flatten_outputs((1, {"a": 2})))
-        [('0', 1), ('1.a', 2)]
+        >>> path = OutputPath((("policy", "0"), ("logits",)))
+        >>> str(path), path.under("0"), path.under("policy.logits"), path.under("1")
+        ('policy.logits', True, True, False)
     """
-    if isinstance(structure, (tuple, list)):
-        for i, item in enumerate(structure):
-            yield from flatten_outputs(item, f"{prefix}.{i}" if prefix else str(i))
-    elif isinstance(structure, dict):
-        for key, item in structure.items():
-            yield from flatten_outputs(item, f"{prefix}.{key}" if prefix else str(key))
-    else:
-        yield prefix, structure
+
+    steps: tuple[tuple[str, ...], ...] = ()
+
+    def __str__(self) -> str:
+        return ".".join(step[0] for step in self.steps)
+
+    def child(self, *spellings: str) -> OutputPath:
+        """The path one level down, at the step spelt ``spellings`` (canonical first)."""
+        return OutputPath((*self.steps, spellings))
+
+    def under(self, key: OutputKey) -> bool:
+        """Whether ``key`` (an index, key or dotted path) names this path or one above it."""
+        wanted = str(key)
+        return any(
+            spelling == wanted or spelling.startswith(wanted + ".")
+            for spelling in map(".".join, product(*self.steps))
+        )
 
 
 def select_paths(
-    paths: list[tuple[str, Any]], outputs: Iterable[OutputKey] | None
+    paths: list[tuple[OutputPath | str, Any]], outputs: Iterable[OutputKey] | None
 ) -> list[tuple[str, Any]]:
-    """The (path, value) pairs under the selected output paths (all when ``outputs`` is None).
+    """The (canonical path, value) pairs under the selected outputs (all when ``outputs``
+    is None); a path given as a string has that one spelling.
 
     Raises:
         GpaError: a selected output is not among ``paths``.
     """
+    named = [(p if isinstance(p, OutputPath) else OutputPath(((p,),)), v) for p, v in paths]
     if outputs is None:
-        return paths
-    chosen = []
+        return [(str(p), v) for p, v in named]
+    chosen: dict[int, tuple[str, Any]] = {}  # by position in ``paths``: each pair once
     for key in outputs:
-        wanted = str(key)
-        hits = [(p, n) for p, n in paths if p == wanted or p.startswith(wanted + ".")]
+        hits = {i: (str(p), v) for i, (p, v) in enumerate(named) if p.under(key)}
         if not hits:
-            available = ", ".join(repr(p) for p, _ in paths) or "none"
+            available = ", ".join(repr(str(p)) for p, _ in named) or "none"
+            if available == "''":
+                available = "none (it returns a single value: leave outputs unset)"
             raise GpaError(
                 f"output {key!r} is not among the model's outputs; available: {available}"
             )
-        chosen.extend(h for h in hits if h not in chosen)
-    return chosen
+        chosen.update(hits)
+    return list(chosen.values())

@@ -7,6 +7,12 @@ and :mod:`gpa.frontends.autograd` runs the model once and reads its autograd gra
 <gpa.options.AnalysisOptions.tracer>`; ``auto`` (the default) tries fx, then export, then
 autograd, and says in a one-line note which ran and why the earlier ones did not.
 
+An exception the model's own code raised (a ``raise`` or ``assert`` of its ``forward``) is
+the model's error, :class:`~gpa.errors.ModelError`, not a frontend's limit: ``auto`` goes
+on to the frontends that run the model on its inputs (fx may meet it only because it
+passes proxies) and, when none can read the model, reports the model's error rather than
+the frontends' limits.
+
 Example:
     >>> import torch.nn as nn
     >>> from gpa.options import AnalysisOptions
@@ -30,10 +36,11 @@ from collections.abc import Callable
 from torch import nn
 
 from gpa.core.graph import GradientGraph
-from gpa.errors import GpaError, TraceError
+from gpa.errors import GpaError, ModelError, TraceError
 from gpa.frontends.autograd import autograd_gradient_graph
 from gpa.frontends.export import export_gradient_graph
 from gpa.frontends.fx import fx_gradient_graph
+from gpa.frontends.raised import model_raised, raised_by_model
 from gpa.options import AnalysisOptions, Tracer
 
 __all__ = ["CHANNEL_TRACERS", "FRONTENDS", "gradient_graph"]
@@ -56,6 +63,8 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
     """The gradient graph of ``model`` built by the frontend ``options.tracer`` names.
 
     Raises:
+        ModelError: the model's own code raised (under ``auto``: in every frontend that
+            ran it, or in fx when no other could run).
         TraceError: the named frontend cannot read the model, or (``auto``) none can;
             the message says why each one failed.
         GpaError: the options ask for channel segments from a frontend without them.
@@ -69,7 +78,7 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
                 "drop --channels)"
             )
         try:
-            return FRONTENDS[tracer](model, options)
+            return _build(tracer, model, options)
         except TraceError as exc:
             raise TraceError(
                 f"{exc}\nOr let gpa choose a frontend that can read it (--tracer auto, the "
@@ -77,14 +86,16 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
             ) from exc
     chain = [t for t in FRONTENDS if not options.channels or t in CHANNEL_TRACERS]
     reasons: list[str] = []
+    raised: ModelError | None = None
     for i, candidate in enumerate(chain):
         if candidate in _NEEDS_INPUTS and not options.has_inputs:
             reasons.append(f"{candidate}: needs example inputs")
             continue
         try:
-            graph = FRONTENDS[candidate](model, options)
-        except TraceError as exc:
+            graph = _build(candidate, model, options)
+        except (TraceError, ModelError) as exc:
             reasons.append(f"{candidate}: {str(exc).splitlines()[0]}")
+            raised = exc if isinstance(exc, ModelError) else raised
             continue
         if graph.opaque and graph.inputs is not None and i + 1 < len(chain):
             reasons.append(f"{candidate}: cannot look into {', '.join(graph.opaque)}")
@@ -92,6 +103,8 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
         if reasons:
             graph.notes.insert(0, f"tracer auto used {candidate}: {'; '.join(reasons)}")
         return graph
+    if raised is not None:  # the model's own error, not the frontends' limits
+        raise raised
     why = "\n".join(f"  {r}" for r in reasons)
     hints = []
     if not options.has_inputs:
@@ -99,4 +112,36 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
     if options.channels:
         hints.append("drop --channels to let the autograd tracer analyse it at layer level")
     hint = f"\n{'; '.join(hints).capitalize()}." if hints else ""
-    raise TraceError(f"no frontend can read {type(model).__name__}:\n{why}{hint}")
+    which = (
+        f"no frontend that gives channel segments ({', '.join(map(str, chain))}) can read"
+        if options.channels
+        else "no frontend can read"
+    )
+    raise TraceError(f"{which} {type(model).__name__}:\n{why}{hint}")
+
+
+def _build(tracer: Tracer, model: nn.Module, options: AnalysisOptions) -> GradientGraph:
+    """The graph one frontend builds; an exception the model's own code raised while the
+    frontend traced it becomes a :class:`ModelError` (not a tracing limitation)."""
+    try:
+        return FRONTENDS[tracer](model, options)
+    except TraceError as exc:
+        cause = exc.__cause__
+        if cause is None or raised_by_model(cause) is None:
+            raise
+        during = _DURING.get(tracer)
+        raise ModelError(model_raised(type(model).__name__, cause, during=during)) from cause
+
+
+#: What ran the model when it raised under a tracer, and what to do if only that fails.
+_DURING = {
+    Tracer.FX: (
+        "It raised while torch.fx traced forward symbolically (tensors are fx proxies "
+        "then); if it raises only under fx, --tracer export or autograd runs it on "
+        "example inputs."
+    ),
+    Tracer.EXPORT: (
+        "It raised while torch.export ran forward on the example inputs (as fake "
+        "tensors); if it raises only under export, --tracer autograd runs it for real."
+    ),
+}

@@ -40,9 +40,8 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-from gpa.core.graph import LOSS, GradientGraph, LayerCall, OutputKey, flatten_outputs, select_paths
-from gpa.errors import GpaError, TraceError
-from gpa.frontends.frames import user_frame
+from gpa.core.graph import LOSS, GradientGraph, LayerCall, OutputKey
+from gpa.errors import GpaError, ModelError, TraceError
 from gpa.frontends.fx.flow import ValueInfo
 from gpa.frontends.inputs import integer_variants
 from gpa.frontends.modules import (
@@ -53,6 +52,8 @@ from gpa.frontends.modules import (
     training_mode,
     unused_layer_modules,
 )
+from gpa.frontends.outputs import returned_values
+from gpa.frontends.raised import model_raised
 from gpa.options import AnalysisOptions
 
 __all__ = ["autograd_gradient_graph"]
@@ -205,8 +206,9 @@ def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradi
     and ``options.leaf_modules`` must hold classes and qualified names only.
 
     Raises:
-        GpaError: no inputs were given, or the forward pass fails (the message
-            names the module that failed and the model's own source line).
+        GpaError: no inputs were given.
+        ModelError: the forward pass fails (the message names the module that failed
+            and the model's own source line).
     """
     if not options.has_inputs:
         raise GpaError(
@@ -290,19 +292,9 @@ def _run(
                 )
             return run
     assert first_error is not None
-    raise GpaError(_failure_message(model, first_error.error, first_error.stack))
-
-
-def _failure_message(model: nn.Module, exc: BaseException, stack: list[str]) -> str:
-    where = f" in module '{stack[-1]}'" if stack else ""
-    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    lines = [f"{type(model).__name__} failed to run{where}: {type(exc).__name__}: {detail}"]
-    frame = user_frame(exc)
-    if frame is not None:
-        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
-        if frame.line:
-            lines.append(f"    {frame.line.strip()}")
-    return "\n".join(lines)
+    stack = first_error.stack
+    where = stack[-1] if stack else None
+    raise ModelError(model_raised(type(model).__name__, first_error.error, where=where))
 
 
 def _forward(
@@ -390,10 +382,8 @@ def _build(
         return i if i >= 0 and fn._sequence_nr() < calls[i].end else None
 
     layer_calls = {i for i, c in enumerate(calls) if _has_layer(c.module, types)}
-    flat = list(flatten_outputs(run.output))
-    chosen = select_paths([(p, i) for i, (p, _) in enumerate(flat)], outputs)
-    returned = [flat[i][1] for _, i in chosen]
-    roots = [t.grad_fn for t in returned if isinstance(t, torch.Tensor)]
+    returned = returned_values(run.output)
+    roots = [t.grad_fn for _, t in returned.select(outputs)]
     nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created])
 
     g = nx.DiGraph()
@@ -448,7 +438,7 @@ def _build(
         tracer="autograd",
         uncalled=_uncalled(model, types, calls, run.use.used),
         inputs=run.inputs,
-        notes=run.notes,
+        notes=[*run.notes, *returned.notes(outputs)],
     )
 
 

@@ -46,13 +46,13 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
-from torch.utils._pytree import tree_flatten, tree_flatten_with_path, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from gpa.core.graph import GradientGraph, LayerCall
 from gpa.errors import GpaError, TraceError
 from gpa.frontends.frames import user_frame
 from gpa.frontends.fx.flow import GradientFlow
-from gpa.frontends.fx.graph import op_graph
+from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import find_layers
 from gpa.frontends.fx.tracer import grad_mode, single_call
 from gpa.frontends.inputs import integer_variants
@@ -63,6 +63,7 @@ from gpa.frontends.modules import (
     training_mode,
     unused_layer_modules,
 )
+from gpa.frontends.outputs import exportable
 from gpa.options import AnalysisOptions
 
 __all__ = ["ExportError", "export_gradient_graph"]
@@ -114,12 +115,14 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         tracer="export",
         uncalled=unused_layer_modules(root, used, types),
         inputs=tuple(inputs),
+        notes=output_notes(gm, options.outputs),
         traced=gm,
     )
 
 
 def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple]:
     """The exported program and the inputs it was exported with."""
+    model = exportable(model)  # its values in containers export can flatten (§1.5)
     if options.example_inputs is not None:
         candidates: Iterable[tuple] = [options.example_inputs]
     else:
@@ -229,26 +232,12 @@ def _inline_grad_mode_regions(gm: fx.GraphModule) -> None:
             graph.erase_node(holder)
 
 
-def _key_text(entry: Any) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
 def _name_outputs(graph: fx.Graph, spec: Any) -> None:
     """Return the outputs as ``{dotted path: node}``: their paths in the returned structure
     (pytree key paths: dict keys, indices, attribute names), as ``docs/semantics.md`` §1.5
-    names them."""
+    names them (:func:`~gpa.frontends.fx.graph.name_outputs`)."""
     output = next(n for n in graph.nodes if n.op == "output")
-    flat = output.args[0]
-    structure = tree_unflatten(list(flat), spec)
-    named = {
-        ".".join(_key_text(k) for k in path): value
-        for path, value in tree_flatten_with_path(structure)[0]
-        if isinstance(value, fx.Node)
-    }
-    output.args = (named,)
+    name_outputs(graph, structure=tree_unflatten(list(output.args[0]), spec))
 
 
 def _attach_constants(graph: fx.Graph, exported: fx.GraphModule, root: nn.Module) -> None:

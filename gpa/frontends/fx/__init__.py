@@ -26,7 +26,7 @@ from torch import nn
 
 from gpa.core.graph import GradientGraph
 from gpa.frontends.fx.flow import GradientFlow, flow_from_names
-from gpa.frontends.fx.graph import op_graph
+from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import find_layers, opaque_calls, uncalled_layers
 from gpa.frontends.fx.tracer import single_call, trace
 from gpa.frontends.inputs import zeros
@@ -56,8 +56,10 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         leaves = [*(options.leaf_modules or ()), *_custom_types(options.layer_types)]
         traced = _rooted(model, leaves)
         gm = trace(traced, leaves)
+        name_outputs(gm.graph)
+        gm.recompile()
+        notes = output_notes(gm, options.outputs)
         inputs = _example_inputs(gm, options)
-        notes = []
         if inputs is None:
             flow_from_names(gm)
             notes.append(NO_INPUTS_NOTE)

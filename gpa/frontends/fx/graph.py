@@ -16,33 +16,132 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
 import networkx as nx
 import torch.fx as fx
 
-from gpa.core.graph import LOSS, OutputKey, flatten_outputs, select_paths
+from gpa.core.graph import LOSS, OutputKey
 from gpa.frontends.fx.flow import FLOW
+from gpa.frontends.outputs import Returned, returned_values
 
-__all__ = ["op_graph", "output_paths", "select_outputs"]
+__all__ = [
+    "RETURNED",
+    "name_outputs",
+    "op_graph",
+    "output_notes",
+    "returned_outputs",
+    "select_outputs",
+]
+
+#: ``meta`` key of the output node named by :func:`name_outputs`: the
+#: :class:`~gpa.frontends.outputs.Returned` of its structure (paths with all their
+#: spellings, objects gpa cannot look into), its values left out.
+RETURNED = "gpa_returned"
+
+_TRACED = object()  # name_outputs: read the structure from the output node
 
 
-def output_paths(gm: fx.GraphModule) -> list[tuple[str, fx.Node]]:
-    """Every node the model returns, with its path in the returned structure.
+def name_outputs(graph: fx.Graph, structure: Any = _TRACED) -> None:
+    """Make the output node return ``{dotted path: node}`` (a single node when the model
+    returns one value): every value in the returned structure, named as
+    :func:`gpa.frontends.outputs.returned_values` names it.
 
-    Paths are dotted indices and keys (``"0"``, ``"1.logits"``); a model returning a
-    single tensor has the path ``""``.
+    ``structure`` is the returned structure with fx nodes as its values (default: the
+    output node's own argument, where a namedtuple or dataclass fx recorded as a
+    constructor call is read by its fields). What else the walk found (the spellings of
+    each path, objects gpa cannot look into) stays on the output node for
+    :func:`returned_outputs`.
+
+    Example:
+        >>> import collections, torch.nn as nn
+        >>> from gpa.frontends.fx.tracer import trace
+        >>> Pair = collections.namedtuple("Pair", "a b")
+        >>> class Two(nn.Module):
+        ...     def forward(self, x):
+        ...         return Pair(x.relu(), {"c": x.sigmoid()})
+        >>> gm = trace(Two())
+        >>> name_outputs(gm.graph)
+        >>> [(str(p), n.name) for p, n in returned_outputs(gm).values]
+        [('a', 'relu'), ('b.c', 'sigmoid')]
+        >>> [(p, n.name) for p, n in select_outputs(gm, [1])]  # Pair's field 1, b
+        [('b.c', 'sigmoid')]
     """
-    output = next(n for n in gm.graph.nodes if n.op == "output")
-    return [(p, n) for p, n in flatten_outputs(output.args[0]) if isinstance(n, fx.Node)]
+    output = _output_node(graph)
+    if structure is _TRACED:
+        structure = fx.node.map_aggregate(output.args[0], _constructed_fields)
+    found = returned_values(structure, _is_node)
+    named = {str(p): n for p, n in found.values}
+    output.args = (named[""] if list(named) == [""] else named,)
+    found.values = [(p, None) for p, _ in found.values]
+    output.meta[RETURNED] = dataclasses.replace(found, plain=None)
+    for node in reversed(graph.nodes):
+        if not node.users and _constructed(node) is not None:
+            graph.erase_node(node)
+
+
+def returned_outputs(gm: fx.GraphModule) -> Returned:
+    """The returned nodes with their paths in the returned structure (dotted indices, keys
+    and field names: ``"0"``, ``"1.logits"``; ``""`` for a single returned tensor), and
+    the objects gpa could not look into."""
+    output = _output_node(gm.graph)
+    found = output.meta.get(RETURNED)
+    if found is None:  # a graph whose outputs were not named: walk its structure
+        return returned_values(fx.node.map_aggregate(output.args[0], _constructed_fields), _is_node)
+    named = output.args[0] if isinstance(output.args[0], dict) else {"": output.args[0]}
+    paths = {str(p): p for p, _ in found.values}
+    return dataclasses.replace(found, values=[(paths[k], n) for k, n in named.items()])
 
 
 def select_outputs(
     gm: fx.GraphModule, outputs: Iterable[OutputKey] | None
 ) -> list[tuple[str, fx.Node]]:
-    """The returned nodes that feed the loss: all, or those under the selected paths."""
-    return select_paths(output_paths(gm), outputs)
+    """The returned nodes that feed the loss: all, or those under the selected paths.
+
+    Raises:
+        GpaError: the model returns nothing, or a selected output is not among its
+            values (see :meth:`Returned.select <gpa.frontends.outputs.Returned.select>`).
+    """
+    return returned_outputs(gm).select(outputs)
+
+
+def output_notes(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None) -> list[str]:
+    """The notes about selected returned objects gpa cannot look into."""
+    return returned_outputs(gm).notes(outputs)
+
+
+def _is_node(value: Any) -> bool:
+    return isinstance(value, fx.Node)
+
+
+def _output_node(graph: fx.Graph) -> fx.Node:
+    return next(n for n in graph.nodes if n.op == "output")
+
+
+def _constructed(node: fx.Node) -> str | None:
+    """What a node fx recorded for a namedtuple or dataclass built in ``forward`` builds
+    (``"namedtuple"``, ``"dataclass"``), or None for any other node."""
+    target = node.target
+    if node.op != "call_function" or not isinstance(target, type):
+        return None
+    if issubclass(target, tuple) and hasattr(target, "_fields"):
+        return "namedtuple"
+    return "dataclass" if dataclasses.is_dataclass(target) else None
+
+
+def _constructed_fields(value: Any) -> Any:
+    """A returned value with namedtuples and dataclasses fx recorded as constructor calls
+    rebuilt around their fields (a dataclass as a dict of its fields)."""
+    if not isinstance(value, fx.Node):
+        return value
+    kind = _constructed(value)
+    if kind == "namedtuple":
+        return value.target(*fx.node.map_aggregate(value.args, _constructed_fields))
+    if kind == "dataclass":
+        return {k: fx.node.map_aggregate(v, _constructed_fields) for k, v in value.kwargs.items()}
+    return value
 
 
 def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> nx.DiGraph:
@@ -65,7 +164,7 @@ def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> 
         )
         for source in node.all_input_nodes:
             g.add_edge(source.name, node.name, grad=source in flow.grad_from)
-    output = next(n for n in gm.graph.nodes if n.op == "output")
+    output = _output_node(gm.graph)
     g.add_node(LOSS, op="loss", target=LOSS, value=None)
     requires = output.meta[FLOW].grad_from
     for _, node in select_outputs(gm, outputs):

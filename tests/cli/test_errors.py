@@ -1,0 +1,346 @@
+"""Errors that blame the right thing (issue 13, kind 7).
+
+(a) A ``forward`` that raises is the model's error: "Net raised ValueError: …" with the
+    model's own frame, under every tracer and ``auto`` (which does not hide it behind the
+    fallbacks), never a tracing limitation with advice about control flow.
+(b) ``--channels`` under ``auto`` on a model neither channel frontend can read says which
+    frontends were tried and why each failed, inputs given or not.
+(c) A model returning None (or nothing gradient can flow back from) is an error: exit 2
+    from ``gpa analyze``, an ERROR (never a PASS) in ``gpa check``, a GpaError in
+    ``gpa.analyze`` and ``gpa.testing``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+from torch import nn
+
+import gpa
+from gpa.cli import main
+from gpa.errors import GpaError, ModelError, NoGradientError, TraceError
+from gpa.target import load_target
+from gpa.testing import assert_gradient_paths
+
+ALL = ("fx", "export", "autograd", "auto")
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def line_of(function, text: str) -> int:
+    """The line number of the first line of ``function``'s source containing ``text``."""
+    lines, first = inspect.getsourcelines(function)
+    return first + next(i for i, line in enumerate(lines) if text in line)
+
+
+# ======================================================================================
+# (a) the model raises
+
+
+class Raises(nn.Module):
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.width = width
+        self.a = nn.Linear(4, width)
+
+    def forward(self, x):
+        if self.width % 2 == 0:  # a plain int: every tracer gets here
+            raise ValueError("width must be odd")
+        return self.a(x)
+
+
+RAISE_LINE = line_of(Raises.forward, "raise ValueError")
+
+
+def expect_model_error(error: pytest.ExceptionInfo, first: str, line: int, text: str) -> None:
+    message = str(error.value)
+    assert message.splitlines()[0] == first
+    assert f'File "{__file__}", line {line}, in forward' in message
+    assert text in message
+    assert "control flow" not in message and "cannot trace" not in message
+
+
+@pytest.mark.parametrize("tracer", ALL)
+def test_a_forward_that_raises_is_the_models_error(tracer) -> None:
+    with pytest.raises(ModelError) as error:
+        gpa.analyze(Raises(), input_shape=(1, 4), tracer=tracer)
+    expect_model_error(
+        error, "Raises raised ValueError: width must be odd", RAISE_LINE, 'raise ValueError("'
+    )
+
+
+class RaisesAlways(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        raise ValueError("this model is not finished")
+
+
+@pytest.mark.parametrize("tracer", ["fx", "auto"])
+def test_raising_without_inputs(tracer) -> None:
+    # only fx runs without inputs; auto reports what it met, not "no frontend can read"
+    with pytest.raises(ModelError) as error:
+        gpa.analyze(RaisesAlways(), tracer=tracer)
+    line = line_of(RaisesAlways.forward, "raise ValueError")
+    expect_model_error(
+        error, "RaisesAlways raised ValueError: this model is not finished", line, "raise"
+    )
+    assert "torch.fx traced forward symbolically" in str(error.value)
+
+
+class Checks(nn.Module):
+    """An assert on a shape: under fx without inputs a tracing limit, else the model's error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        assert x.shape[-1] == 5, "expected 5 features"
+        return self.a(x)
+
+
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
+def test_a_failed_assert_is_the_models_error(tracer) -> None:
+    with pytest.raises(ModelError) as error:
+        gpa.analyze(Checks(), input_shape=(1, 4), tracer=tracer)
+    line = line_of(Checks.forward, "assert x.shape")
+    expect_model_error(
+        error, "Checks raised AssertionError: expected 5 features", line, "assert x.shape"
+    )
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if x.shape[0] > 1:
+            raise RuntimeError("batch size 1 only")
+        return self.conv(x)
+
+
+class Outer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = Block()
+
+    def forward(self, x):
+        return self.block(x)
+
+
+@pytest.mark.parametrize("tracer", ["autograd", "auto"])
+def test_a_raise_in_a_submodule_names_it(tracer) -> None:
+    with pytest.raises(ModelError) as error:
+        gpa.analyze(Outer(), input_shape=(2, 4), tracer=tracer)
+    # auto: fx, export and autograd all met it; the autograd run says where it ran
+    assert str(error.value).splitlines()[0] == (
+        "Outer raised RuntimeError in module 'block': batch size 1 only"
+    )
+    assert f"line {line_of(Block.forward, 'raise RuntimeError')}, in forward" in str(error.value)
+
+
+class TensorsOnly(nn.Module):
+    """Raises when it is not given a tensor: only under fx, which passes proxies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError("expected a tensor")
+        return self.a(x)
+
+
+def test_raising_only_under_fx_falls_back() -> None:
+    with pytest.raises(ModelError, match="if it raises only under fx, --tracer export"):
+        gpa.analyze(TensorsOnly(), input_shape=(1, 4), tracer="fx")
+    report = gpa.analyze(TensorsOnly(), input_shape=(1, 4))
+    assert report.tracer == "export"
+    assert report.layers["a"].shortest == 1  # a feeds the loss directly
+    assert report.notes[0] == (
+        "tracer auto used export: fx: TensorsOnly raised TypeError: expected a tensor"
+    )
+
+
+# ======================================================================================
+# (b) --channels under auto
+
+
+UNTRACEABLE = str(DATA / "untraceable.py")  # Gate: a branch on tensor values
+
+
+def gate() -> nn.Module:
+    """A model neither fx nor export (the channel frontends) can read."""
+    return load_target(UNTRACEABLE).model
+
+
+def test_channels_say_which_frontends_were_tried_with_inputs() -> None:
+    with pytest.raises(TraceError) as error:
+        gpa.analyze(gate(), input_shape=(1, 4), channels=True)
+    message = str(error.value)
+    lines = message.splitlines()
+    assert lines[0] == "no frontend that gives channel segments (fx, export) can read Gate:"
+    assert lines[1].startswith("  fx: torch.fx cannot trace Gate: TraceError: symbolically")
+    assert lines[2].startswith("  export: torch.export cannot export Gate:")
+    assert lines[3] == "Drop --channels to let the autograd tracer analyse it at layer level."
+    assert "needs example inputs" not in message and "autograd:" not in message
+    # without --channels, auto goes on to the autograd tracer
+    assert gpa.analyze(gate(), input_shape=(1, 4)).tracer == "autograd"
+
+
+def test_channels_say_which_frontends_were_tried_without_inputs() -> None:
+    with pytest.raises(TraceError) as error:
+        gpa.analyze(gate(), channels=True)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "no frontend that gives channel segments (fx, export) can read Gate:"
+    assert lines[2] == "  export: needs example inputs"
+    assert lines[3] == (
+        "Give example inputs (--input-shape or example_inputs) for export/autograd; drop "
+        "--channels to let the autograd tracer analyse it at layer level."
+    )
+
+
+def test_channels_on_a_raising_model_is_the_models_error() -> None:
+    with pytest.raises(ModelError, match="^Raises raised ValueError: width must be odd"):
+        gpa.analyze(Raises(), input_shape=(1, 4), channels=True)
+
+
+# ======================================================================================
+# (c) nothing to analyse
+
+
+class ReturnsNone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.fc(x)
+
+
+class ReturnsNothingUseful(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        self.fc(x)
+        return ()
+
+
+class Detached(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x).detach()
+
+
+class Argmax(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        logits = self.fc(x)
+        return logits.argmax(-1), logits
+
+
+@pytest.mark.parametrize("tracer", ALL)
+@pytest.mark.parametrize(
+    ("model", "returned"), [(ReturnsNone, "None"), (ReturnsNothingUseful, "an empty tuple")]
+)
+def test_returning_no_tensor_is_an_error(tracer, model, returned) -> None:
+    with pytest.raises(GpaError) as error:
+        gpa.analyze(model(), input_shape=(1, 4), tracer=tracer)
+    assert str(error.value) == (
+        "the model returns no tensor, so no gradient flows back into it: nothing to analyse "
+        f"(it returned {returned})"
+    )
+
+
+@pytest.mark.parametrize("tracer", ["fx", "auto"])
+def test_returning_none_without_inputs(tracer) -> None:
+    with pytest.raises(GpaError, match=r"returns no tensor.*\(it returned None\)"):
+        gpa.analyze(ReturnsNone(), tracer=tracer)
+
+
+@pytest.mark.parametrize("tracer", ALL)
+def test_no_output_carrying_gradient_is_an_error(tracer) -> None:
+    with pytest.raises(NoGradientError, match="^Detached returns no tensor that gradient can"):
+        gpa.analyze(Detached(), input_shape=(1, 4), tracer=tracer)
+    # the integer output selected alone: an error naming the selection
+    with pytest.raises(NoGradientError, match=r"the selected outputs of Argmax \(0\) carry no"):
+        gpa.analyze(Argmax(), input_shape=(1, 4), tracer=tracer, outputs=0)
+    # the logits: fx 1
+    report = gpa.analyze(Argmax(), input_shape=(1, 4), tracer=tracer, outputs=1)
+    assert report.layers["fc"].shortest == 1
+
+
+def test_gpa_testing_raises_too() -> None:
+    with pytest.raises(GpaError, match="returns no tensor"):
+        assert_gradient_paths(ReturnsNone(), max_shortest=3, input_shape=(1, 4))
+    with pytest.raises(NoGradientError):
+        assert_gradient_paths(Detached(), max_shortest=3, input_shape=(1, 4))
+
+
+# ======================================================================================
+# The command line: exit 2, no traceback; gpa check: ERROR, never PASS
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def analyze_fails(*args: str) -> str:
+    result = run("analyze", *args)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("tracer", ALL)
+def test_cli_model_raises(tracer) -> None:
+    message = analyze_fails(f"{__name__}:Raises", "--input-shape", "1,4", "--tracer", tracer)
+    assert message.startswith("error: Raises raised ValueError: width must be odd\n")
+    frame = f'File "{__file__}", line {RAISE_LINE}, in forward\n    raise ValueError("width'
+    assert frame in message
+    assert "control flow" not in message
+
+
+def test_cli_channels_under_auto() -> None:
+    message = analyze_fails(UNTRACEABLE, "--channels", "--input-shape", "1,4")
+    # (torch.export prints the graph it gave up on to stderr before gpa's message)
+    assert "error: no frontend that gives channel segments (fx, export) can read Gate:\n" in (
+        message
+    )
+    assert "needs example inputs" not in message
+
+
+@pytest.mark.parametrize("tracer", ALL)
+def test_cli_model_returning_none(tracer) -> None:
+    message = analyze_fails(f"{__name__}:ReturnsNone", "--input-shape", "1,4", "--tracer", tracer)
+    assert "returns no tensor" in message and "(it returned None)" in message
+    detached = analyze_fails(f"{__name__}:Detached", "--input-shape", "1,4")
+    assert "returns no tensor that gradient" in detached
+
+
+@pytest.mark.parametrize("model", ["ReturnsNone", "Detached", "Raises"])
+@pytest.mark.parametrize("rules", [("--allow-empty",), ("--max-shortest", "3")])
+def test_cli_check_reports_an_error_never_a_pass(model, rules) -> None:
+    target = f"{__name__}:{model}"
+    result = run("check", target, "--input-shape", "1,4", *rules)
+    assert result.exit_code == 2, result.output
+    assert result.stdout.startswith(f"ERROR {target}: ")
+    assert "PASS" not in result.stdout
+    assert result.stdout.splitlines()[-1].endswith("1 error")

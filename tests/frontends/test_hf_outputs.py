@@ -1,0 +1,82 @@
+"""A Hugging Face causal LM returns its key/value cache (issue 13, kind 3).
+
+``LlamaForCausalLM`` returns a ``ModelOutput`` whose cache (``DynamicCache``: layers of
+keys and values) is an object, not a tensor. gpa follows it: the key and value
+projections feed the loss directly through it, unless the logits alone are selected
+(``outputs="logits"``) or the model is built with ``use_cache=False``.
+
+Needs ``transformers`` (the zoo environment); skipped elsewhere. Built from a config, no
+download.
+
+Hand derivation (2 decoder layers; a layer's attention projections q, k, v feed o; o
+feeds the MLP's gate and up, which feed down; the residual stream carries o's and down's
+outputs to the next layer's q, k, v, gate, up and, after the last layer, to lm_head):
+
+* layer 1's k_proj: through the cache 1; k -> o -> lm_head 3; k -> o -> gate|up -> down
+  -> lm_head 5. Without the cache: 3 and 5.
+* layer 0's k_proj: through its cache 1; at most k -> o -> gate -> down -> (layer 1) v ->
+  o -> gate -> down -> lm_head: 9; without the cache its shortest is k -> o -> lm_head, 3.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpa
+from tests.semantics import LOSS
+
+transformers = pytest.importorskip("transformers")
+
+pytestmark = pytest.mark.slow
+
+TOKENS = torch.zeros(1, 5, dtype=torch.long)
+
+
+def llama(use_cache: bool = True):
+    config = transformers.LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_cache=use_cache,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def attention(report, layer: int, name: str):
+    return report.layers[f"model.layers.{layer}.self_attn.{name}"]
+
+
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
+def test_the_cache_feeds_the_loss(tracer: str) -> None:
+    report = gpa.analyze(llama(), TOKENS, tracer=tracer)
+    for layer, longest in ((0, 9), (1, 5)):
+        for name in ("k_proj", "v_proj"):
+            record = attention(report, layer, name)
+            assert (record.shortest, record.longest) == (1, longest)
+            assert LOSS in record.sources
+        assert attention(report, layer, "q_proj").shortest == 3  # no cache of queries
+
+
+@pytest.mark.parametrize("tracer", ["export", "autograd"])
+@pytest.mark.parametrize(
+    ("build", "options"),
+    [(llama, {"outputs": "logits"}), (lambda: llama(use_cache=False), {})],
+    ids=["outputs=logits", "use_cache=False"],
+)
+def test_the_logits_alone(tracer: str, build, options: dict) -> None:
+    report = gpa.analyze(build(), TOKENS, tracer=tracer, **options)
+    for layer, longest in ((0, 9), (1, 5)):
+        for name in ("k_proj", "v_proj"):
+            record = attention(report, layer, name)
+            assert (record.shortest, record.longest) == (3, longest)
+            assert LOSS not in record.sources
+
+
+def test_cache_paths_are_listed() -> None:
+    # "cache.layers.0.keys" in recent transformers, "past_key_values…" before
+    with pytest.raises(gpa.GpaError, match=r"available: 'logits', '(cache|past_key_values)\."):
+        gpa.analyze(llama(), TOKENS, tracer="autograd", outputs="past")
