@@ -31,7 +31,7 @@ from gpa.errors import NoGradientError, NoLayersError
 from gpa.frontends import gradient_graph
 from gpa.frontends.counts import layer_counts
 from gpa.frontends.inputs import describe_inputs
-from gpa.frontends.modules import DEFAULT_LAYER_TYPES, check_model, resolve_options
+from gpa.frontends.modules import DEFAULT_LAYER_TYPES, TRACING, check_model, resolve_options
 from gpa.options import AnalysisOptions
 
 __all__ = ["analyze_model"]
@@ -55,7 +55,8 @@ def analyze_model(
     segments = None
     if options.channels:
         step("channel segments")
-        segments = channel_segments(graph, options.outputs)
+        with TRACING:  # the routing calls modules on probes: no fx trace meanwhile
+            segments = channel_segments(graph, options.outputs)
     step("parameters and FLOPs")
     counts = layer_counts(model, graph, options.count_convention)
     step("gradient paths")

@@ -46,6 +46,7 @@ from gpa.channels.rules import (
     Channels,
     Rule,
     Term,
+    distinct_rows,
     everywhere_of,
     fallback,
     is_conv,
@@ -286,10 +287,7 @@ class ChannelRouter(fx.Interpreter):
             else:
                 k = ch.axes.index(axis)
                 rows = np.moveaxis(t.index, k, -1).reshape(-1, size)
-                # distinct rows; keyed by bytes: np.unique(axis=0) builds a structured
-                # dtype with one field per column, slow for wide layers
-                distinct = {row.tobytes(): row for row in rows if (row >= 0).any()}
-                inbound.extend(Delivery(consumer, row.copy()) for row in distinct.values())
+                inbound.extend(Delivery(consumer, row) for row in distinct_rows(rows))
 
     def _deliver_outputs(self, n: fx.Node) -> None:
         """Deliver the channels of every selected returned tensor to the loss."""

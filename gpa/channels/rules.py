@@ -305,13 +305,9 @@ def _collapse(ch: Channels, axis: int, keepdim_shape: tuple[int, ...] | None) ->
         if t.index is None:
             terms.append(t)
             continue
-        seen = set()
-        for j in range(t.index.shape[k]):
-            part = np.take(t.index, j, axis=k)
-            key = part.tobytes()
-            if key in seen or not (part >= 0).any():
-                continue
-            seen.add(key)
+        moved = np.moveaxis(t.index, k, 0)
+        for row in distinct_rows(moved.reshape(moved.shape[0], -1)):
+            part = row.reshape(moved.shape[1:])
             if keepdim_shape is not None:
                 part = np.expand_dims(part, k)
                 part = np.broadcast_to(part, tuple(new_shape[a] for a in ch.axes))
@@ -320,6 +316,22 @@ def _collapse(ch: Channels, axis: int, keepdim_shape: tuple[int, ...] | None) ->
         return Channels(ch.axes, new_shape, tuple(terms))
     axes = tuple(a - (a > axis) for a in rest)
     return Channels(axes, new_shape, tuple(terms))
+
+
+def distinct_rows(rows: np.ndarray) -> np.ndarray:
+    """The distinct rows of a 2-D integer array that hold a channel (a value >= 0), in
+    order of first occurrence — one ``np.unique`` over the rows' bytes, no Python loop.
+
+    Example:
+        >>> distinct_rows(np.array([[0, 1], [-1, -1], [0, 1], [2, -1]])).tolist()
+        [[0, 1], [2, -1]]
+    """
+    rows = np.ascontiguousarray(rows[(rows >= 0).any(axis=1)])
+    if len(rows) <= 1:
+        return rows
+    keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
+    _, first = np.unique(keys, return_index=True)
+    return rows[np.sort(first)]
 
 
 def _combine_along(ch: Channels, axes: list[int]) -> Channels:
@@ -597,6 +609,20 @@ def _narrow(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     return _pieces(source, _arg(node, 1, "dim", 0), shapes, starts)
 
 
+def _aten_slice(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``aten.slice(x, dim, start, end, step)`` (export's form of ``x[:, a:b]``): one
+    piece along ``dim`` with unit step (a probe would lose a channel axis of size 1)."""
+    source = _one_axis_first(node, inputs)
+    start, step = _arg(node, 2, "start"), _arg(node, 4, "step", 1)
+
+    def starts(dim: int, pieces: list[Shape]) -> list[int] | None:
+        if step != 1 or not isinstance(start, (int, type(None))):
+            return None
+        return [slice(start, None).indices(source.shape[dim])[0]]
+
+    return _pieces(source, _arg(node, 1, "dim", 0), shapes, starts)
+
+
 def _sliced(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     """``x[a:b, ..., c:d]``: basic slicing with unit steps."""
     source = _one_axis_first(node, inputs)
@@ -628,6 +654,7 @@ concatenate: Rule = _or_probe(_concatenated)
 split: Rule = _or_probe(_split)
 narrow: Rule = _or_probe(_narrow)
 _slice: Rule = _or_probe(_sliced)
+aten_slice: Rule = _or_probe(_aten_slice)
 
 
 def getitem(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
@@ -790,12 +817,13 @@ RULES: dict[OpKey, Rule] = {
         "view reshape permute transpose flatten unflatten squeeze unsqueeze select "
         "index_select tensor_split unbind flip roll expand expand_as repeat movedim swapaxes "
         "swapdims t view_as reshape_as stack pad pixel_shuffle pixel_unshuffle channel_shuffle "
-        "hstack vstack getattr.T getattr.mT slice _unsafe_view constant_pad_nd",
+        "hstack vstack getattr.T getattr.mT _unsafe_view constant_pad_nd",
         probe,
     ),
     **_each("cat concat concatenate", concatenate),
     **_each("split chunk split_with_sizes", split),
     "narrow": narrow,
+    "slice": aten_slice,
     "getitem": getitem,
     # positions combined along an axis
     **_each("softmax log_softmax softmin", combine),

@@ -121,7 +121,7 @@ def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
 
 
 # How one consumer sees two neighbouring channels (see _Segmenter.cuts).
-_CUT, _SAME, _NEXT, _NEUTRAL = -1, 0, 1, 2
+_CUT, _SAME, _NEXT, _NEUTRAL, _GROUP = -1, 0, 1, 2, 3
 
 
 def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
@@ -195,7 +195,7 @@ class _Segmenter:
         if kinds is None:
             return np.flatnonzero(cut)
         cut[1:] = (kinds == _CUT).any(axis=0)
-        if (kinds == _SAME).any():  # a segment must not mix "same" and "continuing" steps
+        if np.isin(kinds, (_SAME, _GROUP)).any():  # one way throughout a segment
             way = None
             for c in range(1, count):
                 if cut[c]:
@@ -220,8 +220,9 @@ class _Segmenter:
             tiled[c - 1] = self.continues(a, int(c))
             same[c - 1] = np.array_equal(a.positions(c - 1), a.positions(int(c)))
         width = self.group_width(a.consumer)
+        inside = None
         if width is not None:
-            one_group = a.first // width == a.last // width
+            one_group = placed & (a.first // width == a.last // width)
             inside = (
                 one_group[1:] & one_group[:-1] & (a.first[1:] // width == a.first[:-1] // width)
             )
@@ -229,6 +230,11 @@ class _Segmenter:
         kinds = np.full(len(step), _CUT, dtype=np.int8)
         kinds[tiled] = _NEXT
         kinds[same] = _SAME
+        if inside is not None:
+            # every input channel of a group receives the same gradient (all the group's
+            # output channels): channels anywhere in one group are alike, even after a
+            # shuffle scattered them (docs/semantics.md §8)
+            kinds[inside & ~a.mixed[1:] & ~a.mixed[:-1]] = _GROUP
         neutral = (a.mixed[1:] & a.mixed[:-1]) | (~a.present[1:] & ~a.present[:-1])
         kinds[neutral] = _NEUTRAL
         return kinds
@@ -248,6 +254,14 @@ class _Segmenter:
         each with whether every channel reaches all of it (mixed)."""
         if a.mixed[start]:
             return [((0, a.width), True)]
+        width = self.group_width(a.consumer)
+        if width is not None and a.first[start] // width == a.last[stop - 1] // width:
+            reached = np.unique(np.concatenate([a.positions(c) for c in range(start, stop)]))
+            runs = _runs(reached)
+            if len(runs) == 1:
+                return [(runs[0], False)]
+            group = int(reached[0]) // width  # scattered in one group: the group's range
+            return [((group * width, (group + 1) * width), False)]
         if a.last[start] - a.first[start] + 1 == a.count[start]:
             return [((int(a.first[start]), int(a.last[stop - 1]) + 1), False)]
         first, last = _runs(a.positions(start)), _runs(a.positions(stop - 1))

@@ -16,6 +16,12 @@ containing a layer module becomes one node; a feature-mixing autograd node
 functional layer when one of its operands is computed from parameters alone,
 reported under the module owning that parameter.
 
+Two kinds of call need a :mod:`~gpa.frontends.watch` (a trace function of this thread):
+a TorchScript module takes no hooks, so its calls are watched instead (each is one call,
+as a leaf's); and a re-entrant activation checkpoint runs its function without gradient,
+so a model that runs one is run again with its functions in backward's grad mode, the
+checkpoint's autograd node standing for the graph its function built.
+
 Example:
     >>> import torch.nn as nn
     >>> from gpa.options import AnalysisOptions
@@ -42,18 +48,22 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from gpa.core.graph import LOSS, GradientGraph, LayerCall, OutputKey
 from gpa.errors import GpaError, ModelError, TraceError
-from gpa.frontends.fx.flow import ValueInfo
-from gpa.frontends.inputs import integer_variants
+from gpa.frontends.fx.flow import ValueInfo, differentiable
+from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     fx_leaf,
+    is_layer_module,
     owner,
+    scripted_notes,
     split_leaves,
     training_mode,
+    type_name,
     unused_layer_modules,
 )
 from gpa.frontends.outputs import returned_values
 from gpa.frontends.raised import model_raised
+from gpa.frontends.watch import Checkpoints, ModuleCalls, in_reentrant_checkpoint
 from gpa.options import AnalysisOptions
 
 __all__ = ["autograd_gradient_graph"]
@@ -138,14 +148,13 @@ def _probe_leaf() -> torch.Tensor:
 
 
 class _ParameterUse(TorchFunctionMode):
-    """Which parameters the forward reads, the autograd nodes it creates (also those
-    the outputs do not reach), and functional layers run without gradient."""
+    """The autograd nodes the forward creates (also those the outputs do not reach),
+    functional layers run without gradient, and whether a re-entrant checkpoint ran."""
 
     def __init__(self, recorder: _Recorder, parameters: dict[int, str]) -> None:
         super().__init__()
         self.recorder = recorder
         self.parameters = parameters
-        self.used: set[str] = set()
         # (sequence, parameter, operands, result) of functional layers run without gradient
         self.no_grad_layers: list[tuple[int, str, list, Any]] = []
         self.created: list[Any] = []  # grad_fn of every value computed
@@ -153,20 +162,21 @@ class _ParameterUse(TorchFunctionMode):
         # (first, last sequence number, result, first operand) of feature-mixing functions
         self.values: list[tuple[int, int, ValueInfo, ValueInfo]] = []
         self.keep: list[torch.Tensor] = []  # keeps those ids unique
+        self.checkpointed = False  # a re-entrant checkpoint ran its function without gradient
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        read = [self.parameters[id(t)] for t in tensors if id(t) in self.parameters]
-        self.used.update(read)
         mixing = self.recorder.depth == 0 and getattr(func, "__name__", "") in _NO_GRAD_MIXING
         start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
         if mixing and tensors:  # the shapes of a functional layer that may be found here
             value = (ValueInfo.of(result), ValueInfo.of(tensors[0]))
             self.values.append((start, self.recorder.sequence() - 1, *value))
-        if self.recorder.depth == 0 and not torch.is_grad_enabled():
-            self._without_grad(func, tensors, result)
+        if not torch.is_grad_enabled():
+            self.checkpointed = self.checkpointed or in_reentrant_checkpoint()
+            if self.recorder.depth == 0:
+                self._without_grad(func, tensors, result)
         for t in tree_flatten(result)[0]:
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.created.append(t.grad_fn)
@@ -227,11 +237,18 @@ def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradi
     def is_opaque(name: str, m: nn.Module) -> bool:
         if not name:  # the model itself, when fx could only record it as one call
             return fx_leaf(type(m)) or isinstance(m, leaf_types)
-        return fx_leaf(type(m)) or isinstance(m, leaf_types + custom) or name in leaf_names
+        # gpa cannot look inside a TorchScript module: one call, as a leaf's
+        opaque_types = (*leaf_types, *custom, torch.jit.ScriptModule)
+        return fx_leaf(type(m)) or isinstance(m, opaque_types) or name in leaf_names
 
     opaque = {id(m): (n or root_name) for n, m in modules.items() if is_opaque(n, m)}
     with training_mode(model, options.train):
         run = _run(model, options, opaque, modules)
+        if run.use.checkpointed:  # again, with checkpointed functions in backward's grad mode
+            with Checkpoints() as watch:
+                run = _run(model, options, opaque, modules)
+            run.checkpoints = watch.results
+    run.notes.extend(scripted_notes(model, types))
     return _build(model, run, options.outputs, types)
 
 
@@ -255,6 +272,7 @@ class _Run:
     input_ids: set[int]
     keep: list  # keeps the tensors alive so that their ids stay unique
     notes: list[str]
+    checkpoints: list = field(default_factory=list)  # Checkpoints.results
 
 
 def _run(
@@ -270,7 +288,7 @@ def _run(
     candidates = (
         [options.example_inputs]
         if options.example_inputs is not None
-        else integer_variants(options.input_shape or (), device="cpu")
+        else integer_variants(options.input_shape or (), "cpu", floating_dtype(model))
     )
     for candidate in candidates:
         for device in ("meta",) if on_meta_only else ("meta", "real"):
@@ -312,10 +330,10 @@ def _forward(
         else:  # parameters share their storage; buffers and inputs may be written in place
             copy = t.detach() if share else t.detach().clone()
         keep.append(copy)
-        return copy.requires_grad_(grad and copy.is_floating_point())
+        return copy.requires_grad_(grad and differentiable(copy))
 
     parameters = {
-        name: nn.Parameter(stand_in(p, True, share=True), requires_grad=p.is_floating_point())
+        name: nn.Parameter(stand_in(p, True, share=True), requires_grad=differentiable(p))
         for name, p in model.named_parameters()
     }
     keep.extend(parameters.values())
@@ -335,22 +353,46 @@ def _forward(
 
 @contextlib.contextmanager
 def _hooks(modules: Iterable[nn.Module], recorder: _Recorder) -> Iterator[None]:
+    """The recorder's forward hooks on ``modules``; TorchScript modules take none, so a
+    watch shows their calls to the recorder instead."""
     handles = []
+    scripted = [m for m in modules if isinstance(m, torch.jit.ScriptModule)]
     try:
         for m in modules:
-            handles.append(m.register_forward_pre_hook(recorder.pre))
-            handles.append(m.register_forward_hook(recorder.post))
-        yield
+            if not isinstance(m, torch.jit.ScriptModule):
+                handles.append(m.register_forward_pre_hook(recorder.pre))
+                handles.append(m.register_forward_hook(recorder.post))
+        watch = ModuleCalls(scripted, recorder.pre, recorder.post)
+        with watch if scripted else contextlib.nullcontext():
+            yield
     finally:
         for h in handles:
             h.remove()
 
 
-def _has_layer(module: nn.Module, types: tuple[type, ...]) -> bool:
-    return any(isinstance(m, types) for m in module.modules())
+class _Edges:
+    """Where each autograd node sends gradient (its ``next_functions``), with the node of
+    a re-entrant checkpoint replaced by the graph its function built (recorded by
+    :class:`~gpa.frontends.watch.Checkpoints`): the graph backward rebuilds."""
+
+    def __init__(self, checkpoints: list[tuple[Any, list]]) -> None:
+        self._through = {id(ctx): edges for ctx, edges in checkpoints}
+        self._keep = checkpoints  # keeps the ids unique
+
+    def resolve(self, fn: Any, output_nr: int = 0) -> Any:
+        """The node that computed output ``output_nr`` of ``fn``, seen through checkpoints."""
+        while fn is not None and id(fn) in self._through:
+            edges = self._through[id(fn)]
+            edge = edges[output_nr] if output_nr < len(edges) else None
+            fn, output_nr = edge if edge is not None else (None, 0)
+        return fn
+
+    def of(self, fn: Any) -> list[Any]:
+        """``fn``'s inputs in order (None where one receives no gradient)."""
+        return [self.resolve(child, nr) for child, nr in fn.next_functions]
 
 
-def _autograd_nodes(roots: list[Any]) -> list[Any]:
+def _autograd_nodes(roots: list[Any], edges: _Edges) -> list[Any]:
     """Every autograd node reachable from ``roots``, inputs before their users."""
     seen: dict[int, Any] = {}
     stack = list(roots)
@@ -359,7 +401,7 @@ def _autograd_nodes(roots: list[Any]) -> list[Any]:
         if fn is None or id(fn) in seen:
             continue
         seen[id(fn)] = fn
-        stack.extend(n for n, _ in fn.next_functions)
+        stack.extend(edges.of(fn))
     # A node's inputs were created before it; leaves (AccumulateGrad) have the largest number.
     return sorted(seen.values(), key=lambda fn: -1 if _is_leaf(fn) else fn._sequence_nr())
 
@@ -381,10 +423,11 @@ def _build(
         i = bisect.bisect_right(starts, fn._sequence_nr()) - 1
         return i if i >= 0 and fn._sequence_nr() < calls[i].end else None
 
-    layer_calls = {i for i, c in enumerate(calls) if _has_layer(c.module, types)}
+    layer_calls = {i for i, c in enumerate(calls) if is_layer_module(c.module, types)}
     returned = returned_values(run.output)
-    roots = [t.grad_fn for _, t in returned.select(outputs)]
-    nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created])
+    edges = _Edges(run.checkpoints)
+    roots = [edges.resolve(t.grad_fn, t.output_nr) for _, t in returned.select(outputs)]
+    nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created], edges)
 
     g = nx.DiGraph()
     names: dict[int, _Key] = {}
@@ -395,7 +438,7 @@ def _build(
             key = _Key("call", i, c.name)
             _add_call(g, key, c.value, c.input)
             layer_seq[key] = c.start
-            layer_call[key] = LayerCall(c.name, type(c.module).__name__)
+            layer_call[key] = LayerCall(c.name, type_name(c.module))
 
     def key_of(fn: Any) -> _Key:
         i = opaque_call(fn)
@@ -409,17 +452,18 @@ def _build(
     roots_of: dict[int, Any] = {}  # id(node) -> first parameter it is computed from, or _TAINTED
     for fn in nodes:  # inputs before their users
         key = key_of(fn)
-        roots_of[id(fn)] = _parameter_root(fn, key, layer_call, roots_of, run)
+        children = edges.of(fn)
+        roots_of[id(fn)] = _parameter_root(fn, children, key, layer_call, roots_of, run)
         parameter = None
         if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
-            parameter = _mixing_parameter(fn, roots_of)
+            parameter = _mixing_parameter(fn, children, roots_of)
         if parameter is not None:  # a functional layer
             layer_call[key] = LayerCall(*owner(model, parameter))
             layer_seq[key] = fn._sequence_nr()
             roots_of[id(fn)] = _TAINTED  # a layer's output is data
             _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
         g.add_node(key)
-        for child, _ in fn.next_functions:
+        for child in children:
             if child is not None and key_of(child) != key:
                 g.add_edge(key_of(child), key, grad=True)
     g.add_node(LOSS)
@@ -432,11 +476,12 @@ def _build(
         layer_call[key] = LayerCall(*owner(model, parameter))
         layer_seq[key] = seq
     ordered = dict(sorted(layer_call.items(), key=lambda item: layer_seq[item[0]]))
+    received = _receiving([t for _, t in returned.values], edges, run)
     return GradientGraph(
         ops=g,
         calls=ordered,
         tracer="autograd",
-        uncalled=_uncalled(model, types, calls, run.use.used),
+        uncalled=_uncalled(model, types, [*calls, *layer_call.values()], received),
         inputs=run.inputs,
         notes=[*run.notes, *returned.notes(outputs)],
     )
@@ -469,9 +514,15 @@ def _function_values(values: list[tuple], seq: int) -> tuple[Any, Any]:
 
 
 def _parameter_root(
-    fn: Any, key: _Key, layer_call: dict[_Key, LayerCall], roots_of: dict[int, Any], run: _Run
+    fn: Any,
+    children: list[Any],
+    key: _Key,
+    layer_call: dict[_Key, LayerCall],
+    roots_of: dict[int, Any],
+    run: _Run,
 ) -> Any:
-    """The first parameter ``fn``'s value is computed from, ``_TAINTED``, or None."""
+    """The first parameter ``fn``'s value (computed from ``children``) is computed from,
+    ``_TAINTED``, or None."""
     if _is_leaf(fn):
         variable = id(fn.variable)
         if variable in run.input_ids:
@@ -480,7 +531,7 @@ def _parameter_root(
     if key.kind == "call" and key in layer_call:
         return _TAINTED
     first = None
-    for child, _ in fn.next_functions:
+    for child in children:
         if child is None:
             continue
         found = roots_of[id(child)]
@@ -490,7 +541,7 @@ def _parameter_root(
     return first
 
 
-def _mixing_parameter(fn: Any, roots_of: dict[int, Any]) -> str | None:
+def _mixing_parameter(fn: Any, children: list[Any], roots_of: dict[int, Any]) -> str | None:
     """The parameter naming a feature-mixing node, or None when it is no layer.
 
     It is a layer when one mixed operand is computed from parameters alone (the
@@ -499,7 +550,6 @@ def _mixing_parameter(fn: Any, roots_of: dict[int, Any]) -> str | None:
     transforms a weight (``A @ B``).
     """
     kind = _kind(fn)
-    children = [c for c, _ in fn.next_functions]
     operands = [children[i] for i in _MIXED_OPERANDS.get(kind, range(len(children)))]
     found = [None if c is None else roots_of[id(c)] for c in operands]
     weights = [f for f in found if f is not None and f is not _TAINTED]
@@ -510,9 +560,23 @@ def _mixing_parameter(fn: Any, roots_of: dict[int, Any]) -> str | None:
     return None
 
 
+def _receiving(outputs: Iterable[torch.Tensor], edges: _Edges, run: _Run) -> set[str]:
+    """The parameters that gradient from ``outputs`` reaches."""
+    roots = [edges.resolve(t.grad_fn, t.output_nr) for t in outputs]
+    return {
+        run.parameters[id(fn.variable)]
+        for fn in _autograd_nodes(roots, edges)
+        if _is_leaf(fn) and id(fn.variable) in run.parameters
+    }
+
+
 def _uncalled(
-    model: nn.Module, types: tuple[type, ...], calls: list[_Call], used_parameters: set[str]
+    model: nn.Module,
+    types: tuple[type, ...],
+    calls: Iterable[_Call | LayerCall],
+    received: set[str],
 ) -> list[tuple[str, str]]:
-    """Layer modules never called (outside another call) and whose parameters are never read."""
-    used = {c.name for c in calls} | {p.rpartition(".")[0] for p in used_parameters}
-    return unused_layer_modules(model, used, types)
+    """Layer modules neither called (outside another call) nor used by a functional layer,
+    and to none of whose parameters gradient flows (``docs/semantics.md`` §2)."""
+    used = {c.name if isinstance(c, _Call) else c.record for c in calls}
+    return unused_layer_modules(model, used | {p.rpartition(".")[0] for p in received}, types)

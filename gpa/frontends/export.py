@@ -12,6 +12,10 @@ counts) runs unchanged (``docs/semantics.md`` §1.6):
 
 1. export in the analysis' train/eval mode with the example inputs (from input shapes:
    zeros, each input retried as int64 when export refuses floats, as for embeddings);
+   again under :class:`~gpa.frontends.watch.Checkpoints` when an activation checkpoint
+   may have hidden a grad-mode switch from export; in functional form when the graph
+   writes in place into a view of a tensor read afterwards (``out[:, :k] = y``); a
+   TorchScript submodule, which export cannot read, is refused by name;
 2. unlift, drop export's guard call, and inline grad-mode regions (the
    ``wrap_with_set_grad_enabled`` higher-order op) between :func:`grad_mode` markers;
 3. group the nodes of every call of a module fx would keep whole (``torch.nn`` modules,
@@ -35,35 +39,44 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import inspect
+import io
+import logging
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.utils.checkpoint
 from torch import nn
 from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from gpa.core.graph import GradientGraph, LayerCall
 from gpa.errors import GpaError, TraceError
 from gpa.frontends.frames import user_frame
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
-from gpa.frontends.fx.layers import find_layers
-from gpa.frontends.fx.tracer import grad_mode, single_call
-from gpa.frontends.inputs import integer_variants
+from gpa.frontends.fx.layers import find_layers, used_modules
+from gpa.frontends.fx.tracer import grad_mode, single_call, write_into_view
+from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     fx_leaf,
+    is_layer_module,
+    scripted_call,
     split_leaves,
     training_mode,
+    type_name,
     unused_layer_modules,
 )
 from gpa.frontends.outputs import exportable
+from gpa.frontends.watch import Checkpoints
 from gpa.options import AnalysisOptions
 
 __all__ = ["ExportError", "export_gradient_graph"]
@@ -102,40 +115,136 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         )
 
     with training_mode(model, options.train):
-        program, inputs = _export(root, options)
-        gm, fused, used = _remodule(root, program, is_opaque, types)
+        program, inputs, watched = _export(root, options)
+        gm, fused, used = _remodule(root, program, is_opaque, types, watched)
         GradientFlow(gm).run(*tree_flatten(inputs)[0])
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     found = {n.name: c for n, c in find_layers(gm, types, root).items()} | fused
     calls = dict(sorted(found.items(), key=lambda item: order[item[0]]))
-    used |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls=calls,
         tracer="export",
-        uncalled=unused_layer_modules(root, used, types),
+        uncalled=unused_layer_modules(root, used | used_modules(gm, calls), types),
         inputs=tuple(inputs),
         notes=output_notes(gm, options.outputs),
         traced=gm,
     )
 
 
-def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple]:
-    """The exported program and the inputs it was exported with."""
+def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, bool]:
+    """The exported program, the inputs it was exported with, and whether it was exported
+    under :class:`~gpa.frontends.watch.Checkpoints`.
+
+    Export records where Python switches gradient off and on, not where torch does in C++
+    (around an activation checkpoint), so a model whose graph shows signs of that
+    (:func:`_may_miss_grad_mode`) is exported again under the watch, which repeats those
+    switches in Python.
+    """
     model = exportable(model)  # its values in containers export can flatten (§1.5)
     if options.example_inputs is not None:
         candidates: Iterable[tuple] = [options.example_inputs]
     else:
         on_meta = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
-        candidates = integer_variants(options.input_shape or (), "meta" if on_meta else "cpu")
+        device = "meta" if on_meta else "cpu"
+        candidates = integer_variants(options.input_shape or (), device, floating_dtype(model))
     first: BaseException | None = None
     for args in candidates:
         try:
-            return torch.export.export(model, tuple(args), strict=False), tuple(args)
+            with _quiet_torch_logs():
+                program = torch.export.export(model, tuple(args), strict=False)
+                watched = _may_miss_grad_mode(program)
+                if watched:
+                    with Checkpoints():
+                        program = torch.export.export(model, tuple(args), strict=False)
         except Exception as exc:  # the model cannot be exported on these inputs
             first = first or exc
+            continue
+        _check_no_scripted_calls(model, program)
+        if write_into_view(program.graph_module.graph) is not None:
+            # later readers of the tensor would read it unwritten: in functional form
+            # (copy_ into a slice becomes slice_scatter) the write is data flow
+            program = program.run_decompositions({})
+        return program, tuple(args), watched
     assert first is not None
+    scripted = scripted_call(model, first)
+    if scripted is not None:  # not the model's fault, nor the user's code: say what helps
+        raise _cannot_read_scripted(model, scripted) from None
     raise ExportError(_failure_message(model, first)) from first
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs() -> Iterator[None]:
+    """Keep what torch writes about a failing export (log records, the partial graph it
+    prints to ``sys.stderr``) off the user's terminal: gpa reports the failure itself, in
+    one line. Log records are filtered, not levelled, as export sets torch's log levels."""
+    loggers = [
+        logging.getLogger(name)
+        for name in list(logging.root.manager.loggerDict)
+        if name == "torch" or name.startswith("torch.")
+    ]
+    for lg in loggers:
+        lg.addFilter(_drop)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(_drop)
+
+
+def _drop(record: logging.LogRecord) -> bool:
+    return False
+
+
+def _cannot_read_scripted(model: nn.Module, name: str) -> ExportError:
+    return ExportError(
+        f"torch.export cannot read '{name}', a TorchScript module "
+        f"({type_name(model.get_submodule(name))}); the fx and autograd frontends analyse "
+        "a scripted module as one call (--tracer fx or autograd; auto tries fx first)"
+    )
+
+
+def _check_no_scripted_calls(model: nn.Module, program: Any) -> None:
+    """Refuse a program that went through a TorchScript module: export records its
+    operations with its weights as constants, so its layers would vanish.
+
+    Raises:
+        ExportError: naming the scripted module.
+    """
+    modules = dict(model.named_modules())
+    for node in program.graph.nodes:
+        for path, _ in (node.meta.get("nn_module_stack") or {}).values():
+            if isinstance(modules.get(path), torch.jit.ScriptModule):
+                raise _cannot_read_scripted(model, path)
+
+
+def _may_miss_grad_mode(program: Any) -> bool:
+    """Whether export's record of grad-mode changes may lack one torch made in C++: a
+    checkpoint's function ran (its frames are in the recorded stack traces), or a region
+    without gradient holds no operation (a switch around Python that torch calls, such as
+    a checkpoint's saved-tensor hook)."""
+    gm = program.graph_module
+    for node in gm.graph.nodes:
+        if _is_grad_mode_region(node) and not node.args[0]:
+            region = gm.get_submodule(node.args[1].target).graph.nodes
+            if not any(n.op == "call_function" for n in region):
+                return True
+    return any(
+        _CHECKPOINT_FILE in (node.meta.get("stack_trace") or "")
+        for module in gm.modules()
+        if isinstance(module, fx.GraphModule)
+        for node in module.graph.nodes
+    )
+
+
+_CHECKPOINT_FILE = torch.utils.checkpoint.__file__
+
+
+def _is_grad_mode_region(node: fx.Node) -> bool:
+    return node.op == "call_function" and (
+        getattr(node.target, "__name__", "") == "wrap_with_set_grad_enabled"
+    )
 
 
 def _failure_message(model: nn.Module, exc: BaseException) -> str:
@@ -166,6 +275,7 @@ def _remodule(
     program: Any,
     is_opaque: Callable[[str, nn.Module], bool],
     types: tuple[type, ...],
+    watched: bool,
 ) -> tuple[fx.GraphModule, dict[str, LayerCall], set[str]]:
     """The exported graph in the fx frontend's form, its fused layer calls, and the
     qualified names of the modules it calls."""
@@ -174,7 +284,8 @@ def _remodule(
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             graph.erase_node(node)
-    _inline_grad_mode_regions(exported)
+    _inline_grad_mode_regions(exported, watched)
+    _mark_inference_mode(graph)
     _name_outputs(graph, program.call_spec.out_spec)
     graph._codegen = fx.graph.CodeGen()  # flat inputs, the outputs named above
     root = copy.copy(model)  # constants export lifted go here, not on the user's model
@@ -182,7 +293,7 @@ def _remodule(
     calls = _module_calls(graph, model, is_opaque)
     fused_groups: list[_Call] = []
     for call in calls:
-        if not _replace_by_module(graph, call) and _has_layer(call.module, types):
+        if not _replace_by_module(graph, call) and is_layer_module(call.module, types):
             fused_groups.append(call)
     for node in list(graph.nodes):  # weights of replaced calls
         if node.op == "get_attr" and not node.users:
@@ -192,21 +303,42 @@ def _remodule(
     return gm, fused, {c.path for c in calls}
 
 
-def _inline_grad_mode_regions(gm: fx.GraphModule) -> None:
+def _mark_inference_mode(graph: fx.Graph) -> None:
+    """Put each operation run under ``torch.inference_mode()`` between ``grad_mode(False)``
+    markers: export records no node for that mode, only results that are inference
+    tensors."""
+    enabled = True
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is grad_mode:
+            enabled = bool(node.args[0])
+            continue
+        value = node.meta.get("val")
+        if enabled and isinstance(value, torch.Tensor) and value.is_inference():
+            with graph.inserting_before(node):
+                graph.call_function(grad_mode, (False,))
+            with graph.inserting_after(node):
+                graph.call_function(grad_mode, (True,))
+
+
+def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> None:
     """Replace each ``wrap_with_set_grad_enabled(mode, submodule, *args)`` by the
-    submodule's operations between ``grad_mode(mode)`` and ``grad_mode(previous)``."""
+    submodule's operations between ``grad_mode(mode)`` and ``grad_mode(previous)``.
+
+    When exported under :class:`~gpa.frontends.watch.Checkpoints` (``watched``), the
+    ``detach_`` of a region without gradient is dropped: it is autograd's, on the outputs
+    of a re-entrant checkpoint none of whose inputs requires grad under export, while
+    every input counts as requiring it (``docs/semantics.md`` §3).
+    """
     graph = gm.graph
     enabled = True
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is grad_mode:
             enabled = bool(node.args[0])
-        if node.op != "call_function" or getattr(node.target, "__name__", "") != (
-            "wrap_with_set_grad_enabled"
-        ):
+        if not _is_grad_mode_region(node):
             continue
         mode, holder, *args = node.args
         sub = gm.get_submodule(holder.target)
-        _inline_grad_mode_regions(sub)
+        _inline_grad_mode_regions(sub, watched)
         with graph.inserting_before(node):
             graph.call_function(grad_mode, (bool(mode),))
             placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
@@ -221,6 +353,9 @@ def _inline_grad_mode_regions(gm: fx.GraphModule) -> None:
                     name = f"_gpa_{holder.target}_{inner.target}".replace(".", "_")
                     setattr(gm, name, getattr(sub, inner.target))
                     env[inner] = graph.get_attr(name)
+                    continue
+                if watched and not mode and inner.target is torch.ops.aten.detach_.default:
+                    env[inner] = env[inner.args[0]]
                     continue
                 env[inner] = graph.node_copy(inner, env.__getitem__)
             graph.call_function(grad_mode, (enabled,))
@@ -312,6 +447,8 @@ def _takes_one_tensor(module: nn.Module) -> bool:
 def _replace_by_module(graph: fx.Graph, call: _Call) -> bool:
     """Replace a one-tensor-in, one-tensor-out call by a ``call_module`` node; whether done."""
     inputs, outputs = _inputs_and_outputs(call)
+    if not outputs and call.nodes:  # a call whose result is discarded still runs
+        outputs = [call.nodes[-1]]
     data = [a for a in inputs if a.op != "get_attr"]
     if (
         len(data) != 1
@@ -331,10 +468,6 @@ def _replace_by_module(graph: fx.Graph, call: _Call) -> bool:
     return True
 
 
-def _has_layer(module: nn.Module, types: tuple[type, ...]) -> bool:
-    return any(isinstance(m, types) for m in module.modules())
-
-
 def _fuse(gm: fx.GraphModule, groups: list[_Call]) -> dict[str, LayerCall]:
     """Fuse each group into one ``call_module`` node; the layer call each one is."""
     if not groups:
@@ -345,5 +478,40 @@ def _fuse(gm: fx.GraphModule, groups: list[_Call]) -> dict[str, LayerCall]:
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target.startswith("_gpa_call_"):
             group = groups[int(node.target.removeprefix("_gpa_call_"))]
-            fused[node.name] = LayerCall(group.path, type(group.module).__name__)
+            fused[node.name] = LayerCall(group.path, type_name(group.module))
+            _devices_follow_inputs(gm.get_submodule(node.target))
     return fused
+
+
+def _devices_follow_inputs(gm: fx.GraphModule) -> None:
+    """Make the devices export wrote into a fused call (``torch.zeros(..., device="cpu")``
+    for an LSTM's initial state) that of the call's first tensor input, so the call runs on
+    the meta device of the gradient-flow pass as on the probes of channel routing."""
+    graph = gm.graph
+    first = next(
+        (
+            n
+            for n in graph.nodes
+            if n.op == "placeholder" and isinstance(n.meta.get("val"), torch.Tensor)
+        ),
+        None,
+    )
+    if first is None:
+        return
+    device: fx.Node | None = None
+    for node in list(graph.nodes):
+        if node.op == "placeholder" or not any(
+            isinstance(v, torch.device) for v in tree_flatten((node.args, node.kwargs))[0]
+        ):
+            continue
+        if device is None:
+            with graph.inserting_before(node):
+                device = graph.call_function(getattr, (first, "device"))
+        node.args, node.kwargs = tree_map(
+            functools.partial(_replace_device, device), (node.args, node.kwargs)
+        )
+    gm.recompile()
+
+
+def _replace_device(device: fx.Node, value: Any) -> Any:
+    return device if isinstance(value, torch.device) else value

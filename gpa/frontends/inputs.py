@@ -1,7 +1,8 @@
 """Example inputs made from input shapes, the one place every frontend gets them from.
 
-Inputs given by shape are zeros: float32, or int64 for the inputs read as indices (by an
-embedding, ``docs/semantics.md`` §1.4).
+Inputs given by shape are zeros: of the model's floating dtype (:func:`floating_dtype`:
+float32, or float16, bfloat16, float64 for a model in that precision), or int64 for the
+inputs read as indices (by an embedding, ``docs/semantics.md`` §1.4).
 
 Example:
     >>> [(tuple(x.shape), x.dtype) for x in zeros((2, 4), (2, 3), integer={1}, device="cpu")]
@@ -13,27 +14,43 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 
 import torch
+from torch import nn
 
-__all__ = ["describe_inputs", "integer_variants", "zeros"]
+__all__ = ["describe_inputs", "floating_dtype", "integer_variants", "zeros"]
+
+
+def floating_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of ``model``'s first real floating parameter (float32 if it has none):
+    a model converted with ``.half()`` takes float16 inputs.
+
+    Example:
+        >>> floating_dtype(nn.Linear(2, 2).to(torch.bfloat16))
+        torch.bfloat16
+    """
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 def zeros(
-    *shapes: Sequence[int], integer: Collection[int] = (), device: str = "meta"
+    *shapes: Sequence[int],
+    integer: Collection[int] = (),
+    device: str = "meta",
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, ...]:
-    """Zeros of each shape on ``device``: int64 at the positions in ``integer``, else float32."""
+    """Zeros of each shape on ``device``: int64 at the positions in ``integer``, else ``dtype``."""
     return tuple(
-        torch.zeros(tuple(s), dtype=torch.int64 if i in integer else torch.float32, device=device)
+        torch.zeros(tuple(s), dtype=torch.int64 if i in integer else dtype, device=device)
         for i, s in enumerate(shapes)
     )
 
 
 def integer_variants(
-    shapes: Sequence[Sequence[int]], device: str = "meta"
+    shapes: Sequence[Sequence[int]], device: str = "meta", dtype: torch.dtype = torch.float32
 ) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Inputs to try when it is unknown which are indices: all float32, then each in turn int64."""
-    yield zeros(*shapes, device=device)
+    """Inputs to try when it is unknown which are indices: all ``dtype``, then each in turn
+    int64."""
+    yield zeros(*shapes, device=device, dtype=dtype)
     for i in range(len(shapes)):
-        yield zeros(*shapes, integer={i}, device=device)
+        yield zeros(*shapes, integer={i}, device=device, dtype=dtype)
 
 
 def describe_inputs(inputs: Sequence[object] | None) -> list[dict[str, object]] | None:

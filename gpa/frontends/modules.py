@@ -1,10 +1,13 @@
 """What the frontends know about ``nn.Module`` classes: layer types, leaves, owners.
 
 Shared by every frontend so that they apply ``docs/semantics.md`` §1–§2 identically:
-which module classes are layers (:data:`DEFAULT_LAYER_TYPES`), which ones fx keeps as
-single calls (:func:`fx_leaf`), which module a functional layer is reported under
-(:func:`owner`), and which layer modules ``forward`` never uses
-(:func:`unused_layer_modules`).
+which module classes are layers (:data:`DEFAULT_LAYER_TYPES`, :func:`is_layer_module`),
+which ones fx keeps as single calls (:func:`fx_leaf`), which module a functional layer is
+reported under (:func:`owner`), and which layer modules ``forward`` never uses
+(:func:`unused_layer_modules`). A TorchScript module (``torch.jit.script`` /
+``torch.jit.trace``) counts as the eager class it was compiled from
+(:func:`module_class`, :func:`type_name`); gpa cannot look inside one, so each of its
+calls is one call, as a leaf's (:func:`scripted_notes`).
 
 Example:
     >>> import torch.nn as nn
@@ -18,13 +21,15 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import inspect
+import sys
 import threading
-import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from gpa.errors import GpaError, TargetError, TraceError
@@ -35,13 +40,18 @@ __all__ = [
     "POINTWISE_MODULES",
     "check_model",
     "fx_leaf",
+    "is_layer_module",
+    "module_class",
     "owner",
     "resolve_layer_types",
     "resolve_leaf_modules",
     "resolve_module_class",
     "resolve_options",
+    "scripted_call",
+    "scripted_notes",
     "split_leaves",
     "training_mode",
+    "type_name",
     "unused_layer_modules",
 ]
 
@@ -86,6 +96,87 @@ POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 
+def module_class(module: nn.Module) -> type:
+    """The class ``module`` was written as: for a TorchScript module, the eager class it was
+    compiled from (when its module is imported), else the module's own class.
+
+    Example:
+        >>> module_class(torch.jit.script(nn.Linear(2, 2)))
+        <class 'torch.nn.modules.linear.Linear'>
+    """
+    if not isinstance(module, torch.jit.ScriptModule):
+        return type(module)
+    found = _compiled_from(module._c._type().qualified_name(), module.original_name)
+    return found or type(module)
+
+
+@functools.cache
+def _compiled_from(qualified: str, name: str) -> type | None:
+    """``__torch__.torch.nn.modules.conv.___torch_mangle_3.Conv2d`` -> ``nn.Conv2d``."""
+    parts = [p for p in qualified.split(".")[1:] if not p.startswith("___torch_mangle")]
+    for cut in range(len(parts) - 1, -1, -1):  # the longest imported module path first
+        found: Any = sys.modules.get(".".join(parts[:cut]) or "__main__")
+        for attribute in parts[cut:] if found is not None else ():
+            found = getattr(found, attribute, None)
+        if isinstance(found, type) and issubclass(found, nn.Module) and found.__name__ == name:
+            return found
+    return None
+
+
+def type_name(module: nn.Module) -> str:
+    """The name of :func:`module_class`'s class (``Conv2d`` for a scripted convolution)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return module.original_name
+    return type(module).__name__
+
+
+def is_layer_module(module: nn.Module, layer_types: tuple[type, ...]) -> bool:
+    """Whether ``module`` is, or contains, a module of one of ``layer_types``."""
+    return any(issubclass(module_class(m), layer_types) for m in module.modules())
+
+
+def scripted_notes(model: nn.Module, layer_types: Iterable[type] | None = None) -> list[str]:
+    """Report notes on the TorchScript submodules containing layers (outermost only)."""
+    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
+    notes = []
+    for name, module in model.named_modules():
+        scripted = isinstance(module, torch.jit.ScriptModule)
+        if name and scripted and is_layer_module(module, types) and not _in_scripted(model, name):
+            notes.append(
+                f"'{name}' is a TorchScript module ({type_name(module)}): gpa cannot look "
+                "inside compiled code, so each of its calls is one layer, as a leaf's "
+                "(analyse the eager module to see the layers inside it)"
+            )
+    return notes
+
+
+def scripted_call(model: nn.Module, exc: BaseException) -> str | None:
+    """The qualified name of the TorchScript submodule of ``model`` whose call raised
+    ``exc`` (the innermost one on its traceback), or None."""
+    names = {id(m): n for n, m in model.named_modules() if n}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is _MODULE_CALL:
+            module = frame.f_locals.get("self")
+            if isinstance(module, torch.jit.ScriptModule) and id(module) in names:
+                found = names[id(module)]
+        tb = tb.tb_next
+    return found
+
+
+_MODULE_CALL = nn.Module._call_impl.__code__
+
+
+def _in_scripted(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(
+        isinstance(model.get_submodule(".".join(parts[:i])), torch.jit.ScriptModule)
+        for i in range(1, len(parts))
+    )
+
+
 def fx_leaf(cls: type) -> bool:
     """Whether torch.fx's default policy keeps modules of ``cls`` as single calls."""
     return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
@@ -93,19 +184,19 @@ def fx_leaf(cls: type) -> bool:
     )
 
 
-# One lock per model being analysed: a frontend switches the model's train/eval flags and
-# may put hooks on its modules, so two threads analysing the same model take turns.
-_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
-_LOCKS_LOCK = threading.Lock()
+#: Held while a frontend reads a model. fx's symbolic tracing patches torch.nn.Module's
+#: ``__call__`` and ``__getattr__`` for the whole process while it runs, and frontends
+#: switch train/eval flags and put hooks on modules: so frontends take turns, whichever
+#: models they read (the analyses after them run in parallel).
+TRACING = threading.RLock()
 
 
 @contextlib.contextmanager
 def training_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
-    """``model`` in train (or eval) mode for the block, used by this thread alone; every
-    module's own mode is restored afterwards, so a mixed train/eval state survives."""
-    with _LOCKS_LOCK:
-        lock = _LOCKS.setdefault(model, threading.Lock())
-    with lock:
+    """``model`` in train (or eval) mode for the block, read by this thread alone (under
+    :data:`TRACING`); every module's own mode is restored afterwards, so a mixed train/eval
+    state survives."""
+    with TRACING:
         modes = [(m, m.training) for m in model.modules()]
         model.train(train)
         try:
@@ -144,7 +235,7 @@ def owner(model: nn.Module, parameter: str) -> tuple[str, str]:
     path = parameter.rpartition(".")[0]
     if not path:
         return parameter, "Parameter"
-    return path, type(model.get_submodule(path)).__name__
+    return path, type_name(model.get_submodule(path))
 
 
 def unused_layer_modules(
@@ -159,15 +250,16 @@ def unused_layer_modules(
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     modules = dict(model.named_modules())
+    layers = {name for name, m in modules.items() if issubclass(module_class(m), types)}
     found = []
     for name, module in modules.items():
-        if not name or name in used or not isinstance(module, types):
+        if not name or name in used or name not in layers:
             continue
         parts = name.split(".")
         ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
-        if any(a in used or isinstance(modules[a], types) for a in ancestors):
+        if any(a in used or a in layers for a in ancestors):
             continue
-        found.append((name, type(module).__name__))
+        found.append((name, type_name(module)))
     return found
 
 
@@ -283,12 +375,20 @@ def resolve_options(options: AnalysisOptions, model: nn.Module) -> AnalysisOptio
 
 
 def check_model(model: nn.Module) -> None:
-    """Refuse models no frontend can walk: uninitialised lazy parameters, or a module that
-    contains one of its own ancestors (torch would recurse forever).
+    """Refuse models no frontend can walk: a TorchScript model, uninitialised lazy
+    parameters, or a module that contains one of its own ancestors (torch would recurse
+    forever).
 
     Raises:
         GpaError: naming the parameters or the submodule concerned.
     """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise GpaError(
+            f"{type_name(model)} is a TorchScript module (torch.jit.script or torch.jit.trace): "
+            "gpa reads the model's Python code, which TorchScript compiles away, so it cannot "
+            "look inside; analyse the nn.Module it was made from (scripted submodules of an "
+            "eager model are analysed as one call each)"
+        )
     lazy = [
         n for n, p in model.named_parameters() if isinstance(p, nn.parameter.UninitializedParameter)
     ]

@@ -435,15 +435,44 @@ def test_channel_shuffle_before_grouped_conv():
 def test_channel_shuffle_eight_channels_exact_parts():
     """Shuffle with 2 groups of 4: channel i = 4g + k moves to position 2k + g, so S
     channels 0..8 land on G's inputs 0, 2, 4, 6, 1, 3, 5, 7 (group 0: inputs 0..4).
-    No two neighbouring channels reach inputs c + k and c + 1 + k, so by §8 every channel
-    is its own segment, and each source names exactly the one input channel it reaches
-    (a range like [0, 3) would claim input 1, which carries S's channel 4)."""
+    Every input channel of a group receives the same gradient (all of the group's
+    outputs), so by §8 ("the same group of a grouped convolution") channels 0-1 and 4-5
+    (group 0) and 2-3 and 6-7 (group 1) form the segments [0,2) [2,4) [4,6) [6,8)
+    (issue 13, kind 6). Their inputs are scattered in the group, so each source names the
+    group's whole input range rather than a range that would claim another segment's
+    inputs."""
     report = analyze(Grouped(8, 2, shuffle=True), IMG)
-    position = [0, 2, 4, 6, 1, 3, 5, 7]
-    assert segments(report, "S") == [(c, c + 1, 2, 2, {2: 1}) for c in range(8)]
+    assert segments(report, "S") == [(c, c + 2, 2, 2, {2: 1}) for c in (0, 2, 4, 6)]
     assert sources(report, "S") == [
-        [("G", (p, p + 1), (2,), ("group", (p // 4,)))] for p in position
+        [("G", (4 * g, 4 * g + 4), (2,), ("group", (g,)))] for g in (0, 1, 0, 1)
     ]
+    # two parts of G's gradient (group 0, group 1), each received by two segments
+    assert report.layers["S"].gradient_combinations == 2
+
+
+class ShuffleIntoGroups(nn.Module):
+    """Issue 13's example: a = Conv2d(3, 8, 1), ShuffleNet's shuffle (2 groups) written
+    with view/transpose/reshape, b = Conv2d(8, 8, 1, groups=2), head = Conv2d(8, 2, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1, groups=2), conv(8, 2)
+
+    def forward(self, x):
+        y = self.a(x)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, 4, h, w).transpose(1, 2).reshape(n, 8, h, w)
+        return self.head(self.b(y))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_shuffle_written_out_into_grouped_conv(tracer):
+    """Channel 4g + k lands on b's input 2k + g: channels 0, 1, 4, 5 on inputs 0, 2, 1, 3
+    (group 0), channels 2, 3, 6, 7 on inputs 4, 6, 5, 7 (group 1). Segments [0,2) [2,4)
+    [4,6) [6,8), each three rounds from the loss (a -> b -> head -> loss), one path."""
+    report = gpa.analyze(ShuffleIntoGroups(), input_shape=IMG, channels=True, tracer=tracer)
+    assert segments(report, "a") == [(c, c + 2, 3, 3, {3: 1}) for c in (0, 2, 4, 6)]
+    assert [dict(src[3:])["group"] for (src,) in sources(report, "a")] == [(0,), (1,), (0,), (1,)]
 
 
 def test_channel_shuffle_module():

@@ -65,16 +65,18 @@ def test_analyze_says_in_one_line_which_tracer_ran() -> None:
     assert result.exit_code == 0, result.output
     assert "tracer: autograd" in result.stdout.splitlines()[1]
     notes = json.loads(run("analyze", TARGET, "--format", "json").stdout)["notes"]
-    said = [n for n in notes if "autograd tracer instead" in n]
+    said = [n for n in notes if n.startswith("tracer auto used")]
     assert len(said) == 1 and "\n" not in said[0]
-    assert said[0].startswith("torch.fx cannot trace Branchy")
+    # which tracer ran, and why each earlier one could not read the model
+    assert said[0].startswith("tracer auto used autograd: fx: torch.fx cannot trace Branchy")
+    assert "; export: torch.export cannot export Branchy" in said[0]
 
 
 def test_fx_alone_fails_with_exit_2_and_names_the_way_out() -> None:
     result = run("analyze", TARGET, "--tracer", "fx")
     assert result.exit_code == 2
     assert "torch.fx cannot trace Branchy" in result.stderr
-    assert "--tracer autograd" in result.stderr
+    assert "--tracer auto" in result.stderr and "autograd" in result.stderr
 
 
 @pytest.mark.parametrize("flags", TRACER_FLAGS)

@@ -29,8 +29,8 @@ from gpa.frontends.fx.flow import GradientFlow, flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import find_layers, opaque_calls, uncalled_layers
 from gpa.frontends.fx.tracer import single_call, trace
-from gpa.frontends.inputs import zeros
-from gpa.frontends.modules import fx_leaf, training_mode
+from gpa.frontends.inputs import floating_dtype, zeros
+from gpa.frontends.modules import fx_leaf, scripted_notes, training_mode
 from gpa.options import AnalysisOptions
 
 __all__ = ["fx_gradient_graph"]
@@ -67,6 +67,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             GradientFlow(gm).run(*inputs)
     calls = find_layers(gm, options.layer_types, traced)
     opaque = opaque_calls(gm, calls)
+    notes += scripted_notes(traced, options.layer_types)
     notes += [
         f"'{name}' is a function fx does not look into (torch.fx.wrap) and it reads "
         f"parameters of {', '.join(owners)}: layers inside it are not seen; analyse with "
@@ -77,7 +78,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         ops=op_graph(gm, options.outputs),
         calls={node.name: call for node, call in calls.items()},
         tracer="fx",
-        uncalled=uncalled_layers(traced, gm, options.layer_types),
+        uncalled=uncalled_layers(traced, gm, options.layer_types, calls),
         inputs=inputs,
         notes=notes,
         traced=gm,
@@ -121,4 +122,4 @@ def _example_inputs(gm: fx.GraphModule, options: AnalysisOptions) -> tuple | Non
         return None
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     integer = {i for i, p in enumerate(placeholders) if _reads_embedding(gm, p)}
-    return zeros(*options.input_shape, integer=integer)
+    return zeros(*options.input_shape, integer=integer, dtype=floating_dtype(gm))

@@ -45,6 +45,7 @@ __all__ = [
     "NodeFlow",
     "Shape",
     "ValueInfo",
+    "differentiable",
     "flow_from_names",
     "module_of",
 ]
@@ -120,6 +121,17 @@ def module_of(gm: fx.GraphModule, node: fx.Node) -> tuple[str, nn.Module] | None
 # --------------------------------------------------------------------- values
 
 
+def differentiable(t: torch.Tensor) -> bool:
+    """Whether gradient can flow into ``t``: floating and complex dtypes (any precision).
+
+    Example:
+        >>> [differentiable(torch.zeros(1, dtype=d)) for d in (torch.bfloat16, torch.cfloat,
+        ...                                                    torch.int64, torch.bool)]
+        [True, True, False, False]
+    """
+    return t.is_floating_point() or t.is_complex()
+
+
 class _MetaState:
     """Meta-device stand-ins for the model's tensors, made once per tensor."""
 
@@ -131,9 +143,9 @@ class _MetaState:
         entry = self._cache.get(id(t))
         if entry is None:
             meta = t.detach().to("meta")
-            # Every floating weight counts: gradient paths are a property of the
-            # architecture, not of which parameters a training run freezes.
-            if isinstance(t, nn.Parameter) and meta.is_floating_point():
+            # Every floating (or complex) weight counts: gradient paths are a property of
+            # the architecture, not of which parameters a training run freezes.
+            if isinstance(t, nn.Parameter) and differentiable(meta):
                 meta.requires_grad_(True)
             entry = self._cache[id(t)] = (t, meta)
         return entry[1]
@@ -151,7 +163,7 @@ def _as_meta_input(value: Any) -> Any:
         if not isinstance(x, torch.Tensor):
             return x
         meta = x.detach().to("meta")
-        return meta.requires_grad_(True) if meta.is_floating_point() else meta
+        return meta.requires_grad_(True) if differentiable(meta) else meta
 
     return tree_map(convert, value)
 
@@ -162,7 +174,7 @@ def _fresh(value: Any, owner: fx.Node, leaves: dict[int, fx.Node], keep: list) -
     def renew(x: Any) -> Any:
         if not isinstance(x, torch.Tensor):
             return x
-        if not (x.requires_grad and (x.is_floating_point() or x.is_complex())):
+        if not (x.requires_grad and differentiable(x)):
             return x.detach()
         leaf = x.detach().requires_grad_(True)
         leaves[id(leaf)] = owner
@@ -297,15 +309,19 @@ class GradientFlow(fx.Interpreter):
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
         module = self.fetch_attr(target)
-        return torch.func.functional_call(module, self.state.module_state(module), args, kwargs)
+        state = self.state.module_state(module)
+        if isinstance(module, torch.jit.ScriptModule):  # the stateless API takes its parent
+            module, state = _Holder(module), {f"held.{k}": v for k, v in state.items()}
+        return torch.func.functional_call(module, state, args, kwargs)
 
     def _flow_of(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
         leaves: dict[int, fx.Node] = {}
         keep: list[torch.Tensor] = []
         fresh = {m: _fresh(self.env[m], m, leaves, keep) for m in n.all_input_nodes}
         # devices written into the graph (export bakes in ``device="cpu"``) become meta
-        args = fx.node.map_aggregate(fx.node.map_arg(n.args, fresh.__getitem__), _on_meta)
-        kwargs = fx.node.map_aggregate(fx.node.map_arg(n.kwargs, fresh.__getitem__), _on_meta)
+        # (pytree keeps result types such as torch.return_types.topk, fx's mapping does not)
+        args = tree_map(_on_meta, fx.node.map_arg(n.args, fresh.__getitem__))
+        kwargs = tree_map(_on_meta, fx.node.map_arg(n.kwargs, fresh.__getitem__))
         try:
             if _shape_preserving(self.module, n, args, kwargs):
                 result = args[0].clone()
@@ -314,9 +330,43 @@ class GradientFlow(fx.Interpreter):
         except ShapeError:
             raise
         except Exception as exc:
-            raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
+            fallback = self._without_autograd(n, args, kwargs)
+            if fallback is None:
+                raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
+            return fallback
         mutated = _mutated_argument(n, args)
         return tree_map(_cut_history, result), frozenset(_reached((result, mutated), leaves))
+
+    def _without_autograd(
+        self, n: fx.Node, args: tuple, kwargs: dict
+    ) -> tuple[Any, frozenset[fx.Node]] | None:
+        """An operation that runs, but not under autograd (which has no formula for
+        ``slice_scatter`` of complex values): gradient flows from every input carrying it.
+        None when it does not run at all."""
+        try:
+            with torch.no_grad():
+                result = getattr(self, n.op)(n.target, args, kwargs)
+        except Exception:
+            return None
+        flows = frozenset(m for m in n.all_input_nodes if ValueInfo.of(self.env[m]).requires_grad)
+
+        def carrying(x: Any) -> Any:
+            if isinstance(x, torch.Tensor) and differentiable(x):
+                return x.detach().requires_grad_(bool(flows))
+            return x
+
+        return tree_map(carrying, result), flows
+
+
+class _Holder(nn.Module):
+    """A module whose forward calls the one it holds (not a copy: its state is swapped)."""
+
+    def __init__(self, held: nn.Module) -> None:
+        super().__init__()
+        self.held = held
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.held(*args, **kwargs)
 
 
 def _on_meta(value: Any) -> Any:
@@ -463,7 +513,7 @@ class _NamedFlow(fx.Interpreter):
         if n.op == "get_attr":
             value = self.fetch_attr(n.target)
             n.meta[FLOW] = NodeFlow(frozenset())
-            return isinstance(value, nn.Parameter) and value.is_floating_point()
+            return isinstance(value, nn.Parameter) and differentiable(value)
         if n.op == "output":
             n.meta[FLOW] = NodeFlow(frozenset(m for m in n.all_input_nodes if self.env[m]))
             return False
@@ -475,7 +525,7 @@ class _NamedFlow(fx.Interpreter):
         n.meta[FLOW] = NodeFlow(flows)
         if n.op == "call_module":
             module = self.fetch_attr(n.target)
-            has_weights = any(p.is_floating_point() for p in module.parameters())
+            has_weights = any(differentiable(p) for p in module.parameters())
             return self.enabled and (bool(flows) or has_weights)
         return bool(flows)
 

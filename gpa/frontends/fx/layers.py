@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -26,13 +27,20 @@ from torch import nn
 
 from gpa.core.graph import LayerCall
 from gpa.frontends.fx.flow import FLOW
-from gpa.frontends.modules import DEFAULT_LAYER_TYPES, owner, unused_layer_modules
+from gpa.frontends.modules import (
+    DEFAULT_LAYER_TYPES,
+    is_layer_module,
+    owner,
+    type_name,
+    unused_layer_modules,
+)
 
 __all__ = [
     "CONV_FUNCTIONS",
     "find_layers",
     "opaque_calls",
     "uncalled_layers",
+    "used_modules",
 ]
 
 
@@ -103,10 +111,6 @@ _MIXING_FUNCTIONS = CONV_FUNCTIONS | {
 _MIXING_METHODS = frozenset(
     {"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__"}
 )
-
-
-def _is_layer_module(module: nn.Module, layer_types: tuple[type, ...]) -> bool:
-    return any(isinstance(m, layer_types) for m in module.modules())
 
 
 def _parameter_roots(
@@ -182,8 +186,8 @@ def find_layers(
     for node in gm.graph.nodes:
         if node.op == "call_module":
             module = modules[node.target]
-            if _is_layer_module(module, types):
-                calls[node] = LayerCall(node.target, type(module).__name__)
+            if is_layer_module(module, types):
+                calls[node] = LayerCall(node.target, type_name(module))
     roots = _parameter_roots(gm, set(calls))
     for node in gm.graph.nodes:
         if not _is_mixing(node):
@@ -222,14 +226,40 @@ def opaque_calls(
 
 
 def uncalled_layers(
-    model: nn.Module, gm: fx.GraphModule, layer_types: Iterable[type[nn.Module]] | None = None
+    model: nn.Module,
+    gm: fx.GraphModule,
+    layer_types: Iterable[type[nn.Module]] | None = None,
+    calls: Mapping[Any, LayerCall] | None = None,
 ) -> list[tuple[str, str]]:
     """Layer modules of ``model`` that the traced forward never uses, as (name, type).
 
     Modules inside a called leaf module or inside another layer module (e.g. the
     output projection of ``nn.MultiheadAttention``) are part of that call, not
-    separate layers; a module whose parameters a functional layer reads is used.
+    separate layers; see :func:`used_modules` for what uses a module.
+    """
+    return unused_layer_modules(model, used_modules(gm, calls), layer_types)
+
+
+def used_modules(gm: fx.GraphModule, calls: Mapping[Any, LayerCall] | None = None) -> set[str]:
+    """The qualified names of the modules the traced forward uses.
+
+    A module is used when it is called, when it owns the parameter of a functional layer
+    (one of ``calls``), or when gradient flows into one of its parameters by another route
+    (a positional embedding's weight added to activations). A parameter that is merely
+    read — passed to a helper that ignores it, read for its shape — does not use it.
     """
     used = {n.target for n in gm.graph.nodes if n.op == "call_module"}
-    used |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
-    return unused_layer_modules(model, used, layer_types)
+    used |= {c.record for c in (calls or {}).values()}
+    used |= {n.target.rpartition(".")[0] for n in _receiving_gradient(gm) if n.op == "get_attr"}
+    return used
+
+
+def _receiving_gradient(gm: fx.GraphModule) -> set[fx.Node]:
+    """The nodes gradient flows into from the returned values (all of them)."""
+    nodes = list(gm.graph.nodes)
+    output = next(n for n in reversed(nodes) if n.op == "output")
+    reached = set(output.meta[FLOW].grad_from)
+    for node in reversed(nodes):
+        if node in reached:
+            reached |= node.meta[FLOW].grad_from
+    return reached

@@ -11,6 +11,12 @@ per thread. The user's model is not modified (fx's tensor constants go on a
 shallow copy of it), and one lock serialises fx's own tracing, which patches
 ``torch.nn.Module`` for its duration.
 
+A TorchScript module is a leaf too: fx cannot look into compiled code. A model that
+runs a re-entrant activation checkpoint is traced a second time under
+:class:`~gpa.frontends.watch.Checkpoints`, so that the checkpointed function's
+operations get the grad mode backward's recomputation gives them, not torch's
+``no_grad`` of the forward pass.
+
 Example:
     >>> import torch.nn as nn
     >>> gm = trace(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
@@ -20,10 +26,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import operator
-import threading
 from collections.abc import Iterable
 
 import torch
@@ -32,14 +38,16 @@ from torch import nn
 
 from gpa.errors import TraceError
 from gpa.frontends.frames import user_frame
-from gpa.frontends.modules import split_leaves
+from gpa.frontends.modules import TRACING, split_leaves
+from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
-__all__ = ["trace", "grad_mode", "single_call", "LeafSpec"]
+__all__ = ["trace", "grad_mode", "single_call", "LeafSpec", "write_into_view"]
 
 LeafSpec = Iterable[type[nn.Module] | str]
 
-# fx patches torch.nn.Module.__call__ and __getattr__ while it traces: one trace at a time.
-_FX_LOCK = threading.Lock()
+# fx patches torch.nn.Module.__call__ and __getattr__ while it traces: one trace at a time,
+# and no other frontend reading a model meanwhile.
+_FX_LOCK = TRACING
 
 
 def grad_mode(enabled: bool) -> None:
@@ -55,14 +63,19 @@ class _Tracer(fx.Tracer):
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
         self._grad_enabled = True  # tracing starts under torch.enable_grad()
+        self.checkpointed = False  # a re-entrant checkpoint's function created nodes
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name in self._leaf_names or isinstance(m, self._leaf_types):
+        if module_qualified_name in self._leaf_names or isinstance(
+            m, (*self._leaf_types, torch.jit.ScriptModule)
+        ):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # noqa: ANN001
         enabled = torch.is_grad_enabled()  # False under no_grad and inference_mode
+        if not enabled and not self.checkpointed:
+            self.checkpointed = in_reentrant_checkpoint()
         if kind not in ("placeholder", "output") and enabled != self._grad_enabled:
             self._grad_enabled = enabled
             super().create_node("call_function", grad_mode, (enabled,), {})
@@ -89,11 +102,17 @@ def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphMod
     unknown = sorted(n for n in names if n not in dict(model.named_modules()))
     if unknown:
         raise TraceError(f"leaf module name(s) not found in the model: {', '.join(unknown)}")
-    tracer = _Tracer(types, names)
-    root = copy.copy(model)  # fx stores tensor constants on its root: not on the user's model
+
+    def traced(watch: contextlib.AbstractContextManager) -> tuple[_Tracer, nn.Module, fx.Graph]:
+        tracer = _Tracer(types, names)
+        root = copy.copy(model)  # fx stores tensor constants on its root: not on the user's
+        with _FX_LOCK, torch.enable_grad(), watch:
+            return tracer, root, tracer.trace(root)
+
     try:
-        with _FX_LOCK, torch.enable_grad():
-            graph = tracer.trace(root)
+        tracer, root, graph = traced(contextlib.nullcontext())
+        if tracer.checkpointed:  # again, the checkpointed functions in their real grad mode
+            tracer, root, graph = traced(Checkpoints())
     except Exception as exc:  # any failure inside user code under symbolic tracing
         raise TraceError(_trace_failure_message(model, exc)) from exc
     _follow_mutations(graph, root)
@@ -142,23 +161,36 @@ _VIEW_METHODS = frozenset(
 )
 
 
-def _mutated(node: fx.Node, root: nn.Module) -> fx.Node | None:
-    """The traced value an in-place call overwrites (``x.add_(y)``, ``F.relu(x, inplace=True)``)."""
+def _mutated(node: fx.Node, root: nn.Module | None) -> fx.Node | None:
+    """The traced value an in-place call overwrites (``x.add_(y)``, ``F.relu(x, inplace=True)``,
+    an ATen operation whose schema writes its first argument: ``aten.copy_``)."""
     first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
     if first is None:
         return None
+    if isinstance(node.target, torch._ops.OpOverload):
+        arguments = node.target._schema.arguments
+        alias = arguments[0].alias_info if arguments else None
+        return first if alias is not None and alias.is_write else None
     if node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
         return first
     if node.op == "call_function":
         name = getattr(node.target, "__name__", "")
         if node.kwargs.get("inplace") or (name.endswith("_") and not name.startswith("_")):
             return first
-    if node.op == "call_module" and getattr(root.get_submodule(node.target), "inplace", False):
+    if (
+        node.op == "call_module"
+        and root is not None
+        and getattr(root.get_submodule(node.target), "inplace", False)
+    ):
         return first
     return None
 
 
 def _is_view(node: fx.Node) -> bool:
+    if isinstance(node.target, torch._ops.OpOverload):  # ATen: its result aliases its input
+        returns = node.target._schema.returns
+        alias = returns[0].alias_info if returns else None
+        return alias is not None and not alias.is_write
     if node.op == "call_method":
         return node.target in _VIEW_METHODS
     return node.op == "call_function" and (
@@ -181,14 +213,37 @@ def _follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
         for user in list(target.users):
             if order[user] > order[node]:
                 user.replace_input_with(target, node)
-        base = target
-        while _is_view(base) and isinstance(base.args[0], fx.Node):
-            base = base.args[0]
-            later = [u for u in base.users if order[u] > order[node]]
-            if later:
-                raise TraceError(
-                    f"'{node.name}' writes in place into a view of '{base.name}', which is read "
-                    f"again afterwards by '{later[0].name}'; gpa cannot follow writes through "
-                    "views. Write the update functionally (e.g. with torch.cat) or declare the "
-                    "module doing it a leaf."
-                )
+        stale = _read_after_write(node, target, order)
+        if stale is not None:
+            base, reader = stale
+            raise TraceError(
+                f"'{node.name}' writes in place into a view of '{base.name}', which is read "
+                f"again afterwards by '{reader.name}'; gpa cannot follow writes through "
+                "views. Write the update functionally (e.g. with torch.cat) or declare the "
+                "module doing it a leaf."
+            )
+
+
+def _read_after_write(
+    node: fx.Node, target: fx.Node, order: dict[fx.Node, int]
+) -> tuple[fx.Node, fx.Node] | None:
+    """(base, later reader) when ``node`` writes into ``target``, a view of a tensor that
+    is read again after the write."""
+    base = target
+    while _is_view(base) and base.args and isinstance(base.args[0], fx.Node):
+        base = base.args[0]
+        later = [u for u in base.users if order[u] > order[node]]
+        if later:
+            return base, later[0]
+    return None
+
+
+def write_into_view(graph: fx.Graph) -> fx.Node | None:
+    """The first in-place write into a view of a tensor read again after it (``out[:, :2] =
+    y`` in an exported graph: ``copy_`` into a ``slice`` of ``out``), or None."""
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    for node in graph.nodes:
+        target = _mutated(node, None)
+        if target is not None and _read_after_write(node, target, order) is not None:
+            return node
+    return None

@@ -1,0 +1,252 @@
+"""Thread-local watches over the Python calls a model makes while a frontend reads it.
+
+Some of what decides gradient flow happens in Python that no tensor operation shows. A
+re-entrant activation checkpoint (``torch.utils.checkpoint.checkpoint(f, x,
+use_reentrant=True)``, ``checkpoint_sequential``) runs ``f`` without gradient inside an
+``autograd.Function`` whose backward runs ``f`` again with gradient: every frontend would
+see ``f`` as code under ``no_grad``. Torch also switches gradient off and on in C++ around
+Python it calls (a Function's forward, a saved-tensor hook of a non-re-entrant
+checkpoint), which ``torch.export``'s record of grad-mode changes misses. A TorchScript
+module accepts no hooks, so the autograd frontend cannot see where its calls begin and end.
+
+A :class:`CallWatch` follows such calls with :func:`sys.settrace`, which acts on the
+calling thread alone: nothing of torch is patched, and other threads (other analyses, the
+model's other users) see nothing. A trace function costs time on every Python call, so a
+frontend installs a watch only when a model needs one (:func:`in_reentrant_checkpoint`
+tells, cheaply, that a re-entrant checkpoint runs). A trace function installed before (a
+debugger, coverage) keeps receiving its events.
+
+Example:
+    >>> import torch
+    >>> from torch.utils.checkpoint import checkpoint
+    >>> def f(x):
+    ...     return x * 2, torch.is_grad_enabled()
+    >>> x = torch.ones(1, requires_grad=True)
+    >>> checkpoint(f, x, use_reentrant=True)[1]  # torch runs f without gradient
+    False
+    >>> with Checkpoints():
+    ...     checkpoint(f, x, use_reentrant=True)[1]  # as backward will run it
+    True
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+from collections.abc import Callable, Iterable
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+from torch.utils.checkpoint import CheckpointFunction, _checkpoint_hook
+
+__all__ = [
+    "CallWatch",
+    "Checkpoints",
+    "ModuleCalls",
+    "in_reentrant_checkpoint",
+]
+
+# A local trace function: (frame, event, arg) -> the frame's next local trace function.
+LocalTrace = Callable[[FrameType, str, Any], Any]
+
+_CHECKPOINT = inspect.unwrap(torch.utils.checkpoint.checkpoint).__code__
+_CHECKPOINT_FORWARD = CheckpointFunction.forward.__code__
+_NO_GRAD_ENTER = torch.no_grad.__enter__.__code__
+_NO_GRAD_EXIT = torch.no_grad.__exit__.__code__
+_MODULE_CALL = nn.Module._call_impl.__code__
+# The saved-tensor hook of a non-re-entrant checkpoint (None if torch names it otherwise).
+_PACK_HOOK = next(
+    (
+        c
+        for c in _checkpoint_hook.__init__.__code__.co_consts
+        if isinstance(c, types.CodeType) and c.co_name == "pack_hook"
+    ),
+    None,
+)
+
+
+def in_reentrant_checkpoint() -> bool:
+    """Whether the caller runs inside a re-entrant checkpoint's function.
+
+    Example:
+        >>> in_reentrant_checkpoint()
+        False
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _CHECKPOINT_FORWARD:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
+class CallWatch:
+    """A context manager that shows this thread's Python calls to :meth:`on_call`.
+
+    Subclasses implement :meth:`on_call`; it may return a local trace function for the
+    frame (to see its ``"return"`` event, whose ``arg`` is the returned value).
+    """
+
+    def __init__(self) -> None:
+        self._previous: Any = None
+
+    def on_call(self, frame: FrameType) -> LocalTrace | None:
+        """A Python function starts running in ``frame`` (its caller is ``frame.f_back``)."""
+        raise NotImplementedError
+
+    def __enter__(self) -> CallWatch:
+        self._previous = sys.gettrace()
+        sys.settrace(self._trace)
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        sys.settrace(self._previous)
+
+    def _trace(self, frame: FrameType, event: str, arg: Any) -> LocalTrace | None:
+        ours = self.on_call(frame) if event == "call" else None
+        theirs = self._previous(frame, event, arg) if self._previous is not None else None
+        if ours is None or theirs is None:
+            return ours or theirs
+        return _both(ours, theirs)
+
+
+def _both(ours: LocalTrace | None, theirs: LocalTrace | None) -> LocalTrace:
+    """One local trace function for a frame that two watches follow."""
+
+    def trace(frame: FrameType, event: str, arg: Any) -> LocalTrace:
+        nonlocal ours, theirs
+        ours = ours(frame, event, arg) if ours is not None else None
+        theirs = theirs(frame, event, arg) if theirs is not None else None
+        return trace
+
+    return trace
+
+
+class Checkpoints(CallWatch):
+    """Within the block, activation checkpoints leave every operation the grad mode it
+    has without them.
+
+    ``CheckpointFunction.apply`` (re-entrant) disables gradient (autograd does, for every
+    Function's forward), then its forward enters ``torch.no_grad()`` and calls the
+    function. The watch sets the grad mode back as the function starts — the mode
+    ``checkpoint`` was called in, in which backward's recomputation runs it — so the
+    frontends record its operations, and a ``no_grad`` of the user's own inside it,
+    exactly as without the checkpoint. Where torch restores a mode in C++ (as
+    ``checkpoint`` returns, after a non-re-entrant checkpoint's saved-tensor hook), the
+    watch says it again in Python, where a tracer that records grad-mode changes
+    (``torch.export``) hears it.
+
+    Attributes:
+        results: per checkpoint call, its ``ctx`` (the ``CheckpointFunctionBackward``
+            node its outputs get) and, per output, the autograd edge ``(grad_fn,
+            output_nr)`` the function gave it (None for a value without one): the
+            autograd frontend reads the function's own graph through them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: list[tuple[Any, list[tuple[Any, int] | None]]] = []
+        self._modes: dict[FrameType, bool] = {}  # checkpoint() -> grad mode it was called in
+        self._pending: dict[FrameType, bool] = {}  # checkpoint forward -> mode for the function
+        self._entered: set[FrameType] = set()  # checkpoint forwards inside their no_grad
+
+    def on_call(self, frame: FrameType) -> LocalTrace | None:
+        code = frame.f_code
+        if code is _CHECKPOINT:
+            self._modes[frame] = torch.is_grad_enabled()
+            return self._checkpoint_events
+        if code is _CHECKPOINT_FORWARD:  # called by autograd, from checkpoint()
+            caller = frame.f_back
+            while caller is not None and caller not in self._modes:
+                caller = caller.f_back
+            self._pending[frame] = self._modes[caller] if caller is not None else True
+            return self._forward_events
+        if code is _PACK_HOOK:
+            return self._pack_events
+        caller = frame.f_back
+        if caller in self._pending:
+            if code is _NO_GRAD_ENTER:
+                self._entered.add(caller)
+            elif code is not _NO_GRAD_EXIT and caller in self._entered:
+                # the checkpointed function itself starts: with gradient, as in backward
+                self._entered.discard(caller)
+                torch._C._set_grad_enabled(self._pending[caller])
+        return None
+
+    def _checkpoint_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
+        if event == "return":
+            self._modes.pop(frame, None)
+            # torch restored the caller's mode in C++: say it again where tracers hear it
+            torch._C._set_grad_enabled(torch.is_grad_enabled())
+        return self._checkpoint_events
+
+    def _pack_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
+        if event == "return":
+            # autograd saves tensors only with gradient on, and turns it back on in C++
+            torch._C._set_grad_enabled(True)
+        return self._pack_events
+
+    def _forward_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
+        if event == "return":
+            self._pending.pop(frame, None)
+            self._entered.discard(frame)
+            outputs = arg if isinstance(arg, tuple) else (arg,)
+            edges = [
+                (t.grad_fn, t.output_nr)
+                if isinstance(t, torch.Tensor) and t.grad_fn is not None
+                else None
+                for t in outputs
+            ]
+            self.results.append((frame.f_locals.get("ctx"), edges))
+        return self._forward_events
+
+
+class ModuleCalls(CallWatch):
+    """Within the block, the calls of ``modules`` are shown to ``pre(module, args)`` and
+    ``post(module, args, output)``, as forward hooks would be: for modules that take no
+    hooks (TorchScript modules).
+
+    Example:
+        >>> seen = []
+        >>> linear = torch.jit.script(nn.Linear(2, 2))
+        >>> with ModuleCalls([linear], lambda m, a: seen.append("pre"),
+        ...                  lambda m, a, out: seen.append(tuple(out.shape))):
+        ...     _ = linear(torch.zeros(3, 2))
+        >>> seen
+        ['pre', (3, 2)]
+    """
+
+    def __init__(
+        self,
+        modules: Iterable[nn.Module],
+        pre: Callable[[nn.Module, Any], None],
+        post: Callable[[nn.Module, Any, Any], None],
+    ) -> None:
+        super().__init__()
+        self._ids = {id(m) for m in modules}
+        self._pre, self._post = pre, post
+
+    def on_call(self, frame: FrameType) -> LocalTrace | None:
+        if frame.f_code is not _MODULE_CALL:
+            return None
+        module = frame.f_locals.get("self")
+        if id(module) not in self._ids:
+            return None
+        args = frame.f_locals.get("args", ())
+        self._pre(module, args)
+
+        def events(frame: FrameType, event: str, arg: Any) -> LocalTrace:
+            if event == "return":  # also when it raises (arg is then None)
+                self._post(module, args, arg)
+            return events
+
+        return events

@@ -1,0 +1,235 @@
+"""Activation checkpointing changes no gradient path (issue 13, kind 1).
+
+``torch.utils.checkpoint`` trades memory for compute: the checkpointed function runs
+without saving activations, and backward runs it again. Its re-entrant form runs the
+function under ``no_grad`` inside an ``autograd.Function``, which every frontend used to
+read as code without gradient. Each model below is analysed with every frontend and
+checked against values derived by hand in the comments (from docs/semantics.md) and
+against a real backward pass; none was copied from gpa's output. The conventions and
+helpers are in tests/semantics.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import warnings
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint, checkpoint_sequential
+
+import gpa
+from gpa.frontends.watch import Checkpoints
+from tests.frontends.every_tracer import EVERY_TRACER, layer_records
+from tests.semantics import (
+    LOSS,
+    check_reachability_with_autograd,
+    expect,
+    expect_network,
+    expect_unreachable,
+)
+
+IMG = (1, 3, 8, 8)
+
+
+def conv() -> nn.Conv2d:
+    return nn.Conv2d(8, 8, 3, padding=1)
+
+
+def run_block(block: nn.Sequential, x: torch.Tensor, how: str) -> torch.Tensor:
+    """``block(x)``, checkpointed as ``how`` says; every way computes the same values."""
+    if how == "plain":
+        return block(x)
+    if how == "function":  # a closure, not a module: no module call marks where it starts
+        return checkpoint(lambda t: block[2](block[1](block[0](t))), x, use_reentrant=True)
+    if how.startswith("sequential"):
+        return checkpoint_sequential(block, 2, x, use_reentrant=how.endswith("reentrant"))
+    return checkpoint(block, x, use_reentrant=how == "reentrant")
+
+
+HOW = ["plain", "reentrant", "non-reentrant", "function", "sequential", "sequential-reentrant"]
+
+
+class Issue(nn.Module):
+    """The issue's example: stem, a two-conv block (checkpointed), pooling, a linear."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.Sequential(conv(), nn.ReLU(), conv())
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = run_block(self.b1, self.stem(x), self.how)
+        return self.fc(x.mean((2, 3)))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", HOW)
+def test_issue_example(how: str, tracer: str) -> None:
+    model = Issue(how)
+    report = gpa.analyze(model, input_shape=IMG, tracer=tracer)
+    # A chain stem -> b1.0 -> b1.2 -> fc (the ReLU is no layer): fc 1, b1.2 2, b1.0 3,
+    # stem 4, one path each, each receiving gradient from the next layer.
+    assert list(report.layers) == ["stem", "b1.0", "b1.2", "fc"]
+    expect(report, "fc", {1: 1}, (LOSS,))
+    expect(report, "b1.2", {2: 1}, ("fc",))
+    expect(report, "b1.0", {3: 1}, ("b1.2",))
+    expect(report, "stem", {4: 1}, ("b1.0",))
+    expect_network(report, layers=4, max_shortest=4, min_shortest=1, mean_shortest=2.5, longest=4)
+    check_reachability_with_autograd(report, model, torch.randn(IMG))
+
+
+class Residual(nn.Module):
+    """§5's ResNet with B = 2 basic blocks, each checkpointed (``how``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.ModuleList(nn.Sequential(conv(), nn.ReLU(), conv()) for _ in range(2))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + run_block(block, x, self.how)
+        return self.fc(x.mean((2, 3)))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["reentrant", "non-reentrant"])
+def test_residual_blocks(how: str, tracer: str) -> None:
+    model = Residual(how)
+    report = gpa.analyze(model, input_shape=IMG, tracer=tracer)
+    # §5 with B = 2: in block b, conv2 has shortest 2 and longest 2 + 2(B - b), conv1 3 and
+    # 3 + 2(B - b), one path per length; the stem {2 + 2k: C(2, k)} = {2: 1, 4: 2, 6: 1}.
+    # Senders: block 1's conv2 and the stem reach block 2's conv1 and fc through the
+    # identities; the stem also reaches block 1's conv1.
+    expect(report, "fc", {1: 1}, (LOSS,))
+    expect(report, "blocks.1.2", {2: 1}, ("fc",))
+    expect(report, "blocks.1.0", {3: 1}, ("blocks.1.2",))
+    expect(report, "blocks.0.2", {2: 1, 4: 1}, ("blocks.1.0", "fc"))
+    expect(report, "blocks.0.0", {3: 1, 5: 1}, ("blocks.0.2",))
+    expect(report, "stem", {2: 1, 4: 2, 6: 1}, ("blocks.0.0", "blocks.1.0", "fc"))
+    check_reachability_with_autograd(report, model, torch.randn(IMG))
+
+
+class Inner(nn.Module):
+    """A checkpointed module that holds a checkpoint and a ``no_grad`` of its own."""
+
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            z = self.a(x)
+        return checkpoint(self.c, self.b(x) + z, use_reentrant=self.reentrant)
+
+
+class Nested(nn.Module):
+    def __init__(self, reentrant: bool) -> None:
+        super().__init__()
+        self.reentrant = reentrant
+        self.inp, self.inner = nn.Linear(4, 4), Inner(reentrant)
+        self.frozen, self.out = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = checkpoint(self.inner, self.inp(x), use_reentrant=self.reentrant)
+        with torch.no_grad():  # checkpointing code without gradient keeps it so
+            f = checkpoint(self.frozen, h, use_reentrant=self.reentrant)
+        return self.out(h + f)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_nested_checkpoints_keep_the_users_no_grad(reentrant: bool, tracer: str) -> None:
+    model = Nested(reentrant)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    # inp -> inner.b -> inner.c -> out; inner.a runs under the user's no_grad inside the
+    # checkpointed module, frozen under a no_grad around its checkpoint: both unreachable.
+    expect(report, "out", {1: 1}, (LOSS,))
+    expect(report, "inner.c", {2: 1}, ("out",))
+    expect(report, "inner.b", {3: 1}, ("inner.c",))
+    expect(report, "inp", {4: 1}, ("inner.b",))
+    expect_unreachable(report, "inner.a")
+    expect_unreachable(report, "frozen")
+    expect_network(
+        report,
+        layers=6,
+        max_shortest=4,
+        min_shortest=1,
+        mean_shortest=2.5,
+        longest=4,
+        unreachable=("inner.a", "frozen"),
+    )
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+def test_without_inputs_fx_reads_checkpoints_too() -> None:
+    # No inputs: gradient flow from operation names and grad-mode markers; the same chain.
+    report = gpa.analyze(Issue("reentrant"), tracer="fx")
+    with_inputs = gpa.analyze(Issue("plain"), input_shape=IMG, tracer="fx")
+    assert layer_records(report) == layer_records(with_inputs)
+
+
+def test_the_watch_is_this_threads_alone() -> None:
+    """While analyses read a checkpointed model, torch's own re-entrant checkpoint in
+    another thread still runs its function without gradient."""
+    inside: list[bool] = []
+    done = threading.Event()
+
+    def record(t: torch.Tensor) -> torch.Tensor:
+        inside.append(torch.is_grad_enabled())
+        return t * 2
+
+    def other() -> None:
+        x = torch.ones(2, requires_grad=True)
+        while not done.is_set():
+            checkpoint(record, x, use_reentrant=True)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        for tracer in ("fx", "export", "autograd"):
+            gpa.analyze(Issue("reentrant"), input_shape=IMG, tracer=tracer)
+    finally:
+        done.set()
+        thread.join()
+    assert inside and not any(inside)
+
+
+def test_a_trace_function_installed_before_keeps_its_events() -> None:
+    """A debugger's or coverage's trace function sees the calls made under the watch,
+    and is the thread's trace function again afterwards."""
+    seen: list[bool] = []
+
+    def function(t: torch.Tensor) -> torch.Tensor:
+        return t * 2
+
+    def previous(frame, event, arg):  # noqa: ANN001, ANN202
+        if event == "call" and frame.f_code is function.__code__:
+            seen.append(torch.is_grad_enabled())
+
+    sys.settrace(previous)
+    try:
+        with Checkpoints():
+            checkpoint(function, torch.ones(2, requires_grad=True), use_reentrant=True)
+        assert sys.gettrace() is previous
+    finally:
+        sys.settrace(None)
+    assert seen == [True]  # seen, with the grad mode backward runs it in
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Iterator[None]:
+    # checkpoint warns when none of its inputs requires grad (fx proxies, export's fakes)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "None of the inputs have requires_grad", UserWarning)
+        yield

@@ -1,0 +1,100 @@
+"""A layer whose parameter is read but not used (issue 13, kind 5).
+
+RT-DETR passes ``self.denoising_class_embed.weight`` to a helper that returns early
+outside training: forward reads the parameter, nothing computes with it, no gradient
+reaches it. Such a layer is a layer forward never uses: listed with ``calls: 0`` and
+unreachable (docs/semantics.md §2), like a layer never called, under every frontend. A
+layer whose weight takes part in the computation without a call of its module (a
+positional embedding's weight added to activations) is no layer in that use and stays
+out of the report, as before. Expected values are derived by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import gpa
+from tests.frontends.every_tracer import EVERY_TRACER, layer_records
+from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
+
+
+def denoising_group(targets: list | None, class_embed: torch.Tensor) -> torch.Tensor | None:
+    """RT-DETR's helper in short: nothing to do without targets."""
+    if targets is None:
+        return None
+    return class_embed[targets[0]]
+
+
+class Decoder(nn.Module):
+    """enc -> (+ positional embedding) -> head; ``read`` says how ``spare`` is read."""
+
+    def __init__(self, read: str) -> None:
+        super().__init__()
+        self.read = read
+        self.enc = nn.Linear(4, 4)
+        self.spare = nn.Embedding(5, 4)
+        self.pos = nn.Embedding(3, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.enc(x)
+        if self.read == "helper":  # passed to a function that ignores it
+            denoising_group(None, self.spare.weight)
+        elif self.read == "shape":  # read for its shape alone
+            h = h[:, : self.spare.weight.shape[1]]
+        elif self.read == "dead":  # computed with, the result thrown away
+            _ = self.spare.weight * 2
+        elif self.read == "no_grad":  # a statistic of it, computed without gradient
+            with torch.no_grad():
+                scale = self.spare.weight.norm()
+            h = h / scale
+        return self.head(h + self.pos.weight[:1])  # pos: a positional embedding, no layer
+
+
+READS = pytest.mark.parametrize("read", ["helper", "shape", "dead", "no_grad"])
+
+
+@EVERY_TRACER
+@READS
+def test_a_parameter_read_but_not_used_is_a_layer_never_called(read: str, tracer: str) -> None:
+    model = Decoder(read)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    # enc -> head: 2 and 1. spare: no call, no gradient: calls 0, unreachable, listed
+    # last. pos: its weight is added to activations (no layer, §2), so it is not listed.
+    assert list(report.layers) == ["enc", "head", "spare"]
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "enc", {2: 1}, ("head",))
+    expect_unreachable(report, "spare", calls=0)  # also: the network lists it unreachable
+    assert report.network.layers == 3 and report.network.max_shortest == 2
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+@READS
+def test_without_inputs_too(read: str) -> None:
+    without = gpa.analyze(Decoder(read), tracer="fx")
+    assert layer_records(without) == layer_records(gpa.analyze(Decoder(read), input_shape=(2, 4)))
+
+
+class DeadFunctional(nn.Module):
+    """A functional layer on ``proj``'s weight whose result is thrown away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _ = F.linear(x, self.proj.weight)
+        return self.head(x)
+
+
+@EVERY_TRACER
+def test_a_functional_layer_whose_result_is_unused_is_called_once(tracer: str) -> None:
+    report = gpa.analyze(DeadFunctional(), input_shape=(2, 4), tracer=tracer)
+    # proj is called (functionally) once, and its result reaches nothing: one record,
+    # calls 1, unreachable; never also listed as a layer never called.
+    assert list(report.layers) == ["proj", "head"]
+    expect_unreachable(report, "proj", calls=1)
