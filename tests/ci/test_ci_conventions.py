@@ -9,7 +9,6 @@ tests/data/sarif-schema-2.1.0.json is the OASIS SARIF 2.1.0 JSON schema (the
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import jsonschema
