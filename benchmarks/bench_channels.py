@@ -15,7 +15,7 @@ import argparse
 import cProfile
 import pstats
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -83,12 +83,12 @@ def profile(name: str) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="model names (resnet152 or zoo entries)")
     parser.add_argument("--profile", metavar="NAME")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.profile:
         profile(args.profile)
         return

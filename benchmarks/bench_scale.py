@@ -18,6 +18,8 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -90,7 +92,8 @@ def build(name: str, device: str = "meta") -> tuple[nn.Module, tuple[int, ...]]:
 def measure(name: str) -> dict:
     """Run in a subprocess: time the phases of one analysis and its peak memory."""
     import gpa
-    from gpa.frontends.fx.flow import flow_from_values
+    from gpa.frontends.fx.flow import GradientFlow
+    from gpa.frontends.fx.graph import name_outputs
     from gpa.frontends.fx.tracer import trace
 
     model, shape = build(name)
@@ -99,8 +102,10 @@ def measure(name: str) -> dict:
     report = gpa.analyze(model, input_shape=shape)
     total = time.perf_counter() - start
     start = time.perf_counter()
-    gm = trace(model)
-    flow_from_values(gm, (torch.zeros(shape, device="meta"),))
+    gm = trace(model)  # the fx frontend's tracing: trace, name the outputs, flow pass
+    name_outputs(gm.graph)
+    gm.recompile()
+    GradientFlow(gm).run(torch.zeros(shape, device="meta"))
     tracing = time.perf_counter() - start
     del gm
     return {
@@ -147,7 +152,11 @@ def others(name: str) -> dict:
 
 
 def _child(kind: str, name: str) -> dict:
-    code = f"import json, sys; sys.path.insert(0, 'benchmarks'); import bench_scale as b; print(json.dumps(b.{kind}({name!r})))"
+    here = str(Path(__file__).resolve().parent)
+    code = (
+        f"import json, sys; sys.path.insert(0, {here!r}); import bench_scale as b; "
+        f"print(json.dumps(b.{kind}({name!r})))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1]}
@@ -158,11 +167,11 @@ def _fmt(value: object) -> str:
     return f"{value:.1f} s" if isinstance(value, float) else str(value)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append")
     parser.add_argument("--no-others", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(f"torch {torch.__version__}; each model in its own process, built on the meta device\n")
     for name in MODELS:
         if args.only and not any(o in name for o in args.only):
