@@ -56,7 +56,7 @@ class GradientGraph:
             predecessor.
         calls: the nodes of ``ops`` that are layer calls -> their :class:`LayerCall`,
             in forward order.
-        tracer: the frontend that built it (``"fx"`` or ``"autograd"``).
+        tracer: the frontend that built it (``"fx"``, ``"export"`` or ``"autograd"``).
         uncalled: layer modules forward never uses, as (name, type).
         inputs: the example inputs used (meta tensors), or None.
         notes: remarks for the report (fallbacks, what was skipped).

@@ -1,8 +1,8 @@
 """Parameter and FLOP counts per module, without computing anything for real.
 
-The model runs once on the meta device (``torch.func.functional_call`` with meta copies of
-its parameters and buffers; the model itself is neither copied nor changed), and forward
-hooks on the weight layers read the sizes of their inputs and outputs.
+Nothing runs for real: parameters are counted from the model's parameter tensors, and
+FLOPs from the shapes a frontend propagated on the meta device (the model itself is neither
+copied nor changed).
 
 FLOPs count a multiply-add as **2** FLOPs and cover only the weight layers
 (``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``, ``Linear``, ``Bilinear``); bias adds,

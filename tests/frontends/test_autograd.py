@@ -31,6 +31,7 @@ from tests.channels import test_properties as test_channel_properties
 from tests.channels import test_segments
 from tests.core import test_paths, test_properties, test_serialize
 from tests.frontends import test_gradient_flow, test_inputs_outputs, test_layers, test_tracing
+from tests.frontends.every_tracer import layer_records
 
 LOSS = "<loss>"
 _analyze = gpa.analyze
@@ -38,20 +39,7 @@ _analyze = gpa.analyze
 
 def records(report) -> list[tuple]:
     """Everything a report says per layer, in order."""
-    return [
-        (
-            name,
-            r.type,
-            r.calls,
-            r.shortest,
-            r.longest,
-            r.timestamps,
-            r.num_paths,
-            r.path_histogram,
-            tuple(r.sources),
-        )
-        for name, r in report.layers.items()
-    ]
+    return [(name, *record) for name, record in layer_records(report).items()]
 
 
 def channel_records(report) -> list[tuple]:
