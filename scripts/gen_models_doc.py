@@ -9,7 +9,7 @@ next to the paper's figures.
 
 Usage::
 
-    python scripts/gen_models_doc.py           # rewrite docs/models.md
+    python scripts/gen_models_doc.py           # rewrite docs/models.md and gpa/models/manifest.json
     python scripts/gen_models_doc.py --check   # exit 1 if docs/models.md is out of date
 
 ``tests/models/test_models_doc.py`` regenerates the text in-process with :func:`render`
@@ -19,6 +19,7 @@ and compares it with the file.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -29,6 +30,13 @@ import gpa.models
 from gpa.frontends.counts import count
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "models.md"
+MANIFEST = Path(__file__).resolve().parent.parent / "gpa" / "models" / "manifest.json"
+
+
+def manifest_text() -> str:
+    """The text of ``gpa/models/manifest.json`` (what ``gpa zoo`` lists)."""
+    return json.dumps(gpa.models.manifest(), indent=2) + "\n"
+
 
 #: Table 2 of the paper: entry -> (label, paper GFLOPs, paper M parameters).
 TABLE2 = {
@@ -137,14 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
     parser.add_argument("--output", type=Path, default=DOC, help="the file (docs/models.md)")
     args = parser.parse_args(argv)
-    text = render()
+    files = {args.output: render(), MANIFEST: manifest_text()}
     if args.check:
-        if not args.output.exists() or args.output.read_text(encoding="utf-8") != text:
-            print(f"{args.output} is out of date: run scripts/gen_models_doc.py", file=sys.stderr)
-            return 1
-        return 0
-    args.output.write_text(text, encoding="utf-8")
-    print(f"wrote {args.output}", file=sys.stderr)
+        stale = [f for f, text in files.items() if not f.exists() or f.read_text("utf-8") != text]
+        for f in stale:
+            print(f"{f} is out of date: run scripts/gen_models_doc.py", file=sys.stderr)
+        return 1 if stale else 0
+    for f, text in files.items():
+        f.write_text(text, encoding="utf-8")
+        print(f"wrote {f}", file=sys.stderr)
     return 0
 
 

@@ -21,7 +21,16 @@ family module of the same name; import from a family module with
 ``from gpa.models.residual import residual_net``.
 """
 
-from gpa.models.registry import ModelInfo, ZooError, build, describe, entries, names, register
+from gpa.models.registry import (
+    ModelInfo,
+    ZooError,
+    build,
+    describe,
+    entries,
+    manifest,
+    names,
+    register,
+)
 
 # Factories, bound after their modules are loaded, so the names refer to the functions.
 from gpa.models.plain import plainnet  # isort: skip
@@ -55,6 +64,7 @@ __all__ = [
     "build",
     "describe",
     "entries",
+    "manifest",
     "names",
     "register",
     "plainnet",

@@ -223,3 +223,25 @@ def knob_bool(knob: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise ZooError(f"knob {knob!r} must be True or False, got {value!r}")
     return value
+
+
+def manifest() -> list[dict[str, Any]]:
+    """Every entry as plain data (name, description, section, knobs, input shape), in
+    registration order: what ``gpa zoo`` lists. ``gpa/models/manifest.json`` holds it so
+    that ``gpa zoo`` starts without importing torch (``scripts/gen_models_doc.py`` writes
+    it; a test keeps it current).
+
+    Example:
+        >>> [e["input_shape"] for e in manifest() if e["name"] == "resnet"]
+        [[1, 3, 64, 64]]
+    """
+    return [
+        {
+            "name": e.name,
+            "description": e.description,
+            "section": e.section,
+            "knobs": dict(e.knobs),
+            "input_shape": list(e.input_shape),
+        }
+        for e in entries()
+    ]

@@ -25,3 +25,10 @@ def test_models_doc_is_current() -> None:
     text = _script().render()
     current = (ROOT / "docs" / "models.md").read_text(encoding="utf-8")
     assert current == text, "docs/models.md is stale: run python scripts/gen_models_doc.py"
+
+
+def test_zoo_manifest_is_current() -> None:
+    """gpa/models/manifest.json (what `gpa zoo` lists without importing torch) is the
+    registry's own list."""
+    current = (ROOT / "gpa" / "models" / "manifest.json").read_text(encoding="utf-8")
+    assert current == _script().manifest_text(), "run python scripts/gen_models_doc.py"
