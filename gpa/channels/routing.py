@@ -55,6 +55,7 @@ from gpa.channels.rules import (
     layer_input_axis,
     op_name,
     tracked,
+    unique_values,
     untracked,
 )
 from gpa.core.graph import LOSS, LayerCall
@@ -286,8 +287,14 @@ class ChannelRouter(fx.Interpreter):
                 inbound.append(Delivery(consumer, None, everywhere_of(t)))
             else:
                 k = ch.axes.index(axis)
-                rows = np.moveaxis(t.index, k, -1).reshape(-1, size)
-                inbound.extend(Delivery(consumer, row) for row in distinct_rows(rows))
+                if t.index.strides[k] == 0:
+                    # broadcast along the consumer's axis (what a norm over the channels
+                    # leaves): each row is one producer channel throughout; no copy
+                    values = unique_values(np.take(t.index, 0, axis=k))
+                    rows = [np.full(size, v) for v in values[values >= 0]]
+                else:
+                    rows = distinct_rows(np.moveaxis(t.index, k, -1).reshape(-1, size))
+                inbound.extend(Delivery(consumer, row) for row in rows)
 
     def _deliver_outputs(self, n: fx.Node) -> None:
         """Deliver the channels of every selected returned tensor to the loss."""

@@ -41,6 +41,7 @@ import networkx as nx
 import numpy as np
 
 from gpa.channels.routing import ChannelRouting, Consumer
+from gpa.channels.rules import unique_values
 from gpa.core.graph import LOSS, LayerCall
 from gpa.core.paths import GradientPaths, gradient_paths
 from gpa.core.report import Segment, Source
@@ -108,7 +109,7 @@ def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
                 continue
             where = np.flatnonzero(d.positions >= 0)
             pairs.append(d.positions[where].astype(np.int64) * width + where)
-        pairs_all = np.unique(np.concatenate(pairs)) if pairs else np.empty(0, np.int64)
+        pairs_all = unique_values(np.concatenate(pairs)) if pairs else np.empty(0, np.int64)
         chans, where = pairs_all // max(width, 1), pairs_all % max(width, 1)
         first = np.full(count, width, dtype=np.int64)
         last = np.full(count, -1, dtype=np.int64)
@@ -256,7 +257,7 @@ class _Segmenter:
             return [((0, a.width), True)]
         width = self.group_width(a.consumer)
         if width is not None and a.first[start] // width == a.last[stop - 1] // width:
-            reached = np.unique(np.concatenate([a.positions(c) for c in range(start, stop)]))
+            reached = unique_values(np.concatenate([a.positions(c) for c in range(start, stop)]))
             runs = _runs(reached)
             if len(runs) == 1:
                 return [(runs[0], False)]

@@ -162,21 +162,9 @@ def test_normal_distribution_loc_and_scale(tracer) -> None:
 
 
 # Normal broadcasts loc and scale together (torch.broadcast_tensors): in the graphs of fx and
-# export that is one operation with two results, and the flow pass lets each result depend
-# on both inputs, so mu wrongly reaches the loss through the scale. Autograd is exact.
-BROADCAST_TOGETHER = pytest.mark.xfail(
-    strict=True, reason="fx/export: a result of a multi-result op depends on every input"
-)
-
-
-@pytest.mark.parametrize(
-    "tracer",
-    [
-        pytest.param("export", marks=BROADCAST_TOGETHER),
-        "autograd",
-        pytest.param("auto", marks=BROADCAST_TOGETHER),  # auto uses export
-    ],
-)
+# export that is one operation with two results; each result depends on its own input only
+# (the flow pass follows each result apart), so mu does not reach the loss through the scale.
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
 def test_normal_distribution_scale_alone(tracer) -> None:
     model = GaussianPolicy()
     # the scale alone: sigma 1, body 2; mu and v unreachable

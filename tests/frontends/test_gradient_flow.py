@@ -307,3 +307,36 @@ def test_no_reachable_layer():
         unreachable=("l1",),
     )
     assert json.loads(report.to_json())["network"]["max_shortest"] is None
+
+
+class Broadcast(nn.Module):
+    """Two layers broadcast together by one multi-result op; only the second result is
+    returned, so only b (and its input) receives gradient."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 1)
+
+    def forward(self, x):
+        if self.op == "broadcast_tensors":
+            _, kept = torch.broadcast_tensors(self.a(x), self.b(x))
+        elif self.op == "atleast_2d":
+            _, kept = torch.atleast_2d(self.a(x), self.b(x))
+        else:  # a list result: torch.unbind of a stack
+            _, kept = torch.unbind(torch.stack([self.a(x), self.b(x).expand(-1, 4)]))
+        return kept
+
+
+@pytest.mark.parametrize("op", ["broadcast_tensors", "atleast_2d", "unbind"])
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_each_result_of_a_multi_result_op_apart(op, tracer):
+    model = Broadcast(op)
+    report = gpa.analyze(model, torch.randn(2, 4), tracer=tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    expect(report, "b", {1: 1}, (LOSS,))
+    if op == "unbind":  # stack then unbind: each part is one of the stacked tensors again,
+        # but the stack is one tensor: both layers reach the loss through it
+        expect(report, "a", {1: 1}, (LOSS,))
+    else:
+        expect_unreachable(report, "a")

@@ -77,6 +77,11 @@ class ValueInfo:
         )
 
 
+#: ``node.meta`` key: for an operation with several results (a tuple or list), the input
+#: nodes through which gradient flows back from each result, in order.
+PARTS = "gpa_flow_parts"
+
+
 @dataclass(frozen=True)
 class NodeFlow:
     """What :class:`GradientFlow` (or :func:`flow_from_names`) learned about one node.
@@ -335,7 +340,11 @@ class GradientFlow(fx.Interpreter):
                 raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
             return fallback
         mutated = _mutated_argument(n, args)
-        return tree_map(_cut_history, result), frozenset(_reached((result, mutated), leaves))
+        flows = frozenset(_reached((result, mutated), leaves))
+        if isinstance(result, (tuple, list)) and mutated is None and len(result) > 1:
+            # each result of a multi-result op (broadcast_tensors, split …) apart
+            n.meta[PARTS] = tuple(frozenset(_reached(r, leaves)) for r in result)
+        return tree_map(_cut_history, result), flows
 
     def _without_autograd(
         self, n: fx.Node, args: tuple, kwargs: dict

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +25,7 @@ import networkx as nx
 import torch.fx as fx
 
 from gpa.core.graph import LOSS, OutputKey
-from gpa.frontends.fx.flow import FLOW
+from gpa.frontends.fx.flow import FLOW, PARTS
 from gpa.frontends.outputs import Returned, returned_values
 
 __all__ = [
@@ -162,6 +163,12 @@ def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> 
             target=node.target if isinstance(node.target, str) else _qualname(node.target),
             value=flow.value,
         )
+        parts = _result_part(node)
+        if parts is not None:  # one result of a multi-result op: from the inputs it reads
+            source, part = parts
+            for s in source.all_input_nodes:
+                g.add_edge(s.name, node.name, grad=s in part and source in flow.grad_from)
+            continue
         for source in node.all_input_nodes:
             g.add_edge(source.name, node.name, grad=source in flow.grad_from)
     output = _output_node(gm.graph)
@@ -170,6 +177,21 @@ def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> 
     for _, node in select_outputs(gm, outputs):
         g.add_edge(node.name, LOSS, grad=node in requires)
     return g
+
+
+def _result_part(node: fx.Node) -> tuple[fx.Node, frozenset[fx.Node]] | None:
+    """For ``getitem(op, i)`` of a function with several results (``broadcast_tensors``),
+    the op and the inputs its i-th result depends on; else None. Module calls keep their
+    node (an LSTM's results all come from its one layer call)."""
+    if node.op != "call_function" or node.target is not operator.getitem:
+        return None
+    source, index = node.args[0], node.args[1]
+    if not isinstance(source, fx.Node) or source.op not in ("call_function", "call_method"):
+        return None
+    parts = source.meta.get(PARTS)
+    if parts is None or not isinstance(index, int) or not -len(parts) <= index < len(parts):
+        return None
+    return source, parts[index]
 
 
 def _qualname(target: Any) -> str:
