@@ -46,6 +46,7 @@ import inspect
 import io
 import logging
 import operator
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from gpa.core.graph import GradientGraph, LayerCall
 from gpa.errors import GpaError, TraceError
-from gpa.frontends.frames import user_frame
+from gpa.frontends.frames import stack_trace_site, user_frame
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import find_layers, used_modules
@@ -125,7 +126,7 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         ops=op_graph(gm, options.outputs),
         calls=calls,
         tracer="export",
-        uncalled=unused_layer_modules(root, used | used_modules(gm, calls), types),
+        uncalled=unused_layer_modules(root, used | used_modules(gm, calls, root), types),
         inputs=tuple(inputs),
         notes=output_notes(gm, options.outputs),
         traced=gm,
@@ -400,9 +401,11 @@ def _module_calls(
 ) -> list[_Call]:
     """Every call of an opaque module (the outermost one in each node's module stack)."""
     modules = dict(model.named_modules())
+    canonical = _CanonicalPaths(model)
     calls: dict[str, _Call] = {}
     for node in graph.nodes:
-        for key, (path, _) in (node.meta.get("nn_module_stack") or {}).items():
+        for key, (recorded, _) in (node.meta.get("nn_module_stack") or {}).items():
+            path = canonical(recorded) if recorded else recorded
             module = modules.get(path) if path else None
             if module is not None and is_opaque(path, module):
                 calls.setdefault(key, _Call(path, module, [])).nodes.append(node)
@@ -419,6 +422,59 @@ def _module_calls(
         ]
         call.nodes = list(dict.fromkeys(owned)) + call.nodes
     return list(calls.values())
+
+
+class _CanonicalPaths:
+    """A module's qualified name from the path export records for its call.
+
+    Export writes the Python expression that reached the module: a loop over a slice of a
+    container (``for m in self.model[:-1]``, RT-DETR) gives ``model.slice(None, -1,
+    None).11.ma``, which names ``model.11.ma``; a module registered under several names
+    (CoaT's shared position encodings) is reached by whichever name the code used. Paths
+    are resolved by walking the model (a slice applied to the container's children,
+    indices into the slice), and the module found is named by its first qualified name,
+    as fx and ``named_modules`` name it.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 2)))
+        >>> _CanonicalPaths(net)("slice(1, None, None).0.1")
+        '1.1'
+    """
+
+    _TOKEN = re.compile(r"slice\([^)]*\)|[^.]+")
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.names = {id(m): n for n, m in model.named_modules(remove_duplicate=True)}
+        self.cache: dict[str, str] = {}
+
+    def __call__(self, path: str) -> str:
+        if path not in self.cache:
+            self.cache[path] = self._resolve(path)
+        return self.cache[path]
+
+    def _resolve(self, path: str) -> str:
+        module: nn.Module = self.model
+        sliced: list[str] | None = None  # the children a preceding slice kept
+        for token in self._TOKEN.findall(path):
+            if token.startswith("slice("):
+                try:
+                    bounds = [
+                        None if b.strip() == "None" else int(b) for b in token[6:-1].split(",")
+                    ]
+                except ValueError:
+                    return path
+                sliced = (sliced if sliced is not None else list(module._modules))[slice(*bounds)]
+                continue
+            if sliced is not None:
+                if not token.lstrip("-").isdigit():
+                    return path
+                token, sliced = sliced[int(token)], None  # an index into the slice
+            child = module._modules.get(token)
+            if child is None:
+                return path
+            module = child
+        return self.names.get(id(module), path)
 
 
 def _inputs_and_outputs(call: _Call) -> tuple[list[fx.Node], list[fx.Node]]:
@@ -460,7 +516,9 @@ def _replace_by_module(graph: fx.Graph, call: _Call) -> bool:
         return False
     with graph.inserting_before(outputs[0]):
         node = graph.create_node("call_module", call.path, (data[0],))
-    node.meta = {k: v for k, v in outputs[0].meta.items() if k in ("nn_module_stack", "val")}
+    node.meta = {
+        k: v for k, v in outputs[0].meta.items() if k in ("nn_module_stack", "val", "stack_trace")
+    }
     outputs[0].replace_all_uses_with(node)
     for member in reversed(call.nodes):
         if not member.users:
@@ -478,7 +536,8 @@ def _fuse(gm: fx.GraphModule, groups: list[_Call]) -> dict[str, LayerCall]:
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target.startswith("_gpa_call_"):
             group = groups[int(node.target.removeprefix("_gpa_call_"))]
-            fused[node.name] = LayerCall(group.path, type_name(group.module))
+            site = stack_trace_site(group.nodes[0].meta.get("stack_trace"))
+            fused[node.name] = LayerCall(group.path, type_name(group.module), site)
             _devices_follow_inputs(gm.get_submodule(node.target))
     return fused
 

@@ -50,6 +50,7 @@ __all__ = [
     "scripted_call",
     "scripted_notes",
     "split_leaves",
+    "preserved_state",
     "training_mode",
     "type_name",
     "unused_layer_modules",
@@ -200,10 +201,49 @@ def training_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
         modes = [(m, m.training) for m in model.modules()]
         model.train(train)
         try:
-            yield model
+            with preserved_state(model):
+                yield model
         finally:
             for m, mode in modes:
                 m.training = mode
+
+
+@contextlib.contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Every module's attributes, parameters and buffers as they were before the block,
+    whatever ``forward`` assigned meanwhile (``docs/semantics.md`` §1.8): a model that
+    caches values in forward (RT-DETR's decoder keeps its anchors, ``self.anchors = …``)
+    would otherwise keep the fake or meta tensors a frontend ran it with.
+
+    Example:
+        >>> class Caching(nn.Module):
+        ...     def forward(self, x):
+        ...         self.last = x
+        ...         return x
+        >>> m = Caching()
+        >>> with preserved_state(m):
+        ...     _ = m(1)
+        >>> hasattr(m, "last")
+        False
+    """
+    saved = [
+        (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
+        for m in model.modules()
+        if not isinstance(m, torch.jit.ScriptModule)  # its state lives in C++
+    ]
+    try:
+        yield
+    finally:
+        for m, attributes, parameters, buffers, children in saved:
+            for now, before in (
+                (m.__dict__, attributes),
+                (m._parameters, parameters),
+                (m._buffers, buffers),
+                (m._modules, children),
+            ):
+                if now.keys() != before.keys() or any(now[k] is not v for k, v in before.items()):
+                    now.clear()
+                    now.update(before)
 
 
 def split_leaves(

@@ -198,19 +198,6 @@ def _channel_records(report) -> list[tuple]:
     ]
 
 
-# Where fx's channel records are known to differ from export's (the fx side errs): the
-# layers concerned, and why.
-KNOWN_CHANNEL_DIFFERENCES = {
-    "torchvision:googlenet": (
-        {"fc", "aux1.fc2", "aux2.fc2"},
-        "in train mode GoogLeNet returns GoogLeNetOutputs(logits, aux_logits2, aux_logits1), "
-        "a namedtuple: fx records its constructor as an operation on the three outputs and "
-        "falls back (each output layer 'mixed' into all three, outputs named 0, 1, 2), "
-        "export sees the tuple's fields (each layer feeds its own output, named by field)",
-    ),
-}
-
-
 @pytest.mark.parametrize("target", CHANNEL_ENTRIES)
 def test_channels_fx_and_export_agree(target: str) -> None:
     assert target not in KNOWN_DIFFERENCES
@@ -221,13 +208,7 @@ def test_channels_fx_and_export_agree(target: str) -> None:
         loaded.model, input_shape=loaded.input_shape, channels=True, tracer="export"
     )
     assert records(fx.layers) == records(export.layers)
-    differ = {
-        a[0] for a, b in zip(_channel_records(fx), _channel_records(export), strict=True) if a != b
-    }
-    known, _ = KNOWN_CHANNEL_DIFFERENCES.get(target, (set(), ""))
-    assert differ == known
-    for name in known:  # the fx side: a fallback over the output namedtuple
-        assert fx.layers[name].channel_fallbacks == ("GoogLeNetOutputs",)
-        assert export.layers[name].channel_fallbacks == ()
-    if not known:
-        assert fx.network == export.network
+    # GoogLeNet returns a namedtuple in train mode (logits, aux_logits2, aux_logits1): both
+    # frontends follow each field to its own output
+    assert _channel_records(fx) == _channel_records(export)
+    assert fx.network == export.network

@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpa.core.graph import LayerCall
+from gpa.frontends.frames import Site, stack_trace_site
 from gpa.frontends.fx.flow import FLOW
+from gpa.frontends.fx.tracer import SITE
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     is_layer_module,
@@ -187,7 +189,7 @@ def find_layers(
         if node.op == "call_module":
             module = modules[node.target]
             if is_layer_module(module, types):
-                calls[node] = LayerCall(node.target, type_name(module))
+                calls[node] = LayerCall(node.target, type_name(module), call_site(node))
     roots = _parameter_roots(gm, set(calls))
     for node in gm.graph.nodes:
         if not _is_mixing(node):
@@ -196,9 +198,15 @@ def find_layers(
         if node in roots:  # all its operands are weights: it computes a weight (A @ B)
             continue
         if operands:
-            calls[node] = LayerCall(*owner(model or gm, roots[operands[0]][0]))
+            calls[node] = LayerCall(*owner(model or gm, roots[operands[0]][0]), call_site(node))
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
+
+
+def call_site(node: fx.Node) -> Site | None:
+    """The user's source line that made ``node``'s operation: recorded by gpa's fx tracer
+    (``node.meta["gpa_site"]``) or read from the stack trace torch.export records."""
+    return node.meta.get(SITE) or stack_trace_site(node.meta.get("stack_trace"))
 
 
 def opaque_calls(
@@ -237,10 +245,14 @@ def uncalled_layers(
     output projection of ``nn.MultiheadAttention``) are part of that call, not
     separate layers; see :func:`used_modules` for what uses a module.
     """
-    return unused_layer_modules(model, used_modules(gm, calls), layer_types)
+    return unused_layer_modules(model, used_modules(gm, calls, model), layer_types)
 
 
-def used_modules(gm: fx.GraphModule, calls: Mapping[Any, LayerCall] | None = None) -> set[str]:
+def used_modules(
+    gm: fx.GraphModule,
+    calls: Mapping[Any, LayerCall] | None = None,
+    model: nn.Module | None = None,
+) -> set[str]:
     """The qualified names of the modules the traced forward uses.
 
     A module is used when it is called, when it owns the parameter of a functional layer
@@ -251,7 +263,17 @@ def used_modules(gm: fx.GraphModule, calls: Mapping[Any, LayerCall] | None = Non
     used = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     used |= {c.record for c in (calls or {}).values()}
     used |= {n.target.rpartition(".")[0] for n in _receiving_gradient(gm) if n.op == "get_attr"}
-    return used
+    # a module whose parameters are tied to a used module's (T5's `shared` embedding and
+    # the stacks' embed_tokens) is used too, whichever name the graph reads them by
+    root = model or gm
+    holders: dict[int, set[str]] = {}
+    for name, p in root.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), set()).add(name.rpartition(".")[0])
+    tied = set()
+    for name, p in root.named_parameters(remove_duplicate=False):
+        if len(holders[id(p)]) > 1 and name.rpartition(".")[0] in used:
+            tied |= holders[id(p)]
+    return used | tied
 
 
 def _receiving_gradient(gm: fx.GraphModule) -> set[fx.Node]:

@@ -1,0 +1,150 @@
+"""Library targets for real (the zoo tier has the libraries): what a user types after
+``gpa analyze`` for torchvision, timm, Ultralytics and Hugging Face models.
+
+Expected layer counts are counted from the libraries' source: BERT-base (the defaults of
+``BertConfig``: 12 layers) has 3 embeddings, 6 linear layers per encoder layer (query,
+key, value, attention output, intermediate, output) and the pooler: 3 + 12 * 6 + 1 = 76;
+YOLOv8n's YAML builds 64 convolutions with weights (model.22.dfl.conv, fixed and never
+called in train mode, is unreachable).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import gpa
+from gpa.errors import TargetError
+from gpa.target import load_target
+
+pytestmark = pytest.mark.zoo
+
+
+def _error(spec: str, kwargs: dict | None = None) -> str:
+    with pytest.raises(TargetError) as info:
+        load_target(spec, kwargs)
+    return str(info.value)
+
+
+def test_torchvision_and_timm_names() -> None:
+    for spec, kind, shape in [
+        ("torchvision:resnet50", "ResNet", (2, 3, 224, 224)),
+        ("torchvision:inception_v3", "Inception3", (2, 3, 299, 299)),
+        ("torchvision:r3d_18", "VideoResNet", (2, 3, 16, 112, 112)),
+        ("timm:resnet50", "ResNet", (2, 3, 224, 224)),
+        ("timm:mobilevit_xxs", "ByobNet", (2, 3, 256, 256)),
+    ]:
+        loaded = load_target(spec, device="meta")
+        assert (type(loaded.model).__name__, loaded.input_shape, loaded.name) == (
+            kind,
+            [shape],
+            spec,
+        )
+        assert next(loaded.model.parameters()).is_meta
+    # detection models take lists of images: no default inputs, and no backbone weights
+    loaded = load_target("torchvision:fasterrcnn_mobilenet_v3_large_fpn")
+    assert loaded.input_shape is None
+    assert "did you mean 'timm:resnet50'" in _error("timm:resnet5O")
+    assert "drop -k pretrained" in _error("timm:resnet50", {"pretrained": True})
+    # the library's module attributes are import specs, as before
+    assert type(load_target("timm:create_model", {"model_name": "resnet18"}).model).__name__ == (
+        "ResNet"
+    )
+
+
+def test_ultralytics_yaml_names_and_paths(tmp_path: Path, monkeypatch) -> None:
+    from ultralytics.nn import tasks
+
+    for spec, kind, size in [
+        ("yolov8n.yaml", tasks.DetectionModel, 640),
+        ("ultralytics:yolo11n", tasks.DetectionModel, 640),
+        ("ultralytics:yolov8n-seg.yaml", tasks.SegmentationModel, 640),
+        ("yolov8n-cls.yaml", tasks.ClassificationModel, 224),
+        ("yolov8n-pose.yaml", tasks.PoseModel, 640),
+        ("rtdetr-l.yaml", tasks.RTDETRDetectionModel, 640),
+    ]:
+        loaded = load_target(spec)
+        assert type(loaded.model) is kind, spec
+        assert loaded.input_shape == [(1, 3, size, size)]
+    shipped = Path(tasks.__file__).parent.parent / "cfg" / "models" / "v8" / "yolov8.yaml"
+    custom = tmp_path / "nets" / "mine.yaml"
+    custom.parent.mkdir()
+    shutil.copy(shipped, custom)
+    monkeypatch.chdir(tmp_path)
+    for spec in ("nets/mine.yaml", str(custom), "ultralytics:nets/mine.yaml"):
+        model = load_target(spec, {"nc": 3}).model
+        assert model.model[-1].nc == 3  # -k goes to the model class
+    assert "file not found: nets/other.yaml" in _error("nets/other.yaml")
+    message = _error("yolov8q.yaml")
+    assert "ships none of that name" in message and "yolov8.yaml" in message
+    assert "does not accept 'depth'" in _error("yolov8n.yaml", {"depth": 3})
+
+
+def test_transformers_types_and_classes() -> None:
+    bert = load_target("transformers:bert")
+    assert type(bert.model).__name__ == "BertModel"
+    assert next(bert.model.parameters()).is_meta  # the default configuration: bert-base
+    (ids,) = bert.example_inputs
+    assert (tuple(ids.shape), ids.dtype) == ((1, 16), torch.int64)
+    assert gpa.analyze(bert.model, bert.example_inputs).network.layers == 3 + 12 * 6 + 1
+    small = {"n_layer": 2, "n_embd": 64, "n_head": 2}
+    gpt2 = load_target("transformers:GPT2LMHeadModel", small, device="cpu")
+    assert type(gpt2.model).__name__ == "GPT2LMHeadModel"
+    assert len(gpt2.model.transformer.h) == 2 and gpt2.model.config.use_cache is False
+    t5 = load_target("transformers:t5")  # encoder-decoder: decoder token ids third
+    ids, mask, decoder_ids = t5.example_inputs
+    assert mask is None and decoder_ids.dtype == torch.int64
+    whisper = load_target("transformers:whisper")
+    features = whisper.example_inputs[0]
+    config = whisper.model.config
+    assert tuple(features.shape) == (1, config.num_mel_bins, 2 * config.max_source_positions)
+    vit = load_target("transformers:vit")
+    assert tuple(vit.example_inputs[0].shape) == (1, 3, 224, 224)
+    assert "did you mean 'num_hidden_layers'" in _error(
+        "transformers:bert", {"num_hidden_layer": 2}
+    )
+    assert "did you mean 'transformers:bert'" in _error("transformers:Bert")
+
+
+def test_cli_analyses_library_targets(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpa",
+            "analyze",
+            "yolov8n.yaml",
+            "--format",
+            "json",
+            "-o",
+            str(out),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert report["tracer"] == "export"
+    assert report["model"] == "yolov8n.yaml"
+    assert report["network"]["unreachable"] == ["model.22.dfl.conv"]
+    assert report["network"]["layers"] == 64
+    result = subprocess.run(
+        [sys.executable, "-m", "gpa", "analyze", "timm:resnet5O", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert result.returncode == 2
+    assert "did you mean 'timm:resnet50'" in result.stderr
+    assert "Traceback" not in result.stderr
