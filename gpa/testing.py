@@ -49,6 +49,7 @@ def assert_gradient_paths(
     Returns:
         The report, for further assertions.
     """
+    __tracebackhide__ = True  # pytest shows the user's assertion, not this function's lines
     rules = Rules(
         max_shortest=max_shortest,
         max_longest=max_longest,

@@ -94,3 +94,30 @@ def test_model_errors_are_not_assertion_errors() -> None:
 
     with pytest.raises(GpaError):
         assert_gradient_paths(Branchy(), input_shape=(1, 4), max_shortest=1, tracer="fx")
+
+
+@pytest.mark.slow  # a pytest subprocess
+def test_pytest_shows_the_users_assertion_not_gpas_lines(tmp_path) -> None:
+    """Issue 15 §6: a failing assert_gradient_paths in a user's test shows the user's line
+    and the differing values; gpa's own source is hidden from the traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_user.py").write_text(
+        "import torch.nn as nn\n"
+        "from gpa.testing import assert_gradient_paths\n"
+        "def test_chain():\n"
+        "    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))\n"
+        "    assert_gradient_paths(net, input_shape=(1, 4), max_shortest=2)  # the user's line\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert "the user's line" in done.stdout
+    # the first layer of a 3-layer chain: shortest 3 > 2
+    assert "max-shortest 2: 1 layer exceeds it: 0 (3)" in done.stdout
+    assert "gpa/testing.py" not in done.stdout and "raise AssertionError" not in done.stdout

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,7 +68,11 @@ class ModelCheck:
         """The source line that calls ``layer`` in the model's code, if the frontend knew it."""
         record = self.report.layers.get(layer) if self.report is not None else None
         site = getattr(record, "site", None)
-        return None if site is None else Location(*site)
+        if site is None:
+            return None
+        file, line = site
+        relative = os.path.relpath(file)  # as CI tools expect: from the checkout's root
+        return Location(file if relative.startswith("..") else relative, line)
 
     def to_dict(self) -> dict[str, Any]:
         return {

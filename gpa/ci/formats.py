@@ -85,15 +85,22 @@ class _Finding:
 
 
 def _findings(run: CheckRun) -> Iterator[_Finding]:
-    """Every failure, error and improvement of ``run``: one per offending layer that has a
-    source line, else one per rule (at the configuration line setting it)."""
+    """Every failure, error and improvement of ``run``: for a per-layer rule
+    (``layers[PATTERN]…``), one per offending layer that has a source line (the model's
+    line calling it); else one per rule, at the configuration line setting it (the
+    model's line in ``pyproject.toml`` for per-model rules)."""
     for model in run.models:
         if model.error is not None:
             yield _Finding("error", model.name, "analysis", model.error, model.location())
             continue
         for result in model.results:
             if not result.passed:
-                placed = [(v, model.layer_location(v.layer)) for v in result.violations if v.layer]
+                per_layer = result.rule.startswith("layers[")
+                placed = [
+                    (v, model.layer_location(v.layer))
+                    for v in result.violations
+                    if v.layer and per_layer
+                ]
                 placed = [(v, at) for v, at in placed if at is not None]
                 for v, at in placed:
                     value = "unreachable" if v.value is None else v.value

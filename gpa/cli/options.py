@@ -41,6 +41,7 @@ __all__ = [
     "parse_kv",
     "parse_shape",
     "progress_display",
+    "writable_path",
 ]
 
 
@@ -227,10 +228,18 @@ def format_option(*choices: str) -> Callable[..., Any]:
     )
 
 
+def writable_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    """Refuse an output file in a missing directory before any analysis runs (exit 2)."""
+    if value is not None and not value.resolve().parent.is_dir():
+        raise click.BadParameter(f"the directory {value.parent} does not exist", ctx, param)
+    return value
+
+
 output_option = click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=writable_path,
     help="Write the output to this file instead of standard output.",
 )
 

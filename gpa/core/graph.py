@@ -39,10 +39,13 @@ LOSS = "<loss>"
 
 @dataclass(frozen=True)
 class LayerCall:
-    """A call that is a layer: the record it is reported under and its module type."""
+    """A call that is a layer: the record it is reported under, its module type, and the
+    source line that made the call (``(file, line)``, None when the frontend cannot tell;
+    not compared: frontends agree on calls, not on how they find their lines)."""
 
     record: str
     type: str
+    site: tuple[str, int] | None = field(default=None, compare=False)
 
 
 @dataclass

@@ -163,6 +163,23 @@ class PathIndex:
             found[i] = (low, tuple(counts))
         return found
 
+    def path_of_length(self, position: int, length: int) -> list[int]:
+        """The positions of one gradient path of ``length`` layers from the layer at
+        ``position`` (the loss last); at each step the first next layer, by position, that
+        continues a path of the remaining length.
+
+        Raises:
+            ValueError: the layer has no path of that length.
+        """
+        if not self.stamps[position] >> length & 1:
+            raise ValueError(f"no gradient path of length {length} from {self.nodes[position]!r}")
+        path, i = [position], position
+        while length:
+            length -= 1
+            i = next(j for j in bits(self.successors[i]) if self.stamps[j] >> length & 1)
+            path.append(i)
+        return path
+
     def paths(self, position: int) -> GradientPaths | None:
         if not self.stamps[position]:
             return None

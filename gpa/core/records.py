@@ -21,11 +21,11 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 
 from gpa.core.graph import LOSS, GradientGraph
 from gpa.core.paths import GradientPaths, LayerPaths, gradient_paths
-from gpa.core.report import LayerRecord, Segment
+from gpa.core.report import LayerRecord, PathStep, Segment
 
 __all__ = ["layer_records"]
 
@@ -92,6 +92,22 @@ def layer_records(
     record_of = {node: call.record for node, call in names.items()}
     kinds = {call.record: call.type for call in names.values()}
 
+    def step(node: Hashable) -> PathStep:
+        call = names[node]
+        return PathStep(call.record, call.type, call.site)
+
+    def route(members: list[Hashable]) -> Callable[[int], tuple[PathStep, ...]]:
+        def path(length: int) -> tuple[PathStep, ...]:
+            for m in members:
+                paths = found[m].paths
+                if paths is not None and paths.stamps >> length & 1:
+                    index = found[m].index
+                    positions = index.path_of_length(index.position[m], length)
+                    return tuple(step(index.nodes[p]) for p in positions[:-1])
+            return ()
+
+        return path
+
     def record(name: str, kind: str, calls: int, members: list[Hashable]) -> LayerRecord:
         reached = [found[m].paths for m in members if found[m].paths]
         return LayerRecord(
@@ -103,6 +119,8 @@ def layer_records(
             params=None if params is None else params.get(name),
             flops=None if flops is None else flops.get(name),
             segments=None if segments is None else tuple(segments.get(name, ())),
+            site=names[members[0]].site if members else None,
+            route=route(members),
         )
 
     records = {name: record(name, kinds[name], len(m), m) for name, m in grouped.items()}

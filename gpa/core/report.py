@@ -8,10 +8,10 @@ all its fields at once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import networkx as nx
 
@@ -22,6 +22,7 @@ __all__ = [
     "LOSS",
     "LayerRecord",
     "NetworkSummary",
+    "PathStep",
     "Report",
     "Segment",
     "Source",
@@ -66,6 +67,16 @@ class Segment:
     fallback: tuple[str, ...] = field(default=())
 
 
+class PathStep(NamedTuple):
+    """One layer call on a gradient path: the layer's record name, its module type and the
+    user's source line that made the call (``(file, line)``; None when the frontend cannot
+    tell: functional layers under the autograd tracer, reports loaded from JSON)."""
+
+    layer: str
+    type: str
+    site: tuple[str, int] | None = None
+
+
 def combination(segment: Segment) -> frozenset:
     """A segment's gradient combination: its set of (round, source) pairs (paper, §4.1).
 
@@ -105,6 +116,10 @@ class LayerRecord:
     params: int | None = None
     flops: int | None = None
     segments: tuple[Segment, ...] | None = None
+    site: tuple[str, int] | None = field(default=None, compare=False)
+    route: Callable[[int], tuple[PathStep, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def reachable(self) -> bool:
@@ -153,6 +168,42 @@ class LayerRecord:
     def channel_fallbacks(self) -> tuple[str, ...]:
         """Operations whose channel routing gpa could not follow exactly for this layer."""
         return tuple(sorted({f for s in self.segments or () for f in s.fallback}))
+
+    def shortest_path(self) -> tuple[PathStep, ...]:
+        """One shortest gradient path: the layer calls from this layer to the loss (this
+        layer first, the loss not included), ``docs/semantics.md`` §4.1 (witnesses).
+
+        Among equal paths the choice is fixed: this layer's first call (forward order)
+        that has one, then at each step the first next layer (in the graph's topological
+        order) from which the rest of a path of that length continues. Empty when no
+        gradient reaches the layer.
+
+        Raises:
+            GpaError: the record was loaded from JSON (paths are not stored there).
+
+        Example:
+            >>> import torch.nn as nn, gpa
+            >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+            >>> [s.layer for s in gpa.analyze(net, input_shape=(1, 2)).layers["0"].shortest_path()]
+            ['0', '2']
+        """
+        return self._path(self.shortest)
+
+    def longest_path(self) -> tuple[PathStep, ...]:
+        """One longest gradient path, chosen as :meth:`shortest_path` chooses (§4.1)."""
+        return self._path(self.longest)
+
+    def _path(self, length: int | None) -> tuple[PathStep, ...]:
+        if length is None:
+            return ()
+        if self.route is None:
+            from gpa.errors import GpaError
+
+            raise GpaError(
+                f"layer {self.name!r}: this record holds no gradient graph (a report loaded "
+                "from JSON); analyse the model to see its paths"
+            )
+        return self.route(length)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as JSON (``docs/semantics.md`` §7–§8)."""
@@ -223,7 +274,7 @@ class Report:
         layers: layer name -> :class:`LayerRecord`, in forward order.
         network: the network summary.
         notes: remarks on how the analysis was done (what was skipped, fallbacks).
-        tracer: the frontend that built the graph (``"fx"`` or ``"autograd"``).
+        tracer: the frontend that built the graph (``"fx"``, ``"export"`` or ``"autograd"``).
     """
 
     model: str

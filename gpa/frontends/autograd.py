@@ -48,6 +48,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from gpa.core.graph import LOSS, GradientGraph, LayerCall, OutputKey
 from gpa.errors import GpaError, ModelError, TraceError
+from gpa.frontends.frames import Site, caller_site
 from gpa.frontends.fx.flow import ValueInfo, differentiable
 from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.modules import (
@@ -103,6 +104,7 @@ class _Call:
     end: int = 0
     value: ValueInfo | None = None  # its result
     input: ValueInfo | None = None  # its first tensor argument
+    site: Site | None = None  # the user's source line that made the call
 
 
 def _first_value(args: Any) -> ValueInfo | None:
@@ -130,7 +132,9 @@ class _Recorder:
         self.stack.append(self.names[id(module)])
         if id(module) in self.opaque:
             if self.depth == 0:
-                self.calls.append(_Call(self.opaque[id(module)], module, self.sequence()))
+                self.calls.append(
+                    _Call(self.opaque[id(module)], module, self.sequence(), site=caller_site())
+                )
             self.depth += 1
 
     def post(self, module: nn.Module, args: Any, output: Any) -> None:
@@ -438,7 +442,7 @@ def _build(
             key = _Key("call", i, c.name)
             _add_call(g, key, c.value, c.input)
             layer_seq[key] = c.start
-            layer_call[key] = LayerCall(c.name, type_name(c.module))
+            layer_call[key] = LayerCall(c.name, type_name(c.module), c.site)
 
     def key_of(fn: Any) -> _Key:
         i = opaque_call(fn)

@@ -18,11 +18,13 @@ Example (model code compiled from a file, as a model's module is):
 from __future__ import annotations
 
 import os
+import re
+import sys
 import traceback
 
 import torch
 
-__all__ = ["user_frame"]
+__all__ = ["Site", "caller_site", "stack_trace_site", "user_frame"]
 
 _TORCH_DIR = os.path.dirname(torch.__file__)
 _GPA_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,3 +39,58 @@ def user_frame(exc: BaseException) -> traceback.FrameSummary | None:
         if not f.filename.startswith((_TORCH_DIR, _GPA_DIR)) and not f.filename.startswith("<")
     ]
     return user[-1] if user else None
+
+
+#: A place in the user's source: (file name, line number).
+Site = tuple[str, int]
+
+# gpa's own model code (the zoo) is model code; the rest of gpa is the analyser.
+_MODELS_DIR = os.path.join(_GPA_DIR, "models")
+
+
+def _is_model_file(filename: str) -> bool:
+    """Code a model is written in: anything but torch, gpa's analyser and generated code."""
+    if filename.startswith(_MODELS_DIR):
+        return True
+    return not filename.startswith((_TORCH_DIR, _GPA_DIR, "<"))
+
+
+def caller_site() -> Site | None:
+    """Where the model's code called into torch, for a frontend's hook or tracer callback:
+    past the caller's own frames (gpa) and torch's, the first frame, if it is model code
+    (None otherwise). Walks frame objects only, reading no source (cheap enough for every
+    traced operation).
+
+    Example:
+        >>> caller_site() is None  # called from here: no model code in between
+        True
+    """
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_GPA_DIR):
+        if frame.f_code.co_filename.startswith(_MODELS_DIR):
+            break
+        frame = frame.f_back
+    while frame is not None and frame.f_code.co_filename.startswith(_TORCH_DIR):
+        frame = frame.f_back
+    if frame is None or not _is_model_file(frame.f_code.co_filename):
+        return None
+    return frame.f_code.co_filename, frame.f_lineno
+
+
+_FRAME_LINE = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def stack_trace_site(stack_trace: str | None) -> Site | None:
+    """The innermost frame of model code in a stack trace as fx and torch.export record
+    it in ``node.meta["stack_trace"]`` (``File "…", line N, in …`` lines, outermost first).
+
+    Example:
+        >>> stack_trace_site('  File "net.py", line 12, in forward\\n    y = self.conv(x)\\n')
+        ('net.py', 12)
+    """
+    if not stack_trace:
+        return None
+    found = [
+        (name, int(line)) for name, line in _FRAME_LINE.findall(stack_trace) if _is_model_file(name)
+    ]
+    return found[-1] if found else None

@@ -145,3 +145,29 @@ def test_sarif_of_a_passing_run_and_of_command_line_rules() -> None:
     failing = _sarif(check(*PLAIN, "--max-shortest", "3", "--format", "sarif"))
     (result,) = failing["runs"][0]["results"]
     assert "locations" not in result  # a command-line rule has no configuration line
+
+
+def test_per_layer_rule_annotations_point_at_the_model_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `layers` rule is per layer: each offending layer is annotated at the line of the
+    model's code that calls it, relative to the working directory (the checkout).
+    examples/tiny_resnet.py calls conv1 at line 19 in every block; each block's conv1
+    reaches the loss through its conv2 and the residual stream (shortest 3), so all three
+    break max_shortest 2."""
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(root)
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.gpa.models.tiny]\n"
+        f'target = "{root / "examples" / "tiny_resnet.py"}"\n'
+        'layers = { "blocks.*.conv1" = { max_shortest = 2 } }\n'
+    )
+    result = CliRunner().invoke(
+        main, ["check", "--config", str(tmp_path / "pyproject.toml"), "--format", "github"]
+    )
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stdout.splitlines() if line.startswith("::error")]
+    assert [e.split(",title=")[0] for e in errors] == [
+        "::error file=examples/tiny_resnet.py,line=19"
+    ] * 3
+    assert [e.rsplit(": ", 1)[1] for e in errors] == [f"blocks.{i}.conv1 (3)" for i in range(3)]

@@ -344,3 +344,26 @@ def test_cli_check_reports_an_error_never_a_pass(model, rules) -> None:
     assert result.stdout.startswith(f"ERROR {target}: ")
     assert "PASS" not in result.stdout
     assert result.stdout.splitlines()[-1].endswith("1 error")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["analyze", "examples/tiny_resnet.py", "-o", "missing-dir/report.json"],
+        ["explain", "examples/tiny_resnet.py", "fc", "-o", "missing-dir/x.txt"],
+        ["plot", "examples/tiny_resnet.py", "-o", "missing-dir/x.png"],
+        ["check", "examples/tiny_resnet.py", "--max-shortest", "3", "-o", "missing-dir/c.txt"],
+    ],
+)
+def test_output_into_a_missing_directory_fails_first(args, monkeypatch) -> None:
+    """Exit 2 before any analysis (issue 15 §6): the target is never loaded, so even a
+    target that does not exist gives the same error."""
+    from click.testing import CliRunner
+
+    from gpa.cli import main
+
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "missing-dir does not exist" in result.output
+    missing = [a if a != "examples/tiny_resnet.py" else "no/such/file.py" for a in args]
+    assert "missing-dir does not exist" in CliRunner().invoke(main, missing).output

@@ -157,6 +157,12 @@ def _check(spec: Spec, selected: list[int] | None, with_inputs: bool = True) -> 
         assert tuple(rec.sources) == in_forward_order(exp.sources), ctx
         for t in range(0, (exp.longest or 0) + 2):
             assert tuple(rec.sources_at(t)) == in_forward_order(exp.sources_at(t)), f"{ctx}, t={t}"
+        # path witnesses (semantics §4.1): a real path of the enumerated ones, of the length
+        shortest, longest = rec.shortest_path(), rec.longest_path()
+        for witness, length in ((shortest, exp.shortest), (longest, exp.longest)):
+            names = tuple(step.layer for step in witness)
+            assert names in exp.paths if exp.reachable else names == (), ctx
+            assert len(names) == (length or 0), ctx
 
     n = report.network
     assert n.layers == net.layers

@@ -37,11 +37,15 @@ import torch.fx as fx
 from torch import nn
 
 from gpa.errors import TraceError
-from gpa.frontends.frames import user_frame
+from gpa.frontends.frames import caller_site, user_frame
 from gpa.frontends.modules import TRACING, split_leaves
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
-__all__ = ["trace", "grad_mode", "single_call", "LeafSpec", "write_into_view"]
+__all__ = ["SITE", "trace", "grad_mode", "single_call", "LeafSpec", "write_into_view"]
+
+#: ``node.meta`` key of the user's source line that made the node's operation,
+#: ``(file, line)`` or None (see :func:`gpa.frontends.frames.caller_site`).
+SITE = "gpa_site"
 
 LeafSpec = Iterable[type[nn.Module] | str]
 
@@ -79,7 +83,10 @@ class _Tracer(fx.Tracer):
         if kind not in ("placeholder", "output") and enabled != self._grad_enabled:
             self._grad_enabled = enabled
             super().create_node("call_function", grad_mode, (enabled,), {})
-        return super().create_node(kind, target, args, kwargs, name, type_expr)
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if kind in ("call_module", "call_function", "call_method"):
+            node.meta[SITE] = caller_site()
+        return node
 
 
 def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphModule:

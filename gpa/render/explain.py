@@ -1,0 +1,102 @@
+"""Path witnesses: why a layer's gradient path is short or long (``gpa explain``).
+
+For one layer, :func:`explanation` gives one shortest and one longest gradient path (as
+:meth:`~gpa.core.report.LayerRecord.shortest_path` chooses them) and the layer that attains
+the network's ``max_shortest`` — what a designer needs to act on ELAN's rule ("which
+transition layers make my shortest path long?"). :func:`format_explanation` prints it.
+
+Example:
+    >>> import torch.nn as nn, gpa
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    >>> data = explanation(gpa.analyze(net, input_shape=(1, 2)), "0")
+    >>> [step["layer"] for step in data["shortest_path"]], data["max_shortest"]["layer"]
+    (['0', '2'], '0')
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any
+
+from gpa.core.report import LOSS, PathStep, Report
+from gpa.errors import GpaError
+
+__all__ = ["explanation", "format_explanation", "max_shortest_layer"]
+
+
+def max_shortest_layer(report: Report) -> str | None:
+    """The first layer, in forward order, whose shortest path is the network's
+    ``max_shortest`` (None when no layer is reachable)."""
+    target = report.network.max_shortest
+    return next((n for n, r in report.layers.items() if r.shortest == target), None)
+
+
+def _site(step: PathStep) -> dict[str, Any] | None:
+    if step.site is None:
+        return None
+    file, line = step.site
+    return {"file": _shown(file), "line": line}
+
+
+def _shown(file: str) -> str:
+    """A file name relative to the working directory when it lies below it."""
+    relative = os.path.relpath(file)
+    return file if relative.startswith("..") else relative
+
+
+def explanation(report: Report, layer: str) -> dict[str, Any]:
+    """One shortest and one longest gradient path of ``layer``, as JSON-ready data.
+
+    Keys: ``layer``, ``type``, ``shortest``, ``longest``, ``shortest_path`` and
+    ``longest_path`` (lists of ``{"layer", "type", "site"}``, ``site`` being ``{"file",
+    "line"}`` or null; the loss is not listed), and ``max_shortest`` (``{"value", "layer"}``:
+    the network's value and the first layer attaining it).
+
+    Raises:
+        GpaError: ``layer`` is not a layer of the report (the closest names are suggested).
+    """
+    record = report.layers.get(layer)
+    if record is None:
+        close = difflib.get_close_matches(layer, list(report.layers), n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise GpaError(f"{report.model} has no layer named {layer!r}{hint}")
+
+    def steps(path: tuple[PathStep, ...]) -> list[dict[str, Any]]:
+        return [{"layer": s.layer, "type": s.type, "site": _site(s)} for s in path]
+
+    return {
+        "layer": layer,
+        "type": record.type,
+        "shortest": record.shortest,
+        "longest": record.longest,
+        "shortest_path": steps(record.shortest_path()),
+        "longest_path": steps(record.longest_path()),
+        "max_shortest": {
+            "value": report.network.max_shortest,
+            "layer": max_shortest_layer(report),
+        },
+    }
+
+
+def format_explanation(data: dict[str, Any]) -> str:
+    """The text of ``gpa explain``: both paths as aligned rows, then the network's
+    ``max_shortest`` and the layer attaining it."""
+    lines = [f"layer: {data['layer']} ({data['type']})"]
+    if data["shortest"] is None:
+        lines.append("no gradient reaches this layer (it is unreachable): it has no paths")
+    for kind in ("shortest", "longest"):
+        path = data[f"{kind}_path"]
+        if not path:
+            continue
+        lines += ["", f"{kind} gradient path ({len(path)} layers):"]
+        width = max(len(s["layer"]) for s in path)
+        kinds = max(len(s["type"]) for s in path)
+        for s in path:
+            where = f"{s['site']['file']}:{s['site']['line']}" if s["site"] else ""
+            lines.append(f"  {s['layer']:<{width}}  {s['type']:<{kinds}}  {where}".rstrip())
+        lines.append(f"  {LOSS}")
+    top = data["max_shortest"]
+    if top["layer"] is not None:
+        lines += ["", f"network max_shortest {top['value']}: first attained by {top['layer']}"]
+    return "\n".join(lines)
