@@ -50,9 +50,11 @@ def command(
 ) -> None:
     """Analyse the gradient paths of the model named by TARGET.
 
-    TARGET is a Python file (nets/mine.py, nets/mine.py:build) or an import
-    spec (package.module:attr). Without :attr the file's model is the first
-    of model, build_model, get_model, create_model.
+    TARGET is a Python file (nets/mine.py, nets/mine.py:build), an import
+    spec (package.module:attr) or a library model built without weights
+    (torchvision:resnet50, timm:cspdarknet53, yolov8n.yaml, transformers:bert;
+    -k options go to its constructor or configuration). Without :attr the file's
+    model is the first of model, build_model, get_model, create_model.
 
     Inputs: --input-shape, else example_inputs or input_shape defined next to
     the model. With none, the analyses that need no shapes still run.
