@@ -29,6 +29,8 @@ _EXPORTS = {
     "LayerRecord": "gpa.core.report",
     "NetworkSummary": "gpa.core.report",
     "GpaError": "gpa.errors",
+    "measure": "gpa.measure",
+    "Measurement": "gpa.measure.measurement",
 }
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "CountConvention",
     "GpaError",
     "LayerRecord",
+    "Measurement",
     "NetworkSummary",
     "Report",
     "Tracer",
@@ -43,6 +46,7 @@ __all__ = [
     "analyze",
     "analyze_target",
     "count",
+    "measure",
     "scaling",
 ]
 
@@ -52,6 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from gpa.errors import GpaError
     from gpa.frontends.counts import count
     from gpa.growth import scaling
+    from gpa.measure import measure
+    from gpa.measure.measurement import Measurement
     from gpa.options import AnalysisOptions, CountConvention, Tracer
 
 

@@ -13,7 +13,9 @@ Without ``:attr`` the model is the first defined of :data:`DEFAULT_NAMES`.
 Example inputs come from the same file or module: ``example_inputs`` (a
 tensor, a tuple of tensors, or a zero-argument callable returning one) or
 ``input_shape`` (a tuple of ints, or a list of such tuples); failing both, a
-model attribute ``input_shape`` is used.
+model attribute ``input_shape`` is used. For ``gpa measure``, the file may also define
+``example_batches`` (an iterable of batches, or a zero-argument callable returning one)
+and ``loss_fn(outputs, batch)`` (the loss; default: gpa's virtual loss).
 
 Every problem a user can cause raises :class:`gpa.errors.TargetError` with
 one message that names the problem and what to do about it. Nothing here
@@ -72,12 +74,17 @@ class LoadedTarget:
             takes precedence when a file defines both.
         name: display name, e.g. ``"nets/mine.py:build"`` or
             ``"torchvision.models:resnet50"``.
+        example_batches: the file's ``example_batches`` (batches for ``gpa measure``:
+            an iterable, or a zero-argument callable returning one), or ``None``.
+        loss_fn: the file's ``loss_fn(outputs, batch)`` for ``gpa measure``, or ``None``.
     """
 
     model: nn.Module
     example_inputs: tuple[torch.Tensor, ...] | None
     input_shape: list[tuple[int, ...]] | None
     name: str
+    example_batches: Any = None
+    loss_fn: Callable[..., Any] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -286,10 +293,13 @@ def _package_roots(module_name: str) -> list[Path]:
 
 _KINDS = ("nn.Module instances", "nn.Module subclasses", "functions")
 
+#: Names a target file defines for gpa, never taken for the model.
+_INPUT_NAMES = ("example_inputs", "input_shape", "example_batches", "loss_fn")
+
 
 def _kind_of(name: str, value: Any, module: ModuleType) -> str | None:
     """Which of :data:`_KINDS` ``value`` is, when it could be the model the user meant."""
-    if name.startswith("_") or name in ("example_inputs", "input_shape"):
+    if name.startswith("_") or name in _INPUT_NAMES:
         return None
     if isinstance(value, nn.Module):
         return _KINDS[0]
@@ -558,9 +568,14 @@ def _finish(
         value = _get_attr(module, attr, where)
     model = _build(value, attr, kwargs, where, roots)
     example_inputs, input_shape = _find_inputs(module, model, where, roots)
+    loss_fn = vars(module).get("loss_fn")
+    if loss_fn is not None and not callable(loss_fn):
+        raise TargetError(f"loss_fn in {where} must be a function (outputs, batch) -> loss")
     return LoadedTarget(
         model=model,
         example_inputs=example_inputs,
         input_shape=input_shape,
         name=f"{where}:{attr}",
+        example_batches=vars(module).get("example_batches"),
+        loss_fn=loss_fn,
     )

@@ -751,8 +751,12 @@ def scaling(
     return fig
 
 
-#: The kinds ``gpa plot --kind`` draws, for the CLI.
-KINDS = ("timestamps", "sources", "profile", "histogram")
+#: The kinds ``gpa plot --kind`` draws, for the CLI; ``gradnorm`` and ``duplication`` draw
+#: a :class:`gpa.measure.measurement.Measurement` (:mod:`gpa.measure.plot`).
+KINDS = ("timestamps", "sources", "profile", "histogram", "gradnorm", "duplication")
+
+#: The kinds drawn from measurements (``gpa.measure``) rather than reports.
+MEASURED_KINDS = ("gradnorm", "duplication")
 
 
 #: File types :func:`save` writes, by extension.
@@ -775,6 +779,12 @@ def draw(
     """
     if kind not in KINDS:
         raise GpaError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind in MEASURED_KINDS:
+        from gpa.measure import plot as measured
+
+        if len(reports) != 1 or not hasattr(reports[0], "similarity"):
+            raise GpaError(f"--kind {kind} draws one measurement (gpa.measure), not a report")
+        return getattr(measured, kind)(reports[0])
     if kind == "profile":
         return profile(*reports)
     if len(reports) != 1:

@@ -1,0 +1,110 @@
+"""``gpa measure TARGET``: measured gradients per layer next to the gradient paths."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gpa.cli.options import (
+    analysis_options,
+    analysis_settings,
+    emit,
+    output_option,
+    progress_display,
+)
+
+__all__ = ["command"]
+
+
+@click.command("measure")
+@click.argument("target")
+@analysis_options
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Forward/backward steps measured.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=32,
+    show_default=True,
+    help="Items per synthetic batch (dim 0 of every input).",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "mps"]),
+    default=None,
+    help="Where the steps run (default: where the model is built, the CPU).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the loss directions, the synthetic inputs and dropout.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "html"]),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@output_option
+@click.pass_context
+def command(
+    ctx: click.Context,
+    target: str,
+    kwargs: dict[str, Any],
+    quiet: bool,
+    steps: int,
+    batch_size: int,
+    device: str | None,
+    seed: int,
+    fmt: str,
+    output: Path | None,
+    **params: Any,
+) -> None:
+    """Measure the gradients the layers of the model named by TARGET receive.
+
+    Runs --steps training steps (train mode, no optimizer step) on synthetic batches
+    shaped like the target's inputs, or on the file's example_batches, with gpa's
+    virtual loss (fixed random directions into the outputs) or the file's loss_fn.
+    Per layer: weight-gradient norm (mean and std over steps), received-gradient norm,
+    ratio to the network median, and the most similar layer by linear CKA of the
+    received gradients; next to the structural shortest/longest path and gradient
+    combination (docs/semantics.md, "Measured gradients").
+    """
+    from gpa.measure import measure_target
+    from gpa.measure.render import format_csv, format_html, format_table
+
+    settings = analysis_settings(ctx, params)
+    with progress_display(quiet) as progress:
+        m = measure_target(
+            target,
+            kwargs,
+            progress=progress,
+            steps=steps,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            **settings,
+        )
+    if fmt == "json":
+        text = m.to_json()
+    elif fmt == "csv":
+        text = format_csv(m)
+        for note in m.notes:
+            click.echo(f"note: {note}", err=True)
+    elif fmt == "html":
+        text = format_html(m)
+    else:
+        text = format_table(m, color=output is None and sys.stdout.isatty())
+    emit(text, output)

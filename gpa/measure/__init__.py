@@ -1,0 +1,501 @@
+"""``gpa.measure``: the gradients a model's layers really receive, next to its gradient paths.
+
+:func:`measure` analyses the model's structure (:func:`gpa.analyze`), then runs ``steps``
+training steps (forward and backward, train mode, no optimizer step) and measures, per
+layer: the norm of its weight gradient, the norm of the gradient received at its output
+and the linear CKA between every two layers' received gradients (``docs/semantics.md``,
+"Measured gradients"). The model is left as it was found: its mode, buffers (batch-norm
+statistics), parameter gradients, device and the global random state are restored.
+
+Example:
+    >>> import torch.nn as nn, gpa
+    >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> m = gpa.measure(net, input_shape=(1, 4), steps=2, batch_size=8)
+    >>> list(m.layers), m.layers["0"].frozen, m.cka("0", "0")
+    (['0', '2'], False, 1.0)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gpa.api import analyze
+from gpa.core.report import Report
+from gpa.errors import GpaError
+from gpa.measure.cka import cka_matrix, spearman
+from gpa.measure.hooks import GradientRecorder, StepGradients
+from gpa.measure.inputs import synthetic_batches
+from gpa.measure.measurement import (
+    LayerMeasurement,
+    Measurement,
+    SegmentMeasurement,
+    combination_key,
+)
+
+__all__ = ["Measurement", "measure", "measure_target", "virtual_loss"]
+
+#: Added to ``seed`` for the synthetic inputs' generator (the loss directions use ``seed``).
+INPUT_SEED_OFFSET = 1
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def virtual_loss(
+    outputs: Any, seed: int = 0, select: Sequence[Any] | None = None
+) -> Callable[[Any], torch.Tensor]:
+    """The default loss L = Σ_o ⟨R_o, y_o⟩ / numel(y_o) over the selected outputs y_o.
+
+    ``R_o`` is a standard-normal tensor of y_o's shape drawn, once per output path and
+    shape, from a CPU generator seeded with ``seed`` (outputs in the returned structure's
+    order), so the gradient entering each output is a fixed random direction.
+
+    Args:
+        outputs: the model's first output (only used to fix the paths' order).
+        seed: the directions' seed.
+        select: output keys feeding the loss (None: all), as ``outputs=`` of gpa.analyze.
+
+    Returns:
+        A function of the model's outputs giving the scalar loss.
+
+    Raises:
+        GpaError: no selected output is a floating tensor that requires gradient.
+
+    Example:
+        >>> y = torch.ones(2, 3, requires_grad=True)
+        >>> loss = virtual_loss(y, seed=0)
+        >>> bool(torch.isclose(loss(y) * 6, torch.randn(2, 3, generator=torch.Generator().manual_seed(0)).sum()))
+        True
+    """
+    from gpa.frontends.outputs import returned_values
+
+    gen = torch.Generator().manual_seed(seed)
+    directions: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
+
+    def loss(out: Any) -> torch.Tensor:
+        chosen = [
+            (str(path), y)
+            for path, y in returned_values(out).select(select)
+            if isinstance(y, torch.Tensor) and y.requires_grad and y.is_floating_point()
+        ]
+        if not chosen:
+            raise GpaError(
+                "no selected output is a floating tensor that requires gradient: nothing to measure"
+            )
+        total = None
+        for path, y in chosen:
+            key = (path, tuple(y.shape))
+            if key not in directions:
+                directions[key] = torch.randn(key[1], generator=gen)
+            r = directions[key].to(device=y.device, dtype=y.dtype)
+            term = (r * y).sum() / y.numel()
+            total = term if total is None else total + term
+        return total
+
+    loss(outputs)  # draws the directions in the returned structure's order
+    return loss
+
+
+def _as_args(batch: Any) -> tuple[Any, ...]:
+    return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+
+
+def _to(batch: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
+    return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in batch)
+
+
+def _examples_from(report: Report) -> tuple[torch.Tensor, ...]:
+    if not report.inputs:
+        raise GpaError("gpa.measure needs inputs: give example_inputs, input_shape= or batches=")
+    out = []
+    for spec in report.inputs:
+        if "shape" not in spec:
+            raise GpaError(f"cannot synthesise an input from {spec['value']}; give batches=")
+        out.append(torch.zeros(spec["shape"], dtype=getattr(torch, spec["dtype"])))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def _preserved(model: nn.Module, device: torch.device | None) -> Iterator[None]:
+    """Run with ``model`` in train mode on ``device``; restore everything afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    buffers = {
+        k: b.detach().clone()
+        for k, b in model.state_dict(keep_vars=True).items()
+        if not isinstance(b, nn.Parameter) and isinstance(b, torch.Tensor)
+    }
+    grads = {p: p.grad for p in model.parameters()}
+    home = next(itertools.chain(model.parameters(), model.buffers()), None)
+    home_device = home.device if home is not None else None
+    devices = [device.index or 0] if device is not None and device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            if device is not None:
+                model.to(device)
+            model.train()
+            yield
+    finally:
+        if home_device is not None:
+            model.to(home_device)
+        model.load_state_dict(buffers, strict=False)
+        for m, mode in modes.items():
+            m.training = mode
+        for p, g in grads.items():
+            p.grad = g
+
+
+def _trainable(module: nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _param_axis(module: nn.Module, p: torch.Tensor) -> int:
+    transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
+    return 1 if transposed and p is getattr(module, "weight", None) else 0
+
+
+def measure(
+    model: nn.Module,
+    example_inputs: torch.Tensor | Sequence[Any] | None = None,
+    *,
+    batches: Iterable[Any] | None = None,
+    loss: LossFn | None = None,
+    steps: int = 8,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    channels: bool = False,
+    name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> Measurement:
+    """Measure the gradients every layer of ``model`` receives (``docs/semantics.md``,
+    "Measured gradients"), next to its structural gradient paths.
+
+    Args:
+        model: any ``nn.Module`` with real weights.
+        example_inputs: a tensor or a tuple of forward's positional arguments, shape
+            ``(B, ...)``; the structural analysis runs on them and the synthetic batches
+            copy their shapes (dim 0 becomes ``batch_size``) and dtypes: floats standard
+            normal, integers uniform in the embeddings' range (:mod:`gpa.measure.inputs`).
+        batches: instead of synthetic batches, an iterable of batches (a tensor or a tuple
+            of forward's arguments each); at most ``steps`` are used. Without
+            ``example_inputs`` the first batch is the example.
+        loss: ``loss(outputs, batch) -> scalar tensor``; default: the virtual loss
+            (:func:`virtual_loss`, directions drawn from ``seed``).
+        steps: number of forward/backward steps (>= 1).
+        batch_size: items per synthetic batch (>= 2 for CKA to be defined).
+        device: ``"cpu"``, ``"cuda"``, ``"mps"`` …; default: where the model is.
+        seed: seeds the directions of the virtual loss, the synthetic inputs (``seed + 1``)
+            and the global RNG during the steps (dropout); the global state is restored.
+        channels: also analyse channel segments and measure each segment's norms.
+        name: display name of the model.
+        progress: called with the name of each phase.
+        **options: analysis options of :func:`gpa.analyze` (``input_shape``, ``outputs`` —
+            also the outputs the virtual loss reads —, ``layer_types``, ``tracer`` …).
+
+    Returns:
+        A :class:`~gpa.measure.measurement.Measurement`.
+
+    Raises:
+        GpaError: as :func:`gpa.analyze`; no inputs at all; ``steps`` < 1; no batch; the
+            loss is not a scalar tensor that requires gradient.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+        >>> m = measure(net, torch.zeros(1, 3), steps=1, batch_size=4)
+        >>> m.layers["1"].output_grad_norm > 0, m.steps
+        (True, 1)
+    """
+    step = progress or (lambda phase: None)
+    if steps < 1:
+        raise GpaError(f"steps must be at least 1, got {steps}")
+    if options.get("train") is False:
+        raise GpaError("gpa.measure runs in train mode; train=False is not supported")
+    batch_iter: Iterator[Any] | None = None
+    if batches is not None:
+        batch_iter = iter(batches)
+        first = next(batch_iter, None)
+        if first is None:
+            raise GpaError("batches= is empty: nothing to measure")
+        batch_iter = itertools.chain([first], batch_iter)
+        if example_inputs is None and "input_shape" not in options:
+            example_inputs = _as_args(first)
+    step("structural analysis")
+    report = analyze(
+        model, example_inputs, name=name, channels=channels, progress=progress, **options
+    )
+    target = torch.device(device) if device is not None else None
+    modules = {}
+    notes = list(report.notes)
+    for layer in report.layers:
+        try:
+            modules[layer] = model.get_submodule(layer)
+        except AttributeError:
+            if layer == type(model).__name__ and len(report.layers) == 1:
+                modules[layer] = model  # the model itself is the one layer
+                continue
+            notes.append(f"layer {layer!r} is not a submodule: not measured")
+    segments = {
+        n: [(s.start, s.stop) for s in r.segments]
+        for n, r in report.layers.items()
+        if r.segments is not None and n in modules
+    }
+    with _preserved(model, target):
+        torch.manual_seed(seed)
+        run_device = target or next(
+            itertools.chain((p.device for p in model.parameters()), [torch.device("cpu")])
+        )
+        if batch_iter is None:
+            examples = (
+                _as_args(example_inputs) if example_inputs is not None else _examples_from(report)
+            )
+            batch_iter = synthetic_batches(
+                examples,
+                model,
+                steps=steps,
+                batch_size=batch_size,
+                seed=seed + INPUT_SEED_OFFSET,
+                device=run_device,
+            )
+        per_step = _run(
+            model,
+            modules,
+            segments,
+            batch_iter,
+            steps,
+            loss,
+            seed,
+            options.get("outputs"),
+            run_device,
+            step,
+        )
+    return _summarise(
+        report,
+        modules,
+        segments,
+        per_step,
+        steps=len(per_step),
+        batch_size=batch_size if batches is None else -1,
+        seed=seed,
+        device=str(run_device),
+        loss="virtual" if loss is None else "user",
+        notes=notes,
+    )
+
+
+def _run(
+    model: nn.Module,
+    modules: dict[str, nn.Module],
+    segments: dict[str, list[tuple[int, int]]],
+    batch_iter: Iterator[Any],
+    steps: int,
+    loss: LossFn | None,
+    seed: int,
+    outputs: Any,
+    device: torch.device,
+    step: Callable[[str], None],
+) -> list[tuple[StepGradients, dict[str, float], dict[str, list[float]]]]:
+    """Run the steps; per step the received-gradient reductions and the weight norms."""
+    from gpa.options import AnalysisOptions
+
+    select = AnalysisOptions(outputs=outputs).outputs if outputs is not None else None
+    virtual = None
+    results = []
+    params = list(model.parameters())
+    with GradientRecorder(modules, segments) as recorder:
+        for i, batch in enumerate(itertools.islice(batch_iter, steps)):
+            step(f"step {i + 1}/{steps}")
+            args = _to(_as_args(batch), device)
+            for p in params:
+                p.grad = None
+            out = model(*args)
+            if loss is None:
+                virtual = virtual or virtual_loss(out, seed, select)
+                value = virtual(out)
+            else:
+                value = loss(out, batch)
+            if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.requires_grad):
+                raise GpaError("the loss must return a scalar tensor that requires gradient")
+            value.reshape(()).backward()
+            results.append((recorder.end_step(), *_weight_norms(modules, segments)))
+    for p in params:
+        p.grad = None
+    if not results:
+        raise GpaError("batches= gave no batch: nothing to measure")
+    return results
+
+
+def _weight_norms(
+    modules: dict[str, nn.Module], segments: dict[str, list[tuple[int, int]]]
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """‖∂L/∂W‖ per trainable layer, and per segment (parameters sliced on output channels)."""
+    norms, seg_norms = {}, {}
+    for name, module in modules.items():
+        trainable = _trainable(module)
+        if not trainable:
+            continue
+        grads = [(p, p.grad) for p in trainable if p.grad is not None]
+        norms[name] = math.sqrt(sum(float(g.double().pow(2).sum()) for _, g in grads))
+        if name in segments:
+            width = segments[name][-1][1]
+            sums = []
+            for start, stop in segments[name]:
+                total = 0.0
+                for p, g in grads:
+                    axis = _param_axis(module, p)
+                    if g.dim() > axis and g.shape[axis] == width:
+                        total += float(g.narrow(axis, start, stop - start).double().pow(2).sum())
+                sums.append(math.sqrt(total))
+            seg_norms[name] = sums
+    return norms, seg_norms
+
+
+def _summarise(
+    report: Report,
+    modules: dict[str, nn.Module],
+    segments: dict[str, list[tuple[int, int]]],
+    per_step: list[tuple[StepGradients, dict[str, float], dict[str, list[float]]]],
+    **meta: Any,
+) -> Measurement:
+    names = [n for n in modules if n in per_step[0][0].sq_norms]
+    missing = [n for n in modules if n not in names]
+    notes = meta.pop("notes")
+    if missing:
+        notes.append(f"layers not called in the measured steps: {', '.join(missing)}")
+    out_norm = {
+        n: float(np.mean([math.sqrt(s.sq_norms.get(n, 0.0)) for s, _, _ in per_step]))
+        for n in names
+    }
+    w = {n: [wn[n] for _, wn, _ in per_step] for n in names if n in per_step[0][1]}
+    features = []
+    usable = []
+    for n in names:
+        parts = [s.features.get(n) for s, _, _ in per_step]
+        if any(p is None for p in parts) or len({p.shape[1] for p in parts}) != 1:
+            notes.append(f"layer {n!r}: its calls' samples do not line up; no CKA")
+            continue
+        usable.append(n)
+        features.append(np.concatenate(parts, axis=0))
+    small = cka_matrix(features)
+    sim = np.full((len(names), len(names)), np.nan)
+    idx = [names.index(n) for n in usable]
+    sim[np.ix_(idx, idx)] = small
+    trained = [float(np.mean(v)) for v in w.values()]
+    median = float(np.median(trained)) if trained else 0.0
+    layers = {}
+    for i, n in enumerate(names):
+        row = sim[i].copy()
+        row[i] = np.nan
+        best = int(np.nanargmax(row)) if np.isfinite(row).any() else None
+        mean_w = float(np.mean(w[n])) if n in w else None
+        seg = None
+        if n in segments:
+            seg = tuple(
+                SegmentMeasurement(
+                    start,
+                    stop,
+                    float(np.mean([sn[n][j] for _, _, sn in per_step])) if n in w else None,
+                    float(np.mean([math.sqrt(s.segment_sq_norms[n][j]) for s, _, _ in per_step])),
+                )
+                for j, (start, stop) in enumerate(segments[n])
+            )
+        layers[n] = LayerMeasurement(
+            name=n,
+            type=type(modules[n]).__name__,
+            weight_grad_norm=mean_w,
+            weight_grad_norm_std=float(np.std(w[n])) if n in w else None,
+            output_grad_norm=out_norm[n],
+            relative_norm=mean_w / median if mean_w is not None and median > 0 else None,
+            frozen=n not in w,
+            most_similar=(names[best], float(row[best])) if best is not None else None,
+            segments=seg,
+        )
+    return Measurement(
+        model=report.model,
+        layers=layers,
+        similarity=sim,
+        report=report,
+        rank_correlation=_rank_correlation(report, names, sim),
+        notes=notes,
+        **meta,
+    )
+
+
+def _rank_correlation(report: Report, names: list[str], sim: np.ndarray) -> float | None:
+    """Spearman over layer pairs (both reached, CKA defined) of shares-combination vs CKA.
+
+    Layers share a combination when their layer-level keys are equal, or, with channel
+    segments, when some segment of one has the combination of some segment of the other.
+    """
+    keys = [combination_key(report.layers[n]) for n in names]
+    shared, values = [], []
+    for i, j in itertools.combinations(range(len(names)), 2):
+        if keys[i] is None or keys[j] is None or not np.isfinite(sim[i, j]):
+            continue
+        segmented = report.layers[names[i]].segments is not None
+        same = bool(keys[i] & keys[j]) if segmented else keys[i] == keys[j]
+        shared.append(1.0 if same else 0.0)
+        values.append(float(sim[i, j]))
+    return spearman(shared, values)
+
+
+def measure_target(
+    target: str,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    progress: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> Measurement:
+    """:func:`measure` the model named by a TARGET string (see :mod:`gpa.target`).
+
+    The target file's ``example_inputs`` / ``input_shape`` give the inputs (unless
+    ``settings`` give ``input_shape``), its ``example_batches`` (an iterable of batches, or
+    a zero-argument callable returning one) the batches and its ``loss_fn(outputs, batch)``
+    the loss, unless ``settings`` give ``batches`` / ``loss``.
+
+    Raises:
+        TargetError: the target cannot be loaded; otherwise as :func:`measure`.
+
+    Example:
+        >>> m = measure_target("gpa.models:plainnet", {"depth": 2}, steps=1, batch_size=2)
+        >>> len(m.layers)
+        4
+    """
+    from gpa.target import load_target
+
+    loaded = load_target(target, kwargs)
+    settings.setdefault("name", loaded.name)
+    batches = getattr(loaded, "example_batches", None)
+    if batches is not None and settings.get("batches") is None:
+        settings["batches"] = batches() if callable(batches) else batches
+    loss_fn = getattr(loaded, "loss_fn", None)
+    if loss_fn is not None and settings.get("loss") is None:
+        settings["loss"] = loss_fn
+    example = None
+    if settings.get("input_shape") is None:
+        settings.pop("input_shape", None)
+        if loaded.example_inputs is not None:
+            example = loaded.example_inputs
+        elif loaded.input_shape is not None and settings.get("batches") is None:
+            settings["input_shape"] = loaded.input_shape
+    return measure(loaded.model, example, progress=progress, **settings)
+
+
+class _CallableModule(types.ModuleType):
+    """``gpa.measure`` is this package and, called, :func:`measure`: ``import gpa.measure``
+    binds the package where ``gpa.measure(...)`` is called."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Measurement:
+        return measure(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

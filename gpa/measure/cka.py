@@ -1,0 +1,98 @@
+"""Linear centred kernel alignment (CKA, Kornblith et al. 2019) and Spearman's rank correlation.
+
+For two feature matrices ``X`` (n × p) and ``Y`` (n × q) over the same n samples, with
+``K = X Xᵀ``, ``L = Y Yᵀ`` and the centring matrix ``H = I - 11ᵀ/n``:
+
+    CKA(X, Y) = ⟨HKH, HLH⟩_F / (‖HKH‖_F ‖HLH‖_F)
+
+which equals ‖Ŷᵀ X̂‖²_F / (‖X̂ᵀ X̂‖_F ‖Ŷᵀ Ŷ‖_F) for the column-centred X̂, Ŷ. It lies in
+[0, 1], is 1 for Y = X·c (any scale) and invariant to orthogonal transforms of either
+side. It is undefined (NaN here) when either side is constant over the samples.
+
+Example:
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).normal(size=(16, 3))
+    >>> round(float(linear_cka(x, 2 * x)), 6)
+    1.0
+    >>> round(float(spearman([1, 2, 3, 4], [10, 20, 40, 30])), 3)
+    0.8
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["centred_gram", "cka_matrix", "linear_cka", "spearman"]
+
+
+def centred_gram(x: np.ndarray) -> np.ndarray:
+    """``H X Xᵀ H`` for features ``x`` of shape (n, p) (float64, shape (n, n))."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    x = x - x.mean(axis=0, keepdims=True)
+    return x @ x.T
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA of features ``x`` (n × p) and ``y`` (n × q); NaN when either is constant.
+
+    Raises:
+        ValueError: ``x`` and ``y`` have different numbers of samples (rows).
+    """
+    if len(x) != len(y):
+        raise ValueError(f"CKA needs the same samples on both sides, got {len(x)} and {len(y)}")
+    return float(cka_matrix([x, y])[0, 1])
+
+
+def cka_matrix(features: Sequence[np.ndarray]) -> np.ndarray:
+    """Linear CKA between every pair of feature matrices (each n × p_i, the same n).
+
+    Returns:
+        A symmetric (k, k) float64 array; NaN in the rows and columns of constant features,
+        1 on the diagonal elsewhere.
+    """
+    k = len(features)
+    if k == 0:
+        return np.zeros((0, 0))
+    grams = np.stack([centred_gram(f).ravel() for f in features])  # (k, n²)
+    inner = grams @ grams.T
+    norms = np.sqrt(np.diag(inner))
+    scale = np.outer(norms, norms)
+    tiny = norms.max() ** 2 * 1e-24 if norms.size else 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(scale > tiny, inner / np.where(scale > 0, scale, 1.0), np.nan)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties given the mean of the ranks they span."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_values[j + 1] == sorted_values[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman's rank correlation of two samples (ties: mean ranks); None when either side
+    is constant or has fewer than two values.
+
+    Raises:
+        ValueError: the samples have different lengths.
+    """
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"spearman needs samples of equal length, got {len(x)} and {len(y)}")
+    if len(x) < 2:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return None if denom == 0 else float((rx * ry).sum() / denom)

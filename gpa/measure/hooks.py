@@ -1,0 +1,192 @@
+"""Capturing the gradient each layer receives at its output, reduced as it arrives.
+
+A forward hook on every layer module registers a tensor hook on each floating output that
+requires gradient; when the backward pass reaches that output, the hook reduces the
+gradient ``g`` at once to
+
+* its squared Frobenius norm ``‖g‖²`` (and, per channel segment, that of the segment's
+  channels), and
+* a (batch, channels) feature matrix: ``g`` averaged over every axis but the batch axis
+  (0) and the channel axis (1 for convolutions, the last axis otherwise, as in
+  ``docs/semantics.md`` §8).
+
+Nothing else of ``g`` is kept. The calls of a module in one step are merged: their squared
+norms add up and their feature matrices are joined along the channel axis, in forward
+order. An output whose gradient never arrives (consumed only after ``.detach()``) counts as
+zero. :meth:`GradientRecorder.end_step` hands back one step's reductions and clears them,
+so memory holds one step's reduced values, never all steps' gradients.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    >>> with GradientRecorder({"0": net[0], "1": net[1]}) as rec:
+    ...     net(torch.ones(4, 3)).sum().backward()
+    ...     step = rec.end_step()
+    >>> step.sq_norms["1"], step.features["1"].shape
+    (4.0, (4, 1))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+__all__ = ["GradientRecorder", "StepGradients", "channel_axis", "output_tensors"]
+
+
+def channel_axis(module: nn.Module) -> int:
+    """1 for a convolution (or a module containing one), -1 otherwise (§8's rule).
+
+    Example:
+        >>> channel_axis(nn.Conv2d(1, 1, 1)), channel_axis(nn.Linear(1, 1))
+        (1, -1)
+    """
+    return 1 if any(isinstance(m, _ConvNd) for m in module.modules()) else -1
+
+
+def output_tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The floating tensors in a module's output (tuples, lists, dicts)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex():
+            yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from output_tensors(v)
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from output_tensors(v)
+
+
+def _features(g: torch.Tensor, axis: int) -> torch.Tensor:
+    """``g`` (B, ...) averaged over all axes but 0 and ``axis``: (B, C), float64 on the CPU."""
+    g = g.detach()
+    if g.is_complex():
+        g = g.abs()
+    if g.dim() == 0:
+        return g.reshape(1, 1).double().cpu()
+    if g.dim() == 1:
+        return g.reshape(-1, 1).double().cpu()
+    axis = axis % g.dim()
+    if axis == 0:
+        axis = g.dim() - 1
+    g = g.movedim(axis, 1).reshape(g.shape[0], g.shape[axis], -1)
+    return g.double().mean(dim=2).cpu()
+
+
+def _feature_shape(y: torch.Tensor, axis: int) -> tuple[int, int]:
+    """The shape :func:`_features` gives for a gradient shaped like ``y``."""
+    if y.dim() <= 1:
+        return (y.shape[0] if y.dim() else 1, 1)
+    axis = axis % y.dim()
+    return (y.shape[0], y.shape[axis if axis else y.dim() - 1])
+
+
+@dataclass
+class StepGradients:
+    """One step's reduced received gradients, by layer name.
+
+    Attributes:
+        sq_norms: ``‖∂L/∂y‖²`` summed over the layer's calls.
+        features: (batch, channels) float64 array per layer (None when the calls' batch
+            sizes differ, so that the samples do not line up).
+        segment_sq_norms: per layer with segments, the squared norm of each segment's
+            channels (summed over calls).
+    """
+
+    sq_norms: dict[str, float] = field(default_factory=dict)
+    features: dict[str, np.ndarray | None] = field(default_factory=dict)
+    segment_sq_norms: dict[str, list[float]] = field(default_factory=dict)
+
+
+class GradientRecorder:
+    """Hooks that reduce the gradient received at each layer's output (module docstring).
+
+    Args:
+        modules: layer name -> module, in forward order.
+        segments: layer name -> [(start, stop)] channel ranges to measure separately.
+
+    Use as a context manager (the hooks are removed on exit); call :meth:`end_step` after
+    each backward pass.
+    """
+
+    def __init__(
+        self,
+        modules: Mapping[str, nn.Module],
+        segments: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+    ) -> None:
+        self.modules = dict(modules)
+        self.segments = {k: list(v) for k, v in (segments or {}).items()}
+        self.axes = {name: channel_axis(m) for name, m in self.modules.items()}
+        self._handles: list[Any] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._calls: dict[str, int] = {}
+        self._shapes: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
+        self._sq: dict[str, float] = {}
+        self._seg: dict[str, list[float]] = {}
+        self._feats: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
+
+    def __enter__(self) -> GradientRecorder:
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _forward_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if not torch.is_grad_enabled():
+                return
+            call = self._calls.get(name, 0)
+            self._calls[name] = call + 1
+            for slot, y in enumerate(output_tensors(output)):
+                key = (call, slot)
+                self._shapes.setdefault(name, {})[key] = _feature_shape(y, self.axes[name])
+                if y.requires_grad:  # else autograd computes no gradient for it: zero
+                    y.register_hook(self._tensor_hook(name, key))
+
+        return hook
+
+    def _tensor_hook(self, name: str, key: tuple[int, int]) -> Any:
+        def hook(g: torch.Tensor) -> None:
+            gd = g.detach()
+            mag = gd.abs() if gd.is_complex() else gd
+            self._sq[name] = self._sq.get(name, 0.0) + float(mag.double().pow(2).sum())
+            if name in self.segments and gd.dim() >= 2:
+                axis = self.axes[name] % gd.dim()
+                sums = self._seg.setdefault(name, [0.0] * len(self.segments[name]))
+                for i, (start, stop) in enumerate(self.segments[name]):
+                    part = mag.narrow(axis, start, max(0, min(stop, gd.shape[axis]) - start))
+                    sums[i] += float(part.double().pow(2).sum())
+            self._feats.setdefault(name, {})[key] = _features(gd, self.axes[name])
+
+        return hook
+
+    def end_step(self) -> StepGradients:
+        """The reductions of the step just run (zeros for outputs no gradient reached)."""
+        step = StepGradients()
+        for name in self.modules:
+            if name not in self._shapes:
+                continue
+            step.sq_norms[name] = self._sq.get(name, 0.0)
+            if name in self.segments:
+                step.segment_sq_norms[name] = self._seg.get(name, [0.0] * len(self.segments[name]))
+            got = self._feats.get(name, {})
+            parts = [
+                got[key].numpy() if key in got else np.zeros(shape)
+                for key, shape in sorted(self._shapes[name].items())
+            ]
+            batches = {p.shape[0] for p in parts}
+            step.features[name] = np.concatenate(parts, axis=1) if len(batches) == 1 else None
+        self._reset()
+        return step

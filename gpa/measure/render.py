@@ -1,0 +1,145 @@
+"""A :class:`~gpa.measure.measurement.Measurement` as a text table, CSV or HTML.
+
+One row per layer: its structural shortest/longest path and gradient combination, then
+the measured weight-gradient norm (mean ± std over steps), the received-gradient norm,
+the ratio to the network median and the most similar layer with its CKA.
+
+Example:
+    >>> import torch, torch.nn as nn
+    >>> from gpa.measure import measure
+    >>> m = measure(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), torch.zeros(1, 2),
+    ...             steps=1, batch_size=4)
+    >>> format_csv(m).splitlines()[0]
+    'name,type,shortest,longest,combination,weight_grad_norm,weight_grad_norm_std,output_grad_norm,relative_norm,frozen,most_similar,most_similar_cka'
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["COLUMNS", "format_csv", "format_html", "format_table"]
+
+COLUMNS = (
+    "name",
+    "type",
+    "shortest",
+    "longest",
+    "combination",
+    "weight_grad_norm",
+    "weight_grad_norm_std",
+    "output_grad_norm",
+    "relative_norm",
+    "frozen",
+    "most_similar",
+    "most_similar_cka",
+)
+
+
+def _rows(m: Any) -> list[dict[str, Any]]:
+    rows = []
+    for layer in m.to_dict()["layers"]:
+        sim = layer.get("most_similar") or {}
+        rows.append(
+            {
+                **{k: layer.get(k) for k in COLUMNS[:-2]},
+                "most_similar": sim.get("layer"),
+                "most_similar_cka": sim.get("cka"),
+            }
+        )
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _summary(m: Any) -> list[str]:
+    net = m.network_dict()
+    d = net["duplication"]
+    how = f"{m.steps} steps, batch {m.batch_size}, seed {m.seed}, {m.device}, {m.loss} loss"
+    return [
+        f"model: {m.model} ({how})",
+        f"layers: {net['layers']}, frozen: {len(net['frozen'])}, "
+        f"gradient combinations: {_cell(net['gradient_combinations'])}",
+        f"duplication (CKA over {d['pairs']} layer pairs): mean {_cell(d['mean'])}, "
+        f"median {_cell(d['median'])}, p90 {_cell(d['p90'])}, max {_cell(d['max'])}",
+        f"mean most-similar CKA: {_cell(net['mean_most_similar'])}; rank correlation "
+        f"(shared combination vs CKA): {_cell(net['rank_correlation'])}",
+    ]
+
+
+def format_table(m: Any, *, color: bool = False, width: int = 120) -> str:
+    """The summary lines, then a rich table of the layers, then the notes."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    headers = (
+        "layer",
+        "type",
+        "short",
+        "long",
+        "comb",
+        "‖∂L/∂W‖",
+        "± std",
+        "‖∂L/∂y‖",
+        "rel",
+        "frozen",
+        "most similar",
+        "CKA",
+    )
+    for h in headers:
+        left = h in ("layer", "type", "most similar")
+        table.add_column(h, justify="left" if left else "right", overflow="fold")
+    for row in _rows(m):
+        table.add_row(*(_cell(row[c]) for c in COLUMNS))
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=width,
+        color_system="standard" if color else None,
+        force_jupyter=False,
+        force_terminal=color,
+    )
+    for line in _summary(m):
+        console.print(line, highlight=False, markup=False)
+    console.print(table)
+    for note in m.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    return buffer.getvalue()
+
+
+def format_csv(m: Any) -> str:
+    """One row per layer, the columns of :data:`COLUMNS` (empty cells for None)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in _rows(m):
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return out.getvalue()
+
+
+def format_html(m: Any) -> str:
+    """A self-contained HTML fragment: the summary and the layer table."""
+    lines = [f"<p>{html.escape(line)}</p>" for line in _summary(m)]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in COLUMNS) + "</tr>"
+        for r in _rows(m)
+    )
+    notes = "".join(f"<p><em>note: {html.escape(n)}</em></p>" for n in m.notes)
+    return (
+        '<div class="gpa-measurement">'
+        + "".join(lines)
+        + f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}</div>"
+    )

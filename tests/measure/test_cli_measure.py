@@ -1,0 +1,178 @@
+"""``gpa measure``: exit codes, JSON keys, the target file's example_batches / loss_fn."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import pytest
+import torch
+from click.testing import CliRunner
+
+from gpa.cli import main
+
+matplotlib.use("Agg")
+
+TARGET = """
+import torch, torch.nn as nn
+torch.manual_seed(0)  # the same weights on every load
+model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+example_inputs = torch.zeros(1, 4)
+"""
+
+BATCHES = (
+    TARGET
+    + """
+g = torch.Generator().manual_seed(3)
+example_batches = [torch.randn(6, 4, generator=g) for _ in range(5)]
+def loss_fn(outputs, batch):
+    return 3.0 * outputs.pow(2).sum()
+"""
+)
+
+
+def _write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "net.py"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_json_has_the_layer_keys(tmp_path: Path) -> None:
+    target = _write(tmp_path, TARGET)
+    result = CliRunner().invoke(
+        main, ["measure", target, "--steps", "2", "--batch-size", "4", "--format", "json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [r["name"] for r in data["layers"]] == ["0", "2"]
+    assert data["measurement"] == {
+        "steps": 2,
+        "batch_size": 4,
+        "seed": 0,
+        "device": "cpu",
+        "loss": "virtual",
+    }
+    layer = data["layers"][0]
+    for key in (
+        "shortest",
+        "longest",
+        "timestamps",
+        "sources",
+        "weight_grad_norm",
+        "weight_grad_norm_std",
+        "output_grad_norm",
+        "relative_norm",
+        "frozen",
+        "most_similar",
+    ):
+        assert key in layer
+    assert layer["shortest"] == 2 and layer["sources"] == ["2"]
+    assert layer["most_similar"]["layer"] == "2"
+    assert data["cka"]["layers"] == ["0", "2"] and data["cka"]["matrix"][0][0] == 1.0
+    assert {"mean", "median", "pairs"} <= set(data["network"]["duplication"])
+
+
+def test_example_batches_and_loss_fn_from_the_file(tmp_path: Path) -> None:
+    """The file's 5 batches (at most --steps used) and loss: a hand backward agrees."""
+    target = _write(tmp_path, BATCHES)
+    result = CliRunner().invoke(main, ["measure", target, "--steps", "1", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["measurement"]["loss"] == "user" and data["measurement"]["steps"] == 1
+    from gpa.target import load_target
+
+    loaded = load_target(target)
+    x = loaded.example_batches[0]
+    loaded.loss_fn(loaded.model(x), x).backward()
+    w = loaded.model[2]
+    expected = float(torch.cat([w.weight.grad.flatten(), w.bias.grad]).norm())
+    assert data["layers"][1]["weight_grad_norm"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_table_csv_html_and_output_file(tmp_path: Path) -> None:
+    target = _write(tmp_path, TARGET)
+    run = CliRunner().invoke
+    table = run(main, ["measure", target, "--steps", "1", "--batch-size", "4"])
+    assert table.exit_code == 0 and "duplication" in table.output and "most similar" in table.output
+    csv = run(main, ["measure", target, "--steps", "1", "--batch-size", "4", "--format", "csv"])
+    assert csv.exit_code == 0
+    assert csv.output.splitlines()[0].startswith("name,type,shortest,longest")
+    assert len(csv.output.splitlines()) == 3
+    out = tmp_path / "m.html"
+    html = run(
+        main,
+        [
+            "measure",
+            target,
+            "--steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--format",
+            "html",
+            "-o",
+            str(out),
+        ],
+    )
+    assert html.exit_code == 0 and out.read_text().startswith('<div class="gpa-measurement">')
+
+
+def test_exit_codes(tmp_path: Path) -> None:
+    run = CliRunner().invoke
+    assert run(main, ["measure", str(tmp_path / "missing.py")]).exit_code == 2
+    assert run(main, ["measure", _write(tmp_path, TARGET), "--steps", "0"]).exit_code == 2
+    assert run(main, ["measure", _write(tmp_path, TARGET), "--device", "tpu"]).exit_code == 2
+    no_inputs = _write(tmp_path, "import torch.nn as nn\nmodel = nn.Linear(2, 2)\n")
+    result = run(main, ["measure", no_inputs])
+    assert result.exit_code == 2 and "needs inputs" in result.output
+
+
+def test_draw_measured_kinds() -> None:
+    import gpa.plot
+    from gpa.errors import GpaError
+    from gpa.measure import measure
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 1))
+    m = measure(net, torch.zeros(1, 3), steps=1, batch_size=4)
+    fig = gpa.plot.draw("gradnorm", [m])
+    assert {p.get_gid() for p in fig.axes[0].patches} == {"bar:0", "bar:1"}
+    heat = gpa.plot.draw("duplication", [m])
+    assert heat.axes[0].images[0].get_gid() == "heatmap"
+    assert heat.axes[0].images[0].get_array()[0, 0] == 1.0
+    with pytest.raises(GpaError, match="measurement"):
+        gpa.plot.draw("gradnorm", [m.report])
+
+
+@pytest.mark.slow  # subprocess
+def test_cli_subprocess_on_a_zoo_model() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpa",
+            "measure",
+            "gpa.models:prn",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert len(data["layers"]) == 8 and data["network"]["duplication"]["pairs"] == 28
+
+
+def test_import_gpa_does_not_import_torch() -> None:
+    code = "import gpa, sys; assert 'torch' not in sys.modules; print(callable(gpa.measure))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

@@ -1,0 +1,244 @@
+"""gpa.measure on hand-built models: each expected value derived by hand or from a plain
+backward pass run here without gpa."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gpa
+from gpa.errors import GpaError
+from gpa.measure import measure, virtual_loss
+from gpa.measure.cka import linear_cka, spearman
+
+
+class DetachedConsumer(nn.Module):
+    """``b`` reads ``a``'s output only after .detach(): no gradient reaches ``a``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x).detach() + x)
+
+
+class SummedPair(nn.Module):
+    """``a`` and ``b`` are consumed only through their sum: both receive ∂L/∂(a+b)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 6)
+        self.b = nn.Linear(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.a(x) + self.b(x)))
+
+
+class TinyLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.proj = nn.Linear(8, 11)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.emb(ids))
+
+
+def test_detached_consumer_has_zero_weight_gradient_and_is_unreachable() -> None:
+    torch.manual_seed(0)
+    m = measure(DetachedConsumer(), torch.zeros(1, 4), steps=2, batch_size=5)
+    assert not m.report.layers["a"].reachable
+    assert m.layers["a"].weight_grad_norm == 0.0
+    assert m.layers["a"].output_grad_norm == 0.0
+    assert m.layers["a"].most_similar is None  # CKA of a zero gradient is undefined
+    assert m.cka("a", "b") is None
+    assert m.layers["b"].weight_grad_norm > 0
+    assert m.to_dict()["layers"][0]["shortest"] is None
+
+
+def test_layers_consumed_only_through_a_sum_have_cka_one() -> None:
+    torch.manual_seed(0)
+    m = measure(SummedPair(), torch.zeros(1, 4), steps=3, batch_size=16)
+    assert m.cka("a", "b") == pytest.approx(1.0, abs=1e-6)
+    assert m.layers["a"].most_similar[0] == "b"
+    assert m.layers["a"].most_similar[1] == pytest.approx(1.0, abs=1e-6)
+    # identical received gradients: identical norms
+    assert m.layers["a"].output_grad_norm == pytest.approx(m.layers["b"].output_grad_norm)
+    # structurally they share their gradient combination, head does not
+    d = {r["name"]: r for r in m.to_dict()["layers"]}
+    assert d["a"]["combination"] == d["b"]["combination"] != d["head"]["combination"]
+
+
+def test_doubling_the_loss_doubles_every_norm() -> None:
+    def run(scale: float) -> gpa.Measurement:
+        torch.manual_seed(0)
+        net = SummedPair()
+        return measure(
+            net,
+            torch.zeros(1, 4),
+            steps=2,
+            batch_size=8,
+            loss=lambda out, batch: scale * (out**2).sum(),
+        )
+
+    one, two = run(1.0), run(2.0)
+    for name in one.layers:
+        a, b = one.layers[name], two.layers[name]
+        assert b.weight_grad_norm == pytest.approx(2 * a.weight_grad_norm, rel=1e-6)
+        assert b.weight_grad_norm_std == pytest.approx(
+            2 * a.weight_grad_norm_std, rel=1e-5, abs=1e-9
+        )
+        assert b.output_grad_norm == pytest.approx(2 * a.output_grad_norm, rel=1e-6)
+        assert b.relative_norm == pytest.approx(a.relative_norm, rel=1e-6)  # a ratio
+    np.testing.assert_allclose(two.similarity, one.similarity, atol=1e-9)
+
+
+def test_norms_match_a_plain_backward_pass() -> None:
+    """One step with the user's batch: the same numbers as a hand-written backward."""
+    torch.manual_seed(0)
+    net = SummedPair()
+    x = torch.randn(8, 4)
+    m = measure(net, batches=[x], steps=1, loss=lambda out, batch: out.pow(2).sum())
+    net.zero_grad()
+    a_out = {}
+
+    def keep(module: nn.Module, args: object, out: torch.Tensor) -> None:
+        out.retain_grad()
+        a_out["y"] = out
+
+    net.a.register_forward_hook(keep)
+    net(x).pow(2).sum().backward()
+    expected_w = math.sqrt(net.a.weight.grad.pow(2).sum() + net.a.bias.grad.pow(2).sum())
+    assert m.layers["a"].weight_grad_norm == pytest.approx(expected_w, rel=1e-6)
+    assert m.layers["a"].output_grad_norm == pytest.approx(float(a_out["y"].grad.norm()), rel=1e-6)
+    assert m.layers["a"].weight_grad_norm_std == 0.0  # one step
+
+
+def test_virtual_loss_sends_a_fixed_random_direction() -> None:
+    """∂L/∂y = R / numel(y) with R standard normal from the seed."""
+    net = nn.Linear(3, 2)
+    m = measure(net, torch.zeros(1, 3), steps=2, batch_size=4, seed=7)
+    r = torch.randn(4, 2, generator=torch.Generator().manual_seed(7))
+    assert m.layers["Linear"].output_grad_norm == pytest.approx(float(r.norm() / 8), rel=1e-6)
+    y = torch.zeros(4, 2, requires_grad=True)
+    virtual_loss(y, seed=7)(y).backward()
+    torch.testing.assert_close(y.grad, r / 8)
+
+
+def test_frozen_layer_is_reported() -> None:
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    net[2].requires_grad_(False)
+    m = measure(net, torch.zeros(1, 4), steps=2, batch_size=4)
+    assert [n for n, x in m.layers.items() if x.frozen] == ["2"]
+    assert m.layers["2"].weight_grad_norm is None and m.layers["2"].relative_norm is None
+    assert m.layers["2"].weight_grad_norm_std is None
+    assert m.layers["2"].output_grad_norm > 0  # it still receives gradient, and hands it on
+    assert m.layers["0"].weight_grad_norm > 0
+    median = float(np.median([m.layers["0"].weight_grad_norm, m.layers["4"].weight_grad_norm]))
+    assert m.layers["4"].relative_norm == pytest.approx(m.layers["4"].weight_grad_norm / median)
+    assert m.to_dict()["network"]["frozen"] == ["2"]
+    assert net[2].weight.grad is None and not net[2].weight.requires_grad
+
+
+def test_frozen_first_layer_receives_no_gradient() -> None:
+    """Nothing before it needs gradient, so autograd computes none at its output: 0."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    net[0].requires_grad_(False)
+    m = measure(net, torch.zeros(1, 4), steps=1, batch_size=4)
+    assert m.layers["0"].frozen and m.layers["0"].output_grad_norm == 0.0
+    assert m.layers["2"].relative_norm == 1.0
+
+
+def test_embedding_model_with_integer_inputs() -> None:
+    torch.manual_seed(0)
+    model = TinyLM()
+    m = measure(model, torch.zeros(1, 5, dtype=torch.long), steps=2, batch_size=4)
+    assert set(m.layers) == {"emb", "proj"}
+    assert m.layers["emb"].weight_grad_norm > 0 and m.layers["proj"].weight_grad_norm > 0
+    assert 0.0 <= m.cka("emb", "proj") <= 1.0
+
+
+def test_model_state_is_restored() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    net.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    state = torch.random.get_rng_state()
+    measure(net, torch.zeros(1, 3, 6, 6), steps=2, batch_size=4)
+    assert not net.training and not net[1].training
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    assert all(p.grad is None for p in net.parameters())
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_measurement_is_deterministic_and_json_has_the_keys() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    a = measure(net, torch.zeros(1, 3, 6, 6), steps=2, batch_size=4).to_json()
+    b = measure(net, torch.zeros(1, 3, 6, 6), steps=2, batch_size=4).to_json()
+    assert a == b
+    layer = gpa.measure(net, torch.zeros(1, 3, 6, 6), steps=1, batch_size=4).to_dict()["layers"][0]
+    assert {
+        "shortest",
+        "longest",
+        "timestamps",
+        "sources",
+        "weight_grad_norm",
+        "weight_grad_norm_std",
+        "output_grad_norm",
+        "relative_norm",
+        "frozen",
+        "most_similar",
+    } <= set(layer)
+    assert set(layer["most_similar"]) == {"layer", "cka"}
+
+
+def test_channels_measure_each_segment() -> None:
+    """A split layer: the segments' squared norms add up to the layer's."""
+
+    class Split(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.b = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            return torch.cat([y[:, :4], self.b(y[:, 4:])], 1)
+
+    m = measure(Split(), torch.zeros(1, 3, 4, 4), steps=1, batch_size=4, channels=True)
+    segs = m.layers["a"].segments
+    assert [(s.start, s.stop) for s in segs] == [(0, 4), (4, 8)]
+    total = math.sqrt(sum(s.output_grad_norm**2 for s in segs))
+    assert total == pytest.approx(m.layers["a"].output_grad_norm, rel=1e-6)
+    wtotal = math.sqrt(sum(s.weight_grad_norm**2 for s in segs))
+    assert wtotal == pytest.approx(m.layers["a"].weight_grad_norm, rel=1e-6)
+
+
+def test_errors() -> None:
+    with pytest.raises(GpaError, match="steps"):
+        measure(nn.Linear(2, 2), torch.zeros(1, 2), steps=0)
+    with pytest.raises(GpaError, match="scalar"):
+        measure(nn.Linear(2, 2), torch.zeros(1, 2), steps=1, loss=lambda o, b: o)
+    with pytest.raises(GpaError, match="no measured layer"):
+        measure(nn.Linear(2, 2), torch.zeros(1, 2), steps=1, batch_size=2).cka("", "x")
+
+
+def test_cka_and_spearman_against_definitions() -> None:
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(10, 3)), rng.normal(size=(10, 5))
+    n = 10
+    h = np.eye(n) - np.ones((n, n)) / n
+    k, l_ = h @ x @ x.T @ h, h @ y @ y.T @ h
+    expected = (k * l_).sum() / np.sqrt((k * k).sum() * (l_ * l_).sum())
+    assert linear_cka(x, y) == pytest.approx(expected)
+    q = rng.normal(size=(3, 3))
+    assert linear_cka(x, x @ np.linalg.qr(q)[0] * 3) == pytest.approx(1.0)
+    assert spearman([0, 0, 1, 1], [0.1, 0.2, 0.9, 0.8]) == pytest.approx(math.sqrt(0.8))
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
