@@ -3,8 +3,15 @@
 A TARGET is either
 
 * a path to a Python file, optionally followed by ``:attr``
-  (``nets/mine.py`` or ``nets/mine.py:build``), or
-* an import spec ``package.module:attr`` (``torchvision.models:resnet50``).
+  (``nets/mine.py`` or ``nets/mine.py:build``),
+* an import spec ``package.module:attr`` (``torchvision.models:resnet50``), or
+* a model of a library, built from its configuration without weights (see
+  :data:`LIBRARIES`): ``torchvision:NAME`` and ``timm:NAME`` (the libraries' model
+  names), an Ultralytics model YAML (``yolov8n.yaml``, ``ultralytics:yolo11n``, a path
+  ``nets/custom.yaml``), ``transformers:TYPE`` (a model type: ``bert``, ``gpt2``,
+  ``llama`` … built by ``AutoModel.from_config``) or ``transformers:CLASS``
+  (``GPT2LMHeadModel``). ``-k`` options go to the library's constructor (for
+  ``transformers``: to the configuration, e.g. ``num_hidden_layers=2``).
 
 ``attr`` (a dotted attribute path is allowed) may name an ``nn.Module``
 instance, an ``nn.Module`` subclass or any callable returning an ``nn.Module``.
@@ -15,7 +22,8 @@ tensor, a tuple of tensors, or a zero-argument callable returning one) or
 ``input_shape`` (a tuple of ints, or a list of such tuples); failing both, a
 model attribute ``input_shape`` is used. For ``gpa measure``, the file may also define
 ``example_batches`` (an iterable of batches, or a zero-argument callable returning one)
-and ``loss_fn(outputs, batch)`` (the loss; default: gpa's virtual loss).
+and ``loss_fn(outputs, batch)`` (the loss; default: gpa's virtual loss). A library model comes with inputs that fit
+it (:func:`library_inputs_text` describes them).
 
 Every problem a user can cause raises :class:`gpa.errors.TargetError` with
 one message that names the problem and what to do about it. Nothing here
@@ -49,7 +57,9 @@ from gpa.options import parse_input_shapes
 
 __all__ = [
     "DEFAULT_NAMES",
+    "LIBRARIES",
     "LoadedTarget",
+    "library_inputs_text",
     "load_target",
 ]
 
@@ -67,20 +77,22 @@ class LoadedTarget:
 
     Attributes:
         model: the ``nn.Module`` to analyse.
-        example_inputs: positional inputs of ``forward`` (a tuple of tensors),
-            or ``None`` when the target defines none.
+        example_inputs: positional inputs of ``forward`` (a tuple of tensors; a
+            library model's may hold ``None`` for an optional argument before a
+            later one), or ``None`` when the target defines none.
         input_shape: one shape per positional input, or ``None``. At most one
             of ``example_inputs`` and ``input_shape`` is set; ``example_inputs``
             takes precedence when a file defines both.
-        name: display name, e.g. ``"nets/mine.py:build"`` or
-            ``"torchvision.models:resnet50"``.
+        name: display name, e.g. ``"nets/mine.py:build"``,
+            ``"torchvision.models:resnet50"`` or ``"timm:resnet50"`` (a library
+            target is named as given).
         example_batches: the file's ``example_batches`` (batches for ``gpa measure``:
             an iterable, or a zero-argument callable returning one), or ``None``.
         loss_fn: the file's ``loss_fn(outputs, batch)`` for ``gpa measure``, or ``None``.
     """
 
     model: nn.Module
-    example_inputs: tuple[torch.Tensor, ...] | None
+    example_inputs: tuple[torch.Tensor | None, ...] | None
     input_shape: list[tuple[int, ...]] | None
     name: str
     example_batches: Any = None
@@ -516,12 +528,21 @@ def _is_file_spec(head: str) -> bool:
     )
 
 
-def load_target(spec: str, kwargs: dict[str, Any] | None = None) -> LoadedTarget:
+def load_target(
+    spec: str, kwargs: dict[str, Any] | None = None, *, device: str | None = None
+) -> LoadedTarget:
     """Load the model named by a TARGET string, and the inputs its source defines.
 
     Args:
-        spec: ``path/to/file.py``, ``path/to/file.py:attr`` or ``package.module:attr``.
-        kwargs: keyword arguments for the factory (``-k key=value`` options).
+        spec: ``path/to/file.py``, ``path/to/file.py:attr``, ``package.module:attr``, or a
+            library model: ``torchvision:NAME``, ``timm:NAME``, ``transformers:NAME``, an
+            Ultralytics model YAML (``yolov8n.yaml``, ``ultralytics:NAME``, a path).
+        kwargs: keyword arguments for the factory (``-k key=value`` options); for a
+            ``transformers`` target, settings of the model's configuration.
+        device: where a library model is built (``"meta"``: no weights are allocated).
+            Default: the CPU, except ``transformers`` models, which are built on the meta
+            device (their default configurations reach billions of parameters; gpa needs
+            only shapes). Files and import specs build their models themselves.
 
     Returns:
         The model, its example inputs or input shapes (if any), and a display name.
@@ -529,12 +550,18 @@ def load_target(spec: str, kwargs: dict[str, Any] | None = None) -> LoadedTarget
     Raises:
         TargetError: the file is missing or fails to import, no model is found,
             the factory raises or returns something that is not an ``nn.Module``,
-            or the module of an import spec cannot be imported.
+            the module of an import spec cannot be imported, or a library target names
+            a library that is not installed or a model it does not have.
     """
     kwargs = dict(kwargs or {})
     spec = spec.strip()
     if not spec:
         raise TargetError("empty target: give a .py file or a package.module:attr import spec")
+    library = _library_spec(spec)
+    if library is not None:
+        loaded = _load_library_model(spec, *library, kwargs, device)
+        if loaded is not None:
+            return loaded
     head, attr = _split_spec(spec)
 
     if _is_file_spec(head):
@@ -579,3 +606,377 @@ def _finish(
         example_batches=vars(module).get("example_batches"),
         loss_fn=loss_fn,
     )
+
+
+# --------------------------------------------------------------------------
+# Library targets: torchvision:NAME, timm:NAME, transformers:NAME, Ultralytics YAML
+# --------------------------------------------------------------------------
+
+#: The libraries whose models a TARGET names directly as ``LIBRARY:NAME``; an Ultralytics
+#: model YAML may also be given alone (``yolov8n.yaml``, ``nets/custom.yaml``).
+LIBRARIES: tuple[str, ...] = ("torchvision", "timm", "ultralytics", "transformers")
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+
+#: Images per batch of the default inputs of torchvision and timm models: in train mode,
+#: batch norm after a global pooling (squeeze-excite, attention heads) refuses one image.
+_IMAGE_BATCH = 2
+
+#: Tokens per sequence of the default inputs of transformers models (token ids 0).
+_TOKENS = 16
+
+
+def library_inputs_text() -> str:
+    """How library targets get their inputs (for help texts and the README)."""
+    return (
+        f"torchvision and timm models: {_IMAGE_BATCH} images of the size the library "
+        "gives for the model (torchvision's weights' crop size, timm's input_size; "
+        "video models 16 frames); Ultralytics models: 1 image of 640x640 (224x224 for "
+        f"classification); transformers models: {_TOKENS} token ids (0), or one image "
+        "or audio clip of the size the configuration gives, plus decoder token ids for "
+        "encoder-decoder models"
+    )
+
+
+def _library_spec(spec: str) -> tuple[str, str] | None:
+    """``(library, name)`` when ``spec`` names a library model, else None."""
+    library, sep, name = spec.partition(":")
+    if sep and library in LIBRARIES:
+        return library, name.strip()
+    head, attr = _split_spec(spec)
+    if attr is None and spec.lower().endswith(_YAML_SUFFIXES):
+        return "ultralytics", spec
+    return None
+
+
+def _import_library(library: str, spec: str) -> ModuleType:
+    """Import ``library`` for ``spec``, or say that it is not installed."""
+    if library == "ultralytics" and "ultralytics" not in sys.modules:
+        # Its import probes the network (a DNS lookup) unless told it is offline; gpa
+        # never needs the network.
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+    try:
+        return importlib.import_module(library)
+    except ModuleNotFoundError as exc:
+        if exc.name == library:
+            raise TargetError(
+                f"target {spec!r} names a model of {library}, which is not installed in "
+                f"this Python ({sys.executable}): install it (pip install {library}) or "
+                "give a .py file that builds the model"
+            ) from None
+        raise TargetError(
+            f"importing {library} (for target {spec!r}) failed:\n" + _describe_exception(exc, [])
+        ) from None
+    except (Exception, SystemExit) as exc:
+        raise TargetError(
+            f"importing {library} (for target {spec!r}) failed:\n" + _describe_exception(exc, [])
+        ) from None
+
+
+def _construct(spec: str, make: Callable[[], nn.Module], device: str | None) -> nn.Module:
+    """``make()`` on ``device``, its failures as a TargetError naming ``spec``."""
+    try:
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            model = make()
+    except TargetError:
+        raise
+    except (Exception, SystemExit) as exc:
+        where = f" on the {device} device" if device is not None else ""
+        raise TargetError(
+            f"building {spec}{where} failed:\n" + _describe_exception(exc, [])
+        ) from None
+    if not isinstance(model, nn.Module):  # pragma: no cover - the libraries return modules
+        raise TargetError(f"{spec} built a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _no_weights(spec: str, kwargs: dict[str, Any]) -> None:
+    given = [k for k in ("weights", "pretrained", "weights_backbone") if k in kwargs]
+    if given:
+        raise TargetError(
+            f"{spec} is built without weights (gradient paths do not depend on them, and "
+            f"gpa downloads nothing); drop -k {', '.join(given)}"
+        )
+
+
+def _unknown_model(
+    spec: str, library: str, name: str, module: ModuleType, known: Iterable[str]
+) -> None:
+    """Return (None: an ordinary import spec) when ``name`` is an attribute path of the
+    library's module, else raise with the closest model names."""
+    if name and all(part.isidentifier() for part in name.split(".")):
+        value: Any = module
+        try:
+            for part in name.split("."):
+                value = getattr(value, part)
+        except AttributeError:
+            pass
+        else:
+            return None
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    guess = (
+        f" (did you mean {' or '.join(repr(f'{library}:{c}') for c in close)}?)" if close else ""
+    )
+    raise TargetError(
+        f"{library} {getattr(module, '__version__', '')} has no model named {name!r}{guess}; "
+        f"{_LIBRARY_HINTS[library]}"
+    )
+
+
+_LIBRARY_HINTS = {
+    "torchvision": "torchvision.models.list_models() lists the names",
+    "timm": "timm.list_models() lists the names (e.g. timm.list_models('resnet*'))",
+    "transformers": (
+        "give a model type (bert, gpt2, llama, t5, vit, whisper …: the keys of "
+        "transformers.CONFIG_MAPPING) or a model class (BertModel, GPT2LMHeadModel …)"
+    ),
+}
+
+
+def _load_library_model(
+    spec: str, library: str, name: str, kwargs: dict[str, Any], device: str | None
+) -> LoadedTarget | None:
+    """The library model ``spec`` names, or None when ``name`` is an attribute of the
+    library's module instead (``torchvision:models.resnet50``: an ordinary import spec)."""
+    if not name:
+        raise TargetError(f"target {spec!r} names no model: give {library}:NAME")
+    loaders = {
+        "torchvision": _torchvision_model,
+        "timm": _timm_model,
+        "ultralytics": _ultralytics_model,
+        "transformers": _transformers_model,
+    }
+    return loaders[library](spec, name, kwargs, device)
+
+
+def _torchvision_model(
+    spec: str, name: str, kwargs: dict[str, Any], device: str | None
+) -> LoadedTarget | None:
+    torchvision = _import_library("torchvision", spec)
+    models = torchvision.models
+    known = models.list_models()
+    if name not in known:
+        return _unknown_model(spec, "torchvision", name, torchvision, known)
+    _no_weights(spec, kwargs)
+    options = {"weights": None, **kwargs}
+    with contextlib.suppress(TypeError, ValueError):
+        if "weights_backbone" in inspect.signature(models.get_model_builder(name)).parameters:
+            options["weights_backbone"] = None  # detection and segmentation models
+    model = _construct(spec, lambda: models.get_model(name, **options), device)
+    return LoadedTarget(model, None, _torchvision_shape(models, name), spec)
+
+
+def _torchvision_shape(models: ModuleType, name: str) -> list[tuple[int, ...]] | None:
+    """Inputs that fit torchvision model ``name``: images (frames for video models) of
+    the crop size of its weights' transforms; None for detection and optical flow models,
+    which take lists of images."""
+    if name in models.list_models(module=models.detection) + models.list_models(
+        module=models.optical_flow
+    ):
+        return None
+    size = 224
+    with contextlib.suppress(Exception):  # metadata only: no download
+        transforms = models.get_model_weights(name).DEFAULT.transforms()
+        size = int((getattr(transforms, "crop_size", None) or transforms.resize_size)[0])
+    if name in models.list_models(module=models.video):
+        return [(_IMAGE_BATCH, 3, 16, size, size)]
+    return [(_IMAGE_BATCH, 3, size, size)]
+
+
+def _timm_model(
+    spec: str, name: str, kwargs: dict[str, Any], device: str | None
+) -> LoadedTarget | None:
+    timm = _import_library("timm", spec)
+    if not timm.is_model(name):
+        return _unknown_model(spec, "timm", name, timm, timm.list_models())
+    _no_weights(spec, kwargs)
+    model = _construct(spec, lambda: timm.create_model(name, pretrained=False, **kwargs), device)
+    config = getattr(model, "pretrained_cfg", None) or {}
+    channels, *size = config.get("input_size") or (3, 224, 224)
+    channels = kwargs.get("in_chans", channels)
+    return LoadedTarget(model, None, [(_IMAGE_BATCH, channels, *size)], spec)
+
+
+def _ultralytics_model(
+    spec: str, name: str, kwargs: dict[str, Any], device: str | None
+) -> LoadedTarget:
+    ultralytics = _import_library("ultralytics", spec)
+    from ultralytics.nn import tasks
+
+    if not name.lower().endswith(_YAML_SUFFIXES):
+        name += ".yaml"
+    path = Path(name).expanduser()
+    if path.is_dir():
+        raise TargetError(f"{name} is a directory; give an Ultralytics model YAML file")
+    if path.exists():
+        name = str(path.resolve())
+    elif "/" in name or os.sep in name:
+        raise TargetError(
+            f"file not found: {name} (looked in {path.resolve().parent}); give the path of "
+            "an Ultralytics model YAML, or the name of one the package ships (yolov8n.yaml)"
+        )
+    with _quiet_ultralytics():
+        try:
+            config = tasks.yaml_model_load(name)
+        except FileNotFoundError:
+            shipped = _shipped_yamls(ultralytics)
+            close = difflib.get_close_matches(Path(name).stem, shipped, n=3, cutoff=0.6)
+            guess = f" (close: {', '.join(f'{c}.yaml' for c in close)})" if close else ""
+            raise TargetError(
+                f"no Ultralytics model YAML {name!r}: no such file here, and ultralytics "
+                f"{ultralytics.__version__} ships none of that name{guess}. A scale letter "
+                "after the version picks the size (yolov8n.yaml is yolov8.yaml at scale n)"
+            ) from None
+        except Exception as exc:
+            raise TargetError(
+                f"reading the Ultralytics model YAML {name!r} failed:\n"
+                + _describe_exception(exc, [])
+            ) from None
+        model_class = _ultralytics_class(tasks, config)
+        _check_kwargs(model_class, kwargs, f"{model_class.__name__} (for {spec})")
+        kwargs.setdefault("verbose", False)
+        model = _construct(spec, lambda: model_class(config, **kwargs), device)
+    channels = kwargs.get("ch", config.get("ch", 3))
+    size = 224 if isinstance(model, tasks.ClassificationModel) else 640
+    return LoadedTarget(model, None, [(1, channels, size, size)], spec)
+
+
+def _ultralytics_class(tasks: ModuleType, config: dict[str, Any]) -> type[nn.Module]:
+    """The ``ultralytics.nn.tasks`` model class for a model YAML (as its ``YOLO`` and
+    ``RTDETR`` classes choose it)."""
+    head = str(config.get("head", [[None, None, ""]])[-1][2])
+    if head == "RTDETRDecoder":
+        return tasks.RTDETRDetectionModel
+    if head.startswith("World"):
+        return tasks.WorldModel
+    if head.startswith("YOLOE"):
+        return tasks.YOLOESegModel if "Segment" in head else tasks.YOLOEModel
+    by_task = {
+        "detect": "DetectionModel",
+        "segment": "SegmentationModel",
+        "semantic": "SemanticSegmentationModel",
+        "classify": "ClassificationModel",
+        "pose": "PoseModel",
+        "obb": "OBBModel",
+        "depth": "DepthModel",
+    }
+    task = tasks.guess_model_task(config)
+    return getattr(tasks, by_task.get(task, "DetectionModel"), tasks.DetectionModel)
+
+
+def _shipped_yamls(ultralytics: ModuleType) -> list[str]:
+    root = Path(ultralytics.__file__).parent / "cfg" / "models"
+    return sorted({p.stem for p in root.rglob("*.yaml")})
+
+
+@contextlib.contextmanager
+def _quiet_ultralytics() -> Iterator[None]:
+    """Ultralytics' logger says only errors while gpa builds a model (no summaries)."""
+    import logging
+
+    logger = logging.getLogger("ultralytics")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _transformers_model(
+    spec: str, name: str, kwargs: dict[str, Any], device: str | None
+) -> LoadedTarget | None:
+    transformers = _import_library("transformers", spec)
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if name in CONFIG_MAPPING:
+        config_class = CONFIG_MAPPING[name]
+
+        def make(config: Any) -> nn.Module:
+            return transformers.AutoModel.from_config(config)
+
+    else:
+        model_class = getattr(transformers, name, None) if name.isidentifier() else None
+        if not (
+            isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)
+        ):
+            from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+            classes = [c for c in MODEL_MAPPING_NAMES.values() if isinstance(c, str)]
+            known = [*CONFIG_MAPPING.keys(), *classes]
+            return _unknown_model(spec, "transformers", name, transformers, known)
+        config_class = model_class.config_class
+
+        def make(config: Any) -> nn.Module:
+            return model_class(config)
+
+    config = _transformers_config(spec, config_class, kwargs)
+    device = "meta" if device is None else device
+    model = _construct(spec, lambda: make(config), device)
+    return LoadedTarget(model, _transformers_inputs(model, config, device), None, spec)
+
+
+def _transformers_config(spec: str, config_class: type, kwargs: dict[str, Any]) -> Any:
+    """The configuration from the library's defaults and ``kwargs`` (``-k``), which must
+    be settings it has; no cache (``use_cache=False``) unless asked: gradient paths are
+    those of training, which keeps none."""
+    try:
+        default = config_class()
+    except Exception as exc:
+        raise TargetError(
+            f"{config_class.__name__}() (for {spec}) failed:\n" + _describe_exception(exc, [])
+        ) from None
+    known = set(default.to_dict()) | set(getattr(default, "attribute_map", {}))
+    with contextlib.suppress(TypeError, ValueError):
+        known |= set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
+    unknown = [k for k in kwargs if k not in known]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TargetError(
+            f"{config_class.__name__} has no setting {', '.join(hints)} (given with -k to "
+            f"{spec}; -k options of a transformers target set its configuration)"
+        )
+    try:
+        config = config_class(**kwargs)
+    except Exception as exc:
+        raise TargetError(
+            f"{config_class.__name__}(**kwargs) (for {spec}) failed:\n"
+            + _describe_exception(exc, [])
+        ) from None
+    if "use_cache" not in kwargs and hasattr(config, "use_cache"):
+        config.use_cache = False
+    return config
+
+
+def _transformers_inputs(
+    model: nn.Module, config: Any, device: str
+) -> tuple[torch.Tensor | None, ...] | None:
+    """Inputs that fit a transformers model, by its main input (token ids, an image, an
+    audio clip), with decoder token ids for encoder-decoder models; None when the
+    configuration does not say their size."""
+    main = getattr(model, "main_input_name", "input_ids")
+    values: dict[str, torch.Tensor] = {}
+    if main == "input_ids":
+        values[main] = torch.zeros(1, _TOKENS, dtype=torch.int64, device=device)
+    elif main == "pixel_values" and hasattr(config, "image_size"):
+        size = config.image_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        channels = getattr(config, "num_channels", 3)
+        values[main] = torch.zeros(1, channels, height, width, device=device)
+    elif main == "input_features" and hasattr(config, "num_mel_bins"):
+        frames = 2 * getattr(config, "max_source_positions", 1500)  # Whisper's two strides
+        values[main] = torch.zeros(1, config.num_mel_bins, frames, device=device)
+    elif main == "input_values":
+        values[main] = torch.zeros(1, 16000, device=device)
+    else:
+        return None
+    parameters = list(inspect.signature(model.forward).parameters)
+    if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in parameters:
+        values["decoder_input_ids"] = torch.zeros(1, _TOKENS, dtype=torch.int64, device=device)
+    if any(name not in parameters for name in values):
+        return None
+    last = max(parameters.index(name) for name in values)
+    return tuple(values.get(name) for name in parameters[: last + 1])

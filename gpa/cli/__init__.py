@@ -20,7 +20,7 @@ from typing import IO, Any
 import click
 
 from gpa import __version__
-from gpa.cli import analyze, check, compare, measure, plot, scale, zoo
+from gpa.cli import analyze, check, compare, explain, measure, plot, scale, zoo
 from gpa.errors import GpaError
 
 __all__ = ["main"]
@@ -83,7 +83,7 @@ def main() -> None:
     """
 
 
-for _module in (analyze, check, compare, zoo, scale, plot, measure):
+for _module in (analyze, explain, check, compare, zoo, scale, plot, measure):
     main.add_command(_module.command)
 
 

@@ -8,7 +8,13 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from gpa.cli.options import analysis_options, analysis_settings, depth_option, progress_display
+from gpa.cli.options import (
+    analysis_options,
+    analysis_settings,
+    depth_option,
+    progress_display,
+    writable_path,
+)
 
 __all__ = ["command"]
 
@@ -18,26 +24,29 @@ __all__ = ["command"]
 @analysis_options
 @click.option(
     "--kind",
-    type=click.Choice(["timestamps", "sources", "profile", "histogram"]),
+    type=click.Choice(["timestamps", "sources", "profile", "histogram", "gradnorm", "duplication"]),
     default="timestamps",
     show_default=True,
     help="timestamps (Fig. 7), sources at a round (Fig. 8), profile along depth "
-    "(several TARGETs overlaid), or the path-length histogram of --layer.",
+    "(several TARGETs overlaid), the path-length histogram of --layer, or, measured on "
+    "real backward passes (gpa measure, default steps and batch size): gradnorm "
+    "(gradient norm beside shortest path) and duplication (CKA heat map).",
 )
 @click.option("--layer", metavar="NAME", help="The layer of --kind histogram.")
 @click.option(
     "--round",
     "t",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="The round of --kind sources.",
+    default=None,
+    help="The round of --kind sources (default: the first round at which more than one "
+    "layer receives gradient; at most the longest gradient path).",
 )
 @depth_option
 @click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
+    callback=writable_path,
     help="Image file; .png, .svg or .pdf (default: KIND.png).",
 )
 @click.pass_context
@@ -48,7 +57,7 @@ def command(
     quiet: bool,
     kind: str,
     layer: str | None,
-    t: int,
+    t: int | None,
     depth: int | None,
     output: Path | None,
     **params: Any,
@@ -63,12 +72,19 @@ def command(
     output = output or Path(f"{kind}.png")
     gpa.plot.image_format(output)  # refuse a bad file name before analysing
     given = ctx.get_parameter_source("channels") is not ParameterSource.DEFAULT
-    options = AnalysisOptions(**analysis_settings(ctx, params))
+    settings = analysis_settings(ctx, params)
+    options = AnalysisOptions(**settings)
     if not given:  # segments make timestamps and sources richer, where fx can give them
         wanted = kind in ("timestamps", "sources") and options.tracer is not Tracer.AUTOGRAD
         options = options.replace(channels=wanted)
     with progress_display(quiet) as progress:
-        reports = [_analyze(x, kwargs, options, not given, progress) for x in targets]
+        if kind in ("gradnorm", "duplication"):
+            from gpa.measure import measure_target
+
+            settings.pop("channels", None)  # measured per layer here
+            reports = [measure_target(x, kwargs, progress=progress, **settings) for x in targets]
+        else:
+            reports = [_analyze(x, kwargs, options, not given, progress) for x in targets]
     fig = gpa.plot.draw(kind, reports, layer=layer, t=t, depth=depth)
     gpa.plot.save(fig, output)
     click.echo(f"wrote {output}")

@@ -56,6 +56,7 @@ __all__ = [
     "KINDS",
     "Part",
     "Unit",
+    "busiest_first_round",
     "draw",
     "image_format",
     "histogram",
@@ -427,8 +428,29 @@ def timestamps(
 # ------------------------------------------------------------------ Fig. 8
 
 
+def busiest_first_round(report: Report) -> int:
+    """The default round of :func:`sources`: the first at which more than one layer
+    receives gradient (round 1 when there is none such).
+
+    Example:
+        >>> import gpa, gpa.models
+        >>> m = gpa.models.build("resnet", blocks=2)
+        >>> busiest_first_round(gpa.analyze(m, input_shape=m.input_shape))
+        2
+    """
+    longest = report.network.longest or 1
+    for t in range(1, longest + 1):
+        if sum(t in r.timestamps for r in report.layers.values()) > 1:
+            return t
+    return 1
+
+
 def sources(
-    report: Report, t: int = 1, *, depth: int | None = None, max_units: int = MAX_UNITS
+    report: Report,
+    t: int | None = None,
+    *,
+    depth: int | None = None,
+    max_units: int = MAX_UNITS,
 ) -> Figure:
     """Fig. 8: which layers (channel segments) receive gradient at round ``t``, from which source.
 
@@ -445,9 +467,19 @@ def sources(
         >>> fig = gpa.plot.sources(gpa.analyze(m, input_shape=m.input_shape, channels=True), t=2)
         >>> sorted(fig.axes[0].get_legend_handles_labels()[1])
         ['fc [0:16]', 'fc [16:24]', 'fc [24:32]']
+
+    ``t`` defaults to :func:`busiest_first_round`.
+
+    Raises:
+        GpaError: ``t`` is not a round of the traversal (1 … the network's longest path).
     """
-    if t < 1:
-        raise GpaError(f"round t must be at least 1, got {t}")
+    longest = report.network.longest or 0
+    t = busiest_first_round(report) if t is None else t
+    if not 1 <= t <= longest:
+        raise GpaError(
+            f"round {t} is not a round of {report.model}'s backward traversal: gradient "
+            f"reaches layers at rounds 1 to {longest} (its longest path)"
+        )
     drawn = units(report, depth=depth, t=t, max_units=max_units)
     n = len(drawn)
     font = _font(n)
@@ -768,13 +800,14 @@ def draw(
     reports: Sequence[Report],
     *,
     layer: str | None = None,
-    t: int = 1,
+    t: int | None = None,
     depth: int | None = None,
 ) -> Figure:
     """The figure of one of :data:`KINDS` for ``reports`` (what ``gpa plot --kind`` draws).
 
     ``profile`` overlays every report; the other kinds take exactly one.
-    ``histogram`` needs ``layer``; ``sources`` draws round ``t``; ``depth``
+    ``histogram`` needs ``layer``; ``sources`` draws round ``t`` (default: the first
+    round at which more than one layer receives gradient); ``depth``
     collapses layers by module depth in ``timestamps`` and ``sources``.
     """
     if kind not in KINDS:

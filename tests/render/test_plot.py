@@ -438,3 +438,39 @@ def test_cli_plot_user_errors(tmp_path: Path, args: list[str], message: str) -> 
     assert result.exit_code == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sources_round_default_and_range(tmp_path) -> None:
+    """Issue 15 §6. resnet with 2 blocks: the loss feeds fc alone at round 1; at round 2
+    fc feeds the second block's conv2 and the residual stream's other layers, so the
+    default is round 2; the longest path bounds the rounds."""
+    import gpa.models
+    from gpa.errors import GpaError
+    from gpa.render.plot import busiest_first_round, sources
+
+    m = gpa.models.build("resnet", blocks=2)
+    report = gpa.analyze(m, input_shape=m.input_shape)
+    at = {t: [n for n, r in report.layers.items() if t in r.timestamps] for t in (1, 2)}
+    assert len(at[1]) == 1 and len(at[2]) > 1  # by the definition, independently
+    assert busiest_first_round(report) == 2
+    longest = report.network.longest
+    with pytest.raises(GpaError, match=f"rounds 1 to {longest}"):
+        sources(report, longest + 1)
+    result = CliRunner().invoke(
+        main,
+        ["plot", "gpa.models:resnet", "-k", "blocks=2", "--kind", "sources",
+         "--round", str(longest + 1), "-o", str(tmp_path / "s.png")],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert f"rounds 1 to {longest}" in result.output
+
+
+@pytest.mark.parametrize("kind", ["gradnorm", "duplication"])
+def test_cli_draws_measured_kinds(tmp_path, kind) -> None:
+    """`gpa plot --kind gradnorm|duplication` measures the target (gpa measure) and draws it."""
+    out = tmp_path / f"{kind}.png"
+    result = CliRunner().invoke(
+        main, ["plot", "gpa.models:plainnet", "-k", "depth=2", "--kind", kind, "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes().startswith(b"\x89PNG")
