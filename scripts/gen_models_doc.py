@@ -56,7 +56,9 @@ INTRO = """\
 
 `gpa.models` builds small, faithful PyTorch versions of every family the paper discusses
 (`gpa zoo` lists them with their knobs; `gpa analyze gpa.models:NAME -k knob=value`
-analyses one). Each row below is the entry with its default knobs at its default input.
+analyses one). Each row below is the entry with its default knobs at its default input;
+*section* cites C.-Y. Wang, H.-Y. M. Liao, I-H. Yeh, "Designing Network Design Strategies
+Through Gradient Path Analysis" (2023): its sections, figures and tables.
 
 - **params**: every parameter (weights, biases, norms: the torch convention); **FLOPs**:
   2 × the multiply-adds of the conv/linear layers for one input of the shape shown
@@ -69,7 +71,7 @@ analyses one). Each row below is the entry with its default knobs at its default
 TABLE2_INTRO = """\
 ## Table 2 (ImageNet backbones, 256×256)
 
-The paper's convention (reference §0): parameters are the conv/linear weights only, the
+The paper's convention (its Table 2, as darknet counts): parameters are the conv/linear weights only, the
 classifier included, norms and biases excluded (`--count-convention darknet`); FLOPs are
 2 × multiply-adds of the conv/linear layers at 256×256.
 """

@@ -160,7 +160,7 @@ def _toy_blocks(base: str, n: int) -> BlocksFn:
 
 @register(
     description="CSPNet: stages split in two parts, one crossing the stage (Fig. 5 fusions)",
-    section="§3.2, Fig. 4/5, Table 6; reference §1.6, W10",
+    section="§3.2, Fig. 4/5, Table 6",
 )
 def csp(
     base: str = "darknet",

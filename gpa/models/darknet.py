@@ -196,7 +196,7 @@ def _bottlenecks(c_in: int, n: int, mid: int, out: int, stride: int, groups: int
 
 @register(
     description="Darknet-53 (Table 2): 52 convs with darknet residual blocks, 18.57 GFLOPs",
-    section="§5.1, Table 2; reference §2.1",
+    section="§5.1, Table 2",
     input_shape=_INPUT,
 )
 def darknet53(num_classes: int = 1000) -> ZooNet:
@@ -212,7 +212,7 @@ def darknet53(num_classes: int = 1000) -> ZooNet:
 
 @register(
     description="CSPDarknet-53 (Table 2): Darknet-53 with CSP stages (Fig. 5 b), 13.07 GFLOPs",
-    section="§3.2, §5.1, Table 2; reference §2.2",
+    section="§3.2, §5.1, Table 2",
     input_shape=_INPUT,
 )
 def cspdarknet53(num_classes: int = 1000) -> ZooNet:
@@ -269,7 +269,7 @@ def _darknet_cspresnet(cfgs: tuple[CSPResStageCfg, ...], num_classes: int) -> Zo
 
 @register(
     description="ResNet-50, darknet version (Table 2): partial shortcuts, no projections",
-    section="§5.1, Table 2; reference §2.4",
+    section="§5.1, Table 2",
     input_shape=_INPUT,
 )
 def resnet50_darknet(num_classes: int = 1000) -> ZooNet:
@@ -282,7 +282,7 @@ def resnet50_darknet(num_classes: int = 1000) -> ZooNet:
 
 @register(
     description="CSPResNet-50 (Table 2): ResNet-50 with cross stage partial stages",
-    section="§3.2, §5.1, Table 2; reference §2.5",
+    section="§3.2, §5.1, Table 2",
     input_shape=_INPUT,
 )
 def cspresnet50(num_classes: int = 1000) -> ZooNet:
@@ -295,7 +295,7 @@ def cspresnet50(num_classes: int = 1000) -> ZooNet:
 
 @register(
     description="ResNeXt-50 32x4d, darknet version (Table 2): grouped 3x3, partial shortcuts",
-    section="§5.1, Table 2; reference §2.6",
+    section="§5.1, Table 2",
     input_shape=_INPUT,
 )
 def resnext50_darknet(num_classes: int = 1000) -> ZooNet:
@@ -307,7 +307,7 @@ def resnext50_darknet(num_classes: int = 1000) -> ZooNet:
 
 @register(
     description="CSPResNeXt-50 (Table 2): ResNeXt-50 with cross stage partial stages",
-    section="§3.2, §5.1, Table 2; reference §2.6",
+    section="§3.2, §5.1, Table 2",
     input_shape=_INPUT,
 )
 def cspresnext50(num_classes: int = 1000) -> ZooNet:

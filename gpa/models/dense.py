@@ -58,7 +58,7 @@ def dense_stage(
 
 @register(
     description="DenseNet: dense blocks (concatenate all earlier outputs) with transitions",
-    section="Table 1; reference §1.4, W6",
+    section="Table 1",
 )
 def densenet(
     blocks: int = 2,

@@ -101,7 +101,7 @@ def _elan_net(stages: int, width: int, num_classes: int, make_block, c_out_mult:
 
 @register(
     description="ELAN (YOLOv7): 1x1 entries, a chain of 3x3 pairs tapped per pair, one transition",
-    section="§3.3, Fig. 6, Table 7; reference §1.8, W11",
+    section="§3.3, Fig. 6, Table 7",
 )
 def elan(stages: int = 2, pairs: int = 2, width: int = 16, num_classes: int = 10) -> ZooNet:
     """Toy ELAN network: stem 3x3 conv ``S``, ``stages`` stages of [``D`` = 3x3 stride-2
@@ -129,7 +129,7 @@ def elan(stages: int = 2, pairs: int = 2, width: int = 16, num_classes: int = 10
 
 @register(
     description="ELAN-H (YOLOv7 neck): ELAN with half-width 3x3 convs, every output tapped",
-    section="§3.3; reference §1.8 (neck ELAN variant)",
+    section="§3.3 (ELAN-H: the neck variant)",
 )
 def elan_h(stages: int = 2, convs: int = 4, width: int = 16, num_classes: int = 10) -> ZooNet:
     """Toy ELAN-H network: like :func:`elan`, but each block is YOLOv7's neck ELAN: 1x1

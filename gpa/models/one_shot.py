@@ -153,7 +153,7 @@ def build_vovnet(
 
 @register(
     description="VoVNet: stacked OSA modules (3x3 chain, one-shot concat, 1x1 transition)",
-    section="§3.3, §4.3, Table 4; reference §1.7, W8/W9",
+    section="§3.3, §4.3, Table 4",
 )
 def vovnet(
     stages: int = 1,
@@ -218,7 +218,7 @@ _V99 = (1, 3, 224, 224)
 
 @register(
     description="VoVNet-99: the deep VoVNet of Table 4 (3 + 16 x 6 = 99 convs)",
-    section="§4.3, Table 4; reference §1.7",
+    section="§4.3, Table 4",
     input_shape=_V99,
 )
 def vovnet99(num_classes: int = 1000) -> ZooNet:
@@ -229,7 +229,7 @@ def vovnet99(num_classes: int = 1000) -> ZooNet:
 
 @register(
     description="VoVNet-99 re-planned with ELAN: one transition per stage (Table 4)",
-    section="§4.3, Table 4; reference §1.8",
+    section="§4.3, Table 4",
     input_shape=_V99,
 )
 def vovnet99_elan(num_classes: int = 1000) -> ZooNet:
@@ -240,7 +240,7 @@ def vovnet99_elan(num_classes: int = 1000) -> ZooNet:
 
 @register(
     description="VoVNet-99 re-planned with ELAN plus the CSP split (Table 4)",
-    section="§4.3, Table 4; reference §1.8",
+    section="§4.3, Table 4",
     input_shape=_V99,
 )
 def vovnet99_elan_csp(num_classes: int = 1000) -> ZooNet:

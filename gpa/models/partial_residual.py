@@ -11,7 +11,7 @@ __all__ = ["prn"]
 
 @register(
     description="PRN: residual blocks whose identity reaches only the first channels",
-    section="§3.1, Fig. 3, Table 5; reference §1.3, W5",
+    section="§3.1, Fig. 3, Table 5",
 )
 def prn(
     blocks: int = 3,

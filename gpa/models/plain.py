@@ -12,7 +12,7 @@ __all__ = ["plainnet"]
 
 @register(
     description="PlainNet: stem conv, a chain of 3x3 convs with no shortcut, GAP, linear",
-    section="Table 1; reference §1.1, W1",
+    section="Table 1",
 )
 def plainnet(depth: int = 6, width: int = 16, num_classes: int = 10) -> ZooNet:
     """PlainNet: stem 3x3 conv ``S``, ``depth`` 3x3 convs of ``width`` channels, GAP, ``fc``.

@@ -44,7 +44,7 @@ def _residual_knobs(blocks: int, width: int, num_classes: int) -> tuple[int, int
 
 @register(
     description="ResNet: stem conv, residual blocks with identity shortcuts, GAP, linear",
-    section="Table 1; reference §1.2, W2",
+    section="Table 1",
 )
 def resnet(
     blocks: int = 3, bottleneck: bool = False, width: int = 16, num_classes: int = 10
@@ -70,7 +70,7 @@ def resnet(
 
 @register(
     description="ResNet with a stop-gradient on the identity or on the block input (Fig. 9)",
-    section="§4.3, Fig. 9, Table 3; reference §1.9, W3/W4",
+    section="§4.3, Fig. 9, Table 3",
 )
 def resnet_stopgrad(
     blocks: int = 3, where: str = "identity", width: int = 16, num_classes: int = 10

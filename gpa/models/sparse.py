@@ -26,7 +26,7 @@ def exponential_sources(index: int) -> list[int]:
 
 @register(
     description="SparseNet: each layer aggregates the outputs at offsets 1, 2, 4, 8, ...",
-    section="Table 1; reference §1.5, W7",
+    section="Table 1",
 )
 def sparsenet(
     layers: int = 8,

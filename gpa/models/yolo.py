@@ -407,7 +407,7 @@ def _detector(backbone: Backbone, neck: nn.Module, head: nn.Module) -> Detector:
 
 # --- registered entries -----------------------------------------------------------------------
 
-_SECTION = "§5, Tables 5-8; reference §3"
+_SECTION = "§5, Tables 5-8"
 
 
 @register(
@@ -460,7 +460,7 @@ def yolo_csp(fusion: str = "csp", head: str = "seg", num_classes: int = 80) -> D
 
 @register(
     description="YOLO-CSP with stop-gradient residual blocks in its CSP stages (Fig. 9, Table 3)",
-    section="§4.3, Fig. 9, Table 3; reference §1.9",
+    section="§4.3, Fig. 9, Table 3",
     input_shape=_INPUT,
 )
 def yolo_csp_stopgrad(where: str = "block", head: str = "seg", num_classes: int = 80) -> Detector:
