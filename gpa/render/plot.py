@@ -45,7 +45,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import BoundaryNorm, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from gpa.core.report import LOSS, LayerRecord, Report
 from gpa.errors import GpaError
@@ -417,8 +417,12 @@ def timestamps(
     _name_axis(ax, drawn, font)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, shrink=0.8, pad=0.01)
     bar.set_label("shortest gradient path", fontsize=9)
+    # path lengths are whole numbers: integer ticks only, however long the range
     if high - low <= 12:
         bar.set_ticks(range(low, high + 1))
+    else:
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
     collapsed = any(len(u.members) > 1 for u in drawn)
     note = " (layers collapsed by module; count in parentheses)" if collapsed else ""
     ax.set_title(f"{report.model}: gradient timestamps per layer{note}", fontsize=11)
@@ -609,12 +613,18 @@ def profile(report: Report, *others: Report, names: Sequence[str] | None = None)
     longest = max(len(r.layers) for r in reports)
     fig = Figure(figsize=(min(18.0, max(7.0, 0.08 * longest + 6)), 4.8), layout="constrained")
     ax = fig.add_subplot()
+    drawn: dict[str, tuple] = {}  # label -> its curves, to name the curves another hides
     for i, (r, label) in enumerate(zip(reports, labels, strict=True)):
         colour = _SOURCE_COLOURS[i % len(_SOURCE_COLOURS)]
         records = list(r.layers.values())
         xs = list(range(1, len(records) + 1))
         lo = [math.nan if x.shortest is None else x.shortest for x in records]
         hi = [math.nan if x.longest is None else x.longest for x in records]
+        curves = (tuple(lo), tuple(hi))
+        hidden = [other for other, seen in drawn.items() if seen == curves]
+        drawn[label] = curves
+        # drawn exactly over an earlier model's curves: say so in the legend
+        shown = f"{label} (same curves as {', '.join(hidden)})" if hidden else label
         ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, lw=0, gid=f"band:{label}")
         dots = [(x, s) for x, rec in zip(xs, records, strict=True) for s in rec.timestamps]
         if 0 < len(dots) <= 20000:
@@ -627,10 +637,10 @@ def profile(report: Report, *others: Report, names: Sequence[str] | None = None)
                 gid=f"stamps:{label}",
             )
         ax.plot(
-            xs, lo, "-", color=colour, lw=1.6, label=f"{label}: shortest", gid=f"shortest:{label}"
+            xs, lo, "-", color=colour, lw=1.6, label=f"{shown}: shortest", gid=f"shortest:{label}"
         )
         ax.plot(
-            xs, hi, "--", color=colour, lw=1.2, label=f"{label}: longest", gid=f"longest:{label}"
+            xs, hi, "--", color=colour, lw=1.2, label=f"{shown}: longest", gid=f"longest:{label}"
         )
     ax.set_xlabel("layer (forward order)")
     ax.set_ylabel("gradient path length")

@@ -474,3 +474,35 @@ def test_cli_draws_measured_kinds(tmp_path, kind) -> None:
     )
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("blocks", [2, 30])
+def test_colour_bar_ticks_are_whole_path_lengths(blocks) -> None:
+    """Issue 15 §6: shortest path lengths are integers, so are the colour bar's ticks,
+    for a short range and a long one (a 30-block plainnet: 1 to 32)."""
+    import gpa.models
+
+    m = gpa.models.build("plainnet", depth=blocks)
+    fig = gpa.plot.timestamps(gpa.analyze(m, input_shape=m.input_shape))
+    fig.canvas.draw()
+    bar = fig.axes[-1]
+    ticks = [t for t in bar.get_yticks() if bar.get_ylim()[0] <= t <= bar.get_ylim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_profile_names_curves_drawn_over_each_other() -> None:
+    """Issue 15 §6: two models with identical paths (resnet and prn at 3 blocks: PRN's
+    partial residual keeps every layer-level path of ResNet, semantics §5 W5) would hide
+    each other's curves; the legend says so."""
+    import gpa.models
+
+    reports = []
+    for name in ("resnet", "prn"):
+        m = gpa.models.build(name, blocks=3)
+        reports.append(gpa.analyze(m, input_shape=m.input_shape, name=name))
+    assert [r.shortest for r in reports[0].layers.values()] == [
+        r.shortest for r in reports[1].layers.values()
+    ]
+    labels = gpa.plot.profile(*reports).axes[0].get_legend_handles_labels()[1]
+    assert "prn (same curves as resnet): shortest" in labels
+    assert "resnet: shortest" in labels
