@@ -1,4 +1,4 @@
-"""``gpa analyze TARGET``: the gradient paths of one model, as text, JSON or CSV."""
+"""``gpa analyze TARGET``: the gradient paths of one model, as text, JSON, CSV or HTML."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ __all__ = ["command"]
 @click.command("analyze")
 @click.argument("target")
 @analysis_options
-@format_option("json", "csv", "dot", "graphml", "node-link")
+@format_option("json", "csv", "html", "dot", "graphml", "node-link")
 @output_option
 @click.option(
     "--columns",
@@ -60,7 +60,9 @@ def command(
     the model. With none, the analyses that need no shapes still run.
 
     Formats: text (a table fitted to the terminal), json (the report), csv (one row
-    per layer), and the layer-level gradient graph as dot, graphml or node-link.
+    per layer), html (one self-contained page: summary, sortable table, figures, each
+    layer's paths on click; -o report.html), and the layer-level gradient graph as dot,
+    graphml or node-link.
     """
     from gpa.api import analyze_target
     from gpa.options import AnalysisOptions
@@ -80,6 +82,10 @@ def command(
         report = analyze_target(target, kwargs, options, progress=progress)
     if fmt == "json":
         text = report.to_json()
+    elif fmt == "html":
+        from gpa.render.html import report_page
+
+        text = report_page(report)
     elif fmt in GRAPH_FORMATS:
         text = export_graph(report, fmt)
     elif fmt == "csv":

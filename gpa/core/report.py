@@ -311,10 +311,11 @@ class Report:
         return format_table(self)
 
     def _repr_html_(self) -> str:
-        """Jupyter display: the network summary, then one table row per layer."""
+        """Jupyter display: the styled report of ``--format html`` without its figures (a
+        summary, a sortable and filterable layer table, each layer's paths on click)."""
         from gpa.render.html import report_html
 
-        return report_html(self)
+        return report_html(self, figures=False)
 
     def __repr__(self) -> str:
         n = self.network

@@ -66,7 +66,7 @@ def test_version_and_help() -> None:
     assert result.exit_code == 0
     for option in ("-k KEY=VALUE", "--input-shape", "--outputs", "--layer-type", "--leaf"):
         assert option in result.stdout
-    assert "[text|json|csv|dot|graphml|node-link]" in result.stdout
+    assert "[text|json|csv|html|dot|graphml|node-link]" in result.stdout
 
 
 def test_json_report_of_a_three_conv_chain() -> None:
