@@ -55,6 +55,7 @@ from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     fx_leaf,
     is_layer_module,
+    opaque_layer_types,
     owner,
     scripted_notes,
     split_leaves,
@@ -236,7 +237,7 @@ def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradi
     if unknown:
         raise TraceError(f"leaf module name(s) not found in the model: {', '.join(unknown)}")
     root_name = type(model).__name__
-    custom = tuple(t for t in types if not fx_leaf(t))
+    custom = opaque_layer_types(model, types)
 
     def is_opaque(name: str, m: nn.Module) -> bool:
         if not name:  # the model itself, when fx could only record it as one call

@@ -70,6 +70,7 @@ from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     fx_leaf,
     is_layer_module,
+    opaque_layer_types,
     scripted_call,
     split_leaves,
     training_mode,
@@ -107,7 +108,7 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         )
     types = options.layer_types if options.layer_types is not None else DEFAULT_LAYER_TYPES
     leaf_types, leaf_names = split_leaves(options.leaf_modules)
-    custom = tuple(t for t in types if not fx_leaf(t))
+    custom = opaque_layer_types(model, types)
     root = single_call(model) if fx_leaf(type(model)) or isinstance(model, leaf_types) else model
 
     def is_opaque(path: str, module: nn.Module) -> bool:

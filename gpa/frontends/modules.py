@@ -50,6 +50,7 @@ __all__ = [
     "scripted_call",
     "scripted_notes",
     "split_leaves",
+    "opaque_layer_types",
     "preserved_state",
     "training_mode",
     "type_name",
@@ -129,6 +130,29 @@ def type_name(module: nn.Module) -> str:
     if isinstance(module, torch.jit.ScriptModule):
         return module.original_name
     return type(module).__name__
+
+
+def opaque_layer_types(
+    model: nn.Module, layer_types: Iterable[type[nn.Module]] | None = None
+) -> tuple[type[nn.Module], ...]:
+    """The layer types whose calls a frontend must keep whole although fx's policy would
+    trace into them: custom layer types, and the classes in ``model`` that subclass a layer
+    type outside ``torch.nn`` (Whisper's positional embedding, a LoRA linear, a
+    weight-standardised convolution) — each call of them is one layer (semantics §2).
+
+    Example:
+        >>> class Scaled(nn.Linear):
+        ...     pass
+        >>> opaque_layer_types(nn.Sequential(Scaled(2, 2), nn.Linear(2, 2)))
+        (<class 'gpa.frontends.modules.Scaled'>,)
+    """
+    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
+    found = dict.fromkeys(t for t in types if not fx_leaf(t))
+    for m in model.modules():
+        cls = module_class(m)
+        if issubclass(cls, types) and not fx_leaf(cls) and isinstance(m, nn.Module):
+            found.setdefault(type(m))
+    return tuple(found)
 
 
 def is_layer_module(module: nn.Module, layer_types: tuple[type, ...]) -> bool:

@@ -235,26 +235,12 @@ KNOWN_DIFFERENCES: dict[str, KnownDifference] = {
 
 # Independent facts (:func:`independent_facts`) gpa is known to get wrong, by entry and
 # frontend: the exact discrepancy strings expected.
-KNOWN_FACT_ERRORS: dict[tuple[str, str], set[str]] = {
-    ("transformers:whisper", "export"): {
-        "decoder.embed_positions: called 1 time(s), not reported",
-    },
-    ("transformers:whisper", "autograd"): {
-        "decoder.embed_positions: called 1 time(s), not reported",
-    },
-}
+KNOWN_FACT_ERRORS: dict[tuple[str, str], set[str]] = {}
 
 # Module attributes the analyses are known to change (by entry), and why.
 KNOWN_SIDE_EFFECTS: dict[str, tuple[set[str], str]] = {}
 
-KNOWN_FACT_REASONS: dict[str, str] = {
-    "transformers:whisper": (
-        "decoder.embed_positions is a WhisperPositionalEmbedding, a subclass of "
-        "nn.Embedding (a layer type, semantics §2) whose forward indexes its weight "
-        "(`self.weight[position_ids]`) instead of calling F.embedding: no frontend reports "
-        "the call as a layer, nor lists the module, though its weight trains"
-    ),
-}
+KNOWN_FACT_REASONS: dict[str, str] = {}
 
 
 def records(layers: dict[str, Any]) -> list[tuple]:

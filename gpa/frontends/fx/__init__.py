@@ -30,7 +30,7 @@ from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import find_layers, opaque_calls, uncalled_layers
 from gpa.frontends.fx.tracer import single_call, trace
 from gpa.frontends.inputs import floating_dtype, zeros
-from gpa.frontends.modules import fx_leaf, scripted_notes, training_mode
+from gpa.frontends.modules import fx_leaf, opaque_layer_types, scripted_notes, training_mode
 from gpa.options import AnalysisOptions
 
 __all__ = ["fx_gradient_graph"]
@@ -53,7 +53,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         ShapeError: the inputs do not fit it.
     """
     with training_mode(model, options.train):
-        leaves = [*(options.leaf_modules or ()), *_custom_types(options.layer_types)]
+        leaves = [*(options.leaf_modules or ()), *opaque_layer_types(model, options.layer_types)]
         traced = _rooted(model, leaves)
         gm = trace(traced, leaves)
         name_outputs(gm.graph)
@@ -96,11 +96,6 @@ def _rooted(model: nn.Module, leaves: Sequence[Any]) -> nn.Module:
     if fx_leaf(type(model)) or isinstance(model, leaf_types):
         return single_call(model)
     return model
-
-
-def _custom_types(layer_types: Sequence[type[nn.Module]] | None) -> list[type[nn.Module]]:
-    """Layer types fx would trace into: they must be leaves to be seen as one call."""
-    return [t for t in layer_types or () if not fx_leaf(t)]
 
 
 def _reads_embedding(gm: fx.GraphModule, placeholder: fx.Node) -> bool:
