@@ -31,7 +31,13 @@ from gpa.errors import NoGradientError, NoLayersError
 from gpa.frontends import gradient_graph
 from gpa.frontends.counts import layer_counts
 from gpa.frontends.inputs import describe_inputs
-from gpa.frontends.modules import DEFAULT_LAYER_TYPES, TRACING, check_model, resolve_options
+from gpa.frontends.modules import (
+    DEFAULT_LAYER_TYPES,
+    TRACING,
+    check_model,
+    display_name,
+    resolve_options,
+)
 from gpa.options import AnalysisOptions
 
 __all__ = ["analyze_model"]
@@ -72,7 +78,7 @@ def analyze_model(
         )
     notes = [*graph.notes, *counts.notes]
     return Report(
-        model=name or type(model).__name__,
+        model=name or display_name(model),
         inputs=describe_inputs(graph.inputs),
         layers=records,
         network=NetworkSummary.of(

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from gpa.errors import GpaError, TargetError
+from gpa.frontends.modules import display_name
 from gpa.options import parse_input_shapes
 
 __all__ = [
@@ -598,11 +599,15 @@ def _finish(
     loss_fn = vars(module).get("loss_fn")
     if loss_fn is not None and not callable(loss_fn):
         raise TargetError(f"loss_fn in {where} must be a function (outputs, batch) -> loss")
+    label = f"{where}:{attr}"
+    built = display_name(model)
+    if kwargs and built not in (type(model).__name__, attr.rpartition(".")[2]):
+        label += f" ({built})"  # the settings chose the architecture: timm's model_name
     return LoadedTarget(
         model=model,
         example_inputs=example_inputs,
         input_shape=input_shape,
-        name=f"{where}:{attr}",
+        name=label,
         example_batches=vars(module).get("example_batches"),
         loss_fn=loss_fn,
     )

@@ -46,3 +46,13 @@ def test_python_example_prints_what_the_readme_says() -> None:
         exec(compile(block, "README.md", "exec"), {})
     claimed = [m.group(1) for m in re.finditer(r"^# (.*)$", block, re.MULTILINE)]
     assert printed.getvalue().splitlines() == claimed
+
+
+def test_explain_example_output(monkeypatch) -> None:
+    block = _block("## Why is a path long?", "console")
+    command, *expected = block.splitlines()
+    assert command == "$ gpa explain examples/tiny_resnet.py blocks.1.conv1"
+    monkeypatch.chdir(ROOT)
+    result = CliRunner().invoke(main, command.split()[2:])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == expected

@@ -503,3 +503,25 @@ def test_resolve_errors() -> None:
     with pytest.raises(TargetError, match="not the name of a submodule") as info:
         resolve_leaf_modules(["b3.a"], model)
     assert "Block" in str(info.value)  # the hint lists the model's own classes
+
+
+def test_labels_keep_the_settings(tmp_path) -> None:
+    """Issue 15 §6: a zoo model is labelled with its entry name, not its class (ZooNet);
+    a factory whose settings choose the architecture (timm's create_model with
+    model_name=…, which records it in pretrained_cfg) is labelled with it."""
+    import gpa
+    import gpa.models
+
+    m = gpa.models.build("resnet", blocks=2)
+    assert gpa.analyze(m, input_shape=m.input_shape).model == "resnet"
+    (tmp_path / "factory.py").write_text(
+        "import torch.nn as nn\n"
+        "def create(model_name='small'):\n"
+        "    m = nn.Sequential(nn.Linear(2, 2))\n"
+        "    m.pretrained_cfg = {'architecture': model_name}\n"
+        "    return m\n"
+        "input_shape = (1, 2)\n"
+    )
+    target = f"{tmp_path / 'factory.py'}:create"
+    assert load_target(target, {"model_name": "wide"}).name == f"{target} (wide)"
+    assert load_target(target).name == target  # no settings: the target names it

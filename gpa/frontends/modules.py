@@ -50,6 +50,7 @@ __all__ = [
     "scripted_call",
     "scripted_notes",
     "split_leaves",
+    "display_name",
     "opaque_layer_types",
     "preserved_state",
     "training_mode",
@@ -153,6 +154,24 @@ def opaque_layer_types(
         if issubclass(cls, types) and not fx_leaf(cls) and isinstance(m, nn.Module):
             found.setdefault(type(m))
     return tuple(found)
+
+
+def display_name(model: nn.Module) -> str:
+    """The name a report of ``model`` goes by when none is given: the zoo entry it was
+    built from (``gpa.models.build`` sets ``model.zoo_entry``), the architecture a timm
+    model was created as (``pretrained_cfg["architecture"]``), else its class name.
+
+    Example:
+        >>> display_name(nn.Linear(2, 2))
+        'Linear'
+    """
+    entry = getattr(model, "zoo_entry", None)
+    if isinstance(entry, str):
+        return entry
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str):
+        return cfg["architecture"]
+    return type(model).__name__
 
 
 def is_layer_module(module: nn.Module, layer_types: tuple[type, ...]) -> bool:

@@ -131,6 +131,7 @@ def register(
                 raise ZooError(f"{entry}: {err}") from None
             if getattr(model, "input_shape", None) is None:
                 model.input_shape = tuple(input_shape)
+            model.zoo_entry = entry  # reports name it after the entry, not its class
             return model
 
         _REGISTRY[entry] = ModelInfo(
