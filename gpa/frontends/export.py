@@ -64,7 +64,7 @@ from gpa.frontends.frames import stack_trace_site, user_frame
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import find_layers, used_modules
-from gpa.frontends.fx.tracer import grad_mode, single_call, write_into_view
+from gpa.frontends.fx.tracer import grad_mode, single_call, unwritable_names, write_into_view
 from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
@@ -118,7 +118,10 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
 
     with training_mode(model, options.train):
         program, inputs, watched = _export(root, options)
-        gm, fused, used = _remodule(root, program, is_opaque, types, watched)
+        try:
+            gm, fused, used = _remodule(root, program, is_opaque, types, watched)
+        except SyntaxError as exc:  # fx writes module names into Python code
+            raise ExportError(unwritable_names(model, exc)) from None
         GradientFlow(gm).run(*tree_flatten(inputs)[0])
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     found = {n.name: c for n, c in find_layers(gm, types, root).items()} | fused

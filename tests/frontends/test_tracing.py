@@ -7,12 +7,15 @@ helpers (``expect``, ``expect_network``, ``at`` ...) are in tests/semantics.py.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import gpa
+from gpa.errors import TraceError
 from tests.core.test_paths import ResNet
 from tests.semantics import (
     IMG,
@@ -191,3 +194,26 @@ def test_model_built_on_meta_device():
         ("fc", "blocks.0.conv1", "blocks.1.conv1", "blocks.2.conv1"),
     )
     assert report.network.max_shortest == 3
+
+
+class OddName(nn.Module):
+    """A module name that is no Python name (ModuleDict keys are free text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d = nn.ModuleDict({'a"b': nn.Linear(2, 2)})
+
+    def forward(self, x):
+        return self.d['a"b'](x)
+
+
+def test_module_names_fx_cannot_write_as_code_fall_back() -> None:
+    """fx and export write module names into generated Python; a name with a quote does
+    not compile. That is a frontend limit (a TraceError naming the module), not an internal
+    error, and auto moves on to the autograd frontend, which reads it: one layer feeding the
+    loss."""
+    with pytest.raises(TraceError, match=re.escape("'d.a\"b'")):
+        gpa.analyze(OddName(), input_shape=(1, 2), tracer="fx")
+    report = gpa.analyze(OddName(), input_shape=(1, 2))
+    assert report.tracer == "autograd"
+    assert {n: r.shortest for n, r in report.layers.items()} == {'d.a"b': 1}

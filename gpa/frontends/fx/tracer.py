@@ -41,7 +41,15 @@ from gpa.frontends.frames import caller_site, user_frame
 from gpa.frontends.modules import TRACING, split_leaves
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
-__all__ = ["SITE", "trace", "grad_mode", "single_call", "LeafSpec", "write_into_view"]
+__all__ = [
+    "SITE",
+    "trace",
+    "unwritable_names",
+    "grad_mode",
+    "single_call",
+    "LeafSpec",
+    "write_into_view",
+]
 
 #: ``node.meta`` key of the user's source line that made the node's operation,
 #: ``(file, line)`` or None (see :func:`gpa.frontends.frames.caller_site`).
@@ -123,7 +131,20 @@ def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphMod
     except Exception as exc:  # any failure inside user code under symbolic tracing
         raise TraceError(_trace_failure_message(model, exc)) from exc
     _follow_mutations(graph, root)
-    return fx.GraphModule(root, graph, model.__class__.__name__)
+    try:
+        return fx.GraphModule(root, graph, model.__class__.__name__)
+    except SyntaxError as exc:  # fx writes module names into Python code
+        raise TraceError(unwritable_names(model, exc)) from None
+
+
+def unwritable_names(model: nn.Module, exc: SyntaxError) -> str:
+    """Why fx's generated code does not compile: module names that are no Python names."""
+    odd = [n for n, _ in model.named_modules() if any(c in n for c in "\"'\\")]
+    names = f" ({', '.join(repr(n) for n in odd[:3])})" if odd else ""
+    return (
+        f"torch.fx cannot write {type(model).__name__}'s graph as Python code: a module "
+        f"name{names} does not fit in it ({exc.msg})"
+    )
 
 
 def single_call(model: nn.Module) -> fx.GraphModule:
