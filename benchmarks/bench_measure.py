@@ -1,9 +1,11 @@
 """Benchmark of ``gpa.measure`` (issue 16): measuring vs the same number of plain steps.
 
 Run:  python benchmarks/bench_measure.py [--batch 32] [--steps 8] [--size 224] [--quick]
+          [--torchvision]
 
 The model is the zoo's ResNet-50-shaped ``resnet50_darknet`` (torchvision is not a
-dependency). Plain training steps: forward, ``out.sum().backward()``, on the same batches
+dependency), or with ``--torchvision`` torchvision's own ``resnet50`` (the zoo tier's
+virtualenv has it). Plain training steps: forward, ``out.sum().backward()``, on the same batches
 (no optimizer step, as gpa.measure). The measured time includes everything
 ``gpa.measure`` does: the structural analysis, the hooks and the CKA. The figure printed
 is measure / plain. ``--quick`` uses a tiny model (the test suite only checks it runs).
@@ -36,11 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--torchvision", action="store_true", help="torchvision's resnet50")
     args = parser.parse_args(argv)
     name = "resnet" if args.quick else "resnet50_darknet"
     size = 32 if args.quick else args.size
     torch.manual_seed(0)
-    model = gpa.models.build(name)
+    if args.torchvision:
+        import torchvision
+
+        name, model = "torchvision resnet50", torchvision.models.resnet50(weights=None)
+    else:
+        model = gpa.models.build(name)
     shape = (1, 3, size, size)
     batches = [torch.randn(args.batch, *shape[1:]) for _ in range(args.steps)]
     plain_steps(model, batches[:1])  # warm-up
