@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd
+
+from gpa.channels.rules import is_conv
 
 __all__ = ["GradientRecorder", "StepGradients", "channel_axis", "output_tensors"]
 
@@ -47,7 +48,7 @@ def channel_axis(module: nn.Module) -> int:
         >>> channel_axis(nn.Conv2d(1, 1, 1)), channel_axis(nn.Linear(1, 1))
         (1, -1)
     """
-    return 1 if any(isinstance(m, _ConvNd) for m in module.modules()) else -1
+    return 1 if is_conv(module, None) else -1  # the channel analysis' own test
 
 
 def output_tensors(value: Any) -> Iterator[torch.Tensor]:
