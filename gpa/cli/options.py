@@ -231,7 +231,7 @@ def format_option(*choices: str) -> Callable[..., Any]:
 def writable_path(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     """Refuse an output file in a missing directory before any analysis runs (exit 2)."""
     if value is not None and not value.resolve().parent.is_dir():
-        raise click.BadParameter(f"the directory {value.parent} does not exist", ctx, param)
+        raise GpaError(f"cannot write {value}: the directory {value.parent} does not exist")
     return value
 
 
