@@ -51,12 +51,14 @@ def analyze(
             - ``leaf_modules``: module classes, class names or qualified submodule names
               not to trace into;
             - ``train``: analyse in train mode (default True) or eval mode;
-            - ``tracer``: ``"auto"`` (default: fx, or the autograd tracer when fx cannot
-              trace the model, with a note), ``"fx"`` or ``"autograd"`` (one forward
-              pass, then the autograd graph; needs inputs);
+            - ``tracer``: ``"auto"`` (default: fx, else export, else the autograd
+              frontend, with a note), ``"fx"``, ``"export"`` (``torch.export``'s graph;
+              needs inputs) or ``"autograd"`` (one forward pass, then the autograd graph;
+              needs inputs);
             - ``channels``: also analyse channel segments (§8): each layer's output
               channels cut into ranges with their own gradient record, and the
-              network's number of distinct gradient combinations (needs inputs and fx);
+              network's number of distinct gradient combinations (needs inputs and the fx or
+              export frontend);
             - ``count_convention``: ``"torch"`` (all parameters) or ``"darknet"``
               (conv/linear weights only, the paper's Table 2).
 

@@ -65,14 +65,18 @@ class ModelCheck:
         return self.locations.get(key) or self.locations.get("")
 
     def layer_location(self, layer: str) -> Location | None:
-        """The source line that calls ``layer`` in the model's code, if the frontend knew it."""
+        """The source line that calls ``layer`` in the model's code, relative to the working
+        directory (the checkout), if the frontend knew it and it lies there; None otherwise
+        (a line inside an installed library cannot be annotated on a pull request)."""
         record = self.report.layers.get(layer) if self.report is not None else None
         site = getattr(record, "site", None)
         if site is None:
             return None
         file, line = site
         relative = os.path.relpath(file)  # as CI tools expect: from the checkout's root
-        return Location(file if relative.startswith("..") else relative, line)
+        if relative.startswith(".."):  # a library's own code (site-packages): no diff line
+            return None
+        return Location(relative, line)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -161,15 +161,16 @@ _ANALYSIS = [
         type=click.Choice([t.value for t in Tracer]),
         default=Tracer.AUTO.value,
         show_default=True,
-        help="fx: symbolic tracing; autograd: run the model once and read its autograd graph "
-        "(needs inputs); auto: fx, else autograd when fx cannot trace the model.",
+        help="fx: symbolic tracing; export: torch.export's graph (needs inputs); autograd: "
+        "run the model once and read its autograd graph (needs inputs); auto: fx, else "
+        "export, else autograd, with a note saying which ran and why.",
     ),
     click.option(
         "--channels/--no-channels",
         "channels",
         default=False,
-        help="Also analyse channel segments (needs inputs and fx): per-segment paths and "
-        "gradient combinations.",
+        help="Also analyse channel segments (needs inputs; the fx or export frontend): "
+        "per-segment paths and gradient combinations.",
     ),
     click.option(
         "--count-convention",

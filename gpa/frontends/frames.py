@@ -26,8 +26,9 @@ import torch
 
 __all__ = ["Site", "caller_site", "stack_trace_site", "user_frame"]
 
-_TORCH_DIR = os.path.dirname(torch.__file__)
-_GPA_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# with a trailing separator: torchvision's and torchaudio's files are not torch's
+_TORCH_DIR = os.path.join(os.path.dirname(torch.__file__), "")
+_GPA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
 
 
 def user_frame(exc: BaseException) -> traceback.FrameSummary | None:
@@ -45,7 +46,7 @@ def user_frame(exc: BaseException) -> traceback.FrameSummary | None:
 Site = tuple[str, int]
 
 # gpa's own model code (the zoo) is model code; the rest of gpa is the analyser.
-_MODELS_DIR = os.path.join(_GPA_DIR, "models")
+_MODELS_DIR = os.path.join(_GPA_DIR, "models", "")
 
 
 def _is_model_file(filename: str) -> bool:

@@ -472,6 +472,9 @@ def measure_target(
     """
     from gpa.target import load_target
 
+    # the model's initial weights are part of what is measured: the same seed, the same
+    # weights (a target builds its model with torch's global generator)
+    torch.manual_seed(settings.get("seed", 0))
     loaded = load_target(target, kwargs)
     settings.setdefault("name", loaded.name)
     batches = getattr(loaded, "example_batches", None)

@@ -171,3 +171,20 @@ def test_per_layer_rule_annotations_point_at_the_model_line(
         "::error file=examples/tiny_resnet.py,line=19"
     ] * 3
     assert [e.rsplit(": ", 1)[1] for e in errors] == [f"blocks.{i}.conv1 (3)" for i in range(3)]
+
+
+def test_per_layer_rule_outside_the_checkout_points_at_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer called from code outside the working directory (an installed library, here
+    gpa's own zoo seen from a temporary directory) cannot be annotated on a diff: the
+    annotation goes to the configuration line of the rule."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.gpa.models.plain]\ntarget = "gpa.models:plainnet"\nkwargs = { depth = 2 }\n'
+        'layers = { "stem.*" = { max_shortest = 2 } }\n'
+    )
+    result = check("--format", "github")
+    assert result.exit_code == 1, result.output
+    (error,) = [line for line in result.stdout.splitlines() if line.startswith("::error")]
+    assert error.startswith("::error file=pyproject.toml,line=4,")

@@ -130,3 +130,19 @@ def test_two_threads_analyse_at_once() -> None:
     for i, expected in enumerate(serial):
         assert found[i] == [expected] * 4
     assert torch.is_grad_enabled()
+
+
+def test_libraries_beside_torch_are_model_code() -> None:
+    """torchvision (and torchaudio …) live next to torch in site-packages with names that
+    start like torch's directory: their files are model code, so calls they make have
+    source lines (a prefix test without the separator took them for torch's own)."""
+    import os
+
+    import torch
+
+    from gpa.frontends.frames import stack_trace_site
+
+    beside = os.path.dirname(torch.__file__) + "vision/models/resnet.py"
+    inside = os.path.join(os.path.dirname(torch.__file__), "nn", "modules", "conv.py")
+    trace = f'  File "{beside}", line 7, in forward\n  File "{inside}", line 9, in forward\n'
+    assert stack_trace_site(trace) == (beside, 7)
