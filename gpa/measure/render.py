@@ -18,11 +18,12 @@ from __future__ import annotations
 import csv
 import html
 import io
+import shutil
 from typing import Any
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
+
+from gpa.render.text import columns_table, fit_columns
 
 __all__ = ["COLUMNS", "format_csv", "format_html", "format_table"]
 
@@ -81,28 +82,35 @@ def _summary(m: Any) -> list[str]:
     ]
 
 
-def format_table(m: Any, *, color: bool = False, width: int = 120) -> str:
-    """The summary lines, then a rich table of the layers, then the notes."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    headers = (
-        "layer",
-        "type",
-        "short",
-        "long",
-        "comb",
-        "‖∂L/∂W‖",
-        "± std",
-        "‖∂L/∂y‖",
-        "rel",
-        "frozen",
-        "most similar",
-        "CKA",
-    )
-    for h in headers:
-        left = h in ("layer", "type", "most similar")
-        table.add_column(h, justify="left" if left else "right", overflow="fold")
-    for row in _rows(m):
-        table.add_row(*(_cell(row[c]) for c in COLUMNS))
+_HEADERS = (
+    "layer",
+    "type",
+    "short",
+    "long",
+    "comb",
+    "‖∂L/∂W‖",
+    "± std",
+    "‖∂L/∂y‖",
+    "rel",
+    "frozen",
+    "most similar",
+    "CKA",
+)
+_NUMERIC = {"short", "long", "comb", "‖∂L/∂W‖", "± std", "‖∂L/∂y‖", "rel", "CKA"}
+# least important first: the norms, their ratio and the most similar layer stay longest
+_DROP_ORDER = ("type", "frozen", "± std", "comb", "long", "‖∂L/∂y‖", "CKA", "most similar")
+
+
+def format_table(m: Any, *, color: bool = False, width: int | None = None) -> str:
+    """The summary lines, then a table of the layers, then the notes; ``width`` defaults
+    to the terminal's (``COLUMNS``). As ``gpa analyze``'s table: names are never broken,
+    the least important columns are left out (and a note says which) until it fits."""
+    width = width or shutil.get_terminal_size().columns
+    headers = dict(zip(COLUMNS, _HEADERS, strict=True))
+    rows = [{headers[c]: _cell(row[c]) for c in COLUMNS} for row in _rows(m)]
+    rest = list(_HEADERS[1:])
+    kept = fit_columns(rows, rest, width, _DROP_ORDER, right=_NUMERIC)
+    table = columns_table(rows, [_HEADERS[0], *kept], right=_NUMERIC)
     buffer = io.StringIO()
     console = Console(
         file=buffer,
@@ -114,7 +122,11 @@ def format_table(m: Any, *, color: bool = False, width: int = 120) -> str:
     for line in _summary(m):
         console.print(line, highlight=False, markup=False)
     console.print(table)
-    for note in m.notes:
+    dropped = [h for h in rest if h not in kept]
+    notes = [*m.notes]
+    if dropped:
+        notes.append(f"columns left out to fit {width} characters: {', '.join(dropped)}")
+    for note in notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     return buffer.getvalue()
 

@@ -14,7 +14,7 @@ import csv
 import io
 import shutil
 import textwrap
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +26,8 @@ from rich.text import Text
 __all__ = [
     "COLLAPSE_ABOVE",
     "COLUMNS",
+    "columns_table",
+    "fit_columns",
     "CSV_COLUMNS",
     "format_count",
     "format_csv",
@@ -245,9 +247,15 @@ def _cells(record: Any) -> dict[str, str]:
 _RIGHT = {"calls", "shortest", "longest", "paths", "params", "flops", "segments", "combos"}
 
 
-def _table(rows: list[dict[str, str]], columns: Sequence[str], wide: bool) -> Table:
-    """A table of ``rows`` (column -> cell) with ``columns``; only timestamps and sources
-    may wrap, and only between items, so that names stay whole."""
+def columns_table(
+    rows: list[dict[str, str]],
+    columns: Sequence[str],
+    wide: bool = False,
+    right: Collection[str] = _RIGHT,
+) -> Table:
+    """A table of ``rows`` (column -> cell) with ``columns`` (those in ``right`` right
+    justified); only timestamps and sources may wrap, and only between items, so that
+    names stay whole."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
     for key in columns:
         wraps = key in ("timestamps", "sources") and not wide
@@ -256,7 +264,7 @@ def _table(rows: list[dict[str, str]], columns: Sequence[str], wide: bool) -> Ta
         )
         table.add_column(
             key,
-            justify="right" if key in _RIGHT else "left",
+            justify="right" if key in right else "left",
             no_wrap=not wraps,
             overflow="fold",
             min_width=max(longest_item, len(key)) + (1 if wraps else 0),
@@ -266,16 +274,36 @@ def _table(rows: list[dict[str, str]], columns: Sequence[str], wide: bool) -> Ta
     return table
 
 
-def _fit(rows: list[dict[str, str]], columns: list[str], width: int) -> list[str]:
-    """``columns`` minus the least important ones until the table fits ``width``."""
+def fit_columns(
+    rows: list[dict[str, str]],
+    columns: list[str],
+    width: int,
+    order: Sequence[str] | None = None,
+    *,
+    first: str = "layer",
+    right: Collection[str] = _RIGHT,
+) -> list[str]:
+    """``columns`` minus the least important ones (in ``order``, default the layer table's)
+    until a :func:`columns_table` of ``first`` and them fits ``width``.
+
+    Example:
+        >>> rows = [{"layer": "stages.0.conv", "a": "1", "b": "a long cell"}]
+        >>> fit_columns(rows, ["a", "b"], 24, order=["b"])
+        ['a']
+    """
     console = _console(io.StringIO(), 10**6, False)  # measures are capped at its width
     kept = list(columns)
-    for drop in (None, *_DROP_ORDER):
+    for drop in (None, *(_DROP_ORDER if order is None else order)):
         if drop in kept:
             kept.remove(drop)
-        if console.measure(_table(rows, ["layer", *kept], wide=False)).minimum <= width:
+        table = columns_table(rows, [first, *kept], right=right)
+        if console.measure(table).minimum <= width:
             break
     return kept
+
+
+# Columns of the grouped view, least important first (the worst layer is what it is for).
+_GROUP_DROP_ORDER = ("unreachable", "layers", "longest")
 
 
 def module_prefix(name: str, depth: int) -> str:
@@ -373,20 +401,27 @@ def format_table(
         depth = 0 if wide or columns else _auto_depth(report)
     if depth:
         rows = _collapsed_rows(report, depth)
-        keys = ["layer", "layers", "shortest", "longest", "unreachable", "worst"]
+        every = ["layers", "shortest", "longest", "unreachable", "worst"]
+        keys = ["layer", *(every if wide else fit_columns(rows, every, width, _GROUP_DROP_ORDER))]
+        dropped = [c for c in every if c not in keys]
         note = (
             f"{len(report.layers)} layers in {len(rows)} groups of module path depth {depth}; "
             "--depth 0 (or --wide) shows every layer, --depth N another grouping"
+            + (
+                f"; columns left out to fit {width} characters: {', '.join(dropped)}"
+                if dropped
+                else ""
+            )
         )
     else:
         rows = [_cells(r) for r in report.layers.values()]
         chosen = [c for c in available if columns is None or c in columns]
-        keys = ["layer", *(chosen if wide else _fit(rows, chosen, width))]
+        keys = ["layer", *(chosen if wide else fit_columns(rows, chosen, width))]
         note = None
         if columns is None and len(keys) - 1 < len(chosen):
             dropped = [c for c in chosen if c not in keys]
             note = f"columns left out to fit {width} characters: {', '.join(dropped)} (--wide shows all)"
-    table = _table(rows, keys, wide)
+    table = columns_table(rows, keys, wide)
     buffer = io.StringIO()
     if wide:
         width = max(width, _console(io.StringIO(), 10**6, False).measure(table).maximum)

@@ -188,3 +188,17 @@ def test_same_seed_same_bytes_from_the_command_line() -> None:
     assert first.stdout == second.stdout
     third = CliRunner().invoke(main, [*args, "--seed", "1"])
     assert third.stdout != first.stdout
+
+
+def test_table_fits_the_terminal_with_names_whole(monkeypatch) -> None:
+    """As gpa analyze's table: at COLUMNS=80 every line fits, layer names are whole, and a
+    note names the columns left out."""
+    monkeypatch.setenv("COLUMNS", "80")
+    result = CliRunner().invoke(
+        main, ["measure", "gpa.models:resnet", "--steps", "2", "--batch-size", "4"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert "stages.0.blocks.0.conv1.conv" in result.stdout
+    assert "columns left out to fit 80 characters" in result.stdout.replace("\n", " ")

@@ -129,3 +129,17 @@ def test_big_models_collapse_by_module_path() -> None:
     assert "200 layers in 3 groups of module path depth 3" in text
     every = format_table(report, width=120, depth=0)
     assert len(_rows(every)) == 2 + 200
+
+
+def test_grouped_view_drops_columns_rather_than_cutting_names() -> None:
+    """The grouped view at 80 columns (found by a new user on cspdarknet53): the worst
+    layer's name is shown whole, less important columns are left out, and a note says so."""
+    model = gpa.models.build("cspdarknet53")
+    report = gpa.analyze(model, input_shape=model.input_shape)
+    text = format_table(report, width=80, depth=4)
+    rows = _rows(text)
+    assert rows[0].split()[0] == "layer" and rows[0].split()[-1] == "worst"
+    assert all(len(line) <= 80 for line in text.splitlines())
+    worst_names = [row.split()[-2] for row in rows[2:]]
+    assert set(worst_names) <= set(report.layers)  # whole names, not cut
+    assert "columns left out to fit 80 characters" in text.replace("\n    ", " ")
