@@ -62,7 +62,10 @@ def cka_matrix(features: Sequence[np.ndarray]) -> np.ndarray:
     tiny = norms.max() ** 2 * 1e-24 if norms.size else 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(scale > tiny, inner / np.where(scale > 0, scale, 1.0), np.nan)
-    return np.clip(out, 0.0, 1.0)
+    out = np.clip(out, 0.0, 1.0)
+    diagonal = np.diag(out).copy()  # a layer with itself: 1 by definition, not by rounding
+    np.fill_diagonal(out, np.where(np.isfinite(diagonal), 1.0, np.nan))
+    return out
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:
