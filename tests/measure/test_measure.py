@@ -51,6 +51,21 @@ class TinyLM(nn.Module):
         return self.proj(self.emb(ids))
 
 
+#: The JSON keys of a measured layer record, as issue 16 names them (public API).
+LAYER_KEYS = (
+    "shortest",
+    "longest",
+    "timestamps",
+    "sources",
+    "weight_grad_norm",
+    "weight_grad_norm_std",
+    "output_grad_norm",
+    "relative_norm",
+    "frozen",
+    "most_similar",
+)
+
+
 def test_detached_consumer_has_zero_weight_gradient_and_is_unreachable() -> None:
     torch.manual_seed(0)
     m = measure(DetachedConsumer(), torch.zeros(1, 4), steps=2, batch_size=5)
@@ -184,18 +199,7 @@ def test_measurement_is_deterministic_and_json_has_the_keys() -> None:
     b = measure(net, torch.zeros(1, 3, 6, 6), steps=2, batch_size=4).to_json()
     assert a == b
     layer = gpa.measure(net, torch.zeros(1, 3, 6, 6), steps=1, batch_size=4).to_dict()["layers"][0]
-    assert {
-        "shortest",
-        "longest",
-        "timestamps",
-        "sources",
-        "weight_grad_norm",
-        "weight_grad_norm_std",
-        "output_grad_norm",
-        "relative_norm",
-        "frozen",
-        "most_similar",
-    } <= set(layer)
+    assert set(LAYER_KEYS) <= set(layer)
     assert set(layer["most_similar"]) == {"layer", "cka"}
 
 
