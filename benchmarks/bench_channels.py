@@ -6,16 +6,21 @@ wall time of each over a few runs and their ratio; it asserts nothing.
 
 Run: ``python benchmarks/bench_channels.py [--repeat N] [--only NAME ...] [--profile NAME]``.
 ``--profile NAME`` prints the 25 most expensive functions of one channel analysis
-(NAME: ``resnet152`` or a zoo entry).
+(NAME: ``resnet152`` or a zoo entry). ``--zoo-tier`` measures instead every model of the
+zoo tier (tests/zoo/catalog.py: torchvision, timm, Ultralytics, transformers; run it in
+the zoo tier's virtualenv), with the inputs the tier gives it and the default tracer.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from torch import nn
 
@@ -62,14 +67,14 @@ def best(run: Callable[[], object], repeat: int) -> float:
     return min(times)
 
 
-def measure(model: nn.Module, repeat: int) -> tuple[float, float]:
-    shape = model.input_shape
+def measure(model: nn.Module, repeat: int, inputs: dict | None = None) -> tuple[float, float]:
+    inputs = inputs or {"input_shape": model.input_shape}
 
     def layers() -> object:
-        return gpa.analyze(model, input_shape=shape, channels=False)
+        return gpa.analyze(model, channels=False, **inputs)
 
     def channels() -> object:
-        return gpa.analyze(model, input_shape=shape, channels=True)
+        return gpa.analyze(model, channels=True, **inputs)
 
     layers()  # warm up (imports, caches)
     return best(layers, repeat), best(channels, repeat)
@@ -83,14 +88,48 @@ def profile(name: str) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
+def zoo_tier(repeat: int, only: list[str] | None) -> None:
+    """Layer level vs channels on every zoo-tier model that the channel analysis takes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "zoo"))
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # ultralytics probes the network otherwise
+    import catalog
+
+    print(f"{'model':<44} {'layer s':>9} {'channel s':>10} {'ratio':>7}")
+    worst = 0.0
+    for entry in catalog.ENTRIES:
+        if only and entry.target not in only:
+            continue
+        loaded, _ = catalog.build(entry)
+        if entry.input_shape is not None:
+            inputs: dict = {"input_shape": entry.input_shape}
+        elif loaded.example_inputs is not None:
+            inputs = {"example_inputs": loaded.example_inputs}
+        else:
+            inputs = {"input_shape": loaded.input_shape}
+        try:
+            layer_time, channel_time = measure(loaded.model, repeat, inputs)
+        except gpa.GpaError as exc:  # e.g. only the autograd frontend reads it: no channels
+            print(f"{entry.target:<44} no channel analysis: {str(exc).splitlines()[0][:60]}")
+            continue
+        ratio = channel_time / layer_time
+        worst = max(worst, ratio)
+        flag = "" if ratio <= GOAL else f"  > {GOAL:g}x"
+        print(f"{entry.target:<44} {layer_time:>9.3f} {channel_time:>10.3f} {ratio:>6.2f}x{flag}")
+    print(f"worst ratio: {worst:.2f}x (goal: <= {GOAL:g}x)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--only", nargs="*", help="model names (resnet152 or zoo entries)")
     parser.add_argument("--profile", metavar="NAME")
+    parser.add_argument("--zoo-tier", action="store_true", help="the zoo tier's models instead")
     args = parser.parse_args(argv)
     if args.profile:
         profile(args.profile)
+        return
+    if args.zoo_tier:
+        zoo_tier(args.repeat, args.only)
         return
     print(f"{'model':<22} {'layers':>7} {'layer s':>9} {'channel s':>10} {'ratio':>7}")
     worst = 0.0

@@ -13,15 +13,12 @@ layers, parameters, gpa's fx tracing time (trace + meta shape propagation), the 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
+from child import call_in_child
 from torch import nn
 
 WIDTH = 16
@@ -151,18 +148,6 @@ def others(name: str) -> dict:
     return found
 
 
-def _child(kind: str, name: str) -> dict:
-    here = str(Path(__file__).resolve().parent)
-    code = (
-        f"import json, sys; sys.path.insert(0, {here!r}); import bench_scale as b; "
-        f"print(json.dumps(b.{kind}({name!r})))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def _fmt(value: object) -> str:
     return f"{value:.1f} s" if isinstance(value, float) else str(value)
 
@@ -176,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for name in MODELS:
         if args.only and not any(o in name for o in args.only):
             continue
-        r = _child("measure", name)
+        r = call_in_child("bench_scale", "measure", name)
         if "error" in r:
             print(f"{name}: {r['error']}")
             continue
@@ -187,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"peak {r['peak_mb']:.0f} MB"
         )
         if not args.no_others:
-            o = _child("others", name)
+            o = call_in_child("bench_scale", "others", name)
             print("    " + ", ".join(f"{k}: {_fmt(v)}" for k, v in o.items()))
 
 

@@ -109,7 +109,8 @@ class Delivery:
 
     ``positions[i]`` is the producer channel at consumer input channel ``i`` (-1: none).
     When ``positions`` is None, the producer channels in ``mixed`` (None: all of them)
-    reach every input channel of the consumer.
+    reach every input channel of the consumer. When ``held`` is given, ``positions`` is a
+    mask: every producer channel in ``held`` arrives at each input channel where it is 0.
 
     Example:
         >>> Delivery(Consumer("b"), np.array([2, 3])).positions.tolist()
@@ -119,6 +120,7 @@ class Delivery:
     consumer: Consumer
     positions: np.ndarray | None
     mixed: tuple[int, ...] | None = None
+    held: np.ndarray | None = None
 
 
 @dataclass
@@ -220,6 +222,9 @@ class ChannelRouter(fx.Interpreter):
     def note_fallback(self, producer: str, why: str) -> None:
         self.routing.fallbacks[producer].add(why)
 
+    def channel_count(self, producer: str) -> int:
+        return self.routing.out_channels.get(producer, 1)
+
     def _route(self, n: fx.Node) -> Any:
         if n.op in ("placeholder", "get_attr"):
             return untracked(n.meta[FLOW].shapes)
@@ -287,6 +292,10 @@ class ChannelRouter(fx.Interpreter):
                 inbound.append(Delivery(consumer, None, everywhere_of(t)))
             else:
                 k = ch.axes.index(axis)
+                if t.held is not None:
+                    present = np.moveaxis(t.index >= 0, k, -1).reshape(-1, size).any(axis=0)
+                    inbound.append(Delivery(consumer, np.where(present, 0, -1), held=t.held))
+                    continue
                 if t.index.strides[k] == 0:
                     # broadcast along the consumer's axis (what a norm over the channels
                     # leaves): each row is one producer channel throughout; no copy

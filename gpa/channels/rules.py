@@ -97,14 +97,28 @@ class Term:
     each position, -1 where it has none. When ``index`` is None, the channels in
     ``everywhere`` (None: all of the producer's channels) reach every position.
 
+    When ``held`` (sorted producer channels) is given, ``index`` is a mask: every channel
+    of ``held`` is found at each position where ``index`` is 0 (none where it is -1).
+    That is what a norm over the channel axis leaves (each position holds all channels);
+    one such term stands for as many one-channel terms as ``held`` has channels.
+
     Example:
         >>> Term("conv", np.array([2, 3, -1])).index.tolist()  # channels 2, 3 of conv, then none
         [2, 3, -1]
+        >>> t = Term("conv", np.array([0, -1]), held=np.array([0, 1, 2]))  # 0-2 at position 0
+        >>> everywhere_of(t)
+        (0, 1, 2)
     """
 
     producer: str
     index: np.ndarray | None
     everywhere: tuple[int, ...] | None = None
+    held: np.ndarray | None = None
+
+    def moved(self, index: np.ndarray) -> Term:
+        """The same channels at the positions of a new ``index`` (the result of moving,
+        cutting or broadcasting this term's ``index``)."""
+        return Term(self.producer, index, held=self.held)
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,8 @@ def everywhere_of(term: Term) -> tuple[int, ...] | None:
     """The channels a term holds anywhere, for "reaches every position" (None: all)."""
     if term.index is None:
         return term.everywhere
+    if term.held is not None:
+        return tuple(int(v) for v in term.held) if (term.index >= 0).any() else ()
     values = unique_values(term.index[term.index >= 0])
     return tuple(int(v) for v in values)
 
@@ -160,6 +176,9 @@ class RoutingContext(Protocol):
 
     def note_fallback(self, producer: str, why: str) -> None:
         """Record that ``producer``'s channels went through ``why``, routed by :func:`fallback`."""
+
+    def channel_count(self, producer: str) -> int:
+        """The number of output channels of the layer call ``producer``."""
 
 
 #: ``rule(ctx, node, inputs, shapes)``: the channel value of ``node``'s result, given the
@@ -231,7 +250,7 @@ def _union(parts: list[Channels], shape: tuple[int, ...]) -> Channels:
                 terms.append(t)
                 continue
             arr = t.index.reshape([p.shape[a - shift] if a in axes_ else 1 for a in axes])
-            terms.append(Term(t.producer, np.broadcast_to(arr, sizes)))
+            terms.append(t.moved(np.broadcast_to(arr, sizes)))
     return Channels(axes, shape, tuple(terms))
 
 
@@ -261,23 +280,35 @@ def _decode(out: torch.Tensor) -> tuple[tuple[int, ...], np.ndarray]:
 
 
 def _remap(
+    ctx: RoutingContext,
     ch_terms: list[tuple[Term, int, int]],
     axes: tuple[int, ...],
     shape: tuple[int, ...],
     positions: np.ndarray,
 ) -> Channels:
-    """Terms re-indexed by probe positions (``positions`` hold base + flat input position)."""
+    """Terms re-indexed by probe positions (``positions`` hold base + flat input position).
+
+    A term found everywhere in its input is found wherever that input's positions went:
+    everywhere still, at some positions only (a masked term), or nowhere.
+    """
     terms = []
     for term, base, size in ch_terms:
+        inside = (positions >= base) & (positions < base + size)
         if term.index is None:
-            terms.append(term)
+            if inside.all():
+                terms.append(term)
+            elif inside.any():
+                held = term.everywhere
+                if held is None:
+                    held = range(ctx.channel_count(term.producer))
+                mask = np.where(inside, 0, -1)
+                terms.append(Term(term.producer, mask, held=np.array(held, dtype=np.int64)))
             continue
         flat = term.index.reshape(-1)
-        inside = (positions >= base) & (positions < base + size)
         index = np.full(positions.shape, -1, dtype=np.int64)
         index[inside] = flat[positions[inside] - base]
         if (index >= 0).any():
-            terms.append(Term(term.producer, index))
+            terms.append(term.moved(index))
     return Channels(axes, tuple(shape), tuple(terms))
 
 
@@ -306,16 +337,70 @@ def _collapse(ch: Channels, axis: int, keepdim_shape: tuple[int, ...] | None) ->
             terms.append(t)
             continue
         moved = np.moveaxis(t.index, k, 0)
-        for row in distinct_rows(moved.reshape(moved.shape[0], -1)):
+        for row, held in _collapsed_rows(moved.reshape(moved.shape[0], -1), t.held):
             part = row.reshape(moved.shape[1:])
             if keepdim_shape is not None:
                 part = np.expand_dims(part, k)
                 part = np.broadcast_to(part, tuple(new_shape[a] for a in ch.axes))
-            terms.append(Term(t.producer, part))
+            terms.append(Term(t.producer, part, held=held))
     if keepdim_shape is not None:
         return Channels(ch.axes, new_shape, tuple(terms))
     axes = tuple(a - (a > axis) for a in rest)
     return Channels(axes, new_shape, tuple(terms))
+
+
+# Above this many distinct rows, a collapse also tries one term per distinct channel set.
+_FEW_ROWS = 8
+
+
+def _collapsed_rows(
+    rows: np.ndarray, held: np.ndarray | None
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The terms left when the ``rows`` of one term's index (along the collapsed axis ×
+    the remaining positions) combine: ``(index, held)`` pairs whose union holds, at each
+    remaining position, every channel of that position's column.
+
+    Either one term per distinct row (each row's channels where they were), or one
+    masked term per distinct *set* of channels a column holds, whichever is fewer: a
+    norm over 768 channels leaves 768 distinct rows but a single set.
+
+    Example:
+        >>> rows = np.array([[-1, c, c] for c in range(10)])  # channels 0-9 at positions 1, 2
+        >>> [(i.tolist(), h.tolist()) for i, h in _collapsed_rows(rows, None)]
+        [([-1, 0, 0], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])]
+    """
+    present = rows >= 0
+    if held is not None:  # a mask: present wherever any row is
+        return [(np.where(present.any(axis=0), 0, -1), held)]
+    if len(rows) > _FEW_ROWS:
+        # the common case, in one pass: each row one channel, all at the same positions
+        # (a channel axis broadcast over the others, as a norm over the channels sees it)
+        shared = (present == present[:1]).all()
+        if shared and present[0].any():
+            where = np.flatnonzero(present[0])
+            values = rows[:, where]
+            if (values == values[:, :1]).all():
+                return [(np.where(present[0], 0, -1), unique_values(values[:, 0]))]
+    distinct = distinct_rows(rows)
+    if len(distinct) <= _FEW_ROWS:
+        return [(row, None) for row in distinct]
+    columns = np.sort(rows, axis=0)
+    columns[1:][columns[1:] == columns[:-1]] = -1  # each column's channels once, -1 padded
+    columns = np.sort(columns, axis=0).T
+    present = present.any(axis=0)
+    keys = np.ascontiguousarray(columns).view(
+        np.dtype((np.void, columns.dtype.itemsize * columns.shape[1]))
+    )
+    sets, which = np.unique(keys[present].ravel(), return_inverse=True)
+    if len(sets) >= len(distinct):
+        return [(row, None) for row in distinct]
+    label = np.full(len(columns), -1, dtype=np.int64)
+    label[present] = which.ravel()
+    found = []
+    for i, key in enumerate(sets):
+        channels = np.frombuffer(key.tobytes(), dtype=columns.dtype)
+        found.append((np.where(label == i, 0, -1), channels[channels >= 0].astype(np.int64)))
+    return found
 
 
 def unique_values(values: np.ndarray) -> np.ndarray:
@@ -372,6 +457,11 @@ def _within_groups(ch: Channels, axis: int, groups: int) -> Channels:
             continue
         moved = np.moveaxis(t.index, k, -1)
         grouped = moved.reshape(moved.shape[:-1] + (groups, width))
+        if t.held is not None:  # a mask: present in a whole group wherever in one member
+            member = np.repeat((grouped >= 0).any(axis=-1, keepdims=True), width, axis=-1)
+            mask = np.where(member.reshape(moved.shape), 0, -1)
+            terms.append(t.moved(np.moveaxis(mask, -1, k)))
+            continue
         for r in range(width):
             member = np.repeat(grouped[..., r : r + 1], width, axis=-1).reshape(moved.shape)
             terms.append(Term(t.producer, np.moveaxis(member, -1, k)))
@@ -390,7 +480,7 @@ def _cut(ch: Channels, dim: int, lo: int, hi: int, shape: tuple[int, ...]) -> Ch
             continue
         part = np.take(t.index, np.arange(lo, hi), axis=k)
         if (part >= 0).any():
-            terms.append(Term(t.producer, part))
+            terms.append(t.moved(part))
     return Channels(ch.axes, shape, tuple(terms))
 
 
@@ -509,14 +599,12 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
             result = node.target(*args, **kwargs)
     except Exception:  # an op that refuses the probe's dtype: no exact routing
         return fallback(ctx, node, inputs, shapes, op_name(node))
-    everywhere = tuple(t for t, _, _ in ch_terms if t.index is None)
 
     def decode(out: Any) -> Any:
         if not isinstance(out, torch.Tensor):
             return None
         axes, positions = _decode(out)
-        channels = _remap(ch_terms, axes, tuple(out.shape), positions)
-        return Channels(channels.axes, channels.shape, channels.terms + everywhere)
+        return _remap(ctx, ch_terms, axes, tuple(out.shape), positions)
 
     return tree_map(decode, result)
 
@@ -569,6 +657,9 @@ def _concatenated(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> 
         return None
     if any(v.axes == () and any(t.index is not None for t in v.terms) for v in values):
         return None
+    spread = len(values) > 1 and any(t.index is None for v in values for t in v.terms)
+    if spread and math.prod(shapes) <= MAX_PROBE:
+        return None  # channels everywhere in one part only: the probe masks them
     terms, offset = [], 0
     for v in values:
         size = v.shape[dim]
@@ -578,7 +669,7 @@ def _concatenated(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> 
                 continue
             index = np.full(shapes[dim], -1, dtype=np.int64)
             index[offset : offset + size] = t.index
-            terms.append(Term(t.producer, index))
+            terms.append(t.moved(index))
         offset += size
     axes = (dim,) if any(t.index is not None for t in terms) else ()
     return Channels(axes, tuple(shapes), tuple(terms))

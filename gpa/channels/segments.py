@@ -33,17 +33,17 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-import networkx as nx
 import numpy as np
 
 from gpa.channels.routing import ChannelRouting, Consumer
 from gpa.channels.rules import unique_values
 from gpa.core.graph import LOSS, LayerCall
-from gpa.core.paths import GradientPaths, gradient_paths
+from gpa.core.paths import GradientPaths, layer_graph_paths
 from gpa.core.report import Segment, Source
 
 __all__ = ["SegmentNode", "call_segments", "merge_calls"]
@@ -72,7 +72,8 @@ class _Arrival:
 
     ``mixed[c]``: channel c reaches every input channel of the consumer. Otherwise it
     reaches ``count[c]`` input channels, the lowest ``first[c]``, the highest ``last[c]``;
-    ``pairs`` keeps them all (``channel * width + position``, sorted).
+    ``cells`` keeps them all: a (channel, input channel) boolean table, or the sorted
+    ``channel * width + input channel`` pairs.
     """
 
     consumer: Consumer
@@ -81,15 +82,23 @@ class _Arrival:
     count: np.ndarray
     first: np.ndarray
     last: np.ndarray
-    pairs: np.ndarray
+    cells: np.ndarray
 
     @property
     def present(self) -> np.ndarray:
         return self.mixed | (self.count > 0)
 
     def positions(self, channel: int) -> np.ndarray:
-        lo, hi = np.searchsorted(self.pairs, [channel * self.width, (channel + 1) * self.width])
-        return self.pairs[lo:hi] - channel * self.width
+        if self.cells.ndim == 2:
+            return np.flatnonzero(self.cells[channel])
+        lo, hi = np.searchsorted(self.cells, [channel * self.width, (channel + 1) * self.width])
+        return self.cells[lo:hi] - channel * self.width
+
+
+# Up to this many (channel, input channel) cells, arrivals are marked in a dense table
+# (a norm over the channels sends every channel to every input channel: a table is far
+# cheaper than sorting that many pairs); beyond it, as sorted pairs.
+_DENSE_CELLS = 1 << 26
 
 
 def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
@@ -98,27 +107,76 @@ def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
     for d in routing.inbound.get(call, ()):
         by_consumer[d.consumer].append(d)
     found = []
+    # consumers often receive alike (every block of a transformer reads the residual
+    # stream through a norm): their placed channels are worked out once
+    alike: dict[tuple, tuple[np.ndarray, ...]] = {}
     for consumer in sorted(by_consumer, key=_listing_order):
         width = routing.in_channels.get(consumer, 0)
         mixed = np.zeros(count, dtype=bool)
-        pairs = []
+        placed = [d for d in by_consumer[consumer] if d.positions is not None]
         for d in by_consumer[consumer]:
             if d.positions is None:
                 chosen = [c for c in (range(count) if d.mixed is None else d.mixed) if c < count]
                 mixed[chosen] = True
-                continue
-            where = np.flatnonzero(d.positions >= 0)
-            pairs.append(d.positions[where].astype(np.int64) * width + where)
-        pairs_all = unique_values(np.concatenate(pairs)) if pairs else np.empty(0, np.int64)
-        chans, where = pairs_all // max(width, 1), pairs_all % max(width, 1)
-        first = np.full(count, width, dtype=np.int64)
-        last = np.full(count, -1, dtype=np.int64)
-        np.minimum.at(first, chans, where)
-        np.maximum.at(last, chans, where)
-        tally = np.bincount(chans, minlength=count)[:count]
-        tally[mixed] = 0
-        found.append(_Arrival(consumer, width, mixed, tally, first, last, pairs_all))
+        key = (width, *((d.positions.tobytes(), _bytes(d.held)) for d in placed))
+        if key not in alike:
+            alike[key] = _placed(placed, count, width)
+        tally, first, last, cells = alike[key]
+        tally = np.where(mixed, 0, tally)
+        found.append(_Arrival(consumer, width, mixed, tally, first, last, cells))
     return found
+
+
+def _bytes(values: np.ndarray | None) -> bytes | None:
+    return None if values is None else values.tobytes()
+
+
+def _placed(deliveries: list, count: int, width: int) -> tuple[np.ndarray, ...]:
+    """(count, first, last, cells) of :class:`_Arrival` for the placed ``deliveries``."""
+    if count * width <= _DENSE_CELLS:
+        cells = _table(deliveries, count, width)
+        tally = cells.sum(axis=1)
+        first = np.where(tally > 0, cells.argmax(axis=1), width)
+        last = np.where(tally > 0, width - 1 - cells[:, ::-1].argmax(axis=1), -1)
+        return tally, first, last, cells
+    cells = _pairs(deliveries, width)
+    chans, where = cells // max(width, 1), cells % max(width, 1)
+    # sorted by channel, then input channel: each channel's first and last pair give its
+    # lowest and highest input channel
+    first = np.full(count, width, dtype=np.int64)
+    last = np.full(count, -1, dtype=np.int64)
+    if len(chans):
+        starts = np.flatnonzero(np.r_[True, chans[1:] != chans[:-1]])
+        ends = np.r_[starts[1:], len(chans)] - 1
+        first[chans[starts]] = where[starts]
+        last[chans[ends]] = where[ends]
+    return np.bincount(chans, minlength=count)[:count], first, last, cells
+
+
+def _table(deliveries: list, count: int, width: int) -> np.ndarray:
+    """Which channel arrives at which input channel, as a (count, width) boolean table."""
+    table = np.zeros((count, width), dtype=bool)
+    for d in deliveries:
+        if d.held is not None:  # every held channel at every marked input channel
+            held = np.zeros(count, dtype=bool)
+            held[d.held] = True
+            table |= held[:, None] & (d.positions >= 0)
+        else:
+            where = np.flatnonzero(d.positions >= 0)
+            table[d.positions[where], where] = True
+    return table
+
+
+def _pairs(deliveries: list, width: int) -> np.ndarray:
+    """The sorted distinct ``channel * width + input channel`` pairs of the deliveries."""
+    pairs = [np.empty(0, np.int64)]
+    for d in deliveries:
+        where = np.flatnonzero(d.positions >= 0)
+        if d.held is not None:
+            pairs.append((d.held[:, None] * width + where).ravel())
+        else:
+            pairs.append(d.positions[where].astype(np.int64) * width + where)
+    return unique_values(np.concatenate(pairs))
 
 
 # How one consumer sees two neighbouring channels (see _Segmenter.cuts).
@@ -162,6 +220,7 @@ class _Segmenter:
 
     def __init__(self, routing: ChannelRouting, calls: Iterable[str]) -> None:
         self.routing = routing
+        self._nodes: dict[tuple, tuple[SegmentNode, ...]] = {}
         self.arrivals = {c: _arrivals(routing, c, routing.out_channels.get(c, 0)) for c in calls}
         self.bounds: dict[str, list[tuple[int, int]]] = {}
         for call, arrivals in self.arrivals.items():
@@ -255,6 +314,9 @@ class _Segmenter:
         each with whether every channel reaches all of it (mixed)."""
         if a.mixed[start]:
             return [((0, a.width), True)]
+        block = a.last[start] - a.first[start] + 1 == a.count[start]
+        if stop - start == 1 and block:  # one channel at one run of input channels
+            return [((int(a.first[start]), int(a.last[start]) + 1), False)]
         width = self.group_width(a.consumer)
         if width is not None and a.first[start] // width == a.last[stop - 1] // width:
             reached = unique_values(np.concatenate([a.positions(c) for c in range(start, stop)]))
@@ -263,28 +325,35 @@ class _Segmenter:
                 return [(runs[0], False)]
             group = int(reached[0]) // width  # scattered in one group: the group's range
             return [((group * width, (group + 1) * width), False)]
-        if a.last[start] - a.first[start] + 1 == a.count[start]:
+        if block:
             return [((int(a.first[start]), int(a.last[stop - 1]) + 1), False)]
         first, last = _runs(a.positions(start)), _runs(a.positions(stop - 1))
         return [((lo, hi), False) for (lo, _), (_, hi) in zip(first, last, strict=True)]
 
-    def nodes(self, consumer: Consumer, group: tuple[int, ...] | None) -> list[SegmentNode]:
+    def nodes(self, consumer: Consumer, group: tuple[int, ...] | None) -> tuple[SegmentNode, ...]:
         """The segment-graph nodes a delivery to ``consumer`` (to ``group``) continues through."""
         if consumer.call is None:
-            return [LOSS]
+            return (LOSS,)
         sender = consumer.call
-        count = self.routing.out_channels.get(sender, 0)
         groups = self.routing.groups.get(sender, 1)
-        if group is None or groups <= 1:
-            ranges = [(0, count)]
-        else:
-            width = count // groups
-            ranges = [(g * width, (g + 1) * width) for g in group]
-        return [
-            (sender, i)
-            for i, (start, stop) in enumerate(self.bounds.get(sender, ()))
-            if any(start < hi and lo < stop for lo, hi in ranges)
-        ]
+        key = (sender, None if groups <= 1 else group)
+        if key not in self._nodes:  # many segments reach the same part of a sender
+            count = self.routing.out_channels.get(sender, 0)
+            if key[1] is None:
+                ranges = [(0, count)]
+            else:
+                width = count // groups
+                ranges = [(g * width, (g + 1) * width) for g in group]
+            bounds = self.bounds.get(sender, ())
+            stops = [stop for _, stop in bounds]
+            found: dict[SegmentNode, None] = {}
+            for lo, hi in ranges:  # the segments overlapping [lo, hi), by bisection
+                i = bisect.bisect_right(stops, lo)
+                while i < len(bounds) and bounds[i][0] < hi:
+                    found[sender, i] = None
+                    i += 1
+            self._nodes[key] = tuple(found)
+        return self._nodes[key]
 
     def received(self, call: str, start: int, stop: int) -> list[_Part]:
         """What channels [start, stop) of ``call`` receive, per consumer and part."""
@@ -304,15 +373,15 @@ class _Segmenter:
         return parts
 
 
-def _segment_graph(received: Mapping[tuple[str, int], list[_Part]]) -> nx.DiGraph:
-    """The segment graph: an edge from each segment to every node its gradient comes from."""
-    graph = nx.DiGraph()
-    graph.add_node(LOSS)
-    graph.add_nodes_from(received)
-    graph.add_edges_from(
-        (node, target) for node, parts in received.items() for p in parts for target in p.nodes
-    )
-    return graph
+def _segment_graph(
+    received: Mapping[tuple[str, int], list[_Part]],
+) -> dict[SegmentNode, tuple[SegmentNode, ...]]:
+    """The segment graph: each segment's distinct successors, the nodes its gradient comes
+    from (segments in forward order of their calls, a topological order)."""
+    return {
+        node: tuple(dict.fromkeys(t for p in parts for t in p.nodes))
+        for node, parts in received.items()
+    }
 
 
 def call_segments(
@@ -334,7 +403,7 @@ def call_segments(
         for call, bounds in segmenter.bounds.items()
         for i, (start, stop) in enumerate(bounds)
     }
-    found = gradient_paths(_segment_graph(received), layers=received, loss=LOSS)
+    found = layer_graph_paths(_segment_graph(received), loss=LOSS)
     stamps = {n: p.paths.stamps for n, p in found.items() if p.paths is not None}
     stamps[LOSS] = _LOSS_STAMPS
     result: dict[str, list[Segment]] = {}

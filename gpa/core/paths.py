@@ -26,12 +26,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
 
-__all__ = ["GradientPaths", "LayerPaths", "PathIndex", "bits", "gradient_paths"]
+__all__ = [
+    "GradientPaths",
+    "LayerPaths",
+    "PathIndex",
+    "bits",
+    "gradient_paths",
+    "layer_graph_paths",
+]
 
 
 def bits(stamps: int) -> tuple[int, ...]:
@@ -260,6 +267,45 @@ def gradient_paths(
                 index.stamps[i], index.num_paths[i] = stamps << 1, count
         elif reached and readers[node]:
             frontier[node] = (reached, stamps, count)
+    return {
+        n: LayerPaths(index.paths(i), index.successors[i], index)
+        for n, i in position.items()
+        if n != loss
+    }
+
+
+def layer_graph_paths(
+    successors: Mapping[Hashable, Iterable[Hashable]], loss: Hashable = "<loss>"
+) -> dict[Hashable, LayerPaths]:
+    """:func:`gradient_paths` of a graph whose every node but ``loss`` is a layer, given as
+    each node's distinct successors with the nodes in topological order — no graph object
+    to build (the channel-level segment graph has hundreds of thousands of edges).
+
+    Raises:
+        ValueError: an edge points back to an earlier node (not a topological order).
+
+    Example:
+        >>> found = layer_graph_paths({"a": ["b", "<loss>"], "b": ["<loss>"]})
+        >>> found["a"].paths.timestamps, found["a"].sources
+        ((1, 2), ('b', '<loss>'))
+    """
+    index = PathIndex([*successors, loss])
+    position = index.position
+    last = len(index.nodes) - 1
+    index.stamps[last], index.num_paths[last] = 1, 1
+    for i in range(last - 1, -1, -1):
+        reached, stamps, count = 0, 0, 0
+        for succ in successors[index.nodes[i]]:
+            j = position[succ]
+            if j <= i:
+                raise ValueError(f"{index.nodes[i]!r} -> {succ!r}: not in topological order")
+            if index.stamps[j]:
+                reached |= 1 << j
+                stamps |= index.stamps[j]
+                count += index.num_paths[j]
+        index.successors[i] = reached
+        if reached:
+            index.stamps[i], index.num_paths[i] = stamps << 1, count
     return {
         n: LayerPaths(index.paths(i), index.successors[i], index)
         for n, i in position.items()

@@ -98,7 +98,9 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
             raised = exc if isinstance(exc, ModelError) else raised
             continue
         if graph.opaque and graph.inputs is not None and i + 1 < len(chain):
-            reasons.append(f"{candidate}: cannot look into {', '.join(graph.opaque)}")
+            reasons.append(
+                f"{candidate}: cannot look into {', '.join(dict.fromkeys(graph.opaque))}"
+            )
             continue
         if reasons:
             graph.notes.insert(0, f"tracer auto used {candidate}: {'; '.join(reasons)}")

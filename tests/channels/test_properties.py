@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from functools import cache
+from unittest import mock
 
 import pytest
 import torch
@@ -28,12 +29,29 @@ from hypothesis import strategies as st
 from torch import nn
 
 import gpa
+from gpa.channels import rules, segments
 
 LENGTH = 2
 # More examples for a longer hunt: GPA_CHANNEL_EXAMPLES=500 pytest tests/channels/test_properties.py
 EXAMPLES = int(os.environ.get("GPA_CHANNEL_EXAMPLES", "50"))
 IN_WIDTH = 4
 LOSS = "<loss>"
+# Each size-dependent choice of representation, at its default and at 0, so that these
+# small models take the way large ones do too: a collapse keeps one term per distinct row
+# up to rules._FEW_ROWS rows, else one per distinct channel set; arrivals are marked in a
+# table up to segments._DENSE_CELLS cells, else as sorted pairs.
+LIMITS = st.tuples(
+    st.sampled_from([rules._FEW_ROWS, 0]), st.sampled_from([segments._DENSE_CELLS, 0])
+)
+
+
+def analyze(net, limits):
+    few_rows, dense_cells = limits
+    with (
+        mock.patch.object(rules, "_FEW_ROWS", few_rows),
+        mock.patch.object(segments, "_DENSE_CELLS", dense_cells),
+    ):
+        return gpa.analyze(net, input_shape=(1, IN_WIDTH, LENGTH), channels=True)
 
 
 def run_steps(steps, layers, x, cut=None):
@@ -56,6 +74,14 @@ def run_steps(steps, layers, x, cut=None):
             out = values[j].chunk(2, 1)[idx]
         elif kind == "cat":
             out = torch.cat([values[j] for j in args], 1)
+        elif kind == "scale":  # times its mean over the channels: every channel everywhere
+            v = values[args[0]]
+            out = v * v.mean(1, keepdim=True)
+        elif kind == "head":  # the first position, repeated: what sat elsewhere is gone
+            out = values[args[0]][:, :, :1].expand(-1, -1, LENGTH)
+        elif kind == "splice":  # position 0 from one tensor, the rest from another
+            j, k, m = args
+            out = torch.cat([values[j][:, :m, :1], values[k][:, :m, 1:]], 2)
         else:  # partial add; ``whole``: n is all of f's channels
             j, k, n, whole = args
             f, y = values[j], values[k]
@@ -79,7 +105,9 @@ class StepNet(nn.Module):
 
     def forward(self, x):
         values, _ = run_steps(self.steps, self.layers, x)
-        return tuple(values[o] for o in self.outputs)
+        # summed over positions: a returned tensor's channels stay on axis 1 even where
+        # positions hold different layers' channels (gpa would read its last axis, §8)
+        return tuple(values[o].sum(2, keepdim=True) for o in self.outputs)
 
 
 def width_after(step, widths):
@@ -92,6 +120,8 @@ def width_after(step, widths):
         return widths[args[0]] // 2
     if kind == "cat":
         return sum(widths[j] for j in args)
+    if kind == "splice":
+        return args[2]
     return widths[args[0]]
 
 
@@ -101,7 +131,8 @@ def step_nets(draw):
     for i in range(draw(st.integers(3, 9))):
         j = draw(st.integers(0, len(widths) - 1))
         w = widths[j]
-        kinds = ["layer", "slice", "cat", "padd"] + (["chunk"] if w % 2 == 0 else [])
+        kinds = ["layer", "slice", "cat", "padd", "scale", "head", "splice"]
+        kinds += ["chunk"] if w % 2 == 0 else []
         kind = "layer" if i == 0 else draw(st.sampled_from(kinds))
         if kind == "layer":
             c_out = draw(st.integers(1, 6))
@@ -115,6 +146,11 @@ def step_nets(draw):
         elif kind == "cat":
             k = draw(st.integers(0, len(widths) - 1))
             step = ("cat", j, k) if widths[j] + widths[k] <= 10 else ("slice", j, 0, w)
+        elif kind in ("scale", "head"):
+            step = (kind, j)
+        elif kind == "splice":
+            k = draw(st.integers(0, len(widths) - 1))
+            step = ("splice", j, k, min(w, widths[k]))
         else:
             k = draw(st.integers(0, len(widths) - 1))
             n = draw(st.integers(1, min(w, widths[k])))
@@ -199,9 +235,9 @@ def lengths(edges):
     derandomize=EXAMPLES <= 50,
     suppress_health_check=[HealthCheck.too_slow],
 )
-@given(step_nets())
-def test_segments_match_per_channel_brute_force(net):
-    report = gpa.analyze(net, input_shape=(1, IN_WIDTH, LENGTH), channels=True)
+@given(step_nets(), LIMITS)
+def test_segments_match_per_channel_brute_force(net, limits):
+    report = analyze(net, limits)
     edges, reaches = channel_graph(net)
     stamps = lengths(edges)
     for name, record in report.layers.items():
@@ -224,15 +260,18 @@ def test_segments_match_per_channel_brute_force(net):
                 assert {x.sender for x in s.sources} == senders, (name, c, net.steps)
             if s.paths is None:
                 continue
-            for x in s.sources:  # the part delivered covers the channels' input positions
-                label = x.sender if x.sender != LOSS else None
+            # the parts delivered by a sender (several ranges when the segment reaches it
+            # twice, e.g. concatenated with itself) cover exactly the input channels
+            # carrying the segment
+            for sender in {x.sender for x in s.sources} - {LOSS}:
+                covered = set()
+                for x in s.sources:
+                    if x.sender == sender:
+                        covered |= set(range(*x.channels))
                 positions = set()
                 for c in range(s.start, s.stop):
-                    for lab, pos in reaches[(name, c)].items():
-                        if lab == label or (label is None and isinstance(lab, tuple)):
-                            positions |= pos
-                if label is not None:  # exactly the input channels carrying the segment
-                    assert set(range(*x.channels)) == positions, (name, x)
+                    positions |= reaches[(name, c)].get(sender, set())
+                assert covered == positions, (name, sender, s.sources)
         # maximality: two neighbouring segments are not one run of channels that reach the
         # same senders' groups at input positions shifted along with the channel
         for left, right in zip(segs, segs[1:], strict=False):
@@ -261,11 +300,11 @@ def _one_run(net, reaches, name, lo, hi):
 
 @pytest.mark.slow  # hypothesis
 @settings(max_examples=max(EXAMPLES // 2, 1), deadline=None, derandomize=EXAMPLES <= 50)
-@given(step_nets())
-def test_segment_path_counts_consistent(net):
+@given(step_nets(), LIMITS)
+def test_segment_path_counts_consistent(net, limits):
     """num_paths and histograms of (layer, segment) paths, from the brute-force channel
     edges grouped by gpa's segments."""
-    report = gpa.analyze(net, input_shape=(1, IN_WIDTH, LENGTH), channels=True)
+    report = analyze(net, limits)
     edges, _ = channel_graph(net)
     seg_of = {}
     for name, record in report.layers.items():

@@ -46,3 +46,22 @@ def test_auto_tracer_looks_inside() -> None:
     assert any(
         n.startswith("tracer auto used export: fx: ") and "attend" in n for n in report.notes
     )
+
+
+class WrappedTwice(nn.Module):
+    """Two blocks calling the same opaque function (as every Swin block does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Wrapped() for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.blocks[0](x)
+        hidden = F.pad(hidden, (0, 2))  # head of block 0 gives 2 features, qkv takes 4
+        return self.blocks[1].head(attend(hidden, self.blocks[1].qkv.weight, None))
+
+
+def test_auto_note_names_each_opaque_function_once() -> None:
+    report = gpa.analyze(WrappedTwice(), input_shape=(1, 4), tracer="auto")
+    (note,) = [n for n in report.notes if n.startswith("tracer auto used export")]
+    assert note.count("attend") == 1, note

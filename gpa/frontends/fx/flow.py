@@ -26,12 +26,15 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import operator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -238,6 +241,56 @@ _POINTWISE_NAMES = frozenset(
 )
 
 
+def _normalised(op: Callable[..., Any], per_channel: bool) -> Callable[..., Any]:
+    """A stand-in for the functional normalisation ``op``: a clone of its input that also
+    depends on its affine ``weight`` and ``bias`` — what this pass records of the real
+    result (shape, dtype, which inputs gradient reaches) without running it (train-mode
+    ``F.batch_norm`` decomposes into dozens of meta operations; timm's ``BatchNormAct2d``
+    calls it in every block). Affine parameters of the wrong size run the real ``op``, so
+    that its error is the one reported."""
+    signature = inspect.signature(op)
+
+    def stand_in(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs).arguments
+        x = bound["input"]
+        affine = [bound.get(k) for k in ("weight", "bias")]
+        affine = [t for t in affine if isinstance(t, torch.Tensor)]
+        if per_channel:
+            stats = [bound.get(k) for k in ("running_mean", "running_var")]
+            sized = affine + [t for t in stats if isinstance(t, torch.Tensor)]
+            groups = bound.get("num_groups", 1)
+            fits = (
+                x.dim() >= 2
+                and all(t.numel() == x.shape[1] for t in sized)
+                and isinstance(groups, int)
+                and groups > 0
+                and x.shape[1] % groups == 0
+            )
+        else:  # layer norm: over the trailing normalized_shape
+            shape = tuple(bound["normalized_shape"])
+            fits = tuple(x.shape[-len(shape) :]) == shape and all(
+                tuple(t.shape) == shape for t in affine
+            )
+        if not (fits and x.is_floating_point()):
+            return op(*args, **kwargs)
+        result = x.clone()
+        for t in affine:
+            if t.requires_grad:
+                result = result + (t.sum() * 0).to(result.dtype)
+        return result
+
+    return stand_in
+
+
+# Functions replaced by an exact stand-in for this pass (see :func:`_normalised`).
+_STAND_INS: dict[Callable[..., Any], Callable[..., Any]] = {
+    F.batch_norm: _normalised(F.batch_norm, per_channel=True),
+    F.instance_norm: _normalised(F.instance_norm, per_channel=True),
+    F.group_norm: _normalised(F.group_norm, per_channel=True),
+    F.layer_norm: _normalised(F.layer_norm, per_channel=False),
+}
+
+
 def _single_float_tensor(args: tuple, kwargs: dict) -> bool:
     tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
     return (
@@ -330,6 +383,8 @@ class GradientFlow(fx.Interpreter):
         try:
             if _shape_preserving(self.module, n, args, kwargs):
                 result = args[0].clone()
+            elif n.op == "call_function" and n.target in _STAND_INS:
+                result = _STAND_INS[n.target](*args, **kwargs)
             else:
                 result = getattr(self, n.op)(n.target, args, kwargs)
         except ShapeError:

@@ -1,0 +1,54 @@
+"""``layer_graph_paths`` (graphs of layers only, e.g. the channel-level segment graph)
+against a brute-force enumeration of every path to the loss."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpa.core.paths import layer_graph_paths
+
+LOSS = "<loss>"
+
+
+@st.composite
+def layer_dags(draw):
+    """Nodes 0..n-1 in topological order; node i's distinct successors are later nodes or the loss."""
+    n = draw(st.integers(1, 9))
+    successors = {}
+    for i in range(n):
+        later = [*range(i + 1, n), LOSS]
+        successors[i] = tuple(draw(st.lists(st.sampled_from(later), unique=True, max_size=4)))
+    return successors
+
+
+def all_paths(successors, node):
+    """Every path from ``node`` to the loss, as its length in layers crossed (hops)."""
+    if node == LOSS:
+        return [0]
+    return [1 + k for succ in successors[node] for k in all_paths(successors, succ)]
+
+
+@pytest.mark.slow  # hypothesis
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(layer_dags())
+def test_paths_match_enumeration(successors):
+    found = layer_graph_paths(successors, loss=LOSS)
+    for node in successors:
+        lengths = all_paths(successors, node)
+        paths = found[node].paths
+        if not lengths:
+            assert paths is None
+            continue
+        histogram = {k: lengths.count(k) for k in sorted(set(lengths))}
+        assert paths.histogram == histogram
+        assert paths.num_paths == len(lengths)
+        assert set(paths.timestamps) == set(lengths)
+        reaching = [s for s in successors[node] if s == LOSS or all_paths(successors, s)]
+        assert set(found[node].sources) == set(reaching)
+
+
+def test_an_edge_back_is_refused():
+    with pytest.raises(ValueError, match="topological"):
+        layer_graph_paths({"a": ["b"], "b": ["a"]})
