@@ -20,7 +20,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from torch import nn
 
@@ -43,6 +45,22 @@ from gpa.options import AnalysisOptions
 __all__ = ["analyze_model"]
 
 
+@contextmanager
+def _existing_objects_left_to_rest() -> Iterator[None]:
+    """Leave the objects alive before the analysis (torch's and the model's: hundreds of
+    thousands) out of the cyclic garbage collector's passes while it runs — each full pass
+    would walk them all, a third of a channel analysis of MobileNet. Not when objects are
+    frozen already: a program's own ``gc.freeze()`` stays as it was."""
+    if not gc.isenabled() or gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def analyze_model(
     model: nn.Module,
     options: AnalysisOptions,
@@ -51,6 +69,16 @@ def analyze_model(
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Analyse ``model`` as ``options`` say (see :func:`gpa.analyze` for the errors raised)."""
+    with _existing_objects_left_to_rest():
+        return _analyze(model, options, name, progress)
+
+
+def _analyze(
+    model: nn.Module,
+    options: AnalysisOptions,
+    name: str | None,
+    progress: Callable[[str], None] | None,
+) -> Report:
     step = progress or (lambda phase: None)
     check_model(model)
     options = resolve_options(options, model)

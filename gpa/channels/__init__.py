@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import replace
 
 from gpa.channels.routing import route_channels
 from gpa.channels.segments import call_segments, merge_calls
@@ -55,15 +54,5 @@ def channel_segments(
     grouped: dict[str, list[list[Segment]]] = defaultdict(list)
     # latest call first: a layer called several times lists its last call's sources first
     for call, segments in reversed(found.items()):
-        grouped[rename[call]].append([_renamed(s, rename) for s in segments])
+        grouped[rename[call]].append(segments)
     return {record: tuple(merge_calls(parts)) for record, parts in grouped.items()}
-
-
-def _renamed(segment: Segment, rename: dict[str, str]) -> Segment:
-    """``segment`` with its sources' senders named by record (calls -> layer records)."""
-    if all(rename.get(x.sender, x.sender) == x.sender for x in segment.sources):
-        return segment
-    return replace(
-        segment,
-        sources=tuple(replace(x, sender=rename.get(x.sender, x.sender)) for x in segment.sources),
-    )

@@ -37,6 +37,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -84,7 +85,7 @@ class _Arrival:
     last: np.ndarray
     cells: np.ndarray
 
-    @property
+    @cached_property
     def present(self) -> np.ndarray:
         return self.mixed | (self.count > 0)
 
@@ -203,16 +204,13 @@ class _Part:
     group: tuple[int, ...] | None
     nodes: tuple[SegmentNode, ...]
 
-    def source(self, stamps: Mapping[SegmentNode, int]) -> Source | None:
-        """The source this part is, given each reachable node's stamps (None: reaches none)."""
-        reached = [n for n in self.nodes if n in stamps]
-        if not reached:
+    def source(self, rounds: int, sender: str) -> Source | None:
+        """The source this part is, given the rounds its nodes deliver at (0: it reaches
+        none of them) and the sender's name."""
+        if not rounds:
             return None
-        rounds = 0
-        for node in reached:
-            rounds |= stamps[node] << 1
         c = self.consumer
-        return Source(c.sender, self.channels, rounds, self.group, c.output, c.argument, self.mixed)
+        return Source(sender, self.channels, rounds, self.group, c.output, c.argument, self.mixed)
 
 
 class _Segmenter:
@@ -375,13 +373,11 @@ class _Segmenter:
 
 def _segment_graph(
     received: Mapping[tuple[str, int], list[_Part]],
-) -> dict[SegmentNode, tuple[SegmentNode, ...]]:
-    """The segment graph: each segment's distinct successors, the nodes its gradient comes
-    from (segments in forward order of their calls, a topological order)."""
-    return {
-        node: tuple(dict.fromkeys(t for p in parts for t in p.nodes))
-        for node, parts in received.items()
-    }
+) -> dict[SegmentNode, list[tuple[SegmentNode, ...]]]:
+    """The segment graph: each segment's successors, the nodes its gradient comes from, as
+    its parts' node tuples (shared between parts reaching the same part of a sender);
+    segments in forward order of their calls, a topological order."""
+    return {node: [p.nodes for p in parts] for node, parts in received.items()}
 
 
 def call_segments(
@@ -394,7 +390,8 @@ def call_segments(
         calls: the layer calls in forward order (node name -> LayerCall).
 
     Returns:
-        layer call -> its segments, in channel order; calls in forward order.
+        layer call -> its segments, in channel order; calls in forward order. Sources
+        name their senders by layer record (:attr:`LayerCall.record`).
         (See this module's docstring for an example.)
     """
     segmenter = _Segmenter(routing, calls)
@@ -406,12 +403,27 @@ def call_segments(
     found = layer_graph_paths(_segment_graph(received), loss=LOSS)
     stamps = {n: p.paths.stamps for n, p in found.items() if p.paths is not None}
     stamps[LOSS] = _LOSS_STAMPS
+    # the rounds a part's nodes deliver at, once per distinct tuple of nodes (the
+    # segmenter shares them: many parts reach the same part of a sender)
+    delivered: dict[int, int] = {}
+
+    def rounds(nodes: tuple[SegmentNode, ...]) -> int:
+        if id(nodes) not in delivered:
+            found = 0
+            for node in nodes:
+                found |= stamps.get(node, 0) << 1
+            delivered[id(nodes)] = found
+        return delivered[id(nodes)]
+
+    def sender(consumer: Consumer) -> str:
+        return consumer.sender if consumer.call is None else calls[consumer.call].record
+
     result: dict[str, list[Segment]] = {}
     for call, bounds in segmenter.bounds.items():
         fallback = tuple(sorted(routing.fallbacks.get(call, ())))
         result[call] = []
         for i, (start, stop) in enumerate(bounds):
-            sources = (p.source(stamps) for p in received[call, i])
+            sources = (p.source(rounds(p.nodes), sender(p.consumer)) for p in received[call, i])
             result[call].append(
                 Segment(
                     start,

@@ -275,17 +275,21 @@ def gradient_paths(
 
 
 def layer_graph_paths(
-    successors: Mapping[Hashable, Iterable[Hashable]], loss: Hashable = "<loss>"
+    successors: Mapping[Hashable, Iterable[Sequence[Hashable]]], loss: Hashable = "<loss>"
 ) -> dict[Hashable, LayerPaths]:
     """:func:`gradient_paths` of a graph whose every node but ``loss`` is a layer, given as
-    each node's distinct successors with the nodes in topological order — no graph object
-    to build (the channel-level segment graph has hundreds of thousands of edges).
+    each node's successors in groups (sequences of nodes; together the node's successors,
+    overlapping or not), with the nodes in topological order — no graph object to build.
+
+    A group shared by several nodes (the same object) is summed up once: in the channel-level
+    segment graph, hundreds of segments reach every segment of the next layer, millions of
+    edges written as one group each.
 
     Raises:
         ValueError: an edge points back to an earlier node (not a topological order).
 
     Example:
-        >>> found = layer_graph_paths({"a": ["b", "<loss>"], "b": ["<loss>"]})
+        >>> found = layer_graph_paths({"a": [("b", "<loss>")], "b": [("<loss>",)]})
         >>> found["a"].paths.timestamps, found["a"].sources
         ((1, 2), ('b', '<loss>'))
     """
@@ -293,16 +297,20 @@ def layer_graph_paths(
     position = index.position
     last = len(index.nodes) - 1
     index.stamps[last], index.num_paths[last] = 1, 1
+    # id(group) -> (reached bitset, stamps, paths): groups stay alive in ``successors``
+    summed: dict[int, tuple[int, int, int]] = {}
     for i in range(last - 1, -1, -1):
-        reached, stamps, count = 0, 0, 0
-        for succ in successors[index.nodes[i]]:
-            j = position[succ]
-            if j <= i:
-                raise ValueError(f"{index.nodes[i]!r} -> {succ!r}: not in topological order")
-            if index.stamps[j]:
-                reached |= 1 << j
-                stamps |= index.stamps[j]
-                count += index.num_paths[j]
+        reached, stamps, count, overlap = 0, 0, 0, False
+        for group in successors[index.nodes[i]]:
+            found = summed.get(id(group))
+            if found is None:  # first met from its latest reader: every member is done
+                found = summed[id(group)] = _group_sum(index, group, i)
+            overlap = overlap or bool(reached & found[0])
+            reached |= found[0]
+            stamps |= found[1]
+            count += found[2]
+        if overlap:  # a layer in two groups is one successor
+            count = sum(index.num_paths[j] for j in bits(reached))
         index.successors[i] = reached
         if reached:
             index.stamps[i], index.num_paths[i] = stamps << 1, count
@@ -311,3 +319,17 @@ def layer_graph_paths(
         for n, i in position.items()
         if n != loss
     }
+
+
+def _group_sum(index: PathIndex, group: Sequence[Hashable], reader: int) -> tuple[int, int, int]:
+    """The reachable layers of ``group`` (a bitset), their stamps together and their paths."""
+    reached, stamps, count = 0, 0, 0
+    for node in group:
+        j = index.position[node]
+        if j <= reader:
+            raise ValueError(f"{index.nodes[reader]!r} -> {node!r}: not in topological order")
+        if index.stamps[j] and not reached >> j & 1:
+            reached |= 1 << j
+            stamps |= index.stamps[j]
+            count += index.num_paths[j]
+    return reached, stamps, count
