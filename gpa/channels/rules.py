@@ -230,7 +230,14 @@ def _mix(ch: Channels, shape: tuple[int, ...]) -> Channels:
 
 
 def _union(parts: list[Channels], shape: tuple[int, ...]) -> Channels:
-    """Broadcast several tensors' channels onto ``shape`` (pointwise operations)."""
+    """Broadcast several tensors' channels onto ``shape`` (pointwise operations, and those
+    keeping channel positions: norms with per-channel statistics, pooling, upsampling).
+
+    A channel-bearing axis whose size the operation changes (pooling a tensor padded with
+    zeros, so that its border positions hold no channel) is collapsed first: the channels
+    found anywhere along it are found everywhere along it — over, never under, the
+    positions reached.
+    """
     tracked_parts = [p for p in parts if p.terms]
     if not tracked_parts:
         return Channels((), shape, ())
@@ -238,6 +245,9 @@ def _union(parts: list[Channels], shape: tuple[int, ...]) -> Channels:
     moved = []
     for p in tracked_parts:
         shift = ndim - len(p.shape)
+        for a in p.axes:
+            if p.shape[a] not in (1, shape[a + shift]):
+                p = _collapse(p, a, p.shape[:a] + (1,) + p.shape[a + 1 :])
         moved.append((tuple(a + shift for a in p.axes), p, shift))
     axes = tuple(sorted({a for axes_, _, _ in moved for a in axes_}))
     sizes = tuple(shape[a] for a in axes)

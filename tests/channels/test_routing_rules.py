@@ -312,3 +312,32 @@ def test_every_node_is_annotated():
     assert nodes["output"] is None
     assert nodes["flip"].terms[0].index.tolist() == [3, 2, 1, 0]
     assert all(isinstance(v, Channels) for k, v in nodes.items() if k != "output")
+
+
+class PaddedPool(nn.Module):
+    """Ultralytics' HGStem (RT-DETR): a padded tensor max-pooled with stride 1, next to
+    the padded tensor cut back. Padding puts positions without channels at the border;
+    pooling changes the size of those channel-bearing axes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+        self.pool = nn.MaxPool2d(2, 1)
+        self.b = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(self.a(x), [0, 1, 0, 1])
+        return self.b(torch.cat([self.pool(x), x[:, :, :-1, :-1]], 1))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_pooling_a_padded_tensor(tracer):
+    # by hand: a's channel c is b's input channels c (pooled) and 4 + c (cut back), so
+    # a is one segment, one round from b; b's channels reach the loss
+    report = gpa.analyze(PaddedPool(), input_shape=(1, 3, 5, 5), channels=True, tracer=tracer)
+    (segment,) = report.layers["a"].segments
+    assert (segment.start, segment.stop, segment.paths.timestamps) == (0, 4, (2,))
+    assert [(s.sender, s.channels, s.mixed) for s in segment.sources] == [
+        ("b", (0, 4), False),
+        ("b", (4, 8), False),
+    ]
