@@ -115,13 +115,21 @@ def zoo_tier(repeat: int, only: list[str] | None) -> None:
         worst = max(worst, ratio)
         flag = "" if ratio <= GOAL else f"  > {GOAL:g}x"
         print(f"{entry.target:<44} {layer_time:>9.3f} {channel_time:>10.3f} {ratio:>6.2f}x{flag}")
+    if not worst:
+        print("no model measured: --only takes zoo-tier targets, e.g. torchvision:resnet18")
+        return
     print(f"worst ratio: {worst:.2f}x (goal: <= {GOAL:g}x)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--only", nargs="*", help="model names (resnet152 or zoo entries)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        help="model names: resnet152 or zoo entries; with --zoo-tier, its targets "
+        "(e.g. torchvision:resnet18)",
+    )
     parser.add_argument("--profile", metavar="NAME")
     parser.add_argument("--zoo-tier", action="store_true", help="the zoo tier's models instead")
     args = parser.parse_args(argv)

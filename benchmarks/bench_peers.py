@@ -1,6 +1,6 @@
 """gpa beside its peers on the models people use (issue 14): one run, interleaved, medians.
 
-Run:  python benchmarks/bench_peers.py [--repeat 3] [--only NAME ...] [--no-channels]
+Run:  python benchmarks/bench_peers.py [--repeat 3] [--only TARGET ...] [--no-channels]
       (needs torchvision and timm; torchview and torchlens are timed when installed:
       ``pip install torchview graphviz torchlens``)
 
@@ -194,11 +194,16 @@ def report(table: dict) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="timed rounds (default 3)")
     parser.add_argument(
-        "--only", action="append", help="a model of the list, e.g. timm:cspdarknet53"
+        "--only",
+        nargs="+",
+        action="extend",
+        choices=MODELS,
+        metavar="TARGET",
+        help="models of the list only: " + ", ".join(MODELS),
     )
-    parser.add_argument("--no-channels", action="store_true")
+    parser.add_argument("--no-channels", action="store_true", help="leave out gpa channels")
     parser.add_argument("--quick", action="store_true", help="tiny models: checks the script runs")
     args = parser.parse_args(argv)
     torch.manual_seed(0)

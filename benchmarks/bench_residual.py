@@ -101,8 +101,21 @@ def exponent(n0: int, v0: float, n1: int, v1: float) -> float:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, nargs="+", default=[1000, 3000, 10000])
-    parser.add_argument("--channels", type=int, nargs="*", default=[1000])
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[1000, 3000, 10000],
+        help="depths in layers (default: 1000 3000 10000)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=int,
+        nargs="*",
+        default=[1000],
+        metavar="LAYERS",
+        help="depths also analysed with channels=True (default: 1000; none: leave it out)",
+    )
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}; residual chains of {WIDTH}-wide Linear layers, meta device")
     print("| layers | tracing (s) | gpa.analyze (s) | analyze / tracing | peak (MB) |")
