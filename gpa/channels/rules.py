@@ -271,22 +271,31 @@ def _probe_tensor(ch: Channels, base: int) -> torch.Tensor:
     float64 holds these integers exactly and every movement op takes it.
     """
     sizes = ch.sizes
-    values = torch.arange(base, base + math.prod(sizes), dtype=torch.float64)
+    values = np.arange(base, base + math.prod(sizes), dtype=np.float64)
     view = [1] * len(ch.shape)
     for a, n in zip(ch.axes, sizes, strict=True):
         view[a] = n
-    return values.reshape(view).expand(ch.shape).contiguous()
+    # written out by numpy, single-threaded (see _decode)
+    return torch.from_numpy(np.broadcast_to(values.reshape(view), ch.shape).copy())
 
 
 def _decode(out: torch.Tensor) -> tuple[tuple[int, ...], np.ndarray]:
-    """Channel-bearing axes of a probe result and its (integer) values over them."""
-    axes = tuple(
-        a for a in range(out.dim()) if out.shape[a] > 1 and bool((out != out.narrow(a, 0, 1)).any())
-    )
+    """Channel-bearing axes of a probe result and its (integer) values over them.
+
+    Read with numpy, single-threaded: as large as an activation, the probe is compared
+    once per axis, and torch's threads would contend with whatever else runs.
+    """
     if out.numel() == 0:
         return (), np.zeros((), dtype=np.int64)
-    index = tuple(slice(None) if a in axes else 0 for a in range(out.dim()))
-    return axes, out[index].round().to(torch.int64).numpy()
+    probe = out.detach().cpu()
+    values = (probe if probe.dtype == torch.float64 else probe.to(torch.float64)).numpy()
+    axes = tuple(
+        a
+        for a in range(values.ndim)
+        if values.shape[a] > 1 and (values != values[(slice(None),) * a + (slice(0, 1),)]).any()
+    )
+    index = tuple(slice(None) if a in axes else 0 for a in range(values.ndim))
+    return axes, np.rint(values[index]).astype(np.int64)
 
 
 def _remap(
