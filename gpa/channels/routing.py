@@ -208,6 +208,8 @@ class ChannelRouter(fx.Interpreter):
         self.calls = calls
         self.outputs = outputs
         self.routing = ChannelRouting()
+        self.collapsed: dict = {}  # RoutingContext.collapsed
+        self._read: dict = {}  # see _deliver
 
     def run(self) -> ChannelRouting:  # type: ignore[override]
         """Route every node; placeholders need no values (shapes come from the flow pass)."""
@@ -292,18 +294,13 @@ class ChannelRouter(fx.Interpreter):
                 inbound.append(Delivery(consumer, None, everywhere_of(t)))
             else:
                 k = ch.axes.index(axis)
-                if t.held is not None:
-                    present = np.moveaxis(t.index >= 0, k, -1).reshape(-1, size).any(axis=0)
-                    inbound.append(Delivery(consumer, np.where(present, 0, -1), held=t.held))
-                    continue
-                if t.index.strides[k] == 0:
-                    # broadcast along the consumer's axis (what a norm over the channels
-                    # leaves): each row is one producer channel throughout; no copy
-                    values = unique_values(np.take(t.index, 0, axis=k))
-                    rows = [np.full(size, v) for v in values[values >= 0]]
-                else:
-                    rows = distinct_rows(np.moveaxis(t.index, k, -1).reshape(-1, size))
-                inbound.extend(Delivery(consumer, row) for row in rows)
+                # a residual stream's terms reach every later layer unchanged: each is
+                # read once (the arrays are kept, so their ids stay theirs)
+                key = (id(t.index), id(t.held), k, size)
+                known = self._read.get(key)
+                if known is None or known[0] is not t.index or known[1] is not t.held:
+                    known = self._read[key] = (t.index, t.held, _rows_along(t, k, size))
+                inbound.extend(Delivery(consumer, row, held=t.held) for row in known[2])
 
     def _deliver_outputs(self, n: fx.Node) -> None:
         """Deliver the channels of every selected returned tensor to the loss."""
@@ -317,6 +314,21 @@ class ChannelRouter(fx.Interpreter):
                 # a returned tensor's channels: its one channel axis, else its last axis
                 axis = ch.axes[0] if len(ch.axes) == 1 else (len(ch.shape) - 1 if ch.shape else 0)
                 self._deliver(Consumer(None, output=sub or None), ch, axis)
+
+
+def _rows_along(t: Term, k: int, size: int) -> list[np.ndarray]:
+    """The distinct rows of ``t``'s index along its ``k``-th axis (of ``size`` positions):
+    what a consumer reading that axis receives, one delivery per row (for a mask term,
+    one row: where any of its channels is)."""
+    if t.held is not None:
+        present = np.moveaxis(t.index >= 0, k, -1).reshape(-1, size).any(axis=0)
+        return [np.where(present, 0, -1)]
+    if t.index.strides[k] == 0:
+        # broadcast along the consumer's axis (what a norm over the channels leaves):
+        # each row is one producer channel throughout; no copy
+        values = unique_values(np.take(t.index, 0, axis=k))
+        return [np.full(size, v) for v in values[values >= 0]]
+    return list(distinct_rows(np.moveaxis(t.index, k, -1).reshape(-1, size)))
 
 
 def _flatten_with_paths(value: Any, prefix: str) -> list[tuple[str, Channels]]:

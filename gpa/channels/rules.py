@@ -180,6 +180,10 @@ class RoutingContext(Protocol):
     def channel_count(self, producer: str) -> int:
         """The number of output channels of the layer call ``producer``."""
 
+    @property
+    def collapsed(self) -> dict:
+        """A memo of :func:`_collapse` for this pass (see there)."""
+
 
 #: ``rule(ctx, node, inputs, shapes)``: the channel value of ``node``'s result, given the
 #: values of its input nodes (``inputs``; untracked where no gradient flows) and the
@@ -256,8 +260,8 @@ def _union(parts: list[Channels], shape: tuple[int, ...]) -> Channels:
     terms = []
     for axes_, p, shift in moved:
         for t in p.terms:
-            if t.index is None:
-                terms.append(t)
+            if t.index is None or (axes_ == axes and t.index.shape == sizes):
+                terms.append(t)  # in place already: the same term (see _collapse's memo)
                 continue
             arr = t.index.reshape([p.shape[a - shift] if a in axes_ else 1 for a in axes])
             terms.append(t.moved(np.broadcast_to(arr, sizes)))
@@ -331,11 +335,15 @@ def _remap(
     return Channels(axes, tuple(shape), tuple(terms))
 
 
-def _collapse(ch: Channels, axis: int, keepdim_shape: tuple[int, ...] | None) -> Channels:
+def _collapse(
+    ch: Channels, axis: int, keepdim_shape: tuple[int, ...] | None, memo: dict | None = None
+) -> Channels:
     """Positions along ``axis`` combine: each remaining position holds every channel along it.
 
     With ``keepdim_shape`` the axis stays (of the new size, broadcast); otherwise it is
-    removed.
+    removed. ``memo`` (the pass's :attr:`RoutingContext.collapsed`) keeps what a term's
+    index collapsed to: the terms of a residual stream reach every later norm unchanged,
+    and would otherwise be collapsed again at each (quadratic in depth).
     """
     if axis not in ch.axes:
         if keepdim_shape is not None:
@@ -355,17 +363,35 @@ def _collapse(ch: Channels, axis: int, keepdim_shape: tuple[int, ...] | None) ->
         if t.index is None:
             terms.append(t)
             continue
-        moved = np.moveaxis(t.index, k, 0)
-        for row, held in _collapsed_rows(moved.reshape(moved.shape[0], -1), t.held):
-            part = row.reshape(moved.shape[1:])
-            if keepdim_shape is not None:
-                part = np.expand_dims(part, k)
-                part = np.broadcast_to(part, tuple(new_shape[a] for a in ch.axes))
-            terms.append(Term(t.producer, part, held=held))
+        key = (id(t.index), id(t.held), k, keepdim_shape is None, new_shape)
+        known = memo.get(key) if memo is not None else None
+        if known is not None and known[0] is t.index and known[1] is t.held:
+            parts = known[2]
+        else:
+            kept = None if keepdim_shape is None else tuple(new_shape[a] for a in ch.axes)
+            parts = _collapsed_parts(t, k, kept)
+            if memo is not None:  # the arrays are kept, so their ids stay theirs
+                memo[key] = (t.index, t.held, parts)
+        terms.extend(Term(t.producer, part, held=held) for part, held in parts)
     if keepdim_shape is not None:
         return Channels(ch.axes, new_shape, tuple(terms))
     axes = tuple(a - (a > axis) for a in rest)
     return Channels(axes, new_shape, tuple(terms))
+
+
+def _collapsed_parts(
+    t: Term, k: int, kept_shape: tuple[int, ...] | None
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """(index, held) of the terms left when ``t``'s index collapses along its ``k``-th
+    axis; the axis kept as size 1 and broadcast to ``kept_shape`` unless that is None."""
+    moved = np.moveaxis(t.index, k, 0)
+    parts = []
+    for row, held in _collapsed_rows(moved.reshape(moved.shape[0], -1), t.held):
+        part = row.reshape(moved.shape[1:])
+        if kept_shape is not None:
+            part = np.broadcast_to(np.expand_dims(part, k), kept_shape)
+        parts.append((part, held))
+    return parts
 
 
 # Above this many distinct rows, a collapse also tries one term per distinct channel set.
@@ -455,11 +481,12 @@ def distinct_rows(rows: np.ndarray) -> np.ndarray:
     return rows[np.sort(first)]
 
 
-def _combine_along(ch: Channels, axes: list[int]) -> Channels:
-    """Every position along ``axes`` depends on every position along them (softmax, norms)."""
+def _combine_along(ch: Channels, axes: list[int], memo: dict | None = None) -> Channels:
+    """Every position along ``axes`` depends on every position along them (softmax, norms);
+    ``memo``: see :func:`_collapse`."""
     for a in axes:
         size = ch.shape[a]
-        ch = _collapse(ch, a, ch.shape[:a] + (1,) + ch.shape[a + 1 :])
+        ch = _collapse(ch, a, ch.shape[:a] + (1,) + ch.shape[a + 1 :], memo)
         shape = ch.shape[:a] + (size,) + ch.shape[a + 1 :]
         ch = _union([ch], shape) if ch.axes else Channels((), shape, ch.terms)
     return ch
@@ -805,7 +832,7 @@ def combine(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], s
     dim = _parameter(ctx, node, 1, "dim")
     if ch is None or not isinstance(dim, int):
         return fallback(ctx, node, inputs, shapes, op_name(node))
-    return _combine_along(ch, [dim % len(ch.shape)])
+    return _combine_along(ch, [dim % len(ch.shape)], ctx.collapsed)
 
 
 def normalize(
@@ -816,7 +843,7 @@ def normalize(
     dim = _arg(node, 2, "dim", 1)
     if ch is None or not isinstance(dim, int):
         return fallback(ctx, node, inputs, shapes, op_name(node))
-    return _combine_along(ch, [dim % len(ch.shape)])
+    return _combine_along(ch, [dim % len(ch.shape)], ctx.collapsed)
 
 
 def layer_norm(
@@ -830,7 +857,7 @@ def layer_norm(
         return fallback(ctx, node, inputs, shapes, op_name(node))
     count = 1 if isinstance(normalized, int) else len(tuple(normalized))
     ndim = len(ch.shape)
-    return _combine_along(ch, list(range(ndim - count, ndim)))
+    return _combine_along(ch, list(range(ndim - count, ndim)), ctx.collapsed)
 
 
 def group_norm(
@@ -844,7 +871,7 @@ def group_norm(
     if groups == ch.shape[1] or 1 not in ch.axes:
         return ch
     if groups == 1:
-        return _combine_along(ch, [1])
+        return _combine_along(ch, [1], ctx.collapsed)
     if not isinstance(groups, int):  # a group count computed in forward
         return fallback(ctx, node, inputs, shapes, "group_norm")
     return _within_groups(ch, 1, groups)

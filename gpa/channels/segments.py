@@ -102,15 +102,18 @@ class _Arrival:
 _DENSE_CELLS = 1 << 26
 
 
-def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
-    """The deliveries of ``call``'s channels, merged per consumer."""
+def _arrivals(
+    routing: ChannelRouting, call: str, count: int, alike: dict[tuple, tuple[np.ndarray, ...]]
+) -> list[_Arrival]:
+    """The deliveries of ``call``'s channels, merged per consumer.
+
+    Consumers often receive alike (every block of a transformer reads the residual stream
+    through a norm, and every block's layers send alike): their placed channels are
+    worked out once, kept in ``alike`` (shared by every call; read only)."""
     by_consumer: dict[Consumer, list] = defaultdict(list)
     for d in routing.inbound.get(call, ()):
         by_consumer[d.consumer].append(d)
     found = []
-    # consumers often receive alike (every block of a transformer reads the residual
-    # stream through a norm): their placed channels are worked out once
-    alike: dict[tuple, tuple[np.ndarray, ...]] = {}
     for consumer in sorted(by_consumer, key=_listing_order):
         width = routing.in_channels.get(consumer, 0)
         mixed = np.zeros(count, dtype=bool)
@@ -119,7 +122,7 @@ def _arrivals(routing: ChannelRouting, call: str, count: int) -> list[_Arrival]:
             if d.positions is None:
                 chosen = [c for c in (range(count) if d.mixed is None else d.mixed) if c < count]
                 mixed[chosen] = True
-        key = (width, *((d.positions.tobytes(), _bytes(d.held)) for d in placed))
+        key = (count, width, *((d.positions.tobytes(), _bytes(d.held)) for d in placed))
         if key not in alike:
             alike[key] = _placed(placed, count, width)
         tally, first, last, cells = alike[key]
@@ -184,6 +187,32 @@ def _pairs(deliveries: list, width: int) -> np.ndarray:
 _CUT, _SAME, _NEXT, _NEUTRAL, _GROUP = -1, 0, 1, 2, 3
 
 
+def _one_way(cut: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """The further cuts that keep one way throughout a segment.
+
+    ``kinds[:, c - 1]`` is how each consumer sees channels c - 1 and c (the step to c).
+    Going up the channels, a segment takes the way of its first step; a later step
+    that differs starts a new segment at its channel, whose way is then the step after
+    it. So a step differing from the previous one cuts unless the previous channel
+    started a segment, and in a row of such steps every other one cuts, from the first.
+
+    Example:
+        >>> cut = np.array([True, False, False, False, False])
+        >>> kinds = np.array([[_SAME, _NEXT, _SAME, _SAME]])
+        >>> _one_way(cut, kinds).tolist()  # steps 1: same, 2: next (cut), 3: way same
+        [False, False, True, False, False]
+    """
+    count = len(cut)
+    changes = np.zeros(count, dtype=bool)
+    changes[2:] = (kinds[:, 1:] != kinds[:, :-1]).any(axis=0)
+    eligible = changes & ~cut
+    eligible[1:] &= ~cut[:-1]
+    index = np.arange(count)
+    first = eligible & ~np.r_[False, eligible[:-1]]
+    run_start = np.maximum.accumulate(np.where(first, index, 0))
+    return eligible & ((index - run_start) % 2 == 0)
+
+
 def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
     """Maximal [start, stop) runs of consecutive positions."""
     cuts = np.flatnonzero(np.diff(positions) != 1) + 1
@@ -219,7 +248,10 @@ class _Segmenter:
     def __init__(self, routing: ChannelRouting, calls: Iterable[str]) -> None:
         self.routing = routing
         self._nodes: dict[tuple, tuple[SegmentNode, ...]] = {}
-        self.arrivals = {c: _arrivals(routing, c, routing.out_channels.get(c, 0)) for c in calls}
+        alike: dict[tuple, tuple[np.ndarray, ...]] = {}
+        self.arrivals = {
+            c: _arrivals(routing, c, routing.out_channels.get(c, 0), alike) for c in calls
+        }
         self.bounds: dict[str, list[tuple[int, int]]] = {}
         for call, arrivals in self.arrivals.items():
             count = routing.out_channels.get(call, 0)
@@ -253,17 +285,8 @@ class _Segmenter:
         if kinds is None:
             return np.flatnonzero(cut)
         cut[1:] = (kinds == _CUT).any(axis=0)
-        if np.isin(kinds, (_SAME, _GROUP)).any():  # one way throughout a segment
-            way = None
-            for c in range(1, count):
-                if cut[c]:
-                    way = None
-                    continue
-                step = tuple(kinds[:, c - 1])
-                if way is None:
-                    way = step
-                elif step != way:
-                    cut[c], way = True, None
+        if np.isin(kinds, (_SAME, _GROUP)).any():
+            cut |= _one_way(cut, kinds)
         return np.flatnonzero(cut)
 
     def kinds(self, a: _Arrival) -> np.ndarray:

@@ -64,7 +64,13 @@ from gpa.frontends.frames import stack_trace_site, user_frame
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import find_layers, used_modules
-from gpa.frontends.fx.tracer import grad_mode, single_call, unwritable_names, write_into_view
+from gpa.frontends.fx.tracer import (
+    grad_mode,
+    graph_module,
+    single_call,
+    unwritable_names,
+    write_into_view,
+)
 from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
@@ -303,7 +309,7 @@ def _remodule(
     for node in list(graph.nodes):  # weights of replaced calls
         if node.op == "get_attr" and not node.users:
             graph.erase_node(node)
-    gm = fx.GraphModule(root, graph, type(model).__name__)
+    gm = graph_module(root, graph, type(model).__name__)
     fused = _fuse(gm, fused_groups)
     return gm, fused, {c.path for c in calls}
 

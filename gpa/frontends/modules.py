@@ -251,6 +251,9 @@ def training_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
                 m.training = mode
 
 
+_GONE = object()  # an attribute forward deleted
+
+
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Every module's attributes, parameters and buffers as they were before the block,
@@ -284,7 +287,9 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                 (m._buffers, buffers),
                 (m._modules, children),
             ):
-                if now.keys() != before.keys() or any(now[k] is not v for k, v in before.items()):
+                if len(now) != len(before) or any(
+                    now.get(k, _GONE) is not v for k, v in before.items()
+                ):
                     now.clear()
                     now.update(before)
 

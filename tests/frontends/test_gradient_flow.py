@@ -281,6 +281,50 @@ def test_detach(how, with_inputs):
     expect_network(report, layers=3, max_shortest=3, min_shortest=1, mean_shortest=2.0, longest=3)
 
 
+class FrozenStem(nn.Module):
+    """A stem run under no_grad, then a layer whose own weights carry gradient although
+    its input does not (a norm, a PReLU), then a head."""
+
+    def __init__(self, middle: nn.Module) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.middle = middle
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        with torch.no_grad():
+            x = self.stem(x)
+        return self.head(self.middle(x))
+
+
+@pytest.mark.parametrize(
+    "middle",
+    [
+        lambda: nn.BatchNorm2d(4),
+        lambda: nn.InstanceNorm2d(4, affine=True),
+        lambda: nn.GroupNorm(2, 4),
+        lambda: nn.LayerNorm([4, 6, 6]),
+        lambda: nn.PReLU(4),
+    ],
+    ids=["batch_norm", "instance_norm", "group_norm", "layer_norm", "prelu"],
+)
+@pytest.mark.parametrize(
+    "tracer", ["fx", "autograd", pytest.param("export", marks=pytest.mark.slow)]
+)
+def test_weights_after_a_no_grad_block_carry_gradient(middle, tracer):
+    model = FrozenStem(middle())
+    kind = type(model.middle)
+    report = gpa.analyze(
+        model, input_shape=(1, 3, 8, 8), tracer=tracer, layer_types=[nn.Conv2d, kind]
+    )
+    check_reachability_with_autograd(report, model, torch.randn(1, 3, 8, 8))
+    # stem ran without gradient: unreachable. middle's weights feed head: head-middle (2);
+    # head 1. Nothing reaches the stem through middle, whose input carries no gradient.
+    expect_unreachable(report, "stem")
+    expect(report, "middle", {2: 1}, ("head",))
+    expect(report, "head", {1: 1}, (LOSS,))
+
+
 class AllDetached(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -207,13 +207,38 @@ class OddName(nn.Module):
         return self.d['a"b'](x)
 
 
-def test_module_names_fx_cannot_write_as_code_fall_back() -> None:
+def test_module_names_fx_cannot_write_as_code() -> None:
     """fx and export write module names into generated Python; a name with a quote does
-    not compile. That is a frontend limit (a TraceError naming the module), not an internal
-    error, and auto moves on to the autograd frontend, which reads it: one layer feeding the
-    loss."""
+    not compile. The fx frontend never needs that code (its passes interpret the graph),
+    so it reads the model, as the autograd frontend does: one layer feeding the loss.
+    torch.export writes the code itself: there it is a frontend limit (a TraceError naming
+    the module), not an internal error."""
+    expected = {'d.a"b': 1}
+    for tracer in ("fx", "autograd"):
+        report = gpa.analyze(OddName(), input_shape=(1, 2), tracer=tracer)
+        assert {n: r.shortest for n, r in report.layers.items()} == expected
+    assert gpa.analyze(OddName(), input_shape=(1, 2)).tracer == "fx"
     with pytest.raises(TraceError, match=re.escape("'d.a\"b'")):
-        gpa.analyze(OddName(), input_shape=(1, 2), tracer="fx")
-    report = gpa.analyze(OddName(), input_shape=(1, 2))
-    assert report.tracer == "autograd"
-    assert {n: r.shortest for n, r in report.layers.items()} == {'d.a"b': 1}
+        gpa.analyze(OddName(), input_shape=(1, 2), tracer="export")
+
+
+class SizeMethods(nn.Module):
+    """Sizes read in forward and used as what they are, torch.Size objects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(8, 8)
+
+    def forward(self, x):
+        shape, size = x.shape, x.size()
+        flat = x.reshape(shape.numel() // shape[-1], size[-1])
+        return self.l(flat).reshape(size)
+
+
+@pytest.mark.parametrize(
+    "tracer", ["fx", "autograd", pytest.param("export", marks=pytest.mark.slow)]
+)
+def test_sizes_keep_their_type(tracer):
+    # one layer feeding the loss: l shortest 1, whatever the reshapes around it
+    report = gpa.analyze(SizeMethods(), input_shape=(2, 5, 8), tracer=tracer)
+    assert {n: (r.shortest, r.longest) for n, r in report.layers.items()} == {"l": (1, 1)}

@@ -26,9 +26,12 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import functools
 import inspect
+import itertools
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,11 +39,13 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._pytree import tree_any, tree_flatten, tree_map
 
 from gpa.errors import ShapeError
+from gpa.frontends.fx.lookalike import Outcome, signature
+from gpa.frontends.fx.shape_rules import FUNCTION_RULES, MODULE_RULES
 from gpa.frontends.fx.tracer import grad_mode
-from gpa.frontends.modules import POINTWISE_MODULES
+from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES
 
 __all__ = [
     "FLOW",
@@ -69,7 +74,7 @@ class ValueInfo:
 
     @staticmethod
     def of(value: Any) -> ValueInfo:
-        tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+        tensors = _tensors_in(value)
         if not tensors:
             return ValueInfo(None, None, False)
         first = tensors[0]
@@ -140,12 +145,70 @@ def differentiable(t: torch.Tensor) -> bool:
     return t.is_floating_point() or t.is_complex()
 
 
+def _tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors in ``value`` (a tensor, or any pytree of them), in pytree order."""
+    if isinstance(value, torch.Tensor):  # the common case, without pytree's walk
+        return [value]
+    return [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
+
+
+def _map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
+    """``tree_map`` of ``fn`` over the tensors of ``value`` (other leaves kept); a value
+    without tensors is returned as it is (pytree would rebuild a ``torch.Size`` as a
+    plain tuple, without ``numel()``)."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if not _tensors_in(value):
+        return value
+    return tree_map(lambda x: fn(x) if isinstance(x, torch.Tensor) else x, value)
+
+
+# Module types whose forward reads nothing of the module's state but its registered
+# parameters and buffers: a shallow copy holding meta stand-ins of them runs exactly
+# as the module does, without ``functional_call``'s swap of the module's state on every
+# call. Other modules with state (RNNs keep a flat list of their weights, attention holds
+# a submodule, parametrized and scripted modules hold them elsewhere) go through
+# ``functional_call``. Matched by exact type: a subclass may read more.
+_PLAIN_STATE = frozenset(DEFAULT_LAYER_TYPES) - {nn.MultiheadAttention, nn.RNNBase} | {
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.PReLU,
+}
+
+
 class _MetaState:
-    """Meta-device stand-ins for the model's tensors, made once per tensor."""
+    """Meta-device stand-ins for the model's tensors and modules, made once each."""
 
     def __init__(self) -> None:
         # id -> (original, meta copy); holding the original keeps its id unique.
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._modules: dict[int, tuple[nn.Module, nn.Module | None]] = {}
+
+    def runner(self, m: nn.Module) -> nn.Module | None:
+        """What runs ``m`` on meta tensors without ``functional_call``: ``m`` itself when
+        it holds no tensors, a shallow copy of it holding meta stand-ins when its type is
+        one of :data:`_PLAIN_STATE`, else None."""
+        entry = self._modules.get(id(m))
+        if entry is None:
+            runner: nn.Module | None = None
+            if next(itertools.chain(m.parameters(), m.buffers()), None) is None:
+                runner = m
+            elif type(m) in _PLAIN_STATE and not m._modules:
+                runner = copy.copy(m)
+                runner.__dict__["_parameters"] = {
+                    k: None if p is None else self.tensor(p) for k, p in m._parameters.items()
+                }
+                runner.__dict__["_buffers"] = {
+                    k: None if b is None else self.tensor(b) for k, b in m._buffers.items()
+                }
+            entry = self._modules[id(m)] = (m, runner)
+        return entry[1]
 
     def tensor(self, t: torch.Tensor) -> torch.Tensor:
         entry = self._cache.get(id(t))
@@ -167,21 +230,17 @@ class _MetaState:
 def _as_meta_input(value: Any) -> Any:
     """Meta copies of example inputs; floating ones require grad like any value gradient can reach."""
 
-    def convert(x: Any) -> Any:
-        if not isinstance(x, torch.Tensor):
-            return x
+    def convert(x: torch.Tensor) -> torch.Tensor:
         meta = x.detach().to("meta")
         return meta.requires_grad_(True) if differentiable(meta) else meta
 
-    return tree_map(convert, value)
+    return _map_tensors(convert, value)
 
 
 def _fresh(value: Any, owner: fx.Node, leaves: dict[int, fx.Node], keep: list) -> Any:
     """Copy ``value`` with each floating tensor behind a new autograd leaf owned by ``owner``."""
 
-    def renew(x: Any) -> Any:
-        if not isinstance(x, torch.Tensor):
-            return x
+    def renew(x: torch.Tensor) -> torch.Tensor:
         if not (x.requires_grad and differentiable(x)):
             return x.detach()
         leaf = x.detach().requires_grad_(True)
@@ -189,17 +248,13 @@ def _fresh(value: Any, owner: fx.Node, leaves: dict[int, fx.Node], keep: list) -
         keep.append(leaf)
         return leaf.clone()  # a non-leaf, so in-place ops in the node are allowed
 
-    return tree_map(renew, value)
+    return _map_tensors(renew, value)
 
 
 def _reached(result: Any, leaves: dict[int, fx.Node]) -> set[fx.Node]:
     """Owners of the leaves that the autograd graph of ``result`` reaches."""
     found: set[fx.Node] = set()
-    stack = [
-        t.grad_fn
-        for t in tree_flatten(result)[0]
-        if isinstance(t, torch.Tensor) and t.grad_fn is not None
-    ]
+    stack = [t.grad_fn for t in _tensors_in(result) if t.grad_fn is not None]
     seen: set[int] = set()
     while stack:
         fn = stack.pop()
@@ -301,11 +356,13 @@ def _single_float_tensor(args: tuple, kwargs: dict) -> bool:
     )
 
 
-def _shape_preserving(gm: fx.GraphModule, node: fx.Node, args: tuple, kwargs: dict) -> bool:
+def _shape_preserving(
+    submodule: Callable[[str], Any], node: fx.Node, args: tuple, kwargs: dict
+) -> bool:
     if not _single_float_tensor(args, kwargs):
         return False
     if node.op == "call_module":
-        return not kwargs and isinstance(gm.get_submodule(node.target), _SHAPE_PRESERVING)
+        return not kwargs and isinstance(submodule(node.target), _SHAPE_PRESERVING)
     name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
     module = "" if node.op == "call_method" else getattr(node.target, "__module__", "") or ""
     return name in _POINTWISE_NAMES and (node.op == "call_method" or module.startswith("torch"))
@@ -328,10 +385,12 @@ class GradientFlow(fx.Interpreter):
         self.extra_traceback = False  # our errors say where they happened
         self.state = _MetaState()
         self.given = 0
+        self.outcomes: dict[Hashable, Outcome] = {}  # by signature (:mod:`.lookalike`)
+        self._attributes: dict[str, Any] = {}  # see fetch_attr
 
     def run(self, *inputs: Any) -> None:  # type: ignore[override]
         self.given = len(inputs)
-        with torch.device("meta"), torch.enable_grad():
+        with torch.enable_grad():
             super().run(*_as_meta_input(inputs))
 
     def run_node(self, n: fx.Node) -> Any:
@@ -361,32 +420,64 @@ class GradientFlow(fx.Interpreter):
                 "example input(s) were given"
             ) from None
 
+    def fetch_attr(self, target: str) -> Any:
+        """The module or tensor at ``target`` (a qualified name), looked up once: a deep
+        name costs a getattr per level."""
+        found = self._attributes.get(target, _NOTHING)
+        if found is _NOTHING:
+            found = self._attributes[target] = super().fetch_attr(target)
+        return found
+
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
         value = self.fetch_attr(target)
         return self.state.tensor(value) if isinstance(value, torch.Tensor) else value
 
     def call_module(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
         module = self.fetch_attr(target)
+        runner = self.state.runner(module)
+        if runner is not None:
+            return runner(*args, **kwargs)
         state = self.state.module_state(module)
         if isinstance(module, torch.jit.ScriptModule):  # the stateless API takes its parent
             module, state = _Holder(module), {f"held.{k}": v for k, v in state.items()}
         return torch.func.functional_call(module, state, args, kwargs)
 
     def _flow_of(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
+        passed = self._passed_through(n)
+        if passed is not None:
+            return passed
+        key = signature(n, self.env, self.fetch_attr)
+        known = self.outcomes.get(key) if key is not None else None
+        if known is not None:
+            result, flows, parts = known.rebuild(n)
+            if parts is not None:
+                n.meta[PARTS] = parts
+            return result, flows
+        ruled = self._by_rule(n)
+        result, flows = ruled if ruled is not None else self._run_under_autograd(n)
+        if key is not None:
+            outcome = Outcome.of(n, result, flows, n.meta.get(PARTS))
+            if outcome is not None:
+                self.outcomes[key] = outcome
+        return result, flows
+
+    def _run_under_autograd(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
         leaves: dict[int, fx.Node] = {}
         keep: list[torch.Tensor] = []
         fresh = {m: _fresh(self.env[m], m, leaves, keep) for m in n.all_input_nodes}
-        # devices written into the graph (export bakes in ``device="cpu"``) become meta
-        # (pytree keeps result types such as torch.return_types.topk, fx's mapping does not)
-        args = tree_map(_on_meta, fx.node.map_arg(n.args, fresh.__getitem__))
-        kwargs = tree_map(_on_meta, fx.node.map_arg(n.kwargs, fresh.__getitem__))
+        args = fx.node.map_arg(n.args, fresh.__getitem__)
+        kwargs = fx.node.map_arg(n.kwargs, fresh.__getitem__)
+        if _names_a_device((n.args, n.kwargs)):
+            # devices written into the graph (export bakes in ``device="cpu"``) become meta
+            # (pytree keeps result types such as torch.return_types.topk, fx's mapping does not)
+            args, kwargs = tree_map(_on_meta, args), tree_map(_on_meta, kwargs)
+        # a node without tensor inputs (torch.zeros(3)) or a user's leaf module may make
+        # tensors on the default device: those run with meta as the default device
+        factory = not any(_tensors_in(self.env[m]) for m in n.all_input_nodes) or (
+            n.op == "call_module" and not _of_torch(self.fetch_attr(n.target))
+        )
         try:
-            if _shape_preserving(self.module, n, args, kwargs):
-                result = args[0].clone()
-            elif n.op == "call_function" and n.target in _STAND_INS:
-                result = _STAND_INS[n.target](*args, **kwargs)
-            else:
-                result = getattr(self, n.op)(n.target, args, kwargs)
+            result = self._apply(n, args, kwargs, on_meta=factory)
         except ShapeError:
             raise
         except Exception as exc:
@@ -399,7 +490,90 @@ class GradientFlow(fx.Interpreter):
         if isinstance(result, (tuple, list)) and mutated is None and len(result) > 1:
             # each result of a multi-result op (broadcast_tensors, split …) apart
             n.meta[PARTS] = tuple(frozenset(_reached(r, leaves)) for r in result)
-        return tree_map(_cut_history, result), flows
+        return _map_tensors(_cut_history, result), flows
+
+    def _by_rule(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]] | None:
+        """The node's result by a rule of :mod:`.shape_rules` (None: no rule covers it).
+        Gradient reaches each input tensor that carries it, and the result carries it if
+        an input or the module's parameters do — while grad mode is on."""
+        weighted = False
+        if n.op == "call_module":
+            module = self.fetch_attr(n.target)
+            rule = MODULE_RULES.get(type(module))
+            runner = self.state.runner(module) if rule is not None else None
+            if runner is None or _hooked(module):
+                return None
+            apply = functools.partial(rule, runner)
+            weighted = any(p is not None and p.requires_grad for p in runner._parameters.values())
+        elif n.op in ("call_function", "call_method"):
+            apply = FUNCTION_RULES.get(n.target)
+            if apply is None:
+                return None
+        else:
+            return None
+        args = fx.node.map_arg(n.args, self.env.__getitem__)
+        kwargs = fx.node.map_arg(n.kwargs, self.env.__getitem__)
+        try:
+            result = apply(args, kwargs)
+        except Exception:  # an unusual module or call: the meta run decides (and reports)
+            result = None
+        if result is None:
+            return None
+        if not torch.is_grad_enabled():
+            return result, frozenset()
+        carrying = frozenset(
+            m
+            for m in n.all_input_nodes
+            if isinstance(self.env[m], torch.Tensor) and self.env[m].requires_grad
+        )
+        return result.requires_grad_(bool(carrying) or weighted), carrying
+
+    def _passed_through(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]] | None:
+        """A shape-preserving node (:data:`_SHAPE_PRESERVING`, :data:`_POINTWISE_NAMES`)
+        without running it: its result has its input's shape and dtype, gradient reaches
+        the input whenever autograd records anything (the input requires grad and grad
+        mode is on), and the result carries gradient if the input or the module's own
+        weights do. None for any other node."""
+        source = n.args[0] if n.args else None
+        if not isinstance(source, fx.Node):
+            return None
+        args = fx.node.map_arg(n.args, self.env.__getitem__)
+        kwargs = fx.node.map_arg(n.kwargs, self.env.__getitem__)
+        if not _shape_preserving(self.fetch_attr, n, args, kwargs):
+            return None
+        x = args[0]
+        if not torch.is_grad_enabled():
+            return (x.detach() if x.requires_grad else x), frozenset()
+        if x.requires_grad:
+            return x, frozenset({source})
+        if n.op == "call_module" and any(
+            differentiable(p) for p in self.fetch_attr(n.target).parameters()
+        ):  # a norm's own weights carry gradient after a no_grad block
+            return x.detach().requires_grad_(True), frozenset()
+        return x, frozenset()
+
+    def _apply(self, n: fx.Node, args: tuple, kwargs: dict, on_meta: bool) -> Any:
+        """Run node ``n`` on meta ``args``. With ``on_meta``, meta is the default device;
+        else torch's default device stays as it is (the ``torch.device("meta")`` mode
+        costs a Python call on every torch function) unless the node fails or makes a
+        tensor elsewhere (a function calling ``torch.ones(3)``): then it runs again with
+        meta as the default device."""
+        if not on_meta:
+            try:
+                result = self._run_op(n, args, kwargs)
+                if all(t.is_meta for t in _tensors_in(result)):
+                    return result
+            except ShapeError:
+                raise
+            except Exception:
+                pass
+        with torch.device("meta"):
+            return self._run_op(n, args, kwargs)
+
+    def _run_op(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
+        if n.op == "call_function" and n.target in _STAND_INS:
+            return _STAND_INS[n.target](*args, **kwargs)
+        return getattr(self, n.op)(n.target, args, kwargs)
 
     def _without_autograd(
         self, n: fx.Node, args: tuple, kwargs: dict
@@ -408,8 +582,8 @@ class GradientFlow(fx.Interpreter):
         ``slice_scatter`` of complex values): gradient flows from every input carrying it.
         None when it does not run at all."""
         try:
-            with torch.no_grad():
-                result = getattr(self, n.op)(n.target, args, kwargs)
+            with torch.no_grad(), torch.device("meta"):
+                result = self._run_op(n, args, kwargs)
         except Exception:
             return None
         flows = frozenset(m for m in n.all_input_nodes if ValueInfo.of(self.env[m]).requires_grad)
@@ -433,8 +607,29 @@ class _Holder(nn.Module):
         return self.held(*args, **kwargs)
 
 
+def _of_torch(module: nn.Module) -> bool:
+    """Whether ``module`` is one of torch's own (``torch.nn``), not a user's."""
+    return type(module).__module__.startswith("torch.")
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a hook may change what calling ``module`` gives (its own or a global one)."""
+    hooks = nn.modules.module
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or hooks._global_forward_hooks
+        or hooks._global_forward_pre_hooks
+    )
+
+
 def _on_meta(value: Any) -> Any:
     return torch.device("meta") if isinstance(value, torch.device) else value
+
+
+def _names_a_device(args: Any) -> bool:
+    """Whether a node's literal arguments (nested tuples, lists, dicts) hold a device."""
+    return tree_any(lambda v: isinstance(v, torch.device), args)
 
 
 def _is_plain(value: Any) -> bool:
@@ -450,14 +645,14 @@ class Shape(tuple):
 
 def _shapes_of(value: Any) -> Any:
     """The value's structure with every tensor replaced by its :class:`Shape` (others: None)."""
+    if isinstance(value, torch.Tensor):
+        return Shape(value.shape)
     return tree_map(lambda x: Shape(x.shape) if isinstance(x, torch.Tensor) else None, value)
 
 
-def _cut_history(x: Any) -> Any:
+def _cut_history(x: torch.Tensor) -> torch.Tensor:
     """Drop the autograd history of a result but keep whether it requires grad."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().requires_grad_(x.requires_grad)
-    return x
+    return x.detach().requires_grad_(x.requires_grad)
 
 
 def _mutated_argument(node: fx.Node, args: tuple) -> Any:

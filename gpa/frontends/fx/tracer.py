@@ -30,7 +30,8 @@ import contextlib
 import copy
 import inspect
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -48,6 +49,7 @@ __all__ = [
     "grad_mode",
     "single_call",
     "LeafSpec",
+    "graph_module",
     "write_into_view",
 ]
 
@@ -60,6 +62,11 @@ LeafSpec = Iterable[type[nn.Module] | str]
 # fx patches torch.nn.Module.__call__ and __getattr__ while it traces: one trace at a time,
 # and no other frontend reading a model meanwhile.
 _FX_LOCK = TRACING
+
+try:  # private to torch (torch.compile's passes use it), hence the fallback
+    from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
+except ImportError:  # pragma: no cover - every supported torch has it
+    _GraphModule = fx.GraphModule
 
 
 def grad_mode(enabled: bool) -> None:
@@ -76,6 +83,39 @@ class _Tracer(fx.Tracer):
         self._leaf_names = leaf_names
         self._grad_enabled = True  # tracing starts under torch.enable_grad()
         self.checkpointed = False  # a re-entrant checkpoint's function created nodes
+        self._names: dict[bool, dict[int, str]] = {}  # see _qualified_name
+
+    def _qualified_name(self, t: torch.Tensor) -> str | None:
+        """The qualified name of a parameter (or buffer) of the root, as fx's linear search
+        through ``named_parameters()`` (``named_buffers()``) finds it, from a table made
+        once per trace: fx searches the whole module tree on every attribute read, which
+        is quadratic in the number of modules (timm's CSPDarkNet-53: most of its trace)."""
+        parameter = isinstance(t, nn.Parameter)
+        table = self._names.get(parameter)
+        if table is None:
+            named = self.root.named_parameters() if parameter else self.root.named_buffers()
+            table = self._names[parameter] = {}
+            for name, value in named:
+                table.setdefault(id(value), name)
+        return table.get(id(t))
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict) -> Any:
+        if isinstance(attr_val, torch.Tensor) and (
+            isinstance(attr_val, nn.Parameter) or self.proxy_buffer_attributes
+        ):
+            name = self._qualified_name(attr_val)
+            if name is not None:
+                if name not in parameter_proxy_cache:
+                    parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+                return parameter_proxy_cache[name]
+        return super().getattr(attr, attr_val, parameter_proxy_cache)  # fx's own search
+
+    def create_arg(self, a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            name = self._qualified_name(a)
+            if name is not None:
+                return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self._leaf_names or isinstance(
@@ -132,9 +172,20 @@ def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphMod
         raise TraceError(_trace_failure_message(model, exc)) from exc
     _follow_mutations(graph, root)
     try:
-        return fx.GraphModule(root, graph, model.__class__.__name__)
+        return graph_module(root, graph, model.__class__.__name__)
     except SyntaxError as exc:  # fx writes module names into Python code
         raise TraceError(unwritable_names(model, exc)) from None
+
+
+def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
+    """A ``GraphModule`` of ``graph`` whose Python code is written when first needed.
+
+    gpa's passes interpret the graph and never call the module, so writing and compiling
+    its code (a third of a symbolic trace) is left until someone calls it or reads
+    ``.code``; torch's own ``_LazyGraphModule`` does exactly that, and plain
+    ``fx.GraphModule`` stands in where a torch build lacks it.
+    """
+    return _GraphModule(root, graph, name)
 
 
 def unwritable_names(model: nn.Module, exc: SyntaxError) -> str:
@@ -164,7 +215,7 @@ def single_call(model: nn.Module) -> fx.GraphModule:
         if p.kind in positional
     ]
     graph.output(graph.call_module(name, tuple(args)))
-    return fx.GraphModule(holder, graph, name)
+    return graph_module(holder, graph, name)
 
 
 def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
@@ -189,9 +240,10 @@ _VIEW_METHODS = frozenset(
 )
 
 
-def _mutated(node: fx.Node, root: nn.Module | None) -> fx.Node | None:
+def _mutated(node: fx.Node, submodule: Callable[[str], Any] | None) -> fx.Node | None:
     """The traced value an in-place call overwrites (``x.add_(y)``, ``F.relu(x, inplace=True)``,
-    an ATen operation whose schema writes its first argument: ``aten.copy_``)."""
+    an ATen operation whose schema writes its first argument: ``aten.copy_``);
+    ``submodule`` gives the module a ``call_module`` node calls (None: no module calls)."""
     first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
     if first is None:
         return None
@@ -207,8 +259,8 @@ def _mutated(node: fx.Node, root: nn.Module | None) -> fx.Node | None:
             return first
     if (
         node.op == "call_module"
-        and root is not None
-        and getattr(root.get_submodule(node.target), "inplace", False)
+        and submodule is not None
+        and getattr(submodule(node.target), "inplace", False)
     ):
         return first
     return None
@@ -234,8 +286,9 @@ def _follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
     is read afterwards cannot be followed this way and is refused.
     """
     order = {n: i for i, n in enumerate(graph.nodes)}
+    modules = dict(root.named_modules(remove_duplicate=False))  # get_submodule walks per level
     for node in list(graph.nodes):
-        target = _mutated(node, root)
+        target = _mutated(node, modules.get)
         if target is None:
             continue
         for user in list(target.users):

@@ -1,0 +1,207 @@
+"""Result shapes of the commonest operations, by rule instead of a meta run.
+
+The gradient-flow pass (:mod:`gpa.frontends.fx.flow`) learns each node's result shape by
+running it on the meta device. For a few operations that make up most of a CNN or a
+transformer, torch's meta kernels are slow Python (an elementwise ``add`` decomposes
+through ``torch._refs``, ``cat`` checks every input in Python): a rule here gives the
+same result — shape, strides, dtype — in a few microseconds. Each rule covers the plain
+case only (contiguous operands of one floating dtype, valid shapes) and returns None for
+anything else, which then runs on the meta device as before, so an invalid call still
+fails with torch's own error. Gradient reaches every operand that carries it: these
+operations are differentiable in each tensor operand.
+
+:data:`FUNCTION_RULES` maps a ``call_function``/``call_method`` target to its rule,
+:data:`MODULE_RULES` a module type; a rule takes the node's meta arguments and returns
+the result (a meta tensor, ``requires_grad`` not yet set) or None.
+
+Example:
+    >>> import operator, torch
+    >>> x = torch.empty(2, 3, 4, device="meta")
+    >>> FUNCTION_RULES[operator.add]((x, torch.empty(4, device="meta")), {}).shape
+    torch.Size([2, 3, 4])
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["FUNCTION_RULES", "MODULE_RULES", "Rule"]
+
+#: A rule: the node's (meta) positional and keyword arguments -> its result, or None.
+Rule = Callable[[tuple, dict], "torch.Tensor | None"]
+
+
+def _plain(t: Any) -> bool:
+    """A meta tensor of a floating dtype in contiguous layout: the case every rule covers."""
+    return isinstance(t, torch.Tensor) and t.is_meta and t.is_floating_point() and t.is_contiguous()
+
+
+def _empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
+def _elementwise(divides: bool) -> Rule:
+    """``a op b`` with broadcasting, for tensors and Python numbers (no keyword arguments).
+    ``divides``: true division, whose result is floating for any operands."""
+
+    def rule(args: tuple, kwargs: dict) -> torch.Tensor | None:
+        if kwargs or len(args) != 2:
+            return None
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        others = [a for a in args if not isinstance(a, torch.Tensor)]
+        if not tensors or not all(_plain(t) for t in tensors):
+            return None
+        if any(type(a) not in (int, float) for a in others):
+            return None
+        if len(tensors) == 2 and tensors[0].dtype != tensors[1].dtype:
+            return None  # type promotion between tensors: left to torch
+        dtype = torch.result_type(*args)
+        if not dtype.is_floating_point or (divides and dtype != tensors[0].dtype):
+            return None
+        try:
+            shape = torch.broadcast_shapes(*(t.shape for t in tensors))
+        except RuntimeError:
+            return None
+        return _empty(shape, dtype)
+
+    return rule
+
+
+def _cat(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``torch.cat(tensors, dim)``: shapes agree but along ``dim``, which adds up."""
+    if len(args) > 2 or set(kwargs) - {"dim"}:
+        return None
+    tensors = args[0] if args else kwargs.get("tensors")
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    if not isinstance(tensors, (tuple, list)) or not tensors or type(dim) is not int:
+        return None
+    first = tensors[0]
+    if not all(_plain(t) and t.dtype == first.dtype and t.dim() == first.dim() for t in tensors):
+        return None
+    rank = first.dim()
+    if rank == 0 or not -rank <= dim < rank or any(t.numel() == 0 for t in tensors):
+        return None
+    dim %= rank
+    rest = [s for i, s in enumerate(first.shape) if i != dim]
+    if any([s for i, s in enumerate(t.shape) if i != dim] != rest for t in tensors):
+        return None
+    shape = list(first.shape)
+    shape[dim] = sum(t.shape[dim] for t in tensors)
+    return _empty(shape, first.dtype)
+
+
+def _conv(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``nn.Conv1d/2d/3d`` with zero padding: each spatial size L becomes
+    ``(L + 2p - d (k - 1) - 1) // s + 1`` (torch.nn.Conv2d's documented formula)."""
+    if kwargs or len(args) != 1 or module.padding_mode != "zeros":
+        return None
+    x, weight = args[0], module.weight
+    spatial = len(module.kernel_size)
+    if not (_plain(x) and _plain(weight)) or x.dtype != weight.dtype:
+        return None
+    if x.dim() not in (spatial + 1, spatial + 2) or x.shape[-spatial - 1] != module.in_channels:
+        return None
+    padding = module.padding
+    if padding == "valid":
+        padding = (0,) * spatial
+    elif isinstance(padding, str):  # "same": torch pads unevenly where needed
+        return None
+    sizes = [
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, p, d, k, s in zip(
+            x.shape[-spatial:],
+            padding,
+            module.dilation,
+            module.kernel_size,
+            module.stride,
+            strict=True,
+        )
+    ]
+    if any(size <= 0 for size in sizes):
+        return None
+    return _empty((*x.shape[: -spatial - 1], module.out_channels, *sizes), x.dtype)
+
+
+def _linear(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``nn.Linear``: the last size ``in_features`` becomes ``out_features``."""
+    if kwargs or len(args) != 1:
+        return None
+    x, weight = args[0], module.weight
+    if not (_plain(x) and _plain(weight)) or x.dtype != weight.dtype or x.dim() == 0:
+        return None
+    if x.shape[-1] != module.in_features:
+        return None
+    return _empty((*x.shape[:-1], module.out_features), x.dtype)
+
+
+def _adaptive_pool(spatial: int) -> Rule:
+    """``adaptive_avg_pool{1,2,3}d(x, output_size)``: the last ``spatial`` sizes become
+    ``output_size`` (None keeps a size)."""
+
+    def rule(args: tuple, kwargs: dict) -> torch.Tensor | None:
+        if len(args) > 2:
+            return None
+        bound = dict(zip(("input", "output_size"), args, strict=False)) | kwargs
+        x, size = bound.get("input"), bound.get("output_size")
+        if len(bound) != 2 or not _plain(x) or x.dim() not in (spatial + 1, spatial + 2):
+            return None
+        sizes = (size,) * spatial if type(size) is int else size
+        if not isinstance(sizes, (tuple, list)) or len(sizes) != spatial:
+            return None
+        if any(x.shape[i] == 0 for i in range(-spatial - 1, 0)):
+            return None
+        out = [x.shape[-spatial + i] if s is None else s for i, s in enumerate(sizes)]
+        if not all(type(s) is int and s > 0 for s in out):
+            return None
+        return _empty((*x.shape[:-spatial], *out), x.dtype)
+
+    return rule
+
+
+def _pool_module(pool: Rule) -> Callable[[nn.Module, tuple, dict], torch.Tensor | None]:
+    """A rule for an adaptive pooling module, from its functional rule."""
+
+    def rule(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        if kwargs or len(args) != 1:
+            return None
+        return pool((args[0], module.output_size), {})
+
+    return rule
+
+
+_ADAPTIVE_AVG_POOL = {n: _adaptive_pool(n) for n in (1, 2, 3)}
+
+#: Rules by ``call_function`` target or ``call_method`` name.
+FUNCTION_RULES: dict[Any, Rule] = {
+    **{op: _elementwise(divides=False) for op in (operator.add, operator.sub, operator.mul)},
+    **{name: _elementwise(divides=False) for name in ("add", "sub", "mul")},
+    torch.add: _elementwise(divides=False),
+    torch.sub: _elementwise(divides=False),
+    torch.mul: _elementwise(divides=False),
+    operator.truediv: _elementwise(divides=True),
+    torch.div: _elementwise(divides=True),
+    "div": _elementwise(divides=True),
+    torch.nn.functional.adaptive_avg_pool1d: _ADAPTIVE_AVG_POOL[1],
+    torch.nn.functional.adaptive_avg_pool2d: _ADAPTIVE_AVG_POOL[2],
+    torch.nn.functional.adaptive_avg_pool3d: _ADAPTIVE_AVG_POOL[3],
+    torch.cat: _cat,
+    torch.concat: _cat,
+    torch.concatenate: _cat,
+}
+
+#: Rules by exact module type (a subclass may override forward); they take the module
+#: (holding meta parameters) first.
+MODULE_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple, dict], torch.Tensor | None]] = {
+    nn.Conv1d: _conv,
+    nn.Conv2d: _conv,
+    nn.Conv3d: _conv,
+    nn.Linear: _linear,
+    nn.AdaptiveAvgPool1d: _pool_module(_ADAPTIVE_AVG_POOL[1]),
+    nn.AdaptiveAvgPool2d: _pool_module(_ADAPTIVE_AVG_POOL[2]),
+    nn.AdaptiveAvgPool3d: _pool_module(_ADAPTIVE_AVG_POOL[3]),
+}

@@ -1,0 +1,394 @@
+"""The flow pass's shortcuts against the meta runs they stand for.
+
+Three shortcuts skip running a node under autograd on the meta device: shape rules
+(``gpa.frontends.fx.shape_rules``), look-alike nodes (``gpa.frontends.fx.lookalike``)
+and shape-preserving nodes passed through. Each is held against an independent
+computation:
+
+* a rule's result against the real operation on CPU tensors (shape, dtype) and on meta
+  tensors (strides), over random operands; where the real operation raises, the rule
+  must not answer;
+* every node's gradient flow and value, on models with repeated blocks, branches,
+  concatenations and attention, against the pass with every shortcut turned off, which
+  decides each node by running it under autograd.
+"""
+
+from __future__ import annotations
+
+import operator
+from contextlib import ExitStack
+from unittest import mock
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from gpa.frontends.fx import flow
+from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
+from gpa.frontends.fx.lookalike import signature
+from gpa.frontends.fx.shape_rules import FUNCTION_RULES, MODULE_RULES
+from gpa.frontends.fx.tracer import trace
+from gpa.models import registry
+
+FLOATS = (torch.float32, torch.float64, torch.float16)
+DTYPES = (*FLOATS, torch.int64)
+
+
+def _check_against_torch(rule_result, real):
+    """The rule answered; torch on CPU (``real``: its result or the exception) agrees."""
+    assert not isinstance(real, Exception), f"torch raises {real!r}, the rule answered"
+    assert rule_result.is_meta
+    assert tuple(rule_result.shape) == tuple(real.shape)
+    assert rule_result.dtype == real.dtype
+
+
+def _run(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # the real operation rejects the operands
+        return exc
+
+
+def _on(device, values):
+    return [v.to(device) if isinstance(v, torch.Tensor) else v for v in values]
+
+
+def _strides_agree(rule_result, fn, args):
+    """Strides as the meta run gives them (CPU kernels may choose other layouts)."""
+    meta = fn(*_on("meta", args))
+    assert rule_result.stride() == meta.stride()
+
+
+# ------------------------------------------------------------- elementwise
+
+
+shapes = st.lists(st.integers(1, 4), min_size=0, max_size=4)
+
+
+@st.composite
+def broadcast_pair(draw):
+    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    other = [draw(st.sampled_from([s, 1])) for s in shape]
+    return shape, other[draw(st.integers(0, len(other))) :]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    op=st.sampled_from(
+        [
+            operator.add,
+            operator.sub,
+            operator.mul,
+            operator.truediv,
+            torch.add,
+            torch.sub,
+            torch.mul,
+            torch.div,
+            "add",
+            "mul",
+            "div",
+        ]
+    ),
+    pair=broadcast_pair(),
+    dtypes=st.tuples(st.sampled_from(DTYPES), st.sampled_from(DTYPES)),
+    scalar=st.sampled_from([None, 2, 0.5, True]),
+    swap=st.booleans(),
+)
+def test_elementwise_rules_agree_with_torch(op, pair, dtypes, scalar, swap):
+    a = torch.ones(pair[0], dtype=dtypes[0])
+    b = torch.ones(pair[1], dtype=dtypes[1]) if scalar is None else scalar
+    args = (b, a) if swap else (a, b)
+    fn = (lambda x, y: getattr(x, op)(y)) if isinstance(op, str) else op
+    if isinstance(op, str) and not isinstance(args[0], torch.Tensor):
+        return  # a method needs a tensor first
+    result = FUNCTION_RULES[op](tuple(_on("meta", args)), {})
+    real = _run(fn, *args)
+    if result is None:
+        # the plain case must be covered: one floating dtype, numbers as operands
+        plain = dtypes[0] in FLOATS and (
+            scalar is None and dtypes[1] == dtypes[0] or type(scalar) in (int, float)
+        )
+        assert not plain or isinstance(real, Exception), (args, real)
+        return
+    _check_against_torch(result, real)
+    _strides_agree(result, fn, args)
+
+
+# --------------------------------------------------------------------- cat
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 3), min_size=1, max_size=4),
+    sizes=st.lists(st.integers(0, 3), min_size=1, max_size=4),
+    dim=st.integers(-4, 3),
+    mismatch=st.booleans(),
+    dtype=st.sampled_from(DTYPES),
+    target=st.sampled_from([torch.cat, torch.concat, torch.concatenate]),
+)
+def test_cat_rule_agrees_with_torch(shape, sizes, dim, mismatch, dtype, target):
+    d = dim % len(shape) if -len(shape) <= dim < len(shape) else 0
+    parts = []
+    for i, size in enumerate(sizes):
+        s = list(shape)
+        s[d] = size
+        if mismatch and i == 1 and len(s) > 1:
+            s[(d + 1) % len(s)] += 1
+        parts.append(torch.ones(s, dtype=dtype))
+    result = FUNCTION_RULES[target]((_on("meta", parts), dim), {})
+    real = _run(target, parts, dim)
+    if result is None:
+        plain = (
+            dtype in FLOATS and not mismatch and 0 not in sizes and -len(shape) <= dim < len(shape)
+        )
+        assert not plain, (shape, sizes, dim)
+        return
+    _check_against_torch(result, real)
+    _strides_agree(result, lambda *p: target(list(p[:-1]), p[-1]), (*parts, dim))
+
+
+# ------------------------------------------------------------- conv, linear
+
+
+@st.composite
+def conv_case(draw):
+    spatial = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2]))
+    cin, cout = 2 * draw(st.integers(1, 2)), 2 * draw(st.integers(1, 2))
+    conv = [nn.Conv1d, nn.Conv2d, nn.Conv3d][spatial - 1](
+        cin,
+        cout,
+        draw(st.integers(1, 3)),
+        stride=draw(st.integers(1, 3)),
+        padding=draw(st.sampled_from([0, 1, 2, "valid"])),
+        dilation=draw(st.integers(1, 2)),
+        groups=groups,
+        bias=draw(st.booleans()),
+    )
+    batched = draw(st.booleans())
+    size = [draw(st.integers(1, 7)) for _ in range(spatial)]
+    channels = cin if draw(st.booleans()) else cin + 1  # the input fits the layer or not
+    x = torch.ones([*([2] if batched else []), channels, *size])
+    return conv, x
+
+
+def _with_meta_weights(module):
+    state = flow._MetaState()
+    return state.runner(module)
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=conv_case())
+def test_conv_rule_agrees_with_torch(case):
+    conv, x = case
+    result = MODULE_RULES[type(conv)](_with_meta_weights(conv), (x.to("meta"),), {})
+    real = _run(conv, x)
+    if result is None:
+        assert isinstance(real, Exception), (conv, x.shape)
+        return
+    _check_against_torch(result, real)
+    _strides_agree(result, _with_meta_weights(conv), (x,))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lead=st.lists(st.integers(1, 3), max_size=3),
+    fits=st.booleans(),
+    dtype=st.sampled_from(FLOATS),
+)
+def test_linear_rule_agrees_with_torch(lead, fits, dtype):
+    linear = nn.Linear(3, 5).to(dtype)
+    x = torch.ones([*lead, 3 if fits else 4], dtype=dtype)
+    result = MODULE_RULES[nn.Linear](_with_meta_weights(linear), (x.to("meta"),), {})
+    real = _run(linear, x) if dtype != torch.float16 else _run(linear.float(), x.float())
+    if result is None:
+        assert isinstance(real, Exception)
+        return
+    assert tuple(result.shape) == tuple(real.shape) and result.dtype == dtype
+    _strides_agree(result, _with_meta_weights(linear), (x,))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    spatial=st.integers(1, 3),
+    size=st.lists(st.integers(1, 6), min_size=3, max_size=3),
+    out=st.lists(st.one_of(st.none(), st.integers(1, 4)), min_size=3, max_size=3),
+    batched=st.booleans(),
+    as_int=st.booleans(),
+)
+def test_adaptive_pool_rules_agree_with_torch(spatial, size, out, batched, as_int):
+    x = torch.ones([*([2] if batched else []), 3, *size[:spatial]])
+    output_size = (out[0] or 1) if as_int else tuple(out[:spatial])
+    fn = [F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d][spatial - 1]
+    if spatial == 1 and not as_int:
+        output_size = output_size[0] or 1
+    module = [nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d][spatial - 1](
+        output_size
+    )
+    real = _run(fn, x, output_size)
+    for result in (
+        FUNCTION_RULES[fn]((x.to("meta"), output_size), {}),
+        MODULE_RULES[type(module)](module, (x.to("meta"),), {}),
+    ):
+        if result is None:
+            assert isinstance(real, Exception)
+            continue
+        _check_against_torch(result, real)
+        _strides_agree(result, fn, (x, output_size))
+
+
+# ------------------------------------------------------- whole flow pass
+
+
+class Attention(nn.Module):
+    """Blocks of attention and MLP, repeated: look-alike nodes and several results."""
+
+    def __init__(self, width=8, depth=3):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "norm": nn.LayerNorm(width),
+                    "attn": nn.MultiheadAttention(width, 2, batch_first=True),
+                    "mlp": nn.Sequential(
+                        nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)
+                    ),
+                }
+            )
+            for _ in range(depth)
+        )
+
+    def forward(self, x):
+        for block in self.blocks:
+            y = block["norm"](x)
+            y, weights = block["attn"](y, y, y)
+            x = x + y * weights.mean()
+            x = x + block["mlp"](x)
+            shape = x.shape  # a torch.Size each time, with its methods
+            x = x.reshape(shape.numel() // shape[-1], shape[-1]).reshape(shape)
+            with torch.no_grad():
+                x = x + x.detach() * 0  # a branch without gradient
+        return torch.cat([x, x[:, :1] / 2], 1)
+
+
+def _names(nodes):
+    return sorted(n.name for n in nodes)
+
+
+def _flows(model, x):
+    """Per node: the inputs gradient reaches (per result too), and the value's look."""
+    gm = trace(model)
+    GradientFlow(gm).run(x)
+    found = []
+    for n in gm.graph.nodes:
+        f, parts = n.meta[FLOW], n.meta.get(PARTS)
+        parts = None if parts is None else [_names(p) for p in parts]
+        constant = (type(f.constant), f.constant) if f.is_constant else None
+        found.append((n.name, _names(f.grad_from), f.value, f.shapes, constant, parts))
+    return found
+
+
+def _without_shortcuts():
+    stack = ExitStack()
+    stack.enter_context(mock.patch.object(flow, "signature", lambda *a: None))
+    stack.enter_context(mock.patch.object(flow, "FUNCTION_RULES", {}))
+    stack.enter_context(mock.patch.object(flow, "MODULE_RULES", {}))
+    stack.enter_context(mock.patch.object(GradientFlow, "_passed_through", lambda self, n: None))
+    return stack
+
+
+MODELS = {
+    "attention": (Attention, (2, 5, 8)),
+    **{
+        name: (lambda name=name: registry.build(name), (1, 3, 64, 64))
+        for name in ("resnet", "densenet", "cspdarknet53", "elan")
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_flow_with_shortcuts_equals_flow_under_autograd(name):
+    make, shape = MODELS[name]
+    model = make()
+    x = torch.randn(shape)
+    fast = _flows(model, x)
+    with _without_shortcuts():
+        reference = _flows(model, x)
+    assert fast == reference
+
+
+# --------------------------------------------------------------- lookalike
+
+
+def test_signature_tells_look_alike_nodes_apart():
+    g = fx.Graph()
+    a, b = g.placeholder("a"), g.placeholder("b")
+    nodes = {
+        "a+a": g.call_function(operator.add, (a, a)),
+        "a+b": g.call_function(operator.add, (a, b)),
+        "b+a": g.call_function(operator.add, (b, a)),
+        "a+1": g.call_function(operator.add, (a, 1)),
+        "a+1.0": g.call_function(operator.add, (a, 1.0)),
+        "a+True": g.call_function(operator.add, (a, True)),
+        "a*b": g.call_function(operator.mul, (a, b)),
+        "a.add(b)": g.call_method("add", (a, b)),
+    }
+    meta = torch.empty(2, 3, device="meta")
+    env = {a: meta, b: torch.empty(2, 3, device="meta")}
+    names = {k: signature(n, env, None) for k, n in nodes.items()}
+    assert names["a+b"] == names["b+a"]  # same look, other inputs
+    assert len(set(names.values())) == len(names) - 1
+    # what the inputs look like: shape, strides, dtype, requires_grad
+    for other in (
+        torch.empty(2, 4, device="meta"),
+        torch.empty(3, 2, device="meta").t(),
+        torch.empty(2, 3, device="meta", dtype=torch.float64),
+        torch.empty(2, 3, device="meta").requires_grad_(),
+    ):
+        assert signature(nodes["a+b"], {a: meta, b: other}, None) != names["a+b"]
+    with torch.no_grad():
+        assert signature(nodes["a+b"], env, None) != names["a+b"]
+
+
+def test_signature_names_only_what_is_a_function_of_its_arguments():
+    class Mine(nn.Module):
+        def forward(self, x):
+            return x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.c3 = (
+                nn.Conv2d(2, 2, 3),
+                nn.Conv2d(2, 2, 3),
+                nn.Conv2d(2, 2, 3, stride=2),
+            )
+            self.hooked, self.mine = nn.Conv2d(2, 2, 3), Mine()
+            self.hooked.register_forward_hook(lambda m, i, o: o * 2)
+
+        def forward(self, x):
+            return self.c1(x), self.c2(x), self.c3(x), self.hooked(x), self.mine(x)
+
+    net = Net()
+    tracer = fx.Tracer()
+    tracer.is_leaf_module = lambda m, q: q != ""
+    graph = tracer.trace(net)
+    x = next(n for n in graph.nodes if n.op == "placeholder")
+    env = {x: torch.empty(1, 2, 5, 5, device="meta")}
+    calls = {
+        n.target: signature(n, env, net.get_submodule) for n in graph.nodes if n.op == "call_module"
+    }
+    assert calls["c1"] == calls["c2"] != calls["c3"]  # settings count, not identity
+    assert calls["hooked"] is None and calls["mine"] is None
+    g = fx.Graph()
+    p = g.placeholder("p")
+    user = g.call_function(_user_function, (p,))
+    assert signature(user, {p: env[x]}, None) is None
+
+
+def _user_function(x):
+    return x
