@@ -46,6 +46,7 @@ from gpa.channels.rules import (
     Channels,
     Rule,
     Term,
+    by_identity,
     distinct_rows,
     everywhere_of,
     fallback,
@@ -295,12 +296,11 @@ class ChannelRouter(fx.Interpreter):
             else:
                 k = ch.axes.index(axis)
                 # a residual stream's terms reach every later layer unchanged: each is
-                # read once (the arrays are kept, so their ids stay theirs)
-                key = (id(t.index), id(t.held), k, size)
-                known = self._read.get(key)
-                if known is None or known[0] is not t.index or known[1] is not t.held:
-                    known = self._read[key] = (t.index, t.held, _rows_along(t, k, size))
-                inbound.extend(Delivery(consumer, row, held=t.held) for row in known[2])
+                # read once
+                rows = by_identity(
+                    self._read, (t.index, t.held), (k, size), _rows_along, t, k, size
+                )
+                inbound.extend(Delivery(consumer, row, held=t.held) for row in rows)
 
     def _deliver_outputs(self, n: fx.Node) -> None:
         """Deliver the channels of every selected returned tensor to the loss."""

@@ -59,6 +59,7 @@ __all__ = [
     "RoutingContext",
     "Term",
     "attention",
+    "by_identity",
     "combine",
     "concatenate",
     "everywhere_of",
@@ -363,20 +364,39 @@ def _collapse(
         if t.index is None:
             terms.append(t)
             continue
-        key = (id(t.index), id(t.held), k, keepdim_shape is None, new_shape)
-        known = memo.get(key) if memo is not None else None
-        if known is not None and known[0] is t.index and known[1] is t.held:
-            parts = known[2]
-        else:
-            kept = None if keepdim_shape is None else tuple(new_shape[a] for a in ch.axes)
-            parts = _collapsed_parts(t, k, kept)
-            if memo is not None:  # the arrays are kept, so their ids stay theirs
-                memo[key] = (t.index, t.held, parts)
+        kept = None if keepdim_shape is None else tuple(new_shape[a] for a in ch.axes)
+        parts = by_identity(memo, (t.index, t.held), (k, kept), _collapsed_parts, t, k, kept)
         terms.extend(Term(t.producer, part, held=held) for part, held in parts)
     if keepdim_shape is not None:
         return Channels(ch.axes, new_shape, tuple(terms))
     axes = tuple(a - (a > axis) for a in rest)
     return Channels(axes, new_shape, tuple(terms))
+
+
+def by_identity(
+    memo: dict | None,
+    arrays: tuple[Any, ...],
+    extra: Hashable,
+    compute: Callable[..., Any],
+    *args: Any,
+) -> Any:
+    """``compute(*args)``, kept in ``memo`` (None: not kept) under the identity of
+    ``arrays`` and ``extra``; the arrays are held by the memo, so their ids stay theirs.
+
+    Example:
+        >>> memo, a = {}, np.arange(3)
+        >>> by_identity(memo, (a,), 0, np.sum, a), by_identity(memo, (a,), 0, np.negative, 1)
+        (np.int64(3), np.int64(3))
+    """
+    if memo is None:
+        return compute(*args)
+    key = (*map(id, arrays), extra)
+    known = memo.get(key)
+    if known is not None and all(x is y for x, y in zip(known[0], arrays, strict=True)):
+        return known[1]
+    value = compute(*args)
+    memo[key] = (arrays, value)
+    return value
 
 
 def _collapsed_parts(

@@ -110,8 +110,12 @@ def _module_name(m: nn.Module) -> Hashable:
     :class:`_Unnamed` for any other module, one with hooks, or one holding anything but
     plain settings (an object whose effect cannot be named)."""
     kind = type(m)
-    if not kind.__module__.startswith("torch.nn.") or any(
-        getattr(m, h, None) for h in _FORWARD_HOOKS
+    hooks = nn.modules.module  # global hooks apply to every module
+    if (
+        not kind.__module__.startswith("torch.nn.")
+        or any(getattr(m, h, None) for h in _FORWARD_HOOKS)
+        or hooks._global_forward_hooks
+        or hooks._global_forward_pre_hooks
     ):
         raise _Unnamed
     attributes = m.__dict__
