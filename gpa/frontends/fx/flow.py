@@ -386,7 +386,6 @@ class GradientFlow(fx.Interpreter):
         self.state = _MetaState()
         self.given = 0
         self.outcomes: dict[Hashable, Outcome] = {}  # by signature (:mod:`.lookalike`)
-        self._attributes: dict[str, Any] = {}  # see fetch_attr
 
     def run(self, *inputs: Any) -> None:  # type: ignore[override]
         self.given = len(inputs)
@@ -421,12 +420,11 @@ class GradientFlow(fx.Interpreter):
             ) from None
 
     def fetch_attr(self, target: str) -> Any:
-        """The module or tensor at ``target`` (a qualified name), looked up once: a deep
-        name costs a getattr per level."""
-        found = self._attributes.get(target, _NOTHING)
-        if found is _NOTHING:
-            found = self._attributes[target] = super().fetch_attr(target)
-        return found
+        """The attribute at ``target`` (a qualified name); a submodule from the table the
+        interpreter made of them (a deep name costs a getattr per level), anything else
+        looked up each time (forward may assign it anew)."""
+        module = self.submodules.get(target)
+        return module if module is not None else super().fetch_attr(target)
 
     def get_attr(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
         value = self.fetch_attr(target)
