@@ -10,7 +10,9 @@ computation:
   must not answer;
 * every node's gradient flow and value, on models with repeated blocks, branches,
   concatenations and attention, against the pass with every shortcut turned off, which
-  decides each node by running it under autograd.
+  decides each node by running it under autograd;
+* passing a shape-preserving call through (hooks, weights that do not fit, the layout of
+  a norm's result) against a real backward, eager mode's errors and hand derivation.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import gpa
+from gpa.errors import ShapeError
 from gpa.frontends.fx import flow
 from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.lookalike import signature
 from gpa.frontends.fx.shape_rules import FUNCTION_RULES, MODULE_RULES
 from gpa.frontends.fx.tracer import trace
 from gpa.models import registry
+from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
 
 FLOATS = (torch.float32, torch.float64, torch.float16)
 DTYPES = (*FLOATS, torch.int64)
@@ -392,3 +397,93 @@ def test_signature_names_only_what_is_a_function_of_its_arguments():
 
 def _user_function(x):
     return x
+
+
+# ------------------------------------------------------------- pass-through
+
+
+def _hooked_stack(where, kind):
+    """conv(0) - batch norm(1) - relu(2) - conv(3) - pool - flatten - linear(6), with a hook
+    on module ``where`` that detaches its result (or, as a pre-hook, its input)."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 2),
+    )
+    if kind == "forward":
+        model[where].register_forward_hook(lambda m, i, o: o.detach())
+    else:
+        model[where].register_forward_pre_hook(lambda m, i: (i[0].detach(),))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("where", "kind"), [(2, "forward"), (1, "forward"), (2, "pre"), (1, "pre")]
+)
+def test_hooks_on_shape_preserving_modules_are_honoured(where, kind):
+    model = _hooked_stack(where, kind)
+    report = gpa.analyze(model, input_shape=(1, 3, 8, 8), tracer="fx")
+    check_reachability_with_autograd(report, model, torch.randn(1, 3, 8, 8))
+    # the hook cuts every path to conv 0; linear 6 feeds the loss (1), conv 3 feeds it (2)
+    expect_unreachable(report, "0")
+    expect(report, "3", {2: 1}, ("6",))
+    expect(report, "6", {1: 1}, (LOSS,))
+
+
+@pytest.mark.parametrize(
+    "middle",
+    [
+        lambda: nn.BatchNorm2d(16),
+        lambda: nn.LayerNorm(32),
+        lambda: nn.GroupNorm(2, 16),
+        lambda: nn.PReLU(5),
+        lambda: nn.BatchNorm1d(8),
+    ],
+    ids=[
+        "batch_norm_width",
+        "layer_norm_width",
+        "group_norm_width",
+        "prelu_width",
+        "batch_norm_rank",
+    ],
+)
+def test_norm_weights_that_do_not_fit_are_reported(middle):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), middle())
+    with pytest.raises((RuntimeError, ValueError)):  # the model itself fails on such input
+        model(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ShapeError, match="do not fit layer '1'"):
+        gpa.analyze(model, input_shape=(1, 3, 8, 8), tracer="fx")
+
+
+class TransposedNorm(nn.Module):
+    """A norm over a transposed tensor gives a contiguous result, which ``view`` takes."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.conv = (
+            nn.Conv2d(4, 8, 3, padding=1) if kind == "batch" else nn.Conv1d(4, 8, 3, padding=1)
+        )
+        self.norm = nn.BatchNorm2d(8) if kind == "batch" else nn.LayerNorm(8)
+        self.fc = nn.Linear(8 * 5 * 5 if kind == "batch" else 10 * 8, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = self.norm(y.transpose(2, 3) if self.kind == "batch" else y.transpose(1, 2))
+        return self.fc(y.view(y.size(0), -1))
+
+
+@pytest.mark.parametrize("kind", ["batch", "layer"])
+def test_norm_of_a_transposed_tensor_is_contiguous(kind):
+    model = TransposedNorm(kind)
+    shape = (2, 4, 5, 5) if kind == "batch" else (2, 4, 10)
+    model(torch.randn(shape))  # runs in eager mode
+    report = gpa.analyze(model, input_shape=shape, tracer="fx")
+    check_reachability_with_autograd(report, model, torch.randn(shape))
+    # conv - norm (no layer) - fc - loss
+    expect(report, "conv", {2: 1}, ("fc",))
+    expect(report, "fc", {1: 1}, (LOSS,))

@@ -287,6 +287,64 @@ _SHAPE_PRESERVING = (
 )
 
 
+_NORMS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+)
+
+
+def _passes_as_is(module: nn.Module | None, x: torch.Tensor) -> bool:
+    """Whether a shape-preserving call (of ``module``; None: a function) may pass ``x``
+    through without running: no hook may change its result, the module's weights fit
+    ``x`` (else the real call runs and reports torch's error), and an elementwise result
+    would be laid out as ``x`` is (``x`` dense; a norm lays its result out anew, see
+    :func:`_laid_out`)."""
+    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    if module is None:
+        return dense
+    if _hooked(module):
+        return False
+    return (dense or isinstance(module, _NORMS)) and _fits(module, x)
+
+
+def _laid_out(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+    """``x`` with the strides the call's result has: a norm's result is contiguous, or
+    channels-last for a channels-last input of a per-channel norm (as torch's CPU
+    kernels lay them out; the meta kernels keep the input's strides, unlike them), an
+    elementwise result is laid out as its dense input."""
+    if not isinstance(module, _NORMS) or x.is_contiguous():
+        return x
+    if not isinstance(module, nn.LayerNorm) and x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.detach().contiguous().requires_grad_(x.requires_grad)
+
+
+def _fits(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module``'s weights and settings fit an input shaped like ``x``."""
+    channels = x.shape[1] if x.dim() >= 2 else None
+    if isinstance(module, nn.modules.batchnorm._NormBase):
+        try:
+            module._check_input_dim(x)
+        except (ValueError, AttributeError):
+            return False
+        stats = module.affine or module.track_running_stats
+        return not stats or channels == module.num_features
+    if isinstance(module, nn.LayerNorm):
+        shape = tuple(module.normalized_shape)
+        return tuple(x.shape[x.dim() - len(shape) :]) == shape and x.dim() >= len(shape)
+    if isinstance(module, nn.GroupNorm):
+        return channels == module.num_channels
+    if isinstance(module, nn.LocalResponseNorm):
+        return x.dim() >= 3
+    if isinstance(module, nn.PReLU):
+        return module.num_parameters == 1 or channels == module.num_parameters
+    if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
+        return module.dim is None or -x.dim() <= module.dim < max(x.dim(), 1)
+    return not any(True for _ in module.parameters())  # a parameter-free activation
+
+
 # The same for pointwise functions and methods of one tensor (other arguments
 # are scalars such as a slope or a dropout probability).
 _POINTWISE_NAMES = frozenset(
@@ -539,13 +597,16 @@ class GradientFlow(fx.Interpreter):
         kwargs = fx.node.map_arg(n.kwargs, self.env.__getitem__)
         if not _shape_preserving(self.fetch_attr, n, args, kwargs):
             return None
-        x = args[0]
+        module = self.fetch_attr(n.target) if n.op == "call_module" else None
+        if not _passes_as_is(module, args[0]):
+            return None
+        x = _laid_out(module, args[0])
         if not torch.is_grad_enabled():
             return (x.detach() if x.requires_grad else x), frozenset()
         if x.requires_grad:
             return x, frozenset({source})
-        if n.op == "call_module" and any(
-            differentiable(p) for p in self.fetch_attr(n.target).parameters()
+        if module is not None and any(
+            differentiable(p) for p in module.parameters()
         ):  # a norm's own weights carry gradient after a no_grad block
             return x.detach().requires_grad_(True), frozenset()
         return x, frozenset()
