@@ -983,7 +983,8 @@ RULES: dict[OpKey, Rule] = {
     **_each(
         (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv)
         + (operator.mod, operator.pow, operator.neg, operator.pos, operator.abs)
-        + (operator.iadd, operator.isub, operator.imul, operator.itruediv),
+        + (operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv)
+        + (operator.imod, operator.ipow),
         pointwise,
     ),
     # data movement

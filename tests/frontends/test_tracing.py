@@ -242,3 +242,59 @@ def test_sizes_keep_their_type(tracer):
     # one layer feeding the loss: l shortest 1, whatever the reshapes around it
     report = gpa.analyze(SizeMethods(), input_shape=(2, 5, 8), tracer=tracer)
     assert {n: (r.shortest, r.longest) for n, r in report.layers.items()} == {"l": (1, 1)}
+
+
+class AugmentedAlias(nn.Module):
+    """``b += y`` where ``b`` is another name of ``a``: the write lands in ``a``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        a = self.c1(x)
+        b = a
+        b += self.c2(x)
+        n = x.size(0)
+        m = n
+        m += 1  # a number: rebinding only, n keeps its value
+        return self.fc(a.mean((2, 3))).reshape(n, -1)[: m - 1]
+
+
+class AugmentedView(AugmentedAlias):
+    """``v *= y`` where ``v`` is a view of ``a``, read again afterwards."""
+
+    def forward(self, x):
+        a = self.c1(x)
+        v = a.view(a.size(0), 8, -1)
+        v *= self.c2(x).flatten(2)
+        return self.fc(a.mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "tracer", ["fx", "autograd", pytest.param("export", marks=pytest.mark.slow)]
+)
+def test_augmented_assignment_through_another_name(tracer):
+    model = AugmentedAlias()
+    model(torch.randn(2, 3, 6, 6))  # runs in eager mode
+    report = gpa.analyze(model, input_shape=(2, 3, 6, 6), tracer=tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 3, 6, 6))
+    # a = c1(x) + c2(x) feeds fc: c1 and c2 at 2 (through fc), fc at 1
+    expect(report, "c1", {2: 1}, ("fc",))
+    expect(report, "c2", {2: 1}, ("fc",))
+    expect(report, "fc", {1: 1}, (LOSS,))
+
+
+def test_augmented_assignment_into_a_view_is_refused_by_fx():
+    """As for ``mul_`` into a view (semantics §1.3): fx refuses, auto moves on to a frontend
+    that follows the write; a = c1(x) * c2(x) there, so both feed fc."""
+    model = AugmentedView()
+    with pytest.raises(TraceError, match="writes in place into a view of"):
+        gpa.analyze(model, input_shape=(2, 3, 6, 6), tracer="fx")
+    report = gpa.analyze(model, input_shape=(2, 3, 6, 6))
+    assert report.tracer != "fx"
+    check_reachability_with_autograd(report, model, torch.randn(2, 3, 6, 6))
+    expect(report, "c1", {2: 1}, ("fc",))
+    expect(report, "c2", {2: 1}, ("fc",))

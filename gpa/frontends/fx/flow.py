@@ -44,7 +44,7 @@ from torch.utils._pytree import tree_any, tree_flatten, tree_map
 from gpa.errors import ShapeError
 from gpa.frontends.fx.lookalike import Outcome, signature
 from gpa.frontends.fx.shape_rules import FUNCTION_RULES, MODULE_RULES
-from gpa.frontends.fx.tracer import grad_mode
+from gpa.frontends.fx.tracer import AUGMENTED, follow_write, grad_mode
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES
 
 __all__ = [
@@ -439,11 +439,14 @@ class GradientFlow(fx.Interpreter):
     """
 
     def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
+        # values are kept (meta tensors cost nothing): an augmented assignment found to
+        # write into a tensor rewires later nodes to read it (see run_node)
+        super().__init__(gm, garbage_collect_values=False)
         self.extra_traceback = False  # our errors say where they happened
         self.state = _MetaState()
         self.given = 0
         self.outcomes: dict[Hashable, Outcome] = {}  # by signature (:mod:`.lookalike`)
+        self._order: dict[fx.Node, int] | None = None  # node positions, when needed
 
     def run(self, *inputs: Any) -> None:  # type: ignore[override]
         self.given = len(inputs)
@@ -460,11 +463,24 @@ class GradientFlow(fx.Interpreter):
         if n.op in ("placeholder", "get_attr"):
             value, flows = super().run_node(n), frozenset()
         else:
+            self._follow_augmented_assignment(n)
             value, flows = self._flow_of(n)
         n.meta[FLOW] = NodeFlow(
             flows, ValueInfo.of(value), _shapes_of(value), value if _is_plain(value) else _NOTHING
         )
         return value
+
+    def _follow_augmented_assignment(self, n: fx.Node) -> None:
+        """``b += y`` on a tensor writes into it (``b`` may be another name of ``a``, or a
+        view of it): later readers of it read the write's result. The tracer cannot tell
+        it from a number's ``n += 1`` (a rebinding); the values here can."""
+        target = n.args[0] if n.op == "call_function" and n.args else None
+        if n.target not in AUGMENTED or not isinstance(target, fx.Node):
+            return
+        if isinstance(self.env[target], torch.Tensor):
+            if self._order is None:
+                self._order = {m: i for i, m in enumerate(self.graph.nodes)}
+            follow_write(n, target, self._order)
 
     def placeholder(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
         try:

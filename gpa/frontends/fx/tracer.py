@@ -30,7 +30,7 @@ import contextlib
 import copy
 import inspect
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -48,7 +48,9 @@ __all__ = [
     "unwritable_names",
     "grad_mode",
     "single_call",
+    "AUGMENTED",
     "LeafSpec",
+    "follow_write",
     "graph_module",
     "write_into_view",
 ]
@@ -72,6 +74,30 @@ except ImportError:  # pragma: no cover - every supported torch has it
 def grad_mode(enabled: bool) -> None:
     """Set autograd's grad mode; recorded in traced graphs where ``forward`` changes it."""
     torch._C._set_grad_enabled(enabled)
+
+
+# Augmented assignments fx records as such, so that the flow pass can tell a write into a
+# tensor (``b += y`` changes every other name of ``b`` too) from a number's rebinding;
+# a plain fx proxy has no ``__iadd__``, so Python records ``b = b + y``.
+AUGMENTED = {
+    getattr(operator, f"i{name}"): f"__i{name}__"
+    for name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow")
+}
+
+
+class _Proxy(fx.Proxy):
+    """fx's proxy, recording augmented assignments (see :data:`AUGMENTED`)."""
+
+
+def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[fx.Proxy, Any], fx.Proxy]:
+    def record(self: fx.Proxy, other: Any) -> fx.Proxy:
+        return self.tracer.create_proxy("call_function", op, (self, other), {})
+
+    return record
+
+
+for _op, _method in AUGMENTED.items():
+    setattr(_Proxy, _method, _augmented(_op))
 
 
 class _Tracer(fx.Tracer):
@@ -116,6 +142,9 @@ class _Tracer(fx.Tracer):
             if name is not None:
                 return self.create_node("get_attr", name, (), {})
         return super().create_arg(a)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self._leaf_names or isinstance(
@@ -289,24 +318,33 @@ def _follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
     modules = dict(root.named_modules(remove_duplicate=False))  # get_submodule walks per level
     for node in list(graph.nodes):
         target = _mutated(node, modules.get)
-        if target is None:
-            continue
-        for user in list(target.users):
-            if order[user] > order[node]:
-                user.replace_input_with(target, node)
-        stale = _read_after_write(node, target, order)
-        if stale is not None:
-            base, reader = stale
-            raise TraceError(
-                f"'{node.name}' writes in place into a view of '{base.name}', which is read "
-                f"again afterwards by '{reader.name}'; gpa cannot follow writes through "
-                "views. Write the update functionally (e.g. with torch.cat) or declare the "
-                "module doing it a leaf."
-            )
+        if target is not None:
+            follow_write(node, target, order)
+
+
+def follow_write(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -> None:
+    """Make the readers of ``target`` after ``node`` (``order``: each node's position)
+    read ``node``, which wrote into ``target`` in place and returns it.
+
+    Raises:
+        TraceError: ``target`` is a view of a tensor read again after the write.
+    """
+    for user in list(target.users):
+        if order[user] > order[node]:
+            user.replace_input_with(target, node)
+    stale = _read_after_write(node, target, order)
+    if stale is not None:
+        base, reader = stale
+        raise TraceError(
+            f"'{node.name}' writes in place into a view of '{base.name}', which is read "
+            f"again afterwards by '{reader.name}'; gpa cannot follow writes through "
+            "views. Write the update functionally (e.g. with torch.cat) or declare the "
+            "module doing it a leaf."
+        )
 
 
 def _read_after_write(
-    node: fx.Node, target: fx.Node, order: dict[fx.Node, int]
+    node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]
 ) -> tuple[fx.Node, fx.Node] | None:
     """(base, later reader) when ``node`` writes into ``target``, a view of a tensor that
     is read again after the write."""
