@@ -28,6 +28,7 @@ channels / layer level <= 3) with "met" or "missed"; it asserts nothing.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import statistics
 import subprocess
@@ -124,6 +125,7 @@ def time_torchlens(target: str) -> None:
 
 
 def timed(run: Callable) -> float | str:
+    gc.collect()  # every contender starts on a collected heap: none pays for another's garbage
     start = time.perf_counter()
     try:
         run()

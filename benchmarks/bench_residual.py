@@ -20,6 +20,7 @@ its tracing; channels at 1,000 layers < 60 s. It asserts nothing.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import resource
 import time
@@ -62,10 +63,14 @@ def measure(layers: int, channels: bool) -> dict:
     model = residual_chain(layers)
 
     def tracing() -> None:
-        gm = trace(model)
-        name_outputs(gm.graph)
-        gm.recompile()
-        GradientFlow(gm).run(torch.zeros(shape, device="meta"))
+        gc.disable()  # as gpa.analyze does while it runs
+        try:
+            gm = trace(model)
+            name_outputs(gm.graph)
+            gm.recompile()
+            GradientFlow(gm).run(torch.zeros(shape, device="meta"))
+        finally:
+            gc.enable()
 
     reports = []
 

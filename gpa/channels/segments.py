@@ -33,11 +33,11 @@ Example:
 
 from __future__ import annotations
 
-import bisect
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,6 +55,7 @@ SegmentNode = tuple[str, int] | str
 # Rounds are one more than the stamps of the node delivering: the loss holds gradient at
 # round 0, so what it delivers arrives at round 1.
 _LOSS_STAMPS = 1
+_TO_LOSS = (LOSS,)
 
 
 def _listing_order(consumer: Consumer) -> tuple[bool, str, int, str]:
@@ -219,8 +220,7 @@ def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
     return [(int(p[0]), int(p[-1]) + 1) for p in np.split(positions, cuts)]
 
 
-@dataclass(frozen=True)
-class _Part:
+class _Part(NamedTuple):
     """A part of one consumer's gradient that a segment receives (a future :class:`Source`).
 
     ``nodes`` are the segment-graph nodes the part continues through: the loss, or the
@@ -233,21 +233,14 @@ class _Part:
     group: tuple[int, ...] | None
     nodes: tuple[SegmentNode, ...]
 
-    def source(self, rounds: int, sender: str) -> Source | None:
-        """The source this part is, given the rounds its nodes deliver at (0: it reaches
-        none of them) and the sender's name."""
-        if not rounds:
-            return None
-        c = self.consumer
-        return Source(sender, self.channels, rounds, self.group, c.output, c.argument, self.mixed)
-
 
 class _Segmenter:
     """Cuts every call's channels into segments and finds what each segment receives."""
 
     def __init__(self, routing: ChannelRouting, calls: Iterable[str]) -> None:
         self.routing = routing
-        self._nodes: dict[tuple, tuple[SegmentNode, ...]] = {}
+        self._nodes: dict[tuple[str, int, int], tuple[SegmentNode, ...]] = {}
+        self._segment_of: dict[str, list[int]] = {}
         alike: dict[tuple, tuple[np.ndarray, ...]] = {}
         self.arrivals = {
             c: _arrivals(routing, c, routing.out_channels.get(c, 0), alike) for c in calls
@@ -351,47 +344,66 @@ class _Segmenter:
         first, last = _runs(a.positions(start)), _runs(a.positions(stop - 1))
         return [((lo, hi), False) for (lo, _), (_, hi) in zip(first, last, strict=True)]
 
-    def nodes(self, consumer: Consumer, group: tuple[int, ...] | None) -> tuple[SegmentNode, ...]:
-        """The segment-graph nodes a delivery to ``consumer`` (to ``group``) continues through."""
-        if consumer.call is None:
-            return (LOSS,)
-        sender = consumer.call
-        groups = self.routing.groups.get(sender, 1)
-        key = (sender, None if groups <= 1 else group)
-        if key not in self._nodes:  # many segments reach the same part of a sender
-            count = self.routing.out_channels.get(sender, 0)
-            if key[1] is None:
-                ranges = [(0, count)]
-            else:
-                width = count // groups
-                ranges = [(g * width, (g + 1) * width) for g in group]
-            bounds = self.bounds.get(sender, ())
-            stops = [stop for _, stop in bounds]
-            found: dict[SegmentNode, None] = {}
-            for lo, hi in ranges:  # the segments overlapping [lo, hi), by bisection
-                i = bisect.bisect_right(stops, lo)
-                while i < len(bounds) and bounds[i][0] < hi:
-                    found[sender, i] = None
-                    i += 1
-            self._nodes[key] = tuple(found)
-        return self._nodes[key]
+    def nodes(self, consumer: Consumer, span: tuple[int, int] | None) -> tuple[SegmentNode, ...]:
+        """The segment-graph nodes a delivery to ``consumer`` continues through: the
+        sender's segments overlapping its groups ``span[0]`` to ``span[1]`` (of a grouped
+        convolution; None: every segment).
 
-    def received(self, call: str, start: int, stop: int) -> list[_Part]:
-        """What channels [start, stop) of ``call`` receive, per consumer and part."""
-        parts = []
+        Equal tuples are one object: the path search sums a shared tuple once, and many
+        parts (every channel of a layer feeding one depthwise segment) reach the same nodes.
+        """
+        sender = consumer.call
+        if sender is None:
+            return _TO_LOSS
+        of = self._segment_of.get(sender)
+        if of is None:  # the segment index of each of the sender's channels
+            bounds = self.bounds.get(sender, ())
+            of = np.repeat(np.arange(len(bounds)), [hi - lo for lo, hi in bounds]).tolist()
+            self._segment_of[sender] = of
+        lo, hi = 0, len(of)
+        groups = self.routing.groups.get(sender, 1)
+        if span is not None and groups > 1:
+            width = len(of) // groups
+            lo, hi = span[0] * width, (span[1] + 1) * width
+        if hi <= lo:
+            return ()
+        key = (sender, of[lo], of[hi - 1])
+        found = self._nodes.get(key)
+        if found is None:
+            found = self._nodes[key] = tuple((sender, i) for i in range(key[1], key[2] + 1))
+        return found
+
+    def received(self, call: str) -> list[list[_Part]]:
+        """What each segment of ``call`` receives, per consumer and part (segments in
+        channel order; in each, the consumers in listing order)."""
+        bounds = self.bounds[call]
+        found: list[list[_Part]] = [[] for _ in bounds]
+        if not bounds:
+            return found
+        starts = np.array([start for start, _ in bounds])
+        single = np.diff(np.r_[starts, bounds[-1][1]]) == 1
         for a in self.arrivals[call]:
-            if not a.present[start]:
-                continue
             width = self.group_width(a.consumer)
-            for (lo, hi), mixed in self.ranges(a, start, stop):
-                group = (
-                    None
-                    if width is None or mixed
-                    else tuple(range(lo // width, (hi - 1) // width + 1))
-                )
-                nodes = tuple(self.nodes(a.consumer, group))
-                parts.append(_Part(a.consumer, (lo, hi), mixed, group, nodes))
-        return parts
+            present = np.flatnonzero(a.present[starts])
+            at = starts[present]
+            first, last = a.first[at], a.last[at]
+            # one channel at one run of input channels: its range is at hand
+            block = (single[present] & ~a.mixed[at] & (last - first + 1 == a.count[at])).tolist()
+            groups: dict[tuple[int, int], tuple[int, ...]] = {}
+            for i, easy, lo, hi in zip(
+                present.tolist(), block, first.tolist(), (last + 1).tolist(), strict=True
+            ):
+                ranges = [((lo, hi), False)] if easy else self.ranges(a, *bounds[i])
+                for channels, mixed in ranges:
+                    group = span = None
+                    if width is not None and not mixed:
+                        span = (channels[0] // width, (channels[1] - 1) // width)
+                        if span not in groups:
+                            groups[span] = tuple(range(span[0], span[1] + 1))
+                        group = groups[span]
+                    nodes = self.nodes(a.consumer, span)
+                    found[i].append(_Part(a.consumer, channels, mixed, group, nodes))
+        return found
 
 
 def _segment_graph(
@@ -419,9 +431,9 @@ def call_segments(
     """
     segmenter = _Segmenter(routing, calls)
     received = {
-        (call, i): segmenter.received(call, start, stop)
-        for call, bounds in segmenter.bounds.items()
-        for i, (start, stop) in enumerate(bounds)
+        (call, i): parts
+        for call in segmenter.bounds
+        for i, parts in enumerate(segmenter.received(call))
     }
     found = layer_graph_paths(_segment_graph(received), loss=LOSS)
     stamps = {n: p.paths.stamps for n, p in found.items() if p.paths is not None}
@@ -429,32 +441,39 @@ def call_segments(
     # the rounds a part's nodes deliver at, once per distinct tuple of nodes (the
     # segmenter shares them: many parts reach the same part of a sender)
     delivered: dict[int, int] = {}
-
-    def rounds(nodes: tuple[SegmentNode, ...]) -> int:
-        if id(nodes) not in delivered:
-            found = 0
-            for node in nodes:
-                found |= stamps.get(node, 0) << 1
-            delivered[id(nodes)] = found
-        return delivered[id(nodes)]
-
-    def sender(consumer: Consumer) -> str:
-        return consumer.sender if consumer.call is None else calls[consumer.call].record
-
+    senders: dict[Consumer, str] = {}
     result: dict[str, list[Segment]] = {}
     for call, bounds in segmenter.bounds.items():
         fallback = tuple(sorted(routing.fallbacks.get(call, ())))
         result[call] = []
         for i, (start, stop) in enumerate(bounds):
-            sources = (p.source(rounds(p.nodes), sender(p.consumer)) for p in received[call, i])
-            result[call].append(
-                Segment(
-                    start,
-                    stop,
-                    found[call, i].paths,
-                    tuple(s for s in sources if s is not None),
-                    fallback,
+            sources = []
+            for consumer, channels, mixed, group, nodes in received[call, i]:
+                rounds = delivered.get(id(nodes))
+                if rounds is None:
+                    rounds = 0
+                    for node in nodes:
+                        rounds |= stamps.get(node, 0) << 1
+                    delivered[id(nodes)] = rounds
+                if not rounds:  # it reaches none of its nodes
+                    continue
+                if consumer not in senders:
+                    senders[consumer] = (
+                        consumer.sender if consumer.call is None else calls[consumer.call].record
+                    )
+                sources.append(
+                    Source(
+                        senders[consumer],
+                        channels,
+                        rounds,
+                        group,
+                        consumer.output,
+                        consumer.argument,
+                        mixed,
+                    )
                 )
+            result[call].append(
+                Segment(start, stop, found[call, i].paths, tuple(sources), fallback)
             )
     return result
 

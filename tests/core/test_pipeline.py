@@ -1,5 +1,5 @@
-"""The pipeline leaves the garbage collector as it found it (it rests pre-existing
-objects from full collections while it runs: gc.freeze / gc.unfreeze)."""
+"""The pipeline pauses Python's cyclic garbage collector while it runs and leaves it as it
+found it (enabled or paused by the program), errors included."""
 
 from __future__ import annotations
 
@@ -15,25 +15,39 @@ def model() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
 
 
-def test_nothing_stays_frozen() -> None:
-    assert gc.get_freeze_count() == 0
-    gpa.analyze(model(), input_shape=(1, 4), channels=True)
-    assert gc.get_freeze_count() == 0 and gc.isenabled()
+class Watching(nn.Module):
+    """Notes whether the collector runs while its forward is traced."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+        self.collector_on: list[bool] = []
+
+    def forward(self, x):
+        self.collector_on.append(gc.isenabled())
+        return self.fc(x)
 
 
-def test_a_programs_own_freeze_is_kept() -> None:
-    gc.freeze()
+def test_paused_while_analysing_and_enabled_after() -> None:
+    assert gc.isenabled()
+    watching = Watching()
+    report = gpa.analyze(watching, input_shape=(1, 4), channels=True)
+    assert watching.collector_on and not any(watching.collector_on)
+    assert gc.isenabled()
+    assert report.network.max_shortest == 1  # hand-derived: one Linear layer
+
+
+def test_a_programs_own_pause_is_kept() -> None:
+    gc.disable()
     try:
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
         report = gpa.analyze(model(), input_shape=(1, 4))
-        assert gc.get_freeze_count() == frozen
+        assert not gc.isenabled()
     finally:
-        gc.unfreeze()
+        gc.enable()
     assert report.network.max_shortest == 2  # hand-derived: two Linear layers in a chain
 
 
-def test_an_error_unfreezes_too() -> None:
+def test_an_error_enables_it_again() -> None:
     class Broken(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -44,4 +58,9 @@ def test_an_error_unfreezes_too() -> None:
 
     with pytest.raises(gpa.GpaError):
         gpa.analyze(Broken(), input_shape=(1, 4))
+    assert gc.isenabled()
+
+
+def test_nothing_is_frozen() -> None:
+    gpa.analyze(model(), input_shape=(1, 4), channels=True)
     assert gc.get_freeze_count() == 0

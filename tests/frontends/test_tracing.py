@@ -16,6 +16,7 @@ from torch import nn
 
 import gpa
 from gpa.errors import TraceError
+from gpa.frontends.fx.tracer import made_of_constants, write_into_view
 from tests.core.test_paths import ResNet
 from tests.semantics import (
     IMG,
@@ -298,3 +299,137 @@ def test_augmented_assignment_into_a_view_is_refused_by_fx():
     check_reachability_with_autograd(report, model, torch.randn(2, 3, 6, 6))
     expect(report, "c1", {2: 1}, ("fc",))
     expect(report, "c2", {2: 1}, ("fc",))
+
+
+# ======================================================================================
+# Writes into views of a fresh tensor (Swin's attention mask): only constants, or not
+
+
+_FRESH = {
+    "new_zeros": lambda y: y.new_zeros(y.shape),
+    "zeros_like": lambda y: torch.zeros_like(y),
+    "new_full": lambda y: y.new_full(tuple(y.shape), 3.0),
+    "zeros": lambda y: torch.zeros(2, 4),
+}
+
+
+class _TwoLayersAndAFreshTensor(nn.Module):
+    def __init__(self, fresh: str) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.fresh = _FRESH[fresh]
+
+
+class NumbersIntoMask(_TwoLayersAndAFreshTensor):
+    """y = a(x); mask = fresh tensor with numbers written into slices of it (a slice
+    assignment and an in-place fill of a view); b(y + mask) + y."""
+
+    def forward(self, x):
+        y = self.a(x)
+        mask = self.fresh(y)
+        mask[:, :2] = -1.0
+        mask[:, 2:].fill_(2.0)
+        return self.b(y + mask) + y
+
+
+class LayerIntoFresh(_TwoLayersAndAFreshTensor):
+    """y = a(x); buf = fresh tensor with half of y written into it; b(buf)."""
+
+    def forward(self, x):
+        y = self.a(x)
+        buf = self.fresh(y)
+        buf[:, :2] = y[:, :2]
+        return self.b(buf)
+
+
+@pytest.mark.parametrize("fresh", sorted(_FRESH))
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
+def test_numbers_written_into_a_fresh_mask(tracer: str, fresh: str) -> None:
+    """The mask is made of constants: no gradient goes through it whatever is written, so
+    export reads it without a functional rewrite (``write_into_view`` finds nothing)."""
+    model = NumbersIntoMask(fresh)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    # a: to the loss directly (+ y) at 1, through b at 2; b at 1
+    expect(report, "a", {1: 1, 2: 1}, ("b", LOSS))
+    expect(report, "b", {1: 1}, (LOSS,))
+    program = torch.export.export(model, (torch.randn(2, 4),), strict=False)
+    assert write_into_view(program.graph_module.graph) is None
+
+
+@pytest.mark.parametrize("fresh", sorted(_FRESH))
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
+def test_a_layer_written_into_a_fresh_tensor_reaches_through_it(tracer: str, fresh: str):
+    """A write that carries gradient is followed (export: in functional form)."""
+    model = LayerIntoFresh(fresh)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    # a only through b: 2; b at 1
+    expect(report, "a", {2: 1}, ("b",))
+    expect(report, "b", {1: 1}, (LOSS,))
+    program = torch.export.export(model, (torch.randn(2, 4),), strict=False)
+    assert write_into_view(program.graph_module.graph) is not None
+
+
+def test_only_torchs_own_operations_make_constants() -> None:
+    """A user function may read parameters: what it returns is never taken for a constant,
+    nor anything made from it."""
+
+    def user_made(y):
+        return y.new_zeros(y.shape)
+
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    made = graph.call_function(user_made, (x,))
+    filled = graph.call_method("fill_", (made, 1))
+    fresh = graph.call_method("new_zeros", (x, (2,)))
+    graph.output((graph.call_function(torch.add, (x, filled)), fresh))
+    found = made_of_constants(graph)
+    assert [found[n] for n in (x, made, filled, fresh)] == [False, False, False, True]
+
+
+class LayerIntoBuffer(nn.Module):
+    """y = a(x); y copied into a buffer (under no_grad: a running statistic); b(buf) + y."""
+
+    def __init__(self, no_grad: bool) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.register_buffer("buf", torch.zeros(2, 4))
+        self.no_grad = no_grad
+
+    def forward(self, x):
+        y = self.a(x)
+        with torch.set_grad_enabled(not self.no_grad):
+            self.buf.copy_(y)
+        return self.b(self.buf) + y
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_a_running_statistic_written_without_gradient(tracer: str) -> None:
+    model = LayerIntoBuffer(no_grad=True)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert report.tracer == ("fx" if tracer == "auto" else tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    # the buffer carries no gradient: a only through "+ y" at 1; b at 1
+    expect(report, "a", {1: 1}, (LOSS,))
+    expect(report, "b", {1: 1}, (LOSS,))
+
+
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
+def test_a_layer_written_into_a_buffer_reaches_through_it(tracer: str) -> None:
+    """fx reads the buffer anew after the write and refuses; the others follow it."""
+    model = LayerIntoBuffer(no_grad=False)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert report.tracer != "fx"
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    # a: "+ y" at 1, through the buffer and b at 2; b at 1
+    expect(report, "a", {1: 1, 2: 1}, ("b", LOSS))
+    expect(report, "b", {1: 1}, (LOSS,))
+
+
+@pytest.mark.parametrize(
+    "model", [LayerIntoFresh("zeros"), LayerIntoBuffer(no_grad=False)], ids=["made", "buffer"]
+)
+def test_fx_refuses_gradient_written_into_an_attribute(model: nn.Module) -> None:
+    with pytest.raises(TraceError, match="reads again afterwards; fx reads it anew"):
+        gpa.analyze(model, input_shape=(2, 4), tracer="fx")

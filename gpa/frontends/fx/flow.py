@@ -41,10 +41,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_any, tree_flatten, tree_map
 
-from gpa.errors import ShapeError
+from gpa.errors import ShapeError, TraceError
 from gpa.frontends.fx.lookalike import Outcome, signature
 from gpa.frontends.fx.shape_rules import FUNCTION_RULES, MODULE_RULES
-from gpa.frontends.fx.tracer import AUGMENTED, follow_write, grad_mode
+from gpa.frontends.fx.tracer import (
+    AUGMENTED,
+    follow_write,
+    grad_mode,
+    later_read_of_attribute,
+)
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES
 
 __all__ = [
@@ -464,6 +469,7 @@ class GradientFlow(fx.Interpreter):
             value, flows = super().run_node(n), frozenset()
         else:
             self._follow_augmented_assignment(n)
+            self._refuse_gradient_into_attribute(n)
             value, flows = self._flow_of(n)
         n.meta[FLOW] = NodeFlow(
             flows, ValueInfo.of(value), _shapes_of(value), value if _is_plain(value) else _NOTHING
@@ -481,6 +487,27 @@ class GradientFlow(fx.Interpreter):
             if self._order is None:
                 self._order = {m: i for i, m in enumerate(self.graph.nodes)}
             follow_write(n, target, self._order)
+
+    def _refuse_gradient_into_attribute(self, n: fx.Node) -> None:
+        """A value carrying gradient written into a tensor fx holds as an attribute and
+        read again afterwards: fx's later read misses the write (a layer feeding it would
+        look unreachable). Export and autograd follow it; fx refuses (auto moves on)."""
+        if not n.args or not isinstance(n.args[0], fx.Node) or n.args[0].op != "get_attr":
+            return
+        if self._order is None:
+            self._order = {m: i for i, m in enumerate(self.graph.nodes)}
+        reader = later_read_of_attribute(n, self._order)
+        written = [m for m in n.all_input_nodes if m is not n.args[0]]
+        if reader is None or not torch.is_grad_enabled():  # a running statistic's update
+            return
+        if not any(ValueInfo.of(self.env[m]).requires_grad for m in written):
+            return
+        raise TraceError(
+            f"'{n.name}' writes a value carrying gradient in place into '{n.args[0].target}' "
+            f"(a tensor made while tracing, or a buffer), which '{reader.name}' reads again "
+            "afterwards; fx reads it anew there, without the write. --tracer export or "
+            "autograd follows it (auto moves on to them)."
+        )
 
     def placeholder(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
         try:

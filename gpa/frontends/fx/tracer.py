@@ -51,6 +51,8 @@ __all__ = [
     "AUGMENTED",
     "LeafSpec",
     "follow_write",
+    "later_read_of_attribute",
+    "made_of_constants",
     "graph_module",
     "write_into_view",
 ]
@@ -333,7 +335,7 @@ def follow_write(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -
         if order[user] > order[node]:
             user.replace_input_with(target, node)
     stale = _read_after_write(node, target, order)
-    if stale is not None:
+    if stale is not None and not made_of_constants(node.graph)[node]:
         base, reader = stale
         raise TraceError(
             f"'{node.name}' writes in place into a view of '{base.name}', which is read "
@@ -357,12 +359,84 @@ def _read_after_write(
     return None
 
 
+def later_read_of_attribute(node: fx.Node, order: Mapping[fx.Node, int]) -> fx.Node | None:
+    """When ``node`` writes in place into a tensor fx holds as an attribute — a tensor made
+    while tracing (``buf = torch.zeros(2, 4); buf[:, :2] = y``: fx stores ``buf`` as a
+    constant) or a buffer —: the first node reading it after the write (``order``: each
+    node's position), which fx does without the write (each use of an attribute reads it
+    anew; ``__setitem__`` returns nothing to read instead); else None."""
+    target = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    if target is None or target.op != "get_attr":
+        return None
+    setitem = node.op == "call_method" and node.target == "__setitem__"
+    if not setitem and _mutated(node, None) is not target:
+        return None
+    readers = [u for u in target.users if u is not node] if setitem else []
+    readers += [m for m in node.graph.nodes if m.op == "get_attr" and m.target == target.target]
+    return min((m for m in readers if order[m] > order[node]), key=order.__getitem__, default=None)
+
+
 def write_into_view(graph: fx.Graph) -> fx.Node | None:
     """The first in-place write into a view of a tensor read again after it (``out[:, :2] =
-    y`` in an exported graph: ``copy_`` into a ``slice`` of ``out``), or None."""
+    y`` in an exported graph: ``copy_`` into a ``slice`` of ``out``), or None. Writes made
+    of constants alone (:func:`made_of_constants`) do not count: no gradient goes through
+    them, whatever they write."""
     order = {n: i for i, n in enumerate(graph.nodes)}
+    constant: dict[fx.Node, bool] | None = None
     for node in graph.nodes:
         target = _mutated(node, None)
         if target is not None and _read_after_write(node, target, order) is not None:
-            return node
+            constant = constant or made_of_constants(graph)
+            if not constant[node]:
+                return node
     return None
+
+
+# Operations whose result reads only the sizes, dtype or device of their tensor arguments,
+# or copies a constant that export lifted out of the code (a number written into a mask)
+_FACTORIES = frozenset(
+    "new_zeros new_ones new_empty new_full zeros_like ones_like empty_like full_like "
+    "lift_fresh_copy".split()
+)
+
+
+def made_of_constants(graph: fx.Graph) -> dict[fx.Node, bool]:
+    """For each node: whether its value is made by torch from constants alone, reading no
+    placeholder's or attribute's values (``m = x.new_zeros(4, 4); m[:2] = 1``: only ``x``'s
+    sizes are read). No gradient can reach or leave such a value, so a write into a view
+    of it changes no gradient path. User functions never count (they may read parameters).
+
+    Example:
+        >>> import torch
+        >>> def f(x):
+        ...     m = x.new_zeros(2, 2)
+        ...     return x + m.fill_(1), x.relu()
+        >>> found = made_of_constants(torch.fx.symbolic_trace(f).graph)
+        >>> {n.name: c for n, c in found.items() if n.op != "output"}
+        {'x': False, 'new_zeros': True, 'fill_': True, 'add': False, 'relu': False}
+    """
+    found: dict[fx.Node, bool] = {}
+    for node in graph.nodes:  # in topological order: every input is decided first
+        found[node] = _of_torch_op(node) and (
+            _op_name(node.target) in _FACTORIES or all(found[m] for m in node.all_input_nodes)
+        )
+    return found
+
+
+def _op_name(target: Any) -> str:
+    """``new_zeros`` for ``torch.ops.aten.new_zeros.default``, the method name ``"new_zeros"``
+    or the function ``torch.zeros_like``."""
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.name.rpartition("::")[2]
+    return target if isinstance(target, str) else getattr(target, "__name__", "")
+
+
+def _of_torch_op(node: fx.Node) -> bool:
+    """A tensor method, an ATen operation or a function of torch's namespace."""
+    if node.op == "call_method":
+        return True
+    if node.op != "call_function":
+        return False
+    if isinstance(node.target, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
+        return True
+    return (getattr(node.target, "__module__", None) or "").split(".")[0] == "torch"
