@@ -433,3 +433,34 @@ def test_a_layer_written_into_a_buffer_reaches_through_it(tracer: str) -> None:
 def test_fx_refuses_gradient_written_into_an_attribute(model: nn.Module) -> None:
     with pytest.raises(TraceError, match="reads again afterwards; fx reads it anew"):
         gpa.analyze(model, input_shape=(2, 4), tracer="fx")
+
+
+class LayerUnderAConstantWrite(nn.Module):
+    """m = zeros_like(x); v = a view of m taken first; a(x) copied into m; a constant
+    written into a view of v; b(cat([v, v]))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        m = torch.zeros_like(x)
+        v = m.narrow(1, 0, 2)
+        m.copy_(self.a(x))
+        v.narrow(1, 0, 1).zero_()
+        return self.b(torch.cat([v, v], 1))
+
+
+@pytest.mark.parametrize("tracer", ["export", "auto"])  # autograd: KeyError (known, open)
+def test_a_constant_written_over_a_layers_output_is_no_constant_write(tracer: str) -> None:
+    """``m`` stops being made of constants when a(x) is written into it, and so does every
+    view of it, taken before or after (found by a fresh pair of eyes: export skipped the
+    functional rewrite and lost a)."""
+    model = LayerUnderAConstantWrite()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    # a through v (half of its output, partly overwritten) and b: 2; b at 1
+    expect(report, "a", {2: 1}, ("b",))
+    expect(report, "b", {1: 1}, (LOSS,))
+    program = torch.export.export(model, (torch.randn(2, 4),), strict=False)
+    assert write_into_view(program.graph_module.graph) is not None

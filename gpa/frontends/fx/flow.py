@@ -468,8 +468,8 @@ class GradientFlow(fx.Interpreter):
         if n.op in ("placeholder", "get_attr"):
             value, flows = super().run_node(n), frozenset()
         else:
-            self._follow_augmented_assignment(n)
             self._refuse_gradient_into_attribute(n)
+            self._follow_augmented_assignment(n)
             value, flows = self._flow_of(n)
         n.meta[FLOW] = NodeFlow(
             flows, ValueInfo.of(value), _shapes_of(value), value if _is_plain(value) else _NOTHING
@@ -492,7 +492,7 @@ class GradientFlow(fx.Interpreter):
         """A value carrying gradient written into a tensor fx holds as an attribute and
         read again afterwards: fx's later read misses the write (a layer feeding it would
         look unreachable). Export and autograd follow it; fx refuses (auto moves on)."""
-        if not n.args or not isinstance(n.args[0], fx.Node) or n.args[0].op != "get_attr":
+        if not n.args or not isinstance(n.args[0], fx.Node):
             return
         if self._order is None:
             self._order = {m: i for i, m in enumerate(self.graph.nodes)}
@@ -503,7 +503,7 @@ class GradientFlow(fx.Interpreter):
         if not any(ValueInfo.of(self.env[m]).requires_grad for m in written):
             return
         raise TraceError(
-            f"'{n.name}' writes a value carrying gradient in place into '{n.args[0].target}' "
+            f"'{n.name}' writes a value carrying gradient in place into '{n.args[0].name}' "
             f"(a tensor made while tracing, or a buffer), which '{reader.name}' reads again "
             "afterwards; fx reads it anew there, without the write. --tracer export or "
             "autograd follows it (auto moves on to them)."

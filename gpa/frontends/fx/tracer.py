@@ -366,13 +366,14 @@ def later_read_of_attribute(node: fx.Node, order: Mapping[fx.Node, int]) -> fx.N
     node's position), which fx does without the write (each use of an attribute reads it
     anew; ``__setitem__`` returns nothing to read instead); else None."""
     target = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-    if target is None or target.op != "get_attr":
-        return None
     setitem = node.op == "call_method" and node.target == "__setitem__"
-    if not setitem and _mutated(node, None) is not target:
+    if target is None or not (setitem or node.target in AUGMENTED or _mutated(node, None)):
+        return None
+    root = _root(target)  # ``self.buf[:, :2].copy_(y)`` writes into ``buf`` too
+    if root.op != "get_attr":
         return None
     readers = [u for u in target.users if u is not node] if setitem else []
-    readers += [m for m in node.graph.nodes if m.op == "get_attr" and m.target == target.target]
+    readers += [m for m in node.graph.nodes if m.op == "get_attr" and m.target == root.target]
     return min((m for m in readers if order[m] > order[node]), key=order.__getitem__, default=None)
 
 
@@ -415,12 +416,35 @@ def made_of_constants(graph: fx.Graph) -> dict[fx.Node, bool]:
         >>> {n.name: c for n, c in found.items() if n.op != "output"}
         {'x': False, 'new_zeros': True, 'fill_': True, 'add': False, 'relu': False}
     """
-    found: dict[fx.Node, bool] = {}
-    for node in graph.nodes:  # in topological order: every input is decided first
-        found[node] = _of_torch_op(node) and (
-            _op_name(node.target) in _FACTORIES or all(found[m] for m in node.all_input_nodes)
-        )
-    return found
+    tainted: set[fx.Node] = set()  # tensors something not constant is written into
+    while True:
+        found: dict[fx.Node, bool] = {}
+        for node in graph.nodes:  # in topological order: every input is decided first
+            found[node] = (
+                node not in tainted
+                and _of_torch_op(node)
+                and (
+                    _op_name(node.target) in _FACTORIES
+                    or all(found[m] for m in node.all_input_nodes)
+                )
+            )
+        # a write of anything else into a tensor (or a view of it) makes it, and every
+        # view of it taken before or after, no constant: decide again until nothing changes
+        written = {
+            _root(target)
+            for node in graph.nodes
+            if (target := _mutated(node, None)) is not None and not found[node]
+        }
+        if written <= tainted:
+            return found
+        tainted |= written
+
+
+def _root(node: fx.Node) -> fx.Node:
+    """The tensor ``node`` is a view of (through any chain of views), or ``node`` itself."""
+    while _is_view(node) and node.args and isinstance(node.args[0], fx.Node):
+        node = node.args[0]
+    return node
 
 
 def _op_name(target: Any) -> str:
