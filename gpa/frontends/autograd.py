@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -407,8 +408,31 @@ def _autograd_nodes(roots: list[Any], edges: _Edges) -> list[Any]:
             continue
         seen[id(fn)] = fn
         stack.extend(edges.of(fn))
-    # A node's inputs were created before it; leaves (AccumulateGrad) have the largest number.
-    return sorted(seen.values(), key=lambda fn: -1 if _is_leaf(fn) else fn._sequence_nr())
+
+    # Creation order, leaves (AccumulateGrad, the largest number) first, is a topological
+    # order but where autograd made a node again: a view read after an in-place write into
+    # its base gets a fresh node, older than what it reads. Kahn's algorithm, taking the
+    # earliest created ready node first, keeps creation order wherever it is one.
+    def created(fn: Any) -> int:
+        return -1 if _is_leaf(fn) else fn._sequence_nr()
+
+    inputs = {i: {id(c) for c in edges.of(fn) if c is not None} for i, fn in seen.items()}
+    users: dict[int, list[int]] = {i: [] for i in seen}
+    for i, found in inputs.items():
+        for j in found:
+            users[j].append(i)
+    waiting = {i: len(found) for i, found in inputs.items()}
+    ready = [(created(seen[i]), i) for i, n in waiting.items() if not n]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        order.append(seen[i])
+        for u in users[i]:
+            waiting[u] -= 1
+            if not waiting[u]:
+                heapq.heappush(ready, (created(seen[u]), u))
+    return order
 
 
 def _is_leaf(fn: Any) -> bool:

@@ -503,10 +503,10 @@ class GradientFlow(fx.Interpreter):
         if not any(ValueInfo.of(self.env[m]).requires_grad for m in written):
             return
         raise TraceError(
-            f"'{n.name}' writes a value carrying gradient in place into '{n.args[0].name}' "
-            f"(a tensor made while tracing, or a buffer), which '{reader.name}' reads again "
-            "afterwards; fx reads it anew there, without the write. --tracer export or "
-            "autograd follows it (auto moves on to them)."
+            f"'{n.name}' writes a value carrying gradient in place into '{n.args[0].name}', "
+            "a tensor fx holds as an attribute (a buffer, or a tensor made while tracing) "
+            f"and reads anew at each use ('{reader.name}'), without the write. --tracer "
+            "export or autograd follows it (auto moves on to them)."
         )
 
     def placeholder(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]

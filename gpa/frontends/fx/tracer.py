@@ -39,7 +39,7 @@ from torch import nn
 
 from gpa.errors import TraceError
 from gpa.frontends.frames import caller_site, user_frame
-from gpa.frontends.modules import TRACING, split_leaves
+from gpa.frontends.modules import TRACING, preserved_state, split_leaves
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
 __all__ = [
@@ -192,7 +192,9 @@ def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphMod
     def traced(watch: contextlib.AbstractContextManager) -> tuple[_Tracer, nn.Module, fx.Graph]:
         tracer = _Tracer(types, names)
         root = copy.copy(model)  # fx stores tensor constants on its root: not on the user's
-        with _FX_LOCK, torch.enable_grad(), watch:
+        # what forward assigns while traced (``self.buf += y`` stores a proxy) must not
+        # reach the passes that run the modules afterwards
+        with _FX_LOCK, torch.enable_grad(), watch, preserved_state(model):
             return tracer, root, tracer.trace(root)
 
     try:
@@ -336,26 +338,39 @@ def follow_write(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -
             user.replace_input_with(target, node)
     stale = _read_after_write(node, target, order)
     if stale is not None and not made_of_constants(node.graph)[node]:
-        base, reader = stale
+        alias, reader = stale
+        ancestors = []
+        while _is_view(target) and target.args and isinstance(target.args[0], fx.Node):
+            target = target.args[0]
+            ancestors.append(target)
+        where = (
+            f"a view of '{alias.name}', which is"
+            if alias in ancestors
+            else f"'{node.args[0].name}', and '{alias.name}' (a view of the same tensor) is"
+        )
         raise TraceError(
-            f"'{node.name}' writes in place into a view of '{base.name}', which is read "
-            f"again afterwards by '{reader.name}'; gpa cannot follow writes through "
-            "views. Write the update functionally (e.g. with torch.cat) or declare the "
-            "module doing it a leaf."
+            f"'{node.name}' writes in place into {where} read again afterwards by "
+            f"'{reader.name}'; gpa cannot follow writes through views. Write the update "
+            "functionally (e.g. with torch.cat) or declare the module doing it a leaf."
         )
 
 
 def _read_after_write(
     node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]
 ) -> tuple[fx.Node, fx.Node] | None:
-    """(base, later reader) when ``node`` writes into ``target``, a view of a tensor that
-    is read again after the write."""
-    base = target
-    while _is_view(base) and base.args and isinstance(base.args[0], fx.Node):
-        base = base.args[0]
-        later = [u for u in base.users if order[u] > order[node]]
+    """(other name, later reader) when ``node`` writes into ``target`` and another name of
+    the same memory is read after the write: a tensor ``target`` is a view of, or a view of
+    any of them (taken before the write: ``v = m[:, :2]; m.copy_(y); f(v)``). Later
+    readers of ``target`` itself are not counted: :func:`follow_write` rewires them."""
+    names = [_root(target)]
+    for name in names:  # grows: every view of every name, transitively
+        names += [u for u in name.users if _is_view(u) and u.args and u.args[0] is name]
+    for name in names:
+        if name is target:
+            continue
+        later = [u for u in name.users if order[u] > order[node]]
         if later:
-            return base, later[0]
+            return name, min(later, key=order.__getitem__)
     return None
 
 
@@ -364,7 +379,9 @@ def later_read_of_attribute(node: fx.Node, order: Mapping[fx.Node, int]) -> fx.N
     while tracing (``buf = torch.zeros(2, 4); buf[:, :2] = y``: fx stores ``buf`` as a
     constant) or a buffer —: the first node reading it after the write (``order``: each
     node's position), which fx does without the write (each use of an attribute reads it
-    anew; ``__setitem__`` returns nothing to read instead); else None."""
+    anew; ``__setitem__`` returns nothing to read instead); for a tensor made while tracing
+    and not read again by name, the attribute's own node (it may be a view of a buffer
+    read later: ``self.buf[:, :2].copy_(y)``); else None."""
     target = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
     setitem = node.op == "call_method" and node.target == "__setitem__"
     if target is None or not (setitem or node.target in AUGMENTED or _mutated(node, None)):
@@ -374,7 +391,12 @@ def later_read_of_attribute(node: fx.Node, order: Mapping[fx.Node, int]) -> fx.N
         return None
     readers = [u for u in target.users if u is not node] if setitem else []
     readers += [m for m in node.graph.nodes if m.op == "get_attr" and m.target == root.target]
-    return min((m for m in readers if order[m] > order[node]), key=order.__getitem__, default=None)
+    later = min((m for m in readers if order[m] > order[node]), key=order.__getitem__, default=None)
+    if later is None and root.target.startswith("_tensor_constant"):
+        # made while tracing, maybe as a view of a buffer (``self.buf[:, :2]``): other
+        # names of its memory are out of fx's sight
+        return root
+    return later
 
 
 def write_into_view(graph: fx.Graph) -> fx.Node | None:
