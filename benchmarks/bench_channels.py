@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import os
 import pstats
 import sys
@@ -61,6 +62,7 @@ def models(only: list[str] | None) -> list[tuple[str, Callable[[], nn.Module]]]:
 def best(run: Callable[[], object], repeat: int) -> float:
     times = []
     for _ in range(repeat):
+        gc.collect()  # no run pays for the garbage of the one before
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)

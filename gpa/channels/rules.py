@@ -316,21 +316,34 @@ def _remap(
     everywhere still, at some positions only (a masked term), or nowhere.
     """
     terms = []
+    # the terms of one input share its range of probe positions (a residual stream holds
+    # a term per layer writing to it): where that input's positions went is found once
+    went: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, bool, bool]] = {}
     for term, base, size in ch_terms:
-        inside = (positions >= base) & (positions < base + size)
+        if (base, size) not in went:
+            inside = (positions >= base) & (positions < base + size)
+            everywhere = bool(inside.all())
+            local = positions - base if everywhere else positions[inside] - base
+            went[base, size] = (inside, local, everywhere, everywhere or bool(inside.any()))
+        inside, local, everywhere, somewhere = went[base, size]
         if term.index is None:
-            if inside.all():
+            if everywhere:
                 terms.append(term)
-            elif inside.any():
+            elif somewhere:
                 held = term.everywhere
                 if held is None:
                     held = range(ctx.channel_count(term.producer))
                 mask = np.where(inside, 0, -1)
                 terms.append(Term(term.producer, mask, held=np.array(held, dtype=np.int64)))
             continue
+        if not somewhere:
+            continue
         flat = term.index.reshape(-1)
-        index = np.full(positions.shape, -1, dtype=np.int64)
-        index[inside] = flat[positions[inside] - base]
+        if everywhere:
+            index = flat[local].astype(np.int64, copy=False)
+        else:
+            index = np.full(positions.shape, -1, dtype=np.int64)
+            index[inside] = flat[local]
         if (index >= 0).any():
             terms.append(term.moved(index))
     return Channels(axes, tuple(shape), tuple(terms))

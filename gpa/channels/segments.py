@@ -101,6 +101,8 @@ class _Arrival:
 # (a norm over the channels sends every channel to every input channel: a table is far
 # cheaper than sorting that many pairs); beyond it, as sorted pairs.
 _DENSE_CELLS = 1 << 26
+_FILLED = 32  # a table holds at most this many cells per marked one
+_SMALL_TABLE = 1 << 16
 
 
 def _arrivals(
@@ -138,7 +140,13 @@ def _bytes(values: np.ndarray | None) -> bytes | None:
 
 def _placed(deliveries: list, count: int, width: int) -> tuple[np.ndarray, ...]:
     """(count, first, last, cells) of :class:`_Arrival` for the placed ``deliveries``."""
-    if count * width <= _DENSE_CELLS:
+    marks = sum(
+        int(np.count_nonzero(d.positions >= 0)) * (1 if d.held is None else len(d.held))
+        for d in deliveries
+    )
+    # a table when it is small or well filled; a layer feeding a layer (one channel at one
+    # input channel each: 4,096 marks in a 4,096 x 4,096 table) as sorted pairs
+    if count * width <= min(_DENSE_CELLS, max(_FILLED * marks, _SMALL_TABLE)):
         cells = _table(deliveries, count, width)
         tally = cells.sum(axis=1)
         first = np.where(tally > 0, cells.argmax(axis=1), width)
