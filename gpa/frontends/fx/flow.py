@@ -496,7 +496,7 @@ class GradientFlow(fx.Interpreter):
             return
         if self._order is None:
             self._order = {m: i for i, m in enumerate(self.graph.nodes)}
-        reader = later_read_of_attribute(n, self._order)
+        reader = later_read_of_attribute(n, self._order, self.fetch_attr)
         written = [m for m in n.all_input_nodes if m is not n.args[0]]
         if reader is None or not torch.is_grad_enabled():  # a running statistic's update
             return

@@ -359,29 +359,39 @@ def _read_after_write(
     node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]
 ) -> tuple[fx.Node, fx.Node] | None:
     """(other name, later reader) when ``node`` writes into ``target`` and another name of
-    the same memory is read after the write: a tensor ``target`` is a view of, or a view of
-    any of them (taken before the write: ``v = m[:, :2]; m.copy_(y); f(v)``). Later
-    readers of ``target`` itself are not counted: :func:`follow_write` rewires them."""
-    names = [_root(target)]
-    for name in names:  # grows: every view of every name, transitively
-        names += [u for u in name.users if _is_view(u) and u.args and u.args[0] is name]
-    for name in names:
-        if name is target:
-            continue
+    the same memory is read after the write: a tensor ``target`` is a view of, or — for a
+    write into a whole tensor — a view of it taken before the write (``v = m[:, :2];
+    m.copy_(y); f(v)``). Later readers of ``target`` itself are not counted:
+    :func:`follow_write` rewires them."""
+    if _is_view(target):
+        base = target
+        while _is_view(base) and base.args and isinstance(base.args[0], fx.Node):
+            base = base.args[0]
+            later = [u for u in base.users if order[u] > order[node]]
+            if later:
+                return base, min(later, key=order.__getitem__)
+        return None
+    views = [target]
+    for name in views:  # grows: every view of every view, transitively
+        views += [u for u in name.users if _is_view(u) and u.args and u.args[0] is name]
+    for name in views[1:]:
         later = [u for u in name.users if order[u] > order[node]]
         if later:
             return name, min(later, key=order.__getitem__)
     return None
 
 
-def later_read_of_attribute(node: fx.Node, order: Mapping[fx.Node, int]) -> fx.Node | None:
+def later_read_of_attribute(
+    node: fx.Node, order: Mapping[fx.Node, int], held: Callable[[str], Any]
+) -> fx.Node | None:
     """When ``node`` writes in place into a tensor fx holds as an attribute — a tensor made
     while tracing (``buf = torch.zeros(2, 4); buf[:, :2] = y``: fx stores ``buf`` as a
     constant) or a buffer —: the first node reading it after the write (``order``: each
     node's position), which fx does without the write (each use of an attribute reads it
-    anew; ``__setitem__`` returns nothing to read instead); for a tensor made while tracing
-    and not read again by name, the attribute's own node (it may be a view of a buffer
-    read later: ``self.buf[:, :2].copy_(y)``); else None."""
+    anew; ``__setitem__`` returns nothing to read instead); for a view made while tracing
+    and not read again by name (``held`` gives an attribute's value), the attribute's own
+    node (it is a view of memory read under other names: ``self.buf[:, :2].copy_(y)``);
+    else None."""
     target = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
     setitem = node.op == "call_method" and node.target == "__setitem__"
     if target is None or not (setitem or node.target in AUGMENTED or _mutated(node, None)):
@@ -392,8 +402,8 @@ def later_read_of_attribute(node: fx.Node, order: Mapping[fx.Node, int]) -> fx.N
     readers = [u for u in target.users if u is not node] if setitem else []
     readers += [m for m in node.graph.nodes if m.op == "get_attr" and m.target == root.target]
     later = min((m for m in readers if order[m] > order[node]), key=order.__getitem__, default=None)
-    if later is None and root.target.startswith("_tensor_constant"):
-        # made while tracing, maybe as a view of a buffer (``self.buf[:, :2]``): other
+    if later is None and getattr(held(root.target), "_base", None) is not None:
+        # a view made while tracing (``self.buf[:, :2]``: fx holds a constant): the other
         # names of its memory are out of fx's sight
         return root
     return later
