@@ -484,9 +484,13 @@ class GradientFlow(fx.Interpreter):
         if n.target not in AUGMENTED or not isinstance(target, fx.Node):
             return
         if isinstance(self.env[target], torch.Tensor):
-            if self._order is None:
-                self._order = {m: i for i, m in enumerate(self.graph.nodes)}
-            follow_write(n, target, self._order)
+            follow_write(n, target, self._positions())
+
+    def _positions(self) -> dict[fx.Node, int]:
+        """Each node's position in the graph (made once, when first needed)."""
+        if self._order is None:
+            self._order = {m: i for i, m in enumerate(self.graph.nodes)}
+        return self._order
 
     def _refuse_gradient_into_attribute(self, n: fx.Node) -> None:
         """A value carrying gradient written into a tensor fx holds as an attribute and
@@ -494,12 +498,10 @@ class GradientFlow(fx.Interpreter):
         look unreachable). Export and autograd follow it; fx refuses (auto moves on)."""
         if not n.args or not isinstance(n.args[0], fx.Node):
             return
-        if self._order is None:
-            self._order = {m: i for i, m in enumerate(self.graph.nodes)}
-        reader = later_read_of_attribute(n, self._order, self.fetch_attr)
-        written = [m for m in n.all_input_nodes if m is not n.args[0]]
+        reader = later_read_of_attribute(n, self._positions(), self.fetch_attr)
         if reader is None or not torch.is_grad_enabled():  # a running statistic's update
             return
+        written = [m for m in n.all_input_nodes if m is not n.args[0]]
         if not any(ValueInfo.of(self.env[m]).requires_grad for m in written):
             return
         raise TraceError(
