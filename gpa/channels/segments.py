@@ -34,7 +34,7 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
@@ -44,7 +44,7 @@ import numpy as np
 from gpa.channels.routing import ChannelRouting, Consumer
 from gpa.channels.rules import unique_values
 from gpa.core.graph import LOSS, LayerCall
-from gpa.core.paths import GradientPaths, layer_graph_paths
+from gpa.core.paths import GradientPaths, layer_graph_index
 from gpa.core.report import Segment, Source
 
 __all__ = ["SegmentNode", "call_segments", "merge_calls"]
@@ -52,9 +52,9 @@ __all__ = ["SegmentNode", "call_segments", "merge_calls"]
 #: A node of the segment graph: (layer call, index of its segment), or :data:`LOSS`.
 SegmentNode = tuple[str, int] | str
 
-# Rounds are one more than the stamps of the node delivering: the loss holds gradient at
-# round 0, so what it delivers arrives at round 1.
-_LOSS_STAMPS = 1
+# The nodes a delivery to the loss continues through. Rounds are one more than the stamps
+# of the node delivering: the loss holds gradient at round 0 (stamps 1), so what it
+# delivers arrives at round 1.
 _TO_LOSS = (LOSS,)
 
 
@@ -352,34 +352,39 @@ class _Segmenter:
         first, last = _runs(a.positions(start)), _runs(a.positions(stop - 1))
         return [((lo, hi), False) for (lo, _), (_, hi) in zip(first, last, strict=True)]
 
-    def nodes(self, consumer: Consumer, span: tuple[int, int] | None) -> tuple[SegmentNode, ...]:
-        """The segment-graph nodes a delivery to ``consumer`` continues through: the
-        sender's segments overlapping its groups ``span[0]`` to ``span[1]`` (of a grouped
-        convolution; None: every segment).
+    def nodes(
+        self, consumer: Consumer
+    ) -> Callable[[tuple[int, int] | None], tuple[SegmentNode, ...]]:
+        """The segment-graph nodes a delivery to ``consumer`` continues through, as a
+        function of the consumer's groups ``span[0]`` to ``span[1]`` (of a grouped
+        convolution; None: every group): the sender's segments overlapping them.
 
         Equal tuples are one object: the path search sums a shared tuple once, and many
         parts (every channel of a layer feeding one depthwise segment) reach the same nodes.
         """
         sender = consumer.call
         if sender is None:
-            return _TO_LOSS
+            return lambda span: _TO_LOSS
         of = self._segment_of.get(sender)
         if of is None:  # the segment index of each of the sender's channels
             bounds = self.bounds.get(sender, ())
             of = np.repeat(np.arange(len(bounds)), [hi - lo for lo, hi in bounds]).tolist()
             self._segment_of[sender] = of
-        lo, hi = 0, len(of)
         groups = self.routing.groups.get(sender, 1)
-        if span is not None and groups > 1:
-            width = len(of) // groups
-            lo, hi = span[0] * width, (span[1] + 1) * width
-        if hi <= lo:
-            return ()
-        key = (sender, of[lo], of[hi - 1])
-        found = self._nodes.get(key)
-        if found is None:
-            found = self._nodes[key] = tuple((sender, i) for i in range(key[1], key[2] + 1))
-        return found
+        width = len(of) // groups if groups > 1 else 0
+        interned = self._nodes
+
+        def through(span: tuple[int, int] | None) -> tuple[SegmentNode, ...]:
+            lo, hi = (span[0] * width, (span[1] + 1) * width) if span and width else (0, len(of))
+            if hi <= lo:
+                return ()
+            key = (sender, of[lo], of[hi - 1])
+            found = interned.get(key)
+            if found is None:
+                found = interned[key] = tuple((sender, i) for i in range(key[1], key[2] + 1))
+            return found
+
+        return through
 
     def received(self, call: str) -> list[list[_Part]]:
         """What each segment of ``call`` receives, per consumer and part (segments in
@@ -392,25 +397,30 @@ class _Segmenter:
         single = np.diff(np.r_[starts, bounds[-1][1]]) == 1
         for a in self.arrivals[call]:
             width = self.group_width(a.consumer)
+            through = self.nodes(a.consumer)
+            whole = through(None)  # what an ungrouped consumer's parts all reach
             present = np.flatnonzero(a.present[starts])
             at = starts[present]
             first, last = a.first[at], a.last[at]
             # one channel at one run of input channels: its range is at hand
             block = (single[present] & ~a.mixed[at] & (last - first + 1 == a.count[at])).tolist()
-            groups: dict[tuple[int, int], tuple[int, ...]] = {}
+            consumer = a.consumer
+            # a grouped consumer's groups from ``span[0]`` to ``span[1]``, and their nodes
+            grouped: dict[tuple[int, int], tuple[tuple[int, ...], tuple[SegmentNode, ...]]] = {}
             for i, easy, lo, hi in zip(
                 present.tolist(), block, first.tolist(), (last + 1).tolist(), strict=True
             ):
-                ranges = [((lo, hi), False)] if easy else self.ranges(a, *bounds[i])
-                for channels, mixed in ranges:
-                    group = span = None
+                if easy and width is None:  # the commonest part, made without more ado
+                    found[i].append(_Part(consumer, (lo, hi), False, None, whole))
+                    continue
+                for channels, mixed in [((lo, hi), False)] if easy else self.ranges(a, *bounds[i]):
+                    group, nodes = None, whole
                     if width is not None and not mixed:
                         span = (channels[0] // width, (channels[1] - 1) // width)
-                        if span not in groups:
-                            groups[span] = tuple(range(span[0], span[1] + 1))
-                        group = groups[span]
-                    nodes = self.nodes(a.consumer, span)
-                    found[i].append(_Part(a.consumer, channels, mixed, group, nodes))
+                        if span not in grouped:
+                            grouped[span] = (tuple(range(span[0], span[1] + 1)), through(span))
+                        group, nodes = grouped[span]
+                    found[i].append(_Part(consumer, channels, mixed, group, nodes))
         return found
 
 
@@ -443,13 +453,12 @@ def call_segments(
         for call in segmenter.bounds
         for i, parts in enumerate(segmenter.received(call))
     }
-    found = layer_graph_paths(_segment_graph(received), loss=LOSS)
-    stamps = {n: p.paths.stamps for n, p in found.items() if p.paths is not None}
-    stamps[LOSS] = _LOSS_STAMPS
+    index = layer_graph_index(_segment_graph(received), loss=LOSS)
+    position, stamps = index.position, index.stamps  # the loss holds round 0: stamps 1
     # the rounds a part's nodes deliver at, once per distinct tuple of nodes (the
     # segmenter shares them: many parts reach the same part of a sender)
     delivered: dict[int, int] = {}
-    senders: dict[Consumer, str] = {}
+    senders: dict[int, str] = {}  # by id: every part of one arrival holds one Consumer
     result: dict[str, list[Segment]] = {}
     for call, bounds in segmenter.bounds.items():
         fallback = tuple(sorted(routing.fallbacks.get(call, ())))
@@ -461,17 +470,18 @@ def call_segments(
                 if rounds is None:
                     rounds = 0
                     for node in nodes:
-                        rounds |= stamps.get(node, 0) << 1
+                        rounds |= stamps[position[node]] << 1
                     delivered[id(nodes)] = rounds
                 if not rounds:  # it reaches none of its nodes
                     continue
-                if consumer not in senders:
-                    senders[consumer] = (
+                sender = senders.get(id(consumer))
+                if sender is None:
+                    sender = senders[id(consumer)] = (
                         consumer.sender if consumer.call is None else calls[consumer.call].record
                     )
                 sources.append(
                     Source(
-                        senders[consumer],
+                        sender,
                         channels,
                         rounds,
                         group,
@@ -481,7 +491,7 @@ def call_segments(
                     )
                 )
             result[call].append(
-                Segment(start, stop, found[call, i].paths, tuple(sources), fallback)
+                Segment(start, stop, index.paths(position[call, i]), tuple(sources), fallback)
             )
     return result
 

@@ -37,6 +37,7 @@ __all__ = [
     "PathIndex",
     "bits",
     "gradient_paths",
+    "layer_graph_index",
     "layer_graph_paths",
 ]
 
@@ -277,13 +278,8 @@ def gradient_paths(
 def layer_graph_paths(
     successors: Mapping[Hashable, Iterable[Sequence[Hashable]]], loss: Hashable = "<loss>"
 ) -> dict[Hashable, LayerPaths]:
-    """:func:`gradient_paths` of a graph whose every node but ``loss`` is a layer, given as
-    each node's successors in groups (sequences of nodes; together the node's successors,
-    overlapping or not), with the nodes in topological order — no graph object to build.
-
-    A group shared by several nodes (the same object) is summed up once: in the channel-level
-    segment graph, hundreds of segments reach every segment of the next layer, millions of
-    edges written as one group each.
+    """:func:`gradient_paths` of a graph whose every node but ``loss`` is a layer: see
+    :func:`layer_graph_index`, which it reads per node.
 
     Raises:
         ValueError: an edge points back to an earlier node (not a topological order).
@@ -293,8 +289,38 @@ def layer_graph_paths(
         >>> found["a"].paths.timestamps, found["a"].sources
         ((1, 2), ('b', '<loss>'))
     """
+    index = layer_graph_index(successors, loss)
+    return {
+        n: LayerPaths(index.paths(i), index.successors[i], index)
+        for n, i in index.position.items()
+        if n != loss
+    }
+
+
+def layer_graph_index(
+    successors: Mapping[Hashable, Iterable[Sequence[Hashable]]], loss: Hashable = "<loss>"
+) -> PathIndex:
+    """:func:`gradient_paths` of a graph whose every node but ``loss`` is a layer, given as
+    each node's successors in groups (sequences of nodes; together the node's successors,
+    overlapping or not), with the nodes in topological order — no graph object to build.
+
+    A group shared by several nodes (the same object) is summed up once: in the channel-level
+    segment graph, hundreds of segments reach every segment of the next layer, millions of
+    edges written as one group each.
+
+    Returns:
+        The :class:`PathIndex` of the nodes (the loss last), read by position: a graph of
+        tens of thousands of segments needs no object per node.
+
+    Raises:
+        ValueError: an edge points back to an earlier node (not a topological order).
+
+    Example:
+        >>> index = layer_graph_index({"a": [("b", "<loss>")], "b": [("<loss>",)]})
+        >>> index.paths(index.position["a"]).timestamps
+        (1, 2)
+    """
     index = PathIndex([*successors, loss])
-    position = index.position
     last = len(index.nodes) - 1
     index.stamps[last], index.num_paths[last] = 1, 1
     # id(group) -> (reached bitset, stamps, paths): groups stay alive in ``successors``
@@ -314,11 +340,7 @@ def layer_graph_paths(
         index.successors[i] = reached
         if reached:
             index.stamps[i], index.num_paths[i] = stamps << 1, count
-    return {
-        n: LayerPaths(index.paths(i), index.successors[i], index)
-        for n, i in position.items()
-        if n != loss
-    }
+    return index
 
 
 def _group_sum(index: PathIndex, group: Sequence[Hashable], reader: int) -> tuple[int, int, int]:

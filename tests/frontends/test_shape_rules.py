@@ -246,6 +246,77 @@ def test_adaptive_pool_rules_agree_with_torch(spatial, size, out, batched, as_in
         _strides_agree(result, fn, (x, output_size))
 
 
+@st.composite
+def normalisation_case(draw):
+    """A functional normalisation with weights (and statistics) that fit, or not."""
+    kind = draw(st.sampled_from(["batch", "instance", "group", "layer"]))
+    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
+    dtype = draw(st.sampled_from((torch.float32, torch.float64)))
+    channels = shape[1] if len(shape) > 1 else 1
+    wrong = draw(st.booleans()) and draw(st.booleans())  # a quarter of cases do not fit
+    other = draw(st.sampled_from((dtype, torch.float64 if dtype == torch.float32 else dtype)))
+    if kind == "layer":
+        trailing = tuple(shape[-draw(st.integers(1, len(shape))) :])
+        sized = (*trailing[:-1], trailing[-1] + 1) if wrong else trailing
+        affine = draw(st.booleans())
+        kwargs = (
+            {"weight": torch.randn(sized, dtype=other), "bias": torch.randn(sized)}
+            if affine
+            else {}
+        )
+        return F.layer_norm, (torch.randn(shape, dtype=dtype), trailing), kwargs
+    width = channels + 1 if wrong else channels
+    weight, bias = torch.randn(width, dtype=other), torch.randn(width, dtype=dtype)
+    x = torch.randn(shape, dtype=dtype)
+    if kind == "group":
+        groups = draw(st.integers(1, 3))
+        return F.group_norm, (x, groups), {"weight": weight, "bias": bias}
+    stats = {
+        "running_mean": torch.zeros(width, dtype=dtype),
+        "running_var": torch.ones(width, dtype=dtype),
+    }
+    training = draw(st.booleans())
+    if kind == "batch":
+        return (
+            F.batch_norm,
+            (x, *stats.values()),
+            {"weight": weight, "bias": bias, "training": training},
+        )
+    with_stats = stats if draw(st.booleans()) else {}
+    return (
+        F.instance_norm,
+        (x,),
+        {
+            **with_stats,
+            "weight": weight,
+            "bias": bias,
+            "use_input_stats": training or not with_stats,
+        },
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=normalisation_case())
+def test_normalisation_rules_agree_with_torch(case):
+    fn, args, kwargs = case
+    real = _run(fn, *args, **kwargs)
+    meta_kwargs = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+    result = FUNCTION_RULES[fn](tuple(_on("meta", args)), meta_kwargs)
+    if result is None:
+        return
+    _check_against_torch(result, real)
+    assert result.stride() == fn(*_on("meta", args), **meta_kwargs).stride()
+
+
+def test_normalisation_rules_cover_the_plain_case():
+    x = torch.empty(2, 4, 5, 5, device="meta")
+    w = torch.empty(4, device="meta")
+    assert FUNCTION_RULES[F.batch_norm]((x, w, w, w, w, True), {}).shape == x.shape
+    assert FUNCTION_RULES[F.group_norm]((x, 2, w, w), {}).shape == x.shape
+    assert FUNCTION_RULES[F.instance_norm]((x,), {"weight": w}).shape == x.shape
+    assert FUNCTION_RULES[F.layer_norm]((x, (5,)), {}).shape == x.shape
+
+
 # ------------------------------------------------------- whole flow pass
 
 
@@ -280,6 +351,32 @@ class Attention(nn.Module):
         return torch.cat([x, x[:, :1] / 2], 1)
 
 
+class FunctionalNorms(nn.Module):
+    """Norms called as functions on the module's own weights (timm's ``BatchNormAct2d``
+    does so), in the mode the module is in, and on a transposed (strided) tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn, self.gn, self.inorm = nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4)
+        self.ln = nn.LayerNorm(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y = F.batch_norm(
+            y,
+            self.bn.running_mean,
+            self.bn.running_var,
+            self.bn.weight,
+            self.bn.bias,
+            self.training,
+        )
+        y = F.group_norm(y.relu(), 2, self.gn.weight, self.gn.bias)
+        y = F.instance_norm(y, weight=None, bias=None)
+        z = F.layer_norm(y.transpose(1, 3), (4,), self.ln.weight, self.ln.bias)
+        return y + z.transpose(1, 3)
+
+
 def _names(nodes):
     return sorted(n.name for n in nodes)
 
@@ -308,6 +405,8 @@ def _without_shortcuts():
 
 MODELS = {
     "attention": (Attention, (2, 5, 8)),
+    "functional-norms": (FunctionalNorms, (2, 3, 6, 6)),
+    "functional-norms-train": (lambda: FunctionalNorms().train(), (2, 3, 6, 6)),
     **{
         name: (lambda name=name: registry.build(name), (1, 3, 64, 64))
         for name in ("resnet", "densenet", "cspdarknet53", "elan")

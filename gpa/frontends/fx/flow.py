@@ -43,7 +43,7 @@ from torch.utils._pytree import tree_any, tree_flatten, tree_map
 
 from gpa.errors import ShapeError, TraceError
 from gpa.frontends.fx.lookalike import Outcome, signature
-from gpa.frontends.fx.shape_rules import FUNCTION_RULES, MODULE_RULES
+from gpa.frontends.fx.shape_rules import FUNCTION_RULES, MODULE_RULES, normalisation_fits
 from gpa.frontends.fx.tracer import (
     AUGMENTED,
     follow_write,
@@ -365,7 +365,8 @@ def _normalised(op: Callable[..., Any], per_channel: bool) -> Callable[..., Any]
     result (shape, dtype, which inputs gradient reaches) without running it (train-mode
     ``F.batch_norm`` decomposes into dozens of meta operations; timm's ``BatchNormAct2d``
     calls it in every block). Affine parameters of the wrong size run the real ``op``, so
-    that its error is the one reported."""
+    that its error is the one reported. (A plain input is answered before, by the rule of
+    :mod:`.shape_rules`, without running anything; this covers the rest, strided inputs.)"""
     signature = inspect.signature(op)
 
     def stand_in(*args: Any, **kwargs: Any) -> Any:
@@ -373,22 +374,7 @@ def _normalised(op: Callable[..., Any], per_channel: bool) -> Callable[..., Any]
         x = bound["input"]
         affine = [bound.get(k) for k in ("weight", "bias")]
         affine = [t for t in affine if isinstance(t, torch.Tensor)]
-        if per_channel:
-            stats = [bound.get(k) for k in ("running_mean", "running_var")]
-            sized = affine + [t for t in stats if isinstance(t, torch.Tensor)]
-            groups = bound.get("num_groups", 1)
-            fits = (
-                x.dim() >= 2
-                and all(t.numel() == x.shape[1] for t in sized)
-                and isinstance(groups, int)
-                and groups > 0
-                and x.shape[1] % groups == 0
-            )
-        else:  # layer norm: over the trailing normalized_shape
-            shape = tuple(bound["normalized_shape"])
-            fits = tuple(x.shape[-len(shape) :]) == shape and all(
-                tuple(t.shape) == shape for t in affine
-            )
+        fits = normalisation_fits(bound, per_channel)
         if not (fits and x.is_floating_point()):
             return op(*args, **kwargs)
         result = x.clone()

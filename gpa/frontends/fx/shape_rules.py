@@ -23,14 +23,16 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["FUNCTION_RULES", "MODULE_RULES", "Rule"]
+__all__ = ["FUNCTION_RULES", "MODULE_RULES", "Rule", "normalisation_fits"]
 
 #: A rule: the node's (meta) positional and keyword arguments -> its result, or None.
 Rule = Callable[[tuple, dict], "torch.Tensor | None"]
@@ -174,6 +176,81 @@ def _pool_module(pool: Rule) -> Callable[[nn.Module, tuple, dict], torch.Tensor 
     return rule
 
 
+def normalisation_fits(bound: Mapping[str, Any], per_channel: bool) -> bool:
+    """Whether the affine weights (and running statistics) of a functional normalisation
+    fit its input: sized by channel (dim 1) for ``per_channel`` (batch, instance and
+    group norm; the channels divide into ``num_groups``), else the trailing
+    ``normalized_shape`` (layer norm). ``bound`` holds the call's arguments by name.
+
+    Example:
+        >>> x = torch.empty(2, 4, 3, device="meta")
+        >>> normalisation_fits({"input": x, "weight": torch.empty(4)}, per_channel=True)
+        True
+        >>> normalisation_fits({"input": x, "normalized_shape": (4,)}, per_channel=False)
+        False
+    """
+    x = bound["input"]
+    named = ("weight", "bias", "running_mean", "running_var") if per_channel else ("weight", "bias")
+    tensors = [t for t in (bound.get(k) for k in named) if isinstance(t, torch.Tensor)]
+    if per_channel:
+        groups = bound.get("num_groups", 1)
+        return (
+            x.dim() >= 2
+            and all(t.numel() == x.shape[1] for t in tensors)
+            and isinstance(groups, int)
+            and groups > 0
+            and x.shape[1] % groups == 0
+        )
+    shape = tuple(bound["normalized_shape"])
+    return (
+        bool(shape)
+        and tuple(x.shape[-len(shape) :]) == shape
+        and all(tuple(t.shape) == shape for t in tensors)
+    )
+
+
+def _refused(op: Callable[..., Any], x: torch.Tensor, bound: Mapping[str, Any]) -> bool:
+    """Whether torch's Python checks refuse the call: one value per channel (batch norm in
+    training, group norm), one spatial element (instance norm from the input's own
+    statistics), a non-positive epsilon in training."""
+    spatial = math.prod(x.shape[2:])
+    F = torch.nn.functional
+    if op is F.batch_norm and bound.get("training"):
+        return x.shape[0] * spatial == 1 or bound.get("eps", 1e-5) <= 0
+    if op is F.group_norm:
+        return x.shape[0] * x.shape[1] // bound["num_groups"] * spatial == 1
+    if op is F.instance_norm:
+        return bound.get("use_input_stats", True) and spatial == 1
+    return False
+
+
+def _normalisation(op: Callable[..., Any], per_channel: bool) -> Rule:
+    """A functional normalisation (``F.batch_norm``, ``instance_norm``, ``group_norm``,
+    ``layer_norm``): the result has the input's shape and dtype. Weights that do not fit
+    (:func:`normalisation_fits`), other dtypes, and the inputs torch's own checks reject
+    in training (one value per channel, a spatial size of one) are left to torch."""
+    signature = inspect.signature(op)
+
+    def rule(args: tuple, kwargs: dict) -> torch.Tensor | None:
+        try:
+            bound = signature.bind(*args, **kwargs).arguments
+        except TypeError:
+            return None
+        x = bound.get("input")
+        tensors = [t for t in bound.values() if isinstance(t, torch.Tensor)]
+        if not _plain(x) or not all(_plain(t) and t.dtype == x.dtype for t in tensors):
+            return None
+        if per_channel and x.dim() >= 2 and x.shape[1] == 0:
+            return None
+        if not normalisation_fits(bound, per_channel):
+            return None
+        if _refused(op, x, bound):
+            return None
+        return _empty(x.shape, x.dtype)
+
+    return rule
+
+
 _ADAPTIVE_AVG_POOL = {n: _adaptive_pool(n) for n in (1, 2, 3)}
 
 #: Rules by ``call_function`` target or ``call_method`` name.
@@ -189,6 +266,15 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.nn.functional.adaptive_avg_pool1d: _ADAPTIVE_AVG_POOL[1],
     torch.nn.functional.adaptive_avg_pool2d: _ADAPTIVE_AVG_POOL[2],
     torch.nn.functional.adaptive_avg_pool3d: _ADAPTIVE_AVG_POOL[3],
+    **{
+        op: _normalisation(op, per_channel=op is not torch.nn.functional.layer_norm)
+        for op in (
+            torch.nn.functional.batch_norm,
+            torch.nn.functional.instance_norm,
+            torch.nn.functional.group_norm,
+            torch.nn.functional.layer_norm,
+        )
+    },
     torch.cat: _cat,
     torch.concat: _cat,
     torch.concatenate: _cat,
