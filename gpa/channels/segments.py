@@ -45,7 +45,7 @@ from gpa.channels.routing import ChannelRouting, Consumer
 from gpa.channels.rules import unique_values
 from gpa.core.graph import LOSS, LayerCall
 from gpa.core.paths import GradientPaths, layer_graph_index
-from gpa.core.report import Segment, Source
+from gpa.core.report import Segment, make_segment, make_source
 
 __all__ = ["SegmentNode", "call_segments", "merge_calls"]
 
@@ -480,18 +480,12 @@ def call_segments(
                         consumer.sender if consumer.call is None else calls[consumer.call].record
                     )
                 sources.append(
-                    Source(
-                        sender,
-                        channels,
-                        rounds,
-                        group,
-                        consumer.output,
-                        consumer.argument,
-                        mixed,
+                    make_source(
+                        sender, channels, rounds, group, consumer.output, consumer.argument, mixed
                     )
                 )
             result[call].append(
-                Segment(start, stop, index.paths(position[call, i]), tuple(sources), fallback)
+                make_segment(start, stop, index.paths(position[call, i]), tuple(sources), fallback)
             )
     return result
 

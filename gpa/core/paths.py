@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -63,6 +64,9 @@ def _add(histograms: Sequence[dict[int, int]]) -> dict[int, int]:
         for length, count in h.items():
             total[length] = total.get(length, 0) + count
     return dict(sorted(total.items()))
+
+
+_NEW = object.__new__
 
 
 @dataclass(frozen=True)
@@ -191,11 +195,14 @@ class PathIndex:
     def paths(self, position: int) -> GradientPaths | None:
         if not self.stamps[position]:
             return None
-        return GradientPaths(
-            self.stamps[position],
-            self.num_paths[position],
-            lambda: self.histogram(position),
-        )
+        # made without GradientPaths.__init__ (see gpa.core.report.make_source): one per
+        # segment of a channel analysis, tens of thousands
+        made = _NEW(GradientPaths)
+        fields = made.__dict__
+        fields["stamps"] = self.stamps[position]
+        fields["num_paths"] = self.num_paths[position]
+        fields["counts"] = functools.partial(self.histogram, position)
+        return made
 
 
 def gradient_paths(

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+import operator
 import sys
 import threading
 from collections.abc import Iterable, Iterator
@@ -251,9 +252,6 @@ def training_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
                 m.training = mode
 
 
-_GONE = object()  # an attribute forward deleted
-
-
 @contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Every module's attributes, parameters and buffers as they were before the block,
@@ -287,8 +285,9 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                 (m._buffers, buffers),
                 (m._modules, children),
             ):
-                if len(now) != len(before) or any(
-                    now.get(k, _GONE) is not v for k, v in before.items()
+                # the same names holding the same objects (in another order: restored too)
+                if now.keys() != before.keys() or not all(
+                    map(operator.is_, now.values(), before.values())
                 ):
                     now.clear()
                     now.update(before)

@@ -64,3 +64,23 @@ def test_an_error_enables_it_again() -> None:
 def test_nothing_is_frozen() -> None:
     gpa.analyze(model(), input_shape=(1, 4), channels=True)
     assert gc.get_freeze_count() == 0
+
+
+def test_what_an_analysis_leaves_alive_is_moved_to_the_oldest_generation() -> None:
+    gc.collect()
+    report = gpa.analyze(model(), input_shape=(1, 4), channels=True)
+    young, middle, _ = gc.get_count()
+    # thousands of objects made while paused; none left for the young passes to walk
+    assert young < 50 and middle == 0
+    assert gc.get_freeze_count() == 0
+    assert report.network.max_shortest == 2  # hand-derived: two Linear layers in a chain
+
+
+def test_a_programs_frozen_objects_stay_frozen() -> None:
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        gpa.analyze(model(), input_shape=(1, 4))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()

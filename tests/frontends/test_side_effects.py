@@ -45,6 +45,44 @@ def test_the_users_model_is_not_modified() -> None:
     assert dict(model._modules) == before_modules
 
 
+class Rewriting(nn.Module):
+    """Its forward caches a value, replaces a buffer, deletes an attribute and registers a
+    submodule anew (last in order): what a model keeping state (RT-DETR's anchors) does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("scale", torch.ones(4))
+        self.note = "kept"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.cache = x
+        self.scale = self.scale * 2
+        del self.note
+        self.fc = self._modules.pop("fc")
+        return self.fc(x) * self.scale
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_what_forward_rewrites_is_restored(tracer: str) -> None:
+    model = Rewriting()
+    saved = [
+        (m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules))
+        for m in model.modules()
+    ]
+    report = gpa.analyze(model, input_shape=(1, 4), tracer=tracer)
+    assert report.layers["fc"].shortest == 1  # hand-derived: one Linear feeding the loss
+    for m, attributes, parameters, buffers, children in saved:
+        for now, before in (
+            (vars(m), attributes),
+            (m._parameters, parameters),
+            (m._buffers, buffers),
+            (m._modules, children),
+        ):
+            assert list(now) == list(before)  # names, in their order
+            assert all(now[k] is v for k, v in before.items())  # the same objects
+
+
 def test_mixed_train_eval_flags_survive_every_tracer() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Dropout())
     model[1].eval()
