@@ -327,7 +327,8 @@ def _rows_along(t: Term, k: int, size: int) -> list[np.ndarray]:
         # broadcast along the consumer's axis (what a norm over the channels leaves):
         # each row is one producer channel throughout; no copy
         values = unique_values(np.take(t.index, 0, axis=k))
-        return [np.full(size, v) for v in values[values >= 0]]
+        values = values[values >= 0]
+        return list(np.repeat(values[:, None], size, axis=1))  # one array, a row per channel
     return list(distinct_rows(np.moveaxis(t.index, k, -1).reshape(-1, size)))
 
 
