@@ -58,11 +58,11 @@ def _collector_paused() -> Iterator[None]:
     ``benchmarks/bench_residual.py``), and a program that paused the collector itself
     keeps it paused.
 
-    What the analysis leaves alive (the report, and whatever the program made meanwhile)
-    is then moved to the collector's oldest generation, as :func:`gc.unfreeze` documents,
-    rather than walked by the first young pass after the collector is on again (a tenth of
-    a channel analysis). A program that froze objects itself (``gc.freeze``) keeps them
-    frozen: then nothing is moved.
+    The first young pass after the collector is on again walks what the analysis left
+    (a tenth of a channel analysis), and must: it also frees the cycles the analysis
+    dropped (fx graphs, autograd graphs). Moving everything to the oldest generation
+    instead (``gc.freeze(); gc.unfreeze()``) skipped that pass but let those cycles pile
+    up, each analysis slower than the last.
     """
     if not gc.isenabled():
         yield
@@ -71,9 +71,6 @@ def _collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
-        if not gc.get_freeze_count():
-            gc.freeze()
-            gc.unfreeze()
         gc.enable()
 
 

@@ -66,21 +66,11 @@ def test_nothing_is_frozen() -> None:
     assert gc.get_freeze_count() == 0
 
 
-def test_what_an_analysis_leaves_alive_is_moved_to_the_oldest_generation() -> None:
+def test_cycles_an_analysis_drops_are_freed_by_a_young_pass() -> None:
+    """What an analysis drops in reference cycles (fx graphs, autograd graphs) is left to
+    the young generations, which free it: not to the oldest, whose passes are rare."""
     gc.collect()
-    report = gpa.analyze(model(), input_shape=(1, 4), channels=True)
-    young, middle, _ = gc.get_count()
-    # thousands of objects made while paused; none left for the young passes to walk
-    assert young < 50 and middle == 0
-    assert gc.get_freeze_count() == 0
-    assert report.network.max_shortest == 2  # hand-derived: two Linear layers in a chain
-
-
-def test_a_programs_frozen_objects_stay_frozen() -> None:
-    gc.freeze()
-    try:
-        frozen = gc.get_freeze_count()
-        gpa.analyze(model(), input_shape=(1, 4))
-        assert gc.get_freeze_count() == frozen
-    finally:
-        gc.unfreeze()
+    for _ in range(2):
+        gpa.analyze(model(), input_shape=(1, 4), channels=True)
+    gc.collect(1)  # the young and middle generations only
+    assert gc.collect() < 200  # a full pass finds little left (about 1,500 when promoted)
