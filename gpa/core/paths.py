@@ -15,6 +15,8 @@ residual stream — is computed only when first asked for, for every layer at on
 
 Example:
     >>> import networkx as nx
+
+from gpa.core.frozen import frozen_instance
     >>> g = nx.DiGraph([("a", "add"), ("b", "add"), ("a", "b"), ("add", "<loss>")])
     >>> found = gradient_paths(g, layers={"a", "b"})
     >>> p = found["a"].paths
@@ -31,6 +33,8 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, S
 from dataclasses import dataclass, field
 
 import networkx as nx
+
+from gpa.core.frozen import frozen_instance
 
 __all__ = [
     "GradientPaths",
@@ -64,9 +68,6 @@ def _add(histograms: Sequence[dict[int, int]]) -> dict[int, int]:
         for length, count in h.items():
             total[length] = total.get(length, 0) + count
     return dict(sorted(total.items()))
-
-
-_NEW = object.__new__
 
 
 @dataclass(frozen=True)
@@ -195,14 +196,15 @@ class PathIndex:
     def paths(self, position: int) -> GradientPaths | None:
         if not self.stamps[position]:
             return None
-        # made without GradientPaths.__init__ (see gpa.core.report.make_source): one per
-        # segment of a channel analysis, tens of thousands
-        made = _NEW(GradientPaths)
-        fields = made.__dict__
-        fields["stamps"] = self.stamps[position]
-        fields["num_paths"] = self.num_paths[position]
-        fields["counts"] = functools.partial(self.histogram, position)
-        return made
+        # one per segment of a channel analysis: tens of thousands
+        return frozen_instance(
+            GradientPaths,
+            {
+                "stamps": self.stamps[position],
+                "num_paths": self.num_paths[position],
+                "counts": functools.partial(self.histogram, position),
+            },
+        )
 
 
 def gradient_paths(

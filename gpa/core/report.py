@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import networkx as nx
 
+from gpa.core.frozen import frozen_instance
 from gpa.core.graph import LOSS
 from gpa.core.paths import GradientPaths
 
@@ -69,9 +70,6 @@ class Segment:
     fallback: tuple[str, ...] = field(default=())
 
 
-_NEW = object.__new__
-
-
 def make_source(
     sender: str,
     channels: tuple[int, int],
@@ -81,25 +79,26 @@ def make_source(
     argument: int | None,
     mixed: bool,
 ) -> Source:
-    """``Source(sender, channels, rounds, group, output, argument, mixed)``, made without its
-    ``__init__``: a frozen dataclass's sets each field through ``object.__setattr__``, a
-    third of the cost of the tens of thousands of sources a depthwise CNN's channel
-    analysis makes. The same object: equal to, and hashing as, the one ``Source`` makes.
+    """``Source(sender, channels, rounds, group, output, argument, mixed)``, made as
+    :func:`~gpa.core.frozen.frozen_instance` makes one (a channel analysis makes tens of
+    thousands).
 
     Example:
         >>> make_source("b", (0, 2), 0b10, None, None, None, False) == Source("b", (0, 2), 0b10)
         True
     """
-    made = _NEW(Source)
-    fields = made.__dict__
-    fields["sender"] = sender
-    fields["channels"] = channels
-    fields["rounds"] = rounds
-    fields["group"] = group
-    fields["output"] = output
-    fields["argument"] = argument
-    fields["mixed"] = mixed
-    return made
+    return frozen_instance(
+        Source,
+        {
+            "sender": sender,
+            "channels": channels,
+            "rounds": rounds,
+            "group": group,
+            "output": output,
+            "argument": argument,
+            "mixed": mixed,
+        },
+    )
 
 
 def make_segment(
@@ -116,14 +115,8 @@ def make_segment(
         >>> make_segment(0, 4, None, (), ()) == Segment(0, 4, None)
         True
     """
-    made = _NEW(Segment)
-    fields = made.__dict__
-    fields["start"] = start
-    fields["stop"] = stop
-    fields["paths"] = paths
-    fields["sources"] = sources
-    fields["fallback"] = fallback
-    return made
+    fields = {"start": start, "stop": stop, "paths": paths, "sources": sources}
+    return frozen_instance(Segment, {**fields, "fallback": fallback})
 
 
 class PathStep(NamedTuple):
