@@ -15,8 +15,6 @@ residual stream — is computed only when first asked for, for every layer at on
 
 Example:
     >>> import networkx as nx
-
-from gpa.core.frozen import frozen_instance
     >>> g = nx.DiGraph([("a", "add"), ("b", "add"), ("a", "b"), ("add", "<loss>")])
     >>> found = gradient_paths(g, layers={"a", "b"})
     >>> p = found["a"].paths

@@ -115,8 +115,9 @@ def make_segment(
         >>> make_segment(0, 4, None, (), ()) == Segment(0, 4, None)
         True
     """
-    fields = {"start": start, "stop": stop, "paths": paths, "sources": sources}
-    return frozen_instance(Segment, {**fields, "fallback": fallback})
+    return frozen_instance(
+        Segment, dict(start=start, stop=stop, paths=paths, sources=sources, fallback=fallback)
+    )
 
 
 class PathStep(NamedTuple):

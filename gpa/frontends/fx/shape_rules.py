@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["FUNCTION_RULES", "MODULE_RULES", "Rule", "normalisation_fits"]
@@ -214,7 +215,6 @@ def _refused(op: Callable[..., Any], x: torch.Tensor, bound: Mapping[str, Any]) 
     training, group norm), one spatial element (instance norm from the input's own
     statistics), a non-positive epsilon in training."""
     spatial = math.prod(x.shape[2:])
-    F = torch.nn.functional
     if op is F.batch_norm and bound.get("training"):
         return x.shape[0] * spatial == 1 or bound.get("eps", 1e-5) <= 0
     if op is F.group_norm:
@@ -267,13 +267,8 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.nn.functional.adaptive_avg_pool2d: _ADAPTIVE_AVG_POOL[2],
     torch.nn.functional.adaptive_avg_pool3d: _ADAPTIVE_AVG_POOL[3],
     **{
-        op: _normalisation(op, per_channel=op is not torch.nn.functional.layer_norm)
-        for op in (
-            torch.nn.functional.batch_norm,
-            torch.nn.functional.instance_norm,
-            torch.nn.functional.group_norm,
-            torch.nn.functional.layer_norm,
-        )
+        op: _normalisation(op, per_channel=op is not F.layer_norm)
+        for op in (F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm)
     },
     torch.cat: _cat,
     torch.concat: _cat,
