@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -200,7 +199,9 @@ class PathIndex:
             {
                 "stamps": self.stamps[position],
                 "num_paths": self.num_paths[position],
-                "counts": functools.partial(self.histogram, position),
+                # a function (copied as itself), not a partial: deepcopy and asdict of a
+                # segment would copy the whole index with a partial's bound method
+                "counts": lambda: self.histogram(position),
             },
         )
 

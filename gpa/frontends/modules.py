@@ -285,8 +285,8 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                 (m._buffers, buffers),
                 (m._modules, children),
             ):
-                # the same names holding the same objects (in another order: restored too)
-                if now.keys() != before.keys() or not all(
+                # the same names in the same order, holding the same objects
+                if list(now) != list(before) or not all(
                     map(operator.is_, now.values(), before.values())
                 ):
                     now.clear()

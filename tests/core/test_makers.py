@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -53,3 +54,15 @@ def test_path_index_makes_gradient_paths() -> None:
     assert made == GradientPaths(0b110, 2)
     assert (made.shortest, made.longest, made.histogram) == (1, 2, {1: 1, 2: 1})
     assert index.paths(1).histogram == {1: 1}
+
+
+def test_copies_of_gradient_paths_share_their_histogram_function() -> None:
+    """``deepcopy`` and ``asdict`` of a segment must not copy the whole path index its
+    gradient paths read their histogram from (a channel report holds thousands)."""
+    index = PathIndex(["a", "<loss>"])
+    index.stamps[:], index.num_paths[:], index.successors[:] = [0b10, 0b1], [1, 1], [0b10, 0]
+    made = index.paths(0)
+    copied = copy.deepcopy(made)
+    assert copied == made and copied.counts is made.counts
+    assert copied.histogram == {1: 1}  # by hand: a -> loss
+    assert dataclasses.asdict(make_segment(0, 1, made, (), ()))["paths"]["counts"] is made.counts

@@ -275,23 +275,20 @@ def normalisation_case(draw):
         "running_mean": torch.zeros(width, dtype=dtype),
         "running_var": torch.ones(width, dtype=dtype),
     }
+    stats = draw(st.sampled_from([stats, {}, {"running_mean": stats["running_mean"]}]))
     training = draw(st.booleans())
+    eps = draw(st.sampled_from([1e-5, 0.0, -1.0]))
     if kind == "batch":
+        args = (x, stats.get("running_mean"), stats.get("running_var"))
         return (
             F.batch_norm,
-            (x, *stats.values()),
-            {"weight": weight, "bias": bias, "training": training},
+            args,
+            {"weight": weight, "bias": bias, "training": training, "eps": eps},
         )
-    with_stats = stats if draw(st.booleans()) else {}
     return (
         F.instance_norm,
         (x,),
-        {
-            **with_stats,
-            "weight": weight,
-            "bias": bias,
-            "use_input_stats": training or not with_stats,
-        },
+        {**stats, "weight": weight, "bias": bias, "use_input_stats": training},
     )
 
 
@@ -315,6 +312,66 @@ def test_normalisation_rules_cover_the_plain_case():
     assert FUNCTION_RULES[F.group_norm]((x, 2, w, w), {}).shape == x.shape
     assert FUNCTION_RULES[F.instance_norm]((x,), {"weight": w}).shape == x.shape
     assert FUNCTION_RULES[F.layer_norm]((x, (5,)), {}).shape == x.shape
+
+
+class RefusedNorm(nn.Module):
+    """A functional norm torch refuses on the given input, whatever its values."""
+
+    def __init__(self, call):
+        super().__init__()
+        self.fc, self.call = nn.Linear(4, 4), call
+
+    def forward(self, x):
+        return self.call(self.fc(x))
+
+
+REFUSED = {
+    "batch-one-value-per-channel": (lambda y: F.batch_norm(y, None, None, training=True), (1, 4)),
+    "batch-eval-without-statistics": (lambda y: F.batch_norm(y, None, None), (2, 4)),
+    "batch-negative-eps": (
+        lambda y: F.batch_norm(y, torch.zeros(4), torch.ones(4), eps=-1.0),
+        (2, 4),
+    ),
+    "batch-train-zero-eps": (lambda y: F.batch_norm(y, None, None, training=True, eps=0.0), (2, 4)),
+    "group-one-value-per-group": (lambda y: F.group_norm(y, 4), (1, 4)),
+    "instance-one-spatial-element": (lambda y: F.instance_norm(y.reshape(1, 4, 1)), (1, 4)),
+    "instance-without-any-statistics": (
+        lambda y: F.instance_norm(y.reshape(1, 4, 1), use_input_stats=False),
+        (1, 4),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_normalisations_torch_refuses_are_refused(case):
+    call, shape = REFUSED[case]
+    model = RefusedNorm(call)
+    with pytest.raises((RuntimeError, ValueError)):  # the model itself fails on such input
+        model(torch.randn(shape))
+    with pytest.raises(ShapeError, match="norm"):
+        gpa.analyze(model, input_shape=shape, tracer="fx")
+
+
+class StatisticsFromALayer(nn.Module):
+    """Running statistics computed by a layer: torch does not differentiate through them
+    (eager ``backward`` raises), so no gradient path reaches that layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.stat = nn.Conv2d(3, 4, 1), nn.Linear(3, 4)
+
+    def forward(self, x):
+        mean = self.stat(x.mean((0, 2, 3)))
+        return F.batch_norm(self.conv(x), mean, torch.ones(4))
+
+
+def test_running_statistics_carry_no_gradient():
+    model = StatisticsFromALayer()
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        model(torch.randn(1, 3, 4, 4))
+    report = gpa.analyze(model, input_shape=(1, 3, 4, 4), tracer="fx")
+    expect(report, "conv", {1: 1}, (LOSS,))  # hand-derived: conv feeds the loss directly
+    expect_unreachable(report, "stat")
 
 
 # ------------------------------------------------------- whole flow pass

@@ -46,26 +46,35 @@ def test_the_users_model_is_not_modified() -> None:
 
 
 class Rewriting(nn.Module):
-    """Its forward caches a value, replaces a buffer, deletes an attribute and registers a
-    submodule anew (last in order): what a model keeping state (RT-DETR's anchors) does."""
+    """Its forward caches a value, replaces a buffer, deletes an attribute, registers a
+    submodule anew (last in order) and, with ``swap``, swaps two buffers' names: what a
+    model keeping state (RT-DETR's anchors) does."""
 
-    def __init__(self) -> None:
+    def __init__(self, swap: bool) -> None:
         super().__init__()
+        self.swap = swap
         self.fc = nn.Linear(4, 4)
         self.register_buffer("scale", torch.ones(4))
+        self.register_buffer("offset", torch.zeros(4))
         self.note = "kept"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.cache = x
-        self.scale = self.scale * 2
+        if self.swap:  # names and objects both: the same names and tensors, in another
+            # order, each name holding the other's (torch.export keys buffers by name: no)
+            first, second = self._buffers.pop("scale"), self._buffers.pop("offset")
+            self.register_buffer("offset", first)
+            self.register_buffer("scale", second)
+        else:
+            self.scale = self.scale * 2
         del self.note
         self.fc = self._modules.pop("fc")
-        return self.fc(x) * self.scale
+        return self.fc(x) * self.offset + self.scale
 
 
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
 def test_what_forward_rewrites_is_restored(tracer: str) -> None:
-    model = Rewriting()
+    model = Rewriting(swap=tracer != "export")
     saved = [
         (m, dict(vars(m)), dict(m._parameters), dict(m._buffers), dict(m._modules))
         for m in model.modules()

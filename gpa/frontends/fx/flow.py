@@ -43,7 +43,12 @@ from torch.utils._pytree import tree_any, tree_flatten, tree_map
 
 from gpa.errors import ShapeError, TraceError
 from gpa.frontends.fx.lookalike import Outcome, signature
-from gpa.frontends.fx.shape_rules import FUNCTION_RULES, MODULE_RULES, normalisation_fits
+from gpa.frontends.fx.shape_rules import (
+    FUNCTION_RULES,
+    MODULE_RULES,
+    normalisation_fits,
+    normalisation_refused,
+)
 from gpa.frontends.fx.tracer import (
     AUGMENTED,
     follow_write,
@@ -364,9 +369,11 @@ def _normalised(op: Callable[..., Any], per_channel: bool) -> Callable[..., Any]
     depends on its affine ``weight`` and ``bias`` — what this pass records of the real
     result (shape, dtype, which inputs gradient reaches) without running it (train-mode
     ``F.batch_norm`` decomposes into dozens of meta operations; timm's ``BatchNormAct2d``
-    calls it in every block). Affine parameters of the wrong size run the real ``op``, so
+    calls it in every block). Affine parameters of the wrong size and calls torch refuses
+    (:func:`~gpa.frontends.fx.shape_rules.normalisation_refused`) run the real ``op``, so
     that its error is the one reported. (A plain input is answered before, by the rule of
-    :mod:`.shape_rules`, without running anything; this covers the rest, strided inputs.)"""
+    :mod:`.shape_rules`, without running anything; this covers the rest: strided inputs,
+    other dtypes.)"""
     signature = inspect.signature(op)
 
     def stand_in(*args: Any, **kwargs: Any) -> Any:
@@ -375,7 +382,7 @@ def _normalised(op: Callable[..., Any], per_channel: bool) -> Callable[..., Any]
         affine = [bound.get(k) for k in ("weight", "bias")]
         affine = [t for t in affine if isinstance(t, torch.Tensor)]
         fits = normalisation_fits(bound, per_channel)
-        if not (fits and x.is_floating_point()):
+        if not (fits and x.is_floating_point()) or normalisation_refused(op, x, bound):
             return op(*args, **kwargs)
         result = x.clone()
         for t in affine:

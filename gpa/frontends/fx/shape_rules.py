@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FUNCTION_RULES", "MODULE_RULES", "Rule", "normalisation_fits"]
+__all__ = ["FUNCTION_RULES", "MODULE_RULES", "Rule", "normalisation_fits", "normalisation_refused"]
 
 #: A rule: the node's (meta) positional and keyword arguments -> its result, or None.
 Rule = Callable[[tuple, dict], "torch.Tensor | None"]
@@ -210,25 +210,46 @@ def normalisation_fits(bound: Mapping[str, Any], per_channel: bool) -> bool:
     )
 
 
-def _refused(op: Callable[..., Any], x: torch.Tensor, bound: Mapping[str, Any]) -> bool:
-    """Whether torch's Python checks refuse the call: one value per channel (batch norm in
-    training, group norm), one spatial element (instance norm from the input's own
-    statistics), a non-positive epsilon in training."""
+def normalisation_refused(
+    op: Callable[..., Any], x: torch.Tensor, bound: Mapping[str, Any]
+) -> bool:
+    """Whether torch refuses the functional normalisation call ``op`` (``bound``: its
+    arguments by name) on input ``x``, whatever the values: one value per channel (batch
+    norm in training, group norm) or one spatial element (instance norm from the input's
+    own statistics); running statistics missing where they are read (batch norm in
+    evaluation, instance norm without the input's statistics) or given one without the
+    other; a negative epsilon (zero too, in training). The flow pass then runs the real ``op``, so that torch's error is
+    the one reported.
+
+    Example:
+        >>> x = torch.empty(1, 4, device="meta")
+        >>> normalisation_refused(F.batch_norm, x, {"input": x, "training": True})
+        True
+    """
     spatial = math.prod(x.shape[2:])
-    if op is F.batch_norm and bound.get("training"):
-        return x.shape[0] * spatial == 1 or bound.get("eps", 1e-5) <= 0
+    stats = [bound.get("running_mean"), bound.get("running_var")]
+    eps = bound.get("eps", 1e-5)
+    if op in (F.batch_norm, F.instance_norm) and (stats[0] is None) != (stats[1] is None):
+        return True  # both or neither (torch's rule for batch norm; the real op decides)
+    if op is F.batch_norm:
+        if bound.get("training", False):
+            return x.shape[0] * spatial == 1 or eps <= 0
+        return eps < 0 or any(t is None for t in stats)
+    if op is F.instance_norm:
+        if bound.get("use_input_stats", True):
+            return spatial == 1
+        return any(t is None for t in stats)
     if op is F.group_norm:
         return x.shape[0] * x.shape[1] // bound["num_groups"] * spatial == 1
-    if op is F.instance_norm:
-        return bound.get("use_input_stats", True) and spatial == 1
     return False
 
 
 def _normalisation(op: Callable[..., Any], per_channel: bool) -> Rule:
     """A functional normalisation (``F.batch_norm``, ``instance_norm``, ``group_norm``,
-    ``layer_norm``): the result has the input's shape and dtype. Weights that do not fit
-    (:func:`normalisation_fits`), other dtypes, and the inputs torch's own checks reject
-    in training (one value per channel, a spatial size of one) are left to torch."""
+    ``layer_norm``): the result has the input's shape and dtype, and gradient reaches the
+    input and the affine weights (not running statistics: none carries gradient here). Weights that do not fit (:func:`normalisation_fits`),
+    other dtypes, and calls torch refuses (:func:`normalisation_refused`) are left to
+    torch."""
     signature = inspect.signature(op)
 
     def rule(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -241,11 +262,12 @@ def _normalisation(op: Callable[..., Any], per_channel: bool) -> Rule:
         if not _plain(x) or not all(_plain(t) and t.dtype == x.dtype for t in tensors):
             return None
         if per_channel and x.dim() >= 2 and x.shape[1] == 0:
+            return None  # no channels: left to torch (as any odd case)
+        if not normalisation_fits(bound, per_channel) or normalisation_refused(op, x, bound):
             return None
-        if not normalisation_fits(bound, per_channel):
-            return None
-        if _refused(op, x, bound):
-            return None
+        stats = (bound.get("running_mean"), bound.get("running_var"))
+        if any(isinstance(t, torch.Tensor) and t.requires_grad for t in stats):
+            return None  # torch does not differentiate through them: the stand-in's case
         return _empty(x.shape, x.dtype)
 
     return rule
