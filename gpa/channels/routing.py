@@ -325,7 +325,7 @@ def _rows_along(t: Term, k: int, size: int) -> list[np.ndarray]:
         return [np.where(present, 0, -1)]
     if t.index.strides[k] == 0:
         # broadcast along the consumer's axis (what a norm over the channels leaves):
-        # each row is one producer channel throughout; no copy
+        # each row is one producer channel throughout (the index itself is not copied)
         values = unique_values(np.take(t.index, 0, axis=k))
         values = values[values >= 0]
         return list(np.repeat(values[:, None], size, axis=1))  # one array, a row per channel
