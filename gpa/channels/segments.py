@@ -222,6 +222,63 @@ def _one_way(cut: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     return eligible & ((index - run_start) % 2 == 0)
 
 
+def _alike_runs(a: _Arrival, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each channel c of ``channels`` (each placed, as is c - 1): whether c reaches the
+    same input channels as c - 1 (same), and whether c's runs of input channels each
+    follow c - 1's, all runs of both as long as that step (continuing: c at c + k, or at
+    c + k and c + k' after concatenating a tensor twice).
+
+    Every run of the channels involved is found at once (no loop over channels).
+
+    Example:
+        >>> consumer = Consumer("b")
+        >>> cells = np.array([0, 4, 9, 13, 18, 22])  # channel * 8 + input channel
+        >>> a = _Arrival(consumer, 8, np.zeros(3, bool), np.array([2, 2, 2]),
+        ...              np.array([0, 1, 2]), np.array([4, 5, 6]), cells)
+        >>> same, continuing = _alike_runs(a, np.array([1, 2]))  # 0 at {0, 4}, 1 at {1, 5} …
+        >>> same.tolist(), continuing.tolist()
+        ([False, False], [True, True])
+    """
+    count = len(a.count)
+    wanted = np.zeros(count, dtype=bool)
+    wanted[channels] = wanted[channels - 1] = True
+    if a.cells.ndim == 2:
+        rows = np.flatnonzero(wanted)
+        row, where = np.nonzero(a.cells[rows])
+        chan = rows[row]
+    else:
+        width = max(a.width, 1)
+        chan = a.cells // width
+        cells = a.cells[wanted[np.minimum(chan, count - 1)] & (chan < count)]
+        chan, where = cells // width, cells % width
+    # runs of consecutive input channels, per channel (pairs sorted by channel, then input)
+    starts = np.flatnonzero(np.r_[True, (chan[1:] != chan[:-1]) | (where[1:] != where[:-1] + 1)])
+    run_chan, run_start = chan[starts], where[starts]
+    run_length = np.diff(np.r_[starts, len(chan)])
+    runs = np.bincount(run_chan, minlength=count)
+    first_run = np.searchsorted(run_chan, np.arange(count))
+    length = run_length[np.minimum(first_run, len(run_length) - 1)]  # each channel's first
+    even = np.bincount(run_chan, run_length != length[run_chan], minlength=count) == 0
+    # the k-th run of channel c beside the k-th of c - 1, where both have as many runs
+    paired = np.zeros(count, dtype=bool)
+    paired[channels] = runs[channels] == runs[channels - 1]
+    mine = np.flatnonzero(paired[run_chan])
+    partner = mine - first_run[run_chan[mine]] + first_run[run_chan[mine] - 1]
+    step = run_start[mine] - run_start[partner]
+    moved = (step != 0) | (run_length[mine] != run_length[partner])
+    apart = step != run_length[mine]
+    owner = run_chan[mine]
+    same = paired & (np.bincount(owner, moved, minlength=count) == 0)
+    following = (
+        paired
+        & even
+        & np.r_[False, even[:-1]]
+        & (length == np.r_[-1, length[:-1]])
+        & (np.bincount(owner, apart, minlength=count) == 0)
+    )
+    return same[channels], following[channels]
+
+
 def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
     """Maximal [start, stop) runs of consecutive positions."""
     cuts = np.flatnonzero(np.diff(positions) != 1) + 1
@@ -298,9 +355,9 @@ class _Segmenter:
         step = a.first[1:] - a.first[:-1]
         tiled = both & (step == a.count[1:])
         same = both & (step == 0)
-        for c in np.flatnonzero(placed[1:] & placed[:-1] & ~(block[1:] & block[:-1])) + 1:
-            tiled[c - 1] = self.continues(a, int(c))
-            same[c - 1] = np.array_equal(a.positions(c - 1), a.positions(int(c)))
+        scattered = np.flatnonzero(placed[1:] & placed[:-1] & ~(block[1:] & block[:-1])) + 1
+        if len(scattered):
+            same[scattered - 1], tiled[scattered - 1] = _alike_runs(a, scattered)
         width = self.group_width(a.consumer)
         inside = None
         if width is not None:
@@ -320,16 +377,6 @@ class _Segmenter:
         neutral = (a.mixed[1:] & a.mixed[:-1]) | (~a.present[1:] & ~a.present[:-1])
         kinds[neutral] = _NEUTRAL
         return kinds
-
-    @staticmethod
-    def continues(a: _Arrival, c: int) -> bool:
-        """Whether channel c's runs of input channels each follow channel c - 1's."""
-        before, after = _runs(a.positions(c - 1)), _runs(a.positions(c))
-        lengths = {hi - lo for lo, hi in before + after}
-        if len(before) != len(after) or len(lengths) != 1:
-            return False
-        step = lengths.pop()
-        return all(b[0] + step == n[0] for b, n in zip(before, after, strict=True))
 
     def ranges(self, a: _Arrival, start: int, stop: int) -> list[tuple[tuple[int, int], bool]]:
         """The input-channel ranges of ``a``'s consumer that channels [start, stop) reach,
