@@ -300,7 +300,7 @@ class ChannelRouter(fx.Interpreter):
                 rows = by_identity(
                     self._read, (t.index, t.held), (k, size), _rows_along, t, k, size
                 )
-                inbound.extend(Delivery(consumer, row, held=t.held) for row in rows)
+                inbound.extend(Delivery(consumer, row, held=held) for row, held in rows)
 
     def _deliver_outputs(self, n: fx.Node) -> None:
         """Deliver the channels of every selected returned tensor to the loss."""
@@ -316,20 +316,21 @@ class ChannelRouter(fx.Interpreter):
                 self._deliver(Consumer(None, output=sub or None), ch, axis)
 
 
-def _rows_along(t: Term, k: int, size: int) -> list[np.ndarray]:
-    """The distinct rows of ``t``'s index along its ``k``-th axis (of ``size`` positions):
-    what a consumer reading that axis receives, one delivery per row (for a mask term,
-    one row: where any of its channels is)."""
+def _rows_along(t: Term, k: int, size: int) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """What a consumer reading ``t``'s ``k``-th axis (of ``size`` positions) receives, as
+    the (positions, held) of one :class:`Delivery` each: the distinct rows of ``t``'s index
+    along that axis; for a mask term, one mask: where any of its channels is."""
     if t.held is not None:
         present = np.moveaxis(t.index >= 0, k, -1).reshape(-1, size).any(axis=0)
-        return [np.where(present, 0, -1)]
+        return [(np.where(present, 0, -1), t.held)]
     if t.index.strides[k] == 0:
-        # broadcast along the consumer's axis (what a norm over the channels leaves):
-        # each row is one producer channel throughout (the index itself is not copied)
+        # broadcast along the consumer's axis (what a norm over the channels leaves): each
+        # row is one producer channel throughout, all of them at every position: one mask
+        # (the index itself is not copied)
         values = unique_values(np.take(t.index, 0, axis=k))
         values = values[values >= 0]
-        return list(np.repeat(values[:, None], size, axis=1))  # one array, a row per channel
-    return list(distinct_rows(np.moveaxis(t.index, k, -1).reshape(-1, size)))
+        return [(np.zeros(size, dtype=np.int64), values)] if len(values) else []
+    return [(row, None) for row in distinct_rows(np.moveaxis(t.index, k, -1).reshape(-1, size))]
 
 
 def _flatten_with_paths(value: Any, prefix: str) -> list[tuple[str, Channels]]:

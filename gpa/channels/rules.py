@@ -319,6 +319,8 @@ def _remap(
     # the terms of one input share its range of probe positions (a residual stream holds
     # a term per layer writing to it): where that input's positions went is found once
     went: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, bool, bool]] = {}
+    # re-indexed once per input and values (None: nowhere); terms alike share the result
+    moved: dict[tuple, np.ndarray | None] = {}
     for term, base, size in ch_terms:
         if (base, size) not in went:
             inside = (positions >= base) & (positions < base + size)
@@ -338,15 +340,38 @@ def _remap(
             continue
         if not somewhere:
             continue
-        flat = term.index.reshape(-1)
-        if everywhere:
-            index = flat[local].astype(np.int64, copy=False)
-        else:
-            index = np.full(positions.shape, -1, dtype=np.int64)
-            index[inside] = flat[local]
-        if (index >= 0).any():
-            terms.append(term.moved(index))
+        key = (base, size, *_values_key(term.index))
+        if key not in moved:
+            flat = term.index.reshape(-1)
+            if everywhere:
+                index = flat[local].astype(np.int64, copy=False)
+            else:
+                index = np.full(positions.shape, -1, dtype=np.int64)
+                index[inside] = flat[local]
+            moved[key] = index if (index >= 0).any() else None
+        if moved[key] is not None:
+            terms.append(term.moved(moved[key]))
     return Channels(axes, tuple(shape), tuple(terms))
+
+
+def _values_key(index: np.ndarray) -> tuple:
+    """A key equal for two indices holding the same values: for an index broadcast along
+    some axes, its shape and the values it repeats (every block of an MLP-Mixer writes its
+    tokens to the stream alike); else the array itself, by identity.
+
+    Example:
+        >>> row = np.broadcast_to(np.arange(2), (2, 2))  # [[0, 1], [0, 1]]
+        >>> column = np.broadcast_to(np.arange(2)[:, None], (2, 2))  # [[0, 0], [1, 1]]
+        >>> _values_key(row) == _values_key(np.broadcast_to(np.arange(2), (2, 2)))
+        True
+        >>> _values_key(row) == _values_key(column)
+        False
+    """
+    if 0 not in index.strides:
+        return (id(index),)
+    along = tuple(step == 0 for step in index.strides)
+    kept = index[tuple(slice(0, 1) if b else slice(None) for b in along)]
+    return index.shape, along, index.dtype.str, kept.tobytes()
 
 
 def _collapse(
@@ -505,7 +530,11 @@ def distinct_rows(rows: np.ndarray) -> np.ndarray:
     Example:
         >>> distinct_rows(np.array([[0, 1], [-1, -1], [0, 1], [2, -1]])).tolist()
         [[0, 1], [2, -1]]
+        >>> distinct_rows(np.array([[3, -1], [3, -1]])).tolist(), distinct_rows(-np.ones((2, 2))).shape
+        ([[3, -1]], (0, 2))
     """
+    if len(rows) > 1 and (rows == rows[:1]).all():  # a term alike along the rows: no copy
+        rows = rows[:1]
     rows = np.ascontiguousarray(rows[(rows >= 0).any(axis=1)])
     if len(rows) <= 1:
         return rows

@@ -341,3 +341,37 @@ def test_pooling_a_padded_tensor(tracer):
         ("b", (0, 4), False),
         ("b", (4, 8), False),
     ]
+
+
+class TokenMixing(nn.Module):
+    """MLP-Mixer in small: ``s`` writes a stream of 3 tokens x 4 channels, ``a`` mixes the
+    tokens (its 3 channels are the tokens), ``b`` reads the sum along the channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s, self.a, self.b = nn.Linear(4, 4), nn.Linear(3, 3), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.s(x)
+        return self.b(y + self.a(y.transpose(1, 2)).transpose(1, 2))
+
+
+def test_a_channel_broadcast_along_the_read_axis_is_one_masked_delivery():
+    # a's channel t sits at token t of the stream, at every one of its 4 channels: each of
+    # a's 3 channels reaches all 4 input channels of b, one channel at each (not mixed).
+    # One delivery holds all three (not one per channel: MLP-Mixer has 196 per block).
+    _, routing = route(TokenMixing(), (1, 3, 4))
+    (d,) = routing.inbound["a"]
+    assert (d.consumer.call, d.positions.tolist(), d.held.tolist()) == ("b", [0] * 4, [0, 1, 2])
+    report = gpa.analyze(TokenMixing(), input_shape=(1, 3, 4), channels=True)
+    (segment,) = report.layers["a"].segments
+    assert (segment.start, segment.stop, segment.paths.timestamps) == (0, 3, (2,))
+    assert [(x.sender, x.channels, x.mixed) for x in segment.sources] == [("b", (0, 4), False)]
+    # s reaches b directly (channel c at c) and through a, which reads its channel axis
+    # as positions: every channel of s reaches every input of a
+    (segment,) = report.layers["s"].segments
+    assert segment.paths.timestamps == (2, 3)
+    assert [(x.sender, x.channels, x.mixed) for x in segment.sources] == [
+        ("a", (0, 3), True),
+        ("b", (0, 4), False),
+    ]
