@@ -323,14 +323,19 @@ def _rows_along(t: Term, k: int, size: int) -> list[tuple[np.ndarray, np.ndarray
     if t.held is not None:
         present = np.moveaxis(t.index >= 0, k, -1).reshape(-1, size).any(axis=0)
         return [(np.where(present, 0, -1), t.held)]
-    if t.index.strides[k] == 0:
-        # broadcast along the consumer's axis (what a norm over the channels leaves): each
-        # row is one producer channel throughout, all of them at every position: one mask
-        # (the index itself is not copied)
-        values = unique_values(np.take(t.index, 0, axis=k))
-        values = values[values >= 0]
-        return [(np.zeros(size, dtype=np.int64), values)] if len(values) else []
-    return [(row, None) for row in distinct_rows(np.moveaxis(t.index, k, -1).reshape(-1, size))]
+    if t.index.strides[k] == 0:  # broadcast along the consumer's axis: not copied
+        first = np.take(t.index, 0, axis=k)
+    else:
+        rows = np.moveaxis(t.index, k, -1).reshape(-1, size)
+        if not (rows == rows[:, :1]).all():
+            return [(row, None) for row in distinct_rows(rows)]
+        first = rows[:, 0]
+    # each row one producer channel throughout (what a norm over the channels leaves, or
+    # an MLP-Mixer's token mixing seen along the channels): all of them at every position,
+    # one mask
+    values = unique_values(first)
+    values = values[values >= 0]
+    return [(np.zeros(size, dtype=np.int64), values)] if len(values) else []
 
 
 def _flatten_with_paths(value: Any, prefix: str) -> list[tuple[str, Channels]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import pytest
 import torch
 import torch.fx as fx
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gpa
-from gpa.channels.routing import CHANNELS, Consumer, route_channels, rule_for
-from gpa.channels.rules import RULES, Channels, fallback, pointwise, probe
+from gpa.channels.routing import CHANNELS, Consumer, _rows_along, route_channels, rule_for
+from gpa.channels.rules import RULES, Channels, Term, fallback, pointwise, probe
 from gpa.frontends.fx import fx_gradient_graph
 from gpa.options import AnalysisOptions
 
@@ -375,3 +376,23 @@ def test_a_channel_broadcast_along_the_read_axis_is_one_masked_delivery():
         ("a", (0, 3), True),
         ("b", (0, 4), False),
     ]
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        np.broadcast_to(np.array([[1], [-1], [0]]), (3, 4)),  # broadcast along the read axis
+        np.array([[1] * 4, [-1] * 4, [0] * 4]),  # the same values, written out
+    ],
+    ids=["broadcast", "written-out"],
+)
+def test_rows_each_one_channel_throughout_are_one_mask(index):
+    # read along axis 1 (4 positions): channels 1 and 0 each at all 4 positions
+    ((positions, held),) = _rows_along(Term("a", index), 1, 4)
+    assert (positions.tolist(), held.tolist()) == ([0, 0, 0, 0], [0, 1])
+
+
+def test_rows_differing_along_the_read_axis_are_one_delivery_each():
+    index = np.array([[0, 1, -1], [-1, -1, -1], [0, 1, -1], [2, 2, 3]])
+    found = _rows_along(Term("a", index), 1, 3)
+    assert [(p.tolist(), h) for p, h in found] == [([0, 1, -1], None), ([2, 2, 3], None)]
