@@ -601,8 +601,20 @@ def _arg(node: fx.Node, position: int, keyword: str, default: Any = None) -> Any
     The keyword wins: in ``normalize(x, 2.0, dim=1)`` the second argument is ``p``.
     """
     if keyword in node.kwargs:
-        return node.kwargs[keyword]
-    return node.args[position] if len(node.args) > position else default
+        return _known(node.kwargs[keyword])
+    return _known(node.args[position]) if len(node.args) > position else default
+
+
+def _known(value: Any) -> Any:
+    """``value`` with every node whose result the flow pass knows as a plain number or
+    sizes (``x.shape[1:]``, ``x.dim() - 1``: computed in ``forward``) replaced by that
+    result; tensor nodes are left as they are."""
+
+    def known(v: Any) -> Any:
+        flow = v.meta.get(FLOW) if isinstance(v, fx.Node) else None
+        return flow.constant if flow is not None and flow.is_constant else v
+
+    return tree_map(known, value)
 
 
 def _first(node: fx.Node, inputs: Mapping[fx.Node, Any]) -> Channels | None:

@@ -396,3 +396,69 @@ def test_rows_differing_along_the_read_axis_are_one_delivery_each():
     index = np.array([[0, 1, -1], [-1, -1, -1], [0, 1, -1], [2, 2, 3]])
     found = _rows_along(Term("a", index), 1, 3)
     assert [(p.tolist(), h) for p, h in found] == [([0, 1, -1], None), ([2, 2, 3], None)]
+
+
+class Twin(nn.Module):
+    """Linear ``a`` (3 tokens x 4 channels), ``body``, Linear ``b`` over the channels."""
+
+    def __init__(self, body) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.body = body
+
+    def forward(self, x):
+        return self.b(self.body(self.a(x)))
+
+
+def _group_norm(groups):
+    return lambda z: F.group_norm(z.transpose(1, 2), groups(z)).transpose(1, 2)
+
+
+# Each operation's parameter computed in forward (a size, a rank) and written out; a's
+# segments by hand: a norm or softmax over the channels reaches every input channel of b
+# (mixed); a reduction or normalisation over the tokens keeps channel c at c; a group norm
+# of 2 groups over the channels cuts a in two, each half reaching its half of b.
+MIXED = [(0, 4, [("b", (0, 4), True)])]
+KEPT = [(0, 4, [("b", (0, 4), False)])]
+HALVES = [(0, 2, [("b", (0, 2), False)]), (2, 4, [("b", (2, 4), False)])]
+
+
+@pytest.mark.parametrize(
+    "computed, written, expected",
+    [
+        (lambda z: F.layer_norm(z, z.shape[-1:]), lambda z: F.layer_norm(z, (4,)), MIXED),
+        (lambda z: F.layer_norm(z, (z.shape[-1],)), lambda z: F.layer_norm(z, (4,)), MIXED),
+        (lambda z: z.softmax(z.dim() - 1), lambda z: z.softmax(2), MIXED),
+        (lambda z: F.normalize(z, 2.0, z.dim() - 2), lambda z: F.normalize(z, 2.0, 1), KEPT),
+        (
+            lambda z: z * z.mean(dim=z.dim() - 2, keepdim=True),
+            lambda z: z * z.mean(dim=1, keepdim=True),
+            KEPT,
+        ),
+        (
+            lambda z: z * z.sum(dim=(z.dim() - 1,), keepdim=True),
+            lambda z: z * z.sum(dim=(2,), keepdim=True),
+            MIXED,
+        ),
+        (_group_norm(lambda z: z.shape[-1] // 2), _group_norm(lambda z: 2), HALVES),
+    ],
+    ids=[
+        "layer-norm-size",
+        "layer-norm-tuple",
+        "softmax",
+        "normalize",
+        "mean",
+        "sum",
+        "group-norm",
+    ],
+)
+def test_parameters_computed_in_forward_route_as_written_ones(computed, written, expected):
+    # before: a raw TypeError (layer norm given x.shape[-1:], a sum over a computed dim) or
+    # a needless fallback to full mixing (the others)
+    for body in (computed, written):
+        report = gpa.analyze(Twin(body), input_shape=(1, 3, 4), channels=True)
+        found = [
+            (s.start, s.stop, [(x.sender, x.channels, x.mixed) for x in s.sources], s.fallback)
+            for s in report.layers["a"].segments
+        ]
+        assert found == [(*segment, ()) for segment in expected]
