@@ -323,6 +323,8 @@ def _rows_along(t: Term, k: int, size: int) -> list[tuple[np.ndarray, np.ndarray
     if t.held is not None:
         present = np.moveaxis(t.index >= 0, k, -1).reshape(-1, size).any(axis=0)
         return [(np.where(present, 0, -1), t.held)]
+    if not size:  # an empty axis holds no channel
+        return []
     if t.index.strides[k] == 0:  # broadcast along the consumer's axis: not copied
         first = np.take(t.index, 0, axis=k)
     else:

@@ -462,3 +462,7 @@ def test_parameters_computed_in_forward_route_as_written_ones(computed, written,
             for s in report.layers["a"].segments
         ]
         assert found == [(*segment, ()) for segment in expected]
+
+
+def test_an_empty_read_axis_delivers_nothing():
+    assert _rows_along(Term("a", np.zeros((3, 0), dtype=np.int64)), 1, 0) == []
