@@ -54,6 +54,7 @@ from gpa.channels.rules import (
     layer_axis,
     layer_groups,
     layer_input_axis,
+    leaves,
     op_name,
     tracked,
     unique_values,
@@ -152,8 +153,9 @@ def rule_for(node: fx.Node, module: nn.Module | None = None) -> Rule:
     """The rule in :data:`~gpa.channels.rules.RULES` routing ``node``, else the fallback.
 
     A ``call_module`` node (``module``: the module it calls) is looked up by the classes
-    of its module's MRO, most specific first; a function by itself (``operator``
-    functions), then by name; a method by name (:func:`~gpa.channels.rules.op_name`).
+    of its module's MRO, most specific first; a function by name
+    (:func:`~gpa.channels.rules.op_name`: ``getattr.T`` for ``x.T``), then by itself
+    (``operator`` functions; ``getattr`` for other attributes); a method by name.
 
     Example:
         >>> g = fx.Graph()
@@ -171,7 +173,7 @@ def rule_for(node: fx.Node, module: nn.Module | None = None) -> Rule:
     elif (
         node.op == "call_function" and isinstance(target, Hashable) and not isinstance(target, type)
     ):
-        keys = (target, op_name(node))  # a class called as a function is no module call
+        keys = (op_name(node), target)  # a class called as a function is no module call
     else:
         keys = (op_name(node),)
     return next((RULES[k] for k in keys if k in RULES), fallback)
@@ -259,11 +261,10 @@ class ChannelRouter(fx.Interpreter):
         conv = is_conv(module, n)
         rule = rule_for(n, module)
         inputs = self._inputs(n)
-        tensor_args = [
-            m for m in n.all_input_nodes if isinstance(inputs[m], Channels) and inputs[m].terms
-        ]
-        for k, m in enumerate(tensor_args):
-            ch = inputs[m]
+        # every tensor argument carrying channels, also those inside a tuple argument (an
+        # LSTM's ``(h, c)``), numbered in order as the export frontend's flat arguments are
+        tensor_args = [(m, ch) for m in n.all_input_nodes for ch in leaves(inputs[m]) if ch.terms]
+        for k, (m, ch) in enumerate(tensor_args):
             axis = layer_input_axis(rule, n, m, len(ch.shape), conv)
             self._deliver(Consumer(n.name, None if len(tensor_args) == 1 else k), ch, axis)
         self.routing.groups[n.name] = layer_groups(module, n)

@@ -38,7 +38,7 @@ import math
 import operator
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ __all__ = [
     "concatenate",
     "everywhere_of",
     "fallback",
+    "field",
     "getitem",
     "group_norm",
     "is_conv",
@@ -161,9 +162,8 @@ def everywhere_of(term: Term) -> tuple[int, ...] | None:
     if term.index is None:
         return term.everywhere
     if term.held is not None:
-        return tuple(int(v) for v in term.held) if (term.index >= 0).any() else ()
-    values = unique_values(term.index[term.index >= 0])
-    return tuple(int(v) for v in values)
+        return tuple(term.held.tolist()) if (term.index >= 0).any() else ()
+    return tuple(unique_values(term.index[term.index >= 0]).tolist())
 
 
 # ------------------------------------------------------------ the context
@@ -670,9 +670,13 @@ def fallback(
 def pointwise(
     ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
 ) -> Any:
-    """Pointwise and broadcasting operations, and those that keep channel positions."""
+    """Pointwise and broadcasting operations, and those that keep channel positions.
+
+    ``+`` and ``*`` of tuples of tensors (``x.split(1)[1:] + x.split(1)[:1]``) move whole
+    tensors: they are probed.
+    """
     if not isinstance(shapes, Shape):
-        return None
+        return probe(ctx, node, inputs, shapes) if tracked(list(inputs.values())) else None
     return _union([v for v in inputs.values() if isinstance(v, Channels)], tuple(shapes))
 
 
@@ -686,28 +690,38 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
     base = 1
     ch_terms: list[tuple[Term, int, int]] = []
     probes: dict[fx.Node, Any] = {}
+
+    def probe_of(n: fx.Node, value: Channels, alone: bool) -> torch.Tensor | str:
+        """The probe standing for ``value`` (an input of ``n``), or why there is none."""
+        nonlocal base
+        if math.prod(value.shape) > MAX_PROBE:
+            return f"{op_name(node)} (too large to probe)"
+        if value.terms:
+            size = math.prod(value.sizes)
+            ch_terms.extend((t, base, size) for t in value.terms)
+            base += size
+            return _probe_tensor(value, base - size)
+        constant = _constant(ctx, n) if alone else None
+        if constant is not None:
+            return constant
+        if alone and _floating(n):
+            return torch.zeros(value.shape, dtype=torch.float64)
+        return f"{op_name(node)} (computed index)"
+
     for n, value in inputs.items():
         if isinstance(value, Channels):
-            size = math.prod(value.sizes)
-            if math.prod(value.shape) > MAX_PROBE:
-                return fallback(ctx, node, inputs, shapes, f"{op_name(node)} (too large to probe)")
-            if value.terms:
-                probes[n] = _probe_tensor(value, base)
-                ch_terms += [(t, base, size) for t in value.terms]
-                base += size
-            else:
-                constant = _constant(ctx, n)
-                if constant is None and not _floating(n):
-                    return fallback(ctx, node, inputs, shapes, f"{op_name(node)} (computed index)")
-                probes[n] = (
-                    constant
-                    if constant is not None
-                    else torch.zeros(value.shape, dtype=torch.float64)
-                )
+            probes[n] = probe_of(n, value, alone=True)
+        elif leaves(value):  # several tensors in one input (``torch.cat(x.split(2)[::-1])``)
+            probes[n] = tree_map(
+                lambda v, n=n: probe_of(n, v, alone=False) if isinstance(v, Channels) else v, value
+            )
         elif n.meta[FLOW].is_constant:
             probes[n] = n.meta[FLOW].constant  # a size computed in forward
         else:
             return fallback(ctx, node, inputs, shapes, op_name(node))
+        why = next((v for v in tree_flatten(probes[n])[0] if isinstance(v, str)), None)
+        if why is not None:
+            return fallback(ctx, node, inputs, shapes, why)
     args = fx.node.map_arg(node.args, probes.__getitem__)
     kwargs = fx.node.map_arg(node.kwargs, probes.__getitem__)
     try:
@@ -892,6 +906,19 @@ def getitem(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], s
     return _slice(ctx, node, inputs, shapes)
 
 
+def field(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``r.values``, ``r.max`` …: a named field of a structured result
+    (``torch.max(x, 1).values``, ``torch.aminmax(x, dim=1).max``), routed as that element.
+
+    A tensor's own attributes have rows of their own (``getattr.T``); any other one falls back.
+    """
+    value = inputs.get(node.args[0])
+    found = None if isinstance(value, Channels) else getattr(value, node.args[1], None)
+    if not isinstance(found, Channels):
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    return found
+
+
 def _parameter(ctx: RoutingContext, node: fx.Node, position: int, name: str) -> Any:
     """An operation's parameter ``name``: the called module's attribute of that name, or
     the function's argument (None: not given)."""
@@ -951,18 +978,54 @@ def group_norm(
     return _within_groups(ch, 1, groups)
 
 
+class _Signature(NamedTuple):
+    """Where a reduction takes its ``dim`` and what it returns (see :data:`_REDUCTIONS`)."""
+
+    dim_at: int = 1  # position of ``dim`` (``norm(x, p, dim)``: 2)
+    default: tuple[int, ...] | None = None  # dims reduced when none is given (None: all)
+    values: bool = False  # every result is a reduced value, not (values, indices)
+
+
+#: Reductions whose ``dim`` is not the second argument, whose default is not every dim,
+#: or which return several reduced values; the others are ``op(x, dim, keepdim)``.
+_REDUCTIONS: dict[str, _Signature] = {
+    "norm": _Signature(dim_at=2),
+    "linalg_norm": _Signature(dim_at=2),
+    "linalg_vector_norm": _Signature(dim_at=2),
+    "linalg_matrix_norm": _Signature(dim_at=2, default=(-2, -1)),
+    "kthvalue": _Signature(dim_at=2, default=(-1,)),
+    "mode": _Signature(default=(-1,)),
+    "var_mean": _Signature(values=True),
+    "std_mean": _Signature(values=True),
+    "aminmax": _Signature(values=True),
+}
+
+
 def reduce(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
-    """``sum``, ``mean``, ``amax`` …: positions along the reduced dims combine."""
+    """``sum``, ``mean``, ``amax``, ``norm``, ``var_mean`` …: positions along the reduced
+    dims combine.
+
+    The dims are read where each reduction takes them (:data:`_REDUCTIONS`); ``keepdim``
+    is read off the result, which has the input's rank exactly when the dims were kept,
+    whatever the overload (``x.std(1, True, True)``: the middle argument is ``unbiased``).
+    ``torch.max(a, b)`` and ``torch.min(a, b)`` of two tensors are elementwise.
+    """
+    name = op_name(node)
+    signature = _REDUCTIONS.get(name, _Signature())
     ch = _first(node, inputs)
-    dim = _parameter(ctx, node, 1, "dim")
-    keep = bool(_parameter(ctx, node, 2, "keepdim"))
-    if ch is None or not (dim is None or isinstance(dim, (int, tuple, list))):
-        return fallback(ctx, node, inputs, shapes, op_name(node))
+    dim = _parameter(ctx, node, signature.dim_at, "dim")
+    if isinstance(dim, fx.Node) and name in ("max", "min"):  # max(a, b): elementwise
+        return pointwise(ctx, node, inputs, shapes)
+    if isinstance(dim, bool):  # std(x, unbiased) / var(x, unbiased): every dim
+        dim = None
     found = _shape_leaves(shapes)
-    if not found:
-        return fallback(ctx, node, inputs, shapes, op_name(node))
+    if ch is None or not found or not (dim is None or isinstance(dim, (int, tuple, list))):
+        return fallback(ctx, node, inputs, shapes, name)
     ndim = len(ch.shape)
-    dims = range(ndim) if dim is None else ([dim] if isinstance(dim, int) else list(dim))
+    dims = signature.default if dim is None else ([dim] if isinstance(dim, int) else list(dim))
+    if dims is None or (not dims and tuple(found[0]) != ch.shape):
+        dims = range(ndim)  # every dim (also amax(x, dim=()), which reduces them all)
+    keep = len(found[0]) == ndim
     result = ch
     for d in sorted({d % ndim for d in dims}, reverse=True):
         kept = result.shape[:d] + (1,) + result.shape[d + 1 :] if keep else None
@@ -971,7 +1034,9 @@ def reduce(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sh
     if isinstance(shapes, Shape):
         return result
     # (values, indices): the indices are integers and carry no gradient.
-    rest = iter([result] + [Channels((), tuple(s), ()) for s in found[1:]])
+    rest = iter(
+        [result] + [result if signature.values else Channels((), tuple(s), ()) for s in found[1:]]
+    )
     return tree_map(lambda s: next(rest) if isinstance(s, Shape) else None, shapes)
 
 
@@ -1054,10 +1119,16 @@ RULES: dict[OpKey, Rule] = {
     "narrow": narrow,
     "slice": aten_slice,
     "getitem": getitem,
+    getattr: field,
     # positions combined along an axis
     **_each("softmax log_softmax softmin", combine),
     "normalize": normalize,
-    **_each("sum mean amax amin prod std var norm logsumexp max min median nansum nanmean", reduce),
+    **_each(
+        "sum mean amax amin prod std var norm logsumexp max min median nansum nanmean "
+        "nanmedian mode kthvalue var_mean std_mean aminmax linalg_norm linalg_vector_norm "
+        "linalg_matrix_norm",
+        reduce,
+    ),
     **_each("matmul bmm mm __matmul__", matmul),
     "scaled_dot_product_attention": attention,
     **_each("layer_norm rms_norm", layer_norm),

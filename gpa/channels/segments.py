@@ -313,7 +313,7 @@ class _Segmenter:
         self.bounds: dict[str, list[tuple[int, int]]] = {}
         for call, arrivals in self.arrivals.items():
             count = routing.out_channels.get(call, 0)
-            starts = [int(c) for c in self.cuts(arrivals, count)] if count else []
+            starts = self.cuts(arrivals, count).tolist() if count else []
             # each segment runs to the next start; a call without channels has none
             self.bounds[call] = list(zip(starts, [*starts[1:], count], strict=False))
 

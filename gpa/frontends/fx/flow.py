@@ -615,10 +615,9 @@ class GradientFlow(fx.Interpreter):
             return None
         if not torch.is_grad_enabled():
             return result, frozenset()
+        # an input may hold several tensors (``torch.cat(x.split(2)[::-1])``: one node, a tuple)
         carrying = frozenset(
-            m
-            for m in n.all_input_nodes
-            if isinstance(self.env[m], torch.Tensor) and self.env[m].requires_grad
+            m for m in n.all_input_nodes if any(t.requires_grad for t in _tensors_in(self.env[m]))
         )
         return result.requires_grad_(bool(carrying) or weighted), carrying
 

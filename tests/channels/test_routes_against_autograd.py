@@ -1,0 +1,180 @@
+"""Channel routes against real autograd, through operations whose arguments are easy to
+misread (docs/semantics.md §8).
+
+Each case applies one operation between two Linear layers (channels on the last axis).
+The expected route is computed independently, with real autograd: which input channels of
+the second layer each output channel of the first reaches (the union, over random inputs
+and every position, of the channels with a nonzero gradient). gpa's segments and sources
+must give the same (channel, input channel) pairs — a ``mixed`` source all of them — under
+the fx and the export frontend, and the route must be exact: no ``channel_fallback``.
+
+*Reductions*: a reduction's ``dim`` is not always its second argument (``x.norm(2, 1)``:
+``p`` comes first; ``kthvalue(x, k, dim)``), ``keepdim`` not always its third
+(``x.std(1, True, True)``: ``unbiased`` comes between), some return several reduced values
+(``var_mean``, ``aminmax``), ``torch.max(a, b)`` is elementwise, and the export frontend
+records ``F.normalize`` and ``x.norm`` as ``linalg_vector_norm``. Over the token axis
+channel c stays at c; over the channel axis, multiplied back in, every channel reaches
+every input channel.
+
+*Several tensors in one value*: ``x.split(1)[::-1]`` or ``x.split(1)[1:] + ...`` is one fx
+node holding a tuple; ``torch.cat`` of it must carry gradient and channels (it carried
+neither under fx: the first layer was reported unreachable).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gpa
+
+WIDTH = 4
+SHAPE = (2, 5, 3)  # batch, tokens, input features
+
+
+class Between(nn.Module):
+    """``second(op(first(x)))`` with Linear layers: their channels on the last axis."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.first = nn.Linear(SHAPE[-1], WIDTH)
+        self.second = nn.Linear(WIDTH, 2)
+        self.op = op
+
+    def forward(self, x):
+        return self.second(self.op(self.first(x)))
+
+
+def reached(op) -> torch.Tensor:
+    """(channel of ``first``, input channel of ``second``) pairs with a nonzero gradient,
+    by autograd: the op applied to a free leaf, one backward per input channel."""
+    found = torch.zeros(WIDTH, WIDTH, dtype=torch.bool)
+    for _ in range(20):
+        y = torch.randn(*SHAPE[:-1], WIDTH, requires_grad=True)
+        z = op(y)
+        for j in range(WIDTH):
+            (grad,) = torch.autograd.grad(z[..., j].sum(), y, retain_graph=True)
+            found[:, j] |= grad.reshape(-1, WIDTH).ne(0).any(0)
+    return found
+
+
+ALONG_TOKENS = {  # reduce the token axis: channel c stays at c
+    "norm-dim-keyword": lambda y: y.norm(dim=1),
+    "norm-p-then-dim": lambda y: y.norm(2, 1),
+    "torch-norm-p-then-dim": lambda y: torch.norm(y, 2, 1),
+    "linalg-vector-norm": lambda y: torch.linalg.vector_norm(y, 2, 1),
+    "linalg-norm": lambda y: torch.linalg.norm(y, 2, 1),
+    "linalg-matrix-norm-dims": lambda y: torch.linalg.matrix_norm(y.transpose(1, 2), dim=(0, 2)),
+    "normalize": lambda y: nn.functional.normalize(y, 2.0, 1),
+    "std-unbiased-keepdim": lambda y: y.std(1, True, True).squeeze(1),
+    "var-unbiased": lambda y: y.var(1, True),
+    "var-keepdim-keyword": lambda y: y.var(1, keepdim=True)[:, 0],
+    "var-mean-var": lambda y: torch.var_mean(y, 1)[0],
+    "var-mean-mean": lambda y: torch.var_mean(y, 1)[1],
+    "std-mean-mean": lambda y: torch.std_mean(y, dim=1)[1],
+    "aminmax-min": lambda y: torch.aminmax(y, dim=1)[0],
+    "aminmax-max": lambda y: torch.aminmax(y, dim=1).max,
+    "max-values": lambda y: y.max(1).values,
+    "median-values": lambda y: y.median(1)[0],
+    "nanmedian-values": lambda y: y.nanmedian(1).values,
+    "kthvalue-k-then-dim": lambda y: y.kthvalue(2, 1).values,
+    "mode-dim": lambda y: y.mode(1).values,
+    "logsumexp": lambda y: y.logsumexp(1),
+    "amax-tuple": lambda y: y.amax((1,)),
+    "max-of-two-tensors": lambda y: torch.max(y, 2 * y),
+    "min-of-two-tensors": lambda y: torch.min(y, y - 1),
+}
+
+ACROSS_CHANNELS = {  # reduce the channel axis, multiply back: every channel everywhere
+    "norm-p-then-dim": lambda y: y * y.norm(2, -1, keepdim=True),
+    "std-unbiased-keepdim": lambda y: y * y.std(-1, True, True),
+    "std-unbiased-only": lambda y: y * y.std(True),
+    "amax-empty-dims": lambda y: y * torch.amax(y, dim=()),
+    "kthvalue-default-dim": lambda y: y * y.kthvalue(2).values[..., None],
+    "mode-default-dim": lambda y: y * y.mode().values[..., None],
+    "linalg-matrix-norm-default": lambda y: y * torch.linalg.matrix_norm(y)[:, None, None],
+    "var-mean-keepdim": lambda y: y * torch.var_mean(y, -1, keepdim=True)[1],
+}
+
+STRUCTURED = {  # one fx node holding several tensors
+    "cat-of-reversed-split": lambda y: torch.cat(y.split([1, 3], -1)[::-1], -1),
+    "cat-of-reversed-chunk": lambda y: torch.cat(y.chunk(2, -1)[::-1], -1),
+    "stack-of-reversed-unbind": lambda y: torch.stack(y.unbind(-1)[::-1], -1),
+    "cat-of-tuple-sum": lambda y: torch.cat(y.split(1, -1)[1:] + y.split(1, -1)[:1], -1),
+    "cat-of-tuple-repeat": lambda y: torch.cat(y.split(2, -1)[:1] * 2, -1),
+}
+
+CASES = (
+    [(name, op) for name, op in ALONG_TOKENS.items()]
+    + [(f"{name}-across", op) for name, op in ACROSS_CHANNELS.items()]
+    + list(STRUCTURED.items())
+)
+
+
+def routed(record: dict) -> torch.Tensor:
+    """The (channel, input channel of ``second``) pairs a layer record's segments give."""
+    found = torch.zeros(WIDTH, WIDTH, dtype=torch.bool)
+    for segment in record["segments"]:
+        lo, hi = segment["channels"]
+        for source in segment["sources"]:
+            assert source["from"] == "second"
+            a, b = source["channels"]
+            if source.get("mixed", False):
+                found[lo:hi, a:b] = True
+            else:  # one input channel each, shifted along with the channel
+                assert b - a == hi - lo
+                found[range(lo, hi), range(a, b)] = True
+    return found
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+@pytest.mark.parametrize("name, op", CASES, ids=[c[0] for c in CASES])
+def test_routes_equal_autograds(name, op, tracer):
+    report = gpa.analyze(Between(op), (torch.randn(*SHAPE),), channels=True, tracer=tracer)
+    record = report.to_dict()["layers"][0]
+    assert record["name"] == "first"
+    assert "channel_fallback" not in record
+    assert record["shortest"] == 2  # reachable, as under the autograd tracer
+    assert torch.equal(routed(record), reached(op))
+
+
+def test_the_cases_are_what_their_names_say():
+    """Reductions over the tokens keep each channel, over the channels mix them all."""
+    for op in ALONG_TOKENS.values():
+        assert torch.equal(reached(op), torch.eye(WIDTH, dtype=torch.bool))
+    for op in ACROSS_CHANNELS.values():
+        assert reached(op).all()
+
+
+class StatePassing(nn.Module):
+    """Two LSTMs, the second started from the first's final state ``(h, c)``: one fx node
+    holding two tensors, passed as one argument."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.LSTM(SHAPE[-1], WIDTH, batch_first=True)
+        self.second = nn.LSTM(WIDTH, WIDTH, batch_first=True)
+
+    def forward(self, x):
+        y, state = self.first(x)
+        z, _ = self.second(y, state)
+        return z
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_a_tuple_argument_delivers_each_of_its_tensors(tracer):
+    # By hand (§8): the output's channel c reaches the second LSTM's input channel c; the
+    # state (every channel of the first LSTM in each of h and c) reaches all of its
+    # arguments 1 and 2. Arguments are numbered over the tensors, h and c apart, as the
+    # export frontend sees them.
+    report = gpa.analyze(StatePassing(), (torch.randn(*SHAPE),), channels=True, tracer=tracer)
+    (segment,) = report.to_dict()["layers"][0]["segments"]
+    assert segment["channels"] == [0, WIDTH]
+    assert [
+        (s["from"], s["argument"], s["channels"], s.get("mixed", False)) for s in segment["sources"]
+    ] == [
+        ("second", 0, [0, WIDTH], False),
+        ("second", 1, [0, WIDTH], True),
+        ("second", 2, [0, WIDTH], True),
+    ]
