@@ -77,6 +77,7 @@ __all__ = [
     "narrow",
     "op_name",
     "pointwise",
+    "windowed",
     "probe",
     "reduce",
     "split",
@@ -676,8 +677,44 @@ def pointwise(
     tensors: they are probed.
     """
     if not isinstance(shapes, Shape):
-        return probe(ctx, node, inputs, shapes) if tracked(list(inputs.values())) else None
+        if node.op == "call_function" and node.target in _TUPLE_OPERATORS:
+            return probe(ctx, node, inputs, shapes)
+        return fallback(ctx, node, inputs, shapes, op_name(node))
     return _union([v for v in inputs.values() if isinstance(v, Channels)], tuple(shapes))
+
+
+_TUPLE_OPERATORS = frozenset({operator.add, operator.iadd, operator.mul, operator.imul})
+
+
+def windowed(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """Pooling, resampling and instance norm: channel positions stay on the axes these
+    leave alone; along their spatial axes the positions of a window (of an instance's
+    statistics) combine.
+
+    The spatial axes are the last k, k read off the operation's name (``max_pool2d``,
+    ``AdaptiveAvgPool1d``; none: every axis after the first two). A channel-bearing
+    spatial axis collapses as a reduction's does (``F.avg_pool1d`` over a Linear's
+    output pools its channels), except where an adaptive pool or a resampling keeps its
+    size: the identity there. Of (values, indices) results, the indices carry no gradient.
+    """
+    first = node.args[0] if node.args else None
+    ch = _first(node, inputs)
+    found = _shape_leaves(shapes)
+    if ch is None or not found:
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    name = type(_called_module(ctx, node)).__name__ if node.op == "call_module" else op_name(node)
+    digits = [c for c in name if c.isdigit()]
+    ndim, out = len(ch.shape), tuple(found[0])
+    resampled = any(w in name.lower() for w in ("adaptive", "interpolate", "upsample"))
+    for a in range(max(ndim - (int(digits[-1]) if digits else ndim - 2), 0), ndim):
+        if a in ch.axes and not (resampled and len(out) == ndim and out[a] == ch.shape[a]):
+            ch = _collapse(ch, a, ch.shape[:a] + (1,) + ch.shape[a + 1 :], ctx.collapsed)
+    others = [v for n, v in inputs.items() if n is not first and isinstance(v, Channels)]
+    result = _union([ch, *others], out)
+    if isinstance(shapes, Shape):
+        return result
+    rest = iter([result] + [Channels((), tuple(s), ()) for s in found[1:]])
+    return tree_map(lambda s: next(rest) if isinstance(s, Shape) else None, shapes)
 
 
 def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
@@ -744,13 +781,25 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
 
 
 def _constant(ctx: RoutingContext, node: fx.Node) -> torch.Tensor | None:
-    """The real value of a constant (parameter, buffer) argument, if it has one."""
+    """The real value of a constant (parameter, buffer) argument, if it has one.
+
+    Copies and detached views of it count (the export frontend reads a tensor made in
+    ``forward`` as ``detach_(lift_fresh_copy(constant))``).
+    """
+    while node.op in ("call_function", "call_method") and op_name(node) in _SAME_VALUE:
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            return None
+        node = node.args[0]
     if node.op != "get_attr":
         return None
     value = ctx.fetch_attr(node.target)
     if isinstance(value, torch.Tensor) and value.device.type != "meta":
         return value.detach()
     return None
+
+
+# Operations whose result holds their first argument's values as they are.
+_SAME_VALUE = frozenset({"detach", "lift_fresh_copy", "clone", "alias", "contiguous"})
 
 
 def _floating(node: fx.Node) -> bool:
@@ -1091,13 +1140,19 @@ RULES: dict[OpKey, Rule] = {
         "lerp addcmul addcdiv erf erfc sign round floor ceil trunc reciprocal square logit "
         "dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout float "
         "double half bfloat16 to type type_as contiguous clone masked_fill nan_to_num prelu "
-        "batch_norm instance_norm max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d "
-        "avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d "
-        "adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d lp_pool1d lp_pool2d "
+        "batch_norm alias _to_copy",
+        pointwise,
+    ),
+    # pooling and resampling: pointwise but for the axes they window over
+    **_each(
+        "instance_norm max_pool1d max_pool2d max_pool3d avg_pool1d avg_pool2d avg_pool3d "
+        "adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d adaptive_max_pool1d "
+        "adaptive_max_pool2d adaptive_max_pool3d lp_pool1d lp_pool2d lp_pool3d "
+        "max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices "
         "interpolate upsample upsample_nearest upsample_bilinear upsample_nearest1d "
         "upsample_nearest2d upsample_nearest3d upsample_bilinear2d upsample_bicubic2d "
-        "upsample_linear1d upsample_trilinear3d alias _to_copy",
-        pointwise,
+        "upsample_linear1d upsample_trilinear3d",
+        windowed,
     ),
     **_each(
         (operator.add, operator.sub, operator.mul, operator.truediv, operator.floordiv)
@@ -1111,7 +1166,7 @@ RULES: dict[OpKey, Rule] = {
         "view reshape permute transpose flatten unflatten squeeze unsqueeze select "
         "index_select tensor_split unbind flip roll expand expand_as repeat movedim swapaxes "
         "swapdims t view_as reshape_as stack pad pixel_shuffle pixel_unshuffle channel_shuffle "
-        "hstack vstack getattr.T getattr.mT _unsafe_view constant_pad_nd",
+        "hstack vstack getattr.T getattr.mT _unsafe_view constant_pad_nd gather take_along_dim",
         probe,
     ),
     **_each("cat concat concatenate", concatenate),
@@ -1137,15 +1192,21 @@ RULES: dict[OpKey, Rule] = {
     **_each(
         (
             nn.modules.batchnorm._NormBase,
+            *POINTWISE_MODULES,
+        ),
+        pointwise,
+    ),
+    **_each(
+        (
+            nn.modules.instancenorm._InstanceNorm,
             nn.modules.pooling._MaxPoolNd,
             nn.modules.pooling._AvgPoolNd,
             nn.modules.pooling._AdaptiveAvgPoolNd,
             nn.modules.pooling._AdaptiveMaxPoolNd,
             nn.modules.pooling._LPPoolNd,
             nn.Upsample,
-            *POINTWISE_MODULES,
         ),
-        pointwise,
+        windowed,
     ),
     **_each(
         (

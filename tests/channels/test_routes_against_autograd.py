@@ -16,6 +16,14 @@ records ``F.normalize`` and ``x.norm`` as ``linalg_vector_norm``. Over the token
 channel c stays at c; over the channel axis, multiplied back in, every channel reaches
 every input channel.
 
+*Windows*: pooling, resampling and instance norm keep channel positions except along the
+axes they window over; over the tokens each channel stays itself, and a window sliding over
+the channels themselves reaches at least its band of neighbours (it reached only itself).
+
+*Constant indices*: ``gather``, ``take_along_dim`` and ``index_select`` with an index that
+is a buffer or made in ``forward`` move channels exactly (export reads the latter as
+``detach_(lift_fresh_copy(...))``).
+
 *Several tensors in one value*: ``x.split(1)[::-1]`` or ``x.split(1)[1:] + ...`` is one fx
 node holding a tuple; ``torch.cat`` of it must carry gradient and channels (it carried
 neither under fx: the first layer was reported unreachable).
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import gpa
@@ -66,7 +75,7 @@ ALONG_TOKENS = {  # reduce the token axis: channel c stays at c
     "linalg-vector-norm": lambda y: torch.linalg.vector_norm(y, 2, 1),
     "linalg-norm": lambda y: torch.linalg.norm(y, 2, 1),
     "linalg-matrix-norm-dims": lambda y: torch.linalg.matrix_norm(y.transpose(1, 2), dim=(0, 2)),
-    "normalize": lambda y: nn.functional.normalize(y, 2.0, 1),
+    "normalize": lambda y: F.normalize(y, 2.0, 1),
     "std-unbiased-keepdim": lambda y: y.std(1, True, True).squeeze(1),
     "var-unbiased": lambda y: y.var(1, True),
     "var-keepdim-keyword": lambda y: y.var(1, keepdim=True)[:, 0],
@@ -97,6 +106,56 @@ ACROSS_CHANNELS = {  # reduce the channel axis, multiply back: every channel eve
     "var-mean-keepdim": lambda y: y * torch.var_mean(y, -1, keepdim=True)[1],
 }
 
+
+class _Tokens(nn.Module):
+    """``pool`` applied along the token axis (the channels moved to axis 1 meanwhile)."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, y):
+        return self.pool(y.transpose(1, 2)).transpose(1, 2)
+
+
+WINDOWS_ALONG_TOKENS = {  # pooling, resampling, instance norm over the tokens
+    "avg-pool": _Tokens(lambda t: F.avg_pool1d(t, 3, 1, 1)),
+    "max-pool-with-indices": _Tokens(lambda t: F.max_pool1d(t, 2, return_indices=True)[0]),
+    "max-pool-module": _Tokens(nn.MaxPool1d(3, 1, 1)),
+    "lp-pool": _Tokens(lambda t: F.lp_pool1d(t.abs() + 1, 2, 2)),
+    "adaptive-max-pool": _Tokens(lambda t: F.adaptive_max_pool1d(t, 2)),
+    "interpolate": _Tokens(lambda t: F.interpolate(t, scale_factor=2.0, mode="linear")),
+    "upsample-module": _Tokens(nn.Upsample(scale_factor=3)),
+    "instance-norm": _Tokens(F.instance_norm),
+    # the channel axis windowed, but each position is its own window
+    "interpolate-same-size": lambda y: F.interpolate(y, size=WIDTH, mode="linear"),
+    "adaptive-avg-pool-same-size": lambda y: F.adaptive_avg_pool1d(y, WIDTH),
+}
+
+WINDOWS_ACROSS_CHANNELS = {  # every channel of an instance: its statistics
+    "instance-norm": F.instance_norm,
+    "instance-norm-module": nn.InstanceNorm1d(5),
+}
+
+
+class _Reversed(nn.Module):
+    """The channels in reverse order through ``how(y, index)``, the index a buffer."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.register_buffer("index", torch.arange(WIDTH - 1, -1, -1).expand(*SHAPE[:-1], -1))
+
+    def forward(self, y):
+        return self.how(y, self.index)
+
+
+CONSTANT_INDEX = {  # data movement by a constant index: probed
+    "gather": _Reversed(lambda y, i: y.gather(-1, i)),
+    "take-along-dim": _Reversed(lambda y, i: torch.take_along_dim(y, i, -1)),
+    "index-select-made-in-forward": lambda y: y.index_select(-1, torch.tensor([3, 2, 1, 0])),
+}
+
 STRUCTURED = {  # one fx node holding several tensors
     "cat-of-reversed-split": lambda y: torch.cat(y.split([1, 3], -1)[::-1], -1),
     "cat-of-reversed-chunk": lambda y: torch.cat(y.chunk(2, -1)[::-1], -1),
@@ -109,7 +168,20 @@ CASES = (
     [(name, op) for name, op in ALONG_TOKENS.items()]
     + [(f"{name}-across", op) for name, op in ACROSS_CHANNELS.items()]
     + list(STRUCTURED.items())
+    + list(CONSTANT_INDEX.items())
+    + [(f"{name}-window", op) for name, op in WINDOWS_ALONG_TOKENS.items()]
+    + [(f"{name}-window-across", op) for name, op in WINDOWS_ACROSS_CHANNELS.items()]
 )
+
+# Windows sliding over the channels themselves: a pooled axis that carries channels
+# collapses (every channel found along it reaches all of it), over but never under the
+# band of neighbours each channel really reaches (it reached only itself before).
+OVER_CHANNELS = {
+    "avg-pool": lambda y: F.avg_pool1d(y, 3, 1, 1),
+    "max-pool": lambda y: F.max_pool1d(y, 3, 1, 1),
+    "avg-pool-2d": lambda y: F.avg_pool2d(y, 3, 1, 1),
+    "max-pool-module": nn.MaxPool1d(3, 1, 1),
+}
 
 
 def routed(record: dict) -> torch.Tensor:
@@ -139,11 +211,21 @@ def test_routes_equal_autograds(name, op, tracer):
     assert torch.equal(routed(record), reached(op))
 
 
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+@pytest.mark.parametrize("op", OVER_CHANNELS.values(), ids=list(OVER_CHANNELS))
+def test_windows_over_the_channels_reach_at_least_their_band(op, tracer):
+    report = gpa.analyze(Between(op), (torch.randn(*SHAPE),), channels=True, tracer=tracer)
+    route, truth = routed(report.to_dict()["layers"][0]), reached(op)
+    assert not truth.all()  # a band: a channel and its neighbours
+    assert torch.equal(route | truth, route)  # never under
+    assert route.all()  # the documented over-approximation: the axis collapses
+
+
 def test_the_cases_are_what_their_names_say():
-    """Reductions over the tokens keep each channel, over the channels mix them all."""
-    for op in ALONG_TOKENS.values():
+    """Over the tokens each channel stays itself; over the channels they all mix."""
+    for op in [*ALONG_TOKENS.values(), *WINDOWS_ALONG_TOKENS.values()]:
         assert torch.equal(reached(op), torch.eye(WIDTH, dtype=torch.bool))
-    for op in ACROSS_CHANNELS.values():
+    for op in [*ACROSS_CHANNELS.values(), *WINDOWS_ACROSS_CHANNELS.values()]:
         assert reached(op).all()
 
 
