@@ -129,6 +129,9 @@ def _arrivals(
         if key not in alike:
             alike[key] = _placed(placed, count, width)
         tally, first, last, cells = alike[key]
+        # a channel placed at every input channel reaches all of them, as one found
+        # everywhere (after a norm, a softmax) does: mixed, however it got there (§8)
+        mixed |= (tally == width) & (width > 0)
         tally = np.where(mixed, 0, tally)
         found.append(_Arrival(consumer, width, mixed, tally, first, last, cells))
     return found
@@ -394,10 +397,12 @@ class _Segmenter:
                 return [(runs[0], False)]
             group = int(reached[0]) // width  # scattered in one group: the group's range
             return [((group * width, (group + 1) * width), False)]
+        # channels alike (each at the same input channels) each reach all of them: mixed
+        alike = stop - start > 1 and np.array_equal(a.positions(start), a.positions(start + 1))
         if block:
-            return [((int(a.first[start]), int(a.last[stop - 1]) + 1), False)]
+            return [((int(a.first[start]), int(a.last[stop - 1]) + 1), alike)]
         first, last = _runs(a.positions(start)), _runs(a.positions(stop - 1))
-        return [((lo, hi), False) for (lo, _), (_, hi) in zip(first, last, strict=True)]
+        return [((lo, hi), alike) for (lo, _), (_, hi) in zip(first, last, strict=True)]
 
     def nodes(
         self, consumer: Consumer

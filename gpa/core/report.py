@@ -44,8 +44,8 @@ class Source:
     segment's channels; ``group`` the sender's groups for a grouped convolution;
     ``output`` the returned value's path for the loss; ``argument`` the sender's tensor
     argument when it takes several; ``mixed`` whether every channel of the segment
-    reaches every input channel of the sender (through a softmax, a layer norm, an
-    attention …) rather than one each. ``rounds`` is the bitset of rounds at which the
+    reaches every one of ``channels`` (through a softmax, a layer norm, an attention, a
+    broadcast …) rather than one each. ``rounds`` is the bitset of rounds at which the
     segment receives gradient from this sender (round 1 from the loss; one round after
     the sender's own timestamps).
     """

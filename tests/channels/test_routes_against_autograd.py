@@ -138,6 +138,16 @@ WINDOWS_ACROSS_CHANNELS = {  # every channel of an instance: its statistics
 }
 
 
+# Channels placed beside others: two channels at the same two input channels each reach
+# both (mixed), a channel broadcast over all input channels reaches all of them.
+PLACED = {
+    "where-of-reversed": lambda y: torch.where(y > 0, y, y.flip(-1)),
+    "sum-with-reversed": lambda y: y + y.flip(-1),
+    "scaled-by-one-channel": lambda y: y * y[..., :1],
+    "one-channel-expanded": lambda y: y[..., 1:2].expand(-1, -1, WIDTH) + y,
+}
+
+
 class _Reversed(nn.Module):
     """The channels in reverse order through ``how(y, index)``, the index a buffer."""
 
@@ -169,6 +179,7 @@ CASES = (
     + [(f"{name}-across", op) for name, op in ACROSS_CHANNELS.items()]
     + list(STRUCTURED.items())
     + list(CONSTANT_INDEX.items())
+    + list(PLACED.items())
     + [(f"{name}-window", op) for name, op in WINDOWS_ALONG_TOKENS.items()]
     + [(f"{name}-window-across", op) for name, op in WINDOWS_ACROSS_CHANNELS.items()]
 )

@@ -359,15 +359,16 @@ class TokenMixing(nn.Module):
 
 def test_a_channel_broadcast_along_the_read_axis_is_one_masked_delivery():
     # a's channel t sits at token t of the stream, at every one of its 4 channels: each of
-    # a's 3 channels reaches all 4 input channels of b, one channel at each (not mixed).
-    # One delivery holds all three (not one per channel: MLP-Mixer has 196 per block).
+    # a's 3 channels reaches all 4 input channels of b (mixed, §8: each channel of the
+    # segment reaches all of them). One delivery holds all three (not one per channel:
+    # MLP-Mixer has 196 per block).
     _, routing = route(TokenMixing(), (1, 3, 4))
     (d,) = routing.inbound["a"]
     assert (d.consumer.call, d.positions.tolist(), d.held.tolist()) == ("b", [0] * 4, [0, 1, 2])
     report = gpa.analyze(TokenMixing(), input_shape=(1, 3, 4), channels=True)
     (segment,) = report.layers["a"].segments
     assert (segment.start, segment.stop, segment.paths.timestamps) == (0, 3, (2,))
-    assert [(x.sender, x.channels, x.mixed) for x in segment.sources] == [("b", (0, 4), False)]
+    assert [(x.sender, x.channels, x.mixed) for x in segment.sources] == [("b", (0, 4), True)]
     # s reaches b directly (channel c at c) and through a, which reads its channel axis
     # as positions: every channel of s reaches every input of a
     (segment,) = report.layers["s"].segments
@@ -375,6 +376,41 @@ def test_a_channel_broadcast_along_the_read_axis_is_one_masked_delivery():
     assert [(x.sender, x.channels, x.mixed) for x in segment.sources] == [
         ("a", (0, 3), True),
         ("b", (0, 4), False),
+    ]
+
+
+class TwoTokenMixers(nn.Module):
+    """:class:`TokenMixing` with two token-mixing blocks writing to the stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.a1, self.a2 = nn.Linear(3, 3), nn.Linear(3, 3)
+
+    def forward(self, x):
+        y = self.s(x)
+        y = y + self.a1(y.transpose(1, 2)).transpose(1, 2)
+        y = y + self.a2(y.transpose(1, 2)).transpose(1, 2)
+        return self.b(y)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_mixed_does_not_depend_on_how_the_stream_was_written(tracer):
+    # By hand: every channel of s sits at every token, so it reaches every input channel
+    # (token) of a1 and of a2 alike — mixed both times, though a1 reads s's own output and
+    # a2 the stream after a1 wrote to it (a2 said "not mixed" before) — and channel c of b;
+    # a1's channel t sits at token t: a2's input channel t (one each), every channel of b.
+    report = gpa.analyze(TwoTokenMixers(), input_shape=(1, 3, 4), channels=True, tracer=tracer)
+    (s,) = report.layers["s"].segments
+    assert [(x.sender, x.channels, x.mixed) for x in s.sources] == [
+        ("a1", (0, 3), True),
+        ("a2", (0, 3), True),
+        ("b", (0, 4), False),
+    ]
+    (a1,) = report.layers["a1"].segments
+    assert [(x.sender, x.channels, x.mixed) for x in a1.sources] == [
+        ("a2", (0, 3), False),
+        ("b", (0, 4), True),
     ]
 
 
@@ -417,10 +453,11 @@ def _group_norm(groups):
 # Each operation's parameter computed in forward (a size, a rank) and written out; a's
 # segments by hand: a norm or softmax over the channels reaches every input channel of b
 # (mixed); a reduction or normalisation over the tokens keeps channel c at c; a group norm
-# of 2 groups over the channels cuts a in two, each half reaching its half of b.
+# of 2 groups over the channels cuts a in two, each channel of a half reaching all of its
+# half of b (mixed, as a layer norm's channels reach all of b).
 MIXED = [(0, 4, [("b", (0, 4), True)])]
 KEPT = [(0, 4, [("b", (0, 4), False)])]
-HALVES = [(0, 2, [("b", (0, 2), False)]), (2, 4, [("b", (2, 4), False)])]
+HALVES = [(0, 2, [("b", (0, 2), True)]), (2, 4, [("b", (2, 4), True)])]
 
 
 @pytest.mark.parametrize(
