@@ -16,8 +16,9 @@ The rules, by what an operation does to channels:
   for real on a small tensor holding channel positions, so any permutation (ShuffleNet's
   shuffle) is tracked exactly; ``cat``, ``split``/``chunk``, ``narrow`` and basic slicing
   of one-axis channels have direct rules with the same answer and no probe;
-* pointwise and broadcasting operations, and those keeping the channel axis
-  (normalisations with per-channel statistics, pooling, upsampling): :func:`pointwise`;
+* pointwise and broadcasting operations, and batch norm: :func:`pointwise`; pooling,
+  resampling and instance norm, which keep channel positions but along the axes they
+  window over: :func:`windowed`;
 * operations combining positions along an axis (softmax, layer and group norm,
   reductions, products of activations, attention): the positions they combine depend on
   every channel involved;
@@ -77,12 +78,12 @@ __all__ = [
     "narrow",
     "op_name",
     "pointwise",
-    "windowed",
     "probe",
     "reduce",
     "split",
     "tracked",
     "untracked",
+    "windowed",
 ]
 
 # Probes larger than this (elements) are not materialised: the operation falls back.
@@ -1063,7 +1064,7 @@ def reduce(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sh
     signature = _REDUCTIONS.get(name, _Signature())
     ch = _first(node, inputs)
     dim = _parameter(ctx, node, signature.dim_at, "dim")
-    if isinstance(dim, fx.Node) and name in ("max", "min"):  # max(a, b): elementwise
+    if name in ("max", "min") and isinstance(inputs.get(dim), Channels):  # max(a, b) of tensors
         return pointwise(ctx, node, inputs, shapes)
     if isinstance(dim, bool):  # std(x, unbiased) / var(x, unbiased): every dim
         dim = None
