@@ -781,26 +781,51 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
     return tree_map(decode, result)
 
 
-def _constant(ctx: RoutingContext, node: fx.Node) -> torch.Tensor | None:
-    """The real value of a constant (parameter, buffer) argument, if it has one.
-
-    Copies and detached views of it count (the export frontend reads a tensor made in
-    ``forward`` as ``detach_(lift_fresh_copy(constant))``).
+def _constant(ctx: RoutingContext, node: fx.Node, depth: int = 0) -> torch.Tensor | None:
+    """The real value of a constant argument, if it has one: a parameter or buffer, or what
+    a few operations on constants make of them (``idx.view(1, 4)``, ``torch.arange(4) * 2``;
+    the export frontend reads a tensor made in ``forward`` as
+    ``detach_(lift_fresh_copy(constant))``). Random or large results are no constants.
     """
-    while node.op in ("call_function", "call_method") and op_name(node) in _SAME_VALUE:
-        if not node.args or not isinstance(node.args[0], fx.Node):
-            return None
-        node = node.args[0]
-    if node.op != "get_attr":
+    if node.op == "get_attr":
+        value = ctx.fetch_attr(node.target)
+        if isinstance(value, torch.Tensor) and value.device.type != "meta":
+            return value.detach()
         return None
-    value = ctx.fetch_attr(node.target)
-    if isinstance(value, torch.Tensor) and value.device.type != "meta":
-        return value.detach()
-    return None
+    flow = node.meta.get(FLOW)
+    if (
+        node.op not in ("call_function", "call_method")
+        or depth >= _CONSTANT_DEPTH
+        or flow is None
+        or any(word in op_name(node) for word in _NOT_CONSTANT)
+        or sum(math.prod(s) for s in _shape_leaves(flow.shapes)) > MAX_PROBE
+    ):
+        return None
+    known: dict[fx.Node, Any] = {}
+    for m in node.all_input_nodes:
+        if m.meta[FLOW].is_constant:  # a size computed in forward
+            known[m] = m.meta[FLOW].constant
+            continue
+        value = _constant(ctx, m, depth + 1)
+        if value is None:
+            return None
+        known[m] = value.clone()  # an in-place operation must not write to a buffer
+    args = fx.node.map_arg(node.args, known.__getitem__)
+    kwargs = fx.node.map_arg(node.kwargs, known.__getitem__)
+    try:
+        if node.op == "call_method":
+            result = getattr(args[0], node.target)(*args[1:], **kwargs)
+        else:
+            result = node.target(*args, **kwargs)
+    except Exception:  # whatever fails is no constant
+        return None
+    return result.detach() if isinstance(result, torch.Tensor) else None
 
 
-# Operations whose result holds their first argument's values as they are.
-_SAME_VALUE = frozenset({"detach", "lift_fresh_copy", "clone", "alias", "contiguous"})
+# How many operations deep a constant is looked for, and the operations whose results are
+# no constants (random, uninitialised).
+_CONSTANT_DEPTH = 8
+_NOT_CONSTANT = ("rand", "normal", "bernoulli", "multinomial", "uniform", "dropout", "empty")
 
 
 def _floating(node: fx.Node) -> bool:
@@ -983,6 +1008,8 @@ def combine(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], s
     dim = _parameter(ctx, node, 1, "dim")
     if ch is None or not isinstance(dim, int):
         return fallback(ctx, node, inputs, shapes, op_name(node))
+    if not ch.shape:  # a number: nothing along dim 0 (or -1) to combine
+        return ch
     return _combine_along(ch, [dim % len(ch.shape)], ctx.collapsed)
 
 
@@ -994,6 +1021,8 @@ def normalize(
     dim = _arg(node, 2, "dim", 1)
     if ch is None or not isinstance(dim, int):
         return fallback(ctx, node, inputs, shapes, op_name(node))
+    if not ch.shape:  # a number: nothing along dim 0 (or -1) to combine
+        return ch
     return _combine_along(ch, [dim % len(ch.shape)], ctx.collapsed)
 
 
@@ -1064,8 +1093,8 @@ def reduce(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sh
     signature = _REDUCTIONS.get(name, _Signature())
     ch = _first(node, inputs)
     dim = _parameter(ctx, node, signature.dim_at, "dim")
-    if name in ("max", "min") and isinstance(inputs.get(dim), Channels):  # max(a, b) of tensors
-        return pointwise(ctx, node, inputs, shapes)
+    if name in ("max", "min") and isinstance(inputs.get(_arg(node, 1, "other")), Channels):
+        return pointwise(ctx, node, inputs, shapes)  # max(a, b) of two tensors
     if isinstance(dim, bool):  # std(x, unbiased) / var(x, unbiased): every dim
         dim = None
     found = _shape_leaves(shapes)
@@ -1075,6 +1104,8 @@ def reduce(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sh
     dims = signature.default if dim is None else ([dim] if isinstance(dim, int) else list(dim))
     if dims is None or (not dims and tuple(found[0]) != ch.shape):
         dims = range(ndim)  # every dim (also amax(x, dim=()), which reduces them all)
+    if not ndim:
+        dims = ()  # a number's dim 0 (or -1): nothing to reduce
     keep = len(found[0]) == ndim
     result = ch
     for d in sorted({d % ndim for d in dims}, reverse=True):
@@ -1167,7 +1198,8 @@ RULES: dict[OpKey, Rule] = {
         "view reshape permute transpose flatten unflatten squeeze unsqueeze select "
         "index_select tensor_split unbind flip roll expand expand_as repeat movedim swapaxes "
         "swapdims t view_as reshape_as stack pad pixel_shuffle pixel_unshuffle channel_shuffle "
-        "hstack vstack getattr.T getattr.mT _unsafe_view constant_pad_nd gather take_along_dim",
+        "hstack vstack getattr.T getattr.mT _unsafe_view constant_pad_nd gather take_along_dim "
+        "take repeat_interleave tile unfold im2col diagonal diag_embed index",
         probe,
     ),
     **_each("cat concat concatenate", concatenate),

@@ -93,6 +93,7 @@ ALONG_TOKENS = {  # reduce the token axis: channel c stays at c
     "amax-tuple": lambda y: y.amax((1,)),
     "max-of-two-tensors": lambda y: torch.max(y, 2 * y),
     "min-of-two-tensors": lambda y: torch.min(y, y - 1),
+    "max-of-two-tensors-keyword": lambda y: torch.max(y, other=2 * y),
 }
 
 ACROSS_CHANNELS = {  # reduce the channel axis, multiply back: every channel everywhere
@@ -104,6 +105,10 @@ ACROSS_CHANNELS = {  # reduce the channel axis, multiply back: every channel eve
     "mode-default-dim": lambda y: y * y.mode().values[..., None],
     "linalg-matrix-norm-default": lambda y: y * torch.linalg.matrix_norm(y)[:, None, None],
     "var-mean-keepdim": lambda y: y * torch.var_mean(y, -1, keepdim=True)[1],
+    # a number reduced again along its dim 0 or -1 (a ZeroDivisionError before)
+    "sum-of-a-sum": lambda y: y * y.sum().sum(-1),
+    "mean-of-a-sum": lambda y: y * y.sum().mean(0),
+    "logsumexp-of-a-sum": lambda y: y * y.sum().logsumexp(-1),
 }
 
 
@@ -149,21 +154,51 @@ PLACED = {
 
 
 class _Reversed(nn.Module):
-    """The channels in reverse order through ``how(y, index)``, the index a buffer."""
+    """The channels through ``how(y, index)``, the index a buffer (default: in reverse)."""
 
-    def __init__(self, how):
+    def __init__(self, how, index=None):
         super().__init__()
         self.how = how
-        self.register_buffer("index", torch.arange(WIDTH - 1, -1, -1).expand(*SHAPE[:-1], -1))
+        if index is None:
+            index = torch.arange(WIDTH - 1, -1, -1).expand(*SHAPE[:-1], -1)
+        self.register_buffer("index", index)
 
     def forward(self, y):
         return self.how(y, self.index)
 
 
+class _Taken(nn.Module):
+    """``torch.take`` of the channels in reverse order, by a constant flat index."""
+
+    def __init__(self):
+        super().__init__()
+        flat = torch.arange(SHAPE[0] * SHAPE[1] * WIDTH).view(*SHAPE[:-1], WIDTH)
+        self.register_buffer("index", flat.flip(-1))
+
+    def forward(self, y):
+        return torch.take(y, self.index)
+
+
+MOVED = {  # more data movement: probed
+    "repeat-interleave": lambda y: y.repeat_interleave(2, -1)[..., 1::2].flip(-1),
+    "tile": lambda y: y.tile(1, 1, 2)[..., 2:6],
+    "tensor-unfold": lambda y: y.unfold(-1, 2, 2).flip(-1).flatten(-2),
+    "im2col": lambda y: F.unfold(y.transpose(1, 2).unsqueeze(-1), (1, 1)).transpose(1, 2),
+    "diag-embed-diagonal": lambda y: torch.diag_embed(y).diagonal(dim1=-2, dim2=-1),
+    "take": _Taken(),
+}
+
 CONSTANT_INDEX = {  # data movement by a constant index: probed
     "gather": _Reversed(lambda y, i: y.gather(-1, i)),
     "take-along-dim": _Reversed(lambda y, i: torch.take_along_dim(y, i, -1)),
     "index-select-made-in-forward": lambda y: y.index_select(-1, torch.tensor([3, 2, 1, 0])),
+    # export reads these as operations on constants: evaluated for their values
+    "index-by-buffer": _Reversed(lambda y, i: y[..., i], torch.tensor([3, 0, 0, 2])),
+    "index-by-list": lambda y: y[..., [3, 0, 0, 2]],
+    "index-by-arange": lambda y: y[..., torch.arange(WIDTH - 1, -1, -1)],
+    "take-along-dim-by-a-view": _Reversed(
+        lambda y, i: torch.take_along_dim(y, i.view(1, 1, WIDTH), -1), torch.tensor([1, 0, 3, 2])
+    ),
 }
 
 STRUCTURED = {  # one fx node holding several tensors
@@ -179,6 +214,7 @@ CASES = (
     + [(f"{name}-across", op) for name, op in ACROSS_CHANNELS.items()]
     + list(STRUCTURED.items())
     + list(CONSTANT_INDEX.items())
+    + list(MOVED.items())
     + list(PLACED.items())
     + [(f"{name}-window", op) for name, op in WINDOWS_ALONG_TOKENS.items()]
     + [(f"{name}-window-across", op) for name, op in WINDOWS_ACROSS_CHANNELS.items()]
@@ -205,9 +241,11 @@ def routed(record: dict) -> torch.Tensor:
             a, b = source["channels"]
             if source.get("mixed", False):
                 found[lo:hi, a:b] = True
-            else:  # one input channel each, shifted along with the channel
-                assert b - a == hi - lo
-                found[range(lo, hi), range(a, b)] = True
+            else:  # a block of input channels each, shifted along with the channel
+                block, rest = divmod(b - a, hi - lo)
+                assert rest == 0
+                for c in range(lo, hi):
+                    found[c, a + (c - lo) * block : a + (c - lo + 1) * block] = True
     return found
 
 
