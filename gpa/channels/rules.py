@@ -711,11 +711,24 @@ def windowed(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], 
         if a in ch.axes and not (resampled and len(out) == ndim and out[a] == ch.shape[a]):
             ch = _collapse(ch, a, ch.shape[:a] + (1,) + ch.shape[a + 1 :], ctx.collapsed)
     others = [v for n, v in inputs.items() if n is not first and isinstance(v, Channels)]
-    result = _union([ch, *others], out)
+    return _results(_union([ch, *others], out), shapes)
+
+
+def _results(value: Channels, shapes: Any, every: bool = False) -> Any:
+    """``value`` for an operation's result ``shapes``: one tensor, or (values, indices) —
+    the indices are integers and carry no gradient — or, with ``every``, several values."""
     if isinstance(shapes, Shape):
-        return result
-    rest = iter([result] + [Channels((), tuple(s), ()) for s in found[1:]])
-    return tree_map(lambda s: next(rest) if isinstance(s, Shape) else None, shapes)
+        return value
+    first = True
+
+    def each(s: Any) -> Any:
+        nonlocal first
+        if not isinstance(s, Shape):
+            return None
+        found, first = value if first or every else Channels((), tuple(s), ()), False
+        return found
+
+    return tree_map(each, shapes)
 
 
 def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
@@ -1112,13 +1125,7 @@ def reduce(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sh
         kept = result.shape[:d] + (1,) + result.shape[d + 1 :] if keep else None
         result = _collapse(result, d, kept)
     result = Channels(result.axes, tuple(found[0]), result.terms)
-    if isinstance(shapes, Shape):
-        return result
-    # (values, indices): the indices are integers and carry no gradient.
-    rest = iter(
-        [result] + [result if signature.values else Channels((), tuple(s), ()) for s in found[1:]]
-    )
-    return tree_map(lambda s: next(rest) if isinstance(s, Shape) else None, shapes)
+    return _results(result, shapes, every=signature.values)
 
 
 def matmul(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
