@@ -8,13 +8,23 @@ Markers (registered in pyproject.toml):
 * ``zoo``: the torchvision/timm tier of tests/zoo, run by ``.ci/zoo`` with ``-m zoo``. It
   is deselected here unless the ``-m`` expression names it, so that any other selection
   (``-m "not slow"``, ``-k``, none) leaves it out.
+
+Property tests (hypothesis) draw the same examples on every run, so a gate's verdict does
+not depend on luck; ``HYPOTHESIS_PROFILE=explore`` draws fresh ones to look for new
+counterexamples.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("gate", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "gate"))
 
 # Target files for the CLI and loader tests; some fail to import on purpose.
 collect_ignore = ["data"]

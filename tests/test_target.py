@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import textwrap
 from pathlib import Path
@@ -439,7 +440,7 @@ def test_sibling_packages_are_forgotten_but_earlier_imports_are_kept(tmp_path: P
         model = make
         """,
     )
-    format_module = sys.modules["gpa.render.text"]
+    format_module = importlib.import_module("gpa.render.text")  # imported before the target
     assert isinstance(load_target(str(tmp_path / "net.py")).model, nn.Linear)
     assert not [m for m in sys.modules if m.startswith("gpa_fixture_pkg")]
     assert sys.modules["gpa.render.text"] is format_module  # gpa was imported before: untouched
