@@ -160,7 +160,7 @@ def rule_for(node: fx.Node, module: nn.Module | None = None) -> Rule:
     Example:
         >>> g = fx.Graph()
         >>> x = g.placeholder("x")
-        >>> rule_for(g.call_method("permute", (x, 0, 2, 1))).__name__
+        >>> rule_for(g.call_method("flip", (x, 1))).__name__
         'probe'
         >>> rule_for(g.call_module("act", (x,)), nn.LeakyReLU()).__name__
         'pointwise'

@@ -29,7 +29,7 @@ Adding an operation is adding one row to :data:`RULES`: a function or method nam
 the called module's MRO), mapped to a :data:`Rule`.
 
 Example:
-    >>> RULES["permute"] is probe, RULES[nn.ReLU] is pointwise, RULES["softmax"] is combine
+    >>> RULES["flip"] is probe, RULES[nn.ReLU] is pointwise, RULES["softmax"] is combine
     (True, True, True)
 """
 
@@ -980,6 +980,126 @@ def _sliced(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     return Channels(result.axes, tuple(shapes), result.terms)
 
 
+# Pairwise-distinct sizes: an axis permutation applied to a meta tensor of these sizes
+# shows, by the sizes of its result, which axis went where.
+_MARKS = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53)
+
+
+def _permuted(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``permute``, ``transpose``, ``movedim``, ``t``, ``.T`` …: an axis permutation.
+
+    Each term's index is transposed (a view: no probe as large as the activation); the
+    channel-bearing axes are those the probe would find, the moved ones longer than 1.
+    """
+    source = _first(node, inputs)
+    ndim = len(source.shape) if source is not None else 0
+    if source is None or not isinstance(shapes, Shape) or not 0 < ndim <= len(_MARKS):
+        return None
+    args, kwargs = _known(tuple(node.args[1:])), _known(dict(node.kwargs))
+    if any(isinstance(v, fx.Node) for v in tree_flatten((args, kwargs))[0]):
+        return None  # an argument computed from tensors
+    marks = torch.empty(_MARKS[:ndim], device="meta")
+    try:
+        if node.op == "call_method":
+            moved = getattr(marks, node.target)(*args, **kwargs)
+        else:
+            moved = node.target(marks, *args, **kwargs)
+    except Exception:  # not a permutation of these axes: the probe decides
+        return None
+    perm = [_MARKS.index(n) for n in moved.shape if n in _MARKS[:ndim]]
+    if len(perm) != ndim or tuple(source.shape[a] for a in perm) != tuple(shapes):
+        return None
+    kept = [a for a in source.axes if source.shape[a] > 1]
+    drop = tuple(slice(None) if source.shape[a] > 1 else 0 for a in source.axes)
+    axes = tuple(i for i, a in enumerate(perm) if a in kept)
+    order = [kept.index(perm[i]) for i in axes]
+    terms = []
+    for t in source.terms:
+        if t.index is None:
+            terms.append(t)
+        elif t.index.shape != source.sizes:
+            return None
+        elif (t.index >= 0).any():  # the probe drops a term found nowhere
+            terms.append(t.moved(t.index[drop].transpose(order)))
+    return Channels(axes, tuple(shapes), tuple(terms))
+
+
+def _axis_groups(before: tuple[int, ...], after: tuple[int, ...]) -> list[tuple[list, list]]:
+    """The smallest runs of axes of ``before`` and ``after`` with equal products: what a
+    row-major reshape from one shape to the other keeps apart (size-1 axes join a run).
+
+    Example:
+        >>> _axis_groups((2, 6, 5), (2, 3, 2, 5, 1))
+        [([0], [0]), ([1], [1, 2]), ([2], [3, 4])]
+    """
+    groups: list[tuple[list, list]] = []
+    i = j = 0
+    while i < len(before) and j < len(after):
+        left, right, p, q = [i], [j], before[i], after[j]
+        i, j = i + 1, j + 1
+        while p != q:
+            if p < q:
+                left.append(i)
+                p, i = p * before[i], i + 1
+            else:
+                right.append(j)
+                q, j = q * after[j], j + 1
+        groups.append((left, right))
+    if groups:  # size-1 axes left over
+        groups[-1][0].extend(range(i, len(before)))
+        groups[-1][1].extend(range(j, len(after)))
+    return groups
+
+
+def _reshaped(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``view``, ``reshape``, ``flatten``, ``unflatten``, ``squeeze``, ``unsqueeze``: the
+    same values read in a new shape (row-major), whatever the arguments say.
+
+    Only the runs of axes holding channels are written out (as the probe would be, but
+    not the rest of the activation); an axis the probe would find constant is dropped.
+    """
+    source = _first(node, inputs)
+    before = source.shape if source is not None else ()
+    if (
+        source is None
+        or not isinstance(shapes, Shape)
+        or 0 in before
+        or math.prod(before) != math.prod(shapes)
+        or any(isinstance(v, torch.dtype) for v in tree_flatten((node.args, node.kwargs))[0])
+    ):
+        return None
+    after = tuple(shapes)
+    kept = [a for a in source.axes if before[a] > 1]
+    groups = [(left, right) for left, right in _axis_groups(before, after) if set(left) & set(kept)]
+    wide = [before[a] if any(a in left for left, _ in groups) else 1 for a in range(len(before))]
+    long = [after[b] if any(b in right for _, right in groups) else 1 for b in range(len(after))]
+    # where the probe's positions vary: along the output axes they vary along in a run
+    positions = np.arange(math.prod(before[a] for a in kept)).reshape(
+        [before[a] if a in kept else 1 for a in range(len(before))]
+    )
+    positions = np.broadcast_to(positions, wide).reshape(long)
+    axes = tuple(
+        b
+        for b in range(len(after))
+        if long[b] > 1 and (positions != positions.take([0], axis=b)).any()
+    )
+    drop = tuple(slice(None) if before[a] > 1 else 0 for a in source.axes)
+    pick = tuple(slice(None) if b in axes else 0 for b in range(len(after)))
+    spread = [before[a] if a in kept else 1 for a in range(len(before))]
+    terms = []
+    for t in source.terms:
+        if t.index is None:
+            terms.append(t)
+        elif t.index.shape != source.sizes:
+            return None
+        elif (t.index >= 0).any():  # the probe drops a term found nowhere
+            index = np.broadcast_to(t.index[drop].reshape(spread), wide).reshape(long)
+            terms.append(t.moved(index[pick]))
+    return Channels(axes, after, tuple(terms))
+
+
+permuted: Rule = _or_probe(_permuted)
+reshaped: Rule = _or_probe(_reshaped)
 concatenate: Rule = _or_probe(_concatenated)
 split: Rule = _or_probe(_split)
 narrow: Rule = _or_probe(_narrow)
@@ -1202,12 +1322,19 @@ RULES: dict[OpKey, Rule] = {
     ),
     # data movement
     **_each(
-        "view reshape permute transpose flatten unflatten squeeze unsqueeze select "
-        "index_select tensor_split unbind flip roll expand expand_as repeat movedim swapaxes "
-        "swapdims t view_as reshape_as stack pad pixel_shuffle pixel_unshuffle channel_shuffle "
-        "hstack vstack getattr.T getattr.mT _unsafe_view constant_pad_nd gather take_along_dim "
+        "select index_select tensor_split unbind flip roll expand expand_as repeat "
+        "stack pad pixel_shuffle pixel_unshuffle channel_shuffle "
+        "hstack vstack constant_pad_nd gather take_along_dim "
         "take repeat_interleave tile unfold im2col diagonal diag_embed index",
         probe,
+    ),
+    **_each(
+        "permute transpose movedim moveaxis swapaxes swapdims t getattr.T getattr.mT mT numpy_T",
+        permuted,
+    ),
+    **_each(
+        "view reshape flatten unflatten squeeze unsqueeze view_as reshape_as _unsafe_view",
+        reshaped,
     ),
     **_each("cat concat concatenate", concatenate),
     **_each("split chunk split_with_sizes", split),

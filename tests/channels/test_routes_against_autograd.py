@@ -193,6 +193,17 @@ MOVED = {  # more data movement: probed
     "take": _Taken(),
 }
 
+AXES = {  # permutations and reshapes: direct rules, the same answer as the probe
+    "heads-transposed": lambda y: y.view(2, 5, 2, 2).transpose(-1, -2).flatten(-2),
+    "heads-unflattened-mT": lambda y: y.unflatten(-1, (2, 2)).mT.reshape(2, 5, WIDTH),
+    "tokens-and-channels-swapped": lambda y: y.permute(0, 2, 1).flip(1).permute(0, 2, 1),
+    "channels-moved-first": lambda y: y.movedim(-1, 0).flip(0).movedim(0, -1),
+    "flattened-and-viewed": lambda y: (
+        y.flatten().view(2, 5, 2, 2).swapaxes(-1, -2).reshape(2, 5, -1)
+    ),
+    "squeezed-and-unsqueezed": lambda y: y.unsqueeze(1).transpose(1, -1).squeeze(-1).mT,
+}
+
 CONSTANT_INDEX = {  # data movement by a constant index: probed
     "gather": _Reversed(lambda y, i: y.gather(-1, i)),
     "take-along-dim": _Reversed(lambda y, i: torch.take_along_dim(y, i, -1)),
@@ -220,6 +231,7 @@ CASES = (
     + list(STRUCTURED.items())
     + list(CONSTANT_INDEX.items())
     + list(MOVED.items())
+    + list(AXES.items())
     + list(PLACED.items())
     + [(f"{name}-window", op) for name, op in WINDOWS_ALONG_TOKENS.items()]
     + [(f"{name}-window-across", op) for name, op in WINDOWS_ACROSS_CHANNELS.items()]

@@ -1,0 +1,189 @@
+"""Direct channel rules against the probe (``docs/semantics.md`` §8).
+
+Axis permutations (``permute``, ``transpose``, ``movedim``, ``t``, ``.T``, ``.mT``) and
+reshapes (``view``, ``reshape``, ``flatten``, ``unflatten``, ``squeeze``, ``unsqueeze``)
+have direct rules that move each term's index without running the operation. The probe
+is the independent reference: it runs the operation for real on a tensor holding channel
+positions and reads them back. Both must give the same channel-bearing axes and, term by
+term, the same channels at every position — for random shapes (size-1 axes included),
+channel axes, and terms of every kind (an index with empty positions, a broadcast index,
+a term found everywhere, a norm's mask of held channels, a term found nowhere).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.fx as fx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpa.channels.rules import RULES, Channels, Term, _permuted, _reshaped, op_name, probe
+from gpa.frontends.fx.flow import Shape
+
+RESHAPES = ("reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze")
+
+
+class _Context:
+    """What the probe asks of the routing pass: nothing these operations need."""
+
+    collapsed: dict = {}
+
+    def fetch_attr(self, target: str) -> Any:
+        raise AssertionError(target)
+
+    def note_fallback(self, producer: str, why: str) -> None:
+        raise AssertionError(f"{producer}: {why}")
+
+    def channel_count(self, producer: str) -> int:
+        return 4
+
+
+@st.composite
+def channels(draw: st.DrawFn) -> Channels:
+    """A tensor of 1-4 axes (sizes 1-4), some axes holding channels, 1-3 terms."""
+    shape = tuple(draw(st.lists(st.integers(1, 4), min_size=1, max_size=4)))
+    axes = tuple(a for a in range(len(shape)) if draw(st.booleans())) or (0,)
+    sizes = tuple(shape[a] for a in axes)
+    terms = []
+    for k in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["index", "broadcast", "everywhere", "held", "nowhere"]))
+        if kind == "everywhere":
+            terms.append(Term(f"p{k}", None, everywhere=(0, 2)))
+            continue
+        values = np.array(
+            draw(st.lists(st.integers(-1, 3), min_size=math.prod(sizes), max_size=math.prod(sizes)))
+        ).reshape(sizes)
+        if kind == "broadcast":  # one row of values repeated along the first channel axis
+            values = np.broadcast_to(values[:1], sizes)
+        if kind == "nowhere":
+            values = np.full(sizes, -1)
+        held = np.array([1, 3]) if kind == "held" else None
+        terms.append(
+            Term(f"p{k}", np.minimum(values, 0) if held is not None else values, held=held)
+        )
+    return Channels(axes, shape, tuple(terms))
+
+
+@st.composite
+def movements(draw: st.DrawFn, ndim: int, numel: int) -> tuple[str, str, tuple, dict]:
+    """(``call_method`` or ``call_function``, target, arguments after the tensor, keywords)."""
+    dim = st.integers(-ndim, ndim - 1)
+    choices = ["permute", "permute-tuple", "torch.permute", "transpose", "torch.transpose",
+               "movedim", "swapaxes", "reshape", "view", "flatten", "unflatten", "squeeze",
+               "squeeze-all", "unsqueeze", "T"]  # fmt: skip
+    if ndim <= 2:
+        choices.append("t")
+    if ndim >= 2:
+        choices.append("mT")
+    kind = draw(st.sampled_from(choices))
+    perm = tuple(draw(st.permutations(range(ndim))))
+    if kind == "permute":
+        return "call_method", "permute", perm, {}
+    if kind == "permute-tuple":
+        return "call_method", "permute", (perm,), {}
+    if kind == "torch.permute":
+        return "call_function", torch.permute, (perm,), {}
+    if kind in ("transpose", "swapaxes"):
+        return "call_method", kind, (draw(dim), draw(dim)), {}
+    if kind == "torch.transpose":
+        return "call_function", torch.transpose, (draw(dim), draw(dim)), {}
+    if kind == "movedim":
+        return "call_method", "movedim", (draw(dim), draw(dim)), {}
+    if kind in ("reshape", "view"):  # any factorisation of the size, with 1s, one -1 or none
+        sizes, left = [], numel
+        for p in (2, 2, 3, 2, 5, 3, 7):  # the prime factors, grouped at random
+            while left % p == 0:
+                left //= p
+                if sizes and draw(st.booleans()):
+                    sizes[-1] *= p
+                else:
+                    sizes.append(p)
+        sizes = draw(st.permutations(sizes)) if draw(st.booleans()) else sizes
+        sizes = [*sizes, *[1] * draw(st.integers(0, 2))]
+        if sizes and draw(st.booleans()):
+            sizes[draw(st.integers(0, len(sizes) - 1))] = -1
+        return "call_method", kind, tuple(sizes) or (1,), {}
+    if kind == "flatten":
+        start = draw(st.integers(0, ndim - 1))
+        return "call_method", "flatten", (start, draw(st.integers(start, ndim - 1))), {}
+    if kind == "unflatten":
+        return "call_method", "unflatten", (draw(dim), (1, -1)), {}
+    if kind == "squeeze":
+        return "call_method", "squeeze", (draw(dim),), {}
+    if kind == "squeeze-all":
+        return "call_method", "squeeze", (), {}
+    if kind == "unsqueeze":
+        return "call_method", "unsqueeze", (draw(st.integers(-ndim - 1, ndim)),), {}
+    if kind in ("T", "mT"):
+        return "call_function", getattr, (kind,), {}
+    return "call_method", "t", (), {}
+
+
+def _node(op: str, target: Any, args: tuple, kwargs: dict) -> tuple[fx.Node, fx.Node]:
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    return x, graph.create_node(op, target, (x, *args), kwargs)
+
+
+def _apply(op: str, target: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    if op == "call_method":
+        return getattr(x, target)(*args, **kwargs)
+    return target(x, *args, **kwargs)
+
+
+def _same(direct: Channels, probed: Channels) -> None:
+    assert direct.axes == probed.axes
+    assert direct.shape == probed.shape
+    assert len(direct.terms) == len(probed.terms)
+    for d, p in zip(direct.terms, probed.terms, strict=True):
+        assert (d.producer, d.everywhere) == (p.producer, p.everywhere)
+        assert (d.held is None) == (p.held is None)
+        if d.held is not None:
+            assert np.array_equal(d.held, p.held)
+        assert (d.index is None) == (p.index is None)
+        if d.index is not None:
+            assert d.index.shape == p.index.shape == direct.sizes
+            assert np.array_equal(d.index, p.index)
+
+
+@pytest.mark.filterwarnings("ignore:The use of `x.T`")  # .T of other than 2 axes: deprecated
+@settings(max_examples=600, deadline=None)
+@given(st.data())
+def test_direct_rules_give_the_probes_answer(data: st.DataObject) -> None:
+    value = data.draw(channels())
+    op, target, args, kwargs = data.draw(movements(len(value.shape), math.prod(value.shape)))
+    x, node = _node(op, target, args, kwargs)
+    try:
+        out = _apply(op, target, torch.empty(value.shape, device="meta"), args, kwargs)
+    except (RuntimeError, IndexError):
+        return  # not a valid call for this shape (a view of no such size …)
+    shapes = Shape(out.shape)
+    rule = _reshaped if op_name(node) in RESHAPES else _permuted
+    direct = rule(node, {x: value}, shapes)
+    assert direct is not None, f"{op_name(node)}{args}: the direct rule declined"
+    _same(direct, probe(_Context(), node, {x: value}, shapes))
+
+
+def test_the_table_sends_these_operations_to_the_direct_rules() -> None:
+    names = "permute transpose movedim swapaxes t getattr.T getattr.mT view reshape flatten"
+    assert all(RULES[n].__name__ in ("permuted", "reshaped") for n in names.split())
+
+
+def test_a_view_as_another_dtype_is_left_to_the_probe() -> None:
+    value = Channels((0,), (4,), (Term("p", np.arange(4)),))
+    x, node = _node("call_method", "view", (torch.int32,), {})
+    assert _reshaped(node, {x: value}, Shape((4,))) is None
+
+
+def test_a_head_split_keeps_each_channel_at_its_head() -> None:
+    # (tokens 2, channels 4) -> (tokens 2, heads 2, 2 channels each): hand-derived
+    value = Channels((1,), (2, 4), (Term("p", np.array([0, 1, 2, -1])),))
+    x, node = _node("call_method", "view", (2, 2, 2), {})
+    found = _reshaped(node, {x: value}, Shape((2, 2, 2)))
+    assert found.axes == (1, 2)
+    assert found.terms[0].index.tolist() == [[0, 1], [2, -1]]
