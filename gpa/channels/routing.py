@@ -321,15 +321,22 @@ def _rows_along(t: Term, k: int, size: int) -> list[tuple[np.ndarray, np.ndarray
     """What a consumer reading ``t``'s ``k``-th axis (of ``size`` positions) receives, as
     the (positions, held) of one :class:`Delivery` each: the distinct rows of ``t``'s index
     along that axis; for a mask term, one mask: where any of its channels is."""
+    # what broadcasting repeats (a term alike at every token) is read once: no copies
+    index = t.index[
+        tuple(
+            slice(0, 1) if j != k and step == 0 else slice(None)
+            for j, step in enumerate(t.index.strides)
+        )
+    ]
     if t.held is not None:
-        present = np.moveaxis(t.index >= 0, k, -1).reshape(-1, size).any(axis=0)
+        present = np.moveaxis(index >= 0, k, -1).reshape(-1, size).any(axis=0)
         return [(np.where(present, 0, -1), t.held)]
     if not size:  # an empty axis holds no channel
         return []
-    if t.index.strides[k] == 0:  # broadcast along the consumer's axis: not copied
-        first = np.take(t.index, 0, axis=k)
+    if index.strides[k] == 0:  # broadcast along the consumer's axis
+        first = np.take(index, 0, axis=k)
     else:
-        rows = np.moveaxis(t.index, k, -1).reshape(-1, size)
+        rows = np.moveaxis(index, k, -1).reshape(-1, size)
         if not (rows == rows[:, :1]).all():
             return [(row, None) for row in distinct_rows(rows)]
         first = rows[:, 0]

@@ -503,3 +503,27 @@ def test_parameters_computed_in_forward_route_as_written_ones(computed, written,
 
 def test_an_empty_read_axis_delivers_nothing():
     assert _rows_along(Term("a", np.zeros((3, 0), dtype=np.int64)), 1, 0) == []
+
+
+@pytest.mark.parametrize(
+    "index, k, held",
+    [
+        # a norm's mask, alike at every (token, token) pair, read along the heads
+        (np.broadcast_to(np.array([0, -1, 0, -1]), (3, 5, 4)), 2, np.array([1, 2])),
+        # a channel row alike at every token, read along the channels
+        (np.broadcast_to(np.array([2, -1, 0, 1]), (3, 4)), 1, None),
+        # alike along the channels read, different per token
+        (np.broadcast_to(np.array([[1], [-1], [3]]), (3, 4)), 1, None),
+        # mixed: broadcast along one axis, varying along the other two
+        (np.broadcast_to(np.arange(6).reshape(2, 1, 3) - 2, (2, 4, 3)), 2, None),
+    ],
+    ids=["held-mask", "one-row", "one-channel-per-row", "partly-broadcast"],
+)
+def test_a_broadcast_index_is_read_as_its_written_out_copy(index, k, held) -> None:
+    size = index.shape[k]
+    viewed = _rows_along(Term("p", index, held=held), k, size)
+    written = _rows_along(Term("p", np.ascontiguousarray(index), held=held), k, size)
+    assert len(viewed) == len(written) > 0
+    for (rows, kept), (rows_, kept_) in zip(viewed, written, strict=True):
+        assert np.array_equal(rows, rows_)
+        assert (kept is None and kept_ is None) or np.array_equal(kept, kept_)
