@@ -57,6 +57,7 @@ from gpa.channels.rules import (
     leaves,
     op_name,
     tracked,
+    unbroadcast,
     unique_values,
     untracked,
 )
@@ -322,12 +323,7 @@ def _rows_along(t: Term, k: int, size: int) -> list[tuple[np.ndarray, np.ndarray
     the (positions, held) of one :class:`Delivery` each: the distinct rows of ``t``'s index
     along that axis; for a mask term, one mask: where any of its channels is."""
     # what broadcasting repeats (a term alike at every token) is read once: no copies
-    index = t.index[
-        tuple(
-            slice(0, 1) if j != k and step == 0 else slice(None)
-            for j, step in enumerate(t.index.strides)
-        )
-    ]
+    index = unbroadcast(t.index, k)
     if t.held is not None:
         present = np.moveaxis(index >= 0, k, -1).reshape(-1, size).any(axis=0)
         return [(np.where(present, 0, -1), t.held)]

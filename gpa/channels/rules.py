@@ -77,11 +77,14 @@ __all__ = [
     "matmul",
     "narrow",
     "op_name",
+    "permuted",
     "pointwise",
     "probe",
     "reduce",
+    "reshaped",
     "split",
     "tracked",
+    "unbroadcast",
     "untracked",
     "windowed",
 ]
@@ -445,13 +448,32 @@ def _collapsed_parts(
     """(index, held) of the terms left when ``t``'s index collapses along its ``k``-th
     axis; the axis kept as size 1 and broadcast to ``kept_shape`` unless that is None."""
     moved = np.moveaxis(t.index, k, 0)
+    once = np.moveaxis(unbroadcast(t.index, k), k, 0)
     parts = []
-    for row, held in _collapsed_rows(moved.reshape(moved.shape[0], -1), t.held):
-        part = row.reshape(moved.shape[1:])
+    for row, held in _collapsed_rows(once.reshape(once.shape[0], -1), t.held):
+        part = np.broadcast_to(row.reshape(once.shape[1:]), moved.shape[1:])
         if kept_shape is not None:
             part = np.broadcast_to(np.expand_dims(part, k), kept_shape)
         parts.append((part, held))
     return parts
+
+
+def unbroadcast(index: np.ndarray, keep: int) -> np.ndarray:
+    """``index`` with every axis but ``keep`` along which broadcasting repeats it (stride 0)
+    cut to size 1: what the axis repeats is read once, and never copied.
+
+    Example:
+        >>> rows = np.broadcast_to(np.arange(4), (3, 4))  # one row, three times
+        >>> columns = np.broadcast_to(np.array([[0], [1]]), (2, 3))  # one column, three times
+        >>> unbroadcast(rows, 1).shape, unbroadcast(columns, 0).shape, unbroadcast(rows, 0).shape
+        ((1, 4), (2, 1), (3, 4))
+    """
+    return index[
+        tuple(
+            slice(0, 1) if a != keep and step == 0 else slice(None)
+            for a, step in enumerate(index.strides)
+        )
+    ]
 
 
 # Above this many distinct rows, a collapse also tries one term per distinct channel set.

@@ -19,7 +19,7 @@ from torch import nn
 
 import gpa
 from gpa.channels.routing import CHANNELS, Consumer, _rows_along, route_channels, rule_for
-from gpa.channels.rules import RULES, Channels, Term, fallback, pointwise, probe
+from gpa.channels.rules import RULES, Channels, Term, _collapsed_parts, fallback, pointwise, probe
 from gpa.frontends.fx import fx_gradient_graph
 from gpa.options import AnalysisOptions
 
@@ -527,3 +527,42 @@ def test_a_broadcast_index_is_read_as_its_written_out_copy(index, k, held) -> No
     for (rows, kept), (rows_, kept_) in zip(viewed, written, strict=True):
         assert np.array_equal(rows, rows_)
         assert (kept is None and kept_ is None) or np.array_equal(kept, kept_)
+
+
+@pytest.mark.parametrize("kept", [False, True], ids=["removed", "kept"])
+@pytest.mark.parametrize(
+    "index, k, held",
+    [
+        # attention's mask per head, alike at every token pair, collapsed along the heads
+        (np.broadcast_to(np.array([0, -1, 0])[:, None, None], (3, 4, 5)), 0, np.array([2])),
+        # a channel row alike at every token, collapsed along the tokens or the channels
+        (np.broadcast_to(np.array([2, -1, 0, 1]), (3, 4)), 0, None),
+        (np.broadcast_to(np.array([2, -1, 0, 1]), (3, 4)), 1, None),
+        # ten channels, one per row, alike along the last axis (a norm's many rows)
+        (np.broadcast_to(np.arange(10)[:, None, None], (10, 2, 3)), 0, None),
+        # ten alike rows, broadcast along the collapsed axis itself
+        (np.broadcast_to(np.array([3, 3, -1]), (10, 3)), 0, None),
+        # varying along the collapsed axis and one other, broadcast along the third
+        (np.broadcast_to(np.arange(6).reshape(3, 2, 1) % 4 - 1, (3, 2, 5)), 0, None),
+        (np.broadcast_to(np.arange(6).reshape(3, 2, 1) % 4 - 1, (3, 2, 5)), 1, None),
+    ],
+    ids=[
+        "held-mask",
+        "row-along-tokens",
+        "row-along-channels",
+        "many-rows",
+        "alike-rows",
+        "partly",
+        "partly-1",
+    ],
+)
+def test_a_broadcast_index_collapses_as_its_written_out_copy(index, k, held, kept) -> None:
+    shape = tuple(1 if a == k else n for a, n in enumerate(index.shape)) if kept else None
+    viewed = _collapsed_parts(Term("p", index, held=held), k, shape)
+    written = _collapsed_parts(Term("p", np.ascontiguousarray(index), held=held), k, shape)
+    assert len(viewed) == len(written) > 0
+    for (part, kept_channels), (part_, kept_channels_) in zip(viewed, written, strict=True):
+        assert part.shape == part_.shape and np.array_equal(part, part_)
+        assert (kept_channels is None and kept_channels_ is None) or np.array_equal(
+            kept_channels, kept_channels_
+        )
