@@ -1032,18 +1032,28 @@ def _permuted(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     if len(perm) != ndim or tuple(source.shape[a] for a in perm) != tuple(shapes):
         return None
     kept = [a for a in source.axes if source.shape[a] > 1]
-    drop = tuple(slice(None) if source.shape[a] > 1 else 0 for a in source.axes)
     axes = tuple(i for i, a in enumerate(perm) if a in kept)
     order = [kept.index(perm[i]) for i in axes]
+    terms = _each_index(source, lambda index: index.transpose(order))
+    return None if terms is None else Channels(axes, tuple(shapes), terms)
+
+
+def _each_index(
+    source: Channels, move: Callable[[np.ndarray], np.ndarray]
+) -> tuple[Term, ...] | None:
+    """``source``'s terms, each index moved by ``move`` (given it without its size-1 axes),
+    as the probe leaves them: a term found nowhere is dropped, one found everywhere kept.
+    None when an index is not over the channel axes' sizes (the probe decides)."""
+    drop = tuple(slice(None) if source.shape[a] > 1 else 0 for a in source.axes)
     terms = []
     for t in source.terms:
         if t.index is None:
             terms.append(t)
         elif t.index.shape != source.sizes:
             return None
-        elif (t.index >= 0).any():  # the probe drops a term found nowhere
-            terms.append(t.moved(t.index[drop].transpose(order)))
-    return Channels(axes, tuple(shapes), tuple(terms))
+        elif (t.index >= 0).any():
+            terms.append(t.moved(move(t.index[drop])))
+    return tuple(terms)
 
 
 def _axis_groups(before: tuple[int, ...], after: tuple[int, ...]) -> list[tuple[list, list]]:
@@ -1105,19 +1115,12 @@ def _reshaped(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
         for b in range(len(after))
         if long[b] > 1 and (positions != positions.take([0], axis=b)).any()
     )
-    drop = tuple(slice(None) if before[a] > 1 else 0 for a in source.axes)
     pick = tuple(slice(None) if b in axes else 0 for b in range(len(after)))
     spread = [before[a] if a in kept else 1 for a in range(len(before))]
-    terms = []
-    for t in source.terms:
-        if t.index is None:
-            terms.append(t)
-        elif t.index.shape != source.sizes:
-            return None
-        elif (t.index >= 0).any():  # the probe drops a term found nowhere
-            index = np.broadcast_to(t.index[drop].reshape(spread), wide).reshape(long)
-            terms.append(t.moved(index[pick]))
-    return Channels(axes, after, tuple(terms))
+    terms = _each_index(
+        source, lambda index: np.broadcast_to(index.reshape(spread), wide).reshape(long)[pick]
+    )
+    return None if terms is None else Channels(axes, after, terms)
 
 
 permuted: Rule = _or_probe(_permuted)
