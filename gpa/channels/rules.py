@@ -1105,6 +1105,8 @@ def _reshaped(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     groups = [(left, right) for left, right in _axis_groups(before, after) if set(left) & set(kept)]
     wide = [before[a] if any(a in left for left, _ in groups) else 1 for a in range(len(before))]
     long = [after[b] if any(b in right for _, right in groups) else 1 for b in range(len(after))]
+    if math.prod(long) > MAX_PROBE:  # as large as the probe the operation could not have
+        return None
     # where the probe's positions vary: along the output axes they vary along in a run
     positions = np.arange(math.prod(before[a] for a in kept)).reshape(
         [before[a] if a in kept else 1 for a in range(len(before))]

@@ -187,3 +187,12 @@ def test_a_head_split_keeps_each_channel_at_its_head() -> None:
     found = _reshaped(node, {x: value}, Shape((2, 2, 2)))
     assert found.axes == (1, 2)
     assert found.terms[0].index.tolist() == [[0, 1], [2, -1]]
+
+
+def test_a_reshape_larger_than_a_probe_is_left_to_the_probe(monkeypatch) -> None:
+    import gpa.channels.rules as rules
+
+    monkeypatch.setattr(rules, "MAX_PROBE", 10)  # the probe's limit, made small
+    value = Channels((0, 1), (4, 8), (Term("p", np.arange(32).reshape(4, 8) % 4),))
+    x, node = _node("call_method", "reshape", (32,), {})
+    assert _reshaped(node, {x: value}, Shape((32,))) is None
