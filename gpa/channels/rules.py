@@ -1015,7 +1015,12 @@ def _permuted(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     """
     source = _first(node, inputs)
     ndim = len(source.shape) if source is not None else 0
-    if source is None or not isinstance(shapes, Shape) or not 0 < ndim <= len(_MARKS):
+    if (
+        source is None
+        or not isinstance(shapes, Shape)
+        or not 0 < ndim <= len(_MARKS)
+        or not _probe_sized(source)
+    ):
         return None
     args, kwargs = _known(tuple(node.args[1:])), _known(dict(node.kwargs))
     if any(isinstance(v, fx.Node) for v in tree_flatten((args, kwargs))[0]):
@@ -1036,6 +1041,12 @@ def _permuted(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     order = [kept.index(perm[i]) for i in axes]
     terms = _each_index(source, lambda index: index.transpose(order))
     return None if terms is None else Channels(axes, tuple(shapes), terms)
+
+
+def _probe_sized(source: Channels) -> bool:
+    """Whether a direct rule answers for ``source``: not when it is empty (its terms do not
+    show it: the probe finds no channel) or too large to probe (the probe falls back)."""
+    return 0 < math.prod(source.shape) <= MAX_PROBE
 
 
 def _each_index(
@@ -1095,7 +1106,7 @@ def _reshaped(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     if (
         source is None
         or not isinstance(shapes, Shape)
-        or 0 in before
+        or not _probe_sized(source)
         or math.prod(before) != math.prod(shapes)
         or any(isinstance(v, torch.dtype) for v in tree_flatten((node.args, node.kwargs))[0])
     ):
@@ -1105,8 +1116,6 @@ def _reshaped(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     groups = [(left, right) for left, right in _axis_groups(before, after) if set(left) & set(kept)]
     wide = [before[a] if any(a in left for left, _ in groups) else 1 for a in range(len(before))]
     long = [after[b] if any(b in right for _, right in groups) else 1 for b in range(len(after))]
-    if math.prod(long) > MAX_PROBE:  # as large as the probe the operation could not have
-        return None
     # where the probe's positions vary: along the output axes they vary along in a run
     positions = np.arange(math.prod(before[a] for a in kept)).reshape(
         [before[a] if a in kept else 1 for a in range(len(before))]

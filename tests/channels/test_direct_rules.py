@@ -189,10 +189,25 @@ def test_a_head_split_keeps_each_channel_at_its_head() -> None:
     assert found.terms[0].index.tolist() == [[0, 1], [2, -1]]
 
 
-def test_a_reshape_larger_than_a_probe_is_left_to_the_probe(monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "target, args, shape",
+    [("reshape", (32,), (32,)), ("view", (2, 2, 8), (2, 2, 8)), ("transpose", (0, 1), (8, 4))],
+)
+def test_a_tensor_larger_than_a_probe_is_left_to_the_probe(monkeypatch, target, args, shape):
     import gpa.channels.rules as rules
 
     monkeypatch.setattr(rules, "MAX_PROBE", 10)  # the probe's limit, made small
-    value = Channels((0, 1), (4, 8), (Term("p", np.arange(32).reshape(4, 8) % 4),))
-    x, node = _node("call_method", "reshape", (32,), {})
-    assert _reshaped(node, {x: value}, Shape((32,))) is None
+    value = Channels((1,), (4, 8), (Term("p", np.arange(8) % 4),))
+    x, node = _node("call_method", target, args, {})
+    rule = _reshaped if target in RESHAPES else _permuted
+    assert rule(node, {x: value}, Shape(shape)) is None
+
+
+@pytest.mark.parametrize("target, args", [("transpose", (0, 1)), ("permute", (1, 0, 2))])
+def test_an_empty_tensor_moves_no_channel(target, args) -> None:
+    # (batch 2, no tokens, 4 channels): the index covers the channels only, not the empty
+    # token axis; the probe finds nothing, and so must the rule
+    value = Channels((2,), (2, 0, 4), (Term("p", np.arange(4)),))
+    x, node = _node("call_method", target, args, {})
+    assert _permuted(node, {x: value}, Shape((0, 2, 4))) is None
+    assert probe(_Context(), node, {x: value}, Shape((0, 2, 4))).terms == ()

@@ -202,6 +202,7 @@ AXES = {  # permutations and reshapes: direct rules, the same answer as the prob
         y.flatten().view(2, 5, 2, 2).swapaxes(-1, -2).reshape(2, 5, -1)
     ),
     "squeezed-and-unsqueezed": lambda y: y.unsqueeze(1).transpose(1, -1).squeeze(-1).mT,
+    "moveaxis-and-T": lambda y: torch.moveaxis(y, -1, 0).flip(0).T.permute(1, 0, 2),
 }
 
 CONSTANT_INDEX = {  # data movement by a constant index: probed
