@@ -757,8 +757,9 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
     """Data movement: run the operation on tensors holding channel positions and read them back.
 
     Each tracked input becomes a float64 tensor holding 1 + its flat channel-position
-    offset, so any permutation or offset the operation applies is read off its result;
-    constant arguments (weights, sizes computed in ``forward``) take their real values.
+    offset, so any permutation or offset the operation applies is read off its result.
+    Integer and boolean constants (indices, masks) and sizes computed in ``forward`` take
+    their real values; a floating-point tensor without channels holds zeros: no channel.
     """
     base = 1
     ch_terms: list[tuple[Term, int, int]] = []
@@ -774,11 +775,13 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
             ch_terms.extend((t, base, size) for t in value.terms)
             base += size
             return _probe_tensor(value, base - size)
-        constant = _constant(ctx, n) if alone else None
+        if alone and _floating(n):
+            # data without channels (a class token, a constant embedding): no channel
+            # anywhere, whatever its values (read as positions, they would be channels)
+            return torch.zeros(value.shape, dtype=torch.float64)
+        constant = _constant(ctx, n) if alone else None  # an index or a mask: its values
         if constant is not None:
             return constant
-        if alone and _floating(n):
-            return torch.zeros(value.shape, dtype=torch.float64)
         return f"{op_name(node)} (computed index)"
 
     for n, value in inputs.items():

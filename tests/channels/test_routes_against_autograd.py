@@ -205,6 +205,30 @@ AXES = {  # permutations and reshapes: direct rules, the same answer as the prob
     "moveaxis-and-T": lambda y: torch.moveaxis(y, -1, 0).flip(0).T.permute(1, 0, 2),
 }
 
+
+class _AfterToken(nn.Module):
+    """A learned token (a parameter of whole-number values) put before the tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.token = nn.Parameter(torch.arange(WIDTH, 0.0, -1).view(1, 1, WIDTH))  # 4, 3, 2, 1
+
+    def forward(self, y):
+        return torch.cat([self.token.expand(y.shape[0], -1, -1), y], 1)
+
+
+# Constant data beside the channels (a class token, a constant embedding): probed, they
+# hold no channel, whatever their values (values 1-4 were read as channel positions: the
+# class token's row reached every input channel from one channel, "mixed").
+CONSTANT_DATA = {
+    "class-token-parameter": _AfterToken(),
+    "class-token-made-in-forward": lambda y: torch.cat([torch.full((2, 1, WIDTH), 2.0), y], 1),
+    "stacked-beside-a-constant": lambda y: torch.stack([y, torch.full_like(y, 3.0)], 1).flatten(
+        1, 2
+    ),
+    "constant-embedding-computed": lambda y: torch.cat([torch.ones(2, 3, WIDTH) * 2 + 1, y], 1),
+}
+
 CONSTANT_INDEX = {  # data movement by a constant index: probed
     "gather": _Reversed(lambda y, i: y.gather(-1, i)),
     "take-along-dim": _Reversed(lambda y, i: torch.take_along_dim(y, i, -1)),
@@ -233,6 +257,7 @@ CASES = (
     + list(CONSTANT_INDEX.items())
     + list(MOVED.items())
     + list(AXES.items())
+    + list(CONSTANT_DATA.items())
     + list(PLACED.items())
     + [(f"{name}-window", op) for name, op in WINDOWS_ALONG_TOKENS.items()]
     + [(f"{name}-window-across", op) for name, op in WINDOWS_ACROSS_CHANNELS.items()]
