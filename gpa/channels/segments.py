@@ -511,13 +511,20 @@ def call_segments(
     # segmenter shares them: many parts reach the same part of a sender)
     delivered: dict[int, int] = {}
     senders: dict[int, str] = {}  # by id: every part of one arrival holds one Consumer
+    # segments reaching the same nodes have the same paths: one object (every channel of
+    # a layer feeding a depthwise convolution reaches the same segment of it)
+    alike: dict[tuple[int, ...], GradientPaths | None] = {}
     result: dict[str, list[Segment]] = {}
     for call, bounds in segmenter.bounds.items():
         fallback = tuple(sorted(routing.fallbacks.get(call, ())))
         result[call] = []
         for i, (start, stop) in enumerate(bounds):
+            parts = received[call, i]
+            reach = tuple([id(p.nodes) for p in parts])
+            if reach not in alike:
+                alike[reach] = index.paths(position[call, i])
             sources = []
-            for consumer, channels, mixed, group, nodes in received[call, i]:
+            for consumer, channels, mixed, group, nodes in parts:
                 rounds = delivered.get(id(nodes))
                 if rounds is None:
                     rounds = 0
@@ -536,9 +543,7 @@ def call_segments(
                         sender, channels, rounds, group, consumer.output, consumer.argument, mixed
                     )
                 )
-            result[call].append(
-                make_segment(start, stop, index.paths(position[call, i]), tuple(sources), fallback)
-            )
+            result[call].append(make_segment(start, stop, alike[reach], tuple(sources), fallback))
     return result
 
 
