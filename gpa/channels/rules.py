@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
@@ -887,26 +887,34 @@ def _or_probe(direct: Callable[[fx.Node, Mapping[fx.Node, Any], Any], Any]) -> R
     return rule
 
 
-def _concatenated(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
-    """``cat`` of tensors with channels on the concatenated axis or everywhere."""
+def _concatenated(
+    node: fx.Node,
+    inputs: Mapping[fx.Node, Any],
+    shapes: Any,
+    channel_count: Callable[[str], int] | None = None,
+) -> Any:
+    """``cat`` of tensors with channels on the concatenated axis or everywhere; with
+    ``channel_count`` (a producer's number of channels), on any axes (:func:`_joined`)."""
     parts = _arg(node, 0, "tensors")
     dim = _arg(node, 1, "dim", 0)
     if node.op != "call_function" or not isinstance(parts, (list, tuple)):
         return None
-    if not isinstance(shapes, Shape):
+    if not isinstance(shapes, Shape) or not math.prod(shapes):  # empty: no channel (probed)
         return None
     values = [inputs.get(p) if isinstance(p, fx.Node) else None for p in parts]
     if not all(isinstance(v, Channels) for v in values):
         return None
     ndim = len(shapes)
     dim %= ndim
-    if any(v.axes not in ((), (dim,)) or len(v.shape) != ndim for v in values):
+    if any(len(v.shape) != ndim for v in values):
         return None
-    if any(v.axes == () and any(t.index is not None for t in v.terms) for v in values):
-        return None
+    if any(v.axes not in ((), (dim,)) for v in values) or any(
+        v.axes == () and any(t.index is not None for t in v.terms) for v in values
+    ):
+        return _joined(parts, inputs, dim, tuple(shapes), channel_count)
     spread = len(values) > 1 and any(t.index is None for v in values for t in v.terms)
-    if spread and math.prod(shapes) <= MAX_PROBE:
-        return None  # channels everywhere in one part only: the probe masks them
+    if spread and math.prod(shapes) <= MAX_PROBE:  # channels everywhere in one part only
+        return _joined(parts, inputs, dim, tuple(shapes), channel_count)
     terms, offset = [], 0
     for v in values:
         size = v.shape[dim]
@@ -920,6 +928,79 @@ def _concatenated(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> 
         offset += size
     axes = (dim,) if any(t.index is not None for t in terms) else ()
     return Channels(axes, tuple(shapes), tuple(terms))
+
+
+def _joined(
+    parts: Sequence[fx.Node],
+    inputs: Mapping[fx.Node, Any],
+    dim: int,
+    shape: tuple[int, ...],
+    channel_count: Callable[[str], int] | None,
+) -> Channels | None:
+    """``cat`` of tensors with channels on any axes: each term's index written into its
+    tensor's stretch along ``dim`` (every stretch of a tensor concatenated twice), -1
+    elsewhere; a term found everywhere in its tensor is found throughout its stretches (a
+    mask of its channels: all of the producer's, by ``channel_count``); a floating-point
+    tensor without channels holds none. The axes are those the probe would find varying.
+    None (the probe decides) for other tensors without channels, or more than a probe holds.
+    """
+    if math.prod(shape) > MAX_PROBE or (
+        channel_count is None and any(t.index is None for p in parts for t in inputs[p].terms)
+    ):
+        return None
+    present = [p for p in parts if inputs[p].shape[dim]]
+    if any(not inputs[p].terms and not _floating(p) for p in present):
+        return None
+    kept = {p: [a for a in inputs[p].axes if inputs[p].shape[a] > 1] for p in present}
+    along = any(dim in kept[p] for p in present) or (
+        len(present) > 1 and any(inputs[p].terms for p in present)
+    )
+    axes = tuple(
+        sorted({a for p in present for a in kept[p] if a != dim} | ({dim} if along else set()))
+    )
+    out = tuple(shape[a] for a in axes)
+    stretches: dict[fx.Node, list[int]] = {}
+    offset = 0
+    for p in parts:
+        stretches.setdefault(p, []).append(offset)
+        offset += inputs[p].shape[dim]
+    terms = []
+    for p in dict.fromkeys(present):  # each tensor once, in argument order (as probed)
+        value = inputs[p]
+        drop = tuple(slice(None) if value.shape[a] > 1 else 0 for a in value.axes)
+        size = value.shape[dim]
+        spread = [value.shape[a] if a in kept[p] else 1 for a in axes]
+        stretch = [size if a == dim else n for a, n in zip(axes, out, strict=True)]
+        throughout = all(q is p for q in present)  # its stretches fill the result
+        # terms sharing an index share the result (later passes remember by identity): a
+        # residual stream's terms found everywhere, or written alike, are many
+        placed: dict[int | None, np.ndarray] = {}
+        for t in value.terms:
+            if t.index is None and throughout:
+                terms.append(t)
+                continue
+            key = None if t.index is None else id(t.index)
+            index = placed.get(key)
+            if index is None:
+                index = placed[key] = np.full(out, -1, dtype=np.int64)
+                moved = (
+                    0
+                    if t.index is None
+                    else np.broadcast_to(t.index[drop].reshape(spread), stretch)
+                )
+                for start in stretches[p]:
+                    where = tuple(
+                        slice(start, start + size) if a == dim else slice(None) for a in axes
+                    )
+                    index[where] = moved
+            if t.index is None:
+                held = (
+                    t.everywhere if t.everywhere is not None else range(channel_count(t.producer))
+                )
+                terms.append(Term(t.producer, index, held=np.array(held, dtype=np.int64)))
+            elif (index >= 0).any():  # the probe drops a term found nowhere
+                terms.append(t.moved(index))
+    return Channels(axes, shape, tuple(terms))
 
 
 def _pieces(
@@ -1139,7 +1220,17 @@ def _reshaped(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
 
 permuted: Rule = _or_probe(_permuted)
 reshaped: Rule = _or_probe(_reshaped)
-concatenate: Rule = _or_probe(_concatenated)
+
+
+def concatenate(
+    ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
+) -> Any:
+    """``cat``: moved directly (:func:`_concatenated`, knowing each producer's channel
+    count), else probed."""
+    found = _concatenated(node, inputs, shapes, ctx.channel_count)
+    return found if found is not None else probe(ctx, node, inputs, shapes)
+
+
 split: Rule = _or_probe(_split)
 narrow: Rule = _or_probe(_narrow)
 _slice: Rule = _or_probe(_sliced)

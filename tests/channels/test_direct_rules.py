@@ -1,8 +1,8 @@
 """Direct channel rules against the probe (``docs/semantics.md`` §8).
 
-Axis permutations (``permute``, ``transpose``, ``movedim``, ``t``, ``.T``, ``.mT``) and
+Axis permutations (``permute``, ``transpose``, ``movedim``, ``t``, ``.T``, ``.mT``),
 reshapes (``view``, ``reshape``, ``flatten``, ``unflatten``, ``squeeze``, ``unsqueeze``)
-have direct rules that move each term's index without running the operation. The probe
+and ``cat`` have direct rules that move each term's index without running the operation. The probe
 is the independent reference: it runs the operation for real on a tensor holding channel
 positions and reads them back. Both must give the same channel-bearing axes and, term by
 term, the same channels at every position — for random shapes (size-1 axes included),
@@ -22,8 +22,17 @@ import torch.fx as fx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpa.channels.rules import RULES, Channels, Term, _permuted, _reshaped, op_name, probe
-from gpa.frontends.fx.flow import Shape
+from gpa.channels.rules import (
+    RULES,
+    Channels,
+    Term,
+    _concatenated,
+    _permuted,
+    _reshaped,
+    op_name,
+    probe,
+)
+from gpa.frontends.fx.flow import FLOW, NodeFlow, Shape, ValueInfo
 
 RESHAPES = ("reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze")
 
@@ -211,3 +220,87 @@ def test_an_empty_tensor_moves_no_channel(target, args) -> None:
     x, node = _node("call_method", target, args, {})
     assert _permuted(node, {x: value}, Shape((0, 2, 4))) is None
     assert probe(_Context(), node, {x: value}, Shape((0, 2, 4))).terms == ()
+
+
+@st.composite
+def joined(draw: st.DrawFn) -> tuple[list[str], dict[str, Channels], int, tuple[int, ...]]:
+    """Tensors to concatenate (names, some repeated; their channels) along ``dim``."""
+    ndim = draw(st.integers(1, 3))
+    dim = draw(st.integers(0, ndim - 1))
+    shape = [draw(st.integers(1, 3)) for _ in range(ndim)]
+    values: dict[str, Channels] = {}
+    for k in range(draw(st.integers(1, 3))):
+        own = list(shape)
+        own[dim] = draw(st.integers(0, 3))
+        if k and draw(st.integers(0, 3)) == 0:  # a tensor without channels (a class token)
+            values[f"t{k}"] = Channels((), tuple(own), ())
+            continue
+        drawn = draw(channels())
+        axes = tuple(a for a in range(ndim) if draw(st.booleans())) or (dim,)
+        sizes = tuple(own[a] for a in axes)
+        terms = []
+        for t in drawn.terms:
+            if t.index is None:  # found everywhere in its tensor: some channels, or all
+                whole = draw(st.booleans())
+                terms.append(Term(t.producer + f"t{k}", None, None if whole else t.everywhere))
+                continue
+            values_ = np.array(
+                draw(
+                    st.lists(
+                        st.integers(-1, 3), min_size=math.prod(sizes), max_size=math.prod(sizes)
+                    )
+                )
+            ).reshape(sizes)
+            terms.append(Term(t.producer + f"t{k}", values_, held=t.held))
+        values[f"t{k}"] = Channels(
+            axes, tuple(own), tuple(terms) or (Term(f"p{k}", np.zeros(sizes, np.int64)),)
+        )
+    names = draw(st.lists(st.sampled_from(sorted(values)), min_size=1, max_size=4))
+    return names, values, dim, tuple(shape)
+
+
+@settings(max_examples=600, deadline=None)
+@given(joined())
+def test_cat_gives_the_probes_answer(case) -> None:
+    names, values, dim, shape = case
+    graph = fx.Graph()
+    nodes = {n: graph.placeholder(n) for n in dict.fromkeys(names)}
+    for n, node in nodes.items():
+        info = ValueInfo(values[n].shape, "torch.float32", True)
+        node.meta[FLOW] = NodeFlow(frozenset(), info, Shape(values[n].shape))
+    node = graph.call_function(torch.cat, ([nodes[n] for n in names], dim))
+    inputs = {nodes[n]: values[n] for n in nodes}
+    total = list(shape)
+    total[dim] = sum(values[n].shape[dim] for n in names)
+    shapes = Shape(total)
+    direct = _concatenated(node, inputs, shapes, _Context().channel_count)
+    probed = probe(_Context(), node, inputs, shapes)
+    if direct is None:  # declined: the probe answers
+        return
+    assert _meaning(direct) == _meaning(probed)
+
+
+def _meaning(value: Channels) -> dict[str, set[tuple[int, int]]]:
+    """Producer -> its (flat position, channel) pairs in ``value``: what the channels
+    say, however the terms are cut (one term per stretch of a tensor concatenated twice,
+    or one for both) and whichever size-1 axes they keep."""
+    found: dict[str, set[tuple[int, int]]] = {}
+    view = [1] * len(value.shape)
+    for a, n in zip(value.axes, value.sizes, strict=True):
+        view[a] = n
+    for t in value.terms:
+        pairs = found.setdefault(t.producer, set())
+        if t.index is None:  # every position
+            held = (
+                range(_Context().channel_count(t.producer))
+                if t.everywhere is None
+                else t.everywhere
+            )
+            pairs.update((p, c) for p in range(math.prod(value.shape)) for c in held)
+            continue
+        index = np.broadcast_to(t.index.reshape(view), value.shape).reshape(-1)
+        for position, channel in enumerate(index.tolist()):
+            if channel >= 0:
+                held = [channel] if t.held is None else t.held.tolist()
+                pairs.update((position, c) for c in held)
+    return {p: pairs for p, pairs in found.items() if pairs}

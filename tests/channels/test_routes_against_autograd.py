@@ -203,6 +203,14 @@ AXES = {  # permutations and reshapes: direct rules, the same answer as the prob
     ),
     "squeezed-and-unsqueezed": lambda y: y.unsqueeze(1).transpose(1, -1).squeeze(-1).mT,
     "moveaxis-and-T": lambda y: torch.moveaxis(y, -1, 0).flip(0).T.permute(1, 0, 2),
+    # cat of tensors whose channels lie on several axes, or everywhere in one of them
+    "cat-of-a-rolled-cat": lambda y: torch.cat(
+        [torch.cat([y[:, :2].roll(1, -1), y[:, 2:]], 1), y.flip(-1)], 1
+    ),
+    "cat-beside-a-norm": lambda y: torch.cat([y[..., :2], F.layer_norm(y[..., 2:], (2,))], -1),
+    "cat-twice-beside-a-norm": lambda y: torch.cat(
+        [y[:, :1].flip(-1), F.layer_norm(y, (WIDTH,)), y[:, :1].flip(-1)], 1
+    ),
 }
 
 
