@@ -1060,8 +1060,9 @@ def _aten_slice(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> An
 
 
 def _sliced(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
-    """``x[a:b, ..., c:d]``: basic slicing with unit steps."""
-    source = _one_axis_first(node, inputs)
+    """``x[a:b, ..., c:d]``: basic slicing with unit steps (channels on several axes:
+    :func:`_sliced_axes`)."""
+    source = _first(node, inputs)
     if source is None or not isinstance(shapes, Shape):
         return None
     ndim = len(source.shape)
@@ -1076,14 +1077,41 @@ def _sliced(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
         not all(isinstance(b, (int, type(None))) for b in (i.start, i.stop, i.step)) for i in index
     ):
         return None
+    cuts = [i.indices(n) for i, n in zip(index, source.shape, strict=False)]
+    if any(cuts[a][2] != 1 for a in source.axes if a < len(cuts)):
+        return None
+    cuts += [(0, n, 1) for n in source.shape[len(cuts) :]]
+    if len(source.axes) > 1:
+        return _sliced_axes(source, [(lo, hi) for lo, hi, _ in cuts], tuple(shapes))
     result = source
-    for d, i in enumerate(index):
-        if d in source.axes:
-            lo, hi, step = i.indices(source.shape[d])
-            if step != 1:
-                return None
-            result = _cut(result, d, lo, hi, tuple(shapes))
+    for d in source.axes:
+        result = _cut(result, d, cuts[d][0], cuts[d][1], tuple(shapes))
     return Channels(result.axes, tuple(shapes), result.terms)
+
+
+def _sliced_axes(
+    source: Channels, cuts: list[tuple[int, int]], shape: tuple[int, ...]
+) -> Channels | None:
+    """``source`` cut to ``[lo, hi)`` along each axis: each term's index cut alike (a
+    view); the channel axes left longer than 1 are those the probe would find."""
+    if not _probe_sized(source) or not math.prod(shape):
+        return None
+    axes = tuple(a for a in source.axes if shape[a] > 1)
+    pick = tuple(
+        slice(*cuts[a]) if shape[a] > 1 else cuts[a][0] if source.shape[a] > 1 else 0
+        for a in source.axes
+    )
+    terms = []
+    for t in source.terms:
+        if t.index is None:
+            terms.append(t)
+            continue
+        if t.index.shape != source.sizes:
+            return None
+        index = t.index[pick]
+        if (index >= 0).any():  # the probe drops a term found nowhere
+            terms.append(t.moved(index))
+    return Channels(axes, shape, tuple(terms))
 
 
 # Pairwise-distinct sizes: an axis permutation applied to a meta tensor of these sizes

@@ -13,6 +13,7 @@ a term found everywhere, a norm's mask of held channels, a term found nowhere).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from gpa.channels.rules import (
     _concatenated,
     _permuted,
     _reshaped,
+    _sliced,
     op_name,
     probe,
 )
@@ -304,3 +306,25 @@ def _meaning(value: Channels) -> dict[str, set[tuple[int, int]]]:
                 held = [channel] if t.held is None else t.held.tolist()
                 pairs.update((position, c) for c in held)
     return {p: pairs for p, pairs in found.items() if pairs}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_slicing_gives_the_probes_answer(data: st.DataObject) -> None:
+    value = data.draw(channels())
+    index = []
+    for n in value.shape[: data.draw(st.integers(1, len(value.shape)))]:
+        lo = data.draw(st.integers(-n, n))
+        hi = data.draw(st.one_of(st.none(), st.integers(-n, n)))
+        index.append(slice(lo, hi, data.draw(st.sampled_from([None, 1, 1, 2]))))
+    if data.draw(st.booleans()):
+        index.insert(data.draw(st.integers(0, len(index))), Ellipsis)
+    x, node = _node("call_function", operator.getitem, (tuple(index),), {})
+    out = torch.empty(value.shape, device="meta")[tuple(index)]
+    if not out.numel():
+        return  # empty: the probe finds no channel, the rules leave it to the probe
+    shapes = Shape(out.shape)
+    direct = _sliced(node, {x: value}, shapes)
+    if direct is None:  # a step along a channel axis: the probe answers
+        return
+    assert _meaning(direct) == _meaning(probe(_Context(), node, {x: value}, shapes))

@@ -208,6 +208,9 @@ AXES = {  # permutations and reshapes: direct rules, the same answer as the prob
         [torch.cat([y[:, :2].roll(1, -1), y[:, 2:]], 1), y.flip(-1)], 1
     ),
     "cat-beside-a-norm": lambda y: torch.cat([y[..., :2], F.layer_norm(y[..., 2:], (2,))], -1),
+    "slice-of-a-rolled-cat": lambda y: torch.cat(
+        [torch.cat([y[:, :2].roll(1, -1), y[:, 2:]], 1)] * 2, -1
+    )[:, 1:4, 2:6],
     "cat-twice-beside-a-norm": lambda y: torch.cat(
         [y[:, :1].flip(-1), F.layer_norm(y, (WIDTH,)), y[:, :1].flip(-1)], 1
     ),
