@@ -47,6 +47,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from gpa.frontends.fx.constants import constant_value
 from gpa.frontends.fx.flow import FLOW, Shape
 from gpa.frontends.fx.layers import CONV_FUNCTIONS
 from gpa.frontends.modules import POINTWISE_MODULES
@@ -779,7 +780,8 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
             # data without channels (a class token, a constant embedding): no channel
             # anywhere, whatever its values (read as positions, they would be channels)
             return torch.zeros(value.shape, dtype=torch.float64)
-        constant = _constant(ctx, n) if alone else None  # an index or a mask: its values
+        # an index or a mask: its values
+        constant = constant_value(n, ctx.fetch_attr, MAX_PROBE) if alone else None
         if constant is not None:
             return constant
         return f"{op_name(node)} (computed index)"
@@ -817,53 +819,6 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
         return _remap(ctx, ch_terms, axes, tuple(out.shape), positions)
 
     return tree_map(decode, result)
-
-
-def _constant(ctx: RoutingContext, node: fx.Node, depth: int = 0) -> torch.Tensor | None:
-    """The real value of a constant argument, if it has one: a parameter or buffer, or what
-    a few operations on constants make of them (``idx.view(1, 4)``, ``torch.arange(4) * 2``;
-    the export frontend reads a tensor made in ``forward`` as
-    ``detach_(lift_fresh_copy(constant))``). Random or large results are no constants.
-    """
-    if node.op == "get_attr":
-        value = ctx.fetch_attr(node.target)
-        if isinstance(value, torch.Tensor) and value.device.type != "meta":
-            return value.detach()
-        return None
-    flow = node.meta.get(FLOW)
-    if (
-        node.op not in ("call_function", "call_method")
-        or depth >= _CONSTANT_DEPTH
-        or flow is None
-        or any(word in op_name(node) for word in _NOT_CONSTANT)
-        or sum(math.prod(s) for s in _shape_leaves(flow.shapes)) > MAX_PROBE
-    ):
-        return None
-    known: dict[fx.Node, Any] = {}
-    for m in node.all_input_nodes:
-        if m.meta[FLOW].is_constant:  # a size computed in forward
-            known[m] = m.meta[FLOW].constant
-            continue
-        value = _constant(ctx, m, depth + 1)
-        if value is None:
-            return None
-        known[m] = value.clone()  # an in-place operation must not write to a buffer
-    args = fx.node.map_arg(node.args, known.__getitem__)
-    kwargs = fx.node.map_arg(node.kwargs, known.__getitem__)
-    try:
-        if node.op == "call_method":
-            result = getattr(args[0], node.target)(*args[1:], **kwargs)
-        else:
-            result = node.target(*args, **kwargs)
-    except Exception:  # whatever fails is no constant
-        return None
-    return result.detach() if isinstance(result, torch.Tensor) else None
-
-
-# How many operations deep a constant is looked for, and the operations whose results are
-# no constants (random, uninitialised).
-_CONSTANT_DEPTH = 8
-_NOT_CONSTANT = ("rand", "normal", "bernoulli", "multinomial", "uniform", "dropout", "empty")
 
 
 def _floating(node: fx.Node) -> bool:

@@ -247,6 +247,16 @@ CONSTANT_INDEX = {  # data movement by a constant index: probed
     # export reads these as operations on constants: evaluated for their values
     "index-by-buffer": _Reversed(lambda y, i: y[..., i], torch.tensor([3, 0, 0, 2])),
     "index-by-list": lambda y: y[..., [3, 0, 0, 2]],
+    # a boolean mask (a pruned layer's kept channels): the meta device cannot apply it,
+    # the flow pass reads its real values (a ShapeError before, under every tracer)
+    "mask-by-buffer": _Reversed(
+        lambda y, m: torch.cat([y[..., m], y[..., ~m]], -1),
+        torch.tensor([True, False, True, False]),
+    ),
+    "mask-nonzero-by-buffer": _Reversed(
+        lambda y, m: torch.cat([y[..., m.nonzero()[:, 0]], y[..., ~m]], -1),
+        torch.tensor([False, True, True, False]),
+    ),
     "index-by-arange": lambda y: y[..., torch.arange(WIDTH - 1, -1, -1)],
     "take-along-dim-by-a-view": _Reversed(
         lambda y, i: torch.take_along_dim(y, i.view(1, 1, WIDTH), -1), torch.tensor([1, 0, 3, 2])

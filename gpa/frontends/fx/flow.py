@@ -575,10 +575,12 @@ class GradientFlow(fx.Interpreter):
         except ShapeError:
             raise
         except Exception as exc:
-            fallback = self._without_autograd(n, args, kwargs)
-            if fallback is None:
-                raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
-            return fallback
+            result = self._with_constant_indices(n, fresh)
+            if result is None:
+                fallback = self._without_autograd(n, args, kwargs)
+                if fallback is None:
+                    raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
+                return fallback
         mutated = _mutated_argument(n, args)
         flows = frozenset(_reached((result, mutated), leaves))
         if isinstance(result, (tuple, list)) and mutated is None and len(result) > 1:
@@ -647,6 +649,32 @@ class GradientFlow(fx.Interpreter):
         ):  # a norm's own weights carry gradient after a no_grad block
             return x.detach().requires_grad_(True), frozenset()
         return x, frozenset()
+
+    def _with_constant_indices(self, n: fx.Node, fresh: dict[fx.Node, Any]) -> Any:
+        """Node ``n`` run with its integer and boolean constants at their real values, or
+        None: an index or mask the result's shape depends on (``y[:, self.keep]``, the
+        kept channels of a pruned layer) cannot be read on the meta device."""
+        from gpa.frontends.fx.constants import constant_value  # it reads this pass's notes
+
+        real = {}
+        for m in n.all_input_nodes:
+            value = constant_value(m, self.fetch_attr)
+            if value is not None and not value.is_floating_point() and not value.is_complex():
+                real[m] = value
+        if not real:
+            return None
+        args = fx.node.map_arg(n.args, lambda m: real.get(m, fresh[m]))
+        kwargs = fx.node.map_arg(n.kwargs, lambda m: real.get(m, fresh[m]))
+        try:
+            result = self._run_op(n, args, kwargs)
+        except Exception:
+            return None
+        if all(t.is_meta for t in _tensors_in(result)):
+            return result
+        if all(m in real for m in n.all_input_nodes if _tensors_in(self.env[m])):
+            # a constant itself (``self.keep.nonzero()``): its shape, on meta as every value
+            return _map_tensors(lambda t: t.to("meta"), result)
+        return None
 
     def _apply(self, n: fx.Node, args: tuple, kwargs: dict, on_meta: bool) -> Any:
         """Run node ``n`` on meta ``args``. With ``on_meta``, meta is the default device;
