@@ -1092,15 +1092,17 @@ def _permuted(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     args, kwargs = _known(tuple(node.args[1:])), _known(dict(node.kwargs))
     if any(isinstance(v, fx.Node) for v in tree_flatten((args, kwargs))[0]):
         return None  # an argument computed from tensors
-    marks = torch.empty(_MARKS[:ndim], device="meta")
-    try:
-        if node.op == "call_method":
-            moved = getattr(marks, node.target)(*args, **kwargs)
-        else:
-            moved = node.target(marks, *args, **kwargs)
-    except Exception:  # not a permutation of these axes: the probe decides
-        return None
-    perm = [_MARKS.index(n) for n in moved.shape if n in _MARKS[:ndim]]
+    perm = _written_permutation(op_name(node), args, kwargs, ndim)
+    if perm is None:
+        marks = torch.empty(_MARKS[:ndim], device="meta")
+        try:
+            if node.op == "call_method":
+                moved = getattr(marks, node.target)(*args, **kwargs)
+            else:
+                moved = node.target(marks, *args, **kwargs)
+        except Exception:  # not a permutation of these axes: the probe decides
+            return None
+        perm = [_MARKS.index(n) for n in moved.shape if n in _MARKS[:ndim]]
     if len(perm) != ndim or tuple(source.shape[a] for a in perm) != tuple(shapes):
         return None
     kept = [a for a in source.axes if source.shape[a] > 1]
@@ -1114,6 +1116,34 @@ def _probe_sized(source: Channels) -> bool:
     """Whether a direct rule answers for ``source``: not when it is empty (its terms do not
     show it: the probe finds no channel) or too large to probe (the probe falls back)."""
     return 0 < math.prod(source.shape) <= MAX_PROBE
+
+
+def _written_permutation(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int] | None:
+    """The permutation ``permute(d0, d1, …)`` or ``transpose(a, b)`` spells out with plain
+    axes (output axis i is input axis ``perm[i]``); None for any other spelling.
+
+    Example:
+        >>> _written_permutation("permute", ((0, 2, 1),), {}, 3), _written_permutation("transpose", (-1, 0), {}, 3)
+        ([0, 2, 1], [2, 1, 0])
+    """
+    if kwargs:
+        return None
+    if name == "permute":
+        dims = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    elif name in ("transpose", "swapaxes", "swapdims") and len(args) == 2:
+        dims = args
+    else:
+        return None
+    if not all(type(d) is int and -ndim <= d < ndim for d in dims):
+        return None
+    if name != "permute":  # the two axes swapped
+        swapped = list(range(ndim))
+        swapped[dims[0]], swapped[dims[1]] = swapped[dims[1]], swapped[dims[0]]
+        dims = swapped
+    if len(dims) != ndim:
+        return None
+    perm = [d % ndim for d in dims]
+    return perm if sorted(perm) == list(range(ndim)) else None
 
 
 def _each_index(
