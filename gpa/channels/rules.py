@@ -1213,18 +1213,18 @@ def _reshaped(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     groups = [(left, right) for left, right in _axis_groups(before, after) if set(left) & set(kept)]
     wide = [before[a] if any(a in left for left, _ in groups) else 1 for a in range(len(before))]
     long = [after[b] if any(b in right for _, right in groups) else 1 for b in range(len(after))]
-    # where the probe's positions vary: along the output axes they vary along in a run
-    positions = np.arange(math.prod(before[a] for a in kept)).reshape(
-        [before[a] if a in kept else 1 for a in range(len(before))]
-    )
-    positions = np.broadcast_to(positions, wide).reshape(long)
-    axes = tuple(
-        b
-        for b in range(len(after))
-        if long[b] > 1 and (positions != positions.take([0], axis=b)).any()
-    )
-    pick = tuple(slice(None) if b in axes else 0 for b in range(len(after)))
     spread = [before[a] if a in kept else 1 for a in range(len(before))]
+    if spread == wide:  # every run all channels: the positions vary along each long axis
+        axes = tuple(b for b in range(len(after)) if long[b] > 1)
+    else:  # where the probe's positions vary: along the output axes they vary along
+        positions = np.broadcast_to(np.arange(math.prod(spread)).reshape(spread), wide)
+        positions = positions.reshape(long)
+        axes = tuple(
+            b
+            for b in range(len(after))
+            if long[b] > 1 and (positions != positions.take([0], axis=b)).any()
+        )
+    pick = tuple(slice(None) if b in axes else 0 for b in range(len(after)))
     terms = _each_index(
         source, lambda index: np.broadcast_to(index.reshape(spread), wide).reshape(long)[pick]
     )
