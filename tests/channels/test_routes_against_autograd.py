@@ -172,6 +172,20 @@ class _Reversed(nn.Module):
         return self.how(y, self.index)
 
 
+class _TwoMasks(nn.Module):
+    """Two pruned blocks' kept channels (masks of one length, three and one kept), each
+    read through ``how`` and put side by side."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.register_buffer("a", torch.tensor([True, False, True, True]))
+        self.register_buffer("b", torch.tensor([False, True, False, False]))
+
+    def forward(self, y):
+        return torch.cat([self.how(y, self.a), self.how(y, self.b)], -1)
+
+
 class _Taken(nn.Module):
     """``torch.take`` of the channels in reverse order, by a constant flat index."""
 
@@ -253,6 +267,9 @@ CONSTANT_INDEX = {  # data movement by a constant index: probed
         lambda y, m: torch.cat([y[..., m], y[..., ~m]], -1),
         torch.tensor([True, False, True, False]),
     ),
+    # two masks alike in shape but not in what they keep: no result of one is the other's
+    "two-masks": _TwoMasks(lambda y, m: y[..., m]),
+    "two-masks-nonzero": _TwoMasks(lambda y, m: y[..., m.nonzero()[:, 0]]),
     "mask-nonzero-by-buffer": _Reversed(
         lambda y, m: torch.cat([y[..., m.nonzero()[:, 0]], y[..., ~m]], -1),
         torch.tensor([False, True, True, False]),

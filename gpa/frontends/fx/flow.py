@@ -444,6 +444,7 @@ class GradientFlow(fx.Interpreter):
         self.state = _MetaState()
         self.given = 0
         self.outcomes: dict[Hashable, Outcome] = {}  # by signature (:mod:`.lookalike`)
+        self._by_value: set[fx.Node] = set()  # nodes run with constants' real values
         self._order: dict[fx.Node, int] | None = None  # node positions, when needed
 
     def run(self, *inputs: Any) -> None:  # type: ignore[override]
@@ -549,7 +550,8 @@ class GradientFlow(fx.Interpreter):
             return result, flows
         ruled = self._by_rule(n)
         result, flows = ruled if ruled is not None else self._run_under_autograd(n)
-        if key is not None:
+        # a result read off constants' values (a mask's kept count) is no lookalike's
+        if key is not None and n not in self._by_value:
             outcome = Outcome.of(n, result, flows, n.meta.get(PARTS))
             if outcome is not None:
                 self.outcomes[key] = outcome
@@ -663,6 +665,7 @@ class GradientFlow(fx.Interpreter):
                 real[m] = value
         if not real:
             return None
+        self._by_value.add(n)
         args = fx.node.map_arg(n.args, lambda m: real.get(m, fresh[m]))
         kwargs = fx.node.map_arg(n.kwargs, lambda m: real.get(m, fresh[m]))
         try:
