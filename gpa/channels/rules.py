@@ -290,16 +290,26 @@ def _probe_tensor(ch: Channels, base: int) -> torch.Tensor:
     return torch.from_numpy(np.broadcast_to(values.reshape(view), ch.shape).copy())
 
 
-def _decode(out: torch.Tensor) -> tuple[tuple[int, ...], np.ndarray]:
-    """Channel-bearing axes of a probe result and its (integer) values over them.
+def _decode(
+    out: torch.Tensor, moved: torch.Tensor, shift: int
+) -> tuple[tuple[int, ...], np.ndarray]:
+    """Channel-bearing axes of a probe result and its (integer) values over them: the
+    values that moved up by ``shift`` in ``moved`` (the result of positions moved up by
+    it); any other value (a padding or fill value) is 0, no channel.
 
     Read with numpy, single-threaded: as large as an activation, the probe is compared
     once per axis, and torch's threads would contend with whatever else runs.
     """
     if out.numel() == 0:
         return (), np.zeros((), dtype=np.int64)
-    probe = out.detach().cpu()
-    values = (probe if probe.dtype == torch.float64 else probe.to(torch.float64)).numpy()
+    values, again = (
+        (
+            t.detach().cpu() if t.dtype == torch.float64 else t.detach().cpu().to(torch.float64)
+        ).numpy()
+        for t in (out, moved)
+    )
+    with np.errstate(invalid="ignore"):  # infinities (a max pool's padding) are no channel
+        values = np.where(again - values == shift, values, 0.0)
     axes = tuple(
         a
         for a in range(values.ndim)
@@ -761,10 +771,13 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
     offset, so any permutation or offset the operation applies is read off its result.
     Integer and boolean constants (indices, masks) and sizes computed in ``forward`` take
     their real values; a floating-point tensor without channels holds zeros: no channel.
+    The operation runs twice, the second time with every position moved up by the same
+    amount: what did not move with them (a padding value, a fill) is no channel.
     """
     base = 1
     ch_terms: list[tuple[Term, int, int]] = []
     probes: dict[fx.Node, Any] = {}
+    made: set[int] = set()  # ids of the probe tensors holding positions
 
     def probe_of(n: fx.Node, value: Channels, alone: bool) -> torch.Tensor | str:
         """The probe standing for ``value`` (an input of ``n``), or why there is none."""
@@ -775,7 +788,9 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
             size = math.prod(value.sizes)
             ch_terms.extend((t, base, size) for t in value.terms)
             base += size
-            return _probe_tensor(value, base - size)
+            tensor = _probe_tensor(value, base - size)
+            made.add(id(tensor))
+            return tensor
         if alone and _floating(n):
             # data without channels (a class token, a constant embedding): no channel
             # anywhere, whatever its values (read as positions, they would be channels)
@@ -802,23 +817,33 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
             return fallback(ctx, node, inputs, shapes, why)
     args = fx.node.map_arg(node.args, probes.__getitem__)
     kwargs = fx.node.map_arg(node.kwargs, probes.__getitem__)
+
+    def moved(v: Any) -> Any:
+        return v + base if id(v) in made else v
+
     try:
-        if node.op == "call_module":
-            result = _called_module(ctx, node)(*args, **kwargs)
-        elif node.op == "call_method":
-            result = getattr(args[0], node.target)(*args[1:], **kwargs)
-        else:
-            result = node.target(*args, **kwargs)
+        shifted = tree_map(moved, (args, kwargs))  # before an in-place operation runs
+        result = _run(ctx, node, args, kwargs)
+        again = _run(ctx, node, *shifted)
     except Exception:  # an op that refuses the probe's dtype: no exact routing
         return fallback(ctx, node, inputs, shapes, op_name(node))
 
-    def decode(out: Any) -> Any:
+    def decode(out: Any, out_moved: Any) -> Any:
         if not isinstance(out, torch.Tensor):
             return None
-        axes, positions = _decode(out)
+        axes, positions = _decode(out, out_moved, base)
         return _remap(ctx, ch_terms, axes, tuple(out.shape), positions)
 
-    return tree_map(decode, result)
+    return tree_map(decode, result, again)
+
+
+def _run(ctx: RoutingContext, node: fx.Node, args: Any, kwargs: Any) -> Any:
+    """``node``'s operation on ``args`` and ``kwargs``."""
+    if node.op == "call_module":
+        return _called_module(ctx, node)(*args, **kwargs)
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
 
 
 def _floating(node: fx.Node) -> bool:

@@ -251,6 +251,10 @@ CONSTANT_DATA = {
     "stacked-beside-a-constant": lambda y: torch.stack([y, torch.full_like(y, 3.0)], 1).flatten(
         1, 2
     ),
+    # padding values are data too (2.0 and 3.0 were read as channels 1 and 2)
+    "padded-token-of-threes": lambda y: F.pad(y, (0, 0, 1, 0), value=3.0),
+    "constant-pad-module-of-twos": _Tokens(nn.ConstantPad1d((1, 1), 2.0)),
+    "padded-with-minus-infinity": lambda y: F.pad(y, (0, 0, 0, 1), value=float("-inf")).clamp(-9),
     "constant-embedding-computed": lambda y: torch.cat([torch.ones(2, 3, WIDTH) * 2 + 1, y], 1),
 }
 
