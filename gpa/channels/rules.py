@@ -793,7 +793,7 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
             return tensor
         if alone and _floating(n):
             # data without channels (a class token, a constant embedding): no channel
-            # anywhere, whatever its values (read as positions, they would be channels)
+            # anywhere (the second run would tell so too; zeros spare evaluating it)
             return torch.zeros(value.shape, dtype=torch.float64)
         # an index or a mask: its values
         constant = constant_value(n, ctx.fetch_attr, MAX_PROBE) if alone else None
@@ -1077,21 +1077,12 @@ def _sliced_axes(
     if not _probe_sized(source) or not math.prod(shape):
         return None
     axes = tuple(a for a in source.axes if shape[a] > 1)
+    # over the axes longer than 1: cut, or (left of length 1) dropped
     pick = tuple(
-        slice(*cuts[a]) if shape[a] > 1 else cuts[a][0] if source.shape[a] > 1 else 0
-        for a in source.axes
+        slice(*cuts[a]) if shape[a] > 1 else cuts[a][0] for a in source.axes if source.shape[a] > 1
     )
-    terms = []
-    for t in source.terms:
-        if t.index is None:
-            terms.append(t)
-            continue
-        if t.index.shape != source.sizes:
-            return None
-        index = t.index[pick]
-        if (index >= 0).any():  # the probe drops a term found nowhere
-            terms.append(t.moved(index))
-    return Channels(axes, shape, tuple(terms))
+    terms = _each_index(source, lambda index: index[pick])
+    return None if terms is None else Channels(axes, shape, terms)
 
 
 # Pairwise-distinct sizes: an axis permutation applied to a meta tensor of these sizes
@@ -1182,10 +1173,12 @@ def _each_index(
     for t in source.terms:
         if t.index is None:
             terms.append(t)
-        elif t.index.shape != source.sizes:
+            continue
+        if t.index.shape != source.sizes:
             return None
-        elif (t.index >= 0).any():
-            terms.append(t.moved(move(t.index[drop])))
+        index = move(t.index[drop])
+        if (index >= 0).any():
+            terms.append(t.moved(index))
     return tuple(terms)
 
 
