@@ -44,6 +44,11 @@ __all__ = [
 ]
 
 
+# Peeling bits off one at a time costs the int's length per bit: from this many set bits on
+# (a segment reaching every segment of a 728-channel layer), numpy reads them all at once.
+_MANY_BITS = 40
+
+
 def bits(stamps: int) -> tuple[int, ...]:
     """The positions of the set bits of ``stamps``, ascending.
 
@@ -51,6 +56,11 @@ def bits(stamps: int) -> tuple[int, ...]:
         >>> bits(0b10110)
         (1, 2, 4)
     """
+    if stamps.bit_count() > _MANY_BITS:
+        import numpy as np  # only here: the CLI's start-up imports this module
+
+        raw = np.frombuffer(stamps.to_bytes((stamps.bit_length() + 7) // 8, "little"), np.uint8)
+        return tuple(np.flatnonzero(np.unpackbits(raw, bitorder="little")).tolist())
     out = []
     while stamps:
         low = stamps & -stamps
@@ -159,8 +169,14 @@ class PathIndex:
         """(shortest length, counts per length from it) of every position, loss first."""
         found: list[tuple[int, tuple[int, ...]]] = [(0, ())] * len(self.nodes)
         found[-1] = (0, (1,))
+        # nodes with the same successors have the same histogram (every channel of a layer
+        # feeding a depthwise convolution reaches all the segments of the layer after it)
+        alike: dict[int, tuple[int, tuple[int, ...]]] = {}
         for i in range(len(self.nodes) - 2, -1, -1):
             if not self.stamps[i]:
+                continue
+            if self.successors[i] in alike:
+                found[i] = alike[self.successors[i]]
                 continue
             low, high = self.stamps[i] & -self.stamps[i], self.stamps[i].bit_length() - 1
             low = low.bit_length() - 1
@@ -170,7 +186,7 @@ class PathIndex:
                 start = offset + 1 - low
                 for k, c in enumerate(part):
                     counts[start + k] += c
-            found[i] = (low, tuple(counts))
+            found[i] = alike[self.successors[i]] = (low, tuple(counts))
         return found
 
     def path_of_length(self, position: int, length: int) -> list[int]:
