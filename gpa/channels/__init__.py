@@ -29,7 +29,7 @@ from collections import defaultdict
 from gpa.channels.routing import route_channels
 from gpa.channels.segments import call_segments, merge_calls
 from gpa.core.graph import GradientGraph, OutputKey
-from gpa.core.report import Segment
+from gpa.core.segments import Segment, SegmentList, SegmentRun
 from gpa.errors import GpaError
 
 __all__ = ["channel_segments"]
@@ -37,7 +37,7 @@ __all__ = ["channel_segments"]
 
 def channel_segments(
     graph: GradientGraph, outputs: tuple[OutputKey, ...] | None = None
-) -> dict[str, tuple[Segment, ...]]:
+) -> dict[str, SegmentList]:
     """Record name -> its channel segments, for every layer called in ``graph``.
 
     Raises:
@@ -51,8 +51,8 @@ def channel_segments(
         )
     found = call_segments(route_channels(graph.traced, graph.calls, outputs), graph.calls)
     rename = {call: c.record for call, c in graph.calls.items()}
-    grouped: dict[str, list[list[Segment]]] = defaultdict(list)
+    grouped: dict[str, list[list[Segment | SegmentRun]]] = defaultdict(list)
     # latest call first: a layer called several times lists its last call's sources first
     for call, segments in reversed(found.items()):
         grouped[rename[call]].append(segments)
-    return {record: tuple(merge_calls(parts)) for record, parts in grouped.items()}
+    return {record: SegmentList(merge_calls(parts)) for record, parts in grouped.items()}

@@ -45,7 +45,7 @@ from gpa.channels.routing import ChannelRouting, Consumer
 from gpa.channels.rules import unique_values
 from gpa.core.graph import LOSS, LayerCall
 from gpa.core.paths import GradientPaths, layer_graph_index
-from gpa.core.report import Segment, make_segment, make_source
+from gpa.core.segments import Segment, SegmentList, SegmentRun, make_segment, make_source
 
 __all__ = ["SegmentNode", "call_segments", "merge_calls"]
 
@@ -302,13 +302,22 @@ class _Part(NamedTuple):
     nodes: tuple[SegmentNode, ...]
 
 
+class _Run(NamedTuple):
+    """Segments ``head`` to ``head + count - 1`` of a call as a :class:`SegmentRun`; ``steps``:
+    per part of the first segment, the shift of its input channels and groups per segment."""
+
+    head: int
+    count: int
+    steps: tuple[tuple[int, int], ...]
+
+
 class _Segmenter:
     """Cuts every call's channels into segments and finds what each segment receives."""
 
     def __init__(self, routing: ChannelRouting, calls: Iterable[str]) -> None:
         self.routing = routing
         self._nodes: dict[tuple[str, int, int], tuple[SegmentNode, ...]] = {}
-        self._segment_of: dict[str, list[int]] = {}
+        self._segment_of: dict[str, np.ndarray] = {}
         alike: dict[tuple, tuple[np.ndarray, ...]] = {}
         self.arrivals = {
             c: _arrivals(routing, c, routing.out_channels.get(c, 0), alike) for c in calls
@@ -404,6 +413,69 @@ class _Segmenter:
         first, last = _runs(a.positions(start)), _runs(a.positions(stop - 1))
         return [((lo, hi), alike) for (lo, _), (_, hi) in zip(first, last, strict=True)]
 
+    def segment_of(self, call: str) -> np.ndarray:
+        """The index of the segment of each of ``call``'s channels."""
+        of = self._segment_of.get(call)
+        if of is None:
+            bounds = self.bounds.get(call, ())
+            of = np.repeat(np.arange(len(bounds)), [hi - lo for lo, hi in bounds])
+            self._segment_of[call] = of
+        return of
+
+    def node_ends(self, consumer: Consumer, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """For groups ``lo[i]`` to ``hi[i]`` of a grouped consumer, the first and last
+        sender segments :meth:`nodes` gives them (equal ends: the same nodes), as rows."""
+        of = self.segment_of(consumer.call)
+        groups = self.routing.groups.get(consumer.call, 1)
+        width = len(of) // groups if groups > 1 else 0
+        if not width or not len(of):  # every span reaches all of the sender, or nothing
+            return np.zeros((2, len(lo)), dtype=np.int64)
+        last = len(of) - 1
+        return np.stack(
+            [of[np.minimum(lo * width, last)], of[np.minimum((hi + 1) * width - 1, last)]]
+        )
+
+    def joined(self, call: str) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """Which segments of ``call`` continue the run (:class:`SegmentRun`) of the segment
+        before them, and per arrival the shift of the input channels and of the groups from
+        the segment before (0 for the first).
+
+        Segment i joins segment i - 1 when both are one channel wide and every consumer
+        sees them alike but for a shift: both nowhere, both everywhere (mixed), or each at
+        one run of input channels of one length (in groups reaching the same sender
+        segments) — and, where segment i - 1 is so alike segment i - 2, by the same shifts
+        as from i - 2 to i - 1: a run moves by one shift throughout.
+        """
+        bounds = self.bounds[call]
+        count = len(bounds)
+        starts = np.array([lo for lo, _ in bounds], dtype=np.int64)
+        wide = np.diff(np.r_[starts, bounds[-1][1] if bounds else 0]) != 1
+        joined = np.zeros(count, dtype=bool)
+        joined[1:] = ~wide[1:] & ~wide[:-1]
+        moved = np.zeros(count, dtype=bool)  # shifts unlike those from i - 2 to i - 1
+        shifts: list[tuple[np.ndarray, np.ndarray]] = []
+        for a in self.arrivals[call]:
+            if not joined.any():  # no run (most calls): the shifts are not needed
+                return joined, []
+            first, last, mixed = a.first[starts], a.last[starts], a.mixed[starts]
+            block = a.present[starts] & ~mixed & (last - first + 1 == a.count[starts])
+            kind = np.where(block, 2, np.where(mixed, 1, np.where(a.present[starts], 3, 0)))
+            lo, top = np.where(block, first, 0), np.where(block, last, 0)
+            joined[1:] &= (kind[1:] == kind[:-1]) & (kind[1:] != 3)
+            joined[1:] &= (top - lo)[1:] == (top - lo)[:-1]
+            step, group_step = np.r_[0, np.diff(lo)], np.zeros(count, dtype=np.int64)
+            width = self.group_width(a.consumer)
+            if width is not None:
+                low, high = lo // width, top // width
+                group_step = np.r_[0, np.diff(low)]
+                ends = self.node_ends(a.consumer, low, high)
+                joined[1:] &= ((high - low)[1:] == (high - low)[:-1]) & ~np.diff(ends).any(axis=0)
+            moved[2:] |= (np.diff(step)[1:] != 0) | (np.diff(group_step)[1:] != 0)
+            shifts.append((step, group_step))
+        # a shift unlike the one before starts a new run, unless segment i - 1 started one
+        joined[2:] &= ~(joined[1:-1] & moved[2:])
+        return joined, shifts
+
     def nodes(
         self, consumer: Consumer
     ) -> Callable[[tuple[int, int] | None], tuple[SegmentNode, ...]]:
@@ -417,11 +489,7 @@ class _Segmenter:
         sender = consumer.call
         if sender is None:
             return lambda span: _TO_LOSS
-        of = self._segment_of.get(sender)
-        if of is None:  # the segment index of each of the sender's channels
-            bounds = self.bounds.get(sender, ())
-            of = np.repeat(np.arange(len(bounds)), [hi - lo for lo, hi in bounds]).tolist()
-            self._segment_of[sender] = of
+        of = self.segment_of(sender).tolist()
         groups = self.routing.groups.get(sender, 1)
         width = len(of) // groups if groups > 1 else 0
         interned = self._nodes
@@ -438,20 +506,22 @@ class _Segmenter:
 
         return through
 
-    def received(self, call: str) -> list[list[_Part]]:
+    def received(self, call: str) -> tuple[list[list[_Part]], list[_Run]]:
         """What each segment of ``call`` receives, per consumer and part (segments in
-        channel order; in each, the consumers in listing order)."""
+        channel order; in each, the consumers in listing order), and its runs of more than
+        one segment. A run's segments hold its first segment's parts (the same list)."""
         bounds = self.bounds[call]
         found: list[list[_Part]] = [[] for _ in bounds]
         if not bounds:
-            return found
+            return found, []
         starts = np.array([start for start, _ in bounds])
         single = np.diff(np.r_[starts, bounds[-1][1]]) == 1
+        joined, shifts = self.joined(call)
         for a in self.arrivals[call]:
             width = self.group_width(a.consumer)
             through = self.nodes(a.consumer)
             whole = through(None)  # what an ungrouped consumer's parts all reach
-            present = np.flatnonzero(a.present[starts])
+            present = np.flatnonzero(a.present[starts] & ~joined)
             at = starts[present]
             first, last = a.first[at], a.last[at]
             # one channel at one run of input channels: its range is at hand
@@ -473,21 +543,43 @@ class _Segmenter:
                             grouped[span] = (tuple(range(span[0], span[1] + 1)), through(span))
                         group, nodes = grouped[span]
                     found[i].append(_Part(consumer, channels, mixed, group, nodes))
-        return found
+        runs = []
+        heads = np.flatnonzero(~joined)
+        ends = np.r_[heads[1:], len(bounds)]
+        for head, end in zip(
+            heads[ends - heads > 1].tolist(), ends[ends - heads > 1].tolist(), strict=True
+        ):
+            # a run's parts: one per consumer its first segment reaches, each moved as its consumer
+            steps = tuple(
+                (int(step[head + 1]), int(group_step[head + 1]))
+                for a, (step, group_step) in zip(self.arrivals[call], shifts, strict=True)
+                if a.present[starts[head]]
+            )
+            runs.append(_Run(head, end - head, steps))
+            found[head + 1 : end] = [found[head]] * (end - head - 1)
+        return found, runs
 
 
 def _segment_graph(
     received: Mapping[tuple[str, int], list[_Part]],
 ) -> dict[SegmentNode, list[tuple[SegmentNode, ...]]]:
     """The segment graph: each segment's successors, the nodes its gradient comes from, as
-    its parts' node tuples (shared between parts reaching the same part of a sender);
-    segments in forward order of their calls, a topological order."""
-    return {node: [p.nodes for p in parts] for node, parts in received.items()}
+    its parts' node tuples (shared between parts reaching the same part of a sender; one
+    list for the segments of a run); segments in forward order of their calls, a
+    topological order."""
+    groups: dict[int, list[tuple[SegmentNode, ...]]] = {}
+    graph = {}
+    for node, parts in received.items():
+        found = groups.get(id(parts))
+        if found is None:
+            found = groups[id(parts)] = [p.nodes for p in parts]
+        graph[node] = found
+    return graph
 
 
 def call_segments(
     routing: ChannelRouting, calls: Mapping[str, LayerCall]
-) -> dict[str, list[Segment]]:
+) -> dict[str, list[Segment | SegmentRun]]:
     """Segments of every layer call's output channels, with their gradient paths.
 
     Args:
@@ -495,16 +587,18 @@ def call_segments(
         calls: the layer calls in forward order (node name -> LayerCall).
 
     Returns:
-        layer call -> its segments, in channel order; calls in forward order. Sources
-        name their senders by layer record (:attr:`LayerCall.record`).
+        layer call -> its segments, in channel order, a run of segments alike but for a
+        shift as one :class:`~gpa.core.segments.SegmentRun`; calls in forward order.
+        Sources name their senders by layer record (:attr:`LayerCall.record`).
         (See this module's docstring for an example.)
     """
     segmenter = _Segmenter(routing, calls)
-    received = {
-        (call, i): parts
-        for call in segmenter.bounds
-        for i, parts in enumerate(segmenter.received(call))
-    }
+    received: dict[tuple[str, int], list[_Part]] = {}
+    runs: dict[str, dict[int, _Run]] = {}
+    for call in segmenter.bounds:
+        parts_of, found = segmenter.received(call)
+        received.update(((call, i), parts) for i, parts in enumerate(parts_of))
+        runs[call] = {run.head: run for run in found}
     index = layer_graph_index(_segment_graph(received), loss=LOSS)
     position, stamps = index.position, index.stamps  # the loss holds round 0: stamps 1
     # the rounds a part's nodes deliver at, once per distinct tuple of nodes (the
@@ -514,17 +608,22 @@ def call_segments(
     # segments reaching the same nodes have the same paths: one object (every channel of
     # a layer feeding a depthwise convolution reaches the same segment of it)
     alike: dict[tuple[int, ...], GradientPaths | None] = {}
-    result: dict[str, list[Segment]] = {}
+    result: dict[str, list[Segment | SegmentRun]] = {}
     for call, bounds in segmenter.bounds.items():
         fallback = tuple(sorted(routing.fallbacks.get(call, ())))
         result[call] = []
-        for i, (start, stop) in enumerate(bounds):
+        i = 0
+        while i < len(bounds):
+            start, stop = bounds[i]
             parts = received[call, i]
             reach = tuple([id(p.nodes) for p in parts])
             if reach not in alike:
                 alike[reach] = index.paths(position[call, i])
             sources = []
-            for consumer, channels, mixed, group, nodes in parts:
+            steps = []  # of the sources kept, in a run
+            run = runs[call].get(i)
+            for part, step in zip(parts, run.steps if run else (None,) * len(parts), strict=True):
+                consumer, channels, mixed, group, nodes = part
                 rounds = delivered.get(id(nodes))
                 if rounds is None:
                     rounds = 0
@@ -543,12 +642,20 @@ def call_segments(
                         sender, channels, rounds, group, consumer.output, consumer.argument, mixed
                     )
                 )
-            result[call].append(make_segment(start, stop, alike[reach], tuple(sources), fallback))
+                steps.append(step)
+            segment = make_segment(start, stop, alike[reach], tuple(sources), fallback)
+            if run is None:
+                result[call].append(segment)
+                i += 1
+            else:  # its other segments have this one's paths: their nodes are the same
+                result[call].append(SegmentRun(segment, run.count, tuple(steps)))
+                i += run.count
     return result
 
 
-def merge_calls(parts: list[list[Segment]]) -> list[Segment]:
-    """Segments of a layer called several times: each channel range gets the paths of all calls.
+def merge_calls(parts: list[list[Segment | SegmentRun]]) -> list[Segment | SegmentRun]:
+    """Segments of a layer called several times: each channel range gets the paths of all
+    calls (runs of a layer called once are kept as they are).
 
     Example:
         >>> from gpa.core.paths import GradientPaths
@@ -560,6 +667,7 @@ def merge_calls(parts: list[list[Segment]]) -> list[Segment]:
     """
     if len(parts) == 1:
         return parts[0]
+    parts = [list(SegmentList(p)) for p in parts]
     cuts = sorted({s.start for p in parts for s in p} | {s.stop for p in parts for s in p})
     merged = []
     for lo, hi in zip(cuts, cuts[1:], strict=False):

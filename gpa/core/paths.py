@@ -330,7 +330,8 @@ def layer_graph_index(
 
     A group shared by several nodes (the same object) is summed up once: in the channel-level
     segment graph, hundreds of segments reach every segment of the next layer, millions of
-    edges written as one group each.
+    edges written as one group each. Neighbouring nodes given the same list of groups (the
+    same object: the segments of a run) are worked out once.
 
     Returns:
         The :class:`PathIndex` of the nodes (the loss last), read by position: a graph of
@@ -349,9 +350,16 @@ def layer_graph_index(
     index.stamps[last], index.num_paths[last] = 1, 1
     # id(group) -> (reached bitset, stamps, paths): groups stay alive in ``successors``
     summed: dict[int, tuple[int, int, int]] = {}
+    before: object = None  # the groups of the node after this one
     for i in range(last - 1, -1, -1):
+        groups = successors[index.nodes[i]]
+        if groups is before:  # the same list as the next node's: the same values
+            index.successors[i] = index.successors[i + 1]
+            index.stamps[i], index.num_paths[i] = index.stamps[i + 1], index.num_paths[i + 1]
+            continue
+        before = groups
         reached, stamps, count, overlap = 0, 0, 0, False
-        for group in successors[index.nodes[i]]:
+        for group in groups:
             found = summed.get(id(group))
             if found is None:  # first met from its latest reader: every member is done
                 found = summed[id(group)] = _group_sum(index, group, i)

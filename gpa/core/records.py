@@ -25,7 +25,8 @@ from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 
 from gpa.core.graph import LOSS, GradientGraph
 from gpa.core.paths import GradientPaths, LayerPaths, gradient_paths
-from gpa.core.report import LayerRecord, PathStep, Segment
+from gpa.core.report import LayerRecord, PathStep
+from gpa.core.segments import Segment, SegmentList
 
 __all__ = ["layer_records"]
 
@@ -118,7 +119,7 @@ def layer_records(
             deliveries=_Deliveries([found[m] for m in members], record_of, rank),
             params=None if params is None else params.get(name),
             flops=None if flops is None else flops.get(name),
-            segments=None if segments is None else tuple(segments.get(name, ())),
+            segments=None if segments is None else _segment_sequence(segments.get(name, ())),
             site=names[members[0]].site if members else None,
             route=route(members),
         )
@@ -128,3 +129,9 @@ def layer_records(
         if missing not in records:
             records[missing] = record(missing, kind, 0, [])
     return records
+
+
+def _segment_sequence(segments: Sequence[Segment]) -> Sequence[Segment]:
+    """A record's segments: a :class:`SegmentList` as it is (its segments are made when
+    read), any other sequence as a tuple."""
+    return segments if isinstance(segments, SegmentList) else tuple(segments)

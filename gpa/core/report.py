@@ -8,16 +8,24 @@ all its fields at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, NamedTuple
 
 import networkx as nx
 
-from gpa.core.frozen import frozen_instance
 from gpa.core.graph import LOSS
 from gpa.core.paths import GradientPaths
+from gpa.core.segments import (
+    Segment,
+    SegmentList,
+    Source,
+    combination,
+    count_combinations,
+    make_segment,
+    make_source,
+)
 
 __all__ = [
     "LOSS",
@@ -26,98 +34,13 @@ __all__ = [
     "PathStep",
     "Report",
     "Segment",
+    "SegmentList",
     "Source",
     "combination",
     "make_segment",
     "make_source",
     "record_graph",
 ]
-
-
-@dataclass(frozen=True)
-class Source:
-    """A sender of gradient to a channel segment and the part of its gradient delivered
-    (``docs/semantics.md`` §8).
-
-    ``sender`` is a layer (or ``<loss>``); ``channels`` the [start, stop) range of the
-    sender's input channels (of the returned tensor, for the loss) that carry the
-    segment's channels; ``group`` the sender's groups for a grouped convolution;
-    ``output`` the returned value's path for the loss; ``argument`` the sender's tensor
-    argument when it takes several; ``mixed`` whether every channel of the segment
-    reaches every one of ``channels`` (through a softmax, a layer norm, an attention, a
-    broadcast …) rather than one each. ``rounds`` is the bitset of rounds at which the
-    segment receives gradient from this sender (round 1 from the loss; one round after
-    the sender's own timestamps).
-    """
-
-    sender: str
-    channels: tuple[int, int]
-    rounds: int
-    group: tuple[int, ...] | None = None
-    output: str | None = None
-    argument: int | None = None
-    mixed: bool = False
-
-
-@dataclass(frozen=True)
-class Segment:
-    """Output channels [start, stop) of a layer with one gradient record (§8)."""
-
-    start: int
-    stop: int
-    paths: GradientPaths | None
-    sources: tuple[Source, ...] = ()
-    fallback: tuple[str, ...] = field(default=())
-
-
-def make_source(
-    sender: str,
-    channels: tuple[int, int],
-    rounds: int,
-    group: tuple[int, ...] | None,
-    output: str | None,
-    argument: int | None,
-    mixed: bool,
-) -> Source:
-    """``Source(sender, channels, rounds, group, output, argument, mixed)``, made as
-    :func:`~gpa.core.frozen.frozen_instance` makes one (a channel analysis makes tens of
-    thousands).
-
-    Example:
-        >>> make_source("b", (0, 2), 0b10, None, None, None, False) == Source("b", (0, 2), 0b10)
-        True
-    """
-    return frozen_instance(
-        Source,
-        {
-            "sender": sender,
-            "channels": channels,
-            "rounds": rounds,
-            "group": group,
-            "output": output,
-            "argument": argument,
-            "mixed": mixed,
-        },
-    )
-
-
-def make_segment(
-    start: int,
-    stop: int,
-    paths: GradientPaths | None,
-    sources: tuple[Source, ...],
-    fallback: tuple[str, ...],
-) -> Segment:
-    """``Segment(start, stop, paths, sources, fallback)``, made as :func:`make_source` makes
-    a source (one per channel of a layer feeding a depthwise convolution).
-
-    Example:
-        >>> make_segment(0, 4, None, (), ()) == Segment(0, 4, None)
-        True
-    """
-    return frozen_instance(
-        Segment, dict(start=start, stop=stop, paths=paths, sources=sources, fallback=fallback)
-    )
 
 
 class PathStep(NamedTuple):
@@ -128,27 +51,6 @@ class PathStep(NamedTuple):
     layer: str
     type: str
     site: tuple[str, int] | None = None
-
-
-def combination(segment: Segment) -> frozenset:
-    """A segment's gradient combination: its set of (round, source) pairs (paper, §4.1).
-
-    A source is identified by its sender and the part of the sender's gradient delivered
-    (channels, group, output, argument, mixed). The set is held as one (source, rounds
-    bitset) pair per source, which is the same set of (round, source) pairs, without a
-    tuple per round.
-
-    Example:
-        >>> a = Segment(0, 2, None, (Source("b", (0, 2), rounds=0b110),))
-        >>> b = Segment(2, 4, None, (Source("b", (0, 2), rounds=0b010), Source("b", (0, 2), 0b100)))
-        >>> combination(a) == combination(b)
-        True
-    """
-    rounds: dict[tuple, int] = {}
-    for s in segment.sources:
-        key = (s.sender, s.channels, s.group, s.output, s.argument, s.mixed)
-        rounds[key] = rounds.get(key, 0) | s.rounds
-    return frozenset(rounds.items())
 
 
 @dataclass(frozen=True)
@@ -168,7 +70,7 @@ class LayerRecord:
     deliveries: Mapping[str, int] = field(default_factory=dict)
     params: int | None = None
     flops: int | None = None
-    segments: tuple[Segment, ...] | None = None
+    segments: Sequence[Segment] | None = None
     site: tuple[str, int] | None = field(default=None, compare=False)
     route: Callable[[int], tuple[PathStep, ...]] | None = field(
         default=None, compare=False, repr=False
@@ -215,11 +117,15 @@ class LayerRecord:
         """The number of distinct gradient combinations among this layer's segments."""
         if self.segments is None:
             return None
-        return len({combination(s) for s in self.segments if s.paths is not None})
+        if isinstance(self.segments, SegmentList):
+            return self.segments.gradient_combinations()
+        return count_combinations([self.segments])
 
     @property
     def channel_fallbacks(self) -> tuple[str, ...]:
         """Operations whose channel routing gpa could not follow exactly for this layer."""
+        if isinstance(self.segments, SegmentList):
+            return self.segments.fallbacks()
         return tuple(sorted({f for s in self.segments or () for f in s.fallback}))
 
     def shortest_path(self) -> tuple[PathStep, ...]:
@@ -293,9 +199,7 @@ class NetworkSummary:
         shortest = [r.shortest for r in reached]
         with_segments = [r for r in records.values() if r.segments is not None]
         combinations = (
-            len({combination(s) for r in with_segments for s in r.segments if s.paths})
-            if with_segments
-            else None
+            count_combinations([r.segments for r in with_segments]) if with_segments else None
         )
         return NetworkSummary(
             layers=len(records),

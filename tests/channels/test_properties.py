@@ -136,7 +136,8 @@ def step_nets(draw):
         kind = "layer" if i == 0 else draw(st.sampled_from(kinds))
         if kind == "layer":
             c_out = draw(st.integers(1, 6))
-            common = [g for g in (1, 2, 3) if w % g == 0 and c_out % g == 0]
+            # w: depthwise (a channel per group: one segment per channel, held as runs)
+            common = [g for g in (1, 2, 3, w) if w % g == 0 and c_out % g == 0]
             step = ("layer", j, c_out, draw(st.sampled_from(common)))
         elif kind == "slice":
             a = draw(st.integers(0, w - 1))
@@ -237,7 +238,12 @@ def lengths(edges):
 )
 @given(step_nets(), LIMITS)
 def test_segments_match_per_channel_brute_force(net, limits):
-    report = analyze(net, limits)
+    check_against_brute_force(net, analyze(net, limits))
+
+
+def check_against_brute_force(net, report):
+    """Every layer's segments partition its channels into maximal runs of channels with
+    the brute-force records (timestamps, senders, input channels reached)."""
     edges, reaches = channel_graph(net)
     stamps = lengths(edges)
     for name, record in report.layers.items():
@@ -262,16 +268,27 @@ def test_segments_match_per_channel_brute_force(net, limits):
                 continue
             # the parts delivered by a sender (several ranges when the segment reaches it
             # twice, e.g. concatenated with itself) cover exactly the input channels
-            # carrying the segment
+            # carrying the segment whose group's output channels receive gradient (a part
+            # of a sender that receives none delivers none)
             for sender in {x.sender for x in s.sources} - {LOSS}:
                 covered = set()
                 for x in s.sources:
                     if x.sender == sender:
                         covered |= set(range(*x.channels))
+                layer = net.get_submodule(sender)
+                per_in = layer.in_channels // layer.groups
+                per_out = layer.out_channels // layer.groups
                 positions = set()
                 for c in range(s.start, s.stop):
-                    positions |= reaches[(name, c)].get(sender, set())
-                assert covered == positions, (name, sender, s.sources)
+                    positions |= {
+                        p
+                        for p in reaches[(name, c)].get(sender, set())
+                        if any(
+                            stamps((sender, o))
+                            for o in range(p // per_in * per_out, (p // per_in + 1) * per_out)
+                        )
+                    }
+                assert covered == positions, (name, sender, s.sources, net.steps)
         # maximality: two neighbouring segments are not one run of channels that reach the
         # same senders' groups at input positions shifted along with the channel
         for left, right in zip(segs, segs[1:], strict=False):
@@ -304,7 +321,11 @@ def _one_run(net, reaches, name, lo, hi):
 def test_segment_path_counts_consistent(net, limits):
     """num_paths and histograms of (layer, segment) paths, from the brute-force channel
     edges grouped by gpa's segments."""
-    report = analyze(net, limits)
+    check_path_counts(net, analyze(net, limits))
+
+
+def check_path_counts(net, report):
+    """num_paths and histograms of every segment, from the brute-force channel edges."""
     edges, _ = channel_graph(net)
     seg_of = {}
     for name, record in report.layers.items():

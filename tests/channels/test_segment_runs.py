@@ -1,0 +1,237 @@
+"""Runs of segments (a layer feeding a depthwise convolution: one segment per channel, held
+as one :class:`~gpa.core.segments.SegmentRun`) against the per-channel brute force of
+``test_properties`` (real autograd), and gradient-combination counts against the set of
+combinations read from every segment."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import gpa
+from gpa.core.report import LOSS, Segment, Source
+from gpa.core.segments import SegmentList, SegmentRun, combination
+from tests.channels.test_properties import (
+    IN_WIDTH,
+    LENGTH,
+    StepNet,
+    check_against_brute_force,
+    check_path_counts,
+    width_after,
+)
+
+
+def combinations_by_hand(layers):
+    """The distinct combinations of the reached segments, read from every segment."""
+    return len({combination(s) for segments in layers for s in segments if s.paths is not None})
+
+
+def runs_of(report):
+    return [
+        i for r in report.layers.values() for i in r.segments.items if isinstance(i, SegmentRun)
+    ]
+
+
+# ------------------------------------------------------------------ hand-derived
+
+
+class Separable(nn.Module):
+    """pw -> depthwise -> pw2, with pw's output also added to pw2's (a residual)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pw = nn.Conv2d(3, 4, 1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.pw2 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        y = self.pw(x)
+        return self.pw2(self.dw(y)) + y
+
+
+def test_a_layer_feeding_a_depthwise_convolution_is_one_run():
+    report = gpa.analyze(Separable(), input_shape=(1, 3, 6, 6), channels=True)
+    segments = report.layers["pw"].segments
+    assert isinstance(segments, SegmentList)
+    assert [type(i).__name__ for i in segments.items] == ["SegmentRun"]
+    # by hand: channel c reaches dw's group c (input channel c) and the loss at channel c
+    # (the residual); pw2 reaches the loss. Paths: pw -> loss (1), pw -> dw -> pw2 -> loss (3)
+    assert len(segments) == 4
+    for c, s in enumerate(segments):
+        assert (s.start, s.stop, s.paths.timestamps, s.paths.num_paths) == (c, c + 1, (1, 3), 2)
+        assert s.sources == (
+            Source(LOSS, (c, c + 1), 0b10),  # round 1 from the loss
+            Source("dw", (c, c + 1), 0b1000, group=(c,)),  # dw's timestamp 2, round 3
+        )
+    assert segments[-1] == segments[3] == tuple(segments)[3]
+    assert segments[1:3] == tuple(segments)[1:3]
+    with pytest.raises(IndexError):
+        segments[4]
+    # each channel its own sources: four combinations; dw and pw2 one each
+    assert report.layers["pw"].gradient_combinations == 4
+    assert report.network.gradient_combinations == combinations_by_hand(
+        r.segments for r in report.layers.values()
+    )
+    assert report.network.gradient_combinations == 6
+
+
+class Shuffled(nn.Module):
+    """A depthwise convolution reading its input in the order ``perm``: where the step
+    from one channel to the next changes, a run ends."""
+
+    def __init__(self, perm: list[int]) -> None:
+        super().__init__()
+        self.pw = nn.Conv1d(2, len(perm), 1)
+        self.dw = nn.Conv1d(len(perm), len(perm), 1, groups=len(perm))
+        self.register_buffer("perm", torch.tensor(perm))
+
+    def forward(self, x):
+        return self.dw(self.pw(x)[:, self.perm])
+
+
+@pytest.mark.parametrize(
+    ("perm", "runs"),
+    [
+        ([0, 1, 2, 3, 4, 5], [6]),
+        ([5, 4, 3, 2, 1, 0], [6]),  # a step of -1 throughout
+        # channel 3 sits at 4, 4 at 3: steps 1, 1, 2, -1, 2; a run moves by one step, and a
+        # segment whose step differs from the one before it starts a new run
+        ([0, 1, 2, 4, 3, 5], [3, 1, 1, 1]),
+        ([0, 2, 4, 1, 3, 5], [2, 1, 1, 1, 1]),  # channels at 0, 3, 1, 4, 2, 5: steps 3, -2 …
+    ],
+)
+def test_a_run_ends_where_the_step_changes(perm, runs):
+    report = gpa.analyze(Shuffled(perm), input_shape=(1, 2, 3), channels=True)
+    segments = report.layers["pw"].segments
+    # by hand: channel c reaches dw's input channel and group perm.index(c)
+    for c, s in enumerate(segments):
+        where = perm.index(c)
+        assert (s.start, s.stop) == (c, c + 1)
+        # dw -> loss: dw holds gradient at round 1 and hands it on at round 2
+        assert s.sources == (Source("dw", (where, where + 1), 0b100, group=(where,)),)
+    assert [i.count if isinstance(i, SegmentRun) else 1 for i in segments.items] == runs
+    assert report.layers["pw"].gradient_combinations == 6
+
+
+# --------------------------------------------------------------- combinations
+
+
+def _source(sender, lo, rounds=0b10, group=None, width=1, mixed=False):
+    return Source(sender, (lo, lo + width), rounds, group=group, mixed=mixed)
+
+
+PATHS = gpa.core.paths.GradientPaths(stamps=0b10, num_paths=1)
+
+
+@st.composite
+def segment_lists(draw):
+    """Layers of runs and single segments drawn from few senders, channels and rounds, so
+    that combinations often coincide: within a run, between runs, with single segments."""
+    layers = []
+    for _ in range(draw(st.integers(1, 4))):
+        items, start = [], 0
+        for _ in range(draw(st.integers(1, 4))):
+            sources, steps = [], []
+            for _ in range(draw(st.integers(0, 3))):
+                grouped = draw(st.booleans())
+                lo = draw(st.integers(0, 3))
+                sources.append(
+                    _source(
+                        draw(st.sampled_from(["a", "b"])),
+                        lo,
+                        rounds=draw(st.sampled_from([0b10, 0b110])),
+                        group=(lo // 2,) if grouped else None,
+                        mixed=draw(st.booleans()),
+                    )
+                )
+                steps.append((draw(st.integers(-1, 2)), draw(st.integers(0, 1)) if grouped else 0))
+            paths = draw(st.sampled_from([PATHS, PATHS, None]))
+            first = Segment(start, start + 1, paths, tuple(sources))
+            count = draw(st.integers(1, 4))
+            if count > 1 and all(
+                x.channels[0] + (count - 1) * s >= 0
+                for x, (s, _) in zip(sources, steps, strict=True)
+            ):
+                items.append(SegmentRun(first, count, tuple(steps)))
+                start += count
+            else:
+                items.append(first)
+                start += 1
+        layers.append(SegmentList(items))
+    return layers
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(segment_lists())
+def test_combinations_counted_as_read_from_every_segment(layers):
+    assert gpa.core.segments.count_combinations(layers) == combinations_by_hand(layers)
+    for layer in layers:  # one layer alone, and as the tuple of its segments
+        assert layer.gradient_combinations() == combinations_by_hand([layer])
+        assert gpa.core.segments.count_combinations([tuple(layer)]) == combinations_by_hand([layer])
+
+
+def test_a_run_made_segment_by_segment():
+    first = Segment(2, 4, PATHS, (_source("a", 0, group=(0, 1), width=2), _source("b", 5)), ("op",))
+    run = SegmentRun(first, 3, ((2, 2), (0, 0)))
+    made = list(SegmentList([run]))
+    assert [(s.start, s.stop) for s in made] == [(2, 4), (4, 6), (6, 8)]
+    assert [s.sources[0].channels for s in made] == [(0, 2), (2, 4), (4, 6)]
+    assert [s.sources[0].group for s in made] == [(0, 1), (2, 3), (4, 5)]
+    assert {s.sources[1] for s in made} == {first.sources[1]}
+    assert {(s.paths, s.fallback) for s in made} == {(PATHS, ("op",))}
+    assert SegmentList([run]).fallbacks() == ("op",)
+
+
+# ------------------------------------------------------------------ property
+
+
+@st.composite
+def separable_nets(draw):
+    """Pointwise and depthwise 1-D convolutions, residual adds of parts, slices, concats:
+    the layers feeding depthwise convolutions are cut into one segment per channel."""
+    widths = [IN_WIDTH, draw(st.integers(2, 5))]
+    steps = [("layer", 0, widths[1], 1)]
+    for _ in range(draw(st.integers(2, 7))):
+        j = draw(st.integers(1, len(widths) - 1))
+        w = widths[j]
+        kind = draw(
+            st.sampled_from(["depthwise", "depthwise", "pointwise", "padd", "slice", "cat"])
+        )
+        if kind == "depthwise":
+            step = ("layer", j, w, w)
+        elif kind == "pointwise":
+            step = ("layer", j, draw(st.integers(2, 5)), 1)
+        elif kind == "padd":
+            k = draw(st.integers(1, len(widths) - 1))
+            n = draw(st.integers(1, min(w, widths[k])))
+            step = ("padd", j, k, n, n == w)
+        elif kind == "slice" and w > 1:
+            a = draw(st.integers(0, w - 2))
+            step = ("slice", j, a, draw(st.integers(a + 1, w)))
+        else:
+            k = draw(st.integers(1, len(widths) - 1))
+            step = ("cat", j, k) if w + widths[k] <= 10 else ("layer", j, w, w)
+        steps.append(step)
+        widths.append(width_after(step, widths))
+    return StepNet(steps, (len(steps),))
+
+
+@pytest.mark.slow  # hypothesis
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(separable_nets())
+def test_runs_match_per_channel_brute_force(net):
+    report = gpa.analyze(net, input_shape=(1, IN_WIDTH, LENGTH), channels=True)
+    check_against_brute_force(net, report)
+    check_path_counts(net, report)
+    layers = [r.segments for r in report.layers.values()]
+    assert report.network.gradient_combinations == combinations_by_hand(layers)
+    for r in report.layers.values():
+        assert r.gradient_combinations == combinations_by_hand([r.segments])
