@@ -225,11 +225,15 @@ def _one_way(cut: np.ndarray, kinds: np.ndarray) -> np.ndarray:
     return eligible & ((index - run_start) % 2 == 0)
 
 
-def _alike_runs(a: _Arrival, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _alike_runs(
+    a: _Arrival, channels: np.ndarray, group_width: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """For each channel c of ``channels`` (each placed, as is c - 1): whether c reaches the
     same input channels as c - 1 (same), and whether c's runs of input channels each
     follow c - 1's, all runs of both as long as that step (continuing: c at c + k, or at
-    c + k and c + k' after concatenating a tensor twice).
+    c + k and c + k' after concatenating a tensor twice) — for a grouped consumer
+    (``group_width`` input channels per group), each run in the one group of the run it
+    follows.
 
     Every run of the channels involved is found at once (no loop over channels).
 
@@ -272,6 +276,10 @@ def _alike_runs(a: _Arrival, channels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     apart = step != run_length[mine]
     owner = run_chan[mine]
     same = paired & (np.bincount(owner, moved, minlength=count) == 0)
+    if group_width is not None:  # a run in another group, or across two, is not followed
+        group = run_start // group_width
+        split = (run_start + run_length - 1) // group_width != group
+        apart |= split[mine] | split[partner] | (group[mine] != group[partner])
     following = (
         paired
         & even
@@ -344,8 +352,8 @@ class _Segmenter:
         channels that continue each other: the second channel's runs of input channels
         come right after the first's (channel c at c + k, or at c + k and c + k' after
         concatenating a tensor twice; a flattened channel at its block of positions) —
-        always within one group of a grouped consumer, and in one way (same or
-        continuing) throughout a segment.
+        for a grouped consumer each run within the group of the run it follows — and in
+        one way (same or continuing) throughout a segment.
         """
         if count == 1:
             return np.zeros(1, dtype=np.int64)
@@ -368,8 +376,6 @@ class _Segmenter:
         tiled = both & (step == a.count[1:])
         same = both & (step == 0)
         scattered = np.flatnonzero(placed[1:] & placed[:-1] & ~(block[1:] & block[:-1])) + 1
-        if len(scattered):
-            same[scattered - 1], tiled[scattered - 1] = _alike_runs(a, scattered)
         width = self.group_width(a.consumer)
         inside = None
         if width is not None:
@@ -378,6 +384,8 @@ class _Segmenter:
                 one_group[1:] & one_group[:-1] & (a.first[1:] // width == a.first[:-1] // width)
             )
             tiled &= inside
+        if len(scattered):  # run by run; of a grouped consumer, each in its partner's group
+            same[scattered - 1], tiled[scattered - 1] = _alike_runs(a, scattered, width)
         kinds = np.full(len(step), _CUT, dtype=np.int8)
         kinds[tiled] = _NEXT
         kinds[same] = _SAME

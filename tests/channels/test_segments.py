@@ -450,6 +450,49 @@ def test_channel_shuffle_eight_channels_exact_parts():
     assert report.layers["S"].gradient_combinations == 2
 
 
+class TwiceIntoGroups(nn.Module):
+    """S's 3 channels concatenated with themselves into a grouped convolution G."""
+
+    def __init__(self, groups: int) -> None:
+        super().__init__()
+        self.S, self.G = conv(3, 3), conv(6, 6, 1, groups)
+
+    def forward(self, x):
+        y = self.S(x)
+        return self.G(torch.cat([y, y], 1))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_a_tensor_twice_into_groups_continues_group_by_group(tracer):
+    """Channel c reaches G's inputs c and c + 3. With 2 groups of 3 inputs, every channel's
+    first input is in group 0 and its second in group 1, each following the channel
+    before: one segment, two parts (§8: the same input channels shifted along with the
+    channel). It was cut into one segment per channel, its channels each reaching two
+    groups (found by the per-channel brute force of test_properties)."""
+    report = analyze(TwiceIntoGroups(2), IMG, tracer=tracer)
+    # one path S -> G -> loss: both parts reach G's one segment (paths are node sequences)
+    assert segments(report, "S") == [(0, 3, 2, 2, {2: 1})]
+    assert sources(report, "S") == [
+        [("G", (0, 3), (2,), ("group", (0,))), ("G", (3, 6), (2,), ("group", (1,)))]
+    ]
+    assert report.layers["S"].gradient_combinations == 1
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_a_tensor_twice_into_groups_is_cut_where_a_run_changes_group(tracer):
+    """With 3 groups of 2 inputs: channel 0 reaches groups 0 and 1 (inputs 0, 3), channel
+    1 groups 0 and 2 (inputs 1, 4), channel 2 groups 1 and 2 (inputs 2, 5): the runs of
+    channel 1 follow channel 0's, but its second lies in another group; channel 2's first
+    run leaves group 0. Three segments."""
+    report = analyze(TwiceIntoGroups(3), IMG, tracer=tracer)
+    assert segments(report, "S") == [(c, c + 1, 2, 2, {2: 1}) for c in range(3)]
+    assert sources(report, "S") == [
+        [("G", (0, 1), (2,), ("group", (0,))), ("G", (3, 4), (2,), ("group", (1,)))],
+        [("G", (1, 2), (2,), ("group", (0,))), ("G", (4, 5), (2,), ("group", (2,)))],
+        [("G", (2, 3), (2,), ("group", (1,))), ("G", (5, 6), (2,), ("group", (2,)))],
+    ]
+
+
 class ShuffleIntoGroups(nn.Module):
     """Issue 13's example: a = Conv2d(3, 8, 1), ShuffleNet's shuffle (2 groups) written
     with view/transpose/reshape, b = Conv2d(8, 8, 1, groups=2), head = Conv2d(8, 2, 1)."""
