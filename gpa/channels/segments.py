@@ -451,8 +451,8 @@ class _Segmenter:
         Segment i joins segment i - 1 when both are one channel wide and every consumer
         sees them alike but for a shift: both nowhere, both everywhere (mixed), or each at
         one run of input channels of one length (in groups reaching the same sender
-        segments) — and, where segment i - 1 is so alike segment i - 2, by the same shifts
-        as from i - 2 to i - 1: a run moves by one shift throughout.
+        segments) — and, where segment i - 1 joined segment i - 2, by the same shifts as
+        from i - 2 to i - 1: a run moves by one shift throughout.
         """
         bounds = self.bounds[call]
         count = len(bounds)
@@ -481,7 +481,12 @@ class _Segmenter:
             moved[2:] |= (np.diff(step)[1:] != 0) | (np.diff(group_step)[1:] != 0)
             shifts.append((step, group_step))
         # a shift unlike the one before starts a new run, unless segment i - 1 started one
-        joined[2:] &= ~(joined[1:-1] & moved[2:])
+        # (in order: whether i - 1 started one depends on i - 2)
+        started = set()
+        for i in np.flatnonzero(joined[2:] & joined[1:-1] & moved[2:]).tolist():
+            if i + 1 not in started:
+                started.add(i + 2)
+        joined[list(started)] = False
         return joined, shifts
 
     def nodes(

@@ -321,6 +321,9 @@ def layer_graph_paths(
     }
 
 
+_NOTHING = object()
+
+
 def layer_graph_index(
     successors: Mapping[Hashable, Iterable[Sequence[Hashable]]], loss: Hashable = "<loss>"
 ) -> PathIndex:
@@ -350,7 +353,7 @@ def layer_graph_index(
     index.stamps[last], index.num_paths[last] = 1, 1
     # id(group) -> (reached bitset, stamps, paths): groups stay alive in ``successors``
     summed: dict[int, tuple[int, int, int]] = {}
-    before: object = None  # the groups of the node after this one
+    before: object = _NOTHING  # the groups of the node after this one
     for i in range(last - 1, -1, -1):
         groups = successors[index.nodes[i]]
         if groups is before:  # the same list as the next node's: the same values

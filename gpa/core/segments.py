@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import operator
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -219,6 +220,7 @@ class SegmentList(Sequence[Segment]):
     def __getitem__(self, index: int | slice) -> Segment | tuple[Segment, ...]:
         if isinstance(index, slice) or self._made is not None:
             return self.segments()[index]
+        index = operator.index(index)  # as a tuple takes it: no float, no str
         if index < 0:
             index += len(self)
         if not 0 <= index < len(self):
@@ -290,6 +292,19 @@ def _coarse(x: Source) -> tuple:
     return _coarse_key((x.sender, x.channels, x.group, x.output, x.argument, x.mixed), x.rounds)
 
 
+def _unrounded(key: tuple) -> tuple:
+    """A :func:`_coarse_key` without the rounds: sources :func:`combination` may merge."""
+    return key[:6] + key[7:]
+
+
+def _moves(run: SegmentRun) -> bool:
+    """Whether the run's segments differ in where some part lies (else they are alike)."""
+    return any(
+        step or (moved and x.group)
+        for x, (step, moved) in zip(run.first.sources, run.steps, strict=True)
+    )
+
+
 def _where(x: Source) -> list[int]:
     """Where a source's part lies: its channels and groups."""
     return [*x.channels, *(x.group or ())]
@@ -322,8 +337,10 @@ def count_combinations(layers: Iterable[Sequence[Segment]]) -> int:
             if isinstance(item, SegmentRun):
                 if item.first.paths is None:
                     continue
+                # sources alike but for their rounds (a layer called twice) may merge in
+                # some segment of the run: those runs are read segment by segment
                 keys = [_coarse(x) for x in item.first.sources]
-                if len(set(keys)) == len(keys):  # one source per key: none merge
+                if len({_unrounded(k) for k in keys}) == len(keys):
                     alike[tuple(sorted(keys))].append(item)
                     continue
                 items_of_run: Iterable[Segment] = (item.segment(k) for k in range(item.count))
@@ -337,7 +354,7 @@ def count_combinations(layers: Iterable[Sequence[Segment]]) -> int:
     for members in alike.values():
         if len(members) == 1 and isinstance(members[0], SegmentRun):
             run = members[0]
-            total += run.count if any(step != (0, 0) for step in run.steps) else 1
+            total += run.count if _moves(run) else 1
         elif len(members) == 1:
             total += 1
         else:

@@ -5,6 +5,8 @@ combinations read from every segment."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -70,6 +72,8 @@ def test_a_layer_feeding_a_depthwise_convolution_is_one_run():
     assert segments[1:3] == tuple(segments)[1:3]
     with pytest.raises(IndexError):
         segments[4]
+    with pytest.raises(TypeError):  # as a tuple: no float index
+        segments[1.0]
     # each channel its own sources: four combinations; dw and pw2 one each
     assert report.layers["pw"].gradient_combinations == 4
     assert report.network.gradient_combinations == combinations_by_hand(
@@ -97,10 +101,10 @@ class Shuffled(nn.Module):
     [
         ([0, 1, 2, 3, 4, 5], [6]),
         ([5, 4, 3, 2, 1, 0], [6]),  # a step of -1 throughout
-        # channel 3 sits at 4, 4 at 3: steps 1, 1, 2, -1, 2; a run moves by one step, and a
-        # segment whose step differs from the one before it starts a new run
-        ([0, 1, 2, 4, 3, 5], [3, 1, 1, 1]),
-        ([0, 2, 4, 1, 3, 5], [2, 1, 1, 1, 1]),  # channels at 0, 3, 1, 4, 2, 5: steps 3, -2 …
+        # channel 3 sits at 4, 4 at 3: steps 1, 1, 2, -1, 2. A run moves by one step: a
+        # step unlike the one before starts a new run, unless that one started a run
+        ([0, 1, 2, 4, 3, 5], [3, 2, 1]),
+        ([0, 2, 4, 1, 3, 5], [2, 2, 2]),  # channels at 0, 3, 1, 4, 2, 5: steps 3, -2, 3 …
     ],
 )
 def test_a_run_ends_where_the_step_changes(perm, runs):
@@ -114,6 +118,36 @@ def test_a_run_ends_where_the_step_changes(perm, runs):
         assert s.sources == (Source("dw", (where, where + 1), 0b100, group=(where,)),)
     assert [i.count if isinstance(i, SegmentRun) else 1 for i in segments.items] == runs
     assert report.layers["pw"].gradient_combinations == 6
+
+
+class CalledTwice(nn.Module):
+    """A depthwise convolution called twice, its calls reaching the loss at different rounds:
+    each channel of ``a`` has two sources alike but for their rounds, which its combination
+    merges; channel 8 is added onto channel 0, so those two have one combination."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 9, 1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        y = self.a(x)
+        z = torch.cat([y[:, :1] + y[:, 8:9], y[:, 1:8]], 1)
+        return self.pw(self.dw(z)) + self.dw(z)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_sources_alike_but_for_their_rounds_are_one_part_of_a_combination(tracer):
+    """Found by a review: such a run was counted as if its sources never merged."""
+    report = gpa.analyze(CalledTwice(), input_shape=(1, 3, 6, 6), channels=True, tracer=tracer)
+    a = report.layers["a"]
+    # by hand: channels 0-7 each reach dw's group c (channel 8 reaches group 0 too), from
+    # dw's call into pw (round 3) and its call to the loss (round 2): eight combinations
+    assert len(a.segments) == 9
+    assert a.gradient_combinations == 8 == combinations_by_hand([a.segments])
+    layers = [r.segments for r in report.layers.values()]
+    assert report.network.gradient_combinations == combinations_by_hand(layers)
 
 
 # --------------------------------------------------------------- combinations
@@ -138,16 +172,19 @@ def segment_lists(draw):
             for _ in range(draw(st.integers(0, 3))):
                 grouped = draw(st.booleans())
                 lo = draw(st.integers(0, 3))
-                sources.append(
-                    _source(
-                        draw(st.sampled_from(["a", "b"])),
-                        lo,
-                        rounds=draw(st.sampled_from([0b10, 0b110])),
-                        group=(lo // 2,) if grouped else None,
-                        mixed=draw(st.booleans()),
-                    )
+                x = _source(
+                    draw(st.sampled_from(["a", "b"])),
+                    lo,
+                    rounds=draw(st.sampled_from([0b10, 0b110])),
+                    group=(lo // 2,) if grouped else draw(st.sampled_from([None, ()])),
+                    mixed=draw(st.booleans()),
                 )
-                steps.append((draw(st.integers(-1, 2)), draw(st.integers(0, 1)) if grouped else 0))
+                step = (draw(st.integers(-1, 2)), draw(st.integers(0, 1)))
+                sources.append(x)
+                steps.append(step)
+                if draw(st.booleans()):  # the same part again at other rounds (merged)
+                    sources.append(dataclasses.replace(x, rounds=0b1000))
+                    steps.append(step if draw(st.booleans()) else (step[0] + 1, step[1]))
             paths = draw(st.sampled_from([PATHS, PATHS, None]))
             first = Segment(start, start + 1, paths, tuple(sources))
             count = draw(st.integers(1, 4))
