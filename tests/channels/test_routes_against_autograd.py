@@ -228,7 +228,24 @@ AXES = {  # permutations and reshapes: direct rules, the same answer as the prob
     "cat-twice-beside-a-norm": lambda y: torch.cat(
         [y[:, :1].flip(-1), F.layer_norm(y, (WIDTH,)), y[:, :1].flip(-1)], 1
     ),
+    # a stream cut and put back together, as TNT's blocks do (the sum of a piece and its
+    # roll: two terms of one producer at the same positions)
+    "cut-and-put-back": lambda y: _put_back(_put_back(torch.cat([y[:, :1].flip(-1), y[:, 1:]], 1))),
+    "cut-and-put-back-beside-a-norm": lambda y: _put_back(
+        torch.cat([y[:, :2], F.layer_norm(y[:, 2:], (WIDTH,))], 1)
+    ),
+    "norm-cut-and-put-back": lambda y: _scaled_back(
+        torch.cat([y[:, :1].flip(-1), F.layer_norm(y[:, 1:], (WIDTH,))], 1)
+    ),
 }
+
+
+def _scaled_back(z):
+    return torch.cat([z[:, :2], z[:, 2:] * 2], 1)
+
+
+def _put_back(z):
+    return torch.cat([z[:, 0:1], z[:, 1:] + z[:, 1:].roll(1, -1)], 1)
 
 
 class _AfterToken(nn.Module):
