@@ -210,6 +210,18 @@ def test_combinations_counted_as_read_from_every_segment(layers):
         assert gpa.core.segments.count_combinations([tuple(layer)]) == combinations_by_hand([layer])
 
 
+@pytest.mark.parametrize("group", [None, ()])
+def test_a_run_whose_parts_stay_is_one_combination(group):
+    """Segments alike in every source (no channel step; a group step but no group to move)
+    have one combination; with a channel step, one each."""
+    sources = (_source("a", 0, group=group, width=4),)
+    still = SegmentRun(Segment(0, 1, PATHS, sources), 3, ((0, 1),))
+    assert len({combination(s) for s in SegmentList([still])}) == 1
+    assert gpa.core.segments.count_combinations([SegmentList([still])]) == 1
+    moving = SegmentRun(Segment(0, 1, PATHS, sources), 3, ((1, 1),))
+    assert gpa.core.segments.count_combinations([SegmentList([moving])]) == 3
+
+
 def test_a_run_made_segment_by_segment():
     first = Segment(2, 4, PATHS, (_source("a", 0, group=(0, 1), width=2), _source("b", 5)), ("op",))
     run = SegmentRun(first, 3, ((2, 2), (0, 0)))
