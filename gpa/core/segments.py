@@ -129,6 +129,11 @@ def make_segment(
     )
 
 
+def _key(x: Source) -> tuple:
+    """What identifies a source in a combination: all but its rounds."""
+    return (x.sender, x.channels, x.group, x.output, x.argument, x.mixed)
+
+
 def combination(segment: Segment) -> frozenset:
     """A segment's gradient combination: its set of (round, source) pairs (paper, §4.1).
 
@@ -145,7 +150,7 @@ def combination(segment: Segment) -> frozenset:
     """
     rounds: dict[tuple, int] = {}
     for s in segment.sources:
-        key = (s.sender, s.channels, s.group, s.output, s.argument, s.mixed)
+        key = _key(s)
         rounds[key] = rounds.get(key, 0) | s.rounds
     return frozenset(rounds.items())
 
@@ -289,7 +294,7 @@ def _coarse_key(key: tuple, rounds: int) -> tuple:
 
 
 def _coarse(x: Source) -> tuple:
-    return _coarse_key((x.sender, x.channels, x.group, x.output, x.argument, x.mixed), x.rounds)
+    return _coarse_key(_key(x), x.rounds)
 
 
 def _unrounded(key: tuple) -> tuple:
@@ -305,9 +310,9 @@ def _moves(run: SegmentRun) -> bool:
     )
 
 
-def _where(x: Source) -> list[int]:
-    """Where a source's part lies: its channels and groups."""
-    return [*x.channels, *(x.group or ())]
+def _where(key: tuple) -> list[int]:
+    """Where the part of a source (given by :func:`_key`) lies: its channels and groups."""
+    return [*key[1], *(key[2] or ())]
 
 
 def count_combinations(layers: Iterable[Sequence[Segment]]) -> int:
@@ -368,13 +373,13 @@ def _rows(item: Segment | SegmentRun) -> np.ndarray:
     parts in the order of their coarse keys (then of where they lie)."""
     if isinstance(item, Segment):
         merged = combination(item)
-        parts = sorted((_coarse_key(k, r), [*k[1], *(k[2] or ())]) for k, r in merged)
+        parts = sorted((_coarse_key(k, r), _where(k)) for k, r in merged)
         return np.array([[v for _, where in parts for v in where]], dtype=np.int64)
     order = sorted(range(len(item.steps)), key=lambda i: _coarse(item.first.sources[i]))
     base, moves = [], []
     for i in order:
         x, (step, moved) = item.first.sources[i], item.steps[i]
-        base += _where(x)
+        base += _where(_key(x))
         moves += [step, step] + [moved] * len(x.group or ())
     k = np.arange(item.count, dtype=np.int64)[:, None]
     return np.asarray(base, dtype=np.int64) + k * np.asarray(moves, dtype=np.int64)
