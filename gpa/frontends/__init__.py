@@ -87,7 +87,10 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
     chain = [t for t in FRONTENDS if not options.channels or t in CHANNEL_TRACERS]
     reasons: list[str] = []
     raised: ModelError | None = None
-    for i, candidate in enumerate(chain):
+    i = 0
+    while i < len(chain):
+        candidate = chain[i]
+        i += 1
         if candidate in _NEEDS_INPUTS and not options.has_inputs:
             reasons.append(f"{candidate}: needs example inputs")
             continue
@@ -97,10 +100,11 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
             reasons.append(f"{candidate}: {str(exc).splitlines()[0]}")
             raised = exc if isinstance(exc, ModelError) else raised
             continue
-        if graph.opaque and graph.inputs is not None and i + 1 < len(chain):
+        if graph.opaque and graph.inputs is not None and i < len(chain):
             reasons.append(
                 f"{candidate}: cannot look into {', '.join(dict.fromkeys(graph.opaque))}"
             )
+            chain[i:] = _looking_inside(chain[i:])
             continue
         if reasons:
             graph.notes.insert(0, f"tracer auto used {candidate}: {'; '.join(reasons)}")
@@ -120,6 +124,16 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
         else "no frontend can read"
     )
     raise TraceError(f"{which} {type(model).__name__}:\n{why}{hint}")
+
+
+def _looking_inside(rest: list[Tracer]) -> list[Tracer]:
+    """The frontends left to try after fx gave way to functions it cannot look into
+    (``torch.fx.wrap``) that read parameters: autograd first. It runs those functions'
+    Python as it is, on the meta device, and sees every operation they make on the
+    weights — the layers fx missed — at a fraction of export's cost (Swin-T: about a
+    tenth); the frontends give the same records (semantics §1.6), so only the time
+    differs. Export stays next, for a model autograd cannot run."""
+    return sorted(rest, key=lambda t: t is not Tracer.AUTOGRAD)
 
 
 def _build(tracer: Tracer, model: nn.Module, options: AnalysisOptions) -> GradientGraph:

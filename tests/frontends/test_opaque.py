@@ -2,15 +2,22 @@
 
 Hand derivation: head(attend(x, qkv.weight, qkv.bias)) where attend is F.linear, so qkv is a
 layer feeding head: qkv has one path of length 2, head one of length 1.
+
+`auto` then tries autograd before export (semantics §1.6): it runs the function as it is
+and costs a fraction of export; export, the independent reading, must agree with it.
 """
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import gpa
+from gpa import frontends
+from gpa.errors import TraceError
+from gpa.options import Tracer
 
 
 def attend(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -41,11 +48,51 @@ def test_auto_tracer_looks_inside() -> None:
         "qkv": (2, 2, 1),
         "head": (1, 1, 1),
     }
-    # fx keeps the wrapped function opaque; export reads inside it
+    # fx keeps the wrapped function opaque; autograd, tried next, reads inside it
+    assert report.tracer == "autograd"
+    assert "tracer auto used autograd: fx: cannot look into attend" in report.notes
+
+
+def _records(report: gpa.Report) -> dict:
+    return {n: (r.shortest, r.longest, r.timestamps, r.sources) for n, r in report.layers.items()}
+
+
+@pytest.mark.parametrize("model", [Wrapped, lambda: WrappedTwice()], ids=["once", "twice"])
+def test_auto_after_opaque_fx_agrees_with_export(model) -> None:
+    built = model()
+    auto = gpa.analyze(built, input_shape=(1, 4), tracer="auto")
+    export = gpa.analyze(built, input_shape=(1, 4), tracer="export")
+    assert auto.tracer == "autograd"
+    assert _records(auto) == _records(export)
+
+
+def test_auto_moves_on_to_export_when_autograd_cannot_run(monkeypatch) -> None:
+    def refuses(model, options):
+        raise TraceError("cannot run it")
+
+    monkeypatch.setitem(frontends.FRONTENDS, Tracer.AUTOGRAD, refuses)
+    report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="auto")
     assert report.tracer == "export"
-    assert any(
-        n.startswith("tracer auto used export: fx: ") and "attend" in n for n in report.notes
+    assert (
+        "tracer auto used export: fx: cannot look into attend; autograd: cannot run it"
+        in report.notes
     )
+    assert (report.layers["qkv"].shortest, report.layers["head"].shortest) == (2, 1)
+
+
+def test_auto_with_channels_reads_inside_with_export() -> None:
+    # autograd gives no channel segments (§8): export is the one left
+    report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="auto", channels=True)
+    assert report.tracer == "export"
+    assert "tracer auto used export: fx: cannot look into attend" in report.notes
+    assert (report.layers["qkv"].shortest, report.layers["head"].shortest) == (2, 1)
+
+
+def test_auto_without_inputs_keeps_fx_and_says_what_it_misses() -> None:
+    # export and autograd need inputs: fx's graph stands, with its note
+    report = gpa.analyze(Wrapped(), tracer="auto")
+    assert report.tracer == "fx"
+    assert any("'attend'" in n and "autograd" in n for n in report.notes)
 
 
 class WrappedTwice(nn.Module):
@@ -63,5 +110,5 @@ class WrappedTwice(nn.Module):
 
 def test_auto_note_names_each_opaque_function_once() -> None:
     report = gpa.analyze(WrappedTwice(), input_shape=(1, 4), tracer="auto")
-    (note,) = [n for n in report.notes if n.startswith("tracer auto used export")]
+    (note,) = [n for n in report.notes if n.startswith("tracer auto used autograd")]
     assert note.count("attend") == 1, note

@@ -222,13 +222,13 @@ KNOWN_DIFFERENCES: dict[str, KnownDifference] = {
         "fx misses the attention layers: torchvision wraps shifted_window_attention with "
         "torch.fx.wrap, so fx records one opaque call and never sees its F.linear calls on "
         "attn.qkv.weight / attn.proj.weight; export and autograd find them (2 layers per "
-        "block), and `auto` uses export",
+        "block), and `auto` uses autograd",
         _fx_misses_attention,
     ),
     "torchvision:swin_v2_t": KnownDifference(
         ("fx",),
         "as swin_t: fx misses attn.qkv and attn.proj inside the fx-wrapped "
-        "shifted_window_attention_v2; `auto` uses export",
+        "shifted_window_attention_v2; `auto` uses autograd",
         _fx_misses_attention,
     ),
 }
