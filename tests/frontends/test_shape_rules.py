@@ -460,8 +460,39 @@ def _without_shortcuts():
     return stack
 
 
+def mix(a, b, weight, first):
+    """A function fx records whole (wrapped below): which input reaches the result depends
+    on a literal argument, its shape on the inputs' (as Swin's attention branches on them)."""
+    picked = a if first else b
+    if picked.shape[-1] % 2:  # data-independent Python branch on a shape
+        picked = F.pad(picked, (0, 1))[..., :-1]
+    return F.linear(picked, weight)
+
+
+torch.fx.wrap("mix")
+
+
+class Wrapped(nn.Module):
+    """Blocks calling one wrapped function: look-alike calls (same looks and literals),
+    and calls told apart by a literal or by a shape."""
+
+    def __init__(self, width=6):
+        super().__init__()
+        self.inner = nn.ModuleList(nn.Linear(width, width) for _ in range(4))
+        self.weights = nn.ParameterList(nn.Parameter(torch.randn(width, width)) for _ in range(4))
+        self.narrow = nn.Linear(width, width - 1)
+        self.weight = nn.Parameter(torch.randn(width - 1, width - 1))
+
+    def forward(self, x):
+        for i, (inner, weight) in enumerate(zip(self.inner, self.weights, strict=True)):
+            x = x + mix(inner(x), x.detach(), weight, i != 2)
+        y = self.narrow(x)
+        return mix(y, y * 2, self.weight, False)
+
+
 MODELS = {
     "attention": (Attention, (2, 5, 8)),
+    "wrapped-functions": (Wrapped, (2, 3, 6)),
     "functional-norms": (FunctionalNorms, (2, 3, 6, 6)),
     "functional-norms-train": (lambda: FunctionalNorms().train(), (2, 3, 6, 6)),
     **{
@@ -549,6 +580,11 @@ def test_signature_names_only_what_is_a_function_of_its_arguments():
     p = g.placeholder("p")
     user = g.call_function(_user_function, (p,))
     assert signature(user, {p: env[x]}, None) is None
+    # a function fx was told to record whole is named, by its arguments' looks and literals
+    w = g.placeholder("w")
+    env = {p: torch.empty(2, 6, device="meta"), w: torch.empty(6, 6, device="meta")}
+    names = [signature(g.call_function(mix, (p, p, w, first)), env, None) for first in (1, 1, 0)]
+    assert None not in names and names[0] == names[1] != names[2]
 
 
 def _user_function(x):

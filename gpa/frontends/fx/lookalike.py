@@ -10,10 +10,13 @@ a residual chain of a thousand layers), so most nodes look like one run before:
 yielded and rebuilds it for the next node with the same signature.
 
 Only operations that are functions of their arguments are named: torch's functions,
-tensor methods, ``operator`` and ``getattr``, and modules of ``torch.nn`` whose state is
-their registered tensors and plain settings. A user's function or module, or one with
-a hook, has no signature and runs every time; so does a torch function that returns
-no tensor (``torch._C._set_grad_enabled`` runs for its side effect).
+tensor methods, ``operator`` and ``getattr``, modules of ``torch.nn`` whose state is
+their registered tensors and plain settings, and functions fx was told to record as one
+call (``torch.fx.wrap``: Swin's attention, torchvision's ``stochastic_depth``) — fx's
+graph keeps nothing of such a call but its arguments, and gpa reads it so too. Any other
+function of a user, a user's module, or a module with a hook has no signature and runs
+every time; so does a torch function that returns no tensor
+(``torch._C._set_grad_enabled`` runs for its side effect).
 
 Example:
     >>> import torch, torch.fx as fx
@@ -155,9 +158,18 @@ def _target_name(node: fx.Node, submodule: Callable[[str], Any] | None) -> Hasha
     if isinstance(target, torch._ops.OpOverload) or target is getattr:
         return ("F", target)
     owner = getattr(target, "__module__", None) or ""
-    if owner in _OPERATOR or owner == "torch" or owner.startswith("torch."):
+    if owner in _OPERATOR or owner == "torch" or owner.startswith("torch.") or _wrapped(target):
         return ("F", target)
     raise _Unnamed
+
+
+def _wrapped(function: Any) -> bool:
+    """Whether fx was told to record calls of ``function`` whole (``torch.fx.wrap``, which
+    registers the function's name in its module's globals; torch keeps no public record)."""
+    table = getattr(torch.fx._symbolic_trace, "_wrapped_fns_to_patch", {})
+    scope = getattr(function, "__globals__", None)
+    name = getattr(function, "__name__", None)
+    return scope is not None and (id(scope), name) in table
 
 
 _OPERATOR = frozenset({operator.__name__, operator.add.__module__})  # "operator", "_operator"
