@@ -5,7 +5,8 @@ traces the model symbolically, :mod:`gpa.frontends.export` reads ``torch.export`
 and :mod:`gpa.frontends.autograd` runs the model once and reads its autograd graph.
 :func:`gradient_graph` picks one by :attr:`AnalysisOptions.tracer
 <gpa.options.AnalysisOptions.tracer>`; ``auto`` (the default) tries fx, then export, then
-autograd, and says in a one-line note which ran and why the earlier ones did not.
+autograd — autograd before export when fx cannot look into a function that reads
+parameters — and says in a one-line note which ran and why the earlier ones did not.
 
 An exception the model's own code raised (a ``raise`` or ``assert`` of its ``forward``) is
 the model's error, :class:`~gpa.errors.ModelError`, not a frontend's limit: ``auto`` goes

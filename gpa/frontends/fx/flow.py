@@ -581,6 +581,8 @@ class GradientFlow(fx.Interpreter):
             if result is None:
                 fallback = self._without_autograd(n, args, kwargs)
                 if fallback is None:
+                    if _without_meta_kernel(exc):  # torch's limit, not the inputs' fault
+                        raise TraceError(_meta_failure(self.module, n, exc)) from exc
                     raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
         mutated = _mutated_argument(n, args)
@@ -792,6 +794,30 @@ def _mutated_argument(node: fx.Node, args: tuple) -> Any:
 def _describe(value: Any) -> str:
     tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
     return ", ".join(str(tuple(t.shape)) for t in tensors) or repr(value)
+
+
+def _without_meta_kernel(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is torch saying an operator cannot run on the
+    meta device: it has no meta kernel (``masked_select``, ``nonzero``: their result's
+    shape depends on the data)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, NotImplementedError) and "meta" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _meta_failure(gm: fx.GraphModule, node: fx.Node, exc: BaseException) -> str:
+    found = module_of(gm, node)
+    where = f" in module '{found[0]}' ({type(found[1]).__name__})" if found else ""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"operation '{node.name}'{where} cannot run on the meta device, where gpa computes "
+        "shapes without data: torch has no meta kernel for it (its result's shape may "
+        "depend on the values). The autograd tracer runs the model on real inputs instead "
+        f"(--tracer autograd; auto moves on to it).\ntorch says: {first}"
+    )
 
 
 def _shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception) -> str:
