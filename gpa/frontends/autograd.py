@@ -65,7 +65,7 @@ from gpa.frontends.modules import (
     unused_layer_modules,
 )
 from gpa.frontends.outputs import returned_values
-from gpa.frontends.raised import model_raised
+from gpa.frontends.raised import briefly, model_raised
 from gpa.frontends.watch import Checkpoints, ModuleCalls, in_reentrant_checkpoint
 from gpa.options import AnalysisOptions
 
@@ -167,6 +167,10 @@ class _ParameterUse(TorchFunctionMode):
         self.derived: dict[int, str] = {}  # id -> parameter, values computed without gradient
         # (first, last sequence number, result, first operand) of feature-mixing functions
         self.values: list[tuple[int, int, ValueInfo, ValueInfo]] = []
+        # (first, last sequence number, parameter or None) of feature-mixing functions run
+        # with gradient on a weight that carries none: a layer of that parameter beside
+        # data (``F.linear(x, w.detach())``), none beside weights alone (``w @ w.detach()``)
+        self.weight_reads: list[tuple[int, int, str | None]] = []
         self.keep: list[torch.Tensor] = []  # keeps those ids unique
         self.checkpointed = False  # a re-entrant checkpoint ran its function without gradient
 
@@ -183,6 +187,8 @@ class _ParameterUse(TorchFunctionMode):
             self.checkpointed = self.checkpointed or in_reentrant_checkpoint()
             if self.recorder.depth == 0:
                 self._without_grad(func, tensors, result)
+        elif self.recorder.depth == 0:
+            self._weight_without_gradient(func, tensors, result, start)
         for t in tree_flatten(result)[0]:
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.created.append(t.grad_fn)
@@ -201,6 +207,30 @@ class _ParameterUse(TorchFunctionMode):
                     self.keep.append(t)
         elif getattr(func, "__name__", "") in _NO_GRAD_MIXING:
             self.no_grad_layers.append((self.recorder.sequence(), named[0], tensors, result))
+
+    def _weight_without_gradient(
+        self, func: Any, tensors: list[torch.Tensor], result: Any, start: int
+    ) -> None:
+        """Grad mode is on, yet a value made from parameters alone may carry no gradient
+        (``w.detach()``, a weight made under ``no_grad`` earlier): autograd records no edge
+        to it. Follow such values, and take a feature-mixing function that reads one
+        beside data for a functional layer, as fx and export do (semantics §2)."""
+        weights = [self.derived.get(id(t), self.parameters.get(id(t))) for t in tensors]
+        if not any(weights):  # the common case: data alone
+            return
+        results = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
+        detached = [self.derived[id(t)] for t in tensors if id(t) in self.derived]
+        if detached and getattr(func, "__name__", "") in _NO_GRAD_MIXING:
+            layer = None if all(weights) else detached[0]  # beside data, or weights alone
+            if any(t.grad_fn is not None for t in results):
+                self.weight_reads.append((start, self.recorder.sequence() - 1, layer))
+            elif layer is not None:  # nothing it reads carries gradient: run without it
+                self.no_grad_layers.append((self.recorder.sequence(), layer, tensors, result))
+        if all(weights):  # from parameters alone: followed if it lost gradient
+            for t in results:
+                if t.grad_fn is None and not t.requires_grad:
+                    self.derived[id(t)] = weights[0]
+                    self.keep.append(t)
 
 
 _NO_GRAD_MIXING = frozenset(
@@ -309,10 +339,9 @@ def _run(
                     first_error = failed  # the real run's failure says more
                 continue
             if device == "real":
-                reason = str(meta_error).strip().splitlines()[0] if meta_error else ""
                 run.notes.append(
                     "autograd tracer: the model cannot run on the meta device "
-                    f"({type(meta_error).__name__}: {reason}); it was run once on real inputs"
+                    f"({briefly(meta_error)}); it was run once on real inputs"
                 )
             return run
     assert first_error is not None
@@ -485,7 +514,8 @@ def _build(
         roots_of[id(fn)] = _parameter_root(fn, children, key, layer_call, roots_of, run)
         parameter = None
         if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
-            parameter = _mixing_parameter(fn, children, roots_of)
+            read = _weight_read(run.use.weight_reads, fn._sequence_nr())
+            parameter = _mixing_parameter(fn, children, roots_of) if read is _UNSEEN else read
         if parameter is not None:  # a functional layer
             layer_call[key] = LayerCall(*owner(model, parameter))
             layer_seq[key] = fn._sequence_nr()
@@ -540,6 +570,20 @@ def _function_values(values: list[tuple], seq: int) -> tuple[Any, Any]:
     if i >= 0 and values[i][0] <= seq < values[i][1]:
         return values[i][2], values[i][3]
     return None, None
+
+
+_UNSEEN = object()
+
+
+def _weight_read(reads: list[tuple[int, int, str | None]], seq: int) -> Any:
+    """What the forward pass saw of the feature-mixing function that created node ``seq``
+    when it read a weight without gradient (``_ParameterUse._weight_without_gradient``):
+    the layer's parameter, None (weights alone: no layer), or ``_UNSEEN`` (it read none:
+    its autograd edges tell)."""
+    i = bisect.bisect_right(reads, (seq, float("inf"))) - 1
+    if i >= 0 and reads[i][0] <= seq < reads[i][1]:
+        return reads[i][2]
+    return _UNSEEN
 
 
 def _parameter_root(

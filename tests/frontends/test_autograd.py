@@ -388,3 +388,88 @@ def test_autograd_sees_functional_layer_inside_fx_wrapped_function() -> None:
         ("qkv", "Linear", 1, 2, 2, (2,), 1),
         ("head", "Linear", 1, 1, 1, (1,), 1),
     ]
+
+
+class WeightWithoutGradient(nn.Module):
+    """qkv's weight read without gradient beside data, as fx and export see a layer:
+    ``w.detach()``, a weight made under ``no_grad``, and both operands without gradient."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.qkv = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        if self.how == "detach":
+            y = F.linear(x, self.qkv.weight.detach())
+        elif self.how == "no_grad":
+            with torch.no_grad():
+                w = self.qkv.weight * 2
+            y = F.linear(x, w.t().t())  # followed through ops with gradient on too
+        elif self.how == "weights-only":  # transforms a weight: no layer (§2)
+            y = x @ (self.qkv.weight @ self.qkv.weight.detach())
+        else:  # nothing it reads carries gradient: a layer no gradient reaches
+            y = F.linear(x.detach(), self.qkv.weight.detach()) + x
+        return self.head(y)
+
+
+@pytest.mark.parametrize("how", ["detach", "no_grad"])
+def test_a_weight_without_gradient_beside_data_is_a_layer(how: str) -> None:
+    # hand derivation: qkv -> head -> loss; every frontend agrees (every_frontend)
+    report = gpa.analyze(WeightWithoutGradient(how), input_shape=(2, 4))
+    assert [r[:7] for r in records(report)] == [
+        ("qkv", "Linear", 1, 2, 2, (2,), 1),
+        ("head", "Linear", 1, 1, 1, (1,), 1),
+    ]
+
+
+def test_weights_multiplied_with_one_without_gradient_make_a_weight_not_a_layer() -> None:
+    # W @ W.detach() only transforms qkv's weight; x @ (that) is qkv's call, 2 × 4 × 4
+    # multiply-adds (autograd took W @ W.detach() for the call: 4 × 4 × 4, wrong FLOPs)
+    report = gpa.analyze(WeightWithoutGradient("weights-only"), input_shape=(2, 4))
+    assert [r[:7] for r in records(report)] == [
+        ("qkv", "Linear", 1, 2, 2, (2,), 1),
+        ("head", "Linear", 1, 1, 1, (1,), 1),
+    ]
+    assert report.network.flops == 2 * (2 * 4 * 4 + 2 * 4 * 2)
+
+
+def test_a_layer_reading_nothing_with_gradient_is_called_but_unreached() -> None:
+    report = gpa.analyze(WeightWithoutGradient("nothing"), input_shape=(2, 4))
+    qkv, head = report.layers["qkv"], report.layers["head"]
+    assert (qkv.calls, qkv.shortest, qkv.num_paths) == (1, None, 0)
+    assert (head.calls, head.shortest, head.num_paths) == (1, 1, 1)
+
+
+def _attend_with_weight_made_without_gradient(x, w):
+    with torch.no_grad():
+        w2 = w * 2
+    return F.linear(x, w2)
+
+
+torch.fx.wrap("_attend_with_weight_made_without_gradient")
+
+
+class WrappedWeightWithoutGradient(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(_attend_with_weight_made_without_gradient(x, self.qkv.weight))
+
+
+def test_auto_inside_a_wrapped_function_agrees_with_export_on_a_weight_without_gradient():
+    # auto gives way to autograd after fx (it cannot look into the wrapped function);
+    # export reads inside it too: both must see qkv as the layer feeding head
+    model = WrappedWeightWithoutGradient()
+    auto = _analyze(model, input_shape=(2, 4))
+    export = _analyze(model, input_shape=(2, 4), tracer="export")
+    assert auto.tracer == "autograd"
+    assert records(auto) == records(export)
+    assert [r[:7] for r in records(auto)] == [
+        ("qkv", "Linear", 1, 2, 2, (2,), 1),
+        ("head", "Linear", 1, 1, 1, (1,), 1),
+    ]
