@@ -34,7 +34,7 @@ import traceback
 
 from gpa.frontends.frames import user_frame
 
-__all__ = ["raised_by_model", "model_raised"]
+__all__ = ["briefly", "raised_by_model", "model_raised"]
 
 # The instructions of a raise or assert statement (a bare ``raise`` re-raises).
 _RAISING = frozenset({"RAISE_VARARGS", "RERAISE"})
@@ -55,6 +55,19 @@ def raised_by_model(exc: BaseException) -> traceback.FrameSummary | None:
         return None  # the innermost frame is not the model's
     at = {i.offset: i.opname for i in dis.get_instructions(code)}.get(tb.tb_lasti)
     return frame if at in _RAISING else None
+
+
+def briefly(exc: BaseException) -> str:
+    """``exc`` as its type and the first sentence of its message: torch's messages about
+    the meta device run on to paragraphs of advice about other tools.
+
+    Example:
+        >>> briefly(NotImplementedError("aten::nonzero: no meta kernel. See the docs."))
+        'NotImplementedError: aten::nonzero: no meta kernel'
+    """
+    line = next((line for line in str(exc).splitlines() if line.strip()), "").strip()
+    sentence = line.split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
 
 
 def model_raised(

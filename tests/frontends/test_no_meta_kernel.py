@@ -26,6 +26,8 @@ DATA_SHAPED = {
     "boolean-mask-index": lambda y: y[y > 0],
     "nonzero-index": lambda y: y.flatten()[torch.nonzero(y.flatten() > 0).flatten()],
     "unique": lambda y: torch.unique(y, return_inverse=True)[0] * 1.0,
+    "repeat_interleave": lambda y: y.repeat_interleave((y[:, 0] > 0).long() + 1, dim=0),
+    "item": lambda y: y * (y.sum().item() > 0),
 }
 
 
@@ -69,3 +71,66 @@ def test_fx_and_export_say_it_is_their_limit(how: str, tracer: str) -> None:
 def test_inputs_that_do_not_fit_are_still_a_shape_error() -> None:
     with pytest.raises(ShapeError, match="do not fit layer 'a'"):
         gpa.analyze(DataShaped("masked_select"), input_shape=(2, 5), tracer="fx")
+
+
+def _scaled_by_its_sign(y: torch.Tensor) -> torch.Tensor:
+    return y * float(y.sum().item() > 0)
+
+
+torch.fx.wrap("_scaled_by_its_sign")  # fx records it whole; the meta pass runs it
+
+
+class Pruner(nn.Module):
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y * float(y.sum().item() > 0)
+
+
+class ReadsAValue(nn.Module):
+    """The value read inside a wrapped function, or inside a module declared a leaf."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+        self.a, self.b, self.p = nn.Linear(4, 4), nn.Linear(4, 2), Pruner()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        read = _scaled_by_its_sign(y) if self.where == "wrapped" else self.p(y)
+        return self.b(y) + read.sum()
+
+
+@pytest.mark.parametrize("where", ["wrapped", "leaf"])
+def test_a_value_read_where_fx_cannot_see_it_moves_auto_on(where: str) -> None:
+    leaves = {"leaf_modules": ["p"]} if where == "leaf" else {}
+    with pytest.raises(TraceError, match="cannot run on the meta device"):
+        gpa.analyze(ReadsAValue(where), input_shape=(2, 4), tracer="fx", **leaves)
+    report = gpa.analyze(ReadsAValue(where), input_shape=(2, 4), **leaves)
+    assert report.tracer in ("export", "autograd")
+    assert _paths(report) == {"a": (1, 2, 2), "b": (1, 1, 1)}
+
+
+def _apply(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    return layer(x)
+
+
+torch.fx.wrap("_apply")
+
+
+class HandsAModule(nn.Module):
+    """A wrapped function given a module: the meta pass meets its real weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(_apply(x, self.a))
+
+
+def test_a_module_handed_to_a_wrapped_function_moves_auto_on() -> None:
+    # hand derivation: a -> b -> loss
+    with pytest.raises(TraceError, match="cannot run on the meta device"):
+        gpa.analyze(HandsAModule(), input_shape=(2, 4), tracer="fx")
+    report = gpa.analyze(HandsAModule(), input_shape=(2, 4))
+    assert report.tracer in ("export", "autograd")
+    assert _paths(report) == {"a": (2, 2, 1), "b": (1, 1, 1)}

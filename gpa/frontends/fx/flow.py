@@ -56,6 +56,7 @@ from gpa.frontends.fx.tracer import (
     later_read_of_attribute,
 )
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES
+from gpa.frontends.raised import briefly
 
 __all__ = [
     "FLOW",
@@ -797,26 +798,35 @@ def _describe(value: Any) -> str:
 
 
 def _without_meta_kernel(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is torch saying an operator cannot run on the
-    meta device: it has no meta kernel (``masked_select``, ``nonzero``: their result's
-    shape depends on the data)."""
+    """Whether ``exc`` (or what caused it) is torch saying an operation cannot run on the
+    meta device: no meta kernel (``masked_select``, ``nonzero``, ``unique``: their
+    result's shape depends on the values), a value read out of a meta tensor (``.item()``,
+    ``repeat_interleave`` by a tensor), or a real tensor met there (a module handed to a
+    function). Inputs that do not fit the model say other things."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, NotImplementedError) and "meta" in str(seen).lower():
+        said = str(seen).lower()
+        if isinstance(seen, NotImplementedError) and "meta" in said:
+            return True
+        if isinstance(seen, RuntimeError) and ("meta tensor" in said or "device meta" in said):
             return True
         seen = seen.__cause__ or seen.__context__
     return False
 
 
-def _meta_failure(gm: fx.GraphModule, node: fx.Node, exc: BaseException) -> str:
+def _in_module(gm: fx.GraphModule, node: fx.Node) -> str:
+    """`` in module 'name' (Type)`` for a node inside a submodule, else empty."""
     found = module_of(gm, node)
-    where = f" in module '{found[0]}' ({type(found[1]).__name__})" if found else ""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f" in module '{found[0]}' ({type(found[1]).__name__})" if found and found[0] else ""
+
+
+def _meta_failure(gm: fx.GraphModule, node: fx.Node, exc: BaseException) -> str:
     return (
-        f"operation '{node.name}'{where} cannot run on the meta device, where gpa computes "
-        "shapes without data: torch has no meta kernel for it (its result's shape may "
-        "depend on the values). The autograd tracer runs the model on real inputs instead "
-        f"(--tracer autograd; auto moves on to it).\ntorch says: {first}"
+        f"operation '{node.name}'{_in_module(gm, node)} cannot run on the meta device, "
+        "where gpa computes shapes without data\n"
+        f"torch says: {briefly(exc)}\n"
+        "Its result's shape may depend on the values. The autograd tracer runs such a model "
+        "on real inputs (--tracer autograd)."
     )
 
 
@@ -836,9 +846,8 @@ def _shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception)
             f"it received input of shape {got}{expects}"
         )
     else:
-        where = f" in module '{found[0]}' ({type(found[1]).__name__})" if found else ""
         head = (
-            f"input shapes do not fit operation '{node.name}'{where}: "
+            f"input shapes do not fit operation '{node.name}'{_in_module(gm, node)}: "
             f"it received inputs of shapes {got}"
         )
     return f"{head}.\ntorch says: {type(exc).__name__}: {exc}".rstrip()
