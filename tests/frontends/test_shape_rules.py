@@ -17,6 +17,7 @@ computation:
 
 from __future__ import annotations
 
+import math
 import operator
 from contextlib import ExitStack
 from unittest import mock
@@ -490,9 +491,51 @@ class Wrapped(nn.Module):
         return mix(y, y * 2, self.weight, False)
 
 
+MODE = 0
+
+
+def set_mode(y, mode):
+    """Wrapped functions talking through a global: the second ``by_mode`` call looks
+    like the first, yet reaches the other input."""
+    global MODE
+    MODE = mode
+    return y * 1
+
+
+def by_mode(a, b):
+    return a * 1 if MODE else b * 1
+
+
+def by_sign(y, zero):
+    """Branches on the sign of a zero literal (-0.0 == 0.0)."""
+    return y[..., :-1] if math.copysign(1.0, zero) < 0 else y
+
+
+for _name in ("set_mode", "by_mode", "by_sign"):
+    torch.fx.wrap(_name)
+
+
+class TalkingThroughAGlobal(nn.Module):
+    def __init__(self, width=6):
+        super().__init__()
+        self.a, self.b = nn.Linear(width, width), nn.Linear(width, width)
+        self.heads = nn.ModuleList(nn.Linear(width, 2) for _ in range(2))
+        self.tails = nn.ModuleList(nn.Linear(w, 2) for w in (width, width - 1))
+
+    def forward(self, x):
+        x = set_mode(x, 0)
+        a, b = self.a(x), self.b(x)
+        first = self.heads[0](by_mode(a, b))
+        a = set_mode(a, 1)
+        second = self.heads[1](by_mode(a, b))
+        signed = [t(by_sign(a, zero)) for t, zero in zip(self.tails, (0.0, -0.0), strict=True)]
+        return first, second, *signed
+
+
 MODELS = {
     "attention": (Attention, (2, 5, 8)),
     "wrapped-functions": (Wrapped, (2, 3, 6)),
+    "wrapped-functions-talking-through-a-global": (TalkingThroughAGlobal, (2, 3, 6)),
     "functional-norms": (FunctionalNorms, (2, 3, 6, 6)),
     "functional-norms-train": (lambda: FunctionalNorms().train(), (2, 3, 6, 6)),
     **{
@@ -585,6 +628,11 @@ def test_signature_names_only_what_is_a_function_of_its_arguments():
     env = {p: torch.empty(2, 6, device="meta"), w: torch.empty(6, 6, device="meta")}
     names = [signature(g.call_function(mix, (p, p, w, first)), env, None) for first in (1, 1, 0)]
     assert None not in names and names[0] == names[1] != names[2]
+    # unless it (or a function it calls) reads a global that is data: it runs every time
+    assert signature(g.call_function(by_mode, (p, p)), env, None) is None
+    assert signature(g.call_function(set_mode, (p, 1)), env, None) is None
+    signs = [signature(g.call_function(by_sign, (p, zero)), env, None) for zero in (0.0, -0.0)]
+    assert None not in signs and signs[0] != signs[1]
 
 
 def _user_function(x):

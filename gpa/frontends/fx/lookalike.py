@@ -13,9 +13,9 @@ Only operations that are functions of their arguments are named: torch's functio
 tensor methods, ``operator`` and ``getattr``, modules of ``torch.nn`` whose state is
 their registered tensors and plain settings, and functions fx was told to record as one
 call (``torch.fx.wrap``: Swin's attention, torchvision's ``stochastic_depth``) — fx's
-graph keeps nothing of such a call but its arguments, and gpa reads it so too. Any other
-function of a user, a user's module, or a module with a hook has no signature and runs
-every time; so does a torch function that returns no tensor
+graph keeps nothing of such a call but its arguments, and gpa reads it so too, unless the
+function reads a global that is data (a flag another call may set). Any other function
+of a user, a user's module, or a module with a hook has no signature and runs every time; so does a torch function that returns no tensor
 (``torch._C._set_grad_enabled`` runs for its side effect).
 
 Example:
@@ -30,7 +30,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import math
 import operator
+import types
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +74,8 @@ def _name(value: Any) -> Hashable:
     meta run: tensors by shape, strides, dtype and requires_grad; Python values by value
     (and type: ``1``, ``1.0`` and ``True`` differ)."""
     kind = type(value)
+    if kind is float:  # -0.0 == 0.0, yet a function may branch on the sign
+        return (kind, value, math.copysign(1.0, value))
     if kind in _ATOM_TYPES:  # the common case first, by exact type
         return (kind, value)
     if isinstance(value, torch.Tensor):
@@ -165,11 +170,51 @@ def _target_name(node: fx.Node, submodule: Callable[[str], Any] | None) -> Hasha
 
 def _wrapped(function: Any) -> bool:
     """Whether fx was told to record calls of ``function`` whole (``torch.fx.wrap``, which
-    registers the function's name in its module's globals; torch keeps no public record)."""
+    registers the function's name in its module's globals; torch keeps no public record)
+    and the function computes from its arguments alone (:func:`_reads_globals`)."""
     table = getattr(torch.fx._symbolic_trace, "_wrapped_fns_to_patch", {})
     scope = getattr(function, "__globals__", None)
     name = getattr(function, "__name__", None)
-    return scope is not None and (id(scope), name) in table
+    return scope is not None and (id(scope), name) in table and not _reads_globals(function)
+
+
+@functools.lru_cache(maxsize=256)
+def _reads_globals(function: types.FunctionType, depth: int = 3) -> bool:
+    """Whether ``function``, or a Python function it calls by a global name (``depth``
+    deep), reads or writes a global that is data — a number, a flag, a dict, a tensor:
+    anything but a module or a callable — whose value may differ from one call to the
+    next. Functions, classes and modules are code, not state; so are a module's own
+    ``__name__``-like attributes (their names are also attribute names a function reads).
+
+    Example:
+        >>> LIMIT = 3
+        >>> def clipped(x):
+        ...     return x[:LIMIT]
+        >>> def padded(x):
+        ...     return clipped(torch.nn.functional.pad(x, (1, 1)))
+        >>> def doubled(x):
+        ...     return torch.nn.functional.relu(x) * 2
+        >>> _reads_globals(clipped), _reads_globals(padded), _reads_globals(doubled)
+        (True, True, False)
+    """
+    scope = function.__globals__
+    codes = [function.__code__]
+    while codes:  # nested functions, lambdas and comprehensions too
+        code = codes.pop()
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        for name in code.co_names:  # global names, and attribute names (not in scope)
+            value = scope.get(name, _ABSENT)
+            if value is _ABSENT or (name.startswith("__") and name.endswith("__")):
+                continue
+            if not (callable(value) or isinstance(value, types.ModuleType)):
+                return True
+            called = isinstance(value, types.FunctionType) and value is not function
+            if called and (depth == 0 or _reads_globals(value, depth - 1)):
+                return True
+    return False
+
+
+_ABSENT = object()
 
 
 _OPERATOR = frozenset({operator.__name__, operator.add.__module__})  # "operator", "_operator"
