@@ -132,8 +132,8 @@ def _looking_inside(rest: list[Tracer]) -> list[Tracer]:
     (``torch.fx.wrap``) that read parameters: autograd first. It runs those functions'
     Python as it is, on the meta device, and sees every operation they make on the
     weights — the layers fx missed — at a fraction of export's cost (Swin-T: about a
-    tenth); the frontends give the same records (semantics §1.6), so only the time
-    differs. Export stays next, for a model autograd cannot run."""
+    seventh); where both read a model they give the same records (semantics §1.6), so
+    only the time differs. Export stays next, for a model autograd cannot run."""
     return sorted(rest, key=lambda t: t is not Tracer.AUTOGRAD)
 
 

@@ -57,15 +57,6 @@ def _records(report: gpa.Report) -> dict:
     return {n: (r.shortest, r.longest, r.timestamps, r.sources) for n, r in report.layers.items()}
 
 
-@pytest.mark.parametrize("model", [Wrapped, lambda: WrappedTwice()], ids=["once", "twice"])
-def test_auto_after_opaque_fx_agrees_with_export(model) -> None:
-    built = model()
-    auto = gpa.analyze(built, input_shape=(1, 4), tracer="auto")
-    export = gpa.analyze(built, input_shape=(1, 4), tracer="export")
-    assert auto.tracer == "autograd"
-    assert _records(auto) == _records(export)
-
-
 def test_auto_moves_on_to_export_when_autograd_cannot_run(monkeypatch) -> None:
     def refuses(model, options):
         raise TraceError("cannot run it")
@@ -108,7 +99,30 @@ class WrappedTwice(nn.Module):
         return self.blocks[1].head(attend(hidden, self.blocks[1].qkv.weight, None))
 
 
+@pytest.mark.parametrize("model", [Wrapped, WrappedTwice], ids=["once", "twice"])
+def test_auto_after_opaque_fx_agrees_with_export(model) -> None:
+    built = model()
+    auto = gpa.analyze(built, input_shape=(1, 4), tracer="auto")
+    export = gpa.analyze(built, input_shape=(1, 4), tracer="export")
+    assert auto.tracer == "autograd"
+    assert _records(auto) == _records(export)
+
+
 def test_auto_note_names_each_opaque_function_once() -> None:
     report = gpa.analyze(WrappedTwice(), input_shape=(1, 4), tracer="auto")
     (note,) = [n for n in report.notes if n.startswith("tracer auto used autograd")]
     assert note.count("attend") == 1, note
+
+
+def test_fx_names_each_function_once_with_every_module_it_reads() -> None:
+    report = gpa.analyze(WrappedTwice(), input_shape=(1, 4), tracer="fx")
+    (note,) = [n for n in report.notes if "'attend'" in n]
+    assert "parameters of blocks.0.qkv, blocks.1.qkv:" in note
+    assert note.endswith("--tracer auto or autograd to see them")
+
+
+def test_fx_note_with_channels_points_at_export() -> None:
+    # autograd gives no channel segments: export is the frontend that sees inside
+    report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="fx", channels=True)
+    (note,) = [n for n in report.notes if "'attend'" in n]
+    assert note.endswith("--tracer auto or export to see them")

@@ -68,11 +68,15 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     calls = find_layers(gm, options.layer_types, traced)
     opaque = opaque_calls(gm, calls)
     notes += scripted_notes(traced, options.layer_types)
+    readers: dict[str, dict[str, None]] = {}  # function -> the modules whose weights it reads
+    for name, owners in opaque:
+        readers.setdefault(name, {}).update(dict.fromkeys(owners))
+    other = "export" if options.channels else "autograd"  # autograd gives no segments
     notes += [
         f"'{name}' is a function fx does not look into (torch.fx.wrap) and it reads "
         f"parameters of {', '.join(owners)}: layers inside it are not seen; analyse with "
-        "--tracer auto or autograd to see them"
-        for name, owners in opaque
+        f"--tracer auto or {other} to see them"
+        for name, owners in readers.items()
     ]
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
