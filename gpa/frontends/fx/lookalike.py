@@ -15,8 +15,9 @@ their registered tensors and plain settings, and functions fx was told to record
 call (``torch.fx.wrap``: Swin's attention, torchvision's ``stochastic_depth``) — fx's
 graph keeps nothing of such a call but its arguments, and gpa reads it so too, unless the
 function reads a global that is data (a flag another call may set). Any other function
-of a user, a user's module, or a module with a hook has no signature and runs every time; so does a torch function that returns no tensor
-(``torch._C._set_grad_enabled`` runs for its side effect).
+of a user, a user's module, or a module with a hook has no signature and runs every
+time; so does a torch function that returns no tensor (``torch._C._set_grad_enabled``
+runs for its side effect).
 
 Example:
     >>> import torch, torch.fx as fx
