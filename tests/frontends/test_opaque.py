@@ -126,3 +126,63 @@ def test_fx_note_with_channels_points_at_export() -> None:
     report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="fx", channels=True)
     (note,) = [n for n in report.notes if "'attend'" in n]
     assert note.endswith("--tracer auto or export to see them")
+
+
+def accumulate(buf: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    buf.add_(y)  # a write fx's graph does not show
+    return buf * 0 + 1
+
+
+torch.fx.wrap("accumulate")
+
+
+class Accumulator(nn.Module):
+    def forward(self, buf: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return accumulate(buf, y)
+
+
+class WritesIntoItsArgument(nn.Module):
+    """Hand derivation: buf = a(x); buf += b(x) inside the function; h reads buf after the
+    write, the sum reads the function's result: a and b each reach the loss through h
+    (length 2) and through the sum (length 1); h by one path of length 1."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.h = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.acc = Accumulator()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        buf = self.a(x)
+        z = accumulate(buf, self.b(x)) if self.how == "wrapped" else self.acc(buf, self.b(x))
+        return self.h(buf) + z.sum()
+
+
+@pytest.mark.parametrize("how", ["wrapped", "leaf"])
+def test_a_write_into_an_argument_read_afterwards_is_refused_by_fx(how: str) -> None:
+    leaves = {"leaf_modules": ["acc"]} if how == "leaf" else {}
+    with pytest.raises(TraceError, match="writes in place into its argument 'a'"):
+        gpa.analyze(WritesIntoItsArgument(how), input_shape=(2, 4), tracer="fx", **leaves)
+    report = gpa.analyze(WritesIntoItsArgument(how), input_shape=(2, 4), **leaves)
+    assert report.tracer in ("export", "autograd")
+    assert {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()} == {
+        "a": (1, 2, 2),
+        "b": (1, 2, 2),
+        "h": (1, 1, 1),
+    }
+
+
+class WritesIntoAnArgumentNotReadAgain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(accumulate(self.a(x), x))  # nothing reads a's output afterwards
+
+
+def test_a_write_into_an_argument_not_read_again_is_kept_by_fx() -> None:
+    model = WritesIntoAnArgumentNotReadAgain()
+    fx_report = gpa.analyze(model, input_shape=(2, 4), tracer="fx")
+    export = gpa.analyze(model, input_shape=(2, 4), tracer="export")
+    assert _records(fx_report) == _records(export)

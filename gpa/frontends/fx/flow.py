@@ -573,6 +573,7 @@ class GradientFlow(fx.Interpreter):
         factory = not any(_tensors_in(self.env[m]) for m in n.all_input_nodes) or (
             n.op == "call_module" and not _of_torch(self.fetch_attr(n.target))
         )
+        versions = [(m, t, t._version) for m in fresh for t in _tensors_in(fresh[m])]
         try:
             result = self._apply(n, args, kwargs, on_meta=factory)
         except ShapeError:
@@ -586,12 +587,31 @@ class GradientFlow(fx.Interpreter):
                         raise TraceError(_meta_failure(self.module, n, exc)) from exc
                     raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
+        self._refuse_hidden_write(n, [m for m, t, seen in versions if t._version != seen])
         mutated = _mutated_argument(n, args)
         flows = frozenset(_reached((result, mutated), leaves))
         if isinstance(result, (tuple, list)) and mutated is None and len(result) > 1:
             # each result of a multi-result op (broadcast_tensors, split …) apart
             n.meta[PARTS] = tuple(frozenset(_reached(r, leaves)) for r in result)
         return _map_tensors(_cut_history, result), flows
+
+    def _refuse_hidden_write(self, n: fx.Node, written: list[fx.Node]) -> None:
+        """A function or module fx records whole (``torch.fx.wrap``, a user's leaf module)
+        that writes into an argument read again afterwards: fx's later reads miss the write
+        (its graph shows none), so the paths would be wrong. Export and autograd follow it;
+        fx refuses (auto moves on)."""
+        if not written or not _recorded_whole(n, self.fetch_attr):
+            return
+        order = self._positions()
+        for m in dict.fromkeys(written):
+            reader = next((u for u in m.users if order[u] > order[n]), None)
+            if reader is not None:
+                raise TraceError(
+                    f"{_called(n, self.fetch_attr)}, which fx records as one call, writes in "
+                    f"place into its argument '{m.name}', read again afterwards by "
+                    f"'{reader.name}': fx's graph does not show the write. --tracer export "
+                    "or autograd follows it (auto moves on to them)."
+                )
 
     def _by_rule(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]] | None:
         """The node's result by a rule of :mod:`.shape_rules` (None: no rule covers it).
@@ -740,6 +760,25 @@ class _Holder(nn.Module):
 def _of_torch(module: nn.Module) -> bool:
     """Whether ``module`` is one of torch's own (``torch.nn``), not a user's."""
     return type(module).__module__.startswith("torch.")
+
+
+def _recorded_whole(n: fx.Node, fetch_attr: Callable[[str], Any]) -> bool:
+    """Whether ``n`` calls a user's function or module fx keeps as one call: what it does
+    inside is not in the graph (torch's own operations are, or are followed by name)."""
+    if n.op == "call_module":
+        return not _of_torch(fetch_attr(n.target))
+    owner = getattr(n.target, "__module__", None) or ""
+    return n.op == "call_function" and owner.split(".")[0] not in _TRACED_OWNERS
+
+
+_TRACED_OWNERS = frozenset({"torch", "operator", "_operator", "builtins", "math", "gpa"})
+
+
+def _called(n: fx.Node, fetch_attr: Callable[[str], Any]) -> str:
+    """What ``n`` calls, for messages: ``module 'p' (Pruner)``, ``function 'attend'``."""
+    if n.op == "call_module":
+        return f"module '{n.target}' ({type(fetch_attr(n.target)).__name__})"
+    return f"function '{getattr(n.target, '__name__', n.target)}'"
 
 
 def _hooked(module: nn.Module) -> bool:
