@@ -13,6 +13,9 @@ from typing import Any
 
 import pytest
 
+import gpa
+from gpa.errors import TraceError
+
 #: The frontends a model can be analysed with, ``auto`` last.
 TRACERS = ("fx", "export", "autograd", "auto")
 
@@ -31,3 +34,13 @@ def layer_records(report: Any) -> dict[str, tuple]:
         name: (*(getattr(r, f) for f in _FIELDS), tuple(r.sources))
         for name, r in report.layers.items()
     }
+
+
+def auto_after_fx_refuses(model: Any, match: str, **options: Any) -> Any:
+    """The report ``auto`` gives ``model`` after fx refused it with a ``TraceError``
+    matching ``match`` (a frontend's limit: auto must move on to export or autograd)."""
+    with pytest.raises(TraceError, match=match):
+        gpa.analyze(model, tracer="fx", **options)
+    report = gpa.analyze(model, **options)
+    assert report.tracer in ("export", "autograd")
+    return report
