@@ -31,7 +31,7 @@ import functools
 import inspect
 import itertools
 import operator
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ from gpa.frontends.fx.tracer import (
     follow_write,
     grad_mode,
     later_read_of_attribute,
+    later_reader,
 )
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES
 from gpa.frontends.raised import briefly
@@ -264,7 +265,12 @@ def _fresh(value: Any, owner: fx.Node, leaves: dict[int, fx.Node], keep: list) -
 
 def _reached(result: Any, leaves: dict[int, fx.Node]) -> set[fx.Node]:
     """Owners of the leaves that the autograd graph of ``result`` reaches."""
-    found: set[fx.Node] = set()
+    return {leaves[id(v)] for v in _leaf_variables(result) if id(v) in leaves}
+
+
+def _leaf_variables(result: Any) -> Iterator[torch.Tensor]:
+    """The leaf tensors (inputs' stand-ins, parameters) the autograd graph of ``result``
+    reaches, each once."""
     stack = [t.grad_fn for t in _tensors_in(result) if t.grad_fn is not None]
     seen: set[int] = set()
     while stack:
@@ -274,12 +280,9 @@ def _reached(result: Any, leaves: dict[int, fx.Node]) -> set[fx.Node]:
         seen.add(id(fn))
         variable = getattr(fn, "variable", None)
         if variable is not None:
-            owner = leaves.get(id(variable))
-            if owner is not None:
-                found.add(owner)
+            yield variable
             continue
         stack.extend(next_fn for next_fn, _ in fn.next_functions)
-    return found
 
 
 # Modules whose result has the shape and dtype of their single input and depends
@@ -445,7 +448,9 @@ class GradientFlow(fx.Interpreter):
         self.state = _MetaState()
         self.given = 0
         self.outcomes: dict[Hashable, Outcome] = {}  # by signature (:mod:`.lookalike`)
-        self._by_value: set[fx.Node] = set()  # nodes run with constants' real values
+        # nodes whose outcome stands for no look-alike's: run with constants' real values,
+        # or writing into an argument (each such call is checked, see _refuse_hidden_write)
+        self._unshared: set[fx.Node] = set()
         self._order: dict[fx.Node, int] | None = None  # node positions, when needed
 
     def run(self, *inputs: Any) -> None:  # type: ignore[override]
@@ -552,7 +557,7 @@ class GradientFlow(fx.Interpreter):
         ruled = self._by_rule(n)
         result, flows = ruled if ruled is not None else self._run_under_autograd(n)
         # a result read off constants' values (a mask's kept count) is no lookalike's
-        if key is not None and n not in self._by_value:
+        if key is not None and n not in self._unshared:
             outcome = Outcome.of(n, result, flows, n.meta.get(PARTS))
             if outcome is not None:
                 self.outcomes[key] = outcome
@@ -587,7 +592,10 @@ class GradientFlow(fx.Interpreter):
                         raise TraceError(_meta_failure(self.module, n, exc)) from exc
                     raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
-        self._refuse_hidden_write(n, [m for m, t, seen in versions if t._version != seen])
+        written = [m for m, t, seen in versions if t._version != seen]
+        if written:
+            self._unshared.add(n)
+            self._refuse_hidden_write(n, written, fresh, leaves)
         mutated = _mutated_argument(n, args)
         flows = frozenset(_reached((result, mutated), leaves))
         if isinstance(result, (tuple, list)) and mutated is None and len(result) > 1:
@@ -595,22 +603,29 @@ class GradientFlow(fx.Interpreter):
             n.meta[PARTS] = tuple(frozenset(_reached(r, leaves)) for r in result)
         return _map_tensors(_cut_history, result), flows
 
-    def _refuse_hidden_write(self, n: fx.Node, written: list[fx.Node]) -> None:
+    def _refuse_hidden_write(
+        self, n: fx.Node, written: list[fx.Node], fresh: dict, leaves: dict[int, fx.Node]
+    ) -> None:
         """A function or module fx records whole (``torch.fx.wrap``, a user's leaf module)
-        that writes into an argument read again afterwards: fx's later reads miss the write
-        (its graph shows none), so the paths would be wrong. Export and autograd follow it;
-        fx refuses (auto moves on)."""
-        if not written or not _recorded_whole(n, self.fetch_attr):
+        that writes a value carrying gradient into an argument whose memory is read again
+        afterwards: fx's later reads miss the write (its graph shows none), so the paths
+        would be wrong. Export and autograd follow it; fx refuses (auto moves on). A write
+        bringing no gradient from elsewhere — from another argument or from the call's own
+        weights — (``mask.clamp_(0, 1)``, ``buf.add_(1)``, anything under ``no_grad``)
+        changes no path and is let through."""
+        if not _recorded_whole(n, self.fetch_attr):
             return
         order = self._positions()
         for m in dict.fromkeys(written):
-            reader = next((u for u in m.users if order[u] > order[n]), None)
+            if all(leaves.get(id(v)) is m for v in _leaf_variables(fresh[m])):
+                continue
+            reader = later_reader(n, m, order)
             if reader is not None:
                 raise TraceError(
                     f"{_called(n, self.fetch_attr)}, which fx records as one call, writes in "
-                    f"place into its argument '{m.name}', read again afterwards by "
-                    f"'{reader.name}': fx's graph does not show the write. --tracer export "
-                    "or autograd follows it (auto moves on to them)."
+                    f"place into an argument (the value of '{m.name}') that is read again "
+                    f"afterwards, by '{reader.name}': fx's graph does not show the write. "
+                    "--tracer export or autograd follows it (auto moves on to them)."
                 )
 
     def _by_rule(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]] | None:
@@ -688,7 +703,7 @@ class GradientFlow(fx.Interpreter):
                 real[m] = value
         if not real:
             return None
-        self._by_value.add(n)
+        self._unshared.add(n)
         args = fx.node.map_arg(n.args, lambda m: real.get(m, fresh[m]))
         kwargs = fx.node.map_arg(n.kwargs, lambda m: real.get(m, fresh[m]))
         try:
@@ -763,10 +778,11 @@ def _of_torch(module: nn.Module) -> bool:
 
 
 def _recorded_whole(n: fx.Node, fetch_attr: Callable[[str], Any]) -> bool:
-    """Whether ``n`` calls a user's function or module fx keeps as one call: what it does
-    inside is not in the graph (torch's own operations are, or are followed by name)."""
+    """Whether ``n`` calls a user's function, or a module holding a user's module, that fx
+    keeps as one call: what it does inside is not in the graph (torch's own operations
+    are, or are followed by name; a ``torch.nn`` container declared a leaf holds any)."""
     if n.op == "call_module":
-        return not _of_torch(fetch_attr(n.target))
+        return not all(_of_torch(m) for m in fetch_attr(n.target).modules())
     owner = getattr(n.target, "__module__", None) or ""
     return n.op == "call_function" and owner.split(".")[0] not in _TRACED_OWNERS
 

@@ -28,7 +28,7 @@ from torch import nn
 from gpa.core.graph import LayerCall
 from gpa.frontends.frames import Site, stack_trace_site
 from gpa.frontends.fx.flow import FLOW
-from gpa.frontends.fx.tracer import SITE
+from gpa.frontends.fx.tracer import METADATA_QUERIES, SITE
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     is_layer_module,
@@ -147,18 +147,15 @@ def _parameter_roots(
     return roots
 
 
-_SHAPE_QUERIES = frozenset({"size", "dim", "numel", "shape", "dtype", "device", "ndim"})
-
-
 def _is_tensor(node: fx.Node) -> bool:
     """Whether a node's value is a tensor (from shape propagation, else from its name)."""
     flow = node.meta.get(FLOW)
     if flow is not None and flow.value is not None:
         return flow.value.shape is not None
     if node.op == "call_method":
-        return node.target not in _SHAPE_QUERIES
+        return node.target not in METADATA_QUERIES
     if node.op == "call_function" and node.target is getattr:
-        return node.args[1] not in _SHAPE_QUERIES
+        return node.args[1] not in METADATA_QUERIES
     return True
 
 

@@ -43,6 +43,7 @@ from gpa.frontends.modules import TRACING, preserved_state, split_leaves
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
 __all__ = [
+    "METADATA_QUERIES",
     "SITE",
     "trace",
     "unwritable_names",
@@ -52,6 +53,7 @@ __all__ = [
     "LeafSpec",
     "follow_write",
     "later_read_of_attribute",
+    "later_reader",
     "made_of_constants",
     "graph_module",
     "write_into_view",
@@ -379,6 +381,47 @@ def _read_after_write(
         if later:
             return name, min(later, key=order.__getitem__)
     return None
+
+
+#: Tensor methods and attributes that read a tensor's metadata, not its values.
+METADATA_QUERIES = frozenset({"size", "dim", "numel", "shape", "dtype", "device", "ndim"})
+
+
+def later_reader(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -> fx.Node | None:
+    """The first node after ``node`` (``order``: each node's position) that reads the values
+    of ``target`` or of another name of its memory — a tensor it is a view of, a view of
+    either —, or None. Reading metadata alone (:data:`METADATA_QUERIES`) does not count.
+
+    Example:
+        >>> g = fx.Graph()
+        >>> x = g.placeholder("x")
+        >>> half = g.call_function(operator.getitem, (x, slice(0, 2)))
+        >>> write = g.call_method("add_", (half, 1))
+        >>> size = g.call_method("size", (x,))
+        >>> later = g.call_method("relu", (x,))
+        >>> order = {n: i for i, n in enumerate(g.nodes)}
+        >>> later_reader(write, half, order).name
+        'relu'
+    """
+    root = target
+    while _is_view(root) and root.args and isinstance(root.args[0], fx.Node):
+        root = root.args[0]
+    names = [root]
+    for name in names:  # grows: every view of every view, transitively
+        names += [u for u in name.users if _is_view(u) and u.args and u.args[0] is name]
+    readers = (
+        u
+        for name in names
+        for u in name.users
+        if order[u] > order[node] and not _is_view(u) and not _reads_metadata(u)
+    )
+    return min(readers, key=order.__getitem__, default=None)
+
+
+def _reads_metadata(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in METADATA_QUERIES
+    return node.target is getattr and len(node.args) > 1 and node.args[1] in METADATA_QUERIES
 
 
 def later_read_of_attribute(
