@@ -451,11 +451,8 @@ def _attend_with_weight_made_without_gradient(x, w):
 torch.fx.wrap("_attend_with_weight_made_without_gradient")
 
 
-class WrappedWeightWithoutGradient(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.qkv = nn.Linear(4, 4)
-        self.head = nn.Linear(4, 2)
+class WrappedWeightWithoutGradient(Wrapped):
+    """``Wrapped``'s layers, its wrapped function making the weight under ``no_grad``."""
 
     def forward(self, x):
         return self.head(_attend_with_weight_made_without_gradient(x, self.qkv.weight))
