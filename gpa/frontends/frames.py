@@ -67,15 +67,19 @@ def caller_site() -> Site | None:
         True
     """
     frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_filename.startswith(_GPA_DIR):
-        if frame.f_code.co_filename.startswith(_MODELS_DIR):
-            break
-        frame = frame.f_back
-    while frame is not None and frame.f_code.co_filename.startswith(_TORCH_DIR):
+    while frame is not None and _passed_over(frame.f_code.co_filename):
         frame = frame.f_back
     if frame is None or not _is_model_file(frame.f_code.co_filename):
         return None
     return frame.f_code.co_filename, frame.f_lineno
+
+
+def _passed_over(filename: str) -> bool:
+    """torch's code, or gpa's own but for its model zoo (gpa's tracer and torch.fx's call
+    each other: a module call passes through both)."""
+    if filename.startswith(_GPA_DIR):
+        return not filename.startswith(_MODELS_DIR)
+    return filename.startswith(_TORCH_DIR)
 
 
 _FRAME_LINE = re.compile(r'File "([^"]+)", line (\d+)')

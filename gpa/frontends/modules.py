@@ -27,7 +27,7 @@ import inspect
 import operator
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ __all__ = [
     "resolve_leaf_modules",
     "resolve_module_class",
     "resolve_options",
+    "same_entries",
     "scripted_call",
     "scripted_notes",
     "split_leaves",
@@ -285,12 +286,20 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                 (m._buffers, buffers),
                 (m._modules, children),
             ):
-                # the same names in the same order, holding the same objects
-                if list(now) != list(before) or not all(
-                    map(operator.is_, now.values(), before.values())
-                ):
+                if not same_entries(now, before):
                     now.clear()
                     now.update(before)
+
+
+def same_entries(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether ``a`` and ``b`` hold the same names in the same order, with the same objects.
+
+    Example:
+        >>> x = []
+        >>> same_entries({"a": x}, {"a": x}), same_entries({"a": x}, {"a": []})
+        (True, False)
+    """
+    return list(a) == list(b) and all(map(operator.is_, a.values(), b.values()))
 
 
 def split_leaves(

@@ -382,7 +382,7 @@ class Wrapped(nn.Module):
 
 def test_autograd_sees_functional_layer_inside_fx_wrapped_function() -> None:
     # F.linear on qkv's weight is a functional layer named qkv: qkv -> head -> loss.
-    # (fx records _attend as one opaque call and misses it; see docs/coverage.md, Swin.)
+    # (fx records _attend as one call, then traces into it by value; see test_opaque.py.)
     report = _analyze(Wrapped(), input_shape=(1, 4), tracer="autograd")
     assert [r[:7] for r in records(report)] == [
         ("qkv", "Linear", 1, 2, 2, (2,), 1),
@@ -458,14 +458,14 @@ class WrappedWeightWithoutGradient(Wrapped):
         return self.head(_attend_with_weight_made_without_gradient(x, self.qkv.weight))
 
 
-def test_auto_inside_a_wrapped_function_agrees_with_export_on_a_weight_without_gradient():
-    # auto gives way to autograd after fx (it cannot look into the wrapped function);
-    # export reads inside it too: both must see qkv as the layer feeding head
+def test_inside_a_wrapped_function_every_frontend_agrees_on_a_weight_without_gradient():
+    # autograd runs the wrapped function as it is, fx traces into it by value (auto keeps
+    # fx), export reads it too: all must see qkv as the layer feeding head
     model = WrappedWeightWithoutGradient()
     auto = _analyze(model, input_shape=(2, 4))
-    export = _analyze(model, input_shape=(2, 4), tracer="export")
-    assert auto.tracer == "autograd"
-    assert records(auto) == records(export)
+    assert auto.tracer == "fx"
+    for tracer in ("autograd", "export"):
+        assert records(_analyze(model, input_shape=(2, 4), tracer=tracer)) == records(auto)
     assert [r[:7] for r in records(auto)] == [
         ("qkv", "Linear", 1, 2, 2, (2,), 1),
         ("head", "Linear", 1, 1, 1, (1,), 1),

@@ -1,10 +1,15 @@
-"""Functions fx keeps opaque (torch.fx.wrap) that read parameters: reported, and `auto` looks inside.
+"""Functions fx keeps whole (torch.fx.wrap) that read parameters: traced into by value,
+else reported, and `auto` looks inside.
 
 Hand derivation: head(attend(x, qkv.weight, qkv.bias)) where attend is F.linear, so qkv is a
 layer feeding head: qkv has one path of length 2, head one of length 1.
 
-`auto` then tries autograd before export (semantics §1.6): it runs the function as it is
-and costs a fraction of export; export, the independent reading, must agree with it.
+fx traces into such a call once the flow pass has given its arguments values
+(``gpa.frontends.fx.inline``: Swin's attention, which branches on shapes and assigns into
+its mask). A function it cannot trace so (``attend_checked`` checks that it is given
+tensors, and fx's proxies are none) stays one call: fx says what it misses, and `auto`
+tries autograd before export (semantics §1.6): it runs the function as it is and costs a
+fraction of export; export, the independent reading, must agree with it.
 """
 
 from __future__ import annotations
@@ -20,42 +25,168 @@ from gpa.errors import TraceError
 from gpa.options import Tracer
 from tests.frontends.every_tracer import auto_after_fx_refuses
 
+QKV_HEAD = {"qkv": (2, 2, 1), "head": (1, 1, 1)}  # (shortest, longest, paths), by hand
 
-def attend(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+
+def attend(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return F.linear(x, weight, bias)
+
+
+def attend_checked(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):  # fx's proxies are no tensors: not traced into
+        raise TypeError("attend_checked takes tensors")
     return F.linear(x, weight, bias)
 
 
 torch.fx.wrap("attend")
+torch.fx.wrap("attend_checked")
+
+
+def _attend(by_value: bool, *args: torch.Tensor | None) -> torch.Tensor:
+    """``attend`` or ``attend_checked``, called by its global name (which fx patches)."""
+    return attend(*args) if by_value else attend_checked(*args)
 
 
 class Wrapped(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, by_value: bool = False) -> None:
         super().__init__()
         self.qkv = nn.Linear(4, 4)
         self.head = nn.Linear(4, 2)
+        self.by_value = by_value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(attend(x, self.qkv.weight, self.qkv.bias))
+        return self.head(_attend(self.by_value, x, self.qkv.weight, self.qkv.bias))
 
 
-def test_fx_reports_the_opaque_call_instead_of_a_silent_answer() -> None:
-    report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="fx")
-    assert any("'attend'" in n and "qkv" in n and "autograd" in n for n in report.notes)
-
-
-def test_auto_tracer_looks_inside() -> None:
-    report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="auto")
-    assert {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()} == {
-        "qkv": (2, 2, 1),
-        "head": (1, 1, 1),
-    }
-    # fx keeps the wrapped function opaque; autograd, tried next, reads inside it
-    assert report.tracer == "autograd"
-    assert "tracer auto used autograd: fx: cannot look into attend" in report.notes
+def _paths(report: gpa.Report) -> dict:
+    return {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()}
 
 
 def _records(report: gpa.Report) -> dict:
     return {n: (r.shortest, r.longest, r.timestamps, r.sources) for n, r in report.layers.items()}
+
+
+@pytest.mark.parametrize("tracer", ["fx", "auto"])
+def test_fx_traces_into_the_call_by_value(tracer) -> None:
+    report = gpa.analyze(Wrapped(by_value=True), input_shape=(1, 4), tracer=tracer)
+    assert report.tracer == "fx"
+    assert _paths(report) == QKV_HEAD
+    assert report.notes == []
+
+
+class Shifted(nn.Module):
+    """A wrapped function as Swin's attention is written: it branches on its input's
+    shape, loops over windows assigning into a mask it makes, and calls another wrapped
+    function reading parameters (traced into too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(4, 4)
+        self.proj = nn.Linear(4, 4)
+        self.table = nn.Parameter(torch.zeros(3, 4))
+        self.register_buffer("index", torch.tensor([0, 2, 1, 0, 2, 1]))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = positional(self.table, self.index)
+        return self.head(shifted(x, self.qkv.weight, self.proj.weight, bias))
+
+
+def positional(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    return table[index]
+
+
+def shifted(x, qkv_weight, proj_weight, bias):
+    batch, length, width = x.shape
+    if length % 3:  # pad to whole windows of 3
+        x = F.pad(x, (0, 0, 0, 3 - length % 3))
+    mask = x.new_zeros(x.shape[1], 1)
+    for start in range(0, x.shape[1], 3):
+        mask[start : start + 3] = start  # one value per window
+    q = F.linear(x, qkv_weight) + bias[: x.shape[1]]
+    attn = (q @ q.transpose(1, 2)).masked_fill(mask != mask.T, -100.0).softmax(-1)
+    return F.linear(attn @ q, proj_weight)[:, :length]
+
+
+torch.fx.wrap("positional")
+torch.fx.wrap("shifted")
+
+
+@pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
+def test_a_call_branching_on_shapes_and_assigning_into_a_mask_agrees_with_export(channels):
+    model = Shifted()
+    options = dict(input_shape=(2, 5, 4), channels=channels)
+    fx_report = gpa.analyze(model, tracer="fx", **options)
+    assert fx_report.notes == []
+    # qkv -> (q twice, attention) -> proj -> head; the table adds to q: no layer
+    assert _paths(fx_report) == {"qkv": (3, 3, 1), "proj": (2, 2, 1), "head": (1, 1, 1)}
+    export = gpa.analyze(model, tracer="export", **options)
+    assert fx_report.layers == export.layers
+
+
+def split_heads(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two results, read one by one (fx's getitem nodes)."""
+    y = F.linear(x, weight)
+    return y[..., :2], y[..., 2:]
+
+
+def gate(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The weight made without gradient, then used: a layer all the same (§2)."""
+    with torch.no_grad():
+        scaled = weight * 2
+    return F.linear(x, scaled)
+
+
+torch.fx.wrap("split_heads")
+torch.fx.wrap("gate")
+
+
+class Siblings(nn.Module):
+    """Wrapped calls fx traces into by value, each in another setting."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.case = case
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.case == "two-results":
+            left, right = split_heads(self.a(x), self.b.weight)
+            return self.head(torch.cat([right, left], -1))
+        if self.case == "under-no-grad":  # the call site without gradient: b's call unreached
+            with torch.no_grad():
+                skipped = attend(x, self.b.weight, None)
+            return self.head(self.a(x) + skipped)
+        if self.case == "no-grad-inside":
+            return self.head(gate(self.a(x), self.b.weight))
+        # "chained": the second call reads the first's result
+        return self.head(attend(attend(x, self.a.weight, None), self.b.weight, self.b.bias))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["two-results", "under-no-grad", "no-grad-inside", "chained"])
+def test_calls_traced_by_value_agree_with_autograd_and_export(case) -> None:
+    model = Siblings(case)
+    fx_report = gpa.analyze(model, input_shape=(2, 4), tracer="fx")
+    assert fx_report.notes == []  # traced into: nothing missed
+    for tracer in ("autograd", "export"):
+        other = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+        assert fx_report.layers == other.layers, tracer
+
+
+def test_fx_reports_the_opaque_call_instead_of_a_silent_answer() -> None:
+    report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="fx")
+    assert any("'attend_checked'" in n and "qkv" in n and "autograd" in n for n in report.notes)
+
+
+def test_auto_tracer_looks_inside() -> None:
+    report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="auto")
+    assert _paths(report) == QKV_HEAD
+    # fx keeps the wrapped function opaque; autograd, tried next, reads inside it
+    assert report.tracer == "autograd"
+    assert "tracer auto used autograd: fx: cannot look into attend_checked" in report.notes
 
 
 def test_auto_moves_on_to_export_when_autograd_cannot_run(monkeypatch) -> None:
@@ -66,58 +197,64 @@ def test_auto_moves_on_to_export_when_autograd_cannot_run(monkeypatch) -> None:
     report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="auto")
     assert report.tracer == "export"
     assert (
-        "tracer auto used export: fx: cannot look into attend; autograd: cannot run it"
+        "tracer auto used export: fx: cannot look into attend_checked; autograd: cannot run it"
         in report.notes
     )
-    assert (report.layers["qkv"].shortest, report.layers["head"].shortest) == (2, 1)
+    assert _paths(report) == QKV_HEAD
 
 
 def test_auto_with_channels_reads_inside_with_export() -> None:
     # autograd gives no channel segments (§8): export is the one left
     report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="auto", channels=True)
     assert report.tracer == "export"
-    assert "tracer auto used export: fx: cannot look into attend" in report.notes
-    assert (report.layers["qkv"].shortest, report.layers["head"].shortest) == (2, 1)
+    assert "tracer auto used export: fx: cannot look into attend_checked" in report.notes
+    assert _paths(report) == QKV_HEAD
 
 
-def test_auto_without_inputs_keeps_fx_and_says_what_it_misses() -> None:
-    # export and autograd need inputs: fx's graph stands, with its note
-    report = gpa.analyze(Wrapped(), tracer="auto")
+@pytest.mark.parametrize("by_value", [True, False])
+def test_auto_without_inputs_keeps_fx_and_says_what_it_misses(by_value) -> None:
+    # export and autograd need inputs, and fx traces by value only with them
+    report = gpa.analyze(Wrapped(by_value), tracer="auto")
     assert report.tracer == "fx"
-    assert any("'attend'" in n and "autograd" in n for n in report.notes)
+    name = "attend" if by_value else "attend_checked"
+    assert any(f"'{name}'" in n and "autograd" in n for n in report.notes)
 
 
 class WrappedTwice(nn.Module):
-    """Two blocks calling the same opaque function (as every Swin block does)."""
+    """Two blocks calling the same wrapped function (as every Swin block does); the second
+    call reads the first block's result."""
 
-    def __init__(self) -> None:
+    def __init__(self, by_value: bool = False) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList(Wrapped() for _ in range(2))
+        self.blocks = nn.ModuleList(Wrapped(by_value) for _ in range(2))
+        self.by_value = by_value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.blocks[0](x)
         hidden = F.pad(hidden, (0, 2))  # head of block 0 gives 2 features, qkv takes 4
-        return self.blocks[1].head(attend(hidden, self.blocks[1].qkv.weight, None))
+        block = self.blocks[1]
+        return block.head(_attend(self.by_value, hidden, block.qkv.weight, None))
 
 
+@pytest.mark.parametrize("by_value", [True, False], ids=["by-value", "opaque"])
 @pytest.mark.parametrize("model", [Wrapped, WrappedTwice], ids=["once", "twice"])
-def test_auto_after_opaque_fx_agrees_with_export(model) -> None:
-    built = model()
+def test_auto_agrees_with_export(model, by_value) -> None:
+    built = model(by_value)
     auto = gpa.analyze(built, input_shape=(1, 4), tracer="auto")
     export = gpa.analyze(built, input_shape=(1, 4), tracer="export")
-    assert auto.tracer == "autograd"
+    assert auto.tracer == ("fx" if by_value else "autograd")
     assert _records(auto) == _records(export)
 
 
 def test_auto_note_names_each_opaque_function_once() -> None:
     report = gpa.analyze(WrappedTwice(), input_shape=(1, 4), tracer="auto")
     (note,) = [n for n in report.notes if n.startswith("tracer auto used autograd")]
-    assert note.count("attend") == 1, note
+    assert note.count("attend_checked") == 1, note
 
 
 def test_fx_names_each_function_once_with_every_module_it_reads() -> None:
     report = gpa.analyze(WrappedTwice(), input_shape=(1, 4), tracer="fx")
-    (note,) = [n for n in report.notes if "'attend'" in n]
+    (note,) = [n for n in report.notes if "'attend_checked'" in n]
     assert "parameters of blocks.0.qkv, blocks.1.qkv:" in note
     assert note.endswith("--tracer auto or autograd to see them")
 
@@ -125,7 +262,7 @@ def test_fx_names_each_function_once_with_every_module_it_reads() -> None:
 def test_fx_note_with_channels_points_at_export() -> None:
     # autograd gives no channel segments: export is the frontend that sees inside
     report = gpa.analyze(Wrapped(), input_shape=(1, 4), tracer="fx", channels=True)
-    (note,) = [n for n in report.notes if "'attend'" in n]
+    (note,) = [n for n in report.notes if "'attend_checked'" in n]
     assert note.endswith("--tracer auto or export to see them")
 
 

@@ -217,18 +217,14 @@ def _fx_misses_attention(reports: dict[str, Any]) -> bool:
 
 # Models on which the frontends are known to differ, and why.
 KNOWN_DIFFERENCES: dict[str, KnownDifference] = {
-    "torchvision:swin_t": KnownDifference(
-        ("fx",),
-        "fx misses the attention layers: torchvision wraps shifted_window_attention with "
-        "torch.fx.wrap, so fx records one opaque call and never sees its F.linear calls on "
-        "attn.qkv.weight / attn.proj.weight; export and autograd find them (2 layers per "
-        "block), and `auto` uses autograd",
-        _fx_misses_attention,
-    ),
     "torchvision:swin_v2_t": KnownDifference(
         ("fx",),
-        "as swin_t: fx misses attn.qkv and attn.proj inside the fx-wrapped "
-        "shifted_window_attention_v2; `auto` uses autograd",
+        "fx misses the attention layers: torchvision wraps shifted_window_attention "
+        "with torch.fx.wrap, and fx cannot trace into it by value either (it zeroes a slice "
+        "of a copy of qkv's bias in place, a write into a view gpa cannot follow), so fx "
+        "never sees its F.linear calls on attn.qkv.weight / attn.proj.weight; export and "
+        "autograd find them (2 layers per block), and `auto` uses autograd (swin_t's is "
+        "traced into: fx sees them)",
         _fx_misses_attention,
     ),
 }

@@ -27,9 +27,12 @@ from torch import nn
 from gpa.core.graph import GradientGraph
 from gpa.frontends.fx.flow import GradientFlow, flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
-from gpa.frontends.fx.layers import find_layers, opaque_calls, uncalled_layers
+from gpa.frontends.fx.inline import inline_calls
+from gpa.frontends.fx.layers import find_layers, opaque_calls, uncalled_layers, wrapped_calls
+from gpa.frontends.fx.norm_act import norm_act_kinds
 from gpa.frontends.fx.tracer import single_call, trace
 from gpa.frontends.inputs import floating_dtype, zeros
+from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
 from gpa.frontends.modules import fx_leaf, opaque_layer_types, scripted_notes, training_mode
 from gpa.options import AnalysisOptions
 
@@ -55,7 +58,9 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     with training_mode(model, options.train):
         leaves = [*(options.leaf_modules or ()), *opaque_layer_types(model, options.layer_types)]
         traced = _rooted(model, leaves)
-        gm = trace(traced, leaves)
+        types = options.layer_types if options.layer_types is not None else LAYER_TYPES
+        kinds = norm_act_kinds(model, types) if traced is model else None
+        gm = trace(traced, leaves, kinds)
         name_outputs(gm.graph)
         gm.recompile()
         notes = output_notes(gm, options.outputs)
@@ -64,20 +69,15 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             flow_from_names(gm)
             notes.append(NO_INPUTS_NOTE)
         else:
-            GradientFlow(gm).run(*inputs)
+            _flow_with_values(gm, inputs, options, traced)
     calls = find_layers(gm, options.layer_types, traced)
     opaque = opaque_calls(gm, calls)
-    notes += scripted_notes(traced, options.layer_types)
     readers: dict[str, dict[str, None]] = {}  # function -> the modules whose weights it reads
-    for name, owners in opaque:
+    for node, owners in opaque:
+        name = getattr(node.target, "__name__", str(node.target))
         readers.setdefault(name, {}).update(dict.fromkeys(owners))
-    other = "export" if options.channels else "autograd"  # autograd gives no segments
-    notes += [
-        f"'{name}' is a function fx does not look into (torch.fx.wrap) and it reads "
-        f"parameters of {', '.join(owners)}: layers inside it are not seen; analyse with "
-        f"--tracer auto or {other} to see them"
-        for name, owners in readers.items()
-    ]
+    notes += scripted_notes(traced, options.layer_types)
+    notes += _opaque_notes(readers, options.channels, inputs is not None)
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls={node.name: call for node, call in calls.items()},
@@ -86,8 +86,40 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         inputs=inputs,
         notes=notes,
         traced=gm,
-        opaque=[name for name, _ in opaque],
+        opaque=list(readers),
     )
+
+
+def _flow_with_values(
+    gm: fx.GraphModule, inputs: tuple, options: AnalysisOptions, traced: nn.Module
+) -> None:
+    """The flow pass (§3), over the calls fx kept whole traced into by value too (§1.1)."""
+    flow = GradientFlow(gm)
+    flow.run(*inputs)
+    if inline_calls(gm, _to_trace_into(gm, options, traced), flow.env):
+        gm.recompile()
+        GradientFlow(gm, like=flow).run(*inputs)  # over the calls' operations too
+
+
+def _opaque_notes(readers: dict[str, dict[str, None]], channels: bool, inputs: bool) -> list[str]:
+    """One note per function fx kept whole that reads parameters (``readers``: function ->
+    the modules whose parameters it reads)."""
+    other = "export" if channels else "autograd"  # autograd gives no segments
+    tried = "with the inputs" if inputs else "without inputs"
+    return [
+        f"'{name}' is a function fx keeps whole (torch.fx.wrap) and could not trace into "
+        f"{tried}; it reads parameters of {', '.join(owners)}: layers inside it are not "
+        f"seen; analyse with --tracer auto or {other} to see them"
+        for name, owners in readers.items()
+    ]
+
+
+def _to_trace_into(gm: fx.GraphModule, options: AnalysisOptions, traced: nn.Module) -> list:
+    """The calls fx kept whole to trace into by value (see :mod:`.inline`): those hiding
+    layers, and with channels every one (a channel has no route through a call kept whole)."""
+    if options.channels:
+        return wrapped_calls(gm)
+    return [node for node, _ in opaque_calls(gm, find_layers(gm, options.layer_types, traced))]
 
 
 def _rooted(model: nn.Module, leaves: Sequence[Any]) -> nn.Module:

@@ -440,14 +440,16 @@ class GradientFlow(fx.Interpreter):
             module and the shapes involved.
     """
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, like: GradientFlow | None = None) -> None:
         # values are kept (meta tensors cost nothing): an augmented assignment found to
         # write into a tensor rewires later nodes to read it (see run_node)
         super().__init__(gm, garbage_collect_values=False)
         self.extra_traceback = False  # our errors say where they happened
-        self.state = _MetaState()
+        # ``like``: a pass over the same model (an earlier version of the graph), whose
+        # meta stand-ins and outcomes stand here too
+        self.state = like.state if like is not None else _MetaState()
         self.given = 0
-        self.outcomes: dict[Hashable, Outcome] = {}  # by signature (:mod:`.lookalike`)
+        self.outcomes: dict[Hashable, Outcome] = like.outcomes if like is not None else {}
         # nodes whose outcome stands for no look-alike's: run with constants' real values,
         # or writing into an argument (each such call is checked, see _refuse_hidden_write)
         self._unshared: set[fx.Node] = set()

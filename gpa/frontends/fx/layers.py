@@ -41,6 +41,7 @@ __all__ = [
     "CONV_FUNCTIONS",
     "find_layers",
     "opaque_calls",
+    "wrapped_calls",
     "uncalled_layers",
     "used_modules",
 ]
@@ -208,26 +209,43 @@ def call_site(node: fx.Node) -> Site | None:
 
 def opaque_calls(
     gm: fx.GraphModule, calls: Mapping[fx.Node, LayerCall]
-) -> list[tuple[str, list[str]]]:
+) -> list[tuple[fx.Node, list[str]]]:
     """Calls of functions fx kept opaque (``torch.fx.wrap``) that read parameters.
 
     gpa cannot see what such a function does with the weights it is given, so a
-    layer inside it would go unnoticed; the caller reports these calls. Returns
-    (function name, modules owning the parameters it reads).
+    layer inside it would go unnoticed; the caller traces into them or reports them.
+    Returns (call node, modules owning the parameters it reads).
     """
+    if not any(_wrapped(n) for n in gm.graph.nodes):
+        return []
     roots = _parameter_roots(gm, set(calls))
     found = []
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node in calls or _is_mixing(node):
-            continue
-        module = getattr(node.target, "__module__", None) or ""
-        if module.split(".")[0] in ("torch", "_operator", "operator", "builtins", "math", "gpa"):
+        if not _wrapped(node) or node in calls or _is_mixing(node):
             continue
         params = [t for n in node.all_input_nodes for t in roots.get(n, ())]
         if params and any(n not in roots for n in node.all_input_nodes):
-            owners = sorted({p.rpartition(".")[0] or p for p in params})
-            found.append((getattr(node.target, "__name__", str(node.target)), owners))
+            found.append((node, sorted({p.rpartition(".")[0] or p for p in params})))
     return found
+
+
+def _wrapped(node: fx.Node) -> bool:
+    """A call of a function from outside torch, Python and gpa: one fx kept whole."""
+    if node.op != "call_function":
+        return False
+    module = getattr(node.target, "__module__", None) or ""
+    return module.split(".")[0] not in ("torch", "_operator", "operator", "builtins", "math", "gpa")
+
+
+def wrapped_calls(gm: fx.GraphModule) -> list[fx.Node]:
+    """The calls of functions fx kept whole (``torch.fx.wrap``, from outside torch).
+
+    Example:
+        >>> import torch.nn as nn
+        >>> wrapped_calls(fx.symbolic_trace(nn.Linear(2, 2)))
+        []
+    """
+    return [n for n in gm.graph.nodes if _wrapped(n)]
 
 
 def uncalled_layers(

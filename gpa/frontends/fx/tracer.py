@@ -30,7 +30,7 @@ import contextlib
 import copy
 import inspect
 import operator
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -39,10 +39,13 @@ from torch import nn
 
 from gpa.errors import TraceError
 from gpa.frontends.frames import caller_site, user_frame
-from gpa.frontends.modules import TRACING, preserved_state, split_leaves
+from gpa.frontends.fx.norm_act import norm_then_activations
+from gpa.frontends.modules import TRACING, preserved_state, same_entries, split_leaves
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
 __all__ = [
+    "GpaProxy",
+    "GpaTracer",
     "METADATA_QUERIES",
     "SITE",
     "trace",
@@ -51,6 +54,7 @@ __all__ = [
     "single_call",
     "AUGMENTED",
     "LeafSpec",
+    "follow_mutations",
     "follow_write",
     "later_read_of_attribute",
     "later_reader",
@@ -89,7 +93,7 @@ AUGMENTED = {
 }
 
 
-class _Proxy(fx.Proxy):
+class GpaProxy(fx.Proxy):
     """fx's proxy, recording augmented assignments (see :data:`AUGMENTED`)."""
 
 
@@ -101,16 +105,27 @@ def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[fx.Proxy, Any], fx.Pr
 
 
 for _op, _method in AUGMENTED.items():
-    setattr(_Proxy, _method, _augmented(_op))
+    setattr(GpaProxy, _method, _augmented(_op))
 
 
-class _Tracer(fx.Tracer):
-    """fx tracer with user leaf modules that records the grad mode of every operation."""
+class GpaTracer(fx.Tracer):
+    """fx tracer with user leaf modules that records the grad mode of every operation, and
+    keeps norm-activation modules whole once the first of their kind is judged (see
+    :mod:`~gpa.frontends.fx.norm_act`; ``kinds``: qualified name -> kind)."""
 
-    def __init__(self, leaf_types: tuple[type, ...], leaf_names: frozenset[str]) -> None:
+    def __init__(
+        self,
+        leaf_types: tuple[type, ...],
+        leaf_names: frozenset[str],
+        kinds: Mapping[str, Hashable],
+    ) -> None:
         super().__init__()
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
+        self._kinds = kinds
+        self._verdicts: dict[Hashable, bool] = {}
+        self._whole: str | None = None  # the module call kept whole now
+        self._made: list[fx.Node] | None = None  # the nodes of the call being judged
         self._grad_enabled = True  # tracing starts under torch.enable_grad()
         self.checkpointed = False  # a re-entrant checkpoint's function created nodes
         self._names: dict[bool, dict[int, str]] = {}  # see _qualified_name
@@ -148,9 +163,37 @@ class _Tracer(fx.Tracer):
         return super().create_arg(a)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
-        return _Proxy(node, self)
+        return GpaProxy(node, self)
+
+    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        kind = self._kinds.get(self.path_of_module(m)) if self._kinds else None
+        if kind is None or kwargs or len(args) != 1 or not isinstance(args[0], fx.Proxy):
+            return super().call_module(m, forward, args, kwargs)
+        name = self.path_of_module(m)
+        verdict = self._verdicts.get(kind)
+        if verdict:
+            self._whole = name
+            try:
+                return super().call_module(m, forward, args, kwargs)
+            finally:
+                self._whole = None
+        if verdict is not None or self._made is not None:
+            return super().call_module(m, forward, args, kwargs)
+        self._made, state = [], dict(vars(m))
+        try:
+            result = super().call_module(m, forward, args, kwargs)
+        finally:
+            made, self._made = self._made, None
+        self._verdicts[kind] = (
+            isinstance(result, fx.Proxy)
+            and same_entries(state, vars(m))  # nothing of the call is kept for later readers
+            and norm_then_activations(m, name, made, args[0].node, result.node)
+        )
+        return result
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if module_qualified_name == self._whole:
+            return True
         if module_qualified_name in self._leaf_names or isinstance(
             m, (*self._leaf_types, torch.jit.ScriptModule)
         ):
@@ -163,20 +206,31 @@ class _Tracer(fx.Tracer):
             self.checkpointed = in_reentrant_checkpoint()
         if kind not in ("placeholder", "output") and enabled != self._grad_enabled:
             self._grad_enabled = enabled
-            super().create_node("call_function", grad_mode, (enabled,), {})
+            switch = super().create_node("call_function", grad_mode, (enabled,), {})
+            if self._made is not None:
+                self._made.append(switch)
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        if self._made is not None:
+            self._made.append(node)
         if kind in ("call_module", "call_function", "call_method"):
             node.meta[SITE] = caller_site()
         return node
 
 
-def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphModule:
+def trace(
+    model: nn.Module,
+    leaf_modules: LeafSpec | None = None,
+    kinds: Mapping[str, Hashable] | None = None,
+) -> fx.GraphModule:
     """Trace ``model`` symbolically with torch.fx.
 
     Args:
         model: the module to trace; it is not modified.
         leaf_modules: extra module classes or qualified module names that fx
             must record as single calls instead of tracing into them.
+        kinds: norm-activation modules (qualified name -> kind, from
+            :func:`~gpa.frontends.fx.norm_act.norm_act_kinds`) to record as single calls
+            once the first call of their kind is judged to be a norm and activations.
 
     Returns:
         A ``GraphModule`` whose graph contains :func:`grad_mode` calls where
@@ -191,8 +245,8 @@ def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphMod
     if unknown:
         raise TraceError(f"leaf module name(s) not found in the model: {', '.join(unknown)}")
 
-    def traced(watch: contextlib.AbstractContextManager) -> tuple[_Tracer, nn.Module, fx.Graph]:
-        tracer = _Tracer(types, names)
+    def traced(watch: contextlib.AbstractContextManager) -> tuple[GpaTracer, nn.Module, fx.Graph]:
+        tracer = GpaTracer(types, names, kinds or {})
         root = copy.copy(model)  # fx stores tensor constants on its root: not on the user's
         # what forward assigns while traced (``self.buf += y`` stores a proxy) must not
         # reach the passes that run the modules afterwards
@@ -205,7 +259,7 @@ def trace(model: nn.Module, leaf_modules: LeafSpec | None = None) -> fx.GraphMod
             tracer, root, graph = traced(Checkpoints())
     except Exception as exc:  # any failure inside user code under symbolic tracing
         raise TraceError(_trace_failure_message(model, exc)) from exc
-    _follow_mutations(graph, root)
+    follow_mutations(graph, root)
     try:
         return graph_module(root, graph, model.__class__.__name__)
     except SyntaxError as exc:  # fx writes module names into Python code
@@ -313,7 +367,7 @@ def _is_view(node: fx.Node) -> bool:
     )
 
 
-def _follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
+def follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
     """Make later readers of a tensor that an in-place call overwrote read the call's result.
 
     In-place calls return the tensor they modify, so rewiring the later uses
