@@ -69,9 +69,17 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             flow_from_names(gm)
             notes.append(NO_INPUTS_NOTE)
         else:
-            _flow_with_values(gm, inputs, options, traced)
-    calls = find_layers(gm, options.layer_types, traced)
-    opaque = opaque_calls(gm, calls)
+            flow = GradientFlow(gm)
+            flow.run(*inputs)
+        calls = find_layers(gm, options.layer_types, traced)
+        opaque = opaque_calls(gm, calls)
+        into = wrapped_calls(gm) if options.channels else [node for node, _ in opaque]
+        if inputs is not None and into and inline_calls(gm, into, flow.env):
+            # the calls fx kept whole, traced into by value (§1.1): their operations too
+            gm.recompile()
+            GradientFlow(gm, like=flow).run(*inputs)
+            calls = find_layers(gm, options.layer_types, traced)
+            opaque = opaque_calls(gm, calls)
     readers: dict[str, dict[str, None]] = {}  # function -> the modules whose weights it reads
     for node, owners in opaque:
         name = getattr(node.target, "__name__", str(node.target))
@@ -90,17 +98,6 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     )
 
 
-def _flow_with_values(
-    gm: fx.GraphModule, inputs: tuple, options: AnalysisOptions, traced: nn.Module
-) -> None:
-    """The flow pass (§3), over the calls fx kept whole traced into by value too (§1.1)."""
-    flow = GradientFlow(gm)
-    flow.run(*inputs)
-    if inline_calls(gm, _to_trace_into(gm, options, traced), flow.env):
-        gm.recompile()
-        GradientFlow(gm, like=flow).run(*inputs)  # over the calls' operations too
-
-
 def _opaque_notes(readers: dict[str, dict[str, None]], channels: bool, inputs: bool) -> list[str]:
     """One note per function fx kept whole that reads parameters (``readers``: function ->
     the modules whose parameters it reads)."""
@@ -112,14 +109,6 @@ def _opaque_notes(readers: dict[str, dict[str, None]], channels: bool, inputs: b
         f"seen; analyse with --tracer auto or {other} to see them"
         for name, owners in readers.items()
     ]
-
-
-def _to_trace_into(gm: fx.GraphModule, options: AnalysisOptions, traced: nn.Module) -> list:
-    """The calls fx kept whole to trace into by value (see :mod:`.inline`): those hiding
-    layers, and with channels every one (a channel has no route through a call kept whole)."""
-    if options.channels:
-        return wrapped_calls(gm)
-    return [node for node, _ in opaque_calls(gm, find_layers(gm, options.layer_types, traced))]
 
 
 def _rooted(model: nn.Module, leaves: Sequence[Any]) -> nn.Module:
