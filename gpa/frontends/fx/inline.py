@@ -76,13 +76,14 @@ def inline_calls(
     replaced = []
     values = collections.ChainMap({}, values)  # the results of calls replaced, too
     graphs: dict[Hashable, fx.Graph | None] = {}  # by look (None: cannot be traced)
+    names: dict = {}  # the root's tensors by identity, for every trace
     for call in list(calls):
         enabled = _grad_mode_at(call)
         look = signature(call, values, gm.get_submodule)
         key = None if look is None else (look, enabled)
         if key is None or key not in graphs:
             try:
-                inner = _traced(gm, call, values, enabled)
+                inner = _traced(gm, call, values, enabled, names)
             except Exception:  # anything a value-carrying trace cannot follow
                 inner = None
             if key is not None:
@@ -154,14 +155,27 @@ class _ValueProxy(GpaProxy):
 
 
 class _ValueTracer(GpaTracer):
-    """Records operations as fx does, running each on its arguments' values."""
+    """Records operations as fx does, running each on its arguments' values.
 
-    def __init__(self, root: torch.nn.Module, enabled: bool) -> None:
+    ``names``: the root's tensors by identity (see ``GpaTracer._qualified_name``), made
+    once for all the calls traced into."""
+
+    def __init__(self, root: torch.nn.Module, enabled: bool, names: dict) -> None:
         super().__init__((), frozenset(), {})
         self.root = root
         self.graph = fx.Graph()
         self.tensor_attrs: dict[torch.Tensor, str] = {}
         self._grad_enabled = enabled
+        self._names = names
+
+    def create_arg(self, a: Any) -> Any:
+        made = isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter)
+        if made and self._qualified_name(a) is None:  # made by the function: a constant
+            name = self.tensor_attrs.get(a) or self.get_fresh_qualname("_tensor_constant")
+            setattr(self.root, name, a)
+            self.tensor_attrs[a] = name
+            return self.create_node("get_attr", name, (), {})
+        return super().create_arg(a)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ValueProxy(node, self)
@@ -204,7 +218,7 @@ def _grad_mode_at(node: fx.Node) -> bool:
 
 
 def _traced(
-    gm: fx.GraphModule, call: fx.Node, values: Mapping[fx.Node, Any], enabled: bool
+    gm: fx.GraphModule, call: fx.Node, values: Mapping[fx.Node, Any], enabled: bool, names: dict
 ) -> fx.Graph:
     """The graph of ``call``'s function traced on its arguments' values, in grad mode
     ``enabled``, with one placeholder per argument node (in ``all_input_nodes``' order).
@@ -213,7 +227,7 @@ def _traced(
         Exception: whatever the function raises on proxies; ValueError: it leaves the grad
             mode changed, or returns what no node can stand for.
     """
-    tracer = _ValueTracer(gm, enabled)
+    tracer = _ValueTracer(gm, enabled, names)
     proxies: dict[fx.Node, _ValueProxy] = {}
     for arg in call.all_input_nodes:
         proxy = tracer.create_proxy("placeholder", arg.name, (), {})

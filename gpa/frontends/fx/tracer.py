@@ -375,7 +375,11 @@ def follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
     is read afterwards cannot be followed this way and is refused.
     """
     order = {n: i for i, n in enumerate(graph.nodes)}
-    modules = dict(root.named_modules(remove_duplicate=False))  # get_submodule walks per level
+    modules = (  # get_submodule walks per level; a function's graph calls no module
+        dict(root.named_modules(remove_duplicate=False))
+        if any(n.op == "call_module" for n in graph.nodes)
+        else {}
+    )
     for node in list(graph.nodes):
         target = _mutated(node, modules.get)
         if target is not None:
