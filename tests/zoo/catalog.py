@@ -201,33 +201,8 @@ class KnownDifference:
     check: Callable[[dict[str, Any]], bool]  # frontend -> report: the difference is this one
 
 
-def _layer_sets(reports: dict[str, Any]) -> dict[str, set[str]]:
-    return {t: set(r.layers) for t, r in reports.items() if r is not None}
-
-
-def _fx_misses_attention(reports: dict[str, Any]) -> bool:
-    names = _layer_sets(reports)
-    extra = names["autograd"] - names["fx"]
-    return (
-        names["fx"] < names["autograd"]
-        and bool(extra)
-        and all(n.endswith(("attn.qkv", "attn.proj")) for n in extra)
-    )
-
-
 # Models on which the frontends are known to differ, and why.
-KNOWN_DIFFERENCES: dict[str, KnownDifference] = {
-    "torchvision:swin_v2_t": KnownDifference(
-        ("fx",),
-        "fx misses the attention layers: torchvision wraps shifted_window_attention "
-        "with torch.fx.wrap, and fx cannot trace into it by value either (it zeroes a slice "
-        "of a copy of qkv's bias in place, a write into a view gpa cannot follow), so fx "
-        "never sees its F.linear calls on attn.qkv.weight / attn.proj.weight; export and "
-        "autograd find them (2 layers per block), and `auto` uses autograd (swin_t's is "
-        "traced into: fx sees them)",
-        _fx_misses_attention,
-    ),
-}
+KNOWN_DIFFERENCES: dict[str, KnownDifference] = {}  # none now: fx reads Swin's attention
 
 # Independent facts (:func:`independent_facts`) gpa is known to get wrong, by entry and
 # frontend: the exact discrepancy strings expected.

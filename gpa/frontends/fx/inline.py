@@ -136,13 +136,27 @@ class _ValueProxy(GpaProxy):
     """A proxy holding the value of the operation it stands for (``value``)."""
 
     value: Any = None
+    viewed: tuple[_ValueProxy, Any] | None = None  # (base, index) of ``base[index]``
 
     def __getattr__(self, name: str) -> Any:
         if name in _CONCRETE:
             return getattr(self.value, name)
         if callable(getattr(self.value, name, None)):
+            if self.viewed is not None and name.endswith("_") and not name.startswith("_"):
+                return functools.partial(self._write_through, name)
             return super().__getattr__(name)  # a method: its call is recorded
         return self.tracer.create_proxy("call_function", getattr, (self, name), {})
+
+    def _write_through(self, method: str, *args: Any, **kwargs: Any) -> _ValueProxy:
+        """``base[index].method(...)``, in place, recorded as ``base[index] = part`` where
+        ``part`` is a copy of ``base[index]`` the method wrote into: a write into ``base``,
+        which later readers of ``base`` follow (§1.3: a write into a view they cannot).
+        Swin V2's attention zeroes a slice of its bias so."""
+        base, index = self.viewed
+        part = base[index].clone()
+        getattr(part, method)(*args, **kwargs)
+        base[index] = part
+        return base[index]
 
     def __len__(self) -> int:
         return len(self.value)
@@ -187,6 +201,8 @@ class _ValueTracer(GpaTracer):
         self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None
     ):  # noqa: ANN001, E501
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        if target is operator.getitem and isinstance(args[0], _ValueProxy) and _basic(args[1]):
+            proxy.viewed = (args[0], args[1])  # a view of args[0]
         if kind in ("call_function", "call_method"):
             a, kw = tree_map(_value_of, (args, kwargs))
             with torch.no_grad():
@@ -197,6 +213,19 @@ class _ValueTracer(GpaTracer):
         elif kind == "get_attr":
             proxy.value = _value_of(functools.reduce(getattr, target.split("."), self.root))
         return proxy
+
+
+def _basic(index: Any) -> bool:
+    """Basic indexing (numbers, slices of numbers, None, ...): the result is a view."""
+    if isinstance(index, tuple):
+        return all(_basic(i) for i in index)
+    if isinstance(index, slice):
+        return all(isinstance(b, (int, type(None))) for b in (index.start, index.stop, index.step))
+    return (
+        index is None
+        or index is Ellipsis
+        or (isinstance(index, int) and not isinstance(index, bool))
+    )
 
 
 def _value_of(x: Any) -> Any:
