@@ -44,7 +44,7 @@ Example:
 from __future__ import annotations
 
 import operator
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -187,21 +187,22 @@ def _reads_own(node: fx.Node, own: str) -> bool:
 
 def _chain(start: fx.Node, result: fx.Node, inside: set[fx.Node]) -> set[fx.Node]:
     """The nodes of ``inside`` on a path from ``start`` to ``result`` (``result`` included)."""
-    after: set[fx.Node] = set()
+    after = _reached(start, lambda n: n.users, inside)
+    return after & (_reached(result, lambda n: n.all_input_nodes, inside) | {result})
+
+
+def _reached(
+    start: fx.Node, step: Callable[[fx.Node], Iterable[fx.Node]], inside: set[fx.Node]
+) -> set[fx.Node]:
+    """The nodes of ``inside`` reached from ``start`` by ``step`` (users, or inputs)."""
+    seen: set[fx.Node] = set()
     stack = [start]
     while stack:
-        for user in stack.pop().users:
-            if user in inside and user not in after:
-                after.add(user)
-                stack.append(user)
-    before = {result}
-    stack = [result]
-    while stack:
-        for arg in stack.pop().all_input_nodes:
-            if arg in inside and arg not in before:
-                before.add(arg)
-                stack.append(arg)
-    return after & before
+        for node in step(stack.pop()):
+            if node in inside and node not in seen:
+                seen.add(node)
+                stack.append(node)
+    return seen
 
 
 def _link(module: nn.Module, own: str, node: fx.Node, chain: set[fx.Node], start: fx.Node) -> bool:
