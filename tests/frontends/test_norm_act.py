@@ -257,3 +257,80 @@ def test_other_forwards_give_the_records_of_export(norm):
     # had the tracer kept the second one whole, a record would differ: the test can tell
     whole = gpa.analyze(model, tracer="fx", leaf_modules=["n1"], **options)
     assert _record(whole) != _record(export_report)
+
+
+# ------------------------------------- state the call shares with its caller (the review)
+
+SWITCH = {"detach": False}
+
+
+class Collects(BatchNormAct):
+    """Appends its result to a list it shares with the model (features for an extra loss)."""
+
+    def __init__(self, channels: int, store: list) -> None:
+        super().__init__(channels)
+        self.store = store
+
+    def forward(self, x):
+        y = super().forward(x)
+        self.store.append(y)
+        return y
+
+
+class Switched(BatchNormAct):
+    """Reads a global switch the model turns on around one call."""
+
+    def forward(self, x):
+        return super().forward(x.detach() if SWITCH["detach"] else x)
+
+
+class KeepsOnChild(BatchNormAct):
+    """Keeps its result on its activation module for the model to read."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        self.act.kept = y
+        return y
+
+
+class Shares(nn.Module):
+    """Three convolutions, each followed by one of three norm-acts of one kind, and an
+    extra head reading what the norm-acts share."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.case = case
+        self.features: list = []
+        self.convs = nn.ModuleList(nn.Conv2d(3 if i == 0 else 4, 4, 1) for i in range(3))
+        if case == "collects":
+            norms = [Collects(4, self.features) for _ in range(3)]
+        else:
+            norms = [(Switched if case == "switched" else KeepsOnChild)(4) for _ in range(3)]
+        self.norms = nn.ModuleList(norms)
+        self.extra = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        self.features.clear()
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            if self.case == "switched" and i == 2:
+                SWITCH["detach"] = True
+                try:
+                    x = norm(conv(x))
+                finally:
+                    SWITCH["detach"] = False
+            else:
+                x = norm(conv(x))
+        if self.case == "collects":
+            return x + self.extra(sum(self.features))
+        if self.case == "keeps-on-child":
+            return x + self.extra(self.norms[1].act.kept)
+        return x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["collects", "switched", "keeps-on-child"])
+def test_state_shared_with_the_caller_keeps_calls_traced_into(case):
+    model = Shares(case)
+    assert _kept_whole(model) == []
+    fx_report = gpa.analyze(model, input_shape=SHAPE, tracer="fx")
+    assert _record(fx_report) == _record(gpa.analyze(model, input_shape=SHAPE, tracer="export"))

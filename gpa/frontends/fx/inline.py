@@ -40,9 +40,10 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from gpa.frontends.fx.lookalike import signature
+from gpa.frontends.fx.lookalike import reads_globals, signature
 from gpa.frontends.fx.tracer import GpaProxy, GpaTracer, follow_mutations, grad_mode
 
 __all__ = ["inline_calls", "setitem_"]
@@ -133,9 +134,16 @@ def _replace(gm: fx.GraphModule, call: fx.Node, inner: fx.Graph, values: Mutable
 
 
 class _ValueProxy(GpaProxy):
-    """A proxy holding the value of the operation it stands for (``value``)."""
+    """A proxy holding the value of the operation it stands for (``value``). It answers
+    ``isinstance(x, torch.Tensor)`` (and ``torch.is_tensor``) as the tensor would: a
+    function checking what it is given takes the branch it takes on tensors."""
 
     value: Any = None
+
+    @property
+    def __class__(self) -> type:  # isinstance() falls back on it
+        return torch.Tensor
+
     viewed: tuple[_ValueProxy, Any] | None = None  # (base, index) of ``base[index]``
 
     def __getattr__(self, name: str) -> Any:
@@ -183,6 +191,8 @@ class _ValueTracer(GpaTracer):
         self._names = names
 
     def create_arg(self, a: Any) -> Any:
+        if type(a) is _ValueProxy:  # it passes for a tensor: fx would make it a constant
+            return a.node
         made = isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter)
         if made and self._qualified_name(a) is None:  # made by the function: a constant
             name = self.tensor_attrs.get(a) or self.get_fresh_qualname("_tensor_constant")
@@ -205,7 +215,7 @@ class _ValueTracer(GpaTracer):
             proxy.viewed = (args[0], args[1])  # a view of args[0]
         if kind in ("call_function", "call_method"):
             a, kw = tree_map(_value_of, (args, kwargs))
-            with torch.no_grad():
+            with torch.no_grad(), torch.device("meta"):  # a tensor made from numbers: meta
                 if kind == "call_function":
                     proxy.value = target(*a, **kw)
                 else:
@@ -213,6 +223,28 @@ class _ValueTracer(GpaTracer):
         elif kind == "get_attr":
             proxy.value = _value_of(functools.reduce(getattr, target.split("."), self.root))
         return proxy
+
+
+# Functions making a tensor from numbers alone (the function's own buffer, filled after).
+_FACTORIES = frozenset(
+    {torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.eye, torch.tensor}
+    | {torch.linspace, torch.randn, torch.rand}
+)
+
+
+class _Made(TorchFunctionMode):
+    """Records the tensors a traced function makes from numbers alone as operations, not
+    constants: what is written into them afterwards (``out[i] = ...``) is followed then."""
+
+    def __init__(self, tracer: _ValueTracer) -> None:
+        super().__init__()
+        self.tracer = tracer
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        if func in _FACTORIES:
+            return self.tracer.create_proxy("call_function", func, args, kwargs)
+        return func(*args, **kwargs)
 
 
 def _basic(index: Any) -> bool:
@@ -262,8 +294,10 @@ def _traced(
         proxy = tracer.create_proxy("placeholder", arg.name, (), {})
         proxy.value = values[arg]
         proxies[arg] = proxy
+    if reads_globals(call.target):  # as the caller left them, not as the call found them
+        raise ValueError("the function reads global state")
     args, kwargs = fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__)
-    with torch.set_grad_enabled(enabled):
+    with torch.set_grad_enabled(enabled), _Made(tracer):
         result = call.target(*args, **kwargs)
     if tracer._grad_enabled != enabled:
         raise ValueError("grad mode left changed")

@@ -44,7 +44,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-__all__ = ["Outcome", "signature"]
+__all__ = ["reads_globals", "Outcome", "signature"]
 
 
 class _Unnamed(Exception):
@@ -172,15 +172,15 @@ def _target_name(node: fx.Node, submodule: Callable[[str], Any] | None) -> Hasha
 def _wrapped(function: Any) -> bool:
     """Whether fx was told to record calls of ``function`` whole (``torch.fx.wrap``, which
     registers the function's name in its module's globals; torch keeps no public record)
-    and the function computes from its arguments alone (:func:`_reads_globals`)."""
+    and the function computes from its arguments alone (:func:`reads_globals`)."""
     table = getattr(torch.fx._symbolic_trace, "_wrapped_fns_to_patch", {})
     scope = getattr(function, "__globals__", None)
     name = getattr(function, "__name__", None)
-    return scope is not None and (id(scope), name) in table and not _reads_globals(function)
+    return scope is not None and (id(scope), name) in table and not reads_globals(function)
 
 
 @functools.lru_cache(maxsize=256)
-def _reads_globals(function: types.FunctionType, depth: int = 3) -> bool:
+def reads_globals(function: types.FunctionType, depth: int = 3) -> bool:
     """Whether ``function``, or a Python function it calls by a global name (``depth``
     deep), reads or writes a global that is data — a number, a flag, a dict, a tensor:
     anything but a module or a callable — whose value may differ from one call to the
@@ -195,7 +195,7 @@ def _reads_globals(function: types.FunctionType, depth: int = 3) -> bool:
         ...     return clipped(torch.nn.functional.pad(x, (1, 1)))
         >>> def doubled(x):
         ...     return torch.nn.functional.relu(x) * 2
-        >>> _reads_globals(clipped), _reads_globals(padded), _reads_globals(doubled)
+        >>> reads_globals(clipped), reads_globals(padded), reads_globals(doubled)
         (True, True, False)
     """
     scope = function.__globals__
@@ -210,7 +210,7 @@ def _reads_globals(function: types.FunctionType, depth: int = 3) -> bool:
             if not (callable(value) or isinstance(value, types.ModuleType)):
                 return True
             called = isinstance(value, types.FunctionType) and value is not function
-            if called and (depth == 0 or _reads_globals(value, depth - 1)):
+            if called and (depth == 0 or reads_globals(value, depth - 1)):
                 return True
     return False
 

@@ -11,7 +11,8 @@ it, and its channels keep their positions (§8), as through the norm it subclass
 That holds only when its ``forward`` is what it looks like, so the tracer judges it:
 - a **candidate** (:func:`norm_act_kinds`) is a batch norm (``_NormBase``, not an instance
   norm) whose class is not from ``torch.nn``, neither a layer nor holding one, without
-  hooks, whose children are all ``torch.nn`` activations, dropouts or identities;
+  hooks, whose children are all ``torch.nn`` activations, dropouts or identities, and
+  whose methods read no global that is data (a flag the caller may set between calls);
 - the **first call** of each *kind* of candidate is traced into as fx would, and its nodes
   judged (:func:`norm_then_activations`): one chain from its one input to its result —
   ``F.batch_norm`` of the input on the module's own tensors, then activations of one
@@ -21,9 +22,11 @@ That holds only when its ``forward`` is what it looks like, so the tracer judges
 - the later calls of a kind that passed, with one tensor argument, are single calls.
 
 A kind is what fx's trace of ``forward`` can depend on: the class, the plain attribute
-values (numbers, strings, flags, None) of the module and of its children, the children's
-names and classes, which parameters and buffers are None, train or eval. (A ``forward``
-branching on global state it changes itself would escape this; none known does.)
+values (numbers, strings, flags, None, tuples of them) of the module and of its children
+(a module holding any other object — a list it may append to, shared with others — is no
+candidate), the children's names and classes, which parameters and buffers are None, train or eval. The
+first call must leave the attributes of the module and its children as they were: a
+value kept for a later reader is not kept by a call recorded whole.
 
 Example:
     >>> import torch, torch.nn as nn, torch.nn.functional as F
@@ -43,7 +46,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import operator
+import types
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
@@ -52,6 +57,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from gpa.frontends.fx.lookalike import reads_globals
 from gpa.frontends.modules import POINTWISE_MODULES, fx_leaf, module_class
 
 __all__ = ["norm_act_kinds", "norm_then_activations"]
@@ -141,8 +147,10 @@ def _candidate(module: nn.Module, layer_types: tuple[type, ...]) -> bool:
         return False
     if isinstance(module, torch.jit.ScriptModule) or _hooked(module):
         return False
-    if issubclass(module_class(module), layer_types):
+    if issubclass(module_class(module), layer_types) or _reads_global_state(cls):
         return False
+    if not all(_plain(v) is not None for m in module.modules() for v in _state(m).values()):
+        return False  # an object it holds (a list of features) may be shared and written
     return all(
         isinstance(child, POINTWISE_MODULES)
         and fx_leaf(type(child))
@@ -152,22 +160,43 @@ def _candidate(module: nn.Module, layer_types: tuple[type, ...]) -> bool:
     )
 
 
-def _plain(value: Any) -> Any:
-    """``value`` when it is plain data fx's trace may branch on, else a mark of its identity
-    (two modules holding other objects are never of one kind)."""
+@functools.lru_cache(maxsize=128)
+def _reads_global_state(cls: type) -> bool:
+    """Whether ``forward``, or a method of the class it calls by name (outside torch),
+    reads a global that is data: a flag the caller may set between two calls of a kind."""
+    seen: set[types.FunctionType] = set()
+    todo = [getattr(cls, "forward", None)]
+    while todo:
+        function = todo.pop()
+        if not isinstance(function, types.FunctionType) or function in seen:
+            continue
+        if function.__module__.startswith("torch"):
+            continue
+        seen.add(function)
+        if reads_globals(function):
+            return True
+        todo.extend(getattr(cls, name, None) for name in function.__code__.co_names)
+    return False
+
+
+def _plain(value: Any) -> Hashable | None:
+    """``value`` (with its type) when it is plain data fx's trace may branch on — numbers,
+    strings, flags, None, dtypes, devices, tuples of them —, else None."""
     if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device)):
         return (type(value), value)
-    if isinstance(value, (tuple, list)):
-        return (type(value), tuple(_plain(v) for v in value))
-    return ("object", id(value))
+    if isinstance(value, tuple):
+        parts = tuple(_plain(v) for v in value)
+        return None if None in parts else (tuple, parts)
+    return None
+
+
+def _state(module: nn.Module) -> dict[str, Any]:
+    """The module's own attributes (not the tables and hooks every module has)."""
+    return {k: v for k, v in vars(module).items() if k not in _MODULE_INTERNALS or k == "training"}
 
 
 def _attributes(module: nn.Module) -> tuple:
-    plain = tuple(
-        (key, _plain(value))
-        for key, value in vars(module).items()
-        if key not in _MODULE_INTERNALS or key == "training"
-    )
+    plain = tuple((key, _plain(value)) for key, value in _state(module).items())
     tensors = tuple(
         (key, value is None)
         for table in (module._parameters, module._buffers)

@@ -179,14 +179,15 @@ class GpaTracer(fx.Tracer):
                 self._whole = None
         if verdict is not None or self._made is not None:
             return super().call_module(m, forward, args, kwargs)
-        self._made, state = [], dict(vars(m))
+        self._made, state = [], [(x, dict(vars(x))) for x in m.modules()]
         try:
             result = super().call_module(m, forward, args, kwargs)
         finally:
             made, self._made = self._made, None
         self._verdicts[kind] = (
             isinstance(result, fx.Proxy)
-            and same_entries(state, vars(m))  # nothing of the call is kept for later readers
+            # nothing of the call is kept for later readers
+            and all(same_entries(before, vars(x)) for x, before in state)
             and norm_then_activations(m, name, made, args[0].node, result.node)
         )
         return result
