@@ -43,7 +43,7 @@ import torch.fx as fx
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
-from gpa.frontends.fx.lookalike import reads_globals, signature
+from gpa.frontends.fx.lookalike import code_names, reads_globals, signature
 from gpa.frontends.fx.tracer import GpaProxy, GpaTracer, follow_mutations, grad_mode
 
 __all__ = ["inline_calls", "setitem_"]
@@ -134,15 +134,9 @@ def _replace(gm: fx.GraphModule, call: fx.Node, inner: fx.Graph, values: Mutable
 
 
 class _ValueProxy(GpaProxy):
-    """A proxy holding the value of the operation it stands for (``value``). It answers
-    ``isinstance(x, torch.Tensor)`` (and ``torch.is_tensor``) as the tensor would: a
-    function checking what it is given takes the branch it takes on tensors."""
+    """A proxy holding the value of the operation it stands for (``value``)."""
 
     value: Any = None
-
-    @property
-    def __class__(self) -> type:  # isinstance() falls back on it
-        return torch.Tensor
 
     viewed: tuple[_ValueProxy, Any] | None = None  # (base, index) of ``base[index]``
 
@@ -191,8 +185,6 @@ class _ValueTracer(GpaTracer):
         self._names = names
 
     def create_arg(self, a: Any) -> Any:
-        if type(a) is _ValueProxy:  # it passes for a tensor: fx would make it a constant
-            return a.node
         made = isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter)
         if made and self._qualified_name(a) is None:  # made by the function: a constant
             name = self.tensor_attrs.get(a) or self.get_fresh_qualname("_tensor_constant")
@@ -224,6 +216,9 @@ class _ValueTracer(GpaTracer):
             proxy.value = _value_of(functools.reduce(getattr, target.split("."), self.root))
         return proxy
 
+
+# Names a function checks its arguments' types with (fx's proxies are no tensors).
+_TYPE_CHECKS = frozenset({"isinstance", "is_tensor", "type"})
 
 # Functions making a tensor from numbers alone (the function's own buffer, filled after).
 _FACTORIES = frozenset(
@@ -296,6 +291,8 @@ def _traced(
         proxies[arg] = proxy
     if reads_globals(call.target):  # as the caller left them, not as the call found them
         raise ValueError("the function reads global state")
+    if code_names(call.target) & _TYPE_CHECKS:  # a proxy is no tensor: another branch
+        raise ValueError("the function checks the types of what it is given")
     args, kwargs = fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__)
     with torch.set_grad_enabled(enabled), _Made(tracer):
         result = call.target(*args, **kwargs)

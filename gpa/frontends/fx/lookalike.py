@@ -218,6 +218,33 @@ def reads_globals(function: types.FunctionType, depth: int = 3) -> bool:
 _ABSENT = object()
 
 
+def code_names(function: Any, depth: int = 3) -> frozenset[str]:
+    """The names ``function``'s code reads (globals, attributes), with those of its nested
+    functions and of the Python functions it calls by a global name (``depth`` deep); empty
+    for anything but a Python function.
+
+    Example:
+        >>> def checked(x):
+        ...     return isinstance(x, torch.Tensor)
+        >>> sorted(code_names(checked))
+        ['Tensor', 'isinstance', 'torch']
+    """
+    if not isinstance(function, types.FunctionType):
+        return frozenset()
+    names: set[str] = set()
+    codes = [function.__code__]
+    while codes:  # nested functions, lambdas and comprehensions too
+        code = codes.pop()
+        codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        names.update(code.co_names)
+    if depth:
+        for name in list(names):
+            value = function.__globals__.get(name)
+            if isinstance(value, types.FunctionType) and value is not function:
+                names |= code_names(value, depth - 1)
+    return frozenset(names)
+
+
 _OPERATOR = frozenset({operator.__name__, operator.add.__module__})  # "operator", "_operator"
 
 
