@@ -170,6 +170,16 @@ def windowed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _log_use(function) -> None:
+    """Checks a type, of something else than the arguments (torchvision logs API use so)."""
+    assert isinstance(function.__name__, str)
+
+
+def logged(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    _log_use(logged)
+    return F.linear(x, weight)
+
+
 FLAG = {"on": True}
 
 
@@ -178,6 +188,7 @@ def flagged(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 torch.fx.wrap("checked")
+torch.fx.wrap("logged")
 torch.fx.wrap("windowed")
 torch.fx.wrap("flagged")
 torch.fx.wrap("split_heads")
@@ -206,6 +217,8 @@ class Siblings(nn.Module):
             return self.head(gate(self.a(x), self.b.weight))
         if self.case == "checks-types":
             return self.head(checked(self.a(x), self.b.weight))
+        if self.case == "logs-its-use":
+            return self.head(logged(self.a(x), self.b.weight))
         if self.case == "fills-a-buffer":  # b takes 2 features: b.weight is 4 x 4, sliced
             return self.head(windowed(self.a(x), self.b.weight[:2, :2]))
         if self.case == "global-flag":  # the caller turns the function off for its second call
@@ -234,6 +247,7 @@ class Siblings(nn.Module):
         "chained",
         "slice-zeroed",
         "fills-a-buffer",
+        "logs-its-use",
     ],
 )
 @pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])

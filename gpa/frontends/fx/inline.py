@@ -291,7 +291,9 @@ def _traced(
         proxies[arg] = proxy
     if reads_globals(call.target):  # as the caller left them, not as the call found them
         raise ValueError("the function reads global state")
-    if code_names(call.target) & _TYPE_CHECKS:  # a proxy is no tensor: another branch
+    # a proxy is no tensor: a type check on it takes another branch. The function's own
+    # code only: the helpers it calls check other things (torchvision logs its API use)
+    if code_names(call.target, depth=0) & _TYPE_CHECKS:
         raise ValueError("the function checks the types of what it is given")
     args, kwargs = fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__)
     with torch.set_grad_enabled(enabled), _Made(tracer):
