@@ -70,7 +70,6 @@ _ACTIVATIONS = frozenset(
     "relu relu6 leaky_relu elu selu celu gelu silu mish sigmoid tanh hardswish hardsigmoid "
     "hardtanh softplus dropout dropout1d dropout2d dropout3d alpha_dropout".split()
 )
-_METADATA = frozenset({"size", "dim", "numel", "shape", "dtype", "device", "ndim"})
 # What may run beside the chain on values that are no tensors of it: assertions on the
 # input's metadata (timm asserts ``x.ndim == 4``).
 _CHECKS = frozenset(
@@ -258,10 +257,16 @@ def _link(module: nn.Module, own: str, node: fx.Node, chain: set[fx.Node], start
 def _beside(node: fx.Node, chain: set[fx.Node]) -> bool:
     """Off the chain: a read of a chain value's metadata, an assertion on it, or a count
     kept in one of the module's own buffers (``num_batches_tracked.add_(1)``)."""
+    from gpa.frontends.fx.tracer import METADATA_QUERIES  # the tracer imports this module
+
     if any(a in chain for a in node.all_input_nodes):
         if node.op == "call_method":
-            return node.target in _METADATA
-        return node.op == "call_function" and node.target is getattr and node.args[1] in _METADATA
+            return node.target in METADATA_QUERIES
+        return (
+            node.op == "call_function"
+            and node.target is getattr
+            and node.args[1] in METADATA_QUERIES
+        )
     if node.op == "call_function":
         return node.target in _CHECKS
     if node.op == "call_method" and node.target == "add_":
