@@ -64,6 +64,7 @@ from gpa.channels.rules import (
 from gpa.core.graph import LOSS, LayerCall
 from gpa.frontends.fx.flow import FLOW, Shape
 from gpa.frontends.fx.graph import select_outputs
+from gpa.frontends.fx.layers import STANDS_FOR
 
 __all__ = [
     "CHANNELS",
@@ -246,7 +247,10 @@ class ChannelRouter(fx.Interpreter):
         return rule_for(n, self._module(n))(self, n, inputs, shapes)
 
     def _module(self, n: fx.Node) -> nn.Module | None:
-        return self.fetch_attr(n.target) if n.op == "call_module" else None
+        """The module ``n`` calls (the one a fused call stands for), or None."""
+        if n.op != "call_module":
+            return None
+        return n.meta.get(STANDS_FOR) or self.fetch_attr(n.target)
 
     def _inputs(self, n: fx.Node) -> dict[fx.Node, Any]:
         """Channels of each input node; inputs gradient does not flow through carry none."""

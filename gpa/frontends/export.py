@@ -63,7 +63,7 @@ from gpa.errors import GpaError, TraceError
 from gpa.frontends.frames import stack_trace_site, user_frame
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
-from gpa.frontends.fx.layers import find_layers, used_modules
+from gpa.frontends.fx.layers import STANDS_FOR, find_layers, used_modules
 from gpa.frontends.fx.tracer import (
     grad_mode,
     graph_module,
@@ -548,6 +548,7 @@ def _fuse(gm: fx.GraphModule, groups: list[_Call]) -> dict[str, LayerCall]:
             group = groups[int(node.target.removeprefix("_gpa_call_"))]
             site = stack_trace_site(group.nodes[0].meta.get("stack_trace"))
             fused[node.name] = LayerCall(group.path, type_name(group.module), site)
+            node.meta[STANDS_FOR] = group.module  # its channel axis and groups (§8)
             _devices_follow_inputs(gm.get_submodule(node.target))
     return fused
 

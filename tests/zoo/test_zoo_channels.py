@@ -42,7 +42,7 @@ import itertools
 
 import pytest
 import torch
-from catalog import ENTRIES, KNOWN_DIFFERENCES, build, records
+from catalog import ENTRIES, KNOWN_DIFFERENCES, Entry, build, records
 
 import gpa
 
@@ -243,3 +243,21 @@ def test_channels_fx_and_export_agree_on_swin(target: str) -> None:
     assert records(fx.layers) == records(export.layers)
     assert _unordered(fx) == _unordered(export)
     assert fx.network == export.network
+
+
+@pytest.mark.parametrize(
+    "entry", [Entry("timm:dm_nfnet_f0", "NFNet"), Entry("timm:tf_mixnet_s", "MixNet")]
+)
+def test_channels_fx_and_export_agree_on_convolutions_from_outside_torch(entry: Entry) -> None:
+    # timm's Conv2dSame (tf_* models) and NFNet's weight-standardised convolutions are
+    # fused calls under export: their channels sit on axis 1 and their groups are the
+    # module's, as under fx (export read the last axis: a 16-channel stem got 0..32).
+    # NFNet lists a segment's senders in another order (§8 leaves it open)
+    loaded, _ = build(entry)
+    options = dict(input_shape=loaded.input_shape, channels=True)
+    fx = gpa.analyze(loaded.model, tracer="fx", **options)
+    export = gpa.analyze(loaded.model, tracer="export", **options)
+    assert records(fx.layers) == records(export.layers)
+    assert _unordered(fx) == _unordered(export)
+    for name, record in export.layers.items():  # segments end at the layer's width
+        assert record.segments[-1].stop == _out_channels(loaded.model.get_submodule(name))

@@ -39,12 +39,19 @@ from gpa.frontends.modules import (
 
 __all__ = [
     "CONV_FUNCTIONS",
+    "STANDS_FOR",
     "find_layers",
     "opaque_calls",
     "wrapped_calls",
     "uncalled_layers",
     "used_modules",
 ]
+
+
+#: ``meta`` key of a ``call_module`` node whose target is a stand-in made of the call's
+#: operations (the export frontend's fused call of a module from outside ``torch.nn``,
+#: timm's ``Conv2dSame``): the module called, whose kind and groups are the call's.
+STANDS_FOR = "gpa_stands_for"
 
 
 def _overloads(*names: str) -> set:
