@@ -30,7 +30,9 @@ class SameConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads: list[int] = []
-        for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
+        for size, k, s, d in zip(
+            x.shape[-2:], self.kernel_size, self.stride, self.dilation, strict=True
+        ):
             total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
             pads = [total // 2, total - total // 2, *pads]
         x = F.pad(x, pads)
@@ -160,7 +162,7 @@ def test_segments_by_hand(case: str, tracer: str) -> None:
     for name, record in report.layers.items():  # segments tile the layer's own channels
         segments = record.segments
         assert segments[0].start == 0 and segments[-1].stop == _width(model.get_submodule(name))
-        assert all(a.stop == b.start for a, b in zip(segments, segments[1:]))
+        assert all(a.stop == b.start for a, b in zip(segments, segments[1:], strict=False))
 
 
 def _width(module: nn.Module) -> int:
