@@ -78,12 +78,26 @@ class ModelCheck:
             return None
         return Location(relative, line)
 
+    @property
+    def tracer(self) -> str | None:
+        """The frontend that analysed the model (``auto`` names the one it used)."""
+        return self.report.tracer if self.report is not None else None
+
+    @property
+    def notes(self) -> list[str]:
+        """The report's notes: how the model was analysed, where that bears on the numbers
+        the rules read (layers a frontend could not see, fallbacks, which frontend ``auto``
+        used and why)."""
+        return list(self.report.notes) if self.report is not None else []
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "target": self.target,
             "error": self.error,
             "passed": self.passed,
+            "tracer": self.tracer,
+            "notes": self.notes,
             "network": self.report.network.to_dict() if self.report else None,
             "rules": [r.to_dict() for r in self.results],
         }

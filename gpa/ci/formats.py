@@ -5,7 +5,9 @@ All are pure functions of the run, without timestamps or durations, so the same 
 gives byte-identical output every time (JUnit's ``time`` attributes are ``0``). Text shows
 failures and errors only (as ruff does) unless ``verbose``; GitHub annotations and SARIF
 results point at a line: the source line calling an offending layer where the frontend
-knew it, else the configuration line setting the rule, else the model's table.
+knew it, else the configuration line setting the rule, else the model's table. Every
+format carries each model's notes (:attr:`~gpa.ci.check.ModelCheck.notes`): a rule that
+holds on a model the frontend saw only in part must not pass silently.
 
 Example:
     >>> from gpa.ci.check import CheckRun, ModelCheck
@@ -40,7 +42,7 @@ __all__ = [
 #: The values of ``gpa check --format``.
 FORMATS = ("text", "json", "junit", "github", "sarif")
 
-_STYLES = {"PASS": "green", "FAIL": "red", "ERROR": "red"}
+_STYLES = {"PASS": "green", "FAIL": "red", "ERROR": "red", "NOTE": "yellow"}
 
 
 def _status(word: str, color: bool) -> str:
@@ -49,7 +51,8 @@ def _status(word: str, color: bool) -> str:
 
 def format_text(run: CheckRun, *, color: bool = False, verbose: bool = False) -> str:
     """A line per failed rule (``FAIL``) and model in error (``ERROR``) — with ``verbose``
-    also per rule that holds (``PASS``) — then a summary line.
+    also per rule that holds (``PASS``) — and per note of an analysed model (``NOTE``), then
+    a summary line.
 
     A failed rule's line names every offending layer; a baseline line is followed by
     one indented line per improvement.
@@ -69,6 +72,7 @@ def format_text(run: CheckRun, *, color: bool = False, verbose: bool = False) ->
             status = _status("PASS" if result.passed else "FAIL", color)
             lines.append(f"{status} {model.name}: {result.message}")
             lines.extend(f"    improved: {text}" for text in result.improvements)
+        lines.extend(f"{_status('NOTE', color)} {model.name}: {note}" for note in model.notes)
     lines.append(run.summary())
     return "\n".join(lines) + "\n"
 
@@ -114,6 +118,13 @@ def _findings(run: CheckRun) -> Iterator[_Finding]:
                 yield _Finding("note", model.name, result.rule, f"improved: {text}", at)
 
 
+def _notes(run: CheckRun) -> Iterator[_Finding]:
+    """Every note of every analysed model, at the model's table (if configured)."""
+    for model in run.models:
+        for note in model.notes:
+            yield _Finding("note", model.name, "analysis", note, model.location())
+
+
 def format_json(run: CheckRun) -> str:
     """The run as JSON (sorted keys, indented, final newline)."""
     return json.dumps(run.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -124,7 +135,8 @@ def format_junit(run: CheckRun) -> str:
 
     A failed rule is a ``failure`` whose ``message`` is the rule's line and whose text
     lists the offending layers; a model in error is one ``testcase`` named ``analyse``
-    with an ``error``. Baseline improvements go to the test case's ``system-out``.
+    with an ``error``. Baseline improvements go to the test case's ``system-out``, a
+    model's notes to its suite's.
     """
     root = ET.Element("testsuites", name="gpa check")
     root.set("tests", str(run.rules + run.errors))
@@ -159,6 +171,9 @@ def format_junit(run: CheckRun) -> str:
             if result.improvements:
                 out = ET.SubElement(case, "system-out")
                 out.text = "\n".join(f"improved: {t}" for t in result.improvements)
+        if model.notes:
+            out = ET.SubElement(suite, "system-out")
+            out.text = "\n".join(f"note: {note}" for note in model.notes)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode") + "\n"
 
@@ -174,13 +189,14 @@ def _escape_property(text: str) -> str:
 def format_github(run: CheckRun) -> str:
     """GitHub Actions workflow commands: an ``::error`` per offending layer (at the line
     calling it) or failed rule (at the configuration line setting it) or model in error, a
-    ``::notice`` per baseline improvement, then the summary line (plain text).
+    ``::notice`` per baseline improvement and per note of a model (at the model's table, if
+    configured), then the summary line (plain text).
 
     Example line: ``::error file=pyproject.toml,line=12,title=gpa check resnet
     max-shortest::max-shortest 2: …``.
     """
     lines = []
-    for f in _findings(run):
+    for f in [*_findings(run), *_notes(run)]:
         command = "error" if f.level == "error" else "notice"
         at = f.location
         where = f"file={_escape_property(at.path)},line={at.line}," if at is not None else ""
@@ -204,7 +220,8 @@ _RULE_TEXT = {
 
 def format_sarif(run: CheckRun) -> str:
     """SARIF 2.1.0 (as ruff and semgrep write it) for GitHub code scanning and SARIF viewers:
-    one result per offending layer or failed rule or model in error, at its line."""
+    one result per offending layer or failed rule or model in error, at its line; the
+    models' notes are the invocation's tool notifications (they point at no code)."""
     from gpa import __version__
 
     results = []
@@ -242,6 +259,15 @@ def format_sarif(run: CheckRun) -> str:
                         "rules": rules,
                     }
                 },
+                "invocations": [
+                    {
+                        "executionSuccessful": True,
+                        "toolExecutionNotifications": [
+                            {"level": "note", "message": {"text": f"{f.model}: {f.message}"}}
+                            for f in _notes(run)
+                        ],
+                    }
+                ],
                 "results": results,
             }
         ],

@@ -188,3 +188,54 @@ def test_per_layer_rule_outside_the_checkout_points_at_the_configuration(
     assert result.exit_code == 1, result.output
     (error,) = [line for line in result.stdout.splitlines() if line.startswith("::error")]
     assert error.startswith("::error file=pyproject.toml,line=4,")
+
+
+# tests/data/check/wrapped.py: a → project(·, p.weight) → b, where project() is a
+# torch.fx.wrap function fx cannot trace into (it reads a global). By hand: fx sees a and
+# b only (a's shortest path 2: a → b), autograd sees p too (a → p → b: a's shortest 3).
+WRAPPED = str(DATA / "check" / "wrapped.py")
+UNSEEN = "'project' is a function fx keeps whole"
+
+
+@pytest.mark.parametrize(
+    ("tracer", "layers", "max_shortest", "note"),
+    [
+        ("fx", 2, 2, UNSEEN),
+        ("auto", 3, 3, "tracer auto used autograd: fx: cannot look into project"),
+    ],
+)
+def test_notes_and_tracer_reach_every_format(tracer, layers, max_shortest, note) -> None:
+    """A rule that holds on a model seen only in part must not pass silently: every format
+    carries the notes `gpa analyze` prints (`--tracer fx` misses p, and says so)."""
+    args = (WRAPPED, "--tracer", tracer, "--max-shortest", "5")
+    text = check(*args)
+    assert text.exit_code == 0
+    (line,) = [s for s in text.stdout.splitlines() if s.startswith("NOTE ")]
+    assert line.startswith(f"NOTE {WRAPPED}: {note}")
+
+    (model,) = json.loads(check(*args, "--format", "json").stdout)["models"]
+    assert model["tracer"] == ("fx" if tracer == "fx" else "autograd")
+    assert model["network"]["layers"] == layers
+    assert model["network"]["max_shortest"] == max_shortest
+    (json_note,) = model["notes"]
+    assert json_note.startswith(note)
+
+    github = check(*args, "--format", "github").stdout.splitlines()
+    assert github[0].startswith(f"::notice title=gpa check {WRAPPED}::{note}")
+
+    out = check(*args, "--format", "junit").stdout
+    assert f"<system-out>note: {note}" in out
+
+    log = _sarif(check(*args, "--format", "sarif"))
+    (run,) = log["runs"]
+    assert run["results"] == []  # a note is no finding
+    (notification,) = run["invocations"][0]["toolExecutionNotifications"]
+    assert notification["level"] == "note"
+    assert notification["message"]["text"].startswith(f"{WRAPPED}: {note}")
+
+
+def test_no_notes_no_note_lines() -> None:
+    result = check(*PLAIN, "--max-shortest", "4")
+    assert "NOTE" not in result.stdout
+    (model,) = json.loads(check(*PLAIN, "--max-shortest", "4", "--format", "json").stdout)["models"]
+    assert (model["tracer"], model["notes"]) == ("fx", [])
