@@ -50,8 +50,8 @@ from gpa.channels.rules import (
     distinct_rows,
     everywhere_of,
     fallback,
-    is_conv,
     layer_axis,
+    layer_channel_axis,
     layer_groups,
     layer_input_axis,
     leaves,
@@ -263,14 +263,13 @@ class ChannelRouter(fx.Interpreter):
     def _layer(self, n: fx.Node) -> Any:
         """Deliver the channels of a layer call's tensor arguments; start its own."""
         module = self._module(n)
-        conv = is_conv(module, n)
         rule = rule_for(n, module)
         inputs = self._inputs(n)
         # every tensor argument carrying channels, also those inside a tuple argument (an
         # LSTM's ``(h, c)``), numbered in order as the export frontend's flat arguments are
         tensor_args = [(m, ch) for m in n.all_input_nodes for ch in leaves(inputs[m]) if ch.terms]
         for k, (m, ch) in enumerate(tensor_args):
-            axis = layer_input_axis(rule, n, m, len(ch.shape), conv)
+            axis = layer_input_axis(rule, n, m, ch.shape, module)
             self._deliver(Consumer(n.name, None if len(tensor_args) == 1 else k), ch, axis)
         self.routing.groups[n.name] = layer_groups(module, n)
         first = True
@@ -282,7 +281,7 @@ class ChannelRouter(fx.Interpreter):
             if not first:  # other results (an RNN's hidden state…) mix every channel
                 return Channels((), tuple(s), (Term(n.name, None, None),))
             first = False
-            axis = layer_axis(conv, len(s))
+            axis = layer_channel_axis(module, n, tuple(s), output=True)
             count = s[axis] if s else 1
             self.routing.out_channels[n.name] = count
             return Channels((axis,), tuple(s), (Term(n.name, np.arange(count, dtype=np.int64)),))

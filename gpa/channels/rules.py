@@ -71,6 +71,7 @@ __all__ = [
     "group_norm",
     "is_conv",
     "layer_axis",
+    "layer_channel_axis",
     "layer_groups",
     "layer_input_axis",
     "layer_norm",
@@ -1571,9 +1572,12 @@ def is_conv(module: nn.Module | None, node: fx.Node) -> bool:
 
 
 def layer_groups(module: nn.Module | None, node: fx.Node) -> int:
-    """The groups of a (possibly functional) grouped convolution, else 1."""
+    """The groups of a grouped convolution — a conv module's ``groups`` (its forward taken
+    to apply its convolution once, as torch's does: timm's ``Conv2dSame`` pads first) or a
+    functional ``conv*``'s — else 1. A leaf module holding convolutions is one layer mixing
+    its channels, whatever it keeps under the name ``groups`` (a shuffle's, heads)."""
     if module is not None:
-        return int(getattr(module, "groups", 1) or 1)
+        return int(module.groups) if isinstance(module, _CONV_TYPES) else 1
     if node.op == "call_function" and node.target in CONV_FUNCTIONS:
         if "groups" in node.kwargs:
             return int(node.kwargs["groups"])
@@ -1582,6 +1586,42 @@ def layer_groups(module: nn.Module | None, node: fx.Node) -> int:
         if len(node.args) > 6:
             return int(node.args[6])
     return 1
+
+
+def _width(module: nn.Module, output: bool) -> int | None:
+    """A layer module's output (``output``) or input width: a convolution's channels, a
+    linear layer's features; a leaf module's, those of its last (first) convolution or
+    linear layer in registration order; None when it holds neither."""
+    found = [m for m in module.modules() if isinstance(m, (*_CONV_TYPES, nn.Linear))]
+    if not found:
+        return None
+    layer = found[-1] if output else found[0]
+    if isinstance(layer, nn.Linear):
+        return layer.out_features if output else layer.in_features
+    return layer.out_channels if output else layer.in_channels
+
+
+def layer_channel_axis(
+    module: nn.Module | None, node: fx.Node, shape: tuple[int, ...], output: bool
+) -> int:
+    """The axis of a layer call's result (``output``) or argument of ``shape`` holding its
+    output or input channels (§8): 1 for convolutions, the last axis otherwise — but the
+    other of the two when only that one has the module's width (:func:`_width`): a leaf
+    module returning tokens after its convolution (a ViT's patch embedding), a conv
+    subclass returning channels last.
+
+    Example:
+        >>> embed = nn.Sequential(nn.Conv2d(3, 8, 4, 4), nn.Flatten(2))  # (B, 8, 16) -> tokens
+        >>> node = fx.Graph().placeholder("x")
+        >>> layer_channel_axis(embed, node, (1, 8, 16), True), layer_channel_axis(embed, node, (1, 16, 8), True)
+        (1, 2)
+    """
+    axis = layer_axis(is_conv(module, node), len(shape))
+    width = None if module is None else _width(module, output)
+    if width is None or len(shape) < 2 or shape[axis] == width:
+        return axis
+    other = len(shape) - 1 if axis == 1 else 1
+    return other if shape[other] == width else axis
 
 
 def layer_axis(conv: bool, ndim: int) -> int:
@@ -1594,12 +1634,15 @@ def layer_axis(conv: bool, ndim: int) -> int:
     return 1 if conv and ndim >= 2 else ndim - 1
 
 
-def layer_input_axis(rule: Rule, node: fx.Node, arg: fx.Node, ndim: int, conv: bool) -> int:
-    """The axis of a layer call's argument ``arg`` holding its input channels.
+def layer_input_axis(
+    rule: Rule, node: fx.Node, arg: fx.Node, shape: tuple[int, ...], module: nn.Module | None
+) -> int:
+    """The axis of a layer call's argument ``arg`` (of ``shape``) holding its input channels.
 
     ``rule`` is the call's rule: for ``W @ x`` with the weight first (a :func:`matmul`
-    with ``arg`` second) the contracted axis of ``x`` is its second-to-last.
+    with ``arg`` second) the contracted axis of ``x`` is its second-to-last; otherwise
+    :func:`layer_channel_axis`. ``module``: the called module, if any.
     """
     if rule is matmul and node.args and node.args[0] is not arg:
-        return max(ndim - 2, 0)
-    return layer_axis(conv, ndim)
+        return max(len(shape) - 2, 0)
+    return layer_channel_axis(module, node, shape, output=False)

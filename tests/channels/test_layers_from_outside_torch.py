@@ -8,6 +8,10 @@ by the input's size, then convolves) and NFNet's weight-standardised convolution
 layers; the export frontend used to read their channels off the last axis (a spatial size:
 a 4-channel stem got one segment 0..5) and their groups as 1.
 
+A leaf module is one layer: it mixes its channels (its ``groups``, if it has one, may
+count a shuffle's groups or heads), and its channels lie where its width is — a leaf
+returning tokens after its convolution has them on the last axis, not on axis 1.
+
 Expected segments are derived by hand: a layer feeding a depthwise convolution has one
 segment per channel, each sent back by that channel of the depthwise layer only.
 """
@@ -70,6 +74,51 @@ class Depthwise(nn.Module):
         return torch.relu(self.conv(x))
 
 
+class ShuffleUnit(nn.Module):
+    """A leaf whose ``groups`` is its shuffle's, around a dense convolution (every output
+    channel reads every input channel): no grouping of the layer's channels."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.conv = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self.conv(x).view(b, self.groups, c // self.groups, h, w)
+        return y.transpose(1, 2).reshape(b, c, h, w)
+
+
+class Heads(nn.Module):
+    """A leaf keeping a head count as ``groups`` that divides no channel count it has."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.groups = 3
+        self.conv = nn.Conv2d(10, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class PatchEmbed(nn.Module):
+    """A leaf returning tokens (B, N, C) after its convolution, as a ViT's patch embedding."""
+
+    def __init__(self, n_in: int, width: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(n_in, width, 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class ChannelsLast(nn.Conv2d):
+    """A convolution returning (B, H, W, C)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).permute(0, 2, 3, 1)
+
+
 class Chain(nn.Module):
     """``head(mid(first(x)))``, with ``between`` applied to ``first``'s result."""
 
@@ -119,6 +168,33 @@ CASES = {
         lambda: Chain(nn.Conv2d(3, 4, 3, stride=2), Depthwise(4), nn.Conv2d(4, 2, 1)),
         (1, 3, 11, 11),
         {"leaf_modules": ["mid"]},
+        [(0, 4, "mid", (0, 4))],
+    ),
+    # as one layer the leaf mixes its channels, whatever its ``groups`` (a shuffle's) says
+    "leaf-with-a-shuffles-groups": (
+        lambda: Chain(nn.Conv2d(3, 4, 1), ShuffleUnit(4, 2), nn.Conv2d(4, 2, 1)),
+        (1, 3, 5, 5),
+        {"leaf_modules": [ShuffleUnit]},
+        [(0, 4, "mid", (0, 4))],
+    ),
+    "leaf-with-a-head-count-as-groups": (
+        lambda: Chain(nn.Conv2d(3, 10, 1), Heads(), nn.Conv2d(4, 2, 1)),
+        (1, 3, 5, 5),
+        {"leaf_modules": ["mid"]},
+        [(0, 10, "mid", (0, 10))],
+    ),
+    # mid's 6 channels on the last axis, after 16 tokens (an 8×8 input in 2×2 patches)
+    "leaf-returning-tokens": (
+        lambda: Chain(nn.Conv2d(3, 4, 1), PatchEmbed(4, 6), nn.Linear(6, 2)),
+        (1, 3, 8, 8),
+        {"leaf_modules": [PatchEmbed]},
+        [(0, 4, "mid", (0, 4))],
+    ),
+    # mid's 6 channels on the last axis, after 5 rows and 5 columns
+    "conv-returning-channels-last": (
+        lambda: Chain(nn.Conv2d(3, 4, 3), ChannelsLast(4, 6, 3), nn.Linear(6, 2)),
+        (1, 3, 9, 9),
+        {},
         [(0, 4, "mid", (0, 4))],
     ),
     # tokens × features: half the features read by mid, the other half by none
