@@ -86,8 +86,8 @@ class ModelCheck:
     @property
     def notes(self) -> list[str]:
         """The report's notes: how the model was analysed, where that bears on the numbers
-        the rules read (layers a frontend could not see, fallbacks, which frontend ``auto``
-        used and why)."""
+        the rules read (layers a frontend could not see, layers whose FLOPs were not
+        counted, which frontend ``auto`` used and why)."""
         return list(self.report.notes) if self.report is not None else []
 
     def to_dict(self) -> dict[str, Any]:

@@ -221,7 +221,8 @@ _RULE_TEXT = {
 def format_sarif(run: CheckRun) -> str:
     """SARIF 2.1.0 (as ruff and semgrep write it) for GitHub code scanning and SARIF viewers:
     one result per offending layer or failed rule or model in error, at its line; the
-    models' notes are the invocation's tool notifications (they point at no code)."""
+    models' notes are the invocation's tool notifications (they point at no code); the
+    invocation did not succeed when a model could not be analysed."""
     from gpa import __version__
 
     results = []
@@ -261,7 +262,7 @@ def format_sarif(run: CheckRun) -> str:
                 },
                 "invocations": [
                     {
-                        "executionSuccessful": True,
+                        "executionSuccessful": run.errors == 0,
                         "toolExecutionNotifications": [
                             {"level": "note", "message": {"text": f"{f.model}: {f.message}"}}
                             for f in _notes(run)

@@ -125,6 +125,7 @@ def test_sarif_is_valid_and_locates_results(project: Path) -> None:
     log = _sarif(check("--format", "sarif"))
     (run,) = log["runs"]
     assert run["tool"]["driver"]["name"] == "gpa"
+    assert run["invocations"][0]["executionSuccessful"] is False  # "gone" is in error
     ids = {r["id"] for r in run["tool"]["driver"]["rules"]}
     results = run["results"]
     assert [r["ruleId"] for r in results] == ["max-shortest", "analysis"]
@@ -142,6 +143,7 @@ def test_sarif_is_valid_and_locates_results(project: Path) -> None:
 def test_sarif_of_a_passing_run_and_of_command_line_rules() -> None:
     ok = _sarif(check(*PLAIN, "--max-shortest", "4", "--format", "sarif"))
     assert ok["runs"][0]["results"] == []
+    assert ok["runs"][0]["invocations"][0]["executionSuccessful"] is True
     failing = _sarif(check(*PLAIN, "--max-shortest", "3", "--format", "sarif"))
     (result,) = failing["runs"][0]["results"]
     assert "locations" not in result  # a command-line rule has no configuration line
