@@ -36,7 +36,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -516,7 +516,19 @@ def _build(
         if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
             read = _weight_read(run.use.weight_reads, fn._sequence_nr())
             parameter = _mixing_parameter(fn, children, roots_of) if read is _UNSEEN else read
-        if parameter is not None:  # a functional layer
+            makers = [] if parameter is not None else _weight_makers(fn, edges, key_of, layer_call)
+            for maker in makers:  # a dynamic convolution: the layer, not what makes its weight
+                made = layer_call.pop(maker)
+                del layer_seq[maker]
+                g.remove_node(_Key("input", maker.index, maker.kind))
+                g.nodes[maker].clear()
+                parameter = parameter or made
+        if isinstance(parameter, LayerCall):
+            layer_call[key] = LayerCall(parameter.record, parameter.type)
+            layer_seq[key] = fn._sequence_nr()
+            roots_of[id(fn)] = _TAINTED
+            _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
+        elif parameter is not None:  # a functional layer
             layer_call[key] = LayerCall(*owner(model, parameter))
             layer_seq[key] = fn._sequence_nr()
             roots_of[id(fn)] = _TAINTED  # a layer's output is data
@@ -631,6 +643,36 @@ def _mixing_parameter(fn: Any, children: list[Any], roots_of: dict[int, Any]) ->
     if kind in _INDEXED or len(weights) < len(found):
         return weights[0]
     return None
+
+
+def _weight_makers(
+    fn: Any, edges: _Edges, key_of: Callable[[Any], _Key], layers: Mapping[_Key, LayerCall]
+) -> list[_Key]:
+    """For a convolution node whose weight is computed from parameters *and* data (a
+    dynamic convolution: CondConv), the functional layers computing that weight and its
+    bias, in forward order; else none (``docs/semantics.md`` §2; the fx frontend's
+    ``_weight_makers``). Walks back from the weight operand through nodes that are no
+    layers; a module's call (its key a ``"call"``), a leaf, and the data the convolution
+    reads (its input and what that is computed from) end a walk."""
+    children = edges.of(fn)
+    if "Conv" not in _kind(fn) or len(children) < 2 or children[1] is None:
+        return []
+    makers: dict[_Key, int] = {}
+    seen = {id(n) for n in _autograd_nodes([children[0]], edges)}
+    stack = children[1:3]  # the weight, and the bias if it carries gradient
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in seen or _is_leaf(n):
+            continue
+        seen.add(id(n))
+        key = key_of(n)
+        if key.kind == "call":
+            continue
+        if key in layers:  # a functional layer (a module's call ended the walk above)
+            makers[key] = n._sequence_nr()
+            continue
+        stack.extend(edges.of(n))
+    return sorted(makers, key=makers.__getitem__)
 
 
 def _receiving(outputs: Iterable[torch.Tensor], edges: _Edges, run: _Run) -> set[str]:

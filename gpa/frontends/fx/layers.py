@@ -204,8 +204,65 @@ def find_layers(
             continue
         if operands:
             calls[node] = LayerCall(*owner(model or gm, roots[operands[0]][0]), call_site(node))
+    for node in gm.graph.nodes:  # dynamic convolutions (CondConv), after every other layer
+        makers = _weight_makers(node, calls, roots)
+        if makers:
+            maker = calls[makers[0]]
+            calls[node] = LayerCall(maker.record, maker.type, call_site(node))
+            for maker in makers:
+                del calls[maker]
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
+
+
+def _weight_makers(
+    node: fx.Node, calls: Mapping[fx.Node, LayerCall], roots: Mapping[fx.Node, Any]
+) -> list[fx.Node]:
+    """For a convolution whose weight is computed from parameters *and* data — a dynamic
+    convolution: CondConv mixes its expert kernels by weights computed from the input — the
+    functional layers computing that weight and its bias (``routing @ experts``), in graph
+    order; else none.
+
+    Such a convolution is the layer (it mixes the features); the mixing that makes its
+    weight is not (``docs/semantics.md`` §2). Found by walking back from the weight
+    argument through tensors that are no layer's result, up to the nearest functional
+    layers; the walk stops at the data the convolution reads (its input and what that is
+    computed from: the layers before it).
+    """
+    if node.op != "call_function" or node.target not in CONV_FUNCTIONS or node in calls:
+        return []
+    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    if not isinstance(weight, fx.Node) or weight in roots or weight.op == "get_attr":
+        return []
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    data = _ancestors(node.args[0]) if isinstance(node.args[0], fx.Node) else set()
+    makers, seen = [], set(data)
+    stack = [weight, *([bias] if isinstance(bias, fx.Node) else [])]
+    while stack:
+        n = stack.pop()
+        if n in seen or n.op in ("placeholder", "get_attr") or not _is_tensor(n):
+            continue
+        seen.add(n)
+        if n in calls:  # a layer: a functional one makes the weight, a module's is data
+            if n.op != "call_module":
+                makers.append(n)
+            continue
+        stack.extend(n.all_input_nodes)
+    if not makers:
+        return []
+    position = {n: i for i, n in enumerate(node.graph.nodes)}
+    return sorted(makers, key=position.__getitem__)
+
+
+def _ancestors(node: fx.Node) -> set[fx.Node]:
+    """``node`` and every node it is computed from."""
+    found, stack = set(), [node]
+    while stack:
+        n = stack.pop()
+        if n not in found:
+            found.add(n)
+            stack.extend(n.all_input_nodes)
+    return found
 
 
 def call_site(node: fx.Node) -> Site | None:

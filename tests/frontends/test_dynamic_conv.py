@@ -1,0 +1,121 @@
+"""Dynamic convolutions: a convolution whose kernel is computed from parameters *and* the
+input (docs/semantics.md §2).
+
+CondConv (timm's ``CondConv2d``, EfficientNet-CondConv) and dynamic convolution mix expert
+kernels by weights computed from the input (``sigmoid(routing(pool(x))) @ experts``) and
+convolve the features with the result. The convolution is the layer: it mixes the
+features, and gradient from the layers after it reaches the layers before it through it.
+The mixing that makes its kernel (and bias) is not a layer. gpa used to report that mixing
+(``routing @ experts``, one of whose operands is a parameter) as the layer and the
+convolution as no layer: paths through a CondConv block were one layer short, and the
+layer after the block was missing from the sources of the layer before it (every frontend).
+
+Expected values are derived by hand (§4: two routes between the same two layers crossing no
+other layer are one path) and checked against a real backward pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gpa
+from tests.frontends.every_tracer import EVERY_TRACER
+from tests.semantics import LOSS, check_reachability_with_autograd, expect
+
+C_IN, C_OUT, EXPERTS = 4, 5, 3
+SHAPE = (1, 3, 6, 6)  # CondConv convolves one sample's kernel: batch 1
+
+
+class CondConv(nn.Module):
+    """CondConv: routing weights from the pooled input mix the expert kernels. ``scaled``:
+    the kernel is also scaled by the input's mean (data reaching the kernel twice)."""
+
+    def __init__(self, scaled: bool = False) -> None:
+        super().__init__()
+        self.scaled = scaled
+        self.routing = nn.Linear(C_IN, EXPERTS)
+        self.weight = nn.Parameter(torch.randn(EXPERTS, C_OUT * C_IN * 9))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = torch.sigmoid(self.routing(x.mean((2, 3))))
+        w = torch.matmul(r, self.weight).view(C_OUT, C_IN, 3, 3)
+        if self.scaled:
+            w = w * x.mean()
+        return F.conv2d(x, w, padding=1)
+
+
+class Router(nn.Module):
+    """A routing weight read functionally (no ``nn.Linear``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(EXPERTS, C_IN))
+
+
+class DynamicConv(nn.Module):
+    """Dynamic convolution: attention over the experts, read by a functional linear layer;
+    both the kernel and the bias are mixed from experts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router = Router()
+        self.weight = nn.Parameter(torch.randn(EXPERTS, C_OUT * C_IN * 9))
+        self.bias = nn.Parameter(torch.randn(EXPERTS, C_OUT))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.softmax(F.linear(x.mean((2, 3)), self.router.weight), -1)
+        w = (a @ self.weight).view(C_OUT, C_IN, 3, 3)
+        return F.conv2d(x, w, (a @ self.bias).view(C_OUT), padding=1)
+
+
+class Net(nn.Module):
+    """first → block → last; ``functional``: first is a functional convolution on a root
+    parameter (its record named ``first`` too, type ``Parameter``)."""
+
+    def __init__(self, block: nn.Module, functional: bool = False) -> None:
+        super().__init__()
+        self.functional = functional
+        if functional:
+            self.first = nn.Parameter(torch.randn(C_IN, 3, 1, 1))
+        else:
+            self.first = nn.Conv2d(3, C_IN, 1)
+        self.block = block
+        self.last = nn.Conv2d(C_OUT, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.conv2d(x, self.first) if self.functional else self.first(x)
+        return self.last(self.block(h))
+
+
+BLOCKS = {
+    # the router is a module: block.routing; the block's call is its convolution
+    "condconv": (lambda: Net(CondConv()), "block.routing"),
+    # the kernel scaled by the input too: first (a functional layer) stays a layer
+    "condconv-scaled-functional-first": (
+        lambda: Net(CondConv(scaled=True), functional=True),
+        "block.routing",
+    ),
+    # a functional router, kernel and bias both mixed
+    "dynamic-conv": (lambda: Net(DynamicConv()), "block.router"),
+}
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("case", list(BLOCKS))
+def test_the_convolution_is_the_layer(case: str, tracer: str) -> None:
+    build, router = BLOCKS[case]
+    model = build()
+    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
+    # first → block's conv → last: 3; first → router → (kernel) → block's conv → last: 4.
+    # The router reaches the convolution through its kernel (and bias): one path, 3.
+    assert list(report.layers) == ["first", router, "block", "last"]
+    expect(report, "last", {1: 1}, (LOSS,))
+    expect(report, "block", {2: 1}, ("last",))
+    expect(report, router, {3: 1}, ("block",))
+    expect(report, "first", {3: 1, 4: 1}, (router, "block"))
+    assert report.layers["block"].type == type(model.block).__name__
+    assert report.network.max_shortest == 3 and report.network.longest == 4
+    check_reachability_with_autograd(report, model, torch.randn(SHAPE))
