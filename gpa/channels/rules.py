@@ -1579,12 +1579,13 @@ def layer_groups(module: nn.Module | None, node: fx.Node) -> int:
     if module is not None:
         return int(module.groups) if isinstance(module, _CONV_TYPES) else 1
     if node.op == "call_function" and node.target in CONV_FUNCTIONS:
-        if "groups" in node.kwargs:
-            return int(node.kwargs["groups"])
         # conv*d(input, weight, bias, stride, padding, dilation, groups) and
         # conv_transpose*d(input, weight, bias, stride, padding, output_padding, groups, ...)
-        if len(node.args) > 6:
-            return int(node.args[6])
+        groups = node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1)
+        if isinstance(groups, fx.Node):  # computed in forward (CondConv: groups × batch)
+            flow = groups.meta.get(FLOW)
+            groups = flow.constant if flow is not None and flow.is_constant else 1
+        return int(groups)
     return 1
 
 

@@ -71,11 +71,29 @@ class DynamicConv(nn.Module):
         return F.conv2d(x, w, (a @ self.bias).view(C_OUT), padding=1)
 
 
+class BatchedCondConv(nn.Module):
+    """timm's ``CondConv2d`` in short, depthwise: the batch folded into the channels so that
+    each sample is convolved with its own kernel (``groups`` = channels × batch, a number
+    computed in forward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routing = nn.Linear(C_IN, EXPERTS)
+        self.weight = nn.Parameter(torch.randn(EXPERTS, C_IN * 9))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        r = torch.sigmoid(self.routing(x.mean((2, 3))))
+        kernel = torch.matmul(r, self.weight).view(b * c, 1, 3, 3)
+        y = F.conv2d(x.reshape(1, b * c, h, w), kernel, padding=1, groups=c * b)
+        return y.view(b, c, h, w)
+
+
 class Net(nn.Module):
     """first → block → last; ``functional``: first is a functional convolution on a root
     parameter (its record named ``first`` too, type ``Parameter``)."""
 
-    def __init__(self, block: nn.Module, functional: bool = False) -> None:
+    def __init__(self, block: nn.Module, functional: bool = False, width: int = C_OUT) -> None:
         super().__init__()
         self.functional = functional
         if functional:
@@ -83,7 +101,7 @@ class Net(nn.Module):
         else:
             self.first = nn.Conv2d(3, C_IN, 1)
         self.block = block
-        self.last = nn.Conv2d(C_OUT, 2, 1)
+        self.last = nn.Conv2d(width, 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.conv2d(x, self.first) if self.functional else self.first(x)
@@ -119,3 +137,22 @@ def test_the_convolution_is_the_layer(case: str, tracer: str) -> None:
     assert report.layers["block"].type == type(model.block).__name__
     assert report.network.max_shortest == 3 and report.network.longest == 4
     check_reachability_with_autograd(report, model, torch.randn(SHAPE))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_channels_of_a_depthwise_condconv(tracer: str) -> None:
+    # the block convolves each channel alone (groups 4 × batch 1): each of first's 4
+    # channels is sent back by that channel of the block only (§8) — and by the routing,
+    # whose input feature c is channel c pooled — the block's 4 channels by all of last
+    model = Net(BatchedCondConv(), width=C_IN)
+    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer, channels=True)
+    assert list(report.layers) == ["first", "block.routing", "block", "last"]
+    first = report.layers["first"].segments
+    assert [(g.start, g.stop) for g in first] == [(c, c + 1) for c in range(C_IN)]
+    for c, g in enumerate(first):
+        assert [(s.sender, s.channels) for s in g.sources] == [
+            ("block.routing", (c, c + 1)),
+            ("block", (c, c + 1)),
+        ]
+    assert [(g.start, g.stop) for g in report.layers["block"].segments] == [(0, C_IN)]
+    assert report.layers["block"].channel_fallbacks == ()

@@ -108,3 +108,38 @@ def test_catalog_spans_the_families() -> None:
     assert {e.library for e in ENTRIES} == {"torchvision", "timm", "ultralytics", "transformers"}
     assert set(KNOWN_DIFFERENCES) <= {e.target for e in ENTRIES}
     assert all(set(k.wrong) <= set(FRONTENDS) for k in KNOWN_DIFFERENCES.values())
+
+
+def test_condconv_convolutions_are_layers() -> None:
+    # timm's CondConv2d mixes its expert kernels by routing weights computed from the
+    # block's input, then convolves: the convolution is the layer, the mixing is not
+    # (semantics §2). EfficientNet-CondConv's last block, blocks.6.0 (no shortcut):
+    # conv_pw → conv_dw → [SE: conv_reduce → conv_expand, a gate] → conv_pwl → conv_head →
+    # classifier, and routing_fn (from the pooled block input) makes all three kernels.
+    import gpa
+
+    loaded, _ = build(Entry("timm:efficientnet_cc_b0_4e", "EfficientNet-CondConv"))
+    reports = {
+        t: gpa.analyze(loaded.model, input_shape=(1, 3, 64, 64), tracer=t) for t in FRONTENDS
+    }
+    fx = reports["fx"]
+    assert all(records(r.layers) == records(fx.layers) for r in reports.values())
+    block = {k.removeprefix("blocks.6.0."): r for k, r in fx.layers.items() if "blocks.6.0." in k}
+    expected = {  # name: (path histogram, sources)
+        "conv_pwl": ({3: 1}, {"conv_head"}),
+        "se.conv_expand": ({4: 1}, {"blocks.6.0.conv_pwl"}),
+        "se.conv_reduce": ({5: 1}, {"blocks.6.0.se.conv_expand"}),
+        "conv_dw": ({4: 1, 6: 1}, {"blocks.6.0.conv_pwl", "blocks.6.0.se.conv_reduce"}),
+        "conv_pw": ({5: 1, 7: 1}, {"blocks.6.0.conv_dw"}),
+        "routing_fn": (
+            {4: 1, 5: 1, 6: 1, 7: 1, 8: 1},
+            {f"blocks.6.0.{c}" for c in ("conv_pw", "conv_dw", "conv_pwl")},
+        ),
+    }
+    for name, (histogram, sources) in expected.items():
+        assert (dict(block[name].path_histogram), set(block[name].sources)) == (
+            histogram,
+            sources,
+        ), name
+    assert {r.type for r in block.values()} == {"CondConv2d", "Conv2d", "Linear"}
+    assert all(r.calls == 1 for r in fx.layers.values())

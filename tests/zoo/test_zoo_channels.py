@@ -246,15 +246,23 @@ def test_channels_fx_and_export_agree_on_swin(target: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "entry", [Entry("timm:dm_nfnet_f0", "NFNet"), Entry("timm:tf_mixnet_s", "MixNet")]
+    "entry",
+    [
+        Entry("timm:dm_nfnet_f0", "NFNet"),
+        Entry("timm:tf_mixnet_s", "MixNet"),
+        Entry("timm:efficientnet_cc_b0_4e", "EfficientNet-CondConv"),
+    ],
 )
 def test_channels_fx_and_export_agree_on_convolutions_from_outside_torch(entry: Entry) -> None:
     # timm's Conv2dSame (tf_* models) and NFNet's weight-standardised convolutions are
     # fused calls under export: their channels sit on axis 1 and their groups are the
     # module's, as under fx (export read the last axis: a 16-channel stem got 0..32).
-    # NFNet lists a segment's senders in another order (§8 leaves it open)
+    # NFNet lists a segment's senders in another order (§8 leaves it open). CondConv's
+    # layer is a functional convolution whose groups are computed in forward (× batch); it
+    # folds the batch into its channels, so one sample (semantics §8)
     loaded, _ = build(entry)
-    options = dict(input_shape=loaded.input_shape, channels=True)
+    shape = (1, *loaded.input_shape[0][1:]) if "cc_" in entry.target else loaded.input_shape
+    options = dict(input_shape=shape, channels=True)
     fx = gpa.analyze(loaded.model, tracer="fx", **options)
     export = gpa.analyze(loaded.model, tracer="export", **options)
     assert records(fx.layers) == records(export.layers)
