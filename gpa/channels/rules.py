@@ -1561,14 +1561,14 @@ RULES: dict[OpKey, Rule] = {
 _CONV_TYPES = (nn.modules.conv._ConvNd,)
 
 
-def is_conv(module: nn.Module | None, node: fx.Node) -> bool:
+def is_conv(module: nn.Module | None, node: fx.Node | None) -> bool:
     """Whether a layer call is a convolution (channels on axis 1): a conv module, a module
     containing one (a leaf module), or a functional ``conv*``. ``module``: the called module."""
     if module is not None:
         return isinstance(module, _CONV_TYPES) or any(
             isinstance(m, _CONV_TYPES) for m in module.modules()
         )
-    return node.op == "call_function" and node.target in CONV_FUNCTIONS
+    return node is not None and node.op == "call_function" and node.target in CONV_FUNCTIONS
 
 
 def layer_groups(module: nn.Module | None, node: fx.Node) -> int:
@@ -1603,7 +1603,7 @@ def _width(module: nn.Module, output: bool) -> int | None:
 
 
 def layer_channel_axis(
-    module: nn.Module | None, node: fx.Node, shape: tuple[int, ...], output: bool
+    module: nn.Module | None, node: fx.Node | None, shape: tuple[int, ...], output: bool
 ) -> int:
     """The axis of a layer call's result (``output``) or argument of ``shape`` holding its
     output or input channels (§8): 1 for convolutions, the last axis otherwise — but the

@@ -36,19 +36,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from gpa.channels.rules import is_conv
+from gpa.channels.rules import is_conv, layer_channel_axis
 
 __all__ = ["GradientRecorder", "StepGradients", "channel_axis", "output_tensors"]
 
 
-def channel_axis(module: nn.Module) -> int:
-    """1 for a convolution (or a module containing one), -1 otherwise (§8's rule).
+def channel_axis(module: nn.Module, shape: tuple[int, ...] | None = None) -> int:
+    """The axis of a layer's result holding its channels, as the channel analysis finds it
+    (§8): 1 for a convolution (or a module containing one), -1 otherwise; given the
+    result's ``shape``, the other of these two when only it has the module's width (a
+    leaf returning tokens after its convolution).
 
     Example:
         >>> channel_axis(nn.Conv2d(1, 1, 1)), channel_axis(nn.Linear(1, 1))
         (1, -1)
+        >>> channel_axis(nn.Sequential(nn.Conv2d(3, 8, 4), nn.Flatten(2)), (1, 25, 8))
+        2
     """
-    return 1 if is_conv(module, None) else -1  # the channel analysis' own test
+    if shape is None:
+        return 1 if is_conv(module, None) else -1
+    return layer_channel_axis(module, None, shape, output=True)  # the channel analysis' rule
 
 
 def output_tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -152,6 +159,8 @@ class GradientRecorder:
             self._calls[name] = call + 1
             for slot, y in enumerate(output_tensors(output)):
                 key = (call, slot)
+                if call == 0 and slot == 0:  # the layer's own channels, where they lie
+                    self.axes[name] = channel_axis(module, tuple(y.shape))
                 self._shapes.setdefault(name, {})[key] = _feature_shape(y, self.axes[name])
                 if y.requires_grad:  # else autograd computes no gradient for it: zero
                     y.register_hook(self._tensor_hook(name, key))

@@ -225,6 +225,43 @@ def test_channels_measure_each_segment() -> None:
     assert wtotal == pytest.approx(m.layers["a"].weight_grad_norm, rel=1e-6)
 
 
+class PatchEmbed(nn.Module):
+    """A leaf returning tokens (B, N, C) after its convolution: its channels on the last axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(3, 6, 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def test_channels_of_a_leaf_returning_tokens_are_measured_on_its_last_axis() -> None:
+    """16 tokens of 6 channels; channels 0-2 feed ``a``, 3-5 feed ``b``: two segments along
+    the last axis (the channel analysis' rule, §8), whose squared norms add up to the
+    layer's (narrowed along the tokens, they covered 6 of 16 tokens)."""
+
+    class Tokens(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = PatchEmbed()
+            self.a = nn.Linear(3, 2)
+            self.b = nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.embed(x)
+            return self.a(y[..., :3]) + self.b(y[..., 3:])
+
+    m = measure(
+        Tokens(), torch.zeros(1, 3, 8, 8), steps=1, batch_size=4, channels=True,
+        leaf_modules=[PatchEmbed],
+    )  # fmt: skip
+    segs = m.layers["embed"].segments
+    assert [(s.start, s.stop) for s in segs] == [(0, 3), (3, 6)]
+    total = math.sqrt(sum(s.output_grad_norm**2 for s in segs))
+    assert total == pytest.approx(m.layers["embed"].output_grad_norm, rel=1e-6)
+
+
 def test_errors() -> None:
     with pytest.raises(GpaError, match="steps"):
         measure(nn.Linear(2, 2), torch.zeros(1, 2), steps=0)
