@@ -1589,17 +1589,11 @@ def layer_groups(module: nn.Module | None, node: fx.Node) -> int:
     return 1
 
 
-def _width(module: nn.Module, output: bool) -> int | None:
-    """A layer module's output (``output``) or input width: a convolution's channels, a
-    linear layer's features; a leaf module's, those of its last (first) convolution or
-    linear layer in registration order; None when it holds neither."""
-    found = [m for m in module.modules() if isinstance(m, (*_CONV_TYPES, nn.Linear))]
-    if not found:
-        return None
-    layer = found[-1] if output else found[0]
-    if isinstance(layer, nn.Linear):
-        return layer.out_features if output else layer.in_features
-    return layer.out_channels if output else layer.in_channels
+def _width(module: nn.Module, output: bool) -> int:
+    """The output (``output``) or input channels of a module containing a convolution: its
+    last (first) convolution's, in registration order."""
+    convs = [m for m in module.modules() if isinstance(m, _CONV_TYPES)]
+    return convs[-1].out_channels if output else convs[0].in_channels
 
 
 def layer_channel_axis(
@@ -1607,22 +1601,21 @@ def layer_channel_axis(
 ) -> int:
     """The axis of a layer call's result (``output``) or argument of ``shape`` holding its
     output or input channels (§8): 1 for convolutions, the last axis otherwise — but the
-    other of the two when only that one has the module's width (:func:`_width`): a leaf
-    module returning tokens after its convolution (a ViT's patch embedding), a conv
-    subclass returning channels last.
+    last axis for a module containing a convolution that gives or takes tokens, a tensor
+    ``(B, N, C)`` whose last axis alone has the module's width (:func:`_width`): a ViT's
+    patch embedding declared a leaf.
 
     Example:
         >>> embed = nn.Sequential(nn.Conv2d(3, 8, 4, 4), nn.Flatten(2))  # (B, 8, 16) -> tokens
-        >>> node = fx.Graph().placeholder("x")
-        >>> layer_channel_axis(embed, node, (1, 8, 16), True), layer_channel_axis(embed, node, (1, 16, 8), True)
+        >>> layer_channel_axis(embed, None, (1, 8, 16), True), layer_channel_axis(embed, None, (1, 16, 8), True)
         (1, 2)
     """
-    axis = layer_axis(is_conv(module, node), len(shape))
-    width = None if module is None else _width(module, output)
-    if width is None or len(shape) < 2 or shape[axis] == width:
+    conv = is_conv(module, node)
+    axis = layer_axis(conv, len(shape))
+    if not conv or module is None or len(shape) != 3:
         return axis
-    other = len(shape) - 1 if axis == 1 else 1
-    return other if shape[other] == width else axis
+    width = _width(module, output)
+    return 2 if shape[1] != width and shape[2] == width else axis
 
 
 def layer_axis(conv: bool, ndim: int) -> int:

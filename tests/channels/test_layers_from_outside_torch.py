@@ -9,8 +9,8 @@ layers; the export frontend used to read their channels off the last axis (a spa
 a 4-channel stem got one segment 0..5) and their groups as 1.
 
 A leaf module is one layer: it mixes its channels (its ``groups``, if it has one, may
-count a shuffle's groups or heads), and its channels lie where its width is — a leaf
-returning tokens after its convolution has them on the last axis, not on axis 1.
+count a shuffle's groups or heads); a leaf returning tokens (B, N, C) after its
+convolution has its channels on the last axis, not on axis 1.
 
 Expected segments are derived by hand: a layer feeding a depthwise convolution has one
 segment per channel, each sent back by that channel of the depthwise layer only.
@@ -112,13 +112,6 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-class ChannelsLast(nn.Conv2d):
-    """A convolution returning (B, H, W, C)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x).permute(0, 2, 3, 1)
-
-
 class Chain(nn.Module):
     """``head(mid(first(x)))``, with ``between`` applied to ``first``'s result."""
 
@@ -188,13 +181,6 @@ CASES = {
         lambda: Chain(nn.Conv2d(3, 4, 1), PatchEmbed(4, 6), nn.Linear(6, 2)),
         (1, 3, 8, 8),
         {"leaf_modules": [PatchEmbed]},
-        [(0, 4, "mid", (0, 4))],
-    ),
-    # mid's 6 channels on the last axis, after 5 rows and 5 columns
-    "conv-returning-channels-last": (
-        lambda: Chain(nn.Conv2d(3, 4, 3), ChannelsLast(4, 6, 3), nn.Linear(6, 2)),
-        (1, 3, 9, 9),
-        {},
         [(0, 4, "mid", (0, 4))],
     ),
     # tokens × features: half the features read by mid, the other half by none
