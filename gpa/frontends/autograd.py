@@ -49,6 +49,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from gpa.core.graph import LOSS, GradientGraph, LayerCall, OutputKey
 from gpa.errors import GpaError, ModelError, TraceError
+from gpa.frontends.dynamic import dynamic_layers
 from gpa.frontends.frames import Site, caller_site
 from gpa.frontends.fx.flow import ValueInfo, differentiable
 from gpa.frontends.inputs import floating_dtype, integer_variants
@@ -508,6 +509,7 @@ def _build(
         return found
 
     roots_of: dict[int, Any] = {}  # id(node) -> first parameter it is computed from, or _TAINTED
+    candidates: list[Any] = []  # convolutions whose kernel carries no parameter alone
     for fn in nodes:  # inputs before their users
         key = key_of(fn)
         children = edges.of(fn)
@@ -516,19 +518,9 @@ def _build(
         if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
             read = _weight_read(run.use.weight_reads, fn._sequence_nr())
             parameter = _mixing_parameter(fn, children, roots_of) if read is _UNSEEN else read
-            makers = [] if parameter is not None else _weight_makers(fn, edges, key_of, layer_call)
-            for maker in makers:  # a dynamic convolution: the layer, not what makes its weight
-                made = layer_call.pop(maker)
-                del layer_seq[maker]
-                g.remove_node(_Key("input", maker.index, maker.kind))
-                g.nodes[maker].clear()
-                parameter = parameter or made
-        if isinstance(parameter, LayerCall):
-            layer_call[key] = LayerCall(parameter.record, parameter.type)
-            layer_seq[key] = fn._sequence_nr()
-            roots_of[id(fn)] = _TAINTED
-            _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
-        elif parameter is not None:  # a functional layer
+            if parameter is None and "Conv" in _kind(fn):
+                candidates.append(fn)  # a dynamic convolution? (decided below)
+        if parameter is not None:  # a functional layer
             layer_call[key] = LayerCall(*owner(model, parameter))
             layer_seq[key] = fn._sequence_nr()
             roots_of[id(fn)] = _TAINTED  # a layer's output is data
@@ -541,6 +533,30 @@ def _build(
     for root in roots:
         if root is not None:
             g.add_edge(key_of(root), LOSS, grad=True)
+    returned_nodes = {id(r) for r in roots if r is not None}
+    makers = {}  # dynamic convolutions (CondConv): conv node -> the layers making its kernel
+    for fn in candidates:
+        found = _weight_makers(fn, edges, key_of, layer_call)
+        if found:
+            makers[fn] = found
+    if makers:
+        parents = _parents(nodes, edges)
+        impure = {
+            m
+            for found in makers.values()
+            for m in found
+            if not _kernel_only(m, parents, key_of, layer_call, returned_nodes)
+        }
+        chosen, unmade = dynamic_layers(makers, impure)
+        for fn, found in chosen.items():
+            key, made = key_of(fn), layer_call[key_of(found[0])]
+            layer_call[key] = LayerCall(made.record, made.type)
+            layer_seq[key] = fn._sequence_nr()
+            _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
+        for maker in map(key_of, unmade):
+            del layer_call[maker], layer_seq[maker]
+            g.remove_node(_Key("input", maker.index, maker.kind))
+            g.nodes[maker].clear()
     for seq, parameter, operands, result in run.use.no_grad_layers:  # run without gradient
         key = _Key("nograd", seq, parameter)
         _add_call(g, key, ValueInfo.of(result), ValueInfo.of(operands[0]))
@@ -647,19 +663,20 @@ def _mixing_parameter(fn: Any, children: list[Any], roots_of: dict[int, Any]) ->
 
 def _weight_makers(
     fn: Any, edges: _Edges, key_of: Callable[[Any], _Key], layers: Mapping[_Key, LayerCall]
-) -> list[_Key]:
-    """For a convolution node whose weight is computed from parameters *and* data (a
-    dynamic convolution: CondConv), the functional layers computing that weight and its
-    bias, in forward order; else none (``docs/semantics.md`` §2; the fx frontend's
-    ``_weight_makers``). Walks back from the weight operand through nodes that are no
-    layers; a module's call (its key a ``"call"``), a leaf, and the data the convolution
-    reads (its input and what that is computed from) end a walk."""
+) -> list[Any]:
+    """For a convolution node whose kernel is computed from parameters *and* data (a
+    dynamic convolution: CondConv), the functional layers' nodes computing that kernel and
+    its bias, in forward order; else none (``docs/semantics.md`` §2; the fx frontend's
+    ``_weight_makers``). Walks back from the kernel and bias operands through nodes that
+    are no layers; a module's call (its key a ``"call"``), a leaf, and the data the
+    convolution reads (its input and what that is computed from, not through another
+    convolution's kernel) end a walk."""
     children = edges.of(fn)
-    if "Conv" not in _kind(fn) or len(children) < 2 or children[1] is None:
+    if len(children) < 2 or children[1] is None:
         return []
-    makers: dict[_Key, int] = {}
-    seen = {id(n) for n in _autograd_nodes([children[0]], edges)}
-    stack = children[1:3]  # the weight, and the bias if it carries gradient
+    makers: dict[Any, int] = {}
+    seen = _data_ancestors(children[0], edges)
+    stack = children[1:3]  # the kernel, and the bias if it carries gradient
     while stack:
         n = stack.pop()
         if n is None or id(n) in seen or _is_leaf(n):
@@ -669,10 +686,64 @@ def _weight_makers(
         if key.kind == "call":
             continue
         if key in layers:  # a functional layer (a module's call ended the walk above)
-            makers[key] = n._sequence_nr()
+            makers[n] = n._sequence_nr()
             continue
         stack.extend(edges.of(n))
     return sorted(makers, key=makers.__getitem__)
+
+
+def _data_ancestors(fn: Any, edges: _Edges) -> set[int]:
+    """The ids of ``fn`` and of the nodes it is computed from, not through a convolution's
+    kernel or bias (its first operand is its data)."""
+    found: set[int] = set()
+    stack = [fn]
+    while stack:
+        n = stack.pop()
+        if n is None or id(n) in found:
+            continue
+        found.add(id(n))
+        children = edges.of(n)
+        stack.extend(children[:1] if "Conv" in _kind(n) else children)
+    return found
+
+
+def _parents(nodes: Iterable[Any], edges: _Edges) -> dict[int, list[tuple[Any, int]]]:
+    """id(node) -> the nodes using its result, each with the operand position it takes."""
+    parents: dict[int, list[tuple[Any, int]]] = {}
+    for fn in nodes:
+        for position, child in enumerate(edges.of(fn)):
+            if child is not None:
+                parents.setdefault(id(child), []).append((fn, position))
+    return parents
+
+
+def _kernel_only(
+    maker: Any,
+    parents: Mapping[int, list[tuple[Any, int]]],
+    key_of: Callable[[Any], _Key],
+    layers: Mapping[_Key, LayerCall],
+    returned: set[int],
+) -> bool:
+    """Whether ``maker``'s result reaches nothing but the kernel and bias operands of
+    convolutions that are no layers (through nodes that are no layers): no other layer or
+    mixing reads it, and it is not returned (the fx frontend's ``_kernel_only``)."""
+    seen: set[int] = set()
+    stack = [maker]
+    while stack:
+        n = stack.pop()
+        if id(n) in returned:
+            return False
+        for user, position in parents.get(id(n), ()):
+            if id(user) in seen:
+                continue
+            seen.add(id(user))
+            key = key_of(user)
+            if "Conv" in _kind(user) and key not in layers and position in (1, 2):
+                continue  # a kernel or a bias: the maker's use
+            if key.kind == "call" or key in layers or _kind(user) in _MIXING_NODES:
+                return False
+            stack.append(user)
+    return True
 
 
 def _receiving(outputs: Iterable[torch.Tensor], edges: _Edges, run: _Run) -> set[str]:

@@ -156,3 +156,101 @@ def test_channels_of_a_depthwise_condconv(tracer: str) -> None:
         ]
     assert [(g.start, g.stop) for g in report.layers["block"].segments] == [(0, C_IN)]
     assert report.layers["block"].channel_fallbacks == ()
+
+
+class TwiceConvolved(nn.Module):
+    """One mixed kernel convolving twice: ``conv(conv(x, w), w)`` — two calls of the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.routing = nn.Linear(C_IN, EXPERTS)
+        self.weight = nn.Parameter(torch.randn(EXPERTS, C_IN * C_IN * 9))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (torch.sigmoid(self.routing(x.mean((2, 3)))) @ self.weight).view(C_IN, C_IN, 3, 3)
+        return F.conv2d(F.conv2d(x, w, padding=1), w, padding=1)
+
+
+@EVERY_TRACER
+def test_a_kernel_convolving_twice_makes_two_calls(tracer: str) -> None:
+    model = Net(TwiceConvolved(), width=C_IN)
+    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
+    # conv2 → last: 2; conv1 → conv2 → last: 3 (one record, two calls). routing makes both
+    # kernels: → conv2 → last 3, → conv1 → conv2 → last 4. first: → conv1 → conv2 → last 4,
+    # → routing → conv1 … 5, → routing → conv2 → last 4.
+    expect(report, "block", {2: 1, 3: 1}, ("block", "last"), calls=2)
+    expect(report, "block.routing", {3: 1, 4: 1}, ("block",))
+    expect(report, "first", {4: 2, 5: 1}, ("block.routing", "block"))
+    check_reachability_with_autograd(report, model, torch.randn(SHAPE))
+
+
+class Holder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(C_IN, C_IN))
+
+
+class ReturnedMaker(nn.Module):
+    """A functional layer (``head``) that is returned *and* scales a convolution's kernel:
+    its result is data, so it stays a layer and the convolution stays none (§2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(3, C_IN, 1)
+        self.head = Holder()
+        self.kernel = nn.Parameter(torch.randn(C_IN, C_IN, 3, 3))
+        self.last = nn.Conv2d(C_IN, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.first(x)
+        head = F.linear(h.mean((2, 3)), self.head.weight)
+        return self.last(F.conv2d(h, self.kernel * head.mean(), padding=1)), head
+
+
+@EVERY_TRACER
+def test_a_maker_whose_result_is_also_data_stays_a_layer(tracer: str) -> None:
+    model = ReturnedMaker()
+    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
+    # head → <loss> (returned): 1, head → (kernel) → last: 2; first → last (through the
+    # convolution, no layer): 2, → head → <loss> 2, → head → last 3
+    assert list(report.layers) == ["first", "head", "last"]
+    expect(report, "head", {1: 1, 2: 1}, ("last", LOSS))
+    expect(report, "first", {2: 2, 3: 1}, ("head", "last"))
+    check_reachability_with_autograd(report, model, torch.randn(SHAPE))
+
+
+class NamedArguments(nn.Module):
+    """``F.conv2d(input=..., weight=...)``: a mixed kernel (``mixed``) or one of data alone."""
+
+    def __init__(self, mixed: bool) -> None:
+        super().__init__()
+        self.mixed = mixed
+        self.first = nn.Conv2d(3, C_IN, 1)
+        self.routing = nn.Linear(C_IN, EXPERTS)
+        self.experts = nn.Parameter(torch.randn(EXPERTS, C_IN * C_IN * 9))
+        self.last = nn.Conv2d(C_IN, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x)
+        if self.mixed:
+            r = torch.sigmoid(self.routing(h.mean((2, 3))))
+            w = (r @ self.experts).view(C_IN, C_IN, 3, 3)
+        else:  # a kernel of data alone: no layer
+            w = h.mean((2, 3)).view(1, C_IN, 1, 1).expand(C_IN, C_IN, 3, 3)
+        return self.last(F.conv2d(input=h, weight=w, padding=1))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("mixed", [True, False])
+def test_named_arguments(mixed: bool, tracer: str) -> None:
+    model = NamedArguments(mixed)
+    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
+    expect(report, "last", {1: 1}, (LOSS,))
+    if mixed:  # the root's experts: the layer is named after the parameter
+        expect(report, "experts", {2: 1}, ("last",))
+        expect(report, "routing", {3: 1}, ("experts",))
+        expect(report, "first", {3: 1, 4: 1}, ("routing", "experts"))
+    else:  # routing unused: no call, unreachable
+        expect(report, "first", {2: 1}, ("last",))
+        assert report.layers["routing"].calls == 0
+    check_reachability_with_autograd(report, model, torch.randn(SHAPE))

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpa.core.graph import LayerCall
+from gpa.frontends.dynamic import dynamic_layers
 from gpa.frontends.frames import Site, stack_trace_site
 from gpa.frontends.fx.flow import FLOW
 from gpa.frontends.fx.tracer import METADATA_QUERIES, SITE
@@ -204,13 +205,16 @@ def find_layers(
             continue
         if operands:
             calls[node] = LayerCall(*owner(model or gm, roots[operands[0]][0]), call_site(node))
-    for node in gm.graph.nodes:  # dynamic convolutions (CondConv), after every other layer
-        makers = _weight_makers(node, calls, roots)
-        if makers:
-            maker = calls[makers[0]]
+    # dynamic convolutions (CondConv), once every other layer is known
+    makers = {n: found for n in gm.graph.nodes if (found := _weight_makers(n, calls, roots))}
+    if makers:
+        impure = {m for found in makers.values() for m in found if not _kernel_only(m, calls)}
+        chosen, unmade = dynamic_layers(makers, impure)
+        for node, found in chosen.items():
+            maker = calls[found[0]]
             calls[node] = LayerCall(maker.record, maker.type, call_site(node))
-            for maker in makers:
-                del calls[maker]
+        for maker in unmade:
+            del calls[maker]
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
 
@@ -231,12 +235,10 @@ def _weight_makers(
     """
     if node.op != "call_function" or node.target not in CONV_FUNCTIONS or node in calls:
         return []
-    weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
+    data, weight, bias = _conv_arguments(node)
     if not isinstance(weight, fx.Node) or weight in roots or weight.op == "get_attr":
         return []
-    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-    data = _ancestors(node.args[0]) if isinstance(node.args[0], fx.Node) else set()
-    makers, seen = [], set(data)
+    makers, seen = [], _data_ancestors(data) if isinstance(data, fx.Node) else set()
     stack = [weight, *([bias] if isinstance(bias, fx.Node) else [])]
     while stack:
         n = stack.pop()
@@ -254,13 +256,52 @@ def _weight_makers(
     return sorted(makers, key=position.__getitem__)
 
 
-def _ancestors(node: fx.Node) -> set[fx.Node]:
-    """``node`` and every node it is computed from."""
+def _conv_arguments(node: fx.Node) -> tuple[Any, Any, Any]:
+    """A functional convolution's input, weight and bias arguments (positional or named)."""
+    names = ("input", "weight", "bias")
+    return tuple(
+        node.args[i] if len(node.args) > i else node.kwargs.get(name)
+        for i, name in enumerate(names)
+    )
+
+
+def _kernel_only(maker: fx.Node, calls: Mapping[fx.Node, LayerCall]) -> bool:
+    """Whether ``maker``'s result reaches nothing but the weight and bias arguments of
+    convolutions that are no layers yet (through operations that are no layers): no other
+    layer reads it, and it is not returned."""
+    seen, stack = set(), [maker]
+    while stack:
+        n = stack.pop()
+        for user in n.users:
+            if user in seen or not _is_tensor(user):
+                continue  # a size read off it carries no gradient
+            seen.add(user)
+            if user.op == "output":
+                return False
+            if user.op == "call_function" and user.target in CONV_FUNCTIONS:
+                data, weight, bias = _conv_arguments(user)
+                if user not in calls and n is not data and n in (weight, bias):
+                    continue  # a kernel or a bias: the maker's use
+            if user in calls or _is_mixing(user):
+                return False
+            stack.append(user)
+    return True
+
+
+def _data_ancestors(node: fx.Node) -> set[fx.Node]:
+    """``node`` and the nodes it is computed from, not through a convolution's kernel or
+    bias (a convolution's result is data made from data: ``conv(conv(x, w), w)`` reads
+    ``w`` as a kernel twice, never as data)."""
     found, stack = set(), [node]
     while stack:
         n = stack.pop()
-        if n not in found:
-            found.add(n)
+        if n in found:
+            continue
+        found.add(n)
+        if n.op == "call_function" and n.target in CONV_FUNCTIONS:
+            data = _conv_arguments(n)[0]
+            stack.extend([data] if isinstance(data, fx.Node) else [])
+        else:
             stack.extend(n.all_input_nodes)
     return found
 
