@@ -533,30 +533,17 @@ def _build(
     for root in roots:
         if root is not None:
             g.add_edge(key_of(root), LOSS, grad=True)
-    returned_nodes = {id(r) for r in roots if r is not None}
-    makers = {}  # dynamic convolutions (CondConv): conv node -> the layers making its kernel
-    for fn in candidates:
-        found = _weight_makers(fn, edges, key_of, layer_call)
-        if found:
-            makers[fn] = found
-    if makers:
-        parents = _parents(nodes, edges)
-        impure = {
-            m
-            for found in makers.values()
-            for m in found
-            if not _kernel_only(m, parents, key_of, layer_call, returned_nodes)
-        }
-        chosen, unmade = dynamic_layers(makers, impure)
-        for fn, found in chosen.items():
-            key, made = key_of(fn), layer_call[key_of(found[0])]
-            layer_call[key] = LayerCall(made.record, made.type)
-            layer_seq[key] = fn._sequence_nr()
-            _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
-        for maker in map(key_of, unmade):
-            del layer_call[maker], layer_seq[maker]
-            g.remove_node(_Key("input", maker.index, maker.kind))
-            g.nodes[maker].clear()
+    outputs_at = {id(r) for r in roots if r is not None}
+    chosen, unmade = _dynamic_convolutions(candidates, nodes, edges, key_of, layer_call, outputs_at)
+    for fn, made in chosen:  # the convolution is the layer; what made its kernel is none
+        key = key_of(fn)
+        layer_call[key] = LayerCall(made.record, made.type)
+        layer_seq[key] = fn._sequence_nr()
+        _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
+    for maker in unmade:
+        del layer_call[maker], layer_seq[maker]
+        g.remove_node(_Key("input", maker.index, maker.kind))
+        g.nodes[maker].clear()
     for seq, parameter, operands, result in run.use.no_grad_layers:  # run without gradient
         key = _Key("nograd", seq, parameter)
         _add_call(g, key, ValueInfo.of(result), ValueInfo.of(operands[0]))
@@ -659,6 +646,34 @@ def _mixing_parameter(fn: Any, children: list[Any], roots_of: dict[int, Any]) ->
     if kind in _INDEXED or len(weights) < len(found):
         return weights[0]
     return None
+
+
+def _dynamic_convolutions(
+    candidates: list[Any],
+    nodes: list[Any],
+    edges: _Edges,
+    key_of: Callable[[Any], _Key],
+    layers: Mapping[_Key, LayerCall],
+    returned: set[int],
+) -> tuple[list[tuple[Any, LayerCall]], list[_Key]]:
+    """Of the convolution nodes ``candidates`` (no layers by their operands), those that
+    are dynamic convolutions (§2), each with the layer call of its first maker, and the
+    makers' keys that stop being layers (see :mod:`gpa.frontends.dynamic`)."""
+    makers = {
+        fn: found for fn in candidates if (found := _weight_makers(fn, edges, key_of, layers))
+    }
+    if not makers:
+        return [], []
+    parents = _parents(nodes, edges)
+    impure = {
+        m
+        for found in makers.values()
+        for m in found
+        if not _kernel_only(m, parents, key_of, layers, returned)
+    }
+    chosen, unmade = dynamic_layers(makers, impure)
+    made = [(fn, layers[key_of(found[0])]) for fn, found in chosen.items()]
+    return made, [key_of(m) for m in unmade]
 
 
 def _weight_makers(
