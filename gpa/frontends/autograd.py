@@ -665,11 +665,12 @@ def _dynamic_convolutions(
     if not makers:
         return [], []
     parents = _parents(nodes, edges)
+    convolutions = {id(fn) for fn in makers}
     impure = {
         m
         for found in makers.values()
         for m in found
-        if not _kernel_only(m, parents, key_of, layers, returned)
+        if not _kernel_only(m, parents, key_of, convolutions, returned)
     }
     chosen, unmade = dynamic_layers(makers, impure)
     made = [(fn, layers[key_of(found[0])]) for fn, found in chosen.items()]
@@ -703,7 +704,8 @@ def _weight_makers(
         if key in layers:  # a functional layer (a module's call ended the walk above)
             makers[n] = n._sequence_nr()
             continue
-        stack.extend(edges.of(n))
+        if "Conv" not in _kind(n):  # another convolution's result is data
+            stack.extend(edges.of(n))
     return sorted(makers, key=makers.__getitem__)
 
 
@@ -736,12 +738,13 @@ def _kernel_only(
     maker: Any,
     parents: Mapping[int, list[tuple[Any, int]]],
     key_of: Callable[[Any], _Key],
-    layers: Mapping[_Key, LayerCall],
+    convolutions: set[int],
     returned: set[int],
 ) -> bool:
     """Whether ``maker``'s result reaches nothing but the kernel and bias operands of
-    convolutions that are no layers (through nodes that are no layers): no other layer or
-    mixing reads it, and it is not returned (the fx frontend's ``_kernel_only``)."""
+    ``convolutions`` (ids of those found to have makers), through nodes that are no
+    layers: no other layer or mixing reads it, and it is not returned (the fx frontend's
+    ``_kernel_only``; the autograd graph holds the uses with gradient only)."""
     seen: set[int] = set()
     stack = [maker]
     while stack:
@@ -752,11 +755,10 @@ def _kernel_only(
             if id(user) in seen:
                 continue
             seen.add(id(user))
-            key = key_of(user)
-            if "Conv" in _kind(user) and key not in layers and position in (1, 2):
+            if id(user) in convolutions and position in (1, 2):
                 continue  # a kernel or a bias: the maker's use
-            if key.kind == "call" or key in layers or _kind(user) in _MIXING_NODES:
-                return False
+            if key_of(user).kind == "call" or _kind(user) in _MIXING_NODES:
+                return False  # a layer or a mixing reads it as data
             stack.append(user)
     return True
 

@@ -23,7 +23,7 @@ from torch import nn
 
 import gpa
 from tests.frontends.every_tracer import EVERY_TRACER
-from tests.semantics import LOSS, check_reachability_with_autograd, expect
+from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
 
 C_IN, C_OUT, EXPERTS = 4, 5, 3
 SHAPE = (1, 3, 6, 6)  # CondConv convolves one sample's kernel: batch 1
@@ -253,4 +253,71 @@ def test_named_arguments(mixed: bool, tracer: str) -> None:
     else:  # routing unused: no call, unreachable
         expect(report, "first", {2: 1}, ("last",))
         assert report.layers["routing"].calls == 0
+    check_reachability_with_autograd(report, model, torch.randn(SHAPE))
+
+
+class Variant(nn.Module):
+    """A CondConv-like block, ``kind`` saying what else happens to its kernel."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.routing = nn.Linear(C_IN, EXPERTS)
+        self.experts = nn.Parameter(torch.randn(EXPERTS, C_IN * C_IN * 9))
+        self.w2 = nn.Parameter(torch.randn(C_IN, C_IN, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = torch.sigmoid(self.routing(x.mean((2, 3))))
+        if self.kind == "maker-without-gradient":
+            with torch.no_grad():
+                k = (r @ self.experts).view(C_IN, C_IN, 3, 3)
+            return F.conv2d(x, k, padding=1)
+        k = (r @ self.experts).view(C_IN, C_IN, 3, 3)
+        if self.kind == "also-under-no-grad":
+            with torch.no_grad():
+                y = F.conv2d(x, k, padding=1)
+            return F.conv2d(x + y, k, padding=1)
+        if self.kind == "also-detached":
+            return F.conv2d(x, k, padding=1) + k.detach().mean()
+        # "through-another-conv": a parameter times the dynamic convolution's result
+        h = F.conv2d(x, k, padding=1)
+        return F.conv2d(x, self.w2 * h.mean(), padding=1) + h
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("kind", ["also-under-no-grad", "also-detached"])
+def test_uses_without_gradient_do_not_count(kind: str, tracer: str) -> None:
+    # as CondConv: the convolution with gradient is the block's one call (§4: a use that
+    # sends no gradient back is on no path; a convolution under no_grad is on none either)
+    model = Net(Variant(kind), width=C_IN)
+    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
+    expect(report, "block", {2: 1}, ("last",))
+    expect(report, "block.routing", {3: 1}, ("block",))
+    expect(report, "first", {3: 1, 4: 1}, ("block.routing", "block"))
+    check_reachability_with_autograd(report, model, torch.randn(SHAPE))
+
+
+@EVERY_TRACER
+def test_a_kernel_made_without_gradient_is_data(tracer: str) -> None:
+    # the maker runs under no_grad: the kernel carries no gradient, the convolution is no
+    # layer; the maker (a call of block) and the routing receive none
+    model = Net(Variant("maker-without-gradient"), width=C_IN)
+    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
+    expect(report, "first", {2: 1}, ("last",))
+    expect_unreachable(report, "block")
+    expect_unreachable(report, "block.routing")
+    check_reachability_with_autograd(report, model, torch.randn(SHAPE))
+
+
+@EVERY_TRACER
+def test_a_kernel_scaled_by_another_convolutions_result_is_no_dynamic_one(tracer: str) -> None:
+    # conv2's kernel is w2 times conv1's result: no functional layer makes it (conv1's
+    # result is data), so conv2 is no layer (§2, not covered). block (conv1) → last: 2,
+    # also through conv2's kernel (one path); first → conv1 → last 3, → conv2 → last 2,
+    # → routing → conv1 → last 4
+    model = Net(Variant("through-another-conv"), width=C_IN)
+    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
+    expect(report, "block", {2: 1}, ("last",))
+    expect(report, "block.routing", {3: 1}, ("block",))
+    expect(report, "first", {2: 1, 3: 1, 4: 1}, ("block.routing", "block", "last"))
     check_reachability_with_autograd(report, model, torch.randn(SHAPE))

@@ -208,7 +208,7 @@ def find_layers(
     # dynamic convolutions (CondConv), once every other layer is known
     makers = {n: found for n in gm.graph.nodes if (found := _weight_makers(n, calls, roots))}
     if makers:
-        impure = {m for found in makers.values() for m in found if not _kernel_only(m, calls)}
+        impure = {m for found in makers.values() for m in found if not _kernel_only(m, makers)}
         chosen, unmade = dynamic_layers(makers, impure)
         for node, found in chosen.items():
             maker = calls[found[0]]
@@ -233,13 +233,13 @@ def _weight_makers(
     layers; the walk stops at the data the convolution reads (its input and what that is
     computed from: the layers before it).
     """
-    if node.op != "call_function" or node.target not in CONV_FUNCTIONS or node in calls:
+    if not _is_conv_call(node) or node in calls:
         return []
     data, weight, bias = _conv_arguments(node)
     if not isinstance(weight, fx.Node) or weight in roots or weight.op == "get_attr":
         return []
     makers, seen = [], _data_ancestors(data) if isinstance(data, fx.Node) else set()
-    stack = [weight, *([bias] if isinstance(bias, fx.Node) else [])]
+    stack = [m for m in (weight, bias) if isinstance(m, fx.Node) and m in _grad_inputs(node)]
     while stack:
         n = stack.pop()
         if n in seen or n.op in ("placeholder", "get_attr") or not _is_tensor(n):
@@ -249,7 +249,8 @@ def _weight_makers(
             if n.op != "call_module":
                 makers.append(n)
             continue
-        stack.extend(n.all_input_nodes)
+        if not _is_conv_call(n):  # another convolution's result is data
+            stack.extend(_grad_inputs(n))
     if not makers:
         return []
     position = {n: i for i, n in enumerate(node.graph.nodes)}
@@ -265,27 +266,39 @@ def _conv_arguments(node: fx.Node) -> tuple[Any, Any, Any]:
     )
 
 
-def _kernel_only(maker: fx.Node, calls: Mapping[fx.Node, LayerCall]) -> bool:
-    """Whether ``maker``'s result reaches nothing but the weight and bias arguments of
-    convolutions that are no layers yet (through operations that are no layers): no other
-    layer reads it, and it is not returned."""
+def _kernel_only(maker: fx.Node, convolutions: Mapping[fx.Node, Any]) -> bool:
+    """Whether ``maker``'s result sends gradient back from nothing but the weight and bias
+    arguments of ``convolutions`` (those found to have makers), through operations that
+    are no layers: no other layer or mixing reads it with gradient, and it is not returned
+    (uses without gradient — detached, under ``no_grad`` — do not count, as for every path)."""
     seen, stack = set(), [maker]
     while stack:
         n = stack.pop()
         for user in n.users:
-            if user in seen or not _is_tensor(user):
-                continue  # a size read off it carries no gradient
+            if user in seen or n not in _grad_inputs(user):
+                continue  # a size read off it, a detached use: no gradient comes back
             seen.add(user)
             if user.op == "output":
                 return False
-            if user.op == "call_function" and user.target in CONV_FUNCTIONS:
+            if user in convolutions:
                 data, weight, bias = _conv_arguments(user)
-                if user not in calls and n is not data and n in (weight, bias):
+                if n is not data and n in (weight, bias):
                     continue  # a kernel or a bias: the maker's use
-            if user in calls or _is_mixing(user):
-                return False
+            if user.op == "call_module" or _is_mixing(user):
+                return False  # a layer, a leaf or a mixing reads it as data
             stack.append(user)
     return True
+
+
+def _is_conv_call(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in CONV_FUNCTIONS
+
+
+def _grad_inputs(node: fx.Node) -> Iterable[fx.Node]:
+    """The inputs gradient flows back to from ``node`` (the flow pass's; for the output
+    node, the returned values carrying gradient), or all of them before that pass."""
+    flow = node.meta.get(FLOW)
+    return flow.grad_from if flow is not None else node.all_input_nodes
 
 
 def _data_ancestors(node: fx.Node) -> set[fx.Node]:
@@ -298,7 +311,7 @@ def _data_ancestors(node: fx.Node) -> set[fx.Node]:
         if n in found:
             continue
         found.add(n)
-        if n.op == "call_function" and n.target in CONV_FUNCTIONS:
+        if _is_conv_call(n):
             data = _conv_arguments(n)[0]
             stack.extend([data] if isinstance(data, fx.Node) else [])
         else:
