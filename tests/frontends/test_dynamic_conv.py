@@ -284,40 +284,41 @@ class Variant(nn.Module):
         return F.conv2d(x, self.w2 * h.mean(), padding=1) + h
 
 
-@EVERY_TRACER
-@pytest.mark.parametrize("kind", ["also-under-no-grad", "also-detached"])
-def test_uses_without_gradient_do_not_count(kind: str, tracer: str) -> None:
+# kind -> layer -> (hand-derived path histogram, sources), or None: unreachable
+VARIANTS = {
     # as CondConv: the convolution with gradient is the block's one call (§4: a use that
     # sends no gradient back is on no path; a convolution under no_grad is on none either)
-    model = Net(Variant(kind), width=C_IN)
-    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
-    expect(report, "block", {2: 1}, ("last",))
-    expect(report, "block.routing", {3: 1}, ("block",))
-    expect(report, "first", {3: 1, 4: 1}, ("block.routing", "block"))
-    check_reachability_with_autograd(report, model, torch.randn(SHAPE))
-
-
-@EVERY_TRACER
-def test_a_kernel_made_without_gradient_is_data(tracer: str) -> None:
+    **{
+        kind: {
+            "block": ({2: 1}, ("last",)),
+            "block.routing": ({3: 1}, ("block",)),
+            "first": ({3: 1, 4: 1}, ("block.routing", "block")),
+        }
+        for kind in ("also-under-no-grad", "also-detached")
+    },
     # the maker runs under no_grad: the kernel carries no gradient, the convolution is no
     # layer; the maker (a call of block) and the routing receive none
-    model = Net(Variant("maker-without-gradient"), width=C_IN)
-    report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
-    expect(report, "first", {2: 1}, ("last",))
-    expect_unreachable(report, "block")
-    expect_unreachable(report, "block.routing")
-    check_reachability_with_autograd(report, model, torch.randn(SHAPE))
-
-
-@EVERY_TRACER
-def test_a_kernel_scaled_by_another_convolutions_result_is_no_dynamic_one(tracer: str) -> None:
+    "maker-without-gradient": {"first": ({2: 1}, ("last",)), "block": None, "block.routing": None},
     # conv2's kernel is w2 times conv1's result: no functional layer makes it (conv1's
     # result is data), so conv2 is no layer (§2, not covered). block (conv1) → last: 2,
     # also through conv2's kernel (one path); first → conv1 → last 3, → conv2 → last 2,
     # → routing → conv1 → last 4
-    model = Net(Variant("through-another-conv"), width=C_IN)
+    "through-another-conv": {
+        "block": ({2: 1}, ("last",)),
+        "block.routing": ({3: 1}, ("block",)),
+        "first": ({2: 1, 3: 1, 4: 1}, ("block.routing", "block", "last")),
+    },
+}
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("kind", list(VARIANTS))
+def test_what_else_happens_to_the_kernel(kind: str, tracer: str) -> None:
+    model = Net(Variant(kind), width=C_IN)
     report = gpa.analyze(model, input_shape=SHAPE, tracer=tracer)
-    expect(report, "block", {2: 1}, ("last",))
-    expect(report, "block.routing", {3: 1}, ("block",))
-    expect(report, "first", {2: 1, 3: 1, 4: 1}, ("block.routing", "block", "last"))
+    for name, expected in VARIANTS[kind].items():
+        if expected is None:
+            expect_unreachable(report, name)
+        else:
+            expect(report, name, *expected)
     check_reachability_with_autograd(report, model, torch.randn(SHAPE))
