@@ -44,8 +44,8 @@ __all__ = ["GradientRecorder", "StepGradients", "channel_axis", "output_tensors"
 def channel_axis(module: nn.Module, shape: tuple[int, ...] | None = None) -> int:
     """The axis of a layer's result holding its channels, as the channel analysis finds it
     (§8): 1 for a convolution (or a module containing one), -1 otherwise; given the
-    result's ``shape``, the other of these two when only it has the module's width (a
-    leaf returning tokens after its convolution).
+    result's ``shape``, the last axis also for a convolution's tokens ``(B, N, C)`` (see
+    :func:`gpa.channels.rules.layer_channel_axis`: a leaf returning tokens).
 
     Example:
         >>> channel_axis(nn.Conv2d(1, 1, 1)), channel_axis(nn.Linear(1, 1))
