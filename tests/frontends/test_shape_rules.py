@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.utils._pytree import tree_map
 
 import gpa
 from gpa.errors import ShapeError
@@ -378,6 +379,101 @@ def test_running_statistics_carry_no_gradient():
 # ------------------------------------------------------- whole flow pass
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    lead=st.lists(st.integers(1, 3), max_size=3),
+    fits=st.booleans(),
+    bias=st.sampled_from(["none", "fits", "wrong"]),
+    dtype=st.sampled_from(FLOATS),
+)
+def test_functional_linear_rule_agrees_with_torch(lead, fits, bias, dtype):
+    x = torch.ones([*lead, 3 if fits else 4], dtype=dtype)
+    weight = torch.ones(5, 3, dtype=dtype)
+    b = {"none": None, "fits": torch.ones(5, dtype=dtype), "wrong": torch.ones(4, dtype=dtype)}
+    args = (x, weight, b[bias])
+    result = FUNCTION_RULES[F.linear](tuple(_on("meta", args)), {})
+    real = _run(F.linear, *(a if a is None else a.double() for a in args))
+    if result is None:
+        assert isinstance(real, Exception)
+        return
+    assert tuple(result.shape) == tuple(real.shape) and result.dtype == dtype
+    _strides_agree(result, F.linear, args)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    a_lead=st.lists(st.sampled_from([1, 2, 3]), max_size=2),
+    b_lead=st.lists(st.sampled_from([1, 2, 3]), max_size=2),
+    sizes=st.lists(st.integers(1, 4), min_size=4, max_size=4),
+    target=st.sampled_from([operator.matmul, torch.matmul, "matmul"]),
+)
+def test_matmul_rule_agrees_with_torch(a_lead, b_lead, sizes, target):
+    n, k, k2, m = sizes
+    a, b = torch.ones([*a_lead, n, k]), torch.ones([*b_lead, k2, m])
+    op = (lambda x, y: x.matmul(y)) if target == "matmul" else target
+    result = FUNCTION_RULES[target]((a.to("meta"), b.to("meta")), {})
+    real = _run(op, a, b)
+    if result is None:
+        assert isinstance(real, Exception)
+        return
+    _check_against_torch(result, real)
+    _strides_agree(result, op, (a, b))
+
+
+# ------------------------------------------------------------- rearranging
+
+_INDEX = torch.tensor([2, 0, 1, 1])
+# (target, the operands after the tensor), on a 3 x 4 x 5 tensor; a target that is a name
+# is a tensor method.
+REARRANGING = {
+    "view": ("view", (12, 5)),
+    "view-bad": ("view", (7, -1)),
+    "view-as-dtype": ("view", (torch.int32,)),
+    "reshape": ("reshape", (-1,)),
+    "permute": ("permute", (2, 0, 1)),
+    "transpose": ("transpose", (0, 2)),
+    "unsqueeze": ("unsqueeze", (1,)),
+    "squeeze": ("squeeze", (0,)),
+    "flatten": ("flatten", (1,)),
+    "unflatten": ("unflatten", (2, (5, 1))),
+    "contiguous": ("contiguous", ()),
+    "expand": ("expand", (2, 3, 4, 5)),
+    "repeat": ("repeat", (1, 2, 1)),
+    "narrow": ("narrow", (1, 1, 2)),
+    "select": ("select", (2, 3)),
+    "movedim": ("movedim", (0, -1)),
+    "swapaxes": ("swapaxes", (1, 2)),
+    "roll": ("roll", ((1, -2), (0, 2))),
+    "torch.roll": (torch.roll, (3, 1)),
+    "torch.flatten": (torch.flatten, ()),
+    "torch.permute": (torch.permute, ((1, 2, 0),)),
+    "torch.select": (torch.select, (0, 5)),
+    "getitem-basic": (operator.getitem, ((slice(None), None, 1, slice(0, 4, 2)),)),
+    "getitem-advanced": (operator.getitem, ((slice(None), _INDEX),)),
+    "getitem-mask": (operator.getitem, (torch.tensor([True, False, True]),)),
+    "getitem-float-index": (operator.getitem, (torch.tensor([0.0]),)),
+}
+
+
+@pytest.mark.parametrize("case", list(REARRANGING))
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_rearranging_rules_agree_with_torch(case, layout):
+    target, rest = REARRANGING[case]
+    x = torch.randn(3, 5, 4).transpose(1, 2) if layout == "transposed" else torch.randn(3, 4, 5)
+    op = (lambda t, *a: getattr(t, target)(*a)) if isinstance(target, str) else target
+    on_meta = tree_map(lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v, (x, *rest))
+    result = FUNCTION_RULES[target](on_meta, {})
+    real = _run(op, x, *rest)
+    if result is None:  # the meta run decides: a dtype change, a mask, a float operand
+        assert case in ("view-as-dtype", "getitem-mask", "getitem-float-index") or isinstance(
+            real, Exception
+        )
+        return
+    _check_against_torch(result, real)
+    assert result.stride() == op(*on_meta).stride()
+    assert not result.requires_grad and result.grad_fn is None  # _by_rule sets it
+
+
 class Attention(nn.Module):
     """Blocks of attention and MLP, repeated: look-alike nodes and several results."""
 
@@ -532,8 +628,30 @@ class TalkingThroughAGlobal(nn.Module):
         return first, second, *signed
 
 
+class Rearranging(nn.Module):
+    """Windows cut, moved and picked as Swin's attention does, on a strided input too,
+    attending (``@``) and projecting (``F.linear``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+        self.register_buffer("index", torch.tensor([3, 1, 0, 2]))
+
+    def forward(self, x):  # x: (2, 4, 4, 4)
+        y = self.proj(x.permute(0, 2, 3, 1))  # strided into the layer
+        w = y.view(2, 2, 2, 2, 2, 4).transpose(2, 3).reshape(-1, 4, 4)
+        w = torch.roll(w, (1, -1), (1, 2)).flatten(1).unflatten(1, (4, 4))
+        picked = w[:, self.index] + w[..., None, 0].expand(-1, -1, 4).movedim(1, 2)
+        picked = F.linear(picked @ picked.transpose(1, 2), self.proj.weight, self.proj.bias)
+        parts = picked.narrow(1, 0, 2).repeat(1, 2, 1) + picked.select(2, 1).unsqueeze(-1)
+        with torch.no_grad():
+            frozen = parts.swapaxes(1, 2).contiguous()[0].t()
+        return parts.sum() + frozen.sum() + x[:1].squeeze(0).sum()
+
+
 MODELS = {
     "attention": (Attention, (2, 5, 8)),
+    "rearranging": (Rearranging, (2, 4, 4, 4)),
     "wrapped-functions": (Wrapped, (2, 3, 6)),
     "wrapped-functions-talking-through-a-global": (TalkingThroughAGlobal, (2, 3, 6)),
     "functional-norms": (FunctionalNorms, (2, 3, 6, 6)),

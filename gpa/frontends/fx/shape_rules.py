@@ -142,6 +142,43 @@ def _linear(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None
     return _empty((*x.shape[:-1], module.out_features), x.dtype)
 
 
+def _functional_linear(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``F.linear(x, weight, bias)``: the last size ``in_features`` becomes the weight's
+    first (a 2-D weight; a bias of that size or none)."""
+    if len(args) > 3:
+        return None
+    bound = dict(zip(("input", "weight", "bias"), args, strict=False)) | kwargs
+    x, weight, bias = bound.get("input"), bound.get("weight"), bound.get("bias")
+    if set(bound) - {"input", "weight", "bias"} or not (_plain(x) and _plain(weight)):
+        return None
+    if weight.dim() != 2 or x.dim() == 0 or x.dtype != weight.dtype:
+        return None
+    if x.shape[-1] != weight.shape[1]:
+        return None
+    if bias is not None and not (
+        _plain(bias) and bias.dtype == x.dtype and tuple(bias.shape) == (weight.shape[0],)
+    ):
+        return None
+    return _empty((*x.shape[:-1], weight.shape[0]), x.dtype)
+
+
+def _matmul(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``a @ b`` of two tensors of at least two dimensions: ``(..., n, k) @ (..., k, m)``
+    gives ``(..., n, m)``, the leading sizes broadcast."""
+    if kwargs or len(args) != 2:
+        return None
+    a, b = args
+    if not (_plain(a) and _plain(b)) or a.dtype != b.dtype or min(a.dim(), b.dim()) < 2:
+        return None
+    if a.shape[-1] != b.shape[-2]:
+        return None
+    try:
+        lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except RuntimeError:
+        return None
+    return _empty((*lead, a.shape[-2], b.shape[-1]), a.dtype)
+
+
 def _adaptive_pool(spatial: int) -> Rule:
     """``adaptive_avg_pool{1,2,3}d(x, output_size)``: the last ``spatial`` sizes become
     ``output_size`` (None keeps a size)."""
@@ -275,6 +312,62 @@ def _normalisation(op: Callable[..., Any], per_channel: bool) -> Rule:
 
 _ADAPTIVE_AVG_POOL = {n: _adaptive_pool(n) for n in (1, 2, 3)}
 
+
+def _rearranging(op: Callable[..., Any]) -> Rule:
+    """An operation that moves, repeats or picks the elements of one floating tensor (a
+    view, a permutation, an index): run on the meta device without autograd, which costs
+    the op alone (its meta kernels are torch's own, not Python decompositions). Indices
+    may be integer tensors; any other tensor operand, or a result of another dtype
+    (``x.view(torch.int32)``), is left to the meta run."""
+
+    def rule(args: tuple, kwargs: dict) -> torch.Tensor | None:
+        x = args[0] if args else None
+        if not (isinstance(x, torch.Tensor) and x.is_meta and x.is_floating_point()):
+            return None
+        others = [*args[1:], *kwargs.values()]
+        if any(_float_tensor_in(a) for a in others):
+            return None
+        try:
+            with torch.no_grad():
+                result = op(*args, **kwargs)
+        except Exception:  # the meta run reports torch's own error
+            return None
+        if not isinstance(result, torch.Tensor) or result.dtype != x.dtype:
+            return None
+        return result.detach()  # not a view of ``x`` for autograd: its own requires_grad
+
+    return rule
+
+
+def _float_tensor_in(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() or value.is_complex()
+    return isinstance(value, (tuple, list)) and any(_float_tensor_in(v) for v in value)
+
+
+def _method(name: str) -> Callable[..., Any]:
+    return lambda x, *args, **kwargs: getattr(x, name)(*args, **kwargs)
+
+
+_REARRANGING_METHODS = (
+    "view reshape permute transpose unsqueeze squeeze flatten unflatten contiguous expand "
+    "repeat t narrow select movedim swapaxes roll".split()
+)
+_REARRANGING_FUNCTIONS = (
+    torch.reshape,
+    torch.permute,
+    torch.transpose,
+    torch.unsqueeze,
+    torch.squeeze,
+    torch.flatten,
+    torch.roll,
+    torch.movedim,
+    torch.narrow,
+    torch.select,
+    torch.t,
+    operator.getitem,
+)
+
 #: Rules by ``call_function`` target or ``call_method`` name.
 FUNCTION_RULES: dict[Any, Rule] = {
     **{op: _elementwise(divides=False) for op in (operator.add, operator.sub, operator.mul)},
@@ -295,6 +388,12 @@ FUNCTION_RULES: dict[Any, Rule] = {
     torch.cat: _cat,
     torch.concat: _cat,
     torch.concatenate: _cat,
+    F.linear: _functional_linear,
+    operator.matmul: _matmul,
+    torch.matmul: _matmul,
+    "matmul": _matmul,
+    **{name: _rearranging(_method(name)) for name in _REARRANGING_METHODS},
+    **{op: _rearranging(op) for op in _REARRANGING_FUNCTIONS},
 }
 
 #: Rules by exact module type (a subclass may override forward); they take the module
