@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpa.core.graph import GradientGraph
-from gpa.frontends.fx.flow import GradientFlow, flow_from_names
+from gpa.frontends.fx.flow import flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
-from gpa.frontends.fx.inline import inline_calls
+from gpa.frontends.fx.inline import InliningFlow, inline_calls
 from gpa.frontends.fx.layers import find_layers, opaque_calls, uncalled_layers, wrapped_calls
 from gpa.frontends.fx.norm_act import norm_act_kinds
 from gpa.frontends.fx.tracer import single_call, trace
@@ -69,15 +69,15 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             flow_from_names(gm)
             notes.append(NO_INPUTS_NOTE)
         else:
-            flow = GradientFlow(gm)
+            flow = InliningFlow(gm, every=options.channels)
             flow.run(*inputs)
         calls = find_layers(gm, options.layer_types, traced)
         opaque = opaque_calls(gm, calls)
         into = wrapped_calls(gm) if options.channels else [node for node, _ in opaque]
-        if inputs is not None and into and inline_calls(gm, into, flow.env):
+        if inputs is not None and into and inline_calls(gm, into, flow):
             # the calls fx kept whole, traced into by value (§1.1): their operations too
             gm.recompile()
-            GradientFlow(gm, like=flow).run(*inputs)
+            InliningFlow(gm, like=flow, every=options.channels).run(*inputs)
             calls = find_layers(gm, options.layer_types, traced)
             opaque = opaque_calls(gm, calls)
     readers: dict[str, dict[str, None]] = {}  # function -> the modules whose weights it reads

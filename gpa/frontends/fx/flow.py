@@ -31,7 +31,7 @@ import functools
 import inspect
 import itertools
 import operator
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -451,7 +451,8 @@ class GradientFlow(fx.Interpreter):
         self.given = 0
         self.outcomes: dict[Hashable, Outcome] = like.outcomes if like is not None else {}
         # nodes whose outcome stands for no look-alike's: run with constants' real values,
-        # or writing into an argument (each such call is checked, see _refuse_hidden_write)
+        # or calls fx records whole writing into an argument (each is checked where it
+        # stands, see _refuse_hidden_write)
         self._unshared: set[fx.Node] = set()
         self._order: dict[fx.Node, int] | None = None  # node positions, when needed
 
@@ -459,6 +460,24 @@ class GradientFlow(fx.Interpreter):
         self.given = len(inputs)
         with torch.enable_grad():
             super().run(*_as_meta_input(inputs))
+
+    def over(self, graph: fx.Graph) -> GradientFlow:
+        """A pass like this one — its model, meta stand-ins and look-alikes — over
+        ``graph``, another graph of the same model (made without the walk of every
+        submodule a new ``fx.Interpreter`` takes)."""
+        other = copy.copy(self)
+        other.graph, other.env = graph, {}
+        other._unshared, other._order = set(), None
+        return other
+
+    def run_on(self, values: Sequence[Any], enabled: bool) -> Any:
+        """Run over the graph with its placeholders' ``values`` as they are (meta tensors,
+        requiring grad or not), in grad mode ``enabled``; returns what the graph returns."""
+        self.given = len(values)
+        with torch.set_grad_enabled(enabled):
+            super().run(*values)
+        returned = self.graph.output_node().args[0]
+        return fx.node.map_arg(returned, self.env.__getitem__)
 
     def run_node(self, n: fx.Node) -> Any:
         if n.op == "output":
@@ -476,6 +495,19 @@ class GradientFlow(fx.Interpreter):
         n.meta[FLOW] = NodeFlow(
             flows, ValueInfo.of(value), _shapes_of(value), value if _is_plain(value) else _NOTHING
         )
+        return value
+
+    def evaluate(self, n: fx.Node) -> Any:
+        """The value of operation ``n`` as this pass works it out — ``n`` may be a node of
+        another graph over the same model, whose input nodes' values are in ``env`` — and
+        its outcome kept for look-alikes (a later pass over a graph holding a copy of ``n``
+        finds it). Annotates nothing.
+
+        Raises:
+            ShapeError, TraceError: as the pass does for the operation.
+        """
+        value, _ = self._flow_of(n)
+        n.meta.pop(PARTS, None)
         return value
 
     def _follow_augmented_assignment(self, n: fx.Node) -> None:
@@ -595,7 +627,8 @@ class GradientFlow(fx.Interpreter):
                     raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
         written = [m for m, t, seen in versions if t._version != seen]
-        if written:
+        if written and _recorded_whole(n, self.fetch_attr):
+            # checked where it stands (its readers): its outcome stands for no other call's
             self._unshared.add(n)
             self._refuse_hidden_write(n, written, fresh, leaves)
         mutated = _mutated_argument(n, args)
@@ -614,9 +647,8 @@ class GradientFlow(fx.Interpreter):
         would be wrong. Export and autograd follow it; fx refuses (auto moves on). A write
         bringing no gradient from elsewhere — from another argument or from the call's own
         weights — (``mask.clamp_(0, 1)``, ``buf.add_(1)``, anything under ``no_grad``)
-        changes no path and is let through."""
-        if not _recorded_whole(n, self.fetch_attr):
-            return
+        changes no path and is let through. (A write fx's graph shows — an in-place
+        operation of torch — is followed by the graph, see ``follow_mutations``.)"""
         order = self._positions()
         for m in dict.fromkeys(written):
             if all(leaves.get(id(v)) is m for v in _leaf_variables(fresh[m])):

@@ -33,6 +33,7 @@ __all__ = [
     "name_outputs",
     "op_graph",
     "output_notes",
+    "result_part",
     "returned_outputs",
     "select_outputs",
 ]
@@ -163,7 +164,7 @@ def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> 
             target=node.target if isinstance(node.target, str) else _qualname(node.target),
             value=flow.value,
         )
-        parts = _result_part(node)
+        parts = result_part(node)
         if parts is not None:  # one result of a multi-result op: from the inputs it reads
             source, part = parts
             for s in source.all_input_nodes:
@@ -179,7 +180,7 @@ def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> 
     return g
 
 
-def _result_part(node: fx.Node) -> tuple[fx.Node, frozenset[fx.Node]] | None:
+def result_part(node: fx.Node) -> tuple[fx.Node, frozenset[fx.Node]] | None:
     """For ``getitem(op, i)`` of a function with several results (``broadcast_tensors``),
     the op and the inputs its i-th result depends on; else None. Module calls keep their
     node (an LSTM's results all come from its one layer call)."""

@@ -3,14 +3,18 @@
 fx records a call of a wrapped function as one node: it cannot trace into code that
 branches on shapes or assigns into tensors, which is why such functions are wrapped
 (torchvision's ``shifted_window_attention``: Swin's attention, weights passed in). Layers
-inside are then unseen (``docs/semantics.md`` §1.6). Once the gradient-flow pass has run,
-each call's arguments have values — meta tensors of known shapes — and the function can be
-traced with them: a tracer whose proxies carry the value of the operation they stand for
-answers shapes, sizes and ranks with numbers, so the function's Python runs as it would on
-these inputs (its branches, its loops over windows), and item assignment is recorded as an
-in-place call (:func:`setitem_`). Its operations replace the call in the graph; the flow
-pass runs again over them. A call that cannot be traced so (a branch on a tensor's values,
-an operation the meta device refuses) stays whole, as before.
+inside are then unseen (``docs/semantics.md`` §1.6). When the gradient-flow pass
+(:class:`InliningFlow`) reaches such a call, its arguments have values — meta tensors of
+known shapes — and the function can be traced with them: a tracer whose proxies carry the
+value of the operation they stand for answers shapes, sizes and ranks with numbers, so the
+function's Python runs as it would on these inputs (its branches, its loops over windows),
+and item assignment is recorded as an in-place call (:func:`setitem_`). Each operation
+recorded is worked out as the pass works out any
+(:meth:`~gpa.frontends.fx.flow.GradientFlow.evaluate`), so the pass reads the call's result
+off its operations instead of running the function whole, and once :func:`inline_calls`
+has put them in the call's place, the pass over the new graph finds every one of them
+already worked out. A call that cannot be traced so (a branch on a tensor's values, an
+operation the meta device refuses) stays whole, as before.
 
 Example:
     >>> import torch, torch.fx as fx, torch.nn.functional as F
@@ -23,8 +27,9 @@ Example:
     >>> call = g.call_function(project, (x, w))
     >>> _ = g.output(call)
     >>> gm = fx.GraphModule(torch.nn.Module(), g)
-    >>> values = {x: torch.empty(2, 3, device="meta"), w: torch.empty(4, 3, device="meta")}
-    >>> inline_calls(gm, [call], values)
+    >>> flow = InliningFlow(gm)
+    >>> flow.run(torch.empty(2, 3), torch.empty(4, 3))
+    >>> inline_calls(gm, [call], flow)
     ['project']
     >>> [n.target.__name__ for n in gm.graph.nodes if n.op == "call_function"]
     ['linear']
@@ -41,12 +46,20 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch.overrides import TorchFunctionMode
-from torch.utils._pytree import tree_map
 
+from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
+from gpa.frontends.fx.graph import result_part
+from gpa.frontends.fx.layers import wrapped
 from gpa.frontends.fx.lookalike import code_names, reads_globals, signature
-from gpa.frontends.fx.tracer import GpaProxy, GpaTracer, follow_mutations, grad_mode
+from gpa.frontends.fx.tracer import (
+    GpaProxy,
+    GpaTracer,
+    follow_mutations,
+    grad_mode,
+    writes_into_inputs,
+)
 
-__all__ = ["inline_calls", "setitem_"]
+__all__ = ["InliningFlow", "inline_calls", "setitem_"]
 
 # What a proxy answers with its value's own: numbers and flags, never a node.
 _CONCRETE = frozenset(
@@ -67,29 +80,106 @@ def setitem_(tensor: torch.Tensor, index: Any, value: Any) -> torch.Tensor:
     return tensor
 
 
-def inline_calls(
-    gm: fx.GraphModule, calls: Iterable[fx.Node], values: Mapping[fx.Node, Any]
-) -> list[str]:
+class InliningFlow(GradientFlow):
+    """The gradient-flow pass, reading a call of a function fx kept whole by tracing into
+    it by value: the call's result and the arguments gradient reaches come from its
+    operations, each worked out as the pass works out any (and kept for look-alikes), and
+    the operations are kept (:attr:`graphs`) for :func:`inline_calls` to put in the call's
+    place. A call that cannot be traced so, or whose function writes into an argument
+    (which the pass refuses when it is read again, see ``_refuse_hidden_write``), runs whole.
+
+    ``every``: read every wrapped call so (the channel analysis traces into each); else
+    only those given a parameter or buffer (a ``get_attr`` node), which may hold layers —
+    any other runs whole, and is traced later if :func:`inline_calls` is asked to.
+
+    Attributes:
+        graphs: each call's operations (None: it cannot be traced) by its look and grad
+            mode, shared with the pass ``like`` gives.
+    """
+
+    def __init__(
+        self, gm: fx.GraphModule, like: InliningFlow | None = None, every: bool = False
+    ) -> None:
+        super().__init__(gm, like)
+        self.graphs: dict[Hashable, fx.Graph | None] = like.graphs if like is not None else {}
+        self._names: dict = like._names if like is not None else {}  # the root's tensors
+        self.every = every
+
+    def _run_under_autograd(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
+        given = self.every or any(m.op == "get_attr" for m in n.all_input_nodes)
+        if given and wrapped(n):
+            inner = self.operations(n, self.env, torch.is_grad_enabled())
+            if inner is not None and _replaceable(n, inner) and not writes_into_inputs(inner):
+                return self._through(n, inner)
+        return super()._run_under_autograd(n)
+
+    def operations(
+        self, call: fx.Node, values: Mapping[fx.Node, Any], enabled: bool
+    ) -> fx.Graph | None:
+        """The operations ``call`` runs on its arguments' ``values`` in grad mode
+        ``enabled`` (traced once per look), or None when it cannot be traced by value."""
+        with torch.set_grad_enabled(enabled):
+            look = signature(call, values, self.fetch_attr)
+        key = None if look is None else (look, enabled)
+        if key is not None and key in self.graphs:
+            return self.graphs[key]
+        try:
+            inner = _traced(self.module, call, values, enabled, self._names, self)
+        except Exception:  # anything a value-carrying trace cannot follow
+            inner = None
+        if key is not None:
+            self.graphs[key] = inner  # a call that looks alike traces alike
+        return inner
+
+    def _through(self, n: fx.Node, inner: fx.Graph) -> tuple[Any, frozenset[fx.Node]]:
+        """``n``'s result and flows read off its operations ``inner``, as running the
+        function whole under autograd gives them (its graph is theirs, composed)."""
+        values = [self.env[m] for m in n.all_input_nodes]
+        result = self.over(inner).run_on(values, torch.is_grad_enabled())
+        inputs = dict(zip(inner.find_nodes(op="placeholder"), n.all_input_nodes, strict=True))
+        returned = inner.output_node().args[0]
+        if isinstance(returned, (tuple, list)) and len(returned) > 1:
+            parts = tuple(frozenset(inputs[p] for p in _reached(r)) for r in returned)
+            n.meta[PARTS] = parts
+            return result, frozenset().union(*parts)
+        return result, frozenset(inputs[p] for p in _reached(returned))
+
+
+def _reached(returned: Any) -> set[fx.Node]:
+    """The placeholders gradient reaches from the nodes in ``returned``, along the edges
+    the flow pass marked (one result of a multi-result operation: from its own inputs)."""
+    nodes = returned if isinstance(returned, (tuple, list)) else [returned]
+    stack = [m for m in nodes if isinstance(m, fx.Node)]
+    seen: set[fx.Node] = set()
+    found: set[fx.Node] = set()
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "placeholder":
+            found.add(node)
+            continue
+        grad_from = node.meta[FLOW].grad_from
+        part = result_part(node)
+        if part is not None:
+            source, inputs = part
+            stack.extend(inputs if source in grad_from else ())
+        else:
+            stack.extend(grad_from)
+    return found
+
+
+def inline_calls(gm: fx.GraphModule, calls: Iterable[fx.Node], flow: InliningFlow) -> list[str]:
     """Replace each of ``calls`` (``call_function`` nodes of ``gm``) by the operations its
-    function runs on the arguments' ``values`` (each node's value, meta tensors for
-    tensors). Returns the names of the calls replaced; the others stay.
+    function runs on the arguments' values (``flow``: the gradient-flow pass that has run
+    over ``gm``, holding the operations of the calls it traced into). Returns the names of
+    the calls replaced; the others stay.
     """
     replaced = []
-    values = collections.ChainMap({}, values)  # the results of calls replaced, too
-    graphs: dict[Hashable, fx.Graph | None] = {}  # by look (None: cannot be traced)
-    names: dict = {}  # the root's tensors by identity, for every trace
+    values = collections.ChainMap({}, flow.env)  # the results of calls replaced, too
     for call in list(calls):
-        enabled = _grad_mode_at(call)
-        look = signature(call, values, gm.get_submodule)
-        key = None if look is None else (look, enabled)
-        if key is None or key not in graphs:
-            try:
-                inner = _traced(gm, call, values, enabled, names)
-            except Exception:  # anything a value-carrying trace cannot follow
-                inner = None
-            if key is not None:
-                graphs[key] = inner  # a call that looks alike traces alike
-        inner = graphs[key] if key is not None else inner
+        inner = flow.operations(call, values, _grad_mode_at(call))
         if inner is not None and _replaceable(call, inner):
             _replace(gm, call, inner, values)
             replaced.append(call.name)
@@ -118,6 +208,7 @@ def _replace(gm: fx.GraphModule, call: fx.Node, inner: fx.Graph, values: Mutable
     node = first.next
     while node is not call:
         node.meta["nn_module_stack"] = stack
+        node.meta.pop(PARTS, None)  # the inner graph's nodes: the flow pass sets it anew
         node = node.next
     if isinstance(result, (tuple, list)):
         for user in list(call.users):
@@ -171,18 +262,23 @@ class _ValueProxy(GpaProxy):
 
 
 class _ValueTracer(GpaTracer):
-    """Records operations as fx does, running each on its arguments' values.
+    """Records operations as fx does, evaluating each on its arguments' values as
+    ``evaluator`` (a gradient-flow pass over ``root``) does.
 
     ``names``: the root's tensors by identity (see ``GpaTracer._qualified_name``), made
     once for all the calls traced into."""
 
-    def __init__(self, root: torch.nn.Module, enabled: bool, names: dict) -> None:
+    def __init__(
+        self, root: torch.nn.Module, enabled: bool, names: dict, evaluator: GradientFlow
+    ) -> None:
         super().__init__((), frozenset(), {})
         self.root = root
         self.graph = fx.Graph()
         self.tensor_attrs: dict[torch.Tensor, str] = {}
         self._grad_enabled = enabled
         self._names = names
+        self.evaluator = evaluator
+        self.evaluating = False  # while an operation runs: what it calls is not recorded
 
     def create_arg(self, a: Any) -> Any:
         made = isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter)
@@ -206,15 +302,25 @@ class _ValueTracer(GpaTracer):
         if target is operator.getitem and isinstance(args[0], _ValueProxy) and _basic(args[1]):
             proxy.viewed = (args[0], args[1])  # a view of args[0]
         if kind in ("call_function", "call_method"):
-            a, kw = tree_map(_value_of, (args, kwargs))
-            with torch.no_grad(), torch.device("meta"):  # a tensor made from numbers: meta
-                if kind == "call_function":
-                    proxy.value = target(*a, **kw)
-                else:
-                    proxy.value = getattr(a[0], target)(*a[1:], **kw)
+            proxy.value = self._evaluated(proxy.node)
         elif kind == "get_attr":
-            proxy.value = _value_of(functools.reduce(getattr, target.split("."), self.root))
+            proxy.value = self.evaluator.get_attr(target, (), {})
+        if kind != "placeholder":
+            self.evaluator.env[proxy.node] = proxy.value
         return proxy
+
+    def _evaluated(self, node: fx.Node) -> Any:
+        """``node``'s value, worked out by the evaluator (in the grad mode it was recorded
+        in, as the flow pass will run it)."""
+        env = self.evaluator.env
+        for m in node.all_input_nodes:
+            if m not in env and m.op == "get_attr":  # a constant made by create_arg
+                env[m] = self.evaluator.get_attr(m.target, (), {})
+        self.evaluating = True
+        try:
+            return self.evaluator.evaluate(node)
+        finally:
+            self.evaluating = False
 
 
 # Names a function checks its arguments' types with (fx's proxies are no tensors).
@@ -237,7 +343,7 @@ class _Made(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
-        if func in _FACTORIES:
+        if func in _FACTORIES and not self.tracer.evaluating:
             return self.tracer.create_proxy("call_function", func, args, kwargs)
         return func(*args, **kwargs)
 
@@ -255,14 +361,6 @@ def _basic(index: Any) -> bool:
     )
 
 
-def _value_of(x: Any) -> Any:
-    if isinstance(x, _ValueProxy):
-        return x.value
-    if isinstance(x, torch.Tensor) and x.device.type != "meta":
-        return torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device="meta")
-    return x
-
-
 def _grad_mode_at(node: fx.Node) -> bool:
     """The grad mode the graph runs ``node`` in (the last :func:`grad_mode` before it)."""
     before = node.prev
@@ -274,7 +372,12 @@ def _grad_mode_at(node: fx.Node) -> bool:
 
 
 def _traced(
-    gm: fx.GraphModule, call: fx.Node, values: Mapping[fx.Node, Any], enabled: bool, names: dict
+    gm: fx.GraphModule,
+    call: fx.Node,
+    values: Mapping[fx.Node, Any],
+    enabled: bool,
+    names: dict,
+    evaluator: GradientFlow,
 ) -> fx.Graph:
     """The graph of ``call``'s function traced on its arguments' values, in grad mode
     ``enabled``, with one placeholder per argument node (in ``all_input_nodes``' order).
@@ -283,11 +386,11 @@ def _traced(
         Exception: whatever the function raises on proxies; ValueError: it leaves the grad
             mode changed, or returns what no node can stand for.
     """
-    tracer = _ValueTracer(gm, enabled, names)
+    tracer = _ValueTracer(gm, enabled, names, evaluator)
     proxies: dict[fx.Node, _ValueProxy] = {}
     for arg in call.all_input_nodes:
         proxy = tracer.create_proxy("placeholder", arg.name, (), {})
-        proxy.value = values[arg]
+        proxy.value = evaluator.env[proxy.node] = values[arg]
         proxies[arg] = proxy
     if reads_globals(call.target):  # as the caller left them, not as the call found them
         raise ValueError("the function reads global state")

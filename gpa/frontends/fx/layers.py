@@ -46,6 +46,7 @@ __all__ = [
     "wrapped_calls",
     "uncalled_layers",
     "used_modules",
+    "wrapped",
 ]
 
 
@@ -334,12 +335,12 @@ def opaque_calls(
     layer inside it would go unnoticed; the caller traces into them or reports them.
     Returns (call node, modules owning the parameters it reads).
     """
-    if not any(_wrapped(n) for n in gm.graph.nodes):
+    if not any(wrapped(n) for n in gm.graph.nodes):
         return []
     roots = _parameter_roots(gm, set(calls))
     found = []
     for node in gm.graph.nodes:
-        if not _wrapped(node) or node in calls or _is_mixing(node):
+        if not wrapped(node) or node in calls or _is_mixing(node):
             continue
         params = [t for n in node.all_input_nodes for t in roots.get(n, ())]
         if params and any(n not in roots for n in node.all_input_nodes):
@@ -347,7 +348,7 @@ def opaque_calls(
     return found
 
 
-def _wrapped(node: fx.Node) -> bool:
+def wrapped(node: fx.Node) -> bool:
     """A call of a function from outside torch, Python and gpa: one fx kept whole."""
     if node.op != "call_function":
         return False
@@ -363,7 +364,7 @@ def wrapped_calls(gm: fx.GraphModule) -> list[fx.Node]:
         >>> wrapped_calls(fx.symbolic_trace(nn.Linear(2, 2)))
         []
     """
-    return [n for n in gm.graph.nodes if _wrapped(n)]
+    return [n for n in gm.graph.nodes if wrapped(n)]
 
 
 def uncalled_layers(

@@ -10,14 +10,14 @@ a residual chain of a thousand layers), so most nodes look like one run before:
 yielded and rebuilds it for the next node with the same signature.
 
 Only operations that are functions of their arguments are named: torch's functions,
-tensor methods, ``operator`` and ``getattr``, modules of ``torch.nn`` whose state is
-their registered tensors and plain settings, and functions fx was told to record as one
-call (``torch.fx.wrap``: Swin's attention, torchvision's ``stochastic_depth``) — fx's
-graph keeps nothing of such a call but its arguments, and gpa reads it so too, unless the
-function reads a global that is data (a flag another call may set). Any other function
-of a user, a user's module, or a module with a hook has no signature and runs every
-time; so does a torch function that returns no tensor (``torch._C._set_grad_enabled``
-runs for its side effect).
+tensor methods, ``operator`` and ``getattr``, gpa's own (item assignment as an operation),
+modules of ``torch.nn`` whose state is their registered tensors and plain settings, and
+functions fx was told to record as one call (``torch.fx.wrap``: Swin's attention,
+torchvision's ``stochastic_depth``) — fx's graph keeps nothing of such a call but its
+arguments, and gpa reads it so too, unless the function reads a global that is data (a
+flag another call may set). Any other function of a user, a user's module, or a module
+with a hook has no signature and runs every time; so does a torch function that returns
+no tensor (``torch._C._set_grad_enabled`` runs for its side effect).
 
 Example:
     >>> import torch, torch.fx as fx
@@ -164,9 +164,17 @@ def _target_name(node: fx.Node, submodule: Callable[[str], Any] | None) -> Hasha
     if isinstance(target, torch._ops.OpOverload) or target is getattr:
         return ("F", target)
     owner = getattr(target, "__module__", None) or ""
-    if owner in _OPERATOR or owner == "torch" or owner.startswith("torch.") or _wrapped(target):
+    if owner in _OPERATOR or owner.split(".")[0] == "torch" or _wrapped(target):
+        return ("F", target)
+    if owner.startswith(_RECORDING):  # gpa's own operations: setitem_, grad_mode
         return ("F", target)
     raise _Unnamed
+
+
+# The analyser's own functions a graph calls, functions of their arguments (``setitem_``
+# writes item assignment as an operation; ``grad_mode`` returns no tensor: it runs, for
+# its effect, every time).
+_RECORDING = "gpa.frontends."
 
 
 def _wrapped(function: Any) -> bool:

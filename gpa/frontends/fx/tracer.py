@@ -56,6 +56,7 @@ __all__ = [
     "LeafSpec",
     "follow_mutations",
     "follow_write",
+    "writes_into_inputs",
     "later_read_of_attribute",
     "later_reader",
     "made_of_constants",
@@ -366,6 +367,28 @@ def _is_view(node: fx.Node) -> bool:
     return node.op == "call_function" and (
         node.target is operator.getitem or getattr(node.target, "__name__", "") in _VIEW_METHODS
     )
+
+
+def writes_into_inputs(graph: fx.Graph) -> bool:
+    """Whether an in-place call of ``graph`` (or an augmented assignment) writes into one
+    of its placeholders, or into a view of one: a write its caller's graph would not show.
+
+    Example:
+        >>> g = fx.Graph()
+        >>> x = g.placeholder("x")
+        >>> _ = g.output(g.call_method("add_", (g.call_method("view", (x, -1)), 1)))
+        >>> writes_into_inputs(g)
+        True
+    """
+    for node in graph.nodes:
+        target = _mutated(node, None)
+        if target is None and node.target in AUGMENTED and isinstance(node.args[0], fx.Node):
+            target = node.args[0]
+        while target is not None and _is_view(target) and target.args:
+            target = target.args[0] if isinstance(target.args[0], fx.Node) else None
+        if isinstance(target, fx.Node) and target.op == "placeholder":
+            return True
+    return False
 
 
 def follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
