@@ -22,7 +22,15 @@ from gpa.frontends.fx import inline
 from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.inline import InliningFlow
 from gpa.frontends.fx.tracer import trace
-from tests.frontends.test_opaque import Shifted, Siblings, Wrapped, WrappedTwice, Writes, _attend
+from tests.frontends.test_opaque import (
+    TRACED_CASES,
+    Shifted,
+    Siblings,
+    Wrapped,
+    WrappedTwice,
+    Writes,
+    _attend,
+)
 
 
 def unweighted_drop(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -60,17 +68,7 @@ class Others(nn.Module):
 MODELS = {
     **{
         f"siblings-{case}": (lambda case=case: Siblings(case))
-        for case in (
-            "two-results",
-            "under-no-grad",
-            "no-grad-inside",
-            "chained",
-            "slice-zeroed",
-            "fills-a-buffer",
-            "logs-its-use",
-            "checks-types",
-            "copy-zeroed",
-        )
+        for case in (*TRACED_CASES, "checks-types", "copy-zeroed")
     },
     "shifted": Shifted,
     "wrapped": lambda: Wrapped(by_value=True),
