@@ -22,6 +22,7 @@ from gpa.frontends.fx import inline
 from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.inline import InliningFlow
 from gpa.frontends.fx.tracer import trace
+from tests.frontends.every_tracer import auto_after_fx_refuses, layer_records
 from tests.frontends.test_opaque import (
     TRACED_CASES,
     Shifted,
@@ -103,9 +104,10 @@ def _annotations(through: bool, model: nn.Module, shape: tuple) -> dict:
     }
 
 
-# Calls not read through their operations: traced, they would check types on proxies or
-# write into a copy fx does not follow (test_opaque.py), or write into an argument.
-RUN_WHOLE = {"siblings-checks-types", "siblings-copy-zeroed"} | {
+# Calls not read through their operations: traced, they would check types on proxies (in
+# their own code or a helper's: logs-its-use) or write into a copy fx does not follow
+# (test_opaque.py), or write into an argument.
+RUN_WHOLE = {"siblings-checks-types", "siblings-copy-zeroed", "siblings-logs-its-use"} | {
     name for name in MODELS if name.startswith("writes-")
 }
 
@@ -179,3 +181,153 @@ def test_each_look_is_traced_once_per_analysis(monkeypatch) -> None:
     assert not [name for name in run_whole if name.startswith("attend")]
     # a -> head and b -> head by hand: a feeds b feeds head
     assert {n: r.shortest for n, r in report.layers.items()} == {"a": 3, "b": 2, "head": 1}
+
+
+# ---------------------------------------------------------------- writes through aliases
+# A fresh pair of eyes found writes the traced operations do not show whole: through an
+# alias fx does not know as a view (``x.T``; ``x.contiguous()`` and ``x.to(dtype)``, which
+# return ``x`` itself when nothing changes). Running the function whole sees them.
+
+ALIASES = ("T", "mT", "adjoint", "contiguous", "to-same-dtype", "float", "moveaxis", "swapdims")
+
+
+def alias(t: torch.Tensor, how: str) -> torch.Tensor:
+    """Another name of ``t``'s memory (2-D ``t``)."""
+    if how == "T":
+        return t.T
+    if how == "mT":
+        return t.mT
+    if how == "adjoint":
+        return t.adjoint()
+    if how == "contiguous":
+        return t.contiguous()
+    if how == "to-same-dtype":
+        return t.to(torch.float32)
+    if how == "float":
+        return t.float()
+    if how == "moveaxis":
+        return t.moveaxis(0, 1)
+    return t.swapdims(0, 1)
+
+
+def mix_into(h: torch.Tensor, g: torch.Tensor, w: torch.Tensor, how: str) -> torch.Tensor:
+    alias(h, how).copy_(alias(g * w, how))  # writes into its argument h
+    return w * 1.0
+
+
+def fill(x: torch.Tensor, scale: torch.Tensor, how: str) -> torch.Tensor:
+    out = torch.zeros(x.shape)
+    alias(out, how).copy_(alias(x, how))  # writes x into the tensor it made
+    return out * scale
+
+
+torch.fx.wrap("mix_into")
+torch.fx.wrap("fill")
+
+
+class WritesIntoAnArgumentThroughAnAlias(nn.Module):
+    """By hand: h = a(x) is overwritten by c(x) * w inside the call and read by b after it,
+    so c reaches the loss through b (sources: b)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.w = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        s = mix_into(h, self.c(x), self.w, self.how)
+        return self.b(h) + s
+
+
+class FillsThroughAnAlias(nn.Module):
+    """By hand: b(fill(a(x))): a has one path of length 2, b one of length 1."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.register_buffer("scale", torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(fill(self.a(x), self.scale, self.how))
+
+
+@pytest.mark.parametrize("how", ALIASES)
+def test_a_write_into_an_argument_through_an_alias_is_refused_by_fx(how: str) -> None:
+    report = auto_after_fx_refuses(
+        WritesIntoAnArgumentThroughAnAlias(how),
+        "writes in place into an argument",
+        input_shape=(3, 4),
+    )
+    assert report.layers["c"].sources == ("b",)
+    autograd = gpa.analyze(
+        WritesIntoAnArgumentThroughAnAlias(how), input_shape=(3, 4), tracer="autograd"
+    )
+    assert layer_records(report) == layer_records(autograd)
+
+
+@pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
+@pytest.mark.parametrize("how", ALIASES)
+def test_a_write_through_an_alias_of_a_made_tensor_is_read_whole(how: str, channels) -> None:
+    model = FillsThroughAnAlias(how)
+    fx_report = gpa.analyze(model, input_shape=(3, 4), tracer="fx", channels=channels)
+    assert {n: (r.shortest, r.longest, r.num_paths) for n, r in fx_report.layers.items()} == {
+        "a": (2, 2, 1),
+        "b": (1, 1, 1),
+    }
+    autograd = gpa.analyze(model, input_shape=(3, 4), tracer="autograd")
+    assert layer_records(fx_report) == layer_records(autograd)
+
+
+# ------------------------------------------------------------ what tracing by value sees
+
+
+def _as_tensor(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A helper checking the type of what it is given: a proxy is no tensor."""
+    if isinstance(v, torch.Tensor):
+        return v
+    return torch.zeros_like(like)
+
+
+def combine(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return _as_tensor(x, bias) * bias
+
+
+def gated(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    y = x * 2
+    if y.requires_grad:  # True in a training run: the result depends on x
+        return y * w
+    return w.expand(y.shape) + 0
+
+
+torch.fx.wrap("combine")
+torch.fx.wrap("gated")
+
+
+class Checked(nn.Module):
+    """By hand: b(f(a(x), ...)) where f's result depends on a's output: a (2, 2, 1)."""
+
+    def __init__(self, function: str) -> None:
+        super().__init__()
+        self.function = function
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.register_buffer("bias", torch.ones(4))
+        self.w = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.function == "type-check-in-a-helper":
+            return self.b(combine(self.a(x), self.bias))
+        return self.b(gated(self.a(x), self.w))
+
+
+@pytest.mark.parametrize("function", ["type-check-in-a-helper", "branch-on-requires-grad"])
+def test_what_the_function_checks_is_answered_as_a_run_would(function: str) -> None:
+    # a helper's type check would see a proxy: the call is run whole. requires_grad is
+    # answered by the value the pass worked out (under autograd, as in training)
+    model = Checked(function)
+    fx_report = gpa.analyze(model, input_shape=(3, 4), tracer="fx")
+    assert fx_report.layers["a"].shortest == 2 and fx_report.layers["a"].num_paths == 1
+    autograd = gpa.analyze(model, input_shape=(3, 4), tracer="autograd")
+    assert layer_records(fx_report) == layer_records(autograd)

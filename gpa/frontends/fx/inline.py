@@ -56,7 +56,7 @@ from gpa.frontends.fx.tracer import (
     GpaTracer,
     follow_mutations,
     grad_mode,
-    writes_into_inputs,
+    writes_followed,
 )
 
 __all__ = ["InliningFlow", "inline_calls", "setitem_"]
@@ -85,8 +85,10 @@ class InliningFlow(GradientFlow):
     it by value: the call's result and the arguments gradient reaches come from its
     operations, each worked out as the pass works out any (and kept for look-alikes), and
     the operations are kept (:attr:`graphs`) for :func:`inline_calls` to put in the call's
-    place. A call that cannot be traced so, or whose function writes into an argument
-    (which the pass refuses when it is read again, see ``_refuse_hidden_write``), runs whole.
+    place. A call that cannot be traced so — its function writes where its operations do
+    not show (into an argument: the pass checks that write, see ``_refuse_hidden_write``;
+    through an alias other than a view), or checks types (in its own code or a helper's) —
+    runs whole.
 
     ``every``: read every wrapped call so (the channel analysis traces into each); else
     only those given a parameter or buffer (a ``get_attr`` node), which may hold layers —
@@ -107,9 +109,11 @@ class InliningFlow(GradientFlow):
 
     def _run_under_autograd(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
         given = self.every or any(m.op == "get_attr" for m in n.all_input_nodes)
-        if given and wrapped(n):
+        # a type check anywhere in the function's code may see a proxy and take another
+        # branch than the run would: run whole (the inlining checks its own code only)
+        if given and wrapped(n) and not code_names(n.target) & _TYPE_CHECKS:
             inner = self.operations(n, self.env, torch.is_grad_enabled())
-            if inner is not None and _replaceable(n, inner) and not writes_into_inputs(inner):
+            if inner is not None and _replaceable(n, inner):
                 return self._through(n, inner)
         return super()._run_under_autograd(n)
 
@@ -127,6 +131,8 @@ class InliningFlow(GradientFlow):
             inner = _traced(self.module, call, values, enabled, self._names, self)
         except Exception:  # anything a value-carrying trace cannot follow
             inner = None
+        if inner is not None and not writes_followed(inner):
+            inner = None  # a write its operations do not show whole: kept as one call
         if key is not None:
             self.graphs[key] = inner  # a call that looks alike traces alike
         return inner

@@ -56,7 +56,7 @@ __all__ = [
     "LeafSpec",
     "follow_mutations",
     "follow_write",
-    "writes_into_inputs",
+    "writes_followed",
     "later_read_of_attribute",
     "later_reader",
     "made_of_constants",
@@ -369,26 +369,77 @@ def _is_view(node: fx.Node) -> bool:
     )
 
 
-def writes_into_inputs(graph: fx.Graph) -> bool:
-    """Whether an in-place call of ``graph`` (or an augmented assignment) writes into one
-    of its placeholders, or into a view of one: a write its caller's graph would not show.
+# Operations whose result is new memory: the function's own tensor, written as it likes.
+_MADE = frozenset(
+    "zeros ones empty full zeros_like ones_like empty_like full_like arange eye tensor "
+    "new_zeros new_ones new_empty new_full new_tensor clone".split()
+)
+# Operations reading a tensor into new memory, never returning it or a view of it.
+_READ_INTO_NEW = _MADE | frozenset(
+    "add sub mul truediv div matmul neg sum mean eq ne lt le gt ge masked_fill".split()
+)
+
+
+def _name_of(node: fx.Node) -> str:
+    return node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+
+
+def _written(node: fx.Node) -> fx.Node | None:
+    """The node whose tensor ``node`` writes into in place (an in-place call, or an
+    augmented assignment, which may be a number's rebinding: counted as a write)."""
+    target = _mutated(node, None)
+    if target is None and node.target in AUGMENTED and isinstance(node.args[0], fx.Node):
+        target = node.args[0]
+    return target
+
+
+def writes_followed(graph: fx.Graph) -> bool:
+    """Whether every in-place write of ``graph`` is one its data flow shows whole: a write
+    into a tensor the graph made (``new_zeros``, ``clone``…), directly or through views fx
+    knows (``view``, indexing…), whose memory nothing read before the write but such views,
+    other writes and operations copying it into new memory (``clone``, arithmetic). A
+    write into a placeholder (its caller's tensor), or through another alias (``x.T``,
+    ``x.contiguous()``: a view or the tensor itself, depending on the tensor), is not.
 
     Example:
-        >>> g = fx.Graph()
-        >>> x = g.placeholder("x")
-        >>> _ = g.output(g.call_method("add_", (g.call_method("view", (x, -1)), 1)))
-        >>> writes_into_inputs(g)
-        True
+        >>> def graph(into_input):
+        ...     g = fx.Graph()
+        ...     x = g.placeholder("x")
+        ...     target = g.call_method("view", (x, -1)) if into_input else g.call_method(
+        ...         "new_zeros", (x, 3))
+        ...     _ = g.output(g.call_method("fill_", (target, 1.0)))
+        ...     return g
+        >>> writes_followed(graph(into_input=False)), writes_followed(graph(into_input=True))
+        (True, False)
     """
+    order = {n: i for i, n in enumerate(graph.nodes)}
     for node in graph.nodes:
-        target = _mutated(node, None)
-        if target is None and node.target in AUGMENTED and isinstance(node.args[0], fx.Node):
-            target = node.args[0]
-        while target is not None and _is_view(target) and target.args:
-            target = target.args[0] if isinstance(target.args[0], fx.Node) else None
-        if isinstance(target, fx.Node) and target.op == "placeholder":
-            return True
-    return False
+        base = _written(node)
+        if base is None:
+            continue
+        while True:  # back to the memory's maker, through views and earlier writes
+            if _is_view(base) and base.args and isinstance(base.args[0], fx.Node):
+                base = base.args[0]
+            elif _written(base) is not None:
+                base = _written(base)
+            else:
+                break
+        if base.op not in ("call_function", "call_method") or _name_of(base) not in _MADE:
+            return False
+        aliases, seen = [base], set()
+        while aliases:  # what read the memory before this write: views, writes, copies
+            alias = aliases.pop()
+            seen.add(alias)
+            for user in alias.users:
+                if order[user] >= order[node] or user in seen:
+                    continue
+                if _is_view(user) or _written(user) is alias:
+                    aliases.append(user)
+                elif user.op not in ("call_function", "call_method") or (
+                    _name_of(user) not in _READ_INTO_NEW
+                ):
+                    return False  # it may have returned the memory itself (x.contiguous())
+    return True
 
 
 def follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
