@@ -516,3 +516,41 @@ def test_writes_that_change_no_path_are_let_through(case: str) -> None:
     fx_report = gpa.analyze(Writes(case), input_shape=(2, 4), tracer="fx")
     autograd = gpa.analyze(Writes(case), input_shape=(2, 4), tracer="autograd")
     assert _records(fx_report) == _records(autograd)
+
+
+def stash(x: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    buf.copy_(x)  # writes x into the buffer it is given
+    return x * 2
+
+
+torch.fx.wrap("stash")
+
+
+class StashesIntoABuffer(nn.Module):
+    """By hand: the call writes a(x) into buf, read again afterwards by c; its result
+    2 a(x) goes to b: a's sources are b and c. fx reads a buffer anew at each use (each
+    use its own node), so the later read is another node than the one written."""
+
+    def __init__(self, again: str) -> None:
+        super().__init__()
+        self.again = again
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.register_buffer("buf", torch.zeros(3, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.again == "by-attribute":
+            y = stash(self.a(x), self.buf)
+            return self.b(y) + self.c(self.buf)
+        buf = self.buf  # one name, used twice
+        y = stash(self.a(x), buf)
+        return self.b(y) + self.c(buf)
+
+
+@pytest.mark.parametrize("again", ["by-attribute", "by-name"])
+def test_a_write_into_a_buffer_read_afterwards_is_refused_by_fx(again: str) -> None:
+    report = auto_after_fx_refuses(
+        StashesIntoABuffer(again),
+        r"writes in place into an argument \(the value of 'buf",
+        input_shape=(3, 4),
+    )
+    assert report.layers["a"].sources == ("b", "c")

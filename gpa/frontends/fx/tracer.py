@@ -523,7 +523,8 @@ METADATA_QUERIES = frozenset({"size", "dim", "numel", "shape", "dtype", "device"
 def later_reader(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -> fx.Node | None:
     """The first node after ``node`` (``order``: each node's position) that reads the values
     of ``target`` or of another name of its memory — a tensor it is a view of, a view of
-    either —, or None. Reading metadata alone (:data:`METADATA_QUERIES`) does not count.
+    either, another read of the same attribute (fx reads a buffer anew at each use) —, or
+    None. Reading metadata alone (:data:`METADATA_QUERIES`) does not count.
 
     Example:
         >>> g = fx.Graph()
@@ -540,6 +541,9 @@ def later_reader(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -
     while _is_view(root) and root.args and isinstance(root.args[0], fx.Node):
         root = root.args[0]
     names = [root]
+    if root.op == "get_attr":  # each use of an attribute is a node of its own
+        reads = root.graph.find_nodes(op="get_attr")
+        names += [n for n in reads if n.target == root.target and n is not root]
     for name in names:  # grows: every view of every view, transitively
         names += [u for u in name.users if _is_view(u) and u.args and u.args[0] is name]
     readers = (
