@@ -131,15 +131,10 @@ def _conv(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
 
 
 def _linear(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
-    """``nn.Linear``: the last size ``in_features`` becomes ``out_features``."""
+    """``nn.Linear``: its functional call on the module's weight and bias."""
     if kwargs or len(args) != 1:
         return None
-    x, weight = args[0], module.weight
-    if not (_plain(x) and _plain(weight)) or x.dtype != weight.dtype or x.dim() == 0:
-        return None
-    if x.shape[-1] != module.in_features:
-        return None
-    return _empty((*x.shape[:-1], module.out_features), x.dtype)
+    return _functional_linear((args[0], module.weight, module.bias), {})
 
 
 def _functional_linear(args: tuple, kwargs: dict) -> torch.Tensor | None:
