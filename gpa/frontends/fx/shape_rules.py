@@ -334,6 +334,33 @@ def _rearranging(op: Callable[..., Any]) -> Rule:
     return rule
 
 
+_ROLL = inspect.signature(lambda input, shifts, dims=(): None)
+
+
+def _roll(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``torch.roll(input, shifts, dims)``: the input's shape, contiguous — what the meta
+    device gives (a Python decomposition there, a millisecond a call: Swin rolls twice per
+    shifted block). Empty inputs and invalid calls are left to the meta run."""
+    try:
+        bound = _ROLL.bind(*args, **kwargs).arguments
+    except TypeError:
+        return None
+    x = bound["input"]
+    shifts, dims = (
+        v if isinstance(v, (tuple, list)) else (v,)
+        for v in (bound["shifts"], bound.get("dims", ()))
+    )
+    if not (isinstance(x, torch.Tensor) and x.is_meta and x.is_floating_point()) or x.numel() == 0:
+        return None
+    if not all(type(v) is int for v in (*shifts, *dims)):
+        return None
+    if dims:
+        valid = len(shifts) == len(dims) and all(-x.dim() <= d < x.dim() for d in dims)
+    else:
+        valid = len(shifts) == 1  # the flattened tensor rolled, then viewed back
+    return _empty(x.shape, x.dtype) if valid else None
+
+
 def _float_tensor_in(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.is_floating_point() or value.is_complex()
@@ -346,7 +373,7 @@ def _method(name: str) -> Callable[..., Any]:
 
 _REARRANGING_METHODS = (
     "view reshape permute transpose unsqueeze squeeze flatten unflatten contiguous expand "
-    "repeat t narrow select movedim swapaxes roll".split()
+    "repeat t narrow select movedim swapaxes".split()
 )
 _REARRANGING_FUNCTIONS = (
     torch.reshape,
@@ -355,7 +382,6 @@ _REARRANGING_FUNCTIONS = (
     torch.unsqueeze,
     torch.squeeze,
     torch.flatten,
-    torch.roll,
     torch.movedim,
     torch.narrow,
     torch.select,
@@ -389,6 +415,8 @@ FUNCTION_RULES: dict[Any, Rule] = {
     "matmul": _matmul,
     **{name: _rearranging(_method(name)) for name in _REARRANGING_METHODS},
     **{op: _rearranging(op) for op in _REARRANGING_FUNCTIONS},
+    torch.roll: _roll,
+    "roll": _roll,
 }
 
 #: Rules by exact module type (a subclass may override forward); they take the module
