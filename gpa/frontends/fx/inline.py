@@ -45,7 +45,11 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch.overrides import TorchFunctionMode
+from torch.overrides import (
+    TorchFunctionMode,
+    _get_current_function_mode,
+    _pop_mode_temporarily,
+)
 
 from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.graph import result_part
@@ -284,9 +288,18 @@ class _ValueTracer(GpaTracer):
         self._grad_enabled = enabled
         self._names = names
         self.evaluator = evaluator
-        self.evaluating = False  # while an operation runs: what it calls is not recorded
+        self.evaluating = False  # while an operation runs
 
     def create_arg(self, a: Any) -> Any:
+        # the arguments of most operations: proxies, numbers and tuples of them, answered
+        # before fx's general search (a third of the trace's time on Swin)
+        kind = type(a)
+        if kind in _ATOMS:
+            return a
+        if kind is _ValueProxy:
+            return a.node
+        if kind is tuple or kind is list:
+            return kind([self.create_arg(x) for x in a])
         made = isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter)
         if made and self._qualified_name(a) is None:  # made by the function: a constant
             name = self.tensor_attrs.get(a) or self.get_fresh_qualname("_tensor_constant")
@@ -322,12 +335,18 @@ class _ValueTracer(GpaTracer):
         for m in node.all_input_nodes:
             if m not in env and m.op == "get_attr":  # a constant made by create_arg
                 env[m] = self.evaluator.get_attr(m.target, (), {})
-        self.evaluating = True
+        self.evaluating = True  # what the operation calls is not recorded
         try:
+            if isinstance(_get_current_function_mode(), _Made):
+                with _pop_mode_temporarily():  # nor seen: torch calls it without a detour
+                    return self.evaluator.evaluate(node)
             return self.evaluator.evaluate(node)
         finally:
             self.evaluating = False
 
+
+# Arguments fx records as they are (see ``_ValueTracer.create_arg``).
+_ATOMS = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device})
 
 # Names a function checks its arguments' types with (fx's proxies are no tensors).
 _TYPE_CHECKS = frozenset({"isinstance", "is_tensor", "type"})
