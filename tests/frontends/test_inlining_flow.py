@@ -183,6 +183,35 @@ def test_each_look_is_traced_once_per_analysis(monkeypatch) -> None:
     assert {n: r.shortest for n, r in report.layers.items()} == {"a": 3, "b": 2, "head": 1}
 
 
+def test_each_traced_operation_is_worked_out_once(monkeypatch) -> None:
+    # the call's flows are composed from its operations as the trace worked them out: the
+    # run over the traced graph takes each as it stands (no rule, look-alike or meta run)
+    worked_out, composing = [], []
+    passed_through, run_on = GradientFlow._passed_through, GradientFlow.run_on
+
+    def spy(self, n):
+        if composing:
+            worked_out.append(n.name)
+        return passed_through(self, n)
+
+    def composed(self, values, enabled):
+        composing.append(True)
+        try:
+            return run_on(self, values, enabled)
+        finally:
+            composing.pop()
+
+    monkeypatch.setattr(GradientFlow, "_passed_through", spy)
+    monkeypatch.setattr(GradientFlow, "run_on", composed)
+    gm = trace(Alike())
+    InliningFlow(gm).run(torch.zeros(1, 4))
+    assert worked_out == []
+    assert [n.meta[FLOW].value.shape for n in gm.graph.nodes if n.name.startswith("attend")] == [
+        (1, 4),
+        (1, 4),
+    ]
+
+
 # ---------------------------------------------------------------- writes through aliases
 # A fresh pair of eyes found writes the traced operations do not show whole: through an
 # alias fx does not know as a view (``x.T``; ``x.contiguous()`` and ``x.to(dtype)``, which

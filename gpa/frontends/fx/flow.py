@@ -455,6 +455,9 @@ class GradientFlow(fx.Interpreter):
         # stands, see _refuse_hidden_write)
         self._unshared: set[fx.Node] = set()
         self._order: dict[fx.Node, int] | None = None  # node positions, when needed
+        # what evaluate worked out, by node: (grad mode, the inputs' values, result, flows,
+        # parts); a pass over the node's graph (see over) takes it as it stands
+        self._evaluated: dict[fx.Node, tuple] = {}
 
     def run(self, *inputs: Any) -> None:  # type: ignore[override]
         self.given = len(inputs)
@@ -462,9 +465,9 @@ class GradientFlow(fx.Interpreter):
             super().run(*_as_meta_input(inputs))
 
     def over(self, graph: fx.Graph) -> GradientFlow:
-        """A pass like this one — its model, meta stand-ins and look-alikes — over
-        ``graph``, another graph of the same model (made without the walk of every
-        submodule a new ``fx.Interpreter`` takes)."""
+        """A pass like this one — its model, meta stand-ins, look-alikes and what
+        :meth:`evaluate` worked out — over ``graph``, another graph of the same model
+        (made without the walk of every submodule a new ``fx.Interpreter`` takes)."""
         other = copy.copy(self)
         other.graph, other.env = graph, {}
         other._unshared, other._order = set(), None
@@ -506,8 +509,10 @@ class GradientFlow(fx.Interpreter):
         Raises:
             ShapeError, TraceError: as the pass does for the operation.
         """
-        value, _ = self._flow_of(n)
-        n.meta.pop(PARTS, None)
+        value, flows = self._flow_of(n)
+        inputs = tuple(self.env[m] for m in n.all_input_nodes)
+        parts = n.meta.pop(PARTS, None)
+        self._evaluated[n] = (torch.is_grad_enabled(), inputs, value, flows, parts)
         return value
 
     def _follow_augmented_assignment(self, n: fx.Node) -> None:
@@ -578,6 +583,12 @@ class GradientFlow(fx.Interpreter):
         return torch.func.functional_call(module, state, args, kwargs)
 
     def _flow_of(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
+        done = self._evaluated.get(n)
+        if done is not None and self._same_run(n, done[0], done[1]):
+            _, _, result, flows, parts = done
+            if parts is not None:
+                n.meta[PARTS] = parts
+            return result, flows
         passed = self._passed_through(n)
         if passed is not None:
             return passed
@@ -596,6 +607,16 @@ class GradientFlow(fx.Interpreter):
             if outcome is not None:
                 self.outcomes[key] = outcome
         return result, flows
+
+    def _same_run(self, n: fx.Node, enabled: bool, inputs: tuple) -> bool:
+        """Whether ``n`` runs now as :meth:`evaluate` ran it: in grad mode ``enabled``, on
+        its inputs' very values ``inputs`` (so its result is that run's)."""
+        now = n.all_input_nodes
+        return (
+            enabled == torch.is_grad_enabled()
+            and len(now) == len(inputs)
+            and all(self.env[m] is value for m, value in zip(now, inputs, strict=True))
+        )
 
     def _run_under_autograd(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
         leaves: dict[int, fx.Node] = {}
