@@ -18,10 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import gpa
-from gpa.frontends.fx import inline
+from gpa.frontends.fx import fx_gradient_graph, inline
 from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.inline import InliningFlow
+from gpa.frontends.fx.layers import wrapped
 from gpa.frontends.fx.tracer import trace
+from gpa.options import AnalysisOptions
 from tests.frontends.every_tracer import auto_after_fx_refuses, layer_records
 from tests.frontends.test_opaque import (
     TRACED_CASES,
@@ -93,11 +95,17 @@ def _annotations(through: bool, model: nn.Module, shape: tuple) -> dict:
     gm = trace(model)
     flow = InliningFlow(gm, every=True) if through else GradientFlow(gm)
     flow.run(torch.zeros(shape))
+    return _read(gm)
+
+
+def _read(gm: torch.fx.GraphModule) -> dict:
+    """Every node's annotation, nodes by name."""
     return {
         n.name: (
             sorted(m.name for m in n.meta[FLOW].grad_from),
             n.meta[FLOW].value,
             n.meta[FLOW].shapes,
+            n.meta[FLOW].constant,
             [sorted(m.name for m in part) for part in n.meta.get(PARTS, ())],
         )
         for n in gm.graph.nodes
@@ -126,6 +134,76 @@ def test_a_call_is_read_as_running_it_whole_gives(name: str, monkeypatch) -> Non
     monkeypatch.setattr(InliningFlow, "_through", spy)
     assert _annotations(True, model, shape) == whole
     assert bool(through) == (name not in RUN_WHOLE)
+
+
+def _passes(monkeypatch) -> list[str]:
+    """The flow passes that run over a whole model (their classes' names, in order)."""
+    runs, run = [], InliningFlow.run
+
+    def counting(self, *inputs):
+        runs.append(type(self).__name__)
+        return run(self, *inputs)
+
+    monkeypatch.setattr(InliningFlow, "run", counting)
+    return runs
+
+
+@pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_operations_put_in_place_carry_the_annotations_a_pass_gives(
+    name, channels, monkeypatch
+) -> None:
+    # the inlining copies each operation's annotation from its traced graph and renames
+    # the nodes it names, so no second pass runs; a fresh pass over the new graph (running
+    # every call left whole) is the independent computation
+    model = MODELS[name]().eval() if name == "returns-its-input" else MODELS[name]()
+    shape = (2, 5, 4) if name == "shifted" else (2, 4)
+    passes = _passes(monkeypatch)
+    graph = fx_gradient_graph(model, AnalysisOptions(input_shape=(shape,), channels=channels))
+    assert passes == ["InliningFlow"]
+    carried = _read(graph.traced)
+    GradientFlow(graph.traced).run(torch.zeros(shape))
+    assert carried == _read(graph.traced)
+
+
+def branchy(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Detaches what its helper does not take for a tensor (a proxy, when traced): its
+    result, which then carries no gradient."""
+    return _tensor_or_detached(F.linear(x, weight))
+
+
+def _tensor_or_detached(x):
+    return x if isinstance(x, torch.Tensor) else x.detach()
+
+
+torch.fx.wrap("branchy")
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return branchy(self.a(x), self.b.weight) * 2
+
+
+def test_operations_that_do_not_look_as_the_call_did_are_annotated_anew(monkeypatch) -> None:
+    # with channels every wrapped call is traced into, and the inlining looks at the
+    # function's own code only: branchy's helper takes the proxy for no tensor and detaches
+    # the result (a known gap under channels), which then does not require grad as the
+    # call's did: its readers' annotations do not stand, the pass runs over the new graph
+    gm = trace(Branchy())
+    flow = InliningFlow(gm, every=True)
+    flow.run(torch.zeros(2, 4))
+    inlined = inline.inline_calls(gm, [n for n in gm.graph.nodes if wrapped(n)], flow)
+    assert inlined == inline.Inlined(["branchy"], annotated=False)
+    passes = _passes(monkeypatch)
+    graph = fx_gradient_graph(Branchy(), AnalysisOptions(input_shape=((2, 4),), channels=True))
+    assert passes == ["InliningFlow", "InliningFlow"]
+    carried = _read(graph.traced)
+    GradientFlow(graph.traced).run(torch.zeros(2, 4))
+    assert carried == _read(graph.traced)
 
 
 def test_a_call_writing_into_its_argument_runs_whole(monkeypatch) -> None:

@@ -74,10 +74,12 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         calls = find_layers(gm, options.layer_types, traced)
         opaque = opaque_calls(gm, calls)
         into = wrapped_calls(gm) if options.channels else [node for node, _ in opaque]
-        if inputs is not None and into and inline_calls(gm, into, flow):
+        inlined = inline_calls(gm, into, flow) if inputs is not None and into else None
+        if inlined is not None and inlined.replaced:
             # the calls fx kept whole, traced into by value (§1.1): their operations too
             gm.recompile()
-            InliningFlow(gm, like=flow, every=options.channels).run(*inputs)
+            if not inlined.annotated:
+                InliningFlow(gm, like=flow, every=options.channels).run(*inputs)
             calls = find_layers(gm, options.layer_types, traced)
             opaque = opaque_calls(gm, calls)
     readers: dict[str, dict[str, None]] = {}  # function -> the modules whose weights it reads

@@ -12,8 +12,8 @@ and item assignment is recorded as an in-place call (:func:`setitem_`). Each ope
 recorded is worked out as the pass works out any
 (:meth:`~gpa.frontends.fx.flow.GradientFlow.evaluate`), so the pass reads the call's result
 off its operations instead of running the function whole, and once :func:`inline_calls`
-has put them in the call's place, the pass over the new graph finds every one of them
-already worked out. A call that cannot be traced so (a branch on a tensor's values, an
+has put them in the call's place, each carries the annotation the pass gave it: no pass
+over the new graph is needed. A call that cannot be traced so (a branch on a tensor's values, an
 operation the meta device refuses) stays whole, as before.
 
 Example:
@@ -29,7 +29,7 @@ Example:
     >>> gm = fx.GraphModule(torch.nn.Module(), g)
     >>> flow = InliningFlow(gm)
     >>> flow.run(torch.empty(2, 3), torch.empty(4, 3))
-    >>> inline_calls(gm, [call], flow)
+    >>> inline_calls(gm, [call], flow).replaced
     ['project']
     >>> [n.target.__name__ for n in gm.graph.nodes if n.op == "call_function"]
     ['linear']
@@ -38,10 +38,11 @@ Example:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import operator
 from collections.abc import Hashable, Iterable, Iterator, Mapping, MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
@@ -51,7 +52,7 @@ from torch.overrides import (
     _pop_mode_temporarily,
 )
 
-from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
+from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow, NodeFlow
 from gpa.frontends.fx.graph import result_part
 from gpa.frontends.fx.layers import wrapped
 from gpa.frontends.fx.lookalike import code_names, reads_globals, signature
@@ -63,7 +64,7 @@ from gpa.frontends.fx.tracer import (
     writes_followed,
 )
 
-__all__ = ["InliningFlow", "inline_calls", "setitem_"]
+__all__ = ["Inlined", "InliningFlow", "inline_calls", "setitem_"]
 
 # What a proxy answers with its value's own: numbers and flags, never a node.
 _CONCRETE = frozenset(
@@ -180,20 +181,72 @@ def _reached(returned: Any) -> set[fx.Node]:
     return found
 
 
-def inline_calls(gm: fx.GraphModule, calls: Iterable[fx.Node], flow: InliningFlow) -> list[str]:
+class Inlined(NamedTuple):
+    """What :func:`inline_calls` did.
+
+    Attributes:
+        replaced: the names of the calls replaced by their operations.
+        annotated: whether every node of the new graph carries the annotation the flow
+            pass over it would give (``node.meta[FLOW]``, ``node.meta[PARTS]``): each
+            operation put in place carries its own, and each replaced call's readers read
+            results that look as the call's did. Else the flow pass must run again.
+    """
+
+    replaced: list[str]
+    annotated: bool
+
+
+def inline_calls(gm: fx.GraphModule, calls: Iterable[fx.Node], flow: InliningFlow) -> Inlined:
     """Replace each of ``calls`` (``call_function`` nodes of ``gm``) by the operations its
     function runs on the arguments' values (``flow``: the gradient-flow pass that has run
-    over ``gm``, holding the operations of the calls it traced into). Returns the names of
-    the calls replaced; the others stay.
+    over ``gm``, holding the operations of the calls it traced into); the others stay.
+    The operations put in place carry the flow pass's annotations, as it worked them out
+    for the call (see :class:`Inlined`).
     """
-    replaced = []
+    replaced, annotated = [], True
     values = collections.ChainMap({}, flow.env)  # the results of calls replaced, too
     for call in list(calls):
-        inner = flow.operations(call, values, _grad_mode_at(call))
+        enabled = _grad_mode_at(call)
+        inner = flow.operations(call, values, enabled)
         if inner is not None and _replaceable(call, inner):
+            annotated = _annotated(flow, call, inner, values, enabled) and annotated
             _replace(gm, call, inner, values)
             replaced.append(call.name)
-    return replaced
+    return Inlined(replaced, annotated)
+
+
+def _annotated(
+    flow: GradientFlow, call: fx.Node, inner: fx.Graph, values: Mapping, enabled: bool
+) -> bool:
+    """Annotate ``inner`` (the operations of ``call``) as the flow pass over them gives,
+    unless a call of the same look did (its operations are these); whether the results
+    look as ``call``'s did to the pass (then its readers' annotations stand)."""
+    output = inner.output_node()
+    if FLOW not in output.meta:  # traced for the inlining, never read through
+        flow.over(inner).run_on([values[m] for m in call.all_input_nodes], enabled)
+    returned = output.args[0]
+    if isinstance(returned, fx.Node):
+        return _looks_alike(call.meta[FLOW], returned.meta[FLOW])
+    return all(
+        _looks_alike(user.meta[FLOW], returned[user.args[1]].meta[FLOW]) for user in call.users
+    )
+
+
+def _looks_alike(a: NodeFlow, b: NodeFlow) -> bool:
+    """Whether two nodes' results are alike to the flow pass (shapes, dtype, whether they
+    require grad, constant values): what their readers' annotations depend on."""
+    return a.value == b.value and a.shapes == b.shapes and a.constant == b.constant
+
+
+def _renamed(node: fx.Node, names: Mapping[fx.Node, fx.Node]) -> None:
+    """Rewrite ``node``'s annotations to name other nodes (``names``: old -> new)."""
+    flow = node.meta.get(FLOW)
+    if flow is not None:
+        grad_from = frozenset(names.get(m, m) for m in flow.grad_from)
+        node.meta[FLOW] = dataclasses.replace(flow, grad_from=grad_from)
+    parts = node.meta.get(PARTS)
+    if parts is not None:
+        node.meta[PARTS] = tuple(frozenset(names.get(m, m) for m in p) for p in parts)
 
 
 def _replaceable(call: fx.Node, inner: fx.Graph) -> bool:
@@ -210,26 +263,29 @@ def _replace(gm: fx.GraphModule, call: fx.Node, inner: fx.Graph, values: Mutable
     """Put a copy of ``inner``'s operations in place of ``call``."""
     first = call.prev
     placeholders = [n for n in inner.nodes if n.op == "placeholder"]
+    copies = dict(zip(placeholders, call.all_input_nodes, strict=True))
     with gm.graph.inserting_before(call):
-        result = gm.graph.graph_copy(
-            inner, dict(zip(placeholders, call.all_input_nodes, strict=True))
-        )
+        result = gm.graph.graph_copy(inner, copies)
     stack = call.meta.get("nn_module_stack", {})  # they ran in the caller's module
     node = first.next
     while node is not call:
         node.meta["nn_module_stack"] = stack
-        node.meta.pop(PARTS, None)  # the inner graph's nodes: the flow pass sets it anew
+        _renamed(node, copies)  # its annotations name the inner graph's nodes
         node = node.next
     if isinstance(result, (tuple, list)):
         for user in list(call.users):
             part = result[user.args[1]]
             if call in values:
                 values[part] = values[call][user.args[1]]
+            for reader in user.users:
+                _renamed(reader, {user: part})
             user.replace_all_uses_with(part)
             gm.graph.erase_node(user)
     else:
         if call in values:
             values[result] = values[call]
+        for reader in call.users:
+            _renamed(reader, {call: result})
         call.replace_all_uses_with(result)
     gm.graph.erase_node(call)
 
