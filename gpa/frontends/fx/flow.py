@@ -455,8 +455,8 @@ class GradientFlow(fx.Interpreter):
         # stands, see _refuse_hidden_write)
         self._unshared: set[fx.Node] = set()
         self._order: dict[fx.Node, int] | None = None  # node positions, when needed
-        # what evaluate worked out, by node: (grad mode, the inputs' values, result, flows,
-        # parts); a pass over the node's graph (see over) takes it as it stands
+        # what evaluate worked out, by node: (grad mode, the input nodes and their values,
+        # result, flows, parts); a pass over the node's graph (see over) takes it as it stands
         self._evaluated: dict[fx.Node, tuple] = {}
 
     def run(self, *inputs: Any) -> None:  # type: ignore[override]
@@ -510,7 +510,7 @@ class GradientFlow(fx.Interpreter):
             ShapeError, TraceError: as the pass does for the operation.
         """
         value, flows = self._flow_of(n)
-        inputs = tuple(self.env[m] for m in n.all_input_nodes)
+        inputs = tuple((m, self.env[m]) for m in n.all_input_nodes)
         parts = n.meta.pop(PARTS, None)
         self._evaluated[n] = (torch.is_grad_enabled(), inputs, value, flows, parts)
         return value
@@ -610,12 +610,17 @@ class GradientFlow(fx.Interpreter):
 
     def _same_run(self, n: fx.Node, enabled: bool, inputs: tuple) -> bool:
         """Whether ``n`` runs now as :meth:`evaluate` ran it: in grad mode ``enabled``, on
-        its inputs' very values ``inputs`` (so its result is that run's)."""
+        the same input nodes holding the very same values (``inputs``: (node, value)
+        pairs), so its result and flows are that run's. A node rewired since to read a
+        write's result reads another node, even where the write passed its value through."""
         now = n.all_input_nodes
         return (
             enabled == torch.is_grad_enabled()
             and len(now) == len(inputs)
-            and all(self.env[m] is value for m, value in zip(now, inputs, strict=True))
+            and all(
+                m is node and self.env[m] is value
+                for m, (node, value) in zip(now, inputs, strict=True)
+            )
         )
 
     def _run_under_autograd(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
