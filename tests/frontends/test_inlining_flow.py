@@ -48,13 +48,23 @@ def halves(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return F.linear(x, weight), x.detach() * 2
 
 
+def rectified(x: torch.Tensor, weight: torch.Tensor, how: str) -> torch.Tensor:
+    """An in-place operation on a copy, read afterwards: the flow pass passes ``relu_``'s
+    value through as it is (the copy's), and fx's later reader is rewired to read it."""
+    y = F.linear(x, weight).clone()
+    getattr(y, how)()
+    return y * 2
+
+
 torch.fx.wrap("unweighted_drop")
 torch.fx.wrap("halves")
+torch.fx.wrap("rectified")
 
 
 class Others(nn.Module):
     """Wrapped calls test_opaque.py does not hold: one reading no parameter and returning
-    its input, one whose results depend on different arguments."""
+    its input, one whose results depend on different arguments, one writing in place into
+    a copy it made and reading it afterwards."""
 
     def __init__(self, case: str) -> None:
         super().__init__()
@@ -64,6 +74,8 @@ class Others(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.case == "returns-its-input":
             return self.b(unweighted_drop(self.a(x), 0.5, self.training))
+        if self.case.startswith("in-place-"):
+            return self.b(rectified(self.a(x), self.b.weight, self.case.removeprefix("in-place-")))
         left, right = halves(self.a(x), self.b.weight)
         return left + right
 
@@ -85,6 +97,10 @@ MODELS = {
         )
     },
     "returns-its-input": lambda: Others("returns-its-input"),
+    **{
+        f"in-place-{how}": (lambda how=how: Others(f"in-place-{how}"))
+        for how in ("relu_", "sigmoid_", "neg_")
+    },
     "results-apart": lambda: Others("results-apart"),
 }
 
@@ -136,6 +152,19 @@ def test_a_call_is_read_as_running_it_whole_gives(name: str, monkeypatch) -> Non
     assert bool(through) == (name not in RUN_WHOLE)
 
 
+@pytest.mark.parametrize("how", ["relu_", "sigmoid_", "neg_"])
+def test_an_in_place_operation_inside_reads_as_autograd_reads_it(how) -> None:
+    # a (4 -> 4) feeds the functional linear on b's weight inside, which feeds b: a's
+    # shortest path is a -> linear -> b -> loss (3), b's through its own call (1)
+    model = Others(f"in-place-{how}")
+    fx_report = gpa.analyze(model, input_shape=(2, 4), tracer="fx")
+    assert fx_report.tracer == "fx"
+    assert fx_report.layers["a"].shortest == 3
+    assert layer_records(fx_report) == layer_records(
+        gpa.analyze(model, input_shape=(2, 4), tracer="autograd")
+    )
+
+
 def _passes(monkeypatch) -> list[str]:
     """The flow passes that run over a whole model (their classes' names, in order)."""
     runs, run = [], InliningFlow.run
@@ -172,34 +201,49 @@ def branchy(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return _tensor_or_detached(F.linear(x, weight))
 
 
+def branchy_parts(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same for one of two results, which one operation returns together: the pair
+    still carries gradient, its second part no longer."""
+    return torch.broadcast_tensors(F.linear(x, weight), _tensor_or_detached(x * 1))
+
+
 def _tensor_or_detached(x):
     return x if isinstance(x, torch.Tensor) else x.detach()
 
 
 torch.fx.wrap("branchy")
+torch.fx.wrap("branchy_parts")
 
 
 class Branchy(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, parts: bool) -> None:
         super().__init__()
-        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.parts = parts
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.parts:
+            p, q = branchy_parts(self.a(x), self.b.weight)
+            return p + self.c(q)
         return branchy(self.a(x), self.b.weight) * 2
 
 
-def test_operations_that_do_not_look_as_the_call_did_are_annotated_anew(monkeypatch) -> None:
+@pytest.mark.parametrize("parts", [False, True], ids=["one-result", "one-of-two-results"])
+def test_operations_that_do_not_look_as_the_call_did_are_annotated_anew(parts, monkeypatch) -> None:
     # with channels every wrapped call is traced into, and the inlining looks at the
-    # function's own code only: branchy's helper takes the proxy for no tensor and detaches
-    # the result (a known gap under channels), which then does not require grad as the
-    # call's did: its readers' annotations do not stand, the pass runs over the new graph
-    gm = trace(Branchy())
+    # function's own code only: the helper takes the proxy for no tensor and detaches (a
+    # known gap under channels), so the result does not look as the call's did (each
+    # tensor's requires_grad counts, not the pair's): its readers' annotations do not
+    # stand, and the pass runs over the new graph
+    name = "branchy_parts" if parts else "branchy"
+    gm = trace(Branchy(parts))
     flow = InliningFlow(gm, every=True)
     flow.run(torch.zeros(2, 4))
     inlined = inline.inline_calls(gm, [n for n in gm.graph.nodes if wrapped(n)], flow)
-    assert inlined == inline.Inlined(["branchy"], annotated=False)
+    assert inlined == inline.Inlined([name], annotated=False)
     passes = _passes(monkeypatch)
-    graph = fx_gradient_graph(Branchy(), AnalysisOptions(input_shape=((2, 4),), channels=True))
+    options = AnalysisOptions(input_shape=((2, 4),), channels=True)
+    graph = fx_gradient_graph(Branchy(parts), options)
     assert passes == ["InliningFlow", "InliningFlow"]
     carried = _read(graph.traced)
     GradientFlow(graph.traced).run(torch.zeros(2, 4))

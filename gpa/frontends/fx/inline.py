@@ -52,10 +52,10 @@ from torch.overrides import (
     _pop_mode_temporarily,
 )
 
-from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow, NodeFlow
+from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.graph import result_part
 from gpa.frontends.fx.layers import wrapped
-from gpa.frontends.fx.lookalike import code_names, reads_globals, signature
+from gpa.frontends.fx.lookalike import code_names, look, reads_globals, signature
 from gpa.frontends.fx.tracer import (
     GpaProxy,
     GpaTracer,
@@ -102,6 +102,8 @@ class InliningFlow(GradientFlow):
     Attributes:
         graphs: each call's operations (None: it cannot be traced) by its look and grad
             mode, shared with the pass ``like`` gives.
+        composed: each traced graph's result as reading its operations gave it (meta
+            values), shared so too.
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class InliningFlow(GradientFlow):
         super().__init__(gm, like)
         self.graphs: dict[Hashable, fx.Graph | None] = like.graphs if like is not None else {}
         self._names: dict = like._names if like is not None else {}  # the root's tensors
+        self.composed: dict[fx.Graph, Any] = like.composed if like is not None else {}
         self.every = every
 
     def _run_under_autograd(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
@@ -146,7 +149,7 @@ class InliningFlow(GradientFlow):
         """``n``'s result and flows read off its operations ``inner``, as running the
         function whole under autograd gives them (its graph is theirs, composed)."""
         values = [self.env[m] for m in n.all_input_nodes]
-        result = self.over(inner).run_on(values, torch.is_grad_enabled())
+        result = self.composed[inner] = self.over(inner).run_on(values, torch.is_grad_enabled())
         inputs = dict(zip(inner.find_nodes(op="placeholder"), n.all_input_nodes, strict=True))
         returned = inner.output_node().args[0]
         if isinstance(returned, (tuple, list)) and len(returned) > 1:
@@ -205,8 +208,10 @@ def inline_calls(gm: fx.GraphModule, calls: Iterable[fx.Node], flow: InliningFlo
     """
     replaced, annotated = [], True
     values = collections.ChainMap({}, flow.env)  # the results of calls replaced, too
+    # the operations put in place leave the grad mode as they found it (see _traced)
+    modes = _grad_modes(gm.graph)
     for call in list(calls):
-        enabled = _grad_mode_at(call)
+        enabled = modes[call]
         inner = flow.operations(call, values, enabled)
         if inner is not None and _replaceable(call, inner):
             annotated = _annotated(flow, call, inner, values, enabled) and annotated
@@ -216,26 +221,18 @@ def inline_calls(gm: fx.GraphModule, calls: Iterable[fx.Node], flow: InliningFlo
 
 
 def _annotated(
-    flow: GradientFlow, call: fx.Node, inner: fx.Graph, values: Mapping, enabled: bool
+    flow: InliningFlow, call: fx.Node, inner: fx.Graph, values: Mapping, enabled: bool
 ) -> bool:
     """Annotate ``inner`` (the operations of ``call``) as the flow pass over them gives,
-    unless a call of the same look did (its operations are these); whether the results
-    look as ``call``'s did to the pass (then its readers' annotations stand)."""
-    output = inner.output_node()
-    if FLOW not in output.meta:  # traced for the inlining, never read through
-        flow.over(inner).run_on([values[m] for m in call.all_input_nodes], enabled)
-    returned = output.args[0]
-    if isinstance(returned, fx.Node):
-        return _looks_alike(call.meta[FLOW], returned.meta[FLOW])
-    return all(
-        _looks_alike(user.meta[FLOW], returned[user.args[1]].meta[FLOW]) for user in call.users
-    )
-
-
-def _looks_alike(a: NodeFlow, b: NodeFlow) -> bool:
-    """Whether two nodes' results are alike to the flow pass (shapes, dtype, whether they
-    require grad, constant values): what their readers' annotations depend on."""
-    return a.value == b.value and a.shapes == b.shapes and a.constant == b.constant
+    unless a call of the same look had them read (its operations are these); whether
+    their result looks as ``call``'s did to the pass — each tensor's shape, strides, dtype
+    and requires_grad —, so that the annotations of ``call``'s readers stand."""
+    result = flow.composed.get(inner)
+    if result is None:  # traced for the inlining, never read through
+        inputs = [values[m] for m in call.all_input_nodes]
+        result = flow.composed[inner] = flow.over(inner).run_on(inputs, enabled)
+    seen = look(values[call])
+    return seen is not None and seen == look(result)
 
 
 def _renamed(node: fx.Node, names: Mapping[fx.Node, fx.Node]) -> None:
@@ -442,14 +439,14 @@ def _basic(index: Any) -> bool:
     )
 
 
-def _grad_mode_at(node: fx.Node) -> bool:
-    """The grad mode the graph runs ``node`` in (the last :func:`grad_mode` before it)."""
-    before = node.prev
-    while before.op != "root":
-        if before.op == "call_function" and before.target is grad_mode:
-            return bool(before.args[0])
-        before = before.prev
-    return True
+def _grad_modes(graph: fx.Graph) -> dict[fx.Node, bool]:
+    """The grad mode the graph runs each node in (the last :func:`grad_mode` before it)."""
+    modes, enabled = {}, True
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is grad_mode:
+            enabled = bool(node.args[0])
+        modes[node] = enabled
+    return modes
 
 
 def _traced(

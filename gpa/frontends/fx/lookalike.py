@@ -44,7 +44,7 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import TreeSpec, tree_flatten, tree_unflatten
 
-__all__ = ["reads_globals", "Outcome", "signature"]
+__all__ = ["look", "reads_globals", "Outcome", "signature"]
 
 
 class _Unnamed(Exception):
@@ -92,6 +92,23 @@ def _name(value: Any) -> Hashable:
     if isinstance(value, dict):
         return (dict, tuple((k, _name(v)) for k, v in value.items()))
     raise _Unnamed
+
+
+def look(value: Any) -> Hashable | None:
+    """What ``value`` looks like to a meta run — tensors by shape, strides, dtype and
+    requires_grad, in their containers; Python values by value — or None when it cannot
+    be named (a tensor off the meta device, an object of another kind). Two values with
+    equal looks give every operation reading them the same outcome.
+
+    Example:
+        >>> a, b = torch.empty(2, 3, device="meta"), torch.empty(3, 2, device="meta").t()
+        >>> look((a, 1)) == look((torch.empty(2, 3, device="meta"), 1)), look(a) == look(b)
+        (True, False)
+    """
+    try:
+        return _name(value)
+    except _Unnamed:
+        return None
 
 
 def _named_argument(arg: Any, inputs: Mapping[fx.Node, int], env: Mapping[fx.Node, Any]) -> Any:
