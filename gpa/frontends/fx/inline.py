@@ -61,6 +61,7 @@ from gpa.frontends.fx.tracer import (
     GpaTracer,
     follow_mutations,
     grad_mode,
+    set_arguments,
     writes_followed,
 )
 
@@ -262,7 +263,7 @@ def _replace(gm: fx.GraphModule, call: fx.Node, inner: fx.Graph, values: Mutable
     placeholders = [n for n in inner.nodes if n.op == "placeholder"]
     copies = dict(zip(placeholders, call.all_input_nodes, strict=True))
     with gm.graph.inserting_before(call):
-        result = gm.graph.graph_copy(inner, copies)
+        result = _copy_into(gm.graph, inner, copies)
     stack = call.meta.get("nn_module_stack", {})  # they ran in the caller's module
     node = first.next
     while node is not call:
@@ -285,6 +286,23 @@ def _replace(gm: fx.GraphModule, call: fx.Node, inner: fx.Graph, values: Mutable
             _renamed(reader, {call: result})
         call.replace_all_uses_with(result)
     gm.graph.erase_node(call)
+
+
+def _copy_into(graph: fx.Graph, inner: fx.Graph, copies: dict[fx.Node, fx.Node]) -> Any:
+    """Copy ``inner``'s nodes into ``graph`` at its insertion point and return what
+    ``inner`` returns, in copies (``copies``: inner node -> copy, the placeholders' given;
+    filled in). As ``fx.Graph.graph_copy``, less its check of every copy's arguments for
+    symbolic sizes: a graph traced on meta values holds none (see :func:`set_arguments`)."""
+    for node in inner.nodes:
+        if node in copies:
+            continue
+        if node.op == "output":
+            return fx.node.map_arg(node.args[0], copies.__getitem__)
+        copy = graph.create_node(node.op, node.target, name=node.name, type_expr=node.type)
+        set_arguments(copy, *fx.node.map_arg((node.args, node.kwargs), copies.__getitem__))
+        copy.meta = dict(node.meta)
+        copies[node] = copy
+    return None
 
 
 class _ValueProxy(GpaProxy):

@@ -62,6 +62,7 @@ __all__ = [
     "made_of_constants",
     "graph_module",
     "write_into_view",
+    "set_arguments",
 ]
 
 #: ``node.meta`` key of the user's source line that made the node's operation,
@@ -211,12 +212,33 @@ class GpaTracer(fx.Tracer):
             switch = super().create_node("call_function", grad_mode, (enabled,), {})
             if self._made is not None:
                 self._made.append(switch)
-        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        node = super().create_node(kind, target, (), {}, name, type_expr)
+        set_arguments(node, args, kwargs)
         if self._made is not None:
             self._made.append(node)
         if kind in ("call_module", "call_function", "call_method"):
             node.meta[SITE] = caller_site()
         return node
+
+
+def set_arguments(node: fx.Node, args: tuple, kwargs: Mapping[str, Any]) -> None:
+    """Give ``node``, made without arguments, its ``args`` and ``kwargs`` (nodes among them
+    record ``node`` as a user, as ``fx.Graph.create_node`` does). Made so, a node skips
+    ``create_node``'s walk of its arguments with pytree, which warns about symbolic sizes:
+    gpa traces with concrete values, and the walk was a fifth of a model's trace.
+
+    Example:
+        >>> g = fx.Graph()
+        >>> x = g.placeholder("x")
+        >>> y = g.create_node("call_function", torch.relu)
+        >>> set_arguments(y, (x,), {})
+        >>> y.args, list(x.users)
+        ((x,), [relu])
+    """
+    if args:
+        node.args = tuple(args)
+    if kwargs:
+        node.kwargs = dict(kwargs)
 
 
 def trace(
