@@ -207,47 +207,93 @@ def branchy_parts(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, 
     return torch.broadcast_tensors(F.linear(x, weight), _tensor_or_detached(x * 1))
 
 
+def branchy_pair(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two results, the second detached where its helper takes a proxy for no tensor."""
+    return F.linear(x, weight), _tensor_or_detached(x * 1)
+
+
+def branchy_source(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A result that looks alike either way, read off another input where the helper
+    takes a proxy for no tensor: from ``x`` in a run, from the layer on ``weight`` traced."""
+    return _tensor_or_linear(x, weight)
+
+
 def _tensor_or_detached(x):
     return x if isinstance(x, torch.Tensor) else x.detach()
 
 
+def _tensor_or_linear(x, weight):
+    return x * 1 if isinstance(x, torch.Tensor) else F.linear(x, weight)
+
+
 torch.fx.wrap("branchy")
 torch.fx.wrap("branchy_parts")
+torch.fx.wrap("branchy_pair")
+torch.fx.wrap("branchy_source")
+
+BRANCHY = {
+    "one-result": branchy,
+    "one-of-two-results": branchy_parts,
+    "one-of-a-pair": branchy_pair,
+    "another-input": branchy_source,
+}
 
 
 class Branchy(nn.Module):
-    def __init__(self, parts: bool) -> None:
+    """By hand (a run, where the helpers see tensors): a feeds the wrapped call, whose
+    first result feeds head (the linear on b's weight between them unless the call
+    returns a's output itself) and whose second, if any, feeds c. a: (2, 3, 2) with two
+    results, (2, 2, 1) with one (3 through b's weight, 2 without)."""
+
+    def __init__(self, function: str) -> None:
         super().__init__()
-        self.parts = parts
-        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.function = function
+        self.a, self.b, self.c, self.head = (nn.Linear(4, 4) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.parts:
+        # each called by its global name, which fx.wrap patches while tracing
+        if self.function == "one-of-two-results":
             p, q = branchy_parts(self.a(x), self.b.weight)
-            return p + self.c(q)
-        return branchy(self.a(x), self.b.weight) * 2
+        elif self.function == "one-of-a-pair":
+            p, q = branchy_pair(self.a(x), self.b.weight)
+        elif self.function == "one-result":
+            return self.head(branchy(self.a(x), self.b.weight))
+        else:
+            return self.head(branchy_source(self.a(x), self.b.weight))
+        return self.head(p) + self.c(q)
 
 
-@pytest.mark.parametrize("parts", [False, True], ids=["one-result", "one-of-two-results"])
-def test_operations_that_do_not_look_as_the_call_did_are_annotated_anew(parts, monkeypatch) -> None:
-    # with channels every wrapped call is traced into, and the inlining looks at the
-    # function's own code only: the helper takes the proxy for no tensor and detaches (a
-    # known gap under channels), so the result does not look as the call's did (each
-    # tensor's requires_grad counts, not the pair's): its readers' annotations do not
-    # stand, and the pass runs over the new graph
-    name = "branchy_parts" if parts else "branchy"
-    gm = trace(Branchy(parts))
-    flow = InliningFlow(gm, every=True)
+BY_HAND = {  # a's (shortest, longest, number of paths), as Branchy's docstring derives
+    "one-result": (3, 3, 1),
+    "one-of-two-results": (2, 3, 2),
+    "one-of-a-pair": (2, 3, 2),
+    "another-input": (2, 2, 1),
+}
+
+
+@pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
+@pytest.mark.parametrize("function", list(BRANCHY))
+def test_a_call_whose_operations_do_not_do_what_it_did_stays_whole(function, channels) -> None:
+    # the inlining looks at the function's own code only; a helper takes the proxy for no
+    # tensor and branches, so the traced operations' result does not look as the call's
+    # did (each tensor's requires_grad counts, not the pair's) or gradient reaches another
+    # input (same look): the call stays whole, fx says it could not look into it, and
+    # auto moves on to a frontend that follows the run
+    gm = trace(Branchy(function))
+    flow = InliningFlow(gm, every=channels)
     flow.run(torch.zeros(2, 4))
-    inlined = inline.inline_calls(gm, [n for n in gm.graph.nodes if wrapped(n)], flow)
-    assert inlined == inline.Inlined([name], annotated=False)
-    passes = _passes(monkeypatch)
-    options = AnalysisOptions(input_shape=((2, 4),), channels=True)
-    graph = fx_gradient_graph(Branchy(parts), options)
-    assert passes == ["InliningFlow", "InliningFlow"]
-    carried = _read(graph.traced)
-    GradientFlow(graph.traced).run(torch.zeros(2, 4))
-    assert carried == _read(graph.traced)
+    calls = [n for n in gm.graph.nodes if wrapped(n)]
+    name = BRANCHY[function].__name__
+    assert inline.inline_calls(gm, calls, flow) == inline.Inlined([], [name])
+    fx_report = gpa.analyze(Branchy(function), input_shape=(2, 4), tracer="fx", channels=channels)
+    assert any(f"'{name}' is a function fx keeps whole" in note for note in fx_report.notes)
+    assert "b" not in fx_report.layers or fx_report.layers["b"].paths is None  # unseen
+    report = gpa.analyze(Branchy(function), input_shape=(2, 4), channels=channels)
+    assert report.tracer != "fx"
+    a = report.layers["a"]
+    assert (a.shortest, a.longest, a.num_paths) == BY_HAND[function]
+    autograd = gpa.analyze(Branchy(function), input_shape=(2, 4), tracer="autograd")
+    assert layer_records(report) == layer_records(autograd)
 
 
 def test_a_call_writing_into_its_argument_runs_whole(monkeypatch) -> None:

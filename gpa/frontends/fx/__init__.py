@@ -78,8 +78,6 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         if inlined is not None and inlined.replaced:
             # the calls fx kept whole, traced into by value (§1.1): their operations too
             gm.recompile()
-            if not inlined.annotated:
-                InliningFlow(gm, like=flow, every=options.channels).run(*inputs)
             calls = find_layers(gm, options.layer_types, traced)
             opaque = opaque_calls(gm, calls)
     readers: dict[str, dict[str, None]] = {}  # function -> the modules whose weights it reads

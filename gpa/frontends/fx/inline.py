@@ -14,7 +14,8 @@ recorded is worked out as the pass works out any
 off its operations instead of running the function whole, and once :func:`inline_calls`
 has put them in the call's place, each carries the annotation the pass gave it: no pass
 over the new graph is needed. A call that cannot be traced so (a branch on a tensor's values, an
-operation the meta device refuses) stays whole, as before.
+operation the meta device refuses), or whose operations do not do what running it did (a
+type check that took a proxy for no tensor), stays whole.
 
 Example:
     >>> import torch, torch.fx as fx, torch.nn.functional as F
@@ -151,13 +152,22 @@ class InliningFlow(GradientFlow):
         function whole under autograd gives them (its graph is theirs, composed)."""
         values = [self.env[m] for m in n.all_input_nodes]
         result = self.composed[inner] = self.over(inner).run_on(values, torch.is_grad_enabled())
-        inputs = dict(zip(inner.find_nodes(op="placeholder"), n.all_input_nodes, strict=True))
-        returned = inner.output_node().args[0]
-        if isinstance(returned, (tuple, list)) and len(returned) > 1:
-            parts = tuple(frozenset(inputs[p] for p in _reached(r)) for r in returned)
+        flows, parts = _flows(n, inner)
+        if parts is not None:
             n.meta[PARTS] = parts
-            return result, frozenset().union(*parts)
-        return result, frozenset(inputs[p] for p in _reached(returned))
+        return result, flows
+
+
+def _flows(call: fx.Node, inner: fx.Graph) -> tuple[frozenset[fx.Node], tuple | None]:
+    """The input nodes of ``call`` that gradient reaches from the result of its operations
+    ``inner`` (annotated by a flow pass), and from each result apart when there are several
+    (None for one), as the pass records them (``node.meta[FLOW]``, ``node.meta[PARTS]``)."""
+    inputs = dict(zip(inner.find_nodes(op="placeholder"), call.all_input_nodes, strict=True))
+    returned = inner.output_node().args[0]
+    if isinstance(returned, (tuple, list)) and len(returned) > 1:
+        parts = tuple(frozenset(inputs[p] for p in _reached(r)) for r in returned)
+        return frozenset().union(*parts), parts
+    return frozenset(inputs[p] for p in _reached(returned)), None
 
 
 def _reached(returned: Any) -> set[fx.Node]:
@@ -189,15 +199,17 @@ class Inlined(NamedTuple):
     """What :func:`inline_calls` did.
 
     Attributes:
-        replaced: the names of the calls replaced by their operations.
-        annotated: whether every node of the new graph carries the annotation the flow
-            pass over it would give (``node.meta[FLOW]``, ``node.meta[PARTS]``): each
-            operation put in place carries its own, and each replaced call's readers read
-            results that look as the call's did. Else the flow pass must run again.
+        replaced: the names of the calls replaced by their operations; each operation put
+            in place carries the annotation the flow pass over the new graph would give
+            (``node.meta[FLOW]``, ``node.meta[PARTS]``), and so do the calls' readers.
+        refused: the names of the calls kept whole because their operations, traced with
+            proxies, do not do what running the function did: their result does not look
+            as the call's (each tensor's shape, strides, dtype, requires_grad) or gradient
+            reaches other inputs — a helper took a proxy for no tensor and branched.
     """
 
     replaced: list[str]
-    annotated: bool
+    refused: list[str]
 
 
 def inline_calls(gm: fx.GraphModule, calls: Iterable[fx.Node], flow: InliningFlow) -> Inlined:
@@ -207,33 +219,39 @@ def inline_calls(gm: fx.GraphModule, calls: Iterable[fx.Node], flow: InliningFlo
     The operations put in place carry the flow pass's annotations, as it worked them out
     for the call (see :class:`Inlined`).
     """
-    replaced, annotated = [], True
+    replaced, refused = [], []
     values = collections.ChainMap({}, flow.env)  # the results of calls replaced, too
     # the operations put in place leave the grad mode as they found it (see _traced)
     modes = _grad_modes(gm.graph)
     for call in list(calls):
         enabled = modes[call]
         inner = flow.operations(call, values, enabled)
-        if inner is not None and _replaceable(call, inner):
-            annotated = _annotated(flow, call, inner, values, enabled) and annotated
-            _replace(gm, call, inner, values)
-            replaced.append(call.name)
-    return Inlined(replaced, annotated)
+        if inner is None or not _replaceable(call, inner):
+            continue
+        if not _as_run(flow, call, inner, values, enabled):
+            refused.append(call.name)
+            continue
+        _replace(gm, call, inner, values)
+        replaced.append(call.name)
+    return Inlined(replaced, refused)
 
 
-def _annotated(
+def _as_run(
     flow: InliningFlow, call: fx.Node, inner: fx.Graph, values: Mapping, enabled: bool
 ) -> bool:
-    """Annotate ``inner`` (the operations of ``call``) as the flow pass over them gives,
-    unless a call of the same look had them read (its operations are these); whether
-    their result looks as ``call``'s did to the pass — each tensor's shape, strides, dtype
-    and requires_grad —, so that the annotations of ``call``'s readers stand."""
+    """Whether ``inner`` (the operations of ``call``, annotated here unless a call of the
+    same look had them read) does what the flow pass found ``call`` doing: a result that
+    looks as the call's did, each tensor apart, and gradient flowing to the same inputs.
+    Else the trace took another branch than the run (a helper's type check answered for
+    a proxy), and its operations would give other paths."""
     result = flow.composed.get(inner)
     if result is None:  # traced for the inlining, never read through
         inputs = [values[m] for m in call.all_input_nodes]
         result = flow.composed[inner] = flow.over(inner).run_on(inputs, enabled)
     seen = look(values[call])
-    return seen is not None and seen == look(result)
+    if seen is None or seen != look(result):
+        return False
+    return _flows(call, inner) == (call.meta[FLOW].grad_from, call.meta.get(PARTS))
 
 
 def _renamed(node: fx.Node, names: Mapping[fx.Node, fx.Node]) -> None:
@@ -491,7 +509,8 @@ def _traced(
     if reads_globals(call.target):  # as the caller left them, not as the call found them
         raise ValueError("the function reads global state")
     # a proxy is no tensor: a type check on it takes another branch. The function's own
-    # code only: the helpers it calls check other things (torchvision logs its API use)
+    # code only: the helpers it calls mostly check other things (torchvision logs its API
+    # use); where one took a proxy for no tensor, inline_calls finds the result not as run
     if code_names(call.target, depth=0) & _TYPE_CHECKS:
         raise ValueError("the function checks the types of what it is given")
     args, kwargs = fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__)
