@@ -59,14 +59,17 @@ def models(only: list[str] | None) -> list[tuple[str, Callable[[], nn.Module]]]:
     return [(n, f) for n, f in found if not only or n in only]
 
 
-def best(run: Callable[[], object], repeat: int) -> float:
-    times = []
+def best(runs: Sequence[Callable[[], object]], repeat: int) -> list[float]:
+    """The best time of each of ``runs`` over ``repeat`` rounds, run in turn within each
+    round: a slow spell of the machine falls on all of them, not on one."""
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeat):
-        gc.collect()  # no run pays for the garbage of the one before
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for run, taken in zip(runs, times, strict=True):
+            gc.collect()  # no run pays for the garbage of the one before
+            start = time.perf_counter()
+            run()
+            taken.append(time.perf_counter() - start)
+    return [min(taken) for taken in times]
 
 
 def measure(model: nn.Module, repeat: int, inputs: dict | None = None) -> tuple[float, float]:
@@ -78,8 +81,9 @@ def measure(model: nn.Module, repeat: int, inputs: dict | None = None) -> tuple[
     def channels() -> object:
         return gpa.analyze(model, channels=True, **inputs)
 
-    layers()  # warm up (imports, caches)
-    return best(layers, repeat), best(channels, repeat)
+    layers(), channels()  # warm up (imports, caches)
+    layer_time, channel_time = best([layers, channels], repeat)
+    return layer_time, channel_time
 
 
 def profile(name: str) -> None:

@@ -1041,20 +1041,54 @@ def _aten_slice(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> An
 
 
 def _sliced(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
-    """``x[a:b, ..., c:d]``: basic slicing with unit steps (channels on several axes:
-    :func:`_sliced_axes`)."""
+    """``x[a:b, ..., i, c:d]``: basic indexing (:func:`_indexed`)."""
     source = _first(node, inputs)
     if source is None or not isinstance(shapes, Shape):
         return None
-    ndim = len(source.shape)
     index = node.args[1]
-    index = index if isinstance(index, tuple) else (index,)
-    if not all(isinstance(i, slice) or i is Ellipsis for i in index):
+    return _indexed(source, index if isinstance(index, tuple) else (index,), tuple(shapes))
+
+
+def _unbound(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``unbind(x, dim)``: each position along ``dim``, its axis dropped (``q, k, v =
+    qkv.unbind(0)``), as ``x[..., i, ...]`` gives it."""
+    source = _first(node, inputs)
+    dim = _arg(node, 1, "dim", 0)
+    if source is None or not _integer(dim) or not isinstance(shapes, (tuple, list)):
+        return None
+    before = (slice(None),) * (dim % len(source.shape)) if source.shape else ()
+    pieces = [_indexed(source, (*before, i), tuple(s)) for i, s in enumerate(shapes)]
+    return None if any(p is None for p in pieces) else tuple(pieces)
+
+
+def _selected(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``select(x, dim, i)``: ``x[..., i, ...]`` with ``i`` at axis ``dim``."""
+    source = _first(node, inputs)
+    dim, at = _arg(node, 1, "dim"), _arg(node, 2, "index")
+    if source is None or not _integer(dim) or not _integer(at) or not isinstance(shapes, Shape):
+        return None
+    if not source.shape or not -len(source.shape) <= dim < len(source.shape):
+        return None
+    return _indexed(source, (*(slice(None),) * (dim % len(source.shape)), at), tuple(shapes))
+
+
+def _indexed(source: Channels, index: tuple, shape: tuple[int, ...]) -> Channels | None:
+    """``source[index]`` as a tensor of ``shape``: basic indexing by slices with unit steps
+    along channel axes, ``...`` and integers (an integer picks one position and drops its
+    axis; channels on several axes, or an integer: :func:`_sliced_axes`); None for any
+    other index (the probe answers)."""
+    ndim = len(source.shape)
+    if not all(isinstance(i, slice) or i is Ellipsis or _integer(i) for i in index):
         return None
     if Ellipsis in index:
         at = index.index(Ellipsis)
         index = index[:at] + (slice(None),) * (ndim - len(index) + 1) + index[at + 1 :]
-    if len(index) > ndim or any(
+    picked = [a for a, i in enumerate(index) if _integer(i)]
+    if len(index) > ndim or any(not -source.shape[a] <= index[a] < source.shape[a] for a in picked):
+        return None
+    index = tuple(slice(i % source.shape[a], i % source.shape[a] + 1) if a in picked else i
+                  for a, i in enumerate(index))  # fmt: skip
+    if any(
         not all(isinstance(b, (int, type(None))) for b in (i.start, i.stop, i.step)) for i in index
     ):
         return None
@@ -1062,12 +1096,25 @@ def _sliced(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     if any(cuts[a][2] != 1 for a in source.axes if a < len(cuts)):
         return None
     cuts += [(0, n, 1) for n in source.shape[len(cuts) :]]
+    if picked:  # cut as if each picked axis stayed (of size 1), then drop them
+        kept = list(shape)
+        for a in picked:
+            kept.insert(a, 1)
+        cut = _sliced_axes(source, [(lo, hi) for lo, hi, _ in cuts], tuple(kept))
+        if cut is None:
+            return None
+        axes = tuple(a - sum(p < a for p in picked) for a in cut.axes)
+        return Channels(axes, shape, cut.terms)
     if len(source.axes) > 1:
-        return _sliced_axes(source, [(lo, hi) for lo, hi, _ in cuts], tuple(shapes))
+        return _sliced_axes(source, [(lo, hi) for lo, hi, _ in cuts], shape)
     result = source
     for d in source.axes:
-        result = _cut(result, d, cuts[d][0], cuts[d][1], tuple(shapes))
-    return Channels(result.axes, tuple(shapes), result.terms)
+        result = _cut(result, d, cuts[d][0], cuts[d][1], shape)
+    return Channels(result.axes, shape, result.terms)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _sliced_axes(
@@ -1084,6 +1131,75 @@ def _sliced_axes(
     )
     terms = _each_index(source, lambda index: index[pick])
     return None if terms is None else Channels(axes, shape, terms)
+
+
+def _rolled(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``roll(x, shifts, dims)`` along given axes: each term's index rolled alike along
+    the channel axes among them (along any other axis, positions holding the same channels
+    move); a roll of the flattened tensor (no ``dims``) is left to the probe."""
+    source = _first(node, inputs)
+    if source is None or not isinstance(shapes, Shape) or not _probe_sized(source):
+        return None
+    shifts, dims = _arg(node, 1, "shifts"), _arg(node, 2, "dims")
+    shifts = tuple(shifts) if isinstance(shifts, (tuple, list)) else (shifts,)
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    ndim = len(source.shape)
+    if (
+        len(shifts) != len(dims)
+        or not all(_integer(v) for v in shifts + dims)
+        or not all(-ndim <= d < ndim for d in dims)
+    ):
+        return None
+    kept = [a for a in source.axes if source.shape[a] > 1]
+    along = [
+        (kept.index(d % ndim), s) for s, d in zip(shifts, dims, strict=True) if d % ndim in kept
+    ]
+
+    def roll(index: np.ndarray) -> np.ndarray:
+        for k, shift in along:
+            index = np.roll(index, shift, axis=k)
+        return index
+
+    terms = _each_index(source, roll)
+    return None if terms is None else Channels(tuple(kept), tuple(shapes), terms)
+
+
+def _padded(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+    """``F.pad`` / ``constant_pad_nd`` with a constant: the padded positions hold no
+    channel (the probe's second run shows the fill did not move), so each padded axis
+    longer than 1 becomes channel-bearing, each term's index padded with -1 along it.
+    Cropping (negative widths), other modes, and terms found everywhere where a pad is
+    not empty are left to the probe."""
+    source = _first(node, inputs)
+    if source is None or not isinstance(shapes, Shape) or not _probe_sized(source):
+        return None
+    pad = _arg(node, 1, "pad")
+    mode = _arg(node, 2, "mode", "constant") if op_name(node) == "pad" else "constant"
+    ndim, out = len(source.shape), tuple(shapes)
+    if (
+        mode != "constant"
+        or not isinstance(pad, (tuple, list))
+        or len(pad) % 2
+        or len(pad) > 2 * ndim
+        or not all(_integer(w) and w >= 0 for w in pad)
+    ):
+        return None
+    widths = [(0, 0)] * ndim  # F.pad's widths run from the last axis backwards
+    for k in range(len(pad) // 2):
+        widths[ndim - 1 - k] = (pad[2 * k], pad[2 * k + 1])
+    kept = [a for a in source.axes if source.shape[a] > 1]
+    grown = [a for a in range(ndim) if widths[a] != (0, 0) and out[a] > 1]
+    axes = sorted(set(kept) | set(grown))
+    if grown and any(t.index is None for t in source.terms):
+        return None  # found everywhere before, at some positions only after: the probe's mask
+
+    def padded(index: np.ndarray) -> np.ndarray:
+        view = [source.shape[a] if a in kept else 1 for a in axes]
+        full = np.broadcast_to(index.reshape(view), [source.shape[a] for a in axes])
+        return np.pad(full, [widths[a] for a in axes], constant_values=-1) if grown else full
+
+    terms = _each_index(source, padded)
+    return None if terms is None else Channels(tuple(axes), out, terms)
 
 
 # Pairwise-distinct sizes: an axis permutation applied to a meta tensor of these sizes
@@ -1266,6 +1382,10 @@ def concatenate(
 split: Rule = _or_probe(_split)
 narrow: Rule = _or_probe(_narrow)
 _slice: Rule = _or_probe(_sliced)
+unbound: Rule = _or_probe(_unbound)
+selected: Rule = _or_probe(_selected)
+rolled: Rule = _or_probe(_rolled)
+padded: Rule = _or_probe(_padded)
 aten_slice: Rule = _or_probe(_aten_slice)
 
 
@@ -1484,9 +1604,9 @@ RULES: dict[OpKey, Rule] = {
     ),
     # data movement
     **_each(
-        "select index_select tensor_split unbind flip roll expand expand_as repeat "
-        "stack pad pixel_shuffle pixel_unshuffle channel_shuffle "
-        "hstack vstack constant_pad_nd gather take_along_dim "
+        "index_select tensor_split flip expand expand_as repeat "
+        "stack pixel_shuffle pixel_unshuffle channel_shuffle "
+        "hstack vstack gather take_along_dim "
         "take repeat_interleave tile unfold im2col diagonal diag_embed index",
         probe,
     ),
@@ -1503,6 +1623,10 @@ RULES: dict[OpKey, Rule] = {
     "narrow": narrow,
     "slice": aten_slice,
     "getitem": getitem,
+    "roll": rolled,
+    "unbind": unbound,
+    "select": selected,
+    **_each("pad constant_pad_nd", padded),
     getattr: field,
     # positions combined along an axis
     **_each("softmax log_softmax softmin", combine),

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,9 +29,13 @@ from gpa.channels.rules import (
     Channels,
     Term,
     _concatenated,
+    _padded,
     _permuted,
     _reshaped,
+    _rolled,
+    _selected,
     _sliced,
+    _unbound,
     op_name,
     probe,
 )
@@ -183,6 +188,9 @@ def test_direct_rules_give_the_probes_answer(data: st.DataObject) -> None:
 def test_the_table_sends_these_operations_to_the_direct_rules() -> None:
     names = "permute transpose movedim swapaxes t getattr.T getattr.mT view reshape flatten"
     assert all(RULES[n].__name__ in ("permuted", "reshaped") for n in names.split())
+    moved = {"roll": "rolled", "pad": "padded", "constant_pad_nd": "padded"}
+    moved |= {"unbind": "unbound", "select": "selected", "getitem": "getitem"}
+    assert {n: RULES[n].__name__ for n in moved} == moved
 
 
 def test_a_view_as_another_dtype_is_left_to_the_probe() -> None:
@@ -314,17 +322,124 @@ def test_slicing_gives_the_probes_answer(data: st.DataObject) -> None:
     value = data.draw(channels())
     index = []
     for n in value.shape[: data.draw(st.integers(1, len(value.shape)))]:
+        if data.draw(st.integers(0, 3)) == 0:  # one position, its axis dropped (qkv[0])
+            index.append(data.draw(st.integers(-n, n - 1)))
+            continue
         lo = data.draw(st.integers(-n, n))
         hi = data.draw(st.one_of(st.none(), st.integers(-n, n)))
         index.append(slice(lo, hi, data.draw(st.sampled_from([None, 1, 1, 2]))))
     if data.draw(st.booleans()):
         index.insert(data.draw(st.integers(0, len(index))), Ellipsis)
     x, node = _node("call_function", operator.getitem, (tuple(index),), {})
-    out = torch.empty(value.shape, device="meta")[tuple(index)]
+    try:
+        out = torch.empty(value.shape, device="meta")[tuple(index)]
+    except IndexError:  # an integer past its axis (the Ellipsis moved it)
+        assert _sliced(node, {x: value}, Shape(())) is None
+        return
     if not out.numel():
         return  # empty: the probe finds no channel, the rules leave it to the probe
     shapes = Shape(out.shape)
     direct = _sliced(node, {x: value}, shapes)
+    steps = [i.step for i in index if isinstance(i, slice)]
+    assert direct is not None or 2 in steps, f"{index}: the direct rule declined"
     if direct is None:  # a step along a channel axis: the probe answers
         return
-    assert _meaning(direct) == _meaning(probe(_Context(), node, {x: value}, shapes))
+    probed = probe(_Context(), node, {x: value}, shapes)
+    assert _meaning(direct) == _meaning(probed)
+    if any(isinstance(i, int) for i in index):  # through _sliced_axes: as the probe leaves it
+        _same(direct, probed)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_unbinding_and_selecting_give_the_probes_answer(data: st.DataObject) -> None:
+    value = data.draw(channels())
+    ndim = len(value.shape)
+    dim = data.draw(st.integers(-ndim, ndim - 1))
+    meta = torch.empty(value.shape, device="meta")
+    if data.draw(st.booleans()):
+        how = data.draw(st.sampled_from(["method", "function"]))
+        x, node = (
+            _node("call_method", "unbind", (dim,), {})
+            if how == "method"
+            else _node("call_function", torch.unbind, (), {"dim": dim})
+        )
+        shapes: Any = tuple(Shape(p.shape) for p in meta.unbind(dim))
+        direct = _unbound(node, {x: value}, shapes)
+    else:
+        at = data.draw(st.integers(-value.shape[dim], value.shape[dim] - 1))
+        x, node = _node("call_method", "select", (dim, at), {})
+        shapes = Shape(meta.select(dim, at).shape)
+        direct = _selected(node, {x: value}, shapes)
+    assert direct is not None, f"{op_name(node)}: the direct rule declined"
+    probed = probe(_Context(), node, {x: value}, shapes)
+    if isinstance(shapes, Shape):
+        direct, probed = (direct,), (probed,)
+    assert len(direct) == len(probed)
+    for d, p in zip(direct, probed, strict=True):
+        _same(d, p)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_rolling_gives_the_probes_answer(data: st.DataObject) -> None:
+    value = data.draw(channels())
+    ndim = len(value.shape)
+    dims = data.draw(st.lists(st.integers(-ndim, ndim - 1), min_size=1, max_size=3))
+    shifts = [data.draw(st.integers(-5, 5)) for _ in dims]
+    if len(dims) == 1 and data.draw(st.booleans()):
+        shifts, dims = shifts[0], dims[0]  # torch.roll(x, 2, 1)
+    else:
+        shifts, dims = tuple(shifts), tuple(dims)
+    if data.draw(st.booleans()):
+        x, node = _node("call_method", "roll", (shifts, dims), {})
+    else:
+        x, node = _node("call_function", torch.roll, (shifts,), {"dims": dims})
+    shapes = Shape(torch.empty(value.shape, device="meta").roll(shifts, dims).shape)
+    direct = _rolled(node, {x: value}, shapes)
+    assert direct is not None, f"roll{shifts, dims}: the direct rule declined"
+    _same(direct, probe(_Context(), node, {x: value}, shapes))
+
+
+def test_a_roll_of_the_flattened_tensor_is_left_to_the_probe() -> None:
+    value = Channels((1,), (2, 3), (Term("p", np.arange(3)),))
+    x, node = _node("call_function", torch.roll, (1,), {})
+    assert _rolled(node, {x: value}, Shape((2, 3))) is None
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_padding_gives_the_probes_answer(data: st.DataObject) -> None:
+    value = data.draw(channels())
+    ndim = len(value.shape)
+    pad = tuple(data.draw(st.integers(0, 2)) for _ in range(2 * data.draw(st.integers(1, ndim))))
+    fill = data.draw(st.sampled_from([0.0, 1.0, -3.5]))
+    if data.draw(st.booleans()):
+        x, node = _node("call_function", F.pad, (pad,), {"value": fill})
+    else:
+        x, node = _node("call_function", torch.constant_pad_nd, (pad, fill), {})
+    shapes = Shape(F.pad(torch.empty(value.shape, device="meta"), pad).shape)
+    direct = _padded(node, {x: value}, shapes)
+    found_everywhere = any(t.index is None for t in value.terms)
+    assert direct is not None or (any(pad) and found_everywhere), f"pad{pad}: declined"
+    if direct is not None:
+        _same(direct, probe(_Context(), node, {x: value}, shapes))
+
+
+@pytest.mark.parametrize(
+    "pad, kwargs", [((1, -1), {}), ((1, 1), {"mode": "reflect"}), ((1, 1), {"mode": "replicate"})]
+)
+def test_cropping_and_copying_pads_are_left_to_the_probe(pad, kwargs) -> None:
+    value = Channels((1,), (2, 3), (Term("p", np.arange(3)),))
+    x, node = _node("call_function", F.pad, (pad,), kwargs)
+    out = F.pad(torch.empty(2, 3), pad, **kwargs).shape
+    assert _padded(node, {x: value}, Shape(out)) is None
+
+
+def test_a_padded_token_axis_holds_no_channel_at_the_pads() -> None:
+    # (tokens 2, channels 3) padded by one token after: by hand, token 2 holds none
+    value = Channels((1,), (2, 3), (Term("p", np.array([0, 1, 2])),))
+    x, node = _node("call_function", F.pad, ((0, 0, 0, 1),), {})
+    found = _padded(node, {x: value}, Shape((3, 3)))
+    assert found.axes == (0, 1)
+    assert found.terms[0].index.tolist() == [[0, 1, 2], [0, 1, 2], [-1, -1, -1]]
