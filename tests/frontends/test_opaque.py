@@ -554,3 +554,62 @@ def test_a_write_into_a_buffer_read_afterwards_is_refused_by_fx(again: str) -> N
         input_shape=(3, 4),
     )
     assert report.layers["a"].sources == ("b", "c")
+
+
+def fitted(sizes: list[int], bound: list[int]) -> list[int]:
+    """Writes into the list it is given, as torchvision's Swin3D fits its window."""
+    for i, most in enumerate(bound):
+        if sizes[i] > most:
+            sizes[i] = most
+    return sizes
+
+
+def weighted_rows(x: torch.Tensor, weight: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Reads a parameter (traced into), and writes into the list it is given."""
+    rows[0] = x.shape[0]
+    return F.linear(x, weight).reshape(rows)
+
+
+def keyed_rows(x: torch.Tensor, weight: torch.Tensor, sizes: dict) -> torch.Tensor:
+    """The same with a dict written into."""
+    sizes["rows"] = x.shape[0]
+    return F.linear(x, weight).reshape(sizes["rows"], -1)
+
+
+torch.fx.wrap("fitted")
+torch.fx.wrap("weighted_rows")
+torch.fx.wrap("keyed_rows")
+
+
+class WritesIntoALiteral(nn.Module):
+    """A list or dict written in ``forward`` (a literal: fx holds it as an immutable
+    container, the code it generates makes a new one at each call) passed to a wrapped
+    function that writes into it. By hand: a -> the linear on b's weight -> head, so a
+    (3, 3, 1), b (2, 2, 1), head (1, 1, 1)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.window = [8, 4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = fitted(self.window.copy(), [x.shape[0], 16])  # [3, 4] for a (3, 4) input
+        y = self.a(x).reshape(rows)
+        if self.kind == "dict":
+            return self.head(keyed_rows(y, self.b.weight, {"rows": -1}))
+        return self.head(weighted_rows(y, self.b.weight, [-1, 4]))
+
+
+@pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_a_wrapped_function_may_write_into_a_literal_it_is_given(kind, channels) -> None:
+    # fx ran it on its immutable containers and took the TypeError for the inputs' fault:
+    # a ShapeError, which auto does not move on from (torchvision's swin3d_t failed so)
+    model = WritesIntoALiteral(kind)
+    report = gpa.analyze(model, input_shape=(3, 4), channels=channels)
+    assert report.tracer == "fx" and report.notes == []
+    by_hand = {"a": (3, 3, 1), "b": (2, 2, 1), "head": (1, 1, 1)}
+    assert {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()} == by_hand
+    other = gpa.analyze(model, input_shape=(3, 4), tracer="export", channels=channels)
+    assert _alike(report) == _alike(other)

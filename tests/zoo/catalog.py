@@ -111,6 +111,8 @@ ENTRIES: tuple[Entry, ...] = (
     _tv("swin_t", "Swin"),
     _tv("swin_v2_t", "Swin"),
     _tv("maxvit_t", "MaxViT"),
+    # fits its window to the input by writing into a list it is given (fx: a literal)
+    Entry("torchvision:swin3d_t", "Swin3D", input_shape=(1, 3, 4, 64, 64)),
     _timm("deit_tiny_patch16_224", "DeiT"),
     _timm("vit_tiny_patch16_224", "ViT"),
     _timm("cait_xxs24_224", "CaiT"),

@@ -51,6 +51,7 @@ from gpa.frontends.fx.shape_rules import (
 )
 from gpa.frontends.fx.tracer import (
     AUGMENTED,
+    as_written,
     follow_write,
     grad_mode,
     later_read_of_attribute,
@@ -796,6 +797,7 @@ class GradientFlow(fx.Interpreter):
             return self._run_op(n, args, kwargs)
 
     def _run_op(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
+        args, kwargs = as_written(args), as_written(kwargs)
         if n.op == "call_function" and n.target in _STAND_INS:
             return _STAND_INS[n.target](*args, **kwargs)
         return getattr(self, n.op)(n.target, args, kwargs)

@@ -60,6 +60,7 @@ from gpa.frontends.fx.lookalike import code_names, look, reads_globals, signatur
 from gpa.frontends.fx.tracer import (
     GpaProxy,
     GpaTracer,
+    as_written,
     follow_mutations,
     grad_mode,
     set_arguments,
@@ -513,7 +514,7 @@ def _traced(
     # use); where one took a proxy for no tensor, inline_calls finds the result not as run
     if code_names(call.target, depth=0) & _TYPE_CHECKS:
         raise ValueError("the function checks the types of what it is given")
-    args, kwargs = fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__)
+    args, kwargs = as_written(fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__))
     with torch.set_grad_enabled(enabled), _Made(tracer):
         result = call.target(*args, **kwargs)
     if tracer._grad_enabled != enabled:

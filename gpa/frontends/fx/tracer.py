@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx.immutable_collections import immutable_dict, immutable_list
 
 from gpa.errors import TraceError
 from gpa.frontends.frames import caller_site, user_frame
@@ -44,6 +45,7 @@ from gpa.frontends.modules import TRACING, preserved_state, same_entries, split_
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
 __all__ = [
+    "as_written",
     "GpaProxy",
     "GpaTracer",
     "METADATA_QUERIES",
@@ -239,6 +241,34 @@ def set_arguments(node: fx.Node, args: tuple, kwargs: Mapping[str, Any]) -> None
         node.args = tuple(args)
     if kwargs:
         node.kwargs = dict(kwargs)
+
+
+def as_written(value: Any) -> Any:
+    """``value`` (a node's arguments, the values of its input nodes put in) as the code
+    fx generates passes it: every list and dict written into the graph — which fx holds as
+    ``immutable_list`` / ``immutable_dict`` — a new mutable one, as that code builds them
+    at each call (torchvision's Swin3D passes a list literal to a function that writes into
+    it); the values of nodes inside are left as they are.
+
+    Example:
+        >>> from torch.fx.immutable_collections import immutable_list
+        >>> written = as_written((immutable_list([4, immutable_list([7])]), 2))
+        >>> written, type(written[0]).__name__, type(written[0][1]).__name__
+        (([4, [7]], 2), 'list', 'list')
+    """
+    kind = type(value)
+    if kind is immutable_list:
+        return [as_written(v) for v in value]
+    if kind is immutable_dict:
+        return {k: as_written(v) for k, v in value.items()}
+    if kind is tuple and any(type(v) in _WRITTEN for v in value):
+        return tuple(as_written(v) for v in value)
+    if kind is dict and any(type(v) in _WRITTEN for v in value.values()):
+        return {k: as_written(v) for k, v in value.items()}
+    return value
+
+
+_WRITTEN = (immutable_list, immutable_dict, tuple)
 
 
 def trace(
