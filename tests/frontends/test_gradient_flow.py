@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import gpa
+from gpa.errors import TraceError
 from tests.semantics import (
     LOSS,
     WITH_INPUTS,
@@ -323,6 +324,85 @@ def test_weights_after_a_no_grad_block_carry_gradient(middle, tracer):
     expect_unreachable(report, "stem")
     expect(report, "middle", {2: 1}, ("head",))
     expect(report, "head", {1: 1}, (LOSS,))
+
+
+def rectified_copy(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The same write inside a function fx keeps whole and traces into by value."""
+    y = torch.nn.functional.linear(x, weight).clone()
+    with torch.no_grad():
+        y.relu_()
+    return y * 2
+
+
+def zeroed_column(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """An item assignment so (fx traces one only by value, inside such a function)."""
+    y = torch.nn.functional.linear(x, weight).clone()
+    with torch.no_grad():
+        y[:, 0] = 0.0
+    return y * 2
+
+
+torch.fx.wrap("rectified_copy")
+torch.fx.wrap("zeroed_column")
+
+
+class WrittenUnderNoGrad(nn.Module):
+    """b's output written in place under ``no_grad``, then read by head. Autograd records
+    no write, so b's output keeps its history: by hand head 1, b 2 (head-b), a 3."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        if self.how == "wrapped":
+            return self.head(rectified_copy(self.a(x), self.b.weight) + self.b.bias)
+        if self.how == "wrapped-setitem":
+            return self.head(zeroed_column(self.a(x), self.b.weight) + self.b.bias)
+        y = self.b(self.a(x))
+        with torch.no_grad():
+            if self.how == "method":
+                y.clamp_(-1, 1)
+            elif self.how == "functional-inplace":
+                torch.nn.functional.relu(y, inplace=True)
+            elif self.how == "module-inplace":
+                self.act(y)
+            elif self.how == "setitem":
+                y[:, 0] = 0.0
+            elif self.how == "augmented":
+                y += 1.0
+            elif self.how == "zeroed":
+                y.zero_()
+        if self.how == "through-data":  # .data: an alias autograd does not see
+            y.data.clamp_(-1, 1)
+        return self.head(y)
+
+
+WRITES = ["method", "functional-inplace", "module-inplace", "setitem", "augmented", "zeroed"]
+
+
+# What a frontend cannot read at all (auto moves on): fx item assignment in forward,
+# export an in-place write through ``.data``.
+REFUSED = {("fx", "setitem"): "item assignment", ("export", "through-data"): "cannot export"}
+
+
+@pytest.mark.parametrize("how", [*WRITES, "through-data", "wrapped", "wrapped-setitem"])
+@pytest.mark.parametrize(
+    "tracer", ["fx", "autograd", "auto", pytest.param("export", marks=pytest.mark.slow)]
+)
+def test_a_write_under_no_grad_keeps_the_history_of_what_it_writes_into(how, tracer):
+    model = WrittenUnderNoGrad(how)
+    if (tracer, how) in REFUSED:
+        with pytest.raises(TraceError, match=REFUSED[tracer, how]):
+            gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+        return
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "b", {2: 1}, ("head",))
+    expect(report, "a", {3: 1}, ("b",))
 
 
 class AllDetached(nn.Module):

@@ -56,6 +56,7 @@ from gpa.frontends.fx.tracer import (
     grad_mode,
     later_read_of_attribute,
     later_reader,
+    written_into,
 )
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES
 from gpa.frontends.raised import briefly
@@ -584,6 +585,29 @@ class GradientFlow(fx.Interpreter):
         return torch.func.functional_call(module, state, args, kwargs)
 
     def _flow_of(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
+        value, flows = self._worked_out(n)
+        if torch.is_grad_enabled():
+            return value, flows
+        return self._history_kept(n, value, flows)
+
+    def _history_kept(
+        self, n: fx.Node, value: Any, flows: frozenset[fx.Node]
+    ) -> tuple[Any, frozenset[fx.Node]]:
+        """``n``'s result and flows when ``n`` writes in place, under ``no_grad``, into a
+        tensor carrying gradient (``with torch.no_grad(): y.clamp_(0, 1)``, ``y[i] = 0``):
+        autograd records nothing, so the tensor keeps its history — gradient reaching it
+        after the write flows on into what made it, as before (what was written in brings
+        none). Any other node's are as worked out."""
+        target = written_into(n, self.fetch_attr if n.op == "call_module" else None)
+        if target is None or not isinstance(value, torch.Tensor):
+            return value, flows
+        if not ValueInfo.of(self.env[target]).requires_grad:
+            return value, flows
+        if not value.requires_grad:  # worked out under no_grad: made without history
+            value = value.detach().requires_grad_(True)
+        return value, frozenset({target})
+
+    def _worked_out(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
         done = self._evaluated.get(n)
         if done is not None and self._same_run(n, done[0], done[1]):
             _, _, result, flows, parts = done

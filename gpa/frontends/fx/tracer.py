@@ -52,6 +52,7 @@ __all__ = [
     "SITE",
     "trace",
     "unwritable_names",
+    "written_into",
     "grad_mode",
     "single_call",
     "AUGMENTED",
@@ -436,10 +437,20 @@ def _name_of(node: fx.Node) -> str:
     return node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
 
 
-def _written(node: fx.Node) -> fx.Node | None:
-    """The node whose tensor ``node`` writes into in place (an in-place call, or an
-    augmented assignment, which may be a number's rebinding: counted as a write)."""
-    target = _mutated(node, None)
+def written_into(node: fx.Node, submodule: Callable[[str], Any] | None = None) -> fx.Node | None:
+    """The node whose tensor ``node`` writes into in place: an in-place call (``x.add_(y)``,
+    ``F.relu(x, inplace=True)``, ``setitem_``, an ATen operation writing its first
+    argument; a module with ``inplace`` set, given ``submodule``, which gives the module a
+    ``call_module`` node calls) or an augmented assignment (``b += y``, which may be a
+    number's rebinding: counted as a write). None for any other node.
+
+    Example:
+        >>> g = fx.Graph()
+        >>> x = g.placeholder("x")
+        >>> written_into(g.call_method("relu_", (x,))), written_into(g.call_method("relu", (x,)))
+        (x, None)
+    """
+    target = _mutated(node, submodule)
     if target is None and node.target in AUGMENTED and isinstance(node.args[0], fx.Node):
         target = node.args[0]
     return target
@@ -466,14 +477,14 @@ def writes_followed(graph: fx.Graph) -> bool:
     """
     order = {n: i for i, n in enumerate(graph.nodes)}
     for node in graph.nodes:
-        base = _written(node)
+        base = written_into(node)
         if base is None:
             continue
         while True:  # back to the memory's maker, through views and earlier writes
             if _is_view(base) and base.args and isinstance(base.args[0], fx.Node):
                 base = base.args[0]
-            elif _written(base) is not None:
-                base = _written(base)
+            elif written_into(base) is not None:
+                base = written_into(base)
             else:
                 break
         if base.op not in ("call_function", "call_method") or _name_of(base) not in _MADE:
@@ -485,7 +496,7 @@ def writes_followed(graph: fx.Graph) -> bool:
             for user in alias.users:
                 if order[user] >= order[node] or user in seen:
                     continue
-                if _is_view(user) or _written(user) is alias:
+                if _is_view(user) or written_into(user) is alias:
                     aliases.append(user)
                 elif user.op not in ("call_function", "call_method") or (
                     _name_of(user) not in _READ_INTO_NEW
