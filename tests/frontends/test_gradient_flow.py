@@ -405,6 +405,15 @@ def test_a_write_under_no_grad_keeps_the_history_of_what_it_writes_into(how, tra
     expect(report, "a", {3: 1}, ("b",))
 
 
+@pytest.mark.parametrize("how", [w for w in WRITES if w != "setitem"])
+def test_without_inputs_a_write_under_no_grad_keeps_the_history_too(how):
+    # fx without example inputs decides flow from operation names: the same paths by hand
+    report = gpa.analyze(WrittenUnderNoGrad(how), tracer="fx")
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "b", {2: 1}, ("head",))
+    expect(report, "a", {3: 1}, ("b",))
+
+
 class AllDetached(nn.Module):
     def __init__(self) -> None:
         super().__init__()

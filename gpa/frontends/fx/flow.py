@@ -1084,6 +1084,11 @@ class _NamedFlow(fx.Interpreter):
         allowed = _differentiable_inputs(n)
         candidates = n.all_input_nodes if allowed is None else allowed
         flows = frozenset(m for m in candidates if self.env[m]) if self.enabled else frozenset()
+        if not self.enabled:  # a write under no_grad: what it writes into keeps its history
+            target = written_into(n, self.fetch_attr if n.op == "call_module" else None)
+            if target is not None and self.env[target]:
+                n.meta[FLOW] = NodeFlow(frozenset({target}))
+                return True
         n.meta[FLOW] = NodeFlow(flows)
         if n.op == "call_module":
             module = self.fetch_attr(n.target)
@@ -1097,7 +1102,8 @@ def flow_from_names(gm: fx.GraphModule) -> None:
 
     A node's result requires grad when one of its differentiable inputs does;
     parameters and inputs require grad; code between ``grad_mode(False)`` and
-    ``grad_mode(True)`` produces no gradient. Sets ``node.meta[FLOW]`` with
+    ``grad_mode(True)`` produces no gradient, but for a write in place into a tensor that
+    requires grad, which keeps its history. Sets ``node.meta[FLOW]`` with
     ``value`` and ``shapes`` None.
     """
     count = sum(n.op == "placeholder" for n in gm.graph.nodes)
