@@ -613,3 +613,28 @@ def test_a_wrapped_function_may_write_into_a_literal_it_is_given(kind, channels)
     assert {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()} == by_hand
     other = gpa.analyze(model, input_shape=(3, 4), tracer="export", channels=channels)
     assert _alike(report) == _alike(other)
+
+
+def test_only_what_is_written_into_the_graph_is_made_anew() -> None:
+    # a node's value (a dict holding a tuple, a list) keeps its identity wherever it sits
+    # in the arguments: a callee writing into it writes into the node's value; literals
+    # (fx's immutable containers), also inside tuples and named tuples, become mutable
+    from collections import namedtuple
+
+    from torch.fx.immutable_collections import immutable_dict, immutable_list
+
+    from gpa.frontends.fx.tracer import as_written
+
+    made, listed = {"h": (1,), "y": 0}, [(1, 2)]
+    assert as_written(immutable_dict({"cache": made}))["cache"] is made
+    assert as_written((immutable_list([made, listed]),))[0][0] is made
+    assert as_written((immutable_list([made, listed]),))[0][1] is listed
+    assert as_written((made,))[0] is made
+    pair = namedtuple("Pair", "a b")
+    written = as_written((pair(immutable_list([1]), made),))[0]
+    assert type(written) is pair and type(written.a) is list and written.b is made
+    nested = as_written(((immutable_list([1]), immutable_dict({"k": 2})),))
+    assert nested == (([1], {"k": 2}),)
+    assert [type(v) for v in nested[0]] == [list, dict]
+    unchanged = (made, (1, 2))
+    assert as_written(unchanged) is unchanged

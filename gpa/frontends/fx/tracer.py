@@ -249,23 +249,26 @@ def as_written(value: Any) -> Any:
     fx generates passes it: every list and dict written into the graph — which fx holds as
     ``immutable_list`` / ``immutable_dict`` — a new mutable one, as that code builds them
     at each call (torchvision's Swin3D passes a list literal to a function that writes into
-    it); the values of nodes inside are left as they are.
+    it). The values of nodes inside are left as they are: a list or dict a node made is
+    never an immutable one, and only what fx rebuilt around them (tuples) is looked into.
 
     Example:
         >>> from torch.fx.immutable_collections import immutable_list
-        >>> written = as_written((immutable_list([4, immutable_list([7])]), 2))
-        >>> written, type(written[0]).__name__, type(written[0][1]).__name__
-        (([4, [7]], 2), 'list', 'list')
+        >>> made = {"cache": (1, 2)}  # a node's value
+        >>> written = as_written((immutable_list([4, immutable_list([7]), made]), 2))
+        >>> written, type(written[0][1]).__name__, written[0][2] is made
+        (([4, [7], {'cache': (1, 2)}], 2), 'list', True)
     """
     kind = type(value)
     if kind is immutable_list:
         return [as_written(v) for v in value]
     if kind is immutable_dict:
         return {k: as_written(v) for k, v in value.items()}
-    if kind is tuple and any(type(v) in _WRITTEN for v in value):
-        return tuple(as_written(v) for v in value)
-    if kind is dict and any(type(v) in _WRITTEN for v in value.values()):
-        return {k: as_written(v) for k, v in value.items()}
+    if isinstance(value, tuple) and any(isinstance(v, _WRITTEN) for v in value):
+        parts = [as_written(v) for v in value]
+        if all(p is v for p, v in zip(parts, value, strict=True)):
+            return value
+        return kind(*parts) if hasattr(value, "_fields") else kind(parts)
     return value
 
 
