@@ -65,6 +65,7 @@ from gpa.core.graph import LOSS, LayerCall
 from gpa.frontends.fx.flow import FLOW, Shape
 from gpa.frontends.fx.graph import select_outputs
 from gpa.frontends.fx.layers import STANDS_FOR
+from gpa.frontends.fx.tracer import grad_modes, written_into
 
 __all__ = [
     "CHANNELS",
@@ -214,6 +215,7 @@ class ChannelRouter(fx.Interpreter):
         self.outputs = outputs
         self.routing = ChannelRouting()
         self.collapsed: dict = {}  # RoutingContext.collapsed
+        self._modes = grad_modes(gm.graph)
         self._read: dict = {}  # see _deliver
 
     def run(self) -> ChannelRouting:  # type: ignore[override]
@@ -244,7 +246,23 @@ class ChannelRouter(fx.Interpreter):
         shapes = n.meta[FLOW].shapes
         if not any(tracked(v) for v in inputs.values()):
             return untracked(shapes)
+        kept = self._history_kept(n, inputs, shapes)
+        if kept is not None:
+            return kept
         return rule_for(n, self._module(n))(self, n, inputs, shapes)
+
+    def _history_kept(self, n: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
+        """The channels of what ``n`` writes into in place under ``no_grad``, as they were:
+        autograd records no write, so gradient reaching the tensor after it flows on as
+        before (docs/semantics.md §1.2), whatever the write moved or filled; None for any
+        other node."""
+        if self._modes[n]:
+            return None
+        target = written_into(n, self.fetch_attr if n.op == "call_module" else None)
+        value = inputs.get(target)
+        if not isinstance(value, Channels) or not isinstance(shapes, Shape):
+            return None
+        return value if tuple(shapes) == value.shape else None
 
     def _module(self, n: fx.Node) -> nn.Module | None:
         """The module ``n`` calls (the one a fused call stands for), or None."""

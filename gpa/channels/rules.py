@@ -202,7 +202,7 @@ Rule = Callable[[RoutingContext, fx.Node, Mapping[fx.Node, Any], Any], Any]
 def op_name(node: fx.Node) -> str:
     """The name :data:`RULES` knows a function or method call by.
 
-    Methods lose a trailing ``_`` (in-place variants); ``x[i]`` is ``getitem`` and
+    Methods and functions lose a trailing ``_`` (in-place variants); ``x[i]`` is ``getitem`` and
     ``x.T`` is ``getattr.T``. An ATen operation (the export frontend's graph) is known by
     its operator's name, so ``aten.add_.Tensor`` is ``add`` and ``aten.slice.Tensor`` is
     ``slice``.
@@ -221,10 +221,11 @@ def op_name(node: fx.Node) -> str:
         if node.target is getattr:
             return f"getattr.{node.args[1]}"
         packet = getattr(node.target, "overloadpacket", None)  # an ATen OpOverload
-        if packet is not None:
-            name = packet.__name__
-            return name[:-1] if name.endswith("_") and not name.startswith("_") else name
-        return getattr(node.target, "__name__", str(node.target))
+        name = packet.__name__ if packet is not None else getattr(node.target, "__name__", "")
+        if not name:
+            return str(node.target)
+        # an in-place variant (``torch.relu_``, ``aten.add_``) routes as its operation
+        return name[:-1] if name.endswith("_") and not name.startswith("_") else name
     return node.op
 
 

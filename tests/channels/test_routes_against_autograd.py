@@ -309,8 +309,35 @@ STRUCTURED = {  # one fx node holding several tensors
     "cat-of-tuple-repeat": lambda y: torch.cat(y.split(2, -1)[:1] * 2, -1),
 }
 
+
+def _under_no_grad(write):
+    """``write`` into the tensor in place under ``no_grad``: autograd records nothing, so
+    each channel still reaches itself (docs/semantics.md §1.2), whatever was written."""
+
+    def op(y):
+        with torch.no_grad():
+            write(y)
+        return y * 1
+
+    return op
+
+
+WRITTEN_UNDER_NO_GRAD = {
+    "copy-of-reversed": _under_no_grad(lambda y: y.copy_(y.flip(-1))),
+    "function-in-place": _under_no_grad(torch.relu_),
+    "times-rolled": _under_no_grad(lambda y: y.mul_(y.roll(1, -1))),
+    "masked-fill": _under_no_grad(lambda y: y.masked_fill_(y > 0, 0.0)),
+    "augmented": _under_no_grad(lambda y: _added_reversed(y)),
+}
+
+
+def _added_reversed(y):
+    y += y.flip(-1)  # an augmented assignment (fx: operator.iadd)
+
+
 CASES = (
     [(name, op) for name, op in ALONG_TOKENS.items()]
+    + [(f"{name}-under-no-grad", op) for name, op in WRITTEN_UNDER_NO_GRAD.items()]
     + [(f"{name}-across", op) for name, op in ACROSS_CHANNELS.items()]
     + list(STRUCTURED.items())
     + list(CONSTANT_INDEX.items())

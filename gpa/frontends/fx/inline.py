@@ -62,7 +62,7 @@ from gpa.frontends.fx.tracer import (
     GpaTracer,
     as_written,
     follow_mutations,
-    grad_mode,
+    grad_modes,
     set_arguments,
     writes_followed,
 )
@@ -223,7 +223,7 @@ def inline_calls(gm: fx.GraphModule, calls: Iterable[fx.Node], flow: InliningFlo
     replaced, refused = [], []
     values = collections.ChainMap({}, flow.env)  # the results of calls replaced, too
     # the operations put in place leave the grad mode as they found it (see _traced)
-    modes = _grad_modes(gm.graph)
+    modes = grad_modes(gm.graph)
     for call in list(calls):
         enabled = modes[call]
         inner = flow.operations(call, values, enabled)
@@ -474,16 +474,6 @@ def _basic(index: Any) -> bool:
         or index is Ellipsis
         or (isinstance(index, int) and not isinstance(index, bool))
     )
-
-
-def _grad_modes(graph: fx.Graph) -> dict[fx.Node, bool]:
-    """The grad mode the graph runs each node in (the last :func:`grad_mode` before it)."""
-    modes, enabled = {}, True
-    for node in graph.nodes:
-        if node.op == "call_function" and node.target is grad_mode:
-            enabled = bool(node.args[0])
-        modes[node] = enabled
-    return modes
 
 
 def _traced(

@@ -54,6 +54,7 @@ __all__ = [
     "unwritable_names",
     "written_into",
     "grad_mode",
+    "grad_modes",
     "single_call",
     "AUGMENTED",
     "LeafSpec",
@@ -92,6 +93,26 @@ def grad_mode(enabled: bool) -> None:
 # Augmented assignments fx records as such, so that the flow pass can tell a write into a
 # tensor (``b += y`` changes every other name of ``b`` too) from a number's rebinding;
 # a plain fx proxy has no ``__iadd__``, so Python records ``b = b + y``.
+def grad_modes(graph: fx.Graph) -> dict[fx.Node, bool]:
+    """The grad mode ``graph`` runs each node in: that of the last :func:`grad_mode`
+    before it (on, where there is none).
+
+    Example:
+        >>> g = fx.Graph()
+        >>> x = g.placeholder("x")
+        >>> _ = g.call_function(grad_mode, (False,))
+        >>> y = g.call_method("relu", (x,))
+        >>> grad_modes(g)[x], grad_modes(g)[y]
+        (True, False)
+    """
+    modes, enabled = {}, True
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is grad_mode:
+            enabled = bool(node.args[0])
+        modes[node] = enabled
+    return modes
+
+
 AUGMENTED = {
     getattr(operator, f"i{name}"): f"__i{name}__"
     for name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow")
