@@ -196,7 +196,7 @@ def test_operations_put_in_place_carry_the_annotations_a_pass_gives(
 
 
 def branchy(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Detaches what its helper does not take for a tensor (a proxy, when traced): its
+    """Detaches what its helper finds to be an fx proxy (when traced by value): its
     result, which then carries no gradient."""
     return _tensor_or_detached(F.linear(x, weight))
 
@@ -208,22 +208,24 @@ def branchy_parts(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def branchy_pair(x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two results, the second detached where its helper takes a proxy for no tensor."""
+    """Two results, the second detached where its helper finds a proxy."""
     return F.linear(x, weight), _tensor_or_detached(x * 1)
 
 
 def branchy_source(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """A result that looks alike either way, read off another input where the helper
-    takes a proxy for no tensor: from ``x`` in a run, from the layer on ``weight`` traced."""
+    finds a proxy: from ``x`` in a run, from the layer on ``weight`` traced."""
     return _tensor_or_linear(x, weight)
 
 
+# fx-aware code (transformers' is_torch_fx_proxy) tells a proxy from a tensor; a run and
+# export (fake tensors) take the other branch than a trace by value
 def _tensor_or_detached(x):
-    return x if isinstance(x, torch.Tensor) else x.detach()
+    return x.detach() if isinstance(x, torch.fx.Proxy) else x
 
 
 def _tensor_or_linear(x, weight):
-    return x * 1 if isinstance(x, torch.Tensor) else F.linear(x, weight)
+    return F.linear(x, weight) if isinstance(x, torch.fx.Proxy) else x * 1
 
 
 torch.fx.wrap("branchy")
@@ -271,10 +273,79 @@ BY_HAND = {  # a's (shortest, longest, number of paths), as Branchy's docstring 
 }
 
 
+def checked_residual(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A skip where its helper takes ``y`` for a tensor (always, in a run): the result
+    looks alike and reaches the same inputs either way; only the paths differ."""
+    y = F.linear(x, weight)
+    return y + x if _is_tensor(y) else y
+
+
+def checked_twice(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The layer applied once where its helper takes ``y`` for a tensor, else twice."""
+    y = F.linear(x, weight)
+    return y if _is_tensor(y) else F.linear(y, weight)
+
+
+def class_checked_residual(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The skip, where its own code checks ``__class__`` (a proxy's is the proxy's)."""
+    y = F.linear(x, weight)
+    return y + x if y.__class__ is torch.Tensor else y
+
+
+def _is_tensor(y):
+    return isinstance(y, torch.Tensor)
+
+
+torch.fx.wrap("checked_residual")
+torch.fx.wrap("checked_twice")
+torch.fx.wrap("class_checked_residual")
+
+
+class Checks(nn.Module):
+    """By hand (a run): with the skip, a reaches head directly (2) and through the linear
+    on b's weight (3): a (2, 3, 2); without, only through it once: a (3, 3, 1); b (2, 2, 1)."""
+
+    def __init__(self, skip: bool | str) -> None:
+        super().__init__()
+        self.skip = skip
+        self.a, self.b, self.head = (nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.skip == "own-class-check":
+            return self.head(class_checked_residual(self.a(x), self.b.weight))
+        if self.skip:
+            return self.head(checked_residual(self.a(x), self.b.weight))
+        return self.head(checked_twice(self.a(x), self.b.weight))
+
+
+@pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
+@pytest.mark.parametrize("skip", [True, False], ids=["skip-or-not", "once-or-twice"])
+def test_a_helpers_isinstance_is_answered_as_a_run_would(skip, channels) -> None:
+    # the operations traced into look alike and reach the same inputs whichever branch
+    # the helper takes: only answering isinstance for the proxy's value gets the paths
+    report = gpa.analyze(Checks(skip), input_shape=(2, 4), tracer="fx", channels=channels)
+    assert report.notes == []
+    a = report.layers["a"]
+    assert (a.shortest, a.longest, a.num_paths) == ((2, 3, 2) if skip else (3, 3, 1))
+    autograd = gpa.analyze(Checks(skip), input_shape=(2, 4), tracer="autograd")
+    assert layer_records(report) == layer_records(autograd)
+
+
+def test_a_function_reading_its_arguments_class_is_run_whole() -> None:
+    # its own code asks y.__class__: not traced by value, fx says so and auto moves on
+    model = Checks("own-class-check")
+    fx_report = gpa.analyze(model, input_shape=(2, 4), tracer="fx")
+    assert any("'class_checked_residual'" in note for note in fx_report.notes)
+    report = gpa.analyze(model, input_shape=(2, 4))
+    assert report.tracer == "autograd"
+    a = report.layers["a"]
+    assert (a.shortest, a.longest, a.num_paths) == (2, 3, 2)  # with the skip, by hand
+
+
 @pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
 @pytest.mark.parametrize("function", list(BRANCHY))
 def test_a_call_whose_operations_do_not_do_what_it_did_stays_whole(function, channels) -> None:
-    # the inlining looks at the function's own code only; a helper takes the proxy for no
+    # the inlining looks at the function's own code only; a helper tells the proxy from a
     # tensor and branches, so the traced operations' result does not look as the call's
     # did (each tensor's requires_grad counts, not the pair's) or gradient reaches another
     # input (same look): the call stays whole, fx says it could not look into it, and

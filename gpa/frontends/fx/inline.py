@@ -325,11 +325,20 @@ def _copy_into(graph: fx.Graph, inner: fx.Graph, copies: dict[fx.Node, fx.Node])
 
 
 class _ValueProxy(GpaProxy):
-    """A proxy holding the value of the operation it stands for (``value``)."""
+    """A proxy holding the value of the operation it stands for (``value``).
+
+    ``isinstance`` answers for the value, as in a run: a helper the function calls that
+    checks it was given a tensor takes the tensor's branch (``type(proxy)``, and fx's own
+    checks, still see the proxy; the function's own code is not traced if it checks types).
+    """
 
     value: Any = None
 
     viewed: tuple[_ValueProxy, Any] | None = None  # (base, index) of ``base[index]``
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105
+        return type(self.value) if "value" in self.__dict__ else type(self)
 
     def __getattr__(self, name: str) -> Any:
         if name in _CONCRETE:
@@ -439,7 +448,7 @@ class _ValueTracer(GpaTracer):
 _ATOMS = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device})
 
 # Names a function checks its arguments' types with (fx's proxies are no tensors).
-_TYPE_CHECKS = frozenset({"isinstance", "is_tensor", "type"})
+_TYPE_CHECKS = frozenset({"isinstance", "is_tensor", "type", "__class__"})
 
 # Functions making a tensor from numbers alone (the function's own buffer, filled after).
 _FACTORIES = frozenset(
