@@ -320,11 +320,15 @@ class Checks(nn.Module):
 
 @pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
 @pytest.mark.parametrize("skip", [True, False], ids=["skip-or-not", "once-or-twice"])
-def test_a_helpers_isinstance_is_answered_as_a_run_would(skip, channels) -> None:
+def test_a_helpers_type_check_on_a_proxy_keeps_the_call_whole(skip, channels) -> None:
     # the operations traced into look alike and reach the same inputs whichever branch
-    # the helper takes: only answering isinstance for the proxy's value gets the paths
-    report = gpa.analyze(Checks(skip), input_shape=(2, 4), tracer="fx", channels=channels)
-    assert report.notes == []
+    # the helper takes: only noticing that it asked a proxy its class tells the trace
+    # from the run. fx keeps the call whole and says so; auto moves on
+    name = "checked_residual" if skip else "checked_twice"
+    fx_report = gpa.analyze(Checks(skip), input_shape=(2, 4), tracer="fx", channels=channels)
+    assert any(f"'{name}'" in note for note in fx_report.notes)
+    report = gpa.analyze(Checks(skip), input_shape=(2, 4), channels=channels)
+    assert report.tracer != "fx"
     a = report.layers["a"]
     assert (a.shortest, a.longest, a.num_paths) == ((2, 3, 2) if skip else (3, 3, 1))
     autograd = gpa.analyze(Checks(skip), input_shape=(2, 4), tracer="autograd")

@@ -42,6 +42,7 @@ import collections
 import dataclasses
 import functools
 import operator
+import sys
 from collections.abc import Hashable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NamedTuple
 
@@ -327,9 +328,10 @@ def _copy_into(graph: fx.Graph, inner: fx.Graph, copies: dict[fx.Node, fx.Node])
 class _ValueProxy(GpaProxy):
     """A proxy holding the value of the operation it stands for (``value``).
 
-    ``isinstance`` answers for the value, as in a run: a helper the function calls that
-    checks it was given a tensor takes the tensor's branch (``type(proxy)``, and fx's own
-    checks, still see the proxy; the function's own code is not traced if it checks types).
+    A type check on it outside torch (``isinstance(y, torch.Tensor)`` in a helper the
+    function calls, which Python answers by asking its ``__class__``) would take another
+    branch than the run: it is noted on the tracer (``type_checked``), and the trace is
+    not used. torch's own code, which fx relies on, is answered as usual.
     """
 
     value: Any = None
@@ -338,7 +340,10 @@ class _ValueProxy(GpaProxy):
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # noqa: D105
-        return type(self.value) if "value" in self.__dict__ else type(self)
+        asker = sys._getframe(1).f_globals.get("__name__", "")
+        if asker.partition(".")[0] not in ("torch", "gpa"):
+            self.tracer.type_checked = True
+        return type(self)
 
     def __getattr__(self, name: str) -> Any:
         if name in _CONCRETE:
@@ -388,6 +393,7 @@ class _ValueTracer(GpaTracer):
         self._names = names
         self.evaluator = evaluator
         self.evaluating = False  # while an operation runs
+        self.type_checked = False  # see _ValueProxy
 
     def create_arg(self, a: Any) -> Any:
         # the arguments of most operations: proxies, numbers and tuples of them, answered
@@ -516,6 +522,8 @@ def _traced(
     args, kwargs = as_written(fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__))
     with torch.set_grad_enabled(enabled), _Made(tracer):
         result = call.target(*args, **kwargs)
+    if tracer.type_checked:
+        raise ValueError("a type check outside torch asked a proxy its class")
     if tracer._grad_enabled != enabled:
         raise ValueError("grad mode left changed")
     output = tracer.create_arg(result)
