@@ -638,3 +638,63 @@ def test_only_what_is_written_into_the_graph_is_made_anew() -> None:
     assert [type(v) for v in nested[0]] == [list, dict]
     unchanged = (made, (1, 2))
     assert as_written(unchanged) is unchanged
+
+
+def holding(x: torch.Tensor) -> dict:
+    """A dict of tensors, made by a function fx keeps whole (a cache)."""
+    return {"h": (x,), "y": x.detach() * 0}
+
+
+def listing(x: torch.Tensor) -> list:
+    return [x.detach() * 0]
+
+
+def filled(t: torch.Tensor, cache: dict) -> torch.Tensor:
+    """Writes into the dict it is given, read afterwards by the caller."""
+    cache["y"] = cache["h"][0] + t
+    return t
+
+
+def filled_inside(t: torch.Tensor, caches: list) -> torch.Tensor:
+    caches[0]["y"] = caches[0]["h"][0] + t
+    return t
+
+
+torch.fx.wrap("holding")
+torch.fx.wrap("listing")
+torch.fx.wrap("filled")
+torch.fx.wrap("filled_inside")
+
+
+class WritesIntoAContainer(nn.Module):
+    """A write into a dict (or list) a node holds, read afterwards. By hand: head reads
+    a's output plus c's, so a (2, 2, 1), c (2, 2, 1), head (1, 1, 1)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.c, self.head = (nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "appended":  # a method call fx records on the list node
+            held = listing(self.a(x))
+            held.append(self.a(x) + self.c(x))
+            return self.head(held[-1])
+        cache = holding(self.a(x))
+        if self.how == "keyword":
+            filled(self.c(x), cache=cache)
+        elif self.how == "positional":
+            filled(self.c(x), cache)
+        else:  # the dict inside a list written in forward
+            filled_inside(self.c(x), [cache])
+        return self.head(cache["y"])
+
+
+@pytest.mark.parametrize("how", ["keyword", "positional", "in-a-list", "appended"])
+def test_a_write_into_a_container_read_afterwards_is_refused_by_fx(how: str) -> None:
+    # fx's graph shows no such write: its readers read the container as made (a and c
+    # were unreachable, silently); export and autograd run the code
+    model = WritesIntoAContainer(how)
+    report = auto_after_fx_refuses(model, "writes into the (dict|list)", input_shape=(2, 4))
+    by_hand = {"a": (2, 2, 1), "c": (2, 2, 1), "head": (1, 1, 1)}
+    assert {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()} == by_hand

@@ -265,6 +265,13 @@ def _fresh(value: Any, owner: fx.Node, leaves: dict[int, fx.Node], keep: list) -
     return _map_tensors(renew, value)
 
 
+def _held(value: Any) -> tuple:
+    """What a list or dict holds: its structure and the identity of each thing in it (a
+    write into it, ``cache["y"] = t`` or ``xs.append(t)``, changes one or the other)."""
+    leaves, spec = tree_flatten(value)
+    return spec, tuple(map(id, leaves))
+
+
 def _reached(result: Any, leaves: dict[int, fx.Node]) -> set[fx.Node]:
     """Owners of the leaves that the autograd graph of ``result`` reaches."""
     return {leaves[id(v)] for v in _leaf_variables(result) if id(v) in leaves}
@@ -664,6 +671,7 @@ class GradientFlow(fx.Interpreter):
             n.op == "call_module" and not _of_torch(self.fetch_attr(n.target))
         )
         versions = [(m, t, t._version) for m in fresh for t in _tensors_in(fresh[m])]
+        held = {m: _held(fresh[m]) for m in fresh if isinstance(self.env[m], (list, dict))}
         try:
             result = self._apply(n, args, kwargs, on_meta=factory)
         except ShapeError:
@@ -677,6 +685,9 @@ class GradientFlow(fx.Interpreter):
                         raise TraceError(_meta_failure(self.module, n, exc)) from exc
                     raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
+        for m, before in held.items():
+            if _held(fresh[m]) != before:
+                self._refuse_container_write(n, m)
         written = [m for m, t, seen in versions if t._version != seen]
         if written and _recorded_whole(n, self.fetch_attr):
             # checked where it stands (its readers): its outcome stands for no other call's
@@ -688,6 +699,23 @@ class GradientFlow(fx.Interpreter):
             # each result of a multi-result op (broadcast_tensors, split …) apart
             n.meta[PARTS] = tuple(frozenset(_reached(r, leaves)) for r in result)
         return _map_tensors(_cut_history, result), flows
+
+    def _refuse_container_write(self, n: fx.Node, target: fx.Node) -> None:
+        """``n`` wrote into the list or dict ``target`` holds (``cache["y"] = t`` in a
+        function fx keeps whole), and ``target`` is read again afterwards: fx's graph shows
+        no such write, so its later readers would miss what was written. Export and
+        autograd follow it; fx refuses (auto moves on)."""
+        order = self._positions()
+        later = [u for u in target.users if order[u] > order[n]]
+        if not later:
+            return
+        kind = type(self.env[target]).__name__
+        raise TraceError(
+            f"{_called(n, self.fetch_attr)} writes into the {kind} '{target.name}' holds, "
+            f"which '{later[0].name}' reads afterwards: fx records no such write, so what "
+            "was written would be missed. --tracer export or autograd follows it (auto "
+            "moves on to them)."
+        )
 
     def _refuse_hidden_write(
         self, n: fx.Node, written: list[fx.Node], fresh: dict, leaves: dict[int, fx.Node]
