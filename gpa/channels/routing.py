@@ -258,7 +258,7 @@ class ChannelRouter(fx.Interpreter):
         other node."""
         if self._modes[n]:
             return None
-        target = written_into(n, self.fetch_attr if n.op == "call_module" else None)
+        target = written_into(n, self.fetch_attr)
         value = inputs.get(target)
         if not isinstance(value, Channels) or not isinstance(shapes, Shape):
             return None

@@ -605,7 +605,7 @@ class GradientFlow(fx.Interpreter):
         autograd records nothing, so the tensor keeps its history — gradient reaching it
         after the write flows on into what made it, as before (what was written in brings
         none). Any other node's are as worked out."""
-        target = written_into(n, self.fetch_attr if n.op == "call_module" else None)
+        target = written_into(n, self.fetch_attr)
         if target is None or not isinstance(value, torch.Tensor):
             return value, flows
         if not ValueInfo.of(self.env[target]).requires_grad:
@@ -1113,7 +1113,7 @@ class _NamedFlow(fx.Interpreter):
         candidates = n.all_input_nodes if allowed is None else allowed
         flows = frozenset(m for m in candidates if self.env[m]) if self.enabled else frozenset()
         if not self.enabled:  # a write under no_grad: what it writes into keeps its history
-            target = written_into(n, self.fetch_attr if n.op == "call_module" else None)
+            target = written_into(n, self.fetch_attr)
             if target is not None and self.env[target]:
                 n.meta[FLOW] = NodeFlow(frozenset({target}))
                 return True
