@@ -90,9 +90,6 @@ def grad_mode(enabled: bool) -> None:
     torch._C._set_grad_enabled(enabled)
 
 
-# Augmented assignments fx records as such, so that the flow pass can tell a write into a
-# tensor (``b += y`` changes every other name of ``b`` too) from a number's rebinding;
-# a plain fx proxy has no ``__iadd__``, so Python records ``b = b + y``.
 def grad_modes(graph: fx.Graph) -> dict[fx.Node, bool]:
     """The grad mode ``graph`` runs each node in: that of the last :func:`grad_mode`
     before it (on, where there is none).
@@ -113,6 +110,9 @@ def grad_modes(graph: fx.Graph) -> dict[fx.Node, bool]:
     return modes
 
 
+# Augmented assignments fx records as such, so that the flow pass can tell a write into a
+# tensor (``b += y`` changes every other name of ``b`` too) from a number's rebinding;
+# a plain fx proxy has no ``__iadd__``, so Python records ``b = b + y``.
 AUGMENTED = {
     getattr(operator, f"i{name}"): f"__i{name}__"
     for name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow")
