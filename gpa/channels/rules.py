@@ -1057,7 +1057,9 @@ def _unbound(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     dim = _arg(node, 1, "dim", 0)
     if source is None or not _integer(dim) or not isinstance(shapes, (tuple, list)):
         return None
-    before = (slice(None),) * (dim % len(source.shape)) if source.shape else ()
+    if not -len(source.shape) <= dim < len(source.shape):
+        return None
+    before = (slice(None),) * (dim % len(source.shape))
     pieces = [_indexed(source, (*before, i), tuple(s)) for i, s in enumerate(shapes)]
     return None if any(p is None for p in pieces) else tuple(pieces)
 
