@@ -335,6 +335,43 @@ def test_a_helpers_type_check_on_a_proxy_keeps_the_call_whole(skip, channels) ->
     assert layer_records(report) == layer_records(autograd)
 
 
+def shifts_of(x: torch.Tensor) -> list[int]:
+    """Sizes, from a function fx keeps whole (Swin3D fits its window so)."""
+    return [1, x.shape[0] - 1]
+
+
+def rolled_linear(x: torch.Tensor, weight: torch.Tensor, shifts: list[int]) -> torch.Tensor:
+    """Hands sizes it was given to torch (whose argument parser asks each one's class)."""
+    return F.linear(torch.roll(x, shifts=(-shifts[0],), dims=(0,)), weight)
+
+
+torch.fx.wrap("shifts_of")
+torch.fx.wrap("rolled_linear")
+
+
+class RolledBySizes(nn.Module):
+    """By hand: a -> the linear on b's weight -> head: a (3, 3, 1), b (2, 2, 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = (nn.Linear(4, 4) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(rolled_linear(self.a(x), self.b.weight, shifts_of(x)))
+
+
+@pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
+def test_torch_asking_the_class_of_a_size_does_not_keep_the_call_whole(channels) -> None:
+    # torch's C functions, called from the function's own frame, ask proxies holding sizes
+    # whether they are symbolic: no type check of the function's (Swin3D was kept whole)
+    report = gpa.analyze(RolledBySizes(), input_shape=(3, 4), tracer="fx", channels=channels)
+    assert report.notes == []
+    a = report.layers["a"]
+    assert (a.shortest, a.longest, a.num_paths) == (3, 3, 1)
+    autograd = gpa.analyze(RolledBySizes(), input_shape=(3, 4), tracer="autograd")
+    assert layer_records(report) == layer_records(autograd)
+
+
 def test_a_function_reading_its_arguments_class_is_run_whole() -> None:
     # its own code asks y.__class__: not traced by value, fx says so and auto moves on
     model = Checks("own-class-check")

@@ -328,10 +328,11 @@ def _copy_into(graph: fx.Graph, inner: fx.Graph, copies: dict[fx.Node, fx.Node])
 class _ValueProxy(GpaProxy):
     """A proxy holding the value of the operation it stands for (``value``).
 
-    A type check on it outside torch (``isinstance(y, torch.Tensor)`` in a helper the
-    function calls, which Python answers by asking its ``__class__``) would take another
-    branch than the run: it is noted on the tracer (``type_checked``), and the trace is
-    not used. torch's own code, which fx relies on, is answered as usual.
+    A type check on it outside torch, when it holds a tensor (``isinstance(y,
+    torch.Tensor)`` in a helper the function calls, which Python answers by asking its
+    ``__class__``), would take another branch than the run: it is noted on the tracer
+    (``type_checked``), and the trace is not used. torch's own code, which fx relies on,
+    is answered as usual.
     """
 
     value: Any = None
@@ -340,9 +341,12 @@ class _ValueProxy(GpaProxy):
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # noqa: D105
-        asker = sys._getframe(1).f_globals.get("__name__", "")
-        if asker.partition(".")[0] not in ("torch", "gpa"):
-            self.tracer.type_checked = True
+        # only of a proxy holding a tensor: torch's C argument parser, called from the
+        # function's own frame, asks those holding sizes whether they are symbolic)
+        if isinstance(self.value, torch.Tensor):
+            asker = sys._getframe(1).f_globals.get("__name__", "")
+            if asker.partition(".")[0] not in ("torch", "gpa"):
+                self.tracer.type_checked = True
         return type(self)
 
     def __getattr__(self, name: str) -> Any:
