@@ -342,7 +342,7 @@ class _ValueProxy(GpaProxy):
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # noqa: D105
         # only of a proxy holding a tensor: torch's C argument parser, called from the
-        # function's own frame, asks those holding sizes whether they are symbolic)
+        # function's own frame, asks those holding sizes whether they are symbolic
         if isinstance(self.value, torch.Tensor):
             asker = sys._getframe(1).f_globals.get("__name__", "")
             if asker.partition(".")[0] not in ("torch", "gpa"):
