@@ -96,6 +96,14 @@ class _Arrival:
         lo, hi = np.searchsorted(self.cells, [channel * self.width, (channel + 1) * self.width])
         return self.cells[lo:hi] - channel * self.width
 
+    def reached(self, start: int, stop: int) -> np.ndarray:
+        """The input channels that channels [start, stop) reach, sorted, each once (the
+        positions of each of them together)."""
+        if self.cells.ndim == 2:
+            return np.flatnonzero(self.cells[start:stop].any(axis=0))
+        lo, hi = np.searchsorted(self.cells, [start * self.width, stop * self.width])
+        return unique_values(self.cells[lo:hi] % self.width)
+
 
 # Up to this many (channel, input channel) cells, arrivals are marked in a dense table
 # (a norm over the channels sends every channel to every input channel: a table is far
@@ -408,7 +416,7 @@ class _Segmenter:
             return [((int(a.first[start]), int(a.last[start]) + 1), False)]
         width = self.group_width(a.consumer)
         if width is not None and a.first[start] // width == a.last[stop - 1] // width:
-            reached = unique_values(np.concatenate([a.positions(c) for c in range(start, stop)]))
+            reached = a.reached(start, stop)
             runs = _runs(reached)
             if len(runs) == 1:
                 return [(runs[0], False)]
