@@ -702,9 +702,9 @@ class GradientFlow(fx.Interpreter):
 
     def _refuse_container_write(self, n: fx.Node, target: fx.Node) -> None:
         """``n`` wrote into the list or dict ``target`` holds (``cache["y"] = t`` in a
-        function fx keeps whole), and ``target`` is read again afterwards: fx's graph shows
-        no such write, so its later readers would miss what was written. Export and
-        autograd follow it; fx refuses (auto moves on)."""
+        function fx keeps whole, ``xs.append(t)``), and ``target`` is read again afterwards:
+        fx's graph does not pass the write on to its later readers, so they would miss what
+        was written. Export and autograd follow it; fx refuses (auto moves on)."""
         order = self._positions()
         later = [u for u in target.users if order[u] > order[n]]
         if not later:
@@ -712,9 +712,9 @@ class GradientFlow(fx.Interpreter):
         kind = type(self.env[target]).__name__
         raise TraceError(
             f"{_called(n, self.fetch_attr)} writes into the {kind} '{target.name}' holds, "
-            f"which '{later[0].name}' reads afterwards: fx records no such write, so what "
-            "was written would be missed. --tracer export or autograd follows it (auto "
-            "moves on to them)."
+            f"which '{later[0].name}' reads afterwards: fx's graph does not pass the write "
+            "on to that reader, so what was written would be missed. --tracer export or "
+            "autograd follows it (auto moves on to them)."
         )
 
     def _refuse_hidden_write(
