@@ -292,11 +292,22 @@ def class_checked_residual(x: torch.Tensor, weight: torch.Tensor) -> torch.Tenso
     return y + x if y.__class__ is torch.Tensor else y
 
 
+def checked_residual_torch(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The skip, its helper asking torch.is_tensor (whose isinstance runs in torch)."""
+    y = F.linear(x, weight)
+    return y + x if _is_tensor_by_torch(y) else y
+
+
 def _is_tensor(y):
     return isinstance(y, torch.Tensor)
 
 
+def _is_tensor_by_torch(y):
+    return torch.is_tensor(y)
+
+
 torch.fx.wrap("checked_residual")
+torch.fx.wrap("checked_residual_torch")
 torch.fx.wrap("checked_twice")
 torch.fx.wrap("class_checked_residual")
 
@@ -313,18 +324,24 @@ class Checks(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.skip == "own-class-check":
             return self.head(class_checked_residual(self.a(x), self.b.weight))
+        if self.skip == "is-tensor":
+            return self.head(checked_residual_torch(self.a(x), self.b.weight))
         if self.skip:
             return self.head(checked_residual(self.a(x), self.b.weight))
         return self.head(checked_twice(self.a(x), self.b.weight))
 
 
 @pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
-@pytest.mark.parametrize("skip", [True, False], ids=["skip-or-not", "once-or-twice"])
+@pytest.mark.parametrize(
+    "skip", [True, "is-tensor", False], ids=["skip-or-not", "is-tensor", "once-or-twice"]
+)
 def test_a_helpers_type_check_on_a_proxy_keeps_the_call_whole(skip, channels) -> None:
     # the operations traced into look alike and reach the same inputs whichever branch
     # the helper takes: only noticing that it asked a proxy its class tells the trace
     # from the run. fx keeps the call whole and says so; auto moves on
-    name = "checked_residual" if skip else "checked_twice"
+    name = {True: "checked_residual", "is-tensor": "checked_residual_torch"}.get(
+        skip, "checked_twice"
+    )
     fx_report = gpa.analyze(Checks(skip), input_shape=(2, 4), tracer="fx", channels=channels)
     assert any(f"'{name}'" in note for note in fx_report.notes)
     report = gpa.analyze(Checks(skip), input_shape=(2, 4), channels=channels)

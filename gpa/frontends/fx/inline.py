@@ -344,7 +344,10 @@ class _ValueProxy(GpaProxy):
         # only of a proxy holding a tensor: torch's C argument parser, called from the
         # function's own frame, asks those holding sizes whether they are symbolic
         if isinstance(self.value, torch.Tensor):
-            asker = sys._getframe(1).f_globals.get("__name__", "")
+            frame = sys._getframe(1)
+            if frame.f_code is _IS_TENSOR:  # torch.is_tensor(y): asked for its caller
+                frame = frame.f_back
+            asker = frame.f_globals.get("__name__", "") if frame is not None else ""
             if asker.partition(".")[0] not in ("torch", "gpa"):
                 self.tracer.type_checked = True
         return type(self)
@@ -456,6 +459,8 @@ class _ValueTracer(GpaTracer):
 
 # Arguments fx records as they are (see ``_ValueTracer.create_arg``).
 _ATOMS = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device})
+
+_IS_TENSOR = torch.is_tensor.__code__
 
 # Names a function checks its arguments' types with (fx's proxies are no tensors).
 _TYPE_CHECKS = frozenset({"isinstance", "is_tensor", "type", "__class__"})
