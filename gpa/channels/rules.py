@@ -471,9 +471,9 @@ def _collapsed_parts(
     return parts
 
 
-def unbroadcast(index: np.ndarray, keep: int) -> np.ndarray:
-    """``index`` with every axis but ``keep`` along which broadcasting repeats it (stride 0)
-    cut to size 1: what the axis repeats is read once, and never copied.
+def unbroadcast(index: np.ndarray, keep: int | None) -> np.ndarray:
+    """``index`` with every axis but ``keep`` (None: every axis) along which broadcasting
+    repeats it (stride 0) cut to size 1: what the axis repeats is read once, and never copied.
 
     Example:
         >>> rows = np.broadcast_to(np.arange(4), (3, 4))  # one row, three times
@@ -946,43 +946,115 @@ def _joined(
     for p in parts:
         stretches.setdefault(p, []).append(offset)
         offset += inputs[p].shape[dim]
-    terms = []
+    # terms of one producer in different tensors sit in disjoint stretches: one term holds
+    # them (a class token's and the patches' share of a residual stream are one term
+    # again, alike along the tokens: kept broadcast, later passes read one row of it)
+    found: list[Term | _Joining] = []
     for p in dict.fromkeys(present):  # each tensor once, in argument order (as probed)
         value = inputs[p]
-        drop = tuple(slice(None) if value.shape[a] > 1 else 0 for a in value.axes)
-        size = value.shape[dim]
-        spread = [value.shape[a] if a in kept[p] else 1 for a in axes]
-        stretch = [size if a == dim else n for a, n in zip(axes, out, strict=True)]
         throughout = all(q is p for q in present)  # its stretches fill the result
-        # terms sharing an index share the result (later passes remember by identity): a
-        # residual stream's terms found everywhere, or written alike, are many
-        placed: dict[int | None, np.ndarray] = {}
         for t in value.terms:
             if t.index is None and throughout:
-                terms.append(t)
+                found.append(t)
                 continue
-            key = None if t.index is None else id(t.index)
-            index = placed.get(key)
-            if index is None:
-                index = placed[key] = np.full(out, -1, dtype=np.int64)
-                moved = (
-                    0
-                    if t.index is None
-                    else np.broadcast_to(t.index[drop].reshape(spread), stretch)
+            held = t.held
+            if t.index is None:  # found everywhere in its tensor: a mask of its channels
+                every = t.everywhere
+                held = np.array(
+                    every if every is not None else range(channel_count(t.producer)), np.int64
                 )
-                for start in stretches[p]:
-                    where = tuple(
-                        slice(start, start + size) if a == dim else slice(None) for a in axes
-                    )
-                    index[where] = moved
-            if t.index is None:
-                held = (
-                    t.everywhere if t.everywhere is not None else range(channel_count(t.producer))
-                )
-                terms.append(Term(t.producer, index, held=np.array(held, dtype=np.int64)))
-            elif (index >= 0).any():  # the probe drops a term found nowhere
-                terms.append(t.moved(index))
+            kind = None if held is None else tuple(held.tolist())
+            joining = next(
+                (j for j in found if isinstance(j, _Joining) and j.takes(t.producer, kind, p)),
+                None,
+            )
+            if joining is None:
+                joining = _Joining(t.producer, kind, held, [])
+                found.append(joining)
+            joining.pieces.append((p, t.index))
+    # pieces alike give one index (later passes remember by identity): a residual
+    # stream's terms found everywhere, or written alike, are many
+    placed: dict[tuple, np.ndarray] = {}
+    terms = []
+    for j in found:
+        if isinstance(j, Term):
+            terms.append(j)
+            continue
+        key = tuple((id(p), None if index is None else id(index)) for p, index in j.pieces)
+        index = placed.get(key)
+        if index is None:
+            whole = len(j.pieces) == len(present)  # its pieces fill the result
+            index = placed[key] = _stretched(j.pieces, inputs, stretches, dim, axes, out, whole)
+        if (index >= 0).any():  # the probe drops a term found nowhere
+            terms.append(Term(j.producer, index, held=j.held))
     return Channels(axes, shape, tuple(terms))
+
+
+@dataclass
+class _Joining:
+    """One producer's terms of several concatenated tensors (one each), made one term."""
+
+    producer: str
+    kind: tuple[int, ...] | None  # the held channels of a mask; None: an index
+    held: np.ndarray | None
+    pieces: list[tuple[fx.Node, np.ndarray | None]]
+
+    def takes(self, producer: str, kind: tuple[int, ...] | None, part: fx.Node) -> bool:
+        """Whether a term of ``producer`` of that ``kind`` in ``part`` joins this one."""
+        return (
+            producer == self.producer
+            and kind == self.kind
+            and all(p is not part for p, _ in self.pieces)
+        )
+
+
+def _stretched(
+    pieces: list[tuple[fx.Node, np.ndarray | None]],
+    inputs: Mapping[fx.Node, Any],
+    stretches: Mapping[fx.Node, list[int]],
+    dim: int,
+    axes: tuple[int, ...],
+    out: tuple[int, ...],
+    whole: bool,
+) -> np.ndarray:
+    """The index of a concatenation's term over its channel ``axes`` (sizes ``out``):
+    each piece's index (None: 0, a mask found throughout its tensor) in every stretch of
+    its tensor along ``dim``, -1 elsewhere. Built once per axis along which no piece
+    varies (a broadcast: a norm's mask is alike across the channels), then broadcast;
+    when the pieces fill the result (``whole``) and are one row alike along ``dim``,
+    that row broadcast (nothing built, nothing read twice later)."""
+    laid = []
+    for p, index in pieces:
+        value = inputs[p]
+        if index is None:
+            laid.append((p, np.zeros((1,) * len(axes), np.int64)))
+            continue
+        drop = tuple(slice(None) if value.shape[a] > 1 else 0 for a in value.axes)
+        kept = [a for a in value.axes if value.shape[a] > 1]
+        spread = [value.shape[a] if a in kept else 1 for a in axes]
+        laid.append((p, unbroadcast(index[drop].reshape(spread), None)))
+    if whole and dim in axes:
+        k = axes.index(dim)
+        first = laid[0][1]
+        if all(
+            piece.shape[k] == 1 and piece.shape == first.shape and np.array_equal(piece, first)
+            for _, piece in laid
+        ):
+            return np.broadcast_to(first, out)
+    sizes = [
+        n if a == dim or any(piece.shape[k] > 1 for _, piece in laid) else 1
+        for k, (a, n) in enumerate(zip(axes, out, strict=True))
+    ]
+    index = np.full(sizes, -1, dtype=np.int64)
+    for p, piece in laid:
+        size = inputs[p].shape[dim]
+        stretch = [size if a == dim else n for a, n in zip(axes, sizes, strict=True)]
+        moved = np.broadcast_to(piece, stretch)
+        for start in stretches[p]:
+            index[tuple(slice(start, start + size) if a == dim else slice(None) for a in axes)] = (
+                moved
+            )
+    return np.broadcast_to(index, out) if tuple(sizes) != out else index
 
 
 def _pieces(

@@ -238,6 +238,9 @@ def joined(draw: st.DrawFn) -> tuple[list[str], dict[str, Channels], int, tuple[
     ndim = draw(st.integers(1, 3))
     dim = draw(st.integers(0, ndim - 1))
     shape = [draw(st.integers(1, 3)) for _ in range(ndim)]
+    # one producer's terms in several tensors (a class token and the patches of one
+    # residual stream), or each tensor's its own
+    shared = draw(st.booleans())
     values: dict[str, Channels] = {}
     for k in range(draw(st.integers(1, 3))):
         own = list(shape)
@@ -252,7 +255,8 @@ def joined(draw: st.DrawFn) -> tuple[list[str], dict[str, Channels], int, tuple[
         for t in drawn.terms:
             if t.index is None:  # found everywhere in its tensor: some channels, or all
                 whole = draw(st.booleans())
-                terms.append(Term(t.producer + f"t{k}", None, None if whole else t.everywhere))
+                producer = t.producer if shared else t.producer + f"t{k}"
+                terms.append(Term(producer, None, None if whole else t.everywhere))
                 continue
             values_ = np.array(
                 draw(
@@ -261,7 +265,10 @@ def joined(draw: st.DrawFn) -> tuple[list[str], dict[str, Channels], int, tuple[
                     )
                 )
             ).reshape(sizes)
-            terms.append(Term(t.producer + f"t{k}", values_, held=t.held))
+            if draw(st.booleans()):  # alike along the first axis, as a residual stream's
+                values_ = np.broadcast_to(values_[:1], sizes)
+            producer = t.producer if shared else t.producer + f"t{k}"
+            terms.append(Term(producer, values_, held=t.held))
         values[f"t{k}"] = Channels(
             axes, tuple(own), tuple(terms) or (Term(f"p{k}", np.zeros(sizes, np.int64)),)
         )
@@ -288,6 +295,38 @@ def test_cat_gives_the_probes_answer(case) -> None:
     if direct is None:  # declined: the probe answers
         return
     assert _meaning(direct) == _meaning(probed)
+
+
+def test_a_class_token_and_its_patches_are_one_term_again() -> None:
+    # a ViT-style stream: x = cat([x[:, :1], x[:, 1:] + f(...)], 1). The class token
+    # (1 token) and the patches (2 tokens) both hold channels 0, 1 of "fc" at every token:
+    # joined, "fc" is one term, the same row at the 3 tokens, read once (a broadcast)
+    graph = fx.Graph()
+    cls, patches = graph.placeholder("cls"), graph.placeholder("patches")
+    values = {
+        cls: Channels((2,), (1, 1, 2), (Term("fc", np.arange(2)),)),
+        patches: Channels(
+            (1, 2),
+            (1, 2, 2),
+            (
+                Term("fc", np.broadcast_to(np.arange(2), (2, 2))),
+                Term("proj", np.array([[1, 0], [-1, -1]])),
+            ),
+        ),
+    }
+    for n, v in values.items():
+        n.meta[FLOW] = NodeFlow(
+            frozenset(), ValueInfo(v.shape, "torch.float32", True), Shape(v.shape)
+        )
+    node = graph.call_function(torch.cat, ([cls, patches], 1))
+    joined = _concatenated(node, values, Shape((1, 3, 2)), _Context().channel_count)
+    assert joined.axes == (1, 2)
+    assert [t.producer for t in joined.terms] == ["fc", "proj"]
+    fc, proj = joined.terms
+    assert fc.index.tolist() == [[0, 1], [0, 1], [0, 1]]
+    assert fc.index.strides[0] == 0  # one row, not three
+    assert proj.index.tolist() == [[-1, -1], [1, 0], [-1, -1]]
+    assert _meaning(joined) == _meaning(probe(_Context(), node, values, Shape((1, 3, 2))))
 
 
 def _meaning(value: Channels) -> dict[str, set[tuple[int, int]]]:
