@@ -143,3 +143,40 @@ def test_condconv_convolutions_are_layers() -> None:
         ), name
     assert {r.type for r in block.values()} == {"CondConv2d", "Conv2d", "Linear"}
     assert all(r.calls == 1 for r in fx.layers.values())
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("mode", ["row", "batch"])
+def test_stochastic_depth_passes_through_as_it_runs(mode, p, train, monkeypatch) -> None:
+    # torchvision's stochastic_depth (fx records it whole) is passed through by the flow
+    # pass without a meta run; the paths must be those of a real forward and backward
+    # (the autograd frontend), also where it drops every sample (p = 1: zeros times the
+    # input, still a path) and where it returns its input (p = 0, eval)
+    from torch import nn
+    from torchvision.ops import StochasticDepth
+
+    import gpa
+    from gpa.frontends.fx.flow import GradientFlow
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1)
+            self.drop, self.head = StochasticDepth(p, mode), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.head(y + self.drop(self.b(y)))
+
+    ran = []
+    run = GradientFlow._run_under_autograd
+    monkeypatch.setattr(
+        GradientFlow, "_run_under_autograd", lambda self, n: ran.append(n.name) or run(self, n)
+    )
+    model = Block().train(train)
+    fx = gpa.analyze(model, input_shape=(2, 3, 5, 5), tracer="fx", train=train)
+    assert not [n for n in ran if "stochastic_depth" in n]
+    autograd = gpa.analyze(model, input_shape=(2, 3, 5, 5), tracer="autograd", train=train)
+    assert records(fx.layers) == records(autograd.layers)
+    assert (fx.layers["a"].shortest, fx.layers["a"].longest) == (2, 3)  # head; head ← b
