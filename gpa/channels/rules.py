@@ -573,6 +573,8 @@ def distinct_rows(rows: np.ndarray) -> np.ndarray:
     if len(rows) > 1 and (rows == rows[:1]).all():  # a term alike along the rows: no copy
         rows = rows[:1]
     rows = np.ascontiguousarray(rows[(rows >= 0).any(axis=1)])
+    if len(rows) > 1:  # a row repeated in a run (a token's channels, token after token): once
+        rows = rows[np.r_[True, (rows[1:] != rows[:-1]).any(axis=1)]]
     if len(rows) <= 1:
         return rows
     keys = rows.view(np.dtype((np.void, rows.dtype.itemsize * rows.shape[1]))).ravel()
@@ -1369,7 +1371,7 @@ def _each_index(
         if t.index.shape != source.sizes:
             return None
         index = move(t.index[drop])
-        if (index >= 0).any():
+        if (unbroadcast(index, None) >= 0).any():  # what broadcasting repeats, read once
             terms.append(t.moved(index))
     return tuple(terms)
 
@@ -1436,9 +1438,25 @@ def _reshaped(node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
         )
     pick = tuple(slice(None) if b in axes else 0 for b in range(len(after)))
     terms = _each_index(
-        source, lambda index: np.broadcast_to(index.reshape(spread), wide).reshape(long)[pick]
+        source,
+        lambda index: _regrouped(np.broadcast_to(index.reshape(spread), wide), groups, long)[pick],
     )
     return None if terms is None else Channels(axes, after, terms)
+
+
+def _regrouped(index: np.ndarray, groups: list[tuple[list, list]], long: list[int]) -> np.ndarray:
+    """``index.reshape(long)``, where ``groups`` are the runs of axes the reshape keeps
+    apart (:func:`_axis_groups`; axes outside them are of size 1): a run along which
+    broadcasting repeats the index throughout stays a broadcast (a term alike at every
+    token is not written out once per token)."""
+    cut, out = list(index.shape), list(long)
+    for left, right in groups:
+        if all(index.strides[a] == 0 or index.shape[a] == 1 for a in left):
+            cut = [1 if a in left else n for a, n in enumerate(cut)]
+            out = [1 if b in right else n for b, n in enumerate(out)]
+    if out == list(long):
+        return index.reshape(long)
+    return np.broadcast_to(index[tuple(slice(0, n) for n in cut)].reshape(out), long)
 
 
 permuted: Rule = _or_probe(_permuted)

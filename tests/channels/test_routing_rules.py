@@ -15,11 +15,22 @@ import pytest
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import gpa
 from gpa.channels.routing import CHANNELS, Consumer, _rows_along, route_channels, rule_for
-from gpa.channels.rules import RULES, Channels, Term, _collapsed_parts, fallback, pointwise, probe
+from gpa.channels.rules import (
+    RULES,
+    Channels,
+    Term,
+    _collapsed_parts,
+    distinct_rows,
+    fallback,
+    pointwise,
+    probe,
+)
 from gpa.frontends.fx import fx_gradient_graph
 from gpa.options import AnalysisOptions
 
@@ -432,6 +443,22 @@ def test_rows_differing_along_the_read_axis_are_one_delivery_each():
     index = np.array([[0, 1, -1], [-1, -1, -1], [0, 1, -1], [2, 2, 3]])
     found = _rows_along(Term("a", index), 1, 3)
     assert [(p.tolist(), h) for p, h in found] == [([0, 1, -1], None), ([2, 2, 3], None)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(-1, 2), min_size=3, max_size=3), min_size=1, max_size=12),
+    st.integers(1, 4),
+)
+def test_distinct_rows_are_each_row_holding_a_channel_once_in_order(rows, repeat):
+    # brute force: rows in order, a row again or one holding no channel skipped; runs of a
+    # row (each row ``repeat`` times, as token after token of one stream) change nothing
+    index = np.repeat(np.array(rows), repeat, axis=0)
+    expected: list[list[int]] = []
+    for row in rows:
+        if row not in expected and max(row) >= 0:
+            expected.append(row)
+    assert distinct_rows(index).tolist() == expected
 
 
 class Twin(nn.Module):
