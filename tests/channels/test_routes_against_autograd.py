@@ -328,6 +328,7 @@ WRITTEN_UNDER_NO_GRAD = {
     "times-rolled": _under_no_grad(lambda y: y.mul_(y.roll(1, -1))),
     "masked-fill": _under_no_grad(lambda y: y.masked_fill_(y > 0, 0.0)),
     "augmented": _under_no_grad(lambda y: _added_reversed(y)),
+    "out": _under_no_grad(lambda y: torch.add(y, y.flip(-1), out=y)),  # export: aten.add.out
 }
 
 

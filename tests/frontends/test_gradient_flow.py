@@ -375,12 +375,19 @@ class WrittenUnderNoGrad(nn.Module):
                 y += 1.0
             elif self.how == "zeroed":
                 y.zero_()
+            elif self.how == "out":  # export records aten.add.out, writing its ``out``
+                torch.add(y, 1.0, out=y)
+            elif self.how == "detached-alias":  # the same memory, written through another name
+                y.detach().clamp_(-1, 1)
         if self.how == "through-data":  # .data: an alias autograd does not see
             y.data.clamp_(-1, 1)
         return self.head(y)
 
 
-WRITES = ["method", "functional-inplace", "module-inplace", "setitem", "augmented", "zeroed"]
+WRITES = [
+    "method", "functional-inplace", "module-inplace", "setitem", "augmented", "zeroed", "out",
+    "detached-alias",
+]  # fmt: skip
 
 
 # What a frontend cannot read at all (auto moves on): fx item assignment in forward,

@@ -30,7 +30,7 @@ import contextlib
 import copy
 import inspect
 import operator
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -412,13 +412,11 @@ def _mutated(node: fx.Node, submodule: Callable[[str], Any] | None) -> fx.Node |
     """The traced value an in-place call overwrites (``x.add_(y)``, ``F.relu(x, inplace=True)``,
     an ATen operation whose schema writes its first argument: ``aten.copy_``);
     ``submodule`` gives the module a ``call_module`` node calls (None: no module calls)."""
+    if isinstance(node.target, torch._ops.OpOverload):  # the argument its schema writes
+        return _written_argument(node, node.target._schema.arguments)
     first = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
     if first is None:
         return None
-    if isinstance(node.target, torch._ops.OpOverload):
-        arguments = node.target._schema.arguments
-        alias = arguments[0].alias_info if arguments else None
-        return first if alias is not None and alias.is_write else None
     if node.op == "call_method" and node.target.endswith("_") and not node.target.startswith("_"):
         return first
     if node.op == "call_function":
@@ -431,6 +429,22 @@ def _mutated(node: fx.Node, submodule: Callable[[str], Any] | None) -> fx.Node |
         and getattr(submodule(node.target), "inplace", False)
     ):
         return first
+    return None
+
+
+def _written_argument(node: fx.Node, arguments: Sequence[Any]) -> fx.Node | None:
+    """The node an ATen operation writes into, by its schema ``arguments``: its first
+    argument (``aten.add_``, ``aten.copy_``) or its keyword-only ``out`` (``aten.add.out``,
+    which export records for ``torch.add(y, 1, out=y)`` under ``no_grad``). Statistics a
+    norm updates in place (``running_mean``) are not what its result is written into."""
+    first = arguments[0] if arguments else None
+    if first is not None and first.alias_info is not None and first.alias_info.is_write:
+        given = node.args[0] if node.args else node.kwargs.get(first.name)
+        return given if isinstance(given, fx.Node) else None
+    for argument in arguments:
+        if argument.kwarg_only and argument.alias_info is not None and argument.alias_info.is_write:
+            given = node.kwargs.get(argument.name)
+            return given if isinstance(given, fx.Node) else None
     return None
 
 
