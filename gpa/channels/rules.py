@@ -952,6 +952,7 @@ def _joined(
     # them (a class token's and the patches' share of a residual stream are one term
     # again, alike along the tokens: kept broadcast, later passes read one row of it)
     found: list[Term | _Joining] = []
+    by_producer: dict[tuple, list[_Joining]] = {}
     for p in dict.fromkeys(present):  # each tensor once, in argument order (as probed)
         value = inputs[p]
         throughout = all(q is p for q in present)  # its stretches fill the result
@@ -966,12 +967,11 @@ def _joined(
                     every if every is not None else range(channel_count(t.producer)), np.int64
                 )
             kind = None if held is None else tuple(held.tolist())
-            joining = next(
-                (j for j in found if isinstance(j, _Joining) and j.takes(t.producer, kind, p)),
-                None,
-            )
+            alike = by_producer.setdefault((t.producer, kind), [])
+            joining = next((j for j in alike if all(q is not p for q, _ in j.pieces)), None)
             if joining is None:
-                joining = _Joining(t.producer, kind, held, [])
+                joining = _Joining(t.producer, held, [])
+                alike.append(joining)
                 found.append(joining)
             joining.pieces.append((p, t.index))
     # pieces alike give one index (later passes remember by identity): a residual
@@ -992,22 +992,14 @@ def _joined(
     return Channels(axes, shape, tuple(terms))
 
 
-@dataclass
-class _Joining:
-    """One producer's terms of several concatenated tensors (one each), made one term."""
+class _Joining(NamedTuple):
+    """One producer's terms of several concatenated tensors (one each, all plain indexes
+    or all masks of the same ``held`` channels), made one term: ``pieces`` are (tensor,
+    index) pairs, None for a term found everywhere in its tensor."""
 
     producer: str
-    kind: tuple[int, ...] | None  # the held channels of a mask; None: an index
     held: np.ndarray | None
     pieces: list[tuple[fx.Node, np.ndarray | None]]
-
-    def takes(self, producer: str, kind: tuple[int, ...] | None, part: fx.Node) -> bool:
-        """Whether a term of ``producer`` of that ``kind`` in ``part`` joins this one."""
-        return (
-            producer == self.producer
-            and kind == self.kind
-            and all(p is not part for p, _ in self.pieces)
-        )
 
 
 def _stretched(

@@ -410,7 +410,8 @@ _VIEW_METHODS = frozenset(
 
 def _mutated(node: fx.Node, submodule: Callable[[str], Any] | None) -> fx.Node | None:
     """The traced value an in-place call overwrites (``x.add_(y)``, ``F.relu(x, inplace=True)``,
-    an ATen operation whose schema writes its first argument: ``aten.copy_``);
+    an ATen operation whose schema writes its first argument, ``aten.copy_``, or its
+    ``out``, ``aten.add.out``);
     ``submodule`` gives the module a ``call_module`` node calls (None: no module calls)."""
     if isinstance(node.target, torch._ops.OpOverload):  # the argument its schema writes
         return _written_argument(node, node.target._schema.arguments)
