@@ -505,6 +505,7 @@ class GradientFlow(fx.Interpreter):
         else:
             self._refuse_gradient_into_attribute(n)
             self._follow_augmented_assignment(n)
+            self._refuse_write_through_alias(n)
             value, flows = self._flow_of(n)
         n.meta[FLOW] = NodeFlow(
             flows, ValueInfo.of(value), _shapes_of(value), value if _is_plain(value) else _NOTHING
@@ -541,6 +542,38 @@ class GradientFlow(fx.Interpreter):
         if self._order is None:
             self._order = {m: i for i, m in enumerate(self.graph.nodes)}
         return self._order
+
+    def _refuse_write_through_alias(self, n: fx.Node) -> None:
+        """``n`` writes in place into the result of an operation that returned its input
+        itself (``y = self.drop(h)`` in eval mode, ``h.contiguous()`` of a contiguous
+        ``h``, ``h.float()`` of a float ``h``), and that input is read again afterwards:
+        the write changed it too, which fx's graph does not show (its later readers would
+        miss what was written). Export and autograd follow it; fx refuses (auto moves on).
+        Whether the operation returned its input is asked of the operation itself, on the
+        meta device: the same call may return a new tensor in another mode."""
+        target = written_into(n, self.fetch_attr)
+        if target is None or target.op not in ("call_function", "call_method", "call_module"):
+            return
+        source = target.args[0] if target.args and isinstance(target.args[0], fx.Node) else None
+        if source is None or not isinstance(self.env.get(source), torch.Tensor):
+            return
+        reader = later_reader(n, source, self._positions())
+        if reader is None or reader is target:
+            return
+        args = fx.node.map_arg(target.args, self.env.__getitem__)
+        kwargs = fx.node.map_arg(target.kwargs, self.env.__getitem__)
+        try:
+            with torch.no_grad():
+                aliased = self._run_op(target, args, kwargs) is args[0]
+        except Exception:  # it ran before, as the pass ran it: nothing more to learn here
+            return
+        if aliased:
+            raise TraceError(
+                f"'{n.name}' writes in place into the result of '{target.name}', which is "
+                f"its input '{source.name}' itself (the same tensor), and '{reader.name}' "
+                "reads that input afterwards: fx's graph does not show the write reaching "
+                "it. --tracer export or autograd follows it (auto moves on to them)."
+            )
 
     def _refuse_gradient_into_attribute(self, n: fx.Node) -> None:
         """A value carrying gradient written into a tensor fx holds as an attribute and
