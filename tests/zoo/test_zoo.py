@@ -180,3 +180,37 @@ def test_stochastic_depth_passes_through_as_it_runs(mode, p, train, monkeypatch)
     autograd = gpa.analyze(model, input_shape=(2, 3, 5, 5), tracer="autograd", train=train)
     assert records(fx.layers) == records(autograd.layers)
     assert (fx.layers["a"].shortest, fx.layers["a"].longest) == (2, 3)  # head; head ← b
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("p", [0.0, 0.5])
+def test_a_write_through_stochastic_depth_returning_its_input(p, train) -> None:
+    # y = sd(h); y += f(h'); b(h): stochastic_depth returns h itself in eval mode or at
+    # p = 0, and the write then reaches b (by hand: f's sources b and g; else g alone);
+    # fx refuses what its graph cannot show, auto's answer is a real backward's
+    from torch import nn
+    from torchvision.ops import StochasticDepth
+
+    import gpa
+    from gpa.errors import TraceError
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.f = nn.Linear(3, 4), nn.Linear(4, 4)
+            self.b, self.g = nn.Linear(4, 2), nn.Linear(4, 2)
+            self.drop = StochasticDepth(p, "row")
+
+        def forward(self, x):
+            h = self.a(x)
+            y = self.drop(h)
+            y += self.f(h * 1.0)
+            return self.b(h) + self.g(y)
+
+    aliased = p == 0.0 or not train
+    if aliased:
+        with pytest.raises(TraceError, match="its input 'a' itself"):
+            gpa.analyze(Block(), input_shape=(2, 3), tracer="fx", train=train)
+    for tracer in ("auto", "autograd"):
+        report = gpa.analyze(Block(), input_shape=(2, 3), tracer=tracer, train=train)
+        assert sorted(report.layers["f"].sources) == (["b", "g"] if aliased else ["g"])
