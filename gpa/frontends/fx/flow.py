@@ -554,6 +554,10 @@ class GradientFlow(fx.Interpreter):
         target = written_into(n, self.fetch_attr)
         if target is None or target.op not in ("call_function", "call_method", "call_module"):
             return
+        if target.op == "call_module" and isinstance(
+            self.fetch_attr(target.target), (*_NORMS, *DEFAULT_LAYER_TYPES)
+        ):  # a norm or a layer makes a new tensor (asking would run it again)
+            return
         source = target.args[0] if target.args and isinstance(target.args[0], fx.Node) else None
         if source is None or not isinstance(self.env.get(source), torch.Tensor):
             return
