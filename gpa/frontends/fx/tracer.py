@@ -122,6 +122,14 @@ AUGMENTED = {
 class GpaProxy(fx.Proxy):
     """fx's proxy, recording augmented assignments (see :data:`AUGMENTED`)."""
 
+    def __getattr__(self, k: str) -> fx.proxy.Attribute:
+        return GpaAttribute(self, k)
+
+
+class GpaAttribute(fx.proxy.Attribute):
+    """An attribute of a proxy (``x.T``, a view: ``x.T += y`` writes into ``x``), recording
+    augmented assignments as :class:`GpaProxy` does."""
+
 
 def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[fx.Proxy, Any], fx.Proxy]:
     def record(self: fx.Proxy, other: Any) -> fx.Proxy:
@@ -132,6 +140,7 @@ def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[fx.Proxy, Any], fx.Pr
 
 for _op, _method in AUGMENTED.items():
     setattr(GpaProxy, _method, _augmented(_op))
+    setattr(GpaAttribute, _method, _augmented(_op))
 
 
 class GpaTracer(fx.Tracer):
@@ -402,10 +411,18 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
     return "\n".join(lines)
 
 
+# Operations whose result is a view of their first argument (ATen's schemas mark their
+# result ``Tensor(a)``, aliasing it): a write into it writes into the argument too. Those
+# that return their argument itself only at times (``contiguous``, ``to``, ``float``,
+# dropout in eval mode) are told apart by the flow pass, which asks the call.
 _VIEW_METHODS = frozenset(
     "view reshape narrow select transpose permute flatten unflatten squeeze unsqueeze expand "
-    "chunk split unbind t view_as as_strided diagonal movedim swapaxes unfold".split()
+    "chunk split unbind t view_as as_strided diagonal movedim swapaxes unfold swapdims "
+    "moveaxis reshape_as ravel expand_as broadcast_to tensor_split hsplit vsplit dsplit "
+    "split_with_sizes adjoint real imag mT mH".split()
 )
+# Attributes read as views (``x.T``, ``x.mT``, ``x.real``): fx records ``getattr(x, name)``.
+_VIEW_ATTRIBUTES = frozenset("T mT H mH real imag".split())
 
 
 def _mutated(node: fx.Node, submodule: Callable[[str], Any] | None) -> fx.Node | None:
@@ -456,6 +473,8 @@ def _is_view(node: fx.Node) -> bool:
         return alias is not None and not alias.is_write
     if node.op == "call_method":
         return node.target in _VIEW_METHODS
+    if node.op == "call_function" and node.target is getattr and len(node.args) > 1:
+        return node.args[1] in _VIEW_ATTRIBUTES
     return node.op == "call_function" and (
         node.target is operator.getitem or getattr(node.target, "__name__", "") in _VIEW_METHODS
     )
