@@ -485,7 +485,7 @@ def test_each_result_of_a_multi_result_op_apart(op, tracer):
 class WrittenThroughItsAlias(nn.Module):
     """``y = op(h)``, ``y += f(h)``, then ``h`` read again by b. Where ``op`` returns ``h``
     itself (dropout in eval mode, ``contiguous`` of a contiguous tensor, ``float`` of a
-    float one) the write changes ``h`` too: by hand f's sources are b and g. Where it
+    float one) or a view of it (``nn.Unflatten``) the write changes ``h`` too: by hand f's sources are b and g. Where it
     returns a new tensor (dropout in train mode, ``h * 1``) only g reads f. (f reads a
     copy of ``h``: a real backward needs the tensors it saved as they were.)"""
 
@@ -495,10 +495,13 @@ class WrittenThroughItsAlias(nn.Module):
         self.a, self.f = nn.Linear(3, 4), nn.Linear(4, 4)
         self.b, self.g = nn.Linear(4, 2), nn.Linear(4, 2)
         self.drop = nn.Dropout(0.5)
+        self.unflatten = nn.Unflatten(1, (2, 2))  # a view of its input, not the input
 
     def forward(self, x):
         h = self.a(x)
-        if self.how == "dropout-module":
+        if self.how == "unflatten-module":
+            y = self.unflatten(h)
+        elif self.how == "dropout-module":
             y = self.drop(h)
         elif self.how == "dropout-function":
             y = torch.nn.functional.dropout(h, 0.5, self.training)
@@ -508,22 +511,46 @@ class WrittenThroughItsAlias(nn.Module):
             y = h.float()
         else:
             y = h * 1.0
-        y += self.f(h * 1.0)
-        return self.b(h) + self.g(y)
+        y += self.f(h * 1.0).view(y.shape)
+        return self.b(h) + self.g(y.reshape(h.shape))
 
 
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize(
-    "how", ["dropout-module", "dropout-function", "contiguous", "float", "relu"]
+    "how", ["dropout-module", "dropout-function", "contiguous", "float", "unflatten-module", "copy"]
 )
 def test_a_write_through_an_operation_returning_its_input_reaches_the_input(how, train):
     model = WrittenThroughItsAlias(how)
-    aliased = how in ("contiguous", "float") or (how.startswith("dropout") and not train)
+    always = ("contiguous", "float", "unflatten-module")
+    aliased = how in always or (how.startswith("dropout") and not train)
     expected = ("b", "g") if aliased else ("g",)
     if aliased:  # fx's graph shows no write into h: refused, auto moves on
-        with pytest.raises(TraceError, match="its input 'a' itself"):
+        with pytest.raises(TraceError, match="its input 'a' itself or a view of it"):
             gpa.analyze(model, input_shape=(2, 3), tracer="fx", train=train)
     for tracer in ["autograd", "auto"] + ([] if aliased else ["fx"]):
         report = gpa.analyze(model, input_shape=(2, 3), tracer=tracer, train=train)
         assert tuple(sorted(report.layers["f"].sources)) == expected, tracer
         check_reachability_with_autograd(report, model, torch.randn(2, 3))
+
+
+class ConstantThroughItsAlias(nn.Module):
+    """``y = drop(h)`` (``h`` itself in eval mode), ``y += 1``: a write bringing no gradient
+    changes no path, so fx reads it (by hand: a feeds b and g, each at path length 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.g = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        h = self.a(x)
+        y = self.drop(h)
+        y += 1.0
+        return self.b(h) + self.g(y)
+
+
+def test_a_constant_written_through_an_alias_is_read_by_fx():
+    model = ConstantThroughItsAlias()
+    report = gpa.analyze(model, input_shape=(2, 3), tracer="fx", train=False)
+    expect(report, "a", {2: 2}, ("b", "g"))
+    check_reachability_with_autograd(report, model.eval(), torch.randn(2, 3))

@@ -650,3 +650,26 @@ def test_in_place_writes_every_frontend_follows(tracer: str, kind: str) -> None:
     # a through c: 2; c at 1
     expect(report, "a", {2: 1}, ("c",))
     expect(report, "c", {1: 1}, (LOSS,))
+
+
+class ViewWrittenThenShapeRead(nn.Module):
+    """``v = h.swapdims(0, 1); v += f(x)``, then only ``h``'s shape is read: no value of
+    ``h`` is read after the write, so fx follows it (by hand: f, a at 2 through b; b at 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.f, self.b = nn.Linear(3, 4), nn.Linear(3, 1), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        v = h.swapdims(0, 1)
+        v += self.f(x).sum()
+        return self.b(v.swapdims(0, 1)).reshape(h.shape[0], -1)
+
+
+def test_a_view_written_then_only_its_bases_shape_read_is_followed_by_fx():
+    model = ViewWrittenThenShapeRead()
+    report = gpa.analyze(model, input_shape=(4, 3), tracer="fx")
+    expect(report, "f", {2: 1}, ("b",))
+    expect(report, "a", {2: 1}, ("b",))
+    check_reachability_with_autograd(report, model, torch.randn(4, 3))

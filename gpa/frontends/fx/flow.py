@@ -544,9 +544,10 @@ class GradientFlow(fx.Interpreter):
         return self._order
 
     def _refuse_write_through_alias(self, n: fx.Node) -> None:
-        """``n`` writes in place into the result of an operation that returned its input
-        itself (``y = self.drop(h)`` in eval mode, ``h.contiguous()`` of a contiguous
-        ``h``, ``h.float()`` of a float ``h``), and that input is read again afterwards:
+        """``n`` writes in place, a value carrying gradient, into the result of an
+        operation that returned its input itself or a view of it (``y = self.drop(h)`` in
+        eval mode, ``h.contiguous()`` of a contiguous ``h``, ``h.float()`` of a float ``h``,
+        ``nn.Flatten`` of a 3-D ``h``), and that input is read again afterwards:
         the write changed it too, which fx's graph does not show (its later readers would
         miss what was written). Export and autograd follow it; fx refuses (auto moves on).
         Whether the operation returned its input is asked of the operation itself, on the
@@ -561,6 +562,10 @@ class GradientFlow(fx.Interpreter):
         source = target.args[0] if target.args and isinstance(target.args[0], fx.Node) else None
         if source is None or not isinstance(self.env.get(source), torch.Tensor):
             return
+        if not any(  # a write bringing no gradient (``y += 1``) changes no path
+            ValueInfo.of(self.env[m]).requires_grad for m in n.all_input_nodes if m is not target
+        ):
+            return
         reader = later_reader(n, source, self._positions())
         if reader is None or reader is target:
             return
@@ -568,15 +573,16 @@ class GradientFlow(fx.Interpreter):
         kwargs = fx.node.map_arg(target.kwargs, self.env.__getitem__)
         try:
             with torch.no_grad():
-                aliased = self._run_op(target, args, kwargs) is args[0]
+                result = self._run_op(target, args, kwargs)
         except Exception:  # it ran before, as the pass ran it: nothing more to learn here
             return
-        if aliased:
+        if _aliases(result, args[0]):
             raise TraceError(
                 f"'{n.name}' writes in place into the result of '{target.name}', which is "
-                f"its input '{source.name}' itself (the same tensor), and '{reader.name}' "
-                "reads that input afterwards: fx's graph does not show the write reaching "
-                "it. --tracer export or autograd follows it (auto moves on to them)."
+                f"its input '{source.name}' itself or a view of it (the same memory), and "
+                f"'{reader.name}' reads that input afterwards: fx's graph does not show the "
+                "write reaching it. --tracer export or autograd follows it (auto moves on "
+                "to them)."
             )
 
     def _refuse_gradient_into_attribute(self, n: fx.Node) -> None:
@@ -912,6 +918,17 @@ class GradientFlow(fx.Interpreter):
             return x
 
         return tree_map(carrying, result), flows
+
+
+def _aliases(result: Any, x: Any) -> bool:
+    """Whether ``result`` is the tensor ``x`` itself or a view of its memory (the meta
+    device tracks views as any device does)."""
+    if not isinstance(result, torch.Tensor) or not isinstance(x, torch.Tensor):
+        return False
+    if result is x:
+        return True
+    base = x._base if x._base is not None else x
+    return result._base is not None and result._base is base
 
 
 class _Holder(nn.Module):

@@ -623,7 +623,9 @@ def _read_after_write(
         base = target
         while _is_view(base) and base.args and isinstance(base.args[0], fx.Node):
             base = base.args[0]
-            later = [u for u in base.users if order[u] > order[node]]
+            later = [
+                u for u in base.users if order[u] > order[node] and not _reads_metadata(u)
+            ]  # ``h.shape`` after the write reads no value
             if later:
                 return base, min(later, key=order.__getitem__)
         return None
@@ -631,7 +633,7 @@ def _read_after_write(
     for name in views:  # grows: every view of every view, transitively
         views += [u for u in name.users if _is_view(u) and u.args and u.args[0] is name]
     for name in views[1:]:
-        later = [u for u in name.users if order[u] > order[node]]
+        later = [u for u in name.users if order[u] > order[node] and not _reads_metadata(u)]
         if later:
             return name, min(later, key=order.__getitem__)
     return None
