@@ -534,23 +534,32 @@ def test_a_write_through_an_operation_returning_its_input_reaches_the_input(how,
 
 
 class ConstantThroughItsAlias(nn.Module):
-    """``y = drop(h)`` (``h`` itself in eval mode), ``y += 1``: a write bringing no gradient
-    changes no path, so fx reads it (by hand: a feeds b and g, each at path length 2)."""
+    """``y = drop(h)`` (``h`` itself in eval mode), ``y += 1`` or ``y += f(x)`` under
+    ``no_grad``: a write bringing no gradient changes no path, so fx reads it (by hand: a
+    feeds b and g, each at path length 2; f, under no_grad, reaches nothing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, under_no_grad: bool = False) -> None:
         super().__init__()
         self.a, self.b, self.g = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+        self.f = nn.Linear(3, 4)
         self.drop = nn.Dropout(0.5)
+        self.under_no_grad = under_no_grad
 
     def forward(self, x):
         h = self.a(x)
         y = self.drop(h)
-        y += 1.0
+        if self.under_no_grad:  # autograd records no write: f reaches nothing
+            z = self.f(x)
+            with torch.no_grad():
+                y += z
+        else:
+            y += 1.0
         return self.b(h) + self.g(y)
 
 
-def test_a_constant_written_through_an_alias_is_read_by_fx():
-    model = ConstantThroughItsAlias()
+@pytest.mark.parametrize("under_no_grad", [False, True], ids=["constant", "under-no-grad"])
+def test_a_constant_written_through_an_alias_is_read_by_fx(under_no_grad):
+    model = ConstantThroughItsAlias(under_no_grad)
     report = gpa.analyze(model, input_shape=(2, 3), tracer="fx", train=False)
     expect(report, "a", {2: 2}, ("b", "g"))
     check_reachability_with_autograd(report, model.eval(), torch.randn(2, 3))

@@ -562,8 +562,11 @@ class GradientFlow(fx.Interpreter):
         source = target.args[0] if target.args and isinstance(target.args[0], fx.Node) else None
         if source is None or not isinstance(self.env.get(source), torch.Tensor):
             return
-        if not any(  # a write bringing no gradient (``y += 1``) changes no path
-            ValueInfo.of(self.env[m]).requires_grad for m in n.all_input_nodes if m is not target
+        if not torch.is_grad_enabled() or not any(  # a write bringing no gradient (``y += 1``,
+            # anything under no_grad, see _history_kept) changes no path
+            ValueInfo.of(self.env[m]).requires_grad
+            for m in n.all_input_nodes
+            if m is not target
         ):
             return
         reader = later_reader(n, source, self._positions())
