@@ -65,6 +65,7 @@ from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import STANDS_FOR, find_layers, used_modules
 from gpa.frontends.fx.tracer import (
+    detached_write_targets,
     grad_mode,
     graph_module,
     single_call,
@@ -172,6 +173,7 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
             first = first or exc
             continue
         _check_no_scripted_calls(model, program)
+        _detached_apart(program.graph_module)
         if write_into_view(program.graph_module.graph) is not None:
             # later readers of the tensor would read it unwritten: in functional form
             # (copy_ into a slice becomes slice_scatter) the write is data flow
@@ -182,6 +184,28 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
     if scripted is not None:  # not the model's fault, nor the user's code: say what helps
         raise _cannot_read_scripted(model, scripted) from None
     raise ExportError(_failure_message(model, first)) from first
+
+
+def _detached_apart(gm: fx.GraphModule) -> None:
+    """Give each detached alias written into in place (``v = h.detach(); v += y``) memory
+    of its own: autograd does not carry such a write into ``h``'s history, but in the
+    graph's functional form ``h``'s later readers would read the write's result (gradient
+    from them into ``y``, none into what made ``h``). A copy changes no gradient path
+    but that one: a detached tensor has no history of its own (``docs/semantics.md`` §1.3)."""
+    targets = detached_write_targets(gm.graph)
+    for detach in targets:
+        with gm.graph.inserting_after(detach):
+            copy_ = gm.graph.call_function(torch.ops.aten.clone.default, (detach,))
+        copy_.meta = dict(detach.meta)
+        value = detach.meta.get("val")
+        if value is not None and getattr(value, "fake_mode", None) is not None:
+            with value.fake_mode:
+                copy_.meta["val"] = value.clone()
+        detach.replace_all_uses_with(
+            copy_, delete_user_cb=functools.partial(operator.is_not, copy_)
+        )
+    if targets:
+        gm.recompile()
 
 
 @contextlib.contextmanager

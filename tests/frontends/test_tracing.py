@@ -653,23 +653,52 @@ def test_in_place_writes_every_frontend_follows(tracer: str, kind: str) -> None:
 
 
 class ViewWrittenThenShapeRead(nn.Module):
-    """``v = h.swapdims(0, 1); v += f(x)``, then only ``h``'s shape is read: no value of
-    ``h`` is read after the write, so fx follows it (by hand: f, a at 2 through b; b at 1)."""
+    """``v = h.swapdims(0, 1); v += f(x)`` (or ``v = self.drop(h)``, ``h`` itself in eval
+    mode), then only ``h``'s metadata is read — its shape, or a tensor made like it
+    (``zeros_like``, ``new_zeros``, ``full_like``) —: no value of ``h`` is read after the
+    write, so fx follows it (by hand: f, a at 2 through b; b at 1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: str = "shape", alias: str = "swapdims") -> None:
         super().__init__()
+        self.read, self.alias = read, alias
         self.a, self.f, self.b = nn.Linear(3, 4), nn.Linear(3, 1), nn.Linear(4, 2)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        h = self.a(x)
+        v = h.swapdims(0, 1) if self.alias == "swapdims" else self.drop(h)
+        v += self.f(x).sum()
+        made = {
+            "shape": lambda: torch.zeros(()),  # h.shape alone, below
+            "zeros_like": lambda: torch.zeros_like(h),
+            "new_zeros": lambda: h.new_zeros(h.shape[0], 1),
+            "full_like": lambda: torch.full_like(h, 2.0),
+        }[self.read]()
+        out = self.b(v.swapdims(0, 1) if self.alias == "swapdims" else v)
+        return out.reshape(h.shape[0], -1) + made.sum()
+
+
+@pytest.mark.parametrize("alias", ["swapdims", "dropout-in-eval"])
+@pytest.mark.parametrize("read", ["shape", "zeros_like", "new_zeros", "full_like"])
+def test_a_view_written_then_only_its_bases_metadata_read_is_followed_by_fx(read, alias):
+    # zeros_like/new_zeros/full_like were refused as reads of h's values until the 11th session
+    model = ViewWrittenThenShapeRead(read, alias).eval()
+    report = gpa.analyze(model, input_shape=(4, 3), tracer="fx", train=False)
+    expect(report, "f", {2: 1}, ("b",))
+    expect(report, "a", {2: 1}, ("b",))
+    check_reachability_with_autograd(report, model, torch.randn(4, 3))
+
+
+class ViewWrittenThenMadeLikeAndRead(ViewWrittenThenShapeRead):
+    """As above, but ``h``'s values are read too (``zeros_like(h) + h``): refused by fx."""
 
     def forward(self, x):
         h = self.a(x)
         v = h.swapdims(0, 1)
         v += self.f(x).sum()
-        return self.b(v.swapdims(0, 1)).reshape(h.shape[0], -1)
+        return self.b(v.swapdims(0, 1)) + (torch.zeros_like(h) + h).sum()
 
 
-def test_a_view_written_then_only_its_bases_shape_read_is_followed_by_fx():
-    model = ViewWrittenThenShapeRead()
-    report = gpa.analyze(model, input_shape=(4, 3), tracer="fx")
-    expect(report, "f", {2: 1}, ("b",))
-    expect(report, "a", {2: 1}, ("b",))
-    check_reachability_with_autograd(report, model, torch.randn(4, 3))
+def test_a_view_written_then_its_bases_values_read_beside_a_made_like_is_refused_by_fx():
+    with pytest.raises(TraceError, match="writes in place into a view"):
+        gpa.analyze(ViewWrittenThenMadeLikeAndRead(), input_shape=(4, 3), tracer="fx")

@@ -66,6 +66,7 @@ __all__ = [
     "made_of_constants",
     "graph_module",
     "write_into_view",
+    "detached_write_targets",
     "set_arguments",
 ]
 
@@ -624,7 +625,7 @@ def _read_after_write(
         while _is_view(base) and base.args and isinstance(base.args[0], fx.Node):
             base = base.args[0]
             later = [
-                u for u in base.users if order[u] > order[node] and not _reads_metadata(u)
+                u for u in base.users if order[u] > order[node] and not _reads_metadata(u, base)
             ]  # ``h.shape`` after the write reads no value
             if later:
                 return base, min(later, key=order.__getitem__)
@@ -633,7 +634,7 @@ def _read_after_write(
     for name in views:  # grows: every view of every view, transitively
         views += [u for u in name.users if _is_view(u) and u.args and u.args[0] is name]
     for name in views[1:]:
-        later = [u for u in name.users if order[u] > order[node] and not _reads_metadata(u)]
+        later = [u for u in name.users if order[u] > order[node] and not _reads_metadata(u, name)]
         if later:
             return name, min(later, key=order.__getitem__)
     return None
@@ -647,7 +648,8 @@ def later_reader(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -
     """The first node after ``node`` (``order``: each node's position) that reads the values
     of ``target`` or of another name of its memory — a tensor it is a view of, a view of
     either, another read of the same attribute (fx reads a buffer anew at each use) —, or
-    None. Reading metadata alone (:data:`METADATA_QUERIES`) does not count.
+    None. Reading metadata alone (:data:`METADATA_QUERIES`, ``torch.zeros_like(x)``,
+    ``x.new_zeros(n)``) does not count.
 
     Example:
         >>> g = fx.Graph()
@@ -673,15 +675,35 @@ def later_reader(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -
         u
         for name in names
         for u in name.users
-        if order[u] > order[node] and not _is_view(u) and not _reads_metadata(u)
+        if order[u] > order[node] and not _is_view(u) and not _reads_metadata(u, name)
     )
     return min(readers, key=order.__getitem__, default=None)
 
 
-def _reads_metadata(node: fx.Node) -> bool:
-    if node.op == "call_method":
-        return node.target in METADATA_QUERIES
-    return node.target is getattr and len(node.args) > 1 and node.args[1] in METADATA_QUERIES
+def _reads_metadata(node: fx.Node, tensor: fx.Node) -> bool:
+    """Whether ``node`` reads only ``tensor``'s metadata (shape, dtype, device), not its
+    values: ``x.size()``, ``x.shape``, or a tensor made like it (``torch.zeros_like(x)``,
+    ``x.new_zeros(n)``) where ``x`` is the first argument and nowhere else."""
+    if node.op == "call_method" and node.target in METADATA_QUERIES:
+        return True
+    if node.target is getattr and len(node.args) > 1 and node.args[1] in METADATA_QUERIES:
+        return True
+    if _op_name(node.target) not in _MADE_LIKE or not node.args or node.args[0] is not tensor:
+        return False
+    return tensor not in _nodes_in((node.args[1:], node.kwargs))
+
+
+# Operations making a tensor from another's metadata alone (that tensor given first).
+_MADE_LIKE = frozenset(
+    "new_zeros new_ones new_empty new_full zeros_like ones_like empty_like full_like "
+    "rand_like randn_like randint_like".split()
+)
+
+
+def _nodes_in(arguments: Any) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(arguments, found.append)
+    return found
 
 
 def later_read_of_attribute(
@@ -726,6 +748,36 @@ def write_into_view(graph: fx.Graph) -> fx.Node | None:
             if not constant[node]:
                 return node
     return None
+
+
+def detached_write_targets(graph: fx.Graph) -> list[fx.Node]:
+    """The ``detach`` nodes of an ATen graph that an in-place write goes into, directly or
+    through views of them (``v = h.detach(); v += y``), in graph order.
+
+    The write changes ``h``'s values but not its history: autograd does not follow a
+    write through a detached alias back to ``h`` (its later readers get gradient into
+    what made ``h``, none into ``y``), while a functional form of the graph makes ``h``'s
+    later readers read the write's result (``docs/semantics.md`` §1.3).
+
+    Example:
+        >>> import torch
+        >>> g = torch.fx.Graph()
+        >>> h, y = g.placeholder("h"), g.placeholder("y")
+        >>> d = g.call_function(torch.ops.aten.detach.default, (h,))
+        >>> _ = g.call_function(torch.ops.aten.add_.Tensor, (d, y))
+        >>> [n.name for n in detached_write_targets(g)]
+        ['detach']
+    """
+    found: dict[fx.Node, None] = {}
+    for node in graph.nodes:
+        target = _mutated(node, None)
+        while target is not None:
+            if target.target is torch.ops.aten.detach.default:
+                found[target] = None
+            up = target.args[0] if _is_view(target) and target.args else None
+            target = up if isinstance(up, fx.Node) else None
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    return sorted(found, key=order.__getitem__)
 
 
 # Operations whose result reads only the sizes, dtype or device of their tensor arguments,
