@@ -69,6 +69,22 @@ def test_version_and_help() -> None:
     assert "[text|json|csv|html|dot|graphml|node-link]" in result.stdout
 
 
+def test_the_version_is_the_installed_ones_and_the_changelogs_open_release() -> None:
+    # gpa --version and the JSON's gpa_version say what pip installed, a pre-release of
+    # the release the CHANGELOG's first section describes
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    assert version("gpa") == gpa.__version__
+    first = next(
+        line
+        for line in (DATA.parents[1] / "CHANGELOG.md").read_text().splitlines()
+        if line.startswith("## ")
+    )
+    assert Version(gpa.__version__).base_version == first.split()[1]
+
+
 def test_json_report_of_a_three_conv_chain() -> None:
     report = analyze_json("chain3.py")
     assert list(report) == [
