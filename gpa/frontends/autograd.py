@@ -190,6 +190,9 @@ class _ParameterUse(TorchFunctionMode):
                 self._without_grad(func, tensors, result)
         elif self.recorder.depth == 0:
             self._weight_without_gradient(func, tensors, result, start)
+        if not torch.is_grad_enabled():  # autograd made no node; and a view made under
+            # no_grad whose base was written raises when asked its grad_fn
+            return result
         for t in tree_flatten(result)[0]:
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.created.append(t.grad_fn)

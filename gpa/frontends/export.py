@@ -14,8 +14,11 @@ counts) runs unchanged (``docs/semantics.md`` §1.6):
    zeros, each input retried as int64 when export refuses floats, as for embeddings);
    again under :class:`~gpa.frontends.watch.Checkpoints` when an activation checkpoint
    may have hidden a grad-mode switch from export; in functional form when the graph
-   writes in place into a view of a tensor read afterwards (``out[:, :k] = y``); a
-   TorchScript submodule, which export cannot read, is refused by name;
+   writes in place into a view of a tensor read afterwards (``out[:, :k] = y``), after
+   reading a dropout that returns its input itself as that input and giving a detached
+   alias whose memory is written afterwards memory of its own (§1.3); a TorchScript
+   submodule, which export cannot read, is refused by name, and so is a call of a custom
+   autograd Function, whose gradient export's graph cannot show (§1.2);
 2. unlift, drop export's guard call, and inline grad-mode regions (the
    ``wrap_with_set_grad_enabled`` higher-order op) between :func:`grad_mode` markers;
 3. group the nodes of every call of a module fx would keep whole (``torch.nn`` modules,
@@ -61,6 +64,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from gpa.core.graph import GradientGraph, LayerCall
 from gpa.errors import GpaError, TraceError
 from gpa.frontends.frames import stack_trace_site, user_frame
+from gpa.frontends.functions import custom_function_calls, run_function
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import STANDS_FOR, find_layers, used_modules
@@ -71,6 +75,7 @@ from gpa.frontends.fx.tracer import (
     single_call,
     unwritable_names,
     write_into_view,
+    written_into,
 )
 from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.modules import (
@@ -129,7 +134,7 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             gm, fused, used = _remodule(root, program, is_opaque, types, watched)
         except SyntaxError as exc:  # fx writes module names into Python code
             raise ExportError(unwritable_names(model, exc)) from None
-        GradientFlow(gm).run(*tree_flatten(inputs)[0])
+        GradientFlow(gm, followed_by="autograd").run(*tree_flatten(inputs)[0])
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     found = {n.name: c for n, c in find_layers(gm, types, root).items()} | fused
     calls = dict(sorted(found.items(), key=lambda item: order[item[0]]))
@@ -161,9 +166,15 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
         device = "meta" if on_meta else "cpu"
         candidates = integer_variants(options.input_shape or (), device, floating_dtype(model))
     first: BaseException | None = None
+    functions: dict[type, None] = {}  # custom autograd Functions called
+
+    def note(function: type[torch.autograd.Function], args: tuple, kwargs: dict) -> Any:
+        functions[function] = None
+        return run_function(function, args, kwargs)
+
     for args in candidates:
         try:
-            with _quiet_torch_logs():
+            with _quiet_torch_logs(), custom_function_calls(note):
                 program = torch.export.export(model, tuple(args), strict=False)
                 watched = _may_miss_grad_mode(program)
                 if watched:
@@ -172,7 +183,10 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
         except Exception as exc:  # the model cannot be exported on these inputs
             first = first or exc
             continue
+        if functions:
+            raise ExportError(_custom_functions_message(model, list(functions)))
         _check_no_scripted_calls(model, program)
+        _identity_dropouts_dropped(program.graph_module)
         _detached_apart(program.graph_module)
         if write_into_view(program.graph_module.graph) is not None:
             # later readers of the tensor would read it unwritten: in functional form
@@ -186,12 +200,66 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
     raise ExportError(_failure_message(model, first)) from first
 
 
+def _custom_functions_message(model: nn.Module, functions: list[type]) -> str:
+    names = ", ".join(f.__qualname__ for f in functions)
+    return (
+        f"{type(model).__name__} calls the custom autograd Function(s) {names}: "
+        "torch.export records the operations of forward, but gradient goes through "
+        "backward (autograd runs forward under no_grad), so export's graph cannot show "
+        "the gradient paths through them. --tracer fx or autograd reads them (auto tries "
+        "fx first)."
+    )
+
+
+# Dropouts that return their input itself when not training or at p = 0 (ATen's schemas
+# mark their result as a new tensor all the same)
+_DROPOUTS = frozenset(
+    getattr(torch.ops.aten, name).default
+    for name in ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropout")
+)
+
+
+def _identity_dropouts_dropped(gm: fx.GraphModule) -> None:
+    """Read a dropout that returns its input itself (``nn.Dropout`` in eval mode,
+    ``F.dropout(x, 0.0)``) as that input: a write into either name writes into both, as
+    in eager PyTorch, where export's functional form took the result for a copy (``y =
+    self.drop(h); h.mul_(w); c(y)``: c was not reached from w). No gradient path changes
+    otherwise: such a dropout passes gradient through as it is."""
+    inputs: set[fx.Node] = set()  # the tensors whose later readers may now read stale
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _DROPOUTS:
+            continue
+        x, p, train = (*node.args, *[None] * 3)[:3]
+        p = node.kwargs.get("p", p)
+        train = node.kwargs.get("train", train)
+        if isinstance(x, fx.Node) and (train is False or p == 0):
+            node.replace_all_uses_with(x)
+            gm.graph.erase_node(node)
+            inputs.add(x)
+    if not inputs:
+        return
+    # export made later readers of a written tensor read the write, but not the dropout's
+    # readers, which read its input now: they do too (and of a write into that write...)
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    for node in gm.graph.nodes:
+        target = written_into(node)
+        if target in inputs:
+            for user in list(target.users):
+                if order[user] > order[node]:
+                    user.replace_input_with(target, node)
+            inputs.add(node)
+    gm.recompile()
+
+
 def _detached_apart(gm: fx.GraphModule) -> None:
-    """Give each detached alias written into in place (``v = h.detach(); v += y``) memory
-    of its own: autograd does not carry such a write into ``h``'s history, but in the
-    graph's functional form ``h``'s later readers would read the write's result (gradient
-    from them into ``y``, none into what made ``h``). A copy changes no gradient path
-    but that one: a detached tensor has no history of its own (``docs/semantics.md`` §1.3)."""
+    """Give each detached alias whose memory is written in place afterwards (``v =
+    h.detach(); v += y``, or ``h += y`` and ``v`` read after) memory of its own: autograd
+    carries no such write across the detach, but in the graph's functional form ``h``'s
+    later readers would read ``v``'s write (gradient from them into ``y``, none into what
+    made ``h``), and ``v``'s readers ``h``'s (the functional form detaches again where ``v``
+    is read, which the grouping by module then folds into the reader's call). A copy
+    changes no other gradient path: a detached tensor has no history of its own
+    (``docs/semantics.md`` §1.3)."""
     targets = detached_write_targets(gm.graph)
     for detach in targets:
         with gm.graph.inserting_after(detach):

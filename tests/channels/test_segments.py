@@ -685,9 +685,11 @@ class Fallback(nn.Module):
         return self.T(x)
 
 
-@pytest.mark.parametrize(("how", "op"), [("cumsum", "cumsum"), ("custom", "opaque")])
+@pytest.mark.parametrize(("how", "op"), [("cumsum", "cumsum"), ("custom", "_Opaque")])
 def test_fallback_is_reported(how, op):
-    """An op gpa cannot route: S's channels are taken to reach every input of T (mixed)."""
+    """An op gpa cannot route: S's channels are taken to reach every input of T (mixed).
+    The wrapped ``opaque`` is traced into; the custom autograd Function it applies is one
+    call (semantics §1.2), named after the Function."""
     report = analyze(Fallback(how), IMG)
     record = report.layers["S"]
     assert any(op in f for f in record.channel_fallbacks), record.channel_fallbacks

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpa.core.graph import GradientGraph
+from gpa.frontends.functions import called_function
 from gpa.frontends.fx.flow import flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.inline import InliningFlow, inline_calls
@@ -80,10 +81,12 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             gm.recompile()
             calls = find_layers(gm, options.layer_types, traced)
             opaque = opaque_calls(gm, calls)
-    readers: dict[str, dict[str, None]] = {}  # function -> the modules whose weights it reads
+    # (function, whether a custom autograd Function's) -> the modules whose weights it reads
+    readers: dict[tuple[str, bool], dict[str, None]] = {}
     for node, owners in opaque:
         name = getattr(node.target, "__name__", str(node.target))
-        readers.setdefault(name, {}).update(dict.fromkeys(owners))
+        key = (name, called_function(node.target) is not None)
+        readers.setdefault(key, {}).update(dict.fromkeys(owners))
     notes += scripted_notes(traced, options.layer_types)
     notes += _opaque_notes(readers, options.channels, inputs is not None)
     return GradientGraph(
@@ -94,20 +97,28 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         inputs=inputs,
         notes=notes,
         traced=gm,
-        opaque=list(readers),
+        opaque=[name for name, _ in readers],
     )
 
 
-def _opaque_notes(readers: dict[str, dict[str, None]], channels: bool, inputs: bool) -> list[str]:
-    """One note per function fx kept whole that reads parameters (``readers``: function ->
-    the modules whose parameters it reads)."""
+def _opaque_notes(
+    readers: dict[tuple[str, bool], dict[str, None]], channels: bool, inputs: bool
+) -> list[str]:
+    """One note per function fx kept whole that reads parameters (``readers``: (function,
+    whether it is a custom autograd Function's) -> the modules whose parameters it reads)."""
     other = "export" if channels else "autograd"  # autograd gives no segments
     tried = "with the inputs" if inputs else "without inputs"
     return [
-        f"'{name}' is a function fx keeps whole (torch.fx.wrap) and could not trace into "
-        f"{tried}; it reads parameters of {', '.join(owners)}: layers inside it are not "
-        f"seen; analyse with --tracer auto or {other} to see them"
-        for name, owners in readers.items()
+        (
+            f"'{name}' is a custom autograd Function, which fx takes as one call (its "
+            "gradient is its backward's, which no trace sees)"
+            if function
+            else f"'{name}' is a function fx keeps whole (torch.fx.wrap) and could not trace "
+            f"into {tried}"
+        )
+        + f"; it reads parameters of {', '.join(owners)}: layers inside it are not seen; "
+        + f"analyse with --tracer {'autograd' if function else f'auto or {other}'} to see them"
+        for (name, function), owners in readers.items()
     ]
 
 

@@ -31,7 +31,7 @@ import functools
 import inspect
 import itertools
 import operator
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -451,10 +451,14 @@ class GradientFlow(fx.Interpreter):
             module and the shapes involved.
     """
 
-    def __init__(self, gm: fx.GraphModule, like: GradientFlow | None = None) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, like: GradientFlow | None = None, followed_by: str = ""
+    ) -> None:
         # values are kept (meta tensors cost nothing): an augmented assignment found to
         # write into a tensor rewires later nodes to read it (see run_node)
         super().__init__(gm, garbage_collect_values=False)
+        # the frontends that follow a write this graph does not show (for refusals)
+        self.followed_by = followed_by or (like.followed_by if like else "export or autograd")
         self.extra_traceback = False  # our errors say where they happened
         # ``like``: a pass over the same model (an earlier version of the graph), whose
         # meta stand-ins and outcomes stand here too
@@ -535,7 +539,11 @@ class GradientFlow(fx.Interpreter):
         if n.target not in AUGMENTED or not isinstance(target, fx.Node):
             return
         if isinstance(self.env[target], torch.Tensor):
-            follow_write(n, target, self._positions())
+            follow_write(n, target, self._positions(), torch.is_grad_enabled())
+
+    def _followers(self) -> str:
+        """What to use instead, for a write this graph cannot show."""
+        return f"--tracer {self.followed_by} follows it (auto moves on to it)."
 
     def _positions(self) -> dict[fx.Node, int]:
         """Each node's position in the graph (made once, when first needed)."""
@@ -544,23 +552,20 @@ class GradientFlow(fx.Interpreter):
         return self._order
 
     def _refuse_write_through_alias(self, n: fx.Node) -> None:
-        """``n`` writes in place, a value carrying gradient, into the result of an
-        operation that returned its input itself or a view of it (``y = self.drop(h)`` in
-        eval mode, ``h.contiguous()`` of a contiguous ``h``, ``h.float()`` of a float ``h``,
-        ``nn.Flatten`` of a 3-D ``h``), and that input is read again afterwards:
-        the write changed it too, which fx's graph does not show (its later readers would
-        miss what was written). Export and autograd follow it; fx refuses (auto moves on).
-        Whether the operation returned its input is asked of the operation itself, on the
-        meta device: the same call may return a new tensor in another mode."""
+        """``n`` writes in place, a value carrying gradient, into a tensor that another
+        node holds too, and that node is read again afterwards: an operation returned its
+        input itself or a view of it (``y = self.drop(h)`` in eval mode, ``h.contiguous()``
+        of a contiguous ``h``, ``h.float()`` of a float ``h``, ``nn.Identity``,
+        ``nn.Flatten`` of a 3-D ``h``), before the write or after, once or through a
+        chain of such operations, and ``n`` writes into one name while the other is read
+        (``y = h.contiguous(); y += f(x); c(h)``, or ``h += f(x); c(y)``): the write
+        changed both, which fx's graph does not show (the reader would miss what was
+        written). Export and autograd follow it; fx refuses (auto moves on). Whether an
+        operation returned its input is asked of the operation itself, on the meta
+        device, and only where a name it links is read afterwards: the same call may
+        return a new tensor in another mode."""
         target = written_into(n, self.fetch_attr)
-        if target is None or target.op not in ("call_function", "call_method", "call_module"):
-            return
-        if target.op == "call_module" and isinstance(
-            self.fetch_attr(target.target), (*_NORMS, *DEFAULT_LAYER_TYPES)
-        ):  # a norm or a layer makes a new tensor (asking would run it again)
-            return
-        source = target.args[0] if target.args and isinstance(target.args[0], fx.Node) else None
-        if source is None or not isinstance(self.env.get(source), torch.Tensor):
+        if target is None or not isinstance(self.env.get(target), torch.Tensor):
             return
         if not torch.is_grad_enabled() or not any(  # a write bringing no gradient (``y += 1``,
             # anything under no_grad, see _history_kept) changes no path
@@ -569,24 +574,73 @@ class GradientFlow(fx.Interpreter):
             if m is not target
         ):
             return
-        reader = later_reader(n, source, self._positions())
-        if reader is None or reader is target:
-            return
-        args = fx.node.map_arg(target.args, self.env.__getitem__)
-        kwargs = fx.node.map_arg(target.kwargs, self.env.__getitem__)
+        order = self._positions()
+        asked: dict[fx.Node, bool] = {}  # operation -> whether it returned its input
+
+        def returns_input(op: fx.Node) -> bool:
+            if op not in asked:
+                asked[op] = self._returns_input(op)
+            return asked[op]
+
+        # the nodes an operation links to the target, before the write: its input (for an
+        # operation making the target or a name linked to it) or its result (for one
+        # reading them), each with the operations on the path that links it
+        paths: dict[fx.Node, tuple[fx.Node, ...]] = {target: ()}
+        stack = [target]
+        while stack:
+            node = stack.pop()
+            for other, op in self._linked(node, n, order):
+                if other in paths:
+                    continue
+                paths[other] = (*paths[node], op)
+                reader = later_reader(n, other, order)
+                if reader is not None and all(map(returns_input, paths[other])):
+                    raise TraceError(
+                        f"'{n.name}' writes in place into '{target.name}', which holds the "
+                        f"same memory as '{other.name}' (an operation on the way returned "
+                        f"its input itself or a view of it: '{op.name}'), and "
+                        f"'{reader.name}' reads it afterwards: the graph does not show "
+                        f"the write reaching it. {self._followers()}"
+                    )
+                stack.append(other)
+
+    def _linked(
+        self, node: fx.Node, write: fx.Node, order: Mapping[fx.Node, int]
+    ) -> Iterator[tuple[fx.Node, fx.Node]]:
+        """(other node, operation) pairs the operation may link to ``node`` as one memory
+        before ``write``: the input of the operation that made ``node``, the result of an
+        operation taking ``node`` first. Norms and layers make new tensors."""
+        if self._may_return_input(node):
+            yield node.args[0], node
+        for user in node.users:
+            before = order[user] < order[write] and user.args and user.args[0] is node
+            if before and self._may_return_input(user):
+                yield user, user
+
+    def _may_return_input(self, op: fx.Node) -> bool:
+        """Whether ``op`` is an operation on a tensor (its first argument) that may return
+        it itself or a view of it: not a norm or a layer, which make new tensors."""
+        if op.op not in ("call_function", "call_method", "call_module"):
+            return False
+        if not op.args or not isinstance(op.args[0], fx.Node):
+            return False
+        if op.op == "call_module" and isinstance(
+            self.fetch_attr(op.target), (*_NORMS, *DEFAULT_LAYER_TYPES)
+        ):
+            return False
+        return isinstance(self.env.get(op.args[0]), torch.Tensor)
+
+    def _returns_input(self, op: fx.Node) -> bool:
+        """Whether ``op``, run again as called (on meta, without autograd), returns its
+        input (its first argument) itself or a view of it."""
+        args = fx.node.map_arg(op.args, self.env.__getitem__)
+        kwargs = fx.node.map_arg(op.kwargs, self.env.__getitem__)
         try:
             with torch.no_grad():
-                result = self._run_op(target, args, kwargs)
+                result = self._run_op(op, args, kwargs)
         except Exception:  # it ran before, as the pass ran it: nothing more to learn here
-            return
-        if _aliases(result, args[0]):
-            raise TraceError(
-                f"'{n.name}' writes in place into the result of '{target.name}', which is "
-                f"its input '{source.name}' itself or a view of it (the same memory), and "
-                f"'{reader.name}' reads that input afterwards: fx's graph does not show the "
-                "write reaching it. --tracer export or autograd follows it (auto moves on "
-                "to them)."
-            )
+            return False
+        return _aliases(result, args[0])
 
     def _refuse_gradient_into_attribute(self, n: fx.Node) -> None:
         """A value carrying gradient written into a tensor fx holds as an attribute and
@@ -603,8 +657,8 @@ class GradientFlow(fx.Interpreter):
         raise TraceError(
             f"'{n.name}' writes a value carrying gradient in place into '{n.args[0].name}', "
             "a tensor fx holds as an attribute (a buffer, or a tensor made while tracing) "
-            f"and reads anew at each use ('{reader.name}'), without the write. --tracer "
-            "export or autograd follows it (auto moves on to them)."
+            f"and reads anew at each use ('{reader.name}'), without the write. "
+            f"{self._followers()}"
         )
 
     def placeholder(self, target: str, args: tuple, kwargs: dict) -> Any:  # type: ignore[override]
@@ -761,8 +815,8 @@ class GradientFlow(fx.Interpreter):
         raise TraceError(
             f"{_called(n, self.fetch_attr)} writes into the {kind} '{target.name}' holds, "
             f"which '{later[0].name}' reads afterwards: fx's graph does not pass the write "
-            "on to that reader, so what was written would be missed. --tracer export or "
-            "autograd follows it (auto moves on to them)."
+            "on to that reader, so what was written would be missed. "
+            f"{self._followers()}"
         )
 
     def _refuse_hidden_write(
@@ -786,7 +840,7 @@ class GradientFlow(fx.Interpreter):
                     f"{_called(n, self.fetch_attr)}, which fx records as one call, writes in "
                     f"place into an argument (the value of '{m.name}') that is read again "
                     f"afterwards, by '{reader.name}': fx's graph does not show the write. "
-                    "--tracer export or autograd follows it (auto moves on to them)."
+                    f"{self._followers()}"
                 )
 
     def _by_rule(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]] | None:

@@ -54,6 +54,7 @@ from torch.overrides import (
     _pop_mode_temporarily,
 )
 
+from gpa.frontends.functions import called_function
 from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.graph import result_part
 from gpa.frontends.fx.layers import wrapped
@@ -63,6 +64,7 @@ from gpa.frontends.fx.tracer import (
     GpaTracer,
     as_written,
     follow_mutations,
+    functions_recorded,
     grad_modes,
     set_arguments,
     writes_followed,
@@ -133,7 +135,10 @@ class InliningFlow(GradientFlow):
         self, call: fx.Node, values: Mapping[fx.Node, Any], enabled: bool
     ) -> fx.Graph | None:
         """The operations ``call`` runs on its arguments' ``values`` in grad mode
-        ``enabled`` (traced once per look), or None when it cannot be traced by value."""
+        ``enabled`` (traced once per look), or None when it cannot be traced by value —
+        or is a custom autograd Function's, whose gradient is its backward's."""
+        if called_function(call.target) is not None:
+            return None
         with torch.set_grad_enabled(enabled):
             look = signature(call, values, self.fetch_attr)
         key = None if look is None else (look, enabled)
@@ -529,7 +534,7 @@ def _traced(
     if code_names(call.target, depth=0) & _TYPE_CHECKS:
         raise ValueError("the function checks the types of what it is given")
     args, kwargs = as_written(fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__))
-    with torch.set_grad_enabled(enabled), _Made(tracer):
+    with torch.set_grad_enabled(enabled), _Made(tracer), functions_recorded():
         result = call.target(*args, **kwargs)
     if tracer.type_checked:
         raise ValueError("a type check outside torch asked a proxy its class")

@@ -6,8 +6,9 @@ the grad mode under which ``forward`` creates each operation. Whenever it differ
 from the mode of the previous operation (``torch.no_grad()``,
 ``torch.set_grad_enabled(False)``, ``torch.inference_mode()`` …), a :func:`grad_mode`
 node is inserted first, so later passes know which code ran without gradient. The
-mode is read, never intercepted: nothing of torch is patched, and grad mode is
-per thread. The user's model is not modified (fx's tensor constants go on a
+mode is read, never intercepted (grad mode is per thread). One thing of torch is
+patched while a trace runs: the ``apply`` custom autograd Functions hand their calls to,
+so that each call is recorded whole (:func:`functions_recorded`). The user's model is not modified (fx's tensor constants go on a
 shallow copy of it), and one lock serialises fx's own tracing, which patches
 ``torch.nn.Module`` for its duration.
 
@@ -30,16 +31,18 @@ import contextlib
 import copy
 import inspect
 import operator
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.immutable_collections import immutable_dict, immutable_list
+from torch.utils._pytree import tree_leaves
 
 from gpa.errors import TraceError
 from gpa.frontends.frames import caller_site, user_frame
+from gpa.frontends.functions import custom_function_calls, function_call, run_function
 from gpa.frontends.fx.norm_act import norm_then_activations
 from gpa.frontends.modules import TRACING, preserved_state, same_entries, split_leaves
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
@@ -68,6 +71,7 @@ __all__ = [
     "write_into_view",
     "detached_write_targets",
     "set_arguments",
+    "functions_recorded",
 ]
 
 #: ``node.meta`` key of the user's source line that made the node's operation,
@@ -142,6 +146,25 @@ def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[fx.Proxy, Any], fx.Pr
 for _op, _method in AUGMENTED.items():
     setattr(GpaProxy, _method, _augmented(_op))
     setattr(GpaAttribute, _method, _augmented(_op))
+
+
+@contextlib.contextmanager
+def functions_recorded() -> Iterator[None]:
+    """While it lasts, a call of a custom autograd Function given a proxy is recorded as
+    one call (of :func:`~gpa.frontends.functions.function_call`'s function) instead of
+    being traced into: gradient goes through its ``backward``, which fx never sees, not
+    through the operations of ``forward`` (see :mod:`gpa.frontends.functions`). Run as one
+    call on the meta device, the gradient-flow pass reads what autograd links: the
+    result to every tensor argument that requires grad (``docs/semantics.md`` §1.2)."""
+
+    def record(function: type[torch.autograd.Function], args: tuple, kwargs: dict) -> Any:
+        proxy = next((a for a in tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+        if proxy is None:
+            return run_function(function, args, kwargs)
+        return proxy.tracer.create_proxy("call_function", function_call(function), args, kwargs)
+
+    with custom_function_calls(record):
+        yield
 
 
 class GpaTracer(fx.Tracer):
@@ -339,7 +362,7 @@ def trace(
         root = copy.copy(model)  # fx stores tensor constants on its root: not on the user's
         # what forward assigns while traced (``self.buf += y`` stores a proxy) must not
         # reach the passes that run the modules afterwards
-        with _FX_LOCK, torch.enable_grad(), watch, preserved_state(model):
+        with _FX_LOCK, torch.enable_grad(), watch, preserved_state(model), functions_recorded():
             return tracer, root, tracer.trace(root)
 
     try:
@@ -577,15 +600,20 @@ def follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
         if any(n.op == "call_module" for n in graph.nodes)
         else {}
     )
+    modes = grad_modes(graph)
     for node in list(graph.nodes):
         target = _mutated(node, modules.get)
         if target is not None:
-            follow_write(node, target, order)
+            follow_write(node, target, order, modes[node])
 
 
-def follow_write(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -> None:
+def follow_write(
+    node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int], enabled: bool = True
+) -> None:
     """Make the readers of ``target`` after ``node`` (``order``: each node's position)
-    read ``node``, which wrote into ``target`` in place and returns it.
+    read ``node``, which wrote into ``target`` in place and returns it (in grad mode
+    ``enabled``: a write under ``no_grad`` changes no history, so another name of the
+    memory read afterwards reads what gradient reaches as it is).
 
     Raises:
         TraceError: ``target`` is a view of a tensor read again after the write.
@@ -593,7 +621,7 @@ def follow_write(node: fx.Node, target: fx.Node, order: Mapping[fx.Node, int]) -
     for user in list(target.users):
         if order[user] > order[node]:
             user.replace_input_with(target, node)
-    stale = _read_after_write(node, target, order)
+    stale = _read_after_write(node, target, order) if enabled else None
     if stale is not None and not made_of_constants(node.graph)[node]:
         alias, reader = stale
         ancestors = []
@@ -751,13 +779,15 @@ def write_into_view(graph: fx.Graph) -> fx.Node | None:
 
 
 def detached_write_targets(graph: fx.Graph) -> list[fx.Node]:
-    """The ``detach`` nodes of an ATen graph that an in-place write goes into, directly or
-    through views of them (``v = h.detach(); v += y``), in graph order.
+    """The ``detach`` nodes of an ATen graph whose memory an in-place write changes
+    afterwards — written into directly or through views of them (``v = h.detach(); v +=
+    y``), or through the tensor they detach or a view of it (``v = h.detach(); h += y;
+    c(v)``) —, in graph order.
 
-    The write changes ``h``'s values but not its history: autograd does not follow a
-    write through a detached alias back to ``h`` (its later readers get gradient into
-    what made ``h``, none into ``y``), while a functional form of the graph makes ``h``'s
-    later readers read the write's result (``docs/semantics.md`` §1.3).
+    Such a write changes values on both sides but no history across: autograd does not
+    follow a write through a detached alias back to ``h`` (its later readers get gradient
+    into what made ``h``, none into ``y``), nor give ``v`` any from a write into ``h``,
+    while a functional form of the graph links them (``docs/semantics.md`` §1.3).
 
     Example:
         >>> import torch
@@ -766,18 +796,20 @@ def detached_write_targets(graph: fx.Graph) -> list[fx.Node]:
         >>> d = g.call_function(torch.ops.aten.detach.default, (h,))
         >>> _ = g.call_function(torch.ops.aten.add_.Tensor, (d, y))
         >>> [n.name for n in detached_write_targets(g)]
-        ['detach']
+        ['detach_default']
     """
-    found: dict[fx.Node, None] = {}
-    for node in graph.nodes:
-        target = _mutated(node, None)
-        while target is not None:
-            if target.target is torch.ops.aten.detach.default:
-                found[target] = None
-            up = target.args[0] if _is_view(target) and target.args else None
-            target = up if isinstance(up, fx.Node) else None
     order = {n: i for i, n in enumerate(graph.nodes)}
-    return sorted(found, key=order.__getitem__)
+    written = [
+        (order[node], _root(target))
+        for node in graph.nodes
+        if (target := _mutated(node, None)) is not None
+    ]
+    return [
+        node
+        for node in graph.nodes
+        if node.target is torch.ops.aten.detach.default
+        and any(at > order[node] and root is _root(node) for at, root in written)
+    ]
 
 
 # Operations whose result reads only the sizes, dtype or device of their tensor arguments,

@@ -1,0 +1,204 @@
+"""Custom autograd Functions (``docs/semantics.md`` §1.2).
+
+Autograd runs a Function's ``forward`` under ``no_grad`` and links its result to every
+tensor argument that requires grad, through ``backward``: a straight-through estimator's
+``round(x)`` or ``(x > 0).float()`` passes gradient although its forward's operations do
+not. fx traced into forward and took it for code without gradient (the layer before it
+reported unreachable, silently, under fx and so auto); export records forward's operations
+too, so it refuses. Expected values by hand, checked against a real backward and the
+autograd frontend.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gpa
+from gpa.errors import TraceError
+from gpa.frontends.export import ExportError
+from tests.channels.test_routes_against_autograd import SHAPE, Between, reached, routed
+from tests.semantics import LOSS, check_reachability_with_autograd, expect
+
+
+def _function(forward, backward=lambda ctx, g: g) -> type[torch.autograd.Function]:
+    return type(
+        "Fn",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    )
+
+
+FUNCTIONS = {
+    "round-estimator": _function(lambda ctx, x: torch.round(x)),
+    "binarizing-estimator": _function(lambda ctx, x: (x > 0).float()),
+    "sign-estimator": _function(lambda ctx, x: torch.sign(x).detach()),
+    "gradient-reversal": _function(lambda ctx, x: x.view_as(x), lambda ctx, g: -g),
+    "memory-saving-swish": _function(lambda ctx, x: x * torch.sigmoid(x)),
+    "integer-round-trip": _function(lambda ctx, x: x.long().float()),
+}
+# applied through an ``apply`` bound before tracing (``reverse = GradReverse.apply``)
+BOUND = {name: function.apply for name, function in FUNCTIONS.items()}
+
+
+class Through(nn.Module):
+    """``b(F(a(x)))`` for a custom Function F: by hand b 1 (loss), a 2 (b)."""
+
+    def __init__(self, name: str, bound: bool) -> None:
+        super().__init__()
+        self.name, self.bound = name, bound
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        apply = BOUND[self.name] if self.bound else FUNCTIONS[self.name].apply
+        return self.b(apply(self.a(x)))
+
+
+@pytest.mark.parametrize("bound", [False, True], ids=["applied", "bound-before"])
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+def test_gradient_goes_through_a_custom_function(tracer, name, bound):
+    model = Through(name, bound)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert report.tracer == ("fx" if tracer == "auto" else tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    expect(report, "b", {1: 1}, (LOSS,))
+    expect(report, "a", {2: 1}, ("b",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["round-estimator", "binarizing-estimator"])
+def test_export_refuses_a_custom_function(name):
+    # export's graph holds forward's operations: (x > 0).float() would cut the gradient
+    with pytest.raises(TraceError, match="custom autograd Function") as raised:
+        gpa.analyze(Through(name, bound=True), input_shape=(2, 4), tracer="export")
+    assert isinstance(raised.value.__cause__, ExportError)
+
+
+class TwoInTwoOut(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y):
+        return (x > 0).float() * y.detach(), x.detach() + y.detach()
+
+    @staticmethod
+    def backward(ctx, g, h):
+        return g + h, g + h
+
+
+class Pair(nn.Module):
+    """``p, q = F(a(x), c(x)); b(p) + q``: gradient reaches both arguments from both
+    results. By hand: b 1 (loss); a and c each at 1 (q, loss) and 2 (p through b)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        p, q = TwoInTwoOut.apply(self.a(x), self.c(x))
+        return self.b(p) + q
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+def test_a_function_of_two_tensors_giving_two(tracer):
+    model = Pair()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    expect(report, "b", {1: 1}, (LOSS,))
+    expect(report, "a", {1: 1, 2: 1}, (LOSS, "b"))
+    expect(report, "c", {1: 1, 2: 1}, (LOSS, "b"))
+
+
+class Binarize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return (x > 0).float()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def binarized(x, w):
+    """A helper fx keeps whole, applying an estimator inside (traced into by value)."""
+    if x.shape[-1] > 2:  # a branch on a shape: fx alone cannot trace it
+        return torch.nn.functional.linear(Binarize.apply(x), w)
+    return x
+
+
+torch.fx.wrap("binarized")
+
+
+class WrappedEstimator(nn.Module):
+    """``binarized(a(x), w)``, w a parameter: by hand w 1 (loss), a 2 (w)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        return binarized(self.a(x), self.w)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+def test_a_custom_function_inside_a_function_fx_keeps_whole(tracer):
+    model = WrappedEstimator()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    expect(report, "w", {1: 1}, (LOSS,))
+    expect(report, "a", {2: 1}, ("w",))
+
+
+class Scale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, g):
+        return x * g
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad.sum(0)
+
+
+class ScaledByFunction(nn.Module):
+    """A Function given a parameter (``Scale.apply(h, self.g)``): what it does with it is
+    its own, so fx notes it and auto moves on to autograd. By hand b 1, a 2 (b)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.g = nn.Parameter(torch.ones(4))
+
+    def forward(self, x):
+        return self.b(Scale.apply(self.a(x), self.g))
+
+
+def test_a_custom_function_given_a_parameter_is_noted_and_auto_moves_on():
+    fx = gpa.analyze(ScaledByFunction(), input_shape=(2, 4), tracer="fx")
+    assert any("'Scale' is a custom autograd Function" in n for n in fx.notes)
+    auto = gpa.analyze(ScaledByFunction(), input_shape=(2, 4))
+    assert auto.tracer == "autograd"
+    for report in (fx, auto):
+        expect(report, "b", {1: 1}, (LOSS,))
+        expect(report, "a", {2: 1}, ("b",))
+
+
+class Flipped(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.flip(-1)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.flip(-1)
+
+
+def test_channels_through_a_custom_function_fall_back_over_never_under():
+    # fx takes the call whole: the documented fallback (every channel reaches every
+    # channel), which covers the real route
+    report = gpa.analyze(Between(Flipped.apply), (torch.randn(*SHAPE),), channels=True, tracer="fx")
+    record = report.to_dict()["layers"][0]
+    assert record["channel_fallback"] == ["Flipped"]
+    assert record["shortest"] == 2
+    route, truth = routed(record), reached(Flipped.apply)
+    assert torch.equal(route | truth, route) and route.all()
