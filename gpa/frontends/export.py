@@ -172,9 +172,12 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
         functions[function] = None
         return run_function(function, args, kwargs)
 
+    def seen(function: type[torch.autograd.Function], args: tuple, kwargs: dict) -> None:
+        functions[function] = None
+
     for args in candidates:
         try:
-            with _quiet_torch_logs(), custom_function_calls(note):
+            with _quiet_torch_logs(), custom_function_calls(note, seen):
                 program = torch.export.export(model, tuple(args), strict=False)
                 watched = _may_miss_grad_mode(program)
                 if watched:
@@ -206,8 +209,8 @@ def _custom_functions_message(model: nn.Module, functions: list[type]) -> str:
         f"{type(model).__name__} calls the custom autograd Function(s) {names}: "
         "torch.export records the operations of forward, but gradient goes through "
         "backward (autograd runs forward under no_grad), so export's graph cannot show "
-        "the gradient paths through them. --tracer fx or autograd reads them (auto tries "
-        "fx first)."
+        "the gradient paths through them. --tracer autograd reads them, and so does fx "
+        "where each is called as Function.apply(...) (auto tries fx first)."
     )
 
 

@@ -8,6 +8,11 @@ the wrong thing (``round(x)``, ``(x > 0).float()``: no gradient at all), so the 
 take each call whole (fx) or refuse (export), as ``docs/semantics.md`` §1.2 says.
 torch's own Functions (a re-entrant activation checkpoint) are not custom.
 
+Two ways in, both while :func:`custom_function_calls` lasts: ``Function.apply`` looked up
+at the call (``GradReverse.apply(x)``) goes to a handler, which may answer for the call;
+``forward`` run any other way (an ``apply`` bound before, ``grl = GradReverse.apply``:
+torch's C++ ``apply`` looks ``forward`` up on the class) is reported as unseen.
+
 Example:
     >>> import torch
     >>> class Twice(torch.autograd.Function):
@@ -17,27 +22,32 @@ Example:
     ...     @staticmethod
     ...     def backward(ctx, g):
     ...         return 2 * g
-    >>> seen = []
+    >>> bound, seen = Twice.apply, []
     >>> def note(function, args, kwargs):
     ...     seen.append(function.__name__)
     ...     return run_function(function, args, kwargs)
-    >>> with custom_function_calls(note):
-    ...     y = Twice.apply(torch.ones(2))
+    >>> with custom_function_calls(note, lambda f, a, k: seen.append(f"unseen {f.__name__}")):
+    ...     y, z = Twice.apply(torch.ones(2)), bound(torch.ones(2))
     >>> seen, y
-    (['Twice'], tensor([2., 2.]))
+    (['Twice', 'unseen Twice'], tensor([2., 2.]))
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch.autograd.function import _SingleLevelFunction
 
 __all__ = ["called_function", "custom_function_calls", "function_call", "run_function"]
+
+# ``Function.apply``: a classmethod calling torch's C++ ``apply`` (torch 2.13) or that
+# C++ method itself (2.14); either way the C++ code looks ``forward`` up on the class
+_APPLY = torch.autograd.Function.__dict__["apply"]
+_THROUGH = contextvars.ContextVar("gpa_function_run_through", default=False)
 
 #: ``handle(function, args, kwargs)``: what a call of ``function.apply(*args, **kwargs)`` gives.
 Handler = Callable[[type[torch.autograd.Function], tuple, dict], Any]
@@ -46,29 +56,65 @@ Handler = Callable[[type[torch.autograd.Function], tuple, dict], Any]
 def run_function(function: type[torch.autograd.Function], args: tuple, kwargs: dict) -> Any:
     """``function.apply(*args, **kwargs)`` as torch runs it, past what
     :func:`custom_function_calls` puts in its way (for its handlers)."""
-    return super(_SingleLevelFunction, function).apply(*args, **kwargs)  # type: ignore[misc]
+    token = _THROUGH.set(True)
+    try:
+        return _APPLY.__get__(None, function)(*args, **kwargs)
+    finally:
+        _THROUGH.reset(token)
+
+
+def _of_torch(function: type) -> bool:
+    return (function.__module__ or "").partition(".")[0] == "torch"
+
+
+def _custom_functions() -> list[type[torch.autograd.Function]]:
+    """Every subclass of ``torch.autograd.Function`` defined outside torch, so far."""
+    found, stack = [], [torch.autograd.Function]
+    while stack:
+        for sub in stack.pop().__subclasses__():
+            stack.append(sub)
+            if not _of_torch(sub):
+                found.append(sub)
+    return found
 
 
 @contextlib.contextmanager
-def custom_function_calls(handle: Handler) -> Iterator[None]:
+def custom_function_calls(handle: Handler, unseen: Handler) -> Iterator[None]:
     """While it lasts, ``handle`` answers each call of a custom autograd Function (one
-    defined outside torch) made in any thread, also through an ``apply`` bound before
-    (``reverse = GradReverse.apply``); torch's own run as they are.
-
-    ``Function.apply`` hands every call to its base class's ``apply`` (torch's C++ code),
-    after binding default arguments: that base, ``torch.autograd.function.
-    _SingleLevelFunction``, is given an ``apply`` of gpa's for as long as this lasts."""
+    defined outside torch) made through ``Function.apply`` looked up at the call, in any
+    thread; torch's own run as they are. ``unseen`` is told of each run of a custom
+    Function's ``forward`` that did not come that way (through an ``apply`` bound before),
+    before it runs. ``Function.apply`` and the ``forward`` of every custom Function are
+    replaced, on their classes, and put back after."""
 
     def apply(cls: type[torch.autograd.Function], *args: Any, **kwargs: Any) -> Any:
-        if (cls.__module__ or "").partition(".")[0] == "torch":
-            return run_function(cls, args, kwargs)
+        if _of_torch(cls):
+            return _APPLY.__get__(None, cls)(*args, **kwargs)
         return handle(cls, args, kwargs)
 
-    _SingleLevelFunction.apply = classmethod(apply)  # type: ignore[assignment,method-assign]
+    def watched(cls: type, forward: Callable[..., Any]) -> staticmethod:
+        @functools.wraps(forward)
+        def run(*args: Any, **kwargs: Any) -> Any:  # ctx first, unless setup_context takes it
+            if not _THROUGH.get():
+                unseen(cls, args, kwargs)
+            return forward(*args, **kwargs)
+
+        return staticmethod(run)
+
+    forwards = {
+        cls: cls.__dict__["forward"]
+        for cls in _custom_functions()
+        if isinstance(cls.__dict__.get("forward"), staticmethod)
+    }
+    torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign,assignment]
+    for cls, forward in forwards.items():
+        cls.forward = watched(cls, forward.__func__)  # type: ignore[method-assign]
     try:
         yield
     finally:
-        del _SingleLevelFunction.apply
+        torch.autograd.Function.apply = _APPLY  # type: ignore[method-assign]
+        for cls, forward in forwards.items():
+            cls.forward = forward  # type: ignore[method-assign]
 
 
 @functools.cache

@@ -110,6 +110,33 @@ def test_catalog_spans_the_families() -> None:
     assert all(set(k.wrong) <= set(FRONTENDS) for k in KNOWN_DIFFERENCES.values())
 
 
+@pytest.mark.parametrize(
+    "name, act", [("efficientnet_b0", "SwishMe"), ("mobilenetv3_small_100", "HardSwishMe")]
+)
+def test_timms_memory_efficient_activations_give_the_paths_of_torchs(name, act) -> None:
+    # timm's SwishMe / HardSwishMe apply custom autograd Functions (forward under no_grad,
+    # a backward of their own): an activation changes no gradient path, so the records
+    # equal those of the same model with torch's nn.SiLU / nn.Hardswish, on every frontend
+    # that reads it (fx traced into the Functions' forward: every layer but the
+    # classifier was reported unreachable). Export refuses custom Functions.
+    import timm
+    import torch
+    from timm.layers import activations_me
+
+    import gpa
+
+    inputs = (torch.randn(2, 3, 64, 64),)
+    native = gpa.analyze(timm.create_model(name), inputs)
+    model = timm.create_model(name, act_layer=getattr(activations_me, act))
+    for tracer in ("auto", "fx", "autograd"):
+        report = gpa.analyze(model, inputs, tracer=tracer)
+        assert report.tracer == ("fx" if tracer == "auto" else tracer)
+        assert records(report.layers) == records(native.layers), tracer
+    assert all(r.reachable for r in native.layers.values())
+    with pytest.raises(gpa.errors.TraceError, match="custom autograd Function"):
+        gpa.analyze(model, inputs, tracer="export")
+
+
 def test_condconv_convolutions_are_layers() -> None:
     # timm's CondConv2d mixes its expert kernels by routing weights computed from the
     # block's input, then convolves: the convolution is the layer, the mixing is not

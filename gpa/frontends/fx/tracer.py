@@ -155,16 +155,37 @@ def functions_recorded() -> Iterator[None]:
     being traced into: gradient goes through its ``backward``, which fx never sees, not
     through the operations of ``forward`` (see :mod:`gpa.frontends.functions`). Run as one
     call on the meta device, the gradient-flow pass reads what autograd links: the
-    result to every tensor argument that requires grad (``docs/semantics.md`` §1.2)."""
+    result to every tensor argument that requires grad (``docs/semantics.md`` §1.2).
+
+    Raises:
+        TraceError: a custom Function runs on a proxy other than through
+            ``Function.apply`` looked up at the call (an ``apply`` bound before tracing):
+            its call cannot be recorded whole, and its forward is not its gradient.
+    """
 
     def record(function: type[torch.autograd.Function], args: tuple, kwargs: dict) -> Any:
-        proxy = next((a for a in tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+        proxy = _proxy_in(args, kwargs)
         if proxy is None:
             return run_function(function, args, kwargs)
         return proxy.tracer.create_proxy("call_function", function_call(function), args, kwargs)
 
-    with custom_function_calls(record):
+    def refuse(function: type[torch.autograd.Function], args: tuple, kwargs: dict) -> None:
+        if _proxy_in(args, kwargs) is not None:
+            name = function.__qualname__
+            raise TraceError(
+                f"the custom autograd Function {name} is applied through an apply bound "
+                f"before tracing (such as f = {function.__name__}.apply): fx cannot take "
+                "its call whole, and the operations of its forward are not the gradient "
+                f"its backward gives. Call {function.__name__}.apply(...) where it is used, "
+                "or --tracer autograd reads it (auto moves on to it)."
+            )
+
+    with custom_function_calls(record, refuse):
         yield
+
+
+def _proxy_in(args: tuple, kwargs: dict) -> fx.Proxy | None:
+    return next((a for a in tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
 
 
 class GpaTracer(fx.Tracer):
@@ -369,6 +390,8 @@ def trace(
         tracer, root, graph = traced(contextlib.nullcontext())
         if tracer.checkpointed:  # again, the checkpointed functions in their real grad mode
             tracer, root, graph = traced(Checkpoints())
+    except TraceError:  # gpa's own refusal (see functions_recorded): it says why
+        raise
     except Exception as exc:  # any failure inside user code under symbolic tracing
         raise TraceError(_trace_failure_message(model, exc)) from exc
     follow_mutations(graph, root)
