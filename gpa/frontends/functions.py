@@ -30,6 +30,9 @@ Example:
     ...     y, z = Twice.apply(torch.ones(2)), bound(torch.ones(2))
     >>> seen, y
     (['Twice', 'unseen Twice'], tensor([2., 2.]))
+    >>> call = function_call(Twice)  # what fx records, named after the Function
+    >>> call.__name__, called_function(call) is Twice, call(torch.ones(2))
+    ('Twice', True, tensor([2., 2.]))
 """
 
 from __future__ import annotations
@@ -120,20 +123,8 @@ def custom_function_calls(handle: Handler, unseen: Handler) -> Iterator[None]:
 @functools.cache
 def function_call(function: type[torch.autograd.Function]) -> Callable[..., Any]:
     """A function calling ``function.apply``, named after ``function``: the target of the
-    node fx records for a call of it (one per Function, so its calls look alike).
-
-    Example:
-        >>> class Twice(torch.autograd.Function):
-        ...     @staticmethod
-        ...     def forward(ctx, x):
-        ...         return 2 * x
-        ...     @staticmethod
-        ...     def backward(ctx, g):
-        ...         return 2 * g
-        >>> call = function_call(Twice)
-        >>> call.__name__, call(torch.ones(2))
-        ('Twice', tensor([2., 2.]))
-    """
+    node fx records for a call of it (one per Function, so its calls look alike; see the
+    module's example)."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
         return function.apply(*args, **kwargs)
