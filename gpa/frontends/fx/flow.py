@@ -543,7 +543,7 @@ class GradientFlow(fx.Interpreter):
 
     def _followers(self) -> str:
         """What to use instead, for a write this graph cannot show."""
-        return f"--tracer {self.followed_by} follows it (auto moves on to it)."
+        return f"--tracer {self.followed_by} follows it (auto moves on)."
 
     def _positions(self) -> dict[fx.Node, int]:
         """Each node's position in the graph (made once, when first needed)."""

@@ -6,11 +6,11 @@ the grad mode under which ``forward`` creates each operation. Whenever it differ
 from the mode of the previous operation (``torch.no_grad()``,
 ``torch.set_grad_enabled(False)``, ``torch.inference_mode()`` …), a :func:`grad_mode`
 node is inserted first, so later passes know which code ran without gradient. The
-mode is read, never intercepted (grad mode is per thread). One thing of torch is
-patched while a trace runs: the ``apply`` custom autograd Functions hand their calls to,
-so that each call is recorded whole (:func:`functions_recorded`). The user's model is not modified (fx's tensor constants go on a
-shallow copy of it), and one lock serialises fx's own tracing, which patches
-``torch.nn.Module`` for its duration.
+mode is read, never intercepted (grad mode is per thread). While a trace runs, custom
+autograd Functions' ``apply`` and ``forward`` are replaced, so that each call is
+recorded whole (:func:`functions_recorded`). The user's model is not modified (fx's
+tensor constants go on a shallow copy of it), and one lock serialises fx's own tracing,
+which patches ``torch.nn.Module`` for its duration.
 
 A TorchScript module is a leaf too: fx cannot look into compiled code. A model that
 runs a re-entrant activation checkpoint is traced a second time under
