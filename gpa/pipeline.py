@@ -21,14 +21,14 @@ Example:
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
 from torch import nn
 
 from gpa.channels import channel_segments
 from gpa.core.records import layer_records
-from gpa.core.report import NetworkSummary, Report
+from gpa.core.report import LayerRecord, NetworkSummary, Report
 from gpa.errors import NoGradientError, NoLayersError
 from gpa.frontends import gradient_graph
 from gpa.frontends.counts import layer_counts
@@ -117,7 +117,7 @@ def _analyze(
             f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
             f"(layer types: {types}; add more with layer_types= / --layer-type)"
         )
-    notes = [*graph.notes, *counts.notes]
+    notes = [*graph.notes, *counts.notes, *_fallback_notes(records)]
     return Report(
         model=name or display_name(model),
         inputs=describe_inputs(graph.inputs),
@@ -131,6 +131,22 @@ def _analyze(
         notes=notes,
         tracer=graph.tracer,
     )
+
+
+def _fallback_notes(records: Mapping[str, LayerRecord]) -> list[str]:
+    """A note naming the operations whose channel routing fell back, and how many layers'
+    segments it touches (the JSON's ``channel_fallback`` names them)."""
+    touched = {name: r.channel_fallbacks for name, r in records.items() if r.channel_fallbacks}
+    if not touched:
+        return []
+    operations = sorted({op for ops in touched.values() for op in ops})
+    return [
+        f"channel routing fell back through {', '.join(operations)} (for {len(touched)} "
+        "layer(s)): gpa cannot follow channels through them, so every channel reaching "
+        "them is taken to reach every position after them — the segments and gradient "
+        "combinations of those layers over-approximate (docs/semantics.md §8; the JSON's "
+        "channel_fallback names the operations per layer)"
+    ]
 
 
 def _no_gradient(name: str, options: AnalysisOptions) -> str:

@@ -186,6 +186,10 @@ def test_a_custom_function_given_a_parameter_is_noted_and_auto_moves_on():
     assert any("'Scale' is a custom autograd Function" in n for n in fx.notes)
     auto = gpa.analyze(ScaledByFunction(), input_shape=(2, 4))
     assert auto.tracer == "autograd"
+    assert (
+        "fx: cannot look into Scale (a custom autograd Function given parameters)"
+        in (auto.notes[0])
+    )
     for report in (fx, auto):
         expect(report, "b", {1: 1}, (LOSS,))
         expect(report, "a", {2: 1}, ("b",))
@@ -210,6 +214,13 @@ def test_channels_through_a_custom_function_fall_back_over_never_under():
     report = gpa.analyze(Between(flipped), (torch.randn(*SHAPE),), channels=True, tracer="fx")
     record = report.to_dict()["layers"][0]
     assert record["channel_fallback"] == ["Flipped"]
+    assert [n for n in report.notes if n.startswith("channel routing fell back")] == [
+        "channel routing fell back through Flipped (for 1 layer(s)): gpa cannot follow "
+        "channels through them, so every channel reaching them is taken to reach every "
+        "position after them — the segments and gradient combinations of those layers "
+        "over-approximate (docs/semantics.md §8; the JSON's channel_fallback names the "
+        "operations per layer)"
+    ]
     assert record["shortest"] == 2
     route, truth = routed(record), reached(flipped)
     assert torch.equal(route | truth, route) and route.all()

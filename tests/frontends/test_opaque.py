@@ -255,7 +255,8 @@ TRACED_CASES = (
 def test_calls_traced_by_value_agree_with_autograd_and_export(case, channels) -> None:
     model = Siblings(case)
     fx_report = gpa.analyze(model, input_shape=(2, 4), tracer="fx", channels=channels)
-    assert fx_report.notes == []  # traced into: nothing missed
+    # traced into: nothing missed (a channel fallback is noted, and compared below)
+    assert [n for n in fx_report.notes if not n.startswith("channel routing fell back")] == []
     for tracer in ("autograd", "export") if not channels else ("export",):
         other = gpa.analyze(model, input_shape=(2, 4), tracer=tracer, channels=channels)
         assert _alike(fx_report) == _alike(other), tracer

@@ -702,3 +702,26 @@ class ViewWrittenThenMadeLikeAndRead(ViewWrittenThenShapeRead):
 def test_a_view_written_then_its_bases_values_read_beside_a_made_like_is_refused_by_fx():
     with pytest.raises(TraceError, match="writes in place into a view"):
         gpa.analyze(ViewWrittenThenMadeLikeAndRead(), input_shape=(4, 3), tracer="fx")
+
+
+class AssignsAnItem(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        h[:, 0] = 0.0
+        return self.b(h)
+
+
+def test_item_assignment_refused_by_fx_says_what_reads_it():
+    # the refusal blamed data-dependent Python; an item assignment is no such thing
+    with pytest.raises(TraceError) as raised:
+        gpa.analyze(AssignsAnItem(), input_shape=(2, 4), tracer="fx")
+    message = str(raised.value)
+    assert "records no item assignment" in message and "--tracer export or autograd" in message
+    assert "depends on tensor values" not in message
+    report = gpa.analyze(AssignsAnItem(), input_shape=(2, 4))  # auto: export reads it
+    assert report.tracer == "export"
+    expect(report, "a", {2: 1}, ("b",))

@@ -97,7 +97,10 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         inputs=inputs,
         notes=notes,
         traced=gm,
-        opaque=[name for name, _ in readers],
+        opaque=[
+            f"{name} (a custom autograd Function given parameters)" if function else name
+            for name, function in readers
+        ],
     )
 
 

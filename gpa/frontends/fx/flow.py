@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils._pytree import tree_any, tree_flatten, tree_map
 
 from gpa.errors import ShapeError, TraceError
+from gpa.frontends.functions import called_function
 from gpa.frontends.fx.lookalike import Outcome, signature
 from gpa.frontends.fx.shape_rules import (
     FUNCTION_RULES,
@@ -840,7 +841,11 @@ class GradientFlow(fx.Interpreter):
                     f"{_called(n, self.fetch_attr)}, which fx records as one call, writes in "
                     f"place into an argument (the value of '{m.name}') that is read again "
                     f"afterwards, by '{reader.name}': fx's graph does not show the write. "
-                    f"{self._followers()}"
+                    + (  # export refuses custom autograd Functions
+                        "--tracer autograd follows it (auto moves on)."
+                        if called_function(n.target) is not None
+                        else self._followers()
+                    )
                 )
 
     def _by_rule(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]] | None:

@@ -177,7 +177,7 @@ def functions_recorded() -> Iterator[None]:
                 f"before tracing (such as f = {function.__name__}.apply): fx cannot take "
                 "its call whole, and the operations of its forward are not the gradient "
                 f"its backward gives. Call {function.__name__}.apply(...) where it is used, "
-                "or --tracer autograd reads it (auto moves on to it)."
+                "or --tracer autograd reads it (auto moves on)."
             )
 
     with custom_function_calls(record, refuse):
@@ -449,12 +449,18 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
         lines.append(f'  File "{where.filename}", line {where.lineno}, in {where.name}')
         if where.line:
             lines.append(f"    {where.line.strip()}")
-    lines.append(
-        "Symbolic tracing cannot follow control flow or Python logic that depends on tensor "
-        "values. Declare the module that does it a leaf (--leaf NAME / leaf_modules=[...]) "
-        "so it is treated as one opaque call, or rewrite that code without data-dependent "
-        "Python."
-    )
+    if isinstance(exc, TypeError) and "does not support item assignment" in str(exc):
+        lines.append(  # not a matter of values: fx records no item assignment at all
+            "torch.fx records no item assignment (x[...] = y) in forward; --tracer export "
+            "or autograd reads it (auto moves on), or write it with index_put / torch.cat."
+        )
+    else:
+        lines.append(
+            "Symbolic tracing cannot follow control flow or Python logic that depends on "
+            "tensor values. Declare the module that does it a leaf (--leaf NAME / "
+            "leaf_modules=[...]) so it is treated as one opaque call, or rewrite that code "
+            "without data-dependent Python."
+        )
     return "\n".join(lines)
 
 
