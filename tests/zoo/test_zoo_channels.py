@@ -239,7 +239,8 @@ def test_channels_fx_and_export_agree_on_swin(target: str) -> None:
     options = dict(input_shape=loaded.input_shape, channels=True)
     fx = gpa.analyze(loaded.model, tracer="fx", **options)
     export = gpa.analyze(loaded.model, tracer="export", **options)
-    assert fx.notes == []  # nothing kept whole
+    # nothing kept whole (a channel fallback, Swin V2's computed index, is noted)
+    assert [n for n in fx.notes if not n.startswith("channel routing fell back")] == []
     assert records(fx.layers) == records(export.layers)
     assert _unordered(fx) == _unordered(export)
     assert fx.network == export.network
