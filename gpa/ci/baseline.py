@@ -49,16 +49,24 @@ class Snapshot:
     Attributes:
         network: the network summary (``docs/semantics.md``), ``unreachable`` a list.
         layers: layer name -> (shortest, longest); ``(None, None)`` when unreachable.
+        combinations: layer name -> its number of gradient combinations
+            (``docs/semantics.md`` §8), for a report analysed at channel level; else None.
+            Baseline files do not hold it.
     """
 
     network: Mapping[str, Any]
     layers: Mapping[str, tuple[int | None, int | None]]
+    combinations: Mapping[str, int | None] | None = None
 
     @staticmethod
     def of(report: Report) -> Snapshot:
         """The snapshot of a report."""
-        layers = {r.name: (r.shortest, r.longest) for r in report.layers.values()}
-        return Snapshot(report.network.to_dict(), layers)
+        records = report.layers.values()
+        layers = {r.name: (r.shortest, r.longest) for r in records}
+        combinations = None
+        if report.network.gradient_combinations is not None:
+            combinations = {r.name: r.gradient_combinations for r in records}
+        return Snapshot(report.network.to_dict(), layers, combinations)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,7 +95,10 @@ class Snapshot:
     def from_report_dict(data: Mapping[str, Any]) -> Snapshot:
         """The snapshot of a report saved with ``gpa analyze --format json``."""
         layers = {r["name"]: (r.get("shortest"), r.get("longest")) for r in data["layers"]}
-        return Snapshot(data["network"], layers)
+        combinations = None
+        if "gradient_combinations" in data["network"]:
+            combinations = {r["name"]: r.get("gradient_combinations") for r in data["layers"]}
+        return Snapshot(data["network"], layers, combinations)
 
     @property
     def unreachable(self) -> set[str]:

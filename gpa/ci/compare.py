@@ -2,11 +2,13 @@
 
 :func:`compare` takes two reports or baseline snapshots and returns a
 :class:`Comparison`: the network metrics of both, and for every layer name present
-in both, its shortest and longest paths where they differ. :func:`load_side` turns a
+in both, its shortest and longest paths — and, when both sides were analysed at channel
+level, its number of gradient combinations — where they differ. :func:`load_side` turns a
 command-line argument (a TARGET, a model of ``[tool.gpa]``, a baseline file
 ``base.json`` / ``base.json:model`` or a ``gpa analyze --format json`` report) into a
 snapshot. Channel-level analyses (``channels=True``, ``--channels``) add the number of
-gradient combinations to the network metrics.
+gradient combinations to the network metrics and, when both sides have them, to each
+layer's comparison.
 
 Example:
     >>> import torch.nn as nn, gpa
@@ -57,14 +59,24 @@ CHANNEL_METRICS = ("gradient_combinations",)
 
 @dataclass(frozen=True)
 class LayerDiff:
-    """A layer present in both sides whose shortest or longest path differs."""
+    """A layer present in both sides whose shortest or longest path differs, or its number
+    of gradient combinations (``gradient_combinations``: ``(a, b)`` when both sides were
+    analysed at channel level, else None: not compared)."""
 
     name: str
     shortest: tuple[int | None, int | None]
     longest: tuple[int | None, int | None]
+    gradient_combinations: tuple[int | None, int | None] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shortest": list(self.shortest), "longest": list(self.longest)}
+        data: dict[str, Any] = {
+            "name": self.name,
+            "shortest": list(self.shortest),
+            "longest": list(self.longest),
+        }
+        if self.gradient_combinations is not None:
+            data["gradient_combinations"] = list(self.gradient_combinations)
+        return data
 
 
 @dataclass(frozen=True)
@@ -111,20 +123,27 @@ def compare(
 ) -> Comparison:
     """Compare ``a`` with ``b``: network metrics, and layers matched by name.
 
-    Layers are listed in ``a``'s order; those of only one side by name.
+    Layers are listed in ``a``'s order; those of only one side by name. A layer's number of
+    gradient combinations is compared when both sides were analysed at channel level.
     """
     sa, sb = _snapshot(a), _snapshot(b)
     channel = [k for k in CHANNEL_METRICS if k in sa.network or k in sb.network]
     network = {key: (_metric(sa, key), _metric(sb, key)) for key in (*NETWORK_METRICS, *channel)}
+    both_channels = sa.combinations is not None and sb.combinations is not None
     changed, same = [], 0
     for name, (short_a, long_a) in sa.layers.items():
         if name not in sb.layers:
             continue
         short_b, long_b = sb.layers[name]
-        if (short_a, long_a) == (short_b, long_b):
+        combinations = None
+        if both_channels:
+            combinations = (sa.combinations.get(name), sb.combinations.get(name))
+        if (short_a, long_a) == (short_b, long_b) and (
+            combinations is None or combinations[0] == combinations[1]
+        ):
             same += 1
         else:
-            changed.append(LayerDiff(name, (short_a, short_b), (long_a, long_b)))
+            changed.append(LayerDiff(name, (short_a, short_b), (long_a, long_b), combinations))
     return Comparison(
         names[0],
         names[1],
@@ -171,19 +190,15 @@ def format_comparison(comparison: Comparison) -> str:
     matched = len(c.changed) + c.same
     lines.append(f"layers in both: {matched}, differing: {len(c.changed)}")
     if c.changed:
-        rows = [["layer", "shortest A", "shortest B", "delta", "longest A", "longest B", "delta"]]
+        fields = {"shortest": lambda d: d.shortest, "longest": lambda d: d.longest}
+        if c.changed[0].gradient_combinations is not None:
+            fields["combinations"] = lambda d: d.gradient_combinations
+        rows = [["layer"] + [h for f in fields for h in (f"{f} A", f"{f} B", "delta")]]
         for d in c.changed:
-            rows.append(
-                [
-                    d.name,
-                    _cell(d.shortest[0]),
-                    _cell(d.shortest[1]),
-                    _delta(*d.shortest),
-                    _cell(d.longest[0]),
-                    _cell(d.longest[1]),
-                    _delta(*d.longest),
-                ]
-            )
+            row = [d.name]
+            for pair in (get(d) for get in fields.values()):
+                row += [_cell(pair[0]), _cell(pair[1]), _delta(*pair)]
+            rows.append(row)
         lines += _table(rows)
     for label, only in (("only in A", c.only_a), ("only in B", c.only_b)):
         if only:

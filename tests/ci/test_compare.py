@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner, Result
 
 import gpa
@@ -169,3 +170,37 @@ def test_cli_compare_channels_adds_gradient_combinations(tmp_path: Path) -> None
     result = run(str(saved), CHAIN, "--channels")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-3].split() == ["gradient_combinations", "-", "3"]
+
+
+def _pair(groups: int, channels: bool) -> gpa.Report:
+    """Two 1×1 convolutions, the second in ``groups`` groups."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(4, 4, 1, groups=groups))
+    return gpa.analyze(net, input_shape=(1, 3, 2, 2), channels=channels)
+
+
+def test_compare_channels_finds_layers_differing_only_in_their_combinations(
+    tmp_path: Path,
+) -> None:
+    """By hand (docs/semantics.md §8): in both nets layer 0 has shortest = longest = 2 and
+    layer 1 has 1. With a plain second convolution, layer 0 is one segment fed by all of
+    layer 1's input channels at round 2 (1 combination); with two groups, its channels 0–1
+    feed group 0 and 2–3 group 1: two segments with different sources (2 combinations).
+    Layer 1 is one segment fed by the loss in both. Network: {(2, 1[0:4]), (1, loss)} = 2
+    against {(2, 1 group 0), (2, 1 group 1), (1, loss)} = 3."""
+    c = compare(_pair(1, True), _pair(2, True))
+    assert c.network["gradient_combinations"] == (2, 3)
+    assert [d.to_dict() for d in c.changed] == [
+        {"name": "0", "shortest": [2, 2], "longest": [2, 2], "gradient_combinations": [1, 2]}
+    ]
+    assert c.same == 1
+    text = format_comparison(c).splitlines()
+    assert "layers in both: 2, differing: 1" in text
+    assert text[-1].split() == ["0", "2", "2", "2", "2", "1", "2", "+1"]
+    assert text[-2].split()[-3:] == ["combinations", "B", "delta"]
+    # a saved channel-level report compares so too; one without channels is not compared
+    saved = tmp_path / "grouped.json"
+    saved.write_text(_pair(2, True).to_json())
+    assert compare(_pair(1, True), load_side(str(saved))).changed == c.changed
+    plain = compare(_pair(1, True), _pair(2, False))
+    assert (plain.changed, plain.same) == ([], 2)
+    assert plain.network["gradient_combinations"] == (2, None)
