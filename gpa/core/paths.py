@@ -26,8 +26,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 
@@ -110,6 +112,17 @@ class GradientPaths:
     def histogram(self) -> dict[int, int]:
         """``{length: number of paths of that length}``, lengths ascending."""
         return self.counts()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the histogram is worked out lazily by a closure over the whole path index: a
+        # pickle holds the numbers (a report sent to another process, or cached)
+        return GradientPaths, (self.stamps, self.num_paths, functools.partial(dict, self.histogram))
+
+    def __copy__(self) -> GradientPaths:
+        return self  # immutable: copies need not work the histogram out (see __reduce__)
+
+    def __deepcopy__(self, memo: dict) -> GradientPaths:
+        return self
 
     @staticmethod
     def union(parts: Sequence[GradientPaths]) -> GradientPaths:
@@ -215,8 +228,9 @@ class PathIndex:
             {
                 "stamps": self.stamps[position],
                 "num_paths": self.num_paths[position],
-                # a function (copied as itself), not a partial: deepcopy and asdict of a
-                # segment would copy the whole index with a partial's bound method
+                # a function (copied as itself), not a partial: asdict of a segment would
+                # copy the whole index with a partial's bound method (a pickle takes the
+                # numbers: GradientPaths.__reduce__)
                 "counts": lambda: self.histogram(position),
             },
         )

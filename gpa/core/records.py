@@ -21,9 +21,9 @@ Example:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 
-from gpa.core.graph import LOSS, GradientGraph
+from gpa.core.graph import LOSS, GradientGraph, LayerCall
 from gpa.core.paths import GradientPaths, LayerPaths, gradient_paths
 from gpa.core.report import LayerRecord, PathStep
 from gpa.core.segments import Segment, SegmentList
@@ -93,22 +93,6 @@ def layer_records(
     record_of = {node: call.record for node, call in names.items()}
     kinds = {call.record: call.type for call in names.values()}
 
-    def step(node: Hashable) -> PathStep:
-        call = names[node]
-        return PathStep(call.record, call.type, call.site)
-
-    def route(members: list[Hashable]) -> Callable[[int], tuple[PathStep, ...]]:
-        def path(length: int) -> tuple[PathStep, ...]:
-            for m in members:
-                paths = found[m].paths
-                if paths is not None and paths.stamps >> length & 1:
-                    index = found[m].index
-                    positions = index.path_of_length(index.position[m], length)
-                    return tuple(step(index.nodes[p]) for p in positions[:-1])
-            return ()
-
-        return path
-
     def record(name: str, kind: str, calls: int, members: list[Hashable]) -> LayerRecord:
         reached = [found[m].paths for m in members if found[m].paths]
         return LayerRecord(
@@ -121,7 +105,7 @@ def layer_records(
             flops=None if flops is None else flops.get(name),
             segments=None if segments is None else _segment_sequence(segments.get(name, ())),
             site=names[members[0]].site if members else None,
-            route=route(members),
+            route=_Route([(m, found[m]) for m in members], names),
         )
 
     records = {name: record(name, kinds[name], len(m), m) for name, m in grouped.items()}
@@ -129,6 +113,30 @@ def layer_records(
         if missing not in records:
             records[missing] = record(missing, kind, 0, [])
     return records
+
+
+class _Route:
+    """A record's gradient path of a given length (:meth:`LayerRecord.path_of_length`):
+    the first of its calls ``members`` with a path of that length, read off their path
+    index; ``calls`` names each layer node. A class, not a closure, so that a report
+    pickles (sent to another process, or cached)."""
+
+    def __init__(
+        self, members: list[tuple[Hashable, LayerPaths]], calls: Mapping[Hashable, LayerCall]
+    ) -> None:
+        self.members, self.calls = members, calls
+
+    def __call__(self, length: int) -> tuple[PathStep, ...]:
+        for node, found in self.members:
+            if found.paths is not None and found.paths.stamps >> length & 1:
+                index = found.index
+                positions = index.path_of_length(index.position[node], length)
+                return tuple(self._step(index.nodes[p]) for p in positions[:-1])
+        return ()
+
+    def _step(self, node: Hashable) -> PathStep:
+        call = self.calls[node]
+        return PathStep(call.record, call.type, call.site)
 
 
 def _segment_sequence(segments: Sequence[Segment]) -> Sequence[Segment]:

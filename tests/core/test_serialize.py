@@ -133,3 +133,46 @@ def test_str_is_a_table_of_layers():
     text = str(gpa.analyze(DenseBlock(), torch.randn(IMG)))
     for name in ("stem", "h1", "h2", "h3", "trans", "fc"):
         assert name in text
+
+
+# ======================================================================================
+# Pickling: a report sent to another process (a pool of analyses) or cached
+
+
+class _TwoHeads(torch.nn.Module):
+    """``a`` feeds ``b`` (output ``y``) and, through its channels 0–1, ``c`` (output ``z``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 4, 1)
+        self.b = torch.nn.Conv2d(4, 4, 1)
+        self.c = torch.nn.Conv2d(2, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.a(x)
+        return {"y": self.b(h), "z": self.c(h[:, :2])}
+
+
+@pytest.mark.parametrize(
+    ("tracer", "channels"),
+    [("fx", False), ("fx", True), ("export", False), ("export", True), ("autograd", False)],
+)
+def test_a_report_pickles_with_its_paths_and_segments(tracer: str, channels: bool) -> None:
+    """By hand: b and c are fed by the loss (1), a by b and c (2); a's channels 0–1 reach b
+    and c, 2–3 b alone (two segments). The report held its lazily read histograms and
+    paths in closures, which pickle refused; now a report comes back as it was."""
+    import pickle
+
+    report = gpa.analyze(_TwoHeads(), input_shape=(1, 3, 2, 2), tracer=tracer, channels=channels)
+    back = pickle.loads(pickle.dumps(report))
+    assert back.to_json() == report.to_json()
+    assert str(back) == str(report)
+    a = back.layers["a"]
+    assert (a.shortest, a.longest, a.path_histogram, a.sources) == (2, 2, {2: 2}, ("b", "c"))
+    assert [step.layer for step in a.shortest_path()] == ["a", "b"]
+    assert [(s.name, s.shortest) for s in back.layers.values() if s.name != "a"] == [
+        ("b", 1),
+        ("c", 1),
+    ]
+    if channels:
+        assert [(seg.start, seg.stop) for seg in a.segments] == [(0, 2), (2, 4)]
