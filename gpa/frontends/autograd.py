@@ -36,6 +36,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -125,6 +126,8 @@ class _Recorder:
     stack: list[str] = field(default_factory=list)
     depth: int = 0  # how many opaque calls are open
     probe: torch.Tensor = field(default_factory=lambda: _probe_leaf())
+    # told of each opaque call's arguments and result (see _ParameterUse.returned)
+    returned: Callable[[nn.Module, Any, Any], None] = lambda module, args, output: None
 
     def sequence(self) -> int:
         """The sequence number autograd gives the next node it creates (one is spent)."""
@@ -148,6 +151,7 @@ class _Recorder:
                 call = self.calls[-1]
                 call.end = self.sequence() - 1
                 call.value, call.input = ValueInfo.of(output), _first_value(args)
+            self.returned(module, args, output)
 
 
 def _probe_leaf() -> torch.Tensor:
@@ -156,12 +160,27 @@ def _probe_leaf() -> torch.Tensor:
 
 class _ParameterUse(TorchFunctionMode):
     """The autograd nodes the forward creates (also those the outputs do not reach),
-    functional layers run without gradient, and whether a re-entrant checkpoint ran."""
+    functional layers run without gradient, and whether a re-entrant checkpoint ran.
 
-    def __init__(self, recorder: _Recorder, parameters: dict[int, str]) -> None:
+    It also tells data from constants where autograd cannot (a value carrying no gradient
+    has no edge): *data* is a model input (``inputs``), a layer's output, or what is
+    computed from them; buffers, tensors made from numbers and what is computed from them
+    and parameters alone are not (``docs/semantics.md`` §2: a feature-mixing function is a
+    functional layer when it reads a weight beside data — spectral norm's power iteration,
+    ``torch.mv(w, u)`` with a buffer ``u``, reads none)."""
+
+    def __init__(
+        self, recorder: _Recorder, parameters: dict[int, str], inputs: Iterable[torch.Tensor]
+    ) -> None:
         super().__init__()
         self.recorder = recorder
         self.parameters = parameters
+        self._data: dict[int, weakref.ref] = {}  # by id; the reference tells a reused id
+        self._mark_data(inputs)
+        recorder.returned = self.returned
+        # (first, last sequence number) of feature-mixing functions run with gradient whose
+        # operands carrying none are constants: autograd's missing edges are no data there
+        self.constant_reads: list[tuple[int, int, None]] = []
         # (sequence, parameter, operands, result) of functional layers run without gradient
         self.no_grad_layers: list[tuple[int, str, list, Any]] = []
         self.created: list[Any] = []  # grad_fn of every value computed
@@ -181,15 +200,22 @@ class _ParameterUse(TorchFunctionMode):
         mixing = self.recorder.depth == 0 and getattr(func, "__name__", "") in _NO_GRAD_MIXING
         start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
+        data = [self._is_data(t) for t in tensors]
+        if any(data):
+            self._mark_data(tree_flatten(result)[0])
         if mixing and tensors:  # the shapes of a functional layer that may be found here
             value = (ValueInfo.of(result), ValueInfo.of(tensors[0]))
             self.values.append((start, self.recorder.sequence() - 1, *value))
+            if torch.is_grad_enabled() and not any(
+                d for d, t in zip(data, tensors, strict=True) if not _carries_gradient(t)
+            ):
+                self.constant_reads.append((start, self.recorder.sequence() - 1, None))
         if not torch.is_grad_enabled():
             self.checkpointed = self.checkpointed or in_reentrant_checkpoint()
             if self.recorder.depth == 0:
-                self._without_grad(func, tensors, result)
+                self._without_grad(func, tensors, result, data)
         elif self.recorder.depth == 0:
-            self._weight_without_gradient(func, tensors, result, start)
+            self._weight_without_gradient(func, tensors, result, start, data)
         if not torch.is_grad_enabled():  # autograd made no node; and a view made under
             # no_grad whose base was written raises when asked its grad_fn
             return result
@@ -198,13 +224,35 @@ class _ParameterUse(TorchFunctionMode):
                 self.created.append(t.grad_fn)
         return result
 
-    def _without_grad(self, func: Any, tensors: list[torch.Tensor], result: Any) -> None:
-        """Autograd records nothing here: follow values computed from parameters alone."""
+    def _is_data(self, t: torch.Tensor) -> bool:
+        ref = self._data.get(id(t))
+        return ref is not None and ref() is t
+
+    def _mark_data(self, values: Iterable[Any]) -> None:
+        for t in values:
+            if isinstance(t, torch.Tensor):
+                self._data[id(t)] = weakref.ref(t)
+
+    def returned(self, module: nn.Module, args: Any, output: Any) -> None:
+        """An opaque call's result is data when it holds a layer or reads data (TorchScript
+        modules run out of this mode's sight)."""
+        holds_weights = next(module.parameters(), None) is not None
+        reads_data = any(
+            self._is_data(t) for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)
+        )
+        if holds_weights or reads_data:
+            self._mark_data(tree_flatten(output)[0])
+
+    def _without_grad(
+        self, func: Any, tensors: list[torch.Tensor], result: Any, data: list[bool]
+    ) -> None:
+        """Autograd records nothing here: follow values computed from parameters alone
+        (buffers and constants beside them)."""
         weights = [self.derived.get(id(t), self.parameters.get(id(t))) for t in tensors]
         named = [w for w in weights if w is not None]
         if not named:
             return
-        if len(named) == len(weights):  # a weight computed without gradient
+        if not any(data):  # a weight computed without gradient
             for t in tree_flatten(result)[0]:
                 if isinstance(t, torch.Tensor):
                     self.derived[id(t)] = named[0]
@@ -213,7 +261,7 @@ class _ParameterUse(TorchFunctionMode):
             self.no_grad_layers.append((self.recorder.sequence(), named[0], tensors, result))
 
     def _weight_without_gradient(
-        self, func: Any, tensors: list[torch.Tensor], result: Any, start: int
+        self, func: Any, tensors: list[torch.Tensor], result: Any, start: int, data: list[bool]
     ) -> None:
         """Grad mode is on, yet a value made from parameters alone may carry no gradient
         (``w.detach()``, a weight made under ``no_grad`` earlier): autograd records no edge
@@ -225,12 +273,12 @@ class _ParameterUse(TorchFunctionMode):
         results = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
         detached = [self.derived[id(t)] for t in tensors if id(t) in self.derived]
         if detached and getattr(func, "__name__", "") in _NO_GRAD_MIXING:
-            layer = None if all(weights) else detached[0]  # beside data, or weights alone
+            layer = detached[0] if any(data) else None  # beside data, or weights alone
             if any(t.grad_fn is not None for t in results):
                 self.weight_reads.append((start, self.recorder.sequence() - 1, layer))
             elif layer is not None:  # nothing it reads carries gradient: run without it
                 self.no_grad_layers.append((self.recorder.sequence(), layer, tensors, result))
-        if all(weights):  # from parameters alone: followed if it lost gradient
+        if not any(data):  # from parameters alone: followed if it lost gradient
             for t in results:
                 if t.grad_fn is None and not t.requires_grad:
                     self.derived[id(t)] = weights[0]
@@ -239,13 +287,17 @@ class _ParameterUse(TorchFunctionMode):
 
 _NO_GRAD_MIXING = frozenset(
     "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear bilinear "
-    "embedding embedding_bag matmul __matmul__ __rmatmul__ mm bmm mv addmm addbmm baddbmm "
+    "embedding embedding_bag matmul __matmul__ __rmatmul__ mm bmm mv dot addmm addbmm baddbmm "
     "addmv einsum tensordot".split()
 )
 
 
 def _kind(fn: Any) -> str:
     return type(fn).__name__.rstrip("0123456789")
+
+
+def _carries_gradient(t: torch.Tensor) -> bool:
+    return t.requires_grad or t.grad_fn is not None
 
 
 def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
@@ -381,7 +433,7 @@ def _forward(
     input_ids = {id(t) for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)}
     recorder = _Recorder(opaque, {id(m): n for n, m in modules.items()})
     ids = {id(p): n for n, p in parameters.items()}
-    use = _ParameterUse(recorder, ids)
+    use = _ParameterUse(recorder, ids, tree_flatten(args)[0])
     with _hooks(modules.values(), recorder), torch.enable_grad(), use:
         try:
             output = functional_call(model, state, args, strict=False)
@@ -520,7 +572,11 @@ def _build(
         parameter = None
         if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
             read = _weight_read(run.use.weight_reads, fn._sequence_nr())
-            parameter = _mixing_parameter(fn, children, roots_of) if read is _UNSEEN else read
+            if read is _UNSEEN:
+                constants = _weight_read(run.use.constant_reads, fn._sequence_nr()) is None
+                parameter = _mixing_parameter(fn, children, roots_of, constants)
+            else:
+                parameter = read
             if parameter is None and "Conv" in _kind(fn):
                 candidates.append(fn)  # a dynamic convolution? (decided below)
         if parameter is not None:  # a functional layer
@@ -632,21 +688,27 @@ def _parameter_root(
     return first
 
 
-def _mixing_parameter(fn: Any, children: list[Any], roots_of: dict[int, Any]) -> str | None:
+def _mixing_parameter(
+    fn: Any, children: list[Any], roots_of: dict[int, Any], constants: bool
+) -> str | None:
     """The parameter naming a feature-mixing node, or None when it is no layer.
 
     It is a layer when one mixed operand is computed from parameters alone (the
     first such names it) and another is data: a model input, a layer's output,
-    or a value without gradient. With parameters alone on every side, it only
-    transforms a weight (``A @ B``).
+    or a value without gradient computed from them. With parameters, buffers and
+    constants alone on every side, it only transforms a weight (``A @ B``, spectral
+    norm's ``W @ v``). ``constants``: the forward pass saw that the operands carrying
+    no gradient (no autograd edge) are constants, not data.
     """
     kind = _kind(fn)
     operands = [children[i] for i in _MIXED_OPERANDS.get(kind, range(len(children)))]
+    if constants:
+        operands = [c for c in operands if c is not None]
     found = [None if c is None else roots_of[id(c)] for c in operands]
     weights = [f for f in found if f is not None and f is not _TAINTED]
     if not weights:
         return None
-    if kind in _INDEXED or len(weights) < len(found):
+    if (kind in _INDEXED and not constants) or len(weights) < len(found):
         return weights[0]
     return None
 

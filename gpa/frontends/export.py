@@ -136,7 +136,8 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             raise ExportError(unwritable_names(model, exc)) from None
         GradientFlow(gm, followed_by="autograd").run(*tree_flatten(inputs)[0])
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
-    found = {n.name: c for n, c in find_layers(gm, types, root).items()} | fused
+    known = [n for n in gm.graph.nodes if n.name in fused]
+    found = {n.name: c for n, c in find_layers(gm, types, root, known).items()} | fused
     calls = dict(sorted(found.items(), key=lambda item: order[item[0]]))
     return GradientGraph(
         ops=op_graph(gm, options.outputs),

@@ -179,6 +179,7 @@ def find_layers(
     gm: fx.GraphModule,
     layer_types: Iterable[type[nn.Module]] | None = None,
     model: nn.Module | None = None,
+    known: Iterable[fx.Node] = (),
 ) -> dict[fx.Node, LayerCall]:
     """Map every layer call of ``gm``'s graph to the record it belongs to, in graph order.
 
@@ -188,6 +189,8 @@ def find_layers(
             :data:`DEFAULT_LAYER_TYPES`.
         model: the traced model, to name the types of modules that own the
             parameters of functional layers (``gm`` keeps only their tensors).
+        known: nodes the caller already knows for layer calls (export's fused module
+            calls), not returned; their results are data, as any layer's (§2).
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     calls: dict[fx.Node, LayerCall] = {}
@@ -197,7 +200,7 @@ def find_layers(
             module = modules[node.target]
             if is_layer_module(module, types):
                 calls[node] = LayerCall(node.target, type_name(module), call_site(node))
-    roots = _parameter_roots(gm, set(calls))
+    roots = _parameter_roots(gm, set(calls) | set(known))
     for node in gm.graph.nodes:
         if not _is_mixing(node):
             continue

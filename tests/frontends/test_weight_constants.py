@@ -1,0 +1,180 @@
+"""Feature mixing between a weight and constants is no layer; beside data it is one.
+
+``docs/semantics.md`` §2: a functional feature-mixing call is a layer when it reads a
+weight (a parameter, or a value computed from parameters alone — buffers and constants
+may appear) beside data (a model input, a layer's output, or what is computed from them).
+Spectral norm computes its weight's largest singular value with ``torch.mv(W, v)``, ``v``
+a buffer; the autograd frontend took every operand carrying no gradient for data, so that
+product became a second call of the layer (``spectral_norm(nn.Conv2d)``: calls 2, every
+longest path one longer), and a buffer ``u`` in ``torch.mv(W, u)`` or ``torch.arange`` in
+``F.embedding(torch.arange(n), table)`` made a layer of a weight transform. Export, for
+its part, took the result of a layer module applied to a buffer for a weight: the
+functional layer reading it was missed. Every frontend must give the hand-derived records
+below, and a real backward pass the same reachability.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import gpa
+from tests.frontends.every_tracer import EVERY_TRACER, layer_records
+from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
+
+
+class Rescaled(nn.Module):
+    """``l1``'s weight divided by a statistic of itself, then ``l1`` applied functionally;
+    ``how`` says what the statistic reads beside the weight. ``l1 -> relu -> l2``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 2)
+        self.register_buffer("u", torch.randn(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.l1.weight
+        if self.how == "buffer":  # spectral norm's estimate, its vectors given
+            sigma = torch.dot(self.u, torch.mv(w, self.u))
+        elif self.how == "made":  # a vector made from numbers in forward
+            sigma = torch.mv(w, torch.ones(4)).sum()
+        elif self.how == "power_iteration":  # spectral norm's, one step under no_grad
+            with torch.no_grad():
+                v = F.normalize(torch.mv(w.t(), self.u), dim=0)
+            sigma = torch.dot(self.u, torch.mv(w, v))
+        else:  # "weights": two parameters alone
+            sigma = (w @ self.l2.weight.t()).sum()
+        return self.l2(torch.relu(F.linear(x, w / sigma, self.l1.bias)))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["buffer", "made", "power_iteration", "weights"])
+def test_a_weight_mixed_with_constants_is_no_call(how: str, tracer: str) -> None:
+    model = Rescaled(how)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    # one call of l1, the functional linear on x: l1 -> l2 -> loss (2); l2 -> loss (1)
+    assert list(report.layers) == ["l1", "l2"]
+    expect(report, "l1", {2: 1}, ("l2",))
+    expect(report, "l2", {1: 1}, (LOSS,))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+def _normed(norm: str) -> nn.Module:
+    """conv -> relu -> conv -> flatten -> linear, each weight reparametrised by ``norm``."""
+    wrap = {
+        "none": lambda m: m,
+        "spectral_norm": nn.utils.spectral_norm,
+        "parametrized_spectral_norm": nn.utils.parametrizations.spectral_norm,
+        "parametrized_weight_norm": nn.utils.parametrizations.weight_norm,
+    }[norm]
+    return nn.Sequential(
+        wrap(nn.Conv2d(3, 4, 3, padding=1)),
+        nn.ReLU(),
+        wrap(nn.Conv2d(4, 4, 3, padding=1)),
+        nn.Flatten(),
+        wrap(nn.Linear(64, 2)),
+    )
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize(
+    "norm", ["spectral_norm", "parametrized_spectral_norm", "parametrized_weight_norm"]
+)
+def test_a_reparametrised_weight_leaves_the_paths_as_they_were(
+    norm: str, train: bool, tracer: str
+) -> None:
+    model = _normed(norm)
+    report = gpa.analyze(model, input_shape=(1, 3, 4, 4), tracer=tracer, train=train)
+    # a chain of three layers: 3, 2, 1, one call each, whatever computes the weights
+    expect(report, "0", {3: 1}, ("2",))
+    expect(report, "2", {2: 1}, ("4",))
+    expect(report, "4", {1: 1}, (LOSS,))
+    plain = gpa.analyze(_normed("none"), input_shape=(1, 3, 4, 4), tracer=tracer, train=train)
+    # the same records but the type (a parametrization makes ParametrizedConv2d)
+    records, plain_records = layer_records(report), layer_records(plain)
+    assert {k: r[1:] for k, r in records.items()} == {k: r[1:] for k, r in plain_records.items()}
+    check_reachability_with_autograd(report, model, torch.randn(1, 3, 4, 4))
+
+
+class Beside(nn.Module):
+    """``l1(x)`` plus a functional linear on ``table``, whose input is ``what``; then
+    ``relu -> l2``."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+        self.l1 = nn.Linear(4, 4)
+        self.l2 = nn.Linear(4, 2)
+        self.table = nn.Parameter(torch.randn(4, 4))
+        self.register_buffer("pos", torch.randn(1, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.what == "positions":  # rows picked by constant indices: a weight
+            extra = F.embedding(torch.arange(1), self.table)
+        elif self.what == "data_without_gradient":  # data all the same
+            with torch.no_grad():
+                scaled = x * 2
+            extra = F.linear(scaled, self.table)
+        elif self.what == "layer_on_buffer":  # a layer's output is data, whatever it read
+            extra = F.linear(self.l1(self.pos), self.table)
+        else:  # "layer_on_buffer_without_gradient"
+            with torch.no_grad():
+                made = self.l1(self.pos)
+            extra = F.linear(made, self.table)
+        return self.l2(torch.relu(self.l1(x) + extra))
+
+
+@EVERY_TRACER
+def test_rows_of_a_weight_at_constant_positions_are_no_layer(tracer: str) -> None:
+    model = Beside("positions")
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    # table's rows are added as a weight (§2): no layer, not listed; l1 -> l2 -> loss
+    assert list(report.layers) == ["l1", "l2"]
+    expect(report, "l1", {2: 1}, ("l2",))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize(
+    "what", ["data_without_gradient", "layer_on_buffer", "layer_on_buffer_without_gradient"]
+)
+def test_a_weight_mixed_with_data_is_a_layer(what: str, tracer: str) -> None:
+    model = Beside(what)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    # table's call reads data: table -> l2 -> loss (2). l1's call on x: l1 -> l2 -> loss
+    # (2); on the buffer with gradient: l1 -> table -> l2 -> loss (3), without: none
+    expect(report, "table", {2: 1}, ("l2",))
+    expect(report, "l2", {1: 1}, (LOSS,))
+    if what == "layer_on_buffer":
+        expect(report, "l1", {2: 1, 3: 1}, ("table", "l2"), calls=2)
+    elif what == "layer_on_buffer_without_gradient":
+        expect(report, "l1", {2: 1}, ("l2",), calls=2)
+    else:
+        expect(report, "l1", {2: 1}, ("l2",))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+def test_a_weight_mixed_with_data_under_no_grad_is_an_unreachable_layer() -> None:
+    """The sibling under ``no_grad``: ``F.linear(x, table)`` on data is a call of table
+    that gradient never reaches (the frontend records it from the forward pass)."""
+
+    class NoGrad(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1 = nn.Linear(4, 4)
+            self.table = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                gate = F.linear(x, self.table)
+            return self.l1(x) * gate
+
+    for tracer in ("fx", "autograd"):
+        report = gpa.analyze(NoGrad(), input_shape=(2, 4), tracer=tracer)
+        expect_unreachable(report, "table", calls=1)
+        expect(report, "l1", {1: 1}, (LOSS,))
