@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import importlib
@@ -272,23 +273,38 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         False
     """
     saved = [
-        (m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
+        (m.__dict__, dict(m.__dict__), _containers(m))
         for m in model.modules()
         if not isinstance(m, torch.jit.ScriptModule)  # its state lives in C++
     ]
     try:
         yield
     finally:
-        for m, attributes, parameters, buffers, children in saved:
-            for now, before in (
-                (m.__dict__, attributes),
-                (m._parameters, parameters),
-                (m._buffers, buffers),
-                (m._modules, children),
-            ):
-                if not same_entries(now, before):
+        for attributes, before, containers in saved:
+            if not same_entries(attributes, before):
+                attributes.clear()
+                attributes.update(before)
+            for now, held in containers:
+                if isinstance(now, dict) and not same_entries(now, held):
                     now.clear()
-                    now.update(before)
+                    now.update(held)
+                elif isinstance(now, list) and not (
+                    len(now) == len(held) and all(map(operator.is_, now, held))
+                ):
+                    now[:] = held
+
+
+def _containers(module: nn.Module) -> list[tuple[dict | list, dict | list]]:
+    """The dicts and lists ``module`` holds as attributes, each with a copy of its entries:
+    ``forward`` may fill one in place — its parameters, buffers and children, a cache, or
+    hooks (a Hugging Face model installs output-capturing hooks on its first call and
+    notes it in a flag; with the flag restored and the hooks left, the next call installs
+    them twice)."""
+    return [
+        (value, value.copy())
+        for value in module.__dict__.values()
+        if type(value) in (dict, list, collections.OrderedDict)
+    ]
 
 
 def same_entries(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

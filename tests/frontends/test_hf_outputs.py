@@ -5,6 +5,9 @@ keys and values) is an object, not a tensor. gpa follows it: the key and value
 projections feed the loss directly through it, unless the logits alone are selected
 (``outputs="logits"``) or the model is built with ``use_cache=False``.
 
+Also: a Hugging Face model that hooks itself on its first call (SegFormer) runs as before
+after an analysis.
+
 Needs ``transformers`` (the zoo environment); skipped elsewhere. Built from a config, no
 download.
 
@@ -80,3 +83,31 @@ def test_cache_paths_are_listed() -> None:
     # "cache.layers.0.keys" in recent transformers, "past_key_values…" before
     with pytest.raises(gpa.GpaError, match=r"available: 'logits', '(cache|past_key_values)\."):
         gpa.analyze(llama(), TOKENS, tracer="autograd", outputs="past")
+
+
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
+def test_a_model_hooking_itself_on_its_first_call_runs_as_before_after_an_analysis(
+    tracer: str,
+) -> None:
+    """SegFormer installs output-capturing hooks on its first call (and sets a flag): after
+    an analysis its next call hooked twice and failed ("mat1 and mat2 shapes cannot be
+    multiplied"). Its output after an analysis is the output it gave before."""
+    config = transformers.SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[16, 32],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 2],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=32,
+        num_labels=3,
+    )
+    model = transformers.SegformerForSemanticSegmentation(config).eval()
+    image = torch.randn(2, 3, 32, 32)
+    gpa.analyze(model, (image,), tracer=tracer)
+    after = model(image).logits
+    fresh = transformers.SegformerForSemanticSegmentation(config).eval()
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(after, fresh(image).logits)

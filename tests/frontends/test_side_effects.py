@@ -10,6 +10,7 @@ from torch import nn
 
 import gpa
 import gpa.models
+from gpa.errors import TraceError
 
 
 class Constant(nn.Module):
@@ -90,6 +91,50 @@ def test_what_forward_rewrites_is_restored(tracer: str) -> None:
         ):
             assert list(now) == list(before)  # names, in their order
             assert all(now[k] is v for k, v in before.items())  # the same objects
+
+
+class Capturing(nn.Module):
+    """On its first call it hooks its block to capture the block's output, and notes that
+    in a flag (as a Hugging Face model installs its output-capturing hooks); it also
+    caches what it saw in a dict and a list, in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.seen: dict[str, torch.Tensor] = {}
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not getattr(self, "_hooked", False):
+            self.block.register_forward_hook(lambda m, a, out: self.captured.append(out))
+            self._hooked = True
+        self.captured: list[torch.Tensor] = []
+        self.seen["x"] = x
+        self.shapes.append(tuple(x.shape))
+        h = self.block(x)
+        (one,) = self.captured  # captured twice if hooked twice: it fails, as HF's did
+        return self.head(one + h)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_hooks_and_containers_forward_fills_in_place_are_restored(tracer: str) -> None:
+    """SegFormer (Hugging Face) broke after an analysis: its first call had installed
+    hooks and set a flag; gpa restored the flag, not the hooks, and the next call hooked
+    twice. Every dict and list a module holds is now restored, hooks included."""
+    model = Capturing()
+    x = torch.randn(2, 4)
+    expected = model.head(2 * model.block(x))  # by hand: the hook captures block(x)
+    if tracer == "fx":  # fx runs no hooks: the capture is empty, the forward fails
+        with pytest.raises(TraceError):
+            gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    else:
+        report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+        # block -> head -> loss, twice (directly and through the hook's capture): 2; head 1
+        assert (report.layers["block"].shortest, report.layers["head"].shortest) == (2, 1)
+    assert len(model.block._forward_hooks) == 0
+    assert (model.seen, model.shapes) == ({}, [])
+    torch.testing.assert_close(model(x), expected)  # called as before: hooked once
+    assert len(model.block._forward_hooks) == 1
 
 
 def test_mixed_train_eval_flags_survive_every_tracer() -> None:
