@@ -62,7 +62,7 @@ from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from gpa.core.graph import GradientGraph, LayerCall
-from gpa.errors import GpaError, TraceError
+from gpa.errors import GpaError, ShapeError, TraceError
 from gpa.frontends.frames import stack_trace_site, user_frame
 from gpa.frontends.functions import custom_function_calls, run_function
 from gpa.frontends.fx.flow import GradientFlow
@@ -111,7 +111,8 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
     Raises:
         GpaError: no inputs were given.
         ExportError: torch.export cannot export the model.
-        ShapeError: an exported operation fails on the meta device.
+        TraceError: an exported operation fails on the meta device (export ran it on the
+            example inputs: a limit of this frontend; ``auto`` moves on).
     """
     if not options.has_inputs:
         raise GpaError(
@@ -134,7 +135,12 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             gm, fused, used = _remodule(root, program, is_opaque, types, watched)
         except SyntaxError as exc:  # fx writes module names into Python code
             raise ExportError(unwritable_names(model, exc)) from None
-        GradientFlow(gm, followed_by="autograd").run(*tree_flatten(inputs)[0])
+        try:
+            GradientFlow(gm, followed_by="autograd").run(*tree_flatten(inputs)[0])
+        except ShapeError as exc:  # export ran the model on these inputs: gpa's limit
+            raise TraceError(
+                f"export's graph of {type(model).__name__} does not run on the meta device: {exc}"
+            ) from exc
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     known = [n for n in gm.graph.nodes if n.name in fused]
     found = {n.name: c for n, c in find_layers(gm, types, root, known).items()} | fused

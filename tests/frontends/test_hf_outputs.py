@@ -6,7 +6,8 @@ projections feed the loss directly through it, unless the logits alone are selec
 (``outputs="logits"``) or the model is built with ``use_cache=False``.
 
 Also: a Hugging Face model that hooks itself on its first call (SegFormer) runs as before
-after an analysis.
+after an analysis; BART built on the CPU is read by export (its attention's layout on the
+CPU is not the meta device's).
 
 Needs ``transformers`` (the zoo environment); skipped elsewhere. Built from a config, no
 download.
@@ -27,6 +28,7 @@ import pytest
 import torch
 
 import gpa
+from tests.frontends.every_tracer import layer_records
 from tests.semantics import LOSS
 
 transformers = pytest.importorskip("transformers")
@@ -111,3 +113,31 @@ def test_a_model_hooking_itself_on_its_first_call_runs_as_before_after_an_analys
     fresh = transformers.SegformerForSemanticSegmentation(config).eval()
     fresh.load_state_dict(model.state_dict())
     torch.testing.assert_close(after, fresh(image).logits)
+
+
+def test_bart_built_on_the_cpu_is_read_by_export_as_by_autograd() -> None:
+    """Export stopped with "input shapes do not fit operation 'view_4'" (and auto with
+    it): the CPU's attention kernel lays its result out heads-inner, export dropped the
+    ``contiguous()`` after it, and the view that followed does not fit the meta layout.
+    Export's records are autograd's (§1.6), and auto reads it with export."""
+    config = transformers.BartConfig(
+        vocab_size=100,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        max_position_embeddings=64,
+        use_cache=False,
+    )
+    model = transformers.BartModel(config)
+    ids = torch.randint(1, 100, (1, 16))
+    exported = gpa.analyze(model, (ids,), tracer="export")
+    read = gpa.analyze(model, (ids,), tracer="autograd")
+    assert layer_records(exported) == layer_records(read)
+    # token and position embeddings of each side (4), encoder layers 2 × (q, k, v, out, fc1,
+    # fc2), decoder layers 2 × (self and cross attention 8, fc1, fc2): 4 + 12 + 20
+    assert len(exported.layers) == 36
+    assert gpa.analyze(model, (ids,)).tracer == "export"

@@ -6,6 +6,10 @@ fx and export compute shapes on the meta device; such an operation used to stop 
 runs the model on real inputs when the meta device refuses it, reads the model. Now fx and
 export raise a TraceError naming the operation, and `auto` moves on to autograd.
 
+Likewise an operation of export's graph that fails on the meta device although export ran
+it (a view the meta value's layout does not allow) is export's limit: read as the reshape it
+stands for, else a TraceError on which `auto` moves on.
+
 Hand derivation, for every model here: ``a`` feeds ``b`` and, through the operation without
 a meta kernel (no layer), the loss; ``b`` feeds the loss. So ``b`` has one path, of length
 1, and ``a`` two, of lengths 2 (through ``b``) and 1 (around it).
@@ -133,3 +137,58 @@ def test_a_module_handed_to_a_wrapped_function_moves_auto_on() -> None:
         HandsAModule(), "cannot run on the meta device", input_shape=(2, 4)
     )
     assert _paths(report) == {"a": (2, 2, 1), "b": (1, 1, 1)}
+
+
+def _exported_view(size: list[int]) -> torch.fx.GraphModule:
+    """ATen's graph of ``y.transpose(1, 2).contiguous().view(size)`` as export records it
+    when ``y`` was laid out heads-inner in its run (the CPU's attention kernel): the
+    ``contiguous()`` of a tensor contiguous there is dropped."""
+    g = torch.fx.Graph()
+    y = g.placeholder("y")
+    t = g.call_function(torch.ops.aten.transpose.int, (y, 1, 2))
+    g.output(g.call_function(torch.ops.aten.view.default, (t, size)))
+    return torch.fx.GraphModule(nn.Module(), g)
+
+
+def test_an_exported_view_the_meta_strides_do_not_allow_is_read_as_the_reshape() -> None:
+    """Hugging Face BART under export stopped with "input shapes do not fit operation
+    'view_4'": on the meta device the attention's result is laid out contiguously, so the
+    view export kept cannot be taken there. Its shape and elements are a reshape's: the flow
+    pass reads it so, and gradient still reaches the input."""
+    from gpa.frontends.fx.flow import FLOW, GradientFlow
+
+    gm = _exported_view([1, 16, -1])
+    y = torch.empty(1, 2, 16, 32, device="meta", requires_grad=True)
+    flow = GradientFlow(gm)
+    flow.run(y)
+    view = [n for n in gm.graph.nodes if n.target is torch.ops.aten.view.default][0]
+    assert flow.env[view].shape == (1, 16, 64)
+    assert [m.target for m in view.meta[FLOW].grad_from] == [torch.ops.aten.transpose.int]
+    with pytest.raises(ShapeError, match="view"):  # a view that fits no layout: as before
+        GradientFlow(_exported_view([1, 15, -1])).run(y)
+
+
+def test_an_exported_graph_that_does_not_run_on_meta_moves_auto_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Export ran the model on the example inputs, so an operation of its graph failing on
+    the meta device is this frontend's limit: a TraceError, and auto moves on to
+    autograd (it stopped there)."""
+    import gpa.frontends.export as export
+    from gpa.frontends.fx.flow import GradientFlow
+
+    class FailsOnMeta(GradientFlow):
+        """Runs, instead of export's graph, a view that fits no layout (gpa raises)."""
+
+        def run(self, *args: object) -> None:
+            y = torch.empty(1, 2, 16, 32, device="meta")
+            GradientFlow(_exported_view([1, 15, -1])).run(y)
+
+    monkeypatch.setattr(export, "GradientFlow", FailsOnMeta)
+    with pytest.raises(TraceError, match="export's graph of DataShaped does not run on the meta"):
+        gpa.analyze(DataShaped("masked_select"), input_shape=(2, 4), tracer="export")
+    # fx cannot read it (masked_select has no meta kernel), export's graph fails: autograd
+    report = gpa.analyze(DataShaped("masked_select"), input_shape=(2, 4))
+    assert report.tracer == "autograd"
+    assert "export: export's graph of DataShaped does not run on the meta" in report.notes[0]
+    assert (report.layers["a"].timestamps, report.layers["b"].timestamps) == ((1, 2), (1,))

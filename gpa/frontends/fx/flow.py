@@ -409,8 +409,22 @@ def _normalised(op: Callable[..., Any], per_channel: bool) -> Callable[..., Any]
     return stand_in
 
 
+def _viewed(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """ATen's ``view`` in an exported graph, as a reshape where the meta value's strides do
+    not allow the view: export drops a ``contiguous()`` of a tensor contiguous in its run,
+    and a meta kernel may lay a result out otherwise than the example's device did
+    (``scaled_dot_product_attention`` with a mask, on the CPU: the heads' axis inner), so the
+    view that followed fits the export's strides and not the meta value's. Either gives the
+    same shape and elements, so the same gradient flow."""
+    try:
+        return torch.ops.aten.view.default(x, size)
+    except RuntimeError:
+        return torch.ops.aten.reshape.default(x, size)
+
+
 # Functions replaced by an exact stand-in for this pass (see :func:`_normalised`).
 _STAND_INS: dict[Callable[..., Any], Callable[..., Any]] = {
+    torch.ops.aten.view.default: _viewed,
     F.batch_norm: _normalised(F.batch_norm, per_channel=True),
     F.instance_norm: _normalised(F.instance_norm, per_channel=True),
     F.group_norm: _normalised(F.group_norm, per_channel=True),
