@@ -41,6 +41,7 @@ __all__ = [
     "compare",
     "format_comparison",
     "load_side",
+    "saved_side",
 ]
 
 #: The network metrics compared, in display order (``unreachable`` as a count).
@@ -91,6 +92,7 @@ class Comparison:
     same: int = 0
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,6 +105,7 @@ class Comparison:
                 "only_a": self.only_a,
                 "only_b": self.only_b,
             },
+            "notes": self.notes,
         }
 
     def to_json(self) -> str:
@@ -119,9 +122,14 @@ def _metric(snapshot: Snapshot, key: str) -> Any:
 
 
 def compare(
-    a: Report | Snapshot, b: Report | Snapshot, *, names: tuple[str, str] = ("A", "B")
+    a: Report | Snapshot,
+    b: Report | Snapshot,
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    notes: list[str] | None = None,
 ) -> Comparison:
-    """Compare ``a`` with ``b``: network metrics, and layers matched by name.
+    """Compare ``a`` with ``b``: network metrics, and layers matched by name (``notes``:
+    remarks for the output, such as options that did not apply to a saved side).
 
     Layers are listed in ``a``'s order; those of only one side by name. A layer's number of
     gradient combinations is compared when both sides were analysed at channel level.
@@ -152,6 +160,7 @@ def compare(
         same,
         only_a=[n for n in sa.layers if n not in sb.layers],
         only_b=[n for n in sb.layers if n not in sa.layers],
+        notes=list(notes or ()),
     )
 
 
@@ -203,6 +212,8 @@ def format_comparison(comparison: Comparison) -> str:
     for label, only in (("only in A", c.only_a), ("only in B", c.only_b)):
         if only:
             lines.append(f"{label} ({len(only)}): {', '.join(only)}")
+    if c.notes:
+        lines += ["", "notes:", *(f"  - {note}" for note in c.notes)]
     return "\n".join(lines) + "\n"
 
 
@@ -228,6 +239,23 @@ def _json_side(path: Path, model: str | None) -> Snapshot:
     return snapshots[model]
 
 
+def saved_side(arg: str) -> tuple[Path, str | None] | None:
+    """The JSON file and model a ``gpa compare`` argument names (``base.json``,
+    ``base.json:MODEL`` — the model's name may hold colons, as TARGETs do), or None for a
+    model to analyse.
+
+    Example:
+        >>> saved_side("base.json:ultralytics:yolov9t.yaml")
+        (PosixPath('base.json'), 'ultralytics:yolov9t.yaml')
+        >>> saved_side("nets.py:resnet") is None
+        True
+    """
+    if arg.endswith(".json"):
+        return Path(arg), None
+    head, sep, tail = arg.partition(".json:")
+    return (Path(head + ".json"), tail) if sep else None
+
+
 def load_side(
     arg: str,
     settings: ModelSettings | None = None,
@@ -241,11 +269,9 @@ def load_side(
     ``settings`` (which also override a configured model's settings; with the
     ``channels`` option the snapshot holds the gradient combinations).
     """
-    head, sep, tail = arg.rpartition(":")
-    if sep and head.endswith(".json"):
-        return _json_side(Path(head), tail)
-    if arg.endswith(".json"):
-        return _json_side(Path(arg), None)
+    saved = saved_side(arg)
+    if saved is not None:
+        return _json_side(*saved)
     settings = settings or ModelSettings()
     if config is not None and arg in config.models:
         spec = config.models[arg]

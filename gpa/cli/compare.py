@@ -45,12 +45,19 @@ def command(
     (base.json, or base.json:MODEL) or saved `gpa analyze --format json` reports.
     Options apply to both sides; with --channels the gradient combinations are compared too.
     """
-    from gpa.ci.compare import compare, format_comparison, load_side
+    from gpa.ci.compare import compare, format_comparison, load_side, saved_side
     from gpa.ci.config import ModelSettings, read_config
 
     config = read_config(config_path)
     settings = ModelSettings(kwargs=kwargs, options=analysis_settings(ctx, params))
     with progress_display(quiet) as progress:
         sides = [load_side(arg, settings, config, progress=progress) for arg in (a, b)]
-    comparison = compare(*sides, names=(a, b))
+    given = [*(f"-k {k}" for k in settings.kwargs), *settings.options]
+    notes = [
+        f"{label} ({arg}) is compared as saved: the options given ({', '.join(given)}) do "
+        "not apply to it"
+        for label, arg in (("A", a), ("B", b))
+        if given and saved_side(arg) is not None
+    ]
+    comparison = compare(*sides, names=(a, b), notes=notes)
     emit(comparison.to_json() if fmt == "json" else format_comparison(comparison), output)

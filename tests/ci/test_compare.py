@@ -169,7 +169,12 @@ def test_cli_compare_channels_adds_gradient_combinations(tmp_path: Path) -> None
     saved.write_text(chain(3).to_json())
     result = run(str(saved), CHAIN, "--channels")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-3].split() == ["gradient_combinations", "-", "3"]
+    lines = result.stdout.splitlines()
+    assert ["gradient_combinations", "-", "3"] in [line.split() for line in lines]
+    # --channels analysed B; the saved A stays as saved, and the output says so
+    assert lines[-1] == (
+        f"  - A ({saved}) is compared as saved: the options given (channels) do not apply to it"
+    )
 
 
 def _pair(groups: int, channels: bool) -> gpa.Report:
@@ -204,3 +209,20 @@ def test_compare_channels_finds_layers_differing_only_in_their_combinations(
     plain = compare(_pair(1, True), _pair(2, False))
     assert (plain.changed, plain.same) == ([], 2)
     assert plain.network["gradient_combinations"] == (2, None)
+
+
+def test_a_baseline_model_named_with_colons_is_found(tmp_path: Path) -> None:
+    """Baselines name models by their TARGETs, which hold colons (``file.py:factory``,
+    ``ultralytics:yolov9t.yaml``); ``base.json:MODEL`` split at its last colon and looked
+    for a file ``base.json:file.py``."""
+    base = tmp_path / "base.json"
+    target = f"{CHAIN}:chain"
+    base.write_text(dump_baseline({target: Snapshot.of(chain(2)), "other": Snapshot.of(chain(3))}))
+    assert load_side(f"{base}:{target}").layers == {"layers.0": (2, 2), "layers.1": (1, 1)}
+    result = run(f"{base}:{target}", CHAIN, "-k", "depth=2", "--format", "json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["layers"]["changed"], data["layers"]["same"]) == ([], 2)
+    assert data["notes"] == [
+        f"A ({base}:{target}) is compared as saved: the options given (-k depth) do not apply to it"
+    ]
