@@ -68,7 +68,7 @@ def command(
     from gpa.options import AnalysisOptions
     from gpa.render.graph import FORMATS as GRAPH_FORMATS
     from gpa.render.graph import export_graph
-    from gpa.render.text import COLUMNS, format_csv, format_table
+    from gpa.render.text import CHANNEL_COLUMNS, COLUMNS, format_csv, format_table
 
     options = AnalysisOptions(**analysis_settings(ctx, params))
     chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
@@ -76,6 +76,12 @@ def command(
     if unknown:
         raise click.BadParameter(
             f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(COLUMNS)}",
+            param_hint="--columns",
+        )
+    per_channel = [c for c in chosen or () if c in CHANNEL_COLUMNS]
+    if per_channel and not options.channels:
+        raise click.BadParameter(
+            f"column(s) {', '.join(per_channel)} come from the channel analysis: add --channels",
             param_hint="--columns",
         )
     with progress_display(quiet) as progress:

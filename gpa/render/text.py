@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 __all__ = [
+    "CHANNEL_COLUMNS",
     "COLLAPSE_ABOVE",
     "COLUMNS",
     "columns_table",
@@ -67,6 +68,8 @@ COLUMNS: tuple[str, ...] = (
     "segments",
     "combos",
 )
+#: The columns only a channel-level analysis (``channels=True``) fills.
+CHANNEL_COLUMNS: tuple[str, ...] = ("segments", "combos")
 
 # Dropped first when the table is too wide for the terminal; the layer's name, shortest
 # and longest always stay.
@@ -391,7 +394,7 @@ def format_table(
     """
     width = width or shutil.get_terminal_size().columns
     with_segments = any(getattr(r, "segments", None) is not None for r in report.layers.values())
-    available = [c for c in COLUMNS if with_segments or c not in ("segments", "combos")]
+    available = [c for c in COLUMNS if with_segments or c not in CHANNEL_COLUMNS]
     unknown = [c for c in columns or () if c not in COLUMNS]
     if unknown:
         raise ValueError(

@@ -192,3 +192,20 @@ def test_an_exported_graph_that_does_not_run_on_meta_moves_auto_on(
     assert report.tracer == "autograd"
     assert "export: export's graph of DataShaped does not run on the meta" in report.notes[0]
     assert (report.layers["a"].timestamps, report.layers["b"].timestamps) == ((1, 2), (1,))
+
+
+class Head(nn.Module):
+    """Picks its input's positive values (a shape of the values, as Ultralytics' Detect
+    head's ``item()`` in eval)."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return y + torch.masked_select(y, y > 0).sum()
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_the_limit_names_the_modules_own_type(tracer: str) -> None:
+    """Export's graph holds plain modules in the model's place: its message named
+    Ultralytics' ``Detect`` head "(Module)"."""
+    model = nn.Sequential(nn.Linear(4, 4), Head())
+    with pytest.raises(TraceError, match=r"operation '\w+' in module '1' \(Head\) cannot run"):
+        gpa.analyze(model, input_shape=(2, 4), tracer=tracer)

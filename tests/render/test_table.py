@@ -97,6 +97,14 @@ def test_cli_columns_wide_and_terminal_width(monkeypatch: pytest.MonkeyPatch) ->
     assert _rows(picked.stdout)[0].split() == ["layer", "shortest", "timestamps"]
     bad = runner.invoke(main, ["analyze", target, "--columns", "shortest,nope"])
     assert bad.exit_code == 2 and "unknown column(s) nope" in bad.stderr
+    # channel columns without the channel analysis were dropped without a word
+    unfilled = runner.invoke(main, ["analyze", target, "--columns", "shortest,segments,combos"])
+    assert unfilled.exit_code == 2
+    assert "segments, combos come from the channel analysis: add --channels" in unfilled.stderr
+    filled = runner.invoke(
+        main, ["analyze", target, "--columns", "shortest,segments,combos", "--channels"]
+    )
+    assert _rows(filled.stdout)[0].split() == ["layer", "shortest", "segments", "combos"]
     wide = runner.invoke(main, ["analyze", target, "--wide"])
     assert len(_rows(wide.stdout)) == 2 + 8
 

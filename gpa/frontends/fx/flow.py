@@ -1116,9 +1116,17 @@ def _without_meta_kernel(exc: BaseException) -> bool:
 
 
 def _in_module(gm: fx.GraphModule, node: fx.Node) -> str:
-    """`` in module 'name' (Type)`` for a node inside a submodule, else empty."""
-    found = module_of(gm, node)
-    return f" in module '{found[0]}' ({type(found[1]).__name__})" if found and found[0] else ""
+    """`` in module 'name' (Type)`` for a node inside a submodule, else empty. The path and
+    type are those the trace recorded: the traced module holds only the submodules it calls,
+    and export's holds plain modules in the model's place."""
+    if node.op == "call_module":
+        return f" in module '{node.target}' ({type(gm.get_submodule(node.target)).__name__})"
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    path, recorded = list(stack.values())[-1]  # a class (fx) or its qualified name (export)
+    kind = recorded if isinstance(recorded, str) else getattr(recorded, "__name__", "")
+    return f" in module '{path}' ({kind.rpartition('.')[2]})" if path else ""
 
 
 def _meta_failure(gm: fx.GraphModule, node: fx.Node, exc: BaseException) -> str:
