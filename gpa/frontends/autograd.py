@@ -385,7 +385,15 @@ def _run(
     for candidate in candidates:
         for device in ("meta",) if on_meta_only else ("meta", "real"):
             try:
-                run = _forward(model, candidate, device, opaque, modules)
+                try:
+                    run = _forward(model, candidate, device, opaque, modules)
+                except _ForwardFailed as failed:
+                    if not _sets_requires_grad(failed.error):
+                        raise
+                    # the model sets requires_grad on a value made from its input, which
+                    # must then be a leaf (Wav2Vec2's feature encoder): as in training,
+                    # inputs carrying no gradient
+                    run = _forward(model, candidate, device, opaque, modules, input_grad=False)
             except _ForwardFailed as failed:  # the user's forward failed on these inputs
                 if first_error is None:
                     first_error = failed
@@ -406,12 +414,18 @@ def _run(
     raise ModelError(model_raised(type(model).__name__, first_error.error, where=where))
 
 
+def _sets_requires_grad(error: BaseException) -> bool:
+    """Whether ``error`` is torch refusing to set ``requires_grad`` of a non-leaf."""
+    return isinstance(error, RuntimeError) and "requires_grad flags of leaf" in str(error)
+
+
 def _forward(
     model: nn.Module,
     inputs: tuple,
     device: str,
     opaque: dict[int, str],
     modules: dict[str, nn.Module],
+    input_grad: bool = True,
 ) -> _Run:
     keep: list = []
 
@@ -429,7 +443,7 @@ def _forward(
     }
     keep.extend(parameters.values())
     state = {**parameters, **{n: stand_in(b, False) for n, b in model.named_buffers()}}
-    args = tree_map(lambda x: stand_in(x, True) if isinstance(x, torch.Tensor) else x, inputs)
+    args = tree_map(lambda x: stand_in(x, input_grad) if isinstance(x, torch.Tensor) else x, inputs)
     input_ids = {id(t) for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)}
     recorder = _Recorder(opaque, {id(m): n for n, m in modules.items()})
     ids = {id(p): n for n, p in parameters.items()}

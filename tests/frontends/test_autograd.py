@@ -470,3 +470,30 @@ def test_inside_a_wrapped_function_every_frontend_agrees_on_a_weight_without_gra
         ("qkv", "Linear", 1, 2, 2, (2,), 1),
         ("head", "Linear", 1, 1, 1, (1,), 1),
     ]
+
+
+class MarksItsFeatures(nn.Module):
+    """Wav2Vec2's feature encoder in short: in training it sets ``requires_grad`` on a
+    value made from its input, which torch allows on a leaf only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv1d(1, 4, 3), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x[:, None]
+        if self.training:
+            h.requires_grad = True
+        return self.head(self.conv(h).mean(-1))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_a_model_setting_requires_grad_on_its_features_is_read(train: bool) -> None:
+    """The frontend's inputs carried gradient, so the model raised "you can only change
+    requires_grad flags of leaf variables"; it is run again with inputs carrying none, as
+    in training. By hand: conv -> head -> loss (2), head -> loss (1)."""
+    report = gpa.analyze(MarksItsFeatures(), input_shape=(2, 16), tracer="autograd", train=train)
+    assert {n: (r.shortest, r.longest) for n, r in report.layers.items()} == {
+        "conv": (2, 2),
+        "head": (1, 1),
+    }

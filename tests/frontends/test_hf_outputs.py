@@ -29,7 +29,7 @@ import torch
 
 import gpa
 from tests.frontends.every_tracer import layer_records
-from tests.semantics import LOSS
+from tests.semantics import LOSS, check_reachability_with_autograd
 
 transformers = pytest.importorskip("transformers")
 
@@ -141,3 +141,31 @@ def test_bart_built_on_the_cpu_is_read_by_export_as_by_autograd() -> None:
     # fc2), decoder layers 2 × (self and cross attention 8, fc1, fc2): 4 + 12 + 20
     assert len(exported.layers) == 36
     assert gpa.analyze(model, (ids,)).tracer == "export"
+
+
+def test_wav2vec2_marking_its_features_as_needing_gradient_is_read_in_training() -> None:
+    """Wav2Vec2's feature encoder sets ``requires_grad`` on a value made from its input in
+    training; the autograd frontend, whose inputs carried gradient, made that value a
+    non-leaf and the model raised ("you can only change requires_grad flags of leaf
+    variables"), so auto failed in train mode wherever export could not read the model
+    (its layer drop). Its training-mode records are export's
+    eval-mode ones (layer drop off: dropout changes no path), and a real backward
+    reaches every layer it reports reachable."""
+    config = transformers.Wav2Vec2Config(
+        num_hidden_layers=2,
+        hidden_size=64,
+        num_attention_heads=2,
+        intermediate_size=128,
+        conv_dim=(8, 8),
+        conv_stride=(5, 2),
+        conv_kernel=(10, 3),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+        layerdrop=0.0,
+    )
+    model = transformers.Wav2Vec2Model(config)
+    audio = torch.randn(1, 400)
+    trained = gpa.analyze(model, (audio,), tracer="autograd", train=True)
+    evaluated = gpa.analyze(model, (audio,), tracer="export", train=False)
+    assert layer_records(trained) == layer_records(evaluated)
+    check_reachability_with_autograd(trained, model.train(), audio)
