@@ -373,8 +373,14 @@ def _run(
     opaque: dict[int, str],
     modules: dict[str, nn.Module],
 ) -> _Run:
-    """Run the forward pass on meta if possible, else on real tensors; retry integer inputs."""
-    on_meta_only = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    """Run the forward pass on meta if possible, else on real tensors (zeros standing for
+    weights the model holds on the meta device, up to :data:`ZERO_WEIGHTS_BUDGET` bytes);
+    retry integer inputs."""
+    weights = [*model.parameters(), *model.buffers()]
+    real: str | None = "real"
+    if any(t.is_meta for t in weights):  # built without weights (a transformers TARGET)
+        size = sum(t.numel() * t.element_size() for t in weights)
+        real = "zeros" if size <= ZERO_WEIGHTS_BUDGET else None
     first_error: _ForwardFailed | None = None
     meta_error: BaseException | None = None
     candidates = (
@@ -383,7 +389,7 @@ def _run(
         else integer_variants(options.input_shape or (), "cpu", floating_dtype(model))
     )
     for candidate in candidates:
-        for device in ("meta",) if on_meta_only else ("meta", "real"):
+        for device in ("meta", real) if real else ("meta",):
             try:
                 try:
                     run = _forward(model, candidate, device, opaque, modules)
@@ -399,19 +405,33 @@ def _run(
                     first_error = failed
                 if device == "meta" and meta_error is None:
                     meta_error = failed.error
-                if device == "real" and first_error.error is meta_error:
+                if device != "meta" and first_error.error is meta_error:
                     first_error = failed  # the real run's failure says more
                 continue
-            if device == "real":
+            if device != "meta":
                 run.notes.append(
                     "autograd tracer: the model cannot run on the meta device "
                     f"({briefly(meta_error)}); it was run once on real inputs"
+                    + (" with zero weights (the model holds none)" if device == "zeros" else "")
                 )
             return run
     assert first_error is not None
+    if real is None and first_error.error is meta_error and "meta" in str(meta_error):
+        raise TraceError(
+            f"{type(model).__name__} holds its weights on the meta device, where its forward "
+            f"cannot run ({briefly(meta_error)}), and they are too large "
+            f"({size / 2**30:.1f} GiB) for the autograd tracer to stand zeros in for them "
+            "(at most 1 GiB): analyse a smaller configuration, or let gpa choose a frontend "
+            "(--tracer auto)"
+        )
     stack = first_error.stack
     where = stack[-1] if stack else None
     raise ModelError(model_raised(type(model).__name__, first_error.error, where=where))
+
+
+#: The most bytes of weights held on the meta device that the autograd tracer stands zeros
+#: in for, to run a model that cannot run on the meta device (1 GiB).
+ZERO_WEIGHTS_BUDGET = 2**30
 
 
 def _sets_requires_grad(error: BaseException) -> bool:
@@ -432,6 +452,8 @@ def _forward(
     def stand_in(t: torch.Tensor, grad: bool, share: bool = False) -> torch.Tensor:
         if device == "meta":
             copy = t.detach().to("meta")
+        elif t.is_meta:  # "zeros": a weight the model holds without values
+            copy = torch.zeros(t.shape, dtype=t.dtype)
         else:  # parameters share their storage; buffers and inputs may be written in place
             copy = t.detach() if share else t.detach().clone()
         keep.append(copy)

@@ -497,3 +497,45 @@ def test_a_model_setting_requires_grad_on_its_features_is_read(train: bool) -> N
         "conv": (2, 2),
         "head": (1, 1),
     }
+
+
+class ReadsAValue(nn.Module):
+    """``a -> b``, and a Python number read off ``a``'s output (``.item()``, which the
+    meta device cannot give: Hugging Face's mask helpers do so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        return self.b(h) * (2.0 if h.sum().item() >= 0 else 1.0)
+
+
+def test_a_model_without_weights_that_cannot_run_on_meta_runs_on_zeros() -> None:
+    """A model built on the meta device (a transformers TARGET) that reads a value could
+    not be run at all: the real run needs weights. Zeros stand in for them, and a note says
+    so. By hand: a -> b -> loss (2), b -> loss (1)."""
+    with torch.device("meta"):
+        model = ReadsAValue()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer="autograd")
+    assert {n: (r.shortest, r.longest) for n, r in report.layers.items()} == {
+        "a": (2, 2),
+        "b": (1, 1),
+    }
+    assert report.notes[0].endswith(
+        "run once on real inputs with zero weights (the model holds none)"
+    )
+    assert model.a.weight.is_meta  # the model keeps no weights
+
+
+def test_weights_too_large_to_stand_zeros_in_for_are_the_frontends_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gpa.frontends.autograd as frontend
+
+    monkeypatch.setattr(frontend, "ZERO_WEIGHTS_BUDGET", 100)  # bytes: less than a's weight
+    with torch.device("meta"):
+        model = ReadsAValue()
+    with pytest.raises(TraceError, match="holds its weights on the meta device, where its"):
+        gpa.analyze(model, input_shape=(2, 4), tracer="autograd")
