@@ -193,5 +193,34 @@ def regressions(report: Report, baseline: Snapshot | None) -> RuleResult:
             tuple(worse),
             tuple(better),
         )
-    found = f"{len(better)} improvement{'s' if len(better) != 1 else ''}" if better else "unchanged"
-    return RuleResult("baseline", None, True, f"baseline: ok ({found})", (), tuple(better))
+    found = [f"{len(better)} improvement{'s' if len(better) != 1 else ''}"] if better else []
+    found += _neutral_changes(current, baseline)
+    summary = "; ".join(found) if found else "unchanged"
+    return RuleResult("baseline", None, True, f"baseline: ok ({summary})", (), tuple(better))
+
+
+def _neutral_changes(current: Snapshot, baseline: Snapshot) -> list[str]:
+    """What changed since ``baseline`` that the rule does not judge: layers added (and
+    reached) or gone, and longest paths — so that "unchanged" means it."""
+    added = [n for n, (s, _) in current.layers.items() if n not in baseline.layers and s]
+    gone = [n for n in baseline.layers if n not in current.layers]
+    longest = [
+        n
+        for n, (_, lg) in current.layers.items()
+        if n in baseline.layers and baseline.layers[n][1] != lg
+    ]
+    changes = []
+    if added:
+        changes.append(f"{_count(added, 'new layer')}")
+    if gone:
+        changes.append(f"{_count(gone, 'layer')} gone")
+    if longest:
+        changes.append(f"longest path changed in {_count(longest, 'layer')}")
+    old, new = baseline.network.get("longest"), current.network.get("longest")
+    if old is not None and new is not None and old != new:
+        changes.append(f"longest {old} -> {new}")
+    return changes
+
+
+def _count(names: list[str], noun: str) -> str:
+    return f"{len(names)} {noun}{'s' if len(names) != 1 else ''}"

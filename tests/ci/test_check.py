@@ -451,12 +451,28 @@ def test_baseline_improvement_passes_and_is_reported(tmp_path: Path) -> None:
     result = run(CHAIN, "-k", "depth=2", "--baseline", str(path))
     assert result.exit_code == 0
     assert result.stdout == (
-        f"PASS {CHAIN}: baseline: ok (3 improvements)\n"
+        # and, not judged: layers.2 gone, layers.0 and .1 longest 3 -> 2 and 2 -> 1,
+        # the network's longest 3 -> 2
+        f"PASS {CHAIN}: baseline: ok (3 improvements; 1 layer gone; longest path changed "
+        "in 2 layers; longest 3 -> 2)\n"
         "    improved: layers.0 shortest 3 -> 2\n"
         "    improved: layers.1 shortest 2 -> 1\n"
         "    improved: max_shortest 3 -> 2\n"
         "1 model, 1 rule: 1 passed, 0 failed, 0 errors\n"
     )
+
+
+def test_baseline_ok_says_what_changed_that_it_does_not_judge() -> None:
+    """A model grown by layers whose shortest paths are as they were passed as
+    "unchanged" (a Qwen2 of 3 layers against one of 2)."""
+    now = chain(depth=2)  # layers.0: 2, 2; layers.1: 1, 1; longest 2
+    before = Snapshot({"max_shortest": 2, "longest": 1}, {"layers.0": (2, 1)})
+    result = regressions(now, before)
+    assert result.passed and result.improvements == ()
+    assert result.message == (
+        "baseline: ok (1 new layer; longest path changed in 1 layer; longest 1 -> 2)"
+    )
+    assert regressions(now, Snapshot.of(now)).message == "baseline: ok (unchanged)"
 
 
 def test_baseline_new_unreachable_layer_is_a_regression(tmp_path: Path) -> None:
