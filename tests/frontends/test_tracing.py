@@ -7,6 +7,7 @@ helpers (``expect``, ``expect_network``, ``at`` ...) are in tests/semantics.py.
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -723,5 +724,38 @@ def test_item_assignment_refused_by_fx_says_what_reads_it():
     assert "records no item assignment" in message and "--tracer export or autograd" in message
     assert "depends on tensor values" not in message
     report = gpa.analyze(AssignsAnItem(), input_shape=(2, 4))  # auto: export reads it
+    assert report.tracer == "export"
+    expect(report, "a", {2: 1}, ("b",))
+
+
+def _passes_everything_on(forward):
+    """A decorator with a signature of its own, as Hugging Face's ``@can_return_tuple``."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
+class Decorated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    @_passes_everything_on
+    def forward(self, x, mask=None, **kwargs):
+        return self.b(self.a(x))
+
+
+def test_a_decorated_forward_refused_by_fx_is_not_blamed_on_values():
+    """fx fails with "co_varnames is too small" on every Hugging Face model; the message
+    advised declaring a leaf for data-dependent Python, which there is none of."""
+    with pytest.raises(TraceError) as raised:
+        gpa.analyze(Decorated(), input_shape=(2, 4), tracer="fx")
+    message = str(raised.value)
+    assert "wrapped by a decorator taking *args and **kwargs" in message
+    assert "depends on tensor values" not in message
+    report = gpa.analyze(Decorated(), input_shape=(2, 4))  # auto: export reads it
     assert report.tracer == "export"
     expect(report, "a", {2: 1}, ("b",))

@@ -449,19 +449,36 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
         lines.append(f'  File "{where.filename}", line {where.lineno}, in {where.name}')
         if where.line:
             lines.append(f"    {where.line.strip()}")
-    if isinstance(exc, TypeError) and "does not support item assignment" in str(exc):
-        lines.append(  # not a matter of values: fx records no item assignment at all
-            "torch.fx records no item assignment (x[...] = y) in forward; --tracer export "
-            "or autograd reads it (auto moves on), or write it with index_put / torch.cat."
-        )
-    else:
-        lines.append(
-            "Symbolic tracing cannot follow control flow or Python logic that depends on "
-            "tensor values. Declare the module that does it a leaf (--leaf NAME / "
-            "leaf_modules=[...]) so it is treated as one opaque call, or rewrite that code "
-            "without data-dependent Python."
-        )
+    found = (hint for kind, said, hint in _FX_LIMITS if isinstance(exc, kind) and said in str(exc))
+    lines.append(next(found, _DATA_DEPENDENT))
     return "\n".join(lines)
+
+
+# What fx's failures say, and what to do: (exception type, words of its message, hint).
+# Not a matter of values: fx records no item assignment at all, and cannot bind the
+# arguments of a forward whose signature is a decorator's (``*args, **kwargs``: Hugging
+# Face's ``@can_return_tuple`` and its kin), for which the data-dependent hint misled.
+_FX_LIMITS = (
+    (
+        TypeError,
+        "does not support item assignment",
+        "torch.fx records no item assignment (x[...] = y) in forward; --tracer export "
+        "or autograd reads it (auto moves on), or write it with index_put / torch.cat.",
+    ),
+    (
+        ValueError,
+        "co_varnames is too small",
+        "torch.fx cannot bind the arguments of a forward wrapped by a decorator taking "
+        "*args and **kwargs (as Hugging Face's are); --tracer export or autograd reads it "
+        "(auto moves on).",
+    ),
+)
+_DATA_DEPENDENT = (
+    "Symbolic tracing cannot follow control flow or Python logic that depends on "
+    "tensor values. Declare the module that does it a leaf (--leaf NAME / "
+    "leaf_modules=[...]) so it is treated as one opaque call, or rewrite that code "
+    "without data-dependent Python."
+)
 
 
 # Operations whose result is a view of their first argument (ATen's schemas mark their
