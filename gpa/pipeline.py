@@ -117,7 +117,7 @@ def _analyze(
             f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
             f"(layer types: {types}; add more with layer_types= / --layer-type)"
         )
-    notes = [*graph.notes, *counts.notes, *_fallback_notes(records)]
+    notes = [*graph.notes, *counts.notes, *_fallback_notes(records), *_tied_notes(model, records)]
     return Report(
         model=name or display_name(model),
         inputs=describe_inputs(graph.inputs),
@@ -146,6 +146,27 @@ def _fallback_notes(records: Mapping[str, LayerRecord]) -> list[str]:
         "them is taken to reach every position after them — the segments and gradient "
         "combinations of those layers over-approximate (docs/semantics.md §8; the JSON's "
         "channel_fallback names the operations per layer)"
+    ]
+
+
+def _tied_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[str]:
+    """A note naming the layer modules that hold one parameter between them (weights tied
+    by assignment, ``lm_head.weight = embed.weight``): each module is a record of its own
+    (``docs/semantics.md`` §2), and the shared parameter is updated by the gradient of
+    each — the paths of both records together."""
+    modules = dict(model.named_modules())
+    holders: dict[int, list[str]] = {}
+    for name in records:
+        module = modules.get(name)
+        for attribute, parameter in module.named_parameters(recurse=False) if module else ():
+            holders.setdefault(id(parameter), []).append(f"{name}.{attribute}")
+    tied = [" = ".join(names) for names in holders.values() if len(names) > 1]
+    if not tied:
+        return []
+    return [
+        f"layers hold tied parameters ({'; '.join(tied)}): each module has its own record, "
+        "and a tied parameter receives the gradient of every record holding it (its "
+        "parameters are counted once, for the first)"
     ]
 
 

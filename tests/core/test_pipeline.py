@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 
 import pytest
+import torch
 from torch import nn
 
 import gpa
@@ -16,23 +17,24 @@ def model() -> nn.Module:
 
 
 class Watching(nn.Module):
-    """Notes whether the collector runs while its forward is traced."""
+    """Notes whether the collector runs while its forward is traced (outside the model:
+    what a forward leaves in the model is restored after an analysis)."""
 
-    def __init__(self) -> None:
+    def __init__(self, collector_on: list[bool]) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 2)
-        self.collector_on: list[bool] = []
+        self.notes = collector_on.append
 
     def forward(self, x):
-        self.collector_on.append(gc.isenabled())
+        self.notes(gc.isenabled())
         return self.fc(x)
 
 
 def test_paused_while_analysing_and_enabled_after() -> None:
     assert gc.isenabled()
-    watching = Watching()
-    report = gpa.analyze(watching, input_shape=(1, 4), channels=True)
-    assert watching.collector_on and not any(watching.collector_on)
+    collector_on: list[bool] = []
+    report = gpa.analyze(Watching(collector_on), input_shape=(1, 4), channels=True)
+    assert collector_on and not any(collector_on)
     assert gc.isenabled()
     assert report.network.max_shortest == 1  # hand-derived: one Linear layer
 
@@ -74,3 +76,35 @@ def test_cycles_an_analysis_drops_are_freed_by_a_young_pass() -> None:
         gpa.analyze(model(), input_shape=(1, 4), channels=True)
     gc.collect(1)  # the young and middle generations only
     assert gc.collect() < 200  # a full pass finds little left (about 1,500 when promoted)
+
+
+class TiedLM(torch.nn.Module):
+    """An embedding whose weight the output projection holds too (tied by assignment)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 8)
+        self.body = torch.nn.Linear(8, 8)
+        self.lm = torch.nn.Linear(8, 10, bias=False)
+        self.lm.weight = self.emb.weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(torch.relu(self.body(self.emb(ids))))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_weights_tied_by_assignment_are_noted(tracer: str) -> None:
+    """Two modules holding one parameter are two records (§2), which a reader could not
+    tell from the report: a note names them. By hand: emb -> body -> lm -> loss (3),
+    body (2), lm (1); lm's parameters are counted with emb's."""
+    report = gpa.analyze(TiedLM(), (torch.zeros(1, 3, dtype=torch.long),), tracer=tracer)
+    assert [(r.name, r.shortest, r.longest) for r in report.layers.values()] == [
+        ("emb", 3, 3),
+        ("body", 2, 2),
+        ("lm", 1, 1),
+    ]
+    assert report.layers["lm"].params == 0
+    (note,) = [n for n in report.notes if "tied" in n]
+    assert note.startswith("layers hold tied parameters (emb.weight = lm.weight)")
+    untied = gpa.analyze(torch.nn.Sequential(torch.nn.Linear(4, 4)), input_shape=(1, 4))
+    assert not [n for n in untied.notes if "tied" in n]
