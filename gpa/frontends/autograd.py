@@ -36,7 +36,6 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -68,6 +67,7 @@ from gpa.frontends.modules import (
 )
 from gpa.frontends.outputs import returned_values
 from gpa.frontends.raised import briefly, model_raised
+from gpa.frontends.randomness import Marks, RandomBranches, random_branch_message
 from gpa.frontends.watch import Checkpoints, ModuleCalls, in_reentrant_checkpoint
 from gpa.options import AnalysisOptions
 
@@ -175,8 +175,7 @@ class _ParameterUse(TorchFunctionMode):
         super().__init__()
         self.recorder = recorder
         self.parameters = parameters
-        self._data: dict[int, weakref.ref] = {}  # by id; the reference tells a reused id
-        self._mark_data(inputs)
+        self._data = Marks(inputs)
         recorder.returned = self.returned
         # (first, last sequence number) of feature-mixing functions run with gradient whose
         # operands carrying none are constants: autograd's missing edges are no data there
@@ -200,9 +199,9 @@ class _ParameterUse(TorchFunctionMode):
         mixing = self.recorder.depth == 0 and getattr(func, "__name__", "") in _NO_GRAD_MIXING
         start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
-        data = [self._is_data(t) for t in tensors]
+        data = [t in self._data for t in tensors]
         if any(data):
-            self._mark_data(tree_flatten(result)[0])
+            self._data.add(tree_flatten(result)[0])
         if mixing and tensors:  # the shapes of a functional layer that may be found here
             value = (ValueInfo.of(result), ValueInfo.of(tensors[0]))
             self.values.append((start, self.recorder.sequence() - 1, *value))
@@ -224,24 +223,13 @@ class _ParameterUse(TorchFunctionMode):
                 self.created.append(t.grad_fn)
         return result
 
-    def _is_data(self, t: torch.Tensor) -> bool:
-        ref = self._data.get(id(t))
-        return ref is not None and ref() is t
-
-    def _mark_data(self, values: Iterable[Any]) -> None:
-        for t in values:
-            if isinstance(t, torch.Tensor):
-                self._data[id(t)] = weakref.ref(t)
-
     def returned(self, module: nn.Module, args: Any, output: Any) -> None:
         """An opaque call's result is data when it holds a layer or reads data (TorchScript
         modules run out of this mode's sight)."""
         holds_weights = next(module.parameters(), None) is not None
-        reads_data = any(
-            self._is_data(t) for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)
-        )
+        reads_data = any(t in self._data for t in tree_flatten(args)[0])
         if holds_weights or reads_data:
-            self._mark_data(tree_flatten(output)[0])
+            self._data.add(tree_flatten(output)[0])
 
     def _without_grad(
         self, func: Any, tensors: list[torch.Tensor], result: Any, data: list[bool]
@@ -365,6 +353,7 @@ class _Run:
     keep: list  # keeps the tensors alive so that their ids stay unique
     notes: list[str]
     checkpoints: list = field(default_factory=list)  # Checkpoints.results
+    random_branch: str | None = None  # where forward branched on random numbers
 
 
 def _run(
@@ -408,6 +397,8 @@ def _run(
                 if device != "meta" and first_error.error is meta_error:
                     first_error = failed  # the real run's failure says more
                 continue
+            if run.random_branch is not None:
+                raise TraceError(random_branch_message(model, run.random_branch, options.train))
             if device != "meta":
                 run.notes.append(
                     "autograd tracer: the model cannot run on the meta device "
@@ -470,12 +461,12 @@ def _forward(
     recorder = _Recorder(opaque, {id(m): n for n, m in modules.items()})
     ids = {id(p): n for n, p in parameters.items()}
     use = _ParameterUse(recorder, ids, tree_flatten(args)[0])
-    with _hooks(modules.values(), recorder), torch.enable_grad(), use:
+    with _hooks(modules.values(), recorder), torch.enable_grad(), RandomBranches() as watch, use:
         try:
             output = functional_call(model, state, args, strict=False)
         except Exception as exc:
             raise _ForwardFailed(exc, list(recorder.stack)) from exc
-    return _Run(output, args, recorder, use, ids, input_ids, keep, [])
+    return _Run(output, args, recorder, use, ids, input_ids, keep, [], random_branch=watch.where)
 
 
 @contextlib.contextmanager

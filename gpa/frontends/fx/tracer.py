@@ -45,6 +45,7 @@ from gpa.frontends.frames import caller_site, user_frame
 from gpa.frontends.functions import custom_function_calls, function_call, run_function
 from gpa.frontends.fx.norm_act import norm_then_activations
 from gpa.frontends.modules import TRACING, preserved_state, same_entries, split_leaves
+from gpa.frontends.randomness import RandomBranches, random_branch_message
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
 __all__ = [
@@ -383,8 +384,18 @@ def trace(
         root = copy.copy(model)  # fx stores tensor constants on its root: not on the user's
         # what forward assigns while traced (``self.buf += y`` stores a proxy) must not
         # reach the passes that run the modules afterwards
-        with _FX_LOCK, torch.enable_grad(), watch, preserved_state(model), functions_recorded():
-            return tracer, root, tracer.trace(root)
+        with (
+            _FX_LOCK,
+            torch.enable_grad(),
+            watch,
+            preserved_state(model),
+            functions_recorded(),
+            RandomBranches() as randomness,
+        ):
+            graph = tracer.trace(root)
+        if randomness.where is not None:  # what was traced is one random architecture
+            raise TraceError(random_branch_message(model, randomness.where, model.training))
+        return tracer, root, graph
 
     try:
         tracer, root, graph = traced(contextlib.nullcontext())

@@ -1,0 +1,87 @@
+"""A forward that branches on random numbers (LayerDrop) is refused, not read as one of
+its random architectures; random noise without a branch is read as before.
+
+fx runs a model's Python on concrete values while it traces, and the autograd tracer on real
+ones: ``if self.training and torch.rand([]) < p: continue`` skipped layers at random, and
+fx reported them unreachable — a different answer at each call, in train mode (the
+default). Export refuses such a branch itself (a data-dependent guard).
+
+Hand derivation (eval mode, every block runs): ``x + l0(x)``, then ``+ l1``, ``+ l2``,
+then ``head``: head 1; l2 -> head 2; l1 -> head around l2 (2) or through it (3); l0:
+2, 3 (twice: through l1 or l2) and 4.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gpa
+from gpa.errors import TraceError
+from tests.frontends.every_tracer import EVERY_TRACER
+from tests.semantics import LOSS, expect
+
+# Each decides from random numbers whether to skip a block.
+DROPS = {
+    "rand": lambda p: bool(torch.rand([]) < p),
+    "bernoulli": lambda p: torch.bernoulli(torch.tensor(p)).item() == 1,
+    "uniform_": lambda p: float(torch.empty(()).uniform_()) < p,
+    "randint": lambda p: int(torch.randint(0, 2, ())) == 1,
+}
+
+
+class LayerDrop(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.training and DROPS[self.how](0.5):
+                continue
+            x = x + block(x)
+        return self.head(x)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+@pytest.mark.parametrize("how", list(DROPS))
+def test_a_layer_drop_in_training_is_refused(how: str, tracer: str) -> None:
+    with pytest.raises(TraceError, match="branches on random numbers .*test_random_branches"):
+        gpa.analyze(LayerDrop(how), input_shape=(2, 4), tracer=tracer)
+
+
+def _expect_every_block(report: gpa.Report) -> None:
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "blocks.2", {2: 1}, ("head",))
+    expect(report, "blocks.1", {2: 1, 3: 1}, ("blocks.2", "head"))
+    expect(report, "blocks.0", {2: 1, 3: 2, 4: 1}, ("blocks.1", "blocks.2", "head"))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", list(DROPS))
+def test_in_eval_mode_every_block_runs(how: str, tracer: str) -> None:
+    _expect_every_block(gpa.analyze(LayerDrop(how), input_shape=(2, 4), tracer=tracer, train=False))
+
+
+class Noisy(nn.Module):
+    """Random noise that decides nothing: dropout, a drop-path mask, added noise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            keep = x.new_empty(x.shape[0], 1).bernoulli_(0.5) / 0.5  # timm's drop path
+            x = x + F.dropout(block(x), 0.1) * keep + 0.01 * torch.randn_like(x)
+        return self.head(x)
+
+
+@EVERY_TRACER
+def test_random_noise_without_a_branch_is_read(tracer: str) -> None:
+    _expect_every_block(gpa.analyze(Noisy(), input_shape=(2, 4), tracer=tracer))
