@@ -41,6 +41,11 @@ _SAMPLING = frozenset(
     "random_".split()
 )
 _TO_PYTHON = frozenset("__bool__ __float__ __int__ __index__ item tolist".split())
+# Draws from [0, 1), and comparisons of one with a number: certain outside (0, 1)
+# (``torch.rand([]) < 0.0`` with the layer drop off, as Hugging Face's BART and Whisper
+# draw in training whatever their drop probability).
+_UNIFORM = frozenset({"rand", "rand_like"})
+_COMPARISONS = frozenset("lt le gt ge __lt__ __le__ __gt__ __ge__".split())
 
 
 class Marks:
@@ -78,6 +83,7 @@ class RandomBranches(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self._random = Marks()
+        self._uniform = Marks()  # drawn by _UNIFORM, as drawn
         self.where: str | None = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
@@ -85,6 +91,10 @@ class RandomBranches(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _SAMPLING:
             self._random.add(tree_flatten(result)[0])
+            if name in _UNIFORM:
+                self._uniform.add(tree_flatten(result)[0])
+        elif name in _COMPARISONS and self._certain(args):
+            pass  # a constant outcome: no random branch
         elif self._random and any(t in self._random for t in tree_flatten((args, kwargs))[0]):
             if name in _TO_PYTHON:
                 site = caller_site()
@@ -92,6 +102,13 @@ class RandomBranches(TorchFunctionMode):
             else:
                 self._random.add(tree_flatten(result)[0])
         return result
+
+    def _certain(self, args: tuple) -> bool:
+        """Whether comparing a draw from [0, 1) with a number has one outcome."""
+        if len(args) != 2 or args[0] not in self._uniform:
+            return False
+        bound = args[1]
+        return isinstance(bound, (int, float)) and not 0 < bound < 1
 
 
 def random_branch_message(model: torch.nn.Module, where: str, train: bool) -> str:

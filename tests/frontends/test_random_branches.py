@@ -33,15 +33,15 @@ DROPS = {
 
 
 class LayerDrop(nn.Module):
-    def __init__(self, how: str) -> None:
+    def __init__(self, how: str, p: float = 0.5) -> None:
         super().__init__()
-        self.how = how
+        self.how, self.p = how, p
         self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(3))
         self.head = nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            if self.training and DROPS[self.how](0.5):
+            if self.training and DROPS[self.how](self.p):
                 continue
             x = x + block(x)
         return self.head(x)
@@ -65,6 +65,13 @@ def _expect_every_block(report: gpa.Report) -> None:
 @pytest.mark.parametrize("how", list(DROPS))
 def test_in_eval_mode_every_block_runs(how: str, tracer: str) -> None:
     _expect_every_block(gpa.analyze(LayerDrop(how), input_shape=(2, 4), tracer=tracer, train=False))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+def test_a_layer_drop_turned_off_is_read(tracer: str) -> None:
+    """Hugging Face's BART and Whisper draw in training whatever their drop probability:
+    ``torch.rand([]) < 0.0`` has one outcome, every block runs."""
+    _expect_every_block(gpa.analyze(LayerDrop("rand", p=0.0), input_shape=(2, 4), tracer=tracer))
 
 
 class Noisy(nn.Module):
