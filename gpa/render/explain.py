@@ -58,7 +58,9 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
     """
     record = report.layers.get(layer)
     if record is None:
-        close = difflib.get_close_matches(layer, list(report.layers), n=3, cutoff=0.5)
+        # a block holding layers (Ultralytics' Conv holds .conv): its layers first
+        inside = [name for name in report.layers if name.startswith(f"{layer}.")][:3]
+        close = inside or difflib.get_close_matches(layer, list(report.layers), n=3, cutoff=0.5)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise GpaError(f"{report.model} has no layer named {layer!r}{hint}")
 

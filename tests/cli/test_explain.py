@@ -94,6 +94,10 @@ def test_unknown_layer_is_exit_2_with_suggestions() -> None:
     assert result.exit_code == 2
     assert "no layer named 'blocks.0.conv'" in result.stderr
     assert "blocks.0.conv1" in result.stderr
+    # a block's name: its layers (Ultralytics' Conv blocks hold their layer as .conv)
+    block = CliRunner().invoke(main, ["explain", TARGET, "blocks.1"])
+    assert block.exit_code == 2
+    assert "(did you mean blocks.1.conv1, blocks.1.conv2?)" in block.stderr
 
 
 def test_unreachable_layer_has_no_paths(tmp_path) -> None:
