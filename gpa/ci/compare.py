@@ -188,6 +188,10 @@ def _table(rows: list[list[str]]) -> list[str]:
     ]
 
 
+# Layers of one side listed by name in the text (a YOLOv9 against a YOLOv8: 197).
+_LISTED = 12
+
+
 def format_comparison(comparison: Comparison) -> str:
     """The comparison as aligned text: network metrics, then the differing layers."""
     c = comparison
@@ -211,7 +215,9 @@ def format_comparison(comparison: Comparison) -> str:
         lines += _table(rows)
     for label, only in (("only in A", c.only_a), ("only in B", c.only_b)):
         if only:
-            lines.append(f"{label} ({len(only)}): {', '.join(only)}")
+            shown = ", ".join(only[:_LISTED])
+            more = f", … {len(only) - _LISTED} more (--format json lists all)"
+            lines.append(f"{label} ({len(only)}): {shown}{more if len(only) > _LISTED else ''}")
     if c.notes:
         lines += ["", "notes:", *(f"  - {note}" for note in c.notes)]
     return "\n".join(lines) + "\n"

@@ -226,3 +226,12 @@ def test_a_baseline_model_named_with_colons_is_found(tmp_path: Path) -> None:
     assert data["notes"] == [
         f"A ({base}:{target}) is compared as saved: the options given (-k depth) do not apply to it"
     ]
+
+
+def test_many_layers_of_one_side_are_listed_briefly_in_text() -> None:
+    """A chain of 2 against one of 20: 18 layers only in B, a line of each name before."""
+    c = compare(chain(2), chain(20))
+    assert len(c.only_b) == 18  # layers.2 … layers.19, all in the JSON
+    (line,) = [line for line in format_comparison(c).splitlines() if line.startswith("only")]
+    names = ", ".join(f"layers.{i}" for i in range(2, 14))
+    assert line == f"only in B (18): {names}, … 6 more (--format json lists all)"
