@@ -223,6 +223,10 @@ class _ParameterUse(TorchFunctionMode):
                 self.created.append(t.grad_fn)
         return result
 
+    def reads_data(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is data: a model input, a layer's output, or made from them."""
+        return t in self._data
+
     def returned(self, module: nn.Module, args: Any, output: Any) -> None:
         """An opaque call's result is data when it holds a layer or reads data (TorchScript
         modules run out of this mode's sight)."""
@@ -461,7 +465,8 @@ def _forward(
     recorder = _Recorder(opaque, {id(m): n for n, m in modules.items()})
     ids = {id(p): n for n, p in parameters.items()}
     use = _ParameterUse(recorder, ids, tree_flatten(args)[0])
-    with _hooks(modules.values(), recorder), torch.enable_grad(), RandomBranches() as watch, use:
+    watch = RandomBranches(is_data=use.reads_data)
+    with _hooks(modules.values(), recorder), torch.enable_grad(), watch, use:
         try:
             output = functional_call(model, state, args, strict=False)
         except Exception as exc:

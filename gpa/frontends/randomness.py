@@ -22,29 +22,45 @@ Example:
 
 from __future__ import annotations
 
+import random
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
+import torch.fx as fx
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from gpa.frontends.frames import caller_site
 
-__all__ = ["Marks", "RandomBranches", "random_branch_message"]
+__all__ = [
+    "Marks",
+    "PYTHON_DRAWS",
+    "RandomBranches",
+    "python_random_states",
+    "random_branch_message",
+]
 
-# Functions drawing random numbers, and those turning a tensor into a Python value.
+# Functions drawing random numbers (dropout too, when given a constant: ``F.dropout(
+# torch.ones(()), p) > 0`` is a coin), and those turning a tensor into a Python value.
 _SAMPLING = frozenset(
     "rand rand_like randn randn_like randint randint_like randperm bernoulli bernoulli_ "
     "multinomial normal normal_ uniform_ exponential_ geometric_ log_normal_ cauchy_ "
-    "random_".split()
+    "random_ poisson dropout alpha_dropout feature_alpha_dropout dropout1d dropout2d "
+    "dropout3d".split()
 )
 _TO_PYTHON = frozenset("__bool__ __float__ __int__ __index__ item tolist".split())
-# Draws from [0, 1), and comparisons of one with a number: certain outside (0, 1)
-# (``torch.rand([]) < 0.0`` with the layer drop off, as Hugging Face's BART and Whisper
-# draw in training whatever their drop probability).
-_UNIFORM = frozenset({"rand", "rand_like"})
+# Draws from [0, 1) — kept so by picking elements or changing the dtype — and comparisons
+# of one with a number: certain outside (0, 1) (``torch.rand([]) < 0.0`` with the layer
+# drop off, as Hugging Face's BART and Whisper draw in training whatever their drop
+# probability; fairseq's ``probs[i] > 0.0``).
+_UNIFORM = frozenset({"rand", "rand_like", "uniform_"})
+_KEEPS_VALUES = frozenset(
+    "__getitem__ to float double half bfloat16 type type_as clone detach contiguous view "
+    "reshape squeeze unsqueeze flatten".split()
+)
 _COMPARISONS = frozenset("lt le gt ge __lt__ __le__ __gt__ __ge__".split())
 
 
@@ -77,31 +93,66 @@ class Marks:
 
 
 class RandomBranches(TorchFunctionMode):
-    """Notes where ``forward`` first turns a value computed from random numbers into a
-    Python value (``where``: ``"file, line N"``; None if it never does)."""
+    """Notes where ``forward`` first turns a value computed from random numbers alone into
+    a Python value (``where``: ``"file, line N"``; None if it never does).
 
-    def __init__(self) -> None:
+    A value computed from random numbers *and data* (``h + noise``, a VAE's sample, an
+    activation times a drop-path mask) is data: a check on it (``isfinite(h).all()``) is
+    a branch on the data, which the frontends judge as any. ``is_data`` tells data:
+    a frontend's proxies (fx) by default; the autograd tracer passes what it marks.
+    """
+
+    def __init__(self, is_data: Callable[[torch.Tensor], bool] | None = None) -> None:
         super().__init__()
         self._random = Marks()
-        self._uniform = Marks()  # drawn by _UNIFORM, as drawn
+        self._uniform = Marks()  # draws from [0, 1), as drawn
+        self._is_data = is_data or (lambda t: isinstance(t, fx.Proxy))
         self.where: str | None = None
+
+    def __enter__(self) -> RandomBranches:
+        self._states = python_random_states()
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if self.where is None and python_random_states() != self._states:
+            # drawn where no torch function shows it (Hugging Face's Wav2Vec2 adapter and
+            # MusicGen drop layers so): taken for a branch, as the models seen do
+            self.where = PYTHON_DRAWS
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         result = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", "")
+        if name not in _SAMPLING and not self._random:
+            return result  # the common case: nothing drawn yet
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if any(self._is_data(t) for t in tensors):
+            return result
         if name in _SAMPLING:
-            self._random.add(tree_flatten(result)[0])
-            if name in _UNIFORM:
-                self._uniform.add(tree_flatten(result)[0])
+            drawn = tree_flatten(result)[0]
+            self._random.add(drawn)
+            if name in _UNIFORM and self._unit_bounds(name, args, kwargs):
+                self._uniform.add(drawn)
+        elif not any(t in self._random for t in tensors):
+            pass
         elif name in _COMPARISONS and self._certain(args):
-            pass  # a constant outcome: no random branch
-        elif self._random and any(t in self._random for t in tree_flatten((args, kwargs))[0]):
-            if name in _TO_PYTHON:
-                site = caller_site()
-                self.where = self.where or (f"{site[0]}, line {site[1]}" if site else "in forward")
-            else:
-                self._random.add(tree_flatten(result)[0])
+            pass  # one outcome: no random branch
+        elif name in _TO_PYTHON:
+            site = caller_site()
+            self.where = self.where or (f"{site[0]}, line {site[1]}" if site else "in forward")
+        else:
+            self._random.add(tree_flatten(result)[0])
+            if name in _KEEPS_VALUES and tensors[0] in self._uniform:
+                self._uniform.add(tree_flatten(result)[0])
         return result
+
+    @staticmethod
+    def _unit_bounds(name: str, args: tuple, kwargs: dict | None) -> bool:
+        """Whether a draw is from [0, 1): ``rand``, or ``uniform_`` with its default bounds."""
+        if name != "uniform_":
+            return True
+        bounds = [*args[1:3], *(kwargs or {}).values()]
+        return bounds in ([], [0, 1], [0.0, 1.0])
 
     def _certain(self, args: tuple) -> bool:
         """Whether comparing a draw from [0, 1) with a number has one outcome."""
@@ -109,6 +160,17 @@ class RandomBranches(TorchFunctionMode):
             return False
         bound = args[1]
         return isinstance(bound, (int, float)) and not 0 < bound < 1
+
+
+#: Where a model drew random numbers that no torch function shows.
+PYTHON_DRAWS = "it draws from Python's random or numpy.random"
+
+
+def python_random_states() -> tuple:
+    """Python's and numpy's global random states, comparable: a run that changed them
+    drew from them."""
+    _, keys, position, *_ = np.random.get_state()
+    return random.getstate(), keys.tobytes(), position
 
 
 def random_branch_message(model: torch.nn.Module, where: str, train: bool) -> str:

@@ -13,6 +13,9 @@ then ``head``: head 1; l2 -> head 2; l1 -> head around l2 (2) or through it (3);
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,11 @@ DROPS = {
     "bernoulli": lambda p: torch.bernoulli(torch.tensor(p)).item() == 1,
     "uniform_": lambda p: float(torch.empty(()).uniform_()) < p,
     "randint": lambda p: int(torch.randint(0, 2, ())) == 1,
+    "fairseq": lambda p: bool(torch.empty(3).uniform_()[1] < p),  # LayerDropModuleList
+    "poisson": lambda p: bool(torch.poisson(torch.tensor(p)) > 0),
+    "dropout": lambda p: bool(F.dropout(torch.ones(()), p) > 0),
+    "numpy": lambda p: bool(np.random.uniform(0, 1) < p),  # Wav2Vec2's adapter
+    "python": lambda p: random.random() < p,  # MusicGen's
 }
 
 
@@ -50,7 +58,9 @@ class LayerDrop(nn.Module):
 @pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
 @pytest.mark.parametrize("how", list(DROPS))
 def test_a_layer_drop_in_training_is_refused(how: str, tracer: str) -> None:
-    with pytest.raises(TraceError, match="branches on random numbers .*test_random_branches"):
+    # the line of a torch draw; Python's and numpy's draws only by the states they change
+    where = "draws from Python's random" if how in ("numpy", "python") else "test_random_br"
+    with pytest.raises(TraceError, match=f"branches on random numbers .*{where}"):
         gpa.analyze(LayerDrop(how), input_shape=(2, 4), tracer=tracer)
 
 
@@ -68,10 +78,12 @@ def test_in_eval_mode_every_block_runs(how: str, tracer: str) -> None:
 
 
 @pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
-def test_a_layer_drop_turned_off_is_read(tracer: str) -> None:
+@pytest.mark.parametrize("how", ["rand", "fairseq"])
+def test_a_layer_drop_turned_off_is_read(how: str, tracer: str) -> None:
     """Hugging Face's BART and Whisper draw in training whatever their drop probability:
-    ``torch.rand([]) < 0.0`` has one outcome, every block runs."""
-    _expect_every_block(gpa.analyze(LayerDrop("rand", p=0.0), input_shape=(2, 4), tracer=tracer))
+    ``torch.rand([]) < 0.0`` has one outcome (fairseq's ``probs[i] < 0.0`` too), every
+    block runs."""
+    _expect_every_block(gpa.analyze(LayerDrop(how, p=0.0), input_shape=(2, 4), tracer=tracer))
 
 
 class Noisy(nn.Module):
@@ -92,3 +104,45 @@ class Noisy(nn.Module):
 @EVERY_TRACER
 def test_random_noise_without_a_branch_is_read(tracer: str) -> None:
     _expect_every_block(gpa.analyze(Noisy(), input_shape=(2, 4), tracer=tracer))
+
+
+class Checked(nn.Module):
+    """Noise joined to the data, then a check on the data: a branch on the data, which the
+    autograd tracer reads for these inputs (``how``: noise added, a VAE's sample, a
+    drop-path mask)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.how == "noise":
+            h = h + 0.1 * torch.randn_like(h)
+        elif self.how == "sample":
+            h = h + torch.randn_like(h) * torch.exp(0.5 * self.b(x))
+        else:  # "drop_path"
+            h = h * (x.new_empty(x.shape[0], 1).bernoulli_(0.9) / 0.9)
+        assert torch.isfinite(h).all() and float(h.abs().max()) >= 0
+        return self.c(h)
+
+
+@pytest.mark.parametrize("how", ["noise", "sample", "drop_path"])
+def test_noise_joined_to_the_data_then_checked_is_read(how: str) -> None:
+    """fx and export refuse the check itself (a branch on values); auto reads it with
+    autograd, as before the random branches were watched. By hand: a -> c -> loss (2),
+    c (1); with the VAE's sample, b -> (the noise's scale) -> c (2)."""
+    report = gpa.analyze(Checked(how), input_shape=(2, 4))
+    assert report.tracer == "autograd"
+    reached = {n: (r.shortest, r.longest) for n, r in report.layers.items() if r.reachable}
+    expected = {"a": (2, 2), "c": (1, 1)} | ({"b": (2, 2)} if how == "sample" else {})
+    assert reached == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["numpy", "python"])
+def test_export_refuses_draws_it_takes_for_constants(how: str) -> None:
+    """Export runs Python's and numpy's draws once and bakes the branch in: refused too."""
+    with pytest.raises(TraceError, match="draws from Python's random or numpy.random"):
+        gpa.analyze(LayerDrop(how), input_shape=(2, 4), tracer="export")
