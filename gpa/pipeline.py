@@ -21,9 +21,12 @@ Example:
 from __future__ import annotations
 
 import gc
+import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 
+import numpy as np
+import torch
 from torch import nn
 
 from gpa.channels import channel_segments
@@ -82,8 +85,22 @@ def analyze_model(
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Analyse ``model`` as ``options`` say (see :func:`gpa.analyze` for the errors raised)."""
-    with _collector_paused():
+    with _collector_paused(), _random_states_kept():
         return _analyze(model, options, name, progress)
+
+
+@contextmanager
+def _random_states_kept() -> Iterator[None]:
+    """torch's, Python's and numpy's global random states as they were before the block:
+    a frontend running the model (dropout on real inputs, a draw in forward) must not
+    change what the user's next seeded step draws (``docs/semantics.md`` §1.8)."""
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
 
 
 def _analyze(

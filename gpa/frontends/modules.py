@@ -285,26 +285,59 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                 attributes.clear()
                 attributes.update(before)
             for now, held in containers:
-                if isinstance(now, dict) and not same_entries(now, held):
-                    now.clear()
-                    now.update(held)
-                elif isinstance(now, list) and not (
-                    len(now) == len(held) and all(map(operator.is_, now, held))
-                ):
-                    now[:] = held
+                _restore(now, held)
 
 
-def _containers(module: nn.Module) -> list[tuple[dict | list, dict | list]]:
-    """The dicts and lists ``module`` holds as attributes, each with a copy of its entries:
-    ``forward`` may fill one in place — its parameters, buffers and children, a cache, or
-    hooks (a Hugging Face model installs output-capturing hooks on its first call and
-    notes it in a flag; with the flag restored and the hooks left, the next call installs
-    them twice)."""
-    return [
-        (value, value.copy())
-        for value in module.__dict__.values()
-        if type(value) in (dict, list, collections.OrderedDict)
-    ]
+# Containers whose entries are restored in place (exact types: a subclass may forbid it,
+# as Hugging Face's ModelOutput does), and how deep inside an attribute they are sought.
+_CONTAINERS = (
+    dict,
+    list,
+    set,
+    collections.OrderedDict,
+    collections.defaultdict,
+    collections.deque,
+)
+_DEPTH = 3
+
+
+def _containers(module: nn.Module) -> list[tuple[Any, Any]]:
+    """The dicts, lists, sets and deques ``module`` holds — as attributes, or inside those
+    (a list in a cache dict), or in tuples — each with a copy of its entries: ``forward``
+    may fill one in place: its parameters, buffers and children, a cache, or hooks (a
+    Hugging Face model installs output-capturing hooks on its first call and notes it in a
+    flag; with the flag restored and the hooks left, the next call installs them twice)."""
+    found: list[tuple[Any, Any]] = []
+    seen: set[int] = set()
+
+    def visit(value: Any, depth: int) -> None:
+        if id(value) in seen or isinstance(value, (nn.Module, torch.Tensor)):
+            return
+        seen.add(id(value))
+        if type(value) in _CONTAINERS:
+            found.append((value, value.copy()))
+        if depth < _DEPTH and isinstance(value, (*_CONTAINERS, tuple)):
+            inner = value.values() if isinstance(value, dict) else value
+            for item in list(inner):
+                visit(item, depth + 1)
+
+    for value in module.__dict__.values():
+        visit(value, 1)
+    return found
+
+
+def _restore(now: Any, held: Any) -> None:
+    """Put the entries ``held`` back into the container ``now``, where they differ."""
+    if isinstance(now, dict):
+        if not same_entries(now, held):
+            now.clear()
+            now.update(held)
+    elif len(now) != len(held) or not all(map(operator.is_, now, held)):
+        now.clear()
+        if isinstance(now, set):
+            now.update(held)
+        else:
+            now.extend(held)
 
 
 def same_entries(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import random
 import threading
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -238,3 +241,44 @@ def test_libraries_beside_torch_are_model_code() -> None:
     inside = os.path.join(os.path.dirname(torch.__file__), "nn", "modules", "conv.py")
     trace = f'  File "{beside}", line 7, in forward\n  File "{inside}", line 9, in forward\n'
     assert stack_trace_site(trace) == (beside, 7)
+
+
+class Keeping(nn.Module):
+    """Fills containers nested in its attributes, draws noise and reads a value (so that
+    the autograd tracer runs it on real inputs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.cache = {"seen": []}
+        self.counts: collections.defaultdict = collections.defaultdict(list)
+        self.ids: set[int] = set()
+        self.recent: collections.deque = collections.deque(maxlen=3)
+        self.pair = ([],)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.dropout(self.a(x), 0.5) + 0.01 * torch.randn_like(x)
+        for kept in (self.cache["seen"], self.counts["h"], self.recent, self.pair[0]):
+            kept.append(h)
+        self.ids.add(len(self.ids))
+        if bool(h.sum() > -1e9):  # a value read: real inputs under autograd
+            pass
+        return self.b(h)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_nested_containers_and_random_states_are_kept(tracer: str) -> None:
+    """What forward fills inside a cache (a list in a dict, a defaultdict's lists, a set, a
+    deque, a list in a tuple) stayed filled — under fx with a proxy that a deepcopy of the
+    cache then failed on — and the autograd tracer's real run moved torch's random state,
+    changing what a seeded training step drew next."""
+    model = Keeping()
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+    try:
+        gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    except TraceError:  # fx and export refuse the value read; autograd and auto read it
+        assert tracer in ("fx", "export")
+    assert model.cache == {"seen": []} and dict(model.counts) == {}
+    assert (model.ids, list(model.recent), model.pair) == (set(), [], ([],))
+    assert torch.equal(states[0], torch.get_rng_state()) and states[1] == random.getstate()
+    assert (states[2] == np.random.get_state()[1]).all()
