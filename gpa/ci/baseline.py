@@ -201,7 +201,7 @@ def regressions(report: Report, baseline: Snapshot | None) -> RuleResult:
 
 def _neutral_changes(current: Snapshot, baseline: Snapshot) -> list[str]:
     """What changed since ``baseline`` that the rule does not judge: layers added (and
-    reached) or gone, and longest paths — so that "unchanged" means it."""
+    reached) or gone, longest paths, parameters and FLOPs — so that "unchanged" means it."""
     added = [n for n, (s, _) in current.layers.items() if n not in baseline.layers and s]
     gone = [n for n in baseline.layers if n not in current.layers]
     longest = [
@@ -216,9 +216,10 @@ def _neutral_changes(current: Snapshot, baseline: Snapshot) -> list[str]:
         changes.append(f"{_count(gone, 'layer')} gone")
     if longest:
         changes.append(f"longest path changed in {_count(longest, 'layer')}")
-    old, new = baseline.network.get("longest"), current.network.get("longest")
-    if old is not None and new is not None and old != new:
-        changes.append(f"longest {old} -> {new}")
+    for key in ("longest", "params", "flops"):
+        old, new = baseline.network.get(key), current.network.get(key)
+        if old is not None and new is not None and old != new:
+            changes.append(f"{key} {old} -> {new}")
     return changes
 
 

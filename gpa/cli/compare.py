@@ -53,11 +53,14 @@ def command(
     with progress_display(quiet) as progress:
         sides = [load_side(arg, settings, config, progress=progress) for arg in (a, b)]
     given = [*(f"-k {k}" for k in settings.kwargs), *settings.options]
-    notes = [
-        f"{label} ({arg}) is compared as saved: the options given ({', '.join(given)}) do "
-        "not apply to it"
-        for label, arg in (("A", a), ("B", b))
-        if given and saved_side(arg) is not None
-    ]
+    notes = []
+    for label, arg, side in zip("AB", (a, b), sides, strict=True):
+        # a side saved at channel level took --channels already
+        ignored = [g for g in given if g != "channels" or side.combinations is None]
+        if ignored and saved_side(arg) is not None:
+            notes.append(
+                f"{label} ({arg}) is compared as saved: the options given "
+                f"({', '.join(ignored)}) do not apply to it"
+            )
     comparison = compare(*sides, names=(a, b), notes=notes)
     emit(comparison.to_json() if fmt == "json" else format_comparison(comparison), output)

@@ -452,9 +452,10 @@ def test_baseline_improvement_passes_and_is_reported(tmp_path: Path) -> None:
     assert result.exit_code == 0
     assert result.stdout == (
         # and, not judged: layers.2 gone, layers.0 and .1 longest 3 -> 2 and 2 -> 1,
-        # the network's longest 3 -> 2
+        # the network's longest 3 -> 2; a Linear(4, 4) less: 20 parameters and
+        # 2 × 16 FLOPs (batch 1) fewer
         f"PASS {CHAIN}: baseline: ok (3 improvements; 1 layer gone; longest path changed "
-        "in 2 layers; longest 3 -> 2)\n"
+        "in 2 layers; longest 3 -> 2; params 60 -> 40; flops 96 -> 64)\n"
         "    improved: layers.0 shortest 3 -> 2\n"
         "    improved: layers.1 shortest 2 -> 1\n"
         "    improved: max_shortest 3 -> 2\n"
@@ -473,6 +474,13 @@ def test_baseline_ok_says_what_changed_that_it_does_not_judge() -> None:
         "baseline: ok (1 new layer; longest path changed in 1 layer; longest 1 -> 2)"
     )
     assert regressions(now, Snapshot.of(now)).message == "baseline: ok (unchanged)"
+    # wider layers, the same paths: their parameters (and FLOPs) changed all the same
+    wider = Snapshot.of(now)
+    wider = Snapshot({**wider.network, "params": wider.network["params"] + 1}, wider.layers)
+    old_params = wider.network["params"]
+    assert regressions(now, wider).message == (
+        f"baseline: ok (params {old_params} -> {old_params - 1})"
+    )
 
 
 def test_baseline_new_unreachable_layer_is_a_regression(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from gpa.ci.baseline import Snapshot, dump_baseline
 from gpa.cli import main
 from gpa.compare import compare, format_comparison, load_side
 from gpa.errors import GpaError
+from gpa.options import AnalysisOptions
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "check"
 CHAIN = str(DATA / "chain.py")
@@ -175,6 +176,10 @@ def test_cli_compare_channels_adds_gradient_combinations(tmp_path: Path) -> None
     assert lines[-1] == (
         f"  - A ({saved}) is compared as saved: the options given (channels) do not apply to it"
     )
+    # a side saved at channel level took --channels already: nothing to say of it
+    saved.write_text(analyze_target(CHAIN, {"depth": 3}, AnalysisOptions(channels=True)).to_json())
+    result = run(str(saved), CHAIN, "--channels")
+    assert result.exit_code == 0 and "notes:" not in result.stdout
 
 
 def _pair(groups: int, channels: bool) -> gpa.Report:
