@@ -64,6 +64,7 @@ from gpa.frontends.modules import (
     training_mode,
     type_name,
     unused_layer_modules,
+    with_tied,
 )
 from gpa.frontends.outputs import returned_values
 from gpa.frontends.raised import briefly, model_raised
@@ -879,4 +880,5 @@ def _uncalled(
     """Layer modules neither called (outside another call) nor used by a functional layer,
     and to none of whose parameters gradient flows (``docs/semantics.md`` §2)."""
     used = {c.name if isinstance(c, _Call) else c.record for c in calls}
-    return unused_layer_modules(model, used | {p.rpartition(".")[0] for p in received}, types)
+    used |= {p.rpartition(".")[0] for p in received}
+    return unused_layer_modules(model, with_tied(model, used), types)

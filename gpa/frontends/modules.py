@@ -58,6 +58,7 @@ __all__ = [
     "preserved_state",
     "training_mode",
     "type_name",
+    "with_tied",
     "unused_layer_modules",
 ]
 
@@ -381,6 +382,27 @@ def owner(model: nn.Module, parameter: str) -> tuple[str, str]:
     if not path:
         return parameter, "Parameter"
     return path, type_name(model.get_submodule(path))
+
+
+def with_tied(model: nn.Module, used: set[str]) -> set[str]:
+    """``used`` (qualified names of modules) and the modules holding a parameter tied to a
+    used module's (T5's ``shared`` embedding and its stacks' ``embed_tokens``), whichever
+    name a frontend read it by: no layer of its own when not called (§2).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        >>> net[1].weight = net[0].weight
+        >>> sorted(with_tied(net, {"0"}))
+        ['0', '1']
+    """
+    holders: dict[int, set[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        holders.setdefault(id(p), set()).add(name.rpartition(".")[0])
+    tied = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if len(holders[id(p)]) > 1 and name.rpartition(".")[0] in used:
+            tied |= holders[id(p)]
+    return used | tied
 
 
 def unused_layer_modules(

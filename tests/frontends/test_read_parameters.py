@@ -98,3 +98,25 @@ def test_a_functional_layer_whose_result_is_unused_is_called_once(tracer: str) -
     # calls 1, unreachable; never also listed as a layer never called.
     assert list(report.layers) == ["proj", "head"]
     expect_unreachable(report, "proj", calls=1)
+
+
+class TiedUncalled(nn.Module):
+    """``spare`` holds ``enc``'s weight (tied) and is never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.spare, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.spare.weight = self.enc.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(x))
+
+
+@EVERY_TRACER
+def test_an_uncalled_module_tied_to_a_called_one_is_not_listed(tracer: str) -> None:
+    """§2: a module whose weight is tied to a called layer's is no layer of its own when
+    not called. fx and export said so; the autograd frontend listed it with calls 0."""
+    report = gpa.analyze(TiedUncalled(), input_shape=(2, 4), tracer=tracer)
+    assert list(report.layers) == ["enc", "head"]
+    expect(report, "enc", {2: 1}, ("head",))
+    assert report.network.unreachable == ()

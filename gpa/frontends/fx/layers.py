@@ -36,6 +36,7 @@ from gpa.frontends.modules import (
     owner,
     type_name,
     unused_layer_modules,
+    with_tied,
 )
 
 __all__ = [
@@ -400,17 +401,7 @@ def used_modules(
     used = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     used |= {c.record for c in (calls or {}).values()}
     used |= {n.target.rpartition(".")[0] for n in _receiving_gradient(gm) if n.op == "get_attr"}
-    # a module whose parameters are tied to a used module's (T5's `shared` embedding and
-    # the stacks' embed_tokens) is used too, whichever name the graph reads them by
-    root = model or gm
-    holders: dict[int, set[str]] = {}
-    for name, p in root.named_parameters(remove_duplicate=False):
-        holders.setdefault(id(p), set()).add(name.rpartition(".")[0])
-    tied = set()
-    for name, p in root.named_parameters(remove_duplicate=False):
-        if len(holders[id(p)]) > 1 and name.rpartition(".")[0] in used:
-            tied |= holders[id(p)]
-    return used | tied
+    return with_tied(model or gm, used)
 
 
 def _receiving_gradient(gm: fx.GraphModule) -> set[fx.Node]:
