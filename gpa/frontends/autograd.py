@@ -224,7 +224,7 @@ class _ParameterUse(TorchFunctionMode):
                 self.created.append(t.grad_fn)
         return result
 
-    def reads_data(self, t: torch.Tensor) -> bool:
+    def reads_data(self, t: Any) -> bool:
         """Whether ``t`` is data: a model input, a layer's output, or made from them."""
         return t in self._data
 

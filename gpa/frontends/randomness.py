@@ -8,9 +8,10 @@ from it calls the others unreachable — a different answer at each call. :class
 watches a frontend's run of ``forward`` (a torch function mode): the tensors a sampling
 function draws and what is computed from them are marked, and turning one into a Python
 value (``bool``, ``float``, ``item``), which a branch then reads, is noted with the model's
-source line. The frontend refuses the run (:func:`random_branch_message`). Dropout and
-torchvision's stochastic depth draw their noise inside torch and branch on nothing: they are
-not marked.
+source line; so is a run that changes Python's or numpy's random state. The frontend
+refuses the run (:func:`random_branch_message`). Noise joined to the data (dropout of
+activations, a drop-path mask, added noise) is data, not marked: a check on it is a branch
+on the data.
 
 Example:
     >>> import torch
@@ -102,7 +103,7 @@ class RandomBranches(TorchFunctionMode):
     a frontend's proxies (fx) by default; the autograd tracer passes what it marks.
     """
 
-    def __init__(self, is_data: Callable[[torch.Tensor], bool] | None = None) -> None:
+    def __init__(self, is_data: Callable[[Any], bool] | None = None) -> None:
         super().__init__()
         self._random = Marks()
         self._uniform = Marks()  # draws from [0, 1), as drawn
@@ -125,9 +126,10 @@ class RandomBranches(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name not in _SAMPLING and not self._random:
             return result  # the common case: nothing drawn yet
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        if any(self._is_data(t) for t in tensors):
+        operands = tree_flatten((args, kwargs))[0]
+        if any(self._is_data(t) for t in operands):
             return result
+        tensors = [t for t in operands if isinstance(t, torch.Tensor)]
         if name in _SAMPLING:
             drawn = tree_flatten(result)[0]
             self._random.add(drawn)
