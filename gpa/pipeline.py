@@ -43,6 +43,7 @@ from gpa.frontends.modules import (
     display_name,
     resolve_options,
 )
+from gpa.frontends.randomness import PYTHON_DRAWS_NOTE, python_random_states
 from gpa.options import AnalysisOptions
 
 __all__ = ["analyze_model"]
@@ -113,7 +114,10 @@ def _analyze(
     check_model(model)
     options = resolve_options(options, model)
     step("tracing and propagating shapes")
+    states = python_random_states()
     graph = gradient_graph(model, options)
+    if python_random_states() != states:  # restored after the analysis (§1.8)
+        graph.notes.append(PYTHON_DRAWS_NOTE)
     if not graph.carries_gradient:
         raise NoGradientError(_no_gradient(type(model).__name__, options))
     segments = None

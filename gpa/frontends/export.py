@@ -90,7 +90,6 @@ from gpa.frontends.modules import (
     unused_layer_modules,
 )
 from gpa.frontends.outputs import exportable
-from gpa.frontends.randomness import PYTHON_DRAWS, python_random_states, random_branch_message
 from gpa.frontends.watch import Checkpoints
 from gpa.options import AnalysisOptions
 
@@ -184,7 +183,6 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
         functions[function] = None
 
     for args in candidates:
-        states = python_random_states()
         try:
             with _quiet_torch_logs(), custom_function_calls(note, seen):
                 program = torch.export.export(model, tuple(args), strict=False)
@@ -197,8 +195,6 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
             continue
         if functions:
             raise ExportError(_custom_functions_message(model, list(functions)))
-        if python_random_states() != states:  # export took the draws for constants
-            raise ExportError(random_branch_message(model, PYTHON_DRAWS, model.training))
         _check_no_scripted_calls(model, program)
         _identity_dropouts_dropped(program.graph_module)
         _detached_apart(program.graph_module)

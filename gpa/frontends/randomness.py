@@ -8,8 +8,9 @@ from it calls the others unreachable — a different answer at each call. :class
 watches a frontend's run of ``forward`` (a torch function mode): the tensors a sampling
 function draws and what is computed from them are marked, and turning one into a Python
 value (``bool``, ``float``, ``item``), which a branch then reads, is noted with the model's
-source line; so is a run that changes Python's or numpy's random state. The frontend
-refuses the run (:func:`random_branch_message`). Noise joined to the data (dropout of
+source line, and the frontend refuses the run (:func:`random_branch_message`). Python's
+and numpy's draws show no torch function: a run that changed their states gets a note
+(:data:`PYTHON_DRAWS_NOTE`), for they may as well mask data (SpecAugment) as drop layers. Noise joined to the data (dropout of
 activations, a drop-path mask, added noise) is data, not marked: a check on it is a branch
 on the data.
 
@@ -38,7 +39,7 @@ from gpa.frontends.frames import caller_site
 
 __all__ = [
     "Marks",
-    "PYTHON_DRAWS",
+    "PYTHON_DRAWS_NOTE",
     "RandomBranches",
     "python_random_states",
     "random_branch_message",
@@ -110,17 +111,6 @@ class RandomBranches(TorchFunctionMode):
         self._is_data = is_data or (lambda t: isinstance(t, fx.Proxy))
         self.where: str | None = None
 
-    def __enter__(self) -> RandomBranches:
-        self._states = python_random_states()
-        return super().__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        super().__exit__(*exc)
-        if self.where is None and python_random_states() != self._states:
-            # drawn where no torch function shows it (Hugging Face's Wav2Vec2 adapter and
-            # MusicGen drop layers so): taken for a branch, as the models seen do
-            self.where = PYTHON_DRAWS
-
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         result = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", "")
@@ -164,15 +154,21 @@ class RandomBranches(TorchFunctionMode):
         return isinstance(bound, (int, float)) and not 0 < bound < 1
 
 
-#: Where a model drew random numbers that no torch function shows.
-PYTHON_DRAWS = "it draws from Python's random or numpy.random"
-
-
 def python_random_states() -> tuple:
     """Python's and numpy's global random states, comparable: a run that changed them
-    drew from them."""
+    drew from them — where no torch function shows what the draws decide (a SpecAugment
+    mask, or a layer drop: :data:`PYTHON_DRAWS_NOTE`)."""
     _, keys, position, *_ = np.random.get_state()
     return random.getstate(), keys.tobytes(), position
+
+
+#: The report note of a run that drew from Python's or numpy's random numbers.
+PYTHON_DRAWS_NOTE = (
+    "forward drew from Python's random or numpy.random while it ran (a SpecAugment mask, "
+    "a layer drop as Wav2Vec2's adapter's): where it branches on those draws, the layers "
+    "skipped this time are reported unreachable; in eval mode (--eval) such models draw "
+    "nothing and run every layer"
+)
 
 
 def random_branch_message(model: torch.nn.Module, where: str, train: bool) -> str:
