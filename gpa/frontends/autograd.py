@@ -417,8 +417,8 @@ def _run(
             f"{type(model).__name__} holds its weights on the meta device, where its forward "
             f"cannot run ({briefly(meta_error)}), and they are too large "
             f"({size / 2**30:.1f} GiB) for the autograd tracer to stand zeros in for them "
-            "(at most 1 GiB): analyse a smaller configuration, or let gpa choose a frontend "
-            "(--tracer auto)"
+            f"(at most {ZERO_WEIGHTS_BUDGET / 2**30:.1f} GiB): analyse a smaller configuration, "
+            "or let gpa choose a frontend (--tracer auto)"
         )
     stack = first_error.stack
     where = stack[-1] if stack else None
