@@ -26,8 +26,9 @@ from pathlib import Path
 
 import click
 
-from gpa.ci.check import CheckRun
+from gpa.ci.check import CheckRun, ModelCheck
 from gpa.ci.config import Location
+from gpa.ci.rules import RuleResult, Violation
 
 __all__ = [
     "FORMATS",
@@ -89,33 +90,47 @@ class _Finding:
 
 
 def _findings(run: CheckRun) -> Iterator[_Finding]:
-    """Every failure, error and improvement of ``run``: for a per-layer rule
-    (``layers[PATTERN]…``), one per offending layer that has a source line (the model's
-    line calling it); else one per rule, at the configuration line setting it (the
-    model's line in ``pyproject.toml`` for per-model rules)."""
+    """Every failure, error and improvement of ``run``. A rule broken by named layers
+    (``max-shortest``, ``max-longest``, ``no-unreachable``, ``layers[PATTERN]…``) gives one
+    finding per offending layer that has a source line (the model's line calling it) and
+    one more, at the configuration line setting the rule (the model's line in
+    ``pyproject.toml`` for per-model rules), naming the layers that have none; any other
+    failed rule gives one finding there."""
     for model in run.models:
         if model.error is not None:
             yield _Finding("error", model.name, "analysis", model.error, model.location())
             continue
         for result in model.results:
             if not result.passed:
-                per_layer = result.rule.startswith("layers[")
-                placed = [
-                    (v, model.layer_location(v.layer))
-                    for v in result.violations
-                    if v.layer and per_layer
-                ]
-                placed = [(v, at) for v, at in placed if at is not None]
-                for v, at in placed:
-                    value = "unreachable" if v.value is None else v.value
-                    text = f"{result.rule} {result.limit}: {v.layer} ({value})"
-                    yield _Finding("error", model.name, result.rule, text, at)
-                if not placed:
-                    at = model.location(result.rule)
-                    yield _Finding("error", model.name, result.rule, result.message, at)
+                yield from _rule_findings(model, result)
             for text in result.improvements:
                 at = model.location(result.rule)
                 yield _Finding("note", model.name, result.rule, f"improved: {text}", at)
+
+
+def _rule_findings(model: ModelCheck, result: RuleResult) -> Iterator[_Finding]:
+    """The findings of one failed rule (see :func:`_findings`)."""
+    rule = result.rule if result.limit is None else f"{result.rule} {result.limit}"
+    unplaced: list[Violation] = []
+    for v in result.violations:
+        at = model.layer_location(v.layer) if v.layer else None
+        if at is None:
+            unplaced.append(v)
+        else:
+            yield _Finding("error", model.name, result.rule, f"{rule}: {_value(v)}", at)
+    if len(unplaced) == len(result.violations):  # none placed: the rule's own line
+        text = result.message
+    elif unplaced:
+        listed = ", ".join(_value(v) for v in unplaced)
+        text = f"{rule}: also {listed} (called from no line of the checkout)"
+    else:
+        return
+    yield _Finding("error", model.name, result.rule, text, model.location(result.rule))
+
+
+def _value(violation: Violation) -> str:
+    value = "unreachable" if violation.value is None else violation.value
+    return f"{violation.layer} ({value})"
 
 
 def _notes(run: CheckRun) -> Iterator[_Finding]:

@@ -140,13 +140,18 @@ def test_sarif_is_valid_and_locates_results(project: Path) -> None:
     )
 
 
-def test_sarif_of_a_passing_run_and_of_command_line_rules() -> None:
+def test_sarif_of_a_passing_run_and_of_command_line_rules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     ok = _sarif(check(*PLAIN, "--max-shortest", "4", "--format", "sarif"))
     assert ok["runs"][0]["results"] == []
     assert ok["runs"][0]["invocations"][0]["executionSuccessful"] is True
     failing = _sarif(check(*PLAIN, "--max-shortest", "3", "--format", "sarif"))
     (result,) = failing["runs"][0]["results"]
-    assert "locations" not in result  # a command-line rule has no configuration line
+    # stem.conv is called from gpa's own zoo: outside a checkout run elsewhere, and a
+    # command-line rule has no configuration line
+    assert "locations" not in result
 
 
 def test_per_layer_rule_annotations_point_at_the_model_line(
@@ -190,6 +195,104 @@ def test_per_layer_rule_outside_the_checkout_points_at_the_configuration(
     assert result.exit_code == 1, result.output
     (error,) = [line for line in result.stdout.splitlines() if line.startswith("::error")]
     assert error.startswith("::error file=pyproject.toml,line=4,")
+
+
+def test_command_line_rules_are_placed_on_each_offending_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--max-shortest``/``--max-longest``/``--no-unreachable`` name layers as a
+    ``layers`` rule does, so each offending layer is annotated at its line, in GitHub's
+    format and in SARIF. tests/data/check/sequential.py: body.0 → body.1 → head, all called
+    at line 11; by hand body.0's shortest path is 3, body.1's 2, head's 1."""
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    target = "tests/data/check/sequential.py"
+    github = check(target, "--max-shortest", "1", "--format", "github")
+    assert github.exit_code == 1
+    errors = [line for line in github.stdout.splitlines() if line.startswith("::error")]
+    assert [e.split(",title=")[0] for e in errors] == [f"::error file={target},line=11"] * 2
+    assert [e.rsplit("::", 1)[1] for e in errors] == [
+        "max-shortest 1: body.0 (3)",
+        "max-shortest 1: body.1 (2)",
+    ]
+    results = _sarif(check(target, "--max-shortest", "1", "--format", "sarif"))["runs"][0]
+    located = [r["locations"][0]["physicalLocation"] for r in results["results"]]
+    assert [(p["artifactLocation"]["uri"], p["region"]["startLine"]) for p in located] == [
+        (target, 11),
+        (target, 11),
+    ]
+
+
+LIBRARY = """\
+from torch import nn
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+"""
+USER = """\
+from torch import nn
+from pairlib import Pair
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pre, self.pair, self.head = nn.Linear(4, 4), Pair(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.pair(self.pre(x)))
+
+
+model = Model()
+input_shape = (1, 4)
+"""
+
+
+def test_layers_called_from_outside_the_checkout_are_named_at_the_rules_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offending layers whose call lies in an installed library (pair.a, pair.b in
+    pairlib.py, outside the working directory) cannot be placed on a diff; they are not
+    dropped either, but named together at the rule's own line (none for a command-line
+    rule) beside the one placed on the checkout's line (pre, line 11). By hand: the chain
+    pre → pair.a → pair.b → head gives shortest paths 4, 3, 2, 1."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "pairlib.py").write_text(LIBRARY)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "user.py").write_text(USER)
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    monkeypatch.chdir(tmp_path / "repo")
+    github = check("user.py", "--max-shortest", "1", "--format", "github")
+    assert github.exit_code == 1
+    errors = [line for line in github.stdout.splitlines() if line.startswith("::error")]
+    assert errors == [
+        "::error file=user.py,line=11,title=gpa check user.py max-shortest::"
+        "max-shortest 1: pre (4)",
+        "::error title=gpa check user.py max-shortest::"
+        "max-shortest 1: also pair.a (3), pair.b (2) (called from no line of the checkout)",
+    ]
+    sarif = _sarif(check("user.py", "--max-shortest", "1", "--format", "sarif"))
+    placed, rest = sarif["runs"][0]["results"]
+    assert placed["locations"][0]["physicalLocation"]["region"]["startLine"] == 11
+    assert "locations" not in rest and "pair.a (3), pair.b (2)" in rest["message"]["text"]
+    # a `layers` rule splits alike (the layers outside the checkout were dropped before),
+    # the rest pointing at the configuration line setting it
+    (tmp_path / "repo" / "pyproject.toml").write_text(
+        '[tool.gpa.models.user]\ntarget = "user.py"\nlayers = { "*" = { max_shortest = 1 } }\n'
+    )
+    errors = check("--format", "github").stdout.splitlines()
+    assert [e.split("::")[1].split(",title=")[0] for e in errors[:2]] == [
+        "error file=user.py,line=11",
+        "error file=pyproject.toml,line=3",
+    ]
+    assert errors[1].endswith(
+        "::layers[*].max-shortest 1: also pair.a (3), pair.b (2) (called from no line of the checkout)"
+    )
 
 
 # tests/data/check/wrapped.py: a → project(·, p.weight) → b, where project() is a
