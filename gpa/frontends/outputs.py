@@ -98,6 +98,8 @@ class Returned:
     Attributes:
         values: (path, value) for each value reached, in the returned structure's order.
         opaque: (path, type name) of each object gpa could not look into.
+        empty: (path, description) of each value holding nothing that could carry
+            gradient (None, a number, a string, an empty container …), for error messages.
         returned: a short description of the returned object (for error messages).
         plain: the returned structure with the same values under the same paths, in
             tuples, lists, dicts and namedtuples only: None in place of what holds no
@@ -106,6 +108,7 @@ class Returned:
 
     values: list[tuple[OutputPath, Any]] = field(default_factory=list)
     opaque: list[tuple[OutputPath, str]] = field(default_factory=list)
+    empty: list[tuple[OutputPath, str]] = field(default_factory=list)
     returned: str = ""
     plain: Any = None
 
@@ -131,6 +134,13 @@ class Returned:
                     raise GpaError(
                         f"output {key!r} is a {kind} (at '{path}'), which gpa cannot look "
                         "into: no tensor of it can feed the loss"
+                    )
+                held = [kind for p, kind in self.empty if p.under(key)]
+                if held:
+                    # (export's returned structure holds None for every such value)
+                    what = "" if held[0] == "None" else f" (it is {held[0]})"
+                    raise GpaError(
+                        f"output {key!r} holds no tensor{what}: nothing of it can feed the loss"
                     )
         return select_paths(self.values, outputs)
 
@@ -237,7 +247,10 @@ def _walk(
     if is_value(x):
         found.values.append((path, x))
         return x
-    if isinstance(x, _NOTHING_INSIDE) or id(x) in open_ids:  # (a cycle: walked above)
+    if id(x) in open_ids:  # a cycle: walked above
+        return None
+    if isinstance(x, _NOTHING_INSIDE):
+        found.empty.append((path, _describe(x)))
         return None
     kind = _opaque_type(x)
     children = None
@@ -247,6 +260,8 @@ def _walk(
         kind = kind or _type_name(x)
         found.opaque.append((path, kind))
         return {_OPAQUE + kind: None}
+    if not children:
+        found.empty.append((path, _describe(x)))
     plain = [
         (spellings, _walk(child, path.child(*spellings), found, is_value, (*open_ids, id(x))))
         for spellings, child in children
@@ -337,8 +352,11 @@ def _type_name(x: Any) -> str:
 
 
 def _describe(x: Any) -> str:
+    """``x`` in a few words for a message: ``None``, ``an empty list``, ``an int`` …"""
     if x is None:
         return "None"
-    if isinstance(x, (tuple, list, dict)) and not x:
-        return f"an empty {type(x).__name__}"
-    return f"a {_opaque_type(x) or _type_name(x)}"
+    for container in (tuple, list, dict):  # (fx's immutable ones among them)
+        if isinstance(x, container) and not x:
+            return f"an empty {container.__name__}"
+    name = _opaque_type(x) or _type_name(x)
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"

@@ -286,6 +286,35 @@ def test_no_output_carrying_gradient_is_an_error(tracer) -> None:
     assert report.layers["fc"].shortest == 1
 
 
+class ReturnsOddities(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return {"y": self.fc(x), "n": 3, "none": None, "extra": [], "s": "a", "t": (None,)}
+
+
+@pytest.mark.parametrize("tracer", ALL)
+@pytest.mark.parametrize(
+    ("key", "held"),
+    [("n", "an int"), ("none", None), ("extra", "an empty list"), ("s", "a str"), ("t", None)],
+)
+def test_selecting_an_output_holding_no_tensor_says_so(tracer, key, held) -> None:
+    """Named outputs that are there but hold nothing gradient could flow through: the
+    error says so, not that they are missing. Export's returned structure holds None in
+    place of numbers and strings, so only fx and autograd say which they were."""
+    with pytest.raises(GpaError) as error:
+        gpa.analyze(ReturnsOddities(), input_shape=(1, 4), tracer=tracer, outputs=[key])
+    message = str(error.value)
+    assert message.startswith(f"output '{key}' holds no tensor")
+    assert message.endswith(": nothing of it can feed the loss")
+    if held is not None and tracer in ("fx", "autograd", "auto"):
+        assert f"(it is {held})" in message
+    with pytest.raises(GpaError, match="'zz' is not among the model's outputs; available: 'y'"):
+        gpa.analyze(ReturnsOddities(), input_shape=(1, 4), tracer=tracer, outputs=["zz"])
+
+
 def test_gpa_testing_raises_too() -> None:
     with pytest.raises(GpaError, match="returns no tensor"):
         assert_gradient_paths(ReturnsNone(), max_shortest=3, input_shape=(1, 4))
