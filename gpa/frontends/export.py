@@ -433,27 +433,58 @@ def _mark_inference_mode(graph: fx.Graph) -> None:
                 graph.call_function(grad_mode, (True,))
 
 
+def _region(node: fx.Node) -> tuple[bool | None, fx.Node, tuple] | None:
+    """For a call of one of export's region operators — ``wrap_with_set_grad_enabled(mode,
+    submodule, *args)``, ``wrap_with_autocast(device, dtype, enabled, cache, submodule,
+    *args)`` —: its grad mode (None: it sets none), its submodule's node and its arguments;
+    else None."""
+    if node.op != "call_function":
+        return None
+    name = getattr(node.target, "__name__", "")
+    if name == "wrap_with_set_grad_enabled":
+        return bool(node.args[0]), node.args[1], node.args[2:]
+    if name == "wrap_with_autocast":  # a dtype for its operations: no bearing on paths
+        return None, node.args[4], node.args[5:]
+    return None
+
+
 def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> None:
-    """Replace each ``wrap_with_set_grad_enabled(mode, submodule, *args)`` by the
-    submodule's operations between ``grad_mode(mode)`` and ``grad_mode(previous)``.
+    """Replace each region operator's call (see :func:`_region`) by its submodule's
+    operations, between ``grad_mode(mode)`` and ``grad_mode(previous)`` for a grad-mode
+    region; drop export's dtype assertions (``_assert_tensor_metadata``: an autocast
+    region's results are asserted to have its dtype, which the meta run, without autocast,
+    does not give).
 
     When exported under :class:`~gpa.frontends.watch.Checkpoints` (``watched``), the
     ``detach_`` of a region without gradient is dropped: it is autograd's, on the outputs
     of a re-entrant checkpoint none of whose inputs requires grad under export, while
     every input counts as requiring it (``docs/semantics.md`` §3).
+
+    Raises:
+        TraceError: another operator holding a submodule remains (``torch.cond``, …):
+            the layers inside it would be lost.
     """
     graph = gm.graph
     enabled = True
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is grad_mode:
             enabled = bool(node.args[0])
-        if not _is_grad_mode_region(node):
+        if (
+            node.op == "call_function"
+            and node.target is torch.ops.aten._assert_tensor_metadata.default
+        ):
+            graph.erase_node(node)
             continue
-        mode, holder, *args = node.args
+        region = _region(node)
+        if region is None:
+            _refuse_subgraphs(gm, node)
+            continue
+        mode, holder, args = region
         sub = gm.get_submodule(holder.target)
         _inline_grad_mode_regions(sub, watched)
         with graph.inserting_before(node):
-            graph.call_function(grad_mode, (bool(mode),))
+            if mode is not None:
+                graph.call_function(grad_mode, (mode,))
             placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
             env = dict(zip(placeholders, args, strict=True))
             for inner in sub.graph.nodes:
@@ -467,17 +498,36 @@ def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> None
                     setattr(gm, name, getattr(sub, inner.target))
                     env[inner] = graph.get_attr(name)
                     continue
-                if watched and not mode and inner.target is torch.ops.aten.detach_.default:
+                if watched and mode is False and inner.target is torch.ops.aten.detach_.default:
                     env[inner] = env[inner.args[0]]
                     continue
                 env[inner] = graph.node_copy(inner, env.__getitem__)
-            graph.call_function(grad_mode, (enabled,))
+            if mode is not None:
+                graph.call_function(grad_mode, (enabled,))
         for user in list(node.users):
             user.replace_all_uses_with(results[user.args[1]])
             graph.erase_node(user)
         graph.erase_node(node)
         if not holder.users:
             graph.erase_node(holder)
+
+
+def _refuse_subgraphs(gm: fx.GraphModule, node: fx.Node) -> None:
+    """Raise TraceError if ``node`` calls an operator on a submodule of ``gm`` (a
+    higher-order operator: ``torch.cond``, ``map``, …) that gpa does not inline."""
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.HigherOrderOperator):
+        return
+    held = [
+        a
+        for a in node.all_input_nodes
+        if a.op == "get_attr" and isinstance(getattr(gm, str(a.target), None), fx.GraphModule)
+    ]
+    if held:
+        name = getattr(node.target, "__name__", str(node.target))
+        raise TraceError(
+            f"torch.export's graph calls {name} on a part of the model, which gpa does not "
+            "read: the layers inside it would be lost"
+        )
 
 
 def _name_outputs(graph: fx.Graph, spec: Any) -> None:

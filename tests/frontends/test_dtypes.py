@@ -171,3 +171,58 @@ def test_records_do_not_depend_on_precision(dtype: torch.dtype, given: str, trac
     report = gpa.analyze(model, tracer=tracer, **inputs)
     assert layer_records(report) == layer_records(reference)
     assert report.inputs[0]["dtype"] == str(dtype).removeprefix("torch.")
+
+
+class AutocastBlock(nn.Module):
+    """Layers run under ``torch.autocast`` (bfloat16 on the CPU). ``chunked`` iterates a
+    chunk's results, which fx cannot trace: auto goes on to export, whose graph holds the
+    block as a ``wrap_with_autocast`` region (and asserts the region's results' dtype)."""
+
+    def __init__(self, chunked: bool) -> None:
+        super().__init__()
+        self.chunked = chunked
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            h = self.a(x)
+            if self.chunked:
+                return self.head(torch.cat([self.b(p) for p in h.chunk(2, 0)], 0))
+            h = self.b(h)
+        return self.head(h.float())
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("chunked", [False, True])
+def test_layers_under_autocast(tracer: str, chunked: bool) -> None:
+    """By hand: a -> b -> head, one path each (b's two calls under ``chunked`` are one
+    record of calls 2: each gives one path to head). Export lost a and b inside the
+    region (the first found by a new-user review) and failed on its dtype assertion."""
+    model, x = AutocastBlock(chunked), torch.randn(2, 4)
+    if tracer == "fx" and chunked:
+        with pytest.raises(TraceError):
+            gpa.analyze(model, (x,), tracer=tracer)
+        return
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    calls = 2 if chunked else 1
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "b", {2: calls}, ("head",), calls=calls)
+    expect(report, "a", {3: calls}, ("b",))
+    check_reachability_with_autograd(report, model, x)
+
+
+@pytest.mark.slow
+def test_an_export_region_gpa_does_not_read_is_refused() -> None:
+    """``torch.cond`` holds each branch's layers in a submodule of export's graph, which
+    gpa does not read: export refuses rather than lose them."""
+
+    class Cond(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cond(x.sum() > 0, self.a, self.b, (x,))
+
+    with pytest.raises(TraceError, match="calls cond on a part of the model"):
+        gpa.analyze(Cond(), (torch.randn(2, 4),), tracer="export")
