@@ -66,9 +66,16 @@ from gpa.frontends.modules import (
     unused_layer_modules,
     with_tied,
 )
+from gpa.frontends.operators import custom_operator, custom_operator_note
 from gpa.frontends.outputs import returned_values
 from gpa.frontends.raised import briefly, model_raised
-from gpa.frontends.randomness import Marks, RandomBranches, random_branch_message
+from gpa.frontends.randomness import (
+    TO_PYTHON,
+    Marks,
+    RandomBranches,
+    data_branch_note,
+    random_branch_message,
+)
 from gpa.frontends.watch import Checkpoints, ModuleCalls, in_reentrant_checkpoint
 from gpa.options import AnalysisOptions
 
@@ -82,7 +89,7 @@ _MIXING_NODES = frozenset(
     "ConvDepthwise2DBackward ConvDepthwise3DBackward ThnnConv2DBackward "
     "MkldnnLinearBackward LinearBackward MmBackward AddmmBackward BmmBackward "
     "BaddbmmBackward AddbmmBackward MvBackward AddmvBackward DotBackward "
-    "EmbeddingBackward EmbeddingBagBackward TrilinearBackward".split()
+    "EmbeddingBackward EmbeddingBagBackward TrilinearBackward GroupedMmBackward".split()
 )
 # The operands that are mixed (not a bias), in the order of the forward call:
 # addmm(bias, x, w) comes from F.linear(x, w, bias), convolution(x, w, bias) from F.conv2d.
@@ -192,7 +199,14 @@ class _ParameterUse(TorchFunctionMode):
         # data (``F.linear(x, w.detach())``), none beside weights alone (``w @ w.detach()``)
         self.weight_reads: list[tuple[int, int, str | None]] = []
         self.keep: list[torch.Tensor] = []  # keeps those ids unique
+        # id() of the autograd nodes of data values: a weight picked at positions computed
+        # from data (``w[idx]``: no autograd edge to ``idx``) is one
+        self.data_nodes: set[int] = set()
         self.checkpointed = False  # a re-entrant checkpoint ran its function without gradient
+        # where forward first turned data into a Python value (a branch, a loop, an index)
+        self.data_branch: str | None = None
+        # custom operators given weights beside data -> the modules whose weights they read
+        self.operators: dict[str, dict[str, None]] = {}
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -201,8 +215,21 @@ class _ParameterUse(TorchFunctionMode):
         start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
         data = [t in self._data for t in tensors]
+        if self.data_branch is None and any(data) and getattr(func, "__name__", "") in TO_PYTHON:
+            site = caller_site()
+            self.data_branch = f"{site[0]}, line {site[1]}" if site else "in forward"
+        operator = custom_operator(func)
+        if operator is not None and any(data) and self.recorder.depth == 0:
+            self._weights_read_by(operator, tensors, data)
         if any(data):
-            self._data.add(tree_flatten(result)[0])
+            results = tree_flatten(result)[0]
+            self._data.add(results)
+            if torch.is_grad_enabled():  # (else no node; and asking may raise)
+                self.data_nodes.update(
+                    id(t.grad_fn)
+                    for t in results
+                    if isinstance(t, torch.Tensor) and t.grad_fn is not None
+                )
         if mixing and tensors:  # the shapes of a functional layer that may be found here
             value = (ValueInfo.of(result), ValueInfo.of(tensors[0]))
             self.values.append((start, self.recorder.sequence() - 1, *value))
@@ -223,6 +250,18 @@ class _ParameterUse(TorchFunctionMode):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.created.append(t.grad_fn)
         return result
+
+    def _weights_read_by(self, operator: str, tensors: list, data: list[bool]) -> None:
+        """Note the weights a custom operator reads beside data: tensors carrying gradient
+        that are no data are computed from parameters (named by the module running, for
+        a weight computed from one: ``w.transpose(-2, -1)``)."""
+        for t, is_data in zip(tensors, data, strict=True):
+            if is_data or not _carries_gradient(t):
+                continue
+            name = self.parameters.get(id(t))
+            where = name.rpartition(".")[0] or name if name else None
+            where = where or next((m for m in reversed(self.recorder.stack) if m), "the model")
+            self.operators.setdefault(operator, {})[where] = None
 
     def reads_data(self, t: Any) -> bool:
         """Whether ``t`` is data: a model input, a layer's output, or made from them."""
@@ -281,7 +320,7 @@ class _ParameterUse(TorchFunctionMode):
 _NO_GRAD_MIXING = frozenset(
     "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear bilinear "
     "embedding embedding_bag matmul __matmul__ __rmatmul__ mm bmm mv dot addmm addbmm baddbmm "
-    "addmv einsum tensordot".split()
+    "addmv einsum tensordot _grouped_mm grouped_mm".split()
 )
 
 
@@ -598,16 +637,19 @@ def _build(
 
     roots_of: dict[int, Any] = {}  # id(node) -> first parameter it is computed from, or _TAINTED
     candidates: list[Any] = []  # convolutions whose kernel carries no parameter alone
+    picked: set[int] = set()  # id(node) of values the forward pass saw computed from data
     for fn in nodes:  # inputs before their users
         key = key_of(fn)
         children = edges.of(fn)
         roots_of[id(fn)] = _parameter_root(fn, children, key, layer_call, roots_of, run)
+        if id(fn) in run.use.data_nodes or any(id(c) in picked for c in children if c):
+            picked.add(id(fn))  # (data; a weight picked at data positions if it has a root)
         parameter = None
         if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
             read = _weight_read(run.use.weight_reads, fn._sequence_nr())
             if read is _UNSEEN:
                 constants = _weight_read(run.use.constant_reads, fn._sequence_nr()) is None
-                parameter = _mixing_parameter(fn, children, roots_of, constants)
+                parameter = _mixing_parameter(fn, children, roots_of, constants, picked)
             else:
                 parameter = read
             if parameter is None and "Conv" in _kind(fn):
@@ -649,7 +691,12 @@ def _build(
         tracer="autograd",
         uncalled=_uncalled(model, types, [*calls, *layer_call.values()], received),
         inputs=run.inputs,
-        notes=[*run.notes, *returned.notes(outputs)],
+        notes=[
+            *run.notes,
+            *([data_branch_note(run.use.data_branch)] if run.use.data_branch else []),
+            *returned.notes(outputs),
+            *(custom_operator_note(n, owners) for n, owners in run.use.operators.items()),
+        ],
     )
 
 
@@ -722,16 +769,21 @@ def _parameter_root(
 
 
 def _mixing_parameter(
-    fn: Any, children: list[Any], roots_of: dict[int, Any], constants: bool
+    fn: Any,
+    children: list[Any],
+    roots_of: dict[int, Any],
+    constants: bool,
+    data_nodes: set[int] = frozenset(),
 ) -> str | None:
     """The parameter naming a feature-mixing node, or None when it is no layer.
 
     It is a layer when one mixed operand is computed from parameters alone (the
     first such names it) and another is data: a model input, a layer's output,
-    or a value without gradient computed from them. With parameters, buffers and
-    constants alone on every side, it only transforms a weight (``A @ B``, spectral
-    norm's ``W @ v``). ``constants``: the forward pass saw that the operands carrying
-    no gradient (no autograd edge) are constants, not data.
+    or a value without gradient computed from them — or a weight picked at positions
+    computed from data (``data_nodes``: ``table[ids] @ w``, the rows picked are data).
+    With parameters, buffers and constants alone on every side, it only transforms a
+    weight (``A @ B``, spectral norm's ``W @ v``). ``constants``: the forward pass saw
+    that the operands carrying no gradient (no autograd edge) are constants, not data.
     """
     kind = _kind(fn)
     operands = [children[i] for i in _MIXED_OPERANDS.get(kind, range(len(children)))]
@@ -743,7 +795,8 @@ def _mixing_parameter(
         return None
     if (kind in _INDEXED and not constants) or len(weights) < len(found):
         return weights[0]
-    return None
+    fixed = [f for c, f in zip(operands, found, strict=True) if id(c) not in data_nodes]
+    return fixed[0] if fixed and len(fixed) < len(found) else None
 
 
 def _dynamic_convolutions(

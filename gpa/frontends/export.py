@@ -67,7 +67,12 @@ from gpa.frontends.frames import stack_trace_site, user_frame
 from gpa.frontends.functions import custom_function_calls, run_function
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
-from gpa.frontends.fx.layers import STANDS_FOR, find_layers, used_modules
+from gpa.frontends.fx.layers import (
+    STANDS_FOR,
+    custom_operator_calls,
+    find_layers,
+    used_modules,
+)
 from gpa.frontends.fx.tracer import (
     detached_write_targets,
     grad_mode,
@@ -89,6 +94,7 @@ from gpa.frontends.modules import (
     type_name,
     unused_layer_modules,
 )
+from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.outputs import exportable
 from gpa.frontends.watch import Checkpoints
 from gpa.options import AnalysisOptions
@@ -145,14 +151,21 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
     known = [n for n in gm.graph.nodes if n.name in fused]
     found = {n.name: c for n, c in find_layers(gm, types, root, known).items()} | fused
     calls = dict(sorted(found.items(), key=lambda item: order[item[0]]))
+    operators = custom_operator_calls(
+        gm, {n: found[n.name] for n in gm.graph.nodes if n.name in found}
+    )
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls=calls,
         tracer="export",
         uncalled=unused_layer_modules(root, used | used_modules(gm, calls, root), types),
         inputs=tuple(inputs),
-        notes=output_notes(gm, options.outputs),
+        notes=[
+            *output_notes(gm, options.outputs),
+            *(custom_operator_note(name, owners) for name, owners in operators.items()),
+        ],
         traced=gm,
+        opaque=[custom_operator_label(name) for name in operators],
     )
 
 

@@ -38,7 +38,9 @@ from torch.utils._pytree import tree_flatten
 from gpa.frontends.frames import caller_site
 
 __all__ = [
+    "TO_PYTHON",
     "Marks",
+    "data_branch_note",
     "PYTHON_DRAWS_NOTE",
     "RandomBranches",
     "python_random_states",
@@ -53,7 +55,8 @@ _SAMPLING = frozenset(
     "random_ poisson dropout alpha_dropout feature_alpha_dropout dropout1d dropout2d "
     "dropout3d".split()
 )
-_TO_PYTHON = frozenset("__bool__ __float__ __int__ __index__ item tolist".split())
+#: Tensor methods that turn a value into a Python one, which forward can branch on.
+TO_PYTHON = frozenset("__bool__ __float__ __int__ __index__ item tolist".split())
 # Draws from [0, 1) — kept so by picking elements or changing the dtype — and comparisons
 # of one with a number: certain outside (0, 1) (``torch.rand([]) < 0.0`` with the layer
 # drop off, as Hugging Face's BART and Whisper draw in training whatever their drop
@@ -129,7 +132,7 @@ class RandomBranches(TorchFunctionMode):
             pass
         elif name in _COMPARISONS and self._certain(args):
             pass  # one outcome: no random branch
-        elif name in _TO_PYTHON:
+        elif name in TO_PYTHON:
             site = caller_site()
             self.where = self.where or (f"{site[0]}, line {site[1]}" if site else "in forward")
         else:
@@ -183,4 +186,15 @@ def random_branch_message(model: torch.nn.Module, where: str, train: bool) -> st
         f"{type(model).__name__}'s forward branches on random numbers ({where}; a layer "
         "drop skips layers at random), so one run shows one random architecture of it, "
         f"not its gradient paths: {hint}"
+    )
+
+
+def data_branch_note(where: str) -> str:
+    """The report note of a run that turned values computed from its inputs into Python
+    values (``where``: ``"file, line N"``), as a mixture of experts' routing does."""
+    return (
+        f"forward turned values computed from its inputs into Python values ({where}): "
+        "where it branches, loops or indexes on them (a mixture of experts' routing), the "
+        "layers' calls and paths are this run's, on these inputs, and layers it skipped "
+        "are reported unreachable for these inputs only"
     )

@@ -169,3 +169,42 @@ def test_wav2vec2_marking_its_features_as_needing_gradient_is_read_in_training()
     evaluated = gpa.analyze(model, (audio,), tracer="export", train=False)
     assert layer_records(trained) == layer_records(evaluated)
     check_reachability_with_autograd(trained, model.train(), audio)
+
+
+def mixtral(experts: str):
+    config = transformers.MixtralConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        use_cache=False,
+    )
+    config._experts_implementation = experts
+    return transformers.MixtralForCausalLM(config)
+
+
+@pytest.mark.parametrize("experts", ["grouped_mm", "batched_mm", "eager"])
+def test_mixtral_experts_are_a_layer_whichever_way_they_run(experts: str) -> None:
+    """The expert bank (``mlp.experts``: ``gate_up_proj``, ``down_proj``) holds most of a
+    mixture of experts' weights. Under export, Hugging Face's default (``grouped_mm``)
+    runs a custom operator on the CPU (noted; auto moves on to autograd, where torch's
+    ``grouped_mm`` runs), ``batched_mm`` indexes the bank with the router's choices. By
+    hand: down_proj feeds lm_head through the residual stream (2); gate_up_proj feeds
+    down_proj: the record's longest path 3. A real backward gives the bank gradient."""
+    torch.manual_seed(0)
+    model, ids = mixtral(experts), torch.randint(0, 32, (1, 6))
+    report = gpa.analyze(model, ids, outputs=["logits"])
+    experts_record = report.layers["model.layers.0.mlp.experts"]
+    assert (experts_record.shortest, experts_record.longest) == (2, 3)
+    model.zero_grad()
+    model(ids).logits.sum().backward()
+    assert model.model.layers[0].mlp.experts.gate_up_proj.grad.abs().sum() > 0
+    if experts == "batched_mm":  # export reads it, as autograd does
+        exported = gpa.analyze(model, ids, outputs=["logits"], tracer="export")
+        assert layer_records(exported) == layer_records(
+            gpa.analyze(model, ids, outputs=["logits"], tracer="autograd")
+        )

@@ -29,12 +29,19 @@ from gpa.frontends.functions import called_function
 from gpa.frontends.fx.flow import flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.inline import InliningFlow, inline_calls
-from gpa.frontends.fx.layers import find_layers, opaque_calls, uncalled_layers, wrapped_calls
+from gpa.frontends.fx.layers import (
+    custom_operator_calls,
+    find_layers,
+    opaque_calls,
+    uncalled_layers,
+    wrapped_calls,
+)
 from gpa.frontends.fx.norm_act import norm_act_kinds
 from gpa.frontends.fx.tracer import single_call, trace
 from gpa.frontends.inputs import floating_dtype, zeros
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
 from gpa.frontends.modules import fx_leaf, opaque_layer_types, scripted_notes, training_mode
+from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.options import AnalysisOptions
 
 __all__ = ["fx_gradient_graph"]
@@ -87,8 +94,10 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         name = getattr(node.target, "__name__", str(node.target))
         key = (name, called_function(node.target) is not None)
         readers.setdefault(key, {}).update(dict.fromkeys(owners))
+    operators = custom_operator_calls(gm, calls)
     notes += scripted_notes(traced, options.layer_types)
     notes += _opaque_notes(readers, options.channels, inputs is not None)
+    notes += [custom_operator_note(name, owners) for name, owners in operators.items()]
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls={node.name: call for node, call in calls.items()},
@@ -98,8 +107,11 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         notes=notes,
         traced=gm,
         opaque=[
-            f"{name} (a custom autograd Function given parameters)" if function else name
-            for name, function in readers
+            *(
+                f"{name} (a custom autograd Function given parameters)" if function else name
+                for name, function in readers
+            ),
+            *map(custom_operator_label, operators),
         ],
     )
 

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -38,10 +38,12 @@ from gpa.frontends.modules import (
     unused_layer_modules,
     with_tied,
 )
+from gpa.frontends.operators import custom_operator
 
 __all__ = [
     "CONV_FUNCTIONS",
     "STANDS_FOR",
+    "custom_operator_calls",
     "find_layers",
     "opaque_calls",
     "wrapped_calls",
@@ -104,6 +106,8 @@ _MIXING_FUNCTIONS = CONV_FUNCTIONS | {
     torch.einsum,
     torch.tensordot,
     torch.embedding,
+    torch._grouped_mm,  # a mixture of experts' expert bank (Hugging Face's default)
+    *([F.grouped_mm] if hasattr(F, "grouped_mm") else []),
     *_overloads(
         "linear",
         "bilinear",
@@ -119,6 +123,7 @@ _MIXING_FUNCTIONS = CONV_FUNCTIONS | {
         "addmv",
         "einsum",
         "tensordot",
+        "_grouped_mm",
     ),
 }
 _MIXING_METHODS = frozenset(
@@ -128,15 +133,22 @@ _MIXING_METHODS = frozenset(
 
 def _parameter_roots(
     gm: fx.GraphModule, layer_nodes: set[fx.Node]
-) -> dict[fx.Node, tuple[str, ...]]:
-    """For nodes computed from parameters alone: the parameter targets they come from.
+) -> tuple[dict[fx.Node, tuple[str, ...]], set[fx.Node], set[fx.Node]]:
+    """For nodes computed from parameters alone: the parameter targets they come from;
+    which of them are weights picked at positions computed from data; and the nodes
+    that are data.
 
     A node qualifies when it has at least one parameter among its ancestors and
     no placeholder and no layer call among them (buffers and constants are fine).
     Dependencies through non-tensor values (``x.size(0)``) carry only a shape
-    and do not count.
+    and do not count; nor do integer and boolean tensors (indices, masks) computed from
+    data where they pick a weight's elements — ``w[idx]``, a mixture of experts' weights
+    chosen by its router —, which makes the node *selected* (``docs/semantics.md`` §2).
+    The data nodes are the placeholders, the layer calls, and what is computed from them
+    otherwise.
     """
     roots: dict[fx.Node, tuple[str, ...]] = {}
+    selected: set[fx.Node] = set()
     tainted: set[fx.Node] = set()  # depends on model inputs or on a layer's output
     for node in gm.graph.nodes:
         if node.op == "placeholder" or node in layer_nodes:
@@ -149,13 +161,24 @@ def _parameter_roots(
                 roots[node] = (node.target,)
             continue
         inputs = node.all_input_nodes
-        if any(n in tainted and _is_tensor(n) for n in inputs):
+        found = tuple(dict.fromkeys(t for n in inputs for t in roots.get(n, ())))
+        data = [n for n in inputs if n in tainted and _is_tensor(n)]
+        if data and not (found and all(_positions(n) for n in data)):
             tainted.add(node)
             continue
-        found = tuple(dict.fromkeys(t for n in inputs for t in roots.get(n, ())))
         if found:
             roots[node] = found
-    return roots
+            if data or any(n in selected for n in inputs):
+                selected.add(node)
+    return roots, selected, tainted
+
+
+def _positions(node: fx.Node) -> bool:
+    """Whether a node's value is an integer or boolean tensor (indices, a mask), through
+    which no gradient flows."""
+    flow = node.meta.get(FLOW)
+    dtype = flow.value.dtype if flow is not None and flow.value is not None else None
+    return dtype is not None and (dtype == "bool" or "int" in dtype)
 
 
 def _is_tensor(node: fx.Node) -> bool:
@@ -201,15 +224,10 @@ def find_layers(
             module = modules[node.target]
             if is_layer_module(module, types):
                 calls[node] = LayerCall(node.target, type_name(module), call_site(node))
-    roots = _parameter_roots(gm, set(calls) | set(known))
+    roots, selected, data = _parameter_roots(gm, set(calls) | set(known))
     for node in gm.graph.nodes:
-        if not _is_mixing(node):
-            continue
-        operands = [n for n in node.all_input_nodes if n in roots]
-        if node in roots:  # all its operands are weights: it computes a weight (A @ B)
-            continue
-        if operands:
-            calls[node] = LayerCall(*owner(model or gm, roots[operands[0]][0]), call_site(node))
+        if _is_mixing(node) and (weight := _mixed_weight(node, roots, selected, data)):
+            calls[node] = LayerCall(*owner(model or gm, roots[weight][0]), call_site(node))
     # dynamic convolutions (CondConv), once every other layer is known
     makers = {n: found for n in gm.graph.nodes if (found := _weight_makers(n, calls, roots))}
     if makers:
@@ -222,6 +240,28 @@ def find_layers(
             del calls[maker]
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
+
+
+def _mixed_weight(
+    node: fx.Node,
+    roots: Mapping[fx.Node, Any],
+    selected: set[fx.Node],
+    data: set[fx.Node],
+) -> fx.Node | None:
+    """The operand naming a feature-mixing call that is a layer, else None
+    (``docs/semantics.md`` §2). It is a layer when it reads a weight beside data — the
+    first weight names it —, or a weight beside one picked at positions computed from data
+    (``table[ids] @ w``: the rows picked are data, the embedding's output). With weights,
+    buffers and constants alone it computes a weight (``A @ B``, spectral norm's
+    ``W @ v``)."""
+    operands = node.all_input_nodes
+    weights = [n for n in operands if n in roots]
+    if not weights:
+        return None
+    if any(n in data and _is_tensor(n) for n in operands):
+        return weights[0]
+    fixed = [n for n in weights if n not in selected]
+    return fixed[0] if fixed and len(fixed) < len(weights) else None
 
 
 def _weight_makers(
@@ -341,10 +381,33 @@ def opaque_calls(
     """
     if not any(wrapped(n) for n in gm.graph.nodes):
         return []
-    roots = _parameter_roots(gm, set(calls))
+    return _weight_readers(gm, calls, lambda n: wrapped(n) and not _is_mixing(n))
+
+
+def custom_operator_calls(
+    gm: fx.GraphModule, calls: Mapping[fx.Node, LayerCall]
+) -> dict[str, list[str]]:
+    """Custom operators (:mod:`gpa.frontends.operators`) given weights beside data: their
+    qualified names, each with the modules owning the parameters they read."""
+    if not any(custom_operator(n.target) for n in gm.graph.nodes if n.op == "call_function"):
+        return {}
+    found: dict[str, dict[str, None]] = {}
+    for node, owners in _weight_readers(
+        gm, calls, lambda n: n.op == "call_function" and custom_operator(n.target) is not None
+    ):
+        found.setdefault(custom_operator(node.target), {}).update(dict.fromkeys(owners))
+    return {name: list(owners) for name, owners in found.items()}
+
+
+def _weight_readers(
+    gm: fx.GraphModule, calls: Mapping[fx.Node, LayerCall], chosen: Callable[[fx.Node], bool]
+) -> list[tuple[fx.Node, list[str]]]:
+    """The ``chosen`` nodes, not layers, given a weight beside anything else, each with
+    the modules owning the parameters it reads."""
+    roots, _, _ = _parameter_roots(gm, set(calls))
     found = []
     for node in gm.graph.nodes:
-        if not wrapped(node) or node in calls or _is_mixing(node):
+        if node in calls or not chosen(node):
             continue
         params = [t for n in node.all_input_nodes for t in roots.get(n, ())]
         if params and any(n not in roots for n in node.all_input_nodes):

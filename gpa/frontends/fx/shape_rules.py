@@ -361,6 +361,33 @@ def _roll(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return _empty(x.shape, x.dtype) if valid else None
 
 
+_GROUPED_MM = inspect.signature(
+    lambda mat_a, mat_b, offs=None, bias=None, out_dtype=None: None  # noqa: ARG005
+)
+
+
+def _grouped_mm(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``torch._grouped_mm`` / ``F.grouped_mm(mat_a, mat_b, offs=…)``, a mixture of
+    experts' expert bank: tokens ``(S, K)`` sorted by expert times weights ``(E, K, N)``
+    give ``(S, N)``; ``(E, M, K)`` times ``(E, K, N)`` give ``(E, M, N)``. The meta
+    device's kernel takes bfloat16 alone, where the CPU runs any floating dtype. Other
+    forms (2-D weights cut by ``offs``) and a bias or output dtype are left to it."""
+    try:
+        bound = _GROUPED_MM.bind(*args, **kwargs).arguments
+    except TypeError:
+        return None
+    a, b = bound["mat_a"], bound["mat_b"]
+    if bound.get("bias") is not None or bound.get("out_dtype") is not None:
+        return None
+    if not (_plain(a) and _plain(b)) or a.dtype != b.dtype or b.dim() != 3:
+        return None
+    if a.dim() == 2 and a.shape[1] == b.shape[1] and bound.get("offs") is not None:
+        return _empty((a.shape[0], b.shape[2]), a.dtype)
+    if a.dim() == 3 and a.shape[0] == b.shape[0] and a.shape[2] == b.shape[1]:
+        return _empty((a.shape[0], a.shape[1], b.shape[2]), a.dtype)
+    return None
+
+
 def _float_tensor_in(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.is_floating_point() or value.is_complex()
@@ -417,6 +444,8 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **{op: _rearranging(op) for op in _REARRANGING_FUNCTIONS},
     torch.roll: _roll,
     "roll": _roll,
+    torch._grouped_mm: _grouped_mm,
+    **({F.grouped_mm: _grouped_mm} if hasattr(F, "grouped_mm") else {}),
 }
 
 #: Rules by exact module type (a subclass may override forward); they take the module

@@ -1,0 +1,113 @@
+"""Custom operators (``torch.library``) given weights beside data are noted, on every
+frontend.
+
+No frontend sees into an operator registered from outside torch (Hugging Face's
+``transformers::grouped_mm_fallback``, the expert bank of its mixtures of experts on the
+CPU in export's graph; ``torchvision::deform_conv2d``): gpa cannot tell whether it mixes
+features, so it is no layer, and its weights are in no record. That used to pass in
+silence; now each frontend notes it (``docs/semantics.md`` §2), and ``auto`` moves on from
+fx and export to autograd, where the model's own code may call torch's operators instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gpa
+from tests.frontends.every_tracer import EVERY_TRACER
+from tests.semantics import LOSS, check_reachability_with_autograd, expect
+
+
+@torch.library.custom_op("gpatest::first_expert", mutates_args=())
+def first_expert(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x @ w[0]
+
+
+@first_expert.register_fake
+def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[2])
+
+
+def _backward(ctx, grad):  # noqa: ANN001, ANN202
+    x, w = ctx.saved_tensors
+    grad_w = torch.zeros_like(w)
+    grad_w[0] = x.T @ grad
+    return grad @ w[0].T, grad_w
+
+
+def _setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    ctx.save_for_backward(*inputs)
+
+
+first_expert.register_autograd(_backward, setup_context=_setup)
+
+NOTE = (
+    "'gpatest::first_expert' is a custom operator, which gpa cannot look into; it reads "
+    "weights of {owner} beside data: they are in no layer here (if it mixes features, the "
+    "paths through it are one layer short)"
+)
+
+
+class Bank(nn.Module):
+    """a -> first_expert(·, w) -> head; ``transposed`` gives the operator ``w`` computed
+    from the parameter (as Hugging Face transposes its expert bank)."""
+
+    def __init__(self, transposed: bool = False) -> None:
+        super().__init__()
+        self.transposed = transposed
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.w = nn.Parameter(torch.randn(2, 4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.w.transpose(-2, -1) if self.transposed else self.w
+        return self.head(first_expert(self.a(x), w))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_custom_operator_given_weights_beside_data_is_noted(tracer, transposed) -> None:
+    """By hand, with the operator no layer: a -> head (2), head -> loss (1); w gets
+    gradient (a real backward) but is in no record, which the note says."""
+    model, x = Bank(transposed), torch.randn(3, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    assert list(report.layers) == ["a", "head"]
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "a", {2: 1}, ("head",))
+    check_reachability_with_autograd(report, model, x)
+    model(x).sum().backward()
+    assert model.w.grad is not None
+    # the owner: the parameter's module (the root: its name) or, for a weight computed
+    # from it under autograd, the module running
+    owner = "w" if tracer in ("fx", "export") or not transposed else "the model"
+    assert NOTE.format(owner=owner) in report.notes
+    if tracer == "auto":
+        assert report.tracer == "autograd"
+        assert report.notes[0].startswith(
+            "tracer auto used autograd: fx: cannot look into gpatest::first_expert "
+            "(a custom operator given weights)"
+        )
+
+
+class WeightOnly(nn.Module):
+    """The operator computes a weight from parameters alone, which a linear then uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 4, 4))
+        self.basis = nn.Parameter(torch.randn(4, 4))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x @ first_expert(self.basis, self.w))
+
+
+@EVERY_TRACER
+def test_a_custom_operator_given_weights_alone_makes_a_weight(tracer) -> None:
+    """No data reaches the operator: it computes a weight, as any computation on
+    parameters alone (§2); the product with x is then a layer of ``basis``, named by
+    the first weight it reads. No note."""
+    report = gpa.analyze(WeightOnly(), (torch.randn(3, 4),), tracer=tracer)
+    assert not any("custom operator" in n for n in report.notes)
+    assert report.tracer == ("fx" if tracer == "auto" else tracer)

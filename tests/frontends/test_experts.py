@@ -1,0 +1,168 @@
+"""Mixture-of-experts weights are layers, whichever way the experts are applied.
+
+``docs/semantics.md`` §2: a feature-mixing call reading a weight beside data is a layer.
+A mixture of experts applies its expert bank ``w`` (``E × K × N``) to tokens in one of three
+ways: expert by expert (``F.linear(x, w[e])``, ``e`` a Python number), all at once with
+the weights its router picked (``bmm(x, w[idx])``, ``idx`` an integer tensor computed from
+the router's output), or with a grouped product over the tokens sorted by expert
+(``F.grouped_mm(x, w, offs=…)``, Hugging Face's default). The router's indices carry no
+gradient: ``w[idx]`` is a weight picked by data, and the product a call of ``w``. fx and
+export left it out (its operand had a layer's output among its ancestors), ``grouped_mm``
+was no layer on any frontend, and the autograd frontend, reading autograd's edges only,
+took a table's rows picked by data (``table[ids] @ w``) for a weight. Every frontend must
+give the hand-derived records below, and a real backward the same reachability.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import gpa
+from tests.frontends.every_tracer import EVERY_TRACER, layer_records
+from tests.semantics import LOSS, check_reachability_with_autograd, expect
+
+TOKENS, WIDTH, EXPERTS = 6, 8, 3
+
+
+class Routed(nn.Module):
+    """gate -> top-1 of its softmax -> (probability × expert(x)) -> head. ``how`` applies
+    the chosen experts: ``index`` (``w[idx]``), ``index_select``, or ``loop`` (every
+    expert on every token, weighted by its probability: ``F.linear(x, w[e])``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.gate = nn.Linear(WIDTH, EXPERTS)
+        self.w = nn.Parameter(torch.randn(EXPERTS, WIDTH, WIDTH) / WIDTH)
+        self.head = nn.Linear(WIDTH, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = self.gate(x).softmax(-1)
+        if self.how == "loop":
+            mixed = sum(probs[:, e : e + 1] * F.linear(x, self.w[e]) for e in range(EXPERTS))
+            return self.head(mixed)
+        p, idx = probs.topk(1, -1)
+        picked = self.w[idx[:, 0]] if self.how == "index" else self.w.index_select(0, idx[:, 0])
+        return self.head(p * torch.bmm(x.unsqueeze(1), picked).squeeze(1))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["index", "index_select", "loop"])
+def test_experts_picked_by_the_router_are_a_layer(tracer: str, how: str) -> None:
+    """By hand: head feeds the loss (1); gate reaches head through the probabilities (2);
+    each call of w (one, or one per expert) feeds head (2)."""
+    model, x = Routed(how), torch.randn(TOKENS, WIDTH)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    calls = EXPERTS if how == "loop" else 1
+    assert list(report.layers) == ["gate", "w", "head"]
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "gate", {2: 1}, ("head",))
+    expect(report, "w", {2: calls}, ("head",), calls=calls)
+    check_reachability_with_autograd(report, model, x)
+
+
+class Lookup(nn.Module):
+    """Rows of a table picked by the input, then projected: ``table[ids] @ w.T``. The rows
+    are data (an embedding's output, §2); ``w`` is the layer, ``table`` none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, WIDTH))
+        self.w = nn.Parameter(torch.randn(2, WIDTH))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table[ids] @ self.w.T
+
+
+@EVERY_TRACER
+def test_rows_picked_by_data_beside_a_weight_are_data(tracer: str) -> None:
+    model, ids = Lookup(), torch.randint(0, 10, (2, 5))
+    report = gpa.analyze(model, (ids,), tracer=tracer)
+    assert list(report.layers) == ["w"]
+    expect(report, "w", {1: 1}, (LOSS,))
+
+
+class Grouped(nn.Module):
+    """a -> grouped product with the expert bank (tokens 0-2 to expert 0, 3-5 to expert
+    1) -> head, as Hugging Face's mixtures of experts run by default."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.a = nn.Linear(WIDTH, WIDTH, dtype=dtype)
+        self.w = nn.Parameter(torch.randn(2, WIDTH, WIDTH, dtype=dtype))
+        self.head = nn.Linear(WIDTH, 2, dtype=dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        offs = torch.tensor([3, TOKENS], dtype=torch.int32, device=x.device)
+        grouped = F.grouped_mm if hasattr(F, "grouped_mm") else torch._grouped_mm
+        return self.head(grouped(self.a(x), self.w, offs=offs))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_grouped_product_with_the_expert_bank_is_a_layer(tracer, dtype) -> None:
+    """By hand: a -> w -> head, one path each. torch's meta kernel (export's fake one too)
+    takes bfloat16 alone, where the CPU runs float32: fx works the shape out by rule, and
+    export is torch's limit there."""
+    model, x = Grouped(dtype), torch.randn(TOKENS, WIDTH, dtype=dtype)
+    if tracer == "export" and dtype == torch.float32:
+        with pytest.raises(gpa.errors.TraceError, match="BF16"):
+            gpa.analyze(model, (x,), tracer=tracer)
+        return
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "w", {2: 1}, ("head",))
+    expect(report, "a", {3: 1}, ("w",))
+    check_reachability_with_autograd(report, model, x)
+
+
+def test_every_frontend_gives_one_record_for_routed_experts() -> None:
+    """The records, sources and types included, are the same on every frontend."""
+    model, x = Routed("index"), torch.randn(TOKENS, WIDTH)
+    records = [
+        layer_records(gpa.analyze(model, (x,), tracer=t)) for t in ("fx", "export", "autograd")
+    ]
+    assert records[0] == records[1] == records[2]
+
+
+class Branching(nn.Module):
+    """Experts as modules, each run on the tokens routed to it, if any: ``if
+    mask.any()`` is a branch on data, which fx and export refuse; autograd runs it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = nn.Linear(WIDTH, EXPERTS)
+        self.experts = nn.ModuleList(nn.Linear(WIDTH, WIDTH) for _ in range(EXPERTS))
+        self.head = nn.Linear(WIDTH, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, idx = self.gate(x).softmax(-1).topk(1, -1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            mask = idx[:, 0] == e
+            if mask.any():  # the branch on data
+                out = out.index_add(0, mask.nonzero()[:, 0], p[mask] * expert(x[mask]))
+        return self.head(out)
+
+
+@pytest.mark.parametrize("tracer", ["autograd", "auto"])
+def test_routing_that_branches_on_data_is_noted(tracer: str) -> None:
+    """Which experts run depends on the input: the report says so, naming the line, and
+    its unreachable experts are those a real backward on that input gives no gradient
+    (input zeros route every token to one expert)."""
+    model = Branching()
+    for x in (torch.zeros(TOKENS, WIDTH), torch.randn(TOKENS, WIDTH)):
+        report = gpa.analyze(model, (x,), tracer=tracer)
+        assert report.tracer == "autograd"
+        (note,) = [n for n in report.notes if "into Python values" in n]
+        assert f"({__file__}, line " in note and "for these inputs only" in note
+        check_reachability_with_autograd(report, model, x)
+        routed = set(model.gate(x).argmax(-1).tolist())
+        assert set(report.network.unreachable) == {
+            f"experts.{e}" for e in range(EXPERTS) if e not in routed
+        }
+    routed_alike = gpa.analyze(Routed("index"), (torch.randn(TOKENS, WIDTH),), tracer="autograd")
+    assert not any("into Python values" in n for n in routed_alike.notes)
