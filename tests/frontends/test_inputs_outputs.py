@@ -229,3 +229,53 @@ def test_two_inputs(by_shape):
         {"shape": [2, 4], "dtype": "float32"},
         {"shape": [2, 6], "dtype": "float32"},
     ]
+
+
+# ======================================================================================
+# Example inputs that are Python values: None for an optional input, flags, numbers
+
+
+class Optional(nn.Module):
+    """Hugging Face's optional inputs: the embedding runs unless ``inputs_embeds`` is
+    given; ``use_k`` and ``mode`` choose the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.l, self.k = nn.Embedding(10, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, ids, inputs_embeds=None, use_k=False, scale=1.0, mode="a"):
+        if inputs_embeds is None:
+            inputs_embeds = self.emb(ids)
+        if use_k and mode == "b":
+            return self.k(inputs_embeds * scale)
+        return self.l(inputs_embeds * scale)
+
+
+IDS = torch.randint(0, 10, (1, 5))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+@pytest.mark.parametrize(
+    ("args", "head", "embedded"),
+    [
+        ((IDS, None), "l", True),
+        ((IDS, None, True, 2.0, "b"), "k", True),
+        ((IDS, None, True, 2.0, "a"), "l", True),
+        ((None, torch.randn(1, 5, 4), False), "l", False),
+    ],
+)
+def test_python_values_among_the_inputs_take_their_branch(tracer, args, head, embedded) -> None:
+    """fx traced a None or a flag as a proxy: ``inputs_embeds is None`` was false (fx
+    then failed on the wrong branch, and auto stopped there), a flag refused. Now each is
+    traced as given. By hand: the head chosen feeds the loss (1), the embedding it (2);
+    the other head is never called, and so is the embedding when the embeddings are
+    given."""
+    report = gpa.analyze(Optional(), args, tracer=tracer)
+    if tracer == "auto":
+        assert report.tracer == "fx"
+    expect(report, head, {1: 1}, (LOSS,))
+    expect_unreachable(report, "k" if head == "l" else "l", calls=0)
+    if embedded:
+        expect(report, "emb", {2: 1}, (head,))
+    else:
+        expect_unreachable(report, "emb", calls=0)

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -68,7 +69,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         traced = _rooted(model, leaves)
         types = options.layer_types if options.layer_types is not None else LAYER_TYPES
         kinds = norm_act_kinds(model, types) if traced is model else None
-        gm = trace(traced, leaves, kinds)
+        gm = trace(traced, leaves, kinds, _constant_arguments(traced, options))
         name_outputs(gm.graph)
         gm.recompile()
         notes = output_notes(gm, options.outputs)
@@ -158,6 +159,36 @@ def _reads_embedding(gm: fx.GraphModule, placeholder: fx.Node) -> bool:
         if user.op == "call_function" and user.target in (F.embedding, torch.embedding):
             return True
     return False
+
+
+# Example inputs fx traces as the values given: None and Python flags, numbers, strings.
+_CONSTANT_INPUTS = (type(None), bool, int, float, str)
+
+
+def _constant_arguments(model: nn.Module, options: AnalysisOptions) -> dict[str, Any]:
+    """``forward``'s arguments that are Python constants (None, a flag, a number, a
+    string), by name: those the example inputs give so, and those no input gives whose
+    default is one (Hugging Face's ``inputs_embeds=None``, a ``return_dict`` flag). fx
+    traces them as these values, so that ``if inputs_embeds is None:`` takes the branch
+    the call takes (a proxy is never None)."""
+    if isinstance(model, fx.GraphModule):
+        return {}
+    try:
+        parameters = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    given = options.example_inputs
+    count = len(given) if given is not None else len(options.input_shape or ())
+    constants = {}
+    for i, p in enumerate(parameters):
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        if i < count and p.kind is not inspect.Parameter.KEYWORD_ONLY:
+            if given is not None and isinstance(given[i], _CONSTANT_INPUTS):
+                constants[p.name] = given[i]
+        elif p.default is not inspect.Parameter.empty and isinstance(p.default, _CONSTANT_INPUTS):
+            constants[p.name] = p.default
+    return constants
 
 
 def _example_inputs(gm: fx.GraphModule, options: AnalysisOptions) -> tuple | None:

@@ -355,6 +355,7 @@ def trace(
     model: nn.Module,
     leaf_modules: LeafSpec | None = None,
     kinds: Mapping[str, Hashable] | None = None,
+    constants: Mapping[str, Any] | None = None,
 ) -> fx.GraphModule:
     """Trace ``model`` symbolically with torch.fx.
 
@@ -365,6 +366,9 @@ def trace(
         kinds: norm-activation modules (qualified name -> kind, from
             :func:`~gpa.frontends.fx.norm_act.norm_act_kinds`) to record as single calls
             once the first call of their kind is judged to be a norm and activations.
+        constants: ``forward``'s arguments given as Python constants (None, a flag, a
+            number), by name: traced as these values, not as proxies (``if inputs_embeds
+            is None:`` takes the branch the call takes).
 
     Returns:
         A ``GraphModule`` whose graph contains :func:`grad_mode` calls where
@@ -392,7 +396,7 @@ def trace(
             functions_recorded(),
             RandomBranches() as randomness,
         ):
-            graph = tracer.trace(root)
+            graph = tracer.trace(root, concrete_args=dict(constants) if constants else None)
         if randomness.where is not None:  # what was traced is one random architecture
             raise TraceError(random_branch_message(model, randomness.where, model.training))
         return tracer, root, graph
