@@ -131,6 +131,8 @@ def _outputs(value: Any) -> tuple[OutputKey, ...] | None:
     if isinstance(value, (tuple, list)) and all(
         isinstance(v, (int, str)) and not isinstance(v, bool) for v in value
     ):
+        if not value:
+            raise GpaError("outputs selects no output: name one or more, or leave it unset for all")
         return tuple(value)
     raise GpaError(
         f"outputs must be an index or key, or a list of them (e.g. [0, 'logits']), got {value!r}"

@@ -12,7 +12,7 @@ its dotted path:
 * dicts (``ModelOutput`` included) by key;
 * types registered with ``torch.utils._pytree`` by their key paths (attribute names,
   keys, indices);
-* dataclasses by field name;
+* dataclasses by field name, or by index;
 * distributions by their parameters present on the object (the keys of their
   ``arg_constraints``: ``logits`` or ``probs``, ``loc`` and ``scale`` …);
 * any other object by its attributes (a Hugging Face ``DynamicCache``:
@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import enum
@@ -55,7 +56,7 @@ from torch import nn
 from gpa.core.graph import OutputKey, OutputPath, select_paths
 from gpa.errors import GpaError
 
-__all__ = ["Returned", "exportable", "returned_values"]
+__all__ = ["Returned", "exportable", "fields_tuple", "returned_values"]
 
 # Values that carry no gradient and hold nothing that could: skipped without a note.
 _NOTHING_INSIDE = (
@@ -200,7 +201,8 @@ def exportable(model: nn.Module) -> nn.Module:
     dataclass, a Hugging Face ``DynamicCache``, a distribution). The module returned —
     a shallow copy of ``model`` whose class derives from the model's, so that every
     module keeps its qualified name — returns :attr:`Returned.plain` instead: the same
-    values under the same paths, in tuples, lists, dicts and namedtuples only. ``model``
+    values under the same paths, in tuples, lists, dicts and namedtuples only (a
+    dataclass as a namedtuple of its fields). ``model``
     itself is not changed.
 
     Example:
@@ -211,8 +213,8 @@ def exportable(model: nn.Module) -> nn.Module:
         >>> class Net(torch.nn.Module):
         ...     def forward(self, x):
         ...         return Out(x * 2)
-        >>> exportable(Net())(torch.ones(1))
-        {'logits': tensor([2.])}
+        >>> exportable(Net())(torch.ones(1))  # a namedtuple: by field name or index
+        Out(logits=tensor([2.]))
     """
     if isinstance(model, fx.GraphModule):  # gpa's own wrapper: returns one tensor
         return model
@@ -282,7 +284,16 @@ def _rebuilt(x: Any, plain: list[tuple[tuple[str, ...], Any]]) -> Any:
         return tuple(values)
     elif isinstance(x, list):
         return values
+    elif dataclasses.is_dataclass(x) and not isinstance(x, dict):  # by name or index
+        return fields_tuple(type(x).__name__, tuple(s[0] for s, _ in plain))(*values)
     return {spellings[0]: v for spellings, v in plain}
+
+
+@functools.cache
+def fields_tuple(name: str, fields: tuple[str, ...]) -> type:
+    """A namedtuple type standing in for a dataclass of these fields, read by field name
+    or index as the dataclass is (``docs/semantics.md`` §1.5)."""
+    return collections.namedtuple(name, fields)
 
 
 def _children(x: Any) -> list[tuple[tuple[str, ...], Any]] | None:
@@ -300,8 +311,9 @@ def _children(x: Any) -> list[tuple[tuple[str, ...], Any]] | None:
             return [((_key_text(k),), v) for k, v in keyed]
         flat, _ = node.flatten_fn(x)
         return [((str(i),), v) for i, v in enumerate(flat)]
-    if dataclasses.is_dataclass(x):
-        return [((f.name,), getattr(x, f.name)) for f in dataclasses.fields(x)]
+    if dataclasses.is_dataclass(x):  # by name or index, as a namedtuple
+        fields = dataclasses.fields(x)
+        return [((f.name, str(i)), getattr(x, f.name)) for i, f in enumerate(fields)]
     attributes = getattr(x, "__dict__", None)
     if not isinstance(attributes, dict):
         return None

@@ -7,6 +7,8 @@ helpers (``expect``, ``expect_network``, ``at`` ...) are in tests/semantics.py.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -279,3 +281,43 @@ def test_python_values_among_the_inputs_take_their_branch(tracer, args, head, em
         expect(report, "emb", {2: 1}, (head,))
     else:
         expect_unreachable(report, "emb", calls=0)
+
+
+@dataclasses.dataclass
+class Out:
+    logits: torch.Tensor
+    hidden: torch.Tensor
+
+
+class DataclassOut(nn.Module):
+    """a -> b -> logits; a's output is also returned as ``hidden``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> Out:
+        h = self.a(x)
+        return Out(self.b(h), h)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+@pytest.mark.parametrize(("key", "field"), [(0, "logits"), (1, "hidden")])
+def test_a_dataclass_field_is_selected_by_name_or_index(tracer, key, field) -> None:
+    """Semantics §1.5: dataclasses by field name or index (the index was refused). By
+    hand: the logits alone give a 2 and b 1; the hidden state alone a 1, b unreachable."""
+    model, x = DataclassOut(), torch.randn(1, 4)
+    by_index = gpa.analyze(model, (x,), tracer=tracer, outputs=[key])
+    by_name = gpa.analyze(model, (x,), tracer=tracer, outputs=[field])
+    for report in (by_index, by_name):
+        if field == "logits":
+            expect(report, "a", {2: 1}, ("b",))
+            expect(report, "b", {1: 1}, (LOSS,))
+        else:
+            expect(report, "a", {1: 1}, (LOSS,))
+            expect_unreachable(report, "b")
+
+
+def test_an_empty_selection_of_outputs_is_refused() -> None:
+    with pytest.raises(gpa.errors.GpaError, match="outputs selects no output"):
+        gpa.analyze(DataclassOut(), (torch.randn(1, 4),), outputs=[])

@@ -26,7 +26,7 @@ import torch.fx as fx
 
 from gpa.core.graph import LOSS, OutputKey
 from gpa.frontends.fx.flow import FLOW, PARTS
-from gpa.frontends.outputs import Returned, returned_values
+from gpa.frontends.outputs import Returned, fields_tuple, returned_values
 
 __all__ = [
     "RETURNED",
@@ -135,14 +135,17 @@ def _constructed(node: fx.Node) -> str | None:
 
 def _constructed_fields(value: Any) -> Any:
     """A returned value with namedtuples and dataclasses fx recorded as constructor calls
-    rebuilt around their fields (a dataclass as a dict of its fields)."""
+    rebuilt around their fields (a dataclass as a namedtuple of its fields)."""
     if not isinstance(value, fx.Node):
         return value
     kind = _constructed(value)
     if kind == "namedtuple":
         return value.target(*fx.node.map_aggregate(value.args, _constructed_fields))
     if kind == "dataclass":
-        return {k: fx.node.map_aggregate(v, _constructed_fields) for k, v in value.kwargs.items()}
+        fields = fields_tuple(value.target.__name__, tuple(value.kwargs))
+        return fields(
+            *(fx.node.map_aggregate(v, _constructed_fields) for v in value.kwargs.values())
+        )
     return value
 
 
