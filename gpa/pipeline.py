@@ -112,6 +112,7 @@ def _analyze(
 ) -> Report:
     step = progress or (lambda phase: None)
     check_model(model)
+    model, wrapped = _unwrapped(model)
     options = resolve_options(options, model)
     step("tracing and propagating shapes")
     states = python_random_states()
@@ -138,7 +139,13 @@ def _analyze(
             f"{type(model).__name__} has no layers, so it has no gradient paths to analyse "
             f"(layer types: {types}; add more with layer_types= / --layer-type)"
         )
-    notes = [*graph.notes, *counts.notes, *_fallback_notes(records), *_tied_notes(model, records)]
+    notes = [
+        *wrapped,
+        *graph.notes,
+        *counts.notes,
+        *_fallback_notes(records),
+        *_tied_notes(model, records),
+    ]
     return Report(
         model=name or display_name(model),
         inputs=describe_inputs(graph.inputs),
@@ -152,6 +159,22 @@ def _analyze(
         notes=notes,
         tracer=graph.tracer,
     )
+
+
+# Wrappers that run their ``module`` on parts of the batch across devices: the model is
+# the module they wrap (on one device, or none, they call it as it is).
+_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def _unwrapped(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The model a data-parallel wrapper holds, with a note saying so; else ``model``."""
+    if not isinstance(model, _PARALLEL):
+        return model, []
+    kind = type(model).__name__
+    return model.module, [
+        f"analysed the module {kind} wraps (its .module): layer names are relative to it, "
+        "without the 'module.' prefix of the wrapper's state_dict"
+    ]
 
 
 def _fallback_notes(records: Mapping[str, LayerRecord]) -> list[str]:

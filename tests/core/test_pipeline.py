@@ -108,3 +108,14 @@ def test_weights_tied_by_assignment_are_noted(tracer: str) -> None:
     assert note.startswith("layers hold tied parameters (emb.weight = lm.weight)")
     untied = gpa.analyze(torch.nn.Sequential(torch.nn.Linear(4, 4)), input_shape=(1, 4))
     assert not [n for n in untied.notes if "tied" in n]
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_a_data_parallel_wrapper_is_analysed_as_the_module_it_wraps(tracer: str) -> None:
+    """``nn.DataParallel`` failed on every frontend (on the CPU it calls its module as it
+    is). By hand: 0 -> 1, shortest 2 and 1; the note says the names are the module's."""
+    inner = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    report = gpa.analyze(nn.DataParallel(inner), (torch.randn(2, 4),), tracer=tracer)
+    assert {name: r.shortest for name, r in report.layers.items()} == {"0": 2, "1": 1}
+    assert report.model == "Sequential"
+    assert report.notes[0].startswith("analysed the module DataParallel wraps (its .module)")
