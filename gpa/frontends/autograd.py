@@ -551,8 +551,29 @@ class _Edges:
         return fn
 
     def of(self, fn: Any) -> list[Any]:
-        """``fn``'s inputs in order (None where one receives no gradient)."""
-        return [self.resolve(child, nr) for child, nr in fn.next_functions]
+        """``fn``'s inputs in order (None where one receives no gradient); one element
+        picked from a stack (``torch.stack(heads)[-1]``) reads the one tensor stacked
+        there: autograd's edge to the stack sends the others zeros."""
+        children = [self.resolve(child, nr) for child, nr in fn.next_functions]
+        if type(fn).__name__ == "SelectBackward0" and type(children[0]).__name__ == (
+            "StackBackward0"
+        ):
+            stacked = _stacked_operand(fn, children[0])
+            if stacked is not None:
+                return [self.resolve(*stacked)]
+        return children
+
+
+def _stacked_operand(select: Any, stack: Any) -> tuple[Any, int] | None:
+    """The edge to the tensor ``select`` picks from ``stack``'s result, if it picks along
+    the stacked axis."""
+    rank = len(select._saved_self_sym_sizes)
+    count = len(stack.next_functions)
+    index = select._saved_index
+    index = index - 2**64 if index >= 2**63 else index  # saved as unsigned
+    if select._saved_dim % rank != stack._saved_dim % rank or not -count <= index < count:
+        return None
+    return stack.next_functions[index % count]
 
 
 def _autograd_nodes(roots: list[Any], edges: _Edges) -> list[Any]:

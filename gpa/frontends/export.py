@@ -73,6 +73,7 @@ from gpa.frontends.fx.layers import (
     find_layers,
     used_modules,
 )
+from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import (
     detached_write_targets,
     grad_mode,
@@ -147,6 +148,7 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             raise TraceError(
                 f"export's graph of {type(model).__name__} does not run on the meta device: {exc}"
             ) from exc
+    picks_from_stacks(gm)
     order = {n.name: i for i, n in enumerate(gm.graph.nodes)}
     known = [n for n in gm.graph.nodes if n.name in fused]
     found = {n.name: c for n, c in find_layers(gm, types, root, known).items()} | fused

@@ -15,6 +15,7 @@ from torch import nn
 
 import gpa
 from gpa.errors import TraceError
+from tests.frontends.every_tracer import EVERY_TRACER
 from tests.semantics import (
     LOSS,
     WITH_INPUTS,
@@ -767,3 +768,67 @@ def test_a_constant_written_through_an_alias_is_read_by_fx(under_no_grad):
     report = gpa.analyze(model, input_shape=(2, 3), tracer="fx", train=False)
     expect(report, "a", {2: 2}, ("b", "g"))
     check_reachability_with_autograd(report, model.eval(), torch.randn(2, 3))
+
+
+class Levels(nn.Module):
+    """A head per decoder level, stacked (detection transformers): l0 -> l1; head.0 reads
+    l0, head.1 reads l1. ``pick`` says what is returned."""
+
+    def __init__(self, pick: str) -> None:
+        super().__init__()
+        self.pick = pick
+        self.l0, self.l1 = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.head = nn.ModuleList([nn.Linear(4, 3), nn.Linear(4, 3)])
+
+    def forward(self, x: torch.Tensor):
+        h0 = self.l0(x)
+        h1 = self.l1(h0)
+        levels = torch.stack([self.head[0](h0), self.head[1](h1)])
+        if self.pick == "last":
+            return levels[-1]
+        if self.pick == "select":
+            return levels.select(0, 1)
+        if self.pick == "first":
+            return torch.select(levels, 0, 0)
+        if self.pick == "across":  # an element along another axis: every level in it
+            return levels[:, 0]
+        return levels[-1], levels[:-1]  # the aux outputs too
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("pick", ["last", "select", "first", "across", "aux"])
+def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str) -> None:
+    """By hand. ``levels[-1]`` is head.1's output itself: head.0 gets no gradient (a real
+    backward gives it none), l1 -> head.1 (2), l0 -> l1 -> head.1 (3). ``first``: head.0
+    alone, l0 -> head.0 (2), l1 and head.1 unreachable. Picking along another axis, or
+    returning the other levels too, reads both heads: l0 -> head.0 (2) and l0 -> l1 ->
+    head.1 (3)."""
+    model, x = Levels(pick), torch.randn(2, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    if pick in ("last", "select"):
+        expect(report, "head.1", {1: 1}, (LOSS,))
+        expect(report, "l1", {2: 1}, ("head.1",))
+        expect(report, "l0", {3: 1}, ("l1",))
+        expect_unreachable(report, "head.0")
+    elif pick == "first":
+        expect(report, "head.0", {1: 1}, (LOSS,))
+        expect(report, "l0", {2: 1}, ("head.0",))
+        expect_unreachable(report, "l1")
+        expect_unreachable(report, "head.1")
+    else:
+        expect(report, "head.0", {1: 1}, (LOSS,))
+        expect(report, "head.1", {1: 1}, (LOSS,))
+        expect(report, "l1", {2: 1}, ("head.1",))
+        expect(report, "l0", {2: 1, 3: 1}, ("l1", "head.0"))
+    # a real backward: autograd's stack sends the unpicked heads zeros, not None
+    outputs = model(x)
+    sum(t.sum() for t in (outputs if isinstance(outputs, tuple) else (outputs,))).backward()
+    nonzero = {
+        n for n in ("l0", "l1", "head.0", "head.1") if model.get_submodule(n).weight.grad.any()
+    }
+    assert nonzero == {n for n, r in report.layers.items() if r.reachable}
+    if tracer in ("fx", "export"):  # the channel level agrees
+        channels = gpa.analyze(model, (x,), tracer=tracer, channels=True)
+        assert {n: r.shortest for n, r in channels.layers.items()} == {
+            n: r.shortest for n, r in report.layers.items()
+        }

@@ -38,6 +38,7 @@ from gpa.frontends.fx.layers import (
     wrapped_calls,
 )
 from gpa.frontends.fx.norm_act import norm_act_kinds
+from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import single_call, trace
 from gpa.frontends.inputs import floating_dtype, zeros
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
@@ -80,6 +81,8 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         else:
             flow = InliningFlow(gm, every=options.channels)
             flow.run(*inputs)
+        if picks_from_stacks(gm):
+            gm.recompile()
         calls = find_layers(gm, options.layer_types, traced)
         opaque = opaque_calls(gm, calls)
         into = wrapped_calls(gm) if options.channels else [node for node, _ in opaque]

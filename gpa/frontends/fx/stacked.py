@@ -1,0 +1,121 @@
+"""One tensor picked from a stack is the tensor stacked there.
+
+Detection transformers stack one head's output per decoder level and return the last,
+``torch.stack(levels)[-1]``; the heads of the other levels then receive no gradient (a
+real backward gives them zeros), though the stack reads every one. A pass over a traced
+graph puts each stacked tensor in place of the element picked from the stack along the
+stacked axis by a constant index (``stack[-1]``, ``stack.select(d, i)``, ATen's
+``select.int``), so the gradient flow of the layer level follows only it
+(``docs/semantics.md`` §3). The autograd frontend reads autograd's graph the same way.
+
+Example:
+    >>> import torch
+    >>> from gpa.frontends.fx.tracer import trace
+    >>> class Last(torch.nn.Module):
+    ...     def forward(self, a, b):
+    ...         return torch.stack([a.relu(), b.relu()])[-1]
+    >>> from gpa.frontends.fx.flow import GradientFlow
+    >>> gm = trace(Last())
+    >>> GradientFlow(gm).run(torch.zeros(2), torch.zeros(2))
+    >>> picks_from_stacks(gm), gm.graph.output_node().args
+    (1, (relu_1,))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from gpa.frontends.fx.flow import FLOW
+
+__all__ = ["picks_from_stacks"]
+
+_STACKS = {torch.stack, torch.ops.aten.stack.default}
+_SELECTS = {torch.select, torch.ops.aten.select.int}
+
+
+def picks_from_stacks(gm: fx.GraphModule) -> int:
+    """Replace every element picked from a stack along its stacked axis by the tensor
+    stacked there; return how many were replaced. Stacks left without readers stay (they
+    send gradient nowhere)."""
+    replaced = 0
+    for node in list(gm.graph.nodes):
+        picked = _pick(node)
+        if picked is None:
+            continue
+        stack, dim, index = picked
+        operand = _stacked(stack, dim, index)
+        if operand is None:
+            continue
+        carries = _carries_gradient(operand)
+        for user in node.users:  # the flow pass's edges: to the operand, if it carries any
+            flow = user.meta.get(FLOW)
+            if flow is not None and node in flow.grad_from:
+                grad_from = flow.grad_from - {node} | ({operand} if carries else set())
+                user.meta[FLOW] = dataclasses.replace(flow, grad_from=frozenset(grad_from))
+        node.replace_all_uses_with(operand)
+        gm.graph.erase_node(node)
+        replaced += 1
+    return replaced
+
+
+def _carries_gradient(node: fx.Node) -> bool:
+    flow = node.meta.get(FLOW)
+    return flow is not None and flow.value is not None and flow.value.requires_grad
+
+
+def _pick(node: fx.Node) -> tuple[fx.Node, int, int] | None:
+    """(stack node, axis, index) when ``node`` picks one element of a stack's result along
+    an axis by a constant index, else None."""
+    if node.op == "call_function" and node.target is operator.getitem:
+        source, index = node.args
+        dim = 0
+    elif (node.op == "call_function" and node.target in _SELECTS) or (
+        node.op == "call_method" and node.target == "select"
+    ):
+        if node.kwargs or len(node.args) != 3:
+            return None
+        source, dim, index = node.args
+    else:
+        return None
+    if not (isinstance(source, fx.Node) and _is_stack(source)):
+        return None
+    if type(index) is not int or type(dim) is not int:
+        return None
+    return source, dim, index
+
+
+def _is_stack(node: fx.Node) -> bool:
+    return node.op == "call_function" and node.target in _STACKS
+
+
+def _stacked(stack: fx.Node, dim: int, index: int) -> fx.Node | None:
+    """The tensor ``stack`` holds at ``index`` along axis ``dim``, if that is its stacked
+    axis and the tensor is a node."""
+    tensors: Any = stack.args[0] if stack.args else stack.kwargs.get("tensors")
+    axis = stack.args[1] if len(stack.args) > 1 else stack.kwargs.get("dim", 0)
+    if not isinstance(tensors, (list, tuple)) or type(axis) is not int or not tensors:
+        return None
+    rank = _rank(tensors[0])
+    if rank is None or dim % (rank + 1) != axis % (rank + 1):
+        return None
+    if not -len(tensors) <= index < len(tensors):
+        return None
+    operand = tensors[index]
+    return operand if isinstance(operand, fx.Node) else None
+
+
+def _rank(node: Any) -> int | None:
+    """A node's number of dimensions, from its recorded value (the flow pass's, or
+    export's ``val``)."""
+    if not isinstance(node, fx.Node):
+        return None
+    flow = node.meta.get(FLOW)
+    if flow is not None and flow.value is not None and flow.value.shape is not None:
+        return len(flow.value.shape)
+    value = node.meta.get("val")
+    return value.dim() if isinstance(value, torch.Tensor) else None
