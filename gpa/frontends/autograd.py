@@ -76,7 +76,12 @@ from gpa.frontends.randomness import (
     data_branch_note,
     random_branch_message,
 )
-from gpa.frontends.watch import Checkpoints, ModuleCalls, in_reentrant_checkpoint
+from gpa.frontends.watch import (
+    Checkpoints,
+    ModuleCalls,
+    in_reentrant_checkpoint,
+    unfed_checkpoint_note,
+)
 from gpa.options import AnalysisOptions
 
 __all__ = ["autograd_gradient_graph"]
@@ -538,9 +543,34 @@ class _Edges:
     a re-entrant checkpoint replaced by the graph its function built (recorded by
     :class:`~gpa.frontends.watch.Checkpoints`): the graph backward rebuilds."""
 
-    def __init__(self, checkpoints: list[tuple[Any, list]]) -> None:
-        self._through = {id(ctx): edges for ctx, edges in checkpoints}
+    def __init__(
+        self, checkpoints: list[tuple[Any, list]], parameters: Mapping[int, str] | None = None
+    ) -> None:
+        self._through: dict[int, list] = {}
         self._keep = checkpoints  # keeps the ids unique
+        # checkpoints given nothing computed from parameters (the model's inputs alone):
+        # in training nothing they get requires gradient, so their outputs carry none
+        self.cut = 0
+        for ctx, edges in checkpoints:  # in the order they ran: inputs before their users
+            if parameters is not None and not self._reaches(ctx, parameters):
+                edges = [None] * len(edges)
+                self.cut += 1
+            self._through[id(ctx)] = edges
+
+    def _reaches(self, fn: Any, parameters: Mapping[int, str]) -> bool:
+        """Whether gradient from ``fn`` reaches a parameter."""
+        stack, seen = list(self.of(fn)), set()
+        while stack:
+            node = stack.pop()
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if _is_leaf(node):
+                if id(node.variable) in parameters:
+                    return True
+                continue
+            stack.extend(self.of(node))
+        return False
 
     def resolve(self, fn: Any, output_nr: int = 0) -> Any:
         """The node that computed output ``output_nr`` of ``fn``, seen through checkpoints."""
@@ -632,7 +662,7 @@ def _build(
 
     layer_calls = {i for i, c in enumerate(calls) if is_layer_module(c.module, types)}
     returned = returned_values(run.output)
-    edges = _Edges(run.checkpoints)
+    edges = _Edges(run.checkpoints, run.parameters)
     roots = [edges.resolve(t.grad_fn, t.output_nr) for _, t in returned.select(outputs)]
     nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created], edges)
 
@@ -715,6 +745,7 @@ def _build(
         notes=[
             *run.notes,
             *([data_branch_note(run.use.data_branch)] if run.use.data_branch else []),
+            *([unfed_checkpoint_note(edges.cut)] if edges.cut else []),
             *returned.notes(outputs),
             *(custom_operator_note(n, owners) for n, owners in run.use.operators.items()),
         ],

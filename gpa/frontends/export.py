@@ -97,7 +97,7 @@ from gpa.frontends.modules import (
 )
 from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.outputs import exportable
-from gpa.frontends.watch import Checkpoints
+from gpa.frontends.watch import Checkpoints, unfed_checkpoint_note
 from gpa.options import AnalysisOptions
 
 __all__ = ["ExportError", "export_gradient_graph"]
@@ -139,7 +139,7 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
     with training_mode(model, options.train):
         program, inputs, watched = _export(root, options)
         try:
-            gm, fused, used = _remodule(root, program, is_opaque, types, watched)
+            gm, fused, used, unfed = _remodule(root, program, is_opaque, types, watched)
         except SyntaxError as exc:  # fx writes module names into Python code
             raise ExportError(unwritable_names(model, exc)) from None
         try:
@@ -165,6 +165,7 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         notes=[
             *output_notes(gm, options.outputs),
             *(custom_operator_note(name, owners) for name, owners in operators.items()),
+            *([unfed_checkpoint_note(unfed)] if unfed else []),
         ],
         traced=gm,
         opaque=[custom_operator_label(name) for name in operators],
@@ -404,15 +405,16 @@ def _remodule(
     is_opaque: Callable[[str, nn.Module], bool],
     types: tuple[type, ...],
     watched: bool,
-) -> tuple[fx.GraphModule, dict[str, LayerCall], set[str]]:
-    """The exported graph in the fx frontend's form, its fused layer calls, and the
-    qualified names of the modules it calls."""
+) -> tuple[fx.GraphModule, dict[str, LayerCall], set[str], int]:
+    """The exported graph in the fx frontend's form, its fused layer calls, the qualified
+    names of the modules it calls, and how many re-entrant checkpoints it was given
+    nothing requiring gradient (see :func:`_inline_grad_mode_regions`)."""
     exported = program.module()
     graph = exported.graph
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             graph.erase_node(node)
-    _inline_grad_mode_regions(exported, watched)
+    unfed = _inline_grad_mode_regions(exported, watched)
     _mark_inference_mode(graph)
     _name_outputs(graph, program.call_spec.out_spec)
     graph._codegen = fx.graph.CodeGen()  # flat inputs, the outputs named above
@@ -428,7 +430,7 @@ def _remodule(
             graph.erase_node(node)
     gm = graph_module(root, graph, type(model).__name__)
     fused = _fuse(gm, fused_groups)
-    return gm, fused, {c.path for c in calls}
+    return gm, fused, {c.path for c in calls}, unfed
 
 
 def _mark_inference_mode(graph: fx.Graph) -> None:
@@ -463,17 +465,17 @@ def _region(node: fx.Node) -> tuple[bool | None, fx.Node, tuple] | None:
     return None
 
 
-def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> None:
+def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> int:
     """Replace each region operator's call (see :func:`_region`) by its submodule's
     operations, between ``grad_mode(mode)`` and ``grad_mode(previous)`` for a grad-mode
     region; drop export's dtype assertions (``_assert_tensor_metadata``: an autocast
     region's results are asserted to have its dtype, which the meta run, without autocast,
     does not give).
 
-    When exported under :class:`~gpa.frontends.watch.Checkpoints` (``watched``), the
-    ``detach_`` of a region without gradient is dropped: it is autograd's, on the outputs
-    of a re-entrant checkpoint none of whose inputs requires grad under export, while
-    every input counts as requiring it (``docs/semantics.md`` §3).
+    Returns how many regions without gradient hold ``detach_`` calls when exported
+    under :class:`~gpa.frontends.watch.Checkpoints` (``watched``): autograd's, on the
+    outputs of a re-entrant checkpoint none of whose inputs requires grad — given the
+    model's inputs alone, which require none in training (``docs/semantics.md`` §1.7).
 
     Raises:
         TraceError: another operator holding a submodule remains (``torch.cond``, …):
@@ -481,6 +483,7 @@ def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> None
     """
     graph = gm.graph
     enabled = True
+    detached = 0
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is grad_mode:
             enabled = bool(node.args[0])
@@ -496,12 +499,13 @@ def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> None
             continue
         mode, holder, args = region
         sub = gm.get_submodule(holder.target)
-        _inline_grad_mode_regions(sub, watched)
+        detached += _inline_grad_mode_regions(sub, watched)
         with graph.inserting_before(node):
             if mode is not None:
                 graph.call_function(grad_mode, (mode,))
             placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
             env = dict(zip(placeholders, args, strict=True))
+            cut = False
             for inner in sub.graph.nodes:
                 if inner.op == "placeholder":
                     continue
@@ -514,17 +518,18 @@ def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> None
                     env[inner] = graph.get_attr(name)
                     continue
                 if watched and mode is False and inner.target is torch.ops.aten.detach_.default:
-                    env[inner] = env[inner.args[0]]
-                    continue
+                    cut = True
                 env[inner] = graph.node_copy(inner, env.__getitem__)
             if mode is not None:
                 graph.call_function(grad_mode, (enabled,))
+        detached += cut
         for user in list(node.users):
             user.replace_all_uses_with(results[user.args[1]])
             graph.erase_node(user)
         graph.erase_node(node)
         if not holder.users:
             graph.erase_node(holder)
+    return detached
 
 
 def _refuse_subgraphs(gm: fx.GraphModule, node: fx.Node) -> None:

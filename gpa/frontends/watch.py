@@ -48,6 +48,7 @@ __all__ = [
     "Checkpoints",
     "ModuleCalls",
     "in_reentrant_checkpoint",
+    "unfed_checkpoint_note",
 ]
 
 # A local trace function: (frame, event, arg) -> the frame's next local trace function.
@@ -131,6 +132,23 @@ def _both(ours: LocalTrace | None, theirs: LocalTrace | None) -> LocalTrace:
     return trace
 
 
+def unfed_checkpoint_note(count: int) -> str:
+    """The note of a run with ``count`` re-entrant checkpoints given nothing that requires
+    gradient in training (``docs/semantics.md`` §1.7)."""
+    which = (
+        "a re-entrant activation checkpoint is"
+        if count == 1
+        else f"{count} re-entrant activation checkpoints are"
+    )
+    return (
+        f"{which} given no tensor computed from parameters (the model's inputs alone), so "
+        "in training nothing it gets requires gradient and its outputs carry none: the "
+        'layers it runs receive no gradient through it (torch warns "None of the inputs '
+        'have requires_grad=True"); checkpoint with use_reentrant=False, or give it a '
+        "tensor that requires gradient"
+    )
+
+
 class Checkpoints(CallWatch):
     """Within the block, activation checkpoints leave every operation the grad mode it
     has without them.
@@ -150,11 +168,14 @@ class Checkpoints(CallWatch):
             node its outputs get) and, per output, the autograd edge ``(grad_fn,
             output_nr)`` the function gave it (None for a value without one): the
             autograd frontend reads the function's own graph through them.
+        boundaries: per checkpoint call, in order, the arguments it was given and the
+            outputs it returned (tensors, or fx proxies while fx traces).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.results: list[tuple[Any, list[tuple[Any, int] | None]]] = []
+        self.boundaries: list[tuple[tuple, tuple]] = []
         self._modes: dict[FrameType, bool] = {}  # checkpoint() -> grad mode it was called in
         self._pending: dict[FrameType, bool] = {}  # checkpoint forward -> mode for the function
         self._entered: set[FrameType] = set()  # checkpoint forwards inside their no_grad
@@ -207,6 +228,7 @@ class Checkpoints(CallWatch):
                 for t in outputs
             ]
             self.results.append((frame.f_locals.get("ctx"), edges))
+            self.boundaries.append((tuple(frame.f_locals.get("args", ())), outputs))
         return self._forward_events
 
 

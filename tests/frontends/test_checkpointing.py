@@ -84,6 +84,74 @@ def test_issue_example(how: str, tracer: str) -> None:
     check_reachability_with_autograd(report, model, torch.randn(IMG))
 
 
+class Unfed(nn.Module):
+    """The first block checkpointed on the model's input itself (``how``), then fc; with
+    ``chained``, a second block checkpointed on the first's output; with ``fed``, the
+    first given a tensor computed from a parameter beside the input."""
+
+    def __init__(self, how: str, chained: bool = False, fed: bool = False) -> None:
+        super().__init__()
+        self.how, self.chained, self.fed = how, chained, fed
+        self.b1 = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), conv())
+        self.b2 = nn.Sequential(conv(), nn.ReLU(), conv())
+        self.scale = nn.Parameter(torch.ones(1, 3, 1, 1))
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = run_block(self.b1, x * self.scale if self.fed else x, self.how)
+        if self.chained:
+            x = run_block(self.b2, x, self.how)
+        return self.fc(x.mean((2, 3)))
+
+
+UNFED = "re-entrant activation checkpoint"
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("chained", [False, True], ids=["one", "chained"])
+def test_a_reentrant_checkpoint_given_only_the_inputs_passes_no_gradient(
+    how: str, chained: bool, tracer: str
+) -> None:
+    """torch: a re-entrant checkpoint none of whose tensors requires gradient returns
+    tensors that carry none; the model's input requires none in training, so the layers
+    it runs (and what only its results feed) get no gradient — a real backward leaves
+    their .grad None. ``checkpoint_sequential`` checkpoints every segment but the last
+    (b1.0 and its ReLU; b1.2 runs plainly). By hand, reachable: fc 1, and the rest as
+    a chain to it (b1.0 -> b1.2 -> [b2.0 -> b2.2 ->] fc) from the first layer with
+    gradient on."""
+    model = Unfed(how, chained)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "None of the inputs have requires_grad"
+        report = gpa.analyze(model, input_shape=IMG, tracer=tracer)
+        check_reachability_with_autograd(report, model, torch.randn(IMG))
+    chain = ["b1.0", "b1.2", *(["b2.0", "b2.2"] if chained else []), "fc"]
+    unfed = {
+        "reentrant": {"b1.0", "b1.2", "b2.0", "b2.2"},
+        "function": {"b1.0", "b1.2", "b2.0", "b2.2"},
+        "sequential-reentrant": {"b1.0"},
+    }.get(how, set())
+    for i, name in enumerate(chain):
+        if name in unfed:
+            expect_unreachable(report, name)
+        else:
+            expect(report, name, {len(chain) - i: 1}, (chain[i + 1] if name != "fc" else LOSS,))
+    assert any(UNFED in n for n in report.notes) == bool(unfed)
+
+
+@EVERY_TRACER
+def test_a_reentrant_checkpoint_given_a_tensor_from_parameters_passes_gradient(
+    tracer: str,
+) -> None:
+    """``x * scale`` requires gradient (scale is a parameter): by hand b1.2 2, b1.0 3."""
+    model = Unfed("reentrant", fed=True)
+    report = gpa.analyze(model, input_shape=IMG, tracer=tracer)
+    expect(report, "b1.2", {2: 1}, ("fc",))
+    expect(report, "b1.0", {3: 1}, ("b1.2",))
+    assert not any(UNFED in n for n in report.notes)
+    check_reachability_with_autograd(report, model, torch.randn(IMG))
+
+
 class Residual(nn.Module):
     """§5's ResNet with B = 2 basic blocks, each checkpointed (``how``)."""
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from gpa.core.graph import GradientGraph
 from gpa.frontends.functions import called_function
+from gpa.frontends.fx.checkpoints import unfed_checkpoints
 from gpa.frontends.fx.flow import flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.inline import InliningFlow, inline_calls
@@ -44,6 +45,7 @@ from gpa.frontends.inputs import floating_dtype, zeros
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
 from gpa.frontends.modules import fx_leaf, opaque_layer_types, scripted_notes, training_mode
 from gpa.frontends.operators import custom_operator_label, custom_operator_note
+from gpa.frontends.watch import unfed_checkpoint_note
 from gpa.options import AnalysisOptions
 
 __all__ = ["fx_gradient_graph"]
@@ -83,6 +85,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             flow.run(*inputs)
         if picks_from_stacks(gm):
             gm.recompile()
+        unfed = unfed_checkpoints(gm)
         calls = find_layers(gm, options.layer_types, traced)
         opaque = opaque_calls(gm, calls)
         into = wrapped_calls(gm) if options.channels else [node for node, _ in opaque]
@@ -102,6 +105,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     notes += scripted_notes(traced, options.layer_types)
     notes += _opaque_notes(readers, options.channels, inputs is not None)
     notes += [custom_operator_note(name, owners) for name, owners in operators.items()]
+    notes += [unfed_checkpoint_note(unfed)] if unfed else []
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls={node.name: call for node, call in calls.items()},

@@ -723,7 +723,7 @@ class GradientFlow(fx.Interpreter):
         after the write flows on into what made it, as before (what was written in brings
         none). Any other node's are as worked out."""
         target = written_into(n, self.fetch_attr)
-        if target is None or not isinstance(value, torch.Tensor):
+        if target is None or not isinstance(value, torch.Tensor) or _detaches(n):
             return value, flows
         if not ValueInfo.of(self.env[target]).requires_grad:
             return value, flows
@@ -1252,8 +1252,8 @@ class _NamedFlow(fx.Interpreter):
         allowed = _differentiable_inputs(n)
         candidates = n.all_input_nodes if allowed is None else allowed
         flows = frozenset(m for m in candidates if self.env[m]) if self.enabled else frozenset()
-        if not self.enabled:  # a write under no_grad: what it writes into keeps its history
-            target = written_into(n, self.fetch_attr)
+        if not self.enabled and not _detaches(n):  # a write under no_grad: what it writes
+            target = written_into(n, self.fetch_attr)  # into keeps its history
             if target is not None and self.env[target]:
                 n.meta[FLOW] = NodeFlow(frozenset({target}))
                 return True
@@ -1263,6 +1263,15 @@ class _NamedFlow(fx.Interpreter):
             has_weights = any(differentiable(p) for p in module.parameters())
             return self.enabled and (bool(flows) or has_weights)
         return bool(flows)
+
+
+def _detaches(n: fx.Node) -> bool:
+    """Whether ``n`` detaches a tensor in place (``x.detach_()``): no write, whatever the
+    grad mode — the tensor loses its history (autograd's, on the outputs of a re-entrant
+    checkpoint given nothing that requires gradient)."""
+    if n.op == "call_method":
+        return n.target == "detach_"
+    return n.op == "call_function" and n.target in (torch.detach_, torch.ops.aten.detach_.default)
 
 
 def flow_from_names(gm: fx.GraphModule) -> None:

@@ -50,6 +50,7 @@ from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
 __all__ = [
     "as_written",
+    "CHECKPOINTS",
     "GpaProxy",
     "GpaTracer",
     "METADATA_QUERIES",
@@ -351,6 +352,11 @@ def as_written(value: Any) -> Any:
 _WRITTEN = (immutable_list, immutable_dict, tuple)
 
 
+#: ``GraphModule.meta`` key: per re-entrant checkpoint call, in order, the nodes it was
+#: given and the nodes it returned (see :func:`gpa.frontends.fx.checkpoints.unfed_checkpoints`).
+CHECKPOINTS = "gpa_checkpoints"
+
+
 def trace(
     model: nn.Module,
     leaf_modules: LeafSpec | None = None,
@@ -403,17 +409,25 @@ def trace(
 
     try:
         tracer, root, graph = traced(contextlib.nullcontext())
+        watch = None
         if tracer.checkpointed:  # again, the checkpointed functions in their real grad mode
-            tracer, root, graph = traced(Checkpoints())
+            watch = Checkpoints()
+            tracer, root, graph = traced(watch)
     except TraceError:  # gpa's own refusal (see functions_recorded): it says why
         raise
     except Exception as exc:  # any failure inside user code under symbolic tracing
         raise TraceError(_trace_failure_message(model, exc)) from exc
     follow_mutations(graph, root)
     try:
-        return graph_module(root, graph, model.__class__.__name__)
+        gm = graph_module(root, graph, model.__class__.__name__)
     except SyntaxError as exc:  # fx writes module names into Python code
         raise TraceError(unwritable_names(model, exc)) from None
+    if watch is not None:
+        gm.meta[CHECKPOINTS] = [
+            tuple([v.node for v in values if isinstance(v, fx.Proxy)] for values in boundary)
+            for boundary in watch.boundaries
+        ]
+    return gm
 
 
 def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
