@@ -934,7 +934,9 @@ def _transformers_config(spec: str, config_class: type, kwargs: dict[str, Any]) 
     known = set(default.to_dict()) | set(getattr(default, "attribute_map", {}))
     with contextlib.suppress(TypeError, ValueError):
         known |= set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
-    unknown = [k for k in kwargs if k not in known]
+    # settings the base class takes and keeps private (``attn_implementation``,
+    # ``experts_implementation``: ``config._experts_implementation``)
+    unknown = [k for k in kwargs if k not in known and not hasattr(default, f"_{k}")]
     if unknown:
         hints = []
         for key in unknown:

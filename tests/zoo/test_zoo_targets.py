@@ -148,3 +148,13 @@ def test_cli_analyses_library_targets(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "did you mean 'timm:resnet50'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_transformers_setting_the_base_configuration_keeps_private_is_taken() -> None:
+    """``-k experts_implementation=eager`` (kept as ``config._experts_implementation``) was
+    refused as no setting of MixtralConfig; a misspelt one still is."""
+    loaded = load_target("transformers:MixtralForCausalLM", {"experts_implementation": "eager"})
+    assert loaded.model.config._experts_implementation == "eager"
+    assert "has no setting 'experts_implementatio'" in _error(
+        "transformers:MixtralForCausalLM", {"experts_implementatio": "eager"}
+    )
