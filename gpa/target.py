@@ -958,6 +958,14 @@ def _transformers_config(spec: str, config_class: type, kwargs: dict[str, Any]) 
     return config
 
 
+def _image(config: Any, device: str) -> torch.Tensor:
+    """One image of the configuration's size (224 × 224 where it has none: a ResNet's,
+    DETR's) and channels."""
+    size = getattr(config, "image_size", 224)
+    height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
+    return torch.zeros(1, getattr(config, "num_channels", 3), height, width, device=device)
+
+
 def _transformers_inputs(
     model: nn.Module, config: Any, device: str
 ) -> tuple[torch.Tensor | None, ...] | None:
@@ -968,11 +976,8 @@ def _transformers_inputs(
     values: dict[str, torch.Tensor] = {}
     if main == "input_ids":
         values[main] = torch.zeros(1, _TOKENS, dtype=torch.int64, device=device)
-    elif main == "pixel_values" and hasattr(config, "image_size"):
-        size = config.image_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        channels = getattr(config, "num_channels", 3)
-        values[main] = torch.zeros(1, channels, height, width, device=device)
+    elif main == "pixel_values":
+        values[main] = _image(config, device)
     elif main == "input_features" and hasattr(config, "num_mel_bins"):
         frames = 2 * getattr(config, "max_source_positions", 1500)  # Whisper's two strides
         values[main] = torch.zeros(1, config.num_mel_bins, frames, device=device)
@@ -981,6 +986,9 @@ def _transformers_inputs(
     else:
         return None
     parameters = list(inspect.signature(model.forward).parameters)
+    vision = getattr(config, "vision_config", None)
+    if main == "input_ids" and vision is not None and "pixel_values" in parameters:
+        values["pixel_values"] = _image(vision, device)  # two towers (CLIP, SigLIP)
     if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in parameters:
         values["decoder_input_ids"] = torch.zeros(1, _TOKENS, dtype=torch.int64, device=device)
     if any(name not in parameters for name in values):

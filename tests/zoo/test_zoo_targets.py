@@ -158,3 +158,16 @@ def test_a_transformers_setting_the_base_configuration_keeps_private_is_taken() 
     assert "has no setting 'experts_implementatio'" in _error(
         "transformers:MixtralForCausalLM", {"experts_implementatio": "eager"}
     )
+
+
+def test_transformers_image_inputs_of_two_towers_and_sizeless_configurations() -> None:
+    """CLIP takes token ids and an image (its vision tower's size); a ResNet's
+    configuration gives no image size: 224 × 224 (before, no inputs, or ids alone)."""
+    clip = load_target("transformers:clip", device="meta")
+    vision = clip.model.config.vision_config
+    assert [tuple(t.shape) for t in clip.example_inputs] == [
+        (1, 16),
+        (1, 3, vision.image_size, vision.image_size),
+    ]
+    resnet = load_target("transformers:resnet", device="meta")
+    assert [tuple(t.shape) for t in resnet.example_inputs] == [(1, 3, 224, 224)]
