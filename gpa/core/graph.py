@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from itertools import product
@@ -103,16 +104,23 @@ class OutputPath:
     def __str__(self) -> str:
         return ".".join(step[0] for step in self.steps)
 
+    @staticmethod
+    def parse(text: str) -> OutputPath:
+        """The path a canonical string spells, step by step (``"1.x"``: ``1``, ``x``; a
+        key holding a dot is one step, ``[a.b]``)."""
+        return OutputPath(tuple((step,) for step in re.findall(r"\[[^\]]*\]|[^.]+", text)))
+
     def child(self, *spellings: str) -> OutputPath:
         """The path one level down, at the step spelt ``spellings`` (canonical first)."""
         return OutputPath((*self.steps, spellings))
 
     def under(self, key: OutputKey) -> bool:
         """Whether ``key`` (an index, key or dotted path) names this path or one above it."""
-        wanted = str(key)
+        wanted = str(key)  # whole steps: "a" is not above a key "a.b" (spelt [a.b])
         return any(
-            spelling == wanted or spelling.startswith(wanted + ".")
-            for spelling in map(".".join, product(*self.steps))
+            ".".join(steps[:i]) == wanted
+            for steps in product(*self.steps)
+            for i in range(1, len(steps) + 1)
         )
 
 
@@ -125,7 +133,7 @@ def select_paths(
     Raises:
         GpaError: a selected output is not among ``paths``.
     """
-    named = [(p if isinstance(p, OutputPath) else OutputPath(((p,),)), v) for p, v in paths]
+    named = [(p if isinstance(p, OutputPath) else OutputPath.parse(p), v) for p, v in paths]
     if outputs is None:
         return [(str(p), v) for p, v in named]
     chosen: dict[int, tuple[str, Any]] = {}  # by position in ``paths``: each pair once

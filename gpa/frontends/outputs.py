@@ -9,7 +9,7 @@ structure, the autograd frontend's real outputs —, and names each value it rea
 its dotted path:
 
 * tuples and lists by index; a namedtuple's fields by name, or by index;
-* dicts (``ModelOutput`` included) by key;
+* dicts (``ModelOutput`` included) by key (a key holding a dot, ``[a.b]`` or ``a.b``);
 * types registered with ``torch.utils._pytree`` by their key paths (attribute names,
   keys, indices);
 * dataclasses by field name, or by index;
@@ -286,6 +286,8 @@ def _rebuilt(x: Any, plain: list[tuple[tuple[str, ...], Any]]) -> Any:
         return values
     elif dataclasses.is_dataclass(x) and not isinstance(x, dict):  # by name or index
         return fields_tuple(type(x).__name__, tuple(s[0] for s, _ in plain))(*values)
+    elif type(x) is dict:  # its own keys (a key with a dot in it is spelt [a.b] first)
+        return dict(zip(x, values, strict=True))
     return {spellings[0]: v for spellings, v in plain}
 
 
@@ -302,8 +304,8 @@ def _children(x: Any) -> list[tuple[tuple[str, ...], Any]] | None:
         return [((name, str(i)), v) for i, (name, v) in enumerate(zip(x._fields, x, strict=True))]
     if isinstance(x, (tuple, list)):
         return [((str(i),), v) for i, v in enumerate(x)]
-    if isinstance(x, dict):
-        return [((str(k),), v) for k, v in x.items()]
+    if isinstance(x, dict):  # a key with a dot in it is spelt [a.b] first: its own path
+        return [((f"[{k}]", str(k)) if "." in str(k) else (str(k),), v) for k, v in x.items()]
     node = pytree.SUPPORTED_NODES.get(type(x))
     if node is not None:
         if node.flatten_with_keys_fn is not None:

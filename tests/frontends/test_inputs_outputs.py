@@ -321,3 +321,34 @@ def test_a_dataclass_field_is_selected_by_name_or_index(tracer, key, field) -> N
 def test_an_empty_selection_of_outputs_is_refused() -> None:
     with pytest.raises(gpa.errors.GpaError, match="outputs selects no output"):
         gpa.analyze(DataclassOut(), (torch.randn(1, 4),), outputs=[])
+
+
+class DottedKeys(nn.Module):
+    """a -> c and a -> d, returned under a key holding a dot and a nested key of the same
+    dotted spelling: ``{"a": {"b": d}, "a.b": c}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c, self.d = nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        h = self.a(x)
+        return {"a": {"b": self.d(h)}, "a.b": self.c(h)}
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+@pytest.mark.parametrize(
+    ("outputs", "reached"),
+    [(None, {"c", "d"}), (["a"], {"d"}), (["[a.b]"], {"c"}), (["a.b"], {"c", "d"})],
+)
+def test_a_key_holding_a_dot_is_an_output_of_its_own(tracer, outputs, reached) -> None:
+    """Both values feed the loss (fx and export kept one of the two paths spelt "a.b",
+    and d was unreachable); "a" is the nested dict alone, "[a.b]" the dotted key alone,
+    "a.b" spells both. By hand: each head reached is 1, a is 2."""
+    report = gpa.analyze(DottedKeys(), (torch.randn(1, 4),), tracer=tracer, outputs=outputs)
+    for head in ("c", "d"):
+        if head in reached:
+            expect(report, head, {1: 1}, (LOSS,))
+        else:
+            expect_unreachable(report, head)
+    expect(report, "a", {2: len(reached)}, tuple(sorted(reached)))
