@@ -451,17 +451,17 @@ def _mark_inference_mode(graph: fx.Graph) -> None:
 
 
 def _region(node: fx.Node) -> tuple[bool | None, fx.Node, tuple] | None:
-    """For a call of one of export's region operators — ``wrap_with_set_grad_enabled(mode,
-    submodule, *args)``, ``wrap_with_autocast(device, dtype, enabled, cache, submodule,
-    *args)`` —: its grad mode (None: it sets none), its submodule's node and its arguments;
-    else None."""
+    """For a call of export's region operator ``wrap_with_set_grad_enabled(mode, submodule,
+    *args)``: its grad mode, its submodule's node and its arguments; else None.
+
+    ``wrap_with_autocast`` regions are not read (:func:`_refuse_subgraphs`): export drops
+    the grad-mode changes inside them (a ``no_grad`` block under ``torch.autocast``), so
+    their operations would all seem to carry gradient."""
     if node.op != "call_function":
         return None
     name = getattr(node.target, "__name__", "")
     if name == "wrap_with_set_grad_enabled":
         return bool(node.args[0]), node.args[1], node.args[2:]
-    if name == "wrap_with_autocast":  # a dtype for its operations: no bearing on paths
-        return None, node.args[4], node.args[5:]
     return None
 
 
@@ -544,9 +544,14 @@ def _refuse_subgraphs(gm: fx.GraphModule, node: fx.Node) -> None:
     ]
     if held:
         name = getattr(node.target, "__name__", str(node.target))
+        why = (
+            "torch.autocast, inside which export keeps no no_grad"
+            if name == "wrap_with_autocast"
+            else "which gpa does not read"
+        )
         raise TraceError(
-            f"torch.export's graph calls {name} on a part of the model, which gpa does not "
-            "read: the layers inside it would be lost"
+            f"torch.export's graph calls {name} on a part of the model ({why}): the layers "
+            "inside it would be lost or misread"
         )
 
 

@@ -18,7 +18,7 @@ from torch import nn
 import gpa
 from gpa.errors import TraceError
 from tests.frontends.every_tracer import EVERY_TRACER, layer_records
-from tests.semantics import LOSS, check_reachability_with_autograd, expect
+from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
 
 IMG = (1, 3, 8, 8)
 
@@ -175,12 +175,14 @@ def test_records_do_not_depend_on_precision(dtype: torch.dtype, given: str, trac
 
 class AutocastBlock(nn.Module):
     """Layers run under ``torch.autocast`` (bfloat16 on the CPU). ``chunked`` iterates a
-    chunk's results, which fx cannot trace: auto goes on to export, whose graph holds the
-    block as a ``wrap_with_autocast`` region (and asserts the region's results' dtype)."""
+    chunk's results, which fx cannot trace; ``frozen`` runs ``b`` under ``no_grad`` inside
+    the autocast block, which export's graph does not keep (its ``wrap_with_autocast``
+    regions lose inner grad-mode changes), so export refuses every autocast region and
+    auto goes on to autograd."""
 
-    def __init__(self, chunked: bool) -> None:
+    def __init__(self, chunked: bool, frozen: bool = False) -> None:
         super().__init__()
-        self.chunked = chunked
+        self.chunked, self.frozen = chunked, frozen
         self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,26 +190,37 @@ class AutocastBlock(nn.Module):
             h = self.a(x)
             if self.chunked:
                 return self.head(torch.cat([self.b(p) for p in h.chunk(2, 0)], 0))
-            h = self.b(h)
+            if self.frozen:
+                with torch.no_grad():
+                    z = self.b(x)
+                h = h + z
+            else:
+                h = self.b(h)
         return self.head(h.float())
 
 
 @EVERY_TRACER
-@pytest.mark.parametrize("chunked", [False, True])
-def test_layers_under_autocast(tracer: str, chunked: bool) -> None:
+@pytest.mark.parametrize("kind", ["plain", "chunked", "frozen"])
+def test_layers_under_autocast(tracer: str, kind: str) -> None:
     """By hand: a -> b -> head, one path each (b's two calls under ``chunked`` are one
-    record of calls 2: each gives one path to head). Export lost a and b inside the
-    region (the first found by a new-user review) and failed on its dtype assertion."""
-    model, x = AutocastBlock(chunked), torch.randn(2, 4)
-    if tracer == "fx" and chunked:
+    record of calls 2: each gives one path to head); ``frozen``: a -> head (2), b under
+    no_grad unreachable. Export lost a and b inside the region (found by a new-user
+    review), and read b as carrying gradient under ``frozen`` (found by an adversarial
+    review of the first fix): it refuses autocast regions, and auto moves on."""
+    model, x = AutocastBlock(kind == "chunked", kind == "frozen"), torch.randn(2, 4)
+    if tracer == "export" or (tracer == "fx" and kind == "chunked"):
         with pytest.raises(TraceError):
             gpa.analyze(model, (x,), tracer=tracer)
         return
     report = gpa.analyze(model, (x,), tracer=tracer)
-    calls = 2 if chunked else 1
     expect(report, "head", {1: 1}, (LOSS,))
-    expect(report, "b", {2: calls}, ("head",), calls=calls)
-    expect(report, "a", {3: calls}, ("b",))
+    if kind == "frozen":
+        expect(report, "a", {2: 1}, ("head",))
+        expect_unreachable(report, "b")
+    else:
+        calls = 2 if kind == "chunked" else 1
+        expect(report, "b", {2: calls}, ("head",), calls=calls)
+        expect(report, "a", {3: calls}, ("b",))
     check_reachability_with_autograd(report, model, x)
 
 

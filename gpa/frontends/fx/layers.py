@@ -131,6 +131,9 @@ _MIXING_METHODS = frozenset(
 )
 
 
+_MAX_PASSES = 8  # of find_layers over the functional layers; one or two in practice
+
+
 def _parameter_roots(
     gm: fx.GraphModule, layer_nodes: set[fx.Node]
 ) -> tuple[dict[fx.Node, tuple[str, ...]], set[fx.Node], set[fx.Node]]:
@@ -224,10 +227,20 @@ def find_layers(
             module = modules[node.target]
             if is_layer_module(module, types):
                 calls[node] = LayerCall(node.target, type_name(module), call_site(node))
-    roots, selected, data = _parameter_roots(gm, set(calls) | set(known))
-    for node in gm.graph.nodes:
-        if _is_mixing(node) and (weight := _mixed_weight(node, roots, selected, data)):
-            calls[node] = LayerCall(*owner(model or gm, roots[weight][0]), call_site(node))
+    # a functional layer's output is data too: read again with the layers found, until
+    # they are the layers found (a chain of functional layers: one pass per link)
+    found: dict[fx.Node, LayerCall] = {}
+    for _ in range(_MAX_PASSES):
+        roots, selected, data = _parameter_roots(gm, {*calls, *known, *found})
+        again = {
+            node: LayerCall(*owner(model or gm, roots[weight][0]), call_site(node))
+            for node in gm.graph.nodes
+            if _is_mixing(node) and (weight := _mixed_weight(node, roots, selected, data))
+        }
+        if again.keys() == found.keys():
+            break
+        found = again
+    calls.update(found)
     # dynamic convolutions (CondConv), once every other layer is known
     makers = {n: found for n in gm.graph.nodes if (found := _weight_makers(n, calls, roots))}
     if makers:
@@ -404,13 +417,14 @@ def _weight_readers(
 ) -> list[tuple[fx.Node, list[str]]]:
     """The ``chosen`` nodes, not layers, given a weight beside anything else, each with
     the modules owning the parameters it reads."""
-    roots, _, _ = _parameter_roots(gm, set(calls))
+    roots, selected, _ = _parameter_roots(gm, set(calls))
     found = []
     for node in gm.graph.nodes:
         if node in calls or not chosen(node):
             continue
         params = [t for n in node.all_input_nodes for t in roots.get(n, ())]
-        if params and any(n not in roots for n in node.all_input_nodes):
+        # beside data, or beside rows picked by data (``table[ids]``: an embedding's output)
+        if params and any(n not in roots or n in selected for n in node.all_input_nodes):
             found.append((node, sorted({p.rpartition(".")[0] or p for p in params})))
     return found
 
