@@ -210,6 +210,9 @@ class _ParameterUse(TorchFunctionMode):
         self.checkpointed = False  # a re-entrant checkpoint ran its function without gradient
         # where forward first turned data into a Python value (a branch, a loop, an index)
         self.data_branch: str | None = None
+        # id() of the autograd nodes of elements picked by an index computed from data
+        # (``stack[argmax(x)]``): which element is the data's choice, not the model's
+        self.data_picks: set[int] = set()
         # custom operators given weights beside data -> the modules whose weights they read
         self.operators: dict[str, dict[str, None]] = {}
 
@@ -220,6 +223,10 @@ class _ParameterUse(TorchFunctionMode):
         start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
         data = [t in self._data for t in tensors]
+        if getattr(func, "__name__", "") == "__getitem__" and torch.is_grad_enabled():
+            index = [t for t in tree_flatten(args[1:])[0] if isinstance(t, torch.Tensor)]
+            if any(t in self._data for t in index) and isinstance(result, torch.Tensor):
+                self.data_picks.add(id(result.grad_fn))
         if self.data_branch is None and any(data) and getattr(func, "__name__", "") in TO_PYTHON:
             site = caller_site()
             self.data_branch = f"{site[0]}, line {site[1]}" if site else "in forward"
@@ -544,8 +551,12 @@ class _Edges:
     :class:`~gpa.frontends.watch.Checkpoints`): the graph backward rebuilds."""
 
     def __init__(
-        self, checkpoints: list[tuple[Any, list]], parameters: Mapping[int, str] | None = None
+        self,
+        checkpoints: list[tuple[Any, list]],
+        parameters: Mapping[int, str] | None = None,
+        data_picks: set[int] = frozenset(),
     ) -> None:
+        self._data_picks = data_picks
         self._through: dict[int, list] = {}
         self._keep = checkpoints  # keeps the ids unique
         # checkpoints given nothing computed from parameters (the model's inputs alone):
@@ -585,8 +596,10 @@ class _Edges:
         picked from a stack (``torch.stack(heads)[-1]``) reads the one tensor stacked
         there: autograd's edge to the stack sends the others zeros."""
         children = [self.resolve(child, nr) for child, nr in fn.next_functions]
-        if type(fn).__name__ == "SelectBackward0" and type(children[0]).__name__ == (
-            "StackBackward0"
+        if (
+            type(fn).__name__ == "SelectBackward0"
+            and type(children[0]).__name__ == "StackBackward0"
+            and id(fn) not in self._data_picks  # an index the data chose: any element
         ):
             stacked = _stacked_operand(fn, children[0])
             if stacked is not None:
@@ -662,7 +675,7 @@ def _build(
 
     layer_calls = {i for i, c in enumerate(calls) if is_layer_module(c.module, types)}
     returned = returned_values(run.output)
-    edges = _Edges(run.checkpoints, run.parameters)
+    edges = _Edges(run.checkpoints, run.parameters, run.use.data_picks)
     roots = [edges.resolve(t.grad_fn, t.output_nr) for _, t in returned.select(outputs)]
     nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created], edges)
 

@@ -790,13 +790,35 @@ class Levels(nn.Module):
             return levels.select(0, 1)
         if self.pick == "first":
             return torch.select(levels, 0, 0)
+        if self.pick == "tuple":
+            return levels[-1, :]
+        if self.pick == "keywords":
+            return levels.select(dim=0, index=1)
+        if self.pick == "further":  # the last level's first column
+            return levels[-1, :, 0]
+        if self.pick == "chosen":  # the level the data chooses: any of them
+            return levels[h1.sum(-1).argmax() % 2]
         if self.pick == "across":  # an element along another axis: every level in it
             return levels[:, 0]
         return levels[-1], levels[:-1]  # the aux outputs too
 
 
+@pytest.mark.parametrize("tracer", ["autograd", "auto"])
+def test_a_level_the_data_chooses_reads_every_head(tracer: str) -> None:
+    """``levels[i]`` with ``i`` computed from data: which head the loss reads depends on the
+    input, so every head is reached (fx and export cannot trace the pick; autograd ran it
+    once and, before, read the element it picked then). By hand: both heads 1, l0 reaches
+    head.0 (2) and, through l1, head.1 (3)."""
+    report = gpa.analyze(Levels("chosen"), (torch.randn(2, 4),), tracer=tracer)
+    expect(report, "head.0", {1: 1}, (LOSS,))
+    expect(report, "head.1", {1: 1}, (LOSS,))
+    expect(report, "l0", {2: 1, 3: 1}, ("l1", "head.0"))
+
+
 @EVERY_TRACER
-@pytest.mark.parametrize("pick", ["last", "select", "first", "across", "aux"])
+@pytest.mark.parametrize(
+    "pick", ["last", "select", "tuple", "keywords", "further", "first", "across", "aux"]
+)
 def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str) -> None:
     """By hand. ``levels[-1]`` is head.1's output itself: head.0 gets no gradient (a real
     backward gives it none), l1 -> head.1 (2), l0 -> l1 -> head.1 (3). ``first``: head.0
@@ -805,7 +827,7 @@ def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str)
     head.1 (3)."""
     model, x = Levels(pick), torch.randn(2, 4)
     report = gpa.analyze(model, (x,), tracer=tracer)
-    if pick in ("last", "select"):
+    if pick in ("last", "select", "tuple", "keywords", "further"):
         expect(report, "head.1", {1: 1}, (LOSS,))
         expect(report, "l1", {2: 1}, ("head.1",))
         expect(report, "l0", {3: 1}, ("l1",))

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import operator
 from typing import Any
 
@@ -36,31 +37,44 @@ __all__ = ["picks_from_stacks"]
 
 _STACKS = {torch.stack, torch.ops.aten.stack.default}
 _SELECTS = {torch.select, torch.ops.aten.select.int}
+_SELECT = inspect.signature(lambda input, dim, index: None)
 
 
 def picks_from_stacks(gm: fx.GraphModule) -> int:
     """Replace every element picked from a stack along its stacked axis by the tensor
-    stacked there; return how many were replaced. Stacks left without readers stay (they
-    send gradient nowhere)."""
+    stacked there (indexed further if the pick goes on: ``stack[-1, :, 0]``); return how
+    many were replaced. Stacks left without readers stay (they send gradient nowhere)."""
     replaced = 0
     for node in list(gm.graph.nodes):
         picked = _pick(node)
         if picked is None:
             continue
-        stack, dim, index = picked
+        stack, dim, index, rest = picked
         operand = _stacked(stack, dim, index)
         if operand is None:
             continue
-        carries = _carries_gradient(operand)
+        if any(r is not Ellipsis and r != slice(None) for r in rest):  # picks on: indexed
+            node.args = (operand, rest)
+            _flows_from(node, {stack: operand})
+            replaced += 1
+            continue
         for user in node.users:  # the flow pass's edges: to the operand, if it carries any
-            flow = user.meta.get(FLOW)
-            if flow is not None and node in flow.grad_from:
-                grad_from = flow.grad_from - {node} | ({operand} if carries else set())
-                user.meta[FLOW] = dataclasses.replace(flow, grad_from=frozenset(grad_from))
+            _flows_from(user, {node: operand})
         node.replace_all_uses_with(operand)
         gm.graph.erase_node(node)
         replaced += 1
     return replaced
+
+
+def _flows_from(node: fx.Node, replaced: dict[fx.Node, fx.Node]) -> None:
+    """Point ``node``'s gradient edges (the flow pass's) at the replacements, those that
+    carry gradient."""
+    flow = node.meta.get(FLOW)
+    if flow is None or not replaced.keys() & flow.grad_from:
+        return
+    kept = flow.grad_from - replaced.keys()
+    new = {r for old, r in replaced.items() if old in flow.grad_from and _carries_gradient(r)}
+    node.meta[FLOW] = dataclasses.replace(flow, grad_from=frozenset(kept | new))
 
 
 def _carries_gradient(node: fx.Node) -> bool:
@@ -68,25 +82,29 @@ def _carries_gradient(node: fx.Node) -> bool:
     return flow is not None and flow.value is not None and flow.value.requires_grad
 
 
-def _pick(node: fx.Node) -> tuple[fx.Node, int, int] | None:
-    """(stack node, axis, index) when ``node`` picks one element of a stack's result along
-    an axis by a constant index, else None."""
+def _pick(node: fx.Node) -> tuple[fx.Node, int, int, tuple] | None:
+    """(stack node, axis, index, the rest of the index) when ``node`` picks one element of
+    a stack's result along an axis by a constant index, else None."""
+    rest: tuple = ()
     if node.op == "call_function" and node.target is operator.getitem:
         source, index = node.args
+        if isinstance(index, tuple) and index and type(index[0]) is int:
+            index, rest = index[0], index[1:]
         dim = 0
     elif (node.op == "call_function" and node.target in _SELECTS) or (
         node.op == "call_method" and node.target == "select"
     ):
-        if node.kwargs or len(node.args) != 3:
+        try:
+            source, dim, index = _SELECT.bind(*node.args, **node.kwargs).args
+        except TypeError:
             return None
-        source, dim, index = node.args
     else:
         return None
     if not (isinstance(source, fx.Node) and _is_stack(source)):
         return None
     if type(index) is not int or type(dim) is not int:
         return None
-    return source, dim, index
+    return source, dim, index, rest
 
 
 def _is_stack(node: fx.Node) -> bool:
