@@ -213,6 +213,7 @@ class _ParameterUse(TorchFunctionMode):
         # id() of the autograd nodes of elements picked by an index computed from data
         # (``stack[argmax(x)]``): which element is the data's choice, not the model's
         self.data_picks: set[int] = set()
+        self._sized = Marks()  # tensors whose sizes the data decides
         # custom operators given weights beside data -> the modules whose weights they read
         self.operators: dict[str, dict[str, None]] = {}
 
@@ -227,9 +228,11 @@ class _ParameterUse(TorchFunctionMode):
             index = [t for t in tree_flatten(args[1:])[0] if isinstance(t, torch.Tensor)]
             if any(t in self._data for t in index) and isinstance(result, torch.Tensor):
                 self.data_picks.add(id(result.grad_fn))
-        if self.data_branch is None and any(data) and getattr(func, "__name__", "") in TO_PYTHON:
+        if self.data_branch is None and self._branches_on_data(func, tensors, data):
             site = caller_site()
             self.data_branch = f"{site[0]}, line {site[1]}" if site else "in forward"
+        if any(t in self._sized for t in tensors) or (any(data) and _sizes_by_data(func, args)):
+            self._sized.add(tree_flatten(result)[0])
         operator = custom_operator(func)
         if operator is not None and any(data) and self.recorder.depth == 0:
             self._weights_read_by(operator, tensors, data)
@@ -262,6 +265,17 @@ class _ParameterUse(TorchFunctionMode):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.created.append(t.grad_fn)
         return result
+
+    def _branches_on_data(self, func: Any, tensors: list, data: list[bool]) -> bool:
+        """Whether ``func`` gives Python a value computed from the data: the value itself
+        (``mask.any()`` in an ``if``), or the size of a tensor the data sized (the tokens
+        routed to an expert: ``len(tokens) == 0``)."""
+        name = getattr(func, "__name__", "")
+        if name in TO_PYTHON:
+            return any(data)
+        if name == "__get__":  # an attribute: ``t.shape``
+            name = getattr(getattr(func, "__self__", None), "__name__", "")
+        return name in _SIZE_QUERIES and any(t in self._sized for t in tensors)
 
     def _weights_read_by(self, operator: str, tensors: list, data: list[bool]) -> None:
         """Note the weights a custom operator reads beside data: tensors carrying gradient
@@ -327,6 +341,23 @@ class _ParameterUse(TorchFunctionMode):
                 if t.grad_fn is None and not t.requires_grad:
                     self.derived[id(t)] = weights[0]
                     self.keep.append(t)
+
+
+# Operations whose result's size the values of their operands decide, and the questions
+# that give a size to Python.
+_DATA_SIZED = frozenset("nonzero argwhere masked_select unique unique_consecutive".split())
+_SIZE_QUERIES = frozenset("size numel __len__ shape".split())
+
+
+def _sizes_by_data(func: Any, args: tuple) -> bool:
+    """Whether ``func``'s result has a size the data decides: a nonzero-like operation, or
+    indexing by a boolean mask."""
+    name = getattr(func, "__name__", "")
+    if name in _DATA_SIZED or (name == "where" and len(args) == 1):  # where(cond): nonzero
+        return True
+    return name == "__getitem__" and any(
+        isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_flatten(args[1:])[0]
+    )
 
 
 _NO_GRAD_MIXING = frozenset(
@@ -749,15 +780,17 @@ def _build(
         layer_seq[key] = seq
     ordered = dict(sorted(layer_call.items(), key=lambda item: layer_seq[item[0]]))
     received = _receiving([t for _, t in returned.values], edges, run)
+    uncalled = _uncalled(model, types, [*calls, *layer_call.values()], received)
     return GradientGraph(
         ops=g,
         calls=ordered,
         tracer="autograd",
-        uncalled=_uncalled(model, types, [*calls, *layer_call.values()], received),
+        uncalled=uncalled,
         inputs=run.inputs,
         notes=[
             *run.notes,
-            *([data_branch_note(run.use.data_branch)] if run.use.data_branch else []),
+            # where it skipped a layer module (an expert no token was routed to)
+            *([data_branch_note(run.use.data_branch)] if run.use.data_branch and uncalled else []),
             *([unfed_checkpoint_note(edges.cut)] if edges.cut else []),
             *returned.notes(outputs),
             *(custom_operator_note(n, owners) for n, owners in run.use.operators.items()),

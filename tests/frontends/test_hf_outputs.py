@@ -208,3 +208,21 @@ def test_mixtral_experts_are_a_layer_whichever_way_they_run(experts: str) -> Non
         assert layer_records(exported) == layer_records(
             gpa.analyze(model, ids, outputs=["logits"], tracer="autograd")
         )
+
+
+def test_a_mask_check_on_the_data_gets_no_routing_note() -> None:
+    """Hugging Face checks the attention mask's values in Python (its masking utilities):
+    a branch on data that skips no layer, so no note that layers were skipped."""
+    config = transformers.BertConfig(
+        vocab_size=32,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+    )
+    ids = torch.randint(0, 32, (1, 6))
+    report = gpa.analyze(
+        transformers.BertModel(config), (ids, torch.ones_like(ids)), tracer="autograd"
+    )
+    assert not any("into Python values" in n for n in report.notes)
+    assert report.network.unreachable == ()
