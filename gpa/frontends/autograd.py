@@ -234,7 +234,8 @@ class _ParameterUse(TorchFunctionMode):
         if any(t in self._sized for t in tensors) or (any(data) and _sizes_by_data(func, args)):
             self._sized.add(tree_flatten(result)[0])
         operator = custom_operator(func)
-        if operator is not None and any(data) and self.recorder.depth == 0:
+        # (one torch's own operations make is read by autograd as any)
+        if operator and any(data) and self.recorder.depth == 0 and not _decomposed(result):
             self._weights_read_by(operator, tensors, data)
         if any(data):
             results = tree_flatten(result)[0]
@@ -347,6 +348,19 @@ class _ParameterUse(TorchFunctionMode):
 # that give a size to Python.
 _DATA_SIZED = frozenset("nonzero argwhere masked_select unique unique_consecutive".split())
 _SIZE_QUERIES = frozenset("size numel __len__ shape".split())
+
+
+def _decomposed(result: Any) -> bool:
+    """Whether a custom operator's result was made by torch's own operations, which
+    autograd records (an operator implemented by composing them), rather than by the
+    operator's registered backward."""
+    tensors = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
+    return any(
+        t.grad_fn is not None
+        and not isinstance(t.grad_fn, torch.autograd.function.BackwardCFunction)
+        and not type(t.grad_fn).__name__.startswith("torch::autograd::CppNode")
+        for t in tensors
+    )
 
 
 def _sizes_by_data(func: Any, args: tuple) -> bool:

@@ -111,3 +111,32 @@ def test_a_custom_operator_given_weights_alone_makes_a_weight(tracer) -> None:
     report = gpa.analyze(WeightOnly(), (torch.randn(3, 4),), tracer=tracer)
     assert not any("custom operator" in n for n in report.notes)
     assert report.tracer == ("fx" if tracer == "auto" else tracer)
+
+
+_LIBRARY = torch.library.Library("gpatest_composite", "DEF")
+_LIBRARY.define("project(Tensor x, Tensor w) -> Tensor")
+_LIBRARY.impl("project", lambda x, w: torch.nn.functional.linear(x, w), "CompositeImplicitAutograd")
+
+
+class Composite(nn.Module):
+    """pre -> project(·, w) -> head, ``project`` an operator made of torch's own (``linear``:
+    autograd and export see its operations, fx the one call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.ops.gpatest_composite.project(self.pre(x), self.w))
+
+
+@pytest.mark.parametrize("tracer", ["autograd", "auto"])
+def test_a_custom_operator_made_of_torchs_own_is_read_through(tracer: str) -> None:
+    """autograd records the linear inside: w is a layer (by hand pre 3, w 2, head 1), and
+    no note says otherwise (it did, found by an adversarial review); fx cannot look in,
+    notes it, and auto moves on."""
+    report = gpa.analyze(Composite(), (torch.randn(3, 4),), tracer=tracer)
+    expect(report, "w", {2: 1}, ("head",))
+    expect(report, "pre", {3: 1}, ("w",))
+    assert not any("'gpatest_composite::project' is a custom operator" in n for n in report.notes)

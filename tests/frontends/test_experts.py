@@ -89,8 +89,9 @@ class Grouped(nn.Module):
     """a -> grouped product with the expert bank (tokens 0-2 to expert 0, 3-5 to expert
     1) -> head, as Hugging Face's mixtures of experts run by default."""
 
-    def __init__(self, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype, transposed: bool = False) -> None:
         super().__init__()
+        self.transposed = transposed
         self.a = nn.Linear(WIDTH, WIDTH, dtype=dtype)
         self.w = nn.Parameter(torch.randn(2, WIDTH, WIDTH, dtype=dtype))
         self.head = nn.Linear(WIDTH, 2, dtype=dtype)
@@ -98,16 +99,18 @@ class Grouped(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offs = torch.tensor([3, TOKENS], dtype=torch.int32, device=x.device)
         grouped = F.grouped_mm if hasattr(F, "grouped_mm") else torch._grouped_mm
-        return self.head(grouped(self.a(x), self.w, offs=offs))
+        bank = self.w.transpose(-2, -1) if self.transposed else self.w  # as Hugging Face
+        return self.head(grouped(self.a(x), bank, offs=offs))
 
 
 @EVERY_TRACER
+@pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_grouped_product_with_the_expert_bank_is_a_layer(tracer, dtype) -> None:
+def test_a_grouped_product_with_the_expert_bank_is_a_layer(tracer, dtype, transposed) -> None:
     """By hand: a -> w -> head, one path each. torch's meta kernel (export's fake one too)
     takes bfloat16 alone, where the CPU runs float32: fx works the shape out by rule, and
     export is torch's limit there."""
-    model, x = Grouped(dtype), torch.randn(TOKENS, WIDTH, dtype=dtype)
+    model, x = Grouped(dtype, transposed), torch.randn(TOKENS, WIDTH, dtype=dtype)
     if tracer == "export" and dtype == torch.float32:
         with pytest.raises(gpa.errors.TraceError, match="BF16"):
             gpa.analyze(model, (x,), tracer=tracer)
@@ -183,3 +186,63 @@ def test_routing_that_branches_on_data_is_noted(tracer: str, how: str) -> None:
             assert f"({__file__}, line " in notes[0] and "for these inputs only" in notes[0]
     routed_alike = gpa.analyze(Routed("index"), (torch.randn(TOKENS, WIDTH),), tracer="autograd")
     assert not any("into Python values" in n for n in routed_alike.notes)
+
+
+class EmbeddedTokens(nn.Module):
+    """Tokens from a functional embedding (``F.embedding(ids, table)``: a layer of
+    ``table``), routed to the experts ``w[idx]``: a layer's output is data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, WIDTH))
+        self.wg = nn.Parameter(torch.randn(EXPERTS, WIDTH))
+        self.w = nn.Parameter(torch.randn(EXPERTS, WIDTH, WIDTH) / WIDTH)
+        self.head = nn.Linear(WIDTH, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = F.embedding(ids, self.table)
+        p, idx = F.linear(h, self.wg).softmax(-1).topk(1, -1)
+        return self.head(p * torch.bmm(h.unsqueeze(1), self.w[idx[:, 0]]).squeeze(1))
+
+
+@EVERY_TRACER
+def test_experts_applied_to_a_functional_layers_output_are_a_layer(tracer: str) -> None:
+    """By hand: head 1; wg (through the probabilities) and w each 2; table feeds both, 3.
+    fx and export took the embedding's output for a weight (found by an adversarial
+    review): w was missing and table's path one short."""
+    model, ids = EmbeddedTokens(), torch.randint(0, 10, (TOKENS,))
+    report = gpa.analyze(model, (ids,), tracer=tracer)
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "wg", {2: 1}, ("head",))
+    expect(report, "w", {2: 1}, ("head",))
+    expect(report, "table", {3: 2}, ("wg", "w"))
+
+
+@torch.fx.wrap
+def _project(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if isinstance(h, torch.Tensor):  # a type check: fx cannot trace it by value
+        return F.linear(h, w)
+    return h
+
+
+class WrappedRows(nn.Module):
+    """Rows of a table picked by the input, given with a weight to a function fx keeps
+    whole: the rows are data, so the function reads a weight beside data."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(10, WIDTH))
+        self.w = nn.Parameter(torch.randn(WIDTH, WIDTH))
+        self.head = nn.Linear(WIDTH, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(_project(self.table[ids], self.w))
+
+
+def test_a_wrapped_function_given_rows_picked_by_data_and_a_weight_is_looked_into() -> None:
+    """fx notes the function and auto moves on to autograd, which sees the layer w (2)."""
+    fx_report = gpa.analyze(WrappedRows(), (torch.randint(0, 10, (TOKENS,)),), tracer="fx")
+    assert any("'_project' is a function fx keeps whole" in n for n in fx_report.notes)
+    report = gpa.analyze(WrappedRows(), (torch.randint(0, 10, (TOKENS,)),))
+    assert report.tracer == "autograd"
+    expect(report, "w", {2: 1}, ("head",))

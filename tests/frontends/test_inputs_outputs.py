@@ -352,3 +352,20 @@ def test_a_key_holding_a_dot_is_an_output_of_its_own(tracer, outputs, reached) -
         else:
             expect_unreachable(report, head)
     expect(report, "a", {2: len(reached)}, tuple(sorted(reached)))
+
+
+class NanDefault(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, fill: float = float("nan")) -> torch.Tensor:
+        return self.l(torch.nan_to_num(x, nan=fill))
+
+
+@pytest.mark.parametrize("args", [(torch.randn(1, 4),), (torch.randn(1, 4), float("nan"))])
+def test_a_nan_among_the_constants_is_traced_as_a_proxy(args) -> None:
+    """fx asserts a constant argument at each call, and NaN equals nothing: a NaN default
+    or input stays a proxy, and fx reads the model (it failed with a ShapeError)."""
+    report = gpa.analyze(NanDefault(), args, tracer="fx")
+    expect(report, "l", {1: 1}, (LOSS,))

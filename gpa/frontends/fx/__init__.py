@@ -172,6 +172,12 @@ def _reads_embedding(gm: fx.GraphModule, placeholder: fx.Node) -> bool:
 _CONSTANT_INPUTS = (type(None), bool, int, float, str)
 
 
+def _constant(value: Any) -> bool:
+    """Whether fx can trace ``value`` as a constant (it asserts the value at the call: NaN,
+    which equals nothing, would fail)."""
+    return isinstance(value, _CONSTANT_INPUTS) and value == value  # noqa: PLR0124
+
+
 def _constant_arguments(model: nn.Module, options: AnalysisOptions) -> dict[str, Any]:
     """``forward``'s arguments that are Python constants (None, a flag, a number, a
     string), by name: those the example inputs give so, and those no input gives whose
@@ -191,9 +197,9 @@ def _constant_arguments(model: nn.Module, options: AnalysisOptions) -> dict[str,
         if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
             continue
         if i < count and p.kind is not inspect.Parameter.KEYWORD_ONLY:
-            if given is not None and isinstance(given[i], _CONSTANT_INPUTS):
+            if given is not None and _constant(given[i]):
                 constants[p.name] = given[i]
-        elif p.default is not inspect.Parameter.empty and isinstance(p.default, _CONSTANT_INPUTS):
+        elif p.default is not inspect.Parameter.empty and _constant(p.default):
             constants[p.name] = p.default
     return constants
 
