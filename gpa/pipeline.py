@@ -42,6 +42,7 @@ from gpa.frontends.modules import (
     check_model,
     display_name,
     resolve_options,
+    unwrap_parallel,
 )
 from gpa.frontends.randomness import PYTHON_DRAWS_NOTE, python_random_states
 from gpa.options import AnalysisOptions
@@ -112,7 +113,7 @@ def _analyze(
 ) -> Report:
     step = progress or (lambda phase: None)
     check_model(model)
-    model, wrapped = _unwrapped(model)
+    model, wrapped = unwrap_parallel(model)
     options = resolve_options(options, model)
     step("tracing and propagating shapes")
     states = python_random_states()
@@ -159,22 +160,6 @@ def _analyze(
         notes=notes,
         tracer=graph.tracer,
     )
-
-
-# Wrappers that run their ``module`` on parts of the batch across devices: the model is
-# the module they wrap (on one device, or none, they call it as it is).
-_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
-
-
-def _unwrapped(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """The model a data-parallel wrapper holds, with a note saying so; else ``model``."""
-    if not isinstance(model, _PARALLEL):
-        return model, []
-    kind = type(model).__name__
-    return model.module, [
-        f"analysed the module {kind} wraps (its .module): layer names are relative to it, "
-        "without the 'module.' prefix of the wrapper's state_dict"
-    ]
 
 
 def _fallback_notes(records: Mapping[str, LayerRecord]) -> list[str]:

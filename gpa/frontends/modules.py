@@ -38,6 +38,7 @@ from gpa.errors import GpaError, TargetError, TraceError
 from gpa.options import AnalysisOptions
 
 __all__ = [
+    "PARALLEL",
     "DEFAULT_LAYER_TYPES",
     "POINTWISE_MODULES",
     "check_model",
@@ -60,6 +61,7 @@ __all__ = [
     "type_name",
     "with_tied",
     "unused_layer_modules",
+    "unwrap_parallel",
 ]
 
 #: Module classes whose calls are layers (``docs/semantics.md`` §2).
@@ -226,9 +228,10 @@ def _in_scripted(model: nn.Module, name: str) -> bool:
 
 
 def fx_leaf(cls: type) -> bool:
-    """Whether torch.fx's default policy keeps modules of ``cls`` as single calls."""
+    """Whether torch.fx's default policy keeps modules of ``cls`` as single calls (but for a
+    data-parallel wrapper, which gpa reads through: it calls the module it holds)."""
     return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
-        cls, nn.Sequential
+        cls, (nn.Sequential, *PARALLEL)
     )
 
 
@@ -582,3 +585,25 @@ def check_model(model: nn.Module) -> None:
                     "plain list or with object.__setattr__)"
                 )
             stack.append((path, child, (*ancestors, id(child))))
+
+
+#: Wrappers that run their ``module`` on parts of the batch across devices: the model is
+#: the module they wrap (on one device, or none, they call it as it is).
+PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def unwrap_parallel(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The model a data-parallel wrapper holds, with a note saying so; else ``model``.
+
+    Example:
+        >>> inner = nn.Linear(2, 2)
+        >>> unwrap_parallel(nn.DataParallel(inner))[0] is inner
+        True
+    """
+    if not isinstance(model, PARALLEL):
+        return model, []
+    kind = type(model).__name__
+    return model.module, [
+        f"analysed the module {kind} wraps (its .module): layer names are relative to it, "
+        "without the 'module.' prefix of the wrapper's state_dict"
+    ]

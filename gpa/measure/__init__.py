@@ -32,6 +32,7 @@ from torch import nn
 from gpa.api import analyze
 from gpa.core.report import Report
 from gpa.errors import GpaError
+from gpa.frontends.modules import unwrap_parallel
 from gpa.measure.cka import cka_matrix, spearman
 from gpa.measure.hooks import GradientRecorder, StepGradients
 from gpa.measure.inputs import synthetic_batches
@@ -233,6 +234,7 @@ def measure(
     report = analyze(
         model, example_inputs, name=name, channels=channels, progress=progress, **options
     )
+    model, _ = unwrap_parallel(model)  # (the report's names are the wrapped module's)
     target = torch.device(device) if device is not None else None
     modules = {}
     notes = list(report.notes)

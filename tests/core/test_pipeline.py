@@ -119,3 +119,34 @@ def test_a_data_parallel_wrapper_is_analysed_as_the_module_it_wraps(tracer: str)
     assert {name: r.shortest for name, r in report.layers.items()} == {"0": 2, "1": 1}
     assert report.model == "Sequential"
     assert report.notes[0].startswith("analysed the module DataParallel wraps (its .module)")
+
+
+def test_count_and_measure_read_a_data_parallel_wrapper_as_its_module() -> None:
+    """gpa.count blamed the inputs and gpa.measure found no layer (its names were the
+    wrapped module's, its hooks looked on the wrapper). By hand: 4·4 + 4 + 4·2 + 2 = 30
+    parameters, the same as the module's own count; both linears measured."""
+    inner = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    wrapped = nn.DataParallel(inner)
+    assert gpa.count(wrapped, (torch.randn(2, 4),)).total_params == 30
+    measured = gpa.measure(wrapped, (torch.randn(8, 4),), steps=1)
+    assert set(measured.layers) == {"0", "2"}
+    assert all(m.output_grad_norm > 0 for m in measured.layers.values())
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_a_data_parallel_submodule_is_read_through(tracer: str) -> None:
+    """A wrapper inside the model was one torch.nn leaf: a layer ``enc`` (export, autograd)
+    or a failure (fx). By hand: enc.module.0 -> enc.module.2 -> head, 3, 2, 1."""
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.enc = nn.DataParallel(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)))
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.enc(x))
+
+    report = gpa.analyze(Model(), (torch.randn(2, 4),), tracer=tracer)
+    shortest = {name: r.shortest for name, r in report.layers.items()}
+    assert shortest == {"enc.module.0": 3, "enc.module.2": 2, "head": 1}

@@ -44,7 +44,7 @@ from gpa.errors import TraceError
 from gpa.frontends.frames import caller_site, user_frame
 from gpa.frontends.functions import custom_function_calls, function_call, run_function
 from gpa.frontends.fx.norm_act import norm_then_activations
-from gpa.frontends.modules import TRACING, preserved_state, same_entries, split_leaves
+from gpa.frontends.modules import PARALLEL, TRACING, preserved_state, same_entries, split_leaves
 from gpa.frontends.randomness import RandomBranches, random_branch_message
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
@@ -281,6 +281,8 @@ class GpaTracer(fx.Tracer):
             m, (*self._leaf_types, torch.jit.ScriptModule)
         ):
             return True
+        if isinstance(m, PARALLEL):  # read through to the module it runs
+            return False
         return super().is_leaf_module(m, module_qualified_name)
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # noqa: ANN001
