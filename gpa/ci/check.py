@@ -64,6 +64,16 @@ class ModelCheck:
         key = "" if rule is None else _RULE_KEYS.get(rule.partition("[")[0], "")
         return self.locations.get(key) or self.locations.get("")
 
+    def target_location(self) -> Location | None:
+        """The first line of the model's file, if the target is a file in the checkout
+        (relative to the working directory); else None."""
+        path, _, _ = self.target.partition(".py:")
+        path = path + ".py" if not path.endswith(".py") else path
+        relative = os.path.relpath(path)
+        if relative.startswith("..") or not os.path.isfile(relative):
+            return None
+        return Location(relative, 1)
+
     def layer_location(self, layer: str) -> Location | None:
         """The source line that calls ``layer`` in the model's code, relative to the working
         directory (the checkout), if the frontend knew it and it lies there; None otherwise

@@ -98,7 +98,8 @@ def _findings(run: CheckRun) -> Iterator[_Finding]:
     failed rule gives one finding there."""
     for model in run.models:
         if model.error is not None:
-            yield _Finding("error", model.name, "analysis", model.error, model.location())
+            at = model.location() or model.target_location()
+            yield _Finding("error", model.name, "analysis", model.error, at)
             continue
         for result in model.results:
             if not result.passed:
@@ -125,7 +126,10 @@ def _rule_findings(model: ModelCheck, result: RuleResult) -> Iterator[_Finding]:
         text = f"{rule}: also {listed} (called from no line of the checkout)"
     else:
         return
-    yield _Finding("error", model.name, result.rule, text, model.location(result.rule))
+    # (a rule given on the command line has no line of its own: the model's file, where
+    # the checkout holds it, since code scanning takes no result without a location)
+    at = model.location(result.rule) or model.target_location()
+    yield _Finding("error", model.name, result.rule, text, at)
 
 
 def _value(violation: Violation) -> str:

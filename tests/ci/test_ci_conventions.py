@@ -258,8 +258,9 @@ def test_layers_called_from_outside_the_checkout_are_named_at_the_rules_line(
 ) -> None:
     """Offending layers whose call lies in an installed library (pair.a, pair.b in
     pairlib.py, outside the working directory) cannot be placed on a diff; they are not
-    dropped either, but named together at the rule's own line (none for a command-line
-    rule) beside the one placed on the checkout's line (pre, line 11). By hand: the chain
+    dropped either, but named together at the rule's own line (for a command-line rule,
+    the model file's first line) beside the one placed on the checkout's line (pre, line
+    11). By hand: the chain
     pre → pair.a → pair.b → head gives shortest paths 4, 3, 2, 1."""
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "pairlib.py").write_text(LIBRARY)
@@ -273,13 +274,15 @@ def test_layers_called_from_outside_the_checkout_are_named_at_the_rules_line(
     assert errors == [
         "::error file=user.py,line=11,title=gpa check user.py max-shortest::"
         "max-shortest 1: pre (4)",
-        "::error title=gpa check user.py max-shortest::"
+        "::error file=user.py,line=1,title=gpa check user.py max-shortest::"
         "max-shortest 1: also pair.a (3), pair.b (2) (called from no line of the checkout)",
     ]
     sarif = _sarif(check("user.py", "--max-shortest", "1", "--format", "sarif"))
     placed, rest = sarif["runs"][0]["results"]
     assert placed["locations"][0]["physicalLocation"]["region"]["startLine"] == 11
-    assert "locations" not in rest and "pair.a (3), pair.b (2)" in rest["message"]["text"]
+    # no line of its own (a command-line rule): the model's file, which code scanning needs
+    assert rest["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] == "user.py"
+    assert "pair.a (3), pair.b (2)" in rest["message"]["text"]
     # a `layers` rule splits alike (the layers outside the checkout were dropped before),
     # the rest pointing at the configuration line setting it
     (tmp_path / "repo" / "pyproject.toml").write_text(
