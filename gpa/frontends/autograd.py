@@ -247,7 +247,7 @@ class _ParameterUse(TorchFunctionMode):
                     if isinstance(t, torch.Tensor) and t.grad_fn is not None
                 )
         if mixing and tensors:  # the shapes of a functional layer that may be found here
-            value = (ValueInfo.of(result), ValueInfo.of(tensors[0]))
+            value = (ValueInfo.of(result), ValueInfo.of(tensors[0]), caller_site())
             self.values.append((start, self.recorder.sequence() - 1, *value))
             if torch.is_grad_enabled() and not any(
                 d for d, t in zip(data, tensors, strict=True) if not _carries_gradient(t)
@@ -764,10 +764,11 @@ def _build(
             if parameter is None and "Conv" in _kind(fn):
                 candidates.append(fn)  # a dynamic convolution? (decided below)
         if parameter is not None:  # a functional layer
-            layer_call[key] = LayerCall(*owner(model, parameter))
+            *values, site = _function_values(run.use.values, fn._sequence_nr())
+            layer_call[key] = LayerCall(*owner(model, parameter), site)
             layer_seq[key] = fn._sequence_nr()
             roots_of[id(fn)] = _TAINTED  # a layer's output is data
-            _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
+            _add_call(g, key, *values)
         g.add_node(key)
         for child in children:
             if child is not None and key_of(child) != key:
@@ -780,9 +781,10 @@ def _build(
     chosen, unmade = _dynamic_convolutions(candidates, nodes, edges, key_of, layer_call, outputs_at)
     for fn, made in chosen:  # the convolution is the layer; what made its kernel is none
         key = key_of(fn)
-        layer_call[key] = LayerCall(made.record, made.type)
+        *values, site = _function_values(run.use.values, fn._sequence_nr())
+        layer_call[key] = LayerCall(made.record, made.type, site)
         layer_seq[key] = fn._sequence_nr()
-        _add_call(g, key, *_function_values(run.use.values, fn._sequence_nr()))
+        _add_call(g, key, *values)
     for maker in unmade:
         del layer_call[maker], layer_seq[maker]
         g.remove_node(_Key("input", maker.index, maker.kind))
@@ -830,12 +832,13 @@ def _add_call(g: nx.DiGraph, key: _Key, value: Any, first_input: Any) -> None:
     g.add_edge(operand, key, grad=False)
 
 
-def _function_values(values: list[tuple], seq: int) -> tuple[Any, Any]:
-    """Result and first operand of the feature-mixing function that created node ``seq``."""
+def _function_values(values: list[tuple], seq: int) -> tuple[Any, Any, Site | None]:
+    """Result and first operand of the feature-mixing function that created node ``seq``,
+    and the model's line that called it."""
     i = bisect.bisect_right(values, (seq, float("inf"))) - 1
     if i >= 0 and values[i][0] <= seq < values[i][1]:
-        return values[i][2], values[i][3]
-    return None, None
+        return values[i][2], values[i][3], values[i][4]
+    return None, None, None
 
 
 _UNSEEN = object()

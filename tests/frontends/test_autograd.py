@@ -539,3 +539,25 @@ def test_weights_too_large_to_stand_zeros_in_for_are_the_frontends_limit(
         model = ReadsAValue()
     with pytest.raises(TraceError, match="holds its weights on the meta device, where its"):
         gpa.analyze(model, input_shape=(2, 4), tracer="autograd")
+
+
+class _FunctionalNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4))
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.nn.functional.linear(x, self.w))  # the functional layer's line
+
+
+def test_a_functional_layer_has_its_source_line_as_under_fx() -> None:
+    """gpa check places a failing layer on the line calling it and gpa explain names it:
+    autograd gave functional layers none (found by an adversarial review)."""
+    import inspect
+
+    lines, first = inspect.getsourcelines(_FunctionalNet.forward)
+    line = first + next(i for i, text in enumerate(lines) if "the functional layer's line" in text)
+    for tracer in ("fx", "autograd"):
+        report = gpa.analyze(_FunctionalNet(), (torch.randn(1, 4),), tracer=tracer)
+        assert report.layers["w"].site == (__file__, line)
