@@ -229,18 +229,18 @@ def find_layers(
                 calls[node] = LayerCall(node.target, type_name(module), call_site(node))
     # a functional layer's output is data too: read again with the layers found, until
     # they are the layers found (a chain of functional layers: one pass per link)
-    found: dict[fx.Node, LayerCall] = {}
+    functional: dict[fx.Node, LayerCall] = {}
     for _ in range(_MAX_PASSES):
-        roots, selected, data = _parameter_roots(gm, {*calls, *known, *found})
+        roots, selected, data = _parameter_roots(gm, {*calls, *known, *functional})
         again = {
             node: LayerCall(*owner(model or gm, roots[weight][0]), call_site(node))
             for node in gm.graph.nodes
             if _is_mixing(node) and (weight := _mixed_weight(node, roots, selected, data))
         }
-        if again.keys() == found.keys():
+        if again.keys() == functional.keys():
             break
-        found = again
-    calls.update(found)
+        functional = again
+    calls.update(functional)
     # dynamic convolutions (CondConv), once every other layer is known
     makers = {n: found for n in gm.graph.nodes if (found := _weight_makers(n, calls, roots))}
     if makers:
