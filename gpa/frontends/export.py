@@ -450,27 +450,13 @@ def _mark_inference_mode(graph: fx.Graph) -> None:
                 graph.call_function(grad_mode, (True,))
 
 
-def _region(node: fx.Node) -> tuple[bool | None, fx.Node, tuple] | None:
-    """For a call of export's region operator ``wrap_with_set_grad_enabled(mode, submodule,
-    *args)``: its grad mode, its submodule's node and its arguments; else None.
-
-    ``wrap_with_autocast`` regions are not read (:func:`_refuse_subgraphs`): export drops
-    the grad-mode changes inside them (a ``no_grad`` block under ``torch.autocast``), so
-    their operations would all seem to carry gradient."""
-    if node.op != "call_function":
-        return None
-    name = getattr(node.target, "__name__", "")
-    if name == "wrap_with_set_grad_enabled":
-        return bool(node.args[0]), node.args[1], node.args[2:]
-    return None
-
-
 def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> int:
-    """Replace each region operator's call (see :func:`_region`) by its submodule's
-    operations, between ``grad_mode(mode)`` and ``grad_mode(previous)`` for a grad-mode
-    region; drop export's dtype assertions (``_assert_tensor_metadata``: an autocast
-    region's results are asserted to have its dtype, which the meta run, without autocast,
-    does not give).
+    """Replace each ``wrap_with_set_grad_enabled(mode, submodule, *args)`` by the
+    submodule's operations between ``grad_mode(mode)`` and ``grad_mode(previous)``; drop
+    export's dtype assertions (``_assert_tensor_metadata``: they check, they compute
+    nothing). Any other operator holding a submodule is refused: ``wrap_with_autocast``
+    among them, since export keeps no grad-mode change inside it (a ``no_grad`` block
+    under ``torch.autocast``), and its operations would all seem to carry gradient.
 
     Returns how many regions without gradient hold ``detach_`` calls when exported
     under :class:`~gpa.frontends.watch.Checkpoints` (``watched``): autograd's, on the
@@ -493,16 +479,15 @@ def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> int:
         ):
             graph.erase_node(node)
             continue
-        region = _region(node)
-        if region is None:
+        if not _is_grad_mode_region(node):
             _refuse_subgraphs(gm, node)
             continue
-        mode, holder, args = region
+        mode, holder, *args = node.args
+        mode = bool(mode)
         sub = gm.get_submodule(holder.target)
         detached += _inline_grad_mode_regions(sub, watched)
         with graph.inserting_before(node):
-            if mode is not None:
-                graph.call_function(grad_mode, (mode,))
+            graph.call_function(grad_mode, (mode,))
             placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
             env = dict(zip(placeholders, args, strict=True))
             cut = False
@@ -517,11 +502,10 @@ def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> int:
                     setattr(gm, name, getattr(sub, inner.target))
                     env[inner] = graph.get_attr(name)
                     continue
-                if watched and mode is False and inner.target is torch.ops.aten.detach_.default:
+                if watched and not mode and inner.target is torch.ops.aten.detach_.default:
                     cut = True
                 env[inner] = graph.node_copy(inner, env.__getitem__)
-            if mode is not None:
-                graph.call_function(grad_mode, (enabled,))
+            graph.call_function(grad_mode, (enabled,))
         detached += cut
         for user in list(node.users):
             user.replace_all_uses_with(results[user.args[1]])
