@@ -213,7 +213,12 @@ class _ParameterUse(TorchFunctionMode):
         # id() of the autograd nodes of elements picked by an index computed from data
         # (``stack[argmax(x)]``): which element is the data's choice, not the model's
         self.data_picks: set[int] = set()
+        # id() of the autograd nodes of values computed, with gradient, beside data that
+        # carries none and picks no positions (``w * mask.float()``): no weight, as under fx
+        self.mixed_nodes: set[int] = set()
         self._sized = Marks()  # tensors whose sizes the data decides
+        self._picked = Marks()  # weights picked at positions computed from data (``w[idx]``)
+        self._picked_from: dict[int, str] = {}  # id -> the parameter a picked weight reads
         # custom operators given weights beside data -> the modules whose weights they read
         self.operators: dict[str, dict[str, None]] = {}
 
@@ -240,12 +245,18 @@ class _ParameterUse(TorchFunctionMode):
         if any(data):
             results = tree_flatten(result)[0]
             self._data.add(results)
+            if (picked := self._picks_weight(tensors, data)) is not None:
+                self._picked.add(results)
+                self._picked_from.update((id(t), picked) for t in results if picked)
             if torch.is_grad_enabled():  # (else no node; and asking may raise)
-                self.data_nodes.update(
+                made = [
                     id(t.grad_fn)
                     for t in results
                     if isinstance(t, torch.Tensor) and t.grad_fn is not None
-                )
+                ]
+                self.data_nodes.update(made)
+                if any(d and _values_without_gradient(t) for d, t in zip(data, tensors)):
+                    self.mixed_nodes.update(made)
         if mixing and tensors:  # the shapes of a functional layer that may be found here
             value = (ValueInfo.of(result), ValueInfo.of(tensors[0]), caller_site())
             self.values.append((start, self.recorder.sequence() - 1, *value))
@@ -283,12 +294,28 @@ class _ParameterUse(TorchFunctionMode):
         that are no data are computed from parameters (named by the module running, for
         a weight computed from one: ``w.transpose(-2, -1)``)."""
         for t, is_data in zip(tensors, data, strict=True):
-            if is_data or not _carries_gradient(t):
+            if (is_data and t not in self._picked) or not _carries_gradient(t):
                 continue
             name = self.parameters.get(id(t))
+            name = name or (self._picked_from.get(id(t)) if t in self._picked else None)
             where = name.rpartition(".")[0] or name if name else None
             where = where or next((m for m in reversed(self.recorder.stack) if m), "the model")
             self.operators.setdefault(operator, {})[where] = None
+
+    def _picks_weight(self, tensors: list, data: list[bool]) -> str | None:
+        """Whether a result computed beside data is a weight picked by it: the data are
+        positions (integer and boolean tensors) or picked weights, and a weight carrying
+        gradient is among the operands (``w[idx]``, ``w[idx] * 2``; fx's *selected*).
+        Returns the weight's parameter name ("" when it is computed), else None."""
+        weight = None
+        for t, is_data in zip(tensors, data, strict=True):
+            picked = t in self._picked
+            if is_data and not picked and (t.is_floating_point() or t.is_complex()):
+                return None
+            if weight is None and (picked or (not is_data and _carries_gradient(t))):
+                weight = self._picked_from.get(id(t)) if picked else self.parameters.get(id(t))
+                weight = weight or ""
+        return weight
 
     def reads_data(self, t: Any) -> bool:
         """Whether ``t`` is data: a model input, a layer's output, or made from them."""
@@ -387,6 +414,12 @@ def _kind(fn: Any) -> str:
 
 def _carries_gradient(t: torch.Tensor) -> bool:
     return t.requires_grad or t.grad_fn is not None
+
+
+def _values_without_gradient(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds values (not positions: integer and boolean tensors pick a
+    weight's elements, ``docs/semantics.md`` §2) that autograd gives no edge."""
+    return (t.is_floating_point() or t.is_complex()) and not _carries_gradient(t)
 
 
 def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
@@ -870,7 +903,7 @@ def _parameter_root(
         if variable in run.input_ids:
             return _TAINTED
         return run.parameters.get(variable)
-    if key.kind == "call" and key in layer_call:
+    if (key.kind == "call" and key in layer_call) or id(fn) in run.use.mixed_nodes:
         return _TAINTED
     first = None
     for child in children:

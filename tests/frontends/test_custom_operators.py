@@ -140,3 +140,32 @@ def test_a_custom_operator_made_of_torchs_own_is_read_through(tracer: str) -> No
     expect(report, "w", {2: 1}, ("head",))
     expect(report, "pre", {3: 1}, ("w",))
     assert not any("'gpatest_composite::project' is a custom operator" in n for n in report.notes)
+
+
+class PickedBank(Bank):
+    """a -> first_expert(·, w[idx]) -> head, ``idx`` computed from a's output: the operator
+    is given a weight picked by data (``docs/semantics.md`` §2), still a weight."""
+
+    def __init__(self, pick: str) -> None:
+        super().__init__()
+        self.pick = pick
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        idx = (h[:2, 0] > 0).long()  # which of the two experts, by the data
+        w = self.w[idx] if self.pick == "index" else self.w.index_select(0, idx)
+        return self.head(first_expert(h, w * 2 if self.pick == "scaled" else w))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("pick", ["index", "index_select", "scaled"])
+def test_a_custom_operator_given_a_weight_picked_by_data_is_noted(tracer, pick) -> None:
+    """As above, with the weight picked by the data: the autograd frontend took it for data
+    and said nothing."""
+    model, x = PickedBank(pick), torch.randn(3, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    assert list(report.layers) == ["a", "head"]
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "a", {2: 1}, ("head",))
+    assert NOTE.format(owner="w") in report.notes
+    check_reachability_with_autograd(report, model, x)

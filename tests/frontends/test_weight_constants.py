@@ -178,3 +178,56 @@ def test_a_weight_mixed_with_data_under_no_grad_is_an_unreachable_layer() -> Non
         report = gpa.analyze(NoGrad(), input_shape=(2, 4), tracer=tracer)
         expect_unreachable(report, "table", calls=1)
         expect(report, "l1", {1: 1}, (LOSS,))
+
+
+#: A weight multiplied by data before ``F.linear(x, ·)``: by values (floating point), it is
+#: a weight times data and no layer's weight (§2, "computed from parameters alone"); by
+#: positions (integer and boolean tensors, ``torch.where`` on a mask), a weight picked by
+#: data, and the call is one of ``w``. The autograd frontend, which sees no edge to a value
+#: carrying no gradient, made a layer of the first five (fx and export did not).
+SCALED_BY = {
+    "detached_input": (False, lambda m, x: m.w * x.detach()),
+    "detached_layer": (False, lambda m, x: m.w * m.a(x).detach()),
+    "layer_under_no_grad": (False, lambda m, x: m.w * torch.no_grad()(m.a)(x)),
+    "float_mask": (False, lambda m, x: m.w * (x > 0).float()),
+    "where_data_else_data": (False, lambda m, x: torch.where(x > 0, m.w, x.detach())),
+    "bool_mask": (True, lambda m, x: m.w * (x > 0)),
+    "integer_mask": (True, lambda m, x: m.w * (x > 0).long()),
+    "where_data_else_zero": (True, lambda m, x: torch.where(x > 0, m.w, 0.0)),
+    "picked_then_scaled": (True, lambda m, x: m.w[x.argmax(0)] * 2),
+    "random_mask": (True, lambda m, x: m.w * (torch.rand_like(m.w) > 0.5).float()),
+    "buffer_mask": (True, lambda m, x: m.w * m.mask),
+}
+
+
+class Scaled(nn.Module):
+    """``F.linear(x, w ∘ s)`` -> head, ``s`` one of :data:`SCALED_BY`; ``a`` is called only
+    where ``s`` reads it (without gradient)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.scale = SCALED_BY[how][1]
+        self.w = nn.Parameter(torch.randn(4, 4))
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.register_buffer("mask", (torch.rand(4, 4) > 0.5).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.linear(x, self.scale(self, x)))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", list(SCALED_BY))
+def test_a_weight_scaled_by_data_is_no_layers_weight_and_picked_by_it_is(
+    how: str, tracer: str
+) -> None:
+    """By hand: head 1 (its sources the loss); w's call, where it is one, feeds head (2);
+    a carries no gradient; and a real backward gives w a gradient either way."""
+    model, x = Scaled(how), torch.randn(4, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    expect(report, "head", {1: 1}, (LOSS,))
+    if SCALED_BY[how][0]:
+        expect(report, "w", {2: 1}, ("head",))
+    else:
+        assert "w" not in report.layers
+    assert not report.layers["a"].reachable
+    check_reachability_with_autograd(report, model, x)
