@@ -255,7 +255,8 @@ class _ParameterUse(TorchFunctionMode):
                     if isinstance(t, torch.Tensor) and t.grad_fn is not None
                 ]
                 self.data_nodes.update(made)
-                if any(d and _values_without_gradient(t) for d, t in zip(data, tensors)):
+                pairs = zip(data, tensors, strict=True)
+                if any(d and _values_without_gradient(t) for d, t in pairs):
                     self.mixed_nodes.update(made)
         if mixing and tensors:  # the shapes of a functional layer that may be found here
             value = (ValueInfo.of(result), ValueInfo.of(tensors[0]), caller_site())
