@@ -37,7 +37,7 @@ from collections.abc import Callable
 from torch import nn
 
 from gpa.core.graph import GradientGraph
-from gpa.errors import GpaError, ModelError, TraceError
+from gpa.errors import GpaError, ModelError, ShapeError, TraceError
 from gpa.frontends.autograd import autograd_gradient_graph
 from gpa.frontends.export import export_gradient_graph
 from gpa.frontends.fx import fx_gradient_graph
@@ -66,6 +66,8 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
     Raises:
         ModelError: the model's own code raised (under ``auto``: in every frontend that
             ran it, or in fx when no other could run).
+        ShapeError: the inputs do not fit the model (under ``auto``: fx's reading, when
+            no frontend could read it: fx names the operation).
         TraceError: the named frontend cannot read the model, or (``auto``) none can;
             the message says why each one failed.
         GpaError: the options ask for channel segments from a frontend without them.
@@ -88,6 +90,7 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
     chain = [t for t in FRONTENDS if not options.channels or t in CHANNEL_TRACERS]
     reasons: list[str] = []
     raised: ModelError | None = None
+    unfit: ShapeError | None = None  # fx's: a branch its proxies took may be the cause
     i = 0
     while i < len(chain):
         candidate = chain[i]
@@ -97,9 +100,10 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
             continue
         try:
             graph = _build(candidate, model, options)
-        except (TraceError, ModelError) as exc:
+        except (TraceError, ModelError, ShapeError) as exc:
             reasons.append(f"{candidate}: {str(exc).splitlines()[0]}")
             raised = exc if isinstance(exc, ModelError) else raised
+            unfit = exc if isinstance(exc, ShapeError) and unfit is None else unfit
             continue
         if graph.opaque and graph.inputs is not None and i < len(chain):
             reasons.append(
@@ -110,6 +114,8 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
         if reasons:
             graph.notes.insert(0, f"tracer auto used {candidate}: {'; '.join(reasons)}")
         return graph
+    if unfit is not None:  # the inputs fit no frontend's reading: it names the operation
+        raise unfit
     if raised is not None:  # the model's own error, not the frontends' limits
         raise raised
     why = "\n".join(f"  {r}" for r in reasons)

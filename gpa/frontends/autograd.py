@@ -55,10 +55,10 @@ from gpa.frontends.fx.flow import ValueInfo, differentiable
 from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
+    functional_owners,
     fx_leaf,
     is_layer_module,
     opaque_layer_types,
-    owner,
     scripted_notes,
     split_leaves,
     training_mode,
@@ -79,7 +79,9 @@ from gpa.frontends.randomness import (
 from gpa.frontends.watch import (
     Checkpoints,
     ModuleCalls,
+    in_function_forward,
     in_reentrant_checkpoint,
+    recomputed_function_note,
     unfed_checkpoint_note,
 )
 from gpa.options import AnalysisOptions
@@ -208,6 +210,8 @@ class _ParameterUse(TorchFunctionMode):
         # from data (``w[idx]``: no autograd edge to ``idx``) is one
         self.data_nodes: set[int] = set()
         self.checkpointed = False  # a re-entrant checkpoint ran its function without gradient
+        # custom autograd Functions whose forward (run without gradient) reads parameters
+        self.weight_functions: dict[str, None] = {}
         # where forward first turned data into a Python value (a branch, a loop, an index)
         self.data_branch: str | None = None
         # id() of the autograd nodes of elements picked by an index computed from data
@@ -267,6 +271,10 @@ class _ParameterUse(TorchFunctionMode):
                 self.constant_reads.append((start, self.recorder.sequence() - 1, None))
         if not torch.is_grad_enabled():
             self.checkpointed = self.checkpointed or in_reentrant_checkpoint()
+            if any(id(t) in self.parameters for t in tensors):
+                function = in_function_forward()
+                if function is not None:
+                    self.weight_functions[function] = None
             if self.recorder.depth == 0:
                 self._without_grad(func, tensors, result, data)
         elif self.recorder.depth == 0:
@@ -459,10 +467,15 @@ def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradi
     opaque = {id(m): (n or root_name) for n, m in modules.items() if is_opaque(n, m)}
     with training_mode(model, options.train):
         run = _run(model, options, opaque, modules)
-        if run.use.checkpointed:  # again, with checkpointed functions in backward's grad mode
-            with Checkpoints() as watch:
+        functions = run.use.weight_functions
+        if run.use.checkpointed or functions:  # again, with checkpointed functions (and
+            # Functions computing with weights) in backward's grad mode
+            with Checkpoints(functions) as watch:
                 run = _run(model, options, opaque, modules)
             run.checkpoints = watch.results
+            run.functions = watch.functions
+            if watch.functions:
+                run.notes.append(recomputed_function_note(functions))
     run.notes.extend(scripted_notes(model, types))
     return _build(model, run, options.outputs, types)
 
@@ -488,6 +501,7 @@ class _Run:
     keep: list  # keeps the tensors alive so that their ids stay unique
     notes: list[str]
     checkpoints: list = field(default_factory=list)  # Checkpoints.results
+    functions: list = field(default_factory=list)  # Checkpoints.functions
     random_branch: str | None = None  # where forward branched on random numbers
 
 
@@ -615,7 +629,9 @@ def _hooks(modules: Iterable[nn.Module], recorder: _Recorder) -> Iterator[None]:
         for m in modules:
             if not isinstance(m, torch.jit.ScriptModule):
                 handles.append(m.register_forward_pre_hook(recorder.pre))
-                handles.append(m.register_forward_hook(recorder.post))
+                # before the model's own hooks: what they compute (``out + self.side(x)``)
+                # is outside the call, as it is outside the module's forward
+                handles.append(m.register_forward_hook(recorder.post, prepend=True))
         watch = ModuleCalls(scripted, recorder.pre, recorder.post)
         with watch if scripted else contextlib.nullcontext():
             yield
@@ -634,17 +650,23 @@ class _Edges:
         checkpoints: list[tuple[Any, list]],
         parameters: Mapping[int, str] | None = None,
         data_picks: set[int] = frozenset(),
+        functions: list[tuple[Any, list]] = (),  # type: ignore[assignment]
     ) -> None:
         self._data_picks = data_picks
         self._through: dict[int, list] = {}
-        self._keep = checkpoints  # keeps the ids unique
+        self._keep = [checkpoints, functions]  # keeps the ids unique
         # checkpoints given nothing computed from parameters (the model's inputs alone):
         # in training nothing they get requires gradient, so their outputs carry none
+        # (so are a custom Function's: its outputs carry gradient only if its inputs do)
         self.cut = 0
-        for ctx, edges in checkpoints:  # in the order they ran: inputs before their users
+        ran = sorted(  # in the order they ran: inputs before their users
+            [*((c, True) for c in checkpoints), *((f, False) for f in functions)],
+            key=lambda item: item[0][0]._sequence_nr(),
+        )
+        for (ctx, edges), checkpoint in ran:
             if parameters is not None and not self._reaches(ctx, parameters):
                 edges = [None] * len(edges)
-                self.cut += 1
+                self.cut += checkpoint
             self._through[id(ctx)] = edges
 
     def _reaches(self, fn: Any, parameters: Mapping[int, str]) -> bool:
@@ -754,7 +776,7 @@ def _build(
 
     layer_calls = {i for i, c in enumerate(calls) if is_layer_module(c.module, types)}
     returned = returned_values(run.output)
-    edges = _Edges(run.checkpoints, run.parameters, run.use.data_picks)
+    edges = _Edges(run.checkpoints, run.parameters, run.use.data_picks, run.functions)
     roots = [edges.resolve(t.grad_fn, t.output_nr) for _, t in returned.select(outputs)]
     nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created], edges)
 
@@ -797,9 +819,9 @@ def _build(
                 parameter = read
             if parameter is None and "Conv" in _kind(fn):
                 candidates.append(fn)  # a dynamic convolution? (decided below)
-        if parameter is not None:  # a functional layer
+        if parameter is not None:  # a functional layer (named once all are known)
             *values, site = _function_values(run.use.values, fn._sequence_nr())
-            layer_call[key] = LayerCall(*owner(model, parameter), site)
+            layer_call[key] = LayerCall(parameter, "", site)
             layer_seq[key] = fn._sequence_nr()
             roots_of[id(fn)] = _TAINTED  # a layer's output is data
             _add_call(g, key, *values)
@@ -826,8 +848,13 @@ def _build(
     for seq, parameter, operands, result in run.use.no_grad_layers:  # run without gradient
         key = _Key("nograd", seq, parameter)
         _add_call(g, key, ValueInfo.of(result), ValueInfo.of(operands[0]))
-        layer_call[key] = LayerCall(*owner(model, parameter))
+        layer_call[key] = LayerCall(parameter, "")
         layer_seq[key] = seq
+    # the functional layers (their records hold their parameters so far), named together
+    read = {key: c.record for key, c in layer_call.items() if key.kind != "call"}
+    named = functional_owners(model, read.values(), types)
+    for key, parameter in read.items():
+        layer_call[key] = LayerCall(*named[parameter], layer_call[key].site)
     ordered = dict(sorted(layer_call.items(), key=lambda item: layer_seq[item[0]]))
     received = _receiving([t for _, t in returned.values], edges, run)
     uncalled = _uncalled(model, types, [*calls, *layer_call.values()], received)

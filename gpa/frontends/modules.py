@@ -3,7 +3,7 @@
 Shared by every frontend so that they apply ``docs/semantics.md`` §1–§2 identically:
 which module classes are layers (:data:`DEFAULT_LAYER_TYPES`, :func:`is_layer_module`),
 which ones fx keeps as single calls (:func:`fx_leaf`), which module a functional layer is
-reported under (:func:`owner`), and which layer modules ``forward`` never uses
+reported under (:func:`functional_owners`), and which layer modules ``forward`` never uses
 (:func:`unused_layer_modules`). A TorchScript module (``torch.jit.script`` /
 ``torch.jit.trace``) counts as the eager class it was compiled from
 (:func:`module_class`, :func:`type_name`); gpa cannot look inside one, so each of its
@@ -14,8 +14,8 @@ Example:
     >>> net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)))
     >>> unused_layer_modules(net, used={"0"})
     [('1.0', 'Linear')]
-    >>> owner(net, "1.0.weight")
-    ('1.0', 'Linear')
+    >>> functional_owners(net, ["1.0.weight"])
+    {'1.0.weight': ('1.0', 'Linear')}
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ __all__ = [
     "fx_leaf",
     "is_layer_module",
     "module_class",
-    "owner",
+    "functional_owners",
     "resolve_layer_types",
     "resolve_leaf_modules",
     "resolve_module_class",
@@ -57,6 +57,7 @@ __all__ = [
     "display_name",
     "opaque_layer_types",
     "preserved_state",
+    "buffers_copied",
     "training_mode",
     "type_name",
     "with_tied",
@@ -259,6 +260,39 @@ def training_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
+def buffers_copied(model: nn.Module) -> Iterator[None]:
+    """Every module's buffers replaced by copies for the block, then put back
+    (``docs/semantics.md`` §1.8): symbolic tracing runs ``forward``'s operations on buffers
+    that are no proxies for real, so a step counter (``self.step.add_(1)``) or a queue
+    (``self.queue[:n] = keys``) would otherwise keep what the trace wrote. A buffer
+    registered under several names stays one tensor.
+
+    Example:
+        >>> m = nn.BatchNorm1d(2)
+        >>> with buffers_copied(m):
+        ...     _ = m.num_batches_tracked.add_(1)
+        >>> int(m.num_batches_tracked)
+        0
+    """
+    saved = [
+        (m._buffers, dict(m._buffers))
+        for m in model.modules()
+        if not isinstance(m, torch.jit.ScriptModule)  # its state lives in C++
+    ]
+    copies: dict[int, torch.Tensor] = {}
+    try:
+        for held, before in saved:
+            for name, b in before.items():
+                if b is not None and not isinstance(b, nn.parameter.UninitializedTensorMixin):
+                    held[name] = copies.setdefault(id(b), b.detach().clone())
+        yield
+    finally:
+        for held, before in saved:
+            held.clear()
+            held.update(before)
+
+
+@contextlib.contextmanager
 def preserved_state(model: nn.Module) -> Iterator[None]:
     """Every module's attributes, parameters and buffers as they were before the block,
     whatever ``forward`` assigned meanwhile (``docs/semantics.md`` §1.8): a model that
@@ -376,15 +410,52 @@ def split_leaves(
     return tuple(types), frozenset(names)
 
 
-def owner(model: nn.Module, parameter: str) -> tuple[str, str]:
-    """Record name and type of the module owning ``parameter`` (a qualified parameter name).
+def functional_owners(
+    model: nn.Module, parameters: Iterable[str], layer_types: tuple[type, ...] | None = None
+) -> dict[str, tuple[str, str]]:
+    """Record name and type of the functional layers reading each of ``parameters``
+    (qualified parameter names: every weight the model's functional layers read;
+    ``docs/semantics.md`` §2).
 
-    A parameter of the root module is its own record, of type ``Parameter``.
+    A parameter of a layer module (of one of ``layer_types``, default
+    :data:`DEFAULT_LAYER_TYPES`) is that module's record: its functional calls are calls of
+    the module (a tied weight used as an output projection). So is the one weight a
+    module holds (a custom layer: a Fourier layer's ``weight``). Where functional layers
+    read several weights of one module, each is its own record, named by its qualified
+    name (an MLP written with ``F.linear`` and three parameters, an expert bank's two
+    projections, LoRA's ``A`` and ``B``): two weights are two layers. A parameter of the
+    root module is its own record, of type ``Parameter``; the others have the type of the
+    module holding them.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ParameterList([torch.ones(2, 2)] * 2))
+        >>> functional_owners(net, ["0.weight", "1.0", "1.1"])
+        {'0.weight': ('0', 'Linear'), '1.0': ('1.0', 'ParameterList'), '1.1': ('1.1', 'ParameterList')}
     """
-    path = parameter.rpartition(".")[0]
-    if not path:
-        return parameter, "Parameter"
-    return path, type_name(model.get_submodule(path))
+    types = layer_types if layer_types is not None else DEFAULT_LAYER_TYPES
+    read = list(dict.fromkeys(parameters))
+    # a parameter two modules hold goes by its first name, whichever one a frontend read
+    first = {id(p): n for n, p in reversed(list(model.named_parameters(remove_duplicate=False)))}
+    canonical = {p: first.get(id(_parameter(model, p)), p) for p in read}
+    held = collections.Counter(c.rpartition(".")[0] for c in dict.fromkeys(canonical.values()))
+    named = {}
+    for parameter in read:
+        path = canonical[parameter].rpartition(".")[0]
+        if not path:
+            named[parameter] = canonical[parameter], "Parameter"
+            continue
+        module = model.get_submodule(path)
+        alone = held[path] == 1 or issubclass(module_class(module), types)
+        named[parameter] = path if alone else canonical[parameter], type_name(module)
+    return named
+
+
+def _parameter(model: nn.Module, name: str) -> Any:
+    """The parameter at a qualified name, or None (a name a graph made up)."""
+    try:
+        return model.get_parameter(name)
+    except AttributeError:
+        return None
 
 
 def with_tied(model: nn.Module, used: set[str]) -> set[str]:

@@ -41,13 +41,16 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 from torch import nn
+from torch.autograd.function import BackwardCFunction
 from torch.utils.checkpoint import CheckpointFunction, _checkpoint_hook
 
 __all__ = [
     "CallWatch",
     "Checkpoints",
     "ModuleCalls",
+    "in_function_forward",
     "in_reentrant_checkpoint",
+    "recomputed_function_note",
     "unfed_checkpoint_note",
 ]
 
@@ -83,6 +86,50 @@ def in_reentrant_checkpoint() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
+
+
+def in_function_forward() -> str | None:
+    """The name of the custom autograd Function whose ``forward`` the caller runs inside
+    (autograd runs it without gradient; its backward alone sends gradient on), else None.
+
+    Example:
+        >>> in_function_forward() is None
+        True
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        name = _function_forward(frame)
+        if name is not None:
+            return name
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
+
+
+def _function_forward(frame: FrameType) -> str | None:
+    """The Function's name if ``frame`` runs a custom autograd Function's ``forward``
+    given its ``ctx`` (the node backward runs, of class ``<Name>Backward``; torch's
+    ``Function.apply`` may be C++, leaving no frame of its own), else None. A checkpoint's
+    is :class:`Checkpoints`'s own case."""
+    code = frame.f_code
+    if code.co_name != "forward" or not code.co_argcount or code is _CHECKPOINT_FORWARD:
+        return None
+    ctx = frame.f_locals.get(code.co_varnames[0])
+    if not isinstance(ctx, BackwardCFunction):
+        return None
+    return type(ctx).__name__.removesuffix("Backward")
+
+
+def recomputed_function_note(names: Iterable[str]) -> str:
+    """The note of a run that read custom autograd Functions calling layers in their
+    ``forward`` as their backward recomputes them (``docs/semantics.md`` §1.7)."""
+    which = ", ".join(f"'{n}'" for n in names)
+    return (
+        f"the custom autograd Function(s) {which} compute with the model's weights in "
+        "forward, which autograd runs without gradient: gradient reaches those weights only "
+        "through the Function's backward, which gpa cannot read. It is taken to "
+        "differentiate what forward computed (as reversible layers and checkpoints "
+        "recompute it); if it does otherwise, the paths through it differ"
+    )
 
 
 class CallWatch:
@@ -151,7 +198,9 @@ def unfed_checkpoint_note(count: int) -> str:
 
 class Checkpoints(CallWatch):
     """Within the block, activation checkpoints leave every operation the grad mode it
-    has without them.
+    has without them; so do the custom autograd Functions named in ``functions`` (whose
+    ``forward`` computes with the model's weights: reversible layers), read as their
+    backward recomputes them.
 
     ``CheckpointFunction.apply`` (re-entrant) disables gradient (autograd does, for every
     Function's forward), then its forward enters ``torch.no_grad()`` and calls the
@@ -172,19 +221,31 @@ class Checkpoints(CallWatch):
             outputs it returned (tensors, or fx proxies while fx traces).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, functions: Iterable[str] = ()) -> None:
         super().__init__()
         self.results: list[tuple[Any, list[tuple[Any, int] | None]]] = []
         self.boundaries: list[tuple[tuple, tuple]] = []
+        # per call of a custom autograd Function named in ``functions``, as ``results``
+        self.functions: list[tuple[Any, list[tuple[Any, int] | None]]] = []
+        self._watched = frozenset(functions)
         self._modes: dict[FrameType, bool] = {}  # checkpoint() -> grad mode it was called in
         self._pending: dict[FrameType, bool] = {}  # checkpoint forward -> mode for the function
         self._entered: set[FrameType] = set()  # checkpoint forwards inside their no_grad
+        self._running = 0  # how many watched Functions' forwards are running
 
     def on_call(self, frame: FrameType) -> LocalTrace | None:
         code = frame.f_code
         if code is _CHECKPOINT:
             self._modes[frame] = torch.is_grad_enabled()
             return self._checkpoint_events
+        if self._watched:
+            if _function_forward(frame) in self._watched:
+                # with gradient, as backward recomputes it (in training: the mode it runs in)
+                self._running += 1
+                torch._C._set_grad_enabled(True)
+                return self._function_events
+            if code is _NO_GRAD_ENTER and self._running:  # inside it, no_grad saves the
+                return self._no_grad_events  # memory that recomputing in backward spends
         if code is _CHECKPOINT_FORWARD:  # called by autograd, from checkpoint()
             caller = frame.f_back
             while caller is not None and caller not in self._modes:
@@ -216,20 +277,37 @@ class Checkpoints(CallWatch):
             torch._C._set_grad_enabled(True)
         return self._pack_events
 
+    def _function_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
+        if event == "return":
+            self._running -= 1
+            made = _edges_of(arg)
+            if any(made):  # (else no output carries gradient: autograd's edges stay)
+                self.functions.append((frame.f_locals[frame.f_code.co_varnames[0]], made))
+        return self._function_events
+
+    def _no_grad_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
+        if event == "return":
+            torch._C._set_grad_enabled(True)
+        return self._no_grad_events
+
     def _forward_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
         if event == "return":
             self._pending.pop(frame, None)
             self._entered.discard(frame)
             outputs = arg if isinstance(arg, tuple) else (arg,)
-            edges = [
-                (t.grad_fn, t.output_nr)
-                if isinstance(t, torch.Tensor) and t.grad_fn is not None
-                else None
-                for t in outputs
-            ]
-            self.results.append((frame.f_locals.get("ctx"), edges))
+            self.results.append((frame.f_locals.get("ctx"), _edges_of(arg)))
             self.boundaries.append((tuple(frame.f_locals.get("args", ())), outputs))
         return self._forward_events
+
+
+def _edges_of(returned: Any) -> list[tuple[Any, int] | None]:
+    """Per output of a Function's ``forward``, the autograd edge it carries (None for a
+    value without one)."""
+    outputs = returned if isinstance(returned, tuple) else (returned,)
+    return [
+        (t.grad_fn, t.output_nr) if isinstance(t, torch.Tensor) and t.grad_fn is not None else None
+        for t in outputs
+    ]
 
 
 class ModuleCalls(CallWatch):

@@ -158,11 +158,15 @@ def format_sources(sources: Sequence[str], limit: int = 3) -> str:
 
 
 def format_inputs(inputs: Iterable[dict[str, Any]] | None) -> str:
-    """``"float32[1, 3, 32, 32]"`` per input, or ``"none"``."""
+    """``"float32[1, 3, 32, 32]"`` per tensor input, its value per other input (``None``,
+    a flag, a number), or ``"none"``."""
     if not inputs:
         return "none"
     parts = []
     for spec in inputs:
+        if "value" in spec:
+            parts.append(str(spec["value"]))
+            continue
         shape = ", ".join(str(d) for d in spec.get("shape", ()))
         parts.append(f"{spec.get('dtype', '?')}[{shape}]")
     return ", ".join(parts)

@@ -32,6 +32,7 @@ from tests.channels import test_segments
 from tests.core import test_paths, test_properties, test_serialize
 from tests.frontends import test_gradient_flow, test_inputs_outputs, test_layers, test_tracing
 from tests.frontends.every_tracer import layer_records
+from tests.semantics import check_reachability_with_autograd, expect
 
 LOSS = "<loss>"
 _analyze = gpa.analyze
@@ -561,3 +562,30 @@ def test_a_functional_layer_has_its_source_line_as_under_fx() -> None:
     for tracer in ("fx", "autograd"):
         report = gpa.analyze(_FunctionalNet(), (torch.randn(1, 4),), tracer=tracer)
         assert report.layers["w"].site == (__file__, line)
+
+
+class Hooked(nn.Module):
+    """a -> b -> head; a forward hook on b adds ``side`` of b's input to b's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.side = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+        self.b.register_forward_hook(lambda module, args, out: out + self.side(args[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.b(self.a(x)))
+
+
+@pytest.mark.parametrize("tracer", ["autograd", "auto"])
+def test_a_layer_a_forward_hook_calls_is_a_layer_of_its_own(tracer: str) -> None:
+    """The hook's call of side was taken for part of b's call (side missing, a's paths
+    one). By hand: head 1; b and side 2 (into head through the sum); a 3, twice."""
+    model, x = Hooked(), torch.randn(2, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    assert report.tracer == "autograd"  # fx and export run no hooks of a leaf's
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "b", {2: 1}, ("head",))
+    expect(report, "side", {2: 1}, ("head",))
+    expect(report, "a", {3: 2}, ("b", "side"))
+    check_reachability_with_autograd(report, model, x)

@@ -11,6 +11,8 @@ autograd frontend.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -224,3 +226,88 @@ def test_channels_through_a_custom_function_fall_back_over_never_under():
     assert record["shortest"] == 2
     route, truth = routed(record), reached(flipped)
     assert torch.equal(route | truth, route) and route.all()
+
+
+class Coupling(nn.Module):
+    """A reversible coupling on the two halves of its input: ``y1 = x1 + f(x2)``,
+    ``y2 = x2 + g(y1)``. ``saving``: it runs ``f`` and ``g`` under ``no_grad`` unless
+    recomputing (reformer-pytorch's blocks do)."""
+
+    def __init__(self, saving: bool = False) -> None:
+        super().__init__()
+        self.saving = saving
+        self.f, self.g = nn.Linear(2, 2), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor, recompute: bool = False) -> torch.Tensor:
+        x1, x2 = x.chunk(2, -1)
+        with torch.no_grad() if self.saving and not recompute else contextlib.nullcontext():
+            y1 = x1 + self.f(x2)
+            y2 = x2 + self.g(y1)
+        return torch.cat([y1, y2], -1)
+
+
+class Reversible(torch.autograd.Function):
+    """Runs the blocks in forward without keeping their activations (autograd runs a
+    Function's forward without gradient; ``no_grad`` says it again) and recomputes them in
+    backward, as Hugging Face's Reformer and reversible networks do."""
+
+    @staticmethod
+    def forward(ctx, x, blocks, no_grad):  # noqa: ANN001, ANN205
+        ctx.blocks = blocks
+        ctx.save_for_backward(x)
+        with torch.no_grad() if no_grad else contextlib.nullcontext():
+            for block in blocks:
+                x = block(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (x,) = ctx.saved_tensors
+        with torch.enable_grad():
+            x = y = x.detach().requires_grad_()
+            for block in ctx.blocks:
+                y = block(y, recompute=True)
+            torch.autograd.backward(y, grad)
+        return x.grad, None, None
+
+
+class RevNet(nn.Module):
+    """a -> Reversible(coupling) -> head; ``how``: ``plain`` calls the block without the
+    Function; ``unfed`` gives the Function the model's input (no ``a``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.blocks = nn.ModuleList([Coupling(saving=how == "saving_blocks")])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.how == "unfed" else self.a(x)
+        if self.how == "plain":
+            return self.head(self.blocks[0](h))
+        return self.head(Reversible.apply(h, self.blocks, self.how == "no_grad"))
+
+
+@pytest.mark.parametrize("tracer", ["autograd", "auto"])
+@pytest.mark.parametrize("how", ["plain", "as_run", "no_grad", "saving_blocks", "unfed"])
+def test_layers_a_reversible_function_recomputes_in_backward(how: str, tracer: str) -> None:
+    """The layers run in the Function's forward got no gradient (autograd runs it without),
+    and the paths through it were cut: ``a`` one path of 2. Backward recomputes them: by
+    hand, as without the Function (``plain``), head 1; g 2; f 2 and 3 (through g); a 2,
+    3 (f), 3 (g), 4 (f, g). Given the model's input alone (``unfed``), in training nothing
+    the Function gets requires gradient, and its outputs carry none: f and g get none
+    (a real backward's answer too)."""
+    model, x = RevNet(how), torch.randn(3, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    assert report.tracer == "autograd" or how == "plain"  # (fx cannot run the Function)
+    expect(report, "head", {1: 1}, (LOSS,))
+    if how == "unfed":
+        assert not report.layers["blocks.0.f"].reachable
+        assert not report.layers["blocks.0.g"].reachable
+    else:
+        expect(report, "blocks.0.g", {2: 1}, ("head",))
+        expect(report, "blocks.0.f", {2: 1, 3: 1}, ("head", "blocks.0.g"))
+        expect(report, "a", {2: 1, 3: 2, 4: 1}, ("head", "blocks.0.f", "blocks.0.g"))
+    noted = any("'Reversible' compute with the model's weights" in n for n in report.notes)
+    assert noted == (how != "plain")
+    check_reachability_with_autograd(report, model, x)

@@ -14,7 +14,16 @@ from torch import nn
 
 import gpa
 from tests.core.test_paths import ResNet
-from tests.semantics import IMG, LOSS, WITH_INPUTS, expect, expect_network, pool, run
+from tests.semantics import (
+    IMG,
+    LOSS,
+    WITH_INPUTS,
+    check_reachability_with_autograd,
+    expect,
+    expect_network,
+    pool,
+    run,
+)
 
 # ======================================================================================
 # Functional layers owned by a module
@@ -69,6 +78,129 @@ def test_functional_layers():
     assert report.layers["mc"].type == "MyConv"  # the owning module's class
     assert report.layers["ws"].type == "WSConv2d"
     expect_network(report, layers=4, max_shortest=4, min_shortest=1, mean_shortest=2.5, longest=4)
+
+
+class FunctionalMLP(nn.Module):
+    """Three weights applied with ``F.linear``: ``x -> w1 -> relu -> w2 -> relu -> w3``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w1, self.w2, self.w3 = (nn.Parameter(torch.randn(4, 4)) for _ in range(3))
+
+    def forward(self, x):
+        return F.linear(F.relu(F.linear(F.relu(F.linear(x, self.w1)), self.w2)), self.w3)
+
+
+class ListedMLP(nn.Module):
+    """The same MLP with its weights in an ``nn.ParameterList``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ws = nn.ParameterList([torch.randn(4, 4) for _ in range(3)])
+
+    def forward(self, x):
+        for i, w in enumerate(self.ws):
+            x = F.linear(F.relu(x) if i else x, w)
+        return x
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear plus a low-rank update written by hand: ``base(x) + B(A(x))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(4, 4).requires_grad_(False)
+        self.A, self.B = nn.Parameter(torch.randn(2, 4)), nn.Parameter(torch.zeros(4, 2))
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.A), self.B)
+
+
+class Wrapped(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.head = inner, nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.inner(x))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_weights_of_one_module_read_by_functional_layers_are_layers_of_their_own(tracer):
+    """§2: several weights of one module that is no layer module, each read by a functional
+    layer, are several layers (they were one record, its calls the three weights', its
+    shortest path the last one's: max_shortest 2 instead of 4, as if the weights were
+    shared). By hand, for the MLP and its list: head 1, then the weights 2, 3, 4 from the
+    last to the first, one path each; for LoRA: head 1; base and B 2 (into head); A 3."""
+    x = torch.randn(2, 4)
+    for inner, names in ((FunctionalMLP(), ("w1", "w2", "w3")), (ListedMLP(), ("0", "1", "2"))):
+        model = Wrapped(inner)
+        report = gpa.analyze(model, (x,), tracer=tracer)
+        first, second, third = (
+            f"inner.{'ws.' if isinstance(inner, ListedMLP) else ''}{n}" for n in names
+        )
+        assert list(report.layers) == [first, second, third, "head"]
+        holder = "ParameterList" if isinstance(inner, ListedMLP) else "FunctionalMLP"
+        assert {r.type for n, r in report.layers.items() if n != "head"} == {holder}
+        expect(report, third, {2: 1}, ("head",))
+        expect(report, second, {3: 1}, (third,))
+        expect(report, first, {4: 1}, (second,))
+        assert report.network.max_shortest == 4
+        check_reachability_with_autograd(report, model, x)
+    model = Wrapped(LoRALinear())
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    assert list(report.layers) == ["inner.base", "inner.A", "inner.B", "head"]
+    expect(report, "inner.base", {2: 1}, ("head",))
+    expect(report, "inner.B", {2: 1}, ("head",))
+    expect(report, "inner.A", {3: 1}, ("inner.B",))
+
+
+def test_the_one_weight_of_a_custom_layer_is_named_by_its_module():
+    """One weight of a module read by functional layers, even twice (weight sharing), is
+    that module's record (MyConv above): by hand, mc's second call feeds head (2), its
+    first call the second (3)."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mc, self.head = MyConv(3, 3), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.head(pool(self.mc(F.relu(self.mc(x)))))
+
+    report = gpa.analyze(Twice(), torch.randn(1, 3, 8, 8))
+    assert list(report.layers) == ["mc", "head"]
+    expect(report, "mc", {2: 1, 3: 1}, ("head", "mc"), calls=2)
+
+
+class Projection(nn.Module):
+    def __init__(self, w: nn.Parameter) -> None:
+        super().__init__()
+        self.w = w
+
+    def forward(self, x):
+        return x @ self.w
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_weight_two_modules_hold_goes_by_its_first_name(tracer):
+    """One parameter held by two modules that are no layer modules (SAM's shared
+    positional embedding), read through the second: export named the record after the
+    module it read it by, fx and autograd after the first. Every frontend now names it by
+    the parameter's first name (as ``named_parameters`` does). By hand: a 2, head 1."""
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            w = nn.Parameter(torch.randn(4, 4))
+            self.a, self.b, self.head = Projection(w), Projection(w), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.b(x))
+
+    report = gpa.analyze(Shared(), (torch.randn(3, 4),), tracer=tracer)
+    assert list(report.layers) == ["a", "head"]
+    expect(report, "a", {2: 1}, ("head",))
 
 
 class NormBetween(nn.Module):

@@ -282,3 +282,33 @@ def test_nested_containers_and_random_states_are_kept(tracer: str) -> None:
     assert (model.ids, list(model.recent), model.pair) == (set(), [], ([],))
     assert torch.equal(states[0], torch.get_rng_state()) and states[1] == random.getstate()
     assert (states[2] == np.random.get_state()[1]).all()
+
+
+class Counting(nn.Module):
+    """Writes into its buffers in place while it runs: a step counter, a queue of keys (as
+    MoCo keeps one), a flag filled once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("step", torch.zeros(()))
+        self.register_buffer("queue", torch.zeros(4, 4))
+        self.register_buffer("seen", torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.step.add_(1)
+        self.seen.fill_(1)
+        h = self.fc(x)
+        self.queue[:2] = h.detach()[:2]
+        return h
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_what_forward_writes_into_buffers_in_place_is_not_kept(tracer: str) -> None:
+    """§1.8: fx's trace ran ``self.step.add_(1)`` on the real buffer (a buffer is no proxy
+    in symbolic tracing): each analysis advanced the counter."""
+    model = Counting()
+    for _ in range(2):
+        report = gpa.analyze(model, (torch.ones(3, 4),), tracer=tracer)
+    assert report.layers["fc"].shortest == 1  # hand-derived: one Linear feeding the loss
+    assert (model.step.item(), model.seen.item(), model.queue.abs().sum().item()) == (0, 0, 0)

@@ -151,3 +151,19 @@ def test_grouped_view_drops_columns_rather_than_cutting_names() -> None:
     worst_names = [row.split()[-2] for row in rows[2:]]
     assert set(worst_names) <= set(report.layers)  # whole names, not cut
     assert "columns left out to fit 80 characters" in text.replace("\n    ", " ")
+
+
+def test_inputs_that_are_no_tensors_are_shown_by_value() -> None:
+    """Whisper's header read ``float32[1, 16, 32], ?[], int64[1, 16]`` for a None input
+    (found by a new-user review): values are shown as they were given."""
+
+    class Optional(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x, mask=None, flag=True, scale=1.0):  # noqa: ANN001, ANN202
+            return self.fc(x)
+
+    report = gpa.analyze(Optional(), (torch.randn(2, 4), None, False, 2.5))
+    assert str(report).splitlines()[1].startswith("inputs: float32[2, 4], None, False, 2.5   ")

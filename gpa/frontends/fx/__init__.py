@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpa.core.graph import GradientGraph
+from gpa.errors import TraceError
 from gpa.frontends.functions import called_function
+from gpa.frontends.fx.branches import called_when_run, other_branch_message, random_states
 from gpa.frontends.fx.checkpoints import unfed_checkpoints
 from gpa.frontends.fx.flow import flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
@@ -72,6 +74,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         traced = _rooted(model, leaves)
         types = options.layer_types if options.layer_types is not None else LAYER_TYPES
         kinds = norm_act_kinds(model, types) if traced is model else None
+        drawn = random_states()  # what the trace draws, the check below draws again
         gm = trace(traced, leaves, kinds, _constant_arguments(traced, options))
         name_outputs(gm.graph)
         gm.recompile()
@@ -106,11 +109,17 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     notes += _opaque_notes(readers, options.channels, inputs is not None)
     notes += [custom_operator_note(name, owners) for name, owners in operators.items()]
     notes += [unfed_checkpoint_note(unfed)] if unfed else []
+    uncalled = uncalled_layers(traced, gm, options.layer_types, calls)
+    if uncalled and inputs is not None:  # did a test on a proxy take another branch?
+        with training_mode(model, options.train):
+            called = called_when_run(traced, inputs, [n for n, _ in uncalled], drawn)
+        if called:
+            raise TraceError(other_branch_message(model, sorted(called)))
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls={node.name: call for node, call in calls.items()},
         tracer="fx",
-        uncalled=uncalled_layers(traced, gm, options.layer_types, calls),
+        uncalled=uncalled,
         inputs=inputs,
         notes=notes,
         traced=gm,

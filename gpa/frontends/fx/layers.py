@@ -32,8 +32,8 @@ from gpa.frontends.fx.flow import FLOW
 from gpa.frontends.fx.tracer import METADATA_QUERIES, SITE
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
+    functional_owners,
     is_layer_module,
-    owner,
     type_name,
     unused_layer_modules,
     with_tied,
@@ -229,28 +229,29 @@ def find_layers(
                 calls[node] = LayerCall(node.target, type_name(module), call_site(node))
     # a functional layer's output is data too: read again with the layers found, until
     # they are the layers found (a chain of functional layers: one pass per link)
-    functional: dict[fx.Node, LayerCall] = {}
+    functional: dict[fx.Node, str] = {}  # -> the parameter naming it
     for _ in range(_MAX_PASSES):
         roots, selected, data = _parameter_roots(gm, {*calls, *known, *functional})
         again = {
-            node: LayerCall(*owner(model or gm, roots[weight][0]), call_site(node))
+            node: roots[weight][0]
             for node in gm.graph.nodes
             if _is_mixing(node) and (weight := _mixed_weight(node, roots, selected, data))
         }
         if again.keys() == functional.keys():
             break
         functional = again
-    calls.update(functional)
+    calls.update({node: LayerCall(p, "") for node, p in functional.items()})  # named below
     # dynamic convolutions (CondConv), once every other layer is known
     makers = {n: found for n in gm.graph.nodes if (found := _weight_makers(n, calls, roots))}
     if makers:
         impure = {m for found in makers.values() for m in found if not _kernel_only(m, makers)}
         chosen, unmade = dynamic_layers(makers, impure)
         for node, found in chosen.items():
-            maker = calls[found[0]]
-            calls[node] = LayerCall(maker.record, maker.type, call_site(node))
+            functional[node] = functional[found[0]]
         for maker in unmade:
-            del calls[maker]
+            del calls[maker], functional[maker]
+    named = functional_owners(model or gm, functional.values(), types)
+    calls.update({node: LayerCall(*named[p], call_site(node)) for node, p in functional.items()})
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
 

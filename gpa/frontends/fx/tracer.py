@@ -44,7 +44,14 @@ from gpa.errors import TraceError
 from gpa.frontends.frames import caller_site, user_frame
 from gpa.frontends.functions import custom_function_calls, function_call, run_function
 from gpa.frontends.fx.norm_act import norm_then_activations
-from gpa.frontends.modules import PARALLEL, TRACING, preserved_state, same_entries, split_leaves
+from gpa.frontends.modules import (
+    PARALLEL,
+    TRACING,
+    buffers_copied,
+    preserved_state,
+    same_entries,
+    split_leaves,
+)
 from gpa.frontends.randomness import RandomBranches, random_branch_message
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 
@@ -190,6 +197,20 @@ def _proxy_in(args: tuple, kwargs: dict) -> fx.Proxy | None:
     return next((a for a in tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
 
 
+def _returns_no_weights(m: nn.Module, args: tuple, kwargs: dict) -> bool:
+    """Whether ``m`` is an attention module called with ``need_weights=False``, which
+    returns ``(output, None)``: a leaf's call is one proxy, which ``is None`` never is
+    (``out, w = attn(q, k, v, need_weights=False); if w is None: …``)."""
+    if not isinstance(m, nn.MultiheadAttention):
+        return False
+    need = kwargs.get("need_weights", args[4] if len(args) > 4 else True)
+    return isinstance(need, int) and not need  # (a bool is an int)
+
+
+def _without_weights(result: Any) -> Any:
+    return (result[0], None) if isinstance(result, fx.Proxy) else result
+
+
 class GpaTracer(fx.Tracer):
     """fx tracer with user leaf modules that records the grad mode of every operation, and
     keeps norm-activation modules whole once the first of their kind is judged (see
@@ -250,7 +271,8 @@ class GpaTracer(fx.Tracer):
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         kind = self._kinds.get(self.path_of_module(m)) if self._kinds else None
         if kind is None or kwargs or len(args) != 1 or not isinstance(args[0], fx.Proxy):
-            return super().call_module(m, forward, args, kwargs)
+            result = super().call_module(m, forward, args, kwargs)
+            return _without_weights(result) if _returns_no_weights(m, args, kwargs) else result
         name = self.path_of_module(m)
         verdict = self._verdicts.get(kind)
         if verdict:
@@ -401,6 +423,7 @@ def trace(
             torch.enable_grad(),
             watch,
             preserved_state(model),
+            buffers_copied(model),
             functions_recorded(),
             RandomBranches() as randomness,
         ):

@@ -1,0 +1,106 @@
+"""Whether fx's trace took the branches ``forward`` takes when it runs.
+
+Symbolic tracing hands ``forward`` proxies, and some tests on a proxy answer differently
+from the same test on the tensor it stands for: ``isinstance(h, torch.Tensor)`` is False,
+``hasattr(out, "pooler_output")`` is True, a leaf module's output is never ``None``. No
+error is raised; the trace simply records another branch, and layer modules the model
+calls are left uncalled (``docs/semantics.md`` §1.1). Where fx's trace leaves layer
+modules uncalled, one run of ``forward`` on the meta device (nothing computed), drawing
+the random numbers the trace drew (:func:`random_states`), tells whether the model calls
+them.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> class Guarded(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)
+    ...     def forward(self, x):
+    ...         h = self.a(x)
+    ...         return self.b(h) if isinstance(h, torch.Tensor) else h
+    >>> sorted(called_when_run(Guarded(), (torch.ones(1, 2),), ["b"]))
+    ['b']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils._pytree import tree_map
+
+from gpa.frontends.modules import preserved_state
+
+__all__ = ["called_when_run", "other_branch_message", "random_states"]
+
+
+def random_states() -> tuple[Any, Any, torch.Tensor]:
+    """Python's, numpy's and torch's (CPU) global random states, to draw again what a run
+    drew (a layer drop decided by ``random.random()``)."""
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+def called_when_run(
+    model: nn.Module, inputs: tuple, names: Iterable[str], states: tuple | None = None
+) -> set[str] | None:
+    """Which modules among ``names`` (qualified names) ``forward`` calls when it runs on
+    meta copies of ``inputs`` and of the model's weights, drawing from the random
+    ``states`` (:func:`random_states`) if given; None when it cannot run there (its
+    branches need values). The model and the random states are left as they were."""
+    modules = dict(model.named_modules())
+    called: set[str] = set()
+    handles = [  # (TorchScript modules take no hooks: not checked)
+        modules[n].register_forward_pre_hook(lambda m, args, n=n: called.add(n))
+        for n in names
+        if n in modules and not isinstance(modules[n], torch.jit.ScriptModule)
+    ]
+    held = itertools.chain(
+        model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)
+    )
+    state = {name: t.detach().to("meta") for name, t in held}
+    args = tree_map(lambda x: x.detach().to("meta") if isinstance(x, torch.Tensor) else x, inputs)
+    try:
+        with preserved_state(model), _drawing_from(states):
+            functional_call(model, state, args, strict=False)
+    except Exception:  # the model's branches need values: the trace cannot be checked
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return called
+
+
+@contextlib.contextmanager
+def _drawing_from(states: tuple | None) -> Iterator[None]:
+    now = random_states()
+    if states is not None:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+    try:
+        yield
+    finally:
+        random.setstate(now[0])
+        np.random.set_state(now[1])
+        torch.set_rng_state(now[2])
+
+
+def other_branch_message(model: nn.Module, skipped: Iterable[str]) -> str:
+    """The refusal for a trace that left layer modules uncalled that the model calls."""
+    skipped = list(skipped)
+    names = ", ".join(f"'{n}'" for n in skipped)
+    are = "is" if len(skipped) == 1 else "are"
+    return (
+        f"torch.fx's trace of {type(model).__name__} took another branch than its forward "
+        f"takes: {names} {are} called when it runs, not in the trace (forward tests a value "
+        "fx holds as a proxy — isinstance(h, torch.Tensor), hasattr, a leaf's output "
+        "being None — which answers otherwise)"
+    )

@@ -1,0 +1,166 @@
+"""Branches on tests that a proxy answers otherwise than the tensor it stands for.
+
+``docs/semantics.md`` §1.1. fx traces ``forward`` with proxies: ``isinstance(h,
+torch.Tensor)`` and ``torch.is_tensor(h)`` are False, ``hasattr(h, "pooler_output")`` is
+True, and a leaf module's output is one proxy, never None — where
+``nn.MultiheadAttention(…, need_weights=False)`` returns ``(output, None)`` when run. fx
+took the other branch in silence: a layer module the model calls was reported uncalled
+(every path through it missing, ``max_shortest`` one short) under fx and so under
+``auto``, or auto stopped on a shape error instead of moving on. Every frontend must now
+give the hand-derived records below (fx: the records, or a refusal that ``auto`` moves on
+from), and a real backward the same reachability.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import gpa
+from gpa.errors import ShapeError, TraceError
+from tests.frontends.every_tracer import EVERY_TRACER
+from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
+
+#: How ``Guarded`` decides whether to call ``proj`` on the backbone's features ``f``.
+GUARDS = {
+    "isinstance": lambda m, f: isinstance(f, torch.Tensor),
+    "is_tensor": lambda m, f: torch.is_tensor(f),
+    "not_a_sequence": lambda m, f: not isinstance(f, (list, tuple)),
+    "no_attribute": lambda m, f: not hasattr(f, "pooler_output"),
+}
+
+
+class Guarded(nn.Module):
+    """backbone -> (proj if the guard says so) -> mean -> head."""
+
+    def __init__(self, guard: str) -> None:
+        super().__init__()
+        self.guard = GUARDS[guard]
+        self.backbone, self.proj = nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 1)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.backbone(x)
+        if self.guard(self, f):
+            f = self.proj(f)
+        return self.head(f.mean((2, 3)))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("guard", list(GUARDS))
+def test_a_type_or_attribute_test_on_a_layers_output_takes_the_models_branch(
+    guard: str, tracer: str
+) -> None:
+    """By hand, proj called (every guard holds on a tensor): head 1, proj 2, backbone 3.
+    fx's proxies fail every guard but ``not_a_sequence`` (a proxy is no tensor, and has
+    every attribute): fx refuses, auto moves on; on that one fx gives the records."""
+    model, x = Guarded(guard), torch.randn(1, 3, 6, 6)
+    if tracer == "fx" and guard != "not_a_sequence":
+        with pytest.raises(TraceError, match="'proj' is called when it runs, not in the trace"):
+            gpa.analyze(model, (x,), tracer=tracer)
+        return
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "proj", {2: 1}, ("head",))
+    expect(report, "backbone", {3: 1}, ("proj",))
+    check_reachability_with_autograd(report, model, x)
+
+
+class Attention(nn.Module):
+    """inp -> attention -> (extra if its weights are None) -> head; ``wh`` reads the
+    attention weights when they are returned. ``how``: ``need_weights`` given by keyword,
+    by position, or left to its default (True: the weights are a tensor)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.inp, self.extra, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+        self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.wh = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        h = self.inp(x)
+        if self.how == "keyword":
+            o, w = self.att(h, x, x, need_weights=False)
+        elif self.how == "positional":
+            o, w = self.att(h, x, x, None, False)
+        else:
+            o, w = self.att(h, x, x)
+        if w is None:
+            return (self.head(self.extra(o)),)
+        return self.head(o), self.wh(w)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["keyword", "positional", "default"])
+def test_attention_without_weights_returns_none(how: str, tracer: str) -> None:
+    """By hand. Without weights: head 1, extra 2, att 3, inp 4 (wh uncalled). With them:
+    head 1, wh 1, att 2 (to head and to wh), inp 3 (extra uncalled). fx took every call's
+    weights for a tensor: extra uncalled, or a shape error on wh."""
+    model, x = Attention(how), torch.randn(2, 5, 8)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    expect(report, "head", {1: 1}, (LOSS,))
+    if how == "default":
+        expect(report, "wh", {1: 1}, (LOSS,))
+        expect(report, "att", {2: 2}, ("head", "wh"))
+        expect(report, "inp", {3: 2}, ("att",))
+        expect_unreachable(report, "extra", calls=0)
+    else:
+        expect(report, "extra", {2: 1}, ("head",))
+        expect(report, "att", {3: 1}, ("extra",))
+        expect(report, "inp", {4: 1}, ("att",))
+        expect_unreachable(report, "wh", calls=0)
+    check_reachability_with_autograd(report, model, x)
+
+
+class Pooled(nn.Module):
+    """backbone -> (its ``pooler_output`` if it has one, else pool) -> head: a proxy has
+    every attribute, so fx reads a ``pooler_output`` a tensor does not have."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.pool, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(x)
+        feats = out.pooler_output if hasattr(out, "pooler_output") else self.pool(out)
+        return self.head(feats)
+
+
+def test_auto_moves_on_when_fx_reads_an_attribute_a_tensor_lacks() -> None:
+    """fx fails on the shapes (its error names the operation); auto moves on, and the
+    records are by hand: head 1, pool 2, backbone 3."""
+    model, x = Pooled(), torch.randn(2, 4)
+    with pytest.raises(ShapeError, match="getattr"):
+        gpa.analyze(model, (x,), tracer="fx")
+    report = gpa.analyze(model, (x,))
+    assert report.tracer in ("export", "autograd")
+    assert report.notes[0].startswith("tracer auto used ")
+    expect(report, "pool", {2: 1}, ("head",))
+    expect(report, "backbone", {3: 1}, ("pool",))
+    check_reachability_with_autograd(report, model, x)
+
+
+def test_inputs_that_fit_no_frontend_give_fxs_shape_error() -> None:
+    """With inputs that fit no reading, auto tried every frontend and reports fx's error."""
+    with pytest.raises(ShapeError, match="input shapes do not fit layer '0'"):
+        gpa.analyze(nn.Sequential(nn.Linear(4, 2)), input_shape=(2, 5))
+
+
+def test_a_model_that_skips_a_layer_when_run_is_not_refused() -> None:
+    """A layer module left uncalled by the model itself: the run agrees with fx's trace,
+    which is kept (by hand: head 1, unused uncalled)."""
+
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head, self.unused = nn.Linear(4, 2), nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(x)
+
+    report = gpa.analyze(Unused(), input_shape=(2, 4))
+    assert report.tracer == "fx"
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect_unreachable(report, "unused", calls=0)
