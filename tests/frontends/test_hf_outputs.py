@@ -192,14 +192,16 @@ def test_mixtral_experts_are_a_layer_whichever_way_they_run(experts: str) -> Non
     """The expert bank (``mlp.experts``: ``gate_up_proj``, ``down_proj``) holds most of a
     mixture of experts' weights. Under export, Hugging Face's default (``grouped_mm``)
     runs a custom operator on the CPU (noted; auto moves on to autograd, where torch's
-    ``grouped_mm`` runs), ``batched_mm`` indexes the bank with the router's choices. By
-    hand: down_proj feeds lm_head through the residual stream (2); gate_up_proj feeds
-    down_proj: the record's longest path 3. A real backward gives the bank gradient."""
+    ``grouped_mm`` runs), ``batched_mm`` indexes the bank with the router's choices. Its
+    two weights are two layers (§2). By hand: down_proj feeds lm_head through the residual
+    stream (2); gate_up_proj feeds down_proj (3). A real backward gives the bank gradient."""
     torch.manual_seed(0)
     model, ids = mixtral(experts), torch.randint(0, 32, (1, 6))
     report = gpa.analyze(model, ids, outputs=["logits"])
-    experts_record = report.layers["model.layers.0.mlp.experts"]
-    assert (experts_record.shortest, experts_record.longest) == (2, 3)
+    bank = "model.layers.0.mlp.experts"
+    down, gate_up = report.layers[f"{bank}.down_proj"], report.layers[f"{bank}.gate_up_proj"]
+    assert (down.shortest, down.longest, gate_up.shortest, gate_up.longest) == (2, 2, 3, 3)
+    assert gate_up.sources == (f"{bank}.down_proj",)
     model.zero_grad()
     model(ids).logits.sum().backward()
     assert model.model.layers[0].mlp.experts.gate_up_proj.grad.abs().sum() > 0
