@@ -253,6 +253,32 @@ class Optional(nn.Module):
         return self.l(inputs_embeds * scale)
 
 
+class PassesOn(nn.Module):
+    """Ultralytics' root: ``forward(x, *args, **kwargs)`` hands everything on to a method
+    whose flags choose the head (``augment``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l, self.k = nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x, *args, **kwargs):
+        return self.predict(x, *args, **kwargs)
+
+    def predict(self, x, profile=False, augment=False):
+        return self.k(x) if augment else self.l(x)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_star_arguments_no_input_reaches_are_empty(tracer) -> None:
+    """fx traced ``*args`` as a proxy, which cannot be unpacked: it failed on every
+    Ultralytics model whatever its leaves (found by a new-user review). By hand: l feeds
+    the loss (1); k is never called."""
+    report = gpa.analyze(PassesOn(), input_shape=(2, 4), tracer=tracer)
+    assert report.tracer == ("fx" if tracer == "auto" else tracer)
+    expect(report, "l", {1: 1}, (LOSS,))
+    expect_unreachable(report, "k", calls=0)
+
+
 IDS = torch.randint(0, 10, (1, 5))
 
 

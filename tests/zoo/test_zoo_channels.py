@@ -270,3 +270,29 @@ def test_channels_fx_and_export_agree_on_convolutions_from_outside_torch(entry: 
     assert _unordered(fx) == _unordered(export)
     for name, record in export.layers.items():  # segments end at the layer's width
         assert record.segments[-1].stop == _out_channels(loaded.model.get_submodule(name))
+
+
+@pytest.mark.parametrize(
+    "model_class, config",
+    [
+        ("DetectionModel", "yolov8n.yaml"),
+        ("SegmentationModel", "yolov8n-seg.yaml"),
+        ("OBBModel", "yolo11n-obb.yaml"),
+        ("DetectionModel", "yolov10n.yaml"),
+    ],
+)
+def test_export_reads_yolo_heads_in_eval_mode(model_class: str, config: str) -> None:
+    """In eval mode the heads make their anchors with ``stride.item()``, a buffer's value,
+    which the meta device has not: export (and so ``--eval --channels``) failed on every
+    detect, segment and OBB head (found by a new-user review). The records are the
+    autograd frontend's (an independent reading), with channels too."""
+    from ultralytics.nn import tasks
+
+    model = getattr(tasks, model_class)(config, verbose=False)
+    options = dict(input_shape=(1, 3, 64, 64), train=False)
+    independent = records(gpa.analyze(model, tracer="autograd", **options).layers)
+    exported = gpa.analyze(model, tracer="export", **options)
+    assert records(exported.layers) == independent
+    with_channels = gpa.analyze(model, channels=True, **options)
+    assert with_channels.tracer == "export"
+    assert records(with_channels.layers) == independent

@@ -192,7 +192,9 @@ def _constant_arguments(model: nn.Module, options: AnalysisOptions) -> dict[str,
     string), by name: those the example inputs give so, and those no input gives whose
     default is one (Hugging Face's ``inputs_embeds=None``, a ``return_dict`` flag). fx
     traces them as these values, so that ``if inputs_embeds is None:`` takes the branch
-    the call takes (a proxy is never None)."""
+    the call takes (a proxy is never None). ``*args`` and ``**kwargs`` no input reaches are
+    empty (``"*args": ()``, as fx names them: Ultralytics' ``forward(x, *args, **kwargs)``
+    passes them on, and a proxy cannot be unpacked)."""
     if isinstance(model, fx.GraphModule):
         return {}
     try:
@@ -203,7 +205,12 @@ def _constant_arguments(model: nn.Module, options: AnalysisOptions) -> dict[str,
     count = len(given) if given is not None else len(options.input_shape or ())
     constants = {}
     for i, p in enumerate(parameters):
-        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            if i >= count:
+                constants[f"*{p.name}"] = ()
+            continue
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            constants[f"**{p.name}"] = {}
             continue
         if i < count and p.kind is not inspect.Parameter.KEYWORD_ONLY:
             if given is not None and _constant(given[i]):

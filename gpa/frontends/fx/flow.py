@@ -927,13 +927,18 @@ class GradientFlow(fx.Interpreter):
     def _with_constant_indices(self, n: fx.Node, fresh: dict[fx.Node, Any]) -> Any:
         """Node ``n`` run with its integer and boolean constants at their real values, or
         None: an index or mask the result's shape depends on (``y[:, self.keep]``, the
-        kept channels of a pruned layer) cannot be read on the meta device."""
+        kept channels of a pruned layer) cannot be read on the meta device. A node turning
+        a constant into a Python number (``stride.item()``: Ultralytics' anchors, a fill
+        value) takes it at its real value whatever its dtype."""
         from gpa.frontends.fx.constants import constant_value  # it reads this pass's notes
 
         real = {}
+        to_python = _to_python(n)
         for m in n.all_input_nodes:
             value = constant_value(m, self.fetch_attr)
-            if value is not None and not value.is_floating_point() and not value.is_complex():
+            if value is None:
+                continue
+            if to_python or (not value.is_floating_point() and not value.is_complex()):
                 real[m] = value
         if not real:
             return None
@@ -1160,6 +1165,15 @@ def _shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception)
             f"it received inputs of shapes {got}"
         )
     return f"{head}.\ntorch says: {type(exc).__name__}: {exc}".rstrip()
+
+
+def _to_python(n: fx.Node) -> bool:
+    """Whether ``n`` turns a tensor into a Python number (``item``, ``tolist``; export's
+    ``aten.item``, ``aten._local_scalar_dense``)."""
+    if n.op == "call_method":
+        return n.target in ("item", "tolist")
+    name = getattr(n.target, "__name__", "")
+    return n.op == "call_function" and name.split(".")[0] in ("item", "_local_scalar_dense")
 
 
 # ---------------------------------------------------------------------- names
