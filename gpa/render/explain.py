@@ -48,7 +48,7 @@ def _shown(file: str) -> str:
 def explanation(report: Report, layer: str) -> dict[str, Any]:
     """One shortest and one longest gradient path of ``layer``, as JSON-ready data.
 
-    Keys: ``layer``, ``type``, ``shortest``, ``longest``, ``shortest_path`` and
+    Keys: ``layer``, ``type``, ``calls``, ``shortest``, ``longest``, ``shortest_path`` and
     ``longest_path`` (lists of ``{"layer", "type", "site"}``, ``site`` being ``{"file",
     "line"}`` or null; the loss is not listed), and ``max_shortest`` (``{"value", "layer"}``:
     the network's value and the first layer attaining it).
@@ -70,6 +70,7 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
     return {
         "layer": layer,
         "type": record.type,
+        "calls": record.calls,
         "shortest": record.shortest,
         "longest": record.longest,
         "shortest_path": steps(record.shortest_path()),
@@ -85,13 +86,19 @@ def format_explanation(data: dict[str, Any]) -> str:
     """The text of ``gpa explain``: both paths as aligned rows, then the network's
     ``max_shortest`` and the layer attaining it."""
     lines = [f"layer: {data['layer']} ({data['type']})"]
-    if data["shortest"] is None:
+    if data.get("calls") == 0:
+        lines.append(
+            "forward never calls this layer (calls 0), so no gradient reaches it: it has no "
+            "paths (a layer used only in the other mode? see --eval / --train)"
+        )
+    elif data["shortest"] is None:
         lines.append("no gradient reaches this layer (it is unreachable): it has no paths")
     for kind in ("shortest", "longest"):
         path = data[f"{kind}_path"]
         if not path:
             continue
-        lines += ["", f"{kind} gradient path ({len(path)} layers):"]
+        count = f"{len(path)} layer{'s' if len(path) != 1 else ''}"
+        lines += ["", f"{kind} gradient path ({count}):"]
         width = max(len(s["layer"]) for s in path)
         kinds = max(len(s["type"]) for s in path)
         for s in path:

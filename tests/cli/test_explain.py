@@ -119,6 +119,27 @@ def test_unreachable_layer_has_no_paths(tmp_path) -> None:
     assert gpa.analyze_target(str(tmp_path / "net.py")).layers["b"].shortest_path() == ()
 
 
+def test_a_layer_forward_never_calls_is_said_so(tmp_path) -> None:
+    """A layer used in one mode only (Ultralytics' DFL in eval mode) said just "no gradient
+    reaches this layer" in the other (found by a new-user review)."""
+    (tmp_path / "net.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.a, self.decode = nn.Linear(2, 2), nn.Linear(2, 2)\n"
+        "    def forward(self, x):\n"
+        "        return self.a(x) if self.training else self.decode(self.a(x))\n"
+        "model = Net()\n"
+        "input_shape = (1, 2)\n"
+    )
+    result = CliRunner().invoke(main, ["explain", str(tmp_path / "net.py"), "decode"])
+    assert result.exit_code == 0, result.output
+    assert "forward never calls this layer (calls 0)" in result.output
+    evaluated = CliRunner().invoke(main, ["explain", str(tmp_path / "net.py"), "decode", "--eval"])
+    assert "shortest gradient path (1 layer):" in evaluated.output
+
+
 def test_a_record_without_its_graph_says_so() -> None:
     """Records rebuilt from stored numbers (no gradient graph) cannot give witnesses."""
     record = analyze_target(TARGET, {}, AnalysisOptions()).layers["fc"]
