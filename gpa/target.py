@@ -389,11 +389,17 @@ def _find_default(module: ModuleType, where: str) -> tuple[str, Any]:
     )
 
 
-def _check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], label: str) -> None:
+def _check_kwargs(
+    factory: Callable[..., Any],
+    kwargs: dict[str, Any],
+    label: str,
+    taken: tuple[str, str] | None = None,
+) -> None:
     """Check the ``-k`` options against the factory's signature before calling it.
 
     Unknown keywords and required parameters left without a value get a
-    message naming them, instead of a bare ``TypeError`` from the call.
+    message naming them, instead of a bare ``TypeError`` from the call. ``taken``: the
+    parameter gpa passes itself, and what it is (an Ultralytics model's ``cfg``: its YAML).
     """
     try:
         signature = inspect.signature(factory)
@@ -401,6 +407,13 @@ def _check_kwargs(factory: Callable[..., Any], kwargs: dict[str, Any], label: st
         return
     params = signature.parameters.values()
     named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if taken is not None:
+        named = [n for n in named if n != taken[0]]
+        if taken[0] in kwargs:
+            raise TargetError(
+                f"{label} takes {taken[0]!r} from {taken[1]}: it cannot be given with -k "
+                f"(it accepts: {', '.join(named)})"
+            )
     if not any(p.kind is p.VAR_KEYWORD for p in params):
         unknown = [k for k in kwargs if k not in named]
         if unknown:
@@ -838,7 +851,8 @@ def _ultralytics_model(
                 + _describe_exception(exc, [])
             ) from None
         model_class = _ultralytics_class(tasks, config)
-        _check_kwargs(model_class, kwargs, f"{model_class.__name__} (for {spec})")
+        taken = (next(iter(inspect.signature(model_class).parameters), "cfg"), "the YAML")
+        _check_kwargs(model_class, kwargs, f"{model_class.__name__} (for {spec})", taken)
         kwargs.setdefault("verbose", False)
         model = _construct(spec, lambda: model_class(config, **kwargs), device)
     channels = kwargs.get("ch", config.get("ch", 3))

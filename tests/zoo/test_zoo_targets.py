@@ -84,6 +84,10 @@ def test_ultralytics_yaml_names_and_paths(tmp_path: Path, monkeypatch) -> None:
     message = _error("yolov8q.yaml")
     assert "ships none of that name" in message and "yolov8.yaml" in message
     assert "does not accept 'depth'" in _error("yolov8n.yaml", {"depth": 3})
+    # the YAML is the model's cfg: -k cfg=… raised a bare TypeError (a new-user review)
+    assert "takes 'cfg' from the YAML: it cannot be given with -k (it accepts: ch, nc" in _error(
+        "yolov8n.yaml", {"cfg": 1}
+    )
 
 
 def test_transformers_types_and_classes() -> None:
