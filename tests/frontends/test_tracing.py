@@ -759,3 +759,63 @@ def test_a_decorated_forward_refused_by_fx_is_not_blamed_on_values():
     report = gpa.analyze(Decorated(), input_shape=(2, 4))  # auto: export reads it
     assert report.tracer == "export"
     expect(report, "a", {2: 1}, ("b",))
+
+
+#: How ``SplitBlock`` splits cv1's output into two halves, iterated as a whole.
+SPLITS = {
+    "chunk": lambda h: list(h.chunk(2, 1)),
+    "torch_chunk": lambda h: list(torch.chunk(h, 2, dim=1)),
+    "split_sizes": lambda h: list(h.split([2, 2], 1)),
+    "torch_split_sizes": lambda h: list(torch.split(h, [2, 2], dim=1)),
+    "tensor_split": lambda h: list(torch.tensor_split(h, [2], dim=1)),
+    "tuple": lambda h: [*h.chunk(2, 1)],
+}
+
+
+class SplitBlock(nn.Module):
+    """Ultralytics' C2f: ``y = list(cv1(x).chunk(2, 1)); y.append(m(y[-1]));
+    cv2(cat(y))``. fx cannot count the pieces of a proxy it iterates."""
+
+    def __init__(self, split: str) -> None:
+        super().__init__()
+        self.split = SPLITS[split]
+        self.cv1, self.m, self.cv2 = nn.Conv2d(3, 4, 1), nn.Conv2d(2, 2, 1), nn.Conv2d(6, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.split(self.cv1(x))
+        y.append(self.m(y[-1]))
+        return self.cv2(torch.cat(y, 1))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+@pytest.mark.parametrize("split", list(SPLITS))
+def test_pieces_of_a_split_iterated_whole(split: str, tracer: str) -> None:
+    """fx failed ("Proxy object cannot be iterated"), and auto went to export on every
+    Ultralytics model. By hand: cv2 1; m 2; cv1 2 (into cv2 through both halves: one
+    path) and 3 (through m)."""
+    model, x = SplitBlock(split), torch.randn(1, 3, 4, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    assert report.tracer == ("fx" if tracer == "auto" else tracer)
+    expect(report, "cv2", {1: 1}, (LOSS,))
+    expect(report, "m", {2: 1}, ("cv2",))
+    expect(report, "cv1", {2: 1, 3: 1}, ("cv2", "m"))
+    check_reachability_with_autograd(report, model, x)
+
+
+def test_fewer_pieces_than_asked_are_not_read_as_more() -> None:
+    """``chunk(2)`` of a dimension of size 1 gives one piece: fx, which reads two, fails
+    on the shapes, and auto moves on (by hand: a 1, b uncalled)."""
+
+    class Narrow(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(1, 1), nn.Linear(1, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            pieces = list(x.chunk(2, 1))
+            return self.a(pieces[0]) if len(pieces) == 1 else self.b(pieces[1])
+
+    report = gpa.analyze(Narrow(), input_shape=(2, 1))
+    assert report.tracer in ("export", "autograd")
+    expect(report, "a", {1: 1}, (LOSS,))
+    expect_unreachable(report, "b", calls=0)

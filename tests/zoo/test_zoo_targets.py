@@ -138,7 +138,7 @@ def test_cli_analyses_library_targets(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
-    assert report["tracer"] == "export"
+    assert report["tracer"] == "fx"
     assert report["model"] == "yolov8n.yaml"
     assert report["network"]["unreachable"] == ["model.22.dfl.conv"]
     assert report["network"]["layers"] == 64

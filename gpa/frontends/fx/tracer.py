@@ -38,7 +38,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.immutable_collections import immutable_dict, immutable_list
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_unflatten
 
 from gpa.errors import TraceError
 from gpa.frontends.frames import caller_site, user_frame
@@ -139,6 +139,10 @@ class GpaProxy(fx.Proxy):
     def __getattr__(self, k: str) -> fx.proxy.Attribute:
         return GpaAttribute(self, k)
 
+    def __len__(self) -> int:
+        count = _pieces(self.node)  # ``list(x.chunk(2, 1))`` asks first (see GpaTracer.iter)
+        return count if count is not None else super().__len__()
+
 
 class GpaAttribute(fx.proxy.Attribute):
     """An attribute of a proxy (``x.T``, a view: ``x.T += y`` writes into ``x``), recording
@@ -195,6 +199,24 @@ def functions_recorded() -> Iterator[None]:
 
 def _proxy_in(args: tuple, kwargs: dict) -> fx.Proxy | None:
     return next((a for a in tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
+
+
+def _pieces(node: fx.Node) -> int | None:
+    """How many tensors ``node`` gives, where its arguments say: ``chunk`` into a number
+    of pieces, ``split`` or ``tensor_split`` by a list of sizes or indices."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", None)
+    if node.op not in ("call_method", "call_function") or name not in _PIECES:
+        return None
+    given = node.args[1] if len(node.args) > 1 else node.kwargs.get(_PIECES[name])
+    if name == "chunk":
+        return given if isinstance(given, int) and given > 0 else None
+    if isinstance(given, (list, tuple)) and all(isinstance(g, int) for g in given):
+        return len(given) + (name == "tensor_split")
+    return None
+
+
+# The operations giving several tensors whose count :func:`_pieces` reads: keyword of it.
+_PIECES = {"chunk": "chunks", "split": "split_size_or_sections", "tensor_split": "indices"}
 
 
 def _returns_no_weights(m: nn.Module, args: tuple, kwargs: dict) -> bool:
@@ -267,6 +289,15 @@ class GpaTracer(fx.Tracer):
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return GpaProxy(node, self)
+
+    def iter(self, obj: fx.Proxy) -> Iterator[fx.Proxy]:  # type: ignore[override]
+        """Iterating a proxy fx cannot count (``list(x.chunk(2, 1))``, Ultralytics' C2f)
+        yields one element per piece where the call says how many there are; the pass
+        that works out shapes finds it out where a dimension is smaller (§1.1)."""
+        count = _pieces(obj.node)
+        if count is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(count)])
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         kind = self._kinds.get(self.path_of_module(m)) if self._kinds else None
@@ -442,6 +473,7 @@ def trace(
         raise
     except Exception as exc:  # any failure inside user code under symbolic tracing
         raise TraceError(_trace_failure_message(model, exc)) from exc
+    _unflattened(graph)
     follow_mutations(graph, root)
     try:
         gm = graph_module(root, graph, model.__class__.__name__)
@@ -453,6 +485,20 @@ def trace(
             for boundary in watch.boundaries
         ]
     return gm
+
+
+def _unflattened(graph: fx.Graph) -> None:
+    """Give ``graph`` back its returned structure. Given concrete arguments that are
+    containers (``*args`` as ``()``), fx flattens what forward returns into a list and
+    keeps the structure in the code it writes; gpa reads outputs by their place in it
+    (§1.5), from the output node."""
+    info = getattr(graph._codegen, "pytree_info", None)
+    if info is None:
+        return
+    if info.out_spec is not None:
+        output = next(n for n in reversed(graph.nodes) if n.op == "output")
+        output.args = (tree_unflatten(list(output.args[0]), info.out_spec),)
+    graph.set_codegen(fx.graph.CodeGen())
 
 
 def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
