@@ -100,19 +100,23 @@ def test_unknown_layer_is_exit_2_with_suggestions() -> None:
     assert "(did you mean blocks.1.conv1, blocks.1.conv2?)" in block.stderr
 
 
-def test_unreachable_layer_has_no_paths(tmp_path) -> None:
+def _two_linears(tmp_path, first: str, second: str, body: str) -> None:
+    """Write ``net.py``: a model of two linear layers whose forward is ``body``."""
     (tmp_path / "net.py").write_text(
         "import torch.nn as nn\n"
         "class Net(nn.Module):\n"
         "    def __init__(self):\n"
         "        super().__init__()\n"
-        "        self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)\n"
+        f"        self.{first}, self.{second} = nn.Linear(2, 2), nn.Linear(2, 2)\n"
         "    def forward(self, x):\n"
-        "        self.b(x)\n"
-        "        return self.a(x)\n"
+        f"        {body}\n"
         "model = Net()\n"
         "input_shape = (1, 2)\n"
     )
+
+
+def test_unreachable_layer_has_no_paths(tmp_path) -> None:
+    _two_linears(tmp_path, "a", "b", "self.b(x)\n        return self.a(x)")
     result = CliRunner().invoke(main, ["explain", str(tmp_path / "net.py"), "b"])
     assert result.exit_code == 0, result.output
     assert "no gradient reaches this layer" in result.output
@@ -122,16 +126,8 @@ def test_unreachable_layer_has_no_paths(tmp_path) -> None:
 def test_a_layer_forward_never_calls_is_said_so(tmp_path) -> None:
     """A layer used in one mode only (Ultralytics' DFL in eval mode) said just "no gradient
     reaches this layer" in the other (found by a new-user review)."""
-    (tmp_path / "net.py").write_text(
-        "import torch.nn as nn\n"
-        "class Net(nn.Module):\n"
-        "    def __init__(self):\n"
-        "        super().__init__()\n"
-        "        self.a, self.decode = nn.Linear(2, 2), nn.Linear(2, 2)\n"
-        "    def forward(self, x):\n"
-        "        return self.a(x) if self.training else self.decode(self.a(x))\n"
-        "model = Net()\n"
-        "input_shape = (1, 2)\n"
+    _two_linears(
+        tmp_path, "a", "decode", "return self.a(x) if self.training else self.decode(self.a(x))"
     )
     result = CliRunner().invoke(main, ["explain", str(tmp_path / "net.py"), "decode"])
     assert result.exit_code == 0, result.output
