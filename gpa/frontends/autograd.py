@@ -36,7 +36,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -650,7 +650,7 @@ class _Edges:
         checkpoints: list[tuple[Any, list]],
         parameters: Mapping[int, str] | None = None,
         data_picks: set[int] = frozenset(),
-        functions: list[tuple[Any, list]] = (),  # type: ignore[assignment]
+        functions: Sequence[tuple[Any, list]] = (),
     ) -> None:
         self._data_picks = data_picks
         self._through: dict[int, list] = {}
@@ -661,7 +661,7 @@ class _Edges:
         self.cut = 0
         ran = sorted(  # in the order they ran: inputs before their users
             [*((c, True) for c in checkpoints), *((f, False) for f in functions)],
-            key=lambda item: item[0][0]._sequence_nr(),
+            key=lambda item: -1 if item[0][0] is None else item[0][0]._sequence_nr(),
         )
         for (ctx, edges), checkpoint in ran:
             if parameters is not None and not self._reaches(ctx, parameters):

@@ -65,7 +65,8 @@ def called_when_run(
     held = itertools.chain(
         model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)
     )
-    state = {name: t.detach().to("meta") for name, t in held}
+    copies: dict[int, torch.Tensor] = {}  # (tied weights stay one tensor)
+    state = {name: copies.setdefault(id(t), t.detach().to("meta")) for name, t in held}
     args = tree_map(lambda x: x.detach().to("meta") if isinstance(x, torch.Tensor) else x, inputs)
     try:
         with preserved_state(model), _drawing_from(states):
