@@ -15,6 +15,7 @@ from collections.abc import Collection, Iterator, Sequence
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 __all__ = ["describe_inputs", "floating_dtype", "integer_variants", "zeros"]
 
@@ -54,17 +55,36 @@ def integer_variants(
 
 
 def describe_inputs(inputs: Sequence[object] | None) -> list[dict[str, object]] | None:
-    """Shape and dtype of each input tensor (``repr`` of anything else), for the report.
+    """Shape and dtype of each input tensor, for the report; anything else by its
+    ``repr``, the tensors it holds by dtype and shape alone (a list of images).
 
     Example:
-        >>> describe_inputs(zeros((1, 3)))
-        [{'shape': [1, 3], 'dtype': 'float32'}]
+        >>> describe_inputs([*zeros((1, 3)), [torch.ones(2)], None])
+        [{'shape': [1, 3], 'dtype': 'float32'}, {'value': '[float32[2]]'}, {'value': 'None'}]
     """
     if inputs is None:
         return None
     return [
-        {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
+        {"shape": list(x.shape), "dtype": _dtype(x)}
         if isinstance(x, torch.Tensor)
-        else {"value": repr(x)}
+        else {"value": repr(tree_map(_Described, x))}
         for x in inputs
     ]
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+class _Described:
+    """A tensor held in an input, shown by dtype and shape (its values, device and
+    gradient flag depend on the inputs and the frontend, not on the model)."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        t = self.value
+        if not isinstance(t, torch.Tensor):
+            return repr(t)
+        return f"{_dtype(t)}[{', '.join(str(d) for d in t.shape)}]"

@@ -167,3 +167,22 @@ def test_inputs_that_are_no_tensors_are_shown_by_value() -> None:
 
     report = gpa.analyze(Optional(), (torch.randn(2, 4), None, False, 2.5))
     assert str(report).splitlines()[1].startswith("inputs: float32[2, 4], None, False, 2.5   ")
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd"])
+def test_tensors_inside_an_input_are_shown_by_dtype_and_shape(tracer: str) -> None:
+    """A list of images (torchvision's detection models) was shown by the tensors' repr:
+    their values, and on the autograd frontend ``device='meta'`` (found by an adversarial
+    review); the report's inputs depend on shapes and dtypes alone (§1.4)."""
+
+    class Listed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, xs):  # noqa: ANN001, ANN202
+            return self.fc(xs[0] + xs[1])
+
+    report = gpa.analyze(Listed(), ([torch.randn(2, 4), torch.randn(2, 4)],), tracer=tracer)
+    assert report.inputs == [{"value": "[float32[2, 4], float32[2, 4]]"}]
+    assert str(report).splitlines()[1].startswith("inputs: [float32[2, 4], float32[2, 4]]   ")
