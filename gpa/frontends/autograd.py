@@ -53,6 +53,7 @@ from gpa.frontends.dynamic import dynamic_layers
 from gpa.frontends.frames import Site, caller_site
 from gpa.frontends.fx.flow import ValueInfo, differentiable
 from gpa.frontends.inputs import floating_dtype, integer_variants
+from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     functional_owners,
@@ -232,7 +233,8 @@ class _ParameterUse(TorchFunctionMode):
         mixing = self.recorder.depth == 0 and getattr(func, "__name__", "") in _NO_GRAD_MIXING
         start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
-        data = [t in self._data for t in tensors]
+        name = getattr(func, "__name__", "")
+        data = [t in self._data and not reads_metadata_only(name, i) for i, t in enumerate(tensors)]
         if getattr(func, "__name__", "") == "__getitem__" and torch.is_grad_enabled():
             index = [t for t in tree_flatten(args[1:])[0] if isinstance(t, torch.Tensor)]
             if any(t in self._data for t in index) and isinstance(result, torch.Tensor):
@@ -272,9 +274,7 @@ class _ParameterUse(TorchFunctionMode):
         if not torch.is_grad_enabled():
             self.checkpointed = self.checkpointed or in_reentrant_checkpoint()
             if any(id(t) in self.parameters for t in tensors):
-                function = in_function_forward()
-                if function is not None:
-                    self.weight_functions[function] = None
+                self.weight_functions.update(dict.fromkeys(in_function_forward()))
             if self.recorder.depth == 0:
                 self._without_grad(func, tensors, result, data)
         elif self.recorder.depth == 0:

@@ -87,6 +87,7 @@ from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     fx_leaf,
+    hooked_calls_message,
     is_layer_module,
     opaque_layer_types,
     scripted_call,
@@ -127,6 +128,9 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             "(give --input-shape or example_inputs)"
         )
     types = options.layer_types if options.layer_types is not None else DEFAULT_LAYER_TYPES
+    hooked = hooked_calls_message(model, types, options.leaf_modules, "export")
+    if hooked is not None:
+        raise TraceError(hooked)
     leaf_types, leaf_names = split_leaves(options.leaf_modules)
     custom = opaque_layer_types(model, types)
     root = single_call(model) if fx_leaf(type(model)) or isinstance(model, leaf_types) else model

@@ -58,6 +58,7 @@ __all__ = [
     "opaque_layer_types",
     "preserved_state",
     "buffers_copied",
+    "hooked_calls_message",
     "training_mode",
     "type_name",
     "with_tied",
@@ -257,6 +258,41 @@ def training_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
         finally:
             for m, mode in modes:
                 m.training = mode
+
+
+def hooked_calls_message(
+    model: nn.Module,
+    layer_types: tuple[type, ...],
+    leaves: Iterable[type[nn.Module] | str] | None,
+    frontend: str,
+) -> str | None:
+    """The refusal of ``frontend`` (fx or export) for a model whose layer or leaf modules
+    carry forward hooks or pre-hooks, else None (``docs/semantics.md`` §1.1): fx records
+    such a module's call without running its hooks, and export folds what they compute
+    (``out + self.side(x)``) into the call; the autograd frontend reads them apart."""
+    leaf_types, leaf_names = split_leaves(leaves)
+    hooked = [
+        name
+        for name, m in model.named_modules()
+        if any(map(_the_models, (*m._forward_hooks.values(), *m._forward_pre_hooks.values())))
+        and (is_layer_module(m, layer_types) or isinstance(m, leaf_types) or name in leaf_names)
+    ]
+    if not hooked:
+        return None
+    shown = ", ".join(f"'{n or type(model).__name__}'" for n in hooked[:3])
+    more = f" (+{len(hooked) - 3})" if len(hooked) > 3 else ""
+    return (
+        f"{shown}{more} carry forward hooks, which the {frontend} frontend cannot read apart "
+        "from the module's call (a hook may call layers or change the output); the "
+        "autograd frontend runs them (--tracer autograd; auto moves on)"
+    )
+
+
+def _the_models(hook: Any) -> bool:
+    """Whether ``hook`` is the model's own: not torch's (spectral norm's pre-hook computes
+    the weight the module then reads, as every frontend runs it) nor gpa's (another
+    analysis's, in another thread)."""
+    return str(getattr(hook, "__module__", "")).split(".")[0] not in ("torch", "gpa")
 
 
 @contextlib.contextmanager

@@ -61,6 +61,12 @@ _CHECKPOINT = inspect.unwrap(torch.utils.checkpoint.checkpoint).__code__
 _CHECKPOINT_FORWARD = CheckpointFunction.forward.__code__
 _NO_GRAD_ENTER = torch.no_grad.__enter__.__code__
 _NO_GRAD_EXIT = torch.no_grad.__exit__.__code__
+# what switches gradient off from Python: ``no_grad()`` entered, ``set_grad_enabled(False)``
+_GRAD_OFF = (
+    _NO_GRAD_ENTER,
+    torch.set_grad_enabled.__init__.__code__,
+    torch.set_grad_enabled.__enter__.__code__,
+)
 _MODULE_CALL = nn.Module._call_impl.__code__
 # The saved-tensor hook of a non-re-entrant checkpoint (None if torch names it otherwise).
 _PACK_HOOK = next(
@@ -88,21 +94,23 @@ def in_reentrant_checkpoint() -> bool:
     return False
 
 
-def in_function_forward() -> str | None:
-    """The name of the custom autograd Function whose ``forward`` the caller runs inside
-    (autograd runs it without gradient; its backward alone sends gradient on), else None.
+def in_function_forward() -> list[str]:
+    """The names of the custom autograd Functions whose ``forward`` the caller runs inside,
+    innermost first (autograd runs them without gradient; their backward alone sends
+    gradient on).
 
     Example:
-        >>> in_function_forward() is None
-        True
+        >>> in_function_forward()
+        []
     """
+    names = []
     frame = sys._getframe(1)
     while frame is not None:
         name = _function_forward(frame)
         if name is not None:
-            return name
+            names.append(name)
         frame = frame.f_back  # type: ignore[assignment]
-    return None
+    return names
 
 
 def _function_forward(frame: FrameType) -> str | None:
@@ -244,7 +252,7 @@ class Checkpoints(CallWatch):
                 self._running += 1
                 torch._C._set_grad_enabled(True)
                 return self._function_events
-            if code is _NO_GRAD_ENTER and self._running:  # inside it, no_grad saves the
+            if code in _GRAD_OFF and self._running:  # inside it, no_grad saves the
                 return self._no_grad_events  # memory that recomputing in backward spends
         if code is _CHECKPOINT_FORWARD:  # called by autograd, from checkpoint()
             caller = frame.f_back

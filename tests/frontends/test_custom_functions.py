@@ -16,6 +16,7 @@ import contextlib
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import gpa
 from gpa.errors import TraceError
@@ -310,4 +311,63 @@ def test_layers_a_reversible_function_recomputes_in_backward(how: str, tracer: s
         expect(report, "a", {2: 1, 3: 2, 4: 1}, ("head", "blocks.0.f", "blocks.0.g"))
     noted = any("'Reversible' compute with the model's weights" in n for n in report.notes)
     assert noted == (how != "plain")
+    check_reachability_with_autograd(report, model, x)
+
+
+class Linear(torch.autograd.Function):
+    """``x @ w.T`` with its own backward (PyTorch's tutorial Function)."""
+
+    @staticmethod
+    def forward(ctx, x, w):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x, w)
+        return x @ w.t()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, w = ctx.saved_tensors
+        return grad @ w, grad.t() @ x
+
+
+class TwoWeights(torch.autograd.Function):
+    """Two functional layers in forward, recomputed in backward; ``how``: under
+    ``set_grad_enabled(False)``, or through the inner Function ``Linear``."""
+
+    @staticmethod
+    def forward(ctx, x, w1, w2, how):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x, w1, w2)
+        if how == "set_grad_enabled":
+            with torch.set_grad_enabled(False):
+                return F.linear(F.linear(x, w1), w2)
+        return Linear.apply(Linear.apply(x, w1), w2)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        with torch.enable_grad():
+            x, w1, w2 = (t.detach().requires_grad_() for t in ctx.saved_tensors)
+            torch.autograd.backward(F.linear(F.linear(x, w1), w2), grad)
+        return x.grad, w1.grad, w2.grad, None
+
+
+class Recomputed(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.w1, self.w2 = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(TwoWeights.apply(self.a(x), self.w1, self.w2, self.how))
+
+
+@pytest.mark.parametrize("how", ["set_grad_enabled", "nested"])
+def test_a_recomputing_function_switching_gradient_off_or_nesting_another(how: str) -> None:
+    """``set_grad_enabled(False)`` inside the forward, or an inner Function inside it, left
+    w1 and w2 unreachable (found by an adversarial review). By hand: head 1, w2 2, w1 3,
+    a 4; a real backward through the Functions' own backwards gives each a gradient."""
+    model, x = Recomputed(how), torch.randn(3, 4)
+    report = gpa.analyze(model, (x,), tracer="autograd")
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "w2", {2: 1}, ("head",))
+    expect(report, "w1", {3: 1}, ("w2",))
+    expect(report, "a", {4: 1}, ("w1",))
     check_reachability_with_autograd(report, model, x)

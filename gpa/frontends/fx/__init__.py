@@ -45,7 +45,13 @@ from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import single_call, trace
 from gpa.frontends.inputs import floating_dtype, zeros
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
-from gpa.frontends.modules import fx_leaf, opaque_layer_types, scripted_notes, training_mode
+from gpa.frontends.modules import (
+    fx_leaf,
+    hooked_calls_message,
+    opaque_layer_types,
+    scripted_notes,
+    training_mode,
+)
 from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.watch import unfed_checkpoint_note
 from gpa.options import AnalysisOptions
@@ -69,10 +75,13 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         TraceError: fx cannot trace the model.
         ShapeError: the inputs do not fit it.
     """
+    types = options.layer_types if options.layer_types is not None else LAYER_TYPES
+    hooked = hooked_calls_message(model, types, options.leaf_modules, "fx")
+    if hooked is not None:
+        raise TraceError(hooked)
     with training_mode(model, options.train):
         leaves = [*(options.leaf_modules or ()), *opaque_layer_types(model, options.layer_types)]
         traced = _rooted(model, leaves)
-        types = options.layer_types if options.layer_types is not None else LAYER_TYPES
         kinds = norm_act_kinds(model, types) if traced is model else None
         drawn = random_states()  # what the trace draws, the check below draws again
         gm = trace(traced, leaves, kinds, _constant_arguments(traced, options))

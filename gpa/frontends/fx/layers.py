@@ -30,6 +30,7 @@ from gpa.frontends.dynamic import dynamic_layers
 from gpa.frontends.frames import Site, stack_trace_site
 from gpa.frontends.fx.flow import FLOW
 from gpa.frontends.fx.tracer import METADATA_QUERIES, SITE
+from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     functional_owners,
@@ -163,7 +164,7 @@ def _parameter_roots(
             if isinstance(getattr(owner, attr, None), nn.Parameter):
                 roots[node] = (node.target,)
             continue
-        inputs = node.all_input_nodes
+        inputs = _value_inputs(node)
         found = tuple(dict.fromkeys(t for n in inputs for t in roots.get(n, ())))
         data = [n for n in inputs if n in tainted and _is_tensor(n)]
         if data and not (found and all(_positions(n) for n in data)):
@@ -174,6 +175,21 @@ def _parameter_roots(
             if data or any(n in selected for n in inputs):
                 selected.add(node)
     return roots, selected, tainted
+
+
+def _value_inputs(node: fx.Node) -> list[fx.Node]:
+    """``node``'s inputs but those it reads only the metadata of (``w.type_as(x)``'s
+    ``x``, ``ones_like(x)``'s: :mod:`gpa.frontends.metadata`)."""
+    if node.op == "call_method":
+        name = node.target
+    elif node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+    else:
+        return node.all_input_nodes
+    tensors = [a for a in node.args if isinstance(a, fx.Node)]
+    read = {a for i, a in enumerate(tensors) if not reads_metadata_only(name, i)}
+    shaped = {a for a in tensors if a not in read}  # (``x.expand_as(x)`` reads x's values)
+    return [n for n in node.all_input_nodes if n not in shaped]
 
 
 def _positions(node: fx.Node) -> bool:
