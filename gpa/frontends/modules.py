@@ -267,15 +267,24 @@ def hooked_calls_message(
     frontend: str,
 ) -> str | None:
     """The refusal of ``frontend`` (fx or export) for a model whose layer or leaf modules
-    carry forward hooks or pre-hooks, else None (``docs/semantics.md`` §1.1): fx records
-    such a module's call without running its hooks, and export folds what they compute
-    (``out + self.side(x)``) into the call; the autograd frontend reads them apart."""
+    (layer types, torch.nn's own, the leaves asked for) carry forward hooks or pre-hooks
+    of the model's, else None (``docs/semantics.md`` §1.1): fx records such a module's
+    call without running its hooks, and export folds what they compute (``out +
+    self.side(x)``) into the call; the autograd frontend reads them apart. Hooks on the
+    modules both trace into (a block, a Hugging Face layer's output capture) are code
+    like any other."""
     leaf_types, leaf_names = split_leaves(leaves)
+    # (modules fx and export trace into run their hooks there, as any other code)
     hooked = [
         name
         for name, m in model.named_modules()
         if any(map(_the_models, (*m._forward_hooks.values(), *m._forward_pre_hooks.values())))
-        and (is_layer_module(m, layer_types) or isinstance(m, leaf_types) or name in leaf_names)
+        and (
+            issubclass(module_class(m), layer_types)
+            or fx_leaf(type(m))
+            or isinstance(m, leaf_types)
+            or name in leaf_names
+        )
     ]
     if not hooked:
         return None

@@ -635,3 +635,33 @@ def test_hooks_on_a_layer_are_read_by_autograd_alone(how: str) -> None:
         expect(report, "side", {2: 1}, ("head",))
         expect(report, "a", {3: 2}, ("b", "side"))
     check_reachability_with_autograd(report, model, x)
+
+
+def test_hooks_on_a_block_fx_traces_into_are_read_by_every_frontend() -> None:
+    """A hook on a module fx and export trace into (a block; Hugging Face's output capture)
+    runs there as any code: no refusal. By hand: head 1; b.c and side 2 (into head)."""
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(x)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.b, self.side, self.head = Block(), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.b(x))
+
+    model = Net()
+    model.b.register_forward_hook(lambda mod, args, out: out + model.side(args[0]))
+    x = torch.randn(2, 4)
+    for tracer in ("fx", "export", "autograd"):
+        report = gpa.analyze(model, (x,), tracer=tracer)
+        expect(report, "b.c", {2: 1}, ("head",))
+        expect(report, "side", {2: 1}, ("head",))
+    assert gpa.analyze(model, (x,)).tracer == "fx"
