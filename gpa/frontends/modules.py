@@ -267,12 +267,13 @@ def hooked_calls_message(
     frontend: str,
 ) -> str | None:
     """The refusal of ``frontend`` (fx or export) for a model whose layer or leaf modules
-    (layer types, torch.nn's own, the leaves asked for) carry forward hooks or pre-hooks
+    (layer types, the leaves asked for) carry forward hooks or pre-hooks
     of the model's, else None (``docs/semantics.md`` §1.1): fx records such a module's
     call without running its hooks, and export folds what they compute (``out +
     self.side(x)``) into the call; the autograd frontend reads them apart. Hooks on the
     modules both trace into (a block, a Hugging Face layer's output capture) are code
-    like any other."""
+    like any other, and on torch.nn's other modules (an activation) they run in the call,
+    whose shape they may change."""
     leaf_types, leaf_names = split_leaves(leaves)
     # (modules fx and export trace into run their hooks there, as any other code)
     hooked = [
@@ -281,7 +282,6 @@ def hooked_calls_message(
         if any(map(_the_models, (*m._forward_hooks.values(), *m._forward_pre_hooks.values())))
         and (
             issubclass(module_class(m), layer_types)
-            or fx_leaf(type(m))
             or isinstance(m, leaf_types)
             or name in leaf_names
         )
