@@ -14,6 +14,8 @@ fraction of export; export, the independent reading, must agree with it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,8 @@ import gpa
 from gpa import frontends
 from gpa.errors import TraceError
 from gpa.options import Tracer
-from tests.frontends.every_tracer import auto_after_fx_refuses
+from tests.frontends.every_tracer import EVERY_TRACER, auto_after_fx_refuses
+from tests.semantics import check_reachability_with_autograd
 
 QKV_HEAD = {"qkv": (2, 2, 1), "head": (1, 1, 1)}  # (shortest, longest, paths), by hand
 
@@ -699,3 +702,73 @@ def test_a_write_into_a_container_read_afterwards_is_refused_by_fx(how: str) -> 
     report = auto_after_fx_refuses(model, "writes into the (dict|list)", input_shape=(2, 4))
     by_hand = {"a": (2, 2, 1), "c": (2, 2, 1), "head": (1, 1, 1)}
     assert {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()} == by_hand
+
+
+class HandsOn(nn.Module):
+    """A head that returns what it is given beside what it computes (Ultralytics' Detect
+    returns its input features under ``feats``); ``how`` says in what and what it gives
+    on: the input itself, or (siblings fx reads) a view of it or a result computed from it."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.cv = nn.Linear(4, 4)
+
+    def forward(self, xs: list[torch.Tensor]) -> Any:
+        computed = [self.cv(x) for x in xs]
+        if self.how == "dict":
+            return {"out": computed, "feats": xs}
+        if self.how == "tuple":
+            return (*computed, *xs)
+        if self.how == "list":
+            return [computed[0], xs[1], computed[1], xs[0]]
+        given = {"view": lambda x: x[:, :2], "computed": lambda x: x * 2}[self.how]
+        return {"out": computed, "feats": [given(x) for x in xs]}
+
+
+class HeadedNet(nn.Module):
+    """Hand derivation: a and b each feed the head h (one call per input, so h has two
+    calls), whose outputs all reach the loss. A tensor h hands on as it is skips h: a and b
+    reach the loss by it in one step and through h in two (2 paths); handed on as a view
+    or a result computed from it, it is part of h's call: a and b only through h."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.a, self.b, self.h = nn.Linear(4, 4), nn.Linear(4, 4), HandsOn(how)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.h([self.a(x), self.b(x)])
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    [{"leaf_modules": [HandsOn]}, {"leaf_modules": ["h"]}, {"layer_types": [nn.Linear, HandsOn]}],
+)
+@pytest.mark.parametrize("how", ["dict", "tuple", "list"])
+def test_a_leaf_handing_on_its_input_as_it_is_is_refused_by_fx(
+    how: str, leaf: dict[str, Any]
+) -> None:
+    # fx shows the tensors as part of h's result, so a and b got (2, 2, 1): one layer too
+    # many on the path through the handed-on tensor; export and autograd see the tensor
+    model = HeadedNet(how)
+    report = auto_after_fx_refuses(
+        model, "returns 2 of its input tensors as they are", input_shape=(2, 4), **leaf
+    )
+    # a path is a sequence of layers: a's are (a) and (a, h); h's only (h)
+    by_hand = {"a": (1, 2, 2), "b": (1, 2, 2), "h": (1, 1, 1)}
+    got = {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()}
+    assert got == by_hand
+    for tracer in ("export", "autograd"):
+        other = gpa.analyze(model, input_shape=(2, 4), tracer=tracer, **leaf)
+        assert {n: (r.shortest, r.longest, r.num_paths) for n, r in other.layers.items()} == by_hand
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["view", "computed"])
+def test_a_leaf_handing_on_what_it_makes_of_its_input_is_one_call(how: str, tracer: str) -> None:
+    # a view or a product of the input is made inside the call: through h, as any output
+    model = HeadedNet(how)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer, leaf_modules=[HandsOn])
+    got = {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()}
+    assert got == {"a": (2, 2, 1), "b": (2, 2, 1), "h": (1, 1, 1)}
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))

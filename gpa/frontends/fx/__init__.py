@@ -30,7 +30,7 @@ from gpa.errors import TraceError
 from gpa.frontends.functions import called_function
 from gpa.frontends.fx.branches import called_when_run, other_branch_message, random_states
 from gpa.frontends.fx.checkpoints import unfed_checkpoints
-from gpa.frontends.fx.flow import flow_from_names
+from gpa.frontends.fx.flow import RETURNED_INPUTS, flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.inline import InliningFlow, inline_calls
 from gpa.frontends.fx.layers import (
@@ -107,6 +107,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             gm.recompile()
             calls = find_layers(gm, options.layer_types, traced)
             opaque = opaque_calls(gm, calls)
+    _refuse_returned_inputs(calls)
     # (function, whether a custom autograd Function's) -> the modules whose weights it reads
     readers: dict[tuple[str, bool], dict[str, None]] = {}
     for node, owners in opaque:
@@ -140,6 +141,24 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             *map(custom_operator_label, operators),
         ],
     )
+
+
+def _refuse_returned_inputs(calls: dict[fx.Node, Any]) -> None:
+    """Refuse a layer call that returns some of its inputs as they are (``docs/semantics.md``
+    §1.1): Ultralytics' ``Detect``, declared a leaf, hands its input features on beside its
+    predictions. Gradient reaching those tensors skips the layer (export and autograd see
+    the tensors themselves), but fx's graph shows them as part of the call's result, so
+    every path through them would count the layer once too often."""
+    passing = [node for node in calls if node.meta.get(RETURNED_INPUTS)]
+    if passing:
+        node = passing[0]
+        count = len(node.meta[RETURNED_INPUTS])
+        raise TraceError(
+            f"'{node.target}' returns {count} of its input tensors as they are, beside what "
+            "it computes; fx records the call as one, so gradient reaching them through its "
+            "output would be counted through the layer. Export and autograd follow the "
+            "tensors themselves (--tracer export or autograd; auto moves on)"
+        )
 
 
 def _opaque_notes(

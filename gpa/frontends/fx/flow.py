@@ -64,6 +64,8 @@ from gpa.frontends.raised import briefly
 
 __all__ = [
     "FLOW",
+    "PARTS",
+    "RETURNED_INPUTS",
     "GradientFlow",
     "NodeFlow",
     "Shape",
@@ -103,6 +105,10 @@ class ValueInfo:
 #: ``node.meta`` key: for an operation with several results (a tuple or list), the input
 #: nodes through which gradient flows back from each result, in order.
 PARTS = "gpa_flow_parts"
+
+#: ``node.meta`` key: for a module call returning some of its inputs as they are (a
+#: head handing its input features on beside what it computes), those input nodes.
+RETURNED_INPUTS = "gpa_flow_returned_inputs"
 
 
 @dataclass(frozen=True)
@@ -811,11 +817,24 @@ class GradientFlow(fx.Interpreter):
             self._unshared.add(n)
             self._refuse_hidden_write(n, written, fresh, leaves)
         mutated = _mutated_argument(n, args)
+        if n.op == "call_module":
+            self._note_returned_inputs(n, fresh, result)
         flows = frozenset(_reached((result, mutated), leaves))
         if isinstance(result, (tuple, list)) and mutated is None and len(result) > 1:
             # each result of a multi-result op (broadcast_tensors, split …) apart
             n.meta[PARTS] = tuple(frozenset(_reached(r, leaves)) for r in result)
         return _map_tensors(_cut_history, result), flows
+
+    def _note_returned_inputs(self, n: fx.Node, fresh: dict[fx.Node, Any], result: Any) -> None:
+        """Note (:data:`RETURNED_INPUTS`) the input nodes whose tensors carrying gradient
+        module call ``n`` returns as they are: gradient reaching them there skips the
+        call, which fx's graph, showing one call whose result holds them, cannot tell.
+        Such a call's outcome stands for no look-alike's (each is noted where it stands)."""
+        given = {id(t): m for m in fresh for t in _tensors_in(fresh[m]) if t.requires_grad}
+        returned = {given[id(t)] for t in _tensors_in(result) if id(t) in given}
+        if returned:
+            n.meta[RETURNED_INPUTS] = frozenset(returned)
+            self._unshared.add(n)
 
     def _refuse_container_write(self, n: fx.Node, target: fx.Node) -> None:
         """``n`` wrote into the list or dict ``target`` holds (``cache["y"] = t`` in a
