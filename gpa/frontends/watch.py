@@ -41,7 +41,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 from torch import nn
-from torch.autograd.function import BackwardCFunction
+from torch.autograd.function import BackwardCFunction, Function
 from torch.utils.checkpoint import CheckpointFunction, _checkpoint_hook
 
 __all__ = [
@@ -68,6 +68,7 @@ _GRAD_OFF = (
     torch.set_grad_enabled.__enter__.__code__,
 )
 _MODULE_CALL = nn.Module._call_impl.__code__
+_FUNCTION_APPLY = Function.apply.__func__.__code__
 # The saved-tensor hook of a non-re-entrant checkpoint (None if torch names it otherwise).
 _PACK_HOOK = next(
     (
@@ -114,17 +115,29 @@ def in_function_forward() -> list[str]:
 
 
 def _function_forward(frame: FrameType) -> str | None:
-    """The Function's name if ``frame`` runs a custom autograd Function's ``forward``
-    given its ``ctx`` (the node backward runs, of class ``<Name>Backward``; torch's
-    ``Function.apply`` may be C++, leaving no frame of its own), else None. A checkpoint's
-    is :class:`Checkpoints`'s own case."""
+    """The Function's name if ``frame`` runs a custom autograd Function's ``forward``,
+    else None: one given its ``ctx`` (the node backward runs, of class
+    ``<Name>Backward``), or one of torch's newer style, given none (``setup_context``
+    fills it afterwards), which ``Function.apply`` calls. A checkpoint's is
+    :class:`Checkpoints`'s own case."""
     code = frame.f_code
-    if code.co_name != "forward" or not code.co_argcount or code is _CHECKPOINT_FORWARD:
+    if code.co_name != "forward" or code is _CHECKPOINT_FORWARD:
         return None
-    ctx = frame.f_locals.get(code.co_varnames[0])
-    if not isinstance(ctx, BackwardCFunction):
+    ctx = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+    if isinstance(ctx, BackwardCFunction):
+        return type(ctx).__name__.removesuffix("Backward")
+    return _set_up_function(frame.f_back)
+
+
+def _set_up_function(frame: FrameType | None) -> str | None:
+    """The Function's name if ``frame`` runs ``Function.apply`` for a Function written in
+    torch's newer style (``forward`` without ``ctx``, and ``setup_context``), else None."""
+    if frame is None or frame.f_code is not _FUNCTION_APPLY:
         return None
-    return type(ctx).__name__.removesuffix("Backward")
+    cls = frame.f_locals.get("cls")
+    if getattr(cls, "setup_context", Function.setup_context) is Function.setup_context:
+        return None
+    return cls.__name__
 
 
 def recomputed_function_note(names: Iterable[str]) -> str:
@@ -240,6 +253,8 @@ class Checkpoints(CallWatch):
         self._pending: dict[FrameType, bool] = {}  # checkpoint forward -> mode for the function
         self._entered: set[FrameType] = set()  # checkpoint forwards inside their no_grad
         self._running = 0  # how many watched Functions' forwards are running
+        # a newer-style Function's apply -> its forward's edges (its ctx: the outputs' node)
+        self._set_up: dict[FrameType, list[tuple[Any, int] | None]] = {}
 
     def on_call(self, frame: FrameType) -> LocalTrace | None:
         code = frame.f_code
@@ -247,6 +262,8 @@ class Checkpoints(CallWatch):
             self._modes[frame] = torch.is_grad_enabled()
             return self._checkpoint_events
         if self._watched:
+            if code is _FUNCTION_APPLY and _set_up_function(frame) in self._watched:
+                return self._apply_events
             if _function_forward(frame) in self._watched:
                 # with gradient, as backward recomputes it (in training: the mode it runs in)
                 self._running += 1
@@ -289,9 +306,29 @@ class Checkpoints(CallWatch):
         if event == "return":
             self._running -= 1
             made = _edges_of(arg)
-            if any(made):  # (else no output carries gradient: autograd's edges stay)
-                self.functions.append((frame.f_locals[frame.f_code.co_varnames[0]], made))
+            names = frame.f_code.co_varnames
+            ctx = frame.f_locals.get(names[0]) if names else None
+            if not isinstance(ctx, BackwardCFunction):  # its apply's outputs will name it
+                self._set_up[frame.f_back] = made
+            elif any(made):  # (else no output carries gradient: autograd's edges stay)
+                self.functions.append((ctx, made))
         return self._function_events
+
+    def _apply_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
+        made = self._set_up.pop(frame, None) if event == "return" else None
+        if made is not None and any(made):
+            outputs = arg if isinstance(arg, tuple) else (arg,)
+            ctx = next(
+                (
+                    t.grad_fn
+                    for t in outputs
+                    if isinstance(t, torch.Tensor) and isinstance(t.grad_fn, BackwardCFunction)
+                ),
+                None,
+            )
+            if ctx is not None:
+                self.functions.append((ctx, made))
+        return self._apply_events
 
     def _no_grad_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
         if event == "return":

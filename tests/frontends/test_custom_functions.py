@@ -272,9 +272,29 @@ class Reversible(torch.autograd.Function):
         return x.grad, None, None
 
 
+class ReversibleSetUp(torch.autograd.Function):
+    """:class:`Reversible` written in torch's newer style: ``forward`` takes no ``ctx``,
+    ``setup_context`` fills it afterwards."""
+
+    @staticmethod
+    def forward(x, blocks, no_grad):  # noqa: ANN001, ANN205
+        with torch.no_grad() if no_grad else contextlib.nullcontext():
+            for block in blocks:
+                x = block(x)
+        return x
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+        x, ctx.blocks, _ = inputs
+        ctx.save_for_backward(x)
+
+    backward = Reversible.backward
+
+
 class RevNet(nn.Module):
     """a -> Reversible(coupling) -> head; ``how``: ``plain`` calls the block without the
-    Function; ``unfed`` gives the Function the model's input (no ``a``)."""
+    Function; ``unfed`` gives the Function the model's input (no ``a``); ``set_up``, the
+    Function written with ``setup_context``."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -286,11 +306,12 @@ class RevNet(nn.Module):
         h = x if self.how == "unfed" else self.a(x)
         if self.how == "plain":
             return self.head(self.blocks[0](h))
-        return self.head(Reversible.apply(h, self.blocks, self.how == "no_grad"))
+        function = ReversibleSetUp if self.how == "set_up" else Reversible
+        return self.head(function.apply(h, self.blocks, self.how in ("no_grad", "set_up")))
 
 
 @pytest.mark.parametrize("tracer", ["autograd", "auto"])
-@pytest.mark.parametrize("how", ["plain", "as_run", "no_grad", "saving_blocks", "unfed"])
+@pytest.mark.parametrize("how", ["plain", "as_run", "no_grad", "saving_blocks", "unfed", "set_up"])
 def test_layers_a_reversible_function_recomputes_in_backward(how: str, tracer: str) -> None:
     """The layers run in the Function's forward got no gradient (autograd runs it without),
     and the paths through it were cut: ``a`` one path of 2. Backward recomputes them: by
@@ -309,7 +330,8 @@ def test_layers_a_reversible_function_recomputes_in_backward(how: str, tracer: s
         expect(report, "blocks.0.g", {2: 1}, ("head",))
         expect(report, "blocks.0.f", {2: 1, 3: 1}, ("head", "blocks.0.g"))
         expect(report, "a", {2: 1, 3: 2, 4: 1}, ("head", "blocks.0.f", "blocks.0.g"))
-    noted = any("'Reversible' compute with the model's weights" in n for n in report.notes)
+    name = "ReversibleSetUp" if how == "set_up" else "Reversible"
+    noted = any(f"'{name}' compute with the model's weights" in n for n in report.notes)
     assert noted == (how != "plain")
     check_reachability_with_autograd(report, model, x)
 
