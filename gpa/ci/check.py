@@ -53,6 +53,8 @@ class ModelCheck:
     results: list[RuleResult] = field(default_factory=list)
     error: str | None = None
     locations: Mapping[str, Location] = field(default_factory=dict)
+    #: the rules not checked because of the error (all the model's)
+    unchecked: int = 0
 
     @property
     def passed(self) -> bool:
@@ -130,7 +132,13 @@ class CheckRun:
 
     @property
     def rules(self) -> int:
-        return sum(len(m.results) for m in self.models)
+        """The number of rules, over every model: checked, or not for an error."""
+        return sum(len(m.results) + m.unchecked for m in self.models)
+
+    @property
+    def unchecked(self) -> int:
+        """The number of rules of models in error."""
+        return sum(m.unchecked for m in self.models)
 
     @property
     def exit_code(self) -> int:
@@ -142,11 +150,17 @@ class CheckRun:
     def summary(self) -> str:
         """One line: ``"2 models, 5 rules: 4 passed, 1 failed, 0 errors"``."""
         n = len(self.models)
+        unchecked = f"{self.unchecked} not checked, " if self.unchecked else ""
         return (
             f"{n} model{'s' if n != 1 else ''}, {self.rules} rule{'s' if self.rules != 1 else ''}"
-            f": {self.rules - self.failures} passed, {self.failures} failed, "
+            f": {self.passed} passed, {self.failures} failed, {unchecked}"
             f"{self.errors} error{'s' if self.errors != 1 else ''}"
         )
+
+    @property
+    def passed(self) -> int:
+        """The number of rules checked that hold."""
+        return self.rules - self.failures - self.unchecked
 
     def snapshots(self) -> dict[str, Snapshot]:
         """The baseline snapshots of the models that were analysed."""
@@ -161,8 +175,9 @@ class CheckRun:
             "summary": {
                 "models": len(self.models),
                 "rules": self.rules,
-                "passed": self.rules - self.failures,
+                "passed": self.passed,
                 "failed": self.failures,
+                "unchecked": self.unchecked,
                 "errors": self.errors,
             },
             "models": [m.to_dict() for m in self.models],
@@ -196,6 +211,7 @@ def check_models(
             )
         except GpaError as exc:
             check.error = str(exc)
+            check.unchecked = spec.settings.rules.count + (baseline is not None)
             checks.append(check)
             continue
         check.results = evaluate(check.report, spec.settings.rules)

@@ -56,6 +56,17 @@ class Rules:
         flags = (self.max_shortest, self.max_longest, self.no_unreachable, self.max_mean_shortest)
         return not self.layers and all(v is None or v is False for v in flags)
 
+    @property
+    def count(self) -> int:
+        """How many results :func:`evaluate` gives for these rules (a pattern's limits
+        one each)."""
+        flags = (self.max_shortest, self.max_longest, self.no_unreachable, self.max_mean_shortest)
+        patterns = sum(
+            (limit.max_shortest is not None) + (limit.max_longest is not None)
+            for limit in self.layers
+        )
+        return sum(v is not None and v is not False for v in flags) + patterns
+
     def overridden_by(self, other: Rules) -> Rules:
         """These rules with every limit that ``other`` sets replaced (patterns by pattern)."""
         changes: dict[str, Any] = {

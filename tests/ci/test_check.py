@@ -206,8 +206,38 @@ def test_exit_2_for_an_untraceable_model_never_a_pass() -> None:
     assert lines[0].startswith("ERROR untraceable.py: torch.fx cannot trace Branchy")
     # the other model is still checked
     assert "PASS gpa.models:resnet: max-shortest 3: ok (max_shortest 3)" in lines
-    assert lines[-1] == "2 models, 1 rule: 1 passed, 0 failed, 1 error"
+    # the model in error had its rule too: not checked, never counted as none
+    assert lines[-1] == "2 models, 2 rules: 1 passed, 0 failed, 1 not checked, 1 error"
     assert "Traceback (most recent call last)" not in result.output
+
+
+def test_the_rules_of_a_model_in_error_are_counted_as_not_checked() -> None:
+    # the summary said "0 rules" for a model in error, as if it had none
+    args = ("untraceable.py", "gpa.models:resnet", "--max-shortest", "3", "--no-unreachable")
+    data = json.loads(run(*args, "--tracer", "fx", "--format", "json").stdout)
+    assert data["summary"] == {
+        "errors": 1,
+        "failed": 0,
+        "models": 2,
+        "passed": 2,
+        "rules": 4,
+        "unchecked": 2,
+    }
+    assert [len(m["rules"]) for m in data["models"]] == [0, 2]
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        Rules(),
+        Rules(max_shortest=3, no_unreachable=False),
+        Rules(max_longest=9, no_unreachable=True, max_mean_shortest=2.5),
+        Rules(layers=(LayerLimit("stages.*", 2, 3), LayerLimit("stem*", max_longest=4))),
+    ],
+)
+def test_the_count_of_rules_is_what_evaluate_gives(rules: Rules) -> None:
+    report = gpa.analyze(gpa.models.plainnet(depth=2), input_shape=(1, 3, 32, 32))
+    assert rules.count == len(evaluate(report, rules))
 
 
 def test_exit_2_for_errors_even_when_rules_also_fail() -> None:
@@ -603,7 +633,14 @@ def test_json_format() -> None:
     result = run("gpa.models:plainnet", "-k", "depth=2", "--max-shortest", "3", "--format", "json")
     data = json.loads(result.stdout)
     assert data["exit_code"] == 1
-    assert data["summary"] == {"errors": 0, "failed": 1, "models": 1, "passed": 0, "rules": 1}
+    assert data["summary"] == {
+        "errors": 0,
+        "failed": 1,
+        "models": 1,
+        "passed": 0,
+        "rules": 1,
+        "unchecked": 0,
+    }
     (model,) = data["models"]
     assert model["network"]["max_shortest"] == 4
     (rule,) = model["rules"]
