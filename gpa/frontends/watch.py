@@ -34,7 +34,7 @@ from __future__ import annotations
 import inspect
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -68,7 +68,6 @@ _GRAD_OFF = (
     torch.set_grad_enabled.__enter__.__code__,
 )
 _MODULE_CALL = nn.Module._call_impl.__code__
-_FUNCTION_APPLY = Function.apply.__func__.__code__
 # The saved-tensor hook of a non-re-entrant checkpoint (None if torch names it otherwise).
 _PACK_HOOK = next(
     (
@@ -126,18 +125,40 @@ def _function_forward(frame: FrameType) -> str | None:
     ctx = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
     if isinstance(ctx, BackwardCFunction):
         return type(ctx).__name__.removesuffix("Backward")
-    return _set_up_function(frame.f_back)
+    method = _set_up_method(code)
+    return method[1] if method is not None and method[0] == "forward" else None
 
 
-def _set_up_function(frame: FrameType | None) -> str | None:
-    """The Function's name if ``frame`` runs ``Function.apply`` for a Function written in
-    torch's newer style (``forward`` without ``ctx``, and ``setup_context``), else None."""
-    if frame is None or frame.f_code is not _FUNCTION_APPLY:
-        return None
-    cls = frame.f_locals.get("cls")
-    if getattr(cls, "setup_context", Function.setup_context) is Function.setup_context:
-        return None
-    return cls.__name__
+def _set_up_method(code: types.CodeType) -> tuple[str, str] | None:
+    """("forward" or "setup_context", the Function's name) if ``code`` is that method of a
+    custom autograd Function of torch's newer style (``forward`` given no ``ctx``,
+    ``setup_context`` given it afterwards), else None. ``Function.apply`` runs both from
+    C++ (torch 2.14), so the Function is known by its methods' code."""
+    if code not in _SET_UP_METHODS:  # (a Function defined since: look again)
+        _SET_UP_METHODS.update(_set_up_methods())
+        _SET_UP_METHODS.setdefault(code, None)
+    return _SET_UP_METHODS[code]
+
+
+# The code of newer-style Functions' forward and setup_context (see _set_up_method), and
+# of other functions so named that were met (None).
+_SET_UP_METHODS: dict[types.CodeType, tuple[str, str] | None] = {}
+
+
+def _set_up_methods() -> Iterator[tuple[types.CodeType, tuple[str, str]]]:
+    """Every newer-style Function's forward and setup_context code, with its role and the
+    Function's name."""
+    stack = Function.__subclasses__()
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        set_up = getattr(cls, "setup_context", Function.setup_context)
+        if set_up is Function.setup_context:
+            continue
+        for role, method in (("forward", cls.forward), ("setup_context", set_up)):
+            code = getattr(method, "__code__", None)
+            if code is not None:
+                yield code, (role, cls.__name__)
 
 
 def recomputed_function_note(names: Iterable[str]) -> str:
@@ -253,8 +274,9 @@ class Checkpoints(CallWatch):
         self._pending: dict[FrameType, bool] = {}  # checkpoint forward -> mode for the function
         self._entered: set[FrameType] = set()  # checkpoint forwards inside their no_grad
         self._running = 0  # how many watched Functions' forwards are running
-        # a newer-style Function's apply -> its forward's edges (its ctx: the outputs' node)
-        self._set_up: dict[FrameType, list[tuple[Any, int] | None]] = {}
+        # newer-style Functions whose forward returned, each with its edges, until their
+        # setup_context is given the ctx (innermost last)
+        self._set_up: list[tuple[str, list[tuple[Any, int] | None]]] = []
 
     def on_call(self, frame: FrameType) -> LocalTrace | None:
         code = frame.f_code
@@ -262,8 +284,8 @@ class Checkpoints(CallWatch):
             self._modes[frame] = torch.is_grad_enabled()
             return self._checkpoint_events
         if self._watched:
-            if code is _FUNCTION_APPLY and _set_up_function(frame) in self._watched:
-                return self._apply_events
+            if code.co_name == "setup_context" and self._set_up:
+                self._set_up_given(frame)
             if _function_forward(frame) in self._watched:
                 # with gradient, as backward recomputes it (in training: the mode it runs in)
                 self._running += 1
@@ -308,27 +330,22 @@ class Checkpoints(CallWatch):
             made = _edges_of(arg)
             names = frame.f_code.co_varnames
             ctx = frame.f_locals.get(names[0]) if names else None
-            if not isinstance(ctx, BackwardCFunction):  # its apply's outputs will name it
-                self._set_up[frame.f_back] = made
+            if not isinstance(ctx, BackwardCFunction):  # its setup_context is given it
+                self._set_up.append((_function_forward(frame) or "", made))
             elif any(made):  # (else no output carries gradient: autograd's edges stay)
                 self.functions.append((ctx, made))
         return self._function_events
 
-    def _apply_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
-        made = self._set_up.pop(frame, None) if event == "return" else None
-        if made is not None and any(made):
-            outputs = arg if isinstance(arg, tuple) else (arg,)
-            ctx = next(
-                (
-                    t.grad_fn
-                    for t in outputs
-                    if isinstance(t, torch.Tensor) and isinstance(t.grad_fn, BackwardCFunction)
-                ),
-                None,
-            )
-            if ctx is not None:
-                self.functions.append((ctx, made))
-        return self._apply_events
+    def _set_up_given(self, frame: FrameType) -> None:
+        """A newer-style Function's ``setup_context`` starts, given the ``ctx`` its
+        outputs get: the node to link to what its ``forward`` computed."""
+        method = _set_up_method(frame.f_code)
+        if method is None or method[0] != "setup_context" or method[1] != self._set_up[-1][0]:
+            return
+        _, made = self._set_up.pop()
+        ctx = frame.f_locals.get(frame.f_code.co_varnames[0])
+        if isinstance(ctx, BackwardCFunction) and any(made):
+            self.functions.append((ctx, made))
 
     def _no_grad_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
         if event == "return":
