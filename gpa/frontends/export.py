@@ -90,6 +90,7 @@ from gpa.frontends.modules import (
     hooked_calls_message,
     is_layer_module,
     opaque_layer_types,
+    parameters_requiring_grad,
     scripted_call,
     split_leaves,
     training_mode,
@@ -186,10 +187,13 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
     switches in Python.
     """
     model = exportable(model)  # its values in containers export can flatten (§1.5)
+    on_meta = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
     if options.example_inputs is not None:
-        candidates: Iterable[tuple] = [options.example_inputs]
+        # only their shapes and dtypes count (§1.4): on the model's meta device if it is
+        given = options.example_inputs
+        on_device = tree_map(lambda v: v.to("meta") if isinstance(v, torch.Tensor) else v, given)
+        candidates: Iterable[tuple] = [on_device if on_meta else given]
     else:
-        on_meta = any(t.is_meta for t in [*model.parameters(), *model.buffers()])
         device = "meta" if on_meta else "cpu"
         candidates = integer_variants(options.input_shape or (), device, floating_dtype(model))
     first: BaseException | None = None
@@ -204,7 +208,11 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
 
     for args in candidates:
         try:
-            with _quiet_torch_logs(), custom_function_calls(note, seen):
+            with (
+                _quiet_torch_logs(),
+                custom_function_calls(note, seen),
+                parameters_requiring_grad(model),
+            ):
                 program = torch.export.export(model, tuple(args), strict=False)
                 watched = _may_miss_grad_mode(program)
                 if watched:

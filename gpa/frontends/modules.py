@@ -57,6 +57,7 @@ __all__ = [
     "display_name",
     "opaque_layer_types",
     "preserved_state",
+    "parameters_requiring_grad",
     "buffers_copied",
     "hooked_calls_message",
     "training_mode",
@@ -335,6 +336,36 @@ def buffers_copied(model: nn.Module) -> Iterator[None]:
         for held, before in saved:
             held.clear()
             held.update(before)
+
+
+@contextlib.contextmanager
+def parameters_requiring_grad(model: nn.Module) -> Iterator[None]:
+    """Every floating and complex parameter of ``model`` requiring gradient for the block,
+    then as it was (``docs/semantics.md`` §3: a frozen parameter counts as any other). For
+    a frontend that runs torch's autograd on the parameters themselves (export): a
+    re-entrant checkpoint given only a frozen layer's output would otherwise cut its
+    outputs off.
+
+    Example:
+        >>> m = nn.Linear(2, 2).requires_grad_(False)
+        >>> with parameters_requiring_grad(m):
+        ...     m.weight.requires_grad
+        True
+        >>> m.weight.requires_grad
+        False
+    """
+    frozen = [
+        p
+        for p in model.parameters()
+        if not p.requires_grad and (p.is_floating_point() or p.is_complex())
+    ]
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 @contextlib.contextmanager

@@ -84,6 +84,25 @@ def test_issue_example(how: str, tracer: str) -> None:
     check_reachability_with_autograd(report, model, torch.randn(IMG))
 
 
+@EVERY_TRACER
+@pytest.mark.parametrize("how", HOW)
+def test_a_frozen_layer_before_a_checkpoint_counts_as_any_other(how: str, tracer: str) -> None:
+    """Fine-tuning freezes the stem (semantics §3: a frozen parameter counts as requiring
+    gradient). Export ran autograd on the real flags, so a re-entrant checkpoint given
+    only the frozen stem's output cut b1 off (found by a new-user review). By hand, as
+    :func:`test_issue_example`; the real backward of the same model unfrozen agrees."""
+    model = Issue(how)
+    model.stem.requires_grad_(False)
+    report = gpa.analyze(model, input_shape=IMG, tracer=tracer)
+    expect(report, "fc", {1: 1}, (LOSS,))
+    expect(report, "b1.2", {2: 1}, ("fc",))
+    expect(report, "b1.0", {3: 1}, ("b1.2",))
+    expect(report, "stem", {4: 1}, ("b1.0",))
+    assert not any(UNFED in n for n in report.notes)
+    assert not any(p.requires_grad for p in model.stem.parameters())  # flags as they were
+    check_reachability_with_autograd(report, model.requires_grad_(True), torch.randn(IMG))
+
+
 class Unfed(nn.Module):
     """The first block checkpointed on the model's input itself (``how``), then fc; with
     ``chained``, a second block checkpointed on the first's output; with ``fed``, the

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gpa
+from tests.frontends.every_tracer import EVERY_TRACER
 from tests.semantics import LOSS, at, expect, expect_network, expect_unreachable
 
 # ======================================================================================
@@ -395,3 +396,23 @@ def test_a_nan_among_the_constants_is_traced_as_a_proxy(args) -> None:
     or input stays a proxy, and fx reads the model (it failed with a ShapeError)."""
     report = gpa.analyze(NanDefault(), args, tracer="fx")
     expect(report, "l", {1: 1}, (LOSS,))
+
+
+class _Chain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+@EVERY_TRACER
+def test_a_model_on_the_meta_device_takes_example_inputs_on_the_cpu(tracer: str) -> None:
+    """Only the inputs' shapes and dtypes count (§1.4): export failed on a model built on
+    the meta device given a CPU tensor (found by a new-user review). By hand: b 1, a 2."""
+    with torch.device("meta"):
+        model = _Chain()
+    report = gpa.analyze(model, (torch.randn(2, 4),), tracer=tracer)
+    expect(report, "b", {1: 1}, (LOSS,))
+    expect(report, "a", {2: 1}, ("b",))
