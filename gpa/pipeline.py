@@ -42,7 +42,7 @@ from gpa.frontends.modules import (
     check_model,
     display_name,
     resolve_options,
-    unwrap_parallel,
+    unwrap_wrappers,
 )
 from gpa.frontends.randomness import PYTHON_DRAWS_NOTE, python_random_states
 from gpa.options import AnalysisOptions
@@ -113,7 +113,7 @@ def _analyze(
 ) -> Report:
     step = progress or (lambda phase: None)
     check_model(model)
-    model, wrapped = unwrap_parallel(model)
+    model, wrapped = unwrap_wrappers(model)
     options = resolve_options(options, model)
     step("tracing and propagating shapes")
     states = python_random_states()

@@ -42,7 +42,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from gpa.core.graph import GradientGraph
-from gpa.frontends.modules import unwrap_parallel
+from gpa.frontends.modules import unwrap_wrappers
 from gpa.options import AnalysisOptions, CountConvention
 
 __all__ = [
@@ -212,7 +212,7 @@ def count(
         >>> str(count(m, convention="darknet"))
         '41.57 M params, 18.57 GFLOPs (darknet convention; a multiply-add counts as 2 FLOPs)'
     """
-    model, _ = unwrap_parallel(model)  # a data-parallel wrapper: the module it runs
+    model, _ = unwrap_wrappers(model)  # a data-parallel wrapper: the module it runs
     params = count_params(model, convention)
     return Counts(convention, params, count_flops(model, example_inputs, input_shape=input_shape))
 

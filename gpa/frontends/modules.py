@@ -64,7 +64,9 @@ __all__ = [
     "type_name",
     "with_tied",
     "unused_layer_modules",
-    "unwrap_parallel",
+    "unwrap_wrappers",
+    "compiled",
+    "eager_compiled_modules",
 ]
 
 #: Module classes whose calls are layers (``docs/semantics.md`` §2).
@@ -249,12 +251,12 @@ TRACING = threading.RLock()
 def training_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
     """``model`` in train (or eval) mode for the block, read by this thread alone (under
     :data:`TRACING`); every module's own mode is restored afterwards, so a mixed train/eval
-    state survives."""
+    state survives. Compiled modules run eagerly meanwhile."""
     with TRACING:
         modes = [(m, m.training) for m in model.modules()]
         model.train(train)
         try:
-            with preserved_state(model):
+            with preserved_state(model), eager_compiled_modules():
                 yield model
         finally:
             for m, mode in modes:
@@ -739,18 +741,52 @@ def check_model(model: nn.Module) -> None:
 PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
 
-def unwrap_parallel(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """The model a data-parallel wrapper holds, with a note saying so; else ``model``.
+def compiled(module: nn.Module) -> nn.Module | None:
+    """The module ``torch.compile`` wrapped in ``module`` (its ``_orig_mod``), or None for
+    any other module. (torch's compiler is not imported for this: a process that has not
+    imported it holds no compiled module.)
+
+    Example:
+        >>> compiled(nn.Linear(2, 2)) is None
+        True
+    """
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if eval_frame is None or not isinstance(module, eval_frame.OptimizedModule):
+        return None
+    return module._orig_mod
+
+
+@contextlib.contextmanager
+def eager_compiled_modules() -> Iterator[None]:
+    """Modules compiled with ``torch.compile`` run as the eager modules they wrap, for the
+    block: what the model computes, without compiling it (seconds per model) to read it."""
+    if "torch._dynamo.eval_frame" not in sys.modules:  # nothing was compiled
+        yield
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield
+
+
+def unwrap_wrappers(model: nn.Module) -> tuple[nn.Module, list[str]]:
+    """The model a data-parallel wrapper, an averaged copy (``AveragedModel``: SWA, EMA)
+    or ``torch.compile`` holds (wrapped in each other or not), with a note per wrapper
+    saying so; else ``model``. Each calls the module it holds as it is.
 
     Example:
         >>> inner = nn.Linear(2, 2)
-        >>> unwrap_parallel(nn.DataParallel(inner))[0] is inner
+        >>> unwrap_wrappers(nn.DataParallel(inner))[0] is inner
         True
     """
-    if not isinstance(model, PARALLEL):
-        return model, []
-    kind = type(model).__name__
-    return model.module, [
-        f"analysed the module {kind} wraps (its .module): layer names are relative to it, "
-        "without the 'module.' prefix of the wrapper's state_dict"
-    ]
+    notes = []
+    while True:
+        if isinstance(model, (*PARALLEL, torch.optim.swa_utils.AveragedModel)):
+            kind, inner, prefix = type(model).__name__, model.module, "module"
+        elif (held := compiled(model)) is not None:
+            kind, inner, prefix = "torch.compile", held, "_orig_mod"
+        else:
+            return model, notes
+        notes.append(
+            f"analysed the module {kind} wraps (its .{prefix}): layer names are relative to "
+            f"it, without the '{prefix}.' prefix of the wrapper's state_dict"
+        )
+        model = inner

@@ -32,7 +32,7 @@ from torch import nn
 from gpa.api import analyze
 from gpa.core.report import Report
 from gpa.errors import GpaError
-from gpa.frontends.modules import unwrap_parallel
+from gpa.frontends.modules import eager_compiled_modules, unwrap_wrappers
 from gpa.measure.cka import cka_matrix, spearman
 from gpa.measure.hooks import GradientRecorder, StepGradients
 from gpa.measure.inputs import synthetic_batches
@@ -234,7 +234,7 @@ def measure(
     report = analyze(
         model, example_inputs, name=name, channels=channels, progress=progress, **options
     )
-    model, _ = unwrap_parallel(model)  # (the report's names are the wrapped module's)
+    model, _ = unwrap_wrappers(model)  # (the report's names are the wrapped module's)
     target = torch.device(device) if device is not None else None
     modules = {}
     notes = list(report.notes)
@@ -251,7 +251,7 @@ def measure(
         for n, r in report.layers.items()
         if r.segments is not None and n in modules
     }
-    with _preserved(model, target):
+    with _preserved(model, target), eager_compiled_modules():
         torch.manual_seed(seed)
         run_device = target or next(
             itertools.chain((p.device for p in model.parameters()), [torch.device("cpu")])

@@ -150,3 +150,78 @@ def test_a_data_parallel_submodule_is_read_through(tracer: str) -> None:
     report = gpa.analyze(Model(), (torch.randn(2, 4),), tracer=tracer)
     shortest = {name: r.shortest for name, r in report.layers.items()}
     assert shortest == {"enc.module.0": 3, "enc.module.2": 2, "head": 1}
+
+
+class _Compiled(nn.Module):
+    """a -> inner (compiled with torch.compile: 0 -> 2) -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.inner = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.inner(self.a(x)))
+
+
+def _frames_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return sum(counters["frames"].values())
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_a_compiled_model_is_analysed_as_the_module_it_wraps(tracer: str) -> None:
+    """``torch.compile(model)`` crashed export and auto (``bool()`` of the wrapper asks its
+    length) and fx, and autograd took seconds compiling it (found by a new-user review).
+    Read as the module it wraps, run eagerly, as a data-parallel wrapper is. By hand:
+    0 -> 1, shortest 2 and 1."""
+    compiled = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+    before = _frames_compiled()
+    report = gpa.analyze(compiled, (torch.randn(2, 4),), tracer=tracer)
+    assert {name: r.shortest for name, r in report.layers.items()} == {"0": 2, "1": 1}
+    assert report.notes[0].startswith("analysed the module torch.compile wraps (its ._orig_mod)")
+    assert _frames_compiled() == before  # nothing compiled to read it
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_a_compiled_submodule_is_read_through(tracer: str) -> None:
+    """fx refused a compiled submodule ("a dynamo-optimized function"). By hand: a ->
+    inner.0 -> inner.2 -> head, 4, 3, 2, 1, under the module's qualified names (its
+    state_dict's: ``inner._orig_mod.0``)."""
+    model = _Compiled()
+    before = _frames_compiled()
+    report = gpa.analyze(model, (torch.randn(2, 4),), tracer=tracer)
+    assert {name: r.shortest for name, r in report.layers.items()} == {
+        "a": 4,
+        "inner._orig_mod.0": 3,
+        "inner._orig_mod.2": 2,
+        "head": 1,
+    }
+    assert _frames_compiled() == before
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_an_averaged_copy_is_analysed_as_the_module_it_wraps(tracer: str) -> None:
+    """An EMA or SWA copy (``AveragedModel``) failed under fx: its ``forward(*args,
+    **kwargs)`` hands a proxy on unpacked. By hand: 0 -> 1, shortest 2 and 1; compiled
+    inside, both wrappers are noted."""
+    inner = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    averaged = torch.optim.swa_utils.AveragedModel(torch.compile(inner))
+    report = gpa.analyze(averaged, (torch.randn(2, 4),), tracer=tracer)
+    assert {name: r.shortest for name, r in report.layers.items()} == {"0": 2, "1": 1}
+    assert [n.split(" (")[0] for n in report.notes[:2]] == [
+        "analysed the module AveragedModel wraps",
+        "analysed the module torch.compile wraps",
+    ]
+
+
+def test_count_and_measure_read_a_compiled_model_as_its_module() -> None:
+    """By hand: 4·4 + 4 + 4·2 + 2 = 30 parameters; both linears measured, eagerly."""
+    compiled = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
+    assert gpa.count(compiled, (torch.randn(2, 4),)).total_params == 30
+    before = _frames_compiled()
+    measured = gpa.measure(compiled, (torch.randn(8, 4),), steps=1)
+    assert set(measured.layers) == {"0", "2"}
+    assert all(m.output_grad_norm > 0 for m in measured.layers.values())
+    assert _frames_compiled() == before

@@ -266,7 +266,7 @@ def find_layers(
             functional[node] = functional[found[0]]
         for maker in unmade:
             del calls[maker], functional[maker]
-    named = functional_owners(model or gm, functional.values(), types)
+    named = functional_owners(model if model is not None else gm, functional.values(), types)
     calls.update({node: LayerCall(*named[p], call_site(node)) for node, p in functional.items()})
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
@@ -495,7 +495,7 @@ def used_modules(
     used = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     used |= {c.record for c in (calls or {}).values()}
     used |= {n.target.rpartition(".")[0] for n in _receiving_gradient(gm) if n.op == "get_attr"}
-    return with_tied(model or gm, used)
+    return with_tied(model if model is not None else gm, used)
 
 
 def _receiving_gradient(gm: fx.GraphModule) -> set[fx.Node]:

@@ -48,6 +48,7 @@ from gpa.frontends.modules import (
     PARALLEL,
     TRACING,
     buffers_copied,
+    compiled,
     preserved_state,
     same_entries,
     split_leaves,
@@ -300,6 +301,9 @@ class GpaTracer(fx.Tracer):
         return iter([obj[i] for i in range(count)])
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        held = compiled(m)
+        if held is not None:  # read through to the module torch.compile wraps, as it runs
+            return self.call_module(held, held.forward, args, kwargs)
         kind = self._kinds.get(self.path_of_module(m)) if self._kinds else None
         if kind is None or kwargs or len(args) != 1 or not isinstance(args[0], fx.Proxy):
             result = super().call_module(m, forward, args, kwargs)
