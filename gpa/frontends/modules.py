@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dis
 import functools
 import importlib
 import inspect
@@ -303,8 +304,55 @@ def hooked_calls_message(
 def _the_models(hook: Any) -> bool:
     """Whether ``hook`` is the model's own: not torch's (spectral norm's pre-hook computes
     the weight the module then reads, as every frontend runs it) nor gpa's (another
-    analysis's, in another thread)."""
-    return str(getattr(hook, "__module__", "")).split(".")[0] not in ("torch", "gpa")
+    analysis's, in another thread) — and not one that only marks what passes as requiring
+    gradient (:func:`_marks_gradient_only`)."""
+    if str(getattr(hook, "__module__", "")).split(".")[0] in ("torch", "gpa"):
+        return False
+    return not _marks_gradient_only(hook)
+
+
+# What a function's bytecode holds besides its operations (Python 3.11's bookkeeping).
+_BOOKKEEPING = frozenset({"RESUME", "NOP", "CACHE", "PRECALL", "PUSH_NULL", "KW_NAMES"})
+
+# The rest of ``arg.requires_grad_(True)`` (or ``()``), its result dropped, None returned.
+_MARKING = [
+    [
+        ("LOAD_METHOD", "requires_grad_"),
+        *([("LOAD_CONST", True), ("CALL", 1)] if given else [("CALL", 0)]),
+        ("POP_TOP", None),
+        ("LOAD_CONST", None),
+        ("RETURN_VALUE", None),
+    ]
+    for given in (True, False)
+]
+
+
+def _marks_gradient_only(hook: Any) -> bool:
+    """Whether ``hook`` is a function whose whole body is ``arg.requires_grad_(True)``:
+    Hugging Face's ``enable_input_require_grads`` (which gradient checkpointing calls)
+    puts such a hook on the input embeddings. It changes no value, and under
+    ``docs/semantics.md`` §3 the layer's output carries gradient anyway.
+
+    Example:
+        >>> def mark(module, args, output):
+        ...     output.requires_grad_(True)
+        >>> _marks_gradient_only(mark), _marks_gradient_only(lambda m, a, out: out * 2)
+        (True, False)
+    """
+    code = getattr(hook, "__code__", None)
+    if code is None:
+        return False
+    steps = [
+        (i.opname.replace("LOAD_ATTR", "LOAD_METHOD"), i.argval)
+        for i in dis.get_instructions(code)
+        if i.opname not in _BOOKKEEPING
+    ]
+    if steps[-1:] == [("RETURN_CONST", None)]:  # (Python 3.12's)
+        steps[-1:] = [("LOAD_CONST", None), ("RETURN_VALUE", None)]
+    if not steps or steps[0][0] != "LOAD_FAST":
+        return False
+    marked = steps[0][1] in code.co_varnames[: code.co_argcount]
+    return marked and steps[1:] in _MARKING
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ import functools
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -635,6 +636,51 @@ def test_hooks_on_a_layer_are_read_by_autograd_alone(how: str) -> None:
         expect(report, "side", {2: 1}, ("head",))
         expect(report, "a", {3: 2}, ("b", "side"))
     check_reachability_with_autograd(report, model, x)
+
+
+def _marking(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    output.requires_grad_(True)  # Hugging Face's enable_input_require_grads, word for word
+
+
+def _marking_by_default(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+    output.requires_grad_()
+
+
+@pytest.mark.parametrize("hook", [_marking, _marking_by_default])
+def test_a_hook_only_marking_the_output_as_requiring_gradient_is_no_computation(
+    hook: Callable,
+) -> None:
+    """Gradient checkpointing in Hugging Face puts such a hook on the input embeddings:
+    fx and export refused every such model (found by a new-user review). It changes no
+    value, and the layer's output carries gradient anyway (§3): every frontend reads the
+    model, auto with fx. By hand: head 1, b 2, a 3."""
+    model, x = Hooked(), torch.randn(2, 4)
+    model.b._forward_hooks.clear()
+    model.a.register_forward_hook(hook)
+    for tracer in ("fx", "export", "autograd", "auto"):
+        report = gpa.analyze(model, (x,), tracer=tracer)
+        assert report.tracer == ("fx" if tracer == "auto" else tracer)
+        expect(report, "head", {1: 1}, (LOSS,))
+        expect(report, "b", {2: 1}, ("head",))
+        expect(report, "a", {3: 1}, ("b",))
+    check_reachability_with_autograd(report, model, x)
+
+
+@pytest.mark.parametrize(
+    "hook",
+    [
+        lambda module, args, output: args[0].requires_grad_(True) and None,  # marks, then more
+        lambda module, args, output: output.requires_grad_(True),  # returns it: a value
+        lambda module, args, output: args,  # replaces the output
+    ],
+)
+def test_a_hook_doing_more_than_marking_still_makes_fx_and_export_refuse(hook: Callable) -> None:
+    model, x = Hooked(), torch.randn(2, 4)
+    model.b._forward_hooks.clear()
+    model.a.register_forward_hook(hook)
+    for tracer in ("fx", "export"):
+        with pytest.raises(TraceError, match="'a' carry forward hooks"):
+            gpa.analyze(model, (x,), tracer=tracer)
 
 
 def test_hooks_on_a_block_fx_traces_into_are_read_by_every_frontend() -> None:

@@ -228,3 +228,28 @@ def test_a_mask_check_on_the_data_gets_no_routing_note() -> None:
     )
     assert not any("into Python values" in n for n in report.notes)
     assert report.network.unreachable == ()
+
+
+@pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])
+def test_gradient_checkpointing_changes_no_record_nor_frontend(reentrant: bool) -> None:
+    """``gradient_checkpointing_enable()`` puts a hook marking the input embeddings' output
+    as requiring gradient; fx and export refused the model for it, so auto fell back to
+    autograd and ``channels=True`` had no frontend (found by a new-user review). The
+    records are those of the model without checkpointing, read by the same frontend."""
+    config = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+    )
+    plain = transformers.BertModel(config)
+    checkpointed = transformers.BertModel(config)
+    checkpointed.gradient_checkpointing_enable({"use_reentrant": reentrant})
+    ids = torch.randint(1, 100, (1, 8))
+    expected = gpa.analyze(plain, (ids,))
+    report = gpa.analyze(checkpointed, (ids,))
+    assert report.tracer == expected.tracer
+    assert layer_records(report) == layer_records(expected)
+    channels = gpa.analyze(checkpointed, (ids,), channels=True)
+    assert channels.tracer in ("fx", "export")
