@@ -42,7 +42,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from gpa.core.graph import GradientGraph
-from gpa.frontends.modules import unwrap_wrappers
+from gpa.frontends.modules import module_class, unwrap_wrappers
 from gpa.options import AnalysisOptions, CountConvention
 
 __all__ = [
@@ -119,7 +119,8 @@ def count_params(model: nn.Module, convention: str = "torch") -> dict[str, int]:
     seen: set[int] = set()
     for name, module in model.named_modules():
         if convention is CountConvention.DARKNET:
-            weight = getattr(module, "weight", None) if isinstance(module, WEIGHT_LAYERS) else None
+            layer = issubclass(module_class(module), WEIGHT_LAYERS)
+            weight = getattr(module, "weight", None) if layer else None
             params = [weight] if isinstance(weight, Tensor) else []
         else:
             params = list(module.parameters(recurse=False))
@@ -134,20 +135,22 @@ def count_params(model: nn.Module, convention: str = "torch") -> dict[str, int]:
 
 
 def _macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
-    """Multiply-adds of one call of a weight layer."""
-    if isinstance(module, _CONV):
+    """Multiply-adds of one call of a weight layer (a scripted one too: it keeps the
+    attributes read here)."""
+    kind = module_class(module)
+    if issubclass(kind, _CONV):
         return (
             output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
         )
-    if isinstance(module, _CONV_T):
+    if issubclass(kind, _CONV_T):
         return (
             inputs[0].numel()
             * (module.out_channels // module.groups)
             * math.prod(module.kernel_size)
         )
-    if isinstance(module, nn.Linear):
+    if issubclass(kind, nn.Linear):
         return output.numel() * module.in_features
-    if isinstance(module, nn.Bilinear):
+    if issubclass(kind, nn.Bilinear):
         return output.numel() * module.in1_features * module.in2_features
     return 0
 
@@ -237,7 +240,7 @@ def _call_flops(graph: GradientGraph, node: Hashable, module: nn.Module) -> int 
     first = graph.ops.nodes[preds[0]].get("value") if preds else None
     if value is None or value.shape is None:
         return None
-    if isinstance(module, _CONV_T) and (first is None or first.shape is None):
+    if issubclass(module_class(module), _CONV_T) and (first is None or first.shape is None):
         return None
     inputs = (_Shape(first.shape),) if first is not None and first.shape is not None else ()
     return 2 * _macs(module, inputs, _Shape(value.shape))
@@ -349,7 +352,8 @@ def _flops_by_record(
     per_call: dict[str, list[int | None]] = {}
     for node, call in graph.calls.items():
         module = modules.get(call.record)
-        n = _call_flops(graph, node, module) if isinstance(module, WEIGHT_LAYERS) else None
+        weighted = module is not None and issubclass(module_class(module), WEIGHT_LAYERS)
+        n = _call_flops(graph, node, module) if weighted else None
         per_call.setdefault(call.record, []).append(n)
     return per_call
 

@@ -155,3 +155,20 @@ def test_cli_exit_2_names_the_scripted_module() -> None:
     assert "Traceback" not in result.stderr
     result = CliRunner().invoke(main, args[:-2], catch_exceptions=False)  # auto: fx reads it
     assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize("convention", ["torch", "darknet"])
+def test_scripted_weight_layers_are_counted_as_their_eager_classes(convention: str) -> None:
+    """A scripted convolution had no FLOPs ("not counted for layers of type Conv2d (only
+    conv, … are)") and no darknet parameters (found by a new-user review). By hand, a 3×3
+    conv 3 -> 4 on 8×8 (4·6·6 outputs of 3·3·3 multiply-adds) then a linear 6 -> 2 on
+    1×4×6 rows (4·6·2 outputs of 6): FLOPs 2·(144·27) + 2·(48·6) = 7776 + 576 = 8352;
+    parameters 112 + 14 (torch) or 108 + 12 (darknet: weights only)."""
+    layers = [nn.Conv2d(3, 4, 3), nn.Linear(6, 2)]
+    eager = nn.Sequential(*layers)
+    scripted_model = nn.Sequential(*map(torch.jit.script, layers))
+    for model in (eager, scripted_model):
+        report = gpa.analyze(model, input_shape=(1, 3, 8, 8), count_convention=convention)
+        assert report.network.flops == 8352
+        assert report.network.params == (126 if convention == "torch" else 120)
+        assert not [n for n in report.notes if "FLOPs were not counted" in n]
