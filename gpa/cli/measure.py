@@ -12,6 +12,7 @@ from gpa.cli.options import (
     analysis_options,
     analysis_settings,
     emit,
+    format_option,
     output_option,
     progress_display,
 )
@@ -49,14 +50,7 @@ __all__ = ["command"]
     show_default=True,
     help="Seed of the loss directions, the synthetic inputs and dropout.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv", "html"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("json", "csv", "html")
 @output_option
 @click.pass_context
 def command(
@@ -74,7 +68,8 @@ def command(
 ) -> None:
     """Measure the gradients the layers of the model named by TARGET receive.
 
-    Runs --steps training steps (train mode, no optimizer step) on synthetic batches
+    Runs --steps training steps (train mode, or eval mode with --eval; no optimizer
+    step) on synthetic batches
     shaped like the target's inputs, or on the file's example_batches, with gpa's
     virtual loss (fixed random directions into the outputs) or the file's loss_fn.
     Per layer: weight-gradient norm (mean and std over steps), received-gradient norm,

@@ -1,7 +1,8 @@
 """``gpa.measure``: the gradients a model's layers really receive, next to its gradient paths.
 
 :func:`measure` analyses the model's structure (:func:`gpa.analyze`), then runs ``steps``
-training steps (forward and backward, train mode, no optimizer step) and measures, per
+training steps (forward and backward, in train mode unless ``train=False``, no optimizer
+step) and measures, per
 layer: the norm of its weight gradient, the norm of the gradient received at its output
 and the linear CKA between every two layers' received gradients (``docs/semantics.md``,
 "Measured gradients"). The model is left as it was found: its mode, buffers (batch-norm
@@ -126,8 +127,9 @@ def _examples_from(report: Report) -> tuple[torch.Tensor, ...]:
 
 
 @contextlib.contextmanager
-def _preserved(model: nn.Module, device: torch.device | None) -> Iterator[None]:
-    """Run with ``model`` in train mode on ``device``; restore everything afterwards."""
+def _preserved(model: nn.Module, device: torch.device | None, train: bool) -> Iterator[None]:
+    """Run with ``model`` in train (or eval) mode on ``device``; restore everything
+    afterwards."""
     modes = {m: m.training for m in model.modules()}
     buffers = {
         k: b.detach().clone()
@@ -142,7 +144,7 @@ def _preserved(model: nn.Module, device: torch.device | None) -> Iterator[None]:
         with torch.random.fork_rng(devices=devices), torch.enable_grad():
             if device is not None:
                 model.to(device)
-            model.train()
+            model.train(train)
             yield
     finally:
         if home_device is not None:
@@ -201,7 +203,9 @@ def measure(
         name: display name of the model.
         progress: called with the name of each phase.
         **options: analysis options of :func:`gpa.analyze` (``input_shape``, ``outputs`` —
-            also the outputs the virtual loss reads —, ``layer_types``, ``tracer`` …).
+            also the outputs the virtual loss reads —, ``train`` — also the mode the steps
+            run in (eval mode: batch norm on its running statistics, no dropout) —,
+            ``layer_types``, ``tracer`` …).
 
     Returns:
         A :class:`~gpa.measure.measurement.Measurement`.
@@ -219,8 +223,6 @@ def measure(
     step = progress or (lambda phase: None)
     if steps < 1:
         raise GpaError(f"steps must be at least 1, got {steps}")
-    if options.get("train") is False:
-        raise GpaError("gpa.measure runs in train mode; train=False is not supported")
     batch_iter: Iterator[Any] | None = None
     if batches is not None:
         batch_iter = iter(batches)
@@ -251,7 +253,8 @@ def measure(
         for n, r in report.layers.items()
         if r.segments is not None and n in modules
     }
-    with _preserved(model, target), eager_compiled_modules():
+    train = options.get("train", True)
+    with _preserved(model, target, train), eager_compiled_modules():
         torch.manual_seed(seed)
         run_device = target or next(
             itertools.chain((p.device for p in model.parameters()), [torch.device("cpu")])

@@ -191,3 +191,17 @@ def test_table_fits_the_terminal_with_names_whole(monkeypatch) -> None:
     assert all(len(line) <= 80 for line in lines)
     assert "stages.0.blocks.0.conv1.conv" in result.stdout
     assert "columns left out to fit 80 characters" in result.stdout.replace("\n", " ")
+
+
+def test_text_is_the_default_format_as_in_every_command(tmp_path: Path) -> None:
+    """``--format text`` was refused (measure called it ``table``; found by a surface
+    review); ``--eval`` too. Both now run: the same table."""
+    target = _write(tmp_path, TARGET)
+    args = ["measure", target, "--steps", "1", "--batch-size", "4", "-q"]
+    default = CliRunner().invoke(main, args)
+    text = CliRunner().invoke(main, [*args, "--format", "text"])
+    assert default.exit_code == text.exit_code == 0, text.output
+    assert default.output == text.output
+    assert "0" in default.output.split() and "2" in default.output.split()
+    evaluated = CliRunner().invoke(main, [*args, "--eval"])
+    assert evaluated.exit_code == 0, evaluated.output

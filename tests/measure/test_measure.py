@@ -283,3 +283,28 @@ def test_cka_and_spearman_against_definitions() -> None:
     assert linear_cka(x, x @ np.linalg.qr(q)[0] * 3) == pytest.approx(1.0)
     assert spearman([0, 0, 1, 1], [0.1, 0.2, 0.9, 0.8]) == pytest.approx(math.sqrt(0.8))
     assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+class _ModeSeen(nn.Module):
+    """Records the mode of each call (a batch norm's or a dropout's choice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(self.training)
+        return x
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_steps_run_in_the_mode_asked(train: bool) -> None:
+    """``train=False`` / ``--eval`` was refused ("train mode; train=False is not supported")
+    although every analysing command takes it (found by a surface review): the steps run
+    in eval mode, and the model's own mode is restored afterwards."""
+    seen = _ModeSeen()
+    net = nn.Sequential(nn.Linear(4, 4), seen, nn.Linear(4, 2))
+    m = measure(net, torch.zeros(1, 4), steps=3, batch_size=4, train=train)
+    assert set(m.layers) == {"0", "2"}
+    assert seen.seen[-3:] == [train] * 3
+    assert net.training and seen.training  # as it was built: train mode
