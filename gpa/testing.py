@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from gpa.api import analyze
-from gpa.ci.rules import LayerLimit, Rules, evaluate
+from gpa.ci.config import parse_rules
+from gpa.ci.rules import evaluate
 from gpa.core.report import Report
 
 __all__ = ["assert_gradient_paths"]
@@ -50,13 +51,15 @@ def assert_gradient_paths(
         The report, for further assertions.
     """
     __tracebackhide__ = True  # pytest shows the user's assertion, not this function's lines
-    rules = Rules(
-        max_shortest=max_shortest,
-        max_longest=max_longest,
-        no_unreachable=no_unreachable,
-        max_mean_shortest=max_mean_shortest,
-        layers=tuple(LayerLimit(p, **dict(limits)) for p, limits in (layers or {}).items()),
-    )
+    given = {
+        "max_shortest": max_shortest,
+        "max_longest": max_longest,
+        "no_unreachable": no_unreachable,
+        "max_mean_shortest": max_mean_shortest,
+        "layers": dict(layers) if layers else None,
+    }
+    # checked as [tool.gpa] and gpa check's flags check them (a limit of 0, a misspelt key)
+    rules = parse_rules({k: v for k, v in given.items() if v is not None}, "assert_gradient_paths")
     report = analyze(model, example_inputs, **options)
     failed = [r for r in evaluate(report, rules) if not r.passed]
     if failed:

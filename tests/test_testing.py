@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from gpa.ci.config import parse_config
 from gpa.errors import GpaError
 from gpa.testing import assert_gradient_paths
 
@@ -121,3 +122,22 @@ def test_pytest_shows_the_users_assertion_not_gpas_lines(tmp_path) -> None:
     # the first layer of a 3-layer chain: shortest 3 > 2
     assert "max-shortest 2: 1 layer exceeds it: 0 (3)" in done.stdout
     assert "gpa/testing.py" not in done.stdout and "raise AssertionError" not in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("rule", "value", "message"),
+    [
+        ("max_shortest", 0, "{at}.max_shortest: expected a positive integer, got 0"),
+        ("max_longest", 2.5, "{at}.max_longest: expected a positive integer, got 2.5"),
+        ("no_unreachable", "yes", "{at}.no_unreachable: expected true or false, got 'yes'"),
+        ("max_mean_shortest", "2", "{at}.max_mean_shortest: expected a number, got '2'"),
+        ("layers", {"4": {"max_shortst": 1}}, "unknown key 'max_shortst' in {at}.layers.4 .*mean"),
+    ],
+)
+def test_rules_are_checked_as_gpa_check_checks_them(rule: str, value: object, message: str) -> None:
+    """``max_shortest=0`` ran as a rule and a misspelt pattern key raised a bare TypeError,
+    where ``[tool.gpa]`` and the command line refuse both (found by a surface review)."""
+    with pytest.raises(GpaError, match=message.format(at="assert_gradient_paths")):
+        assert_gradient_paths(mlp(), input_shape=(1, 4), **{rule: value})
+    with pytest.raises(GpaError, match=message.format(at=r"tool\.gpa")):
+        parse_config({rule: value})

@@ -39,6 +39,7 @@ from gpa.errors import GpaError
 from gpa.options import AnalysisOptions, option_names
 
 __all__ = [
+    "parse_rules",
     "Location",
     "Config",
     "ModelSettings",
@@ -191,10 +192,31 @@ def _option(key: str, value: Any, where: str) -> Any:
 def _settings(table: Mapping[str, Any], where: str) -> ModelSettings:
     """The :class:`ModelSettings` of a model table or of ``[tool.gpa]`` (keys already checked)."""
 
+    at = f"{where}.kwargs"
+    kwargs = _expect(table.get("kwargs", {}), dict, "a table of keyword arguments", at)
+    options = {k: _option(k, table[k], f"{where}.{k}") for k in option_names() if k in table}
+    return ModelSettings(kwargs=dict(kwargs), options=options, rules=parse_rules(table, where))
+
+
+def parse_rules(table: Mapping[str, Any], where: str) -> Rules:
+    """The rules ``table`` sets under ``[tool.gpa]``'s keys (others are ignored), each value
+    checked as ``gpa check`` checks it on every surface: limits positive integers,
+    ``no_unreachable`` a flag, ``max_mean_shortest`` a number, ``layers`` a table of
+    patterns with ``max_shortest`` and/or ``max_longest`` each.
+
+    Raises:
+        GpaError: a value of the wrong kind, or an unknown key in a pattern's table, named
+            as ``where.key``.
+
+    Example:
+        >>> parse_rules({"max_shortest": 4, "layers": {"stem*": {"max_longest": 6}}}, "here")
+        Rules(max_shortest=4, max_longest=None, no_unreachable=None, max_mean_shortest=None, layers=(LayerLimit(pattern='stem*', max_shortest=None, max_longest=6),))
+    """
+
     def at(key: str) -> str:
         return f"{where}.{key}"
 
-    rules = Rules(
+    return Rules(
         max_shortest=_limit(table["max_shortest"], at("max_shortest"))
         if "max_shortest" in table
         else None,
@@ -211,9 +233,6 @@ def _settings(table: Mapping[str, Any], where: str) -> ModelSettings:
         else None,
         layers=_layer_limits(table["layers"], at("layers")) if "layers" in table else (),
     )
-    kwargs = _expect(table.get("kwargs", {}), dict, "a table of keyword arguments", at("kwargs"))
-    options = {k: _option(k, table[k], at(k)) for k in option_names() if k in table}
-    return ModelSettings(kwargs=dict(kwargs), options=options, rules=rules)
 
 
 def _resolve_target(target: str, root: Path | None) -> str:
