@@ -420,7 +420,7 @@ def _check_kwargs(
             accepted = ", ".join(named) if named else "no keyword arguments"
             raise TargetError(
                 f"{label} does not accept {', '.join(repr(k) for k in unknown)} "
-                f"(given with -k); it accepts: {accepted}"
+                f"(given with -k or kwargs); it accepts: {accepted}"
             )
     required = [
         p.name
@@ -957,8 +957,8 @@ def _transformers_config(spec: str, config_class: type, kwargs: dict[str, Any]) 
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise TargetError(
-            f"{config_class.__name__} has no setting {', '.join(hints)} (given with -k to "
-            f"{spec}; -k options of a transformers target set its configuration)"
+            f"{config_class.__name__} has no setting {', '.join(hints)} (given with -k or "
+            f"kwargs to {spec}; they set a transformers target's configuration)"
         )
     try:
         config = config_class(**kwargs)

@@ -144,7 +144,8 @@ def select_paths(
             if available == "''":
                 available = "none (it returns a single value: leave outputs unset)"
             raise GpaError(
-                f"output {key!r} is not among the model's outputs; available: {available}"
+                f"outputs (--outputs): {key!r} is not among the model's outputs; "
+                f"available: {available}"
             )
         chosen.update(hits)
     return list(chosen.values())

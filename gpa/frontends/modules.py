@@ -729,16 +729,29 @@ def resolve_options(options: AnalysisOptions, model: nn.Module) -> AnalysisOptio
     """
     changes: dict[str, Any] = {}
     if options.layer_types is not None and any(isinstance(t, str) for t in options.layer_types):
-        changes["layer_types"] = tuple(
-            resolve_module_class(t, model) if isinstance(t, str) else t for t in options.layer_types
-        )
+        with _naming_the_option("layer_types", "--layer-type"):
+            changes["layer_types"] = tuple(
+                resolve_module_class(t, model) if isinstance(t, str) else t
+                for t in options.layer_types
+            )
     if options.leaf_modules is not None and any(isinstance(t, str) for t in options.leaf_modules):
         names = [t for t in options.leaf_modules if isinstance(t, str)]
-        resolved = iter(resolve_leaf_modules(names, model))
+        with _naming_the_option("leaf_modules", "--leaf"):
+            resolved = iter(resolve_leaf_modules(names, model))
         changes["leaf_modules"] = tuple(
             next(resolved) if isinstance(t, str) else t for t in options.leaf_modules
         )
     return options.replace(**changes) if changes else options
+
+
+@contextlib.contextmanager
+def _naming_the_option(key: str, flag: str) -> Iterator[None]:
+    """A value of the option ``key`` (``flag`` on the command line) that names nothing is
+    an error naming the option: it may come from ``[tool.gpa]`` as well as from a flag."""
+    try:
+        yield
+    except TargetError as exc:
+        raise TargetError(f"{key} ({flag}): {exc}") from None
 
 
 def check_model(model: nn.Module) -> None:

@@ -723,3 +723,32 @@ def test_no_color_without_a_terminal() -> None:
     result = run("gpa.models:resnet", "--max-shortest", "3")
     assert result.exit_code == 0
     assert "\x1b[" not in result.stdout
+
+
+def test_a_configured_option_naming_nothing_is_an_error_naming_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The error said "unknown module class 'Nope'" with nothing to find it by in a
+    configuration of many models (found by a surface review); it names the option, by
+    its key and its flag, and a factory's keyword is said to come from -k or kwargs."""
+    write_config(
+        tmp_path,
+        f"""
+        [tool.gpa]
+        max_shortest = 9
+        [tool.gpa.models.types]
+        target = "{CHAIN}"
+        layer_types = ["Nope"]
+        [tool.gpa.models.leaf]
+        target = "{CHAIN}"
+        leaf_modules = ["nope.name"]
+        [tool.gpa.models.knob]
+        target = "{CHAIN}"
+        kwargs = {{ bogus = 1 }}
+        """,
+    )
+    monkeypatch.chdir(tmp_path)
+    lines = run(verbose=False).stdout.splitlines()
+    assert lines[0].startswith("ERROR types: layer_types (--layer-type): unknown module class")
+    assert lines[1].startswith("ERROR leaf: leaf_modules (--leaf): 'nope.name' is not the name")
+    assert "does not accept 'bogus' (given with -k or kwargs)" in lines[2]

@@ -327,7 +327,8 @@ def test_layer_type_overrides_the_layer_set() -> None:
 
 def test_unknown_layer_type() -> None:
     message = fails_with("chain3.py", "--layer-type", "Conv9d")
-    assert "unknown module class 'Conv9d'" in message
+    # the option named: the value may come from [tool.gpa] as well as from the flag
+    assert "layer_types (--layer-type): unknown module class 'Conv9d'" in message
 
 
 def test_leaf_by_class_and_by_name() -> None:
@@ -358,7 +359,7 @@ def test_leaf_by_class_and_by_name() -> None:
 
 def test_unknown_leaf() -> None:
     message = fails_with("blocks.py", "--leaf", "b3")
-    assert "'b3' is not the name of a submodule of the model" in message
+    assert "leaf_modules (--leaf): 'b3' is not the name of a submodule of the model" in message
     assert "Block" in message
 
 

@@ -311,7 +311,10 @@ def test_selecting_an_output_holding_no_tensor_says_so(tracer, key, held) -> Non
     assert message.endswith(": nothing of it can feed the loss")
     if held is not None and tracer in ("fx", "autograd", "auto"):
         assert f"(it is {held})" in message
-    with pytest.raises(GpaError, match="'zz' is not among the model's outputs; available: 'y'"):
+    with pytest.raises(
+        GpaError,
+        match=r"outputs \(--outputs\): 'zz' is not among the model's outputs; available: 'y'",
+    ):
         gpa.analyze(ReturnsOddities(), input_shape=(1, 4), tracer=tracer, outputs=["zz"])
 
 

@@ -60,6 +60,6 @@ def test_an_unknown_output_lists_the_paths() -> None:
     result = run("analyze", POLICY, *SHAPE, "--outputs", "logits")
     assert result.exit_code == 2
     assert result.stderr.endswith(
-        "error: output 'logits' is not among the model's outputs; available: "
+        "error: outputs (--outputs): 'logits' is not among the model's outputs; available: "
         "'policy.logits', 'value'\n"
     )
