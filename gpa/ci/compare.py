@@ -44,7 +44,8 @@ __all__ = [
     "saved_side",
 ]
 
-#: The network metrics compared, in display order (``unreachable`` as a count).
+#: The network metrics compared, in display order (``unreachable`` as a count; parameters
+#: and FLOPs in the count convention named last, ``docs/semantics.md`` §9).
 NETWORK_METRICS = (
     "layers",
     "max_shortest",
@@ -52,6 +53,9 @@ NETWORK_METRICS = (
     "mean_shortest",
     "longest",
     "unreachable",
+    "params",
+    "flops",
+    "count_convention",
 )
 
 #: Compared as well when either side was analysed with channels (``docs/semantics.md`` §8).

@@ -51,6 +51,9 @@ def test_compare_two_reports() -> None:
         "mean_shortest": (1.5, 2.0),
         "longest": (2, 3),
         "unreachable": (0, 0),
+        "params": (40, 60),  # Linear(4, 4): 16 + 4 each
+        "flops": (64, 96),  # 2 · 4 · 4 each, on one row
+        "count_convention": ("torch", "torch"),
     }
     assert [(d.name, d.shortest, d.longest) for d in c.changed] == [
         ("layers.0", (2, 3), (2, 3)),
@@ -78,18 +81,22 @@ def test_compare_a_report_with_a_snapshot() -> None:
 
 
 def test_format_comparison_table() -> None:
+    # by hand: Linear(4, 4) holds 16 + 4 parameters and costs 2 · 4 · 4 FLOPs on one row
     text = format_comparison(compare(chain(2), chain(3), names=("two", "three")))
     assert text == (
         "A: two\n"
         "B: three\n"
         "\n"
-        "metric            A     B  delta\n"
-        "layers            2     3     +1\n"
-        "max_shortest      2     3     +1\n"
-        "min_shortest      1     1\n"
-        "mean_shortest  1.50  2.00  +0.50\n"
-        "longest           2     3     +1\n"
-        "unreachable       0     0\n"
+        "metric                A      B  delta\n"
+        "layers                2      3     +1\n"
+        "max_shortest          2      3     +1\n"
+        "min_shortest          1      1\n"
+        "mean_shortest      1.50   2.00  +0.50\n"
+        "longest               2      3     +1\n"
+        "unreachable           0      0\n"
+        "params               40     60    +20\n"
+        "flops                64     96    +32\n"
+        "count_convention  torch  torch\n"
         "\n"
         "layers in both: 2, differing: 2\n"
         "layer     shortest A  shortest B  delta  longest A  longest B  delta\n"
@@ -240,3 +247,14 @@ def test_many_layers_of_one_side_are_listed_briefly_in_text() -> None:
     (line,) = [line for line in format_comparison(c).splitlines() if line.startswith("only")]
     names = ", ".join(f"layers.{i}" for i in range(2, 14))
     assert line == f"only in B (18): {names}, … 6 more (--format json lists all)"
+
+
+def test_cli_compare_counts_in_the_convention_asked() -> None:
+    """``--count-convention`` had no visible effect: compare showed no parameters nor FLOPs
+    (found by a surface review). By hand, darknet counts weights only: 16 per Linear(4, 4)."""
+    result = run(CHAIN, CHAIN, "-k", "depth=2", "--count-convention", "darknet", "--format", "json")
+    assert result.exit_code == 0, result.output
+    network = json.loads(result.stdout)["network"]
+    assert network["params"] == [32, 32]
+    assert network["flops"] == [64, 64]
+    assert network["count_convention"] == ["darknet", "darknet"]
