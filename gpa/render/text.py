@@ -32,6 +32,7 @@ __all__ = [
     "CSV_COLUMNS",
     "format_count",
     "format_csv",
+    "CSV_CHANNEL_COLUMNS",
     "format_inputs",
     "format_si",
     "format_sources",
@@ -53,6 +54,9 @@ CSV_COLUMNS: tuple[str, ...] = (
     "params",
     "flops",
 )
+
+#: Added to :data:`CSV_COLUMNS` for a report analysed at channel level.
+CSV_CHANNEL_COLUMNS: tuple[str, ...] = ("segments", "gradient_combinations")
 
 #: The columns of :func:`format_table`, in display order.
 COLUMNS: tuple[str, ...] = (
@@ -463,15 +467,29 @@ def _auto_depth(report: Any) -> int:
 
 
 def format_csv(report: Any) -> str:
-    """Render ``report``'s layers as CSV (header :data:`CSV_COLUMNS`, ``\\n`` line ends).
+    """Render ``report``'s layers as CSV (header :data:`CSV_COLUMNS`, ``\\n`` line ends;
+    for a report analysed at channel level also :data:`CSV_CHANNEL_COLUMNS`: the number of
+    channel segments and of gradient combinations, as the text table's ``segments`` and
+    ``combos``).
 
     ``timestamps`` and ``sources`` are joined with ``;``; an unreachable
     layer has empty ``shortest`` and ``longest``.
     """
+    channels = report.network.gradient_combinations is not None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow((*CSV_COLUMNS, *(CSV_CHANNEL_COLUMNS if channels else ())))
     for record in report.layers.values():
+        segments = record.segments
+        combinations = record.gradient_combinations
+        by_channel = (
+            [
+                "" if segments is None else len(segments),
+                "" if combinations is None else combinations,
+            ]
+            if channels
+            else []
+        )
         writer.writerow(
             [
                 record.name,
@@ -484,6 +502,7 @@ def format_csv(report: Any) -> str:
                 ";".join(record.sources),
                 "" if record.params is None else record.params,
                 "" if record.flops is None else record.flops,
+                *by_channel,
             ]
         )
     return buffer.getvalue()

@@ -208,6 +208,22 @@ def test_csv_format() -> None:
     assert rows[0]["timestamps"].split(";") == ["1", "2"]
 
 
+def test_csv_format_with_channels() -> None:
+    """``--channels`` left the CSV as it was (found by a surface review); it gains the text
+    table's segments and combinations. By hand: every channel of left and right reaches
+    the loss both directly and through mix (a linear mixes them all): one segment each,
+    one combination; mix one segment."""
+    result = run("analyze", "pair.py", "--channels", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "name,type,calls,shortest,longest,timestamps,num_paths,sources,params,flops,"
+        "segments,gradient_combinations\n"
+        "left,Linear,1,1,2,1;2,2,mix;<loss>,16,24,1,1\n"
+        "right,Linear,1,1,2,1;2,2,mix;<loss>,24,40,1,1\n"
+        "mix,Linear,1,1,1,1,1,<loss>,10,16,1,1\n"
+    )
+
+
 def test_output_file(tmp_path: Path) -> None:
     for fmt in ("text", "json", "csv"):
         target = tmp_path / f"report.{fmt}"
