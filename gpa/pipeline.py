@@ -146,6 +146,7 @@ def _analyze(
         *counts.notes,
         *_fallback_notes(records),
         *_tied_notes(model, records),
+        *_frozen_notes(model, records),
     ]
     return Report(
         model=name or display_name(model),
@@ -196,6 +197,37 @@ def _tied_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[st
         f"layers hold tied parameters ({'; '.join(tied)}): each module has its own record, "
         "and a tied parameter receives the gradient of every record holding it (its "
         "parameters are counted once, for the first)"
+    ]
+
+
+def _frozen_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[str]:
+    """A note naming the layers whose parameters are all frozen (``requires_grad=False``:
+    a backbone frozen for fine-tuning, an EMA copy): their paths are those of any layer
+    (``docs/semantics.md`` §3), though a real backward leaves their weights untouched."""
+    frozen = []
+    for name in records:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        if module is not None:
+            parameters = list(module.parameters())
+        else:
+            try:
+                parameters = [model.get_parameter(name)]
+            except AttributeError:
+                parameters = []
+        if parameters and not any(p.requires_grad for p in parameters):
+            frozen.append(name)
+    if not frozen:
+        return []
+    listed = ", ".join(frozen[:5]) + (f" (+{len(frozen) - 5})" if len(frozen) > 5 else "")
+    count = f"{len(frozen)} layer" + ("'s" if len(frozen) == 1 else "s'")
+    which = "every layer's" if len(frozen) == len(records) else count
+    return [
+        f"{which} parameters are frozen (requires_grad=False): {listed}; gradient paths are "
+        "structural, so they are analysed as any other layer's, though a real backward "
+        "leaves their weights without gradient"
     ]
 
 

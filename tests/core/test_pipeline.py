@@ -225,3 +225,23 @@ def test_count_and_measure_read_a_compiled_model_as_its_module() -> None:
     assert set(measured.layers) == {"0", "2"}
     assert all(m.output_grad_norm > 0 for m in measured.layers.values())
     assert _frames_compiled() == before
+
+
+def test_frozen_layers_are_analysed_as_any_and_noted() -> None:
+    """A backbone frozen for fine-tuning, or an EMA copy, is analysed as any other layer
+    (§3) with no word about it (found by a new-user review): a note names the frozen
+    layers. By hand: 0 -> 1 -> 2, shortest 3, 2, 1 whichever is frozen."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    one = gpa.analyze(model, input_shape=(1, 4))
+    assert {name: r.shortest for name, r in one.layers.items()} == {"0": 3, "1": 2, "2": 1}
+    assert [n for n in one.notes if "frozen" in n] == [
+        "1 layer's parameters are frozen (requires_grad=False): 0; gradient paths are "
+        "structural, so they are analysed as any other layer's, though a real backward "
+        "leaves their weights without gradient"
+    ]
+    every = gpa.analyze(model.requires_grad_(False), input_shape=(1, 4))
+    assert {name: r.shortest for name, r in every.layers.items()} == {"0": 3, "1": 2, "2": 1}
+    assert any(n.startswith("every layer's parameters are frozen") for n in every.notes)
+    trained = gpa.analyze(model.requires_grad_(True), input_shape=(1, 4))
+    assert not [n for n in trained.notes if "frozen" in n]
