@@ -819,3 +819,35 @@ def test_fewer_pieces_than_asked_are_not_read_as_more() -> None:
     assert report.tracer in ("export", "autograd")
     expect(report, "a", {1: 1}, (LOSS,))
     expect_unreachable(report, "b", calls=0)
+
+
+@pytest.mark.parametrize(
+    ("error", "data_dependent"),
+    [
+        (
+            torch.fx.proxy.TraceError(
+                "symbolically traced variables cannot be used as inputs to control flow"
+            ),
+            True,
+        ),
+        (RuntimeError("'len' is not supported in symbolic tracing by default"), True),
+        (
+            RuntimeError(
+                "Detected that you are using FX to symbolically trace a dynamo-optimized function"
+            ),
+            False,
+        ),
+        (NotImplementedError('Module [Wrapper] is missing the required "forward" function'), False),
+    ],
+)
+def test_the_control_flow_hint_is_given_for_control_flow_alone(
+    error: BaseException, data_dependent: bool
+) -> None:
+    """Every failure of fx's was said to be control flow depending on tensor values, with
+    advice to declare a leaf: a compiled function or a missing forward too (found by a
+    new-user review)."""
+    from gpa.frontends.fx.tracer import _trace_failure_message
+
+    message = _trace_failure_message(nn.Linear(2, 2), error)
+    assert ("cannot follow control flow" in message) == data_dependent
+    assert message.endswith("(auto moves on).")

@@ -554,7 +554,7 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
         if where.line:
             lines.append(f"    {where.line.strip()}")
     found = (hint for kind, said, hint in _FX_LIMITS if isinstance(exc, kind) and said in str(exc))
-    lines.append(next(found, _DATA_DEPENDENT))
+    lines.append(next(found, _OTHER_FAILURE))
     return "\n".join(lines)
 
 
@@ -581,8 +581,20 @@ _DATA_DEPENDENT = (
     "Symbolic tracing cannot follow control flow or Python logic that depends on "
     "tensor values. Declare the module that does it a leaf (--leaf NAME / "
     "leaf_modules=[...]) so it is treated as one opaque call, or rewrite that code "
-    "without data-dependent Python."
+    "without data-dependent Python; --tracer export or autograd may read it (auto "
+    "moves on)."
 )
+# What fx says where Python asks a proxy for a value: a truth value, a length, its items.
+_FX_LIMITS += tuple(
+    (Exception, said, _DATA_DEPENDENT)
+    for said in (
+        "cannot be used as inputs to control flow",
+        "cannot be iterated",
+        "is not supported in symbolic tracing",
+    )
+)
+# Anything else (a failure of the model's code on proxies, or of fx itself): no guess.
+_OTHER_FAILURE = "--tracer export or autograd reads models fx cannot (auto moves on)."
 
 
 # Operations whose result is a view of their first argument (ATen's schemas mark their
