@@ -60,6 +60,7 @@ from gpa.frontends.modules import (
     fx_leaf,
     is_layer_module,
     opaque_layer_types,
+    preserved_state,
     scripted_notes,
     split_leaves,
     training_mode,
@@ -530,14 +531,18 @@ def _run(
         for device in ("meta", real) if real else ("meta",):
             try:
                 try:
-                    run = _forward(model, candidate, device, opaque, modules)
+                    # each run from the model's state as it was: what a failed one cached
+                    # (torchvision's anchors, made on meta) must not reach the next
+                    with preserved_state(model):
+                        run = _forward(model, candidate, device, opaque, modules)
                 except _ForwardFailed as failed:
                     if not _sets_requires_grad(failed.error):
                         raise
                     # the model sets requires_grad on a value made from its input, which
                     # must then be a leaf (Wav2Vec2's feature encoder): as in training,
                     # inputs carrying no gradient
-                    run = _forward(model, candidate, device, opaque, modules, input_grad=False)
+                    with preserved_state(model):
+                        run = _forward(model, candidate, device, opaque, modules, input_grad=False)
             except _ForwardFailed as failed:  # the user's forward failed on these inputs
                 if first_error is None:
                     first_error = failed

@@ -711,3 +711,33 @@ def test_hooks_on_a_block_fx_traces_into_are_read_by_every_frontend() -> None:
         expect(report, "b.c", {2: 1}, ("head",))
         expect(report, "side", {2: 1}, ("head",))
     assert gpa.analyze(model, (x,)).tracer == "fx"
+
+
+class CachesThenReadsValues(nn.Module):
+    """Caches a tensor in a list on its first call (torchvision's anchor generator keeps
+    its anchors so), then reads values (``nonzero``), which the meta device cannot give."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.cache: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cache:
+            self.cache.append(torch.ones(4, device=x.device))
+        h = self.a(x) * self.cache[0]
+        kept = torch.nonzero(h.sum(1) > -1e9)[:, 0]
+        return self.b(h[kept])
+
+
+def test_a_run_on_the_meta_device_leaves_nothing_for_the_run_on_real_inputs() -> None:
+    """The meta run cached a meta tensor before failing, and the run on real inputs read it
+    ("Cannot copy out of meta tensor"): every torchvision detector in eval mode had no
+    frontend (found by a new-user review). By hand: a -> b, shortest 2 and 1; the model's
+    cache is as it was."""
+    model = CachesThenReadsValues()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer="autograd")
+    expect(report, "b", {1: 1}, (LOSS,))
+    expect(report, "a", {2: 1}, ("b",))
+    assert model.cache == []
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))

@@ -175,3 +175,28 @@ def test_transformers_image_inputs_of_two_towers_and_sizeless_configurations() -
     ]
     resnet = load_target("transformers:resnet", device="meta")
     assert [tuple(t.shape) for t in resnet.example_inputs] == [(1, 3, 224, 224)]
+
+
+def test_a_torchvision_detector_in_eval_mode_is_read() -> None:
+    """Its meta run cached meta anchors before failing, and the run on real inputs read
+    them: no frontend read any torchvision R-CNN, RetinaNet or FCOS in eval mode (found by
+    a new-user review). Independently: every weight-layer module a real forward calls (by
+    forward hooks) is a layer of the report, with as many calls."""
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    torch.manual_seed(0)
+    model = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None).eval()
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    calls: dict[str, int] = {}
+    hooks = [
+        m.register_forward_hook(lambda m, a, o, n=name: calls.__setitem__(n, calls.get(n, 0) + 1))
+        for name, m in model.named_modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    report = gpa.analyze(model, (images,), train=False)
+    assert report.tracer == "autograd"
+    assert {n: r.calls for n, r in report.layers.items()} == calls
