@@ -177,15 +177,16 @@ PYTHON_DRAWS_NOTE = (
 def random_branch_message(model: torch.nn.Module, where: str, train: bool) -> str:
     """Why a frontend refuses a run that branched on random numbers, and what to do."""
     hint = (
-        "analyse it in eval mode (--eval / train=False), where every layer runs, or with "
-        "the drop probability set to 0"
+        "analyse it in eval mode (--eval / train=False), where such draws are off, or "
+        "with the drop probability set to 0 (one choice left)"
         if train
-        else "set the drop probability to 0"
+        else "set the drop probability to 0 (one choice left)"
     )
     return (
-        f"{type(model).__name__}'s forward branches on random numbers ({where}; a layer "
-        "drop skips layers at random), so one run shows one random architecture of it, "
-        f"not its gradient paths: {hint}"
+        f"{type(model).__name__}'s forward branches on random numbers ({where}: a random "
+        "draw turned into a Python value, as a layer drop skipping layers at random does, "
+        "or a random choice such as an input size for multi-scale training), so one run "
+        f"may show one random architecture of it, not its gradient paths: {hint}"
     )
 
 
