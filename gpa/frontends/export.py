@@ -50,6 +50,7 @@ import io
 import logging
 import operator
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,7 @@ import torch
 import torch.fx as fx
 import torch.utils.checkpoint
 from torch import nn
+from torch.amp.autocast_mode import autocast
 from torch.fx.passes.utils.fuser_utils import fuse_by_partitions
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
@@ -212,6 +214,7 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
                 _quiet_torch_logs(),
                 custom_function_calls(note, seen),
                 parameters_requiring_grad(model),
+                _autocast_off(),
             ):
                 program = torch.export.export(model, tuple(args), strict=False)
                 watched = _may_miss_grad_mode(program)
@@ -312,6 +315,29 @@ def _detached_apart(gm: fx.GraphModule) -> None:
         )
     if targets:
         gm.recompile()
+
+
+@contextlib.contextmanager
+def _autocast_off() -> Iterator[None]:
+    """``torch.autocast`` (and its CUDA and CPU kin, its subclasses) does nothing in this
+    thread for the block: it changes operations' precision, never a gradient path, and
+    export keeps no grad-mode change inside it — a ``no_grad`` block under
+    ``autocast(enabled=False)``, as EfficientViT's attention writes, would be lost. Other
+    threads' autocast works as ever."""
+    owner = threading.get_ident()
+    enter, leave = autocast.__enter__, autocast.__exit__
+
+    def entering(self: autocast) -> Any:
+        return None if threading.get_ident() == owner else enter(self)
+
+    def leaving(self: autocast, *exc: Any) -> Any:
+        return None if threading.get_ident() == owner else leave(self, *exc)
+
+    autocast.__enter__, autocast.__exit__ = entering, leaving  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        autocast.__enter__, autocast.__exit__ = enter, leave  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
