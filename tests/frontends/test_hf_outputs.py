@@ -51,6 +51,18 @@ def llama(use_cache: bool = True):
     return transformers.LlamaForCausalLM(config)
 
 
+def bert(layers: int = 2, width: int = 64):
+    """A small BERT (``width`` hidden units, two heads) on a vocabulary of 100."""
+    config = transformers.BertConfig(
+        vocab_size=100,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * width,
+    )
+    return transformers.BertModel(config)
+
+
 def attention(report, layer: int, name: str):
     return report.layers[f"model.layers.{layer}.self_attn.{name}"]
 
@@ -215,17 +227,8 @@ def test_mixtral_experts_are_a_layer_whichever_way_they_run(experts: str) -> Non
 def test_a_mask_check_on_the_data_gets_no_routing_note() -> None:
     """Hugging Face checks the attention mask's values in Python (its masking utilities):
     a branch on data that skips no layer, so no note that layers were skipped."""
-    config = transformers.BertConfig(
-        vocab_size=32,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=16,
-    )
     ids = torch.randint(0, 32, (1, 6))
-    report = gpa.analyze(
-        transformers.BertModel(config), (ids, torch.ones_like(ids)), tracer="autograd"
-    )
+    report = gpa.analyze(bert(layers=1, width=16), (ids, torch.ones_like(ids)), tracer="autograd")
     assert not any("into Python values" in n for n in report.notes)
     assert report.network.unreachable == ()
 
@@ -236,15 +239,7 @@ def test_gradient_checkpointing_changes_no_record_nor_frontend(reentrant: bool) 
     as requiring gradient; fx and export refused the model for it, so auto fell back to
     autograd and ``channels=True`` had no frontend (found by a new-user review). The
     records are those of the model without checkpointing, read by the same frontend."""
-    config = transformers.BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-    )
-    plain = transformers.BertModel(config)
-    checkpointed = transformers.BertModel(config)
+    plain, checkpointed = bert(), bert()
     checkpointed.gradient_checkpointing_enable({"use_reentrant": reentrant})
     ids = torch.randint(1, 100, (1, 8))
     expected = gpa.analyze(plain, (ids,))
