@@ -188,7 +188,9 @@ def _tied_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[st
     holders: dict[int, list[str]] = {}
     for name in records:
         module = modules.get(name)
-        for attribute, parameter in module.named_parameters(recurse=False) if module else ():
+        # (``is not None``: a compiled module's truth asks its length, which raises)
+        held = module.named_parameters(recurse=False) if module is not None else ()
+        for attribute, parameter in held:
             holders.setdefault(id(parameter), []).append(f"{name}.{attribute}")
     tied = [" = ".join(names) for names in holders.values() if len(names) > 1]
     if not tied:

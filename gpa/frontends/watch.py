@@ -146,17 +146,18 @@ _SET_UP_METHODS: dict[types.CodeType, tuple[str, str] | None] = {}
 
 
 def _set_up_methods() -> Iterator[tuple[types.CodeType, tuple[str, str]]]:
-    """Every newer-style Function's forward and setup_context code, with its role and the
-    Function's name."""
+    """Every newer-style Function's forward and setup_context code (a decorated one's
+    inner function's, which its frame runs), with its role and the name of the Function
+    defining it (a subclass sharing it names it no other way)."""
     stack = Function.__subclasses__()
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
-        set_up = getattr(cls, "setup_context", Function.setup_context)
-        if set_up is Function.setup_context:
+        if getattr(cls, "setup_context", Function.setup_context) is Function.setup_context:
             continue
-        for role, method in (("forward", cls.forward), ("setup_context", set_up)):
-            code = getattr(method, "__code__", None)
+        for role in ("forward", "setup_context"):
+            method = cls.__dict__.get(role)  # (defined here: inherited ones by their class)
+            code = getattr(inspect.unwrap(getattr(method, "__func__", method)), "__code__", None)
             if code is not None:
                 yield code, (role, cls.__name__)
 
@@ -274,9 +275,9 @@ class Checkpoints(CallWatch):
         self._pending: dict[FrameType, bool] = {}  # checkpoint forward -> mode for the function
         self._entered: set[FrameType] = set()  # checkpoint forwards inside their no_grad
         self._running = 0  # how many watched Functions' forwards are running
-        # newer-style Functions whose forward returned, each with its edges, until their
-        # setup_context is given the ctx (innermost last)
-        self._set_up: list[tuple[str, list[tuple[Any, int] | None]]] = []
+        # the forward code and edges of newer-style Functions whose forward returned,
+        # until their setup_context is given the ctx (innermost last)
+        self._set_up: list[tuple[types.CodeType, list[tuple[Any, int] | None]]] = []
 
     def on_call(self, frame: FrameType) -> LocalTrace | None:
         code = frame.f_code
@@ -331,21 +332,24 @@ class Checkpoints(CallWatch):
             names = frame.f_code.co_varnames
             ctx = frame.f_locals.get(names[0]) if names else None
             if not isinstance(ctx, BackwardCFunction):  # its setup_context is given it
-                self._set_up.append((_function_forward(frame) or "", made))
+                self._set_up.append((frame.f_code, made))
             elif any(made):  # (else no output carries gradient: autograd's edges stay)
                 self.functions.append((ctx, made))
         return self._function_events
 
     def _set_up_given(self, frame: FrameType) -> None:
         """A newer-style Function's ``setup_context`` starts, given the ``ctx`` its
-        outputs get: the node to link to what its ``forward`` computed."""
+        outputs get: the node to link to what its ``forward`` computed. (torch calls it
+        right after that ``forward`` returns: the last one watched.)"""
         method = _set_up_method(frame.f_code)
-        if method is None or method[0] != "setup_context" or method[1] != self._set_up[-1][0]:
+        if method is None or method[0] != "setup_context":
             return
-        _, made = self._set_up.pop()
         ctx = frame.f_locals.get(frame.f_code.co_varnames[0])
-        if isinstance(ctx, BackwardCFunction) and any(made):
-            self.functions.append((ctx, made))
+        forward = getattr(getattr(type(ctx), "_forward_cls", None), "forward", None)
+        code = getattr(inspect.unwrap(forward), "__code__", None) if forward else None
+        code_made = self._set_up.pop()
+        if code_made[0] is code and any(code_made[1]):  # (else another's: link nothing)
+            self.functions.append((ctx, code_made[1]))
 
     def _no_grad_events(self, frame: FrameType, event: str, arg: Any) -> LocalTrace:
         if event == "return":
