@@ -88,6 +88,7 @@ from gpa.frontends.fx.tracer import (
 from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
+    compiled,
     fx_leaf,
     hooked_calls_message,
     is_layer_module,
@@ -143,6 +144,18 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             fx_leaf(type(module)) or isinstance(module, leaf_types + custom) or path in leaf_names
         )
 
+    whole = [
+        path
+        for path, m in model.named_modules()
+        if (inner := compiled(m)) is not None
+        and (is_opaque(path, m) or is_opaque(f"{path}._orig_mod", inner))
+    ]
+    if whole:  # export's graph names no call of a compiled module (nor of what it wraps)
+        raise TraceError(
+            f"'{whole[0]}' is compiled (torch.compile) and to be read as one call (a leaf or "
+            "a layer type): export's graph does not show where the compiled module's calls "
+            "begin and end; fx and autograd read it (auto moves on)"
+        )
     with training_mode(model, options.train):
         program, inputs, watched = _export(root, options)
         try:

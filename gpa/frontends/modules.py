@@ -113,12 +113,16 @@ POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
 
 def module_class(module: nn.Module) -> type:
     """The class ``module`` was written as: for a TorchScript module, the eager class it was
-    compiled from (when its module is imported), else the module's own class.
+    compiled from (when its module is imported); for one ``torch.compile`` wrapped, the
+    wrapped module's; else the module's own class.
 
     Example:
         >>> module_class(torch.jit.script(nn.Linear(2, 2)))
         <class 'torch.nn.modules.linear.Linear'>
     """
+    held = compiled(module)
+    if held is not None:  # torch.compile's wrapper: the module it wraps
+        return module_class(held)
     if not isinstance(module, torch.jit.ScriptModule):
         return type(module)
     found = _compiled_from(module._c._type().qualified_name(), module.original_name)
@@ -142,7 +146,7 @@ def type_name(module: nn.Module) -> str:
     """The name of :func:`module_class`'s class (``Conv2d`` for a scripted convolution)."""
     if isinstance(module, torch.jit.ScriptModule):
         return module.original_name
-    return type(module).__name__
+    return module_class(module).__name__
 
 
 def opaque_layer_types(

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import gpa
+from gpa.errors import TraceError
 
 
 def model() -> nn.Module:
@@ -245,3 +246,44 @@ def test_frozen_layers_are_analysed_as_any_and_noted() -> None:
     assert any(n.startswith("every layer's parameters are frozen") for n in every.notes)
     trained = gpa.analyze(model.requires_grad_(True), input_shape=(1, 4))
     assert not [n for n in trained.notes if "frozen" in n]
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c2(self.c1(x))
+
+
+class _CompiledBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.h = nn.Linear(4, 4), torch.compile(_Block())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.h(self.a(x))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"leaf_modules": ["h"]},
+        {"leaf_modules": [_Block]},
+        {"layer_types": [nn.Linear, _Block]},
+    ],
+    ids=["leaf-by-name", "leaf-by-class", "layer-type"],
+)
+def test_a_compiled_block_read_as_one_call(options: dict) -> None:
+    """fx read through a compiled block declared a leaf, and the autograd frontend crashed
+    on it (the truth of a compiled module asks its length); export's graph shows no call of
+    a compiled module (found by an adversarial review). By hand, the block one layer:
+    a -> block, shortest 2 and 1; export refuses and auto reads it with fx."""
+    model = _CompiledBlock()
+    for tracer in ("fx", "autograd", "auto"):
+        report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer, **options)
+        assert [r.shortest for r in report.layers.values()] == [2, 1]
+        assert list(report.layers)[0] == "a" and len(report.layers) == 2
+    with pytest.raises(TraceError, match="'h' is compiled"):
+        gpa.analyze(model, input_shape=(2, 4), tracer="export", **options)

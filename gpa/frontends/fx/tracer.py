@@ -302,7 +302,8 @@ class GpaTracer(fx.Tracer):
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         held = compiled(m)
-        if held is not None:  # read through to the module torch.compile wraps, as it runs
+        if held is not None and not self.is_leaf_module(m, self.path_of_module(m)):
+            # read through to the module torch.compile wraps, as it runs
             return self.call_module(held, held.forward, args, kwargs)
         kind = self._kinds.get(self.path_of_module(m)) if self._kinds else None
         if kind is None or kwargs or len(args) != 1 or not isinstance(args[0], fx.Proxy):
@@ -338,6 +339,8 @@ class GpaTracer(fx.Tracer):
             m, (*self._leaf_types, torch.jit.ScriptModule)
         ):
             return True
+        if compiled(m) is not None:  # read through (a leaf by its class: the module inside)
+            return False
         if isinstance(m, PARALLEL):  # read through to the module it runs
             return False
         return super().is_leaf_module(m, module_qualified_name)
