@@ -287,7 +287,7 @@ def hooked_calls_message(
     hooked = [
         name
         for name, m in model.named_modules()
-        if any(map(_the_models, (*m._forward_hooks.values(), *m._forward_pre_hooks.values())))
+        if _carries_hooks_of_its_own(m)
         and (
             issubclass(module_class(m), layer_types)
             or isinstance(m, leaf_types)
@@ -305,14 +305,23 @@ def hooked_calls_message(
     )
 
 
-def _the_models(hook: Any) -> bool:
-    """Whether ``hook`` is the model's own: not torch's (spectral norm's pre-hook computes
-    the weight the module then reads, as every frontend runs it) nor gpa's (another
-    analysis's, in another thread) — and not one that only marks what passes as requiring
-    gradient (:func:`_marks_gradient_only`)."""
-    if str(getattr(hook, "__module__", "")).split(".")[0] in ("torch", "gpa"):
-        return False
-    return not _marks_gradient_only(hook)
+def _carries_hooks_of_its_own(module: nn.Module) -> bool:
+    """Whether ``module`` carries forward hooks or pre-hooks of the model's own: not
+    torch's (spectral norm's pre-hook computes the weight the module then reads, as every
+    frontend runs it) nor gpa's (another analysis's, in another thread) — nor a forward
+    hook that only marks the output of a module with weights as requiring gradient
+    (:func:`_marks_gradient_only`), which that output does anyway (§3). On a module
+    without weights such a mark is what gives its output gradient: it counts."""
+    weighted = any(p.is_floating_point() or p.is_complex() for p in module.parameters())
+    hooks = [
+        *((h, weighted) for h in module._forward_hooks.values()),
+        *((h, False) for h in module._forward_pre_hooks.values()),
+    ]
+    return any(
+        str(getattr(hook, "__module__", "")).split(".")[0] not in ("torch", "gpa")
+        and not (marking_counts_not and _marks_gradient_only(hook))
+        for hook, marking_counts_not in hooks
+    )
 
 
 # What a function's bytecode holds besides its operations (Python 3.11's bookkeeping).

@@ -741,3 +741,26 @@ def test_a_run_on_the_meta_device_leaves_nothing_for_the_run_on_real_inputs() ->
     expect(report, "a", {2: 1}, ("b",))
     assert model.cache == []
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+def test_a_marking_hook_on_a_module_without_weights_counts() -> None:
+    """On a module without weights the mark is what gives its output gradient (an input
+    stage before a re-entrant checkpoint: found by an adversarial review), so fx and
+    export refuse such a leaf as they refuse any hooked one."""
+
+    class Stage(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stage, self.head = Stage(), nn.Linear(4, 2)
+            self.stage.register_forward_hook(_marking)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.stage(x))
+
+    for tracer in ("fx", "export"):
+        with pytest.raises(TraceError, match="'stage' carry forward hooks"):
+            gpa.analyze(Net(), input_shape=(2, 4), tracer=tracer, leaf_modules=["stage"])
