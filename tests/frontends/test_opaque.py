@@ -14,6 +14,7 @@ fraction of export; export, the independent reading, must agree with it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -772,3 +773,50 @@ def test_a_leaf_handing_on_what_it_makes_of_its_input_is_one_call(how: str, trac
     got = {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()}
     assert got == {"a": (2, 2, 1), "b": (2, 2, 1), "h": (1, 1, 1)}
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+class _Out:
+    def __init__(self, y: torch.Tensor, feats: torch.Tensor) -> None:
+        self.y, self.feats = y, feats
+
+
+@dataclasses.dataclass
+class _DataOut:
+    y: torch.Tensor
+    feats: torch.Tensor
+
+
+class ReturnsAnObject(nn.Module):
+    """A leaf returning its result in an object pytree does not know (``kind``)."""
+
+    def __init__(self, kind: type) -> None:
+        super().__init__()
+        self.kind, self.cv = kind, nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.kind(self.cv(x), torch.relu(x))
+
+
+class ReadsTheObject(nn.Module):
+    """Hand derivation: a -> h -> loss (y), a -> (relu inside h) -> c -> loss (feats): a's
+    paths (a, h) and (a, h, c) as h is one call: 2 and 3; h 1 and 2; c 1."""
+
+    def __init__(self, kind: type) -> None:
+        super().__init__()
+        self.a, self.h, self.c = nn.Linear(4, 4), ReturnsAnObject(kind), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.h(self.a(x))
+        return out.y + self.c(out.feats)
+
+
+@pytest.mark.parametrize("kind", [_Out, _DataOut], ids=["object", "dataclass"])
+def test_a_leaf_returning_an_object_pytree_does_not_know_is_refused_by_fx(kind: type) -> None:
+    # fx saw no tensor in the object: a and h unreachable, in silence (found by an
+    # adversarial review); export and autograd follow the attributes
+    model = ReadsTheObject(kind)
+    report = auto_after_fx_refuses(
+        model, "holding tensors as attributes", input_shape=(2, 4), leaf_modules=[ReturnsAnObject]
+    )
+    by_hand = {"a": (2, 3, 2), "h": (1, 2, 2), "c": (1, 1, 1)}
+    assert {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()} == by_hand

@@ -817,6 +817,7 @@ class GradientFlow(fx.Interpreter):
             self._unshared.add(n)
             self._refuse_hidden_write(n, written, fresh, leaves)
         mutated = _mutated_argument(n, args)
+        _refuse_hidden_tensors(n, result, self.fetch_attr)
         if n.op == "call_module":
             self._note_returned_inputs(n, fresh, result)
         flows = frozenset(_reached((result, mutated), leaves))
@@ -1103,6 +1104,25 @@ def _shapes_of(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return Shape(value.shape)
     return tree_map(lambda x: Shape(x.shape) if isinstance(x, torch.Tensor) else None, value)
+
+
+def _refuse_hidden_tensors(n: fx.Node, result: Any, fetch_attr: Callable[[str], Any]) -> None:
+    """Refuse a call fx records whole (a leaf module, a function kept whole) that returns
+    an object holding tensors as its attributes (a plain class, a dataclass pytree does
+    not know): the pass sees no tensor in it, so gradient through its readers' attributes
+    would be lost in silence. Export and autograd follow them; fx refuses (auto moves on)."""
+    if n.op not in ("call_module", "call_function") or _tensors_in(result):
+        return
+    held = getattr(result, "__dict__", None)
+    if not isinstance(held, dict) or isinstance(result, (nn.Module, type)):
+        return
+    if any(_tensors_in(v) for v in held.values()):
+        raise TraceError(
+            f"{_called(n, fetch_attr)} returns an object of class {type(result).__name__} "
+            "holding tensors as attributes, which fx's graph cannot follow into (register "
+            "the class as a pytree node, or return a tuple or dict); export and autograd "
+            "read it (auto moves on)"
+        )
 
 
 def _cut_history(x: torch.Tensor) -> torch.Tensor:
