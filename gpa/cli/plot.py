@@ -70,7 +70,8 @@ def command(
     from gpa.options import AnalysisOptions, Tracer
 
     output = output or Path(f"{kind}.png")
-    gpa.plot.image_format(output)  # refuse a bad file name before analysing
+    gpa.plot.image_format(output)  # refuse a bad file name, or request, before analysing
+    gpa.plot.check_request(kind, len(targets))
     given = ctx.get_parameter_source("channels") is not ParameterSource.DEFAULT
     settings = analysis_settings(ctx, params)
     options = AnalysisOptions(**settings)

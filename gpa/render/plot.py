@@ -58,6 +58,7 @@ __all__ = [
     "Unit",
     "busiest_first_round",
     "draw",
+    "check_request",
     "image_format",
     "histogram",
     "profile",
@@ -88,9 +89,16 @@ class Part:
     #: (key, label) of each source delivering at the chosen round, when asked for.
     sources: tuple[tuple[tuple, str], ...] = ()
     channels: tuple[int, int] | None = None
+    #: for a collapsed group, the longest of its layers' shortest paths (its worst, as the
+    #: text table's grouped view shows it); None for one layer or segment
+    worst: int | None = None
 
     @property
     def shortest(self) -> int | None:
+        """The shortest gradient path the part is coloured by: a layer's or segment's, or
+        a group's worst (the union of its timestamps starts at its best layer's)."""
+        if self.worst is not None:
+            return self.worst
         return self.timestamps[0] if self.timestamps else None
 
 
@@ -230,7 +238,8 @@ def units(
                     x for r in records for p in _record_parts(r, t, group) for x in p.sources
                 )
             )
-            parts = (Part(None, stamps, srcs),)
+            reached = [r.shortest for r in records if r.shortest is not None]
+            parts = (Part(None, stamps, srcs, worst=max(reached, default=None)),)
         found.append(Unit(unit, tuple(layer_names), parts))
     return found
 
@@ -362,7 +371,7 @@ def timestamps(
     """Fig. 7: layers in forward order, data flow as arcs, each layer's gradient timestamps.
 
     Each box is a layer (or a collapsed unit) coloured by its shortest gradient path
-    and labelled with its timestamps; a layer with several channel segments
+    (a unit's: the longest of its layers', its worst) and labelled with its timestamps; a layer with several channel segments
     (``gpa.analyze(..., channels=True)``) is a stack of parts, one per segment (first
     channels at the bottom), each with its own timestamps and colour. Arrows follow
     the forward data flow; shortcuts and concatenations arc over the layers they skip.
@@ -820,18 +829,15 @@ def draw(
     round at which more than one layer receives gradient); ``depth``
     collapses layers by module depth in ``timestamps`` and ``sources``.
     """
-    if kind not in KINDS:
-        raise GpaError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
+    check_request(kind, len(reports))
     if kind in MEASURED_KINDS:
         from gpa.measure import plot as measured
 
-        if len(reports) != 1 or not hasattr(reports[0], "similarity"):
+        if not hasattr(reports[0], "similarity"):
             raise GpaError(f"--kind {kind} draws one measurement (gpa.measure), not a report")
         return getattr(measured, kind)(reports[0])
     if kind == "profile":
         return profile(*reports)
-    if len(reports) != 1:
-        raise GpaError(f"--kind {kind} draws one model; only profile overlays several")
     (report,) = reports
     if kind == "timestamps":
         return timestamps(report, depth=depth)
@@ -842,6 +848,26 @@ def draw(
             f"--kind histogram needs --layer NAME (one of: {', '.join(list(report.layers)[:5])}, …)"
         )
     return histogram(report, layer)
+
+
+def check_request(kind: str, models: int) -> None:
+    """Refuse a figure :func:`draw` cannot make of ``models`` models, before any is
+    analysed or measured (seconds each).
+
+    Raises:
+        GpaError: an unknown kind, or several models for a kind drawing one.
+
+    Example:
+        >>> check_request("profile", 3)
+    """
+    if kind not in KINDS:
+        raise GpaError(f"unknown plot kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind != "profile" and models != 1:
+        what = "one measurement (gpa.measure)" if kind in MEASURED_KINDS else "one model"
+        raise GpaError(
+            f"--kind {kind} draws {what}, and {models} targets were given; only --kind "
+            "profile overlays several"
+        )
 
 
 def image_format(path: Any) -> str:

@@ -506,3 +506,41 @@ def test_profile_names_curves_drawn_over_each_other() -> None:
     labels = gpa.plot.profile(*reports).axes[0].get_legend_handles_labels()[1]
     assert "prn (same curves as resnet): shortest" in labels
     assert "resnet: shortest" in labels
+
+
+def test_a_collapsed_unit_is_coloured_by_its_worst_layer() -> None:
+    """A collapsed unit was coloured by the first of its timestamps — its best layer's
+    shortest path — so a figure hid the model's longest shortest path (found by a review
+    on RT-DETR: the colour bar stopped at 11, max_shortest 14). By hand, in a residual
+    stage each conv1 reaches the loss through its conv2, the identity sums and fc (3),
+    each conv2 through the sums and fc (2): the stage's worst is 3, its best 2."""
+    r = report("resnet", blocks=3)
+    (stage,) = [u for u in gpa.plot.units(r, depth=2) if u.name == "stages.0"]
+    assert stage.timestamps[0] == 2
+    assert [p.shortest for p in stage.parts] == [3]
+    fig = gpa.plot.timestamps(r, depth=2)
+    bar = fig.axes[1]  # the colour bar spans the path lengths drawn: stem's 2 ... stage's 3
+    assert bar.get_ylim()[1] >= 3.5
+
+
+@pytest.mark.parametrize("kind", ["timestamps", "histogram", "gradnorm"])
+def test_several_targets_for_a_one_model_figure_are_refused_before_any_analysis(
+    kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two targets for a figure of one model were refused only after both were analysed
+    or measured (seconds each), as "draws one measurement, not a report" (found by a
+    review of every surface): refused first, naming the count."""
+    import gpa.api
+    import gpa.measure
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("analysed before the request was checked")
+
+    monkeypatch.setattr(gpa.api, "analyze_target", never)
+    monkeypatch.setattr(gpa.measure, "measure_target", never)
+    result = CliRunner().invoke(
+        main, ["plot", "gpa.models:resnet", "gpa.models:prn", "--kind", kind]
+    )
+    assert result.exit_code == 2
+    assert f"--kind {kind} draws one" in result.output
+    assert "2 targets were given; only --kind profile overlays several" in result.output
