@@ -131,6 +131,8 @@ def test_pytest_shows_the_users_assertion_not_gpas_lines(tmp_path) -> None:
         ("max_longest", 2.5, "{at}.max_longest: expected a positive integer, got 2.5"),
         ("no_unreachable", "yes", "{at}.no_unreachable: expected true or false, got 'yes'"),
         ("max_mean_shortest", "2", "{at}.max_mean_shortest: expected a number, got '2'"),
+        # NaN: no mean compares greater, so the rule could never fail
+        ("max_mean_shortest", float("nan"), "{at}.max_mean_shortest: expected a finite number"),
         ("layers", {"4": {"max_shortst": 1}}, "unknown key 'max_shortst' in {at}.layers.4 .*mean"),
     ],
 )

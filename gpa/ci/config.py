@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ from gpa.errors import GpaError
 from gpa.options import AnalysisOptions, option_names
 
 __all__ = [
+    "finite_number",
     "parse_rules",
     "Location",
     "Config",
@@ -163,6 +165,19 @@ def _limit(value: Any, where: str) -> int:
     return value
 
 
+def finite_number(value: Any, where: str) -> float:
+    """``value`` as a float, if it is a finite number (a limit of NaN would hold for any
+    model: nothing compares greater than it).
+
+    Raises:
+        GpaError: naming ``where``.
+    """
+    _expect(value, (int, float), "a number", where)
+    if not math.isfinite(value):
+        raise GpaError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
 def _layer_limits(value: Any, where: str) -> tuple[LayerLimit, ...]:
     _expect(value, dict, 'a table of patterns, e.g. {"stem.*" = {max_shortest = 4}}', where)
     limits = []
@@ -226,9 +241,7 @@ def parse_rules(table: Mapping[str, Any], where: str) -> Rules:
         no_unreachable=_expect(table["no_unreachable"], bool, "true or false", at("no_unreachable"))
         if "no_unreachable" in table
         else None,
-        max_mean_shortest=float(
-            _expect(table["max_mean_shortest"], (int, float), "a number", at("max_mean_shortest"))
-        )
+        max_mean_shortest=finite_number(table["max_mean_shortest"], at("max_mean_shortest"))
         if "max_mean_shortest" in table
         else None,
         layers=_layer_limits(table["layers"], at("layers")) if "layers" in table else (),

@@ -38,7 +38,10 @@ __all__ = ["command"]
     "--no-unreachable", is_flag=True, default=None, help="Fail if a layer receives no gradient."
 )
 @click.option(
-    "--max-mean-shortest", type=float, help="Fail if the mean shortest gradient path exceeds X."
+    "--max-mean-shortest",
+    type=float,
+    callback=lambda ctx, param, value: _finite(value),
+    help="Fail if the mean shortest gradient path exceeds X.",
 )
 @click.option(
     "--baseline",
@@ -132,3 +135,10 @@ def command(
         else:
             write(write_baseline, run.snapshots())
     ctx.exit(0 if exit_zero and run.exit_code == 1 else run.exit_code)
+
+
+def _finite(value: float | None) -> float | None:
+    """--max-mean-shortest as ``[tool.gpa]`` takes it: a finite number (NaN never fails)."""
+    from gpa.ci.config import finite_number
+
+    return None if value is None else finite_number(value, "--max-mean-shortest")

@@ -752,3 +752,13 @@ def test_a_configured_option_naming_nothing_is_an_error_naming_the_option(
     assert lines[0].startswith("ERROR types: layer_types (--layer-type): unknown module class")
     assert lines[1].startswith("ERROR leaf: leaf_modules (--leaf): 'nope.name' is not the name")
     assert "does not accept 'bogus' (given with -k or kwargs)" in lines[2]
+
+
+def test_a_limit_that_can_never_fail_is_refused() -> None:
+    """``--max-mean-shortest nan`` passed every model (nothing compares greater than NaN:
+    found by an adversarial review)."""
+    result = CliRunner().invoke(
+        main, ["check", "gpa.models:plainnet", "--max-mean-shortest", "nan"]
+    )
+    assert result.exit_code == 2
+    assert "--max-mean-shortest: expected a finite number, got nan" in result.output
