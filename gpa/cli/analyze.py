@@ -29,7 +29,8 @@ __all__ = ["command"]
 @click.option(
     "--columns",
     metavar="NAMES",
-    help="Comma-separated columns of the text table, e.g. shortest,longest,timestamps "
+    help="Comma-separated columns of the text table, in the order given, e.g. "
+    "shortest,longest,timestamps "
     "(of: type, calls, shortest, longest, timestamps, paths, params, flops, sources, "
     "segments, combos).",
 )

@@ -430,7 +430,7 @@ def test_cli_plot_profile_of_two_targets(tmp_path: Path) -> None:
         (["--kind", "histogram"], "needs --layer"),
         (["--kind", "histogram", "--layer", "nope"], "no layer 'nope'"),
         (["-o", "x.jpg"], ".png, .svg or .pdf"),
-        (["gpa.models:elan", "--kind", "sources"], "only profile overlays"),
+        (["gpa.models:elan", "--kind", "sources"], "only --kind profile overlays"),
     ],
 )
 def test_cli_plot_user_errors(tmp_path: Path, args: list[str], message: str) -> None:
