@@ -608,13 +608,19 @@ def with_tied(model: nn.Module, used: set[str]) -> set[str]:
         >>> sorted(with_tied(net, {"0"}))
         ['0', '1']
     """
+    # one walk: a parameter a module makes anew at each access (a property: peft's LoRA
+    # on nn.MultiheadAttention) has another identity at the next
+    named = [
+        (name.rpartition(".")[0], id(p))
+        for name, p in model.named_parameters(remove_duplicate=False)
+    ]
     holders: dict[int, set[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        holders.setdefault(id(p), set()).add(name.rpartition(".")[0])
+    for owner, key in named:
+        holders.setdefault(key, set()).add(owner)
     tied = set()
-    for name, p in model.named_parameters(remove_duplicate=False):
-        if len(holders[id(p)]) > 1 and name.rpartition(".")[0] in used:
-            tied |= holders[id(p)]
+    for owner, key in named:
+        if len(holders[key]) > 1 and owner in used:
+            tied |= holders[key]
     return used | tied
 
 

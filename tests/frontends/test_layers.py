@@ -7,6 +7,8 @@ helpers (``expect``, ``expect_network``, ``at`` ...) are in tests/semantics.py.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -620,3 +622,28 @@ def test_weight_computed_by_matmul_of_parameters(with_inputs):
     expect(report, "lr", {2: 1}, ("fc",), calls=1)
     expect(report, "l1", {3: 1}, ("lr",))
     expect(report, "fc", {1: 1}, (LOSS,))
+
+
+class _Fresh(dict):
+    """Parameters made anew at each walk, as peft's LoRA on ``nn.MultiheadAttention``
+    gives them (its weights are made at each access); each kept alive, so each has an
+    identity of its own."""
+
+    made: list = []
+
+    def items(self) -> Any:
+        for name, p in super().items():
+            made = nn.Parameter(p.detach())
+            self.made.append(made)
+            yield name, made
+
+
+def test_parameters_made_anew_at_each_walk_are_no_tied_ones() -> None:
+    """Two walks of the parameters met objects the first had not seen: a bare KeyError on
+    every frontend that reads tied weights (found by a new-user review with peft)."""
+    from gpa.frontends.modules import with_tied
+
+    fresh = nn.Linear(4, 4)
+    fresh._parameters = _Fresh(fresh._parameters)
+    model = nn.Sequential(fresh, nn.Linear(4, 2))
+    assert with_tied(model, {"0"}) == {"0"}
