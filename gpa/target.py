@@ -515,6 +515,13 @@ def _find_inputs(
     shape = getattr(model, "input_shape", None)
     if shape is not None and not isinstance(shape, nn.Module):
         return None, _as_shapes(shape, f"the model's input_shape attribute ({where})")
+    array = getattr(model, "example_input_array", None)  # PyTorch Lightning's convention
+    if isinstance(array, torch.Tensor) or (
+        isinstance(array, (tuple, list))
+        and array
+        and all(isinstance(a, torch.Tensor) for a in array)
+    ):
+        return _as_inputs(array, f"the model's example_input_array ({where})"), None
     return None, None
 
 

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+import gpa.api
 from gpa.cli.options import ParseError, parse_kv, parse_shape
 from gpa.errors import GpaError, TargetError
 from gpa.frontends.modules import resolve_layer_types, resolve_leaf_modules, resolve_module_class
@@ -210,6 +211,36 @@ def test_model_attribute_input_shape_is_the_fallback() -> None:
     loaded = load_target(str(DATA / "blocks.py"))
     assert loaded.input_shape == [(1, 4, 6, 6)]
     assert load_target(str(DATA / "no_inputs.py")).input_shape is None
+
+
+@pytest.mark.parametrize("array", ["torch.zeros(2, 4)", "(torch.zeros(2, 4),)"])
+def test_a_lightning_example_input_array_is_the_last_fallback(tmp_path: Path, array: str) -> None:
+    """PyTorch Lightning's modules keep their example inputs in ``example_input_array``; the
+    CLI analysed them without inputs (found by a new-user review with Lightning). By
+    hand: a -> b, shortest 2 and 1."""
+    path = write(
+        tmp_path / "lit.py",
+        f"""
+        import torch
+        from torch import nn
+
+        class Lit(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+                self.example_input_array = {array}
+
+            def forward(self, x):
+                return self.b(self.a(x))
+
+        model = Lit()
+        """,
+    )
+    loaded = load_target(str(path))
+    assert [tuple(t.shape) for t in loaded.example_inputs] == [(2, 4)]
+    report = gpa.api.analyze_target(str(path))
+    assert {n: r.shortest for n, r in report.layers.items()} == {"a": 2, "b": 1}
+    assert report.inputs[0]["shape"] == [2, 4]
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,9 @@ def command(
     model is the first of model, build_model, get_model, create_model.
 
     Inputs: --input-shape, else example_inputs or input_shape defined next to
-    the model. With none, the analyses that need no shapes still run.
+    the model, else the model's input_shape or (PyTorch Lightning's)
+    example_input_array attribute. With none, the analyses that need no shapes
+    still run.
 
     Formats: text (a table fitted to the terminal), json (the report), csv (one row
     per layer), html (one self-contained page: summary, sortable table, figures, each
