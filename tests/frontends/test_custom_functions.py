@@ -330,7 +330,7 @@ class ReversibleDecorated(torch.autograd.Function):
 
 
 #: The Function each way of writing it calls, and the name its note gives.
-FUNCTIONS = {
+REVERSIBLE_STYLES = {
     "set_up": (ReversibleSetUp, "ReversibleSetUp"),
     "set_up_shared": (ReversibleSetUpShared, "ReversibleSetUp"),  # forward's definer
     "set_up_decorated": (ReversibleDecorated, "ReversibleDecorated"),
@@ -352,14 +352,14 @@ class RevNet(nn.Module):
         h = x if self.how == "unfed" else self.a(x)
         if self.how == "plain":
             return self.head(self.blocks[0](h))
-        function = FUNCTIONS.get(self.how, (Reversible,))[0]
-        no_grad = self.how == "no_grad" or self.how in FUNCTIONS
+        function = REVERSIBLE_STYLES.get(self.how, (Reversible,))[0]
+        no_grad = self.how == "no_grad" or self.how in REVERSIBLE_STYLES
         return self.head(function.apply(h, self.blocks, no_grad))
 
 
 @pytest.mark.parametrize("tracer", ["autograd", "auto"])
 @pytest.mark.parametrize(
-    "how", ["plain", "as_run", "no_grad", "saving_blocks", "unfed", *FUNCTIONS]
+    "how", ["plain", "as_run", "no_grad", "saving_blocks", "unfed", *REVERSIBLE_STYLES]
 )
 def test_layers_a_reversible_function_recomputes_in_backward(how: str, tracer: str) -> None:
     """The layers run in the Function's forward got no gradient (autograd runs it without),
@@ -379,7 +379,7 @@ def test_layers_a_reversible_function_recomputes_in_backward(how: str, tracer: s
         expect(report, "blocks.0.g", {2: 1}, ("head",))
         expect(report, "blocks.0.f", {2: 1, 3: 1}, ("head", "blocks.0.g"))
         expect(report, "a", {2: 1, 3: 2, 4: 1}, ("head", "blocks.0.f", "blocks.0.g"))
-    name = FUNCTIONS.get(how, (None, "Reversible"))[1]
+    name = REVERSIBLE_STYLES.get(how, (None, "Reversible"))[1]
     noted = any(f"'{name}' compute with the model's weights" in n for n in report.notes)
     assert noted == (how != "plain")
     check_reachability_with_autograd(report, model, x)
