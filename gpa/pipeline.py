@@ -186,11 +186,13 @@ def _tied_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[st
     each — the paths of both records together."""
     modules = dict(model.named_modules())
     holders: dict[int, list[str]] = {}
+    kept = []  # alive while ids are compared: a parameter made anew at each access is freed
     for name in records:
         module = modules.get(name)
         # (``is not None``: a compiled module's truth asks its length, which raises)
         held = module.named_parameters(recurse=False) if module is not None else ()
         for attribute, parameter in held:
+            kept.append(parameter)
             holders.setdefault(id(parameter), []).append(f"{name}.{attribute}")
     tied = [" = ".join(names) for names in holders.values() if len(names) > 1]
     if not tied:

@@ -309,10 +309,16 @@ def _carries_hooks_of_its_own(module: nn.Module) -> bool:
     """Whether ``module`` carries forward hooks or pre-hooks of the model's own: not
     torch's (spectral norm's pre-hook computes the weight the module then reads, as every
     frontend runs it) nor gpa's (another analysis's, in another thread) — nor a forward
-    hook that only marks the output of a module with weights as requiring gradient
-    (:func:`_marks_gradient_only`), which that output does anyway (§3). On a module
-    without weights such a mark is what gives its output gradient: it counts."""
-    weighted = any(p.is_floating_point() or p.is_complex() for p in module.parameters())
+    hook that only marks the output of a torch.nn module with weights as requiring
+    gradient (:func:`_marks_gradient_only`), which that output does anyway (§3). On a
+    module without weights, or whose own forward may switch gradient off, such a mark is
+    what gives its output gradient: it counts."""
+    # torch's own forward (nn.Embedding's: Hugging Face's input embeddings) runs with
+    # gradient: its output carries it whenever the model's code does not switch it off
+    torch_forward = str(getattr(type(module).forward, "__module__", "")).startswith("torch.nn")
+    weighted = torch_forward and any(
+        p.is_floating_point() or p.is_complex() for p in module.parameters()
+    )
     hooks = [
         *((h, weighted) for h in module._forward_hooks.values()),
         *((h, False) for h in module._forward_pre_hooks.values()),
@@ -608,19 +614,16 @@ def with_tied(model: nn.Module, used: set[str]) -> set[str]:
         >>> sorted(with_tied(net, {"0"}))
         ['0', '1']
     """
-    # one walk: a parameter a module makes anew at each access (a property: peft's LoRA
-    # on nn.MultiheadAttention) has another identity at the next
-    named = [
-        (name.rpartition(".")[0], id(p))
-        for name, p in model.named_parameters(remove_duplicate=False)
-    ]
+    # one walk, its parameters kept alive: one a module makes anew at each access (peft's
+    # LoRA on nn.MultiheadAttention) has another identity at the next, or a freed one's
+    named = list(model.named_parameters(remove_duplicate=False))
     holders: dict[int, set[str]] = {}
-    for owner, key in named:
-        holders.setdefault(key, set()).add(owner)
+    for name, p in named:
+        holders.setdefault(id(p), set()).add(name.rpartition(".")[0])
     tied = set()
-    for owner, key in named:
-        if len(holders[key]) > 1 and owner in used:
-            tied |= holders[key]
+    for name, p in named:
+        if len(holders[id(p)]) > 1 and name.rpartition(".")[0] in used:
+            tied |= holders[id(p)]
     return used | tied
 
 

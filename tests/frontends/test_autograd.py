@@ -743,6 +743,29 @@ def test_a_run_on_the_meta_device_leaves_nothing_for_the_run_on_real_inputs() ->
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
 
 
+class _NoGradLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return super().forward(x)
+
+
+def test_a_marking_hook_on_a_layer_whose_forward_may_switch_gradient_off_counts() -> None:
+    """The mark gives gradient to an output its module's own forward computed without it
+    (found by an adversarial review: fx read such a layer as reachable): accepted on
+    torch.nn's own forwards alone."""
+    model, x = Hooked(), torch.randn(2, 4)
+    model.b._forward_hooks.clear()
+    model.a = _NoGradLinear(4, 4)
+    model.a.register_forward_hook(_marking)
+    for tracer in ("fx", "export"):
+        with pytest.raises(TraceError, match="'a' carry forward hooks"):
+            gpa.analyze(model, (x,), tracer=tracer)
+    report = gpa.analyze(model, (x,))
+    assert report.tracer == "autograd"
+    assert not report.layers["a"].reachable
+    check_reachability_with_autograd(report, model, x)
+
+
 def test_a_marking_hook_on_a_module_without_weights_counts() -> None:
     """On a module without weights the mark is what gives its output gradient (an input
     stage before a re-entrant checkpoint: found by an adversarial review), so fx and

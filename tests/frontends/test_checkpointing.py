@@ -320,3 +320,35 @@ def _quiet() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "None of the inputs have requires_grad", UserWarning)
         yield
+
+
+class _NoGradStem(nn.Module):
+    """The stem run under ``no_grad`` (a frozen feature extractor), then a re-entrant
+    checkpoint of b1: given nothing that requires gradient, it passes none on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.b1 = nn.Sequential(conv(), nn.ReLU(), conv())
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            h = self.stem(x)
+        return self.fc(run_block(self.b1, h, "reentrant").mean((2, 3)))
+
+
+@EVERY_TRACER
+def test_a_checkpoint_given_a_layer_run_without_gradient_is_unfed(tracer: str) -> None:
+    """fx took the stem's result for one requiring gradient because the stem has weights
+    (found by an adversarial review); by hand and by a real backward: fc 1, the stem and
+    b1 unreachable, noted."""
+    model = _NoGradStem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "None of the inputs have requires_grad"
+        report = gpa.analyze(model, input_shape=IMG, tracer=tracer)
+        check_reachability_with_autograd(report, model, torch.randn(IMG))
+    expect(report, "fc", {1: 1}, (LOSS,))
+    for name in ("stem", "b1.0", "b1.2"):
+        expect_unreachable(report, name)
+    assert any(UNFED in n for n in report.notes)

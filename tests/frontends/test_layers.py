@@ -638,6 +638,23 @@ class _Fresh(dict):
             yield name, made
 
 
+class _WithUnused(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.unused = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x)
+
+
+class _Freed(dict):
+    """Parameters made anew at each walk and dropped at once (their identities reused)."""
+
+    def items(self) -> Any:
+        for name, p in super().items():
+            yield name, nn.Parameter(p.detach())
+
+
 def test_parameters_made_anew_at_each_walk_are_no_tied_ones() -> None:
     """Two walks of the parameters met objects the first had not seen: a bare KeyError on
     every frontend that reads tied weights (found by a new-user review with peft)."""
@@ -647,3 +664,13 @@ def test_parameters_made_anew_at_each_walk_are_no_tied_ones() -> None:
     fresh._parameters = _Fresh(fresh._parameters)
     model = nn.Sequential(fresh, nn.Linear(4, 2))
     assert with_tied(model, {"0"}) == {"0"}
+    # freed at once, a new one takes an old one's identity: no tie either (an adversarial
+    # review: the unused layer vanished from the report, tied to a called one)
+    _Fresh.made.clear()
+    model = _WithUnused()
+    for layer in (model.a, model.unused):
+        layer._parameters = _Freed(layer._parameters)
+    assert with_tied(model, {"a"}) == {"a"}
+    report = gpa.analyze(model, input_shape=(2, 4), tracer="autograd")
+    assert not report.layers["unused"].reachable
+    assert not [n for n in report.notes if "tied" in n]

@@ -810,7 +810,15 @@ class ReadsTheObject(nn.Module):
         return out.y + self.c(out.feats)
 
 
-@pytest.mark.parametrize("kind", [_Out, _DataOut], ids=["object", "dataclass"])
+@dataclasses.dataclass(slots=True)
+class _SlotsOut:
+    y: torch.Tensor
+    feats: torch.Tensor
+
+
+@pytest.mark.parametrize(
+    "kind", [_Out, _DataOut, _SlotsOut], ids=["object", "dataclass", "slots-dataclass"]
+)
 def test_a_leaf_returning_an_object_pytree_does_not_know_is_refused_by_fx(kind: type) -> None:
     # fx saw no tensor in the object: a and h unreachable, in silence (found by an
     # adversarial review); export and autograd follow the attributes

@@ -74,6 +74,8 @@ def _from_parameters(gm: fx.GraphModule, cut: set[fx.Node]) -> set[fx.Node]:
         elif (
             node.op == "call_module"
             and any(differentiable(p) for p in gm.get_submodule(node.target).parameters())
+            # (run under no_grad, a layer's result carries no gradient: the flow pass knows)
+            and (flow is None or flow.value is None or flow.value.requires_grad)
             or flow is not None
             and any(m in found for m in flow.grad_from)
         ):

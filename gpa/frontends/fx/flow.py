@@ -1113,10 +1113,12 @@ def _refuse_hidden_tensors(n: fx.Node, result: Any, fetch_attr: Callable[[str], 
     would be lost in silence. Export and autograd follow them; fx refuses (auto moves on)."""
     if n.op not in ("call_module", "call_function") or _tensors_in(result):
         return
-    held = getattr(result, "__dict__", None)
-    if not isinstance(held, dict) or isinstance(result, (nn.Module, type)):
+    if isinstance(result, (nn.Module, type)):
         return
-    if any(_tensors_in(v) for v in held.values()):
+    held = list(getattr(result, "__dict__", {}).values())
+    slots = (s for c in type(result).__mro__ for s in getattr(c, "__slots__", ()))
+    held += [getattr(result, s, None) for s in slots if isinstance(s, str)]
+    if any(_tensors_in(v) for v in held):
         raise TraceError(
             f"{_called(n, fetch_attr)} returns an object of class {type(result).__name__} "
             "holding tensors as attributes, which fx's graph cannot follow into (register "
