@@ -213,7 +213,7 @@ class _ParameterUse(TorchFunctionMode):
         self.data_nodes: set[int] = set()
         self.checkpointed = False  # a re-entrant checkpoint ran its function without gradient
         # custom autograd Functions whose forward (run without gradient) reads parameters
-        self.weight_functions: dict[str, None] = {}
+        self.weight_functions: dict[type, None] = {}
         # where forward first turned data into a Python value (a branch, a loop, an index)
         self.data_branch: str | None = None
         # id() of the autograd nodes of elements picked by an index computed from data

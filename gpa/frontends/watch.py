@@ -94,27 +94,27 @@ def in_reentrant_checkpoint() -> bool:
     return False
 
 
-def in_function_forward() -> list[str]:
-    """The names of the custom autograd Functions whose ``forward`` the caller runs inside,
-    innermost first (autograd runs them without gradient; their backward alone sends
-    gradient on).
+def in_function_forward() -> list[type]:
+    """The custom autograd Functions (classes: two may share a name) whose ``forward`` the
+    caller runs inside, innermost first (autograd runs them without gradient; their
+    backward alone sends gradient on).
 
     Example:
         >>> in_function_forward()
         []
     """
-    names = []
+    found = []
     frame = sys._getframe(1)
     while frame is not None:
-        name = _function_forward(frame)
-        if name is not None:
-            names.append(name)
+        function = _function_forward(frame)
+        if function is not None:
+            found.append(function)
         frame = frame.f_back  # type: ignore[assignment]
-    return names
+    return found
 
 
-def _function_forward(frame: FrameType) -> str | None:
-    """The Function's name if ``frame`` runs a custom autograd Function's ``forward``,
+def _function_forward(frame: FrameType) -> type | None:
+    """The Function (its class) if ``frame`` runs a custom autograd Function's ``forward``,
     else None: one given its ``ctx`` (the node backward runs, of class
     ``<Name>Backward``), or one of torch's newer style, given none (``setup_context``
     fills it afterwards), which ``Function.apply`` calls. A checkpoint's is
@@ -124,13 +124,13 @@ def _function_forward(frame: FrameType) -> str | None:
         return None
     ctx = frame.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
     if isinstance(ctx, BackwardCFunction):
-        return type(ctx).__name__.removesuffix("Backward")
+        return getattr(type(ctx), "_forward_cls", None)
     method = _set_up_method(code)
     return method[1] if method is not None and method[0] == "forward" else None
 
 
-def _set_up_method(code: types.CodeType) -> tuple[str, str] | None:
-    """("forward" or "setup_context", the Function's name) if ``code`` is that method of a
+def _set_up_method(code: types.CodeType) -> tuple[str, type] | None:
+    """("forward" or "setup_context", the Function) if ``code`` is that method of a
     custom autograd Function of torch's newer style (``forward`` given no ``ctx``,
     ``setup_context`` given it afterwards), else None. ``Function.apply`` runs both from
     C++ (torch 2.14), so the Function is known by its methods' code."""
@@ -142,13 +142,13 @@ def _set_up_method(code: types.CodeType) -> tuple[str, str] | None:
 
 # The code of newer-style Functions' forward and setup_context (see _set_up_method), and
 # of other functions so named that were met (None).
-_SET_UP_METHODS: dict[types.CodeType, tuple[str, str] | None] = {}
+_SET_UP_METHODS: dict[types.CodeType, tuple[str, type] | None] = {}
 
 
-def _set_up_methods() -> Iterator[tuple[types.CodeType, tuple[str, str]]]:
+def _set_up_methods() -> Iterator[tuple[types.CodeType, tuple[str, type]]]:
     """Every newer-style Function's forward and setup_context code (a decorated one's
-    inner function's, which its frame runs), with its role and the name of the Function
-    defining it (a subclass sharing it names it no other way)."""
+    inner function's, which its frame runs), with its role and the Function defining it
+    (a subclass sharing it is known by it)."""
     stack = Function.__subclasses__()
     while stack:
         cls = stack.pop()
@@ -159,13 +159,13 @@ def _set_up_methods() -> Iterator[tuple[types.CodeType, tuple[str, str]]]:
             method = cls.__dict__.get(role)  # (defined here: inherited ones by their class)
             code = getattr(inspect.unwrap(getattr(method, "__func__", method)), "__code__", None)
             if code is not None:
-                yield code, (role, cls.__name__)
+                yield code, (role, cls)
 
 
-def recomputed_function_note(names: Iterable[str]) -> str:
+def recomputed_function_note(functions: Iterable[type]) -> str:
     """The note of a run that read custom autograd Functions calling layers in their
     ``forward`` as their backward recomputes them (``docs/semantics.md`` §1.7)."""
-    which = ", ".join(f"'{n}'" for n in names)
+    which = ", ".join(f"'{f.__name__}'" for f in functions)
     return (
         f"the custom autograd Function(s) {which} compute with the model's weights in "
         "forward, which autograd runs without gradient: gradient reaches those weights only "
@@ -241,7 +241,7 @@ def unfed_checkpoint_note(count: int) -> str:
 
 class Checkpoints(CallWatch):
     """Within the block, activation checkpoints leave every operation the grad mode it
-    has without them; so do the custom autograd Functions named in ``functions`` (whose
+    has without them; so do the custom autograd Functions in ``functions`` (whose
     ``forward`` computes with the model's weights: reversible layers), read as their
     backward recomputes them.
 
@@ -264,7 +264,7 @@ class Checkpoints(CallWatch):
             outputs it returned (tensors, or fx proxies while fx traces).
     """
 
-    def __init__(self, functions: Iterable[str] = ()) -> None:
+    def __init__(self, functions: Iterable[type] = ()) -> None:
         super().__init__()
         self.results: list[tuple[Any, list[tuple[Any, int] | None]]] = []
         self.boundaries: list[tuple[tuple, tuple]] = []

@@ -442,3 +442,57 @@ def test_a_recomputing_function_switching_gradient_off_or_nesting_another(how: s
     expect(report, "w1", {3: 1}, ("w2",))
     expect(report, "a", {4: 1}, ("w1",))
     check_reachability_with_autograd(report, model, x)
+
+
+def _adding() -> type:
+    class Fn(torch.autograd.Function):  # a sum whose forward detaches, its backward not
+        @staticmethod
+        def forward(x, y):  # noqa: ANN001, ANN205
+            return x.detach() + y
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+            pass
+
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ANN001, ANN205
+            return grad, grad
+
+    return Fn
+
+
+def _recomputing() -> type:
+    class Fn(ReversibleSetUp):  # the same name as the other, computing with weights
+        pass
+
+    return Fn
+
+
+class TwoNamedAlike(nn.Module):
+    """a, b -> Adding (named Fn) -> Recomputing (named Fn, runs a coupling) -> head."""
+
+    adding, recomputing = _adding(), _recomputing()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.blocks = nn.ModuleList([Coupling()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.adding.apply(self.a(x), self.b(x))
+        return self.head(self.recomputing.apply(h, self.blocks, True))
+
+
+def test_functions_named_alike_are_told_apart() -> None:
+    """The watch went by name: the sum, named as the recomputing Function, was read as
+    recomputing too, and its detach cut a off (found by an adversarial review). By hand
+    (each Function as its backward: the sum sends to both; the coupling as in
+    :func:`test_layers_a_reversible_function_recomputes_in_backward`): a and b each as
+    that test's a; a real backward reaches every layer."""
+    model, x = TwoNamedAlike(), torch.randn(3, 4)
+    report = gpa.analyze(model, (x,), tracer="autograd")
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "blocks.0.g", {2: 1}, ("head",))
+    for name in ("a", "b"):
+        expect(report, name, {2: 1, 3: 2, 4: 1}, ("head", "blocks.0.f", "blocks.0.g"))
+    check_reachability_with_autograd(report, model, x)
