@@ -515,7 +515,10 @@ def _find_inputs(
     shape = getattr(model, "input_shape", None)
     if shape is not None and not isinstance(shape, nn.Module):
         return None, _as_shapes(shape, f"the model's input_shape attribute ({where})")
-    array = getattr(model, "example_input_array", None)  # PyTorch Lightning's convention
+    try:  # PyTorch Lightning's convention (a property: it may raise)
+        array = getattr(model, "example_input_array", None)
+    except Exception:
+        array = None
     if isinstance(array, torch.Tensor) or (
         isinstance(array, (tuple, list))
         and array

@@ -557,3 +557,23 @@ def test_labels_keep_the_settings(tmp_path) -> None:
     target = f"{tmp_path / 'factory.py'}:create"
     assert load_target(target, {"model_name": "wide"}).name == f"{target} (wide)"
     assert load_target(target).name == target  # no settings: the target names it
+
+
+def test_an_example_input_array_that_raises_is_no_input(tmp_path: Path) -> None:
+    """Lightning's property raises when nothing was set: an internal error before (found
+    by an adversarial review); the model is loaded without inputs."""
+    path = write(
+        tmp_path / "lit.py",
+        """
+        from torch import nn
+
+        class Lit(nn.Linear):
+            @property
+            def example_input_array(self):
+                raise RuntimeError("not set")
+
+        model = Lit(4, 2)
+        """,
+    )
+    loaded = load_target(str(path))
+    assert loaded.example_inputs is None and loaded.input_shape is None

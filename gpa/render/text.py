@@ -427,7 +427,9 @@ def format_table(
     else:
         rows = [_cells(r) for r in report.layers.values()]
         # the columns asked for, in the order asked (those the report has)
-        chosen = available if columns is None else [c for c in columns if c in available]
+        chosen = (
+            available if columns is None else [c for c in dict.fromkeys(columns) if c in available]
+        )
         keys = ["layer", *(chosen if wide else fit_columns(rows, chosen, width))]
         note = None
         if columns is None and len(keys) - 1 < len(chosen):

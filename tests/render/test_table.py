@@ -74,6 +74,8 @@ def test_columns_picks_them_in_order(report: gpa.Report) -> None:
     # kept before: found by a review of every surface)
     text = format_table(report, width=80, columns=["longest", "shortest"])
     assert _rows(text)[0].split() == ["layer", "longest", "shortest"]
+    twice = format_table(report, width=80, columns=["longest", "shortest", "longest"])
+    assert _rows(twice)[0].split() == ["layer", "longest", "shortest"]
     with pytest.raises(ValueError, match="unknown column"):
         format_table(report, columns=["nope"])
 
