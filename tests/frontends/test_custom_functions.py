@@ -275,16 +275,20 @@ class Reversible(torch.autograd.Function):
         return x.grad, None, None
 
 
+def _run_blocks(x: torch.Tensor, blocks: nn.ModuleList, no_grad: bool) -> torch.Tensor:
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
+        for block in blocks:
+            x = block(x)
+    return x
+
+
 class ReversibleSetUp(torch.autograd.Function):
     """:class:`Reversible` written in torch's newer style: ``forward`` takes no ``ctx``,
     ``setup_context`` fills it afterwards."""
 
     @staticmethod
     def forward(x, blocks, no_grad):  # noqa: ANN001, ANN205
-        with torch.no_grad() if no_grad else contextlib.nullcontext():
-            for block in blocks:
-                x = block(x)
-        return x
+        return _run_blocks(x, blocks, no_grad)
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
@@ -320,10 +324,7 @@ class ReversibleDecorated(torch.autograd.Function):
     @staticmethod
     @_passed_on
     def forward(x, blocks, no_grad):  # noqa: ANN001, ANN205
-        with torch.no_grad() if no_grad else contextlib.nullcontext():
-            for block in blocks:
-                x = block(x)
-        return x
+        return _run_blocks(x, blocks, no_grad)
 
     setup_context = staticmethod(ReversibleSetUp.setup_context)
     backward = Reversible.backward
