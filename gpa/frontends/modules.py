@@ -313,21 +313,25 @@ def _carries_hooks_of_its_own(module: nn.Module) -> bool:
     gradient (:func:`_marks_gradient_only`), which that output does anyway (§3). On a
     module without weights, or whose own forward may switch gradient off, such a mark is
     what gives its output gradient: it counts."""
-    # torch's own forward (nn.Embedding's: Hugging Face's input embeddings) runs with
-    # gradient: its output carries it whenever the model's code does not switch it off
-    torch_forward = str(getattr(type(module).forward, "__module__", "")).startswith("torch.nn")
-    weighted = torch_forward and any(
-        p.is_floating_point() or p.is_complex() for p in module.parameters()
-    )
     hooks = [
-        *((h, weighted) for h in module._forward_hooks.values()),
+        *((h, True) for h in module._forward_hooks.values()),
         *((h, False) for h in module._forward_pre_hooks.values()),
     ]
     return any(
         str(getattr(hook, "__module__", "")).split(".")[0] not in ("torch", "gpa")
-        and not (marking_counts_not and _marks_gradient_only(hook))
-        for hook, marking_counts_not in hooks
+        and not (forward and _marks_gradient_only(hook) and _torch_layer(module))
+        for hook, forward in hooks
     )
+
+
+def _torch_layer(module: nn.Module) -> bool:
+    """Whether ``module`` has weights and torch.nn's own forward (nn.Embedding's: Hugging
+    Face's input embeddings), which runs with gradient: its output carries it whenever the
+    model's code does not switch it off. (A scripted module's forward is no function.)"""
+    forward = inspect.getattr_static(type(module), "forward", None)
+    if not str(getattr(forward, "__module__", "")).startswith("torch.nn"):
+        return False
+    return any(p.is_floating_point() or p.is_complex() for p in module.parameters())
 
 
 # What a function's bytecode holds besides its operations (Python 3.11's bookkeeping).
