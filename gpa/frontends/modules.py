@@ -486,6 +486,7 @@ _CONTAINERS = (
     collections.deque,
 )
 _DEPTH = 3
+_NESTED = (*_CONTAINERS, tuple)
 
 
 def _containers(module: nn.Module) -> list[tuple[Any, Any]]:
@@ -496,25 +497,31 @@ def _containers(module: nn.Module) -> list[tuple[Any, Any]]:
     flag; with the flag restored and the hooks left, the next call installs them twice)."""
     found: list[tuple[Any, Any]] = []
     seen: set[int] = set()
-
-    def visit(value: Any, depth: int) -> None:
-        if id(value) in seen or isinstance(value, (nn.Module, torch.Tensor)):
-            return
+    # only containers are looked into: a module has a dozen (hooks, parameters, children),
+    # each entry a tensor or a module mostly, and every frontend call takes this walk
+    stack = [(value, 1) for value in module.__dict__.values() if _nested(value)]
+    while stack:
+        value, depth = stack.pop()
+        if id(value) in seen:
+            continue
         seen.add(id(value))
         if type(value) in _CONTAINERS:
             found.append((value, value.copy()))
-        if depth < _DEPTH and isinstance(value, (*_CONTAINERS, tuple)):
-            inner = value.values() if isinstance(value, dict) else value
-            for item in list(inner):
-                visit(item, depth + 1)
-
-    for value in module.__dict__.values():
-        visit(value, 1)
+        if value and depth < _DEPTH:
+            for item in value.values() if isinstance(value, dict) else value:
+                if _nested(item):
+                    stack.append((item, depth + 1))
     return found
+
+
+def _nested(value: Any) -> bool:
+    return isinstance(value, _NESTED) and not isinstance(value, (nn.Module, torch.Tensor))
 
 
 def _restore(now: Any, held: Any) -> None:
     """Put the entries ``held`` back into the container ``now``, where they differ."""
+    if not now and not held:  # most: a module's hooks
+        return
     if isinstance(now, dict):
         if not same_entries(now, held):
             now.clear()
