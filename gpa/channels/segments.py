@@ -298,6 +298,11 @@ def _alike_runs(
     return same[channels], following[channels]
 
 
+def _unchanged(rows: np.ndarray) -> np.ndarray:
+    """Per row, whether each entry but the first equals the one before it."""
+    return rows[..., 1:] == rows[..., :-1]
+
+
 def _runs(positions: np.ndarray) -> list[tuple[int, int]]:
     """Maximal [start, stop) runs of consecutive positions."""
     cuts = np.flatnonzero(np.diff(positions) != 1) + 1
@@ -334,6 +339,8 @@ class _Segmenter:
         self.routing = routing
         self._nodes: dict[tuple[str, int, int], tuple[SegmentNode, ...]] = {}
         self._segment_of: dict[str, np.ndarray] = {}
+        self._joined: dict[str, tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]] = {}
+        self._heads: dict[str, np.ndarray] = {}  # per segment, the first of its run
         alike: dict[tuple, tuple[np.ndarray, ...]] = {}
         self.arrivals = {
             c: _arrivals(routing, c, routing.out_channels.get(c, 0), alike) for c in calls
@@ -365,7 +372,7 @@ class _Segmenter:
         """
         if count == 1:
             return np.zeros(1, dtype=np.int64)
-        kinds = np.stack([self.kinds(a) for a in arrivals]) if arrivals else None
+        kinds = self.kinds(arrivals) if arrivals else None
         cut = np.zeros(count, dtype=bool)
         cut[0] = True
         if kinds is None:
@@ -375,34 +382,43 @@ class _Segmenter:
             cut |= _one_way(cut, kinds)
         return np.flatnonzero(cut)
 
-    def kinds(self, a: _Arrival) -> np.ndarray:
-        """For each pair of neighbouring channels: how ``a``'s consumer sees them."""
-        placed = a.count > 0
-        block = placed & (a.last - a.first + 1 == a.count)
-        both = block[1:] & block[:-1] & (a.count[1:] == a.count[:-1])
-        step = a.first[1:] - a.first[:-1]
-        tiled = both & (step == a.count[1:])
+    def kinds(self, arrivals: list[_Arrival]) -> np.ndarray:
+        """For each arrival (a row) and pair of neighbouring channels: how its consumer sees
+        them. Every arrival at once: a layer of a residual stream has dozens."""
+        count, first, last, mixed, present = (
+            np.stack([getattr(a, field) for a in arrivals])
+            for field in ("count", "first", "last", "mixed", "present")
+        )
+        placed = count > 0
+        block = placed & (last - first + 1 == count)
+        both = block[:, 1:] & block[:, :-1] & _unchanged(count)
+        step = first[:, 1:] - first[:, :-1]
+        tiled = both & (step == count[:, 1:])
         same = both & (step == 0)
-        scattered = np.flatnonzero(placed[1:] & placed[:-1] & ~(block[1:] & block[:-1])) + 1
-        width = self.group_width(a.consumer)
-        inside = None
-        if width is not None:
-            one_group = placed & (a.first // width == a.last // width)
-            inside = (
-                one_group[1:] & one_group[:-1] & (a.first[1:] // width == a.first[:-1] // width)
+        widths = [self.group_width(a.consumer) for a in arrivals]
+        rows = [k for k, width in enumerate(widths) if width is not None]
+        inside = np.zeros_like(tiled)
+        if rows:
+            width = np.array([widths[k] for k in rows])[:, None]
+            low, high = first[rows] // width, last[rows] // width
+            one_group = placed[rows] & (low == high)
+            inside[rows] = one_group[:, 1:] & one_group[:, :-1] & _unchanged(low)
+            tiled[rows] &= inside[rows]
+        # run by run; of a grouped consumer, each in its partner's group
+        scattered = placed[:, 1:] & placed[:, :-1] & ~(block[:, 1:] & block[:, :-1])
+        for k in np.flatnonzero(scattered.any(axis=1)).tolist():
+            channels = np.flatnonzero(scattered[k]) + 1
+            same[k, channels - 1], tiled[k, channels - 1] = _alike_runs(
+                arrivals[k], channels, widths[k]
             )
-            tiled &= inside
-        if len(scattered):  # run by run; of a grouped consumer, each in its partner's group
-            same[scattered - 1], tiled[scattered - 1] = _alike_runs(a, scattered, width)
-        kinds = np.full(len(step), _CUT, dtype=np.int8)
+        kinds = np.full(step.shape, _CUT, dtype=np.int8)
         kinds[tiled] = _NEXT
         kinds[same] = _SAME
-        if inside is not None:
-            # every input channel of a group receives the same gradient (all the group's
-            # output channels): channels anywhere in one group are alike, even after a
-            # shuffle scattered them (docs/semantics.md §8)
-            kinds[inside & ~a.mixed[1:] & ~a.mixed[:-1]] = _GROUP
-        neutral = (a.mixed[1:] & a.mixed[:-1]) | (~a.present[1:] & ~a.present[:-1])
+        # every input channel of a group receives the same gradient (all the group's
+        # output channels): channels anywhere in one group are alike, even after a
+        # shuffle scattered them (docs/semantics.md §8)
+        kinds[inside & ~mixed[:, 1:] & ~mixed[:, :-1]] = _GROUP
+        neutral = (mixed[:, 1:] & mixed[:, :-1]) | (~present[:, 1:] & ~present[:, :-1])
         kinds[neutral] = _NEUTRAL
         return kinds
 
@@ -458,36 +474,56 @@ class _Segmenter:
 
         Segment i joins segment i - 1 when both are one channel wide and every consumer
         sees them alike but for a shift: both nowhere, both everywhere (mixed), or each at
-        one run of input channels of one length (in groups reaching the same sender
-        segments) — and, where segment i - 1 joined segment i - 2, by the same shifts as
-        from i - 2 to i - 1: a run moves by one shift throughout.
+        one run of input channels of one length — in groups reaching the same sender
+        segments, or sender segments moved by one shift within one run of the sender's
+        (found already: the sender's runs are found first, see :func:`call_segments`;
+        a run's segments have alike paths, so the moved ones deliver at the same rounds)
+        — and, where segment i - 1 joined segment i - 2, by the same shifts as from i - 2
+        to i - 1: a run moves by one shift throughout.
         """
+        found = self._joined.get(call)
+        if found is None:
+            found = self._joined[call] = self._join(call)
+            heads = np.where(found[0], 0, np.arange(len(found[0])))
+            self._heads[call] = np.maximum.accumulate(heads) if len(heads) else heads
+        return found
+
+    def _join(self, call: str) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
         bounds = self.bounds[call]
         count = len(bounds)
         starts = np.array([lo for lo, _ in bounds], dtype=np.int64)
         wide = np.diff(np.r_[starts, bounds[-1][1] if bounds else 0]) != 1
         joined = np.zeros(count, dtype=bool)
         joined[1:] = ~wide[1:] & ~wide[:-1]
+        arrivals = self.arrivals[call]
+        if not arrivals or not joined.any():  # no run (most calls): the shifts are not needed
+            return joined, []
+        # every arrival at once, a row each (a layer of a residual stream has dozens)
+        first, last, mixed, present, placed = (
+            np.stack([getattr(a, field)[starts] for a in arrivals])
+            for field in ("first", "last", "mixed", "present", "count")
+        )
+        block = present & ~mixed & (last - first + 1 == placed)
+        kind = np.where(block, 2, np.where(mixed, 1, np.where(present, 3, 0)))
+        lo, top = np.where(block, first, 0), np.where(block, last, 0)
+        joined[1:] &= ((kind[:, 1:] == kind[:, :-1]) & (kind[:, 1:] != 3)).all(axis=0)
+        joined[1:] &= _unchanged(top - lo).all(axis=0)
+        step, group_step = np.diff(lo, axis=1, prepend=lo[:, :1]), np.zeros_like(lo)
         moved = np.zeros(count, dtype=bool)  # shifts unlike those from i - 2 to i - 1
-        shifts: list[tuple[np.ndarray, np.ndarray]] = []
-        for a in self.arrivals[call]:
-            if not joined.any():  # no run (most calls): the shifts are not needed
-                return joined, []
-            first, last, mixed = a.first[starts], a.last[starts], a.mixed[starts]
-            block = a.present[starts] & ~mixed & (last - first + 1 == a.count[starts])
-            kind = np.where(block, 2, np.where(mixed, 1, np.where(a.present[starts], 3, 0)))
-            lo, top = np.where(block, first, 0), np.where(block, last, 0)
-            joined[1:] &= (kind[1:] == kind[:-1]) & (kind[1:] != 3)
-            joined[1:] &= (top - lo)[1:] == (top - lo)[:-1]
-            step, group_step = np.r_[0, np.diff(lo)], np.zeros(count, dtype=np.int64)
-            width = self.group_width(a.consumer)
-            if width is not None:
-                low, high = lo // width, top // width
-                group_step = np.r_[0, np.diff(low)]
-                ends = self.node_ends(a.consumer, low, high)
-                joined[1:] &= ((high - low)[1:] == (high - low)[:-1]) & ~np.diff(ends).any(axis=0)
-            moved[2:] |= (np.diff(step)[1:] != 0) | (np.diff(group_step)[1:] != 0)
-            shifts.append((step, group_step))
+        grouped = [(k, w) for k, a in enumerate(arrivals) if (w := self.group_width(a.consumer))]
+        if grouped:
+            rows = [k for k, _ in grouped]
+            width = np.array([w for _, w in grouped])[:, None]
+            low, high = lo[rows] // width, top[rows] // width
+            group_step[rows] = np.diff(low, axis=1, prepend=low[:, :1])
+            ends, runs = self._sender_ends([arrivals[k].consumer for k in rows], low, high)
+            node_step = np.diff(ends, axis=2)
+            # the same sender segments, or ones moved alike within one run of the sender's
+            alike = (node_step[0] == node_step[1]) & _unchanged(runs).all(axis=0)
+            joined[1:] &= (_unchanged(high - low) & alike).all(axis=0)
+            moved[2:] |= (np.diff(node_step[0], axis=1) != 0).any(axis=0)
+        moved[2:] |= (np.diff(step, axis=1)[:, 1:] != 0).any(axis=0)
+        moved[2:] |= (np.diff(group_step, axis=1)[:, 1:] != 0).any(axis=0)
         # a shift unlike the one before starts a new run, unless segment i - 1 started one
         # (in order: whether i - 1 started one depends on i - 2)
         started = set()
@@ -495,7 +531,26 @@ class _Segmenter:
             if i + 1 not in started:
                 started.add(i + 2)
         joined[list(started)] = False
-        return joined, shifts
+        return joined, list(zip(step, group_step, strict=True))
+
+    def _sender_ends(
+        self, consumers: list[Consumer], low: np.ndarray, high: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """For grouped consumers (a row each) and their groups ``low`` to ``high`` per
+        segment: the first and last sender segments they reach (:meth:`node_ends`), shape
+        (2, consumers, segments), and the run each of those is in (its first segment; a
+        sender whose runs are not known yet: the segment itself, so only the same
+        segments count as alike)."""
+        ends = np.stack(
+            [self.node_ends(c, lo, hi) for c, lo, hi in zip(consumers, low, high, strict=True)],
+            axis=1,
+        )
+        runs = ends.copy()
+        for k, c in enumerate(consumers):
+            heads = self._heads.get(c.call)
+            if heads is not None and len(heads):
+                runs[:, k] = heads[ends[:, k]]
+        return ends, runs
 
     def nodes(
         self, consumer: Consumer
@@ -614,6 +669,8 @@ def call_segments(
         (See this module's docstring for an example.)
     """
     segmenter = _Segmenter(routing, calls)
+    for call in reversed(segmenter.bounds):  # a call's runs may follow its consumers' runs
+        segmenter.joined(call)
     received: dict[tuple[str, int], list[_Part]] = {}
     runs: dict[str, dict[int, _Run]] = {}
     for call in segmenter.bounds:
