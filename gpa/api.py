@@ -6,14 +6,16 @@ Both build an :class:`~gpa.options.AnalysisOptions` and hand it to the one pipel
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from gpa.core.report import Report
-from gpa.options import AnalysisOptions
+from gpa.errors import GpaError
+from gpa.frontends.inputs import bind_inputs, forward_parameters
+from gpa.options import AnalysisOptions, option_names
 from gpa.pipeline import analyze_model
 from gpa.target import load_target
 
@@ -22,7 +24,7 @@ __all__ = ["analyze", "analyze_target"]
 
 def analyze(
     model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[Any] | None = None,
+    example_inputs: torch.Tensor | Sequence[Any] | Mapping[str, Any] | None = None,
     *,
     name: str | None = None,
     progress: Callable[[str], None] | None = None,
@@ -32,9 +34,11 @@ def analyze(
 
     Args:
         model: any ``nn.Module`` (it may live on the meta device).
-        example_inputs: a tensor or a tuple of forward's positional arguments;
-            only their shapes and dtypes are used (the autograd tracer runs the model
-            on them, on the meta device when it can).
+        example_inputs: a tensor or a tuple of forward's positional arguments, or a
+            dict of them by name (a Hugging Face ``BatchEncoding``: the arguments left
+            out before the last one named take their defaults; an argument forward takes
+            only by keyword cannot be given); only their shapes and dtypes are used (the
+            autograd tracer runs the model on them, on the meta device when it can).
         name: display name of the model in the report.
         progress: called with the name of each phase as it starts (the CLI shows
             them on a terminal).
@@ -80,8 +84,23 @@ def analyze(
         >>> [(r.name, r.shortest) for r in report.layers.values()]
         [('0', 2), ('3', 1)]
     """
-    chosen = AnalysisOptions.of(example_inputs=example_inputs, **options)
+    _refuse_forward_arguments(model, options)
+    chosen = AnalysisOptions.of(example_inputs=bind_inputs(model, example_inputs), **options)
     return analyze_model(model, chosen, name=name, progress=progress)
+
+
+def _refuse_forward_arguments(model: nn.Module, options: dict[str, Any]) -> None:
+    """An argument of ``forward`` given as an option (``input_ids=ids``) is a GpaError
+    saying where forward's arguments go, rather than "unknown option"."""
+    known = option_names(settable=False)
+    arguments = forward_parameters(model)
+    for name in options:
+        if name not in known and name in arguments:
+            raise GpaError(
+                f"{name!r} is an argument of {type(model).__name__}.forward, not an option: "
+                "give forward's arguments as example_inputs, by position (a tuple) or by "
+                f"name (a dict: gpa.analyze(model, {{{name!r}: ...}}))"
+            )
 
 
 def analyze_target(

@@ -120,6 +120,12 @@ def _example_inputs(value: Any) -> tuple | None:
     raise GpaError(
         "example_inputs must be a tensor or a tuple of forward's arguments, "
         f"got {type(value).__name__}"
+        + (
+            " (arguments by name are bound to forward's positions by gpa.analyze, "
+            "gpa.measure and gpa.count, which know the model)"
+            if isinstance(value, Mapping)
+            else ""
+        )
     )
 
 

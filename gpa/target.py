@@ -43,7 +43,7 @@ import re
 import sys
 import sysconfig
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, TracebackType
@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from gpa.errors import GpaError, TargetError
+from gpa.frontends.inputs import bind_inputs
 from gpa.frontends.modules import display_name
 from gpa.options import parse_input_shapes
 
@@ -80,7 +81,8 @@ class LoadedTarget:
         model: the ``nn.Module`` to analyse.
         example_inputs: positional inputs of ``forward`` (a tuple of tensors; a
             library model's may hold ``None`` for an optional argument before a
-            later one), or ``None`` when the target defines none.
+            later one; a dict the target gives by name is bound to forward's positions,
+            its gaps at their defaults), or ``None`` when the target defines none.
         input_shape: one shape per positional input, or ``None``. At most one
             of ``example_inputs`` and ``input_shape`` is set; ``example_inputs``
             takes precedence when a file defines both.
@@ -483,14 +485,19 @@ def _as_shapes(value: Any, label: str) -> list[tuple[int, ...]]:
         ) from None
 
 
-def _as_inputs(value: Any, label: str) -> tuple[torch.Tensor, ...]:
+def _as_inputs(value: Any, label: str, model: nn.Module) -> tuple[Any, ...]:
     if isinstance(value, torch.Tensor):
         return (value,)
     if isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value):
         return tuple(value)
+    if isinstance(value, Mapping):  # forward's arguments by name
+        try:
+            return bind_inputs(model, value)
+        except GpaError as exc:
+            raise TargetError(f"{label}: {exc}") from None
     raise TargetError(
-        f"{label} must be a tensor, a tuple of tensors or a callable returning one, "
-        f"got {type(value).__name__}"
+        f"{label} must be a tensor, a tuple of tensors, a dict of forward's arguments by "
+        f"name or a callable returning one, got {type(value).__name__}"
     )
 
 
@@ -509,7 +516,7 @@ def _find_inputs(
                     f"calling example_inputs() from {where} failed:\n"
                     + _describe_exception(exc, roots)
                 ) from None
-        return _as_inputs(value, label), None
+        return _as_inputs(value, label, model), None
     if "input_shape" in namespace:
         return None, _as_shapes(namespace["input_shape"], f"input_shape in {where}")
     shape = getattr(model, "input_shape", None)
@@ -519,12 +526,16 @@ def _find_inputs(
         array = getattr(model, "example_input_array", None)
     except Exception:
         array = None
-    if isinstance(array, torch.Tensor) or (
-        isinstance(array, (tuple, list))
-        and array
-        and all(isinstance(a, torch.Tensor) for a in array)
+    if (
+        isinstance(array, torch.Tensor)
+        or (isinstance(array, Mapping) and array)
+        or (
+            isinstance(array, (tuple, list))
+            and array
+            and all(isinstance(a, torch.Tensor) for a in array)
+        )
     ):
-        return _as_inputs(array, f"the model's example_input_array ({where})"), None
+        return _as_inputs(array, f"the model's example_input_array ({where})", model), None
     return None, None
 
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
 import gpa.api
+from gpa.cli import main
 from gpa.cli.options import ParseError, parse_kv, parse_shape
 from gpa.errors import GpaError, TargetError
 from gpa.frontends.modules import resolve_layer_types, resolve_leaf_modules, resolve_module_class
@@ -213,7 +216,9 @@ def test_model_attribute_input_shape_is_the_fallback() -> None:
     assert load_target(str(DATA / "no_inputs.py")).input_shape is None
 
 
-@pytest.mark.parametrize("array", ["torch.zeros(2, 4)", "(torch.zeros(2, 4),)"])
+@pytest.mark.parametrize(
+    "array", ["torch.zeros(2, 4)", "(torch.zeros(2, 4),)", '{"x": torch.zeros(2, 4)}']
+)
 def test_a_lightning_example_input_array_is_the_last_fallback(tmp_path: Path, array: str) -> None:
     """PyTorch Lightning's modules keep their example inputs in ``example_input_array``; the
     CLI analysed them without inputs (found by a new-user review with Lightning). By
@@ -241,6 +246,59 @@ def test_a_lightning_example_input_array_is_the_last_fallback(tmp_path: Path, ar
     report = gpa.api.analyze_target(str(path))
     assert {n: r.shortest for n, r in report.layers.items()} == {"a": 2, "b": 1}
     assert report.inputs[0]["shape"] == [2, 4]
+
+
+@pytest.mark.parametrize("where", ["example_inputs", "model.example_input_array"])
+def test_a_target_gives_forward_arguments_by_name(tmp_path: Path, where: str) -> None:
+    """A dict of forward's arguments by name (a tokenizer's output) is bound to forward's
+    positions, the arguments between at their defaults, on the command line too. By hand:
+    a -> b, shortest 2 and 1; the mask, given, multiplies a's output."""
+    path = write(
+        tmp_path / "named.py",
+        f"""
+        import torch
+        from torch import nn
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+            def forward(self, x, scale=1.0, mask=None):
+                y = self.a(x) * scale
+                return self.b(y if mask is None else y * mask)
+
+        model = Net()
+        {where} = {{"x": torch.zeros(2, 4), "mask": torch.ones(2, 4)}}
+        """,
+    )
+    loaded = load_target(str(path))
+    assert [type(v).__name__ for v in loaded.example_inputs] == ["Tensor", "float", "Tensor"]
+    report = gpa.api.analyze_target(str(path))
+    assert {n: r.shortest for n, r in report.layers.items()} == {"a": 2, "b": 1}
+    assert report.inputs[1] == {"value": "1.0"}
+    result = CliRunner().invoke(main, ["analyze", str(path), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["inputs"][1] == {"value": "1.0"}
+
+
+def test_a_target_naming_an_argument_forward_takes_by_keyword_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "keyword.py",
+        """
+        import torch
+        from torch import nn
+
+        class Net(nn.Linear):
+            def forward(self, x, *, scale=1.0):
+                return super().forward(x) * scale
+
+        model = Net(4, 2)
+        example_inputs = {"x": torch.zeros(2, 4), "scale": 2.0}
+        """,
+    )
+    with pytest.raises(TargetError, match="example_inputs in .*'scale'.*only by keyword"):
+        load_target(str(path))
 
 
 @pytest.mark.parametrize(

@@ -157,7 +157,7 @@ def _macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
 
 def count_flops(
     model: nn.Module,
-    example_inputs: Tensor | Sequence[Any] | None = None,
+    example_inputs: Tensor | Sequence[Any] | Mapping[str, Any] | None = None,
     *,
     input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
 ) -> dict[str, int]:
@@ -177,7 +177,9 @@ def count_flops(
     """
     from gpa.errors import GpaError
     from gpa.frontends import gradient_graph
+    from gpa.frontends.inputs import bind_inputs
 
+    example_inputs = bind_inputs(model, example_inputs)
     if example_inputs is None and input_shape is None:
         input_shape = getattr(model, "input_shape", None)
         if input_shape is None:
@@ -197,7 +199,7 @@ def count_flops(
 
 def count(
     model: nn.Module,
-    example_inputs: Tensor | Sequence[Any] | None = None,
+    example_inputs: Tensor | Sequence[Any] | Mapping[str, Any] | None = None,
     *,
     input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
     convention: str = "torch",

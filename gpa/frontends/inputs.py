@@ -11,13 +11,90 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+import inspect
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_map
 
-__all__ = ["describe_inputs", "floating_dtype", "integer_variants", "zeros"]
+from gpa.errors import GpaError
+from gpa.frontends.modules import unwrap_wrappers
+
+__all__ = [
+    "bind_inputs",
+    "describe_inputs",
+    "floating_dtype",
+    "forward_parameters",
+    "integer_variants",
+    "zeros",
+]
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def forward_parameters(model: nn.Module) -> dict[str, inspect.Parameter]:
+    """The parameters of the ``forward`` gpa calls for ``model`` (through the wrappers it
+    reads through: data-parallel, averaged, compiled), by name; empty when it has no
+    signature Python can read."""
+    inner = unwrap_wrappers(model)[0]
+    try:
+        return dict(inspect.signature(inner.forward).parameters)
+    except (TypeError, ValueError):  # a scripted or built-in forward
+        return {}
+
+
+def bind_inputs(model: nn.Module, inputs: Any) -> Any:
+    """``forward``'s arguments given by name (a dict, a Hugging Face ``BatchEncoding``) as
+    the positional tuple gpa calls ``forward`` with: each argument up to the last one
+    named, those left out at their defaults. Anything but a mapping is returned as it is.
+
+    Raises:
+        GpaError: a name ``forward`` takes only by keyword (after ``*``, or through
+            ``**kwargs``) or not at all, or an argument without default left out before
+            one that is named.
+
+    Example:
+        >>> class Net(nn.Module):
+        ...     def forward(self, x, mask=None, scale=1.0):
+        ...         return x * scale
+        >>> bind_inputs(Net(), {"x": 1, "scale": 2.0})
+        (1, None, 2.0)
+    """
+    if not isinstance(inputs, Mapping):
+        return inputs
+    parameters = forward_parameters(model)
+    positional = [p for p in parameters.values() if p.kind in _POSITIONAL]
+    order = [p.name for p in positional]
+    for name in inputs:
+        if name in order:
+            continue
+        if name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            how = "by keyword" if name in parameters else "through **kwargs"
+            raise GpaError(
+                f"example_inputs names {name!r}, which {type(model).__name__}.forward takes "
+                f"only {how}; gpa calls forward with positional arguments "
+                f"({', '.join(order) or 'none'}): set it where the model reads it otherwise "
+                "(its config), or wrap the model in a module whose forward takes it by position"
+            )
+        raise GpaError(
+            f"example_inputs names {name!r}, an argument {type(model).__name__}.forward does "
+            f"not take; its arguments: {', '.join(order) or 'none'}"
+        )
+    last = max((order.index(name) for name in inputs), default=-1)
+    args = []
+    for p in positional[: last + 1]:
+        if p.name in inputs:
+            args.append(inputs[p.name])
+        elif p.default is not p.empty:
+            args.append(p.default)
+        else:
+            raise GpaError(
+                f"example_inputs leaves out {p.name!r}, which {type(model).__name__}.forward "
+                "needs before the arguments named: give it too"
+            )
+    return tuple(args)
 
 
 def floating_dtype(model: nn.Module) -> torch.dtype:

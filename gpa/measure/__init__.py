@@ -23,7 +23,7 @@ import itertools
 import math
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ from torch import nn
 from gpa.api import analyze
 from gpa.core.report import Report
 from gpa.errors import GpaError
+from gpa.frontends.inputs import bind_inputs
 from gpa.frontends.modules import eager_compiled_modules, unwrap_wrappers
 from gpa.measure.cka import cka_matrix, spearman
 from gpa.measure.hooks import GradientRecorder, StepGradients
@@ -107,7 +108,11 @@ def virtual_loss(
     return loss
 
 
-def _as_args(batch: Any) -> tuple[Any, ...]:
+def _as_args(batch: Any, model: nn.Module) -> tuple[Any, ...]:
+    """A batch as forward's positional arguments: a tuple or list as it is, a dict by
+    name (:func:`~gpa.frontends.inputs.bind_inputs`), anything else as the one argument."""
+    if isinstance(batch, Mapping):
+        return bind_inputs(model, batch)
     return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
@@ -167,7 +172,7 @@ def _param_axis(module: nn.Module, p: torch.Tensor) -> int:
 
 def measure(
     model: nn.Module,
-    example_inputs: torch.Tensor | Sequence[Any] | None = None,
+    example_inputs: torch.Tensor | Sequence[Any] | Mapping[str, Any] | None = None,
     *,
     batches: Iterable[Any] | None = None,
     loss: LossFn | None = None,
@@ -185,12 +190,12 @@ def measure(
 
     Args:
         model: any ``nn.Module`` with real weights.
-        example_inputs: a tensor or a tuple of forward's positional arguments, shape
-            ``(B, ...)``; the structural analysis runs on them and the synthetic batches
+        example_inputs: a tensor or a tuple of forward's positional arguments (or a dict
+            of them by name, as :func:`gpa.analyze` takes), shape ``(B, ...)``; the structural analysis runs on them and the synthetic batches
             copy their shapes (dim 0 becomes ``batch_size``) and dtypes: floats standard
             normal, integers uniform in the embeddings' range (:mod:`gpa.measure.inputs`).
-        batches: instead of synthetic batches, an iterable of batches (a tensor or a tuple
-            of forward's arguments each); at most ``steps`` are used. Without
+        batches: instead of synthetic batches, an iterable of batches (a tensor, a tuple
+            of forward's arguments or a dict of them by name each); at most ``steps`` are used. Without
             ``example_inputs`` the first batch is the example.
         loss: ``loss(outputs, batch) -> scalar tensor``; default: the virtual loss
             (:func:`virtual_loss`, directions drawn from ``seed``).
@@ -223,6 +228,7 @@ def measure(
     step = progress or (lambda phase: None)
     if steps < 1:
         raise GpaError(f"steps must be at least 1, got {steps}")
+    example_inputs = bind_inputs(model, example_inputs)
     batch_iter: Iterator[Any] | None = None
     if batches is not None:
         batch_iter = iter(batches)
@@ -231,7 +237,7 @@ def measure(
             raise GpaError("batches= is empty: nothing to measure")
         batch_iter = itertools.chain([first], batch_iter)
         if example_inputs is None and "input_shape" not in options:
-            example_inputs = _as_args(first)
+            example_inputs = _as_args(first, model)
     step("structural analysis")
     report = analyze(
         model, example_inputs, name=name, channels=channels, progress=progress, **options
@@ -261,7 +267,9 @@ def measure(
         )
         if batch_iter is None:
             examples = (
-                _as_args(example_inputs) if example_inputs is not None else _examples_from(report)
+                _as_args(example_inputs, model)
+                if example_inputs is not None
+                else _examples_from(report)
             )
             batch_iter = synthetic_batches(
                 examples,
@@ -319,7 +327,7 @@ def _run(
     with GradientRecorder(modules, segments) as recorder:
         for i, batch in enumerate(itertools.islice(batch_iter, steps)):
             step(f"step {i + 1}/{steps}")
-            args = _to(_as_args(batch), device)
+            args = _to(_as_args(batch, model), device)
             for p in params:
                 p.grad = None
             out = model(*args)

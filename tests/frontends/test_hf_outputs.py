@@ -248,3 +248,39 @@ def test_gradient_checkpointing_changes_no_record_nor_frontend(reentrant: bool) 
     assert layer_records(report) == layer_records(expected)
     channels = gpa.analyze(checkpointed, (ids,), channels=True)
     assert channels.tracer in ("fx", "export")
+
+
+class ByKeyword(torch.nn.Module):
+    """Calls the model with its arguments by keyword, as a training loop does."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, input_ids, attention_mask, labels):
+        return self.m(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
+def test_a_batch_encoding_is_bound_to_forward_positions(tracer: str) -> None:
+    """Found by a review: a tokenizer's output (a ``BatchEncoding``, a dict) was refused, and
+    ``labels`` sits eighth among Llama's positional arguments. Bound by name, the records
+    are those of the model called by keyword (its loss from the labels)."""
+    model = llama(use_cache=False)
+    batch = transformers.BatchEncoding(
+        {"input_ids": TOKENS, "attention_mask": torch.ones_like(TOKENS), "labels": TOKENS}
+    )
+    report = gpa.analyze(model, batch, tracer=tracer, outputs="loss")
+    called = gpa.analyze(ByKeyword(model), tuple(batch.values()), tracer=tracer, outputs="loss")
+    unwrapped = {  # the wrapper's names without its prefix
+        name.removeprefix("m."): (
+            *record[:-1],
+            tuple(sender.removeprefix("m.") for sender in record[-1]),
+        )
+        for name, record in layer_records(called).items()
+    }
+    assert layer_records(report) == unwrapped
+    model.zero_grad(set_to_none=True)
+    model(**batch).loss.backward()  # a real backward of the loss, the arguments by keyword
+    got = {n for n in report.layers if model.get_submodule(n).weight.grad is not None}
+    assert got == {n for n, r in report.layers.items() if r.reachable}

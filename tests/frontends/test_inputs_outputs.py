@@ -416,3 +416,70 @@ def test_a_model_on_the_meta_device_takes_example_inputs_on_the_cpu(tracer: str)
     report = gpa.analyze(model, (torch.randn(2, 4),), tracer=tracer)
     expect(report, "b", {1: 1}, (LOSS,))
     expect(report, "a", {2: 1}, ("b",))
+
+
+class Masked(nn.Module):
+    """forward(x, mask=None, scale=1.0, *, flag=False, **kwargs): a mask given by name
+    multiplies a's output; ``flag`` is keyword-only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x, mask=None, scale=1.0, *, flag=False, **kwargs):
+        y = self.a(x) * scale
+        return self.b(y if mask is None else y * mask)
+
+
+X = torch.randn(1, 4)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("by_name", [{"x": X, "scale": 2.0}, {"scale": 2.0, "x": X}])
+def test_inputs_by_name_are_bound_to_forward_positions(tracer, by_name) -> None:
+    """Found by a review: a Hugging Face user has a dict (a ``BatchEncoding``), which was
+    refused. Bound by name, the arguments between take their defaults (mask None). By hand:
+    b feeds the loss (1), a b (2)."""
+    report = gpa.analyze(Masked(), by_name, tracer=tracer)
+    assert report.inputs == [
+        {"shape": [1, 4], "dtype": "float32"},
+        {"value": "None"},
+        {"value": "2.0"},
+    ]
+    expect(report, "b", {1: 1}, (LOSS,))
+    expect(report, "a", {2: 1}, ("b",))
+    positional = gpa.analyze(Masked(), (X, None, 2.0), tracer=tracer)
+    assert report.to_json() == positional.to_json()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"x": X, "flag": True}, "'flag', which Masked.forward takes only by keyword"),
+        ({"x": X, "other": 1}, "'other', which Masked.forward takes only through \\*\\*kwargs"),
+        ({"mask": X}, "leaves out 'x', which Masked.forward needs"),
+    ],
+)
+def test_inputs_by_name_forward_cannot_take_by_position_are_refused(given, message) -> None:
+    with pytest.raises(gpa.errors.GpaError, match=message):
+        gpa.analyze(Masked(), given)
+
+
+def test_an_argument_of_forward_given_as_an_option_says_where_it_goes() -> None:
+    """Found by a review: ``gpa.analyze(model, input_ids=ids)`` answered "did you mean
+    'input_shape'?"."""
+    with pytest.raises(gpa.errors.GpaError, match="'mask' is an argument of Masked.forward"):
+        gpa.analyze(Masked(), (X,), mask=X)
+    with pytest.raises(gpa.errors.GpaError, match="did you mean 'tracer'"):
+        gpa.analyze(Masked(), (X,), tracr="fx")
+
+
+def test_count_and_measure_take_inputs_by_name() -> None:
+    """Every entry point binds them alike. By hand: a is 4 x 4 (2 * 16 FLOPs a sample),
+    b 4 x 2 (2 * 8)."""
+    counts = gpa.count(Masked(), {"x": X, "scale": 2.0})
+    assert counts.flops == {"a": 32, "b": 16}
+    batches = [{"x": torch.randn(4, 4), "mask": torch.ones(4, 4)} for _ in range(2)]
+    measured = gpa.measure(Masked(), batches=batches, steps=2)
+    assert measured.steps == 2
+    assert measured.layers["a"].output_grad_norm > 0
