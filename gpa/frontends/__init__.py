@@ -89,6 +89,7 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
             ) from exc
     chain = [t for t in FRONTENDS if not options.channels or t in CHANNEL_TRACERS]
     reasons: list[str] = []
+    own: set[int] = set()  # reasons gpa gives itself: they say what to do, so come first
     raised: ModelError | None = None
     unfit: ShapeError | None = None  # fx's: a branch its proxies took may be the cause
     i = 0
@@ -101,6 +102,8 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
         try:
             graph = _build(candidate, model, options)
         except (TraceError, ModelError, ShapeError) as exc:
+            if exc.__cause__ is None:  # not a library's error passed on
+                own.add(len(reasons))
             reasons.append(f"{candidate}: {str(exc).splitlines()[0]}")
             raised = exc if isinstance(exc, ModelError) else raised
             unfit = exc if isinstance(exc, ShapeError) and unfit is None else unfit
@@ -118,7 +121,8 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
         raise unfit
     if raised is not None:  # the model's own error, not the frontends' limits
         raise raised
-    why = "\n".join(f"  {r}" for r in reasons)
+    ordered = sorted(range(len(reasons)), key=lambda k: k not in own)
+    why = "\n".join(f"  {reasons[k]}" for k in ordered)
     hints = []
     if not options.has_inputs:
         hints.append("give example inputs (--input-shape or example_inputs) for export/autograd")

@@ -399,3 +399,32 @@ def test_output_into_a_missing_directory_fails_first(args, monkeypatch) -> None:
     assert "missing-dir does not exist" in result.output
     missing = [a if a != "examples/tiny_resnet.py" else "no/such/file.py" for a in args]
     assert "missing-dir does not exist" in CliRunner().invoke(main, missing).output
+
+
+class ReadByNone(nn.Module):
+    """fx cannot take ``len`` of a proxy, export a branch on the data; the autograd frontend
+    runs it and refuses its random layer drop in train mode with what to do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        if len(x) and x.sum() > 0:
+            x = x * 2
+        if self.training and torch.rand(()) < 0.5:
+            return self.b(x)
+        return self.b(self.a(x))
+
+
+def test_when_no_frontend_reads_a_model_gpa_s_own_reasons_come_first() -> None:
+    """Found by a review (Whisper with layerdrop): the one reason saying what to do (eval
+    mode) came last, after torch's errors."""
+    with pytest.raises(gpa.errors.TraceError) as error:
+        gpa.analyze(ReadByNone(), input_shape=(2, 4))
+    lines = str(error.value).splitlines()
+    assert lines[0] == "no frontend can read ReadByNone:"
+    assert lines[1].startswith("  autograd: ReadByNone's forward branches on random numbers")
+    assert "analyse it in eval mode" in lines[1]
+    assert [line.split(":")[0] for line in lines[2:4]] == ["  fx", "  export"]
+    assert gpa.analyze(ReadByNone(), input_shape=(2, 4), train=False).tracer == "autograd"
