@@ -145,6 +145,7 @@ def _analyze(
         *graph.notes,
         *counts.notes,
         *_fallback_notes(records),
+        *_channels_reaching_nothing_notes(records),
         *_tied_notes(model, records),
         *_frozen_notes(model, records),
     ]
@@ -176,6 +177,28 @@ def _fallback_notes(records: Mapping[str, LayerRecord]) -> list[str]:
         "them is taken to reach every position after them — the segments and gradient "
         "combinations of those layers over-approximate (docs/semantics.md §8; the JSON's "
         "channel_fallback names the operations per layer)"
+    ]
+
+
+def _channels_reaching_nothing_notes(records: Mapping[str, LayerRecord]) -> list[str]:
+    """A note naming the layers reachable as whole tensors whose channels, each followed,
+    all reach nothing: the layer level reads a tensor whole (a slice of a stack reads the
+    whole stack, ``docs/semantics.md`` §3), where the routing of channels and positions
+    finds every part the layer filled cut away (SAM's mask decoder drops its first mask
+    token's masks after a matmul: a real backward gives that token's MLP zeros)."""
+    cut = [
+        name
+        for name, r in records.items()
+        if r.reachable and r.segments and all(s.paths is None for s in r.segments)
+    ]
+    if not cut:
+        return []
+    shown = ", ".join(cut[:5]) + (f" (+{len(cut) - 5})" if len(cut) > 5 else "")
+    return [
+        f"{shown}: reachable as whole tensors, but none of their channels reaches the loss "
+        "once channels and positions are followed (what they fill is cut away later, as a "
+        "slice of a stack after a matmul does); a real backward gives them zero gradient "
+        "(docs/semantics.md §3 and §8)"
     ]
 
 

@@ -758,3 +758,38 @@ def test_cli_channels_without_inputs(tmp_path):
     assert result.exit_code == 2
     assert "channel analysis needs example inputs" in result.output
     assert "Traceback" not in result.output
+
+
+class DroppedToken(nn.Module):
+    """SAM's mask decoder in small: one MLP per mask token, stacked, multiplied with the
+    image features, and the first mask dropped (``masks[:, 1:]``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlps = nn.ModuleList(nn.Linear(4, 3) for _ in range(3))
+        self.image = nn.Linear(4, 3)
+
+    def forward(self, tokens, pixels):
+        hyper = torch.stack([mlp(tokens[:, i]) for i, mlp in enumerate(self.mlps)], 1)
+        masks = hyper @ self.image(pixels).transpose(1, 2)  # (batch, token, pixel)
+        return masks[:, 1:]
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_a_layer_whose_channels_all_reach_nothing_is_named(tracer) -> None:
+    """Found by a review on SAM: the layer level reads the slice of the stack as the whole
+    stack (semantics §3) and counts mlps.0 reachable; its channels, followed with their
+    positions, reach nothing — as a real backward says (zero gradient). A note says so."""
+    model = DroppedToken()
+    inputs = (torch.randn(2, 3, 4), torch.randn(2, 5, 4))
+    report = gpa.analyze(model, inputs, channels=True, tracer=tracer)
+    assert report.layers["mlps.0"].reachable  # the whole tensor is read (§3)
+    assert [s.paths for s in report.layers["mlps.0"].segments] == [None]
+    assert all(s.paths is not None for s in report.layers["mlps.1"].segments)
+    (note,) = [n for n in report.notes if "none of their channels reaches the loss" in n]
+    assert note.startswith("mlps.0: ")
+    model(*inputs).sum().backward()
+    assert model.mlps[0].weight.grad.abs().sum() == 0
+    assert model.mlps[1].weight.grad.abs().sum() > 0
+    at_layer_level = gpa.analyze(model, inputs, tracer=tracer)
+    assert not any("none of their channels" in n for n in at_layer_level.notes)
