@@ -32,6 +32,7 @@ from torch import nn
 from gpa.channels import channel_segments
 from gpa.core.records import layer_records
 from gpa.core.report import LayerRecord, NetworkSummary, Report
+from gpa.core.segments import SegmentList
 from gpa.errors import NoGradientError, NoLayersError
 from gpa.frontends import gradient_graph
 from gpa.frontends.counts import layer_counts
@@ -189,7 +190,7 @@ def _channels_reaching_nothing_notes(records: Mapping[str, LayerRecord]) -> list
     cut = [
         name
         for name, r in records.items()
-        if r.reachable and r.segments and all(s.paths is None for s in r.segments)
+        if r.reachable and isinstance(r.segments, SegmentList) and not r.segments.reached()
     ]
     if not cut:
         return []

@@ -251,6 +251,13 @@ class SegmentList(Sequence[Segment]):
             self._made = tuple(made)
         return self._made
 
+    def reached(self) -> bool:
+        """Whether any segment receives gradient (has paths; a run's are its first
+        segment's), without making segments."""
+        return any(
+            (i.first if isinstance(i, SegmentRun) else i).paths is not None for i in self.items
+        )
+
     def fallbacks(self) -> tuple[str, ...]:
         """The operations any segment's routing fell back on, sorted (a run's are its
         first segment's)."""
