@@ -143,6 +143,11 @@ ENTRIES: tuple[Entry, ...] = (
     _timm("rexnet_100", "ReXNet"),
     _timm("regnety_002", "RegNet"),
     _timm("repvgg_a2", "RepVGG"),
+    # depthwise convolutions with an identity around each, unfused: runs of segments
+    # reaching runs moved along with them (docs/performance.md)
+    _timm("mobileone_s0", "MobileOne"),
+    _timm("repvit_m0_9", "RepViT"),
+    _timm("fastvit_t8", "FastViT"),
     _timm("selecsls42b", "SelecSLS"),
     _timm("dm_nfnet_f0", "NFNet"),
     _timm("convnext_atto", "ConvNeXt"),

@@ -190,6 +190,8 @@ CHANNEL_ENTRIES = (
     "timm:res2net50_26w_4s",
     "timm:ese_vovnet19b_dw",
     "timm:ghostnet_100",
+    "timm:mobileone_s0",  # runs of segments reaching runs moved along with them
+    "timm:repvit_m0_9",
 )
 
 
