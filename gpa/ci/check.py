@@ -25,7 +25,7 @@ from typing import Any
 
 from gpa.api import analyze_target
 from gpa.ci.baseline import Snapshot, regressions
-from gpa.ci.config import Config, Location, ModelSettings, ModelSpec
+from gpa.ci.config import Config, Location, ModelSettings, ModelSpec, model_spec
 from gpa.ci.rules import RuleResult, evaluate
 from gpa.core.report import Report
 from gpa.errors import GpaError
@@ -241,12 +241,5 @@ def plan_models(
                 f"nothing to check: give a TARGET, or configure models {where} under "
                 "[tool.gpa.models.<name>] (see docs/ci.md)"
             )
-        chosen = list(config.models.values())
-    else:
-        defaults = config.defaults if config else ModelSettings()
-        models = config.models if config else {}
-        chosen = [models.get(t) or ModelSpec(t, t, defaults) for t in targets]
-    return [
-        ModelSpec(s.name, s.target, s.settings.overridden_by(overrides), s.locations)
-        for s in chosen
-    ]
+        targets = list(config.models)
+    return [model_spec(t, config, overrides) for t in targets]

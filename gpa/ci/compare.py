@@ -29,7 +29,7 @@ from typing import Any
 
 from gpa.ci.baseline import Snapshot, read_baseline
 from gpa.ci.check import analyze_spec
-from gpa.ci.config import Config, ModelSettings, ModelSpec
+from gpa.ci.config import Config, ModelSettings, model_spec
 from gpa.core.report import Report
 from gpa.errors import GpaError
 
@@ -275,17 +275,11 @@ def load_side(
     """The snapshot named by a ``gpa compare`` argument.
 
     ``arg`` is a JSON file (``base.json``, ``base.json:MODEL`` for a baseline with several
-    models, or a saved report), a model name of ``config``, or a TARGET analysed with
-    ``settings`` (which also override a configured model's settings; with the
-    ``channels`` option the snapshot holds the gradient combinations).
+    models, or a saved report), or a model analysed as :func:`~gpa.ci.config.model_spec`
+    says (a model name of ``config``, or a TARGET with its defaults), with ``settings``
+    over both (with the ``channels`` option the snapshot holds the gradient combinations).
     """
     saved = saved_side(arg)
     if saved is not None:
         return _json_side(*saved)
-    settings = settings or ModelSettings()
-    if config is not None and arg in config.models:
-        spec = config.models[arg]
-        spec = ModelSpec(spec.name, spec.target, spec.settings.overridden_by(settings))
-    else:
-        spec = ModelSpec(arg, arg, settings)
-    return Snapshot.of(analyze_spec(spec, progress))
+    return Snapshot.of(analyze_spec(model_spec(arg, config, settings), progress))

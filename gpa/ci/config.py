@@ -391,6 +391,26 @@ def find_config(start: str | Path | None = None) -> Path | None:
     return None
 
 
+def model_spec(
+    arg: str, config: Config | None, overrides: ModelSettings | None = None
+) -> ModelSpec:
+    """The model a command-line argument names, with its settings: a model of ``config``
+    by name (its table), any other TARGET with ``config``'s ``[tool.gpa]`` defaults; the
+    command line's ``overrides`` over both (``docs/ci.md``: every analysing command).
+
+    Example:
+        >>> config = parse_config({"tracer": "fx", "models": {"m": {"target": "a.py"}}})
+        >>> model_spec("m", config).target, model_spec("b.py", config).settings.options
+        ('a.py', {'tracer': <Tracer.FX: 'fx'>})
+    """
+    overrides = overrides or ModelSettings()
+    spec = config.models.get(arg) if config is not None else None
+    if spec is None:
+        defaults = config.defaults if config is not None else ModelSettings()
+        return ModelSpec(arg, arg, defaults.overridden_by(overrides))
+    return ModelSpec(spec.name, spec.target, spec.settings.overridden_by(overrides), spec.locations)
+
+
 def read_config(path: str | Path | None = None) -> Config | None:
     """``[tool.gpa]`` of ``path``, else of the nearest ``pyproject.toml`` that has one, else None."""
     found = Path(path) if path is not None else find_config()

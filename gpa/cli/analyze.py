@@ -11,6 +11,8 @@ import click
 from gpa.cli.options import (
     analysis_options,
     analysis_settings,
+    config_option,
+    configured,
     depth_option,
     emit,
     format_option,
@@ -24,6 +26,7 @@ __all__ = ["command"]
 @click.command("analyze")
 @click.argument("target")
 @analysis_options
+@config_option
 @format_option("json", "csv", "html", "dot", "graphml", "node-link")
 @output_option
 @click.option(
@@ -42,6 +45,7 @@ def command(
     target: str,
     kwargs: dict[str, Any],
     quiet: bool,
+    config_path: Path | None,
     fmt: str,
     output: Path | None,
     columns: str | None,
@@ -54,8 +58,9 @@ def command(
     TARGET is a Python file (nets/mine.py, nets/mine.py:build), an import
     spec (package.module:attr) or a library model built without weights
     (torchvision:resnet50, timm:cspdarknet53, yolov8n.yaml, transformers:bert;
-    -k options go to its constructor or configuration). Without :attr the file's
-    model is the first of model, build_model, get_model, create_model.
+    -k options go to its constructor or configuration), or a model of [tool.gpa.models]
+    by name; the [tool.gpa] settings apply, the command line over them. Without :attr
+    the file's model is the first of model, build_model, get_model, create_model.
 
     Inputs: --input-shape, else example_inputs or input_shape defined next to
     the model, else the model's input_shape or (PyTorch Lightning's)
@@ -67,13 +72,13 @@ def command(
     layer's paths on click; -o report.html), and the layer-level gradient graph as dot,
     graphml or node-link.
     """
-    from gpa.api import analyze_target
-    from gpa.options import AnalysisOptions
+    from gpa.ci.check import analyze_spec
     from gpa.render.graph import FORMATS as GRAPH_FORMATS
     from gpa.render.graph import export_graph
     from gpa.render.text import CHANNEL_COLUMNS, COLUMNS, format_csv, format_table
 
-    options = AnalysisOptions(**analysis_settings(ctx, params))
+    spec = configured(target, kwargs, analysis_settings(ctx, params), config_path)
+    options = spec.settings.analysis_options()
     chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
     unknown = [c for c in chosen or () if c not in COLUMNS]
     if unknown:
@@ -88,7 +93,7 @@ def command(
             param_hint="--columns",
         )
     with progress_display(quiet) as progress:
-        report = analyze_target(target, kwargs, options, progress=progress)
+        report = analyze_spec(spec, progress=progress)
     if fmt == "json":
         text = report.to_json()
     elif fmt == "html":

@@ -11,6 +11,8 @@ import click
 from gpa.cli.options import (
     analysis_options,
     analysis_settings,
+    config_option,
+    configured,
     emit,
     format_option,
     output_option,
@@ -24,6 +26,7 @@ __all__ = ["command"]
 @click.argument("target")
 @click.argument("layer")
 @analysis_options
+@config_option
 @format_option("json")
 @output_option
 @click.pass_context
@@ -33,6 +36,7 @@ def command(
     layer: str,
     kwargs: dict[str, Any],
     quiet: bool,
+    config_path: Path | None,
     fmt: str,
     output: Path | None,
     **params: Any,
@@ -44,12 +48,11 @@ def command(
     attaining the network's max_shortest. Among equal paths the choice is fixed
     (docs/semantics.md §4).
     """
-    from gpa.api import analyze_target
-    from gpa.options import AnalysisOptions
+    from gpa.ci.check import analyze_spec
     from gpa.render.explain import explanation, format_explanation
 
-    options = AnalysisOptions(**analysis_settings(ctx, params))
+    spec = configured(target, kwargs, analysis_settings(ctx, params), config_path)
     with progress_display(quiet) as progress:
-        report = analyze_target(target, kwargs, options, progress=progress)
+        report = analyze_spec(spec, progress=progress)
     data = explanation(report, layer)
     emit(json.dumps(data, indent=2) if fmt == "json" else format_explanation(data), output)

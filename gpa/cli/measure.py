@@ -11,6 +11,8 @@ import click
 from gpa.cli.options import (
     analysis_options,
     analysis_settings,
+    config_option,
+    configured,
     emit,
     format_option,
     output_option,
@@ -50,6 +52,7 @@ __all__ = ["command"]
     show_default=True,
     help="Seed of the loss directions, the synthetic inputs and dropout.",
 )
+@config_option
 @format_option("json", "csv", "html")
 @output_option
 @click.pass_context
@@ -62,6 +65,7 @@ def command(
     batch_size: int,
     device: str | None,
     seed: int,
+    config_path: Path | None,
     fmt: str,
     output: Path | None,
     **params: Any,
@@ -80,17 +84,17 @@ def command(
     from gpa.measure import measure_target
     from gpa.measure.render import format_csv, format_html, format_table
 
-    settings = analysis_settings(ctx, params)
+    spec = configured(target, kwargs, analysis_settings(ctx, params), config_path)
     with progress_display(quiet) as progress:
         m = measure_target(
-            target,
-            kwargs,
+            spec.target,
+            dict(spec.settings.kwargs),
             progress=progress,
             steps=steps,
             batch_size=batch_size,
             device=device,
             seed=seed,
-            **settings,
+            **spec.settings.options,
         )
     if fmt == "json":
         text = m.to_json()

@@ -34,6 +34,7 @@ __all__ = [
     "analysis_options",
     "analysis_settings",
     "config_option",
+    "configured",
     "depth_option",
     "emit",
     "format_option",
@@ -275,6 +276,22 @@ config_option = click.option(
     type=click.Path(dir_okay=False, path_type=Path),
     help="TOML file with a [tool.gpa] table (default: the nearest pyproject.toml that has one).",
 )
+
+
+def configured(
+    target: str,
+    kwargs: dict[str, Any],
+    settings: dict[str, Any],
+    config_path: Path | None,
+) -> Any:
+    """The :class:`~gpa.ci.config.ModelSpec` of a command's TARGET: a model of
+    ``[tool.gpa.models]`` by name, any other TARGET with the ``[tool.gpa]`` defaults, the
+    command line (``-k`` ``kwargs``, the analysis ``settings`` given) over both — alike on
+    every analysing command (``docs/ci.md``)."""
+    from gpa.ci.config import ModelSettings, model_spec, read_config
+
+    overrides = ModelSettings(kwargs=kwargs, options=settings)
+    return model_spec(target, read_config(config_path), overrides)
 
 
 @contextlib.contextmanager

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from gpa.cli.options import (
     analysis_options,
     analysis_settings,
+    config_option,
+    configured,
     depth_option,
     progress_display,
     writable_path,
@@ -22,6 +24,7 @@ __all__ = ["command"]
 @click.command("plot")
 @click.argument("targets", nargs=-1, required=True, metavar="TARGET...")
 @analysis_options
+@config_option
 @click.option(
     "--kind",
     type=click.Choice(["timestamps", "sources", "profile", "histogram", "gradnorm", "duplication"]),
@@ -55,6 +58,7 @@ def command(
     targets: tuple[str, ...],
     kwargs: dict[str, Any],
     quiet: bool,
+    config_path: Path | None,
     kind: str,
     layer: str | None,
     t: int | None,
@@ -67,41 +71,51 @@ def command(
     Channel segments are analysed for --kind timestamps and sources unless --no-channels.
     """
     import gpa.plot
-    from gpa.options import AnalysisOptions, Tracer
 
     output = output or Path(f"{kind}.png")
     gpa.plot.image_format(output)  # refuse a bad file name, or request, before analysing
     gpa.plot.check_request(kind, len(targets))
-    given = ctx.get_parameter_source("channels") is not ParameterSource.DEFAULT
     settings = analysis_settings(ctx, params)
-    options = AnalysisOptions(**settings)
-    if not given:  # segments make timestamps and sources richer, where fx can give them
-        wanted = kind in ("timestamps", "sources") and options.tracer is not Tracer.AUTOGRAD
-        options = options.replace(channels=wanted)
+    specs = [configured(x, kwargs, settings, config_path) for x in targets]
     with progress_display(quiet) as progress:
         if kind in ("gradnorm", "duplication"):
             from gpa.measure import measure_target
 
-            settings.pop("channels", None)  # measured per layer here
-            reports = [measure_target(x, kwargs, progress=progress, **settings) for x in targets]
+            reports = [
+                measure_target(
+                    s.target,
+                    dict(s.settings.kwargs),
+                    progress=progress,
+                    # (channels are measured per layer here)
+                    **{k: v for k, v in s.settings.options.items() if k != "channels"},
+                )
+                for s in specs
+            ]
         else:
-            reports = [_analyze(x, kwargs, options, not given, progress) for x in targets]
+            reports = [_analyze(s, kind, progress) for s in specs]
     fig = gpa.plot.draw(kind, reports, layer=layer, t=t, depth=depth)
     gpa.plot.save(fig, output)
     click.echo(f"wrote {output}")
 
 
-def _analyze(
-    target: str, kwargs: dict[str, Any], options: Any, optional: bool, progress: Any
-) -> Any:
-    """The report of ``target``; at layer level when channels were not asked for and no
-    frontend that gives them can read the model."""
-    from gpa.api import analyze_target
+def _analyze(spec: Any, kind: str, progress: Any) -> Any:
+    """The report of ``spec``'s model; with channel segments for timestamps and sources
+    unless channels were set (on the command line or in ``[tool.gpa]``), at layer level
+    when none was set and no frontend that gives them can read the model."""
+    from gpa.ci.check import analyze_spec
     from gpa.errors import TraceError
+    from gpa.options import Tracer
 
-    try:
-        return analyze_target(target, kwargs, options, progress=progress)
-    except TraceError:
-        if not (optional and options.channels):
-            raise
-    return analyze_target(target, kwargs, options.replace(channels=False), progress=progress)
+    settings = spec.settings
+    # segments make timestamps and sources richer, where fx or export can give them
+    if (
+        "channels" not in settings.options
+        and kind in ("timestamps", "sources")
+        and settings.analysis_options().tracer is not Tracer.AUTOGRAD
+    ):
+        segmented = replace(settings, options={**settings.options, "channels": True})
+        try:
+            return analyze_spec(replace(spec, settings=segmented), progress=progress)
+        except TraceError:
+            pass  # no frontend that gives segments reads it: at layer level
+    return analyze_spec(spec, progress=progress)

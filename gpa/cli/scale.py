@@ -12,6 +12,8 @@ from gpa.cli.options import (
     ParseError,
     analysis_options,
     analysis_settings,
+    config_option,
+    configured,
     emit,
     format_option,
     output_option,
@@ -32,6 +34,7 @@ __all__ = ["command"]
     help="Comma-separated values of the knob (Python literals), e.g. 4,8,16,32,64.",
 )
 @analysis_options
+@config_option
 @format_option("json")
 @output_option
 @click.pass_context
@@ -42,26 +45,29 @@ def command(
     values: str,
     kwargs: dict[str, Any],
     quiet: bool,
+    config_path: Path | None,
     fmt: str,
     output: Path | None,
     **params: Any,
 ) -> None:
     """Fit how model NAME's gradient paths and parameters grow as KNOB grows.
 
-    NAME is a zoo entry (gpa zoo) or a TARGET naming a factory whose keyword
-    argument KNOB is varied. Builds NAME at every value (other knobs fixed with
+    NAME is a zoo entry (gpa zoo), a TARGET naming a factory whose keyword
+    argument KNOB is varied, or a model of [tool.gpa.models] whose target is one. Builds NAME at every value (other knobs fixed with
     -k), analyses it, and fits
     max_shortest, longest and parameters against N = number of layers: O(1),
     O(log N), O(N), O(N log N) or O(N²) (criterion: docs/semantics.md, "Scaling").
     """
     from gpa.growth import scaling
-    from gpa.options import AnalysisOptions
 
     try:
         parsed = [parse_kv(f"{knob}={v.strip()}")[1] for v in values.split(",") if v.strip()]
     except ParseError as exc:
         raise click.BadParameter(str(exc), param_hint="--values") from None
-    options = AnalysisOptions(**analysis_settings(ctx, params))
+    spec = configured(name, kwargs, analysis_settings(ctx, params), config_path)
+    options = spec.settings.analysis_options()
     with progress_display(quiet) as progress:
-        result = scaling(name, knob, parsed, options=options, progress=progress, **kwargs)
+        result = scaling(
+            spec.target, knob, parsed, options=options, progress=progress, **spec.settings.kwargs
+        )
     emit(json.dumps(result.to_dict(), indent=2) if fmt == "json" else str(result), output)

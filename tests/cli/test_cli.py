@@ -495,7 +495,7 @@ def test_internal_error_exits_1_with_traceback(monkeypatch: pytest.MonkeyPatch) 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(gpa.api, "analyze_target", broken)
+    monkeypatch.setattr(gpa.api, "analyze_model", broken)
     result = run("analyze", "chain3.py")
     assert result.exit_code == 1
     assert result.stderr.startswith("internal error: gpa ")

@@ -536,7 +536,7 @@ def test_several_targets_for_a_one_model_figure_are_refused_before_any_analysis(
     def never(*args: object, **kwargs: object) -> None:
         raise AssertionError("analysed before the request was checked")
 
-    monkeypatch.setattr(gpa.api, "analyze_target", never)
+    monkeypatch.setattr(gpa.api, "analyze_model", never)
     monkeypatch.setattr(gpa.measure, "measure_target", never)
     result = CliRunner().invoke(
         main, ["plot", "gpa.models:resnet", "gpa.models:prn", "--kind", kind]
