@@ -65,7 +65,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from gpa.core.graph import GradientGraph, LayerCall
 from gpa.errors import GpaError, ShapeError, TraceError
-from gpa.frontends.frames import stack_trace_site, user_frame
+from gpa.frontends.frames import Site, caller_site, stack_trace_site, user_frame
 from gpa.frontends.functions import custom_function_calls, run_function
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
@@ -77,6 +77,7 @@ from gpa.frontends.fx.layers import (
 )
 from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import (
+    SITE,
     detached_write_targets,
     grad_mode,
     graph_module,
@@ -157,9 +158,9 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             "begin and end; fx and autograd read it (auto moves on)"
         )
     with training_mode(model, options.train):
-        program, inputs, watched = _export(root, options)
+        program, inputs, watched, sites = _export(root, options)
         try:
-            gm, fused, used, unfed = _remodule(root, program, is_opaque, types, watched)
+            gm, fused, used, unfed = _remodule(root, program, is_opaque, types, watched, sites)
         except SyntaxError as exc:  # fx writes module names into Python code
             raise ExportError(unwritable_names(model, exc)) from None
         try:
@@ -192,9 +193,10 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
     )
 
 
-def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, bool]:
-    """The exported program, the inputs it was exported with, and whether it was exported
-    under :class:`~gpa.frontends.watch.Checkpoints`.
+def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, bool, _Sites]:
+    """The exported program, the inputs it was exported with, whether it was exported
+    under :class:`~gpa.frontends.watch.Checkpoints`, and where each module was called
+    from (:func:`_call_sites`).
 
     Export records where Python switches gradient off and on, not where torch does in C++
     (around an activation checkpoint), so a model whose graph shows signs of that
@@ -229,10 +231,11 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
                 parameters_requiring_grad(model),
                 _autocast_off(),
             ):
-                program = torch.export.export(model, tuple(args), strict=False)
+                with _call_sites() as sites:
+                    program = torch.export.export(model, tuple(args), strict=False)
                 watched = _may_miss_grad_mode(program)
                 if watched:
-                    with Checkpoints():
+                    with Checkpoints(), _call_sites() as sites:
                         program = torch.export.export(model, tuple(args), strict=False)
         except Exception as exc:  # the model cannot be exported on these inputs
             first = first or exc
@@ -246,7 +249,7 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
             # later readers of the tensor would read it unwritten: in functional form
             # (copy_ into a slice becomes slice_scatter) the write is data flow
             program = program.run_decompositions({})
-        return program, tuple(args), watched
+        return program, tuple(args), watched, sites
     assert first is not None
     scripted = scripted_call(model, first)
     if scripted is not None:  # not the model's fault, nor the user's code: say what helps
@@ -443,11 +446,36 @@ def _failure_message(model: nn.Module, exc: BaseException) -> str:
 
 @dataclass
 class _Call:
-    """The nodes of one call of an opaque module, in graph order."""
+    """The nodes of one call of an opaque module, in graph order, and the line of model
+    code that made the call (None when unknown)."""
 
     path: str
     module: nn.Module
     nodes: list[fx.Node]
+    site: Site | None = None
+
+
+#: Per module (by id), where each of its calls came from, in call order.
+_Sites = dict[int, list["Site | None"]]
+
+
+@contextlib.contextmanager
+def _call_sites() -> Iterator[_Sites]:
+    """Where each module is called from while the block runs (:func:`caller_site`, by a
+    global forward pre-hook; export runs forward's Python code). Export's own stack
+    traces keep the frames of ``forward`` methods alone: a layer called from a helper
+    method (Ultralytics' ``Detect.forward_head``) would be placed at the line calling the
+    helper, and a call torch's code makes (inside ``MultiheadAttention``) nowhere."""
+    sites: _Sites = {}
+
+    def record(module: nn.Module, args: Any) -> None:
+        sites.setdefault(id(module), []).append(caller_site())
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        yield sites
+    finally:
+        handle.remove()
 
 
 def _remodule(
@@ -456,10 +484,12 @@ def _remodule(
     is_opaque: Callable[[str, nn.Module], bool],
     types: tuple[type, ...],
     watched: bool,
+    sites: _Sites,
 ) -> tuple[fx.GraphModule, dict[str, LayerCall], set[str], int]:
     """The exported graph in the fx frontend's form, its fused layer calls, the qualified
     names of the modules it calls, and how many re-entrant checkpoints it was given
-    nothing requiring gradient (see :func:`_inline_grad_mode_regions`)."""
+    nothing requiring gradient (see :func:`_inline_grad_mode_regions`); ``sites``: where
+    each module was called from (:func:`_call_sites`)."""
     exported = program.module()
     graph = exported.graph
     for node in list(graph.nodes):
@@ -472,6 +502,7 @@ def _remodule(
     root = copy.copy(model)  # constants export lifted go here, not on the user's model
     _attach_constants(graph, exported, root)
     calls = _module_calls(graph, model, is_opaque)
+    _place(calls, sites)
     fused_groups: list[_Call] = []
     for call in calls:
         if not _replace_by_module(graph, call) and is_layer_module(call.module, types):
@@ -482,6 +513,22 @@ def _remodule(
     gm = graph_module(root, graph, type(model).__name__)
     fused = _fuse(gm, fused_groups)
     return gm, fused, {c.path for c in calls}, unfed
+
+
+def _place(calls: list[_Call], sites: _Sites) -> None:
+    """Give each call the site of the run's call it is: the k-th call of a module in the
+    graph is its k-th call in the run, where the graph has all of them (a decomposition
+    drops a call whose result nothing reads: its module's sites are then not used)."""
+    seen: dict[int, int] = {}
+    for call in calls:
+        seen[id(call.module)] = seen.get(id(call.module), 0) + 1
+    counted: dict[int, int] = {}
+    for call in calls:
+        made = sites.get(id(call.module), [])
+        if len(made) == seen[id(call.module)]:
+            k = counted.get(id(call.module), 0)
+            call.site = made[k]
+            counted[id(call.module)] = k + 1
 
 
 def _mark_inference_mode(graph: fx.Graph) -> None:
@@ -741,6 +788,8 @@ def _replace_by_module(graph: fx.Graph, call: _Call) -> bool:
     node.meta = {
         k: v for k, v in outputs[0].meta.items() if k in ("nn_module_stack", "val", "stack_trace")
     }
+    if call.site is not None:
+        node.meta[SITE] = call.site
     outputs[0].replace_all_uses_with(node)
     for member in reversed(call.nodes):
         if not member.users:
@@ -758,7 +807,7 @@ def _fuse(gm: fx.GraphModule, groups: list[_Call]) -> dict[str, LayerCall]:
     for node in gm.graph.nodes:
         if node.op == "call_module" and node.target.startswith("_gpa_call_"):
             group = groups[int(node.target.removeprefix("_gpa_call_"))]
-            site = stack_trace_site(group.nodes[0].meta.get("stack_trace"))
+            site = group.site or stack_trace_site(group.nodes[0].meta.get("stack_trace"))
             fused[node.name] = LayerCall(group.path, type_name(group.module), site)
             node.meta[STANDS_FOR] = group.module  # its channel axis and groups (§8)
             _devices_follow_inputs(gm.get_submodule(node.target))

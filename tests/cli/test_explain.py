@@ -13,9 +13,11 @@ Random graphs are checked against brute-force enumeration in tests/core/test_pro
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import gpa
@@ -141,3 +143,40 @@ def test_a_record_without_its_graph_says_so() -> None:
     record = analyze_target(TARGET, {}, AnalysisOptions()).layers["fc"]
     with pytest.raises(GpaError, match="holds no gradient graph"):
         dataclasses.replace(record, route=None).shortest_path()
+
+
+class Helped(torch.nn.Module):
+    """Layers called from a helper method, and an attention (torch's code calls inside
+    it): the lines that make the calls are ``self.proj[i](x)`` and ``self.attn(...)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.ModuleList(torch.nn.Linear(4, 4) for _ in range(2))
+        self.attn = torch.nn.MultiheadAttention(4, 2, batch_first=True)
+
+    def forward(self, x):
+        a, b = self.helper(x)
+        return self.attn(a, b, b)[0]
+
+    def helper(self, x):
+        return [self.proj[i](x) for i in range(2)]
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_layer_called_from_a_helper_is_placed_at_its_call(tracer: str) -> None:
+    """Found by a review of the YOLO line: export placed Detect's layers, called from
+    ``forward_head``, at the line of ``forward`` calling the helper (its stack traces keep
+    only ``forward`` frames), and RT-DETR's attentions nowhere; so did ``gpa explain`` and
+    the CI annotations."""
+    report = gpa.analyze(Helped(), input_shape=(1, 3, 4), tracer=tracer)
+    lines, first = inspect.getsourcelines(Helped)
+    proj, attn = (
+        first + next(i for i, text in enumerate(lines) if text.strip().startswith(start))
+        for start in ("return [self.proj[i](x)", "return self.attn(a, b, b)")
+    )
+    file = inspect.getsourcefile(Helped)
+    assert {n: r.site for n, r in report.layers.items()} == {
+        "proj.0": (file, proj),
+        "proj.1": (file, proj),
+        "attn": (file, attn),
+    }
