@@ -23,6 +23,7 @@ import itertools
 import math
 import sys
 import types
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -389,16 +390,19 @@ def _summarise(
         for n in names
     }
     w = {n: [wn[n] for _, wn, _ in per_step] for n in names if n in per_step[0][1]}
-    features = []
-    usable = []
+    stacked = {}
     for n in names:
         parts = [s.features.get(n) for s, _, _ in per_step]
-        if any(p is None for p in parts) or len({p.shape[1] for p in parts}) != 1:
-            notes.append(f"layer {n!r}: its calls' samples do not line up; no CKA")
-            continue
-        usable.append(n)
-        features.append(np.concatenate(parts, axis=0))
-    small = cka_matrix(features)
+        if all(p is not None for p in parts) and len({p.shape[1] for p in parts}) == 1:
+            stacked[n] = np.concatenate(parts, axis=0)
+    # CKA compares layers sample by sample: a layer whose input holds another number of
+    # samples (a position embedding read once for the whole batch) cannot take part
+    common = Counter(f.shape[0] for f in stacked.values()).most_common(1)
+    usable = [n for n, f in stacked.items() if common and f.shape[0] == common[0][0]]
+    notes.extend(
+        f"layer {n!r}: its calls' samples do not line up; no CKA" for n in names if n not in usable
+    )
+    small = cka_matrix([stacked[n] for n in usable])
     sim = np.full((len(names), len(names)), np.nan)
     idx = [names.index(n) for n in usable]
     sim[np.ix_(idx, idx)] = small

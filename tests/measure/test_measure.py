@@ -308,3 +308,29 @@ def test_the_steps_run_in_the_mode_asked(train: bool) -> None:
     assert set(m.layers) == {"0", "2"}
     assert seen.seen[-3:] == [train] * 3
     assert net.training and seen.training  # as it was built: train mode
+
+
+class Positioned(nn.Module):
+    """A language model's position embedding: read once for the whole batch
+    (``arange(T)[None]``), as GPT-2's ``wpe`` is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(10, 4), nn.Embedding(8, 4)
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, ids):
+        x = self.tok(ids) + self.pos(torch.arange(ids.shape[1])[None])
+        return self.a(x) + self.b(x)
+
+
+def test_a_layer_read_once_for_the_batch_has_no_cka_and_the_rest_do() -> None:
+    """Found by a review: gpa.measure crashed on every Hugging Face model (a numpy
+    ValueError: CKA stacked layers of different sample counts). By hand: a and b receive
+    the same gradient (the loss reads their sum): CKA 1; pos holds one sample per step."""
+    torch.manual_seed(0)
+    m = measure(Positioned(), {"ids": torch.randint(0, 10, (1, 5))}, steps=2, batch_size=3)
+    assert "layer 'pos': its calls' samples do not line up; no CKA" in m.notes
+    assert m.layers["pos"].most_similar is None
+    assert m.cka("a", "b") == pytest.approx(1.0, abs=1e-6)
+    assert m.layers["pos"].output_grad_norm > 0
