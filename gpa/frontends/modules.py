@@ -475,8 +475,9 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
                 _restore(now, held)
 
 
-# Containers whose entries are restored in place (exact types: a subclass may forbid it,
-# as Hugging Face's ModelOutput does), and how deep inside an attribute they are sought.
+# Containers whose entries are restored in place (and their subclasses that keep the
+# methods it takes: Hugging Face's ModelOutput forbids update), how deep inside an
+# attribute they are sought.
 _CONTAINERS = (
     dict,
     list,
@@ -485,7 +486,8 @@ _CONTAINERS = (
     collections.defaultdict,
     collections.deque,
 )
-_DEPTH = 3
+_RESTORING = ("copy", "clear", "update", "extend", "__len__", "__iter__")
+_DEPTH = 6
 _NESTED = (*_CONTAINERS, tuple)
 
 
@@ -505,13 +507,24 @@ def _containers(module: nn.Module) -> list[tuple[Any, Any]]:
         if id(value) in seen:
             continue
         seen.add(id(value))
-        if type(value) in _CONTAINERS:
+        if _restorable(type(value)):
             found.append((value, value.copy()))
         if value and depth < _DEPTH:
             for item in value.values() if isinstance(value, dict) else value:
                 if _nested(item):
                     stack.append((item, depth + 1))
     return found
+
+
+@functools.cache
+def _restorable(kind: type) -> bool:
+    """Whether containers of ``kind`` are restored in place: one of :data:`_CONTAINERS`, or
+    a subclass keeping the methods restoring takes from the nearest of them (a cache
+    class ``class Cache(dict): pass``)."""
+    base = next((b for b in kind.__mro__ if b in _CONTAINERS), None)
+    return base is not None and all(
+        getattr(kind, m, None) is getattr(base, m, None) for m in _RESTORING
+    )
 
 
 def _nested(value: Any) -> bool:

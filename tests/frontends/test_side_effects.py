@@ -284,6 +284,38 @@ def test_nested_containers_and_random_states_are_kept(tracer: str) -> None:
     assert (states[2] == np.random.get_state()[1]).all()
 
 
+class Anchors(dict):
+    """A cache class as models write them (``class Cache(dict): pass``)."""
+
+
+class CachingDeeper(nn.Module):
+    """Caches its anchors on first use in a dict subclass, and in a dict four levels down:
+    the analysis left a proxy, a fake or a meta tensor there, and the next real forward
+    failed (found by a review)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.anchors = Anchors()
+        self.deep = {"a": {"b": {"c": {}}}}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for cache in (self.anchors, self.deep["a"]["b"]["c"]):
+            if "grid" not in cache:
+                cache["grid"] = torch.ones_like(x)
+        return self.fc(x) * self.anchors["grid"] * self.deep["a"]["b"]["c"]["grid"]
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_caches_in_container_subclasses_and_deeper_are_kept(tracer: str) -> None:
+    model = CachingDeeper()
+    gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert model.anchors == {} and type(model.anchors) is Anchors
+    assert model.deep == {"a": {"b": {"c": {}}}}
+    x = torch.randn(2, 4)
+    assert torch.equal(model(x), model.fc(x))  # the next real forward fills them anew
+
+
 class Counting(nn.Module):
     """Writes into its buffers in place while it runs: a step counter, a queue of keys (as
     MoCo keeps one), a flag filled once."""
