@@ -488,7 +488,8 @@ def _as_shapes(value: Any, label: str) -> list[tuple[int, ...]]:
 def _as_inputs(value: Any, label: str, model: nn.Module) -> tuple[Any, ...]:
     if isinstance(value, torch.Tensor):
         return (value,)
-    if isinstance(value, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in value):
+    # (a tuple of numbers alone is a shape written where tensors were meant)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
         return tuple(value)
     if isinstance(value, Mapping):  # forward's arguments by name
         try:
@@ -526,14 +527,15 @@ def _find_inputs(
         array = getattr(model, "example_input_array", None)
     except Exception:
         array = None
-    if (
-        isinstance(array, torch.Tensor)
-        or (isinstance(array, Mapping) and array)
-        or (
-            isinstance(array, (tuple, list))
-            and array
-            and all(isinstance(a, torch.Tensor) for a in array)
-        )
+    if isinstance(array, Mapping) and array:
+        # Lightning calls forward(**example_input_array): a name forward takes only by
+        # keyword is fine there, and this is the last fallback: no inputs, then
+        with contextlib.suppress(TargetError):
+            return _as_inputs(array, f"the model's example_input_array ({where})", model), None
+    elif isinstance(array, torch.Tensor) or (
+        isinstance(array, (tuple, list))
+        and array
+        and all(isinstance(a, torch.Tensor) for a in array)
     ):
         return _as_inputs(array, f"the model's example_input_array ({where})", model), None
     return None, None

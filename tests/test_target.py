@@ -635,3 +635,56 @@ def test_an_example_input_array_that_raises_is_no_input(tmp_path: Path) -> None:
     )
     loaded = load_target(str(path))
     assert loaded.example_inputs is None and loaded.input_shape is None
+
+
+def test_a_lightning_dict_forward_takes_by_keyword_is_no_input_not_an_error(tmp_path: Path) -> None:
+    """Lightning calls ``forward(**example_input_array)``: a keyword-only name is fine there.
+    gpa cannot pass it, and this last fallback then gives no inputs: the options' inputs
+    are used (found by a review: the target was refused even with --input-shape)."""
+    path = write(
+        tmp_path / "lit_kw.py",
+        """
+        import torch
+        from torch import nn
+
+        class Lit(nn.Linear):
+            def __init__(self):
+                super().__init__(3, 2)
+                self.example_input_array = {"x": torch.zeros(1, 3), "scale": 2.0}
+
+            def forward(self, x, *, scale=1.0):
+                return super().forward(x) * scale
+
+        model = Lit()
+        """,
+    )
+    assert load_target(str(path)).example_inputs is None
+    report = gpa.api.analyze_target(str(path), options=gpa.AnalysisOptions(input_shape=(1, 3)))
+    assert report.inputs == [{"shape": [1, 3], "dtype": "float32"}]
+
+
+def test_a_target_tuple_may_hold_python_values_beside_tensors(tmp_path: Path) -> None:
+    """As gpa.analyze takes them (a None for an optional argument), where a dict of the same
+    was taken and the tuple refused (found by a review). A tuple of numbers alone is a
+    shape written where tensors were meant: still refused."""
+    path = write(
+        tmp_path / "gaps.py",
+        """
+        import torch
+        from torch import nn
+
+        class Net(nn.Linear):
+            def forward(self, x, mask=None, scale=1.0):
+                return super().forward(x) * scale
+
+        model = Net(4, 2)
+        example_inputs = (torch.zeros(1, 4), None, 2.0)
+        """,
+    )
+    assert load_target(str(path)).example_inputs[1:] == (None, 2.0)
+    shape = write(
+        tmp_path / "shape.py",
+        "from torch import nn\nmodel = nn.Linear(4, 2)\nexample_inputs = (1, 4)\n",
+    )
+    with pytest.raises(TargetError, match="must be a tensor, a tuple of tensors"):
+        load_target(str(shape))

@@ -70,6 +70,19 @@ def bind_inputs(model: nn.Module, inputs: Any) -> Any:
     for name in inputs:
         if name in order:
             continue
+        if not order:  # (*args, **kwargs): a decorator without functools.wraps, often
+            raise GpaError(
+                f"{type(model).__name__}.forward names no argument gpa can place "
+                f"{name!r} at (its signature: {inspect.signature(unwrap_wrappers(model)[0].forward)}"
+                "): give forward's arguments by position, as a tuple"
+            )
+        kind = parameters[name].kind if name in parameters else None
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            raise GpaError(
+                f"example_inputs names {name!r}, which {type(model).__name__}.forward "
+                f"collects its further positional arguments in (*{name}): give them by "
+                "position, as a tuple"
+            )
         if name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
             how = "by keyword" if name in parameters else "through **kwargs"
             raise GpaError(

@@ -465,6 +465,41 @@ def test_inputs_by_name_forward_cannot_take_by_position_are_refused(given, messa
         gpa.analyze(Masked(), given)
 
 
+def _passing_on(forward):
+    def call(*args, **kwargs):  # no functools.wraps: the signature is lost
+        return forward(*args, **kwargs)
+
+    return call
+
+
+class Starred(nn.Linear):
+    def forward(self, x, *rest):
+        return super().forward(x)
+
+
+class Undecorated(nn.Linear):
+    @_passing_on
+    def forward(self, x):
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(
+    ("model", "given", "message"),
+    [
+        (
+            Starred(4, 2),
+            {"x": X, "rest": 1},
+            r"collects its further positional arguments in \(\*rest\)",
+        ),
+        (Undecorated(4, 2), {"x": X}, r"names no argument gpa can place 'x' at .*by position"),
+    ],
+)
+def test_names_forward_has_no_place_for_say_why(model, given, message) -> None:
+    """Found by a review: both were said to be taken "only by keyword"."""
+    with pytest.raises(gpa.errors.GpaError, match=message):
+        gpa.analyze(model, given)
+
+
 def test_an_argument_of_forward_given_as_an_option_says_where_it_goes() -> None:
     """Found by a review: ``gpa.analyze(model, input_ids=ids)`` answered "did you mean
     'input_shape'?"."""
