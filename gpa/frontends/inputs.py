@@ -71,10 +71,11 @@ def bind_inputs(model: nn.Module, inputs: Any) -> Any:
         if name in order:
             continue
         if not order:  # (*args, **kwargs): a decorator without functools.wraps, often
+            shown = ", ".join(map(str, parameters.values()))
             raise GpaError(
-                f"{type(model).__name__}.forward names no argument gpa can place "
-                f"{name!r} at (its signature: {inspect.signature(unwrap_wrappers(model)[0].forward)}"
-                "): give forward's arguments by position, as a tuple"
+                f"{type(model).__name__}.forward names no argument gpa can place {name!r} "
+                f"at (its signature: ({shown})): give forward's arguments by position, as a "
+                "tuple"
             )
         kind = parameters[name].kind if name in parameters else None
         if kind is inspect.Parameter.VAR_POSITIONAL:
