@@ -35,13 +35,14 @@ def assert_gradient_paths(
     max_longest: int | None = None,
     no_unreachable: bool = False,
     max_mean_shortest: float | None = None,
-    layers: Mapping[str, Mapping[str, int]] | None = None,
+    layers: Mapping[str, Mapping[str, int | bool]] | None = None,
     **options: Any,
 ) -> Report:
     """Analyse ``model`` and raise ``AssertionError`` listing every rule it breaks.
 
     The rules are those of ``gpa check`` (see :class:`gpa.ci.rules.Rules`); ``layers`` maps
-    a glob pattern of layer names to ``{"max_shortest": n, "max_longest": m}``. Every other
+    a glob pattern of layer names to ``{"max_shortest": n, "max_longest": m}`` and/or
+    ``{"allow_unreachable": True}`` (``no_unreachable`` spares them). Every other
     keyword is an option of :func:`gpa.analyze` (``input_shape``, ``outputs``,
     ``layer_types``, ``leaf_modules``, ``train``, ``tracer``, ``channels``,
     ``count_convention``, ``name``). Errors in the model itself (it cannot be traced, the

@@ -56,7 +56,7 @@ _RULE_KEYS = ("max_shortest", "max_longest", "no_unreachable", "max_mean_shortes
 _OPTION_KEYS = ("kwargs", *option_names())
 _MODEL_KEYS = ("target", *_OPTION_KEYS, *_RULE_KEYS)
 _TOP_KEYS = ("models", "baseline", *_OPTION_KEYS, *_RULE_KEYS)
-_LAYER_KEYS = ("max_shortest", "max_longest")
+_LAYER_KEYS = ("max_shortest", "max_longest", "allow_unreachable")
 _RENAMED = {"eval": "train = false"}  # keys of earlier versions -> what to write now
 
 
@@ -183,14 +183,18 @@ def _layer_limits(value: Any, where: str) -> tuple[LayerLimit, ...]:
     limits = []
     for pattern, entry in value.items():
         here = f"{where}.{pattern!r}" if "." in pattern or "*" in pattern else f"{where}.{pattern}"
-        _expect(entry, dict, "a table with max_shortest and/or max_longest", here)
+        _expect(entry, dict, "a table with max_shortest, max_longest or allow_unreachable", here)
         _check_keys(entry, here, _LAYER_KEYS)
         if not entry:
-            raise GpaError(f"{here}: give max_shortest and/or max_longest")
+            raise GpaError(f"{here}: give max_shortest, max_longest or allow_unreachable")
+        allowed = entry.get("allow_unreachable")
         limits.append(
             LayerLimit(
                 pattern,
-                *(_limit(entry[k], f"{here}.{k}") if k in entry else None for k in _LAYER_KEYS),
+                *(_limit(entry[k], f"{here}.{k}") if k in entry else None for k in _LAYER_KEYS[:2]),
+                allow_unreachable=None
+                if allowed is None
+                else _expect(allowed, bool, "true or false", f"{here}.allow_unreachable"),
             )
         )
     return tuple(limits)
@@ -217,7 +221,7 @@ def parse_rules(table: Mapping[str, Any], where: str) -> Rules:
     """The rules ``table`` sets under ``[tool.gpa]``'s keys (others are ignored), each value
     checked as ``gpa check`` checks it on every surface: limits positive integers,
     ``no_unreachable`` a flag, ``max_mean_shortest`` a number, ``layers`` a table of
-    patterns with ``max_shortest`` and/or ``max_longest`` each.
+    patterns with ``max_shortest``, ``max_longest`` or ``allow_unreachable`` each.
 
     Raises:
         GpaError: a value of the wrong kind, or an unknown key in a pattern's table, named
@@ -225,7 +229,7 @@ def parse_rules(table: Mapping[str, Any], where: str) -> Rules:
 
     Example:
         >>> parse_rules({"max_shortest": 4, "layers": {"stem*": {"max_longest": 6}}}, "here")
-        Rules(max_shortest=4, max_longest=None, no_unreachable=None, max_mean_shortest=None, layers=(LayerLimit(pattern='stem*', max_shortest=None, max_longest=6),))
+        Rules(max_shortest=4, max_longest=None, no_unreachable=None, max_mean_shortest=None, layers=(LayerLimit(pattern='stem*', max_shortest=None, max_longest=6, allow_unreachable=None),))
     """
 
     def at(key: str) -> str:

@@ -25,11 +25,14 @@ __all__ = ["LayerLimit", "RuleResult", "Rules", "Violation", "evaluate"]
 
 @dataclass(frozen=True)
 class LayerLimit:
-    """Limits for the layers whose names match the glob ``pattern`` (``fnmatch`` syntax)."""
+    """Limits for the layers whose names match the glob ``pattern`` (``fnmatch`` syntax);
+    ``allow_unreachable``: they may receive no gradient, ``no_unreachable`` holds without
+    them (a layer only inference calls: a YOLO head's DFL in train mode)."""
 
     pattern: str
     max_shortest: int | None = None
     max_longest: int | None = None
+    allow_unreachable: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,7 @@ class Rules:
     @property
     def is_empty(self) -> bool:
         """Whether no rule is set (a check with these rules checks nothing)."""
-        flags = (self.max_shortest, self.max_longest, self.no_unreachable, self.max_mean_shortest)
-        return not self.layers and all(v is None or v is False for v in flags)
+        return self.count == 0
 
     @property
     def count(self) -> int:
@@ -171,7 +173,12 @@ def evaluate(report: Report, rules: Rules) -> list[RuleResult]:
         values = {r.name: r.longest for r in reached}
         results.append(_limit_result("max-longest", rules.max_longest, values, "longest"))
     if rules.no_unreachable:
-        missing = report.network.unreachable
+        allowed = [limit.pattern for limit in rules.layers if limit.allow_unreachable]
+        missing = tuple(
+            name
+            for name in report.network.unreachable
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in allowed)
+        )
         if missing:
             listed = ", ".join(missing)
             message = f"no-unreachable: {_layers_word(len(missing))} receive no gradient: {listed}"
@@ -180,7 +187,10 @@ def evaluate(report: Report, rules: Rules) -> list[RuleResult]:
             violations = tuple(Violation(name, None) for name in missing)
             results.append(RuleResult("no-unreachable", None, False, message, violations))
         else:
-            message = "no-unreachable: ok (every layer receives gradient)"
+            spared = len(report.network.unreachable)
+            message = "no-unreachable: ok (every layer receives gradient)" + (
+                f" but {_layers_word(spared)} allowed none" if spared else ""
+            )
             results.append(RuleResult("no-unreachable", None, True, message))
     if rules.max_mean_shortest is not None:
         limit, mean = rules.max_mean_shortest, report.network.mean_shortest

@@ -38,6 +38,14 @@ __all__ = ["command"]
     "--no-unreachable", is_flag=True, default=None, help="Fail if a layer receives no gradient."
 )
 @click.option(
+    "--allow-unreachable",
+    "allowed",
+    metavar="PATTERN",
+    multiple=True,
+    help="Layers (a glob, repeatable) --no-unreachable lets receive no gradient, e.g. "
+    "'*.dfl.*' (a YOLO head's DFL, called in inference only).",
+)
+@click.option(
     "--max-mean-shortest",
     type=float,
     callback=lambda ctx, param, value: _finite(value),
@@ -74,6 +82,7 @@ def command(
     max_shortest: int | None,
     max_longest: int | None,
     no_unreachable: bool | None,
+    allowed: tuple[str, ...],
     max_mean_shortest: float | None,
     baseline: Path | None,
     write_baseline: Path | None,
@@ -96,7 +105,7 @@ def command(
     from gpa.ci.check import check_models, plan_models
     from gpa.ci.config import ModelSettings, read_config
     from gpa.ci.formats import format_run
-    from gpa.ci.rules import Rules
+    from gpa.ci.rules import LayerLimit, Rules
     from gpa.errors import GpaError
 
     config = read_config(config_path)
@@ -108,6 +117,7 @@ def command(
             max_longest=max_longest,
             no_unreachable=no_unreachable,
             max_mean_shortest=max_mean_shortest,
+            layers=tuple(LayerLimit(p, allow_unreachable=True) for p in allowed),
         ),
     )
     specs = plan_models(targets, config, overrides)

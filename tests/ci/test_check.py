@@ -31,6 +31,8 @@ from gpa.ci.formats import format_github, format_junit, format_text
 from gpa.ci.rules import LayerLimit, RuleResult, Rules, evaluate
 from gpa.cli import main
 from gpa.errors import GpaError
+from gpa.target import load_target
+from gpa.testing import assert_gradient_paths
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "check"
 PROJECT = DATA / "project"
@@ -128,6 +130,45 @@ def test_no_unreachable() -> None:
     )
     one = single(chain(depth=2, spare=True), no_unreachable=True)
     assert one.message == "no-unreachable: 1 layer receives no gradient: spare"
+
+
+def test_layers_allowed_no_gradient_are_spared_by_no_unreachable() -> None:
+    """Found by a review of the YOLO line: a detection head's DFL is called only in
+    inference, so ``--no-unreachable`` failed every YOLO model in train mode, with no way
+    to spare it. By hand: cut=1 on depth 3 leaves layers.0 and layers.1 without gradient,
+    and spare is never called."""
+    report = chain(depth=3, cut=1, spare=True)
+    allowed = (LayerLimit("spare", allow_unreachable=True),)
+    result = single(report, no_unreachable=True, layers=allowed)
+    assert result.message == "no-unreachable: 2 layers receive no gradient: layers.0, layers.1"
+    allowed += (LayerLimit("layers.[01]", allow_unreachable=True),)
+    result = single(report, no_unreachable=True, layers=allowed)
+    assert result.passed
+    assert result.message == (
+        "no-unreachable: ok (every layer receives gradient) but 3 layers allowed none"
+    )
+    assert Rules(layers=allowed).is_empty  # sparing checks nothing by itself
+
+
+def test_allow_unreachable_on_every_surface() -> None:
+    flags = run(CHAIN, "-k", "spare=true", "--no-unreachable", "--allow-unreachable", "spare")
+    assert flags.exit_code == 0, flags.output
+    assert run(CHAIN, "-k", "spare=true", "--no-unreachable").exit_code == 1
+    config = parse_config(
+        {"no_unreachable": True, "layers": {"spare": {"allow_unreachable": True}}}
+    )
+    assert config.defaults.rules.layers == (LayerLimit("spare", allow_unreachable=True),)
+    with pytest.raises(GpaError, match=r"allow_unreachable: expected true or false"):
+        parse_config({"layers": {"spare": {"allow_unreachable": 1}}})
+    model = load_target(CHAIN, {"spare": True}).model
+    assert_gradient_paths(
+        model,
+        input_shape=(1, 4),
+        no_unreachable=True,
+        layers={"spare": {"allow_unreachable": True}},
+    )
+    with pytest.raises(AssertionError, match="1 layer receives no gradient: spare"):
+        assert_gradient_paths(model, input_shape=(1, 4), no_unreachable=True)
 
 
 def test_limits_ignore_unreachable_layers() -> None:
