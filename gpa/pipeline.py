@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from gpa.channels import channel_segments
+from gpa.core.graph import LOSS, GradientGraph
 from gpa.core.records import layer_records
 from gpa.core.report import LayerRecord, NetworkSummary, Report
 from gpa.core.segments import SegmentList
@@ -147,6 +148,7 @@ def _analyze(
         *counts.notes,
         *_fallback_notes(records),
         *_channels_reaching_nothing_notes(records),
+        *_intermediate_outputs_notes(graph),
         *_tied_notes(model, records),
         *_frozen_notes(model, records),
     ]
@@ -178,6 +180,32 @@ def _fallback_notes(records: Mapping[str, LayerRecord]) -> list[str]:
         "them is taken to reach every position after them — the segments and gradient "
         "combinations of those layers over-approximate (docs/semantics.md §8; the JSON's "
         "channel_fallback names the operations per layer)"
+    ]
+
+
+def _intermediate_outputs_notes(graph: GradientGraph) -> list[str]:
+    """A note when returned tensors feeding the loss are also read inside the model:
+    intermediate feature maps returned beside the predictions (an Ultralytics head's
+    ``feats`` in train mode, ``hidden_states``) give every layer before them a path straight
+    to the loss, which a loss reading them for their shapes only does not train
+    (``docs/semantics.md`` §1.5)."""
+    ops = graph.ops
+    read = [
+        data.get("output")
+        for node, _, data in ops.in_edges(LOSS, data=True)
+        if data.get("grad")
+        and any(s != LOSS and ops.edges[node, s].get("grad") for s in ops.successors(node))
+    ]
+    if not read:
+        return []
+    named = [str(key) for key in read if key is not None]
+    shown = f" ({', '.join(named[:4])}{', …' if len(named) > 4 else ''})" if named else ""
+    return [
+        f"{len(read)} returned tensor(s) feeding the loss are also read inside the model{shown}: "
+        "intermediate feature maps returned beside the predictions give the layers before "
+        "them a path straight to the loss; if the loss does not train through them (an "
+        "Ultralytics head's feats in train mode), select the predictions with --outputs "
+        "(docs/semantics.md §1.5)"
     ]
 
 

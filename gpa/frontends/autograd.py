@@ -782,7 +782,9 @@ def _build(
     layer_calls = {i for i, c in enumerate(calls) if is_layer_module(c.module, types)}
     returned = returned_values(run.output)
     edges = _Edges(run.checkpoints, run.parameters, run.use.data_picks, run.functions)
-    roots = [edges.resolve(t.grad_fn, t.output_nr) for _, t in returned.select(outputs)]
+    selected = returned.select(outputs)
+    roots = [edges.resolve(t.grad_fn, t.output_nr) for _, t in selected]
+    keys = [key for key, _ in selected]
     nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created], edges)
 
     g = nx.DiGraph()
@@ -835,9 +837,9 @@ def _build(
             if child is not None and key_of(child) != key:
                 g.add_edge(key_of(child), key, grad=True)
     g.add_node(LOSS)
-    for root in roots:
-        if root is not None:
-            g.add_edge(key_of(root), LOSS, grad=True)
+    for root, output in zip(roots, keys, strict=True):
+        if root is not None and not g.has_edge(key_of(root), LOSS):  # its first path names it
+            g.add_edge(key_of(root), LOSS, grad=True, output=output)
     outputs_at = {id(r) for r in roots if r is not None}
     chosen, unmade = _dynamic_convolutions(candidates, nodes, edges, key_of, layer_call, outputs_at)
     for fn, made in chosen:  # the convolution is the layer; what made its kernel is none

@@ -518,3 +518,35 @@ def test_count_and_measure_take_inputs_by_name() -> None:
     measured = gpa.measure(Masked(), batches=batches, steps=2)
     assert measured.steps == 2
     assert measured.layers["a"].output_grad_norm > 0
+
+
+class ReturnsItsFeatures(nn.Module):
+    """Returns its feature map beside the prediction made from it (an Ultralytics head's
+    ``feats`` in train mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        features = self.b(self.a(x))
+        return {"pred": self.head(features), "feats": [features]}
+
+
+@EVERY_TRACER
+def test_returned_tensors_read_inside_the_model_are_named_in_a_note(tracer) -> None:
+    """Found by a review of the YOLO line: the default numbers of every detection model
+    count the paths through ``feats`` (yolov8n: max_shortest 9 instead of 12), and nothing
+    in the report said so. By hand: through feats, a -> b -> loss (2); through the
+    prediction alone, a -> b -> head -> loss (3)."""
+    report = gpa.analyze(ReturnsItsFeatures(), input_shape=(1, 4), tracer=tracer)
+    (note,) = [n for n in report.notes if "also read inside the model" in n]
+    assert note.startswith(
+        "1 returned tensor(s) feeding the loss are also read inside the model (feats.0)"
+    )
+    expect(report, "a", {2: 1, 3: 1}, ("b",))
+    predictions = gpa.analyze(
+        ReturnsItsFeatures(), input_shape=(1, 4), tracer=tracer, outputs="pred"
+    )
+    assert not any("also read inside" in n for n in predictions.notes)
+    expect(predictions, "a", {3: 1}, ("b",))

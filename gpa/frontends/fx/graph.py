@@ -154,7 +154,7 @@ def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> 
 
     Nodes are fx node names (attributes ``op``, ``target``, ``value``), plus ``<loss>``.
     Every data dependency is an edge; ``grad`` tells whether gradient flows along it.
-    The loss is fed by the selected outputs.
+    The loss is fed by the selected outputs (each edge's ``output``: the returned path).
     """
     g = nx.DiGraph()
     for node in gm.graph.nodes:
@@ -178,8 +178,10 @@ def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> 
     output = _output_node(gm.graph)
     g.add_node(LOSS, op="loss", target=LOSS, value=None)
     requires = output.meta[FLOW].grad_from
-    for _, node in select_outputs(gm, outputs):
-        g.add_edge(node.name, LOSS, grad=node in requires)
+    for key, node in select_outputs(gm, outputs):
+        if g.has_edge(node.name, LOSS):  # one tensor returned twice: its first path names it
+            continue
+        g.add_edge(node.name, LOSS, grad=node in requires, output=key)
     return g
 
 
