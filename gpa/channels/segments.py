@@ -341,6 +341,7 @@ class _Segmenter:
         self._segment_of: dict[str, np.ndarray] = {}
         self._joined: dict[str, tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]] = {}
         self._heads: dict[str, np.ndarray] = {}  # per segment, the first of its run
+        self._through: dict[str, Callable[[tuple[int, int] | None], tuple]] = {}
         alike: dict[tuple, tuple[np.ndarray, ...]] = {}
         self.arrivals = {
             c: _arrivals(routing, c, routing.out_channels.get(c, 0), alike) for c in calls
@@ -565,6 +566,14 @@ class _Segmenter:
         sender = consumer.call
         if sender is None:
             return lambda span: _TO_LOSS
+        found = self._through.get(sender)
+        if found is None:  # one per sender: a layer of a residual stream has dozens of readers
+            found = self._through[sender] = self._sender_nodes(sender)
+        return found
+
+    def _sender_nodes(
+        self, sender: str
+    ) -> Callable[[tuple[int, int] | None], tuple[SegmentNode, ...]]:
         of = self.segment_of(sender).tolist()
         groups = self.routing.groups.get(sender, 1)
         width = len(of) // groups if groups > 1 else 0

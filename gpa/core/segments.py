@@ -370,9 +370,22 @@ def count_combinations(layers: Iterable[Sequence[Segment]]) -> int:
         elif len(members) == 1:
             total += 1
         else:
-            rows = np.concatenate([_rows(m) for m in members])
+            rows = np.concatenate(_distinct_progressions(members))
             total += len(np.unique(rows, axis=0)) if rows.shape[1] else 1
     return total
+
+
+def _distinct_progressions(members: list[Segment | SegmentRun]) -> list[np.ndarray]:
+    """The :func:`_rows` of ``members``, each set of rows once: a run's rows step alike
+    from its first, so runs with the same first row, step and count are one (a block's
+    parallel branches, every one reaching the same consumers: sorting them all was most
+    of a MobileOne's combination count)."""
+    found: dict[tuple[bytes, bytes, int], np.ndarray] = {}
+    for member in members:
+        rows = _rows(member)
+        step = (rows[1] - rows[0]).tobytes() if len(rows) > 1 else b""
+        found.setdefault((rows[0].tobytes(), step, len(rows)), rows)
+    return list(found.values())
 
 
 def _rows(item: Segment | SegmentRun) -> np.ndarray:
