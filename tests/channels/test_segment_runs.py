@@ -325,6 +325,12 @@ def separable_nets(draw):
 )
 @given(separable_nets())
 def test_runs_match_per_channel_brute_force(net):
+    check_segments_by_brute_force(net)
+
+
+def check_segments_by_brute_force(net):
+    """``net``'s channel analysis against the per-channel brute force, path counts, and
+    combinations read from every segment; the report."""
     report = gpa.analyze(net, input_shape=(1, IN_WIDTH, LENGTH), channels=True)
     check_against_brute_force(net, report)
     check_path_counts(net, report)
@@ -332,6 +338,7 @@ def test_runs_match_per_channel_brute_force(net):
     assert report.network.gradient_combinations == combinations_by_hand(layers)
     for r in report.layers.values():
         assert r.gradient_combinations == combinations_by_hand([r.segments])
+    return report
 
 
 @st.composite
@@ -369,13 +376,8 @@ def depthwise_stacks(draw):
 )
 @given(depthwise_stacks())
 def test_depthwise_stacks_are_runs_matching_per_channel_brute_force(net):
-    report = gpa.analyze(net, input_shape=(1, IN_WIDTH, LENGTH), channels=True)
-    check_against_brute_force(net, report)
-    check_path_counts(net, report)
-    layers = [r.segments for r in report.layers.values()]
-    assert report.network.gradient_combinations == combinations_by_hand(layers)
+    report = check_segments_by_brute_force(net)
     for r in report.layers.values():
-        assert r.gradient_combinations == combinations_by_hand([r.segments])
         # channels moving alike throughout: one segment per channel is held as one run
         if len(r.segments) > 1 and all(s.stop - s.start == 1 for s in r.segments):
             assert len(r.segments.items) == 1, (r.name, net.steps)
