@@ -202,9 +202,9 @@ def _intermediate_outputs_notes(graph: GradientGraph) -> list[str]:
     shown = f" ({', '.join(named[:4])}{', …' if len(named) > 4 else ''})" if named else ""
     return [
         f"{len(read)} returned tensor(s) feeding the loss are also read inside the model{shown}: "
-        "intermediate feature maps returned beside the predictions give the layers before "
-        "them a path straight to the loss; if the loss does not train through them (an "
-        "Ultralytics head's feats in train mode), select the predictions with --outputs "
+        "each gives the layers before it a path straight to the loss; if the training loss "
+        "does not read them (an Ultralytics head's feats in train mode, logits returned "
+        "beside the model's own loss), select what it reads with --outputs "
         "(docs/semantics.md §1.5)"
     ]
 
