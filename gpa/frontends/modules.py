@@ -460,19 +460,22 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         False
     """
     saved = [
-        (m.__dict__, dict(m.__dict__), _containers(m))
+        (m.__dict__, m.__dict__.copy(), *_containers(m))
         for m in model.modules()
         if not isinstance(m, torch.jit.ScriptModule)  # its state lives in C++
     ]
     try:
         yield
     finally:
-        for attributes, before, containers in saved:
+        for attributes, before, filled, empty in saved:
             if not same_entries(attributes, before):
                 attributes.clear()
                 attributes.update(before)
-            for now, held in containers:
+            for now, held in filled:
                 _restore(now, held)
+            if any(empty):  # most containers a module holds are empty: hooks
+                for now in empty:
+                    now.clear()
 
 
 # Containers whose entries are restored in place (and their subclasses that keep the
@@ -488,53 +491,73 @@ _CONTAINERS = (
 )
 _RESTORING = ("copy", "clear", "update", "extend", "__len__", "__iter__")
 _DEPTH = 6
-_NESTED = (*_CONTAINERS, tuple)
+# what :func:`_kind` says of a type
+_OTHER, _RESTORED, _LOOKED_INTO = 0, 1, 2
 
 
-def _containers(module: nn.Module) -> list[tuple[Any, Any]]:
+def _containers(module: nn.Module) -> tuple[list[tuple[Any, Any]], list[Any]]:
     """The dicts, lists, sets and deques ``module`` holds — as attributes, or inside those
-    (a list in a cache dict), or in tuples — each with a copy of its entries: ``forward``
-    may fill one in place: its parameters, buffers and children, a cache, or hooks (a
-    Hugging Face model installs output-capturing hooks on its first call and notes it in a
-    flag; with the flag restored and the hooks left, the next call installs them twice)."""
-    found: list[tuple[Any, Any]] = []
+    (a list in a cache dict), or in tuples: those holding entries, each with a copy of
+    them, and the empty ones. ``forward`` may fill one in place: its parameters, buffers
+    and children, a cache, or hooks (a Hugging Face model installs output-capturing hooks
+    on its first call and notes it in a flag; with the flag restored and the hooks left,
+    the next call installs them twice)."""
+    filled: list[tuple[Any, Any]] = []
+    empty: list[Any] = []
+    # only containers are looked into: a module holds a dozen (hooks, parameters,
+    # children), most empty, the entries of the rest mostly tensors and modules; every
+    # frontend call takes this walk, twice
+    inside: list[Any] = []
+    _sort(module.__dict__.values(), filled, empty, inside)
     seen: set[int] = set()
-    # only containers are looked into: a module has a dozen (hooks, parameters, children),
-    # each entry a tensor or a module mostly, and every frontend call takes this walk
-    stack = [(value, 1) for value in module.__dict__.values() if _nested(value)]
-    while stack:
-        value, depth = stack.pop()
-        if id(value) in seen:
+    for depth in range(2, _DEPTH + 1):
+        values = [v for v in inside if id(v) not in seen]
+        if not values:
+            break
+        seen.update(map(id, values))
+        inside = []
+        _sort(values, filled, empty, inside if depth < _DEPTH else None)
+    return filled, empty
+
+
+def _sort(
+    values: Iterable[Any], filled: list[tuple[Any, Any]], empty: list[Any], inside: list | None
+) -> None:
+    """Put each container among ``values`` into ``filled`` (with a copy of its entries) or
+    ``empty``, and the containers they hold into ``inside`` (unless None)."""
+    for value in values:
+        kind = _kind(type(value))
+        if not kind:
             continue
-        seen.add(id(value))
-        if _restorable(type(value)):
-            found.append((value, value.copy()))
-        if value and depth < _DEPTH:
-            for item in value.values() if isinstance(value, dict) else value:
-                if _nested(item):
-                    stack.append((item, depth + 1))
-    return found
+        if not value:
+            if kind == _RESTORED:
+                empty.append(value)
+            continue
+        if kind == _RESTORED:
+            filled.append((value, value.copy()))
+        if inside is not None:
+            entries = value.values() if isinstance(value, dict) else value
+            inside.extend(item for item in entries if _kind(type(item)))
 
 
 @functools.cache
-def _restorable(kind: type) -> bool:
-    """Whether containers of ``kind`` are restored in place: one of :data:`_CONTAINERS`, or
-    a subclass keeping the methods restoring takes from the nearest of them (a cache
-    class ``class Cache(dict): pass``)."""
+def _kind(kind: type) -> int:
+    """What :func:`_containers` does with a value of type ``kind``: ``_RESTORED`` — one of
+    :data:`_CONTAINERS`, or a subclass keeping the methods restoring takes from the nearest
+    of them (a cache class ``class Cache(dict): pass``) —, ``_LOOKED_INTO`` (a tuple, a
+    container subclass restoring cannot take), or ``_OTHER`` (modules and tensors too)."""
+    if issubclass(kind, (nn.Module, torch.Tensor)):
+        return _OTHER
     base = next((b for b in kind.__mro__ if b in _CONTAINERS), None)
-    return base is not None and all(
+    if base is not None and all(
         getattr(kind, m, None) is getattr(base, m, None) for m in _RESTORING
-    )
-
-
-def _nested(value: Any) -> bool:
-    return isinstance(value, _NESTED) and not isinstance(value, (nn.Module, torch.Tensor))
+    ):
+        return _RESTORED
+    return _LOOKED_INTO if issubclass(kind, (*_CONTAINERS, tuple)) else _OTHER
 
 
 def _restore(now: Any, held: Any) -> None:
     """Put the entries ``held`` back into the container ``now``, where they differ."""
-    if not now and not held:  # most: a module's hooks
-        return
     if isinstance(now, dict):
         if not same_entries(now, held):
             now.clear()
