@@ -120,33 +120,50 @@ def _arrivals(
 
     Consumers often receive alike (every block of a transformer reads the residual stream
     through a norm, and every block's layers send alike): their placed channels are
-    worked out once, kept in ``alike`` (shared by every call; read only)."""
+    worked out once, kept in ``alike`` (shared by every call; read only), and arrivals
+    of placed channels alone share their arrays (read only too)."""
     by_consumer: dict[Consumer, list] = defaultdict(list)
     for d in routing.inbound.get(call, ()):
         by_consumer[d.consumer].append(d)
     found = []
     for consumer in sorted(by_consumer, key=_listing_order):
         width = routing.in_channels.get(consumer, 0)
-        mixed = np.zeros(count, dtype=bool)
-        placed = [d for d in by_consumer[consumer] if d.positions is not None]
-        for d in by_consumer[consumer]:
-            if d.positions is None:
-                chosen = [c for c in (range(count) if d.mixed is None else d.mixed) if c < count]
-                mixed[chosen] = True
+        deliveries = by_consumer[consumer]
+        placed = [d for d in deliveries if d.positions is not None]
         key = (count, width, *((d.positions.tobytes(), _bytes(d.held)) for d in placed))
         if key not in alike:
-            alike[key] = _placed(placed, count, width)
-        tally, first, last, cells = alike[key]
-        # a channel placed at every input channel reaches all of them, as one found
-        # everywhere (after a norm, a softmax) does: mixed, however it got there (§8)
-        mixed |= (tally == width) & (width > 0)
-        tally = np.where(mixed, 0, tally)
+            tally, first, last, cells = _placed(placed, count, width)
+            # a channel placed at every input channel reaches all of them, as one found
+            # everywhere (after a norm, a softmax) does: mixed, however it got there (§8)
+            everywhere = (tally == width) & (width > 0)
+            alike[key] = (everywhere, np.where(everywhere, 0, tally), first, last, cells)
+        mixed, tally, first, last, cells = alike[key]
+        if len(placed) < len(deliveries):  # channels reaching every input channel too
+            mixed = mixed.copy()
+            for d in deliveries:
+                if d.positions is None:
+                    chosen = [
+                        c for c in (range(count) if d.mixed is None else d.mixed) if c < count
+                    ]
+                    mixed[chosen] = True
+            tally = np.where(mixed, 0, tally)
         found.append(_Arrival(consumer, width, mixed, tally, first, last, cells))
     return found
 
 
 def _bytes(values: np.ndarray | None) -> bytes | None:
     return None if values is None else values.tobytes()
+
+
+def _stacked(
+    arrivals: list[_Arrival], fields: tuple[str, ...], at: np.ndarray, columns: int
+) -> tuple[np.ndarray, ...]:
+    """Each of ``fields`` of every arrival at channels ``at`` as one array, shape
+    (arrivals, columns): a layer of a residual stream has dozens of arrivals, and one
+    numpy call over all of them costs what one over each would."""
+    if not arrivals:
+        return tuple(np.zeros((0, columns), dtype=np.int64) for _ in fields)
+    return tuple(np.array([getattr(a, field) for a in arrivals])[:, at] for field in fields)
 
 
 def _placed(deliveries: list, count: int, width: int) -> tuple[np.ndarray, ...]:
@@ -386,10 +403,11 @@ class _Segmenter:
     def kinds(self, arrivals: list[_Arrival]) -> np.ndarray:
         """For each arrival (a row) and pair of neighbouring channels: how its consumer sees
         them. Every arrival at once: a layer of a residual stream has dozens."""
-        count, first, last, mixed, present = (
-            np.stack([getattr(a, field) for a in arrivals])
-            for field in ("count", "first", "last", "mixed", "present")
+        count, first, last, mixed = (
+            np.array([getattr(a, field) for a in arrivals])
+            for field in ("count", "first", "last", "mixed")
         )
+        present = mixed | (count > 0)
         placed = count > 0
         block = placed & (last - first + 1 == count)
         both = block[:, 1:] & block[:, :-1] & _unchanged(count)
@@ -455,19 +473,6 @@ class _Segmenter:
             self._segment_of[call] = of
         return of
 
-    def node_ends(self, consumer: Consumer, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """For groups ``lo[i]`` to ``hi[i]`` of a grouped consumer, the first and last
-        sender segments :meth:`nodes` gives them (equal ends: the same nodes), as rows."""
-        of = self.segment_of(consumer.call)
-        groups = self.routing.groups.get(consumer.call, 1)
-        width = len(of) // groups if groups > 1 else 0
-        if not width or not len(of):  # every span reaches all of the sender, or nothing
-            return np.zeros((2, len(lo)), dtype=np.int64)
-        last = len(of) - 1
-        return np.stack(
-            [of[np.minimum(lo * width, last)], of[np.minimum((hi + 1) * width - 1, last)]]
-        )
-
     def joined(self, call: str) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
         """Which segments of ``call`` continue the run (:class:`SegmentRun`) of the segment
         before them, and per arrival the shift of the input channels and of the groups from
@@ -500,10 +505,10 @@ class _Segmenter:
         if not arrivals or not joined.any():  # no run (most calls): the shifts are not needed
             return joined, []
         # every arrival at once, a row each (a layer of a residual stream has dozens)
-        first, last, mixed, present, placed = (
-            np.stack([getattr(a, field)[starts] for a in arrivals])
-            for field in ("first", "last", "mixed", "present", "count")
+        first, last, mixed, placed = _stacked(
+            arrivals, ("first", "last", "mixed", "count"), starts, count
         )
+        present = mixed | (placed > 0)
         block = present & ~mixed & (last - first + 1 == placed)
         kind = np.where(block, 2, np.where(mixed, 1, np.where(present, 3, 0)))
         lo, top = np.where(block, first, 0), np.where(block, last, 0)
@@ -538,19 +543,33 @@ class _Segmenter:
         self, consumers: list[Consumer], low: np.ndarray, high: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """For grouped consumers (a row each) and their groups ``low`` to ``high`` per
-        segment: the first and last sender segments they reach (:meth:`node_ends`), shape
+        segment: the first and last sender segments :meth:`nodes` gives them (equal ends:
+        the same nodes; 0 where every span reaches all of the sender, or nothing), shape
         (2, consumers, segments), and the run each of those is in (its first segment; a
         sender whose runs are not known yet: the segment itself, so only the same
-        segments count as alike)."""
-        ends = np.stack(
-            [self.node_ends(c, lo, hi) for c, lo, hi in zip(consumers, low, high, strict=True)],
-            axis=1,
+        segments count as alike). Every consumer at once, their senders' segment indices
+        end to end (a depthwise stack has thousands)."""
+        of = [self.segment_of(c.call) for c in consumers]
+        sizes = np.array([len(o) for o in of])
+        groups = np.array([self.routing.groups.get(c.call, 1) for c in consumers])
+        width = np.where(groups > 1, sizes // np.maximum(groups, 1), 0)[:, None]
+        offset = (np.cumsum(sizes) - sizes)[:, None]
+        last = np.maximum(sizes - 1, 0)[:, None]
+        spans = (width > 0) & (sizes[:, None] > 0)
+        where = np.stack([np.minimum(low * width, last), np.minimum((high + 1) * width - 1, last)])
+        flat = np.concatenate([*of, np.zeros(1, dtype=np.int64)])
+        ends = np.where(spans, flat[np.where(spans, where + offset, len(flat) - 1)], 0)
+        # each sender's runs, where known (senders are joined before their consumers)
+        heads = [self._heads.get(c.call) for c in consumers]
+        known = np.array([h is not None and len(h) > 0 for h in heads])[:, None]
+        flat_heads = np.concatenate(
+            [*(h if h is not None else np.zeros(0, np.int64) for h in heads), np.zeros(1, np.int64)]
         )
-        runs = ends.copy()
-        for k, c in enumerate(consumers):
-            heads = self._heads.get(c.call)
-            if heads is not None and len(heads):
-                runs[:, k] = heads[ends[:, k]]
+        head_sizes = np.array([0 if h is None else len(h) for h in heads])
+        head_offset = (np.cumsum(head_sizes) - head_sizes)[:, None]
+        runs = np.where(
+            known, flat_heads[np.where(known, ends + head_offset, len(flat_heads) - 1)], ends
+        )
         return ends, runs
 
     def nodes(
@@ -591,6 +610,49 @@ class _Segmenter:
 
         return through
 
+    def _parts(
+        self,
+        call: str,
+        found: list[list[_Part]],
+        rows: list[int],
+        segments: list[int],
+        easy: list[bool],
+        lo: np.ndarray,
+        hi: np.ndarray,
+    ) -> None:
+        """Append to ``found`` the parts of arrival ``rows[k]`` (of ``call``) that segment
+        ``segments[k]`` receives: input channels ``lo[k]`` to ``hi[k]`` where ``easy[k]``
+        (one channel at one run), else :meth:`ranges`'."""
+        arrivals = self.arrivals[call]
+        bounds = self.bounds[call]
+        # per arrival: its consumer's group width and nodes, and what every part of an
+        # ungrouped consumer reaches
+        widths = [self.group_width(a.consumer) for a in arrivals]
+        throughs = [self.nodes(a.consumer) for a in arrivals]
+        wholes = [through(None) for through in throughs]
+        # per arrival, a grouped consumer's groups from ``span[0]`` to ``span[1]``, and their nodes
+        grouped: list[dict[tuple[int, int], tuple[tuple[int, ...], tuple[SegmentNode, ...]]]] = [
+            {} for _ in arrivals
+        ]
+        for k, i, simple, start, stop in zip(
+            rows, segments, easy, lo.tolist(), hi.tolist(), strict=True
+        ):
+            a, width, whole = arrivals[k], widths[k], wholes[k]
+            if simple and width is None:  # the commonest part, made without more ado
+                found[i].append(_Part(a.consumer, (start, stop), False, None, whole))
+                continue
+            for channels, mixed in (
+                [((start, stop), False)] if simple else self.ranges(a, *bounds[i])
+            ):
+                group, nodes = None, whole
+                if width is not None and not mixed:
+                    span = (channels[0] // width, (channels[1] - 1) // width)
+                    spans = grouped[k]
+                    if span not in spans:
+                        spans[span] = (tuple(range(span[0], span[1] + 1)), throughs[k](span))
+                    group, nodes = spans[span]
+                found[i].append(_Part(a.consumer, channels, mixed, group, nodes))
+
     def received(self, call: str) -> tuple[list[list[_Part]], list[_Run]]:
         """What each segment of ``call`` receives, per consumer and part (segments in
         channel order; in each, the consumers in listing order), and its runs of more than
@@ -602,43 +664,29 @@ class _Segmenter:
         starts = np.array([start for start, _ in bounds])
         single = np.diff(np.r_[starts, bounds[-1][1]]) == 1
         joined, shifts = self.joined(call)
-        for a in self.arrivals[call]:
-            width = self.group_width(a.consumer)
-            through = self.nodes(a.consumer)
-            whole = through(None)  # what an ungrouped consumer's parts all reach
-            present = np.flatnonzero(a.present[starts] & ~joined)
-            at = starts[present]
-            first, last = a.first[at], a.last[at]
-            # one channel at one run of input channels: its range is at hand
-            block = (single[present] & ~a.mixed[at] & (last - first + 1 == a.count[at])).tolist()
-            consumer = a.consumer
-            # a grouped consumer's groups from ``span[0]`` to ``span[1]``, and their nodes
-            grouped: dict[tuple[int, int], tuple[tuple[int, ...], tuple[SegmentNode, ...]]] = {}
-            for i, easy, lo, hi in zip(
-                present.tolist(), block, first.tolist(), (last + 1).tolist(), strict=True
-            ):
-                if easy and width is None:  # the commonest part, made without more ado
-                    found[i].append(_Part(consumer, (lo, hi), False, None, whole))
-                    continue
-                for channels, mixed in [((lo, hi), False)] if easy else self.ranges(a, *bounds[i]):
-                    group, nodes = None, whole
-                    if width is not None and not mixed:
-                        span = (channels[0] // width, (channels[1] - 1) // width)
-                        if span not in grouped:
-                            grouped[span] = (tuple(range(span[0], span[1] + 1)), through(span))
-                        group, nodes = grouped[span]
-                    found[i].append(_Part(consumer, channels, mixed, group, nodes))
-        runs = []
+        arrivals = self.arrivals[call]
         heads = np.flatnonzero(~joined)
+        # per arrival (a row) and head segment (a column): whether its channels reach the
+        # consumer, and how
+        first, last, mixed, count = _stacked(
+            arrivals, ("first", "last", "mixed", "count"), starts[heads], len(heads)
+        )
+        present = mixed | (count > 0)
+        # the parts by arrival, then segment: each segment lists its consumers in the
+        # arrivals' order; one channel at one run of input channels has its range at hand
+        rows, columns = np.nonzero(present)
+        lo, hi = first[rows, columns], last[rows, columns] + 1
+        easy = single[heads[columns]] & ~mixed[rows, columns] & (hi - lo == count[rows, columns])
+        self._parts(call, found, rows.tolist(), heads[columns].tolist(), easy.tolist(), lo, hi)
+        runs = []
         ends = np.r_[heads[1:], len(bounds)]
-        for head, end in zip(
-            heads[ends - heads > 1].tolist(), ends[ends - heads > 1].tolist(), strict=True
-        ):
+        for column in np.flatnonzero(ends - heads > 1).tolist():
+            head, end = int(heads[column]), int(ends[column])
             # a run's parts: one per consumer its first segment reaches, each moved as its consumer
             steps = tuple(
                 (int(step[head + 1]), int(group_step[head + 1]))
-                for a, (step, group_step) in zip(self.arrivals[call], shifts, strict=True)
-                if a.present[starts[head]]
+                for reaches, (step, group_step) in zip(present[:, column], shifts, strict=True)
+                if reaches
             )
             runs.append(_Run(head, end - head, steps))
             found[head + 1 : end] = [found[head]] * (end - head - 1)
