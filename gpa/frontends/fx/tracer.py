@@ -98,6 +98,11 @@ try:  # private to torch (torch.compile's passes use it), hence the fallback
     from torch.fx._lazy_graph_module import _LazyGraphModule as _GraphModule
 except ImportError:  # pragma: no cover - every supported torch has it
     _GraphModule = fx.GraphModule
+try:  # how a GraphModule copies one target from its root (private too)
+    from torch.fx.graph_module import _copy_attr
+except ImportError:  # pragma: no cover - every supported torch has it
+    _copy_attr = None
+_GRAPH_MODULE_NAMES = frozenset(dir(_GraphModule))
 
 
 def grad_mode(enabled: bool) -> None:
@@ -515,8 +520,32 @@ def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
     its code (a third of a symbolic trace) is left until someone calls it or reads
     ``.code``; torch's own ``_LazyGraphModule`` does exactly that, and plain
     ``fx.GraphModule`` stands in where a torch build lacks it.
+
+    ``root``'s children are the module's own, not copied: a ``GraphModule`` rebuilds the
+    path to every called module and attribute, a new ``nn.Module`` per level (a twentieth
+    of an analysis). Every module and attribute is then found where a ``GraphModule`` puts
+    it, as the same object; what differs is that modules the graph does not use are there
+    too, and a module on the way to a target is the model's, not an empty stand-in — so
+    no pass may add or delete a submodule below the top level (it would be the model's).
+    (A child whose name a ``GraphModule`` uses itself, ``graph`` or ``meta``, is left to
+    it.)
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU()))
+        >>> gm = graph_module(m, fx.symbolic_trace(m).graph, "Net")
+        >>> gm.get_submodule("1.0") is m[1][0], isinstance(gm.get_submodule("1"), nn.Sequential)
+        (True, True)
     """
-    return _GraphModule(root, graph, name)
+    if _copy_attr is None:  # pragma: no cover
+        return _GraphModule(root, graph, name)
+    gm = _GraphModule(root, fx.Graph(), name)
+    taken = _GRAPH_MODULE_NAMES | gm.__dict__.keys()
+    gm._modules.update((k, v) for k, v in root._modules.items() if k not in taken)
+    for node in graph.nodes:
+        if node.op in ("get_attr", "call_module"):
+            _copy_attr(root, gm, node.target)  # returns at once below a shared child
+    gm.graph = graph
+    return gm
 
 
 def unwritable_names(model: nn.Module, exc: SyntaxError) -> str:
