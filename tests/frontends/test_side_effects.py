@@ -49,6 +49,65 @@ def test_the_users_model_is_not_modified() -> None:
     assert dict(model._modules) == before_modules
 
 
+def _tree(model: nn.Module) -> list[tuple[str, type, list, list, list, list]]:
+    """Every module of ``model`` with the names and objects it holds."""
+    return [
+        (
+            name,
+            type(m),
+            [(k, id(v)) for k, v in m._modules.items()],
+            [(k, id(v)) for k, v in m._parameters.items()],
+            [(k, id(v)) for k, v in m._buffers.items()],
+            sorted(vars(m)),
+        )
+        for name, m in model.named_modules(remove_duplicate=False)
+    ]
+
+
+class Spare(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.spare = nn.Conv2d(3, 4, 1), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).relu()
+
+
+class Nested(nn.Module):
+    """Layers called two and three levels down, two never called (one beside a called
+    one), a tensor constant and a buffer read two levels down: what a GraphModule copies
+    path by path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage = nn.Sequential(Spare(), nn.Conv2d(4, 4, 1))
+        self.unused = nn.Sequential(nn.Linear(2, 2))
+        self.stage[1].register_buffer("scale", torch.ones(1, 4, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.stage(x) * self.stage[1].scale
+        return y + torch.tensor([1.0])
+
+
+@pytest.mark.parametrize(
+    ("tracer", "channels"),
+    [("fx", False), ("fx", True), ("export", False), ("export", True), ("autograd", False)],
+)
+def test_no_module_of_the_model_gains_or_loses_anything(tracer: str, channels: bool) -> None:
+    model = Nested()
+    before = _tree(model)
+    report = gpa.analyze(model, input_shape=(1, 3, 4, 4), tracer=tracer, channels=channels)
+    # (the analysis ran: the two convolutions, the linears never called)
+    reachable = {name: r.reachable for name, r in report.layers.items()}
+    assert reachable == {
+        "stage.0.conv": True,
+        "stage.1": True,
+        "stage.0.spare": False,
+        "unused.0": False,
+    }
+    assert _tree(model) == before
+
+
 class Rewriting(nn.Module):
     """Its forward caches a value, replaces a buffer, deletes an attribute, registers a
     submodule anew (last in order) and, with ``swap``, swaps two buffers' names: what a
