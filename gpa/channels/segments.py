@@ -36,7 +36,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -75,7 +74,8 @@ class _Arrival:
     ``mixed[c]``: channel c reaches every input channel of the consumer. Otherwise it
     reaches ``count[c]`` input channels, the lowest ``first[c]``, the highest ``last[c]``;
     ``cells`` keeps them all: a (channel, input channel) boolean table, or the sorted
-    ``channel * width + input channel`` pairs.
+    ``channel * width + input channel`` pairs. The arrays are read only: arrivals alike
+    share them.
     """
 
     consumer: Consumer
@@ -85,10 +85,6 @@ class _Arrival:
     first: np.ndarray
     last: np.ndarray
     cells: np.ndarray
-
-    @cached_property
-    def present(self) -> np.ndarray:
-        return self.mixed | (self.count > 0)
 
     def positions(self, channel: int) -> np.ndarray:
         if self.cells.ndim == 2:
