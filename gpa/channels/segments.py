@@ -75,7 +75,8 @@ class _Arrival:
     reaches ``count[c]`` input channels, the lowest ``first[c]``, the highest ``last[c]``;
     ``cells`` keeps them all: a (channel, input channel) boolean table, or the sorted
     ``channel * width + input channel`` pairs. The arrays are read only: arrivals alike
-    share them.
+    share them. ``group_width``: input channels per group of a grouped-convolution
+    consumer, else None.
     """
 
     consumer: Consumer
@@ -85,6 +86,7 @@ class _Arrival:
     first: np.ndarray
     last: np.ndarray
     cells: np.ndarray
+    group_width: int | None = None
 
     def positions(self, channel: int) -> np.ndarray:
         if self.cells.ndim == 2:
@@ -143,7 +145,9 @@ def _arrivals(
                     ]
                     mixed[chosen] = True
             tally = np.where(mixed, 0, tally)
-        found.append(_Arrival(consumer, width, mixed, tally, first, last, cells))
+        groups = routing.groups.get(consumer.call, 1) if consumer.call is not None else 1
+        grouped = max(width // groups, 1) if groups > 1 else None
+        found.append(_Arrival(consumer, width, mixed, tally, first, last, cells, grouped))
     return found
 
 
@@ -366,13 +370,6 @@ class _Segmenter:
             # each segment runs to the next start; a call without channels has none
             self.bounds[call] = list(zip(starts, [*starts[1:], count], strict=False))
 
-    def group_width(self, consumer: Consumer) -> int | None:
-        """Input channels per group of a grouped-convolution consumer, else None."""
-        groups = self.routing.groups.get(consumer.call, 1) if consumer.call is not None else 1
-        if groups <= 1:
-            return None
-        return max(self.routing.in_channels.get(consumer, 0) // groups, 1)
-
     def cuts(self, arrivals: list[_Arrival], count: int) -> np.ndarray:
         """Channel indices where a new segment starts.
 
@@ -410,7 +407,7 @@ class _Segmenter:
         step = first[:, 1:] - first[:, :-1]
         tiled = both & (step == count[:, 1:])
         same = both & (step == 0)
-        widths = [self.group_width(a.consumer) for a in arrivals]
+        widths = [a.group_width for a in arrivals]
         rows = [k for k, width in enumerate(widths) if width is not None]
         inside = np.zeros_like(tiled)
         if rows:
@@ -445,7 +442,7 @@ class _Segmenter:
         block = a.last[start] - a.first[start] + 1 == a.count[start]
         if stop - start == 1 and block:  # one channel at one run of input channels
             return [((int(a.first[start]), int(a.last[start]) + 1), False)]
-        width = self.group_width(a.consumer)
+        width = a.group_width
         if width is not None and a.first[start] // width == a.last[stop - 1] // width:
             reached = a.reached(start, stop)
             runs = _runs(reached)
@@ -512,7 +509,7 @@ class _Segmenter:
         joined[1:] &= _unchanged(top - lo).all(axis=0)
         step, group_step = np.diff(lo, axis=1, prepend=lo[:, :1]), np.zeros_like(lo)
         moved = np.zeros(count, dtype=bool)  # shifts unlike those from i - 2 to i - 1
-        grouped = [(k, w) for k, a in enumerate(arrivals) if (w := self.group_width(a.consumer))]
+        grouped = [(k, w) for k, a in enumerate(arrivals) if (w := a.group_width)]
         if grouped:
             rows = [k for k, _ in grouped]
             width = np.array([w for _, w in grouped])[:, None]
@@ -623,7 +620,7 @@ class _Segmenter:
         bounds = self.bounds[call]
         # per arrival: its consumer's group width and nodes, and what every part of an
         # ungrouped consumer reaches
-        widths = [self.group_width(a.consumer) for a in arrivals]
+        widths = [a.group_width for a in arrivals]
         throughs = [self.nodes(a.consumer) for a in arrivals]
         wholes = [through(None) for through in throughs]
         # per arrival, a grouped consumer's groups from ``span[0]`` to ``span[1]``, and their nodes
