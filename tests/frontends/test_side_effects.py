@@ -375,6 +375,47 @@ def test_caches_in_container_subclasses_and_deeper_are_kept(tracer: str) -> None
     assert torch.equal(model(x), model.fc(x))  # the next real forward fills them anew
 
 
+class Filling(nn.Module):
+    """Fills containers that are empty before, one to six levels down (in dicts, lists and
+    tuples), one held under two names, a list holding itself (with ``loop``: torch.export
+    recurses into it without end), and containers already holding entries: most of what a
+    module holds is empty (its hook dicts)."""
+
+    def __init__(self, loop: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.deep = [{"a": ([{"b": []}],)}]  # the innermost list is six levels down
+        self.queue, self.kinds = collections.deque(), set()
+        self.alias = self.shared = []
+        self.loop: list = []
+        if loop:
+            self.loop.append(self.loop)
+        self.held = {"k": [1]}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.deep[0]["a"][0][0]["b"].append(x)
+        self.queue.append(x)
+        self.kinds.add("seen")
+        self.alias.append(x)
+        self.loop.append(x)
+        self.held["k"].append(2)
+        self.held["new"] = x
+        self.fc.register_forward_hook(lambda *args: None)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize(("tracer", "loop"), [("fx", True), ("export", False), ("autograd", True)])
+def test_containers_forward_fills_are_as_before_at_every_depth(tracer: str, loop: bool) -> None:
+    model = Filling(loop)
+    loop_held = model.loop
+    gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert model.deep == [{"a": ([{"b": []}],)}]
+    assert not model.queue and not model.kinds and not model.fc._forward_hooks
+    assert model.alias == [] and model.alias is model.shared
+    assert model.loop is loop_held and model.loop == ([model.loop] if loop else [])
+    assert model.held == {"k": [1]}
+
+
 class Counting(nn.Module):
     """Writes into its buffers in place while it runs: a step counter, a queue of keys (as
     MoCo keeps one), a flag filled once."""
