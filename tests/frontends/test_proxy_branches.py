@@ -164,3 +164,93 @@ def test_a_model_that_skips_a_layer_when_run_is_not_refused() -> None:
     assert report.tracer == "fx"
     expect(report, "head", {1: 1}, (LOSS,))
     expect_unreachable(report, "unused", calls=0)
+
+
+class NormedGuarded(nn.Module):
+    """backbone -> every kind of norm -> attention whose values are twice as wide as its
+    queries -> (proj if the result is a tensor 8 wide) -> head. The check that fx's trace
+    took the model's branches runs the model on the meta device, where norms and attention
+    answer by shape (``_ShapesOfNorms``): the branch reads that shape."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Conv2d(3, 4, 3)
+        self.norms = nn.Sequential(
+            nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4), nn.LayerNorm([4, 4])
+        )
+        self.rms = nn.RMSNorm(4) if hasattr(nn, "RMSNorm") else nn.LayerNorm(4)
+        self.proj, self.head = nn.Linear(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.rms(self.norms(self.backbone(x)).flatten(2).transpose(1, 2))
+        values = torch.cat([tokens, tokens], -1)
+        f = nn.functional.scaled_dot_product_attention(tokens, tokens, values)
+        if isinstance(f, torch.Tensor) and f.shape[-1] == 8:
+            f = self.proj(f)
+        return self.head(f.mean(1))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_the_branch_check_reads_the_shapes_norms_and_attention_give(train: bool) -> None:
+    """By hand: the model calls proj (its attention's result is 8 wide); fx's proxy is no
+    tensor, so its trace leaves proj out, and the check must see proj called (refusal).
+    Autograd reads proj: head 1, proj 2, backbone 3."""
+    model, x = NormedGuarded().train(train), torch.randn(2, 3, 6, 6)
+    with pytest.raises(TraceError, match="'proj' is called when it runs, not in the trace"):
+        gpa.analyze(model, (x,), tracer="fx", train=train)
+    report = gpa.analyze(model, (x,), tracer="autograd", train=train)
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "proj", {2: 1}, ("head",))
+    expect(report, "backbone", {3: 1}, ("proj",))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_norms_and_attention_by_shape_match_torch_on_the_meta_device(
+    dtype: torch.dtype, channels_last: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each stand-in of ``_ShapesOfNorms`` gives the shape, dtype and device torch's own
+    meta kernel gives, for the same arguments (and is what the mode answers with)."""
+    from gpa.frontends.fx import branches
+    from gpa.frontends.fx.branches import _BY_SHAPE, _ShapesOfNorms
+
+    answered = []
+    monkeypatch.setattr(
+        branches,
+        "_BY_SHAPE",
+        {
+            f: (lambda *a, s=s, f=f, **k: answered.append(f) or s(*a, **k))
+            for f, s in _BY_SHAPE.items()
+        },
+    )
+
+    F = nn.functional
+    x = torch.empty(2, 4, 5, 6, device="meta", dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.empty(4, device="meta")
+    q, v = (
+        torch.empty(2, 3, 5, 4, device="meta", dtype=dtype),
+        torch.empty(2, 3, 7, 6, device="meta", dtype=dtype),
+    )
+    k = torch.empty(2, 3, 7, 4, device="meta", dtype=dtype)
+    calls = {
+        F.batch_norm: ((x, w, w, w, w), {"training": True}),
+        F.instance_norm: ((x,), {}),
+        F.group_norm: ((x, 2, w, w), {}),
+        F.layer_norm: ((x, (6,)), {}),
+        F.scaled_dot_product_attention: ((q, k, v), {}),
+    }
+    if hasattr(F, "rms_norm"):
+        calls[F.rms_norm] = ((x, (6,)), {})
+    assert set(calls) == set(_BY_SHAPE)
+    for function, (args, kwargs) in calls.items():
+        real = function(*args, **kwargs)
+        with _ShapesOfNorms():
+            stand_in = function(*args, **kwargs)
+        assert answered.pop() is function
+        assert (stand_in.shape, stand_in.dtype, stand_in.device) == (
+            real.shape,
+            real.dtype,
+            real.device,
+        ), function.__name__

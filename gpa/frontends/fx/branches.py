@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_map
 
 from gpa.frontends.modules import preserved_state
@@ -69,7 +71,7 @@ def called_when_run(
     state = {name: copies.setdefault(id(t), t.detach().to("meta")) for name, t in held}
     args = tree_map(lambda x: x.detach().to("meta") if isinstance(x, torch.Tensor) else x, inputs)
     try:
-        with preserved_state(model), _drawing_from(states):
+        with preserved_state(model), _drawing_from(states), _ShapesOfNorms():
             functional_call(model, state, args, strict=False)
     except Exception:  # the model's branches need values: the trace cannot be checked
         return None
@@ -77,6 +79,39 @@ def called_when_run(
         for h in handles:
             h.remove()
     return called
+
+
+# Normalisations (and attention) whose result's shape follows from their inputs' alone.
+_BY_SHAPE = {
+    F.batch_norm: lambda x, *args, **kwargs: torch.empty_like(x),
+    F.instance_norm: lambda x, *args, **kwargs: torch.empty_like(x),
+    F.group_norm: lambda x, *args, **kwargs: torch.empty_like(x),
+    F.layer_norm: lambda x, *args, **kwargs: torch.empty_like(x),
+    F.scaled_dot_product_attention: lambda q, k, v, *args, **kwargs: q.new_empty(
+        (*q.shape[:-1], v.shape[-1])
+    ),
+}
+if hasattr(F, "rms_norm"):  # (torch 2.4 and later)
+    _BY_SHAPE[F.rms_norm] = lambda x, *args, **kwargs: torch.empty_like(x)
+
+
+class _ShapesOfNorms(TorchFunctionMode):
+    """While it lasts, a normalisation or an attention given meta tensors answers with an
+    empty meta tensor of its result's shape: torch computes them on the meta device
+    through Python decompositions, a millisecond each (a YOLO model's 57 batch norms were
+    most of its check), and a run on the meta device reads shapes only."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        shaped = _BY_SHAPE.get(func)
+        if shaped is not None:
+            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+            if tensors and all(t.is_meta for t in tensors):
+                try:
+                    return shaped(*args, **kwargs)
+                except Exception:  # arguments by other names: torch's own
+                    pass
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager
