@@ -506,38 +506,53 @@ def _containers(module: nn.Module) -> tuple[list[tuple[Any, Any]], list[Any]]:
     empty: list[Any] = []
     # only containers are looked into: a module holds a dozen (hooks, parameters,
     # children), most empty, the entries of the rest mostly tensors and modules; every
-    # frontend call takes this walk, twice
-    inside: list[Any] = []
-    _sort(module.__dict__.values(), filled, empty, inside)
+    # frontend call takes this walk, twice. Level by level, each container once (one held
+    # forty times in a list of lists is walked once, not forty times per level).
     seen: set[int] = set()
-    for depth in range(2, _DEPTH + 1):
-        values = [v for v in inside if id(v) not in seen]
-        if not values:
+    values: Iterable[Any] = module.__dict__.values()
+    for depth in range(1, _DEPTH + 1):
+        inside: list[Any] = []
+        _sort(values, seen, filled, empty, inside if depth < _DEPTH else None)
+        if not inside:
             break
-        seen.update(map(id, values))
-        inside = []
-        _sort(values, filled, empty, inside if depth < _DEPTH else None)
+        values = inside
     return filled, empty
 
 
 def _sort(
-    values: Iterable[Any], filled: list[tuple[Any, Any]], empty: list[Any], inside: list | None
+    values: Iterable[Any],
+    seen: set[int],
+    filled: list[tuple[Any, Any]],
+    empty: list[Any],
+    inside: list | None,
 ) -> None:
-    """Put each container among ``values`` into ``filled`` (with a copy of its entries) or
-    ``empty``, and the containers they hold into ``inside`` (unless None)."""
+    """Put each container among ``values`` not ``seen`` into ``filled`` (with a copy of its
+    entries) or ``empty``, and the containers they hold into ``inside`` (unless None)."""
     for value in values:
         kind = _kind(type(value))
         if not kind:
-            continue
-        if not value:
+            # a transparent proxy (``wrapt.ObjectProxy``) passes for what it wraps: looked into
+            if value.__class__ is type(value) or not _passes_for_a_container(value):
+                continue
+            kind = _LOOKED_INTO
+        if not value:  # (an empty one met twice is cleared twice)
             if kind == _RESTORED:
                 empty.append(value)
             continue
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
         if kind == _RESTORED:
             filled.append((value, value.copy()))
         if inside is not None:
             entries = value.values() if isinstance(value, dict) else value
-            inside.extend(item for item in entries if _kind(type(item)))
+            inside.extend(v for v in entries if _kind(type(v)) or v.__class__ is not type(v))
+
+
+def _passes_for_a_container(value: Any) -> bool:
+    return isinstance(value, (*_CONTAINERS, tuple)) and not isinstance(
+        value, (nn.Module, torch.Tensor)
+    )
 
 
 @functools.cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import random
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -444,3 +445,98 @@ def test_what_forward_writes_into_buffers_in_place_is_not_kept(tracer: str) -> N
         report = gpa.analyze(model, (torch.ones(3, 4),), tracer=tracer)
     assert report.layers["fc"].shortest == 1  # hand-derived: one Linear feeding the loss
     assert (model.step.item(), model.seen.item(), model.queue.abs().sum().item()) == (0, 0, 0)
+
+
+class Proxied:
+    """A transparent proxy (as ``wrapt.ObjectProxy`` is): it passes for what it wraps."""
+
+    def __init__(self, wrapped: Any) -> None:
+        object.__setattr__(self, "_wrapped", wrapped)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self._wrapped)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._wrapped, name)
+
+    def __iter__(self) -> Any:
+        return iter(self._wrapped)
+
+    def __len__(self) -> int:
+        return len(self._wrapped)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._wrapped[key]
+
+
+class Shared(nn.Module):
+    """Holds one list eight times in each of three levels of lists, and a list inside a
+    dict behind a transparent proxy; forward fills both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.leaf: list = [1]
+        self.grid = [[[self.leaf] * 8] * 8] * 8
+        self.config = Proxied({"inner": [1]})  # the list is held there only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.leaf.append(x)
+        self.config["inner"].append(x)
+        return self.fc(x)
+
+
+def test_a_container_held_many_times_is_copied_once() -> None:
+    """By hand: the grid's three levels of lists, the leaf and the proxied dict's list hold
+    entries, each copied once (the proxy itself is looked into, not copied)."""
+    from gpa.frontends.modules import _containers
+
+    model = Shared()
+    filled, _ = _containers(model)
+    held = [id(c) for c, _ in filled if c is not model._modules and c is not model._parameters]
+    assert len(held) == len(set(held))
+    copied = {id(c) for c, _ in filled}
+    assert {id(model.leaf), id(model.config["inner"]), id(model.grid)} <= copied
+    assert {id(model.grid[0]), id(model.grid[0][0])} <= copied
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_lists_held_many_times_or_behind_a_proxy_are_as_before(tracer: str) -> None:
+    model = Shared()
+    gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert model.leaf == [1] and model.grid[7][7][7] is model.leaf
+    assert model.config["inner"] == [1]
+
+
+class Clashing(nn.Module):
+    """Children named as a GraphModule's own attributes: ``code`` is called, ``graph``
+    not; ``a`` is one convolution also held inside ``x``, declared a leaf."""
+
+    def __init__(self, tied_first: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        conv = nn.Conv2d(4, 4, 1)
+        if tied_first:
+            self.a, self.x = conv, nn.Sequential(conv, nn.ReLU())
+        else:
+            self.x, self.a = nn.Sequential(conv, nn.ReLU()), conv
+        self.code = nn.Sequential(nn.Conv2d(4, 4, 1))
+        self.graph = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(self.x(self.code(self.stem(x))))
+
+
+@pytest.mark.parametrize("tied_first", [True, False])
+def test_children_named_as_graph_module_attributes_or_tied_into_a_leaf(tied_first: bool) -> None:
+    """By hand: a 1, x (the leaf: its convolution) 2, code.0 3, stem 4; graph uncalled. The
+    convolution held as ``a`` and as ``x.0`` goes by its first name (``named_modules``'s),
+    as a parameter two modules hold does (``docs/semantics.md`` §2); fx and autograd agree."""
+    model = Clashing(tied_first)
+    tied = "a" if tied_first else "x.0"
+    for tracer in ("fx", "autograd"):
+        report = gpa.analyze(model, input_shape=(1, 3, 6, 6), tracer=tracer, leaf_modules=["x"])
+        shortest = {name: r.shortest for name, r in report.layers.items() if r.reachable}
+        assert shortest == {tied: 1, "x": 2, "code.0": 3, "stem": 4}, tracer
+        assert not report.layers["graph"].reachable

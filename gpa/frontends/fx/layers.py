@@ -237,7 +237,7 @@ def find_layers(
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     calls: dict[fx.Node, LayerCall] = {}
-    modules = dict(gm.named_modules())
+    modules = dict(gm.named_modules(remove_duplicate=False))  # a tied module by each name
     for node in gm.graph.nodes:
         if node.op == "call_module":
             module = modules[node.target]

@@ -527,8 +527,8 @@ def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
     it, as the same object; what differs is that modules the graph does not use are there
     too, and a module on the way to a target is the model's, not an empty stand-in — so
     no pass may add or delete a submodule below the top level (it would be the model's).
-    (A child whose name a ``GraphModule`` uses itself, ``graph`` or ``meta``, is left to
-    it.)
+    Where a target starts with a name a ``GraphModule`` uses itself (``code``, ``graph``,
+    ``meta``), the ``GraphModule`` is built fx's own way.
 
     Example:
         >>> m = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU()))
@@ -536,14 +536,14 @@ def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
         >>> gm.get_submodule("1.0") is m[1][0], isinstance(gm.get_submodule("1"), nn.Sequential)
         (True, True)
     """
-    if _copy_attr is None:  # pragma: no cover
-        return _GraphModule(root, graph, name)
-    gm = _GraphModule(root, fx.Graph(), name)
-    taken = _GRAPH_MODULE_NAMES | gm.__dict__.keys()
+    targets = [n.target for n in graph.nodes if n.op in ("get_attr", "call_module")]
+    gm = _GraphModule(root, fx.Graph(), name) if _copy_attr is not None else None
+    taken = _GRAPH_MODULE_NAMES | (gm.__dict__.keys() if gm is not None else set())
+    if gm is None or any(t.partition(".")[0] in taken for t in targets):
+        return _GraphModule(root, graph, name)  # fx's own way, where names clash
     gm._modules.update((k, v) for k, v in root._modules.items() if k not in taken)
-    for node in graph.nodes:
-        if node.op in ("get_attr", "call_module"):
-            _copy_attr(root, gm, node.target)  # returns at once below a shared child
+    for target in targets:
+        _copy_attr(root, gm, target)  # returns at once below a shared child
     gm.graph = graph
     return gm
 
