@@ -511,7 +511,29 @@ def test_lists_held_many_times_or_behind_a_proxy_are_as_before(tracer: str) -> N
 
 class Clashing(nn.Module):
     """Children named as a GraphModule's own attributes: ``code`` is called, ``graph``
-    not; ``a`` is one convolution also held inside ``x``, declared a leaf."""
+    not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.code = nn.Sequential(nn.Conv2d(4, 4, 1))
+        self.graph = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.code(self.stem(x))
+
+
+def test_children_named_as_graph_module_attributes() -> None:
+    """By hand: code.0 1, stem 2; graph uncalled. fx and autograd agree."""
+    for tracer in ("fx", "autograd"):
+        report = gpa.analyze(Clashing(), input_shape=(1, 3, 6, 6), tracer=tracer)
+        shortest = {name: r.shortest for name, r in report.layers.items() if r.reachable}
+        assert shortest == {"code.0": 1, "stem": 2}, tracer
+        assert not report.layers["graph"].reachable
+
+
+class TiedIntoLeaf(nn.Module):
+    """``a`` is one convolution also held inside ``x``, declared a leaf; ``x`` runs first."""
 
     def __init__(self, tied_first: bool) -> None:
         super().__init__()
@@ -521,22 +543,20 @@ class Clashing(nn.Module):
             self.a, self.x = conv, nn.Sequential(conv, nn.ReLU())
         else:
             self.x, self.a = nn.Sequential(conv, nn.ReLU()), conv
-        self.code = nn.Sequential(nn.Conv2d(4, 4, 1))
-        self.graph = nn.Linear(2, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.a(self.x(self.code(self.stem(x))))
+        return self.a(self.x(self.stem(x)))
 
 
 @pytest.mark.parametrize("tied_first", [True, False])
-def test_children_named_as_graph_module_attributes_or_tied_into_a_leaf(tied_first: bool) -> None:
-    """By hand: a 1, x (the leaf: its convolution) 2, code.0 3, stem 4; graph uncalled. The
-    convolution held as ``a`` and as ``x.0`` goes by its first name (``named_modules``'s),
-    as a parameter two modules hold does (``docs/semantics.md`` §2); fx and autograd agree."""
-    model = Clashing(tied_first)
+def test_a_module_tied_into_a_leaf(tied_first: bool) -> None:
+    """By hand: a 1, x (the leaf: its convolution) 2, stem 3. The convolution held as
+    ``a`` and as ``x.0`` goes by its first name (``named_modules``'s), as a parameter two
+    modules hold does (``docs/semantics.md`` §2); fx and autograd agree."""
     tied = "a" if tied_first else "x.0"
     for tracer in ("fx", "autograd"):
-        report = gpa.analyze(model, input_shape=(1, 3, 6, 6), tracer=tracer, leaf_modules=["x"])
+        report = gpa.analyze(
+            TiedIntoLeaf(tied_first), input_shape=(1, 3, 6, 6), tracer=tracer, leaf_modules=["x"]
+        )
         shortest = {name: r.shortest for name, r in report.layers.items() if r.reachable}
-        assert shortest == {tied: 1, "x": 2, "code.0": 3, "stem": 4}, tracer
-        assert not report.layers["graph"].reachable
+        assert shortest == {tied: 1, "x": 2, "stem": 3}, tracer
