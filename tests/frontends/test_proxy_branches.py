@@ -13,6 +13,8 @@ from), and a real backward the same reachability.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -169,8 +171,8 @@ def test_a_model_that_skips_a_layer_when_run_is_not_refused() -> None:
 class NormedGuarded(nn.Module):
     """backbone -> every kind of norm -> attention whose values are twice as wide as its
     queries -> (proj if the result is a tensor 8 wide) -> head. The check that fx's trace
-    took the model's branches runs the model on the meta device, where norms and attention
-    answer by shape (``_ShapesOfNorms``): the branch reads that shape."""
+    took the model's branches runs the model on the meta device, where the functional
+    norms answer by shape (``_ShapesOfNorms``): the branch reads the shapes they give."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -204,53 +206,108 @@ def test_the_branch_check_reads_the_shapes_norms_and_attention_give(train: bool)
     expect(report, "backbone", {3: 1}, ("proj",))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_norms_and_attention_by_shape_match_torch_on_the_meta_device(
-    dtype: torch.dtype, channels_last: bool, monkeypatch: pytest.MonkeyPatch
+F = nn.functional
+_X = torch.empty(2, 4, 5, 6, device="meta")
+_W = torch.empty(4, device="meta")
+_NORM_CALLS = {
+    "batch_norm_train": (F.batch_norm, (_X, _W, _W, _W, _W), {"training": True}),
+    "batch_norm_eval": (F.batch_norm, (_X, _W, _W), {}),
+    "instance_norm": (F.instance_norm, (_X,), {}),
+    "group_norm": (F.group_norm, (_X, 2, _W, _W), {}),
+    "layer_norm": (F.layer_norm, (_X, (6,)), {}),
+    "layer_norm_keywords": (F.layer_norm, (), {"input": _X, "normalized_shape": (5, 6)}),
+}
+# calls torch's kernel answers otherwise than a contiguous tensor of the input's shape, or
+# refuses: each must be left to it
+_LEFT_TO_TORCH = {
+    "channels_last": (F.batch_norm, (_X.contiguous(memory_format=torch.channels_last), _W, _W), {}),
+    "permuted_layer_norm": (F.layer_norm, (_X.permute(0, 2, 3, 1), (4,)), {}),
+    "mixed_dtypes": (F.group_norm, (_X.to(torch.bfloat16), 2, _W, _W), {}),
+    "one_value_per_channel": (F.batch_norm, (_X[:1, :, :1, :1], _W, _W), {"training": True}),
+    "wrong_normalized_shape": (F.layer_norm, (_X, (5,)), {}),
+    "groups_not_dividing": (F.group_norm, (_X, 3), {}),
+}
+
+
+def _answer(function: Any, args: tuple, kwargs: dict) -> Any:
+    try:
+        out = function(*args, **kwargs)
+    except Exception as exc:  # torch refuses: so must the stand-in
+        return type(exc)
+    return out.shape, out.stride(), out.dtype, out.device
+
+
+@pytest.mark.parametrize("case", [*_NORM_CALLS, *_LEFT_TO_TORCH])
+def test_norms_by_shape_answer_as_torch_on_the_meta_device(
+    case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each stand-in of ``_ShapesOfNorms`` gives the shape, dtype and device torch's own
-    meta kernel gives, for the same arguments (and is what the mode answers with)."""
+    """Each functional norm under ``_ShapesOfNorms`` gives what torch's own meta kernel
+    gives — shape, strides, dtype, device, or its refusal —, answering by shape for
+    contiguous tensors of one dtype and leaving every other call to torch."""
     from gpa.frontends.fx import branches
-    from gpa.frontends.fx.branches import _BY_SHAPE, _ShapesOfNorms
 
     answered = []
     monkeypatch.setattr(
         branches,
         "_BY_SHAPE",
         {
-            f: (lambda *a, s=s, f=f, **k: answered.append(f) or s(*a, **k))
-            for f, s in _BY_SHAPE.items()
+            f: (
+                lambda a, k, rule=rule: (
+                    (found := rule(a, k)) is not None and answered.append(1) or found
+                )
+            )
+            for f, rule in branches._BY_SHAPE.items()
         },
     )
+    function, args, kwargs = {**_NORM_CALLS, **_LEFT_TO_TORCH}[case]
+    real = _answer(function, args, kwargs)
+    with branches._ShapesOfNorms():
+        stood_in = _answer(function, args, kwargs)
+    assert stood_in == real
+    assert answered == ([1] if case in _NORM_CALLS else [])
 
-    F = nn.functional
-    x = torch.empty(2, 4, 5, 6, device="meta", dtype=dtype)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w = torch.empty(4, device="meta")
-    q, v = (
-        torch.empty(2, 3, 5, 4, device="meta", dtype=dtype),
-        torch.empty(2, 3, 7, 6, device="meta", dtype=dtype),
-    )
-    k = torch.empty(2, 3, 7, 4, device="meta", dtype=dtype)
-    calls = {
-        F.batch_norm: ((x, w, w, w, w), {"training": True}),
-        F.instance_norm: ((x,), {}),
-        F.group_norm: ((x, 2, w, w), {}),
-        F.layer_norm: ((x, (6,)), {}),
-        F.scaled_dot_product_attention: ((q, k, v), {}),
-    }
-    if hasattr(F, "rms_norm"):
-        calls[F.rms_norm] = ((x, (6,)), {})
-    assert set(calls) == set(_BY_SHAPE)
-    for function, (args, kwargs) in calls.items():
-        real = function(*args, **kwargs)
-        with _ShapesOfNorms():
-            stand_in = function(*args, **kwargs)
-        assert answered.pop() is function
-        assert (stand_in.shape, stand_in.dtype, stand_in.device) == (
-            real.shape,
-            real.dtype,
-            real.device,
-        ), function.__name__
+
+class Permuted(nn.Module):
+    """A ConvNeXt-style layer norm over a permuted tensor, then a branch on contiguity
+    (torch's layer norm gives a contiguous result) that fx's proxy fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ln, self.b, self.c = nn.LayerNorm(4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln(x.permute(0, 2, 3, 1))
+        return self.b(h) if isinstance(h, torch.Tensor) and h.is_contiguous() else self.c(h)
+
+
+def test_the_branch_check_reads_the_strides_torch_gives() -> None:
+    """By hand: torch's layer norm gives a contiguous tensor, so the model calls b; fx's
+    trace takes c, and the check must see b called (refusal); autograd reads b."""
+    model, x = Permuted(), torch.randn(2, 4, 5, 5)
+    with pytest.raises(TraceError, match="'b' is called when it runs, not in the trace"):
+        gpa.analyze(model, (x,), tracer="fx")
+    report = gpa.analyze(model, (x,), tracer="autograd")
+    expect(report, "b", {1: 1}, (LOSS,))
+    expect_unreachable(report, "c", calls=0)
+
+
+def test_a_mode_of_the_callers_sees_every_norm_of_the_check() -> None:
+    """Under a TorchFunctionMode of the caller's, the check leaves the norms to it (and to
+    torch): the mode sees each of the model's four norm calls once."""
+    from torch.overrides import TorchFunctionMode
+
+    from gpa.frontends.fx.branches import called_when_run
+
+    class Counting(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norms = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            self.norms += func in (F.batch_norm, F.group_norm, F.instance_norm, F.layer_norm)
+            return func(*args, **(kwargs or {}))
+
+    model = NormedGuarded()
+    with Counting() as counting:
+        called = called_when_run(model, (torch.randn(2, 3, 6, 6),), ["proj"])
+    assert called == {"proj"} and counting.norms == 4

@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode
 from torch.utils._pytree import tree_map
 
+from gpa.frontends.fx.shape_rules import FUNCTION_RULES
 from gpa.frontends.modules import preserved_state
 
 __all__ = ["called_when_run", "other_branch_message", "random_states"]
@@ -71,7 +72,7 @@ def called_when_run(
     state = {name: copies.setdefault(id(t), t.detach().to("meta")) for name, t in held}
     args = tree_map(lambda x: x.detach().to("meta") if isinstance(x, torch.Tensor) else x, inputs)
     try:
-        with preserved_state(model), _drawing_from(states), _ShapesOfNorms():
+        with preserved_state(model), _drawing_from(states), _norms_by_shape():
             functional_call(model, state, args, strict=False)
     except Exception:  # the model's branches need values: the trace cannot be checked
         return None
@@ -81,37 +82,38 @@ def called_when_run(
     return called
 
 
-# Normalisations (and attention) whose result's shape follows from their inputs' alone.
+# The functional normalisations, by the flow pass's own rules: each checks the call as
+# torch would (the weights fit, torch would not refuse it) and covers contiguous meta
+# tensors of one floating dtype, whose result is a contiguous tensor of the input's shape.
 _BY_SHAPE = {
-    F.batch_norm: lambda x, *args, **kwargs: torch.empty_like(x),
-    F.instance_norm: lambda x, *args, **kwargs: torch.empty_like(x),
-    F.group_norm: lambda x, *args, **kwargs: torch.empty_like(x),
-    F.layer_norm: lambda x, *args, **kwargs: torch.empty_like(x),
-    F.scaled_dot_product_attention: lambda q, k, v, *args, **kwargs: q.new_empty(
-        (*q.shape[:-1], v.shape[-1])
-    ),
+    op: FUNCTION_RULES[op] for op in (F.batch_norm, F.instance_norm, F.group_norm, F.layer_norm)
 }
-if hasattr(F, "rms_norm"):  # (torch 2.4 and later)
-    _BY_SHAPE[F.rms_norm] = lambda x, *args, **kwargs: torch.empty_like(x)
 
 
 class _ShapesOfNorms(TorchFunctionMode):
-    """While it lasts, a normalisation or an attention given meta tensors answers with an
-    empty meta tensor of its result's shape: torch computes them on the meta device
-    through Python decompositions, a millisecond each (a YOLO model's 57 batch norms were
-    most of its check), and a run on the meta device reads shapes only."""
+    """While it lasts, a functional normalisation given plain meta tensors answers with
+    what torch's meta kernel gives (:data:`_BY_SHAPE`'s rules: an empty tensor of the
+    input's shape, where they cover the call; torch's own op otherwise): torch computes
+    them on the meta device through Python decompositions, a millisecond each (a YOLO
+    model's 57 batch norms were most of its check)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
-        shaped = _BY_SHAPE.get(func)
-        if shaped is not None:
-            tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-            if tensors and all(t.is_meta for t in tensors):
-                try:
-                    return shaped(*args, **kwargs)
-                except Exception:  # arguments by other names: torch's own
-                    pass
+        rule = _BY_SHAPE.get(func)
+        if rule is not None and all(  # (a tensor subclass has its own __torch_function__)
+            type(a) is torch.Tensor
+            for a in (*args, *kwargs.values())
+            if isinstance(a, torch.Tensor)
+        ):
+            found = rule(args, kwargs)
+            if found is not None:
+                return found
         return func(*args, **kwargs)
+
+
+def _norms_by_shape() -> contextlib.AbstractContextManager:
+    """:class:`_ShapesOfNorms`, unless a mode of the caller's is on (it sees every call)."""
+    return _ShapesOfNorms() if _get_current_function_mode() is None else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
