@@ -226,6 +226,13 @@ _LEFT_TO_TORCH = {
     "one_value_per_channel": (F.batch_norm, (_X[:1, :, :1, :1], _W, _W), {"training": True}),
     "wrong_normalized_shape": (F.layer_norm, (_X, (5,)), {}),
     "groups_not_dividing": (F.group_norm, (_X, 3), {}),
+    "requiring_gradient": (F.layer_norm, (_X.clone().requires_grad_(), (6,)), {}),
+    # contiguous, but with channels-last strides where a size-1 dimension leaves a choice
+    "size_one_strides": (
+        F.batch_norm,
+        (_X[:, :, :1, :1].contiguous(memory_format=torch.channels_last), _W, _W),
+        {},
+    ),
 }
 
 
@@ -234,7 +241,7 @@ def _answer(function: Any, args: tuple, kwargs: dict) -> Any:
         out = function(*args, **kwargs)
     except Exception as exc:  # torch refuses: so must the stand-in
         return type(exc)
-    return out.shape, out.stride(), out.dtype, out.device
+    return out.shape, out.stride(), out.dtype, out.device, out.requires_grad
 
 
 @pytest.mark.parametrize("case", [*_NORM_CALLS, *_LEFT_TO_TORCH])
@@ -242,8 +249,9 @@ def test_norms_by_shape_answer_as_torch_on_the_meta_device(
     case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each functional norm under ``_ShapesOfNorms`` gives what torch's own meta kernel
-    gives — shape, strides, dtype, device, or its refusal —, answering by shape for
-    contiguous tensors of one dtype and leaving every other call to torch."""
+    gives — shape, strides, dtype, device, whether it requires gradient, or its refusal —,
+    answering by shape for row-major tensors of one dtype requiring no gradient, and
+    leaving every other call to torch."""
     from gpa.frontends.fx import branches
 
     answered = []

@@ -100,15 +100,28 @@ class _ShapesOfNorms(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
         rule = _BY_SHAPE.get(func)
-        if rule is not None and all(  # (a tensor subclass has its own __torch_function__)
-            type(a) is torch.Tensor
-            for a in (*args, *kwargs.values())
-            if isinstance(a, torch.Tensor)
-        ):
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        if rule is not None and tensors and all(_plain(t) for t in tensors):
             found = rule(args, kwargs)
             if found is not None:
                 return found
         return func(*args, **kwargs)
+
+
+def _plain(t: torch.Tensor) -> bool:
+    """A tensor the rules' answer matches torch's for: of class Tensor (a subclass has its
+    own ``__torch_function__``), requiring no gradient (the answer does not), in row-major
+    strides exactly (torch keeps an input's strides where size-1 dimensions leave a choice)."""
+    return type(t) is torch.Tensor and not t.requires_grad and t.stride() == _row_major(t.shape)
+
+
+def _row_major(shape: torch.Size) -> tuple[int, ...]:
+    """The strides torch gives a new tensor of ``shape`` (a size-0 dimension counts as 1)."""
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
 
 
 def _norms_by_shape() -> contextlib.AbstractContextManager:
