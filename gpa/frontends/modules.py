@@ -532,7 +532,7 @@ def _sort(
         kind = _kind(type(value))
         if not kind:
             # a transparent proxy (``wrapt.ObjectProxy``) passes for what it wraps: looked into
-            if value.__class__ is type(value) or not _passes_for_a_container(value):
+            if value.__class__ is type(value) or not _kind(value.__class__):
                 continue
             kind = _LOOKED_INTO
         if not value:  # (an empty one met twice is cleared twice)
@@ -547,12 +547,6 @@ def _sort(
         if inside is not None:
             entries = value.values() if isinstance(value, dict) else value
             inside.extend(v for v in entries if _kind(type(v)) or v.__class__ is not type(v))
-
-
-def _passes_for_a_container(value: Any) -> bool:
-    return isinstance(value, (*_CONTAINERS, tuple)) and not isinstance(
-        value, (nn.Module, torch.Tensor)
-    )
 
 
 @functools.cache
