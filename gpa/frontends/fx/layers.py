@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
@@ -136,7 +136,7 @@ _MAX_PASSES = 8  # of find_layers over the functional layers; one or two in prac
 
 
 def _parameter_roots(
-    gm: fx.GraphModule, layer_nodes: set[fx.Node]
+    gm: fx.GraphModule, layer_nodes: set[fx.Node], reads: list[_Reads] | None = None
 ) -> tuple[dict[fx.Node, tuple[str, ...]], set[fx.Node], set[fx.Node]]:
     """For nodes computed from parameters alone: the parameter targets they come from;
     which of them are weights picked at positions computed from data; and the nodes
@@ -149,24 +149,22 @@ def _parameter_roots(
     data where they pick a weight's elements — ``w[idx]``, a mixture of experts' weights
     chosen by its router —, which makes the node *selected* (``docs/semantics.md`` §2).
     The data nodes are the placeholders, the layer calls, and what is computed from them
-    otherwise.
+    otherwise. ``reads``: :func:`_graph_reads` of ``gm``, when the caller has it.
     """
     roots: dict[fx.Node, tuple[str, ...]] = {}
     selected: set[fx.Node] = set()
     tainted: set[fx.Node] = set()  # depends on model inputs or on a layer's output
-    for node in gm.graph.nodes:
-        if node.op == "placeholder" or node in layer_nodes:
+    for node, kind, inputs, tensors in reads if reads is not None else _graph_reads(gm):
+        if kind is _DATA or node in layer_nodes:
             tainted.add(node)
             continue
-        if node.op == "get_attr":
-            owner_path, _, attr = node.target.rpartition(".")
-            owner = gm.get_submodule(owner_path) if owner_path else gm
-            if isinstance(getattr(owner, attr, None), nn.Parameter):
-                roots[node] = (node.target,)
+        if kind is _PARAMETER:
+            roots[node] = (node.target,)
             continue
-        inputs = _value_inputs(node)
+        if kind is _ATTRIBUTE:
+            continue
         found = tuple(dict.fromkeys(t for n in inputs for t in roots.get(n, ())))
-        data = [n for n in inputs if n in tainted and _is_tensor(n)]
+        data = [n for n in tensors if n in tainted]
         if data and not (found and all(_positions(n) for n in data)):
             tainted.add(node)
             continue
@@ -175,6 +173,36 @@ def _parameter_roots(
             if data or any(n in selected for n in inputs):
                 selected.add(node)
     return roots, selected, tainted
+
+
+class _Reads(NamedTuple):
+    """What one node of a graph reads, as :func:`_parameter_roots` follows it (fixed while
+    the graph is: worked out once for the passes of :func:`find_layers`)."""
+
+    node: fx.Node
+    kind: object  # _DATA (a placeholder), _PARAMETER, _ATTRIBUTE (another get_attr), _OPERATION
+    inputs: list[fx.Node]  # an operation's inputs whose values it reads
+    tensors: list[fx.Node]  # those of them that are tensors
+
+
+_DATA, _PARAMETER, _ATTRIBUTE, _OPERATION = (object() for _ in range(4))
+
+
+def _graph_reads(gm: fx.GraphModule) -> list[_Reads]:
+    """Every node of ``gm``'s graph, in order, with what it reads (see :class:`_Reads`)."""
+    reads = []
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            reads.append(_Reads(node, _DATA, [], []))
+        elif node.op == "get_attr":
+            owner_path, _, attr = node.target.rpartition(".")
+            owner = gm.get_submodule(owner_path) if owner_path else gm
+            parameter = isinstance(getattr(owner, attr, None), nn.Parameter)
+            reads.append(_Reads(node, _PARAMETER if parameter else _ATTRIBUTE, [], []))
+        else:
+            inputs = _value_inputs(node)
+            reads.append(_Reads(node, _OPERATION, inputs, [n for n in inputs if _is_tensor(n)]))
+    return reads
 
 
 def _value_inputs(node: fx.Node) -> list[fx.Node]:
@@ -246,8 +274,9 @@ def find_layers(
     # a functional layer's output is data too: read again with the layers found, until
     # they are the layers found (a chain of functional layers: one pass per link)
     functional: dict[fx.Node, str] = {}  # -> the parameter naming it
+    reads = _graph_reads(gm)
     for _ in range(_MAX_PASSES):
-        roots, selected, data = _parameter_roots(gm, {*calls, *known, *functional})
+        roots, selected, data = _parameter_roots(gm, {*calls, *known, *functional}, reads)
         again = {
             node: roots[weight][0]
             for node in gm.graph.nodes
