@@ -78,9 +78,11 @@ from gpa.frontends.fx.layers import (
 from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import (
     SITE,
+    clash_message,
     detached_write_targets,
     grad_mode,
     graph_module,
+    graph_module_clashes,
     single_call,
     unwritable_names,
     write_into_view,
@@ -157,6 +159,13 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             "a layer type): export's graph does not show where the compiled module's calls "
             "begin and end; fx and autograd read it (auto moves on)"
         )
+    # export's unlifted module holds every module, parameter, buffer and tensor of root
+    held = [*root._modules, *root._parameters, *root._buffers]
+    clashes = graph_module_clashes(
+        [*held, *(k for k, v in vars(root).items() if isinstance(v, torch.Tensor))]
+    )
+    if clashes:
+        raise ExportError(clash_message(clashes, "torch.export"))
     with training_mode(model, options.train):
         program, inputs, watched, sites = _export(root, options)
         try:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import gpa
@@ -510,26 +511,58 @@ def test_lists_held_many_times_or_behind_a_proxy_are_as_before(tracer: str) -> N
 
 
 class Clashing(nn.Module):
-    """Children named as a GraphModule's own attributes: ``code`` is called, ``graph``
-    not."""
+    """A child (or parameter) named ``name``, as a ``GraphModule`` names an attribute of its
+    own, between ``stem`` and ``head``: a convolution, one inside a Sequential, or a weight
+    a functional convolution reads; called or not."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, kind: str, called: bool) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
-        self.code = nn.Sequential(nn.Conv2d(4, 4, 1))
-        self.graph = nn.Linear(2, 2)
+        if kind == "parameter":
+            setattr(self, name, nn.Parameter(torch.randn(4, 4, 1, 1)))
+        else:
+            conv = nn.Conv2d(4, 4, 1)
+            setattr(self, name, nn.Sequential(conv) if kind == "sequential" else conv)
+        self.head = nn.Conv2d(4, 2, 1)
+        self.name, self.kind, self.called = name, kind, called
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.code(self.stem(x))
+        x = self.stem(x)
+        if self.called:
+            held = getattr(self, self.name)
+            x = F.conv2d(x, held) if self.kind == "parameter" else held(x)
+        return self.head(x)
 
 
-def test_children_named_as_graph_module_attributes() -> None:
-    """By hand: code.0 1, stem 2; graph uncalled. fx and autograd agree."""
-    for tracer in ("fx", "autograd"):
-        report = gpa.analyze(Clashing(), input_shape=(1, 3, 6, 6), tracer=tracer)
-        shortest = {name: r.shortest for name, r in report.layers.items() if r.reachable}
-        assert shortest == {"code.0": 1, "stem": 2}, tracer
-        assert not report.layers["graph"].reachable
+_CLASHES = ["code", "graph", "meta", "_code", "recompile", "print_readable"]
+
+
+@pytest.mark.parametrize("kind", ["module", "sequential", "parameter"])
+@pytest.mark.parametrize("name", _CLASHES)
+def test_a_model_holding_a_name_a_graph_module_uses(name: str, kind: str) -> None:
+    """By hand: head 1, the clashing layer 2, stem 3 (stem 2 when it is not called). fx's
+    and torch.export's traced modules cannot hold a module or parameter under a name their
+    class uses itself (fx's property or method is found first): where theirs would have to,
+    fx and export refuse naming it (no bare error), and auto moves on to autograd, which
+    reads it. An uncalled module fx's graph does not hold: fx reads the model."""
+    # (a root parameter names its layer itself, docs/semantics.md §2)
+    layer = f"{name}.0" if kind == "sequential" else name
+    called = {"head": 1, layer: 2, "stem": 3}
+    for tracer in ("fx", "export"):
+        with pytest.raises(TraceError, match=f"'{name}") as refused:
+            gpa.analyze(Clashing(name, kind, True), input_shape=(1, 3, 6, 6), tracer=tracer)
+        assert "autograd frontend reads it" in str(refused.value)
+    for tracer in ("autograd", "auto"):
+        report = gpa.analyze(Clashing(name, kind, True), input_shape=(1, 3, 6, 6), tracer=tracer)
+        assert _reached(report) == called, tracer
+    report = gpa.analyze(Clashing(name, kind, False), input_shape=(1, 3, 6, 6), tracer="fx")
+    assert _reached(report) == {"head": 1, "stem": 2}
+    with pytest.raises(TraceError, match="no frontend that gives channel segments"):
+        gpa.analyze(Clashing(name, kind, True), input_shape=(1, 3, 6, 6), channels=True)
+
+
+def _reached(report: gpa.Report) -> dict[str, int]:
+    return {n: r.shortest for n, r in report.layers.items() if r.reachable}
 
 
 class TiedIntoLeaf(nn.Module):

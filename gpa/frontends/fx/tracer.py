@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import operator
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
@@ -78,6 +79,8 @@ __all__ = [
     "later_reader",
     "made_of_constants",
     "graph_module",
+    "graph_module_clashes",
+    "clash_message",
     "write_into_view",
     "detached_write_targets",
     "set_arguments",
@@ -102,7 +105,43 @@ try:  # how a GraphModule copies one target from its root (private too)
     from torch.fx.graph_module import _copy_attr
 except ImportError:  # pragma: no cover - every supported torch has it
     _copy_attr = None
-_GRAPH_MODULE_NAMES = frozenset(dir(_GraphModule))
+
+
+@functools.cache
+def _graph_module_names() -> frozenset[str]:
+    """The names a ``GraphModule`` uses itself beyond any module's (``code``, ``graph``,
+    ``meta``, ``recompile``, ``print_readable``): its class's and those it sets on itself."""
+    own = {
+        name
+        for kind in {_GraphModule, fx.GraphModule}  # (fx's own sets its code at once)
+        for name in (*dir(kind), *vars(kind(nn.Module(), fx.Graph())))
+    }
+    return frozenset(own - set(dir(nn.Module)) - set(vars(nn.Module())))
+
+
+def graph_module_clashes(names: Iterable[str]) -> list[str]:
+    """Those of ``names`` (qualified names of a model's modules, parameters or buffers)
+    whose first part torch.fx's ``GraphModule`` uses itself — ``code``, ``graph``,
+    ``meta``, its methods: a ``GraphModule`` built from the model (fx's, and torch.export's
+    unlifted module) finds its own attribute there, not the model's.
+
+    Example:
+        >>> graph_module_clashes(["stem.weight", "code.0", "graph", "head"])
+        ['code.0', 'graph']
+    """
+    taken = _graph_module_names()
+    return [n for n in names if n.partition(".")[0] in taken]
+
+
+def clash_message(clashes: Sequence[str], frontend: str) -> str:
+    """The refusal of ``frontend`` (fx or export) for a model whose ``clashes`` (see
+    :func:`graph_module_clashes`) its traced module would have to hold."""
+    atom = clashes[0].partition(".")[0]
+    return (
+        f"'{clashes[0]}' is named as torch.fx's GraphModule names an attribute of its own "
+        f"('{atom}'): the module {frontend} builds from the model cannot hold it; the "
+        "autograd frontend reads it (--tracer autograd; auto moves on)"
+    )
 
 
 def grad_mode(enabled: bool) -> None:
@@ -527,8 +566,10 @@ def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
     it, as the same object; what differs is that modules the graph does not use are there
     too, and a module on the way to a target is the model's, not an empty stand-in — so
     no pass may add or delete a submodule below the top level (it would be the model's).
-    Where a target starts with a name a ``GraphModule`` uses itself (``code``, ``graph``,
-    ``meta``), the ``GraphModule`` is built fx's own way.
+
+    Raises:
+        TraceError: a target starts with a name a ``GraphModule`` uses itself (``code``,
+            ``graph``, ``meta``; see :func:`graph_module_clashes`): it cannot hold it.
 
     Example:
         >>> m = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU()))
@@ -537,10 +578,13 @@ def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
         (True, True)
     """
     targets = [n.target for n in graph.nodes if n.op in ("get_attr", "call_module")]
-    gm = _GraphModule(root, fx.Graph(), name) if _copy_attr is not None else None
-    taken = _GRAPH_MODULE_NAMES | (gm.__dict__.keys() if gm is not None else set())
-    if gm is None or any(t.partition(".")[0] in taken for t in targets):
-        return _GraphModule(root, graph, name)  # fx's own way, where names clash
+    clashes = graph_module_clashes(targets)
+    if clashes:  # fx's own constructor would put them where its attributes hide them
+        raise TraceError(clash_message(clashes, "fx"))
+    if _copy_attr is None:
+        return _GraphModule(root, graph, name)
+    gm = _GraphModule(root, fx.Graph(), name)
+    taken = _graph_module_names()
     gm._modules.update((k, v) for k, v in root._modules.items() if k not in taken)
     for target in targets:
         _copy_attr(root, gm, target)  # returns at once below a shared child
