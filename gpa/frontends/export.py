@@ -82,7 +82,7 @@ from gpa.frontends.fx.tracer import (
     detached_write_targets,
     grad_mode,
     graph_module,
-    graph_module_clashes,
+    graph_module_names,
     single_call,
     unwritable_names,
     write_into_view,
@@ -159,13 +159,6 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             "a layer type): export's graph does not show where the compiled module's calls "
             "begin and end; fx and autograd read it (auto moves on)"
         )
-    # export's unlifted module holds every module, parameter, buffer and tensor of root
-    held = [*root._modules, *root._parameters, *root._buffers]
-    clashes = graph_module_clashes(
-        [*held, *(k for k, v in vars(root).items() if isinstance(v, torch.Tensor))]
-    )
-    if clashes:
-        raise ExportError(clash_message(clashes, "torch.export"))
     with training_mode(model, options.train):
         program, inputs, watched, sites = _export(root, options)
         try:
@@ -499,7 +492,13 @@ def _remodule(
     names of the modules it calls, and how many re-entrant checkpoints it was given
     nothing requiring gradient (see :func:`_inline_grad_mode_regions`); ``sites``: where
     each module was called from (:func:`_call_sites`)."""
-    exported = program.module()
+    try:
+        exported = program.module()
+    except Exception:  # torch puts the model's state on a GraphModule of its own
+        clashes = _unlifting_clashes(model)
+        if not clashes:
+            raise
+        raise ExportError(clash_message(clashes, "torch.export's unlifted module")) from None
     graph = exported.graph
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
@@ -522,6 +521,29 @@ def _remodule(
     gm = graph_module(root, graph, type(model).__name__)
     fused = _fuse(gm, fused_groups)
     return gm, fused, {c.path for c in calls}, unfed
+
+
+def _unlifting_clashes(model: nn.Module) -> list[str]:
+    """The names of ``model``'s children, parameters, buffers and tensors that torch.export's
+    unlifted module uses itself (``graph``, ``meta``, ``validate_inputs``, ``_in_spec``):
+    where its unlifting fails, it failed to put them there."""
+    held = [*model._modules, *model._parameters, *model._buffers]
+    held += [k for k, v in vars(model).items() if isinstance(v, torch.Tensor)]
+    taken = _unlifted_names()
+    return [name for name in held if name in taken]
+
+
+@functools.cache
+def _unlifted_names() -> frozenset[str]:
+    """What torch.export's unlifted module uses itself beyond any module (its class's names
+    and those it sets on itself), learnt from a probe: the names vary with torch's version."""
+    probe = nn.Linear(1, 1)
+    try:
+        unlifted = torch.export.export(probe, (torch.empty(1, 1),)).module()
+    except Exception:  # noqa: BLE001 - a torch without export's unlifting: fx's names
+        return graph_module_names()
+    own = (set(dir(unlifted)) | set(vars(unlifted))) - {"weight", "bias"}
+    return frozenset(own - set(dir(nn.Module)) - set(vars(nn.Module()))) | graph_module_names()
 
 
 def _place(calls: list[_Call], sites: _Sites) -> None:

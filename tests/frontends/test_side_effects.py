@@ -561,6 +561,57 @@ def test_a_model_holding_a_name_a_graph_module_uses(name: str, kind: str) -> Non
         gpa.analyze(Clashing(name, kind, True), input_shape=(1, 3, 6, 6), channels=True)
 
 
+class ShapeBranch(nn.Module):
+    """``stem``, a convolution named ``name``, ``head``; forward branches on a shape, which
+    fx cannot follow and export can."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        setattr(self, name, nn.Conv2d(4, 4, 1))
+        self.head = nn.Conv2d(4, 2, 1)
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        if x.shape[-1] > 4:
+            x = x * 2
+        return self.head(getattr(self, self.name)(x))
+
+
+@pytest.mark.parametrize("name", ["validate_inputs", "_in_spec", "_out_spec", "range_constraints"])
+def test_a_model_holding_a_name_the_unlifted_module_uses(name: str) -> None:
+    """By hand: head 1, the convolution 2, stem 3. torch.export's unlifted module uses more
+    names than fx's GraphModule: export refuses naming the one it cannot hold (no bare
+    error), and auto, past fx (the shape branch) and export, reads it with autograd."""
+    with pytest.raises(TraceError, match=f"'{name}' is a name torch.export"):
+        gpa.analyze(ShapeBranch(name), input_shape=(1, 3, 6, 6), tracer="export")
+    report = gpa.analyze(ShapeBranch(name), input_shape=(1, 3, 6, 6))
+    assert _reached(report) == {"head": 1, name: 2, "stem": 3}
+
+
+class StatelessClash(nn.Module):
+    """An activation named ``code`` and a tensor attribute named ``meta``, neither used."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.code = nn.ReLU()
+        self.meta = torch.zeros(2)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stem(x))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_names_a_graph_module_uses_held_but_unused(tracer: str) -> None:
+    """By hand: head 1, stem 2. What neither graph holds clashes with nothing: every
+    frontend reads the model."""
+    report = gpa.analyze(StatelessClash(), input_shape=(1, 3, 6, 6), tracer=tracer)
+    assert _reached(report) == {"head": 1, "stem": 2}
+
+
 def _reached(report: gpa.Report) -> dict[str, int]:
     return {n: r.shortest for n, r in report.layers.items() if r.reachable}
 

@@ -80,6 +80,7 @@ __all__ = [
     "made_of_constants",
     "graph_module",
     "graph_module_clashes",
+    "graph_module_names",
     "clash_message",
     "write_into_view",
     "detached_write_targets",
@@ -108,7 +109,7 @@ except ImportError:  # pragma: no cover - every supported torch has it
 
 
 @functools.cache
-def _graph_module_names() -> frozenset[str]:
+def graph_module_names() -> frozenset[str]:
     """The names a ``GraphModule`` uses itself beyond any module's (``code``, ``graph``,
     ``meta``, ``recompile``, ``print_readable``): its class's and those it sets on itself."""
     own = {
@@ -129,18 +130,23 @@ def graph_module_clashes(names: Iterable[str]) -> list[str]:
         >>> graph_module_clashes(["stem.weight", "code.0", "graph", "head"])
         ['code.0', 'graph']
     """
-    taken = _graph_module_names()
+    taken = graph_module_names()
     return [n for n in names if n.partition(".")[0] in taken]
 
 
-def clash_message(clashes: Sequence[str], frontend: str) -> str:
-    """The refusal of ``frontend`` (fx or export) for a model whose ``clashes`` (see
-    :func:`graph_module_clashes`) its traced module would have to hold."""
+def clash_message(clashes: Sequence[str], holder: str = "torch.fx's GraphModule") -> str:
+    """The refusal of a frontend whose ``holder`` (a ``GraphModule``) would have to hold
+    ``clashes`` (see :func:`graph_module_clashes`).
+
+    Example:
+        >>> clash_message(["graph.lin"])[:62]
+        "'graph.lin' starts with 'graph', a name torch.fx's GraphModule"
+    """
     atom = clashes[0].partition(".")[0]
+    named = f"'{atom}' is" if clashes[0] == atom else f"'{clashes[0]}' starts with '{atom}',"
     return (
-        f"'{clashes[0]}' is named as torch.fx's GraphModule names an attribute of its own "
-        f"('{atom}'): the module {frontend} builds from the model cannot hold it; the "
-        "autograd frontend reads it (--tracer autograd; auto moves on)"
+        f"{named} a name {holder} uses itself, so it cannot hold it; the autograd frontend "
+        "reads it (--tracer autograd; auto moves on)"
     )
 
 
@@ -580,11 +586,11 @@ def graph_module(root: nn.Module, graph: fx.Graph, name: str) -> fx.GraphModule:
     targets = [n.target for n in graph.nodes if n.op in ("get_attr", "call_module")]
     clashes = graph_module_clashes(targets)
     if clashes:  # fx's own constructor would put them where its attributes hide them
-        raise TraceError(clash_message(clashes, "fx"))
+        raise TraceError(clash_message(clashes))
     if _copy_attr is None:
         return _GraphModule(root, graph, name)
     gm = _GraphModule(root, fx.Graph(), name)
-    taken = _graph_module_names()
+    taken = graph_module_names()
     gm._modules.update((k, v) for k, v in root._modules.items() if k not in taken)
     for target in targets:
         _copy_attr(root, gm, target)  # returns at once below a shared child
