@@ -1115,6 +1115,8 @@ def _uncalled(
 ) -> list[tuple[str, str]]:
     """Layer modules neither called (outside another call) nor used by a functional layer,
     and to none of whose parameters gradient flows (``docs/semantics.md`` §2)."""
-    used = {c.name if isinstance(c, _Call) else c.record for c in calls}
+    calls = list(calls)
+    called = {c.name for c in calls if isinstance(c, _Call)}
+    used = called | {c.record for c in calls if not isinstance(c, _Call)}
     used |= {p.rpartition(".")[0] for p in received}
-    return unused_layer_modules(model, with_tied(model, used), types)
+    return unused_layer_modules(model, with_tied(model, used), types, called)

@@ -183,7 +183,12 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         ops=op_graph(gm, options.outputs),
         calls=calls,
         tracer="export",
-        uncalled=unused_layer_modules(root, used | used_modules(gm, calls, root), types),
+        uncalled=unused_layer_modules(
+            root,
+            used | used_modules(gm, calls, root),
+            types,
+            called=used | {n.target for n in gm.graph.nodes if n.op == "call_module"},
+        ),
         inputs=tuple(inputs),
         notes=[
             *output_notes(gm, options.outputs),

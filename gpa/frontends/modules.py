@@ -684,16 +684,28 @@ def with_tied(model: nn.Module, used: set[str]) -> set[str]:
 
 
 def unused_layer_modules(
-    model: nn.Module, used: set[str], layer_types: Iterable[type[nn.Module]] | None = None
+    model: nn.Module,
+    used: set[str],
+    layer_types: Iterable[type[nn.Module]] | None = None,
+    called: set[str] | None = None,
 ) -> list[tuple[str, str]]:
-    """Layer modules of ``model`` that are not in ``used`` nor inside a used or layer module.
+    """Layer modules of ``model`` that are not in ``used`` nor inside a layer module or a
+    module ``called`` as one call.
 
     ``used`` holds the qualified names of the modules a tracer saw called, or whose
-    parameters it saw read. Modules inside a called leaf or inside another layer module
-    (the output projection of ``nn.MultiheadAttention``) are part of that call. Returns
-    (name, type) in module order.
+    parameters it saw read; ``called``, those it saw called as one call (a leaf: fx's
+    ``call_module``), by default ``used``. Modules inside such a call or inside another
+    layer module (the output projection of ``nn.MultiheadAttention``) are part of that
+    call; those inside a module whose own parameter is read (a ViT holding its
+    ``pos_embed``) are not (``docs/semantics.md`` §2). Returns (name, type) in module order.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)))
+        >>> unused_layer_modules(net, {"0", "1"}, called={"0"})
+        [('1.0', 'Linear')]
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
+    whole = used if called is None else called
     modules = dict(model.named_modules())
     layers = {name for name, m in modules.items() if issubclass(module_class(m), types)}
     found = []
@@ -702,7 +714,7 @@ def unused_layer_modules(
             continue
         parts = name.split(".")
         ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
-        if any(a in used or a in layers for a in ancestors):
+        if any(a in whole or a in layers for a in ancestors):
             continue
         found.append((name, type_name(module)))
     return found

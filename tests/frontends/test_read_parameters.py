@@ -120,3 +120,68 @@ def test_an_uncalled_module_tied_to_a_called_one_is_not_listed(tracer: str) -> N
     assert list(report.layers) == ["enc", "head"]
     expect(report, "enc", {2: 1}, ("head",))
     assert report.network.unreachable == ()
+
+
+class HoldsReadParameter(nn.Module):
+    """``body``, a position table added to its output, ``head``; ``spare`` never called.
+    ``where``: the table on the block (a ViT's ``pos_embed``) or on a child of it that
+    also holds ``spare`` (peft's wrapper holding the original head beside its copy)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+        self.holder = nn.Module()
+        table = nn.Parameter(torch.zeros(4))
+        if where == "block":
+            self.pos, self.spare = table, nn.Linear(4, 2)
+        else:
+            self.holder.pos, self.holder.spare = table, nn.Linear(4, 2)
+        self.where = where
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = self.pos if self.where == "block" else self.holder.pos
+        return self.head(self.body(x) + pos)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("where", ["block", "child"])
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_an_uncalled_layer_beside_a_parameter_read_is_listed(
+    tracer: str, where: str, wrapped: bool
+) -> None:
+    """§2, by hand: head 1 (from the loss), body 2 through it; ``spare`` never called:
+    ``calls: 0``, unreachable. The module holding the table added to the data is no call
+    its children are part of; the layers inside a module called whole are (below). It
+    went unlisted under every frontend where forward read a parameter of a module around
+    it."""
+    model = HoldsReadParameter(where)
+    model = nn.Sequential(model) if wrapped else model
+    prefix = "0." if wrapped else ""
+    spare = prefix + ("spare" if where == "block" else "holder.spare")
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert sorted(report.layers) == sorted([f"{prefix}body", f"{prefix}head", spare])
+    expect(report, f"{prefix}head", {1: 1}, (LOSS,))
+    expect(report, f"{prefix}body", {2: 1}, (f"{prefix}head",))
+    expect_unreachable(report, spare, calls=0)
+
+
+class LeafHoldingSpare(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+        self.spare = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+@EVERY_TRACER
+def test_the_layers_inside_a_leaf_are_its_call(tracer: str) -> None:
+    """By hand: the leaf ``0`` (one call holding a layer) 2, head 1; its unused ``spare``
+    is part of that call, not listed."""
+    model = nn.Sequential(LeafHoldingSpare(), nn.Linear(4, 2))
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer, leaf_modules=["0"])
+    assert sorted(report.layers) == ["0", "1"]
+    expect(report, "1", {1: 1}, (LOSS,))
+    expect(report, "0", {2: 1}, ("1",))

@@ -506,7 +506,8 @@ def uncalled_layers(
     output projection of ``nn.MultiheadAttention``) are part of that call, not
     separate layers; see :func:`used_modules` for what uses a module.
     """
-    return unused_layer_modules(model, used_modules(gm, calls, model), layer_types)
+    called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
+    return unused_layer_modules(model, used_modules(gm, calls, model), layer_types, called)
 
 
 def used_modules(
