@@ -266,12 +266,18 @@ def columns_table(
 ) -> Table:
     """A table of ``rows`` (column -> cell) with ``columns`` (those in ``right`` right
     justified); only timestamps and sources may wrap, and only between items, so that
-    names stay whole."""
+    names stay whole (a name folded by :func:`folded_name` keeps its lines)."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
     for key in columns:
         wraps = key in ("timestamps", "sources") and not wide
         longest_item = max(
-            (len(item) for row in rows for item in row[key].split(", ")), default=len(key)
+            (
+                len(line)
+                for row in rows
+                for item in row[key].split(", ")
+                for line in item.split("\n")
+            ),
+            default=len(key),
         )
         table.add_column(
             key,
@@ -283,6 +289,32 @@ def columns_table(
     for row in rows:
         table.add_row(*(Text(row[key]) for key in columns))
     return table
+
+
+def folded_name(name: str, width: int) -> str:
+    """``name`` on lines of at most ``width`` characters, broken after its dots (a part
+    longer than a line is cut), the lines after the first indented by two.
+
+    Example:
+        >>> print(folded_name("base_model.model.encoder.layer.0.query.lora_A", 24))
+        base_model.model.
+          encoder.layer.0.query.
+          lora_A
+    """
+    lines: list[str] = []
+    line = ""
+    for part in (p + "." for p in name.split(".")):
+        room = width - (2 if lines else 0)
+        if line and len(line) + len(part) > room:
+            lines.append(line)
+            line = ""
+        line += part
+        while len(line) > width - (2 if lines else 0):
+            cut = width - (2 if lines else 0)
+            lines.append(line[:cut])
+            line = line[cut:]
+    lines.append(line[:-1])
+    return "\n".join([lines[0], *("  " + rest for rest in lines[1:])])
 
 
 def fit_columns(
@@ -302,15 +334,20 @@ def fit_columns(
         >>> fit_columns(rows, ["a", "b"], 24, order=["b"])
         ['a']
     """
-    console = _console(io.StringIO(), 10**6, False)  # measures are capped at its width
     kept = list(columns)
     for drop in (None, *(_DROP_ORDER if order is None else order)):
         if drop in kept:
             kept.remove(drop)
         table = columns_table(rows, [first, *kept], right=right)
-        if console.measure(table).minimum <= width:
+        if _measure(table).minimum <= width:
             break
     return kept
+
+
+def _measure(table: Table) -> Any:
+    """The table's width, minimum and maximum (a console's measures are capped at its
+    width: this one's is unbounded)."""
+    return _console(io.StringIO(), 10**6, False).measure(table)
 
 
 # Columns of the grouped view, least important first (the worst layer is what it is for).
@@ -431,6 +468,12 @@ def format_table(
             available if columns is None else [c for c in dict.fromkeys(columns) if c in available]
         )
         keys = ["layer", *(chosen if wide else fit_columns(rows, chosen, width))]
+        # names too long for even the columns kept: they fold at their dots, the numbers stay
+        least = _measure(columns_table(rows, keys)).minimum
+        if not wide and rows and least > width:
+            longest = max(len(row["layer"]) for row in rows)
+            room = width - (least - max(longest, len("layer")))
+            rows = [{**row, "layer": folded_name(row["layer"], max(room, 8))} for row in rows]
         note = None
         if columns is None and len(keys) - 1 < len(chosen):
             dropped = [c for c in chosen if c not in keys]
@@ -438,7 +481,7 @@ def format_table(
     table = columns_table(rows, keys, wide)
     buffer = io.StringIO()
     if wide:
-        width = max(width, _console(io.StringIO(), 10**6, False).measure(table).maximum)
+        width = max(width, _measure(table).maximum)
     console = _console(buffer, width, color)
     for line in _summary_lines(report):
         style = "bold" if line.startswith("model:") else ""

@@ -190,3 +190,54 @@ def test_tensors_inside_an_input_are_shown_by_dtype_and_shape(tracer: str) -> No
     report = gpa.analyze(Listed(), ([torch.randn(2, 4), torch.randn(2, 4)],), tracer=tracer)
     assert report.inputs == [{"value": "[float32[2, 4], float32[2, 4]]"}]
     assert str(report).splitlines()[1].startswith("inputs: [float32[2, 4], float32[2, 4]]   ")
+
+
+class LongNames(nn.Module):
+    """Three linear layers in a chain, each as deep as peft puts a LoRA matrix
+    (``base_model.model.encoder.layer.K.attention.self.query.lora_A.default``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base_model = nn.Module()
+        self.base_model.model = nn.Module()
+        self.base_model.model.encoder = nn.ModuleList()
+        for _ in range(3):
+            query = nn.Module()
+            query.lora_A = nn.ModuleDict({"default": nn.Linear(4, 4)})
+            attention = nn.Module()
+            attention.self = nn.Module()
+            attention.self.query = query
+            layer = nn.Module()
+            layer.attention = attention
+            self.base_model.model.encoder.append(layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.base_model.model.encoder:
+            x = layer.attention.self.query.lora_A["default"](x)
+        return x
+
+
+@pytest.mark.parametrize("width", [50, 80])
+def test_names_longer_than_the_line_fold_and_the_numbers_stay(width: int) -> None:
+    """By hand: the chain's layers are 3, 2 and 1 layers from the loss. Names of 62
+    characters leave no room for a number at 50 or 80 columns: they fold after their
+    dots (the lines after the first indented), every row keeps its shortest path, and
+    joining a name's lines gives it back whole."""
+    report = gpa.analyze(LongNames(), input_shape=(2, 4))
+    text = format_table(report, width=width)
+    assert all(len(line) <= width for line in text.splitlines())
+    header, _, *lines = _rows(text)
+    assert {"layer", "shortest", "longest"} <= set(header.split())
+    names, numbers, name = [], [], ""
+    for line in lines:
+        cells = line.split()
+        if not line.startswith("  "):
+            if name:
+                names.append(name)
+            name, numbers = cells[0], [*numbers, int(cells[1])]
+        else:
+            name += cells[0]
+    names.append(name)
+    assert names == list(report.layers)
+    assert all(len(n) == 62 for n in names)
+    assert numbers == [3, 2, 1]
