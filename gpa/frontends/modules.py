@@ -238,11 +238,24 @@ def _in_scripted(model: nn.Module, name: str) -> bool:
 
 
 def fx_leaf(cls: type) -> bool:
-    """Whether torch.fx's default policy keeps modules of ``cls`` as single calls (but for a
-    data-parallel wrapper, which gpa reads through: it calls the module it holds)."""
-    return cls.__module__.startswith(("torch.nn", "torch.ao.nn")) and not issubclass(
-        cls, (nn.Sequential, *PARALLEL)
+    """Whether torch.fx's default policy keeps modules of ``cls`` as single calls, but for
+    a data-parallel wrapper (gpa reads through it: it calls the module it holds) and
+    torch's containers without ``forward`` (``nn.Module`` itself, as a ``GraphModule``
+    holds the path to its calls; ``nn.ModuleList``): they hold modules called one by one,
+    never one call of them all.
+
+    Example:
+        >>> fx_leaf(nn.Conv2d), fx_leaf(nn.Sequential), fx_leaf(nn.Module), fx_leaf(nn.ModuleDict)
+        (True, False, False, False)
+    """
+    return (
+        cls.__module__.startswith(("torch.nn", "torch.ao.nn"))
+        and not issubclass(cls, (nn.Sequential, *PARALLEL))
+        and cls not in _CONTAINERS_WITHOUT_FORWARD
     )
+
+
+_CONTAINERS_WITHOUT_FORWARD = frozenset({nn.Module, nn.ModuleList, nn.ModuleDict})
 
 
 #: Held while a frontend reads a model. fx's symbolic tracing patches torch.nn.Module's
