@@ -293,7 +293,8 @@ def columns_table(
 
 def folded_name(name: str, width: int) -> str:
     """``name`` on lines of at most ``width`` characters, broken after its dots (a part
-    longer than a line is cut), the lines after the first indented by two.
+    longer than a line is cut), the lines after the first indented by two (below three
+    characters, one character a line besides the indent).
 
     Example:
         >>> print(folded_name("base_model.model.encoder.layer.0.query.lora_A", 24))
@@ -301,20 +302,26 @@ def folded_name(name: str, width: int) -> str:
           encoder.layer.0.query.
           lora_A
     """
+    *heads, last = name.split(".")
     lines: list[str] = []
     line = ""
-    for part in (p + "." for p in name.split(".")):
-        room = width - (2 if lines else 0)
-        if line and len(line) + len(part) > room:
+    for part in [*(head + "." for head in heads), last]:
+        if line and len(line) + len(part) > _room(width, lines):
             lines.append(line)
             line = ""
         line += part
-        while len(line) > width - (2 if lines else 0):
-            cut = width - (2 if lines else 0)
+        while len(line) > _room(width, lines):
+            cut = _room(width, lines)
             lines.append(line[:cut])
             line = line[cut:]
-    lines.append(line[:-1])
+    if line or not lines:
+        lines.append(line)
     return "\n".join([lines[0], *("  " + rest for rest in lines[1:])])
+
+
+def _room(width: int, lines: list[str]) -> int:
+    """The characters the next line of :func:`folded_name` holds (at least one)."""
+    return max(width - (2 if lines else 0), 1)
 
 
 def fit_columns(

@@ -7,12 +7,14 @@ import re
 import pytest
 import torch
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import gpa
 import gpa.models
 from gpa.cli import main
-from gpa.render.text import COLLAPSE_ABOVE, format_table
+from gpa.render.text import COLLAPSE_ABOVE, folded_name, format_table
 
 
 class Dense(nn.Module):
@@ -241,3 +243,20 @@ def test_names_longer_than_the_line_fold_and_the_numbers_stay(width: int) -> Non
     assert names == list(report.layers)
     assert all(len(n) == 62 for n in names)
     assert numbers == [3, 2, 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.lists(st.text("ab_0", max_size=12), min_size=1, max_size=8).map(".".join),
+    width=st.integers(-3, 40),
+)
+def test_a_folded_name_gives_the_name_back(name: str, width: int) -> None:
+    """Any name at any width (a narrow one too: one character a line): the lines after
+    the first are indented by two, each holds at most ``width`` characters (the indent
+    apart below 3), and the lines without their indents are the name."""
+    lines = folded_name(name, width).split("\n")
+    assert all(line.startswith("  ") for line in lines[1:])
+    assert lines[0] + "".join(line[2:] for line in lines[1:]) == name
+    assert all(len(line) <= max(width, 1) + (2 if i else 0) for i, line in enumerate(lines))
+    if width >= 3:
+        assert all(len(line) <= width for line in lines)
