@@ -721,9 +721,18 @@ def unused_layer_modules(
     whole = used if called is None else called
     modules = dict(model.named_modules())
     layers = {name for name, m in modules.items() if issubclass(module_class(m), types)}
+    # the modules inside a call, by identity: one held under another name first (a layer
+    # also set inside a leaf) is called with it
+    inside = {
+        id(m)
+        for name in whole
+        if name in modules
+        for m in modules[name].modules()
+        if m is not modules[name]
+    }
     found = []
     for name, module in modules.items():
-        if not name or name in used or name not in layers:
+        if not name or name in used or name not in layers or id(module) in inside:
             continue
         parts = name.split(".")
         ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]

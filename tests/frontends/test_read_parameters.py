@@ -185,3 +185,37 @@ def test_the_layers_inside_a_leaf_are_its_call(tracer: str) -> None:
     assert sorted(report.layers) == ["0", "1"]
     expect(report, "1", {1: 1}, (LOSS,))
     expect(report, "0", {2: 1}, ("1",))
+
+
+class SharedIntoLeaf(nn.Module):
+    """``shared`` is one linear layer registered first here and called only inside the
+    leaf ``blk`` (as ``blk.inner``); ``gain`` (optional) is a parameter forward reads."""
+
+    def __init__(self, gain: bool) -> None:
+        super().__init__()
+        if gain:
+            self.gain = nn.Parameter(torch.ones(4))
+        self.shared = nn.Linear(4, 4)
+        self.blk = LeafHoldingSpare()
+        self.blk.inner = self.shared
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.blk(x)
+        return self.head(y * self.gain if hasattr(self, "gain") else y)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("gain", [False, True])
+def test_a_layer_called_inside_a_leaf_under_another_name_is_its_call(
+    tracer: str, gain: bool
+) -> None:
+    """By hand: head 1, the leaf ``0.blk`` 2. ``0.shared`` is the leaf's ``inner``, called
+    in its call (a real run calls it once): not listed under its first name as never
+    called, nor a reason for fx to refuse."""
+    model = nn.Sequential(SharedIntoLeaf(gain))
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer, leaf_modules=[LeafHoldingSpare])
+    assert sorted(report.layers) == ["0.blk", "0.head"]
+    expect(report, "0.head", {1: 1}, (LOSS,))
+    expect(report, "0.blk", {2: 1}, ("0.head",))
+    assert report.network.unreachable == ()
