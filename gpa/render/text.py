@@ -351,6 +351,23 @@ def fit_columns(
     return kept
 
 
+def _fold_to_fit(
+    rows: list[dict[str, str]], keys: list[str], width: int, names: Sequence[str]
+) -> list[dict[str, str]]:
+    """``rows`` with the cells of the name columns ``names`` folded at their dots
+    (:func:`folded_name`) where a table of ``keys`` does not fit ``width`` — names too long
+    for even the columns never left out, whose numbers stay. The room left beside the
+    other columns is shared alike between the name columns."""
+    columns = [key for key in names if key in keys]
+    least = _measure(columns_table(rows, keys)).minimum if rows else 0
+    if not columns or least <= width:
+        return rows
+    longest = {k: max(max(len(row[k]) for row in rows), len(k)) for k in columns}
+    share = max((width - (least - sum(longest.values()))) // len(columns), 8)
+    folded = [k for k in columns if longest[k] > share]
+    return [{**row, **{k: folded_name(row[k], share) for k in folded}} for row in rows]
+
+
 def _measure(table: Table) -> Any:
     """The table's width, minimum and maximum (a console's measures are capped at its
     width: this one's is unbounded)."""
@@ -458,6 +475,7 @@ def format_table(
         rows = _collapsed_rows(report, depth)
         every = ["layers", "shortest", "longest", "unreachable", "worst"]
         keys = ["layer", *(every if wide else fit_columns(rows, every, width, _GROUP_DROP_ORDER))]
+        rows = rows if wide else _fold_to_fit(rows, keys, width, ("worst", "layer"))
         dropped = [c for c in every if c not in keys]
         note = (
             f"{len(report.layers)} layers in {len(rows)} groups of module path depth {depth}; "
@@ -475,12 +493,7 @@ def format_table(
             available if columns is None else [c for c in dict.fromkeys(columns) if c in available]
         )
         keys = ["layer", *(chosen if wide else fit_columns(rows, chosen, width))]
-        # names too long for even the columns kept: they fold at their dots, the numbers stay
-        least = _measure(columns_table(rows, keys)).minimum
-        if not wide and rows and least > width:
-            longest = max(len(row["layer"]) for row in rows)
-            room = width - (least - max(longest, len("layer")))
-            rows = [{**row, "layer": folded_name(row["layer"], max(room, 8))} for row in rows]
+        rows = rows if wide else _fold_to_fit(rows, keys, width, ("layer",))
         note = None
         if columns is None and len(keys) - 1 < len(chosen):
             dropped = [c for c in chosen if c not in keys]

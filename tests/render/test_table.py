@@ -154,8 +154,16 @@ def test_grouped_view_drops_columns_rather_than_cutting_names() -> None:
     rows = _rows(text)
     assert rows[0].split()[0] == "layer" and rows[0].split()[-1] == "worst"
     assert all(len(line) <= 80 for line in text.splitlines())
-    worst_names = [row.split()[-2] for row in rows[2:]]
-    assert set(worst_names) <= set(report.layers)  # whole names, not cut
+    # each group's worst cell, its folded lines joined: a whole name and its shortest path
+    start = rows[0].index("worst")
+    cells: list[str] = []
+    for line in rows[2:]:
+        if line[0] != " ":
+            cells.append("")
+        cells[-1] += line[start:].strip()
+    for cell in cells:
+        name, _, shortest = cell.partition(" (")
+        assert name in report.layers and shortest == f"{report.layers[name].shortest})"
     assert "columns left out to fit 80 characters" in text.replace("\n    ", " ")
 
 
@@ -195,15 +203,15 @@ def test_tensors_inside_an_input_are_shown_by_dtype_and_shape(tracer: str) -> No
 
 
 class LongNames(nn.Module):
-    """Three linear layers in a chain, each as deep as peft puts a LoRA matrix
+    """``count`` linear layers in a chain, each as deep as peft puts a LoRA matrix
     (``base_model.model.encoder.layer.K.attention.self.query.lora_A.default``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, count: int = 3) -> None:
         super().__init__()
         self.base_model = nn.Module()
         self.base_model.model = nn.Module()
         self.base_model.model.encoder = nn.ModuleList()
-        for _ in range(3):
+        for _ in range(count):
             query = nn.Module()
             query.lora_A = nn.ModuleDict({"default": nn.Linear(4, 4)})
             attention = nn.Module()
@@ -260,3 +268,16 @@ def test_a_folded_name_gives_the_name_back(name: str, width: int) -> None:
     assert all(len(line) <= max(width, 1) + (2 if i else 0) for i, line in enumerate(lines))
     if width >= 3:
         assert all(len(line) <= width for line in lines)
+
+
+def test_grouped_names_longer_than_the_line_fold_and_the_numbers_stay() -> None:
+    """By hand: layer K of the 12-layer chain is 12 - K layers from the loss, each the
+    worst (only) layer of its group at depth 5. Group and worst names together leave no
+    room at 80 columns: both fold, and every group keeps its shortest path."""
+    report = gpa.analyze(LongNames(12), input_shape=(2, 4))
+    text = format_table(report, width=80, depth=5)
+    assert all(len(line) <= 80 for line in text.splitlines())
+    header, _, *lines = _rows(text)
+    assert header.split()[:2] == ["layer", "shortest"]
+    numbers = [int(line.split()[1]) for line in lines if not line.startswith("  ")]
+    assert numbers == list(range(12, 0, -1))
