@@ -357,15 +357,22 @@ def _fold_to_fit(
     """``rows`` with the cells of the name columns ``names`` folded at their dots
     (:func:`folded_name`) where a table of ``keys`` does not fit ``width`` — names too long
     for even the columns never left out, whose numbers stay. The room left beside the
-    other columns is shared alike between the name columns."""
+    other columns is shared between the name columns, a column needing less than its
+    share leaving the rest to the others."""
     columns = [key for key in names if key in keys]
     least = _measure(columns_table(rows, keys)).minimum if rows else 0
     if not columns or least <= width:
         return rows
     longest = {k: max(max(len(row[k]) for row in rows), len(k)) for k in columns}
-    share = max((width - (least - sum(longest.values()))) // len(columns), 8)
-    folded = [k for k in columns if longest[k] > share]
-    return [{**row, **{k: folded_name(row[k], share) for k in folded}} for row in rows]
+    room = width - (least - sum(longest.values()))
+    folded: dict[str, int] = {}
+    shortest_first = sorted(columns, key=longest.__getitem__)
+    for i, key in enumerate(shortest_first):  # a column needing less leaves the rest more
+        share = max(room // (len(columns) - i), 8)
+        if longest[key] > share:
+            folded[key] = share
+        room -= min(longest[key], share)
+    return [{**row, **{k: folded_name(row[k], w) for k, w in folded.items()}} for row in rows]
 
 
 def _measure(table: Table) -> Any:
