@@ -68,7 +68,12 @@ from gpa.frontends.modules import (
     unused_layer_modules,
     with_tied,
 )
-from gpa.frontends.operators import custom_operator, custom_operator_note
+from gpa.frontends.operators import (
+    backward_kind,
+    custom_operator,
+    custom_operator_note,
+    torch_operator,
+)
 from gpa.frontends.outputs import returned_values
 from gpa.frontends.raised import briefly, model_raised
 from gpa.frontends.randomness import (
@@ -231,7 +236,7 @@ class _ParameterUse(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        mixing = self.recorder.depth == 0 and getattr(func, "__name__", "") in _NO_GRAD_MIXING
+        mixing = self.recorder.depth == 0 and _function_name(func) in _NO_GRAD_MIXING
         start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
@@ -353,7 +358,7 @@ class _ParameterUse(TorchFunctionMode):
                 if isinstance(t, torch.Tensor):
                     self.derived[id(t)] = named[0]
                     self.keep.append(t)
-        elif getattr(func, "__name__", "") in _NO_GRAD_MIXING:
+        elif _function_name(func) in _NO_GRAD_MIXING:
             self.no_grad_layers.append((self.recorder.sequence(), named[0], tensors, result))
 
     def _weight_without_gradient(
@@ -368,7 +373,7 @@ class _ParameterUse(TorchFunctionMode):
             return
         results = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
         detached = [self.derived[id(t)] for t in tensors if id(t) in self.derived]
-        if detached and getattr(func, "__name__", "") in _NO_GRAD_MIXING:
+        if detached and _function_name(func) in _NO_GRAD_MIXING:
             layer = detached[0] if any(data) else None  # beside data, or weights alone
             if any(t.grad_fn is not None for t in results):
                 self.weight_reads.append((start, self.recorder.sequence() - 1, layer))
@@ -418,8 +423,19 @@ _NO_GRAD_MIXING = frozenset(
 )
 
 
+def _function_name(func: Any) -> str:
+    """``func``'s name; a custom operator standing for one of torch's own
+    (:data:`~gpa.frontends.operators.STANDING_FOR`) by that one's."""
+    stands_for = torch_operator(func)
+    if stands_for is not func:
+        return stands_for.overloadpacket.__name__
+    return getattr(func, "__name__", "")
+
+
 def _kind(fn: Any) -> str:
-    return type(fn).__name__.rstrip("0123456789")
+    """The kind of autograd node ``fn`` is, without its version digit; one a custom
+    operator standing for one of torch's own makes, as that one's would be."""
+    return backward_kind(type(fn).__name__.rstrip("0123456789"))
 
 
 def _carries_gradient(t: torch.Tensor) -> bool:

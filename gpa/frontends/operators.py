@@ -2,11 +2,12 @@
 sees into.
 
 An operator registered with ``torch.library`` (or a C++ extension: ``torchvision``'s
-``deform_conv2d``, Hugging Face's ``transformers::grouped_mm_fallback``) is one call in
-every frontend's graph, its gradient its registered backward's. gpa cannot tell whether it
-mixes features, so one given weights beside data is no layer, and each frontend says so in
-a note (``docs/semantics.md`` §2): if it mixes features, the paths through it are one layer
-short and its weights are in no record.
+``deform_conv2d``) is one call in every frontend's graph, its gradient its registered
+backward's. gpa cannot tell whether it mixes features, so one given weights beside data is
+no layer, and each frontend says so in a note (``docs/semantics.md`` §2): if it mixes
+features, each path through a call of it is one layer short and its weights are in no
+record. One registered as a stand-in for a torch operator (:data:`STANDING_FOR`) is read
+as that operator.
 
 Example:
     >>> import torch
@@ -14,33 +15,98 @@ Example:
     True
     >>> print(custom_operator_note("demo::mix", ["experts"]))  # doctest: +NORMALIZE_WHITESPACE
     'demo::mix' is a custom operator, which gpa cannot look into; it reads weights of
-    experts beside data: they are in no layer here (if it mixes features, the paths
-    through it are one layer short)
+    experts beside data: they are in no layer here (if it mixes features, each path
+    through a call of it is one layer short)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["custom_operator", "custom_operator_label", "custom_operator_note"]
+__all__ = [
+    "STANDING_FOR",
+    "StandIn",
+    "backward_kind",
+    "custom_operator",
+    "custom_operator_label",
+    "custom_operator_note",
+    "torch_operator",
+]
 
 # torch's own operator namespaces: what the frontends read like any torch function
 _TORCH_NAMESPACES = frozenset({"aten", "prims", "prim", "profiler", "debugprims", "rngprims"})
 
 
+class StandIn(NamedTuple):
+    """The torch operator a custom operator stands for: its ATen name, and the kind of the
+    autograd node it makes (``type(grad_fn).__name__`` without the version digit)."""
+
+    aten: str
+    backward: str
+
+
+#: Custom operators registered as a stand-in for one of torch's own, by qualified name:
+#: the same arguments and result, registered only so that torch.compile and torch.export
+#: do not trace into a Python loop. Every frontend reads them as the operator they stand
+#: for. ``transformers::grouped_mm_fallback(input, weight, offs)`` is
+#: ``aten._grouped_mm``: Hugging Face's mixture-of-experts banks call it in its place
+#: under torch.export when their weights are not bfloat16 (and on CPUs where torch's
+#: kernel is missing or its inputs unaligned).
+STANDING_FOR: dict[str, StandIn] = {
+    "transformers::grouped_mm_fallback": StandIn("_grouped_mm", "GroupedMmBackward"),
+}
+# the autograd node kind torch generates for a custom operator's registered backward
+_GENERATED = {
+    "GeneratedBackwardFor_{}_{}_defaultBackward".format(*q.split("::")): s.backward
+    for q, s in STANDING_FOR.items()
+}
+
+
+def _qualified(target: Any) -> str | None:
+    """``namespace::name`` of an operator (overload or packet), else None."""
+    if isinstance(target, torch._ops.OpOverload):
+        return target.name().partition(".")[0]
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return target._qualified_op_name
+    return None
+
+
 def custom_operator(target: Any) -> str | None:
     """The qualified name (``namespace::name``) of the operator ``target`` when it is
-    registered from outside torch, else None."""
-    if isinstance(target, torch._ops.OpOverload):
-        qualified = target.name()
-    elif isinstance(target, torch._ops.OpOverloadPacket):
-        qualified = target._qualified_op_name
-    else:
+    registered from outside torch and stands for none of torch's own
+    (:data:`STANDING_FOR`), else None."""
+    qualified = _qualified(target)
+    if qualified is None or qualified in STANDING_FOR:
         return None
     return None if qualified.partition("::")[0] in _TORCH_NAMESPACES else qualified
+
+
+def torch_operator(target: Any) -> Any:
+    """The ATen operator (default overload, as in the export frontend's graph) that the
+    custom operator ``target`` (overload or packet) of :data:`STANDING_FOR` stands for;
+    any other ``target`` as it is.
+
+    Example:
+        >>> torch_operator(torch.relu) is torch.relu
+        True
+    """
+    stand_in = STANDING_FOR.get(_qualified(target) or "")
+    return target if stand_in is None else getattr(torch.ops.aten, stand_in.aten).default
+
+
+def backward_kind(kind: str) -> str:
+    """The kind of autograd node (``type(grad_fn).__name__`` without its version digit)
+    as the torch operation a custom operator of :data:`STANDING_FOR` stands for makes it;
+    any other ``kind`` as it is.
+
+    Example:
+        >>> backward_kind("GeneratedBackwardFor_transformers_grouped_mm_fallback_defaultBackward")
+        'GroupedMmBackward'
+    """
+    return _GENERATED.get(kind, kind)
 
 
 def custom_operator_note(name: str, owners: Iterable[str]) -> str:
@@ -48,7 +114,7 @@ def custom_operator_note(name: str, owners: Iterable[str]) -> str:
     return (
         f"'{name}' is a custom operator, which gpa cannot look into; it reads weights of "
         f"{', '.join(owners)} beside data: they are in no layer here (if it mixes "
-        "features, the paths through it are one layer short)"
+        "features, each path through a call of it is one layer short)"
     )
 
 

@@ -1,9 +1,10 @@
 """Custom operators (``torch.library``) given weights beside data are noted, on every
 frontend.
 
-No frontend sees into an operator registered from outside torch (Hugging Face's
-``transformers::grouped_mm_fallback``, the expert bank of its mixtures of experts on the
-CPU in export's graph; ``torchvision::deform_conv2d``): gpa cannot tell whether it mixes
+No frontend sees into an operator registered from outside torch
+(``torchvision::deform_conv2d``; a stand-in for one of torch's own, such as Hugging
+Face's ``transformers::grouped_mm_fallback``, is read as that one: see
+``tests/frontends/test_hf_outputs.py``): gpa cannot tell whether it mixes
 features, so it is no layer, and its weights are in no record. That used to pass in
 silence; now each frontend notes it (``docs/semantics.md`` §2), and ``auto`` moves on from
 fx and export to autograd, where the model's own code may call torch's operators instead.
@@ -45,8 +46,8 @@ first_expert.register_autograd(_backward, setup_context=_setup)
 
 NOTE = (
     "'gpatest::first_expert' is a custom operator, which gpa cannot look into; it reads "
-    "weights of {owner} beside data: they are in no layer here (if it mixes features, the "
-    "paths through it are one layer short)"
+    "weights of {owner} beside data: they are in no layer here (if it mixes features, each "
+    "path through a call of it is one layer short)"
 )
 
 

@@ -203,10 +203,12 @@ def mixtral(experts: str):
 def test_mixtral_experts_are_a_layer_whichever_way_they_run(experts: str) -> None:
     """The expert bank (``mlp.experts``: ``gate_up_proj``, ``down_proj``) holds most of a
     mixture of experts' weights. Under export, Hugging Face's default (``grouped_mm``)
-    runs a custom operator on the CPU (noted; auto moves on to autograd, where torch's
-    ``grouped_mm`` runs), ``batched_mm`` indexes the bank with the router's choices. Its
-    two weights are two layers (§2). By hand: down_proj feeds lm_head through the residual
-    stream (2); gate_up_proj feeds down_proj (3). A real backward gives the bank gradient."""
+    calls its own operator ``transformers::grouped_mm_fallback`` in place of torch's
+    ``_grouped_mm`` on float32 weights (read as torch's: before, export listed 12 of 16
+    layers here and auto moved on to autograd), ``batched_mm`` indexes the bank with the
+    router's choices. Its two weights are two layers (§2). By hand: down_proj feeds
+    lm_head through the residual stream (2); gate_up_proj feeds down_proj (3). A real
+    backward gives the bank gradient; export reads what autograd reads."""
     torch.manual_seed(0)
     model, ids = mixtral(experts), torch.randint(0, 32, (1, 6))
     report = gpa.analyze(model, ids, outputs=["logits"])
@@ -217,11 +219,71 @@ def test_mixtral_experts_are_a_layer_whichever_way_they_run(experts: str) -> Non
     model.zero_grad()
     model(ids).logits.sum().backward()
     assert model.model.layers[0].mlp.experts.gate_up_proj.grad.abs().sum() > 0
-    if experts == "batched_mm":  # export reads it, as autograd does
+    if experts != "eager":  # (eager's loop over experts hit is data-dependent under export)
         exported = gpa.analyze(model, ids, outputs=["logits"], tracer="export")
+        assert not any("custom operator" in n for n in exported.notes)
         assert layer_records(exported) == layer_records(
             gpa.analyze(model, ids, outputs=["logits"], tracer="autograd")
         )
+
+
+def test_mixtral_experts_have_channel_segments() -> None:
+    """``channels=True`` needs fx or export; on Hugging Face's default expert bank export
+    meets ``transformers::grouped_mm_fallback``, before a custom operator that left both
+    bank weights out of the channel analysis. By hand (intermediate size 16): gate_up_proj's
+    32 output channels are the gate and up halves, both reaching the loss only through
+    down_proj (3 hops); down_proj's 16 reach lm_head (2)."""
+    torch.manual_seed(0)
+    model, ids = mixtral("grouped_mm"), torch.randint(0, 32, (1, 6))
+    report = gpa.analyze(model, ids, outputs=["logits"], channels=True)
+    assert report.tracer == "export"
+    bank = "model.layers.0.mlp.experts"
+    gate_up = report.layers[f"{bank}.gate_up_proj"]
+    assert [(s.start, s.stop) for s in gate_up.segments] == [(0, 16), (16, 32)]
+    assert {s.paths.shortest for s in gate_up.segments} == {3}
+    assert {x.sender for s in gate_up.segments for x in s.sources} == {f"{bank}.down_proj"}
+    assert [s.paths.shortest for s in report.layers[f"{bank}.down_proj"].segments] == [2]
+
+
+class FallbackBank(torch.nn.Module):
+    """a -> transformers::grouped_mm_fallback(·, w, offs) -> head, the operator called
+    as Hugging Face calls it (the packet) or by its overload."""
+
+    def __init__(self, overload: bool) -> None:
+        super().__init__()
+        self.overload = overload
+        self.a, self.head = torch.nn.Linear(4, 4), torch.nn.Linear(3, 2)
+        self.w = torch.nn.Parameter(torch.randn(2, 4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fallback = torch.ops.transformers.grouped_mm_fallback
+        op = fallback.default if self.overload else fallback
+        offs = torch.tensor([3, 6], dtype=torch.int32)
+        return self.head(op(self.a(x), self.w, offs=offs))
+
+
+@pytest.mark.parametrize("overload", [False, True], ids=["packet", "overload"])
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_the_grouped_mm_fallback_is_read_as_torchs_grouped_mm(tracer: str, overload: bool) -> None:
+    """``transformers::grouped_mm_fallback`` stands for ``torch._grouped_mm`` (same
+    arguments, same result): every frontend reads it as that, a functional layer of its
+    weight (before: a custom operator, no layer, with a note). By
+    hand: a -> w -> head, so a 3, w 2, head 1; a real backward reaches all three."""
+    from transformers.integrations import moe  # noqa: F401  (registers the operator)
+
+    torch.manual_seed(0)
+    model, x = FallbackBank(overload), torch.randn(6, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    assert {n: (r.shortest, r.longest) for n, r in report.layers.items()} == {
+        "a": (3, 3),
+        "w": (2, 2),
+        "head": (1, 1),
+    }
+    assert not any("custom operator" in n for n in report.notes)
+    check_reachability_with_autograd(report, model, x)
+    if tracer != "autograd":  # the channel analysis reads it too
+        channels = gpa.analyze(model, (x,), tracer=tracer, channels=True)
+        assert [(s.start, s.stop) for s in channels.layers["w"].segments] == [(0, 3)]
 
 
 def test_a_mask_check_on_the_data_gets_no_routing_note() -> None:

@@ -39,7 +39,7 @@ from gpa.frontends.modules import (
     unused_layer_modules,
     with_tied,
 )
-from gpa.frontends.operators import custom_operator
+from gpa.frontends.operators import custom_operator, torch_operator
 
 __all__ = [
     "CONV_FUNCTIONS",
@@ -242,7 +242,7 @@ def _is_tensor(node: fx.Node) -> bool:
 
 def _is_mixing(node: fx.Node) -> bool:
     if node.op == "call_function":
-        return node.target in _MIXING_FUNCTIONS
+        return torch_operator(node.target) in _MIXING_FUNCTIONS
     return node.op == "call_method" and node.target in _MIXING_METHODS
 
 
