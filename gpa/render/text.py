@@ -213,10 +213,31 @@ def _summary_lines(report: Any) -> list[str]:
 
 
 def _wrap(text: str, width: int, first: str, rest: str) -> str:
-    """``text`` wrapped at ``width`` with a hanging indent (stable, unlike terminal wrapping)."""
-    return textwrap.fill(
+    """``text`` wrapped at ``width`` with a hanging indent (stable, unlike terminal wrapping);
+    a word longer than a line (a module's qualified name) folded after its dots
+    (:func:`folded_name`) rather than cut anywhere.
+
+    Example:
+        >>> print(_wrap("worst: base_model.model.encoder.lora_A (5)", 24, "", "    "))
+        worst:
+            base_model.model.
+              encoder.lora_A
+            (5)
+    """
+    lines: list[str] = []
+    for line in textwrap.wrap(
         text, width=width, initial_indent=first, subsequent_indent=rest, break_long_words=False
-    )
+    ):
+        if len(line) <= width:
+            lines.append(line)
+            continue
+        # (textwrap puts a word longer than the line on a line of its own)
+        indent = rest if lines else first
+        head, *tail = folded_name(line[len(indent) :], width - max(len(first), len(rest))).split(
+            "\n"
+        )
+        lines += [indent + head, *(rest + part for part in tail)]
+    return "\n".join(lines)
 
 
 def _console(buffer: io.StringIO, width: int, color: bool) -> Console:
@@ -456,7 +477,8 @@ def format_table(
         The text, ending with a newline.
 
     Raises:
-        ValueError: an unknown column.
+        ValueError: an unknown column, or a channel column (:data:`CHANNEL_COLUMNS`) of a
+            report analysed at layer level.
 
     Example:
         >>> import gpa, torch.nn as nn
@@ -475,6 +497,12 @@ def format_table(
     if unknown:
         raise ValueError(
             f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(COLUMNS)}"
+        )
+    unfilled = [c for c in columns or () if c not in available]
+    if unfilled:
+        raise ValueError(
+            f"column(s) {', '.join(unfilled)} come from the channel analysis: analyse with "
+            "channels=True"
         )
     if depth is None:
         depth = 0 if wide or columns else _auto_depth(report)
@@ -500,11 +528,19 @@ def format_table(
             available if columns is None else [c for c in dict.fromkeys(columns) if c in available]
         )
         keys = ["layer", *(chosen if wide else fit_columns(rows, chosen, width))]
-        rows = rows if wide else _fold_to_fit(rows, keys, width, ("layer",))
-        note = None
-        if columns is None and len(keys) - 1 < len(chosen):
-            dropped = [c for c in chosen if c not in keys]
-            note = f"columns left out to fit {width} characters: {', '.join(dropped)} (--wide shows all)"
+        if not wide:
+            folded = _fold_to_fit(rows, keys, width, ("layer",))
+            if "timestamps" in keys and _measure(columns_table(folded, keys)).minimum > width:
+                # the last resort, rather than crop a cell (a timestamp lost in silence)
+                keys.remove("timestamps")
+                folded = _fold_to_fit(rows, keys, width, ("layer",))
+            rows = folded
+        dropped = [c for c in chosen if c not in keys]
+        note = (
+            f"columns left out to fit {width} characters: {', '.join(dropped)} (--wide shows all)"
+            if dropped
+            else None
+        )
     table = columns_table(rows, keys, wide)
     buffer = io.StringIO()
     if wide:

@@ -281,3 +281,67 @@ def test_grouped_names_longer_than_the_line_fold_and_the_numbers_stay() -> None:
     assert header.split()[:2] == ["layer", "shortest"]
     numbers = [int(line.split()[1]) for line in lines if not line.startswith("  ")]
     assert numbers == list(range(12, 0, -1))
+
+
+def _flat_numbers(text: str) -> dict[str, tuple[str, ...]]:
+    """Each layer's cells after its name, its folded name's lines joined."""
+    header, _, *lines = _rows(text)
+    cells: dict[str, tuple[str, ...]] = {}
+    name = ""
+    for line in lines:
+        if line.startswith("  "):  # a folded name's next line
+            cells[name + line.split()[0]] = cells.pop(name)
+            name += line.split()[0]
+        else:
+            name, *rest = line.split(maxsplit=len(header.split()) - 1)
+            cells[name] = tuple(rest)
+    return cells
+
+
+@pytest.mark.parametrize("columns", [None, ["shortest", "longest", "timestamps"]])
+def test_timestamps_are_left_out_rather_than_cut(report: gpa.Report, columns: list | None) -> None:
+    """At 40 columns even the names folded leave no room for the timestamps beside the
+    path lengths: the column was cropped (header ``timestam``, a conv's rounds ``2, 4, 6,``
+    without the rest) with no word. Now it is left out and the note says so. By hand
+    (residual chain of six convs into the classifier): conv K is 2 layers from the loss by
+    the stream and 8 - K through the convs after it; the classifier 1."""
+    text = format_table(report, width=40, columns=columns)
+    assert all(len(line) <= 40 for line in text.splitlines())
+    assert _rows(text)[0].split() == ["layer", "shortest", "longest"]
+    note = " ".join(text[text.index("columns left out") :].split())
+    assert note.startswith("columns left out to fit 40 characters: ") and "timestamps" in note
+    expected = {f"features.denseblock1.denselayer{k}.conv1": ("2", str(8 - k)) for k in range(1, 7)}
+    assert _flat_numbers(text) == {**expected, "classifier": ("1", "1")}
+
+
+def test_columns_asked_for_and_left_out_are_noted(report: gpa.Report) -> None:
+    """``--columns ...,sources`` at a width that cannot hold sources dropped them without a
+    word (only the default columns were noted)."""
+    text = format_table(report, width=60, columns=["shortest", "sources"])
+    assert _rows(text)[0].split() == ["layer", "shortest"]
+    assert "columns left out to fit 60 characters: sources (--wide shows all)" in " ".join(
+        text.split()
+    )
+
+
+def test_channel_columns_of_a_layer_level_report_are_refused(report: gpa.Report) -> None:
+    """The CLI refused ``--columns segments`` without ``--channels``; the function dropped
+    them without a word."""
+    with pytest.raises(ValueError, match="segments come from the channel analysis"):
+        format_table(report, columns=["shortest", "segments"])
+
+
+def test_summary_names_longer_than_the_line_fold_at_their_dots() -> None:
+    """A name in the summary (an unreachable layer) longer than the line was cut by the
+    terminal mid-word; it folds after its dots as in the table. By hand: lora_B is never
+    called, so it is the one unreachable layer."""
+    model = LongNames(2)
+    query = model.base_model.model.encoder[1].attention.self.query
+    query.lora_B = nn.ModuleDict({"default": nn.Linear(4, 4)})
+    name = "base_model.model.encoder.1.attention.self.query.lora_B.default"
+    text = format_table(gpa.analyze(model, input_shape=(2, 4)), width=50)
+    assert all(len(line) <= 50 for line in text.splitlines())
+    lines = text.splitlines()
+    start = lines.index("unreachable layers:") + 1
+    folded = [line.strip() for line in lines[start : start + 2]]
+    assert "".join(folded) == name and folded[0].endswith(".")
