@@ -51,10 +51,11 @@ from gpa.channels.rules import (
     everywhere_of,
     fallback,
     layer_axis,
-    layer_channel_axis,
     layer_groups,
     layer_input_axis,
+    layer_output_axis,
     leaves,
+    matmul,
     op_name,
     tracked,
     unbroadcast,
@@ -217,6 +218,7 @@ class ChannelRouter(fx.Interpreter):
         self.collapsed: dict = {}  # RoutingContext.collapsed
         self._modes = grad_modes(gm.graph)
         self._read: dict = {}  # see _deliver
+        self._from_inputs: dict[fx.Node, bool] = {}  # see _reads_inputs
 
     def run(self) -> ChannelRouting:  # type: ignore[override]
         """Route every node; placeholders need no values (shapes come from the flow pass)."""
@@ -290,6 +292,9 @@ class ChannelRouter(fx.Interpreter):
             axis = layer_input_axis(rule, n, m, ch.shape, module)
             self._deliver(Consumer(n.name, None if len(tensor_args) == 1 else k), ch, axis)
         self.routing.groups[n.name] = layer_groups(module, n)
+        weight_first = (
+            rule is matmul and bool(n.args) and not self._reads_inputs(n.args[0])
+        )  # ``W @ x``: its output channels are W's rows
         first = True
 
         def fresh(s: Any) -> Any:
@@ -299,12 +304,37 @@ class ChannelRouter(fx.Interpreter):
             if not first:  # other results (an RNN's hidden state…) mix every channel
                 return Channels((), tuple(s), (Term(n.name, None, None),))
             first = False
-            axis = layer_channel_axis(module, n, tuple(s), output=True)
+            axis = layer_output_axis(module, n, tuple(s), weight_first)
             count = s[axis] if s else 1
             self.routing.out_channels[n.name] = count
             return Channels((axis,), tuple(s), (Term(n.name, np.arange(count, dtype=np.int64)),))
 
         return tree_map(fresh, n.meta[FLOW].shapes)
+
+    def _reads_inputs(self, value: Any) -> bool:
+        """Whether gradient reaching ``value`` (a node, or a constant) flows on to the
+        model's inputs: data, not a weight computed from parameters alone (``W[experts]``:
+        the experts' indices carry no gradient)."""
+        if not isinstance(value, fx.Node):
+            return False
+        known = self._from_inputs
+        stack = [value]
+        while stack:  # (iterative: a deep graph would exhaust Python's recursion)
+            node = stack[-1]
+            if node in known:
+                stack.pop()
+                continue
+            if node.op in ("placeholder", "get_attr"):
+                known[node] = node.op == "placeholder"
+                stack.pop()
+                continue
+            pending = [m for m in node.meta[FLOW].grad_from if m not in known]
+            if pending:
+                stack.extend(pending)
+                continue
+            known[node] = any(known[m] for m in node.meta[FLOW].grad_from)
+            stack.pop()
+        return known[value]
 
     def _deliver(self, consumer: Consumer, ch: Channels, axis: int) -> None:
         """Record which producer channels arrive at each input channel of ``consumer``."""

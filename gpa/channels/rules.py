@@ -74,6 +74,7 @@ __all__ = [
     "layer_channel_axis",
     "layer_groups",
     "layer_input_axis",
+    "layer_output_axis",
     "layer_norm",
     "leaves",
     "matmul",
@@ -1835,6 +1836,23 @@ def layer_axis(conv: bool, ndim: int) -> int:
         (1, 2)
     """
     return 1 if conv and ndim >= 2 else ndim - 1
+
+
+def layer_output_axis(
+    module: nn.Module | None, node: fx.Node, shape: tuple[int, ...], weight_first: bool
+) -> int:
+    """The axis of a layer call's result (of ``shape``) holding its output channels (§8):
+    for ``W @ x`` with the weight first (``weight_first``: Hugging Face's ``batched_mm``
+    expert bank, ``bmm(W[experts], x.unsqueeze(-1))``) the weight's rows, the result's
+    second-to-last axis; otherwise :func:`layer_channel_axis`.
+
+    Example:
+        >>> layer_output_axis(None, None, (6, 8, 1), True), layer_output_axis(None, None, (6, 8), False)
+        (1, 1)
+    """
+    if weight_first and len(shape) >= 2:
+        return len(shape) - 2
+    return layer_channel_axis(module, node, shape, output=True)
 
 
 def layer_input_axis(

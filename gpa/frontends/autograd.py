@@ -230,6 +230,9 @@ class _ParameterUse(TorchFunctionMode):
         self._sized = Marks()  # tensors whose sizes the data decides
         self._picked = Marks()  # weights picked at positions computed from data (``w[idx]``)
         self._picked_from: dict[int, str] = {}  # id -> the parameter a picked weight reads
+        # whether a weight was indexed at positions computed from data (``bank[expert]``
+        # for the experts the router chose; an embedding's lookup is no indexing)
+        self.indexes_weights = False
         # custom operators given weights beside data -> the modules whose weights they read
         self.operators: dict[str, dict[str, None]] = {}
 
@@ -260,6 +263,7 @@ class _ParameterUse(TorchFunctionMode):
             if (picked := self._picks_weight(tensors, data)) is not None:
                 self._picked.add(results)
                 self._picked_from.update((id(t), picked) for t in results if picked)
+                self.indexes_weights = self.indexes_weights or name in _INDEXING
             if torch.is_grad_enabled():  # (else no node; and asking may raise)
                 made = [
                     id(t.grad_fn)
@@ -415,6 +419,9 @@ def _sizes_by_data(func: Any, args: tuple) -> bool:
         isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in tree_flatten(args[1:])[0]
     )
 
+
+# Functions indexing a tensor: a weight indexed so by data is picked by the data's values.
+_INDEXING = frozenset({"__getitem__", "index_select", "take", "take_along_dim", "gather"})
 
 _NO_GRAD_MIXING = frozenset(
     "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear bilinear "
@@ -889,8 +896,13 @@ def _build(
         inputs=run.inputs,
         notes=[
             *run.notes,
-            # where it skipped a layer module (an expert no token was routed to)
-            *([data_branch_note(run.use.data_branch)] if run.use.data_branch and uncalled else []),
+            # where it skipped a layer module (an expert no token was routed to) or picked a
+            # weight by the data (a fused expert bank looped over the experts hit)
+            *(
+                [data_branch_note(run.use.data_branch)]
+                if run.use.data_branch and (uncalled or run.use.indexes_weights)
+                else []
+            ),
             *([unfed_checkpoint_note(edges.cut)] if edges.cut else []),
             *returned.notes(outputs),
             *(custom_operator_note(n, owners) for n, owners in run.use.operators.items()),

@@ -227,14 +227,17 @@ def test_mixtral_experts_are_a_layer_whichever_way_they_run(experts: str) -> Non
         )
 
 
-def test_mixtral_experts_have_channel_segments() -> None:
+@pytest.mark.parametrize("experts", ["grouped_mm", "batched_mm"])
+def test_mixtral_experts_have_channel_segments(experts: str) -> None:
     """``channels=True`` needs fx or export; on Hugging Face's default expert bank export
     meets ``transformers::grouped_mm_fallback``, before a custom operator that left both
-    bank weights out of the channel analysis. By hand (intermediate size 16): gate_up_proj's
-    32 output channels are the gate and up halves, both reaching the loss only through
-    down_proj (3 hops); down_proj's 16 reach lm_head (2)."""
+    bank weights out of the channel analysis; ``batched_mm``'s ``bmm(W[experts], x)``
+    gave each bank weight one channel (the result's last axis, of size 1). By hand
+    (intermediate size 16): gate_up_proj's 32 output channels are the gate and up halves,
+    both reaching the loss only through down_proj (3 hops); down_proj's 16 reach lm_head
+    (2)."""
     torch.manual_seed(0)
-    model, ids = mixtral("grouped_mm"), torch.randint(0, 32, (1, 6))
+    model, ids = mixtral(experts), torch.randint(0, 32, (1, 6))
     report = gpa.analyze(model, ids, outputs=["logits"], channels=True)
     assert report.tracer == "export"
     bank = "model.layers.0.mlp.experts"
@@ -284,6 +287,34 @@ def test_the_grouped_mm_fallback_is_read_as_torchs_grouped_mm(tracer: str, overl
     if tracer != "autograd":  # the channel analysis reads it too
         channels = gpa.analyze(model, (x,), tracer=tracer, channels=True)
         assert [(s.start, s.stop) for s in channels.layers["w"].segments] == [(0, 3)]
+
+
+@pytest.mark.parametrize("experts", ["eager", "grouped_mm"])
+def test_a_bank_looped_over_the_experts_hit_gets_the_routing_note(experts: str) -> None:
+    """With ``experts_implementation="eager"`` the bank is called once per expert the
+    router hit (``gate_up_proj[expert]``): its calls change with the inputs, yet no
+    module was skipped, and the routing note (§1, autograd) was missing. The calls are a
+    real run's: a hook counting the experts hit. ``grouped_mm`` calls the bank once
+    whatever the routing: no note."""
+    torch.manual_seed(0)
+    model, ids = mixtral(experts), torch.randint(0, 32, (1, 6))
+    report = gpa.analyze(model, ids, outputs=["logits"], tracer="autograd")
+    routed = [n for n in report.notes if "into Python values" in n]
+    bank = model.model.layers[0].mlp.experts
+    if experts == "grouped_mm":
+        assert not routed and report.layers["model.layers.0.mlp.experts.gate_up_proj"].calls == 1
+        return
+    assert len(routed) == 1 and "modeling_mixtral.py" in routed[0]
+    hit: list[int] = []
+    handle = bank.register_forward_hook(
+        lambda module, args, out: hit.append(int(torch.unique(args[1]).numel()))
+    )
+    try:
+        model(ids)
+    finally:
+        handle.remove()
+    calls = report.layers["model.layers.0.mlp.experts.gate_up_proj"].calls
+    assert calls == hit[0] and 1 <= calls <= 4
 
 
 def test_a_mask_check_on_the_data_gets_no_routing_note() -> None:
