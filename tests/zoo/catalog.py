@@ -169,6 +169,26 @@ ENTRIES: tuple[Entry, ...] = (
     _hf("bert", "BERT", **_SMALL),
     _hf("GPT2LMHeadModel", "GPT-2", n_layer=2, n_embd=64, n_head=2),
     _hf("LlamaForCausalLM", "Llama", **_SMALL, num_key_value_heads=2),
+    # mixtures of experts: a fused expert bank, which export meets as Hugging Face's
+    # transformers::grouped_mm_fallback on float32 weights
+    _hf(
+        "MixtralForCausalLM",
+        "Mixtral (MoE)",
+        **_SMALL,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+    ),
+    _hf(
+        "Qwen2MoeForCausalLM",
+        "Qwen2-MoE",
+        **_SMALL,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=64,
+        shared_expert_intermediate_size=64,
+    ),
     _hf("t5", "T5", num_layers=2, d_model=64, d_kv=32, d_ff=128, num_heads=2),
     _hf("vit", "ViT (HF)", **_SMALL, image_size=32, patch_size=8),
     _hf(
