@@ -44,6 +44,7 @@ from gpa.frontends.modules import (
     check_model,
     display_name,
     resolve_options,
+    split_leaves,
     unwrap_wrappers,
 )
 from gpa.frontends.randomness import PYTHON_DRAWS_NOTE, python_random_states
@@ -151,6 +152,7 @@ def _analyze(
         *_intermediate_outputs_notes(graph),
         *_tied_notes(model, records),
         *_frozen_notes(model, records),
+        *_leaves_not_called_notes(options, records),
     ]
     return Report(
         model=name or display_name(model),
@@ -253,6 +255,29 @@ def _tied_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[st
         f"layers hold tied parameters ({'; '.join(tied)}): each module has its own record, "
         "and a tied parameter receives the gradient of every record holding it (its "
         "parameters are counted once, for the first)"
+    ]
+
+
+def _leaves_not_called_notes(
+    options: AnalysisOptions, records: Mapping[str, LayerRecord]
+) -> list[str]:
+    """A note naming the leaf modules asked for by name (``leaf_modules`` / ``--leaf``)
+    that are no layer of the report though layers inside them are: the model never calls
+    them as one call (a container without ``forward``, as ``nn.ModuleList`` or the ones a
+    ``torch.fx.GraphModule`` holds), so their layers are read one by one
+    (``docs/semantics.md`` §1.1)."""
+    _, names = split_leaves(options.leaf_modules)
+    missed = sorted(
+        name
+        for name in names
+        if name not in records and any(r.startswith(name + ".") for r in records)
+    )
+    if not missed:
+        return []
+    return [
+        f"leaf module(s) {', '.join(missed)} never called as one call (the model calls the "
+        "modules inside: a container as nn.ModuleList, or one a torch.fx GraphModule holds), "
+        "so the layers inside are reported one by one"
     ]
 
 

@@ -93,6 +93,7 @@ from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     compiled,
     fx_leaf,
+    has_forward,
     hooked_calls_message,
     is_layer_module,
     opaque_layer_types,
@@ -144,7 +145,12 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
 
     def is_opaque(path: str, module: nn.Module) -> bool:
         return (
-            fx_leaf(type(module)) or isinstance(module, leaf_types + custom) or path in leaf_names
+            fx_leaf(type(module))
+            or isinstance(module, leaf_types + custom)
+            # (a container without forward is never called: export's module stack names it
+            # on the calls of the modules inside, when they are reached through it)
+            or path in leaf_names
+            and has_forward(module)
         )
 
     whole = [

@@ -44,6 +44,7 @@ __all__ = [
     "POINTWISE_MODULES",
     "check_model",
     "fx_leaf",
+    "has_forward",
     "is_layer_module",
     "module_class",
     "functional_owners",
@@ -256,6 +257,18 @@ def fx_leaf(cls: type) -> bool:
 
 
 _CONTAINERS_WITHOUT_FORWARD = frozenset({nn.Module, nn.ModuleList, nn.ModuleDict})
+
+
+def has_forward(module: nn.Module) -> bool:
+    """Whether ``module`` can be called: its class defines ``forward`` (``nn.ModuleList``,
+    ``nn.ModuleDict`` and the plain ``nn.Module`` containers a ``torch.fx.GraphModule``
+    holds do not).
+
+    Example:
+        >>> has_forward(nn.Sequential()), has_forward(nn.ModuleList())
+        (True, False)
+    """
+    return type(module).forward is not nn.Module.forward
 
 
 #: Held while a frontend reads a model. fx's symbolic tracing patches torch.nn.Module's

@@ -10,6 +10,7 @@ type ``Module`` (a traced ResNet-18: 6 layers instead of 21). Expected values by
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -80,3 +81,47 @@ def test_layers_held_in_containers_without_forward(tracer: str) -> None:
     expect(report, "block.2", {2: 1}, ("heads.head",))
     expect(report, "block.0", {3: 1}, ("block.2",))
     expect(report, "parts.stem", {2: 1, 4: 1}, ("heads.head", "block.0"))
+
+
+class Iterated(Net):
+    """Net, its ``block`` (an ``nn.Sequential``) run module by module, never called whole."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = x
+        for module in self.block:
+            y = module(y)
+        return self.head(x + y)
+
+
+_NOT_CALLED = "leaf module(s) block never called as one call"
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("model", ["traced", "list", "iterated"])
+def test_a_leaf_never_called_as_one_call_is_noted(tracer: str, model: str) -> None:
+    """``--leaf block`` on a model that never calls ``block`` (a ``GraphModule``'s
+    container, an ``nn.ModuleList``, an ``nn.Sequential`` iterated): there is no call to
+    read as one, so its layers are read one by one — by hand as in ``Net`` — and a note
+    says the leaf asked for was not read. Export made up a call of the ``GraphModule``'s
+    container (``stem`` 3 instead of 2 and 4, ``block`` one layer); every frontend left
+    the option unheeded without a word."""
+    built = {"traced": lambda: torch.fx.symbolic_trace(Net()), "list": Held, "iterated": Iterated}
+    report = gpa.analyze(
+        built[model](), input_shape=(1, 3, 8, 8), tracer=tracer, leaf_modules=["block"]
+    )
+    assert {"block.0", "block.2"} <= set(report.layers)
+    expect(report, "block.2", {2: 1}, ("heads.head" if model == "list" else "head",))
+    expect(report, "block.0", {3: 1}, ("block.2",))
+    assert sum(n.startswith(_NOT_CALLED) for n in report.notes) == 1
+
+
+@EVERY_TRACER
+def test_a_leaf_called_as_one_call_is_not_noted(tracer: str) -> None:
+    """``Net`` calls ``block``: with ``--leaf block`` it is one layer (head 1, block 2,
+    stem 2 and 3), and no note."""
+    report = gpa.analyze(Net(), input_shape=(1, 3, 8, 8), tracer=tracer, leaf_modules=["block"])
+    assert sorted(report.layers) == ["block", "head", "stem"]
+    expect(report, "block", {2: 1}, ("head",))
+    expect(report, "stem", {2: 1, 3: 1}, ("head", "block"))
+    assert not any(n.startswith(_NOT_CALLED) for n in report.notes)
