@@ -260,15 +260,15 @@ _CONTAINERS_WITHOUT_FORWARD = frozenset({nn.Module, nn.ModuleList, nn.ModuleDict
 
 
 def has_forward(module: nn.Module) -> bool:
-    """Whether ``module`` can be called: its class defines ``forward`` (``nn.ModuleList``,
-    ``nn.ModuleDict`` and the plain ``nn.Module`` containers a ``torch.fx.GraphModule``
-    holds do not).
+    """Whether ``module`` can be called: its class or the module itself (``torch.compile``'s
+    wrapper) defines ``forward`` (``nn.ModuleList``, ``nn.ModuleDict`` and the plain
+    ``nn.Module`` containers a ``torch.fx.GraphModule`` holds do not).
 
     Example:
         >>> has_forward(nn.Sequential()), has_forward(nn.ModuleList())
         (True, False)
     """
-    return type(module).forward is not nn.Module.forward
+    return type(module).forward is not nn.Module.forward or "forward" in vars(module)
 
 
 #: Held while a frontend reads a model. fx's symbolic tracing patches torch.nn.Module's
