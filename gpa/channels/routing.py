@@ -218,7 +218,7 @@ class ChannelRouter(fx.Interpreter):
         self.collapsed: dict = {}  # RoutingContext.collapsed
         self._modes = grad_modes(gm.graph)
         self._read: dict = {}  # see _deliver
-        self._from_inputs: dict[fx.Node, bool] = {}  # see _reads_inputs
+        self._reaches: dict[fx.Node, tuple[bool, bool]] = {}  # see _is_weight
 
     def run(self) -> ChannelRouting:  # type: ignore[override]
         """Route every node; placeholders need no values (shapes come from the flow pass)."""
@@ -292,9 +292,8 @@ class ChannelRouter(fx.Interpreter):
             axis = layer_input_axis(rule, n, m, ch.shape, module)
             self._deliver(Consumer(n.name, None if len(tensor_args) == 1 else k), ch, axis)
         self.routing.groups[n.name] = layer_groups(module, n)
-        weight_first = (
-            rule is matmul and bool(n.args) and not self._reads_inputs(n.args[0])
-        )  # ``W @ x``: its output channels are W's rows
+        # ``W @ x``: its output channels are W's rows
+        weight_first = rule is matmul and bool(n.args) and self._is_weight(n.args[0])
         first = True
 
         def fresh(s: Any) -> Any:
@@ -311,13 +310,13 @@ class ChannelRouter(fx.Interpreter):
 
         return tree_map(fresh, n.meta[FLOW].shapes)
 
-    def _reads_inputs(self, value: Any) -> bool:
-        """Whether gradient reaching ``value`` (a node, or a constant) flows on to the
-        model's inputs: data, not a weight computed from parameters alone (``W[experts]``:
-        the experts' indices carry no gradient)."""
+    def _is_weight(self, value: Any) -> bool:
+        """Whether ``value`` (a node, or a constant) is a weight: gradient reaching it flows
+        on to parameters (``W[experts]``: the experts' indices carry none) and never to the
+        model's inputs. Data without gradient (``x.detach()``, a one-hot encoding) is none."""
         if not isinstance(value, fx.Node):
             return False
-        known = self._from_inputs
+        known = self._reaches  # node -> (reaches an input, reaches a parameter)
         stack = [value]
         while stack:  # (iterative: a deep graph would exhaust Python's recursion)
             node = stack[-1]
@@ -325,16 +324,21 @@ class ChannelRouter(fx.Interpreter):
                 stack.pop()
                 continue
             if node.op in ("placeholder", "get_attr"):
-                known[node] = node.op == "placeholder"
+                parameter = node.op == "get_attr" and isinstance(
+                    self.fetch_attr(node.target), nn.Parameter
+                )  # (a buffer first, ``positions @ W``, is constant data)
+                known[node] = (node.op == "placeholder", parameter)
                 stack.pop()
                 continue
             pending = [m for m in node.meta[FLOW].grad_from if m not in known]
             if pending:
                 stack.extend(pending)
                 continue
-            known[node] = any(known[m] for m in node.meta[FLOW].grad_from)
+            reached = [known[m] for m in node.meta[FLOW].grad_from]
+            known[node] = (any(i for i, _ in reached), any(p for _, p in reached))
             stack.pop()
-        return known[value]
+        inputs, parameters = known[value]
+        return parameters and not inputs
 
     def _deliver(self, consumer: Consumer, ch: Channels, axis: int) -> None:
         """Record which producer channels arrive at each input channel of ``consumer``."""

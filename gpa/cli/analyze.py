@@ -86,6 +86,11 @@ def command(
             f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(COLUMNS)}",
             param_hint="--columns",
         )
+    if chosen and depth:
+        raise click.BadParameter(
+            "--columns are those of the per-layer table: give --depth 0 or leave --depth out",
+            param_hint="--columns",
+        )
     per_channel = [c for c in chosen or () if c in CHANNEL_COLUMNS]
     if per_channel and not options.channels:
         raise click.BadParameter(

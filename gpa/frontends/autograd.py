@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -230,9 +231,9 @@ class _ParameterUse(TorchFunctionMode):
         self._sized = Marks()  # tensors whose sizes the data decides
         self._picked = Marks()  # weights picked at positions computed from data (``w[idx]``)
         self._picked_from: dict[int, str] = {}  # id -> the parameter a picked weight reads
-        # whether a weight was indexed at positions computed from data (``bank[expert]``
-        # for the experts the router chose; an embedding's lookup is no indexing)
-        self.indexes_weights = False
+        # parameter -> times a weight it makes was indexed at positions computed from data
+        # (``bank[expert]``; an embedding's lookup is no indexing)
+        self._indexed: collections.Counter[str] = collections.Counter()
         # custom operators given weights beside data -> the modules whose weights they read
         self.operators: dict[str, dict[str, None]] = {}
 
@@ -263,7 +264,9 @@ class _ParameterUse(TorchFunctionMode):
             if (picked := self._picks_weight(tensors, data)) is not None:
                 self._picked.add(results)
                 self._picked_from.update((id(t), picked) for t in results if picked)
-                self.indexes_weights = self.indexes_weights or name in _INDEXING
+                # a weight itself indexed (not an activation a lookup started from)
+                if name in _INDEXING and not data[0] and _carries_gradient(tensors[0]):
+                    self._indexed[picked] += 1
             if torch.is_grad_enabled():  # (else no node; and asking may raise)
                 made = [
                     id(t.grad_fn)
@@ -335,6 +338,14 @@ class _ParameterUse(TorchFunctionMode):
                 weight = self._picked_from.get(id(t)) if picked else self.parameters.get(id(t))
                 weight = weight or ""
         return weight
+
+    @property
+    def loops_over_weights(self) -> bool:
+        """Whether the run indexed one weight at positions computed from data more than once:
+        a loop over the data's values picking weights (a fused expert bank looped over the
+        experts the router hit), whose number of calls the data decides. One gather of all
+        the picks at once (``bank[expert_ids]``) is a call whatever the data."""
+        return any(count > 1 for count in self._indexed.values())
 
     def reads_data(self, t: Any) -> bool:
         """Whether ``t`` is data: a model input, a layer's output, or made from them."""
@@ -900,7 +911,7 @@ def _build(
             # weight by the data (a fused expert bank looped over the experts hit)
             *(
                 [data_branch_note(run.use.data_branch)]
-                if run.use.data_branch and (uncalled or run.use.indexes_weights)
+                if run.use.data_branch and (uncalled or run.use.loops_over_weights)
                 else []
             ),
             *([unfed_checkpoint_note(edges.cut)] if edges.cut else []),

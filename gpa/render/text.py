@@ -477,8 +477,8 @@ def format_table(
         The text, ending with a newline.
 
     Raises:
-        ValueError: an unknown column, or a channel column (:data:`CHANNEL_COLUMNS`) of a
-            report analysed at layer level.
+        ValueError: an unknown column, a channel column (:data:`CHANNEL_COLUMNS`) of a
+            report analysed at layer level, or columns with a grouped view (``depth`` > 0).
 
     Example:
         >>> import gpa, torch.nn as nn
@@ -497,6 +497,10 @@ def format_table(
     if unknown:
         raise ValueError(
             f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(COLUMNS)}"
+        )
+    if columns and depth:
+        raise ValueError(
+            "columns are those of the per-layer table: give depth=0 (or no depth) with them"
         )
     unfilled = [c for c in columns or () if c not in available]
     if unfilled:
@@ -545,7 +549,13 @@ def format_table(
     buffer = io.StringIO()
     if wide:
         width = max(width, _measure(table).maximum)
-    console = _console(buffer, width, color)
+    needed = _measure(table).minimum
+    if needed > width:  # (a terminal narrower than names folded to 8 and two numbers)
+        note = (f"{note}; " if note else "") + (
+            f"the table needs {needed} characters, more than {width}: its lines are longer "
+            "than the width rather than cut"
+        )
+    console = _console(buffer, max(width, needed), color)
     for line in _summary_lines(report):
         style = "bold" if line.startswith("model:") else ""
         console.print(Text(line if wide else _wrap(line, width, "", "    "), style=style))

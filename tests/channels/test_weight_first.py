@@ -94,3 +94,33 @@ def test_the_rows_as_autograd_sees_them() -> None:
     (far,) = torch.autograd.grad(model.far2(model.far1(y[:, 3:])).sum(), model.w)
     rows = lambda g: sorted({int(r) for r in g.abs().sum((0, 2)).nonzero()})  # noqa: E731
     assert rows(near) == [0, 1, 2] and rows(far) == [3, 4, 5]
+
+
+class NoGradientFirst(nn.Module):
+    """``d @ w`` with w (in=4, out=6) and ``d`` data carrying no gradient: ``x.detach()``
+    or a comparison's mask. The first version took any operand whose gradient reaches no
+    model input for a weight, so w's 5 tokens became its channels (a review)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.w = nn.Parameter(torch.randn(4, 6))
+        self.near, self.far1, self.far2 = nn.Linear(3, 2), nn.Linear(3, 3), nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.detach() if self.how == "detach" else (x > 0).float()
+        y = d @ self.w  # (N, 6)
+        return self.near(y[:, :3]) + self.far2(self.far1(y[:, 3:]))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+@pytest.mark.parametrize("how", ["detach", "mask"])
+def test_data_without_gradient_first_is_no_weight(how: str, tracer: str) -> None:
+    torch.manual_seed(0)
+    model = NoGradientFirst(how)
+    report = gpa.analyze(model, (torch.randn(5, 4),), tracer=tracer, channels=True)
+    w = report.layers["w"]
+    assert [(s.start, s.stop, s.paths.shortest, s.paths.longest) for s in w.segments] == [
+        (0, 3, 2, 2),
+        (3, 6, 3, 3),
+    ]

@@ -246,3 +246,71 @@ def test_a_wrapped_function_given_rows_picked_by_data_and_a_weight_is_looked_int
     report = gpa.analyze(WrappedRows(), (torch.randint(0, 10, (TOKENS,)),))
     assert report.tracer == "autograd"
     expect(report, "w", {2: 1}, ("head",))
+
+
+class LoopedBank(nn.Module):
+    """A fused expert bank run expert by expert over the experts the router hit, as
+    Hugging Face's ``experts_implementation="eager"``: ``w[e]`` for each ``e`` of the
+    data's ``idx.unique()`` (``picks="loop"``); or gathered once for every token
+    (``picks="gather"``, ``w[idx]``), beside a check of the data in Python."""
+
+    def __init__(self, picks: str) -> None:
+        super().__init__()
+        self.picks = picks
+        self.gate = nn.Linear(WIDTH, EXPERTS)
+        self.w = nn.Parameter(torch.randn(EXPERTS, WIDTH, WIDTH) / WIDTH)
+        self.head = nn.Linear(WIDTH, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        idx = self.gate(x).argmax(-1)
+        if self.picks == "gather":
+            if bool((idx >= 0).all()):  # a check of the data that skips nothing
+                pass
+            return self.head(torch.bmm(self.w[idx], x.unsqueeze(-1)).squeeze(-1))
+        out = torch.zeros_like(x)
+        for e in idx.unique():  # the experts hit: a loop over the data's values
+            tokens = torch.where(idx == e)[0]
+            out = out.index_add(0, tokens, F.linear(x[tokens], self.w[e]))
+        return self.head(out)
+
+
+@pytest.mark.parametrize("picks", ["loop", "gather"])
+def test_a_bank_looped_over_the_experts_hit_is_noted(picks: str) -> None:
+    """Looped, the bank's calls are the experts hit (a real run's count), which the data
+    decides: the routing note says so, though no module was skipped (it did not). Gathered
+    once, the bank is one call whatever the data: no note, though the run checked the
+    data in Python."""
+    model = LoopedBank(picks)
+    for x in (torch.zeros(TOKENS, WIDTH), torch.randn(64, WIDTH)):
+        report = gpa.analyze(model, (x,), tracer="autograd")
+        hit = len(set(model.gate(x).argmax(-1).tolist()))
+        assert report.layers["w"].calls == (hit if picks == "loop" else 1)
+        notes = [n for n in report.notes if "into Python values" in n]
+        assert len(notes) == (1 if picks == "loop" and hit > 1 else 0)
+
+
+class SlicedLookup(nn.Module):
+    """An embedding's rows sliced at fixed positions, beside a check of the mask in Python
+    (Hugging Face's masking utilities; Llama's ``rotate_half`` slices so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(10, 8), nn.Linear(4, 2)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if mask.all():
+            pass
+        return self.fc(self.emb(ids)[..., :4])
+
+
+def test_a_slice_of_a_lookup_beside_a_mask_check_gets_no_routing_note() -> None:
+    """The first version of the looped-bank note took the slice for a weight indexed by
+    the data (a review: Llama, BART and Mixtral given an attention mask got the note).
+    By hand: fc 1, emb 2."""
+    ids, mask = torch.tensor([[1, 2, 3]]), torch.ones(1, 3, dtype=torch.bool)
+    report = gpa.analyze(SlicedLookup(), (ids, mask), tracer="autograd")
+    assert {n: (r.shortest, r.longest) for n, r in report.layers.items()} == {
+        "emb": (2, 2),
+        "fc": (1, 1),
+    }
+    assert not any("into Python values" in n for n in report.notes)

@@ -317,13 +317,38 @@ def test_a_bank_looped_over_the_experts_hit_gets_the_routing_note(experts: str) 
     assert calls == hit[0] and 1 <= calls <= 4
 
 
-def test_a_mask_check_on_the_data_gets_no_routing_note() -> None:
+def _llama():
+    config = transformers.LlamaConfig(
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        use_cache=False,
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("model", ["bert", "llama", "batched_mm", "grouped_mm"])
+def test_a_mask_check_on_the_data_gets_no_routing_note(model: str) -> None:
     """Hugging Face checks the attention mask's values in Python (its masking utilities):
-    a branch on data that skips no layer, so no note that layers were skipped."""
+    a branch on data that skips no layer and changes no call, so no note that layers
+    were skipped — also where the model slices activations (Llama's ``rotate_half``) or
+    gathers its expert bank's rows by the router's choices once (``batched_mm``), which
+    the first version of the looped-bank note took for a loop (a review)."""
+    torch.manual_seed(0)
     ids = torch.randint(0, 32, (1, 6))
-    report = gpa.analyze(bert(layers=1, width=16), (ids, torch.ones_like(ids)), tracer="autograd")
+    built = {
+        "bert": lambda: bert(layers=1, width=16),
+        "llama": _llama,
+        "batched_mm": lambda: mixtral("batched_mm"),
+        "grouped_mm": lambda: mixtral("grouped_mm"),
+    }[model]()
+    report = gpa.analyze(built, (ids, torch.ones_like(ids)), tracer="autograd")
     assert not any("into Python values" in n for n in report.notes)
     assert report.network.unreachable == ()
+    assert all(r.calls == 1 for r in report.layers.values())
 
 
 @pytest.mark.parametrize("reentrant", [True, False], ids=["reentrant", "non-reentrant"])

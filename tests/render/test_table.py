@@ -345,3 +345,39 @@ def test_summary_names_longer_than_the_line_fold_at_their_dots() -> None:
     start = lines.index("unreachable layers:") + 1
     folded = [line.strip() for line in lines[start : start + 2]]
     assert "".join(folded) == name and folded[0].endswith(".")
+
+
+def test_a_table_too_wide_for_the_line_is_not_cut(report: gpa.Report) -> None:
+    """Below the width of names folded to 8 characters and the two path lengths, the
+    terminal cropped the table: at 24 columns the header read ``lo`` and every longest
+    path was gone, at 20 the column was (a review). The table is now printed whole, its
+    lines longer than the width, and a note says so. By hand as above."""
+    text = format_table(report, width=20)
+    assert _rows(text)[0].split() == ["layer", "shortest", "longest"]
+    expected = {f"features.denseblock1.denselayer{k}.conv1": ("2", str(8 - k)) for k in range(1, 7)}
+    assert _flat_numbers(text) == {**expected, "classifier": ("1", "1")}
+    assert "than the width rather than cut" in " ".join(text.split())
+
+
+def test_a_grouped_table_too_wide_for_the_line_keeps_its_worst_layers(
+    report: gpa.Report,
+) -> None:
+    """The grouped view at 26 columns cut its worst cells (``fc (1)`` became ``fc (``).
+    By hand: every conv is 2 from the loss, the first the worst of its group; the
+    classifier 1."""
+    text = format_table(report, width=26, depth=2)
+    header, _, *lines = _rows(text)
+    assert header.split() == ["layer", "shortest", "worst"]
+    at = header.index("worst")
+    worst = "".join(line[at:].strip() for line in lines).replace(" ", "")
+    assert worst == "features.denseblock1.denselayer1.conv1(2)classifier(1)"
+
+
+def test_columns_with_a_grouped_view_are_refused(report: gpa.Report) -> None:
+    """``--depth 2 --columns ...`` ignored the columns without a word."""
+    with pytest.raises(ValueError, match="per-layer table"):
+        format_table(report, depth=2, columns=["shortest"])
+    result = CliRunner().invoke(
+        main, ["analyze", "gpa.models:resnet", "--depth", "2", "--columns", "shortest"]
+    )
+    assert result.exit_code == 2 and "per-layer table" in result.stderr
