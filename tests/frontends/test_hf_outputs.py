@@ -317,19 +317,6 @@ def test_a_bank_looped_over_the_experts_hit_gets_the_routing_note(experts: str) 
     assert calls == hit[0] and 1 <= calls <= 4
 
 
-def _llama():
-    config = transformers.LlamaConfig(
-        vocab_size=32,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        use_cache=False,
-    )
-    return transformers.LlamaForCausalLM(config)
-
-
 @pytest.mark.parametrize("model", ["bert", "llama", "batched_mm", "grouped_mm"])
 def test_a_mask_check_on_the_data_gets_no_routing_note(model: str) -> None:
     """Hugging Face checks the attention mask's values in Python (its masking utilities):
@@ -341,7 +328,7 @@ def test_a_mask_check_on_the_data_gets_no_routing_note(model: str) -> None:
     ids = torch.randint(0, 32, (1, 6))
     built = {
         "bert": lambda: bert(layers=1, width=16),
-        "llama": _llama,
+        "llama": lambda: llama(use_cache=False),
         "batched_mm": lambda: mixtral("batched_mm"),
         "grouped_mm": lambda: mixtral("grouped_mm"),
     }[model]()
