@@ -65,7 +65,7 @@ from gpa.channels.rules import (
 from gpa.core.graph import LOSS, LayerCall
 from gpa.frontends.fx.flow import FLOW, Shape
 from gpa.frontends.fx.graph import select_outputs
-from gpa.frontends.fx.layers import STANDS_FOR
+from gpa.frontends.fx.layers import STANDS_FOR, weight_nodes
 from gpa.frontends.fx.tracer import grad_modes, written_into
 
 __all__ = [
@@ -218,7 +218,7 @@ class ChannelRouter(fx.Interpreter):
         self.collapsed: dict = {}  # RoutingContext.collapsed
         self._modes = grad_modes(gm.graph)
         self._read: dict = {}  # see _deliver
-        self._reaches: dict[fx.Node, tuple[bool, bool]] = {}  # see _is_weight
+        self._weights: set[fx.Node] | None = None  # see _is_weight
 
     def run(self) -> ChannelRouting:  # type: ignore[override]
         """Route every node; placeholders need no values (shapes come from the flow pass)."""
@@ -311,34 +311,13 @@ class ChannelRouter(fx.Interpreter):
         return tree_map(fresh, n.meta[FLOW].shapes)
 
     def _is_weight(self, value: Any) -> bool:
-        """Whether ``value`` (a node, or a constant) is a weight: gradient reaching it flows
-        on to parameters (``W[experts]``: the experts' indices carry none) and never to the
-        model's inputs. Data without gradient (``x.detach()``, a one-hot encoding) is none."""
-        if not isinstance(value, fx.Node):
-            return False
-        known = self._reaches  # node -> (reaches an input, reaches a parameter)
-        stack = [value]
-        while stack:  # (iterative: a deep graph would exhaust Python's recursion)
-            node = stack[-1]
-            if node in known:
-                stack.pop()
-                continue
-            if node.op in ("placeholder", "get_attr"):
-                parameter = node.op == "get_attr" and isinstance(
-                    self.fetch_attr(node.target), nn.Parameter
-                )  # (a buffer first, ``positions @ W``, is constant data)
-                known[node] = (node.op == "placeholder", parameter)
-                stack.pop()
-                continue
-            pending = [m for m in node.meta[FLOW].grad_from if m not in known]
-            if pending:
-                stack.extend(pending)
-                continue
-            reached = [known[m] for m in node.meta[FLOW].grad_from]
-            known[node] = (any(i for i, _ in reached), any(p for _, p in reached))
-            stack.pop()
-        inputs, parameters = known[value]
-        return parameters and not inputs
+        """Whether ``value`` (a node, or a constant) is a weight (§2: computed from
+        parameters alone, or picked from them by data: ``W[experts]``); data without
+        gradient (``x.detach()``, a one-hot encoding) is none."""
+        if self._weights is None:  # (worked out once, for the first W @ x met)
+            layers = {n for n in self.module.graph.nodes if n.name in self.calls}
+            self._weights = weight_nodes(self.module, layers)
+        return value in self._weights
 
     def _deliver(self, consumer: Consumer, ch: Channels, axis: int) -> None:
         """Record which producer channels arrive at each input channel of ``consumer``."""

@@ -35,6 +35,16 @@ class RowsSplit(nn.Module):
         return self.near(y[:3].T) + self.far2(self.far1(y[3:].T))
 
 
+class DetachedRows(RowsSplit):
+    """RowsSplit with its weight read without gradient (``w.detach()``): still a weight
+    (§2: computed from parameters alone), its rows the output channels (the second
+    version took it for data: a review)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.w.detach() @ self.a(x).T  # (6, N)
+        return self.near(y[:3].T) + self.far2(self.far1(y[3:].T))
+
+
 class Bank(nn.Module):
     """``bmm(w[experts], a(x).unsqueeze(-1))`` as Hugging Face's batched_mm bank: w is
     (experts, out=6, in=4); the result (tokens, 6, 1)."""
@@ -66,7 +76,7 @@ class DataFirst(nn.Module):
 
 
 @pytest.mark.parametrize("tracer", ["fx", "export"])
-@pytest.mark.parametrize("model", [RowsSplit, Bank, DataFirst])
+@pytest.mark.parametrize("model", [RowsSplit, DetachedRows, Bank, DataFirst])
 def test_the_weight_rows_are_the_output_channels(model: type[nn.Module], tracer: str) -> None:
     torch.manual_seed(0)
     report = gpa.analyze(model(), (torch.randn(5, 4),), tracer=tracer, channels=True)

@@ -46,6 +46,7 @@ __all__ = [
     "STANDS_FOR",
     "custom_operator_calls",
     "find_layers",
+    "weight_nodes",
     "opaque_calls",
     "wrapped_calls",
     "uncalled_layers",
@@ -173,6 +174,26 @@ def _parameter_roots(
             if data or any(n in selected for n in inputs):
                 selected.add(node)
     return roots, selected, tainted
+
+
+def weight_nodes(gm: fx.GraphModule, layer_nodes: set[fx.Node]) -> set[fx.Node]:
+    """The nodes of ``gm`` that are weights (``docs/semantics.md`` §2): computed from
+    parameters alone — without gradient too (``w.detach()``) — or picked from them at
+    positions computed from data (``w[idx]``); ``layer_nodes``: the layer calls, whose
+    results are data.
+
+    Example:
+        >>> class Bank(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = nn.Parameter(torch.ones(3, 2, 2))
+        ...     def forward(self, x):
+        ...         return torch.bmm(self.w[:1].detach(), x.detach())
+        >>> gm = fx.symbolic_trace(Bank())
+        >>> sorted(n.name for n in weight_nodes(gm, set()))
+        ['detach', 'getitem', 'w']
+    """
+    return set(_parameter_roots(gm, layer_nodes)[0])
 
 
 class _Reads(NamedTuple):
