@@ -367,7 +367,8 @@ def fit_columns(
         if drop in kept:
             kept.remove(drop)
         table = columns_table(rows, [first, *kept], right=right)
-        if _measure(table).minimum <= width:
+        # (rich's layout may need a character more than it measures: printed, it fits)
+        if _measure(table).minimum <= width and _rendered_width(table, width) <= width:
             break
     return kept
 
@@ -549,19 +550,22 @@ def format_table(
     buffer = io.StringIO()
     if wide:
         width = max(width, _measure(table).maximum)
-    needed = _measure(table).minimum
-    if needed > width:  # (a terminal narrower than names folded to 8 and two numbers)
+    # rich crops a table wider than the console (a terminal narrower than names folded to
+    # 8 and two numbers; a cell rich's layout squeezes by a character more than measured):
+    # printed uncropped instead, its lines longer than the width, and said so
+    needed = _rendered_width(table, width) if report.layers else 0
+    if needed > width:
         note = (f"{note}; " if note else "") + (
             f"the table needs {needed} characters, more than {width}: its lines are longer "
             "than the width rather than cut"
         )
-    console = _console(buffer, max(width, needed), color)
+    console = _console(buffer, width, color)
     for line in _summary_lines(report):
         style = "bold" if line.startswith("model:") else ""
         console.print(Text(line if wide else _wrap(line, width, "", "    "), style=style))
     console.print()
     if report.layers:
-        console.print(table)
+        console.print(table, crop=False)
     notes = [*(getattr(report, "notes", ()) or ()), *([note] if note else [])]
     if notes:
         console.print()
@@ -570,6 +574,13 @@ def format_table(
             console.print(Text("  - " + text if wide else _wrap(text, width, "  - ", "    ")))
     text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
     return text.rstrip("\n") + "\n"
+
+
+def _rendered_width(table: Table, width: int) -> int:
+    """The longest line of ``table`` printed uncropped on a console ``width`` wide."""
+    buffer = io.StringIO()
+    _console(buffer, width, False).print(table, crop=False)
+    return max(map(len, buffer.getvalue().splitlines()), default=0)
 
 
 def _auto_depth(report: Any) -> int:

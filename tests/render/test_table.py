@@ -381,3 +381,18 @@ def test_columns_with_a_grouped_view_are_refused(report: gpa.Report) -> None:
         main, ["analyze", "gpa.models:resnet", "--depth", "2", "--columns", "shortest"]
     )
     assert result.exit_code == 2 and "per-layer table" in result.stderr
+
+
+def test_a_table_rich_would_squeeze_drops_a_column_instead() -> None:
+    """At 90 columns the CSP zoo model's ``sources, timestamps, paths`` measured 90
+    characters, but rich's layout needed 91 and cropped the last column (header
+    ``path``, 25 shown as ``2``) without a word (a review's width sweep). The table shown
+    holds every cell whole, as the report has it, and the note names what was left out."""
+    report = gpa.analyze(gpa.models.build("csp"), input_shape=(1, 3, 64, 64))
+    text = format_table(report, width=90, columns=["sources", "timestamps", "paths"])
+    assert all(len(line) <= 90 for line in text.splitlines())
+    header = _rows(text)[0].split()
+    assert header[0] == "layer" and header[-1] == "paths" and "sources" not in header
+    shown = {name: cells[-1].split()[-1] for name, cells in _flat_numbers(text).items()}
+    assert shown == {n: str(r.num_paths) for n, r in report.layers.items()}
+    assert "columns left out to fit 90 characters: sources" in " ".join(text.split())
