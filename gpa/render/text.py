@@ -367,8 +367,7 @@ def fit_columns(
         if drop in kept:
             kept.remove(drop)
         table = columns_table(rows, [first, *kept], right=right)
-        # (rich's layout may need a character more than it measures: printed, it fits)
-        if _measure(table).minimum <= width and _rendered_width(table, width) <= width:
+        if _fits(table, width):
             break
     return kept
 
@@ -535,7 +534,7 @@ def format_table(
         keys = ["layer", *(chosen if wide else fit_columns(rows, chosen, width))]
         if not wide:
             folded = _fold_to_fit(rows, keys, width, ("layer",))
-            if "timestamps" in keys and _measure(columns_table(folded, keys)).minimum > width:
+            if "timestamps" in keys and not _fits(columns_table(folded, keys), width):
                 # the last resort, rather than crop a cell (a timestamp lost in silence)
                 keys.remove("timestamps")
                 folded = _fold_to_fit(rows, keys, width, ("layer",))
@@ -574,6 +573,12 @@ def format_table(
             console.print(Text("  - " + text if wide else _wrap(text, width, "  - ", "    ")))
     text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
     return text.rstrip("\n") + "\n"
+
+
+def _fits(table: Table, width: int) -> bool:
+    """Whether ``table`` prints within ``width`` uncropped (rich's layout may need a
+    character more than it measures: the print decides)."""
+    return _measure(table).minimum <= width and _rendered_width(table, width) <= width
 
 
 def _rendered_width(table: Table, width: int) -> int:
