@@ -271,6 +271,33 @@ class AnalysisOptions:
         """A copy where the options of ``changes`` that are not None replace these."""
         return self.replace(**{k: v for k, v in changes.items() if v is not None})
 
+    def to_dict(self) -> dict[str, Any]:
+        """How the model is read, as JSON: every field by its ``[tool.gpa]`` key, but the
+        inputs (a report records their shapes and dtypes); classes by name, outputs as text,
+        None where unset.
+
+        A report and a baseline record it (``docs/semantics.md`` §7), so that numbers
+        read under other settings are not compared unawares (``docs/ci.md``).
+
+        Example:
+            >>> AnalysisOptions(outputs=0, train=False).to_dict()
+            {'outputs': ['0'], 'layer_types': None, 'leaf_modules': None, 'train': False, 'tracer': 'auto', 'channels': False, 'count_convention': 'torch'}
+        """
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, tuple):
+                return [plain(v) for v in value]
+            if isinstance(value, type):
+                return value.__name__
+            return value.value if isinstance(value, Enum) else value
+
+        data = {
+            name: plain(getattr(self, name)) for name in option_names() if name != "input_shape"
+        }
+        if self.outputs is not None:  # 1 and "1" select the same output: paths are text
+            data["outputs"] = [str(key) for key in self.outputs]
+        return data
+
 
 def option_names(*, settable: bool = True) -> tuple[str, ...]:
     """The names of :class:`AnalysisOptions`' fields; ``settable``: those a configuration file

@@ -31,20 +31,22 @@ from gpa.errors import GpaError
 
 __all__ = [
     "BASELINE_FORMAT",
+    "PATH_OPTIONS",
     "Snapshot",
     "dump_baseline",
     "read_baseline",
     "regressions",
+    "setting_changes",
     "write_baseline",
 ]
 
 #: Version of the baseline file layout.
-BASELINE_FORMAT = 1
+BASELINE_FORMAT = 2  # 2: each model's inputs, options and frontend
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The recorded numbers of one model.
+    """The recorded numbers of one model, and how it was analysed.
 
     Attributes:
         network: the network summary (``docs/semantics.md``), ``unreachable`` a list.
@@ -52,11 +54,21 @@ class Snapshot:
         combinations: layer name -> its number of gradient combinations
             (``docs/semantics.md`` §8), for a report analysed at channel level; else None.
             Baseline files do not hold it.
+        inputs: the shapes and dtypes of the inputs (a report's ``inputs``).
+        options: the analysis options (:meth:`gpa.options.AnalysisOptions.to_dict`); None
+            when not recorded (a baseline of format 1).
+        tracer: the frontend that built the graph.
+        notes: the report's notes (baseline files do not hold them: they may name paths
+            of the machine that wrote them).
     """
 
     network: Mapping[str, Any]
     layers: Mapping[str, tuple[int | None, int | None]]
     combinations: Mapping[str, int | None] | None = None
+    inputs: list[dict[str, Any]] | None = None
+    options: Mapping[str, Any] | None = None
+    tracer: str | None = None
+    notes: tuple[str, ...] = ()
 
     @staticmethod
     def of(report: Report) -> Snapshot:
@@ -66,7 +78,15 @@ class Snapshot:
         combinations = None
         if report.network.gradient_combinations is not None:
             combinations = {r.name: r.gradient_combinations for r in records}
-        return Snapshot(report.network.to_dict(), layers, combinations)
+        return Snapshot(
+            report.network.to_dict(),
+            layers,
+            combinations,
+            report.inputs,
+            report.options,
+            report.tracer,
+            tuple(report.notes),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +94,9 @@ class Snapshot:
             "layers": {
                 name: {"shortest": s, "longest": lg} for name, (s, lg) in self.layers.items()
             },
+            "inputs": self.inputs,
+            "options": None if self.options is None else dict(self.options),
+            "tracer": self.tracer,
         }
 
     @staticmethod
@@ -89,20 +112,86 @@ class Snapshot:
             if not isinstance(entry, dict):
                 raise GpaError(f"{where}: layer {name!r} is not an object")
             layers[name] = (entry.get("shortest"), entry.get("longest"))
-        return Snapshot(network, layers)
+        return Snapshot(
+            network, layers, None, data.get("inputs"), data.get("options"), data.get("tracer")
+        )
 
     @staticmethod
     def from_report_dict(data: Mapping[str, Any]) -> Snapshot:
-        """The snapshot of a report saved with ``gpa analyze --format json``."""
+        """The snapshot of a report as JSON (``gpa analyze --format json``, §7)."""
         layers = {r["name"]: (r.get("shortest"), r.get("longest")) for r in data["layers"]}
         combinations = None
         if "gradient_combinations" in data["network"]:
             combinations = {r["name"]: r.get("gradient_combinations") for r in data["layers"]}
-        return Snapshot(data["network"], layers, combinations)
+        return Snapshot(
+            data["network"],
+            layers,
+            combinations,
+            data.get("inputs"),
+            data.get("options"),
+            data.get("tracer"),
+            tuple(data.get("notes") or ()),
+        )
 
     @property
     def unreachable(self) -> set[str]:
         return {name for name, (s, _) in self.layers.items() if s is None}
+
+
+#: The options that decide which gradient paths a model has (with the inputs): numbers
+#: read under others are not compared with a baseline (``docs/ci.md``). The frontend, the
+#: channel analysis and the count convention leave every path as it is (§1.6, §8, §9).
+PATH_OPTIONS = ("outputs", "layer_types", "leaf_modules", "train")
+
+
+def setting_changes(old: Snapshot, new: Snapshot, keys: tuple[str, ...] | None = None) -> list[str]:
+    """How ``new`` was analysed otherwise than ``old``: ``"train true -> false"`` for each
+    option of ``keys`` (default: all) recorded on both sides that differs, and
+    ``"inputs …"`` when the inputs do; ``keys=None`` also names a change of frontend.
+
+    Example:
+        >>> a = Snapshot({}, {}, inputs=[{"shape": [1, 4], "dtype": "float32"}],
+        ...              options={"train": True, "outputs": [1]}, tracer="fx")
+        >>> b = Snapshot({}, {}, inputs=[{"shape": [2, 4], "dtype": "float32"}],
+        ...              options={"train": False, "outputs": None}, tracer="fx")
+        >>> setting_changes(a, b)
+        ['inputs 1×4 float32 -> 2×4 float32', 'train true -> false', 'outputs 1 -> all']
+    """
+    changes = []
+    if old.inputs != new.inputs and old.options is not None and new.options is not None:
+        changes.append(f"inputs {_inputs_text(old.inputs)} -> {_inputs_text(new.inputs)}")
+    for key in keys if keys is not None else tuple(old.options or ()):
+        if old.options is None or new.options is None or key not in old.options:
+            continue
+        if key in new.options and old.options[key] != new.options[key]:
+            changes.append(
+                f"{key} {_option_text(key, old.options[key])} -> "
+                f"{_option_text(key, new.options[key])}"
+            )
+    if keys is None and old.tracer and new.tracer and old.tracer != new.tracer:
+        changes.append(f"frontend {old.tracer} -> {new.tracer}")
+    return changes
+
+
+# what an unset option means, in words
+_UNSET = {"outputs": "all", "layer_types": "default", "leaf_modules": "none"}
+
+
+def _option_text(key: str, value: Any) -> str:
+    if value is None:
+        return _UNSET.get(key, "none")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _inputs_text(inputs: list[dict[str, Any]] | None) -> str:
+    if not inputs:
+        return "none"
+    return ", ".join(
+        f"{'×'.join(map(str, i['shape']))} {i['dtype']}" if "shape" in i else str(i.get("value"))
+        for i in inputs
+    )
 
 
 def dump_baseline(snapshots: Mapping[str, Snapshot]) -> str:
@@ -151,13 +240,26 @@ def regressions(report: Report, baseline: Snapshot | None) -> RuleResult:
     Fails on a regression: a layer's shortest path grew, a layer receives no gradient
     that did (or is new and receives none), or the network's ``max_shortest`` grew.
     Shorter shortest paths, layers reached again and a smaller ``max_shortest`` are
-    listed as improvements. Without a snapshot the rule passes with a note.
+    listed as improvements. Without a snapshot the rule passes with a note. Numbers read
+    with other inputs or another option of :data:`PATH_OPTIONS` than the snapshot records
+    are not compared: the rule fails naming the difference (a mode, an output left out,
+    change which layers get gradient at all).
     """
     if baseline is None:
         return RuleResult(
             "baseline", None, True, "baseline: ok (no entry for this model, not compared)"
         )
     current = Snapshot.of(report)
+    other = setting_changes(baseline, current, PATH_OPTIONS)
+    if other:
+        return RuleResult(
+            "baseline",
+            None,
+            False,
+            f"baseline: not compared: analysed otherwise than the baseline records "
+            f"({'; '.join(other)}); rewrite it with --write-baseline if that is intended",
+            tuple(Violation(None, change) for change in other),
+        )
     worse: list[Violation] = []
     better: list[str] = []
     was_unreachable = baseline.unreachable
@@ -196,12 +298,15 @@ def regressions(report: Report, baseline: Snapshot | None) -> RuleResult:
     found = [f"{len(better)} improvement{'s' if len(better) != 1 else ''}"] if better else []
     found += _neutral_changes(current, baseline)
     summary = "; ".join(found) if found else "unchanged"
+    if baseline.options is None:
+        summary += "; the baseline records no analysis settings to check: rewrite it"
     return RuleResult("baseline", None, True, f"baseline: ok ({summary})", (), tuple(better))
 
 
 def _neutral_changes(current: Snapshot, baseline: Snapshot) -> list[str]:
-    """What changed since ``baseline`` that the rule does not judge: layers added (and
-    reached) or gone, longest paths, parameters and FLOPs — so that "unchanged" means it."""
+    """What changed since ``baseline`` that the rule does not judge: how the model was
+    analysed (frontend, channels, count convention), layers added (and reached) or gone,
+    longest paths, parameters and FLOPs — so that "unchanged" means it."""
     added = [n for n, (s, _) in current.layers.items() if n not in baseline.layers and s]
     gone = [n for n in baseline.layers if n not in current.layers]
     longest = [
@@ -209,7 +314,7 @@ def _neutral_changes(current: Snapshot, baseline: Snapshot) -> list[str]:
         for n, (_, lg) in current.layers.items()
         if n in baseline.layers and baseline.layers[n][1] != lg
     ]
-    changes = []
+    changes = setting_changes(baseline, current)
     if added:
         changes.append(f"{_count(added, 'new layer')}")
     if gone:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpa.ci.baseline import Snapshot, read_baseline
+from gpa.ci.baseline import Snapshot, read_baseline, setting_changes
 from gpa.ci.check import analyze_spec
 from gpa.ci.config import Config, ModelSettings, model_spec
 from gpa.core.report import Report
@@ -136,7 +136,9 @@ def compare(
     remarks for the output, such as options that did not apply to a saved side).
 
     Layers are listed in ``a``'s order; those of only one side by name. A layer's number of
-    gradient combinations is compared when both sides were analysed at channel level.
+    gradient combinations is compared when both sides were analysed at channel level. The
+    comparison's notes also say how the sides were analysed otherwise (inputs, options,
+    frontend), and give each side's own notes, prefixed ``A:`` / ``B:``.
     """
     sa, sb = _snapshot(a), _snapshot(b)
     channel = [k for k in CHANNEL_METRICS if k in sa.network or k in sb.network]
@@ -164,8 +166,25 @@ def compare(
         same,
         only_a=[n for n in sa.layers if n not in sb.layers],
         only_b=[n for n in sb.layers if n not in sa.layers],
-        notes=list(notes or ()),
+        notes=[*(notes or ()), *_settings_notes(sa, sb), *_side_notes(sa, sb)],
     )
+
+
+def _settings_notes(a: Snapshot, b: Snapshot) -> list[str]:
+    """A note when the sides were analysed otherwise (numbers read with another mode or
+    other outputs differ for that alone), or when a side does not record how."""
+    changes = setting_changes(a, b)
+    if changes:
+        return [f"A and B were analysed otherwise ({'; '.join(changes)})"]
+    unknown = [label for label, side in (("A", a), ("B", b)) if side.options is None]
+    if unknown and len(unknown) < 2:
+        return [f"{unknown[0]} does not record how it was analysed (a baseline of format 1)"]
+    return []
+
+
+def _side_notes(a: Snapshot, b: Snapshot) -> list[str]:
+    """Each side's own notes (fallbacks, layers a frontend could not see …), by side."""
+    return [f"{label}: {note}" for label, side in (("A", a), ("B", b)) for note in side.notes]
 
 
 def _cell(value: Any) -> str:

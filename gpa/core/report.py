@@ -232,6 +232,8 @@ class Report:
         network: the network summary.
         notes: remarks on how the analysis was done (what was skipped, fallbacks).
         tracer: the frontend that built the graph (``"fx"``, ``"export"`` or ``"autograd"``).
+        options: the analysis options it was made with, as JSON
+            (:meth:`gpa.options.AnalysisOptions.to_dict`; the inputs are ``inputs``).
     """
 
     model: str
@@ -240,6 +242,7 @@ class Report:
     network: NetworkSummary
     notes: list[str] = field(default_factory=list)
     tracer: str | None = None
+    options: dict[str, Any] | None = None
 
     @cached_property
     def graph(self) -> nx.DiGraph:

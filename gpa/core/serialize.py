@@ -108,6 +108,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "model": report.model,
         "tracer": report.tracer,
         "inputs": report.inputs,
+        "options": report.options,
         "network": network_dict(report.network),
         "layers": [record_dict(r) for r in report.layers.values()],
         "notes": list(report.notes),

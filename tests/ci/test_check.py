@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -538,7 +539,9 @@ def test_baseline_ok_says_what_changed_that_it_does_not_judge() -> None:
     """A model grown by layers whose shortest paths are as they were passed as
     "unchanged" (a Qwen2 of 3 layers against one of 2)."""
     now = chain(depth=2)  # layers.0: 2, 2; layers.1: 1, 1; longest 2
-    before = Snapshot({"max_shortest": 2, "longest": 1}, {"layers.0": (2, 1)})
+    before = replace(
+        Snapshot.of(now), network={"max_shortest": 2, "longest": 1}, layers={"layers.0": (2, 1)}
+    )
     result = regressions(now, before)
     assert result.passed and result.improvements == ()
     assert result.message == (
@@ -547,7 +550,7 @@ def test_baseline_ok_says_what_changed_that_it_does_not_judge() -> None:
     assert regressions(now, Snapshot.of(now)).message == "baseline: ok (unchanged)"
     # wider layers, the same paths: their parameters (and FLOPs) changed all the same
     wider = Snapshot.of(now)
-    wider = Snapshot({**wider.network, "params": wider.network["params"] + 1}, wider.layers)
+    wider = replace(wider, network={**wider.network, "params": wider.network["params"] + 1})
     old_params = wider.network["params"]
     assert regressions(now, wider).message == (
         f"baseline: ok (params {old_params} -> {old_params - 1})"

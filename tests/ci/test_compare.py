@@ -180,9 +180,10 @@ def test_cli_compare_channels_adds_gradient_combinations(tmp_path: Path) -> None
     lines = result.stdout.splitlines()
     assert ["gradient_combinations", "-", "3"] in [line.split() for line in lines]
     # --channels analysed B; the saved A stays as saved, and the output says so
-    assert lines[-1] == (
-        f"  - A ({saved}) is compared as saved: the options given (channels) do not apply to it"
-    )
+    assert lines[-2:] == [
+        f"  - A ({saved}) is compared as saved: the options given (channels) do not apply to it",
+        "  - A and B were analysed otherwise (channels false -> true)",
+    ]
     # a side saved at channel level took --channels already: nothing to say of it
     saved.write_text(analyze_target(CHAIN, {"depth": 3}, AnalysisOptions(channels=True)).to_json())
     result = run(str(saved), CHAIN, "--channels")

@@ -92,6 +92,7 @@ def test_json_report_of_a_three_conv_chain() -> None:
         "model",
         "tracer",
         "inputs",
+        "options",
         "network",
         "layers",
         "notes",

@@ -25,7 +25,7 @@ from tests.semantics import IMG
 # Report serialisation
 
 
-TOP_KEYS = {"gpa_version", "model", "tracer", "inputs", "network", "layers", "notes"}
+TOP_KEYS = {"gpa_version", "model", "tracer", "inputs", "options", "network", "layers", "notes"}
 NETWORK_KEYS = {
     "layers",
     "max_shortest",
@@ -60,6 +60,15 @@ def test_to_dict_and_json():
     assert set(data) == TOP_KEYS
     assert data["gpa_version"] == gpa.__version__
     assert data["inputs"] == [{"shape": list(IMG), "dtype": "float32"}]
+    assert data["options"] == {
+        "outputs": None,
+        "layer_types": None,
+        "leaf_modules": None,
+        "train": True,
+        "tracer": "auto",
+        "channels": False,
+        "count_convention": "torch",
+    }
     assert set(data["network"]) == NETWORK_KEYS
     assert [layer["name"] for layer in data["layers"]] == ["c1", "c4", "c2", "c3", "fc"]
     for layer in data["layers"]:

@@ -1,0 +1,186 @@
+"""A baseline records how each model was analysed; numbers read otherwise are not compared.
+
+``tests/data/check/two_heads.py``, by hand (train mode, every output): ``head`` and
+``aux`` 1, ``block.1`` 2, ``block.0`` 3, ``stem`` shortest 2 and longest 4. Left out of
+the loss, switched to eval mode or read with ``block`` as a leaf, its layers' paths
+change for that alone — the baseline must say so rather than call them regressions or
+improvements (docs/ci.md, "Baselines").
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gpa.api import analyze_target
+from gpa.ci.baseline import Snapshot, regressions
+from gpa.cli import main
+from gpa.compare import compare
+from gpa.options import AnalysisOptions
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "check"
+TWO = str(DATA / "two_heads.py")
+
+
+@pytest.fixture(autouse=True)
+def in_check_dir(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(DATA)
+
+
+def gpa_cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def written(tmp_path: Path, *options: str) -> Path:
+    path = tmp_path / "base.json"
+    result = gpa_cli("check", TWO, *options, "--write-baseline", str(path), "--allow-empty")
+    assert result.exit_code == 0, result.output
+    return path
+
+
+# (options the baseline was written with, options checked with, the difference named)
+OTHERWISE = [
+    (("--outputs", "1"), (), "outputs 1 -> all"),
+    ((), ("--outputs", "0"), "outputs all -> 0"),
+    ((), ("--eval",), "train true -> false"),
+    (("--eval",), ("--train",), "train false -> true"),
+    ((), ("--leaf", "block"), "leaf_modules none -> block"),
+    ((), ("--layer-type", "Linear"), "layer_types default -> Linear"),
+    ((), ("--input-shape", "2,4"), "inputs 1×4 float32 -> 2×4 float32"),
+]
+
+
+@pytest.mark.parametrize(("before", "now", "difference"), OTHERWISE)
+def test_a_baseline_is_not_compared_with_numbers_read_otherwise(
+    tmp_path: Path, before: tuple[str, ...], now: tuple[str, ...], difference: str
+) -> None:
+    """Before, each pair passed or failed on numbers read otherwise: the baseline of
+    ``--outputs 1`` (block and head unreachable) "improved" when checked with every output,
+    and the one of every output "regressed" under ``--outputs 0`` or ``--eval`` (aux
+    unreachable)."""
+    path = written(tmp_path, *before)
+    result = gpa_cli("check", TWO, *now, "--baseline", str(path))
+    assert result.exit_code == 1, result.output
+    assert result.stdout.splitlines()[0] == (
+        f"FAIL {TWO}: baseline: not compared: analysed otherwise than the baseline records "
+        f"({difference}); rewrite it with --write-baseline if that is intended"
+    )
+    # the same settings again: compared, and nothing changed
+    result = gpa_cli("check", TWO, *before, "--baseline", str(path), "-v")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == f"PASS {TWO}: baseline: ok (unchanged)"
+
+
+def test_settings_from_the_configuration_are_recorded_as_well(tmp_path: Path) -> None:
+    """[tool.gpa] sets a model's options as the command line does: a baseline written
+    with the model in eval mode is not compared once the table says train mode."""
+    config = tmp_path / "pyproject.toml"
+    table = f'[tool.gpa.models.two]\ntarget = "{TWO}"\n'
+    config.write_text(table + "train = false\n")
+    path = tmp_path / "base.json"
+    result = gpa_cli("check", "--config", str(config), "--write-baseline", str(path))
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(path.read_text())["models"]["two"]
+    assert recorded["options"]["train"] is False
+    assert recorded["inputs"] == [{"shape": [1, 4], "dtype": "float32"}]
+    assert recorded["tracer"] == "fx"
+    config.write_text(table)
+    result = gpa_cli("check", "--config", str(config), "--baseline", str(path))
+    assert result.exit_code == 1
+    assert "not compared: analysed otherwise than the baseline records (train false -> true)" in (
+        result.stdout
+    )
+
+
+def test_what_leaves_every_path_as_it_is_is_named_not_failed(tmp_path: Path) -> None:
+    """Another frontend, the channel analysis and the count convention change no path
+    (docs/semantics.md §1.6, §8, §9): compared, and named. Parameters by hand: 80 counting
+    weights and biases, 64 counting weights only (16 + 2 × 16 + 2 × 8)."""
+    path = written(tmp_path)
+    result = gpa_cli(
+        "check", TWO, "--baseline", str(path), "-v",
+        "--tracer", "export", "--channels", "--count-convention", "darknet",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (
+        f"PASS {TWO}: baseline: ok (channels false -> true; count_convention torch -> "
+        "darknet; tracer auto -> export; frontend fx -> export; params 80 -> 64)"
+    )
+
+
+def test_a_baseline_without_settings_is_compared_and_says_so(tmp_path: Path) -> None:
+    """A baseline of format 1 records no settings: compared as before, with a word."""
+    path = written(tmp_path)
+    data = json.loads(path.read_text())
+    data["gpa_baseline"] = 1
+    for entry in data["models"].values():
+        for key in ("inputs", "options", "tracer"):
+            del entry[key]
+    path.write_text(json.dumps(data))
+    result = gpa_cli("check", TWO, "--eval", "--baseline", str(path))
+    # eval mode: aux is not called, so the stem's shortest path is the block's (4) and
+    # the network's max_shortest 4 (train: block.0's 3) — regressions the old baseline
+    # cannot tell from a change of the model
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[0] == (
+        f"FAIL {TWO}: baseline: 3 regressions: stem (shortest 2 -> 4), aux (unreachable), "
+        "max_shortest 3 -> 4"
+    )
+    result = gpa_cli("check", TWO, "--baseline", str(path), "-v")
+    assert result.stdout.splitlines()[0] == (
+        f"PASS {TWO}: baseline: ok (unchanged; the baseline records no analysis settings to "
+        "check: rewrite it)"
+    )
+
+
+def report(**options: object) -> object:
+    knobs = {"frozen": options.pop("frozen", False)}
+    return analyze_target(TWO, knobs, AnalysisOptions(**options))
+
+
+def test_the_rule_reads_the_settings_of_a_report_from_python() -> None:
+    """gpa.ci.baseline.regressions on reports made in Python: the same check."""
+    result = regressions(report(train=False), Snapshot.of(report()))
+    assert not result.passed
+    assert [v.value for v in result.violations] == ["train true -> false"]
+    assert regressions(report(outputs=1), Snapshot.of(report(outputs="1"))).message == (
+        "baseline: ok (unchanged)"
+    )
+
+
+def test_compare_says_how_the_sides_were_read_otherwise(tmp_path: Path) -> None:
+    """gpa compare compares what it is given, and says when the sides were read otherwise:
+    a saved report, a baseline and an analysed TARGET alike."""
+    c = compare(report(), report(train=False))
+    assert c.notes == ["A and B were analysed otherwise (train true -> false)"]
+    # a saved report of --outputs 1 against a baseline of every output
+    saved = tmp_path / "aux.json"
+    result = gpa_cli("analyze", TWO, "--outputs", "1", "--format", "json", "-o", str(saved))
+    assert result.exit_code == 0, result.output
+    path = written(tmp_path)
+    result = gpa_cli("compare", str(saved), str(path), "--format", "json")
+    assert json.loads(result.stdout)["notes"] == [
+        "A and B were analysed otherwise (outputs 1 -> all)"
+    ]
+    # an analysed TARGET in eval mode against the same baseline
+    result = gpa_cli("compare", str(path), TWO, "--eval", "--format", "json")
+    assert json.loads(result.stdout)["notes"] == [
+        f"A ({path}) is compared as saved: the options given (train) do not apply to it",
+        "A and B were analysed otherwise (train true -> false)",
+    ]
+
+
+def test_compare_gives_each_sides_notes() -> None:
+    """Each side's own notes, by side: before, gpa compare dropped them."""
+    c = compare(report(), report(frozen=True))
+    assert c.notes == [
+        "B: 1 layer's parameters are frozen (requires_grad=False): stem; gradient paths are "
+        "structural, so they are analysed as any other layer's, though a real backward "
+        "leaves their weights without gradient"
+    ]
+    note = c.notes[0].removeprefix("B: ")
+    result = gpa_cli("compare", TWO, TWO, "-k", "frozen=True")  # -k: both sides
+    assert result.stdout.splitlines()[-3:] == ["notes:", f"  - A: {note}", f"  - B: {note}"]
