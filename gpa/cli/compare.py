@@ -47,11 +47,17 @@ def command(
     """
     from gpa.ci.compare import compare, format_comparison, load_side, saved_side
     from gpa.ci.config import ModelSettings, read_config
+    from gpa.errors import GpaError
 
     config = read_config(config_path)
     settings = ModelSettings(kwargs=kwargs, options=analysis_settings(ctx, params))
+    sides = []
     with progress_display(quiet) as progress:
-        sides = [load_side(arg, settings, config, progress=progress) for arg in (a, b)]
+        for label, arg in zip("AB", (a, b), strict=True):
+            try:
+                sides.append(load_side(arg, settings, config, progress=progress))
+            except GpaError as exc:  # which side, when both name the same file
+                raise GpaError(f"{label} ({arg}): {exc}") from None
     given = [*(f"-k {k}" for k in settings.kwargs), *settings.options]
     notes = []
     for label, arg, side in zip("AB", (a, b), sides, strict=True):

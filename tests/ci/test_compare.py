@@ -259,3 +259,17 @@ def test_cli_compare_counts_in_the_convention_asked() -> None:
     assert network["params"] == [32, 32]
     assert network["flops"] == [64, 64]
     assert network["count_convention"] == ["darknet", "darknet"]
+
+
+@pytest.mark.parametrize("side", ["A", "B"])
+def test_a_side_that_cannot_be_read_is_named(side: str) -> None:
+    """Which side failed, even where both name the same file (before, the error alone)."""
+    args = ["untraceable.py", CHAIN] if side == "A" else [CHAIN, "untraceable.py"]
+    result = run(*args, "--tracer", "fx")
+    assert result.exit_code == 2
+    assert result.output.startswith(
+        f"error: {side} (untraceable.py): torch.fx cannot trace Branchy"
+    )
+    result = run(CHAIN, f"{CHAIN}:nothing")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: B ({CHAIN}:nothing): ")
