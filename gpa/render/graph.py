@@ -6,13 +6,14 @@ direction; gradient flows against it). Every per-layer metric of ``docs/semantic
 is a node attribute: ``type``, ``calls``, ``shortest``, ``longest``, ``timestamps``,
 ``num_paths``, ``params``, ``flops`` (plus ``segments`` and ``gradient_combinations`` with
 channels); ``<loss>`` has ``type`` "loss". Unreachable layers have no ``shortest`` /
-``longest`` attribute. The DOT text is written here (no Graphviz needed to produce it,
+``longest`` attribute. The graph's own attributes are ``name`` (the model), ``tracer`` and
+``notes`` (a list in node-link JSON, one note per line in DOT and GraphML). The DOT text is written here (no Graphviz needed to produce it,
 ``dot -Tsvg`` renders it); GraphML and node-link JSON come from networkx.
 
 Example:
     >>> import gpa, torch.nn as nn
     >>> report = gpa.analyze(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)), input_shape=(1, 4))
-    >>> print(to_dot(report).splitlines()[2])
+    >>> print(to_dot(report).splitlines()[4])
       "0" [label="0\\nLinear\\nshortest 2, longest 2", type="Linear", calls=1, shortest=2, longest=2, timestamps="2", num_paths=1, params=20, flops=32];
 """
 
@@ -35,7 +36,8 @@ FORMATS = ("dot", "graphml", "node-link")
 def _attributes(report: Any) -> nx.DiGraph:
     """The report's graph with plain attribute values: numbers, and ``timestamps`` as text
     (``"2, 4, 6"``: GraphML and DOT have no lists); unset values left out."""
-    g = nx.DiGraph(name=report.model)
+    # the frontend and its notes travel with the numbers they bear on (§7)
+    g = nx.DiGraph(name=report.model, tracer=report.tracer or "", notes=list(report.notes))
     for r in report.layers.values():
         values = {
             "type": r.type,
@@ -56,6 +58,10 @@ def _attributes(report: Any) -> nx.DiGraph:
     return g
 
 
+def _lines(notes: list[str]) -> str:
+    return "\n".join(notes)
+
+
 def _quote(text: Any) -> str:
     return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -63,7 +69,13 @@ def _quote(text: Any) -> str:
 def to_dot(report: Any) -> str:
     """The graph as Graphviz DOT text, layers labelled with their shortest and longest paths."""
     g = _attributes(report)
-    lines = [f"digraph {_quote(report.model)} {{", "  rankdir=LR;"]
+    notes = _quote(_lines(g.graph["notes"])).replace("\n", "\\n")  # as labels' lines
+    lines = [
+        f"digraph {_quote(report.model)} {{",
+        "  rankdir=LR;",
+        f"  tracer={_quote(g.graph['tracer'])};",
+        f"  notes={notes};",
+    ]
     for name, attrs in g.nodes(data=True):
         if name == LOSS:
             lines.append(f'  {_quote(LOSS)} [label="<loss>", type="loss", shape=doublecircle];')
@@ -85,8 +97,10 @@ def to_dot(report: Any) -> str:
 
 def to_graphml(report: Any) -> str:
     """The graph as GraphML (networkx's writer)."""
+    g = _attributes(report)
+    g.graph["notes"] = _lines(g.graph["notes"])  # GraphML holds no lists
     buffer = io.BytesIO()
-    nx.write_graphml(_attributes(report), buffer)
+    nx.write_graphml(g, buffer)
     return buffer.getvalue().decode("utf-8")
 
 

@@ -8,6 +8,7 @@ import json
 
 import networkx as nx
 import pytest
+import torch
 from click.testing import CliRunner
 
 import gpa
@@ -77,3 +78,22 @@ def test_cli_formats(tmp_path, report: gpa.Report, fmt: str) -> None:
     )
     assert result.exit_code == 0, result.output
     assert out.read_text() == export_graph(report, fmt)
+
+
+def test_every_format_carries_the_frontend_and_the_notes() -> None:
+    """The graph formats dropped the report's notes (which frontend ran, layers it could
+    not see, frozen weights): each now holds them as the graph's attributes. Three notes
+    here: no example inputs (for the paths and for the FLOPs), the first layer frozen."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    report = gpa.analyze(model)
+    assert len(report.notes) == 3 and "frozen" in report.notes[2]
+    data = json.loads(to_node_link(report))
+    assert (data["graph"]["tracer"], data["graph"]["notes"]) == ("fx", report.notes)
+    g = nx.read_graphml(io.BytesIO(to_graphml(report).encode()))
+    assert (g.graph["tracer"], g.graph["notes"].split("\n")) == ("fx", report.notes)
+    import pydot
+
+    (parsed,) = pydot.graph_from_dot_data(to_dot(report))
+    assert parsed.get("tracer") == '"fx"'
+    assert parsed.get("notes").strip('"').split("\\n") == report.notes
