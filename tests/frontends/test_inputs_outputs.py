@@ -280,6 +280,57 @@ def test_star_arguments_no_input_reaches_are_empty(tracer) -> None:
     expect_unreachable(report, "k", calls=0)
 
 
+class HandsOn(nn.Module):
+    """A wrapper taking anything (peft's ``PeftModel.forward(*args, **kwargs)``) around
+    ``inner``: ``c(a(x) + b(a(y)))``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = TwoInputs()
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+class Rest(nn.Module):
+    """``d`` on the first input, the rest handed on by ``*rest``, then a keyword-only
+    ``scale`` (its placeholder comes before ``*rest``'s in fx's order of parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d = nn.Linear(4, 4)
+        self.inner = TwoInputs()
+
+    def forward(self, x, *rest, scale=1.0):
+        return self.inner(self.d(x), *rest) * scale
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+@pytest.mark.parametrize("model", [HandsOn, Rest])
+def test_star_arguments_inputs_reach_are_unpacked(tracer, model) -> None:
+    """fx traced ``*args`` as one proxy even where inputs reach it: "Proxy object cannot
+    be iterated" on every peft model, said to depend on tensor values. By hand: inner.c
+    feeds the loss (1), inner.a and inner.b it (2), d inner.a (3)."""
+    report = gpa.analyze(model(), input_shape=[(2, 4), (2, 6)], tracer=tracer)
+    assert report.tracer == ("fx" if tracer == "auto" else tracer)
+    expect(report, "inner.a", {2: 1}, ("inner.c",))
+    expect(report, "inner.b", {2: 1}, ("inner.c",))
+    if model is Rest:
+        expect(report, "d", {3: 1}, ("inner.a",))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+@pytest.mark.parametrize(("flags", "head"), [((False, True), "k"), ((True,), "l")])
+def test_python_values_reaching_star_arguments_take_their_branch(tracer, flags, head) -> None:
+    """A flag handed on by ``*args`` is traced as given (Ultralytics' ``forward(x, *args,
+    **kwargs)`` given ``augment``). By hand: the head chosen feeds the loss (1); the other
+    is never called."""
+    report = gpa.analyze(PassesOn(), (torch.randn(2, 4), *flags), tracer=tracer)
+    assert report.tracer == ("fx" if tracer == "auto" else tracer)
+    expect(report, head, {1: 1}, (LOSS,))
+    expect_unreachable(report, "l" if head == "k" else "k", calls=0)
+
+
 IDS = torch.randint(0, 10, (1, 5))
 
 

@@ -220,9 +220,10 @@ def _constant_arguments(model: nn.Module, options: AnalysisOptions) -> dict[str,
     string), by name: those the example inputs give so, and those no input gives whose
     default is one (Hugging Face's ``inputs_embeds=None``, a ``return_dict`` flag). fx
     traces them as these values, so that ``if inputs_embeds is None:`` takes the branch
-    the call takes (a proxy is never None). ``*args`` and ``**kwargs`` no input reaches are
-    empty (``"*args": ()``, as fx names them: Ultralytics' ``forward(x, *args, **kwargs)``
-    passes them on, and a proxy cannot be unpacked)."""
+    the call takes (a proxy is never None). ``*args`` holds one ``fx.PH`` (or constant) per
+    input reaching it (``PeftModel.forward(*args, **kwargs)``) and ``**kwargs`` is empty (as fx names them:
+    ``"*args": ()`` for Ultralytics' ``forward(x, *args, **kwargs)``): forward unpacks them,
+    and fx's one proxy for them all cannot be unpacked."""
     if isinstance(model, fx.GraphModule):
         return {}
     try:
@@ -234,8 +235,11 @@ def _constant_arguments(model: nn.Module, options: AnalysisOptions) -> dict[str,
     constants = {}
     for i, p in enumerate(parameters):
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
-            if i >= count:
-                constants[f"*{p.name}"] = ()
+            # the inputs reaching it, one placeholder each (see GpaTracer); else empty
+            constants[f"*{p.name}"] = tuple(
+                given[j] if given is not None and _constant(given[j]) else fx.PH
+                for j in range(i, count)
+            )
             continue
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             constants[f"**{p.name}"] = {}

@@ -305,6 +305,7 @@ class GpaTracer(fx.Tracer):
         self._grad_enabled = True  # tracing starts under torch.enable_grad()
         self.checkpointed = False  # a re-entrant checkpoint's function created nodes
         self._names: dict[bool, dict[int, str]] = {}  # see _qualified_name
+        self._keyword_only: list[fx.Node] = []  # placeholders of forward's keyword-only
 
     def _qualified_name(self, t: torch.Tensor) -> str | None:
         """The qualified name of a parameter (or buffer) of the root, as fx's linear search
@@ -349,6 +350,32 @@ class GpaTracer(fx.Tracer):
         if count is None:
             return super().iter(obj)
         return iter([obj[i] for i in range(count)])
+
+    def _proxy_placeholder(
+        self, name: str, concrete_args: dict | None, sig: inspect.Signature, fn: Callable
+    ) -> Any:
+        """``forward``'s ``*args`` given as a tuple (one ``fx.PH`` or Python value per input
+        reaching it, see :func:`gpa.frontends.fx.trace`) becomes a tuple of placeholders
+        and values: fx makes one proxy of them all, which forward cannot unpack
+        (``PeftModel.forward(*args, **kwargs)``). Their placeholders come before those of
+        keyword-only parameters (which fx makes first), in the order inputs are given."""
+        given = concrete_args.get(name) if concrete_args else None
+        if not (name.startswith("*") and isinstance(given, tuple) and given):
+            before = len(self.graph.nodes)
+            made = super()._proxy_placeholder(name, concrete_args, sig, fn)
+            parameter = sig.parameters.get(name)
+            if parameter is not None and parameter.kind is inspect.Parameter.KEYWORD_ONLY:
+                self._keyword_only += list(self.graph.nodes)[before:]
+            return made
+        stem = name.lstrip("*")
+        proxies = [
+            self.create_proxy("placeholder", f"{stem}_{i}", (), {}) for i in range(len(given))
+        ]
+        if self._keyword_only:
+            for proxy in proxies:
+                self._keyword_only[0].prepend(proxy.node)
+        # a Python value among them is traced as given (its placeholder takes the input)
+        return tuple(p if v is fx.PH else v for p, v in zip(proxies, given, strict=True))
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         held = compiled(m)
