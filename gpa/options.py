@@ -273,30 +273,28 @@ class AnalysisOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """How the model is read, as JSON: every field by its ``[tool.gpa]`` key, but the
-        inputs (a report records their shapes and dtypes); classes by name, outputs as text,
-        None where unset.
+        inputs (a report records their shapes and dtypes); None where unset. Classes are
+        named ``module.QualifiedName`` (:func:`gpa.names.class_path`), outputs as text
+        (``1`` and ``"1"`` select the same one); the lists are sorted, each entry once, as
+        their order does not matter. Record options whose class names are resolved
+        (:func:`gpa.frontends.modules.resolve_options`), so that ``"Linear"`` and
+        ``nn.Linear`` are one setting.
 
         A report and a baseline record it (``docs/semantics.md`` §7), so that numbers
         read under other settings are not compared unawares (``docs/ci.md``).
 
         Example:
-            >>> AnalysisOptions(outputs=0, train=False).to_dict()
-            {'outputs': ['0'], 'layer_types': None, 'leaf_modules': None, 'train': False, 'tracer': 'auto', 'channels': False, 'count_convention': 'torch'}
+            >>> AnalysisOptions(outputs=[1, 0, "1"], train=False).to_dict()
+            {'outputs': ['0', '1'], 'layer_types': None, 'leaf_modules': None, 'train': False, 'tracer': 'auto', 'channels': False, 'count_convention': 'torch'}
         """
+        from gpa.names import class_path
 
-        def plain(value: Any) -> Any:
-            if isinstance(value, tuple):
-                return [plain(v) for v in value]
-            if isinstance(value, type):
-                return value.__name__
+        def plain(name: str, value: Any) -> Any:
+            if name in ("outputs", "layer_types", "leaf_modules") and value is not None:
+                return sorted({class_path(v) if isinstance(v, type) else str(v) for v in value})
             return value.value if isinstance(value, Enum) else value
 
-        data = {
-            name: plain(getattr(self, name)) for name in option_names() if name != "input_shape"
-        }
-        if self.outputs is not None:  # 1 and "1" select the same output: paths are text
-            data["outputs"] = [str(key) for key in self.outputs]
-        return data
+        return {n: plain(n, getattr(self, n)) for n in option_names() if n != "input_shape"}
 
 
 def option_names(*, settable: bool = True) -> tuple[str, ...]:

@@ -117,7 +117,6 @@ def _analyze(
     step = progress or (lambda phase: None)
     check_model(model)
     model, wrapped = unwrap_wrappers(model)
-    given = options.to_dict()  # as the user named them, before names become classes
     options = resolve_options(options, model)
     step("tracing and propagating shapes")
     states = python_random_states()
@@ -167,7 +166,7 @@ def _analyze(
         ),
         notes=notes,
         tracer=graph.tracer,
-        options=given,
+        options=options.to_dict(),
     )
 
 

@@ -55,6 +55,7 @@ from torch import nn
 from gpa.errors import GpaError, TargetError
 from gpa.frontends.inputs import bind_inputs
 from gpa.frontends.modules import display_name
+from gpa.names import TARGET_MODULE_PREFIX
 from gpa.options import parse_input_shapes
 
 __all__ = [
@@ -239,7 +240,7 @@ def _module_name_for(path: Path) -> str:
     """A private, unique ``sys.modules`` name for the target file ``path``."""
     stem = re.sub(r"\W", "_", path.stem) or "target"
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    return f"_gpa_target_{stem}_{digest}"
+    return f"{TARGET_MODULE_PREFIX}{stem}_{digest}"
 
 
 def _exec_file(path: Path, display: str) -> ModuleType:

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from gpa.errors import GpaError
 
 __all__ = [
     "BASELINE_FORMAT",
-    "PATH_OPTIONS",
+    "PATH_SETTINGS",
     "Snapshot",
     "dump_baseline",
     "read_baseline",
@@ -112,9 +113,7 @@ class Snapshot:
             if not isinstance(entry, dict):
                 raise GpaError(f"{where}: layer {name!r} is not an object")
             layers[name] = (entry.get("shortest"), entry.get("longest"))
-        return Snapshot(
-            network, layers, None, data.get("inputs"), data.get("options"), data.get("tracer")
-        )
+        return Snapshot(network, layers, None, *_how_analysed(data, where))
 
     @staticmethod
     def from_report_dict(data: Mapping[str, Any]) -> Snapshot:
@@ -127,9 +126,7 @@ class Snapshot:
             data["network"],
             layers,
             combinations,
-            data.get("inputs"),
-            data.get("options"),
-            data.get("tracer"),
+            *_how_analysed(data, "the report"),
             tuple(data.get("notes") or ()),
         )
 
@@ -138,38 +135,69 @@ class Snapshot:
         return {name for name, (s, _) in self.layers.items() if s is None}
 
 
-#: The options that decide which gradient paths a model has (with the inputs): numbers
-#: read under others are not compared with a baseline (``docs/ci.md``). The frontend, the
-#: channel analysis and the count convention leave every path as it is (§1.6, §8, §9).
-PATH_OPTIONS = ("outputs", "layer_types", "leaf_modules", "train")
+def _how_analysed(data: Mapping[str, Any], where: str) -> tuple[Any, Any, Any]:
+    """The ``inputs``, ``options`` and ``tracer`` a snapshot's JSON records (None where
+    absent), checked: a malformed file is an error, never a difference of settings.
+
+    Raises:
+        GpaError: a value of the wrong kind, naming ``where``.
+    """
+    inputs, options, tracer = data.get("inputs"), data.get("options"), data.get("tracer")
+    if not (
+        (inputs is None or isinstance(inputs, list) and all(isinstance(i, dict) for i in inputs))
+        and (options is None or isinstance(options, dict))
+        and (tracer is None or isinstance(tracer, str))
+    ):
+        raise GpaError(
+            f"{where}: 'inputs' must be a list of objects, 'options' an object and "
+            "'tracer' a string (or each absent)"
+        )
+    return inputs, options, tracer
+
+
+#: The settings that decide which gradient paths a model has: the inputs, these options
+#: and the frontend that ran (the frontends agree but where one cannot see a layer, and
+#: says so in a note: semantics §1.6). Numbers read under others are not compared with a
+#: baseline (``docs/ci.md``); the channel analysis and the count convention change no
+#: path (§8, §9). The frontend asked for (``tracer``) is not a setting of its own: what
+#: ran is.
+PATH_SETTINGS = ("inputs", "outputs", "layer_types", "leaf_modules", "train", "frontend")
+
+_UNKNOWN = object()  # a setting a snapshot does not record
+
+
+def _setting(snapshot: Snapshot, key: str) -> Any:
+    if snapshot.options is None:  # recorded since baseline format 2, with the rest
+        return _UNKNOWN
+    if key == "inputs":
+        return snapshot.inputs
+    if key == "frontend":
+        return snapshot.tracer or _UNKNOWN
+    return snapshot.options.get(key, _UNKNOWN)
 
 
 def setting_changes(old: Snapshot, new: Snapshot, keys: tuple[str, ...] | None = None) -> list[str]:
     """How ``new`` was analysed otherwise than ``old``: ``"train true -> false"`` for each
-    option of ``keys`` (default: all) recorded on both sides that differs, and
-    ``"inputs …"`` when the inputs do; ``keys=None`` also names a change of frontend.
+    setting of ``keys`` both record that differs (default: every one — the inputs, each
+    option but the frontend asked for, the frontend that ran).
 
     Example:
         >>> a = Snapshot({}, {}, inputs=[{"shape": [1, 4], "dtype": "float32"}],
-        ...              options={"train": True, "outputs": [1]}, tracer="fx")
+        ...              options={"train": True, "outputs": ["1"]}, tracer="fx")
         >>> b = Snapshot({}, {}, inputs=[{"shape": [2, 4], "dtype": "float32"}],
-        ...              options={"train": False, "outputs": None}, tracer="fx")
+        ...              options={"train": False, "outputs": None}, tracer="export")
         >>> setting_changes(a, b)
-        ['inputs 1×4 float32 -> 2×4 float32', 'train true -> false', 'outputs 1 -> all']
+        ['inputs 1×4 float32 -> 2×4 float32', 'train true -> false', 'outputs 1 -> all', 'frontend fx -> export']
     """
+    if keys is None:
+        options = [k for k in (*(old.options or ()), *(new.options or ())) if k != "tracer"]
+        keys = ("inputs", *dict.fromkeys(options), "frontend")
     changes = []
-    if old.inputs != new.inputs and old.options is not None and new.options is not None:
-        changes.append(f"inputs {_inputs_text(old.inputs)} -> {_inputs_text(new.inputs)}")
-    for key in keys if keys is not None else tuple(old.options or ()):
-        if old.options is None or new.options is None or key not in old.options:
-            continue
-        if key in new.options and old.options[key] != new.options[key]:
-            changes.append(
-                f"{key} {_option_text(key, old.options[key])} -> "
-                f"{_option_text(key, new.options[key])}"
-            )
-    if keys is None and old.tracer and new.tracer and old.tracer != new.tracer:
-        changes.append(f"frontend {old.tracer} -> {new.tracer}")
+    for key in keys:
+        before, now = _setting(old, key), _setting(new, key)
+        if _UNKNOWN not in (before, now) and before != now:
+            text = _inputs_text if key == "inputs" else functools.partial(_option_text, key)
+            changes.append(f"{key} {text(before)} -> {text(now)}")
     return changes
 
 
@@ -187,7 +215,7 @@ def _option_text(key: str, value: Any) -> str:
 
 def _inputs_text(inputs: list[dict[str, Any]] | None) -> str:
     if not inputs:
-        return "none"
+        return "none"  # (None: no example inputs)
     return ", ".join(
         f"{'×'.join(map(str, i['shape']))} {i['dtype']}" if "shape" in i else str(i.get("value"))
         for i in inputs
@@ -228,6 +256,12 @@ def read_baseline(path: str | Path) -> dict[str, Snapshot]:
         raise GpaError(f"cannot read baseline {path}: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise GpaError(f"{path} is not a gpa baseline (no 'models' object)")
+    written = data.get("gpa_baseline")
+    if isinstance(written, int) and written > BASELINE_FORMAT:
+        raise GpaError(
+            f"baseline {path} has format {written}, newer than this gpa reads "
+            f"({BASELINE_FORMAT}): upgrade gpa, or write the baseline again"
+        )
     return {
         name: Snapshot.from_dict(entry, f"baseline {path}, model {name!r}")
         for name, entry in data["models"].items()
@@ -241,25 +275,32 @@ def regressions(report: Report, baseline: Snapshot | None) -> RuleResult:
     that did (or is new and receives none), or the network's ``max_shortest`` grew.
     Shorter shortest paths, layers reached again and a smaller ``max_shortest`` are
     listed as improvements. Without a snapshot the rule passes with a note. Numbers read
-    with other inputs or another option of :data:`PATH_OPTIONS` than the snapshot records
-    are not compared: the rule fails naming the difference (a mode, an output left out,
-    change which layers get gradient at all).
+    with another setting of :data:`PATH_SETTINGS` than the snapshot records are not
+    compared: the rule fails naming the difference (a mode, an output left out, change
+    which layers get gradient at all). A snapshot that records no settings (baseline
+    format 1) is compared, and the rule's line says to rewrite it.
     """
     if baseline is None:
         return RuleResult(
             "baseline", None, True, "baseline: ok (no entry for this model, not compared)"
         )
     current = Snapshot.of(report)
-    other = setting_changes(baseline, current, PATH_OPTIONS)
+    other = setting_changes(baseline, current, PATH_SETTINGS)
     if other:
         return RuleResult(
             "baseline",
             None,
             False,
             f"baseline: not compared: analysed otherwise than the baseline records "
-            f"({'; '.join(other)}); rewrite it with --write-baseline if that is intended",
+            f"({'; '.join(other)}); write the baseline again (--write-baseline) if that "
+            "is intended",
             tuple(Violation(None, change) for change in other),
         )
+    unrecorded = (
+        "; the baseline records no analysis settings to check: write it again"
+        if baseline.options is None
+        else ""
+    )
     worse: list[Violation] = []
     better: list[str] = []
     was_unreachable = baseline.unreachable
@@ -291,21 +332,19 @@ def regressions(report: Report, baseline: Snapshot | None) -> RuleResult:
             "baseline",
             None,
             False,
-            f"baseline: {len(worse)} {word}: {listed}",
+            f"baseline: {len(worse)} {word}: {listed}{unrecorded}",
             tuple(worse),
             tuple(better),
         )
     found = [f"{len(better)} improvement{'s' if len(better) != 1 else ''}"] if better else []
     found += _neutral_changes(current, baseline)
-    summary = "; ".join(found) if found else "unchanged"
-    if baseline.options is None:
-        summary += "; the baseline records no analysis settings to check: rewrite it"
+    summary = ("; ".join(found) if found else "unchanged") + unrecorded
     return RuleResult("baseline", None, True, f"baseline: ok ({summary})", (), tuple(better))
 
 
 def _neutral_changes(current: Snapshot, baseline: Snapshot) -> list[str]:
     """What changed since ``baseline`` that the rule does not judge: how the model was
-    analysed (frontend, channels, count convention), layers added (and reached) or gone,
+    analysed (channels, count convention), layers added (and reached) or gone,
     longest paths, parameters and FLOPs — so that "unchanged" means it."""
     added = [n for n, (s, _) in current.layers.items() if n not in baseline.layers and s]
     gone = [n for n in baseline.layers if n not in current.layers]

@@ -138,7 +138,7 @@ def compare(
     Layers are listed in ``a``'s order; those of only one side by name. A layer's number of
     gradient combinations is compared when both sides were analysed at channel level. The
     comparison's notes also say how the sides were analysed otherwise (inputs, options,
-    frontend), and give each side's own notes, prefixed ``A:`` / ``B:``.
+    frontend), and give each side's own notes, prefixed ``A:``, ``B:`` or ``A and B:``.
     """
     sa, sb = _snapshot(a), _snapshot(b)
     channel = [k for k in CHANNEL_METRICS if k in sa.network or k in sb.network]
@@ -172,19 +172,32 @@ def compare(
 
 def _settings_notes(a: Snapshot, b: Snapshot) -> list[str]:
     """A note when the sides were analysed otherwise (numbers read with another mode or
-    other outputs differ for that alone), or when a side does not record how."""
+    other outputs differ for that alone), and one naming a side that does not record how
+    it was (a baseline or report written before gpa recorded it)."""
+    notes = []
     changes = setting_changes(a, b)
     if changes:
-        return [f"A and B were analysed otherwise ({'; '.join(changes)})"]
+        notes.append(f"A and B were analysed otherwise ({'; '.join(changes)})")
     unknown = [label for label, side in (("A", a), ("B", b)) if side.options is None]
-    if unknown and len(unknown) < 2:
-        return [f"{unknown[0]} does not record how it was analysed (a baseline of format 1)"]
-    return []
+    if unknown:
+        one = len(unknown) == 1
+        notes.append(
+            f"{' and '.join(unknown)} {'does' if one else 'do'} not record how "
+            f"{'it was' if one else 'they were'} analysed (written before gpa recorded "
+            "it): other settings cannot be told from other numbers"
+        )
+    return notes
 
 
 def _side_notes(a: Snapshot, b: Snapshot) -> list[str]:
-    """Each side's own notes (fallbacks, layers a frontend could not see …), by side."""
-    return [f"{label}: {note}" for label, side in (("A", a), ("B", b)) for note in side.notes]
+    """Each side's own notes (fallbacks, layers a frontend could not see …), by side; a
+    note both sides have, once."""
+    both = [n for n in a.notes if n in b.notes]
+    return [
+        *(f"A and B: {note}" for note in both),
+        *(f"A: {note}" for note in a.notes if note not in both),
+        *(f"B: {note}" for note in b.notes if note not in both),
+    ]
 
 
 def _cell(value: Any) -> str:

@@ -233,7 +233,7 @@ _RULE_TEXT = {
     "no-unreachable": "A layer receives no gradient.",
     "max-mean-shortest": "The network's mean shortest gradient path is longer than the limit.",
     "layers": "A layer matching a pattern breaks its own limit, or the pattern matches none.",
-    "baseline": "A regression against the baseline.",
+    "baseline": "A regression against the baseline, or numbers read otherwise than it records.",
 }
 
 

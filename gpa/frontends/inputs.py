@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_map
 
 from gpa.errors import GpaError
 from gpa.frontends.modules import unwrap_wrappers
+from gpa.names import stable_repr
 
 __all__ = [
     "bind_inputs",
@@ -147,7 +148,8 @@ def integer_variants(
 
 def describe_inputs(inputs: Sequence[object] | None) -> list[dict[str, object]] | None:
     """Shape and dtype of each input tensor, for the report; anything else by its
-    ``repr``, the tensors it holds by dtype and shape alone (a list of images).
+    ``repr``, the tensors it holds by dtype and shape alone (a list of images), without
+    memory addresses (:func:`gpa.names.stable_repr`: the same in every run).
 
     Example:
         >>> describe_inputs([*zeros((1, 3)), [torch.ones(2)], None])
@@ -158,7 +160,7 @@ def describe_inputs(inputs: Sequence[object] | None) -> list[dict[str, object]] 
     return [
         {"shape": list(x.shape), "dtype": _dtype(x)}
         if isinstance(x, torch.Tensor)
-        else {"value": repr(tree_map(_Described, x))}
+        else {"value": stable_repr(repr(tree_map(_Described, x)))}
         for x in inputs
     ]
 

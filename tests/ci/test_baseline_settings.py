@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from torch import nn
 
 from gpa.api import analyze_target
 from gpa.ci.baseline import Snapshot, regressions
@@ -48,8 +49,10 @@ OTHERWISE = [
     ((), ("--eval",), "train true -> false"),
     (("--eval",), ("--train",), "train false -> true"),
     ((), ("--leaf", "block"), "leaf_modules none -> block"),
-    ((), ("--layer-type", "Linear"), "layer_types default -> Linear"),
+    ((), ("--layer-type", "Linear"), "layer_types default -> torch.nn.Linear"),
     ((), ("--input-shape", "2,4"), "inputs 1×4 float32 -> 2×4 float32"),
+    # fx and export agree here, but not wherever one cannot see a layer (§1.6)
+    ((), ("--tracer", "export"), "frontend fx -> export"),
 ]
 
 
@@ -66,7 +69,7 @@ def test_a_baseline_is_not_compared_with_numbers_read_otherwise(
     assert result.exit_code == 1, result.output
     assert result.stdout.splitlines()[0] == (
         f"FAIL {TWO}: baseline: not compared: analysed otherwise than the baseline records "
-        f"({difference}); rewrite it with --write-baseline if that is intended"
+        f"({difference}); write the baseline again (--write-baseline) if that is intended"
     )
     # the same settings again: compared, and nothing changed
     result = gpa_cli("check", TWO, *before, "--baseline", str(path), "-v")
@@ -96,19 +99,21 @@ def test_settings_from_the_configuration_are_recorded_as_well(tmp_path: Path) ->
 
 
 def test_what_leaves_every_path_as_it_is_is_named_not_failed(tmp_path: Path) -> None:
-    """Another frontend, the channel analysis and the count convention change no path
-    (docs/semantics.md §1.6, §8, §9): compared, and named. Parameters by hand: 80 counting
-    weights and biases, 64 counting weights only (16 + 2 × 16 + 2 × 8)."""
+    """The channel analysis and the count convention change no path (docs/semantics.md
+    §8, §9): compared, and named. Parameters by hand: 80 counting weights and biases, 64
+    counting weights only (16 + 2 × 16 + 2 × 8). The frontend asked for is no setting of
+    its own: asking for fx, which auto ran, changes nothing."""
     path = written(tmp_path)
     result = gpa_cli(
-        "check", TWO, "--baseline", str(path), "-v",
-        "--tracer", "export", "--channels", "--count-convention", "darknet",
-    )  # fmt: skip
+        "check", TWO, "--baseline", str(path), "-v", "--channels", "--count-convention", "darknet"
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[0] == (
         f"PASS {TWO}: baseline: ok (channels false -> true; count_convention torch -> "
-        "darknet; tracer auto -> export; frontend fx -> export; params 80 -> 64)"
+        "darknet; params 80 -> 64)"
     )
+    result = gpa_cli("check", TWO, "--baseline", str(path), "-v", "--tracer", "fx")
+    assert result.stdout.splitlines()[0] == f"PASS {TWO}: baseline: ok (unchanged)"
 
 
 def test_a_baseline_without_settings_is_compared_and_says_so(tmp_path: Path) -> None:
@@ -127,12 +132,13 @@ def test_a_baseline_without_settings_is_compared_and_says_so(tmp_path: Path) -> 
     assert result.exit_code == 1
     assert result.stdout.splitlines()[0] == (
         f"FAIL {TWO}: baseline: 3 regressions: stem (shortest 2 -> 4), aux (unreachable), "
-        "max_shortest 3 -> 4"
+        "max_shortest 3 -> 4; the baseline records no analysis settings to check: write it "
+        "again"
     )
     result = gpa_cli("check", TWO, "--baseline", str(path), "-v")
     assert result.stdout.splitlines()[0] == (
         f"PASS {TWO}: baseline: ok (unchanged; the baseline records no analysis settings to "
-        "check: rewrite it)"
+        "check: write it again)"
     )
 
 
@@ -183,4 +189,93 @@ def test_compare_gives_each_sides_notes() -> None:
     ]
     note = c.notes[0].removeprefix("B: ")
     result = gpa_cli("compare", TWO, TWO, "-k", "frozen=True")  # -k: both sides
-    assert result.stdout.splitlines()[-3:] == ["notes:", f"  - A: {note}", f"  - B: {note}"]
+    assert result.stdout.splitlines()[-2:] == ["notes:", f"  - A and B: {note}"]
+
+
+def test_an_object_among_the_inputs_is_recorded_the_same_in_every_run(tmp_path: Path) -> None:
+    """A plain object's repr holds its address, and a target file's class the private
+    module name made from the file's path: a baseline never matched in CI (a fresh clone
+    elsewhere). Recorded without either (and the report's JSON is the same in every run,
+    semantics §7)."""
+    original = DATA / "configured.py"
+    path = tmp_path / "base.json"
+    result = gpa_cli("check", str(original), "--write-baseline", str(path), "--allow-empty")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads(path.read_text())["models"][str(original)]["inputs"]
+    assert recorded == [
+        {"shape": [1, 4], "dtype": "float32"},
+        {"value": "<configured.Cfg object>"},
+    ]
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    moved = clone / "configured.py"
+    moved.write_text(original.read_text())
+    data = json.loads(path.read_text())
+    data["models"] = {str(moved): data["models"][str(original)]}
+    path.write_text(json.dumps(data))
+    result = gpa_cli("check", str(moved), "--baseline", str(path), "-v")
+    assert result.stdout.splitlines()[0] == f"PASS {moved}: baseline: ok (unchanged)"
+
+
+def test_one_setting_spelled_otherwise_is_the_same_setting(tmp_path: Path) -> None:
+    """A class by its name, its public path or itself; outputs in another order, twice:
+    one setting each (the review of the first version refused them)."""
+    path = written(tmp_path, "--layer-type", "Linear", "--outputs", "0", "--outputs", "1")
+    result = gpa_cli(
+        "check", TWO, "--baseline", str(path), "-v",
+        "--layer-type", "torch.nn.Linear", "--layer-type", "Linear",
+        "--outputs", "1", "--outputs", "0", "--outputs", "1",
+    )  # fmt: skip
+    assert result.stdout.splitlines()[0] == f"PASS {TWO}: baseline: ok (unchanged)"
+    entry = Snapshot.from_dict(json.loads(path.read_text())["models"][TWO], "base")
+    now = report(layer_types=[nn.Linear], outputs=[1, 0])
+    assert regressions(now, entry).message == "baseline: ok (unchanged)"
+
+
+class Linear(nn.Module):
+    """Not torch's: a class of the same name is another setting."""
+
+
+def test_classes_of_one_name_are_told_apart() -> None:
+    ours = AnalysisOptions(layer_types=[Linear]).to_dict()["layer_types"]
+    assert ours == [f"{__name__}.Linear"]
+    assert AnalysisOptions(layer_types=[nn.Linear]).to_dict()["layer_types"] == ["torch.nn.Linear"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"options": 5}, "'options' an object"),
+        ({"inputs": [[1, 4]]}, "'inputs' must be a list of objects"),
+        ({"gpa_baseline": 99}, "has format 99, newer than this gpa reads (2)"),
+    ],
+)
+def test_a_malformed_baseline_is_an_error_not_a_difference(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    """Before, a traceback (exit 1, as a failed rule), or a newer file read silently."""
+    path = written(tmp_path)
+    data = json.loads(path.read_text())
+    if "gpa_baseline" in change:
+        data.update(change)
+    else:
+        data["models"][TWO].update(change)
+    path.write_text(json.dumps(data))
+    for args in (("check", TWO, "--baseline", str(path)), ("compare", str(path), TWO)):
+        result = gpa_cli(*args)
+        assert result.exit_code == 2
+        assert message in result.output
+
+
+def test_compare_names_the_sides_that_record_no_settings(tmp_path: Path) -> None:
+    """A side written before gpa recorded settings: said so, of either side or both."""
+    old = tmp_path / "old.json"
+    data = json.loads(report().to_json())
+    del data["options"]
+    old.write_text(json.dumps(data))
+    unknown = "not record how {} analysed (written before gpa recorded it): other settings "
+    unknown += "cannot be told from other numbers"
+    result = gpa_cli("compare", str(old), TWO, "--format", "json")
+    assert json.loads(result.stdout)["notes"] == ["A does " + unknown.format("it was")]
+    result = gpa_cli("compare", str(old), str(old), "--format", "json")
+    assert json.loads(result.stdout)["notes"] == ["A and B do " + unknown.format("they were")]

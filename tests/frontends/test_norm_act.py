@@ -85,7 +85,7 @@ class Net(nn.Module):
 def _record(report: gpa.Report) -> dict:
     """The report's JSON without what names the frontend."""
     data = json.loads(report.to_json())
-    for key in ("tracer", "notes"):
+    for key in ("tracer", "options", "notes"):
         data.pop(key, None)
     return data
 
