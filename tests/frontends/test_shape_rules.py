@@ -420,6 +420,55 @@ def test_matmul_rule_agrees_with_torch(a_lead, b_lead, sizes, target):
     _strides_agree(result, op, (a, b))
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 3), min_size=9, max_size=9),
+    ranks=st.sampled_from([(4, 4, 4), (3, 3, 3), (4, 3, 4)]),
+    mask=st.sampled_from([None, "bool", "same", "other", "bad-shape"]),
+    flags=st.tuples(st.booleans(), st.booleans(), st.sampled_from([None, 0.5, "x"])),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    transposed=st.booleans(),
+)
+def test_attention_rule_agrees_with_torch(sizes, ranks, mask, flags, dtype, transposed):
+    """Random shapes, some that torch refuses (sizes that do not fit, heads that do not
+    divide), masks of every kind, flags and layouts: where the rule answers, torch gives
+    that shape and dtype, and the meta run those strides."""
+    b, b2, h, h2, n, s, s2, e, e2 = sizes
+    shapes = [(b, h, n, e), (b2, h2, s, e2), (b2, h2, s2, 2)]
+    q, k, v = (
+        torch.randn(shape[4 - r :], dtype=dtype) for shape, r in zip(shapes, ranks, strict=True)
+    )
+    if transposed:  # heads as permuted views of (B, L, H, E)
+        q = q.transpose(-2, -3).contiguous().transpose(-2, -3)
+    causal, gqa, scale = flags
+    kwargs = {"is_causal": causal, "enable_gqa": gqa, "scale": scale}
+    masks = {
+        "bool": torch.ones(1, 1, n, s, dtype=torch.bool),
+        "same": torch.zeros(b, 1, 1, s, dtype=dtype),
+        "other": torch.zeros(1, 1, n, s, dtype=torch.float16),
+        "bad-shape": torch.zeros(1, 1, n + 1, s, dtype=dtype),
+    }
+    if mask is not None:
+        kwargs["attn_mask"] = masks[mask]
+    meta_args = tuple(_on("meta", (q, k, v)))
+    meta_kwargs = dict(zip(kwargs, _on("meta", kwargs.values()), strict=True))
+    result = FUNCTION_RULES[F.scaled_dot_product_attention](meta_args, meta_kwargs)
+    real = _run(F.scaled_dot_product_attention, q, k, v, **kwargs)
+    if result is None:
+        return
+    _check_against_torch(result, real)
+    assert result.stride() == F.scaled_dot_product_attention(*meta_args, **meta_kwargs).stride()
+
+
+def test_attention_rule_covers_a_transformers_call():
+    """The commonest call is answered by the rule (the meta run is the slow case)."""
+    q = torch.empty(2, 7, 4, 8, device="meta").transpose(1, 2)
+    rule = FUNCTION_RULES[F.scaled_dot_product_attention]
+    assert rule((q, q, q), {"is_causal": True}).shape == (2, 4, 7, 8)
+    mask = torch.empty(2, 1, 1, 7, device="meta")
+    assert rule((q, q, q), {"attn_mask": mask, "dropout_p": 0.1}).is_contiguous()
+
+
 # ------------------------------------------------------------- rearranging
 
 _INDEX = torch.tensor([2, 0, 1, 1])
@@ -654,8 +703,31 @@ class Rearranging(nn.Module):
         return parts.sum() + frozen.sum() + x[:1].squeeze(0).sum()
 
 
+class FusedAttention(nn.Module):
+    """timm's and Hugging Face's attention: heads cut from one projection as permuted views,
+    ``F.scaled_dot_product_attention`` causal, under a float mask that is a parameter,
+    under a boolean mask, and with grouped key and value heads."""
+
+    def __init__(self, width=8, heads=2, tokens=5):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.bias = nn.Parameter(torch.zeros(1, heads, tokens, tokens))
+        self.heads = heads
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        causal = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        biased = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias, dropout_p=0.0)
+        masked = F.scaled_dot_product_attention(q, k, v, x[:1, None, :, :1] > 0, scale=0.5)
+        grouped = F.scaled_dot_product_attention(q, k[:, :1], v[:, :1], enable_gqa=True)
+        y = causal + biased + masked + grouped
+        return self.proj(y.transpose(1, 2).reshape(b, n, c))
+
+
 MODELS = {
     "attention": (Attention, (2, 5, 8)),
+    "fused-attention": (FusedAttention, (2, 5, 8)),
     "rearranging": (Rearranging, (2, 4, 4, 4)),
     "wrapped-functions": (Wrapped, (2, 3, 6)),
     "wrapped-functions-talking-through-a-global": (TalkingThroughAGlobal, (2, 3, 6)),

@@ -390,6 +390,60 @@ def _grouped_mm(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return None
 
 
+_ATTENTION = inspect.signature(
+    lambda query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, *, enable_gqa=False: (
+        None
+    )  # noqa: ARG005
+)
+
+
+def _attention(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``F.scaled_dot_product_attention(q, k, v, …)`` on ``(B, H, L, E)`` queries and
+    ``(B, H_kv, S, E)`` / ``(B, H_kv, S, E_v)`` keys and values gives ``(B, H, L, E_v)``,
+    contiguous whatever the operands' layout (a transformer's heads are permuted views) —
+    the meta device's Python decomposition takes a millisecond a call. ``H_kv`` is ``H``,
+    or divides it with ``enable_gqa``; a mask is boolean or of the queries' dtype and
+    broadcasts to ``(B, H, L, S)``, and never comes with ``is_causal``. Anything else
+    (other ranks, broadcast batches, empty tensors) is left to the meta run."""
+    try:
+        bound = _ATTENTION.bind(*args, **kwargs).arguments
+    except TypeError:
+        return None
+    q, k, v, mask = bound["query"], bound["key"], bound["value"], bound.get("attn_mask")
+    if not all(
+        isinstance(t, torch.Tensor) and t.is_meta and t.dim() == 4 and t.numel() > 0
+        for t in (q, k, v)
+    ):
+        return None
+    if not q.is_floating_point() or not q.dtype == k.dtype == v.dtype:
+        return None
+    (b, h, n, e), (b_k, h_k, s, e_k), (b_v, h_v, s_v, e_v) = q.shape, k.shape, v.shape
+    gqa = bound.get("enable_gqa", False)
+    if type(gqa) is not bool or not (b == b_k == b_v and h_k == h_v and s == s_v and e == e_k):
+        return None
+    if h != h_k and not (gqa and h % h_k == 0):
+        return None
+    causal, dropout, scale = (bound.get(name, default) for name, default in _ATTENTION_FLAGS)
+    if type(causal) is not bool or type(dropout) not in (int, float) or not 0 <= dropout <= 1:
+        return None
+    if scale is not None and type(scale) not in (int, float):
+        return None
+    if mask is not None:
+        if causal or not (isinstance(mask, torch.Tensor) and mask.is_meta):
+            return None
+        if mask.dtype not in (torch.bool, q.dtype):
+            return None
+        try:
+            if torch.broadcast_shapes(mask.shape, (b, h, n, s)) != (b, h, n, s):
+                return None
+        except RuntimeError:
+            return None
+    return _empty((b, h, n, e_v), q.dtype)
+
+
+_ATTENTION_FLAGS = (("is_causal", False), ("dropout_p", 0.0), ("scale", None))
+
+
 def _float_tensor_in(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return value.is_floating_point() or value.is_complex()
@@ -446,6 +500,7 @@ FUNCTION_RULES: dict[Any, Rule] = {
     **{op: _rearranging(op) for op in _REARRANGING_FUNCTIONS},
     torch.roll: _roll,
     "roll": _roll,
+    F.scaled_dot_product_attention: _attention,
     torch._grouped_mm: _grouped_mm,
     **({F.grouped_mm: _grouped_mm} if hasattr(F, "grouped_mm") else {}),
 }
