@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from typing import Any
 
 import networkx as nx
@@ -37,7 +38,8 @@ def _attributes(report: Any) -> nx.DiGraph:
     """The report's graph with plain attribute values: numbers, and ``timestamps`` as text
     (``"2, 4, 6"``: GraphML and DOT have no lists); unset values left out."""
     # the frontend and its notes travel with the numbers they bear on (§7)
-    g = nx.DiGraph(name=report.model, tracer=report.tracer or "", notes=list(report.notes))
+    notes = [_CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", note) for note in report.notes]
+    g = nx.DiGraph(name=report.model, tracer=report.tracer or "", notes=notes)
     for r in report.layers.values():
         values = {
             "type": r.type,
@@ -56,6 +58,11 @@ def _attributes(report: Any) -> nx.DiGraph:
     for r in report.layers.values():
         g.add_edges_from((r.name, source) for source in r.deliveries)
     return g
+
+
+# characters XML cannot hold (a terminal colour code in a model's own error message):
+# written as \xNN
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _lines(notes: list[str]) -> str:

@@ -319,6 +319,39 @@ def test_star_arguments_inputs_reach_are_unpacked(tracer, model) -> None:
         expect(report, "d", {3: 1}, ("inner.a",))
 
 
+class FlagThenRest(nn.Module):
+    """A defaulted flag before ``*rest``, a keyword-only ``scale`` after: given a value,
+    the flag's placeholder must lose its default (a placeholder without one follows)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d, self.k = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.inner = TwoInputs()
+
+    def forward(self, x, flag=False, *rest, scale=1.0):
+        h = self.d(x)
+        return (self.inner(h, *rest) if flag else self.k(h)) * scale
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_defaulted_argument_before_star_arguments_given_a_value(tracer) -> None:
+    """By hand: inner.c feeds the loss (1), inner.a and inner.b it (2), d inner.a (3); k is
+    never called. fx's graph is one Python can write (before: a placeholder without a
+    default after one with: SyntaxError as soon as the code was written)."""
+    model, inputs = FlagThenRest(), (torch.randn(2, 4), True, torch.randn(2, 6))
+    report = gpa.analyze(model, inputs, tracer=tracer)
+    expect(report, "d", {3: 1}, ("inner.a",))
+    expect(report, "inner.b", {2: 1}, ("inner.c",))
+    expect_unreachable(report, "k", calls=0)
+    if tracer == "fx":
+        from gpa.frontends.fx import _constant_arguments
+        from gpa.frontends.fx.tracer import trace
+
+        constants = _constant_arguments(model, gpa.AnalysisOptions(example_inputs=inputs))
+        code = trace(model, constants=constants).code
+        assert "def forward(self, x, flag_1, rest_0, scale_1 = 1.0)" in code
+
+
 @pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
 @pytest.mark.parametrize(("flags", "head"), [((False, True), "k"), ((True,), "l")])
 def test_python_values_reaching_star_arguments_take_their_branch(tracer, flags, head) -> None:

@@ -97,3 +97,17 @@ def test_every_format_carries_the_frontend_and_the_notes() -> None:
     (parsed,) = pydot.graph_from_dot_data(to_dot(report))
     assert parsed.get("tracer") == '"fx"'
     assert parsed.get("notes").strip('"').split("\\n") == report.notes
+
+
+def test_a_note_holding_control_characters_is_written_as_valid_xml() -> None:
+    """A model's own error message may carry a terminal colour code into a note: GraphML
+    (XML) cannot hold the escape character, so it is written as ``\\x1b`` (before: a file
+    no XML reader takes)."""
+    report = gpa.analyze(torch.nn.Linear(4, 2), input_shape=(1, 4))
+    report.notes.append("fx says: \x1b[31mcannot run on a proxy\x1b[0m")
+    g = nx.read_graphml(io.BytesIO(to_graphml(report).encode()))
+    assert g.graph["notes"] == "fx says: \\x1b[31mcannot run on a proxy\\x1b[0m"
+    import pydot
+
+    (parsed,) = pydot.graph_from_dot_data(to_dot(report))
+    assert parsed.get("notes") == '"fx says: \\\\x1b[31mcannot run on a proxy\\\\x1b[0m"'

@@ -368,6 +368,11 @@ class GpaTracer(fx.Tracer):
                 self._keyword_only += list(self.graph.nodes)[before:]
             return made
         stem = name.lstrip("*")
+        # inputs give every positional parameter before *args: their defaults would come
+        # before the placeholders without (code Python refuses)
+        for node in self.graph.nodes:
+            if node.op == "placeholder" and node not in self._keyword_only:
+                node.args = ()
         proxies = [
             self.create_proxy("placeholder", f"{stem}_{i}", (), {}) for i in range(len(given))
         ]
