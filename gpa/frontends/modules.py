@@ -44,6 +44,7 @@ __all__ = [
     "POINTWISE_MODULES",
     "check_model",
     "fx_leaf",
+    "forward_replaced",
     "has_forward",
     "is_layer_module",
     "module_class",
@@ -269,6 +270,33 @@ def has_forward(module: nn.Module) -> bool:
         (True, False)
     """
     return type(module).forward is not nn.Module.forward or "forward" in vars(module)
+
+
+def forward_replaced(module: nn.Module) -> bool:
+    """Whether ``module`` has a ``forward`` of its own (an attribute set on the instance)
+    that is not its class's ``forward``: fx traces the class's ``forward`` of the model it
+    is given. Wrappers that keep the class's bound ``forward`` as the function they wrap
+    (``torch.compile``'s, accelerate's hooks: ``__wrapped__``,
+    ``_torchdynamo_orig_callable``) do not replace it.
+
+    Example:
+        >>> m = nn.Linear(2, 2)
+        >>> forward_replaced(m)
+        False
+        >>> m.forward = lambda x: x
+        >>> forward_replaced(m)
+        True
+    """
+    own = vars(module).get("forward")
+    seen = set()
+    while own is not None and id(own) not in seen:
+        seen.add(id(own))
+        if getattr(own, "__self__", None) is module and (
+            getattr(own, "__func__", None) is type(module).forward
+        ):
+            return False
+        own = getattr(own, "_torchdynamo_orig_callable", None) or getattr(own, "__wrapped__", None)
+    return "forward" in vars(module)
 
 
 #: Held while a frontend reads a model. fx's symbolic tracing patches torch.nn.Module's

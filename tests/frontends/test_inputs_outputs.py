@@ -8,6 +8,7 @@ helpers (``expect``, ``expect_network``, ``at`` ...) are in tests/semantics.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -362,6 +363,48 @@ def test_python_values_reaching_star_arguments_take_their_branch(tracer, flags, 
     assert report.tracer == ("fx" if tracer == "auto" else tracer)
     expect(report, head, {1: 1}, (LOSS,))
     expect_unreachable(report, "l" if head == "k" else "k", calls=0)
+
+
+def _own_forward(model: TwoInputs) -> TwoInputs:
+    """``model`` with a forward of its own that leaves ``b`` out."""
+    model.forward = lambda x, y: model.c(model.a(x))
+    return model
+
+
+def _hooked_forward(model: TwoInputs) -> TwoInputs:
+    """``model`` with its own forward wrapping the class's (accelerate's hooks do so)."""
+    inner = model.forward
+
+    @functools.wraps(inner)
+    def forward(*args, **kwargs):
+        return inner(*args, **kwargs)
+
+    model.forward = forward
+    return model
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_a_forward_of_the_models_own_is_the_one_read(tracer) -> None:
+    """fx traces the class's forward: a forward set on the model was ignored, and fx
+    reported b (shortest 2) where the model never calls it. By hand: c feeds the loss (1),
+    a it (2); b is never called. fx refuses now, and auto moves on."""
+    inputs = [(2, 4), (2, 6)]
+    if tracer == "fx":
+        with pytest.raises(gpa.GpaError, match="has a forward of its own"):
+            gpa.analyze(_own_forward(TwoInputs()), input_shape=inputs, tracer="fx")
+        return
+    report = gpa.analyze(_own_forward(TwoInputs()), input_shape=inputs, tracer=tracer)
+    assert report.tracer == ("export" if tracer == "auto" else tracer)
+    expect(report, "a", {2: 1}, ("c",))
+    expect_unreachable(report, "b", calls=0)
+
+
+def test_a_forward_wrapping_the_classs_is_read_by_fx() -> None:
+    """A wrapper that keeps the class's forward as the one it wraps calls it: fx reads
+    it. By hand: a and b feed c (2)."""
+    report = gpa.analyze(_hooked_forward(TwoInputs()), input_shape=[(2, 4), (2, 6)])
+    assert report.tracer == "fx"
+    expect(report, "b", {2: 1}, ("c",))
 
 
 IDS = torch.randint(0, 10, (1, 5))

@@ -46,6 +46,7 @@ from gpa.frontends.fx.tracer import single_call, trace
 from gpa.frontends.inputs import floating_dtype, zeros
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
 from gpa.frontends.modules import (
+    forward_replaced,
     fx_leaf,
     hooked_calls_message,
     opaque_layer_types,
@@ -79,6 +80,13 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     hooked = hooked_calls_message(model, types, options.leaf_modules, "fx")
     if hooked is not None:
         raise TraceError(hooked)
+    if forward_replaced(model):
+        cls = type(model).__name__
+        raise TraceError(
+            f"this {cls} has a forward of its own (an attribute set on the model), which "
+            f"torch.fx does not trace: it traces {cls}.forward. --tracer export or autograd "
+            "call the model's own (auto moves on)"
+        )
     with training_mode(model, options.train):
         leaves = [*(options.leaf_modules or ()), *opaque_layer_types(model, options.layer_types)]
         traced = _rooted(model, leaves)
