@@ -851,3 +851,29 @@ def test_the_control_flow_hint_is_given_for_control_flow_alone(
     message = _trace_failure_message(nn.Linear(2, 2), error)
     assert ("cannot follow control flow" in message) == data_dependent
     assert message.endswith("(auto moves on).")
+
+
+class _Checks(nn.Module):
+    """A layer that branches on its input's dtype, as peft's LoRA layers do: a proxy
+    cannot answer, a meta tensor can."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l(x) if x.dtype == torch.float32 else self.l(x.float())
+
+
+def test_the_module_fx_stopped_in_is_named_as_the_leaf_to_declare() -> None:
+    """The hint said to declare "the module that does it" a leaf without naming it (a
+    review of peft models: the line was in peft's code, the module a LoRA layer)."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(_Checks()))
+    with pytest.raises(gpa.GpaError) as caught:
+        gpa.analyze(model, input_shape=(1, 2), tracer="fx")
+    message = str(caught.value)
+    assert f"  while tracing module '1.0' ({__name__}._Checks)" in message
+    assert "Declare the module that does it a leaf (--leaf 1.0 / leaf_modules=[...])" in message
+    # and so declared, fx reads the model: 0 -> 1.0 (one call) -> loss
+    report = gpa.analyze(model, input_shape=(1, 2), tracer="fx", leaf_modules=["1.0"])
+    expect(report, "0", {2: 1}, ("1.0",))

@@ -56,6 +56,7 @@ from gpa.frontends.modules import (
 )
 from gpa.frontends.randomness import RandomBranches, random_branch_message
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
+from gpa.names import class_path
 
 __all__ = [
     "as_written",
@@ -547,7 +548,12 @@ def trace(
             functions_recorded(),
             RandomBranches() as randomness,
         ):
-            graph = tracer.trace(root, concrete_args=dict(constants) if constants else None)
+            try:
+                graph = tracer.trace(root, concrete_args=dict(constants) if constants else None)
+            except Exception as exc:  # name the module fx was in (the one to make a leaf)
+                inside = [path for path in getattr(tracer, "module_stack", {}) if path]
+                exc.gpa_module = inside[-1] if inside else None  # type: ignore[attr-defined]
+                raise
         if randomness.where is not None:  # what was traced is one random architecture
             raise TraceError(random_branch_message(model, randomness.where, model.training))
         return tracer, root, graph
@@ -667,8 +673,13 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
         lines.append(f'  File "{where.filename}", line {where.lineno}, in {where.name}')
         if where.line:
             lines.append(f"    {where.line.strip()}")
+    module = getattr(exc, "gpa_module", None)
+    if module is not None:
+        cls = class_path(type(model.get_submodule(module)))  # a leaf by class: every call
+        lines.append(f"  while tracing module '{module}' ({cls})")
     found = (hint for kind, said, hint in _FX_LIMITS if isinstance(exc, kind) and said in str(exc))
-    lines.append(next(found, _OTHER_FAILURE))
+    hint = next(found, _OTHER_FAILURE)
+    lines.append(hint if module is None else hint.replace("--leaf NAME", f"--leaf {module}"))
     return "\n".join(lines)
 
 
