@@ -48,6 +48,7 @@ from gpa.frontends.modules import (
     unwrap_wrappers,
 )
 from gpa.frontends.randomness import PYTHON_DRAWS_NOTE, python_random_states
+from gpa.names import stable_repr
 from gpa.options import AnalysisOptions
 
 __all__ = ["analyze_model"]
@@ -164,7 +165,7 @@ def _analyze(
             flops=counts.total_flops,
             count_convention=counts.convention.value,
         ),
-        notes=notes,
+        notes=[stable_repr(note) for note in notes],  # (a frontend's error text, quoted)
         tracer=graph.tracer,
         options=options.to_dict(),
     )

@@ -17,15 +17,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from gpa.errors import GpaError
 from gpa.frontends.modules import unwrap_wrappers
-from gpa.names import stable_repr
+from gpa.names import class_path
 
 __all__ = [
     "bind_inputs",
     "describe_inputs",
+    "describe_value",
     "floating_dtype",
     "forward_parameters",
     "integer_variants",
@@ -147,9 +147,8 @@ def integer_variants(
 
 
 def describe_inputs(inputs: Sequence[object] | None) -> list[dict[str, object]] | None:
-    """Shape and dtype of each input tensor, for the report; anything else by its
-    ``repr``, the tensors it holds by dtype and shape alone (a list of images), without
-    memory addresses (:func:`gpa.names.stable_repr`: the same in every run).
+    """Shape and dtype of each input tensor, for the report; anything else by a text the
+    same in every run and checkout (:func:`describe_value`).
 
     Example:
         >>> describe_inputs([*zeros((1, 3)), [torch.ones(2)], None])
@@ -160,24 +159,37 @@ def describe_inputs(inputs: Sequence[object] | None) -> list[dict[str, object]] 
     return [
         {"shape": list(x.shape), "dtype": _dtype(x)}
         if isinstance(x, torch.Tensor)
-        else {"value": stable_repr(repr(tree_map(_Described, x)))}
+        else {"value": describe_value(x)}
         for x in inputs
     ]
 
 
+def describe_value(value: object) -> str:
+    """An input that is no tensor, as text the same in every run and checkout: Python
+    constants by ``repr``, tensors by dtype and shape (their values, device and gradient
+    flag depend on the inputs, not on the model), lists, tuples and dicts item by item, sets
+    sorted, anything else by its class (:func:`gpa.names.class_path`: a ``repr`` may hold
+    values, addresses or paths).
+
+    Example:
+        >>> describe_value({"k": (torch.ones(2), 3, {"b", "a"})})
+        "{'k': (float32[2], 3, {'a', 'b'})}"
+    """
+    if isinstance(value, torch.Tensor):
+        return f"{_dtype(value)}[{', '.join(str(d) for d in value.shape)}]"
+    if value is None or type(value) in (bool, int, float, str):
+        return repr(value)
+    if type(value) in (list, tuple):
+        items = [describe_value(v) for v in value]
+        text = ", ".join(items) + ("," if type(value) is tuple and len(items) == 1 else "")
+        return f"[{text}]" if type(value) is list else f"({text})"
+    if type(value) is dict:
+        pairs = (f"{describe_value(k)}: {describe_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(pairs) + "}"
+    if type(value) in (set, frozenset):
+        return "{" + ", ".join(sorted(describe_value(v) for v in value)) + "}"
+    return f"<{class_path(type(value))}>"
+
+
 def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
-
-
-class _Described:
-    """A tensor held in an input, shown by dtype and shape (its values, device and
-    gradient flag depend on the inputs and the frontend, not on the model)."""
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        t = self.value
-        if not isinstance(t, torch.Tensor):
-            return repr(t)
-        return f"{_dtype(t)}[{', '.join(str(d) for d in t.shape)}]"

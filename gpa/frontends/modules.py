@@ -274,10 +274,10 @@ def has_forward(module: nn.Module) -> bool:
 
 def forward_replaced(module: nn.Module) -> bool:
     """Whether ``module`` has a ``forward`` of its own (an attribute set on the instance)
-    that is not its class's ``forward``: fx traces the class's ``forward`` of the model it
-    is given. Wrappers that keep the class's bound ``forward`` as the function they wrap
-    (``torch.compile``'s, accelerate's hooks: ``__wrapped__``,
-    ``_torchdynamo_orig_callable``) do not replace it.
+    other than its class's ``forward``, bound again or compiled (``torch.compile``'s
+    wrapper keeps what it compiles): fx traces the class's ``forward`` of the model it is
+    given. Any other wrapper may compute something else (``torch.no_grad()(m.forward)``,
+    a hook detaching the output), whatever ``__wrapped__`` says it came from.
 
     Example:
         >>> m = nn.Linear(2, 2)
@@ -288,15 +288,13 @@ def forward_replaced(module: nn.Module) -> bool:
         True
     """
     own = vars(module).get("forward")
-    seen = set()
-    while own is not None and id(own) not in seen:
-        seen.add(id(own))
-        if getattr(own, "__self__", None) is module and (
-            getattr(own, "__func__", None) is type(module).forward
-        ):
-            return False
-        own = getattr(own, "_torchdynamo_orig_callable", None) or getattr(own, "__wrapped__", None)
-    return "forward" in vars(module)
+    if own is None:
+        return False
+    compiled = getattr(own, "_torchdynamo_orig_callable", None)
+    if compiled is not None:  # torch's own wrappers of what it compiles: their word holds
+        own = inspect.unwrap(compiled)
+    bound = getattr(own, "__self__", None) is module
+    return not (bound and getattr(own, "__func__", None) is type(module).forward)
 
 
 #: Held while a frontend reads a model. fx's symbolic tracing patches torch.nn.Module's

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import types
 
 import pytest
 import torch
@@ -371,13 +372,14 @@ def _own_forward(model: TwoInputs) -> TwoInputs:
     return model
 
 
-def _hooked_forward(model: TwoInputs) -> TwoInputs:
-    """``model`` with its own forward wrapping the class's (accelerate's hooks do so)."""
+def _wrapped_forward(model: TwoInputs) -> TwoInputs:
+    """``model`` with its own forward wrapping the class's and detaching its result, as a
+    hook may (``__wrapped__`` names the class's forward all the same)."""
     inner = model.forward
 
     @functools.wraps(inner)
     def forward(*args, **kwargs):
-        return inner(*args, **kwargs)
+        return inner(*args, **kwargs).detach() + model.c(args[0][:, :4])
 
     model.forward = forward
     return model
@@ -399,10 +401,25 @@ def test_a_forward_of_the_models_own_is_the_one_read(tracer) -> None:
     expect_unreachable(report, "b", calls=0)
 
 
-def test_a_forward_wrapping_the_classs_is_read_by_fx() -> None:
-    """A wrapper that keeps the class's forward as the one it wraps calls it: fx reads
-    it. By hand: a and b feed c (2)."""
-    report = gpa.analyze(_hooked_forward(TwoInputs()), input_shape=[(2, 4), (2, 6)])
+def test_a_forward_wrapping_the_classs_is_the_one_read() -> None:
+    """A wrapper of the class's forward may compute something else: fx reported a and b
+    with paths where the wrapper detaches them (a review). By hand: only c (through the
+    wrapper's own call; it is called twice) feeds the loss (1); a and b get no gradient."""
+    with pytest.raises(gpa.GpaError, match="has a forward of its own"):
+        gpa.analyze(_wrapped_forward(TwoInputs()), input_shape=[(2, 4), (2, 6)], tracer="fx")
+    report = gpa.analyze(_wrapped_forward(TwoInputs()), input_shape=[(2, 4), (2, 6)])
+    assert report.tracer == "export"
+    expect(report, "c", {1: 1}, (LOSS,), calls=2)
+    expect_unreachable(report, "a")
+    expect_unreachable(report, "b")
+
+
+def test_the_classs_forward_bound_again_is_read_by_fx() -> None:
+    """``types.MethodType(cls.forward, model)`` is the class's forward: fx reads it. By
+    hand: a and b feed c (2)."""
+    model = TwoInputs()
+    model.forward = types.MethodType(TwoInputs.forward, model)
+    report = gpa.analyze(model, input_shape=[(2, 4), (2, 6)])
     assert report.tracer == "fx"
     expect(report, "b", {2: 1}, ("c",))
 

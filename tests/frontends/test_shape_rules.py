@@ -424,7 +424,7 @@ def test_matmul_rule_agrees_with_torch(a_lead, b_lead, sizes, target):
 @given(
     sizes=st.lists(st.integers(1, 3), min_size=9, max_size=9),
     ranks=st.sampled_from([(4, 4, 4), (3, 3, 3), (4, 3, 4)]),
-    mask=st.sampled_from([None, "bool", "same", "other", "bad-shape"]),
+    mask=st.sampled_from([None, "bool", "same", "other", "bad-shape", "flat", "scalar"]),
     flags=st.tuples(st.booleans(), st.booleans(), st.sampled_from([None, 0.5, "x"])),
     dtype=st.sampled_from([torch.float32, torch.float64]),
     transposed=st.booleans(),
@@ -447,6 +447,8 @@ def test_attention_rule_agrees_with_torch(sizes, ranks, mask, flags, dtype, tran
         "same": torch.zeros(b, 1, 1, s, dtype=dtype),
         "other": torch.zeros(1, 1, n, s, dtype=torch.float16),
         "bad-shape": torch.zeros(1, 1, n + 1, s, dtype=dtype),
+        "flat": torch.zeros(s, dtype=dtype),
+        "scalar": torch.zeros((), dtype=dtype),
     }
     if mask is not None:
         kwargs["attn_mask"] = masks[mask]

@@ -877,3 +877,58 @@ def test_the_module_fx_stopped_in_is_named_as_the_leaf_to_declare() -> None:
     # and so declared, fx reads the model: 0 -> 1.0 (one call) -> loss
     report = gpa.analyze(model, input_shape=(1, 2), tracer="fx", leaf_modules=["1.0"])
     expect(report, "0", {2: 1}, ("1.0",))
+
+
+class _Optional(nn.Module):
+    """A layer that adds its second input where that one's values say so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if y is not None and y.sum() > 0:
+            x = x + y
+        return self.fc(x)
+
+
+class _Twice(nn.Module):
+    """A block called twice, which fx traces on its first call and cannot on its second
+    (fx names that call ``block@1``, no module's name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block, self.head = _Optional(), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.block(x), x))
+
+
+class _CaughtThenRoot(nn.Module):
+    """A failure inside ``block`` the model catches, then one in the root's own code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block, self.head = _Checks(), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            x = self.block(x)
+        except Exception:  # noqa: BLE001
+            x = x * 1
+        return self.head(x) if x.sum() > 0 else x
+
+
+@pytest.mark.parametrize(
+    ("model", "named"),
+    [(_Twice, "'block' (tests.frontends.test_tracing._Optional)"), (_CaughtThenRoot, None)],
+)
+def test_the_module_named_is_the_one_fx_stopped_in(model, named) -> None:
+    """Before: an internal error for the block called twice (``auto`` stopped there too),
+    and the caught failure's module blamed for the root's."""
+    with pytest.raises(gpa.GpaError) as caught:
+        gpa.analyze(model(), input_shape=(1, 2), tracer="fx")
+    lines = str(caught.value).splitlines()
+    tracing = [line for line in lines if line.startswith("  while tracing module")]
+    assert tracing == ([f"  while tracing module {named}"] if named else [])
+    assert gpa.analyze(model(), input_shape=(1, 2)).tracer != "fx"  # auto moves on

@@ -429,8 +429,8 @@ def _attention(args: tuple, kwargs: dict) -> torch.Tensor | None:
     if scale is not None and type(scale) not in (int, float):
         return None
     if mask is not None:
-        if causal or not (isinstance(mask, torch.Tensor) and mask.is_meta):
-            return None
+        if causal or not (isinstance(mask, torch.Tensor) and mask.is_meta) or mask.dim() < 2:
+            return None  # (torch refuses a mask of fewer than two dimensions on the CPU)
         if mask.dtype not in (torch.bool, q.dtype):
             return None
         try:

@@ -56,7 +56,7 @@ from gpa.frontends.modules import (
 )
 from gpa.frontends.randomness import RandomBranches, random_branch_message
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
-from gpa.names import class_path
+from gpa.names import TARGET_MODULE_PREFIX, class_path
 
 __all__ = [
     "as_written",
@@ -384,6 +384,17 @@ class GpaTracer(fx.Tracer):
         return tuple(p if v is fx.PH else v for p, v in zip(proxies, given, strict=True))
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        try:
+            return self._call_module(m, forward, args, kwargs)
+        except Exception as exc:  # the innermost module the failure left: the leaf to name
+            if not hasattr(exc, "gpa_module"):
+                try:
+                    exc.gpa_module = (self.path_of_module(m), type(m))  # type: ignore[attr-defined]
+                except Exception:  # (a module fx cannot name: none)
+                    exc.gpa_module = None  # type: ignore[attr-defined]
+            raise
+
+    def _call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         held = compiled(m)
         if held is not None and not self.is_leaf_module(m, self.path_of_module(m)):
             # read through to the module torch.compile wraps, as it runs
@@ -548,12 +559,7 @@ def trace(
             functions_recorded(),
             RandomBranches() as randomness,
         ):
-            try:
-                graph = tracer.trace(root, concrete_args=dict(constants) if constants else None)
-            except Exception as exc:  # name the module fx was in (the one to make a leaf)
-                inside = [path for path in getattr(tracer, "module_stack", {}) if path]
-                exc.gpa_module = inside[-1] if inside else None  # type: ignore[attr-defined]
-                raise
+            graph = tracer.trace(root, concrete_args=dict(constants) if constants else None)
         if randomness.where is not None:  # what was traced is one random architecture
             raise TraceError(random_branch_message(model, randomness.where, model.training))
         return tracer, root, graph
@@ -673,13 +679,14 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
         lines.append(f'  File "{where.filename}", line {where.lineno}, in {where.name}')
         if where.line:
             lines.append(f"    {where.line.strip()}")
-    module = getattr(exc, "gpa_module", None)
-    if module is not None:
-        cls = class_path(type(model.get_submodule(module)))  # a leaf by class: every call
-        lines.append(f"  while tracing module '{module}' ({cls})")
+    module, cls = getattr(exc, "gpa_module", None) or (None, None)
+    if module:
+        # the class as --leaf takes it: by name where it comes from a target file
+        named = cls.__qualname__ if cls.__module__.startswith(TARGET_MODULE_PREFIX) else None
+        lines.append(f"  while tracing module '{module}' ({named or class_path(cls)})")
     found = (hint for kind, said, hint in _FX_LIMITS if isinstance(exc, kind) and said in str(exc))
     hint = next(found, _OTHER_FAILURE)
-    lines.append(hint if module is None else hint.replace("--leaf NAME", f"--leaf {module}"))
+    lines.append(hint.replace("--leaf NAME", f"--leaf {module}") if module else hint)
     return "\n".join(lines)
 
 
