@@ -346,10 +346,10 @@ def test_a_defaulted_argument_before_star_arguments_given_a_value(tracer) -> Non
     expect(report, "inner.b", {2: 1}, ("inner.c",))
     expect_unreachable(report, "k", calls=0)
     if tracer == "fx":
-        from gpa.frontends.fx import _constant_arguments
+        from gpa.frontends.fx import _forward_arguments
         from gpa.frontends.fx.tracer import trace
 
-        constants = _constant_arguments(model, gpa.AnalysisOptions(example_inputs=inputs))
+        constants, _ = _forward_arguments(model, gpa.AnalysisOptions(example_inputs=inputs))
         code = trace(model, constants=constants).code
         assert "def forward(self, x, flag_1, rest_0, scale_1 = 1.0)" in code
 

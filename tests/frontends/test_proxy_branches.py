@@ -69,6 +69,93 @@ def test_a_type_or_attribute_test_on_a_layers_output_takes_the_models_branch(
     check_reachability_with_autograd(report, model, x)
 
 
+class CalledAgain(nn.Module):
+    """h = f(x), y = a(x); then f called again on h + y where the guard on ``y`` says
+    ``again`` (``h = h + y`` else): a branch taken otherwise calls the same layers, one
+    time too few or too many, and leaves none uncalled."""
+
+    def __init__(self, guard: str, again: bool) -> None:
+        super().__init__()
+        self.guard, self.again = GUARDS[guard], again
+        self.f, self.a = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, y = self.f(x), self.a(x)
+        return self.f(h + y) if self.guard(self, y) == self.again else h + y
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("again", [True, False], ids=["again", "not_again"])
+@pytest.mark.parametrize("guard", list(GUARDS))
+def test_a_test_on_a_proxy_that_changes_how_often_a_layer_is_called(
+    guard: str, again: bool, tracer: str
+) -> None:
+    """By hand (every guard holds on a tensor). ``again``: out = f(f(x) + a(x)): f called
+    twice, at rounds 1 (from the loss) and 2 (from f), a at 2. Else out = f(x) + a(x): f
+    and a once, at 1. fx's proxies fail every guard but ``not_a_sequence``, so its trace
+    calls f once where the run calls it twice, or twice where it runs once: fx refuses
+    (the run counts the calls), auto moves on; on that guard fx gives the records."""
+    model, x = CalledAgain(guard, again), torch.randn(2, 4)
+    if tracer == "fx" and guard != "not_a_sequence":
+        said = "2 times when it runs, 1 in" if again else "1 time when it runs, 2 in"
+        with pytest.raises(TraceError, match=f"'f' is called {said} the trace"):
+            gpa.analyze(model, (x,), tracer=tracer)
+        return
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    if again:
+        expect(report, "f", {1: 1, 2: 1}, ("f", LOSS), calls=2)
+        expect(report, "a", {2: 1}, ("f",))
+    else:
+        expect(report, "f", {1: 1}, (LOSS,))
+        expect(report, "a", {1: 1}, (LOSS,))
+    check_reachability_with_autograd(report, model, x)
+
+
+#: Tests a model makes on an input (Ultralytics' ``if isinstance(x, dict):`` picks its loss).
+INPUT_GUARDS = {
+    "isinstance": lambda x: isinstance(x, torch.Tensor),
+    "is_tensor": lambda x: torch.is_tensor(x),
+    "not_a_dict": lambda x: not isinstance(x, dict),
+    "class_name": lambda x: x.__class__.__name__ == "Tensor",
+}
+
+
+class InputGuarded(nn.Module):
+    """f if the guard holds on the input (by position or through ``*args``), then head."""
+
+    def __init__(self, guard: str) -> None:
+        super().__init__()
+        self.guard = INPUT_GUARDS[guard]
+        self.f, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        x = xs[0]
+        return self.head(self.f(x) if self.guard(x) else x)
+
+
+class InputGuardedPositional(InputGuarded):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "auto"])
+@pytest.mark.parametrize("star", [False, True], ids=["positional", "star_args"])
+@pytest.mark.parametrize("guard", list(INPUT_GUARDS))
+def test_type_tests_on_an_input_are_answered_as_on_the_input(
+    guard: str, star: bool, tracer: str
+) -> None:
+    """fx's placeholder of an input answers the model's type tests with the input's class
+    (before: a proxy is no tensor, fx refused and auto moved on to export). By hand: head
+    1, f 2; the same from a real backward."""
+    model = (InputGuarded if star else InputGuardedPositional)(guard)
+    x = torch.randn(2, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    assert report.tracer == "fx"
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "f", {2: 1}, ("head",))
+    check_reachability_with_autograd(report, model, x)
+
+
 class Attention(nn.Module):
     """inp -> attention -> (extra if its weights are None) -> head; ``wh`` reads the
     attention weights when they are returned. ``how``: ``need_weights`` given by keyword,
@@ -304,7 +391,7 @@ def test_a_mode_of_the_callers_sees_every_norm_of_the_check() -> None:
     torch): the mode sees each of the model's four norm calls once."""
     from torch.overrides import TorchFunctionMode
 
-    from gpa.frontends.fx.branches import called_when_run
+    from gpa.frontends.fx.branches import calls_when_run
 
     class Counting(TorchFunctionMode):
         def __init__(self) -> None:
@@ -317,5 +404,5 @@ def test_a_mode_of_the_callers_sees_every_norm_of_the_check() -> None:
 
     model = NormedGuarded()
     with Counting() as counting:
-        called = called_when_run(model, (torch.randn(2, 3, 6, 6),), ["proj"])
-    assert called == {"proj"} and counting.norms == 4
+        called = calls_when_run(model, (torch.randn(2, 3, 6, 6),), ["proj"])
+    assert called == {"proj": 1} and counting.norms == 4

@@ -28,7 +28,7 @@ from torch import nn
 from gpa.core.graph import GradientGraph
 from gpa.errors import TraceError
 from gpa.frontends.functions import called_function
-from gpa.frontends.fx.branches import called_when_run, other_branch_message, random_states
+from gpa.frontends.fx.branches import calls_when_run, other_branch_message, random_states
 from gpa.frontends.fx.checkpoints import unfed_checkpoints
 from gpa.frontends.fx.flow import RETURNED_INPUTS, flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
@@ -42,7 +42,7 @@ from gpa.frontends.fx.layers import (
 )
 from gpa.frontends.fx.norm_act import norm_act_kinds
 from gpa.frontends.fx.stacked import picks_from_stacks
-from gpa.frontends.fx.tracer import single_call, trace
+from gpa.frontends.fx.tracer import TESTED, single_call, trace
 from gpa.frontends.inputs import floating_dtype, zeros
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
 from gpa.frontends.modules import (
@@ -92,7 +92,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         traced = _rooted(model, leaves)
         kinds = norm_act_kinds(model, types) if traced is model else None
         drawn = random_states()  # what the trace draws, the check below draws again
-        gm = trace(traced, leaves, kinds, _constant_arguments(traced, options))
+        gm = trace(traced, leaves, kinds, *_forward_arguments(traced, options))
         name_outputs(gm.graph)
         gm.recompile()
         notes = output_notes(gm, options.outputs)
@@ -128,11 +128,17 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     notes += [custom_operator_note(name, owners) for name, owners in operators.items()]
     notes += [unfed_checkpoint_note(unfed)] if unfed else []
     uncalled = uncalled_layers(traced, gm, options.layer_types, calls)
-    if uncalled and inputs is not None:  # did a test on a proxy take another branch?
+    traced_calls = _layer_module_calls(gm, calls, uncalled)
+    if traced_calls and inputs is not None:  # did a test on a proxy take another branch?
         with training_mode(model, options.train):
-            called = called_when_run(traced, inputs, [n for n, _ in uncalled], drawn)
-        if called:
-            raise TraceError(other_branch_message(model, sorted(called)))
+            run = calls_when_run(traced, inputs, traced_calls, drawn)
+        differ = {
+            name: (count, run[name])
+            for name, count in traced_calls.items()
+            if run is not None and name in run and run[name] != count
+        }
+        if differ:
+            raise TraceError(other_branch_message(model, differ))
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls={node.name: call for node, call in calls.items()},
@@ -149,6 +155,22 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             *map(custom_operator_label, operators),
         ],
     )
+
+
+def _layer_module_calls(
+    gm: fx.GraphModule, calls: dict[fx.Node, Any], uncalled: Sequence[tuple[str, str]]
+) -> dict[str, int]:
+    """The layer modules whose calls the run must confirm, by qualified name, with their
+    calls in the trace: the layers left uncalled (none); and where the model's code tested
+    a proxy as no tensor answers (:data:`~gpa.frontends.fx.tracer.TESTED`), every layer
+    module called, as many times as the trace calls it (a branch taken otherwise may call
+    the same layers, once too few: ``if isinstance(y, torch.Tensor): h = self.f(h + y)``)."""
+    counts = dict.fromkeys((name for name, _ in uncalled), 0)
+    if gm.meta.get(TESTED):
+        for node in calls:
+            if node.op == "call_module":
+                counts[node.target] = counts.get(node.target, 0) + 1
+    return counts
 
 
 def _refuse_returned_inputs(calls: dict[fx.Node, Any]) -> None:
@@ -223,41 +245,56 @@ def _constant(value: Any) -> bool:
     return isinstance(value, _CONSTANT_INPUTS) and value == value  # noqa: PLR0124
 
 
-def _constant_arguments(model: nn.Module, options: AnalysisOptions) -> dict[str, Any]:
+def _forward_arguments(
+    model: nn.Module, options: AnalysisOptions
+) -> tuple[dict[str, Any], dict[str, type]]:
     """``forward``'s arguments that are Python constants (None, a flag, a number, a
-    string), by name: those the example inputs give so, and those no input gives whose
-    default is one (Hugging Face's ``inputs_embeds=None``, a ``return_dict`` flag). fx
-    traces them as these values, so that ``if inputs_embeds is None:`` takes the branch
-    the call takes (a proxy is never None). ``*args`` holds one ``fx.PH`` (or constant) per
-    input reaching it (``PeftModel.forward(*args, **kwargs)``) and ``**kwargs`` is empty (as fx names them:
-    ``"*args": ()`` for Ultralytics' ``forward(x, *args, **kwargs)``): forward unpacks them,
-    and fx's one proxy for them all cannot be unpacked."""
+    string), by name, and the classes of the inputs traced as placeholders, by placeholder.
+
+    Constants are those the example inputs give so, and those no input gives whose default
+    is one (Hugging Face's ``inputs_embeds=None``, a ``return_dict`` flag). fx traces them
+    as these values, so that ``if inputs_embeds is None:`` takes the branch the call takes
+    (a proxy is never None). ``*args`` holds one ``fx.PH`` (or constant) per input reaching
+    it (``PeftModel.forward(*args, **kwargs)``), whose placeholders are ``args_0``, ``args_1``
+    …, and ``**kwargs`` is empty (as fx names them: ``"*args": ()`` for Ultralytics'
+    ``forward(x, *args, **kwargs)``): forward unpacks them, and fx's one proxy for them all
+    cannot be unpacked. The classes answer the model's type tests on its inputs (see
+    :class:`~gpa.frontends.fx.tracer.GpaProxy`); inputs made from shapes are tensors."""
     if isinstance(model, fx.GraphModule):
-        return {}
+        return {}, {}
     try:
         parameters = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):
-        return {}
+        return {}, {}
     given = options.example_inputs
     count = len(given) if given is not None else len(options.input_shape or ())
-    constants = {}
+
+    def placeholder(j: int, name: str) -> Any:  # the constant, else fx.PH and its class
+        value = given[j] if given is not None else torch.empty(0)
+        if _constant(value):
+            return value
+        classes[name] = type(value)
+        return fx.PH
+
+    constants: dict[str, Any] = {}
+    classes: dict[str, type] = {}
     for i, p in enumerate(parameters):
         if p.kind is inspect.Parameter.VAR_POSITIONAL:
             # the inputs reaching it, one placeholder each (see GpaTracer); else empty
             constants[f"*{p.name}"] = tuple(
-                given[j] if given is not None and _constant(given[j]) else fx.PH
-                for j in range(i, count)
+                placeholder(j, f"{p.name}_{j - i}") for j in range(i, count)
             )
             continue
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             constants[f"**{p.name}"] = {}
             continue
         if i < count and p.kind is not inspect.Parameter.KEYWORD_ONLY:
-            if given is not None and _constant(given[i]):
-                constants[p.name] = given[i]
+            value = placeholder(i, p.name)
+            if value is not fx.PH:
+                constants[p.name] = value
         elif p.default is not inspect.Parameter.empty and _constant(p.default):
             constants[p.name] = p.default
-    return constants
+    return constants, classes
 
 
 def _example_inputs(gm: fx.GraphModule, options: AnalysisOptions) -> tuple | None:

@@ -4,10 +4,11 @@ Symbolic tracing hands ``forward`` proxies, and some tests on a proxy answer dif
 from the same test on the tensor it stands for: ``isinstance(h, torch.Tensor)`` is False,
 ``hasattr(out, "pooler_output")`` is True, a leaf module's output is never ``None``. No
 error is raised; the trace simply records another branch, and layer modules the model
-calls are left uncalled (``docs/semantics.md`` §1.1). Where fx's trace leaves layer
-modules uncalled, one run of ``forward`` on the meta device (nothing computed), drawing
-the random numbers the trace drew (:func:`random_states`), tells whether the model calls
-them.
+calls are left uncalled, or called fewer or more times (``docs/semantics.md`` §1.1).
+Where fx's trace leaves layer modules uncalled, or the model's code tested a proxy so
+(see :class:`~gpa.frontends.fx.tracer.GpaProxy`), one run of ``forward`` on the meta
+device (nothing computed), drawing the random numbers the trace drew
+(:func:`random_states`), tells how many times the model calls them.
 
 Example:
     >>> import torch
@@ -19,8 +20,8 @@ Example:
     ...     def forward(self, x):
     ...         h = self.a(x)
     ...         return self.b(h) if isinstance(h, torch.Tensor) else h
-    >>> sorted(called_when_run(Guarded(), (torch.ones(1, 2),), ["b"]))
-    ['b']
+    >>> calls_when_run(Guarded(), (torch.ones(1, 2),), ["a", "b"])
+    {'a': 1, 'b': 1}
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ from torch.utils._pytree import tree_map
 from gpa.frontends.fx.shape_rules import FUNCTION_RULES
 from gpa.frontends.modules import preserved_state
 
-__all__ = ["called_when_run", "other_branch_message", "random_states"]
+__all__ = ["calls_when_run", "other_branch_message", "random_states"]
 
 
 def random_states() -> tuple[Any, Any, torch.Tensor]:
@@ -51,20 +52,27 @@ def random_states() -> tuple[Any, Any, torch.Tensor]:
     return random.getstate(), np.random.get_state(), torch.get_rng_state()
 
 
-def called_when_run(
+def calls_when_run(
     model: nn.Module, inputs: tuple, names: Iterable[str], states: tuple | None = None
-) -> set[str] | None:
-    """Which modules among ``names`` (qualified names) ``forward`` calls when it runs on
-    meta copies of ``inputs`` and of the model's weights, drawing from the random
-    ``states`` (:func:`random_states`) if given; None when it cannot run there (its
-    branches need values). The model and the random states are left as they were."""
-    modules = dict(model.named_modules())
-    called: set[str] = set()
-    handles = [  # (TorchScript modules take no hooks: not checked)
-        modules[n].register_forward_pre_hook(lambda m, args, n=n: called.add(n))
+) -> dict[str, int] | None:
+    """How many times ``forward`` calls each module of ``names`` (qualified names; a module
+    held under two names counts under both) when it runs on meta copies of ``inputs`` and
+    of the model's weights, drawing from the random ``states`` (:func:`random_states`) if
+    given; None when it cannot run there (its branches need values). The model and the
+    random states are left as they were."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    names = [n for n in names if n in modules]
+    checked = {  # (TorchScript modules take no hooks: not checked)
+        id(modules[n]): modules[n]
         for n in names
-        if n in modules and not isinstance(modules[n], torch.jit.ScriptModule)
-    ]
+        if not isinstance(modules[n], torch.jit.ScriptModule)
+    }
+    counts = dict.fromkeys(checked, 0)
+
+    def count(m: nn.Module, args: tuple) -> None:
+        counts[id(m)] += 1
+
+    handles = [m.register_forward_pre_hook(count) for m in checked.values()]
     held = itertools.chain(
         model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)
     )
@@ -79,7 +87,7 @@ def called_when_run(
     finally:
         for h in handles:
             h.remove()
-    return called
+    return {n: counts[id(modules[n])] for n in names if id(modules[n]) in counts}
 
 
 # The functional normalisations, by the flow pass's own rules: each checks the call as
@@ -145,14 +153,24 @@ def _drawing_from(states: tuple | None) -> Iterator[None]:
         torch.set_rng_state(now[2])
 
 
-def other_branch_message(model: nn.Module, skipped: Iterable[str]) -> str:
-    """The refusal for a trace that left layer modules uncalled that the model calls."""
-    skipped = list(skipped)
-    names = ", ".join(f"'{n}'" for n in skipped)
-    are = "is" if len(skipped) == 1 else "are"
+def other_branch_message(model: nn.Module, differ: Mapping[str, tuple[int, int]]) -> str:
+    """The refusal for a trace that calls layer modules otherwise than the run: ``differ``
+    maps their names to (calls in the trace, calls when run)."""
+    skipped = [n for n, (traced, _) in differ.items() if not traced]
+    said = []
+    if skipped:
+        are = "is" if len(skipped) == 1 else "are"
+        said.append(
+            f"{', '.join(repr(n) for n in skipped)} {are} called when it runs, not in the trace"
+        )
+    said += [
+        f"{n!r} is called {run} time{'s' * (run != 1)} when it runs, {traced} in the trace"
+        for n, (traced, run) in differ.items()
+        if traced
+    ]
     return (
         f"torch.fx's trace of {type(model).__name__} took another branch than its forward "
-        f"takes: {names} {are} called when it runs, not in the trace (forward tests a value "
+        f"takes: {'; '.join(said)} (forward tests a value "
         "fx holds as a proxy — isinstance(h, torch.Tensor), hasattr, a leaf's output "
         "being None — which answers otherwise)"
     )

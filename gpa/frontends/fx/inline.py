@@ -42,7 +42,6 @@ import collections
 import dataclasses
 import functools
 import operator
-import sys
 from collections.abc import Hashable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any, NamedTuple
 
@@ -336,7 +335,7 @@ class _ValueProxy(GpaProxy):
     A type check on it outside torch, when it holds a tensor (``isinstance(y,
     torch.Tensor)`` in a helper the function calls, which Python answers by asking its
     ``__class__``), would take another branch than the run: it is noted on the tracer
-    (``type_checked``), and the trace is not used. torch's own code, which fx relies on,
+    (``tested``), and the trace is not used. torch's own code, which fx relies on,
     is answered as usual.
     """
 
@@ -344,18 +343,10 @@ class _ValueProxy(GpaProxy):
 
     viewed: tuple[_ValueProxy, Any] | None = None  # (base, index) of ``base[index]``
 
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # noqa: D105
-        # only of a proxy holding a tensor: torch's C argument parser, called from the
-        # function's own frame, asks those holding sizes whether they are symbolic
-        if isinstance(self.value, torch.Tensor):
-            frame = sys._getframe(1)
-            if frame.f_code is _IS_TENSOR:  # torch.is_tensor(y): asked for its caller
-                frame = frame.f_back
-            asker = frame.f_globals.get("__name__", "") if frame is not None else ""
-            if asker.partition(".")[0] not in ("torch", "gpa"):
-                self.tracer.type_checked = True
-        return type(self)
+    def holds_tensor(self) -> bool:
+        # only a tensor's: torch's C argument parser, called from the function's own
+        # frame, asks those holding sizes whether they are symbolic
+        return isinstance(self.value, torch.Tensor)
 
     def __getattr__(self, name: str) -> Any:
         if name in _CONCRETE:
@@ -405,7 +396,6 @@ class _ValueTracer(GpaTracer):
         self._names = names
         self.evaluator = evaluator
         self.evaluating = False  # while an operation runs
-        self.type_checked = False  # see _ValueProxy
 
     def create_arg(self, a: Any) -> Any:
         # the arguments of most operations: proxies, numbers and tuples of them, answered
@@ -464,8 +454,6 @@ class _ValueTracer(GpaTracer):
 
 # Arguments fx records as they are (see ``_ValueTracer.create_arg``).
 _ATOMS = frozenset({int, float, bool, str, type(None), torch.dtype, torch.device})
-
-_IS_TENSOR = torch.is_tensor.__code__
 
 # Names a function checks its arguments' types with (fx's proxies are no tensors).
 _TYPE_CHECKS = frozenset({"isinstance", "is_tensor", "type", "__class__"})
@@ -536,7 +524,7 @@ def _traced(
     args, kwargs = as_written(fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__))
     with torch.set_grad_enabled(enabled), _Made(tracer), functions_recorded():
         result = call.target(*args, **kwargs)
-    if tracer.type_checked:
+    if tracer.tested:
         raise ValueError("a type check outside torch asked a proxy its class")
     if tracer._grad_enabled != enabled:
         raise ValueError("grad mode left changed")

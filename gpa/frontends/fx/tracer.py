@@ -32,6 +32,7 @@ import copy
 import functools
 import inspect
 import operator
+import sys
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -65,6 +66,7 @@ __all__ = [
     "GpaTracer",
     "METADATA_QUERIES",
     "SITE",
+    "TESTED",
     "trace",
     "unwritable_names",
     "written_into",
@@ -92,6 +94,12 @@ __all__ = [
 #: ``node.meta`` key of the user's source line that made the node's operation,
 #: ``(file, line)`` or None (see :func:`gpa.frontends.frames.caller_site`).
 SITE = "gpa_site"
+
+#: ``GraphModule.meta`` key: True when the model's code tested a proxy as fx answers
+#: otherwise than the run would — its class (``isinstance(h, torch.Tensor)``) or an
+#: attribute no tensor has (``hasattr(out, "logits")``): the trace may have taken another
+#: branch (see :mod:`~gpa.frontends.fx.branches`).
+TESTED = "gpa_tested"
 
 LeafSpec = Iterable[type[nn.Module] | str]
 
@@ -186,14 +194,53 @@ AUGMENTED = {
 
 
 class GpaProxy(fx.Proxy):
-    """fx's proxy, recording augmented assignments (see :data:`AUGMENTED`)."""
+    """fx's proxy, recording augmented assignments (see :data:`AUGMENTED`), and answering
+    the model's type tests on it as the run would where it can.
+
+    The placeholder of an input answers the model's code with the input's class
+    (``stands_for``): ``isinstance(x, dict)`` and ``isinstance(x, torch.Tensor)`` as on the
+    input itself. Any other proxy notes on its tracer (``tested``) where the model's code
+    asks its class (``isinstance(h, torch.Tensor)`` does) or an attribute no tensor has
+    (``hasattr(out, "logits")``), which it answers otherwise than the tensor it stands for.
+    torch's own code, which fx relies on, and gpa's are answered as usual."""
+
+    stands_for: type | None = None  # the class of the input a placeholder stands for
 
     def __getattr__(self, k: str) -> fx.proxy.Attribute:
+        if not k.startswith("_") and not hasattr(torch.Tensor, k) and _asked_by_model():
+            self.tracer.tested = True
         return GpaAttribute(self, k)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105
+        if _asked_by_model():
+            if self.stands_for is not None:
+                return self.stands_for
+            if self.holds_tensor():
+                self.tracer.tested = True
+        return type(self)
+
+    def holds_tensor(self) -> bool:
+        """Whether the proxy may stand for a tensor (whose class test a proxy fails)."""
+        return True
 
     def __len__(self) -> int:
         count = _pieces(self.node)  # ``list(x.chunk(2, 1))`` asks first (see GpaTracer.iter)
         return count if count is not None else super().__len__()
+
+
+_IS_TENSOR = torch.is_tensor.__code__
+
+
+def _asked_by_model() -> bool:
+    """Whether the code that called the caller of this function (a proxy's ``__class__``
+    or ``__getattr__``) is outside torch and gpa: ``torch.is_tensor(h)`` is asked for its
+    caller."""
+    frame = sys._getframe(2)
+    if frame.f_code is _IS_TENSOR:
+        frame = frame.f_back
+    asker = frame.f_globals.get("__name__", "") if frame is not None else ""
+    return asker.partition(".")[0] not in ("torch", "gpa")
 
 
 class GpaAttribute(fx.proxy.Attribute):
@@ -295,8 +342,10 @@ class GpaTracer(fx.Tracer):
         leaf_types: tuple[type, ...],
         leaf_names: frozenset[str],
         kinds: Mapping[str, Hashable],
+        classes: Mapping[str, type] | None = None,
     ) -> None:
         super().__init__()
+        self._classes = classes or {}  # placeholder -> the class of the input it stands for
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
         self._kinds = kinds
@@ -307,6 +356,7 @@ class GpaTracer(fx.Tracer):
         self.checkpointed = False  # a re-entrant checkpoint's function created nodes
         self._names: dict[bool, dict[int, str]] = {}  # see _qualified_name
         self._keyword_only: list[fx.Node] = []  # placeholders of forward's keyword-only
+        self.tested = False  # see GpaProxy
 
     def _qualified_name(self, t: torch.Tensor) -> str | None:
         """The qualified name of a parameter (or buffer) of the root, as fx's linear search
@@ -341,7 +391,10 @@ class GpaTracer(fx.Tracer):
         return super().create_arg(a)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
-        return GpaProxy(node, self)
+        made = GpaProxy(node, self)
+        if node.op == "placeholder" and node.target in self._classes:
+            made.stands_for = self._classes[node.target]
+        return made
 
     def iter(self, obj: fx.Proxy) -> Iterator[fx.Proxy]:  # type: ignore[override]
         """Iterating a proxy fx cannot count (``list(x.chunk(2, 1))``, Ultralytics' C2f)
@@ -518,6 +571,7 @@ def trace(
     leaf_modules: LeafSpec | None = None,
     kinds: Mapping[str, Hashable] | None = None,
     constants: Mapping[str, Any] | None = None,
+    classes: Mapping[str, type] | None = None,
 ) -> fx.GraphModule:
     """Trace ``model`` symbolically with torch.fx.
 
@@ -531,6 +585,9 @@ def trace(
         constants: ``forward``'s arguments given as Python constants (None, a flag, a
             number), by name: traced as these values, not as proxies (``if inputs_embeds
             is None:`` takes the branch the call takes).
+        classes: the classes of the inputs traced as placeholders, by placeholder name
+            (``forward``'s parameter; ``args_0`` … for ``*args``): the model's type tests
+            on its inputs are answered with them (see :class:`GpaProxy`).
 
     Returns:
         A ``GraphModule`` whose graph contains :func:`grad_mode` calls where
@@ -546,7 +603,7 @@ def trace(
         raise TraceError(f"leaf module name(s) not found in the model: {', '.join(unknown)}")
 
     def traced(watch: contextlib.AbstractContextManager) -> tuple[GpaTracer, nn.Module, fx.Graph]:
-        tracer = GpaTracer(types, names, kinds or {})
+        tracer = GpaTracer(types, names, kinds or {}, classes)
         root = copy.copy(model)  # fx stores tensor constants on its root: not on the user's
         # what forward assigns while traced (``self.buf += y`` stores a proxy) must not
         # reach the passes that run the modules afterwards
@@ -580,6 +637,7 @@ def trace(
         gm = graph_module(root, graph, model.__class__.__name__)
     except SyntaxError as exc:  # fx writes module names into Python code
         raise TraceError(unwritable_names(model, exc)) from None
+    gm.meta[TESTED] = tracer.tested
     if watch is not None:
         gm.meta[CHECKPOINTS] = [
             tuple([v.node for v in values if isinstance(v, fx.Proxy)] for values in boundary)
