@@ -147,16 +147,18 @@ def test_a_raise_in_a_submodule_names_it(tracer) -> None:
 
 
 class TensorsOnly(nn.Module):
-    """Raises when it is not given a tensor: only under fx, which passes proxies."""
+    """Raises when its layer gives no tensor: only under fx, whose proxy of the layer's
+    output is none (a proxy of an input answers with the input's class)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.a = nn.Linear(4, 2)
 
     def forward(self, x):
-        if not isinstance(x, torch.Tensor):
+        h = self.a(x)
+        if not isinstance(h, torch.Tensor):
             raise TypeError("expected a tensor")
-        return self.a(x)
+        return h
 
 
 def test_raising_only_under_fx_falls_back() -> None:

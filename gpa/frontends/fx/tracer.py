@@ -384,6 +384,8 @@ class GpaTracer(fx.Tracer):
         return super().getattr(attr, attr_val, parameter_proxy_cache)  # fx's own search
 
     def create_arg(self, a: Any) -> Any:
+        if isinstance(a, fx.Proxy):  # the most common argument, as fx's base answers it
+            return a.node
         if isinstance(a, torch.Tensor):
             name = self._qualified_name(a)
             if name is not None:
