@@ -694,3 +694,37 @@ def test_returned_tensors_read_inside_the_model_are_named_in_a_note(tracer) -> N
     )
     assert not any("also read inside" in n for n in predictions.notes)
     expect(predictions, "a", {3: 1}, ("b",))
+
+
+class KeywordOnly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+
+    def forward(self, x, *, scale=1.0):
+        return self.a(x) * scale
+
+
+class Defaulted(KeywordOnly):
+    def forward(self, x, y=None):  # type: ignore[override]
+        return self.a(x if y is None else x + y)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize(
+    ("model", "given", "takes"),
+    [
+        (lambda: nn.Sequential(nn.Linear(4, 2)), 2, "1 input(s) ('input')"),
+        (KeywordOnly, 2, "1 input(s) ('x')"),  # not into the keyword-only scale
+        (Defaulted, 3, "2 input(s) ('x', 'y')"),
+    ],
+    ids=["sequential", "keyword_only", "defaulted"],
+)
+def test_more_inputs_than_forward_takes_are_refused(model, given, takes, tracer) -> None:
+    """Python refuses the call, and so does every frontend (fx read the model without the
+    extra inputs, and auto reported its numbers)."""
+    inputs = tuple(torch.randn(2, 4) for _ in range(given))
+    with pytest.raises(gpa.GpaError) as error:
+        gpa.analyze(model(), inputs, tracer=tracer)
+    if tracer in ("fx", "auto"):
+        assert f"forward takes {takes} but {given} example inputs were given" in str(error.value)

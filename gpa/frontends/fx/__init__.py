@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpa.core.graph import GradientGraph
-from gpa.errors import TraceError
+from gpa.errors import ShapeError, TraceError
 from gpa.frontends.functions import called_function
 from gpa.frontends.fx.branches import calls_when_run, other_branch_message, random_states
 from gpa.frontends.fx.checkpoints import unfed_checkpoints
@@ -245,6 +245,10 @@ def _constant(value: Any) -> bool:
     return isinstance(value, _CONSTANT_INPUTS) and value == value  # noqa: PLR0124
 
 
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_STAR = inspect.Parameter.VAR_POSITIONAL
+
+
 def _forward_arguments(
     model: nn.Module, options: AnalysisOptions
 ) -> tuple[dict[str, Any], dict[str, type]]:
@@ -259,7 +263,11 @@ def _forward_arguments(
     …, and ``**kwargs`` is empty (as fx names them: ``"*args": ()`` for Ultralytics'
     ``forward(x, *args, **kwargs)``): forward unpacks them, and fx's one proxy for them all
     cannot be unpacked. The classes answer the model's type tests on its inputs (see
-    :class:`~gpa.frontends.fx.tracer.GpaProxy`); inputs made from shapes are tensors."""
+    :class:`~gpa.frontends.fx.tracer.GpaProxy`); inputs made from shapes are tensors.
+
+    Raises:
+        ShapeError: more inputs are given than ``forward`` takes by position.
+    """
     if isinstance(model, fx.GraphModule):
         return {}, {}
     try:
@@ -268,6 +276,14 @@ def _forward_arguments(
         return {}, {}
     given = options.example_inputs
     count = len(given) if given is not None else len(options.input_shape or ())
+    positional = [p.name for p in parameters if p.kind in _POSITIONAL]
+    if count > len(positional) and all(p.kind is not _STAR for p in parameters):
+        # (fx's graph would leave them unread: export and autograd raise as Python does)
+        names = ", ".join(map(repr, positional))
+        raise ShapeError(
+            f"the model's forward takes {len(positional)} input(s) ({names}) but {count} "
+            "example inputs were given"
+        )
 
     def placeholder(j: int, name: str) -> Any:  # the constant, else fx.PH and its class
         value = given[j] if given is not None else torch.empty(0)
@@ -279,7 +295,7 @@ def _forward_arguments(
     constants: dict[str, Any] = {}
     classes: dict[str, type] = {}
     for i, p in enumerate(parameters):
-        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+        if p.kind is _STAR:
             # the inputs reaching it, one placeholder each (see GpaTracer); else empty
             constants[f"*{p.name}"] = tuple(
                 placeholder(j, f"{p.name}_{j - i}") for j in range(i, count)
