@@ -60,6 +60,7 @@ __all__ = [
     "display_name",
     "opaque_layer_types",
     "preserved_state",
+    "StateSnapshot",
     "parameters_requiring_grad",
     "buffers_copied",
     "hooked_calls_message",
@@ -305,16 +306,17 @@ TRACING = threading.RLock()
 
 
 @contextlib.contextmanager
-def training_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
+def training_mode(model: nn.Module, train: bool) -> Iterator[StateSnapshot]:
     """``model`` in train (or eval) mode for the block, read by this thread alone (under
     :data:`TRACING`); every module's own mode is restored afterwards, so a mixed train/eval
-    state survives. Compiled modules run eagerly meanwhile."""
+    state survives, and its state as :func:`preserved_state` keeps it (the snapshot is
+    given, to restore within the block). Compiled modules run eagerly meanwhile."""
     with TRACING:
         modes = [(m, m.training) for m in model.modules()]
         model.train(train)
         try:
-            with preserved_state(model), eager_compiled_modules():
-                yield model
+            with preserved_state(model) as snapshot, eager_compiled_modules():
+                yield snapshot
         finally:
             for m, mode in modes:
                 m.training = mode
@@ -493,12 +495,41 @@ def parameters_requiring_grad(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(False)
 
 
+class StateSnapshot:
+    """Every module's attributes, parameters and buffers of ``model`` as they were when
+    the snapshot was taken; :meth:`restore` puts them back, as often as asked (TorchScript
+    modules, whose state lives in C++, are left out)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._saved = [
+            (m.__dict__, m.__dict__.copy(), *_containers(m))
+            for m in model.modules()
+            if not isinstance(m, torch.jit.ScriptModule)
+        ]
+
+    def restore(self) -> None:
+        """Put back every attribute and container entry that differs from the snapshot."""
+        for attributes, before, filled, empty in self._saved:
+            if not same_entries(attributes, before):
+                attributes.clear()
+                attributes.update(before)
+            for now, held in filled:
+                _restore(now, held)
+            if any(empty):  # most containers a module holds are empty: hooks
+                for now in empty:
+                    now.clear()
+
+
 @contextlib.contextmanager
-def preserved_state(model: nn.Module) -> Iterator[None]:
+def preserved_state(
+    model: nn.Module, snapshot: StateSnapshot | None = None
+) -> Iterator[StateSnapshot]:
     """Every module's attributes, parameters and buffers as they were before the block,
     whatever ``forward`` assigned meanwhile (``docs/semantics.md`` §1.8): a model that
     caches values in forward (RT-DETR's decoder keeps its anchors, ``self.anchors = …``)
-    would otherwise keep the fake or meta tensors a frontend ran it with.
+    would otherwise keep the fake or meta tensors a frontend ran it with. ``snapshot``: one
+    taken of ``model`` in the state it is in now, restored instead of taking another (a
+    walk of every module).
 
     Example:
         >>> class Caching(nn.Module):
@@ -511,23 +542,11 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
         >>> hasattr(m, "last")
         False
     """
-    saved = [
-        (m.__dict__, m.__dict__.copy(), *_containers(m))
-        for m in model.modules()
-        if not isinstance(m, torch.jit.ScriptModule)  # its state lives in C++
-    ]
+    snapshot = snapshot if snapshot is not None else StateSnapshot(model)
     try:
-        yield
+        yield snapshot
     finally:
-        for attributes, before, filled, empty in saved:
-            if not same_entries(attributes, before):
-                attributes.clear()
-                attributes.update(before)
-            for now, held in filled:
-                _restore(now, held)
-            if any(empty):  # most containers a module holds are empty: hooks
-                for now in empty:
-                    now.clear()
+        snapshot.restore()
 
 
 # Containers whose entries are restored in place (and their subclasses that keep the

@@ -87,12 +87,14 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             f"torch.fx does not trace: it traces {cls}.forward. --tracer export or autograd "
             "call the model's own (auto moves on)"
         )
-    with training_mode(model, options.train):
+    with training_mode(model, options.train) as state:
         leaves = [*(options.leaf_modules or ()), *opaque_layer_types(model, options.layer_types)]
         traced = _rooted(model, leaves)
         kinds = norm_act_kinds(model, types) if traced is model else None
         drawn = random_states()  # what the trace draws, the check below draws again
-        gm = trace(traced, leaves, kinds, *_forward_arguments(traced, options))
+        constants, classes = _forward_arguments(traced, options)
+        # (the model's state is as the snapshot took it: the trace restores that one)
+        gm = trace(traced, leaves, kinds, constants, classes, state if traced is model else None)
         name_outputs(gm.graph)
         gm.recompile()
         notes = output_notes(gm, options.outputs)

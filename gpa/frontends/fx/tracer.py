@@ -49,6 +49,7 @@ from gpa.frontends.fx.norm_act import norm_then_activations
 from gpa.frontends.modules import (
     PARALLEL,
     TRACING,
+    StateSnapshot,
     buffers_copied,
     compiled,
     preserved_state,
@@ -574,6 +575,7 @@ def trace(
     kinds: Mapping[str, Hashable] | None = None,
     constants: Mapping[str, Any] | None = None,
     classes: Mapping[str, type] | None = None,
+    snapshot: StateSnapshot | None = None,
 ) -> fx.GraphModule:
     """Trace ``model`` symbolically with torch.fx.
 
@@ -590,6 +592,8 @@ def trace(
         classes: the classes of the inputs traced as placeholders, by placeholder name
             (``forward``'s parameter; ``args_0`` … for ``*args``): the model's type tests
             on its inputs are answered with them (see :class:`GpaProxy`).
+        snapshot: ``model``'s state as it is now (taken by the caller), restored after the
+            trace instead of taking one here.
 
     Returns:
         A ``GraphModule`` whose graph contains :func:`grad_mode` calls where
@@ -613,7 +617,7 @@ def trace(
             _FX_LOCK,
             torch.enable_grad(),
             watch,
-            preserved_state(model),
+            preserved_state(model, snapshot),
             buffers_copied(model),
             functions_recorded(),
             RandomBranches() as randomness,
