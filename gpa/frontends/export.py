@@ -67,6 +67,13 @@ from gpa.core.graph import GradientGraph, LayerCall
 from gpa.errors import GpaError, ShapeError, TraceError
 from gpa.frontends.frames import Site, caller_site, stack_trace_site, user_frame
 from gpa.frontends.functions import custom_function_calls, run_function
+from gpa.frontends.fx.branches import (
+    EXACT_TYPE_TESTS,
+    calls_when_run,
+    other_branch_message,
+    random_states,
+    type_tests_unseen,
+)
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import (
@@ -166,7 +173,9 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             "begin and end; fx and autograd read it (auto moves on)"
         )
     with training_mode(model, options.train):
+        drawn = random_states()  # what export draws, the check below draws again
         program, inputs, watched, sites = _export(root, options)
+        _refuse_other_branch(root, inputs, sites, types, drawn)
         try:
             gm, fused, used, unfed = _remodule(root, program, is_opaque, types, watched, sites)
         except SyntaxError as exc:  # fx writes module names into Python code
@@ -204,6 +213,33 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         traced=gm,
         opaque=[custom_operator_label(name) for name in operators],
     )
+
+
+def _refuse_other_branch(
+    model: nn.Module, inputs: tuple, sites: _Sites, types: tuple[type, ...], drawn: tuple
+) -> None:
+    """Refuse an export that took another branch than the run. Export runs ``forward`` on
+    fake tensors, a subclass of Tensor: a test of a value's exact class (``type(h) is
+    torch.Tensor``, ``h.__class__``) answers otherwise. Where ``forward``'s code makes one
+    (:func:`~gpa.frontends.fx.branches.type_tests_unseen`), a run on the meta device
+    counts each layer module's calls against export's (``sites``, every module call).
+
+    Raises:
+        TraceError: a layer module is called otherwise than when the model runs.
+    """
+    if not type_tests_unseen(model, (), EXACT_TYPE_TESTS):
+        return
+    layers = [n for n, m in model.named_modules() if n and is_layer_module(m, types)]
+    run = calls_when_run(model, inputs, layers, drawn)
+    modules = dict(model.named_modules())
+    differ = {
+        name: (len(sites.get(id(modules[name]), ())), count)
+        for name, count in (run or {}).items()
+        if len(sites.get(id(modules[name]), ())) != count
+    }
+    if differ:
+        tests = "type(h) is torch.Tensor, h.__class__"
+        raise TraceError(other_branch_message(model, differ, "torch.export", tests))
 
 
 def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, bool, _Sites]:

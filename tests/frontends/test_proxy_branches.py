@@ -21,7 +21,7 @@ from torch import nn
 
 import gpa
 from gpa.errors import ShapeError, TraceError
-from tests.frontends.every_tracer import EVERY_TRACER
+from tests.frontends.every_tracer import EVERY_TRACER, auto_after_fx_refuses, layer_records
 from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
 
 #: How ``Guarded`` decides whether to call ``proj`` on the backbone's features ``f``.
@@ -30,6 +30,9 @@ GUARDS = {
     "is_tensor": lambda m, f: torch.is_tensor(f),
     "not_a_sequence": lambda m, f: not isinstance(f, (list, tuple)),
     "no_attribute": lambda m, f: not hasattr(f, "pooler_output"),
+    "no_fields": lambda m, f: not hasattr(f, "_fields"),  # a named tuple's
+    "type": lambda m, f: type(f) is torch.Tensor,
+    "attribute_isinstance": lambda m, f: isinstance(f.mT, torch.Tensor),
 }
 
 
@@ -56,9 +59,10 @@ def test_a_type_or_attribute_test_on_a_layers_output_takes_the_models_branch(
 ) -> None:
     """By hand, proj called (every guard holds on a tensor): head 1, proj 2, backbone 3.
     fx's proxies fail every guard but ``not_a_sequence`` (a proxy is no tensor, and has
-    every attribute): fx refuses, auto moves on; on that one fx gives the records."""
+    every attribute): fx refuses, auto moves on; on that one fx gives the records.
+    Export's fake tensors fail the exact ``type`` test: export refuses, auto moves on."""
     model, x = Guarded(guard), torch.randn(1, 3, 6, 6)
-    if tracer == "fx" and guard != "not_a_sequence":
+    if (tracer == "fx" and guard != "not_a_sequence") or (tracer, guard) == ("export", "type"):
         with pytest.raises(TraceError, match="'proj' is called when it runs, not in the trace"):
             gpa.analyze(model, (x,), tracer=tracer)
         return
@@ -94,9 +98,10 @@ def test_a_test_on_a_proxy_that_changes_how_often_a_layer_is_called(
     twice, at rounds 1 (from the loss) and 2 (from f), a at 2. Else out = f(x) + a(x): f
     and a once, at 1. fx's proxies fail every guard but ``not_a_sequence``, so its trace
     calls f once where the run calls it twice, or twice where it runs once: fx refuses
-    (the run counts the calls), auto moves on; on that guard fx gives the records."""
+    (the run counts the calls), auto moves on; on that guard fx gives the records.
+    Export's fake tensors fail the exact ``type`` test: export refuses too."""
     model, x = CalledAgain(guard, again), torch.randn(2, 4)
-    if tracer == "fx" and guard != "not_a_sequence":
+    if (tracer == "fx" and guard != "not_a_sequence") or (tracer, guard) == ("export", "type"):
         said = "2 times when it runs, 1 in" if again else "1 time when it runs, 2 in"
         with pytest.raises(TraceError, match=f"'f' is called {said} the trace"):
             gpa.analyze(model, (x,), tracer=tracer)
@@ -406,3 +411,69 @@ def test_a_mode_of_the_callers_sees_every_norm_of_the_check() -> None:
     with Counting() as counting:
         called = calls_when_run(model, (torch.randn(2, 3, 6, 6),), ["proj"])
     assert called == {"proj": 1} and counting.norms == 4
+
+
+class Doubled(nn.Module):
+    def __init__(self, lin: nn.Module) -> None:
+        super().__init__()
+        self.lin = lin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * 2
+
+
+class SharedInLeaf(nn.Module):
+    """f called, then again inside the leaf ``w`` that holds it; a test that a proxy and a
+    tensor answer alike (``isinstance(h, (tuple, list))``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f, self.g = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.w = Doubled(self.f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.w(self.f(x))
+        if isinstance(h, (tuple, list)):
+            h = h[0]
+        return self.g(h)
+
+
+def test_calls_inside_a_leaf_are_not_counted_against_the_trace() -> None:
+    """The run calls f twice, once inside the leaf w, which the trace records as one call
+    (of a layer holding f's weights): no other branch (the count refused it). By hand: g
+    1, w 2, f 3 (its own call), as autograd reads it."""
+    model, x = SharedInLeaf(), torch.randn(2, 4)
+    fx_report = gpa.analyze(model, (x,), tracer="fx", leaf_modules=["w"])
+    expect(fx_report, "g", {1: 1}, (LOSS,))
+    expect(fx_report, "w", {2: 1}, ("g",))
+    expect(fx_report, "f", {3: 1}, ("w",))
+    by_autograd = gpa.analyze(model, (x,), tracer="autograd", leaf_modules=["w"])
+    assert layer_records(fx_report) == layer_records(by_autograd)
+    check_reachability_with_autograd(fx_report, model, x)
+
+
+class ScriptedGuarded(nn.Module):
+    """a -> (the TorchScript block if a's output is a tensor) -> g."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.g = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.inner = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if isinstance(h, torch.Tensor):
+            h = self.inner(h)
+        return self.g(h)
+
+
+def test_a_test_before_a_scripted_call_is_refused_by_fx() -> None:
+    """TorchScript modules take no hooks, so the run cannot count the block's calls after a
+    test fx answers otherwise: fx refuses (before: the block's layers uncalled, in silence)
+    and auto moves on."""
+    model, x = ScriptedGuarded(), torch.randn(2, 4)
+    report = auto_after_fx_refuses(model, "cannot be counted when it runs", example_inputs=(x,))
+    # by hand: the block is one call (§1.1): g 1, inner 2, a 3
+    expect(report, "g", {1: 1}, (LOSS,))
+    expect(report, "inner", {2: 1}, ("g",))
+    expect(report, "a", {3: 1}, ("inner",))

@@ -28,7 +28,13 @@ from torch import nn
 from gpa.core.graph import GradientGraph
 from gpa.errors import ShapeError, TraceError
 from gpa.frontends.functions import called_function
-from gpa.frontends.fx.branches import calls_when_run, other_branch_message, random_states
+from gpa.frontends.fx.branches import (
+    calls_when_run,
+    other_branch_message,
+    random_states,
+    type_tests_unseen,
+    uncounted_message,
+)
 from gpa.frontends.fx.checkpoints import unfed_checkpoints
 from gpa.frontends.fx.flow import RETURNED_INPUTS, flow_from_names
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
@@ -130,17 +136,19 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     notes += [custom_operator_note(name, owners) for name, owners in operators.items()]
     notes += [unfed_checkpoint_note(unfed)] if unfed else []
     uncalled = uncalled_layers(traced, gm, options.layer_types, calls)
-    traced_calls = _layer_module_calls(gm, calls, uncalled)
+    leaves = [node.target for node in gm.graph.nodes if node.op == "call_module"]
+    tested = inputs is not None and (gm.meta.get(TESTED) or type_tests_unseen(traced, leaves))
+    traced_calls = _layer_module_calls(gm, calls, uncalled, tested)
     if traced_calls and inputs is not None:  # did a test on a proxy take another branch?
         with training_mode(model, options.train):
-            run = calls_when_run(traced, inputs, traced_calls, drawn)
-        differ = {
-            name: (count, run[name])
-            for name, count in traced_calls.items()
-            if run is not None and name in run and run[name] != count
-        }
-        if differ:
-            raise TraceError(other_branch_message(model, differ))
+            run = calls_when_run(traced, inputs, traced_calls, drawn, leaves)
+        if run is not None:
+            differ = {n: (c, run[n]) for n, c in traced_calls.items() if n in run and run[n] != c}
+            if differ:
+                raise TraceError(other_branch_message(model, differ))
+            uncounted = [n for n in traced_calls if n not in run]
+            if tested and uncounted:  # TorchScript modules: their calls cannot be confirmed
+                raise TraceError(uncounted_message(model, uncounted))
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls={node.name: call for node, call in calls.items()},
@@ -160,15 +168,15 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
 
 
 def _layer_module_calls(
-    gm: fx.GraphModule, calls: dict[fx.Node, Any], uncalled: Sequence[tuple[str, str]]
+    gm: fx.GraphModule, calls: dict[fx.Node, Any], uncalled: Sequence[tuple[str, str]], tested: bool
 ) -> dict[str, int]:
     """The layer modules whose calls the run must confirm, by qualified name, with their
-    calls in the trace: the layers left uncalled (none); and where the model's code tested
-    a proxy as no tensor answers (:data:`~gpa.frontends.fx.tracer.TESTED`), every layer
-    module called, as many times as the trace calls it (a branch taken otherwise may call
-    the same layers, once too few: ``if isinstance(y, torch.Tensor): h = self.f(h + y)``)."""
+    calls in the trace: the layers left uncalled (none); and where the model's code may
+    have tested a proxy as no tensor answers (``tested``), every layer module called, as
+    many times as the trace calls it (a branch taken otherwise may call the same layers,
+    once too few: ``if isinstance(y, torch.Tensor): h = self.f(h + y)``)."""
     counts = dict.fromkeys((name for name, _ in uncalled), 0)
-    if gm.meta.get(TESTED):
+    if tested:
         for node in calls:
             if node.op == "call_module":
                 counts[node.target] = counts.get(node.target, 0) + 1

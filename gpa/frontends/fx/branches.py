@@ -27,8 +27,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import itertools
 import random
+import types
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -40,10 +43,19 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode, _get_current_function_mode
 from torch.utils._pytree import tree_map
 
+from gpa.frontends.fx.lookalike import code_names
 from gpa.frontends.fx.shape_rules import FUNCTION_RULES
 from gpa.frontends.modules import preserved_state
 
-__all__ = ["calls_when_run", "other_branch_message", "random_states"]
+__all__ = [
+    "calls_when_run",
+    "other_branch_message",
+    "random_states",
+    "type_tests_unseen",
+    "EXACT_TYPE_TESTS",
+    "UNSEEN_BY_PROXIES",
+    "uncounted_message",
+]
 
 
 def random_states() -> tuple[Any, Any, torch.Tensor]:
@@ -53,26 +65,43 @@ def random_states() -> tuple[Any, Any, torch.Tensor]:
 
 
 def calls_when_run(
-    model: nn.Module, inputs: tuple, names: Iterable[str], states: tuple | None = None
+    model: nn.Module,
+    inputs: tuple,
+    names: Iterable[str],
+    states: tuple | None = None,
+    leaves: Iterable[str] = (),
 ) -> dict[str, int] | None:
     """How many times ``forward`` calls each module of ``names`` (qualified names; a module
     held under two names counts under both) when it runs on meta copies of ``inputs`` and
     of the model's weights, drawing from the random ``states`` (:func:`random_states`) if
     given; None when it cannot run there (its branches need values). The model and the
-    random states are left as they were."""
+    random states are left as they were.
+
+    A call made while one of ``leaves`` runs (modules the trace records as one call, by
+    qualified name) is not counted: the trace does not see it. A TorchScript module takes
+    no hooks: it is left out of the answer (not counted)."""
     modules = dict(model.named_modules(remove_duplicate=False))
     names = [n for n in names if n in modules]
-    checked = {  # (TorchScript modules take no hooks: not checked)
-        id(modules[n]): modules[n]
-        for n in names
-        if not isinstance(modules[n], torch.jit.ScriptModule)
+    hookable = {
+        n: modules[n]
+        for n in (*names, *leaves)
+        if n in modules and not isinstance(modules[n], torch.jit.ScriptModule)
     }
-    counts = dict.fromkeys(checked, 0)
+    counts = {id(hookable[n]): 0 for n in names if n in hookable}
+    inside = {id(hookable[n]): hookable[n] for n in leaves if n in hookable}
+    running = [0]  # calls of leaves under way
 
-    def count(m: nn.Module, args: tuple) -> None:
-        counts[id(m)] += 1
+    def enter(m: nn.Module, args: tuple) -> None:
+        if not running[0] and id(m) in counts:
+            counts[id(m)] += 1
+        running[0] += id(m) in inside
 
-    handles = [m.register_forward_pre_hook(count) for m in checked.values()]
+    def leave(m: nn.Module, args: tuple, output: Any) -> None:
+        running[0] -= 1
+
+    counted = {id(m): m for m in hookable.values() if id(m) in counts}
+    handles = [m.register_forward_pre_hook(enter) for m in {**counted, **inside}.values()]
+    handles += [m.register_forward_hook(leave, always_call=True) for m in inside.values()]
     held = itertools.chain(
         model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)
     )
@@ -88,6 +117,59 @@ def calls_when_run(
         for h in handles:
             h.remove()
     return {n: counts[id(modules[n])] for n in names if id(modules[n]) in counts}
+
+
+#: Names of calls that test a value's class without asking it (``type(h) is torch.Tensor``),
+#: which no proxy sees: sought in the code fx traces.
+UNSEEN_BY_PROXIES = frozenset({"type", "is_dataclass"})
+
+#: Names of what tests a value's exact class (``type(h) is torch.Tensor``, ``h.__class__``),
+#: which export's fake tensors (a subclass) answer otherwise.
+EXACT_TYPE_TESTS = frozenset({"type", "__class__"})
+
+
+def type_tests_unseen(
+    model: nn.Module, leaves: Iterable[str], tests: frozenset[str] = UNSEEN_BY_PROXIES
+) -> bool:
+    """Whether the code of a module fx traces into (``model`` or one of its modules not
+    inside ``leaves``, qualified names of the modules the trace records as one call) may
+    test a value's class unseen by the trace: names of ``tests`` (``type(...)``,
+    ``is_dataclass(...)``) in its ``forward``, in the methods it calls on ``self``, in
+    functions it holds as attributes, or in the functions they call by name.
+
+    Example:
+        >>> class Typed(nn.Module):
+        ...     def forward(self, x):
+        ...         return x if type(x) is torch.Tensor else x[0]
+        >>> type_tests_unseen(Typed(), []), type_tests_unseen(nn.Sequential(Typed()), ["0"])
+        (True, False)
+    """
+    leaves = set(leaves)
+    for name, module in model.named_modules():
+        parts = name.split(".") if name else []
+        if any(".".join(parts[: i + 1]) in leaves for i in range(len(parts))):
+            continue  # (inside a module recorded as one call)
+        functions = (v for k, v in vars(module).items() if isinstance(v, types.FunctionType))
+        if _class_names(type(module)) & tests or any(_function_names(f) & tests for f in functions):
+            return True
+    return False
+
+
+@functools.cache
+def _class_names(cls: type) -> frozenset[str]:
+    """The names ``cls.forward`` reads (see :func:`type_tests_unseen`)."""
+    forward = inspect.unwrap(getattr(cls, "forward", None) or (lambda: None))
+    names = code_names(forward, depth=2)
+    for name in names:  # the methods forward calls on self (timm's forward_features)
+        method = getattr(cls, name, None)
+        if isinstance(method, types.FunctionType) and method is not forward:
+            names = names | code_names(method, depth=1)
+    return names
+
+
+@functools.lru_cache(maxsize=1024)
+def _function_names(function: types.FunctionType) -> frozenset[str]:
+    return code_names(function, depth=2)
 
 
 # The functional normalisations, by the flow pass's own rules: each checks the call as
@@ -153,24 +235,43 @@ def _drawing_from(states: tuple | None) -> Iterator[None]:
         torch.set_rng_state(now[2])
 
 
-def other_branch_message(model: nn.Module, differ: Mapping[str, tuple[int, int]]) -> str:
+def other_branch_message(
+    model: nn.Module,
+    differ: Mapping[str, tuple[int, int]],
+    frontend: str = "torch.fx",
+    tests: str = "isinstance(h, torch.Tensor), hasattr, a leaf's output being None",
+) -> str:
     """The refusal for a trace that calls layer modules otherwise than the run: ``differ``
-    maps their names to (calls in the trace, calls when run)."""
+    maps their names to (calls in the trace, calls when run); ``tests``: the kinds of test
+    that answer otherwise in ``frontend``'s trace."""
     skipped = [n for n, (traced, _) in differ.items() if not traced]
     said = []
     if skipped:
         are = "is" if len(skipped) == 1 else "are"
-        said.append(
-            f"{', '.join(repr(n) for n in skipped)} {are} called when it runs, not in the trace"
-        )
+        names = ", ".join(repr(n) for n in skipped)
+        said.append(f"{names} {are} called when it runs, not in the trace")
     said += [
         f"{n!r} is called {run} time{'s' * (run != 1)} when it runs, {traced} in the trace"
         for n, (traced, run) in differ.items()
         if traced
     ]
+    held = "a proxy" if frontend == "torch.fx" else "a fake tensor"
     return (
-        f"torch.fx's trace of {type(model).__name__} took another branch than its forward "
-        f"takes: {'; '.join(said)} (forward tests a value "
-        "fx holds as a proxy — isinstance(h, torch.Tensor), hasattr, a leaf's output "
-        "being None — which answers otherwise)"
+        f"{frontend}'s trace of {type(model).__name__} took another branch than its forward "
+        f"takes: {'; '.join(said)} (forward tests a value {frontend} holds as {held} — "
+        f"{tests} — which answers otherwise)"
+    )
+
+
+def uncounted_message(model: nn.Module, uncounted: Iterable[str]) -> str:
+    """The refusal for a trace whose branches the run cannot confirm: the model's code
+    tested a proxy, and the layer modules ``uncounted`` are TorchScript modules, which take
+    no hooks to count their calls."""
+    names = ", ".join(f"'{n}'" for n in uncounted)
+    return (
+        f"torch.fx's trace of {type(model).__name__} may have taken another branch than its "
+        "forward takes (forward tests a value fx holds as a proxy — isinstance(h, "
+        "torch.Tensor), hasattr, type(h) — which answers otherwise), and how many times "
+        f"forward calls {names} cannot be counted when it runs (TorchScript modules take "
+        "no hooks)"
     )

@@ -194,21 +194,22 @@ AUGMENTED = {
 }
 
 
-class GpaProxy(fx.Proxy):
-    """fx's proxy, recording augmented assignments (see :data:`AUGMENTED`), and answering
-    the model's type tests on it as the run would where it can.
+class _TestsAnswered:
+    """What :class:`GpaProxy` and :class:`GpaAttribute` share: the model's type tests on a
+    proxy answered as the run would where it can.
 
     The placeholder of an input answers the model's code with the input's class
     (``stands_for``): ``isinstance(x, dict)`` and ``isinstance(x, torch.Tensor)`` as on the
     input itself. Any other proxy notes on its tracer (``tested``) where the model's code
     asks its class (``isinstance(h, torch.Tensor)`` does) or an attribute no tensor has
-    (``hasattr(out, "logits")``), which it answers otherwise than the tensor it stands for.
-    torch's own code, which fx relies on, and gpa's are answered as usual."""
+    (``hasattr(out, "logits")``, ``hasattr(h, "_fields")``), which it answers otherwise
+    than the value it stands for. torch's own code, which fx relies on, and gpa's are
+    answered as usual."""
 
     stands_for: type | None = None  # the class of the input a placeholder stands for
 
-    def __getattr__(self, k: str) -> fx.proxy.Attribute:
-        if not k.startswith("_") and not hasattr(torch.Tensor, k) and _asked_by_model():
+    def __getattr__(self, k: str) -> GpaAttribute:
+        if not hasattr(torch.Tensor, k) and _asked_by_model():
             self.tracer.tested = True
         return GpaAttribute(self, k)
 
@@ -217,13 +218,18 @@ class GpaProxy(fx.Proxy):
         if _asked_by_model():
             if self.stands_for is not None:
                 return self.stands_for
-            if self.holds_tensor():
+            if self.class_test_noted():
                 self.tracer.tested = True
         return type(self)
 
-    def holds_tensor(self) -> bool:
-        """Whether the proxy may stand for a tensor (whose class test a proxy fails)."""
+    def class_test_noted(self) -> bool:
+        """Whether the model's code asking this proxy its class is noted (``tested``)."""
         return True
+
+
+class GpaProxy(_TestsAnswered, fx.Proxy):
+    """fx's proxy, recording augmented assignments (see :data:`AUGMENTED`), and answering
+    the model's type tests as :class:`_TestsAnswered` says."""
 
     def __len__(self) -> int:
         count = _pieces(self.node)  # ``list(x.chunk(2, 1))`` asks first (see GpaTracer.iter)
@@ -244,9 +250,9 @@ def _asked_by_model() -> bool:
     return asker.partition(".")[0] not in ("torch", "gpa")
 
 
-class GpaAttribute(fx.proxy.Attribute):
+class GpaAttribute(_TestsAnswered, fx.proxy.Attribute):
     """An attribute of a proxy (``x.T``, a view: ``x.T += y`` writes into ``x``), recording
-    augmented assignments as :class:`GpaProxy` does."""
+    augmented assignments and answering type tests as :class:`GpaProxy` does."""
 
 
 def _augmented(op: Callable[[Any, Any], Any]) -> Callable[[fx.Proxy, Any], fx.Proxy]:
