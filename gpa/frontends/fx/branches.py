@@ -134,8 +134,9 @@ def type_tests_unseen(
     """Whether the code of a module fx traces into (``model`` or one of its modules not
     inside ``leaves``, qualified names of the modules the trace records as one call) may
     test a value's class unseen by the trace: names of ``tests`` (``type(...)``,
-    ``is_dataclass(...)``) in its ``forward``, in the methods it calls on ``self``, in
-    functions it holds as attributes, or in the functions they call by name.
+    ``is_dataclass(...)``) in its ``forward``, in the methods it calls on ``self`` or in
+    functions it holds as attributes (helpers they call are not read: timm's call
+    ``type`` for their messages).
 
     Example:
         >>> class Typed(nn.Module):
@@ -157,19 +158,23 @@ def type_tests_unseen(
 
 @functools.cache
 def _class_names(cls: type) -> frozenset[str]:
-    """The names ``cls.forward`` reads (see :func:`type_tests_unseen`)."""
+    """The names ``cls.forward`` and the methods it calls on ``self`` read, of a class
+    outside torch (torch's own modules test no classes of values: their code names
+    ``type`` for messages)."""
+    if cls.__module__.partition(".")[0] == "torch":
+        return frozenset()
     forward = inspect.unwrap(getattr(cls, "forward", None) or (lambda: None))
-    names = code_names(forward, depth=2)
+    names = code_names(forward, depth=0)
     for name in names:  # the methods forward calls on self (timm's forward_features)
         method = getattr(cls, name, None)
         if isinstance(method, types.FunctionType) and method is not forward:
-            names = names | code_names(method, depth=1)
+            names = names | code_names(method, depth=0)
     return names
 
 
 @functools.lru_cache(maxsize=1024)
 def _function_names(function: types.FunctionType) -> frozenset[str]:
-    return code_names(function, depth=2)
+    return code_names(function, depth=0)
 
 
 # The functional normalisations, by the flow pass's own rules: each checks the call as
