@@ -755,15 +755,41 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
         named = cls.__qualname__ if cls.__module__.startswith(TARGET_MODULE_PREFIX) else None
         lines.append(f"  while tracing module '{module}' ({named or class_path(cls)})")
     found = (hint for kind, said, hint in _FX_LIMITS if isinstance(exc, kind) and said in str(exc))
-    hint = next(found, _OTHER_FAILURE)
+    hint = _DECORATED if _raised_by_decorator(model, exc) else next(found, _OTHER_FAILURE)
     lines.append(hint.replace("--leaf NAME", f"--leaf {module}") if module else hint)
     return "\n".join(lines)
+
+
+def _raised_by_decorator(model: nn.Module, exc: BaseException) -> bool:
+    """Whether ``exc`` was raised in the code of a decorator wrapping a ``forward`` of the
+    model's modules (Hugging Face's ``@merge_with_config_defaults`` reads ``kwargs``, which
+    fx's binding leaves None): the model's code is not at fault, nor tensor values."""
+    wrappers = set()
+    for cls in {type(m) for m in model.modules()}:
+        forward = getattr(cls, "forward", None)
+        while hasattr(forward, "__wrapped__"):  # (each decorator's code, the inner forward's not)
+            wrappers.add(_where(getattr(forward, "__code__", None)))
+            forward = forward.__wrapped__
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    # by place: fx runs the root's forward from a copy of its code
+    return tb is not None and _where(tb.tb_frame.f_code) in wrappers
+
+
+def _where(code: Any) -> tuple | None:
+    return (code.co_filename, code.co_firstlineno, code.co_name) if code is not None else None
 
 
 # What fx's failures say, and what to do: (exception type, words of its message, hint).
 # Not a matter of values: fx records no item assignment at all, and cannot bind the
 # arguments of a forward whose signature is a decorator's (``*args, **kwargs``: Hugging
 # Face's ``@can_return_tuple`` and its kin), for which the data-dependent hint misled.
+_DECORATED = (
+    "torch.fx cannot bind the arguments of a forward wrapped by a decorator taking "
+    "*args and **kwargs (as Hugging Face's are); --tracer export or autograd reads it "
+    "(auto moves on)."
+)
 _FX_LIMITS = (
     (
         TypeError,
@@ -771,13 +797,7 @@ _FX_LIMITS = (
         "torch.fx records no item assignment (x[...] = y) in forward; --tracer export "
         "or autograd reads it (auto moves on), or write it with index_put / torch.cat.",
     ),
-    (
-        ValueError,
-        "co_varnames is too small",
-        "torch.fx cannot bind the arguments of a forward wrapped by a decorator taking "
-        "*args and **kwargs (as Hugging Face's are); --tracer export or autograd reads it "
-        "(auto moves on).",
-    ),
+    (ValueError, "co_varnames is too small", _DECORATED),
 )
 _DATA_DEPENDENT = (
     "Symbolic tracing cannot follow control flow or Python logic that depends on "
