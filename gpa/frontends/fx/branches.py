@@ -146,23 +146,36 @@ def type_tests_unseen(
         (True, False)
     """
     leaves = set(leaves)
-    for name, module in model.named_modules():
-        parts = name.split(".") if name else []
-        if any(".".join(parts[: i + 1]) in leaves for i in range(len(parts))):
-            continue  # (inside a module recorded as one call)
-        functions = (v for k, v in vars(module).items() if isinstance(v, types.FunctionType))
-        if _class_names(type(module)) & tests or any(_function_names(f) & tests for f in functions):
+    stack, seen = [("", model)], set()
+    while stack:  # the module tree, not into the modules recorded as one call
+        path, module = stack.pop()
+        if id(module) in seen:
+            continue
+        seen.add(id(module))
+        names = _class_names(type(module))
+        if names is None:  # torch's own module (see _class_names)
+            pass
+        elif names & tests or any(
+            _function_names(v) & tests for v in vars(module).values() if type(v) is _FUNCTION
+        ):
             return True
+        for name, child in module._modules.items():
+            inner = f"{path}.{name}" if path else name
+            if child is not None and inner not in leaves:
+                stack.append((inner, child))
     return False
 
 
+_FUNCTION = types.FunctionType
+
+
 @functools.cache
-def _class_names(cls: type) -> frozenset[str]:
-    """The names ``cls.forward`` and the methods it calls on ``self`` read, of a class
-    outside torch (torch's own modules test no classes of values: their code names
-    ``type`` for messages)."""
+def _class_names(cls: type) -> frozenset[str] | None:
+    """The names ``cls.forward`` and the methods it calls on ``self`` read; None for a
+    class of torch's (its modules test no classes of values, nor hold the model's
+    functions: their code names ``type`` for messages)."""
     if cls.__module__.partition(".")[0] == "torch":
-        return frozenset()
+        return None
     forward = inspect.unwrap(getattr(cls, "forward", None) or (lambda: None))
     names = code_names(forward, depth=0)
     for name in names:  # the methods forward calls on self (timm's forward_features)
