@@ -754,7 +754,9 @@ def _reads_its_keywords(forward):
 
     @functools.wraps(forward)
     def wrapper(self, *args, **kwargs):
-        kwargs.get("use_cache")
+        use_cache = kwargs.get("use_cache")  # (a local of its own, as theirs have)
+        if use_cache is not None:
+            kwargs["use_cache"] = bool(use_cache)
         return forward(self, *args, **kwargs)
 
     return wrapper
