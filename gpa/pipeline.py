@@ -37,7 +37,7 @@ from gpa.core.segments import SegmentList
 from gpa.errors import NoGradientError, NoLayersError
 from gpa.frontends import gradient_graph
 from gpa.frontends.counts import layer_counts
-from gpa.frontends.inputs import describe_inputs
+from gpa.frontends.inputs import check_input_count, describe_inputs
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     TRACING,
@@ -119,6 +119,8 @@ def _analyze(
     check_model(model)
     model, wrapped = unwrap_wrappers(model)
     options = resolve_options(options, model)
+    given = options.example_inputs if options.example_inputs is not None else options.input_shape
+    check_input_count(model, len(given or ()))
     step("tracing and propagating shapes")
     states = python_random_states()
     graph = gradient_graph(model, options)

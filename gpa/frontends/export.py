@@ -71,7 +71,6 @@ from gpa.frontends.fx.branches import (
     EXACT_TYPE_TESTS,
     calls_when_run,
     other_branch_message,
-    random_states,
     type_tests_unseen,
 )
 from gpa.frontends.fx.flow import GradientFlow
@@ -113,6 +112,7 @@ from gpa.frontends.modules import (
 )
 from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.outputs import exportable
+from gpa.frontends.randomness import drawing_from, random_states
 from gpa.frontends.watch import Checkpoints, unfed_checkpoint_note
 from gpa.options import AnalysisOptions
 
@@ -229,9 +229,11 @@ def _refuse_other_branch(
     """
     if not type_tests_unseen(model, (), EXACT_TYPE_TESTS):
         return
-    layers = [n for n, m in model.named_modules() if n and is_layer_module(m, types)]
-    run = calls_when_run(model, inputs, layers, drawn)
     modules = dict(model.named_modules())
+    layers = [n for n, m in modules.items() if n and is_layer_module(m, types)]
+    if not any(id(modules[n]) in sites for n in layers):
+        return  # export ran a copy of the model (tied modules): its calls cannot be matched
+    run = calls_when_run(model, inputs, layers, drawn)
     differ = {
         name: (len(sites.get(id(modules[name]), ())), count)
         for name, count in (run or {}).items()
@@ -272,6 +274,7 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
     def seen(function: type[torch.autograd.Function], args: tuple, kwargs: dict) -> None:
         functions[function] = None
 
+    states = random_states()  # every export draws what the first would (see _refuse_other_branch)
     for args in candidates:
         try:
             with (
@@ -280,11 +283,11 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
                 parameters_requiring_grad(model),
                 _autocast_off(),
             ):
-                with _call_sites() as sites:
+                with _call_sites() as sites, drawing_from(states):
                     program = torch.export.export(model, tuple(args), strict=False)
                 watched = _may_miss_grad_mode(program)
                 if watched:
-                    with Checkpoints(), _call_sites() as sites:
+                    with Checkpoints(), _call_sites() as sites, drawing_from(states):
                         program = torch.export.export(model, tuple(args), strict=False)
         except Exception as exc:  # the model cannot be exported on these inputs
             first = first or exc

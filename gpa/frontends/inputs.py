@@ -18,12 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpa.errors import GpaError
+from gpa.errors import GpaError, ShapeError
 from gpa.frontends.modules import unwrap_wrappers
 from gpa.names import class_path
 
 __all__ = [
     "bind_inputs",
+    "check_input_count",
     "describe_inputs",
     "describe_value",
     "floating_dtype",
@@ -44,6 +45,31 @@ def forward_parameters(model: nn.Module) -> dict[str, inspect.Parameter]:
         return dict(inspect.signature(inner.forward).parameters)
     except (TypeError, ValueError):  # a scripted or built-in forward
         return {}
+
+
+def check_input_count(model: nn.Module, count: int) -> None:
+    """Refuse ``count`` inputs where ``forward`` takes fewer by position (and no ``*args``):
+    Python refuses the call, and a trace would leave the others unread.
+
+    Raises:
+        ShapeError: too many inputs.
+
+    Example:
+        >>> check_input_count(nn.Linear(2, 2), 2)
+        Traceback (most recent call last):
+        ...
+        gpa.errors.ShapeError: the model's forward takes 1 input(s) ('input') but 2 example inputs were given
+    """
+    parameters = forward_parameters(model).values()
+    if not parameters or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return
+    positional = [p.name for p in parameters if p.kind in _POSITIONAL]
+    if count > len(positional):
+        names = ", ".join(map(repr, positional))
+        raise ShapeError(
+            f"the model's forward takes {len(positional)} input(s) ({names}) but {count} "
+            "example inputs were given"
+        )
 
 
 def bind_inputs(model: nn.Module, inputs: Any) -> Any:

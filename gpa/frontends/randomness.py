@@ -24,9 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,10 @@ __all__ = [
     "data_branch_note",
     "PYTHON_DRAWS_NOTE",
     "RandomBranches",
+    "drawing_from",
     "python_random_states",
     "random_branch_message",
+    "random_states",
 ]
 
 # Functions drawing random numbers (dropout too, when given a constant: ``F.dropout(
@@ -155,6 +158,38 @@ class RandomBranches(TorchFunctionMode):
             return False
         bound = args[1]
         return isinstance(bound, (int, float)) and not 0 < bound < 1
+
+
+def random_states() -> tuple[Any, Any, torch.Tensor]:
+    """Python's, numpy's and torch's (CPU) global random states, to draw again what a run
+    drew (a layer drop decided by ``random.random()``): see :func:`drawing_from`."""
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+@contextlib.contextmanager
+def drawing_from(states: tuple | None) -> Iterator[None]:
+    """The block draws from the random ``states`` (:func:`random_states`; None: from the
+    states as they are); the states are put back as they were afterwards.
+
+    Example:
+        >>> states = random_states()
+        >>> with drawing_from(states):
+        ...     first = random.random()
+        >>> with drawing_from(states):
+        ...     first == random.random()
+        True
+    """
+    now = random_states()
+    if states is not None:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+    try:
+        yield
+    finally:
+        random.setstate(now[0])
+        np.random.set_state(now[1])
+        torch.set_rng_state(now[2])
 
 
 def python_random_states() -> tuple:

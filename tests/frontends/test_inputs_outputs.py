@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gpa
+from gpa.errors import ShapeError
 from tests.frontends.every_tracer import EVERY_TRACER
 from tests.semantics import LOSS, at, expect, expect_network, expect_unreachable
 
@@ -717,14 +718,21 @@ class Defaulted(KeywordOnly):
         (lambda: nn.Sequential(nn.Linear(4, 2)), 2, "1 input(s) ('input')"),
         (KeywordOnly, 2, "1 input(s) ('x')"),  # not into the keyword-only scale
         (Defaulted, 3, "2 input(s) ('x', 'y')"),
+        (lambda: nn.Linear(4, 2), 2, "1 input(s) ('input')"),  # a layer as the model
     ],
-    ids=["sequential", "keyword_only", "defaulted"],
+    ids=["sequential", "keyword_only", "defaulted", "layer"],
 )
 def test_more_inputs_than_forward_takes_are_refused(model, given, takes, tracer) -> None:
-    """Python refuses the call, and so does every frontend (fx read the model without the
-    extra inputs, and auto reported its numbers)."""
+    """Python refuses the call, and so does every frontend, with one message (fx read the
+    model without the extra inputs, and auto reported its numbers; so did export where
+    the model is one layer)."""
     inputs = tuple(torch.randn(2, 4) for _ in range(given))
-    with pytest.raises(gpa.GpaError) as error:
+    with pytest.raises(ShapeError) as error:
         gpa.analyze(model(), inputs, tracer=tracer)
-    if tracer in ("fx", "auto"):
-        assert f"forward takes {takes} but {given} example inputs were given" in str(error.value)
+    assert f"forward takes {takes} but {given} example inputs were given" in str(error.value)
+
+
+def test_more_inputs_than_a_model_declared_a_leaf_takes_are_refused() -> None:
+    """A model read as one call (declared a leaf itself) is refused as Python refuses it."""
+    with pytest.raises(ShapeError, match="takes 1 input"):
+        gpa.analyze(KeywordOnly(), (torch.randn(2, 4),) * 2, leaf_modules=[KeywordOnly])

@@ -26,12 +26,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpa.core.graph import GradientGraph
-from gpa.errors import ShapeError, TraceError
+from gpa.errors import TraceError
 from gpa.frontends.functions import called_function
 from gpa.frontends.fx.branches import (
     calls_when_run,
     other_branch_message,
-    random_states,
     type_tests_unseen,
     uncounted_message,
 )
@@ -60,6 +59,7 @@ from gpa.frontends.modules import (
     training_mode,
 )
 from gpa.frontends.operators import custom_operator_label, custom_operator_note
+from gpa.frontends.randomness import random_states
 from gpa.frontends.watch import unfed_checkpoint_note
 from gpa.options import AnalysisOptions
 
@@ -137,8 +137,8 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     notes += [unfed_checkpoint_note(unfed)] if unfed else []
     uncalled = uncalled_layers(traced, gm, options.layer_types, calls)
     leaves = [node.target for node in gm.graph.nodes if node.op == "call_module"]
-    tested = inputs is not None and (gm.meta.get(TESTED) or type_tests_unseen(traced, leaves))
-    traced_calls = _layer_module_calls(gm, calls, uncalled, tested)
+    tested = _tested_from(gm, traced, leaves) if inputs is not None else None
+    traced_calls = _layer_module_calls(gm, calls, uncalled, tested is not None)
     if traced_calls and inputs is not None:  # did a test on a proxy take another branch?
         with training_mode(model, options.train):
             run = calls_when_run(traced, inputs, traced_calls, drawn, leaves)
@@ -146,8 +146,8 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             differ = {n: (c, run[n]) for n, c in traced_calls.items() if n in run and run[n] != c}
             if differ:
                 raise TraceError(other_branch_message(model, differ))
-            uncounted = [n for n in traced_calls if n not in run]
-            if tested and uncounted:  # TorchScript modules: their calls cannot be confirmed
+            uncounted = _after(gm, tested, [n for n in traced_calls if n not in run])
+            if uncounted:  # TorchScript modules: their calls cannot be confirmed
                 raise TraceError(uncounted_message(model, uncounted))
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
@@ -165,6 +165,30 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             *map(custom_operator_label, operators),
         ],
     )
+
+
+def _tested_from(gm: fx.GraphModule, model: nn.Module, leaves: Sequence[str]) -> fx.Node | None:
+    """The node after which the trace may have taken another branch than the run: where
+    the model's code first tested a proxy (:data:`~gpa.frontends.fx.tracer.TESTED`), or the
+    first node where the code fx traced makes a class test no proxy sees; None if neither."""
+    noted = gm.meta.get(TESTED)
+    if noted is not None:
+        return noted
+    return next(iter(gm.graph.nodes), None) if type_tests_unseen(model, leaves) else None
+
+
+def _after(gm: fx.GraphModule, tested: fx.Node | None, names: Sequence[str]) -> list[str]:
+    """Those of the modules ``names`` not called before ``tested`` only: uncalled in the
+    trace, or called after the test (none where nothing was tested)."""
+    if tested is None or not names:
+        return []
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    start = order.get(tested, -1)
+    calls: dict[str, list[int]] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(order[node])
+    return [n for n in names if not calls.get(n) or max(calls[n]) > start]
 
 
 def _layer_module_calls(
@@ -255,7 +279,6 @@ def _constant(value: Any) -> bool:
     return isinstance(value, _CONSTANT_INPUTS) and value == value  # noqa: PLR0124
 
 
-_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 _STAR = inspect.Parameter.VAR_POSITIONAL
 
 
@@ -274,9 +297,6 @@ def _forward_arguments(
     ``forward(x, *args, **kwargs)``): forward unpacks them, and fx's one proxy for them all
     cannot be unpacked. The classes answer the model's type tests on its inputs (see
     :class:`~gpa.frontends.fx.tracer.GpaProxy`); inputs made from shapes are tensors.
-
-    Raises:
-        ShapeError: more inputs are given than ``forward`` takes by position.
     """
     if isinstance(model, fx.GraphModule):
         return {}, {}
@@ -286,14 +306,6 @@ def _forward_arguments(
         return {}, {}
     given = options.example_inputs
     count = len(given) if given is not None else len(options.input_shape or ())
-    positional = [p.name for p in parameters if p.kind in _POSITIONAL]
-    if count > len(positional) and all(p.kind is not _STAR for p in parameters):
-        # (fx's graph would leave them unread: export and autograd raise as Python does)
-        names = ", ".join(map(repr, positional))
-        raise ShapeError(
-            f"the model's forward takes {len(positional)} input(s) ({names}) but {count} "
-            "example inputs were given"
-        )
 
     def placeholder(j: int, name: str) -> Any:  # the constant, else fx.PH and its class
         value = given[j] if given is not None else torch.empty(0)

@@ -8,7 +8,7 @@ calls are left uncalled, or called fewer or more times (``docs/semantics.md`` §
 Where fx's trace leaves layer modules uncalled, or the model's code tested a proxy so
 (see :class:`~gpa.frontends.fx.tracer.GpaProxy`), one run of ``forward`` on the meta
 device (nothing computed), drawing the random numbers the trace drew
-(:func:`random_states`), tells how many times the model calls them.
+(:func:`~gpa.frontends.randomness.random_states`), tells how many times the model calls them.
 
 Example:
     >>> import torch
@@ -26,16 +26,16 @@ Example:
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import inspect
 import itertools
-import random
+import textwrap
 import types
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,22 +46,16 @@ from torch.utils._pytree import tree_map
 from gpa.frontends.fx.lookalike import code_names
 from gpa.frontends.fx.shape_rules import FUNCTION_RULES
 from gpa.frontends.modules import preserved_state
+from gpa.frontends.randomness import drawing_from
 
 __all__ = [
     "calls_when_run",
     "other_branch_message",
-    "random_states",
     "type_tests_unseen",
     "EXACT_TYPE_TESTS",
     "UNSEEN_BY_PROXIES",
     "uncounted_message",
 ]
-
-
-def random_states() -> tuple[Any, Any, torch.Tensor]:
-    """Python's, numpy's and torch's (CPU) global random states, to draw again what a run
-    drew (a layer drop decided by ``random.random()``)."""
-    return random.getstate(), np.random.get_state(), torch.get_rng_state()
 
 
 def calls_when_run(
@@ -73,7 +67,7 @@ def calls_when_run(
 ) -> dict[str, int] | None:
     """How many times ``forward`` calls each module of ``names`` (qualified names; a module
     held under two names counts under both) when it runs on meta copies of ``inputs`` and
-    of the model's weights, drawing from the random ``states`` (:func:`random_states`) if
+    of the model's weights, drawing from the random ``states`` (:func:`~gpa.frontends.randomness.random_states`) if
     given; None when it cannot run there (its branches need values). The model and the
     random states are left as they were.
 
@@ -109,7 +103,7 @@ def calls_when_run(
     state = {name: copies.setdefault(id(t), t.detach().to("meta")) for name, t in held}
     args = tree_map(lambda x: x.detach().to("meta") if isinstance(x, torch.Tensor) else x, inputs)
     try:
-        with preserved_state(model), _drawing_from(states), _norms_by_shape():
+        with preserved_state(model), drawing_from(states), _norms_by_shape():
             functional_call(model, state, args, strict=False)
     except Exception:  # the model's branches need values: the trace cannot be checked
         return None
@@ -119,24 +113,26 @@ def calls_when_run(
     return {n: counts[id(modules[n])] for n in names if id(modules[n]) in counts}
 
 
-#: Names of calls that test a value's class without asking it (``type(h) is torch.Tensor``),
-#: which no proxy sees: sought in the code fx traces.
+#: Class tests no proxy sees (``type(h) is torch.Tensor``, ``is_dataclass(h)``): Python
+#: asks the proxy nothing. Sought in the code fx traces.
 UNSEEN_BY_PROXIES = frozenset({"type", "is_dataclass"})
 
-#: Names of what tests a value's exact class (``type(h) is torch.Tensor``, ``h.__class__``),
+#: Tests of a value's exact class (``type(h) is torch.Tensor``, ``h.__class__ is …``),
 #: which export's fake tensors (a subclass) answer otherwise.
 EXACT_TYPE_TESTS = frozenset({"type", "__class__"})
+
+_TESTS = UNSEEN_BY_PROXIES | EXACT_TYPE_TESTS
 
 
 def type_tests_unseen(
     model: nn.Module, leaves: Iterable[str], tests: frozenset[str] = UNSEEN_BY_PROXIES
 ) -> bool:
-    """Whether the code of a module fx traces into (``model`` or one of its modules not
-    inside ``leaves``, qualified names of the modules the trace records as one call) may
-    test a value's class unseen by the trace: names of ``tests`` (``type(...)``,
-    ``is_dataclass(...)``) in its ``forward``, in the methods it calls on ``self`` or in
-    functions it holds as attributes (helpers they call are not read: timm's call
-    ``type`` for their messages).
+    """Whether the code of a module a trace goes into (``model`` or one of its modules not
+    inside ``leaves``, qualified names of the modules the trace records as one call) makes
+    one of ``tests`` on a value — ``type(v)`` and ``v.__class__`` unless read for an
+    attribute (``type(x).__name__`` names a class, tests none), ``is_dataclass(v)`` — in
+    its ``forward``, in the methods it calls on ``self`` or in functions it holds as
+    attributes (helpers they call are not read: timm's call ``type`` for messages).
 
     Example:
         >>> class Typed(nn.Module):
@@ -152,11 +148,11 @@ def type_tests_unseen(
         if id(module) in seen:
             continue
         seen.add(id(module))
-        names = _class_names(type(module))
-        if names is None:  # torch's own module (see _class_names)
+        made = _class_tests(type(module))
+        if made is None:  # torch's own module (see _class_tests)
             pass
-        elif names & tests or any(
-            _function_names(v) & tests for v in vars(module).values() if type(v) is _FUNCTION
+        elif made & tests or any(
+            _function_tests(v) & tests for v in vars(module).values() if type(v) is _FUNCTION
         ):
             return True
         for name, child in module._modules.items():
@@ -170,24 +166,46 @@ _FUNCTION = types.FunctionType
 
 
 @functools.cache
-def _class_names(cls: type) -> frozenset[str] | None:
-    """The names ``cls.forward`` and the methods it calls on ``self`` read; None for a
-    class of torch's (its modules test no classes of values, nor hold the model's
+def _class_tests(cls: type) -> frozenset[str] | None:
+    """The class tests ``cls.forward`` and the methods it calls on ``self`` make; None for
+    a class of torch's (its modules test no classes of values, nor hold the model's
     functions: their code names ``type`` for messages)."""
     if cls.__module__.partition(".")[0] == "torch":
         return None
     forward = inspect.unwrap(getattr(cls, "forward", None) or (lambda: None))
-    names = code_names(forward, depth=0)
-    for name in names:  # the methods forward calls on self (timm's forward_features)
+    made = _function_tests(forward)
+    for name in code_names(forward, depth=0):  # methods on self (timm's forward_features)
         method = getattr(cls, name, None)
         if isinstance(method, types.FunctionType) and method is not forward:
-            names = names | code_names(method, depth=0)
-    return names
+            made |= _function_tests(method)
+    return made
 
 
-@functools.lru_cache(maxsize=1024)
-def _function_names(function: types.FunctionType) -> frozenset[str]:
-    return code_names(function, depth=0)
+@functools.lru_cache(maxsize=4096)
+def _function_tests(function: Any) -> frozenset[str]:
+    """The class tests (of :data:`_TESTS`) ``function``'s own code makes, read from its
+    source; all it names when its source cannot be read."""
+    named = code_names(function, depth=0) & _TESTS
+    if not named:
+        return frozenset()
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):  # (a lambda inside an expression, say)
+        return named
+    read = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    made = set()
+    for n in ast.walk(tree):
+        if id(n) in read:  # ``type(x).__name__``, ``x.__class__.__name__``: names
+            continue
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "type":
+            made.add("type")
+        elif isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", "")) == (
+            "is_dataclass"
+        ):
+            made.add("is_dataclass")
+        elif isinstance(n, ast.Attribute) and n.attr == "__class__":
+            made.add("__class__")
+    return frozenset(made)
 
 
 # The functional normalisations, by the flow pass's own rules: each checks the call as
@@ -236,21 +254,6 @@ def _row_major(shape: torch.Size) -> tuple[int, ...]:
 def _norms_by_shape() -> contextlib.AbstractContextManager:
     """:class:`_ShapesOfNorms`, unless a mode of the caller's is on (it sees every call)."""
     return _ShapesOfNorms() if _get_current_function_mode() is None else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _drawing_from(states: tuple | None) -> Iterator[None]:
-    now = random_states()
-    if states is not None:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-    try:
-        yield
-    finally:
-        random.setstate(now[0])
-        np.random.set_state(now[1])
-        torch.set_rng_state(now[2])
 
 
 def other_branch_message(

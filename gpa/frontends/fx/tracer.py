@@ -56,7 +56,12 @@ from gpa.frontends.modules import (
     same_entries,
     split_leaves,
 )
-from gpa.frontends.randomness import RandomBranches, random_branch_message
+from gpa.frontends.randomness import (
+    RandomBranches,
+    drawing_from,
+    random_branch_message,
+    random_states,
+)
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 from gpa.names import TARGET_MODULE_PREFIX, class_path
 
@@ -96,10 +101,11 @@ __all__ = [
 #: ``(file, line)`` or None (see :func:`gpa.frontends.frames.caller_site`).
 SITE = "gpa_site"
 
-#: ``GraphModule.meta`` key: True when the model's code tested a proxy as fx answers
+#: ``GraphModule.meta`` key: where the model's code first tested a proxy as fx answers
 #: otherwise than the run would — its class (``isinstance(h, torch.Tensor)``) or an
-#: attribute no tensor has (``hasattr(out, "logits")``): the trace may have taken another
-#: branch (see :mod:`~gpa.frontends.fx.branches`).
+#: attribute no tensor has (``hasattr(out, "logits")``) —, as the last node made before
+#: (None: no such test): the trace may have taken another branch from there on (see
+#: :mod:`~gpa.frontends.fx.branches`).
 TESTED = "gpa_tested"
 
 LeafSpec = Iterable[type[nn.Module] | str]
@@ -210,7 +216,7 @@ class _TestsAnswered:
 
     def __getattr__(self, k: str) -> GpaAttribute:
         if not hasattr(torch.Tensor, k) and _asked_by_model():
-            self.tracer.tested = True
+            self.tracer.note_test()
         return GpaAttribute(self, k)
 
     @property  # type: ignore[misc]
@@ -219,7 +225,7 @@ class _TestsAnswered:
             if self.stands_for is not None:
                 return self.stands_for
             if self.class_test_noted():
-                self.tracer.tested = True
+                self.tracer.note_test()
         return type(self)
 
     def class_test_noted(self) -> bool:
@@ -363,7 +369,12 @@ class GpaTracer(fx.Tracer):
         self.checkpointed = False  # a re-entrant checkpoint's function created nodes
         self._names: dict[bool, dict[int, str]] = {}  # see _qualified_name
         self._keyword_only: list[fx.Node] = []  # placeholders of forward's keyword-only
-        self.tested = False  # see GpaProxy
+        self.tested: fx.Node | None = None  # see GpaProxy and TESTED
+
+    def note_test(self) -> None:
+        """Note that the model's code tested a proxy (see :data:`TESTED`), first here."""
+        if self.tested is None:
+            self.tested = next(reversed(self.graph.nodes), None)
 
     def _qualified_name(self, t: torch.Tensor) -> str | None:
         """The qualified name of a parameter (or buffer) of the root, as fx's linear search
@@ -633,12 +644,14 @@ def trace(
             raise TraceError(random_branch_message(model, randomness.where, model.training))
         return tracer, root, graph
 
+    states = random_states()  # the second trace draws what the first did
     try:
         tracer, root, graph = traced(contextlib.nullcontext())
         watch = None
         if tracer.checkpointed:  # again, the checkpointed functions in their real grad mode
             watch = Checkpoints()
-            tracer, root, graph = traced(watch)
+            with drawing_from(states):
+                tracer, root, graph = traced(watch)
     except TraceError:  # gpa's own refusal (see functions_recorded): it says why
         raise
     except Exception as exc:  # any failure inside user code under symbolic tracing
