@@ -13,6 +13,7 @@ from), and a real backward the same reachability.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -477,3 +478,87 @@ def test_a_test_before_a_scripted_call_is_refused_by_fx() -> None:
     expect(report, "g", {1: 1}, (LOSS,))
     expect(report, "inner", {2: 1}, ("g",))
     expect(report, "a", {3: 1}, ("inner",))
+
+
+class TiedTyped(nn.Module):
+    """a (also held as b) -> c -> b, naming its activation's class on the way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b = self.a
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if not type(h).__name__:  # names a class (a proxy's, a fake tensor's): no test
+            raise TypeError("a class without a name")
+        return self.b(self.c(h))
+
+
+class ScriptedNamed(nn.Module):
+    """a TorchScript layer between a and g; the class names read, a test after it."""
+
+    def __init__(self, test_after: bool) -> None:
+        super().__init__()
+        self.test_after = test_after
+        self.a, self.g = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.sc = torch.jit.script(nn.Linear(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.sc(self.a(x))
+        if type(x).__name__ == "Tensor" and self.test_after and isinstance(h, torch.Tensor):
+            h = h + 0  # (a test after the scripted call: no layer call depends on it)
+        return self.g(h)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "auto"])
+def test_names_of_classes_and_tests_after_scripted_calls_are_read(tracer: str) -> None:
+    """By hand: TiedTyped: b (= a) called twice, at 1 (from the loss) and 3 (through c),
+    c at 2. ScriptedNamed: g 1, sc 2, a 3. Nothing to refuse (before: export refused a
+    tied model that named a class; fx any scripted model whose code named ``type``, or
+    that tested a proxy after the scripted call). Export reads no TorchScript."""
+    x = torch.randn(2, 4)
+    tied = gpa.analyze(TiedTyped(), (x,), tracer=tracer)
+    expect(tied, "a", {1: 1, 3: 1}, ("c", LOSS), calls=2)
+    expect(tied, "c", {2: 1}, ("a",))
+    if tracer == "export":
+        return
+    for test_after in (False, True):
+        report = gpa.analyze(ScriptedNamed(test_after), (x,), tracer=tracer)
+        assert report.tracer == "fx"
+        expect(report, "g", {1: 1}, (LOSS,))
+        expect(report, "sc", {2: 1}, ("g",))
+        expect(report, "a", {3: 1}, ("sc",))
+
+
+class DropsCheckpointed(nn.Module):
+    """Six checkpointed blocks, each skipped on a draw of Python's random numbers; a class
+    test in forward (export counts its calls against a run drawing the same numbers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, block in enumerate(self.blocks):
+            if random.random() < 0.5:
+                continue
+            # (a re-entrant one: export exports again, to see its grad modes)
+            x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=i % 2 == 0)
+        if type(x) is not torch.Tensor:  # (fake tensors: no layer call depends on it)
+            x = x + 0
+        return x
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(4))
+def test_exported_twice_the_check_draws_what_export_drew(seed: int) -> None:
+    """Export exports a checkpointed model twice (the second time to see its grad modes);
+    both draw what the first drew, and the run checking the calls draws it too. By hand:
+    the blocks called are those the first six draws after the seed keep (before: refused
+    on most seeds, the run drawing what the first export drew, the program the second's)."""
+    random.seed(seed)
+    kept = [random.random() >= 0.5 for _ in range(6)]
+    random.seed(seed)
+    report = gpa.analyze(DropsCheckpointed(), (torch.randn(2, 4),), tracer="export")
+    assert [report.layers[f"blocks.{i}"].calls for i in range(6)] == [int(k) for k in kept]
