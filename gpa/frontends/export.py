@@ -42,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
@@ -112,7 +113,7 @@ from gpa.frontends.modules import (
 )
 from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.outputs import exportable
-from gpa.frontends.randomness import drawing_from, random_states
+from gpa.frontends.randomness import random_states, set_random_states
 from gpa.frontends.watch import Checkpoints, unfed_checkpoint_note
 from gpa.options import AnalysisOptions
 
@@ -231,14 +232,19 @@ def _refuse_other_branch(
         return
     modules = dict(model.named_modules())
     layers = [n for n, m in modules.items() if n and is_layer_module(m, types)]
-    if not any(id(modules[n]) in sites for n in layers):
-        return  # export ran a copy of the model (tied modules): its calls cannot be matched
-    run = calls_when_run(model, inputs, layers, drawn)
-    differ = {
-        name: (len(sites.get(id(modules[name]), ())), count)
-        for name, count in (run or {}).items()
-        if len(sites.get(id(modules[name]), ())) != count
-    }
+    run = calls_when_run(model, inputs, layers, drawn) or {}
+    if any(id(modules[n]) in sites for n in layers):
+        exported = {n: len(sites.get(id(modules[n]), ())) for n in run}
+    else:  # export ran a copy of the model (tied modules): its calls counted by class
+        by_class: collections.Counter[type] = collections.Counter()
+        for m in {id(modules[n]): modules[n] for n in run}.values():
+            by_class[type(m)] += run[next(n for n in run if modules[n] is m)]
+        copied: collections.Counter[type] = collections.Counter()
+        for cls, count in sites.classes.items():  # (the copy's classes derive from the model's)
+            copied[next((c for c in cls.__mro__ if c in by_class), cls)] += count
+        run = {f"{cls.__name__} modules": count for cls, count in by_class.items()}
+        exported = {f"{cls.__name__} modules": copied[cls] for cls in by_class}
+    differ = {n: (exported[n], count) for n, count in run.items() if exported[n] != count}
     if differ:
         tests = "type(h) is torch.Tensor, h.__class__"
         raise TraceError(other_branch_message(model, differ, "torch.export", tests))
@@ -274,7 +280,9 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
     def seen(function: type[torch.autograd.Function], args: tuple, kwargs: dict) -> None:
         functions[function] = None
 
-    states = random_states()  # every export draws what the first would (see _refuse_other_branch)
+    # every export draws what the first would (see _refuse_other_branch); the states are
+    # left as the kept one left them (the pipeline notes a draw)
+    states = random_states()
     for args in candidates:
         try:
             with (
@@ -283,11 +291,13 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
                 parameters_requiring_grad(model),
                 _autocast_off(),
             ):
-                with _call_sites() as sites, drawing_from(states):
+                set_random_states(states)
+                with _call_sites() as sites:
                     program = torch.export.export(model, tuple(args), strict=False)
                 watched = _may_miss_grad_mode(program)
                 if watched:
-                    with Checkpoints(), _call_sites() as sites, drawing_from(states):
+                    set_random_states(states)
+                    with Checkpoints(), _call_sites() as sites:
                         program = torch.export.export(model, tuple(args), strict=False)
         except Exception as exc:  # the model cannot be exported on these inputs
             first = first or exc
@@ -508,7 +518,14 @@ class _Call:
 
 
 #: Per module (by id), where each of its calls came from, in call order.
-_Sites = dict[int, list["Site | None"]]
+class _Sites(dict):
+    """``id(module)`` -> where each of its calls was made (see :func:`_call_sites`), and
+    ``classes``: how many calls the modules of each class got (export may run a copy of
+    the model, whose modules are not the model's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classes: collections.Counter[type] = collections.Counter()
 
 
 @contextlib.contextmanager
@@ -518,10 +535,11 @@ def _call_sites() -> Iterator[_Sites]:
     traces keep the frames of ``forward`` methods alone: a layer called from a helper
     method (Ultralytics' ``Detect.forward_head``) would be placed at the line calling the
     helper, and a call torch's code makes (inside ``MultiheadAttention``) nowhere."""
-    sites: _Sites = {}
+    sites = _Sites()
 
     def record(module: nn.Module, args: Any) -> None:
         sites.setdefault(id(module), []).append(caller_site())
+        sites.classes[type(module)] += 1
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:

@@ -60,8 +60,14 @@ def check_input_count(model: nn.Module, count: int) -> None:
         ...
         gpa.errors.ShapeError: the model's forward takes 1 input(s) ('input') but 2 example inputs were given
     """
-    parameters = forward_parameters(model).values()
-    if not parameters or any(p.kind is p.VAR_POSITIONAL for p in parameters):
+    inner = unwrap_wrappers(model)[0]
+    if inner._forward_pre_hooks or torch.nn.modules.module._global_forward_pre_hooks:
+        return  # (a pre-hook may take inputs forward does not)
+    try:  # the function called: a decorator's wrapper may take more than what it wraps
+        parameters = inspect.signature(inner.forward, follow_wrapped=False).parameters.values()
+    except (TypeError, ValueError):  # a scripted or built-in forward
+        return
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
         return
     positional = [p.name for p in parameters if p.kind in _POSITIONAL]
     if count > len(positional):

@@ -48,6 +48,7 @@ __all__ = [
     "python_random_states",
     "random_branch_message",
     "random_states",
+    "set_random_states",
 ]
 
 # Functions drawing random numbers (dropout too, when given a constant: ``F.dropout(
@@ -166,6 +167,13 @@ def random_states() -> tuple[Any, Any, torch.Tensor]:
     return random.getstate(), np.random.get_state(), torch.get_rng_state()
 
 
+def set_random_states(states: tuple) -> None:
+    """Draw from the random ``states`` (:func:`random_states`) from now on."""
+    random.setstate(states[0])
+    np.random.set_state(states[1])
+    torch.set_rng_state(states[2])
+
+
 @contextlib.contextmanager
 def drawing_from(states: tuple | None) -> Iterator[None]:
     """The block draws from the random ``states`` (:func:`random_states`; None: from the
@@ -181,15 +189,11 @@ def drawing_from(states: tuple | None) -> Iterator[None]:
     """
     now = random_states()
     if states is not None:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
+        set_random_states(states)
     try:
         yield
     finally:
-        random.setstate(now[0])
-        np.random.set_state(now[1])
-        torch.set_rng_state(now[2])
+        set_random_states(now)
 
 
 def python_random_states() -> tuple:

@@ -736,3 +736,30 @@ def test_more_inputs_than_a_model_declared_a_leaf_takes_are_refused() -> None:
     """A model read as one call (declared a leaf itself) is refused as Python refuses it."""
     with pytest.raises(ShapeError, match="takes 1 input"):
         gpa.analyze(KeywordOnly(), (torch.randn(2, 4),) * 2, leaf_modules=[KeywordOnly])
+
+
+def _takes_a_scale(forward):
+    """A decorator whose wrapper takes more than the forward it wraps."""
+
+    @functools.wraps(forward)
+    def wrapper(self, x, scale=1.0):
+        return forward(self, x) * scale
+
+    return wrapper
+
+
+class Scaled(KeywordOnly):
+    @_takes_a_scale
+    def forward(self, x):  # type: ignore[override]
+        return self.a(x)
+
+
+def test_inputs_python_takes_are_not_refused() -> None:
+    """A pre-hook taking an input forward does not, or a decorator's wrapper taking more
+    than forward: Python accepts the call, and so does gpa. By hand: a 1."""
+    hooked = KeywordOnly()
+    hooked.register_forward_pre_hook(lambda module, args: (args[0] * args[1],))
+    x = torch.randn(2, 4)
+    for model, inputs in ((hooked, (x, x)), (Scaled(), (x, 2.0))):
+        report = gpa.analyze(model, inputs, tracer="autograd")
+        expect(report, "a", {1: 1}, (LOSS,))

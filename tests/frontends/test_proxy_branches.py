@@ -33,6 +33,7 @@ GUARDS = {
     "no_attribute": lambda m, f: not hasattr(f, "pooler_output"),
     "no_fields": lambda m, f: not hasattr(f, "_fields"),  # a named tuple's
     "type": lambda m, f: type(f) is torch.Tensor,
+    "type_name": lambda m, f: type(f).__name__ == "Tensor",
     "attribute_isinstance": lambda m, f: isinstance(f.mT, torch.Tensor),
 }
 
@@ -61,9 +62,9 @@ def test_a_type_or_attribute_test_on_a_layers_output_takes_the_models_branch(
     """By hand, proj called (every guard holds on a tensor): head 1, proj 2, backbone 3.
     fx's proxies fail every guard but ``not_a_sequence`` (a proxy is no tensor, and has
     every attribute): fx refuses, auto moves on; on that one fx gives the records.
-    Export's fake tensors fail the exact ``type`` test: export refuses, auto moves on."""
+    Export's fake tensors fail the exact ``type`` tests: export refuses, auto moves on."""
     model, x = Guarded(guard), torch.randn(1, 3, 6, 6)
-    if (tracer == "fx" and guard != "not_a_sequence") or (tracer, guard) == ("export", "type"):
+    if (tracer == "fx" and guard != "not_a_sequence") or (tracer == "export" and guard in EXACT):
         with pytest.raises(TraceError, match="'proj' is called when it runs, not in the trace"):
             gpa.analyze(model, (x,), tracer=tracer)
         return
@@ -100,9 +101,9 @@ def test_a_test_on_a_proxy_that_changes_how_often_a_layer_is_called(
     and a once, at 1. fx's proxies fail every guard but ``not_a_sequence``, so its trace
     calls f once where the run calls it twice, or twice where it runs once: fx refuses
     (the run counts the calls), auto moves on; on that guard fx gives the records.
-    Export's fake tensors fail the exact ``type`` test: export refuses too."""
+    Export's fake tensors fail the exact ``type`` tests: export refuses too."""
     model, x = CalledAgain(guard, again), torch.randn(2, 4)
-    if (tracer == "fx" and guard != "not_a_sequence") or (tracer, guard) == ("export", "type"):
+    if (tracer == "fx" and guard != "not_a_sequence") or (tracer == "export" and guard in EXACT):
         said = "2 times when it runs, 1 in" if again else "1 time when it runs, 2 in"
         with pytest.raises(TraceError, match=f"'f' is called {said} the trace"):
             gpa.analyze(model, (x,), tracer=tracer)
@@ -116,6 +117,9 @@ def test_a_test_on_a_proxy_that_changes_how_often_a_layer_is_called(
         expect(report, "a", {1: 1}, (LOSS,))
     check_reachability_with_autograd(report, model, x)
 
+
+#: The guards export's fake tensors (a subclass of Tensor) fail too.
+EXACT = ("type", "type_name")
 
 #: Tests a model makes on an input (Ultralytics' ``if isinstance(x, dict):`` picks its loss).
 INPUT_GUARDS = {
@@ -469,11 +473,12 @@ class ScriptedGuarded(nn.Module):
 
 
 def test_a_test_before_a_scripted_call_is_refused_by_fx() -> None:
-    """TorchScript modules take no hooks, so the run cannot count the block's calls after a
-    test fx answers otherwise: fx refuses (before: the block's layers uncalled, in silence)
-    and auto moves on."""
+    """The block (a TorchScript module, which takes no hooks of its own) is counted by the
+    run's global hooks: called when run, not in the trace, so fx refuses (before: the
+    block's layers uncalled, in silence) and auto moves on."""
     model, x = ScriptedGuarded(), torch.randn(2, 4)
-    report = auto_after_fx_refuses(model, "cannot be counted when it runs", example_inputs=(x,))
+    match = "'inner' is called when it runs, not in the trace"
+    report = auto_after_fx_refuses(model, match, example_inputs=(x,))
     # by hand: the block is one call (§1.1): g 1, inner 2, a 3
     expect(report, "g", {1: 1}, (LOSS,))
     expect(report, "inner", {2: 1}, ("g",))
@@ -562,3 +567,58 @@ def test_exported_twice_the_check_draws_what_export_drew(seed: int) -> None:
     random.seed(seed)
     report = gpa.analyze(DropsCheckpointed(), (torch.randn(2, 4),), tracer="export")
     assert [report.layers[f"blocks.{i}"].calls for i in range(6)] == [int(k) for k in kept]
+
+
+class ScriptedAgain(nn.Module):
+    """f -> js (TorchScript) -> js again if js's output is a tensor -> g."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f, self.g = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.js = torch.jit.script(nn.Linear(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.js(self.f(x))
+        if isinstance(h, torch.Tensor):
+            h = self.js(h)
+        return self.g(h)
+
+
+def test_a_scripted_module_called_again_behind_a_test_is_counted() -> None:
+    """js is called before the test in the trace, and again behind it when run: the run's
+    global hooks count both calls, fx refuses, and auto's reading is by hand: g 1, js at
+    2 and 3 (from g, then from js), f 4."""
+    model, x = ScriptedAgain(), torch.randn(2, 4)
+    report = auto_after_fx_refuses(model, "'js' is called 2 times", example_inputs=(x,))
+    expect(report, "g", {1: 1}, (LOSS,))
+    expect(report, "js", {2: 1, 3: 1}, ("js", "g"), calls=2)
+    expect(report, "f", {4: 1}, ("js",))
+
+
+class TiedBranching(nn.Module):
+    """f (also held as g) -> k -> (k again if the activation's class is Tensor) -> g."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f, self.k = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.g = self.f
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.k(self.f(x))
+        if type(h) is torch.Tensor:
+            h = self.k(h)
+        return self.g(h)
+
+
+@pytest.mark.slow
+def test_export_of_a_tied_model_that_tests_an_exact_class_counts_calls_by_class() -> None:
+    """Export runs a copy of a tied model, whose modules are not the model's: its calls are
+    counted by class (Linear: 3 in export's trace, 4 when run), export refuses, auto reads
+    it with autograd. By hand: f (= g) at 1 and 4, k at 2 and 3."""
+    model, x = TiedBranching(), torch.randn(2, 4)
+    with pytest.raises(TraceError, match="'Linear modules' is called 4 times when it runs, 3"):
+        gpa.analyze(model, (x,), tracer="export")
+    report = gpa.analyze(model, (x,))
+    assert report.tracer == "autograd"
+    expect(report, "f", {1: 1, 4: 1}, ("k", LOSS), calls=2)
+    expect(report, "k", {2: 1, 3: 1}, ("k", "f"), calls=2)

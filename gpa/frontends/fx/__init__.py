@@ -32,7 +32,6 @@ from gpa.frontends.fx.branches import (
     calls_when_run,
     other_branch_message,
     type_tests_unseen,
-    uncounted_message,
 )
 from gpa.frontends.fx.checkpoints import unfed_checkpoints
 from gpa.frontends.fx.flow import RETURNED_INPUTS, flow_from_names
@@ -137,18 +136,14 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     notes += [unfed_checkpoint_note(unfed)] if unfed else []
     uncalled = uncalled_layers(traced, gm, options.layer_types, calls)
     leaves = [node.target for node in gm.graph.nodes if node.op == "call_module"]
-    tested = _tested_from(gm, traced, leaves) if inputs is not None else None
-    traced_calls = _layer_module_calls(gm, calls, uncalled, tested is not None)
+    tested = inputs is not None and (gm.meta.get(TESTED) or type_tests_unseen(traced, leaves))
+    traced_calls = _layer_module_calls(traced, gm, calls, uncalled, tested)
     if traced_calls and inputs is not None:  # did a test on a proxy take another branch?
         with training_mode(model, options.train):
             run = calls_when_run(traced, inputs, traced_calls, drawn, leaves)
-        if run is not None:
-            differ = {n: (c, run[n]) for n, c in traced_calls.items() if n in run and run[n] != c}
-            if differ:
-                raise TraceError(other_branch_message(model, differ))
-            uncounted = _after(gm, tested, [n for n in traced_calls if n not in run])
-            if uncounted:  # TorchScript modules: their calls cannot be confirmed
-                raise TraceError(uncounted_message(model, uncounted))
+        differ = {n: (c, run[n]) for n, c in traced_calls.items() if run and run[n] != c}
+        if differ:
+            raise TraceError(other_branch_message(model, differ))
     return GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls={node.name: call for node, call in calls.items()},
@@ -167,44 +162,43 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     )
 
 
-def _tested_from(gm: fx.GraphModule, model: nn.Module, leaves: Sequence[str]) -> fx.Node | None:
-    """The node after which the trace may have taken another branch than the run: where
-    the model's code first tested a proxy (:data:`~gpa.frontends.fx.tracer.TESTED`), or the
-    first node where the code fx traced makes a class test no proxy sees; None if neither."""
-    noted = gm.meta.get(TESTED)
-    if noted is not None:
-        return noted
-    return next(iter(gm.graph.nodes), None) if type_tests_unseen(model, leaves) else None
-
-
-def _after(gm: fx.GraphModule, tested: fx.Node | None, names: Sequence[str]) -> list[str]:
-    """Those of the modules ``names`` not called before ``tested`` only: uncalled in the
-    trace, or called after the test (none where nothing was tested)."""
-    if tested is None or not names:
-        return []
-    order = {node: i for i, node in enumerate(gm.graph.nodes)}
-    start = order.get(tested, -1)
-    calls: dict[str, list[int]] = {}
+def _layer_module_calls(
+    model: nn.Module,
+    gm: fx.GraphModule,
+    calls: dict[fx.Node, Any],
+    uncalled: Sequence[tuple[str, str]],
+    tested: bool,
+) -> dict[str, int]:
+    """The modules whose calls the run must confirm, by qualified name, with their calls in
+    the trace: the layers left uncalled (none; one inside a TorchScript module stands for
+    the outermost such module, whose calls are seen, as many as the trace makes); and where
+    the model's code may have tested a proxy as no tensor answers (``tested``), every layer
+    module called, as many times as the trace calls it (a branch taken otherwise may call
+    the same layers, once too few: ``if isinstance(y, torch.Tensor): h = self.f(h + y)``)."""
+    made: dict[str, int] = {}
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            calls.setdefault(node.target, []).append(order[node])
-    return [n for n in names if not calls.get(n) or max(calls[n]) > start]
-
-
-def _layer_module_calls(
-    gm: fx.GraphModule, calls: dict[fx.Node, Any], uncalled: Sequence[tuple[str, str]], tested: bool
-) -> dict[str, int]:
-    """The layer modules whose calls the run must confirm, by qualified name, with their
-    calls in the trace: the layers left uncalled (none); and where the model's code may
-    have tested a proxy as no tensor answers (``tested``), every layer module called, as
-    many times as the trace calls it (a branch taken otherwise may call the same layers,
-    once too few: ``if isinstance(y, torch.Tensor): h = self.f(h + y)``)."""
-    counts = dict.fromkeys((name for name, _ in uncalled), 0)
+            made[node.target] = made.get(node.target, 0) + 1
+    counts = {}
+    for name, _ in uncalled:
+        scripted = _outermost_scripted(model, name)
+        counts[scripted or name] = made.get(scripted, 0) if scripted else 0
     if tested:
         for node in calls:
             if node.op == "call_module":
-                counts[node.target] = counts.get(node.target, 0) + 1
+                counts[node.target] = made[node.target]
     return counts
+
+
+def _outermost_scripted(model: nn.Module, name: str) -> str | None:
+    """The qualified name of the outermost TorchScript module holding ``name`` (itself
+    included), or None."""
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:i])
+        if isinstance(model.get_submodule(prefix), torch.jit.ScriptModule):
+            return prefix
+    return None
 
 
 def _refuse_returned_inputs(calls: dict[fx.Node, Any]) -> None:

@@ -54,7 +54,6 @@ __all__ = [
     "type_tests_unseen",
     "EXACT_TYPE_TESTS",
     "UNSEEN_BY_PROXIES",
-    "uncounted_message",
 ]
 
 
@@ -72,30 +71,29 @@ def calls_when_run(
     random states are left as they were.
 
     A call made while one of ``leaves`` runs (modules the trace records as one call, by
-    qualified name) is not counted: the trace does not see it. A TorchScript module takes
-    no hooks: it is left out of the answer (not counted)."""
+    qualified name) is not counted: the trace does not see it. Calls are seen by global
+    module hooks, which see TorchScript modules called from Python too (not the calls a
+    scripted module makes inside)."""
     modules = dict(model.named_modules(remove_duplicate=False))
     names = [n for n in names if n in modules]
-    hookable = {
-        n: modules[n]
-        for n in (*names, *leaves)
-        if n in modules and not isinstance(modules[n], torch.jit.ScriptModule)
-    }
-    counts = {id(hookable[n]): 0 for n in names if n in hookable}
-    inside = {id(hookable[n]): hookable[n] for n in leaves if n in hookable}
+    counts = {id(modules[n]): 0 for n in names}
+    inside = {id(modules[n]) for n in leaves if n in modules}
     running = [0]  # calls of leaves under way
 
     def enter(m: nn.Module, args: tuple) -> None:
-        if not running[0] and id(m) in counts:
-            counts[id(m)] += 1
-        running[0] += id(m) in inside
+        key = id(m)
+        if not running[0] and key in counts:
+            counts[key] += 1
+        running[0] += key in inside
 
     def leave(m: nn.Module, args: tuple, output: Any) -> None:
-        running[0] -= 1
+        running[0] -= id(m) in inside
 
-    counted = {id(m): m for m in hookable.values() if id(m) in counts}
-    handles = [m.register_forward_pre_hook(enter) for m in {**counted, **inside}.values()]
-    handles += [m.register_forward_hook(leave, always_call=True) for m in inside.values()]
+    hooks = torch.nn.modules.module
+    handles = [
+        hooks.register_module_forward_pre_hook(enter),
+        hooks.register_module_forward_hook(leave, always_call=True),
+    ]
     held = itertools.chain(
         model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)
     )
@@ -110,7 +108,7 @@ def calls_when_run(
     finally:
         for h in handles:
             h.remove()
-    return {n: counts[id(modules[n])] for n in names if id(modules[n]) in counts}
+    return {n: counts[id(modules[n])] for n in names}
 
 
 #: Class tests no proxy sees (``type(h) is torch.Tensor``, ``is_dataclass(h)``): Python
@@ -128,11 +126,11 @@ def type_tests_unseen(
     model: nn.Module, leaves: Iterable[str], tests: frozenset[str] = UNSEEN_BY_PROXIES
 ) -> bool:
     """Whether the code of a module a trace goes into (``model`` or one of its modules not
-    inside ``leaves``, qualified names of the modules the trace records as one call) makes
-    one of ``tests`` on a value — ``type(v)`` and ``v.__class__`` unless read for an
-    attribute (``type(x).__name__`` names a class, tests none), ``is_dataclass(v)`` — in
-    its ``forward``, in the methods it calls on ``self`` or in functions it holds as
-    attributes (helpers they call are not read: timm's call ``type`` for messages).
+    inside ``leaves``, qualified names of the modules the trace records as one call) uses
+    a value's class as ``tests`` name — ``type(v)`` (the builtin), ``v.__class__``,
+    ``is_dataclass(v)`` — in its ``forward``, in the methods it calls on ``self`` or in
+    functions it holds as attributes (helpers they call are not read: timm's call
+    ``type`` for messages).
 
     Example:
         >>> class Typed(nn.Module):
@@ -184,7 +182,8 @@ def _class_tests(cls: type) -> frozenset[str] | None:
 @functools.lru_cache(maxsize=4096)
 def _function_tests(function: Any) -> frozenset[str]:
     """The class tests (of :data:`_TESTS`) ``function``'s own code makes, read from its
-    source; all it names when its source cannot be read."""
+    source — any use of a value's class, ``type(x).__name__ == "Tensor"`` included —; all
+    it names when its source cannot be read."""
     named = code_names(function, depth=0) & _TESTS
     if not named:
         return frozenset()
@@ -192,20 +191,27 @@ def _function_tests(function: Any) -> frozenset[str]:
         tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
     except (OSError, TypeError, SyntaxError):  # (a lambda inside an expression, say)
         return named
-    read = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
     made = set()
     for n in ast.walk(tree):
-        if id(n) in read:  # ``type(x).__name__``, ``x.__class__.__name__``: names
-            continue
-        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "type":
-            made.add("type")
-        elif isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", "")) == (
-            "is_dataclass"
-        ):
+        if isinstance(n, ast.Call) and _called_name(n.func) == "type":
+            made.add("type")  # (the builtin: not a tensor's ``x.type(dtype)``)
+        elif isinstance(n, ast.Call) and _called_name(n.func, any_owner=True) == "is_dataclass":
             made.add("is_dataclass")
         elif isinstance(n, ast.Attribute) and n.attr == "__class__":
             made.add("__class__")
     return frozenset(made)
+
+
+def _called_name(function: ast.expr, any_owner: bool = False) -> str | None:
+    """The name a call calls: ``name(...)``, ``builtins.name(...)`` (any ``owner.name(...)``
+    with ``any_owner``)."""
+    if isinstance(function, ast.Name):
+        return function.id
+    if isinstance(function, ast.Attribute) and (
+        any_owner or isinstance(function.value, ast.Name) and function.value.id == "builtins"
+    ):
+        return function.attr
+    return None
 
 
 # The functional normalisations, by the flow pass's own rules: each checks the call as
@@ -281,18 +287,4 @@ def other_branch_message(
         f"{frontend}'s trace of {type(model).__name__} took another branch than its forward "
         f"takes: {'; '.join(said)} (forward tests a value {frontend} holds as {held} — "
         f"{tests} — which answers otherwise)"
-    )
-
-
-def uncounted_message(model: nn.Module, uncounted: Iterable[str]) -> str:
-    """The refusal for a trace whose branches the run cannot confirm: the model's code
-    tested a proxy, and the layer modules ``uncounted`` are TorchScript modules, which take
-    no hooks to count their calls."""
-    names = ", ".join(f"'{n}'" for n in uncounted)
-    return (
-        f"torch.fx's trace of {type(model).__name__} may have taken another branch than its "
-        "forward takes (forward tests a value fx holds as a proxy — isinstance(h, "
-        "torch.Tensor), hasattr, type(h) — which answers otherwise), and how many times "
-        f"forward calls {names} cannot be counted when it runs (TorchScript modules take "
-        "no hooks)"
     )

@@ -524,7 +524,7 @@ def _traced(
     args, kwargs = as_written(fx.node.map_arg((call.args, call.kwargs), proxies.__getitem__))
     with torch.set_grad_enabled(enabled), _Made(tracer), functions_recorded():
         result = call.target(*args, **kwargs)
-    if tracer.tested is not None:
+    if tracer.tested:
         raise ValueError("a type check outside torch asked a proxy its class")
     if tracer._grad_enabled != enabled:
         raise ValueError("grad mode left changed")

@@ -58,9 +58,9 @@ from gpa.frontends.modules import (
 )
 from gpa.frontends.randomness import (
     RandomBranches,
-    drawing_from,
     random_branch_message,
     random_states,
+    set_random_states,
 )
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 from gpa.names import TARGET_MODULE_PREFIX, class_path
@@ -101,11 +101,10 @@ __all__ = [
 #: ``(file, line)`` or None (see :func:`gpa.frontends.frames.caller_site`).
 SITE = "gpa_site"
 
-#: ``GraphModule.meta`` key: where the model's code first tested a proxy as fx answers
+#: ``GraphModule.meta`` key: True when the model's code tested a proxy as fx answers
 #: otherwise than the run would — its class (``isinstance(h, torch.Tensor)``) or an
-#: attribute no tensor has (``hasattr(out, "logits")``) —, as the last node made before
-#: (None: no such test): the trace may have taken another branch from there on (see
-#: :mod:`~gpa.frontends.fx.branches`).
+#: attribute no tensor has (``hasattr(out, "logits")``): the trace may have taken another
+#: branch (see :mod:`~gpa.frontends.fx.branches`).
 TESTED = "gpa_tested"
 
 LeafSpec = Iterable[type[nn.Module] | str]
@@ -216,7 +215,7 @@ class _TestsAnswered:
 
     def __getattr__(self, k: str) -> GpaAttribute:
         if not hasattr(torch.Tensor, k) and _asked_by_model():
-            self.tracer.note_test()
+            self.tracer.tested = True
         return GpaAttribute(self, k)
 
     @property  # type: ignore[misc]
@@ -225,7 +224,7 @@ class _TestsAnswered:
             if self.stands_for is not None:
                 return self.stands_for
             if self.class_test_noted():
-                self.tracer.note_test()
+                self.tracer.tested = True
         return type(self)
 
     def class_test_noted(self) -> bool:
@@ -369,12 +368,7 @@ class GpaTracer(fx.Tracer):
         self.checkpointed = False  # a re-entrant checkpoint's function created nodes
         self._names: dict[bool, dict[int, str]] = {}  # see _qualified_name
         self._keyword_only: list[fx.Node] = []  # placeholders of forward's keyword-only
-        self.tested: fx.Node | None = None  # see GpaProxy and TESTED
-
-    def note_test(self) -> None:
-        """Note that the model's code tested a proxy (see :data:`TESTED`), first here."""
-        if self.tested is None:
-            self.tested = next(reversed(self.graph.nodes), None)
+        self.tested = False  # see GpaProxy and TESTED
 
     def _qualified_name(self, t: torch.Tensor) -> str | None:
         """The qualified name of a parameter (or buffer) of the root, as fx's linear search
@@ -650,8 +644,8 @@ def trace(
         watch = None
         if tracer.checkpointed:  # again, the checkpointed functions in their real grad mode
             watch = Checkpoints()
-            with drawing_from(states):
-                tracer, root, graph = traced(watch)
+            set_random_states(states)
+            tracer, root, graph = traced(watch)
     except TraceError:  # gpa's own refusal (see functions_recorded): it says why
         raise
     except Exception as exc:  # any failure inside user code under symbolic tracing
