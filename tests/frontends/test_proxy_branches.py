@@ -622,3 +622,34 @@ def test_export_of_a_tied_model_that_tests_an_exact_class_counts_calls_by_class(
     assert report.tracer == "autograd"
     expect(report, "f", {1: 1, 4: 1}, ("k", LOSS), calls=2)
     expect(report, "k", {2: 1, 3: 1}, ("k", "f"), calls=2)
+
+
+class NamedGuard(nn.Module):
+    """a -> (f if the activation's class is named Tensor) -> f -> b, in forward itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.f, self.b = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if type(h).__name__ == "Tensor":  # a class's name compared: a class test
+            h = self.f(h)
+        return self.b(self.f(h))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "auto"])
+def test_a_class_name_compared_in_forward_is_a_class_test(tracer: str) -> None:
+    """A proxy's and a fake tensor's class names are not Tensor's: fx and export refuse (the
+    run calls f twice, their traces once), auto reads it with autograd. By hand: b 1, f at
+    2 and 3, a 4."""
+    model, x = NamedGuard(), torch.randn(2, 4)
+    if tracer != "auto":
+        with pytest.raises(TraceError, match="'f' is called 2 times when it runs, 1 in"):
+            gpa.analyze(model, (x,), tracer=tracer)
+        return
+    report = gpa.analyze(model, (x,))
+    assert report.tracer == "autograd"
+    expect(report, "b", {1: 1}, (LOSS,))
+    expect(report, "f", {2: 1, 3: 1}, ("f", "b"), calls=2)
+    expect(report, "a", {4: 1}, ("f",))
