@@ -263,6 +263,12 @@ class AnalysisOptions:
         """Whether example inputs or input shapes are set."""
         return self.example_inputs is not None or self.input_shape is not None
 
+    @property
+    def input_count(self) -> int:
+        """How many positional inputs ``forward`` is given (0 without inputs)."""
+        given = self.example_inputs if self.example_inputs is not None else self.input_shape
+        return len(given or ())
+
     def replace(self, **changes: Any) -> AnalysisOptions:
         """A copy with ``changes`` applied (checked like the constructor's arguments)."""
         return dataclasses.replace(self, **changes)

@@ -119,8 +119,7 @@ def _analyze(
     check_model(model)
     model, wrapped = unwrap_wrappers(model)
     options = resolve_options(options, model)
-    given = options.example_inputs if options.example_inputs is not None else options.input_shape
-    check_input_count(model, len(given or ()))
+    check_input_count(model, options.input_count)
     step("tracing and propagating shapes")
     states = python_random_states()
     graph = gradient_graph(model, options)

@@ -95,7 +95,7 @@ from gpa.frontends.fx.tracer import (
     write_into_view,
     written_into,
 )
-from gpa.frontends.inputs import floating_dtype, integer_variants
+from gpa.frontends.inputs import floating_dtype, integer_variants, unbound_inputs_message
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     compiled,
@@ -150,6 +150,9 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
     leaf_types, leaf_names = split_leaves(options.leaf_modules)
     custom = opaque_layer_types(model, types)
     root = single_call(model) if fx_leaf(type(model)) or isinstance(model, leaf_types) else model
+    unbound = unbound_inputs_message(root, options.input_count, "torch.export")
+    if unbound is not None:
+        raise TraceError(unbound)
 
     def is_opaque(path: str, module: nn.Module) -> bool:
         return (

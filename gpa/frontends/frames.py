@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import sysconfig
 import traceback
 
 import torch
@@ -29,16 +30,21 @@ __all__ = ["Site", "caller_site", "stack_trace_site", "user_frame"]
 # with a trailing separator: torchvision's and torchaudio's files are not torch's
 _TORCH_DIR = os.path.join(os.path.dirname(torch.__file__), "")
 _GPA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "")
+# Python's standard library: torch calls it too (torch.export binds the inputs with
+# inspect), and a model calls it as it calls a built-in. Packages installed there are not it.
+_STDLIB_DIRS = tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib")})
+_PACKAGES = ("site-packages", "dist-packages")
+
+
+def _in_stdlib(filename: str) -> bool:
+    return filename.startswith(_STDLIB_DIRS) and not any(p in filename for p in _PACKAGES)
 
 
 def user_frame(exc: BaseException) -> traceback.FrameSummary | None:
-    """The innermost frame of ``exc``'s traceback in the user's code (not torch, not gpa)."""
+    """The innermost frame of ``exc``'s traceback in the user's code (not torch, not gpa,
+    not Python's standard library)."""
     frames = traceback.extract_tb(exc.__traceback__)
-    user = [
-        f
-        for f in frames
-        if not f.filename.startswith((_TORCH_DIR, _GPA_DIR)) and not f.filename.startswith("<")
-    ]
+    user = [f for f in frames if _is_model_file(f.filename)]
     return user[-1] if user else None
 
 
@@ -50,10 +56,11 @@ _MODELS_DIR = os.path.join(_GPA_DIR, "models", "")
 
 
 def _is_model_file(filename: str) -> bool:
-    """Code a model is written in: anything but torch, gpa's analyser and generated code."""
+    """Code a model is written in: anything but torch, gpa's analyser, Python's standard
+    library and generated code."""
     if filename.startswith(_MODELS_DIR):
         return True
-    return not filename.startswith((_TORCH_DIR, _GPA_DIR, "<"))
+    return not filename.startswith((_TORCH_DIR, _GPA_DIR, "<")) and not _in_stdlib(filename)
 
 
 def caller_site() -> Site | None:

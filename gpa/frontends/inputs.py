@@ -30,6 +30,7 @@ __all__ = [
     "floating_dtype",
     "forward_parameters",
     "integer_variants",
+    "unbound_inputs_message",
     "zeros",
 ]
 
@@ -76,6 +77,36 @@ def check_input_count(model: nn.Module, count: int) -> None:
             f"the model's forward takes {len(positional)} input(s) ({names}) but {count} "
             "example inputs were given"
         )
+
+
+def unbound_inputs_message(model: nn.Module, count: int, tracer: str) -> str | None:
+    """The refusal of ``tracer`` (torch.fx, torch.export) where ``count`` inputs are more
+    than ``model.forward``'s signature takes as :func:`inspect.signature` reads it, else
+    None. Both tracers bind the inputs to that signature — through a decorator's
+    ``functools.wraps``, to the function wrapped —, where Python calls the model, whose
+    forward pre-hook or decorator's wrapper may take more than ``forward`` itself.
+
+    Example:
+        >>> unbound_inputs_message(nn.Linear(2, 2), 1, "torch.fx") is None
+        True
+        >>> print(unbound_inputs_message(nn.Linear(2, 2), 2, "torch.fx"))
+        torch.fx binds the example inputs to Linear.forward(input: torch.Tensor) -> torch.Tensor, which takes fewer than the 2 given (a forward pre-hook or a decorator's wrapper takes the others); the autograd frontend calls the model as Python does (--tracer autograd; auto moves on)
+    """
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):  # a scripted or built-in forward: the tracer says
+        return None
+    try:
+        signature.bind_partial(*range(count))
+    except TypeError:
+        name = type(model).__name__
+        return (
+            f"{tracer} binds the example inputs to {name}.forward{signature}, which takes "
+            f"fewer than the {count} given (a forward pre-hook or a decorator's wrapper "
+            "takes the others); the autograd frontend calls the model as Python does "
+            "(--tracer autograd; auto moves on)"
+        )
+    return None
 
 
 def bind_inputs(model: nn.Module, inputs: Any) -> Any:

@@ -64,6 +64,7 @@ __all__ = [
     "parameters_requiring_grad",
     "buffers_copied",
     "hooked_calls_message",
+    "root_hooks_message",
     "training_mode",
     "type_name",
     "with_tied",
@@ -330,18 +331,20 @@ def hooked_calls_message(
 ) -> str | None:
     """The refusal of ``frontend`` (fx or export) for a model whose layer or leaf modules
     (layer types, the leaves asked for) carry forward hooks or pre-hooks
-    of the model's, else None (``docs/semantics.md`` §1.1): fx records such a module's
-    call without running its hooks, and export folds what they compute (``out +
-    self.side(x)``) into the call; the autograd frontend reads them apart. Hooks on the
-    modules both trace into (a block, a Hugging Face layer's output capture) are code
-    like any other, and on torch.nn's other modules (an activation) they run in the call,
-    whose shape they may change."""
+    of the model's — their own, or hooks registered for every module
+    (``register_module_forward_hook``) —, else None (``docs/semantics.md`` §1.1): fx
+    records such a module's call without running its hooks, and export folds what they
+    compute (``out + self.side(x)``) into the call; the autograd frontend reads them apart.
+    Hooks on the modules both trace into (a block, a Hugging Face layer's output capture)
+    are code like any other, and on torch.nn's other modules (an activation) they run in
+    the call, whose shape they may change."""
     leaf_types, leaf_names = split_leaves(leaves)
+    every = _global_hooks_of_users()
     # (modules fx and export trace into run their hooks there, as any other code)
     hooked = [
         name
         for name, m in model.named_modules()
-        if _carries_hooks_of_its_own(m)
+        if (every or _carries_hooks_of_its_own(m))
         and (
             issubclass(module_class(m), layer_types)
             or isinstance(m, leaf_types)
@@ -352,10 +355,44 @@ def hooked_calls_message(
         return None
     shown = ", ".join(f"'{n or type(model).__name__}'" for n in hooked[:3])
     more = f" (+{len(hooked) - 3})" if len(hooked) > 3 else ""
+    carry = "run forward hooks registered for every module" if every else "carry forward hooks"
     return (
-        f"{shown}{more} carry forward hooks, which the {frontend} frontend cannot read apart "
+        f"{shown}{more} {carry}, which the {frontend} frontend cannot read apart "
         "from the module's call (a hook may call layers or change the output); the "
         "autograd frontend runs them (--tracer autograd; auto moves on)"
+    )
+
+
+def root_hooks_message(model: nn.Module) -> str | None:
+    """fx's refusal of a model that carries forward hooks or pre-hooks itself (or runs
+    hooks registered for every module), else None (``docs/semantics.md`` §1.1): fx traces
+    ``forward`` alone, so a hook on the model — one changing its inputs or output, or
+    calling a layer — would be missing from the trace. Export and autograd call the
+    model, hooks and all.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> root_hooks_message(net) is None
+        True
+        >>> def detach(module, args, out):
+        ...     return out.detach()
+        >>> detach.__module__ = "my_model"  # (as the user's module defines it)
+        >>> _ = net.register_forward_hook(detach)
+        >>> print(root_hooks_message(net))
+        Sequential carries forward hooks itself, which torch.fx does not run (it traces Sequential.forward alone); --tracer export or autograd run them (auto moves on)
+    """
+    every = _global_hooks_of_users()
+    if not (every or _carries_hooks_of_its_own(model)):
+        return None
+    name = type(model).__name__
+    carries = (
+        "runs forward hooks registered for every module"
+        if every
+        else ("carries forward hooks itself")
+    )
+    return (
+        f"{name} {carries}, which torch.fx does not run (it traces {name}.forward alone); "
+        "--tracer export or autograd run them (auto moves on)"
     )
 
 
@@ -372,10 +409,22 @@ def _carries_hooks_of_its_own(module: nn.Module) -> bool:
         *((h, False) for h in module._forward_pre_hooks.values()),
     ]
     return any(
-        str(getattr(hook, "__module__", "")).split(".")[0] not in ("torch", "gpa")
-        and not (forward and _marks_gradient_only(hook) and _torch_layer(module))
+        _of_users(hook) and not (forward and _marks_gradient_only(hook) and _torch_layer(module))
         for hook, forward in hooks
     )
+
+
+def _global_hooks_of_users() -> bool:
+    """Whether forward hooks or pre-hooks registered for every module (torch's
+    ``register_module_forward_hook`` and ``…_pre_hook``) include one of the user's."""
+    registry = torch.nn.modules.module
+    hooks = [*registry._global_forward_hooks.values(), *registry._global_forward_pre_hooks.values()]
+    return any(map(_of_users, hooks))
+
+
+def _of_users(hook: Any) -> bool:
+    """Whether ``hook`` is neither torch's nor gpa's (by the module defining it)."""
+    return str(getattr(hook, "__module__", "")).split(".")[0] not in ("torch", "gpa")
 
 
 def _torch_layer(module: nn.Module) -> bool:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,31 @@ def test_a_forward_that_raises_is_the_models_error(tracer) -> None:
     expect_model_error(
         error, "Raises raised ValueError: width must be odd", RAISE_LINE, 'raise ValueError("'
     )
+
+
+class ParsesBadly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        json.loads("{not json")  # raises inside Python's standard library
+        return self.a(x)
+
+
+@pytest.mark.parametrize("tracer", ["autograd", "auto"])
+def test_an_error_raised_in_the_standard_library_points_at_the_models_line(tracer) -> None:
+    """The model's line that called into the standard library, not json's own line (which
+    was shown as the model's code): Python's standard library is not the model."""
+    with pytest.raises(ModelError) as error:
+        gpa.analyze(ParsesBadly(), input_shape=(1, 4), tracer=tracer)
+    first = (
+        "ParsesBadly raised JSONDecodeError: Expecting property name enclosed in double "
+        "quotes: line 1 column 2 (char 1)"
+    )
+    line = line_of(ParsesBadly.forward, "json.loads")
+    expect_model_error(error, first, line, 'json.loads("{not json")')
+    assert "decoder.py" not in str(error.value)
 
 
 class RaisesAlways(nn.Module):

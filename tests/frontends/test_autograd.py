@@ -713,6 +713,84 @@ def test_hooks_on_a_block_fx_traces_into_are_read_by_every_frontend() -> None:
     assert gpa.analyze(model, (x,)).tracer == "fx"
 
 
+class _Chain(nn.Module):
+    """``b(a(x))``, with ``c`` for the hooks below to call; ``pair``: returns ``(b(h), h)``."""
+
+    def __init__(self, pair: bool = False) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.pair = pair
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        h = self.a(x)
+        return (self.b(h), h) if self.pair else self.b(h)
+
+
+#: Hooks on the model itself, and each layer's (histogram, sources) by hand.
+ROOT_HOOKS = {
+    # out = b(h) + h.detach(): a's one path is through b (fx read a second, straight)
+    "detaching": (
+        True,
+        lambda m: m.register_forward_hook(lambda mod, args, out: out[0] + out[1].detach()),
+        {"a": ({2: 1}, ("b",)), "b": ({1: 1}, (LOSS,)), "c": None},
+    ),
+    # out = c(b(a(x)))
+    "calling": (
+        False,
+        lambda m: m.register_forward_hook(lambda mod, args, out: mod.c(out)),
+        {"a": ({3: 1}, ("b",)), "b": ({2: 1}, ("c",)), "c": ({1: 1}, (LOSS,))},
+    ),
+    # out = b(a(c(x)))
+    "pre": (
+        False,
+        lambda m: m.register_forward_pre_hook(lambda mod, args: (mod.c(args[0]),)),
+        {"c": ({3: 1}, ("a",)), "a": ({2: 1}, ("b",)), "b": ({1: 1}, (LOSS,))},
+    ),
+    "pre_with_kwargs": (
+        False,
+        lambda m: m.register_forward_pre_hook(
+            lambda mod, args, kwargs: ((mod.c(args[0]),), kwargs), with_kwargs=True
+        ),
+        {"c": ({3: 1}, ("a",)), "a": ({2: 1}, ("b",)), "b": ({1: 1}, (LOSS,))},
+    ),
+    # registered for every module: it calls c on the model's output alone
+    "every_module": (
+        False,
+        lambda m: torch.nn.modules.module.register_module_forward_hook(
+            lambda mod, args, out: mod.c(out) if mod is m else out
+        ),
+        {"a": ({3: 1}, ("b",)), "b": ({2: 1}, ("c",)), "c": ({1: 1}, (LOSS,))},
+    ),
+}
+
+
+@pytest.mark.parametrize("how", list(ROOT_HOOKS))
+def test_hooks_on_the_model_itself_are_run(how: str) -> None:
+    """fx traces ``forward`` alone, without the model's own hooks: a hook detaching a
+    returned tensor was read with the path it cuts, in silence, and auto reported fx's
+    numbers; a hook calling a layer was refused as a test on a proxy. fx now refuses a
+    model carrying hooks itself (or hooks registered for every module); export and
+    autograd call the model, hooks and all (export refuses the layers the latter hook
+    too). Numbers by hand (:data:`ROOT_HOOKS`)."""
+    pair, hook, expected = ROOT_HOOKS[how]
+    model, x = _Chain(pair), torch.randn(2, 4)
+    handle = hook(model)
+    try:
+        with pytest.raises(TraceError, match="hooks itself|registered for every module"):
+            gpa.analyze(model, (x,), tracer="fx")
+        report = gpa.analyze(model, (x,))
+        assert report.tracer == ("autograd" if how == "every_module" else "export")
+        assert sorted(report.layers) == sorted(expected)
+        for name, held in expected.items():
+            if held is None:  # (never called)
+                assert not report.layers[name].reachable
+            else:
+                expect(report, name, *held)
+        check_reachability_with_autograd(report, model, x)
+    finally:
+        handle.remove()
+
+
 class CachesThenReadsValues(nn.Module):
     """Caches a tensor in a list on its first call (torchvision's anchor generator keeps
     its anchors so), then reads values (``nonzero``), which the meta device cannot give."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gpa
-from gpa.errors import ShapeError
+from gpa.errors import ShapeError, TraceError
 from tests.frontends.every_tracer import EVERY_TRACER
 from tests.semantics import LOSS, at, expect, expect_network, expect_unreachable
 
@@ -768,3 +768,58 @@ def test_inputs_python_takes_are_not_refused() -> None:
         check_input_count(model, len(inputs))  # (raises ShapeError where Python refuses)
     with pytest.raises(ShapeError):
         check_input_count(KeywordOnly(), 2)
+
+
+class _Sided(nn.Module):
+    """``b(a(x))``, and a decorator's wrapper adding ``side(y)`` where a second input is
+    given: Python calls the wrapper, fx and export bind the inputs to ``forward(x)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.side = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    @staticmethod
+    def _with_side(forward):
+        @functools.wraps(forward)
+        def wrapper(self, x, y=None):
+            out = forward(self, x)
+            return out if y is None else out + self.side(y)
+
+        return wrapper
+
+    @_with_side
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_inputs_only_a_pre_hook_or_a_wrapper_takes_are_read_by_autograd() -> None:
+    """fx and export bind the example inputs to ``forward``'s own signature, so the
+    inputs a root pre-hook or a decorator's wrapper takes beyond it were never passed:
+    export blamed the model ("KeywordOnly raised TypeError: too many positional
+    arguments", a ModelError), fx traced the wrapper's other branch (and blamed a test on
+    a proxy). Both refuse them now; auto reads them with autograd. By hand: the one layer
+    ``a``, 1; ``_Sided``: ``b`` and ``side`` 1 (into the sum), ``a`` 2."""
+    hooked = KeywordOnly()
+    hooked.register_forward_pre_hook(lambda module, args: (args[0] * args[1],))
+    x = torch.randn(2, 4)
+    cases = [
+        (hooked, (x, x), {"a": ({1: 1}, (LOSS,))}),
+        (Scaled(), (x, 2.0), {"a": ({1: 1}, (LOSS,))}),
+        (
+            _Sided(),
+            (x, x),
+            {"a": ({2: 1}, ("b",)), "b": ({1: 1}, (LOSS,)), "side": ({1: 1}, (LOSS,))},
+        ),
+    ]
+    for model, inputs, expected in cases:
+        for tracer in ("fx", "export"):
+            with pytest.raises(TraceError, match="binds the example inputs|hooks itself"):
+                gpa.analyze(model, inputs, tracer=tracer)
+        exported = r"torch.export binds the example inputs to \w+\.forward\(x\b"
+        with pytest.raises(TraceError, match=exported):
+            gpa.analyze(model, inputs, tracer="export")
+        report = gpa.analyze(model, inputs)
+        assert report.tracer == "autograd"
+        assert list(report.layers) == list(expected)
+        for name, (histogram, sources) in expected.items():
+            expect(report, name, histogram, sources)

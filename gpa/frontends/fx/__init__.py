@@ -47,13 +47,14 @@ from gpa.frontends.fx.layers import (
 from gpa.frontends.fx.norm_act import norm_act_kinds
 from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import TESTED, single_call, trace
-from gpa.frontends.inputs import floating_dtype, zeros
+from gpa.frontends.inputs import floating_dtype, unbound_inputs_message, zeros
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
 from gpa.frontends.modules import (
     forward_replaced,
     fx_leaf,
     hooked_calls_message,
     opaque_layer_types,
+    root_hooks_message,
     scripted_notes,
     training_mode,
 )
@@ -82,7 +83,10 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         ShapeError: the inputs do not fit it.
     """
     types = options.layer_types if options.layer_types is not None else LAYER_TYPES
-    hooked = hooked_calls_message(model, types, options.leaf_modules, "fx")
+    # (fx runs no hooks of a leaf's, nor of the model's: it traces forward alone)
+    hooked = hooked_calls_message(model, types, options.leaf_modules, "fx") or root_hooks_message(
+        model
+    )
     if hooked is not None:
         raise TraceError(hooked)
     if forward_replaced(model):
@@ -95,6 +99,9 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     with training_mode(model, options.train) as state:
         leaves = [*(options.leaf_modules or ()), *opaque_layer_types(model, options.layer_types)]
         traced = _rooted(model, leaves)
+        unbound = unbound_inputs_message(traced, options.input_count, "torch.fx")
+        if unbound is not None:
+            raise TraceError(unbound)
         kinds = norm_act_kinds(model, types) if traced is model else None
         drawn = random_states()  # what the trace draws, the check below draws again
         constants, classes = _forward_arguments(traced, options)
