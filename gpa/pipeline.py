@@ -147,6 +147,7 @@ def _analyze(
         )
     notes = [
         *wrapped,
+        *_mode_notes(model, options),
         *graph.notes,
         *counts.notes,
         *_fallback_notes(records),
@@ -282,6 +283,20 @@ def _leaves_not_called_notes(
         "modules inside: a container as nn.ModuleList, or one a torch.fx GraphModule holds), "
         "so the layers inside are reported one by one"
     ]
+
+
+#: Said where a model set to eval mode is analysed in train mode (the default).
+EVAL_MODEL_NOTE = (
+    "the model was in eval mode (model.training is False) and is analysed in train mode, "
+    "the default: give train=False (--eval) for the paths it takes in eval mode (its "
+    "dropout, batch norm and heads may differ; docs/semantics.md §1.1)"
+)
+
+
+def _mode_notes(model: nn.Module, options: AnalysisOptions) -> list[str]:
+    """:data:`EVAL_MODEL_NOTE` where ``model`` is in eval mode and the analysis in train
+    mode: ``model.eval()`` before ``gpa.analyze(model, …)`` does not choose the mode."""
+    return [EVAL_MODEL_NOTE] if options.train and not model.training else []
 
 
 def _frozen_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[str]:

@@ -84,6 +84,7 @@ from gpa.frontends.fx.layers import (
 )
 from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import (
+    CALL_OF,
     SITE,
     clash_message,
     detached_write_targets,
@@ -912,6 +913,7 @@ def _fuse(gm: fx.GraphModule, groups: list[_Call]) -> dict[str, LayerCall]:
             site = group.site or stack_trace_site(group.nodes[0].meta.get("stack_trace"))
             fused[node.name] = LayerCall(group.path, type_name(group.module), site)
             node.meta[STANDS_FOR] = group.module  # its channel axis and groups (§8)
+            node.meta[CALL_OF] = (group.path, type(group.module).__name__)  # for messages
             _devices_follow_inputs(gm.get_submodule(node.target))
     return fused
 

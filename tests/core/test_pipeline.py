@@ -287,3 +287,35 @@ def test_a_compiled_block_read_as_one_call(options: dict) -> None:
         assert list(report.layers)[0] == "a" and len(report.layers) == 2
     with pytest.raises(TraceError, match="'h' is compiled"):
         gpa.analyze(model, input_shape=(2, 4), tracer="export", **options)
+
+
+class _TrainOnlySide(nn.Module):
+    """``b(a(x))``, plus ``side(x)`` in train mode only (an auxiliary head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.side = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.b(self.a(x))
+        return out + self.side(x) if self.training else out
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_a_model_set_to_eval_mode_and_analysed_in_train_mode_is_noted(tracer: str) -> None:
+    """``model.eval()`` does not choose the mode (train is the default): the numbers are
+    train mode's — by hand, side reachable (1) in train mode, uncalled in eval mode — and
+    a note says so (found by a new-user review: yolov8n's dfl differed without a word).
+    No note where the modes agree, and the model's mode is left as it was."""
+    from gpa.pipeline import EVAL_MODEL_NOTE
+
+    model = _TrainOnlySide().eval()
+    trained = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert EVAL_MODEL_NOTE in trained.notes
+    assert trained.layers["side"].reachable and trained.layers["side"].shortest == 1
+    evaluated = gpa.analyze(model, input_shape=(2, 4), tracer=tracer, train=False)
+    assert EVAL_MODEL_NOTE not in evaluated.notes
+    assert not evaluated.layers["side"].reachable
+    assert not model.training
+    model.train()
+    assert EVAL_MODEL_NOTE not in gpa.analyze(model, input_shape=(2, 4), tracer=tracer).notes

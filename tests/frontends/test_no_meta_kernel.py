@@ -24,6 +24,7 @@ from torch import nn
 import gpa
 from gpa.errors import ShapeError, TraceError
 from tests.frontends.every_tracer import auto_after_fx_refuses
+from tests.semantics import LOSS, check_reachability_with_autograd, expect
 
 # Each computes, from y (2 × 4), a value whose shape depends on y's values.
 DATA_SHAPED = {
@@ -209,3 +210,43 @@ def test_the_limit_names_the_modules_own_type(tracer: str) -> None:
     model = nn.Sequential(nn.Linear(4, 4), Head())
     with pytest.raises(TraceError, match=r"operation '\w+' in module '1' \(Head\) cannot run"):
         gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+
+
+class _ReadsAValue(nn.Module):
+    """A block scaling its layer's output by a value read from its input (``.item()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * x.abs().max().item()
+
+
+class _ValueBlockNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.scale, self.b = nn.Linear(4, 4), _ReadsAValue(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.scale(self.a(x)))
+
+
+@pytest.mark.parametrize("leaf", ["scale", _ReadsAValue], ids=["name", "class"])
+def test_a_leaf_export_cannot_run_on_the_meta_device_is_named(leaf) -> None:
+    """Export's stand-in for the leaf's call was named in the refusal (`operation
+    '_gpa_call_0' in module '_gpa_call_0'`: a new-user review, yolov8n's Detect declared a
+    leaf); the message names the model's module. auto reads it with autograd. By hand: b
+    1, the leaf scale 2 (one call), a 3."""
+    model, x = _ValueBlockNet(), torch.randn(2, 4)
+    with pytest.raises(TraceError) as raised:
+        gpa.analyze(model, (x,), tracer="export", leaf_modules=[leaf])
+    message = str(raised.value)
+    assert message.startswith("the call of module 'scale' (_ReadsAValue) cannot run on the meta")
+    assert "_gpa_call" not in message
+    report = gpa.analyze(model, (x,), leaf_modules=[leaf])
+    assert report.tracer == "autograd"
+    expect(report, "b", {1: 1}, (LOSS,))
+    expect(report, "scale", {2: 1}, ("b",))
+    expect(report, "a", {3: 1}, ("scale",))
+    check_reachability_with_autograd(report, model, x)

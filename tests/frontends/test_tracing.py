@@ -776,7 +776,10 @@ def test_a_decorated_forward_refused_by_fx_is_not_blamed_on_values(model):
     with pytest.raises(TraceError) as raised:
         gpa.analyze(model(), input_shape=(2, 4), tracer="fx")
     message = str(raised.value)
-    assert "wrapped by a decorator taking *args and **kwargs" in message
+    first = message.splitlines()[0]  # the reason first (a new-user review: Python's came first)
+    assert first.startswith(f"torch.fx cannot trace {model.__name__}: it cannot bind")
+    assert "wrapped by a decorator taking *args and **kwargs" in first
+    assert "--tracer export or autograd reads models fx cannot" in message
     assert "depends on tensor values" not in message
     report = gpa.analyze(model(), input_shape=(2, 4))  # auto: export reads it
     assert report.tracer == "export"
@@ -896,6 +899,11 @@ def test_the_module_fx_stopped_in_is_named_as_the_leaf_to_declare() -> None:
     message = str(caught.value)
     assert f"  while tracing module '1.0' ({__name__}._Checks)" in message
     assert "Declare the module that does it a leaf (--leaf 1.0 / leaf_modules=[...])" in message
+    # what a leaf costs is said, and what reads the layers apart (a new-user review
+    # followed the leaf advice on efficientvit, whose layers inside the leaf were then
+    # read as one, and on yolov8n's head, which returns its inputs and fx then refused)
+    assert "the layers inside it as one (where it returns none of its inputs" in message
+    assert "--tracer export or autograd may read it with every layer apart" in message
     # and so declared, fx reads the model: 0 -> 1.0 (one call) -> loss
     report = gpa.analyze(model, input_shape=(1, 2), tracer="fx", leaf_modules=["1.0"])
     expect(report, "0", {2: 1}, ("1.0",))

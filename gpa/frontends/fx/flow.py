@@ -52,6 +52,7 @@ from gpa.frontends.fx.shape_rules import (
 )
 from gpa.frontends.fx.tracer import (
     AUGMENTED,
+    CALL_OF,
     as_written,
     follow_write,
     grad_mode,
@@ -1166,7 +1167,7 @@ def _in_module(gm: fx.GraphModule, node: fx.Node) -> str:
     type are those the trace recorded: the traced module holds only the submodules it calls,
     and export's holds plain modules in the model's place."""
     if node.op == "call_module":
-        return f" in module '{node.target}' ({type(gm.get_submodule(node.target)).__name__})"
+        return " in module '{}' ({})".format(*_module_called(gm, node))
     stack = node.meta.get("nn_module_stack")
     if not stack:
         return ""
@@ -1175,9 +1176,20 @@ def _in_module(gm: fx.GraphModule, node: fx.Node) -> str:
     return f" in module '{path}' ({kind.rpartition('.')[2]})" if path else ""
 
 
+def _module_called(gm: fx.GraphModule, node: fx.Node) -> tuple[str, str]:
+    """The qualified name and class name of the module a ``call_module`` node calls (the
+    model's, where the target is a stand-in for its call: :data:`CALL_OF`)."""
+    return node.meta.get(CALL_OF) or (node.target, type(gm.get_submodule(node.target)).__name__)
+
+
 def _meta_failure(gm: fx.GraphModule, node: fx.Node, exc: BaseException) -> str:
+    what = (
+        "the call of module '{}' ({})".format(*node.meta[CALL_OF])
+        if CALL_OF in node.meta
+        else f"operation '{node.name}'{_in_module(gm, node)}"
+    )
     return (
-        f"operation '{node.name}'{_in_module(gm, node)} cannot run on the meta device, "
+        f"{what} cannot run on the meta device, "
         "where gpa computes shapes without data\n"
         f"torch says: {briefly(exc)}\n"
         "Its result's shape may depend on the values. The autograd tracer runs such a model "
@@ -1189,15 +1201,15 @@ def _shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception)
     got = "; ".join(_describe(env[n]) for n in node.all_input_nodes) or "no tensor"
     found = module_of(gm, node)
     if node.op == "call_module" and found is not None:
-        name, module = found
-        weight = getattr(module, "weight", None)
+        weight = getattr(found[1], "weight", None)
         expects = (
             f"; its weight has shape {tuple(weight.shape)}"
             if isinstance(weight, torch.Tensor)
             else ""
         )
+        name, kind = _module_called(gm, node)
         head = (
-            f"input shapes do not fit layer '{name}' ({type(module).__name__}): "
+            f"input shapes do not fit layer '{name}' ({kind}): "
             f"it received input of shape {got}{expects}"
         )
     else:

@@ -101,6 +101,11 @@ __all__ = [
 #: ``(file, line)`` or None (see :func:`gpa.frontends.frames.caller_site`).
 SITE = "gpa_site"
 
+#: ``node.meta`` key of a ``call_module`` node that calls a stand-in for one call of the
+#: model's module (export's fused calls, targets ``_gpa_call_N``): that module's
+#: qualified name and class name, which messages give instead of the stand-in's.
+CALL_OF = "gpa_call_of"
+
 #: ``GraphModule.meta`` key: True when the model's code tested a proxy as fx answers
 #: otherwise than the run would — its class (``isinstance(h, torch.Tensor)``) or an
 #: attribute no tensor has (``hasattr(out, "logits")``): the trace may have taken another
@@ -751,7 +756,18 @@ def single_call(model: nn.Module) -> fx.GraphModule:
 
 def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
     where = user_frame(exc)
-    lines = [f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}"]
+    decorated = _raised_by_decorator(model, exc) or (
+        isinstance(exc, ValueError) and "co_varnames is too small" in str(exc)  # fx's binding
+    )
+    # (a decorator's failure is fx's binding, not the model: the reason first, then Python's)
+    lines = (
+        [f"torch.fx cannot trace {type(model).__name__}: {_DECORATED_REASON}"] if decorated else []
+    )
+    lines.append(
+        ("  (Python raised " if decorated else f"torch.fx cannot trace {type(model).__name__}: ")
+        + f"{type(exc).__name__}: {exc}"
+        + (")" if decorated else "")
+    )
     if where is not None:
         lines.append(f'  File "{where.filename}", line {where.lineno}, in {where.name}')
         if where.line:
@@ -762,7 +778,7 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
         named = cls.__qualname__ if cls.__module__.startswith(TARGET_MODULE_PREFIX) else None
         lines.append(f"  while tracing module '{module}' ({named or class_path(cls)})")
     found = (hint for kind, said, hint in _FX_LIMITS if isinstance(exc, kind) and said in str(exc))
-    hint = _DECORATED if _raised_by_decorator(model, exc) else next(found, _OTHER_FAILURE)
+    hint = _OTHER_FAILURE if decorated else next(found, _OTHER_FAILURE)
     lines.append(hint.replace("--leaf NAME", f"--leaf {module}") if module else hint)
     return "\n".join(lines)
 
@@ -792,10 +808,9 @@ def _where(code: Any) -> tuple | None:
 # Not a matter of values: fx records no item assignment at all, and cannot bind the
 # arguments of a forward whose signature is a decorator's (``*args, **kwargs``: Hugging
 # Face's ``@can_return_tuple`` and its kin), for which the data-dependent hint misled.
-_DECORATED = (
-    "torch.fx cannot bind the arguments of a forward wrapped by a decorator taking "
-    "*args and **kwargs (as Hugging Face's are); --tracer export or autograd reads it "
-    "(auto moves on)."
+_DECORATED_REASON = (
+    "it cannot bind the arguments of a forward wrapped by a decorator taking *args and "
+    "**kwargs (as Hugging Face's are)"
 )
 _FX_LIMITS = (
     (
@@ -804,14 +819,14 @@ _FX_LIMITS = (
         "torch.fx records no item assignment (x[...] = y) in forward; --tracer export "
         "or autograd reads it (auto moves on), or write it with index_put / torch.cat.",
     ),
-    (ValueError, "co_varnames is too small", _DECORATED),
 )
 _DATA_DEPENDENT = (
     "Symbolic tracing cannot follow control flow or Python logic that depends on "
-    "tensor values. Declare the module that does it a leaf (--leaf NAME / "
-    "leaf_modules=[...]) so it is treated as one opaque call, or rewrite that code "
-    "without data-dependent Python; --tracer export or autograd may read it (auto "
-    "moves on)."
+    "tensor values (or sizes, which fx holds as proxies too). Declare the module that "
+    "does it a leaf (--leaf NAME / leaf_modules=[...]): fx then reads it as one opaque "
+    "call, the layers inside it as one (where it returns none of its inputs as they "
+    "are); or rewrite that code without data-dependent Python; --tracer export or "
+    "autograd may read it with every layer apart (auto moves on)."
 )
 # What fx says where Python asks a proxy for a value: a truth value, a length, its items.
 _FX_LIMITS += tuple(
