@@ -46,6 +46,7 @@ from gpa.frontends.modules import (
     resolve_options,
     split_leaves,
     unwrap_wrappers,
+    wrappers_unwrapped,
 )
 from gpa.frontends.randomness import PYTHON_DRAWS_NOTE, python_random_states
 from gpa.names import stable_repr
@@ -91,8 +92,9 @@ def analyze_model(
     progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Analyse ``model`` as ``options`` say (see :func:`gpa.analyze` for the errors raised)."""
-    with _collector_paused(), _random_states_kept():
-        return _analyze(model, options, name, progress)
+    check_model(unwrap_wrappers(model)[0])  # (before the wrappers' hooks move onto it)
+    with _collector_paused(), _random_states_kept(), wrappers_unwrapped(model) as unwrapped:
+        return _analyze(*unwrapped, options, name, progress)
 
 
 @contextmanager
@@ -111,13 +113,12 @@ def _random_states_kept() -> Iterator[None]:
 
 def _analyze(
     model: nn.Module,
+    wrapped: list[str],
     options: AnalysisOptions,
     name: str | None,
     progress: Callable[[str], None] | None,
 ) -> Report:
     step = progress or (lambda phase: None)
-    check_model(model)
-    model, wrapped = unwrap_wrappers(model)
     options = resolve_options(options, model)
     check_input_count(model, options.input_count)
     step("tracing and propagating shapes")
@@ -295,8 +296,30 @@ EVAL_MODEL_NOTE = (
 
 def _mode_notes(model: nn.Module, options: AnalysisOptions) -> list[str]:
     """:data:`EVAL_MODEL_NOTE` where ``model`` is in eval mode and the analysis in train
-    mode: ``model.eval()`` before ``gpa.analyze(model, …)`` does not choose the mode."""
-    return [EVAL_MODEL_NOTE] if options.train and not model.training else []
+    mode: ``model.eval()`` before ``gpa.analyze(model, …)`` does not choose the mode; where
+    the model is in train mode and some of its modules in eval mode (a frozen backbone), a
+    note naming the outermost of them, which are analysed in train mode too."""
+    if not options.train:
+        return []
+    if not model.training:
+        return [EVAL_MODEL_NOTE]
+    evaluating = [
+        f"{parent}.{name}" if parent else name
+        for parent, module in model.named_modules()
+        if module.training
+        for name, child in module.named_children()
+        if not child.training
+    ]
+    if not evaluating:
+        return []
+    listed = ", ".join(evaluating[:5]) + (
+        f" (+{len(evaluating) - 5})" if len(evaluating) > 5 else ""
+    )
+    return [
+        f"modules in eval mode in a model in train mode ({listed}) are analysed in train "
+        "mode, as the whole model is: gpa reads one mode for the whole model (their "
+        "dropout, batch norm and heads may differ; docs/semantics.md §1.1)"
+    ]
 
 
 def _frozen_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[str]:

@@ -70,6 +70,7 @@ __all__ = [
     "with_tied",
     "unused_layer_modules",
     "unwrap_wrappers",
+    "wrappers_unwrapped",
     "compiled",
     "eager_compiled_modules",
 ]
@@ -365,10 +366,10 @@ def hooked_calls_message(
 
 def root_hooks_message(model: nn.Module) -> str | None:
     """fx's refusal of a model that carries forward hooks or pre-hooks itself (or runs
-    hooks registered for every module), else None (``docs/semantics.md`` §1.1): fx traces
-    ``forward`` alone, so a hook on the model — one changing its inputs or output, or
-    calling a layer — would be missing from the trace. Export and autograd call the
-    model, hooks and all.
+    hooks registered for every module), or whose class defines its own ``__call__``, else
+    None (``docs/semantics.md`` §1.1): fx traces ``forward`` alone, so such code around
+    it — changing the model's inputs or output, or calling a layer — would be missing
+    from the trace. Export and autograd call the model, hooks and all.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2))
@@ -381,18 +382,18 @@ def root_hooks_message(model: nn.Module) -> str | None:
         >>> print(root_hooks_message(net))
         Sequential carries forward hooks itself, which torch.fx does not run (it traces Sequential.forward alone); --tracer export or autograd run them (auto moves on)
     """
-    every = _global_hooks_of_users()
-    if not (every or _carries_hooks_of_its_own(model)):
-        return None
     name = type(model).__name__
-    carries = (
-        "runs forward hooks registered for every module"
-        if every
-        else ("carries forward hooks itself")
-    )
+    if _of_users(inspect.getattr_static(type(model), "__call__", None)):
+        carries, them = f"defines {name}.__call__", "it"
+    elif _global_hooks_of_users():
+        carries, them = "runs forward hooks registered for every module", "them"
+    elif _carries_hooks_of_its_own(model):
+        carries, them = "carries forward hooks itself", "them"
+    else:
+        return None
     return (
         f"{name} {carries}, which torch.fx does not run (it traces {name}.forward alone); "
-        "--tracer export or autograd run them (auto moves on)"
+        f"--tracer export or autograd run {them} (auto moves on)"
     )
 
 
@@ -1059,6 +1060,8 @@ def unwrap_wrappers(model: nn.Module) -> tuple[nn.Module, list[str]]:
     """
     notes = []
     while True:
+        if _defines_its_own_call(model):  # (a subclass calling its module otherwise)
+            return model, notes
         if isinstance(model, (*PARALLEL, torch.optim.swa_utils.AveragedModel)):
             kind, inner, prefix = type(model).__name__, model.module, "module"
         elif (held := compiled(model)) is not None:
@@ -1070,3 +1073,74 @@ def unwrap_wrappers(model: nn.Module) -> tuple[nn.Module, list[str]]:
             f"it, without the '{prefix}.' prefix of the wrapper's state_dict"
         )
         model = inner
+
+
+def _defines_its_own_call(module: nn.Module) -> bool:
+    """Whether the class of ``module`` defines ``forward`` or ``__call__`` outside torch:
+    a wrapper's subclass doing so is a model of its own, not a wrapper to read through."""
+    cls = type(module)
+    return any(
+        _of_users(inspect.getattr_static(cls, name, None)) for name in ("forward", "__call__")
+    )
+
+
+@contextlib.contextmanager
+def wrappers_unwrapped(model: nn.Module) -> Iterator[tuple[nn.Module, list[str]]]:
+    """:func:`unwrap_wrappers` for the block, with the forward hooks and pre-hooks each
+    wrapper carries (the user's) registered on the module they wrap — around its own, in
+    the order the wrappers would run them — and a note saying so. A wrapper runs its hooks
+    around the call of that module, so the model's inputs and output pass through them as
+    they do when it is called (``docs/semantics.md`` §1). Each hook then gets the wrapped
+    module as its ``module`` argument.
+
+    Example:
+        >>> inner = nn.Linear(2, 2)
+        >>> wrapper = nn.DataParallel(inner)
+        >>> def double(module, args, out):
+        ...     return 2 * out
+        >>> double.__module__ = "my_model"  # (as the user's module defines it)
+        >>> _ = wrapper.register_forward_hook(double)
+        >>> with wrappers_unwrapped(wrapper) as (model, notes):
+        ...     model is inner, len(model._forward_hooks)
+        (True, 1)
+        >>> len(inner._forward_hooks)
+        0
+    """
+    inner, notes = unwrap_wrappers(model)
+    handles = []
+    wrapper = model
+    try:
+        while wrapper is not inner:
+            carried = _hooks_carried(wrapper, inner)
+            handles += carried
+            if carried:
+                notes.append(
+                    f"ran the forward hooks {type(wrapper).__name__} carries on the module it "
+                    "wraps (each gets that module as its module argument)"
+                )
+            wrapper = compiled(wrapper) or wrapper.module
+        yield inner, notes
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _hooks_carried(wrapper: nn.Module, inner: nn.Module) -> list[Any]:
+    """Register the forward hooks and pre-hooks of ``wrapper`` (the user's: not torch's or
+    gpa's) on ``inner``: its pre-hooks before those ``inner`` has, its forward hooks after;
+    their handles."""
+    handles = []
+    pre = [(k, h) for k, h in wrapper._forward_pre_hooks.items() if _of_users(h)]
+    for key, hook in reversed(pre):  # (each prepended: their order kept)
+        with_kwargs = key in wrapper._forward_pre_hooks_with_kwargs
+        handles.append(inner.register_forward_pre_hook(hook, prepend=True, with_kwargs=with_kwargs))
+    for key, hook in wrapper._forward_hooks.items():
+        if _of_users(hook):
+            handles.append(
+                inner.register_forward_hook(
+                    hook,
+                    with_kwargs=key in wrapper._forward_hooks_with_kwargs,
+                    always_call=key in wrapper._forward_hooks_always_called,
+                )
+            )
+    return handles

@@ -35,7 +35,7 @@ from gpa.api import analyze
 from gpa.core.report import Report
 from gpa.errors import GpaError
 from gpa.frontends.inputs import bind_inputs
-from gpa.frontends.modules import eager_compiled_modules, unwrap_wrappers
+from gpa.frontends.modules import eager_compiled_modules, unwrap_wrappers, wrappers_unwrapped
 from gpa.measure.cka import cka_matrix, spearman
 from gpa.measure.hooks import GradientRecorder, StepGradients
 from gpa.measure.inputs import synthetic_batches
@@ -243,7 +243,7 @@ def measure(
     report = analyze(
         model, example_inputs, name=name, channels=channels, progress=progress, **options
     )
-    model, _ = unwrap_wrappers(model)  # (the report's names are the wrapped module's)
+    given, (model, _) = model, unwrap_wrappers(model)  # (the report names its layers)
     target = torch.device(device) if device is not None else None
     modules = {}
     notes = list(report.notes)
@@ -261,7 +261,8 @@ def measure(
         if r.segments is not None and n in modules
     }
     train = options.get("train", True)
-    with _preserved(model, target, train), eager_compiled_modules():
+    # (the wrappers' hooks run in the steps as in the analysis)
+    with _preserved(model, target, train), eager_compiled_modules(), wrappers_unwrapped(given):
         torch.manual_seed(seed)
         run_device = target or next(
             itertools.chain((p.device for p in model.parameters()), [torch.device("cpu")])

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 import gpa
+from gpa.core.graph import LOSS
 from gpa.errors import TraceError
+from tests.semantics import expect
 
 
 def model() -> nn.Module:
@@ -217,6 +219,146 @@ def test_an_averaged_copy_is_analysed_as_the_module_it_wraps(tracer: str) -> Non
     ]
 
 
+class _Pair(nn.Module):
+    """``(a(x), b(x))``, with ``c`` for the hooks below to call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.a(x), self.b(x)
+
+
+WRAPPERS = {
+    "DataParallel": nn.DataParallel,
+    "AveragedModel": torch.optim.swa_utils.AveragedModel,
+    "torch.compile": torch.compile,
+}
+
+
+def _detach_b(module: nn.Module, args: tuple, out: tuple) -> torch.Tensor:
+    return out[0] + out[1].detach()
+
+
+#: Hooks on a wrapper (``inner``, the module it wraps, held in a closure: the wrapper has
+#: not its layers as attributes), and each layer's path histogram and sources by hand
+#: (None: never reached).
+WRAPPER_HOOKS = {
+    # out = a(x) + b(x).detach(): b's one path is cut
+    "detaching": (
+        lambda w, inner: w.register_forward_hook(_detach_b),
+        {"a": ({1: 1}, (LOSS,)), "b": None, "c": None},
+    ),
+    "with_kwargs": (
+        lambda w, inner: w.register_forward_hook(
+            lambda mod, args, kwargs, out: _detach_b(mod, args, out), with_kwargs=True
+        ),
+        {"a": ({1: 1}, (LOSS,)), "b": None, "c": None},
+    ),
+    "always_called": (
+        lambda w, inner: w.register_forward_hook(_detach_b, always_call=True),
+        {"a": ({1: 1}, (LOSS,)), "b": None, "c": None},
+    ),
+    # out = (a(c(x)), b(c(x))): c reaches the loss through a and through b
+    "pre": (
+        lambda w, inner: w.register_forward_pre_hook(lambda mod, args: (inner.c(args[0]),)),
+        {"a": ({1: 1}, (LOSS,)), "b": ({1: 1}, (LOSS,)), "c": ({2: 2}, ("a", "b"))},
+    ),
+}
+
+
+@pytest.mark.parametrize("hook", list(WRAPPER_HOOKS))
+@pytest.mark.parametrize("wrapper", list(WRAPPERS))
+def test_hooks_on_a_wrapper_are_run(wrapper: str, hook: str) -> None:
+    """gpa analysed the module a wrapper holds without the hooks on the wrapper, which
+    run around that module's call: a hook detaching part of the output was read with the
+    path it cuts, in silence, by every frontend. They now run, on the wrapped module (fx
+    refuses it then: it traces forward alone; auto moves on to export), and are removed
+    after. Numbers by hand (:data:`WRAPPER_HOOKS`) and which layers a real backward of the
+    wrapper reaches."""
+    register, expected = WRAPPER_HOOKS[hook]
+    wrapped, x = WRAPPERS[wrapper](_Pair()), torch.randn(2, 4)
+    inner = getattr(wrapped, "module", None) or wrapped._orig_mod  # (AveragedModel copies)
+    register(wrapped, inner)
+    with pytest.raises(TraceError, match="carries forward hooks itself"):
+        gpa.analyze(wrapped, (x,), tracer="fx")
+    for tracer in ("export", "autograd", "auto"):
+        report = gpa.analyze(wrapped, (x,), tracer=tracer)
+        assert report.tracer == ("export" if tracer == "auto" else tracer)
+        for name, held in expected.items():
+            if held is None:
+                assert not report.layers[name].reachable, name
+            else:
+                expect(report, name, *held)
+        assert any(n.startswith("ran the forward hooks") for n in report.notes)
+        assert not (inner._forward_hooks or inner._forward_pre_hooks)  # (removed after)
+    with torch.compiler.set_stance("force_eager"):  # (compiled, b's gradient is zeros)
+        out = wrapped(x)
+    sum(t.sum() for t in (out if isinstance(out, tuple) else (out,))).backward()
+    reached = {n for n in expected if getattr(inner, n).weight.grad is not None}
+    assert reached == {n for n, held in expected.items() if held is not None}
+
+
+def test_a_wrappers_hooks_run_around_those_of_the_module_it_wraps() -> None:
+    """The wrapper's pre-hooks run before the wrapped module's, its forward hooks after,
+    each in the order registered: the order of a call of the wrapper itself."""
+    ran: list[str] = []
+    inner = nn.Linear(4, 4)
+    wrapped = nn.DataParallel(inner)
+    for module, name in ((inner, "inner"), (wrapped, "wrapper"), (wrapped, "wrapper 2")):
+        module.register_forward_pre_hook(lambda *_, n=name: ran.append(f"{n} pre"))
+        module.register_forward_hook(lambda *_, n=name: ran.append(n))
+    wrapped(torch.randn(2, 4))
+    called, ran[:] = list(ran), []
+    assert called[0] == "wrapper pre" and called[-1] == "wrapper 2"  # (Python's order)
+    gpa.analyze(wrapped, (torch.randn(2, 4),), tracer="autograd")
+    assert ran and ran == called * (len(ran) // len(called))
+
+
+class _Ema(torch.optim.swa_utils.AveragedModel):
+    """An averaged copy whose own ``forward`` detaches ``b``'s output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.module(x)
+        return a + b.detach()
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_a_wrappers_subclass_with_a_forward_of_its_own_is_a_model(tracer: str) -> None:
+    """It was read through as the module it wraps, without its forward: ``b`` was read
+    reached. By hand: module.a reaches the loss in 1, module.b and module.c never."""
+    report = gpa.analyze(_Ema(_Pair()), (torch.randn(2, 4),), tracer=tracer)
+    expect(report, "module.a", {1: 1}, (LOSS,))
+    assert not report.layers["module.b"].reachable
+    assert not any(n.startswith("analysed the module") for n in report.notes)
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_a_wrapped_torchscript_module_is_refused_as_one(tracer: str, hooked: bool) -> None:
+    """A TorchScript module is refused as the model (gpa reads Python code); wrapped in
+    DataParallel it crashed export and auto (AttributeError inside torch), and with hooks
+    on the wrapper the analysis (a ScriptModule takes no hooks). Refused, as unwrapped."""
+    wrapped = nn.DataParallel(torch.jit.script(nn.Sequential(nn.Linear(4, 4))))
+    if hooked:
+        wrapped.register_forward_hook(_detach_b)
+    with pytest.raises(gpa.GpaError, match="is a TorchScript module"):
+        gpa.analyze(wrapped, (torch.randn(2, 4),), tracer=tracer)
+
+
+def test_measure_runs_the_hooks_on_a_wrapper() -> None:
+    """gpa.measure ran the wrapped module without the wrapper's hooks: ``b`` was measured
+    with gradient that its detached output never gets. By a real backward: none."""
+    inner = _Pair()
+    wrapped = nn.DataParallel(inner)
+    wrapped.register_forward_hook(_detach_b)
+    measured = gpa.measure(wrapped, (torch.randn(8, 4),), steps=1)
+    assert measured.layers["a"].output_grad_norm > 0
+    assert measured.layers["b"].output_grad_norm == 0
+    assert not inner._forward_hooks
+
+
 def test_count_and_measure_read_a_compiled_model_as_its_module() -> None:
     """By hand: 4·4 + 4 + 4·2 + 2 = 30 parameters; both linears measured, eagerly."""
     compiled = torch.compile(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
@@ -299,6 +441,33 @@ class _TrainOnlySide(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.b(self.a(x))
         return out + self.side(x) if self.training else out
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_modules_in_eval_mode_in_a_model_in_train_mode_are_named(tracer: str) -> None:
+    """A frozen backbone set to eval mode inside a model in train mode is analysed in
+    train mode, as the whole model: by hand, its side reachable (shortest 2: side -> head),
+    and a note names the outermost module in eval mode, not those inside it."""
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone, self.head = _TrainOnlySide(), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.backbone(x))
+
+    model = Model()
+    model.backbone.eval()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert report.layers["backbone.side"].shortest == 2
+    [note] = [n for n in report.notes if "eval mode" in n]
+    assert note.startswith("modules in eval mode in a model in train mode (backbone) ")
+    assert not model.backbone.training and model.training
+    model.backbone.train()
+    assert not [n for n in gpa.analyze(model, input_shape=(2, 4)).notes if "eval mode" in n]
+    model.backbone.eval()
+    assert not [n for n in gpa.analyze(model, input_shape=(2, 4), train=False).notes if "eval" in n]
 
 
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])

@@ -791,6 +791,31 @@ def test_hooks_on_the_model_itself_are_run(how: str) -> None:
         handle.remove()
 
 
+class _CallingDetaches(_Chain):
+    """Its class's own ``__call__`` returns ``b(h) + h.detach()``."""
+
+    def __call__(self, *args, **kwargs):
+        out = super().__call__(*args, **kwargs)
+        return out[0] + out[1].detach()
+
+
+def test_a_models_own_call_is_run() -> None:
+    """fx traces ``forward`` alone, not a ``__call__`` the model's class defines: the
+    path the latter cuts was read, in silence (auto reported it). fx refuses; export and
+    autograd call the model. By hand: a's one path is through b, b's to the loss; c is
+    never called."""
+    model, x = _CallingDetaches(pair=True), torch.randn(2, 4)
+    with pytest.raises(TraceError, match=r"defines _CallingDetaches.__call__"):
+        gpa.analyze(model, (x,), tracer="fx")
+    for tracer in ("export", "autograd", "auto"):
+        report = gpa.analyze(model, (x,), tracer=tracer)
+        assert report.tracer == ("export" if tracer == "auto" else tracer)
+        expect(report, "a", {2: 1}, ("b",))
+        expect(report, "b", {1: 1}, (LOSS,))
+        assert not report.layers["c"].reachable
+        check_reachability_with_autograd(report, model, x)
+
+
 class CachesThenReadsValues(nn.Module):
     """Caches a tensor in a list on its first call (torchvision's anchor generator keeps
     its anchors so), then reads values (``nonzero``), which the meta device cannot give."""

@@ -909,6 +909,28 @@ def test_the_module_fx_stopped_in_is_named_as_the_leaf_to_declare() -> None:
     expect(report, "0", {2: 1}, ("1.0",))
 
 
+class _Gate(nn.Module):
+    """Calls its layer where its input's values say so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l = nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l(x) if x.sum() > 0 else x
+
+
+def test_the_leaf_hint_says_a_leaf_cannot_test_values() -> None:
+    """The hint offered a leaf for a test of values, and the leaf then failed on the meta
+    device (a review): it now says a leaf serves where the code tests sizes, not values."""
+    model = nn.Sequential(_Gate(), nn.Linear(2, 2))
+    with pytest.raises(gpa.GpaError) as caught:
+        gpa.analyze(model, input_shape=(1, 2), tracer="fx")
+    assert "tests sizes, not values" in str(caught.value)
+    with pytest.raises(gpa.GpaError, match="cannot run on the meta device"):
+        gpa.analyze(model, input_shape=(1, 2), tracer="fx", leaf_modules=["0"])
+
+
 class _Optional(nn.Module):
     """A layer that adds its second input where that one's values say so."""
 

@@ -825,7 +825,8 @@ _DATA_DEPENDENT = (
     "tensor values (or sizes, which fx holds as proxies too). Declare the module that "
     "does it a leaf (--leaf NAME / leaf_modules=[...]): fx then reads it as one opaque "
     "call, the layers inside it as one (where it returns none of its inputs as they "
-    "are); or rewrite that code without data-dependent Python; --tracer export or "
+    "are, and its code tests sizes, not values: the meta device, where gpa computes "
+    "shapes, holds no values either); or rewrite that code without data-dependent Python; --tracer export or "
     "autograd may read it with every layer apart (auto moves on)."
 )
 # What fx says where Python asks a proxy for a value: a truth value, a length, its items.
