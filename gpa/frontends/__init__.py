@@ -83,8 +83,6 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
         try:
             return _build(tracer, model, options)
         except TraceError as exc:
-            if "(auto moves on)" in str(exc):  # (the reason says so already)
-                raise
             raise TraceError(
                 f"{exc}\nOr let gpa choose a frontend that can read it (--tracer auto, the "
                 "default: fx, else export, else autograd, which runs the model once)."

@@ -116,6 +116,7 @@ from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.outputs import exportable
 from gpa.frontends.randomness import random_states, set_random_states
 from gpa.frontends.watch import Checkpoints, unfed_checkpoint_note
+from gpa.frontends.wiring import refuse_other_wiring
 from gpa.options import AnalysisOptions
 
 __all__ = ["ExportError", "export_gradient_graph"]
@@ -199,7 +200,7 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
     operators = custom_operator_calls(
         gm, {n: found[n.name] for n in gm.graph.nodes if n.name in found}
     )
-    return GradientGraph(
+    graph = GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls=calls,
         tracer="export",
@@ -218,6 +219,14 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         traced=gm,
         opaque=[custom_operator_label(name) for name in operators],
     )
+    if root is model and type_tests_unseen(model, (), EXACT_TYPE_TESTS):
+        # the calls agree (:func:`_refuse_other_branch`): does the wiring between them?
+        refuse_other_wiring(model, options, graph, drawn, "torch.export", _EXACT_TESTS)
+    return graph
+
+
+#: The tests export's fake tensors answer otherwise than the tensors they stand for.
+_EXACT_TESTS = "type(h) is torch.Tensor, h.__class__"
 
 
 def _refuse_other_branch(
@@ -250,8 +259,7 @@ def _refuse_other_branch(
         exported = {f"{cls.__name__} modules": copied[cls] for cls in by_class}
     differ = {n: (exported[n], count) for n, count in run.items() if exported[n] != count}
     if differ:
-        tests = "type(h) is torch.Tensor, h.__class__"
-        raise TraceError(other_branch_message(model, differ, "torch.export", tests))
+        raise TraceError(other_branch_message(model, differ, "torch.export", _EXACT_TESTS))
 
 
 def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, bool, _Sites]:

@@ -805,10 +805,8 @@ def test_a_models_own_call_is_run() -> None:
     autograd call the model. By hand: a's one path is through b, b's to the loss; c is
     never called."""
     model, x = _CallingDetaches(pair=True), torch.randn(2, 4)
-    with pytest.raises(TraceError, match=r"defines _CallingDetaches.__call__") as caught:
+    with pytest.raises(TraceError, match=r"defines _CallingDetaches.__call__"):
         gpa.analyze(model, (x,), tracer="fx")
-    # what auto does is said once (the generic line after it said it again)
-    assert "--tracer auto" not in str(caught.value)
     for tracer in ("export", "autograd", "auto"):
         report = gpa.analyze(model, (x,), tracer=tracer)
         assert report.tracer == ("export" if tracer == "auto" else tracer)

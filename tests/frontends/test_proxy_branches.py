@@ -121,6 +121,46 @@ def test_a_test_on_a_proxy_that_changes_how_often_a_layer_is_called(
 #: The guards export's fake tensors (a subclass of Tensor) fail too.
 EXACT = ("type", "type_name")
 
+
+class Residual(nn.Module):
+    """g = b(a(x)), plus a(x) where the guard on it holds (a residual), then c: a branch
+    taken otherwise calls every layer as often and leaves out the residual alone."""
+
+    def __init__(self, guard: str) -> None:
+        super().__init__()
+        self.guard = GUARDS[guard]
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        g = self.b(h)
+        if self.guard(self, h):
+            g = g + h
+        return self.c(g)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("guard", list(GUARDS))
+def test_a_test_on_a_proxy_that_leaves_out_a_residual_is_refused(guard: str, tracer: str) -> None:
+    """By hand (every guard holds on a tensor): out = c(b(h) + h), h = a(x): c at 1, b at
+    2, a at 2 (through c) and 3 (through b). fx's proxies fail every guard but
+    ``not_a_sequence`` and export's fake tensors the exact ``type`` tests: their traces
+    call every layer once, as the run does, without the residual (a at 3 alone) — read in
+    silence before. Now the wiring of the layer calls is checked against one run on the
+    meta device: they refuse, auto moves on."""
+    model, x = Residual(guard), torch.randn(2, 4)
+    if (tracer == "fx" and guard != "not_a_sequence") or (tracer == "export" and guard in EXACT):
+        said = "'a' hands its gradient to 'b' in the trace, to 'b', 'c' when it runs"
+        with pytest.raises(TraceError, match=said):
+            gpa.analyze(model, (x,), tracer=tracer)
+        return
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    expect(report, "c", {1: 1}, (LOSS,))
+    expect(report, "b", {2: 1}, ("c",))
+    expect(report, "a", {2: 1, 3: 1}, ("b", "c"))
+    check_reachability_with_autograd(report, model, x)
+
+
 #: Tests a model makes on an input (Ultralytics' ``if isinstance(x, dict):`` picks its loss).
 INPUT_GUARDS = {
     "isinstance": lambda x: isinstance(x, torch.Tensor),
@@ -556,16 +596,19 @@ class DropsCheckpointed(nn.Module):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tracer", ["export", "autograd"])
 @pytest.mark.parametrize("seed", range(4))
-def test_exported_twice_the_check_draws_what_export_drew(seed: int) -> None:
+def test_exported_twice_the_check_draws_what_export_drew(seed: int, tracer: str) -> None:
     """Export exports a checkpointed model twice (the second time to see its grad modes);
-    both draw what the first drew, and the run checking the calls draws it too. By hand:
-    the blocks called are those the first six draws after the seed keep (before: refused
-    on most seeds, the run drawing what the first export drew, the program the second's)."""
+    both draw what the first drew, and the runs checking the calls and their wiring draw
+    it too. By hand: the blocks called are those the first six draws after the seed keep
+    (before: refused on most seeds, the run drawing what the first export drew, the
+    program the second's). The autograd frontend runs such a model twice too, and read
+    the second run's draws (the check of export's wiring, which it reads, then differed)."""
     random.seed(seed)
     kept = [random.random() >= 0.5 for _ in range(6)]
     random.seed(seed)
-    report = gpa.analyze(DropsCheckpointed(), (torch.randn(2, 4),), tracer="export")
+    report = gpa.analyze(DropsCheckpointed(), (torch.randn(2, 4),), tracer=tracer)
     assert [report.layers[f"blocks.{i}"].calls for i in range(6)] == [int(k) for k in kept]
 
 

@@ -61,6 +61,7 @@ from gpa.frontends.modules import (
 from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.randomness import random_states
 from gpa.frontends.watch import unfed_checkpoint_note
+from gpa.frontends.wiring import refuse_other_wiring
 from gpa.options import AnalysisOptions
 
 __all__ = ["fx_gradient_graph"]
@@ -151,7 +152,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         differ = {n: (c, run[n]) for n, c in traced_calls.items() if run and run[n] != c}
         if differ:
             raise TraceError(other_branch_message(model, differ))
-    return GradientGraph(
+    graph = GradientGraph(
         ops=op_graph(gm, options.outputs),
         calls={node.name: call for node, call in calls.items()},
         tracer="fx",
@@ -167,6 +168,9 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             *map(custom_operator_label, operators),
         ],
     )
+    if tested and traced is model:  # the calls agree: does the wiring between them?
+        refuse_other_wiring(model, options, graph, drawn)
+    return graph
 
 
 def _layer_module_calls(

@@ -33,7 +33,7 @@ import inspect
 import itertools
 import textwrap
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -267,12 +267,14 @@ def other_branch_message(
     differ: Mapping[str, tuple[int, int]],
     frontend: str = "torch.fx",
     tests: str = "isinstance(h, torch.Tensor), hasattr, a leaf's output being None",
+    wiring: Sequence[str] = (),
 ) -> str:
     """The refusal for a trace that calls layer modules otherwise than the run: ``differ``
-    maps their names to (calls in the trace, calls when run); ``tests``: the kinds of test
-    that answer otherwise in ``frontend``'s trace."""
+    maps their names to (calls in the trace, calls when run), ``wiring`` says where layer
+    calls hand gradient to other calls (:func:`~gpa.frontends.wiring.wiring_differences`);
+    ``tests``: the kinds of test that answer otherwise in ``frontend``'s trace."""
     skipped = [n for n, (traced, _) in differ.items() if not traced]
-    said = []
+    said = list(wiring)
     if skipped:
         are = "is" if len(skipped) == 1 else "are"
         names = ", ".join(repr(n) for n in skipped)
