@@ -297,18 +297,25 @@ EVAL_MODEL_NOTE = (
 def _mode_notes(model: nn.Module, options: AnalysisOptions) -> list[str]:
     """:data:`EVAL_MODEL_NOTE` where ``model`` is in eval mode and the analysis in train
     mode: ``model.eval()`` before ``gpa.analyze(model, …)`` does not choose the mode; where
-    the model is in train mode and some of its modules in eval mode (a frozen backbone), a
-    note naming the outermost of them, which are analysed in train mode too."""
+    the model is in train mode and some of its modules in eval mode (a frozen backbone)
+    that its ``train()`` switches to train mode, a note naming the outermost of them."""
     if not options.train:
         return []
     if not model.training:
         return [EVAL_MODEL_NOTE]
+    with TRACING:  # (as the frontends switch it: by the model's own ``train``, which may
+        # keep a frozen part in eval mode, as mmdetection's norm_eval does)
+        modes = [(m, m.training) for m in model.modules()]
+        model.train(True)
+        switched = {id(m) for m, was in modes if m.training and not was}
+        for m, was in modes:
+            m.training = was
     evaluating = [
         f"{parent}.{name}" if parent else name
         for parent, module in model.named_modules()
-        if module.training
+        if id(module) not in switched
         for name, child in module.named_children()
-        if not child.training
+        if id(child) in switched
     ]
     if not evaluating:
         return []

@@ -389,6 +389,11 @@ def root_hooks_message(model: nn.Module) -> str | None:
         carries, them = "runs forward hooks registered for every module", "them"
     elif _carries_hooks_of_its_own(model):
         carries, them = "carries forward hooks itself", "them"
+        hooks = [*model._forward_hooks.values(), *model._forward_pre_hooks.values()]
+        wrappers = {getattr(h, "carried_from", None) for h in hooks if _of_users(h)}
+        if None not in wrappers:  # (all the hooks of wrappers gpa reads through)
+            around = " and ".join(sorted(wrappers))
+            carries = f"is wrapped in {around} carrying forward hooks"
     else:
         return None
     return (
@@ -1088,10 +1093,11 @@ def _defines_its_own_call(module: nn.Module) -> bool:
 def wrappers_unwrapped(model: nn.Module) -> Iterator[tuple[nn.Module, list[str]]]:
     """:func:`unwrap_wrappers` for the block, with the forward hooks and pre-hooks each
     wrapper carries (the user's) registered on the module they wrap — around its own, in
-    the order the wrappers would run them — and a note saying so. A wrapper runs its hooks
-    around the call of that module, so the model's inputs and output pass through them as
-    they do when it is called (``docs/semantics.md`` §1). Each hook then gets the wrapped
-    module as its ``module`` argument.
+    the order the wrappers would run them, each given its wrapper as its ``module``
+    argument — and a note saying so. A wrapper runs its hooks around the call of that
+    module, so the model's inputs and output pass through them as they do when it is
+    called (``docs/semantics.md`` §1). While hooks are carried, other analyses wait
+    (:data:`TRACING`): they would read them on the module too.
 
     Example:
         >>> inner = nn.Linear(2, 2)
@@ -1107,40 +1113,63 @@ def wrappers_unwrapped(model: nn.Module) -> Iterator[tuple[nn.Module, list[str]]
         0
     """
     inner, notes = unwrap_wrappers(model)
-    handles = []
-    wrapper = model
-    try:
-        while wrapper is not inner:
-            carried = _hooks_carried(wrapper, inner)
-            handles += carried
-            if carried:
-                notes.append(
-                    f"ran the forward hooks {type(wrapper).__name__} carries on the module it "
-                    "wraps (each gets that module as its module argument)"
-                )
-            wrapper = compiled(wrapper) or wrapper.module
+    wrappers = []  # (outermost first)
+    while model is not inner:
+        wrappers.append(model)
+        held = compiled(model)
+        model = held if held is not None else model.module
+    hooked = [w for w in wrappers if _carries_hooks_of_its_own(w)]
+    if not hooked:
         yield inner, notes
-    finally:
-        for handle in handles:
-            handle.remove()
+        return
+    notes += [
+        f"ran the forward hooks {type(w).__name__} carries around the call of the module it "
+        "wraps, as it does"
+        for w in hooked
+    ]
+    with TRACING:
+        handles = []
+        try:
+            for wrapper in reversed(hooked):  # (innermost first: each around those before)
+                handles += _hooks_carried(wrapper, inner)
+            yield inner, notes
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 def _hooks_carried(wrapper: nn.Module, inner: nn.Module) -> list[Any]:
     """Register the forward hooks and pre-hooks of ``wrapper`` (the user's: not torch's or
-    gpa's) on ``inner``: its pre-hooks before those ``inner`` has, its forward hooks after;
-    their handles."""
+    gpa's) on ``inner``, each called with ``wrapper`` as its module: its pre-hooks before
+    those ``inner`` has, its forward hooks after; their handles."""
     handles = []
     pre = [(k, h) for k, h in wrapper._forward_pre_hooks.items() if _of_users(h)]
     for key, hook in reversed(pre):  # (each prepended: their order kept)
         with_kwargs = key in wrapper._forward_pre_hooks_with_kwargs
-        handles.append(inner.register_forward_pre_hook(hook, prepend=True, with_kwargs=with_kwargs))
+        handles.append(
+            inner.register_forward_pre_hook(
+                _called_with(wrapper, hook), prepend=True, with_kwargs=with_kwargs
+            )
+        )
     for key, hook in wrapper._forward_hooks.items():
         if _of_users(hook):
             handles.append(
                 inner.register_forward_hook(
-                    hook,
+                    _called_with(wrapper, hook),
                     with_kwargs=key in wrapper._forward_hooks_with_kwargs,
                     always_call=key in wrapper._forward_hooks_always_called,
                 )
             )
     return handles
+
+
+def _called_with(wrapper: nn.Module, hook: Any) -> Any:
+    """``hook`` called with ``wrapper`` as its module, whichever module runs it; it keeps
+    the hook's name and module (the user's) and names the wrapper (``carried_from``)."""
+
+    @functools.wraps(hook)
+    def carried(module: nn.Module, *args: Any) -> Any:
+        return hook(wrapper, *args)
+
+    carried.carried_from = type(wrapper).__name__  # type: ignore[attr-defined]
+    return carried

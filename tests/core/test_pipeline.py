@@ -281,7 +281,8 @@ def test_hooks_on_a_wrapper_are_run(wrapper: str, hook: str) -> None:
     wrapped, x = WRAPPERS[wrapper](_Pair()), torch.randn(2, 4)
     inner = getattr(wrapped, "module", None) or wrapped._orig_mod  # (AveragedModel copies)
     register(wrapped, inner)
-    with pytest.raises(TraceError, match="carries forward hooks itself"):
+    kind = "OptimizedModule" if wrapper == "torch.compile" else wrapper
+    with pytest.raises(TraceError, match=f"_Pair is wrapped in {kind} carrying forward hooks"):
         gpa.analyze(wrapped, (x,), tracer="fx")
     for tracer in ("export", "autograd", "auto"):
         report = gpa.analyze(wrapped, (x,), tracer=tracer)
@@ -316,6 +317,67 @@ def test_a_wrappers_hooks_run_around_those_of_the_module_it_wraps() -> None:
     assert ran and ran == called * (len(ran) // len(called))
 
 
+class _Head(nn.Module):
+    """``a(x)``, with ``b`` and ``c`` for the wrappers' hooks to call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x)
+
+
+def _nested(outer: str) -> tuple[nn.Module, _Head]:
+    """``outer`` around DataParallel around a :class:`_Head`: the inner wrapper's hook adds
+    ``b`` of the output (read through its ``module`` argument, the wrapper), the outer's
+    calls ``c`` on it."""
+    model = WRAPPERS[outer](nn.DataParallel(_Head()))
+    held = model._orig_mod if outer == "torch.compile" else model.module  # (a copy)
+    head = held.module
+    held.register_forward_hook(lambda mod, args, out: out + mod.module.b(out))
+    model.register_forward_hook(lambda mod, args, out: head.c(out))
+    return model, head
+
+
+@pytest.mark.parametrize("outer", ["AveragedModel", "torch.compile"])
+def test_hooks_on_nested_wrappers_run_outermost_last(outer: str) -> None:
+    """Each wrapper's hooks run around those of the wrappers inside it (a review: the
+    outer's ran first, c(a) + b(c(a)) read). By hand, out = c(a(x) + b(a(x))): c at 1, b
+    at 2 (through c), a at 2 and 3; and a real backward reaches every layer."""
+    model, inner = _nested(outer)
+    x = torch.randn(2, 4)
+    for tracer in ("export", "autograd", "auto"):
+        report = gpa.analyze(model, (x,), tracer=tracer)
+        expect(report, "c", {1: 1}, (LOSS,))
+        expect(report, "b", {2: 1}, ("c",))
+        expect(report, "a", {2: 1, 3: 1}, ("b", "c"))
+        assert not (inner._forward_hooks or inner._forward_pre_hooks)
+    with torch.compiler.set_stance("force_eager"):
+        model(x).sum().backward()
+    assert all(getattr(inner, n).weight.grad is not None for n in "abc")
+
+
+def test_concurrent_analyses_of_a_wrapped_model_carry_its_hooks_once() -> None:
+    """Two analyses at once each carried the wrapper's hook onto the module, and one
+    restored the other's after removing its own: the hook ran twice in one analysis, and
+    stayed on the user's module for good (a review). By hand: out = a(x) + b(x).detach():
+    a at 1, b unreachable, in every analysis; no hook left."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wrapped = nn.DataParallel(_Pair())
+    wrapped.register_forward_hook(_detach_b)
+
+    def shortest(_: int) -> dict[str, int | None]:
+        report = gpa.analyze(wrapped, (torch.randn(2, 4),), tracer="autograd")
+        return {name: r.shortest for name, r in report.layers.items()}
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(shortest, range(8)))
+    assert results == [{"a": 1, "b": None, "c": None}] * 8
+    assert not wrapped.module._forward_hooks
+
+
 class _Ema(torch.optim.swa_utils.AveragedModel):
     """An averaged copy whose own ``forward`` detaches ``b``'s output."""
 
@@ -332,6 +394,13 @@ def test_a_wrappers_subclass_with_a_forward_of_its_own_is_a_model(tracer: str) -
     expect(report, "module.a", {1: 1}, (LOSS,))
     assert not report.layers["module.b"].reachable
     assert not any(n.startswith("analysed the module") for n in report.notes)
+
+
+def test_a_compiled_module_with_no_length_is_read_through() -> None:
+    """``torch.compile(nn.Sequential())`` is falsy (no length): reading its wrappers asked
+    it for its ``.module`` (AttributeError). It is refused as having no layers."""
+    with pytest.raises(gpa.GpaError, match="has no layers"):
+        gpa.analyze(torch.compile(nn.Sequential()), (torch.randn(2, 4),))
 
 
 @pytest.mark.parametrize("hooked", [False, True])
@@ -468,6 +537,35 @@ def test_modules_in_eval_mode_in_a_model_in_train_mode_are_named(tracer: str) ->
     assert not [n for n in gpa.analyze(model, input_shape=(2, 4)).notes if "eval mode" in n]
     model.backbone.eval()
     assert not [n for n in gpa.analyze(model, input_shape=(2, 4), train=False).notes if "eval" in n]
+
+
+class _FrozenNorms(nn.Module):
+    """Keeps its backbone in eval mode whatever ``train()`` asks (mmdetection's
+    ``norm_eval``): its train mode is the backbone's eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone, self.head = _TrainOnlySide(), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def train(self, mode: bool = True) -> _FrozenNorms:
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+def test_modules_a_models_train_keeps_in_eval_mode_are_not_noted(tracer: str) -> None:
+    """The frontends set the mode by the model's own ``train()``, which keeps the backbone
+    in eval mode: it is analysed so, as it trains (by hand: side uncalled, b at 2), and
+    no note says otherwise (a review: the note said it was analysed in train mode)."""
+    model = _FrozenNorms().train()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert not report.layers["backbone.side"].reachable
+    assert report.layers["backbone.b"].shortest == 2
+    assert not [n for n in report.notes if "eval mode" in n]
 
 
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
