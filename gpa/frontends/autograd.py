@@ -468,15 +468,12 @@ def _values_without_gradient(t: torch.Tensor) -> bool:
     return (t.is_floating_point() or t.is_complex()) and not _carries_gradient(t)
 
 
-def autograd_gradient_graph(
-    model: nn.Module, options: AnalysisOptions, *, meta_only: bool = False
-) -> GradientGraph:
+def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
     """The gradient graph of ``model`` read from autograd after one forward pass.
 
     Needs example inputs or input shapes: the model is run once, on the meta device when
-    it allows it, else (unless ``meta_only``) on real inputs (zeros of the given shapes).
-    ``options.layer_types`` and ``options.leaf_modules`` must hold classes and qualified
-    names only.
+    it allows it, else on real inputs (zeros of the given shapes). ``options.layer_types``
+    and ``options.leaf_modules`` must hold classes and qualified names only.
 
     Raises:
         GpaError: no inputs were given.
@@ -507,12 +504,12 @@ def autograd_gradient_graph(
     opaque = {id(m): (n or root_name) for n, m in modules.items() if is_opaque(n, m)}
     with training_mode(model, options.train):
         drawn = random_states()  # (the run again draws what the first drew)
-        run = _run(model, options, opaque, modules, meta_only)
+        run = _run(model, options, opaque, modules)
         functions = run.use.weight_functions
         if run.use.checkpointed or functions:  # again, with checkpointed functions (and
             # Functions computing with weights) in backward's grad mode
             with Checkpoints(functions) as watch, drawing_from(drawn):
-                run = _run(model, options, opaque, modules, meta_only)
+                run = _run(model, options, opaque, modules)
             run.checkpoints = watch.results
             run.functions = watch.functions
             if watch.functions:
@@ -551,14 +548,13 @@ def _run(
     options: AnalysisOptions,
     opaque: dict[int, str],
     modules: dict[str, nn.Module],
-    meta_only: bool = False,
 ) -> _Run:
-    """Run the forward pass on meta if possible, else (unless ``meta_only``) on real
-    tensors (zeros standing for weights the model holds on the meta device, up to
-    :data:`ZERO_WEIGHTS_BUDGET` bytes); retry integer inputs."""
+    """Run the forward pass on meta if possible, else on real tensors (zeros standing for
+    weights the model holds on the meta device, up to :data:`ZERO_WEIGHTS_BUDGET` bytes);
+    retry integer inputs."""
     weights = [*model.parameters(), *model.buffers()]
-    real: str | None = None if meta_only else "real"
-    if real and any(t.is_meta for t in weights):  # built without weights (a transformers TARGET)
+    real: str | None = "real"
+    if any(t.is_meta for t in weights):  # built without weights (a transformers TARGET)
         size = sum(t.numel() * t.element_size() for t in weights)
         real = "zeros" if size <= ZERO_WEIGHTS_BUDGET else None
     first_error: _ForwardFailed | None = None
@@ -602,12 +598,7 @@ def _run(
                 )
             return run
     assert first_error is not None
-    if (
-        real is None
-        and not meta_only
-        and first_error.error is meta_error
-        and "meta" in str(meta_error)
-    ):
+    if real is None and first_error.error is meta_error and "meta" in str(meta_error):
         raise TraceError(
             f"{type(model).__name__} holds its weights on the meta device, where its forward "
             f"cannot run ({briefly(meta_error)}), and they are too large "

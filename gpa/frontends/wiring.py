@@ -102,10 +102,11 @@ def refuse_other_wiring(
 ) -> None:
     """Refuse ``frontend``'s ``graph`` of ``model`` where a test its trace answers otherwise
     than the run (``tests``) took another branch that calls every layer module as often:
-    the layer calls of the autograd frontend's reading of one run on the meta device,
-    drawing the random numbers the trace drew (``drawn``), hand gradient to other calls
-    than in ``graph``. Where the model cannot run on the meta device, nothing is checked
-    (its branches need values), as for the calls (``docs/semantics.md`` §1.1).
+    the layer calls of the autograd frontend's reading of one run (on the meta device,
+    else on real inputs, as that frontend runs it), drawing the random numbers the trace
+    drew (``drawn``), hand gradient to other calls than in ``graph``. Where the model
+    cannot run at all, nothing is checked: the frontend's own run is the model's to fail
+    (``docs/semantics.md`` §1.1).
 
     Raises:
         TraceError: the wiring differs.
@@ -114,7 +115,7 @@ def refuse_other_wiring(
 
     try:
         with drawing_from(drawn):
-            run = autograd_gradient_graph(model, options, meta_only=True)
+            run = autograd_gradient_graph(model, options)
     except GpaError:
         return
     said = wiring_differences(layer_wiring(graph), layer_wiring(run))

@@ -161,6 +161,32 @@ def test_a_test_on_a_proxy_that_leaves_out_a_residual_is_refused(guard: str, tra
     check_reachability_with_autograd(report, model, x)
 
 
+class ResidualOffCpu(Residual):
+    """:class:`Residual` adding a tensor made on the CPU (no ``device=``): it cannot run on
+    the meta device."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x) + torch.arange(4.0)
+        g = self.b(h)
+        if isinstance(h, torch.Tensor):
+            g = g + h
+        return self.c(g)
+
+
+def test_a_residual_left_out_is_refused_where_the_model_cannot_run_on_meta() -> None:
+    """The check of the wiring read the run on the meta device only, and a model that
+    cannot run there was read in silence without its residual (a review). It reads the
+    run on real inputs then, as the autograd frontend does. By hand as for
+    :class:`Residual`: a at 2 and 3."""
+    model, x = ResidualOffCpu("isinstance"), torch.randn(2, 4)
+    with pytest.raises(TraceError, match="'a' hands its gradient to 'b' in the trace"):
+        gpa.analyze(model, (x,), tracer="fx")
+    report = gpa.analyze(model, (x,))
+    assert report.tracer != "fx"
+    expect(report, "a", {2: 1, 3: 1}, ("b", "c"))
+    check_reachability_with_autograd(report, model, x)
+
+
 #: Tests a model makes on an input (Ultralytics' ``if isinstance(x, dict):`` picks its loss).
 INPUT_GUARDS = {
     "isinstance": lambda x: isinstance(x, torch.Tensor),
