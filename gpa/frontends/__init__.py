@@ -42,6 +42,7 @@ from gpa.frontends.autograd import autograd_gradient_graph
 from gpa.frontends.export import export_gradient_graph
 from gpa.frontends.fx import fx_gradient_graph
 from gpa.frontends.raised import model_raised, raised_by_model
+from gpa.frontends.randomness import random_states, set_random_states
 from gpa.options import AnalysisOptions, Tracer
 
 __all__ = ["CHANNEL_TRACERS", "FRONTENDS", "gradient_graph"]
@@ -88,6 +89,7 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
                 "default: fx, else export, else autograd, which runs the model once)."
             ) from exc
     chain = [t for t in FRONTENDS if not options.channels or t in CHANNEL_TRACERS]
+    states = random_states()  # (each frontend tried draws what the first drew)
     reasons: list[str] = []
     own: set[int] = set()  # reasons gpa gives itself: they say what to do, so come first
     raised: ModelError | None = None
@@ -99,6 +101,7 @@ def gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGraph:
         if candidate in _NEEDS_INPUTS and not options.has_inputs:
             reasons.append(f"{candidate}: needs example inputs")
             continue
+        set_random_states(states)
         try:
             graph = _build(candidate, model, options)
         except (TraceError, ModelError, ShapeError) as exc:

@@ -85,6 +85,7 @@ from gpa.frontends.randomness import (
     drawing_from,
     random_branch_message,
     random_states,
+    set_random_states,
 )
 from gpa.frontends.watch import (
     Checkpoints,
@@ -559,6 +560,7 @@ def _run(
         real = "zeros" if size <= ZERO_WEIGHTS_BUDGET else None
     first_error: _ForwardFailed | None = None
     meta_error: BaseException | None = None
+    drawn = random_states()  # (each attempt draws what the first drew)
     candidates = (
         [options.example_inputs]
         if options.example_inputs is not None
@@ -570,6 +572,7 @@ def _run(
                 try:
                     # each run from the model's state as it was: what a failed one cached
                     # (torchvision's anchors, made on meta) must not reach the next
+                    set_random_states(drawn)
                     with preserved_state(model):
                         run = _forward(model, candidate, device, opaque, modules)
                 except _ForwardFailed as failed:
@@ -578,6 +581,7 @@ def _run(
                     # the model sets requires_grad on a value made from its input, which
                     # must then be a leaf (Wav2Vec2's feature encoder): as in training,
                     # inputs carrying no gradient
+                    set_random_states(drawn)
                     with preserved_state(model):
                         run = _forward(model, candidate, device, opaque, modules, input_grad=False)
             except _ForwardFailed as failed:  # the user's forward failed on these inputs

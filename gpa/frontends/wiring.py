@@ -22,7 +22,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Collection, Hashable, Mapping
 
 from torch import nn
 
@@ -38,10 +38,13 @@ __all__ = ["CallKey", "layer_wiring", "refuse_other_wiring", "wiring_differences
 CallKey = tuple[str, int]
 
 
-def layer_wiring(graph: GradientGraph) -> dict[CallKey, frozenset[CallKey | str]]:
-    """For each layer call of ``graph``, the layer calls (and :data:`LOSS`) its result
-    reaches first along edges carrying gradient, through no other layer call: the calls
-    that hand gradient back to it directly (``docs/semantics.md`` §1, §4).
+def layer_wiring(
+    graph: GradientGraph, records: Collection[str] | None = None
+) -> dict[CallKey, frozenset[CallKey | str]]:
+    """For each layer call of ``graph`` (of ``records``, if given: others are passed
+    through as any operation), the layer calls (and :data:`LOSS`) its result reaches
+    first along edges carrying gradient, through no other layer call: the calls that hand
+    gradient back to it directly (``docs/semantics.md`` §1, §4).
 
     Returns:
         ``{(record, rank): frozenset of (record, rank) or LOSS}`` for every layer call.
@@ -49,6 +52,8 @@ def layer_wiring(graph: GradientGraph) -> dict[CallKey, frozenset[CallKey | str]
     keys: dict[Hashable, CallKey] = {}
     ranks: dict[str, int] = {}
     for node, call in graph.calls.items():  # (in forward order)
+        if records is not None and call.record not in records:
+            continue
         keys[node] = (call.record, ranks.get(call.record, 0))
         ranks[call.record] = keys[node][1] + 1
     wiring = {}
@@ -118,7 +123,11 @@ def refuse_other_wiring(
             run = autograd_gradient_graph(model, options)
     except GpaError:
         return
-    said = wiring_differences(layer_wiring(graph), layer_wiring(run))
+    # a function computing with weights is a layer to autograd alone (§1.6): passed through
+    traced, ran = ({c.record for c in g.calls.values()} for g in (graph, run))
+    modules = dict(model.named_modules())
+    records = (traced & ran) | {r for r in traced ^ ran if r in modules}
+    said = wiring_differences(layer_wiring(graph, records), layer_wiring(run, records))
     if said:
         shown = [*said[:3], *([f"{len(said) - 3} more"] if len(said) > 3 else [])]
         raise TraceError(

@@ -246,15 +246,17 @@ class GpaProxy(_TestsAnswered, fx.Proxy):
         return count if count is not None else super().__len__()
 
 
-_IS_TENSOR = torch.is_tensor.__code__
+#: torch's code that asks a proxy its class for its caller: ``torch.is_tensor(h)``,
+#: ``isinstance(p, nn.Parameter)`` (the class of parameters answers through its metaclass).
+_ASKING_FOR_CALLER = (torch.is_tensor.__code__, type(nn.Parameter).__instancecheck__.__code__)
 
 
 def _asked_by_model() -> bool:
     """Whether the code that called the caller of this function (a proxy's ``__class__``
-    or ``__getattr__``) is outside torch and gpa: ``torch.is_tensor(h)`` is asked for its
-    caller."""
+    or ``__getattr__``) is outside torch and gpa: torch's code in
+    :data:`_ASKING_FOR_CALLER` is asked for its caller."""
     frame = sys._getframe(2)
-    if frame.f_code is _IS_TENSOR:
+    while frame is not None and frame.f_code in _ASKING_FOR_CALLER:
         frame = frame.f_back
     asker = frame.f_globals.get("__name__", "") if frame is not None else ""
     return asker.partition(".")[0] not in ("torch", "gpa")
