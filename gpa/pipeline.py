@@ -43,6 +43,7 @@ from gpa.frontends.modules import (
     TRACING,
     check_model,
     display_name,
+    modes_switched,
     resolve_options,
     split_leaves,
     unwrap_wrappers,
@@ -303,13 +304,12 @@ def _mode_notes(model: nn.Module, options: AnalysisOptions) -> list[str]:
         return []
     if not model.training:
         return [EVAL_MODEL_NOTE]
-    with TRACING:  # (as the frontends switch it: by the model's own ``train``, which may
-        # keep a frozen part in eval mode, as mmdetection's norm_eval does)
-        modes = [(m, m.training) for m in model.modules()]
-        model.train(True)
-        switched = {id(m) for m, was in modes if m.training and not was}
-        for m, was in modes:
-            m.training = was
+    if all(m.training for m in model.modules()):  # (most models: nothing to switch)
+        return []
+    # (switched as the frontends switch it: by the model's own ``train``, which may keep
+    # a frozen part in eval mode, as mmdetection's norm_eval does)
+    with modes_switched(model, True) as modules:
+        switched = {id(m) for m in modules if m.training}  # (eval to train)
     evaluating = [
         f"{parent}.{name}" if parent else name
         for parent, module in model.named_modules()

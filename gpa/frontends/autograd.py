@@ -82,7 +82,6 @@ from gpa.frontends.randomness import (
     Marks,
     RandomBranches,
     data_branch_note,
-    drawing_from,
     random_branch_message,
     random_states,
     set_random_states,
@@ -157,7 +156,12 @@ class _Recorder:
 
     def sequence(self) -> int:
         """The sequence number autograd gives the next node it creates (one is spent)."""
-        with torch.inference_mode(False), torch.enable_grad(), torch._C.DisableTorchFunction():
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            torch._C.DisableTorchFunction(),
+            torch._C._DisableFuncTorch(),  # (inside torch.func.grad or jvp: autograd's own)
+        ):
             return (self.probe * 1).grad_fn._sequence_nr() + 1
 
     def pre(self, module: nn.Module, args: Any) -> None:
@@ -504,13 +508,13 @@ def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradi
 
     opaque = {id(m): (n or root_name) for n, m in modules.items() if is_opaque(n, m)}
     with training_mode(model, options.train):
-        drawn = random_states()  # (the run again draws what the first drew)
-        run = _run(model, options, opaque, modules)
+        drawn = random_states()  # (every run and attempt draws what the first drew)
+        run = _run(model, options, opaque, modules, drawn)
         functions = run.use.weight_functions
         if run.use.checkpointed or functions:  # again, with checkpointed functions (and
             # Functions computing with weights) in backward's grad mode
-            with Checkpoints(functions) as watch, drawing_from(drawn):
-                run = _run(model, options, opaque, modules)
+            with Checkpoints(functions) as watch:
+                run = _run(model, options, opaque, modules, drawn)
             run.checkpoints = watch.results
             run.functions = watch.functions
             if watch.functions:
@@ -549,10 +553,12 @@ def _run(
     options: AnalysisOptions,
     opaque: dict[int, str],
     modules: dict[str, nn.Module],
+    drawn: tuple,
 ) -> _Run:
     """Run the forward pass on meta if possible, else on real tensors (zeros standing for
     weights the model holds on the meta device, up to :data:`ZERO_WEIGHTS_BUDGET` bytes);
-    retry integer inputs."""
+    retry integer inputs. Each attempt draws from the random states ``drawn``
+    (:func:`random_states`)."""
     weights = [*model.parameters(), *model.buffers()]
     real: str | None = "real"
     if any(t.is_meta for t in weights):  # built without weights (a transformers TARGET)
@@ -560,7 +566,6 @@ def _run(
         real = "zeros" if size <= ZERO_WEIGHTS_BUDGET else None
     first_error: _ForwardFailed | None = None
     meta_error: BaseException | None = None
-    drawn = random_states()  # (each attempt draws what the first drew)
     candidates = (
         [options.example_inputs]
         if options.example_inputs is not None

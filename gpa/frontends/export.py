@@ -317,6 +317,7 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
         if functions:
             raise ExportError(_custom_functions_message(model, list(functions)))
         _check_no_scripted_calls(model, program)
+        _check_no_transforms(model, program)
         _identity_dropouts_dropped(program.graph_module)
         _detached_apart(program.graph_module)
         if write_into_view(program.graph_module.graph) is not None:
@@ -474,6 +475,40 @@ def _check_no_scripted_calls(model: nn.Module, program: Any) -> None:
         for path, _ in (node.meta.get("nn_module_stack") or {}).values():
             if isinstance(modules.get(path), torch.jit.ScriptModule):
                 raise _cannot_read_scripted(model, path)
+
+
+#: Where export's graph takes the functions switching torch.func's transform levels from
+#: (``_vmap_increment_nesting``, ``_add_batch_dim``, ``_jvp_increment_nesting`` …).
+_TRANSFORM_LEVELS = "torch._functorch.predispatch"
+
+
+def _check_no_transforms(model: nn.Module, program: Any) -> None:
+    """Refuse a program holding torch.func's transforms (``torch.vmap``, ``jvp``): export
+    records one as calls switching a transform level on and off around operations written
+    for one item of the batch, which gpa's gradient-flow pass, running each operation on
+    its own, cannot follow (a level left on would also stay on for the whole process). The
+    autograd frontend reads the run (``docs/semantics.md`` §1.1).
+
+    Raises:
+        ExportError: naming the model's line making the transform, where export recorded it.
+    """
+    for module in program.graph_module.modules():
+        if not isinstance(module, fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            if (
+                node.op == "call_function"
+                and getattr(node.target, "__module__", None) == _TRANSFORM_LEVELS
+                and node.target.__name__ != "lazy_load_decompositions"  # (switches nothing)
+            ):
+                site = stack_trace_site(node.meta.get("stack_trace"))
+                where = f" ({site[0]}, line {site[1]})" if site else ""
+                raise ExportError(
+                    f"{type(model).__name__} calls a torch.func transform (torch.vmap, jvp)"
+                    f"{where}: export's graph holds it as switches of a transform level "
+                    f"({node.target.__name__}) around operations on one item of the batch, "
+                    "which gpa cannot follow; --tracer autograd reads the run (auto moves on)"
+                )
 
 
 def _may_miss_grad_mode(program: Any) -> bool:

@@ -65,6 +65,7 @@ __all__ = [
     "buffers_copied",
     "hooked_calls_message",
     "root_hooks_message",
+    "modes_switched",
     "training_mode",
     "type_name",
     "with_tied",
@@ -308,20 +309,38 @@ TRACING = threading.RLock()
 
 
 @contextlib.contextmanager
-def training_mode(model: nn.Module, train: bool) -> Iterator[StateSnapshot]:
-    """``model`` in train (or eval) mode for the block, read by this thread alone (under
-    :data:`TRACING`); every module's own mode is restored afterwards, so a mixed train/eval
-    state survives, and its state as :func:`preserved_state` keeps it (the snapshot is
-    given, to restore within the block). Compiled modules run eagerly meanwhile."""
+def modes_switched(model: nn.Module, train: bool) -> Iterator[list[nn.Module]]:
+    """``model.train(train)`` for the block — the model's own ``train``, which may keep a
+    part in eval mode (mmdetection's ``norm_eval``) —, read by this thread alone (under
+    :data:`TRACING`); yields the modules whose mode it switched. Every module's own mode is
+    restored afterwards, so a mixed train/eval state survives.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).eval()
+        >>> with modes_switched(m, True) as switched:
+        ...     len(switched), m[1].training
+        (3, True)
+        >>> m[1].training
+        False
+    """
     with TRACING:
         modes = [(m, m.training) for m in model.modules()]
         model.train(train)
         try:
-            with preserved_state(model) as snapshot, eager_compiled_modules():
-                yield snapshot
+            yield [m for m, was in modes if m.training != was]
         finally:
-            for m, mode in modes:
-                m.training = mode
+            for m, was in modes:
+                if m.training != was:  # (each assignment is a module's __setattr__)
+                    m.training = was
+
+
+@contextlib.contextmanager
+def training_mode(model: nn.Module, train: bool) -> Iterator[StateSnapshot]:
+    """``model`` in train (or eval) mode for the block (:func:`modes_switched`), and its
+    state as :func:`preserved_state` keeps it (the snapshot is given, to restore within the
+    block). Compiled modules run eagerly meanwhile."""
+    with modes_switched(model, train), preserved_state(model) as snapshot, eager_compiled_modules():
+        yield snapshot
 
 
 def hooked_calls_message(
@@ -1027,6 +1046,26 @@ def check_model(model: nn.Module) -> None:
 PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
 
 
+#: Classes, by defining module and name (matched along a class's MRO, so nothing is
+#: imported), whose objects are modules only to hold the network they run, with the
+#: attribute holding it. Ultralytics' engine object (``YOLO("yolov8n.yaml")``) is called on
+#: images (``predict``) and its ``train`` runs a training loop: the network is its
+#: ``.model``.
+ENGINES = {("ultralytics.engine.model", "Model"): "model"}
+
+
+def _held_by_engine(module: nn.Module) -> tuple[str, nn.Module] | None:
+    """The attribute of :data:`ENGINES` holding the network ``module`` runs, and that
+    network; None for any other module (or an engine holding no module: a path, an
+    exported model's runtime)."""
+    for cls in type(module).__mro__:
+        attribute = ENGINES.get((cls.__module__, cls.__qualname__))
+        if attribute is not None:
+            held = getattr(module, attribute, None)
+            return (attribute, held) if isinstance(held, nn.Module) else None
+    return None
+
+
 def compiled(module: nn.Module) -> nn.Module | None:
     """The module ``torch.compile`` wrapped in ``module`` (its ``_orig_mod``), or None for
     any other module. (torch's compiler is not imported for this: a process that has not
@@ -1054,30 +1093,44 @@ def eager_compiled_modules() -> Iterator[None]:
 
 
 def unwrap_wrappers(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """The model a data-parallel wrapper, an averaged copy (``AveragedModel``: SWA, EMA)
-    or ``torch.compile`` holds (wrapped in each other or not), with a note per wrapper
-    saying so; else ``model``. Each calls the module it holds as it is.
+    """The model a data-parallel wrapper, an averaged copy (``AveragedModel``: SWA, EMA),
+    ``torch.compile`` or an engine object (:data:`ENGINES`: Ultralytics' ``YOLO``) holds
+    (wrapped in each other or not), with a note per wrapper saying so; else ``model``.
+    Each but the engine calls the module it holds as it is; the engine's network is what
+    its ``predict`` and ``train`` run.
 
     Example:
         >>> inner = nn.Linear(2, 2)
         >>> unwrap_wrappers(nn.DataParallel(inner))[0] is inner
         True
     """
-    notes = []
+    inner, chain = _wrapper_chain(model)
+    return inner, [
+        f"analysed the module {kind} wraps (its .{prefix}): layer names are relative to "
+        f"it, without the '{prefix}.' prefix of the wrapper's state_dict"
+        for _, kind, prefix in chain
+    ]
+
+
+def _wrapper_chain(model: nn.Module) -> tuple[nn.Module, list[tuple[nn.Module, str, str]]]:
+    """The module the wrappers around ``model`` hold (``model`` itself if none) and the
+    wrappers, outermost first, each with its kind and the attribute holding what it wraps."""
+    chain = []
     while True:
-        if _defines_its_own_call(model):  # (a subclass calling its module otherwise)
-            return model, notes
-        if isinstance(model, (*PARALLEL, torch.optim.swa_utils.AveragedModel)):
+        engine = _held_by_engine(model)
+        if engine is not None:
+            kind, (prefix, inner) = type(model).__name__, engine
+        elif _defines_its_own_call(model):  # (a subclass calling its module otherwise)
+            break
+        elif isinstance(model, (*PARALLEL, torch.optim.swa_utils.AveragedModel)):
             kind, inner, prefix = type(model).__name__, model.module, "module"
         elif (held := compiled(model)) is not None:
             kind, inner, prefix = "torch.compile", held, "_orig_mod"
         else:
-            return model, notes
-        notes.append(
-            f"analysed the module {kind} wraps (its .{prefix}): layer names are relative to "
-            f"it, without the '{prefix}.' prefix of the wrapper's state_dict"
-        )
+            break
+        chain.append((model, kind, prefix))
         model = inner
+    return model, chain
 
 
 def _defines_its_own_call(module: nn.Module) -> bool:
@@ -1113,12 +1166,7 @@ def wrappers_unwrapped(model: nn.Module) -> Iterator[tuple[nn.Module, list[str]]
         0
     """
     inner, notes = unwrap_wrappers(model)
-    wrappers = []  # (outermost first)
-    while model is not inner:
-        wrappers.append(model)
-        held = compiled(model)
-        model = held if held is not None else model.module
-    hooked = [w for w in wrappers if _carries_hooks_of_its_own(w)]
+    hooked = [w for w, _, _ in _wrapper_chain(model)[1] if _carries_hooks_of_its_own(w)]
     if not hooked:
         yield inner, notes
         return

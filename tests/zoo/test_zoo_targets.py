@@ -90,6 +90,44 @@ def test_ultralytics_yaml_names_and_paths(tmp_path: Path, monkeypatch) -> None:
     )
 
 
+@pytest.mark.parametrize("tracer", ["auto", "fx", "export", "autograd"])
+def test_an_ultralytics_engine_object_is_read_as_the_network_it_holds(
+    tracer: str, monkeypatch
+) -> None:
+    """``YOLO("yolov8n.yaml")`` — the object Ultralytics' users hold — is an nn.Module
+    whose ``train`` runs a training loop and whose call predicts on images: every frontend
+    crashed (a TypeError inside Ultralytics' trainer). Its network is its ``.model``."""
+    from ultralytics import YOLO
+
+    engine = YOLO("yolov8n.yaml")
+    monkeypatch.setattr(engine, "train", _never_called)
+    monkeypatch.setattr(engine, "predict", _never_called)
+    x = torch.randn(1, 3, 64, 64)
+    report = gpa.analyze(engine, (x,), tracer=tracer)
+    # a real backward of the network in train mode: the convolutions its weights reach
+    network = engine.model.train()
+    sum(t.sum() for t in _tensors(network(x))).backward()
+    reached = {
+        name
+        for name, m in network.named_modules()
+        if isinstance(m, torch.nn.Conv2d) and m.weight.grad is not None
+    }
+    network.zero_grad(set_to_none=True)
+    assert len(reached) == 64 - 1  # (the hand count above, model.22.dfl.conv unreached)
+    assert report.network.layers == 64
+    assert {n for n, r in report.layers.items() if r.reachable} == reached
+    assert report.network.unreachable == ("model.22.dfl.conv",)
+    assert any("the module YOLO wraps (its .model)" in note for note in report.notes)
+
+
+def _never_called(*args, **kwargs):
+    raise AssertionError("gpa called the engine's train or predict")
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
+
+
 def test_transformers_types_and_classes() -> None:
     bert = load_target("transformers:bert")
     assert type(bert.model).__name__ == "BertModel"
