@@ -44,7 +44,6 @@ from typing import Any, NamedTuple
 import networkx as nx
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -58,6 +57,7 @@ from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     functional_owners,
+    functional_run,
     fx_leaf,
     is_layer_module,
     opaque_layer_types,
@@ -664,7 +664,7 @@ def _forward(
     watch = RandomBranches(is_data=use.reads_data)
     with _hooks(modules.values(), recorder), torch.enable_grad(), watch, use:
         try:
-            output = functional_call(model, state, args, strict=False)
+            output = functional_run(model, state, args)
         except Exception as exc:
             raise _ForwardFailed(exc, list(recorder.stack)) from exc
     return _Run(output, args, recorder, use, ids, input_ids, keep, [], random_branch=watch.where)

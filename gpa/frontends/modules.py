@@ -73,6 +73,7 @@ __all__ = [
     "unwrap_wrappers",
     "wrappers_unwrapped",
     "compiled",
+    "functional_run",
     "eager_compiled_modules",
 ]
 
@@ -1064,6 +1065,38 @@ def _held_by_engine(module: nn.Module) -> tuple[str, nn.Module] | None:
             held = getattr(module, attribute, None)
             return (attribute, held) if isinstance(held, nn.Module) else None
     return None
+
+
+def functional_run(
+    module: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    args: Any,
+    kwargs: Mapping[str, Any] | None = None,
+) -> Any:
+    """``torch.func.functional_call(module, state, args, kwargs)`` for any module:
+    one torch's stateless API refuses — a data-parallel wrapper (a subclass of one with a
+    forward of its own is a model), a TorchScript module, whose state its parent swaps —
+    is called through a module holding it.
+
+    Example:
+        >>> m = nn.DataParallel(nn.Linear(2, 1, bias=False))
+        >>> functional_run(m, {"module.weight": torch.ones(1, 2)}, (torch.ones(1, 2),))
+        tensor([[2.]])
+    """
+    if isinstance(module, (*PARALLEL, torch.jit.ScriptModule)):
+        module, state = _Holder(module), {f"held.{k}": v for k, v in state.items()}
+    return torch.func.functional_call(module, dict(state), args, kwargs)
+
+
+class _Holder(nn.Module):
+    """A module whose forward calls the one it holds (not a copy: its state is swapped)."""
+
+    def __init__(self, held: nn.Module) -> None:
+        super().__init__()
+        self.held = held
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.held(*args, **kwargs)
 
 
 def compiled(module: nn.Module) -> nn.Module | None:

@@ -12,7 +12,7 @@ from torch import nn
 import gpa
 from gpa.core.graph import LOSS
 from gpa.errors import TraceError
-from tests.semantics import expect
+from tests.semantics import check_reachability_with_autograd, expect
 
 
 def model() -> nn.Module:
@@ -386,14 +386,29 @@ class _Ema(torch.optim.swa_utils.AveragedModel):
         return a + b.detach()
 
 
+class _Parallel(nn.DataParallel):
+    """A data-parallel wrapper whose own ``forward`` detaches ``b``'s output."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.module(x)
+        return a + b.detach()
+
+
+@pytest.mark.parametrize("wrapper", [_Ema, _Parallel])
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
-def test_a_wrappers_subclass_with_a_forward_of_its_own_is_a_model(tracer: str) -> None:
+def test_a_wrappers_subclass_with_a_forward_of_its_own_is_a_model(
+    tracer: str, wrapper: type[nn.Module]
+) -> None:
     """It was read through as the module it wraps, without its forward: ``b`` was read
-    reached. By hand: module.a reaches the loss in 1, module.b and module.c never."""
-    report = gpa.analyze(_Ema(_Pair()), (torch.randn(2, 4),), tracer=tracer)
+    reached; the autograd frontend then refused the data-parallel one (torch's stateless
+    API takes no DataParallel: ModelError). By hand: module.a reaches the loss in 1,
+    module.b and module.c never; a real backward agrees."""
+    model, x = wrapper(_Pair()), torch.randn(2, 4)
+    report = gpa.analyze(model, (x,), tracer=tracer)
     expect(report, "module.a", {1: 1}, (LOSS,))
     assert not report.layers["module.b"].reachable
     assert not any(n.startswith("analysed the module") for n in report.notes)
+    check_reachability_with_autograd(report, model, x)
 
 
 def test_a_compiled_module_with_no_length_is_read_through() -> None:

@@ -39,13 +39,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 from torch.overrides import TorchFunctionMode, _get_current_function_mode
 from torch.utils._pytree import tree_map
 
 from gpa.frontends.fx.lookalike import code_names
 from gpa.frontends.fx.shape_rules import FUNCTION_RULES
-from gpa.frontends.modules import preserved_state
+from gpa.frontends.modules import functional_run, preserved_state
 from gpa.frontends.randomness import drawing_from
 
 __all__ = [
@@ -102,7 +101,7 @@ def calls_when_run(
     args = tree_map(lambda x: x.detach().to("meta") if isinstance(x, torch.Tensor) else x, inputs)
     try:
         with preserved_state(model), drawing_from(states), _norms_by_shape():
-            functional_call(model, state, args, strict=False)
+            functional_run(model, state, args)
     except Exception:  # the model's branches need values: the trace cannot be checked
         return None
     finally:

@@ -60,7 +60,7 @@ from gpa.frontends.fx.tracer import (
     later_reader,
     written_into,
 )
-from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES
+from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES, functional_run
 from gpa.frontends.raised import briefly
 
 __all__ = [
@@ -710,10 +710,7 @@ class GradientFlow(fx.Interpreter):
         runner = self.state.runner(module)
         if runner is not None:
             return runner(*args, **kwargs)
-        state = self.state.module_state(module)
-        if isinstance(module, torch.jit.ScriptModule):  # the stateless API takes its parent
-            module, state = _Holder(module), {f"held.{k}": v for k, v in state.items()}
-        return torch.func.functional_call(module, state, args, kwargs)
+        return functional_run(module, self.state.module_state(module), args, kwargs)
 
     def _flow_of(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
         value, flows = self._worked_out(n)
@@ -1031,17 +1028,6 @@ def _aliases(result: Any, x: Any) -> bool:
         return True
     base = x._base if x._base is not None else x
     return result._base is not None and result._base is base
-
-
-class _Holder(nn.Module):
-    """A module whose forward calls the one it holds (not a copy: its state is swapped)."""
-
-    def __init__(self, held: nn.Module) -> None:
-        super().__init__()
-        self.held = held
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.held(*args, **kwargs)
 
 
 def _of_torch(module: nn.Module) -> bool:
