@@ -1199,7 +1199,12 @@ def wrappers_unwrapped(model: nn.Module) -> Iterator[tuple[nn.Module, list[str]]
         0
     """
     inner, notes = unwrap_wrappers(model)
-    hooked = [w for w, _, _ in _wrapper_chain(model)[1] if _carries_hooks_of_its_own(w)]
+    hooked = [
+        w
+        for w, _, _ in _wrapper_chain(model)[1]
+        # (an engine's own call predicts: it never runs hooks registered on it)
+        if _carries_hooks_of_its_own(w) and _held_by_engine(w) is None
+    ]
     if not hooked:
         yield inner, notes
         return
