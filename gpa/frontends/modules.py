@@ -1138,7 +1138,12 @@ def unwrap_wrappers(model: nn.Module) -> tuple[nn.Module, list[str]]:
         True
     """
     inner, chain = _wrapper_chain(model)
-    return inner, [
+    return inner, _unwrapped_notes(chain)
+
+
+def _unwrapped_notes(chain: list[tuple[nn.Module, str, str]]) -> list[str]:
+    """A note per wrapper of ``chain`` (:func:`_wrapper_chain`) saying what was analysed."""
+    return [
         f"analysed the module {kind} wraps (its .{prefix}): layer names are relative to "
         f"it, without the '{prefix}.' prefix of the wrapper's state_dict"
         for _, kind, prefix in chain
@@ -1198,10 +1203,11 @@ def wrappers_unwrapped(model: nn.Module) -> Iterator[tuple[nn.Module, list[str]]
         >>> len(inner._forward_hooks)
         0
     """
-    inner, notes = unwrap_wrappers(model)
+    inner, chain = _wrapper_chain(model)  # (one walk for the notes and the hooks)
+    notes = _unwrapped_notes(chain)
     hooked = [
         w
-        for w, _, _ in _wrapper_chain(model)[1]
+        for w, _, _ in chain
         # (an engine's own call predicts: it never runs hooks registered on it)
         if _carries_hooks_of_its_own(w) and _held_by_engine(w) is None
     ]
