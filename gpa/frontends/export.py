@@ -73,6 +73,7 @@ from gpa.frontends.fx.branches import (
     calls_when_run,
     other_branch_message,
     type_tests_unseen,
+    unchecked_channels_message,
 )
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
@@ -178,6 +179,9 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             "a layer type): export's graph does not show where the compiled module's calls "
             "begin and end; fx and autograd read it (auto moves on)"
         )
+    if options.channels and type_tests_unseen(root, (), EXACT_TYPE_TESTS):
+        # (a run cannot check channels: see the message)
+        raise TraceError(unchecked_channels_message(model, "torch.export", _EXACT_TESTS))
     with training_mode(model, options.train):
         drawn = random_states()  # what export draws, the check below draws again
         program, inputs, watched, sites = _export(root, options)

@@ -822,3 +822,127 @@ def test_a_class_name_compared_in_forward_is_a_class_test(tracer: str) -> None:
     expect(report, "b", {1: 1}, (LOSS,))
     expect(report, "f", {2: 1, 3: 1}, ("f", "b"), calls=2)
     expect(report, "a", {4: 1}, ("f",))
+
+
+class HalfResidual(nn.Module):
+    """1×1 convolutions a (1 → 4 channels), b and c (4 → 4): the residual around b adds a's
+    channels [0, 2) alone where the guard on a's output holds, all four otherwise. Either
+    branch calls every layer once and feeds b's and a's outputs to the same layers: only
+    the channels differ."""
+
+    def __init__(self, guard: str) -> None:
+        super().__init__()
+        self.guard = GUARDS[guard]
+        self.a, self.b, self.c = nn.Conv2d(1, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        g = self.b(h)
+        half = self.guard(self, h)
+        g = torch.cat([g[:, :2] + h[:, :2], g[:, 2:]], 1) if half else g + h
+        return self.c(g)
+
+
+def _segments(record: Any) -> list[tuple]:
+    """(start, stop, gradient timestamps, path count, {(sender, its channels)}) per segment."""
+    return [
+        (
+            s.start,
+            s.stop,
+            set(s.paths.timestamps),
+            s.paths.num_paths,
+            {(src.sender, src.channels) for src in s.sources},
+        )
+        for s in record.segments
+    ]
+
+
+@pytest.mark.parametrize("tracer", ["fx", pytest.param("export", marks=pytest.mark.slow), "auto"])
+@pytest.mark.parametrize("guard", list(GUARDS))
+def test_a_test_on_a_proxy_that_routes_other_channels_gives_no_channel_segments(
+    guard: str, tracer: str
+) -> None:
+    """By hand (every guard holds on a tensor): c reaches the loss at 1, b at 2 (through
+    c); a's channels [0, 2) at 2 (the residual, c's input channels [0, 2)) and 3 (through
+    b, its input channels [0, 2)), its channels [2, 4) at 3 alone (b's [2, 4)). fx's trace
+    of a branch taken otherwise adds the residual to all four channels: [0, 4) at 2 and 3,
+    in silence before (the layer calls agree, and so does their wiring). A run cannot
+    check channels: where a test on a proxy may answer otherwise, fx refuses channel
+    segments — all guards but ``not_a_sequence``, an ``isinstance`` test naming classes
+    a proxy and a tensor both fail, which fx reads; export's fake tensors answer all but
+    the exact ``type`` tests as tensors do, and it refuses those. auto moves on to export,
+    or says no frontend can give them."""
+    model, x = HalfResidual(guard), torch.randn(1, 1, 4, 4)
+    read_by_fx = guard == "not_a_sequence"
+    if (tracer == "fx" and not read_by_fx) or (tracer == "export" and guard in EXACT):
+        with pytest.raises(TraceError, match="cannot give channel segments"):
+            gpa.analyze(model, (x,), tracer=tracer, channels=True)
+        return
+    if tracer == "auto" and guard in EXACT:
+        with pytest.raises(TraceError, match="no frontend that gives channel segments"):
+            gpa.analyze(model, (x,), channels=True)
+        return
+    report = gpa.analyze(model, (x,), tracer=tracer, channels=True)
+    assert report.tracer == ("fx" if read_by_fx and tracer != "export" else "export")
+    assert _segments(report.layers["a"]) == [
+        (0, 2, {2, 3}, 2, {("b", (0, 2)), ("c", (0, 2))}),
+        (2, 4, {3}, 1, {("b", (2, 4))}),
+    ]
+    assert _segments(report.layers["b"]) == [(0, 4, {2}, 1, {("c", (0, 4))})]
+    # without channels every frontend reads it: the layer calls and their wiring agree
+    for layers in ("fx", "autograd"):
+        layer_level = gpa.analyze(model, (x,), tracer=layers)
+        expect(layer_level, "a", {2: 1, 3: 1}, ("b", "c"))
+        expect(layer_level, "b", {2: 1}, ("c",))
+        check_reachability_with_autograd(layer_level, model, x)
+
+
+def test_the_channel_refusal_names_the_line_that_tested_the_proxy() -> None:
+    """fx's refusal says where the model's code first tested a proxy (the guard's line
+    here), so the user can see which test it was."""
+    line = GUARDS["isinstance"].__code__.co_firstlineno
+    with pytest.raises(TraceError, match=rf"test_proxy_branches\.py, line {line}\)"):
+        gpa.analyze(
+            HalfResidual("isinstance"), (torch.randn(1, 1, 4, 4),), channels=True, tracer="fx"
+        )
+
+
+class PairGuarded(nn.Module):
+    """a, then attention over a's output (an (output, weights) pair, one proxy to fx) and
+    b; the attention's output added to b's where the guard on the pair holds."""
+
+    def __init__(self, guard: str) -> None:
+        super().__init__()
+        self.guard = guard
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.attn = nn.MultiheadAttention(4, 1, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        pair, g = self.attn(h, h, h), self.b(h)
+        if self.guard == "tuple" and isinstance(pair, tuple):
+            g = g + pair[0]
+        if self.guard == "size" and isinstance(h.size(-1), int):
+            g = g + pair[0]
+        return self.c(g)
+
+
+@pytest.mark.parametrize("guard", ["tuple", "size"])
+def test_an_isinstance_test_is_answered_as_on_the_value_the_proxy_stands_for(guard: str) -> None:
+    """fx reads an ``isinstance`` test naming classes as the value the proxy stands for
+    answers it, once the gradient-flow pass knows that value: where the two answers
+    differ — a pair returned by a leaf call, a size (an int) — fx checks its trace against
+    a run and refuses the branch it took otherwise; where they agree (a tensor is no list,
+    nor is a proxy; torch's C code asking a proxy in ``torch.cat``'s list its class) fx
+    reads the model, channels too (``test_a_test_on_a_proxy_that_routes_other_channels…``
+    and ``tests/channels/test_routes_against_autograd.py``). By hand (every guard holds
+    when run): c at 1; b and attn at 2 (through c); a at 3, through b and through attn."""
+    model, x = PairGuarded(guard), torch.randn(2, 3, 4)
+    with pytest.raises(TraceError, match="'attn' hands its gradient to"):
+        gpa.analyze(model, (x,), tracer="fx")
+    report = gpa.analyze(model, (x,))
+    assert report.tracer != "fx"
+    expect(report, "c", {1: 1}, (LOSS,))
+    expect(report, "attn", {2: 1}, ("c",))
+    expect(report, "a", {3: 2}, ("attn", "b"))
+    check_reachability_with_autograd(report, model, x)

@@ -30,8 +30,10 @@ from gpa.errors import TraceError
 from gpa.frontends.functions import called_function
 from gpa.frontends.fx.branches import (
     calls_when_run,
+    class_tests_answered_otherwise,
     other_branch_message,
     type_tests_unseen,
+    unchecked_channels_message,
 )
 from gpa.frontends.fx.checkpoints import unfed_checkpoints
 from gpa.frontends.fx.flow import RETURNED_INPUTS, flow_from_names
@@ -144,7 +146,13 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     notes += [unfed_checkpoint_note(unfed)] if unfed else []
     uncalled = uncalled_layers(traced, gm, options.layer_types, calls)
     leaves = [node.target for node in gm.graph.nodes if node.op == "call_module"]
-    tested = inputs is not None and (gm.meta.get(TESTED) or type_tests_unseen(traced, leaves))
+    # where a test on a proxy may have answered otherwise than on the value (a Site, or
+    # True), or the code makes tests no proxy sees (read from the source)
+    proxied = inputs is not None and (gm.meta.get(TESTED) or class_tests_answered_otherwise(gm))
+    tested = inputs is not None and (proxied or type_tests_unseen(traced, leaves))
+    if tested and options.channels:  # (a run cannot check channels: see the message)
+        tests = "isinstance(h, torch.Tensor), hasattr" if proxied else "type(h) is torch.Tensor"
+        raise TraceError(unchecked_channels_message(model, tests=tests, site=proxied))
     traced_calls = _layer_module_calls(traced, gm, calls, uncalled, tested)
     if traced_calls and inputs is not None:  # did a test on a proxy take another branch?
         with training_mode(model, options.train):

@@ -37,19 +37,25 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode, _get_current_function_mode
 from torch.utils._pytree import tree_map
 
+from gpa.frontends.frames import Site
+from gpa.frontends.fx.flow import FLOW, Shape
 from gpa.frontends.fx.lookalike import code_names
 from gpa.frontends.fx.shape_rules import FUNCTION_RULES
+from gpa.frontends.fx.tracer import CLASS_TESTS
 from gpa.frontends.modules import functional_run, preserved_state
 from gpa.frontends.randomness import drawing_from
 
 __all__ = [
     "calls_when_run",
+    "class_tests_answered_otherwise",
     "other_branch_message",
+    "unchecked_channels_message",
     "type_tests_unseen",
     "EXACT_TYPE_TESTS",
     "UNSEEN_BY_PROXIES",
@@ -108,6 +114,43 @@ def calls_when_run(
         for h in handles:
             h.remove()
     return {n: counts[id(modules[n])] for n in names}
+
+
+def class_tests_answered_otherwise(gm: fx.GraphModule) -> Site | bool:
+    """Where an ``isinstance`` test the model's code made on a proxy
+    (:data:`~gpa.frontends.fx.tracer.CLASS_TESTS`) answers otherwise on the value the
+    proxy stands for, as the gradient-flow pass left it in ``node.meta``: the model's line
+    that made the first such test (True where unknown), else False. A test is taken as
+    answered otherwise wherever that value's class is not known for sure: an attribute
+    read (``self.gate``, a parameter), a value of no container pytree knows, a class
+    deriving from ``torch.Tensor``, a node the pass did not run.
+
+    Example:
+        >>> import torch.fx as fx
+        >>> class_tests_answered_otherwise(fx.symbolic_trace(nn.Identity()))
+        False
+    """
+    for node, classes, answered, site in gm.meta.get(CLASS_TESTS, ()):
+        if _answer_on_value(node, classes) != answered:
+            return site or True
+    return False
+
+
+def _answer_on_value(node: fx.Node, classes: tuple[type, ...]) -> bool | None:
+    """``isinstance(v, classes)`` for the value ``v`` of ``node`` as the gradient-flow pass
+    saw it, or None where its class is not known for sure."""
+    flow = node.meta.get(FLOW)
+    if flow is None or node.op == "get_attr":
+        return None
+    if isinstance(flow.shapes, Shape):  # a tensor (the pass sees no subclass)
+        if any(c is not torch.Tensor and issubclass(c, torch.Tensor) for c in classes):
+            return None
+        return issubclass(torch.Tensor, classes)
+    if flow.is_constant:
+        return isinstance(flow.constant, classes)
+    if flow.shapes is None:  # (None, or an object pytree does not know)
+        return None
+    return issubclass(type(flow.shapes), classes)  # (a container pytree rebuilt)
 
 
 #: Class tests no proxy sees (``type(h) is torch.Tensor``, ``is_dataclass(h)``): Python
@@ -288,4 +331,39 @@ def other_branch_message(
         f"{frontend}'s trace of {type(model).__name__} took another branch than its forward "
         f"takes: {'; '.join(said)} (forward tests a value {frontend} holds as {held} — "
         f"{tests} — which answers otherwise)"
+    )
+
+
+def unchecked_channels_message(
+    model: nn.Module,
+    frontend: str = "torch.fx",
+    tests: str = "isinstance(h, torch.Tensor), hasattr",
+    site: Site | bool | None = None,
+) -> str:
+    """The refusal of ``frontend`` to give channel segments (``docs/semantics.md`` §1.1 and
+    §8) for a model whose ``forward`` tests a value the trace holds as a proxy (fx) or a
+    fake tensor (export) — ``tests``: the kinds that answer otherwise there; ``site``: the
+    model's line that made the first one, where known. One run confirms which layer calls
+    feed which (:func:`~gpa.frontends.wiring.refuse_other_wiring`), not which of their
+    channels: a branch adding a residual to half the channels, taken otherwise, feeds the
+    same layers and routes other channels.
+
+    Example:
+        >>> said = unchecked_channels_message(nn.Identity(), site=("net.py", 12))
+        >>> said.split(": ")[0], "(first at net.py, line 12)" in said
+        ("torch.fx's trace of Identity cannot give channel segments", True)
+    """
+    held = "a proxy" if frontend == "torch.fx" else "a fake tensor"
+    where = f" (first at {site[0]}, line {site[1]})" if isinstance(site, tuple) else ""
+    instead = (
+        "--tracer export reads the channels as the model runs (auto moves on)"
+        if frontend == "torch.fx"
+        else "drop --channels for the layer level, which a run checks (auto moves on)"
+    )
+    return (
+        f"{frontend}'s trace of {type(model).__name__} cannot give channel segments: "
+        f"forward tests a value {frontend} holds as {held}{where} — {tests} — which answers "
+        "otherwise than when the model runs, and a run checks which layer calls feed which, "
+        "not which of their channels (a branch adding a residual to half the channels, "
+        f"taken otherwise, feeds the same layers); {instead}"
     )

@@ -27,12 +27,16 @@ Example:
 
 from __future__ import annotations
 
+import ast
+import builtins
 import contextlib
 import copy
 import functools
 import inspect
+import linecache
 import operator
 import sys
+import types
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -43,7 +47,7 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.utils._pytree import tree_leaves, tree_unflatten
 
 from gpa.errors import TraceError
-from gpa.frontends.frames import caller_site, user_frame
+from gpa.frontends.frames import Site, caller_site, user_frame
 from gpa.frontends.functions import custom_function_calls, function_call, run_function
 from gpa.frontends.fx.norm_act import norm_then_activations
 from gpa.frontends.modules import (
@@ -73,6 +77,7 @@ __all__ = [
     "METADATA_QUERIES",
     "SITE",
     "TESTED",
+    "CLASS_TESTS",
     "trace",
     "unwritable_names",
     "written_into",
@@ -106,11 +111,22 @@ SITE = "gpa_site"
 #: qualified name and class name, which messages give instead of the stand-in's.
 CALL_OF = "gpa_call_of"
 
-#: ``GraphModule.meta`` key: True when the model's code tested a proxy as fx answers
+#: ``GraphModule.meta`` key: where the model's code first tested a proxy as fx answers
 #: otherwise than the run would — its class (``isinstance(h, torch.Tensor)``) or an
-#: attribute no tensor has (``hasattr(out, "logits")``): the trace may have taken another
+#: attribute no tensor has (``hasattr(out, "logits")``) —, a :data:`~gpa.frontends.frames.Site`
+#: (True where that place is no model code), else False: the trace may have taken another
 #: branch (see :mod:`~gpa.frontends.fx.branches`).
 TESTED = "gpa_tested"
+
+#: An ``isinstance`` test the model's code made on a proxy: the proxy's node, the classes
+#: it named, what the proxy answered, and the model's line that asked (or None).
+ClassTest = tuple[fx.Node, tuple[type, ...], bool, "Site | None"]
+
+#: ``GraphModule.meta`` key: the :data:`ClassTest` list of the trace — tests whose
+#: answer on the value a proxy stands for is known once values are (see
+#: :func:`~gpa.frontends.fx.branches.class_tests_answered_otherwise`), noted in
+#: :data:`TESTED` only where it differs.
+CLASS_TESTS = "gpa_class_tests"
 
 LeafSpec = Iterable[type[nn.Module] | str]
 
@@ -220,7 +236,7 @@ class _TestsAnswered:
 
     def __getattr__(self, k: str) -> GpaAttribute:
         if not hasattr(torch.Tensor, k) and _asked_by_model():
-            self.tracer.tested = True
+            self.tracer.note_test()
         return GpaAttribute(self, k)
 
     @property  # type: ignore[misc]
@@ -229,7 +245,9 @@ class _TestsAnswered:
             if self.stands_for is not None:
                 return self.stands_for
             if self.class_test_noted():
-                self.tracer.tested = True
+                classes = _tested_classes()
+                if classes is not None:
+                    self.tracer.note_test(self, classes)
         return type(self)
 
     def class_test_noted(self) -> bool:
@@ -260,6 +278,85 @@ def _asked_by_model() -> bool:
         frame = frame.f_back
     asker = frame.f_globals.get("__name__", "") if frame is not None else ""
     return asker.partition(".")[0] not in ("torch", "gpa")
+
+
+def _tested_classes() -> tuple[type, ...] | bool | None:
+    """What the model's code asking a proxy its class (the caller of the caller of this
+    function, a proxy's ``__class__``) tests: the classes given to ``isinstance`` where
+    its source names them (a name or an attribute of a module or class, or a tuple of
+    those), True for any other test, and None for no test — torch's C code asking on
+    behalf of a call the model makes (``torch.cat(y.chunk(2)[::-1])`` asks each proxy in
+    the list its class). torch's Python code in :data:`_ASKING_FOR_CALLER` tests for its
+    caller."""
+    frame = sys._getframe(2)
+    if frame.f_code in _ASKING_FOR_CALLER:
+        return True
+    call = _call_at(frame.f_code, frame.f_lasti)
+    if call is None:
+        return True
+    name = getattr(call.func, "id", None) or getattr(call.func, "attr", None)
+    if name not in _CLASS_TESTS:
+        return None
+    if name == "isinstance" and len(call.args) == 2 and not call.keywords:
+        classes = _classes_named(call.args[1], frame)
+        if classes is not None:
+            return classes
+    return True
+
+
+#: The builtins that ask a value its class, called by name.
+_CLASS_TESTS = frozenset({"isinstance", "issubclass", "type"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _call_at(code: types.CodeType, offset: int) -> ast.Call | None:
+    """The call the instruction at byte ``offset`` of ``code`` makes, read from the
+    instruction's place in the source; None where it is no call or cannot be read."""
+    try:
+        line, end, col, end_col = list(code.co_positions())[offset // 2]
+    except (IndexError, ValueError):
+        return None
+    if None in (line, end, col, end_col):
+        return None
+    lines = [linecache.getline(code.co_filename, n).encode() for n in range(line, end + 1)]
+    if not all(lines):
+        return None
+    lines[-1] = lines[-1][:end_col]  # (offsets count UTF-8 bytes)
+    lines[0] = lines[0][col:]
+    try:
+        called = ast.parse(b"(" + b"".join(lines) + b")", mode="eval").body
+    except (SyntaxError, ValueError):
+        return None
+    return called if isinstance(called, ast.Call) else None
+
+
+def _classes_named(expression: ast.expr, frame: types.FrameType) -> tuple[type, ...] | None:
+    """The classes ``expression`` names in ``frame``: a class, or a tuple of classes, named
+    by a name or an attribute of a module or class (``torch.Tensor``, ``self.kinds`` is
+    not read), or a tuple of those; None for anything else."""
+    items = expression.elts if isinstance(expression, ast.Tuple) else [expression]
+    found: list[type] = []
+    for value in (_named(e, frame) for e in items):
+        if isinstance(value, type):
+            found.append(value)
+        elif isinstance(value, tuple) and value and all(isinstance(v, type) for v in value):
+            found.extend(value)
+        else:
+            return None
+    return tuple(found)
+
+
+def _named(expression: ast.expr, frame: types.FrameType) -> Any:
+    """What a name, or an attribute chain through modules and classes, names in
+    ``frame`` (None for anything else: reading an instance's attribute may run code)."""
+    if isinstance(expression, ast.Name):
+        scopes = (frame.f_locals, frame.f_globals, vars(builtins))
+        return next((scope[expression.id] for scope in scopes if expression.id in scope), None)
+    if isinstance(expression, ast.Attribute):
+        owner = _named(expression.value, frame)
+        if isinstance(owner, (types.ModuleType, type)):
+            return getattr(owner, expression.attr, None)
+    return None
 
 
 class GpaAttribute(_TestsAnswered, fx.proxy.Attribute):
@@ -375,7 +472,20 @@ class GpaTracer(fx.Tracer):
         self.checkpointed = False  # a re-entrant checkpoint's function created nodes
         self._names: dict[bool, dict[int, str]] = {}  # see _qualified_name
         self._keyword_only: list[fx.Node] = []  # placeholders of forward's keyword-only
-        self.tested = False  # see GpaProxy and TESTED
+        self.tested: Site | bool = False  # see GpaProxy and TESTED
+        self.class_tests: list[ClassTest] = []  # see CLASS_TESTS
+
+    def note_test(self, proxy: Any = None, classes: tuple[type, ...] | bool = True) -> None:
+        """Note that the model's code tested a proxy as the value it stands for may not
+        answer, at the model's line that asked (:func:`caller_site`): an ``isinstance``
+        test of ``proxy`` naming ``classes`` in :attr:`class_tests`, answered against that
+        value once it is known (see :data:`CLASS_TESTS`); any other test in ``tested``,
+        where the first was made."""
+        site = caller_site()
+        if classes is not True and type(proxy) is GpaProxy:
+            self.class_tests.append((proxy.node, classes, issubclass(GpaProxy, classes), site))
+        elif not self.tested:
+            self.tested = site or True
 
     def _qualified_name(self, t: torch.Tensor) -> str | None:
         """The qualified name of a parameter (or buffer) of the root, as fx's linear search
@@ -664,6 +774,7 @@ def trace(
     except SyntaxError as exc:  # fx writes module names into Python code
         raise TraceError(unwritable_names(model, exc)) from None
     gm.meta[TESTED] = tracer.tested
+    gm.meta[CLASS_TESTS] = tracer.class_tests
     if watch is not None:
         gm.meta[CHECKPOINTS] = [
             tuple([v.node for v in values if isinstance(v, fx.Proxy)] for values in boundary)
