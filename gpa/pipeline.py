@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gc
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 
 import numpy as np
@@ -198,11 +198,16 @@ def _intermediate_outputs_notes(graph: GradientGraph) -> list[str]:
     to the loss, which a loss reading them for their shapes only does not train
     (``docs/semantics.md`` §1.5)."""
     ops = graph.ops
+
+    def read_inside(node: Hashable, data: dict) -> bool:  # (the frontend's word, where it knows)
+        if "read_inside" in data:
+            return data["read_inside"]
+        return any(s != LOSS and ops.edges[node, s].get("grad") for s in ops.successors(node))
+
     read = [
         data.get("output")
         for node, _, data in ops.in_edges(LOSS, data=True)
-        if data.get("grad")
-        and any(s != LOSS and ops.edges[node, s].get("grad") for s in ops.successors(node))
+        if data.get("grad") and read_inside(node, data)
     ]
     if not read:
         return []

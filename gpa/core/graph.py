@@ -57,7 +57,10 @@ class GradientGraph:
         ops: operation-level DAG ending in :data:`LOSS`; every edge has a ``grad``
             attribute telling whether gradient flows along it; a layer call's node has
             a ``value`` (the result's shape and dtype) and its first operand as its first
-            predecessor.
+            predecessor. An edge into :data:`LOSS` may say (``read_inside``) whether the
+            returned tensor it stands for is also read inside the model, where a node
+            holds several tensors (the autograd frontend's layer calls and splits);
+            elsewhere the node's other successors tell.
         calls: the nodes of ``ops`` that are layer calls -> their :class:`LayerCall`,
             in forward order.
         tracer: the frontend that built it (``"fx"``, ``"export"`` or ``"autograd"``).

@@ -737,11 +737,15 @@ class _Edges:
 
     def resolve(self, fn: Any, output_nr: int = 0) -> Any:
         """The node that computed output ``output_nr`` of ``fn``, seen through checkpoints."""
+        return self.resolve_output(fn, output_nr)[0]
+
+    def resolve_output(self, fn: Any, output_nr: int = 0) -> tuple[Any, int]:
+        """:meth:`resolve`'s node, with the number of the output it computed."""
         while fn is not None and id(fn) in self._through:
             edges = self._through[id(fn)]
             edge = edges[output_nr] if output_nr < len(edges) else None
             fn, output_nr = edge if edge is not None else (None, 0)
-        return fn
+        return fn, output_nr
 
     def of(self, fn: Any) -> list[Any]:
         """``fn``'s inputs in order (None where one receives no gradient); one element
@@ -757,6 +761,16 @@ class _Edges:
             if stacked is not None:
                 return [self.resolve(*stacked)]
         return children
+
+
+def _outputs_read(nodes: list[Any], edges: _Edges) -> set[tuple[int, int]]:
+    """(id of node, output number) of each output of ``nodes`` that one of them reads."""
+    return {
+        (id(fn), nr)
+        for user in nodes
+        for fn, nr in (edges.resolve_output(c, n) for c, n in user.next_functions)
+        if fn is not None
+    }
 
 
 def _stacked_operand(select: Any, stack: Any) -> tuple[Any, int] | None:
@@ -829,7 +843,8 @@ def _build(
     returned = returned_values(run.output)
     edges = _Edges(run.checkpoints, run.parameters, run.use.data_picks, run.functions)
     selected = returned.select(outputs)
-    roots = [edges.resolve(t.grad_fn, t.output_nr) for _, t in selected]
+    returned_at = [edges.resolve_output(t.grad_fn, t.output_nr) for _, t in selected]
+    roots = [fn for fn, _ in returned_at]
     keys = [key for key, _ in selected]
     nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created], edges)
 
@@ -883,9 +898,13 @@ def _build(
             if child is not None and key_of(child) != key:
                 g.add_edge(key_of(child), key, grad=True)
     g.add_node(LOSS)
-    for root, output in zip(roots, keys, strict=True):
+    # each node's outputs other nodes read: a node here may hold several returned tensors
+    # (a layer call's, a split's), of which the model may read some and not others (§1.5)
+    read = _outputs_read(nodes, edges)
+    for (root, nr), output in zip(returned_at, keys, strict=True):
         if root is not None and not g.has_edge(key_of(root), LOSS):  # its first path names it
-            g.add_edge(key_of(root), LOSS, grad=True, output=output)
+            inside = (id(root), nr) in read
+            g.add_edge(key_of(root), LOSS, grad=True, output=output, read_inside=inside)
     outputs_at = {id(r) for r in roots if r is not None}
     chosen, unmade = _dynamic_convolutions(candidates, nodes, edges, key_of, layer_call, outputs_at)
     for fn, made in chosen:  # the convolution is the layer; what made its kernel is none

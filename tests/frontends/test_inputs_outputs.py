@@ -697,6 +697,51 @@ def test_returned_tensors_read_inside_the_model_are_named_in_a_note(tracer) -> N
     expect(predictions, "a", {3: 1}, ("b",))
 
 
+class ReadsOneOfSeveral(nn.Module):
+    """Returns one tensor of an operation making several — an LSTM's sequence ``out``, the
+    first of two chunks — beside a prediction made from another of them (the last hidden
+    state ``h``, the second chunk): the tensor returned is read nowhere inside. With
+    ``reads_returned``, the prediction is made from the returned tensor itself."""
+
+    def __init__(self, kind: str, reads_returned: bool) -> None:
+        super().__init__()
+        self.kind, self.reads_returned = kind, reads_returned
+        self.rnn, self.a = nn.LSTM(4, 4, batch_first=True), nn.Linear(4, 4)
+        self.fc = nn.Linear(4 if kind == "lstm" else 2, 2)
+
+    def forward(self, x):
+        if self.kind == "lstm":
+            out, (h, _) = self.rnn(x)
+            return out, self.fc(out[:, -1] if self.reads_returned else h[-1])
+        p, q = self.a(x).chunk(2, -1)
+        return p, self.fc(p if self.reads_returned else q)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("reads_returned", [False, True], ids=["other", "returned"])
+@pytest.mark.parametrize("kind", ["lstm", "chunk"])
+def test_a_returned_tensor_is_read_inside_only_where_that_tensor_is(
+    kind: str, reads_returned: bool, tracer: str
+) -> None:
+    """Found by a survey: the autograd frontend's node for a call (or a split) holds every
+    tensor it makes, so the note said the returned ``out`` was read inside where the model
+    reads ``h`` (fx and export, whose graphs hold one node per tensor, said nothing). The
+    note now names the returned tensors the model itself reads, by every frontend. By
+    hand: rnn (a) reaches the loss at 1 (the returned tensor) and at 2 (through fc)."""
+    report = gpa.analyze(
+        ReadsOneOfSeveral(kind, reads_returned), (torch.randn(2, 3, 4),), tracer=tracer
+    )
+    noted = [n for n in report.notes if "also read inside the model" in n]
+    if reads_returned:
+        (note,) = noted
+        assert note.startswith(
+            "1 returned tensor(s) feeding the loss are also read inside the model (0)"
+        )
+    else:
+        assert noted == []
+    expect(report, "rnn" if kind == "lstm" else "a", {1: 1, 2: 1}, (LOSS, "fc"))
+
+
 class KeywordOnly(nn.Module):
     def __init__(self) -> None:
         super().__init__()
