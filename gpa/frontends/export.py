@@ -543,9 +543,21 @@ def _is_grad_mode_region(node: fx.Node) -> bool:
     )
 
 
+#: What torch.export says of a tensor it made without tracing (``h.data``) and would keep.
+_LIFTED_FAKE = "fake tensor in the exported program constant"
+
+
 def _failure_message(model: nn.Module, exc: BaseException) -> str:
     detail = next((line for line in str(exc).splitlines() if line.strip()), "")
-    lines = [f"torch.export cannot export {type(model).__name__}: {type(exc).__name__}: {detail}"]
+    if _LIFTED_FAKE in detail:  # (torch's words ask to file an issue: the user's way out)
+        detail = (
+            "forward makes a tensor export does not trace and would keep as a constant, "
+            "most often by reading .data (.detach() is followed); fx and autograd read "
+            "it (auto moves on)"
+        )
+    else:
+        detail = f"{type(exc).__name__}: {detail}"
+    lines = [f"torch.export cannot export {type(model).__name__}: {detail}"]
     frame = user_frame(exc)
     if frame is not None:
         lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')

@@ -283,6 +283,21 @@ def test_detach(how, with_inputs):
     expect_network(report, layers=3, max_shortest=3, min_shortest=1, mean_shortest=2.0, longest=3)
 
 
+@pytest.mark.slow  # (an export)
+def test_export_says_what_stops_it_at_data() -> None:
+    """torch.export keeps a tensor read through ``.data`` as a constant it cannot trace,
+    and its error asks the user to file an issue with torch (a survey): gpa's says what
+    it is, what export follows instead and where to go. By hand as in test_detach."""
+    with pytest.raises(
+        TraceError, match=r"by reading \.data \(\.detach\(\) is followed\)"
+    ) as raised:
+        gpa.analyze(Detached("data"), input_shape=(2, 4), tracer="export")
+    assert "file an issue" not in str(raised.value)
+    assert gpa.analyze(Detached("method"), input_shape=(2, 4), tracer="export").tracer == "export"
+    report = gpa.analyze(Detached("data"), input_shape=(2, 4))
+    expect(report, "l1", {3: 1}, ("l2",))
+
+
 class FrozenStem(nn.Module):
     """A stem run under no_grad, then a layer whose own weights carry gradient although
     its input does not (a norm, a PReLU), then a head."""
