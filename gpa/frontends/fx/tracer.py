@@ -283,29 +283,30 @@ def _asked_by_model() -> bool:
 def _tested_classes() -> tuple[type, ...] | bool | None:
     """What the model's code asking a proxy its class (the caller of the caller of this
     function, a proxy's ``__class__``) tests: the classes given to ``isinstance`` where
-    its source names them (a name or an attribute of a module or class, or a tuple of
-    those), True for any other test, and None for no test — torch's C code asking on
-    behalf of a call the model makes (``torch.cat(y.chunk(2)[::-1])`` asks each proxy in
-    the list its class). torch's Python code in :data:`_ASKING_FOR_CALLER` tests for its
-    caller."""
+    its source names them (a class, or a tuple of classes, named through modules and
+    classes, or a tuple of those), None for no test — torch's C code asking on behalf of
+    a call of torch's the model makes (``torch.cat(y.chunk(2)[::-1])`` asks each proxy
+    in the list its class) —, True for any other. torch's Python code in
+    :data:`_ASKING_FOR_CALLER` tests for its caller."""
     frame = sys._getframe(2)
     if frame.f_code in _ASKING_FOR_CALLER:
         return True
     call = _call_at(frame.f_code, frame.f_lasti)
-    if call is None:
-        return True
-    name = getattr(call.func, "id", None) or getattr(call.func, "attr", None)
-    if name not in _CLASS_TESTS:
+    called = _named(call.func, frame) if call is not None else None
+    if called is isinstance and len(call.args) == 2 and not call.keywords:  # type: ignore[union-attr]
+        return _classes_named(call.args[1], frame) or True  # type: ignore[union-attr]
+    if not any(called is test for test in _CLASS_TESTS) and _of_torch(called):
         return None
-    if name == "isinstance" and len(call.args) == 2 and not call.keywords:
-        classes = _classes_named(call.args[1], frame)
-        if classes is not None:
-            return classes
     return True
 
 
-#: The builtins that ask a value its class, called by name.
-_CLASS_TESTS = frozenset({"isinstance", "issubclass", "type"})
+#: The builtins that ask a value its class.
+_CLASS_TESTS = (isinstance, issubclass, type)
+
+
+def _of_torch(function: Any) -> bool:
+    """Whether ``function`` is torch's (its ``__module__`` is torch or inside it)."""
+    return str(getattr(function, "__module__", None)).partition(".")[0] == "torch"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -351,10 +352,11 @@ def _named(expression: ast.expr, frame: types.FrameType) -> Any:
     ``frame`` (None for anything else: reading an instance's attribute may run code)."""
     if isinstance(expression, ast.Name):
         scopes = (frame.f_locals, frame.f_globals, vars(builtins))
-        return next((scope[expression.id] for scope in scopes if expression.id in scope), None)
+        found = next((scope[expression.id] for scope in scopes if expression.id in scope), None)
+        return None if issubclass(type(found), fx.Proxy) else found  # (a proxy records reads)
     if isinstance(expression, ast.Attribute):
         owner = _named(expression.value, frame)
-        if isinstance(owner, (types.ModuleType, type)):
+        if issubclass(type(owner), (types.ModuleType, type)):
             return getattr(owner, expression.attr, None)
     return None
 
