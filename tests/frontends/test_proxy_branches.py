@@ -25,6 +25,15 @@ from gpa.errors import ShapeError, TraceError
 from tests.frontends.every_tracer import EVERY_TRACER, auto_after_fx_refuses, layer_records
 from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
 
+
+def _matched(m: nn.Module, f: Any) -> bool:
+    match f:  # (Python asks the class pattern's class, from no call)
+        case torch.Tensor():
+            return True
+        case _:
+            return False
+
+
 #: How ``Guarded`` decides whether to call ``proj`` on the backbone's features ``f``.
 GUARDS = {
     "isinstance": lambda m, f: isinstance(f, torch.Tensor),
@@ -37,6 +46,10 @@ GUARDS = {
     "attribute_isinstance": lambda m, f: isinstance(f.mT, torch.Tensor),
     # asked from C code (map), called by a function not of torch's: a test all the same
     "mapped_isinstance": lambda m, f: all(map(isinstance, [f], [torch.Tensor])),
+    # a class of torch's consuming an iterator that tests (no call of torch's alone)
+    "size_of_mapped": lambda m, f: bool(torch.Size(map(isinstance, [f], [torch.Tensor]))[0]),
+    "match": _matched,
+    "jit_isinstance": lambda m, f: torch.jit.isinstance(f, torch.Tensor),
 }
 
 

@@ -31,6 +31,7 @@ import ast
 import builtins
 import contextlib
 import copy
+import dis
 import functools
 import inspect
 import linecache
@@ -265,8 +266,19 @@ class GpaProxy(_TestsAnswered, fx.Proxy):
 
 
 #: torch's code that asks a proxy its class for its caller: ``torch.is_tensor(h)``,
-#: ``isinstance(p, nn.Parameter)`` (the class of parameters answers through its metaclass).
-_ASKING_FOR_CALLER = (torch.is_tensor.__code__, type(nn.Parameter).__instancecheck__.__code__)
+#: ``isinstance(p, nn.Parameter)`` (the class of parameters answers through its metaclass),
+#: ``torch.jit.isinstance(h, torch.Tensor)`` (through helpers private to torch).
+_ASKING_FOR_CALLER = tuple(
+    function.__code__
+    for function in (
+        torch.is_tensor,
+        type(nn.Parameter).__instancecheck__,
+        torch.jit.isinstance,
+        getattr(torch._jit_internal, "_isinstance", None),
+        getattr(torch._jit_internal, "container_checker", None),
+    )
+    if hasattr(function, "__code__")
+)
 
 
 def _asked_by_model() -> bool:
@@ -291,17 +303,14 @@ def _tested_classes() -> tuple[type, ...] | bool | None:
     frame = sys._getframe(2)
     if frame.f_code in _ASKING_FOR_CALLER:
         return True
-    call = _call_at(frame.f_code, frame.f_lasti)
+    call = _call_at(frame.f_code, frame.f_lasti)  # (None: no call, as ``match`` asks)
     called = _named(call.func, frame) if call is not None else None
     if called is isinstance and len(call.args) == 2 and not call.keywords:  # type: ignore[union-attr]
         return _classes_named(call.args[1], frame) or True  # type: ignore[union-attr]
-    if not any(called is test for test in _CLASS_TESTS) and _of_torch(called):
+    # (a class of torch's called, torch.Size(...), may consume the model's iterator)
+    if _of_torch(called) and not isinstance(called, type):
         return None
     return True
-
-
-#: The builtins that ask a value its class.
-_CLASS_TESTS = (isinstance, issubclass, type)
 
 
 def _of_torch(function: Any) -> bool:
@@ -309,10 +318,21 @@ def _of_torch(function: Any) -> bool:
     return str(getattr(function, "__module__", None)).partition(".")[0] == "torch"
 
 
+#: The opcodes of a call (Python 3.11: ``PRECALL`` then ``CALL``; ``CALL_FUNCTION_EX``
+#: for ``f(*args)``), as bytes.
+_CALLS = frozenset(
+    bytes([dis.opmap[name]])
+    for name in ("CALL", "PRECALL", "CALL_FUNCTION_EX")
+    if name in dis.opmap
+)
+
+
 @functools.lru_cache(maxsize=4096)
 def _call_at(code: types.CodeType, offset: int) -> ast.Call | None:
     """The call the instruction at byte ``offset`` of ``code`` makes, read from the
     instruction's place in the source; None where it is no call or cannot be read."""
+    if code.co_code[offset : offset + 1] not in _CALLS:
+        return None
     try:
         line, end, col, end_col = list(code.co_positions())[offset // 2]
     except (IndexError, ValueError):
