@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 import gpa
@@ -50,6 +51,11 @@ GUARDS = {
     "size_of_mapped": lambda m, f: bool(torch.Size(map(isinstance, [f], [torch.Tensor]))[0]),
     "match": _matched,
     "jit_isinstance": lambda m, f: torch.jit.isinstance(f, torch.Tensor),
+    "pytree_any_only": lambda m, f: pytree.tree_any_only(torch.Tensor, lambda t: True, f),
+    # arguments unpacked from an iterator that tests, into a function of torch's
+    "unpacked_into_torch": lambda m, f: bool(torch.tensor(*map(isinstance, [f], [torch.Tensor]))),
+    # tracing-aware code: Python answers from the proxy's own class, asking it nothing
+    "not_an_fx_proxy": lambda m, f: not isinstance(f, torch.fx.Proxy),
 }
 
 

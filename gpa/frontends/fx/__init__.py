@@ -151,7 +151,11 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
     proxied = inputs is not None and (gm.meta.get(TESTED) or class_tests_answered_otherwise(gm))
     tested = inputs is not None and (proxied or type_tests_unseen(traced, leaves))
     if tested and options.channels:  # (a run cannot check channels: see the message)
-        tests = "isinstance(h, torch.Tensor), hasattr" if proxied else "type(h) is torch.Tensor"
+        tests = (
+            "isinstance(h, torch.Tensor), hasattr"
+            if proxied
+            else "type(h) is torch.Tensor, isinstance(h, torch.fx.Proxy)"
+        )
         raise TraceError(unchecked_channels_message(model, tests=tests, site=proxied))
     traced_calls = _layer_module_calls(traced, gm, calls, uncalled, tested)
     if traced_calls and inputs is not None:  # did a test on a proxy take another branch?

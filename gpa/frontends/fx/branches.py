@@ -154,8 +154,10 @@ def _answer_on_value(node: fx.Node, classes: tuple[type, ...]) -> bool | None:
 
 
 #: Class tests no proxy sees (``type(h) is torch.Tensor``, ``is_dataclass(h)``): Python
-#: asks the proxy nothing. Sought in the code fx traces.
-UNSEEN_BY_PROXIES = frozenset({"type", "is_dataclass"})
+#: asks the proxy nothing; and code that asks whether fx traces it
+#: (``isinstance(h, torch.fx.Proxy)``, answered from the proxy's own class;
+#: ``is_fx_tracing()``). Sought in the code fx traces.
+UNSEEN_BY_PROXIES = frozenset({"type", "is_dataclass", "Proxy", "is_fx_tracing"})
 
 #: Tests of a value's exact class (``type(h) is torch.Tensor``, ``h.__class__ is …``),
 #: which export's fake tensors (a subclass) answer otherwise.
@@ -241,7 +243,13 @@ def _function_tests(function: Any) -> frozenset[str]:
             made.add("is_dataclass")
         elif isinstance(n, ast.Attribute) and n.attr == "__class__":
             made.add("__class__")
+        elif (name := getattr(n, "attr", None) or getattr(n, "id", None)) in _TRACING_ASKED:
+            made.add(name)
     return frozenset(made)
+
+
+#: Names of code asking whether fx traces it (see :data:`UNSEEN_BY_PROXIES`).
+_TRACING_ASKED = frozenset({"Proxy", "is_fx_tracing"})
 
 
 def _called_name(function: ast.expr, any_owner: bool = False) -> str | None:

@@ -281,12 +281,22 @@ _ASKING_FOR_CALLER = tuple(
 )
 
 
+def _asks_for_caller(frame: types.FrameType) -> bool:
+    """Whether ``frame`` is torch's code asking for its caller: :data:`_ASKING_FOR_CALLER`,
+    or torch's pytree (``tree_map_only(torch.Tensor, f, h)`` tests ``h`` for the model)."""
+    return frame.f_code in _ASKING_FOR_CALLER or frame.f_globals.get("__name__") == _PYTREE
+
+
+#: The module of torch's pytree utilities.
+_PYTREE = "torch.utils._pytree"
+
+
 def _asked_by_model() -> bool:
     """Whether the code that called the caller of this function (a proxy's ``__class__``
-    or ``__getattr__``) is outside torch and gpa: torch's code in
-    :data:`_ASKING_FOR_CALLER` is asked for its caller."""
+    or ``__getattr__``) is outside torch and gpa: torch's code asking for its caller
+    (:func:`_asks_for_caller`) is passed over."""
     frame = sys._getframe(2)
-    while frame is not None and frame.f_code in _ASKING_FOR_CALLER:
+    while frame is not None and _asks_for_caller(frame):
         frame = frame.f_back
     asker = frame.f_globals.get("__name__", "") if frame is not None else ""
     return asker.partition(".")[0] not in ("torch", "gpa")
@@ -299,16 +309,23 @@ def _tested_classes() -> tuple[type, ...] | bool | None:
     classes, or a tuple of those), None for no test — torch's C code asking on behalf of
     a call of torch's the model makes (``torch.cat(y.chunk(2)[::-1])`` asks each proxy
     in the list its class) —, True for any other. torch's Python code in
-    :data:`_ASKING_FOR_CALLER` tests for its caller."""
+    :data:`_ASKING_FOR_CALLER` tests for its caller; its pytree's ``isinstance`` tests
+    are read as the model's."""
     frame = sys._getframe(2)
     if frame.f_code in _ASKING_FOR_CALLER:
         return True
     call = _call_at(frame.f_code, frame.f_lasti)  # (None: no call, as ``match`` asks)
-    called = _named(call.func, frame) if call is not None else None
-    if called is isinstance and len(call.args) == 2 and not call.keywords:  # type: ignore[union-attr]
-        return _classes_named(call.args[1], frame) or True  # type: ignore[union-attr]
-    # (a class of torch's called, torch.Size(...), may consume the model's iterator)
-    if _of_torch(called) and not isinstance(called, type):
+    if call is None:
+        return True
+    called = _named(call.func, frame)
+    if called is isinstance and len(call.args) == 2 and not call.keywords:
+        return _classes_named(call.args[1], frame) or True
+    # (a class of torch's, torch.Size(...), or arguments unpacked, f(*map(...)), may
+    # consume an iterator of the model's that tests)
+    unpacked = any(isinstance(a, ast.Starred) for a in call.args) or any(
+        k.arg is None for k in call.keywords
+    )
+    if _of_torch(called) and not isinstance(called, type) and not unpacked:
         return None
     return True
 
