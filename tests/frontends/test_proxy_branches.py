@@ -967,3 +967,61 @@ def test_an_isinstance_test_is_answered_as_on_the_value_the_proxy_stands_for(gua
     expect(report, "attn", {2: 1}, ("c",))
     expect(report, "a", {3: 2}, ("attn", "b"))
     check_reachability_with_autograd(report, model, x)
+
+
+def _plain_tensor(h: Any) -> bool:
+    """A module-level helper comparing a value's class (Python asks a proxy nothing)."""
+    return type(h) is torch.Tensor
+
+
+def _described(h: Any) -> str:
+    """A helper naming ``type`` for a message only: no test."""
+    return f"a {type(h).__name__}"
+
+
+class HelperGuarded(Residual):
+    """:class:`Residual` whose residual is added where a module-level helper says the value
+    is a plain tensor."""
+
+    def __init__(self) -> None:
+        super().__init__("isinstance")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        g = self.b(h)
+        if _plain_tensor(h):
+            g = g + h
+        return self.c(g)
+
+
+class HelperDescribed(HelperGuarded):
+    """:class:`Residual` with its residual, calling a helper that names a value's class for
+    a message."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        g = self.b(h)
+        return self.c(g + h if _described(h) else g)
+
+
+@pytest.mark.parametrize("tracer", ["fx", pytest.param("export", marks=pytest.mark.slow), "auto"])
+def test_a_class_compared_in_a_helper_the_model_calls_is_a_class_test(tracer: str) -> None:
+    """``type(h) is torch.Tensor`` in a module-level function forward calls: fx's proxy
+    and export's fake tensor fail it, and the source of forward alone shows no test — fx
+    and export left out the residual in silence (a at 3 alone). The comparisons of a
+    value's class in the functions forward calls by name are read too: fx and export
+    check their trace against a run and refuse; auto moves on to autograd. By hand as for
+    :class:`Residual`: a at 2 and 3. A helper naming the class for a message is no test:
+    fx reads that model (a at 2 and 3: the residual is always added)."""
+    model, x = HelperGuarded(), torch.randn(2, 4)
+    if tracer != "auto":
+        with pytest.raises(TraceError, match="'a' hands its gradient to 'b' in the trace"):
+            gpa.analyze(model, (x,), tracer=tracer)
+        return
+    report = gpa.analyze(model, (x,))
+    assert report.tracer == "autograd"
+    expect(report, "a", {2: 1, 3: 1}, ("b", "c"))
+    check_reachability_with_autograd(report, model, x)
+    described = gpa.analyze(HelperDescribed(), (x,), channels=True)
+    assert described.tracer == "fx"
+    expect(described, "a", {2: 1, 3: 1}, ("b", "c"))

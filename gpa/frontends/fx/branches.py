@@ -209,18 +209,51 @@ _FUNCTION = types.FunctionType
 
 @functools.cache
 def _class_tests(cls: type) -> frozenset[str] | None:
-    """The class tests ``cls.forward`` and the methods it calls on ``self`` make; None for
-    a class of torch's (its modules test no classes of values, nor hold the model's
-    functions: their code names ``type`` for messages)."""
+    """The class tests ``cls.forward`` and the methods it calls on ``self`` make, and the
+    comparisons of a value's class the module-level functions they call by name make
+    (``def plain(x): return type(x) is torch.Tensor``); None for a class of torch's (its
+    modules test no classes of values, nor hold the model's functions: their code names
+    ``type`` for messages)."""
     if cls.__module__.partition(".")[0] == "torch":
         return None
     forward = inspect.unwrap(getattr(cls, "forward", None) or (lambda: None))
     made = _function_tests(forward)
+    callers = [forward]
     for name in code_names(forward, depth=0):  # methods on self (timm's forward_features)
         method = getattr(cls, name, None)
         if isinstance(method, types.FunctionType) and method is not forward:
             made |= _function_tests(method)
+            callers.append(method)
+    for caller in callers:  # (helpers name ``type`` for messages too: comparisons only)
+        found = getattr(caller, "__globals__", {})
+        for name in code_names(caller, depth=0):
+            helper = found.get(name)
+            if type(helper) is _FUNCTION and not str(helper.__module__).startswith("torch"):
+                made |= _compared_classes(helper)
     return made
+
+
+@functools.lru_cache(maxsize=4096)
+def _compared_classes(function: types.FunctionType) -> frozenset[str]:
+    """The class tests of :data:`EXACT_TYPE_TESTS` ``function``'s own code compares
+    (``type(x) is torch.Tensor``, ``type(x).__name__ == "Tensor"``, ``x.__class__ in
+    kinds``), read from its source; none where it cannot be read."""
+    if not code_names(function, depth=0) & EXACT_TYPE_TESTS:
+        return frozenset()
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return frozenset()
+    made = set()
+    for compare in (n for n in ast.walk(tree) if isinstance(n, ast.Compare)):
+        for side in (compare.left, *compare.comparators):
+            while isinstance(side, ast.Attribute) and side.attr != "__class__":
+                side = side.value  # (type(x).__name__)
+            if isinstance(side, ast.Call) and _called_name(side.func) == "type":
+                made.add("type")
+            elif isinstance(side, ast.Attribute):  # (__class__)
+                made.add("__class__")
+    return frozenset(made)
 
 
 @functools.lru_cache(maxsize=4096)
