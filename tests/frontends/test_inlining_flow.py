@@ -322,13 +322,20 @@ class Checks(nn.Module):
         self.a, self.b, self.head = (nn.Linear(4, 4) for _ in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.skip == "own-class-check":
-            return self.head(class_checked_residual(self.a(x), self.b.weight))
         if self.skip == "is-tensor":
             return self.head(checked_residual_torch(self.a(x), self.b.weight))
         if self.skip:
             return self.head(checked_residual(self.a(x), self.b.weight))
         return self.head(checked_twice(self.a(x), self.b.weight))
+
+
+class ClassChecks(Checks):
+    """:class:`Checks` with the skip whose function compares its value's ``__class__`` (a
+    class of its own: gpa reads the comparisons of a class in the functions forward
+    calls by name for the whole class, whichever branch calls them)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(class_checked_residual(self.a(x), self.b.weight))
 
 
 @pytest.mark.parametrize("channels", [False, True], ids=["layers", "channels"])
@@ -391,7 +398,7 @@ def test_torch_asking_the_class_of_a_size_does_not_keep_the_call_whole(channels)
 
 def test_a_function_reading_its_arguments_class_is_run_whole() -> None:
     # its own code asks y.__class__: not traced by value, fx says so and auto moves on
-    model = Checks("own-class-check")
+    model = ClassChecks(True)
     fx_report = gpa.analyze(model, input_shape=(2, 4), tracer="fx")
     assert any("'class_checked_residual'" in note for note in fx_report.notes)
     report = gpa.analyze(model, input_shape=(2, 4))
