@@ -238,11 +238,8 @@ def _compared_classes(function: types.FunctionType) -> frozenset[str]:
     """The class tests of :data:`EXACT_TYPE_TESTS` ``function``'s own code compares
     (``type(x) is torch.Tensor``, ``type(x).__name__ == "Tensor"``, ``x.__class__ in
     kinds``), read from its source; none where it cannot be read."""
-    if not code_names(function, depth=0) & EXACT_TYPE_TESTS:
-        return frozenset()
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    except (OSError, TypeError, SyntaxError):
+    tree = _source_tree(function) if code_names(function, depth=0) & EXACT_TYPE_TESTS else None
+    if tree is None:
         return frozenset()
     made = set()
     for compare in (n for n in ast.walk(tree) if isinstance(n, ast.Compare)):
@@ -264,9 +261,8 @@ def _function_tests(function: Any) -> frozenset[str]:
     named = code_names(function, depth=0) & _TESTS
     if not named:
         return frozenset()
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    except (OSError, TypeError, SyntaxError):  # (a lambda inside an expression, say)
+    tree = _source_tree(function)
+    if tree is None:
         return named
     made = set()
     for n in ast.walk(tree):
@@ -279,6 +275,15 @@ def _function_tests(function: Any) -> frozenset[str]:
         elif (name := getattr(n, "attr", None) or getattr(n, "id", None)) in _TRACING_ASKED:
             made.add(name)
     return frozenset(made)
+
+
+def _source_tree(function: Any) -> ast.AST | None:
+    """The syntax tree of ``function``'s source, or None where it cannot be read (no
+    source file; a lambda inside an expression, whose lines do not parse alone)."""
+    try:
+        return ast.parse(textwrap.dedent(inspect.getsource(function)))
+    except (OSError, TypeError, SyntaxError):
+        return None
 
 
 #: Names of code asking whether fx traces it (see :data:`UNSEEN_BY_PROXIES`).
@@ -367,11 +372,10 @@ def other_branch_message(
         for n, (traced, run) in differ.items()
         if traced
     ]
-    held = "a proxy" if frontend == "torch.fx" else "a fake tensor"
     return (
         f"{frontend}'s trace of {type(model).__name__} took another branch than its forward "
-        f"takes: {'; '.join(said)} (forward tests a value {frontend} holds as {held} — "
-        f"{tests} — which answers otherwise)"
+        f"takes: {'; '.join(said)} (forward tests a value {frontend} holds as "
+        f"{_held_as(frontend)} — {tests} — which answers otherwise)"
     )
 
 
@@ -394,7 +398,6 @@ def unchecked_channels_message(
         >>> said.split(": ")[0], "(first at net.py, line 12)" in said
         ("torch.fx's trace of Identity cannot give channel segments", True)
     """
-    held = "a proxy" if frontend == "torch.fx" else "a fake tensor"
     where = f" (first at {site[0]}, line {site[1]})" if isinstance(site, tuple) else ""
     instead = (
         "--tracer export reads the channels as the model runs (auto moves on)"
@@ -403,8 +406,14 @@ def unchecked_channels_message(
     )
     return (
         f"{frontend}'s trace of {type(model).__name__} cannot give channel segments: "
-        f"forward tests a value {frontend} holds as {held}{where} — {tests} — which answers "
-        "otherwise than when the model runs, and a run checks which layer calls feed which, "
+        f"forward tests a value {frontend} holds as {_held_as(frontend)}{where} — {tests} — "
+        "which answers otherwise than when the model runs, and a run checks which layer "
+        "calls feed which, "
         "not which of their channels (a branch adding a residual to half the channels, "
         f"taken otherwise, feeds the same layers); {instead}"
     )
+
+
+def _held_as(frontend: str) -> str:
+    """What ``frontend``'s trace holds in place of a tensor, for messages."""
+    return "a proxy" if frontend == "torch.fx" else "a fake tensor"
