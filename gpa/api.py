@@ -125,8 +125,14 @@ def analyze_target(
     """
     loaded = load_target(target, kwargs)
     options = options or AnalysisOptions()
+    chosen = not options.has_inputs and loaded.inputs_from is not None
     if not options.has_inputs:
         options = options.replace(
             example_inputs=loaded.example_inputs, input_shape=loaded.input_shape
         )
-    return analyze_model(loaded.model, options, name=loaded.name, progress=progress)
+    report = analyze_model(loaded.model, options, name=loaded.name, progress=progress)
+    if chosen:  # (the size decides some numbers: FLOPs, and tokens' or windows' count)
+        report.notes.insert(
+            0, f"inputs chosen by gpa: {loaded.inputs_from}; --input-shape gives others"
+        )
+    return report

@@ -212,7 +212,8 @@ def _intermediate_outputs_notes(graph: GradientGraph) -> list[str]:
     if not read:
         return []
     named = [str(key) for key in read if key is not None]
-    shown = f" ({', '.join(named[:4])}{', …' if len(named) > 4 else ''})" if named else ""
+    said = "outputs" if len(named) > 1 else "output"  # (as --outputs names them)
+    shown = f" ({said} {', '.join(named[:4])}{', …' if len(named) > 4 else ''})" if named else ""
     return [
         f"{len(read)} returned tensor(s) feeding the loss are also read inside the model{shown}: "
         "each gives the layers before it a path straight to the loss; if the training loss "

@@ -93,6 +93,8 @@ class LoadedTarget:
         example_batches: the file's ``example_batches`` (batches for ``gpa measure``:
             an iterable, or a zero-argument callable returning one), or ``None``.
         loss_fn: the file's ``loss_fn(outputs, batch)`` for ``gpa measure``, or ``None``.
+        inputs_from: where a library target's inputs come from, in words (``"timm's
+            input_size for the model; 2 images, ..."``), or ``None`` (the user's own).
     """
 
     model: nn.Module
@@ -101,6 +103,7 @@ class LoadedTarget:
     name: str
     example_batches: Any = None
     loss_fn: Callable[..., Any] | None = None
+    inputs_from: str | None = None
 
 
 # --------------------------------------------------------------------------
@@ -663,6 +666,7 @@ _YAML_SUFFIXES = (".yaml", ".yml")
 #: Images per batch of the default inputs of torchvision and timm models: in train mode,
 #: batch norm after a global pooling (squeeze-excite, attention heads) refuses one image.
 _IMAGE_BATCH = 2
+_TWO = "(two: batch norm in train mode needs more than one value per channel)"
 
 #: Tokens per sequence of the default inputs of transformers models (token ids 0).
 _TOKENS = 16
@@ -805,7 +809,10 @@ def _torchvision_model(
         if "weights_backbone" in inspect.signature(models.get_model_builder(name)).parameters:
             options["weights_backbone"] = None  # detection and segmentation models
     model = _construct(spec, lambda: models.get_model(name, **options), device)
-    return LoadedTarget(model, None, _torchvision_shape(models, name), spec)
+    shape = _torchvision_shape(models, name)
+    kind = "clips of 16 frames" if name in models.list_models(module=models.video) else "images"
+    origin = f"{_IMAGE_BATCH} {kind} of its torchvision weights' crop size {_TWO}"
+    return LoadedTarget(model, None, shape, spec, inputs_from=origin if shape else None)
 
 
 def _torchvision_shape(models: ModuleType, name: str) -> list[tuple[int, ...]] | None:
@@ -836,7 +843,8 @@ def _timm_model(
     config = getattr(model, "pretrained_cfg", None) or {}
     channels, *size = config.get("input_size") or (3, 224, 224)
     channels = kwargs.get("in_chans", channels)
-    return LoadedTarget(model, None, [(_IMAGE_BATCH, channels, *size)], spec)
+    origin = f"{_IMAGE_BATCH} images of its timm input_size {_TWO}"
+    return LoadedTarget(model, None, [(_IMAGE_BATCH, channels, *size)], spec, inputs_from=origin)
 
 
 def _ultralytics_model(
@@ -881,7 +889,8 @@ def _ultralytics_model(
         model = _construct(spec, lambda: model_class(config, **kwargs), device)
     channels = kwargs.get("ch", config.get("ch", 3))
     size = 224 if isinstance(model, tasks.ClassificationModel) else 640
-    return LoadedTarget(model, None, [(1, channels, size, size)], spec)
+    origin = f"1 image of Ultralytics' default size for the task, {size}x{size}"
+    return LoadedTarget(model, None, [(1, channels, size, size)], spec, inputs_from=origin)
 
 
 def _ultralytics_class(tasks: ModuleType, config: dict[str, Any]) -> type[nn.Module]:
@@ -956,7 +965,12 @@ def _transformers_model(
     config = _transformers_config(spec, config_class, kwargs)
     device = "meta" if device is None else device
     model = _construct(spec, lambda: make(config), device)
-    return LoadedTarget(model, _transformers_inputs(model, config, device), None, spec)
+    inputs = _transformers_inputs(model, config, device)
+    origin = _TRANSFORMERS_INPUTS.get(getattr(model, "main_input_name", "input_ids"))
+    if origin and getattr(config, "is_encoder_decoder", False):
+        origin += f", and {_TOKENS} decoder token ids"
+    origin = origin if inputs is not None else None
+    return LoadedTarget(model, inputs, None, spec, inputs_from=origin)
 
 
 def _transformers_config(spec: str, config_class: type, kwargs: dict[str, Any]) -> Any:
@@ -1002,6 +1016,15 @@ def _image(config: Any, device: str) -> torch.Tensor:
     size = getattr(config, "image_size", 224)
     height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
     return torch.zeros(1, getattr(config, "num_channels", 3), height, width, device=device)
+
+
+#: What :func:`_transformers_inputs` gives, in words, by the model's main input.
+_TRANSFORMERS_INPUTS = {
+    "input_ids": f"{_TOKENS} token ids (all 0)",
+    "pixel_values": "1 image of the configuration's image_size",
+    "input_features": "1 audio clip of the configuration's length",
+    "input_values": "1 second of audio (16,000 samples)",
+}
 
 
 def _transformers_inputs(

@@ -30,31 +30,65 @@ Example (model code compiled from a file, as a model's module is):
 from __future__ import annotations
 
 import dis
+import linecache
 import traceback
+import types
 
-from gpa.frontends.frames import user_frame
+import torch
 
-__all__ = ["briefly", "raised_by_model", "model_raised"]
+from gpa.frontends.frames import Site, user_frame
+
+__all__ = ["CHECKS", "briefly", "raised_by_model", "model_raised"]
 
 # The instructions of a raise or assert statement (a bare ``raise`` re-raises).
 _RAISING = frozenset({"RAISE_VARARGS", "RERAISE"})
 
+#: torch's helpers a model's code checks what it is given with (timm's patch embeddings:
+#: ``torch._assert(H == self.img_size[0], …)``): what they raise is the model's own check.
+CHECKS = frozenset(
+    check
+    for name in ("_assert", "_check", "_check_with", "_check_index", "_check_value")
+    + ("_check_type", "_check_not_implemented", "_check_is_size")
+    if (check := getattr(torch, name, None)) is not None
+)
+_CHECK_CODES = frozenset(check.__code__ for check in CHECKS if hasattr(check, "__code__"))
+
 
 def raised_by_model(exc: BaseException) -> traceback.FrameSummary | None:
     """The frame of the model's code whose ``raise`` (or ``assert``) statement raised
-    ``exc``, or None when something else raised it (torch, gpa, a tracing proxy, or a
-    built-in the model called)."""
-    tb = exc.__traceback__
-    if tb is None:
-        return None
-    while tb.tb_next is not None:
-        tb = tb.tb_next
+    ``exc``, or whose call of one of torch's check helpers (:data:`CHECKS`) did; None when
+    something else raised it (torch, gpa, a tracing proxy, or a built-in the model
+    called)."""
     frame = user_frame(exc)
-    code = tb.tb_frame.f_code
-    if frame is None or frame.filename != code.co_filename or frame.lineno != tb.tb_lineno:
-        return None  # the innermost frame is not the model's
-    at = {i.offset: i.opname for i in dis.get_instructions(code)}.get(tb.tb_lasti)
-    return frame if at in _RAISING else None
+    if frame is None:
+        return None
+    tbs = []
+    tb = exc.__traceback__
+    while tb is not None:
+        tbs.append(tb)
+        tb = tb.tb_next
+    at = max(
+        i
+        for i, tb in enumerate(tbs)
+        if tb.tb_frame.f_code.co_filename == frame.filename and tb.tb_lineno == frame.lineno
+    )
+    if at < len(tbs) - 1:  # the model's code called what raised: one of torch's checks?
+        checks = [tb.tb_frame for tb in tbs[at + 1 :] if tb.tb_frame.f_code in _CHECK_CODES]
+        called = tbs[at + 1].tb_frame.f_code in _CHECK_CODES
+        return frame if called and _failed(checks[-1]) else None
+    code, offset = tbs[at].tb_frame.f_code, tbs[at].tb_lasti
+    instruction = {i.offset: i.opname for i in dis.get_instructions(code)}.get(offset)
+    return frame if instruction in _RAISING else None
+
+
+def _failed(check: types.FrameType) -> bool:
+    """Whether the frame of one of torch's checks raised because its condition is false
+    (a bool, or a tensor holding data), not because of what it was given: a tracer's
+    proxy or a meta tensor in place of the condition is no answer of the model's."""
+    condition = check.f_locals.get("cond", check.f_locals.get("condition"))
+    if type(condition) is torch.Tensor:  # (not a subclass: fake tensors hold no data)
+        return not condition.is_meta
+    return type(condition) is bool
 
 
 def briefly(exc: BaseException) -> str:
@@ -71,18 +105,32 @@ def briefly(exc: BaseException) -> str:
 
 
 def model_raised(
-    name: str, exc: BaseException, *, where: str | None = None, during: str | None = None
+    name: str,
+    exc: BaseException,
+    *,
+    where: str | None = None,
+    during: str | None = None,
+    site: Site | None = None,
+    detail: str | None = None,
 ) -> str:
     """The message of a :class:`~gpa.errors.ModelError`: what ``name`` raised, in which
-    module (``where``) and while what ran it (``during``), and the model's frame."""
-    detail = next((line for line in str(exc).splitlines() if line.strip()), "").strip()
+    module (``where``) and while what ran it (``during``), and the model's frame — or the
+    line ``site`` (file, line number), where the exception was raised again outside the
+    model's code (a traced operation run by gpa). ``detail``: the message in place of
+    the exception's first line."""
+    if detail is None:
+        detail = next((line for line in str(exc).splitlines() if line.strip()), "").strip()
     inside = f" in module '{where}'" if where else ""
     lines = [f"{name} raised {type(exc).__name__}{inside}" + (f": {detail}" if detail else "")]
-    frame = user_frame(exc)
+    frame = user_frame(exc) if site is None else None
     if frame is not None:
         lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
         if frame.line:
             lines.append(f"    {frame.line.strip()}")
+    elif site is not None:
+        lines.append(f'  File "{site[0]}", line {site[1]}')
+        if source := linecache.getline(*site).strip():
+            lines.append(f"    {source}")
     if during:
         lines.append(during)
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from torch import nn
 
 import gpa
 from gpa.cli import main
-from gpa.errors import GpaError, ModelError, NoGradientError, TraceError
+from gpa.errors import GpaError, ModelError, NoGradientError, ShapeError, TraceError
 from gpa.target import load_target
 from gpa.testing import assert_gradient_paths
 
@@ -139,6 +139,56 @@ def test_a_failed_assert_is_the_models_error(tracer) -> None:
     expect_model_error(
         error, "Checks raised AssertionError: expected 5 features", line, "assert x.shape"
     )
+
+
+class GuardedBlock(nn.Module):
+    """Checks its input with torch's helpers (timm's patch embeddings: ``torch._assert``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        if self.how == "assert":
+            torch._assert(x.shape[-1] == 5, f"expected 5 features, got {x.shape[-1]}")
+        else:
+            torch._check(x.shape[-1] == 5, lambda: f"expected 5 features, got {x.shape[-1]}")
+        return self.a(x)
+
+
+class Guarded(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.block = GuardedBlock(how)
+
+    def forward(self, x):
+        return self.block(x)
+
+
+@pytest.mark.parametrize("how", ["assert", "check"])
+@pytest.mark.parametrize("tracer", ALL)
+def test_a_check_with_torchs_helpers_is_the_models_error(tracer: str, how: str) -> None:
+    """``torch._assert(H == 224, f"... {H} ...")`` failing on the inputs: fx said "it
+    received inputs of shapes False" and showed the message it formatted while tracing
+    ("got Proxy(getitem)"); export called it a limit of export's. Every frontend now says
+    the model raised it, with the value and the model's line (fx: the value its pass gave
+    the proxy's node). ``torch._check`` on an fx proxy raises inside torch (its condition
+    must be a bool): that is fx's limit, and auto moves on."""
+    line = line_of(GuardedBlock.forward, f"torch._{how}(")
+    kind = "AssertionError" if how == "assert" else "RuntimeError"
+    if tracer == "fx" and how == "check":
+        with pytest.raises(TraceError, match="^torch.fx cannot trace Guarded: TypeError"):
+            gpa.analyze(Guarded(how), input_shape=(1, 4), tracer=tracer)
+        return
+    with pytest.raises((ModelError, ShapeError)) as error:
+        gpa.analyze(Guarded(how), input_shape=(1, 4), tracer=tracer)
+    message = str(error.value)
+    inside = "" if tracer == "export" else " in module 'block'"  # (export's stack: forward's)
+    assert message.splitlines()[0] == (f"Guarded raised {kind}{inside}: expected 5 features, got 4")
+    assert f'File "{__file__}", line {line}' in message
+    assert f"torch._{how}(x.shape[-1] == 5" in message
+    assert "Proxy(" not in message and "cannot" not in message
 
 
 class Block(nn.Module):

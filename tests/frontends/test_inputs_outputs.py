@@ -687,7 +687,7 @@ def test_returned_tensors_read_inside_the_model_are_named_in_a_note(tracer) -> N
     report = gpa.analyze(ReturnsItsFeatures(), input_shape=(1, 4), tracer=tracer)
     (note,) = [n for n in report.notes if "also read inside the model" in n]
     assert note.startswith(
-        "1 returned tensor(s) feeding the loss are also read inside the model (feats.0)"
+        "1 returned tensor(s) feeding the loss are also read inside the model (output feats.0)"
     )
     expect(report, "a", {2: 1, 3: 1}, ("b",))
     predictions = gpa.analyze(
@@ -735,7 +735,7 @@ def test_a_returned_tensor_is_read_inside_only_where_that_tensor_is(
     if reads_returned:
         (note,) = noted
         assert note.startswith(
-            "1 returned tensor(s) feeding the loss are also read inside the model (0)"
+            "1 returned tensor(s) feeding the loss are also read inside the model (output 0)"
         )
     else:
         assert noted == []

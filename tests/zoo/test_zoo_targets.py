@@ -244,3 +244,45 @@ def test_a_torchvision_detector_in_eval_mode_is_read() -> None:
     report = gpa.analyze(model, (images,), train=False)
     assert report.tracer == "autograd"
     assert {n: r.calls for n, r in report.layers.items()} == calls
+
+
+@pytest.mark.parametrize("tracer", ["auto", "fx", "export", "autograd"])
+def test_a_timm_model_given_another_input_size_says_what_it_checks(tracer: str) -> None:
+    """timm's patch embeddings check the input size with ``torch._assert``: CoaT built for
+    224² and given 64² said, under fx (so auto), "it received inputs of shapes False" and
+    "Input height (Proxy(getitem_3))"; export called it a limit of export's. Each says the
+    model's own check failed, with the size it was given (timm's message)."""
+    import timm
+
+    with pytest.raises(gpa.GpaError) as info:
+        gpa.analyze(timm.create_model("coat_lite_tiny"), input_shape=(1, 3, 64, 64), tracer=tracer)
+    first = str(info.value).splitlines()[0]
+    assert first.startswith("CoaT raised AssertionError")
+    assert first.endswith(": Input height (64) doesn't match model (224).")
+    assert "timm/layers/patch_embed.py" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("target", "kwargs", "said", "batch"),
+    [
+        ("timm:resnet10t", {}, "2 images of its timm input_size (two: batch norm", 2),
+        ("torchvision:squeezenet1_0", {}, "2 images of its torchvision weights' crop size", 2),
+        ("yolov8n-cls.yaml", {}, "1 image of Ultralytics' default size for the task, 224x224", 1),
+        ("transformers:bert", {"num_hidden_layers": 1}, "16 token ids (all 0)", 1),
+    ],
+)
+def test_the_inputs_gpa_chose_for_a_library_model_are_said(
+    target: str, kwargs: dict, said: str, batch: int
+) -> None:
+    """A library model analysed without inputs gets the library's size (and two images
+    where batch norm needs them); the header showed the shape and nothing said where it
+    came from. A note says so, first; given inputs get none."""
+    report = gpa.analyze_target(target, dict(kwargs))
+    assert report.notes[0].startswith(f"inputs chosen by gpa: {said}")
+    assert report.notes[0].endswith("; --input-shape gives others")
+    assert report.inputs[0]["shape"][0] == batch
+    if not target.startswith("transformers"):  # (token ids: an integer tensor)
+        shape = tuple(report.inputs[0]["shape"])
+        options = gpa.AnalysisOptions(input_shape=[shape])
+        given = gpa.analyze_target(target, dict(kwargs), options)
+        assert not any(note.startswith("inputs chosen") for note in given.notes)

@@ -31,6 +31,7 @@ import functools
 import inspect
 import itertools
 import operator
+import re
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,7 @@ from gpa.frontends.fx.tracer import (
     AUGMENTED,
     CALL_OF,
     as_written,
+    call_site,
     follow_write,
     grad_mode,
     later_read_of_attribute,
@@ -61,7 +63,7 @@ from gpa.frontends.fx.tracer import (
     written_into,
 )
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES, functional_run
-from gpa.frontends.raised import briefly
+from gpa.frontends.raised import CHECKS, briefly, model_raised
 
 __all__ = [
     "FLOW",
@@ -1184,6 +1186,8 @@ def _meta_failure(gm: fx.GraphModule, node: fx.Node, exc: BaseException) -> str:
 
 
 def _shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception) -> str:
+    if node.op == "call_function" and node.target in CHECKS:
+        return _check_failure(gm, node, env, exc)
     got = "; ".join(_describe(env[n]) for n in node.all_input_nodes) or "no tensor"
     found = module_of(gm, node)
     if node.op == "call_module" and found is not None:
@@ -1204,6 +1208,34 @@ def _shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception)
             f"it received inputs of shapes {got}"
         )
     return f"{head}.\ntorch says: {type(exc).__name__}: {exc}".rstrip()
+
+
+def _check_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception) -> str:
+    """The model's own check failing on the inputs (``torch._assert(H == 224, …)``),
+    worded as the model raising it, at the model's line. fx formatted the check's message
+    while it traced, with proxies where numbers were (``Input height (Proxy(getitem_3))``):
+    each shows the value the pass gave its node."""
+    values = {m.name: env[m] for m in env}
+
+    def value(match: re.Match) -> str:
+        held = values.get(match.group(1), _NOTHING)
+        if isinstance(held, (bool, int, float, str, torch.Size)):
+            return str(tuple(held) if isinstance(held, torch.Size) else held)
+        return match.group(0)
+
+    detail = next((line for line in str(exc).splitlines() if line.strip()), "").strip()
+    found = module_of(gm, node)
+    return model_raised(
+        type(gm).__name__,
+        exc,
+        where=found[0] if found else None,
+        site=call_site(node),
+        detail=_PROXY_TEXT.sub(value, detail),
+    )
+
+
+# How a proxy shows in text: ``Proxy(name)``, its node's name.
+_PROXY_TEXT = re.compile(r"Proxy\((\w+)\)")
 
 
 def _to_python(n: fx.Node) -> bool:

@@ -27,9 +27,8 @@ from torch import nn
 
 from gpa.core.graph import LayerCall
 from gpa.frontends.dynamic import dynamic_layers
-from gpa.frontends.frames import Site, stack_trace_site
 from gpa.frontends.fx.flow import FLOW
-from gpa.frontends.fx.tracer import METADATA_QUERIES, SITE
+from gpa.frontends.fx.tracer import METADATA_QUERIES, call_site
 from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
@@ -442,12 +441,6 @@ def _data_ancestors(node: fx.Node) -> set[fx.Node]:
         else:
             stack.extend(n.all_input_nodes)
     return found
-
-
-def call_site(node: fx.Node) -> Site | None:
-    """The user's source line that made ``node``'s operation: recorded by gpa's fx tracer
-    (``node.meta["gpa_site"]``) or read from the stack trace torch.export records."""
-    return node.meta.get(SITE) or stack_trace_site(node.meta.get("stack_trace"))
 
 
 def opaque_calls(

@@ -48,7 +48,7 @@ from torch.fx.immutable_collections import immutable_dict, immutable_list
 from torch.utils._pytree import tree_leaves, tree_unflatten
 
 from gpa.errors import TraceError
-from gpa.frontends.frames import Site, caller_site, user_frame
+from gpa.frontends.frames import Site, caller_site, stack_trace_site, user_frame
 from gpa.frontends.functions import custom_function_calls, function_call, run_function
 from gpa.frontends.fx.norm_act import norm_then_activations
 from gpa.frontends.modules import (
@@ -100,6 +100,7 @@ __all__ = [
     "write_into_view",
     "detached_write_targets",
     "set_arguments",
+    "call_site",
     "functions_recorded",
 ]
 
@@ -678,6 +679,12 @@ class GpaTracer(fx.Tracer):
         if kind in ("call_module", "call_function", "call_method"):
             node.meta[SITE] = caller_site()
         return node
+
+
+def call_site(node: fx.Node) -> Site | None:
+    """The user's source line that made ``node``'s operation: recorded by gpa's fx tracer
+    (``node.meta["gpa_site"]``) or read from the stack trace torch.export records."""
+    return node.meta.get(SITE) or stack_trace_site(node.meta.get("stack_trace"))
 
 
 def set_arguments(node: fx.Node, args: tuple, kwargs: Mapping[str, Any]) -> None:
