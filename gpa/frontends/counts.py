@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from gpa.core.graph import GradientGraph
 from gpa.frontends.modules import module_class, unwrap_wrappers
@@ -120,18 +121,32 @@ def count_params(model: nn.Module, convention: str = "torch") -> dict[str, int]:
     for name, module in model.named_modules():
         if convention is CountConvention.DARKNET:
             layer = issubclass(module_class(module), WEIGHT_LAYERS)
-            weight = getattr(module, "weight", None) if layer else None
-            params = [weight] if isinstance(weight, Tensor) else []
+            params = [_weight_held(module)] if layer else []
         else:
             params = list(module.parameters(recurse=False))
         n = 0
         for p in params:
-            if id(p) not in seen:
+            if p is not None and id(p) not in seen:
                 seen.add(id(p))
                 n += p.numel()
         if n:
             out[name] = n
     return out
+
+
+def _weight_held(module: nn.Module) -> Tensor | None:
+    """The tensor ``module`` holds for its weight, as the model keeps it (its identity
+    tells a shared weight). A parametrized weight (``parametrizations.spectral_norm``) is
+    computed anew at each read — a run of the parametrization, which in train mode
+    updates spectral norm's buffers, and a fresh tensor whose identity the next may
+    reuse —, so its original stands for it: it has the weight's shape (for weight norm,
+    the direction ``original1`` beside the magnitude ``original0``: the largest)."""
+    if parametrize.is_parametrized(module, "weight"):
+        held = module.parametrizations["weight"]
+        originals = list(held.parameters(recurse=False))  # original, or original0, 1, …
+        return max(originals, key=Tensor.numel, default=None)
+    weight = getattr(module, "weight", None)
+    return weight if isinstance(weight, Tensor) else None
 
 
 def _macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:

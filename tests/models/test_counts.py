@@ -112,3 +112,33 @@ def test_counts_str_and_totals() -> None:
     c = Counts("darknet", {"a": 41_573_216}, {"a": 18_570_231_808})
     assert c.total_params == 41_573_216 and c.total_flops == 18_570_231_808
     assert str(c).startswith("41.57 M params, 18.57 GFLOPs (darknet convention")
+
+
+PARAMETRIZED = {
+    "spectral_norm": nn.utils.parametrizations.spectral_norm,
+    "weight_norm": nn.utils.parametrizations.weight_norm,
+    "orthogonal": nn.utils.parametrizations.orthogonal,
+    "legacy_spectral_norm": nn.utils.spectral_norm,
+}
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+@pytest.mark.parametrize("kind", PARAMETRIZED)
+def test_parametrized_weights_count_each_once_and_change_nothing(kind: str, tracer: str) -> None:
+    """Found by a new user: darknet's count read each parametrized weight by computing it
+    (spectral norm's power iteration: its buffers changed in train mode), and told shared
+    weights by the identity of that fresh tensor, which the next read may reuse: six
+    spectral-normed Linear(8, 8) counted 192 or 256 weights. By hand: 6 × 8 × 8 = 384,
+    each layer 64; the model's state (buffers, parameters) is as before the analysis."""
+    import gpa
+
+    torch.manual_seed(0)
+    net = nn.Sequential(*(PARAMETRIZED[kind](nn.Linear(8, 8)) for _ in range(6))).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert count_params(net, "darknet") == {str(i): 64 for i in range(6)}
+    report = gpa.analyze(net, (torch.randn(2, 8),), tracer=tracer, count_convention="darknet")
+    assert {name: layer.params for name, layer in report.layers.items()} == {
+        str(i): 64 for i in range(6)
+    }
+    assert report.network.params == 384
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
