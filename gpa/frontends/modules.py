@@ -853,7 +853,13 @@ def unused_layer_modules(
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     whole = used if called is None else called
     modules = dict(model.named_modules())
-    layers = {name for name, m in modules.items() if issubclass(module_class(m), types)}
+    # (torch.compile's wrapper is no layer of its own: the module it wraps, ``._orig_mod``,
+    # is the one called, and named so, as a compiled block's layers are)
+    layers = {
+        name
+        for name, m in modules.items()
+        if issubclass(module_class(m), types) and compiled(m) is None
+    }
     # the modules inside a call, by identity: one held under another name first (a layer
     # also set inside a leaf) is called with it
     inside = {

@@ -204,6 +204,39 @@ def test_a_compiled_submodule_is_read_through(tracer: str) -> None:
     assert _frames_compiled() == before
 
 
+class _CompiledLayer(nn.Module):
+    """a -> inner (one Linear, compiled with torch.compile) -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.inner = torch.compile(nn.Linear(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.inner(self.a(x)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+def test_a_compiled_layer_is_one_layer_read_through(tracer: str) -> None:
+    """Found by a new user: a compiled Linear is a layer twice over (torch.compile's
+    wrapper passes for the class it wraps), so the autograd frontend (and auto) listed
+    ``inner`` beside ``inner._orig_mod``, never called and unreachable (4 layers, one a
+    phantom), and fx refused, its run finding ``inner`` called. By hand: a -> inner ->
+    head, 3, 2, 1; one layer per module, under its state_dict's name. (Export refuses a
+    compiled module read as one call: its graph does not show the call's bounds.)"""
+    model = _CompiledLayer()
+    before = _frames_compiled()
+    report = gpa.analyze(model, (torch.randn(2, 4),), tracer=tracer)
+    assert {name: r.shortest for name, r in report.layers.items()} == {
+        "a": 3,
+        "inner._orig_mod": 2,
+        "head": 1,
+    }
+    assert report.network.unreachable == ()
+    assert _frames_compiled() == before
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
 def test_an_averaged_copy_is_analysed_as_the_module_it_wraps(tracer: str) -> None:
     """An EMA or SWA copy (``AveragedModel``) failed under fx: its ``forward(*args,
