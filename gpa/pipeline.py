@@ -20,9 +20,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import gc
+import operator
 import random
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -31,9 +33,10 @@ from torch import nn
 
 from gpa.channels import channel_segments
 from gpa.core.graph import LOSS, GradientGraph
+from gpa.core.paths import bits
 from gpa.core.records import layer_records
 from gpa.core.report import LayerRecord, NetworkSummary, Report
-from gpa.core.segments import SegmentList
+from gpa.core.segments import SegmentList, SegmentRun
 from gpa.errors import NoGradientError, NoLayersError
 from gpa.frontends import gradient_graph
 from gpa.frontends.counts import layer_counts
@@ -224,25 +227,46 @@ def _intermediate_outputs_notes(graph: GradientGraph) -> list[str]:
 
 
 def _channels_reaching_nothing_notes(records: Mapping[str, LayerRecord]) -> list[str]:
-    """A note naming the layers reachable as whole tensors whose channels, each followed,
-    all reach nothing: the layer level reads a tensor whole (a slice of a stack reads the
-    whole stack, ``docs/semantics.md`` §3), where the routing of channels and positions
-    finds every part the layer filled cut away (SAM's mask decoder drops its first mask
-    token's masks after a matmul: a real backward gives that token's MLP zeros)."""
-    cut = [
-        name
-        for name, r in records.items()
-        if r.reachable and isinstance(r.segments, SegmentList) and not r.segments.reached()
-    ]
-    if not cut:
-        return []
-    shown = ", ".join(cut[:5]) + (f" (+{len(cut) - 5})" if len(cut) > 5 else "")
-    return [
-        f"{shown}: reachable as whole tensors, but none of their channels reaches the loss "
-        "once channels and positions are followed (what they fill is cut away later, as a "
-        "slice of a stack after a matmul does); a real backward gives them zero gradient "
-        "(docs/semantics.md §3 and §8)"
-    ]
+    """Notes naming the layers reachable as whole tensors at rounds none of their
+    channels is reached at: the layer level reads a tensor whole (a slice of a stack reads
+    the whole stack, ``docs/semantics.md`` §3), where the routing of channels and positions
+    finds what the layer filled cut away along some routes (a slice after a channel
+    shuffle) or all (SAM's mask decoder drops its first mask token's masks after a matmul:
+    a real backward gives that token's MLP zeros). The layer's record stays the whole
+    tensor's (§8); the note says which of its rounds no channel shares."""
+    cut, partly = [], []
+    for name, r in records.items():
+        if not r.reachable or not isinstance(r.segments, SegmentList):
+            continue
+        if not r.segments.reached():
+            cut.append(name)
+            continue
+        firsts = (i.first if isinstance(i, SegmentRun) else i for i in r.segments.items)
+        stamps = functools.reduce(operator.or_, (s.paths.stamps for s in firsts if s.paths), 0)
+        if r.paths.stamps & ~stamps:
+            partly.append(f"{name} ({', '.join(map(str, bits(r.paths.stamps & ~stamps)))})")
+    notes = []
+    if cut:
+        notes.append(
+            f"{_listed(cut, ', ')}: reachable as whole tensors, but none of their channels reaches "
+            "the loss once channels and positions are followed (what they fill is cut away "
+            "later, as a slice of a stack after a matmul does); a real backward gives them "
+            "zero gradient (docs/semantics.md §3 and §8)"
+        )
+    if partly:
+        notes.append(
+            f"{_listed(partly, '; ')}: reached at these rounds as whole tensors only, by no "
+            "channel once channels and positions are followed (a slice after a shuffle drops "
+            "them: a real backward brings no gradient along those routes); the layers' "
+            "shortest, longest and timestamps are the whole tensors', their segments the "
+            "channels' (docs/semantics.md §3 and §8)"
+        )
+    return notes
+
+
+def _listed(names: Sequence[str], sep: str) -> str:
+    """The first five of ``names``, and how many more."""
+    return sep.join(names[:5]) + (f" (+{len(names) - 5})" if len(names) > 5 else "")
 
 
 def _tied_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[str]:
@@ -260,11 +284,14 @@ def _tied_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[st
         for attribute, parameter in held:
             kept.append(parameter)
             holders.setdefault(id(parameter), []).append(f"{name}.{attribute}")
-    tied = [" = ".join(names) for names in holders.values() if len(names) > 1]
+    # (no "=": it read as an assignment, the wrong way round where the later module's
+    # weight was set to the earlier's)
+    tied = [" and ".join(names) for names in holders.values() if len(names) > 1]
     if not tied:
         return []
     return [
-        f"layers hold tied parameters ({'; '.join(tied)}): each module has its own record, "
+        f"layers hold tied parameters ({'; '.join(tied)}: one parameter): each module has "
+        "its own record, "
         "and a tied parameter receives the gradient of every record holding it (its "
         "parameters are counted once, for the first)"
     ]

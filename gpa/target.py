@@ -967,8 +967,15 @@ def _transformers_model(
     model = _construct(spec, lambda: make(config), device)
     inputs = _transformers_inputs(model, config, device)
     origin = _TRANSFORMERS_INPUTS.get(getattr(model, "main_input_name", "input_ids"))
+    parameters = inspect.signature(model.forward).parameters
+    if (
+        origin
+        and getattr(config, "vision_config", None) is not None
+        and "pixel_values" in parameters
+    ):
+        origin += ", and " + _TRANSFORMERS_INPUTS["pixel_values"]  # two towers (CLIP)
     if origin and getattr(config, "is_encoder_decoder", False):
-        origin += f", and {_TOKENS} decoder token ids"
+        origin += f", and {_TOKENS} decoder token ids (all 0)"
     origin = origin if inputs is not None else None
     return LoadedTarget(model, inputs, None, spec, inputs_from=origin)
 

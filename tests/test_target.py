@@ -89,6 +89,13 @@ def test_parse_shape_round_trips(dims: list[int]) -> None:
         ("ratio=0.25", ("ratio", 0.25)),
         ("pretrained=False", ("pretrained", False)),
         ("norm=None", ("norm", None)),
+        # as TOML, YAML and JSON write them (found by a new user: "false" was a string,
+        # which is true); a quoted one stays a string
+        ("pretrained=false", ("pretrained", False)),
+        ("fused=true", ("fused", True)),
+        ("norm=null", ("norm", None)),
+        ("norm=none", ("norm", None)),
+        ("name='false'", ("name", "false")),
         ("stages=(3, 4, 6, 3)", ("stages", (3, 4, 6, 3))),
         ("widths=[8,16]", ("widths", [8, 16])),
         ("act=silu", ("act", "silu")),

@@ -1632,15 +1632,21 @@ def matmul(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sh
 def attention(
     ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
 ) -> Any:
-    """``scaled_dot_product_attention``: every channel of q and k reaches every position."""
+    """``scaled_dot_product_attention(q, k, v)``, ``softmax(q @ kᵀ) @ v`` over the last
+    two axes, the leading ones (batch, heads) kept apart: an output position depends on
+    every channel of q at that position and every channel and position of k and v — of
+    its own batch and head (a head's outputs send no gradient to another head's q)."""
     q, k, v = (inputs.get(a) for a in node.args[:3])
     if not all(isinstance(x, Channels) for x in (q, k, v)) or not isinstance(shapes, Shape):
         return fallback(ctx, node, inputs, shapes, "scaled_dot_product_attention")
-    out = tuple(shapes)
-    # The attention weights combine every channel of q and k, and every position of v.
-    weights = _mix(Channels((), (), q.terms + k.terms), out)
+    if min(len(q.shape), len(k.shape), len(v.shape)) < 2:
+        return fallback(ctx, node, inputs, shapes, "scaled_dot_product_attention")
+    # q (…, L, E) · k (…, S, E): E combines, then the softmax and v's product combine S
+    q_part = _collapse(q, len(q.shape) - 1, q.shape[:-1] + (1,))
+    k_part = _collapse(k, len(k.shape) - 1, k.shape[:-1] + (1,))
+    k_part = _collapse(k_part, len(k.shape) - 2, k.shape[:-2] + (1, 1))
     v_part = _collapse(v, len(v.shape) - 2, v.shape[:-2] + (1,) + v.shape[-1:])
-    return _union([weights, v_part], out)
+    return _union([q_part, k_part, v_part], tuple(shapes))
 
 
 # ------------------------------------------------------------------ table

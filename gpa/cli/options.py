@@ -82,8 +82,12 @@ def parse_kv(text: str) -> tuple[str, Any]:
     """Parse a ``key=value`` option into ``(key, value)``.
 
     The value is read as a Python literal (``3``, ``0.5``, ``True``, ``(1, 2)``, ``'a'``,
-    ``None``); anything that is not a literal is kept as the raw string (``act=silu``
-    gives ``"silu"``).
+    ``None``) — ``true``, ``false`` and ``null`` too, as TOML, YAML and JSON write them —;
+    anything else is kept as the raw string (``act=silu`` gives ``"silu"``).
+
+    Example:
+        >>> parse_kv("pretrained=false"), parse_kv("depth=18"), parse_kv("act=silu")
+        (('pretrained', False), ('depth', 18), ('act', 'silu'))
 
     Raises:
         ParseError: there is no ``=`` or the key is not a Python identifier.
@@ -94,11 +98,16 @@ def parse_kv(text: str) -> tuple[str, Any]:
         raise ParseError(f"invalid option {text!r}: expected key=value, e.g. depth=18")
     if not key.isidentifier():
         raise ParseError(f"invalid option {text!r}: {key!r} is not a valid keyword-argument name")
+    if raw.strip() in _LOWER_CASE:  # (a string "false" is true: never what was meant)
+        return key, _LOWER_CASE[raw.strip()]
     try:
         value: Any = ast.literal_eval(raw.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         value = raw
     return key, value
+
+
+_LOWER_CASE = {"true": True, "false": False, "null": None, "none": None}
 
 
 def _parsed(parse: Callable[[str], Any]) -> Callable[..., Any]:

@@ -35,7 +35,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,10 +106,15 @@ def format_flops(n: int) -> str:
     return f"{n / 1e9:.2f} GFLOPs"
 
 
-def count_params(model: nn.Module, convention: str = "torch") -> dict[str, int]:
+def count_params(
+    model: nn.Module, convention: str = "torch", first: Collection[str] = ()
+) -> dict[str, int]:
     """Parameters per module name under ``convention`` (no forward pass needed).
 
-    A parameter shared by several modules is counted once, for the first owner.
+    A parameter shared by several modules is counted once, for the first owner in module
+    order — among the modules named in ``first`` (a report's layer records) where one
+    holds it: T5's ``shared`` embedding, never called, holds the weight its stacks'
+    ``embed_tokens`` compute with.
 
     Example:
         >>> count_params(nn.Linear(4, 2)), count_params(nn.Linear(4, 2), "darknet")
@@ -118,7 +123,8 @@ def count_params(model: nn.Module, convention: str = "torch") -> dict[str, int]:
     convention = CountConvention.parse(convention, "count convention")
     out: dict[str, int] = {}
     seen: set[int] = set()
-    for name, module in model.named_modules():
+    modules = sorted(model.named_modules(), key=lambda item: item[0] not in first)
+    for name, module in modules:
         if convention is CountConvention.DARKNET:
             layer = issubclass(module_class(module), WEIGHT_LAYERS)
             params = [_weight_held(module)] if layer else []
@@ -329,7 +335,7 @@ def layer_counts(
         [*(c.record for c in graph.calls.values()), *(n for n, _ in graph.uncalled)]
     )
     types = {c.record: c.type for c in graph.calls.values()}
-    params = _subtree_sums(count_params(model, convention))
+    params = _subtree_sums(count_params(model, convention, first=records))
     modules = _layer_modules(model, records)
     flops = {
         r: None if None in fs else sum(fs)  # type: ignore[arg-type]

@@ -183,7 +183,8 @@ def _record_parts(r: LayerRecord, t: int | None, group: dict[str, str] | None) -
             )
             parts.append(
                 Part(
-                    f"{s.start}-{s.stop}",
+                    # (as sources are labelled: a slice's half-open range, or one channel)
+                    str(s.start) if s.stop - s.start == 1 else f"[{s.start}:{s.stop}]",
                     s.paths.timestamps if s.paths else (),
                     found,
                     (s.start, s.stop),
@@ -349,7 +350,12 @@ def _part_boxes(unit: Unit, x: int) -> list[tuple[Part, float, float]]:
 def _part_gid(unit: Unit, part: Part) -> str:
     if part.channels is None:
         return f"unit:{unit.name}"
-    return f"segment:{unit.name}:{part.channels[0]}-{part.channels[1]}"
+    return f"segment:{unit.name}:{_channels_id(part)}"
+
+
+def _channels_id(part: Part) -> str:
+    """A segment's channels in an element id (``0-8``), or empty for a whole layer."""
+    return "" if part.channels is None else f"{part.channels[0]}-{part.channels[1]}"
 
 
 def _stamp_text(part: Part, vertical: bool) -> str:
@@ -542,7 +548,7 @@ def sources(
                         facecolor=colour,
                         edgecolor="none",
                         label=label if key not in legend_done else None,
-                        gid=f"source:{unit.name}:{part.label or ''}:{label}",
+                        gid=f"source:{unit.name}:{_channels_id(part)}:{label}",
                     )
                 )
                 legend_done.add(key)

@@ -336,8 +336,38 @@ def _added_reversed(y):
     y += y.flip(-1)  # an augmented assignment (fx: operator.iadd)
 
 
+def _heads(y: torch.Tensor, heads: int = 2) -> torch.Tensor:
+    """(batch, tokens, channels) -> (batch, heads, tokens, channels per head)."""
+    return y.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+
+def _merged(y: torch.Tensor) -> torch.Tensor:
+    return y.transpose(1, 2).flatten(2)
+
+
+# Multi-head attention (found by a new user on Hugging Face models: scaled_dot_product_
+# attention let every channel of q and k reach every head's outputs, where a head's
+# outputs send gradient to its own channels alone, as the written-out form showed)
+ATTENTION = {
+    "sdpa-heads": lambda y: _merged(F.scaled_dot_product_attention(*[_heads(y)] * 3)),
+    "sdpa-heads-causal": lambda y: _merged(
+        F.scaled_dot_product_attention(_heads(y), _heads(y), _heads(y), is_causal=True)
+    ),
+    "sdpa-one-head-of-keys": lambda y: _merged(
+        F.scaled_dot_product_attention(_heads(y), *[y[..., :2].unsqueeze(1)] * 2)
+    ),
+    "sdpa-values-elsewhere": lambda y: _merged(
+        F.scaled_dot_product_attention(_heads(y), _heads(y), _heads(y).flip(1))
+    ),
+    "attention-written-out": lambda y: _merged(
+        torch.softmax(_heads(y) @ _heads(y).transpose(-1, -2), -1) @ _heads(y)
+    ),
+}
+
+
 CASES = (
     [(name, op) for name, op in ALONG_TOKENS.items()]
+    + list(ATTENTION.items())
     + [(f"{name}-under-no-grad", op) for name, op in WRITTEN_UNDER_NO_GRAD.items()]
     + [(f"{name}-across", op) for name, op in ACROSS_CHANNELS.items()]
     + list(STRUCTURED.items())

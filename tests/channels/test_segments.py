@@ -793,3 +793,55 @@ def test_a_layer_whose_channels_all_reach_nothing_is_named(tracer) -> None:
     assert model.mlps[1].weight.grad.abs().sum() > 0
     at_layer_level = gpa.analyze(model, inputs, tracer=tracer)
     assert not any("none of their channels" in n for n in at_layer_level.notes)
+
+
+class ShuffledAway(nn.Module):
+    """A CSP split, a channel shuffle (ShuffleNet's), and every other channel kept: the
+    half that skipped ``dw`` lands on the channels the slice drops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        a, b = self.stem(x).chunk(2, 1)
+        y = torch.cat([self.dw(b), a], 1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.head(y[:, ::2])
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_rounds_a_layer_is_reached_at_by_no_channel_are_named(tracer) -> None:
+    """Found by a new user: with channels, stem's record said shortest 2 (stem -> head,
+    the whole tensor read through the slice: §3) and nothing said that no channel takes
+    that route. By hand: after the shuffle, y = (dw0, a0, dw1, a1, …) and y[:, ::2] keeps
+    dw's four: stem's channels 0–3 (a) reach nothing, 4–7 reach the loss through dw alone
+    (3); a real backward agrees (zero gradient on stem's channels 0–3). The record stays
+    the whole tensor's, {2, 3}; a note names stem and round 2."""
+    model, x = ShuffledAway(), torch.randn(2, 3, 6, 6)
+    report = gpa.analyze(model, (x,), channels=True, tracer=tracer)
+    stem = report.layers["stem"]
+    assert stem.timestamps == (2, 3)
+    assert [(s.start, s.stop, s.paths and s.paths.timestamps) for s in stem.segments] == [
+        (0, 4, None),
+        *((c, c + 1, (3,)) for c in range(4, 8)),
+    ]
+    (note,) = [n for n in report.notes if "by no channel" in n]
+    assert note.startswith("stem (2): reached at these rounds as whole tensors only")
+    assert not any("none of their channels reaches" in n for n in report.notes)
+    kept = []
+
+    def keep(module, inputs, output) -> None:
+        output.retain_grad()
+        kept.append(output)
+
+    hook = model.stem.register_forward_hook(keep)
+    model(x).sum().backward()
+    hook.remove()
+    reached = kept[0].grad.abs().sum((0, 2, 3)) > 0
+    assert reached.tolist() == [False] * 4 + [True] * 4
+    at_layer_level = gpa.analyze(model, (x,), tracer=tracer)
+    assert not any("by no channel" in n for n in at_layer_level.notes)

@@ -95,6 +95,47 @@ class TiedLM(torch.nn.Module):
         return self.lm(torch.relu(self.body(self.emb(ids))))
 
 
+class SharedTable(torch.nn.Module):
+    """T5 in small: ``shared`` (never called) holds the table both stacks' embeddings hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = torch.nn.Embedding(10, 8)
+        self.enc = torch.nn.Embedding(10, 8)
+        self.dec = torch.nn.Embedding(10, 8)
+        self.enc.weight = self.dec.weight = self.shared.weight
+        self.mix = torch.nn.Linear(8, 8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.mix(self.enc(ids) + self.dec(ids))
+
+
+@pytest.mark.parametrize("convention", ["torch", "darknet"])
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_shared_parameter_counts_for_the_first_record_holding_it(
+    tracer: str, convention: str
+) -> None:
+    """Found by a new user on T5: the table was counted for ``shared``, the first module
+    holding it, which is no record (never called, §2), so both stacks' embeddings showed
+    0 parameters. By hand: enc 10 × 8 = 80 (the first record holding it), dec 0 (counted
+    once), mix 8 × 8 + 8 = 72; the network counts the table once. Under darknet's
+    convention, no embedding's: mix 64."""
+    report = gpa.analyze(
+        SharedTable(),
+        (torch.zeros(1, 3, dtype=torch.long),),
+        tracer=tracer,
+        count_convention=convention,
+    )
+    # (darknet counts the weights of conv, linear and bilinear modules alone, §9)
+    table, mix = (80, 72) if convention == "torch" else (0, 64)
+    assert {r.name: r.params for r in report.layers.values()} == {
+        "enc": table,
+        "dec": 0,
+        "mix": mix,
+    }
+    assert report.network.params == table + mix
+
+
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
 def test_weights_tied_by_assignment_are_noted(tracer: str) -> None:
     """Two modules holding one parameter are two records (§2), which a reader could not
@@ -108,7 +149,9 @@ def test_weights_tied_by_assignment_are_noted(tracer: str) -> None:
     ]
     assert report.layers["lm"].params == 0
     (note,) = [n for n in report.notes if "tied" in n]
-    assert note.startswith("layers hold tied parameters (emb.weight = lm.weight)")
+    assert note.startswith(
+        "layers hold tied parameters (emb.weight and lm.weight: one parameter): each module"
+    )
     untied = gpa.analyze(torch.nn.Sequential(torch.nn.Linear(4, 4)), input_shape=(1, 4))
     assert not [n for n in untied.notes if "tied" in n]
 

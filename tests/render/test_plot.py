@@ -122,8 +122,10 @@ def test_timestamps_prn_draws_segments_as_stacked_parts() -> None:
     assert low.get_y() < high.get_y() == pytest.approx(low.get_y() + low.get_height())
     # each part has its own timestamps and colour (shortest 2 vs 4)
     texts = {t.get_gid(): t.get_text() for t in fig.axes[0].texts if t.get_gid()}
-    assert texts["stamps:segment:stem.conv:0-8"] == "2,4,6\nch 0-8"
-    assert texts["stamps:segment:stem.conv:8-16"] == "4,6\nch 8-16"
+    # (channel ranges as the sources' labels write them: half-open, not "0-8" beside the
+    # timestamps' inclusive "4–7")
+    assert texts["stamps:segment:stem.conv:0-8"] == "2,4,6\nch [0:8]"
+    assert texts["stamps:segment:stem.conv:8-16"] == "4,6\nch [8:16]"
     assert colour(low) != colour(high)
 
 
