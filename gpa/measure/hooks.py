@@ -137,6 +137,11 @@ class GradientRecorder:
     def _reset(self) -> None:
         self._calls: dict[str, int] = {}
         self._shapes: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
+        # the calls made with grad mode off, kept apart: a re-entrant checkpoint runs its
+        # layers so first and again with it on in the backward, which is when they
+        # receive gradient — unless nothing gradient reaches needs that (a checkpoint
+        # given a frozen stem's output): then they were called and received nothing
+        self._quiet: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
         self._sq: dict[str, float] = {}
         self._seg: dict[str, list[float]] = {}
         self._feats: dict[str, dict[tuple[int, int], torch.Tensor]] = {}
@@ -154,6 +159,10 @@ class GradientRecorder:
     def _forward_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             if not torch.is_grad_enabled():
+                quiet = self._quiet.setdefault(name, {})
+                call = len({key[0] for key in quiet})
+                for slot, y in enumerate(output_tensors(output)):
+                    quiet[(call, slot)] = _feature_shape(y, self.axes[name])
                 return
             call = self._calls.get(name, 0)
             self._calls[name] = call + 1
@@ -186,7 +195,8 @@ class GradientRecorder:
         """The reductions of the step just run (zeros for outputs no gradient reached)."""
         step = StepGradients()
         for name in self.modules:
-            if name not in self._shapes:
+            shapes = self._shapes.get(name) or self._quiet.get(name)
+            if shapes is None:
                 continue
             step.sq_norms[name] = self._sq.get(name, 0.0)
             if name in self.segments:
@@ -194,7 +204,7 @@ class GradientRecorder:
             got = self._feats.get(name, {})
             parts = [
                 got[key].numpy() if key in got else np.zeros(shape)
-                for key, shape in sorted(self._shapes[name].items())
+                for key, shape in sorted(shapes.items())
             ]
             batches = {p.shape[0] for p in parts}
             step.features[name] = np.concatenate(parts, axis=1) if len(batches) == 1 else None

@@ -171,6 +171,48 @@ def test_frozen_first_layer_receives_no_gradient() -> None:
     assert m.layers["2"].relative_norm == 1.0
 
 
+class FrozenStemCheckpoint(nn.Module):
+    """A frozen stem, then a block behind a re-entrant checkpoint: the checkpoint, given
+    nothing that requires gradient, runs the block under no_grad and never again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Linear(4, 4).requires_grad_(False)
+        self.block = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return self.head(checkpoint(self.block, self.stem(x), use_reentrant=True))
+
+
+@pytest.mark.parametrize("model", [FrozenStemCheckpoint, "no_grad"])
+def test_a_layer_called_with_grad_mode_off_receives_nothing(model) -> None:
+    """Found by a new user: a layer called only with grad mode off (behind a re-entrant
+    checkpoint given a frozen stem's output; or in a ``no_grad`` block) was left out and
+    said "not called in the measured steps" — it was called, and receives nothing. A
+    plain backward here agrees: block.0's weight gets no gradient; head's does."""
+    if model == "no_grad":
+
+        class NoGrad(FrozenStemCheckpoint):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    h = self.block(self.stem(x))
+                return self.head(h)
+
+        model = NoGrad
+    net = model()
+    net(torch.randn(4, 4)).sum().backward()
+    assert net.block[0].weight.grad is None and net.head.weight.grad is not None
+    m = measure(model(), torch.zeros(1, 4), steps=2, batch_size=4)
+    assert list(m.layers) == ["stem", "block.0", "head"]
+    assert m.layers["block.0"].output_grad_norm == 0.0
+    assert m.layers["block.0"].weight_grad_norm == 0.0
+    assert m.layers["head"].weight_grad_norm > 0
+    assert not any("not called" in note for note in m.notes)
+
+
 def test_embedding_model_with_integer_inputs() -> None:
     torch.manual_seed(0)
     model = TinyLM()
