@@ -108,14 +108,15 @@ def _analyze(spec: Any, kind: str, progress: Any) -> Any:
 
     settings = spec.settings
     # segments make timestamps and sources richer, where fx or export can give them
-    if (
-        "channels" not in settings.options
-        and kind in ("timestamps", "sources")
-        and settings.analysis_options().tracer is not Tracer.AUTOGRAD
-    ):
-        segmented = replace(settings, options={**settings.options, "channels": True})
-        try:
-            return analyze_spec(replace(spec, settings=segmented), progress=progress)
-        except TraceError:
-            pass  # no frontend that gives segments reads it: at layer level
+    if "channels" not in settings.options and kind in ("timestamps", "sources"):
+        if settings.analysis_options().tracer is Tracer.AUTOGRAD:
+            why = "the autograd tracer gives none"
+        else:
+            segmented = replace(settings, options={**settings.options, "channels": True})
+            try:
+                return analyze_spec(replace(spec, settings=segmented), progress=progress)
+            except TraceError:
+                why = "no frontend that gives them reads the model"
+        # (said, not silent: --channels asks for them, and fails where they cannot be had)
+        click.echo(f"note: {spec.name}: drawn without channel segments ({why})", err=True)
     return analyze_spec(spec, progress=progress)

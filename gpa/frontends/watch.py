@@ -231,8 +231,8 @@ def unfed_checkpoint_note(count: int) -> str:
         else f"{count} re-entrant activation checkpoints are"
     )
     return (
-        f"{which} given no tensor computed from parameters (the model's inputs alone), so "
-        "in training nothing it gets requires gradient and its outputs carry none: the "
+        f"{which} given no tensor that requires gradient in training (the model's inputs "
+        "alone, or what such a checkpoint returned), so its outputs carry none: the "
         'layers it runs receive no gradient through it (torch warns "None of the inputs '
         'have requires_grad=True"); checkpoint with use_reentrant=False, or give it a '
         "tensor that requires gradient"
