@@ -566,13 +566,12 @@ class Attention(nn.Module):
         return self.proj(o)
 
 
-@pytest.mark.parametrize("heads", [1, 2])
-def test_transformer_qkv(heads):
+def test_transformer_qkv_one_head():
     """q and k (channels 0..16 of qkv) reach proj only through the attention weights:
     every channel reaches every input of proj ("mixed"); they have the same record, so
     they form one segment. v (16..24) reaches proj channel to channel (input c - 16).
-    All of qkv's paths have length 2; E's 3."""
-    report = analyze(Attention(heads), (2, 5, 8))
+    All of qkv's paths have length 2; E's 3 (one per segment of qkv)."""
+    report = analyze(Attention(1), (2, 5, 8))
     assert segments(report, "qkv") == [(0, 16, 2, 2, {2: 1}), (16, 24, 2, 2, {2: 1})]
     assert sources(report, "qkv") == [
         [("proj", (0, 8), (2,), ("mixed", True))],
@@ -580,6 +579,31 @@ def test_transformer_qkv(heads):
     ]
     assert segments(report, "E") == [(0, 8, 3, 3, {3: 2})]
     assert report.layers["qkv"].gradient_combinations == 2
+    assert segments(report, "proj") == [(0, 8, 1, 1, {1: 1})]
+
+
+def test_transformer_qkv_two_heads():
+    """Two heads of 4 channels through ``scaled_dot_product_attention``: a head's
+    outputs (proj's inputs 0..4 for head 0, 4..8 for head 1) depend on that head's q and
+    k channels alone, all of them ("mixed"): q's 0..4 and k's 8..12 reach proj's 0..4,
+    q's 4..8 and k's 12..16 proj's 4..8; v (16..24) reaches proj channel to channel. The
+    rule mixed the heads (every q and k channel reached every proj input, one segment
+    0..16), where a real backward gives head 1's outputs nothing from q's channels 0..4
+    (tests/channels/test_routes_against_autograd.py, ``ATTENTION``). Five segments of
+    qkv, so E has five paths of length 3; three combinations: the two heads' mixed
+    sources and v's."""
+    report = analyze(Attention(2), (2, 5, 8))
+    assert segments(report, "qkv") == [
+        (0, 4, 2, 2, {2: 1}),
+        (4, 8, 2, 2, {2: 1}),
+        (8, 12, 2, 2, {2: 1}),
+        (12, 16, 2, 2, {2: 1}),
+        (16, 24, 2, 2, {2: 1}),
+    ]
+    head = [("proj", (0, 4), (2,), ("mixed", True))], [("proj", (4, 8), (2,), ("mixed", True))]
+    assert sources(report, "qkv") == [*head, *head, [("proj", (0, 8), (2,))]]
+    assert segments(report, "E") == [(0, 8, 3, 3, {3: 5})]
+    assert report.layers["qkv"].gradient_combinations == 3
     assert segments(report, "proj") == [(0, 8, 1, 1, {1: 1})]
 
 
