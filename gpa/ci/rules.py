@@ -188,9 +188,14 @@ def evaluate(report: Report, rules: Rules) -> list[RuleResult]:
             results.append(RuleResult("no-unreachable", None, False, message, violations))
         else:
             spared = len(report.network.unreachable)
-            message = "no-unreachable: ok (every layer receives gradient)" + (
-                f" but {_layers_word(spared)} allowed none" if spared else ""
+            # (not "every layer receives gradient ... but 3 layers allowed none": a contradiction)
+            message = (
+                f"no-unreachable: ok ({_layers_word(spared)} receive no gradient, allowed)"
+                if spared
+                else "no-unreachable: ok (every layer receives gradient)"
             )
+            if spared == 1:
+                message = message.replace("receive ", "receives ")
             results.append(RuleResult("no-unreachable", None, True, message))
     if rules.max_mean_shortest is not None:
         limit, mean = rules.max_mean_shortest, report.network.mean_shortest

@@ -352,10 +352,14 @@ def layer_counts(
         notes.append(_NO_FLOPS_NOTE)
     else:
         uncounted = sorted({types[r] for r, f in flops.items() if f is None})
+        counted_any = any(f is not None for f in flops.values())
         if uncounted:
             notes.append(
-                f"FLOPs were not counted for layers of type {', '.join(uncounted)} (only conv, "
-                "linear and bilinear modules of known shapes are); the total leaves them out"
+                f"FLOPs were not counted for layers of type {', '.join(uncounted)}: only "
+                "torch's conv, linear and bilinear modules of known shapes are, not other "
+                "layers (a leaf holding one among them)"
+                # (with none counted the total is null, not a sum leaving them out)
+                + ("; the total leaves them out" if counted_any else ", so there is no total")
             )
     counted = [f for f in flops.values() if f is not None]
     return LayerCounts(

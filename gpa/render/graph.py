@@ -6,7 +6,10 @@ direction; gradient flows against it). Every per-layer metric of ``docs/semantic
 is a node attribute: ``type``, ``calls``, ``shortest``, ``longest``, ``timestamps``,
 ``num_paths``, ``params``, ``flops`` (plus ``segments`` and ``gradient_combinations`` with
 channels); ``<loss>`` has ``type`` "loss". Unreachable layers have no ``shortest`` /
-``longest`` attribute. The graph's own attributes are ``name`` (the model), ``tracer`` and
+``longest`` attribute. ``timestamps`` is a list in node-link JSON and text in DOT and
+GraphML (``"2, 4, 6"``: they hold no lists); GraphML declares ``num_paths`` a ``long``
+(64 bits) unless a count overflows it (deep YOLO models: 10^27 paths), then ``string``
+for every node. The graph's own attributes are ``name`` (the model), ``tracer`` and
 ``notes`` (a list in node-link JSON, one note per line in DOT and GraphML). The DOT text is written here (no Graphviz needed to produce it,
 ``dot -Tsvg`` renders it); GraphML and node-link JSON come from networkx.
 
@@ -34,9 +37,10 @@ __all__ = ["FORMATS", "export_graph", "to_dot", "to_graphml", "to_node_link"]
 FORMATS = ("dot", "graphml", "node-link")
 
 
-def _attributes(report: Any) -> nx.DiGraph:
-    """The report's graph with plain attribute values: numbers, and ``timestamps`` as text
-    (``"2, 4, 6"``: GraphML and DOT have no lists); unset values left out."""
+def _attributes(report: Any, lists: bool = False) -> nx.DiGraph:
+    """The report's graph with plain attribute values: numbers, and ``timestamps`` as a
+    list where ``lists`` (node-link JSON), else as text (``"2, 4, 6"``: GraphML and DOT
+    have no lists); unset values left out."""
     # the frontend and its notes travel with the numbers they bear on (§7)
     notes = [_CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", note) for note in report.notes]
     g = nx.DiGraph(name=report.model, tracer=report.tracer or "", notes=notes)
@@ -46,7 +50,7 @@ def _attributes(report: Any) -> nx.DiGraph:
             "calls": r.calls,
             "shortest": r.shortest,
             "longest": r.longest,
-            "timestamps": ", ".join(map(str, r.timestamps)),
+            "timestamps": list(r.timestamps) if lists else ", ".join(map(str, r.timestamps)),
             "num_paths": r.num_paths,
             "params": r.params,
             "flops": r.flops,
@@ -63,6 +67,10 @@ def _attributes(report: Any) -> nx.DiGraph:
 # characters XML cannot hold (a terminal colour code in a model's own error message):
 # written as \xNN
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+# the largest value of GraphML's ``long`` (a Java long: 64 bits, signed)
+_LONG = 2**63 - 1
 
 
 def _lines(notes: list[str]) -> str:
@@ -106,6 +114,9 @@ def to_graphml(report: Any) -> str:
     """The graph as GraphML (networkx's writer)."""
     g = _attributes(report)
     g.graph["notes"] = _lines(g.graph["notes"])  # GraphML holds no lists
+    counts = nx.get_node_attributes(g, "num_paths")
+    if any(count > _LONG for count in counts.values()):  # (one type per key: all as text)
+        nx.set_node_attributes(g, {name: str(count) for name, count in counts.items()}, "num_paths")
     buffer = io.BytesIO()
     nx.write_graphml(g, buffer)
     return buffer.getvalue().decode("utf-8")
@@ -113,7 +124,7 @@ def to_graphml(report: Any) -> str:
 
 def to_node_link(report: Any) -> str:
     """The graph as networkx's node-link JSON (``networkx.node_link_graph`` reads it back)."""
-    data = nx.node_link_data(_attributes(report), edges="links")
+    data = nx.node_link_data(_attributes(report, lists=True), edges="links")
     return json.dumps(data, indent=2) + "\n"
 
 

@@ -196,3 +196,39 @@ def test_cli_scale_errors_are_user_errors() -> None:
     assert result.exit_code == 2 and "has no knob 'depth'" in result.output
     result = CliRunner().invoke(main, ["scale", "resnet", "--knob", "blocks", "--values", "1,2"])
     assert result.exit_code == 2 and "at least 3" in result.output
+
+
+class _ConvBnAct(nn.Module):
+    """Ultralytics' Conv in small: a convolution, its norm and activation."""
+
+    def __init__(self, c1: int, c2: int) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = nn.Conv2d(c1, c2, 1), nn.BatchNorm2d(c2), nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class _Wrapped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = _ConvBnAct(3, 4), _ConvBnAct(4, 4), nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x)))
+
+
+@pytest.mark.parametrize("how", ["leaf", "layer_type"])
+def test_the_flops_note_says_whether_there_is_a_total(how: str) -> None:
+    """Found by a new user on YOLO: the wrapper read as a leaf (beside the default layer
+    types) and as the only layer type both got "the total leaves them out", where the
+    second has no total at all. By hand: head, a 1×1 conv 4 -> 2 on 5×5, costs
+    2 × 8 × 25 = 400 FLOPs; the wrappers are not counted."""
+    options = {"leaf_modules": [_ConvBnAct]} if how == "leaf" else {"layer_types": [_ConvBnAct]}
+    report = gpa.analyze(_Wrapped(), input_shape=(1, 3, 5, 5), **options)
+    (note,) = [n for n in report.notes if "FLOPs were not counted" in n]
+    assert note.startswith("FLOPs were not counted for layers of type _ConvBnAct: only torch's")
+    if how == "leaf":
+        assert report.network.flops == 400 and note.endswith("; the total leaves them out")
+    else:
+        assert report.network.flops is None and note.endswith(", so there is no total")

@@ -35,7 +35,10 @@ def _check(g: nx.DiGraph, report: gpa.Report, cast=int) -> None:
         assert cast(attrs["shortest"]) == r.shortest
         assert cast(attrs["longest"]) == r.longest
         assert cast(attrs["num_paths"]) == r.num_paths
-        assert [int(t) for t in str(attrs["timestamps"]).split(", ")] == list(r.timestamps)
+        stamps = attrs["timestamps"]  # a list where the format holds lists (node-link)
+        if not isinstance(stamps, list):
+            stamps = [int(t) for t in str(stamps).split(", ")]
+        assert stamps == list(r.timestamps)
         assert cast(attrs["params"]) == r.params
         assert set(g.successors(name)) == set(r.sources)
     assert g.nodes[LOSS]["type"] == "loss"
@@ -49,6 +52,36 @@ def test_graphml_round_trip(report: gpa.Report) -> None:
 def test_node_link_round_trip(report: gpa.Report) -> None:
     data = json.loads(to_node_link(report))
     _check(nx.node_link_graph(data, edges="links"), report)
+    # JSON holds lists: timestamps as --format json gives them (found by a new user: text)
+    assert all(isinstance(n["timestamps"], list) for n in data["nodes"] if n["id"] != LOSS)
+
+
+def test_graphml_declares_counts_beyond_64_bits_as_text() -> None:
+    """Found by a new user on YOLOv9-E: 5.5 × 10^27 paths written under a ``long`` key,
+    which GraphML readers other than networkx (64-bit longs) reject or wrap. By hand: a
+    chain of 70 residual blocks, x + f(x) each, gives the first layer 2^70 paths."""
+    from torch import nn
+
+    class Chain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = nn.Linear(2, 2)
+            self.blocks = nn.ModuleList(nn.Linear(2, 2) for _ in range(70))
+
+        def forward(self, x):
+            x = self.first(x)
+            for block in self.blocks:
+                x = x + block(x)
+            return x
+
+    report = gpa.analyze(Chain(), input_shape=(1, 2))
+    assert report.layers["first"].num_paths == 2**70
+    text = to_graphml(report)
+    assert 'attr.name="num_paths" attr.type="string"' in text
+    g = nx.read_graphml(io.BytesIO(text.encode()))
+    assert int(g.nodes["first"]["num_paths"]) == 2**70
+    small = to_graphml(gpa.analyze(nn.Sequential(nn.Linear(2, 2)), input_shape=(1, 2)))
+    assert 'attr.name="num_paths" attr.type="long"' in small
 
 
 def test_dot_round_trip(report: gpa.Report) -> None:
