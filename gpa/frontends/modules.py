@@ -1151,7 +1151,7 @@ def _unwrapped_notes(chain: list[tuple[nn.Module, str, str]]) -> list[str]:
     """A note per wrapper of ``chain`` (:func:`_wrapper_chain`) saying what was analysed."""
     return [
         f"analysed the module {kind} wraps (its .{prefix}): layer names are relative to "
-        f"it, without the '{prefix}.' prefix of the wrapper's state_dict"
+        f"it; the wrapper's state_dict puts '{prefix}.' in front of each"
         for _, kind, prefix in chain
     ]
 

@@ -403,6 +403,12 @@ def _summarise(
     notes.extend(
         f"layer {n!r}: its calls' samples do not line up; no CKA" for n in names if n not in usable
     )
+    samples = common[0][0] if common else 0
+    if 0 < samples < _FEW_SAMPLES:  # (two centred samples span one direction: CKA is 1)
+        notes.append(
+            f"CKA compares layers over {samples} sample(s), too few to tell them apart "
+            "(over 2, any two layers' CKA is 1): measure more steps or a larger batch"
+        )
     small = cka_matrix([stacked[n] for n in usable])
     sim = np.full((len(names), len(names)), np.nan)
     idx = [names.index(n) for n in usable]
@@ -446,6 +452,10 @@ def _summarise(
         notes=notes,
         **meta,
     )
+
+
+# Samples below which linear CKA tells no layers apart (see _summarise).
+_FEW_SAMPLES = 3
 
 
 def _rank_correlation(report: Report, names: list[str], sim: np.ndarray) -> float | None:

@@ -376,3 +376,16 @@ def test_a_layer_read_once_for_the_batch_has_no_cka_and_the_rest_do() -> None:
     assert m.layers["pos"].most_similar is None
     assert m.cka("a", "b") == pytest.approx(1.0, abs=1e-6)
     assert m.layers["pos"].output_grad_norm > 0
+
+
+def test_too_few_samples_for_cka_are_said() -> None:
+    """Found by a new user: with 2 samples every duplication was exactly 1. By hand: two
+    samples centred are x and -x, so every layer's Gram matrix is a multiple of
+    [[1, -1], [-1, 1]] and linear CKA between any two layers is 1. A note says so."""
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    few = measure(net, torch.zeros(1, 4), steps=1, batch_size=2)
+    assert np.allclose(few.similarity, 1.0)
+    (note,) = [n for n in few.notes if "too few" in n]
+    assert note.startswith("CKA compares layers over 2 sample(s)")
+    enough = measure(net, torch.zeros(1, 4), steps=2, batch_size=4)
+    assert not any("too few" in n for n in enough.notes)
