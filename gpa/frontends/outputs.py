@@ -38,6 +38,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import dataclasses
 import enum
@@ -286,6 +287,9 @@ def _rebuilt(x: Any, plain: list[tuple[tuple[str, ...], Any]]) -> Any:
         return values
     elif dataclasses.is_dataclass(x) and not isinstance(x, dict):  # by name or index
         return fields_tuple(type(x).__name__, tuple(s[0] for s, _ in plain))(*values)
+    elif _indexed_mapping(x):  # (a ModelOutput: by name or index, as a namedtuple)
+        with contextlib.suppress(ValueError):  # (a key no field can be named: a dict)
+            return fields_tuple(type(x).__name__, tuple(s[0] for s, _ in plain))(*values)
     elif type(x) is dict:  # its own keys (a key with a dot in it is spelt [a.b] first)
         return dict(zip(x, values, strict=True))
     return {spellings[0]: v for spellings, v in plain}
@@ -304,6 +308,8 @@ def _children(x: Any) -> list[tuple[tuple[str, ...], Any]] | None:
         return [((name, str(i)), v) for i, (name, v) in enumerate(zip(x._fields, x, strict=True))]
     if isinstance(x, (tuple, list)):
         return [((str(i),), v) for i, v in enumerate(x)]
+    if _indexed_mapping(x):  # by key, or by index as outputs[0] is (the fields set, in order)
+        return [((str(k), str(i)), v) for i, (k, v) in enumerate(x.items())]
     if isinstance(x, dict):  # a key with a dot in it is spelt [a.b] first: its own path
         return [((f"[{k}]", str(k)) if "." in str(k) else (str(k),), v) for k, v in x.items()]
     node = pytree.SUPPORTED_NODES.get(type(x))
@@ -324,6 +330,12 @@ def _children(x: Any) -> list[tuple[tuple[str, ...], Any]] | None:
         if parameters:
             return parameters
     return [((n,), v) for n, v in attributes.items() if not n.startswith("__")]
+
+
+def _indexed_mapping(x: Any) -> bool:
+    """Whether ``x`` is a dict also read by index: Hugging Face's ``ModelOutput``
+    (``outputs[0]`` is its first field that is set; ``to_tuple()`` gives them in order)."""
+    return isinstance(x, dict) and callable(getattr(type(x), "to_tuple", None))
 
 
 def _parameter_names(distribution: torch.distributions.Distribution) -> Iterator[str]:

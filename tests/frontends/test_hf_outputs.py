@@ -389,3 +389,25 @@ def test_a_batch_encoding_is_bound_to_forward_positions(tracer: str) -> None:
     model(**batch).loss.backward()  # a real backward of the loss, the arguments by keyword
     got = {n for n in report.layers if model.get_submodule(n).weight.grad is not None}
     assert got == {n for n, r in report.layers.items() if r.reachable}
+
+
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
+def test_a_model_output_is_selected_by_index_as_by_name(tracer: str) -> None:
+    """Found by a new user: Hugging Face users write ``outputs[0]``, and ``--outputs 0``
+    was refused ("not among the model's outputs"); a ModelOutput is read by index as by
+    name (its fields that are set, in order), a third index is none. By hand, BERT's
+    pooler (a Linear on the first token) is reached through ``pooler_output`` alone: at
+    1 selecting 1, never selecting 0."""
+    model = bert(layers=1, width=32)
+    by_index = gpa.analyze(model, TOKENS, tracer=tracer, outputs="0")
+    by_name = gpa.analyze(model, TOKENS, tracer=tracer, outputs="last_hidden_state")
+    assert by_index.to_dict()["layers"] == by_name.to_dict()["layers"]
+    assert not by_index.layers["pooler.dense"].reachable
+    pooled = gpa.analyze(model, TOKENS, tracer=tracer, outputs="1")
+    assert (
+        pooled.to_dict()["layers"]
+        == (gpa.analyze(model, TOKENS, tracer=tracer, outputs="pooler_output").to_dict()["layers"])
+    )
+    assert pooled.layers["pooler.dense"].timestamps == (1,)
+    with pytest.raises(gpa.GpaError, match="'2' is not among the model's outputs"):
+        gpa.analyze(model, TOKENS, tracer=tracer, outputs="2")
