@@ -130,7 +130,12 @@ def analyze_target(
         options = options.replace(
             example_inputs=loaded.example_inputs, input_shape=loaded.input_shape
         )
-    report = analyze_model(loaded.model, options, name=loaded.name, progress=progress)
+    try:
+        report = analyze_model(loaded.model, options, name=loaded.name, progress=progress)
+    except GpaError as exc:
+        if chosen and exc.args and isinstance(exc.args[0], str):  # (they may be the cause)
+            exc.args = (f"{exc.args[0]}\n(inputs chosen by gpa: {loaded.inputs_from})",)
+        raise
     if chosen:  # (the size decides some numbers: FLOPs, and tokens' or windows' count)
         report.notes.insert(
             0, f"inputs chosen by gpa: {loaded.inputs_from}; --input-shape gives others"

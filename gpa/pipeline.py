@@ -256,8 +256,9 @@ def _channels_reaching_nothing_notes(records: Mapping[str, LayerRecord]) -> list
     if partly:
         notes.append(
             f"{_listed(partly, '; ')}: reached at these rounds as whole tensors only, by no "
-            "channel once channels and positions are followed (a slice after a shuffle drops "
-            "them: a real backward brings no gradient along those routes); the layers' "
+            "channel once channels and positions are followed (a slice or a pick drops them: "
+            "after a channel shuffle, a class token read alone; a real backward brings no "
+            "gradient along those routes); the layers' "
             "shortest, longest and timestamps are the whole tensors', their segments the "
             "channels' (docs/semantics.md §3 and §8)"
         )

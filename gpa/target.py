@@ -844,6 +844,12 @@ def _timm_model(
     channels, *size = config.get("input_size") or (3, 224, 224)
     channels = kwargs.get("in_chans", channels)
     origin = f"{_IMAGE_BATCH} images of its timm input_size {_TWO}"
+    given = kwargs.get("img_size")  # (the configuration keeps the pretrained size)
+    if isinstance(given, int) or (
+        isinstance(given, (tuple, list)) and all(isinstance(n, int) for n in given)
+    ):
+        size = [given, given] if isinstance(given, int) else list(given)
+        origin = f"{_IMAGE_BATCH} images of the img_size given {_TWO}"
     return LoadedTarget(model, None, [(_IMAGE_BATCH, channels, *size)], spec, inputs_from=origin)
 
 

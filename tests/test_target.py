@@ -94,7 +94,7 @@ def test_parse_shape_round_trips(dims: list[int]) -> None:
         ("pretrained=false", ("pretrained", False)),
         ("fused=true", ("fused", True)),
         ("norm=null", ("norm", None)),
-        ("norm=none", ("norm", None)),
+        ("norm=none", ("norm", "none")),  # (a string some libraries take)
         ("name='false'", ("name", "false")),
         ("stages=(3, 4, 6, 3)", ("stages", (3, 4, 6, 3))),
         ("widths=[8,16]", ("widths", [8, 16])),
@@ -695,3 +695,23 @@ def test_a_target_tuple_may_hold_python_values_beside_tensors(tmp_path: Path) ->
     )
     with pytest.raises(TargetError, match="must be a tensor, a tuple of tensors"):
         load_target(str(shape))
+
+
+def test_an_error_on_inputs_gpa_chose_says_so(monkeypatch) -> None:
+    """Found by a review: an analysis failing on the inputs gpa chose for a library model
+    said nothing of where they came from (the note is on the report, which an error has
+    not). The error ends with them."""
+    import gpa
+    import gpa.api
+    from gpa.target import LoadedTarget
+
+    def loaded(target, kwargs=None):
+        return LoadedTarget(torch.nn.Linear(4, 4), None, [(2, 3)], target, inputs_from="2 rows")
+
+    monkeypatch.setattr(gpa.api, "load_target", loaded)
+    with pytest.raises(gpa.GpaError) as info:
+        gpa.analyze_target("lib:net")
+    assert str(info.value).endswith("\n(inputs chosen by gpa: 2 rows)")
+    with pytest.raises(gpa.GpaError) as given:  # inputs the user gave: nothing added
+        gpa.analyze_target("lib:net", options=gpa.AnalysisOptions(input_shape=[(2, 3)]))
+    assert "inputs chosen by gpa" not in str(given.value)

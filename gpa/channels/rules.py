@@ -1632,21 +1632,38 @@ def matmul(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sh
 def attention(
     ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
 ) -> Any:
-    """``scaled_dot_product_attention(q, k, v)``, ``softmax(q @ kᵀ) @ v`` over the last
-    two axes, the leading ones (batch, heads) kept apart: an output position depends on
-    every channel of q at that position and every channel and position of k and v — of
-    its own batch and head (a head's outputs send no gradient to another head's q)."""
-    q, k, v = (inputs.get(a) for a in node.args[:3])
+    """``scaled_dot_product_attention(q, k, v, attn_mask)``, ``softmax(q @ kᵀ + mask) @ v``
+    over the last two axes, the leading ones (batch, heads) kept apart: an output position
+    depends on every channel of q at its query position, on every channel and position of
+    k and v, and on the mask's row of that query position — of its own batch and head (a
+    head's outputs send no gradient to another head's q). Keys and values shared by groups
+    of query heads (``enable_gqa``) fall back."""
+
+    def given(position: int, keyword: str) -> Any:
+        value = _arg(node, position, keyword)
+        return inputs.get(value) if isinstance(value, fx.Node) else None
+
+    q, k, v = given(0, "query"), given(1, "key"), given(2, "value")
+    mask = given(3, "attn_mask")
     if not all(isinstance(x, Channels) for x in (q, k, v)) or not isinstance(shapes, Shape):
         return fallback(ctx, node, inputs, shapes, "scaled_dot_product_attention")
-    if min(len(q.shape), len(k.shape), len(v.shape)) < 2:
+    if min(len(q.shape), len(k.shape), len(v.shape)) < 2 or (
+        _arg(node, 7, "enable_gqa", False) and len(q.shape) > 2 and q.shape[-3] != k.shape[-3]
+    ):
         return fallback(ctx, node, inputs, shapes, "scaled_dot_product_attention")
     # q (…, L, E) · k (…, S, E): E combines, then the softmax and v's product combine S
-    q_part = _collapse(q, len(q.shape) - 1, q.shape[:-1] + (1,))
-    k_part = _collapse(k, len(k.shape) - 1, k.shape[:-1] + (1,))
-    k_part = _collapse(k_part, len(k.shape) - 2, k.shape[:-2] + (1, 1))
-    v_part = _collapse(v, len(v.shape) - 2, v.shape[:-2] + (1,) + v.shape[-1:])
-    return _union([q_part, k_part, v_part], tuple(shapes))
+    parts = [
+        _collapse(q, len(q.shape) - 1, q.shape[:-1] + (1,)),
+        _collapse(
+            _collapse(k, len(k.shape) - 1, k.shape[:-1] + (1,)),
+            len(k.shape) - 2,
+            k.shape[:-2] + (1, 1),
+        ),
+        _collapse(v, len(v.shape) - 2, v.shape[:-2] + (1,) + v.shape[-1:]),
+    ]
+    if isinstance(mask, Channels) and mask.terms and mask.shape:  # (…, L, S), added to q·kᵀ
+        parts.append(_collapse(mask, len(mask.shape) - 1, mask.shape[:-1] + (1,)))
+    return _union(parts, tuple(shapes))
 
 
 # ------------------------------------------------------------------ table

@@ -107,7 +107,8 @@ def parse_kv(text: str) -> tuple[str, Any]:
     return key, value
 
 
-_LOWER_CASE = {"true": True, "false": False, "null": None, "none": None}
+# ("none" stays a string: some libraries take it for "no norm" or "no activation")
+_LOWER_CASE = {"true": True, "false": False, "null": None}
 
 
 def _parsed(parse: Callable[[str], Any]) -> Callable[..., Any]:

@@ -127,32 +127,49 @@ def count_params(
     for name, module in modules:
         if convention is CountConvention.DARKNET:
             layer = issubclass(module_class(module), WEIGHT_LAYERS)
-            params = [_weight_held(module)] if layer else []
+            held = _weight_held(module) if layer else None
+            params = [held] if held is not None else []
         else:
-            params = list(module.parameters(recurse=False))
+            params = [(p, p.numel()) for p in module.parameters(recurse=False)]
         n = 0
-        for p in params:
-            if p is not None and id(p) not in seen:
+        for p, size in params:
+            if id(p) not in seen:
                 seen.add(id(p))
-                n += p.numel()
+                n += size
         if n:
             out[name] = n
     return out
 
 
-def _weight_held(module: nn.Module) -> Tensor | None:
-    """The tensor ``module`` holds for its weight, as the model keeps it (its identity
-    tells a shared weight). A parametrized weight (``parametrizations.spectral_norm``) is
-    computed anew at each read — a run of the parametrization, which in train mode
-    updates spectral norm's buffers, and a fresh tensor whose identity the next may
-    reuse —, so its original stands for it: it has the weight's shape (for weight norm,
-    the direction ``original1`` beside the magnitude ``original0``: the largest)."""
+def _weight_held(module: nn.Module) -> tuple[object, int] | None:
+    """What ``module`` holds for its weight — an object whose identity tells a shared
+    weight — and the weight's size, or None. A parametrized weight
+    (``parametrizations.spectral_norm``, a low-rank product) is computed anew at each read:
+    a run of the parametrization, which in train mode updates spectral norm's buffers,
+    giving a fresh tensor whose identity the next may reuse. So its parametrization stands
+    for it, and its size is read off the layer's own sizes (its originals may have other
+    shapes: weight norm's magnitude, a product's factors)."""
     if parametrize.is_parametrized(module, "weight"):
-        held = module.parametrizations["weight"]
-        originals = list(held.parameters(recurse=False))  # original, or original0, 1, …
-        return max(originals, key=Tensor.numel, default=None)
+        size = _defined_weight_size(module)
+        return (module.parametrizations["weight"], size) if size is not None else None
     weight = getattr(module, "weight", None)
-    return weight if isinstance(weight, Tensor) else None
+    return (weight, weight.numel()) if isinstance(weight, Tensor) else None
+
+
+def _defined_weight_size(module: nn.Module) -> int | None:
+    """The weight size the layer's sizes define (a conv's ``out × in / groups ×
+    kernel``, a linear's ``out × in``, a bilinear's ``out × in1 × in2``), or None."""
+    kind = module_class(module)
+    kernel = math.prod(getattr(module, "kernel_size", ()) or (1,))
+    if issubclass(kind, _CONV):
+        return module.out_channels * (module.in_channels // module.groups) * kernel
+    if issubclass(kind, _CONV_T):
+        return module.in_channels * (module.out_channels // module.groups) * kernel
+    if issubclass(kind, nn.Linear):
+        return module.out_features * module.in_features
+    if issubclass(kind, nn.Bilinear):
+        return module.out_features * module.in1_features * module.in2_features
+    return None
 
 
 def _macs(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:

@@ -137,9 +137,9 @@ class GradientRecorder:
     def _reset(self) -> None:
         self._calls: dict[str, int] = {}
         self._shapes: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
-        # the calls made with grad mode off, kept apart: a re-entrant checkpoint runs its
-        # layers so first and again with it on in the backward, which is when they
-        # receive gradient — unless nothing gradient reaches needs that (a checkpoint
+        # the calls whose outputs require no gradient, kept apart: a re-entrant checkpoint
+        # runs its layers so first (grad mode off) and again in the backward, which is when
+        # they receive gradient — unless nothing gradient reaches needs that (a checkpoint
         # given a frozen stem's output): then they were called and received nothing
         self._quiet: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
         self._sq: dict[str, float] = {}
@@ -158,7 +158,8 @@ class GradientRecorder:
 
     def _forward_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            if not torch.is_grad_enabled():
+            # (by its outputs: a forward may switch grad mode on inside a no_grad block)
+            if not any(y.requires_grad for y in output_tensors(output)):
                 quiet = self._quiet.setdefault(name, {})
                 call = len({key[0] for key in quiet})
                 for slot, y in enumerate(output_tensors(output)):

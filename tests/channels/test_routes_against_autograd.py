@@ -359,6 +359,16 @@ ATTENTION = {
     "sdpa-values-elsewhere": lambda y: _merged(
         F.scaled_dot_product_attention(_heads(y), _heads(y), _heads(y).flip(1))
     ),
+    # a mask made of channels, added to q·kᵀ (a relative-position MLP's, T5's bias): its
+    # row of a query position reaches that position's outputs (found by a review: dropped)
+    "sdpa-mask-of-channels": lambda y: _merged(
+        F.scaled_dot_product_attention(
+            *[_heads(y)] * 3, attn_mask=(y[..., :1] @ y[..., 1:2].transpose(1, 2)).unsqueeze(1)
+        )
+    ),
+    "sdpa-by-keyword": lambda y: _merged(
+        F.scaled_dot_product_attention(query=_heads(y), key=_heads(y), value=_heads(y))
+    ),
     "attention-written-out": lambda y: _merged(
         torch.softmax(_heads(y) @ _heads(y).transpose(-1, -2), -1) @ _heads(y)
     ),

@@ -191,6 +191,34 @@ def test_a_check_with_torchs_helpers_is_the_models_error(tracer: str, how: str) 
     assert "Proxy(" not in message and "cannot" not in message
 
 
+class ChecksTheDevice(nn.Module):
+    """A check that holds on the inputs, and fails on the meta device alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.a(x)
+        torch._assert(y.device.type == "cpu", f"expected a CPU tensor, got {y.device.type}")
+        return self.b(y)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "auto"])
+def test_a_check_failing_on_the_meta_device_alone_is_not_the_models_error(tracer: str) -> None:
+    """Found by a review: fx's gradient-flow pass works out values on the meta device, so
+    a check of where a tensor lives fails there alone, and fx blamed the model ("raised
+    AssertionError: expected a CPU tensor"). It is fx's limit: auto moves on to export.
+    By hand: a -> b -> loss, a at 2, b at 1."""
+    if tracer == "fx":
+        with pytest.raises(TraceError, match="asks where a tensor lives"):
+            gpa.analyze(ChecksTheDevice(), input_shape=(1, 4), tracer=tracer)
+        return
+    report = gpa.analyze(ChecksTheDevice(), input_shape=(1, 4), tracer=tracer)
+    assert report.tracer == "export"
+    assert {n: r.timestamps for n, r in report.layers.items()} == {"a": (2,), "b": (1,)}
+
+
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()

@@ -378,6 +378,45 @@ def test_a_layer_read_once_for_the_batch_has_no_cka_and_the_rest_do() -> None:
     assert m.layers["pos"].output_grad_norm > 0
 
 
+class _GradOn(nn.Linear):
+    """Switches grad mode on in its own forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            return super().forward(x)
+
+
+class GradOnInsideNoGrad(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.inner, self.head = nn.Linear(4, 8), _GradOn(8, 8), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        with torch.no_grad():
+            h = self.inner(h)
+        return self.head(h)
+
+
+def test_a_layer_switching_grad_mode_on_is_measured_by_its_output() -> None:
+    """Found by a review: a layer whose forward switches grad mode on inside a no_grad
+    block was taken for one called with grad mode off (its hook runs with it off), and
+    given 0 received gradient beside a weight gradient. A plain backward here: its output
+    requires grad and receives some, and so does the stem (grad mode is on where the
+    inner layer reads it)."""
+    net = GradOnInsideNoGrad()
+    kept = []
+    hook = net.inner.register_forward_hook(lambda m, i, o: kept.append(o))
+    y = net(torch.randn(4, 4))
+    hook.remove()
+    kept[0].retain_grad()
+    y.sum().backward()
+    assert kept[0].grad.abs().sum() > 0 and net.stem.weight.grad.abs().sum() > 0
+    m = measure(GradOnInsideNoGrad(), torch.zeros(1, 4), steps=2, batch_size=4)
+    assert m.layers["inner"].output_grad_norm > 0 and m.layers["inner"].weight_grad_norm > 0
+    assert m.layers["stem"].output_grad_norm > 0
+
+
 def test_too_few_samples_for_cka_are_said() -> None:
     """Found by a new user: with 2 samples every duplication was exactly 1. By hand: two
     samples centred are x and -x, so every layer's Gram matrix is a multiple of

@@ -266,6 +266,14 @@ def test_a_timm_model_given_another_input_size_says_what_it_checks(tracer: str) 
     ("target", "kwargs", "said", "batch"),
     [
         ("timm:resnet10t", {}, "2 images of its timm input_size (two: batch norm", 2),
+        # (found by a review: the configuration keeps the pretrained 224, and the model
+        # built for 32 refused it)
+        (
+            "timm:vit_tiny_patch16_224",
+            {"img_size": 32, "depth": 1},
+            "2 images of the img_size given",
+            2,
+        ),
         ("torchvision:squeezenet1_0", {}, "2 images of its torchvision weights' crop size", 2),
         ("yolov8n-cls.yaml", {}, "1 image of Ultralytics' default size for the task, 224x224", 1),
         ("transformers:bert", {"num_hidden_layers": 1}, "16 token ids (all 0)", 1),
@@ -281,6 +289,8 @@ def test_the_inputs_gpa_chose_for_a_library_model_are_said(
     assert report.notes[0].startswith(f"inputs chosen by gpa: {said}")
     assert report.notes[0].endswith("; --input-shape gives others")
     assert report.inputs[0]["shape"][0] == batch
+    if "img_size" in kwargs:
+        assert report.inputs[0]["shape"][-2:] == [kwargs["img_size"]] * 2
     if not target.startswith("transformers"):  # (token ids: an integer tensor)
         shape = tuple(report.inputs[0]["shape"])
         options = gpa.AnalysisOptions(input_shape=[shape])

@@ -806,6 +806,8 @@ class GradientFlow(fx.Interpreter):
                 if fallback is None:
                     if _without_meta_kernel(exc):  # torch's limit, not the inputs' fault
                         raise TraceError(_meta_failure(self.module, n, exc)) from exc
+                    if _asks_the_device(n):  # a check the meta device alone may fail
+                        raise TraceError(_device_check_failure(self.module, n, exc)) from exc
                     raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
         for m, before in held.items():
@@ -1231,6 +1233,40 @@ def _check_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception)
         where=found[0] if found else None,
         site=call_site(node),
         detail=_PROXY_TEXT.sub(value, detail),
+    )
+
+
+def _asks_the_device(node: fx.Node) -> bool:
+    """Whether ``node`` is one of torch's checks (:data:`CHECKS`) whose condition is
+    computed from where a tensor lives (``y.device.type == "cpu"``, ``not y.is_meta``):
+    the pass's values live on the meta device, so the check may fail there alone."""
+    if node.op != "call_function" or node.target not in CHECKS:
+        return False
+    seen, stack = set(), list(node.all_input_nodes)
+    while stack:
+        m = stack.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        if (
+            m.op == "call_function" and m.target is getattr and m.args[1] in _DEVICE_ATTRIBUTES
+        ) or (m.op == "call_method" and m.target in _DEVICE_METHODS):
+            return True
+        stack.extend(m.all_input_nodes)
+    return False
+
+
+_DEVICE_ATTRIBUTES = frozenset({"device", "is_meta", "is_cuda", "is_cpu", "is_mps", "is_xpu"})
+_DEVICE_METHODS = frozenset({"get_device", "is_pinned", "data_ptr", "untyped_storage"})
+
+
+def _device_check_failure(gm: fx.GraphModule, node: fx.Node, exc: Exception) -> str:
+    site = call_site(node)
+    where = f" (line {site[1]} of {site[0]})" if site else ""
+    return (
+        f"a check of the model's{where} asks where a tensor lives, and failed on the meta "
+        f"device, where gpa's fx frontend works out values ({briefly(exc)}); export and "
+        "autograd run the check on the inputs (--tracer export or autograd; auto moves on)"
     )
 
 
