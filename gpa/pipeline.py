@@ -20,9 +20,7 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import gc
-import operator
 import random
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -36,7 +34,7 @@ from gpa.core.graph import LOSS, GradientGraph
 from gpa.core.paths import bits
 from gpa.core.records import layer_records
 from gpa.core.report import LayerRecord, NetworkSummary, Report
-from gpa.core.segments import SegmentList, SegmentRun
+from gpa.core.segments import SegmentList
 from gpa.errors import NoGradientError, NoLayersError
 from gpa.frontends import gradient_graph
 from gpa.frontends.counts import layer_counts
@@ -241,8 +239,7 @@ def _channels_reaching_nothing_notes(records: Mapping[str, LayerRecord]) -> list
         if not r.segments.reached():
             cut.append(name)
             continue
-        firsts = (i.first if isinstance(i, SegmentRun) else i for i in r.segments.items)
-        stamps = functools.reduce(operator.or_, (s.paths.stamps for s in firsts if s.paths), 0)
+        stamps = r.segments.stamps()
         if r.paths.stamps & ~stamps:
             partly.append(f"{name} ({', '.join(map(str, bits(r.paths.stamps & ~stamps)))})")
     notes = []

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import functools
 import operator
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -257,6 +258,13 @@ class SegmentList(Sequence[Segment]):
         return any(
             (i.first if isinstance(i, SegmentRun) else i).paths is not None for i in self.items
         )
+
+    def stamps(self) -> int:
+        """The union of the segments' gradient timestamps as a bitset (bit ``t``: some
+        channel is reached at round ``t``; a run's are its first segment's), without
+        making segments."""
+        firsts = (i.first if isinstance(i, SegmentRun) else i for i in self.items)
+        return functools.reduce(operator.or_, (s.paths.stamps for s in firsts if s.paths), 0)
 
     def fallbacks(self) -> tuple[str, ...]:
         """The operations any segment's routing fell back on, sorted (a run's are its

@@ -19,6 +19,7 @@ import difflib
 import os
 from typing import Any
 
+from gpa.core.paths import bits
 from gpa.core.report import LOSS, PathStep, Report
 from gpa.errors import GpaError
 
@@ -51,7 +52,10 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
     Keys: ``layer``, ``type``, ``calls``, ``shortest``, ``longest``, ``shortest_path`` and
     ``longest_path`` (lists of ``{"layer", "type", "site"}``, ``site`` being ``{"file",
     "line"}`` or null; the loss is not listed), and ``max_shortest`` (``{"value", "layer"}``:
-    the network's value and the first layer attaining it).
+    the network's value and the first layer attaining it). With channel segments, also
+    ``channels``: ``{"timestamps", "whole_tensor_only"}``, the rounds some channel of the
+    layer is reached at and those of the layer's own record no channel is (a route that
+    a slice or pick drops: the paths above may take one, ``docs/semantics.md`` §8).
 
     Raises:
         GpaError: ``layer`` is not a layer of the report (the closest names are suggested).
@@ -67,7 +71,14 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
     def steps(path: tuple[PathStep, ...]) -> list[dict[str, Any]]:
         return [{"layer": s.layer, "type": s.type, "site": _site(s)} for s in path]
 
-    return {
+    channels = None
+    if record.segments is not None and record.paths is not None:
+        stamps = record.segments.stamps()
+        channels = {
+            "timestamps": list(bits(stamps)),
+            "whole_tensor_only": list(bits(record.paths.stamps & ~stamps)),
+        }
+    data = {
         "layer": layer,
         "type": record.type,
         "calls": record.calls,
@@ -80,6 +91,9 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
             "layer": max_shortest_layer(report),
         },
     }
+    if channels is not None:
+        data["channels"] = channels
+    return data
 
 
 def format_explanation(data: dict[str, Any]) -> str:
@@ -105,6 +119,15 @@ def format_explanation(data: dict[str, Any]) -> str:
             where = f"{s['site']['file']}:{s['site']['line']}" if s["site"] else ""
             lines.append(f"  {s['layer']:<{width}}  {s['type']:<{kinds}}  {where}".rstrip())
         lines.append(f"  {LOSS}")
+    channels = data.get("channels")
+    if channels and channels["whole_tensor_only"]:
+        only = ", ".join(map(str, channels["whole_tensor_only"]))
+        lines += [
+            "",
+            f"with channels: no channel of {data['layer']} is reached at {only} (the routes "
+            "of those lengths carry none of its channels: a slice or pick drops them); its "
+            f"channels are reached at {', '.join(map(str, channels['timestamps'])) or 'none'}",
+        ]
     top = data["max_shortest"]
     if top["layer"] is not None:
         lines += ["", f"network max_shortest {top['value']}: first attained by {top['layer']}"]

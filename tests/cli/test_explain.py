@@ -180,3 +180,21 @@ def test_a_layer_called_from_a_helper_is_placed_at_its_call(tracer: str) -> None
         "proj.1": (file, proj),
         "attn": (file, attn),
     }
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_rounds_no_channel_takes_are_said_with_channels(tracer: str) -> None:
+    """Found by new users: with channels, explain printed stem -> head as stem's shortest
+    path, a route no channel of stem takes (after a shuffle the slice drops that half).
+    By hand (tests/channels/test_segments.py::ShuffledAway): the whole tensor at 2 and 3,
+    its channels at 3 alone; the explanation says so, and without channels says nothing."""
+    from gpa.render.explain import explanation, format_explanation
+    from tests.channels.test_segments import ShuffledAway
+
+    model, x = ShuffledAway(), torch.randn(2, 3, 6, 6)
+    data = explanation(gpa.analyze(model, (x,), channels=True, tracer=tracer), "stem")
+    assert [s["layer"] for s in data["shortest_path"]] == ["stem", "head"]
+    assert data["channels"] == {"timestamps": [3], "whole_tensor_only": [2]}
+    assert "with channels: no channel of stem is reached at 2" in format_explanation(data)
+    plain = explanation(gpa.analyze(model, (x,), tracer=tracer), "stem")
+    assert "channels" not in plain and "with channels" not in format_explanation(plain)
