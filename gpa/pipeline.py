@@ -199,11 +199,21 @@ def _intermediate_outputs_notes(graph: GradientGraph) -> list[str]:
     to the loss, which a loss reading them for their shapes only does not train
     (``docs/semantics.md`` §1.5)."""
     ops = graph.ops
+    # the nodes gradient flows from into the loss: a reader off those (the computation of
+    # an output left unselected, a model's own loss beside the logits selected) trains nothing
+    feeding, stack = {LOSS}, [LOSS]
+    while stack:
+        for m, _, grad in ops.in_edges(stack.pop(), data="grad"):
+            if grad and m not in feeding:
+                feeding.add(m)
+                stack.append(m)
 
     def read_inside(node: Hashable, data: dict) -> bool:  # (the frontend's word, where it knows)
-        if "read_inside" in data:
-            return data["read_inside"]
-        return any(s != LOSS and ops.edges[node, s].get("grad") for s in ops.successors(node))
+        read = any(
+            s != LOSS and s in feeding and ops.edges[node, s].get("grad")
+            for s in ops.successors(node)
+        )
+        return read and data.get("read_inside", True)
 
     read = [
         data.get("output")

@@ -1,8 +1,9 @@
 """Example inputs made from input shapes, the one place every frontend gets them from.
 
 Inputs given by shape are zeros: of the model's floating dtype (:func:`floating_dtype`:
-float32, or float16, bfloat16, float64 for a model in that precision), or int64 for the
-inputs read as indices (by an embedding, ``docs/semantics.md`` §1.4).
+float32, or float16, bfloat16, float64 — or a complex dtype — for a model whose first
+parameter has it), or int64 for the inputs read as indices (by an embedding,
+``docs/semantics.md`` §1.4).
 
 Example:
     >>> [(tuple(x.shape), x.dtype) for x in zeros((2, 4), (2, 3), integer={1}, device="cpu")]
@@ -176,14 +177,20 @@ def bind_inputs(model: nn.Module, inputs: Any) -> Any:
 
 
 def floating_dtype(model: nn.Module) -> torch.dtype:
-    """The dtype of ``model``'s first real floating parameter (float32 if it has none):
-    a model converted with ``.half()`` takes float16 inputs.
+    """The dtype of ``model``'s first floating or complex parameter (float32 if it has
+    none): a model converted with ``.half()`` takes float16 inputs, one whose first layer
+    is complex (``nn.Linear(4, 4, dtype=torch.cfloat)``) complex ones.
 
     Example:
         >>> floating_dtype(nn.Linear(2, 2).to(torch.bfloat16))
         torch.bfloat16
+        >>> floating_dtype(nn.Linear(2, 2, dtype=torch.cfloat))
+        torch.complex64
     """
-    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return next(
+        (p.dtype for p in model.parameters() if p.is_floating_point() or p.is_complex()),
+        torch.float32,
+    )
 
 
 def zeros(

@@ -33,9 +33,10 @@ from torch import nn
 
 from gpa.api import analyze
 from gpa.core.report import Report
-from gpa.errors import GpaError
+from gpa.errors import GpaError, ModelError
 from gpa.frontends.inputs import bind_inputs
 from gpa.frontends.modules import eager_compiled_modules, unwrap_wrappers, wrappers_unwrapped
+from gpa.frontends.raised import model_raised
 from gpa.measure.cka import cka_matrix, spearman
 from gpa.measure.hooks import GradientRecorder, StepGradients
 from gpa.measure.inputs import synthetic_batches
@@ -332,21 +333,43 @@ def _run(
             args = _to(_as_args(batch, model), device)
             for p in params:
                 p.grad = None
-            out = model(*args)
+            with _raised_by(type(model).__name__, "forward"):
+                out = model(*args)
             if loss is None:
                 virtual = virtual or virtual_loss(out, seed, select)
                 value = virtual(out)
             else:
-                value = loss(out, batch)
+                with _raised_by("the loss function", "loss"):
+                    value = loss(out, batch)
             if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.requires_grad):
                 raise GpaError("the loss must return a scalar tensor that requires gradient")
-            value.reshape(()).backward()
+            with _raised_by(type(model).__name__, "backward"):
+                value.reshape(()).backward()
             results.append((recorder.end_step(), *_weight_norms(modules, segments)))
     for p in params:
         p.grad = None
     if not results:
         raise GpaError("batches= gave no batch: nothing to measure")
     return results
+
+
+@contextlib.contextmanager
+def _raised_by(name: str, part: str) -> Iterator[None]:
+    """An exception of the block (a measured step's forward, loss or backward: the user's
+    code, on real tensors) as a :class:`~gpa.errors.ModelError` naming ``name``, not a
+    failure of gpa's: the structural analysis, on the meta device, may pass where a real
+    step fails (an input dtype the layers do not take; integer inputs drawn at random
+    that the model cannot take, as an EmbeddingBag's offsets)."""
+    try:
+        yield
+    except GpaError:
+        raise
+    except Exception as exc:
+        during = (
+            f"It raised in the {part} of a measured training step (real tensors); give "
+            "batches= (or example_batches next to the model) that the model takes"
+        )
+        raise ModelError(model_raised(name, exc, during=during)) from exc
 
 
 def _weight_norms(

@@ -138,6 +138,18 @@ def test_complex_layers_on_a_complex_input(tracer: str) -> None:
     check_reachability_with_autograd(report, model, z)
 
 
+@EVERY_TRACER
+def test_a_complex_model_given_a_shape_gets_complex_inputs(tracer: str) -> None:
+    """Found by a new user: given a shape, a model whose first layer is complex got float32
+    zeros, which its real forward refuses ("Float and ComplexFloat"), and the analysis
+    went on. Inputs by shape take the dtype of the first floating or complex parameter:
+    complex64 here, and the records of the complex input above (3, 2, 1)."""
+    report = gpa.analyze(ComplexNet(), input_shape=(2, 4), tracer=tracer)
+    assert report.inputs[0]["dtype"] == "complex64"
+    expect(report, "l1", {3: 1}, ("l2",))
+    ComplexNet()(torch.zeros(2, 4, dtype=torch.complex64))  # (the model takes them)
+
+
 class Chain(nn.Module):
     """stem -> conv -> relu -> conv -> pooling -> fc, with a residual around the convs."""
 

@@ -868,3 +868,28 @@ def test_inputs_only_a_pre_hook_or_a_wrapper_takes_are_read_by_autograd() -> Non
         assert list(report.layers) == list(expected)
         for name, (histogram, sources) in expected.items():
             expect(report, name, histogram, sources)
+
+
+class ReturnsItsLoss(nn.Module):
+    """Returns its own loss beside the logits it computed it from (a task head given labels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        logits = self.b(self.a(x))
+        return logits.pow(2).mean(), logits
+
+
+@EVERY_TRACER
+def test_a_reader_of_an_unselected_output_makes_no_note(tracer) -> None:
+    """Found by a new user on BERT with labels: selecting the logits alone, the note still
+    said they are read inside the model and advised selecting what the loss reads — done
+    already; only the unselected loss reads them. By hand: a -> b -> loss, 2 and 1, both
+    ways; the note only where both outputs feed the loss."""
+    both = gpa.analyze(ReturnsItsLoss(), input_shape=(2, 4), tracer=tracer)
+    assert any("also read inside the model (output 1)" in n for n in both.notes)
+    logits = gpa.analyze(ReturnsItsLoss(), input_shape=(2, 4), tracer=tracer, outputs="1")
+    assert not any("also read inside" in n for n in logits.notes)
+    assert {n: r.timestamps for n, r in logits.layers.items()} == {"a": (2,), "b": (1,)}

@@ -428,3 +428,22 @@ def test_too_few_samples_for_cka_are_said() -> None:
     assert note.startswith("CKA compares layers over 2 sample(s)")
     enough = measure(net, torch.zeros(1, 4), steps=2, batch_size=4)
     assert not any("too few" in n for n in enough.notes)
+
+
+def test_a_step_the_model_cannot_take_is_the_models_error() -> None:
+    """Found by a new user: the structural analysis (meta device: dtypes unchecked) passes
+    a half-precision layer float32 inputs, and the real step raised inside gpa ("internal
+    error", exit 1). It is the model's error, naming its line, in every part of the step."""
+    from gpa.errors import ModelError
+
+    net = nn.Sequential(nn.Linear(4, 4).to(torch.bfloat16))
+    with pytest.raises(ModelError) as error:
+        measure(net, torch.zeros(1, 4), steps=1, batch_size=2)  # (float32 inputs)
+    assert str(error.value).startswith("Sequential raised RuntimeError")
+    assert "forward of a measured training step" in str(error.value)
+
+    def bad_loss(outputs, batch):
+        raise ValueError("no labels")
+
+    with pytest.raises(ModelError, match="^the loss function raised ValueError: no labels"):
+        measure(nn.Linear(4, 2), torch.zeros(1, 4), steps=1, batch_size=2, loss=bad_loss)
