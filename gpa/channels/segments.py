@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -44,7 +45,15 @@ from gpa.channels.routing import ChannelRouting, Consumer
 from gpa.channels.rules import unique_values
 from gpa.core.graph import LOSS, LayerCall
 from gpa.core.paths import GradientPaths, layer_graph_index
-from gpa.core.segments import Segment, SegmentList, SegmentRun, make_segment, make_source
+from gpa.core.segments import (
+    Segment,
+    SegmentList,
+    SegmentRun,
+    Source,
+    make_segment,
+    make_source,
+    source_key,
+)
 
 __all__ = ["SegmentNode", "call_segments", "merge_calls"]
 
@@ -806,8 +815,53 @@ def merge_calls(parts: list[list[Segment | SegmentRun]]) -> list[Segment | Segme
                 lo,
                 hi,
                 GradientPaths.union(found) if found else None,
-                tuple(src for s in covering for src in s.sources),
+                _joined_sources(_narrowed(src, s, lo, hi) for s in covering for src in s.sources),
                 tuple(sorted({f for s in covering for f in s.fallback})),
             )
         )
     return merged
+
+
+def _joined_sources(sources: Iterable[Source]) -> tuple[Source, ...]:
+    """``sources`` with those delivering the same part of the same sender (several calls
+    reaching it alike) as one, delivering at the rounds of them all; in order of first."""
+    rounds: dict[tuple, tuple[Source, int]] = {}
+    for x in sources:
+        first, seen = rounds.get(source_key(x), (x, 0))
+        rounds[source_key(x)] = first, seen | x.rounds
+    return tuple(
+        x if x.rounds == both else dataclasses.replace(x, rounds=both)
+        for x, both in rounds.values()
+    )
+
+
+def _narrowed(source: Source, segment: Segment, lo: int, hi: int) -> Source:
+    """``source`` of ``segment`` as the channels [lo, hi) of the segment receive it: one
+    delivering a block of the sender's input channels per channel (neither mixed nor a
+    group's: channel c reaches the block shifted along with c, ``docs/semantics.md`` §8)
+    delivers the blocks of [lo, hi) alone; any other delivers the same to every channel.
+
+    Example:
+        >>> wide = Segment(0, 4, None, (Source("out", (0, 4), 0b10),))
+        >>> _narrowed(wide.sources[0], wide, 2, 4).channels
+        (2, 4)
+    """
+    width = segment.stop - segment.start
+    block, rest = divmod(source.channels[1] - source.channels[0], width)
+    if (
+        source.mixed
+        or source.group is not None
+        or rest
+        or (lo, hi) == (segment.start, segment.stop)
+    ):
+        return source
+    first = source.channels[0]
+    return make_source(
+        source.sender,
+        (first + (lo - segment.start) * block, first + (hi - segment.start) * block),
+        source.rounds,
+        source.group,
+        source.output,
+        source.argument,
+        source.mixed,
+    )

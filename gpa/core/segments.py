@@ -41,6 +41,7 @@ __all__ = [
     "count_combinations",
     "make_segment",
     "make_source",
+    "source_key",
 ]
 
 
@@ -130,8 +131,9 @@ def make_segment(
     )
 
 
-def _key(x: Source) -> tuple:
-    """What identifies a source in a combination: all but its rounds."""
+def source_key(x: Source) -> tuple:
+    """What identifies a source (in a combination; among several calls' sources): all but
+    its rounds."""
     return (x.sender, x.channels, x.group, x.output, x.argument, x.mixed)
 
 
@@ -151,7 +153,7 @@ def combination(segment: Segment) -> frozenset:
     """
     rounds: dict[tuple, int] = {}
     for s in segment.sources:
-        key = _key(s)
+        key = source_key(s)
         rounds[key] = rounds.get(key, 0) | s.rounds
     return frozenset(rounds.items())
 
@@ -309,7 +311,7 @@ def _coarse_key(key: tuple, rounds: int) -> tuple:
 
 
 def _coarse(x: Source) -> tuple:
-    return _coarse_key(_key(x), x.rounds)
+    return _coarse_key(source_key(x), x.rounds)
 
 
 def _unrounded(key: tuple) -> tuple:
@@ -407,7 +409,7 @@ def _rows(item: Segment | SegmentRun) -> np.ndarray:
     base, moves = [], []
     for i in order:
         x, (step, moved) = item.first.sources[i], item.steps[i]
-        base += _where(_key(x))
+        base += _where(source_key(x))
         moves += [step, step] + [moved] * len(x.group or ())
     k = np.arange(item.count, dtype=np.int64)[:, None]
     return np.asarray(base, dtype=np.int64) + k * np.asarray(moves, dtype=np.int64)

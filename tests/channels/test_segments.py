@@ -20,6 +20,7 @@ from torch import nn
 
 import gpa
 import gpa.models
+from gpa.core.paths import bits
 from gpa.core.serialize import source_dict
 from gpa.errors import GpaError
 
@@ -869,3 +870,37 @@ def test_rounds_a_layer_is_reached_at_by_no_channel_are_named(tracer) -> None:
     assert reached.tolist() == [False] * 4 + [True] * 4
     at_layer_level = gpa.analyze(model, (x,), tracer=tracer)
     assert not any("by no channel" in n for n in at_layer_level.notes)
+
+
+class CalledTwiceCutOnce(nn.Module):
+    """``a`` called twice: its first call's channels 0..2 go through ``b`` (a slice), 2..4
+    straight into the second call; the second call's output reaches ``out`` whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(4, 4), nn.Linear(2, 2), nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.a(x)
+        return self.out(self.a(torch.cat([self.b(y[:, :2]), y[:, 2:]], 1)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_a_layer_called_twice_cut_by_one_call_narrows_the_others_sources(tracer) -> None:
+    """Found by a review against autograd (timm's CoaT shares its position convolutions):
+    merging the calls cut the second call's segment [0, 4) at 2 but kept its source
+    ``out [0, 4]`` on both halves, which reads as channel 1 reaching out's inputs 2..4 —
+    autograd gives channel c to out's input c alone. By hand: out at 1; the second call of
+    a reaches out (2), b reaches a (3); the first call's 0..2 reach b (4), its 2..4 the
+    second call (3). So a's [0, 2) get out [0, 2) at 2 and b [0, 2) at 4, its [2, 4) out
+    [2, 4) at 2 and a [2, 4) at 3."""
+    model, x = CalledTwiceCutOnce(), torch.randn(3, 4)
+    report = gpa.analyze(model, (x,), channels=True, tracer=tracer)
+    found = [
+        (s.start, s.stop, [(q.sender, q.channels, bits(q.rounds), q.mixed) for q in s.sources])
+        for s in report.layers["a"].segments
+    ]
+    assert found == [
+        (0, 2, [("out", (0, 2), (2,), False), ("b", (0, 2), (4,), False)]),
+        (2, 4, [("out", (2, 4), (2,), False), ("a", (2, 4), (3,), False)]),
+    ]
