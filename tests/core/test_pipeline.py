@@ -235,16 +235,18 @@ def test_a_compiled_submodule_is_read_through(tracer: str) -> None:
     """fx refused a compiled submodule ("a dynamo-optimized function"). By hand: a ->
     inner.0 -> inner.2 -> head, 4, 3, 2, 1, under the module's qualified names (its
     state_dict's: ``inner._orig_mod.0``)."""
-    model = _Compiled()
+    expected = {"a": 4, "inner._orig_mod.0": 3, "inner._orig_mod.2": 2, "head": 1}
+    _read_without_compiling(_Compiled(), tracer, expected)
+
+
+def _read_without_compiling(model: nn.Module, tracer: str, shortest: dict[str, int]) -> gpa.Report:
+    """``model``'s report under ``tracer``, whose layers have these ``shortest`` paths,
+    made without compiling anything."""
     before = _frames_compiled()
     report = gpa.analyze(model, (torch.randn(2, 4),), tracer=tracer)
-    assert {name: r.shortest for name, r in report.layers.items()} == {
-        "a": 4,
-        "inner._orig_mod.0": 3,
-        "inner._orig_mod.2": 2,
-        "head": 1,
-    }
+    assert {name: r.shortest for name, r in report.layers.items()} == shortest
     assert _frames_compiled() == before
+    return report
 
 
 class _CompiledLayer(nn.Module):
@@ -268,15 +270,9 @@ def test_a_compiled_layer_is_one_layer_read_through(tracer: str) -> None:
     head, 3, 2, 1; one layer per module, under its state_dict's name. (Export refuses a
     compiled module read as one call: its graph does not show the call's bounds.)"""
     model = _CompiledLayer()
-    before = _frames_compiled()
-    report = gpa.analyze(model, (torch.randn(2, 4),), tracer=tracer)
-    assert {name: r.shortest for name, r in report.layers.items()} == {
-        "a": 3,
-        "inner._orig_mod": 2,
-        "head": 1,
-    }
+    expected = {"a": 3, "inner._orig_mod": 2, "head": 1}
+    report = _read_without_compiling(model, tracer, expected)
     assert report.network.unreachable == ()
-    assert _frames_compiled() == before
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
 
 

@@ -807,7 +807,7 @@ class GradientFlow(fx.Interpreter):
                     if _without_meta_kernel(exc):  # torch's limit, not the inputs' fault
                         raise TraceError(_meta_failure(self.module, n, exc)) from exc
                     if _asks_the_device(n):  # a check the meta device alone may fail
-                        raise TraceError(_device_check_failure(self.module, n, exc)) from exc
+                        raise TraceError(_device_check_failure(n, exc)) from exc
                     raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
         for m, before in held.items():
@@ -1260,7 +1260,7 @@ _DEVICE_ATTRIBUTES = frozenset({"device", "is_meta", "is_cuda", "is_cpu", "is_mp
 _DEVICE_METHODS = frozenset({"get_device", "is_pinned", "data_ptr", "untyped_storage"})
 
 
-def _device_check_failure(gm: fx.GraphModule, node: fx.Node, exc: Exception) -> str:
+def _device_check_failure(node: fx.Node, exc: Exception) -> str:
     site = call_site(node)
     where = f" (line {site[1]} of {site[0]})" if site else ""
     return (
