@@ -66,11 +66,12 @@ SegmentNode = tuple[str, int] | str
 _TO_LOSS = (LOSS,)
 
 
-def _listing_order(consumer: Consumer) -> tuple[bool, str, int, str]:
-    """Sources are listed the loss first (by output), then by layer call and argument."""
+def _listing_order(consumer: Consumer, order: Mapping[str, int]) -> tuple[bool, int, int, str]:
+    """Sources are listed the loss first (by output), then by layer call in forward order
+    (``order``: a call's position; the same whichever frontend named it) and argument."""
     return (
         consumer.call is not None,
-        consumer.call or "",
+        order.get(consumer.call, -1) if consumer.call is not None else -1,
         consumer.argument or 0,
         consumer.output or "",
     )
@@ -121,7 +122,11 @@ _SMALL_TABLE = 1 << 16
 
 
 def _arrivals(
-    routing: ChannelRouting, call: str, count: int, alike: dict[tuple, tuple[np.ndarray, ...]]
+    routing: ChannelRouting,
+    call: str,
+    count: int,
+    alike: dict[tuple, tuple[np.ndarray, ...]],
+    order: Mapping[str, int],
 ) -> list[_Arrival]:
     """The deliveries of ``call``'s channels, merged per consumer.
 
@@ -133,7 +138,7 @@ def _arrivals(
     for d in routing.inbound.get(call, ()):
         by_consumer[d.consumer].append(d)
     found = []
-    for consumer in sorted(by_consumer, key=_listing_order):
+    for consumer in sorted(by_consumer, key=lambda c: _listing_order(c, order)):
         width = routing.in_channels.get(consumer, 0)
         deliveries = by_consumer[consumer]
         placed = [d for d in deliveries if d.positions is not None]
@@ -369,8 +374,10 @@ class _Segmenter:
         self._heads: dict[str, np.ndarray] = {}  # per segment, the first of its run
         self._through: dict[str, Callable[[tuple[int, int] | None], tuple]] = {}
         alike: dict[tuple, tuple[np.ndarray, ...]] = {}
+        calls = list(calls)
+        order = {c: i for i, c in enumerate(calls)}
         self.arrivals = {
-            c: _arrivals(routing, c, routing.out_channels.get(c, 0), alike) for c in calls
+            c: _arrivals(routing, c, routing.out_channels.get(c, 0), alike, order) for c in calls
         }
         self.bounds: dict[str, list[tuple[int, int]]] = {}
         for call, arrivals in self.arrivals.items():
