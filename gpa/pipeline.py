@@ -31,7 +31,6 @@ from torch import nn
 
 from gpa.channels import channel_segments
 from gpa.core.graph import LOSS, GradientGraph
-from gpa.core.paths import bits
 from gpa.core.records import layer_records
 from gpa.core.report import LayerRecord, NetworkSummary, Report
 from gpa.core.segments import SegmentList
@@ -249,9 +248,8 @@ def _channels_reaching_nothing_notes(records: Mapping[str, LayerRecord]) -> list
         if not r.segments.reached():
             cut.append(name)
             continue
-        stamps = r.segments.stamps()
-        if r.paths.stamps & ~stamps:
-            partly.append(f"{name} ({', '.join(map(str, bits(r.paths.stamps & ~stamps)))})")
+        if r.whole_tensor_only:
+            partly.append(f"{name} ({', '.join(map(str, r.whole_tensor_only))})")
     notes = []
     if cut:
         notes.append(
@@ -360,9 +358,7 @@ def _mode_notes(model: nn.Module, options: AnalysisOptions) -> list[str]:
     ]
     if not evaluating:
         return []
-    listed = ", ".join(evaluating[:5]) + (
-        f" (+{len(evaluating) - 5})" if len(evaluating) > 5 else ""
-    )
+    listed = _listed(evaluating, ", ")
     return [
         f"modules in eval mode in a model in train mode ({listed}) are analysed in train "
         "mode, as the whole model is: gpa reads one mode for the whole model (their "
@@ -391,7 +387,7 @@ def _frozen_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[
             frozen.append(name)
     if not frozen:
         return []
-    listed = ", ".join(frozen[:5]) + (f" (+{len(frozen) - 5})" if len(frozen) > 5 else "")
+    listed = _listed(frozen, ", ")
     count = f"{len(frozen)} layer" + ("'s" if len(frozen) == 1 else "s'")
     which = "every layer's" if len(frozen) == len(records) else count
     return [

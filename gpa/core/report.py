@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import networkx as nx
 
 from gpa.core.graph import LOSS
-from gpa.core.paths import GradientPaths
+from gpa.core.paths import GradientPaths, bits
 from gpa.core.segments import (
     Segment,
     SegmentList,
@@ -100,6 +100,17 @@ class LayerRecord:
     @property
     def path_histogram(self) -> dict[int, int]:
         return self.paths.histogram if self.paths else {}
+
+    @property
+    def whole_tensor_only(self) -> tuple[int, ...]:
+        """The rounds of this layer's record no channel segment of it is reached at: routes
+        that carry none of its channels (a slice or pick drops them, ``docs/semantics.md``
+        §8); empty without segments."""
+        if self.paths is None or self.segments is None:
+            return ()
+        held = self.segments
+        held = held if isinstance(held, SegmentList) else SegmentList(tuple(held))
+        return bits(self.paths.stamps & ~held.stamps())
 
     @property
     def sources(self) -> tuple[str, ...]:

@@ -73,10 +73,9 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
 
     channels = None
     if record.segments is not None and record.paths is not None:
-        stamps = record.segments.stamps()
         channels = {
-            "timestamps": list(bits(stamps)),
-            "whole_tensor_only": list(bits(record.paths.stamps & ~stamps)),
+            "timestamps": list(bits(record.segments.stamps())),
+            "whole_tensor_only": list(record.whole_tensor_only),
         }
     data = {
         "layer": layer,
