@@ -70,6 +70,10 @@ class GradientGraph:
         traced: the annotated fx module when the fx frontend built the graph (the
             channel analysis reads it), else None.
         opaque: functions fx kept opaque although they read parameters.
+        module_sites: qualified module name -> the source line of each of its calls, in
+            forward order, as far as the frontend saw them (``(file, line)`` or None):
+            where the wrapper of a layer was called (see
+            :func:`gpa.frontends.sites.past_wrappers`).
     """
 
     ops: nx.DiGraph
@@ -80,6 +84,7 @@ class GradientGraph:
     notes: list[str] = field(default_factory=list)
     traced: Any = None
     opaque: list[str] = field(default_factory=list)
+    module_sites: dict[str, list[tuple[str, int] | None]] = field(default_factory=dict)
 
     @property
     def carries_gradient(self) -> bool:

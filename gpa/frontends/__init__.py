@@ -43,6 +43,7 @@ from gpa.frontends.export import export_gradient_graph
 from gpa.frontends.fx import fx_gradient_graph
 from gpa.frontends.raised import model_raised, raised_by_model
 from gpa.frontends.randomness import random_states, set_random_states
+from gpa.frontends.sites import past_wrappers
 from gpa.options import AnalysisOptions, Tracer
 
 __all__ = ["CHANNEL_TRACERS", "FRONTENDS", "gradient_graph"]
@@ -154,13 +155,15 @@ def _build(tracer: Tracer, model: nn.Module, options: AnalysisOptions) -> Gradie
     """The graph one frontend builds; an exception the model's own code raised while the
     frontend traced it becomes a :class:`ModelError` (not a tracing limitation)."""
     try:
-        return FRONTENDS[tracer](model, options)
+        graph = FRONTENDS[tracer](model, options)
     except TraceError as exc:
         cause = exc.__cause__
         if cause is None or raised_by_model(cause) is None:
             raise
         during = _DURING.get(tracer)
         raise ModelError(model_raised(type(model).__name__, cause, during=during)) from cause
+    graph.calls = past_wrappers(graph.calls, graph.uncalled, graph.module_sites, model)
+    return graph
 
 
 #: What ran the model when it raised under a tracer, and what to do if only that fails.

@@ -149,6 +149,8 @@ class _Recorder:
     names: dict[int, str]  # id(module) -> qualified name, every module
     calls: list[_Call] = field(default_factory=list)
     stack: list[str] = field(default_factory=list)
+    # qualified name -> the model's line that made each call (GradientGraph.module_sites)
+    sites: dict[str, list[Site | None]] = field(default_factory=dict)
     depth: int = 0  # how many opaque calls are open
     probe: torch.Tensor = field(default_factory=lambda: _probe_leaf())
     # told of each opaque call's arguments and result (see _ParameterUse.returned)
@@ -165,11 +167,14 @@ class _Recorder:
             return (self.probe * 1).grad_fn._sequence_nr() + 1
 
     def pre(self, module: nn.Module, args: Any) -> None:
-        self.stack.append(self.names[id(module)])
+        name = self.names[id(module)]
+        self.stack.append(name)
+        site = caller_site()
+        self.sites.setdefault(name, []).append(site)
         if id(module) in self.opaque:
             if self.depth == 0:
                 self.calls.append(
-                    _Call(self.opaque[id(module)], module, self.sequence(), site=caller_site())
+                    _Call(self.opaque[id(module)], module, self.sequence(), site=site)
                 )
             self.depth += 1
 
@@ -949,6 +954,7 @@ def _build(
             *returned.notes(outputs),
             *(custom_operator_note(n, owners) for n, owners in run.use.operators.items()),
         ],
+        module_sites=recorder.sites,
     )
 
 

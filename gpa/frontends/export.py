@@ -222,6 +222,7 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         ],
         traced=gm,
         opaque=[custom_operator_label(name) for name in operators],
+        module_sites=sites.named if root is model else {},
     )
     if root is model and type_tests_unseen(model, (), EXACT_TYPE_TESTS):
         # the calls agree (:func:`_refuse_other_branch`): does the wiring between them?
@@ -308,12 +309,12 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
                 _autocast_off(),
             ):
                 set_random_states(states)
-                with _call_sites() as sites:
+                with _call_sites(model) as sites:
                     program = torch.export.export(model, tuple(args), strict=False)
                 watched = _may_miss_grad_mode(program)
                 if watched:
                     set_random_states(states)
-                    with Checkpoints(), _call_sites() as sites:
+                    with Checkpoints(), _call_sites(model) as sites:
                         program = torch.export.export(model, tuple(args), strict=False)
         except Exception as exc:  # the model cannot be exported on these inputs
             first = first or exc
@@ -582,27 +583,49 @@ class _Call:
 
 #: Per module (by id), where each of its calls came from, in call order.
 class _Sites(dict):
-    """``id(module)`` -> where each of its calls was made (see :func:`_call_sites`), and
+    """``id(module)`` -> where each of its calls was made (see :func:`_call_sites`),
     ``classes``: how many calls the modules of each class got (export may run a copy of
-    the model, whose modules are not the model's)."""
+    the model, whose modules are not the model's), and ``named``: the same sites by the
+    qualified name in ``model`` of the module called (export's non-strict tracing calls
+    stand-ins of the model's modules, each telling the module it stands for)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.classes: collections.Counter[type] = collections.Counter()
+        self.named: dict[str, list[Site | None]] = {}
+        named = reversed(list(model.named_modules(remove_duplicate=False)))
+        self._names = {id(m): n for n, m in named}  # (a tied module: its first name)
+
+    def add(self, module: nn.Module, site: Site | None) -> None:
+        """Note a call of ``module`` made at ``site``."""
+        self.setdefault(id(module), []).append(site)
+        self.classes[type(module)] += 1
+        name = self._names.get(id(_stood_for(module)))
+        if name is not None:
+            self.named.setdefault(name, []).append(site)
+
+
+def _stood_for(module: nn.Module) -> nn.Module:
+    """The module a stand-in of torch.export's tracer stands for (``get_base``), else
+    ``module``."""
+    base = getattr(type(module), "get_base", None)
+    try:
+        return base(module) if base is not None else module
+    except Exception:  # noqa: BLE001 - a get_base of the model's own, or a stale stand-in
+        return module
 
 
 @contextlib.contextmanager
-def _call_sites() -> Iterator[_Sites]:
+def _call_sites(model: nn.Module) -> Iterator[_Sites]:
     """Where each module is called from while the block runs (:func:`caller_site`, by a
     global forward pre-hook; export runs forward's Python code). Export's own stack
     traces keep the frames of ``forward`` methods alone: a layer called from a helper
     method (Ultralytics' ``Detect.forward_head``) would be placed at the line calling the
     helper, and a call torch's code makes (inside ``MultiheadAttention``) nowhere."""
-    sites = _Sites()
+    sites = _Sites(model)
 
     def record(module: nn.Module, args: Any) -> None:
-        sites.setdefault(id(module), []).append(caller_site())
-        sites.classes[type(module)] += 1
+        sites.add(module, caller_site())
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
     try:

@@ -74,11 +74,22 @@ def caller_site() -> Site | None:
         True
     """
     frame = sys._getframe(1)
-    while frame is not None and _passed_over(frame.f_code.co_filename):
+    passed = _PASSED
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        over = passed.get(filename)
+        if over is None:
+            over = passed[filename] = _passed_over(filename)
+        if not over:
+            break
         frame = frame.f_back
     if frame is None or not _is_model_file(frame.f_code.co_filename):
         return None
     return frame.f_code.co_filename, frame.f_lineno
+
+
+# file name -> whether caller_site passes over it: the same few files, frame after frame
+_PASSED: dict[str, bool] = {}
 
 
 def _passed_over(filename: str) -> bool:

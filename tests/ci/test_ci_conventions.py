@@ -347,3 +347,59 @@ def test_no_notes_no_note_lines() -> None:
     assert "NOTE" not in result.stdout
     (model,) = json.loads(check(*PLAIN, "--max-shortest", "4", "--format", "json").stdout)["models"]
     assert (model["tracer"], model["notes"]) == ("fx", [])
+
+
+WRAPPER = """\
+from torch import nn
+
+
+class LinearAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear, self.act = nn.Linear(4, 4), nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.linear(x))
+"""
+USER_WRAPPED = """\
+from torch import nn
+from actlib import LinearAct
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = LinearAct(), LinearAct(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        x = self.a(x)
+        return self.head(self.b(x))
+
+
+model = Model()
+input_shape = (1, 4)
+"""
+
+
+def test_layers_a_library_wrapper_holds_are_annotated_where_the_checkout_calls_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library's layer–activation wrapper (as Ultralytics' ``Conv`` in a user's model)
+    calls its one layer at a line of the library; the layer is placed where the user's
+    code calls the wrapper, so it is annotated on the checkout (it was named at the rule's
+    line, "called from no line of the checkout"). By hand: a.linear → b.linear → head
+    gives shortest paths 3, 2, 1; the wrappers are called at user.py lines 11 and 12."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "actlib.py").write_text(WRAPPER)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "user.py").write_text(USER_WRAPPED)
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    monkeypatch.chdir(tmp_path / "repo")
+    github = check("user.py", "--max-shortest", "1", "--format", "github")
+    assert github.exit_code == 1
+    assert [line for line in github.stdout.splitlines() if line.startswith("::error")] == [
+        "::error file=user.py,line=11,title=gpa check user.py max-shortest::"
+        "max-shortest 1: a.linear (3)",
+        "::error file=user.py,line=12,title=gpa check user.py max-shortest::"
+        "max-shortest 1: b.linear (2)",
+    ]

@@ -182,6 +182,125 @@ def test_a_layer_called_from_a_helper_is_placed_at_its_call(tracer: str) -> None
     }
 
 
+class ConvBnAct(torch.nn.Module):
+    """A wrapper holding one layer (as Ultralytics' ``Conv``, timm's ``ConvNormAct``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn, self.act = torch.nn.BatchNorm2d(3), torch.nn.SiLU()
+
+    def forward(self, x):
+        return self.act(self.bn(self.conv(x)))
+
+
+class Standardised(torch.nn.Module):
+    """A functional layer in its own ``forward`` (weight standardisation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(3, 3, 3, 3))
+
+    def forward(self, x):
+        w = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+        return torch.nn.functional.conv2d(x, w, padding=1)
+
+
+class Reparam(torch.nn.Module):
+    """A wrapper of a wrapper: still one layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = ConvBnAct()
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+class Twice(torch.nn.Module):
+    """One layer called twice per call: its two lines tell the calls apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.conv(y)
+
+
+class Pair(torch.nn.Module):
+    """Two layers: a block, not a wrapper."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = ConvBnAct(), torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+class Wrapped(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.ws, self.rep = ConvBnAct(), Standardised(), Reparam()
+        self.twice, self.pair = Twice(), Pair()
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.ws(x)
+        x = self.rep(x)
+        x = self.twice(x)
+        return self.pair(x)
+
+
+def _line(cls: type, start: str) -> tuple[str, int]:
+    """The file and number of the line of ``cls``'s source beginning with ``start``."""
+    lines, first = inspect.getsourcelines(cls)
+    return inspect.getsourcefile(cls), first + next(
+        i for i, text in enumerate(lines) if text.strip().startswith(start)
+    )
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_layer_a_module_only_wraps_is_placed_where_the_wrapper_is_called(tracer: str) -> None:
+    """Found on Ultralytics YOLO: every step of ``gpa explain`` (and every ``gpa check``
+    annotation) sat at the line of ``Conv.forward`` calling its convolution, the same for
+    all of YOLO's convolutions. A module holding no other layer is looked through, as often
+    as such modules nest (stem, rep); a functional layer in its own ``forward`` is placed
+    where it is called (ws); a block holding two layers stays the place (pair.a, pair.b);
+    a layer called twice keeps its two lines (twice.conv). Lines by hand from the source."""
+    report = gpa.analyze(Wrapped(), input_shape=(1, 3, 8, 8), tracer=tracer)
+    called = {
+        name: _line(Wrapped, f"x = self.{name}(x)") for name in ("stem", "ws", "rep", "twice")
+    }
+    pair = _line(Pair, "return self.b(self.a(x))")
+    assert {n: r.site for n, r in report.layers.items()} == {
+        "stem.conv": called["stem"],
+        "ws": called["ws"],
+        "rep.inner.conv": called["rep"],
+        "twice.conv": _line(Twice, "y = self.conv(x)"),
+        "pair.a.conv": pair,
+        "pair.b": pair,
+    }
+    steps = [(s.layer, s.site) for s in report.layers["ws"].longest_path()]
+    assert steps == [
+        ("ws", called["ws"]),
+        ("rep.inner.conv", called["rep"]),
+        ("twice.conv", _line(Twice, "y = self.conv(x)")),
+        ("twice.conv", _line(Twice, "return self.conv(y)")),
+        ("pair.a.conv", pair),
+        ("pair.b", pair),
+    ]
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_wrapper_analysed_alone_keeps_its_own_line(tracer: str) -> None:
+    """The model itself is never looked through: its caller is not the model's code."""
+    report = gpa.analyze(ConvBnAct(), input_shape=(1, 3, 8, 8), tracer=tracer)
+    assert report.layers["conv"].site == _line(ConvBnAct, "return self.act(self.bn(")
+
+
 @pytest.mark.parametrize("tracer", ["fx", "export"])
 def test_rounds_no_channel_takes_are_said_with_channels(tracer: str) -> None:
     """Found by new users: with channels, explain printed stem -> head as stem's shortest

@@ -296,3 +296,36 @@ def test_the_inputs_gpa_chose_for_a_library_model_are_said(
         options = gpa.AnalysisOptions(input_shape=[shape])
         given = gpa.analyze_target(target, dict(kwargs), options)
         assert not any(note.startswith("inputs chosen") for note in given.notes)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_yolo_layers_are_placed_at_the_lines_calling_their_conv_wrappers(train: bool) -> None:
+    """Found by the YOLO survey: every YOLO layer sat at the one line of Ultralytics'
+    ``Conv.forward`` (``self.act(self.bn(self.conv(x)))``), in ``gpa explain`` and in
+    ``gpa check``'s annotations. ``Conv`` holds one layer, so its convolution is placed
+    where ``Conv`` is called: a Bottleneck's convolutions in ``Bottleneck.forward``, C2f's
+    own in ``C2f.forward``, a stride-2 ``Conv`` of the backbone in the model's loop
+    (``BaseModel._predict_once``). Expected lines are read from Ultralytics' source (fx in
+    train mode, export in eval mode, as ``auto`` reads them)."""
+    import inspect
+
+    from ultralytics.nn.modules.block import Bottleneck, C2f
+    from ultralytics.nn.tasks import BaseModel, DetectionModel
+
+    def lines(function) -> tuple[str, range]:
+        source, first = inspect.getsourcelines(function)
+        return inspect.getsourcefile(function), range(first, first + len(source))
+
+    model = DetectionModel("yolov8n.yaml", verbose=False)
+    report = gpa.analyze(model, input_shape=(1, 3, 64, 64), train=train)
+    assert report.tracer == ("fx" if train else "export")
+    for layer, function in [
+        ("model.2.m.0.cv1.conv", Bottleneck.forward),
+        ("model.2.m.0.cv2.conv", Bottleneck.forward),
+        ("model.2.cv1.conv", C2f.forward),
+        ("model.2.cv2.conv", C2f.forward),
+        ("model.3.conv", BaseModel._predict_once),
+    ]:
+        file, span = lines(function)
+        site = report.layers[layer].site
+        assert site is not None and site[0] == file and site[1] in span, (layer, site)

@@ -48,7 +48,7 @@ from gpa.frontends.fx.layers import (
 )
 from gpa.frontends.fx.norm_act import norm_act_kinds
 from gpa.frontends.fx.stacked import picks_from_stacks
-from gpa.frontends.fx.tracer import TESTED, single_call, trace
+from gpa.frontends.fx.tracer import MODULE_SITES, TESTED, single_call, trace
 from gpa.frontends.inputs import floating_dtype, unbound_inputs_message, zeros
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
 from gpa.frontends.modules import (
@@ -179,6 +179,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             ),
             *map(custom_operator_label, operators),
         ],
+        module_sites=gm.meta.get(MODULE_SITES, {}) if traced is model else {},
     )
     if tested and traced is model:  # the calls agree: does the wiring between them?
         refuse_other_wiring(model, options, graph, drawn)

@@ -78,6 +78,7 @@ __all__ = [
     "METADATA_QUERIES",
     "SITE",
     "TESTED",
+    "MODULE_SITES",
     "CLASS_TESTS",
     "trace",
     "unwritable_names",
@@ -129,6 +130,10 @@ ClassTest = tuple[fx.Node, tuple[type, ...], bool, "Site | None"]
 #: :func:`~gpa.frontends.fx.branches.class_tests_answered_otherwise`), noted in
 #: :data:`TESTED` only where it differs.
 CLASS_TESTS = "gpa_class_tests"
+
+#: ``GraphModule.meta`` key: qualified module name -> the model's line that made each of
+#: its calls, in order (:attr:`gpa.core.graph.GradientGraph.module_sites`).
+MODULE_SITES = "gpa_module_sites"
 
 LeafSpec = Iterable[type[nn.Module] | str]
 
@@ -514,6 +519,7 @@ class GpaTracer(fx.Tracer):
         self._keyword_only: list[fx.Node] = []  # placeholders of forward's keyword-only
         self.tested: Site | bool = False  # see GpaProxy and TESTED
         self.class_tests: list[ClassTest] = []  # see CLASS_TESTS
+        self.module_sites: dict[str, list[Site | None]] = {}  # see MODULE_SITES
 
     def note_test(self, proxy: Any = None, classes: tuple[type, ...] | bool = True) -> None:
         """Note that the model's code tested a proxy as the value it stands for may not
@@ -608,6 +614,7 @@ class GpaTracer(fx.Tracer):
         return tuple(p if v is fx.PH else v for p, v in zip(proxies, given, strict=True))
 
     def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
+        self._note_site(m)
         try:
             return self._call_module(m, forward, args, kwargs)
         except Exception as exc:  # the innermost module the failure left: the leaf to name
@@ -617,6 +624,18 @@ class GpaTracer(fx.Tracer):
                 except Exception:  # (a module fx cannot name: none)
                     exc.gpa_module = None  # type: ignore[attr-defined]
             raise
+
+    def _note_site(self, m: nn.Module) -> None:
+        """Note where the model's code called ``m`` (a module fx cannot name: nowhere; one
+        of torch's holding no module, whose ``forward`` calls no layer of the model's: not
+        needed, see :func:`gpa.frontends.sites.past_wrappers`)."""
+        if not m._modules and _of_torch(type(m)):
+            return
+        try:
+            name = self.path_of_module(m)
+        except NameError:
+            return
+        self.module_sites.setdefault(name, []).append(caller_site())
 
     def _call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> Any:
         held = compiled(m)
@@ -679,6 +698,11 @@ class GpaTracer(fx.Tracer):
         if kind in ("call_module", "call_function", "call_method"):
             node.meta[SITE] = caller_site()
         return node
+
+
+@functools.cache
+def _of_torch(cls: type) -> bool:
+    return cls.__module__.startswith("torch.")
 
 
 def call_site(node: fx.Node) -> Site | None:
@@ -821,6 +845,7 @@ def trace(
         raise TraceError(unwritable_names(model, exc)) from None
     gm.meta[TESTED] = tracer.tested
     gm.meta[CLASS_TESTS] = tracer.class_tests
+    gm.meta[MODULE_SITES] = tracer.module_sites
     if watch is not None:
         gm.meta[CHECKPOINTS] = [
             tuple([v.node for v in values if isinstance(v, fx.Proxy)] for values in boundary)
