@@ -61,7 +61,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from gpa.options import AnalysisOptions, CountConvention, Tracer
 
 
+# submodules the docs use as ``gpa.<name>.…`` after ``import gpa`` alone (imported on
+# first use too: ``gpa.plot`` imports matplotlib)
+_SUBMODULES = ("plot", "models", "testing", "compare")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"gpa.{name}")
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value
@@ -70,4 +77,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted([*globals(), *_EXPORTS, *_SUBMODULES])

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,8 @@ class Snapshot:
         tracer: the frontend that built the graph.
         notes: the report's notes (baseline files do not hold them: they may name paths
             of the machine that wrote them).
+        ordered: whether ``layers`` are in forward order (a baseline file holds them
+            sorted by name).
     """
 
     network: Mapping[str, Any]
@@ -70,6 +72,7 @@ class Snapshot:
     options: Mapping[str, Any] | None = None
     tracer: str | None = None
     notes: tuple[str, ...] = ()
+    ordered: bool = field(default=True, compare=False)
 
     @staticmethod
     def of(report: Report) -> Snapshot:
@@ -113,7 +116,7 @@ class Snapshot:
             if not isinstance(entry, dict):
                 raise GpaError(f"{where}: layer {name!r} is not an object")
             layers[name] = (entry.get("shortest"), entry.get("longest"))
-        return Snapshot(network, layers, None, *_how_analysed(data, where))
+        return Snapshot(network, layers, None, *_how_analysed(data, where), ordered=False)
 
     @staticmethod
     def from_report_dict(data: Mapping[str, Any]) -> Snapshot:

@@ -135,7 +135,8 @@ def compare(
     """Compare ``a`` with ``b``: network metrics, and layers matched by name (``notes``:
     remarks for the output, such as options that did not apply to a saved side).
 
-    Layers are listed in ``a``'s order; those of only one side by name. A layer's number of
+    Layers are listed in ``a``'s order (``b``'s where ``a`` comes from a baseline file,
+    which holds them sorted by name); those of only one side by name. A layer's number of
     gradient combinations is compared when both sides were analysed at channel level. The
     comparison's notes also say how the sides were analysed otherwise (inputs, options,
     frontend), and give each side's own notes, prefixed ``A:``, ``B:`` or ``A and B:``.
@@ -145,10 +146,9 @@ def compare(
     network = {key: (_metric(sa, key), _metric(sb, key)) for key in (*NETWORK_METRICS, *channel)}
     both_channels = sa.combinations is not None and sb.combinations is not None
     changed, same = [], 0
-    for name, (short_a, long_a) in sa.layers.items():
-        if name not in sb.layers:
-            continue
-        short_b, long_b = sb.layers[name]
+    first = sb if sb.ordered and not sa.ordered else sa  # (a baseline's: sorted by name)
+    for name in [n for n in first.layers if n in sa.layers and n in sb.layers]:
+        (short_a, long_a), (short_b, long_b) = sa.layers[name], sb.layers[name]
         combinations = None
         if both_channels:
             combinations = (sa.combinations.get(name), sb.combinations.get(name))

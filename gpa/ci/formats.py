@@ -122,8 +122,12 @@ def _rule_findings(model: ModelCheck, result: RuleResult) -> Iterator[_Finding]:
     if len(unplaced) == len(result.violations):  # none placed: the rule's own line
         text = result.message
     elif unplaced:
-        listed = ", ".join(_value(v) for v in unplaced)
-        text = f"{rule}: also {listed} (called from no line of the checkout)"
+        # the network's own values (a baseline's max_shortest) belong to no layer's line
+        parts = [str(v.value) for v in unplaced if v.layer is None]
+        layers = [_value(v) for v in unplaced if v.layer is not None]
+        if layers:
+            parts.append(f"also {', '.join(layers)} (called from no line of the checkout)")
+        text = f"{rule}: {'; '.join(parts)}"
     else:
         return
     # (a rule given on the command line has no line of its own: the model's file, where
@@ -158,9 +162,11 @@ def format_junit(run: CheckRun) -> str:
     model's notes to its suite's.
     """
     root = ET.Element("testsuites", name="gpa check")
-    root.set("tests", str(run.rules + run.errors))
-    root.set("failures", str(run.failures))
-    root.set("errors", str(run.errors))
+    # the totals of the suites below (a model in error runs none of its rules: its one
+    # test case is the analysis)
+    root.set("tests", str(sum(len(m.results) + (m.error is not None) for m in run.models)))
+    root.set("failures", str(sum(not r.passed for m in run.models for r in m.results)))
+    root.set("errors", str(sum(m.error is not None for m in run.models)))
     root.set("time", "0")
     for model in run.models:
         suite = ET.SubElement(root, "testsuite", name=model.name)

@@ -716,6 +716,21 @@ def test_junit_format_structure() -> None:
     assert {c.get("time") for c in root.iter("testcase")} == {"0"}
 
 
+def test_junit_totals_count_the_test_cases_written(tmp_path: Path) -> None:
+    """Found by a new user: a model that cannot be analysed, given two rules, was counted
+    as three tests at the top (its two rules and the error) around one test case; the
+    totals are those of the suites, which count the cases written."""
+    (tmp_path / "broken.py").write_text("this is not python(\n")
+    result = run(str(tmp_path / "broken.py"), "--max-shortest", "3", "--max-longest", "9",
+                 "--format", "junit")  # fmt: skip
+    assert result.exit_code == 2
+    root = ET.fromstring(result.stdout[: result.stdout.index("</testsuites>") + 13])
+    assert len(list(root.iter("testcase"))) == 1
+    for key in ("tests", "failures", "errors"):
+        assert root.get(key) == str(sum(int(s.get(key)) for s in root.findall("testsuite")))
+    assert (root.get("tests"), root.get("errors")) == ("1", "1")
+
+
 def test_junit_via_cli_writes_a_file(tmp_path: Path) -> None:
     out = tmp_path / "junit.xml"
     result = run("gpa.models:resnet", "--max-shortest", "2", "--format", "junit", "-o", str(out))

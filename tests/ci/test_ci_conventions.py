@@ -403,3 +403,49 @@ def test_layers_a_library_wrapper_holds_are_annotated_where_the_checkout_calls_i
         "::error file=user.py,line=12,title=gpa check user.py max-shortest::"
         "max-shortest 1: b.linear (2)",
     ]
+
+
+CHAIN = """\
+from torch import nn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.extra = nn.Linear(4, 4) if LONGER else None
+
+    def forward(self, x):
+        x = self.a(x)
+        x = self.extra(x) if self.extra is not None else x
+        return self.head(self.b(x))
+
+
+LONGER = False
+model = Model()
+input_shape = (1, 4)
+"""
+
+
+def test_a_baseline_regression_of_the_network_is_annotated_at_the_rules_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a new user: the network's own regression (max_shortest) was listed as
+    "also None (max_shortest 3 -> 4) (called from no line of the checkout)". By hand: the
+    chain a → b → head gives a shortest 3; with `extra` after a, 4 (b and head unchanged).
+    The layer's regression is placed at its line (11), the network's at the line setting
+    the rule (pyproject.toml line 2)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "user.py").write_text(CHAIN)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.gpa]\nbaseline = "baseline.json"\n\n[tool.gpa.models.user]\ntarget = "user.py"\n'
+    )
+    assert check("--write-baseline", "baseline.json").exit_code == 0
+    (tmp_path / "user.py").write_text(CHAIN.replace("LONGER = False", "LONGER = True"))
+    result = check("--format", "github")
+    assert result.exit_code == 1, result.output
+    assert [line for line in result.stdout.splitlines() if line.startswith("::error")] == [
+        "::error file=user.py,line=11,title=gpa check user baseline::baseline: a (shortest 3 -> 4)",
+        "::error file=pyproject.toml,line=2,title=gpa check user baseline::"
+        "baseline: max_shortest 3 -> 4",
+    ]

@@ -273,3 +273,20 @@ def test_a_side_that_cannot_be_read_is_named(side: str) -> None:
     result = run(CHAIN, f"{CHAIN}:nothing")
     assert result.exit_code == 2
     assert result.output.startswith(f"error: B ({CHAIN}:nothing): ")
+
+
+def test_layers_of_a_baseline_side_are_listed_in_forward_order(tmp_path: Path) -> None:
+    """Found by a new user: compared with a baseline file (which holds its layers sorted
+    by name), the layers were listed by name (layers.10 before layers.2; a stem last). By
+    hand: chains of 12 and 11 layers share layers.0 … layers.10, each one round apart."""
+    base = tmp_path / "base.json"
+    base.write_text(dump_baseline({"c": Snapshot.of(chain(12))}))
+    forward = [f"layers.{i}" for i in range(11)]
+    data = json.loads(run(str(base), CHAIN, "-k", "depth=11", "--format", "json").stdout)
+    assert [d["name"] for d in data["layers"]["changed"]] == forward
+    assert [d["shortest"] for d in data["layers"]["changed"]] == [
+        [12 - i, 11 - i] for i in range(11)
+    ]
+    text = run(str(base), CHAIN, "-k", "depth=11").stdout.splitlines()
+    start = next(i for i, line in enumerate(text) if line.startswith("layer "))
+    assert [line.split()[0] for line in text[start + 1 : start + 12]] == forward

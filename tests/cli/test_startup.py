@@ -59,3 +59,22 @@ def test_zoo_lists_every_registered_model() -> None:
         [sys.executable, "-m", "gpa", "zoo", "--format", "json"], capture_output=True, text=True
     )
     assert [e["name"] for e in json.loads(done.stdout)] == list(gpa.models.names())
+
+
+def test_the_submodules_the_docs_use_need_only_import_gpa() -> None:
+    """Found by a new user: after ``import gpa`` (as the README writes it),
+    ``gpa.plot.timestamps(report)`` raised AttributeError; ``import gpa`` still imports no
+    heavy library until one is used."""
+    code = (
+        "import json, sys, gpa\n"
+        "heavy = sorted(m for m in %r if m in sys.modules)\n"
+        "names = [f.__name__ for f in (gpa.plot.timestamps, gpa.models.build,\n"
+        "         gpa.testing.assert_gradient_paths, gpa.compare.compare)]\n"
+        "print(json.dumps({'heavy': heavy, 'names': names, 'listed': 'plot' in dir(gpa)}))\n"
+    ) % (HEAVY,)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "heavy": [],
+        "names": ["timestamps", "build", "assert_gradient_paths", "compare"],
+        "listed": True,
+    }
