@@ -67,11 +67,11 @@ def test_the_submodules_the_docs_use_need_only_import_gpa() -> None:
     heavy library until one is used."""
     code = (
         "import json, sys, gpa\n"
-        "heavy = sorted(m for m in %r if m in sys.modules)\n"
+        f"heavy = sorted(m for m in {HEAVY!r} if m in sys.modules)\n"
         "names = [f.__name__ for f in (gpa.plot.timestamps, gpa.models.build,\n"
         "         gpa.testing.assert_gradient_paths, gpa.compare.compare)]\n"
         "print(json.dumps({'heavy': heavy, 'names': names, 'listed': 'plot' in dir(gpa)}))\n"
-    ) % (HEAVY,)
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {
         "heavy": [],
