@@ -706,6 +706,8 @@ def histogram(report: Report, layer: str) -> Figure:
         bar.set_gid(f"bar:{k}")
     if hist and max(heights.values()) / min(heights.values()) > 1000:
         ax.set_yscale("log")
+    else:  # counts are whole: no tick at 0.5
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     if len(hist) <= 12:
         for k, v in hist.items():
             ax.annotate(
@@ -719,8 +721,8 @@ def histogram(report: Report, layer: str) -> Figure:
             )
     ax.set_xlabel("gradient path length")
     ax.set_ylabel("number of paths")
-    ax.set_title(
-        f"{report.model}: {layer} — {format_count(record.num_paths)} path(s), "
+    ax.set_title(  # (two lines: a model named by its file's path is long)
+        f"{report.model}\n{layer} — {format_count(record.num_paths)} path(s), "
         f"shortest {record.shortest}, longest {record.longest}",
         fontsize=10,
     )

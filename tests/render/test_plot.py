@@ -306,6 +306,20 @@ def test_histogram_small_and_large() -> None:
     assert big.axes[0].get_yscale() == "log"
 
 
+def test_histogram_of_a_file_target_shows_its_whole_title_and_whole_counts(tmp_path) -> None:
+    """Found by a new user: the title of a model named by a long file path ran off the
+    figure (its longest path cut away) and the count axis had ticks at 0.5. By hand: a
+    chain of three Linear layers, the first has one path of length 3."""
+    import torch.nn as nn
+
+    long = f"{tmp_path}/a/very/long/checkout/of/a/research/repository/nets/model.py:build"
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+    fig = gpa.plot.histogram(gpa.analyze(net, input_shape=(1, 2), name=long), "0")
+    ax = fig.axes[0]
+    assert ax.get_title().splitlines() == [long, "0 — 1 path(s), shortest 3, longest 3"]
+    assert all(t == int(t) for t in ax.get_yticks())
+
+
 def test_histogram_unknown_layer() -> None:
     with pytest.raises(GpaError, match="did you mean stem.conv"):
         gpa.plot.histogram(report("resnet", blocks=3), "stem.cnv")
