@@ -328,19 +328,21 @@ def regressions(report: Report, baseline: Snapshot | None) -> RuleResult:
             worse.append(Violation(None, change))
         else:
             better.append(change)
+    neutral = _neutral_changes(current, baseline)
     if worse:
         listed = ", ".join(v.value if v.layer is None else f"{v.layer} ({v.value})" for v in worse)
         word = "regression" if len(worse) == 1 else "regressions"
+        also = f"; also {'; '.join(neutral)}" if neutral else ""
         return RuleResult(
             "baseline",
             None,
             False,
-            f"baseline: {len(worse)} {word}: {listed}{unrecorded}",
+            f"baseline: {len(worse)} {word}: {listed}{also}{unrecorded}",
             tuple(worse),
             tuple(better),
         )
     found = [f"{len(better)} improvement{'s' if len(better) != 1 else ''}"] if better else []
-    found += _neutral_changes(current, baseline)
+    found += neutral
     summary = ("; ".join(found) if found else "unchanged") + unrecorded
     return RuleResult("baseline", None, True, f"baseline: ok ({summary})", (), tuple(better))
 
@@ -358,9 +360,9 @@ def _neutral_changes(current: Snapshot, baseline: Snapshot) -> list[str]:
     ]
     changes = setting_changes(baseline, current)
     if added:
-        changes.append(f"{_count(added, 'new layer')}")
+        changes.append(f"{_count(added, 'new layer')} ({_named(added)})")
     if gone:
-        changes.append(f"{_count(gone, 'layer')} gone")
+        changes.append(f"{_count(gone, 'layer')} gone ({_named(gone)})")
     if longest:
         changes.append(f"longest path changed in {_count(longest, 'layer')}")
     for key in ("longest", "params", "flops"):
@@ -372,3 +374,9 @@ def _neutral_changes(current: Snapshot, baseline: Snapshot) -> list[str]:
 
 def _count(names: list[str], noun: str) -> str:
     return f"{len(names)} {noun}{'s' if len(names) != 1 else ''}"
+
+
+def _named(names: list[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``names``, and how many more."""
+    more = f", … (+{len(names) - shown})" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

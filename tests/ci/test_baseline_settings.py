@@ -129,12 +129,13 @@ def test_a_baseline_without_settings_is_compared_and_says_so(tmp_path: Path) -> 
     result = gpa_cli("check", TWO, "--eval", "--baseline", str(path))
     # eval mode: aux is not called, so the stem's shortest path is the block's (4) and
     # the network's max_shortest 4 (train: block.0's 3) — regressions the old baseline
-    # cannot tell from a change of the model
+    # cannot tell from a change of the model; what the rule does not judge is named too:
+    # aux's longest path (1, then none) and the FLOPs (aux's 2 · 4 · 2 = 16 of 128 gone)
     assert result.exit_code == 1
     assert result.stdout.splitlines()[0] == (
         f"FAIL {TWO}: baseline: 3 regressions: stem (shortest 2 -> 4), aux (unreachable), "
-        "max_shortest 3 -> 4; the baseline records no analysis settings to check: write it "
-        "again"
+        "max_shortest 3 -> 4; also longest path changed in 1 layer; flops 128 -> 112; the "
+        "baseline records no analysis settings to check: write it again"
     )
     result = gpa_cli("check", TWO, "--baseline", str(path), "-v")
     assert result.stdout.splitlines()[0] == (

@@ -511,10 +511,14 @@ def test_baseline_regression_fails(tmp_path: Path) -> None:
     path = baseline_of(tmp_path, "depth=3")
     result = run(CHAIN, "-k", "depth=4", "--baseline", str(path))
     assert result.exit_code == 1
-    # every old layer moved one further from the loss; layers.3 is new and reachable
+    # every old layer moved one further from the loss; layers.3 is new and reachable;
+    # not judged but named: the old layers' longest paths (+1 each), the network's
+    # longest, and a Linear(4, 4) more (20 parameters, 2 × 16 FLOPs at batch 1)
     assert result.stdout.splitlines()[0] == (
         f"FAIL {CHAIN}: baseline: 4 regressions: layers.0 (shortest 3 -> 4), "
-        "layers.1 (shortest 2 -> 3), layers.2 (shortest 1 -> 2), max_shortest 3 -> 4"
+        "layers.1 (shortest 2 -> 3), layers.2 (shortest 1 -> 2), max_shortest 3 -> 4; also "
+        "1 new layer (layers.3); longest path changed in 3 layers; longest 3 -> 4; params "
+        "60 -> 80; flops 96 -> 128"
     )
 
 
@@ -526,8 +530,8 @@ def test_baseline_improvement_passes_and_is_reported(tmp_path: Path) -> None:
         # and, not judged: layers.2 gone, layers.0 and .1 longest 3 -> 2 and 2 -> 1,
         # the network's longest 3 -> 2; a Linear(4, 4) less: 20 parameters and
         # 2 × 16 FLOPs (batch 1) fewer
-        f"PASS {CHAIN}: baseline: ok (3 improvements; 1 layer gone; longest path changed "
-        "in 2 layers; longest 3 -> 2; params 60 -> 40; flops 96 -> 64)\n"
+        f"PASS {CHAIN}: baseline: ok (3 improvements; 1 layer gone (layers.2); longest path "
+        "changed in 2 layers; longest 3 -> 2; params 60 -> 40; flops 96 -> 64)\n"
         "    improved: layers.0 shortest 3 -> 2\n"
         "    improved: layers.1 shortest 2 -> 1\n"
         "    improved: max_shortest 3 -> 2\n"
@@ -545,7 +549,7 @@ def test_baseline_ok_says_what_changed_that_it_does_not_judge() -> None:
     result = regressions(now, before)
     assert result.passed and result.improvements == ()
     assert result.message == (
-        "baseline: ok (1 new layer; longest path changed in 1 layer; longest 1 -> 2)"
+        "baseline: ok (1 new layer (layers.1); longest path changed in 1 layer; longest 1 -> 2)"
     )
     assert regressions(now, Snapshot.of(now)).message == "baseline: ok (unchanged)"
     # wider layers, the same paths: their parameters (and FLOPs) changed all the same
@@ -562,8 +566,10 @@ def test_baseline_new_unreachable_layer_is_a_regression(tmp_path: Path) -> None:
     # cut=0: layers.0 loses its gradient; spare is a new layer that receives none
     result = run(CHAIN, "-k", "depth=2", "-k", "cut=0", "-k", "spare=True", "--baseline", str(path))
     assert result.exit_code == 1
+    # also named: layers.0's longest path (2, then none), the network's, spare's weights
     assert result.stdout.splitlines()[0] == (
-        f"FAIL {CHAIN}: baseline: 2 regressions: layers.0 (unreachable), spare (unreachable)"
+        f"FAIL {CHAIN}: baseline: 2 regressions: layers.0 (unreachable), spare (unreachable); "
+        "also longest path changed in 1 layer; longest 2 -> 1; params 40 -> 60"
     )
 
 
@@ -574,7 +580,8 @@ def test_baseline_layer_reached_again_is_an_improvement(tmp_path: Path) -> None:
     # layers.0 is reached again (shortest 2), which also lifts max_shortest from 1 to 2
     assert result.exit_code == 1
     assert result.stdout.splitlines()[:2] == [
-        f"FAIL {CHAIN}: baseline: 1 regression: max_shortest 1 -> 2",
+        f"FAIL {CHAIN}: baseline: 1 regression: max_shortest 1 -> 2; also longest path "
+        "changed in 1 layer; longest 1 -> 2",
         "    improved: layers.0 receives gradient again (shortest 2)",
     ]
 
