@@ -233,6 +233,15 @@ class Pair(nn.Module):
 
     def forward(self, x):
         return self.b(self.a(x))
+
+
+class LinearAct(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear, self.act = nn.Linear(4, 4), nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.linear(x))
 """
 USER = """\
 from torch import nn
@@ -253,6 +262,17 @@ input_shape = (1, 4)
 """
 
 
+def _checkout_using_a_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user: str) -> None:
+    """Work in a checkout holding ``user.py`` (the text ``user``), with :data:`LIBRARY`
+    installed outside it as ``pairlib``."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "pairlib.py").write_text(LIBRARY)
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "user.py").write_text(user)
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    monkeypatch.chdir(tmp_path / "repo")
+
+
 def test_layers_called_from_outside_the_checkout_are_named_at_the_rules_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -262,12 +282,7 @@ def test_layers_called_from_outside_the_checkout_are_named_at_the_rules_line(
     the model file's first line) beside the one placed on the checkout's line (pre, line
     11). By hand: the chain
     pre → pair.a → pair.b → head gives shortest paths 4, 3, 2, 1."""
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "pairlib.py").write_text(LIBRARY)
-    (tmp_path / "repo").mkdir()
-    (tmp_path / "repo" / "user.py").write_text(USER)
-    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
-    monkeypatch.chdir(tmp_path / "repo")
+    _checkout_using_a_library(tmp_path, monkeypatch, USER)
     github = check("user.py", "--max-shortest", "1", "--format", "github")
     assert github.exit_code == 1
     errors = [line for line in github.stdout.splitlines() if line.startswith("::error")]
@@ -349,21 +364,9 @@ def test_no_notes_no_note_lines() -> None:
     assert (model["tracer"], model["notes"]) == ("fx", [])
 
 
-WRAPPER = """\
-from torch import nn
-
-
-class LinearAct(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear, self.act = nn.Linear(4, 4), nn.ReLU()
-
-    def forward(self, x):
-        return self.act(self.linear(x))
-"""
 USER_WRAPPED = """\
 from torch import nn
-from actlib import LinearAct
+from pairlib import LinearAct
 
 
 class Model(nn.Module):
@@ -389,12 +392,7 @@ def test_layers_a_library_wrapper_holds_are_annotated_where_the_checkout_calls_i
     code calls the wrapper, so it is annotated on the checkout (it was named at the rule's
     line, "called from no line of the checkout"). By hand: a.linear → b.linear → head
     gives shortest paths 3, 2, 1; the wrappers are called at user.py lines 11 and 12."""
-    (tmp_path / "lib").mkdir()
-    (tmp_path / "lib" / "actlib.py").write_text(WRAPPER)
-    (tmp_path / "repo").mkdir()
-    (tmp_path / "repo" / "user.py").write_text(USER_WRAPPED)
-    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
-    monkeypatch.chdir(tmp_path / "repo")
+    _checkout_using_a_library(tmp_path, monkeypatch, USER_WRAPPED)
     github = check("user.py", "--max-shortest", "1", "--format", "github")
     assert github.exit_code == 1
     assert [line for line in github.stdout.splitlines() if line.startswith("::error")] == [
