@@ -700,11 +700,6 @@ class GpaTracer(fx.Tracer):
         return node
 
 
-@functools.cache
-def _of_torch(cls: type) -> bool:
-    return cls.__module__.startswith("torch.")
-
-
 def call_site(node: fx.Node) -> Site | None:
     """The user's source line that made ``node``'s operation: recorded by gpa's fx tracer
     (``node.meta["gpa_site"]``) or read from the stack trace torch.export records."""
