@@ -123,8 +123,8 @@ def analyze_target(
         >>> analyze_target("gpa.models:plainnet", {"depth": 2}).network.max_shortest
         4
     """
-    loaded = load_target(target, kwargs)
     options = options or AnalysisOptions()
+    loaded = load_target(target, kwargs, train=options.train)
     chosen = not options.has_inputs and loaded.inputs_from is not None
     if not options.has_inputs:
         options = options.replace(

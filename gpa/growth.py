@@ -255,7 +255,7 @@ def scaling(
     options = options or AnalysisOptions()
     if knob in fixed:
         raise GpaError(f"knob {knob!r} is the one being varied; do not also fix it")
-    build = _builder(name, knob, fixed)
+    build = _builder(name, knob, fixed, options.train)
     values = list(values)
     points = []
     for value in values:
@@ -284,7 +284,7 @@ def scaling(
 
 
 def _builder(
-    name: str, knob: str, fixed: Mapping[str, Any]
+    name: str, knob: str, fixed: Mapping[str, Any], train: bool
 ) -> Callable[[Any], tuple[Any, dict[str, Any]]]:
     """A function building the model at a knob value, with the inputs it defines."""
     import gpa.models
@@ -306,7 +306,7 @@ def _builder(
     from gpa.target import load_target
 
     def build_target(value: Any) -> tuple[Any, dict[str, Any]]:
-        loaded = load_target(name, {**fixed, knob: value})
+        loaded = load_target(name, {**fixed, knob: value}, train=train)
         return loaded.model, {
             "example_inputs": loaded.example_inputs,
             "input_shape": loaded.input_shape,

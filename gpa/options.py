@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -41,6 +42,8 @@ __all__ = [
     "Shape",
     "Tracer",
     "option_names",
+    "ParseError",
+    "parse_shape",
     "parse_input_shapes",
 ]
 
@@ -91,13 +94,53 @@ def _is_shape(value: Any) -> bool:
     )
 
 
+class ParseError(GpaError, ValueError):
+    """A command-line value (shape, ``key=value``) could not be parsed."""
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """Parse a tensor shape such as ``"1,3,224,224"`` (or ``"1x3x224x224"``).
+
+    Surrounding brackets and spaces are allowed. Every dimension must be a positive integer.
+
+    Raises:
+        ParseError: the text is not a shape; the message says what is wrong.
+    """
+    stripped = text.strip().strip("()[]").strip()
+    if not stripped:
+        raise ParseError(f"invalid shape {text!r}: expected comma-separated sizes like 1,3,224,224")
+    parts = [p.strip() for p in re.split(r"[,xX]", stripped)]
+    if parts and parts[-1] == "" and len(parts) > 1:  # trailing comma: "(8,)"
+        parts = parts[:-1]
+    dims: list[int] = []
+    for part in parts:
+        if not re.fullmatch(r"[+]?\d+", part):
+            raise ParseError(
+                f"invalid shape {text!r}: {part!r} is not a whole number; "
+                "expected comma-separated sizes like 1,3,224,224"
+            )
+        value = int(part)
+        if value <= 0:
+            raise ParseError(f"invalid shape {text!r}: sizes must be positive, got {value}")
+        dims.append(value)
+    return tuple(dims)
+
+
 def parse_input_shapes(value: Any) -> tuple[Shape, ...]:
-    """One shape or a sequence of shapes, as a tuple of shapes; anything else is a GpaError.
+    """One shape or a sequence of shapes, as a tuple of shapes; a shape may be written as
+    ``--input-shape`` takes it (``"1,3,8,8"``, see :func:`parse_shape`); anything else is
+    a GpaError.
 
     Example:
         >>> parse_input_shapes((1, 3, 8, 8)), parse_input_shapes([[1, 4], [1, 2]])
         (((1, 3, 8, 8),), ((1, 4), (1, 2)))
+        >>> parse_input_shapes("1,3,8,8"), parse_input_shapes(["1x4", "1x2"])
+        (((1, 3, 8, 8),), ((1, 4), (1, 2)))
     """
+    if isinstance(value, str):
+        return (parse_shape(value),)
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, str) for v in value):
+        return tuple(parse_shape(v) for v in value)
     if _is_shape(value):
         return (tuple(int(d) for d in value),)
     if isinstance(value, (tuple, list)) and value and all(map(_is_shape, value)):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -570,7 +571,11 @@ def _is_file_spec(head: str) -> bool:
 
 
 def load_target(
-    spec: str, kwargs: dict[str, Any] | None = None, *, device: str | None = None
+    spec: str,
+    kwargs: dict[str, Any] | None = None,
+    *,
+    device: str | None = None,
+    train: bool = True,
 ) -> LoadedTarget:
     """Load the model named by a TARGET string, and the inputs its source defines.
 
@@ -584,6 +589,9 @@ def load_target(
             Default: the CPU, except ``transformers`` models, which are built on the meta
             device (their default configurations reach billions of parameters; gpa needs
             only shapes). Files and import specs build their models themselves.
+        train: the mode the model is to be analysed in: torchvision and timm models
+            get two images where batch norm runs in train mode (it needs more than one
+            value per channel), else one.
 
     Returns:
         The model, its example inputs or input shapes (if any), and a display name.
@@ -600,7 +608,7 @@ def load_target(
         raise TargetError("empty target: give a .py file or a package.module:attr import spec")
     library = _library_spec(spec)
     if library is not None:
-        loaded = _load_library_model(spec, *library, kwargs, device)
+        loaded = _load_library_model(spec, *library, kwargs, device, train)
         if loaded is not None:
             return loaded
     head, attr = _split_spec(spec)
@@ -663,10 +671,21 @@ LIBRARIES: tuple[str, ...] = ("torchvision", "timm", "ultralytics", "transformer
 
 _YAML_SUFFIXES = (".yaml", ".yml")
 
-#: Images per batch of the default inputs of torchvision and timm models: in train mode,
-#: batch norm after a global pooling (squeeze-excite, attention heads) refuses one image.
+#: Images per batch of the default inputs of torchvision and timm models with batch norm
+#: analysed in train mode: after a global pooling (squeeze-excite, attention heads) it
+#: refuses one image; other models get one.
 _IMAGE_BATCH = 2
 _TWO = "(two: batch norm in train mode needs more than one value per channel)"
+
+
+def _images(model: nn.Module, train: bool, kind: str = "image") -> tuple[int, str]:
+    """How many images (``kind``: ``"clip"`` for video) the default inputs of a
+    torchvision or timm model hold, and that count in words (``"2 images"``)."""
+    norms = (nn.modules.batchnorm._BatchNorm, nn.SyncBatchNorm)
+    if train and any(isinstance(m, norms) for m in model.modules()):
+        return _IMAGE_BATCH, f"{_IMAGE_BATCH} {kind}s"
+    return 1, f"1 {kind}"
+
 
 #: Tokens per sequence of the default inputs of transformers models (token ids 0).
 _TOKENS = 16
@@ -675,8 +694,8 @@ _TOKENS = 16
 def library_inputs_text() -> str:
     """How library targets get their inputs (for help texts and the README)."""
     return (
-        f"torchvision and timm models: {_IMAGE_BATCH} images of the size the library "
-        "gives for the model (torchvision's weights' crop size, timm's input_size; "
+        "torchvision and timm models: 1 image (2 where batch norm runs in train mode) of "
+        "the size the library gives for the model (torchvision's weights' crop size, timm's input_size; "
         "video models 16 frames); Ultralytics models: 1 image of 640x640 (224x224 for "
         f"classification); transformers models: {_TOKENS} token ids (0), or one image "
         "or audio clip of the size the configuration gives, plus decoder token ids for "
@@ -780,15 +799,15 @@ _LIBRARY_HINTS = {
 
 
 def _load_library_model(
-    spec: str, library: str, name: str, kwargs: dict[str, Any], device: str | None
+    spec: str, library: str, name: str, kwargs: dict[str, Any], device: str | None, train: bool
 ) -> LoadedTarget | None:
     """The library model ``spec`` names, or None when ``name`` is an attribute of the
     library's module instead (``torchvision:models.resnet50``: an ordinary import spec)."""
     if not name:
         raise TargetError(f"target {spec!r} names no model: give {library}:NAME")
     loaders = {
-        "torchvision": _torchvision_model,
-        "timm": _timm_model,
+        "torchvision": functools.partial(_torchvision_model, train=train),
+        "timm": functools.partial(_timm_model, train=train),
         "ultralytics": _ultralytics_model,
         "transformers": _transformers_model,
     }
@@ -796,7 +815,7 @@ def _load_library_model(
 
 
 def _torchvision_model(
-    spec: str, name: str, kwargs: dict[str, Any], device: str | None
+    spec: str, name: str, kwargs: dict[str, Any], device: str | None, *, train: bool
 ) -> LoadedTarget | None:
     torchvision = _import_library("torchvision", spec)
     models = torchvision.models
@@ -809,14 +828,16 @@ def _torchvision_model(
         if "weights_backbone" in inspect.signature(models.get_model_builder(name)).parameters:
             options["weights_backbone"] = None  # detection and segmentation models
     model = _construct(spec, lambda: models.get_model(name, **options), device)
-    shape = _torchvision_shape(models, name)
-    kind = "clips of 16 frames" if name in models.list_models(module=models.video) else "images"
-    origin = f"{_IMAGE_BATCH} {kind} of its torchvision weights' crop size {_TWO}"
+    video = name in models.list_models(module=models.video)
+    batch, images = _images(model, train, "clip" if video else "image")
+    shape = _torchvision_shape(models, name, batch)
+    origin = f"{images}{' of 16 frames' if video else ''} of its torchvision weights' crop size"
+    origin += f" {_TWO}" if batch > 1 else ""
     return LoadedTarget(model, None, shape, spec, inputs_from=origin if shape else None)
 
 
-def _torchvision_shape(models: ModuleType, name: str) -> list[tuple[int, ...]] | None:
-    """Inputs that fit torchvision model ``name``: images (frames for video models) of
+def _torchvision_shape(models: ModuleType, name: str, batch: int) -> list[tuple[int, ...]] | None:
+    """Inputs that fit torchvision model ``name``: ``batch`` images (clips for video models) of
     the crop size of its weights' transforms; None for detection and optical flow models,
     which take lists of images."""
     if name in models.list_models(module=models.detection) + models.list_models(
@@ -828,12 +849,12 @@ def _torchvision_shape(models: ModuleType, name: str) -> list[tuple[int, ...]] |
         transforms = models.get_model_weights(name).DEFAULT.transforms()
         size = int((getattr(transforms, "crop_size", None) or transforms.resize_size)[0])
     if name in models.list_models(module=models.video):
-        return [(_IMAGE_BATCH, 3, 16, size, size)]
-    return [(_IMAGE_BATCH, 3, size, size)]
+        return [(batch, 3, 16, size, size)]
+    return [(batch, 3, size, size)]
 
 
 def _timm_model(
-    spec: str, name: str, kwargs: dict[str, Any], device: str | None
+    spec: str, name: str, kwargs: dict[str, Any], device: str | None, *, train: bool
 ) -> LoadedTarget | None:
     timm = _import_library("timm", spec)
     if not timm.is_model(name):
@@ -843,14 +864,16 @@ def _timm_model(
     config = getattr(model, "pretrained_cfg", None) or {}
     channels, *size = config.get("input_size") or (3, 224, 224)
     channels = kwargs.get("in_chans", channels)
-    origin = f"{_IMAGE_BATCH} images of its timm input_size {_TWO}"
+    batch, images = _images(model, train)
+    origin = f"{images} of its timm input_size"
     given = kwargs.get("img_size")  # (the configuration keeps the pretrained size)
     if isinstance(given, int) or (
         isinstance(given, (tuple, list)) and all(isinstance(n, int) for n in given)
     ):
         size = [given, given] if isinstance(given, int) else list(given)
-        origin = f"{_IMAGE_BATCH} images of the img_size given {_TWO}"
-    return LoadedTarget(model, None, [(_IMAGE_BATCH, channels, *size)], spec, inputs_from=origin)
+        origin = f"{images} of the img_size given"
+    origin += f" {_TWO}" if batch > 1 else ""
+    return LoadedTarget(model, None, [(batch, channels, *size)], spec, inputs_from=origin)
 
 
 def _ultralytics_model(
@@ -997,6 +1020,13 @@ def _transformers_config(spec: str, config_class: type, kwargs: dict[str, Any]) 
             f"{config_class.__name__}() (for {spec}) failed:\n" + _describe_exception(exc, [])
         ) from None
     known = set(default.to_dict()) | set(getattr(default, "attribute_map", {}))
+    # settings kept under other names behind a property (``num_labels`` sets ``id2label``)
+    known |= {
+        name
+        for cls in type(default).__mro__
+        for name, value in vars(cls).items()
+        if isinstance(value, property) and value.fset is not None and not name.startswith("_")
+    }
     with contextlib.suppress(TypeError, ValueError):
         known |= set(inspect.signature(config_class.__init__).parameters) - {"self", "kwargs"}
     # settings the base class takes and keeps private (``attn_implementation``,

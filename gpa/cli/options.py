@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,7 @@ import click
 from click.core import ParameterSource
 
 from gpa.errors import GpaError
-from gpa.options import CountConvention, Tracer, option_names
+from gpa.options import CountConvention, ParseError, Tracer, option_names, parse_shape
 
 __all__ = [
     "ParseError",
@@ -44,38 +43,6 @@ __all__ = [
     "progress_display",
     "writable_path",
 ]
-
-
-class ParseError(GpaError, ValueError):
-    """A command-line value (shape, ``key=value``) could not be parsed."""
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """Parse a tensor shape such as ``"1,3,224,224"`` (or ``"1x3x224x224"``).
-
-    Surrounding brackets and spaces are allowed. Every dimension must be a positive integer.
-
-    Raises:
-        ParseError: the text is not a shape; the message says what is wrong.
-    """
-    stripped = text.strip().strip("()[]").strip()
-    if not stripped:
-        raise ParseError(f"invalid shape {text!r}: expected comma-separated sizes like 1,3,224,224")
-    parts = [p.strip() for p in re.split(r"[,xX]", stripped)]
-    if parts and parts[-1] == "" and len(parts) > 1:  # trailing comma: "(8,)"
-        parts = parts[:-1]
-    dims: list[int] = []
-    for part in parts:
-        if not re.fullmatch(r"[+]?\d+", part):
-            raise ParseError(
-                f"invalid shape {text!r}: {part!r} is not a whole number; "
-                "expected comma-separated sizes like 1,3,224,224"
-            )
-        value = int(part)
-        if value <= 0:
-            raise ParseError(f"invalid shape {text!r}: sizes must be positive, got {value}")
-        dims.append(value)
-    return tuple(dims)
 
 
 def parse_kv(text: str) -> tuple[str, Any]:

@@ -66,8 +66,9 @@ def command(
         raise click.BadParameter(str(exc), param_hint="--values") from None
     spec = configured(name, kwargs, analysis_settings(ctx, params), config_path)
     options = spec.settings.analysis_options()
+    # --knob varies what a configuration fixes (the command line wins); fixed by -k too
+    # is refused by scaling
+    fixed = {k: v for k, v in spec.settings.kwargs.items() if k != knob or k in kwargs}
     with progress_display(quiet) as progress:
-        result = scaling(
-            spec.target, knob, parsed, options=options, progress=progress, **spec.settings.kwargs
-        )
+        result = scaling(spec.target, knob, parsed, options=options, progress=progress, **fixed)
     emit(json.dumps(result.to_dict(), indent=2) if fmt == "json" else str(result), output)

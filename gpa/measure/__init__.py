@@ -230,6 +230,7 @@ def measure(
     step = progress or (lambda phase: None)
     if steps < 1:
         raise GpaError(f"steps must be at least 1, got {steps}")
+    _check_device(model, device)
     example_inputs = bind_inputs(model, example_inputs)
     batch_iter: Iterator[Any] | None = None
     if batches is not None:
@@ -499,6 +500,28 @@ def _rank_correlation(report: Report, names: list[str], sim: np.ndarray) -> floa
     return spearman(shared, values)
 
 
+def _check_device(model: nn.Module, device: str | torch.device | None) -> None:
+    """Refuse a device this machine cannot run on, and a model with no values to train.
+
+    Raises:
+        GpaError: ``device`` is no device torch knows or has here (``cuda`` without a
+            GPU); the model's parameters are on the meta device.
+    """
+    if device is not None:
+        try:
+            torch.empty(0, device=device)
+        except Exception as exc:  # noqa: BLE001 - torch's message says why
+            # (its first sentence: torch goes on to list every backend it has)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+            raise GpaError(f"device {str(device)!r} cannot be used here: {reason}") from None
+    if any(p.is_meta for p in model.parameters()):  # (nothing to copy to another device)
+        raise GpaError(
+            f"{type(model).__name__}'s parameters are on the meta device (shapes, no values): "
+            "measuring trains the model for real; build it on a real device (gpa builds "
+            "transformers models on meta for analysis only)"
+        )
+
+
 def measure_target(
     target: str,
     kwargs: dict[str, Any] | None = None,
@@ -526,7 +549,8 @@ def measure_target(
     # the model's initial weights are part of what is measured: the same seed, the same
     # weights (a target builds its model with torch's global generator)
     torch.manual_seed(settings.get("seed", 0))
-    loaded = load_target(target, kwargs)
+    # (a transformers model is built on the meta device for analysis: measuring trains it)
+    loaded = load_target(target, kwargs, device="cpu", train=settings.get("train", True))
     settings.setdefault("name", loaded.name)
     batches = getattr(loaded, "example_batches", None)
     if batches is not None and settings.get("batches") is None:

@@ -447,3 +447,38 @@ def test_a_step_the_model_cannot_take_is_the_models_error() -> None:
 
     with pytest.raises(ModelError, match="^the loss function raised ValueError: no labels"):
         measure(nn.Linear(4, 2), torch.zeros(1, 4), steps=1, batch_size=2, loss=bad_loss)
+
+
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_a_device_this_machine_lacks_is_one_message(device: str) -> None:
+    """Found by a new user: ``gpa measure --device cuda`` without a GPU was "internal error
+    … a bug in gpa" with a traceback (exit 1). The device is tried first: a GpaError
+    (exit 2) naming it, from the API and the command alike. Where the device exists the
+    measurement runs (skipped on this check only when it does)."""
+    from click.testing import CliRunner
+
+    from gpa.cli import main
+
+    try:
+        torch.empty(0, device=device)
+    except Exception:  # noqa: BLE001 - what this machine lacks is what is tested
+        pass
+    else:
+        pytest.skip(f"this machine has {device}")
+    with pytest.raises(GpaError, match=f"^device '{device}' cannot be used here: "):
+        measure(nn.Linear(4, 2), torch.zeros(1, 4), steps=1, device=device)
+    result = CliRunner().invoke(
+        main, ["measure", "examples/tiny_resnet.py", "--device", device, "--steps", "1"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: device '{device}' cannot be used here: ")
+    assert "Traceback" not in result.output
+
+
+def test_a_model_on_the_meta_device_is_refused_before_any_step() -> None:
+    """A model built on the meta device (as gpa builds transformers models to analyse
+    them) has no values to train: one message, not torch's error from inside a step."""
+    with torch.device("meta"):
+        net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with pytest.raises(GpaError, match="parameters are on the meta device"):
+        measure(net, torch.zeros(1, 4), steps=1)

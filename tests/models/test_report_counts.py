@@ -198,6 +198,26 @@ def test_cli_scale_errors_are_user_errors() -> None:
     assert result.exit_code == 2 and "at least 3" in result.output
 
 
+def test_cli_scale_varies_a_knob_the_configuration_fixes(tmp_path, monkeypatch) -> None:
+    """Found by a new user: a model of [tool.gpa.models] whose kwargs set the knob (or a
+    global [tool.gpa] kwargs) was refused, "knob 'depth' is the one being varied"; the
+    command line wins over the configuration. By hand: plainnet's N = depth + 2 layers.
+    Fixed by -k as well, it is refused still."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.gpa.models.plain]\ntarget = "gpa.models:plainnet"\n'
+        "kwargs = { depth = 2, width = 4 }\n"
+    )
+    result = run("scale", "plain", "--knob", "depth", "--values", "1,2,3", "--format", "json")
+    assert result.exit_code == 0, result.output
+    points = json.loads(result.stdout)["points"]
+    assert [(p["value"], p["layers"]) for p in points] == [(1, 3), (2, 4), (3, 5)]
+    fixed = CliRunner().invoke(
+        main, ["scale", "plain", "--knob", "depth", "--values", "1,2,3", "-k", "depth=2"]
+    )
+    assert fixed.exit_code == 2 and "is the one being varied" in fixed.output
+
+
 class _ConvBnAct(nn.Module):
     """Ultralytics' Conv in small: a convolution, its norm and activation."""
 

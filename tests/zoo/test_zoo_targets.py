@@ -208,6 +208,19 @@ def test_a_transformers_setting_the_base_configuration_keeps_private_is_taken() 
     )
 
 
+def test_a_transformers_setting_behind_a_property_is_taken() -> None:
+    """Found by a new user: ``-k num_labels=3`` was refused ("BertConfig has no setting
+    'num_labels'"), though ``BertConfig(num_labels=3)`` takes it (a property setting
+    ``id2label``). By hand: a classifier of 3 labels on 32 features has 32 · 3 + 3 = 99
+    parameters; a misspelt property is refused still."""
+    small = {"num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2}
+    loaded = load_target("transformers:BertForSequenceClassification", {**small, "num_labels": 3})
+    assert sum(p.numel() for p in loaded.model.classifier.parameters()) == 99
+    assert "has no setting 'num_label' (did you mean 'num_labels'?)" in _error(
+        "transformers:BertForSequenceClassification", {**small, "num_label": 3}
+    )
+
+
 def test_transformers_image_inputs_of_two_towers_and_sizeless_configurations() -> None:
     """CLIP takes token ids and an image (its vision tower's size); a ResNet's
     configuration gives no image size: 224 × 224 (before, no inputs, or ids alone)."""
@@ -263,29 +276,41 @@ def test_a_timm_model_given_another_input_size_says_what_it_checks(tracer: str) 
 
 
 @pytest.mark.parametrize(
-    ("target", "kwargs", "said", "batch"),
+    ("target", "kwargs", "said", "batch", "train"),
     [
-        ("timm:resnet10t", {}, "2 images of its timm input_size (two: batch norm", 2),
+        ("timm:resnet10t", {}, "2 images of its timm input_size (two: batch norm", 2, True),
+        # (found by a new user: in eval mode batch norm takes one image, and FLOPs were
+        # those of two)
+        ("timm:resnet10t", {}, "1 image of its timm input_size;", 1, False),
         # (found by a review: the configuration keeps the pretrained 224, and the model
-        # built for 32 refused it)
+        # built for 32 refused it; a ViT has no batch norm: one image)
         (
             "timm:vit_tiny_patch16_224",
             {"img_size": 32, "depth": 1},
-            "2 images of the img_size given",
-            2,
+            "1 image of the img_size given;",
+            1,
+            True,
         ),
-        ("torchvision:squeezenet1_0", {}, "2 images of its torchvision weights' crop size", 2),
-        ("yolov8n-cls.yaml", {}, "1 image of Ultralytics' default size for the task, 224x224", 1),
-        ("transformers:bert", {"num_hidden_layers": 1}, "16 token ids (all 0)", 1),
+        ("torchvision:resnet18", {}, "2 images of its torchvision weights' crop size", 2, True),
+        # (SqueezeNet has no batch norm)
+        ("torchvision:squeezenet1_0", {}, "1 image of its torchvision weights' crop size", 1, True),
+        (
+            "yolov8n-cls.yaml",
+            {},
+            "1 image of Ultralytics' default size for the task, 224x224",
+            1,
+            True,
+        ),
+        ("transformers:bert", {"num_hidden_layers": 1}, "16 token ids (all 0)", 1, True),
     ],
 )
 def test_the_inputs_gpa_chose_for_a_library_model_are_said(
-    target: str, kwargs: dict, said: str, batch: int
+    target: str, kwargs: dict, said: str, batch: int, train: bool
 ) -> None:
     """A library model analysed without inputs gets the library's size (and two images
-    where batch norm needs them); the header showed the shape and nothing said where it
-    came from. A note says so, first; given inputs get none."""
-    report = gpa.analyze_target(target, dict(kwargs))
+    where batch norm runs in train mode and needs them); the header showed the shape and
+    nothing said where it came from. A note says so, first; given inputs get none."""
+    report = gpa.analyze_target(target, dict(kwargs), gpa.AnalysisOptions(train=train))
     assert report.notes[0].startswith(f"inputs chosen by gpa: {said}")
     assert report.notes[0].endswith("; --input-shape gives others")
     assert report.inputs[0]["shape"][0] == batch
@@ -329,3 +354,20 @@ def test_yolo_layers_are_placed_at_the_lines_calling_their_conv_wrappers(train: 
         file, span = lines(function)
         site = report.layers[layer].site
         assert site is not None and site[0] == file and site[1] in span, (layer, site)
+
+
+def test_a_transformers_target_is_measured_with_real_weights() -> None:
+    """Found by a new user: ``gpa measure transformers:bert …`` (and ``gpa plot --kind
+    gradnorm``) failed on every transformers target, which gpa builds on the meta device
+    to analyse; measuring builds it on the CPU. A real step reaches the query projection
+    of the first layer (nonzero gradient norm)."""
+    from gpa.measure import measure_target
+
+    small = {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+    }
+    m = measure_target("transformers:bert", small, steps=1, batch_size=2)
+    assert m.layers["encoder.layer.0.attention.self.query"].output_grad_norm > 0
