@@ -97,6 +97,21 @@ def command(
             f"column(s) {', '.join(per_channel)} come from the channel analysis: add --channels",
             param_hint="--columns",
         )
+    shaping = [
+        flag
+        for flag, given in (
+            ("--columns", columns),
+            ("--wide", wide),
+            ("--depth", depth is not None),
+        )
+        if given
+    ]
+    if shaping and fmt != "text":
+        raise click.BadParameter(
+            f"{', '.join(shaping)} shape{'s' if len(shaping) == 1 else ''} the text table; "
+            f"--format {fmt} holds every layer and column",
+            param_hint=shaping[0],
+        )
     with progress_display(quiet) as progress:
         report = analyze_spec(spec, progress=progress)
     if fmt == "json":

@@ -8,6 +8,7 @@ all its fields at once.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,6 +27,7 @@ from gpa.core.segments import (
     make_segment,
     make_source,
 )
+from gpa.errors import GpaError
 
 __all__ = [
     "LOSS",
@@ -37,6 +39,7 @@ __all__ = [
     "SegmentList",
     "Source",
     "combination",
+    "find_layer",
     "make_segment",
     "make_source",
     "record_graph",
@@ -313,3 +316,30 @@ def record_graph(records: Mapping[str, LayerRecord]) -> nx.DiGraph:
     for r in records.values():
         g.add_edges_from((r.name, s) for s in r.deliveries)
     return g
+
+
+def find_layer(report: Report, layer: str) -> LayerRecord:
+    """``report``'s record of ``layer``, for the commands naming one (``gpa explain``,
+    ``gpa plot --kind histogram``).
+
+    Raises:
+        GpaError: ``layer`` is no layer of the report; the message suggests the layers a
+            block of that name holds (Ultralytics' ``Conv`` holds ``.conv``), else the
+            closest names.
+
+    Example:
+        >>> import gpa, torch.nn as nn
+        >>> net = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Linear(2, 1))
+        >>> r = gpa.analyze(net, input_shape=(1, 2), name="net")
+        >>> find_layer(r, "0")
+        Traceback (most recent call last):
+        ...
+        gpa.errors.GpaError: net has no layer named '0' (did you mean 0.0?)
+    """
+    record = report.layers.get(layer)
+    if record is not None:
+        return record
+    inside = [name for name in report.layers if name.startswith(f"{layer}.")][:3]
+    close = inside or difflib.get_close_matches(layer, list(report.layers), n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise GpaError(f"{report.model} has no layer named {layer!r}{hint}")

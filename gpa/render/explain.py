@@ -15,13 +15,11 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import os
 from typing import Any
 
 from gpa.core.paths import bits
-from gpa.core.report import LOSS, PathStep, Report
-from gpa.errors import GpaError
+from gpa.core.report import LOSS, PathStep, Report, find_layer
 
 __all__ = ["explanation", "format_explanation", "max_shortest_layer"]
 
@@ -60,13 +58,7 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
     Raises:
         GpaError: ``layer`` is not a layer of the report (the closest names are suggested).
     """
-    record = report.layers.get(layer)
-    if record is None:
-        # a block holding layers (Ultralytics' Conv holds .conv): its layers first
-        inside = [name for name in report.layers if name.startswith(f"{layer}.")][:3]
-        close = inside or difflib.get_close_matches(layer, list(report.layers), n=3, cutoff=0.5)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise GpaError(f"{report.model} has no layer named {layer!r}{hint}")
+    record = find_layer(report, layer)
 
     def steps(path: tuple[PathStep, ...]) -> list[dict[str, Any]]:
         return [{"layer": s.layer, "type": s.type, "site": _site(s)} for s in path]

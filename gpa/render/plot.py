@@ -34,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from gpa.core.report import LOSS, LayerRecord, Report
+from gpa.core.report import LOSS, LayerRecord, Report, find_layer
 from gpa.errors import GpaError
 from gpa.render.text import format_count, format_timestamps, module_prefix
 
@@ -668,14 +667,6 @@ def profile(report: Report, *others: Report, names: Sequence[str] | None = None)
 # ------------------------------------------------------------------ histogram
 
 
-def _record(report: Report, layer: str) -> LayerRecord:
-    if layer in report.layers:
-        return report.layers[layer]
-    close = difflib.get_close_matches(layer, list(report.layers), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise GpaError(f"{report.model} has no layer {layer!r}{hint}")
-
-
 def histogram(report: Report, layer: str) -> Figure:
     """The number of gradient paths of each length reaching ``layer`` (bars; log scale if wide).
 
@@ -687,7 +678,7 @@ def histogram(report: Report, layer: str) -> Figure:
         >>> [(p.get_gid(), int(p.get_height())) for p in fig.axes[0].patches]
         [('bar:2', 1), ('bar:4', 2), ('bar:6', 1)]
     """
-    record = _record(report, layer)
+    record = find_layer(report, layer)
     fig = Figure(figsize=(6.5, 4.2), layout="constrained")
     ax = fig.add_subplot()
     hist = record.path_histogram

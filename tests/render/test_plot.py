@@ -325,6 +325,21 @@ def test_histogram_unknown_layer() -> None:
         gpa.plot.histogram(report("resnet", blocks=3), "stem.cnv")
 
 
+@pytest.mark.parametrize("name", ["stem", "nolayer", "stem.cnv"])
+def test_a_layer_no_report_has_is_said_alike_by_plot_and_explain(name: str) -> None:
+    """Found by a new user: ``gpa explain`` suggested the layers a block holds ("stem"
+    holds stem.conv) where ``gpa plot --kind histogram`` suggested nothing; one message."""
+    from gpa.render.explain import explanation
+
+    analysed = report("resnet", blocks=3)
+    with pytest.raises(GpaError) as plotted:
+        gpa.plot.histogram(analysed, name)
+    with pytest.raises(GpaError) as explained:
+        explanation(analysed, name)
+    assert str(plotted.value) == str(explained.value)
+    assert str(plotted.value).startswith(f"resnet has no layer named {name!r}")
+
+
 # ------------------------------------------------------------------ scaling (Table 1)
 
 
@@ -444,7 +459,7 @@ def test_cli_plot_profile_of_two_targets(tmp_path: Path) -> None:
     "args, message",
     [
         (["--kind", "histogram"], "needs --layer"),
-        (["--kind", "histogram", "--layer", "nope"], "no layer 'nope'"),
+        (["--kind", "histogram", "--layer", "nope"], "no layer named 'nope'"),
         (["-o", "x.jpg"], ".png, .svg or .pdf"),
         (["gpa.models:elan", "--kind", "sources"], "only --kind profile overlays"),
     ],

@@ -383,6 +383,18 @@ def test_columns_with_a_grouped_view_are_refused(report: gpa.Report) -> None:
     assert result.exit_code == 2 and "per-layer table" in result.stderr
 
 
+@pytest.mark.parametrize("fmt", ["json", "csv", "html", "dot"])
+@pytest.mark.parametrize("flags", [["--depth", "1"], ["--wide"], ["--columns", "shortest"]])
+def test_options_of_the_text_table_are_refused_with_another_format(
+    fmt: str, flags: list[str]
+) -> None:
+    """Found by a new user: ``--depth``, ``--columns`` and ``--wide`` were taken with
+    ``--format json`` (csv, html, graphs) and did nothing: the output was byte-identical."""
+    result = CliRunner().invoke(main, ["analyze", "gpa.models:resnet", *flags, "--format", fmt])
+    assert result.exit_code == 2
+    assert f"{flags[0]} shapes the text table; --format {fmt} holds every" in result.stderr
+
+
 def test_a_table_rich_would_squeeze_drops_a_column_instead() -> None:
     """At 90 columns the CSP zoo model's ``sources, timestamps, paths`` measured 90
     characters, but rich's layout needed 91 and cropped the last column (header
