@@ -271,6 +271,11 @@ class Measurement:
                 "device": self.device,
                 "loss": self.loss,
             },
+            # how the structural analysis read the model, as a report records it (§7):
+            # a measurement in eval mode, or of other outputs, is told apart
+            "inputs": self.report.inputs if self.report is not None else None,
+            "options": self.report.options if self.report is not None else None,
+            "tracer": self.report.tracer if self.report is not None else None,
             "network": self.network_dict(),
             "layers": [self._layer_dict(m) for m in self.layers.values()],
             "cka": {

@@ -71,6 +71,9 @@ def _summary(m: Any) -> list[str]:
     net = m.network_dict()
     d = net["duplication"]
     how = f"{m.steps} steps, batch {m.batch_size}, seed {m.seed}, {m.device}, {m.loss} loss"
+    options = m.report.options if m.report is not None else None
+    if options is not None:
+        how += ", train mode" if options.get("train", True) else ", eval mode"
     return [
         f"model: {m.model} ({how})",
         f"layers: {net['layers']}, frozen: {len(net['frozen'])}, "

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import gpa
 from gpa.cli import main
 from tests.measure.test_measure import LAYER_KEYS
 
@@ -62,6 +63,23 @@ def test_json_has_the_layer_keys(tmp_path: Path) -> None:
     assert layer["most_similar"]["layer"] == "2"
     assert data["cka"]["layers"] == ["0", "2"] and data["cka"]["matrix"][0][0] == 1.0
     assert {"mean", "median", "pairs"} <= set(data["network"]["duplication"])
+
+
+def test_the_mode_and_options_measured_under_are_recorded(tmp_path: Path) -> None:
+    """Found by a new user: a measurement in eval mode could not be told from one in train
+    mode (JSON and header recorded neither mode, inputs, options nor frontend, which a
+    report records); they are the structural analysis's, as its JSON has them."""
+    target = _write(tmp_path, TARGET)
+    args = ["measure", target, "--steps", "1", "--batch-size", "2"]
+    for mode, train in (("--train", True), ("--eval", False)):
+        data = json.loads(CliRunner().invoke(main, [*args, mode, "--format", "json"]).output)
+        report = gpa.analyze_target(target, {}, gpa.AnalysisOptions(train=train))
+        assert (data["options"], data["tracer"]) == (report.options, report.tracer)
+        assert data["options"]["train"] is train and data["inputs"] == report.inputs
+        header = " ".join(
+            CliRunner().invoke(main, [*args, mode]).output.split("layers:")[0].split()
+        )
+        assert header.endswith(", train mode)" if train else ", eval mode)")
 
 
 def test_example_batches_and_loss_fn_from_the_file(tmp_path: Path) -> None:
