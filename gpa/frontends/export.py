@@ -157,15 +157,13 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
     if unbound is not None:
         raise TraceError(unbound)
 
+    def is_leaf(path: str, module: nn.Module) -> bool:  # (given as a leaf: one call, §1.1)
+        # (a container without forward is never called: export's module stack names it on
+        # the calls of the modules inside, when they are reached through it)
+        return isinstance(module, leaf_types) or path in leaf_names and has_forward(module)
+
     def is_opaque(path: str, module: nn.Module) -> bool:
-        return (
-            fx_leaf(type(module))
-            or isinstance(module, leaf_types + custom)
-            # (a container without forward is never called: export's module stack names it
-            # on the calls of the modules inside, when they are reached through it)
-            or path in leaf_names
-            and has_forward(module)
-        )
+        return fx_leaf(type(module)) or isinstance(module, custom) or is_leaf(path, module)
 
     whole = [
         path
@@ -187,7 +185,9 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         program, inputs, watched, sites = _export(root, options)
         _refuse_other_branch(root, inputs, sites, types, drawn)
         try:
-            gm, fused, used, unfed = _remodule(root, program, is_opaque, types, watched, sites)
+            gm, fused, used, unfed = _remodule(
+                root, program, (is_opaque, is_leaf), types, watched, sites
+            )
         except SyntaxError as exc:  # fx writes module names into Python code
             raise ExportError(unwritable_names(model, exc)) from None
         try:
@@ -637,15 +637,18 @@ def _call_sites(model: nn.Module) -> Iterator[_Sites]:
 def _remodule(
     model: nn.Module,
     program: Any,
-    is_opaque: Callable[[str, nn.Module], bool],
+    kept: tuple[Callable[[str, nn.Module], bool], Callable[[str, nn.Module], bool]],
     types: tuple[type, ...],
     watched: bool,
     sites: _Sites,
 ) -> tuple[fx.GraphModule, dict[str, LayerCall], set[str], int]:
     """The exported graph in the fx frontend's form, its fused layer calls, the qualified
     names of the modules it calls, and how many re-entrant checkpoints it was given
-    nothing requiring gradient (see :func:`_inline_grad_mode_regions`); ``sites``: where
-    each module was called from (:func:`_call_sites`)."""
+    nothing requiring gradient (see :func:`_inline_grad_mode_regions`); ``kept``: which
+    modules' calls are kept as one call (opaque ones), and which of those the user gave
+    as leaves (one call even where no layer: §1.1); ``sites``: where each module was
+    called from (:func:`_call_sites`)."""
+    is_opaque, is_leaf = kept
     try:
         exported = program.module()
     except Exception:  # torch puts the model's state on a GraphModule of its own
@@ -667,13 +670,15 @@ def _remodule(
     _place(calls, sites)
     fused_groups: list[_Call] = []
     for call in calls:
-        if not _replace_by_module(graph, call) and is_layer_module(call.module, types):
+        if not _replace_by_module(graph, call) and (
+            is_layer_module(call.module, types) or is_leaf(call.path, call.module)
+        ):
             fused_groups.append(call)
     for node in list(graph.nodes):  # weights of replaced calls
         if node.op == "get_attr" and not node.users:
             graph.erase_node(node)
     gm = graph_module(root, graph, type(model).__name__)
-    fused = _fuse(gm, fused_groups)
+    fused = _fuse(gm, fused_groups, types)
     return gm, fused, {c.path for c in calls}, unfed
 
 
@@ -982,8 +987,9 @@ def _replace_by_module(graph: fx.Graph, call: _Call) -> bool:
     return True
 
 
-def _fuse(gm: fx.GraphModule, groups: list[_Call]) -> dict[str, LayerCall]:
-    """Fuse each group into one ``call_module`` node; the layer call each one is."""
+def _fuse(gm: fx.GraphModule, groups: list[_Call], types: tuple[type, ...]) -> dict[str, LayerCall]:
+    """Fuse each group into one ``call_module`` node; the layer call each one is (a leaf
+    holding no layer is one call, and no layer)."""
     if not groups:
         return {}
     partitions = [dict.fromkeys(g.nodes) for g in groups]
@@ -993,7 +999,8 @@ def _fuse(gm: fx.GraphModule, groups: list[_Call]) -> dict[str, LayerCall]:
         if node.op == "call_module" and node.target.startswith("_gpa_call_"):
             group = groups[int(node.target.removeprefix("_gpa_call_"))]
             site = group.site or stack_trace_site(group.nodes[0].meta.get("stack_trace"))
-            fused[node.name] = LayerCall(group.path, type_name(group.module), site)
+            if is_layer_module(group.module, types):
+                fused[node.name] = LayerCall(group.path, type_name(group.module), site)
             node.meta[STANDS_FOR] = group.module  # its channel axis and groups (§8)
             node.meta[CALL_OF] = (group.path, type(group.module).__name__)  # for messages
             _devices_follow_inputs(gm.get_submodule(node.target))

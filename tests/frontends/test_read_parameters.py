@@ -187,6 +187,89 @@ def test_the_layers_inside_a_leaf_are_its_call(tracer: str) -> None:
     expect(report, "0", {2: 1}, ("1",))
 
 
+class Experts(nn.Module):
+    """A leaf holding weights it uses functionally and no layer module (as Hugging Face's
+    expert banks): ``how`` says how it is called and what it returns."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.w1 = nn.Parameter(torch.randn(4, 4))
+        self.w2 = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor | None = None):
+        if self.how == "two-outputs":
+            return F.linear(u, self.w1), F.linear(u, self.w2)
+        y = F.linear(F.silu(F.linear(u, self.w1)), self.w2)
+        return y + v if v is not None else y
+
+
+class AroundExperts(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.c, self.moe, self.b = (
+            nn.Linear(4, 4),
+            nn.Linear(4, 4),
+            Experts(how),
+            nn.Linear(4, 2),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a(x)
+        if self.how == "residual":
+            return self.b(h + self.moe(h))
+        if self.how == "two-inputs":
+            return self.b(self.moe(h, self.c(x)))
+        if self.how == "twice":
+            return self.b(self.moe(self.moe(h)) + self.c(x))
+        p, q = self.moe(h)
+        return self.b(p * q + self.c(x))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["residual", "two-inputs", "twice", "two-outputs"])
+@pytest.mark.parametrize("leaf", ["class", "name"])
+def test_a_leaf_holding_weights_but_no_layer_is_one_call_and_no_layer(
+    tracer: str, how: str, leaf: str
+) -> None:
+    """Found by a review against autograd (Jamba with its MoE block a leaf): export looked
+    inside a leaf holding no layer module and made layers of its functional weights
+    (``moe.w1``, ``moe.w2``), so ``a`` had paths of 2 and 4 where fx and autograd, as
+    §1.1 says (a leaf is one call), give 2. By hand: the leaf is no layer (§2), gradient
+    crosses it from each tensor argument to each result; ``a`` and ``c`` reach ``b`` in
+    one step (2), ``b`` the loss (1)."""
+    model = AroundExperts(how)
+    leaves = [Experts] if leaf == "class" else ["moe"]
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer, leaf_modules=leaves)
+    called = ["a", "b"] if how == "residual" else ["a", "c", "b"]
+    assert sorted(report.layers) == sorted(called + (["c"] if how == "residual" else []))
+    expect(report, "b", {1: 1}, (LOSS,))
+    expect(report, "a", {2: 1}, ("b",))
+    if how != "residual":
+        expect(report, "c", {2: 1}, ("b",))
+    else:
+        expect_unreachable(report, "c", calls=0)
+
+
+@pytest.mark.parametrize("how", ["residual", "two-inputs", "two-outputs"])
+def test_a_leaf_holding_no_layer_has_the_same_channels_under_fx_and_export(how: str) -> None:
+    """The leaf is one call with channels too: fx and export give the same records and
+    segments (the call mixes its channels, as any module call without a rule)."""
+    x = torch.randn(2, 4)
+    reports = [
+        gpa.analyze(AroundExperts(how), (x,), tracer=t, leaf_modules=[Experts], channels=True)
+        for t in ("fx", "export")
+    ]
+    assert layer_records(reports[0]) == layer_records(reports[1])
+    segments = [
+        {n: [(s.start, s.stop, [str(x) for x in s.sources]) for s in r.segments] for n, r in
+         report.layers.items()}
+        for report in reports
+    ]  # fmt: skip
+    assert segments[0] == segments[1]
+
+
 class SharedIntoLeaf(nn.Module):
     """``shared`` is one linear layer registered first here and called only inside the
     leaf ``blk`` (as ``blk.inner``); ``gain`` (optional) is a parameter forward reads."""
