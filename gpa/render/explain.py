@@ -15,11 +15,11 @@ Example:
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from gpa.core.paths import bits
 from gpa.core.report import LOSS, PathStep, Report, find_layer
+from gpa.render.text import shown_file
 
 __all__ = ["explanation", "format_explanation", "max_shortest_layer"]
 
@@ -35,13 +35,7 @@ def _site(step: PathStep) -> dict[str, Any] | None:
     if step.site is None:
         return None
     file, line = step.site
-    return {"file": _shown(file), "line": line}
-
-
-def _shown(file: str) -> str:
-    """A file name relative to the working directory when it lies below it."""
-    relative = os.path.relpath(file)
-    return file if relative.startswith("..") else relative
+    return {"file": shown_file(file), "line": line}
 
 
 def explanation(report: Report, layer: str) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from gpa.render.text import (
     format_si,
     format_sources,
     format_timestamps,
+    shown_file,
 )
 
 __all__ = ["COLUMNS", "report_html", "report_page", "script_json"]
@@ -271,7 +272,12 @@ def _layer_row(index: int, r: Any) -> str:
 
 def _steps(steps: Any) -> list[dict[str, Any]]:
     return [
-        {"layer": s.layer, "type": s.type, "site": list(s.site) if s.site else None} for s in steps
+        {
+            "layer": s.layer,
+            "type": s.type,
+            "site": [shown_file(s.site[0]), s.site[1]] if s.site else None,
+        }
+        for s in steps
     ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
 import textwrap
 from collections.abc import Collection, Iterable, Sequence
@@ -39,6 +40,7 @@ __all__ = [
     "format_table",
     "format_timestamps",
     "module_prefix",
+    "shown_file",
 ]
 
 #: Header of :func:`format_csv`.
@@ -641,3 +643,21 @@ def format_csv(report: Any) -> str:
             ]
         )
     return buffer.getvalue()
+
+
+def shown_file(file: str) -> str:
+    """A file of an installed package from the package's own directory
+    (``ultralytics/nn/modules/block.py``: the path a user finds it by, wherever the
+    virtualenv is), else relative to the working directory when it lies below it, else as
+    it is.
+
+    Example:
+        >>> shown_file("/venv/lib/python3.11/site-packages/ultralytics/nn/tasks.py")
+        'ultralytics/nn/tasks.py'
+    """
+    parts = file.replace(os.sep, "/").split("/")
+    installed = [i for i, part in enumerate(parts) if part in ("site-packages", "dist-packages")]
+    if installed:
+        return "/".join(parts[installed[-1] + 1 :])
+    relative = os.path.relpath(file)
+    return file if relative.startswith("..") else relative

@@ -317,3 +317,27 @@ def test_rounds_no_channel_takes_are_said_with_channels(tracer: str) -> None:
     assert "with channels: no channel of stem is reached at 2" in format_explanation(data)
     plain = explanation(gpa.analyze(model, (x,), tracer=tracer), "stem")
     assert "channels" not in plain and "with channels" not in format_explanation(plain)
+
+
+def test_a_line_in_an_installed_package_is_shown_from_the_package(tmp_path, monkeypatch) -> None:
+    """Found on Ultralytics YOLO: each step showed the whole path of the virtualenv's
+    site-packages; a line of an installed package is shown from the package's directory
+    (as the user finds it), one of the working directory relative to it."""
+    from gpa.render.explain import explanation
+
+    package = tmp_path / "venv" / "lib" / "python3.11" / "site-packages" / "pairpkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(
+        "from torch import nn\n\n\nclass Pair(nn.Module):\n    def __init__(self):\n"
+        "        super().__init__()\n        self.a, self.b = nn.Linear(2, 2), nn.Linear(2, 2)\n\n"
+        "    def forward(self, x):\n        return self.b(self.a(x))\n"
+    )
+    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.chdir(tmp_path)
+    from pairpkg import Pair
+
+    data = explanation(gpa.analyze(Pair(), input_shape=(1, 2)), "a")
+    assert [s["site"] for s in data["shortest_path"]] == [
+        {"file": "pairpkg/__init__.py", "line": 10},
+        {"file": "pairpkg/__init__.py", "line": 10},
+    ]

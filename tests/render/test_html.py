@@ -19,6 +19,7 @@ from torch import nn
 import gpa
 import gpa.models
 from gpa.render.html import COLUMNS, report_html, report_page
+from gpa.render.text import shown_file
 
 
 class Block(nn.Module):
@@ -197,7 +198,7 @@ def test_page_is_self_contained_with_figures_rows_and_witnesses() -> None:
                 (s.layer, s.type) for s in steps
             ]
             assert [tuple(s["site"]) if s["site"] else None for s in witnesses[name][kind]] == [
-                s.site for s in steps
+                (shown_file(s.site[0]), s.site[1]) if s.site else None for s in steps
             ]
     assert [s["layer"] for s in witnesses["stem.conv"]["shortest"]] == ["stem.conv", "fc"]
     assert len(witnesses["stem.conv"]["longest"]) == stem.longest == 6

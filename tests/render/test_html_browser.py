@@ -19,6 +19,7 @@ import pytest
 
 import gpa
 from gpa.render.html import report_page
+from gpa.render.text import shown_file
 from tests.render.test_html import parse_page, zoo_report
 
 CHROMIUM = shutil.which("chromium")
@@ -154,6 +155,7 @@ def test_clicked_row_shows_its_paths_after_sort_and_filter(
     for shown, steps in zip(paths, (record.shortest_path(), record.longest_path()), strict=True):
         items = re.findall(r'<li>(.*?) \((\w+)\) <span class="gpa-site">(.*?)</span></li>', shown)
         assert items == [
-            (s.layer, s.type, f"{s.site[0]}:{s.site[1]}" if s.site else "") for s in steps
+            (s.layer, s.type, f"{shown_file(s.site[0])}:{s.site[1]}" if s.site else "")
+            for s in steps
         ]
     assert len(paths) == 2
