@@ -43,7 +43,7 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import BoundaryNorm, to_rgb
 from matplotlib.figure import Figure
-from matplotlib.patches import FancyArrowPatch, Rectangle
+from matplotlib.patches import FancyArrowPatch, Patch, Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from gpa.core.report import LOSS, LayerRecord, Report, find_layer
@@ -437,8 +437,16 @@ def timestamps(
     else:
         bar.locator = MaxNLocator(integer=True)
         bar.update_ticks()
+    if any(p.shortest is None for u in drawn for p in u.parts):  # a white box: say what
+        unreached = Patch(facecolor="white", edgecolor="black", label="no gradient (unreachable)")
+        ax.legend(handles=[unreached], loc="upper left", fontsize=8, frameon=False)
     collapsed = any(len(u.members) > 1 for u in drawn)
-    note = " (layers collapsed by module; count in parentheses)" if collapsed else ""
+    note = (
+        " (layers collapsed by module: count in parentheses, coloured by their longest "
+        "shortest path)"
+        if collapsed
+        else ""
+    )
     ax.set_title(f"{report.model}: gradient timestamps per layer{note}", fontsize=11)
     return fig
 

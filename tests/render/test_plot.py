@@ -26,6 +26,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
+from torch import nn  # noqa: E402
 
 import gpa  # noqa: E402
 import gpa.models  # noqa: E402
@@ -310,8 +311,6 @@ def test_histogram_of_a_file_target_shows_its_whole_title_and_whole_counts(tmp_p
     """Found by a new user: the title of a model named by a long file path ran off the
     figure (its longest path cut away) and the count axis had ticks at 0.5. By hand: a
     chain of three Linear layers, the first has one path of length 3."""
-    import torch.nn as nn
-
     long = f"{tmp_path}/a/very/long/checkout/of/a/research/repository/nets/model.py:build"
     net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
     fig = gpa.plot.histogram(gpa.analyze(net, input_shape=(1, 2), name=long), "0")
@@ -577,3 +576,24 @@ def test_several_targets_for_a_one_model_figure_are_refused_before_any_analysis(
     assert result.exit_code == 2
     assert f"--kind {kind} draws one" in result.output
     assert "2 targets were given; only --kind profile overlays several" in result.output
+
+
+def test_an_unreachable_layer_is_named_in_the_legend() -> None:
+    """Found by a new user: an unreachable layer (YOLO's DFL convolution) is a white box
+    with "-" that no legend explained; the legend names it, and is absent where every
+    layer is reached."""
+
+    class Detached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.dead = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x)) + self.dead(x).detach()
+
+    fig = gpa.plot.timestamps(gpa.analyze(Detached(), input_shape=(1, 2)))
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "no gradient (unreachable)"
+    ]
+    reached = gpa.plot.timestamps(gpa.analyze(nn.Sequential(nn.Linear(2, 2)), input_shape=(1, 2)))
+    assert reached.axes[0].get_legend() is None
