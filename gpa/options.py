@@ -134,17 +134,19 @@ def parse_input_shapes(value: Any) -> tuple[Shape, ...]:
     Example:
         >>> parse_input_shapes((1, 3, 8, 8)), parse_input_shapes([[1, 4], [1, 2]])
         (((1, 3, 8, 8),), ((1, 4), (1, 2)))
-        >>> parse_input_shapes("1,3,8,8"), parse_input_shapes(["1x4", "1x2"])
+        >>> parse_input_shapes("1,3,8,8"), parse_input_shapes(["1x4", (1, 2)])
         (((1, 3, 8, 8),), ((1, 4), (1, 2)))
     """
     if isinstance(value, str):
         return (parse_shape(value),)
-    if isinstance(value, (tuple, list)) and value and all(isinstance(v, str) for v in value):
-        return tuple(parse_shape(v) for v in value)
     if _is_shape(value):
         return (tuple(int(d) for d in value),)
-    if isinstance(value, (tuple, list)) and value and all(map(_is_shape, value)):
-        return tuple(tuple(int(d) for d in s) for s in value)
+    if (
+        isinstance(value, (tuple, list))
+        and value
+        and all(isinstance(v, str) or _is_shape(v) for v in value)
+    ):
+        return tuple(parse_shape(v) if isinstance(v, str) else tuple(map(int, v)) for v in value)
     raise GpaError(
         f"input_shape must be a shape of positive sizes, e.g. (1, 3, 224, 224), or a list of "
         f"shapes, got {value!r}"

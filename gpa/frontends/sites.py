@@ -17,11 +17,19 @@ Example:
     ...         self.conv = nn.Conv2d(1, 1, 1)
     ...     def forward(self, x):
     ...         return self.conv(x)
-    >>> net = nn.Sequential(Wrapper())
-    >>> line = Wrapper.forward.__code__.co_firstlineno + 1  # ``return self.conv(x)``
-    >>> calls = {"n": LayerCall("0.conv", "Conv2d", (Wrapper.forward.__code__.co_filename, line))}
-    >>> past_wrappers(calls, [], {"0": [("net.py", 7)], "0.conv": [calls["n"].site]}, net)["n"].site
-    ('net.py', 7)
+    >>> class Net(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.block = Wrapper()
+    ...     def forward(self, x):
+    ...         return self.block(x)
+    >>> def line(cls):  # (file, line) of ``cls.forward``'s return
+    ...     code = cls.forward.__code__
+    ...     return code.co_filename, code.co_firstlineno + 1
+    >>> calls = {"n": LayerCall("block.conv", "Conv2d", line(Wrapper))}
+    >>> sites = {"block": [line(Net)], "block.conv": [line(Wrapper)]}
+    >>> past_wrappers(calls, [], sites, Net())["n"].site == line(Net)
+    True
 """
 
 from __future__ import annotations
@@ -80,7 +88,9 @@ def past_wrappers(
                     continue
                 break
             made = module_sites.get(name, ())
-            if len(made) != times[call.record]:
+            # the line calling the module must be the model's own: one of torch's
+            # containers calling it (a Sequential model) leaves no line of the model
+            if len(made) != times[call.record] or not _in_holders_code(made[k], name, modules):
                 break
             site = made[k]
         placed[key] = call if site == call.site else LayerCall(call.record, call.type, site)
@@ -92,6 +102,39 @@ def _chain(name: str) -> list[str]:
     root, named ``""``, left out)."""
     parts = name.split(".")
     return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
+
+
+def _in_holders_code(site: Site | None, name: str, modules: Mapping[str, nn.Module]) -> bool:
+    """Whether ``site`` is a line of a method of one of the classes of the modules holding
+    module ``name`` (the model itself too): where the model's code calls it."""
+    if site is None:
+        return False
+    holders = [modules.get(n) for n in _chain(name)[1:]] + [modules.get("")]
+    return any(
+        site[0] == file and first <= site[1] <= last
+        for holder in holders
+        if holder is not None
+        for file, first, last in _methods(type(holder))
+    )
+
+
+@functools.cache
+def _methods(cls: type) -> tuple[tuple[str, int, int], ...]:
+    """The file and line span of every function defined on ``cls`` and its bases but
+    torch's (``forward``, and the helpers it calls: Ultralytics' ``_predict_once``)."""
+    spans = []
+    for base in cls.__mro__:
+        if base.__module__.partition(".")[0] in ("torch", "builtins"):
+            continue
+        for value in vars(base).values():
+            try:
+                function = inspect.unwrap(getattr(value, "__func__", value))
+            except Exception:  # noqa: BLE001 - a class attribute unwrapping refuses
+                continue
+            code = getattr(function, "__code__", None)
+            if isinstance(code, CodeType):
+                spans.append(_lines(code))
+    return tuple(spans)
 
 
 def _inside(site: Site, module: nn.Module) -> bool:

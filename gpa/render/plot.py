@@ -357,14 +357,46 @@ def _channels_id(part: Part) -> str:
     return "" if part.channels is None else f"{part.channels[0]}-{part.channels[1]}"
 
 
-def _stamp_text(part: Part, vertical: bool) -> str:
+def _stamp_text(part: Part, vertical: bool, limit: int | None = None, named: bool = True) -> str:
     # the exact shorthand of the table, packed: no spaces, at most four items a line
-    items = format_timestamps(part.timestamps, limit=4 if vertical else 6).split(", ")
+    limit = limit or (4 if vertical else 6)
+    items = format_timestamps(part.timestamps, limit=limit).split(", ")
     size = len(items) if vertical else 4
     text = ",\n".join(",".join(items[i : i + size]) for i in range(0, len(items), size))
-    if part.label is not None:
+    if part.label is not None and named:
         text = f"ch {part.label}: {text}" if vertical else f"{text}\nch {part.label}"
     return text
+
+
+def _stamp_texts(part: Part, vertical: bool) -> list[str]:
+    """The labels a part may take, longest first: with its channels, without, and its
+    timestamps more briefly (a thin segment of a stack holds little)."""
+    return [
+        _stamp_text(part, vertical),
+        _stamp_text(part, vertical, named=False),
+        _stamp_text(part, vertical, limit=2, named=False),
+    ]
+
+
+def _fit(ax: Any, stacks: list[list[tuple[Any, Rectangle, list[str]]]]) -> None:
+    """Label the parts of each stack alike, with the longest of their labels that fits
+    every part's box once the figure is laid out; a part fitting none is clipped to its
+    box (never drawn over its neighbours)."""
+    ax.figure.draw_without_rendering()  # (the layout decides the boxes' size on the page)
+
+    def fits(text: Any, box: Rectangle, label: str) -> bool:
+        text.set_text(label)
+        inner, bounds = text.get_window_extent(), box.get_window_extent()
+        return inner.height <= bounds.height and inner.width <= bounds.width * 1.15
+
+    for stack in stacks:
+        levels = len(stack[0][2])
+        level = next(
+            (i for i in range(levels) if all(fits(t, b, c[i]) for t, b, c in stack)), levels - 1
+        )
+        for text, box, choices in stack:
+            if not fits(text, box, choices[level]):
+                text.set_clip_path(box)
 
 
 # ------------------------------------------------------------------ Fig. 7
@@ -400,25 +432,26 @@ def timestamps(
     colours = colormaps[cmap]
     _draw_edges(ax, report, drawn)
     vertical = n > 10
+    stacks: list[list[tuple[Any, Rectangle, list[str]]]] = []  # parts sharing a box
     for x, unit in enumerate(drawn):
+        stack = []
         for part, bottom, height in _part_boxes(unit, x):
             face = "white" if part.shortest is None else colours(norm(part.shortest))
-            ax.add_patch(
-                Rectangle(
-                    (x - _BOX_W / 2, bottom),
-                    _BOX_W,
-                    height,
-                    facecolor=face,
-                    edgecolor="black",
-                    lw=0.8,
-                    gid=_part_gid(unit, part),
-                )
+            box = Rectangle(
+                (x - _BOX_W / 2, bottom),
+                _BOX_W,
+                height,
+                facecolor=face,
+                edgecolor="black",
+                lw=0.8,
+                gid=_part_gid(unit, part),
             )
-            text = _stamp_text(part, vertical)
-            ax.text(
+            ax.add_patch(box)
+            choices = _stamp_texts(part, vertical)
+            text = ax.text(
                 x,
                 bottom + height / 2,
-                text,
+                choices[0],
                 ha="center",
                 va="center",
                 fontsize=font,
@@ -427,6 +460,9 @@ def timestamps(
                 gid=f"stamps:{_part_gid(unit, part)}",
                 clip_on=True,
             )
+            stack.append((text, box, choices))
+        if len(stack) > 1:
+            stacks.append(stack)
     _draw_loss(ax, n, font)
     _name_axis(ax, drawn, font)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, shrink=0.8, pad=0.01)
@@ -448,6 +484,8 @@ def timestamps(
         else ""
     )
     ax.set_title(f"{report.model}: gradient timestamps per layer{note}", fontsize=11)
+    if stacks:
+        _fit(ax, stacks)
     return fig
 
 

@@ -295,6 +295,18 @@ def test_a_layer_a_module_only_wraps_is_placed_where_the_wrapper_is_called(trace
 
 
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_wrapper_torchs_container_calls_keeps_its_own_line(tracer: str) -> None:
+    """Found by a review of the change above: in a model that is an ``nn.Sequential`` of
+    wrappers, torch's ``Sequential.forward`` calls them, so the line found past it was
+    the analysing script's (under the CLI, click's) or none (export): no line of the
+    model calls the wrapper, and its layer stays at the wrapper's line."""
+    model = torch.nn.Sequential(ConvBnAct(), ConvBnAct())
+    report = gpa.analyze(model, input_shape=(1, 3, 8, 8), tracer=tracer)
+    inner = _line(ConvBnAct, "return self.act(self.bn(")
+    assert {n: r.site for n, r in report.layers.items()} == {"0.conv": inner, "1.conv": inner}
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
 def test_a_wrapper_analysed_alone_keeps_its_own_line(tracer: str) -> None:
     """The model itself is never looked through: its caller is not the model's code."""
     report = gpa.analyze(ConvBnAct(), input_shape=(1, 3, 8, 8), tracer=tracer)

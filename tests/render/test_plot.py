@@ -130,6 +130,27 @@ def test_timestamps_prn_draws_segments_as_stacked_parts() -> None:
     assert colour(low) != colour(high)
 
 
+def test_segment_labels_stay_in_their_boxes(tmp_path) -> None:
+    """Found by a new user: with a dozen layers (vertical labels), the labels of a split
+    layer's channel segments ("ch [0:16]: 7,9,11,13") ran out of their half-height boxes
+    and over each other. Each label lies within its box once drawn; the segments of one
+    layer are labelled alike (both with their channel ranges, or both without)."""
+    net = gpa.models.build("prn", blocks=6)  # 14 layers, 6 of them in two segments
+    fig = gpa.plot.timestamps(gpa.analyze(net, input_shape=net.input_shape, channels=True))
+    fig.savefig(tmp_path / "t.png")  # (laid out as saved)
+    texts = {t.get_gid(): t for t in fig.axes[0].texts if str(t.get_gid()).startswith("stamps:")}
+    boxes = {p.get_gid(): p for p in patches(fig, "segment:")}
+    assert len(boxes) == 12
+    by_layer: dict[str, set[bool]] = {}
+    for gid, box in boxes.items():
+        text = texts[f"stamps:{gid}"]
+        inner, bounds = text.get_window_extent(), box.get_window_extent()
+        clipped = text.get_clip_path() is not None
+        assert clipped or (inner.y0 >= bounds.y0 - 1 and inner.y1 <= bounds.y1 + 1), gid
+        by_layer.setdefault(gid.rsplit(":", 1)[0], set()).add(text.get_text().startswith("ch "))
+    assert all(len(named) == 1 for named in by_layer.values())
+
+
 @pytest.mark.slow  # over 1 s
 def test_timestamps_large_model_collapses_to_a_legible_figure() -> None:
     r = report("resnet", blocks=75)  # 152 layers
