@@ -714,7 +714,8 @@ def _place(calls: list[_Call], sites: _Sites) -> None:
         seen[id(call.module)] = seen.get(id(call.module), 0) + 1
     counted: dict[int, int] = {}
     for call in calls:
-        made = sites.get(id(call.module), [])
+        # (by name: export's non-strict tracing calls stand-ins of the model's modules)
+        made = sites.named.get(call.path) or sites.get(id(call.module), [])
         if len(made) == seen[id(call.module)]:
             k = counted.get(id(call.module), 0)
             call.site = made[k]

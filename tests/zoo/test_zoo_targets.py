@@ -354,6 +354,13 @@ def test_yolo_layers_are_placed_at_the_lines_calling_their_conv_wrappers(train: 
         file, span = lines(function)
         site = report.layers[layer].site
         assert site is not None and site[0] == file and site[1] in span, (layer, site)
+    # every layer's line as the autograd frontend finds it from the run's frames (export
+    # placed the head's last convolutions, called from Detect.forward_head, at forward's
+    # line calling the helper: found by a review)
+    ran = gpa.analyze(model, input_shape=(1, 3, 64, 64), train=train, tracer="autograd")
+    assert {n: r.site for n, r in report.layers.items()} == {
+        n: r.site for n, r in ran.layers.items()
+    }
 
 
 def test_a_transformers_target_is_measured_with_real_weights() -> None:
