@@ -705,7 +705,7 @@ def test_an_error_on_inputs_gpa_chose_says_so(monkeypatch) -> None:
     import gpa.api
     from gpa.target import LoadedTarget
 
-    def loaded(target, kwargs=None):
+    def loaded(target, kwargs=None, **settings):
         return LoadedTarget(torch.nn.Linear(4, 4), None, [(2, 3)], target, inputs_from="2 rows")
 
     monkeypatch.setattr(gpa.api, "load_target", loaded)

@@ -66,7 +66,8 @@ def _is_model_file(filename: str) -> bool:
 def caller_site() -> Site | None:
     """Where the model's code called into torch, for a frontend's hook or tracer callback:
     past the caller's own frames (gpa) and torch's, the first frame, if it is model code
-    (None otherwise). Walks frame objects only, reading no source (cheap enough for every
+    (None otherwise, and where none is below the frontend's call: torch's ``Sequential``
+    calling a layer of a model that is one). Walks frame objects only, reading no source (cheap enough for every
     traced operation).
 
     Example:
@@ -77,6 +78,8 @@ def caller_site() -> Site | None:
     passed = _PASSED
     while frame is not None:
         filename = frame.f_code.co_filename
+        if filename == _ENTRY:  # past the model's call: torch's code called this one
+            return None
         over = passed.get(filename)
         if over is None:
             over = passed[filename] = _passed_over(filename)
@@ -90,6 +93,9 @@ def caller_site() -> Site | None:
 
 # file name -> whether caller_site passes over it: the same few files, frame after frame
 _PASSED: dict[str, bool] = {}
+# where every frontend is called from (gpa.frontends.gradient_graph): a frame above it
+# is the caller's of the analysis (a script, the CLI), not the model's
+_ENTRY = os.path.join(_GPA_DIR, "frontends", "__init__.py")
 
 
 def _passed_over(filename: str) -> bool:

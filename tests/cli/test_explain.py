@@ -307,6 +307,16 @@ def test_a_wrapper_torchs_container_calls_keeps_its_own_line(tracer: str) -> Non
 
 
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_layer_only_torch_calls_has_no_line(tracer: str) -> None:
+    """Found by the same review: a layer of a model that is an ``nn.Sequential`` is called
+    by torch's code alone; fx and autograd placed it at the analysing script's line (under
+    the CLI, click's), export at none. No line of the model calls it: none, everywhere."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    report = gpa.analyze(model, input_shape=(1, 2), tracer=tracer)
+    assert {n: r.site for n, r in report.layers.items()} == {"0": None, "2": None}
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
 def test_a_wrapper_analysed_alone_keeps_its_own_line(tracer: str) -> None:
     """The model itself is never looked through: its caller is not the model's code."""
     report = gpa.analyze(ConvBnAct(), input_shape=(1, 3, 8, 8), tracer=tracer)
