@@ -67,8 +67,8 @@ def caller_site() -> Site | None:
     """Where the model's code called into torch, for a frontend's hook or tracer callback:
     past the caller's own frames (gpa) and torch's, the first frame, if it is model code
     (None otherwise, and where none is below the frontend's call: torch's ``Sequential``
-    calling a layer of a model that is one). Walks frame objects only, reading no source (cheap enough for every
-    traced operation).
+    calling a layer of a model that is one). Walks frame objects only, reading no source
+    (cheap enough for every traced operation).
 
     Example:
         >>> caller_site() is None  # called from here: no model code in between

@@ -66,8 +66,9 @@ def past_wrappers(
         model: the analysed model (``forward``'s code tells which lines are a module's).
 
     A site moves out of a module only where the module was called as often as the layer
-    (its k-th call holds the layer's k-th), and never out of ``model`` itself. Sites the
-    frontend did not know (None) stay None.
+    (its k-th call holds the layer's k-th), only to a line of a method of the classes of
+    the modules holding it (torch's ``Sequential`` calling it leaves none), and never out
+    of ``model`` itself. Sites the frontend did not know (None) stay None.
     """
     records = [c.record for c in calls.values()] + [name for name, _ in uncalled]
     holds = collections.Counter(prefix for r in dict.fromkeys(records) for prefix in _chain(r))
