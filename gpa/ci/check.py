@@ -86,7 +86,10 @@ class ModelCheck:
             return None
         file, line = site
         relative = os.path.relpath(file)  # as CI tools expect: from the checkout's root
-        if relative.startswith(".."):  # a library's own code (site-packages): no diff line
+        # a library's own code (site-packages, also a virtualenv inside the checkout, as
+        # `.venv`): no line of a diff
+        installed = {"site-packages", "dist-packages"} & set(relative.split(os.sep))
+        if relative.startswith("..") or installed:
             return None
         return Location(relative, line)
 

@@ -273,6 +273,28 @@ def _checkout_using_a_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, u
     monkeypatch.chdir(tmp_path / "repo")
 
 
+def test_a_library_in_a_virtualenv_inside_the_checkout_is_no_line_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A virtualenv inside the checkout (``.venv``) holds the libraries' files below the
+    working directory: their lines are no lines of a diff either. By hand: pre → pair.a →
+    pair.b → head gives shortest paths 4, 3, 2, 1 (pre at user.py line 11)."""
+    (tmp_path / "repo").mkdir()
+    installed = tmp_path / "repo" / ".venv" / "lib" / "python3.11" / "site-packages"
+    installed.mkdir(parents=True)
+    (installed / "pairlib.py").write_text(LIBRARY)
+    (tmp_path / "repo" / "user.py").write_text(USER)
+    monkeypatch.syspath_prepend(str(installed))
+    monkeypatch.chdir(tmp_path / "repo")
+    github = check("user.py", "--max-shortest", "1", "--format", "github")
+    assert [line for line in github.stdout.splitlines() if line.startswith("::error")] == [
+        "::error file=user.py,line=11,title=gpa check user.py max-shortest::"
+        "max-shortest 1: pre (4)",
+        "::error file=user.py,line=1,title=gpa check user.py max-shortest::"
+        "max-shortest 1: also pair.a (3), pair.b (2) (called from no line of the checkout)",
+    ]
+
+
 def test_layers_called_from_outside_the_checkout_are_named_at_the_rules_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
