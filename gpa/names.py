@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import sys
 
-__all__ = ["TARGET_MODULE_PREFIX", "class_path", "stable_repr"]
+__all__ = ["PACKAGE_DIRS", "TARGET_MODULE_PREFIX", "class_path", "installed_path", "stable_repr"]
 
 #: The start of the ``sys.modules`` name a target file is imported under
 #: (``_gpa_target_<stem>_<digest of its path>``, :mod:`gpa.target`).
@@ -54,3 +54,22 @@ def class_path(cls: type) -> str:
         if module is not None and getattr(module, cls.__qualname__, None) is cls:
             return stable_repr(f"{module.__name__}.{cls.__qualname__}")
     return stable_repr(f"{cls.__module__}.{cls.__qualname__}")
+
+
+#: The directories installed packages live in (a virtualenv's, the system's).
+PACKAGE_DIRS = ("site-packages", "dist-packages")
+
+
+def installed_path(file: str) -> str | None:
+    """The path of ``file`` from the directory of the installed package holding it (the
+    same wherever the virtualenv is), or None for a file of no installed package.
+
+    Example:
+        >>> installed_path("/venv/lib/python3.11/site-packages/ultralytics/nn/tasks.py")
+        'ultralytics/nn/tasks.py'
+        >>> installed_path("nets/mine.py") is None
+        True
+    """
+    parts = file.replace("\\", "/").split("/")
+    found = [i for i, part in enumerate(parts) if part in PACKAGE_DIRS]
+    return "/".join(parts[found[-1] + 1 :]) if found else None

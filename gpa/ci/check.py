@@ -29,6 +29,7 @@ from gpa.ci.config import Config, Location, ModelSettings, ModelSpec, model_spec
 from gpa.ci.rules import RuleResult, evaluate
 from gpa.core.report import Report
 from gpa.errors import GpaError
+from gpa.names import installed_path
 
 __all__ = ["CheckRun", "ModelCheck", "analyze_spec", "check_models", "plan_models"]
 
@@ -88,8 +89,7 @@ class ModelCheck:
         relative = os.path.relpath(file)  # as CI tools expect: from the checkout's root
         # a library's own code (site-packages, also a virtualenv inside the checkout, as
         # `.venv`): no line of a diff
-        installed = {"site-packages", "dist-packages"} & set(relative.split(os.sep))
-        if relative.startswith("..") or installed:
+        if relative.startswith("..") or installed_path(relative) is not None:
             return None
         return Location(relative, line)
 

@@ -25,6 +25,8 @@ import traceback
 
 import torch
 
+from gpa.names import PACKAGE_DIRS
+
 __all__ = ["Site", "caller_site", "stack_trace_site", "user_frame"]
 
 # with a trailing separator: torchvision's and torchaudio's files are not torch's
@@ -33,11 +35,10 @@ _GPA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 # Python's standard library: torch calls it too (torch.export binds the inputs with
 # inspect), and a model calls it as it calls a built-in. Packages installed there are not it.
 _STDLIB_DIRS = tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib")})
-_PACKAGES = ("site-packages", "dist-packages")
 
 
 def _in_stdlib(filename: str) -> bool:
-    return filename.startswith(_STDLIB_DIRS) and not any(p in filename for p in _PACKAGES)
+    return filename.startswith(_STDLIB_DIRS) and not any(p in filename for p in PACKAGE_DIRS)
 
 
 def user_frame(exc: BaseException) -> traceback.FrameSummary | None:

@@ -24,6 +24,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gpa.names import installed_path
+
 __all__ = [
     "CHANNEL_COLUMNS",
     "COLLAPSE_ABOVE",
@@ -655,9 +657,8 @@ def shown_file(file: str) -> str:
         >>> shown_file("/venv/lib/python3.11/site-packages/ultralytics/nn/tasks.py")
         'ultralytics/nn/tasks.py'
     """
-    parts = file.replace(os.sep, "/").split("/")
-    installed = [i for i, part in enumerate(parts) if part in ("site-packages", "dist-packages")]
-    if installed:
-        return "/".join(parts[installed[-1] + 1 :])
+    installed = installed_path(file)
+    if installed is not None:
+        return installed
     relative = os.path.relpath(file)
     return file if relative.startswith("..") else relative
