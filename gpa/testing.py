@@ -23,6 +23,7 @@ from gpa.api import analyze
 from gpa.ci.config import parse_rules
 from gpa.ci.rules import evaluate
 from gpa.core.report import Report
+from gpa.errors import GpaError
 
 __all__ = ["assert_gradient_paths"]
 
@@ -48,6 +49,11 @@ def assert_gradient_paths(
     ``count_convention``, ``name``). Errors in the model itself (it cannot be traced, the
     inputs do not fit) propagate as :class:`gpa.errors.GpaError`.
 
+    Raises:
+        AssertionError: the model breaks a rule, each broken rule on a line.
+        GpaError: a rule's value is of the wrong kind, or no rule is given (the call would
+            assert nothing, as ``gpa check`` refuses an empty gate).
+
     Returns:
         The report, for further assertions.
     """
@@ -61,6 +67,12 @@ def assert_gradient_paths(
     }
     # checked as [tool.gpa] and gpa check's flags check them (a limit of 0, a misspelt key)
     rules = parse_rules({k: v for k, v in given.items() if v is not None}, "assert_gradient_paths")
+    if rules.is_empty:  # as gpa check refuses an empty gate: a test asserting nothing passes
+        raise GpaError(
+            "assert_gradient_paths: no rule given, so it would assert nothing; give "
+            "max_shortest=, max_longest=, no_unreachable=True, max_mean_shortest= or a "
+            "layers= limit (gpa.analyze analyses without asserting)"
+        )
     report = analyze(model, example_inputs, **options)
     failed = [r for r in evaluate(report, rules) if not r.passed]
     if failed:

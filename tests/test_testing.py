@@ -143,3 +143,14 @@ def test_rules_are_checked_as_gpa_check_checks_them(rule: str, value: object, me
         assert_gradient_paths(mlp(), input_shape=(1, 4), **{rule: value})
     with pytest.raises(GpaError, match=message.format(at=r"tool\.gpa")):
         parse_config({rule: value})
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [{}, {"no_unreachable": False}, {"layers": {"head.*": {"allow_unreachable": True}}}],
+)
+def test_no_rule_is_refused_as_gpa_check_refuses_an_empty_gate(rules: dict) -> None:
+    """With no rule (or only ones that judge nothing: a flag left off, a pattern that only
+    spares) the call asserted nothing and passed; ``gpa check`` refuses such a gate."""
+    with pytest.raises(GpaError, match="no rule given, so it would assert nothing"):
+        assert_gradient_paths(mlp(), input_shape=(1, 4), **rules)

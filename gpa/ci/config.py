@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -253,14 +254,21 @@ def parse_rules(table: Mapping[str, Any], where: str) -> Rules:
 
 
 def _resolve_target(target: str, root: Path | None) -> str:
-    """A relative file target made relative to the configuration file's directory."""
+    """A relative file target (relative to the configuration file's directory, ``root``)
+    as the working directory reaches it: the path a user there would type, which reports,
+    plot titles and ``gpa check``'s JSON name the model by (absolute when outside it)."""
     head, sep, attr = target.rpartition(":")
     if not (sep and head and all(p.isidentifier() for p in attr.split("."))):
         head, sep, attr = target, "", ""
     is_file = head.endswith(".py") or "/" in head or "\\" in head
     if root is None or not is_file or Path(head).is_absolute():
         return target
-    return str(root / head) + sep + attr
+    path = os.path.normpath(root.absolute() / head)
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # (another drive)
+        relative = ".."
+    return (path if relative.startswith("..") else relative) + sep + attr
 
 
 def parse_config(table: Mapping[str, Any], path: Path | None = None) -> Config:

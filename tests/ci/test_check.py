@@ -410,6 +410,25 @@ def test_relative_targets_and_baseline_are_relative_to_the_config(tmp_path: Path
     assert config.baseline == tmp_path / "base.json"
 
 
+@pytest.mark.parametrize(("where", "named"), [(".", "nets/m.py:model"), ("nets", "m.py:model")])
+def test_a_configured_file_target_is_named_as_typed_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str, named: str
+) -> None:
+    """Reports, plot titles and the gate's JSON named a configured model by its absolute
+    path (``/home/me/repo/nets/m.py:model``: another name on every machine) where the
+    command line names it as typed: now as a user in the working directory types it."""
+    (tmp_path / "nets").mkdir()
+    (tmp_path / "nets" / "m.py").write_text((DATA / "chain.py").read_text())
+    write_config(tmp_path, '[tool.gpa.models.m]\ntarget = "nets/m.py:model"\nmax_shortest = 3\n')
+    monkeypatch.chdir(tmp_path / where)
+    analysed = CliRunner().invoke(main, ["analyze", "m"], catch_exceptions=False)
+    assert analysed.exit_code == 0, analysed.output
+    assert analysed.output.splitlines()[0] == f"model: {named}"
+    checked = CliRunner().invoke(main, ["check", "--format", "json"], catch_exceptions=False)
+    assert checked.exit_code == 0, checked.output
+    assert [m["target"] for m in json.loads(checked.output)["models"]] == [named]
+
+
 def test_find_config_searches_upward_for_a_tool_gpa_table() -> None:
     assert find_config(PROJECT / "sub") == PROJECT / "pyproject.toml"
     # the repository's own pyproject.toml has no [tool.gpa]: not a configuration
