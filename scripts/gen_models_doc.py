@@ -4,7 +4,7 @@ Each entry is built with its default knobs on the meta device and analysed with
 ``gpa.analyze(model, input_shape=model.input_shape)``; parameters and FLOPs are those of
 the report (torch convention: every parameter; FLOPs = 2 x the multiply-adds of the
 conv/linear layers, at the entry's default input). Table 2's backbones are also counted
-with the darknet convention (``gpa.counts.count(model, convention="darknet")``) and shown
+with the darknet convention (``gpa.count(model, convention="darknet")``) and shown
 next to the paper's figures.
 
 Usage::

@@ -118,7 +118,7 @@ class RandomBranches(TorchFunctionMode):
         self._is_data = is_data or (lambda t: isinstance(t, fx.Proxy))
         self.where: str | None = None
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", "")
         if name not in _SAMPLING and not self._random:

@@ -1,10 +1,16 @@
 """Reference model zoo: small, faithful PyTorch models of every family the paper discusses.
 
-Each family lives in its own module (``plainnet``, ``resnet``, ``prn``, ``densenet``,
-``sparsenet``, ``csp``, ``vovnet``, ``elan``, ``darknet``; the paper's detectors in ``yolo``)
-built from the shared parts of :mod:`gpa.models.blocks`; every entry is a registered
-zero-argument-callable factory whose keyword parameters are its knobs. Every built model
-carries ``model.input_shape``.
+Each family lives in its own module (``plain``, ``residual``, ``partial_residual``,
+``dense``, ``sparse``, ``cross_stage``, ``one_shot``, ``layer_aggregation``, ``darknet``; the
+paper's detectors in ``yolo``) built from the shared parts of :mod:`gpa.models.blocks`; every
+entry is a factory registered with :func:`register`, callable without arguments, whose
+keyword parameters are its knobs. Every built model carries ``model.input_shape``.
+
+Adding an entry: decorate its factory with ``@register(...)`` in a family module this
+package imports (below), then run ``python scripts/gen_models_doc.py``, which rewrites
+``docs/models.md`` and the manifest ``gpa zoo`` lists without importing torch (a test
+fails while they are stale). ``gpa.models.NAME`` and the TARGET ``gpa.models:NAME`` give
+every registered factory; the names imported below are also in ``__all__``.
 
 Example:
     >>> import gpa.models
@@ -93,3 +99,11 @@ __all__ = [
     "yolo_elan",
     "yolo_elan_af",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """A factory registered but not imported above (an entry a family module adds): the
+    registry is what ``gpa.models.NAME`` and the TARGET ``gpa.models:NAME`` read."""
+    if name in names():
+        return describe(name).factory
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,9 +35,11 @@ __all__ = [
     "build",
     "describe",
     "entries",
+    "knob_bool",
     "knob_choice",
     "knob_int",
     "knob_ratio",
+    "manifest",
     "names",
     "register",
 ]
@@ -64,7 +66,8 @@ class ModelInfo:
         name: the public entry name, e.g. ``"resnet"``.
         description: one line saying what the model is.
         section: the part of the paper (or of the reference) the model illustrates.
-        family: the module of :mod:`gpa.models` defining it, e.g. ``"resnet"``.
+        family: the module of :mod:`gpa.models` defining it, e.g. ``"residual"`` for the
+            entry ``"resnet"``.
         input_shape: the default input shape ``(1, 3, H, W)`` of a model built with default knobs.
         knobs: read-only mapping knob name -> default value, in signature order.
         factory: the registered factory (call it with knobs as keyword arguments).

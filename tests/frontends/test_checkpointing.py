@@ -300,7 +300,7 @@ def test_a_trace_function_installed_before_keeps_its_events() -> None:
     def function(t: torch.Tensor) -> torch.Tensor:
         return t * 2
 
-    def previous(frame, event, arg):  # noqa: ANN001, ANN202
+    def previous(frame, event, arg):
         if event == "call" and frame.f_code is function.__code__:
             seen.append(torch.is_grad_enabled())
 

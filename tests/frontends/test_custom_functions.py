@@ -256,7 +256,7 @@ class Reversible(torch.autograd.Function):
     backward, as Hugging Face's Reformer and reversible networks do."""
 
     @staticmethod
-    def forward(ctx, x, blocks, no_grad):  # noqa: ANN001, ANN205
+    def forward(ctx, x, blocks, no_grad):
         ctx.blocks = blocks
         ctx.save_for_backward(x)
         with torch.no_grad() if no_grad else contextlib.nullcontext():
@@ -265,7 +265,7 @@ class Reversible(torch.autograd.Function):
         return x
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         (x,) = ctx.saved_tensors
         with torch.enable_grad():
             x = y = x.detach().requires_grad_()
@@ -287,11 +287,11 @@ class ReversibleSetUp(torch.autograd.Function):
     ``setup_context`` fills it afterwards."""
 
     @staticmethod
-    def forward(x, blocks, no_grad):  # noqa: ANN001, ANN205
+    def forward(x, blocks, no_grad):
         return _run_blocks(x, blocks, no_grad)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+    def setup_context(ctx, inputs, output):
         x, ctx.blocks, _ = inputs
         ctx.save_for_backward(x)
 
@@ -304,7 +304,7 @@ class ReversibleSetUpShared(ReversibleSetUp):
     review)."""
 
     @staticmethod
-    def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+    def setup_context(ctx, inputs, output):
         ReversibleSetUp.setup_context(ctx, inputs, output)
 
 
@@ -323,7 +323,7 @@ class ReversibleDecorated(torch.autograd.Function):
 
     @staticmethod
     @_passed_on
-    def forward(x, blocks, no_grad):  # noqa: ANN001, ANN205
+    def forward(x, blocks, no_grad):
         return _run_blocks(x, blocks, no_grad)
 
     setup_context = staticmethod(ReversibleSetUp.setup_context)
@@ -390,12 +390,12 @@ class Linear(torch.autograd.Function):
     """``x @ w.T`` with its own backward (PyTorch's tutorial Function)."""
 
     @staticmethod
-    def forward(ctx, x, w):  # noqa: ANN001, ANN205
+    def forward(ctx, x, w):
         ctx.save_for_backward(x, w)
         return x @ w.t()
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         x, w = ctx.saved_tensors
         return grad @ w, grad.t() @ x
 
@@ -405,7 +405,7 @@ class TwoWeights(torch.autograd.Function):
     ``set_grad_enabled(False)``, or through the inner Function ``Linear``."""
 
     @staticmethod
-    def forward(ctx, x, w1, w2, how):  # noqa: ANN001, ANN205
+    def forward(ctx, x, w1, w2, how):
         ctx.save_for_backward(x, w1, w2)
         if how == "set_grad_enabled":
             with torch.set_grad_enabled(False):
@@ -413,7 +413,7 @@ class TwoWeights(torch.autograd.Function):
         return Linear.apply(Linear.apply(x, w1), w2)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         with torch.enable_grad():
             x, w1, w2 = (t.detach().requires_grad_() for t in ctx.saved_tensors)
             torch.autograd.backward(F.linear(F.linear(x, w1), w2), grad)
@@ -448,15 +448,15 @@ def test_a_recomputing_function_switching_gradient_off_or_nesting_another(how: s
 def _adding() -> type:
     class Fn(torch.autograd.Function):  # a sum whose forward detaches, its backward not
         @staticmethod
-        def forward(x, y):  # noqa: ANN001, ANN205
+        def forward(x, y):
             return x.detach() + y
 
         @staticmethod
-        def setup_context(ctx, inputs, output):  # noqa: ANN001, ANN205
+        def setup_context(ctx, inputs, output):
             pass
 
         @staticmethod
-        def backward(ctx, grad):  # noqa: ANN001, ANN205
+        def backward(ctx, grad):
             return grad, grad
 
     return Fn

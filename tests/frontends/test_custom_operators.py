@@ -31,14 +31,14 @@ def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x.new_empty(x.shape[0], w.shape[2])
 
 
-def _backward(ctx, grad):  # noqa: ANN001, ANN202
+def _backward(ctx, grad):
     x, w = ctx.saved_tensors
     grad_w = torch.zeros_like(w)
     grad_w[0] = x.T @ grad
     return grad @ w[0].T, grad_w
 
 
-def _setup(ctx, inputs, output) -> None:  # noqa: ANN001
+def _setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 

@@ -67,7 +67,7 @@ class FNO(nn.Module):
         return self.proj(torch.relu(self.spectral(x) + self.w(x)))
 
 
-def expect_fno(report, spectral: str) -> None:  # noqa: ANN001
+def expect_fno(report, spectral: str) -> None:
     # The einsum on the complex weight is a functional layer, reported under the module
     # owning the weight. proj feeds the loss: 1. spectral and w feed proj through the add
     # and relu: 2 each. lift feeds both: two paths of length 3.

@@ -595,7 +595,7 @@ def test_a_mode_of_the_callers_sees_every_norm_of_the_check() -> None:
             super().__init__()
             self.norms = 0
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        def __torch_function__(self, func, types, args=(), kwargs=None):
             self.norms += func in (F.batch_norm, F.group_norm, F.instance_norm, F.layer_norm)
             return func(*args, **(kwargs or {}))
 

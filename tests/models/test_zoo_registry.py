@@ -127,3 +127,28 @@ def test_zoo_errors_are_user_errors() -> None:
         build("nope")
     with pytest.raises(GpaError):
         build("resnet", nope=1)
+
+
+def test_a_registered_entry_is_a_target_without_its_own_import_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An entry a family module registers was listed by ``gpa.models.names()`` but was no
+    ``gpa.models`` attribute, so the TARGET ``gpa.models:NAME`` failed (found by a newcomer
+    adding a zoo entry): the package reads the registry."""
+    from torch import nn
+
+    from gpa.api import analyze_target
+    from gpa.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @registry.register(description="two convolutions", section="test", input_shape=(1, 3, 8, 8))
+    def two_convs(width: int = 4) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.Conv2d(width, 2, 3))
+
+    assert gpa.models.two_convs is two_convs
+    report = analyze_target("gpa.models:two_convs", {"width": 5})
+    # by hand: the second convolution feeds the loss (1), the first through it (2)
+    assert {n: r.shortest for n, r in report.layers.items()} == {"0": 2, "2": 1}
+    with pytest.raises(AttributeError, match="no attribute 'not_registered'"):
+        gpa.models.not_registered  # noqa: B018

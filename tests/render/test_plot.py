@@ -22,17 +22,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from click.testing import CliRunner  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from torch import nn  # noqa: E402
+import pytest
+import torch
+from click.testing import CliRunner
+from matplotlib.colors import to_hex
+from torch import nn
 
-import gpa  # noqa: E402
-import gpa.models  # noqa: E402
-import gpa.plot  # noqa: E402
-from gpa.cli import main  # noqa: E402
-from gpa.errors import GpaError  # noqa: E402
+import gpa
+import gpa.models
+import gpa.plot
+from gpa.cli import main
+from gpa.errors import GpaError
 
 _CACHE: dict[tuple, gpa.Report] = {}
 

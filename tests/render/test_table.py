@@ -176,7 +176,7 @@ def test_inputs_that_are_no_tensors_are_shown_by_value() -> None:
             super().__init__()
             self.fc = nn.Linear(4, 2)
 
-        def forward(self, x, mask=None, flag=True, scale=1.0):  # noqa: ANN001, ANN202
+        def forward(self, x, mask=None, flag=True, scale=1.0):
             return self.fc(x)
 
     report = gpa.analyze(Optional(), (torch.randn(2, 4), None, False, 2.5))
@@ -194,7 +194,7 @@ def test_tensors_inside_an_input_are_shown_by_dtype_and_shape(tracer: str) -> No
             super().__init__()
             self.fc = nn.Linear(4, 2)
 
-        def forward(self, xs):  # noqa: ANN001, ANN202
+        def forward(self, xs):
             return self.fc(xs[0] + xs[1])
 
     report = gpa.analyze(Listed(), ([torch.randn(2, 4), torch.randn(2, 4)],), tracer=tracer)

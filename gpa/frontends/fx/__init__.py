@@ -294,7 +294,7 @@ _CONSTANT_INPUTS = (type(None), bool, int, float, str)
 def _constant(value: Any) -> bool:
     """Whether fx can trace ``value`` as a constant (it asserts the value at the call: NaN,
     which equals nothing, would fail)."""
-    return isinstance(value, _CONSTANT_INPUTS) and value == value  # noqa: PLR0124
+    return isinstance(value, _CONSTANT_INPUTS) and value == value
 
 
 _STAR = inspect.Parameter.VAR_POSITIONAL

@@ -317,7 +317,7 @@ class _ShapesOfNorms(TorchFunctionMode):
     them on the meta device through Python decompositions, a millisecond each (a YOLO
     model's 57 batch norms were most of its check)."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         rule = _BY_SHAPE.get(func)
         if rule is not None:  # (every other call of the run passes straight through)

@@ -423,7 +423,7 @@ class _ValueTracer(GpaTracer):
 
     def create_proxy(
         self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None
-    ):  # noqa: ANN001, E501
+    ):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         if target is operator.getitem and isinstance(args[0], _ValueProxy) and _basic(args[1]):
             proxy.viewed = (args[0], args[1])  # a view of args[0]
@@ -473,7 +473,7 @@ class _Made(TorchFunctionMode):
         super().__init__()
         self.tracer = tracer
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _FACTORIES and not self.tracer.evaluating:
             return self.tracer.create_proxy("call_function", func, args, kwargs)

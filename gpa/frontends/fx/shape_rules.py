@@ -361,9 +361,7 @@ def _roll(args: tuple, kwargs: dict) -> torch.Tensor | None:
     return _empty(x.shape, x.dtype) if valid else None
 
 
-_GROUPED_MM = inspect.signature(
-    lambda mat_a, mat_b, offs=None, bias=None, out_dtype=None: None  # noqa: ARG005
-)
+_GROUPED_MM = inspect.signature(lambda mat_a, mat_b, offs=None, bias=None, out_dtype=None: None)
 
 
 def _grouped_mm(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -393,7 +391,7 @@ def _grouped_mm(args: tuple, kwargs: dict) -> torch.Tensor | None:
 _ATTENTION = inspect.signature(
     lambda query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, *, enable_gqa=False: (
         None
-    )  # noqa: ARG005
+    )
 )
 
 

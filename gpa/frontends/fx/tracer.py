@@ -247,7 +247,7 @@ class _TestsAnswered:
         return GpaAttribute(self, k)
 
     @property  # type: ignore[misc]
-    def __class__(self) -> type:  # noqa: D105
+    def __class__(self) -> type:
         if _asked_by_model():
             if self.stands_for is not None:
                 return self.stands_for
@@ -682,7 +682,7 @@ class GpaTracer(fx.Tracer):
             return False
         return super().is_leaf_module(m, module_qualified_name)
 
-    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # noqa: ANN001
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         enabled = torch.is_grad_enabled()  # False under no_grad and inference_mode
         if not enabled and not self.checkpointed:
             self.checkpointed = in_reentrant_checkpoint()
