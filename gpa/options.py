@@ -7,7 +7,7 @@ everywhere or nowhere. Values are checked and normalised once, here: strings bec
 :class:`Tracer` / :class:`CountConvention`, shapes become tuples, a single output key
 becomes a tuple of one; a bad value raises :class:`gpa.errors.GpaError` naming the option.
 
-The option table of ``docs/semantics.md`` (§1) and ``docs/ci.md`` lists every field with its
+The option table of ``docs/semantics.md`` ("Options", before §1) and ``docs/ci.md`` lists every field with its
 CLI flag and ``[tool.gpa]`` key; the key is the field's name and the flag is declared once in
 :mod:`gpa.cli.options`.
 

@@ -86,22 +86,30 @@ class LayerRecord:
 
     @property
     def shortest(self) -> int | None:
+        """Length of the shortest gradient path from the loss to this layer, in layers
+        counted with the layer itself (``docs/semantics.md`` §4); None when unreachable."""
         return self.paths.shortest if self.paths else None
 
     @property
     def longest(self) -> int | None:
+        """Length of the longest gradient path, counted as :attr:`shortest`; None when
+        unreachable."""
         return self.paths.longest if self.paths else None
 
     @property
     def timestamps(self) -> tuple[int, ...]:
+        """The gradient timestamps: every round of the backward traversal at which
+        gradient reaches this layer, ascending (the lengths of its gradient paths, §4)."""
         return self.paths.timestamps if self.paths else ()
 
     @property
     def num_paths(self) -> int:
+        """How many distinct gradient paths reach this layer (0 when unreachable)."""
         return self.paths.num_paths if self.paths else 0
 
     @property
     def path_histogram(self) -> dict[int, int]:
+        """Path length -> number of gradient paths of that length (§4)."""
         return self.paths.histogram if self.paths else {}
 
     @property
