@@ -50,7 +50,7 @@ from gpa.frontends.modules import (
     wrappers_unwrapped,
 )
 from gpa.frontends.randomness import PYTHON_DRAWS_NOTE, python_random_states
-from gpa.names import stable_repr
+from gpa.names import class_path, stable_repr
 from gpa.options import AnalysisOptions
 
 __all__ = ["analyze_model"]
@@ -158,6 +158,7 @@ def _analyze(
         *_tied_notes(model, records),
         *_frozen_notes(model, records),
         *_leaves_not_called_notes(options, records),
+        *_classes_matching_nothing_notes(model, options),
     ]
     return Report(
         model=name or display_name(model),
@@ -324,6 +325,27 @@ def _leaves_not_called_notes(
         "modules inside: a container as nn.ModuleList, or one a torch.fx GraphModule holds), "
         "so the layers inside are reported one by one"
     ]
+
+
+def _classes_matching_nothing_notes(model: nn.Module, options: AnalysisOptions) -> list[str]:
+    """A note naming the classes given as ``leaf_modules`` or ``layer_types`` that no
+    module of ``model`` is an instance of: the option changes nothing, which a misspelt or
+    wrong class would otherwise do without a word."""
+    used = {type(m) for m in model.modules()}
+    notes = []
+    for option, flag in (("leaf_modules", "--leaf"), ("layer_types", "--layer-type")):
+        given = getattr(options, option) or ()
+        unmatched = [
+            class_path(c)
+            for c in given
+            if isinstance(c, type) and not any(issubclass(u, c) for u in used)
+        ]
+        if unmatched:
+            notes.append(
+                f"{option} ({flag}) {', '.join(unmatched)}: no module of the model is of "
+                "this class, so it changes nothing"
+            )
+    return notes
 
 
 #: Said where a model set to eval mode is analysed in train mode (the default).

@@ -27,6 +27,7 @@ import functools
 import importlib
 import inspect
 import operator
+import os
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -36,6 +37,7 @@ import torch
 from torch import nn
 
 from gpa.errors import GpaError, TargetError, TraceError
+from gpa.names import class_path
 from gpa.options import AnalysisOptions
 
 __all__ = [
@@ -908,7 +910,14 @@ def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.M
         return candidate
 
     in_model = _classes_in(model)
-    matches = [c for c in in_model if text in (c.__name__, f"{c.__module__}.{c.__qualname__}")]
+    # by its name, its module path, or as a report records it (a target file's module by
+    # the file's stem: ``mine.Block``, gpa.names.class_path), so a recorded option reads back
+    matches = [
+        c
+        for c in in_model
+        if text in (c.__name__, f"{c.__module__}.{c.__qualname__}", class_path(c))
+        or text == _dotted_from_here(c)
+    ]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
@@ -930,7 +939,7 @@ def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.M
             except AttributeError:
                 break
             if inspect.isclass(obj) and issubclass(obj, nn.Module):
-                return obj
+                return _as_in_model(obj, in_model)
             raise TargetError(f"{text!r} is not an nn.Module subclass")
 
     used = sorted({c.__name__ for c in in_model if not c.__module__.startswith("torch.")})
@@ -939,6 +948,39 @@ def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.M
         f"unknown module class {text!r}: not a torch.nn class (e.g. Conv2d), a class used in "
         f"the model, or an importable package.module.Class{hint}"
     )
+
+
+def _as_in_model(cls: type[nn.Module], in_model: Iterable[type[nn.Module]]) -> type[nn.Module]:
+    """The class of the model that ``cls`` is another import of, else ``cls``: a target
+    file is imported under a private module name, so importing it again by its package
+    path (``nets.ckpt.Block`` for the file ``nets/ckpt.py``) makes a second class that no
+    module of the model is an instance of. The same qualified name in the same file is
+    the same class."""
+    if cls in in_model:
+        return cls
+    file = _source_file(cls)
+    same = [c for c in in_model if c.__qualname__ == cls.__qualname__ and _source_file(c) == file]
+    return same[0] if file is not None and len(same) == 1 else cls
+
+
+def _dotted_from_here(cls: type) -> str | None:
+    """``cls`` by the dotted path of its file from the working directory (``nets.ckpt.Block``
+    for ``Block`` of ``nets/ckpt.py``), as a user there names a target file's class; None
+    for a file outside it."""
+    file = _source_file(cls)
+    if file is None or not file.endswith(".py"):
+        return None
+    relative = os.path.relpath(file[:-3])
+    if relative.startswith(".."):
+        return None
+    return ".".join([*relative.split(os.sep), cls.__qualname__])
+
+
+def _source_file(cls: type) -> str | None:
+    try:
+        return os.path.realpath(inspect.getfile(cls))
+    except (TypeError, OSError):  # a built-in class, or one defined in no file
+        return None
 
 
 def resolve_layer_types(names: Iterable[str], model: nn.Module | None = None) -> list[type]:

@@ -374,6 +374,71 @@ def test_leaf_by_class_and_by_name() -> None:
     ]
 
 
+BLOCKS_AS_LEAVES = [("b1", 3), ("b2", 2), ("head", 1)]  # by hand, as in the test above
+
+
+@pytest.fixture
+def blocks_in_a_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A user's repository holding tests/data/blocks.py as ``nets/blocks.py``, run from
+    its root."""
+    (tmp_path / "nets").mkdir()
+    shutil.copy(DATA / "blocks.py", tmp_path / "nets" / "blocks.py")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("spelt", ["Block", "nets.blocks.Block", "blocks.Block"])
+def test_a_target_files_class_is_a_leaf_however_the_user_spells_it(
+    blocks_in_a_package: Path, spelt: str
+) -> None:
+    """``--leaf nets.blocks.Block`` (the file's dotted path from the repository) matched no
+    module without a word — under ``python -m gpa`` it imported the file again, a second
+    class — so the blocks were read layer by layer and a gate passed that should fail;
+    ``blocks.Block``, the spelling a report records, was refused (found by a new user)."""
+    report = analyze_json("nets/blocks.py", "--leaf", spelt)
+    assert [(r["name"], r["shortest"]) for r in report["layers"]] == BLOCKS_AS_LEAVES
+    assert report["options"]["leaf_modules"] == ["blocks.Block"]
+    by_type = analyze_json("nets/blocks.py", "--layer-type", spelt, "--layer-type", "Conv2d")
+    assert [(r["name"], r["shortest"]) for r in by_type["layers"]] == BLOCKS_AS_LEAVES
+
+
+def test_a_target_files_class_imported_again_by_its_package_path_is_the_same_class(
+    blocks_in_a_package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From elsewhere, with the repository on ``sys.path``, ``nets.blocks.Block`` imports the
+    file a second time: its class is the model's class still."""
+    monkeypatch.syspath_prepend(str(blocks_in_a_package))
+    (blocks_in_a_package / "elsewhere").mkdir()
+    monkeypatch.chdir(blocks_in_a_package / "elsewhere")
+    target = str(blocks_in_a_package / "nets" / "blocks.py")
+    report = analyze_json(target, "--leaf", "nets.blocks.Block")
+    assert [(r["name"], r["shortest"]) for r in report["layers"]] == BLOCKS_AS_LEAVES
+
+
+def test_a_leaf_spelt_by_its_package_path_holds_in_the_gate(blocks_in_a_package: Path) -> None:
+    (blocks_in_a_package / "pyproject.toml").write_text(
+        '[tool.gpa.models.net]\ntarget = "nets/blocks.py"\n'
+        'leaf_modules = ["nets.blocks.Block"]\nmax_shortest = 2\n'
+    )
+    result = run("check")
+    assert result.exit_code == 1, result.output  # b1's shortest path is 3 (by hand)
+    assert "b1 (3)" in result.output
+
+
+def test_a_class_no_module_of_the_model_is_of_is_noted() -> None:
+    report = analyze_json(
+        "blocks.py", "--leaf", "LSTM", "--layer-type", "Conv2d", "--layer-type", "GRU"
+    )
+    assert len(report["layers"]) == 5  # every convolution, as without the options
+    notes = [n for n in report["notes"] if "so it changes nothing" in n]
+    assert notes == [
+        "leaf_modules (--leaf) torch.nn.LSTM: no module of the model is of this class, so it "
+        "changes nothing",
+        "layer_types (--layer-type) torch.nn.GRU: no module of the model is of this class, so "
+        "it changes nothing",
+    ]
+
+
 def test_unknown_leaf() -> None:
     message = fails_with("blocks.py", "--leaf", "b3")
     assert "leaf_modules (--leaf): 'b3' is not the name of a submodule of the model" in message
