@@ -257,6 +257,12 @@ def measure(
                 modules[layer] = model  # the model itself is the one layer
                 continue
             notes.append(f"layer {layer!r} is not a submodule: not measured")
+            continue
+        if isinstance(modules[layer], torch.jit.ScriptModule):  # (refuses Python hooks)
+            del modules[layer]
+            notes.append(
+                f"layer {layer!r} is a TorchScript module, which takes no hooks: not measured"
+            )
     segments = {
         n: [(s.start, s.stop) for s in r.segments]
         for n, r in report.layers.items()

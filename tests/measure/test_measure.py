@@ -136,6 +136,31 @@ def test_norms_match_a_plain_backward_pass() -> None:
     assert m.layers["a"].weight_grad_norm_std == 0.0  # one step
 
 
+def test_a_torchscript_layer_is_noted_and_the_others_measured() -> None:
+    """A TorchScript submodule refuses Python hooks: measuring crashed ("internal error"),
+    where every other command analyses the model (found by a new user). The layer after it
+    is measured as a plain backward gives it."""
+
+    class Scripted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.jit.script(nn.Linear(4, 4))
+            self.c = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.c(self.a(x))
+
+    torch.manual_seed(0)
+    net, x = Scripted(), torch.randn(8, 4)
+    m = measure(net, batches=[x], steps=1, loss=lambda out, batch: out.pow(2).sum())
+    assert list(m.layers) == ["c"]
+    assert "layer 'a' is a TorchScript module, which takes no hooks: not measured" in m.notes
+    net.zero_grad()
+    net(x).pow(2).sum().backward()
+    expected = math.sqrt(net.c.weight.grad.pow(2).sum() + net.c.bias.grad.pow(2).sum())
+    assert m.layers["c"].weight_grad_norm == pytest.approx(expected, rel=1e-6)
+
+
 def test_virtual_loss_sends_a_fixed_random_direction() -> None:
     """∂L/∂y = R / numel(y) with R standard normal from the seed."""
     net = nn.Linear(3, 2)
