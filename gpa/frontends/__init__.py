@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 from torch import nn
@@ -155,7 +156,12 @@ def _build(tracer: Tracer, model: nn.Module, options: AnalysisOptions) -> Gradie
     """The graph one frontend builds; an exception the model's own code raised while the
     frontend traced it becomes a :class:`ModelError` (not a tracing limitation)."""
     try:
-        graph = FRONTENDS[tracer](model, options)
+        with warnings.catch_warnings():
+            # torch's word on a re-entrant checkpoint given no tensor requiring gradient: a
+            # frontend's own runs (fx's proxies, meta values) provoke it where training
+            # would not; where training would, the frontend says so in a note (§1.7)
+            warnings.filterwarnings("ignore", _CHECKPOINT_WARNING, UserWarning)
+            graph = FRONTENDS[tracer](model, options)
     except TraceError as exc:
         cause = exc.__cause__
         if cause is None or raised_by_model(cause) is None:
@@ -165,6 +171,8 @@ def _build(tracer: Tracer, model: nn.Module, options: AnalysisOptions) -> Gradie
     graph.calls = past_wrappers(graph.calls, graph.uncalled, graph.module_sites, model)
     return graph
 
+
+_CHECKPOINT_WARNING = "None of the inputs have requires_grad=True"
 
 #: What ran the model when it raised under a tracer, and what to do if only that fails.
 _DURING = {

@@ -352,3 +352,39 @@ def test_a_checkpoint_given_a_layer_run_without_gradient_is_unfed(tracer: str) -
     for name in ("stem", "b1.0", "b1.2"):
         expect_unreachable(report, name)
     assert any(UNFED in n for n in report.notes)
+
+
+class _CheckpointedHead(nn.Module):
+    """``b`` checkpointed on ``a``'s output, which requires gradient: nothing is cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return checkpoint(self.b, self.a(x), use_reentrant=True)
+
+
+class _CheckpointedStem(_CheckpointedHead):
+    """``a`` checkpointed on the model's input alone: cut (§1.7)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(checkpoint(self.a, x, use_reentrant=True))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize(("model", "expected"), [(_CheckpointedHead, 2), (_CheckpointedStem, None)])
+def test_torchs_checkpoint_warning_is_not_passed_on_gpa_notes_a_cut_instead(
+    tracer: str, model: type, expected: int | None
+) -> None:
+    """The fx frontend's own runs made torch warn "None of the inputs have
+    requires_grad=True" where training would not (a checkpoint given a layer's output):
+    the very words §1.7 quotes for a cut (found by a new user). By hand: ``b`` feeds the
+    loss (1), ``a`` reaches it through ``b`` (2) unless its checkpoint is cut."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = gpa.analyze(model(), input_shape=(2, 4), tracer=tracer)
+    assert [r.shortest for r in report.layers.values()] == [expected, 1]
+    assert not [w for w in caught if "requires_grad=True" in str(w.message)]
+    cut = [n for n in report.notes if "given no tensor that requires gradient" in n]
+    assert len(cut) == (expected is None)
