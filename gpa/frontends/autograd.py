@@ -519,7 +519,7 @@ def autograd_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradi
         if run.use.checkpointed or functions:  # again, with checkpointed functions (and
             # Functions computing with weights) in backward's grad mode
             with Checkpoints(functions) as watch:
-                run = _run(model, options, opaque, modules, drawn)
+                run = _run(model, options, opaque, modules, drawn, watch)
             run.checkpoints = watch.results
             run.functions = watch.functions
             if watch.functions:
@@ -559,11 +559,13 @@ def _run(
     opaque: dict[int, str],
     modules: dict[str, nn.Module],
     drawn: tuple,
+    watch: Checkpoints | None = None,
 ) -> _Run:
     """Run the forward pass on meta if possible, else on real tensors (zeros standing for
     weights the model holds on the meta device, up to :data:`ZERO_WEIGHTS_BUDGET` bytes);
     retry integer inputs. Each attempt draws from the random states ``drawn``
-    (:func:`random_states`)."""
+    (:func:`random_states`) and starts ``watch`` afresh (what a failed attempt's
+    checkpoints recorded is no checkpoint of the graph read)."""
     weights = [*model.parameters(), *model.buffers()]
     real: str | None = "real"
     if any(t.is_meta for t in weights):  # built without weights (a transformers TARGET)
@@ -582,7 +584,7 @@ def _run(
                 try:
                     # each run from the model's state as it was: what a failed one cached
                     # (torchvision's anchors, made on meta) must not reach the next
-                    set_random_states(drawn)
+                    _start_afresh(drawn, watch)
                     with preserved_state(model):
                         run = _forward(model, candidate, device, opaque, modules)
                 except _ForwardFailed as failed:
@@ -591,7 +593,7 @@ def _run(
                     # the model sets requires_grad on a value made from its input, which
                     # must then be a leaf (Wav2Vec2's feature encoder): as in training,
                     # inputs carrying no gradient
-                    set_random_states(drawn)
+                    _start_afresh(drawn, watch)
                     with preserved_state(model):
                         run = _forward(model, candidate, device, opaque, modules, input_grad=False)
             except _ForwardFailed as failed:  # the user's forward failed on these inputs
@@ -623,6 +625,13 @@ def _run(
     stack = first_error.stack
     where = stack[-1] if stack else None
     raise ModelError(model_raised(type(model).__name__, first_error.error, where=where))
+
+
+def _start_afresh(drawn: tuple, watch: Checkpoints | None) -> None:
+    """Before an attempt of :func:`_run`: the random states as drawn, nothing recorded."""
+    set_random_states(drawn)
+    if watch is not None:
+        watch.forget()
 
 
 #: The most bytes of weights held on the meta device that the autograd tracer stands zeros

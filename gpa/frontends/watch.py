@@ -279,6 +279,13 @@ class Checkpoints(CallWatch):
         # until their setup_context is given the ctx (innermost last)
         self._set_up: list[tuple[types.CodeType, list[tuple[Any, int] | None]]] = []
 
+    def forget(self) -> None:
+        """Drop what the block recorded so far: a run that failed (on the meta device)
+        before the one whose graph is read."""
+        self.results.clear()
+        self.boundaries.clear()
+        self.functions.clear()
+
     def on_call(self, frame: FrameType) -> LocalTrace | None:
         code = frame.f_code
         if code is _CHECKPOINT:

@@ -388,3 +388,38 @@ def test_torchs_checkpoint_warning_is_not_passed_on_gpa_notes_a_cut_instead(
     assert not [w for w in caught if "requires_grad=True" in str(w.message)]
     cut = [n for n in report.notes if "given no tensor that requires gradient" in n]
     assert len(cut) == (expected is None)
+
+
+class _CheckpointedOffMeta(nn.Module):
+    """A checkpoint given ``a``'s output and a mask the model makes on the CPU, which keeps
+    it off the meta device: the autograd frontend runs it on real inputs after a failed
+    meta attempt. ``cut``: the checkpoint is given the model's input instead."""
+
+    def __init__(self, cut: bool) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.cut = cut
+
+    def masked(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.b(h).masked_fill(~mask, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask = torch.ones(2, 4, dtype=torch.bool)
+        if self.cut:
+            return self.c(checkpoint(self.masked, x, mask, use_reentrant=True) + self.a(x))
+        return self.c(checkpoint(self.masked, self.a(x), mask, use_reentrant=True))
+
+
+@pytest.mark.parametrize(("cut", "expected"), [(False, {"a": 3, "b": 2, "c": 1}), (True, {"a": 2, "b": None, "c": 1})])
+def test_a_failed_meta_attempts_checkpoints_are_no_checkpoints_of_the_run_read(
+    cut: bool, expected: dict
+) -> None:
+    """The checkpoint the failed meta attempt ran was counted with the real run's, and,
+    given nothing, noted as cutting the layers it runs (found by a new user). By hand:
+    ``c`` feeds the loss (1), ``b`` through it (2), ``a`` through ``b`` (3); with the
+    checkpoint given the input, ``b`` is cut and ``a`` reaches the loss through ``c`` (2)."""
+    report = gpa.analyze(_CheckpointedOffMeta(cut), (torch.randn(2, 4),), tracer="autograd")
+    assert any("cannot run on the meta device" in n for n in report.notes)
+    assert {n: r.shortest for n, r in report.layers.items()} == expected
+    cut_notes = [n for n in report.notes if "given no tensor that requires gradient" in n]
+    assert len(cut_notes) == cut
