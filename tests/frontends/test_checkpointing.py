@@ -410,7 +410,9 @@ class _CheckpointedOffMeta(nn.Module):
         return self.c(checkpoint(self.masked, self.a(x), mask, use_reentrant=True))
 
 
-@pytest.mark.parametrize(("cut", "expected"), [(False, {"a": 3, "b": 2, "c": 1}), (True, {"a": 2, "b": None, "c": 1})])
+@pytest.mark.parametrize(
+    ("cut", "expected"), [(False, {"a": 3, "b": 2, "c": 1}), (True, {"a": 2, "b": None, "c": 1})]
+)
 def test_a_failed_meta_attempts_checkpoints_are_no_checkpoints_of_the_run_read(
     cut: bool, expected: dict
 ) -> None:

@@ -942,9 +942,15 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
     lines = (
         [f"torch.fx cannot trace {type(model).__name__}: {_DECORATED_REASON}"] if decorated else []
     )
+    known = next(
+        (hint for kind, said, hint in _FX_LIMITS if isinstance(exc, kind) and said in str(exc)),
+        None,
+    )
+    # a limit the hint explains: its first line (TorchScript adds the whole declaration)
+    said = str(exc).partition("\n")[0] if known else str(exc)
     lines.append(
         ("  (Python raised " if decorated else f"torch.fx cannot trace {type(model).__name__}: ")
-        + f"{type(exc).__name__}: {exc}"
+        + f"{type(exc).__name__}: {said}"
         + (")" if decorated else "")
     )
     if where is not None:
@@ -956,8 +962,7 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
         # the class as --leaf takes it: by name where it comes from a target file
         named = cls.__qualname__ if cls.__module__.startswith(TARGET_MODULE_PREFIX) else None
         lines.append(f"  while tracing module '{module}' ({named or class_path(cls)})")
-    found = (hint for kind, said, hint in _FX_LIMITS if isinstance(exc, kind) and said in str(exc))
-    hint = _OTHER_FAILURE if decorated else next(found, _OTHER_FAILURE)
+    hint = _OTHER_FAILURE if decorated or known is None else known
     lines.append(hint.replace("--leaf NAME", f"--leaf {module}") if module else hint)
     return "\n".join(lines)
 
@@ -997,6 +1002,14 @@ _FX_LIMITS = (
         "does not support item assignment",
         "torch.fx records no item assignment (x[...] = y) in forward; --tracer export "
         "or autograd reads it (auto moves on), or write it with index_put / torch.cat.",
+    ),
+    (
+        RuntimeError,
+        "Unable to cast Proxy",
+        "The function called there is compiled TorchScript (torch.jit.script or "
+        "torch.jit.trace), which takes tensors only: fx's proxies cannot enter it. "
+        "--tracer export or autograd runs it (auto moves on), or call the plain Python "
+        "function while analysing.",
     ),
 )
 _DATA_DEPENDENT = (
