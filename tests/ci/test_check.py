@@ -612,11 +612,14 @@ def test_baseline_new_unreachable_layer_is_a_regression(tmp_path: Path) -> None:
     # cut=0: layers.0 loses its gradient; spare is a new layer that receives none
     result = run(CHAIN, "-k", "depth=2", "-k", "cut=0", "-k", "spare=True", "--baseline", str(path))
     assert result.exit_code == 1
-    # also named: layers.0's longest path (2, then none), the network's, spare's weights
+    # also named: layers.0's longest path (2, then none), the network's, spare's weights;
+    # max_shortest fell from 2 to 1 only because layers.0 is cut off: no improvement
     assert result.stdout.splitlines()[0] == (
         f"FAIL {CHAIN}: baseline: 2 regressions: layers.0 (unreachable), spare (unreachable); "
-        "also longest path changed in 1 layer; longest 2 -> 1; params 40 -> 60"
+        "also max_shortest 2 -> 1 (over the layers still reached); longest path changed in 1 "
+        "layer; longest 2 -> 1; params 40 -> 60"
     )
+    assert "improved" not in result.stdout
 
 
 def test_baseline_layer_reached_again_is_an_improvement(tmp_path: Path) -> None:
