@@ -115,6 +115,7 @@ from gpa.frontends.modules import (
 )
 from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.outputs import exportable
+from gpa.frontends.raised import input_too_small
 from gpa.frontends.randomness import random_states, set_random_states
 from gpa.frontends.watch import Checkpoints, unfed_checkpoint_note
 from gpa.frontends.wiring import refuse_other_wiring
@@ -564,6 +565,8 @@ def _failure_message(model: nn.Module, exc: BaseException) -> str:
         lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
         if frame.line:
             lines.append(f"    {frame.line.strip()}")
+    if too_small := input_too_small(exc):
+        lines.append(too_small)
     return "\n".join(lines)
 
 

@@ -104,6 +104,31 @@ def briefly(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
 
 
+# torch's words where a window (pooling, convolution, unfold) is larger than what reaches it
+_TOO_SMALL = (
+    "Output size is too small",
+    "smaller than kernel size",
+    "Kernel size can't be greater than actual input size",
+    "Invalid computed output size",
+)
+#: Said after such an error, by every frontend.
+INPUT_TOO_SMALL = (
+    "The input is too small for the model: a pooling or convolution window is larger than "
+    "the feature map reaching it. Give a larger input (--input-shape / input_shape=)."
+)
+
+
+def input_too_small(exc: BaseException) -> str | None:
+    """:data:`INPUT_TOO_SMALL` where ``exc`` is torch refusing a window larger than its
+    input, else None.
+
+    Example:
+        >>> input_too_small(RuntimeError("Calculated output size: (4x0x0). Output size is too small"))[:33]
+        'The input is too small for the mod'
+    """
+    return INPUT_TOO_SMALL if any(w in str(exc) for w in _TOO_SMALL) else None
+
+
 def model_raised(
     name: str,
     exc: BaseException,
@@ -131,6 +156,8 @@ def model_raised(
         lines.append(f'  File "{site[0]}", line {site[1]}')
         if source := linecache.getline(*site).strip():
             lines.append(f"    {source}")
-    if during:
+    if too_small := input_too_small(exc):
+        lines.append(too_small)
+    elif during:
         lines.append(during)
     return "\n".join(lines)

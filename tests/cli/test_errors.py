@@ -534,3 +534,29 @@ def test_when_no_frontend_reads_a_model_gpa_s_own_reasons_come_first() -> None:
     assert "analyse it in eval mode" in lines[1]
     assert [line.split(":")[0] for line in lines[2:4]] == ["  fx", "  export"]
     assert gpa.analyze(ReadByNone(), input_shape=(2, 4), train=False).tracer == "autograd"
+
+
+# Inputs too small for a window of the model, each of torch's wordings (by hand: a 5×5
+# kernel on a 4×4 map, a 2×7×7 pool on 2×2×2, a 7×7 pool on the 4×4 left by a 3×3 kernel,
+# a pool of 5 on the 3 left of 5 by a kernel of 3).
+TOO_SMALL = {
+    "kernel": (nn.Sequential(nn.Conv2d(3, 4, 5)), (1, 3, 4, 4)),
+    "pool3d": (nn.Sequential(nn.Conv3d(3, 4, 1), nn.AvgPool3d((2, 7, 7))), (1, 3, 2, 2, 2)),
+    "pool2d": (nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(7)), (1, 3, 6, 6)),
+    "pool1d": (nn.Sequential(nn.Conv1d(3, 4, 3), nn.MaxPool1d(5)), (1, 3, 5)),
+}
+
+
+@pytest.mark.parametrize("tracer", ALL)
+@pytest.mark.parametrize("kind", TOO_SMALL)
+def test_an_input_too_small_for_the_model_is_said_so_by_every_frontend(
+    kind: str, tracer: str
+) -> None:
+    """Each frontend quoted torch ("Output size is too small", "smaller than kernel size")
+    without saying that the input was too small and what to give (found by a numbers
+    survey on torchvision's S3D)."""
+    model, shape = TOO_SMALL[kind]
+    with pytest.raises(gpa.GpaError) as raised:
+        gpa.analyze(model, input_shape=shape, tracer=tracer)
+    assert "The input is too small for the model" in str(raised.value)
+    assert "Give a larger input (--input-shape / input_shape=)" in str(raised.value)

@@ -63,7 +63,7 @@ from gpa.frontends.fx.tracer import (
     written_into,
 )
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES, functional_run
-from gpa.frontends.raised import CHECKS, briefly, model_raised
+from gpa.frontends.raised import CHECKS, briefly, input_too_small, model_raised
 
 __all__ = [
     "FLOW",
@@ -1209,7 +1209,9 @@ def _shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception)
             f"input shapes do not fit operation '{node.name}'{_in_module(gm, node)}: "
             f"it received inputs of shapes {got}"
         )
-    return f"{head}.\ntorch says: {type(exc).__name__}: {exc}".rstrip()
+    too_small = input_too_small(exc)
+    message = f"{head}.\ntorch says: {type(exc).__name__}: {exc}".rstrip()
+    return f"{message}\n{too_small}" if too_small else message
 
 
 def _check_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception) -> str:
