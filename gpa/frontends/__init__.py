@@ -32,8 +32,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from torch import nn
 
@@ -42,6 +43,7 @@ from gpa.errors import GpaError, ModelError, ShapeError, TraceError
 from gpa.frontends.autograd import autograd_gradient_graph
 from gpa.frontends.export import export_gradient_graph
 from gpa.frontends.fx import fx_gradient_graph
+from gpa.frontends.modules import TRACING
 from gpa.frontends.raised import model_raised, raised_by_model
 from gpa.frontends.randomness import random_states, set_random_states
 from gpa.frontends.sites import past_wrappers
@@ -156,11 +158,7 @@ def _build(tracer: Tracer, model: nn.Module, options: AnalysisOptions) -> Gradie
     """The graph one frontend builds; an exception the model's own code raised while the
     frontend traced it becomes a :class:`ModelError` (not a tracing limitation)."""
     try:
-        with warnings.catch_warnings():
-            # torch's word on a re-entrant checkpoint given no tensor requiring gradient: a
-            # frontend's own runs (fx's proxies, meta values) provoke it where training
-            # would not; where training would, the frontend says so in a note (§1.7)
-            warnings.filterwarnings("ignore", _CHECKPOINT_WARNING, UserWarning)
+        with TRACING, _checkpoint_warning_ignored():
             graph = FRONTENDS[tracer](model, options)
     except TraceError as exc:
         cause = exc.__cause__
@@ -172,7 +170,22 @@ def _build(tracer: Tracer, model: nn.Module, options: AnalysisOptions) -> Gradie
     return graph
 
 
-_CHECKPOINT_WARNING = "None of the inputs have requires_grad=True"
+@contextlib.contextmanager
+def _checkpoint_warning_ignored() -> Iterator[None]:
+    """torch's word on a re-entrant checkpoint given no tensor that requires gradient,
+    unsaid for the block: a frontend's own runs (fx's proxies, meta values) provoke it where
+    training would not; where training is cut, the frontend says so in a note (§1.7). One
+    filter is added and that one removed after (under :data:`TRACING`: frontends take
+    turns), so a filter the model's code adds meanwhile stays."""
+    warnings.filterwarnings("ignore", "None of the inputs have requires_grad=True", UserWarning)
+    added = warnings.filters[0]
+    try:
+        yield
+    finally:
+        if added in warnings.filters:
+            warnings.filters.remove(added)
+            getattr(warnings, "_filters_mutated", lambda: None)()  # (as warnings does)
+
 
 #: What ran the model when it raised under a tracer, and what to do if only that fails.
 _DURING = {

@@ -14,7 +14,6 @@ from __future__ import annotations
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -314,14 +313,6 @@ def test_a_trace_function_installed_before_keeps_its_events() -> None:
     assert seen == [True]  # seen, with the grad mode backward runs it in
 
 
-@pytest.fixture(autouse=True)
-def _quiet() -> Iterator[None]:
-    # checkpoint warns when none of its inputs requires grad (fx proxies, export's fakes)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "None of the inputs have requires_grad", UserWarning)
-        yield
-
-
 class _NoGradStem(nn.Module):
     """The stem run under ``no_grad`` (a frozen feature extractor), then a re-entrant
     checkpoint of b1: given nothing that requires gradient, it passes none on."""
@@ -425,3 +416,41 @@ def test_a_failed_meta_attempts_checkpoints_are_no_checkpoints_of_the_run_read(
     assert {n: r.shortest for n, r in report.layers.items()} == expected
     cut_notes = [n for n in report.notes if "given no tensor that requires gradient" in n]
     assert len(cut_notes) == cut
+
+
+class _AddsAFilter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        warnings.filterwarnings("ignore", "a filter of the model's own", UserWarning)
+        return self.a(x)
+
+
+def _filtered_messages() -> list[str]:
+    return [f[1].pattern for f in warnings.filters if f[1] is not None]
+
+
+def test_the_warning_filter_leaves_the_users_filters_as_they_are() -> None:
+    """gpa's filter is gone after the analysis, whichever thread ran it (the whole list
+    saved and restored per thread left it installed for good when analyses overlapped),
+    and a filter the model's own code adds during the analysis stays (found by a review)."""
+    before = list(warnings.filters)
+    try:
+
+        def analyse() -> None:
+            gpa.analyze(nn.Sequential(*[nn.Linear(8, 8) for _ in range(20)]), input_shape=(1, 8))
+
+        for _ in range(3):
+            threads = [threading.Thread(target=analyse) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert not [m for m in _filtered_messages() if "requires_grad" in m]
+        gpa.analyze(_AddsAFilter(), input_shape=(1, 4), tracer="autograd")
+        assert "a filter of the model's own" in _filtered_messages()
+        assert not [m for m in _filtered_messages() if "requires_grad" in m]
+    finally:
+        warnings.filters[:] = before
