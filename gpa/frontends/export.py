@@ -614,7 +614,7 @@ def _stood_for(module: nn.Module) -> nn.Module:
     base = getattr(type(module), "get_base", None)
     try:
         return base(module) if base is not None else module
-    except Exception:
+    except Exception:  # a get_base of the model's own, or a stale stand-in
         return module
 
 
@@ -702,7 +702,7 @@ def _unlifted_names() -> frozenset[str]:
     probe = nn.Linear(1, 1)
     try:
         unlifted = torch.export.export(probe, (torch.empty(1, 1),)).module()
-    except Exception:
+    except Exception:  # a torch without export's unlifting: fx's names
         return graph_module_names()
     own = (set(dir(unlifted)) | set(vars(unlifted))) - {"weight", "bias"}
     return frozenset(own - set(dir(nn.Module)) - set(vars(nn.Module()))) | graph_module_names()

@@ -130,7 +130,7 @@ def _methods(cls: type) -> tuple[tuple[str, int, int], ...]:
         for value in vars(base).values():
             try:
                 function = inspect.unwrap(getattr(value, "__func__", value))
-            except Exception:
+            except Exception:  # a class attribute unwrapping refuses
                 continue
             code = getattr(function, "__code__", None)
             if isinstance(code, CodeType):

@@ -516,7 +516,7 @@ def _check_device(model: nn.Module, device: str | torch.device | None) -> None:
     if device is not None:
         try:
             torch.empty(0, device=device)
-        except Exception as exc:
+        except Exception as exc:  # torch's message says why
             # (its first sentence: torch goes on to list every backend it has)
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
             raise GpaError(f"device {str(device)!r} cannot be used here: {reason}") from None
