@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import gc
 import random
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -44,6 +44,7 @@ from gpa.frontends.modules import (
     check_model,
     display_name,
     modes_switched,
+    module_class,
     resolve_options,
     split_leaves,
     unwrap_wrappers,
@@ -328,23 +329,35 @@ def _leaves_not_called_notes(
 
 
 def _classes_matching_nothing_notes(model: nn.Module, options: AnalysisOptions) -> list[str]:
-    """A note naming the classes given as ``leaf_modules`` or ``layer_types`` that no
-    module of ``model`` is an instance of: the option changes nothing, which a misspelt or
-    wrong class would otherwise do without a word."""
-    used = {type(m) for m in model.modules()}
-    notes = []
-    for option, flag in (("leaf_modules", "--leaf"), ("layer_types", "--layer-type")):
-        given = getattr(options, option) or ()
-        unmatched = [
+    """A note naming the classes given as ``leaf_modules``, or as ``layer_types`` outside
+    ``torch.nn``, that no module of ``model`` is of (as written: a TorchScript module by the
+    class it was compiled from): such a class selects nothing, which a misspelt or wrong
+    class would otherwise do without a word. (A torch class in a list shared by many models,
+    ``layer_types = ["Conv2d", "GRU"]``, is not named for each model lacking it.)"""
+    used = {module_class(m) for m in model.modules()}
+
+    def unmatched(given: Iterable[object], also_torch: bool) -> list[str]:
+        return [
             class_path(c)
             for c in given
-            if isinstance(c, type) and not any(issubclass(u, c) for u in used)
+            if isinstance(c, type)
+            and (also_torch or not c.__module__.startswith("torch."))
+            and not any(issubclass(u, c) for u in used)
         ]
-        if unmatched:
-            notes.append(
-                f"{option} ({flag}) {', '.join(unmatched)}: no module of the model is of "
-                "this class, so it changes nothing"
-            )
+
+    notes = []
+    leaves = unmatched(options.leaf_modules or (), also_torch=True)
+    if leaves:
+        notes.append(
+            f"leaf_modules (--leaf) {', '.join(leaves)}: no module of the model is of this "
+            "class, so it makes no leaf"
+        )
+    types = unmatched(options.layer_types or (), also_torch=False)
+    if types:
+        notes.append(
+            f"layer_types (--layer-type) {', '.join(types)}: no module of the model is of "
+            "this class, so it counts no layer"
+        )
     return notes
 
 

@@ -915,8 +915,9 @@ def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.M
     matches = [
         c
         for c in in_model
-        if text in (c.__name__, f"{c.__module__}.{c.__qualname__}", class_path(c))
-        or text == _dotted_from_here(c)
+        if text
+        in (c.__name__, c.__qualname__, f"{c.__module__}.{c.__qualname__}", class_path(c))
+        or _by_its_file(text, c)
     ]
     if len(matches) == 1:
         return matches[0]
@@ -963,17 +964,19 @@ def _as_in_model(cls: type[nn.Module], in_model: Iterable[type[nn.Module]]) -> t
     return same[0] if file is not None and len(same) == 1 else cls
 
 
-def _dotted_from_here(cls: type) -> str | None:
-    """``cls`` by the dotted path of its file from the working directory (``nets.ckpt.Block``
-    for ``Block`` of ``nets/ckpt.py``), as a user there names a target file's class; None
-    for a file outside it."""
+def _by_its_file(text: str, cls: type) -> bool:
+    """Whether ``text`` names ``cls`` by the dotted path of its file — its last directories
+    and the file's stem — and its qualified name: ``nets.blocks.Block`` for ``Block`` of
+    ``…/nets/blocks.py``, as a user names a target file's class, from wherever gpa runs
+    (a ``[tool.gpa]`` table, a subdirectory)."""
+    if not text.endswith("." + cls.__qualname__):
+        return False
+    folders = text[: -len(cls.__qualname__) - 1].split(".")
     file = _source_file(cls)
     if file is None or not file.endswith(".py"):
-        return None
-    relative = os.path.relpath(file[:-3])
-    if relative.startswith(".."):
-        return None
-    return ".".join([*relative.split(os.sep), cls.__qualname__])
+        return False
+    parts = file[:-3].split(os.sep)
+    return parts[-len(folders) :] == folders
 
 
 def _source_file(cls: type) -> str | None:

@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner, Result
+from torch import nn
 
 import gpa
 from gpa.cli import main
@@ -415,28 +417,97 @@ def test_a_target_files_class_imported_again_by_its_package_path_is_the_same_cla
     assert [(r["name"], r["shortest"]) for r in report["layers"]] == BLOCKS_AS_LEAVES
 
 
-def test_a_leaf_spelt_by_its_package_path_holds_in_the_gate(blocks_in_a_package: Path) -> None:
+@pytest.mark.parametrize("where", [".", "nets"])
+def test_a_leaf_spelt_by_its_package_path_holds_in_the_gate(
+    blocks_in_a_package: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """From the repository's root and from a subdirectory alike (gpa check finds the
+    configuration upward): the class's path names its file wherever gpa runs."""
     (blocks_in_a_package / "pyproject.toml").write_text(
         '[tool.gpa.models.net]\ntarget = "nets/blocks.py"\n'
         'leaf_modules = ["nets.blocks.Block"]\nmax_shortest = 2\n'
     )
+    monkeypatch.chdir(blocks_in_a_package / where)
     result = run("check")
     assert result.exit_code == 1, result.output  # b1's shortest path is 3 (by hand)
     assert "b1 (3)" in result.output
 
 
-def test_a_class_no_module_of_the_model_is_of_is_noted() -> None:
+NESTED = """
+from torch import nn
+
+
+class Outer(nn.Module):
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    def __init__(self):
+        super().__init__()
+        self.i, self.head = Outer.Inner(), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.i(x))
+
+
+def build_model():
+    model = Outer()
+    model.input_shape = (1, 4)
+    return model
+"""
+
+
+@pytest.mark.parametrize("spelt", ["Inner", "Outer.Inner", "nested.Outer.Inner"])
+def test_a_nested_class_is_a_leaf_by_its_qualified_name(tmp_path: Path, spelt: str) -> None:
+    """``Outer.Inner``, as fx's messages name the class to declare a leaf, was refused."""
+    (tmp_path / "nested.py").write_text(NESTED)
+    report = analyze_json(str(tmp_path / "nested.py"), "--leaf", spelt)
+    # by hand: head feeds the loss (1); the leaf i through it (2)
+    assert [(r["name"], r["shortest"]) for r in report["layers"]] == [("i", 2), ("head", 1)]
+
+
+def test_a_class_no_module_of_the_model_is_of_is_noted(
+    blocks_in_a_package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leaf class, or a layer type of the user's, that no module is of selects nothing:
+    noted (a torch class in a layer-type list many models share is not)."""
+    (blocks_in_a_package / "nets" / "extra.py").write_text(
+        "from torch import nn\n\n\nclass Unused(nn.Module):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(blocks_in_a_package))
     report = analyze_json(
-        "blocks.py", "--leaf", "LSTM", "--layer-type", "Conv2d", "--layer-type", "GRU"
+        "nets/blocks.py",
+        *("--leaf", "LSTM", "--layer-type", "Conv2d", "--layer-type", "GRU"),
+        *("--layer-type", "nets.extra.Unused"),
     )
     assert len(report["layers"]) == 5  # every convolution, as without the options
-    notes = [n for n in report["notes"] if "so it changes nothing" in n]
+    notes = [n for n in report["notes"] if "no module of the model is of this class" in n]
     assert notes == [
         "leaf_modules (--leaf) torch.nn.LSTM: no module of the model is of this class, so it "
-        "changes nothing",
-        "layer_types (--layer-type) torch.nn.GRU: no module of the model is of this class, so "
-        "it changes nothing",
+        "makes no leaf",
+        "layer_types (--layer-type) nets.extra.Unused: no module of the model is of this class, "
+        "so it counts no layer",
     ]
+
+
+def test_a_scripted_module_is_of_the_class_it_was_compiled_from_for_the_note() -> None:
+    class Scripted(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.jit.script(nn.Conv2d(3, 3, 3, padding=1))
+            self.b = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))
+
+    for option in ({"layer_types": [nn.Conv2d, nn.Linear]}, {"leaf_modules": [nn.Conv2d]}):
+        report = gpa.analyze(Scripted(), input_shape=(1, 3, 8, 8), **option)
+        assert list(report.layers) == ["a", "b"]
+        assert not [n for n in report.notes if "no module of the model is of" in n]
 
 
 def test_unknown_leaf() -> None:
