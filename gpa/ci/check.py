@@ -51,6 +51,8 @@ class ModelCheck:
     name: str
     target: str
     report: Report | None = None
+    #: the target as the configuration writes it (:attr:`ModelSpec.shown`), if it differs
+    shown: str | None = None
     results: list[RuleResult] = field(default_factory=list)
     error: str | None = None
     locations: Mapping[str, Location] = field(default_factory=dict)
@@ -108,7 +110,7 @@ class ModelCheck:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "target": self.target,
+            "target": self.shown or self.target,
             "error": self.error,
             "passed": self.passed,
             "tracer": self.tracer,
@@ -191,9 +193,11 @@ def analyze_spec(spec: ModelSpec, progress: Callable[[str], None] | None = None)
     """Load and analyse the model of ``spec`` with its settings (``progress``: see
     :func:`gpa.analyze`)."""
     settings = spec.settings
-    return analyze_target(
+    report = analyze_target(
         spec.target, dict(settings.kwargs), settings.analysis_options(), progress=progress
     )
+    report.model = spec.named(report.model)
+    return report
 
 
 def check_models(
@@ -207,7 +211,7 @@ def check_models(
     """
     checks = []
     for spec in specs:
-        check = ModelCheck(spec.name, spec.target, locations=spec.locations)
+        check = ModelCheck(spec.name, spec.target, locations=spec.locations, shown=spec.shown)
         try:
             check.report = analyze_spec(
                 spec, progress and (lambda phase, n=spec.name: progress(f"{n}: {phase}"))

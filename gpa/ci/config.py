@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import difflib
 import math
-import os
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,12 +109,30 @@ class ModelSpec:
     ``locations`` maps a configuration key (``max_shortest``, ``layers``, ``baseline`` …) to
     the line that sets it for this model, and ``""`` to the model's table, when the model
     comes from a configuration file (so that CI annotations point at the right line).
+    ``target`` is loadable from any working directory (a relative file target of a
+    configuration made absolute); ``shown``, where that changed it, is the target as the
+    configuration writes it: the name reports and the gate's JSON give the model, the same
+    on every machine and from every directory.
     """
 
     name: str
     target: str
     settings: ModelSettings = field(default_factory=ModelSettings)
     locations: Mapping[str, Location] = field(default_factory=dict)
+    shown: str | None = None
+
+    def named(self, name: str) -> str:
+        """``name``, a model name made from :attr:`target` (a report's, a measurement's),
+        with the target as the configuration writes it.
+
+        Example:
+            >>> ModelSpec("m", "/repo/nets/m.py:build", shown="nets/m.py:build").named(
+            ...     "/repo/nets/m.py:build (resnet18)")
+            'nets/m.py:build (resnet18)'
+        """
+        if self.shown is not None and name.startswith(self.target):
+            return self.shown + name[len(self.target) :]
+        return name
 
 
 @dataclass(frozen=True)
@@ -254,21 +271,14 @@ def parse_rules(table: Mapping[str, Any], where: str) -> Rules:
 
 
 def _resolve_target(target: str, root: Path | None) -> str:
-    """A relative file target (relative to the configuration file's directory, ``root``)
-    as the working directory reaches it: the path a user there would type, which reports,
-    plot titles and ``gpa check``'s JSON name the model by (absolute when outside it)."""
+    """A relative file target made relative to the configuration file's directory."""
     head, sep, attr = target.rpartition(":")
     if not (sep and head and all(p.isidentifier() for p in attr.split("."))):
         head, sep, attr = target, "", ""
     is_file = head.endswith(".py") or "/" in head or "\\" in head
     if root is None or not is_file or Path(head).is_absolute():
         return target
-    path = os.path.normpath(root.absolute() / head)
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # (another drive)
-        relative = ".."
-    return (path if relative.startswith("..") else relative) + sep + attr
+    return str(root.absolute() / head) + sep + attr
 
 
 def parse_config(table: Mapping[str, Any], path: Path | None = None) -> Config:
@@ -293,8 +303,13 @@ def parse_config(table: Mapping[str, Any], path: Path | None = None) -> Config:
             raise GpaError(f"{here}: missing 'target' (a .py file or package.module:attr)")
         target = _expect(entry["target"], str, "a TARGET string", f"{here}.target")
         settings = defaults.overridden_by(_settings(entry, here))
+        resolved = _resolve_target(target, root)
         models[name] = ModelSpec(
-            name, _resolve_target(target, root), settings, _model_locations(lines, name)
+            name,
+            resolved,
+            settings,
+            _model_locations(lines, name),
+            shown=target if resolved != target else None,
         )
     baseline = None
     if "baseline" in table:
@@ -420,7 +435,7 @@ def model_spec(
     if spec is None:
         defaults = config.defaults if config is not None else ModelSettings()
         return ModelSpec(arg, arg, defaults.overridden_by(overrides))
-    return ModelSpec(spec.name, spec.target, spec.settings.overridden_by(overrides), spec.locations)
+    return replace(spec, settings=spec.settings.overridden_by(overrides))
 
 
 def read_config(path: str | Path | None = None) -> Config | None:

@@ -96,6 +96,7 @@ def command(
             seed=seed,
             **spec.settings.options,
         )
+    m.model = spec.named(m.model)
     if fmt == "json":
         text = m.to_json()
     elif fmt == "csv":

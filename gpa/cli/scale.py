@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -71,4 +72,5 @@ def command(
     fixed = {k: v for k, v in spec.settings.kwargs.items() if k != knob or k in kwargs}
     with progress_display(quiet) as progress:
         result = scaling(spec.target, knob, parsed, options=options, progress=progress, **fixed)
+    result = dataclasses.replace(result, model=spec.named(result.model))
     emit(json.dumps(result.to_dict(), indent=2) if fmt == "json" else str(result), output)

@@ -915,8 +915,7 @@ def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.M
     matches = [
         c
         for c in in_model
-        if text
-        in (c.__name__, c.__qualname__, f"{c.__module__}.{c.__qualname__}", class_path(c))
+        if text in (c.__name__, c.__qualname__, f"{c.__module__}.{c.__qualname__}", class_path(c))
         or _by_its_file(text, c)
     ]
     if len(matches) == 1:
