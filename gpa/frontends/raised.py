@@ -123,7 +123,7 @@ def input_too_small(exc: BaseException) -> str | None:
     input, else None.
 
     Example:
-        >>> input_too_small(RuntimeError("Calculated output size: (4x0x0). Output size is too small"))[:33]
+        >>> input_too_small(RuntimeError("Output size is too small"))[:34]
         'The input is too small for the mod'
     """
     return INPUT_TOO_SMALL if any(w in str(exc) for w in _TOO_SMALL) else None

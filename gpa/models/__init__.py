@@ -22,9 +22,9 @@ Example:
     >>> gpa.models.resnet is gpa.models.describe("resnet").factory
     True
 
-Note: the package attribute ``gpa.models.resnet`` (and so on) is the *factory*, not the
-family module of the same name; import from a family module with
-``from gpa.models.residual import residual_net``.
+Note: the package attribute ``gpa.models.resnet`` (and so on) is the *factory*; the family
+modules have other names (``from gpa.models.residual import residual_net``), and
+:func:`register` refuses an entry named as one of them, which would hide it.
 """
 
 from gpa.models.registry import (

@@ -19,8 +19,10 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -114,6 +116,11 @@ def register(
         entry = name or fn.__name__
         if entry in _REGISTRY:
             raise RuntimeError(f"model {entry!r} is registered twice")
+        if entry in _package_names():  # gpa.models.NAME would be that, not the factory
+            raise RuntimeError(
+                f"model {entry!r} is named as a module or function of gpa.models, which "
+                "would hide it: choose another name"
+            )
         sig = inspect.signature(fn)
         for p in sig.parameters.values():
             if p.default is inspect.Parameter.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -149,6 +156,13 @@ def register(
         return factory  # type: ignore[return-value]
 
     return decorate
+
+
+@functools.cache
+def _package_names() -> frozenset[str]:
+    """The submodules of :mod:`gpa.models` and the registry functions it re-exports."""
+    here = Path(__file__).parent
+    return frozenset(m.name for m in pkgutil.iter_modules([str(here)])) | frozenset(__all__)
 
 
 def names() -> list[str]:

@@ -152,3 +152,18 @@ def test_a_registered_entry_is_a_target_without_its_own_import_line(
     assert {n: r.shortest for n, r in report.layers.items()} == {"0": 2, "2": 1}
     with pytest.raises(AttributeError, match="no attribute 'not_registered'"):
         gpa.models.not_registered  # noqa: B018
+
+
+@pytest.mark.parametrize("name", ["dense", "yolo", "blocks", "build"])
+def test_an_entry_named_as_a_module_or_function_of_the_package_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """``gpa.models.dense`` is the family module: an entry ``dense`` would be unreachable
+    as ``gpa.models:dense`` (found by a review)."""
+    from torch import nn
+
+    from gpa.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    with pytest.raises(RuntimeError, match=f"model '{name}' is named as a module or function"):
+        registry.register(description="x", section="test", name=name)(lambda: nn.Linear(2, 2))
