@@ -428,7 +428,8 @@ def _frozen_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[
     return [
         f"{which} parameters are frozen (requires_grad=False): {listed}; gradient paths are "
         "structural, so they are analysed as any other layer's, though a real backward "
-        "leaves their weights without gradient"
+        "leaves their weights without gradient (and a re-entrant checkpoint given only "
+        "what they compute passes none on in training, docs/semantics.md §1.7)"
     ]
 
 

@@ -187,7 +187,8 @@ def test_compare_gives_each_sides_notes() -> None:
     assert c.notes == [
         "B: 1 layer's parameters are frozen (requires_grad=False): stem; gradient paths are "
         "structural, so they are analysed as any other layer's, though a real backward "
-        "leaves their weights without gradient"
+        "leaves their weights without gradient (and a re-entrant checkpoint given only what "
+        "they compute passes none on in training, docs/semantics.md §1.7)"
     ]
     note = c.notes[0].removeprefix("B: ")
     result = gpa_cli("compare", TWO, TWO, "-k", "frozen=True")  # -k: both sides

@@ -537,7 +537,8 @@ def test_frozen_layers_are_analysed_as_any_and_noted() -> None:
     assert [n for n in one.notes if "frozen" in n] == [
         "1 layer's parameters are frozen (requires_grad=False): 0; gradient paths are "
         "structural, so they are analysed as any other layer's, though a real backward "
-        "leaves their weights without gradient"
+        "leaves their weights without gradient (and a re-entrant checkpoint given only what "
+        "they compute passes none on in training, docs/semantics.md §1.7)"
     ]
     every = gpa.analyze(model.requires_grad_(False), input_shape=(1, 4))
     assert {name: r.shortest for name, r in every.layers.items()} == {"0": 3, "1": 2, "2": 1}
