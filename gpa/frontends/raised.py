@@ -110,6 +110,7 @@ _TOO_SMALL = (
     "smaller than kernel size",
     "Kernel size can't be greater than actual input size",
     "Invalid computed output size",
+    "but its components must be at least one",  # unfold's sliding blocks
 )
 #: Said after such an error, by every frontend.
 INPUT_TOO_SMALL = (

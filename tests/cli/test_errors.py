@@ -538,12 +538,13 @@ def test_when_no_frontend_reads_a_model_gpa_s_own_reasons_come_first() -> None:
 
 # Inputs too small for a window of the model, each of torch's wordings (by hand: a 5×5
 # kernel on a 4×4 map, a 2×7×7 pool on 2×2×2, a 7×7 pool on the 4×4 left by a 3×3 kernel,
-# a pool of 5 on the 3 left of 5 by a kernel of 3).
+# a pool of 5 on the 3 left of 5 by a kernel of 3, 7×7 blocks unfolded from 4×4).
 TOO_SMALL = {
     "kernel": (nn.Sequential(nn.Conv2d(3, 4, 5)), (1, 3, 4, 4)),
     "pool3d": (nn.Sequential(nn.Conv3d(3, 4, 1), nn.AvgPool3d((2, 7, 7))), (1, 3, 2, 2, 2)),
     "pool2d": (nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(7)), (1, 3, 6, 6)),
     "pool1d": (nn.Sequential(nn.Conv1d(3, 4, 3), nn.MaxPool1d(5)), (1, 3, 5)),
+    "unfold": (nn.Sequential(nn.Conv2d(3, 4, 1), nn.Unfold(7)), (1, 3, 4, 4)),
 }
 
 
