@@ -769,6 +769,19 @@ def _results(value: Channels, shapes: Any, every: bool = False) -> Any:
     return tree_map(each, shapes)
 
 
+def normalised_with_statistics(
+    ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any
+) -> Any:
+    """ATen's batch norm returning its statistics beside the result (export's graph spells
+    ``batch_norm`` so where the model writes in place): the result as ``batch_norm``'s —
+    each channel stays where it is —, the statistics (per channel, for the running ones'
+    update) no channel."""
+    found = _shape_leaves(shapes)
+    if not found:
+        return fallback(ctx, node, inputs, shapes, op_name(node))
+    return _results(pointwise(ctx, node, inputs, found[0]), shapes)
+
+
 def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], shapes: Any) -> Any:
     """Data movement: run the operation on tensors holding channel positions and read them back.
 
@@ -1716,7 +1729,9 @@ RULES: dict[OpKey, Rule] = {
         "index_select tensor_split flip expand expand_as repeat "
         "stack pixel_shuffle pixel_unshuffle channel_shuffle "
         "hstack vstack gather take_along_dim "
-        "take repeat_interleave tile unfold im2col diagonal diag_embed index",
+        "take repeat_interleave tile unfold im2col diagonal diag_embed index "
+        # a write into part of a tensor, as export's graph spells it (``y[:, 2::3] = …``)
+        "slice_scatter select_scatter diagonal_scatter index_put copy fill zero setitem",
         probe,
     ),
     **_each(
@@ -1750,6 +1765,12 @@ RULES: dict[OpKey, Rule] = {
     "scaled_dot_product_attention": attention,
     **_each("layer_norm rms_norm", layer_norm),
     "group_norm": group_norm,
+    **_each(
+        "native_batch_norm _native_batch_norm_legit _native_batch_norm_legit_no_training "
+        "_native_batch_norm_legit_functional _batch_norm_with_update "
+        "_batch_norm_with_update_functional _batch_norm_no_update",
+        normalised_with_statistics,
+    ),
     # modules
     **_each(
         (

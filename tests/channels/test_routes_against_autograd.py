@@ -479,3 +479,75 @@ def test_a_tuple_argument_delivers_each_of_its_tensors(tracer):
         ("second", 1, [0, WIDTH], True),
         ("second", 2, [0, WIDTH], True),
     ]
+
+
+def written(y: torch.Tensor, how: str) -> torch.Tensor:
+    """``y`` written into in place, with gradient: fx records a call of this function (it
+    is wrapped) and traces into it by value (``setitem_``); export's graph spells the
+    writes ``slice_scatter``, ``select_scatter``, ``index_put``, ``copy`` and ``fill``."""
+    y = y.clone()
+    if how == "moved":
+        y[..., 0:2] = y[..., 2:4]  # channels 0, 1 overwritten: they reach nothing
+    elif how == "filled":
+        y[..., 0] = 0.0  # channel 0 overwritten by a constant
+    elif how == "strided":
+        y[..., 0::2] = y[..., 0::2].sigmoid()  # every channel stays where it is
+    elif how == "indexed":
+        y[..., [0, 1]] = y[..., [3, 2]]
+    else:
+        y.copy_(y.flip(-1))
+    return y
+
+
+torch.fx.wrap("written")
+
+# fx keeps a wrapped call whole where its writes read the memory they write in a way its
+# check of writes does not follow (a strided view read into the write, a copy of a flip):
+# a noted fallback, as §8 allows; export's functional graph routes them all.
+WRITES = [
+    *((how, tracer) for how in ("moved", "filled", "indexed") for tracer in ("fx", "export")),
+    ("strided", "export"),
+    ("copied", "export"),
+]
+
+
+@pytest.mark.parametrize(("how", "tracer"), WRITES)
+def test_writes_in_place_with_gradient_route_as_autograd(how, tracer):
+    """A write into part of a tensor fell back (every channel reaching every position):
+    an Ultralytics pose head's ``y[:, 2::3] = …`` merged the segments of every layer before
+    it (found by a survey against autograd on yolo11n-pose)."""
+    op = lambda y, how=how: written(y, how)  # noqa: E731 (by its global name: fx's wrap)
+    report = gpa.analyze(Between(op), (torch.randn(*SHAPE),), channels=True, tracer=tracer)
+    record = report.to_dict()["layers"][0]
+    assert "channel_fallback" not in record
+    assert torch.equal(routed(record), reached(op))
+
+
+class _NormedHalves(nn.Module):
+    """c1 -> batch norm -> halves to a and b -> a write in place: export's graph then
+    spells batch norm with its statistics (``_native_batch_norm_legit_no_training``,
+    ``_native_batch_norm_legit_functional``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.bn = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        self.a, self.b = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        p, q = self.bn(self.c1(x)).chunk(2, 1)
+        out = torch.cat([self.a(p), self.b(q)], 1).clone()
+        out[:, 0:2] = out[:, 0:2].sigmoid()
+        return out
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_batch_norm_with_its_statistics_keeps_each_channel_where_it_is(train):
+    """By hand: c1's first four channels reach the loss through a, the last four through b
+    (two segments); batch norm fell back and merged them into one reaching both."""
+    report = gpa.analyze(
+        _NormedHalves(), (torch.randn(2, 3, 8, 8),), channels=True, train=train, tracer="export"
+    )
+    record = report.layers["c1"]
+    assert record.channel_fallbacks == ()
+    found = [(s.start, s.stop, [x.sender for x in s.sources]) for s in record.segments]
+    assert found == [(0, 4, ["a"]), (4, 8, ["b"])]
