@@ -334,6 +334,8 @@ def _classes_matching_nothing_notes(model: nn.Module, options: AnalysisOptions) 
     class it was compiled from): such a class selects nothing, which a misspelt or wrong
     class would otherwise do without a word. (A torch class in a list shared by many models,
     ``layer_types = ["Conv2d", "GRU"]``, is not named for each model lacking it.)"""
+    if not options.leaf_modules and not options.layer_types:
+        return []  # (most analyses: no walk of the modules)
     used = {module_class(m) for m in model.modules()}
 
     def unmatched(given: Iterable[object], also_torch: bool) -> list[str]:
