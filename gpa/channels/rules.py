@@ -837,7 +837,11 @@ def probe(ctx: RoutingContext, node: fx.Node, inputs: Mapping[fx.Node, Any], sha
     kwargs = fx.node.map_arg(node.kwargs, probes.__getitem__)
 
     def moved(v: Any) -> Any:
-        return v + base if id(v) in made else v
+        # every tensor apart from the first run's: an operation writing in place into one
+        # without channels (a buffer of zeros filled window by window) returns it
+        if id(v) in made:
+            return v + base
+        return v.clone() if isinstance(v, torch.Tensor) else v
 
     try:
         shifted = tree_map(moved, (args, kwargs))  # before an in-place operation runs

@@ -494,6 +494,9 @@ def written(y: torch.Tensor, how: str) -> torch.Tensor:
         y[..., 0::2] = y[..., 0::2].sigmoid()  # every channel stays where it is
     elif how == "indexed":
         y[..., [0, 1]] = y[..., [3, 2]]
+    elif how == "into-zeros":  # a buffer of zeros filled with channels 0, 1 moved to 2, 3
+        y, made = torch.zeros_like(y), y
+        y[..., 2:4] = made[..., 0:2]
     else:
         y.copy_(y.flip(-1))
     return y
@@ -505,7 +508,11 @@ torch.fx.wrap("written")
 # check of writes does not follow (a strided view read into the write, a copy of a flip):
 # a noted fallback, as §8 allows; export's functional graph routes them all.
 WRITES = [
-    *((how, tracer) for how in ("moved", "filled", "indexed") for tracer in ("fx", "export")),
+    *(
+        (how, tracer)
+        for how in ("moved", "filled", "indexed", "into-zeros")
+        for tracer in ("fx", "export")
+    ),
     ("strided", "export"),
     ("copied", "export"),
 ]
