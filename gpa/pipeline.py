@@ -407,6 +407,8 @@ def _frozen_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[
     """A note naming the layers whose parameters are all frozen (``requires_grad=False``:
     a backbone frozen for fine-tuning, an EMA copy): their paths are those of any layer
     (``docs/semantics.md`` §3), though a real backward leaves their weights untouched."""
+    if all(p.requires_grad for p in model.parameters()):  # (the usual case: one walk)
+        return []
     frozen = []
     for name in records:
         try:

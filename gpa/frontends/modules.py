@@ -328,7 +328,12 @@ def modes_switched(model: nn.Module, train: bool) -> Iterator[list[nn.Module]]:
     """
     with TRACING:
         modes = [(m, m.training) for m in model.modules()]
-        model.train(train)
+        if any(type(m).train is not nn.Module.train for m, _ in modes):
+            model.train(train)
+        else:  # torch's own ``train`` everywhere: what it does, without its recursion
+            for m, was in modes:
+                if was != train:
+                    m.training = train
         try:
             yield [m for m, was in modes if m.training != was]
         finally:
@@ -432,6 +437,8 @@ def _carries_hooks_of_its_own(module: nn.Module) -> bool:
     gradient (:func:`_marks_gradient_only`), which that output does anyway (§3). On a
     module without weights, or whose own forward may switch gradient off, such a mark is
     what gives its output gradient: it counts."""
+    if not (module._forward_hooks or module._forward_pre_hooks):  # (most modules: asked of each)
+        return False
     hooks = [
         *((h, True) for h in module._forward_hooks.values()),
         *((h, False) for h in module._forward_pre_hooks.values()),
@@ -676,11 +683,15 @@ def _sort(
 ) -> None:
     """Put each container among ``values`` not ``seen`` into ``filled`` (with a copy of its
     entries) or ``empty``, and the containers they hold into ``inside`` (unless None)."""
+    known = _KINDS.get  # (a dict's lookup: this loop runs for every value of every module)
     for value in values:
-        kind = _kind(type(value))
+        cls = type(value)
+        kind = known(cls)
+        if kind is None:
+            kind = _kind(cls)
         if not kind:
             # a transparent proxy (``wrapt.ObjectProxy``) passes for what it wraps: looked into
-            if value.__class__ is type(value) or not _kind(value.__class__):
+            if value.__class__ is cls or not _kind(value.__class__):
                 continue
             kind = _LOOKED_INTO
         if not value:  # (an empty one met twice is cleared twice)
@@ -693,24 +704,39 @@ def _sort(
         if kind == _RESTORED:
             filled.append((value, value.copy()))
         if inside is not None:
-            entries = value.values() if isinstance(value, dict) else value
-            inside.extend(v for v in entries if _kind(type(v)) or v.__class__ is not type(v))
+            for entry in value.values() if isinstance(value, dict) else value:
+                of = type(entry)
+                held = known(of)
+                if held is None:
+                    held = _kind(of)
+                if held or entry.__class__ is not of:
+                    inside.append(entry)
 
 
-@functools.cache
+#: :func:`_kind` by type, as worked out so far.
+_KINDS: dict[type, int] = {}
+
+
 def _kind(kind: type) -> int:
     """What :func:`_containers` does with a value of type ``kind``: ``_RESTORED`` — one of
     :data:`_CONTAINERS`, or a subclass keeping the methods restoring takes from the nearest
     of them (a cache class ``class Cache(dict): pass``) —, ``_LOOKED_INTO`` (a tuple, a
     container subclass restoring cannot take), or ``_OTHER`` (modules and tensors too)."""
+    found = _KINDS.get(kind)
+    if found is not None:
+        return found
     if issubclass(kind, (nn.Module, torch.Tensor)):
-        return _OTHER
-    base = next((b for b in kind.__mro__ if b in _CONTAINERS), None)
-    if base is not None and all(
-        getattr(kind, m, None) is getattr(base, m, None) for m in _RESTORING
-    ):
-        return _RESTORED
-    return _LOOKED_INTO if issubclass(kind, (*_CONTAINERS, tuple)) else _OTHER
+        found = _OTHER
+    else:
+        base = next((b for b in kind.__mro__ if b in _CONTAINERS), None)
+        if base is not None and all(
+            getattr(kind, m, None) is getattr(base, m, None) for m in _RESTORING
+        ):
+            found = _RESTORED
+        else:
+            found = _LOOKED_INTO if issubclass(kind, (*_CONTAINERS, tuple)) else _OTHER
+    _KINDS[kind] = found
+    return found
 
 
 def _restore(now: Any, held: Any) -> None:
