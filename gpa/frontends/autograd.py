@@ -70,10 +70,11 @@ from gpa.frontends.modules import (
     with_tied,
 )
 from gpa.frontends.operators import (
+    MIXING_FUNCTION_NAMES,
     backward_kind,
     custom_operator,
     custom_operator_note,
-    torch_operator,
+    function_name,
 )
 from gpa.frontends.outputs import returned_values
 from gpa.frontends.raised import briefly, model_raised
@@ -252,7 +253,7 @@ class _ParameterUse(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        mixing = self.recorder.depth == 0 and _function_name(func) in _NO_GRAD_MIXING
+        mixing = self.recorder.depth == 0 and function_name(func) in MIXING_FUNCTION_NAMES
         start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
@@ -385,7 +386,7 @@ class _ParameterUse(TorchFunctionMode):
                 if isinstance(t, torch.Tensor):
                     self.derived[id(t)] = named[0]
                     self.keep.append(t)
-        elif _function_name(func) in _NO_GRAD_MIXING:
+        elif function_name(func) in MIXING_FUNCTION_NAMES:
             self.no_grad_layers.append((self.recorder.sequence(), named[0], tensors, result))
 
     def _weight_without_gradient(
@@ -400,7 +401,7 @@ class _ParameterUse(TorchFunctionMode):
             return
         results = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
         detached = [self.derived[id(t)] for t in tensors if id(t) in self.derived]
-        if detached and _function_name(func) in _NO_GRAD_MIXING:
+        if detached and function_name(func) in MIXING_FUNCTION_NAMES:
             layer = detached[0] if any(data) else None  # beside data, or weights alone
             if any(t.grad_fn is not None for t in results):
                 self.weight_reads.append((start, self.recorder.sequence() - 1, layer))
@@ -445,21 +446,6 @@ def _sizes_by_data(func: Any, args: tuple) -> bool:
 
 # Functions indexing a tensor: a weight indexed so by data is picked by the data's values.
 _INDEXING = frozenset({"__getitem__", "index_select", "take", "take_along_dim", "gather"})
-
-_NO_GRAD_MIXING = frozenset(
-    "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear bilinear "
-    "embedding embedding_bag matmul __matmul__ __rmatmul__ mm bmm mv dot addmm addbmm baddbmm "
-    "addmv einsum tensordot _grouped_mm grouped_mm".split()
-)
-
-
-def _function_name(func: Any) -> str:
-    """``func``'s name; a custom operator standing for one of torch's own
-    (:data:`~gpa.frontends.operators.STANDING_FOR`) by that one's."""
-    stands_for = torch_operator(func)
-    if stands_for is not func:
-        return stands_for.overloadpacket.__name__
-    return getattr(func, "__name__", "")
 
 
 def _kind(fn: Any) -> str:

@@ -27,12 +27,14 @@ from typing import Any, NamedTuple
 import torch
 
 __all__ = [
+    "MIXING_FUNCTION_NAMES",
     "STANDING_FOR",
     "StandIn",
     "backward_kind",
     "custom_operator",
     "custom_operator_label",
     "custom_operator_note",
+    "function_name",
     "torch_operator",
 ]
 
@@ -95,6 +97,31 @@ def torch_operator(target: Any) -> Any:
     """
     stand_in = STANDING_FOR.get(_qualified(target) or "")
     return target if stand_in is None else getattr(torch.ops.aten, stand_in.aten).default
+
+
+#: The names (:func:`function_name`) of torch's feature-mixing functions and tensor methods,
+#: as a ``TorchFunctionMode`` sees them called: a call of one given a weight is a layer
+#: call (``docs/semantics.md`` §2).
+MIXING_FUNCTION_NAMES = frozenset(
+    "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear bilinear "
+    "embedding embedding_bag matmul __matmul__ __rmatmul__ mm bmm mv dot addmm addbmm baddbmm "
+    "addmv einsum tensordot _grouped_mm grouped_mm".split()
+)
+
+
+def function_name(func: Any) -> str:
+    """``func``'s name (a ``TorchFunctionMode``'s ``func``: ``torch.nn.functional.linear``,
+    ``torch.Tensor.__matmul__``); a custom operator standing for one of torch's own
+    (:data:`STANDING_FOR`) by that one's.
+
+    Example:
+        >>> function_name(torch.Tensor.__matmul__) in MIXING_FUNCTION_NAMES
+        True
+    """
+    stands_for = torch_operator(func)
+    if stands_for is not func:
+        return stands_for.overloadpacket.__name__
+    return getattr(func, "__name__", "")
 
 
 def backward_kind(kind: str) -> str:

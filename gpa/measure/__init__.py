@@ -167,6 +167,16 @@ def _trainable(module: nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
+def _functional_weight(model: nn.Module, layer: str) -> torch.Tensor | None:
+    """The weight a functional layer record ``layer`` is named after (a floating
+    parameter of that qualified name, ``docs/semantics.md`` §2), or None."""
+    try:
+        weight = model.get_parameter(layer)
+    except AttributeError:
+        return None
+    return weight if weight.is_floating_point() or weight.is_complex() else None
+
+
 def _param_axis(module: nn.Module, p: torch.Tensor) -> int:
     transposed = isinstance(module, nn.modules.conv._ConvTransposeNd)
     return 1 if transposed and p is getattr(module, "weight", None) else 0
@@ -247,7 +257,7 @@ def measure(
     )
     given, (model, _) = model, unwrap_wrappers(model)  # (the report names its layers)
     target = torch.device(device) if device is not None else None
-    modules = {}
+    modules, weights = {}, {}
     notes = list(report.notes)
     for layer in report.layers:
         try:
@@ -256,7 +266,11 @@ def measure(
             if layer == type(model).__name__ and len(report.layers) == 1:
                 modules[layer] = model  # the model itself is the one layer
                 continue
-            notes.append(f"layer {layer!r} is not a submodule: not measured")
+            weight = _functional_weight(model, layer)
+            if weight is not None:  # a functional layer, named by its weight (§2)
+                weights[layer] = weight
+            else:
+                notes.append(f"layer {layer!r} is not a submodule: not measured")
             continue
         if isinstance(modules[layer], torch.jit.ScriptModule):  # (refuses Python hooks)
             del modules[layer]
@@ -292,6 +306,7 @@ def measure(
         per_step = _run(
             model,
             modules,
+            weights,
             segments,
             batch_iter,
             steps,
@@ -304,6 +319,7 @@ def measure(
     return _summarise(
         report,
         modules,
+        weights,
         segments,
         per_step,
         steps=len(per_step),
@@ -318,6 +334,7 @@ def measure(
 def _run(
     model: nn.Module,
     modules: dict[str, nn.Module],
+    weights: dict[str, torch.Tensor],
     segments: dict[str, list[tuple[int, int]]],
     batch_iter: Iterator[Any],
     steps: int,
@@ -334,7 +351,7 @@ def _run(
     virtual = None
     results = []
     params = list(model.parameters())
-    with GradientRecorder(modules, segments) as recorder:
+    with GradientRecorder(modules, segments, weights) as recorder:
         for i, batch in enumerate(itertools.islice(batch_iter, steps)):
             step(f"step {i + 1}/{steps}")
             args = _to(_as_args(batch, model), device)
@@ -352,7 +369,7 @@ def _run(
                 raise GpaError("the loss must return a scalar tensor that requires gradient")
             with _raised_by(type(model).__name__, "backward"):
                 value.reshape(()).backward()
-            results.append((recorder.end_step(), *_weight_norms(modules, segments)))
+            results.append((recorder.end_step(), *_weight_norms(modules, weights, segments)))
     for p in params:
         p.grad = None
     if not results:
@@ -380,10 +397,17 @@ def _raised_by(name: str, part: str) -> Iterator[None]:
 
 
 def _weight_norms(
-    modules: dict[str, nn.Module], segments: dict[str, list[tuple[int, int]]]
+    modules: dict[str, nn.Module],
+    weights: dict[str, torch.Tensor],
+    segments: dict[str, list[tuple[int, int]]],
 ) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """‖∂L/∂W‖ per trainable layer, and per segment (parameters sliced on output channels)."""
+    """‖∂L/∂W‖ per trainable layer, and per segment (parameters sliced on output channels);
+    a functional layer's is its weight's."""
     norms, seg_norms = {}, {}
+    for name, weight in weights.items():
+        if weight.requires_grad:
+            grad = weight.grad
+            norms[name] = 0.0 if grad is None else float(grad.double().pow(2).sum().sqrt())
     for name, module in modules.items():
         trainable = _trainable(module)
         if not trainable:
@@ -407,12 +431,14 @@ def _weight_norms(
 def _summarise(
     report: Report,
     modules: dict[str, nn.Module],
+    weights: dict[str, torch.Tensor],
     segments: dict[str, list[tuple[int, int]]],
     per_step: list[tuple[StepGradients, dict[str, float], dict[str, list[float]]]],
     **meta: Any,
 ) -> Measurement:
-    names = [n for n in modules if n in per_step[0][0].sq_norms]
-    missing = [n for n in modules if n not in names]
+    measured = [n for n in report.layers if n in modules or n in weights]  # (forward order)
+    names = [n for n in measured if n in per_step[0][0].sq_norms]
+    missing = [n for n in measured if n not in names]
     notes = meta.pop("notes")
     if missing:
         notes.append(f"layers not called in the measured steps: {', '.join(missing)}")
@@ -464,7 +490,7 @@ def _summarise(
             )
         layers[n] = LayerMeasurement(
             name=n,
-            type=type(modules[n]).__name__,
+            type=type(modules[n]).__name__ if n in modules else report.layers[n].type,
             weight_grad_norm=mean_w,
             weight_grad_norm_std=float(np.std(w[n])) if n in w else None,
             output_grad_norm=out_norm[n],

@@ -28,15 +28,19 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
 
 from gpa.channels.rules import is_conv, layer_channel_axis
+from gpa.frontends.operators import MIXING_FUNCTION_NAMES, function_name
 
 __all__ = ["GradientRecorder", "StepGradients", "channel_axis", "output_tensors"]
 
@@ -118,6 +122,11 @@ class GradientRecorder:
     Args:
         modules: layer name -> module, in forward order.
         segments: layer name -> [(start, stop)] channel ranges to measure separately.
+        weights: functional layer name -> its weight (a parameter the model's code hands
+            to a feature-mixing function itself: ``F.linear(x, self.A)``, an expert bank
+            in ``torch.bmm``; ``docs/semantics.md`` §2). Each call of such a function
+            given the weight — as it is, or made from it alone: ``self.A.t()``,
+            ``self.w[i]`` — is a call of that layer, whose result is its output.
 
     Use as a context manager (the hooks are removed on exit); call :meth:`end_step` after
     each backward pass.
@@ -127,11 +136,15 @@ class GradientRecorder:
         self,
         modules: Mapping[str, nn.Module],
         segments: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+        weights: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         self.modules = dict(modules)
+        self.weights = dict(weights or {})
         self.segments = {k: list(v) for k, v in (segments or {}).items()}
         self.axes = {name: channel_axis(m) for name, m in self.modules.items()}
+        self.axes.update(dict.fromkeys(self.weights, -1))
         self._handles: list[Any] = []
+        self._calls_seen: _FunctionalCalls | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -149,33 +162,45 @@ class GradientRecorder:
     def __enter__(self) -> GradientRecorder:
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_hook(self._forward_hook(name)))
+        if self.weights:
+            self._calls_seen = _FunctionalCalls(self)
+            self._calls_seen.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        if self._calls_seen is not None:
+            self._calls_seen.__exit__(*exc)
+            self._calls_seen = None
 
     def _forward_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            # (by its outputs: a forward may switch grad mode on inside a no_grad block)
-            if not any(y.requires_grad for y in output_tensors(output)):
-                quiet = self._quiet.setdefault(name, {})
-                call = len({key[0] for key in quiet})
-                for slot, y in enumerate(output_tensors(output)):
-                    quiet[(call, slot)] = _feature_shape(y, self.axes[name])
-                return
-            call = self._calls.get(name, 0)
-            self._calls[name] = call + 1
-            for slot, y in enumerate(output_tensors(output)):
-                key = (call, slot)
-                if call == 0 and slot == 0:  # the layer's own channels, where they lie
-                    self.axes[name] = channel_axis(module, tuple(y.shape))
-                self._shapes.setdefault(name, {})[key] = _feature_shape(y, self.axes[name])
-                if y.requires_grad:  # else autograd computes no gradient for it: zero
-                    y.register_hook(self._tensor_hook(name, key))
+            self.record(name, output, lambda shape: channel_axis(module, shape))
 
         return hook
+
+    def record(self, name: str, output: Any, axis: Callable[[tuple[int, ...]], int]) -> None:
+        """Take one call of layer ``name`` returning ``output``: the gradient its tensors
+        receive is reduced when it arrives. ``axis`` gives the channel axis of a result of
+        the given shape (asked of the layer's first result)."""
+        # (by its outputs: a forward may switch grad mode on inside a no_grad block)
+        if not any(y.requires_grad for y in output_tensors(output)):
+            quiet = self._quiet.setdefault(name, {})
+            call = len({key[0] for key in quiet})
+            for slot, y in enumerate(output_tensors(output)):
+                quiet[(call, slot)] = _feature_shape(y, self.axes[name])
+            return
+        call = self._calls.get(name, 0)
+        self._calls[name] = call + 1
+        for slot, y in enumerate(output_tensors(output)):
+            key = (call, slot)
+            if call == 0 and slot == 0:  # the layer's own channels, where they lie
+                self.axes[name] = axis(tuple(y.shape))
+            self._shapes.setdefault(name, {})[key] = _feature_shape(y, self.axes[name])
+            if y.requires_grad:  # else autograd computes no gradient for it: zero
+                y.register_hook(self._tensor_hook(name, key))
 
     def _tensor_hook(self, name: str, key: tuple[int, int]) -> Any:
         def hook(g: torch.Tensor) -> None:
@@ -195,7 +220,7 @@ class GradientRecorder:
     def end_step(self) -> StepGradients:
         """The reductions of the step just run (zeros for outputs no gradient reached)."""
         step = StepGradients()
-        for name in self.modules:
+        for name in [*self.modules, *self.weights]:
             shapes = self._shapes.get(name) or self._quiet.get(name)
             if shapes is None:
                 continue
@@ -211,3 +236,39 @@ class GradientRecorder:
             step.features[name] = np.concatenate(parts, axis=1) if len(batches) == 1 else None
         self._reset()
         return step
+
+
+class _FunctionalCalls(TorchFunctionMode):
+    """Gives ``recorder`` the calls of its functional layers (``recorder.weights``): a
+    feature-mixing call (:data:`~gpa.frontends.operators.MIXING_FUNCTION_NAMES`) given a
+    layer's weight, or a tensor made from that weight alone, is a call of the layer; an
+    operation on such tensors alone (a transpose, a cast, indexing by integers) makes
+    another."""
+
+    def __init__(self, recorder: GradientRecorder) -> None:
+        super().__init__()
+        self.recorder = recorder
+        # weight, and each tensor made from one weight alone -> the layer's name
+        self.made: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        for name, weight in recorder.weights.items():
+            self.made[weight] = name
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        names = {self.made.get(t) for t in tensors}
+        names.discard(None)
+        if len(names) != 1:  # (data only, or two layers' weights together)
+            return result
+        [name] = names
+        called = function_name(func)
+        if called in MIXING_FUNCTION_NAMES:
+            convolution = called.startswith("conv")
+            self.recorder.record(name, result, lambda shape: 1 if convolution else -1)
+        elif all(t in self.made for t in tensors if t.is_floating_point() or t.is_complex()):
+            for t in output_tensors(result):
+                self.made[t] = name
+        return result

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import gpa
 from gpa.errors import GpaError
@@ -507,3 +508,62 @@ def test_a_model_on_the_meta_device_is_refused_before_any_step() -> None:
         net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     with pytest.raises(GpaError, match="parameters are on the meta device"):
         measure(net, torch.zeros(1, 4), steps=1)
+
+
+class FunctionalLayers(nn.Module):
+    """Layers the model's code writes with its weights itself (``docs/semantics.md`` §2):
+    LoRA's ``A`` and ``B`` through ``F.linear``, a projection ``P`` read transposed by
+    ``@``, and an expert bank ``E`` whose expert is picked by an integer index (a
+    batched matmul), called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = nn.Linear(6, 5)
+        self.base.weight.requires_grad_(False)  # LoRA's frozen base
+        self.A = nn.Parameter(torch.randn(2, 6))
+        self.B = nn.Parameter(torch.randn(5, 2))
+        self.P = nn.Parameter(torch.randn(4, 5))
+        self.E = nn.Parameter(torch.randn(3, 4, 4))
+        self.head = nn.Linear(4, 3)
+
+    def parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each functional layer's output, by its weight's name (the second call of E
+        under ``E2``)."""
+        out = {"A": F.linear(x, self.A)}
+        out["B"] = F.linear(out["A"], self.B)
+        out["P"] = torch.tanh(self.base(x) + out["B"]) @ self.P.T
+        pick = torch.tensor([1])
+        out["E"] = torch.bmm(out["P"].unsqueeze(1), self.E[pick].expand(len(x), 4, 4))
+        out["E2"] = torch.bmm(torch.relu(out["E"]), self.E[pick + 1].expand(len(x), 4, 4))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.parts(x)["E2"].squeeze(1))
+
+
+def test_functional_layers_are_measured_as_a_plain_backward_gives_them() -> None:
+    """A layer the model's code computes with its weight itself — LoRA's A and B, a
+    projection read transposed, an expert picked from a bank by index and called twice —
+    is measured as a module layer is (it was named in a note, not measured): its weight's
+    gradient norm, and the norm of the gradient its output receives (the bank's two calls
+    together: their squares add up), each as a hand-written backward gives them."""
+    torch.manual_seed(0)
+    net, x = FunctionalLayers(), torch.randn(8, 6)
+    m = measure(net, batches=[x], steps=1, loss=lambda out, batch: out.pow(2).sum())
+    assert list(m.layers) == ["A", "B", "base", "P", "E", "head"]  # (the order of the calls)
+    assert not [n for n in m.notes if "not measured" in n]
+    net.zero_grad()
+    parts = net.parts(x)
+    for y in parts.values():
+        y.retain_grad()
+    net.head(parts["E2"].squeeze(1)).pow(2).sum().backward()
+    received = {n: float(y.grad.pow(2).sum()) for n, y in parts.items()}
+    received["E"] += received.pop("E2")
+    for name in ("A", "B", "P", "E"):
+        layer = m.layers[name]
+        weight = getattr(net, name)
+        assert layer.weight_grad_norm == pytest.approx(float(weight.grad.norm()), rel=1e-6)
+        assert layer.output_grad_norm == pytest.approx(math.sqrt(received[name]), rel=1e-6)
+        assert not layer.frozen
+    # the first call's gradient is the second call's input's, through relu: E sees both
+    assert received["E"] > float(parts["E2"].grad.pow(2).sum())
