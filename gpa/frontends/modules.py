@@ -328,7 +328,7 @@ def modes_switched(model: nn.Module, train: bool) -> Iterator[list[nn.Module]]:
     """
     with TRACING:
         modes = [(m, m.training) for m in model.modules()]
-        if any(type(m).train is not nn.Module.train for m, _ in modes):
+        if any(type(m).train is not nn.Module.train or "train" in vars(m) for m, _ in modes):
             model.train(train)
         else:  # torch's own ``train`` everywhere: what it does, without its recursion
             for m, was in modes:

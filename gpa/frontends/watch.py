@@ -50,6 +50,7 @@ __all__ = [
     "ModuleCalls",
     "in_function_forward",
     "in_reentrant_checkpoint",
+    "reentrant_checkpoint_contexts",
     "recomputed_function_note",
     "unfed_checkpoint_note",
 ]
@@ -92,6 +93,23 @@ def in_reentrant_checkpoint() -> bool:
             return True
         frame = frame.f_back  # type: ignore[assignment]
     return False
+
+
+def reentrant_checkpoint_contexts() -> list[Any]:
+    """The ``ctx`` of each re-entrant checkpoint whose function the caller runs inside,
+    innermost first: its ``run_function`` is what the backward runs again, with gradient.
+
+    Example:
+        >>> reentrant_checkpoint_contexts()
+        []
+    """
+    found = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is _CHECKPOINT_FORWARD:
+            found.append(frame.f_locals["ctx"])
+        frame = frame.f_back  # type: ignore[assignment]
+    return found
 
 
 def in_function_forward() -> list[type]:

@@ -351,7 +351,7 @@ def _run(
     virtual = None
     results = []
     params = list(model.parameters())
-    with GradientRecorder(modules, segments, weights) as recorder:
+    with GradientRecorder(modules, segments, weights, model) as recorder:
         for i, batch in enumerate(itertools.islice(batch_iter, steps)):
             step(f"step {i + 1}/{steps}")
             args = _to(_as_args(batch, model), device)

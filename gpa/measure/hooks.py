@@ -28,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,12 +36,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from gpa.channels.rules import is_conv, layer_channel_axis
+from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.operators import MIXING_FUNCTION_NAMES, function_name
+from gpa.frontends.watch import reentrant_checkpoint_contexts
 
 __all__ = ["GradientRecorder", "StepGradients", "channel_axis", "output_tensors"]
 
@@ -125,8 +128,11 @@ class GradientRecorder:
         weights: functional layer name -> its weight (a parameter the model's code hands
             to a feature-mixing function itself: ``F.linear(x, self.A)``, an expert bank
             in ``torch.bmm``; ``docs/semantics.md`` §2). Each call of such a function
-            given the weight — as it is, or made from it alone: ``self.A.t()``,
-            ``self.w[i]`` — is a call of that layer, whose result is its output.
+            given the weight beside data — as it is, or made from it alone:
+            ``self.A.t()``, ``self.w[i]`` — is a call of that layer, whose result is its
+            output.
+        model: the model the weights belong to: its other parameters and buffers are
+            weights too (``self.B @ self.A``: a weight, not a call of ``B``).
 
     Use as a context manager (the hooks are removed on exit); call :meth:`end_step` after
     each backward pass.
@@ -137,14 +143,17 @@ class GradientRecorder:
         modules: Mapping[str, nn.Module],
         segments: Mapping[str, Sequence[tuple[int, int]]] | None = None,
         weights: Mapping[str, torch.Tensor] | None = None,
+        model: nn.Module | None = None,
     ) -> None:
         self.modules = dict(modules)
+        self.model = model
         self.weights = dict(weights or {})
         self.segments = {k: list(v) for k, v in (segments or {}).items()}
         self.axes = {name: channel_axis(m) for name, m in self.modules.items()}
         self.axes.update(dict.fromkeys(self.weights, -1))
         self._handles: list[Any] = []
         self._calls_seen: _FunctionalCalls | None = None
+        self.inside: list[str] = []  # the layer modules whose calls run now, innermost last
         self._reset()
 
     def _reset(self) -> None:
@@ -161,9 +170,13 @@ class GradientRecorder:
 
     def __enter__(self) -> GradientRecorder:
         for name, module in self.modules.items():
-            self._handles.append(module.register_forward_hook(self._forward_hook(name)))
-        if self.weights:
-            self._calls_seen = _FunctionalCalls(self)
+            self._handles += [
+                module.register_forward_pre_hook(self._entered(name)),
+                module.register_forward_hook(self._left, always_call=True),
+                module.register_forward_hook(self._forward_hook(name)),
+            ]
+        if self.weights or self.model is not None:
+            self._calls_seen = _FunctionalCalls(self, self.model)
             self._calls_seen.__enter__()
         return self
 
@@ -174,6 +187,15 @@ class GradientRecorder:
         if self._calls_seen is not None:
             self._calls_seen.__exit__(*exc)
             self._calls_seen = None
+
+    def _entered(self, name: str) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            self.inside.append(name)
+
+        return hook
+
+    def _left(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.inside.pop()
 
     def _forward_hook(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -238,37 +260,118 @@ class GradientRecorder:
         return step
 
 
-class _FunctionalCalls(TorchFunctionMode):
-    """Gives ``recorder`` the calls of its functional layers (``recorder.weights``): a
-    feature-mixing call (:data:`~gpa.frontends.operators.MIXING_FUNCTION_NAMES`) given a
-    layer's weight, or a tensor made from that weight alone, is a call of the layer; an
-    operation on such tensors alone (a transpose, a cast, indexing by integers) makes
-    another."""
+@dataclass(frozen=True)
+class _Made:
+    """What a tensor computed from the model's own tensors alone (parameters, buffers,
+    constants made in forward) comes from: the functional layers whose weights it holds,
+    and whether data picked its entries (``table[ids]``: rows that are data beside a
+    weight, an expert picked by routing beside data)."""
 
-    def __init__(self, recorder: GradientRecorder) -> None:
+    layers: frozenset[str]
+    picked: bool = False
+
+
+#: Operations picking entries of their first operand at positions the others give.
+_PICKING = frozenset({"__getitem__", "index_select", "take", "take_along_dim", "gather"})
+
+
+def _operands(name: str, args: tuple, kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
+    """The tensors operation ``name`` reads the values of (not those it reads only the
+    dtype or shape of: ``x`` in ``w.type_as(x)``, see :mod:`gpa.frontends.metadata`)."""
+    read = [
+        t
+        for i, a in enumerate(args)
+        if not reads_metadata_only(name, i)
+        for t in tree_leaves(a)
+        if isinstance(t, torch.Tensor)
+    ]
+    read += [t for t in tree_leaves(kwargs) if isinstance(t, torch.Tensor)]
+    return read
+
+
+class _FunctionalCalls(TorchFunctionMode):
+    """Gives ``recorder`` the calls of its functional layers (``recorder.weights``), as
+    ``docs/semantics.md`` §2 finds them: a feature-mixing call
+    (:data:`~gpa.frontends.operators.MIXING_FUNCTION_NAMES`) given data and a tensor made
+    from one layer's weight — as it is, transposed, cast, multiplied by another weight
+    (merged LoRA), or with entries picked (an expert by its routing) — is a call of that
+    layer. Rows of a weight picked by data beside another weight (``table[ids] @ w``) are
+    data. A re-entrant checkpoint's function runs again in the backward with the mode on
+    (autograd keeps none there): those are the calls receiving gradient."""
+
+    def __init__(self, recorder: GradientRecorder, model: nn.Module | None) -> None:
         super().__init__()
         self.recorder = recorder
-        # weight, and each tensor made from one weight alone -> the layer's name
-        self.made: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self.made: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> _Made
+        owned = model.parameters() if model is not None else ()
+        for t in itertools.chain(owned, model.buffers() if model is not None else ()):
+            self.made[t] = _Made(frozenset())
+        # a layer module's weights are its record's, called by the module or functionally
+        # elsewhere (a tied output projection, §2); the first record holding one names it
+        held: dict[int, str] = {}
+        for name, module in recorder.modules.items():
+            for p in module.parameters():
+                held.setdefault(id(p), name)
+                self.made[p] = _Made(frozenset({held[id(p)]}))
         for name, weight in recorder.weights.items():
-            self.made[weight] = name
+            self.made[weight] = _Made(frozenset({name}))
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
         result = func(*args, **kwargs)
-        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-        names = {self.made.get(t) for t in tensors}
-        names.discard(None)
-        if len(names) != 1:  # (data only, or two layers' weights together)
-            return result
-        [name] = names
-        called = function_name(func)
-        if called in MIXING_FUNCTION_NAMES:
-            convolution = called.startswith("conv")
-            self.recorder.record(name, result, lambda shape: 1 if convolution else -1)
-        elif all(t in self.made for t in tensors if t.is_floating_point() or t.is_complex()):
-            for t in output_tensors(result):
-                self.made[t] = name
+        name = function_name(func)
+        read = _operands(name, args, kwargs)
+        made = [self.made.get(t) for t in read]
+        if name in MIXING_FUNCTION_NAMES:
+            self._mixed(name, result, read, made)
+        elif all(m is not None for m in made):  # (no operand: a constant made in forward)
+            self._mark(result, made, picked=any(m.picked for m in made))
+        elif name in _PICKING and made[0] is not None:
+            positions = read[1:]
+            if not any(t.is_floating_point() for t in positions):
+                self._mark(result, made[:1], picked=True)
         return result
+
+    def _mixed(self, name: str, result: Any, read: list, made: list) -> None:
+        """A feature-mixing call: a call of the one layer whose weight it is given beside
+        data, or a weight itself when it is given weights alone."""
+        weights = [m for m in made if m is not None and not m.picked]
+        data = [t for t, m in zip(read, made, strict=True) if m is None or (m.picked and weights)]
+        if not weights:
+            weights = [m for m in made if m is not None]
+        if not data:
+            self._mark(result, made, picked=any(m.picked for m in made))
+            return
+        layers = frozenset().union(*(m.layers for m in weights))
+        [layer] = layers if len(layers) == 1 else [None]
+        if layer is not None and layer not in self.recorder.inside:  # (a module's own: hooked)
+            convolution = name.startswith("conv")
+            self.recorder.record(layer, result, lambda s: 1 if convolution else -1)
+            if not torch.is_grad_enabled():  # (a re-entrant checkpoint's first run, maybe)
+                self._run_again_seen()
+
+    def _mark(self, result: Any, made: list, picked: bool) -> None:
+        layers = frozenset().union(*(m.layers for m in made))
+        for t in tree_leaves(result):
+            if isinstance(t, torch.Tensor):
+                self.made[t] = _Made(layers, picked)
+
+    def _run_again_seen(self) -> None:
+        """Have each re-entrant checkpoint the caller runs inside run its function again,
+        in the backward, with this mode on: autograd keeps no mode there, and that run is
+        the one whose results receive gradient (the first ran without)."""
+        for ctx in reentrant_checkpoint_contexts():
+            run = ctx.run_function
+            if getattr(run, "_gpa_mode", None) is self:
+                continue
+
+            def seen(*args: Any, run: Callable[..., Any] = run) -> Any:
+                if self in _get_current_function_mode_stack():
+                    return run(*args)
+                with self:
+                    return run(*args)
+
+            seen._gpa_mode = self  # type: ignore[attr-defined]
+            ctx.run_function = seen

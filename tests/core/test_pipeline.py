@@ -674,3 +674,21 @@ def test_a_model_set_to_eval_mode_and_analysed_in_train_mode_is_noted(tracer: st
     assert not model.training
     model.train()
     assert EVAL_MODEL_NOTE not in gpa.analyze(model, input_shape=(2, 4), tracer=tracer).notes
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_train_set_on_one_module_keeps_its_word(tracer: str) -> None:
+    """A ``train`` bound on one module object (not its class) that keeps it in eval mode
+    is the model's own ``train`` there too: the analysis in train mode leaves that part in
+    eval mode, as ``model.train()`` does — by hand, its side is not called (a review:
+    a faster mode switch looked at classes only and called it)."""
+    import types
+
+    model = nn.Sequential(nn.Linear(4, 4), _TrainOnlySide()).eval()
+    model[1].train = types.MethodType(
+        lambda self, mode=True: nn.Module.train(self, False), model[1]
+    )
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert not report.layers["1.side"].reachable
+    assert report.layers["1.b"].shortest == 1
+    assert not model.training and not model[1].training

@@ -567,3 +567,134 @@ def test_functional_layers_are_measured_as_a_plain_backward_gives_them() -> None
         assert not layer.frozen
     # the first call's gradient is the second call's input's, through relu: E sees both
     assert received["E"] > float(parts["E2"].grad.pow(2).sum())
+
+
+class _Calls(nn.Module):
+    """A model whose ``calls(x)`` returns its output and, per layer record, the results
+    of that layer's calls (to retain their gradients in a hand-written backward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.calls(x)[0]
+
+
+class Gram(_Calls):
+    """``x @ (W Wᵀ)``: the product of weights alone is a weight, its call the one given x."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W, self.head = nn.Parameter(torch.randn(6, 3)), nn.Linear(6, 2)
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        y = x @ (self.W @ self.W.T)
+        return self.head(y), {"W": [y]}
+
+
+class MergedLoRA(_Calls):
+    """``F.linear(h, W + B @ A)``: LoRA merged into its base weight, the call of ``W``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(5, 6))
+        self.A, self.B = nn.Parameter(torch.randn(2, 6)), nn.Parameter(torch.randn(5, 2))
+        self.head = nn.Linear(5, 2)
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        y = F.linear(x, self.W + self.B @ self.A)
+        return self.head(torch.tanh(y)), {"W": [y]}
+
+
+class CastLike(_Calls):
+    """``F.linear(x, W.type_as(x))``: x gives the cast its dtype only (§2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W, self.head = nn.Parameter(torch.randn(5, 6)), nn.Linear(5, 2)
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        y = F.linear(x, self.W.type_as(x))
+        return self.head(torch.tanh(y)), {"W": [y]}
+
+
+class PickedRows(_Calls):
+    """``table[ids] @ W``: rows picked by data are data beside the weight ``W``; the tied
+    read-out ``h @ tableᵀ`` is the table's call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table, self.W = nn.Parameter(torch.randn(7, 4)), nn.Parameter(torch.randn(4, 4))
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        ids = (x.abs() * 10).long().remainder(7)[:, 0]
+        y = self.table[ids] @ self.W
+        out = torch.tanh(y) @ self.table.T
+        return out, {"W": [y], "table": [out]}
+
+
+class TiedProjection(_Calls):
+    """An embedding module whose weight also reads the model out, functionally: both are
+    calls of ``emb`` (§2: a layer module's weight is its record's)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.mix = nn.Embedding(7, 4), nn.Linear(4, 4)
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        ids = (x.abs() * 10).long().remainder(7)[:, 0]
+        e = self.emb(ids)
+        out = F.linear(torch.tanh(self.mix(e)), self.emb.weight)
+        return out, {"emb": [e, out]}
+
+
+class CheckpointedKernel(_Calls):
+    """A functional convolution kernel inside a re-entrant checkpoint: its first run has
+    gradient off, the backward runs it again (where no TorchFunctionMode is on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.K, self.head = nn.Parameter(torch.randn(4, 3, 3, 3) * 0.3), nn.Linear(4, 2)
+
+    def block(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.K, padding=1)
+
+    def calls(self, x: torch.Tensor, checkpointed: bool = True) -> tuple:
+        if checkpointed:
+            y = torch.utils.checkpoint.checkpoint(
+                self.block, x.requires_grad_(), use_reentrant=True
+            )
+        else:
+            y = self.block(x)
+        return self.head(y.mean((2, 3))), {"K": [y]}
+
+
+@pytest.mark.parametrize(
+    ("model", "shape"),
+    [
+        (Gram, (8, 6)),
+        (MergedLoRA, (8, 6)),
+        (CastLike, (8, 6)),
+        (PickedRows, (8, 1)),
+        (TiedProjection, (8, 1)),
+        (CheckpointedKernel, (8, 3, 5, 5)),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_each_kind_of_functional_call_is_measured_where_autograd_says(model, shape) -> None:
+    """Each kind of weight use §2 names — a product of weights, a merged LoRA, a cast
+    taking another tensor's dtype, rows picked by data beside a weight, a module's weight
+    read out functionally too, a kernel in a re-entrant checkpoint — is measured at the
+    calls a hand-written backward gives (the review broke each: measured at the weight
+    product, or not at all, or zero)."""
+    torch.manual_seed(0)
+    net, x = model(), torch.randn(*shape)
+    m = measure(net, batches=[x.clone()], steps=1, loss=lambda out, batch: out.pow(2).sum())
+    net.zero_grad()
+    kwargs = {"checkpointed": False} if model is CheckpointedKernel else {}
+    out, calls = net.calls(x.clone(), **kwargs)
+    for ys in calls.values():
+        for y in ys:
+            y.retain_grad()
+    out.pow(2).sum().backward()
+    for name, ys in calls.items():
+        expected = math.sqrt(sum(float(y.grad.pow(2).sum()) for y in ys))
+        assert m.layers[name].output_grad_norm == pytest.approx(expected, rel=1e-5), name
+    assert not [n for n in m.notes if "not called" in n or "not measured" in n]
