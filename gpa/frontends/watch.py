@@ -50,7 +50,7 @@ __all__ = [
     "ModuleCalls",
     "in_function_forward",
     "in_reentrant_checkpoint",
-    "reentrant_checkpoint_contexts",
+    "reentrant_checkpoint_calls",
     "recomputed_function_note",
     "unfed_checkpoint_note",
 ]
@@ -95,19 +95,20 @@ def in_reentrant_checkpoint() -> bool:
     return False
 
 
-def reentrant_checkpoint_contexts() -> list[Any]:
-    """The ``ctx`` of each re-entrant checkpoint whose function the caller runs inside,
-    innermost first: its ``run_function`` is what the backward runs again, with gradient.
+def reentrant_checkpoint_calls() -> list[tuple[Any, tuple]]:
+    """Each re-entrant checkpoint whose function the caller runs inside, innermost first:
+    its ``ctx`` (whose ``run_function`` the backward runs again, with gradient, on
+    detached copies of the arguments) and the arguments its function was given.
 
     Example:
-        >>> reentrant_checkpoint_contexts()
+        >>> reentrant_checkpoint_calls()
         []
     """
     found = []
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code is _CHECKPOINT_FORWARD:
-            found.append(frame.f_locals["ctx"])
+            found.append((frame.f_locals["ctx"], frame.f_locals["args"]))
         frame = frame.f_back  # type: ignore[assignment]
     return found
 

@@ -355,6 +355,7 @@ def _run(
         for i, batch in enumerate(itertools.islice(batch_iter, steps)):
             step(f"step {i + 1}/{steps}")
             args = _to(_as_args(batch, model), device)
+            recorder.data((batch, args))  # (drawn with the capture on: no constants)
             for p in params:
                 p.grad = None
             with _raised_by(type(model).__name__, "forward"):

@@ -43,7 +43,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from gpa.channels.rules import is_conv, layer_channel_axis
 from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.operators import MIXING_FUNCTION_NAMES, function_name
-from gpa.frontends.watch import reentrant_checkpoint_contexts
+from gpa.frontends.watch import reentrant_checkpoint_calls
 
 __all__ = ["GradientRecorder", "StepGradients", "channel_axis", "output_tensors"]
 
@@ -188,6 +188,12 @@ class GradientRecorder:
             self._calls_seen.__exit__(*exc)
             self._calls_seen = None
 
+    def data(self, values: Any) -> None:
+        """Take the tensors in ``values`` for data, not the model's own (a step's inputs,
+        drawn while the capture is on)."""
+        if self._calls_seen is not None:
+            self._calls_seen.data(values)
+
     def _entered(self, name: str) -> Any:
         def hook(module: nn.Module, args: Any) -> None:
             self.inside.append(name)
@@ -328,11 +334,24 @@ class _FunctionalCalls(TorchFunctionMode):
             self._mixed(name, result, read, made)
         elif all(m is not None for m in made):  # (no operand: a constant made in forward)
             self._mark(result, made, picked=any(m.picked for m in made))
+        elif _in_place(name) and args and isinstance(args[0], torch.Tensor):
+            # data written into a tensor made so (``torch.zeros(n, c).index_add_(0, i, h)``,
+            # ``out[mask] = h``) makes it data, and the tensor it is a view of
+            for t in (args[0], args[0]._base):
+                if t is not None:
+                    self.made.pop(t, None)
         elif name in _PICKING and made[0] is not None:
             positions = read[1:]
             if not any(t.is_floating_point() for t in positions):
                 self._mark(result, made[:1], picked=True)
         return result
+
+    def data(self, values: Any) -> None:
+        """Take the tensors in ``values`` for data (a step's inputs, drawn while the mode is
+        on: made without operands, they would pass for constants)."""
+        for t in tree_leaves(values):
+            if isinstance(t, torch.Tensor):
+                self.made.pop(t, None)
 
     def _mixed(self, name: str, result: Any, read: list, made: list) -> None:
         """A feature-mixing call: a call of the one layer whose weight it is given beside
@@ -346,7 +365,8 @@ class _FunctionalCalls(TorchFunctionMode):
             return
         layers = frozenset().union(*(m.layers for m in weights))
         [layer] = layers if len(layers) == 1 else [None]
-        if layer is not None and layer not in self.recorder.inside:  # (a module's own: hooked)
+        # (inside a layer module's call, the call is the module's: hooked, §2)
+        if layer is not None and not self.recorder.inside:
             convolution = name.startswith("conv")
             self.recorder.record(layer, result, lambda s: 1 if convolution else -1)
             if not torch.is_grad_enabled():  # (a re-entrant checkpoint's first run, maybe)
@@ -362,12 +382,17 @@ class _FunctionalCalls(TorchFunctionMode):
         """Have each re-entrant checkpoint the caller runs inside run its function again,
         in the backward, with this mode on: autograd keeps no mode there, and that run is
         the one whose results receive gradient (the first ran without)."""
-        for ctx in reentrant_checkpoint_contexts():
+        for ctx, given in reentrant_checkpoint_calls():
             run = ctx.run_function
             if getattr(run, "_gpa_mode", None) is self:
                 continue
+            # the backward gives the function detached copies: made as the arguments were
+            marks = [self.made.get(a) if isinstance(a, torch.Tensor) else None for a in given]
 
-            def seen(*args: Any, run: Callable[..., Any] = run) -> Any:
+            def seen(*args: Any, run: Callable[..., Any] = run, marks: list = marks) -> Any:
+                for a, mark in zip(args, marks, strict=False):
+                    if mark is not None and isinstance(a, torch.Tensor):
+                        self.made[a] = mark
                 if self in _get_current_function_mode_stack():
                     return run(*args)
                 with self:
@@ -375,3 +400,18 @@ class _FunctionalCalls(TorchFunctionMode):
 
             seen._gpa_mode = self  # type: ignore[attr-defined]
             ctx.run_function = seen
+
+
+def _in_place(name: str) -> bool:
+    """Whether operation ``name`` writes into its first operand (``add_``, ``copy_``,
+    ``index_add_``, item assignment, ``+=``)."""
+    if name.startswith("__"):
+        return name in _WRITING_DUNDERS
+    return name.endswith("_") and not name.startswith("_")
+
+
+_WRITING_DUNDERS = frozenset(
+    f"__{n}__"
+    for n in "setitem iadd isub imul imatmul itruediv ifloordiv imod ipow iand ior ixor "
+    "ilshift irshift".split()
+)

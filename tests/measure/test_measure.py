@@ -666,9 +666,59 @@ class CheckpointedKernel(_Calls):
         return self.head(y.mean((2, 3))), {"K": [y]}
 
 
+class TiedBiasFree(_Calls):
+    """A bias-free layer tied to an earlier layer's weight: each module has its record,
+    and a module's own call is its own, whoever else holds the weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6, bias=False)
+        self.b.weight = self.a.weight
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        ya = self.a(x)
+        yb = self.b(torch.tanh(ya))
+        return yb, {"a": [ya], "b": [yb]}
+
+
+class ScatteredInto(_Calls):
+    """Data added into a buffer of zeros made in forward (a graph network's aggregation):
+    the buffer is data after the write, its product with ``W`` a call of ``W``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.W = nn.Linear(6, 4), nn.Parameter(torch.randn(4, 3))
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        into = torch.tensor([0, 1, 0, 2, 1, 3, 3, 0])
+        pooled = torch.zeros(4, 4).index_add_(0, into, self.enc(x))
+        y = pooled @ self.W
+        return y, {"W": [y]}
+
+
+class WeightThroughCheckpoint(_Calls):
+    """A weight handed to a re-entrant checkpoint's function as an argument: the backward
+    re-runs the function on a detached copy of it, still the weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.W = nn.Linear(6, 5), nn.Parameter(torch.randn(4, 5))
+
+    def calls(self, x: torch.Tensor, checkpointed: bool = True) -> tuple:
+        h = self.pre(x)
+        if checkpointed:
+            y = torch.utils.checkpoint.checkpoint(F.linear, h, self.W, use_reentrant=True)
+        else:
+            y = F.linear(h, self.W)
+        return torch.tanh(y), {"W": [y]}
+
+
 @pytest.mark.parametrize(
     ("model", "shape"),
     [
+        (TiedBiasFree, (8, 6)),
+        (ScatteredInto, (8, 6)),
+        (WeightThroughCheckpoint, (8, 6)),
         (Gram, (8, 6)),
         (MergedLoRA, (8, 6)),
         (CastLike, (8, 6)),
@@ -688,7 +738,8 @@ def test_each_kind_of_functional_call_is_measured_where_autograd_says(model, sha
     net, x = model(), torch.randn(*shape)
     m = measure(net, batches=[x.clone()], steps=1, loss=lambda out, batch: out.pow(2).sum())
     net.zero_grad()
-    kwargs = {"checkpointed": False} if model is CheckpointedKernel else {}
+    checkpointed = (CheckpointedKernel, WeightThroughCheckpoint)
+    kwargs = {"checkpointed": False} if model in checkpointed else {}
     out, calls = net.calls(x.clone(), **kwargs)
     for ys in calls.values():
         for y in ys:
@@ -698,3 +749,27 @@ def test_each_kind_of_functional_call_is_measured_where_autograd_says(model, sha
         expected = math.sqrt(sum(float(y.grad.pow(2).sum()) for y in ys))
         assert m.layers[name].output_grad_norm == pytest.approx(expected, rel=1e-5), name
     assert not [n for n in m.notes if "not called" in n or "not measured" in n]
+
+
+def test_functional_layers_are_measured_on_synthetic_batches() -> None:
+    """The synthetic batches are drawn while the capture is on, without operands: they are
+    data, not constants of the model (a review: LoRA's A and B went unmeasured without
+    batches=). Measured on the batch the same seed draws, as a hand-written backward."""
+    from gpa.measure import INPUT_SEED_OFFSET
+    from gpa.measure.inputs import synthetic_batches
+
+    torch.manual_seed(0)
+    net, example = FunctionalLayers(), torch.zeros(1, 6)
+    m = measure(net, example, steps=1, batch_size=4, loss=lambda out, batch: out.pow(2).sum())
+    [batch] = synthetic_batches(
+        (example,), net, steps=1, batch_size=4, seed=INPUT_SEED_OFFSET, device="cpu"
+    )
+    x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    net.zero_grad()
+    parts = net.parts(x)
+    for y in parts.values():
+        y.retain_grad()
+    net.head(parts["E2"].squeeze(1)).pow(2).sum().backward()
+    expected = math.sqrt(float(parts["A"].grad.pow(2).sum()))
+    assert m.layers["A"].output_grad_norm == pytest.approx(expected, rel=1e-5)
+    assert m.layers["B"].weight_grad_norm == pytest.approx(float(net.B.grad.norm()), rel=1e-5)
