@@ -172,7 +172,8 @@ class GradientRecorder:
         for name, module in self.modules.items():
             self._handles += [
                 module.register_forward_pre_hook(self._entered(name)),
-                module.register_forward_hook(self._left, always_call=True),
+                # (first: a forward hook of the user's runs outside the call, §1.1)
+                module.register_forward_hook(self._left, prepend=True, always_call=True),
                 module.register_forward_hook(self._forward_hook(name)),
             ]
         if self.weights or self.model is not None:
@@ -277,8 +278,9 @@ class _Made:
     picked: bool = False
 
 
-#: Operations picking entries of their first operand at positions the others give.
-_PICKING = frozenset({"__getitem__", "index_select", "take", "take_along_dim", "gather"})
+def _valued(t: torch.Tensor) -> bool:
+    """Whether tensor ``t`` holds values gradient can carry (not positions or a mask)."""
+    return t.is_floating_point() or t.is_complex()
 
 
 def _operands(name: str, args: tuple, kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
@@ -310,8 +312,10 @@ class _FunctionalCalls(TorchFunctionMode):
         self.recorder = recorder
         self.made: WeakIdKeyDictionary = WeakIdKeyDictionary()  # tensor -> _Made
         owned = model.parameters() if model is not None else ()
-        for t in itertools.chain(owned, model.buffers() if model is not None else ()):
+        own = list(itertools.chain(owned, model.buffers() if model is not None else ()))
+        for t in own:
             self.made[t] = _Made(frozenset())
+        self.own = {id(t) for t in own}  # (the model holds them through the steps)
         # a layer module's weights are its record's, called by the module or functionally
         # elsewhere (a tied output projection, §2); the first record holding one names it
         held: dict[int, str] = {}
@@ -332,18 +336,21 @@ class _FunctionalCalls(TorchFunctionMode):
         made = [self.made.get(t) for t in read]
         if name in MIXING_FUNCTION_NAMES:
             self._mixed(name, result, read, made)
-        elif all(m is not None for m in made):  # (no operand: a constant made in forward)
-            self._mark(result, made, picked=any(m.picked for m in made))
+            return result
+        values = [m for t, m in zip(read, made, strict=True) if _valued(t)]
+        from_values = bool(values) and all(m is not None for m in values)
+        if not read or from_values or all(m is not None for m in made):
+            # made from the model's own values (no operand: a constant made in forward);
+            # positions data gave (``W[ids]``, ``W.masked_fill(mask, 0)``) pick its entries
+            picked = any(m is not None and m.picked for m in made) or None in made
+            self._mark(result, [m for m in made if m is not None], picked=picked)
         elif _in_place(name) and args and isinstance(args[0], torch.Tensor):
-            # data written into a tensor made so (``torch.zeros(n, c).index_add_(0, i, h)``,
-            # ``out[mask] = h``) makes it data, and the tensor it is a view of
+            # data written into a tensor made in forward (``torch.zeros(n, c).index_add_(0,
+            # i, h)``, ``out[mask] = h``) makes it data, and the tensor it is a view of; the
+            # model's own tensors stay its own (a running statistic, an initialisation)
             for t in (args[0], args[0]._base):
-                if t is not None:
+                if t is not None and id(t) not in self.own:
                     self.made.pop(t, None)
-        elif name in _PICKING and made[0] is not None:
-            positions = read[1:]
-            if not any(t.is_floating_point() for t in positions):
-                self._mark(result, made[:1], picked=True)
         return result
 
     def data(self, values: Any) -> None:

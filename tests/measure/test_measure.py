@@ -713,9 +713,66 @@ class WeightThroughCheckpoint(_Calls):
         return torch.tanh(y), {"W": [y]}
 
 
+class MaskedWeight(_Calls):
+    """A weight masked at positions data gives (``torch.where``, ``masked_fill``, times a
+    boolean mask): still the weight, its product with x a call of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W, self.V, self.U = (nn.Parameter(torch.randn(6, 6)) for _ in range(3))
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        mask = x[:1].T > 0  # (6, 1), from the data
+        a = x @ torch.where(mask, self.W, 0.0)
+        b = torch.tanh(a) @ self.V.masked_fill(mask, 0.0)
+        c = torch.tanh(b) @ (self.U * mask)
+        return c, {"W": [a], "V": [b], "U": [c]}
+
+
+class UpdatedInPlace(_Calls):
+    """A running statistic written in place from the data, and a weight scaled in place
+    on the first step (a data-dependent initialisation): both stay the model's own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(6, 4))
+        self.register_buffer("scale", torch.ones(4))
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        with torch.no_grad():
+            self.scale.mul_(0.9).add_(0.1 * x.abs().mean())
+            self.W.div_(self.W.norm())
+        y = x @ (self.W * self.scale)
+        return y, {"W": [y]}
+
+
+class HookedLayer(_Calls):
+    """A functional weight read by a forward hook of a layer module: the hook runs after
+    the module's call (§1.1), so the read is a call of the weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.W = nn.Linear(6, 6), nn.Parameter(torch.randn(6, 6))
+        self.side: list[torch.Tensor] = []
+
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+            self.side.append(args[0] @ self.W)
+            return out + self.side[-1]
+
+        self.a.register_forward_hook(hook)
+
+    def calls(self, x: torch.Tensor) -> tuple:
+        self.side.clear()
+        y = self.a(x)
+        return torch.tanh(y), {"W": [self.side[0]]}
+
+
 @pytest.mark.parametrize(
     ("model", "shape"),
     [
+        (MaskedWeight, (8, 6)),
+        (UpdatedInPlace, (8, 6)),
+        (HookedLayer, (8, 6)),
         (TiedBiasFree, (8, 6)),
         (ScatteredInto, (8, 6)),
         (WeightThroughCheckpoint, (8, 6)),
