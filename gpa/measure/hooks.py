@@ -1,8 +1,10 @@
 """Capturing the gradient each layer receives at its output, reduced as it arrives.
 
 A forward hook on every layer module registers a tensor hook on each floating output that
-requires gradient; when the backward pass reaches that output, the hook reduces the
-gradient ``g`` at once to
+requires gradient — and so does a ``TorchFunctionMode`` on each result of a feature-mixing
+call of a functional layer, or of a layer module's weight outside any layer module
+(:class:`_FunctionalCalls`, ``docs/semantics.md`` §11); when the backward pass reaches
+that output, the hook reduces the gradient ``g`` at once to
 
 * its squared Frobenius norm ``‖g‖²`` (and, per channel segment, that of the segment's
   channels), and
@@ -298,14 +300,18 @@ def _operands(name: str, args: tuple, kwargs: Mapping[str, Any]) -> list[torch.T
 
 
 class _FunctionalCalls(TorchFunctionMode):
-    """Gives ``recorder`` the calls of its functional layers (``recorder.weights``), as
-    ``docs/semantics.md`` §2 finds them: a feature-mixing call
+    """Gives ``recorder`` the functional calls of its layers, as ``docs/semantics.md`` §2
+    finds them: outside any layer module's call, a feature-mixing call
     (:data:`~gpa.frontends.operators.MIXING_FUNCTION_NAMES`) given data and a tensor made
-    from one layer's weight — as it is, transposed, cast, multiplied by another weight
-    (merged LoRA), or with entries picked (an expert by its routing) — is a call of that
-    layer. Rows of a weight picked by data beside another weight (``table[ids] @ w``) are
-    data. A re-entrant checkpoint's function runs again in the backward with the mode on
-    (autograd keeps none there): those are the calls receiving gradient."""
+    from one layer's weight — a functional layer's (``recorder.weights``) or a layer
+    module's; as it is, transposed, cast, multiplied by another weight (merged LoRA), with
+    entries picked or masked at positions data gives (an expert by its routing) — is a
+    call of that layer. Made tensors are tracked from the model's parameters and buffers
+    and the constants forward makes; data written into one (not into the model's own)
+    makes it data. Rows of a weight picked by data beside another weight
+    (``table[ids] @ w``) are data. A re-entrant checkpoint's function runs again in the
+    backward with the mode on (autograd keeps none there): those are the calls receiving
+    gradient."""
 
     def __init__(self, recorder: GradientRecorder, model: nn.Module | None) -> None:
         super().__init__()
