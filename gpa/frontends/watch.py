@@ -87,12 +87,7 @@ def in_reentrant_checkpoint() -> bool:
         >>> in_reentrant_checkpoint()
         False
     """
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is _CHECKPOINT_FORWARD:
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
+    return bool(reentrant_checkpoint_calls())
 
 
 def reentrant_checkpoint_calls() -> list[tuple[Any, tuple]]:

@@ -34,6 +34,7 @@ from torch import nn
 from gpa.api import analyze
 from gpa.core.report import Report
 from gpa.errors import GpaError, ModelError
+from gpa.frontends.fx.flow import differentiable
 from gpa.frontends.inputs import bind_inputs
 from gpa.frontends.modules import eager_compiled_modules, unwrap_wrappers, wrappers_unwrapped
 from gpa.frontends.raised import model_raised
@@ -174,7 +175,7 @@ def _functional_weight(model: nn.Module, layer: str) -> torch.Tensor | None:
         weight = model.get_parameter(layer)
     except AttributeError:
         return None
-    return weight if weight.is_floating_point() or weight.is_complex() else None
+    return weight if differentiable(weight) else None
 
 
 def _param_axis(module: nn.Module, p: torch.Tensor) -> int:

@@ -43,6 +43,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.weak import WeakIdKeyDictionary
 
 from gpa.channels.rules import is_conv, layer_channel_axis
+from gpa.frontends.fx.flow import differentiable
 from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.operators import MIXING_FUNCTION_NAMES, function_name
 from gpa.frontends.watch import reentrant_checkpoint_calls
@@ -280,11 +281,6 @@ class _Made:
     picked: bool = False
 
 
-def _valued(t: torch.Tensor) -> bool:
-    """Whether tensor ``t`` holds values gradient can carry (not positions or a mask)."""
-    return t.is_floating_point() or t.is_complex()
-
-
 def _operands(name: str, args: tuple, kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
     """The tensors operation ``name`` reads the values of (not those it reads only the
     dtype or shape of: ``x`` in ``w.type_as(x)``, see :mod:`gpa.frontends.metadata`)."""
@@ -336,6 +332,8 @@ class _FunctionalCalls(TorchFunctionMode):
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        version = first._version if first is not None else None
         result = func(*args, **kwargs)
         name = function_name(func)
         read = _operands(name, args, kwargs)
@@ -343,18 +341,18 @@ class _FunctionalCalls(TorchFunctionMode):
         if name in MIXING_FUNCTION_NAMES:
             self._mixed(name, result, read, made)
             return result
-        values = [m for t, m in zip(read, made, strict=True) if _valued(t)]
+        values = [m for t, m in zip(read, made, strict=True) if differentiable(t)]
         from_values = bool(values) and all(m is not None for m in values)
         if not read or from_values or all(m is not None for m in made):
             # made from the model's own values (no operand: a constant made in forward);
             # positions data gave (``W[ids]``, ``W.masked_fill(mask, 0)``) pick its entries
             picked = any(m is not None and m.picked for m in made) or None in made
             self._mark(result, [m for m in made if m is not None], picked=picked)
-        elif _in_place(name) and args and isinstance(args[0], torch.Tensor):
+        elif first is not None and first._version != version:
             # data written into a tensor made in forward (``torch.zeros(n, c).index_add_(0,
             # i, h)``, ``out[mask] = h``) makes it data, and the tensor it is a view of; the
             # model's own tensors stay its own (a running statistic, an initialisation)
-            for t in (args[0], args[0]._base):
+            for t in (first, first._base):
                 if t is not None and id(t) not in self.own:
                     self.made.pop(t, None)
         return result
@@ -413,18 +411,3 @@ class _FunctionalCalls(TorchFunctionMode):
 
             seen._gpa_mode = self  # type: ignore[attr-defined]
             ctx.run_function = seen
-
-
-def _in_place(name: str) -> bool:
-    """Whether operation ``name`` writes into its first operand (``add_``, ``copy_``,
-    ``index_add_``, item assignment, ``+=``)."""
-    if name.startswith("__"):
-        return name in _WRITING_DUNDERS
-    return name.endswith("_") and not name.startswith("_")
-
-
-_WRITING_DUNDERS = frozenset(
-    f"__{n}__"
-    for n in "setitem iadd isub imul imatmul itruediv ifloordiv imod ipow iand ior ixor "
-    "ilshift irshift".split()
-)
