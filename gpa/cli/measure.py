@@ -82,7 +82,7 @@ def command(
     combination (docs/semantics.md, "Measured gradients").
     """
     from gpa.measure import measure_target
-    from gpa.measure.render import format_csv, format_html, format_table
+    from gpa.measure.render import format_csv, format_page, format_table
 
     spec = configured(target, kwargs, analysis_settings(ctx, params), config_path)
     with progress_display(quiet) as progress:
@@ -104,7 +104,7 @@ def command(
         for note in m.notes:
             click.echo(f"note: {note}", err=True)
     elif fmt == "html":
-        text = format_html(m)
+        text = format_page(m)
     else:
         text = format_table(m, color=output is None and sys.stdout.isatty())
     emit(text, output)

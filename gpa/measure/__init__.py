@@ -367,8 +367,9 @@ def _run(
             else:
                 with _raised_by("the loss function", "loss"):
                     value = loss(out, batch)
-            if not (isinstance(value, torch.Tensor) and value.numel() == 1 and value.requires_grad):
-                raise GpaError("the loss must return a scalar tensor that requires gradient")
+            problem = _not_a_loss(value)
+            if problem is not None:
+                raise GpaError(problem)
             with _raised_by(type(model).__name__, "backward"):
                 value.reshape(()).backward()
             results.append((recorder.end_step(), *_weight_norms(modules, weights, segments)))
@@ -377,6 +378,51 @@ def _run(
     if not results:
         raise GpaError("batches= gave no batch: nothing to measure")
     return results
+
+
+def _not_a_loss(value: Any) -> str | None:
+    """Why ``value``, what the loss function returned, cannot be the step's loss (a
+    scalar tensor requiring gradient) — saying what it is and how such code usually gets
+    one — or None when it can be.
+
+    Example:
+        >>> _not_a_loss(torch.ones(2, 3, requires_grad=True))
+        'the loss function returned a tensor of shape (2, 3): reduce it to one value (.sum(), .mean())'
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            shape = ", ".join(map(str, value.shape))
+            return (
+                f"the loss function returned a tensor of shape ({shape}): reduce it to one "
+                "value (.sum(), .mean())"
+            )
+        if value.requires_grad:
+            return None
+        return (
+            "the loss function returned a scalar tensor that does not require gradient: it "
+            "was computed under torch.no_grad(), from .detach()ed outputs, or from outputs "
+            "no trainable parameter reaches"
+        )
+    if isinstance(value, (bool, int, float, complex)):
+        return (
+            f"the loss function returned a Python {type(value).__name__} ({value!r}), which "
+            "carries no gradient: return the tensor itself, not .item() or float() of it"
+        )
+    if isinstance(value, Mapping):
+        keys = ", ".join(repr(k) for k in list(value)[:4])
+        return (
+            f"the loss function returned a {type(value).__name__} with keys {keys}: return "
+            "the loss tensor itself (for example outputs['loss'])"
+        )
+    if isinstance(value, (tuple, list)):
+        return (
+            f"the loss function returned a {type(value).__name__} of {len(value)} items: "
+            "return the loss tensor itself (for example the first item)"
+        )
+    return (
+        f"the loss function returned {'None' if value is None else type(value).__name__}: "
+        "it must return a scalar tensor that requires gradient"
+    )
 
 
 @contextlib.contextmanager
@@ -454,14 +500,24 @@ def _summarise(
         parts = [s.features.get(n) for s, _, _ in per_step]
         if all(p is not None for p in parts) and len({p.shape[1] for p in parts}) == 1:
             stacked[n] = np.concatenate(parts, axis=0)
-    # CKA compares layers sample by sample: a layer whose input holds another number of
-    # samples (a position embedding read once for the whole batch) cannot take part
+    # CKA compares layers sample by sample: a layer whose gradient holds another number of
+    # rows than most layers' (tokens flattened into rows, a position embedding read once
+    # for the whole batch) cannot take part
     common = Counter(f.shape[0] for f in stacked.values()).most_common(1)
-    usable = [n for n, f in stacked.items() if common and f.shape[0] == common[0][0]]
-    notes.extend(
-        f"layer {n!r}: its calls' samples do not line up; no CKA" for n in names if n not in usable
-    )
     samples = common[0][0] if common else 0
+    usable = [n for n, f in stacked.items() if f.shape[0] == samples]
+    for n in names:
+        if n not in stacked:
+            notes.append(
+                f"layer {n!r}: its calls receive gradients with differing numbers of rows "
+                "(samples) or channels, which do not line up: left out of CKA"
+            )
+        elif n not in usable:
+            notes.append(
+                f"layer {n!r}: its received gradient has {stacked[n].shape[0]} rows over the "
+                f"steps where most layers' have {samples} (tokens flattened into rows, or one "
+                "row for the whole batch): left out of CKA"
+            )
     if 0 < samples < _FEW_SAMPLES:  # (two centred samples span one direction: CKA is 1)
         notes.append(
             f"CKA compares layers over {samples} sample(s), too few to tell them apart "

@@ -18,14 +18,16 @@ from __future__ import annotations
 import csv
 import html
 import io
+import math
 import shutil
 from typing import Any
 
 from rich.console import Console
 
+from gpa.render.html import html_page
 from gpa.render.text import columns_table, fit_columns
 
-__all__ = ["COLUMNS", "format_csv", "format_html", "format_table"]
+__all__ = ["COLUMNS", "format_csv", "format_html", "format_page", "format_table"]
 
 COLUMNS = (
     "name",
@@ -144,17 +146,60 @@ def format_csv(m: Any) -> str:
     return out.getvalue()
 
 
+# scoped to the measurement's element: a notebook page keeps its own styles
+_STYLE = (
+    ".gpa-measurement{font:13px/1.45 system-ui,sans-serif}"
+    ".gpa-measurement table{border-collapse:collapse;margin:.4em 0 1em}"
+    ".gpa-measurement th,.gpa-measurement td{padding:2px 8px;text-align:left;"
+    "border-bottom:1px solid rgba(128,128,128,.28)}"
+    ".gpa-measurement td.gpa-num{text-align:right;font-variant-numeric:tabular-nums}"
+    ".gpa-measurement summary{cursor:pointer;font-weight:600}"
+)
+
+
 def format_html(m: Any) -> str:
-    """A self-contained HTML fragment: the summary and the layer table."""
-    lines = [f"<p>{html.escape(line)}</p>" for line in _summary(m)]
+    """A self-contained HTML fragment (Jupyter shows it): the summary, the layer table,
+    the CKA matrix between every two measured layers (folded, shaded by value; "—" where
+    undefined) and the notes, every name escaped."""
+    numeric = set(COLUMNS[2:10]) | {"most_similar_cka"}
+
+    def cell(value: Any, column: str) -> str:
+        kind = " class='gpa-num'" if column in numeric else ""
+        return f"<td{kind}>{html.escape(_cell(value))}</td>"
+
+    lines = "".join(f"<p>{html.escape(line)}</p>" for line in _summary(m))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r[c]))}</td>" for c in COLUMNS) + "</tr>"
-        for r in _rows(m)
-    )
+    body = "".join("<tr>" + "".join(cell(r[c], c) for c in COLUMNS) + "</tr>" for r in _rows(m))
     notes = "".join(f"<p><em>note: {html.escape(n)}</em></p>" for n in m.notes)
     return (
-        '<div class="gpa-measurement">'
-        + "".join(lines)
-        + f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{notes}</div>"
+        f'<div class="gpa-measurement"><style>{_STYLE}</style>{lines}'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"{_cka_matrix(m)}{notes}</div>"
     )
+
+
+def _cka_matrix(m: Any) -> str:
+    """The CKA matrix as a folded table (rows and columns: the layers, in forward order)."""
+    names = [html.escape(n) for n in m.layers]
+    rows = []
+    for name, values in zip(names, m.similarity, strict=True):
+        cells = "".join(
+            f"<td class='gpa-num' style='background:rgba(66,133,244,{min(max(v, 0.0), 1.0):.2f})'>"
+            f"{v:.2f}</td>"
+            if math.isfinite(v)
+            else "<td class='gpa-num'>—</td>"
+            for v in map(float, values)
+        )
+        rows.append(f"<tr><th>{name}</th>{cells}</tr>")
+    head = "".join(f"<th>{n}</th>" for n in names)
+    return (
+        f"<details><summary>CKA between the layers' received gradients ({len(names)} × "
+        f"{len(names)})</summary><table class='gpa-cka'><thead><tr><th></th>{head}</tr>"
+        f"</thead><tbody>{''.join(rows)}</tbody></table></details>"
+    )
+
+
+def format_page(m: Any) -> str:
+    """The measurement as one complete HTML document (``gpa measure --format html``), as
+    ``gpa analyze --format html`` writes a report: :func:`format_html` in a page."""
+    return html_page(f"gpa measure: {m.model}", f"Measured gradients of {m.model}", format_html(m))

@@ -45,7 +45,7 @@ from gpa.render.text import (
     shown_file,
 )
 
-__all__ = ["COLUMNS", "report_html", "report_page", "script_json"]
+__all__ = ["COLUMNS", "html_page", "report_html", "report_page", "script_json"]
 
 #: The layer table's columns, and whether each sorts as a number (``True``) or as text.
 #: Numeric cells carry their exact value in ``data-sort`` (``timestamps``: how many).
@@ -369,13 +369,28 @@ def report_page(report: Any, *, figures: bool = True) -> str:
     Returns:
         A complete page, needing no network: ``<!DOCTYPE html>`` … ``</html>``.
     """
-    title = escape(f"gpa: {report.model}")
+    return html_page(
+        f"gpa: {report.model}",
+        f"Gradient paths of {report.model}",
+        report_html(report, figures=figures),
+    )
+
+
+def html_page(title: str, heading: str, body: str) -> str:
+    """``body`` (HTML) as a complete UTF-8 document titled ``title`` under the heading
+    ``heading`` (both plain text, escaped here): what each command's ``--format html``
+    writes.
+
+    Example:
+        >>> page = html_page("gpa: a<b", "Paths of a<b", "<p>x</p>")
+        >>> page.startswith("<!DOCTYPE html>"), "<title>gpa: a&lt;b</title>" in page
+        (True, True)
+    """
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{title}</title>"
+        f"<title>{escape(title)}</title>"
         "<style>body{margin:1.2em 2em;background:#fff;color:#222}"
         "h1{font:600 1.3em system-ui,sans-serif}</style></head><body>"
-        f"<h1>Gradient paths of {escape(str(report.model))}</h1>"
-        f"{report_html(report, figures=figures)}</body></html>\n"
+        f"<h1>{escape(heading)}</h1>{body}</body></html>\n"
     )

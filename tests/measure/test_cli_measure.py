@@ -124,7 +124,27 @@ def test_table_csv_html_and_output_file(tmp_path: Path) -> None:
             str(out),
         ],
     )
-    assert html.exit_code == 0 and out.read_text().startswith('<div class="gpa-measurement">')
+    assert html.exit_code == 0
+    assert_page_with_cka(out.read_text(encoding="utf-8"), target)
+
+
+def assert_page_with_cka(page: str, target: str) -> None:
+    """``gpa measure --format html`` writes a whole page, as ``gpa analyze --format html``
+    does (found by a new user: it wrote a fragment, without charset or the CKA matrix),
+    holding the layer table and the CKA matrix the JSON has, cell by cell."""
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "<meta charset='utf-8'>" in page and "<title>gpa measure: " in page
+    data = json.loads(
+        CliRunner()
+        .invoke(main, ["measure", target, "--steps", "1", "--batch-size", "4", "--format", "json"])
+        .output
+    )
+    matrix = data["cka"]["matrix"]
+    assert data["cka"]["layers"] == ["0", "2"] and matrix[0][0] == matrix[1][1] == 1.0
+    cka = page.split("<table class='gpa-cka'>")[1].split("</table>")[0]
+    shown = [float(c.split(">")[1].split("<")[0]) for c in cka.split("<td class='gpa-num'")[1:]]
+    assert shown == pytest.approx([v for row in matrix for v in row], abs=0.005)
+    assert cka.count("<tr><th>") == 3  # a head row, then one row per layer
 
 
 def test_exit_codes(tmp_path: Path) -> None:

@@ -333,10 +333,38 @@ def test_channels_of_a_leaf_returning_tokens_are_measured_on_its_last_axis() -> 
 def test_errors() -> None:
     with pytest.raises(GpaError, match="steps"):
         measure(nn.Linear(2, 2), torch.zeros(1, 2), steps=0)
-    with pytest.raises(GpaError, match="scalar"):
+    with pytest.raises(GpaError, match=r"a tensor of shape \(32, 2\): reduce it"):
         measure(nn.Linear(2, 2), torch.zeros(1, 2), steps=1, loss=lambda o, b: o)
     with pytest.raises(GpaError, match="no measured layer"):
         measure(nn.Linear(2, 2), torch.zeros(1, 2), steps=1, batch_size=2).cka("", "x")
+
+
+@pytest.mark.parametrize(
+    ("loss", "said"),
+    [
+        (lambda o, b: o, "a tensor of shape (2, 2): reduce it to one value"),
+        (lambda o, b: o.sum().detach(), "a scalar tensor that does not require gradient"),
+        (lambda o, b: float(o.detach().sum()), "a Python float (1.0), which carries no"),
+        (lambda o, b: o.sum().item() > 0, "a Python bool (True), which carries no"),
+        (lambda o, b: {"loss": o.sum(), "logs": 1}, "a dict with keys 'loss', 'logs': return"),
+        (lambda o, b: (o.sum(), o.detach()), "a tuple of 2 items: return the loss tensor"),
+        (lambda o, b: [o.sum()], "a list of 1 items: return the loss tensor"),
+        (lambda o, b: None, "returned None: it must return a scalar tensor"),
+    ],
+    ids=["matrix", "detached", "float", "bool", "dict", "tuple", "list", "none"],
+)
+def test_a_loss_that_is_no_scalar_says_what_it_returned(loss, said: str) -> None:
+    """Found by a new user: every wrong return of a loss function (Ultralytics' loss gives a
+    tuple, Hugging Face's a dict or ModelOutput) was "the loss must return a scalar tensor
+    that requires gradient", naming neither what came back nor how to get the loss."""
+    net = nn.Linear(2, 2)
+    with torch.no_grad():  # 2 items × 2 outputs of 0.25: the outputs sum to 1.0
+        net.weight.zero_()
+        net.bias.fill_(0.25)
+    with pytest.raises(GpaError) as error:
+        measure(net, torch.zeros(1, 2), steps=1, batch_size=2, loss=loss)
+    assert str(error.value).startswith("the loss function returned ")
+    assert said in str(error.value)
 
 
 def test_cka_and_spearman_against_definitions() -> None:
@@ -398,10 +426,46 @@ def test_a_layer_read_once_for_the_batch_has_no_cka_and_the_rest_do() -> None:
     the same gradient (the loss reads their sum): CKA 1; pos holds one sample per step."""
     torch.manual_seed(0)
     m = measure(Positioned(), {"ids": torch.randint(0, 10, (1, 5))}, steps=2, batch_size=3)
-    assert "layer 'pos': its calls' samples do not line up; no CKA" in m.notes
+    # 2 steps: pos 1 row each, the rest 3 (the batch)
+    assert (
+        "layer 'pos': its received gradient has 2 rows over the steps where most layers' "
+        "have 6 (tokens flattened into rows, or one row for the whole batch): left out of CKA"
+    ) in m.notes
     assert m.layers["pos"].most_similar is None
     assert m.cka("a", "b") == pytest.approx(1.0, abs=1e-6)
     assert m.layers["pos"].output_grad_norm > 0
+
+
+class TokenRows(nn.Module):
+    """Layers on (batch, tokens, channels), one on the tokens flattened into rows (a mixture
+    of experts' ``hidden.view(-1, C)``), one called on the whole batch and on its first item."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.rows, self.twice = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x) + self.b(x)
+        flat = self.rows(h.reshape(-1, 4)).reshape(h.shape)
+        return flat + self.twice(h) + self.twice(h[:1])
+
+
+def test_a_layer_whose_rows_are_not_the_batchs_says_why_it_has_no_cka() -> None:
+    """Found by a new user (Mixtral's experts): "its calls' samples do not line up" did not
+    say why. By hand, 2 steps of batch 3 with 5 tokens: ``rows`` has 3·5 rows a step, 30 in
+    all, where a and b have 6; ``twice``'s calls have 3 and 1 rows a step."""
+    m = measure(TokenRows(), torch.zeros(1, 5, 4), steps=2, batch_size=3)
+    assert (
+        "layer 'rows': its received gradient has 30 rows over the steps where most layers' "
+        "have 6 (tokens flattened into rows, or one row for the whole batch): left out of CKA"
+    ) in m.notes
+    assert (
+        "layer 'twice': its calls receive gradients with differing numbers of rows (samples) "
+        "or channels, which do not line up: left out of CKA"
+    ) in m.notes
+    assert m.layers["rows"].most_similar is None and m.layers["twice"].most_similar is None
+    assert m.cka("a", "b") == pytest.approx(1.0, abs=1e-6)  # both receive ∂L/∂h
 
 
 class _GradOn(nn.Linear):
