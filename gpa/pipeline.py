@@ -40,17 +40,15 @@ from gpa.frontends.counts import layer_counts
 from gpa.frontends.inputs import check_input_count, describe_inputs
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
-    TRACING,
     check_model,
     display_name,
-    modes_switched,
     module_class,
     resolve_options,
     split_leaves,
-    unwrap_wrappers,
-    wrappers_unwrapped,
 )
 from gpa.frontends.randomness import PYTHON_DRAWS_NOTE, python_random_states
+from gpa.frontends.state import TRACING, modes_switched
+from gpa.frontends.wrappers import unwrap_wrappers, wrappers_unwrapped
 from gpa.names import class_path, stable_repr
 from gpa.options import AnalysisOptions
 

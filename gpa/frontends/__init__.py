@@ -43,10 +43,10 @@ from gpa.errors import GpaError, ModelError, ShapeError, TraceError
 from gpa.frontends.autograd import autograd_gradient_graph
 from gpa.frontends.export import export_gradient_graph
 from gpa.frontends.fx import fx_gradient_graph
-from gpa.frontends.modules import TRACING
 from gpa.frontends.raised import model_raised, raised_by_model
 from gpa.frontends.randomness import random_states, set_random_states
 from gpa.frontends.sites import past_wrappers
+from gpa.frontends.state import TRACING
 from gpa.options import AnalysisOptions, Tracer
 
 __all__ = ["CHANNEL_TRACERS", "FRONTENDS", "gradient_graph"]

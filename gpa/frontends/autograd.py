@@ -57,14 +57,11 @@ from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     functional_owners,
-    functional_run,
     fx_leaf,
     is_layer_module,
     opaque_layer_types,
-    preserved_state,
     scripted_notes,
     split_leaves,
-    training_mode,
     type_name,
     unused_layer_modules,
     with_tied,
@@ -87,6 +84,7 @@ from gpa.frontends.randomness import (
     random_states,
     set_random_states,
 )
+from gpa.frontends.state import preserved_state, training_mode
 from gpa.frontends.watch import (
     Checkpoints,
     ModuleCalls,
@@ -95,6 +93,7 @@ from gpa.frontends.watch import (
     recomputed_function_note,
     unfed_checkpoint_note,
 )
+from gpa.frontends.wrappers import functional_run
 from gpa.options import AnalysisOptions
 
 __all__ = ["autograd_gradient_graph"]

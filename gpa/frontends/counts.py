@@ -43,7 +43,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from gpa.core.graph import GradientGraph
-from gpa.frontends.modules import module_class, unwrap_wrappers
+from gpa.frontends.modules import module_class
+from gpa.frontends.wrappers import unwrap_wrappers
 from gpa.options import AnalysisOptions, CountConvention
 
 __all__ = [

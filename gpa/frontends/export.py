@@ -97,19 +97,17 @@ from gpa.frontends.fx.tracer import (
     write_into_view,
     written_into,
 )
+from gpa.frontends.hooks import hooked_calls_message
 from gpa.frontends.inputs import floating_dtype, integer_variants, unbound_inputs_message
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     compiled,
     fx_leaf,
     has_forward,
-    hooked_calls_message,
     is_layer_module,
     opaque_layer_types,
-    parameters_requiring_grad,
     scripted_call,
     split_leaves,
-    training_mode,
     type_name,
     unused_layer_modules,
 )
@@ -117,6 +115,7 @@ from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.outputs import exportable
 from gpa.frontends.raised import input_too_small
 from gpa.frontends.randomness import random_states, set_random_states
+from gpa.frontends.state import parameters_requiring_grad, training_mode
 from gpa.frontends.watch import Checkpoints, unfed_checkpoint_note
 from gpa.frontends.wiring import refuse_other_wiring
 from gpa.options import AnalysisOptions

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from gpa.errors import GpaError, ShapeError
-from gpa.frontends.modules import unwrap_wrappers
+from gpa.frontends.wrappers import unwrap_wrappers
 from gpa.names import class_path
 
 __all__ = [

@@ -36,8 +36,9 @@ from gpa.core.report import Report
 from gpa.errors import GpaError, ModelError
 from gpa.frontends.fx.flow import differentiable
 from gpa.frontends.inputs import bind_inputs
-from gpa.frontends.modules import eager_compiled_modules, unwrap_wrappers, wrappers_unwrapped
 from gpa.frontends.raised import model_raised
+from gpa.frontends.state import eager_compiled_modules
+from gpa.frontends.wrappers import unwrap_wrappers, wrappers_unwrapped
 from gpa.measure.cka import cka_matrix, spearman
 from gpa.measure.hooks import GradientRecorder, StepGradients
 from gpa.measure.inputs import synthetic_batches

@@ -491,7 +491,7 @@ class Shared(nn.Module):
 def test_a_container_held_many_times_is_copied_once() -> None:
     """By hand: the grid's three levels of lists, the leaf and the proxied dict's list hold
     entries, each copied once (the proxy itself is looked into, not copied)."""
-    from gpa.frontends.modules import _containers
+    from gpa.frontends.state import _containers
 
     model = Shared()
     filled, _ = _containers(model)

@@ -49,19 +49,13 @@ from gpa.frontends.fx.layers import (
 from gpa.frontends.fx.norm_act import norm_act_kinds
 from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import MODULE_SITES, TESTED, single_call, trace
+from gpa.frontends.hooks import hooked_calls_message, root_hooks_message
 from gpa.frontends.inputs import floating_dtype, unbound_inputs_message, zeros
 from gpa.frontends.modules import DEFAULT_LAYER_TYPES as LAYER_TYPES
-from gpa.frontends.modules import (
-    forward_replaced,
-    fx_leaf,
-    hooked_calls_message,
-    opaque_layer_types,
-    root_hooks_message,
-    scripted_notes,
-    training_mode,
-)
+from gpa.frontends.modules import forward_replaced, fx_leaf, opaque_layer_types, scripted_notes
 from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.randomness import random_states
+from gpa.frontends.state import training_mode
 from gpa.frontends.watch import unfed_checkpoint_note
 from gpa.frontends.wiring import refuse_other_wiring
 from gpa.options import AnalysisOptions

@@ -48,8 +48,9 @@ from gpa.frontends.fx.flow import FLOW, Shape
 from gpa.frontends.fx.lookalike import code_names
 from gpa.frontends.fx.shape_rules import FUNCTION_RULES
 from gpa.frontends.fx.tracer import CLASS_TESTS
-from gpa.frontends.modules import functional_run, preserved_state
 from gpa.frontends.randomness import drawing_from
+from gpa.frontends.state import preserved_state
+from gpa.frontends.wrappers import functional_run
 
 __all__ = [
     "calls_when_run",

@@ -62,8 +62,9 @@ from gpa.frontends.fx.tracer import (
     later_reader,
     written_into,
 )
-from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES, functional_run
+from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES
 from gpa.frontends.raised import CHECKS, briefly, input_too_small, model_raised
+from gpa.frontends.wrappers import functional_run
 
 __all__ = [
     "FLOW",

@@ -51,21 +51,19 @@ from gpa.errors import TraceError
 from gpa.frontends.frames import Site, caller_site, stack_trace_site, user_frame
 from gpa.frontends.functions import custom_function_calls, function_call, run_function
 from gpa.frontends.fx.norm_act import norm_then_activations
-from gpa.frontends.modules import (
-    PARALLEL,
-    TRACING,
-    StateSnapshot,
-    buffers_copied,
-    compiled,
-    preserved_state,
-    same_entries,
-    split_leaves,
-)
+from gpa.frontends.modules import PARALLEL, compiled, split_leaves
 from gpa.frontends.randomness import (
     RandomBranches,
     random_branch_message,
     random_states,
     set_random_states,
+)
+from gpa.frontends.state import (
+    TRACING,
+    StateSnapshot,
+    buffers_copied,
+    preserved_state,
+    same_entries,
 )
 from gpa.frontends.watch import Checkpoints, in_reentrant_checkpoint
 from gpa.names import TARGET_MODULE_PREFIX, class_path

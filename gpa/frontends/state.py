@@ -1,0 +1,350 @@
+"""The model's state around a frontend's run (``docs/semantics.md`` §1.8).
+
+A frontend runs the user's model — traced, on meta tensors, or on real ones — and must
+leave it as it found it: its modules' train/eval flags (:func:`modes_switched`), every
+attribute, parameter, buffer and container entry ``forward`` may assign or fill
+(:class:`StateSnapshot`, :func:`preserved_state`), the buffers a trace writes into
+(:func:`buffers_copied`), which parameters require gradient
+(:func:`parameters_requiring_grad`); compiled modules run eagerly meanwhile
+(:func:`eager_compiled_modules`). Frontends take turns (:data:`TRACING`).
+
+Example:
+    >>> import torch.nn as nn
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).eval()
+    >>> with training_mode(m, True):
+    ...     m[1].training
+    True
+    >>> m[1].training
+    False
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import operator
+import sys
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "TRACING",
+    "StateSnapshot",
+    "buffers_copied",
+    "eager_compiled_modules",
+    "modes_switched",
+    "parameters_requiring_grad",
+    "preserved_state",
+    "same_entries",
+    "training_mode",
+]
+
+
+#: Held while a frontend reads a model. fx's symbolic tracing patches torch.nn.Module's
+#: ``__call__`` and ``__getattr__`` for the whole process while it runs, and frontends
+#: switch train/eval flags and put hooks on modules: so frontends take turns, whichever
+#: models they read (the analyses after them run in parallel).
+TRACING = threading.RLock()
+
+
+@contextlib.contextmanager
+def modes_switched(model: nn.Module, train: bool) -> Iterator[list[nn.Module]]:
+    """``model.train(train)`` for the block — the model's own ``train``, which may keep a
+    part in eval mode (mmdetection's ``norm_eval``) —, read by this thread alone (under
+    :data:`TRACING`); yields the modules whose mode it switched. Every module's own mode is
+    restored afterwards, so a mixed train/eval state survives.
+
+    Example:
+        >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).eval()
+        >>> with modes_switched(m, True) as switched:
+        ...     len(switched), m[1].training
+        (3, True)
+        >>> m[1].training
+        False
+    """
+    with TRACING:
+        modes = [(m, m.training) for m in model.modules()]
+        if any(type(m).train is not nn.Module.train or "train" in vars(m) for m, _ in modes):
+            model.train(train)
+        else:  # torch's own ``train`` everywhere: what it does, without its recursion
+            for m, was in modes:
+                if was != train:
+                    m.training = train
+        try:
+            yield [m for m, was in modes if m.training != was]
+        finally:
+            for m, was in modes:
+                if m.training != was:  # (each assignment is a module's __setattr__)
+                    m.training = was
+
+
+@contextlib.contextmanager
+def training_mode(model: nn.Module, train: bool) -> Iterator[StateSnapshot]:
+    """``model`` in train (or eval) mode for the block (:func:`modes_switched`), and its
+    state as :func:`preserved_state` keeps it (the snapshot is given, to restore within the
+    block). Compiled modules run eagerly meanwhile."""
+    with modes_switched(model, train), preserved_state(model) as snapshot, eager_compiled_modules():
+        yield snapshot
+
+
+@contextlib.contextmanager
+def eager_compiled_modules() -> Iterator[None]:
+    """Modules compiled with ``torch.compile`` run as the eager modules they wrap, for the
+    block: what the model computes, without compiling it (seconds per model) to read it."""
+    if "torch._dynamo.eval_frame" not in sys.modules:  # nothing was compiled
+        yield
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield
+
+
+@contextlib.contextmanager
+def buffers_copied(model: nn.Module) -> Iterator[None]:
+    """Every module's buffers replaced by copies for the block, then put back
+    (``docs/semantics.md`` §1.8): symbolic tracing runs ``forward``'s operations on buffers
+    that are no proxies for real, so a step counter (``self.step.add_(1)``) or a queue
+    (``self.queue[:n] = keys``) would otherwise keep what the trace wrote. A buffer
+    registered under several names stays one tensor.
+
+    Example:
+        >>> m = nn.BatchNorm1d(2)
+        >>> with buffers_copied(m):
+        ...     _ = m.num_batches_tracked.add_(1)
+        >>> int(m.num_batches_tracked)
+        0
+    """
+    saved = [
+        (m._buffers, dict(m._buffers))
+        for m in model.modules()
+        if not isinstance(m, torch.jit.ScriptModule)  # its state lives in C++
+    ]
+    copies: dict[int, torch.Tensor] = {}
+    try:
+        for held, before in saved:
+            for name, b in before.items():
+                if b is not None and not isinstance(b, nn.parameter.UninitializedTensorMixin):
+                    held[name] = copies.setdefault(id(b), b.detach().clone())
+        yield
+    finally:
+        for held, before in saved:
+            held.clear()
+            held.update(before)
+
+
+@contextlib.contextmanager
+def parameters_requiring_grad(model: nn.Module) -> Iterator[None]:
+    """Every floating and complex parameter of ``model`` requiring gradient for the block,
+    then as it was (``docs/semantics.md`` §3: a frozen parameter counts as any other). For
+    a frontend that runs torch's autograd on the parameters themselves (export): a
+    re-entrant checkpoint given only a frozen layer's output would otherwise cut its
+    outputs off.
+
+    Example:
+        >>> m = nn.Linear(2, 2).requires_grad_(False)
+        >>> with parameters_requiring_grad(m):
+        ...     m.weight.requires_grad
+        True
+        >>> m.weight.requires_grad
+        False
+    """
+    frozen = [
+        p
+        for p in model.parameters()
+        if not p.requires_grad and (p.is_floating_point() or p.is_complex())
+    ]
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+class StateSnapshot:
+    """Every module's attributes, parameters and buffers of ``model`` as they were when
+    the snapshot was taken; :meth:`restore` puts them back, as often as asked (TorchScript
+    modules, whose state lives in C++, are left out)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._saved = [
+            (m.__dict__, m.__dict__.copy(), *_containers(m))
+            for m in model.modules()
+            if not isinstance(m, torch.jit.ScriptModule)
+        ]
+
+    def restore(self) -> None:
+        """Put back every attribute and container entry that differs from the snapshot."""
+        for attributes, before, filled, empty in self._saved:
+            if not same_entries(attributes, before):
+                attributes.clear()
+                attributes.update(before)
+            for now, held in filled:
+                _restore(now, held)
+            if any(empty):  # most containers a module holds are empty: hooks
+                for now in empty:
+                    now.clear()
+
+
+@contextlib.contextmanager
+def preserved_state(
+    model: nn.Module, snapshot: StateSnapshot | None = None
+) -> Iterator[StateSnapshot]:
+    """Every module's attributes, parameters and buffers as they were before the block,
+    whatever ``forward`` assigned meanwhile (``docs/semantics.md`` §1.8): a model that
+    caches values in forward (RT-DETR's decoder keeps its anchors, ``self.anchors = …``)
+    would otherwise keep the fake or meta tensors a frontend ran it with. ``snapshot``: one
+    taken of ``model`` in the state it is in now, restored instead of taking another (a
+    walk of every module).
+
+    Example:
+        >>> class Caching(nn.Module):
+        ...     def forward(self, x):
+        ...         self.last = x
+        ...         return x
+        >>> m = Caching()
+        >>> with preserved_state(m):
+        ...     _ = m(1)
+        >>> hasattr(m, "last")
+        False
+    """
+    snapshot = snapshot if snapshot is not None else StateSnapshot(model)
+    try:
+        yield snapshot
+    finally:
+        snapshot.restore()
+
+
+# Containers whose entries are restored in place (and their subclasses that keep the
+# methods it takes: Hugging Face's ModelOutput forbids update), how deep inside an
+# attribute they are sought.
+_CONTAINERS = (
+    dict,
+    list,
+    set,
+    collections.OrderedDict,
+    collections.defaultdict,
+    collections.deque,
+)
+_RESTORING = ("copy", "clear", "update", "extend", "__len__", "__iter__")
+_DEPTH = 6
+# what :func:`_kind` says of a type
+_OTHER, _RESTORED, _LOOKED_INTO = 0, 1, 2
+
+
+def _containers(module: nn.Module) -> tuple[list[tuple[Any, Any]], list[Any]]:
+    """The dicts, lists, sets and deques ``module`` holds — as attributes, or inside those
+    (a list in a cache dict), or in tuples: those holding entries, each with a copy of
+    them, and the empty ones. ``forward`` may fill one in place: its parameters, buffers
+    and children, a cache, or hooks (a Hugging Face model installs output-capturing hooks
+    on its first call and notes it in a flag; with the flag restored and the hooks left,
+    the next call installs them twice)."""
+    filled: list[tuple[Any, Any]] = []
+    empty: list[Any] = []
+    # only containers are looked into: a module holds a dozen (hooks, parameters,
+    # children), most empty, the entries of the rest mostly tensors and modules; every
+    # frontend call takes this walk, twice. Level by level, each container once (one held
+    # forty times in a list of lists is walked once, not forty times per level).
+    seen: set[int] = set()
+    values: Iterable[Any] = module.__dict__.values()
+    for depth in range(1, _DEPTH + 1):
+        inside: list[Any] = []
+        _sort(values, seen, filled, empty, inside if depth < _DEPTH else None)
+        if not inside:
+            break
+        values = inside
+    return filled, empty
+
+
+def _sort(
+    values: Iterable[Any],
+    seen: set[int],
+    filled: list[tuple[Any, Any]],
+    empty: list[Any],
+    inside: list | None,
+) -> None:
+    """Put each container among ``values`` not ``seen`` into ``filled`` (with a copy of its
+    entries) or ``empty``, and the containers they hold into ``inside`` (unless None)."""
+    known = _KINDS.get  # (a dict's lookup: this loop runs for every value of every module)
+    for value in values:
+        cls = type(value)
+        kind = known(cls)
+        if kind is None:
+            kind = _kind(cls)
+        if not kind:
+            # a transparent proxy (``wrapt.ObjectProxy``) passes for what it wraps: looked into
+            if value.__class__ is cls or not _kind(value.__class__):
+                continue
+            kind = _LOOKED_INTO
+        if not value:  # (an empty one met twice is cleared twice)
+            if kind == _RESTORED:
+                empty.append(value)
+            continue
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if kind == _RESTORED:
+            filled.append((value, value.copy()))
+        if inside is not None:
+            for entry in value.values() if isinstance(value, dict) else value:
+                of = type(entry)
+                held = known(of)
+                if held is None:
+                    held = _kind(of)
+                if held or entry.__class__ is not of:
+                    inside.append(entry)
+
+
+#: :func:`_kind` by type, as worked out so far.
+_KINDS: dict[type, int] = {}
+
+
+def _kind(kind: type) -> int:
+    """What :func:`_containers` does with a value of type ``kind``: ``_RESTORED`` — one of
+    :data:`_CONTAINERS`, or a subclass keeping the methods restoring takes from the nearest
+    of them (a cache class ``class Cache(dict): pass``) —, ``_LOOKED_INTO`` (a tuple, a
+    container subclass restoring cannot take), or ``_OTHER`` (modules and tensors too)."""
+    found = _KINDS.get(kind)
+    if found is not None:
+        return found
+    if issubclass(kind, (nn.Module, torch.Tensor)):
+        found = _OTHER
+    else:
+        base = next((b for b in kind.__mro__ if b in _CONTAINERS), None)
+        if base is not None and all(
+            getattr(kind, m, None) is getattr(base, m, None) for m in _RESTORING
+        ):
+            found = _RESTORED
+        else:
+            found = _LOOKED_INTO if issubclass(kind, (*_CONTAINERS, tuple)) else _OTHER
+    _KINDS[kind] = found
+    return found
+
+
+def _restore(now: Any, held: Any) -> None:
+    """Put the entries ``held`` back into the container ``now``, where they differ."""
+    if isinstance(now, dict):
+        if not same_entries(now, held):
+            now.clear()
+            now.update(held)
+    elif len(now) != len(held) or not all(map(operator.is_, now, held)):
+        now.clear()
+        if isinstance(now, set):
+            now.update(held)
+        else:
+            now.extend(held)
+
+
+def same_entries(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether ``a`` and ``b`` hold the same names in the same order, with the same objects.
+
+    Example:
+        >>> x = []
+        >>> same_entries({"a": x}, {"a": x}), same_entries({"a": x}, {"a": []})
+        (True, False)
+    """
+    return list(a) == list(b) and all(map(operator.is_, a.values(), b.values()))
