@@ -2,7 +2,9 @@
 
 :mod:`~gpa.channels.routing` follows every layer call's output channels through the fx
 graph, each operation by its rule in :mod:`~gpa.channels.rules` (a table from operation
-to rule); :mod:`~gpa.channels.segments` cuts them into segments with their own gradient
+to rule; the rules are built on the channel values of :mod:`~gpa.channels.values`, read
+their node through :mod:`~gpa.channels.operations`, and those of data movement are in
+:mod:`~gpa.channels.movement`); :mod:`~gpa.channels.segments` cuts them into segments with their own gradient
 paths. :func:`channel_segments` gives, per layer record, its segments with every call
 merged and senders named by record.
 

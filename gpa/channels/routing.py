@@ -41,22 +41,22 @@ import torch.fx as fx
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
+from gpa.channels.operations import Rule, fallback, op_name
 from gpa.channels.rules import (
     RULES,
-    Channels,
-    Rule,
-    Term,
-    by_identity,
-    distinct_rows,
-    everywhere_of,
-    fallback,
     layer_axis,
     layer_groups,
     layer_input_axis,
     layer_output_axis,
-    leaves,
     matmul,
-    op_name,
+)
+from gpa.channels.values import (
+    Channels,
+    Term,
+    by_identity,
+    distinct_rows,
+    everywhere_of,
+    leaves,
     tracked,
     unbroadcast,
     unique_values,

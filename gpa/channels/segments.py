@@ -42,7 +42,7 @@ from typing import NamedTuple
 import numpy as np
 
 from gpa.channels.routing import ChannelRouting, Consumer
-from gpa.channels.rules import unique_values
+from gpa.channels.values import unique_values
 from gpa.core.graph import LOSS, LayerCall
 from gpa.core.paths import GradientPaths, layer_graph_index
 from gpa.core.segments import (

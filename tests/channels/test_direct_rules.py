@@ -24,10 +24,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpa.channels.rules import (
-    RULES,
-    Channels,
-    Term,
+from gpa.channels.movement import (
     _concatenated,
     _padded,
     _permuted,
@@ -36,9 +33,11 @@ from gpa.channels.rules import (
     _selected,
     _sliced,
     _unbound,
-    op_name,
     probe,
 )
+from gpa.channels.operations import op_name
+from gpa.channels.rules import RULES
+from gpa.channels.values import Channels, Term
 from gpa.frontends.fx.flow import FLOW, NodeFlow, Shape, ValueInfo
 
 RESHAPES = ("reshape", "view", "flatten", "unflatten", "squeeze", "unsqueeze")
@@ -213,9 +212,9 @@ def test_a_head_split_keeps_each_channel_at_its_head() -> None:
     [("reshape", (32,), (32,)), ("view", (2, 2, 8), (2, 2, 8)), ("transpose", (0, 1), (8, 4))],
 )
 def test_a_tensor_larger_than_a_probe_is_left_to_the_probe(monkeypatch, target, args, shape):
-    import gpa.channels.rules as rules
+    from gpa.channels import movement
 
-    monkeypatch.setattr(rules, "MAX_PROBE", 10)  # the probe's limit, made small
+    monkeypatch.setattr(movement, "MAX_PROBE", 10)  # the probe's limit, made small
     value = Channels((1,), (4, 8), (Term("p", np.arange(8) % 4),))
     x, node = _node("call_method", target, args, {})
     rule = _reshaped if target in RESHAPES else _permuted

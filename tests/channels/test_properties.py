@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import gpa
-from gpa.channels import rules, segments
+from gpa.channels import segments, values
 
 LENGTH = 2
 # More examples for a longer hunt: GPA_CHANNEL_EXAMPLES=500 pytest tests/channels/test_properties.py
@@ -38,17 +38,17 @@ IN_WIDTH = 4
 LOSS = "<loss>"
 # Each size-dependent choice of representation, at its default and at 0, so that these
 # small models take the way large ones do too: a collapse keeps one term per distinct row
-# up to rules._FEW_ROWS rows, else one per distinct channel set; arrivals are marked in a
+# up to values._FEW_ROWS rows, else one per distinct channel set; arrivals are marked in a
 # table up to segments._DENSE_CELLS cells, else as sorted pairs.
 LIMITS = st.tuples(
-    st.sampled_from([rules._FEW_ROWS, 0]), st.sampled_from([segments._DENSE_CELLS, 0])
+    st.sampled_from([values._FEW_ROWS, 0]), st.sampled_from([segments._DENSE_CELLS, 0])
 )
 
 
 def analyze(net, limits):
     few_rows, dense_cells = limits
     with (
-        mock.patch.object(rules, "_FEW_ROWS", few_rows),
+        mock.patch.object(values, "_FEW_ROWS", few_rows),
         mock.patch.object(segments, "_DENSE_CELLS", dense_cells),
     ):
         return gpa.analyze(net, input_shape=(1, IN_WIDTH, LENGTH), channels=True)

@@ -20,17 +20,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import gpa
+from gpa.channels.movement import probe
+from gpa.channels.operations import fallback
 from gpa.channels.routing import CHANNELS, Consumer, _rows_along, route_channels, rule_for
-from gpa.channels.rules import (
-    RULES,
-    Channels,
-    Term,
-    _collapsed_parts,
-    distinct_rows,
-    fallback,
-    pointwise,
-    probe,
-)
+from gpa.channels.rules import RULES, pointwise
+from gpa.channels.values import Channels, Term, _collapsed_parts, distinct_rows
 from gpa.frontends.fx import fx_gradient_graph
 from gpa.options import AnalysisOptions
 
