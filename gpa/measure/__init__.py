@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten
 
 from gpa.api import analyze
 from gpa.core.report import Report
@@ -246,7 +247,7 @@ def measure(
     example_inputs = bind_inputs(model, example_inputs)
     batch_iter: Iterator[Any] | None = None
     if batches is not None:
-        batch_iter = iter(batches)
+        batch_iter = _drawn(batches)
         first = next(batch_iter, None)
         if first is None:
             raise GpaError("batches= is empty: nothing to measure")
@@ -305,7 +306,7 @@ def measure(
                 seed=seed + INPUT_SEED_OFFSET,
                 device=run_device,
             )
-        per_step = _run(
+        per_step, items = _run(
             model,
             modules,
             weights,
@@ -324,8 +325,9 @@ def measure(
         weights,
         segments,
         per_step,
+        items,
         steps=len(per_step),
-        batch_size=batch_size if batches is None else -1,
+        batch_size=items[0] if len(set(items)) == 1 else None,
         seed=seed,
         device=str(run_device),
         loss="virtual" if loss is None else "user",
@@ -345,18 +347,20 @@ def _run(
     outputs: Any,
     device: torch.device,
     step: Callable[[str], None],
-) -> list[tuple[StepGradients, dict[str, float], dict[str, list[float]]]]:
-    """Run the steps; per step the received-gradient reductions and the weight norms."""
+) -> tuple[list[tuple[StepGradients, dict[str, float], dict[str, list[float]]]], list[int]]:
+    """Run the steps; per step the received-gradient reductions and the weight norms, and
+    the step's batch items (see :func:`_items`)."""
     from gpa.options import AnalysisOptions
 
     select = AnalysisOptions(outputs=outputs).outputs if outputs is not None else None
     virtual = None
-    results = []
+    results, items = [], []
     params = list(model.parameters())
     with GradientRecorder(modules, segments, weights, model) as recorder:
         for i, batch in enumerate(itertools.islice(batch_iter, steps)):
             step(f"step {i + 1}/{steps}")
             args = _to(_as_args(batch, model), device)
+            items.append(_items(args))
             recorder.data((batch, args))  # (drawn with the capture on: no constants)
             for p in params:
                 p.grad = None
@@ -371,6 +375,12 @@ def _run(
             problem = _not_a_loss(value)
             if problem is not None:
                 raise GpaError(problem)
+            if not bool(torch.isfinite(value.detach()).all()):  # every gradient would be too
+                where = "the model's outputs hold" if loss is None else "the loss function gave"
+                raise GpaError(
+                    f"the loss is {float(value.detach().reshape(()))} in step {i + 1} ({where} "
+                    "NaN or infinite values): its gradients would be too"
+                )
             with _raised_by(type(model).__name__, "backward"):
                 value.reshape(()).backward()
             results.append((recorder.end_step(), *_weight_norms(modules, weights, segments)))
@@ -378,51 +388,104 @@ def _run(
         p.grad = None
     if not results:
         raise GpaError("batches= gave no batch: nothing to measure")
-    return results
+    return results, items
+
+
+def _drawn(batches: Iterable[Any]) -> Iterator[Any]:
+    """The batches ``batches`` gives; an exception raised drawing one (the user's iterable,
+    a TARGET file's ``example_batches``) as a :class:`~gpa.errors.ModelError` naming its
+    line, not a failure of gpa's."""
+    found = None
+    while True:
+        try:
+            found = iter(batches) if found is None else found
+            batch = next(found)
+        except StopIteration:
+            return
+        except Exception as exc:
+            during = (
+                "It raised while a measured step drew its batch from batches= (example_batches)"
+            )
+            raise ModelError(model_raised("the batches", exc, during=during)) from exc
+        yield batch
+
+
+def _items(args: tuple[Any, ...]) -> int:
+    """A step's batch items: the leading size of its first input tensor (1 for a scalar,
+    0 without a tensor) — the rows CKA takes for samples (``docs/semantics.md`` §11)."""
+    first = next((t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)), None)
+    if first is None:
+        return 0
+    return first.shape[0] if first.dim() else 1
 
 
 def _not_a_loss(value: Any) -> str | None:
-    """Why ``value``, what the loss function returned, cannot be the step's loss (a
-    scalar tensor requiring gradient) — saying what it is and how such code usually gets
-    one — or None when it can be.
+    """Why ``value``, what the loss function returned, cannot be the step's loss (a real
+    scalar tensor computed with gradient from the model's outputs) — saying what it is and
+    how such code usually gets one — or None when it can be.
 
     Example:
         >>> _not_a_loss(torch.ones(2, 3, requires_grad=True))
         'the loss function returned a tensor of shape (2, 3): reduce it to one value (.sum(), .mean())'
     """
+    said = "the loss function returned"
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            shape = ", ".join(map(str, value.shape))
+            return f"{said} a tensor of shape {tuple(value.shape)}: reduce it to one value (.sum(), .mean())"
+        if value.is_complex():
+            return f"{said} a complex tensor: the loss must be a real number"
+        if not value.is_floating_point():
             return (
-                f"the loss function returned a tensor of shape ({shape}): reduce it to one "
-                "value (.sum(), .mean())"
+                f"{said} a tensor of dtype {value.dtype} (a count or a comparison), which "
+                "carries no gradient: return a floating loss computed from the outputs"
             )
-        if value.requires_grad:
-            return None
+        if not value.requires_grad:
+            return (
+                f"{said} a scalar tensor that does not require gradient: it was computed "
+                "under torch.no_grad(), from .detach()ed outputs, or from outputs no "
+                "trainable parameter reaches"
+            )
+        if value.grad_fn is None:
+            return (
+                f"{said} a tensor made to require gradient (a leaf), computed from none of "
+                "the model's outputs: no gradient would reach the model"
+            )
+        return None
+    if isinstance(value, np.ndarray):
         return (
-            "the loss function returned a scalar tensor that does not require gradient: it "
-            "was computed under torch.no_grad(), from .detach()ed outputs, or from outputs "
-            "no trainable parameter reaches"
+            f"{said} a NumPy array of shape {value.shape}, which carries no gradient: "
+            "return a torch tensor computed from the outputs"
         )
-    if isinstance(value, (bool, int, float, complex)):
+    if isinstance(value, (bool, int, float, complex, np.generic)):
+        kind = (
+            f"NumPy {type(value).__name__}"
+            if isinstance(value, np.generic)
+            else (f"Python {type(value).__name__}")
+        )
         return (
-            f"the loss function returned a Python {type(value).__name__} ({value!r}), which "
-            "carries no gradient: return the tensor itself, not .item() or float() of it"
+            f"{said} a {kind} ({value!r}), which carries no gradient: return the tensor "
+            "itself, not .item() or float() of it"
         )
     if isinstance(value, Mapping):
-        keys = ", ".join(repr(k) for k in list(value)[:4])
+        keys = [repr(k) for k in list(value)[:4]] + (["…"] if len(value) > 4 else [])
+        hint = (
+            "for example outputs['loss']"
+            if "loss" in value
+            else "none is 'loss': a Hugging Face model computes one only when given labels"
+        )
         return (
-            f"the loss function returned a {type(value).__name__} with keys {keys}: return "
-            "the loss tensor itself (for example outputs['loss'])"
+            f"{said} a {type(value).__name__} with keys {', '.join(keys)}: return the loss "
+            f"tensor itself ({hint})"
         )
     if isinstance(value, (tuple, list)):
+        kind, n = ("tuple" if isinstance(value, tuple) else "list"), len(value)
         return (
-            f"the loss function returned a {type(value).__name__} of {len(value)} items: "
-            "return the loss tensor itself (for example the first item)"
+            f"{said} a {kind} of {n} item{'' if n == 1 else 's'}: return the loss tensor "
+            "itself (for example the first item)"
         )
     return (
-        f"the loss function returned {'None' if value is None else type(value).__name__}: "
-        "it must return a scalar tensor that requires gradient"
+        f"{said} {'None' if value is None else type(value).__name__}: it must return a "
+        "scalar tensor that requires gradient"
     )
 
 
@@ -483,14 +546,19 @@ def _summarise(
     weights: dict[str, torch.Tensor],
     segments: dict[str, list[tuple[int, int]]],
     per_step: list[tuple[StepGradients, dict[str, float], dict[str, list[float]]]],
+    items: list[int],
     **meta: Any,
 ) -> Measurement:
     measured = [n for n in report.layers if n in modules or n in weights]  # (forward order)
-    names = [n for n in measured if n in per_step[0][0].sq_norms]
+    called = [s.sq_norms.keys() for s, _, _ in per_step]
+    names = [n for n in measured if any(n in c for c in called)]
     missing = [n for n in measured if n not in names]
     notes = meta.pop("notes")
     if missing:
         notes.append(f"layers not called in the measured steps: {', '.join(missing)}")
+    # a layer some steps do not call (an expert no token was routed to, a branch) received
+    # no gradient there: 0 in its norms, and it has no samples there for CKA
+    uncalled = {n: [i + 1 for i, c in enumerate(called) if n not in c] for n in names}
     out_norm = {
         n: float(np.mean([math.sqrt(s.sq_norms.get(n, 0.0)) for s, _, _ in per_step]))
         for n in names
@@ -501,23 +569,27 @@ def _summarise(
         parts = [s.features.get(n) for s, _, _ in per_step]
         if all(p is not None for p in parts) and len({p.shape[1] for p in parts}) == 1:
             stacked[n] = np.concatenate(parts, axis=0)
-    # CKA compares layers sample by sample: a layer whose gradient holds another number of
-    # rows than most layers' (tokens flattened into rows, a position embedding read once
-    # for the whole batch) cannot take part
-    common = Counter(f.shape[0] for f in stacked.values()).most_common(1)
-    samples = common[0][0] if common else 0
+    samples, batch = _samples(stacked, sum(items))
     usable = [n for n, f in stacked.items() if f.shape[0] == samples]
     for n in names:
-        if n not in stacked:
+        if uncalled[n]:
+            which = ", ".join(map(str, uncalled[n]))
             notes.append(
-                f"layer {n!r}: its calls receive gradients with differing numbers of rows "
-                "(samples) or channels, which do not line up: left out of CKA"
+                f"layer {n!r}: not called in step {which} of {len(per_step)} (no gradient "
+                "there: 0 in its norms, no samples for CKA): left out of CKA"
+            )
+        elif n not in stacked:
+            notes.append(
+                f"layer {n!r}: its calls or outputs receive gradients with differing numbers "
+                "of rows (samples) or channels, which do not line up: left out of CKA"
             )
         elif n not in usable:
+            against = "the batch items are" if batch else "most layers' have"
             notes.append(
                 f"layer {n!r}: its received gradient has {stacked[n].shape[0]} rows over the "
-                f"steps where most layers' have {samples} (tokens flattened into rows, or one "
-                "row for the whole batch): left out of CKA"
+                f"steps, where {against} {samples}: rows that are not batch items (tokens "
+                "flattened into rows, one row for the whole batch, a share of the tokens) do "
+                "not line up: left out of CKA"
             )
     if 0 < samples < _FEW_SAMPLES:  # (two centred samples span one direction: CKA is 1)
         notes.append(
@@ -543,7 +615,14 @@ def _summarise(
                     start,
                     stop,
                     float(np.mean([sn[n][j] for _, _, sn in per_step])) if n in w else None,
-                    float(np.mean([math.sqrt(s.segment_sq_norms[n][j]) for s, _, _ in per_step])),
+                    float(
+                        np.mean(
+                            [
+                                math.sqrt(s.segment_sq_norms.get(n, [0.0] * len(segments[n]))[j])
+                                for s, _, _ in per_step
+                            ]
+                        )
+                    ),
                 )
                 for j, (start, stop) in enumerate(segments[n])
             )
@@ -571,6 +650,25 @@ def _summarise(
 
 # Samples below which linear CKA tells no layers apart (see _summarise).
 _FEW_SAMPLES = 3
+
+
+def _samples(stacked: Mapping[str, np.ndarray], items: int) -> tuple[int, bool]:
+    """The number of rows the layers CKA compares have (``docs/semantics.md`` §11), and
+    whether those are the batch items: the steps' batch items (``items``) where some
+    layer's received gradient has that many rows, else the row count most layers have
+    (ties: the first layer's); 0 without layers.
+
+    Example:
+        >>> rows = lambda n: np.zeros((n, 2))
+        >>> _samples({"a": rows(6), "b": rows(30), "c": rows(30)}, 6)
+        (6, True)
+        >>> _samples({"a": rows(2), "b": rows(30), "c": rows(30)}, 6)
+        (30, False)
+    """
+    counts = Counter(f.shape[0] for f in stacked.values())
+    if items in counts:
+        return items, True
+    return (counts.most_common(1)[0][0], False) if counts else (0, False)
 
 
 def _rank_correlation(report: Report, names: list[str], sim: np.ndarray) -> float | None:

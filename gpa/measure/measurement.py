@@ -151,7 +151,8 @@ class Measurement:
         similarity: (k, k) linear CKA between the layers' received gradients, in the
             order of ``layers`` (NaN where undefined: a layer no gradient reached).
         report: the structural report measured against (None when built by hand).
-        steps, batch_size, seed, device: how it was measured.
+        steps, batch_size, seed, device: how it was measured (``batch_size``: the items of
+            each step's batch, None when they differ between steps).
         loss: ``"virtual"`` (the random-direction loss) or ``"user"``.
         rank_correlation: Spearman's correlation, over layer pairs, between "shares its
             gradient combination" (1/0) and their CKA; None when undefined.
@@ -163,7 +164,7 @@ class Measurement:
     similarity: np.ndarray
     report: Report | None = None
     steps: int = 0
-    batch_size: int = 0
+    batch_size: int | None = 0
     seed: int = 0
     device: str = "cpu"
     loss: str = "virtual"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import math
 import shutil
 from typing import Any
 
@@ -72,7 +71,9 @@ def _cell(value: Any) -> str:
 def _summary(m: Any) -> list[str]:
     net = m.network_dict()
     d = net["duplication"]
-    how = f"{m.steps} steps, batch {m.batch_size}, seed {m.seed}, {m.device}, {m.loss} loss"
+    steps = f"{m.steps} step{'' if m.steps == 1 else 's'}"
+    batch = "batches of varying size" if m.batch_size is None else f"batch {m.batch_size}"
+    how = f"{steps}, {batch}, seed {m.seed}, {m.device}, {m.loss} loss"
     options = m.report.options if m.report is not None else None
     if options is not None:
         how += ", train mode" if options.get("train", True) else ", eval mode"
@@ -154,6 +155,8 @@ _STYLE = (
     "border-bottom:1px solid rgba(128,128,128,.28)}"
     ".gpa-measurement td.gpa-num{text-align:right;font-variant-numeric:tabular-nums}"
     ".gpa-measurement summary{cursor:pointer;font-weight:600}"
+    ".gpa-measurement .gpa-cka td{text-align:right;font-variant-numeric:tabular-nums;"
+    "background:rgba(66,133,244,var(--v,0))}"
 )
 
 
@@ -161,7 +164,7 @@ def format_html(m: Any) -> str:
     """A self-contained HTML fragment (Jupyter shows it): the summary, the layer table,
     the CKA matrix between every two measured layers (folded, shaded by value; "—" where
     undefined) and the notes, every name escaped."""
-    numeric = set(COLUMNS[2:10]) | {"most_similar_cka"}
+    numeric = {*COLUMNS[2:9], "most_similar_cka"}  # (not frozen: yes or empty)
 
     def cell(value: Any, column: str) -> str:
         kind = " class='gpa-num'" if column in numeric else ""
@@ -179,19 +182,22 @@ def format_html(m: Any) -> str:
 
 
 def _cka_matrix(m: Any) -> str:
-    """The CKA matrix as a folded table (rows and columns: the layers, in forward order)."""
-    names = [html.escape(n) for n in m.layers]
+    """The CKA matrix as a folded table of the values the JSON holds (``cka``), rows and
+    columns the layers in forward order: columns numbered (the layer's name on hover),
+    each cell shaded by its value through one CSS variable (the page grows as the square
+    of the layers: a cell holds little else)."""
+    cka = m.to_dict()["cka"]
+    names = [html.escape(n) for n in cka["layers"]]
     rows = []
-    for name, values in zip(names, m.similarity, strict=True):
+    for i, (name, values) in enumerate(zip(names, cka["matrix"], strict=True), 1):
         cells = "".join(
-            f"<td class='gpa-num' style='background:rgba(66,133,244,{min(max(v, 0.0), 1.0):.2f})'>"
-            f"{v:.2f}</td>"
-            if math.isfinite(v)
-            else "<td class='gpa-num'>—</td>"
-            for v in map(float, values)
+            "<td>—</td>"
+            if v is None
+            else f"<td style='--v:{min(max(v, 0.0), 1.0):.2f}'>{v:.3g}</td>"
+            for v in values
         )
-        rows.append(f"<tr><th>{name}</th>{cells}</tr>")
-    head = "".join(f"<th>{n}</th>" for n in names)
+        rows.append(f"<tr><th>{i} {name}</th>{cells}</tr>")
+    head = "".join(f"<th title='{n}'>{i}</th>" for i, n in enumerate(names, 1))
     return (
         f"<details><summary>CKA between the layers' received gradients ({len(names)} × "
         f"{len(names)})</summary><table class='gpa-cka'><thead><tr><th></th>{head}</tr>"

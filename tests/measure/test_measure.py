@@ -339,6 +339,113 @@ def test_errors() -> None:
         measure(nn.Linear(2, 2), torch.zeros(1, 2), steps=1, batch_size=2).cka("", "x")
 
 
+class MostlyTokens(nn.Module):
+    """Every layer but the head on the tokens flattened into rows: the head alone has the
+    batch's rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        rows = x.reshape(-1, 4)
+        h = (self.a(rows) + self.b(rows)).reshape(x.shape)
+        return self.head(h.mean(1))
+
+
+def test_the_batch_items_are_the_samples_even_where_most_layers_have_token_rows() -> None:
+    """Found by a review: the row count most layers have was taken for the samples, so the
+    head — the one layer with the batch's rows — was left out, told its rows were tokens.
+    By hand, 2 steps of batch 3 with 5 tokens: the batch items are 6, a and b have 30."""
+    m = measure(MostlyTokens(), torch.zeros(1, 5, 4), steps=2, batch_size=3)
+    assert not any(n.startswith("layer 'head'") for n in m.notes)
+    for name in ("a", "b"):
+        assert (
+            f"layer {name!r}: its received gradient has 30 rows over the steps, where the batch "
+            "items are 6: rows that are not batch items (tokens flattened into rows, one row "
+            "for the whole batch, a share of the tokens) do not line up: left out of CKA"
+        ) in m.notes
+    assert m.cka("head", "head") == pytest.approx(1.0)
+
+
+class Routed(nn.Module):
+    """A branch taken only when the batch's first value is positive (an expert that only
+    some steps' tokens are routed to)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.late, self.head = nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 1)
+
+    def forward(self, x):
+        h = self.a(x)
+        if float(x[0, 0]) > 0:
+            h = h + self.late(h)
+        return self.head(h)
+
+
+def test_a_layer_some_steps_do_not_call_is_measured_in_the_others() -> None:
+    """Found by a review: a layer not called in the first step (an expert no token was
+    routed to) was dropped and listed as "not called in the measured steps", though later
+    steps called it. By hand, with a plain backward per step: its received-gradient norm is
+    the mean over the steps, 0 where it was not called; its weight's too."""
+    batches = [torch.tensor([[-1.0, 2.0]]), torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 1.0]])]
+    torch.manual_seed(0)
+    net = Routed()
+    loss = lambda out, batch: out.sum()  # noqa: E731
+    m = measure(net, batches[0], batches=batches, loss=loss, steps=3, batch_size=1)
+    assert "late" in m.layers
+    assert (
+        "layer 'late': not called in step 1 of 3 (no gradient there: 0 in its norms, no "
+        "samples for CKA): left out of CKA" in m.notes
+    )
+    received, weight = [], []
+    for x in batches:
+        net.zero_grad()
+        h = net.a(x)
+        y = None
+        if float(x[0, 0]) > 0:
+            y = net.late(h)
+            y.retain_grad()
+            h = h + y
+        net.head(h).sum().backward()
+        received.append(0.0 if y is None else float(y.grad.norm()))
+        grads = [p.grad for p in net.late.parameters() if p.grad is not None]
+        weight.append(math.sqrt(sum(float(g.pow(2).sum()) for g in grads)))
+    assert m.layers["late"].output_grad_norm == pytest.approx(np.mean(received), rel=1e-5)
+    assert m.layers["late"].weight_grad_norm == pytest.approx(np.mean(weight), rel=1e-5)
+    assert m.batch_size == 1 and m.layers["late"].most_similar is None
+
+
+def test_the_batch_size_of_given_batches_is_theirs() -> None:
+    """Found by a review: given batches showed "batch -1" (text, HTML, JSON). It is their
+    items per step, None (the text says so) when they differ."""
+    net = nn.Linear(2, 1)
+    same = measure(net, batches=[torch.zeros(5, 2)] * 2, steps=2)
+    assert same.batch_size == 5 and "2 steps, batch 5," in str(same)
+    mixed = measure(net, batches=[torch.zeros(5, 2), torch.zeros(3, 2)], steps=2)
+    assert mixed.batch_size is None and mixed.to_dict()["measurement"]["batch_size"] is None
+    assert "batches of varying size" in str(mixed)
+    assert "1 step, batch 5," in str(measure(net, batches=[torch.zeros(5, 2)], steps=1))
+
+
+def test_a_nan_loss_or_an_error_drawing_a_batch_is_one_message() -> None:
+    """Found by a review: a NaN loss gave every norm None without a word, and an exception
+    raised by the user's batches was "internal error … a bug in gpa" (exit 1)."""
+    from gpa.errors import ModelError
+
+    net = nn.Linear(2, 1)
+    nan = lambda out, batch: out.sum() * float("nan")  # noqa: E731
+    with pytest.raises(GpaError, match=r"^the loss is nan in step 1 \(the loss function gave"):
+        measure(net, torch.zeros(1, 2), steps=1, batch_size=2, loss=nan)
+
+    def broken():
+        yield torch.zeros(2, 2)
+        raise OSError("shard 2 missing")
+
+    with pytest.raises(ModelError, match="^the batches raised OSError: shard 2 missing"):
+        measure(net, batches=broken(), steps=2)
+
+
 @pytest.mark.parametrize(
     ("loss", "said"),
     [
@@ -348,10 +455,21 @@ def test_errors() -> None:
         (lambda o, b: o.sum().item() > 0, "a Python bool (True), which carries no"),
         (lambda o, b: {"loss": o.sum(), "logs": 1}, "a dict with keys 'loss', 'logs': return"),
         (lambda o, b: (o.sum(), o.detach()), "a tuple of 2 items: return the loss tensor"),
-        (lambda o, b: [o.sum()], "a list of 1 items: return the loss tensor"),
+        (lambda o, b: [o.sum()], "a list of 1 item: return the loss tensor"),
         (lambda o, b: None, "returned None: it must return a scalar tensor"),
+        (lambda o, b: o.sum(1), "a tensor of shape (2,): reduce it"),
+        (lambda o, b: (o > 0).sum(), "a tensor of dtype torch.int64 (a count or a comparison)"),
+        (lambda o, b: o.sum() * 1j, "a complex tensor: the loss must be a real number"),
+        (lambda o, b: torch.tensor(1.0, requires_grad=True), "a tensor made to require gradient"),
+        (lambda o, b: np.float64(1.0), "a NumPy float64 (np.float64(1.0)), which carries no"),
+        (lambda o, b: o.detach().numpy(), "a NumPy array of shape (2, 2), which carries no"),
+        (lambda o, b: {"logits": o}, "keys 'logits': return the loss tensor itself (none is"),
+        (lambda o, b: dict.fromkeys("abcde", o), "keys 'a', 'b', 'c', 'd', …: return"),
     ],
-    ids=["matrix", "detached", "float", "bool", "dict", "tuple", "list", "none"],
+    ids=[
+        *("matrix", "detached", "float", "bool", "dict", "tuple", "list", "none", "vector"),
+        *("count", "complex", "leaf", "numpy-float", "numpy-array", "no-loss-key", "many-keys"),
+    ],
 )
 def test_a_loss_that_is_no_scalar_says_what_it_returned(loss, said: str) -> None:
     """Found by a new user: every wrong return of a loss function (Ultralytics' loss gives a
@@ -428,8 +546,9 @@ def test_a_layer_read_once_for_the_batch_has_no_cka_and_the_rest_do() -> None:
     m = measure(Positioned(), {"ids": torch.randint(0, 10, (1, 5))}, steps=2, batch_size=3)
     # 2 steps: pos 1 row each, the rest 3 (the batch)
     assert (
-        "layer 'pos': its received gradient has 2 rows over the steps where most layers' "
-        "have 6 (tokens flattened into rows, or one row for the whole batch): left out of CKA"
+        "layer 'pos': its received gradient has 2 rows over the steps, where the batch items "
+        "are 6: rows that are not batch items (tokens flattened into rows, one row for the "
+        "whole batch, a share of the tokens) do not line up: left out of CKA"
     ) in m.notes
     assert m.layers["pos"].most_similar is None
     assert m.cka("a", "b") == pytest.approx(1.0, abs=1e-6)
@@ -457,12 +576,13 @@ def test_a_layer_whose_rows_are_not_the_batchs_says_why_it_has_no_cka() -> None:
     all, where a and b have 6; ``twice``'s calls have 3 and 1 rows a step."""
     m = measure(TokenRows(), torch.zeros(1, 5, 4), steps=2, batch_size=3)
     assert (
-        "layer 'rows': its received gradient has 30 rows over the steps where most layers' "
-        "have 6 (tokens flattened into rows, or one row for the whole batch): left out of CKA"
+        "layer 'rows': its received gradient has 30 rows over the steps, where the batch items "
+        "are 6: rows that are not batch items (tokens flattened into rows, one row for the "
+        "whole batch, a share of the tokens) do not line up: left out of CKA"
     ) in m.notes
     assert (
-        "layer 'twice': its calls receive gradients with differing numbers of rows (samples) "
-        "or channels, which do not line up: left out of CKA"
+        "layer 'twice': its calls or outputs receive gradients with differing numbers of rows "
+        "(samples) or channels, which do not line up: left out of CKA"
     ) in m.notes
     assert m.layers["rows"].most_similar is None and m.layers["twice"].most_similar is None
     assert m.cka("a", "b") == pytest.approx(1.0, abs=1e-6)  # both receive ∂L/∂h
