@@ -503,7 +503,8 @@ def _raised_by(name: str, part: str) -> Iterator[None]:
     except Exception as exc:
         during = (
             f"It raised in the {part} of a measured training step (real tensors); give "
-            "batches= (or example_batches next to the model) that the model takes"
+            "batches= (or example_batches next to the model) that the model takes, or "
+            "synthetic ones of another batch_size (--batch-size)"
         )
         raise ModelError(model_raised(name, exc, during=during)) from exc
 
