@@ -457,14 +457,10 @@ def _not_a_loss(value: Any) -> str | None:
             "return a torch tensor computed from the outputs"
         )
     if isinstance(value, (bool, int, float, complex, np.generic)):
-        kind = (
-            f"NumPy {type(value).__name__}"
-            if isinstance(value, np.generic)
-            else (f"Python {type(value).__name__}")
-        )
+        origin = "NumPy" if isinstance(value, np.generic) else "Python"
         return (
-            f"{said} a {kind} ({value!r}), which carries no gradient: return the tensor "
-            "itself, not .item() or float() of it"
+            f"{said} a {origin} {type(value).__name__} ({value!r}), which carries no gradient: "
+            "return the tensor itself, not .item() or float() of it"
         )
     if isinstance(value, Mapping):
         keys = [repr(k) for k in list(value)[:4]] + (["…"] if len(value) > 4 else [])
