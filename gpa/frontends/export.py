@@ -329,12 +329,48 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
             # later readers of the tensor would read it unwritten: in functional form
             # (copy_ into a slice becomes slice_scatter) the write is data flow
             program = program.run_decompositions({})
+            _regenerated_views_placed(program.graph_module.graph)
         return program, tuple(args), watched, sites
     assert first is not None
     scripted = scripted_call(model, first)
     if scripted is not None:  # not the model's fault, nor the user's code: say what helps
         raise _cannot_read_scripted(model, scripted) from None
     raise ExportError(_failure_message(model, first)) from first
+
+
+def _regenerated_views_placed(graph: fx.Graph) -> None:
+    """Put each view that ``run_decompositions`` made again where it is first read back
+    in the module calls its input was made in. A view of a tensor written in place (or a
+    ``detach`` of it) is made anew before its first reader (torch marks it
+    ``is_functional_regenerated``), and torch records it in that reader's module call
+    (``nn_module_stack``): the grouping by module would fold it into that call, so another
+    reader of the view would read it through the call (a layer more on its paths), and a
+    ``detach`` there would be lost. Its calls become those both it and its inputs were made
+    in (the common start of their stacks): where the view was written, as far as the graph
+    tells (``docs/semantics.md`` §1.3).
+
+    Example:
+        >>> g = fx.Graph()
+        >>> x = g.placeholder("x")
+        >>> view = g.call_function(torch.ops.aten.t.default, (x,))
+        >>> view.meta = {"nn_module_stack": {"root": ("", nn.Module), "b": ("b", nn.Linear)},
+        ...              "is_functional_regenerated": True}
+        >>> _regenerated_views_placed(g)
+        >>> list(view.meta["nn_module_stack"])
+        []
+    """
+    for node in graph.nodes:
+        if not node.meta.get("is_functional_regenerated"):
+            continue
+        stack = node.meta.get("nn_module_stack") or {}
+        keys = list(stack)
+        for source in node.all_input_nodes:
+            theirs = list(source.meta.get("nn_module_stack") or {})
+            shared = 0
+            while shared < min(len(keys), len(theirs)) and keys[shared] == theirs[shared]:
+                shared += 1
+            keys = keys[:shared]
+        node.meta["nn_module_stack"] = {k: stack[k] for k in keys}
 
 
 def _custom_functions_message(model: nn.Module, functions: list[type]) -> str:

@@ -811,6 +811,10 @@ class Levels(nn.Module):
             return levels.select(dim=0, index=1)
         if self.pick == "further":  # the last level's first column
             return levels[-1, :, 0]
+        if self.pick == "tensor":  # a constant index tensor without axes: as the number
+            return levels[torch.tensor(1)]
+        if self.pick == "tensor-further":
+            return levels[torch.tensor(-1), :, 0]
         if self.pick == "chosen":  # the level the data chooses: any of them
             return levels[h1.sum(-1).argmax() % 2]
         if self.pick == "across":  # an element along another axis: every level in it
@@ -832,17 +836,22 @@ def test_a_level_the_data_chooses_reads_every_head(tracer: str) -> None:
 
 @EVERY_TRACER
 @pytest.mark.parametrize(
-    "pick", ["last", "select", "tuple", "keywords", "further", "first", "across", "aux"]
+    "pick",
+    [
+        *("last", "select", "tuple", "keywords", "further", "tensor", "tensor-further"),
+        *("first", "across", "aux"),
+    ],
 )
 def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str) -> None:
     """By hand. ``levels[-1]`` is head.1's output itself: head.0 gets no gradient (a real
-    backward gives it none), l1 -> head.1 (2), l0 -> l1 -> head.1 (3). ``first``: head.0
+    backward gives it none), l1 -> head.1 (2), l0 -> l1 -> head.1 (3); so is
+    ``levels[torch.tensor(1)]`` (found by a survey: fx read every head). ``first``: head.0
     alone, l0 -> head.0 (2), l1 and head.1 unreachable. Picking along another axis, or
     returning the other levels too, reads both heads: l0 -> head.0 (2) and l0 -> l1 ->
     head.1 (3)."""
     model, x = Levels(pick), torch.randn(2, 4)
     report = gpa.analyze(model, (x,), tracer=tracer)
-    if pick in ("last", "select", "tuple", "keywords", "further"):
+    if pick in ("last", "select", "tuple", "keywords", "further", "tensor", "tensor-further"):
         expect(report, "head.1", {1: 1}, (LOSS,))
         expect(report, "l1", {2: 1}, ("head.1",))
         expect(report, "l0", {3: 1}, ("l1",))
@@ -869,3 +878,79 @@ def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str)
         assert {n: r.shortest for n, r in channels.layers.items()} == {
             n: r.shortest for n, r in report.layers.items()
         }
+
+
+class ReadAfterAWriteIntoAView(nn.Module):
+    """A tensor written through a view (``g[:, 0] = 0``), then read through a view (or a
+    detach) by a layer call and by something else. Export's functional form makes the view
+    again before its first reader and records it in that reader's module call: the
+    grouping by module folded it into the call. ``how`` picks the reading:
+
+    * ``returned``: ``y = g.t().t()`` read by b and returned beside: by hand, a reaches the
+      loss through y (length 1) and through b (length 2);
+    * ``detached``: ``b(g.detach()) + d(c(h))``: gradient reaches a through c alone
+      (a→c→d: 3); b's detach stops it;
+    * ``skip``: a conditional position encoding after a class token is zeroed,
+      ``head(peg(t) + t)`` with t = ``a(x)`` written: a reaches head directly (2) and
+      through peg (3);
+    * ``block``: the write and the view inside a block, ``y, z = block(x)`` returning
+      ``b(v), v`` with v a view of the written tensor, then ``head(y) + z``: a reaches the
+      loss through z (1) and through b and head (3).
+    """
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.a, self.b, self.c, self.d = (nn.Linear(4, 4) for _ in range(4))
+        self.block = _WrittenBlock() if how == "block" else None
+
+    def forward(self, x):
+        if self.how == "block":
+            y, z = self.block(x)
+            return self.d(y) + z
+        h = self.a(x)
+        g = h * 1.0
+        g[:, 0] = 0.0
+        if self.how == "returned":
+            y = g.t().t()
+            return self.b(y), y
+        if self.how == "detached":
+            return self.b(g.detach()) + self.d(self.c(h))
+        return self.d(self.c(g) + g)  # skip: c is the position encoding, d the head
+
+
+class _WrittenBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        g = self.a(x) * 1.0
+        g[:, 0] = 0.0
+        v = g.t().t()
+        return self.b(v), v
+
+
+@pytest.mark.parametrize("how", ["returned", "detached", "skip", "block"])
+@pytest.mark.parametrize("tracer", ["export", "autograd", "auto"])
+def test_a_view_read_after_a_write_stays_where_it_was_made(tracer, how):
+    """Found by a survey (a Twins/CPVT position encoding, torchvision's MViT): after a
+    write into a view, export's views made again were folded into their first reader's
+    call — one layer more on the other reader's paths, a detach lost — and auto, refused
+    by fx (the write), gave export's numbers. Expected values by hand (class docstring)."""
+    model = ReadAfterAWriteIntoAView(how)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert report.tracer == ("export" if tracer == "auto" else tracer)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    if how == "returned":
+        expect(report, "a", {1: 1, 2: 1}, ("b", LOSS))
+        expect(report, "b", {1: 1}, (LOSS,))
+    elif how == "detached":
+        expect(report, "a", {3: 1}, ("c",))
+        expect(report, "b", {1: 1}, (LOSS,))
+    elif how == "skip":
+        expect(report, "a", {2: 1, 3: 1}, ("c", "d"))
+        expect(report, "c", {2: 1}, ("d",))
+    else:
+        expect(report, "block.a", {1: 1, 3: 1}, ("block.b", LOSS))
+        expect(report, "block.b", {2: 1}, ("d",))
