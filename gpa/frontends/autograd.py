@@ -751,15 +751,32 @@ class _Edges:
         picked from a stack (``torch.stack(heads)[-1]``) reads the one tensor stacked
         there: autograd's edge to the stack sends the others zeros."""
         children = [self.resolve(child, nr) for child, nr in fn.next_functions]
-        if (
-            type(fn).__name__ == "SelectBackward0"
-            and type(children[0]).__name__ == "StackBackward0"
-            and id(fn) not in self._data_picks  # an index the data chose: any element
-        ):
-            stacked = _stacked_operand(fn, children[0])
-            if stacked is not None:
-                return [self.resolve(*stacked)]
+        if _constant_pick(fn, self._data_picks):
+            stack = self._picked(children[0])  # (a pick of a pick: ``stack(...)[0][1]``)
+            if type(stack).__name__ == "StackBackward0":
+                stacked = _stacked_operand(fn, stack)
+                if stacked is not None:
+                    return [self.resolve(*stacked)]
         return children
+
+    def _picked(self, node: Any) -> Any:
+        """``node``, or, where it picks one element of a stack by a constant index, the
+        node of the tensor stacked there (and so on, for a pick of that)."""
+        while _constant_pick(node, self._data_picks):
+            stack = self.resolve(*node.next_functions[0])
+            stacked = (
+                _stacked_operand(node, stack) if type(stack).__name__ == "StackBackward0" else None
+            )
+            if stacked is None:
+                break
+            node = self.resolve(*stacked)
+        return node
+
+
+def _constant_pick(fn: Any, data_picks: set[int]) -> bool:
+    """Whether autograd node ``fn`` picks one element by an index the data did not choose
+    (``data_picks``: the ids of those it did)."""
+    return type(fn).__name__ == "SelectBackward0" and id(fn) not in data_picks
 
 
 def _outputs_read(nodes: list[Any], edges: _Edges) -> set[tuple[int, int]]:

@@ -815,6 +815,8 @@ class Levels(nn.Module):
             return levels[torch.tensor(1)]
         if self.pick == "tensor-further":
             return levels[torch.tensor(-1), :, 0]
+        if self.pick == "nested":  # a pick of a pick: levels[1]
+            return torch.stack([levels, levels.flip(0)])[0][1]
         if self.pick == "chosen":  # the level the data chooses: any of them
             return levels[h1.sum(-1).argmax() % 2]
         if self.pick == "across":  # an element along another axis: every level in it
@@ -838,20 +840,30 @@ def test_a_level_the_data_chooses_reads_every_head(tracer: str) -> None:
 @pytest.mark.parametrize(
     "pick",
     [
-        *("last", "select", "tuple", "keywords", "further", "tensor", "tensor-further"),
+        *("last", "select", "tuple", "keywords", "further", "tensor", "tensor-further", "nested"),
         *("first", "across", "aux"),
     ],
 )
 def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str) -> None:
     """By hand. ``levels[-1]`` is head.1's output itself: head.0 gets no gradient (a real
     backward gives it none), l1 -> head.1 (2), l0 -> l1 -> head.1 (3); so is
-    ``levels[torch.tensor(1)]`` (found by a survey: fx read every head). ``first``: head.0
+    ``levels[torch.tensor(1)]`` (found by a survey: fx read every head) and a pick of a pick
+    (autograd read every head). ``first``: head.0
     alone, l0 -> head.0 (2), l1 and head.1 unreachable. Picking along another axis, or
     returning the other levels too, reads both heads: l0 -> head.0 (2) and l0 -> l1 ->
     head.1 (3)."""
     model, x = Levels(pick), torch.randn(2, 4)
     report = gpa.analyze(model, (x,), tracer=tracer)
-    if pick in ("last", "select", "tuple", "keywords", "further", "tensor", "tensor-further"):
+    if pick in (
+        "last",
+        "select",
+        "tuple",
+        "keywords",
+        "further",
+        "tensor",
+        "tensor-further",
+        "nested",
+    ):
         expect(report, "head.1", {1: 1}, (LOSS,))
         expect(report, "l1", {2: 1}, ("head.1",))
         expect(report, "l0", {3: 1}, ("l1",))
