@@ -215,11 +215,16 @@ PYTHON_DRAWS_NOTE = (
 
 def random_branch_message(model: torch.nn.Module, where: str, train: bool) -> str:
     """Why a frontend refuses a run that branched on random numbers, and what to do."""
+    fixed = (
+        "the draw's outcome fixed: a drop probability of 0, or, for a choice drawn among one "
+        "value (torchvision's detection models with one min_size draw anyway), the function "
+        "drawing it replaced by one that does not (model.transform.torch_choice = lambda "
+        "sizes: sizes[0])"
+    )
     hint = (
-        "analyse it in eval mode (--eval / train=False), where such draws are off, or "
-        "with the drop probability set to 0 (one choice left)"
+        f"analyse it in eval mode (--eval / train=False), where such draws are off, or with {fixed}"
         if train
-        else "set the drop probability to 0 (one choice left)"
+        else f"analyse it with {fixed}"
     )
     return (
         f"{type(model).__name__}'s forward branches on random numbers ({where}: a random "

@@ -153,3 +153,32 @@ def test_draws_from_python_or_numpy_are_noted(how: str, tracer: str) -> None:
     evaluated = gpa.analyze(LayerDrop(how), input_shape=(2, 4), tracer=tracer, train=False)
     assert PYTHON_DRAWS_NOTE not in evaluated.notes
     _expect_every_block(evaluated)
+
+
+class OneSizeDrawn(nn.Module):
+    """torchvision's detection transform in training: a size drawn among its sizes
+    (``torch_choice``), drawn even when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc, self.sizes = nn.Conv2d(3, 4, 3), nn.Linear(4, 2), (16,)
+
+    def choice(self, sizes):
+        return sizes[int(torch.empty(1).uniform_(0.0, float(len(sizes))).item())]
+
+    def forward(self, x):
+        s = self.choice(self.sizes)
+        x = F.interpolate(x, size=(s, s))
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+def test_a_choice_among_one_value_says_how_to_fix_it() -> None:
+    """Found by a survey: torchvision's detection models in training were refused with
+    "set the drop probability to 0 (one choice left)", which cannot be done there. The
+    message says what can; done, the model is read (by hand: fc 1, conv 2)."""
+    model, x = OneSizeDrawn(), torch.randn(1, 3, 20, 20)
+    with pytest.raises(TraceError, match=r"torch_choice = lambda sizes: sizes\[0\]"):
+        gpa.analyze(model, (x,), tracer="autograd")
+    model.choice = lambda sizes: sizes[0]
+    report = gpa.analyze(model, (x,), tracer="autograd")
+    assert (report.layers["fc"].shortest, report.layers["conv"].shortest) == (1, 2)
