@@ -346,7 +346,7 @@ def _regenerated_views_placed(graph: fx.Graph) -> None:
     (``nn_module_stack``): the grouping by module would fold it into that call, so another
     reader of the view would read it through the call (a layer more on its paths), and a
     ``detach`` there would be lost. Its calls become those both it and its inputs were made
-    in (the common start of their stacks): where the view was written, as far as the graph
+    in (the common start of their stacks): where the view was made, as far as the graph
     tells (``docs/semantics.md`` §1.3).
 
     Example:

@@ -95,11 +95,6 @@ def _pick(node: fx.Node, fetch: Callable[[str], Any]) -> tuple[fx.Node, int, int
     rest: tuple = ()
     if node.op == "call_function" and node.target is operator.getitem:
         source, index = node.args
-        if isinstance(index, tuple) and index:
-            first = _as_number(index[0], fetch)
-            if type(first) is int:
-                index, rest = first, index[1:]
-        index = _as_number(index, fetch)
         dim = 0
     elif (node.op == "call_function" and node.target in _SELECTS) or (
         node.op == "call_method" and node.target == "select"
@@ -112,7 +107,11 @@ def _pick(node: fx.Node, fetch: Callable[[str], Any]) -> tuple[fx.Node, int, int
         return None
     if not (isinstance(source, fx.Node) and _is_stack(source)):
         return None
-    index = _as_number(index, fetch)
+    if node.target is operator.getitem and isinstance(index, tuple) and index:
+        first = _as_number(index[0], fetch)
+        if type(first) is int:
+            index, rest = first, index[1:]
+    index = _as_number(index, fetch)  # (looked up for picks from a stack only)
     if type(index) is not int or type(dim) is not int:
         return None
     return source, dim, index, rest
