@@ -760,17 +760,16 @@ class _Edges:
         return children
 
     def _picked(self, node: Any) -> Any:
-        """``node``, or, where it picks one element of a stack by a constant index, the
-        node of the tensor stacked there (and so on, for a pick of that)."""
-        while _constant_pick(node, self._data_picks):
-            stack = self.resolve(*node.next_functions[0])
-            stacked = (
-                _stacked_operand(node, stack) if type(stack).__name__ == "StackBackward0" else None
-            )
-            if stacked is None:
-                break
-            node = self.resolve(*stacked)
-        return node
+        """``node``, or, where it picks one element of a stack by a constant index — of a
+        stack itself picked so, at any depth (``stack(...)[1][0][2]``) —, the node of the
+        tensor stacked there."""
+        if not _constant_pick(node, self._data_picks):
+            return node
+        stack = self._picked(self.resolve(*node.next_functions[0]))
+        stacked = (
+            _stacked_operand(node, stack) if type(stack).__name__ == "StackBackward0" else None
+        )
+        return node if stacked is None else self._picked(self.resolve(*stacked))
 
 
 def _constant_pick(fn: Any, data_picks: set[int]) -> bool:
@@ -794,11 +793,18 @@ def _stacked_operand(select: Any, stack: Any) -> tuple[Any, int] | None:
     the stacked axis."""
     rank = len(select._saved_self_sym_sizes)
     count = len(stack.next_functions)
-    index = select._saved_index
-    index = index - 2**64 if index >= 2**63 else index  # saved as unsigned
-    if select._saved_dim % rank != stack._saved_dim % rank or not -count <= index < count:
+    index = _signed(select._saved_index)
+    if _signed(select._saved_dim) % rank != _signed(stack._saved_dim) % rank:
+        return None
+    if not -count <= index < count:
         return None
     return stack.next_functions[index % count]
+
+
+def _signed(saved: int) -> int:
+    """An integer autograd saved as unsigned (a negative index or axis: ``select(-3, i)``,
+    ``stack(..., dim=-1)``) as the signed number it was."""
+    return saved - 2**64 if saved >= 2**63 else saved
 
 
 def _autograd_nodes(roots: list[Any], edges: _Edges) -> list[Any]:

@@ -798,7 +798,8 @@ class Levels(nn.Module):
     def forward(self, x: torch.Tensor):
         h0 = self.l0(x)
         h1 = self.l1(h0)
-        levels = torch.stack([self.head[0](h0), self.head[1](h1)])
+        outs = [self.head[0](h0), self.head[1](h1)]
+        levels = torch.stack(outs)
         if self.pick == "last":
             return levels[-1]
         if self.pick == "select":
@@ -811,12 +812,15 @@ class Levels(nn.Module):
             return levels.select(dim=0, index=1)
         if self.pick == "further":  # the last level's first column
             return levels[-1, :, 0]
-        if self.pick == "tensor":  # a constant index tensor without axes: as the number
-            return levels[torch.tensor(1)]
-        if self.pick == "tensor-further":
-            return levels[torch.tensor(-1), :, 0]
         if self.pick == "nested":  # a pick of a pick: levels[1]
             return torch.stack([levels, levels.flip(0)])[0][1]
+        if self.pick == "deeper":  # a pick of a pick of a pick: levels[1]
+            stacked = torch.stack([levels, levels])
+            return torch.stack([stacked, stacked])[1][0][1]
+        if self.pick == "negative":  # a negative axis: levels[1]
+            return levels.select(-3, 1)
+        if self.pick == "rows":  # the first row of every level, stacked on the last axis
+            return torch.stack(outs, dim=-1)[0]
         if self.pick == "chosen":  # the level the data chooses: any of them
             return levels[h1.sum(-1).argmax() % 2]
         if self.pick == "across":  # an element along another axis: every level in it
@@ -840,18 +844,19 @@ def test_a_level_the_data_chooses_reads_every_head(tracer: str) -> None:
 @pytest.mark.parametrize(
     "pick",
     [
-        *("last", "select", "tuple", "keywords", "further", "tensor", "tensor-further", "nested"),
-        *("first", "across", "aux"),
+        *("last", "select", "tuple", "keywords", "further", "nested", "deeper", "negative"),
+        *("first", "across", "aux", "rows"),
     ],
 )
 def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str) -> None:
     """By hand. ``levels[-1]`` is head.1's output itself: head.0 gets no gradient (a real
-    backward gives it none), l1 -> head.1 (2), l0 -> l1 -> head.1 (3); so is
-    ``levels[torch.tensor(1)]`` (found by a survey: fx read every head) and a pick of a pick
-    (autograd read every head). ``first``: head.0
+    backward gives it none), l1 -> head.1 (2), l0 -> l1 -> head.1 (3); so are picks of
+    picks and a pick along the stacked axis named negatively (a survey and a review:
+    autograd read every head). ``first``: head.0
     alone, l0 -> head.0 (2), l1 and head.1 unreachable. Picking along another axis, or
     returning the other levels too, reads both heads: l0 -> head.0 (2) and l0 -> l1 ->
-    head.1 (3)."""
+    head.1 (3); so does a row of levels stacked on the last axis (``rows``: autograd took the
+    axis -1, saved unsigned, for the stacked one and read head.1 unreachable)."""
     model, x = Levels(pick), torch.randn(2, 4)
     report = gpa.analyze(model, (x,), tracer=tracer)
     if pick in (
@@ -860,9 +865,9 @@ def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str)
         "tuple",
         "keywords",
         "further",
-        "tensor",
-        "tensor-further",
         "nested",
+        "deeper",
+        "negative",
     ):
         expect(report, "head.1", {1: 1}, (LOSS,))
         expect(report, "l1", {2: 1}, ("head.1",))

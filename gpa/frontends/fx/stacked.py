@@ -24,16 +24,13 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import operator
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.fx as fx
 
-from gpa.frontends.fx.constants import constant_value
 from gpa.frontends.fx.flow import FLOW
 
 __all__ = ["picks_from_stacks"]
@@ -41,7 +38,6 @@ __all__ = ["picks_from_stacks"]
 _STACKS = {torch.stack, torch.ops.aten.stack.default}
 _SELECTS = {torch.select, torch.ops.aten.select.int}
 _SELECT = inspect.signature(lambda input, dim, index: None)
-_INTEGERS = (torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def picks_from_stacks(gm: fx.GraphModule) -> int:
@@ -49,9 +45,8 @@ def picks_from_stacks(gm: fx.GraphModule) -> int:
     stacked there (indexed further if the pick goes on: ``stack[-1, :, 0]``); return how
     many were replaced. Stacks left without readers stay (they send gradient nowhere)."""
     replaced = 0
-    fetch = functools.partial(_attribute, gm)
     for node in list(gm.graph.nodes):
-        picked = _pick(node, fetch)
+        picked = _pick(node)
         if picked is None:
             continue
         stack, dim, index, rest = picked
@@ -87,14 +82,14 @@ def _carries_gradient(node: fx.Node) -> bool:
     return flow is not None and flow.value is not None and flow.value.requires_grad
 
 
-def _pick(node: fx.Node, fetch: Callable[[str], Any]) -> tuple[fx.Node, int, int, tuple] | None:
+def _pick(node: fx.Node) -> tuple[fx.Node, int, int, tuple] | None:
     """(stack node, axis, index, the rest of the index) when ``node`` picks one element of
-    a stack's result along an axis by a constant index — a number, or a constant integer
-    tensor of one value and no axis (``stack[torch.tensor(0)]``, as indexing reads it) —,
-    else None (``fetch``: the traced module's attribute at a qualified name)."""
+    a stack's result along an axis by a constant index, else None."""
     rest: tuple = ()
     if node.op == "call_function" and node.target is operator.getitem:
         source, index = node.args
+        if isinstance(index, tuple) and index and type(index[0]) is int:
+            index, rest = index[0], index[1:]
         dim = 0
     elif (node.op == "call_function" and node.target in _SELECTS) or (
         node.op == "call_method" and node.target == "select"
@@ -107,30 +102,9 @@ def _pick(node: fx.Node, fetch: Callable[[str], Any]) -> tuple[fx.Node, int, int
         return None
     if not (isinstance(source, fx.Node) and _is_stack(source)):
         return None
-    if node.target is operator.getitem and isinstance(index, tuple) and index:
-        first = _as_number(index[0], fetch)
-        if type(first) is int:
-            index, rest = first, index[1:]
-    index = _as_number(index, fetch)  # (looked up for picks from a stack only)
     if type(index) is not int or type(dim) is not int:
         return None
     return source, dim, index, rest
-
-
-def _as_number(index: Any, fetch: Callable[[str], Any]) -> Any:
-    """``index`` as the int it stands for when it is a constant integer tensor without axes
-    (indexing takes one so), else as it is."""
-    if not isinstance(index, fx.Node):
-        return index
-    value = constant_value(index, fetch)
-    if value is None or value.dim() or value.dtype not in _INTEGERS:  # (uint8, bool: masks)
-        return index
-    return int(value)
-
-
-def _attribute(gm: fx.GraphModule, target: str) -> Any:
-    """``gm``'s attribute at the qualified name ``target``."""
-    return operator.attrgetter(target)(gm)
 
 
 def _is_stack(node: fx.Node) -> bool:
