@@ -173,6 +173,12 @@ class _Recorder:
         self.sites.setdefault(name, []).append(site)
         if id(module) in self.opaque:
             if self.depth == 0:
+                # a view of a tensor written in place since gets its autograd node anew
+                # when first asked for it: asked here, it is made before the call begins,
+                # not folded into the call that reads it (``docs/semantics.md`` §1.3)
+                for t in tree_flatten(args)[0]:
+                    if isinstance(t, torch.Tensor):
+                        _ = t.grad_fn
                 self.calls.append(
                     _Call(self.opaque[id(module)], module, self.sequence(), site=site)
                 )
