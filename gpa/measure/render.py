@@ -44,9 +44,10 @@ COLUMNS = (
 )
 
 
-def _rows(m: Any) -> list[dict[str, Any]]:
+def _rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table's rows from a measurement's JSON (``Measurement.to_dict``)."""
     rows = []
-    for layer in m.to_dict()["layers"]:
+    for layer in data["layers"]:
         sim = layer.get("most_similar") or {}
         rows.append(
             {
@@ -113,7 +114,7 @@ def format_table(m: Any, *, color: bool = False, width: int | None = None) -> st
     the least important columns are left out (and a note says which) until it fits."""
     width = width or shutil.get_terminal_size().columns
     headers = dict(zip(COLUMNS, _HEADERS, strict=True))
-    rows = [{headers[c]: _cell(row[c]) for c in COLUMNS} for row in _rows(m)]
+    rows = [{headers[c]: _cell(row[c]) for c in COLUMNS} for row in _rows(m.to_dict())]
     rest = list(_HEADERS[1:])
     kept = fit_columns(rows, rest, width, _DROP_ORDER, right=_NUMERIC)
     table = columns_table(rows, [_HEADERS[0], *kept], right=_NUMERIC)
@@ -142,7 +143,7 @@ def format_csv(m: Any) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in _rows(m):
+    for row in _rows(m.to_dict()):
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return out.getvalue()
 
@@ -172,21 +173,21 @@ def format_html(m: Any) -> str:
 
     lines = "".join(f"<p>{html.escape(line)}</p>" for line in _summary(m))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(cell(r[c], c) for c in COLUMNS) + "</tr>" for r in _rows(m))
+    data = m.to_dict()  # (the table and the matrix show what the JSON holds)
+    body = "".join("<tr>" + "".join(cell(r[c], c) for c in COLUMNS) + "</tr>" for r in _rows(data))
     notes = "".join(f"<p><em>note: {html.escape(n)}</em></p>" for n in m.notes)
     return (
         f'<div class="gpa-measurement"><style>{_STYLE}</style>{lines}'
         f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        f"{_cka_matrix(m)}{notes}</div>"
+        f"{_cka_matrix(data['cka'])}{notes}</div>"
     )
 
 
-def _cka_matrix(m: Any) -> str:
-    """The CKA matrix as a folded table of the values the JSON holds (``cka``), rows and
-    columns the layers in forward order: columns numbered (the layer's name on hover),
-    each cell shaded by its value through one CSS variable (the page grows as the square
-    of the layers: a cell holds little else)."""
-    cka = m.to_dict()["cka"]
+def _cka_matrix(cka: dict[str, Any]) -> str:
+    """The CKA matrix the JSON holds (``cka``) as a folded table, rows and columns the
+    layers in forward order: columns numbered (the layer's name on hover), each cell
+    shaded by its value through one CSS variable (the page grows as the square of the
+    layers: a cell holds little else)."""
     names = [html.escape(n) for n in cka["layers"]]
     rows = []
     for i, (name, values) in enumerate(zip(names, cka["matrix"], strict=True), 1):
