@@ -819,6 +819,14 @@ class Levels(nn.Module):
             return torch.stack([stacked, stacked])[1][0][1]
         if self.pick == "negative":  # a negative axis: levels[1]
             return levels.select(-3, 1)
+        if self.pick == "sliced":  # a pick after a whole axis: levels stacked on axis 1
+            return torch.stack(outs, dim=1)[:, 1]
+        if self.pick == "ellipsis":  # a pick after an ellipsis: stacked on the last axis
+            return torch.stack(outs, dim=-1)[..., 1]
+        if self.pick == "between":  # an ellipsis, the pick, then more: levels[1][:, :2]
+            return torch.stack(outs, dim=1)[..., 1, :2]
+        if self.pick == "trailing":  # an ellipsis after the pick: levels[1]
+            return levels[1, ...]
         if self.pick == "rows":  # the first row of every level, stacked on the last axis
             return torch.stack(outs, dim=-1)[0]
         if self.pick == "chosen":  # the level the data chooses: any of them
@@ -845,14 +853,15 @@ def test_a_level_the_data_chooses_reads_every_head(tracer: str) -> None:
     "pick",
     [
         *("last", "select", "tuple", "keywords", "further", "nested", "deeper", "negative"),
-        *("first", "across", "aux", "rows"),
+        *("sliced", "ellipsis", "between", "trailing", "first", "across", "aux", "rows"),
     ],
 )
 def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str) -> None:
     """By hand. ``levels[-1]`` is head.1's output itself: head.0 gets no gradient (a real
     backward gives it none), l1 -> head.1 (2), l0 -> l1 -> head.1 (3); so are picks of
     picks and a pick along the stacked axis named negatively (a survey and a review:
-    autograd read every head). ``first``: head.0
+    autograd read every head), and a pick after whole axes or an ellipsis (``[:, 1]``,
+    ``[..., 1]``: fx read every head). ``first``: head.0
     alone, l0 -> head.0 (2), l1 and head.1 unreachable. Picking along another axis, or
     returning the other levels too, reads both heads: l0 -> head.0 (2) and l0 -> l1 ->
     head.1 (3); so does a row of levels stacked on the last axis (``rows``: autograd took the
@@ -868,6 +877,10 @@ def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str)
         "nested",
         "deeper",
         "negative",
+        "sliced",
+        "ellipsis",
+        "between",
+        "trailing",
     ):
         expect(report, "head.1", {1: 1}, (LOSS,))
         expect(report, "l1", {2: 1}, ("head.1",))

@@ -4,8 +4,8 @@ Detection transformers stack one head's output per decoder level and return the 
 ``torch.stack(levels)[-1]``; the heads of the other levels then receive no gradient (a
 real backward gives them zeros), though the stack reads every one. A pass over a traced
 graph puts each stacked tensor in place of the element picked from the stack along the
-stacked axis by a constant index (``stack[-1]``, ``stack.select(d, i)``, ATen's
-``select.int``), so the gradient flow of the layer level follows only it
+stacked axis by a constant index (``stack[-1]``, ``stack[:, i]``, ``stack[..., i]``,
+``stack.select(d, i)``, ATen's ``select.int``), so the gradient flow of the layer level follows only it
 (``docs/semantics.md`` §3). The autograd frontend reads autograd's graph the same way.
 
 Example:
@@ -88,9 +88,10 @@ def _pick(node: fx.Node) -> tuple[fx.Node, int, int, tuple] | None:
     rest: tuple = ()
     if node.op == "call_function" and node.target is operator.getitem:
         source, index = node.args
-        if isinstance(index, tuple) and index and type(index[0]) is int:
-            index, rest = index[0], index[1:]
-        dim = 0
+        if isinstance(index, tuple):
+            dim, index, rest = _leading_pick(index, _rank(source))
+        else:
+            dim = 0
     elif (node.op == "call_function" and node.target in _SELECTS) or (
         node.op == "call_method" and node.target == "select"
     ):
@@ -105,6 +106,26 @@ def _pick(node: fx.Node) -> tuple[fx.Node, int, int, tuple] | None:
     if type(index) is not int or type(dim) is not int:
         return None
     return source, dim, index, rest
+
+
+def _leading_pick(items: tuple, rank: int | None) -> tuple[int, Any, tuple]:
+    """(axis, index, the other items) of the first integer in a subscript ``items`` whose
+    earlier items keep whole axes (``:``, ``...``): ``x[:, 2]`` picks 2 along axis 1,
+    ``x[..., 2, :]`` along axis ``rank - 2``. The index is None when no such integer
+    comes first, or when an ellipsis needs ``rank`` (the indexed tensor's) and it is not
+    known; the other items index what the pick gives (``x[:, 2, :1]`` is ``y[:, :1]``)."""
+    position = next((p for p, item in enumerate(items) if type(item) is int), len(items))
+    whole = all(i is Ellipsis or i == slice(None) for i in items[:position])
+    if position == len(items) or not whole:
+        return 0, None, ()
+    item = items[position]
+    rest = items[:position] + items[position + 1 :]
+    if Ellipsis not in items[:position]:
+        return position, item, rest
+    after = items[position:]
+    if rank is None or not all(type(i) is int or isinstance(i, slice) for i in after):
+        return 0, None, ()
+    return rank - len(after), item, rest
 
 
 def _is_stack(node: fx.Node) -> bool:
