@@ -554,10 +554,33 @@ class AddedIntoABuffer(_TwoLayersAndABuffer):
         return self.b(self.buf)
 
 
+class IntoAMadeTensorReadThroughAView(_TwoLayersAndABuffer):
+    """c = a tensor made of constants (a clone of a buffer, or zeros); v = a view of c,
+    taken before or after a(x) is written into c; b(v). fx holds c and v as two constants
+    (a review: fx read v without the write and reported a unreachable)."""
+
+    def __init__(self, made: str) -> None:
+        super().__init__()
+        self.made = made
+
+    def forward(self, x):
+        c = self.buf.clone() if self.made == "clone" else torch.zeros(2, 4)
+        if self.made != "after":
+            v = c[:, :]
+        c[:, :] = self.a(x)
+        if self.made == "after":
+            v = c[:, :]
+        return self.b(v)
+
+
 _WRITES = {
     "buffer-view": IntoABuffersView,
     "buffer-add": AddedIntoABuffer,
     "view-before": ViewBeforeTheWrite,
+    **{
+        f"made-{made}": functools.partial(IntoAMadeTensorReadThroughAView, made)
+        for made in ("clone", "zeros", "after")
+    },
 }
 
 
@@ -568,7 +591,8 @@ def test_a_layer_reaches_through_other_names_of_what_it_is_written_into(
 ) -> None:
     """A view of a buffer fx made while tracing, an augmented assignment into a buffer, a
     view taken before a write into its base (fresh pair of eyes: fx and export reported a
-    unreachable, or fx failed with a KeyError). Every frontend either follows the write or,
+    unreachable, or fx failed with a KeyError), a view of a tensor made of constants
+    (fx reported a unreachable). Every frontend either follows the write or,
     fx only, refuses it (auto then moves on)."""
     model = _WRITES[kind]()
     try:

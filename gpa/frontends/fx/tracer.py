@@ -1350,13 +1350,30 @@ def later_read_of_attribute(
     if root.op != "get_attr":
         return None
     readers = [u for u in target.users if u is not node] if setitem else []
-    readers += [m for m in node.graph.nodes if m.op == "get_attr" and m.target == root.target]
+    written = held(root.target)
+    readers += [  # by its name, or by another one for its memory (a view taken while tracing)
+        m
+        for m in node.graph.nodes
+        if m.op == "get_attr" and (m.target == root.target or _same_memory(held(m.target), written))
+    ]
     later = min((m for m in readers if order[m] > order[node]), key=order.__getitem__, default=None)
     if later is None and getattr(held(root.target), "_base", None) is not None:
         # a view made while tracing (``self.buf[:, :2]``: fx holds a constant): the other
         # names of its memory are out of fx's sight
         return root
     return later
+
+
+def _same_memory(a: Any, b: Any) -> bool:
+    """Whether tensors ``a`` and ``b`` hold the same memory: one storage (``c`` and ``v =
+    c[:, :2]``, made while tracing: fx holds them as two constants), or, on the meta
+    device (no storage to compare), one is a view of the other or both of one tensor."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return False
+    if a.device.type != "meta" and b.device.type != "meta":
+        pointer = a.untyped_storage().data_ptr()
+        return pointer != 0 and pointer == b.untyped_storage().data_ptr()
+    return (a._base if a._base is not None else a) is (b._base if b._base is not None else b)
 
 
 def write_into_view(graph: fx.Graph) -> fx.Node | None:
