@@ -66,7 +66,8 @@ from gpa.core.graph import LOSS, LayerCall
 from gpa.frontends.fx.flow import FLOW, Shape
 from gpa.frontends.fx.graph import select_outputs
 from gpa.frontends.fx.layers import STANDS_FOR, weight_nodes
-from gpa.frontends.fx.tracer import grad_modes, written_into
+from gpa.frontends.fx.modes import grad_modes
+from gpa.frontends.fx.writes import written_into
 
 __all__ = [
     "CHANNELS",

@@ -83,20 +83,18 @@ from gpa.frontends.fx.layers import (
     find_layers,
     used_modules,
 )
+from gpa.frontends.fx.modes import grad_mode
 from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import (
     CALL_OF,
     SITE,
     clash_message,
-    detached_write_targets,
-    grad_mode,
     graph_module,
     graph_module_names,
     single_call,
     unwritable_names,
-    write_into_view,
-    written_into,
 )
+from gpa.frontends.fx.writes import detached_write_targets, write_into_view, written_into
 from gpa.frontends.hooks import hooked_calls_message
 from gpa.frontends.inputs import floating_dtype, integer_variants, unbound_inputs_message
 from gpa.frontends.modules import (

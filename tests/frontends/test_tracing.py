@@ -17,7 +17,7 @@ from torch import nn
 
 import gpa
 from gpa.errors import TraceError
-from gpa.frontends.fx.tracer import _VIEW_METHODS, made_of_constants, write_into_view
+from gpa.frontends.fx.writes import VIEW_METHODS, made_of_constants, write_into_view
 from tests.core.test_paths import ResNet
 from tests.semantics import (
     IMG,
@@ -372,7 +372,7 @@ def test_every_method_aten_marks_a_view_is_followed_as_one():
         ):
             views.add(name)
     assert {"view", "transpose", "swapdims", "mT"} <= views  # the schemas say so
-    assert views - _NOT_ALWAYS_VIEWS <= _VIEW_METHODS
+    assert views - _NOT_ALWAYS_VIEWS <= VIEW_METHODS
 
 
 # ======================================================================================

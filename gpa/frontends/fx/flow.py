@@ -45,19 +45,17 @@ from torch.utils._pytree import tree_any, tree_flatten, tree_map
 from gpa.errors import ShapeError, TraceError
 from gpa.frontends.functions import called_function
 from gpa.frontends.fx.lookalike import Outcome, signature
+from gpa.frontends.fx.modes import grad_mode
 from gpa.frontends.fx.shape_rules import (
     FUNCTION_RULES,
     MODULE_RULES,
     normalisation_fits,
     normalisation_refused,
 )
-from gpa.frontends.fx.tracer import (
+from gpa.frontends.fx.tracer import CALL_OF, as_written, call_site
+from gpa.frontends.fx.writes import (
     AUGMENTED,
-    CALL_OF,
-    as_written,
-    call_site,
     follow_write,
-    grad_mode,
     later_read_of_attribute,
     later_reader,
     written_into,

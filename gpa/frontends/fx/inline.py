@@ -58,16 +58,15 @@ from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.graph import result_part
 from gpa.frontends.fx.layers import wrapped
 from gpa.frontends.fx.lookalike import code_names, look, reads_globals, signature
+from gpa.frontends.fx.modes import grad_modes
 from gpa.frontends.fx.tracer import (
     GpaProxy,
     GpaTracer,
     as_written,
-    follow_mutations,
     functions_recorded,
-    grad_modes,
     set_arguments,
-    writes_followed,
 )
+from gpa.frontends.fx.writes import follow_mutations, writes_followed
 
 __all__ = ["Inlined", "InliningFlow", "inline_calls", "setitem_"]
 

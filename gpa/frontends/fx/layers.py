@@ -28,7 +28,8 @@ from torch import nn
 from gpa.core.graph import LayerCall
 from gpa.frontends.dynamic import dynamic_layers
 from gpa.frontends.fx.flow import FLOW
-from gpa.frontends.fx.tracer import METADATA_QUERIES, call_site
+from gpa.frontends.fx.tracer import call_site
+from gpa.frontends.fx.writes import METADATA_QUERIES
 from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,

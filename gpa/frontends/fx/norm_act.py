@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpa.frontends.fx.lookalike import reads_globals
+from gpa.frontends.fx.writes import METADATA_QUERIES
 from gpa.frontends.modules import POINTWISE_MODULES, fx_leaf, module_class
 
 __all__ = ["norm_act_kinds", "norm_then_activations"]
@@ -257,8 +258,6 @@ def _link(module: nn.Module, own: str, node: fx.Node, chain: set[fx.Node], start
 def _beside(node: fx.Node, chain: set[fx.Node]) -> bool:
     """Off the chain: a read of a chain value's metadata, an assertion on it, or a count
     kept in one of the module's own buffers (``num_batches_tracked.add_(1)``)."""
-    from gpa.frontends.fx.tracer import METADATA_QUERIES  # the tracer imports this module
-
     if any(a in chain for a in node.all_input_nodes):
         if node.op == "call_method":
             return node.target in METADATA_QUERIES
