@@ -21,8 +21,10 @@ Example inputs come from the same file or module: ``example_inputs`` (a
 tensor, a tuple of tensors, or a zero-argument callable returning one) or
 ``input_shape`` (a tuple of ints, or a list of such tuples); failing both, a
 model attribute ``input_shape`` is used. For ``gpa measure``, the file may also define
-``example_batches`` (an iterable of batches, or a zero-argument callable returning one)
-and ``loss_fn(outputs, batch)`` (the loss; default: gpa's virtual loss). A library model comes with inputs that fit
+``example_batches`` (an iterable of batches, or a zero-argument callable returning one),
+``forward_inputs(batch)`` (what of a batch forward takes, as ``batch[0]`` of
+``(inputs, targets)``; default: the whole batch) and ``loss_fn(outputs, batch)`` (the
+loss; default: gpa's virtual loss). A library model comes with inputs that fit
 it (:func:`library_inputs_text` describes them).
 
 Every problem a user can cause raises :class:`gpa.errors.TargetError` with
@@ -94,6 +96,8 @@ class LoadedTarget:
         example_batches: the file's ``example_batches`` (batches for ``gpa measure``:
             an iterable, or a zero-argument callable returning one), or ``None``.
         loss_fn: the file's ``loss_fn(outputs, batch)`` for ``gpa measure``, or ``None``.
+        forward_inputs: the file's ``forward_inputs(batch)`` for ``gpa measure`` (what of a
+            batch forward takes), or ``None``.
         inputs_from: where a library target's inputs come from, in words (``"timm's
             input_size for the model; 2 images, ..."``), or ``None`` (the user's own).
     """
@@ -104,6 +108,7 @@ class LoadedTarget:
     name: str
     example_batches: Any = None
     loss_fn: Callable[..., Any] | None = None
+    forward_inputs: Callable[[Any], Any] | None = None
     inputs_from: str | None = None
 
 
@@ -314,7 +319,7 @@ def _package_roots(module_name: str) -> list[Path]:
 _KINDS = ("nn.Module instances", "nn.Module subclasses", "functions")
 
 #: Names a target file defines for gpa, never taken for the model.
-_INPUT_NAMES = ("example_inputs", "input_shape", "example_batches", "loss_fn")
+_INPUT_NAMES = ("example_inputs", "input_shape", "example_batches", "loss_fn", "forward_inputs")
 
 
 def _kind_of(name: str, value: Any, module: ModuleType) -> str | None:
@@ -644,9 +649,11 @@ def _finish(
         value = _get_attr(module, attr, where)
     model = _build(value, attr, kwargs, where, roots)
     example_inputs, input_shape = _find_inputs(module, model, where, roots)
-    loss_fn = vars(module).get("loss_fn")
+    loss_fn, forward_inputs = vars(module).get("loss_fn"), vars(module).get("forward_inputs")
     if loss_fn is not None and not callable(loss_fn):
         raise TargetError(f"loss_fn in {where} must be a function (outputs, batch) -> loss")
+    if forward_inputs is not None and not callable(forward_inputs):
+        raise TargetError(f"forward_inputs in {where} must be a function batch -> forward's inputs")
     label = f"{where}:{attr}"
     built = display_name(model)
     if kwargs and built not in (type(model).__name__, attr.rpartition(".")[2]):
@@ -658,6 +665,7 @@ def _finish(
         name=label,
         example_batches=vars(module).get("example_batches"),
         loss_fn=loss_fn,
+        forward_inputs=forward_inputs,
     )
 
 

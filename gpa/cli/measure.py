@@ -74,8 +74,10 @@ def command(
 
     Runs --steps training steps (train mode, or eval mode with --eval; no optimizer
     step) on synthetic batches
-    shaped like the target's inputs, or on the file's example_batches, with gpa's
-    virtual loss (fixed random directions into the outputs) or the file's loss_fn.
+    shaped like the target's inputs, or on the file's example_batches (its
+    forward_inputs(batch) says what of a batch forward takes: batch[0] of (inputs,
+    targets)), with gpa's virtual loss (fixed random directions into the outputs) or the
+    file's loss_fn(outputs, batch).
     Per layer: weight-gradient norm (mean and std over steps), received-gradient norm,
     ratio to the network median, and the most similar layer by linear CKA of the
     received gradients; next to the structural shortest/longest path and gradient

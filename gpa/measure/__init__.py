@@ -36,7 +36,7 @@ from gpa.api import analyze
 from gpa.core.report import Report
 from gpa.errors import GpaError, ModelError
 from gpa.frontends.fx.flow import differentiable
-from gpa.frontends.inputs import bind_inputs
+from gpa.frontends.inputs import bind_inputs, check_input_count
 from gpa.frontends.raised import model_raised
 from gpa.frontends.state import eager_compiled_modules
 from gpa.frontends.wrappers import unwrap_wrappers, wrappers_unwrapped
@@ -121,6 +121,36 @@ def _as_args(batch: Any, model: nn.Module) -> tuple[Any, ...]:
     return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
+def _forward_inputs(forward_inputs: Callable[[Any], Any] | None, batch: Any) -> Any:
+    """What of ``batch`` forward takes: ``forward_inputs(batch)``, else the whole batch; an
+    exception raised there is the user's code's."""
+    if forward_inputs is None:
+        return batch
+    during = "It raised taking forward's inputs from a batch of batches= (example_batches)"
+    with _raised_by("the forward_inputs function", "forward_inputs", during):
+        return forward_inputs(batch)
+
+
+def _check_batch_items(model: nn.Module, batch: Any) -> None:
+    """Refuse a tuple or list batch of more items than forward takes by position, saying
+    how to give forward part of it (``(inputs, targets)`` batches, most often).
+
+    Raises:
+        GpaError: too many items.
+    """
+    if not isinstance(batch, (tuple, list)):
+        return
+    try:
+        check_input_count(model, len(batch))
+    except GpaError as exc:
+        message = str(exc).replace("example inputs were given", "items are in a batch")
+        raise GpaError(
+            f"{message}: say which of a batch forward takes with forward_inputs= (a TARGET "
+            "file's forward_inputs(batch)) — lambda batch: batch[0] for (inputs, targets) "
+            "batches; the loss still gets the whole batch"
+        ) from None
+
+
 def _to(batch: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
     return tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in batch)
 
@@ -191,6 +221,7 @@ def measure(
     *,
     batches: Iterable[Any] | None = None,
     loss: LossFn | None = None,
+    forward_inputs: Callable[[Any], Any] | None = None,
     steps: int = 8,
     batch_size: int = 32,
     device: str | torch.device | None = None,
@@ -214,6 +245,10 @@ def measure(
             ``example_inputs`` the first batch is the example.
         loss: ``loss(outputs, batch) -> scalar tensor``; default: the virtual loss
             (:func:`virtual_loss`, directions drawn from ``seed``).
+        forward_inputs: ``forward_inputs(batch)``, what of each of ``batches`` forward
+            takes (a tensor, a tuple of forward's arguments or a dict of them by name):
+            ``lambda batch: batch[0]`` for ``(inputs, targets)`` batches; ``loss`` still
+            gets the whole batch. Default: the whole batch.
         steps: number of forward/backward steps (>= 1).
         batch_size: items per synthetic batch (>= 2 for CKA to be defined).
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` …; default: where the model is.
@@ -231,8 +266,9 @@ def measure(
         A :class:`~gpa.measure.measurement.Measurement`.
 
     Raises:
-        GpaError: as :func:`gpa.analyze`; no inputs at all; ``steps`` < 1; no batch; the
-            loss is not a scalar tensor that requires gradient.
+        GpaError: as :func:`gpa.analyze`; no inputs at all; ``steps`` < 1; no batch; a
+            batch of more items than forward takes without ``forward_inputs``; the loss is
+            not a scalar tensor that requires gradient.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
@@ -252,8 +288,10 @@ def measure(
         if first is None:
             raise GpaError("batches= is empty: nothing to measure")
         batch_iter = itertools.chain([first], batch_iter)
+        if forward_inputs is None:
+            _check_batch_items(model, first)
         if example_inputs is None and "input_shape" not in options:
-            example_inputs = _as_args(first, model)
+            example_inputs = _as_args(_forward_inputs(forward_inputs, first), model)
     step("structural analysis")
     report = analyze(
         model, example_inputs, name=name, channels=channels, progress=progress, **options
@@ -314,6 +352,7 @@ def measure(
             batch_iter,
             steps,
             loss,
+            forward_inputs if batches is not None else None,  # (synthetic: forward's own)
             seed,
             options.get("outputs"),
             run_device,
@@ -343,6 +382,7 @@ def _run(
     batch_iter: Iterator[Any],
     steps: int,
     loss: LossFn | None,
+    forward_inputs: Callable[[Any], Any] | None,
     seed: int,
     outputs: Any,
     device: torch.device,
@@ -359,7 +399,7 @@ def _run(
     with GradientRecorder(modules, segments, weights, model) as recorder:
         for i, batch in enumerate(itertools.islice(batch_iter, steps)):
             step(f"step {i + 1}/{steps}")
-            args = _to(_as_args(batch, model), device)
+            args = _to(_as_args(_forward_inputs(forward_inputs, batch), model), device)
             items.append(_items(args))
             recorder.data((batch, args))  # (drawn with the capture on: no constants)
             for p in params:
@@ -486,18 +526,19 @@ def _not_a_loss(value: Any) -> str | None:
 
 
 @contextlib.contextmanager
-def _raised_by(name: str, part: str) -> Iterator[None]:
+def _raised_by(name: str, part: str, during: str | None = None) -> Iterator[None]:
     """An exception of the block (a measured step's forward, loss or backward: the user's
     code, on real tensors) as a :class:`~gpa.errors.ModelError` naming ``name``, not a
     failure of gpa's: the structural analysis, on the meta device, may pass where a real
     step fails (an input dtype the layers do not take; integer inputs drawn at random
-    that the model cannot take, as an EmbeddingBag's offsets)."""
+    that the model cannot take, as an EmbeddingBag's offsets). ``during`` says where, in
+    place of the step's ``part`` and what batches to give."""
     try:
         yield
     except GpaError:
         raise
     except Exception as exc:
-        during = (
+        during = during or (
             f"It raised in the {part} of a measured training step (real tensors); give "
             "batches= (or example_batches next to the model) that the model takes, or "
             "synthetic ones of another batch_size (--batch-size)"
@@ -719,8 +760,9 @@ def measure_target(
 
     The target file's ``example_inputs`` / ``input_shape`` give the inputs (unless
     ``settings`` give ``input_shape``), its ``example_batches`` (an iterable of batches, or
-    a zero-argument callable returning one) the batches and its ``loss_fn(outputs, batch)``
-    the loss, unless ``settings`` give ``batches`` / ``loss``.
+    a zero-argument callable returning one) the batches, its ``forward_inputs(batch)`` what
+    of a batch forward takes and its ``loss_fn(outputs, batch)`` the loss, unless
+    ``settings`` give ``batches`` / ``forward_inputs`` / ``loss``.
 
     Raises:
         TargetError: the target cannot be loaded; otherwise as :func:`measure`.
@@ -741,9 +783,10 @@ def measure_target(
     batches = getattr(loaded, "example_batches", None)
     if batches is not None and settings.get("batches") is None:
         settings["batches"] = batches() if callable(batches) else batches
-    loss_fn = getattr(loaded, "loss_fn", None)
-    if loss_fn is not None and settings.get("loss") is None:
-        settings["loss"] = loss_fn
+    for name, setting in (("loss_fn", "loss"), ("forward_inputs", "forward_inputs")):
+        given = getattr(loaded, name, None)
+        if given is not None and settings.get(setting) is None:
+            settings[setting] = given
     example = None
     if settings.get("input_shape") is None:
         settings.pop("input_shape", None)

@@ -100,6 +100,41 @@ def test_example_batches_and_loss_fn_from_the_file(tmp_path: Path) -> None:
     assert data["layers"][1]["weight_grad_norm"] == pytest.approx(expected, rel=1e-5)
 
 
+LABELLED = (
+    TARGET
+    + """
+g = torch.Generator().manual_seed(3)
+example_batches = [(torch.randn(6, 4, generator=g), torch.randint(0, 2, (6,), generator=g))]
+def forward_inputs(batch):
+    return batch[0]
+def loss_fn(outputs, batch):
+    return torch.nn.functional.cross_entropy(outputs, batch[1])
+"""
+)
+
+
+def test_inputs_and_targets_batches_from_the_file(tmp_path: Path) -> None:
+    """The file's (inputs, targets) batches, forward_inputs and cross-entropy loss_fn: a
+    hand backward agrees; a forward_inputs that is no function is refused (exit 2)."""
+    target = _write(tmp_path, LABELLED)
+    result = CliRunner().invoke(main, ["measure", target, "--steps", "1", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["measurement"]["batch_size"] == 6
+    from gpa.target import load_target
+
+    loaded = load_target(target)
+    x, y = loaded.example_batches[0]
+    torch.nn.functional.cross_entropy(loaded.model(x), y).backward()
+    w = loaded.model[2]
+    expected = float(torch.cat([w.weight.grad.flatten(), w.bias.grad]).norm())
+    assert data["layers"][1]["weight_grad_norm"] == pytest.approx(expected, rel=1e-5)
+    broken = _write(tmp_path, LABELLED + "forward_inputs = 0\n")
+    refused = CliRunner().invoke(main, ["measure", broken, "--steps", "1"])
+    assert refused.exit_code == 2
+    assert "forward_inputs in" in refused.output and "must be a function" in refused.output
+
+
 def test_table_csv_html_and_output_file(tmp_path: Path) -> None:
     target = _write(tmp_path, TARGET)
     run = CliRunner().invoke

@@ -428,6 +428,75 @@ def test_the_batch_size_of_given_batches_is_theirs() -> None:
     assert "1 step, batch 5," in str(measure(net, batches=[torch.zeros(5, 2)], steps=1))
 
 
+def _labelled_batches(kind: str) -> list:
+    """Three (inputs, targets) batches of 6 items: 4 features, 3 classes."""
+    g = torch.Generator().manual_seed(5)
+    pairs = [(torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g))]
+    pairs += [(torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g))] * 2
+    return [{"image": x, "label": y} if kind != "tuple" else (x, y) for x, y in pairs]
+
+
+_FORWARD_INPUTS = {  # batch kind -> (what forward takes of a batch, its targets)
+    "tuple": (lambda b: b[0], lambda b: b[1]),
+    "dict": (lambda b: b["image"], lambda b: b["label"]),
+    "named": (lambda b: {"input": b["image"]}, lambda b: b["label"]),  # Sequential's name
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_FORWARD_INPUTS))
+def test_inputs_and_targets_batches_take_forward_inputs(kind: str) -> None:
+    """A classifier trained on (inputs, targets) batches: forward gets what
+    ``forward_inputs`` makes of a batch, the loss the whole batch. The norms are those of
+    a plain cross-entropy backward per step, written here without gpa (a user's batches
+    could not be measured with their targets before)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    inputs, targets = _FORWARD_INPUTS[kind]
+    batches = _labelled_batches(kind)
+    m = measure(
+        net,
+        batches=batches,
+        steps=3,
+        forward_inputs=inputs,
+        loss=lambda out, batch: F.cross_entropy(out, targets(batch)),
+    )
+    assert m.steps == 3 and m.batch_size == 6 and m.loss == "user"
+    for name in ("0", "2"):
+        layer, norms = net.get_submodule(name), []
+        for batch in batches:
+            net.zero_grad()
+            x = batch[0] if kind == "tuple" else batch["image"]
+            F.cross_entropy(net(x), targets(batch)).backward()
+            norms.append(float(torch.cat([layer.weight.grad.flatten(), layer.bias.grad]).norm()))
+        assert m.layers[name].weight_grad_norm == pytest.approx(np.mean(norms), rel=1e-6)
+        assert m.layers[name].weight_grad_norm_std == pytest.approx(np.std(norms), rel=1e-5)
+
+
+def test_a_batch_of_more_items_than_forward_takes_says_how_to_split_it() -> None:
+    """Without forward_inputs, an (inputs, targets) batch went whole into forward (Python
+    refused two arguments); it is refused before any step, naming forward_inputs. An
+    exception raised by forward_inputs is the user's code's."""
+    from gpa.errors import ModelError
+
+    net = nn.Linear(4, 3)
+    loss = lambda out, batch: F.cross_entropy(out, batch[1])  # noqa: E731
+    with pytest.raises(GpaError, match=r"takes 1 input\(s\) \('input'\) but 2 items are in a"):
+        measure(net, batches=_labelled_batches("tuple"), steps=1, loss=loss)
+    with pytest.raises(GpaError, match=r"forward_inputs= \(a TARGET file's forward_inputs"):
+        measure(net, batches=_labelled_batches("tuple"), steps=1, loss=loss)
+    with pytest.raises(ModelError, match="^the forward_inputs function raised TypeError"):
+        measure(net, batches=_labelled_batches("tuple"), forward_inputs=lambda b: b["x"])
+    # synthetic batches are forward's own inputs: forward_inputs applies to given batches
+    pairs = nn.Bilinear(4, 2, 3)
+    synthetic = measure(pairs, (torch.zeros(1, 4), torch.zeros(1, 2)), steps=1, batch_size=4)
+    assert (
+        measure(
+            pairs, (torch.zeros(1, 4), torch.zeros(1, 2)), steps=1, batch_size=4, forward_inputs=len
+        ).to_dict()
+        == synthetic.to_dict()
+    )
+
+
 def test_a_nan_loss_or_an_error_drawing_a_batch_is_one_message() -> None:
     """Found by a review: a NaN loss gave every norm None without a word, and an exception
     raised by the user's batches was "internal error … a bug in gpa" (exit 1)."""
