@@ -827,6 +827,11 @@ class Levels(nn.Module):
             return torch.stack(outs, dim=1)[..., 1, :2]
         if self.pick == "trailing":  # an ellipsis after the pick: levels[1]
             return levels[1, ...]
+        if self.pick == "unsqueezed":  # an ellipsis, the pick, a new axis: levels[1][..., None]
+            return torch.stack(outs, dim=-1)[..., 1, None]
+        if self.pick == "inner":  # a stack picked from a stack, then picked from: levels[1]
+            stacked = torch.stack([torch.stack(outs[::-1], 1), torch.stack(outs, 1)])
+            return stacked[1, :, 1]
         if self.pick == "rows":  # the first row of every level, stacked on the last axis
             return torch.stack(outs, dim=-1)[0]
         if self.pick == "chosen":  # the level the data chooses: any of them
@@ -853,7 +858,8 @@ def test_a_level_the_data_chooses_reads_every_head(tracer: str) -> None:
     "pick",
     [
         *("last", "select", "tuple", "keywords", "further", "nested", "deeper", "negative"),
-        *("sliced", "ellipsis", "between", "trailing", "first", "across", "aux", "rows"),
+        *("sliced", "ellipsis", "between", "trailing", "unsqueezed", "inner"),
+        *("first", "across", "aux", "rows"),
     ],
 )
 def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str) -> None:
@@ -861,7 +867,8 @@ def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str)
     backward gives it none), l1 -> head.1 (2), l0 -> l1 -> head.1 (3); so are picks of
     picks and a pick along the stacked axis named negatively (a survey and a review:
     autograd read every head), and a pick after whole axes or an ellipsis (``[:, 1]``,
-    ``[..., 1]``: fx read every head). ``first``: head.0
+    ``[..., 1]``, ``[..., 1, None]``) or of a stack picked from a stack (``S[1, :, 1]``): fx
+    read every head. ``first``: head.0
     alone, l0 -> head.0 (2), l1 and head.1 unreachable. Picking along another axis, or
     returning the other levels too, reads both heads: l0 -> head.0 (2) and l0 -> l1 ->
     head.1 (3); so does a row of levels stacked on the last axis (``rows``: autograd took the
@@ -881,6 +888,8 @@ def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str)
         "ellipsis",
         "between",
         "trailing",
+        "unsqueezed",
+        "inner",
     ):
         expect(report, "head.1", {1: 1}, (LOSS,))
         expect(report, "l1", {2: 1}, ("head.1",))

@@ -556,8 +556,10 @@ class AddedIntoABuffer(_TwoLayersAndABuffer):
 
 class IntoAMadeTensorReadThroughAView(_TwoLayersAndABuffer):
     """c = a tensor made of constants (a clone of a buffer, or zeros); v = a view of c,
-    taken before or after a(x) is written into c; b(v). fx holds c and v as two constants
-    (a review: fx read v without the write and reported a unreachable)."""
+    taken before or after a(x) is written into c; b(v) — or b of a value computed from c
+    or v (``computed``: c + 1, ``summed``: x * c.sum(), ``catted``: cat([v, v])). fx holds
+    c, v and what is computed from them while tracing as constants of their own (reviews:
+    fx read them without the write and reported a unreachable)."""
 
     def __init__(self, made: str) -> None:
         super().__init__()
@@ -565,12 +567,15 @@ class IntoAMadeTensorReadThroughAView(_TwoLayersAndABuffer):
 
     def forward(self, x):
         c = self.buf.clone() if self.made == "clone" else torch.zeros(2, 4)
-        if self.made != "after":
-            v = c[:, :]
+        v = c[:, :2] if self.made == "catted" else c[:, :]
         c[:, :] = self.a(x)
         if self.made == "after":
             v = c[:, :]
-        return self.b(v)
+        if self.made == "computed":
+            return self.b(c + 1)
+        if self.made == "summed":
+            return self.b(x * c.sum())
+        return self.b(torch.cat([v, v], 1) if self.made == "catted" else v)
 
 
 _WRITES = {
@@ -579,7 +584,7 @@ _WRITES = {
     "view-before": ViewBeforeTheWrite,
     **{
         f"made-{made}": functools.partial(IntoAMadeTensorReadThroughAView, made)
-        for made in ("clone", "zeros", "after")
+        for made in ("clone", "zeros", "after", "computed", "summed", "catted")
     },
 }
 

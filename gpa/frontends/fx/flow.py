@@ -680,7 +680,8 @@ class GradientFlow(fx.Interpreter):
         raise TraceError(
             f"'{n.name}' writes a value carrying gradient in place into '{n.args[0].name}', "
             "a tensor fx holds as an attribute (a buffer, or a tensor made while tracing) "
-            f"and reads anew at each use ('{reader.name}'), without the write. "
+            f"and reads anew at each use, or computes from while tracing ('{reader.name}'), "
+            "without the write. "
             f"{self._followers()}"
         )
 

@@ -46,23 +46,21 @@ def picks_from_stacks(gm: fx.GraphModule) -> int:
     many were replaced. Stacks left without readers stay (they send gradient nowhere)."""
     replaced = 0
     for node in list(gm.graph.nodes):
-        picked = _pick(node)
-        if picked is None:
-            continue
-        stack, dim, index, rest = picked
-        operand = _stacked(stack, dim, index)
-        if operand is None:
-            continue
-        if any(r is not Ellipsis and r != slice(None) for r in rest):  # picks on: indexed
-            node.args = (operand, rest)
-            _flows_from(node, {stack: operand})
+        while (picked := _pick(node)) is not None:
+            stack, dim, index, rest = picked
+            operand = _stacked(stack, dim, index)
+            if operand is None:
+                break
             replaced += 1
-            continue
-        for user in node.users:  # the flow pass's edges: to the operand, if it carries any
-            _flows_from(user, {node: operand})
-        node.replace_all_uses_with(operand)
-        gm.graph.erase_node(node)
-        replaced += 1
+            if any(r is not Ellipsis and r != slice(None) for r in rest):  # picks on: indexed
+                node.args = (operand, rest)
+                _flows_from(node, {stack: operand})
+                continue  # (the operand may be a stack, picked from in turn: ``S[1, :, 0]``)
+            for user in node.users:  # the flow pass's edges: to the operand, if it carries any
+                _flows_from(user, {node: operand})
+            node.replace_all_uses_with(operand)
+            gm.graph.erase_node(node)
+            break
     return replaced
 
 
@@ -122,7 +120,7 @@ def _leading_pick(items: tuple, rank: int | None) -> tuple[int, Any, tuple]:
     rest = items[:position] + items[position + 1 :]
     if Ellipsis not in items[:position]:
         return position, item, rest
-    after = items[position:]
+    after = [i for i in items[position:] if i is not None]  # (None makes an axis: no pick)
     if rank is None or not all(type(i) is int or isinstance(i, slice) for i in after):
         return 0, None, ()
     return rank - len(after), item, rest

@@ -362,8 +362,10 @@ def later_read_of_attribute(
     node's position), which fx does without the write (each use of an attribute reads it
     anew; ``__setitem__`` returns nothing to read instead); for a view made while tracing
     and not read again by name (``held`` gives an attribute's value), the attribute's own
-    node (it is a view of memory read under other names: ``self.buf[:, :2].copy_(y)``);
-    else None."""
+    node (it is a view of memory read under other names: ``self.buf[:, :2].copy_(y)``).
+    A tensor made while tracing is read, too, by any constant fx first holds after the
+    write (a view of it, or a value computed from it while tracing: ``b(c + 1)``). Else
+    None."""
     target = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
     setitem = node.op == "call_method" and node.target == "__setitem__"
     if target is None or not (setitem or node.target in AUGMENTED or _mutated(node, None)):
@@ -378,12 +380,31 @@ def later_read_of_attribute(
         for m in node.graph.nodes
         if m.op == "get_attr" and (m.target == root.target or _same_memory(held(m.target), written))
     ]
+    if _made_while_tracing(root.target):
+        readers += _constants_made_after(node, order)
     later = min((m for m in readers if order[m] > order[node]), key=order.__getitem__, default=None)
     if later is None and getattr(held(root.target), "_base", None) is not None:
         # a view made while tracing (``self.buf[:, :2]``: fx holds a constant): the other
         # names of its memory are out of fx's sight
         return root
     return later
+
+
+def _made_while_tracing(target: str) -> bool:
+    """Whether a ``get_attr`` target is a tensor fx stored as a constant of its own (made
+    while tracing: fx's ``_tensor_constant`` names), not one of the model's."""
+    return target.rpartition(".")[2].startswith("_tensor_constant")
+
+
+def _constants_made_after(node: fx.Node, order: Mapping[fx.Node, int]) -> list[fx.Node]:
+    """The reads of constants fx first holds after ``node``: values the model's code
+    computed while tracing, perhaps from what ``node`` wrote into (``c[:, :] = y; b(c +
+    1)``: ``c + 1`` ran on ``c`` without the write, a constant of its own)."""
+    first: dict[str, fx.Node] = {}
+    for m in node.graph.nodes:
+        if m.op == "get_attr" and _made_while_tracing(m.target):
+            first.setdefault(m.target, m)
+    return [m for m in first.values() if order[m] > order[node]]
 
 
 def _same_memory(a: Any, b: Any) -> bool:
