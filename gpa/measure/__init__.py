@@ -36,7 +36,7 @@ from gpa.api import analyze
 from gpa.core.report import Report
 from gpa.errors import GpaError, ModelError
 from gpa.frontends.fx.flow import differentiable
-from gpa.frontends.inputs import bind_inputs, check_input_count
+from gpa.frontends.inputs import bind_inputs, check_input_count, forward_parameters
 from gpa.frontends.raised import model_raised
 from gpa.frontends.state import eager_compiled_modules
 from gpa.frontends.wrappers import unwrap_wrappers, wrappers_unwrapped
@@ -121,34 +121,72 @@ def _as_args(batch: Any, model: nn.Module) -> tuple[Any, ...]:
     return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
-def _forward_inputs(forward_inputs: Callable[[Any], Any] | None, batch: Any) -> Any:
-    """What of ``batch`` forward takes: ``forward_inputs(batch)``, else the whole batch; an
-    exception raised there is the user's code's."""
-    if forward_inputs is None:
-        return batch
-    during = "It raised taking forward's inputs from a batch of batches= (example_batches)"
-    with _raised_by("the forward_inputs function", "forward_inputs", during):
-        return forward_inputs(batch)
+_SPLIT_HOW = (
+    "say which of a batch forward takes with forward_inputs= (a TARGET file's "
+    "forward_inputs(batch)): lambda batch: batch[0] for (inputs, targets) batches; the loss "
+    "still gets the whole batch"
+)
 
 
-def _check_batch_items(model: nn.Module, batch: Any) -> None:
-    """Refuse a tuple or list batch of more items than forward takes by position, saying
-    how to give forward part of it (``(inputs, targets)`` batches, most often).
+def _forward_args(
+    model: nn.Module, batch: Any, forward_inputs: Callable[[Any], Any] | None
+) -> tuple[Any, ...]:
+    """Forward's positional arguments for ``batch``: what ``forward_inputs(batch)`` gives,
+    else the batch itself — a tuple or list as it is, a dict by forward's names
+    (:func:`_as_args`), anything else as the one argument.
 
     Raises:
-        GpaError: too many items.
+        GpaError: they hold no tensor, or do not fit forward (more than it takes by
+            position, a name it does not take), saying what gave them.
+        ModelError: ``forward_inputs`` raised.
     """
-    if not isinstance(batch, (tuple, list)):
-        return
-    try:
-        check_input_count(model, len(batch))
-    except GpaError as exc:
-        message = str(exc).replace("example inputs were given", "items are in a batch")
+    given, what = batch, "a batch"
+    if forward_inputs is not None:
+        during = "It raised taking forward's inputs from a batch of batches= (example_batches)"
+        with _raised_by("the forward_inputs function", "forward_inputs", during):
+            given = forward_inputs(batch)
+        what = "forward_inputs(batch)"
+    how = f"; {_SPLIT_HOW}" if forward_inputs is None else ""
+    if not any(isinstance(t, torch.Tensor) for t in tree_flatten(given)[0]):
         raise GpaError(
-            f"{message}: say which of a batch forward takes with forward_inputs= (a TARGET "
-            "file's forward_inputs(batch)) — lambda batch: batch[0] for (inputs, targets) "
-            "batches; the loss still gets the whole batch"
-        ) from None
+            f"{what} holds no tensor ({_described(given)}): forward's inputs are a tensor, a "
+            f"tuple of forward's arguments or a dict of them by name{how}"
+        )
+    try:
+        if isinstance(given, (tuple, list)):
+            check_input_count(model, len(given))
+        return _as_args(given, model)
+    except GpaError as exc:
+        said = str(exc).replace("example inputs were given", "were given")
+        said = said.replace("example_inputs names", "it names")
+        raise GpaError(f"{what} does not fit {type(model).__name__}.forward: {said}{how}") from None
+
+
+def _described(value: Any) -> str:
+    """A few words on a value that should hold tensors: its type, a tuple's length."""
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)} item(s), none a tensor"
+    return "None" if value is None else f"a {type(value).__name__}"
+
+
+def _positional_note(model: nn.Module, batch: Any) -> str | None:
+    """The note binding a tuple batch's items to forward's arguments by position (a
+    ``(ids, mask, labels)`` batch gives ``labels`` to BERT's ``token_type_ids``), or None
+    for a batch of one item or another kind."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        return None
+    names = [
+        p.name
+        for p in forward_parameters(model).values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ][: len(batch)]
+    if len(names) < len(batch):  # (*args: no names to give)
+        return None
+    bound = ", ".join(f"{i} -> {n}" for i, n in enumerate(names, 1))
+    return (
+        f"each batch's items are forward's arguments by position ({bound}); "
+        "forward_inputs= takes part of a batch, or names them with a dict"
+    )
 
 
 def _to(batch: tuple[Any, ...], device: torch.device) -> tuple[Any, ...]:
@@ -279,6 +317,11 @@ def measure(
     step = progress or (lambda phase: None)
     if steps < 1:
         raise GpaError(f"steps must be at least 1, got {steps}")
+    if forward_inputs is not None and not callable(forward_inputs):
+        raise GpaError(
+            "forward_inputs must be a function batch -> forward's inputs, not "
+            f"{type(forward_inputs).__name__} {forward_inputs!r:.40}"
+        )
     _check_device(model, device)
     example_inputs = bind_inputs(model, example_inputs)
     batch_iter: Iterator[Any] | None = None
@@ -288,10 +331,9 @@ def measure(
         if first is None:
             raise GpaError("batches= is empty: nothing to measure")
         batch_iter = itertools.chain([first], batch_iter)
-        if forward_inputs is None:
-            _check_batch_items(model, first)
+        first_args = _forward_args(model, first, forward_inputs)
         if example_inputs is None and "input_shape" not in options:
-            example_inputs = _as_args(_forward_inputs(forward_inputs, first), model)
+            example_inputs = first_args
     step("structural analysis")
     report = analyze(
         model, example_inputs, name=name, channels=channels, progress=progress, **options
@@ -300,6 +342,8 @@ def measure(
     target = torch.device(device) if device is not None else None
     modules, weights = {}, {}
     notes = list(report.notes)
+    if batches is not None and forward_inputs is None:
+        notes += filter(None, [_positional_note(model, first)])
     for layer in report.layers:
         try:
             modules[layer] = model.get_submodule(layer)
@@ -353,6 +397,7 @@ def measure(
             steps,
             loss,
             forward_inputs if batches is not None else None,  # (synthetic: forward's own)
+            batches is not None,
             seed,
             options.get("outputs"),
             run_device,
@@ -383,13 +428,15 @@ def _run(
     steps: int,
     loss: LossFn | None,
     forward_inputs: Callable[[Any], Any] | None,
+    given: bool,
     seed: int,
     outputs: Any,
     device: torch.device,
     step: Callable[[str], None],
 ) -> tuple[list[tuple[StepGradients, dict[str, float], dict[str, list[float]]]], list[int]]:
-    """Run the steps; per step the received-gradient reductions and the weight norms, and
-    the step's batch items (see :func:`_items`)."""
+    """Run the steps (on ``batches=`` when ``given``, else synthetic batches); per step the
+    received-gradient reductions and the weight norms, and the step's batch items (see
+    :func:`_items`)."""
     from gpa.options import AnalysisOptions
 
     select = AnalysisOptions(outputs=outputs).outputs if outputs is not None else None
@@ -399,18 +446,18 @@ def _run(
     with GradientRecorder(modules, segments, weights, model) as recorder:
         for i, batch in enumerate(itertools.islice(batch_iter, steps)):
             step(f"step {i + 1}/{steps}")
-            args = _to(_as_args(_forward_inputs(forward_inputs, batch), model), device)
+            args = _to(_forward_args(model, batch, forward_inputs), device)
             items.append(_items(args))
             recorder.data((batch, args))  # (drawn with the capture on: no constants)
             for p in params:
                 p.grad = None
-            with _raised_by(type(model).__name__, "forward"):
+            with _raised_by(type(model).__name__, "forward", _step_failed("forward", given)):
                 out = model(*args)
             if loss is None:
                 virtual = virtual or virtual_loss(out, seed, select)
                 value = virtual(out)
             else:
-                with _raised_by("the loss function", "loss"):
+                with _raised_by("the loss function", "loss", _step_failed("loss", given)):
                     value = loss(out, batch)
             problem = _not_a_loss(value)
             if problem is not None:
@@ -421,7 +468,7 @@ def _run(
                     f"the loss is {float(value.detach().reshape(()))} in step {i + 1} ({where} "
                     "NaN or infinite values): its gradients would be too"
                 )
-            with _raised_by(type(model).__name__, "backward"):
+            with _raised_by(type(model).__name__, "backward", _step_failed("backward", given)):
                 value.reshape(()).backward()
             results.append((recorder.end_step(), *_weight_norms(modules, weights, segments)))
     for p in params:
@@ -526,24 +573,33 @@ def _not_a_loss(value: Any) -> str | None:
 
 
 @contextlib.contextmanager
-def _raised_by(name: str, part: str, during: str | None = None) -> Iterator[None]:
-    """An exception of the block (a measured step's forward, loss or backward: the user's
-    code, on real tensors) as a :class:`~gpa.errors.ModelError` naming ``name``, not a
+def _raised_by(name: str, part: str, during: str) -> Iterator[None]:
+    """An exception of the block (a measured step's forward, loss or backward, or
+    ``forward_inputs``: the user's code, on real tensors) as a
+    :class:`~gpa.errors.ModelError` naming ``name`` and saying ``during`` what, not a
     failure of gpa's: the structural analysis, on the meta device, may pass where a real
     step fails (an input dtype the layers do not take; integer inputs drawn at random
-    that the model cannot take, as an EmbeddingBag's offsets). ``during`` says where, in
-    place of the step's ``part`` and what batches to give."""
+    that the model cannot take, as an EmbeddingBag's offsets)."""
     try:
         yield
     except GpaError:
         raise
     except Exception as exc:
-        during = during or (
-            f"It raised in the {part} of a measured training step (real tensors); give "
-            "batches= (or example_batches next to the model) that the model takes, or "
-            "synthetic ones of another batch_size (--batch-size)"
-        )
         raise ModelError(model_raised(name, exc, during=during)) from exc
+
+
+def _step_failed(part: str, given: bool) -> str:
+    """Where a step failed, and what to try: other batches for synthetic ones."""
+    if given:
+        return (
+            f"It raised in the {part} of a measured training step on a batch of batches= "
+            "(example_batches)"
+        )
+    return (
+        f"It raised in the {part} of a measured training step (real tensors, synthetic "
+        "batches); give batches= (or example_batches next to the model) that the model "
+        "takes, or synthetic ones of another batch_size (--batch-size)"
+    )
 
 
 def _weight_norms(

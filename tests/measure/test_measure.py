@@ -472,26 +472,106 @@ def test_inputs_and_targets_batches_take_forward_inputs(kind: str) -> None:
         assert m.layers[name].weight_grad_norm_std == pytest.approx(np.std(norms), rel=1e-5)
 
 
-def test_a_batch_of_more_items_than_forward_takes_says_how_to_split_it() -> None:
+class _TwoInputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+
+    def forward(self, x, mask):
+        return self.a(x) * mask
+
+
+_WRONG_BATCHES = {  # what goes wrong -> (batches, forward_inputs, loss, the message's start)
+    "too many items": (
+        _labelled_batches("tuple"),
+        None,
+        r"^a batch does not fit Linear\.forward: the model's forward takes 1 input\(s\) "
+        r"\('input'\) but 2 were given; say which of a batch forward takes with forward_inputs=",
+    ),
+    "a name forward does not take": (
+        _labelled_batches("dict"),
+        None,
+        r"^a batch does not fit Linear\.forward: it names 'image', .*; say which of a batch",
+    ),
+    "forward_inputs gives every item": (
+        _labelled_batches("tuple"),
+        lambda b: b,
+        r"^forward_inputs\(batch\) does not fit Linear\.forward: the model's forward takes "
+        r"1 input\(s\) \('input'\) but 2 were given$",
+    ),
+    "forward_inputs gives None": (
+        _labelled_batches("tuple"),
+        lambda b: None,
+        r"^forward_inputs\(batch\) holds no tensor \(None\)",
+    ),
+    "forward_inputs gives numbers": (
+        _labelled_batches("tuple"),
+        lambda b: [1, 2],
+        r"^forward_inputs\(batch\) holds no tensor \(a list of 2 item\(s\), none a tensor\)",
+    ),
+    "forward_inputs is no function": (
+        _labelled_batches("tuple"),
+        0,
+        r"^forward_inputs must be a function batch -> forward's inputs, not int 0$",
+    ),
+}
+
+
+@pytest.mark.parametrize("wrong", sorted(_WRONG_BATCHES))
+def test_a_batch_forward_cannot_take_says_what_gave_it(wrong: str) -> None:
     """Without forward_inputs, an (inputs, targets) batch went whole into forward (Python
-    refused two arguments); it is refused before any step, naming forward_inputs. An
-    exception raised by forward_inputs is the user's code's."""
+    refused two arguments, deep in a step), and a new user's mistakes with forward_inputs
+    read as mistakes in example_inputs: each is refused before any step, saying whether a
+    batch or forward_inputs(batch) gave what forward cannot take."""
+    batches, forward_inputs, said = _WRONG_BATCHES[wrong]
+    loss = lambda out, batch: out.sum()  # noqa: E731
+    with pytest.raises(GpaError, match=said):
+        measure(nn.Linear(4, 3), batches=batches, forward_inputs=forward_inputs, loss=loss)
+
+
+def test_the_users_code_raising_in_a_step_says_where() -> None:
+    """forward_inputs and the loss raising on the user's batches are the user's code's,
+    without advice about synthetic batches (a new user: "--batch-size" was suggested for
+    a label out of range)."""
     from gpa.errors import ModelError
 
-    net = nn.Linear(4, 3)
-    loss = lambda out, batch: F.cross_entropy(out, batch[1])  # noqa: E731
-    with pytest.raises(GpaError, match=r"takes 1 input\(s\) \('input'\) but 2 items are in a"):
-        measure(net, batches=_labelled_batches("tuple"), steps=1, loss=loss)
-    with pytest.raises(GpaError, match=r"forward_inputs= \(a TARGET file's forward_inputs"):
-        measure(net, batches=_labelled_batches("tuple"), steps=1, loss=loss)
-    with pytest.raises(ModelError, match="^the forward_inputs function raised TypeError"):
-        measure(net, batches=_labelled_batches("tuple"), forward_inputs=lambda b: b["x"])
-    # synthetic batches are forward's own inputs: forward_inputs applies to given batches
-    pairs = nn.Bilinear(4, 2, 3)
-    synthetic = measure(pairs, (torch.zeros(1, 4), torch.zeros(1, 2)), steps=1, batch_size=4)
+    net, batches = nn.Linear(4, 3), _labelled_batches("tuple")
+    with pytest.raises(ModelError, match="^the forward_inputs function raised TypeError") as e:
+        measure(net, batches=batches, forward_inputs=lambda b: b["x"])
+    assert str(e.value).endswith(
+        "taking forward's inputs from a batch of batches= (example_batches)"
+    )
+    with pytest.raises(ModelError, match="^the loss function raised IndexError") as e:
+        measure(
+            net, batches=batches, forward_inputs=lambda b: b[0], loss=lambda o, b: o[:, 7].sum()
+        )
+    assert str(e.value).endswith(
+        "in the loss of a measured training step on a batch of batches= (example_batches)"
+    )
+    assert "--batch-size" not in str(e.value)
+
+
+def test_tuple_batches_bound_by_position_are_noted() -> None:
+    """Each item of a tuple batch is forward's argument by position, which a new user did
+    not expect of a (ids, mask, labels) batch for BERT: a note says the binding; none when
+    forward_inputs says what forward takes, or for a batch of one tensor. Synthetic
+    batches are forward's own: forward_inputs does not apply to them."""
+    g = torch.Generator().manual_seed(1)
+    pairs = [(torch.randn(4, 4, generator=g), torch.ones(4, 3))] * 2
+    m = measure(_TwoInputs(), batches=pairs, steps=2)
+    assert (
+        "each batch's items are forward's arguments by position (1 -> x, 2 -> mask)" in m.notes[-1]
+    )
+    chosen = measure(_TwoInputs(), batches=pairs, steps=2, forward_inputs=lambda b: b)
+    assert not any("by position" in n for n in chosen.notes)
+    assert not any(
+        "by position" in n for n in measure(nn.Linear(4, 3), batches=[pairs[0][0]]).notes
+    )
+    pair = nn.Bilinear(4, 2, 3)
+    synthetic = measure(pair, (torch.zeros(1, 4), torch.zeros(1, 2)), steps=1, batch_size=4)
     assert (
         measure(
-            pairs, (torch.zeros(1, 4), torch.zeros(1, 2)), steps=1, batch_size=4, forward_inputs=len
+            pair, (torch.zeros(1, 4), torch.zeros(1, 2)), steps=1, batch_size=4, forward_inputs=len
         ).to_dict()
         == synthetic.to_dict()
     )
