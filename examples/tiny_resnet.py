@@ -36,3 +36,22 @@ def build_model(blocks: int = 3, width: int = 16) -> nn.Module:
 
 
 input_shape = (1, 3, 32, 32)
+
+# For `gpa measure examples/tiny_resnet.py`: (images, labels) batches as a data loader
+# gives them, what of a batch forward takes, and the training loss (without these:
+# synthetic inputs and a virtual loss).
+_draw = torch.Generator().manual_seed(0)
+example_batches = [
+    (torch.randn(8, 3, 32, 32, generator=_draw), torch.randint(0, 10, (8,), generator=_draw))
+    for _ in range(4)
+]
+
+
+def forward_inputs(batch):
+    images, _ = batch
+    return images
+
+
+def loss_fn(outputs, batch):
+    _, labels = batch
+    return nn.functional.cross_entropy(outputs, labels)

@@ -135,6 +135,33 @@ def test_inputs_and_targets_batches_from_the_file(tmp_path: Path) -> None:
     assert "forward_inputs in" in refused.output and "must be a function" in refused.output
 
 
+def test_the_readme_example_measures_on_its_labelled_batches() -> None:
+    """``gpa measure examples/tiny_resnet.py``: the file's (images, labels) batches, its
+    forward_inputs and cross-entropy loss_fn; every layer's weight-gradient norm is the
+    mean over the steps of a hand backward's (train mode: batch statistics)."""
+    example = str(Path(__file__).resolve().parents[2] / "examples" / "tiny_resnet.py")
+    result = CliRunner().invoke(main, ["measure", example, "--steps", "2", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["measurement"]["loss"] == "user" and data["measurement"]["batch_size"] == 8
+    from gpa.target import load_target
+
+    torch.manual_seed(0)  # as gpa measure builds it (--seed 0)
+    loaded = load_target(example)
+    model, norms = loaded.model.train(), {}
+    for images, labels in loaded.example_batches[:2]:
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        for name, module in model.named_modules():
+            grads = [p.grad.flatten() for p in module.parameters(recurse=False)]
+            if grads and isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                norms.setdefault(name, []).append(float(torch.cat(grads).norm()))
+    measured = {layer["name"]: layer["weight_grad_norm"] for layer in data["layers"]}
+    assert measured.keys() == norms.keys()
+    for name, per_step in norms.items():
+        assert measured[name] == pytest.approx(sum(per_step) / 2, rel=1e-5), name
+
+
 def test_table_csv_html_and_output_file(tmp_path: Path) -> None:
     target = _write(tmp_path, TARGET)
     run = CliRunner().invoke
