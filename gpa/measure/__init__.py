@@ -143,7 +143,7 @@ def _forward_args(
     given, what = batch, "a batch"
     if forward_inputs is not None:
         during = "It raised taking forward's inputs from a batch of batches= (example_batches)"
-        with _raised_by("the forward_inputs function", "forward_inputs", during):
+        with _raised_by("the forward_inputs function", during):
             given = forward_inputs(batch)
         what = "forward_inputs(batch)"
     how = f"; {_SPLIT_HOW}" if forward_inputs is None else ""
@@ -305,8 +305,10 @@ def measure(
 
     Raises:
         GpaError: as :func:`gpa.analyze`; no inputs at all; ``steps`` < 1; no batch; a
-            batch of more items than forward takes without ``forward_inputs``; the loss is
-            not a scalar tensor that requires gradient.
+            batch, or what ``forward_inputs`` makes of it, that forward cannot take; the
+            loss is not a scalar tensor that requires gradient.
+        ModelError: the user's code (``forward_inputs``, forward, the loss, ``batches``)
+            raised in a step.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
@@ -451,13 +453,13 @@ def _run(
             recorder.data((batch, args))  # (drawn with the capture on: no constants)
             for p in params:
                 p.grad = None
-            with _raised_by(type(model).__name__, "forward", _step_failed("forward", given)):
+            with _raised_by(type(model).__name__, _step_failed("forward", given)):
                 out = model(*args)
             if loss is None:
                 virtual = virtual or virtual_loss(out, seed, select)
                 value = virtual(out)
             else:
-                with _raised_by("the loss function", "loss", _step_failed("loss", given)):
+                with _raised_by("the loss function", _step_failed("loss", given)):
                     value = loss(out, batch)
             problem = _not_a_loss(value)
             if problem is not None:
@@ -468,7 +470,7 @@ def _run(
                     f"the loss is {float(value.detach().reshape(()))} in step {i + 1} ({where} "
                     "NaN or infinite values): its gradients would be too"
                 )
-            with _raised_by(type(model).__name__, "backward", _step_failed("backward", given)):
+            with _raised_by(type(model).__name__, _step_failed("backward", given)):
                 value.reshape(()).backward()
             results.append((recorder.end_step(), *_weight_norms(modules, weights, segments)))
     for p in params:
@@ -573,7 +575,7 @@ def _not_a_loss(value: Any) -> str | None:
 
 
 @contextlib.contextmanager
-def _raised_by(name: str, part: str, during: str) -> Iterator[None]:
+def _raised_by(name: str, during: str) -> Iterator[None]:
     """An exception of the block (a measured step's forward, loss or backward, or
     ``forward_inputs``: the user's code, on real tensors) as a
     :class:`~gpa.errors.ModelError` naming ``name`` and saying ``during`` what, not a
