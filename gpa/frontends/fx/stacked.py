@@ -5,8 +5,9 @@ Detection transformers stack one head's output per decoder level and return the 
 real backward gives them zeros), though the stack reads every one. A pass over a traced
 graph puts each stacked tensor in place of the element picked from the stack along the
 stacked axis by a constant index (``stack[-1]``, ``stack[:, i]``, ``stack[..., i]``,
-``stack.select(d, i)``, ATen's ``select.int``), so the gradient flow of the layer level follows only it
-(``docs/semantics.md`` §3). The autograd frontend reads autograd's graph the same way.
+``stack.select(d, i)``, ATen's ``select.int``), so the gradient flow of the layer level
+follows only it (``docs/semantics.md`` §3). The autograd frontend reads autograd's graph
+the same way.
 
 Example:
     >>> import torch
