@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import collections
 import contextlib
 import copy
 import dis
@@ -445,6 +446,24 @@ def _without_weights(result: Any) -> Any:
     return (result[0], None) if isinstance(result, fx.Proxy) else result
 
 
+class _Scope(fx.proxy.Scope):
+    """fx's record of the module being traced, copied as fx copies it at every module call
+    (``copy.copy``), by its two fields: the generic copy protocol (``__reduce_ex__``) took
+    a fiftieth of an analysis."""
+
+    def __copy__(self) -> _Scope:
+        return _Scope(self.module_path, self.module_type)
+
+
+class _ModuleStack(collections.OrderedDict):
+    """fx's stack of the module calls being traced, copied into every node's
+    ``nn_module_stack`` (``copy.copy``): the same plain ``OrderedDict`` as the generic copy
+    protocol makes, made directly (that protocol took a fiftieth of an analysis)."""
+
+    def __copy__(self) -> collections.OrderedDict:
+        return collections.OrderedDict(self)
+
+
 class GpaTracer(fx.Tracer):
     """fx tracer with user leaf modules that records the grad mode of every operation, and
     keeps norm-activation modules whole once the first of their kind is judged (see
@@ -458,6 +477,7 @@ class GpaTracer(fx.Tracer):
         classes: Mapping[str, type] | None = None,
     ) -> None:
         super().__init__()
+        self.scope, self.module_stack = _Scope("", None), _ModuleStack()  # (cheap copies)
         self._classes = classes or {}  # placeholder -> the class of the input it stands for
         self._leaf_types = leaf_types
         self._leaf_names = leaf_names
