@@ -25,7 +25,7 @@ import contextlib
 import operator
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -52,11 +52,14 @@ TRACING = threading.RLock()
 
 
 @contextlib.contextmanager
-def modes_switched(model: nn.Module, train: bool) -> Iterator[list[nn.Module]]:
+def modes_switched(
+    model: nn.Module, train: bool, modules: Sequence[nn.Module] | None = None
+) -> Iterator[list[nn.Module]]:
     """``model.train(train)`` for the block — the model's own ``train``, which may keep a
     part in eval mode (mmdetection's ``norm_eval``) —, read by this thread alone (under
     :data:`TRACING`); yields the modules whose mode it switched. Every module's own mode is
-    restored afterwards, so a mixed train/eval state survives.
+    restored afterwards, so a mixed train/eval state survives. ``modules``: ``model``'s
+    (``model.modules()``), when the caller walked them already.
 
     Example:
         >>> m = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).eval()
@@ -67,8 +70,8 @@ def modes_switched(model: nn.Module, train: bool) -> Iterator[list[nn.Module]]:
         False
     """
     with TRACING:
-        modes = [(m, m.training) for m in model.modules()]
-        if any(type(m).train is not nn.Module.train or "train" in vars(m) for m, _ in modes):
+        modes = [(m, m.training) for m in (model.modules() if modules is None else modules)]
+        if not _trains_as_torch(m for m, _ in modes):
             model.train(train)
         else:  # torch's own ``train`` everywhere: what it does, without its recursion
             for m, was in modes:
@@ -82,12 +85,26 @@ def modes_switched(model: nn.Module, train: bool) -> Iterator[list[nn.Module]]:
                     m.training = was
 
 
+def _trains_as_torch(modules: Iterable[nn.Module]) -> bool:
+    """Whether no module among ``modules`` has a ``train`` of its own (its class's or its
+    object's): ``model.train`` then sets each module's flag and nothing else."""
+    return not any(type(m).train is not nn.Module.train or "train" in vars(m) for m in modules)
+
+
 @contextlib.contextmanager
 def training_mode(model: nn.Module, train: bool) -> Iterator[StateSnapshot]:
     """``model`` in train (or eval) mode for the block (:func:`modes_switched`), and its
     state as :func:`preserved_state` keeps it (the snapshot is given, to restore within the
     block). Compiled modules run eagerly meanwhile."""
-    with modes_switched(model, train), preserved_state(model) as snapshot, eager_compiled_modules():
+    modules = list(model.modules())
+    # one walk for the switch and the snapshot, where switching sets flags and nothing
+    # else; a ``train`` of the model's own may change more (the snapshot walks anew)
+    walked = modules if _trains_as_torch(modules) else None
+    with (
+        modes_switched(model, train, modules),
+        preserved_state(model, StateSnapshot(model, walked)) as snapshot,
+        eager_compiled_modules(),
+    ):
         yield snapshot
 
 
@@ -103,12 +120,13 @@ def eager_compiled_modules() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def buffers_copied(model: nn.Module) -> Iterator[None]:
+def buffers_copied(model: nn.Module, snapshot: StateSnapshot | None = None) -> Iterator[None]:
     """Every module's buffers replaced by copies for the block, then put back
     (``docs/semantics.md`` §1.8): symbolic tracing runs ``forward``'s operations on buffers
     that are no proxies for real, so a step counter (``self.step.add_(1)``) or a queue
     (``self.queue[:n] = keys``) would otherwise keep what the trace wrote. A buffer
-    registered under several names stays one tensor.
+    registered under several names stays one tensor. ``snapshot``: one of ``model`` as it
+    is now, whose walk of the modules is taken instead of another.
 
     Example:
         >>> m = nn.BatchNorm1d(2)
@@ -119,8 +137,7 @@ def buffers_copied(model: nn.Module) -> Iterator[None]:
     """
     saved = [
         (m._buffers, dict(m._buffers))
-        for m in model.modules()
-        if not isinstance(m, torch.jit.ScriptModule)  # its state lives in C++
+        for m in (_scripted_out(model.modules()) if snapshot is None else snapshot.modules)
     ]
     copies: dict[int, torch.Tensor] = {}
     try:
@@ -170,12 +187,11 @@ class StateSnapshot:
     the snapshot was taken; :meth:`restore` puts them back, as often as asked (TorchScript
     modules, whose state lives in C++, are left out)."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self._saved = [
-            (m.__dict__, m.__dict__.copy(), *_containers(m))
-            for m in model.modules()
-            if not isinstance(m, torch.jit.ScriptModule)
-        ]
+    def __init__(self, model: nn.Module, modules: Iterable[nn.Module] | None = None) -> None:
+        """``modules``: ``model.modules()``, when the caller walked them already."""
+        #: the modules whose state is kept, in ``model.modules()`` order
+        self.modules = _scripted_out(model.modules() if modules is None else modules)
+        self._saved = [(m.__dict__, m.__dict__.copy(), *_containers(m)) for m in self.modules]
 
     def restore(self) -> None:
         """Put back every attribute and container entry that differs from the snapshot."""
@@ -217,6 +233,11 @@ def preserved_state(
         yield snapshot
     finally:
         snapshot.restore()
+
+
+def _scripted_out(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """``modules`` but TorchScript ones, whose state lives in C++."""
+    return [m for m in modules if not isinstance(m, torch.jit.ScriptModule)]
 
 
 # Containers whose entries are restored in place (and their subclasses that keep the

@@ -783,7 +783,7 @@ def trace(
             torch.enable_grad(),
             watch,
             preserved_state(model, snapshot),
-            buffers_copied(model),
+            buffers_copied(model, snapshot),
             functions_recorded(),
             RandomBranches() as randomness,
         ):
