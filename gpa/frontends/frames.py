@@ -87,13 +87,19 @@ def caller_site() -> Site | None:
         if not over:
             break
         frame = frame.f_back
-    if frame is None or not _is_model_file(frame.f_code.co_filename):
+    if frame is None:
         return None
-    return frame.f_code.co_filename, frame.f_lineno
+    filename = frame.f_code.co_filename
+    model = _MODEL_FILES.get(filename)
+    if model is None:
+        model = _MODEL_FILES[filename] = _is_model_file(filename)
+    return (filename, frame.f_lineno) if model else None
 
 
 # file name -> whether caller_site passes over it: the same few files, frame after frame
 _PASSED: dict[str, bool] = {}
+# file name -> whether it is model code (:func:`_is_model_file`), for the same reason
+_MODEL_FILES: dict[str, bool] = {}
 # where every frontend is called from (gpa.frontends.gradient_graph): a frame above it
 # is the caller's of the analysis (a script, the CLI), not the model's
 _ENTRY = os.path.join(_GPA_DIR, "frontends", "__init__.py")
