@@ -333,6 +333,8 @@ def functional_owners(
     """
     types = layer_types if layer_types is not None else DEFAULT_LAYER_TYPES
     read = list(dict.fromkeys(parameters))
+    if not read:  # (most models: no functional layer, no walk of the parameters)
+        return {}
     # a parameter two modules hold goes by its first name, whichever one a frontend read
     first = {id(p): n for n, p in reversed(list(model.named_parameters(remove_duplicate=False)))}
     canonical = {p: first.get(id(_parameter(model, p)), p) for p in read}
