@@ -42,6 +42,7 @@ from gpa.frontends.fx.inline import InliningFlow, inline_calls
 from gpa.frontends.fx.layers import (
     custom_operator_calls,
     find_layers,
+    graph_reads,
     opaque_calls,
     uncalled_layers,
     wrapped_calls,
@@ -117,15 +118,17 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         if picks_from_stacks(gm):
             gm.recompile()
         unfed = unfed_checkpoints(gm)
-        calls = find_layers(gm, options.layer_types, traced)
-        opaque = opaque_calls(gm, calls)
+        reads = graph_reads(gm)  # (one reading of the graph for both)
+        calls = find_layers(gm, options.layer_types, traced, reads=reads)
+        opaque = opaque_calls(gm, calls, reads)
         into = wrapped_calls(gm) if options.channels else [node for node, _ in opaque]
         inlined = inline_calls(gm, into, flow) if inputs is not None and into else None
         if inlined is not None and inlined.replaced:
             # the calls fx kept whole, traced into by value (§1.1): their operations too
             gm.recompile()
-            calls = find_layers(gm, options.layer_types, traced)
-            opaque = opaque_calls(gm, calls)
+            reads = graph_reads(gm)
+            calls = find_layers(gm, options.layer_types, traced, reads=reads)
+            opaque = opaque_calls(gm, calls, reads)
     _refuse_returned_inputs(calls)
     # (function, whether a custom autograd Function's) -> the modules whose weights it reads
     readers: dict[tuple[str, bool], dict[str, None]] = {}

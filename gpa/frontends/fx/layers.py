@@ -46,6 +46,7 @@ __all__ = [
     "STANDS_FOR",
     "custom_operator_calls",
     "find_layers",
+    "graph_reads",
     "weight_nodes",
     "opaque_calls",
     "wrapped_calls",
@@ -137,7 +138,7 @@ _MAX_PASSES = 8  # of find_layers over the functional layers; one or two in prac
 
 
 def _parameter_roots(
-    gm: fx.GraphModule, layer_nodes: set[fx.Node], reads: list[_Reads] | None = None
+    gm: fx.GraphModule, layer_nodes: set[fx.Node], reads: list[Reads] | None = None
 ) -> tuple[dict[fx.Node, tuple[str, ...]], set[fx.Node], set[fx.Node]]:
     """For nodes computed from parameters alone: the parameter targets they come from;
     which of them are weights picked at positions computed from data; and the nodes
@@ -150,12 +151,12 @@ def _parameter_roots(
     data where they pick a weight's elements — ``w[idx]``, a mixture of experts' weights
     chosen by its router —, which makes the node *selected* (``docs/semantics.md`` §2).
     The data nodes are the placeholders, the layer calls, and what is computed from them
-    otherwise. ``reads``: :func:`_graph_reads` of ``gm``, when the caller has it.
+    otherwise. ``reads``: :func:`graph_reads` of ``gm``, when the caller has it.
     """
     roots: dict[fx.Node, tuple[str, ...]] = {}
     selected: set[fx.Node] = set()
     tainted: set[fx.Node] = set()  # depends on model inputs or on a layer's output
-    for node, kind, inputs, tensors in reads if reads is not None else _graph_reads(gm):
+    for node, kind, inputs, tensors in reads if reads is not None else graph_reads(gm):
         if kind is _DATA or node in layer_nodes:
             tainted.add(node)
             continue
@@ -196,7 +197,7 @@ def weight_nodes(gm: fx.GraphModule, layer_nodes: set[fx.Node]) -> set[fx.Node]:
     return set(_parameter_roots(gm, layer_nodes)[0])
 
 
-class _Reads(NamedTuple):
+class Reads(NamedTuple):
     """What one node of a graph reads, as :func:`_parameter_roots` follows it (fixed while
     the graph is: worked out once for the passes of :func:`find_layers`)."""
 
@@ -209,20 +210,20 @@ class _Reads(NamedTuple):
 _DATA, _PARAMETER, _ATTRIBUTE, _OPERATION = (object() for _ in range(4))
 
 
-def _graph_reads(gm: fx.GraphModule) -> list[_Reads]:
-    """Every node of ``gm``'s graph, in order, with what it reads (see :class:`_Reads`)."""
+def graph_reads(gm: fx.GraphModule) -> list[Reads]:
+    """Every node of ``gm``'s graph, in order, with what it reads (see :class:`Reads`)."""
     reads = []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
-            reads.append(_Reads(node, _DATA, [], []))
+            reads.append(Reads(node, _DATA, [], []))
         elif node.op == "get_attr":
             owner_path, _, attr = node.target.rpartition(".")
             owner = gm.get_submodule(owner_path) if owner_path else gm
             parameter = isinstance(getattr(owner, attr, None), nn.Parameter)
-            reads.append(_Reads(node, _PARAMETER if parameter else _ATTRIBUTE, [], []))
+            reads.append(Reads(node, _PARAMETER if parameter else _ATTRIBUTE, [], []))
         else:
             inputs = _value_inputs(node)
-            reads.append(_Reads(node, _OPERATION, inputs, [n for n in inputs if _is_tensor(n)]))
+            reads.append(Reads(node, _OPERATION, inputs, [n for n in inputs if _is_tensor(n)]))
     return reads
 
 
@@ -272,6 +273,7 @@ def find_layers(
     layer_types: Iterable[type[nn.Module]] | None = None,
     model: nn.Module | None = None,
     known: Iterable[fx.Node] = (),
+    reads: list[Reads] | None = None,
 ) -> dict[fx.Node, LayerCall]:
     """Map every layer call of ``gm``'s graph to the record it belongs to, in graph order.
 
@@ -283,6 +285,8 @@ def find_layers(
             parameters of functional layers (``gm`` keeps only their tensors).
         known: nodes the caller already knows for layer calls (export's fused module
             calls), not returned; their results are data, as any layer's (§2).
+        reads: :func:`graph_reads` of ``gm``, when the caller has it (for
+            :func:`opaque_calls` too).
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     calls: dict[fx.Node, LayerCall] = {}
@@ -295,7 +299,7 @@ def find_layers(
     # a functional layer's output is data too: read again with the layers found, until
     # they are the layers found (a chain of functional layers: one pass per link)
     functional: dict[fx.Node, str] = {}  # -> the parameter naming it
-    reads = _graph_reads(gm)
+    reads = reads if reads is not None else graph_reads(gm)
     for _ in range(_MAX_PASSES):
         roots, selected, data = _parameter_roots(gm, {*calls, *known, *functional}, reads)
         again = {
@@ -445,17 +449,18 @@ def _data_ancestors(node: fx.Node) -> set[fx.Node]:
 
 
 def opaque_calls(
-    gm: fx.GraphModule, calls: Mapping[fx.Node, LayerCall]
+    gm: fx.GraphModule, calls: Mapping[fx.Node, LayerCall], reads: list[Reads] | None = None
 ) -> list[tuple[fx.Node, list[str]]]:
     """Calls of functions fx kept opaque (``torch.fx.wrap``) that read parameters.
 
     gpa cannot see what such a function does with the weights it is given, so a
     layer inside it would go unnoticed; the caller traces into them or reports them.
-    Returns (call node, modules owning the parameters it reads).
+    Returns (call node, modules owning the parameters it reads). ``reads``:
+    :func:`graph_reads` of ``gm``, when the caller has it.
     """
     if not any(wrapped(n) for n in gm.graph.nodes):
         return []
-    return _weight_readers(gm, calls, lambda n: wrapped(n) and not _is_mixing(n))
+    return _weight_readers(gm, calls, lambda n: wrapped(n) and not _is_mixing(n), reads)
 
 
 def custom_operator_calls(
@@ -474,11 +479,14 @@ def custom_operator_calls(
 
 
 def _weight_readers(
-    gm: fx.GraphModule, calls: Mapping[fx.Node, LayerCall], chosen: Callable[[fx.Node], bool]
+    gm: fx.GraphModule,
+    calls: Mapping[fx.Node, LayerCall],
+    chosen: Callable[[fx.Node], bool],
+    reads: list[Reads] | None = None,
 ) -> list[tuple[fx.Node, list[str]]]:
     """The ``chosen`` nodes, not layers, given a weight beside anything else, each with
     the modules owning the parameters it reads."""
-    roots, selected, _ = _parameter_roots(gm, set(calls))
+    roots, selected, _ = _parameter_roots(gm, set(calls), reads)
     found = []
     for node in gm.graph.nodes:
         if node in calls or not chosen(node):
