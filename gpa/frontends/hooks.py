@@ -44,6 +44,7 @@ def hooked_calls_message(
     layer_types: tuple[type, ...],
     leaves: Iterable[type[nn.Module] | str] | None,
     frontend: str,
+    named: Iterable[tuple[str, nn.Module]] | None = None,
 ) -> str | None:
     """The refusal of ``frontend`` (fx or export) for a model whose layer or leaf modules
     (layer types, the leaves asked for) carry forward hooks or pre-hooks
@@ -53,13 +54,13 @@ def hooked_calls_message(
     compute (``out + self.side(x)``) into the call; the autograd frontend reads them apart.
     Hooks on the modules both trace into (a block, a Hugging Face layer's output capture)
     are code like any other, and on torch.nn's other modules (an activation) they run in
-    the call, whose shape they may change."""
+    the call, whose shape they may change. ``named``: ``model.named_modules()``, when the caller walked them already."""
     leaf_types, leaf_names = split_leaves(leaves)
     every = global_hooks_of_users()
     # (modules fx and export trace into run their hooks there, as any other code)
     hooked = [
         name
-        for name, m in model.named_modules()
+        for name, m in (model.named_modules() if named is None else named)
         if (every or carries_hooks_of_its_own(m))
         and (
             issubclass(module_class(m), layer_types)

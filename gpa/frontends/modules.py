@@ -143,12 +143,15 @@ def type_name(module: nn.Module) -> str:
 
 
 def opaque_layer_types(
-    model: nn.Module, layer_types: Iterable[type[nn.Module]] | None = None
+    model: nn.Module,
+    layer_types: Iterable[type[nn.Module]] | None = None,
+    named: Iterable[tuple[str, nn.Module]] | None = None,
 ) -> tuple[type[nn.Module], ...]:
     """The layer types whose calls a frontend must keep whole although fx's policy would
     trace into them: custom layer types, and the classes in ``model`` that subclass a layer
     type outside ``torch.nn`` (Whisper's positional embedding, a LoRA linear, a
     weight-standardised convolution) — each call of them is one layer (semantics §2).
+    ``named``: ``model.named_modules()``, when the caller walked them already.
 
     Example:
         >>> class Scaled(nn.Linear):
@@ -158,7 +161,7 @@ def opaque_layer_types(
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     found = dict.fromkeys(t for t in types if not fx_leaf(t))
-    for m in model.modules():
+    for m in model.modules() if named is None else (m for _, m in named):
         cls = module_class(m)
         if issubclass(cls, types) and not fx_leaf(cls) and isinstance(m, nn.Module):
             found.setdefault(type(m))
@@ -188,11 +191,16 @@ def is_layer_module(module: nn.Module, layer_types: tuple[type, ...]) -> bool:
     return any(issubclass(module_class(m), layer_types) for m in module.modules())
 
 
-def scripted_notes(model: nn.Module, layer_types: Iterable[type] | None = None) -> list[str]:
-    """Report notes on the TorchScript submodules containing layers (outermost only)."""
+def scripted_notes(
+    model: nn.Module,
+    layer_types: Iterable[type] | None = None,
+    named: Iterable[tuple[str, nn.Module]] | None = None,
+) -> list[str]:
+    """Report notes on the TorchScript submodules containing layers (outermost only).
+    ``named``: ``model.named_modules()``, when the caller walked them already."""
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     notes = []
-    for name, module in model.named_modules():
+    for name, module in model.named_modules() if named is None else named:
         scripted = isinstance(module, torch.jit.ScriptModule)
         if name and scripted and is_layer_module(module, types) and not _in_scripted(model, name):
             notes.append(
@@ -388,6 +396,7 @@ def unused_layer_modules(
     used: set[str],
     layer_types: Iterable[type[nn.Module]] | None = None,
     called: set[str] | None = None,
+    named: Iterable[tuple[str, nn.Module]] | None = None,
 ) -> list[tuple[str, str]]:
     """Layer modules of ``model`` that are not in ``used`` nor inside a layer module or a
     module ``called`` as one call.
@@ -398,6 +407,7 @@ def unused_layer_modules(
     layer module (the output projection of ``nn.MultiheadAttention``) are part of that
     call; those inside a module whose own parameter is read (a ViT holding its
     ``pos_embed``) are not (``docs/semantics.md`` §2). Returns (name, type) in module order.
+    ``named``: ``model.named_modules()``, when the caller walked them already.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2)))
@@ -406,7 +416,7 @@ def unused_layer_modules(
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     whole = used if called is None else called
-    modules = dict(model.named_modules())
+    modules = dict(model.named_modules() if named is None else named)
     # (torch.compile's wrapper is no layer of its own: the module it wraps, ``._orig_mod``,
     # is the one called, and named so, as a compiled block's layers are)
     layers = {

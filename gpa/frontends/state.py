@@ -93,11 +93,14 @@ def _trains_as_torch(modules: Iterable[nn.Module]) -> bool:
 
 
 @contextlib.contextmanager
-def training_mode(model: nn.Module, train: bool) -> Iterator[StateSnapshot]:
+def training_mode(
+    model: nn.Module, train: bool, modules: Iterable[nn.Module] | None = None
+) -> Iterator[StateSnapshot]:
     """``model`` in train (or eval) mode for the block (:func:`modes_switched`), and its
     state as :func:`preserved_state` keeps it (the snapshot is given, to restore within the
-    block). Compiled modules run eagerly meanwhile."""
-    modules = list(model.modules())
+    block). Compiled modules run eagerly meanwhile. ``modules``: ``model.modules()``, when
+    the caller walked them already."""
+    modules = list(model.modules() if modules is None else modules)
     # one walk for the switch and the snapshot, where switching sets flags and nothing
     # else; a ``train`` of the model's own may change more (the snapshot walks anew)
     walked = modules if _trains_as_torch(modules) else None

@@ -81,10 +81,13 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         ShapeError: the inputs do not fit it.
     """
     types = options.layer_types if options.layer_types is not None else LAYER_TYPES
+    # one walk of the modules for every pass reading them: the state is restored after each
+    # run of forward (§1.8), so each pass sees the modules it would walk itself
+    named = list(model.named_modules())
     # (fx runs no hooks of a leaf's, nor of the model's: it traces forward alone)
-    hooked = hooked_calls_message(model, types, options.leaf_modules, "fx") or root_hooks_message(
-        model
-    )
+    hooked = hooked_calls_message(
+        model, types, options.leaf_modules, "fx", named
+    ) or root_hooks_message(model)
     if hooked is not None:
         raise TraceError(hooked)
     if forward_replaced(model):
@@ -94,13 +97,17 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
             f"torch.fx does not trace: it traces {cls}.forward. --tracer export or autograd "
             "call the model's own (auto moves on)"
         )
-    with training_mode(model, options.train) as state:
-        leaves = [*(options.leaf_modules or ()), *opaque_layer_types(model, options.layer_types)]
+    with training_mode(model, options.train, (m for _, m in named)) as state:
+        leaves = [
+            *(options.leaf_modules or ()),
+            *opaque_layer_types(model, options.layer_types, named),
+        ]
         traced = _rooted(model, leaves)
+        walked = named if traced is model else None  # (the modules a single call holds)
         unbound = unbound_inputs_message(traced, options.input_count, "torch.fx")
         if unbound is not None:
             raise TraceError(unbound)
-        kinds = norm_act_kinds(model, types) if traced is model else None
+        kinds = norm_act_kinds(model, types, named) if traced is model else None
         drawn = random_states()  # what the trace draws, the check below draws again
         constants, classes = _forward_arguments(traced, options)
         # (the model's state is as the snapshot took it: the trace restores that one)
@@ -137,11 +144,11 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         key = (name, called_function(node.target) is not None)
         readers.setdefault(key, {}).update(dict.fromkeys(owners))
     operators = custom_operator_calls(gm, calls)
-    notes += scripted_notes(traced, options.layer_types)
+    notes += scripted_notes(traced, options.layer_types, walked)
     notes += _opaque_notes(readers, options.channels, inputs is not None)
     notes += [custom_operator_note(name, owners) for name, owners in operators.items()]
     notes += [unfed_checkpoint_note(unfed)] if unfed else []
-    uncalled = uncalled_layers(traced, gm, options.layer_types, calls)
+    uncalled = uncalled_layers(traced, gm, options.layer_types, calls, walked)
     leaves = [node.target for node in gm.graph.nodes if node.op == "call_module"]
     # where a test on a proxy may have answered otherwise than on the value (a Site, or
     # True), or the code makes tests no proxy sees (read from the source)

@@ -522,15 +522,17 @@ def uncalled_layers(
     gm: fx.GraphModule,
     layer_types: Iterable[type[nn.Module]] | None = None,
     calls: Mapping[Any, LayerCall] | None = None,
+    named: Iterable[tuple[str, nn.Module]] | None = None,
 ) -> list[tuple[str, str]]:
     """Layer modules of ``model`` that the traced forward never uses, as (name, type).
 
     Modules inside a called leaf module or inside another layer module (e.g. the
     output projection of ``nn.MultiheadAttention``) are part of that call, not
-    separate layers; see :func:`used_modules` for what uses a module.
+    separate layers; see :func:`used_modules` for what uses a module. ``named``: ``model.named_modules()``, when the caller walked them already.
     """
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
-    return unused_layer_modules(model, used_modules(gm, calls, model), layer_types, called)
+    used = used_modules(gm, calls, model)
+    return unused_layer_modules(model, used, layer_types, called, named)
 
 
 def used_modules(

@@ -81,9 +81,14 @@ _MODULE_INTERNALS = frozenset(vars(nn.Module()))  # the tables and hooks every m
 _HOOKS = tuple(k for k in sorted(_MODULE_INTERNALS) if k.startswith(("_forward", "_backward")))
 
 
-def norm_act_kinds(model: nn.Module, layer_types: Iterable[type]) -> dict[str, Hashable]:
+def norm_act_kinds(
+    model: nn.Module,
+    layer_types: Iterable[type],
+    named: Iterable[tuple[str, nn.Module]] | None = None,
+) -> dict[str, Hashable]:
     """The candidates among ``model``'s modules (qualified name -> kind; see the module
     docstring); ``layer_types``: the layer module types (``docs/semantics.md`` §2).
+    ``named``: ``model.named_modules()``, when the caller walked them already.
 
     Example:
         >>> norm_act_kinds(nn.Sequential(nn.BatchNorm2d(3)), (nn.Linear,))
@@ -94,7 +99,7 @@ def norm_act_kinds(model: nn.Module, layer_types: Iterable[type]) -> dict[str, H
         return {}
     return {
         name: _kind(module)
-        for name, module in model.named_modules()
+        for name, module in (model.named_modules() if named is None else named)
         if name and _candidate(module, types)
     }
 
