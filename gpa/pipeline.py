@@ -24,6 +24,7 @@ import gc
 import random
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,7 +135,8 @@ def _analyze(
         with TRACING:  # the routing calls modules on probes: no fx trace meanwhile
             segments = channel_segments(graph, options.outputs)
     step("parameters and FLOPs")
-    counts = layer_counts(model, graph, options.count_convention)
+    named = list(model.named_modules())  # one walk for the counts and the notes below
+    counts = layer_counts(model, graph, options.count_convention, named)
     step("gradient paths")
     records = layer_records(graph, params=counts.params, flops=counts.flops, segments=segments)
     if not records:
@@ -148,14 +150,14 @@ def _analyze(
         )
     notes = [
         *wrapped,
-        *_mode_notes(model, options),
+        *_mode_notes(model, options, named),
         *graph.notes,
         *counts.notes,
         *_fallback_notes(records),
         *_channels_reaching_nothing_notes(records),
         *_intermediate_outputs_notes(graph),
-        *_tied_notes(model, records),
-        *_frozen_notes(model, records),
+        *_tied_notes(model, records, named),
+        *_frozen_notes(model, records, named),
         *_leaves_not_called_notes(options, records),
         *_classes_matching_nothing_notes(model, options),
     ]
@@ -277,12 +279,14 @@ def _listed(names: Sequence[str], sep: str) -> str:
     return sep.join(names[:5]) + (f" (+{len(names) - 5})" if len(names) > 5 else "")
 
 
-def _tied_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[str]:
+def _tied_notes(
+    model: nn.Module, records: Mapping[str, LayerRecord], named: Sequence[tuple[str, nn.Module]]
+) -> list[str]:
     """A note naming the layer modules that hold one parameter between them (weights tied
     by assignment, ``lm_head.weight = embed.weight``): each module is a record of its own
     (``docs/semantics.md`` §2), and the shared parameter is updated by the gradient of
-    each — the paths of both records together."""
-    modules = dict(model.named_modules())
+    each — the paths of both records together. ``named``: ``model.named_modules()``."""
+    modules = dict(named)
     holders: dict[int, list[str]] = {}
     kept = []  # alive while ids are compared: a parameter made anew at each access is freed
     for name in records:
@@ -371,16 +375,19 @@ EVAL_MODEL_NOTE = (
 )
 
 
-def _mode_notes(model: nn.Module, options: AnalysisOptions) -> list[str]:
+def _mode_notes(
+    model: nn.Module, options: AnalysisOptions, named: Sequence[tuple[str, nn.Module]]
+) -> list[str]:
     """:data:`EVAL_MODEL_NOTE` where ``model`` is in eval mode and the analysis in train
     mode: ``model.eval()`` before ``gpa.analyze(model, …)`` does not choose the mode; where
     the model is in train mode and some of its modules in eval mode (a frozen backbone)
-    that its ``train()`` switches to train mode, a note naming the outermost of them."""
+    that its ``train()`` switches to train mode, a note naming the outermost of them.
+    ``named``: ``model.named_modules()``."""
     if not options.train:
         return []
     if not model.training:
         return [EVAL_MODEL_NOTE]
-    if all(m.training for m in model.modules()):  # (most models: nothing to switch)
+    if all(m.training for _, m in named):  # (most models: nothing to switch)
         return []
     # (switched as the frontends switch it: by the model's own ``train``, which may keep
     # a frozen part in eval mode, as mmdetection's norm_eval does)
@@ -403,11 +410,14 @@ def _mode_notes(model: nn.Module, options: AnalysisOptions) -> list[str]:
     ]
 
 
-def _frozen_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[str]:
+def _frozen_notes(
+    model: nn.Module, records: Mapping[str, LayerRecord], named: Sequence[tuple[str, nn.Module]]
+) -> list[str]:
     """A note naming the layers whose parameters are all frozen (``requires_grad=False``:
     a backbone frozen for fine-tuning, an EMA copy): their paths are those of any layer
-    (``docs/semantics.md`` §3), though a real backward leaves their weights untouched."""
-    if all(p.requires_grad for p in model.parameters()):  # (the usual case: one walk)
+    (``docs/semantics.md`` §3), though a real backward leaves their weights untouched.
+    ``named``: ``model.named_modules()``."""
+    if all(p.requires_grad for p in _parameters(model, named)):  # (the usual case)
         return []
     frozen = []
     for name in records:
@@ -435,6 +445,20 @@ def _frozen_notes(model: nn.Module, records: Mapping[str, LayerRecord]) -> list[
         "leaves their weights without gradient (and a re-entrant checkpoint given only "
         "what they compute passes none on in training, docs/semantics.md §1.7)"
     ]
+
+
+def _parameters(model: nn.Module, named: Sequence[tuple[str, nn.Module]]) -> Iterable[Any]:
+    """``model.parameters()`` (a parameter held twice may come twice), read off the
+    registries of ``named`` (``model.named_modules()``, walked already) where the model's
+    class walks its parameters as torch does."""
+    cls = type(model)
+    if any(getattr(cls, m) is not getattr(nn.Module, m) for m in _NAMING_PARAMETERS):
+        return model.parameters()
+    return (p for _, m in named for p in m._parameters.values() if p is not None)
+
+
+# the methods through which ``model.parameters()`` walks the parameters
+_NAMING_PARAMETERS = ("parameters", "named_parameters", "_named_members")
 
 
 def _no_gradient(name: str, options: AnalysisOptions) -> str:

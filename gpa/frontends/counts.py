@@ -35,7 +35,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Hashable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,14 +108,18 @@ def format_flops(n: int) -> str:
 
 
 def count_params(
-    model: nn.Module, convention: str = "torch", first: Collection[str] = ()
+    model: nn.Module,
+    convention: str = "torch",
+    first: Collection[str] = (),
+    named: Iterable[tuple[str, nn.Module]] | None = None,
 ) -> dict[str, int]:
     """Parameters per module name under ``convention`` (no forward pass needed).
 
     A parameter shared by several modules is counted once, for the first owner in module
     order — among the modules named in ``first`` (a report's layer records) where one
     holds it: T5's ``shared`` embedding, never called, holds the weight its stacks'
-    ``embed_tokens`` compute with.
+    ``embed_tokens`` compute with. ``named``: ``model.named_modules()``, when the caller
+    walked them already.
 
     Example:
         >>> count_params(nn.Linear(4, 2)), count_params(nn.Linear(4, 2), "darknet")
@@ -124,7 +128,8 @@ def count_params(
     convention = CountConvention.parse(convention, "count convention")
     out: dict[str, int] = {}
     seen: set[int] = set()
-    modules = sorted(model.named_modules(), key=lambda item: item[0] not in first)
+    walked = model.named_modules() if named is None else named
+    modules = sorted(walked, key=lambda item: item[0] not in first)
     for name, module in modules:
         if convention is CountConvention.DARKNET:
             layer = issubclass(module_class(module), WEIGHT_LAYERS)
@@ -333,14 +338,18 @@ class LayerCounts:
 
 
 def layer_counts(
-    model: nn.Module, graph: GradientGraph, convention: CountConvention | str = "torch"
+    model: nn.Module,
+    graph: GradientGraph,
+    convention: CountConvention | str = "torch",
+    named: Iterable[tuple[str, nn.Module]] | None = None,
 ) -> LayerCounts:
     """Parameters (under ``convention``) and FLOPs of every layer record of ``graph``.
 
     FLOPs come from the shapes the frontend propagated through ``graph``, over all calls
     of a layer, for conv, transposed conv, linear and bilinear modules; other layer types
     have ``flops`` None, with a note. No forward pass is added. Without example inputs
-    every ``flops`` is None and a note says so.
+    every ``flops`` is None and a note says so. ``named``: ``model.named_modules()``, when
+    the caller walked them already.
 
     Example:
         >>> import gpa
@@ -353,7 +362,7 @@ def layer_counts(
         [*(c.record for c in graph.calls.values()), *(n for n, _ in graph.uncalled)]
     )
     types = {c.record: c.type for c in graph.calls.values()}
-    params = _subtree_sums(count_params(model, convention, first=records))
+    params = _subtree_sums(count_params(model, convention, first=records, named=named))
     modules = _layer_modules(model, records)
     flops = {
         r: None if None in fs else sum(fs)  # type: ignore[arg-type]
