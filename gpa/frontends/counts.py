@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from gpa.core.graph import GradientGraph
-from gpa.frontends.modules import module_class
+from gpa.frontends.modules import module_class, submodule_lookup
 from gpa.frontends.wrappers import unwrap_wrappers
 from gpa.options import AnalysisOptions, CountConvention
 
@@ -305,11 +305,12 @@ def _subtree_sums(per_module: Mapping[str, int]) -> dict[str, int]:
 
 def _layer_modules(model: nn.Module, records: Any) -> dict[str, nn.Module | None]:
     """Record name -> the module it stands for (None for a functional layer on a root parameter)."""
-    named = dict(model.named_modules(remove_duplicate=False))
+    submodule = submodule_lookup(model)
     out: dict[str, nn.Module | None] = {}
     for record in records:
-        if record in named:
-            out[record] = named[record]
+        found = submodule(record)
+        if found is not None:
+            out[record] = found
         else:  # the model analysed as one call (named after its class), or a root parameter
             out[record] = model if record == type(model).__name__ else None
     return out

@@ -27,7 +27,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -184,6 +184,45 @@ def display_name(model: nn.Module) -> str:
     if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), str):
         return cfg["architecture"]
     return type(model).__name__
+
+
+def submodule_lookup(root: nn.Module) -> Callable[[str], nn.Module | None]:
+    """``dict(root.named_modules(remove_duplicate=False)).get``: the module at a qualified
+    name (``""``: ``root``), or None. Found along the name through each module's registry
+    of children, which is what that walk reads — without walking the whole tree for a few
+    names (a walk per pass); by the walk itself, made once, where a module on the way
+    names its modules otherwise (its class has a ``named_modules`` of its own, or a
+    registry that is no dict).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU()))
+        >>> find = submodule_lookup(net)
+        >>> find("1.0") is net[1][0], find("2"), find("") is net
+        (True, None, True)
+    """
+    walked: dict[str, nn.Module] = {}
+
+    def lookup(name: str) -> nn.Module | None:
+        if walked:
+            return walked.get(name)
+        module = root
+        for atom in name.split(".") if name else ():
+            children = module._modules
+            if type(children) is not dict or type(module).named_modules is not _NAMED_MODULES:
+                break
+            module = children.get(atom)
+            if module is None:
+                return None
+        else:
+            if type(module).named_modules is _NAMED_MODULES:
+                return module
+        walked.update(root.named_modules(remove_duplicate=False))
+        return walked.get(name)
+
+    return lookup
+
+
+_NAMED_MODULES = nn.Module.named_modules
 
 
 def is_layer_module(module: nn.Module, layer_types: tuple[type, ...]) -> bool:

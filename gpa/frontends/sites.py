@@ -37,13 +37,14 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from types import CodeType
 
 from torch import nn
 
 from gpa.core.graph import LayerCall
 from gpa.frontends.frames import Site
+from gpa.frontends.modules import submodule_lookup
 
 __all__ = ["past_wrappers"]
 
@@ -72,7 +73,7 @@ def past_wrappers(
     """
     records = [c.record for c in calls.values()] + [name for name, _ in uncalled]
     holds = collections.Counter(prefix for r in dict.fromkeys(records) for prefix in _chain(r))
-    modules = dict(model.named_modules(remove_duplicate=False))
+    modules = submodule_lookup(model)
     times = collections.Counter(c.record for c in calls.values())
     seen: collections.Counter[str] = collections.Counter()
     placed: dict[Hashable, LayerCall] = {}
@@ -81,7 +82,7 @@ def past_wrappers(
         seen[call.record] += 1
         site = call.site
         for name in _chain(call.record):
-            module = modules.get(name)
+            module = modules(name)
             if site is None or holds[name] != 1 or module is None:
                 break
             if not _inside(site, module):
@@ -105,12 +106,14 @@ def _chain(name: str) -> list[str]:
     return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 
-def _in_holders_code(site: Site | None, name: str, modules: Mapping[str, nn.Module]) -> bool:
+def _in_holders_code(
+    site: Site | None, name: str, modules: Callable[[str], nn.Module | None]
+) -> bool:
     """Whether ``site`` is a line of a method of one of the classes of the modules holding
     module ``name`` (the model itself too): where the model's code calls it."""
     if site is None:
         return False
-    holders = [modules.get(n) for n in _chain(name)[1:]] + [modules.get("")]
+    holders = [modules(n) for n in _chain(name)[1:]] + [modules("")]
     return any(
         site[0] == file and first <= site[1] <= last
         for holder in holders

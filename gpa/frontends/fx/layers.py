@@ -35,6 +35,7 @@ from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     functional_owners,
     is_layer_module,
+    submodule_lookup,
     type_name,
     unused_layer_modules,
     with_tied,
@@ -290,10 +291,10 @@ def find_layers(
     """
     types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     calls: dict[fx.Node, LayerCall] = {}
-    modules = dict(gm.named_modules(remove_duplicate=False))  # a tied module by each name
+    submodule = submodule_lookup(gm)  # a tied module by each name
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            module = modules[node.target]
+            module = submodule(node.target)
             if is_layer_module(module, types):
                 calls[node] = LayerCall(node.target, type_name(module), call_site(node))
     # a functional layer's output is data too: read again with the layers found, until

@@ -29,6 +29,7 @@ from torch import nn
 
 from gpa.errors import TraceError
 from gpa.frontends.fx.modes import grad_modes
+from gpa.frontends.modules import submodule_lookup
 
 __all__ = [
     "AUGMENTED",
@@ -214,14 +215,10 @@ def follow_mutations(graph: fx.Graph, root: nn.Module) -> None:
     is read afterwards cannot be followed this way and is refused.
     """
     order = {n: i for i, n in enumerate(graph.nodes)}
-    modules = (  # get_submodule walks per level; a function's graph calls no module
-        dict(root.named_modules(remove_duplicate=False))
-        if any(n.op == "call_module" for n in graph.nodes)
-        else {}
-    )
+    submodule = submodule_lookup(root)
     modes = grad_modes(graph)
     for node in list(graph.nodes):
-        target = _mutated(node, modules.get)
+        target = _mutated(node, submodule)
         if target is not None:
             follow_write(node, target, order, modes[node])
 
