@@ -54,7 +54,8 @@ def hooked_calls_message(
     compute (``out + self.side(x)``) into the call; the autograd frontend reads them apart.
     Hooks on the modules both trace into (a block, a Hugging Face layer's output capture)
     are code like any other, and on torch.nn's other modules (an activation) they run in
-    the call, whose shape they may change. ``named``: ``model.named_modules()``, when the caller walked them already."""
+    the call, whose shape they may change. ``named``: ``model.named_modules()``, when the
+    caller walked them already."""
     leaf_types, leaf_names = split_leaves(leaves)
     every = global_hooks_of_users()
     # (modules fx and export trace into run their hooks there, as any other code)

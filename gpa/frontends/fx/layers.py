@@ -529,7 +529,8 @@ def uncalled_layers(
 
     Modules inside a called leaf module or inside another layer module (e.g. the
     output projection of ``nn.MultiheadAttention``) are part of that call, not
-    separate layers; see :func:`used_modules` for what uses a module. ``named``: ``model.named_modules()``, when the caller walked them already.
+    separate layers; see :func:`used_modules` for what uses a module. ``named``:
+    ``model.named_modules()``, when the caller walked them already.
     """
     called = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     used = used_modules(gm, calls, model)
