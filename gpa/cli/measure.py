@@ -35,9 +35,9 @@ __all__ = ["command"]
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=32,
-    show_default=True,
-    help="Items per synthetic batch (dim 0 of every input).",
+    default=None,
+    help="Items per synthetic batch (dim 0 of every input)  [default: 32; the target "
+    "file's example_batches keep their own]",
 )
 @click.option(
     "--device",
@@ -62,7 +62,7 @@ def command(
     kwargs: dict[str, Any],
     quiet: bool,
     steps: int,
-    batch_size: int,
+    batch_size: int | None,
     device: str | None,
     seed: int,
     config_path: Path | None,

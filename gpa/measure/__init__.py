@@ -121,6 +121,8 @@ def _as_args(batch: Any, model: nn.Module) -> tuple[Any, ...]:
     return tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
 
 
+_SYNTHETIC_BATCH = 32  # items per synthetic batch unless batch_size= says
+
 _SPLIT_HOW = (
     "say which of a batch forward takes with forward_inputs= (a TARGET file's "
     "forward_inputs(batch)): lambda batch: batch[0] for (inputs, targets) batches; the loss "
@@ -261,7 +263,7 @@ def measure(
     loss: LossFn | None = None,
     forward_inputs: Callable[[Any], Any] | None = None,
     steps: int = 8,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     seed: int = 0,
     channels: bool = False,
@@ -288,7 +290,8 @@ def measure(
             ``lambda batch: batch[0]`` for ``(inputs, targets)`` batches; ``loss`` still
             gets the whole batch. Default: the whole batch.
         steps: number of forward/backward steps (>= 1).
-        batch_size: items per synthetic batch (>= 2 for CKA to be defined).
+        batch_size: items per synthetic batch (>= 2 for CKA to be defined); default 32.
+            Given ``batches`` keep their own (a note says so when it is given too).
         device: ``"cpu"``, ``"cuda"``, ``"mps"`` …; default: where the model is.
         seed: seeds the directions of the virtual loss, the synthetic inputs (``seed + 1``)
             and the global RNG during the steps (dropout); the global state is restored.
@@ -346,6 +349,11 @@ def measure(
     notes = list(report.notes)
     if batches is not None and forward_inputs is None:
         notes += filter(None, [_positional_note(model, first)])
+    if batches is not None and batch_size is not None:
+        notes.append(
+            f"batch_size {batch_size} (--batch-size) sizes synthetic batches: the given "
+            "batches keep their own"
+        )
     for layer in report.layers:
         try:
             modules[layer] = model.get_submodule(layer)
@@ -386,7 +394,7 @@ def measure(
                 examples,
                 model,
                 steps=steps,
-                batch_size=batch_size,
+                batch_size=_SYNTHETIC_BATCH if batch_size is None else batch_size,
                 seed=seed + INPUT_SEED_OFFSET,
                 device=run_device,
             )

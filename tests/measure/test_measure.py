@@ -551,6 +551,19 @@ def test_the_users_code_raising_in_a_step_says_where() -> None:
     assert "--batch-size" not in str(e.value)
 
 
+def test_a_batch_size_given_beside_batches_is_noted() -> None:
+    """A new user's --batch-size 64 beside the file's batches was ignored without a word:
+    the batches keep their size (5), and a note says so; none without batch_size."""
+    net, batches = nn.Linear(2, 1), [torch.zeros(5, 2)] * 2
+    noted = measure(net, batches=batches, steps=2, batch_size=64)
+    assert noted.batch_size == 5
+    assert "batch_size 64 (--batch-size) sizes synthetic batches: the given batches keep" in (
+        " ".join(noted.notes)
+    )
+    assert not any("sizes synthetic" in n for n in measure(net, batches=batches).notes)
+    assert measure(net, torch.zeros(1, 2), steps=1).batch_size == 32  # synthetic: 32
+
+
 def test_tuple_batches_bound_by_position_are_noted() -> None:
     """Each item of a tuple batch is forward's argument by position, which a new user did
     not expect of a (ids, mask, labels) batch for BERT: a note says the binding; none when
