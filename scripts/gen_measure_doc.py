@@ -61,6 +61,8 @@ directions into the outputs), channel segments on.
 - **combinations**: distinct gradient combinations among the channel segments
   (structural, §8); **combos / layer**: per weight layer.
 - **mean CKA**: mean over all layer pairs; **median**, **p90**: of the same values;
+  **chance**: the median CKA of the same pairs with one side's samples shuffled — what
+  unrelated gradients reach over these {STEPS * BATCH} samples, the level to read the others against;
   **mean most-similar**: mean over layers of the CKA with the most similar other layer.
 - **rank corr.**: Spearman correlation over layer pairs between "shares its gradient
   combination" (structural) and CKA (measured); — when no two layers share one.
@@ -75,8 +77,8 @@ def rows() -> list[str]:
     """One Markdown table row per entry."""
     out = [
         "| entry | knobs | layers | combinations | combos / layer | mean CKA | median | p90 "
-        "| mean most-similar | rank corr. |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| chance | mean most-similar | rank corr. |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, knobs in ENTRIES:
         torch.manual_seed(SEED)
@@ -101,6 +103,7 @@ def rows() -> list[str]:
             f(d["mean"]),
             f(d["median"]),
             f(d["p90"]),
+            f(d["chance"]),
             f(net["mean_most_similar"]),
             f(net["rank_correlation"]),
         )

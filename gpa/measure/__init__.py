@@ -40,7 +40,7 @@ from gpa.frontends.inputs import bind_inputs, check_input_count, forward_paramet
 from gpa.frontends.raised import model_raised
 from gpa.frontends.state import eager_compiled_modules
 from gpa.frontends.wrappers import unwrap_wrappers, wrappers_unwrapped
-from gpa.measure.cka import cka_matrix, spearman
+from gpa.measure.cka import chance_cka, cka_matrix, spearman
 from gpa.measure.hooks import GradientRecorder, StepGradients
 from gpa.measure.inputs import synthetic_batches
 from gpa.measure.measurement import (
@@ -48,6 +48,7 @@ from gpa.measure.measurement import (
     Measurement,
     SegmentMeasurement,
     combination_key,
+    duplication_summary,
 )
 
 __all__ = ["Measurement", "measure", "measure_target", "virtual_loss"]
@@ -701,6 +702,22 @@ def _summarise(
             "(over 2, any two layers' CKA is 1): measure more steps or a larger batch"
         )
     small = cka_matrix([stacked[n] for n in usable])
+    chance = chance_cka([stacked[n] for n in usable], seed=meta["seed"])
+    median = duplication_summary(small)["median"]
+    if (
+        samples >= _FEW_SAMPLES
+        and chance is not None
+        and median
+        and chance >= _CHANCE_SHARE * median
+    ):
+        width = max(stacked[n].shape[1] for n in usable)
+        notes.append(
+            f"CKA of two layers with one side's samples shuffled (unrelated gradients) is "
+            f"already {chance:.3g} here, against a median CKA of {median:.3g} (medians over "
+            f"the pairs): {samples} samples are few for up to {width} channels, and linear "
+            "CKA leans toward 1 then; read the CKA figures against that level, or measure "
+            "more steps or a larger batch"
+        )
     sim = np.full((len(names), len(names)), np.nan)
     idx = [names.index(n) for n in usable]
     sim[np.ix_(idx, idx)] = small
@@ -748,12 +765,17 @@ def _summarise(
         report=report,
         rank_correlation=_rank_correlation(report, names, sim),
         notes=notes,
+        cka_chance=chance,
         **meta,
     )
 
 
 # Samples below which linear CKA tells no layers apart (see _summarise).
 _FEW_SAMPLES = 3
+
+# The share of the median CKA from which the chance CKA is noted (see _summarise): half
+# the similarity measured is reached by unrelated gradients too.
+_CHANCE_SHARE = 0.5
 
 
 def _samples(stacked: Mapping[str, np.ndarray], items: int) -> tuple[int, bool]:

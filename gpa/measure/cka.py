@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["centred_gram", "cka_matrix", "linear_cka", "spearman"]
+__all__ = ["centred_gram", "chance_cka", "cka_matrix", "linear_cka", "spearman"]
 
 
 def centred_gram(x: np.ndarray) -> np.ndarray:
@@ -57,15 +57,56 @@ def cka_matrix(features: Sequence[np.ndarray]) -> np.ndarray:
         return np.zeros((0, 0))
     grams = np.stack([centred_gram(f).ravel() for f in features])  # (k, n²)
     inner = grams @ grams.T
-    norms = np.sqrt(np.diag(inner))
+    out = _aligned(inner, np.sqrt(np.diag(inner)))
+    diagonal = np.diag(out).copy()  # a layer with itself: 1 by definition, not by rounding
+    np.fill_diagonal(out, np.where(np.isfinite(diagonal), 1.0, np.nan))
+    return out
+
+
+def chance_cka(features: Sequence[np.ndarray], seed: int = 0, rounds: int = 4) -> float | None:
+    """The CKA that unrelated features reach over these samples: the median over pairs
+    ``i < j`` of the linear CKA of ``features[i]`` and ``features[j]`` with its samples
+    (rows) shuffled, averaged over ``rounds`` shuffles drawn from ``seed``.
+
+    Shuffling one side keeps each side's own spread and breaks only what ties sample ``s``
+    of one to sample ``s`` of the other: a permutation baseline. With few samples for the
+    features (n ≲ p) linear CKA is biased toward 1 — ``HKH`` of n samples spans at most
+    n − 1 directions — so CKA near this level tells nothing about the pair. None without a
+    pair whose CKA is defined.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> few = [rng.normal(size=(4, 64)) for _ in range(3)]
+        >>> many = [rng.normal(size=(400, 64)) for _ in range(3)]
+        >>> chance_cka(few) > 0.8, chance_cka(many) < 0.3
+        (True, True)
+    """
+    k = len(features)
+    if k < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    centred = np.stack([centred_gram(f) for f in features])  # (k, n, n)
+    n = centred.shape[1]
+    grams = centred.reshape(k, -1)
+    norms = np.sqrt(np.einsum("ij,ij->i", grams, grams))  # (a shuffle keeps them)
+    total = np.zeros((k, k))
+    for _ in range(rounds):
+        order = rng.permutation(n)  # (centring commutes with reordering the samples)
+        total += _aligned(grams @ centred[:, order][:, :, order].reshape(k, -1).T, norms)
+    shuffled = total / rounds
+    values = ((shuffled + shuffled.T) / 2)[np.triu_indices(k, 1)]
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else None
+
+
+def _aligned(inner: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """``inner[i, j] / (norms[i] norms[j])``: the inner products (k, k) of centred Gram
+    matrices over their Frobenius norms (k,), clipped to [0, 1]; NaN where a norm is 0."""
     scale = np.outer(norms, norms)
     tiny = norms.max() ** 2 * 1e-24 if norms.size else 0.0
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(scale > tiny, inner / np.where(scale > 0, scale, 1.0), np.nan)
-    out = np.clip(out, 0.0, 1.0)
-    diagonal = np.diag(out).copy()  # a layer with itself: 1 by definition, not by rounding
-    np.fill_diagonal(out, np.where(np.isfinite(diagonal), 1.0, np.nan))
-    return out
+    return np.clip(out, 0.0, 1.0)
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

@@ -156,6 +156,9 @@ class Measurement:
         loss: ``"virtual"`` (the random-direction loss) or ``"user"``.
         rank_correlation: Spearman's correlation, over layer pairs, between "shares its
             gradient combination" (1/0) and their CKA; None when undefined.
+        cka_chance: the CKA unrelated gradients reach over these samples (median over
+            layer pairs with one side's samples shuffled, :func:`~gpa.measure.cka.chance_cka`);
+            None without a pair.
         notes: remarks on how the measurement was done.
     """
 
@@ -170,6 +173,7 @@ class Measurement:
     loss: str = "virtual"
     rank_correlation: float | None = None
     notes: list[str] = field(default_factory=list)
+    cka_chance: float | None = None
 
     def cka(self, a: str, b: str) -> float | None:
         """Linear CKA between the gradients received by layers ``a`` and ``b`` (None when
@@ -187,8 +191,9 @@ class Measurement:
 
     @property
     def duplication(self) -> dict[str, Any]:
-        """The network's duplication: mean and distribution of CKA over layer pairs."""
-        return duplication_summary(self.similarity)
+        """The network's duplication: mean and distribution of CKA over layer pairs, and
+        ``chance``: the CKA of unrelated gradients over the same samples."""
+        return {**duplication_summary(self.similarity), "chance": _num(self.cka_chance)}
 
     @property
     def gradient_combinations(self) -> int | None:

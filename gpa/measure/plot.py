@@ -63,7 +63,8 @@ def gradnorm(m: Any) -> Figure:
 
 def duplication(m: Any) -> Figure:
     """Heat map of the linear CKA between layers' received gradients, in forward order
-    (grey: undefined)."""
+    (grey: undefined), the chance level (``duplication["chance"]``) marked on the colour
+    bar."""
     names = list(m.layers)
     n = len(names)
     size = max(4.0, min(0.22 * n + 2.5, 14.0))
@@ -75,7 +76,13 @@ def duplication(m: Any) -> Figure:
     image.set_gid("heatmap")
     ax.set_xticks(range(n), names, rotation=90, fontsize=_font(n))
     ax.set_yticks(range(n), names, fontsize=_font(n))
-    mean = m.duplication["mean"]
-    ax.set_title(f"{m.model}: CKA of received gradients (mean {mean})", fontsize=10)
-    fig.colorbar(image, ax=ax, label="linear CKA")
+    figures = m.duplication
+    ax.set_title(
+        f"{m.model}: CKA of received gradients (mean {figures['mean']}, chance "
+        f"{figures['chance']})",
+        fontsize=10,
+    )
+    bar = fig.colorbar(image, ax=ax, label="linear CKA")
+    if figures["chance"] is not None:  # what unrelated gradients reach (semantics §11)
+        bar.ax.axhline(figures["chance"], color="white", linewidth=1.5, gid="chance")
     return fig

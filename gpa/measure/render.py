@@ -70,6 +70,8 @@ def _cell(value: Any) -> str:
 
 
 def _summary(m: Any) -> list[str]:
+    """The summary above the table, each line within 80 characters for a model name that
+    fits (how it was measured apart from the model's name: a long name wraps alone)."""
     net = m.network_dict()
     d = net["duplication"]
     steps = f"{m.steps} step{'' if m.steps == 1 else 's'}"
@@ -79,13 +81,15 @@ def _summary(m: Any) -> list[str]:
     if options is not None:
         how += ", train mode" if options.get("train", True) else ", eval mode"
     return [
-        f"model: {m.model} ({how})",
+        f"model: {m.model}",
+        f"measured: {how}",
         f"layers: {net['layers']}, frozen: {len(net['frozen'])}, "
         f"gradient combinations: {_cell(net['gradient_combinations'])}",
-        f"duplication (CKA over {d['pairs']} layer pairs): mean {_cell(d['mean'])}, "
+        f"duplication (CKA, {d['pairs']} pairs): mean {_cell(d['mean'])}, "
         f"median {_cell(d['median'])}, p90 {_cell(d['p90'])}, max {_cell(d['max'])}",
-        f"mean most-similar CKA: {_cell(net['mean_most_similar'])}; rank correlation "
-        f"(shared combination vs CKA): {_cell(net['rank_correlation'])}",
+        f"CKA by chance (samples shuffled): {_cell(d['chance'])}; mean most-similar CKA: "
+        f"{_cell(net['mean_most_similar'])}",
+        f"rank correlation (shared combination vs CKA): {_cell(net['rank_correlation'])}",
     ]
 
 

@@ -802,6 +802,61 @@ def test_too_few_samples_for_cka_are_said() -> None:
     assert not any("too few" in n for n in enough.notes)
 
 
+def test_chance_cka_of_two_samples_is_one() -> None:
+    """By hand: two centred samples are x and -x, so a Gram matrix is c·[[1, -1], [-1, 1]]
+    and swapping the samples leaves it as it is: shuffled or not, CKA is 1."""
+    from gpa.measure.cka import chance_cka
+
+    rng = np.random.default_rng(1)
+    assert chance_cka([rng.normal(size=(2, 5)) for _ in range(3)]) == pytest.approx(1.0)
+    assert chance_cka([rng.normal(size=(2, 5))]) is None  # (no pair)
+
+
+@pytest.mark.parametrize(("samples", "channels"), [(6, 64), (12, 16), (64, 256), (200, 8)])
+def test_chance_cka_is_what_unrelated_features_reach(samples: int, channels: int) -> None:
+    """The shuffled-samples baseline against an independent computation: the mean linear
+    CKA of pairs of features drawn independently (unrelated by construction), which leans
+    toward 1 when channels outnumber samples (0.9 at 6 × 64) and not otherwise (~0.04 at
+    200 × 8). Related features (one a rotation of the other: CKA 1) keep the same chance."""
+    from gpa.measure.cka import chance_cka
+
+    rng = np.random.default_rng(0)
+    drawn = [linear_cka(*rng.normal(size=(2, samples, channels))) for _ in range(200)]
+    layers = [rng.normal(size=(samples, channels)) for _ in range(12)]
+    assert chance_cka(layers) == pytest.approx(float(np.mean(drawn)), abs=0.05)
+    x = layers[0]
+    turned = x @ np.linalg.qr(rng.normal(size=(channels, channels)))[0]
+    assert linear_cka(x, turned) == pytest.approx(1.0)
+    alone = chance_cka([x, turned], seed=3, rounds=64)
+    assert alone == pytest.approx(float(np.mean(drawn)), abs=0.1)
+
+
+def test_cka_near_its_chance_level_is_said() -> None:
+    """Found by a new user: over 3 to 6 samples every pair's CKA was near 1 on a YOLO model
+    and nothing said why. 64 channels over 4 samples: unrelated isotropic features already
+    reach about 0.95 (the independent draws above); these gradients span fewer directions,
+    yet shuffled they still reach over half the median CKA, so a note says the figures sit
+    near chance. Over 8 × 32 samples for at most 8 channels unrelated ones reach little
+    (under 0.2, as the draws at 200 × 8) and no note comes. Every summary line fits 80
+    columns."""
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64), nn.Linear(64, 2))
+    few = measure(wide, torch.zeros(1, 4), steps=1, batch_size=4)
+    chance = few.duplication["chance"]
+    assert 0.5 < chance < 1 and chance >= few.duplication["median"] / 2
+    (note,) = [n for n in few.notes if "shuffled" in n]
+    assert note.startswith("CKA of two layers with one side's samples shuffled (unrelated")
+    assert "4 samples are few for up to 64 channels" in note
+    assert few.to_dict()["network"]["duplication"]["chance"] == chance
+    summary = str(few).splitlines()[:6]
+    assert f"CKA by chance (samples shuffled): {chance:.3g}" in summary[4]
+    assert all(len(line) <= 80 for line in summary)
+    narrow = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2))
+    many = measure(narrow, torch.zeros(1, 4), steps=8, batch_size=32)
+    assert many.duplication["chance"] < 0.2
+    assert not any("shuffled" in n for n in many.notes)
+
+
 def test_a_step_the_model_cannot_take_is_the_models_error() -> None:
     """Found by a new user: the structural analysis (meta device: dtypes unchecked) passes
     a half-precision layer float32 inputs, and the real step raised inside gpa ("internal
