@@ -569,6 +569,17 @@ def test_baseline_file_is_stable_sorted_json(tmp_path: Path) -> None:
     }
 
 
+def test_a_baseline_is_written_beside_a_failing_rule(tmp_path: Path) -> None:
+    """The rules given run beside --write-baseline: the baseline records the numbers
+    (written), the failing rule fails the command (exit 1), as docs/ci.md says. By hand:
+    the chain of depth 2 has max_shortest 2 > 1."""
+    path = tmp_path / "base.json"
+    result = run(CHAIN, "-k", "depth=2", "--max-shortest", "1", "--write-baseline", str(path))
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout and "max-shortest" in result.stdout
+    assert json.loads(path.read_text())["models"][CHAIN]["network"]["max_shortest"] == 2
+
+
 def baseline_of(tmp_path: Path, *knobs: str) -> Path:
     path = tmp_path / "base.json"
     args = [a for k in knobs for a in ("-k", k)]
