@@ -36,7 +36,7 @@ from gpa.frontends.fx.branches import (
     unchecked_channels_message,
 )
 from gpa.frontends.fx.checkpoints import unfed_checkpoints
-from gpa.frontends.fx.flow import RETURNED_INPUTS, flow_from_names
+from gpa.frontends.fx.flow import RETURNED_INPUTS
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.inline import InliningFlow, inline_calls
 from gpa.frontends.fx.layers import (
@@ -47,6 +47,7 @@ from gpa.frontends.fx.layers import (
     uncalled_layers,
     wrapped_calls,
 )
+from gpa.frontends.fx.named_flow import flow_from_names
 from gpa.frontends.fx.norm_act import norm_act_kinds
 from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import MODULE_SITES, TESTED, single_call, trace

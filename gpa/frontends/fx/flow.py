@@ -12,8 +12,8 @@ given example inputs, what the node's value looks like.
   ``no_grad`` blocks, integer values and shape-only arguments (``expand_as``'s
   argument, ``zeros_like``…) are thus decided by autograd itself, not by a list of
   names.
-* :func:`flow_from_names` (no inputs) decides the same from a fixed table of
-  operations; it is exact for the common ones and the report says so.
+* :func:`~gpa.frontends.fx.named_flow.flow_from_names` (no inputs) decides the same from
+  a fixed table of operations; it is exact for the common ones and the report says so.
 
 Example:
     >>> import torch, torch.nn as nn
@@ -28,40 +28,48 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import itertools
-import operator
-import re
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.utils._pytree import tree_any, tree_flatten, tree_map
 
 from gpa.errors import ShapeError, TraceError
 from gpa.frontends.functions import called_function
+from gpa.frontends.fx.failures import (
+    asks_the_device,
+    device_check_failure,
+    meta_failure,
+    shape_failure,
+    without_meta_kernel,
+)
 from gpa.frontends.fx.lookalike import Outcome, signature
-from gpa.frontends.fx.modes import grad_mode
 from gpa.frontends.fx.shape_rules import (
     FUNCTION_RULES,
     MODULE_RULES,
-    normalisation_fits,
-    normalisation_refused,
 )
-from gpa.frontends.fx.tracer import CALL_OF, as_written, call_site
+from gpa.frontends.fx.stand_ins import (
+    NORMS,
+    STAND_INS,
+    hooked,
+    laid_out,
+    passes_as_is,
+    shape_preserving,
+)
+from gpa.frontends.fx.tracer import as_written
 from gpa.frontends.fx.writes import (
     AUGMENTED,
+    detaches,
     follow_write,
     later_read_of_attribute,
     later_reader,
     written_into,
 )
-from gpa.frontends.modules import DEFAULT_LAYER_TYPES, POINTWISE_MODULES
-from gpa.frontends.raised import CHECKS, briefly, input_too_small, model_raised
+from gpa.frontends.modules import DEFAULT_LAYER_TYPES
 from gpa.frontends.wrappers import functional_run
 
 __all__ = [
@@ -73,8 +81,6 @@ __all__ = [
     "Shape",
     "ValueInfo",
     "differentiable",
-    "flow_from_names",
-    "module_of",
 ]
 
 #: The ``node.meta`` key of this pass.
@@ -138,20 +144,6 @@ class NodeFlow:
 
 
 NOT_CONSTANT = _NOTHING
-
-
-def module_of(gm: fx.GraphModule, node: fx.Node) -> tuple[str, nn.Module] | None:
-    """The innermost module whose code produced ``node`` (None at the root)."""
-    if node.op == "call_module":
-        return node.target, gm.get_submodule(node.target)
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return None
-    path = list(stack.values())[-1][0]
-    try:
-        return path, gm.get_submodule(path)
-    except AttributeError:
-        return None
 
 
 # --------------------------------------------------------------------- values
@@ -301,165 +293,6 @@ def _leaf_variables(result: Any) -> Iterator[torch.Tensor]:
             yield variable
             continue
         stack.extend(next_fn for next_fn, _ in fn.next_functions)
-
-
-# Modules whose result has the shape and dtype of their single input and depends
-# differentiably on it. Running them on the meta device costs up to milliseconds each
-# (train-mode batch norm decomposes into dozens of ops); a clone of the input is an
-# exact stand-in for what this pass records: the result's shape, dtype, requires_grad
-# and which input it reaches.
-_SHAPE_PRESERVING = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    nn.Softmax,
-    nn.LogSoftmax,
-    *POINTWISE_MODULES,
-)
-
-
-_NORMS = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-)
-
-
-def _passes_as_is(module: nn.Module | None, x: torch.Tensor) -> bool:
-    """Whether a shape-preserving call (of ``module``; None: a function) may pass ``x``
-    through without running: no hook may change its result, the module's weights fit
-    ``x`` (else the real call runs and reports torch's error), and an elementwise result
-    would be laid out as ``x`` is (``x`` dense; a norm lays its result out anew, see
-    :func:`_laid_out`)."""
-    dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-    if module is None:
-        return dense
-    if _hooked(module):
-        return False
-    return (dense or isinstance(module, _NORMS)) and _fits(module, x)
-
-
-def _laid_out(module: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
-    """``x`` with the strides the call's result has: a norm's result is contiguous, or
-    channels-last for a channels-last input of a per-channel norm (as torch's CPU
-    kernels lay them out; the meta kernels keep the input's strides, unlike them), an
-    elementwise result is laid out as its dense input."""
-    if not isinstance(module, _NORMS) or x.is_contiguous():
-        return x
-    if not isinstance(module, nn.LayerNorm) and x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    return x.detach().contiguous().requires_grad_(x.requires_grad)
-
-
-def _fits(module: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``module``'s weights and settings fit an input shaped like ``x``."""
-    channels = x.shape[1] if x.dim() >= 2 else None
-    if isinstance(module, nn.modules.batchnorm._NormBase):
-        try:
-            module._check_input_dim(x)
-        except (ValueError, AttributeError):
-            return False
-        stats = module.affine or module.track_running_stats
-        return not stats or channels == module.num_features
-    if isinstance(module, nn.LayerNorm):
-        shape = tuple(module.normalized_shape)
-        return tuple(x.shape[x.dim() - len(shape) :]) == shape and x.dim() >= len(shape)
-    if isinstance(module, nn.GroupNorm):
-        return channels == module.num_channels
-    if isinstance(module, nn.LocalResponseNorm):
-        return x.dim() >= 3
-    if isinstance(module, nn.PReLU):
-        return module.num_parameters == 1 or channels == module.num_parameters
-    if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
-        return module.dim is None or -x.dim() <= module.dim < max(x.dim(), 1)
-    return not any(True for _ in module.parameters())  # a parameter-free activation
-
-
-# The same for pointwise functions and methods of one tensor (other arguments
-# are scalars such as a slope or a dropout probability); torchvision's
-# ``stochastic_depth`` (fx records it whole: a meta run of its noise costs ~0.5 ms,
-# in every block of ConvNeXt, EfficientNet and Swin) scales each sample alike.
-_POINTWISE_NAMES = frozenset(
-    "relu relu_ relu6 leaky_relu leaky_relu_ elu elu_ selu celu gelu silu mish sigmoid sigmoid_ "
-    "tanh tanh_ hardswish hardsigmoid hardtanh hardtanh_ softplus dropout dropout1d dropout2d "
-    "dropout3d alpha_dropout stochastic_depth".split()
-)
-
-
-def _normalised(op: Callable[..., Any], per_channel: bool) -> Callable[..., Any]:
-    """A stand-in for the functional normalisation ``op``: a clone of its input that also
-    depends on its affine ``weight`` and ``bias`` — what this pass records of the real
-    result (shape, dtype, which inputs gradient reaches) without running it (train-mode
-    ``F.batch_norm`` decomposes into dozens of meta operations; timm's ``BatchNormAct2d``
-    calls it in every block). Affine parameters of the wrong size and calls torch refuses
-    (:func:`~gpa.frontends.fx.shape_rules.normalisation_refused`) run the real ``op``, so
-    that its error is the one reported. (A plain input is answered before, by the rule of
-    :mod:`.shape_rules`, without running anything; this covers the rest: strided inputs,
-    other dtypes.)"""
-    signature = inspect.signature(op)
-
-    def stand_in(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs).arguments
-        x = bound["input"]
-        affine = [bound.get(k) for k in ("weight", "bias")]
-        affine = [t for t in affine if isinstance(t, torch.Tensor)]
-        fits = normalisation_fits(bound, per_channel)
-        if not (fits and x.is_floating_point()) or normalisation_refused(op, x, bound):
-            return op(*args, **kwargs)
-        result = x.clone()
-        for t in affine:
-            if t.requires_grad:
-                result = result + (t.sum() * 0).to(result.dtype)
-        return result
-
-    return stand_in
-
-
-def _viewed(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """ATen's ``view`` in an exported graph, as a reshape where the meta value's strides do
-    not allow the view: export drops a ``contiguous()`` of a tensor contiguous in its run,
-    and a meta kernel may lay a result out otherwise than the example's device did
-    (``scaled_dot_product_attention`` with a mask, on the CPU: the heads' axis inner), so the
-    view that followed fits the export's strides and not the meta value's. Either gives the
-    same shape and elements, so the same gradient flow."""
-    try:
-        return torch.ops.aten.view.default(x, size)
-    except RuntimeError:
-        return torch.ops.aten.reshape.default(x, size)
-
-
-# Functions replaced by an exact stand-in for this pass (see :func:`_normalised`).
-_STAND_INS: dict[Callable[..., Any], Callable[..., Any]] = {
-    torch.ops.aten.view.default: _viewed,
-    F.batch_norm: _normalised(F.batch_norm, per_channel=True),
-    F.instance_norm: _normalised(F.instance_norm, per_channel=True),
-    F.group_norm: _normalised(F.group_norm, per_channel=True),
-    F.layer_norm: _normalised(F.layer_norm, per_channel=False),
-}
-
-
-def _single_float_tensor(args: tuple, kwargs: dict) -> bool:
-    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
-    return (
-        len(tensors) == 1
-        and bool(args)
-        and args[0] is tensors[0]
-        and tensors[0].is_floating_point()
-    )
-
-
-def _shape_preserving(
-    submodule: Callable[[str], Any], node: fx.Node, args: tuple, kwargs: dict
-) -> bool:
-    if not _single_float_tensor(args, kwargs):
-        return False
-    if node.op == "call_module":
-        return not kwargs and isinstance(submodule(node.target), _SHAPE_PRESERVING)
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    module = "" if node.op == "call_method" else getattr(node.target, "__module__", "") or ""
-    return name in _POINTWISE_NAMES and (node.op == "call_method" or module.startswith("torch"))
 
 
 class GradientFlow(fx.Interpreter):
@@ -648,7 +481,7 @@ class GradientFlow(fx.Interpreter):
         if not op.args or not isinstance(op.args[0], fx.Node):
             return False
         if op.op == "call_module" and isinstance(
-            self.fetch_attr(op.target), (*_NORMS, *DEFAULT_LAYER_TYPES)
+            self.fetch_attr(op.target), (*NORMS, *DEFAULT_LAYER_TYPES)
         ):
             return False
         return isinstance(self.env.get(op.args[0]), torch.Tensor)
@@ -729,7 +562,7 @@ class GradientFlow(fx.Interpreter):
         after the write flows on into what made it, as before (what was written in brings
         none). Any other node's are as worked out."""
         target = written_into(n, self.fetch_attr)
-        if target is None or not isinstance(value, torch.Tensor) or _detaches(n):
+        if target is None or not isinstance(value, torch.Tensor) or detaches(n):
             return value, flows
         if not ValueInfo.of(self.env[target]).requires_grad:
             return value, flows
@@ -804,11 +637,11 @@ class GradientFlow(fx.Interpreter):
             if result is None:
                 fallback = self._without_autograd(n, args, kwargs)
                 if fallback is None:
-                    if _without_meta_kernel(exc):  # torch's limit, not the inputs' fault
-                        raise TraceError(_meta_failure(self.module, n, exc)) from exc
-                    if _asks_the_device(n):  # a check the meta device alone may fail
-                        raise TraceError(_device_check_failure(n, exc)) from exc
-                    raise ShapeError(_shape_failure(self.module, n, self.env, exc)) from exc
+                    if without_meta_kernel(exc):  # torch's limit, not the inputs' fault
+                        raise TraceError(meta_failure(self.module, n, exc)) from exc
+                    if asks_the_device(n):  # a check the meta device alone may fail
+                        raise TraceError(device_check_failure(n, exc)) from exc
+                    raise ShapeError(shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
         for m, before in held.items():
             if _held(fresh[m]) != before:
@@ -893,7 +726,7 @@ class GradientFlow(fx.Interpreter):
             module = self.fetch_attr(n.target)
             rule = MODULE_RULES.get(type(module))
             runner = self.state.runner(module) if rule is not None else None
-            if runner is None or _hooked(module):
+            if runner is None or hooked(module):
                 return None
             apply = functools.partial(rule, runner)
             weighted = any(p is not None and p.requires_grad for p in runner._parameters.values())
@@ -920,7 +753,7 @@ class GradientFlow(fx.Interpreter):
         return result.requires_grad_(bool(carrying) or weighted), carrying
 
     def _passed_through(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]] | None:
-        """A shape-preserving node (:data:`_SHAPE_PRESERVING`, :data:`_POINTWISE_NAMES`)
+        """A shape-preserving node (:mod:`.stand_ins`)
         without running it: its result has its input's shape and dtype, gradient reaches
         the input whenever autograd records anything (the input requires grad and grad
         mode is on), and the result carries gradient if the input or the module's own
@@ -930,12 +763,12 @@ class GradientFlow(fx.Interpreter):
             return None
         args = fx.node.map_arg(n.args, self.env.__getitem__)
         kwargs = fx.node.map_arg(n.kwargs, self.env.__getitem__)
-        if not _shape_preserving(self.fetch_attr, n, args, kwargs):
+        if not shape_preserving(self.fetch_attr, n, args, kwargs):
             return None
         module = self.fetch_attr(n.target) if n.op == "call_module" else None
-        if not _passes_as_is(module, args[0]):
+        if not passes_as_is(module, args[0]):
             return None
-        x = _laid_out(module, args[0])
+        x = laid_out(module, args[0])
         if not torch.is_grad_enabled():
             return (x.detach() if x.requires_grad else x), frozenset()
         if x.requires_grad:
@@ -998,8 +831,8 @@ class GradientFlow(fx.Interpreter):
 
     def _run_op(self, n: fx.Node, args: tuple, kwargs: dict) -> Any:
         args, kwargs = as_written(args), as_written(kwargs)
-        if n.op == "call_function" and n.target in _STAND_INS:
-            return _STAND_INS[n.target](*args, **kwargs)
+        if n.op == "call_function" and n.target in STAND_INS:
+            return STAND_INS[n.target](*args, **kwargs)
         return getattr(self, n.op)(n.target, args, kwargs)
 
     def _without_autograd(
@@ -1057,17 +890,6 @@ def _called(n: fx.Node, fetch_attr: Callable[[str], Any]) -> str:
     if n.op == "call_module":
         return f"module '{n.target}' ({type(fetch_attr(n.target)).__name__})"
     return f"function '{getattr(n.target, '__name__', n.target)}'"
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether a hook may change what calling ``module`` gives (its own or a global one)."""
-    hooks = nn.modules.module
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or hooks._global_forward_hooks
-        or hooks._global_forward_pre_hooks
-    )
 
 
 def _on_meta(value: Any) -> Any:
@@ -1130,152 +952,6 @@ def _mutated_argument(node: fx.Node, args: tuple) -> Any:
     return None
 
 
-def _describe(value: Any) -> str:
-    tensors = [t for t in tree_flatten(value)[0] if isinstance(t, torch.Tensor)]
-    return ", ".join(str(tuple(t.shape)) for t in tensors) or repr(value)
-
-
-def _without_meta_kernel(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is torch saying an operation cannot run on the
-    meta device: no meta kernel (``masked_select``, ``nonzero``, ``unique``: their
-    result's shape depends on the values), a value read out of a meta tensor (``.item()``,
-    ``repeat_interleave`` by a tensor), or a real tensor met there (a module handed to a
-    function). Inputs that do not fit the model say other things."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        said = str(seen).lower()
-        if isinstance(seen, NotImplementedError) and "meta" in said:
-            return True
-        if isinstance(seen, RuntimeError) and ("meta tensor" in said or "device meta" in said):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _in_module(gm: fx.GraphModule, node: fx.Node) -> str:
-    """`` in module 'name' (Type)`` for a node inside a submodule, else empty. The path and
-    type are those the trace recorded: the traced module holds only the submodules it calls,
-    and export's holds plain modules in the model's place."""
-    if node.op == "call_module":
-        return " in module '{}' ({})".format(*_module_called(gm, node))
-    stack = node.meta.get("nn_module_stack")
-    if not stack:
-        return ""
-    path, recorded = list(stack.values())[-1]  # a class (fx) or its qualified name (export)
-    kind = recorded if isinstance(recorded, str) else getattr(recorded, "__name__", "")
-    return f" in module '{path}' ({kind.rpartition('.')[2]})" if path else ""
-
-
-def _module_called(gm: fx.GraphModule, node: fx.Node) -> tuple[str, str]:
-    """The qualified name and class name of the module a ``call_module`` node calls (the
-    model's, where the target is a stand-in for its call: :data:`CALL_OF`)."""
-    return node.meta.get(CALL_OF) or (node.target, type(gm.get_submodule(node.target)).__name__)
-
-
-def _meta_failure(gm: fx.GraphModule, node: fx.Node, exc: BaseException) -> str:
-    what = (
-        "the call of module '{}' ({})".format(*node.meta[CALL_OF])
-        if CALL_OF in node.meta
-        else f"operation '{node.name}'{_in_module(gm, node)}"
-    )
-    return (
-        f"{what} cannot run on the meta device, "
-        "where gpa computes shapes without data\n"
-        f"torch says: {briefly(exc)}\n"
-        "Its result's shape may depend on the values. The autograd tracer runs such a model "
-        "on real inputs (--tracer autograd)."
-    )
-
-
-def _shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception) -> str:
-    if node.op == "call_function" and node.target in CHECKS:
-        return _check_failure(gm, node, env, exc)
-    got = "; ".join(_describe(env[n]) for n in node.all_input_nodes) or "no tensor"
-    found = module_of(gm, node)
-    if node.op == "call_module" and found is not None:
-        weight = getattr(found[1], "weight", None)
-        expects = (
-            f"; its weight has shape {tuple(weight.shape)}"
-            if isinstance(weight, torch.Tensor)
-            else ""
-        )
-        name, kind = _module_called(gm, node)
-        head = (
-            f"input shapes do not fit layer '{name}' ({kind}): "
-            f"it received input of shape {got}{expects}"
-        )
-    else:
-        head = (
-            f"input shapes do not fit operation '{node.name}'{_in_module(gm, node)}: "
-            f"it received inputs of shapes {got}"
-        )
-    too_small = input_too_small(exc)
-    message = f"{head}.\ntorch says: {type(exc).__name__}: {exc}".rstrip()
-    return f"{message}\n{too_small}" if too_small else message
-
-
-def _check_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception) -> str:
-    """The model's own check failing on the inputs (``torch._assert(H == 224, …)``),
-    worded as the model raising it, at the model's line. fx formatted the check's message
-    while it traced, with proxies where numbers were (``Input height (Proxy(getitem_3))``):
-    each shows the value the pass gave its node."""
-    values = {m.name: env[m] for m in env}
-
-    def value(match: re.Match) -> str:
-        held = values.get(match.group(1), _NOTHING)
-        if isinstance(held, (bool, int, float, str, torch.Size)):
-            return str(tuple(held) if isinstance(held, torch.Size) else held)
-        return match.group(0)
-
-    detail = next((line for line in str(exc).splitlines() if line.strip()), "").strip()
-    found = module_of(gm, node)
-    return model_raised(
-        type(gm).__name__,
-        exc,
-        where=found[0] if found else None,
-        site=call_site(node),
-        detail=_PROXY_TEXT.sub(value, detail),
-    )
-
-
-def _asks_the_device(node: fx.Node) -> bool:
-    """Whether ``node`` is one of torch's checks (:data:`CHECKS`) whose condition is
-    computed from where a tensor lives (``y.device.type == "cpu"``, ``not y.is_meta``):
-    the pass's values live on the meta device, so the check may fail there alone."""
-    if node.op != "call_function" or node.target not in CHECKS:
-        return False
-    seen, stack = set(), list(node.all_input_nodes)
-    while stack:
-        m = stack.pop()
-        if m in seen:
-            continue
-        seen.add(m)
-        if (
-            m.op == "call_function" and m.target is getattr and m.args[1] in _DEVICE_ATTRIBUTES
-        ) or (m.op == "call_method" and m.target in _DEVICE_METHODS):
-            return True
-        stack.extend(m.all_input_nodes)
-    return False
-
-
-_DEVICE_ATTRIBUTES = frozenset({"device", "is_meta", "is_cuda", "is_cpu", "is_mps", "is_xpu"})
-_DEVICE_METHODS = frozenset({"get_device", "is_pinned", "data_ptr", "untyped_storage"})
-
-
-def _device_check_failure(node: fx.Node, exc: Exception) -> str:
-    site = call_site(node)
-    where = f" (line {site[1]} of {site[0]})" if site else ""
-    return (
-        f"a check of the model's{where} asks where a tensor lives, and failed on the meta "
-        f"device, where gpa's fx frontend works out values ({briefly(exc)}); export and "
-        "autograd run the check on the inputs (--tracer export or autograd; auto moves on)"
-    )
-
-
-# How a proxy shows in text: ``Proxy(name)``, its node's name.
-_PROXY_TEXT = re.compile(r"Proxy\((\w+)\)")
-
-
 def _to_python(n: fx.Node) -> bool:
     """Whether ``n`` turns a tensor into a Python number (``item``, ``tolist``; export's
     ``aten.item``, ``aten._local_scalar_dense``)."""
@@ -1283,128 +959,3 @@ def _to_python(n: fx.Node) -> bool:
         return n.target in ("item", "tolist")
     name = getattr(n.target, "__name__", "")
     return n.op == "call_function" and name.split(".")[0] in ("item", "_local_scalar_dense")
-
-
-# ---------------------------------------------------------------------- names
-
-_NO_GRAD_METHODS = frozenset(
-    "detach detach_ size dim numel argmax argmin argsort eq ne lt le gt ge long int bool byte "
-    "short char nonzero new_zeros new_ones new_empty new_full new_tensor zero_ isnan isinf "
-    "isfinite sign_ bernoulli_ uniform_ normal_ random_ fill_ numpy tolist item data_ptr "
-    "stride is_contiguous get_device".split()
-)
-_NO_GRAD_FUNCTIONS = frozenset(
-    "detach argmax argmin argsort eq ne lt le gt ge zeros_like ones_like empty_like rand_like "
-    "randn_like randint_like full_like zeros ones empty rand randn randint full arange "
-    "linspace logspace eye tensor isnan isinf isfinite numel bernoulli".split()
-)
-_NO_GRAD_OPERATORS = frozenset(
-    {operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.not_}
-)
-# Methods whose second argument contributes only its shape, dtype or device.
-_SHAPE_ONLY_SECOND = frozenset("expand_as view_as reshape_as type_as to new_tensor".split())
-_TENSOR_ATTRIBUTES = frozenset("T mT H mH real imag values".split())
-# Reductions returning (values, indices): element 1 / ``.indices`` is an integer tensor.
-_VALUES_INDICES = frozenset("max min sort topk mode median kthvalue cummax cummin".split())
-
-
-def _is_indices_of(node: fx.Node) -> bool:
-    """``torch.max(x, 1)[1]`` and the like: the integer half of a (values, indices) result."""
-    source = node.args[0] if node.args else None
-    if not isinstance(source, fx.Node) or source.op not in ("call_function", "call_method"):
-        return False
-    name = source.target if source.op == "call_method" else getattr(source.target, "__name__", "")
-    return name in _VALUES_INDICES and node.args[1] == 1
-
-
-def _is_integer_dtype(value: Any) -> bool:
-    return isinstance(value, torch.dtype) and not (value.is_floating_point or value.is_complex)
-
-
-def _differentiable_inputs(node: fx.Node) -> list[fx.Node] | None:
-    """Inputs gradient may flow through by name; None means all of them."""
-    target = node.target
-    name = getattr(target, "__name__", str(target))
-    if any(_is_integer_dtype(a) for a in (*node.args, *node.kwargs.values())):
-        return []  # a cast to (or a tensor made with) an integer or bool dtype
-    if node.op == "call_method":
-        if target in _NO_GRAD_METHODS:
-            return []
-        if target in _SHAPE_ONLY_SECOND:
-            first = node.args[0]
-            return [first] if isinstance(first, fx.Node) else []
-        return None
-    if node.op == "call_function":
-        if target is getattr:
-            return None if node.args[1] in _TENSOR_ATTRIBUTES else []
-        if target is operator.getitem and _is_indices_of(node):
-            return []
-        if target in _NO_GRAD_OPERATORS or target is grad_mode:
-            return []
-        module = getattr(target, "__module__", "") or ""
-        if name in _NO_GRAD_FUNCTIONS and (
-            module.startswith("torch") or target is getattr(torch, name, None)
-        ):
-            return []
-        return None
-    return None
-
-
-class _NamedFlow(fx.Interpreter):
-    """:func:`flow_from_names` as an fx pass: each node's value is whether its result
-    requires grad."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        super().__init__(gm)
-        self.extra_traceback = False
-        self.enabled = True
-
-    def run_node(self, n: fx.Node) -> bool:
-        if n.op == "placeholder":
-            n.meta[FLOW] = NodeFlow(frozenset())
-            return True
-        if n.op == "get_attr":
-            value = self.fetch_attr(n.target)
-            n.meta[FLOW] = NodeFlow(frozenset())
-            return isinstance(value, nn.Parameter) and differentiable(value)
-        if n.op == "output":
-            n.meta[FLOW] = NodeFlow(frozenset(m for m in n.all_input_nodes if self.env[m]))
-            return False
-        if n.op == "call_function" and n.target is grad_mode:
-            self.enabled = bool(n.args[0])
-        allowed = _differentiable_inputs(n)
-        candidates = n.all_input_nodes if allowed is None else allowed
-        flows = frozenset(m for m in candidates if self.env[m]) if self.enabled else frozenset()
-        if not self.enabled and not _detaches(n):  # a write under no_grad: what it writes
-            target = written_into(n, self.fetch_attr)  # into keeps its history
-            if target is not None and self.env[target]:
-                n.meta[FLOW] = NodeFlow(frozenset({target}))
-                return True
-        n.meta[FLOW] = NodeFlow(flows)
-        if n.op == "call_module":
-            module = self.fetch_attr(n.target)
-            has_weights = any(differentiable(p) for p in module.parameters())
-            return self.enabled and (bool(flows) or has_weights)
-        return bool(flows)
-
-
-def _detaches(n: fx.Node) -> bool:
-    """Whether ``n`` detaches a tensor in place (``x.detach_()``): no write, whatever the
-    grad mode — the tensor loses its history (autograd's, on the outputs of a re-entrant
-    checkpoint given nothing that requires gradient)."""
-    if n.op == "call_method":
-        return n.target == "detach_"
-    return n.op == "call_function" and n.target in (torch.detach_, torch.ops.aten.detach_.default)
-
-
-def flow_from_names(gm: fx.GraphModule) -> None:
-    """Annotate gradient flow without example inputs, from a table of operation names.
-
-    A node's result requires grad when one of its differentiable inputs does;
-    parameters and inputs require grad; code between ``grad_mode(False)`` and
-    ``grad_mode(True)`` produces no gradient, but for a write in place into a tensor that
-    requires grad, which keeps its history. Sets ``node.meta[FLOW]`` with
-    ``value`` and ``shapes`` None.
-    """
-    count = sum(n.op == "placeholder" for n in gm.graph.nodes)
-    _NamedFlow(gm).run(*([True] * count))

@@ -7,7 +7,7 @@ flows back from ``v`` into ``u``, as the :mod:`gpa.frontends.fx.flow` pass decid
 Example:
     >>> import torch.nn as nn
     >>> from gpa.frontends.fx.tracer import trace
-    >>> from gpa.frontends.fx.flow import flow_from_names
+    >>> from gpa.frontends.fx.named_flow import flow_from_names
     >>> gm = trace(nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
     >>> flow_from_names(gm)
     >>> sorted(op_graph(gm).edges(data="grad"))

@@ -36,6 +36,7 @@ __all__ = [
     "METADATA_QUERIES",
     "VIEW_METHODS",
     "detached_write_targets",
+    "detaches",
     "follow_mutations",
     "follow_write",
     "later_read_of_attribute",
@@ -537,3 +538,12 @@ def _of_torch_op(node: fx.Node) -> bool:
     if isinstance(node.target, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
         return True
     return (getattr(node.target, "__module__", None) or "").split(".")[0] == "torch"
+
+
+def detaches(n: fx.Node) -> bool:
+    """Whether ``n`` detaches a tensor in place (``x.detach_()``): no write, whatever the
+    grad mode — the tensor loses its history (autograd's, on the outputs of a re-entrant
+    checkpoint given nothing that requires gradient)."""
+    if n.op == "call_method":
+        return n.target == "detach_"
+    return n.op == "call_function" and n.target in (torch.detach_, torch.ops.aten.detach_.default)
