@@ -94,7 +94,12 @@ from gpa.frontends.fx.tracer import (
     single_call,
     unwritable_names,
 )
-from gpa.frontends.fx.writes import detached_write_targets, write_into_view, written_into
+from gpa.frontends.fx.writes import (
+    detached_write_targets,
+    view_base,
+    write_into_view,
+    written_into,
+)
 from gpa.frontends.hooks import hooked_calls_message
 from gpa.frontends.inputs import floating_dtype, integer_variants, unbound_inputs_message
 from gpa.frontends.modules import (
@@ -326,7 +331,7 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
         if write_into_view(program.graph_module.graph) is not None:
             # later readers of the tensor would read it unwritten: in functional form
             # (copy_ into a slice becomes slice_scatter) the write is data flow
-            program = program.run_decompositions({})
+            program = _functional(program)
             _regenerated_views_placed(program.graph_module.graph)
         return program, tuple(args), watched, sites
     assert first is not None
@@ -334,6 +339,68 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
     if scripted is not None:  # not the model's fault, nor the user's code: say what helps
         raise _cannot_read_scripted(model, scripted) from None
     raise ExportError(_failure_message(model, first)) from first
+
+
+def _functional(program: Any) -> Any:
+    """``program`` in functional form (``run_decompositions``), each operation that ran
+    under ``no_grad`` marked so (:data:`_NO_GRAD_REGION`). The decomposition inlines
+    export's grad-mode regions (``wrap_with_set_grad_enabled``) and keeps no trace of them:
+    a layer called under ``no_grad`` whose result is then written into
+    (``t = teacher(x)`` under ``no_grad``, ``t[:, :4] = 0``) would seem to carry gradient.
+    Which region an operation came from is read from torch's record of where each node
+    came from (``node.meta["from_node"]``); an operation without one is taken to run with
+    gradient, as before. A region writing in place into a tensor from outside it (but for
+    buffers and constants) is not marked: that tensor keeps its history through the write
+    (§1.3), which the functional form, a new tensor made in the region, no longer shows."""
+    regions = {
+        n.name
+        for n in program.graph.nodes
+        if _is_grad_mode_region(n) and not n.args[0] and not _writes_outside(program, n)
+    }
+    before = id(program.graph)
+    program = program.run_decompositions({})
+    for node in program.graph.nodes if regions else ():
+        names = _came_from(node, before)
+        if node.op == "call_function" and names and names <= regions:
+            node.meta[_NO_GRAD_REGION] = True
+    return program
+
+
+def _writes_outside(program: Any, region: fx.Node) -> bool:
+    """Whether the grad-mode ``region`` of ``program``'s graph writes in place into (a view
+    of) one of its arguments other than the model's buffers and constants."""
+    sub = program.graph_module.get_submodule(region.args[1].target)
+    given = dict(zip(sub.graph.find_nodes(op="placeholder"), region.args[2:], strict=False))
+    signature = program.graph_signature
+    kept = {*signature.inputs_to_buffers, *signature.inputs_to_lifted_tensor_constants}
+    for node in sub.graph.nodes:
+        target = written_into(node)
+        if target is None:
+            continue
+        outside = given.get(view_base(target))
+        if outside is not None and not (outside.op == "placeholder" and outside.name in kept):
+            return True
+    return False
+
+
+#: ``node.meta`` key: the operation ran under ``no_grad`` in a region the decomposition
+#: inlined (see :func:`_functional`).
+_NO_GRAD_REGION = "gpa_no_grad_region"
+
+
+def _came_from(node: fx.Node, graph: int) -> set[str]:
+    """The names of the nodes of the graph whose ``id`` is ``graph`` that ``node`` was made
+    from, following torch's provenance records (``from_node``) through the passes between;
+    empty where torch recorded none."""
+    names: set[str] = set()
+    stack = list(node.meta.get("from_node") or ())
+    while stack:
+        source = stack.pop()
+        if getattr(source, "graph_id", None) == graph:
+            names.add(source.name)
+        else:
+            stack.extend(getattr(source, "from_node", None) or ())
+    return names
 
 
 def _regenerated_views_placed(graph: fx.Graph) -> None:
@@ -761,14 +828,16 @@ def _place(calls: list[_Call], sites: _Sites) -> None:
 def _mark_inference_mode(graph: fx.Graph) -> None:
     """Put each operation run under ``torch.inference_mode()`` between ``grad_mode(False)``
     markers: export records no node for that mode, only results that are inference
-    tensors."""
+    tensors; likewise each one a decomposition took out of a ``no_grad`` region
+    (:func:`_functional`)."""
     enabled = True
     for node in list(graph.nodes):
         if node.op == "call_function" and node.target is grad_mode:
             enabled = bool(node.args[0])
             continue
         value = node.meta.get("val")
-        if enabled and isinstance(value, torch.Tensor) and value.is_inference():
+        inference = isinstance(value, torch.Tensor) and value.is_inference()
+        if enabled and (inference or node.meta.get(_NO_GRAD_REGION)):
             with graph.inserting_before(node):
                 graph.call_function(grad_mode, (False,))
             with graph.inserting_after(node):

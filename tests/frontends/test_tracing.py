@@ -134,6 +134,102 @@ def test_grad_enabled_again_inside_no_grad(mode):
 
 
 # ======================================================================================
+# No-grad blocks in export's functional form
+
+
+class NoGradThenSliceWrite(nn.Module):
+    """y = student(x); [no grad: t = teacher(x)]; t written in a slice; head(y + t).
+
+    A write into a slice (``t[:, :4] = 0``) makes fx refuse and export put its graph in
+    functional form, which inlines the ``no_grad`` block without a trace of it. ``case``:
+    where the write is, how the block is made, what the block holds and writes into."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.student = nn.Conv1d(8, 8, 1)
+        self.teacher = nn.Conv1d(8, 8, 1)
+        self.norm = nn.BatchNorm1d(8)  # (train mode: the block updates its statistics)
+        self.inner = nn.Conv1d(8, 8, 1)
+        self.head = nn.Conv1d(8, 2, 1)
+        self.case = case
+
+    @torch.no_grad()
+    def frozen(self, x):
+        return self.teacher(x)
+
+    def forward(self, x):
+        y = self.student(x)
+        case = self.case
+        if case in ("after", "inside", "inside-data", "in-norm"):
+            with torch.no_grad():
+                t = self.teacher(x)
+                t = self.norm(t) if case == "in-norm" else t
+                if case == "inside":
+                    t[:, :4] = 0.0
+                elif case == "inside-data":
+                    t[:, :4] = x[:, :4]
+        elif case == "set-grad-enabled":
+            with torch.set_grad_enabled(False):
+                t = self.teacher(x)
+        elif case == "decorated":
+            t = self.frozen(x)
+        elif case == "enable-inside":
+            with torch.no_grad():
+                s = self.teacher(x)
+                with torch.enable_grad():
+                    t = self.inner(s)
+        elif case in ("history", "history-whole"):  # a write into y under no_grad
+            with torch.no_grad():
+                if case == "history":
+                    y[:, :4] = 0.0
+                else:
+                    y.mul_(2.0)
+            t = self.teacher(x).detach()
+        if case not in ("inside", "inside-data", "history"):
+            t = t.clone()
+            t[:, :4] = 0.0
+        return self.head(y + t)
+
+
+@pytest.mark.parametrize("tracer", ["export", "auto", "autograd"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "after",
+        "inside",
+        "inside-data",
+        "in-norm",
+        "set-grad-enabled",
+        "decorated",
+        "enable-inside",
+        "history",
+        "history-whole",
+    ],
+)
+def test_a_no_grad_block_stays_one_in_exports_functional_form(case, tracer):
+    """Found by a new user (self-distillation: a teacher under ``no_grad``, its output
+    masked by a slice write): export, and auto with it, reported the teacher reachable
+    (shortest 1 from a head beside it), autograd and a real backward unreachable. By hand:
+    head 1; student 2 (head <- student); teacher, called under ``no_grad`` however the
+    block is made, and with a norm after it in the block (in train mode: its statistics'
+    update is a write into its own buffers, which brings no gradient). Where the block writes under
+    ``no_grad`` into the student's output (``y[:, :4] = 0``, ``y.mul_(2)``), y keeps its
+    history (§1.3): the student is reached all the same. With ``enable_grad`` inside, the
+    inner layer's weights carry gradient into its result: inner 2 (head <- inner)."""
+    model = NoGradThenSliceWrite(case)
+    x = torch.randn(2, 8, 5)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    if tracer == "auto":
+        assert report.tracer == "export"  # (fx refuses the slice write)
+    expect(report, "head", {1: 1}, (LOSS,))
+    expect(report, "student", {2: 1}, ("head",))
+    expect_unreachable(report, "teacher")
+    if case == "enable-inside":
+        expect(report, "inner", {2: 1}, ("head",))
+    check_reachability_with_autograd(report, NoGradThenSliceWrite(case), x)
+
+
+# ======================================================================================
 # In-place operations
 
 

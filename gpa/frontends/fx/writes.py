@@ -42,6 +42,7 @@ __all__ = [
     "later_read_of_attribute",
     "later_reader",
     "made_of_constants",
+    "view_base",
     "write_into_view",
     "writes_followed",
     "written_into",
@@ -368,7 +369,7 @@ def later_read_of_attribute(
     setitem = node.op == "call_method" and node.target == "__setitem__"
     if target is None or not (setitem or node.target in AUGMENTED or _mutated(node, None)):
         return None
-    root = _root(target)  # ``self.buf[:, :2].copy_(y)`` writes into ``buf`` too
+    root = view_base(target)  # ``self.buf[:, :2].copy_(y)`` writes into ``buf`` too
     if root.op != "get_attr":
         return None
     readers = [u for u in target.users if u is not node] if setitem else []
@@ -455,7 +456,7 @@ def detached_write_targets(graph: fx.Graph) -> list[fx.Node]:
     """
     order = {n: i for i, n in enumerate(graph.nodes)}
     written = [
-        (order[node], _root(target))
+        (order[node], view_base(target))
         for node in graph.nodes
         if (target := _mutated(node, None)) is not None
     ]
@@ -463,7 +464,7 @@ def detached_write_targets(graph: fx.Graph) -> list[fx.Node]:
         node
         for node in graph.nodes
         if node.target is torch.ops.aten.detach.default
-        and any(at > order[node] and root is _root(node) for at, root in written)
+        and any(at > order[node] and root is view_base(node) for at, root in written)
     ]
 
 
@@ -505,7 +506,7 @@ def made_of_constants(graph: fx.Graph) -> dict[fx.Node, bool]:
         # a write of anything else into a tensor (or a view of it) makes it, and every
         # view of it taken before or after, no constant: decide again until nothing changes
         written = {
-            _root(target)
+            view_base(target)
             for node in graph.nodes
             if (target := _mutated(node, None)) is not None and not found[node]
         }
@@ -514,7 +515,7 @@ def made_of_constants(graph: fx.Graph) -> dict[fx.Node, bool]:
         tainted |= written
 
 
-def _root(node: fx.Node) -> fx.Node:
+def view_base(node: fx.Node) -> fx.Node:
     """The tensor ``node`` is a view of (through any chain of views), or ``node`` itself."""
     while _is_view(node) and node.args and isinstance(node.args[0], fx.Node):
         node = node.args[0]
