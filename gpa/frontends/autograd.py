@@ -579,11 +579,12 @@ def _run(
                     with preserved_state(model):
                         run = _forward(model, candidate, device, opaque, modules)
                 except _ForwardFailed as failed:
-                    if not _sets_requires_grad(failed.error):
+                    if not _takes_inputs_without_grad(failed.error):
                         raise
                     # the model sets requires_grad on a value made from its input, which
-                    # must then be a leaf (Wav2Vec2's feature encoder): as in training,
-                    # inputs carrying no gradient
+                    # must then be a leaf (Wav2Vec2's feature encoder), or writes into its
+                    # input in place (``x.div_(255)``): as in training, inputs carrying no
+                    # gradient
                     _start_afresh(drawn, watch)
                     with preserved_state(model):
                         run = _forward(model, candidate, device, opaque, modules, input_grad=False)
@@ -630,9 +631,15 @@ def _start_afresh(drawn: tuple, watch: Checkpoints | None) -> None:
 ZERO_WEIGHTS_BUDGET = 2**30
 
 
-def _sets_requires_grad(error: BaseException) -> bool:
-    """Whether ``error`` is torch refusing to set ``requires_grad`` of a non-leaf."""
-    return isinstance(error, RuntimeError) and "requires_grad flags of leaf" in str(error)
+def _takes_inputs_without_grad(error: BaseException) -> bool:
+    """Whether ``error`` is torch refusing what a model may do to inputs that carry no
+    gradient, as in training: set ``requires_grad`` of a value made from one (a non-leaf
+    then), or write into one in place (a leaf that requires grad then)."""
+    said = str(error)
+    return isinstance(error, RuntimeError) and (
+        "requires_grad flags of leaf" in said
+        or "leaf Variable that requires grad is being used in an in-place" in said
+    )
 
 
 def _forward(

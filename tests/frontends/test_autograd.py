@@ -501,6 +501,53 @@ def test_a_model_setting_requires_grad_on_its_features_is_read(train: bool) -> N
     }
 
 
+class WritesIntoItsInput(nn.Module):
+    """Preprocessing in place, in forward: ``x.div_(255)`` and its kin, then conv -> fc."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+        self.act = nn.ReLU(inplace=True)
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "div_":
+            x.div_(255.0)
+        elif self.how == "isub":
+            x -= 0.5
+        elif self.how == "setitem":
+            x[:, 0] = 0.0
+        elif self.how == "view":
+            x[0].mul_(2.0)
+        elif self.how == "inplace-module":
+            x = self.act(x)
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("given", ["inputs", "shape"])
+@pytest.mark.parametrize("how", ["div_", "isub", "setitem", "view", "inplace-module"])
+def test_a_model_writing_into_its_input_is_read(how: str, given: str) -> None:
+    """Found by a new user: the frontend's inputs carried gradient, so a model writing
+    into its input in place raised "a leaf Variable that requires grad is being used in an
+    in-place operation", blamed on the model's line (and under auto, for a model fx and
+    export refuse, no frontend read it). It runs again with inputs carrying none, as in
+    training. By hand: conv -> fc -> loss (2), fc -> loss (1); the caller's tensor is left
+    as it was."""
+    x = torch.rand(2, 3, 8, 8)
+    before = x.clone()
+    model = WritesIntoItsInput(how)
+    if given == "inputs":
+        report = gpa.analyze(model, (x,), tracer="autograd")
+    else:
+        report = gpa.analyze(model, input_shape=(2, 3, 8, 8), tracer="autograd")
+    assert {n: (r.shortest, r.longest) for n, r in report.layers.items()} == {
+        "conv": (2, 2),
+        "fc": (1, 1),
+    }
+    assert torch.equal(x, before)
+    check_reachability_with_autograd(report, model, x.clone())
+
+
 class ReadsAValue(nn.Module):
     """``a -> b``, and a Python number read off ``a``'s output (``.item()``, which the
     meta device cannot give: Hugging Face's mask helpers do so)."""
