@@ -26,7 +26,7 @@ import itertools
 import operator
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -39,6 +39,7 @@ __all__ = [
     "eager_compiled_modules",
     "modes_switched",
     "parameters_requiring_grad",
+    "parameters_stood_in",
     "preserved_state",
     "same_entries",
     "training_mode",
@@ -139,16 +140,58 @@ def buffers_copied(model: nn.Module, snapshot: StateSnapshot | None = None) -> I
         >>> int(m.num_batches_tracked)
         0
     """
+    with _replaced(model, snapshot, "_buffers", lambda b: b.detach().clone()):
+        yield
+
+
+@contextlib.contextmanager
+def parameters_stood_in(model: nn.Module, snapshot: StateSnapshot | None = None) -> Iterator[None]:
+    """Every module's parameters replaced for the block by stand-ins on the meta device
+    (their shapes, dtypes and ``requires_grad``, no values), then put back
+    (``docs/semantics.md`` §1.8): symbolic tracing runs ``forward``'s Python on the
+    parameters it meets as no proxies (``for p in self.parameters()``), so a momentum
+    update (``pt.data.mul_(m).add_(ps.data, alpha=1 - m)``, ``pt.data = …``: MoCo, BYOL, a
+    mean teacher) would otherwise change the model's weights. The trace reads no values
+    of them; a copy would cost as much memory as the model. A parameter registered under
+    several names stays one. ``snapshot`` as for :func:`buffers_copied`.
+
+    Example:
+        >>> m = nn.Linear(2, 2)
+        >>> with parameters_stood_in(m):
+        ...     _ = next(m.parameters()).data.zero_()
+        >>> bool(m.weight.abs().sum() > 0)
+        True
+    """
+
+    def stand_in(p: torch.Tensor) -> torch.Tensor:
+        meta = torch.empty_like(p, device="meta")
+        return nn.Parameter(meta, requires_grad=p.requires_grad)
+
+    with _replaced(model, snapshot, "_parameters", stand_in):
+        yield
+
+
+@contextlib.contextmanager
+def _replaced(
+    model: nn.Module,
+    snapshot: StateSnapshot | None,
+    kind: str,
+    stand_in: Callable[[torch.Tensor], torch.Tensor],
+) -> Iterator[None]:
+    """Every module's tensors held under ``kind`` (``_buffers``, ``_parameters``) replaced by
+    ``stand_in`` of each for the block (one per tensor), then put back."""
     saved = [
-        (m._buffers, dict(m._buffers))
+        (getattr(m, kind), dict(getattr(m, kind)))
         for m in (_scripted_out(model.modules()) if snapshot is None else snapshot.modules)
     ]
-    copies: dict[int, torch.Tensor] = {}
+    made: dict[int, torch.Tensor] = {}
     try:
         for held, before in saved:
-            for name, b in before.items():
-                if b is not None and not isinstance(b, nn.parameter.UninitializedTensorMixin):
-                    held[name] = copies.setdefault(id(b), b.detach().clone())
+            for name, t in before.items():
+                if t is not None and not isinstance(t, nn.parameter.UninitializedTensorMixin):
+                    if id(t) not in made:
+                        made[id(t)] = stand_in(t)
+                    held[name] = made[id(t)]
         yield
     finally:
         for held, before in saved:

@@ -448,6 +448,54 @@ def test_what_forward_writes_into_buffers_in_place_is_not_kept(tracer: str) -> N
     assert (model.step.item(), model.seen.item(), model.queue.abs().sum().item()) == (0, 0, 0)
 
 
+class MomentumTeacher(nn.Module):
+    """A teacher updated from the student in forward (MoCo, BYOL, DINO, a mean teacher),
+    ``how``: by assigning ``.data``, in place through ``.data``, in place on the parameter,
+    by ``copy_`` from the student's state dict; then the teacher called under ``no_grad``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.student, self.teacher = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            pairs = zip(self.student.parameters(), self.teacher.parameters(), strict=True)
+            for ps, pt in pairs:
+                if self.how == "assign":
+                    pt.data = 0.5 * pt.data + 0.5 * ps.data
+                elif self.how == "data-in-place":
+                    pt.data.mul_(0.5).add_(ps.data, alpha=0.5)
+                elif self.how == "in-place":
+                    pt.mul_(0.5).add_(ps, alpha=0.5)
+            if self.how == "state-dict":
+                state = self.student.state_dict()
+                for name, value in self.teacher.state_dict().items():
+                    value.copy_(state[name])
+            target = self.teacher(x)
+        return self.student(x), target
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+@pytest.mark.parametrize("how", ["assign", "data-in-place", "in-place", "state-dict"])
+def test_what_forward_writes_into_parameters_is_not_kept(how: str, tracer: str) -> None:
+    """Found by a new user: §1.8, but fx's trace ran a momentum update on the real
+    parameters (met as no proxies through ``parameters()``): each analysis moved the
+    teacher's weights toward the student's. By hand: student 1 (an output), teacher called
+    under ``no_grad`` unreachable; every weight as it was."""
+    model = MomentumTeacher(how)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        report = gpa.analyze(model, (torch.ones(3, 4),), tracer=tracer)
+    except TraceError:  # export refuses a tensor made from .data (a constant it cannot lift)
+        assert tracer == "export"
+    else:
+        assert report.layers["student"].shortest == 1
+        assert not report.layers["teacher"].reachable
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 class Proxied:
     """A transparent proxy (as ``wrapt.ObjectProxy`` is): it passes for what it wraps."""
 

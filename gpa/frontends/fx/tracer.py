@@ -64,6 +64,7 @@ from gpa.frontends.state import (
     TRACING,
     StateSnapshot,
     buffers_copied,
+    parameters_stood_in,
     preserved_state,
     same_entries,
 )
@@ -784,6 +785,7 @@ def trace(
             watch,
             preserved_state(model, snapshot),
             buffers_copied(model, snapshot),
+            parameters_stood_in(model, snapshot),
             functions_recorded(),
             RandomBranches() as randomness,
         ):
