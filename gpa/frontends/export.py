@@ -351,18 +351,28 @@ def _functional(program: Any) -> Any:
     came from (``node.meta["from_node"]``); an operation without one is taken to run with
     gradient, as before. A region writing in place into a tensor from outside it (but for
     buffers and constants) is not marked: that tensor keeps its history through the write
-    (§1.3), which the functional form, a new tensor made in the region, no longer shows."""
+    (§1.3), which the functional form, a new tensor made in the region, no longer shows.
+    The graph it was made of is kept (``meta[_FUNCTIONAL_OF]``) for
+    :func:`_discarded_kept`."""
     regions = {
         n.name
         for n in program.graph.nodes
         if _is_grad_mode_region(n) and not n.args[0] and not _writes_outside(program, n)
     }
-    before = id(program.graph)
+    before = program.graph
+    signature = program.graph_signature
+    lifted = {
+        **signature.inputs_to_parameters,
+        **signature.inputs_to_buffers,
+        **signature.inputs_to_lifted_tensor_constants,
+    }
     program = program.run_decompositions({})
     for node in program.graph.nodes if regions else ():
-        names = _came_from(node, before)
+        names = _came_from(node, id(before))
         if node.op == "call_function" and names and names <= regions:
             node.meta[_NO_GRAD_REGION] = True
+    # (the unlifted module drops what nothing reads again: put back there, see _remodule)
+    program.graph_module.meta[_FUNCTIONAL_OF] = (before, lifted)
     return program
 
 
@@ -383,9 +393,105 @@ def _writes_outside(program: Any, region: fx.Node) -> bool:
     return False
 
 
+def _discarded_kept(gm: fx.GraphModule) -> None:
+    """Put back into ``gm`` (the unlifted module of a program in functional form, see
+    :func:`_functional`) the operations of the graph it was made of whose results nothing
+    reads, which the decomposition and the unlifting drop as dead code: a layer called for
+    a result the model discards (``_ = self.probe(x)``) is called all the same — one call
+    more, its FLOPs — and reached by no gradient (§1.9). Each goes where it stood among the
+    others, on what its arguments became: the operations made of them (torch's provenance
+    records), the last of the argument's shape — a write's own result is no later version
+    of what it wrote into, which a discarded result cannot tell apart —, a weight's
+    attribute, an input of the same name. One whose arguments cannot be found is left
+    out, as before."""
+    kept = gm.meta.get(_FUNCTIONAL_OF)
+    if kept is None:
+        return
+    before, lifted = kept
+    graph = gm.graph
+    discarded: set[fx.Node] = set()
+    for node in reversed(before.nodes):
+        if (
+            node.op == "call_function"
+            and (
+                _is_grad_mode_region(node)  # (export keeps what its region computes)
+                or (
+                    not isinstance(node.target, torch._ops.HigherOrderOperator)
+                    and _tensors(node.meta.get("val"))
+                )
+            )
+            and written_into(node) is None  # (a write into what nothing reads)
+            and all(user in discarded for user in node.users)
+        ):
+            discarded.add(node)
+    made: dict[str, list[fx.Node]] = {}  # an operation before -> those made of it, in order
+    for node in graph.nodes:
+        for name in _came_from(node, id(before)) if node.op == "call_function" else ():
+            made.setdefault(name, []).append(node)
+    discarded = {n for n in discarded if n.name not in made}
+    if not discarded:
+        return
+    given = {n.name: n for n in graph.find_nodes(op="placeholder")}
+    given |= {n.target: n for n in graph.find_nodes(op="get_attr")}
+    order = {n: i for i, n in enumerate(graph.nodes)}
+    copies: dict[fx.Node, fx.Node] = {}
+    anchor, at = next(reversed(graph.find_nodes(op="placeholder")), None), -1
+
+    def argument(m: fx.Node) -> fx.Node:
+        if m in copies:
+            return copies[m]
+        if m.op == "placeholder":
+            return given[lifted.get(m.name, m.name)]
+        shape = getattr(m.meta.get("val"), "shape", None)
+        return [n for n in made[m.name] if getattr(n.meta.get("val"), "shape", None) == shape][-1]
+
+    def copied(node: fx.Node, arguments: Callable[[fx.Node], Any]) -> Any:
+        nonlocal anchor
+        if node.target is operator.getitem and isinstance(copies.get(node.args[0]), tuple):
+            return copies[node.args[0]][node.args[1]]  # a result of a region put back
+        if not _is_grad_mode_region(node):
+            with graph.inserting_after(anchor):
+                anchor = graph.node_copy(node, arguments)
+            return anchor
+        # a region whose results nothing reads: its operations (no gradient reaches them)
+        sub = before.owning_module.get_submodule(node.args[1].target)
+        inner = dict(zip(sub.graph.find_nodes(op="placeholder"), node.args[2:], strict=True))
+        env = {m: arguments(a) for m, a in inner.items()}
+        for m in sub.graph.nodes:
+            if m.op == "output":
+                return tuple(env[r] for r in m.args[0])
+            if m.op == "call_function" and written_into(m) is None:
+                env[m] = copied(m, env.__getitem__)
+            elif m.op != "placeholder":  # (a write, a constant of its own: left out)
+                raise KeyError(m.name)
+        raise KeyError(node.name)
+
+    for node in before.nodes:
+        if node not in discarded:
+            for n in made.get(node.name, ()):
+                if order[n] > at:
+                    anchor, at = n, order[n]
+            continue
+        try:
+            copies[node] = copied(node, argument)
+        except (KeyError, IndexError):  # an argument made of nothing here
+            continue
+
+
+def _tensors(value: Any) -> bool:
+    """Whether ``value`` (a node's ``meta["val"]``) is a tensor or a tuple of them."""
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(isinstance(v, torch.Tensor) for v in value)
+    return isinstance(value, torch.Tensor)
+
+
 #: ``node.meta`` key: the operation ran under ``no_grad`` in a region the decomposition
 #: inlined (see :func:`_functional`).
 _NO_GRAD_REGION = "gpa_no_grad_region"
+
+#: ``GraphModule.meta`` key of a program in functional form: the graph it was made of, and
+#: its lifted inputs' attributes (see :func:`_discarded_kept`).
+_FUNCTIONAL_OF = "gpa_functional_of"
 
 
 def _came_from(node: fx.Node, graph: int) -> set[str]:
@@ -763,6 +869,7 @@ def _remodule(
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             graph.erase_node(node)
+    _discarded_kept(exported)
     unfed = _inline_grad_mode_regions(exported, watched)
     _mark_inference_mode(graph)
     _name_outputs(graph, program.call_spec.out_spec)

@@ -229,6 +229,59 @@ def test_a_no_grad_block_stays_one_in_exports_functional_form(case, tracer):
     check_reachability_with_autograd(report, NoGradThenSliceWrite(case), x)
 
 
+class DiscardedBesideSliceWrite(nn.Module):
+    """h = a(x), written in a slice; a layer called for a result nothing reads."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(8, 8, 1)
+        self.probe = nn.Conv1d(8, 8, 1)
+        self.pair = nn.Sequential(nn.Conv1d(8, 8, 1), nn.ReLU())
+        self.case = case
+
+    def forward(self, x):
+        h = self.a(x).clone()
+        h[:, :4] = x[:, :4]
+        if self.case == "input":
+            _ = self.probe(x)
+        elif self.case == "written":
+            _ = self.probe(h)
+        elif self.case == "sequential":
+            _ = self.pair(h)
+        elif self.case == "again":
+            _ = self.a(x)
+        elif self.case == "no-grad":
+            with torch.no_grad():
+                _ = self.probe(x)
+        return h
+
+
+@pytest.mark.parametrize("tracer", ["export", "auto", "autograd"])
+@pytest.mark.parametrize("case", ["input", "written", "sequential", "again", "no-grad"])
+def test_a_discarded_call_counts_in_exports_functional_form(case, tracer):
+    """Found by a new user: export's functional form (after the slice write) dropped a call
+    whose result nothing reads, as dead code: ``calls: 0``, no FLOPs, where autograd and
+    the same model without the write count it. By hand: a conv 8 -> 8, kernel 1, on 2 × 5
+    positions is 640 multiply-adds, 1,280 FLOPs per call; a -> loss (1); the discarded
+    call reached by no gradient (again: ``a`` twice, reached through its first call; a
+    discarded call under ``no_grad`` too)."""
+    model = DiscardedBesideSliceWrite(case)
+    x = torch.randn(2, 8, 5)
+    report = gpa.analyze(model, (x,), tracer=tracer)
+    if tracer == "auto":
+        assert report.tracer == "export"  # (fx refuses the slice write)
+    calls = {"input": "probe", "written": "probe", "sequential": "pair.0", "no-grad": "probe"}
+    if case == "again":
+        expect(report, "a", {1: 1}, (LOSS,), calls=2)
+        assert report.layers["a"].flops == 2 * 1280
+    else:
+        expect(report, "a", {1: 1}, (LOSS,))
+        expect_unreachable(report, calls[case])
+        assert report.layers[calls[case]].flops == 1280
+    assert report.network.flops == 2 * 1280
+    check_reachability_with_autograd(report, model, x)
+
+
 # ======================================================================================
 # In-place operations
 
