@@ -378,3 +378,32 @@ def test_a_transformers_target_is_measured_with_real_weights() -> None:
     }
     m = measure_target("transformers:bert", small, steps=1, batch_size=2)
     assert m.layers["encoder.layer.0.attention.self.query"].output_grad_norm > 0
+
+
+def test_the_yolo_example_is_measured_with_ultralytics_own_loss() -> None:
+    """``gpa measure examples/yolo_loss.py``: YOLOv8n on labelled batches (dicts, as
+    Ultralytics' data loader gives them) with its own training loss, which a new user had
+    to find out alone. Independent check: the same steps run here without gpa — forward on
+    ``batch["img"]``, ``model.loss(batch, preds)[0].sum()``, backward — give every layer's
+    weight-gradient norm, mean over the steps."""
+    from gpa.measure import measure_target
+
+    example = str(Path(__file__).resolve().parents[2] / "examples" / "yolo_loss.py")
+    measured = measure_target(example, {})
+    loaded = load_target(example)
+    model = loaded.model.train()
+    norms: dict[str, list[float]] = {}
+    for batch in loaded.example_batches:
+        model.zero_grad()
+        model.loss(batch, model(batch["img"]))[0].sum().backward()
+        for name, module in model.named_modules():
+            grads = [
+                p.grad.flatten() for p in module.parameters(recurse=False) if p.grad is not None
+            ]
+            if grads and isinstance(module, torch.nn.Conv2d):
+                norms.setdefault(name, []).append(float(torch.cat(grads).norm()))
+    assert measured.loss == "user" and measured.steps == 3 and measured.batch_size == 4
+    assert len(norms) == 63  # every weight layer but model.22.dfl.conv (fixed)
+    for name, per_step in norms.items():
+        got = measured.layers[name].weight_grad_norm
+        assert got == pytest.approx(sum(per_step) / len(per_step), rel=1e-4), name
