@@ -67,6 +67,11 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from gpa.core.graph import GradientGraph, LayerCall
 from gpa.errors import GpaError, ShapeError, TraceError
 from gpa.frontends.frames import Site, caller_site, stack_trace_site, user_frame
+from gpa.frontends.functional_form import (
+    discarded_kept,
+    functional_form,
+    regenerated_views_placed,
+)
 from gpa.frontends.functions import custom_function_calls, run_function
 from gpa.frontends.fx.branches import (
     EXACT_TYPE_TESTS,
@@ -83,7 +88,6 @@ from gpa.frontends.fx.layers import (
     find_layers,
     used_modules,
 )
-from gpa.frontends.fx.modes import grad_mode
 from gpa.frontends.fx.stacked import picks_from_stacks
 from gpa.frontends.fx.tracer import (
     CALL_OF,
@@ -94,11 +98,11 @@ from gpa.frontends.fx.tracer import (
     single_call,
     unwritable_names,
 )
-from gpa.frontends.fx.writes import (
-    detached_write_targets,
-    view_base,
-    write_into_view,
-    written_into,
+from gpa.frontends.fx.writes import detached_write_targets, write_into_view, written_into
+from gpa.frontends.grad_regions import (
+    inline_grad_mode_regions,
+    mark_inference_mode,
+    may_miss_grad_mode,
 )
 from gpa.frontends.hooks import hooked_calls_message
 from gpa.frontends.inputs import floating_dtype, integer_variants, unbound_inputs_message
@@ -277,7 +281,7 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
 
     Export records where Python switches gradient off and on, not where torch does in C++
     (around an activation checkpoint), so a model whose graph shows signs of that
-    (:func:`_may_miss_grad_mode`) is exported again under the watch, which repeats those
+    (:func:`may_miss_grad_mode`) is exported again under the watch, which repeats those
     switches in Python.
     """
     model = exportable(model)  # its values in containers export can flatten (§1.5)
@@ -314,7 +318,7 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
                 set_random_states(states)
                 with _call_sites(model) as sites:
                     program = torch.export.export(model, tuple(args), strict=False)
-                watched = _may_miss_grad_mode(program)
+                watched = may_miss_grad_mode(program)
                 if watched:
                     set_random_states(states)
                     with Checkpoints(), _call_sites(model) as sites:
@@ -331,217 +335,14 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
         if write_into_view(program.graph_module.graph) is not None:
             # later readers of the tensor would read it unwritten: in functional form
             # (copy_ into a slice becomes slice_scatter) the write is data flow
-            program = _functional(program)
-            _regenerated_views_placed(program.graph_module.graph)
+            program = functional_form(program)
+            regenerated_views_placed(program.graph_module.graph)
         return program, tuple(args), watched, sites
     assert first is not None
     scripted = scripted_call(model, first)
     if scripted is not None:  # not the model's fault, nor the user's code: say what helps
         raise _cannot_read_scripted(model, scripted) from None
     raise ExportError(_failure_message(model, first)) from first
-
-
-def _functional(program: Any) -> Any:
-    """``program`` in functional form (``run_decompositions``), each operation that ran
-    under ``no_grad`` marked so (:data:`_NO_GRAD_REGION`). The decomposition inlines
-    export's grad-mode regions (``wrap_with_set_grad_enabled``) and keeps no trace of them:
-    a layer called under ``no_grad`` whose result is then written into
-    (``t = teacher(x)`` under ``no_grad``, ``t[:, :4] = 0``) would seem to carry gradient.
-    Which region an operation came from is read from torch's record of where each node
-    came from (``node.meta["from_node"]``); an operation without one is taken to run with
-    gradient, as before. A region writing in place into a tensor from outside it (but for
-    buffers and constants) is not marked: that tensor keeps its history through the write
-    (§1.3), which the functional form, a new tensor made in the region, no longer shows.
-    The graph it was made of is kept (``meta[_FUNCTIONAL_OF]``) for
-    :func:`_discarded_kept`."""
-    regions = {
-        n.name
-        for n in program.graph.nodes
-        if _is_grad_mode_region(n) and not n.args[0] and not _writes_outside(program, n)
-    }
-    before = program.graph
-    signature = program.graph_signature
-    lifted = {
-        **signature.inputs_to_parameters,
-        **signature.inputs_to_buffers,
-        **signature.inputs_to_lifted_tensor_constants,
-    }
-    program = program.run_decompositions({})
-    for node in program.graph.nodes if regions else ():
-        names = _came_from(node, id(before))
-        if node.op == "call_function" and names and names <= regions:
-            node.meta[_NO_GRAD_REGION] = True
-    # (the unlifted module drops what nothing reads again: put back there, see _remodule)
-    program.graph_module.meta[_FUNCTIONAL_OF] = (before, lifted)
-    return program
-
-
-def _writes_outside(program: Any, region: fx.Node) -> bool:
-    """Whether the grad-mode ``region`` of ``program``'s graph writes in place into (a view
-    of) one of its arguments other than the model's buffers and constants."""
-    sub = program.graph_module.get_submodule(region.args[1].target)
-    given = dict(zip(sub.graph.find_nodes(op="placeholder"), region.args[2:], strict=False))
-    signature = program.graph_signature
-    kept = {*signature.inputs_to_buffers, *signature.inputs_to_lifted_tensor_constants}
-    for node in sub.graph.nodes:
-        target = written_into(node)
-        if target is None:
-            continue
-        outside = given.get(view_base(target))
-        if outside is not None and not (outside.op == "placeholder" and outside.name in kept):
-            return True
-    return False
-
-
-def _discarded_kept(gm: fx.GraphModule) -> None:
-    """Put back into ``gm`` (the unlifted module of a program in functional form, see
-    :func:`_functional`) the operations of the graph it was made of whose results nothing
-    reads, which the decomposition and the unlifting drop as dead code: a layer called for
-    a result the model discards (``_ = self.probe(x)``) is called all the same — one call
-    more, its FLOPs — and reached by no gradient (§1.9). Each goes where it stood among the
-    others, on what its arguments became: the operations made of them (torch's provenance
-    records), the last of the argument's shape — a write's own result is no later version
-    of what it wrote into, which a discarded result cannot tell apart —, a weight's
-    attribute, an input of the same name. One whose arguments cannot be found is left
-    out, as before."""
-    kept = gm.meta.get(_FUNCTIONAL_OF)
-    if kept is None:
-        return
-    before, lifted = kept
-    graph = gm.graph
-    discarded: set[fx.Node] = set()
-    for node in reversed(before.nodes):
-        if (
-            node.op == "call_function"
-            and (
-                _is_grad_mode_region(node)  # (export keeps what its region computes)
-                or (
-                    not isinstance(node.target, torch._ops.HigherOrderOperator)
-                    and _tensors(node.meta.get("val"))
-                )
-            )
-            and written_into(node) is None  # (a write into what nothing reads)
-            and all(user in discarded for user in node.users)
-        ):
-            discarded.add(node)
-    made: dict[str, list[fx.Node]] = {}  # an operation before -> those made of it, in order
-    for node in graph.nodes:
-        for name in _came_from(node, id(before)) if node.op == "call_function" else ():
-            made.setdefault(name, []).append(node)
-    discarded = {n for n in discarded if n.name not in made}
-    if not discarded:
-        return
-    given = {n.name: n for n in graph.find_nodes(op="placeholder")}
-    given |= {n.target: n for n in graph.find_nodes(op="get_attr")}
-    order = {n: i for i, n in enumerate(graph.nodes)}
-    copies: dict[fx.Node, fx.Node] = {}
-    anchor, at = next(reversed(graph.find_nodes(op="placeholder")), None), -1
-
-    def argument(m: fx.Node) -> fx.Node:
-        if m in copies:
-            return copies[m]
-        if m.op == "placeholder":
-            return given[lifted.get(m.name, m.name)]
-        shape = getattr(m.meta.get("val"), "shape", None)
-        return [n for n in made[m.name] if getattr(n.meta.get("val"), "shape", None) == shape][-1]
-
-    def copied(node: fx.Node, arguments: Callable[[fx.Node], Any]) -> Any:
-        nonlocal anchor
-        if node.target is operator.getitem and isinstance(copies.get(node.args[0]), tuple):
-            return copies[node.args[0]][node.args[1]]  # a result of a region put back
-        if not _is_grad_mode_region(node):
-            with graph.inserting_after(anchor):
-                anchor = graph.node_copy(node, arguments)
-            return anchor
-        # a region whose results nothing reads: its operations (no gradient reaches them)
-        sub = before.owning_module.get_submodule(node.args[1].target)
-        inner = dict(zip(sub.graph.find_nodes(op="placeholder"), node.args[2:], strict=True))
-        env = {m: arguments(a) for m, a in inner.items()}
-        for m in sub.graph.nodes:
-            if m.op == "output":
-                return tuple(env[r] for r in m.args[0])
-            if m.op == "call_function" and written_into(m) is None:
-                env[m] = copied(m, env.__getitem__)
-            elif m.op != "placeholder":  # (a write, a constant of its own: left out)
-                raise KeyError(m.name)
-        raise KeyError(node.name)
-
-    for node in before.nodes:
-        if node not in discarded:
-            for n in made.get(node.name, ()):
-                if order[n] > at:
-                    anchor, at = n, order[n]
-            continue
-        try:
-            copies[node] = copied(node, argument)
-        except (KeyError, IndexError):  # an argument made of nothing here
-            continue
-
-
-def _tensors(value: Any) -> bool:
-    """Whether ``value`` (a node's ``meta["val"]``) is a tensor or a tuple of them."""
-    if isinstance(value, (tuple, list)):
-        return bool(value) and all(isinstance(v, torch.Tensor) for v in value)
-    return isinstance(value, torch.Tensor)
-
-
-#: ``node.meta`` key: the operation ran under ``no_grad`` in a region the decomposition
-#: inlined (see :func:`_functional`).
-_NO_GRAD_REGION = "gpa_no_grad_region"
-
-#: ``GraphModule.meta`` key of a program in functional form: the graph it was made of, and
-#: its lifted inputs' attributes (see :func:`_discarded_kept`).
-_FUNCTIONAL_OF = "gpa_functional_of"
-
-
-def _came_from(node: fx.Node, graph: int) -> set[str]:
-    """The names of the nodes of the graph whose ``id`` is ``graph`` that ``node`` was made
-    from, following torch's provenance records (``from_node``) through the passes between;
-    empty where torch recorded none."""
-    names: set[str] = set()
-    stack = list(node.meta.get("from_node") or ())
-    while stack:
-        source = stack.pop()
-        if getattr(source, "graph_id", None) == graph:
-            names.add(source.name)
-        else:
-            stack.extend(getattr(source, "from_node", None) or ())
-    return names
-
-
-def _regenerated_views_placed(graph: fx.Graph) -> None:
-    """Put each view that ``run_decompositions`` made again where it is first read back
-    in the module calls its input was made in. A view of a tensor written in place (or a
-    ``detach`` of it) is made anew before its first reader (torch marks it
-    ``is_functional_regenerated``), and torch records it in that reader's module call
-    (``nn_module_stack``): the grouping by module would fold it into that call, so another
-    reader of the view would read it through the call (a layer more on its paths), and a
-    ``detach`` there would be lost. Its calls become those both it and its inputs were made
-    in (the common start of their stacks): where the view was made, as far as the graph
-    tells (``docs/semantics.md`` §1.3).
-
-    Example:
-        >>> g = fx.Graph()
-        >>> x = g.placeholder("x")
-        >>> view = g.call_function(torch.ops.aten.t.default, (x,))
-        >>> view.meta = {"nn_module_stack": {"root": ("", nn.Module), "b": ("b", nn.Linear)},
-        ...              "is_functional_regenerated": True}
-        >>> _regenerated_views_placed(g)
-        >>> list(view.meta["nn_module_stack"])
-        []
-    """
-    for node in graph.nodes:
-        if not node.meta.get("is_functional_regenerated"):
-            continue
-        stack = node.meta.get("nn_module_stack") or {}
-        keys = list(stack)
-        for source in node.all_input_nodes:
-            theirs = list(source.meta.get("nn_module_stack") or {})
-            shared = 0
-            while shared < min(len(keys), len(theirs)) and keys[shared] == theirs[shared]:
-                shared += 1
-            keys = keys[:shared]
-        node.meta["nn_module_stack"] = {k: stack[k] for k in keys}
 
 
 def _custom_functions_message(model: nn.Module, functions: list[type]) -> str:
@@ -723,34 +524,6 @@ def _check_no_transforms(model: nn.Module, program: Any) -> None:
                 )
 
 
-def _may_miss_grad_mode(program: Any) -> bool:
-    """Whether export's record of grad-mode changes may lack one torch made in C++: a
-    checkpoint's function ran (its frames are in the recorded stack traces), or a region
-    without gradient holds no operation (a switch around Python that torch calls, such as
-    a checkpoint's saved-tensor hook)."""
-    gm = program.graph_module
-    for node in gm.graph.nodes:
-        if _is_grad_mode_region(node) and not node.args[0]:
-            region = gm.get_submodule(node.args[1].target).graph.nodes
-            if not any(n.op == "call_function" for n in region):
-                return True
-    return any(
-        _CHECKPOINT_FILE in (node.meta.get("stack_trace") or "")
-        for module in gm.modules()
-        if isinstance(module, fx.GraphModule)
-        for node in module.graph.nodes
-    )
-
-
-_CHECKPOINT_FILE = torch.utils.checkpoint.__file__
-
-
-def _is_grad_mode_region(node: fx.Node) -> bool:
-    return node.op == "call_function" and (
-        getattr(node.target, "__name__", "") == "wrap_with_set_grad_enabled"
-    )
-
-
 #: What torch.export says of a tensor it made without tracing (``h.data``) and would keep.
 _LIFTED_FAKE = "fake tensor in the exported program constant"
 
@@ -853,7 +626,7 @@ def _remodule(
 ) -> tuple[fx.GraphModule, dict[str, LayerCall], set[str], int]:
     """The exported graph in the fx frontend's form, its fused layer calls, the qualified
     names of the modules it calls, and how many re-entrant checkpoints it was given
-    nothing requiring gradient (see :func:`_inline_grad_mode_regions`); ``kept``: which
+    nothing requiring gradient (see :func:`~gpa.frontends.grad_regions.inline_grad_mode_regions`); ``kept``: which
     modules' calls are kept as one call (opaque ones), and which of those the user gave
     as leaves (one call even where no layer: §1.1); ``sites``: where each module was
     called from (:func:`_call_sites`)."""
@@ -869,9 +642,9 @@ def _remodule(
     for node in list(graph.nodes):
         if node.op == "call_module" and node.target == "_guards_fn":
             graph.erase_node(node)
-    _discarded_kept(exported)
-    unfed = _inline_grad_mode_regions(exported, watched)
-    _mark_inference_mode(graph)
+    discarded_kept(exported)
+    unfed = inline_grad_mode_regions(exported, watched)
+    mark_inference_mode(graph)
     _name_outputs(graph, program.call_spec.out_spec)
     graph._codegen = fx.graph.CodeGen()  # flat inputs, the outputs named above
     root = copy.copy(model)  # constants export lifted go here, not on the user's model
@@ -930,114 +703,6 @@ def _place(calls: list[_Call], sites: _Sites) -> None:
             k = counted.get(id(call.module), 0)
             call.site = made[k]
             counted[id(call.module)] = k + 1
-
-
-def _mark_inference_mode(graph: fx.Graph) -> None:
-    """Put each operation run under ``torch.inference_mode()`` between ``grad_mode(False)``
-    markers: export records no node for that mode, only results that are inference
-    tensors; likewise each one a decomposition took out of a ``no_grad`` region
-    (:func:`_functional`)."""
-    enabled = True
-    for node in list(graph.nodes):
-        if node.op == "call_function" and node.target is grad_mode:
-            enabled = bool(node.args[0])
-            continue
-        value = node.meta.get("val")
-        inference = isinstance(value, torch.Tensor) and value.is_inference()
-        if enabled and (inference or node.meta.get(_NO_GRAD_REGION)):
-            with graph.inserting_before(node):
-                graph.call_function(grad_mode, (False,))
-            with graph.inserting_after(node):
-                graph.call_function(grad_mode, (True,))
-
-
-def _inline_grad_mode_regions(gm: fx.GraphModule, watched: bool = False) -> int:
-    """Replace each ``wrap_with_set_grad_enabled(mode, submodule, *args)`` by the
-    submodule's operations between ``grad_mode(mode)`` and ``grad_mode(previous)``; drop
-    export's dtype assertions (``_assert_tensor_metadata``: they check, they compute
-    nothing). Any other operator holding a submodule is refused: ``wrap_with_autocast``
-    among them, since export keeps no grad-mode change inside it (a ``no_grad`` block
-    under ``torch.autocast``), and its operations would all seem to carry gradient.
-
-    Returns how many regions without gradient hold ``detach_`` calls when exported
-    under :class:`~gpa.frontends.watch.Checkpoints` (``watched``): autograd's, on the
-    outputs of a re-entrant checkpoint none of whose inputs requires grad — given the
-    model's inputs alone, which require none in training (``docs/semantics.md`` §1.7).
-
-    Raises:
-        TraceError: another operator holding a submodule remains (``torch.cond``, …):
-            the layers inside it would be lost.
-    """
-    graph = gm.graph
-    enabled = True
-    detached = 0
-    for node in list(graph.nodes):
-        if node.op == "call_function" and node.target is grad_mode:
-            enabled = bool(node.args[0])
-        if (
-            node.op == "call_function"
-            and node.target is torch.ops.aten._assert_tensor_metadata.default
-        ):
-            graph.erase_node(node)
-            continue
-        if not _is_grad_mode_region(node):
-            _refuse_subgraphs(gm, node)
-            continue
-        mode, holder, *args = node.args
-        mode = bool(mode)
-        sub = gm.get_submodule(holder.target)
-        detached += _inline_grad_mode_regions(sub, watched)
-        with graph.inserting_before(node):
-            graph.call_function(grad_mode, (mode,))
-            placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
-            env = dict(zip(placeholders, args, strict=True))
-            cut = False
-            for inner in sub.graph.nodes:
-                if inner.op == "placeholder":
-                    continue
-                if inner.op == "output":
-                    results = fx.node.map_arg(inner.args[0], env.__getitem__)
-                    break
-                if inner.op == "get_attr":  # a constant of the region: lift it to gm
-                    name = f"_gpa_{holder.target}_{inner.target}".replace(".", "_")
-                    setattr(gm, name, getattr(sub, inner.target))
-                    env[inner] = graph.get_attr(name)
-                    continue
-                if watched and not mode and inner.target is torch.ops.aten.detach_.default:
-                    cut = True
-                env[inner] = graph.node_copy(inner, env.__getitem__)
-            graph.call_function(grad_mode, (enabled,))
-        detached += cut
-        for user in list(node.users):
-            user.replace_all_uses_with(results[user.args[1]])
-            graph.erase_node(user)
-        graph.erase_node(node)
-        if not holder.users:
-            graph.erase_node(holder)
-    return detached
-
-
-def _refuse_subgraphs(gm: fx.GraphModule, node: fx.Node) -> None:
-    """Raise TraceError if ``node`` calls an operator on a submodule of ``gm`` (a
-    higher-order operator: ``torch.cond``, ``map``, …) that gpa does not inline."""
-    if node.op != "call_function" or not isinstance(node.target, torch._ops.HigherOrderOperator):
-        return
-    held = [
-        a
-        for a in node.all_input_nodes
-        if a.op == "get_attr" and isinstance(getattr(gm, str(a.target), None), fx.GraphModule)
-    ]
-    if held:
-        name = getattr(node.target, "__name__", str(node.target))
-        why = (
-            "torch.autocast, inside which export keeps no no_grad"
-            if name == "wrap_with_autocast"
-            else "which gpa does not read"
-        )
-        raise TraceError(
-            f"torch.export's graph calls {name} on a part of the model ({why}): the layers "
-            "inside it would be lost or misread"
-        )
 
 
 def _name_outputs(graph: fx.Graph, spec: Any) -> None:
