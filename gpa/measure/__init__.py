@@ -660,7 +660,10 @@ def _summarise(
     missing = [n for n in measured if n not in names]
     notes = meta.pop("notes")
     if missing:
-        notes.append(f"layers not called in the measured steps: {', '.join(missing)}")
+        notes.append(
+            "layers not called in the measured steps, left out of the table and its counts "
+            f"(layers, frozen): {', '.join(missing)}"
+        )
     # a layer some steps do not call (an expert no token was routed to, a branch) received
     # no gradient there: 0 in its norms, and it has no samples there for CKA
     uncalled = {n: [i + 1 for i, c in enumerate(called) if n not in c] for n in names}

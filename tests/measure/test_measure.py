@@ -802,6 +802,29 @@ def test_too_few_samples_for_cka_are_said() -> None:
     assert not any("too few" in n for n in enough.notes)
 
 
+class EvalOnlyHead(nn.Module):
+    """``extra`` (frozen) runs in eval mode only, as YOLO's DFL convolution."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.extra = nn.Linear(4, 4), nn.Linear(4, 4).requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return y if self.training else self.extra(y)
+
+
+def test_a_layer_no_step_calls_is_named_apart_from_the_counts() -> None:
+    """Found by a new user on YOLOv8n: the DFL convolution (frozen, called in eval mode
+    only) was named frozen in a note while the summary said "frozen: 0". A train-mode
+    measurement calls ``a`` alone: one layer measured, none frozen among them, and the
+    note says the uncalled one is left out of those counts."""
+    m = measure(EvalOnlyHead(), torch.zeros(1, 4), steps=1, batch_size=4)
+    assert list(m.layers) == ["a"] and m.network_dict()["frozen"] == []
+    assert "left out of the table and its counts (layers, frozen): extra" in " ".join(m.notes)
+    assert "layers: 1, frozen: 0" in str(m)
+
+
 def test_chance_cka_of_two_samples_is_one() -> None:
     """By hand: two centred samples are x and -x, so a Gram matrix is c·[[1, -1], [-1, 1]]
     and swapping the samples leaves it as it is: shuffled or not, CKA is 1."""
