@@ -794,6 +794,9 @@ class Levels(nn.Module):
         self.pick = pick
         self.l0, self.l1 = nn.Linear(4, 4), nn.Linear(4, 4)
         self.head = nn.ModuleList([nn.Linear(4, 3), nn.Linear(4, 3)])
+        self.register_buffer("rows", torch.tensor([1, 0]))
+        self.register_buffer("keep", torch.tensor([True, False]))
+        self.register_buffer("cells", torch.tensor([[True, False, True], [False, True, True]]))
 
     def forward(self, x: torch.Tensor):
         h0 = self.l0(x)
@@ -832,6 +835,14 @@ class Levels(nn.Module):
         if self.pick == "inner":  # a stack picked from a stack, then picked from: levels[1]
             stacked = torch.stack([torch.stack(outs[::-1], 1), torch.stack(outs, 1)])
             return stacked[1, :, 1]
+        if self.pick == "indexed":  # rows by an index tensor, then the pick: levels[1][rows]
+            return torch.stack(outs, dim=1)[self.rows, 1]
+        if self.pick == "listed":  # rows by a list, then the pick: levels[1][[1, 0]]
+            return torch.stack(outs, dim=1)[[1, 0], 1]
+        if self.pick == "masked":  # rows by a mask, then the pick: levels[1][keep]
+            return torch.stack(outs, dim=1)[self.keep, 1]
+        if self.pick == "masked-2d":  # a mask of two axes, then the pick: levels[1][cells]
+            return torch.stack(outs, dim=2)[self.cells, 1]
         if self.pick == "rows":  # the first row of every level, stacked on the last axis
             return torch.stack(outs, dim=-1)[0]
         if self.pick == "chosen":  # the level the data chooses: any of them
@@ -859,6 +870,7 @@ def test_a_level_the_data_chooses_reads_every_head(tracer: str) -> None:
     [
         *("last", "select", "tuple", "keywords", "further", "nested", "deeper", "negative"),
         *("sliced", "ellipsis", "between", "trailing", "unsqueezed", "inner"),
+        *("indexed", "listed", "masked", "masked-2d"),
         *("first", "across", "aux", "rows"),
     ],
 )
@@ -868,7 +880,8 @@ def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str)
     picks and a pick along the stacked axis named negatively (a survey and a review:
     autograd read every head), and a pick after whole axes or an ellipsis (``[:, 1]``,
     ``[..., 1]``, ``[..., 1, None]``) or of a stack picked from a stack (``S[1, :, 1]``): fx
-    read every head. ``first``: head.0
+    read every head; so it did after rows chosen by an index tensor, a list or a mask
+    (``S[idx, 1]``: the index and the pick broadcast together, head 1's rows alone). ``first``: head.0
     alone, l0 -> head.0 (2), l1 and head.1 unreachable. Picking along another axis, or
     returning the other levels too, reads both heads: l0 -> head.0 (2) and l0 -> l1 ->
     head.1 (3); so does a row of levels stacked on the last axis (``rows``: autograd took the
@@ -890,6 +903,10 @@ def test_a_level_picked_from_a_stack_reads_only_its_head(tracer: str, pick: str)
         "trailing",
         "unsqueezed",
         "inner",
+        "indexed",
+        "listed",
+        "masked",
+        "masked-2d",
     ):
         expect(report, "head.1", {1: 1}, (LOSS,))
         expect(report, "l1", {2: 1}, ("head.1",))

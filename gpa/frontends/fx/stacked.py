@@ -109,22 +109,48 @@ def _pick(node: fx.Node) -> tuple[fx.Node, int, int, tuple] | None:
 
 def _leading_pick(items: tuple, rank: int | None) -> tuple[int, Any, tuple]:
     """(axis, index, the other items) of the first integer in a subscript ``items`` whose
-    earlier items keep whole axes (``:``, ``...``): ``x[:, 2]`` picks 2 along axis 1,
-    ``x[..., 2, :]`` along axis ``rank - 2``. The index is None when no such integer
-    comes first, or when an ellipsis needs ``rank`` (the indexed tensor's) and it is not
-    known; the other items index what the pick gives (``x[:, 2, :1]`` is ``y[:, :1]``)."""
+    earlier items keep whole axes (``:``, ``...``), or index right before it by tensors or
+    lists (``x[idx, 2]``: one block of advanced indices, which 2 joins, broadcast): ``x[:,
+    2]`` picks 2 along axis 1, ``x[..., 2, :]`` along axis ``rank - 2``, ``x[idx, 2]`` along
+    axis 1 (a boolean mask of k axes: k). The index is None when no such integer comes
+    first, or when an ellipsis needs ``rank`` (the indexed tensor's) and it is not known;
+    the other items index what the pick gives (``x[:, 2, :1]`` is ``y[:, :1]``, ``x[idx,
+    2]`` is ``y[idx]``: the block stays one, where it was)."""
     position = next((p for p, item in enumerate(items) if type(item) is int), len(items))
-    whole = all(i is Ellipsis or i == slice(None) for i in items[:position])
+    start = position  # the advanced indices right before the pick
+    while start and _axes_indexed(items[start - 1]) is not None:
+        start -= 1
+    whole = all(i is Ellipsis or i == slice(None) for i in items[:start])
     if position == len(items) or not whole:
         return 0, None, ()
     item = items[position]
     rest = items[:position] + items[position + 1 :]
+    if start < position:  # (an ellipsis before them would need every axis counted)
+        if Ellipsis in items[:start]:
+            return 0, None, ()
+        return start + sum(_axes_indexed(i) for i in items[start:position]), item, rest
     if Ellipsis not in items[:position]:
         return position, item, rest
     after = [i for i in items[position:] if i is not None]  # (None makes an axis: no pick)
     if rank is None or not all(type(i) is int or isinstance(i, slice) for i in after):
         return 0, None, ()
     return rank - len(after), item, rest
+
+
+def _axes_indexed(item: Any) -> int | None:
+    """How many axes an advanced index spends: an integer tensor or a list one, a boolean
+    mask as many as it has (None for anything else, or a tensor whose dtype is unknown)."""
+    if isinstance(item, list) and item and all(type(i) in (int, bool) for i in item):
+        return 1
+    if not isinstance(item, fx.Node):
+        return None
+    flow = item.meta.get(FLOW)
+    value = flow.value if flow is not None else None
+    if value is None or value.dtype is None or value.shape is None:
+        return None
+    if value.dtype in ("bool", "uint8"):
+        return len(value.shape)
+    return 1 if value.dtype.startswith("int") else None
 
 
 def _is_stack(node: fx.Node) -> bool:
