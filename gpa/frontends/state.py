@@ -39,7 +39,7 @@ __all__ = [
     "eager_compiled_modules",
     "modes_switched",
     "parameters_requiring_grad",
-    "parameters_stood_in",
+    "parameter_data_copied",
     "preserved_state",
     "same_entries",
     "training_mode",
@@ -145,30 +145,62 @@ def buffers_copied(model: nn.Module, snapshot: StateSnapshot | None = None) -> I
 
 
 @contextlib.contextmanager
-def parameters_stood_in(model: nn.Module, snapshot: StateSnapshot | None = None) -> Iterator[None]:
-    """Every module's parameters replaced for the block by stand-ins on the meta device
-    (their shapes, dtypes and ``requires_grad``, no values), then put back
-    (``docs/semantics.md`` §1.8): symbolic tracing runs ``forward``'s Python on the
-    parameters it meets as no proxies (``for p in self.parameters()``), so a momentum
-    update (``pt.data.mul_(m).add_(ps.data, alpha=1 - m)``, ``pt.data = …``: MoCo, BYOL, a
-    mean teacher) would otherwise change the model's weights. The trace reads no values
-    of them; a copy would cost as much memory as the model. A parameter registered under
-    several names stays one. ``snapshot`` as for :func:`buffers_copied`.
+def parameter_data_copied(
+    model: nn.Module, snapshot: StateSnapshot | None = None
+) -> Iterator[None]:
+    """For the block, ``p.data`` of each of ``model``'s parameters gives a copy of its
+    values (made on first use, the same one after), and ``p.data = t`` replaces that copy,
+    not the parameter's values (``docs/semantics.md`` §1.8): symbolic tracing runs
+    ``forward``'s Python on the parameters it meets as no proxies (``for p in
+    self.parameters()``), so a momentum update through ``.data`` (``pt.data.mul_(m)
+    .add_(ps.data, alpha=1 - m)``, ``pt.data = m * pt.data + …``: MoCo, BYOL, DINO, a mean
+    teacher) would otherwise change the model's weights. The parameters themselves are
+    left as they are — where they live, their class, their attributes, the values forward
+    reads —; a write into one in place without ``.data`` still reaches it. Other tensors'
+    ``.data`` is theirs. ``snapshot`` as for :func:`buffers_copied`.
 
     Example:
         >>> m = nn.Linear(2, 2)
-        >>> with parameters_stood_in(m):
-        ...     _ = next(m.parameters()).data.zero_()
-        >>> bool(m.weight.abs().sum() > 0)
-        True
+        >>> with parameter_data_copied(m):
+        ...     _ = m.weight.data.zero_()
+        ...     m.bias.data = m.bias.data + 1
+        >>> bool(m.weight.abs().sum() > 0), bool(m.bias.data.abs().max() < 1)
+        (True, True)
     """
+    modules = _scripted_out(model.modules()) if snapshot is None else snapshot.modules
+    held = {id(t): t for m in modules for t in m._parameters.values() if t is not None}
+    copies: dict[int, torch.Tensor] = {}
 
-    def stand_in(p: torch.Tensor) -> torch.Tensor:
-        meta = torch.empty_like(p, device="meta")
-        return nn.Parameter(meta, requires_grad=p.requires_grad)
+    def get(parameter: torch.Tensor) -> torch.Tensor:
+        data = _DATA.__get__(parameter, type(parameter))
+        if held.get(id(parameter)) is not parameter:
+            return data
+        if id(parameter) not in copies:
+            try:
+                copies[id(parameter)] = data.clone()
+            except Exception:  # (a lazy module's uninitialized parameter: nothing to copy)
+                return data
+        return copies[id(parameter)]
 
-    with _replaced(model, snapshot, "_parameters", stand_in):
+    def put(parameter: torch.Tensor, value: torch.Tensor) -> None:
+        if held.get(id(parameter)) is parameter:
+            copies[id(parameter)] = value
+        else:
+            _DATA.__set__(parameter, value)
+
+    before = nn.Parameter.__dict__.get("data")
+    nn.Parameter.data = property(get, put)  # type: ignore[assignment,method-assign]
+    try:
         yield
+    finally:
+        if before is None:
+            del nn.Parameter.data
+        else:
+            nn.Parameter.data = before  # type: ignore[method-assign]
+
+
+# The ``data`` attribute of every tensor, as torch defines it.
+_DATA = torch._C.TensorBase.data
 
 
 @contextlib.contextmanager

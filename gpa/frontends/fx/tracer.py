@@ -64,7 +64,7 @@ from gpa.frontends.state import (
     TRACING,
     StateSnapshot,
     buffers_copied,
-    parameters_stood_in,
+    parameter_data_copied,
     preserved_state,
     same_entries,
 )
@@ -785,7 +785,7 @@ def trace(
             watch,
             preserved_state(model, snapshot),
             buffers_copied(model, snapshot),
-            parameters_stood_in(model, snapshot),
+            parameter_data_copied(model, snapshot),
             functions_recorded(),
             RandomBranches() as randomness,
         ):
