@@ -48,7 +48,7 @@ FUNCTIONAL_OF = "gpa_functional_of"
 
 def functional_form(program: Any) -> Any:
     """``program`` in functional form (``run_decompositions``), each operation that ran
-    under ``no_grad`` marked so (:data:`NO_GRAD_REGION`). The decomposition inlines
+    under ``no_grad`` or ``inference_mode`` marked so (:data:`NO_GRAD_REGION`). The decomposition inlines
     export's grad-mode regions (``wrap_with_set_grad_enabled``) and keeps no trace of them:
     a layer called under ``no_grad`` whose result is then written into
     (``t = teacher(x)`` under ``no_grad``, ``t[:, :4] = 0``) would seem to carry gradient.
@@ -71,6 +71,8 @@ def functional_form(program: Any) -> Any:
         **signature.inputs_to_buffers,
         **signature.inputs_to_lifted_tensor_constants,
     }
+    # (what ran under inference_mode: export marks its results, not the decomposition's)
+    regions |= {n.name for n in before.nodes if _inference(n.meta.get("val"))}
     program = program.run_decompositions({})
     for node in program.graph.nodes if regions else ():
         names = _came_from(node, id(before))
@@ -181,6 +183,11 @@ def discarded_kept(gm: fx.GraphModule) -> None:
             copies[node] = copied(node, argument)
         except (KeyError, IndexError):  # an argument made of nothing here
             continue
+
+
+def _inference(value: Any) -> bool:
+    """Whether ``value`` (a node's ``meta["val"]``) is an inference tensor."""
+    return isinstance(value, torch.Tensor) and value.is_inference()
 
 
 def _tensors(value: Any) -> bool:

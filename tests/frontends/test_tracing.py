@@ -171,6 +171,9 @@ class NoGradThenSliceWrite(nn.Module):
         elif case == "set-grad-enabled":
             with torch.set_grad_enabled(False):
                 t = self.teacher(x)
+        elif case == "inference-mode":
+            with torch.inference_mode():
+                t = self.teacher(x)
         elif case == "decorated":
             t = self.frozen(x)
         elif case == "enable-inside":
@@ -200,6 +203,7 @@ class NoGradThenSliceWrite(nn.Module):
         "inside-data",
         "in-norm",
         "set-grad-enabled",
+        "inference-mode",
         "decorated",
         "enable-inside",
         "history",
@@ -211,7 +215,7 @@ def test_a_no_grad_block_stays_one_in_exports_functional_form(case, tracer):
     masked by a slice write): export, and auto with it, reported the teacher reachable
     (shortest 1 from a head beside it), autograd and a real backward unreachable. By hand:
     head 1; student 2 (head <- student); teacher, called under ``no_grad`` however the
-    block is made, and with a norm after it in the block (in train mode: its statistics'
+    block is made (or ``inference_mode``: a review), and with a norm after it in the block (in train mode: its statistics'
     update is a write into its own buffers, which brings no gradient). Where the block writes under
     ``no_grad`` into the student's output (``y[:, :4] = 0``, ``y.mul_(2)``), y keeps its
     history (§1.3): the student is reached all the same. With ``enable_grad`` inside, the
