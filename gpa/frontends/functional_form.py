@@ -54,9 +54,9 @@ def functional_form(program: Any) -> Any:
     (``t = teacher(x)`` under ``no_grad``, ``t[:, :4] = 0``) would seem to carry gradient.
     Which region an operation came from is read from torch's record of where each node
     came from (``node.meta["from_node"]``); an operation without one is taken to run with
-    gradient. A region writing in place into a tensor from outside it (but for
-    buffers and constants) is not marked: that tensor keeps its history through the write
-    (§1.3), which the functional form, a new tensor made in the region, no longer shows.
+    gradient. A region writing in place into a tensor computed outside it is not marked:
+    that tensor keeps its history through the write (§1.3), which the functional form, a
+    new tensor made in the region, no longer shows.
     The graph it was made of is kept (``meta[FUNCTIONAL_OF]``) for
     :func:`discarded_kept`."""
     regions = {
@@ -85,17 +85,17 @@ def functional_form(program: Any) -> Any:
 
 def _writes_outside(program: Any, region: fx.Node) -> bool:
     """Whether the grad-mode ``region`` of ``program``'s graph writes in place into (a view
-    of) one of its arguments other than the model's buffers and constants."""
+    of) a tensor computed outside it — one with a history of its own. A write into the
+    model's parameters, buffers, constants or inputs (a momentum update of a teacher's
+    weights, MoCo's) keeps no history but theirs: they are where gradient stops."""
     sub = program.graph_module.get_submodule(region.args[1].target)
     given = dict(zip(sub.graph.find_nodes(op="placeholder"), region.args[2:], strict=False))
-    signature = program.graph_signature
-    kept = {*signature.inputs_to_buffers, *signature.inputs_to_lifted_tensor_constants}
     for node in sub.graph.nodes:
         target = written_into(node)
         if target is None:
             continue
         outside = given.get(view_base(target))
-        if outside is not None and not (outside.op == "placeholder" and outside.name in kept):
+        if isinstance(outside, fx.Node) and outside.op != "placeholder":
             return True
     return False
 

@@ -174,6 +174,11 @@ class NoGradThenSliceWrite(nn.Module):
         elif case == "inference-mode":
             with torch.inference_mode():
                 t = self.teacher(x)
+        elif case == "momentum":  # MoCo: the teacher's weights updated, then the teacher
+            with torch.no_grad():
+                for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
+                    pt.mul_(0.5).add_(ps.detach(), alpha=0.5)
+                t = self.teacher(x)
         elif case == "decorated":
             t = self.frozen(x)
         elif case == "enable-inside":
@@ -204,6 +209,7 @@ class NoGradThenSliceWrite(nn.Module):
         "in-norm",
         "set-grad-enabled",
         "inference-mode",
+        "momentum",
         "decorated",
         "enable-inside",
         "history",
@@ -215,7 +221,8 @@ def test_a_no_grad_block_stays_one_in_exports_functional_form(case, tracer):
     masked by a slice write): export, and auto with it, reported the teacher reachable
     (shortest 1 from a head beside it), autograd and a real backward unreachable. By hand:
     head 1; student 2 (head <- student); teacher, called under ``no_grad`` however the
-    block is made (or ``inference_mode``: a review), and with a norm after it in the block (in train mode: its statistics'
+    block is made (or ``inference_mode``; or after a momentum update of its weights in the
+    block, MoCo's: a review), and with a norm after it in the block (in train mode: its statistics'
     update is a write into its own buffers, which brings no gradient). Where the block writes under
     ``no_grad`` into the student's output (``y[:, :4] = 0``, ``y.mul_(2)``), y keeps its
     history (§1.3): the student is reached all the same. With ``enable_grad`` inside, the
