@@ -176,7 +176,8 @@ class NoGradThenSliceWrite(nn.Module):
                 t = self.teacher(x)
         elif case == "momentum":  # MoCo: the teacher's weights updated, then the teacher
             with torch.no_grad():
-                for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
+                pairs = zip(self.student.parameters(), self.teacher.parameters(), strict=True)
+                for ps, pt in pairs:
                     pt.mul_(0.5).add_(ps.detach(), alpha=0.5)
                 t = self.teacher(x)
         elif case == "decorated":
@@ -290,6 +291,42 @@ def test_a_discarded_call_counts_in_exports_functional_form(case, tracer):
         expect_unreachable(report, calls[case])
         assert report.layers[calls[case]].flops == 1280
     assert report.network.flops == 2 * 1280
+    check_reachability_with_autograd(report, model, x)
+
+
+class WeightThroughParameters(nn.Module):
+    """head(F.linear(a(x), w)), ``w`` computed from ``b``'s weight read through
+    ``parameters()`` (weight standardisation) or ``named_parameters()`` (a scale)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4, bias=False), nn.Linear(4, 2)
+        self.how = how
+
+    def forward(self, x):
+        if self.how == "standardised":
+            w = next(self.b.parameters())
+            w = (w - w.mean(1, keepdim=True)) / (w.std(1, keepdim=True) + 1e-5)
+        else:
+            w = dict(self.b.named_parameters())["weight"] * 2.0
+        return self.head(F.linear(self.a(x), w))
+
+
+@pytest.mark.parametrize("how", ["standardised", "scaled"])
+def test_a_weight_computed_from_parameters_fx_cannot_see(how):
+    """Found by a review: ``parameters()`` gives the parameters themselves, not fx's
+    proxies, so what forward computes from them ran while fx traced and became a constant:
+    ``b`` was reported uncalled and unreachable (auto too), where a real backward gives it
+    gradient. fx refuses (auto moves on to export). By hand: head 1, b (the functional
+    linear reading its weight) 2, a 3."""
+    model, x = WeightThroughParameters(how), torch.randn(2, 4)
+    with pytest.raises(TraceError, match="out of torch.fx's sight"):
+        gpa.analyze(model, (x,), tracer="fx")
+    for tracer in ("auto", "export", "autograd"):
+        report = gpa.analyze(model, (x,), tracer=tracer)
+        expect(report, "head", {1: 1}, (LOSS,))
+        expect(report, "b", {2: 1}, ("head",))
+        expect(report, "a", {3: 1}, ("b",))
     check_reachability_with_autograd(report, model, x)
 
 

@@ -538,6 +538,8 @@ class GpaTracer(fx.Tracer):
             name = self._qualified_name(a)
             if name is not None:
                 return self.create_node("get_attr", name, (), {})
+            if a.grad_fn is not None:  # computed while tracing from what carries gradient
+                raise TraceError(_COMPUTED_FROM_PARAMETERS)
         return super().create_arg(a)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
@@ -671,6 +673,16 @@ class GpaTracer(fx.Tracer):
         if kind in ("call_module", "call_function", "call_method"):
             node.meta[SITE] = caller_site()
         return node
+
+
+# Why fx cannot hold a tensor forward computed from parameters it met as no proxies.
+_COMPUTED_FROM_PARAMETERS = (
+    "forward computes a tensor from the model's parameters out of torch.fx's sight (it "
+    "reads them through parameters(), named_parameters() or the like, which give the "
+    "parameters themselves, not proxies): fx would hold the result as a constant, and "
+    "those parameters would receive no gradient. --tracer export or autograd reads it "
+    "(auto moves on)"
+)
 
 
 def call_site(node: fx.Node) -> Site | None:
