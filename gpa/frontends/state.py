@@ -26,7 +26,7 @@ import itertools
 import operator
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -140,8 +140,23 @@ def buffers_copied(model: nn.Module, snapshot: StateSnapshot | None = None) -> I
         >>> int(m.num_batches_tracked)
         0
     """
-    with _replaced(model, snapshot, "_buffers", lambda b: b.detach().clone()):
+    saved = [
+        (m._buffers, dict(m._buffers))
+        for m in (_scripted_out(model.modules()) if snapshot is None else snapshot.modules)
+    ]
+    copies: dict[int, torch.Tensor] = {}
+    try:
+        for held, before in saved:
+            for name, b in before.items():
+                if b is not None and not isinstance(b, nn.parameter.UninitializedTensorMixin):
+                    if id(b) not in copies:
+                        copies[id(b)] = b.detach().clone()
+                    held[name] = copies[id(b)]
         yield
+    finally:
+        for held, before in saved:
+            held.clear()
+            held.update(before)
 
 
 @contextlib.contextmanager
@@ -201,34 +216,6 @@ def parameter_data_copied(
 
 # The ``data`` attribute of every tensor, as torch defines it.
 _DATA = torch._C.TensorBase.data
-
-
-@contextlib.contextmanager
-def _replaced(
-    model: nn.Module,
-    snapshot: StateSnapshot | None,
-    kind: str,
-    stand_in: Callable[[torch.Tensor], torch.Tensor],
-) -> Iterator[None]:
-    """Every module's tensors held under ``kind`` (``_buffers``, ``_parameters``) replaced by
-    ``stand_in`` of each for the block (one per tensor), then put back."""
-    saved = [
-        (getattr(m, kind), dict(getattr(m, kind)))
-        for m in (_scripted_out(model.modules()) if snapshot is None else snapshot.modules)
-    ]
-    made: dict[int, torch.Tensor] = {}
-    try:
-        for held, before in saved:
-            for name, t in before.items():
-                if t is not None and not isinstance(t, nn.parameter.UninitializedTensorMixin):
-                    if id(t) not in made:
-                        made[id(t)] = stand_in(t)
-                    held[name] = made[id(t)]
-        yield
-    finally:
-        for held, before in saved:
-            held.clear()
-            held.update(before)
 
 
 @contextlib.contextmanager
