@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "TRACING",
@@ -39,7 +40,7 @@ __all__ = [
     "eager_compiled_modules",
     "modes_switched",
     "parameters_requiring_grad",
-    "parameter_data_copied",
+    "parameters_kept",
     "preserved_state",
     "same_entries",
     "training_mode",
@@ -160,62 +161,78 @@ def buffers_copied(model: nn.Module, snapshot: StateSnapshot | None = None) -> I
 
 
 @contextlib.contextmanager
-def parameter_data_copied(
-    model: nn.Module, snapshot: StateSnapshot | None = None
-) -> Iterator[None]:
-    """For the block, ``p.data`` of each of ``model``'s parameters gives a copy of its
-    values (made on first use, the same one after), and ``p.data = t`` replaces that copy,
-    not the parameter's values (``docs/semantics.md`` §1.8): symbolic tracing runs
-    ``forward``'s Python on the parameters it meets as no proxies (``for p in
-    self.parameters()``), so a momentum update through ``.data`` (``pt.data.mul_(m)
-    .add_(ps.data, alpha=1 - m)``, ``pt.data = m * pt.data + …``: MoCo, BYOL, DINO, a mean
-    teacher) would otherwise change the model's weights. The parameters themselves are
-    left as they are — where they live, their class, their attributes, the values forward
-    reads —; a write into one in place without ``.data`` still reaches it. Other tensors'
-    ``.data`` is theirs. ``snapshot`` as for :func:`buffers_copied`.
+def parameters_kept(model: nn.Module, snapshot: StateSnapshot | None = None) -> Iterator[None]:
+    """Every parameter of ``model`` as it was before the block, values and all
+    (``docs/semantics.md`` §1.8): symbolic tracing runs ``forward``'s Python on the
+    parameters it meets as no proxies (``for p in self.parameters()``), so a momentum
+    update (``pt.mul_(m).add_(ps, alpha=1 - m)``, ``pt.data.mul_(m)``, ``pt.data = …``,
+    ``lerp_``, ``load_state_dict``: MoCo, BYOL, DINO, a mean teacher) would otherwise change
+    the model's weights. The parameters themselves are used as they are — where they
+    live, their class, their attributes, their values —; each one an operation writes
+    into in place is copied first, and put back after, as is a parameter given new
+    ``.data``. ``snapshot`` as for :func:`buffers_copied`.
 
     Example:
         >>> m = nn.Linear(2, 2)
-        >>> with parameter_data_copied(m):
-        ...     _ = m.weight.data.zero_()
+        >>> before = m.weight.detach().clone()
+        >>> with parameters_kept(m), torch.no_grad():
+        ...     _ = next(m.parameters()).mul_(0).add_(1)
         ...     m.bias.data = m.bias.data + 1
-        >>> bool(m.weight.abs().sum() > 0), bool(m.bias.data.abs().max() < 1)
+        >>> torch.equal(m.weight, before), bool(m.bias.abs().max() < 1)
         (True, True)
     """
     modules = _scripted_out(model.modules()) if snapshot is None else snapshot.modules
-    held = {id(t): t for m in modules for t in m._parameters.values() if t is not None}
-    copies: dict[int, torch.Tensor] = {}
-
-    def get(parameter: torch.Tensor) -> torch.Tensor:
-        data = _DATA.__get__(parameter, type(parameter))
-        if held.get(id(parameter)) is not parameter:
-            return data
-        if id(parameter) not in copies:
-            try:
-                copies[id(parameter)] = data.clone()
-            except Exception:  # (a lazy module's uninitialized parameter: nothing to copy)
-                return data
-        return copies[id(parameter)]
-
-    def put(parameter: torch.Tensor, value: torch.Tensor) -> None:
-        if held.get(id(parameter)) is parameter:
-            copies[id(parameter)] = value
-        else:
-            _DATA.__set__(parameter, value)
-
-    before = nn.Parameter.__dict__.get("data")
-    nn.Parameter.data = property(get, put)  # type: ignore[assignment,method-assign]
+    held = {
+        id(t): t
+        for m in modules
+        for t in m._parameters.values()
+        if t is not None
+        and not t.is_meta
+        and not isinstance(t, nn.parameter.UninitializedTensorMixin)
+    }
+    data = {key: t.data for key, t in held.items()}  # (aliases of their memory, no copies)
+    watch = _Writes({_memory(d): d for d in data.values()})
     try:
-        yield
+        with watch:
+            yield
     finally:
-        if before is None:
-            del nn.Parameter.data
-        else:
-            nn.Parameter.data = before  # type: ignore[method-assign]
+        with torch.no_grad():
+            for key, t in held.items():
+                if _memory(t) != _memory(data[key]):  # given new .data
+                    t.data = data[key]
+            for memory, kept in watch.copies.items():
+                watch.memories[memory].copy_(kept)
 
 
-# The ``data`` attribute of every tensor, as torch defines it.
-_DATA = torch._C.TensorBase.data
+def _memory(t: torch.Tensor) -> int:
+    """Where ``t``'s storage lives (0 for a tensor without one: meta, fake)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # (a tensor subclass without storage)
+        return 0
+
+
+class _Writes(TorchDispatchMode):
+    """Copies the values of each watched memory (``memories``: a tensor over each,
+    by :func:`_memory`) before an operation first writes into it in place."""
+
+    def __init__(self, memories: dict[int, torch.Tensor]) -> None:
+        super().__init__()
+        self.memories = memories
+        self.copies: dict[int, torch.Tensor] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func._schema.is_mutable:
+            for position, argument in enumerate(func._schema.arguments):
+                if argument.alias_info is None or not argument.alias_info.is_write:
+                    continue
+                given = args[position] if position < len(args) else kwargs.get(argument.name)
+                for t in given if isinstance(given, (list, tuple)) else (given,):
+                    memory = _memory(t) if isinstance(t, torch.Tensor) else 0
+                    if memory in self.memories and memory not in self.copies:
+                        self.copies[memory] = self.memories[memory].clone()
+        return func(*args, **kwargs)
 
 
 @contextlib.contextmanager

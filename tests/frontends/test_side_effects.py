@@ -450,9 +450,9 @@ def test_what_forward_writes_into_buffers_in_place_is_not_kept(tracer: str) -> N
 
 
 class MomentumTeacher(nn.Module):
-    """A teacher updated from the student in forward through ``.data`` (MoCo, BYOL, DINO,
-    a mean teacher), ``how``: by assigning ``.data``, or in place through it; then the
-    teacher called under ``no_grad``."""
+    """A teacher updated from the student in forward (MoCo, BYOL, DINO, a mean teacher),
+    ``how``: by assigning ``.data``, in place through ``.data``, in place on the parameter,
+    by ``lerp_``, by ``load_state_dict``; then the teacher called under ``no_grad``."""
 
     def __init__(self, how: str) -> None:
         super().__init__()
@@ -461,19 +461,25 @@ class MomentumTeacher(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
+            if self.how == "load-state-dict":
+                self.teacher.load_state_dict(self.student.state_dict())
             pairs = zip(self.student.parameters(), self.teacher.parameters(), strict=True)
             for ps, pt in pairs:
                 if self.how == "assign":
                     pt.data = 0.5 * pt.data + 0.5 * ps.data
-                else:
+                elif self.how == "data-in-place":
                     pt.data.mul_(0.5).add_(ps.data, alpha=0.5)
+                elif self.how == "in-place":
+                    pt.mul_(0.5).add_(ps, alpha=0.5)
+                elif self.how == "lerp":
+                    pt.lerp_(ps, 0.5)
             target = self.teacher(x)
         return self.student(x), target
 
 
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
-@pytest.mark.parametrize("how", ["assign", "in-place"])
-def test_what_forward_writes_into_parameters_data_is_not_kept(how: str, tracer: str) -> None:
+@pytest.mark.parametrize("how", ["assign", "data-in-place", "in-place", "lerp", "load-state-dict"])
+def test_what_forward_writes_into_parameters_is_not_kept(how: str, tracer: str) -> None:
     """Found by a new user: §1.8, but fx's trace ran a momentum update on the real
     parameters (met as no proxies through ``parameters()``): each analysis moved the
     teacher's weights toward the student's. By hand: student 1 (an output), teacher called
@@ -524,7 +530,7 @@ class Tagged(nn.Parameter):
 
 @pytest.mark.parametrize("test", ["device", "class", "attribute", "values"])
 def test_fx_reads_the_parameters_forward_meets_as_they_are(test: str) -> None:
-    """A review of the first mend of the above: fx's trace held stand-ins of the
+    """A review of a first mend of the above: fx's trace held stand-ins of the
     parameters on the meta device, so forward reading one through ``named_parameters()``
     — where it lives, its class, an attribute set on it, its values — took the other
     branch (``b`` uncalled, a wrong path), and a table made on its device and cached on a

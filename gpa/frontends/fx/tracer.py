@@ -64,7 +64,7 @@ from gpa.frontends.state import (
     TRACING,
     StateSnapshot,
     buffers_copied,
-    parameter_data_copied,
+    parameters_kept,
     preserved_state,
     same_entries,
 )
@@ -797,7 +797,7 @@ def trace(
             watch,
             preserved_state(model, snapshot),
             buffers_copied(model, snapshot),
-            parameter_data_copied(model, snapshot),
+            parameters_kept(model, snapshot),
             functions_recorded(),
             RandomBranches() as randomness,
         ):
