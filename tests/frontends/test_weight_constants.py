@@ -300,3 +300,47 @@ def test_data_shaped_like_itself_is_still_data(tracer: str) -> None:
     report = gpa.analyze(model, (x,), tracer=tracer)
     expect(report, "w", {2: 1}, ("head",))
     check_reachability_with_autograd(report, model, x)
+
+
+class BiasBeside(nn.Module):
+    """A feature-mixing call of data by data (a hypernetwork's kernel, ``hyper``'s output)
+    whose only parameter is the bias it adds (``how``): ``enc -> mix -> out`` and
+    ``hyper -> mix -> out``, ``mix`` the functional call."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.enc = nn.Linear(4, 4)
+        self.hyper = nn.Linear(4, 16)
+        self.b = nn.Parameter(torch.zeros(4))
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, kernel = self.enc(x), self.hyper(x).sum(0).view(4, 4)
+        if self.how == "linear":
+            mixed = F.linear(h, kernel, self.b)
+        elif self.how == "linear_keyword":
+            mixed = F.linear(h, kernel, bias=self.b)
+        elif self.how == "conv":
+            mixed = F.conv1d(h[..., None], kernel[..., None], self.b)[..., 0]
+        elif self.how == "addmm":
+            mixed = torch.addmm(self.b, h, kernel)
+        else:  # "addmm_method"
+            mixed = self.b.addmm(h, kernel)
+        return self.out(mixed)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["linear", "linear_keyword", "conv", "addmm", "addmm_method"])
+def test_a_bias_beside_data_makes_no_layer(how: str, tracer: str) -> None:
+    """A bias added to a product of data is no layer (§2: a layer mixes features with a
+    weight): fx and export read ``b`` as one (``b -> out -> loss``, and enc, hyper one
+    layer further away), the autograd frontend did not."""
+    model = BiasBeside(how)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert sorted(report.layers) == ["enc", "hyper", "out"]
+    # enc -> out -> loss and hyper -> out -> loss: the mixing between them is no layer
+    expect(report, "enc", {2: 1}, ("out",))
+    expect(report, "hyper", {2: 1}, ("out",))
+    expect(report, "out", {1: 1}, (LOSS,))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))

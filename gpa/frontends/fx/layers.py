@@ -339,7 +339,7 @@ def _mixed_weight(
     (``table[ids] @ w``: the rows picked are data, the embedding's output). With weights,
     buffers and constants alone it computes a weight (``A @ B``, spectral norm's
     ``W @ v``)."""
-    operands = node.all_input_nodes
+    operands = _mixed_operands(node)
     weights = [n for n in operands if n in roots]
     if not weights:
         return None
@@ -347,6 +347,38 @@ def _mixed_weight(
         return weights[0]
     fixed = [n for n in weights if n not in selected]
     return fixed[0] if fixed and len(fixed) < len(weights) else None
+
+
+def _mixed_operands(node: fx.Node) -> list[fx.Node]:
+    """The operands a feature-mixing call mixes, without the bias it adds (``F.linear``'s
+    and a convolution's ``bias``, ``addmm``'s ``input``): a bias alone makes no layer
+    (``docs/semantics.md`` §2), as the autograd frontend reads it too."""
+    name = _operator_name(node)
+    skipped = _ADDED.get(name)
+    if skipped is None:
+        return node.all_input_nodes
+    position, keyword = skipped
+    added = node.args[position] if len(node.args) > position else node.kwargs.get(keyword)
+    return [n for n in node.all_input_nodes if n is not added]
+
+
+def _operator_name(node: fx.Node) -> str:
+    """The name of the operator a call node calls: a method's, a function's, an ATen
+    overload's packet (``aten.addmm.default``: ``addmm``)."""
+    if node.op == "call_method":
+        return node.target
+    target = node.target
+    packet = getattr(target, "overloadpacket", None)
+    return getattr(packet if packet is not None else target, "__name__", "")
+
+
+# The argument a feature-mixing operator adds to its product, by position and keyword.
+_ADDED = {
+    **dict.fromkeys(["linear", "conv1d", "conv2d", "conv3d"], (2, "bias")),
+    **dict.fromkeys(["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"], (2, "bias")),
+    "bilinear": (3, "bias"),
+    **dict.fromkeys(["addmm", "addbmm", "baddbmm", "addmv"], (0, "input")),
+}
 
 
 def _weight_makers(
