@@ -52,6 +52,8 @@ def channel_segments(
             "fx's graph: it follows channels through the shapes of every traced tensor"
         )
     found = call_segments(route_channels(graph.traced, graph.calls, outputs), graph.calls)
+    # a call of several records' weights (§2): each has the call's segments, its fx node's
+    found.update({key: found[key[0]] for key in graph.calls if isinstance(key, tuple)})
     rename = {call: c.record for call, c in graph.calls.items()}
     grouped: dict[str, list[list[Segment | SegmentRun]]] = defaultdict(list)
     # latest call first: a layer called several times lists its last call's sources first

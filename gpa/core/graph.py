@@ -31,6 +31,7 @@ __all__ = [
     "LayerCall",
     "OutputKey",
     "OutputPath",
+    "calls_of_each_owner",
     "select_paths",
 ]
 
@@ -47,6 +48,10 @@ class LayerCall:
     record: str
     type: str
     site: tuple[str, int] | None = field(default=None, compare=False)
+    #: for a call computing with the weights of several records (fused projections,
+    #: stacked heads: ``docs/semantics.md`` §2), each of them as (record, type, share of
+    #: the weight's elements), this call's first; see :func:`calls_of_each_owner`
+    owners: tuple[tuple[str, str, float], ...] = ()
 
 
 @dataclass
@@ -157,3 +162,44 @@ def select_paths(
             )
         chosen.update(hits)
     return list(chosen.values())
+
+
+def calls_of_each_owner(graph: GradientGraph) -> None:
+    """Make each call of ``graph`` that computes with the weights of several records
+    (:attr:`LayerCall.owners`) a call of each of them, in place: the call's node stands
+    for the first; each other gets a node of its own, ``(node, record)``, with the call's
+    attributes and every edge in and out — as if each record were applied apart and the
+    results combined, so a layer before it has one path through each (``docs/semantics.md``
+    §2). Each node's ``share`` attribute is its record's share of the weight's elements,
+    and ``counted_as`` the record holding the largest share: the call's FLOPs are counted
+    as a call of that one (whose weight has the fused weight's shape: a re-parameterised
+    block's 3x3 kernel), each record its share of them.
+
+    Example:
+        >>> ops = nx.DiGraph([("x", "qkv"), ("qkv", LOSS)])
+        >>> nx.set_edge_attributes(ops, True, "grad")
+        >>> owners = (("q", "Linear", 0.5), ("k", "Linear", 0.5))
+        >>> graph = GradientGraph(ops, {"qkv": LayerCall("q", "Linear", owners=owners)}, "fx")
+        >>> calls_of_each_owner(graph)
+        >>> {node: call.record for node, call in graph.calls.items()}
+        {'qkv': 'q', ('qkv', 'k'): 'k'}
+        >>> sorted(map(str, graph.ops.predecessors(LOSS)))
+        ["('qkv', 'k')", 'qkv']
+    """
+    if not any(call.owners for call in graph.calls.values()):
+        return
+    ops, calls = graph.ops, {}
+    for node, call in graph.calls.items():
+        if not call.owners:
+            calls[node] = call
+            continue
+        ops.nodes[node]["counted_as"] = max(call.owners, key=lambda owner: owner[2])[0]
+        for i, (record, kind, share) in enumerate(call.owners):
+            twin = node if i == 0 else (node, record)
+            if i:
+                ops.add_node(twin, **ops.nodes[node])
+                ops.add_edges_from((u, twin, d) for u, _, d in ops.in_edges(node, data=True))
+                ops.add_edges_from((twin, v, d) for _, v, d in ops.out_edges(node, data=True))
+            ops.nodes[twin]["share"] = share
+            calls[twin] = LayerCall(record, kind, call.site)
+    graph.calls = calls

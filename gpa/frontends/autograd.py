@@ -56,7 +56,6 @@ from gpa.frontends.inputs import floating_dtype, integer_variants
 from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
-    functional_owners,
     fx_leaf,
     is_layer_module,
     opaque_layer_types,
@@ -64,6 +63,7 @@ from gpa.frontends.modules import (
     split_leaves,
     type_name,
     unused_layer_modules,
+    weight_owners,
     with_tied,
 )
 from gpa.frontends.operators import (
@@ -903,7 +903,7 @@ def _build(
             found = names[id(fn)] = _Key("op", len(names), type(fn).__name__)
         return found
 
-    roots_of: dict[int, Any] = {}  # id(node) -> first parameter it is computed from, or _TAINTED
+    roots_of: dict[int, Any] = {}  # id(node) -> the parameters it is computed from, or _TAINTED
     candidates: list[Any] = []  # convolutions whose kernel carries no parameter alone
     picked: set[int] = set()  # id(node) of values the forward pass saw computed from data
     for fn in nodes:  # inputs before their users
@@ -919,7 +919,7 @@ def _build(
                 constants = _weight_read(run.use.constant_reads, fn._sequence_nr()) is None
                 parameter = _mixing_parameter(fn, children, roots_of, constants, picked)
             else:
-                parameter = read
+                parameter = read if read is None else (read,)
             if parameter is None and "Conv" in _kind(fn):
                 candidates.append(fn)  # a dynamic convolution? (decided below)
         if parameter is not None:  # a functional layer (named once all are known)
@@ -955,13 +955,14 @@ def _build(
     for seq, parameter, operands, result in run.use.no_grad_layers:  # run without gradient
         key = _Key("nograd", seq, parameter)
         _add_call(g, key, ValueInfo.of(result), ValueInfo.of(operands[0]))
-        layer_call[key] = LayerCall(parameter, "")
+        layer_call[key] = LayerCall((parameter,), "")
         layer_seq[key] = seq
-    # the functional layers (their records hold their parameters so far), named together
+    # the functional layers (their records hold their weights' parameters so far), named
+    # together: a weight of several modules' parameters makes a call of each (§2)
     read = {key: c.record for key, c in layer_call.items() if key.kind != "call"}
-    named = functional_owners(model, read.values(), types)
-    for key, parameter in read.items():
-        layer_call[key] = LayerCall(*named[parameter], layer_call[key].site)
+    for key, (first, *others) in weight_owners(model, read, types).items():
+        shared = (first, *others) if others else ()
+        layer_call[key] = LayerCall(*first[:2], layer_call[key].site, owners=shared)
     ordered = dict(sorted(layer_call.items(), key=lambda item: layer_seq[item[0]]))
     received = _receiving([t for _, t in returned.values], edges, run)
     uncalled = _uncalled(model, types, [*calls, *layer_call.values()], received)
@@ -1037,24 +1038,25 @@ def _parameter_root(
     roots_of: dict[int, Any],
     run: _Run,
 ) -> Any:
-    """The first parameter ``fn``'s value (computed from ``children``) is computed from,
-    ``_TAINTED``, or None."""
+    """The parameters ``fn``'s value (computed from ``children``) is computed from, in
+    order, ``_TAINTED``, or None."""
     if _is_leaf(fn):
         variable = id(fn.variable)
         if variable in run.input_ids:
             return _TAINTED
-        return run.parameters.get(variable)
+        parameter = run.parameters.get(variable)
+        return None if parameter is None else (parameter,)
     if (key.kind == "call" and key in layer_call) or id(fn) in run.use.mixed_nodes:
         return _TAINTED
-    first = None
+    found: dict[str, None] = {}
     for child in children:
         if child is None:
             continue
-        found = roots_of[id(child)]
-        if found is _TAINTED:
+        roots = roots_of[id(child)]
+        if roots is _TAINTED:
             return _TAINTED
-        first = first or found
-    return first
+        found.update(dict.fromkeys(roots or ()))
+    return tuple(found) or None
 
 
 def _mixing_parameter(
@@ -1063,8 +1065,9 @@ def _mixing_parameter(
     roots_of: dict[int, Any],
     constants: bool,
     data_nodes: set[int] = frozenset(),
-) -> str | None:
-    """The parameter naming a feature-mixing node, or None when it is no layer.
+) -> tuple[str, ...] | None:
+    """The parameters naming a feature-mixing node (its weight's), or None when it is no
+    layer.
 
     It is a layer when one mixed operand is computed from parameters alone (the
     first such names it) and another is data: a model input, a layer's output,

@@ -289,7 +289,9 @@ def _call_flops(graph: GradientGraph, node: Hashable, module: nn.Module) -> int 
     if issubclass(module_class(module), _CONV_T) and (first is None or first.shape is None):
         return None
     inputs = (_Shape(first.shape),) if first is not None and first.shape is not None else ()
-    return 2 * _macs(module, inputs, _Shape(value.shape))
+    # a call computing with several modules' weights: each its share (§2, §9)
+    share = graph.ops.nodes[node].get("share", 1.0)
+    return round(2 * _macs(module, inputs, _Shape(value.shape)) * share)
 
 
 def _subtree_sums(per_module: Mapping[str, int]) -> dict[str, int]:
@@ -406,7 +408,8 @@ def _flops_by_record(
     """Record -> FLOPs of each of its calls (None for a call that is not counted)."""
     per_call: dict[str, list[int | None]] = {}
     for node, call in graph.calls.items():
-        module = modules.get(call.record)
+        # a call of several records' weights: counted as its largest's (§2, §9)
+        module = modules.get(graph.ops.nodes[node].get("counted_as", call.record))
         weighted = module is not None and issubclass(module_class(module), WEIGHT_LAYERS)
         n = _call_flops(graph, node, module) if weighted else None
         per_call.setdefault(call.record, []).append(n)

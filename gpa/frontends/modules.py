@@ -27,7 +27,7 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -48,6 +48,7 @@ __all__ = [
     "is_layer_module",
     "module_class",
     "functional_owners",
+    "weight_owners",
     "resolve_layer_types",
     "resolve_leaf_modules",
     "resolve_module_class",
@@ -396,6 +397,48 @@ def functional_owners(
         alone = held[path] == 1 or issubclass(module_class(module), types)
         named[parameter] = path if alone else canonical[parameter], type_name(module)
     return named
+
+
+def weight_owners(
+    model: nn.Module,
+    weights: Mapping[Hashable, Sequence[str]],
+    layer_types: tuple[type, ...] | None = None,
+) -> dict[Hashable, tuple[tuple[str, str, float], ...]]:
+    """For each functional layer call (``weights``: call -> the qualified names of the
+    parameters its weight is computed from, in order), the records it is a call of, as
+    (record, type, share of the weight's elements), the first parameter's first
+    (``docs/semantics.md`` §2). A weight computed from several modules' parameters —
+    fused projections ``torch.cat([q.weight, k.weight, v.weight])``, heads stacked for
+    one ``einsum``, a re-parameterised block's ``c3.weight + pad(c1.weight)`` — makes the
+    call one of each module's record; the parameters of one module make one (weight norm
+    written by hand, ``g * v / v.norm()``, named as its first, :func:`functional_owners`).
+
+    Example:
+        >>> net = nn.ModuleDict({"q": nn.Linear(2, 2), "k": nn.Linear(2, 6)})
+        >>> weight_owners(net, {"call": ["q.weight", "k.weight"]})
+        {'call': (('q', 'Linear', 0.25), ('k', 'Linear', 0.75))}
+    """
+    first: dict[Hashable, list[str]] = {}  # call -> each module's first parameter read
+    for call, params in weights.items():
+        by_module: dict[str, str] = {}
+        for p in params:
+            by_module.setdefault(p.rpartition(".")[0], p)
+        first[call] = list(by_module.values())
+    named = functional_owners(model, [p for ps in first.values() for p in ps], layer_types)
+    owners = {}
+    for call, params in weights.items():
+        sizes: dict[str, int] = {}  # module path -> the elements of its parameters read
+        for p in dict.fromkeys(params):
+            found = _parameter(model, p)
+            module = p.rpartition(".")[0]
+            sizes[module] = sizes.get(module, 0) + (found.numel() if found is not None else 0)
+        total = sum(sizes.values())
+        shares: dict[tuple[str, str], float] = {}
+        for p in first[call]:
+            size = sizes[p.rpartition(".")[0]]
+            shares[named[p]] = shares.get(named[p], 0.0) + (size / total if total else 1.0)
+        owners[call] = tuple((record, kind, share) for (record, kind), share in shares.items())
+    return owners
 
 
 def _parameter(model: nn.Module, name: str) -> Any:

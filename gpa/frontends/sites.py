@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
@@ -95,7 +96,7 @@ def past_wrappers(
             if len(made) != times[call.record] or not _in_holders_code(made[k], name, modules):
                 break
             site = made[k]
-        placed[key] = call if site == call.site else LayerCall(call.record, call.type, site)
+        placed[key] = call if site == call.site else dataclasses.replace(call, site=site)
     return placed
 
 

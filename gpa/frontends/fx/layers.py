@@ -33,11 +33,11 @@ from gpa.frontends.fx.writes import METADATA_QUERIES
 from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
-    functional_owners,
     is_layer_module,
     submodule_lookup,
     type_name,
     unused_layer_modules,
+    weight_owners,
     with_tied,
 )
 from gpa.frontends.operators import custom_operator, torch_operator
@@ -299,12 +299,12 @@ def find_layers(
                 calls[node] = LayerCall(node.target, type_name(module), call_site(node))
     # a functional layer's output is data too: read again with the layers found, until
     # they are the layers found (a chain of functional layers: one pass per link)
-    functional: dict[fx.Node, str] = {}  # -> the parameter naming it
+    functional: dict[fx.Node, tuple[str, ...]] = {}  # -> the parameters of its weight
     reads = reads if reads is not None else graph_reads(gm)
     for _ in range(_MAX_PASSES):
         roots, selected, data = _parameter_roots(gm, {*calls, *known, *functional}, reads)
         again = {
-            node: roots[weight][0]
+            node: _owning(weight, roots[weight])
             for node in gm.graph.nodes
             if _is_mixing(node) and (weight := _mixed_weight(node, roots, selected, data))
         }
@@ -321,8 +321,10 @@ def find_layers(
             functional[node] = functional[found[0]]
         for maker in unmade:
             del calls[maker], functional[maker]
-    named = functional_owners(model if model is not None else gm, functional.values(), types)
-    calls.update({node: LayerCall(*named[p], call_site(node)) for node, p in functional.items()})
+    owners = weight_owners(model if model is not None else gm, functional, types)
+    for node, (first, *others) in owners.items():
+        shared = (first, *others) if others else ()
+        calls[node] = LayerCall(*first[:2], call_site(node), owners=shared)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
 
@@ -347,6 +349,24 @@ def _mixed_weight(
         return weights[0]
     fixed = [n for n in weights if n not in selected]
     return fixed[0] if fixed and len(fixed) < len(weights) else None
+
+
+def _owning(weight: fx.Node, parameters: tuple[str, ...]) -> tuple[str, ...]:
+    """Of the ``parameters`` a weight is computed from, those it carries gradient back to
+    (a call of each of their modules, §2), the first at least: a teacher's weights
+    updated toward the student's, detached, are the teacher's alone."""
+    if len({p.rpartition(".")[0] for p in parameters}) < 2:
+        return parameters
+    reached, seen, stack = set(), set(), [weight]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "get_attr":
+            reached.add(node.target)
+        stack.extend(_grad_inputs(node))
+    return tuple(p for p in parameters if p in reached) or parameters[:1]
 
 
 def _mixed_operands(node: fx.Node) -> list[fx.Node]:

@@ -1,0 +1,183 @@
+"""A weight computed from the parameters of several modules makes a call of each of them.
+
+``docs/semantics.md`` §2: a functional feature-mixing call whose weight is computed from
+parameters alone is a call of the module owning them. Research code fuses the weights of
+several modules at run time — q, k and v projections concatenated into one
+``F.linear``, heads stacked for one ``einsum``, a re-parameterised (RepVGG) block adding
+its 1x1 kernel, padded, to its 3x3 kernel, a merged LoRA adding ``B @ A`` to the base
+weight. Every frontend credited the call to the first module alone: the others vanished
+from the report (not even listed as uncalled) or lost a call, and the layers before them
+lost the paths through them. The call is now a call of each module, as if each were
+applied apart and the results combined (the unfused model, which is the same function);
+its FLOPs are shared by the weight elements each contributes (§9).
+
+Expected values are derived by hand in the comments; each report is also held against a
+real backward pass and against the unfused model's report (an independent model of the
+same function).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import gpa
+from tests.frontends.every_tracer import EVERY_TRACER, layer_records
+from tests.semantics import LOSS, check_reachability_with_autograd, expect
+
+
+class QKV(nn.Module):
+    """``stem -> {q, k, v} -> out``: q, k, v read stem's output apart (``fused``: one
+    ``F.linear`` with their weights and biases concatenated), mixed, then ``out``."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        self.fused = fused
+        self.stem = nn.Linear(4, 4)
+        self.q, self.k, self.v = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        projections = (self.q, self.k, self.v)
+        if self.fused:
+            weight = torch.cat([p.weight for p in projections])
+            bias = torch.cat([p.bias for p in projections])
+            q, k, v = F.linear(h, weight, bias).chunk(3, -1)
+        else:
+            q, k, v = (p(h) for p in projections)
+        return self.out((q * k).softmax(-1) * v)
+
+
+class Heads(nn.Module):
+    """``stem -> heads.0, heads.1, heads.2 -> sum -> out`` (``fused``: their weights
+    stacked and applied by one ``einsum``)."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        self.fused = fused
+        self.stem = nn.Linear(4, 4)
+        self.heads = nn.ModuleList(nn.Linear(4, 3, bias=False) for _ in range(3))
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        if self.fused:
+            stacked = torch.stack([head.weight for head in self.heads])
+            y = torch.einsum("bd,ekd->bek", h, stacked).sum(1)
+        else:
+            y = sum(head(h) for head in self.heads)
+        return self.out(y)
+
+
+class Rep(nn.Module):
+    """A RepVGG block between ``stem`` and ``head``: a 3x3 and a 1x1 convolution added
+    (``fused``: one convolution by the 1x1 kernel, padded, added to the 3x3 one)."""
+
+    def __init__(self, fused: bool) -> None:
+        super().__init__()
+        self.fused = fused
+        self.stem = nn.Conv2d(2, 3, 1)
+        self.c3, self.c1 = nn.Conv2d(3, 3, 3, padding=1), nn.Conv2d(3, 3, 1)
+        self.head = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        if self.fused:
+            kernel = self.c3.weight + F.pad(self.c1.weight, [1, 1, 1, 1])
+            h = F.conv2d(h, kernel, self.c3.bias + self.c1.bias, padding=1)
+        else:
+            h = self.c3(h) + self.c1(h)
+        return self.head(torch.relu(h))
+
+
+FUSED = {"qkv": (QKV, (2, 4)), "heads": (Heads, (2, 4)), "rep": (Rep, (1, 2, 5, 5))}
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("kind", list(FUSED))
+def test_a_weight_of_several_modules_is_a_call_of_each(kind: str, tracer: str) -> None:
+    build, shape = FUSED[kind]
+    model = build(fused=True)
+    report = gpa.analyze(model, input_shape=shape, tracer=tracer)
+    # each fused module: -> the layer after -> loss (2), one call; the stem before them:
+    # one path of 3 through each (as the unfused model's, below)
+    if kind == "qkv":
+        for name in ("q", "k", "v"):
+            expect(report, name, {2: 1}, ("out",))
+        expect(report, "stem", {3: 3}, ("q", "k", "v"))
+        expect(report, "out", {1: 1}, (LOSS,))
+    elif kind == "heads":
+        for name in ("heads.0", "heads.1", "heads.2"):
+            expect(report, name, {2: 1}, ("out",))
+        expect(report, "stem", {3: 3}, ("heads.0", "heads.1", "heads.2"))
+    else:
+        expect(report, "c3", {2: 1}, ("head",))
+        expect(report, "c1", {2: 1}, ("head",))
+        expect(report, "stem", {3: 2}, ("c3", "c1"))
+    check_reachability_with_autograd(report, model, torch.randn(*shape))
+    # the unfused model computes the same function: the same records
+    apart = gpa.analyze(build(fused=False), input_shape=shape, tracer=tracer)
+    assert sorted(layer_records(report).items()) == sorted(layer_records(apart).items())
+    flops = {n: r.flops for n, r in report.layers.items()}
+    if kind == "rep":
+        # one 3x3 convolution, 3 -> 3 channels at 25 positions: 2 * 25 * 3 * 27 = 4050
+        # FLOPs, shared by the kernel elements each module gives (81 and 9 of 90)
+        assert (flops["c3"], flops["c1"]) == (3645, 405)
+    else:  # as many multiply-adds as the unfused layers do
+        assert flops == {n: r.flops for n, r in apart.layers.items()}
+
+
+class CalledAndFused(nn.Module):
+    """``a`` is called on ``x``, then its weight is added to ``c``'s for one
+    ``F.linear`` on that output: ``a(x) -> [a + c] -> out``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.c = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.linear(self.a(x), self.a.weight + self.c.weight))
+
+
+@EVERY_TRACER
+def test_a_module_called_and_fused_has_both_calls(tracer: str) -> None:
+    model = CalledAndFused()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    # the fused call, of a and of c: -> out -> loss (2). a's call on x: -> the fused call
+    # (through a, through c) -> out -> loss: two paths of 3
+    expect(report, "a", {2: 1, 3: 2}, ("a", "c", "out"), calls=2)
+    expect(report, "c", {2: 1}, ("out",))
+    expect(report, "out", {1: 1}, (LOSS,))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd"])
+def test_the_parameters_of_one_module_make_one_call(tracer: str) -> None:
+    """Weight norm written by hand reads two parameters of one module: one call of one
+    record, named as before (its first parameter's, the module holding two)."""
+
+    class Normed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.g = nn.Parameter(torch.ones(4, 1))
+            self.v = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, self.g * self.v / self.v.norm(dim=1, keepdim=True))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.normed = nn.Linear(4, 4), Normed()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.normed(self.stem(x))
+
+    report = gpa.analyze(Net(), input_shape=(2, 4), tracer=tracer)
+    assert list(report.layers) == ["stem", "normed"]
+    expect(report, "normed", {1: 1}, (LOSS,))
+    expect(report, "stem", {2: 1}, ("normed",))
