@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -210,10 +211,30 @@ def integer_variants(
     shapes: Sequence[Sequence[int]], device: str = "meta", dtype: torch.dtype = torch.float32
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     """Inputs to try when it is unknown which are indices: all ``dtype``, then each in turn
-    int64."""
+    int64, then all int64 (a transformer's ids, token types and mask), then the other
+    sets of two or more (up to :data:`_EVERY_SET_UP_TO` inputs).
+
+    Example:
+        >>> [[x.dtype == torch.int64 for x in v] for v in integer_variants([(1,), (1,), (1,)])]
+        ... # doctest: +NORMALIZE_WHITESPACE
+        [[False, False, False], [True, False, False], [False, True, False],
+         [False, False, True], [True, True, True], [True, True, False],
+         [True, False, True], [False, True, True]]
+    """
+    n = len(shapes)
     yield zeros(*shapes, device=device, dtype=dtype)
-    for i in range(len(shapes)):
+    for i in range(n):
         yield zeros(*shapes, integer={i}, device=device, dtype=dtype)
+    if n > 1:
+        yield zeros(*shapes, integer=set(range(n)), device=device, dtype=dtype)
+    if 2 < n <= _EVERY_SET_UP_TO:
+        for size in range(2, n):
+            for chosen in itertools.combinations(range(n), size):
+                yield zeros(*shapes, integer=set(chosen), device=device, dtype=dtype)
+
+
+#: Inputs given by shape up to which every set of them is tried as indices (2^n tries).
+_EVERY_SET_UP_TO = 4
 
 
 def describe_inputs(inputs: Sequence[object] | None) -> list[dict[str, object]] | None:

@@ -893,3 +893,31 @@ def test_a_reader_of_an_unselected_output_makes_no_note(tracer) -> None:
     logits = gpa.analyze(ReturnsItsLoss(), input_shape=(2, 4), tracer=tracer, outputs="1")
     assert not any("also read inside" in n for n in logits.notes)
     assert {n: r.timestamps for n, r in logits.layers.items()} == {"a": (2,), "b": (1,)}
+
+
+class TwoIndexInputs(nn.Module):
+    """A transformer's three inputs: token ids and token types, each read by an embedding,
+    and a mask between them: ``tok, typ -> out``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok, self.typ = nn.Embedding(10, 4), nn.Embedding(2, 4)
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, ids, mask, types):
+        return self.out((self.tok(ids) + self.typ(types)) * mask[..., None])
+
+
+@pytest.mark.parametrize(
+    "tracer", ["fx", pytest.param("export", marks=pytest.mark.slow), "autograd", "auto"]
+)
+def test_two_inputs_given_by_shape_read_by_embeddings_are_indices(tracer):
+    """Found by a new user (BERT given three shapes: ids, mask, token types): inputs given
+    by shape are made int64 where an embedding reads them (§1.4), but export and autograd
+    tried one at a time, never two, and failed. By hand: tok, typ -> out -> loss (2),
+    out -> loss (1)."""
+    report = gpa.analyze(TwoIndexInputs(), input_shape=[(1, 8)] * 3, tracer=tracer)
+    assert [i["dtype"] for i in report.to_dict()["inputs"]][::2] == ["int64", "int64"]
+    expect(report, "tok", {2: 1}, ("out",))
+    expect(report, "typ", {2: 1}, ("out",))
+    expect(report, "out", {1: 1}, (LOSS,))
