@@ -539,7 +539,7 @@ def _failure_message(model: nn.Module, exc: BaseException) -> str:
     else:
         detail = f"{type(exc).__name__}: {detail}"
     lines = [f"torch.export cannot export {type(model).__name__}: {detail}"]
-    frame = user_frame(exc)
+    frame = user_frame(exc, asked=True)
     if frame is not None:
         lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
         if frame.line:

@@ -41,12 +41,19 @@ def _in_stdlib(filename: str) -> bool:
     return filename.startswith(_STDLIB_DIRS) and not any(p in filename for p in PACKAGE_DIRS)
 
 
-def user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+def user_frame(exc: BaseException, *, asked: bool = False) -> traceback.FrameSummary | None:
     """The innermost frame of ``exc``'s traceback in the user's code (not torch, not gpa,
-    not Python's standard library)."""
+    not Python's standard library). ``asked``: past the frames of an attribute lookup
+    (``__getattr__``, ``__getattribute__``: a configuration object's, raising
+    AttributeError for a key it lacks) to the line that asked, where there is one."""
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if _is_model_file(f.filename)]
+    while asked and len(user) > 1 and user[-1].name in _LOOKUPS:
+        user.pop()
     return user[-1] if user else None
+
+
+_LOOKUPS = frozenset({"__getattr__", "__getattribute__"})
 
 
 #: A place in the user's source: (file name, line number).

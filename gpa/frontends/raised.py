@@ -148,7 +148,7 @@ def model_raised(
         detail = next((line for line in str(exc).splitlines() if line.strip()), "").strip()
     inside = f" in module '{where}'" if where else ""
     lines = [f"{name} raised {type(exc).__name__}{inside}" + (f": {detail}" if detail else "")]
-    frame = user_frame(exc) if site is None else None
+    frame = user_frame(exc, asked=True) if site is None else None
     if frame is not None:
         lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
         if frame.line:

@@ -98,6 +98,35 @@ def test_an_error_raised_in_the_standard_library_points_at_the_models_line(trace
     assert "decoder.py" not in str(error.value)
 
 
+class _Config:
+    """A configuration object raising AttributeError for a key it lacks, in its lookup."""
+
+    def __getattr__(self, key: str):
+        raise AttributeError(f"'_Config' object has no attribute '{key}'")
+
+
+class AsksItsConfig(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = _Config()
+        self.a = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.a(x) * self.config.scale
+
+
+@pytest.mark.parametrize("tracer", ALL)
+def test_a_key_missing_from_a_configuration_points_at_the_line_that_asked(tracer) -> None:
+    """Found by a new user (T5 given labels without ``decoder_start_token_id``): the line
+    shown was the configuration's ``__getattribute__``, not the model's line asking for
+    the key."""
+    with pytest.raises(GpaError) as error:
+        gpa.analyze(AsksItsConfig(), input_shape=(1, 4), tracer=tracer)
+    line = line_of(AsksItsConfig.forward, "self.config.scale")
+    assert f'File "{__file__}", line {line}, in forward' in str(error.value)
+    assert "in __getattr__" not in str(error.value)
+
+
 class RaisesAlways(nn.Module):
     def __init__(self) -> None:
         super().__init__()
