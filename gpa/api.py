@@ -136,6 +136,7 @@ def analyze_target(
         if chosen and exc.args and isinstance(exc.args[0], str):  # (they may be the cause)
             exc.args = (f"{exc.args[0]}\n(inputs chosen by gpa: {loaded.inputs_from})",)
         raise
+    report.notes[:0] = loaded.notes
     if chosen:  # (the size decides some numbers: FLOPs, and tokens' or windows' count)
         report.notes.insert(
             0, f"inputs chosen by gpa: {loaded.inputs_from}; --input-shape gives others"

@@ -100,6 +100,8 @@ class LoadedTarget:
             batch forward takes), or ``None``.
         inputs_from: where a library target's inputs come from, in words (``"timm's
             input_size for the model; 2 images, ..."``), or ``None`` (the user's own).
+        notes: what gpa chose in building a library target, for the report (a
+            transformers model built without its cache).
     """
 
     model: nn.Module
@@ -110,6 +112,7 @@ class LoadedTarget:
     loss_fn: Callable[..., Any] | None = None
     forward_inputs: Callable[[Any], Any] | None = None
     inputs_from: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -1014,7 +1017,18 @@ def _transformers_model(
     if origin and getattr(config, "is_encoder_decoder", False):
         origin += f", and {_TOKENS} decoder token ids (all 0)"
     origin = origin if inputs is not None else None
-    return LoadedTarget(model, inputs, None, spec, inputs_from=origin)
+    notes = ()
+    if "use_cache" not in kwargs and hasattr(config, "use_cache"):
+        notes = (_NO_CACHE,)
+    return LoadedTarget(model, inputs, None, spec, inputs_from=origin, notes=notes)
+
+
+#: The note of a transformers target built without its cache (§1.5).
+_NO_CACHE = (
+    "built with use_cache=False, as training runs it: the key/value cache, an output "
+    "otherwise, would give every attention's key and value projections a path of 1 "
+    "(-k use_cache=True keeps it)"
+)
 
 
 def _transformers_config(spec: str, config_class: type, kwargs: dict[str, Any]) -> Any:

@@ -134,6 +134,29 @@ def _tensors(value) -> list[torch.Tensor]:
     return [t for t in torch.utils._pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
 
 
+def test_a_transformers_target_says_it_is_built_without_its_cache() -> None:
+    """Found by a new user: ``transformers:LlamaForCausalLM`` gave k_proj a shortest path
+    of 3 where ``gpa.analyze`` on the same configuration gave 1 (its cache is an output,
+    §1.5): the target builds it with ``use_cache=False`` and said nothing. By hand (one
+    decoder layer): without the cache, k_proj -> attention -> o_proj -> the residual
+    stream past the MLP -> lm_head -> loss (3); with it, k_proj -> cache -> loss (1)."""
+    small = {
+        "num_hidden_layers": 1,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "vocab_size": 50,
+    }
+    target = "transformers:LlamaForCausalLM"
+    report = gpa.analyze_target(target, small)
+    assert any("use_cache=False" in note for note in report.notes)
+    assert report.layers["model.layers.0.self_attn.k_proj"].shortest == 3
+    cached = gpa.analyze_target(target, {**small, "use_cache": True})
+    assert not any("use_cache=False" in note for note in cached.notes)
+    assert cached.layers["model.layers.0.self_attn.k_proj"].shortest == 1
+
+
 def test_transformers_types_and_classes() -> None:
     bert = load_target("transformers:bert")
     assert type(bert.model).__name__ == "BertModel"
