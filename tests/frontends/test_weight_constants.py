@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import gpa
-from tests.frontends.every_tracer import EVERY_TRACER, layer_records
+from tests.frontends.every_tracer import EVERY_TRACER, auto_after_fx_refuses, layer_records
 from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
 
 
@@ -348,3 +348,39 @@ def test_a_bias_beside_data_makes_no_layer(how: str, tracer: str) -> None:
     expect(report, "hyper", {2: 1}, ("out",))
     expect(report, "out", {1: 1}, (LOSS,))
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+class InnerStep(nn.Module):
+    """One MAML inner step: the head's weight moved against its own gradient on the
+    features, then applied to them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.enc(x)
+        inner = self.head(f).pow(2).mean()
+        (step,) = torch.autograd.grad(inner, self.head.weight, create_graph=True)
+        return F.linear(f, self.head.weight - 0.1 * step, self.head.bias)
+
+
+def test_fx_says_it_cannot_follow_a_gradient_taken_in_forward() -> None:
+    """Found by a new user: fx blamed the input shapes ("input shapes do not fit
+    operation 'grad'") for ``torch.autograd.grad`` inside forward, which it cannot follow
+    (it runs each operation on leaves of its own); auto moves on. By hand: the adapted
+    weight is the head's minus data (its gradient on the features), so the last linear is
+    no layer (§2); head's call -> the step -> loss (1); enc -> loss through the last
+    linear (1) and through head's call (2)."""
+    model = InnerStep()
+    report = auto_after_fx_refuses(
+        model,
+        r"forward differentiates .*torch\.autograd\.grad.*--tracer export or autograd",
+        input_shape=(3, 4),
+    )
+    expect(report, "enc", {1: 1, 2: 1}, ("head", LOSS))
+    expect(report, "head", {1: 1}, (LOSS,))
+    check_reachability_with_autograd(report, model, torch.randn(3, 4))
+    assert layer_records(report) == layer_records(
+        gpa.analyze(model, input_shape=(3, 4), tracer="autograd")
+    )

@@ -32,6 +32,8 @@ from gpa.frontends.raised import CHECKS, briefly, input_too_small, model_raised
 __all__ = [
     "asks_the_device",
     "device_check_failure",
+    "differentiates",
+    "differentiation_failure",
     "meta_failure",
     "module_of",
     "shape_failure",
@@ -160,6 +162,29 @@ def _check_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception)
         where=found[0] if found else None,
         site=call_site(node),
         detail=_PROXY_TEXT.sub(value, detail),
+    )
+
+
+def differentiates(node: fx.Node) -> bool:
+    """Whether ``node`` differentiates inside forward (``torch.autograd.grad``, a
+    ``backward()``: MAML's inner step, a gradient penalty): fx's pass runs each operation
+    on fresh leaves of its own, so the graph it asks about is not the model's."""
+    if node.op == "call_method":
+        return node.target == "backward"
+    return node.op == "call_function" and node.target in _DIFFERENTIATING
+
+
+_DIFFERENTIATING = frozenset({torch.autograd.grad, torch.autograd.backward})
+
+
+def differentiation_failure(node: fx.Node, exc: Exception) -> str:
+    site = call_site(node)
+    where = f" (line {site[1]} of {site[0]})" if site else ""
+    call = "backward()" if node.op == "call_method" else f"torch.autograd.{node.target.__name__}"
+    return (
+        f"forward differentiates{where} with {call}, which gpa's fx frontend cannot follow: it works out each operation apart, so "
+        f"the graph asked about is not the model's ({briefly(exc)}); export and autograd "
+        "run forward whole (--tracer export or autograd; auto moves on)"
     )
 
 

@@ -43,6 +43,8 @@ from gpa.frontends.functions import called_function
 from gpa.frontends.fx.failures import (
     asks_the_device,
     device_check_failure,
+    differentiates,
+    differentiation_failure,
     meta_failure,
     shape_failure,
     without_meta_kernel,
@@ -641,6 +643,8 @@ class GradientFlow(fx.Interpreter):
                         raise TraceError(meta_failure(self.module, n, exc)) from exc
                     if asks_the_device(n):  # a check the meta device alone may fail
                         raise TraceError(device_check_failure(n, exc)) from exc
+                    if differentiates(n):  # autograd.grad on the pass's own leaves
+                        raise TraceError(differentiation_failure(n, exc)) from exc
                     raise ShapeError(shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
         for m, before in held.items():
