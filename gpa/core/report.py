@@ -332,7 +332,8 @@ def find_layer(report: Report, layer: str) -> LayerRecord:
 
     Raises:
         GpaError: ``layer`` is no layer of the report; the message suggests the layers a
-            block of that name holds (Ultralytics' ``Conv`` holds ``.conv``), else the
+            block of that name holds (Ultralytics' ``Conv`` holds ``.conv``), else those
+            whose qualified name ends in it (``q_proj``: every attention's), else the
             closest names.
 
     Example:
@@ -348,6 +349,9 @@ def find_layer(report: Report, layer: str) -> LayerRecord:
     if record is not None:
         return record
     inside = [name for name in report.layers if name.startswith(f"{layer}.")][:3]
-    close = inside or difflib.get_close_matches(layer, list(report.layers), n=3, cutoff=0.5)
+    ending = [name for name in report.layers if name.endswith(f".{layer}")][:3]
+    close = (
+        inside or ending or difflib.get_close_matches(layer, list(report.layers), n=3, cutoff=0.5)
+    )
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise GpaError(f"{report.model} has no layer named {layer!r}{hint}")

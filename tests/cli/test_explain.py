@@ -100,6 +100,10 @@ def test_unknown_layer_is_exit_2_with_suggestions() -> None:
     block = CliRunner().invoke(main, ["explain", TARGET, "blocks.1"])
     assert block.exit_code == 2
     assert "(did you mean blocks.1.conv1, blocks.1.conv2?)" in block.stderr
+    # a layer's own name, without its blocks' (a new user's ``q_proj``): those so named
+    own = CliRunner().invoke(main, ["explain", TARGET, "conv2"])
+    assert own.exit_code == 2
+    assert "(did you mean blocks.0.conv2, blocks.1.conv2, blocks.2.conv2?)" in own.stderr
 
 
 def _two_linears(tmp_path, first: str, second: str, body: str) -> None:
