@@ -295,6 +295,7 @@ class StateSnapshot:
         self._values = list(itertools.chain.from_iterable(map(_VALUES, mapped)))
         self._entries = list(itertools.chain.from_iterable(held))
         self._empty = [now for *_, empty in self._saved for now in empty]
+        self._hidden = _hidden_tensors(self.modules, itertools.chain(self._values, self._entries))
 
     def _unchanged(self) -> bool:
         """Whether every attribute and container entry is the snapshot's, by identity, and
@@ -312,7 +313,10 @@ class StateSnapshot:
         )
 
     def restore(self) -> None:
-        """Put back every attribute and container entry that differs from the snapshot."""
+        """Put back every attribute and container entry that differs from the snapshot,
+        and the values of the tensors of modules held out of torch's sight."""
+        if self._hidden:
+            _put_back(self._hidden)
         if self._unchanged():
             return
         for attributes, before, filled, empty in self._saved:
@@ -324,6 +328,35 @@ class StateSnapshot:
             if any(empty):  # most containers a module holds are empty: hooks
                 for now in empty:
                     now.clear()
+
+
+def _hidden_tensors(modules: list[nn.Module], values: Iterable[Any]) -> list[tuple[Any, Any, Any]]:
+    """The parameters and buffers of the modules among ``values`` (what the ``modules``
+    hold as attributes and in containers) that are none of ``modules``: a teacher kept in
+    a plain list (``self._ema = [teacher]``) that forward updates in place — each as
+    (tensor, its data, a copy); none in most models."""
+    registered = {id(m) for m in modules}
+    hidden = {id(v): v for v in values if isinstance(v, nn.Module) and id(v) not in registered}
+    tensors = {
+        id(t): t
+        for module in hidden.values()
+        for m in _scripted_out(module.modules())
+        for t in itertools.chain(m._parameters.values(), m._buffers.values())
+        if t is not None and not t.is_meta
+    }
+    return [(t, t.data, t.detach().clone()) for t in tensors.values()]
+
+
+def _put_back(kept: list[tuple[Any, Any, Any]]) -> None:
+    """The values (and ``.data``) of each tensor of :func:`_hidden_tensors` as kept,
+    compared by value: a norm's kernel updates its statistics without telling their
+    version counter."""
+    with torch.no_grad():
+        for t, data, values in kept:
+            if _memory(t) != _memory(data):  # given new .data
+                t.data = data
+            if not torch.equal(t, values):
+                t.copy_(values)
 
 
 @contextlib.contextmanager

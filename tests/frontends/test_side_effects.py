@@ -497,6 +497,61 @@ def test_what_forward_writes_into_parameters_is_not_kept(how: str, tracer: str) 
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+class HiddenTeacher(nn.Module):
+    """A mean teacher held out of torch's sight (``where``: in a list, a dict, or set
+    with ``object.__setattr__``), moved toward the student in forward and called under
+    ``no_grad`` in train mode (its norm's statistics updated too)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.student = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        teacher = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        with torch.no_grad():
+            teacher[0].weight.fill_(3.0)
+        if where == "list":
+            self._ema = [teacher]
+        elif where == "dict":
+            self._ema = {"teacher": teacher}
+        else:  # "attribute"
+            object.__setattr__(self, "_ema", teacher)
+        self.where = where
+
+    def teacher(self) -> nn.Module:
+        return {"list": lambda: self._ema[0], "dict": lambda: self._ema["teacher"]}.get(
+            self.where, lambda: self._ema
+        )()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher = self.teacher()
+        with torch.no_grad():
+            for pt, ps in zip(teacher.parameters(), self.student.parameters(), strict=True):
+                pt.mul_(0.5).add_(ps, alpha=0.5)
+            target = teacher(x)
+        return self.student(x), target
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+@pytest.mark.parametrize("where", ["list", "dict", "attribute"])
+def test_a_teacher_held_out_of_sight_is_not_changed(where: str, tracer: str) -> None:
+    """Found in the survey of research code: a teacher the model holds in a plain list
+    (so that ``parameters()`` leaves it out) was updated by every frontend's run of
+    forward — its weights and its norm's statistics — and stayed so (§1.8). By hand: the
+    student's linear, through its norm (no layer), reaches the loss in 1; the teacher is
+    no module of the model's, and no layer."""
+    model = HiddenTeacher(where)
+    teacher = model.teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    try:
+        report = gpa.analyze(model, input_shape=(3, 4), tracer=tracer)
+    except TraceError:  # fx cannot call a module that is not a submodule
+        assert tracer == "fx"
+    else:
+        assert list(report.layers) == ["student.0"]
+        assert report.layers["student.0"].shortest == 1
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 class ReadsItsParameters(nn.Module):
     """a -> [b, if ``b``'s weight, read through ``named_parameters()``, says so] -> head;
     and a table made where the parameters live, cached on a plain object."""
