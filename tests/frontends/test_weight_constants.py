@@ -354,25 +354,28 @@ class InnerStep(nn.Module):
     """One MAML inner step: the head's weight moved against its own gradient on the
     features, then applied to them."""
 
-    def __init__(self) -> None:
+    def __init__(self, materialized: bool = False) -> None:
         super().__init__()
         self.enc, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        # (an unused input's gradient made zeros: fx's own run then raised nothing)
+        self.options = {"allow_unused": True, "materialize_grads": True} if materialized else {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.enc(x)
         inner = self.head(f).pow(2).mean()
-        (step,) = torch.autograd.grad(inner, self.head.weight, create_graph=True)
+        (step,) = torch.autograd.grad(inner, self.head.weight, create_graph=True, **self.options)
         return F.linear(f, self.head.weight - 0.1 * step, self.head.bias)
 
 
-def test_fx_says_it_cannot_follow_a_gradient_taken_in_forward() -> None:
+@pytest.mark.parametrize("materialized", [False, True])
+def test_fx_says_it_cannot_follow_a_gradient_taken_in_forward(materialized: bool) -> None:
     """Found by a new user: fx blamed the input shapes ("input shapes do not fit
     operation 'grad'") for ``torch.autograd.grad`` inside forward, which it cannot follow
     (it runs each operation on leaves of its own); auto moves on. By hand: the adapted
     weight is the head's minus data (its gradient on the features), so the last linear is
     no layer (§2); head's call -> the step -> loss (1); enc -> loss through the last
     linear (1) and through head's call (2)."""
-    model = InnerStep()
+    model = InnerStep(materialized)
     report = auto_after_fx_refuses(
         model,
         r"forward differentiates .*torch\.autograd\.grad.*--tracer export or autograd",
@@ -384,3 +387,28 @@ def test_fx_says_it_cannot_follow_a_gradient_taken_in_forward() -> None:
     assert layer_records(report) == layer_records(
         gpa.analyze(model, input_shape=(3, 4), tracer="autograd")
     )
+
+
+class AddedAndMixed(nn.Module):
+    """``addmm(h, h, W)``: the same data added and mixed by a weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.post = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.W = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pre(x)
+        return self.post(torch.addmm(h, h, self.W))
+
+
+@EVERY_TRACER
+def test_data_both_added_and_mixed_by_a_weight_is_a_layer(tracer: str) -> None:
+    """Found by a review: reading the mixed operands without the added one, fx and export
+    dropped ``h`` altogether where it is both (``addmm(h, h, W)``), and ``W`` was no layer.
+    It is one: W -> post -> loss (2), one call."""
+    model = AddedAndMixed()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert list(report.layers) == ["pre", "W", "post"]
+    expect(report, "W", {2: 1}, ("post",))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))

@@ -614,6 +614,8 @@ class GradientFlow(fx.Interpreter):
         )
 
     def _run_under_autograd(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]]:
+        if differentiates(n):  # on the pass's own leaves: another graph than the model's
+            raise TraceError(differentiation_failure(n))
         leaves: dict[int, fx.Node] = {}
         keep: list[torch.Tensor] = []
         fresh = {m: _fresh(self.env[m], m, leaves, keep) for m in n.all_input_nodes}
@@ -643,8 +645,6 @@ class GradientFlow(fx.Interpreter):
                         raise TraceError(meta_failure(self.module, n, exc)) from exc
                     if asks_the_device(n):  # a check the meta device alone may fail
                         raise TraceError(device_check_failure(n, exc)) from exc
-                    if differentiates(n):  # autograd.grad on the pass's own leaves
-                        raise TraceError(differentiation_failure(n, exc)) from exc
                     raise ShapeError(shape_failure(self.module, n, self.env, exc)) from exc
                 return fallback
         for m, before in held.items():

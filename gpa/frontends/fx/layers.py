@@ -378,8 +378,17 @@ def _mixed_operands(node: fx.Node) -> list[fx.Node]:
     if skipped is None:
         return node.all_input_nodes
     position, keyword = skipped
-    added = node.args[position] if len(node.args) > position else node.kwargs.get(keyword)
-    return [n for n in node.all_input_nodes if n is not added]
+    mixed = [a for i, a in enumerate(node.args) if i != position]
+    mixed += [a for k, a in node.kwargs.items() if k != keyword]
+    # (by position: ``addmm(h, h, w)`` adds h and mixes it too)
+    return list(dict.fromkeys(n for a in mixed for n in _nodes_in(a)))
+
+
+def _nodes_in(argument: Any) -> list[fx.Node]:
+    """The nodes an argument holds (itself, or those in a list or tuple)."""
+    found: list[fx.Node] = []
+    fx.node.map_arg(argument, found.append)
+    return found
 
 
 def _operator_name(node: fx.Node) -> str:
