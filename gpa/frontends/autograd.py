@@ -222,15 +222,16 @@ class _ParameterUse(TorchFunctionMode):
         # operands carrying none are constants: autograd's missing edges are no data there
         self.constant_reads: list[tuple[int, int, None]] = []
         # (sequence, parameter, operands, result) of functional layers run without gradient
-        self.no_grad_layers: list[tuple[int, str, list, Any]] = []
+        self.no_grad_layers: list[tuple[int, tuple[str, ...], list, Any]] = []
         self.created: list[Any] = []  # grad_fn of every value computed
-        self.derived: dict[int, str] = {}  # id -> parameter, values computed without gradient
+        # id -> the parameters of a value computed from them without gradient
+        self.derived: dict[int, tuple[str, ...]] = {}
         # (first, last sequence number, result, first operand) of feature-mixing functions
         self.values: list[tuple[int, int, ValueInfo, ValueInfo]] = []
         # (first, last sequence number, parameter or None) of feature-mixing functions run
         # with gradient on a weight that carries none: a layer of that parameter beside
         # data (``F.linear(x, w.detach())``), none beside weights alone (``w @ w.detach()``)
-        self.weight_reads: list[tuple[int, int, str | None]] = []
+        self.weight_reads: list[tuple[int, int, tuple[str, ...] | None]] = []
         self.keep: list[torch.Tensor] = []  # keeps those ids unique
         # id() of the autograd nodes of data values: a weight picked at positions computed
         # from data (``w[idx]``: no autograd edge to ``idx``) is one
@@ -382,17 +383,28 @@ class _ParameterUse(TorchFunctionMode):
     ) -> None:
         """Autograd records nothing here: follow values computed from parameters alone
         (buffers and constants beside them)."""
-        weights = [self.derived.get(id(t), self.parameters.get(id(t))) for t in tensors]
-        named = [w for w in weights if w is not None]
+        named = self._parameters_of(tensors)
         if not named:
             return
         if not any(data):  # a weight computed without gradient
             for t in tree_flatten(result)[0]:
                 if isinstance(t, torch.Tensor):
-                    self.derived[id(t)] = named[0]
+                    self.derived[id(t)] = named
                     self.keep.append(t)
         elif function_name(func) in MIXING_FUNCTION_NAMES:
-            self.no_grad_layers.append((self.recorder.sequence(), named[0], tensors, result))
+            self.no_grad_layers.append((self.recorder.sequence(), named, tensors, result))
+
+    def _parameters_of(self, tensors: list[torch.Tensor]) -> tuple[str, ...]:
+        """The parameters ``tensors`` are (or were computed from without gradient), in
+        order (a weight of several modules' parameters: a call of each, §2)."""
+        found: dict[str, None] = {}
+        for t in tensors:
+            derived = self.derived.get(id(t))
+            if derived is not None:
+                found.update(dict.fromkeys(derived))
+            elif (parameter := self.parameters.get(id(t))) is not None:
+                found[parameter] = None
+        return tuple(found)
 
     def _weight_without_gradient(
         self, func: Any, tensors: list[torch.Tensor], result: Any, start: int, data: list[bool]
@@ -401,13 +413,14 @@ class _ParameterUse(TorchFunctionMode):
         (``w.detach()``, a weight made under ``no_grad`` earlier): autograd records no edge
         to it. Follow such values, and take a feature-mixing function that reads one
         beside data for a functional layer, as fx and export do (semantics §2)."""
-        weights = [self.derived.get(id(t), self.parameters.get(id(t))) for t in tensors]
-        if not any(weights):  # the common case: data alone
+        weights = self._parameters_of(tensors)
+        if not weights:  # the common case: data alone
             return
         results = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
-        detached = [self.derived[id(t)] for t in tensors if id(t) in self.derived]
+        detached = [t for t in tensors if id(t) in self.derived]
         if detached and function_name(func) in MIXING_FUNCTION_NAMES:
-            layer = detached[0] if any(data) else None  # beside data, or weights alone
+            # beside data, or weights alone
+            layer = self._parameters_of(detached) if any(data) else None
             if any(t.grad_fn is not None for t in results):
                 self.weight_reads.append((start, self.recorder.sequence() - 1, layer))
             elif layer is not None:  # nothing it reads carries gradient: run without it
@@ -415,7 +428,7 @@ class _ParameterUse(TorchFunctionMode):
         if not any(data):  # from parameters alone: followed if it lost gradient
             for t in results:
                 if t.grad_fn is None and not t.requires_grad:
-                    self.derived[id(t)] = weights[0]
+                    self.derived[id(t)] = weights
                     self.keep.append(t)
 
 
@@ -919,7 +932,7 @@ def _build(
                 constants = _weight_read(run.use.constant_reads, fn._sequence_nr()) is None
                 parameter = _mixing_parameter(fn, children, roots_of, constants, picked)
             else:
-                parameter = read if read is None else (read,)
+                parameter = read
             if parameter is None and "Conv" in _kind(fn):
                 candidates.append(fn)  # a dynamic convolution? (decided below)
         if parameter is not None:  # a functional layer (named once all are known)
@@ -953,9 +966,9 @@ def _build(
         g.remove_node(_Key("input", maker.index, maker.kind))
         g.nodes[maker].clear()
     for seq, parameter, operands, result in run.use.no_grad_layers:  # run without gradient
-        key = _Key("nograd", seq, parameter)
+        key = _Key("nograd", seq, parameter[0])
         _add_call(g, key, ValueInfo.of(result), ValueInfo.of(operands[0]))
-        layer_call[key] = LayerCall((parameter,), "")
+        layer_call[key] = LayerCall(parameter, "")
         layer_seq[key] = seq
     # the functional layers (their records hold their weights' parameters so far), named
     # together: a weight of several modules' parameters makes a call of each (§2)
@@ -1019,10 +1032,10 @@ def _function_values(values: list[tuple], seq: int) -> tuple[Any, Any, Site | No
 _UNSEEN = object()
 
 
-def _weight_read(reads: list[tuple[int, int, str | None]], seq: int) -> Any:
+def _weight_read(reads: list[tuple[int, int, tuple[str, ...] | None]], seq: int) -> Any:
     """What the forward pass saw of the feature-mixing function that created node ``seq``
     when it read a weight without gradient (``_ParameterUse._weight_without_gradient``):
-    the layer's parameter, None (weights alone: no layer), or ``_UNSEEN`` (it read none:
+    the layer's parameters, None (weights alone: no layer), or ``_UNSEEN`` (it read none:
     its autograd edges tell)."""
     i = bisect.bisect_right(reads, (seq, float("inf"))) - 1
     if i >= 0 and reads[i][0] <= seq < reads[i][1]:

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 import gpa
 from tests.frontends.every_tracer import EVERY_TRACER, layer_records
-from tests.semantics import LOSS, check_reachability_with_autograd, expect
+from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
 
 
 class QKV(nn.Module):
@@ -181,3 +181,49 @@ def test_the_parameters_of_one_module_make_one_call(tracer: str) -> None:
     assert list(report.layers) == ["stem", "normed"]
     expect(report, "normed", {1: 1}, (LOSS,))
     expect(report, "stem", {2: 1}, ("normed",))
+
+
+class Fused(nn.Module):
+    """``stem -> [a + b fused] -> out`` (``how``: ``"no_grad"``, the fused call under
+    ``no_grad`` as a gate beside ``out``'s input; ``"detached"``, b's weight detached)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.stem, self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        if self.how == "no_grad":
+            with torch.no_grad():
+                gate = F.linear(h, torch.cat([self.a.weight, self.b.weight]))
+            return self.out(torch.cat([h, h], -1) * gate)
+        return self.out(F.linear(h, torch.cat([self.a.weight, self.b.weight.detach()])))
+
+
+@EVERY_TRACER
+def test_a_fused_call_under_no_grad_is_a_call_of_each(tracer: str) -> None:
+    """Found by a review: under ``no_grad`` the call was one of ``a`` alone (``b`` not
+    called). By hand: a and b, one call each, unreachable, half the call's FLOPs each
+    (2 * 2 rows * 4 inputs * 8 outputs = 128); stem -> out -> loss (2)."""
+    model = Fused("no_grad")
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    for name in ("a", "b"):
+        expect_unreachable(report, name)
+        assert report.layers[name].flops == 64
+    expect(report, "stem", {2: 1}, ("out",))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+@EVERY_TRACER
+def test_a_detached_part_of_a_fused_weight_is_no_call(tracer: str) -> None:
+    """The call is one of the modules the weight carries gradient back to: b's weight,
+    detached, gets none (a real backward agrees). By hand: a -> out -> loss (2); stem ->
+    a -> out -> loss (3); b never called (listed with 0 calls)."""
+    model = Fused("detached")
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    expect(report, "a", {2: 1}, ("out",))
+    expect(report, "stem", {3: 1}, ("a",))
+    expect_unreachable(report, "b", calls=0)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))

@@ -352,21 +352,39 @@ def _mixed_weight(
 
 
 def _owning(weight: fx.Node, parameters: tuple[str, ...]) -> tuple[str, ...]:
-    """Of the ``parameters`` a weight is computed from, those it carries gradient back to
-    (a call of each of their modules, §2), the first at least: a teacher's weights
-    updated toward the student's, detached, are the teacher's alone."""
+    """Of the ``parameters`` a weight is computed from, those it reads but through a
+    detach (a call of each of their modules, §2), the first at least: a teacher's weights
+    updated toward the student's, detached, are the teacher's alone. Whatever the grad
+    mode: a call under ``no_grad`` is a call of each too."""
     if len({p.rpartition(".")[0] for p in parameters}) < 2:
         return parameters
     reached, seen, stack = set(), set(), [weight]
     while stack:
         node = stack.pop()
-        if node in seen:
+        if node in seen or _cuts_gradient(node):
             continue
         seen.add(node)
         if node.op == "get_attr":
             reached.add(node.target)
-        stack.extend(_grad_inputs(node))
+        stack.extend(node.all_input_nodes)
     return tuple(p for p in parameters if p in reached) or parameters[:1]
+
+
+def _cuts_gradient(node: fx.Node) -> bool:
+    """``x.detach()``, ``x.data`` (and export's ATen ``detach``): what they read sends
+    gradient nowhere."""
+    if node.op == "call_method":
+        return node.target in ("detach", "detach_")
+    if node.op != "call_function":
+        return False
+    if node.target is getattr:
+        return node.args[1] == "data"
+    return node.target in _DETACHING
+
+
+_DETACHING = frozenset(
+    {torch.detach, torch.detach_, torch.ops.aten.detach.default, torch.ops.aten.detach_.default}
+)
 
 
 def _mixed_operands(node: fx.Node) -> list[fx.Node]:
