@@ -171,9 +171,9 @@ def calls_of_each_owner(graph: GradientGraph) -> None:
     attributes and every edge in and out — as if each record were applied apart and the
     results combined, so a layer before it has one path through each (``docs/semantics.md``
     §2). Each node's ``share`` attribute is its record's share of the weight's elements,
-    and ``counted_as`` the record holding the largest share: the call's FLOPs are counted
-    as a call of that one (whose weight has the fused weight's shape: a re-parameterised
-    block's 3x3 kernel), each record its share of them.
+    and ``counted_as`` the records by share, largest first: the call's FLOPs are counted
+    as a call of the first that can be (whose weight has the fused weight's shape: a
+    re-parameterised block's 3x3 kernel), each record its share of them.
 
     Example:
         >>> ops = nx.DiGraph([("x", "qkv"), ("qkv", LOSS)])
@@ -193,7 +193,8 @@ def calls_of_each_owner(graph: GradientGraph) -> None:
         if not call.owners:
             calls[node] = call
             continue
-        ops.nodes[node]["counted_as"] = max(call.owners, key=lambda owner: owner[2])[0]
+        by_share = sorted(call.owners, key=lambda owner: -owner[2])
+        ops.nodes[node]["counted_as"] = tuple(record for record, _, _ in by_share)
         for i, (record, kind, share) in enumerate(call.owners):
             twin = node if i == 0 else (node, record)
             if i:

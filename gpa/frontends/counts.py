@@ -408,9 +408,14 @@ def _flops_by_record(
     """Record -> FLOPs of each of its calls (None for a call that is not counted)."""
     per_call: dict[str, list[int | None]] = {}
     for node, call in graph.calls.items():
-        # a call of several records' weights: counted as its largest's (§2, §9)
-        module = modules.get(graph.ops.nodes[node].get("counted_as", call.record))
-        weighted = module is not None and issubclass(module_class(module), WEIGHT_LAYERS)
+        # a call of several records' weights: counted as the largest's that is counted
+        # (a root parameter is not: the next is), each its share (§2, §9)
+        module, weighted = None, False
+        for record in graph.ops.nodes[node].get("counted_as", (call.record,)):
+            module = modules.get(record)
+            weighted = module is not None and issubclass(module_class(module), WEIGHT_LAYERS)
+            if weighted:
+                break
         n = _call_flops(graph, node, module) if weighted else None
         per_call.setdefault(call.record, []).append(n)
     return per_call

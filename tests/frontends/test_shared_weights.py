@@ -227,3 +227,27 @@ def test_a_detached_part_of_a_fused_weight_is_no_call(tracer: str) -> None:
     expect(report, "stem", {3: 1}, ("a",))
     expect_unreachable(report, "b", calls=0)
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+class RootFirst(nn.Module):
+    """``stem -> [w (a root parameter) + a fused] -> out``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.out = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(8, 2)
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(F.linear(self.stem(x), torch.cat([self.w, self.a.weight])))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+def test_a_root_parameter_first_leaves_the_flops_counted(tracer: str) -> None:
+    """Found by a review: with a root parameter (whose FLOPs no module counts) first, the
+    fused call's FLOPs were counted as its call, so none. By hand: 2 rows, 4 inputs, 8
+    outputs: 128 FLOPs, 64 each; w and a -> out -> loss (2); stem: one path through each."""
+    report = gpa.analyze(RootFirst(), input_shape=(2, 4), tracer=tracer)
+    assert (report.layers["w"].flops, report.layers["a"].flops) == (64, 64)
+    expect(report, "w", {2: 1}, ("out",))
+    expect(report, "a", {2: 1}, ("out",))
+    expect(report, "stem", {3: 2}, ("w", "a"))
