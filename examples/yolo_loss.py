@@ -1,8 +1,12 @@
 """YOLOv8n (Ultralytics, from its model YAML) measured with its own training loss, on
 labelled batches as Ultralytics' data loader gives them.
 
-gpa measure examples/yolo_loss.py        (needs ultralytics)
-gpa analyze examples/yolo_loss.py --channels
+gpa measure examples/yolo_loss.py --outputs boxes --outputs scores     (needs ultralytics)
+gpa analyze examples/yolo_loss.py --outputs boxes --outputs scores --channels
+
+The loss reads the head's boxes and scores; the feature maps it also returns (``feats``)
+it reads for their shapes alone, so the paths are those to boxes and scores
+(``docs/semantics.md`` §1.5).
 """
 
 import torch

@@ -18,6 +18,7 @@ from gpa.cli.options import (
     format_option,
     output_option,
     progress_display,
+    wide_option,
 )
 
 __all__ = ["command"]
@@ -37,7 +38,7 @@ __all__ = ["command"]
     "(of: type, calls, shortest, longest, timestamps, paths, params, flops, sources, "
     "segments, combos).",
 )
-@click.option("--wide", is_flag=True, help="Every column, nothing wrapped (for piping).")
+@wide_option
 @depth_option
 @click.pass_context
 def command(

@@ -15,8 +15,10 @@ from gpa.cli.options import (
     configured,
     emit,
     format_option,
+    measure_options,
     output_option,
     progress_display,
+    wide_option,
 )
 
 __all__ = ["command"]
@@ -25,36 +27,11 @@ __all__ = ["command"]
 @click.command("measure")
 @click.argument("target")
 @analysis_options
-@click.option(
-    "--steps",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Forward/backward steps measured.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Items per synthetic batch (dim 0 of every input)  [default: 32; the target "
-    "file's example_batches keep their own]",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda", "mps"]),
-    default=None,
-    help="Where the steps run (default: where the model is built, the CPU).",
-)
-@click.option(
-    "--seed",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Seed of the loss directions, the synthetic inputs and dropout.",
-)
+@measure_options
 @config_option
 @format_option("json", "csv", "html")
 @output_option
+@wide_option
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -68,6 +45,7 @@ def command(
     config_path: Path | None,
     fmt: str,
     output: Path | None,
+    wide: bool,
     **params: Any,
 ) -> None:
     """Measure the gradients the layers of the model named by TARGET receive.
@@ -108,5 +86,10 @@ def command(
     elif fmt == "html":
         text = format_page(m)
     else:
-        text = format_table(m, color=output is None and sys.stdout.isatty())
+        color = output is None and sys.stdout.isatty()
+        text = format_table(m, color=color, width=_EVERY_COLUMN if wide else None)
     emit(text, output)
+
+
+#: A width every column fits in (``--wide``: for piping).
+_EVERY_COLUMN = 10_000

@@ -195,6 +195,66 @@ def analysis_settings(ctx: click.Context, params: dict[str, Any]) -> dict[str, A
     return given
 
 
+#: How ``gpa measure`` runs its steps: by ``gpa measure`` and ``gpa plot``'s measured kinds.
+_MEASURE = [
+    click.option(
+        "--steps",
+        type=click.IntRange(min=1),
+        default=8,
+        show_default=True,
+        help="Forward/backward steps measured.",
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Items per synthetic batch (dim 0 of every input)  [default: 32; the target "
+        "file's example_batches keep their own]",
+    ),
+    click.option(
+        "--device",
+        type=click.Choice(["cpu", "cuda", "mps"]),
+        default=None,
+        help="Where the steps run (default: where the model is built, the CPU).",
+    ),
+    click.option(
+        "--seed",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Seed of the loss directions, the synthetic inputs and dropout.",
+    ),
+]
+
+#: Their names, as the command's keyword arguments.
+MEASURE_NAMES = ("steps", "batch_size", "device", "seed")
+
+
+def measure_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the options of how measured steps run (``--steps``, ``--batch-size``,
+    ``--device``, ``--seed``) to ``command``."""
+    for option in reversed(_MEASURE):
+        command = option(command)
+    return command
+
+
+def measure_settings(ctx: click.Context, params: dict[str, Any]) -> tuple[dict[str, Any], list]:
+    """Take the measure options out of ``params``: all of them by name, and the names of
+    those given on the command line (``--steps`` …)."""
+    settings = {name: params.pop(name) for name in MEASURE_NAMES}
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in MEASURE_NAMES
+        if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+    ]
+    return settings, given
+
+
+wide_option = click.option(
+    "--wide", is_flag=True, help="Every column, nothing wrapped (for piping)."
+)
+
+
 def format_option(*choices: str) -> Callable[..., Any]:
     """``--format``, with ``text`` first and the default."""
     return click.option(

@@ -14,6 +14,8 @@ from gpa.cli.options import (
     config_option,
     configured,
     depth_option,
+    measure_options,
+    measure_settings,
     progress_display,
     writable_path,
 )
@@ -32,7 +34,7 @@ __all__ = ["command"]
     show_default=True,
     help="timestamps (Fig. 7), sources at a round (Fig. 8), profile along depth "
     "(several TARGETs overlaid), the path-length histogram of --layer, or, measured on "
-    "real backward passes (gpa measure, default steps and batch size): gradnorm "
+    "real backward passes (gpa measure; --steps, --batch-size, --device, --seed): gradnorm "
     "(gradient norm beside shortest path) and duplication (CKA heat map).",
 )
 @click.option("--layer", metavar="NAME", help="The layer of --kind histogram.")
@@ -52,6 +54,7 @@ __all__ = ["command"]
     callback=writable_path,
     help="Image file; .png, .svg or .pdf (default: KIND.png).",
 )
+@measure_options
 @click.pass_context
 def command(
     ctx: click.Context,
@@ -76,9 +79,15 @@ def command(
     gpa.plot.image_format(output)  # refuse a bad file name, or request, before analysing
     gpa.plot.check_request(kind, len(targets))
     settings = analysis_settings(ctx, params)
+    measured, given = measure_settings(ctx, params)
+    if given and kind not in _MEASURED:
+        raise click.UsageError(
+            f"{', '.join(given)}: how measured steps run, for --kind "
+            f"{' or '.join(_MEASURED)} (gpa measure's options)"
+        )
     specs = [configured(x, kwargs, settings, config_path) for x in targets]
     with progress_display(quiet) as progress:
-        if kind in ("gradnorm", "duplication"):
+        if kind in _MEASURED:
             from gpa.measure import measure_target
 
             reports = [
@@ -86,6 +95,7 @@ def command(
                     s.target,
                     dict(s.settings.kwargs),
                     progress=progress,
+                    **measured,
                     # (channels are measured per layer here)
                     **{k: v for k, v in s.settings.options.items() if k != "channels"},
                 )
@@ -96,6 +106,10 @@ def command(
     fig = gpa.plot.draw(kind, reports, layer=layer, t=t, depth=depth)
     gpa.plot.save(fig, output)
     click.echo(f"wrote {output}")
+
+
+#: The kinds drawn from measured steps (``gpa measure``).
+_MEASURED = ("gradnorm", "duplication")
 
 
 def _analyze(spec: Any, kind: str, progress: Any) -> Any:

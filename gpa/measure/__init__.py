@@ -885,7 +885,14 @@ def measure_target(
             example = loaded.example_inputs
         elif loaded.input_shape is not None and settings.get("batches") is None:
             settings["input_shape"] = loaded.input_shape
-    return measure(loaded.model, example, progress=progress, **settings)
+    measured = measure(loaded.model, example, progress=progress, **settings)
+    if loaded.inputs_from is not None and example is None and "input_shape" in settings:
+        # (as analyze_target says: the size decides some numbers)
+        measured.notes.insert(
+            0, f"inputs chosen by gpa: {loaded.inputs_from}, at the batch size measured"
+        )
+    measured.notes[:0] = loaded.notes
+    return measured
 
 
 class _CallableModule(types.ModuleType):

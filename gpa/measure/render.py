@@ -83,6 +83,7 @@ def _summary(m: Any) -> list[str]:
     return [
         f"model: {m.model}",
         f"measured: {how}",
+        *_inputs_line(m),
         f"layers: {net['layers']}, frozen: {len(net['frozen'])}, "
         f"gradient combinations: {_cell(net['gradient_combinations'])}",
         f"duplication (CKA, {d['pairs']} pairs): mean {_cell(d['mean'])}, "
@@ -91,6 +92,21 @@ def _summary(m: Any) -> list[str]:
         f"{_cell(net['mean_most_similar'])}",
         f"rank correlation (shared combination vs CKA): {_cell(net['rank_correlation'])}",
     ]
+
+
+def _inputs_line(m: Any) -> list[str]:
+    """What each step's batch held, input by input (the analysis' inputs, at the batch
+    size measured): none for batches of the target file's, which it describes itself."""
+    inputs = m.report.to_dict().get("inputs") if m.report is not None else None
+    if not inputs or m.batch_size is None:
+        return []
+    shown = [
+        f"{i['dtype']}[{', '.join(map(str, [m.batch_size, *i['shape'][1:]]))}]"
+        if "shape" in i and i["shape"]
+        else i.get("value", "?")
+        for i in inputs
+    ]
+    return [f"inputs per step: {'; '.join(shown)}"]
 
 
 _HEADERS = (

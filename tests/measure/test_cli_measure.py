@@ -77,9 +77,8 @@ def test_the_mode_and_options_measured_under_are_recorded(tmp_path: Path) -> Non
         report = gpa.analyze_target(target, {}, gpa.AnalysisOptions(train=train))
         assert (data["options"], data["tracer"]) == (report.options, report.tracer)
         assert data["options"]["train"] is train and data["inputs"] == report.inputs
-        header = " ".join(
-            CliRunner().invoke(main, [*args, mode]).output.split("layers:")[0].split()
-        )
+        lines = CliRunner().invoke(main, [*args, mode]).output.splitlines()
+        header = next(line for line in lines if line.startswith("measured: "))
         assert header.endswith(", train mode" if train else ", eval mode")
 
 
@@ -310,3 +309,35 @@ def test_text_is_the_default_format_as_in_every_command(tmp_path: Path) -> None:
     assert "0" in default.output.split() and "2" in default.output.split()
     evaluated = CliRunner().invoke(main, [*args, "--eval"])
     assert evaluated.exit_code == 0, evaluated.output
+
+
+def test_plot_and_measure_take_the_same_step_options(tmp_path: Path) -> None:
+    """Found by a new user: ``gpa plot --kind gradnorm`` measures as ``gpa measure`` does
+    but refused its ``--steps`` and ``--batch-size`` (a YOLO took minutes at the
+    defaults); they are declared once for both now, and refused for a kind that measures
+    nothing."""
+    target = _write(tmp_path, TARGET)
+    image = str(tmp_path / "gn.png")
+    steps = ["--steps", "1", "--batch-size", "2", "--seed", "3", "--device", "cpu"]
+    drawn = CliRunner().invoke(main, ["plot", target, "--kind", "gradnorm", "-o", image, *steps])
+    assert drawn.exit_code == 0, drawn.output
+    assert Path(image).stat().st_size > 0
+    refused = CliRunner().invoke(main, ["plot", target, "--kind", "profile", "--steps", "1"])
+    assert refused.exit_code == 2
+    assert "--steps: how measured steps run, for --kind gradnorm or duplication" in refused.output
+
+
+def test_the_text_says_what_each_step_held_and_wide_keeps_every_column(tmp_path: Path) -> None:
+    """Found by a new user: the text never said the inputs measured (a YOLO at 640 x 640,
+    32 to a batch), and ``--wide``, which ``gpa analyze`` takes to show the columns left
+    out, was refused. The model takes 4 features: float32[batch, 4]."""
+    target = _write(tmp_path, TARGET)
+    args = ["measure", target, "--steps", "1", "--batch-size", "3"]
+    narrow = CliRunner().invoke(main, args, env={"COLUMNS": "40"})
+    assert narrow.exit_code == 0, narrow.output
+    assert "inputs per step: float32[3, 4]" in narrow.output
+    assert "columns left out" in narrow.output
+    wide = CliRunner().invoke(main, [*args, "--wide"], env={"COLUMNS": "40"})
+    assert wide.exit_code == 0, wide.output
+    assert "columns left out" not in wide.output
+    assert "most similar" in wide.output and "frozen" in wide.output

@@ -872,7 +872,7 @@ def test_cka_near_its_chance_level_is_said() -> None:
     assert "4 samples are few for up to 64 channels" in note
     assert few.to_dict()["network"]["duplication"]["chance"] == chance
     summary = str(few).splitlines()[:6]
-    assert f"CKA by chance (samples shuffled): {chance:.3g}" in summary[4]
+    assert any(f"CKA by chance (samples shuffled): {chance:.3g}" in line for line in summary)
     assert all(len(line) <= 80 for line in summary)
     narrow = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 2))
     many = measure(narrow, torch.zeros(1, 4), steps=8, batch_size=32)
