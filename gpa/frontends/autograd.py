@@ -52,7 +52,7 @@ from gpa.errors import GpaError, ModelError, TraceError
 from gpa.frontends.dynamic import dynamic_layers
 from gpa.frontends.frames import Site, caller_site
 from gpa.frontends.fx.flow import ValueInfo, differentiable
-from gpa.frontends.inputs import floating_dtype, integer_variants
+from gpa.frontends.inputs import IntegerVariants, floating_dtype, integer_variants
 from gpa.frontends.metadata import reads_metadata_only
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
@@ -602,6 +602,8 @@ def _run(
                     with preserved_state(model):
                         run = _forward(model, candidate, device, opaque, modules, input_grad=False)
             except _ForwardFailed as failed:  # the user's forward failed on these inputs
+                if isinstance(candidates, IntegerVariants):
+                    candidates.failed(failed.error)
                 if first_error is None:
                     first_error = failed
                 if device == "meta" and meta_error is None:

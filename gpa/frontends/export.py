@@ -105,7 +105,12 @@ from gpa.frontends.grad_regions import (
     may_miss_grad_mode,
 )
 from gpa.frontends.hooks import hooked_calls_message
-from gpa.frontends.inputs import floating_dtype, integer_variants, unbound_inputs_message
+from gpa.frontends.inputs import (
+    IntegerVariants,
+    floating_dtype,
+    integer_variants,
+    unbound_inputs_message,
+)
 from gpa.frontends.modules import (
     DEFAULT_LAYER_TYPES,
     compiled,
@@ -325,6 +330,8 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
                         program = torch.export.export(model, tuple(args), strict=False)
         except Exception as exc:  # the model cannot be exported on these inputs
             first = first or exc
+            if isinstance(candidates, IntegerVariants):
+                candidates.failed(exc)
             continue
         if functions:
             raise ExportError(_custom_functions_message(model, list(functions)))

@@ -209,10 +209,11 @@ def zeros(
 
 def integer_variants(
     shapes: Sequence[Sequence[int]], device: str = "meta", dtype: torch.dtype = torch.float32
-) -> Iterator[tuple[torch.Tensor, ...]]:
+) -> IntegerVariants:
     """Inputs to try when it is unknown which are indices: all ``dtype``, then each in turn
-    int64, then all int64 (a transformer's ids, token types and mask), then the other
-    sets of two or more (up to :data:`_EVERY_SET_UP_TO` inputs).
+    int64, then — while the model refuses floats as indices (:meth:`IntegerVariants.failed`
+    tells) — all int64 (a transformer's ids, token types and mask), then the other sets of
+    two or more (up to :data:`_EVERY_SET_UP_TO` inputs).
 
     Example:
         >>> [[x.dtype == torch.int64 for x in v] for v in integer_variants([(1,), (1,), (1,)])]
@@ -221,16 +222,49 @@ def integer_variants(
          [False, False, True], [True, True, True], [True, True, False],
          [True, False, True], [False, True, True]]
     """
-    n = len(shapes)
-    yield zeros(*shapes, device=device, dtype=dtype)
-    for i in range(n):
-        yield zeros(*shapes, integer={i}, device=device, dtype=dtype)
-    if n > 1:
-        yield zeros(*shapes, integer=set(range(n)), device=device, dtype=dtype)
-    if 2 < n <= _EVERY_SET_UP_TO:
-        for size in range(2, n):
-            for chosen in itertools.combinations(range(n), size):
-                yield zeros(*shapes, integer=set(chosen), device=device, dtype=dtype)
+    return IntegerVariants(shapes, device, dtype)
+
+
+class IntegerVariants:
+    """The inputs :func:`integer_variants` gives, one try after another; a model failing
+    for another reason than indices given as floats (a shape it refuses) is not run on
+    every set of them: past one input at a time, the tries go on only while it does."""
+
+    def __init__(self, shapes: Sequence[Sequence[int]], device: str, dtype: torch.dtype) -> None:
+        self.shapes, self.device, self.dtype = shapes, device, dtype
+        self._indices = True  # the last try failed on floats given as indices (or none did)
+
+    def failed(self, exc: BaseException) -> None:
+        """The model failed on the last inputs given, raising ``exc``."""
+        self._indices = _indices_refused(exc)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n = len(self.shapes)
+        yield self._made(set())
+        for i in range(n):
+            yield self._made({i})
+        sets = [set(range(n))] if n > 1 else []
+        if 2 < n <= _EVERY_SET_UP_TO:
+            sets += [set(c) for size in range(2, n) for c in itertools.combinations(range(n), size)]
+        for chosen in sets:
+            if not self._indices:
+                return
+            yield self._made(chosen)
+
+    def _made(self, integer: set[int]) -> tuple[torch.Tensor, ...]:
+        return zeros(*self.shapes, integer=integer, device=self.device, dtype=self.dtype)
+
+
+def _indices_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is torch refusing floats as indices (an
+    embedding's: "Expected tensor for argument #1 'indices' to have one of the following
+    scalar types: Long, Int")."""
+    while exc is not None:
+        text = str(exc)
+        if "'indices'" in text or "scalar type Long" in text or "Long, Int" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 #: Inputs given by shape up to which every set of them is tried as indices (2^n tries).

@@ -921,3 +921,29 @@ def test_two_inputs_given_by_shape_read_by_embeddings_are_indices(tracer):
     expect(report, "tok", {2: 1}, ("out",))
     expect(report, "typ", {2: 1}, ("out",))
     expect(report, "out", {1: 1}, (LOSS,))
+
+
+class BrokenFourInputs(nn.Module):
+    """Four inputs and a shape bug: it fails whatever the inputs' dtypes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(8, 8)
+
+    def forward(self, w, x, y, z):
+        _RUNS.append(1)  # (outside the model: its own state is put back after each run)
+        return self.a(w) @ torch.ones(3, 3)
+
+
+_RUNS: list[int] = []
+
+
+def test_a_model_failing_for_another_reason_is_not_tried_on_every_set_of_indices():
+    """Found by a review: with every set of inputs tried as indices, a model with a real bug
+    ran 32 times under the autograd frontend before its error was reported. Past one
+    input at a time, sets are tried only while the model refuses floats as indices: all
+    floating and each input alone, on meta and for real, is 5 x 2 = 10 runs."""
+    _RUNS.clear()
+    with pytest.raises(gpa.GpaError, match="shapes cannot be multiplied|must have same"):
+        gpa.analyze(BrokenFourInputs(), input_shape=[(2, 8)] * 4, tracer="autograd")
+    assert 5 <= len(_RUNS) <= 10
