@@ -336,7 +336,29 @@ def _hidden_tensors(modules: list[nn.Module], values: Iterable[Any]) -> list[tup
     a plain list (``self._ema = [teacher]``) that forward updates in place — each as
     (tensor, its data, a copy); none in most models."""
     registered = {id(m) for m in modules}
-    hidden = {id(v): v for v in values if isinstance(v, nn.Module) and id(v) not in registered}
+    hidden: dict[int, nn.Module] = {}
+    seen: set[int] = set()
+    level, depth = list(values), 0
+    # through tuples (which the containers' walk looks into without keeping) and the
+    # attributes of plain objects (a helper holding the teacher), a few levels down
+    while level and depth < _DEPTH:
+        inside: list[Any] = []
+        for v in level:
+            if id(v) in seen or isinstance(v, (torch.Tensor, str, int, float, type)):
+                continue
+            seen.add(id(v))
+            if isinstance(v, nn.Module):
+                if id(v) not in registered:
+                    hidden[id(v)] = v
+            elif isinstance(v, (tuple, list, set, frozenset)):
+                inside.extend(v)
+            elif isinstance(v, dict):
+                inside.extend(v.values())
+            elif type(v).__module__ != "builtins" and isinstance(
+                getattr(v, "__dict__", None), dict
+            ):
+                inside.extend(v.__dict__.values())
+        level, depth = inside, depth + 1
     tensors = {
         id(t): t
         for module in hidden.values()

@@ -512,14 +512,21 @@ class HiddenTeacher(nn.Module):
             self._ema = [teacher]
         elif where == "dict":
             self._ema = {"teacher": teacher}
+        elif where == "tuple":
+            self._ema = [(teacher,)]
+        elif where == "helper":
+            self._ema = types.SimpleNamespace(teacher=teacher)
         else:  # "attribute"
             object.__setattr__(self, "_ema", teacher)
         self.where = where
 
     def teacher(self) -> nn.Module:
-        return {"list": lambda: self._ema[0], "dict": lambda: self._ema["teacher"]}.get(
-            self.where, lambda: self._ema
-        )()
+        return {
+            "list": lambda: self._ema[0],
+            "dict": lambda: self._ema["teacher"],
+            "tuple": lambda: self._ema[0][0],
+            "helper": lambda: self._ema.teacher,
+        }.get(self.where, lambda: self._ema)()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         teacher = self.teacher()
@@ -531,10 +538,11 @@ class HiddenTeacher(nn.Module):
 
 
 @pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
-@pytest.mark.parametrize("where", ["list", "dict", "attribute"])
+@pytest.mark.parametrize("where", ["list", "dict", "tuple", "helper", "attribute"])
 def test_a_teacher_held_out_of_sight_is_not_changed(where: str, tracer: str) -> None:
     """Found in the survey of research code: a teacher the model holds in a plain list
-    (so that ``parameters()`` leaves it out) was updated by every frontend's run of
+    (so that ``parameters()`` leaves it out; or in a tuple in it, or an object's
+    attribute: a review) was updated by every frontend's run of
     forward — its weights and its norm's statistics — and stayed so (§1.8). By hand: the
     student's linear, through its norm (no layer), reaches the loss in 1; the teacher is
     no module of the model's, and no layer."""
