@@ -134,6 +134,8 @@ def _analyze(
         step("channel segments")
         with TRACING:  # the routing calls modules on probes: no fx trace meanwhile
             segments = channel_segments(graph, options.outputs)
+        if shared := _shared_calls(graph):
+            graph.notes.append(_SHARED_CHANNELS.format(", ".join(shared)))
     step("parameters and FLOPs")
     named = list(model.named_modules())  # one walk for the counts and the notes below
     counts = layer_counts(model, graph, options.count_convention, named)
@@ -191,6 +193,20 @@ def _fallback_notes(records: Mapping[str, LayerRecord]) -> list[str]:
         "combinations of those layers over-approximate (docs/semantics.md §8; the JSON's "
         "channel_fallback names the operations per layer)"
     ]
+
+
+def _shared_calls(graph: GradientGraph) -> list[str]:
+    """The records of calls of several modules' weights after the first (§2), in order."""
+    return list(dict.fromkeys(c.record for key, c in graph.calls.items() if isinstance(key, tuple)))
+
+
+#: The channel analysis reads a call of several modules' weights as one (§8).
+_SHARED_CHANNELS = (
+    "channel segments read a call computing with several modules' weights as one call "
+    "of its first module: the segments of the layers before it name that one alone, "
+    "and count one path through it; {} get that call's segments (docs/semantics.md §2, "
+    "§8)"
+)
 
 
 def _intermediate_outputs_notes(graph: GradientGraph) -> list[str]:

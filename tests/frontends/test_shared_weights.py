@@ -251,3 +251,17 @@ def test_a_root_parameter_first_leaves_the_flops_counted(tracer: str) -> None:
     expect(report, "w", {2: 1}, ("out",))
     expect(report, "a", {2: 1}, ("out",))
     expect(report, "stem", {3: 2}, ("w", "a"))
+
+
+def test_the_channel_analysis_says_it_reads_a_fused_call_as_one() -> None:
+    """Found by a review: with channels, the stem's segment counted one path through the
+    fused call, named after q alone, where its record counts one through each of q, k, v
+    (§8: a layer's one segment equals its record otherwise). A note says so; k and v get
+    the call's segments, as q does (its 12 output channels: two segments, q and k's
+    channels mixed by a product, v's apart)."""
+    report = gpa.analyze(QKV(fused=True), input_shape=(2, 4), channels=True)
+    assert any(n.startswith("channel segments read a call computing") for n in report.notes)
+    assert "k, v get that call's segments" in " ".join(report.notes)
+    bounds = [[(s.start, s.stop) for s in report.layers[n].segments] for n in ("q", "k", "v")]
+    assert bounds == [[(0, 8), (8, 12)]] * 3
+    expect(report, "stem", {3: 3}, ("q", "k", "v"))  # the record, as without channels
