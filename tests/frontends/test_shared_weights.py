@@ -265,3 +265,44 @@ def test_the_channel_analysis_says_it_reads_a_fused_call_as_one() -> None:
     bounds = [[(s.start, s.stop) for s in report.layers[n].segments] for n in ("q", "k", "v")]
     assert bounds == [[(0, 8), (8, 12)]] * 3
     expect(report, "stem", {3: 3}, ("q", "k", "v"))  # the record, as without channels
+
+
+class ParametrizedRead(nn.Module):
+    """``pre -> [a's weight, read functionally] -> c``, a (and b) parametrized by
+    ``norm``; ``both``: a's and b's weights added."""
+
+    def __init__(self, norm: str, both: bool) -> None:
+        super().__init__()
+        wrap = {
+            "weight_norm": nn.utils.parametrizations.weight_norm,
+            "spectral_norm": nn.utils.parametrizations.spectral_norm,
+        }[norm]
+        self.both = both
+        self.pre, self.c = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.a, self.b = wrap(nn.Linear(4, 4)), wrap(nn.Linear(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.a.weight + self.b.weight if self.both else self.a.weight
+        return self.c(F.linear(self.pre(x), weight))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("both", [False, True])
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm"])
+def test_a_parametrized_weight_read_functionally_is_a_call_of_its_module(
+    norm: str, both: bool, tracer: str
+) -> None:
+    """Found by a review: fx read ``a.weight`` of a parametrized module (weight norm,
+    spectral norm: computed by its parametrization from ``original0``...) as no weight,
+    so the call was no layer and ``pre`` one step too close (auto the same); export and
+    autograd named it ``a.parametrizations.weight``. By hand: a (and b) -> c -> loss (2),
+    one call; pre -> a (and b) -> c -> loss: one path of 3 through each."""
+    model = ParametrizedRead(norm, both)
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    owners = ("a", "b") if both else ("a",)
+    for name in owners:
+        expect(report, name, {2: 1}, ("c",))
+    expect(report, "pre", {3: len(owners)}, owners)
+    if not both:
+        expect_unreachable(report, "b", calls=0)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))

@@ -24,6 +24,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from gpa.core.graph import LayerCall
 from gpa.frontends.dynamic import dynamic_layers
@@ -164,6 +165,10 @@ def _parameter_roots(
         if kind is _PARAMETER:
             roots[node] = (node.target,)
             continue
+        if kind is _PARAMETRIZED:  # (its originals: ``a.parametrizations.weight.original0``)
+            held = gm.get_submodule(node.target).named_parameters()
+            roots[node] = tuple(f"{node.target}.{name}" for name, _ in held)
+            continue
         if kind is _ATTRIBUTE:
             continue
         found = tuple(dict.fromkeys(t for n in inputs for t in roots.get(n, ())))
@@ -203,12 +208,14 @@ class Reads(NamedTuple):
     the graph is: worked out once for the passes of :func:`find_layers`)."""
 
     node: fx.Node
-    kind: object  # _DATA (a placeholder), _PARAMETER, _ATTRIBUTE (another get_attr), _OPERATION
+    # _DATA (a placeholder), _PARAMETER, _PARAMETRIZED (a parametrization's call),
+    # _ATTRIBUTE (another get_attr), _OPERATION
+    kind: object
     inputs: list[fx.Node]  # an operation's inputs whose values it reads
     tensors: list[fx.Node]  # those of them that are tensors
 
 
-_DATA, _PARAMETER, _ATTRIBUTE, _OPERATION = (object() for _ in range(4))
+_DATA, _PARAMETER, _PARAMETRIZED, _ATTRIBUTE, _OPERATION = (object() for _ in range(5))
 
 
 def graph_reads(gm: fx.GraphModule) -> list[Reads]:
@@ -222,10 +229,19 @@ def graph_reads(gm: fx.GraphModule) -> list[Reads]:
             owner = gm.get_submodule(owner_path) if owner_path else gm
             parameter = isinstance(getattr(owner, attr, None), nn.Parameter)
             reads.append(Reads(node, _PARAMETER if parameter else _ATTRIBUTE, [], []))
+        elif node.op == "call_module" and not node.all_input_nodes and _parametrization(gm, node):
+            reads.append(Reads(node, _PARAMETRIZED, [], []))
         else:
             inputs = _value_inputs(node)
             reads.append(Reads(node, _OPERATION, inputs, [n for n in inputs if _is_tensor(n)]))
     return reads
+
+
+def _parametrization(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` calls a parametrization (``torch.nn.utils.parametrize``: weight
+    norm, spectral norm): a weight computed from its originals alone, as reading a
+    parametrized module's ``weight`` does."""
+    return isinstance(gm.get_submodule(node.target), parametrize.ParametrizationList)
 
 
 def _value_inputs(node: fx.Node) -> list[fx.Node]:
@@ -304,7 +320,7 @@ def find_layers(
     for _ in range(_MAX_PASSES):
         roots, selected, data = _parameter_roots(gm, {*calls, *known, *functional}, reads)
         again = {
-            node: _owning(weight, roots[weight])
+            node: _owning(weight, roots)
             for node in gm.graph.nodes
             if _is_mixing(node) and (weight := _mixed_weight(node, roots, selected, data))
         }
@@ -351,11 +367,13 @@ def _mixed_weight(
     return fixed[0] if fixed and len(fixed) < len(weights) else None
 
 
-def _owning(weight: fx.Node, parameters: tuple[str, ...]) -> tuple[str, ...]:
+def _owning(weight: fx.Node, roots: Mapping[fx.Node, tuple[str, ...]]) -> tuple[str, ...]:
     """Of the ``parameters`` a weight is computed from, those it reads but through a
     detach (a call of each of their modules, §2), the first at least: a teacher's weights
     updated toward the student's, detached, are the teacher's alone. Whatever the grad
-    mode: a call under ``no_grad`` is a call of each too."""
+    mode: a call under ``no_grad`` is a call of each too. ``roots``: each node computed
+    from parameters alone -> those parameters (:func:`_parameter_roots`)."""
+    parameters = roots[weight]
     if len({p.rpartition(".")[0] for p in parameters}) < 2:
         return parameters
     reached, seen, stack = set(), set(), [weight]
@@ -364,8 +382,8 @@ def _owning(weight: fx.Node, parameters: tuple[str, ...]) -> tuple[str, ...]:
         if node in seen or _cuts_gradient(node):
             continue
         seen.add(node)
-        if node.op == "get_attr":
-            reached.add(node.target)
+        if node.op in ("get_attr", "call_module"):  # a parameter, a parametrization
+            reached.update(roots.get(node, ()))
         stack.extend(node.all_input_nodes)
     return tuple(p for p in parameters if p in reached) or parameters[:1]
 
