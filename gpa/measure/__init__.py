@@ -661,7 +661,9 @@ def _summarise(
     notes = meta.pop("notes")
     if missing:
         notes.append(
-            "layers not called in the measured steps, left out of the table and its counts "
+            "layers not called in the measured steps — or called only with a weight "
+            "computed from several modules' (fused q, k, v: docs/semantics.md §2), whose "
+            "calls the measurement does not see —, left out of the table and its counts "
             f"(layers, frozen): {', '.join(missing)}"
         )
     # a layer some steps do not call (an expert no token was routed to, a branch) received

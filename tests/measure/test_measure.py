@@ -1254,3 +1254,15 @@ def test_functional_layers_are_measured_on_synthetic_batches() -> None:
     expected = math.sqrt(float(parts["A"].grad.pow(2).sum()))
     assert m.layers["A"].output_grad_norm == pytest.approx(expected, rel=1e-5)
     assert m.layers["B"].weight_grad_norm == pytest.approx(float(net.B.grad.norm()), rel=1e-5)
+
+
+def test_layers_of_a_fused_weight_are_said_to_be_unmeasured() -> None:
+    """Found by a review: for q, k, v fused into one call (§2: a call of each), the note
+    said them "not called", which the analysis contradicts; it says why now (the
+    measurement sees calls of a module or of its own weight only)."""
+    from tests.frontends.test_shared_weights import QKV
+
+    m = gpa.measure(QKV(fused=True), input_shape=(2, 4), steps=1, batch_size=2)
+    note = next(n for n in m.notes if n.startswith("layers not called"))
+    assert "several modules'" in note and note.endswith("q, k, v")
+    assert {"stem", "out"} <= set(m.layers)
