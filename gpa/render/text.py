@@ -262,7 +262,8 @@ def _console(buffer: io.StringIO, width: int, color: bool) -> Console:
     )
 
 
-def _cells(record: Any) -> dict[str, str]:
+def _cells(record: Any, wide: bool = False) -> dict[str, str]:
+    """A record's cells of the text table (``wide``: every source, none abbreviated)."""
     segments = getattr(record, "segments", None)
     return {
         "layer": record.name,
@@ -274,7 +275,7 @@ def _cells(record: Any) -> dict[str, str]:
         "paths": format_count(record.num_paths),
         "params": format_si(record.params),
         "flops": format_si(record.flops),
-        "sources": format_sources(record.sources),
+        "sources": format_sources(record.sources, len(record.sources) if wide else 3),
         "segments": _value(None if segments is None else len(segments)),
         "combos": _value(getattr(record, "gradient_combinations", None)),
     }
@@ -524,13 +525,14 @@ def format_table(
             f"{len(report.layers)} layers in {len(rows)} groups of module path depth {depth}; "
             "--depth 0 (or --wide) shows every layer, --depth N another grouping"
             + (
-                f"; columns left out to fit {width} characters: {', '.join(dropped)}"
+                f"; columns left out to fit {width} characters: {', '.join(dropped)} "
+                "(a wider terminal, COLUMNS=…, shows them)"
                 if dropped
                 else ""
             )
         )
     else:
-        rows = [_cells(r) for r in report.layers.values()]
+        rows = [_cells(r, wide) for r in report.layers.values()]
         # the columns asked for, in the order asked (those the report has)
         chosen = (
             available if columns is None else [c for c in dict.fromkeys(columns) if c in available]

@@ -89,6 +89,18 @@ def test_wide_prints_everything_unwrapped(report: gpa.Report) -> None:
     assert len(rows) == 2 + len(report.layers)  # one line per layer: nothing wrapped
 
 
+def test_wide_lists_every_source(report: gpa.Report) -> None:
+    """Found by a new user: ``--wide`` ("every column, nothing wrapped") still cut a
+    layer's sources to three. denselayer1's output feeds the five later layers and the
+    classifier (residual sums): its six sources, each named."""
+    first = "features.denseblock1.denselayer1.conv1"
+    assert len(report.layers[first].sources) == 6
+    line = next(r for r in _rows(format_table(report, wide=True)) if r.startswith(first))
+    assert "(+" not in line and all(s in line for s in report.layers[first].sources)
+    narrow = next(r for r in _rows(format_table(report, width=400)) if r.startswith(first))
+    assert "… (+4)" in narrow  # the default: two named, then how many more
+
+
 def test_cli_columns_wide_and_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()
     target = "gpa.models:resnet"
