@@ -232,11 +232,11 @@ class IntegerVariants:
 
     def __init__(self, shapes: Sequence[Sequence[int]], device: str, dtype: torch.dtype) -> None:
         self.shapes, self.device, self.dtype = shapes, device, dtype
-        self._indices = True  # the last try failed on floats given as indices (or none did)
+        self._indices = False  # a try failed on floats given as indices
 
     def failed(self, exc: BaseException) -> None:
         """The model failed on the last inputs given, raising ``exc``."""
-        self._indices = _indices_refused(exc)
+        self._indices = self._indices or _indices_refused(exc)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         n = len(self.shapes)
@@ -255,16 +255,23 @@ class IntegerVariants:
         return zeros(*self.shapes, integer=integer, device=self.device, dtype=self.dtype)
 
 
-def _indices_refused(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is torch refusing floats as indices (an
-    embedding's: "Expected tensor for argument #1 'indices' to have one of the following
-    scalar types: Long, Int")."""
-    while exc is not None:
-        text = str(exc)
-        if "'indices'" in text or "scalar type Long" in text or "Long, Int" in text:
+def _indices_refused(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is torch refusing floats as indices: an
+    embedding's "Expected tensor for argument #1 'indices' to have one of the following
+    scalar types: Long, Int", indexing's "tensors used as indices must be long, int…",
+    ``gather``'s "Expected dtype int32/int64 for index", ``one_hot``'s "index tensor of
+    type LongTensor"."""
+    seen = 0
+    while exc is not None and seen < 8:
+        text = str(exc).lower()
+        if ("index" in text or "indices" in text) and any(w in text for w in _INTEGER_WORDS):
             return True
-        exc = exc.__cause__ or exc.__context__
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
     return False
+
+
+# What torch's refusals of floats as indices name as wanted.
+_INTEGER_WORDS = ("long", "int64", "int32", "integer", " int")
 
 
 #: Inputs given by shape up to which every set of them is tried as indices (2^n tries).

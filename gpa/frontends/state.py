@@ -338,10 +338,11 @@ def _hidden_tensors(modules: list[nn.Module], values: Iterable[Any]) -> list[tup
     registered = {id(m) for m in modules}
     hidden: dict[int, nn.Module] = {}
     seen: set[int] = set()
-    level, depth = list(values), 0
+    level, depth, budget = list(values), 0, _SEARCHED_AT_MOST
     # through tuples (which the containers' walk looks into without keeping) and the
-    # attributes of plain objects (a helper holding the teacher), a few levels down
-    while level and depth < _DEPTH:
+    # attributes of plain objects (a helper holding the teacher), a few levels down and
+    # so many values deep (not a dataset's million samples held by the model)
+    while level and depth < _DEPTH and budget > 0:
         inside: list[Any] = []
         for v in level:
             if id(v) in seen or isinstance(v, (torch.Tensor, str, int, float, type)):
@@ -351,14 +352,12 @@ def _hidden_tensors(modules: list[nn.Module], values: Iterable[Any]) -> list[tup
                 if id(v) not in registered:
                     hidden[id(v)] = v
             elif isinstance(v, (tuple, list, set, frozenset)):
-                inside.extend(v)
+                inside.extend(itertools.islice(v, budget))
             elif isinstance(v, dict):
-                inside.extend(v.values())
-            elif type(v).__module__ != "builtins" and isinstance(
-                getattr(v, "__dict__", None), dict
-            ):
-                inside.extend(v.__dict__.values())
-        level, depth = inside, depth + 1
+                inside.extend(itertools.islice(v.values(), budget))
+            elif type(v).__module__ != "builtins" and isinstance(_attributes(v), dict):
+                inside.extend(itertools.islice(_attributes(v).values(), budget))
+        level, depth, budget = inside, depth + 1, budget - len(inside)
     tensors = {
         id(t): t
         for module in hidden.values()
@@ -367,6 +366,18 @@ def _hidden_tensors(modules: list[nn.Module], values: Iterable[Any]) -> list[tup
         if t is not None and not t.is_meta
     }
     return [(t, t.data, t.detach().clone()) for t in tensors.values()]
+
+
+#: Values looked into past the modules' own attributes and containers, at most.
+_SEARCHED_AT_MOST = 10_000
+
+
+def _attributes(value: Any) -> Any:
+    """``value.__dict__``, or None where asking raises (a proxy outside its context)."""
+    try:
+        return value.__dict__
+    except Exception:
+        return None
 
 
 def _put_back(kept: list[tuple[Any, Any, Any]]) -> None:

@@ -908,18 +908,58 @@ class TwoIndexInputs(nn.Module):
         return self.out((self.tok(ids) + self.typ(types)) * mask[..., None])
 
 
+class FloatMaskBetween(TwoIndexInputs):
+    """As :class:`TwoIndexInputs`, the mask read as a float (a Hugging Face attention
+    mask's additive form needs its dtype's ``finfo``): all int64 fails too."""
+
+    def forward(self, ids, mask, types):
+        scale = 1.0 + torch.finfo(mask.dtype).eps
+        return self.out((self.tok(ids) + self.typ(types)) * (mask[..., None] * scale))
+
+
+class PickedRows(nn.Module):
+    """Two inputs picking rows of tables by indexing (``table[ids]``): tok, typ -> out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tok, self.typ = nn.Parameter(torch.randn(10, 4)), nn.Parameter(torch.randn(2, 4))
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, ids, mask, types):
+        return self.out((self.tok[ids] @ torch.eye(4) + self.typ[types]) * mask[..., None])
+
+
 @pytest.mark.parametrize(
-    "tracer", ["fx", pytest.param("export", marks=pytest.mark.slow), "autograd", "auto"]
+    ("model", "tracer"),
+    [
+        *((TwoIndexInputs, t) for t in ("fx", "autograd", "auto")),
+        pytest.param(TwoIndexInputs, "export", marks=pytest.mark.slow),
+        # (fx cannot ask a proxy's dtype for its finfo: auto moves on)
+        *((FloatMaskBetween, t) for t in ("autograd", "auto")),
+        pytest.param(FloatMaskBetween, "export", marks=pytest.mark.slow),
+    ],
 )
-def test_two_inputs_given_by_shape_read_by_embeddings_are_indices(tracer):
+def test_two_inputs_given_by_shape_read_by_embeddings_are_indices(model, tracer):
     """Found by a new user (BERT given three shapes: ids, mask, token types): inputs given
     by shape are made int64 where an embedding reads them (§1.4), but export and autograd
-    tried one at a time, never two, and failed. By hand: tok, typ -> out -> loss (2),
-    out -> loss (1)."""
-    report = gpa.analyze(TwoIndexInputs(), input_shape=[(1, 8)] * 3, tracer=tracer)
+    tried one at a time, never two, and failed; a review: with the mask a float, or
+    tables indexed instead of embeddings. By hand: tok, typ -> out -> loss (2), out ->
+    loss (1)."""
+    report = gpa.analyze(model(), input_shape=[(1, 8)] * 3, tracer=tracer)
     assert [i["dtype"] for i in report.to_dict()["inputs"]][::2] == ["int64", "int64"]
     expect(report, "tok", {2: 1}, ("out",))
     expect(report, "typ", {2: 1}, ("out",))
+    expect(report, "out", {1: 1}, (LOSS,))
+
+
+@pytest.mark.parametrize("tracer", [pytest.param("export", marks=pytest.mark.slow), "autograd"])
+def test_two_inputs_given_by_shape_indexing_tables_are_indices(tracer):
+    """The sibling with tables indexed by the inputs (a review): export and autograd,
+    which try inputs as indices, read it (fx makes int64 only the inputs embeddings read,
+    §1.4). By hand: out -> loss (1); the tables picked from by data are no layers (§2)."""
+    report = gpa.analyze(PickedRows(), input_shape=[(1, 8)] * 3, tracer=tracer)
+    assert [i["dtype"] for i in report.to_dict()["inputs"]][::2] == ["int64", "int64"]
+    assert list(report.layers) == ["out"]
     expect(report, "out", {1: 1}, (LOSS,))
 
 

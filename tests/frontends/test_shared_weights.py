@@ -306,3 +306,52 @@ def test_a_parametrized_weight_read_functionally_is_a_call_of_its_module(
     if not both:
         expect_unreachable(report, "b", calls=0)
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+class PartlyWithoutGradient(nn.Module):
+    """``pre -> [q, k, v fused] -> c``, k's part made under ``no_grad`` (``how``), or
+    every part detached."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.pre, self.c = nn.Linear(4, 4), nn.Linear(12, 2)
+        self.q, self.k, self.v = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.how == "no_grad_part":
+            with torch.no_grad():
+                k = self.k.weight * 1
+            weight = torch.cat([self.q.weight, k, self.v.weight])
+        else:  # "every_part_detached"
+            weight = torch.cat([p.weight.detach() for p in (self.q, self.k, self.v)])
+        return self.c(F.linear(self.pre(x), weight))
+
+
+@EVERY_TRACER
+def test_a_part_made_without_gradient_is_no_owner(tracer: str) -> None:
+    """Found by a second review: k's part made under ``no_grad`` (grad mode on for the
+    call) made the call one of k too under fx and export; autograd and a real backward
+    say q and v. By hand: q, v -> c -> loss (2), half the FLOPs each (2 rows, 4 inputs,
+    12 outputs: 192); pre -> q, v -> c -> loss: 2 paths of 3; k uncalled."""
+    model = PartlyWithoutGradient("no_grad_part")
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    for name in ("q", "v"):
+        expect(report, name, {2: 1}, ("c",))
+        assert report.layers[name].flops == 96
+    expect(report, "pre", {3: 2}, ("q", "v"))
+    expect_unreachable(report, "k", calls=0)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "auto"])
+def test_a_weight_every_part_of_which_is_detached_is_a_call_of_each(tracer: str) -> None:
+    """Where no part carries gradient, the call is one of every module (fx had the first
+    alone, where the autograd frontend had each; §2: a weight without gradient beside
+    data is a layer's). By hand: q, k, v -> c -> loss (2); pre -> each -> c (3)."""
+    report = gpa.analyze(
+        PartlyWithoutGradient("every_part_detached"), input_shape=(2, 4), tracer=tracer
+    )
+    for name in ("q", "k", "v"):
+        expect(report, name, {2: 1}, ("c",))
+    expect(report, "pre", {3: 3}, ("q", "k", "v"))

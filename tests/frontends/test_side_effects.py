@@ -803,3 +803,33 @@ def test_a_module_tied_into_a_leaf(tied_first: bool) -> None:
         )
         shortest = {name: r.shortest for name, r in report.layers.items() if r.reachable}
         assert shortest == {tied: 1, "x": 2, "stem": 3}, tracer
+
+
+class _Unaskable:
+    """An object whose attributes cannot be listed outside a context (werkzeug's
+    ``LocalProxy`` outside a request): asking for ``__dict__`` raises RuntimeError."""
+
+    @property
+    def __dict__(self):  # type: ignore[override]
+        raise RuntimeError("working outside of a request context")
+
+
+class HoldsUnaskable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+        self.context = _Unaskable()
+        self.samples = types.SimpleNamespace(items=list(range(200_000)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(x)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+def test_the_search_for_modules_out_of_sight_asks_nothing_that_raises(tracer: str) -> None:
+    """Found by a review: the search for modules held out of torch's sight asked every
+    plain object for its attributes — one raising another error than AttributeError
+    crashed every frontend — and walked a dataset-like attribute's every item. By hand:
+    a -> loss (1)."""
+    report = gpa.analyze(HoldsUnaskable(), input_shape=(2, 4), tracer=tracer)
+    assert report.layers["a"].shortest == 1

@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 from gpa.core.graph import LayerCall
 from gpa.frontends.dynamic import dynamic_layers
 from gpa.frontends.fx.flow import FLOW
+from gpa.frontends.fx.modes import grad_modes
 from gpa.frontends.fx.tracer import call_site
 from gpa.frontends.fx.writes import METADATA_QUERIES
 from gpa.frontends.metadata import reads_metadata_only
@@ -317,10 +318,11 @@ def find_layers(
     # they are the layers found (a chain of functional layers: one pass per link)
     functional: dict[fx.Node, tuple[str, ...]] = {}  # -> the parameters of its weight
     reads = reads if reads is not None else graph_reads(gm)
+    modes = grad_modes(gm.graph)
     for _ in range(_MAX_PASSES):
         roots, selected, data = _parameter_roots(gm, {*calls, *known, *functional}, reads)
         again = {
-            node: _owning(weight, roots)
+            node: _owning(weight, roots, modes[node])
             for node in gm.graph.nodes
             if _is_mixing(node) and (weight := _mixed_weight(node, roots, selected, data))
         }
@@ -367,12 +369,16 @@ def _mixed_weight(
     return fixed[0] if fixed and len(fixed) < len(weights) else None
 
 
-def _owning(weight: fx.Node, roots: Mapping[fx.Node, tuple[str, ...]]) -> tuple[str, ...]:
-    """Of the ``parameters`` a weight is computed from, those it reads but through a
-    detach (a call of each of their modules, §2), the first at least: a teacher's weights
-    updated toward the student's, detached, are the teacher's alone. Whatever the grad
-    mode: a call under ``no_grad`` is a call of each too. ``roots``: each node computed
-    from parameters alone -> those parameters (:func:`_parameter_roots`)."""
+def _owning(
+    weight: fx.Node, roots: Mapping[fx.Node, tuple[str, ...]], enabled: bool
+) -> tuple[str, ...]:
+    """Of the parameters a weight is computed from (``roots``: each node computed from
+    parameters alone -> those parameters, :func:`_parameter_roots`), those it carries
+    gradient back to: a call of each of their modules (§2). In grad mode (``enabled``, the
+    call's), along the edges gradient flows back through — not a detached part, nor one
+    made under ``no_grad`` (a teacher's weights moved toward the student's, detached, are
+    the teacher's alone); under ``no_grad``, along every edge but a detach. All of them
+    where none is reached (every part detached)."""
     parameters = roots[weight]
     if len({p.rpartition(".")[0] for p in parameters}) < 2:
         return parameters
@@ -384,8 +390,8 @@ def _owning(weight: fx.Node, roots: Mapping[fx.Node, tuple[str, ...]]) -> tuple[
         seen.add(node)
         if node.op in ("get_attr", "call_module"):  # a parameter, a parametrization
             reached.update(roots.get(node, ()))
-        stack.extend(node.all_input_nodes)
-    return tuple(p for p in parameters if p in reached) or parameters[:1]
+        stack.extend(_grad_inputs(node) if enabled else node.all_input_nodes)
+    return tuple(p for p in parameters if p in reached) or parameters
 
 
 def _cuts_gradient(node: fx.Node) -> bool:
