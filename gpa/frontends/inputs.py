@@ -216,11 +216,15 @@ def integer_variants(
     two or more (up to :data:`_EVERY_SET_UP_TO` inputs).
 
     Example:
-        >>> [[x.dtype == torch.int64 for x in v] for v in integer_variants([(1,), (1,), (1,)])]
-        ... # doctest: +NORMALIZE_WHITESPACE
-        [[False, False, False], [True, False, False], [False, True, False],
-         [False, False, True], [True, True, True], [True, True, False],
-         [True, False, True], [False, True, True]]
+        >>> def indices(tries, failure):  # which inputs each try makes int64
+        ...     for inputs in tries:
+        ...         yield [i for i, x in enumerate(inputs) if x.dtype == torch.int64]
+        ...         tries.failed(failure)
+        >>> list(indices(integer_variants([(1,)] * 3), ValueError("a shape bug")))
+        [[], [0], [1], [2]]
+        >>> refused = RuntimeError("Expected tensor for argument #1 'indices' to be Long")
+        >>> list(indices(integer_variants([(1,)] * 3), refused))
+        [[], [0], [1], [2], [0, 1, 2], [0, 1], [0, 2], [1, 2]]
     """
     return IntegerVariants(shapes, device, dtype)
 

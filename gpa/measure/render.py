@@ -95,8 +95,9 @@ def _summary(m: Any) -> list[str]:
 
 
 def _inputs_line(m: Any) -> list[str]:
-    """What each step's batch held, input by input (the analysis' inputs, at the batch
-    size measured): none for batches of the target file's, which it describes itself."""
+    """What each step's batch held, input by input: the structural analysis' inputs (the
+    first batch's, for batches given) at the batch size measured; none where the batches
+    differ in size."""
     inputs = m.report.to_dict().get("inputs") if m.report is not None else None
     if not inputs or m.batch_size is None:
         return []

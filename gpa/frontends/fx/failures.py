@@ -182,9 +182,10 @@ def differentiation_failure(node: fx.Node) -> str:
     where = f" (line {site[1]} of {site[0]})" if site else ""
     call = "backward()" if node.op == "call_method" else f"torch.autograd.{node.target.__name__}"
     return (
-        f"forward differentiates{where} with {call}, which gpa's fx frontend cannot follow: it works out each operation apart, so "
-        f"the graph asked about is not the model's; export and autograd "
-        "run forward whole (--tracer export or autograd; auto moves on)"
+        f"forward differentiates{where} with {call}, which gpa's fx frontend cannot "
+        "follow: it works out each operation apart, so the graph asked about is not the "
+        "model's; export and autograd run forward whole (--tracer export or autograd; "
+        "auto moves on)"
     )
 
 
