@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from gpa.channels import channel_segments
-from gpa.core.graph import LOSS, GradientGraph
+from gpa.core.graph import LOSS, GradientGraph, OwnerCall
 from gpa.core.records import layer_records
 from gpa.core.report import LayerRecord, NetworkSummary, Report
 from gpa.core.segments import SegmentList
@@ -197,7 +197,9 @@ def _fallback_notes(records: Mapping[str, LayerRecord]) -> list[str]:
 
 def _shared_calls(graph: GradientGraph) -> list[str]:
     """The records of calls of several modules' weights after the first (§2), in order."""
-    return list(dict.fromkeys(c.record for key, c in graph.calls.items() if isinstance(key, tuple)))
+    return list(
+        dict.fromkeys(c.record for key, c in graph.calls.items() if isinstance(key, OwnerCall))
+    )
 
 
 #: The channel analysis reads a call of several modules' weights as one (§8).

@@ -30,7 +30,7 @@ from collections import defaultdict
 
 from gpa.channels.routing import route_channels
 from gpa.channels.segments import call_segments, merge_calls
-from gpa.core.graph import GradientGraph, OutputKey
+from gpa.core.graph import GradientGraph, OutputKey, OwnerCall
 from gpa.core.segments import Segment, SegmentList, SegmentRun
 from gpa.errors import GpaError
 
@@ -53,7 +53,7 @@ def channel_segments(
         )
     found = call_segments(route_channels(graph.traced, graph.calls, outputs), graph.calls)
     # a call of several records' weights (§2): each has the call's segments, its fx node's
-    found.update({key: found[key[0]] for key in graph.calls if isinstance(key, tuple)})
+    found.update({key: found[key.call] for key in graph.calls if isinstance(key, OwnerCall)})
     rename = {call: c.record for call, c in graph.calls.items()}
     grouped: dict[str, list[list[Segment | SegmentRun]]] = defaultdict(list)
     # latest call first: a layer called several times lists its last call's sources first

@@ -29,6 +29,7 @@ __all__ = [
     "LOSS",
     "GradientGraph",
     "LayerCall",
+    "OwnerCall",
     "OutputKey",
     "OutputPath",
     "calls_of_each_owner",
@@ -164,10 +165,20 @@ def select_paths(
     return list(chosen.values())
 
 
+@dataclass(frozen=True)
+class OwnerCall:
+    """The node of a call computing with several records' weights that stands for it as a
+    call of ``record``, one of them but the first (:func:`calls_of_each_owner`); ``call``
+    is the call's own node. A type of its own: frontends' keys may be tuples."""
+
+    call: Hashable
+    record: str
+
+
 def calls_of_each_owner(graph: GradientGraph) -> None:
     """Make each call of ``graph`` that computes with the weights of several records
     (:attr:`LayerCall.owners`) a call of each of them, in place: the call's node stands
-    for the first; each other gets a node of its own, ``(node, record)``, with the call's
+    for the first; each other gets a node of its own, :class:`OwnerCall`, with the call's
     attributes and every edge in and out — as if each record were applied apart and the
     results combined, so a layer before it has one path through each (``docs/semantics.md``
     §2). Each node's ``share`` attribute is its record's share of the weight's elements,
@@ -181,10 +192,10 @@ def calls_of_each_owner(graph: GradientGraph) -> None:
         >>> owners = (("q", "Linear", 0.5), ("k", "Linear", 0.5))
         >>> graph = GradientGraph(ops, {"qkv": LayerCall("q", "Linear", owners=owners)}, "fx")
         >>> calls_of_each_owner(graph)
-        >>> {node: call.record for node, call in graph.calls.items()}
-        {'qkv': 'q', ('qkv', 'k'): 'k'}
-        >>> sorted(map(str, graph.ops.predecessors(LOSS)))
-        ["('qkv', 'k')", 'qkv']
+        >>> [call.record for call in graph.calls.values()], list(graph.calls)[1]
+        (['q', 'k'], OwnerCall(call='qkv', record='k'))
+        >>> sorted(graph.ops.predecessors(LOSS), key=str)
+        [OwnerCall(call='qkv', record='k'), 'qkv']
     """
     if not any(call.owners for call in graph.calls.values()):
         return
@@ -196,7 +207,7 @@ def calls_of_each_owner(graph: GradientGraph) -> None:
         by_share = sorted(call.owners, key=lambda owner: -owner[2])
         ops.nodes[node]["counted_as"] = tuple(record for record, _, _ in by_share)
         for i, (record, kind, share) in enumerate(call.owners):
-            twin = node if i == 0 else (node, record)
+            twin = node if i == 0 else OwnerCall(node, record)
             if i:
                 ops.add_node(twin, **ops.nodes[node])
                 ops.add_edges_from((u, twin, d) for u, _, d in ops.in_edges(node, data=True))

@@ -48,6 +48,7 @@ __all__ = [
     "is_layer_module",
     "module_class",
     "functional_owners",
+    "weight_holder",
     "weight_owners",
     "resolve_layer_types",
     "resolve_leaf_modules",
@@ -386,10 +387,10 @@ def functional_owners(
     # a parameter two modules hold goes by its first name, whichever one a frontend read
     first = {id(p): n for n, p in reversed(list(model.named_parameters(remove_duplicate=False)))}
     canonical = {p: first.get(id(_parameter(model, p)), p) for p in read}
-    held = collections.Counter(_holder(c) for c in dict.fromkeys(canonical.values()))
+    held = collections.Counter(weight_holder(c) for c in dict.fromkeys(canonical.values()))
     named = {}
     for parameter in read:
-        path = _holder(canonical[parameter])
+        path = weight_holder(canonical[parameter])
         if not path:
             named[parameter] = canonical[parameter], "Parameter"
             continue
@@ -399,11 +400,16 @@ def functional_owners(
     return named
 
 
-def _holder(parameter: str) -> str:
+def weight_holder(parameter: str) -> str:
     """The qualified name of the module a parameter is the weight of: its module's, or,
     for a parametrized weight's originals (``a.parametrizations.weight.original0``:
     weight norm, spectral norm by ``torch.nn.utils.parametrizations``), the parametrized
-    module's (``a``)."""
+    module's (``a``).
+
+    Example:
+        >>> weight_holder("a.parametrizations.weight.original0"), weight_holder("b.c.weight")
+        ('a', 'b.c')
+    """
     path = parameter.rpartition(".")[0]
     if path.startswith("parametrizations."):  # the root module's own
         return ""
@@ -434,7 +440,7 @@ def weight_owners(
     for call, params in weights.items():
         by_module: dict[str, str] = {}
         for p in params:
-            by_module.setdefault(_holder(p), p)
+            by_module.setdefault(weight_holder(p), p)
         first[call] = list(by_module.values())
     named = functional_owners(model, [p for ps in first.values() for p in ps], layer_types)
     owners = {}
@@ -442,12 +448,12 @@ def weight_owners(
         sizes: dict[str, int] = {}  # module path -> the elements of its parameters read
         for p in dict.fromkeys(params):
             found = _parameter(model, p)
-            module = _holder(p)
+            module = weight_holder(p)
             sizes[module] = sizes.get(module, 0) + (found.numel() if found is not None else 0)
         total = sum(sizes.values())
         shares: dict[tuple[str, str], float] = {}
         for p in first[call]:
-            size = sizes[_holder(p)]
+            size = sizes[weight_holder(p)]
             shares[named[p]] = shares.get(named[p], 0.0) + (size / total if total else 1.0)
         owners[call] = tuple((record, kind, share) for (record, kind), share in shares.items())
     return owners

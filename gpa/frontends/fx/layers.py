@@ -39,6 +39,7 @@ from gpa.frontends.modules import (
     submodule_lookup,
     type_name,
     unused_layer_modules,
+    weight_holder,
     weight_owners,
     with_tied,
 )
@@ -380,7 +381,7 @@ def _owning(
     the teacher's alone); under ``no_grad``, along every edge but a detach. All of them
     where none is reached (every part detached)."""
     parameters = roots[weight]
-    if len({p.rpartition(".")[0] for p in parameters}) < 2:
+    if len({weight_holder(p) for p in parameters}) < 2:
         return parameters
     reached, seen, stack = set(), set(), [weight]
     while stack:
