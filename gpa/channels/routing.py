@@ -44,6 +44,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from gpa.channels.operations import Rule, fallback, op_name
 from gpa.channels.rules import (
     RULES,
+    is_conv,
     layer_axis,
     layer_groups,
     layer_input_axis,
@@ -59,13 +60,14 @@ from gpa.channels.values import (
     leaves,
     tracked,
     unbroadcast,
+    union,
     unique_values,
     untracked,
 )
 from gpa.core.graph import LOSS, LayerCall
 from gpa.frontends.fx.flow import FLOW, Shape
 from gpa.frontends.fx.graph import select_outputs
-from gpa.frontends.fx.layers import STANDS_FOR, weight_nodes
+from gpa.frontends.fx.layers import STANDS_FOR, added_operands, weight_nodes
 from gpa.frontends.fx.modes import grad_modes
 from gpa.frontends.fx.writes import written_into
 
@@ -287,8 +289,16 @@ class ChannelRouter(fx.Interpreter):
         rule = rule_for(n, module)
         inputs = self._inputs(n)
         # every tensor argument carrying channels, also those inside a tuple argument (an
-        # LSTM's ``(h, c)``), numbered in order as the export frontend's flat arguments are
-        tensor_args = [(m, ch) for m in n.all_input_nodes for ch in leaves(inputs[m]) if ch.terms]
+        # LSTM's ``(h, c)``), numbered in order as the export frontend's flat arguments are;
+        # what the call only adds to its product (a bias of data) is added to its result
+        added = added_operands(n)
+        tensor_args = [
+            (m, ch)
+            for m in n.all_input_nodes
+            if added.get(m, True)
+            for ch in leaves(inputs[m])
+            if ch.terms
+        ]
         for k, (m, ch) in enumerate(tensor_args):
             axis = layer_input_axis(rule, n, m, ch.shape, module)
             self._deliver(Consumer(n.name, None if len(tensor_args) == 1 else k), ch, axis)
@@ -309,7 +319,14 @@ class ChannelRouter(fx.Interpreter):
             self.routing.out_channels[n.name] = count
             return Channels((axis,), tuple(s), (Term(n.name, np.arange(count, dtype=np.int64)),))
 
-        return tree_map(fresh, n.meta[FLOW].shapes)
+        result = tree_map(fresh, n.meta[FLOW].shapes)
+        sums = [ch for m in added for ch in leaves(inputs[m]) if ch.terms]
+        if sums and isinstance(result, Channels):
+            if is_conv(module, n):  # a convolution adds its bias along the channel axis
+                trailing = (1,) * (len(result.shape) - 2)
+                sums = [Channels(ch.axes, ch.shape + trailing, ch.terms) for ch in sums]
+            return union([result, *sums], result.shape)
+        return result
 
     def _is_weight(self, value: Any) -> bool:
         """Whether ``value`` (a node, or a constant) is a weight (§2: computed from

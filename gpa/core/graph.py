@@ -32,6 +32,8 @@ __all__ = [
     "OwnerCall",
     "OutputKey",
     "OutputPath",
+    "AddedTo",
+    "added_apart",
     "calls_of_each_owner",
     "select_paths",
 ]
@@ -163,6 +165,49 @@ def select_paths(
             )
         chosen.update(hits)
     return list(chosen.values())
+
+
+@dataclass(frozen=True)
+class AddedTo:
+    """The node adding to the result of layer call ``call`` (its node) what the call only
+    adds to its product (:func:`added_apart`). A type of its own: frontends' keys may be
+    tuples."""
+
+    call: Hashable
+
+
+def added_apart(graph: GradientGraph) -> None:
+    """Route what each layer call of ``graph`` adds to its product around the call, in
+    place: an in-edge marked ``added`` (a bias computed from data, ``addmm``'s ``input``:
+    ``F.linear(h, w, g(z))``, ``addmm(shortcut, h, w)``) leaves the call for a node of its
+    own, :class:`AddedTo`, which takes the call's result and every edge out of it — as
+    ``h @ w.T + g(z)`` written apart is read (``docs/semantics.md`` §2). An edge marked
+    ``mixed`` too (``addmm(h, h, w)``: ``h`` both added and mixed) stays as well.
+
+    Example:
+        >>> ops = nx.DiGraph([("h", "fc"), ("g", "fc"), ("fc", LOSS)])
+        >>> nx.set_edge_attributes(ops, True, "grad")
+        >>> ops.edges["g", "fc"].update(added=True, mixed=False)
+        >>> graph = GradientGraph(ops, {"fc": LayerCall("fc", "Linear")}, "fx")
+        >>> added_apart(graph)
+        >>> sorted(graph.ops.predecessors(AddedTo("fc"))), list(graph.ops.predecessors("fc"))
+        (['fc', 'g'], ['h'])
+    """
+    ops = graph.ops
+    for node in graph.calls:
+        added = [(u, d) for u, _, d in ops.in_edges(node, data=True) if d.get("added")]
+        if not added:
+            continue
+        total = AddedTo(node)
+        ops.add_node(total, op="add", target="add", value=ops.nodes[node].get("value"))
+        out = list(ops.out_edges(node, data=True))
+        ops.remove_edges_from([(u, v) for u, v, _ in out])
+        ops.add_edges_from((total, v, d) for _, v, d in out)
+        ops.add_edge(node, total, grad=True)
+        for u, d in added:
+            if not d.get("mixed", True):
+                ops.remove_edge(u, node)
+            ops.add_edge(u, total, grad=d["grad"])
 
 
 @dataclass(frozen=True)

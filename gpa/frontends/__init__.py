@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 
 from torch import nn
 
-from gpa.core.graph import GradientGraph, calls_of_each_owner
+from gpa.core.graph import GradientGraph, added_apart, calls_of_each_owner
 from gpa.errors import GpaError, ModelError, ShapeError, TraceError
 from gpa.frontends.autograd import autograd_gradient_graph
 from gpa.frontends.export import export_gradient_graph
@@ -167,6 +167,7 @@ def _build(tracer: Tracer, model: nn.Module, options: AnalysisOptions) -> Gradie
         during = _DURING.get(tracer)
         raise ModelError(model_raised(type(model).__name__, cause, during=during)) from cause
     graph.calls = past_wrappers(graph.calls, graph.uncalled, graph.module_sites, model)
+    added_apart(graph)
     calls_of_each_owner(graph)
     return graph
 

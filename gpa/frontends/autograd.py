@@ -84,7 +84,7 @@ from gpa.frontends.randomness import (
     random_states,
     set_random_states,
 )
-from gpa.frontends.state import preserved_state, training_mode
+from gpa.frontends.state import parameters_kept, preserved_state, training_mode
 from gpa.frontends.watch import (
     Checkpoints,
     ModuleCalls,
@@ -105,7 +105,7 @@ _MIXING_NODES = frozenset(
     "SlowConv3DBackward SlowConvTranspose2DBackward SlowConvTranspose3DBackward "
     "ConvDepthwise2DBackward ConvDepthwise3DBackward ThnnConv2DBackward "
     "MkldnnLinearBackward LinearBackward MmBackward AddmmBackward BmmBackward "
-    "BaddbmmBackward AddbmmBackward MvBackward AddmvBackward DotBackward "
+    "BaddbmmBackward AddbmmBackward MvBackward AddmvBackward DotBackward VdotBackward "
     "EmbeddingBackward EmbeddingBagBackward TrilinearBackward GroupedMmBackward".split()
 )
 # The operands that are mixed (not a bias), in the order of the forward call:
@@ -589,7 +589,7 @@ def _run(
                     # each run from the model's state as it was: what a failed one cached
                     # (torchvision's anchors, made on meta) must not reach the next
                     _start_afresh(drawn, watch)
-                    with preserved_state(model):
+                    with _model_kept(model, device):
                         run = _forward(model, candidate, device, opaque, modules)
                 except _ForwardFailed as failed:
                     if not _takes_inputs_without_grad(failed.error):
@@ -599,7 +599,7 @@ def _run(
                     # input in place (``x.div_(255)``): as in training, inputs carrying no
                     # gradient
                     _start_afresh(drawn, watch)
-                    with preserved_state(model):
+                    with _model_kept(model, device):
                         run = _forward(model, candidate, device, opaque, modules, input_grad=False)
             except _ForwardFailed as failed:  # the user's forward failed on these inputs
                 if isinstance(candidates, IntegerVariants):
@@ -632,6 +632,18 @@ def _run(
     stack = first_error.stack
     where = stack[-1] if stack else None
     raise ModelError(model_raised(type(model).__name__, first_error.error, where=where))
+
+
+@contextlib.contextmanager
+def _model_kept(model: nn.Module, device: str) -> Iterator[None]:
+    """The model's state kept around one attempt of :func:`_run` (``docs/semantics.md``
+    §1.8); on real tensors its parameters' values too: their stand-ins share their storage,
+    and forward may write into them (an embedding's ``max_norm``, weight clipping)."""
+    with (
+        preserved_state(model),
+        parameters_kept(model) if device == "real" else contextlib.nullcontext(),
+    ):
+        yield
 
 
 def _start_afresh(drawn: tuple, watch: Checkpoints | None) -> None:
@@ -947,6 +959,8 @@ def _build(
         for child in children:
             if child is not None and key_of(child) != key:
                 g.add_edge(key_of(child), key, grad=True)
+        if opaque_call(fn) is None:
+            _mark_added(g, key, [c and key_of(c) for c in children], _MIXED_OPERANDS.get(_kind(fn)))
     g.add_node(LOSS)
     # each node's outputs other nodes read: a node here may hold several returned tensors
     # (a layer call's, a split's), of which the model may read some and not others (§1.5)
@@ -959,6 +973,8 @@ def _build(
     chosen, unmade = _dynamic_convolutions(candidates, nodes, edges, key_of, layer_call, outputs_at)
     for fn, made in chosen:  # the convolution is the layer; what made its kernel is none
         key = key_of(fn)
+        for _, _, edge in g.in_edges(key, data=True):  # (its bias, made so too, is its own)
+            edge.pop("added", None)
         *values, site = _function_values(run.use.values, fn._sequence_nr())
         layer_call[key] = LayerCall(made.record, made.type, site)
         layer_seq[key] = fn._sequence_nr()
@@ -1002,6 +1018,20 @@ def _build(
         ],
         module_sites=recorder.sites,
     )
+
+
+def _mark_added(
+    g: nx.DiGraph, key: _Key, children: list[_Key | None], mixed_at: tuple[int, ...] | None
+) -> None:
+    """Mark the edges into ``key`` from what a feature-mixing node only adds to its product
+    (``children``: its inputs' nodes in order, ``mixed_at``: the positions it mixes; None
+    for another node), for :func:`~gpa.core.graph.added_apart`."""
+    if mixed_at is None:
+        return
+    mixed = {c for i, c in enumerate(children) if i in mixed_at}
+    for i, child in enumerate(children):
+        if child is not None and child != key and i not in mixed_at:
+            g.edges[child, key].update(added=True, mixed=child in mixed)
 
 
 class _Key(NamedTuple):

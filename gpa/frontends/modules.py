@@ -286,10 +286,16 @@ def fx_leaf(cls: type) -> bool:
     holds the path to its calls; ``nn.ModuleList``): they hold modules called one by one,
     never one call of them all.
 
+    A class ``torch.nn.utils.parametrize`` made (``ParametrizedBlock``: a module holding
+    a parametrized tensor) is kept whole as the class it was made from is: it lives in
+    ``torch.nn``, where fx's policy would keep a user's block whole and its layers unseen.
+
     Example:
         >>> fx_leaf(nn.Conv2d), fx_leaf(nn.Sequential), fx_leaf(nn.Module), fx_leaf(nn.ModuleDict)
         (True, False, False, False)
     """
+    if cls.__module__ == _PARAMETRIZE and cls.__name__.startswith("Parametrized"):
+        cls = cls.__bases__[0]  # (parametrize subclasses the module's own class)
     return (
         cls.__module__.startswith(("torch.nn", "torch.ao.nn"))
         and not issubclass(cls, (nn.Sequential, *PARALLEL))
@@ -298,6 +304,7 @@ def fx_leaf(cls: type) -> bool:
 
 
 _CONTAINERS_WITHOUT_FORWARD = frozenset({nn.Module, nn.ModuleList, nn.ModuleDict})
+_PARAMETRIZE = "torch.nn.utils.parametrize"
 
 
 def has_forward(module: nn.Module) -> bool:

@@ -32,7 +32,16 @@ from gpa.frontends.fx.branches import other_branch_message
 from gpa.frontends.randomness import drawing_from
 from gpa.options import AnalysisOptions
 
-__all__ = ["CallKey", "layer_wiring", "refuse_other_wiring", "wiring_differences"]
+__all__ = [
+    "CallKey",
+    "layer_wiring",
+    "refuse_other_outputs",
+    "refuse_other_wiring",
+    "wiring_differences",
+]
+
+#: The tests fx's trace answers otherwise than the run (see :func:`refuse_other_wiring`).
+FX_TESTS = "isinstance(h, torch.Tensor), type(h), hasattr, a dict keyed by h.shape or h.device"
 
 #: A layer call as every frontend names it: (record, rank among the record's calls).
 CallKey = tuple[str, int]
@@ -103,7 +112,7 @@ def refuse_other_wiring(
     graph: GradientGraph,
     drawn: tuple,
     frontend: str = "torch.fx",
-    tests: str = "isinstance(h, torch.Tensor), type(h), hasattr",
+    tests: str = FX_TESTS,
 ) -> None:
     """Refuse ``frontend``'s ``graph`` of ``model`` where a test its trace answers otherwise
     than the run (``tests``) took another branch that calls every layer module as often:
@@ -116,12 +125,8 @@ def refuse_other_wiring(
     Raises:
         TraceError: the wiring differs.
     """
-    from gpa.frontends.autograd import autograd_gradient_graph  # (it reads fx's flow)
-
-    try:
-        with drawing_from(drawn):
-            run = autograd_gradient_graph(model, options)
-    except GpaError:
+    run = _run_read(model, options, drawn)
+    if run is None:
         return
     # a function computing with weights is a layer to autograd alone (§1.6): passed through
     traced, ran = ({c.record for c in g.calls.values()} for g in (graph, run))
@@ -135,6 +140,43 @@ def refuse_other_wiring(
             + f"; {'autograd reads' if 'export' in frontend else 'export or autograd read'} "
             "the run (auto moves on)"
         )
+
+
+def refuse_other_outputs(
+    model: nn.Module,
+    options: AnalysisOptions,
+    error: GpaError,
+    drawn: tuple,
+    frontend: str = "torch.fx",
+    tests: str = FX_TESTS,
+) -> None:
+    """Refuse ``frontend``'s trace of ``model`` whose returned values gave ``error`` (no
+    tensor; a selected output missing) where a test its trace answers otherwise than the
+    run (``tests``) may have left them out — timm's feature hooks keep their features in a
+    dict keyed by the tensor's device —: when the model's run returns them (the autograd
+    frontend reads its outputs, drawing ``drawn``). Otherwise the error is the model's.
+
+    Raises:
+        TraceError: the run returns what the trace did not.
+    """
+    if _run_read(model, options, drawn) is not None:
+        said = f"the trace's outputs fail where the run's do not ({error})"
+        raise TraceError(
+            other_branch_message(model, {}, frontend, tests, wiring=[said])
+            + "; export or autograd read the run (auto moves on)"
+        ) from error
+
+
+def _run_read(model: nn.Module, options: AnalysisOptions, drawn: tuple) -> GradientGraph | None:
+    """The autograd frontend's reading of one run of ``model`` drawing the random numbers
+    ``drawn``, or None where it cannot read it."""
+    from gpa.frontends.autograd import autograd_gradient_graph  # (it reads fx's flow)
+
+    try:
+        with drawing_from(drawn):
+            return autograd_gradient_graph(model, options)
+    except GpaError:
+        return None
 
 
 def _call(key: CallKey) -> str:

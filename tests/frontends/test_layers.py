@@ -589,6 +589,46 @@ def test_more_functional_layers():
     assert report.layers["pruned"].type == "Linear"
 
 
+# The feature-mixing functions of §2 under other names, each of data h (2, 4) by a weight
+# W (4, 4); every one gives h @ W.T or h @ W, or a product of one row of each.
+_MIXING_ELSEWHERE = {
+    "linalg.matmul": lambda h, w: torch.linalg.matmul(h, w),
+    "inner": lambda h, w: torch.inner(h, w),
+    "Tensor.inner": lambda h, w: h.inner(w),
+    "multi_dot": lambda h, w: torch.linalg.multi_dot([h, w]),
+    "chain_matmul": lambda h, w: torch.chain_matmul(h, w),
+    "dot": lambda h, w: torch.dot(h[0], w[0]).expand(2, 4),
+    "Tensor.dot": lambda h, w: h[0].dot(w[0]).expand(2, 4),
+    "vdot": lambda h, w: torch.vdot(h[0], w[0]).expand(2, 4),
+}
+
+
+class MixedElsewhere(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.W = nn.Parameter(torch.randn(4, 4))
+        self.how = how
+
+    def forward(self, x):
+        return self.head(_MIXING_ELSEWHERE[self.how](self.pre(x), self.W))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+@pytest.mark.parametrize("how", list(_MIXING_ELSEWHERE))
+def test_feature_mixing_functions_under_other_names_are_layers(how, tracer):
+    """Found by a new user: fx and export made no layer of ``torch.inner(h, W)``,
+    ``torch.linalg.matmul`` (``torch.matmul`` under another name), ``multi_dot``,
+    ``chain_matmul``, ``dot`` or ``vdot`` given a weight, and put ``pre`` one
+    step too close; the autograd frontend, reading the mm or dot node backward runs, made
+    one. By hand: chain pre -> W -> head, 3, 2, 1, one path each."""
+    report = gpa.analyze(MixedElsewhere(how), torch.randn(2, 4), tracer=tracer)
+    assert list(report.layers) == ["pre", "W", "head"]
+    expect(report, "pre", {3: 1}, ("W",))
+    expect(report, "W", {2: 1}, ("head",))
+    expect(report, "head", {1: 1}, (LOSS,))
+
+
 class LowRank(nn.Module):
     """A weight factorized as A @ B, then applied to the features."""
 

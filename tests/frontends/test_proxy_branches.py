@@ -22,7 +22,7 @@ import torch.utils._pytree as pytree
 from torch import nn
 
 import gpa
-from gpa.errors import ShapeError, TraceError
+from gpa.errors import GpaError, ShapeError, TraceError
 from tests.frontends.every_tracer import EVERY_TRACER, auto_after_fx_refuses, layer_records
 from tests.semantics import LOSS, check_reachability_with_autograd, expect, expect_unreachable
 
@@ -180,6 +180,71 @@ def test_a_test_on_a_proxy_that_leaves_out_a_residual_is_refused(guard: str, tra
     expect(report, "b", {2: 1}, ("c",))
     expect(report, "a", {2: 1, 3: 1}, ("b", "c"))
     check_reachability_with_autograd(report, model, x)
+
+
+# Keys a model files a tensor under: its device, dtype, rank, a size (a proxy each under fx).
+KEYS = {
+    "device": lambda t: t.device,
+    "dtype": lambda t: t.dtype,
+    "ndim": lambda t: t.ndim,
+    "size": lambda t: t.shape[1],
+}
+
+
+class KeptByKey(nn.Module):
+    """a's output filed in a dict under ``key(h)`` (timm's feature hooks: by device) and
+    looked up under ``key`` of b's output; returned beside c's (``with_head``) or alone."""
+
+    def __init__(self, key: str, with_head: bool) -> None:
+        super().__init__()
+        self.key, self.with_head = KEYS[key], with_head
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.a(x)
+        kept = {self.key(h): h}
+        y = self.b(h)
+        found = [kept[k] for k in [self.key(y)] if k in kept]
+        return [*found, self.c(y)] if self.with_head else found
+
+
+@pytest.mark.parametrize("with_head", [True, False], ids=["beside_a_head", "alone"])
+@pytest.mark.parametrize("key", list(KEYS))
+def test_a_tensor_filed_under_its_device_or_shape_is_found(key: str, with_head: bool) -> None:
+    """Found by a new user (timm's ``features_only=True, feature_cls="hook"``, whose
+    features are filed by device): fx's ``h.device``, ``h.dtype``, ``h.ndim`` and
+    ``h.shape[1]`` are a new proxy each time, which hashes by identity, so the lookup found
+    nothing. fx (and auto) left a's output out in silence — a at 3 alone — or, with
+    nothing else returned, said the model returns no tensor. fx now refuses (hashing a
+    proxy is a test answered otherwise), auto moves on. By hand: a at 1 (returned) and 3
+    (through b, c); alone, a at 1, b unreachable, c uncalled."""
+    model = KeptByKey(key, with_head)
+    report = auto_after_fx_refuses(model, "took another branch", input_shape=(2, 4))
+    if with_head:
+        expect(report, "a", {1: 1, 3: 1}, ("b", LOSS))
+        expect(report, "b", {2: 1}, ("c",))
+    else:
+        expect(report, "a", {1: 1}, (LOSS,))
+        expect_unreachable(report, "b")
+        expect_unreachable(report, "c", calls=0)
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    assert layer_records(report) == layer_records(
+        gpa.analyze(model, input_shape=(2, 4), tracer="autograd")
+    )
+
+
+def test_a_model_returning_no_tensor_is_its_own_error_under_fx() -> None:
+    """A test answered otherwise under fx does not turn the model's own error into fx's:
+    a model that returns no tensor when it runs says so (not "another branch")."""
+
+    class Nothing(KeptByKey):
+        def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+            kept = {x.device: self.a(x)}
+            return [] if kept else [x]
+
+    with pytest.raises(GpaError, match="returns no tensor") as raised:
+        gpa.analyze(Nothing("device", False), input_shape=(2, 4), tracer="fx")
+    assert not isinstance(raised.value, TraceError)
 
 
 class ResidualOffCpu(Residual):

@@ -308,6 +308,59 @@ def test_a_parametrized_weight_read_functionally_is_a_call_of_its_module(
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
 
 
+class _Positive(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w.abs()
+
+
+class ScaledBlock(nn.Module):
+    """``x + c2(relu(c1(x))) * scale``, ``scale`` a parameter of the block itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.c2(torch.relu(self.c1(x))) * self.scale
+
+
+class LinearOfMine(nn.Linear):
+    """A layer type defined outside torch (a subclass of ``nn.Linear``): one layer."""
+
+
+class ParametrizedBlocks(nn.Module):
+    """``pre -> block -> mine -> head``, the block's ``scale`` and ``mine``'s weight
+    parametrized (``torch.nn.utils.parametrize``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.block, self.head = nn.Linear(4, 4), ScaledBlock(), nn.Linear(4, 2)
+        self.mine = LinearOfMine(4, 4)
+        nn.utils.parametrize.register_parametrization(self.block, "scale", _Positive())
+        nn.utils.parametrize.register_parametrization(self.mine, "weight", _Positive())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.mine(self.block(self.pre(x))))
+
+
+@EVERY_TRACER
+def test_a_parametrized_block_holding_layers_is_read_through(tracer: str) -> None:
+    """Found by a review: parametrizing a tensor of a user's block swaps its class for one
+    ``torch.nn.utils.parametrize`` makes (``ParametrizedScaledBlock``), which lives in
+    ``torch.nn``: every frontend kept the block whole as one layer, and c1, c2 vanished.
+    By hand: head 1; mine 2 (one layer, as unparametrized); block.c2 -> mine: 3; block.c1
+    4; pre -> mine (3, around the block) and pre -> c1 -> c2 -> mine (5)."""
+    model = ParametrizedBlocks()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert list(report.layers) == ["pre", "block.c1", "block.c2", "mine", "head"]
+    expect(report, "pre", {3: 1, 5: 1}, ("block.c1", "mine"))
+    expect(report, "block.c1", {4: 1}, ("block.c2",))
+    expect(report, "block.c2", {3: 1}, ("mine",))
+    expect(report, "mine", {2: 1}, ("head",))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
 class PartlyWithoutGradient(nn.Module):
     """``pre -> [q, k, v fused] -> c``, k's part made under ``no_grad`` (``how``), or
     every part detached."""

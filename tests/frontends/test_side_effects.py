@@ -497,6 +497,53 @@ def test_what_forward_writes_into_parameters_is_not_kept(how: str, tracer: str) 
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+class WritesItsWeights(nn.Module):
+    """A forward the meta device cannot run (it branches on a value), writing into its own
+    weights in place: an embedding renormalising the rows it looks up (``max_norm``),
+    WGAN's weight clipping, a copy, a write through ``.data``."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.emb, self.l1, self.head = (
+            nn.Embedding(10, 4, max_norm=1.0),
+            nn.Linear(4, 4),
+            nn.Linear(4, 2),
+        )
+        self.how = how
+        with torch.no_grad():
+            self.emb.weight.mul_(10)  # rows of norm well above max_norm
+            self.l1.weight.mul_(10)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            if self.how == "clamp":
+                self.l1.weight.clamp_(-0.1, 0.1)
+            elif self.how == "copy":
+                self.l1.weight.copy_(torch.zeros(4, 4))
+            elif self.how == "data":
+                self.l1.weight.data.mul_(0)
+        h = self.l1(self.emb(ids).mean(1))
+        if h.abs().sum() >= 0:  # a branch on a value: run on real tensors
+            h = h * 2
+        return self.head(h)
+
+
+@pytest.mark.parametrize("tracer", ["autograd", "auto"])
+@pytest.mark.parametrize("how", ["max-norm", "clamp", "copy", "data"])
+def test_what_a_real_run_writes_into_parameters_is_not_kept(how: str, tracer: str) -> None:
+    """Found by a new user: §1.8, but the autograd frontend's run on real tensors, whose
+    parameters share their storage, kept what forward wrote into them (every looked-up row
+    of the embedding renormalised to norm 1). By hand: head 1, l1 2, emb 3; every weight as
+    it was."""
+    model = WritesItsWeights(how)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = gpa.analyze(model, (torch.tensor([[1, 2, 3]]),), tracer=tracer)
+    assert report.tracer == "autograd"
+    assert [report.layers[n].shortest for n in ("emb", "l1", "head")] == [3, 2, 1]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 class HiddenTeacher(nn.Module):
     """A mean teacher held out of torch's sight (``where``: in a list, a dict, or set
     with ``object.__setattr__``), moved toward the student in forward and called under

@@ -411,4 +411,68 @@ def test_data_both_added_and_mixed_by_a_weight_is_a_layer(tracer: str) -> None:
     report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
     assert list(report.layers) == ["pre", "W", "post"]
     expect(report, "W", {2: 1}, ("post",))
+    # h is added around W too (see test_what_a_layer_only_adds_goes_around_it): pre ->
+    # post (2) and pre -> W -> post (3)
+    expect(report, "pre", {2: 1, 3: 1}, ("W", "post"))
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+class AddedByALayer(nn.Module):
+    """A weight ``W`` mixing ``pre``'s output, its call adding ``g``'s (``how``: as
+    ``F.linear``'s bias, ``addmm``'s input, ``baddbmm``'s, a convolution's bias), or the
+    same written apart (``apart``: ``h @ W.T + g``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.pre, self.g, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+        self.W = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, g = self.pre(x), self.g(x)
+        if self.how == "linear":
+            y = F.linear(h, self.W, g.mean(0))
+        elif self.how == "addmm":
+            y = torch.addmm(g, h, self.W.t())
+        elif self.how == "addmm_method":
+            y = g.addmm(h, self.W.t())
+        elif self.how == "baddbmm":
+            y = torch.baddbmm(g[None], h[None], self.W.t()[None])[0]
+        elif self.how == "conv":
+            y = F.conv1d(h[..., None], self.W[..., None], g.mean(0))[..., 0]
+        else:  # "apart"
+            y = h @ self.W.t() + g
+        return self.head(y)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["linear", "addmm", "addmm_method", "baddbmm", "conv"])
+def test_what_a_layer_only_adds_goes_around_it(how: str, tracer: str) -> None:
+    """Found by a new user: every frontend read what a layer call adds to its product (a
+    bias computed from data, ``addmm``'s input) as passing through the layer: ``g`` one
+    step too far, its source ``W``. Backward hands the added tensor the output's gradient
+    as it is, as for ``h @ W.T + g`` written apart (§2). By hand: pre -> W -> head (3),
+    g -> head (2), W 2, head 1, one path each; the records equal those of the model
+    written apart."""
+    model = AddedByALayer(how)
+    report = gpa.analyze(model, input_shape=(3, 4), tracer=tracer)
+    expect(report, "pre", {3: 1}, ("W",))
+    expect(report, "g", {2: 1}, ("head",))
+    expect(report, "W", {2: 1}, ("head",))
+    expect(report, "head", {1: 1}, (LOSS,))
+    apart = gpa.analyze(AddedByALayer("apart"), input_shape=(3, 4), tracer=tracer)
+    assert layer_records(report) == layer_records(apart)
+    check_reachability_with_autograd(report, model, torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("how", ["linear", "addmm", "conv"])
+def test_what_a_layer_only_adds_goes_around_it_per_channel(how: str) -> None:
+    """The channel analysis (§8) adds what a call only adds to the call's output channels,
+    along its channel axis (a convolution's bias: axis 1), as ``+`` written apart does:
+    the same segments, sources and all, as the model written apart."""
+    report = gpa.analyze(AddedByALayer(how), input_shape=(3, 4), channels=True)
+    apart = gpa.analyze(AddedByALayer("apart"), input_shape=(3, 4), channels=True)
+    assert report.layers["g"].segments == apart.layers["g"].segments
+    assert report.layers["pre"].segments == apart.layers["pre"].segments
+    (segment,) = report.layers["g"].segments
+    assert (segment.paths.shortest, [s.sender for s in segment.sources]) == (2, ["head"])

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gpa.core.graph import GradientGraph
-from gpa.errors import TraceError
+from gpa.errors import GpaError, TraceError
 from gpa.frontends.functions import called_function
 from gpa.frontends.fx.branches import (
     calls_when_run,
@@ -59,7 +59,7 @@ from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.randomness import random_states
 from gpa.frontends.state import training_mode
 from gpa.frontends.watch import unfed_checkpoint_note
-from gpa.frontends.wiring import refuse_other_wiring
+from gpa.frontends.wiring import refuse_other_outputs, refuse_other_wiring
 from gpa.options import AnalysisOptions
 
 __all__ = ["fx_gradient_graph"]
@@ -169,8 +169,14 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         differ = {n: (c, run[n]) for n, c in traced_calls.items() if run and run[n] != c}
         if differ:
             raise TraceError(other_branch_message(model, differ))
+    try:
+        ops = op_graph(gm, options.outputs)
+    except GpaError as error:  # (no tensor returned, an output missing: by a test?)
+        if tested and traced is model:
+            refuse_other_outputs(model, options, error, drawn)
+        raise
     graph = GradientGraph(
-        ops=op_graph(gm, options.outputs),
+        ops=ops,
         calls={node.name: call for node, call in calls.items()},
         tracer="fx",
         uncalled=uncalled,

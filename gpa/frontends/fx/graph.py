@@ -26,6 +26,7 @@ import torch.fx as fx
 
 from gpa.core.graph import LOSS, OutputKey
 from gpa.frontends.fx.flow import FLOW, PARTS
+from gpa.frontends.fx.layers import added_operands
 from gpa.frontends.outputs import Returned, fields_tuple, returned_values
 
 __all__ = [
@@ -175,6 +176,8 @@ def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> 
             continue
         for source in node.all_input_nodes:
             g.add_edge(source.name, node.name, grad=source in flow.grad_from)
+        for source, mixed in added_operands(node).items():  # (see added_apart)
+            g.edges[source.name, node.name].update(added=True, mixed=mixed)
     output = _output_node(gm.graph)
     g.add_node(LOSS, op="loss", target=LOSS, value=None)
     requires = output.meta[FLOW].grad_from

@@ -47,7 +47,9 @@ from gpa.frontends.operators import custom_operator, torch_operator
 
 __all__ = [
     "CONV_FUNCTIONS",
+    "DYNAMIC",
     "STANDS_FOR",
+    "added_operands",
     "custom_operator_calls",
     "find_layers",
     "graph_reads",
@@ -59,6 +61,10 @@ __all__ = [
     "wrapped",
 ]
 
+
+#: ``meta`` key of a dynamic convolution's node (§2): the bias it adds is made by its
+#: makers, the layer's own, as its kernel is (not added around it: :func:`added_operands`).
+DYNAMIC = "gpa_dynamic_convolution"
 
 #: ``meta`` key of a ``call_module`` node whose target is a stand-in made of the call's
 #: operations (the export frontend's fused call of a module from outside ``torch.nn``,
@@ -112,6 +118,12 @@ _MIXING_FUNCTIONS = CONV_FUNCTIONS | {
     torch.addmv,
     torch.einsum,
     torch.tensordot,
+    torch.linalg.matmul,  # torch.matmul under another name
+    torch.inner,
+    torch.dot,
+    torch.vdot,
+    torch.linalg.multi_dot,
+    torch.chain_matmul,
     torch.embedding,
     torch._grouped_mm,  # a mixture of experts' expert bank (Hugging Face's default)
     *([F.grouped_mm] if hasattr(F, "grouped_mm") else []),
@@ -130,11 +142,17 @@ _MIXING_FUNCTIONS = CONV_FUNCTIONS | {
         "addmv",
         "einsum",
         "tensordot",
+        "inner",
+        "dot",
+        "vdot",
+        "linalg_matmul",
+        "linalg_multi_dot",
+        "chain_matmul",
         "_grouped_mm",
     ),
 }
 _MIXING_METHODS = frozenset(
-    {"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__"}
+    {"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__", "inner", "dot", "vdot"}
 )
 
 
@@ -338,6 +356,7 @@ def find_layers(
         chosen, unmade = dynamic_layers(makers, impure)
         for node, found in chosen.items():
             functional[node] = functional[found[0]]
+            node.meta[DYNAMIC] = True
         for maker in unmade:
             del calls[maker], functional[maker]
     owners = weight_owners(model if model is not None else gm, functional, types)
@@ -425,6 +444,29 @@ def _mixed_operands(node: fx.Node) -> list[fx.Node]:
     mixed += [a for k, a in node.kwargs.items() if k != keyword]
     # (by position: ``addmm(h, h, w)`` adds h and mixes it too)
     return list(dict.fromkeys(n for a in mixed for n in _nodes_in(a)))
+
+
+def added_operands(node: fx.Node) -> dict[fx.Node, bool]:
+    """The nodes a feature-mixing call only adds to its product (``F.linear``'s and a
+    convolution's ``bias``, ``addmm``'s ``input``), each with whether the call mixes it
+    too (``addmm(h, h, w)``); empty for any other node, and for a dynamic convolution,
+    whose bias its makers made (:data:`DYNAMIC`).
+
+    Example:
+        >>> g = fx.Graph()
+        >>> h, w, b = g.placeholder("h"), g.placeholder("w"), g.placeholder("b")
+        >>> added_operands(g.call_function(torch.addmm, (b, h, w)))
+        {b: False}
+        >>> added_operands(g.call_function(torch.addmm, (h, h, w)))
+        {h: True}
+    """
+    skipped = _ADDED.get(_operator_name(node)) if node.op != "call_module" else None
+    if skipped is None or node.meta.get(DYNAMIC):
+        return {}
+    position, keyword = skipped
+    given = node.args[position] if position < len(node.args) else node.kwargs.get(keyword)
+    mixed = set(_mixed_operands(node))
+    return {n: n in mixed for n in _nodes_in(given)}
 
 
 def _nodes_in(argument: Any) -> list[fx.Node]:
