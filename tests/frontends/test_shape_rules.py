@@ -249,6 +249,56 @@ def test_adaptive_pool_rules_agree_with_torch(spatial, size, out, batched, as_in
 
 
 @st.composite
+def recurrent_case(draw):
+    """A recurrent module, an input (batched or not) that fits it or not, and an initial
+    state given or not, fitting or not."""
+    kind = draw(st.sampled_from([nn.RNN, nn.GRU, nn.LSTM]))
+    settings_ = {
+        "num_layers": draw(st.integers(1, 2)),
+        "bidirectional": draw(st.booleans()),
+        "batch_first": draw(st.booleans()),
+    }
+    if kind is nn.LSTM and draw(st.booleans()):
+        settings_["proj_size"] = 2
+    dtype = draw(st.sampled_from((torch.float32, torch.float64)))
+    module = kind(3, 4, **settings_).to(dtype)
+    batched, length = draw(st.booleans()), draw(st.integers(1, 5))
+    width = 3 if draw(st.booleans()) or draw(st.booleans()) else 5  # a quarter do not fit
+    x = torch.ones((2, length, width) if settings_["batch_first"] else (length, 2, width))
+    x = (x if batched else x[0] if settings_["batch_first"] else x[:, 0]).to(dtype)
+    layers = settings_["num_layers"] * (2 if settings_["bidirectional"] else 1)
+    lead = (layers, 2) if batched else (layers,)
+    states = [torch.zeros(*lead, settings_.get("proj_size", 4), dtype=dtype)]
+    if kind is nn.LSTM:
+        states.append(torch.zeros(*lead, 4, dtype=dtype))
+    given_ = draw(st.sampled_from(["none", "fits", "wrong"]))
+    if given_ == "wrong":
+        states[0] = states[0][..., :1]
+    hx = () if given_ == "none" else (tuple(states) if kind is nn.LSTM else states[0],)
+    return module, (x, *hx)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=recurrent_case())
+def test_recurrent_rule_agrees_with_torch(case):
+    """Output, last state and an LSTM's last cell: shapes and dtypes as the module's own
+    run on the CPU, strides as its meta run (torch's meta kernel runs step by step)."""
+    module, args = case
+    result = MODULE_RULES[type(module)](module, tuple(tree_map(lambda t: t.to("meta"), args)), {})
+    real = _run(module, *args)
+    if result is None:
+        assert isinstance(real, Exception), (module, [a.shape for a in args[:1]])
+        return
+    assert not isinstance(real, Exception), f"torch raises {real!r}, the rule answered"
+    meta = module.to("meta")(*tree_map(lambda t: t.to("meta"), args))
+    got, ran, on_meta = (torch.utils._pytree.tree_leaves(v) for v in (result, real, meta))
+    assert len(got) == len(ran) == len(on_meta)
+    for rule_result, run, strided in zip(got, ran, on_meta, strict=True):
+        _check_against_torch(rule_result, run)
+        assert rule_result.stride() == strided.stride()
+
+
+@st.composite
 def normalisation_case(draw):
     """A functional normalisation with weights (and statistics) that fit, or not."""
     kind = draw(st.sampled_from(["batch", "instance", "group", "layer"]))
@@ -727,7 +777,25 @@ class FusedAttention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(b, n, c))
 
 
+class Recurrent(nn.Module):
+    """A bidirectional LSTM batch first, fed a strided view; a GRU given its initial state
+    (a parameter); an RNN on one sequence without a batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(4, 3, num_layers=2, bidirectional=True, batch_first=True)
+        self.gru, self.rnn = nn.GRU(6, 4), nn.RNN(4, 2)
+        self.h0 = nn.Parameter(torch.zeros(1, 2, 4))
+
+    def forward(self, x):  # x: (2, 5, 4)
+        y, (h, c) = self.lstm(x.transpose(0, 1).transpose(0, 1))
+        z, last = self.gru(y.transpose(0, 1), self.h0)
+        w, _ = self.rnn(z[:, 0])
+        return w.sum() + last.sum() + h.sum() + c.sum()
+
+
 MODELS = {
+    "recurrent": (Recurrent, (2, 5, 4)),
     "attention": (Attention, (2, 5, 8)),
     "fused-attention": (FusedAttention, (2, 5, 8)),
     "rearranging": (Rearranging, (2, 4, 4, 4)),

@@ -53,6 +53,7 @@ from gpa.frontends.fx.lookalike import Outcome, signature
 from gpa.frontends.fx.shape_rules import (
     FUNCTION_RULES,
     MODULE_RULES,
+    SETTINGS_ONLY,
 )
 from gpa.frontends.fx.stand_ins import (
     NORMS,
@@ -729,11 +730,14 @@ class GradientFlow(fx.Interpreter):
         if n.op == "call_module":
             module = self.fetch_attr(n.target)
             rule = MODULE_RULES.get(type(module))
-            runner = self.state.runner(module) if rule is not None else None
-            if runner is None or hooked(module):
+            if rule is None or hooked(module):
+                return None
+            runner = module if type(module) in SETTINGS_ONLY else self.state.runner(module)
+            if runner is None:
                 return None
             apply = functools.partial(rule, runner)
-            weighted = any(p is not None and p.requires_grad for p in runner._parameters.values())
+            # (every floating weight counts, frozen or not: see _MetaState.tensor)
+            weighted = any(p is not None and differentiable(p) for p in runner._parameters.values())
         elif n.op in ("call_function", "call_method"):
             apply = FUNCTION_RULES.get(n.target)
             if apply is None:
@@ -748,13 +752,16 @@ class GradientFlow(fx.Interpreter):
             result = None
         if result is None:
             return None
-        if not torch.is_grad_enabled():
-            return result, frozenset()
         # an input may hold several tensors (``torch.cat(x.split(2)[::-1])``: one node, a tuple)
         carrying = frozenset(
-            m for m in n.all_input_nodes if any(t.requires_grad for t in _tensors_in(self.env[m]))
+            m
+            for m in n.all_input_nodes
+            if torch.is_grad_enabled() and any(t.requires_grad for t in _tensors_in(self.env[m]))
         )
-        return result.requires_grad_(bool(carrying) or weighted), carrying
+        if isinstance(result, tuple):  # a recurrent module's results, each from every input
+            n.meta[PARTS] = (carrying,) * len(result)
+        needed = torch.is_grad_enabled() and (bool(carrying) or weighted)
+        return tree_map(lambda t: t.requires_grad_(needed), result), carrying
 
     def _passed_through(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]] | None:
         """A shape-preserving node (:mod:`.stand_ins`)

@@ -33,7 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FUNCTION_RULES", "MODULE_RULES", "Rule", "normalisation_fits", "normalisation_refused"]
+__all__ = [
+    "FUNCTION_RULES",
+    "MODULE_RULES",
+    "SETTINGS_ONLY",
+    "Rule",
+    "normalisation_fits",
+    "normalisation_refused",
+]
 
 #: A rule: the node's (meta) positional and keyword arguments -> its result, or None.
 Rule = Callable[[tuple, dict], "torch.Tensor | None"]
@@ -42,6 +49,11 @@ Rule = Callable[[tuple, dict], "torch.Tensor | None"]
 def _plain(t: Any) -> bool:
     """A meta tensor of a floating dtype in contiguous layout: the case every rule covers."""
     return isinstance(t, torch.Tensor) and t.is_meta and t.is_floating_point() and t.is_contiguous()
+
+
+def _floating(t: Any) -> bool:
+    """A meta tensor of a floating dtype, in any layout."""
+    return isinstance(t, torch.Tensor) and t.is_meta and t.is_floating_point()
 
 
 def _empty(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> torch.Tensor:
@@ -128,6 +140,42 @@ def _conv(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
     if any(size <= 0 for size in sizes):
         return None
     return _empty((*x.shape[: -spatial - 1], module.out_channels, *sizes), x.dtype)
+
+
+def _recurrent(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+    """``nn.RNN``, ``nn.GRU``, ``nn.LSTM`` on a tensor (no packed sequence), batched or not,
+    given an initial state or not (torch.nn.LSTM's documented shapes): the output
+    ``(L, N, D * H_out)`` — ``(N, L, D * H_out)`` with ``batch_first``, a transposed view
+    —, the last state ``(D * num_layers, N, H_out)`` and an LSTM's last cell
+    ``(D * num_layers, N, hidden_size)``; ``H_out`` is ``proj_size`` where given. torch's
+    meta kernel runs the cell step by step in Python (about a second for 64 steps)."""
+    if kwargs or not 1 <= len(args) <= 2:
+        return None
+    x, lstm = args[0], isinstance(module, nn.LSTM)
+    weights = [w for w in module._flat_weights if w is not None]
+    if not _floating(x) or x.dim() not in (2, 3) or x.shape[-1] != module.input_size:
+        return None  # (any layout: the results are made anew)
+    if not all(w.is_floating_point() and w.dtype == x.dtype for w in weights):
+        return None
+    directions = 2 if module.bidirectional else 1
+    size = module.proj_size if lstm and module.proj_size > 0 else module.hidden_size
+    batch = () if x.dim() == 2 else (x.shape[0 if module.batch_first else 1],)
+    length = x.shape[1 if module.batch_first and batch else 0]
+    layers = directions * module.num_layers
+    states = [(layers, *batch, size), *([(layers, *batch, module.hidden_size)] if lstm else [])]
+    given = args[1] if len(args) == 2 else None
+    if given is not None:
+        given = given if isinstance(given, tuple) else (given,)
+        if len(given) != len(states):
+            return None
+        for h, shape in zip(given, states, strict=True):
+            if not _floating(h) or h.dtype != x.dtype or tuple(h.shape) != shape:
+                return None
+    output = _empty((length, *batch, directions * size), x.dtype)
+    if module.batch_first and batch:
+        output = output.transpose(0, 1)
+    last = tuple(_empty(s, x.dtype) for s in states)
+    return output, (last if lstm else last[0])
 
 
 def _linear(module: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -505,12 +553,18 @@ FUNCTION_RULES: dict[Any, Rule] = {
 
 #: Rules by exact module type (a subclass may override forward); they take the module
 #: (holding meta parameters) first.
-MODULE_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple, dict], torch.Tensor | None]] = {
+MODULE_RULES: dict[type[nn.Module], Callable[[nn.Module, tuple, dict], Any]] = {
     nn.Conv1d: _conv,
     nn.Conv2d: _conv,
     nn.Conv3d: _conv,
     nn.Linear: _linear,
+    **dict.fromkeys([nn.RNN, nn.GRU, nn.LSTM], _recurrent),
     nn.AdaptiveAvgPool1d: _pool_module(_ADAPTIVE_AVG_POOL[1]),
     nn.AdaptiveAvgPool2d: _pool_module(_ADAPTIVE_AVG_POOL[2]),
     nn.AdaptiveAvgPool3d: _pool_module(_ADAPTIVE_AVG_POOL[3]),
 }
+
+#: Module types whose rule reads the module's settings and its weights' dtypes alone: it
+#: takes the module as it is (a recurrent module's weights, listed apart in
+#: ``_flat_weights``, follow no stand-in).
+SETTINGS_ONLY = frozenset({nn.RNN, nn.GRU, nn.LSTM})
