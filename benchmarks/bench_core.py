@@ -67,6 +67,23 @@ def resnet152_shaped(stages: Sequence[tuple[int, int, int, int]] = RESNET152_STA
     return ZooNet(stem, body, c, 1000, conv_head=True)
 
 
+class RecurrentStack(nn.Module):
+    """``layers`` bidirectional LSTMs, batch first, each followed by a linear projection
+    back to ``width`` (a sequence model's encoder)."""
+
+    def __init__(self, layers: int, width: int = 16) -> None:
+        super().__init__()
+        self.lstms = nn.ModuleList(
+            nn.LSTM(width, width, batch_first=True, bidirectional=True) for _ in range(layers)
+        )
+        self.projections = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for lstm, projection in zip(self.lstms, self.projections, strict=True):
+            x = projection(lstm(x)[0])
+        return x
+
+
 def median_interleaved(runs: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
     """The median wall time of each of ``runs``, running one of each per round."""
     times: dict[str, list[float]] = {key: [] for key in runs}
@@ -125,6 +142,7 @@ def deep_models(quick: bool) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
                     resnet152_shaped(((1, 8, 16, 1), (1, 8, 16, 2))),
                     (1, 3, 32, 32),
                 ),
+                "LSTM stack, 2 x 4 steps": (RecurrentStack(2), (2, 4, 16)),
             }
         return {
             "residual chain, 1,000 layers": (build("resnet", blocks=499), (1, 3, 64, 64)),
@@ -133,6 +151,7 @@ def deep_models(quick: bool) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
                 (1, 3, 64, 64),
             ),
             "ResNet-152-shaped (bottlenecks 3/8/36/3)": (resnet152_shaped(), (1, 3, 224, 224)),
+            "LSTM stack, 16 bidirectional x 64 steps": (RecurrentStack(16), (8, 64, 16)),
         }
 
 

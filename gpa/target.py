@@ -46,6 +46,7 @@ import re
 import sys
 import sysconfig
 import traceback
+import urllib.error
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,55 @@ def _user_frames(tb: TracebackType | None, roots: Iterable[Path]) -> list[traceb
         if any(_is_under(path, r) for r in wanted) or not any(_is_under(path, r) for r in excluded):
             kept.append(frame)
     return kept
+
+
+def _download_hint(
+    factory: Callable[..., Any], kwargs: Mapping[str, Any], exc: BaseException
+) -> str:
+    """What to do when ``factory`` failed fetching weights from the network (a default of
+    its weights arguments: torchvision's detection models fetch their backbone's): gpa
+    reads the architecture, which needs none. Empty for any other failure.
+
+    Example:
+        >>> import urllib.error
+        >>> def ssd(weights=None, weights_backbone="DEFAULT"): ...
+        >>> _download_hint(ssd, {}, urllib.error.URLError("no network")).split("none: ")[1]
+        'give -k weights_backbone=None'
+    """
+    chain, seen = [], exc
+    while seen is not None and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    offline = any(
+        isinstance(e, (urllib.error.URLError, ConnectionError)) or type(e).__name__ in _OFFLINE
+        for e in chain
+    )
+    if not offline:
+        return ""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    named = [
+        n
+        for n in _WEIGHT_ARGUMENTS
+        if n in params and n not in kwargs and params[n].default not in (None, False)
+    ]
+    options = " ".join(f"-k {n}={'False' if 'pretrained' in n else 'None'}" for n in named)
+    where = f"give {options}" if named else "build it without them"
+    library = getattr(factory, "__module__", "") or ""
+    also = (
+        " (or name it torchvision:NAME, which builds without weights)"
+        if library.startswith("torchvision")
+        else ""
+    )
+    return f"\nIt fetched weights from the network; gpa needs none: {where}{also}"
+
+
+#: Arguments of library factories that fetch pretrained weights.
+_WEIGHT_ARGUMENTS = ("weights", "weights_backbone", "pretrained", "pretrained_backbone")
+#: Exceptions of model hubs that mean no network.
+_OFFLINE = frozenset({"LocalEntryNotFoundError", "OfflineModeIsEnabled", "HTTPError"})
 
 
 def _describe_exception(exc: BaseException, roots: Iterable[Path]) -> str:
@@ -474,6 +524,7 @@ def _build(
         raise TargetError(
             f"building the model failed: {attr}({args}) from {where} raised an exception:\n"
             + _describe_exception(exc, roots)
+            + _download_hint(value, kwargs, exc)
         ) from None
     if not isinstance(built, nn.Module):
         raise TargetError(

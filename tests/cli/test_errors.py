@@ -590,3 +590,34 @@ def test_an_input_too_small_for_the_model_is_said_so_by_every_frontend(
         gpa.analyze(model, input_shape=shape, tracer=tracer)
     assert "The input is too small for the model" in str(raised.value)
     assert "Give a larger input (--input-shape / input_shape=)" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("raised", "hint"),
+    [
+        ("urllib.error.URLError('no network')", "give -k weights_backbone=None"),
+        ("ConnectionError('no network')", "give -k weights_backbone=None"),
+        ("ValueError('bad width')", None),
+    ],
+)
+def test_a_factory_fetching_weights_offline_says_how_to_build_without(
+    tmp_path: Path, raised: str, hint: str | None
+) -> None:
+    """Found by a new user: ``torchvision.models.detection:ssdlite320_mobilenet_v3_large``
+    fetches its backbone's weights by default, and without a network the build failed
+    with the download's traceback alone. The error now says gpa needs no weights and
+    which argument to give; another failure says nothing of weights."""
+    (tmp_path / "fetching.py").write_text(
+        "import urllib.error\n\n"
+        "def build(weights=None, weights_backbone='DEFAULT'):\n"
+        f"    raise {raised}\n"
+    )
+    result = CliRunner().invoke(main, ["analyze", str(tmp_path / "fetching.py:build")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: building the model failed")
+    if hint is None:
+        assert "fetched weights" not in result.stderr
+    else:
+        said = "It fetched weights from the network; gpa needs none: " + hint
+        assert said in result.stderr
+        assert "-k weights=None" not in result.stderr  # (its default fetches nothing)
