@@ -322,8 +322,8 @@ class ChannelRouter(fx.Interpreter):
         result = tree_map(fresh, n.meta[FLOW].shapes)
         sums = [ch for m in added for ch in leaves(inputs[m]) if ch.terms]
         if sums and isinstance(result, Channels):
-            if is_conv(module, n):  # a convolution adds its bias along the channel axis
-                trailing = (1,) * (len(result.shape) - 2)
+            if is_conv(module, n) and result.axes:  # its bias: along the channel axis
+                trailing = (1,) * (len(result.shape) - result.axes[0] - 1)
                 sums = [Channels(ch.axes, ch.shape + trailing, ch.terms) for ch in sums]
             return union([result, *sums], result.shape)
         return result

@@ -527,11 +527,25 @@ def layer_channel_axis(
         (1, 2)
     """
     conv = is_conv(module, node)
+    if conv and len(shape) == _conv_spatial(module, node) + 1:
+        return 0  # an unbatched input (C, L...): torch's convolutions take one too
     axis = layer_axis(conv, len(shape))
     if not conv or module is None or len(shape) != 3:
         return axis
     width = _width(module, output)
     return 2 if shape[1] != width and shape[2] == width else axis
+
+
+def _conv_spatial(module: nn.Module | None, node: fx.Node | None) -> int:
+    """How many spatial axes a convolution call convolves (a conv module's kernel, a
+    functional call's); -1 where it cannot tell — a leaf module holding convolutions may
+    give tokens of as many axes (a patch embedding)."""
+    if module is not None:
+        return len(module.kernel_size) if isinstance(module, _CONV_TYPES) else -1
+    weight = node.args[1] if node is not None and len(node.args) > 1 else None
+    flow = weight.meta.get(FLOW) if isinstance(weight, fx.Node) else None
+    shape = getattr(flow, "shapes", None) if flow is not None else None
+    return len(shape) - 2 if isinstance(shape, tuple) and len(shape) > 2 else -1
 
 
 def layer_axis(conv: bool, ndim: int) -> int:

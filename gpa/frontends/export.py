@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import functools
 import inspect
 import io
@@ -80,6 +79,7 @@ from gpa.frontends.fx.branches import (
     type_tests_unseen,
     unchecked_channels_message,
 )
+from gpa.frontends.fx.contractions import pairwise_contractions
 from gpa.frontends.fx.flow import GradientFlow
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.layers import (
@@ -119,6 +119,7 @@ from gpa.frontends.modules import (
     is_layer_module,
     opaque_layer_types,
     scripted_call,
+    shallow_copy,
     split_leaves,
     type_name,
     unused_layer_modules,
@@ -202,6 +203,8 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
             )
         except SyntaxError as exc:  # fx writes module names into Python code
             raise ExportError(unwritable_names(model, exc)) from None
+        if pairwise_contractions(gm.graph):
+            gm.recompile()
         try:
             GradientFlow(gm, followed_by="autograd").run(*tree_flatten(inputs)[0])
         except ShapeError as exc:  # export ran the model on these inputs: gpa's limit
@@ -654,7 +657,7 @@ def _remodule(
     mark_inference_mode(graph)
     _name_outputs(graph, program.call_spec.out_spec)
     graph._codegen = fx.graph.CodeGen()  # flat inputs, the outputs named above
-    root = copy.copy(model)  # constants export lifted go here, not on the user's model
+    root = shallow_copy(model)  # constants export lifted go here, not on the user's model
     _attach_constants(graph, exported, root)
     calls = _module_calls(graph, model, is_opaque)
     _place(calls, sites)

@@ -56,6 +56,7 @@ __all__ = [
     "resolve_options",
     "scripted_call",
     "scripted_notes",
+    "shallow_copy",
     "split_leaves",
     "display_name",
     "opaque_layer_types",
@@ -305,6 +306,23 @@ def fx_leaf(cls: type) -> bool:
 
 _CONTAINERS_WITHOUT_FORWARD = frozenset({nn.Module, nn.ModuleList, nn.ModuleDict})
 _PARAMETRIZE = "torch.nn.utils.parametrize"
+
+
+def shallow_copy(module: nn.Module) -> nn.Module:
+    """``copy.copy(module)``: a new module of its class sharing its attributes (its
+    submodules, parameters and buffers themselves), also for one holding a parametrized
+    tensor, whose class ``torch.nn.utils.parametrize`` made refuses to be copied.
+
+    Example:
+        >>> m = nn.Linear(2, 2)
+        >>> _ = nn.utils.parametrize.register_parametrization(m, "weight", nn.Identity())
+        >>> copied = shallow_copy(m)
+        >>> type(copied) is type(m), copied.parametrizations is m.parametrizations
+        (True, True)
+    """
+    copied = object.__new__(type(module))
+    copied.__dict__.update(module.__dict__)
+    return copied
 
 
 def has_forward(module: nn.Module) -> bool:

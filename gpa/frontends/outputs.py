@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import copy
 import dataclasses
 import enum
 import functools
@@ -56,6 +55,7 @@ from torch import nn
 
 from gpa.core.graph import OutputKey, OutputPath, select_paths
 from gpa.errors import GpaError
+from gpa.frontends.modules import shallow_copy
 
 __all__ = ["Returned", "exportable", "fields_tuple", "returned_values"]
 
@@ -234,7 +234,7 @@ def exportable(model: nn.Module) -> nn.Module:
         returning_plain = type(kind.__name__, (kind,), namespace)
     except Exception:  # a class that refuses subclasses: export reads it as it is
         return model
-    plain = copy.copy(model)
+    plain = shallow_copy(model)
     plain.__class__ = returning_plain
     return plain
 

@@ -226,12 +226,29 @@ def random_branch_message(model: torch.nn.Module, where: str, train: bool) -> st
         if train
         else f"analyse it with {fixed}"
     )
+    drops = _layer_drops(model)
+    if drops:
+        keys = " ".join(f"-k {k}=0" for k in drops)
+        settings = ", ".join(f"{k}={v}" for k, v in drops.items())
+        hint += f" (its configuration's {settings}: {keys} for a transformers: target)"
     return (
         f"{type(model).__name__}'s forward branches on random numbers ({where}: a random "
         "draw turned into a Python value, as a layer drop skipping layers at random does, "
         "or a random choice such as an input size for multi-scale training), so one run "
         f"may show one random architecture of it, not its gradient paths: {hint}"
     )
+
+
+def _layer_drops(model: torch.nn.Module) -> dict[str, float]:
+    """The layer-drop probabilities above 0 in ``model.config`` (a Hugging Face model's:
+    ``layerdrop``, ``encoder_layerdrop``, ``decoder_layerdrop``), by name."""
+    config = getattr(model, "config", None)
+    found = getattr(config, "__dict__", {}) if config is not None else {}
+    return {
+        k: v
+        for k, v in found.items()
+        if k.endswith("layerdrop") and isinstance(v, (int, float)) and v > 0
+    }
 
 
 def data_branch_note(where: str) -> str:

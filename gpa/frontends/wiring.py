@@ -35,7 +35,6 @@ from gpa.options import AnalysisOptions
 __all__ = [
     "CallKey",
     "layer_wiring",
-    "refuse_other_outputs",
     "refuse_other_wiring",
     "wiring_differences",
 ]
@@ -109,7 +108,7 @@ def wiring_differences(
 def refuse_other_wiring(
     model: nn.Module,
     options: AnalysisOptions,
-    graph: GradientGraph,
+    graph: GradientGraph | GpaError,
     drawn: tuple,
     frontend: str = "torch.fx",
     tests: str = FX_TESTS,
@@ -118,21 +117,27 @@ def refuse_other_wiring(
     than the run (``tests``) took another branch that calls every layer module as often:
     the layer calls of the autograd frontend's reading of one run (on the meta device,
     else on real inputs, as that frontend runs it), drawing the random numbers the trace
-    drew (``drawn``), hand gradient to other calls than in ``graph``. Where the model
-    cannot run at all, nothing is checked: the frontend's own run is the model's to fail
+    drew (``drawn``), hand gradient to other calls than in ``graph``. ``graph`` may also
+    be the error the trace's returned values gave (no tensor; a selected output missing):
+    refused where the run returns them (timm's feature hooks keep their features in a
+    dict keyed by the tensor's device, which fx's proxies miss). Where the model cannot run
+    at all, nothing is checked: the frontend's own run is the model's to fail
     (``docs/semantics.md`` §1.1).
 
     Raises:
-        TraceError: the wiring differs.
+        TraceError: the wiring or the outputs differ.
     """
     run = _run_read(model, options, drawn)
     if run is None:
         return
-    # a function computing with weights is a layer to autograd alone (§1.6): passed through
-    traced, ran = ({c.record for c in g.calls.values()} for g in (graph, run))
-    modules = dict(model.named_modules())
-    records = (traced & ran) | {r for r in traced ^ ran if r in modules}
-    said = wiring_differences(layer_wiring(graph, records), layer_wiring(run, records))
+    if isinstance(graph, GpaError):
+        said = [f"the trace's outputs fail where the run's do not ({graph})"]
+    else:
+        # a function computing with weights is a layer to autograd alone (§1.6): passed through
+        traced, ran = ({c.record for c in g.calls.values()} for g in (graph, run))
+        modules = dict(model.named_modules())
+        records = (traced & ran) | {r for r in traced ^ ran if r in modules}
+        said = wiring_differences(layer_wiring(graph, records), layer_wiring(run, records))
     if said:
         shown = [*said[:3], *([f"{len(said) - 3} more"] if len(said) > 3 else [])]
         raise TraceError(
@@ -140,31 +145,6 @@ def refuse_other_wiring(
             + f"; {'autograd reads' if 'export' in frontend else 'export or autograd read'} "
             "the run (auto moves on)"
         )
-
-
-def refuse_other_outputs(
-    model: nn.Module,
-    options: AnalysisOptions,
-    error: GpaError,
-    drawn: tuple,
-    frontend: str = "torch.fx",
-    tests: str = FX_TESTS,
-) -> None:
-    """Refuse ``frontend``'s trace of ``model`` whose returned values gave ``error`` (no
-    tensor; a selected output missing) where a test its trace answers otherwise than the
-    run (``tests``) may have left them out — timm's feature hooks keep their features in a
-    dict keyed by the tensor's device —: when the model's run returns them (the autograd
-    frontend reads its outputs, drawing ``drawn``). Otherwise the error is the model's.
-
-    Raises:
-        TraceError: the run returns what the trace did not.
-    """
-    if _run_read(model, options, drawn) is not None:
-        said = f"the trace's outputs fail where the run's do not ({error})"
-        raise TraceError(
-            other_branch_message(model, {}, frontend, tests, wiring=[said])
-            + "; export or autograd read the run (auto moves on)"
-        ) from error
 
 
 def _run_read(model: nn.Module, options: AnalysisOptions, drawn: tuple) -> GradientGraph | None:

@@ -15,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import gpa
+from gpa.errors import TraceError
 from tests.core.test_paths import ResNet
+from tests.frontends.every_tracer import EVERY_TRACER, layer_records
 from tests.semantics import (
     IMG,
     LOSS,
@@ -627,6 +629,133 @@ def test_feature_mixing_functions_under_other_names_are_layers(how, tracer):
     expect(report, "pre", {3: 1}, ("W",))
     expect(report, "W", {2: 1}, ("head",))
     expect(report, "head", {1: 1}, (LOSS,))
+
+
+class Scaled(nn.Module):
+    """``head(inner(pre(x), s))`` with ``s`` a 0-d parameter: a layer scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.s = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x):
+        return self.head(torch.inner(self.pre(x), self.s))
+
+
+@EVERY_TRACER
+def test_inner_of_a_number_is_no_layer(tracer):
+    """Found by a review: ``torch.inner`` of a 0-d operand is documented as ``mul``, a
+    scale that mixes nothing (§2), as autograd records it; fx and export made ``s`` a
+    layer. By hand: pre -> head (2)."""
+    report = gpa.analyze(Scaled(), torch.randn(3, 4), tracer=tracer)
+    assert list(report.layers) == ["pre", "head"]
+    expect(report, "pre", {2: 1}, ("head",))
+
+
+class Chained(nn.Module):
+    """Three matrices multiplied at once, two of them weights (``how``)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.W1, self.W2 = nn.Parameter(torch.randn(4, 2)), nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, x):
+        h = self.pre(x)
+        if self.how == "multi_dot":
+            return self.head(torch.linalg.multi_dot([h, self.W1, self.W2]))
+        return self.head(torch.chain_matmul(h, self.W1, self.W2))
+
+
+@pytest.mark.filterwarnings("ignore:.*chain_matmul is deprecated")
+@pytest.mark.parametrize("how", ["multi_dot", "chain_matmul"])
+def test_three_matrices_at_once_are_read_in_torchs_order(how):
+    """Found by a review: fx and export read ``multi_dot([h, W1, W2])`` as one call of
+    W1 (W2 missing, pre one step too close); torch picks the order by the sizes. fx and
+    export refuse (auto moves on to autograd, which follows the run). By hand, as torch
+    multiplies (h @ W1) @ W2 here: pre -> W1 -> W2 -> head: 4, 3, 2, 1."""
+    model, x = Chained(how), torch.randn(3, 4)
+    for tracer in ("fx", "export"):
+        with pytest.raises(TraceError, match="multiplies 3 matrices at once"):
+            gpa.analyze(model, x, tracer=tracer)
+    report = gpa.analyze(model, x)
+    assert report.tracer == "autograd"
+    expect(report, "pre", {4: 1}, ("W1",))
+    expect(report, "W1", {3: 1}, ("W2",))
+    expect(report, "W2", {2: 1}, ("head",))
+
+
+class LowRankFactors(nn.Module):
+    """Two factors of a weight, applied by one ``einsum`` of three operands (``how``: the
+    data first, its output implicit, the operands in a list)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.A, self.B = nn.Parameter(torch.randn(4, 2)), nn.Parameter(torch.randn(2, 4))
+
+    def forward(self, h):
+        if self.how == "implicit":
+            return torch.einsum("bi,ir,ro", h, self.A, self.B)
+        if self.how == "list":
+            return torch.einsum("bi,ir,ro->bo", [h, self.A, self.B])
+        return torch.einsum("bi,ir,ro->bo", h, self.A, self.B)
+
+
+class FactoredNet(nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.pre, self.lr, self.head = nn.Linear(4, 4), LowRankFactors(how), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(self.lr(self.pre(x)))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["data_first", "implicit", "list"])
+def test_an_einsum_of_two_factors_is_a_call_of_each_in_turn(how, tracer):
+    """Found by a new user: fx and export read ``einsum("bi,ir,ro->bo", h, A, B)`` as one
+    call of ``lr`` (pre at 3); autograd reads the contractions torch makes, left to right:
+    ``h`` meets ``A`` (a call of lr.A), the result meets ``B`` (a call of lr.B), as
+    ``(h @ A) @ B`` written out. By hand: head 1, lr.B 2, lr.A 3, pre 4, one path each;
+    every frontend as the autograd frontend."""
+    model = FactoredNet(how)
+    report = gpa.analyze(model, torch.randn(2, 4), tracer=tracer)
+    assert list(report.layers) == ["pre", "lr.A", "lr.B", "head"]
+    expect(report, "pre", {4: 1}, ("lr.A",))
+    expect(report, "lr.A", {3: 1}, ("lr.B",))
+    expect(report, "lr.B", {2: 1}, ("head",))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+class BilinearForm(nn.Module):
+    """``h1ᵀ W h2`` by one ``einsum``: ``h1`` meets ``W`` first, ``h2`` the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p1, self.p2, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(1, 2)
+        self.W = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        form = torch.einsum("bi,ij,bj->b", self.p1(x), self.W, self.p2(x))
+        return self.head(form[:, None])
+
+
+@EVERY_TRACER
+def test_the_operand_an_einsum_meets_after_its_weight_does_not_cross_it(tracer):
+    """The data an ``einsum`` of three operands meets after the weight's contraction is
+    multiplied by its result, not mixed by the weight: p1 -> W -> head (3), W 2, p2 ->
+    head (2), as the autograd frontend reads the run."""
+    model = BilinearForm()
+    report = gpa.analyze(model, torch.randn(3, 4), tracer=tracer)
+    expect(report, "p1", {3: 1}, ("W",))
+    expect(report, "W", {2: 1}, ("head",))
+    expect(report, "p2", {2: 1}, ("head",))
+    assert layer_records(report) == layer_records(
+        gpa.analyze(model, torch.randn(3, 4), tracer="autograd")
+    )
 
 
 class LowRank(nn.Module):

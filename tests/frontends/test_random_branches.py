@@ -14,6 +14,7 @@ then ``head``: head 1; l2 -> head 2; l1 -> head around l2 (2) or through it (3);
 from __future__ import annotations
 
 import random
+import types
 
 import numpy as np
 import pytest
@@ -64,6 +65,26 @@ class LayerDrop(nn.Module):
 def test_a_layer_drop_in_training_is_refused(how: str, tracer: str) -> None:
     with pytest.raises(TraceError, match="branches on random numbers .*test_random_branches"):
         gpa.analyze(LayerDrop(how), input_shape=(2, 4), tracer=tracer)
+
+
+class ConfiguredLayerDrop(LayerDrop):
+    """A Hugging Face model's layer drop: its probability in ``config`` (Wav2Vec2, HuBERT:
+    ``layerdrop`` 0.1 by default)."""
+
+    def __init__(self) -> None:
+        super().__init__("rand", 0.1)
+        self.config = types.SimpleNamespace(layerdrop=0.1, encoder_layerdrop=0.0, hidden=4)
+
+
+def test_a_configured_layer_drop_says_which_setting_to_zero() -> None:
+    """Found by a new user (Wav2Vec2 in train mode): the refusal said what to do in
+    general; it now names the configuration's layer drop and the ``-k`` that turns it
+    off. In eval mode every block runs (see test_in_eval_mode_every_block_runs)."""
+    with pytest.raises(TraceError) as refused:
+        gpa.analyze(ConfiguredLayerDrop(), input_shape=(2, 4), tracer="autograd")
+    said = str(refused.value)
+    assert "(its configuration's layerdrop=0.1: -k layerdrop=0 for a transformers: target)" in said
+    assert "encoder_layerdrop" not in said  # (0: no draw)
 
 
 def _expect_every_block(report: gpa.Report) -> None:

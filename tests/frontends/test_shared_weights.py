@@ -361,6 +361,31 @@ def test_a_parametrized_block_holding_layers_is_read_through(tracer: str) -> Non
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
 
 
+class ParametrizedRoot(nn.Module):
+    """``head(pre(x) * scale)``, the model's own ``scale`` parametrized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.scale = nn.Parameter(torch.ones(4))
+        nn.utils.parametrize.register_parametrization(self, "scale", _Positive())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pre(x) * self.scale)
+
+
+@EVERY_TRACER
+def test_a_model_holding_a_parametrized_tensor_itself_is_read_through(tracer: str) -> None:
+    """Found by a review of the fix above: traced into, a model whose own tensor is
+    parametrized made fx and export copy it, which its class refuses (export raised a
+    RuntimeError, and auto with it). By hand: pre -> head (2; a scale is no layer)."""
+    model = ParametrizedRoot()
+    report = gpa.analyze(model, input_shape=(3, 4), tracer=tracer)
+    assert list(report.layers) == ["pre", "head"]
+    expect(report, "pre", {2: 1}, ("head",))
+    check_reachability_with_autograd(report, model, torch.randn(3, 4))
+
+
 class PartlyWithoutGradient(nn.Module):
     """``pre -> [q, k, v fused] -> c``, k's part made under ``no_grad`` (``how``), or
     every part detached."""

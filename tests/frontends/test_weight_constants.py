@@ -465,6 +465,38 @@ def test_what_a_layer_only_adds_goes_around_it(how: str, tracer: str) -> None:
     check_reachability_with_autograd(report, model, torch.randn(3, 4))
 
 
+class ChannelsOfABias(nn.Module):
+    """A convolution whose bias is two layers' outputs side by side (``g1``'s channels 0-1,
+    ``g2``'s 2-3), its output channels read apart (0-1 by ``h1``, 2-3 by ``h2``); on an
+    unbatched input (``batched``: a batch of one)."""
+
+    def __init__(self, batched: bool) -> None:
+        super().__init__()
+        self.batched = batched
+        self.pre, self.g1, self.g2 = nn.Conv1d(4, 4, 1), nn.Linear(4, 2), nn.Linear(4, 2)
+        self.h1, self.h2 = nn.Conv1d(2, 1, 1), nn.Conv1d(2, 1, 1)
+        self.W = nn.Parameter(torch.randn(4, 4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (4, 6)
+        z = x.mean(-1)
+        bias = torch.cat([self.g1(z), self.g2(z)])
+        h = self.pre(x[None] if self.batched else x)
+        y = F.conv1d(h, self.W, bias)
+        return self.h1(y[..., :2, :]).sum() + self.h2(y[..., 2:, :]).sum()
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_a_convolutions_added_bias_meets_its_channels(batched: bool) -> None:
+    """Found by a review: on an unbatched input (C, L) the bias was laid along L, so each
+    of g1, g2 had both h1 and h2 as sources; backward hands bias channel c the gradient of
+    output channel c alone. By hand: g1's two channels -> h1 (2), g2's -> h2 (2)."""
+    report = gpa.analyze(ChannelsOfABias(batched), input_shape=(4, 6), channels=True)
+    for layer, reader in (("g1", "h1"), ("g2", "h2")):
+        (segment,) = report.layers[layer].segments
+        assert [s.sender for s in segment.sources] == [reader]
+        assert segment.paths.shortest == 2
+
+
 @pytest.mark.parametrize("how", ["linear", "addmm", "conv"])
 def test_what_a_layer_only_adds_goes_around_it_per_channel(how: str) -> None:
     """The channel analysis (§8) adds what a call only adds to the call's output channels,

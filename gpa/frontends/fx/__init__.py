@@ -36,6 +36,7 @@ from gpa.frontends.fx.branches import (
     unchecked_channels_message,
 )
 from gpa.frontends.fx.checkpoints import unfed_checkpoints
+from gpa.frontends.fx.contractions import pairwise_contractions
 from gpa.frontends.fx.flow import RETURNED_INPUTS
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
 from gpa.frontends.fx.inline import InliningFlow, inline_calls
@@ -59,7 +60,7 @@ from gpa.frontends.operators import custom_operator_label, custom_operator_note
 from gpa.frontends.randomness import random_states
 from gpa.frontends.state import training_mode
 from gpa.frontends.watch import unfed_checkpoint_note
-from gpa.frontends.wiring import refuse_other_outputs, refuse_other_wiring
+from gpa.frontends.wiring import refuse_other_wiring
 from gpa.options import AnalysisOptions
 
 __all__ = ["fx_gradient_graph"]
@@ -113,6 +114,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         constants, classes = _forward_arguments(traced, options)
         # (the model's state is as the snapshot took it: the trace restores that one)
         gm = trace(traced, leaves, kinds, constants, classes, state if traced is model else None)
+        pairwise_contractions(gm.graph)
         name_outputs(gm.graph)
         gm.recompile()
         notes = output_notes(gm, options.outputs)
@@ -173,7 +175,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         ops = op_graph(gm, options.outputs)
     except GpaError as error:  # (no tensor returned, an output missing: by a test?)
         if tested and traced is model:
-            refuse_other_outputs(model, options, error, drawn)
+            refuse_other_wiring(model, options, error, drawn)
         raise
     graph = GradientGraph(
         ops=ops,

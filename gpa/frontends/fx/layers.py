@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from gpa.core.graph import LayerCall
+from gpa.errors import TraceError
 from gpa.frontends.dynamic import dynamic_layers
 from gpa.frontends.fx.flow import FLOW
 from gpa.frontends.fx.modes import grad_modes
@@ -301,8 +302,19 @@ def _is_tensor(node: fx.Node) -> bool:
 
 def _is_mixing(node: fx.Node) -> bool:
     if node.op == "call_function":
-        return torch_operator(node.target) in _MIXING_FUNCTIONS
-    return node.op == "call_method" and node.target in _MIXING_METHODS
+        mixing = torch_operator(node.target) in _MIXING_FUNCTIONS
+    else:
+        mixing = node.op == "call_method" and node.target in _MIXING_METHODS
+    return mixing and not _by_a_number(node)
+
+
+def _by_a_number(node: fx.Node) -> bool:
+    """Whether ``node`` is ``inner`` of a 0-d operand: torch documents it as ``mul``, a
+    product that mixes nothing (a layer scale: no layer, §2), as autograd records it."""
+    if _operator_name(node) != "inner":
+        return False
+    flows = [m.meta.get(FLOW) for m in node.all_input_nodes]
+    return any(f is not None and getattr(f, "shapes", None) == () for f in flows)
 
 
 def find_layers(
@@ -348,6 +360,7 @@ def find_layers(
         if again.keys() == functional.keys():
             break
         functional = again
+    _refuse_chains(functional)
     calls.update({node: LayerCall(p, "") for node, p in functional.items()})  # named below
     # dynamic convolutions (CondConv), once every other layer is known
     makers = {n: found for n in gm.graph.nodes if (found := _weight_makers(n, calls, roots))}
@@ -365,6 +378,28 @@ def find_layers(
         calls[node] = LayerCall(*first[:2], call_site(node), owners=shared)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     return dict(sorted(calls.items(), key=lambda item: order[item[0]]))
+
+
+def _refuse_chains(functional: Iterable[fx.Node]) -> None:
+    """Refuse a functional layer multiplying three or more matrices at once
+    (``linalg.multi_dot``, ``chain_matmul``): torch picks the order by their sizes, and
+    which operands meet decides the layers (§2), which one call cannot show.
+
+    Raises:
+        TraceError: such a call reads a weight.
+    """
+    for node in functional:
+        count = len(_mixed_operands(node))
+        if _operator_name(node) in _CHAINS and count > 2:
+            raise TraceError(
+                f"'{node.name}' multiplies {count} matrices at once, among them weights: "
+                "torch picks the order by their sizes, and which ones meet decides the "
+                "layers; the autograd frontend follows the order torch took "
+                "(--tracer autograd; auto moves on)"
+            )
+
+
+_CHAINS = frozenset({"linalg_multi_dot", "multi_dot", "chain_matmul"})
 
 
 def _mixed_weight(

@@ -31,7 +31,6 @@ import ast
 import builtins
 import collections
 import contextlib
-import copy
 import dis
 import functools
 import inspect
@@ -54,7 +53,7 @@ from gpa.frontends.functions import custom_function_calls, function_call, run_fu
 from gpa.frontends.fx.modes import grad_mode
 from gpa.frontends.fx.norm_act import norm_then_activations
 from gpa.frontends.fx.writes import AUGMENTED, follow_mutations
-from gpa.frontends.modules import PARALLEL, compiled, fx_leaf, split_leaves
+from gpa.frontends.modules import PARALLEL, compiled, fx_leaf, shallow_copy, split_leaves
 from gpa.frontends.randomness import (
     RandomBranches,
     random_branch_message,
@@ -799,7 +798,7 @@ def trace(
 
     def traced(watch: contextlib.AbstractContextManager) -> tuple[GpaTracer, nn.Module, fx.Graph]:
         tracer = GpaTracer(types, names, kinds or {}, classes)
-        root = copy.copy(model)  # fx stores tensor constants on its root: not on the user's
+        root = shallow_copy(model)  # fx stores tensor constants on its root: not on the user's
         # what forward assigns while traced (``self.buf += y`` stores a proxy) must not
         # reach the passes that run the modules afterwards
         with (
