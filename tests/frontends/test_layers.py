@@ -687,6 +687,16 @@ def test_three_matrices_at_once_are_read_in_torchs_order(how):
     expect(report, "W2", {2: 1}, ("head",))
 
 
+def _factored(h, a, b):
+    """The factors applied in a function fx records whole (traced into by value, §1.1)."""
+    if h.shape[-1] != a.shape[0]:  # a branch on a shape: fx alone cannot trace it
+        raise ValueError("the factors do not fit")
+    return torch.einsum("bi,ir,ro->bo", h, a, b)
+
+
+torch.fx.wrap("_factored")
+
+
 class LowRankFactors(nn.Module):
     """Two factors of a weight, applied by one ``einsum`` of three operands (``how``: the
     data first, its output implicit, the operands in a list)."""
@@ -701,6 +711,12 @@ class LowRankFactors(nn.Module):
             return torch.einsum("bi,ir,ro", h, self.A, self.B)
         if self.how == "list":
             return torch.einsum("bi,ir,ro->bo", [h, self.A, self.B])
+        if self.how == "ellipsis":
+            return torch.einsum("...i,ir,ro->...o", h, self.A, self.B)
+        if self.how == "aten":
+            return torch.ops.aten.einsum("bi,ir,ro->bo", [h, self.A, self.B])
+        if self.how == "wrapped":
+            return _factored(h, self.A, self.B)
         return torch.einsum("bi,ir,ro->bo", h, self.A, self.B)
 
 
@@ -714,13 +730,15 @@ class FactoredNet(nn.Module):
 
 
 @EVERY_TRACER
-@pytest.mark.parametrize("how", ["data_first", "implicit", "list"])
+@pytest.mark.parametrize("how", ["data_first", "implicit", "list", "ellipsis", "aten", "wrapped"])
 def test_an_einsum_of_two_factors_is_a_call_of_each_in_turn(how, tracer):
     """Found by a new user: fx and export read ``einsum("bi,ir,ro->bo", h, A, B)`` as one
     call of ``lr`` (pre at 3); autograd reads the contractions torch makes, left to right:
     ``h`` meets ``A`` (a call of lr.A), the result meets ``B`` (a call of lr.B), as
     ``(h @ A) @ B`` written out. By hand: head 1, lr.B 2, lr.A 3, pre 4, one path each;
-    every frontend as the autograd frontend."""
+    every frontend as the autograd frontend. A review found three forms left whole: an
+    ellipsis, ATen's ``einsum`` called in the model's code, and the call inside a function
+    fx keeps whole (traced into by value)."""
     model = FactoredNet(how)
     report = gpa.analyze(model, torch.randn(2, 4), tracer=tracer)
     assert list(report.layers) == ["pre", "lr.A", "lr.B", "head"]
@@ -728,6 +746,30 @@ def test_an_einsum_of_two_factors_is_a_call_of_each_in_turn(how, tracer):
     expect(report, "lr.A", {3: 1}, ("lr.B",))
     expect(report, "lr.B", {2: 1}, ("head",))
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+class ScaledThenMixed(nn.Module):
+    """``einsum("bi,i,ij->bj", h, s, A)``: h scaled by s, then mixed by A."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.head = nn.Linear(4, 4), nn.Linear(3, 2)
+        self.s, self.A = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4, 3))
+
+    def forward(self, x):
+        return self.head(torch.einsum("bi,i,ij->bj", self.pre(x), self.s, self.A))
+
+
+@EVERY_TRACER
+def test_an_einsum_step_summing_nothing_across_is_no_layer(tracer):
+    """Found by a review: the first contraction, ``"bi,i->bi"``, sums nothing the two
+    share — torch multiplies, a scale (§2: a weight times data is no layer), as autograd
+    records it (a mul) —, yet fx and export made s a layer. By hand: pre -> A -> head (3),
+    A 2; s no layer."""
+    report = gpa.analyze(ScaledThenMixed(), torch.randn(2, 4), tracer=tracer)
+    assert list(report.layers) == ["pre", "A", "head"]
+    expect(report, "pre", {3: 1}, ("A",))
+    expect(report, "A", {2: 1}, ("head",))
 
 
 class BilinearForm(nn.Module):

@@ -54,6 +54,12 @@ from torch.overrides import (
 )
 
 from gpa.frontends.functions import called_function
+from gpa.frontends.fx.contractions import (
+    EINSUM,
+    contraction_arguments,
+    einsum_operands,
+    split_einsum,
+)
 from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.graph import result_part
 from gpa.frontends.fx.layers import wrapped
@@ -423,6 +429,14 @@ class _ValueTracer(GpaTracer):
     def create_proxy(
         self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None
     ):
+        steps = split_einsum(args) if kind == "call_function" and target in EINSUM else None
+        if steps is not None and not kwargs:  # recorded as the contractions torch makes
+            operands = einsum_operands(args)
+            held = operands[0]
+            for step, i in steps:
+                pair = contraction_arguments(target, step, held, operands[i])
+                held = self.create_proxy(kind, target, pair, {})
+            return held
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         if target is operator.getitem and isinstance(args[0], _ValueProxy) and _basic(args[1]):
             proxy.viewed = (args[0], args[1])  # a view of args[0]

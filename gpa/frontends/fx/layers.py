@@ -29,6 +29,7 @@ from torch.nn.utils import parametrize
 from gpa.core.graph import LayerCall
 from gpa.errors import TraceError
 from gpa.frontends.dynamic import dynamic_layers
+from gpa.frontends.fx.contractions import einsum_operands, sums_across
 from gpa.frontends.fx.flow import FLOW
 from gpa.frontends.fx.modes import grad_modes
 from gpa.frontends.fx.tracer import call_site
@@ -76,7 +77,8 @@ STANDS_FOR = "gpa_stands_for"
 def _overloads(*names: str) -> set:
     """Every overload of the named ATen operators (the export frontend's graph holds them)."""
     packets = [getattr(torch.ops.aten, n) for n in names]
-    return {getattr(p, o) for p in packets for o in p.overloads()}
+    # (and the packets themselves: model code may call ``torch.ops.aten.einsum(...)``)
+    return {getattr(p, o) for p in packets for o in p.overloads()} | set(packets)
 
 
 CONV_FUNCTIONS = frozenset(
@@ -309,9 +311,14 @@ def _is_mixing(node: fx.Node) -> bool:
 
 
 def _by_a_number(node: fx.Node) -> bool:
-    """Whether ``node`` is ``inner`` of a 0-d operand: torch documents it as ``mul``, a
-    product that mixes nothing (a layer scale: no layer, §2), as autograd records it."""
-    if _operator_name(node) != "inner":
+    """Whether ``node`` multiplies without summing across its operands: ``inner`` of a 0-d
+    operand (torch documents it as ``mul``), an ``einsum`` of two operands summing no
+    subscript they share (``"bi,i->bi"``, an outer product, a sum within one). Such a
+    product mixes nothing (a layer scale: no layer, §2), as autograd records it (a mul)."""
+    name = _operator_name(node)
+    if name == "einsum" and node.args and isinstance(node.args[0], str):
+        return len(einsum_operands(node.args)) == 2 and not sums_across(node.args[0])
+    if name != "inner":
         return False
     flows = [m.meta.get(FLOW) for m in node.all_input_nodes]
     return any(f is not None and getattr(f, "shapes", None) == () for f in flows)
