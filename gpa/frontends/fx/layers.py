@@ -307,10 +307,10 @@ def _is_mixing(node: fx.Node) -> bool:
         mixing = torch_operator(node.target) in _MIXING_FUNCTIONS
     else:
         mixing = node.op == "call_method" and node.target in _MIXING_METHODS
-    return mixing and not _by_a_number(node)
+    return mixing and not _mixes_nothing(node)
 
 
-def _by_a_number(node: fx.Node) -> bool:
+def _mixes_nothing(node: fx.Node) -> bool:
     """Whether ``node`` multiplies without summing across its operands: ``inner`` of a 0-d
     operand (torch documents it as ``mul``), an ``einsum`` of two operands summing no
     subscript they share (``"bi,i->bi"``, an outer product, a sum within one). Such a
