@@ -973,7 +973,7 @@ def _build(
     chosen, unmade = _dynamic_convolutions(candidates, nodes, edges, key_of, layer_call, outputs_at)
     for fn, made in chosen:  # the convolution is the layer; what made its kernel is none
         key = key_of(fn)
-        for _, _, edge in g.in_edges(key, data=True):  # (its bias, made so too, is its own)
+        for _, _, edge in g.in_edges(key, data=True):  # (its bias is its own, as its kernel)
             edge.pop("added", None)
         *values, site = _function_values(run.use.values, fn._sequence_nr())
         layer_call[key] = LayerCall(made.record, made.type, site)

@@ -64,8 +64,8 @@ __all__ = [
 ]
 
 
-#: ``meta`` key of a dynamic convolution's node (§2): the bias it adds is made by its
-#: makers, the layer's own, as its kernel is (not added around it: :func:`added_operands`).
+#: ``meta`` key of a dynamic convolution's node (§2): the bias it adds is the layer's
+#: own, as its kernel is (not added around it: :func:`added_operands`).
 DYNAMIC = "gpa_dynamic_convolution"
 
 #: ``meta`` key of a ``call_module`` node whose target is a stand-in made of the call's
@@ -406,7 +406,7 @@ def _refuse_chains(functional: Iterable[fx.Node]) -> None:
             )
 
 
-_CHAINS = frozenset({"linalg_multi_dot", "multi_dot", "chain_matmul"})
+_CHAINS = frozenset({"linalg_multi_dot", "chain_matmul"})
 
 
 def _mixed_weight(

@@ -44,7 +44,6 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.immutable_collections import immutable_dict, immutable_list
-from torch.nn.utils.parametrize import is_parametrized
 from torch.utils._pytree import tree_leaves, tree_unflatten
 
 from gpa.errors import TraceError
@@ -663,9 +662,9 @@ class GpaTracer(fx.Tracer):
             return False
         if isinstance(m, PARALLEL):  # read through to the module it runs
             return False
-        if is_parametrized(m):  # kept whole as the class parametrize made it from is
-            return fx_leaf(type(m))
-        return super().is_leaf_module(m, module_qualified_name)
+        # fx's policy (a ``torch.nn`` module), reading through the class ``parametrize``
+        # makes of a module holding a parametrized tensor
+        return fx_leaf(type(m))
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):
         enabled = torch.is_grad_enabled()  # False under no_grad and inference_mode
