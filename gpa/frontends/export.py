@@ -220,7 +220,7 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         gm, {n: found[n.name] for n in gm.graph.nodes if n.name in found}
     )
     graph = GradientGraph(
-        ops=op_graph(gm, options.outputs),
+        ops=op_graph(gm, options.outputs, calls),
         calls=calls,
         tracer="export",
         uncalled=unused_layer_modules(

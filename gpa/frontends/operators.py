@@ -105,7 +105,7 @@ def torch_operator(target: Any) -> Any:
 MIXING_FUNCTION_NAMES = frozenset(
     "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d linear bilinear "
     "embedding embedding_bag matmul __matmul__ __rmatmul__ mm bmm mv dot addmm addbmm baddbmm "
-    "addmv einsum tensordot inner vdot linalg_multi_dot chain_matmul "
+    "addmv einsum tensordot inner vdot linalg_matmul linalg_multi_dot chain_matmul "
     "_grouped_mm grouped_mm".split()
 )
 

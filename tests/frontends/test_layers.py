@@ -17,7 +17,7 @@ from torch import nn
 import gpa
 from gpa.errors import TraceError
 from tests.core.test_paths import ResNet
-from tests.frontends.every_tracer import EVERY_TRACER, layer_records
+from tests.frontends.every_tracer import EVERY_TRACER, TRACERS, layer_records
 from tests.semantics import (
     IMG,
     LOSS,
@@ -25,6 +25,7 @@ from tests.semantics import (
     check_reachability_with_autograd,
     expect,
     expect_network,
+    expect_unreachable,
     pool,
     run,
 )
@@ -602,6 +603,8 @@ _MIXING_ELSEWHERE = {
     "dot": lambda h, w: torch.dot(h[0], w[0]).expand(2, 4),
     "Tensor.dot": lambda h, w: h[0].dot(w[0]).expand(2, 4),
     "vdot": lambda h, w: torch.vdot(h[0], w[0]).expand(2, 4),
+    "Tensor.addbmm": lambda h, w: h.new_zeros(2, 4).addbmm(h[None], w[None]),
+    "Tensor.__rmatmul__": lambda h, w: w.__rmatmul__(h),
 }
 
 
@@ -628,6 +631,77 @@ def test_feature_mixing_functions_under_other_names_are_layers(how, tracer):
     assert list(report.layers) == ["pre", "W", "head"]
     expect(report, "pre", {3: 1}, ("W",))
     expect(report, "W", {2: 1}, ("head",))
+    expect(report, "head", {1: 1}, (LOSS,))
+
+
+class MixedUnseen(MixedElsewhere):
+    """``MixedElsewhere`` with the mixing call made under ``no_grad``."""
+
+    def forward(self, x):
+        with torch.no_grad():
+            mixed = _MIXING_ELSEWHERE[self.how](self.pre(x), self.W)
+        return self.head(mixed)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+@pytest.mark.parametrize("how", list(_MIXING_ELSEWHERE))
+def test_feature_mixing_functions_unseen_by_gradient_are_listed(how, tracer):
+    """Found by a session: under ``no_grad`` the autograd frontend, which finds such a call
+    by its function's name, missed ``torch.linalg.matmul`` (fx and export listed it), so
+    ``W`` vanished from its report. By hand: ``pre`` and ``W`` are called once and reached
+    by no gradient (§3); ``head`` is at 1."""
+    report = gpa.analyze(MixedUnseen(how), torch.randn(2, 4), tracer=tracer)
+    assert list(report.layers) == ["pre", "W", "head"]
+    expect_unreachable(report, "pre")
+    expect_unreachable(report, "W")
+    expect(report, "head", {1: 1}, (LOSS,))
+
+
+class Bagged(nn.Module):
+    """``head(bag(w, i) + pre(x))``, the bag of rows of ``w`` made by ``how``: a layer
+    function with several results, of which the model uses the first."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+        self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.w = nn.Parameter(torch.randn(10, 4))
+
+    def forward(self, x, i):
+        offsets = torch.tensor([0, 3])
+        if self.how == "functional":
+            bag = F.embedding_bag(i, self.w, offsets)
+        elif self.how == "first result":
+            bag = torch.embedding_bag(self.w, i, offsets, False, 1)[0]
+        else:  # (fx cannot unpack a proxy: the other frontends read it)
+            bag, *_ = torch.embedding_bag(self.w, i, offsets, False, 1)
+        return self.head(bag + self.pre(x))
+
+
+@pytest.mark.parametrize(
+    ("how", "channels", "tracer"),
+    [
+        (how, channels, tracer)
+        for how in ("functional", "first result", "unpacked")
+        for channels in (False, True)
+        for tracer in TRACERS
+        # fx cannot unpack a proxy (its own error); channels follow an fx graph
+        if not (tracer == "fx" and how == "unpacked") and not (channels and tracer == "autograd")
+    ],
+)
+def test_a_layer_function_with_several_results_passes_gradient_through_its_call(
+    how, channels, tracer
+):
+    """Found by a session: ``torch.embedding_bag`` returns four tensors; one result of a
+    function with several results came straight from the inputs it reads, so under export
+    (which records ``F.embedding_bag`` so) and fx the bag's layer ``w`` was reached by no
+    gradient. A layer call's results come from the call, as a module's do (§2). By hand:
+    ``w`` and ``pre`` at 2 (one path each, through ``head``), ``head`` at 1."""
+    x, i = torch.randn(2, 4), torch.tensor([1, 2, 3, 4, 5, 6])
+    report = gpa.analyze(Bagged(how), (x, i), tracer=tracer, channels=channels)
+    assert list(report.layers) == ["w", "pre", "head"]
+    expect(report, "w", {2: 1}, ("head",))
+    expect(report, "pre", {2: 1}, ("head",))
     expect(report, "head", {1: 1}, (LOSS,))
 
 

@@ -172,7 +172,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         if differ:
             raise TraceError(other_branch_message(model, differ))
     try:
-        ops = op_graph(gm, options.outputs)
+        ops = op_graph(gm, options.outputs, {node.name for node in calls})
     except GpaError as error:  # (no tensor returned, an output missing: by a test?)
         if tested and traced is model:
             refuse_other_wiring(model, options, error, drawn)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from typing import Any
 
 import networkx as nx
@@ -150,12 +150,19 @@ def _constructed_fields(value: Any) -> Any:
     return value
 
 
-def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> nx.DiGraph:
+def op_graph(
+    gm: fx.GraphModule,
+    outputs: Iterable[OutputKey] | None = None,
+    layers: Container[str] = (),
+) -> nx.DiGraph:
     """The operation-level graph of a traced module annotated by a flow pass.
 
     Nodes are fx node names (attributes ``op``, ``target``, ``value``), plus ``<loss>``.
     Every data dependency is an edge; ``grad`` tells whether gradient flows along it.
     The loss is fed by the selected outputs (each edge's ``output``: the returned path).
+    ``layers``: the names of the layer calls; each result of one comes from its call
+    (``torch.embedding_bag(W, i, ...)[0]``), as a module's do, where one result of any
+    other multi-result function comes from the inputs it reads (:func:`result_part`).
     """
     g = nx.DiGraph()
     for node in gm.graph.nodes:
@@ -169,6 +176,8 @@ def op_graph(gm: fx.GraphModule, outputs: Iterable[OutputKey] | None = None) -> 
             value=flow.value,
         )
         parts = result_part(node)
+        if parts is not None and parts[0].name in layers:
+            parts = None  # a layer call's result: through the call
         if parts is not None:  # one result of a multi-result op: from the inputs it reads
             source, part = parts
             for s in source.all_input_nodes:

@@ -45,7 +45,7 @@ from gpa.frontends.modules import (
     weight_owners,
     with_tied,
 )
-from gpa.frontends.operators import custom_operator, torch_operator
+from gpa.frontends.operators import MIXING_FUNCTION_NAMES, custom_operator, torch_operator
 
 __all__ = [
     "CONV_FUNCTIONS",
@@ -74,89 +74,28 @@ DYNAMIC = "gpa_dynamic_convolution"
 STANDS_FOR = "gpa_stands_for"
 
 
-def _overloads(*names: str) -> set:
-    """Every overload of the named ATen operators (the export frontend's graph holds them)."""
-    packets = [getattr(torch.ops.aten, n) for n in names]
-    # (and the packets themselves: model code may call ``torch.ops.aten.einsum(...)``)
-    return {getattr(p, o) for p in packets for o in p.overloads()} | set(packets)
+def _functions_named(names: Iterable[str]) -> frozenset:
+    """The functions model code calls by each of ``names`` (:func:`function_name`'s
+    spelling): torch's, ``torch.nn.functional``'s, ``torch.linalg``'s (``linalg_matmul``),
+    ``operator``'s (``@``), and every overload of the ATen operator (the export frontend's
+    graph holds them; model code may call ``torch.ops.aten.einsum(...)`` itself)."""
+    found = set()
+    for name in names:
+        linalg = name.removeprefix("linalg_")
+        spaces = [(torch, name), (F, name), (operator, name)]
+        spaces += [(torch.linalg, linalg)] if linalg != name else []
+        found |= {f for space, n in spaces if callable(f := getattr(space, n, None))}
+        packet = getattr(torch.ops.aten, name, None)
+        if packet is not None:
+            found |= {packet, *(getattr(packet, o) for o in packet.overloads())}
+    return frozenset(f for f in found if not isinstance(f, type))
 
 
-CONV_FUNCTIONS = frozenset(
-    {
-        *_overloads(
-            "conv1d",
-            "conv2d",
-            "conv3d",
-            "conv_transpose1d",
-            "conv_transpose2d",
-            "conv_transpose3d",
-        ),
-        torch.conv1d,
-        torch.conv2d,
-        torch.conv3d,
-        torch.conv_transpose1d,
-        torch.conv_transpose2d,
-        torch.conv_transpose3d,
-        F.conv1d,
-        F.conv2d,
-        F.conv3d,
-        F.conv_transpose1d,
-        F.conv_transpose2d,
-        F.conv_transpose3d,
-    }
-)
-_MIXING_FUNCTIONS = CONV_FUNCTIONS | {
-    F.linear,
-    F.bilinear,
-    F.embedding,
-    F.embedding_bag,
-    torch.matmul,
-    operator.matmul,
-    torch.mm,
-    torch.bmm,
-    torch.mv,
-    torch.addmm,
-    torch.addbmm,
-    torch.baddbmm,
-    torch.addmv,
-    torch.einsum,
-    torch.tensordot,
-    torch.linalg.matmul,  # torch.matmul under another name
-    torch.inner,
-    torch.dot,
-    torch.vdot,
-    torch.linalg.multi_dot,
-    torch.chain_matmul,
-    torch.embedding,
-    torch._grouped_mm,  # a mixture of experts' expert bank (Hugging Face's default)
-    *([F.grouped_mm] if hasattr(F, "grouped_mm") else []),
-    *_overloads(
-        "linear",
-        "bilinear",
-        "embedding",
-        "embedding_bag",
-        "matmul",
-        "mm",
-        "bmm",
-        "mv",
-        "addmm",
-        "addbmm",
-        "baddbmm",
-        "addmv",
-        "einsum",
-        "tensordot",
-        "inner",
-        "dot",
-        "vdot",
-        "linalg_matmul",
-        "linalg_multi_dot",
-        "chain_matmul",
-        "_grouped_mm",
-    ),
-}
-_MIXING_METHODS = frozenset(
-    {"matmul", "mm", "bmm", "mv", "addmm", "baddbmm", "addmv", "__matmul__", "inner", "dot", "vdot"}
-)
+_CONV_NAMES = "conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d".split()
+CONV_FUNCTIONS = _functions_named(_CONV_NAMES)
+# one list of names for every frontend (the autograd frontend sees the same by name)
+_MIXING_FUNCTIONS = _functions_named(MIXING_FUNCTION_NAMES)
+_MIXING_METHODS = frozenset(n for n in MIXING_FUNCTION_NAMES if hasattr(torch.Tensor, n))
 
 
 _MAX_PASSES = 8  # of find_layers over the functional layers; one or two in practice
