@@ -383,7 +383,7 @@ class _ParameterUse(TorchFunctionMode):
     ) -> None:
         """Autograd records nothing here: follow values computed from parameters alone
         (buffers and constants beside them)."""
-        named = self._parameters_of(tensors)
+        named = self._parameters_of(tensors, computed=True)
         if not named:
             return
         if not any(data):  # a weight computed without gradient
@@ -394,9 +394,14 @@ class _ParameterUse(TorchFunctionMode):
         elif function_name(func) in MIXING_FUNCTION_NAMES:
             self.no_grad_layers.append((self.recorder.sequence(), named, tensors, result))
 
-    def _parameters_of(self, tensors: list[torch.Tensor]) -> tuple[str, ...]:
+    def _parameters_of(
+        self, tensors: list[torch.Tensor], computed: bool = False
+    ) -> tuple[str, ...]:
         """The parameters ``tensors`` are (or were computed from without gradient), in
-        order (a weight of several modules' parameters: a call of each, §2)."""
+        order (a weight of several modules' parameters: a call of each, §2); with
+        ``computed``, also those a tensor carrying gradient and no data was computed from
+        (``torch.cat([a.weight, b.weight])``, about to lose its gradient), read off its
+        autograd graph."""
         found: dict[str, None] = {}
         for t in tensors:
             derived = self.derived.get(id(t))
@@ -404,7 +409,23 @@ class _ParameterUse(TorchFunctionMode):
                 found.update(dict.fromkeys(derived))
             elif (parameter := self.parameters.get(id(t))) is not None:
                 found[parameter] = None
+            elif computed and t.grad_fn is not None and t not in self._data:
+                found.update(dict.fromkeys(self._leaves(t.grad_fn)))
         return tuple(found)
+
+    def _leaves(self, node: Any) -> list[str]:
+        """The parameters at the leaves of the autograd graph below ``node``, in the order
+        its operations read them."""
+        found, stack, seen = [], [node], set()
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            name = self.parameters.get(id(getattr(node, "variable", None)))
+            found += [name] if name is not None else []
+            stack.extend(child for child, _ in reversed(node.next_functions))
+        return found
 
     def _weight_without_gradient(
         self, func: Any, tensors: list[torch.Tensor], result: Any, start: int, data: list[bool]
@@ -413,10 +434,12 @@ class _ParameterUse(TorchFunctionMode):
         (``w.detach()``, a weight made under ``no_grad`` earlier): autograd records no edge
         to it. Follow such values, and take a feature-mixing function that reads one
         beside data for a functional layer, as fx and export do (semantics §2)."""
-        weights = self._parameters_of(tensors)
+        results = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
+        # a weight computed with gradient losing it (``torch.cat([a.w, b.w]).detach()``)
+        lost = not any(data) and results and not any(map(_carries_gradient, results))
+        weights = self._parameters_of(tensors, computed=lost)
         if not weights:  # the common case: data alone
             return
-        results = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
         detached = [t for t in tensors if id(t) in self.derived]
         if detached and function_name(func) in MIXING_FUNCTION_NAMES:
             # beside data, or weights alone
