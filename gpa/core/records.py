@@ -91,6 +91,8 @@ def layer_records(
         grouped[call.record].append(node)
     rank = {record: i for i, record in enumerate(grouped)} | {LOSS: len(grouped)}
     record_of = {node: call.record for node, call in names.items()}
+    # each call's place among its layer's calls (1-based), for path witnesses
+    call_number = {m: i + 1 for members in grouped.values() for i, m in enumerate(members)}
     kinds = {call.record: call.type for call in names.values()}
 
     def record(name: str, kind: str, calls: int, members: list[Hashable]) -> LayerRecord:
@@ -105,7 +107,7 @@ def layer_records(
             flops=None if flops is None else flops.get(name),
             segments=None if segments is None else _segment_sequence(segments.get(name, ())),
             site=names[members[0]].site if members else None,
-            route=_Route([(m, found[m]) for m in members], names),
+            route=_Route([(m, found[m]) for m in members], names, call_number),
         )
 
     records = {name: record(name, kinds[name], len(m), m) for name, m in grouped.items()}
@@ -118,13 +120,17 @@ def layer_records(
 class _Route:
     """A record's gradient path of a given length (:meth:`LayerRecord.path_of_length`):
     the first of its calls ``members`` with a path of that length, read off their path
-    index; ``calls`` names each layer node. A class, not a closure, so that a report
-    pickles (sent to another process, or cached)."""
+    index; ``calls`` names each layer node, ``numbers`` tells which of its layer's calls
+    it is. A class, not a closure, so that a report pickles (sent to another process, or
+    cached)."""
 
     def __init__(
-        self, members: list[tuple[Hashable, LayerPaths]], calls: Mapping[Hashable, LayerCall]
+        self,
+        members: list[tuple[Hashable, LayerPaths]],
+        calls: Mapping[Hashable, LayerCall],
+        numbers: Mapping[Hashable, int],
     ) -> None:
-        self.members, self.calls = members, calls
+        self.members, self.calls, self.numbers = members, calls, numbers
 
     def __call__(self, length: int) -> tuple[PathStep, ...]:
         for node, found in self.members:
@@ -136,7 +142,7 @@ class _Route:
 
     def _step(self, node: Hashable) -> PathStep:
         call = self.calls[node]
-        return PathStep(call.record, call.type, call.site)
+        return PathStep(call.record, call.type, call.site, self.numbers[node])
 
 
 def _segment_sequence(segments: Sequence[Segment]) -> Sequence[Segment]:

@@ -47,13 +47,16 @@ __all__ = [
 
 
 class PathStep(NamedTuple):
-    """One layer call on a gradient path: the layer's record name, its module type and the
+    """One layer call on a gradient path: the layer's record name, its module type, the
     user's source line that made the call (``(file, line)``; None when the frontend cannot
-    tell: functional layers under the autograd tracer, reports loaded from JSON)."""
+    tell: functional layers under the autograd tracer, reports loaded from JSON), and which
+    of the layer's calls it is (1-based, in forward order: a layer shared by several
+    calls, ALBERT's, is on a path once per call it takes)."""
 
     layer: str
     type: str
     site: tuple[str, int] | None = None
+    call: int = 1
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from gpa.core.paths import bits
 from gpa.core.report import LOSS, PathStep, Report, find_layer
 from gpa.render.text import shown_file
 
-__all__ = ["explanation", "format_explanation", "max_shortest_layer"]
+__all__ = ["explanation", "format_explanation", "max_shortest_layer", "path_steps", "shown_step"]
 
 
 def max_shortest_layer(report: Report) -> str | None:
@@ -31,19 +31,43 @@ def max_shortest_layer(report: Report) -> str | None:
     return next((n for n, r in report.layers.items() if r.shortest == target), None)
 
 
-def _site(step: PathStep) -> dict[str, Any] | None:
-    if step.site is None:
-        return None
-    file, line = step.site
-    return {"file": shown_file(file), "line": line}
+def path_steps(report: Report, path: tuple[PathStep, ...]) -> list[dict[str, Any]]:
+    """``path`` as JSON-ready steps: ``{"layer", "type", "site", "call", "calls"}``, ``site``
+    being ``{"file", "line"}`` (the file as :func:`~gpa.render.text.shown_file` shows it)
+    or null, ``call`` which of the layer's ``calls`` the step is (1-based, forward order).
+
+    Example:
+        >>> import torch.nn as nn, gpa
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+        >>> report = gpa.analyze(net, input_shape=(1, 2))
+        >>> [(s["layer"], s["call"], s["calls"]) for s in path_steps(report, report.layers["0"].shortest_path())]
+        [('0', 1, 1), ('2', 1, 1)]
+    """
+    return [
+        {
+            "layer": s.layer,
+            "type": s.type,
+            "site": None if s.site is None else {"file": shown_file(s.site[0]), "line": s.site[1]},
+            "call": s.call,
+            "calls": report.layers[s.layer].calls,
+        }
+        for s in path
+    ]
+
+
+def shown_step(step: dict[str, Any]) -> str:
+    """A step's layer as text: its name, and which call of it when it has several
+    (``block (call 2 of 3)``)."""
+    calls = step.get("calls", 1)
+    return step["layer"] if calls <= 1 else f"{step['layer']} (call {step['call']} of {calls})"
 
 
 def explanation(report: Report, layer: str) -> dict[str, Any]:
     """One shortest and one longest gradient path of ``layer``, as JSON-ready data.
 
     Keys: ``layer``, ``type``, ``calls``, ``shortest``, ``longest``, ``shortest_path`` and
-    ``longest_path`` (lists of ``{"layer", "type", "site"}``, ``site`` being ``{"file",
-    "line"}`` or null; the loss is not listed), and ``max_shortest`` (``{"value", "layer"}``:
+    ``longest_path`` (lists of steps as :func:`path_steps` gives them; the loss is not
+    listed), and ``max_shortest`` (``{"value", "layer"}``:
     the network's value and the first layer attaining it). With channel segments, also
     ``channels``: ``{"timestamps", "whole_tensor_only"}``, the rounds some channel of the
     layer is reached at and those of the layer's own record no channel is (a route that
@@ -53,10 +77,6 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
         GpaError: ``layer`` is not a layer of the report (the closest names are suggested).
     """
     record = find_layer(report, layer)
-
-    def steps(path: tuple[PathStep, ...]) -> list[dict[str, Any]]:
-        return [{"layer": s.layer, "type": s.type, "site": _site(s)} for s in path]
-
     channels = None
     if record.segments is not None and record.paths is not None:
         channels = {
@@ -69,8 +89,8 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
         "calls": record.calls,
         "shortest": record.shortest,
         "longest": record.longest,
-        "shortest_path": steps(record.shortest_path()),
-        "longest_path": steps(record.longest_path()),
+        "shortest_path": path_steps(report, record.shortest_path()),
+        "longest_path": path_steps(report, record.longest_path()),
         "max_shortest": {
             "value": report.network.max_shortest,
             "layer": max_shortest_layer(report),
@@ -98,11 +118,11 @@ def format_explanation(data: dict[str, Any]) -> str:
             continue
         count = f"{len(path)} layer{'s' if len(path) != 1 else ''}"
         lines += ["", f"{kind} gradient path ({count}):"]
-        width = max(len(s["layer"]) for s in path)
+        width = max(len(shown_step(s)) for s in path)
         kinds = max(len(s["type"]) for s in path)
         for s in path:
             where = f"{s['site']['file']}:{s['site']['line']}" if s["site"] else ""
-            lines.append(f"  {s['layer']:<{width}}  {s['type']:<{kinds}}  {where}".rstrip())
+            lines.append(f"  {shown_step(s):<{width}}  {s['type']:<{kinds}}  {where}".rstrip())
         lines.append(f"  {LOSS}")
     channels = data.get("channels")
     if channels and channels["whole_tensor_only"]:

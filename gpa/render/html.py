@@ -36,13 +36,13 @@ from html import escape
 from typing import Any
 
 from gpa.errors import GpaError
+from gpa.render.explain import path_steps
 from gpa.render.text import (
     format_count,
     format_inputs,
     format_si,
     format_sources,
     format_timestamps,
-    shown_file,
 )
 
 __all__ = ["COLUMNS", "html_page", "report_html", "report_page", "script_json"]
@@ -143,9 +143,10 @@ _SCRIPT = """
       var ol = document.createElement("ol");
       steps.forEach(function (s) {
         var li = document.createElement("li"), site = document.createElement("span");
-        li.textContent = s.layer + " (" + s.type + ") ";
+        var call = s.calls > 1 ? " (call " + s.call + " of " + s.calls + ")" : "";
+        li.textContent = s.layer + call + " (" + s.type + ") ";
         site.className = "gpa-site";
-        site.textContent = s.site ? s.site[0] + ":" + s.site[1] : "";
+        site.textContent = s.site ? s.site.file + ":" + s.site.line : "";
         li.appendChild(site);
         ol.appendChild(li);
       });
@@ -270,23 +271,15 @@ def _layer_row(index: int, r: Any) -> str:
     )
 
 
-def _steps(steps: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "layer": s.layer,
-            "type": s.type,
-            "site": [shown_file(s.site[0]), s.site[1]] if s.site else None,
-        }
-        for s in steps
-    ]
-
-
 def _witnesses(report: Any) -> dict[str, dict[str, Any] | None]:
     """Each layer's shortest and longest path (None when the report holds no graph)."""
     out: dict[str, dict[str, Any] | None] = {}
     for name, r in report.layers.items():
         try:
-            out[name] = {"shortest": _steps(r.shortest_path()), "longest": _steps(r.longest_path())}
+            out[name] = {
+                "shortest": path_steps(report, r.shortest_path()),
+                "longest": path_steps(report, r.longest_path()),
+            }
         except GpaError:  # loaded from JSON: no gradient graph to walk
             out[name] = None
     return out

@@ -25,6 +25,7 @@ from gpa.api import analyze_target
 from gpa.cli import main
 from gpa.errors import GpaError
 from gpa.options import AnalysisOptions
+from gpa.render.explain import explanation, format_explanation
 
 TARGET = "examples/tiny_resnet.py"
 SHORTEST = [("blocks.0.conv1", 19), ("blocks.0.conv2", 20), ("fc", 31)]
@@ -89,6 +90,58 @@ def test_json_output() -> None:
     ]
     assert data["shortest_path"][0]["site"] == {"file": "examples/tiny_resnet.py", "line": 20}
     assert data["max_shortest"] == {"value": 3, "layer": "blocks.0.conv1"}
+
+
+class SharedBlock(torch.nn.Module):
+    """``stem``, then ``h = h + block(h)`` three times with one ``block``, then ``head``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.stem(x)
+        for _ in range(3):
+            h = h + self.block(h)
+        return self.head(h)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_shared_layers_steps_say_which_call_they_take(tracer: str) -> None:
+    """Noticed by a session: a path through a layer called three times listed it three
+    times alike. By hand: stem's longest path goes through every call of block in forward
+    order, stem -> block 1 -> block 2 -> block 3 -> head (5); its shortest goes around them
+    (stem -> head). Each step says which call it is, of how many."""
+    report = gpa.analyze(SharedBlock(), torch.randn(2, 4), tracer=tracer)
+    longest = report.layers["stem"].longest_path()
+    assert [(s.layer, s.call) for s in longest] == [
+        ("stem", 1),
+        ("block", 1),
+        ("block", 2),
+        ("block", 3),
+        ("head", 1),
+    ]
+    data = explanation(report, "stem")
+    assert [(s["call"], s["calls"]) for s in data["longest_path"]] == [
+        (1, 1),
+        (1, 3),
+        (2, 3),
+        (3, 3),
+        (1, 1),
+    ]
+    rows = format_explanation(data).splitlines()
+    assert [row.split("  ")[1] for row in rows if row.startswith("  block")] == [
+        "block (call 1 of 3)",
+        "block (call 2 of 3)",
+        "block (call 3 of 3)",
+    ]
+    # every call of block has a path of 2 along the stream (block -> head); the witness
+    # takes the first call that has one (§4)
+    assert [(s.layer, s.call) for s in report.layers["block"].shortest_path()] == [
+        ("block", 1),
+        ("head", 1),
+    ]
 
 
 def test_unknown_layer_is_exit_2_with_suggestions() -> None:
