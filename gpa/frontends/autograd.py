@@ -409,8 +409,8 @@ class _ParameterUse(TorchFunctionMode):
                 found.update(dict.fromkeys(derived))
             elif (parameter := self.parameters.get(id(t))) is not None:
                 found[parameter] = None
-            elif computed and t.grad_fn is not None and t not in self._data:
-                found.update(dict.fromkeys(self._leaves(t.grad_fn)))
+            elif computed and t not in self._data and (node := _history(t)) is not None:
+                found.update(dict.fromkeys(self._leaves(node)))
         return tuple(found)
 
     def _leaves(self, node: Any) -> list[str]:
@@ -493,6 +493,15 @@ def _kind(fn: Any) -> str:
     """The kind of autograd node ``fn`` is, without its version digit; one a custom
     operator standing for one of torch's own makes, as that one's would be."""
     return backward_kind(type(fn).__name__.rstrip("0123456789"))
+
+
+def _history(t: torch.Tensor) -> Any:
+    """``t.grad_fn``, or None where asking raises (a view made under ``no_grad`` whose base
+    was written since)."""
+    try:
+        return t.grad_fn
+    except RuntimeError:
+        return None
 
 
 def _carries_gradient(t: torch.Tensor) -> bool:
