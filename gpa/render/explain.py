@@ -19,7 +19,8 @@ from typing import Any
 
 from gpa.core.paths import bits
 from gpa.core.report import LOSS, PathStep, Report, find_layer
-from gpa.render.text import shown_file
+from gpa.core.serialize import segment_dict
+from gpa.render.text import format_sources, format_timestamps, shown_file
 
 __all__ = ["explanation", "format_explanation", "max_shortest_layer", "path_steps", "shown_step"]
 
@@ -69,19 +70,22 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
     ``longest_path`` (lists of steps as :func:`path_steps` gives them; the loss is not
     listed), and ``max_shortest`` (``{"value", "layer"}``:
     the network's value and the first layer attaining it). With channel segments, also
-    ``channels``: ``{"timestamps", "whole_tensor_only"}``, the rounds some channel of the
-    layer is reached at and those of the layer's own record no channel is (a route that
-    a slice or pick drops: the paths above may take one, ``docs/semantics.md`` §8).
+    ``channels``: ``{"timestamps", "whole_tensor_only", "segments"}``, the rounds some
+    channel of the layer is reached at, those of the layer's own record no channel is (a
+    route that a slice or pick drops: the paths above may take one), and the layer's
+    segments as the JSON report has them (``docs/semantics.md`` §8).
 
     Raises:
         GpaError: ``layer`` is not a layer of the report (the closest names are suggested).
     """
     record = find_layer(report, layer)
     channels = None
-    if record.segments is not None and record.paths is not None:
+    if record.segments is not None:
+        reached = record.paths is not None
         channels = {
-            "timestamps": list(bits(record.segments.stamps())),
-            "whole_tensor_only": list(record.whole_tensor_only),
+            "timestamps": list(bits(record.segments.stamps())) if reached else [],
+            "whole_tensor_only": list(record.whole_tensor_only) if reached else [],
+            "segments": [segment_dict(s) for s in record.segments],
         }
     data = {
         "layer": layer,
@@ -99,6 +103,39 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
     if channels is not None:
         data["channels"] = channels
     return data
+
+
+_SEGMENTS_SHOWN = 16  # (the JSON lists every one)
+
+
+def _segment_lines(segments: list[dict[str, Any]]) -> list[str]:
+    """The layer's channel segments (§8) as aligned rows: the channels, their shortest and
+    longest path, their rounds and where their gradient comes from (each sender with the
+    channels of its gradient delivered)."""
+    rows = []
+    for s in segments[:_SEGMENTS_SHOWN]:
+        senders: dict[str, list[str]] = {}
+        for x in s["sources"]:
+            senders.setdefault(x["from"], []).append("[{}, {})".format(*x["channels"]))
+        paths = f"{s['shortest']}–{s['longest']}" if s["shortest"] is not None else "unreachable"
+        rows.append(
+            (
+                "[{}, {})".format(*s["channels"]),
+                paths,
+                format_timestamps(s["timestamps"], limit=6),
+                format_sources([f"{n} {' '.join(c)}" for n, c in senders.items()], limit=4),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    count = len(segments)
+    lines = [f"channel segments ({count}): channels, path lengths, timestamps, sources"]
+    lines += [
+        "  " + "  ".join(f"{cell:<{w}}" for cell, w in zip(r, widths, strict=False)) + "  " + r[3]
+        for r in rows
+    ]
+    if count > _SEGMENTS_SHOWN:
+        lines.append(f"  … {count - _SEGMENTS_SHOWN} more (--format json lists every one)")
+    return lines
 
 
 def format_explanation(data: dict[str, Any]) -> str:
@@ -125,6 +162,8 @@ def format_explanation(data: dict[str, Any]) -> str:
             lines.append(f"  {shown_step(s):<{width}}  {s['type']:<{kinds}}  {where}".rstrip())
         lines.append(f"  {LOSS}")
     channels = data.get("channels")
+    if channels and channels.get("segments"):
+        lines += ["", *_segment_lines(channels["segments"])]
     if channels and channels["whole_tensor_only"]:
         only = ", ".join(map(str, channels["whole_tensor_only"]))
         lines += [

@@ -392,10 +392,44 @@ def test_rounds_no_channel_takes_are_said_with_channels(tracer: str) -> None:
     model, x = ShuffledAway(), torch.randn(2, 3, 6, 6)
     data = explanation(gpa.analyze(model, (x,), channels=True, tracer=tracer), "stem")
     assert [s["layer"] for s in data["shortest_path"]] == ["stem", "head"]
-    assert data["channels"] == {"timestamps": [3], "whole_tensor_only": [2]}
+    assert (data["channels"]["timestamps"], data["channels"]["whole_tensor_only"]) == ([3], [2])
     assert "with channels: no channel of stem is reached at 2" in format_explanation(data)
     plain = explanation(gpa.analyze(model, (x,), tracer=tracer), "stem")
     assert "channels" not in plain and "with channels" not in format_explanation(plain)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export"])
+def test_the_layers_channel_segments_are_shown_with_channels(tracer: str) -> None:
+    """Found by a new user on YOLO: ``gpa explain --channels`` printed what it printed
+    without channels. It now lists the layer's segments. By hand (PRN's masked residual,
+    tests/channels/test_segments.py::test_prn_block_halves_get_different_timestamps): b1's
+    channels 0..2 reach fc (2) and a2 (4); channels 2..4 reach a2 alone (4)."""
+    from tests.channels.test_segments import Residual2
+
+    report = gpa.analyze(
+        Residual2(masked=True), input_shape=(1, 3, 4, 4), channels=True, tracer=tracer
+    )
+    data = explanation(report, "b1")
+    shown = [
+        (
+            s["channels"],
+            s["shortest"],
+            s["longest"],
+            s["timestamps"],
+            [x["from"] for x in s["sources"]],
+        )
+        for s in data["channels"]["segments"]
+    ]
+    assert shown == [([0, 2], 2, 4, [2, 4], ["a2", "fc"]), ([2, 4], 4, 4, [4], ["a2"])]
+    lines = format_explanation(data).splitlines()
+    start = lines.index("channel segments (2): channels, path lengths, timestamps, sources")
+    assert [line.split() for line in lines[start + 1 : start + 3]] == [
+        ["[0,", "2)", "2–4", "2,", "4", "a2", "[0,", "2),", "fc", "[0,", "2)"],
+        ["[2,", "4)", "4–4", "4", "a2", "[2,", "4)"],
+    ]
+    result = CliRunner().invoke(main, ["explain", TARGET, "fc", "--channels", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "channel segments (1)" in result.output  # (the CLI shows them too)
 
 
 def test_a_line_in_an_installed_package_is_shown_from_the_package(tmp_path, monkeypatch) -> None:
