@@ -37,7 +37,7 @@ import bisect
 import collections
 import contextlib
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -216,7 +216,11 @@ class _ParameterUse(TorchFunctionMode):
         super().__init__()
         self.recorder = recorder
         self.parameters = parameters
+        inputs = list(inputs)
         self._data = Marks(inputs)
+        # inputs carrying gradient (the first run): what the model makes require it may
+        # already (see _refuse_made_to_require_gradient)
+        self._inputs_carry = any(isinstance(t, torch.Tensor) and t.requires_grad for t in inputs)
         recorder.returned = self.returned
         # (first, last sequence number) of feature-mixing functions run with gradient whose
         # operands carrying none are constants: autograd's missing edges are no data there
@@ -259,6 +263,8 @@ class _ParameterUse(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if self._inputs_carry:
+            self._refuse_made_to_require_gradient(func, args, kwargs)
         mixing = self.recorder.depth == 0 and function_name(func) in MIXING_FUNCTION_NAMES
         start = self.recorder.sequence() if mixing else 0
         result = func(*args, **kwargs)
@@ -318,6 +324,18 @@ class _ParameterUse(TorchFunctionMode):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.created.append(t.grad_fn)
         return result
+
+    def _refuse_made_to_require_gradient(self, func: Any, args: tuple, kwargs: dict) -> None:
+        """``h.requires_grad_()`` on data, in a run whose inputs carry gradient: there it
+        changes nothing, where in training (inputs carrying none) it makes ``h`` a leaf
+        requiring gradient, which re-entrant checkpoints then pass on (Wav2Vec2's feature
+        encoder). Raises what :func:`_run` reruns on inputs carrying none for, as it does
+        for ``h.requires_grad = True`` (which torch refuses on a non-leaf)."""
+        if getattr(func, "__name__", "") != "requires_grad_" or not args:
+            return
+        wanted = args[1] if len(args) > 1 else kwargs.get("requires_grad", True)
+        if wanted and isinstance(args[0], torch.Tensor) and args[0] in self._data:
+            raise _MadeToRequireGradient("the model makes data require gradient")
 
     def _branches_on_data(self, func: Any, tensors: list, data: list[bool]) -> bool:
         """Whether ``func`` gives Python a value computed from the data: the value itself
@@ -690,14 +708,23 @@ def _start_afresh(drawn: tuple, watch: Checkpoints | None) -> None:
 ZERO_WEIGHTS_BUDGET = 2**30
 
 
+class _MadeToRequireGradient(RuntimeError):
+    """The model called ``requires_grad_()`` on data in a run whose inputs carry gradient."""
+
+
 def _takes_inputs_without_grad(error: BaseException) -> bool:
     """Whether ``error`` is torch refusing what a model may do to inputs that carry no
     gradient, as in training: set ``requires_grad`` of a value made from one (a non-leaf
-    then), or write into one in place (a leaf that requires grad then)."""
+    then), or write into one in place (a leaf that requires grad then); or the model making
+    data require gradient (:class:`_MadeToRequireGradient`)."""
     said = str(error)
-    return isinstance(error, RuntimeError) and (
-        "requires_grad flags of leaf" in said
-        or "leaf Variable that requires grad is being used in an in-place" in said
+    return (
+        isinstance(error, _MadeToRequireGradient)
+        or isinstance(error, RuntimeError)
+        and (
+            "requires_grad flags of leaf" in said
+            or "leaf Variable that requires grad is being used in an in-place" in said
+        )
     )
 
 
@@ -773,12 +800,14 @@ class _Edges:
         parameters: Mapping[int, str] | None = None,
         data_picks: set[int] = frozenset(),
         functions: Sequence[tuple[Any, list]] = (),
+        inputs: Collection[int] = frozenset(),
     ) -> None:
         self._data_picks = data_picks
         self._through: dict[int, list] = {}
         self._keep = [checkpoints, functions]  # keeps the ids unique
-        # checkpoints given nothing computed from parameters (the model's inputs alone):
-        # in training nothing they get requires gradient, so their outputs carry none
+        # checkpoints given nothing computed from parameters or from a tensor the model
+        # made require gradient (the model's inputs alone, ``inputs``): in training
+        # nothing they get requires gradient, so their outputs carry none
         # (so are a custom Function's: its outputs carry gradient only if its inputs do)
         self.cut = 0
         ran = sorted(  # in the order they ran: inputs before their users
@@ -786,13 +815,15 @@ class _Edges:
             key=lambda item: -1 if item[0][0] is None else item[0][0]._sequence_nr(),
         )
         for (ctx, edges), checkpoint in ran:
-            if parameters is not None and not self._reaches(ctx, parameters):
+            if parameters is not None and not self._reaches(ctx, parameters, inputs):
                 edges = [None] * len(edges)
                 self.cut += checkpoint
             self._through[id(ctx)] = edges
 
-    def _reaches(self, fn: Any, parameters: Mapping[int, str]) -> bool:
-        """Whether gradient from ``fn`` reaches a parameter."""
+    def _reaches(self, fn: Any, parameters: Mapping[int, str], inputs: Collection[int]) -> bool:
+        """Whether gradient from ``fn`` reaches a parameter, or a leaf that is none of the
+        model's ``inputs`` (a tensor the model made require gradient: Wav2Vec2's
+        ``h.requires_grad = True``)."""
         stack, seen = list(self.of(fn)), set()
         while stack:
             node = stack.pop()
@@ -800,7 +831,7 @@ class _Edges:
                 continue
             seen.add(id(node))
             if _is_leaf(node):
-                if id(node.variable) in parameters:
+                if id(node.variable) in parameters or id(node.variable) not in inputs:
                     return True
                 continue
             stack.extend(self.of(node))
@@ -935,7 +966,9 @@ def _build(
 
     layer_calls = {i for i, c in enumerate(calls) if is_layer_module(c.module, types)}
     returned = returned_values(run.output)
-    edges = _Edges(run.checkpoints, run.parameters, run.use.data_picks, run.functions)
+    edges = _Edges(
+        run.checkpoints, run.parameters, run.use.data_picks, run.functions, run.input_ids
+    )
     selected = returned.select(outputs)
     returned_at = [edges.resolve_output(t.grad_fn, t.output_nr) for _, t in selected]
     roots = [fn for fn, _ in returned_at]

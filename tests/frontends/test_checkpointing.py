@@ -170,6 +170,47 @@ def test_a_reentrant_checkpoint_given_a_tensor_from_parameters_passes_gradient(
     check_reachability_with_autograd(report, model, torch.randn(IMG))
 
 
+class MadeToRequireGradient(Unfed):
+    """``Unfed(how, chained=True)`` whose forward makes a tensor from its input require
+    gradient (``made``) before the checkpoints, as Wav2Vec2's, HuBERT's and SpeechT5's
+    feature encoders do "for gradient checkpointing"."""
+
+    MADE = {
+        "attribute": lambda h: setattr(h, "requires_grad", True) or h,
+        "method": lambda h: (h.requires_grad_(), h)[1],
+        "method(True)": lambda h: h.requires_grad_(True),
+        "copy's attribute": lambda h: setattr(c := h.clone(), "requires_grad", True) or c,
+    }
+
+    def __init__(self, how: str, made: str) -> None:
+        super().__init__(how, chained=True)
+        self.made = made
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.MADE[self.made](x[:, :])  # (a view: the input itself stays as given)
+        return super().forward(h)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("how", ["reentrant", "function", "sequential-reentrant"])
+@pytest.mark.parametrize("made", list(MadeToRequireGradient.MADE))
+def test_a_tensor_the_model_makes_require_gradient_feeds_reentrant_checkpoints(
+    made: str, how: str, tracer: str
+) -> None:
+    """Found by a new user on SpeechT5 (and Wav2Vec2, HuBERT): the model sets
+    ``requires_grad`` on a tensor made from its input before re-entrant checkpoints, so
+    they pass gradient on (a real backward gives every layer gradient); fx and autograd
+    cut them as given the inputs alone (export was right). By hand: the chain b1.0 ->
+    b1.2 -> b2.0 -> b2.2 -> fc, at 5, 4, 3, 2, 1."""
+    model = MadeToRequireGradient(how, made)
+    report = gpa.analyze(model, input_shape=IMG, tracer=tracer)
+    chain = ["b1.0", "b1.2", "b2.0", "b2.2", "fc"]
+    for i, name in enumerate(chain):
+        expect(report, name, {len(chain) - i: 1}, (chain[i + 1] if name != "fc" else LOSS,))
+    assert not any(UNFED in n for n in report.notes)
+    check_reachability_with_autograd(report, model, torch.randn(IMG))
+
+
 class Residual(nn.Module):
     """§5's ResNet with B = 2 basic blocks, each checkpointed (``how``)."""
 

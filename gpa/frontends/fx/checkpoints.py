@@ -61,13 +61,17 @@ def unfed_checkpoints(gm: fx.GraphModule) -> int:
 
 def _from_parameters(gm: fx.GraphModule, cut: set[fx.Node]) -> set[fx.Node]:
     """The nodes computed from parameters along edges gradient flows through, but for the
-    results ``cut`` (a checkpoint's: it ran its layers without gradient)."""
+    results ``cut`` (a checkpoint's: it ran its layers without gradient), and from tensors
+    the model makes require gradient (``h.requires_grad_()``, ``h.requires_grad = True``:
+    Wav2Vec2's feature encoder, so that its re-entrant checkpoints pass gradient on)."""
     found: set[fx.Node] = set()
     for node in gm.graph.nodes:
         flow = node.meta.get(FLOW)
         if node in cut:
             continue
-        if node.op == "get_attr":
+        if _made_to_require_gradient(node):
+            found.update((node, node.args[0]))
+        elif node.op == "get_attr":
             held = gm.get_parameter(node.target) if _is_parameter(gm, node.target) else None
             if held is not None and differentiable(held):
                 found.add(node)
@@ -81,6 +85,14 @@ def _from_parameters(gm: fx.GraphModule, cut: set[fx.Node]) -> set[fx.Node]:
         ):
             found.add(node)
     return found
+
+
+def _made_to_require_gradient(node: fx.Node) -> bool:
+    """Whether ``node`` is ``h.requires_grad_()`` or ``h.requires_grad_(True)``."""
+    if node.op != "call_method" or node.target != "requires_grad_" or not node.args:
+        return False
+    wanted = node.args[1] if len(node.args) > 1 else node.kwargs.get("requires_grad", True)
+    return wanted is True and isinstance(node.args[0], fx.Node)
 
 
 def _is_parameter(gm: fx.GraphModule, target: str) -> bool:

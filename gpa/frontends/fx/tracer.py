@@ -231,6 +231,14 @@ class GpaProxy(_TestsAnswered, fx.Proxy):
         count = _pieces(self.node)  # ``list(x.chunk(2, 1))`` asks first (see GpaTracer.iter)
         return count if count is not None else super().__len__()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``h.requires_grad = True`` (Wav2Vec2's feature encoder, before re-entrant
+        # checkpoints) is recorded as the method call fx records for
+        # ``h.requires_grad_(True)``: gradient then reaches what the model feeds h to
+        if name == "requires_grad":
+            self.tracer.create_proxy("call_method", "requires_grad_", (self, value), {})
+        super().__setattr__(name, value)
+
 
 #: torch's code that asks a proxy its class for its caller: ``torch.is_tensor(h)``,
 #: ``isinstance(p, nn.Parameter)`` (the class of parameters answers through its metaclass),
