@@ -211,6 +211,29 @@ def test_a_tensor_the_model_makes_require_gradient_feeds_reentrant_checkpoints(
     check_reachability_with_autograd(report, model, torch.randn(IMG))
 
 
+class MadeToRequireNone(nn.Module):
+    """``h = x[:, :]; h.requires_grad = False; fc(h)``: what training does too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x[:, :]
+        h.requires_grad = False
+        return self.fc(h)
+
+
+@EVERY_TRACER
+def test_a_tensor_the_model_makes_require_no_gradient_is_read_as_before(tracer: str) -> None:
+    """Found by a review of the change above: recording every assignment to a proxy's
+    ``requires_grad`` made fx refuse ``h.requires_grad = False`` on a tensor from the
+    input (which training allows). By hand: fc at 1."""
+    report = gpa.analyze(MadeToRequireNone(), input_shape=(2, 4), tracer=tracer)
+    assert report.tracer == ("fx" if tracer == "auto" else tracer)
+    expect(report, "fc", {1: 1}, (LOSS,))
+
+
 class Residual(nn.Module):
     """§5's ResNet with B = 2 basic blocks, each checkpointed (``how``)."""
 

@@ -234,8 +234,9 @@ class GpaProxy(_TestsAnswered, fx.Proxy):
     def __setattr__(self, name: str, value: Any) -> None:
         # ``h.requires_grad = True`` (Wav2Vec2's feature encoder, before re-entrant
         # checkpoints) is recorded as the method call fx records for
-        # ``h.requires_grad_(True)``: gradient then reaches what the model feeds h to
-        if name == "requires_grad":
+        # ``h.requires_grad_(True)``: gradient then reaches what the model feeds h to.
+        # (False on data changes nothing the analysis reads)
+        if name == "requires_grad" and value is True:
             self.tracer.create_proxy("call_method", "requires_grad_", (self, value), {})
         super().__setattr__(name, value)
 
