@@ -108,9 +108,11 @@ def discarded_kept(gm: fx.GraphModule) -> None:
     more, its FLOPs — and reached by no gradient (§1.9). Each goes where it stood among the
     others, on what its arguments became: the operations made of them (torch's provenance
     records), the last of the argument's shape — a write's own result is no later version
-    of what it wrote into, which a discarded result cannot tell apart —, a weight's
-    attribute, an input of the same name. One whose arguments cannot be found is left
-    out."""
+    of what it wrote into, which a discarded result cannot tell apart; what the writes
+    into it before the reader made are —, one result of an operation made of it with
+    several (a batch norm in training), a weight's attribute, an input of the same name;
+    an integer or boolean tensor dropped with its writes (an index table) is one of its
+    shape and dtype, made of nothing. One whose arguments cannot be found is left out."""
     kept = gm.meta.get(FUNCTIONAL_OF)
     if kept is None:
         return
@@ -143,6 +145,15 @@ def discarded_kept(gm: fx.GraphModule) -> None:
     order = {n: i for i, n in enumerate(graph.nodes)}
     copies: dict[fx.Node, fx.Node] = {}
     anchor, at = next(reversed(graph.find_nodes(op="placeholder")), None), -1
+    start = anchor  # (what stands in for a dropped constant goes first)
+    # each tensor written in place (into it or a view of it) -> the writes, in order: what
+    # a later reader reads is what the last of them made (a table filled after it was
+    # made, BEiT's relative position index)
+    writes: dict[fx.Node, list[fx.Node]] = {}
+    for node in before.nodes:
+        if (target := written_into(node)) is not None:
+            writes.setdefault(view_base(target), []).append(node)
+    reader: fx.Node | None = None  # the operation put back whose arguments are found
 
     def argument(m: fx.Node) -> fx.Node:
         if m in copies:
@@ -150,7 +161,54 @@ def discarded_kept(gm: fx.GraphModule) -> None:
         if m.op == "placeholder":
             return given[lifted.get(m.name, m.name)]
         shape = getattr(m.meta.get("val"), "shape", None)
-        return [n for n in made[m.name] if getattr(n.meta.get("val"), "shape", None) == shape][-1]
+        versions = [m, *(w for w in writes.get(m, ()) if reader is None or w < reader)]
+        found = [
+            n
+            for version in versions
+            for n in made.get(version.name, ())
+            if getattr(n.meta.get("val"), "shape", None) == shape
+        ]
+        if found:
+            return found[-1]
+        return _result_of_several(m, [n for v in versions for n in made.get(v.name, ())])
+
+    def _result_of_several(m: fx.Node, candidates: list[fx.Node]) -> fx.Node:
+        """``m``'s value as one result of an operation made of it with several (a
+        decomposed batch norm in training, whose output nothing else read: dropped, where
+        its running statistics' were kept), or :func:`_stand_in`'s."""
+        nonlocal anchor
+        shape = getattr(m.meta.get("val"), "shape", None)
+        for node in reversed(candidates):
+            value = node.meta.get("val")
+            if not isinstance(value, (tuple, list)):
+                continue
+            for i, part in enumerate(value):
+                if getattr(part, "shape", None) == shape:
+                    with graph.inserting_after(node):
+                        copies[m] = graph.call_function(operator.getitem, (node, i))
+                    copies[m].meta = {**node.meta, "val": part}
+                    anchor = copies[m] if anchor is node else anchor  # (before its reader)
+                    return copies[m]
+        return _stand_in(m)
+
+    def _stand_in(m: fx.Node) -> fx.Node:
+        """A tensor of ``m``'s shape and dtype, for integers or booleans nothing else
+        reads, dropped with their writes (an index table filled in place): no gradient
+        goes through them, only their shape matters. Any other raises KeyError."""
+        nonlocal anchor
+        value = m.meta.get("val")
+        if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex():
+            raise KeyError(m.name)
+        with graph.inserting_after(start):
+            made = graph.call_function(
+                torch.ops.aten.zeros.default,
+                (list(value.shape),),
+                {"dtype": value.dtype, "device": value.device},
+            )
+        made.meta = {"val": value}
+        copies[m] = made
+        anchor = made if anchor is start else anchor  # (before its reader)
+        return made
 
     def copied(node: fx.Node, arguments: Callable[[fx.Node], Any]) -> Any:
         nonlocal anchor
@@ -179,6 +237,7 @@ def discarded_kept(gm: fx.GraphModule) -> None:
                 if order[n] > at:
                     anchor, at = n, order[n]
             continue
+        reader = node
         try:
             copies[node] = copied(node, argument)
         except (KeyError, IndexError):  # an argument made of nothing here
