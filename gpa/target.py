@@ -639,9 +639,10 @@ def load_target(
     """Load the model named by a TARGET string, and the inputs its source defines.
 
     Args:
-        spec: ``path/to/file.py``, ``path/to/file.py:attr``, ``package.module:attr``, or a
+        spec: ``path/to/file.py``, ``path/to/file.py:attr``, ``package.module:attr``, a
             library model: ``torchvision:NAME``, ``timm:NAME``, ``transformers:NAME``, an
-            Ultralytics model YAML (``yolov8n.yaml``, ``ultralytics:NAME``, a path).
+            Ultralytics model YAML (``yolov8n.yaml``, ``ultralytics:NAME``, a path), or a
+            zoo entry's name (``resnet``, where no module of that name imports).
         kwargs: keyword arguments for the factory (``-k key=value`` options); for a
             ``transformers`` target, settings of the model's configuration.
         device: where a library model is built (``"meta"``: no weights are allocated).
@@ -689,8 +690,29 @@ def load_target(
             module = _exec_file(path, head)
             return _finish(module, head, attr, kwargs, roots)
 
-    module, roots = _import_module(head, spec)
+    try:
+        module, roots = _import_module(head, spec)
+    except TargetError as exc:
+        # a bare zoo name (``resnet``, as ``gpa scale`` and ``gpa zoo`` name entries), where
+        # no module by that name imports: the zoo's entry
+        if attr is None and head.isidentifier():
+            if head in _zoo_names():
+                return load_target(f"gpa.models:{head}", kwargs, device=device, train=train)
+            close = difflib.get_close_matches(head, _zoo_names(), n=3)
+            if close:
+                named = ", ".join(repr(c) for c in close)
+                raise TargetError(
+                    f"{exc}; or a zoo entry (gpa zoo): did you mean {named}?"
+                ) from None
+        raise
     return _finish(module, head, attr, kwargs, roots)
+
+
+def _zoo_names() -> list[str]:
+    """The entries of gpa's zoo (:mod:`gpa.models`)."""
+    import gpa.models
+
+    return gpa.models.names()
 
 
 def _finish(

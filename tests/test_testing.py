@@ -133,6 +133,9 @@ def test_pytest_shows_the_users_assertion_not_gpas_lines(tmp_path) -> None:
         ("max_mean_shortest", "2", "{at}.max_mean_shortest: expected a number, got '2'"),
         # NaN: no mean compares greater, so the rule could never fail
         ("max_mean_shortest", float("nan"), "{at}.max_mean_shortest: expected a finite number"),
+        # below 1: no mean of path lengths is so small, so the rule could never pass
+        ("max_mean_shortest", -1, "{at}.max_mean_shortest: expected a finite number of at le"),
+        ("max_mean_shortest", 0.5, "{at}.max_mean_shortest: expected a finite number of at le"),
         ("layers", {"4": {"max_shortst": 1}}, "unknown key 'max_shortst' in {at}.layers.4 .*mean"),
     ],
 )

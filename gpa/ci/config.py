@@ -40,7 +40,7 @@ from gpa.errors import GpaError
 from gpa.options import AnalysisOptions, option_names
 
 __all__ = [
-    "finite_number",
+    "mean_limit",
     "parse_rules",
     "Location",
     "Config",
@@ -183,16 +183,21 @@ def _limit(value: Any, where: str) -> int:
     return value
 
 
-def finite_number(value: Any, where: str) -> float:
-    """``value`` as a float, if it is a finite number (a limit of NaN would hold for any
-    model: nothing compares greater than it).
+def mean_limit(value: Any, where: str) -> float:
+    """``value`` as a float, if it can bound a mean of path lengths: a finite number (a
+    limit of NaN would hold for any model: nothing compares greater than it) of at least
+    1 (a path is one layer long at least: a smaller limit fails every model).
 
     Raises:
         GpaError: naming ``where``.
+
+    Example:
+        >>> mean_limit(2, "max_mean_shortest")
+        2.0
     """
     _expect(value, (int, float), "a number", where)
-    if not math.isfinite(value):
-        raise GpaError(f"{where}: expected a finite number, got {value!r}")
+    if not math.isfinite(value) or value < 1:
+        raise GpaError(f"{where}: expected a finite number of at least 1, got {value!r}")
     return float(value)
 
 
@@ -263,7 +268,7 @@ def parse_rules(table: Mapping[str, Any], where: str) -> Rules:
         no_unreachable=_expect(table["no_unreachable"], bool, "true or false", at("no_unreachable"))
         if "no_unreachable" in table
         else None,
-        max_mean_shortest=finite_number(table["max_mean_shortest"], at("max_mean_shortest"))
+        max_mean_shortest=mean_limit(table["max_mean_shortest"], at("max_mean_shortest"))
         if "max_mean_shortest" in table
         else None,
         layers=_layer_limits(table["layers"], at("layers")) if "layers" in table else (),

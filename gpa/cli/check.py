@@ -48,7 +48,7 @@ __all__ = ["command"]
 @click.option(
     "--max-mean-shortest",
     type=float,
-    callback=lambda ctx, param, value: _finite(value),
+    callback=lambda ctx, param, value: _mean_limit(value),
     help="Fail if the mean shortest gradient path exceeds X.",
 )
 @click.option(
@@ -147,8 +147,8 @@ def command(
     ctx.exit(0 if exit_zero and run.exit_code == 1 else run.exit_code)
 
 
-def _finite(value: float | None) -> float | None:
-    """--max-mean-shortest as ``[tool.gpa]`` takes it: a finite number (NaN never fails)."""
-    from gpa.ci.config import finite_number
+def _mean_limit(value: float | None) -> float | None:
+    """--max-mean-shortest as ``[tool.gpa]`` takes it (:func:`gpa.ci.config.mean_limit`)."""
+    from gpa.ci.config import mean_limit
 
-    return None if value is None else finite_number(value, "--max-mean-shortest")
+    return None if value is None else mean_limit(value, "--max-mean-shortest")

@@ -247,11 +247,14 @@ def count(
     *,
     input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None,
     convention: str = "torch",
+    count_convention: str | None = None,
 ) -> Counts:
     """Parameters (under ``convention``) and FLOPs of ``model``, per module.
 
     See :func:`count_params` and :func:`count_flops`; inputs default to
-    ``model.input_shape`` (set on every :mod:`gpa.models` entry).
+    ``model.input_shape`` (set on every :mod:`gpa.models` entry). ``count_convention``:
+    ``convention`` under the name every analysis option has it (``gpa.analyze``,
+    ``--count-convention``); it wins where given.
 
     Example:
         >>> import gpa.models
@@ -262,6 +265,7 @@ def count(
         '41.57 M params, 18.57 GFLOPs (darknet convention; a multiply-add counts as 2 FLOPs)'
     """
     model, _ = unwrap_wrappers(model)  # a data-parallel wrapper: the module it runs
+    convention = count_convention or convention
     params = count_params(model, convention)
     return Counts(convention, params, count_flops(model, example_inputs, input_shape=input_shape))
 

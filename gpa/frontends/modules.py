@@ -584,15 +584,20 @@ def _classes_in(model: nn.Module | None) -> list[type[nn.Module]]:
 def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.Module]:
     """Resolve a class name given on the command line to an ``nn.Module`` subclass.
 
-    ``name`` may be a ``torch.nn`` class name (``Conv2d``), the name of a
-    module class used in ``model`` (``Bottleneck``; must be unambiguous), or a
-    dotted import path (``torchvision.ops.StochasticDepth``).
+    ``name`` may be a ``torch.nn`` class name (``Conv2d``, ``nn.Conv2d`` as code spells
+    it), the name of a module class used in ``model`` (``Bottleneck``; must be
+    unambiguous), or a dotted import path (``torchvision.ops.StochasticDepth``).
 
     Raises:
         TargetError: nothing by that name is an ``nn.Module`` subclass.
+
+    Example:
+        >>> resolve_module_class("nn.Conv2d") is resolve_module_class("Conv2d") is nn.Conv2d
+        True
     """
     text = name.strip()
-    candidate = getattr(nn, text, None) if text.isidentifier() else None
+    torch_name = text.removeprefix("nn.")
+    candidate = getattr(nn, torch_name, None) if torch_name.isidentifier() else None
     if inspect.isclass(candidate) and issubclass(candidate, nn.Module):
         return candidate
 

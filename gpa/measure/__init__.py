@@ -881,14 +881,16 @@ def measure_target(
         if given is not None and settings.get(setting) is None:
             settings[setting] = given
     example = None
+    chosen = False  # the shape the library's model takes, where the user gave none
     if settings.get("input_shape") is None:
         settings.pop("input_shape", None)
         if loaded.example_inputs is not None:
             example = loaded.example_inputs
         elif loaded.input_shape is not None and settings.get("batches") is None:
             settings["input_shape"] = loaded.input_shape
+            chosen = True
     measured = measure(loaded.model, example, progress=progress, **settings)
-    if loaded.inputs_from is not None and example is None and "input_shape" in settings:
+    if chosen and loaded.inputs_from is not None:
         # (as analyze_target says: the size decides some numbers)
         measured.notes.insert(
             0, f"inputs chosen by gpa: {loaded.inputs_from}, at the batch size measured"

@@ -903,11 +903,14 @@ def test_a_configured_option_naming_nothing_is_an_error_naming_the_option(
     assert "does not accept 'bogus' (given with -k or kwargs)" in lines[2]
 
 
-def test_a_limit_that_can_never_fail_is_refused() -> None:
+@pytest.mark.parametrize("limit", ["nan", "-1", "0.5"])
+def test_a_limit_that_can_never_fail_or_never_pass_is_refused(limit: str) -> None:
     """``--max-mean-shortest nan`` passed every model (nothing compares greater than NaN:
-    found by an adversarial review)."""
+    found by an adversarial review); ``-1`` failed every model (a mean of path lengths is
+    1 at least: found by a surface audit). Both are a bad value, exit 2."""
     result = CliRunner().invoke(
-        main, ["check", "gpa.models:plainnet", "--max-mean-shortest", "nan"]
+        main, ["check", "gpa.models:plainnet", "--max-mean-shortest", limit]
     )
     assert result.exit_code == 2
-    assert "--max-mean-shortest: expected a finite number, got nan" in result.output
+    said = "--max-mean-shortest: expected a finite number of at least 1, got"
+    assert f"{said} {float(limit)}" in result.output

@@ -72,6 +72,9 @@ def test_exit_zero_keeps_errors_at_2(project: Path) -> None:
     assert failing.exit_code == 0 and "FAIL" in failing.stdout
     with_error = check("--exit-zero")  # the configured 'gone' model cannot be loaded
     assert with_error.exit_code == 2
+    # the JSON keeps what the check found, for a later step (docs/ci.md)
+    as_json = check(*PLAIN, "--max-shortest", "3", "--exit-zero", "--format", "json")
+    assert as_json.exit_code == 0 and json.loads(as_json.stdout)["exit_code"] == 1
 
 
 def test_nothing_to_check_is_an_error_unless_allowed() -> None:

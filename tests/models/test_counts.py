@@ -19,6 +19,9 @@ def test_conv_bn_counts_by_hand() -> None:
     dk = count(net, input_shape=(2, 3, 5, 5), convention="darknet")
     assert dk.params == {"0": 216} and dk.total_params == 216
     assert dk.flops == c.flops
+    # the name every analysis option has it by (found by a surface audit)
+    named = count(net, input_shape=(2, 3, 5, 5), count_convention="darknet")
+    assert (named.params, named.convention) == (dk.params, "darknet")
 
 
 def test_norms_keep_shapes_in_the_counting_pass() -> None:

@@ -386,6 +386,18 @@ def test_yolo_layers_are_placed_at_the_lines_calling_their_conv_wrappers(train: 
     }
 
 
+def test_a_measure_of_given_inputs_says_no_inputs_were_chosen() -> None:
+    """Found by a new user: ``gpa measure yolov8n.yaml --input-shape 1,3,64,64`` ran at
+    64 × 64 and noted "inputs chosen by gpa: 1 image of … 640x640" all the same. The note
+    is said where gpa chose (as ``gpa analyze`` says it), and only there."""
+    from gpa.measure import measure_target
+
+    given = measure_target("yolov8n.yaml", {}, steps=1, batch_size=1, input_shape=[(1, 3, 64, 64)])
+    assert not any("inputs chosen by gpa" in n for n in given.notes)
+    chosen = measure_target("yolov8n-cls.yaml", {}, steps=1, batch_size=1)
+    assert any(n.startswith("inputs chosen by gpa: 1 image") for n in chosen.notes)
+
+
 def test_a_transformers_target_is_measured_with_real_weights() -> None:
     """Found by a new user: ``gpa measure transformers:bert …`` (and ``gpa plot --kind
     gradnorm``) failed on every transformers target, which gpa builds on the meta device
