@@ -148,6 +148,7 @@ class ScalingPoint:
     max_shortest: int | None
     longest: int | None
     params: int
+    tracer: str | None = None  # the frontend that read it (``auto`` may choose by model)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +157,7 @@ class ScalingPoint:
             "max_shortest": self.max_shortest,
             "longest": self.longest,
             "params": self.params,
+            "tracer": self.tracer,
         }
 
 
@@ -168,6 +170,8 @@ class ScalingResult:
         knob: the knob that was varied; ``fixed``: the other knobs given.
         count_convention: how parameters were counted (``"torch"`` or ``"darknet"``).
         points: one :class:`ScalingPoint` per value, in the order given.
+        notes: the analyses' notes, each once, in the order first given (the frontend
+            ``auto`` chose, the inputs chosen, frozen layers …).
         fits: metric (``max_shortest``, ``longest``, ``params``) -> :class:`GrowthFit`,
             with N = ``layers``.
     """
@@ -178,6 +182,7 @@ class ScalingResult:
     count_convention: str
     points: tuple[ScalingPoint, ...]
     fits: Mapping[str, GrowthFit]
+    notes: tuple[str, ...] = ()
 
     @property
     def growth(self) -> dict[str, str]:
@@ -194,6 +199,7 @@ class ScalingResult:
             "count_convention": self.count_convention,
             "points": [p.to_dict() for p in self.points],
             "fits": {metric: fit.to_dict() for metric, fit in self.fits.items()},
+            "notes": list(self.notes),
         }
 
     def __str__(self) -> str:
@@ -215,6 +221,7 @@ class ScalingResult:
         lines.append(
             "growth: " + "   ".join(f"{metric} {fit.growth}" for metric, fit in self.fits.items())
         )
+        lines += ["notes:", *(f"  - {note}" for note in self.notes)] if self.notes else []
         return "\n".join(lines) + "\n"
 
 
@@ -258,6 +265,7 @@ def scaling(
     build = _builder(name, knob, fixed, options.train)
     values = list(values)
     points = []
+    notes: dict[str, None] = {}  # (each once: a study repeats them per model)
     for value in values:
         model, inputs = build(value)
         chosen = options if options.has_inputs else options.replace(**inputs)
@@ -265,7 +273,9 @@ def scaling(
         step = progress and (lambda phase, label=label: progress(f"{label}: {phase}"))
         report = analyze_model(model, chosen, name=label, progress=step)
         net = report.network
-        points.append(ScalingPoint(value, net.layers, net.max_shortest, net.longest, net.params))
+        point = (value, net.layers, net.max_shortest, net.longest, net.params, report.tracer)
+        points.append(ScalingPoint(*point))
+        notes.update(dict.fromkeys(report.notes))
     ns = [p.layers for p in points]
     if len(set(ns)) < 3:
         raise GpaError(
@@ -278,9 +288,8 @@ def scaling(
         if any(y is None for y in ys):
             raise GpaError(f"{name}: {metric} is undefined for some value of {knob!r}")
         fits[metric] = fit_growth(ns, ys)
-    return ScalingResult(
-        name, knob, dict(fixed), options.count_convention.value, tuple(points), fits
-    )
+    convention = options.count_convention.value
+    return ScalingResult(name, knob, dict(fixed), convention, tuple(points), fits, tuple(notes))
 
 
 def _builder(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 
 import pytest
 
@@ -53,8 +54,18 @@ def test_too_few_points() -> None:
 def test_scaling_result_layout() -> None:
     result = gpa.scaling("plainnet", "depth", [1, 2, 3], width=4)
     data = result.to_dict()
-    assert set(data) == {"model", "knob", "fixed", "n", "count_convention", "points", "fits"}
+    assert set(data) == {
+        "model",
+        "knob",
+        "fixed",
+        "n",
+        "count_convention",
+        "points",
+        "fits",
+        "notes",
+    }
     assert data["fixed"] == {"width": 4} and data["n"] == "layers"
+    assert [p["tracer"] for p in data["points"]] == ["fx"] * 3 and data["notes"] == []
     assert set(data["fits"]) == {"max_shortest", "longest", "params"}
     # reference §0 Conv = conv without bias + BN: stem 3->4 (108 + 8), depth 3x3 convs 4->4
     # (144 + 8 each), linear 4->10 with bias (50)
@@ -65,3 +76,43 @@ def test_scaling_result_layout() -> None:
 def test_varied_knob_cannot_also_be_fixed() -> None:
     with pytest.raises(GpaError, match="being varied"):
         gpa.scaling("plainnet", "depth", [1, 2, 3], depth=4)
+
+
+def test_a_scaling_study_keeps_what_its_analyses_noted(tmp_path, monkeypatch) -> None:
+    """Found by a surface audit: ``gpa scale`` (text and JSON) said nothing of the notes of
+    the models it analysed — the frontend auto chose, the inputs chosen … —, where every
+    analysing command keeps them. Each note once (the study repeats them per model), and
+    each point's frontend."""
+    (tmp_path / "branching.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            def build(depth):
+                class Net(nn.Module):
+                    def __init__(self):
+                        super().__init__()
+                        self.layers = nn.ModuleList(nn.Linear(4, 4) for _ in range(depth))
+
+                    def forward(self, x):
+                        for layer in self.layers:
+                            x = layer(x)
+                            x = x if bool(x.sum() > -1e9) else -x  # fx cannot trace it
+                        return x
+
+                net = Net()
+                net.input_shape = (2, 4)
+                return net
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    result = gpa.scaling("branching.py:build", "depth", [1, 2, 3])
+    assert {p.tracer for p in result.points} == {"autograd"}  # (export refuses it too)
+        "autograd"
+    }
+    said = [n for n in result.notes if n.startswith("tracer auto used")]
+    assert len(said) == 1  # (once, though three models were analysed)
+    assert result.to_dict()["notes"] == list(result.notes)
+    assert "notes:\n  - tracer auto used" in str(result)

@@ -20,7 +20,7 @@ from typing import Any
 from gpa.core.paths import bits
 from gpa.core.report import LOSS, PathStep, Report, find_layer
 from gpa.core.serialize import segment_dict
-from gpa.render.text import format_sources, format_timestamps, shown_file
+from gpa.render.text import format_sources, format_timestamps, note_lines, shown_file
 
 __all__ = ["explanation", "format_explanation", "max_shortest_layer", "path_steps", "shown_step"]
 
@@ -69,7 +69,8 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
     Keys: ``layer``, ``type``, ``calls``, ``shortest``, ``longest``, ``shortest_path`` and
     ``longest_path`` (lists of steps as :func:`path_steps` gives them; the loss is not
     listed), and ``max_shortest`` (``{"value", "layer"}``:
-    the network's value and the first layer attaining it). With channel segments, also
+    the network's value and the first layer attaining it), ``tracer`` (the frontend that
+    read the model) and ``notes`` (the report's). With channel segments, also
     ``channels``: ``{"timestamps", "whole_tensor_only", "segments"}``, the rounds some
     channel of the layer is reached at, those of the layer's own record no channel is (a
     route that a slice or pick drops: the paths above may take one), and the layer's
@@ -99,6 +100,8 @@ def explanation(report: Report, layer: str) -> dict[str, Any]:
             "value": report.network.max_shortest,
             "layer": max_shortest_layer(report),
         },
+        "tracer": report.tracer,
+        "notes": list(report.notes),
     }
     if channels is not None:
         data["channels"] = channels
@@ -175,4 +178,9 @@ def format_explanation(data: dict[str, Any]) -> str:
     top = data["max_shortest"]
     if top["layer"] is not None:
         lines += ["", f"network max_shortest {top['value']}: first attained by {top['layer']}"]
+    if data.get("notes"):  # (what the analysis said: the frontend auto chose, the inputs …)
+        lines += ["", "notes:", *note_lines(data["notes"], _NOTE_WIDTH)]
     return "\n".join(lines)
+
+
+_NOTE_WIDTH = 100  # (as the analysis's text is wrapped where no terminal says otherwise)

@@ -216,6 +216,17 @@ def _summary_lines(report: Any) -> list[str]:
     return lines
 
 
+def note_lines(notes: Iterable[str], width: int | None) -> list[str]:
+    """A report's notes as the text formats list them: one ``  - `` item each, wrapped at
+    ``width`` (None: not wrapped).
+
+    Example:
+        >>> note_lines(["tracer auto used export"], 80)
+        ['  - tracer auto used export']
+    """
+    return [f"  - {n}" if width is None else _wrap(n, width, "  - ", "    ") for n in notes]
+
+
 def _wrap(text: str, width: int, first: str, rest: str) -> str:
     """``text`` wrapped at ``width`` with a hanging indent (stable, unlike terminal wrapping);
     a word longer than a line (a module's qualified name) folded after its dots
@@ -575,8 +586,8 @@ def format_table(
     if notes:
         console.print()
         console.print(Text("notes:", style="bold"))
-        for text in notes:
-            console.print(Text("  - " + text if wide else _wrap(text, width, "  - ", "    ")))
+        for text in note_lines(notes, None if wide else width):
+            console.print(Text(text))
     text = "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
     return text.rstrip("\n") + "\n"
 

@@ -454,3 +454,27 @@ def test_a_line_in_an_installed_package_is_shown_from_the_package(tmp_path, monk
         {"file": "pairpkg/__init__.py", "line": 10},
         {"file": "pairpkg/__init__.py", "line": 10},
     ]
+
+
+class Branching(torch.nn.Module):
+    """``b(a(x))`` behind a branch on a value (fx cannot trace it; auto moves on)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h if bool(h.sum() > -1e9) else -h)
+
+
+def test_the_explanation_says_what_the_analysis_noted() -> None:
+    """Found by a surface audit: explain's text and JSON held no notes and no tracer, so
+    "tracer auto used …" (and the inputs chosen, frozen layers …) vanished there, where
+    analyze, check, compare and measure keep them. Both are the report's."""
+    report = gpa.analyze(Branching(), torch.randn(2, 4))
+    assert report.tracer != "fx" and report.notes  # (the premise: auto moved on)
+    data = explanation(report, "a")
+    assert (data["tracer"], data["notes"]) == (report.tracer, list(report.notes))
+    text = format_explanation(data)
+    assert "\nnotes:\n  - tracer auto used" in text
