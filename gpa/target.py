@@ -694,8 +694,8 @@ def load_target(
         module, roots = _import_module(head, spec)
     except TargetError as exc:
         # a bare zoo name (``resnet``, as ``gpa scale`` and ``gpa zoo`` name entries), where
-        # no module by that name imports: the zoo's entry
-        if attr is None and head.isidentifier():
+        # there is no module by that name (one failing to import says why)
+        if attr is None and head.isidentifier() and not _module_found(head):
             if head in _zoo_names():
                 return load_target(f"gpa.models:{head}", kwargs, device=device, train=train)
             close = difflib.get_close_matches(head, _zoo_names(), n=3)
@@ -706,6 +706,13 @@ def load_target(
                 ) from None
         raise
     return _finish(module, head, attr, kwargs, roots)
+
+
+def _module_found(name: str) -> bool:
+    """Whether a top-level module ``name`` can be found (imported or not), the working
+    directory on the path."""
+    with _on_sys_path(Path.cwd()):
+        return name in sys.modules or importlib.util.find_spec(name) is not None
 
 
 def _zoo_names() -> list[str]:

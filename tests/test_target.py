@@ -738,3 +738,22 @@ def test_a_bare_zoo_name_is_a_target_on_every_command(command: str, tmp_path: Pa
     assert str(bare.model) == str(written.model) and bare.input_shape == written.input_shape
     with pytest.raises(TargetError, match="did you mean 'resnet'"):
         load_target("resnt")
+
+
+def test_a_local_module_named_like_a_zoo_entry_is_read_and_its_error_said(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Found by a review of the change above: a user's ``resnet.py`` failing to import was
+    replaced by the zoo's resnet without a word. The zoo's entry stands in only where no
+    module of that name exists; one that exists is read, and its error is said."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "resnet.py").write_text("import some_missing_dependency_xyz\n")
+    with pytest.raises(TargetError, match="importing module 'resnet'"):
+        load_target("resnet")
+    (tmp_path / "resnet.py").write_text(
+        "import torch.nn as nn\n\ndef build_model():\n    return nn.Linear(3, 2)\n"
+    )
+    sys.modules.pop("resnet", None)
+    loaded = load_target("resnet")
+    assert isinstance(loaded.model, nn.Linear)
+    sys.modules.pop("resnet", None)

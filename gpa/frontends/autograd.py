@@ -230,6 +230,10 @@ class _ParameterUse(TorchFunctionMode):
         self.created: list[Any] = []  # grad_fn of every value computed
         # id -> the parameters of a value computed from them without gradient
         self.derived: dict[int, tuple[str, ...]] = {}
+        # id -> the parameters of a value computed with gradient from them and from such
+        # values (``torch.cat([a.weight.detach(), b.weight])``): its history shows b alone,
+        # where the whole, made to lose its gradient, is a weight of both (§2)
+        self.partly: dict[int, tuple[str, ...]] = {}
         # (first, last sequence number, result, first operand) of feature-mixing functions
         self.values: list[tuple[int, int, ValueInfo, ValueInfo]] = []
         # (first, last sequence number, parameter or None) of feature-mixing functions run
@@ -427,6 +431,8 @@ class _ParameterUse(TorchFunctionMode):
                 found.update(dict.fromkeys(derived))
             elif (parameter := self.parameters.get(id(t))) is not None:
                 found[parameter] = None
+            elif (parts := self.partly.get(id(t))) is not None:
+                found.update(dict.fromkeys(parts))
             elif computed and t not in self._data and (node := _history(t)) is not None:
                 found.update(dict.fromkeys(self._leaves(node)))
         return tuple(found)
@@ -467,9 +473,13 @@ class _ParameterUse(TorchFunctionMode):
             elif layer is not None:  # nothing it reads carries gradient: run without it
                 self.no_grad_layers.append((self.recorder.sequence(), layer, tensors, result))
         if not any(data):  # from parameters alone: followed if it lost gradient
+            partly = detached or any(id(t) in self.partly for t in tensors)
             for t in results:
                 if t.grad_fn is None and not t.requires_grad:
                     self.derived[id(t)] = weights
+                    self.keep.append(t)
+                elif partly:  # (with a part without gradient: see self.partly)
+                    self.partly[id(t)] = weights
                     self.keep.append(t)
 
 
@@ -605,6 +615,7 @@ class _Run:
     checkpoints: list = field(default_factory=list)  # Checkpoints.results
     functions: list = field(default_factory=list)  # Checkpoints.functions
     random_branch: str | None = None  # where forward branched on random numbers
+    input_grad: bool = True  # whether the inputs were given carrying gradient
 
 
 def _run(
@@ -765,7 +776,18 @@ def _forward(
             output = functional_run(model, state, args)
         except Exception as exc:
             raise _ForwardFailed(exc, list(recorder.stack)) from exc
-    return _Run(output, args, recorder, use, ids, input_ids, keep, [], random_branch=watch.where)
+    return _Run(
+        output,
+        args,
+        recorder,
+        use,
+        ids,
+        input_ids,
+        keep,
+        [],
+        random_branch=watch.where,
+        input_grad=input_grad,
+    )
 
 
 @contextlib.contextmanager
@@ -966,9 +988,10 @@ def _build(
 
     layer_calls = {i for i, c in enumerate(calls) if is_layer_module(c.module, types)}
     returned = returned_values(run.output)
-    edges = _Edges(
-        run.checkpoints, run.parameters, run.use.data_picks, run.functions, run.input_ids
-    )
+    # (inputs given carrying none, as in training: a leaf requiring gradient is one the
+    # model made so, its own input included)
+    inputs = run.input_ids if run.input_grad else frozenset()
+    edges = _Edges(run.checkpoints, run.parameters, run.use.data_picks, run.functions, inputs)
     selected = returned.select(outputs)
     returned_at = [edges.resolve_output(t.grad_fn, t.output_nr) for _, t in selected]
     roots = [fn for fn, _ in returned_at]

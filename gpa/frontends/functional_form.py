@@ -30,7 +30,7 @@ Example:
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -41,8 +41,9 @@ from gpa.frontends.grad_regions import NO_GRAD_REGION, is_grad_mode_region
 
 __all__ = ["FUNCTIONAL_OF", "discarded_kept", "functional_form", "regenerated_views_placed"]
 
-#: ``GraphModule.meta`` key of a program in functional form: the graph it was made of, and
-#: its lifted inputs' attributes (see :func:`discarded_kept`).
+#: ``GraphModule.meta`` key of a program in functional form: the graph it was made of, its
+#: lifted inputs' attributes and the names of its lifted constants (see
+#: :func:`discarded_kept`).
 FUNCTIONAL_OF = "gpa_functional_of"
 
 
@@ -79,7 +80,8 @@ def functional_form(program: Any) -> Any:
         if node.op == "call_function" and names and names <= regions:
             node.meta[NO_GRAD_REGION] = True
     # (the unlifted module drops what nothing reads again: put back there, see _remodule)
-    program.graph_module.meta[FUNCTIONAL_OF] = (before, lifted)
+    constants = frozenset(signature.inputs_to_lifted_tensor_constants)
+    program.graph_module.meta[FUNCTIONAL_OF] = (before, lifted, constants)
     return program
 
 
@@ -116,7 +118,7 @@ def discarded_kept(gm: fx.GraphModule) -> None:
     kept = gm.meta.get(FUNCTIONAL_OF)
     if kept is None:
         return
-    before, lifted = kept
+    before, lifted, constants = kept
     graph = gm.graph
     discarded: set[fx.Node] = set()
     for node in reversed(before.nodes):
@@ -192,12 +194,16 @@ def discarded_kept(gm: fx.GraphModule) -> None:
         return _stand_in(m)
 
     def _stand_in(m: fx.Node) -> fx.Node:
-        """A tensor of ``m``'s shape and dtype, for integers or booleans nothing else
-        reads, dropped with their writes (an index table filled in place): no gradient
-        goes through them, only their shape matters. Any other raises KeyError."""
+        """A tensor of ``m``'s shape and dtype, for one dropped with its writes that no
+        gradient goes through: integers or booleans (an index table filled in place), or
+        a tensor made of numbers alone (a mask filled in place); only its shape matters.
+        Any other raises KeyError."""
         nonlocal anchor
         value = m.meta.get("val")
-        if not isinstance(value, torch.Tensor) or value.is_floating_point() or value.is_complex():
+        if not isinstance(value, torch.Tensor):
+            raise KeyError(m.name)
+        floating = value.is_floating_point() or value.is_complex()
+        if floating and not _of_numbers(m, writes, constants):
             raise KeyError(m.name)
         with graph.inserting_after(start):
             made = graph.call_function(
@@ -242,6 +248,25 @@ def discarded_kept(gm: fx.GraphModule) -> None:
             copies[node] = copied(node, argument)
         except (KeyError, IndexError):  # an argument made of nothing here
             continue
+
+
+def _of_numbers(
+    node: fx.Node, writes: dict[fx.Node, list[fx.Node]], constants: Collection[str]
+) -> bool:
+    """Whether ``node``'s value, and what was written into it, is made of numbers alone:
+    no input, parameter or buffer (a placeholder of the exported graph but the lifted
+    ``constants``) among the nodes it and its writes read."""
+    stack, seen = [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "placeholder" and n.name not in constants:
+            return False
+        stack.extend(n.all_input_nodes)
+        stack.extend(writes.get(n, ()))
+    return True
 
 
 def _inference(value: Any) -> bool:

@@ -211,6 +211,46 @@ def test_a_tensor_the_model_makes_require_gradient_feeds_reentrant_checkpoints(
     check_reachability_with_autograd(report, model, torch.randn(IMG))
 
 
+class MadeToRequireGradientElsewhere(nn.Module):
+    """``head(checkpoint(block, h))`` (re-entrant), the model making a tensor require
+    gradient (``where``): its own input before the checkpoint, or ``h`` after it."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__()
+        self.where = where
+        self.block, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.where == "own input":
+            x.requires_grad_()
+            return self.head(checkpoint(self.block, x, use_reentrant=True))
+        h = x * 1
+        y = checkpoint(self.block, h, use_reentrant=True)
+        h.requires_grad_()  # ("after": too late to feed the checkpoint)
+        return self.head(y + h)
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("where", ["own input", "after"])
+def test_only_what_is_made_to_require_gradient_before_a_checkpoint_feeds_it(
+    where: str, tracer: str
+) -> None:
+    """Found by a review of the change above: fx fed the checkpoint from a
+    ``requires_grad_()`` made after it, and autograd did not count the model's own input
+    made to require gradient. A real backward decides: its own input feeds the checkpoint
+    (block 2 -> head 1); after it, block gets none."""
+    model = MadeToRequireGradientElsewhere(where)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's "None of the inputs have requires_grad"
+        report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+        check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    if where == "own input":
+        expect(report, "block", {2: 1}, ("head",))
+    else:
+        expect_unreachable(report, "block")
+    expect(report, "head", {1: 1}, (LOSS,))
+
+
 class MadeToRequireNone(nn.Module):
     """``h = x[:, :]; h.requires_grad = False; fc(h)``: what training does too."""
 

@@ -272,12 +272,17 @@ class DiscardedBesideSliceWrite(nn.Module):
             _ = self.probe(h[:, index])
         elif self.case == "normed":  # BEiT's auxiliary head in training
             _ = self.probe(torch.relu(self.norm(h)))
+        elif self.case == "masked":  # a float table filled in place (a review)
+            mask = torch.zeros(8, 5)
+            mask[1:] = 1.0
+            _ = self.probe(h * mask)
         return h
 
 
 @pytest.mark.parametrize("tracer", ["export", "auto", "autograd"])
 @pytest.mark.parametrize(
-    "case", ["input", "written", "sequential", "again", "no-grad", "indexed", "normed"]
+    "case",
+    ["input", "written", "sequential", "again", "no-grad", "indexed", "normed", "masked"],
 )
 def test_a_discarded_call_counts_in_exports_functional_form(case, tracer):
     """Found by a new user: export's functional form (after the slice write) dropped a call

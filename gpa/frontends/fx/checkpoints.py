@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch.fx as fx
 from torch import nn
@@ -46,8 +47,12 @@ def unfed_checkpoints(gm: fx.GraphModule) -> int:
     tensor computed from parameters; return how many were cut."""
     cut: set[fx.Node] = set()  # results of checkpoints cut: no gradient, whatever made them
     count = 0
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
     for given, returned in gm.meta.get(CHECKPOINTS, ()):  # in order: a cut one's results
-        if not returned or set(given) & _from_parameters(gm, cut):  # feed the next ones
+        if not returned:  # feed the next ones
+            continue
+        start = min(order[n] for n in returned)  # (what the model does after it: no feed)
+        if set(given) & _from_parameters(gm, cut, lambda n, start=start: order[n] < start):
             continue
         cut.update(returned)
         count += 1
@@ -59,17 +64,20 @@ def unfed_checkpoints(gm: fx.GraphModule) -> int:
     return count
 
 
-def _from_parameters(gm: fx.GraphModule, cut: set[fx.Node]) -> set[fx.Node]:
+def _from_parameters(
+    gm: fx.GraphModule, cut: set[fx.Node], before: Callable[[fx.Node], bool]
+) -> set[fx.Node]:
     """The nodes computed from parameters along edges gradient flows through, but for the
     results ``cut`` (a checkpoint's: it ran its layers without gradient), and from tensors
-    the model makes require gradient (``h.requires_grad_()``, ``h.requires_grad = True``:
-    Wav2Vec2's feature encoder, so that its re-entrant checkpoints pass gradient on)."""
+    the model makes require gradient ``before`` the checkpoint asking (``h.requires_grad_()``,
+    ``h.requires_grad = True``: Wav2Vec2's feature encoder, so that its re-entrant
+    checkpoints pass gradient on)."""
     found: set[fx.Node] = set()
     for node in gm.graph.nodes:
         flow = node.meta.get(FLOW)
         if node in cut:
             continue
-        if _made_to_require_gradient(node):
+        if _made_to_require_gradient(node) and before(node):
             found.update((node, node.args[0]))
         elif node.op == "get_attr":
             held = gm.get_parameter(node.target) if _is_parameter(gm, node.target) else None
