@@ -1,7 +1,7 @@
 """Generate ``docs/detectors.md``: the paper's detectors, their sizes and gradient paths.
 
 Every row is built with :mod:`gpa.models` on the meta device, counted with
-:func:`gpa.counts.count` (torch convention; FLOPs = 2 x multiply-adds of the weight layers)
+:func:`gpa.count` (torch convention; FLOPs = 2 x multiply-adds of the weight layers)
 and analysed with ``gpa.analyze(model, input_shape=model.input_shape, channels=True)``
 (layer-level paths and the channel-level number of gradient combinations); the paper's
 figures sit next to the measured ones.
@@ -94,7 +94,7 @@ included, takes seconds.
 
 - **Sizes**: FLOPs are 2 × the multiply-adds of the conv layers for one 640×640 image
   (BN, activations, pooling and adds not counted), parameters include BN and biases
-  (`gpa.counts.count`, torch convention). Paper figures in the *paper* columns.
+  (`gpa.count`, torch convention). Paper figures in the *paper* columns.
 - **Paths** (`gpa.analyze(model, input_shape=model.input_shape, channels=True)`, train
   mode, meta device): `layers` = weight layers; `max shortest` = the longest shortest
   gradient path over all layers (ELAN's criterion); `longest` = the longest gradient path;
