@@ -43,6 +43,7 @@ from gpa.errors import GpaError, ModelError, ShapeError, TraceError
 from gpa.frontends.autograd import autograd_gradient_graph
 from gpa.frontends.export import export_gradient_graph
 from gpa.frontends.fx import fx_gradient_graph
+from gpa.frontends.modules import hidden_weight_notes
 from gpa.frontends.raised import model_raised, raised_by_model
 from gpa.frontends.randomness import random_states, set_random_states
 from gpa.frontends.sites import past_wrappers
@@ -167,6 +168,7 @@ def _build(tracer: Tracer, model: nn.Module, options: AnalysisOptions) -> Gradie
         during = _DURING.get(tracer)
         raise ModelError(model_raised(type(model).__name__, cause, during=during)) from cause
     graph.calls = past_wrappers(graph.calls, graph.uncalled, graph.module_sites, model)
+    graph.notes += hidden_weight_notes(model, options.layer_types, options.leaf_modules)
     added_apart(graph)
     calls_of_each_owner(graph)
     return graph

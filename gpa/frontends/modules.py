@@ -56,6 +56,7 @@ __all__ = [
     "resolve_options",
     "scripted_call",
     "scripted_notes",
+    "hidden_weight_notes",
     "shallow_copy",
     "split_leaves",
     "display_name",
@@ -251,6 +252,68 @@ def scripted_notes(
                 "(analyse the eager module to see the layers inside it)"
             )
     return notes
+
+
+def hidden_weight_notes(
+    model: nn.Module,
+    layer_types: Iterable[type] | None = None,
+    leaf_modules: Iterable[type[nn.Module] | str] | None = None,
+) -> list[str]:
+    """Notes on the modules kept whole — TorchScript modules, declared leaves (outermost
+    only) — that hold no layer module but trainable parameters of their own (not a
+    ``torch.nn`` module's, a norm's): a feature-mixing call on them inside
+    (``F.linear(x, self.w)``) would be a layer (``docs/semantics.md`` §2) that no frontend
+    sees there, so paths through the module count no layer in it.
+
+    Example:
+        >>> class Inner(nn.Module):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.w = nn.Parameter(torch.ones(2, 2))
+        >>> net = nn.Sequential(Inner(), nn.Linear(2, 2))
+        >>> [n[:39] for n in hidden_weight_notes(net, leaf_modules=[Inner])]
+        ["'0' is kept whole (a declared leaf) and"]
+    """
+    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
+    leaf_types, leaf_names = split_leaves(leaf_modules)
+    notes, whole = [], []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(f"{w}.") for w in whole):
+            continue
+        scripted = isinstance(module, torch.jit.ScriptModule)
+        if not (scripted or isinstance(module, leaf_types) or name in leaf_names):
+            continue
+        whole.append(name)
+        if is_layer_module(module, types):
+            continue
+        own = [
+            f"{name}.{inner}.{p}" if inner else f"{name}.{p}"
+            for inner, held in module.named_modules()
+            if not _of_torch_nn(held)
+            for p, value in held.named_parameters(recurse=False)
+            if value.requires_grad and (value.is_floating_point() or value.is_complex())
+        ]
+        if own:
+            kind, instead = (
+                ("a TorchScript module", "analyse the eager module")
+                if scripted
+                else ("a declared leaf", "analyse it without --leaf")
+            )
+            shown = ", ".join(own[:3]) + (f" and {len(own) - 3} more" if len(own) > 3 else "")
+            notes.append(
+                f"'{name}' is kept whole ({kind}) and holds parameters of its own ({shown}) "
+                "but no layer module: a feature-mixing call on them inside it (F.linear(x, "
+                "w), x @ w) would be a layer gpa cannot see there, so paths through it count "
+                f"none ({instead} to see them)"
+            )
+    return notes
+
+
+def _of_torch_nn(module: nn.Module) -> bool:
+    """Whether ``module`` is one of ``torch.nn``'s (compiled by TorchScript too)."""
+    if isinstance(module, torch.jit.ScriptModule):
+        return inspect.isclass(getattr(nn, getattr(module, "original_name", ""), None))
+    return type(module).__module__.startswith("torch.nn.")
 
 
 def scripted_call(model: nn.Module, exc: BaseException) -> str | None:

@@ -828,3 +828,60 @@ def test_a_leaf_returning_an_object_pytree_does_not_know_is_refused_by_fx(kind: 
     )
     by_hand = {"a": (2, 3, 2), "h": (1, 2, 2), "c": (1, 1, 1)}
     assert {n: (r.shortest, r.longest, r.num_paths) for n, r in report.layers.items()} == by_hand
+
+
+class MixesItsOwn(nn.Module):
+    """``F.linear(x, self.w) + x``: a functional layer on a parameter of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(6, 6))
+
+    def forward(self, x):
+        return F.linear(x, self.w) + x
+
+
+class NormedOnly(nn.Module):
+    """A norm alone: parameters, none of them mixing features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(6)
+
+    def forward(self, x):
+        return self.norm(x)
+
+
+class AroundBlock(nn.Module):
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.inp, self.blk, self.out = nn.Linear(3, 6), block, nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.out(self.blk(self.inp(x)))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "autograd", "auto"])
+@pytest.mark.parametrize("kept", ["scripted", "leaf"])
+def test_a_module_kept_whole_hiding_a_weight_of_its_own_is_noted(kept: str, tracer: str) -> None:
+    """Found by a new user: a TorchScript module, or a declared leaf, whose only weight
+    mixes features functionally (``F.linear(x, self.w)``) vanished from the report without
+    a word — no record, and inp's second path (through blk's layer) gone — though a real
+    backward trains ``blk.w``. gpa cannot see inside (§1.7, §2); a note now names the
+    weight. By hand, as kept whole: inp -> out (2), one path. A module kept whole holding
+    only a norm's parameters gets no such note."""
+    block = torch.jit.script(MixesItsOwn()) if kept == "scripted" else MixesItsOwn()
+    leaves = [MixesItsOwn] if kept == "leaf" else None
+    report = gpa.analyze(AroundBlock(block), input_shape=(2, 3), tracer=tracer, leaf_modules=leaves)
+    assert list(report.layers) == ["inp", "out"] and report.layers["inp"].num_paths == 1
+    said = [n for n in report.notes if n.startswith("'blk' is kept whole")]
+    assert len(said) == 1 and "(blk.w)" in said[0]
+    assert ("TorchScript" in said[0]) == (kept == "scripted")
+    normed = torch.jit.script(NormedOnly()) if kept == "scripted" else NormedOnly()
+    plain = gpa.analyze(
+        AroundBlock(normed),
+        input_shape=(2, 3),
+        tracer=tracer,
+        leaf_modules=[NormedOnly] if kept == "leaf" else None,
+    )
+    assert not any("is kept whole" in n for n in plain.notes)

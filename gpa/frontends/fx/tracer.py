@@ -231,14 +231,22 @@ class GpaProxy(_TestsAnswered, fx.Proxy):
         count = _pieces(self.node)  # ``list(x.chunk(2, 1))`` asks first (see GpaTracer.iter)
         return count if count is not None else super().__len__()
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    # (a property, not ``__setattr__``: fx sets each proxy's attributes as it makes it)
+    @property
+    def requires_grad(self) -> Any:
+        if "_requires_grad" in self.__dict__:  # as the model set it
+            return self.__dict__["_requires_grad"]
+        return self.__getattr__("requires_grad")  # as fx records any attribute
+
+    @requires_grad.setter
+    def requires_grad(self, value: Any) -> None:
         # ``h.requires_grad = True`` (Wav2Vec2's feature encoder, before re-entrant
         # checkpoints) is recorded as the method call fx records for
         # ``h.requires_grad_(True)``: gradient then reaches what the model feeds h to.
         # (False on data changes nothing the analysis reads)
-        if name == "requires_grad" and value is True:
+        if value is True:
             self.tracer.create_proxy("call_method", "requires_grad_", (self, value), {})
-        super().__setattr__(name, value)
+        self.__dict__["_requires_grad"] = value
 
 
 #: torch's code that asks a proxy its class for its caller: ``torch.is_tensor(h)``,
