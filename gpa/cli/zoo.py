@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from gpa.cli.options import emit, format_option
+from gpa.cli.options import emit, format_option, output_option
 
 __all__ = ["command"]
 
@@ -34,8 +34,9 @@ def _entries() -> list[dict[str, Any]]:
 
 @click.command("zoo")
 @format_option("json")
-def command(fmt: str) -> None:
-    """List the reference models of gpa.models (analyse one with gpa analyze gpa.models:NAME).
+@output_option
+def command(fmt: str, output: Path | None) -> None:
+    """List the reference models of gpa.models (analyse one with gpa analyze NAME).
 
     Each entry: its one-line description, the section of the paper (Wang, Liao, Yeh,
     2023) it illustrates, its knobs (-k KNOB=VALUE) with their defaults, and its default
@@ -43,7 +44,7 @@ def command(fmt: str) -> None:
     """
     rows = _entries()
     if fmt == "json":
-        emit(json.dumps(rows, indent=2), None)
+        emit(json.dumps(rows, indent=2), output)
         return
     lines = [f"The architectures of {PAPER}; sections are the paper's.", ""]
     for e in rows:
@@ -54,4 +55,4 @@ def command(fmt: str) -> None:
             f"    section: {e['section']}",
             f"    knobs: {knobs}   input: {shape}",
         ]
-    emit("\n".join(lines), None)
+    emit("\n".join(lines), output)

@@ -145,6 +145,15 @@ def test_cli_zoo_lists_every_entry() -> None:
     assert rows[1]["input_shape"] == [1, 3, 64, 64]
 
 
+def test_cli_zoo_writes_to_a_file_as_every_command_does(tmp_path) -> None:
+    """Found by a surface audit: ``gpa zoo`` took ``--format`` but not ``-o``, which every
+    other command writing text takes."""
+    written = tmp_path / "zoo.json"
+    result = run("zoo", "--format", "json", "-o", str(written))
+    assert result.exit_code == 0 and result.stdout == ""
+    assert json.loads(written.read_text())[0]["name"] == gpa.models.names()[0]
+
+
 @pytest.mark.slow  # every zoo entry at full size
 @pytest.mark.parametrize("name", gpa.models.names())
 def test_every_entry_loads_with_its_own_input_shape(name: str) -> None:
