@@ -35,6 +35,7 @@ depends on click: the CLI only parses options and calls these functions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import functools
 import hashlib
@@ -60,7 +61,7 @@ from gpa.errors import GpaError, TargetError
 from gpa.frontends.inputs import bind_inputs
 from gpa.frontends.modules import display_name
 from gpa.names import TARGET_MODULE_PREFIX
-from gpa.options import parse_input_shapes
+from gpa.options import AnalysisOptions, parse_input_shapes
 
 __all__ = [
     "DEFAULT_NAMES",
@@ -483,9 +484,16 @@ def _check_kwargs(
         unknown = [k for k in kwargs if k not in named]
         if unknown:
             accepted = ", ".join(named) if named else "no keyword arguments"
+            options = [k for k in unknown if k in _OPTION_NAMES]
+            hint = (
+                f"; {', '.join(map(repr, options))}: an analysis option, not the factory's "
+                "(its flag on the command line; options=gpa.AnalysisOptions(...) in Python)"
+                if options
+                else ""
+            )
             raise TargetError(
                 f"{label} does not accept {', '.join(repr(k) for k in unknown)} "
-                f"(given with -k or kwargs); it accepts: {accepted}"
+                f"(given with -k or kwargs); it accepts: {accepted}{hint}"
             )
     required = [
         p.name
@@ -713,6 +721,10 @@ def _module_found(name: str) -> bool:
     directory on the path."""
     with _on_sys_path(Path.cwd()):
         return name in sys.modules or importlib.util.find_spec(name) is not None
+
+
+#: The names of the analysis options (``gpa.AnalysisOptions``' fields).
+_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(AnalysisOptions))
 
 
 def _zoo_names() -> list[str]:

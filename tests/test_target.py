@@ -757,3 +757,21 @@ def test_a_local_module_named_like_a_zoo_entry_is_read_and_its_error_said(
     loaded = load_target("resnet")
     assert isinstance(loaded.model, nn.Linear)
     sys.modules.pop("resnet", None)
+
+
+def test_an_analysis_option_given_as_a_factory_setting_is_named_so(tmp_path: Path) -> None:
+    """Found by a surface audit: ``gpa.scaling("nets.py:build", "depth", …,
+    layer_types=[...])`` said only that ``build`` does not accept 'layer_types' (the
+    study's keywords are the factory's settings). The message now says it is an analysis
+    option and where it goes."""
+    (tmp_path / "nets.py").write_text(
+        "import torch.nn as nn\n\n"
+        "def build(depth):\n"
+        "    return nn.Sequential(*(nn.Linear(2, 2) for _ in range(depth)))\n"
+    )
+    with pytest.raises(TargetError) as info:
+        gpa.scaling(f"{tmp_path / 'nets.py'}:build", "depth", [1, 2, 3], layer_types=["Linear"])
+    said = str(info.value)
+    assert "does not accept 'layer_types'" in said
+    assert "'layer_types': an analysis option, not the factory's" in said
+    assert "options=gpa.AnalysisOptions(...)" in said
