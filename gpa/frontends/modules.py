@@ -274,8 +274,11 @@ def hidden_weight_notes(
         >>> [n[:39] for n in hidden_weight_notes(net, leaf_modules=[Inner])]
         ["'0' is kept whole (a declared leaf) and"]
     """
-    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     leaf_types, leaf_names = split_leaves(leaf_modules)
+    scripted = torch.jit.ScriptModule
+    if not leaf_modules and not any(isinstance(m, scripted) for m in model.modules()):
+        return []  # (most models: nothing kept whole; no names made)
+    types = tuple(layer_types) if layer_types is not None else DEFAULT_LAYER_TYPES
     notes, whole = [], []
     for name, module in model.named_modules():
         if not name or any(name.startswith(f"{w}.") for w in whole):
