@@ -997,6 +997,37 @@ def test_item_assignment_refused_by_fx_says_what_reads_it():
     expect(report, "a", {2: 1}, ("b",))
 
 
+class Packed(nn.Module):
+    """An LSTM over a packed batch of sequences of the given lengths, then a linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(4, 8, batch_first=True), nn.Linear(8, 2)
+
+    def forward(self, x, lengths):
+        packed = nn.utils.rnn.pack_padded_sequence(
+            x, lengths, batch_first=True, enforce_sorted=False
+        )
+        out, _ = nn.utils.rnn.pad_packed_sequence(self.rnn(packed)[0], batch_first=True)
+        return self.head(out)
+
+
+def test_a_packed_sequence_refused_by_fx_says_what_reads_it():
+    """Found by a new user: fx's refusal of ``pack_padded_sequence`` was torch's bare
+    "``__cuda_array_interface__`` must be a dict" (it makes a tensor of the lengths'
+    values, which proxies do not hold). It now says so, and what reads it. By hand,
+    auto (autograd): rnn -> head (2)."""
+    x, lengths = torch.randn(3, 5, 4), torch.tensor([5, 3, 2])
+    with pytest.raises(TraceError) as raised:
+        gpa.analyze(Packed(), (x, lengths), tracer="fx")
+    message = str(raised.value)
+    assert "makes a tensor of a traced tensor's values" in message
+    assert "pack_padded_sequence" in message and "--tracer autograd" in message
+    report = gpa.analyze(Packed(), (x, lengths))
+    assert report.tracer == "autograd"
+    expect(report, "rnn", {2: 1}, ("head",))
+
+
 def _passes_everything_on(forward):
     """A decorator with a signature of its own, as Hugging Face's ``@can_return_tuple``."""
 

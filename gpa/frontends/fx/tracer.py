@@ -1023,6 +1023,13 @@ _FX_LIMITS = (
         "--tracer export or autograd runs it (auto moves on), or call the plain Python "
         "function while analysing.",
     ),
+    (
+        TypeError,
+        "__cuda_array_interface__",
+        "The code there makes a tensor of a traced tensor's values (torch.as_tensor, "
+        "torch.tensor: pack_padded_sequence does so with its lengths), which fx's proxies "
+        "do not hold; --tracer autograd runs it (auto moves on).",
+    ),
 )
 _DATA_DEPENDENT = (
     "Symbolic tracing cannot follow control flow or Python logic that depends on "
