@@ -156,6 +156,7 @@ def _analyze(
         *graph.notes,
         *counts.notes,
         *_fallback_notes(records),
+        *_no_layer_reached_notes(records, options),
         *_channels_reaching_nothing_notes(records),
         *_intermediate_outputs_notes(graph),
         *_tied_notes(model, records, named),
@@ -252,6 +253,23 @@ def _intermediate_outputs_notes(graph: GradientGraph) -> list[str]:
         "does not read them (an Ultralytics head's feats in train mode, logits returned "
         "beside the model's own loss), select what it reads with --outputs "
         "(docs/semantics.md §1.5)"
+    ]
+
+
+def _no_layer_reached_notes(
+    records: Mapping[str, LayerRecord], options: AnalysisOptions
+) -> list[str]:
+    """A note where the loss reaches no layer: what feeds it carries gradient, but to the
+    inputs alone (an input returned as it is, or computed from the inputs alone; layers'
+    outputs only through values without gradient) — every layer is unreachable (§1.5)."""
+    if any(r.reachable for r in records.values()):
+        return []
+    which = "the selected outputs" if options.outputs is not None else "the outputs"
+    return [
+        f"no layer is reached from {which}: they carry gradient only to the inputs or to "
+        "parameters of no layer (an input returned as it is; layers' outputs reached only "
+        "through values without gradient), so every layer is unreachable"
+        + (" (select other outputs with outputs= / --outputs)" if options.outputs else "")
     ]
 
 

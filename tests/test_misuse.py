@@ -57,3 +57,31 @@ def test_no_gradient_carrying_output_is_an_error() -> None:
         gpa.analyze(Detached(), input_shape=(1, 4))
     # a model with a gradient-carrying output gets no such note
     assert not any("returns no tensor" in n for n in gpa.analyze(NET, input_shape=(1, 4)).notes)
+
+
+class PassesOn(nn.Module):
+    """Returns its input as it is, its input doubled, and a layer's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return x, x * 2, self.a(x)
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd", "auto"])
+@pytest.mark.parametrize("selected", [0, 1])
+def test_outputs_reaching_no_layer_are_read_alike_and_said(selected: int, tracer: str) -> None:
+    """Found by a new user (``create_feature_extractor(..., {"x": "inp"})`` with
+    ``outputs=["inp"]``): fx and export reported every layer unreachable, without a word,
+    where autograd refused the input returned as it is (``x * 2`` it read as fx does).
+    Every frontend now reads them alike — gradient reaches the input alone, so a is
+    unreachable — and a note says that no layer is reached. By hand: output 2 reaches
+    a (1), and then there is no note."""
+    report = gpa.analyze(PassesOn(), input_shape=(1, 4), outputs=selected, tracer=tracer)
+    assert report.layers["a"].shortest is None
+    assert any(n.startswith("no layer is reached from the selected outputs") for n in report.notes)
+    reached = gpa.analyze(PassesOn(), input_shape=(1, 4), outputs=2, tracer=tracer)
+    assert reached.layers["a"].shortest == 1
+    assert not any(n.startswith("no layer is reached") for n in reached.notes)

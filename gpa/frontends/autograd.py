@@ -995,7 +995,6 @@ def _build(
     selected = returned.select(outputs)
     returned_at = [edges.resolve_output(t.grad_fn, t.output_nr) for _, t in selected]
     roots = [fn for fn, _ in returned_at]
-    keys = [key for key, _ in selected]
     nodes = _autograd_nodes([*(r for r in roots if r is not None), *run.use.created], edges)
 
     g = nx.DiGraph()
@@ -1053,8 +1052,12 @@ def _build(
     # each node's outputs other nodes read: a node here may hold several returned tensors
     # (a layer call's, a split's), of which the model may read some and not others (§1.5)
     read = _outputs_read(nodes, edges)
-    for (root, nr), output in zip(returned_at, keys, strict=True):
-        if root is not None and not g.has_edge(key_of(root), LOSS):  # its first path names it
+    for (root, nr), (output, value) in zip(returned_at, selected, strict=True):
+        if root is None and id(value) in run.input_ids and value.requires_grad:
+            # an input returned as it is carries gradient to itself, as fx and export
+            # read it (where the run's inputs carry none, it is the model's doing)
+            g.add_edge(_Key("returned input", id(value), ""), LOSS, grad=True, output=output)
+        elif root is not None and not g.has_edge(key_of(root), LOSS):  # (its first path names it)
             inside = (id(root), nr) in read
             g.add_edge(key_of(root), LOSS, grad=True, output=output, read_inside=inside)
     outputs_at = {id(r) for r in roots if r is not None}
@@ -1124,7 +1127,8 @@ def _mark_added(
 
 class _Key(NamedTuple):
     """A node of the op graph: a module call, an autograd node, a call run without
-    gradient, or the first operand of a layer call (``kind`` "input")."""
+    gradient, the first operand of a layer call (``kind`` "input"), or a model input
+    returned as it is (``kind`` "returned input")."""
 
     kind: str
     index: int
