@@ -35,7 +35,6 @@ depends on click: the CLI only parses options and calls these functions.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
 import functools
 import hashlib
@@ -61,7 +60,7 @@ from gpa.errors import GpaError, TargetError
 from gpa.frontends.inputs import bind_inputs
 from gpa.frontends.modules import display_name
 from gpa.names import TARGET_MODULE_PREFIX
-from gpa.options import AnalysisOptions, parse_input_shapes
+from gpa.options import option_names, parse_input_shapes
 
 __all__ = [
     "DEFAULT_NAMES",
@@ -724,7 +723,7 @@ def _module_found(name: str) -> bool:
 
 
 #: The names of the analysis options (``gpa.AnalysisOptions``' fields).
-_OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(AnalysisOptions))
+_OPTION_NAMES = frozenset(option_names(settable=False))
 
 
 def _zoo_names() -> list[str]:

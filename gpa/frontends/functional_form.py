@@ -113,8 +113,9 @@ def discarded_kept(gm: fx.GraphModule) -> None:
     of what it wrote into, which a discarded result cannot tell apart; what the writes
     into it before the reader made are —, one result of an operation made of it with
     several (a batch norm in training), a weight's attribute, an input of the same name;
-    an integer or boolean tensor dropped with its writes (an index table) is one of its
-    shape and dtype, made of nothing. One whose arguments cannot be found is left out."""
+    a tensor dropped with its writes that no gradient goes through (an integer index table,
+    a mask made of numbers alone) is one of its shape and dtype, made of nothing. One
+    whose arguments cannot be found is left out."""
     kept = gm.meta.get(FUNCTIONAL_OF)
     if kept is None:
         return
