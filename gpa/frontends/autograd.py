@@ -50,6 +50,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from gpa.core.graph import LOSS, GradientGraph, LayerCall, OutputKey
 from gpa.errors import GpaError, ModelError, TraceError
 from gpa.frontends.dynamic import dynamic_layers
+from gpa.frontends.einsum import einsum_call, einsum_operands, split_einsum, sums_across
 from gpa.frontends.frames import Site, caller_site
 from gpa.frontends.fx.flow import ValueInfo, differentiable
 from gpa.frontends.inputs import IntegerVariants, floating_dtype, integer_variants
@@ -63,6 +64,7 @@ from gpa.frontends.modules import (
     split_leaves,
     type_name,
     unused_layer_modules,
+    weight_holder,
     weight_owners,
     with_tied,
 )
@@ -72,6 +74,7 @@ from gpa.frontends.operators import (
     custom_operator,
     custom_operator_note,
     function_name,
+    mixes_nothing,
 )
 from gpa.frontends.outputs import returned_values
 from gpa.frontends.raised import briefly, model_raised
@@ -241,6 +244,13 @@ class _ParameterUse(TorchFunctionMode):
         # data (``F.linear(x, w.detach())``), none beside weights alone (``w @ w.detach()``)
         self.weight_reads: list[tuple[int, int, tuple[str, ...] | None]] = []
         self.keep: list[torch.Tensor] = []  # keeps those ids unique
+        # id() of the autograd node of a weight a feature-mixing function computed with
+        # gradient from several parameters alone -> them in the order the call reads them
+        # (its node's inputs follow torch's kernel: an ``einsum`` may swap its operands)
+        self.weight_order: dict[int, tuple[str, ...]] = {}
+        # id() of the autograd nodes of contractions torch computed as a product: an
+        # ``einsum`` summing subscripts of size 1 (``"bi,io->bo"`` with one ``i``) is a mul
+        self.contracting: set[int] = set()
         # id() of the autograd nodes of data values: a weight picked at positions computed
         # from data (``w[idx]``: no autograd edge to ``idx``) is one
         self.data_nodes: set[int] = set()
@@ -266,6 +276,15 @@ class _ParameterUse(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        steps = split_einsum(args) if func in _EINSUM and not kwargs else None
+        if steps is not None and self.recorder.depth == 0:
+            # the contractions torch makes, each a call read as fx and export read it (§2:
+            # which operand meets which decides the layers)
+            operands = einsum_operands(args)
+            held = operands[0]
+            for equation, i in steps:
+                held = self.__torch_function__(func, types, (equation, held, operands[i]))
+            return held
         tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         if self._inputs_carry:
             self._refuse_made_to_require_gradient(func, args, kwargs)
@@ -306,6 +325,8 @@ class _ParameterUse(TorchFunctionMode):
                 pairs = zip(data, tensors, strict=True)
                 if any(d and _values_without_gradient(t) for d, t in pairs):
                     self.mixed_nodes.update(made)
+        if mixing and func in _EINSUM and torch.is_grad_enabled():
+            self._contraction_by_product(args, result, start)
         if mixing and tensors:  # the shapes of a functional layer that may be found here
             value = (ValueInfo.of(result), ValueInfo.of(tensors[0]), caller_site())
             self.values.append((start, self.recorder.sequence() - 1, *value))
@@ -318,9 +339,9 @@ class _ParameterUse(TorchFunctionMode):
             if any(id(t) in self.parameters for t in tensors):
                 self.weight_functions.update(dict.fromkeys(in_function_forward()))
             if self.recorder.depth == 0:
-                self._without_grad(func, tensors, result, data)
+                self._without_grad(func, args, tensors, result, data)
         elif self.recorder.depth == 0:
-            self._weight_without_gradient(func, tensors, result, start, data)
+            self._weight_without_gradient(func, args, tensors, result, start, data)
         if not torch.is_grad_enabled():  # autograd made no node; and a view made under
             # no_grad whose base was written raises when asked its grad_fn
             return result
@@ -328,6 +349,24 @@ class _ParameterUse(TorchFunctionMode):
             if isinstance(t, torch.Tensor) and t.grad_fn is not None:
                 self.created.append(t.grad_fn)
         return result
+
+    def _contraction_by_product(self, args: tuple, result: Any, start: int) -> None:
+        """Note the product node of an ``einsum`` of two operands summing across that torch
+        computed with no matrix product (its summed subscripts all of size 1): a
+        contraction still (§2), as fx and export read it, and ``(h @ A) @ B`` records it."""
+        call = einsum_call(args)
+        if call is None or call[1] != 2 or not sums_across(call[0]):
+            return
+        made, stack = [], [getattr(result, "grad_fn", None)]
+        while stack:  # the nodes the call made (numbered from ``start`` on)
+            node = stack.pop()
+            if node is None or node._sequence_nr() < start or _is_leaf(node):
+                continue
+            made.append(node)
+            stack.extend(child for child, _ in node.next_functions)
+        if not any(_kind(n) in _MIXING_NODES for n in made):
+            self.contracting.update(id(n) for n in made if _kind(n) == "MulBackward")
+            self.keep.append(result)
 
     def _refuse_made_to_require_gradient(self, func: Any, args: tuple, kwargs: dict) -> None:
         """``h.requires_grad_()`` on data, in a run whose inputs carry gradient: there it
@@ -401,7 +440,7 @@ class _ParameterUse(TorchFunctionMode):
             self._data.add(tree_flatten(output)[0])
 
     def _without_grad(
-        self, func: Any, tensors: list[torch.Tensor], result: Any, data: list[bool]
+        self, func: Any, args: tuple, tensors: list[torch.Tensor], result: Any, data: list[bool]
     ) -> None:
         """Autograd records nothing here: follow values computed from parameters alone
         (buffers and constants beside them)."""
@@ -413,7 +452,7 @@ class _ParameterUse(TorchFunctionMode):
                 if isinstance(t, torch.Tensor):
                     self.derived[id(t)] = named
                     self.keep.append(t)
-        elif function_name(func) in MIXING_FUNCTION_NAMES:
+        elif _mixes(func, args, tensors):
             self.no_grad_layers.append((self.recorder.sequence(), named, tensors, result))
 
     def _parameters_of(
@@ -446,13 +485,22 @@ class _ParameterUse(TorchFunctionMode):
             if node is None or node in seen:
                 continue
             seen.add(node)
+            if (order := self.weight_order.get(id(node))) is not None:  # as its call read them
+                found += order
+                continue
             name = self.parameters.get(id(getattr(node, "variable", None)))
             found += [name] if name is not None else []
             stack.extend(child for child, _ in reversed(node.next_functions))
         return found
 
     def _weight_without_gradient(
-        self, func: Any, tensors: list[torch.Tensor], result: Any, start: int, data: list[bool]
+        self,
+        func: Any,
+        args: tuple,
+        tensors: list[torch.Tensor],
+        result: Any,
+        start: int,
+        data: list[bool],
     ) -> None:
         """Grad mode is on, yet a value made from parameters alone may carry no gradient
         (``w.detach()``, a weight made under ``no_grad`` earlier): autograd records no edge
@@ -461,11 +509,17 @@ class _ParameterUse(TorchFunctionMode):
         results = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
         # a weight computed with gradient losing it (``torch.cat([a.w, b.w]).detach()``)
         lost = not any(data) and results and not any(map(_carries_gradient, results))
-        weights = self._parameters_of(tensors, computed=lost)
+        mixing = _mixes(func, args, tensors)
+        weights = self._parameters_of(tensors, computed=lost or (mixing and not any(data)))
         if not weights:  # the common case: data alone
             return
+        if mixing and not any(data) and len(weights) > 1:  # a weight of several parameters
+            for t in results:
+                if t.grad_fn is not None:
+                    self.weight_order[id(t.grad_fn)] = weights
+                    self.keep.append(t)
         detached = [t for t in tensors if id(t) in self.derived]
-        if detached and function_name(func) in MIXING_FUNCTION_NAMES:
+        if detached and mixing:
             # beside data, or weights alone
             layer = self._parameters_of(detached) if any(data) else None
             if any(t.grad_fn is not None for t in results):
@@ -481,6 +535,17 @@ class _ParameterUse(TorchFunctionMode):
                 elif partly:  # (with a part without gradient: see self.partly)
                     self.partly[id(t)] = weights
                     self.keep.append(t)
+
+
+_EINSUM = frozenset({torch.einsum, torch.functional.einsum})
+
+
+def _mixes(func: Any, args: tuple, tensors: list[torch.Tensor]) -> bool:
+    """Whether ``func`` given ``args`` is a feature-mixing call (§2): a mixing function
+    (:data:`~gpa.frontends.operators.MIXING_FUNCTION_NAMES`) summing across its operands."""
+    name = function_name(func)
+    scalar = name == "inner" and any(t.dim() == 0 for t in tensors)
+    return name in MIXING_FUNCTION_NAMES and not mixes_nothing(name, args, scalar)
 
 
 # Operations whose result's size the values of their operands decide, and the questions
@@ -521,6 +586,11 @@ def _kind(fn: Any) -> str:
     """The kind of autograd node ``fn`` is, without its version digit; one a custom
     operator standing for one of torch's own makes, as that one's would be."""
     return backward_kind(type(fn).__name__.rstrip("0123456789"))
+
+
+def _mixing_node(fn: Any, run: _Run) -> bool:
+    """Whether autograd node ``fn`` is a feature-mixing operation's (§2)."""
+    return _kind(fn) in _MIXING_NODES or id(fn) in run.use.contracting
 
 
 def _history(t: torch.Tensor) -> Any:
@@ -1027,7 +1097,7 @@ def _build(
         if id(fn) in run.use.data_nodes or any(id(c) in picked for c in children if c):
             picked.add(id(fn))  # (data; a weight picked at data positions if it has a root)
         parameter = None
-        if opaque_call(fn) is None and _kind(fn) in _MIXING_NODES:
+        if opaque_call(fn) is None and _mixing_node(fn, run):
             read = _weight_read(run.use.weight_reads, fn._sequence_nr())
             if read is _UNSEEN:
                 constants = _weight_read(run.use.constant_reads, fn._sequence_nr()) is None
@@ -1193,6 +1263,12 @@ def _parameter_root(
         if roots is _TAINTED:
             return _TAINTED
         found.update(dict.fromkeys(roots or ()))
+    order = run.use.weight_order.get(id(fn))
+    if order is not None and set(found) <= set(order):  # as the call read them, with the
+        # parameters of a module gradient reaches through another (§2: a detached part of
+        # one module's weight is still its own; of another module's, no one's)
+        holders = {weight_holder(p) for p in found}
+        return tuple(p for p in order if p in found or weight_holder(p) in holders)
     return tuple(found) or None
 
 

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from gpa.frontends.einsum import einsum_call, sums_across
+
 __all__ = [
     "MIXING_FUNCTION_NAMES",
     "STANDING_FOR",
@@ -35,6 +37,7 @@ __all__ = [
     "custom_operator_label",
     "custom_operator_note",
     "function_name",
+    "mixes_nothing",
     "torch_operator",
 ]
 
@@ -108,6 +111,23 @@ MIXING_FUNCTION_NAMES = frozenset(
     "addmv einsum tensordot inner vdot linalg_matmul linalg_multi_dot chain_matmul "
     "_grouped_mm grouped_mm".split()
 )
+
+
+def mixes_nothing(name: str, args: tuple, scalar_operand: bool = False) -> bool:
+    """Whether a call of the feature-mixing function ``name`` (:data:`MIXING_FUNCTION_NAMES`)
+    given ``args`` multiplies without summing across its operands, which mixes nothing
+    (a layer scale: no layer, ``docs/semantics.md`` §2), as autograd records it (a mul):
+    an ``einsum`` of two operands summing no subscript they share (``"bi,i->bi"``, an outer
+    product, a sum within one), or ``inner`` of a 0-d operand (``scalar_operand``; torch
+    documents it as ``mul``).
+
+    Example:
+        >>> mixes_nothing("einsum", ("bi,i->bi", "h", "w")), mixes_nothing("einsum", ("bi,i->b", "h", "w"))
+        (True, False)
+    """
+    if name == "einsum" and (call := einsum_call(args)) is not None:
+        return call[1] == 2 and not sums_across(call[0])
+    return name == "inner" and scalar_operand
 
 
 def function_name(func: Any) -> str:

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import gpa
 from gpa.errors import TraceError
@@ -872,6 +873,224 @@ def test_the_operand_an_einsum_meets_after_its_weight_does_not_cross_it(tracer):
     assert layer_records(report) == layer_records(
         gpa.analyze(model, torch.randn(3, 4), tracer="autograd")
     )
+
+
+class FrozenFactors(nn.Module):
+    """``pre(x)`` and two weights of one module in an ``einsum`` of three operands
+    (``order``: where the data stands), the weights frozen by ``how``: ``detached`` (each
+    weight ``.detach()``-ed, gradient still flows through the data) or ``no_grad`` (the
+    whole call run without gradient, beside ``head(pre(x))``)."""
+
+    def __init__(self, how: str, equation: str, data_at: int, shapes: tuple) -> None:
+        super().__init__()
+        self.how, self.equation, self.data_at = how, equation, data_at
+        self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.A, self.B = (nn.Parameter(torch.randn(*shape)) for shape in shapes)
+
+    def forward(self, x):
+        h = self.pre(x)
+        weights = [self.A, self.B]
+        if self.how == "detached":
+            weights = [w.detach() for w in weights]
+        operands = [*weights[: self.data_at], h, *weights[self.data_at :]]
+        if self.how == "no_grad":
+            with torch.no_grad():
+                mixed = torch.einsum(self.equation, *operands)
+            return self.head(h).sum() + mixed.sum()
+        return torch.einsum(self.equation, *operands).sum()
+
+
+# equation, where the data stands, the weights' shapes, the layers by hand (in call order)
+_FROZEN_FACTORS = {
+    "low rank": ("bi,ir,ro->bo", 0, ((4, 2), (2, 3)), ["A", "B"]),
+    "scaled, then mixed": ("bi,i,io->bo", 0, ((4,), (4, 3)), ["B"]),
+    "mixed, then scaled": ("bi,io,o->bo", 0, ((4, 3), (3,)), ["A"]),
+    "mixed twice to a number": ("bi,ir,r->b", 0, ((4, 2), (2,)), ["A", "B"]),
+    "weights first": ("ir,ro,bi->bo", 2, ((4, 2), (2, 3)), ["A"]),
+}
+
+
+@pytest.mark.parametrize("how", ["detached", "no_grad", "trained"])
+@pytest.mark.parametrize("case", list(_FROZEN_FACTORS))
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_an_einsum_of_frozen_factors_is_a_call_of_each_in_turn(case, how, tracer):
+    """Found by a session: with its weights frozen (``.detach()``, or the call under
+    ``no_grad``), the autograd frontend read an ``einsum`` of three operands as one call
+    naming every weight — ``"bi,ir,ro->bo"`` detached gave ``A`` two calls at 1 and no
+    ``B`` (fx and export: ``A`` at 2, ``B`` at 1) —, and took the scale ``s`` of
+    ``"bi,i,io->bo"`` for a layer; trained, it named the weight ``A @ B`` of
+    ``"ir,ro,bi->bo"`` by ``B``, the order torch's kernel reads them in, where §2 names a
+    weight of one module's parameters by the first the call reads (``A``).
+
+    By hand, as the contractions torch makes, left to right (§2): a step meeting data and a
+    weight and summing across is a call of the weight; a step summing nothing (``"bi,i"``)
+    is a product; weights meeting alone (``"ir,ro"``) make one weight. Gradient flows
+    through the data (trained, detached): the last call at 1, the one before at 2, ``pre``
+    one further; under ``no_grad`` the calls are listed, reached by no gradient, and
+    ``pre`` is at 2 through ``head``."""
+    equation, data_at, shapes, layers = _FROZEN_FACTORS[case]
+    model = FrozenFactors(how, equation, data_at, shapes)
+    report = gpa.analyze(model, torch.randn(2, 4), tracer=tracer)
+    if how == "no_grad":
+        assert list(report.layers) == ["pre", *layers, "head"]
+        for name in layers:
+            expect_unreachable(report, name)
+        expect(report, "pre", {2: 1}, ("head",))
+        return
+    assert list(report.layers) == ["pre", *layers, "head"]
+    expect_unreachable(report, "head", calls=0)
+    chain = [*layers[::-1], "pre"]  # nearest the loss first
+    for at, name in enumerate(chain, start=1):
+        expect(report, name, {at: 1}, (chain[at - 2],) if at > 1 else (LOSS,))
+    if how == "trained":  # (a frozen weight gets no gradient of its own to check by)
+        check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+def _spelled(case: str, h: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """The ``einsum`` of :data:`_SPELLINGS`'s ``case`` on ``h`` (2×4) and two weights."""
+    if case == "ellipsis summed":  # h.T @ A
+        return torch.einsum("...i,...j->ij", h, A)
+    if case == "ellipsis summed, then mixed":
+        return torch.einsum("...i,...j,jk->ik", h, A, B)
+    if case == "implicit outer product":
+        return torch.einsum("bi,j", h, A)
+    if case == "implicit elementwise product":
+        return torch.einsum("...,...", h, A)
+    if case == "sublists":
+        return torch.einsum(h, [0, 1], A, [1, 2], B, [2, 3], [0, 3])
+    if case == "rank 1":  # (torch sums a subscript of size 1 by a mul)
+        return torch.einsum("bi,ir,ro->bo", h, A, B)
+    # re-entrant: given ``h`` computed from parameters, it passes gradient on (§1.7)
+    return checkpoint(lambda t: torch.einsum("bi,ir,ro->bo", t, A, B), h, use_reentrant=True)
+
+
+# case -> the weights' shapes, the layers by hand (in call order)
+_SPELLINGS = {
+    "ellipsis summed": (((2, 3), (1,)), ["A"]),
+    "ellipsis summed, then mixed": (((2, 3), (3, 2)), ["A", "B"]),
+    "implicit outer product": (((3,), (1,)), []),
+    "implicit elementwise product": (((4,), (1,)), []),
+    "sublists": (((4, 2), (2, 3)), ["A", "B"]),
+    "rank 1": (((4, 1), (1, 3)), ["A", "B"]),
+    "checkpointed": (((4, 2), (2, 3)), ["A", "B"]),
+}
+
+
+class Spelled(nn.Module):
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.case, shapes = case, _SPELLINGS[case][0]
+        self.pre = nn.Linear(4, 4)
+        self.A, self.B = (nn.Parameter(torch.randn(*shape)) for shape in shapes)
+
+    def forward(self, x):
+        return _spelled(self.case, self.pre(x), self.A, self.B).sum()
+
+
+@pytest.mark.parametrize("case", list(_SPELLINGS))
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_an_einsum_is_read_alike_however_it_is_spelled(case, tracer):
+    """Found by a review: an ellipsis the output drops is summed (``"...i,...j->ij"`` is
+    ``h.T @ A``: a call of ``A``), yet fx and export read no layer; an implicit output
+    keeps every subscript met once (``"bi,j"`` is an outer product: no layer), yet fx and
+    export read a call of the weight; fx read the sublist form (``einsum(h, [0, 1], A,
+    [1, 2], ...)``) as two operands, and failed on an ``einsum`` of three inside a
+    re-entrant checkpoint; autograd read no call of ``B`` in a rank-1 ``"bi,ir,ro->bo"``
+    (torch sums the ``r`` of size 1 by a mul, where ``(h @ A) @ B`` records a matrix
+    product). By hand, as the contractions torch makes, left to right (§2):
+    the last call at 1, the one before at 2, ``pre`` one further; with no call, ``pre`` at
+    1."""
+    model = Spelled(case)
+    layers = _SPELLINGS[case][1]
+    report = gpa.analyze(model, torch.randn(2, 4), tracer=tracer)
+    assert [n for n, r in report.layers.items() if r.calls] == ["pre", *layers]
+    chain = [*layers[::-1], "pre"]  # nearest the loss first
+    for at, name in enumerate(chain, start=1):
+        expect(report, name, {at: 1}, (chain[at - 2],) if at > 1 else (LOSS,))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
+class NamedByFirst(nn.Module):
+    """A weight made of parameters by an ``einsum``, applied to ``pre(x)``; ``held``: of
+    the root module (a weight named by a parameter) or of the submodules ``a`` and ``b``."""
+
+    def __init__(self, how: str, held: str) -> None:
+        super().__init__()
+        self.how, self.pre = how, nn.Linear(4, 4)
+        if held == "root":
+            self.A, self.B = nn.Parameter(torch.randn(4, 2)), nn.Parameter(torch.randn(2, 3))
+        else:
+            self.a, self.b = nn.Linear(4, 2, bias=False), nn.Linear(2, 3, bias=False)
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self, "A"):
+            return self.A, self.B
+        return self.a.weight.T, self.b.weight.T
+
+    def forward(self, x):
+        h = self.pre(x)
+        A, B = self.weights()
+        if self.how == "read first":
+            return torch.einsum("ir,ro,bi->bo", A, B, h).sum()
+        if self.how == "first detached":
+            return torch.einsum("ir,ro,bi->bo", A.detach(), B, h).sum()
+        # made from B then A, then detached
+        return torch.einsum("bi,io->bo", h, torch.einsum("ro,ir->io", B, A).detach()).sum()
+
+
+# (how, held) -> the layers by hand
+_NAMED_BY_FIRST = {
+    ("read first", "root"): ["A"],
+    ("first detached", "root"): ["A"],
+    ("made, then detached", "root"): ["B"],
+    ("read first", "modules"): ["a", "b"],
+    ("first detached", "modules"): ["b"],
+    ("made, then detached", "modules"): ["b", "a"],
+}
+
+
+@pytest.mark.parametrize(("how", "held"), list(_NAMED_BY_FIRST))
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_weight_made_of_several_parameters_is_named_as_its_call_reads_them(how, held, tracer):
+    """Found by a session and its review: the autograd frontend named the weight ``A @ B``
+    of ``einsum("ir,ro,bi->bo", A, B, h)`` by ``B`` (the order torch's kernel reads them
+    in), with ``A`` detached by ``B`` as well, and a weight made from ``B`` and ``A``, then
+    detached, by ``A``. By hand (§2): one module's parameters make one call, named by the
+    first its call reads (a detached part too, being the module's own); several modules'
+    make a call of each that gradient reaches, in the order read (a detached part of
+    another module's is no one's; where no part carries gradient, every module's). The
+    weight's call is at 1, and ``pre`` at 2, with one path through each record the call is
+    one of (§2)."""
+    model = NamedByFirst(how, held)
+    report = gpa.analyze(model, torch.randn(2, 4), tracer=tracer)
+    layers = _NAMED_BY_FIRST[how, held]
+    assert [n for n, r in report.layers.items() if r.calls] == ["pre", *layers]
+    for name in layers:
+        expect(report, name, {1: 1}, (LOSS,))
+    expect(report, "pre", {2: len(layers)}, tuple(layers))
+
+
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_a_scalar_inner_product_under_no_grad_is_no_layer(tracer):
+    """``torch.inner(h, s)`` of a 0-d ``s`` is a product (torch documents it as ``mul``),
+    no layer (§2) — as fx and export read it, and autograd with gradient (a mul); under
+    ``no_grad`` autograd took it for a call of ``s``. By hand: ``pre`` at 2, ``head`` 1."""
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+            self.s = nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            h = self.pre(x)
+            with torch.no_grad():
+                scaled = torch.inner(h, self.s)
+            return self.head(h).sum() + scaled.sum()
+
+    report = gpa.analyze(Scaled(), torch.randn(2, 4), tracer=tracer)
+    assert list(report.layers) == ["pre", "head"]
+    expect(report, "pre", {2: 1}, ("head",))
 
 
 class LowRank(nn.Module):

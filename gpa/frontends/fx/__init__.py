@@ -35,7 +35,7 @@ from gpa.frontends.fx.branches import (
     type_tests_unseen,
     unchecked_channels_message,
 )
-from gpa.frontends.fx.checkpoints import unfed_checkpoints
+from gpa.frontends.fx.checkpoints import checkpoints_rewritten, unfed_checkpoints
 from gpa.frontends.fx.contractions import pairwise_contractions
 from gpa.frontends.fx.flow import RETURNED_INPUTS
 from gpa.frontends.fx.graph import name_outputs, op_graph, output_notes
@@ -114,7 +114,7 @@ def fx_gradient_graph(model: nn.Module, options: AnalysisOptions) -> GradientGra
         constants, classes = _forward_arguments(traced, options)
         # (the model's state is as the snapshot took it: the trace restores that one)
         gm = trace(traced, leaves, kinds, constants, classes, state if traced is model else None)
-        pairwise_contractions(gm.graph)
+        checkpoints_rewritten(gm, pairwise_contractions(gm.graph))
         name_outputs(gm.graph)
         gm.recompile()
         notes = output_notes(gm, options.outputs)

@@ -31,7 +31,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch.fx as fx
 from torch import nn
@@ -39,7 +39,18 @@ from torch import nn
 from gpa.frontends.fx.flow import FLOW, differentiable
 from gpa.frontends.fx.tracer import CHECKPOINTS
 
-__all__ = ["unfed_checkpoints"]
+__all__ = ["checkpoints_rewritten", "unfed_checkpoints"]
+
+
+def checkpoints_rewritten(gm: fx.GraphModule, replaced: Mapping[fx.Node, fx.Node]) -> None:
+    """Point the record of what each checkpoint is given and returns at the nodes now
+    giving the values of the nodes a pass rewrote (``replaced``: erased node -> its
+    replacement; an ``einsum`` split into its contractions)."""
+    if replaced and gm.meta.get(CHECKPOINTS):
+        gm.meta[CHECKPOINTS] = [
+            tuple([replaced.get(n, n) for n in nodes] for nodes in boundary)
+            for boundary in gm.meta[CHECKPOINTS]
+        ]
 
 
 def unfed_checkpoints(gm: fx.GraphModule) -> int:

@@ -53,13 +53,9 @@ from torch.overrides import (
     _pop_mode_temporarily,
 )
 
+from gpa.frontends.einsum import einsum_operands, split_einsum
 from gpa.frontends.functions import called_function
-from gpa.frontends.fx.contractions import (
-    EINSUM,
-    contraction_arguments,
-    einsum_operands,
-    split_einsum,
-)
+from gpa.frontends.fx.contractions import EINSUM, contraction_arguments
 from gpa.frontends.fx.flow import FLOW, PARTS, GradientFlow
 from gpa.frontends.fx.graph import result_part
 from gpa.frontends.fx.layers import wrapped

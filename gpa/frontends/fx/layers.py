@@ -29,7 +29,6 @@ from torch.nn.utils import parametrize
 from gpa.core.graph import LayerCall
 from gpa.errors import TraceError
 from gpa.frontends.dynamic import dynamic_layers
-from gpa.frontends.fx.contractions import einsum_operands, sums_across
 from gpa.frontends.fx.flow import FLOW
 from gpa.frontends.fx.modes import grad_modes
 from gpa.frontends.fx.tracer import call_site
@@ -45,7 +44,12 @@ from gpa.frontends.modules import (
     weight_owners,
     with_tied,
 )
-from gpa.frontends.operators import MIXING_FUNCTION_NAMES, custom_operator, torch_operator
+from gpa.frontends.operators import (
+    MIXING_FUNCTION_NAMES,
+    custom_operator,
+    mixes_nothing,
+    torch_operator,
+)
 
 __all__ = [
     "CONV_FUNCTIONS",
@@ -250,17 +254,13 @@ def _is_mixing(node: fx.Node) -> bool:
 
 
 def _mixes_nothing(node: fx.Node) -> bool:
-    """Whether ``node`` multiplies without summing across its operands: ``inner`` of a 0-d
-    operand (torch documents it as ``mul``), an ``einsum`` of two operands summing no
-    subscript they share (``"bi,i->bi"``, an outer product, a sum within one). Such a
-    product mixes nothing (a layer scale: no layer, §2), as autograd records it (a mul)."""
+    """Whether ``node`` multiplies without summing across its operands
+    (:func:`~gpa.frontends.operators.mixes_nothing`; its operands' shapes from the flow
+    pass)."""
     name = _operator_name(node)
-    if name == "einsum" and node.args and isinstance(node.args[0], str):
-        return len(einsum_operands(node.args)) == 2 and not sums_across(node.args[0])
-    if name != "inner":
-        return False
-    flows = [m.meta.get(FLOW) for m in node.all_input_nodes]
-    return any(f is not None and getattr(f, "shapes", None) == () for f in flows)
+    flows = [m.meta.get(FLOW) for m in node.all_input_nodes] if name == "inner" else []
+    scalar = any(f is not None and getattr(f, "shapes", None) == () for f in flows)
+    return mixes_nothing(name, node.args, scalar)
 
 
 def find_layers(
