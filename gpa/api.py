@@ -14,7 +14,7 @@ from torch import nn
 
 from gpa.core.report import Report
 from gpa.errors import GpaError
-from gpa.frontends.inputs import bind_inputs, forward_parameters
+from gpa.frontends.inputs import bind_inputs, declared_inputs, forward_parameters
 from gpa.options import AnalysisOptions, option_names
 from gpa.pipeline import analyze_model
 from gpa.target import load_target
@@ -39,6 +39,9 @@ def analyze(
             out before the last one named take their defaults; an argument forward takes
             only by keyword cannot be given); only their shapes and dtypes are used (the
             autograd tracer runs the model on them, on the meta device when it can).
+            Given neither these nor ``input_shape``, the inputs the model declares are
+            used, as every command uses them: its ``input_shape`` attribute (every
+            :mod:`gpa.models` entry's), else PyTorch Lightning's ``example_input_array``.
         name: display name of the model in the report.
         progress: called with the name of each phase as it starts (the CLI shows
             them on a terminal).
@@ -85,6 +88,9 @@ def analyze(
         [('0', 2), ('3', 1)]
     """
     _refuse_forward_arguments(model, options)
+    if example_inputs is None and options.get("input_shape") is None:
+        example_inputs, shapes = declared_inputs(model, strict=False)
+        options = {**options, "input_shape": shapes} if shapes else options
     chosen = AnalysisOptions.of(example_inputs=bind_inputs(model, example_inputs), **options)
     return analyze_model(model, chosen, name=name, progress=progress)
 

@@ -56,11 +56,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpa.errors import GpaError, TargetError
-from gpa.frontends.inputs import bind_inputs
+from gpa.errors import TargetError
+from gpa.frontends.inputs import declared_inputs, inputs_given, shapes_given
 from gpa.frontends.modules import display_name
 from gpa.names import TARGET_MODULE_PREFIX
-from gpa.options import option_names, parse_input_shapes
+from gpa.options import option_names
 
 __all__ = [
     "DEFAULT_NAMES",
@@ -546,33 +546,6 @@ def _build(
 # --------------------------------------------------------------------------
 
 
-def _as_shapes(value: Any, label: str) -> list[tuple[int, ...]]:
-    try:
-        return list(parse_input_shapes(value))
-    except GpaError:
-        raise TargetError(
-            f"{label} must be a tuple of ints like (1, 3, 224, 224), each at least 1, or a "
-            f"list of such tuples, got {value!r}"
-        ) from None
-
-
-def _as_inputs(value: Any, label: str, model: nn.Module) -> tuple[Any, ...]:
-    if isinstance(value, torch.Tensor):
-        return (value,)
-    # (a tuple of numbers alone is a shape written where tensors were meant)
-    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
-        return tuple(value)
-    if isinstance(value, Mapping):  # forward's arguments by name
-        try:
-            return bind_inputs(model, value)
-        except GpaError as exc:
-            raise TargetError(f"{label}: {exc}") from None
-    raise TargetError(
-        f"{label} must be a tensor, a tuple of tensors, a dict of forward's arguments by "
-        f"name or a callable returning one, got {type(value).__name__}"
-    )
-
-
 def _find_inputs(
     module: ModuleType, model: nn.Module, where: str, roots: list[Path]
 ) -> tuple[tuple[torch.Tensor, ...] | None, list[tuple[int, ...]] | None]:
@@ -588,28 +561,10 @@ def _find_inputs(
                     f"calling example_inputs() from {where} failed:\n"
                     + _describe_exception(exc, roots)
                 ) from None
-        return _as_inputs(value, label, model), None
+        return inputs_given(value, label, model), None
     if "input_shape" in namespace:
-        return None, _as_shapes(namespace["input_shape"], f"input_shape in {where}")
-    shape = getattr(model, "input_shape", None)
-    if shape is not None and not isinstance(shape, nn.Module):
-        return None, _as_shapes(shape, f"the model's input_shape attribute ({where})")
-    try:  # PyTorch Lightning's convention (a property: it may raise)
-        array = getattr(model, "example_input_array", None)
-    except Exception:
-        array = None
-    if isinstance(array, Mapping) and array:
-        # Lightning calls forward(**example_input_array): a name forward takes only by
-        # keyword is fine there, and this is the last fallback: no inputs, then
-        with contextlib.suppress(TargetError):
-            return _as_inputs(array, f"the model's example_input_array ({where})", model), None
-    elif isinstance(array, torch.Tensor) or (
-        isinstance(array, (tuple, list))
-        and array
-        and all(isinstance(a, torch.Tensor) for a in array)
-    ):
-        return _as_inputs(array, f"the model's example_input_array ({where})", model), None
-    return None, None
+        return None, shapes_given(namespace["input_shape"], f"input_shape in {where}")
+    return declared_inputs(model, where)
 
 
 # --------------------------------------------------------------------------

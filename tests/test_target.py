@@ -255,6 +255,58 @@ def test_a_lightning_example_input_array_is_the_last_fallback(tmp_path: Path, ar
     assert report.inputs[0]["shape"] == [2, 4]
 
 
+class _Declared(nn.Module):
+    """a -> b; the first sample of a batch of one goes through ``b`` alone (so the
+    inputs used show in the paths)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(self.a(x)) if x.shape[0] > 1 else self.b(x)
+
+
+@pytest.mark.parametrize(
+    "declared",
+    ["input_shape", "example_input_array", "example_input_array tuple", "example_input_array dict"],
+)
+@pytest.mark.parametrize("tracer", ["auto", "export", "autograd"])
+def test_the_python_api_takes_the_inputs_a_model_declares(declared: str, tracer: str) -> None:
+    """Found by a new user with Lightning: ``gpa analyze lit.py:Lit`` took the module's
+    ``example_input_array``, ``gpa.analyze(lit)`` did not (export and autograd refused it
+    for want of inputs; fx ran without shapes). Every surface now takes the inputs a model
+    declares. By hand, for a batch of 2: a -> b, shortest 2 and 1; a's FLOPs 2·(2·4·4)
+    (2 rows of 4×4 multiply-accumulates, two operations each)."""
+    model = _Declared()
+    if declared == "input_shape":
+        model.input_shape = (2, 4)
+    elif declared.endswith("tuple"):
+        model.example_input_array = (torch.zeros(2, 4),)
+    elif declared.endswith("dict"):
+        model.example_input_array = {"x": torch.zeros(2, 4)}
+    else:
+        model.example_input_array = torch.zeros(2, 4)
+    report = gpa.analyze(model, tracer=tracer)
+    assert {n: r.shortest for n, r in report.layers.items()} == {"a": 2, "b": 1}
+    assert report.inputs[0]["shape"] == [2, 4]
+    assert report.layers["a"].flops == 2 * (2 * 4 * 4)
+    assert gpa.count(model).flops["a"] == 2 * (2 * 4 * 4)  # (it took input_shape alone)
+    # given inputs come first: a batch of one goes through b alone
+    given = gpa.analyze(model, torch.zeros(1, 4), tracer=tracer)
+    assert {n: r.shortest for n, r in given.layers.items() if r.calls} == {"b": 1}
+
+
+def test_an_attribute_named_input_shape_that_is_no_shape_is_no_input() -> None:
+    """A model whose ``input_shape`` means something else to it is analysed as before:
+    without inputs (fx: shapes not propagated, a note says so)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model.input_shape = "NCHW"
+    report = gpa.analyze(model, tracer="fx")
+    assert report.inputs is None or report.inputs == []
+    assert any(note.startswith("no example inputs") for note in report.notes)
+
+
 @pytest.mark.parametrize("where", ["example_inputs", "model.example_input_array"])
 def test_a_target_gives_forward_arguments_by_name(tmp_path: Path, where: str) -> None:
     """A dict of forward's arguments by name (a tokenizer's output) is bound to forward's

@@ -209,7 +209,8 @@ def count_flops(
 
     The computation of :func:`layer_counts`, on the gradient graph of ``model`` in eval
     mode (the default frontend, nothing computed for real) with ``example_inputs``,
-    tensors of ``input_shape`` (a shape or a list of shapes), or ``model.input_shape``.
+    tensors of ``input_shape`` (a shape or a list of shapes), or the inputs the model
+    declares (:func:`~gpa.frontends.inputs.declared_inputs`).
     Layers never called, and layers that are not weight-layer modules, are absent.
 
     Raises:
@@ -221,15 +222,15 @@ def count_flops(
     """
     from gpa.errors import GpaError
     from gpa.frontends import gradient_graph
-    from gpa.frontends.inputs import bind_inputs
+    from gpa.frontends.inputs import bind_inputs, declared_inputs
 
     example_inputs = bind_inputs(model, example_inputs)
     if example_inputs is None and input_shape is None:
-        input_shape = getattr(model, "input_shape", None)
-        if input_shape is None:
+        example_inputs, input_shape = declared_inputs(model, strict=False)
+        if example_inputs is None and input_shape is None:
             raise GpaError(
-                "counting FLOPs needs example_inputs or input_shape (the model has no "
-                "input_shape attribute)"
+                "counting FLOPs needs example_inputs or input_shape (the model declares "
+                "neither an input_shape attribute nor an example_input_array)"
             )
     options = AnalysisOptions(example_inputs=example_inputs, input_shape=input_shape, train=False)
     graph = gradient_graph(model, options)
@@ -251,8 +252,9 @@ def count(
 ) -> Counts:
     """Parameters (under ``convention``) and FLOPs of ``model``, per module.
 
-    See :func:`count_params` and :func:`count_flops`; inputs default to
-    ``model.input_shape`` (set on every :mod:`gpa.models` entry). ``count_convention``:
+    See :func:`count_params` and :func:`count_flops`; inputs default to the model's own
+    (its ``input_shape``, set on every :mod:`gpa.models` entry, else Lightning's
+    ``example_input_array``). ``count_convention``:
     ``convention`` under the name every analysis option has it (``gpa.analyze``,
     ``--count-convention``); it wins where given.
 

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import itertools
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -20,18 +21,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from gpa.errors import GpaError, ShapeError
+from gpa.errors import GpaError, ShapeError, TargetError
 from gpa.frontends.wrappers import unwrap_wrappers
 from gpa.names import class_path
+from gpa.options import parse_input_shapes
 
 __all__ = [
     "bind_inputs",
     "check_input_count",
+    "declared_inputs",
     "describe_inputs",
     "describe_value",
     "floating_dtype",
     "forward_parameters",
+    "inputs_given",
     "integer_variants",
+    "shapes_given",
     "unbound_inputs_message",
     "zeros",
 ]
@@ -329,3 +334,93 @@ def describe_value(value: object) -> str:
 
 def _dtype(t: torch.Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
+
+
+def shapes_given(value: Any, label: str) -> list[tuple[int, ...]]:
+    """``value``, a shape or a list of shapes a model or a target file declares (``label``
+    names it in errors), as a list of shapes.
+
+    Raises:
+        TargetError: ``value`` is no shape.
+
+    Example:
+        >>> shapes_given((1, 3, 8, 8), "input_shape")
+        [(1, 3, 8, 8)]
+    """
+    try:
+        return list(parse_input_shapes(value))
+    except GpaError:
+        raise TargetError(
+            f"{label} must be a tuple of ints like (1, 3, 224, 224), each at least 1, or a "
+            f"list of such tuples, got {value!r}"
+        ) from None
+
+
+def inputs_given(value: Any, label: str, model: nn.Module) -> tuple[Any, ...]:
+    """``value``, example inputs a model or a target file declares (``label`` names them in
+    errors): a tensor, a tuple of them, or a dict of forward's arguments by name (bound to
+    forward's positions), as forward's positional arguments.
+
+    Raises:
+        TargetError: ``value`` is none of those, or its names do not fit forward.
+    """
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    # (a tuple of numbers alone is a shape written where tensors were meant)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in value):
+        return tuple(value)
+    if isinstance(value, Mapping):  # forward's arguments by name
+        try:
+            return bind_inputs(model, value)
+        except GpaError as exc:
+            raise TargetError(f"{label}: {exc}") from None
+    raise TargetError(
+        f"{label} must be a tensor, a tuple of tensors, a dict of forward's arguments by "
+        f"name or a callable returning one, got {type(value).__name__}"
+    )
+
+
+def declared_inputs(
+    model: nn.Module, where: str = "the model", *, strict: bool = True
+) -> tuple[tuple[Any, ...] | None, list[tuple[int, ...]] | None]:
+    """The inputs ``model`` declares itself, as (example inputs, shapes), one of them None
+    (both where it declares none): its ``input_shape`` attribute (a shape or a list of
+    shapes: every :mod:`gpa.models` entry's), else PyTorch Lightning's
+    ``example_input_array`` (a tensor, a tuple of them, or a dict of forward's arguments
+    by name). ``where`` names the model in errors; without ``strict``, a declaration that
+    is no inputs (an attribute of that name meaning something else to the model) is none.
+
+    Raises:
+        TargetError: with ``strict``, ``input_shape`` is no shape.
+
+    Example:
+        >>> net = nn.Linear(2, 3)
+        >>> net.example_input_array = torch.zeros(1, 2)
+        >>> inputs, shapes = declared_inputs(net)
+        >>> inputs[0].shape, shapes
+        (torch.Size([1, 2]), None)
+    """
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and not isinstance(shape, nn.Module):
+        try:
+            return None, shapes_given(shape, f"the model's input_shape attribute ({where})")
+        except TargetError:
+            if strict:
+                raise
+            return None, None
+    try:  # PyTorch Lightning's convention (a property: it may raise)
+        array = getattr(model, "example_input_array", None)
+    except Exception:
+        array = None
+    if isinstance(array, Mapping) and array:
+        # Lightning calls forward(**example_input_array): a name forward takes only by
+        # keyword is fine there, and this is the last fallback: no inputs, then
+        with contextlib.suppress(TargetError):
+            return inputs_given(array, f"the model's example_input_array ({where})", model), None
+    elif isinstance(array, torch.Tensor) or (
+        isinstance(array, (tuple, list))
+        and array
+        and all(isinstance(a, torch.Tensor) for a in array)
+    ):
+        return inputs_given(array, f"the model's example_input_array ({where})", model), None
+    return None, None

@@ -1028,6 +1028,38 @@ def test_a_packed_sequence_refused_by_fx_says_what_reads_it():
     expect(report, "rnn", {2: 1}, ("head",))
 
 
+class RecipeByRank(nn.Module):
+    """Looks its permutation up by the input's number of dimensions, as einops' layers
+    (``Rearrange``, ``Reduce``, ``EinMix``) look up their recipe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recipes = {4: (0, 2, 3, 1)}
+
+    def forward(self, x):
+        return x.permute(*self.recipes[x.ndim]).flatten(1, 2)
+
+
+def test_a_lookup_by_a_size_refused_by_fx_says_why():
+    """Found by a new user on einops: fx's refusal of ``self._multirecipe[input.ndim]``
+    was a bare ``KeyError: Proxy(getattr_1)``. It now says that a proxy is no number, and
+    what reads it: auto (export), and fx with the module a leaf. By hand: conv -> head
+    (2), head at 1."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 4, 4), RecipeByRank(), nn.Linear(8, 4))
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(TraceError) as raised:
+        gpa.analyze(model, x, tracer="fx")
+    message = str(raised.value)
+    assert "KeyError: Proxy(" in message and "self.recipes[x.ndim]" in message
+    assert "looks a value up by a number torch.fx holds as a proxy" in message
+    assert "--leaf 1" in message
+    as_leaf = gpa.analyze(model, x, tracer="fx", leaf_modules=["1"])
+    for report, tracer in ((gpa.analyze(model, x), "export"), (as_leaf, "fx")):
+        assert report.tracer == tracer
+        expect(report, "0", {2: 1}, ("2",))
+        expect(report, "2", {1: 1}, (LOSS,))
+
+
 def _passes_everything_on(forward):
     """A decorator with a signature of its own, as Hugging Face's ``@can_return_tuple``."""
 

@@ -1024,6 +1024,14 @@ _FX_LIMITS = (
         "function while analysing.",
     ),
     (
+        KeyError,
+        "Proxy(",
+        "The code there looks a value up by a number torch.fx holds as a proxy (a size: "
+        "x.ndim, x.shape[1]; einops' layers look their recipe up by x.ndim), which finds "
+        "nothing: a proxy is no number. --tracer export or autograd reads it (auto moves "
+        "on), or declare that module a leaf (--leaf NAME).",
+    ),
+    (
         TypeError,
         "__cuda_array_interface__",
         "The code there makes a tensor of a traced tensor's values (torch.as_tensor, "
