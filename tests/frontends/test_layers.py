@@ -707,23 +707,32 @@ def test_a_layer_function_with_several_results_passes_gradient_through_its_call(
 
 
 class Scaled(nn.Module):
-    """``head(inner(pre(x), s))`` with ``s`` a 0-d parameter: a layer scale."""
+    """``head(inner(pre(x), s))`` with ``s`` a 0-d parameter: a layer scale; ``no_grad``:
+    the scale computed without gradient beside ``head(pre(x))``."""
 
-    def __init__(self) -> None:
+    def __init__(self, no_grad: bool = False) -> None:
         super().__init__()
+        self.no_grad = no_grad
         self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
         self.s = nn.Parameter(torch.tensor(2.0))
 
     def forward(self, x):
-        return self.head(torch.inner(self.pre(x), self.s))
+        h = self.pre(x)
+        if not self.no_grad:
+            return self.head(torch.inner(h, self.s))
+        with torch.no_grad():
+            scaled = torch.inner(h, self.s)
+        return self.head(h).sum() + scaled.sum()
 
 
 @EVERY_TRACER
-def test_inner_of_a_number_is_no_layer(tracer):
+@pytest.mark.parametrize("no_grad", [False, True])
+def test_inner_of_a_number_is_no_layer(tracer, no_grad):
     """Found by a review: ``torch.inner`` of a 0-d operand is documented as ``mul``, a
     scale that mixes nothing (§2), as autograd records it; fx and export made ``s`` a
-    layer. By hand: pre -> head (2)."""
-    report = gpa.analyze(Scaled(), torch.randn(3, 4), tracer=tracer)
+    layer; under ``no_grad`` (found by a later session) autograd did. By hand: pre -> head
+    (2)."""
+    report = gpa.analyze(Scaled(no_grad), torch.randn(3, 4), tracer=tracer)
     assert list(report.layers) == ["pre", "head"]
     expect(report, "pre", {2: 1}, ("head",))
 
@@ -1068,29 +1077,6 @@ def test_a_weight_made_of_several_parameters_is_named_as_its_call_reads_them(how
     for name in layers:
         expect(report, name, {1: 1}, (LOSS,))
     expect(report, "pre", {2: len(layers)}, tuple(layers))
-
-
-@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
-def test_a_scalar_inner_product_under_no_grad_is_no_layer(tracer):
-    """``torch.inner(h, s)`` of a 0-d ``s`` is a product (torch documents it as ``mul``),
-    no layer (§2) — as fx and export read it, and autograd with gradient (a mul); under
-    ``no_grad`` autograd took it for a call of ``s``. By hand: ``pre`` at 2, ``head`` 1."""
-
-    class Scaled(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
-            self.s = nn.Parameter(torch.tensor(2.0))
-
-        def forward(self, x):
-            h = self.pre(x)
-            with torch.no_grad():
-                scaled = torch.inner(h, self.s)
-            return self.head(h).sum() + scaled.sum()
-
-    report = gpa.analyze(Scaled(), torch.randn(2, 4), tracer=tracer)
-    assert list(report.layers) == ["pre", "head"]
-    expect(report, "pre", {2: 1}, ("head",))
 
 
 class LowRank(nn.Module):
