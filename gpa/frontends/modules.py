@@ -520,18 +520,21 @@ def weight_owners(
     fused projections ``torch.cat([q.weight, k.weight, v.weight])``, heads stacked for
     one ``einsum``, a re-parameterised block's ``c3.weight + pad(c1.weight)`` — makes the
     call one of each module's record; the parameters of one module make one (weight norm
-    written by hand, ``g * v / v.norm()``, named as its first, :func:`functional_owners`).
+    written by hand, ``g * v / v.norm()``, named as its first, :func:`functional_owners`),
+    those a ``ParameterDict`` or ``ParameterList`` holds being its holder's (peft's LoHa
+    keeps the four factors of one adapter's weight in four such containers).
 
     Example:
         >>> net = nn.ModuleDict({"q": nn.Linear(2, 2), "k": nn.Linear(2, 6)})
         >>> weight_owners(net, {"call": ["q.weight", "k.weight"]})
         {'call': (('q', 'Linear', 0.25), ('k', 'Linear', 0.75))}
     """
+    holder = _holders(model, {p for ps in weights.values() for p in ps})
     first: dict[Hashable, list[str]] = {}  # call -> each module's first parameter read
     for call, params in weights.items():
         by_module: dict[str, str] = {}
         for p in params:
-            by_module.setdefault(weight_holder(p), p)
+            by_module.setdefault(holder[p], p)
         first[call] = list(by_module.values())
     named = functional_owners(model, [p for ps in first.values() for p in ps], layer_types)
     owners = {}
@@ -539,15 +542,36 @@ def weight_owners(
         sizes: dict[str, int] = {}  # module path -> the elements of its parameters read
         for p in dict.fromkeys(params):
             found = _parameter(model, p)
-            module = weight_holder(p)
+            module = holder[p]
             sizes[module] = sizes.get(module, 0) + (found.numel() if found is not None else 0)
         total = sum(sizes.values())
         shares: dict[tuple[str, str], float] = {}
         for p in first[call]:
-            size = sizes[weight_holder(p)]
+            size = sizes[holder[p]]
             shares[named[p]] = shares.get(named[p], 0.0) + (size / total if total else 1.0)
         owners[call] = tuple((record, kind, share) for (record, kind), share in shares.items())
     return owners
+
+
+def _holders(model: nn.Module, parameters: Iterable[str]) -> dict[str, str]:
+    """Each parameter's module (:func:`weight_holder`), a ``ParameterDict``'s or a
+    ``ParameterList``'s being the module holding the container: a container computes
+    nothing (§2)."""
+    found = {}
+    for p in parameters:
+        path = weight_holder(p)
+        while path and isinstance(_submodule(model, path), (nn.ParameterDict, nn.ParameterList)):
+            path = path.rpartition(".")[0]
+        found[p] = path
+    return found
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    """The submodule at a qualified name, or None (a name a graph made up)."""
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 def _parameter(model: nn.Module, name: str) -> Any:

@@ -183,6 +183,62 @@ def test_the_parameters_of_one_module_make_one_call(tracer: str) -> None:
     expect(report, "stem", {2: 1}, ("normed",))
 
 
+class Hadamard(nn.Module):
+    """An adapter beside a base layer, its weight ``(w1a @ w1b) * (w2a @ w2b)`` made of
+    factors each in a ``ParameterDict`` of its own, keyed by adapter, as peft's LoHa keeps
+    them; ``apart``: the second product's factors are an ``nn.Linear``'s weight instead."""
+
+    def __init__(self, apart: bool = False) -> None:
+        super().__init__()
+        self.base = nn.Linear(4, 4)
+        factor = lambda *shape: nn.ParameterDict({"default": torch.randn(*shape)})  # noqa: E731
+        self.w1_a, self.w1_b = factor(4, 2), factor(2, 4)
+        self.w2 = nn.Linear(4, 4, bias=False) if apart else None
+        self.w2_a, self.w2_b = (None, None) if apart else (factor(4, 2), factor(2, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        second = (
+            self.w2.weight if self.w2 is not None else self.w2_a["default"] @ self.w2_b["default"]
+        )
+        delta = (self.w1_a["default"] @ self.w1_b["default"]) * second
+        return self.base(x) + F.linear(x, delta)
+
+
+class Adapted(nn.Module):
+    def __init__(self, apart: bool) -> None:
+        super().__init__()
+        self.pre, self.lora, self.head = nn.Linear(4, 4), Hadamard(apart), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lora(self.pre(x)))
+
+
+@EVERY_TRACER
+@pytest.mark.parametrize("apart", [False, True])
+def test_parameters_a_container_holds_are_its_holders(tracer: str, apart: bool) -> None:
+    """Found by a new user on peft's LoHa: its four factors, each in a ``ParameterDict``,
+    made the adapter's one call a call of four records, so every layer before it had four
+    more paths than through LoRA's. A ``ParameterDict`` or ``ParameterList`` computes
+    nothing: its parameters are the module's holding it (§2), one module's parameters make
+    one call, named by the first its call reads. By hand: head at 1; base and the adapter
+    (``lora.w1_a``) at 2; pre at 3 by each. With the second product an ``nn.Linear``'s
+    weight, the call is also one of that module (§2: several modules' parameters), and
+    pre has one more path."""
+    model = Adapted(apart)
+    report = gpa.analyze(model, torch.randn(2, 4), tracer=tracer)
+    adapter = ["lora.w1_a", *(["lora.w2"] if apart else [])]
+    assert [n for n, r in report.layers.items() if r.calls] == [
+        "pre",
+        "lora.base",
+        *adapter,
+        "head",
+    ]
+    for name in ["lora.base", *adapter]:
+        expect(report, name, {2: 1}, ("head",))
+    expect(report, "pre", {3: 1 + len(adapter)}, ("lora.base", *adapter))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
 class Fused(nn.Module):
     """``stem -> [a + b fused] -> out`` (``how``: ``"no_grad"``, the fused call under
     ``no_grad`` as a gate beside ``out``'s input; ``"detached"``, b's weight detached)."""
