@@ -74,6 +74,7 @@ from gpa.frontends.operators import (
     custom_operator,
     custom_operator_note,
     function_name,
+    mixed_arguments,
     mixes_nothing,
 )
 from gpa.frontends.outputs import returned_values
@@ -233,6 +234,9 @@ class _ParameterUse(TorchFunctionMode):
         self.created: list[Any] = []  # grad_fn of every value computed
         # id -> the parameters of a value computed from them without gradient
         self.derived: dict[int, tuple[str, ...]] = {}
+        # id -> those of them it reads only through a detach (``cat([a.w.detach(), b.w])``
+        # under no_grad: a's part sends gradient nowhere even with it enabled, §2)
+        self.detached: dict[int, tuple[str, ...]] = {}
         # id -> the parameters of a value computed with gradient from them and from such
         # values (``torch.cat([a.weight.detach(), b.weight])``): its history shows b alone,
         # where the whole, made to lose its gradient, is a weight of both (§2)
@@ -339,9 +343,9 @@ class _ParameterUse(TorchFunctionMode):
             if any(id(t) in self.parameters for t in tensors):
                 self.weight_functions.update(dict.fromkeys(in_function_forward()))
             if self.recorder.depth == 0:
-                self._without_grad(func, args, tensors, result, data)
+                self._without_grad(func, args, kwargs, tensors, result, data)
         elif self.recorder.depth == 0:
-            self._weight_without_gradient(func, args, tensors, result, start, data)
+            self._weight_without_gradient(func, args, kwargs, tensors, result, start, data)
         if not torch.is_grad_enabled():  # autograd made no node; and a view made under
             # no_grad whose base was written raises when asked its grad_fn
             return result
@@ -440,7 +444,13 @@ class _ParameterUse(TorchFunctionMode):
             self._data.add(tree_flatten(output)[0])
 
     def _without_grad(
-        self, func: Any, args: tuple, tensors: list[torch.Tensor], result: Any, data: list[bool]
+        self,
+        func: Any,
+        args: tuple,
+        kwargs: dict,
+        tensors: list[torch.Tensor],
+        result: Any,
+        data: list[bool],
     ) -> None:
         """Autograd records nothing here: follow values computed from parameters alone
         (buffers and constants beside them)."""
@@ -448,12 +458,33 @@ class _ParameterUse(TorchFunctionMode):
         if not named:
             return
         if not any(data):  # a weight computed without gradient
+            detached = named if _detaches(func) else self._detached_parts(tensors)
             for t in tree_flatten(result)[0]:
                 if isinstance(t, torch.Tensor):
                     self.derived[id(t)] = named
+                    self.detached[id(t)] = detached
                     self.keep.append(t)
-        elif _mixes(func, args, tensors):
-            self.no_grad_layers.append((self.recorder.sequence(), named, tensors, result))
+        elif _mixes(func, args, tensors):  # a layer of the weights it mixes beside data
+            mixed = _mixed_tensors(func, args, kwargs)
+            weights = [t for t in mixed if t not in self._data]
+            layer = self._parameters_of(weights, computed=True)
+            # of the modules its parts come from, those it would send gradient to: not a
+            # detached part's, unless every part is (as fx and export read it, §2)
+            detached = self._detached_parts(weights)
+            layer = tuple(p for p in layer if p not in detached) or layer
+            if layer and len(weights) < len(mixed):
+                self.no_grad_layers.append((self.recorder.sequence(), layer, mixed, result))
+
+    def _detached_parts(self, tensors: list[torch.Tensor]) -> tuple[str, ...]:
+        """The parameters ``tensors`` (computed without gradient) read only through a
+        detach, not along another way."""
+        cut: dict[str, None] = {}
+        live: set[str] = set()
+        for t in tensors:
+            parts = self.detached.get(id(t), ())
+            cut.update(dict.fromkeys(parts))
+            live.update(p for p in self._parameters_of([t]) if p not in parts)
+        return tuple(p for p in cut if p not in live)
 
     def _parameters_of(
         self, tensors: list[torch.Tensor], computed: bool = False
@@ -497,6 +528,7 @@ class _ParameterUse(TorchFunctionMode):
         self,
         func: Any,
         args: tuple,
+        kwargs: dict,
         tensors: list[torch.Tensor],
         result: Any,
         start: int,
@@ -519,13 +551,15 @@ class _ParameterUse(TorchFunctionMode):
                     self.weight_order[id(t.grad_fn)] = weights
                     self.keep.append(t)
         detached = [t for t in tensors if id(t) in self.derived]
-        if detached and mixing:
-            # beside data, or weights alone
-            layer = self._parameters_of(detached) if any(data) else None
+        mixed = _mixed_tensors(func, args, kwargs) if mixing else []
+        if mixing and (frozen := [t for t in mixed if id(t) in self.derived]):
+            # beside data, or weights alone (what the call only adds is no weight, §2)
+            beside = any(t in self._data for t in mixed)
+            layer = self._parameters_of(frozen) if beside else None
             if any(t.grad_fn is not None for t in results):
                 self.weight_reads.append((start, self.recorder.sequence() - 1, layer))
             elif layer is not None:  # nothing it reads carries gradient: run without it
-                self.no_grad_layers.append((self.recorder.sequence(), layer, tensors, result))
+                self.no_grad_layers.append((self.recorder.sequence(), layer, mixed, result))
         if not any(data):  # from parameters alone: followed if it lost gradient
             partly = detached or any(id(t) in self.partly for t in tensors)
             for t in results:
@@ -538,6 +572,21 @@ class _ParameterUse(TorchFunctionMode):
 
 
 _EINSUM = frozenset({torch.einsum, torch.functional.einsum})
+
+
+def _detaches(func: Any) -> bool:
+    """Whether ``func`` is ``x.detach()`` or ``x.data``: its result sends gradient nowhere."""
+    name = getattr(func, "__name__", "")
+    if name == "__get__":  # an attribute
+        return getattr(getattr(func, "__self__", None), "__name__", "") == "data"
+    return name in ("detach", "detach_")
+
+
+def _mixed_tensors(func: Any, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensors a feature-mixing call mixes: not the bias it only adds (§2)."""
+    mixed = mixed_arguments(function_name(func), args, kwargs)
+    found = (t for t in tree_flatten(mixed)[0] if isinstance(t, torch.Tensor))
+    return list({id(t): t for t in found}.values())
 
 
 def _mixes(func: Any, args: tuple, tensors: list[torch.Tensor]) -> bool:

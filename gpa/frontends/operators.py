@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -37,6 +37,7 @@ __all__ = [
     "custom_operator_label",
     "custom_operator_note",
     "function_name",
+    "mixed_arguments",
     "mixes_nothing",
     "torch_operator",
 ]
@@ -111,6 +112,51 @@ MIXING_FUNCTION_NAMES = frozenset(
     "addmv einsum tensordot inner vdot linalg_matmul linalg_multi_dot chain_matmul "
     "_grouped_mm grouped_mm".split()
 )
+
+
+# The argument a feature-mixing function adds to its product, by position and keyword
+# (``docs/semantics.md`` §2: a bias alone makes no layer).
+_ADDED = {
+    **dict.fromkeys(["linear", "conv1d", "conv2d", "conv3d"], (2, "bias")),
+    **dict.fromkeys(["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"], (2, "bias")),
+    "bilinear": (3, "bias"),
+    **dict.fromkeys(["addmm", "addbmm", "baddbmm", "addmv"], (0, "input")),
+}
+
+
+def mixed_arguments(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+    """The arguments a call of the feature-mixing function ``name`` (a method's with its
+    tensor first) mixes: all but the one it only adds to its product (``F.linear``'s and a
+    convolution's ``bias``, ``addmm``'s ``input``), a bias alone making no layer (§2).
+    An argument both added and mixed (``addmm(h, h, w)``) is mixed.
+
+    Example:
+        >>> mixed_arguments("addmm", ("b", "h", "w"), {}), mixed_arguments("linear", ("h", "w"), {"bias": "b"})
+        (['h', 'w'], ['h', 'w'])
+    """
+    skipped = _ADDED.get(name)
+    if skipped is None:
+        return [*args, *kwargs.values()]
+    position, keyword = skipped
+    return [
+        *(a for i, a in enumerate(args) if i != position),
+        *(a for k, a in kwargs.items() if k != keyword),
+    ]
+
+
+def added_argument(name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+    """The argument a call of the feature-mixing function ``name`` only adds to its
+    product (:func:`mixed_arguments`), or None.
+
+    Example:
+        >>> added_argument("addmm", ("b", "h", "w"), {}), added_argument("mm", ("h", "w"), {})
+        ('b', None)
+    """
+    skipped = _ADDED.get(name)
+    if skipped is None:
+        return None
+    position, keyword = skipped
+    return args[position] if position < len(args) else kwargs.get(keyword)
 
 
 def mixes_nothing(name: str, args: tuple, scalar_operand: bool = False) -> bool:

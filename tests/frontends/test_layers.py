@@ -884,6 +884,71 @@ def test_the_operand_an_einsum_meets_after_its_weight_does_not_cross_it(tracer):
     )
 
 
+def _biased(function: str, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``function`` (a feature-mixing function adding a bias) of ``h`` (2×4), the mixed
+    operand ``w`` (4×4, a parameter or data) and the bias ``b`` (4)."""
+    if function == "linear":
+        return F.linear(h, w, b)
+    if function == "addmm":
+        return torch.addmm(b, h, w)
+    if function == "addmv":
+        return torch.addmv(b[:2], h, w[0])
+    if function == "baddbmm":
+        return torch.baddbmm(b, h[None], w[None])
+    return F.conv1d(h[..., None], w[..., None], b)  # conv1d
+
+
+class Biased(nn.Module):
+    """``pre(x)`` mixed by ``function`` with a bias ``b`` it only adds; ``how``:
+    ``no_grad`` (the call without gradient, beside ``head(pre(x))``), ``bias detached``
+    (the weight trained), ``beside data`` (the bias, detached, beside a product of data)."""
+
+    def __init__(self, function: str, how: str) -> None:
+        super().__init__()
+        self.function, self.how = function, how
+        self.pre, self.head = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.w, self.b = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        h = self.pre(x)
+        if self.how == "no_grad":
+            with torch.no_grad():
+                mixed = _biased(self.function, h, self.w, self.b)
+        elif self.how == "bias detached":
+            mixed = _biased(self.function, h, self.w, self.b.detach())
+        else:
+            mixed = _biased(self.function, h, h.T @ h, self.b.detach())
+        return self.head(h).sum() + mixed.sum()
+
+
+@pytest.mark.parametrize("how", ["no_grad", "bias detached", "beside data"])
+@pytest.mark.parametrize("function", ["linear", "addmm", "addmv", "baddbmm", "conv1d"])
+@pytest.mark.parametrize("tracer", ["fx", "export", "autograd"])
+def test_the_bias_a_call_only_adds_is_no_weight_in_any_mode(tracer, function, how):
+    """Found by a review: where autograd records no edge to a weight (the call under
+    ``no_grad``, a detached operand), the autograd frontend read every operand, the bias
+    a call only adds too: under ``no_grad`` it named ``addmm(b, h, w)``'s layer ``b``;
+    with the bias detached it took ``b`` for the weight (``pre`` one layer off its
+    source); beside a product of data it made the bias a layer. §2: the bias a call adds
+    (``F.linear``'s, a convolution's, ``addmm``'s ``input``) makes no layer. By hand:
+    ``no_grad``: ``w`` called once, reached by no gradient, ``pre`` at 2 through
+    ``head``; ``bias detached``: ``w`` and ``head`` at 1, ``pre`` at 2 through each;
+    ``beside data``: no layer but ``pre`` and ``head``, ``pre`` at 1 (the product) and 2
+    (``head``)."""
+    report = gpa.analyze(Biased(function, how), torch.randn(2, 4), tracer=tracer)
+    if how == "beside data":
+        assert list(report.layers) == ["pre", "head"]
+        expect(report, "pre", {1: 1, 2: 1}, ("head", LOSS))
+        return
+    assert list(report.layers) == ["pre", "w", "head"]
+    if how == "no_grad":
+        expect_unreachable(report, "w")
+        expect(report, "pre", {2: 1}, ("head",))
+    else:
+        expect(report, "w", {1: 1}, (LOSS,))
+        expect(report, "pre", {2: 2}, ("w", "head"))
+
+
 class FrozenFactors(nn.Module):
     """``pre(x)`` and two weights of one module in an ``einsum`` of three operands
     (``order``: where the data stands), the weights frozen by ``how``: ``detached`` (each

@@ -272,6 +272,46 @@ def test_a_fused_call_under_no_grad_is_a_call_of_each(tracer: str) -> None:
     check_reachability_with_autograd(report, model, torch.randn(2, 4))
 
 
+class Holder(nn.Module):
+    """A module holding a weight it never applies itself (no ``forward`` of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 4))
+
+
+class FusedUnderNoGrad(nn.Module):
+    """``Fused("no_grad")`` with a's part detached too, the weights held by ``Holder``s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.a, self.b, self.out = nn.Linear(4, 4), Holder(), Holder(), nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        with torch.no_grad():
+            gate = F.linear(h, torch.cat([self.a.weight.detach(), self.b.weight]))
+        return self.out(torch.cat([h, h], -1) * gate)
+
+
+@EVERY_TRACER
+def test_a_detached_part_of_a_fused_call_under_no_grad_is_no_call(tracer: str) -> None:
+    """Found by a review: under ``no_grad``, autograd made ``cat([a.w.detach(), b.w])``'s
+    call one of ``a`` and ``b``, where fx and export read ``b`` alone, as §2 reads a
+    teacher's weights moved toward the student's, detached, under ``no_grad`` (MoCo's):
+    a detached part would send no gradient to its module were gradient on; a module
+    holding weights without a ``forward`` of its own also set off fx's check of class
+    tests (torch's ``_forward_unimplemented`` names ``type``), which refused the model
+    for their disagreement. By hand: ``b`` called once, reached by no gradient (no FLOPs:
+    a ``Holder`` is no module of known shapes, §9); ``a`` no layer; stem -> out (2)."""
+    model = FusedUnderNoGrad()
+    report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
+    assert list(report.layers) == ["stem", "b", "out"]
+    expect_unreachable(report, "b")
+    expect(report, "stem", {2: 1}, ("out",))
+    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+
+
 @EVERY_TRACER
 def test_a_detached_part_of_a_fused_weight_is_no_call(tracer: str) -> None:
     """The call is one of the modules the weight carries gradient back to: b's weight,

@@ -218,6 +218,8 @@ def _class_tests(cls: type) -> frozenset[str] | None:
     if cls.__module__.partition(".")[0] == "torch":
         return None
     forward = inspect.unwrap(getattr(cls, "forward", None) or (lambda: None))
+    if str(getattr(forward, "__module__", "")).partition(".")[0] == "torch":
+        return frozenset()  # torch's forward (``_forward_unimplemented``: a holder of weights)
     made = _function_tests(forward)
     callers = [forward]
     for name in code_names(forward, depth=0):  # methods on self (timm's forward_features)

@@ -46,7 +46,9 @@ from gpa.frontends.modules import (
 )
 from gpa.frontends.operators import (
     MIXING_FUNCTION_NAMES,
+    added_argument,
     custom_operator,
+    mixed_arguments,
     mixes_nothing,
     torch_operator,
 )
@@ -416,13 +418,7 @@ def _mixed_operands(node: fx.Node) -> list[fx.Node]:
     """The operands a feature-mixing call mixes, without the bias it adds (``F.linear``'s
     and a convolution's ``bias``, ``addmm``'s ``input``): a bias alone makes no layer
     (``docs/semantics.md`` §2), as the autograd frontend reads it too."""
-    name = _operator_name(node)
-    skipped = _ADDED.get(name)
-    if skipped is None:
-        return node.all_input_nodes
-    position, keyword = skipped
-    mixed = [a for i, a in enumerate(node.args) if i != position]
-    mixed += [a for k, a in node.kwargs.items() if k != keyword]
+    mixed = mixed_arguments(_operator_name(node), node.args, node.kwargs)
     # (by position: ``addmm(h, h, w)`` adds h and mixes it too)
     return list(dict.fromkeys(n for a in mixed for n in _nodes_in(a)))
 
@@ -441,11 +437,10 @@ def added_operands(node: fx.Node) -> dict[fx.Node, bool]:
         >>> added_operands(g.call_function(torch.addmm, (h, h, w)))
         {h: True}
     """
-    skipped = _ADDED.get(_operator_name(node)) if node.op != "call_module" else None
-    if skipped is None or node.meta.get(DYNAMIC):
+    name = _operator_name(node) if node.op != "call_module" else ""
+    given = added_argument(name, node.args, node.kwargs)
+    if given is None or node.meta.get(DYNAMIC):
         return {}
-    position, keyword = skipped
-    given = node.args[position] if position < len(node.args) else node.kwargs.get(keyword)
     mixed = set(_mixed_operands(node))
     return {n: n in mixed for n in _nodes_in(given)}
 
@@ -465,15 +460,6 @@ def _operator_name(node: fx.Node) -> str:
     target = node.target
     packet = getattr(target, "overloadpacket", None)
     return getattr(packet if packet is not None else target, "__name__", "")
-
-
-# The argument a feature-mixing operator adds to its product, by position and keyword.
-_ADDED = {
-    **dict.fromkeys(["linear", "conv1d", "conv2d", "conv3d"], (2, "bias")),
-    **dict.fromkeys(["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"], (2, "bias")),
-    "bilinear": (3, "bias"),
-    **dict.fromkeys(["addmm", "addbmm", "baddbmm", "addmv"], (0, "input")),
-}
 
 
 def _weight_makers(
