@@ -343,9 +343,10 @@ class _ParameterUse(TorchFunctionMode):
             if any(id(t) in self.parameters for t in tensors):
                 self.weight_functions.update(dict.fromkeys(in_function_forward()))
             if self.recorder.depth == 0:
-                self._without_grad(func, args, kwargs, tensors, result, data)
+                self._without_grad(_Seen(func, args, kwargs, tensors, result, data))
         elif self.recorder.depth == 0:
-            self._weight_without_gradient(func, args, kwargs, tensors, result, start, data)
+            call = _Seen(func, args, kwargs, tensors, result, data)
+            self._weight_without_gradient(call, start)
         if not torch.is_grad_enabled():  # autograd made no node; and a view made under
             # no_grad whose base was written raises when asked its grad_fn
             return result
@@ -443,17 +444,10 @@ class _ParameterUse(TorchFunctionMode):
         if holds_weights or reads_data:
             self._data.add(tree_flatten(output)[0])
 
-    def _without_grad(
-        self,
-        func: Any,
-        args: tuple,
-        kwargs: dict,
-        tensors: list[torch.Tensor],
-        result: Any,
-        data: list[bool],
-    ) -> None:
+    def _without_grad(self, call: _Seen) -> None:
         """Autograd records nothing here: follow values computed from parameters alone
         (buffers and constants beside them)."""
+        func, args, kwargs, tensors, result, data = call
         named = self._parameters_of(tensors, computed=True)
         if not named:
             return
@@ -524,20 +518,13 @@ class _ParameterUse(TorchFunctionMode):
             stack.extend(child for child, _ in reversed(node.next_functions))
         return found
 
-    def _weight_without_gradient(
-        self,
-        func: Any,
-        args: tuple,
-        kwargs: dict,
-        tensors: list[torch.Tensor],
-        result: Any,
-        start: int,
-        data: list[bool],
-    ) -> None:
+    def _weight_without_gradient(self, call: _Seen, start: int) -> None:
         """Grad mode is on, yet a value made from parameters alone may carry no gradient
         (``w.detach()``, a weight made under ``no_grad`` earlier): autograd records no edge
         to it. Follow such values, and take a feature-mixing function that reads one
-        beside data for a functional layer, as fx and export do (semantics §2)."""
+        beside data for a functional layer, as fx and export do (semantics §2); ``start``:
+        the sequence number of the first autograd node the call made."""
+        func, args, kwargs, tensors, result, data = call
         results = [t for t in tree_flatten(result)[0] if isinstance(t, torch.Tensor)]
         # a weight computed with gradient losing it (``torch.cat([a.w, b.w]).detach()``)
         lost = not any(data) and results and not any(map(_carries_gradient, results))
@@ -569,6 +556,18 @@ class _ParameterUse(TorchFunctionMode):
                 elif partly:  # (with a part without gradient: see self.partly)
                     self.partly[id(t)] = weights
                     self.keep.append(t)
+
+
+class _Seen(NamedTuple):
+    """A call of a function the mode saw: the function, its arguments, the tensors among them, its
+    result, and whether each of those tensors is data."""
+
+    func: Any
+    args: tuple
+    kwargs: dict
+    tensors: list[torch.Tensor]
+    result: Any
+    data: list[bool]
 
 
 _EINSUM = frozenset({torch.einsum, torch.functional.einsum})
