@@ -15,7 +15,7 @@ from torch import nn
 from gpa.core.report import Report
 from gpa.errors import GpaError
 from gpa.frontends.inputs import bind_inputs, declared_inputs, forward_parameters
-from gpa.options import AnalysisOptions, option_names
+from gpa.options import AnalysisOptions, Tracer, option_names
 from gpa.pipeline import analyze_model
 from gpa.target import load_target
 
@@ -88,11 +88,55 @@ def analyze(
         [('0', 2), ('3', 1)]
     """
     _refuse_forward_arguments(model, options)
+    declared = None
     if example_inputs is None and options.get("input_shape") is None:
-        example_inputs, shapes = declared_inputs(model, strict=False)
-        options = {**options, "input_shape": shapes} if shapes else options
+        declared = declared_inputs(model, strict=False)
+        example_inputs = declared.example_inputs
+        options = {**options, "input_shape": declared.shapes} if declared.shapes else options
     chosen = AnalysisOptions.of(example_inputs=bind_inputs(model, example_inputs), **options)
-    return analyze_model(model, chosen, name=name, progress=progress)
+    if declared is None or declared.origin is None:
+        return analyze_model(model, chosen, name=name, progress=progress)
+    try:
+        return analyze_model(model, chosen, name=name, progress=progress)
+    except GpaError as exc:  # (the model's own inputs may be the cause: say so)
+        return _without_declared_inputs(model, chosen, exc, declared.origin, name, progress)
+
+
+def _without_declared_inputs(
+    model: nn.Module,
+    options: AnalysisOptions,
+    exc: GpaError,
+    origin: str,
+    name: str | None,
+    progress: Callable[[str], None] | None,
+) -> Report:
+    """The analysis of ``model`` on the inputs it declares (``origin``) raised ``exc``: an
+    attribute of that name may mean something else to it (an image's size). Where the
+    tracer needs no inputs, the analysis without them, as without the declaration, with a
+    note; else ``exc``, saying where its inputs came from."""
+    said = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    exc.args = (
+        f"{said}\n(the inputs the model declares: {origin}; example_inputs or "
+        "input_shape gives others)",
+    )
+    if options.tracer not in (Tracer.AUTO, Tracer.FX):
+        raise exc
+    try:
+        report = analyze_model(
+            model,
+            options.replace(example_inputs=None, input_shape=None),
+            name=name,
+            progress=progress,
+        )
+    except GpaError:
+        raise exc from None
+    first = said.partition("\n")[0]
+    report.notes.insert(
+        0,
+        f"the inputs the model declares ({origin}) do not fit it ({first}): analysed "
+        "without inputs (example_inputs or input_shape gives others)",
+    )
+    return report
 
 
 def _refuse_forward_arguments(model: nn.Module, options: dict[str, Any]) -> None:

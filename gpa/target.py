@@ -564,7 +564,8 @@ def _find_inputs(
         return inputs_given(value, label, model), None
     if "input_shape" in namespace:
         return None, shapes_given(namespace["input_shape"], f"input_shape in {where}")
-    return declared_inputs(model, where)
+    found = declared_inputs(model, where)
+    return found.example_inputs, found.shapes
 
 
 # --------------------------------------------------------------------------

@@ -299,12 +299,48 @@ def test_the_python_api_takes_the_inputs_a_model_declares(declared: str, tracer:
 
 def test_an_attribute_named_input_shape_that_is_no_shape_is_no_input() -> None:
     """A model whose ``input_shape`` means something else to it is analysed as before:
-    without inputs (fx: shapes not propagated, a note says so)."""
+    without inputs (fx: shapes not propagated, a note says so); its
+    ``example_input_array`` is the next declaration, as for ``gpa.count``, which says what
+    is wrong with an ``input_shape`` when it has no other. By hand: a -> b (2, 1)."""
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     model.input_shape = "NCHW"
     report = gpa.analyze(model, tracer="fx")
-    assert report.inputs is None or report.inputs == []
+    assert not report.inputs
     assert any(note.startswith("no example inputs") for note in report.notes)
+    with pytest.raises(GpaError, match="input_shape attribute .* got 'NCHW'"):
+        gpa.count(model)
+    model.example_input_array = torch.zeros(3, 4)
+    for report in (gpa.analyze(model, tracer="autograd"), gpa.analyze(model)):
+        assert report.inputs[0]["shape"] == [3, 4]
+        assert {n: r.shortest for n, r in report.layers.items()} == {"0": 2, "1": 1}
+    assert gpa.count(model).flops["0"] == 2 * (3 * 4 * 4)
+
+
+def test_inputs_a_model_declares_that_do_not_fit_it_are_said() -> None:
+    """An ``input_shape`` meaning something else (an image's size, (28, 28), before a
+    ``Flatten`` and a ``Linear(784, ·)``) does not fit the model: found by a review, the
+    analysis raised the model's error with no word of where the inputs came from. Where the
+    tracer needs no inputs, gpa analyses without them, as before the declaration was read,
+    and a note says why; else the error names the declaration. A property that raises
+    declares nothing. By hand: 1 (784 -> 16) -> 2 (16 -> 2): shortest 2, 1."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.Linear(16, 2))
+    model.input_shape = (28, 28)
+    report = gpa.analyze(model)
+    assert report.tracer == "fx" and not report.inputs
+    assert {n: r.shortest for n, r in report.layers.items()} == {"1": 2, "2": 1}
+    assert report.notes[0].startswith(
+        "the inputs the model declares (its input_shape attribute, (28, 28)) do not fit it"
+    )
+    with pytest.raises(GpaError, match=r"the inputs the model declares: its input_shape"):
+        gpa.analyze(model, tracer="autograd")
+
+    class Unready(nn.Sequential):
+        @property
+        def input_shape(self):
+            raise RuntimeError("set by setup()")
+
+    report = gpa.analyze(Unready(nn.Linear(4, 4), nn.Linear(4, 2)), tracer="fx")
+    assert not report.inputs and {r.shortest for r in report.layers.values()} == {1, 2}
 
 
 @pytest.mark.parametrize("where", ["example_inputs", "model.example_input_array"])

@@ -549,13 +549,16 @@ class _ParameterUse(TorchFunctionMode):
                 self.no_grad_layers.append((self.recorder.sequence(), layer, mixed, result))
         if not any(data):  # from parameters alone: followed if it lost gradient
             partly = detached or any(id(t) in self.partly for t in tensors)
+            cut = weights if _detaches(func) else self._detached_parts(tensors)
             for t in results:
                 if t.grad_fn is None and not t.requires_grad:
                     self.derived[id(t)] = weights
-                    self.keep.append(t)
                 elif partly:  # (with a part without gradient: see self.partly)
                     self.partly[id(t)] = weights
-                    self.keep.append(t)
+                else:
+                    continue
+                self.detached[id(t)] = cut  # (read where a call under no_grad reads it)
+                self.keep.append(t)
 
 
 class _Seen(NamedTuple):

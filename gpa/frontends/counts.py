@@ -226,8 +226,9 @@ def count_flops(
 
     example_inputs = bind_inputs(model, example_inputs)
     if example_inputs is None and input_shape is None:
-        example_inputs, input_shape = declared_inputs(model, strict=False)
-        if example_inputs is None and input_shape is None:
+        example_inputs, input_shape, origin = declared_inputs(model, strict=False)
+        if origin is None:
+            declared_inputs(model)  # (an input_shape that is no shape: raises, saying so)
             raise GpaError(
                 "counting FLOPs needs example_inputs or input_shape (the model declares "
                 "neither an input_shape attribute nor an example_input_array)"

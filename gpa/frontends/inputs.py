@@ -16,7 +16,7 @@ import contextlib
 import inspect
 import itertools
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from gpa.options import parse_input_shapes
 
 __all__ = [
     "bind_inputs",
+    "DeclaredInputs",
     "check_input_count",
     "declared_inputs",
     "describe_inputs",
@@ -380,15 +381,25 @@ def inputs_given(value: Any, label: str, model: nn.Module) -> tuple[Any, ...]:
     )
 
 
+class DeclaredInputs(NamedTuple):
+    """The inputs a model declares: example inputs or shapes (one of them None; both where
+    it declares none), and which declaration gave them, in words (``"its input_shape
+    attribute, (1, 3, 8, 8)"``; None where it declares none)."""
+
+    example_inputs: tuple[Any, ...] | None
+    shapes: list[tuple[int, ...]] | None
+    origin: str | None
+
+
 def declared_inputs(
     model: nn.Module, where: str = "the model", *, strict: bool = True
-) -> tuple[tuple[Any, ...] | None, list[tuple[int, ...]] | None]:
-    """The inputs ``model`` declares itself, as (example inputs, shapes), one of them None
-    (both where it declares none): its ``input_shape`` attribute (a shape or a list of
-    shapes: every :mod:`gpa.models` entry's), else PyTorch Lightning's
-    ``example_input_array`` (a tensor, a tuple of them, or a dict of forward's arguments
-    by name). ``where`` names the model in errors; without ``strict``, a declaration that
-    is no inputs (an attribute of that name meaning something else to the model) is none.
+) -> DeclaredInputs:
+    """The inputs ``model`` declares itself: its ``input_shape`` attribute (a shape or a
+    list of shapes: every :mod:`gpa.models` entry's), else PyTorch Lightning's
+    ``example_input_array`` (a tensor, a tuple of them, or a dict of forward's arguments by
+    name). ``where`` names the model in errors; without ``strict``, a declaration that is
+    no inputs (an attribute of that name meaning something else to the model) is passed
+    over for the next one. An attribute whose property raises is none.
 
     Raises:
         TargetError: with ``strict``, ``input_shape`` is no shape.
@@ -396,31 +407,42 @@ def declared_inputs(
     Example:
         >>> net = nn.Linear(2, 3)
         >>> net.example_input_array = torch.zeros(1, 2)
-        >>> inputs, shapes = declared_inputs(net)
-        >>> inputs[0].shape, shapes
-        (torch.Size([1, 2]), None)
+        >>> found = declared_inputs(net)
+        >>> found.example_inputs[0].shape, found.shapes, found.origin
+        (torch.Size([1, 2]), None, 'its example_input_array')
     """
-    shape = getattr(model, "input_shape", None)
+    shape = _attribute(model, "input_shape")
     if shape is not None and not isinstance(shape, nn.Module):
+        label = f"the model's input_shape attribute ({where})"
         try:
-            return None, shapes_given(shape, f"the model's input_shape attribute ({where})")
+            shapes = shapes_given(shape, label)
+            return DeclaredInputs(None, shapes, f"its input_shape attribute, {shape!r}")
         except TargetError:
             if strict:
                 raise
-            return None, None
-    try:  # PyTorch Lightning's convention (a property: it may raise)
-        array = getattr(model, "example_input_array", None)
-    except Exception:
-        array = None
+    array = _attribute(model, "example_input_array")  # PyTorch Lightning's convention
+    label = f"the model's example_input_array ({where})"
     if isinstance(array, Mapping) and array:
         # Lightning calls forward(**example_input_array): a name forward takes only by
         # keyword is fine there, and this is the last fallback: no inputs, then
         with contextlib.suppress(TargetError):
-            return inputs_given(array, f"the model's example_input_array ({where})", model), None
+            return DeclaredInputs(inputs_given(array, label, model), None, _ARRAY)
     elif isinstance(array, torch.Tensor) or (
         isinstance(array, (tuple, list))
         and array
         and all(isinstance(a, torch.Tensor) for a in array)
     ):
-        return inputs_given(array, f"the model's example_input_array ({where})", model), None
-    return None, None
+        return DeclaredInputs(inputs_given(array, label, model), None, _ARRAY)
+    return DeclaredInputs(None, None, None)
+
+
+_ARRAY = "its example_input_array"
+
+
+def _attribute(model: nn.Module, name: str) -> Any:
+    """``model``'s attribute ``name``, or None (a property may raise: a Lightning module's
+    before its ``setup()``)."""
+    try:
+        return getattr(model, name, None)
+    except Exception:
+        return None

@@ -281,35 +281,47 @@ class Holder(nn.Module):
 
 
 class FusedUnderNoGrad(nn.Module):
-    """``Fused("no_grad")`` with a's part detached too, the weights held by ``Holder``s."""
+    """``Fused("no_grad")`` with a's part detached too, the weights held by ``Holder``s;
+    ``how``: where the part is detached (inside the block, before it) or the weight made
+    (before it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, how: str) -> None:
         super().__init__()
+        self.how = how
         self.stem, self.a, self.b, self.out = nn.Linear(4, 4), Holder(), Holder(), nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.stem(x)
+        a = self.a.weight.detach() if self.how != "inside" else None
+        fused = torch.cat([a, self.b.weight]) if self.how == "made before" else None
         with torch.no_grad():
-            gate = F.linear(h, torch.cat([self.a.weight.detach(), self.b.weight]))
+            if self.how == "inside":
+                fused = torch.cat([self.a.weight.detach(), self.b.weight])
+            elif self.how == "detached before":
+                fused = torch.cat([a, self.b.weight])
+            gate = F.linear(h, fused)
         return self.out(torch.cat([h, h], -1) * gate)
 
 
 @EVERY_TRACER
-def test_a_detached_part_of_a_fused_call_under_no_grad_is_no_call(tracer: str) -> None:
+@pytest.mark.parametrize("how", ["inside", "detached before", "made before"])
+def test_a_detached_part_of_a_fused_call_under_no_grad_is_no_call(tracer: str, how: str) -> None:
     """Found by a review: under ``no_grad``, autograd made ``cat([a.w.detach(), b.w])``'s
     call one of ``a`` and ``b``, where fx and export read ``b`` alone, as §2 reads a
     teacher's weights moved toward the student's, detached, under ``no_grad`` (MoCo's):
     a detached part would send no gradient to its module were gradient on; a module
     holding weights without a ``forward`` of its own also set off fx's check of class
     tests (torch's ``_forward_unimplemented`` names ``type``), which refused the model
-    for their disagreement. By hand: ``b`` called once, reached by no gradient (no FLOPs:
-    a ``Holder`` is no module of known shapes, §9); ``a`` no layer; stem -> out (2)."""
-    model = FusedUnderNoGrad()
+    for their disagreement; a second review found the part detached, or the weight made,
+    before the block (with gradient on) still read as both. By hand: ``b`` called once,
+    reached by no gradient (no FLOPs: a ``Holder`` is no module of known shapes, §9); ``a``
+    no layer; stem -> out (2)."""
+    model = FusedUnderNoGrad(how)
     report = gpa.analyze(model, input_shape=(2, 4), tracer=tracer)
     assert list(report.layers) == ["stem", "b", "out"]
     expect_unreachable(report, "b")
     expect(report, "stem", {2: 1}, ("out",))
-    check_reachability_with_autograd(report, model, torch.randn(2, 4))
+    check_reachability_with_autograd(report, FusedUnderNoGrad(how), torch.randn(2, 4))
 
 
 @EVERY_TRACER
