@@ -549,20 +549,21 @@ class _ParameterUse(TorchFunctionMode):
                 self.no_grad_layers.append((self.recorder.sequence(), layer, mixed, result))
         if not any(data):  # from parameters alone: followed if it lost gradient
             partly = detached or any(id(t) in self.partly for t in tensors)
-            cut = weights if _detaches(func) else self._detached_parts(tensors)
-            for t in results:
+            followed = [t for t in results if partly or (t.grad_fn is None and not t.requires_grad)]
+            cut = (
+                (weights if _detaches(func) else self._detached_parts(tensors)) if followed else ()
+            )
+            for t in followed:
                 if t.grad_fn is None and not t.requires_grad:
                     self.derived[id(t)] = weights
-                elif partly:  # (with a part without gradient: see self.partly)
+                else:  # (with a part without gradient: see self.partly)
                     self.partly[id(t)] = weights
-                else:
-                    continue
                 self.detached[id(t)] = cut  # (read where a call under no_grad reads it)
                 self.keep.append(t)
 
 
 class _Seen(NamedTuple):
-    """A call of a function the mode saw: the function, its arguments, the tensors among them, its
+    """A call the mode saw: the function, its arguments, the tensors among them, its
     result, and whether each of those tensors is data."""
 
     func: Any
