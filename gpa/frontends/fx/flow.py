@@ -554,7 +554,26 @@ class GradientFlow(fx.Interpreter):
         value, flows = self._worked_out(n)
         if torch.is_grad_enabled():
             return value, flows
-        return self._history_kept(n, value, flows)
+        return self._returned_as_is(n) or self._history_kept(n, value, flows)
+
+    def _returned_as_is(self, n: fx.Node) -> tuple[Any, frozenset[fx.Node]] | None:
+        """Under ``no_grad``, a node returning its first operand itself, when that carries
+        gradient (``w.type_as(h)``, ``w.float()``, ``w.to(h)``, ``w.contiguous()`` with
+        nothing to change: the same tensor), as it is: gradient reaching the result reaches
+        the operand, as autograd reads the run (§3). None for any other node."""
+        source = n.args[0] if n.args and n.op in ("call_method", "call_function") else None
+        if not isinstance(source, fx.Node) or detaches(n):
+            return None
+        operand = self.env.get(source)
+        if not isinstance(operand, torch.Tensor) or not operand.requires_grad:
+            return None
+        args = fx.node.map_arg(n.args, self.env.__getitem__)
+        kwargs = fx.node.map_arg(n.kwargs, self.env.__getitem__)
+        try:
+            result = self._run_op(n, args, kwargs)
+        except Exception:
+            return None
+        return (operand, frozenset({source})) if result is operand else None
 
     def _history_kept(
         self, n: fx.Node, value: Any, flows: frozenset[fx.Node]
