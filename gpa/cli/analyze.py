@@ -11,6 +11,8 @@ import click
 from gpa.cli.options import (
     analysis_options,
     analysis_settings,
+    chosen_columns,
+    columns_option,
     config_option,
     configured,
     depth_option,
@@ -18,10 +20,27 @@ from gpa.cli.options import (
     format_option,
     output_option,
     progress_display,
+    table_only,
     wide_option,
 )
 
-__all__ = ["command"]
+__all__ = ["COLUMN_NAMES", "command"]
+
+#: The columns of the per-layer table (``gpa.render.text.COLUMNS``, named here for the
+#: help without importing the renderer: ``gpa --help`` stays quick).
+COLUMN_NAMES = (
+    "type",
+    "calls",
+    "shortest",
+    "longest",
+    "timestamps",
+    "paths",
+    "params",
+    "flops",
+    "sources",
+    "segments",
+    "combos",
+)
 
 
 @click.command("analyze")
@@ -30,14 +49,7 @@ __all__ = ["command"]
 @config_option
 @format_option("json", "csv", "html", "dot", "graphml", "node-link")
 @output_option
-@click.option(
-    "--columns",
-    metavar="NAMES",
-    help="Comma-separated columns of the text table, in the order given, e.g. "
-    "shortest,longest,timestamps "
-    "(of: type, calls, shortest, longest, timestamps, paths, params, flops, sources, "
-    "segments, combos).",
-)
+@columns_option(COLUMN_NAMES, "shortest,longest,timestamps")
 @wide_option
 @depth_option
 @click.pass_context
@@ -80,13 +92,7 @@ def command(
 
     spec = configured(target, kwargs, analysis_settings(ctx, params), config_path)
     options = spec.settings.analysis_options()
-    chosen = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
-    unknown = [c for c in chosen or () if c not in COLUMNS]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(COLUMNS)}",
-            param_hint="--columns",
-        )
+    chosen = chosen_columns(columns, COLUMNS)
     if chosen and depth:
         raise click.BadParameter(
             "--columns are those of the per-layer table: give --depth 0 or leave --depth out",
@@ -98,21 +104,7 @@ def command(
             f"column(s) {', '.join(per_channel)} come from the channel analysis: add --channels",
             param_hint="--columns",
         )
-    shaping = [
-        flag
-        for flag, given in (
-            ("--columns", columns),
-            ("--wide", wide),
-            ("--depth", depth is not None),
-        )
-        if given
-    ]
-    if shaping and fmt != "text":
-        raise click.BadParameter(
-            f"{', '.join(shaping)} shape{'s' if len(shaping) == 1 else ''} the text table; "
-            f"--format {fmt} holds every layer and column",
-            param_hint=shaping[0],
-        )
+    table_only(fmt, {"--columns": bool(columns), "--wide": wide, "--depth": depth is not None})
     with progress_display(quiet) as progress:
         report = analyze_spec(spec, progress=progress)
     if fmt == "json":

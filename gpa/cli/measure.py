@@ -11,6 +11,8 @@ import click
 from gpa.cli.options import (
     analysis_options,
     analysis_settings,
+    chosen_columns,
+    columns_option,
     config_option,
     configured,
     emit,
@@ -18,10 +20,27 @@ from gpa.cli.options import (
     measure_options,
     output_option,
     progress_display,
+    table_only,
     wide_option,
 )
 
-__all__ = ["command"]
+__all__ = ["COLUMN_NAMES", "command"]
+
+#: The columns of the measured table (``gpa.measure.render.COLUMNS`` but the layer's name,
+#: named here for the help without importing torch).
+COLUMN_NAMES = (
+    "type",
+    "shortest",
+    "longest",
+    "combination",
+    "weight_grad_norm",
+    "weight_grad_norm_std",
+    "output_grad_norm",
+    "relative_norm",
+    "frozen",
+    "most_similar",
+    "most_similar_cka",
+)
 
 
 @click.command("measure")
@@ -31,6 +50,7 @@ __all__ = ["command"]
 @config_option
 @format_option("json", "csv", "html")
 @output_option
+@columns_option(COLUMN_NAMES, "weight_grad_norm,relative_norm,most_similar")
 @wide_option
 @click.pass_context
 def command(
@@ -45,6 +65,7 @@ def command(
     config_path: Path | None,
     fmt: str,
     output: Path | None,
+    columns: str | None,
     wide: bool,
     **params: Any,
 ) -> None:
@@ -64,6 +85,8 @@ def command(
     from gpa.measure import measure_target
     from gpa.measure.render import format_csv, format_page, format_table
 
+    chosen = chosen_columns(columns, COLUMN_NAMES)
+    table_only(fmt, {"--columns": bool(columns), "--wide": wide})
     spec = configured(target, kwargs, analysis_settings(ctx, params), config_path)
     with progress_display(quiet) as progress:
         m = measure_target(
@@ -87,7 +110,8 @@ def command(
         text = format_page(m)
     else:
         color = output is None and sys.stdout.isatty()
-        text = format_table(m, color=color, width=_EVERY_COLUMN if wide else None)
+        width = _EVERY_COLUMN if wide else None
+        text = format_table(m, color=color, width=width, columns=chosen)
     emit(text, output)
 
 

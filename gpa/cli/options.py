@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +253,51 @@ def measure_settings(ctx: click.Context, params: dict[str, Any]) -> tuple[dict[s
 wide_option = click.option(
     "--wide", is_flag=True, help="Every column, nothing wrapped (for piping)."
 )
+
+
+def columns_option(names: Sequence[str], example: str) -> Callable[..., Any]:
+    """``--columns``: which columns of the text table, of ``names``, in the order given
+    (``example``: a value to show in the help)."""
+    return click.option(
+        "--columns",
+        metavar="NAMES",
+        help="Comma-separated columns of the text table, in the order given, e.g. "
+        f"{example} (of: {', '.join(names)}).",
+    )
+
+
+def chosen_columns(columns: str | None, names: Sequence[str]) -> list[str] | None:
+    """The columns ``--columns`` gives, in its order (None where it is not given).
+
+    Raises:
+        click.BadParameter: a column not among ``names`` (exit 2).
+    """
+    if not columns:
+        return None
+    chosen = [c.strip() for c in columns.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in names]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(names)}",
+            param_hint="--columns",
+        )
+    return chosen
+
+
+def table_only(fmt: str, given: Mapping[str, bool]) -> None:
+    """Refuse the options of ``given`` (flag -> whether it was given) that shape the text
+    table when ``fmt`` is another format, which holds every layer and column.
+
+    Raises:
+        click.BadParameter: such an option with another ``--format`` (exit 2).
+    """
+    shaping = [flag for flag, set_ in given.items() if set_]
+    if shaping and fmt != "text":
+        raise click.BadParameter(
+            f"{', '.join(shaping)} shape{'s' if len(shaping) == 1 else ''} the text table; "
+            f"--format {fmt} holds every layer and column",
+            param_hint=shaping[0],
+        )
 
 
 def format_option(*choices: str) -> Callable[..., Any]:

@@ -19,6 +19,7 @@ import csv
 import html
 import io
 import shutil
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
@@ -129,14 +130,32 @@ _NUMERIC = {"short", "long", "comb", "‖∂L/∂W‖", "± std", "‖∂L/∂y�
 _DROP_ORDER = ("type", "frozen", "± std", "comb", "long", "‖∂L/∂y‖", "CKA", "most similar")
 
 
-def format_table(m: Any, *, color: bool = False, width: int | None = None) -> str:
+def format_table(
+    m: Any,
+    *,
+    color: bool = False,
+    width: int | None = None,
+    columns: Sequence[str] | None = None,
+) -> str:
     """The summary lines, then a table of the layers, then the notes; ``width`` defaults
-    to the terminal's (``COLUMNS``). As ``gpa analyze``'s table: names are never broken,
-    the least important columns are left out (and a note says which) until it fits."""
+    to the terminal's (``COLUMNS``); ``columns``: those of :data:`COLUMNS` to show (but
+    the layer's name, always first), in their order (default: every one). As ``gpa
+    analyze``'s table: names are never broken, the least important columns are left out
+    (and a note says which) until it fits.
+
+    Raises:
+        ValueError: a column not in :data:`COLUMNS`.
+    """
     width = width or shutil.get_terminal_size().columns
     headers = dict(zip(COLUMNS, _HEADERS, strict=True))
     rows = [{headers[c]: _cell(row[c]) for c in COLUMNS} for row in _rows(m.to_dict())]
-    rest = list(_HEADERS[1:])
+    unknown = [c for c in columns or () if c not in headers]
+    if unknown:
+        raise ValueError(
+            f"unknown column(s) {', '.join(unknown)}; choose from {', '.join(COLUMNS)}"
+        )
+    chosen = COLUMNS[1:] if columns is None else [c for c in dict.fromkeys(columns) if c != "name"]
+    rest = [headers[c] for c in chosen]
     kept = fit_columns(rows, rest, width, _DROP_ORDER, right=_NUMERIC)
     table = columns_table(rows, [_HEADERS[0], *kept], right=_NUMERIC)
     buffer = io.StringIO()
@@ -153,7 +172,9 @@ def format_table(m: Any, *, color: bool = False, width: int | None = None) -> st
     dropped = [h for h in rest if h not in kept]
     notes = [*m.notes]
     if dropped:
-        notes.append(f"columns left out to fit {width} characters: {', '.join(dropped)}")
+        notes.append(
+            f"columns left out to fit {width} characters: {', '.join(dropped)} (--wide shows all)"
+        )
     for note in notes:
         console.print(f"note: {note}", highlight=False, markup=False)
     return buffer.getvalue()

@@ -14,7 +14,9 @@ import torch
 from click.testing import CliRunner
 
 import gpa
+from gpa.cli import analyze as analyze_cli
 from gpa.cli import main
+from gpa.cli import measure as measure_cli
 from tests.measure.test_measure import LAYER_KEYS
 
 matplotlib.use("Agg")
@@ -341,3 +343,48 @@ def test_the_text_says_what_each_step_held_and_wide_keeps_every_column(tmp_path:
     assert wide.exit_code == 0, wide.output
     assert "columns left out" not in wide.output
     assert "most similar" in wide.output and "frozen" in wide.output
+
+
+def test_columns_choose_the_measured_table_as_they_choose_analyzes(tmp_path: Path) -> None:
+    """Found by the last session's review: ``gpa analyze --columns`` chose its table's
+    columns, ``gpa measure --columns`` was no option (exit 2), and ``measure --wide``
+    with ``--format json`` was taken and did nothing. Now ``--columns`` gives measure's
+    table those of its CSV header, in the order given, after the layer's name."""
+    target = _write(tmp_path, TARGET)
+    args = ["measure", target, "--steps", "1", "--batch-size", "3"]
+    chosen = CliRunner().invoke(main, [*args, "--columns", "relative_norm,type"])
+    assert chosen.exit_code == 0, chosen.output
+    header = next(line for line in chosen.output.splitlines() if line.split()[:1] == ["layer"])
+    assert header.split() == ["layer", "rel", "type"]
+    csv_header = CliRunner().invoke(main, [*args, "--format", "csv"]).stdout.splitlines()[0]
+    assert set(measure_cli.COLUMN_NAMES) == set(csv_header.split(",")) - {"name"}
+    unknown = CliRunner().invoke(main, [*args, "--columns", "relative_norm,paths"])
+    assert unknown.exit_code == 2
+    assert "unknown column(s) paths; choose from type, shortest" in unknown.stderr
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv", "html"])
+@pytest.mark.parametrize("flags", [["--wide"], ["--columns", "type"]])
+def test_options_of_the_measured_table_are_refused_with_another_format(
+    tmp_path: Path, fmt: str, flags: list[str]
+) -> None:
+    """As ``gpa analyze`` refuses them (tests/render/test_table.py): the other formats
+    hold every layer and column, so the option would do nothing. Refused before any step
+    runs."""
+    target = _write(tmp_path, TARGET)
+    result = CliRunner().invoke(main, ["measure", target, *flags, "--format", fmt])
+    assert result.exit_code == 2
+    assert f"{flags[0]} shapes the text table; --format {fmt} holds every" in result.stderr
+
+
+def test_the_help_names_the_columns_each_table_has() -> None:
+    """The column names the help lists are spelled out in the commands (no renderer is
+    imported for ``gpa --help``): they are the tables' own."""
+    import gpa.measure.render as measured
+    import gpa.render.text as analysed
+
+    assert tuple(analysed.COLUMNS) == analyze_cli.COLUMN_NAMES
+    assert tuple(measured.COLUMNS[1:]) == measure_cli.COLUMN_NAMES
+    for command, names in (("analyze", analysed.COLUMNS), ("measure", measured.COLUMNS[1:])):
+        text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
+        assert f"(of: {', '.join(names)})" in text
