@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from gpa.core.graph import LOSS, GradientGraph, LayerCall, OutputKey
-from gpa.errors import GpaError, ModelError, TraceError
+from gpa.errors import GpaError, ModelError, ShapeError, TraceError
 from gpa.frontends.dynamic import dynamic_layers
 from gpa.frontends.frames import Site
 from gpa.frontends.fx.flow import ValueInfo, differentiable
@@ -68,7 +68,7 @@ from gpa.frontends.operators import (
     custom_operator_note,
 )
 from gpa.frontends.outputs import returned_values
-from gpa.frontends.raised import briefly, model_raised
+from gpa.frontends.raised import briefly, input_too_small, model_raised
 from gpa.frontends.randomness import (
     RandomBranches,
     data_branch_note,
@@ -267,7 +267,10 @@ def _run(
         )
     stack = first_error.stack
     where = stack[-1] if stack else None
-    raise ModelError(model_raised(type(model).__name__, first_error.error, where=where))
+    message = model_raised(type(model).__name__, first_error.error, where=where)
+    if input_too_small(first_error.error):  # it runs on larger inputs
+        raise ShapeError(message)
+    raise ModelError(message)
 
 
 @contextlib.contextmanager

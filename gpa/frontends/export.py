@@ -352,6 +352,8 @@ def _export(model: nn.Module, options: AnalysisOptions) -> tuple[Any, tuple, boo
     scripted = scripted_call(model, first)
     if scripted is not None:  # not the model's fault, nor the user's code: say what helps
         raise _cannot_read_scripted(model, scripted) from None
+    if input_too_small(first):  # the model's, on these inputs: it runs on larger ones
+        raise ShapeError(_failure_message(model, first)) from first
     raise ExportError(_failure_message(model, first)) from first
 
 
@@ -548,7 +550,10 @@ def _failure_message(model: nn.Module, exc: BaseException) -> str:
         )
     else:
         detail = f"{type(exc).__name__}: {detail}"
-    lines = [f"torch.export cannot export {type(model).__name__}: {detail}"]
+    head = f"torch.export cannot export {type(model).__name__}"
+    if input_too_small(exc):  # (not export's limit: the model's, on these inputs)
+        head = f"{type(model).__name__} cannot run on these inputs (under torch.export)"
+    lines = [f"{head}: {detail}"]
     frame = user_frame(exc, asked=True)
     if frame is not None:
         lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')

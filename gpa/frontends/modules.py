@@ -675,8 +675,10 @@ def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.M
     """Resolve a class name given on the command line to an ``nn.Module`` subclass.
 
     ``name`` may be a ``torch.nn`` class name (``Conv2d``, ``nn.Conv2d`` as code spells
-    it), the name of a module class used in ``model`` (``Bottleneck``; must be
-    unambiguous), or a dotted import path (``torchvision.ops.StochasticDepth``).
+    it; a bare name the model uses no such class of, but one class of its own by, names
+    that one: diffusers' ``GELU``), the name of a module class used in ``model``
+    (``Bottleneck``; must be unambiguous), or a dotted import path
+    (``torchvision.ops.StochasticDepth``).
 
     Raises:
         TargetError: nothing by that name is an ``nn.Module`` subclass.
@@ -688,10 +690,15 @@ def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.M
     text = name.strip()
     torch_name = text.removeprefix("nn.")
     candidate = getattr(nn, torch_name, None) if torch_name.isidentifier() else None
-    if inspect.isclass(candidate) and issubclass(candidate, nn.Module):
-        return candidate
-
     in_model = _classes_in(model)
+    if inspect.isclass(candidate) and issubclass(candidate, nn.Module):
+        # a bare name the model uses no torch.nn class of: its own class of that name
+        # (diffusers' GELU, a projection and an activation), where it has one
+        own = [c for c in in_model if c.__name__ == text] if text == torch_name else []
+        if model is None or candidate in in_model or len(own) != 1:
+            return candidate
+        return own[0]
+
     # by its name, its module path, or as a report records it (a target file's module by
     # the file's stem: ``mine.Block``, gpa.names.class_path), so a recorded option reads back
     matches = [

@@ -38,7 +38,16 @@ import torch
 
 from gpa.frontends.frames import Site, user_frame
 
-__all__ = ["CHECKS", "briefly", "raised_by_model", "model_raised"]
+__all__ = [
+    "CHECKS",
+    "INPUT_TOO_SMALL",
+    "ONE_POSITION",
+    "ONE_VALUE_PER_CHANNEL",
+    "briefly",
+    "input_too_small",
+    "model_raised",
+    "raised_by_model",
+]
 
 # The instructions of a raise or assert statement (a bare ``raise`` re-raises).
 _RAISING = frozenset({"RAISE_VARARGS", "RERAISE"})
@@ -117,17 +126,44 @@ INPUT_TOO_SMALL = (
     "The input is too small for the model: a pooling or convolution window is larger than "
     "the feature map reaching it. Give a larger input (--input-shape / input_shape=)."
 )
+#: Said after torch refuses to normalise one value per channel (a batch norm computing
+#: its input's statistics: in train mode; a group norm, in any mode), by every frontend.
+ONE_VALUE_PER_CHANNEL = (
+    "The input is too small for the model: a batch norm in train mode, or a group norm, "
+    "needs more than one value per channel to normalise. Give a larger batch or input "
+    "(--input-shape / input_shape=), or, for a batch norm, analyse in eval mode "
+    "(--eval / train=False)."
+)
+#: Said after torch refuses an instance norm one position per channel, by every frontend.
+ONE_POSITION = (
+    "The input is too small for the model: an instance norm computing its input's "
+    "statistics needs more than one position per channel. Give a larger input "
+    "(--input-shape / input_shape=)."
+)
+# torch's words (its norms' size checks) -> what to say
+_HINTS = (
+    *((words, INPUT_TOO_SMALL) for words in _TOO_SMALL),
+    ("Expected more than 1 value per channel", ONE_VALUE_PER_CHANNEL),
+    ("Expected more than 1 spatial element", ONE_POSITION),
+)
 
 
 def input_too_small(exc: BaseException) -> str | None:
-    """:data:`INPUT_TOO_SMALL` where ``exc`` is torch refusing a window larger than its
-    input, else None.
+    """What every frontend says where ``exc`` is torch refusing an input too small for an
+    operation — a window larger than its input (:data:`INPUT_TOO_SMALL`), a norm given one
+    value per channel (:data:`ONE_VALUE_PER_CHANNEL`, :data:`ONE_POSITION`) — else None.
+    Such an error is a :class:`~gpa.errors.ShapeError` in every frontend: the model runs
+    on a larger input.
 
     Example:
         >>> input_too_small(RuntimeError("Output size is too small"))[:34]
         'The input is too small for the mod'
+        >>> refused = ValueError("Expected more than 1 value per channel when training")
+        >>> input_too_small(refused) == ONE_VALUE_PER_CHANNEL
+        True
     """
-    return INPUT_TOO_SMALL if any(w in str(exc) for w in _TOO_SMALL) else None
+    text = str(exc)
+    return next((hint for words, hint in _HINTS if words in text), None)
 
 
 def model_raised(

@@ -470,6 +470,62 @@ def test_a_nested_class_is_a_leaf_by_its_qualified_name(tmp_path: Path, spelt: s
     assert [(r["name"], r["shortest"]) for r in report["layers"]] == [("i", 2), ("head", 1)]
 
 
+SHADOWING = """
+import torch
+from torch import nn
+
+
+class GELU(nn.Module):  # as diffusers' activations.GELU: a projection, then the activation
+    def __init__(self, d):
+        super().__init__()
+        self.proj = nn.Linear(d, 4 * d)
+
+    def forward(self, x):
+        return torch.nn.functional.gelu(self.proj(x))
+
+
+class Net(nn.Module):
+    def __init__(self, torch_gelu=False):
+        super().__init__()
+        self.ff, self.out = GELU(8), nn.Linear(32, 8)
+        self.act = nn.GELU() if torch_gelu else nn.Identity()
+
+    def forward(self, x):
+        return self.out(self.act(self.ff(x)))
+
+
+def build_model(torch_gelu=False):
+    model = Net(torch_gelu)
+    model.input_shape = (2, 8)
+    return model
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "records"),
+    [
+        # the model uses no torch.nn.GELU: its own GELU is the leaf, one layer
+        ((), [("ff", 2), ("out", 1)]),
+        # it uses both: the bare name stays torch's (which holds no layer), as documented
+        (("-k", "torch_gelu=True"), [("ff.proj", 2), ("out", 1)]),
+    ],
+)
+def test_a_bare_torch_name_the_model_uses_only_its_own_class_of_names_that(
+    tmp_path: Path, args: tuple[str, ...], records: list[tuple[str, int]]
+) -> None:
+    """Found by a survey of diffusers' models: SD3's feed-forward is diffusers' own
+    ``GELU`` (a projection and the activation), and ``--leaf GELU`` named
+    ``torch.nn.GELU``, which the model never uses: nothing became a leaf, and fx kept
+    failing where the user had declared the leaf. A bare name of a torch.nn class the
+    model does not use names the model's own class of that name. By hand: ``out`` feeds
+    the loss (1), the leaf ``ff`` (or its ``proj``) through it (2)."""
+    (tmp_path / "shadow.py").write_text(SHADOWING)
+    report = analyze_json(str(tmp_path / "shadow.py"), "--leaf", "GELU", *args)
+    assert [(r["name"], r["shortest"]) for r in report["layers"]] == records
+    explicit = analyze_json(str(tmp_path / "shadow.py"), "--leaf", "nn.GELU")
+    assert [r["name"] for r in explicit["layers"]] == ["ff.proj", "out"]  # nn.GELU: torch's
+
+
 def test_a_class_no_module_of_the_model_is_of_is_noted(
     blocks_in_a_package: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from click.testing import CliRunner, Result
 from torch import nn
 
@@ -586,10 +587,79 @@ def test_an_input_too_small_for_the_model_is_said_so_by_every_frontend(
     without saying that the input was too small and what to give (found by a numbers
     survey on torchvision's S3D)."""
     model, shape = TOO_SMALL[kind]
-    with pytest.raises(gpa.GpaError) as raised:
+    with pytest.raises(ShapeError) as raised:
         gpa.analyze(model, input_shape=shape, tracer=tracer)
     assert "The input is too small for the model" in str(raised.value)
     assert "Give a larger input (--input-shape / input_shape=)" in str(raised.value)
+
+
+class _FunctionalBatchNorm(nn.Module):
+    """``F.batch_norm`` in the model's own code (timm's ``BatchNormAct2d`` calls it so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.norm, self.b = nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.norm
+        h = F.batch_norm(self.a(x), n.running_mean, n.running_var, n.weight, n.bias, True)
+        return self.b(h)
+
+
+# A norm given one value per channel to compute statistics of (model, input shape, train,
+# the hint's words): torch refuses each (the test runs it).
+ONE_VALUE = {
+    "batch norm": (nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), (1, 4), True, "batch"),
+    "batch norm 2d": (
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)),
+        (1, 3, 3, 3),
+        True,
+        "batch",
+    ),
+    "F.batch_norm": (_FunctionalBatchNorm(), (1, 4), True, "batch"),
+    "group norm": (nn.Sequential(nn.Linear(4, 4), nn.GroupNorm(4, 4)), (1, 4), False, "group"),
+    "instance norm": (
+        nn.Sequential(nn.Conv1d(3, 4, 3), nn.InstanceNorm1d(4)),
+        (1, 3, 3),
+        False,
+        "instance norm computing its input's statistics needs more than one position",
+    ),
+}
+
+
+@pytest.mark.parametrize("tracer", ALL)
+@pytest.mark.parametrize("kind", ONE_VALUE)
+def test_a_norm_given_one_value_per_channel_is_an_input_too_small_in_every_frontend(
+    kind: str, tracer: str
+) -> None:
+    """Found by a survey of recent architectures (timm's shvit_s1 at batch 1 in train
+    mode): torch refuses a batch norm one value per channel in training, yet fx — and so
+    ``auto`` — passed the norm module through without running it and gave a report of a
+    model that cannot run; export called it a limit of its own (TraceError, and ``auto``
+    moved on to autograd), autograd the model's error. Each now raises ShapeError and says
+    what to give. The same holds for a group norm and an instance norm, in any mode."""
+    model, shape, train, words = ONE_VALUE[kind]
+    model.train(train)
+    with pytest.raises(ValueError, match="Expected more than 1"):
+        model(torch.zeros(shape))  # torch itself refuses the model on such an input
+    with pytest.raises(ShapeError) as raised:
+        gpa.analyze(model, input_shape=shape, tracer=tracer, train=train)
+    said = " ".join(str(raised.value).split())
+    assert "The input is too small for the model" in said
+    assert words in said
+    if words == "batch":
+        assert "or, for a batch norm, analyse in eval mode (--eval / train=False)" in said
+
+
+@pytest.mark.parametrize("tracer", ALL)
+def test_a_batch_norm_in_eval_mode_reads_one_value_per_channel(tracer: str) -> None:
+    """The other side of the refusal above: in eval mode a batch norm normalises by its
+    running statistics, so torch runs it on one value per channel, and so does every
+    frontend (the real model's backward reaches both linears: shortest paths 2 and 1)."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)).eval()
+    model(torch.zeros(1, 4)).sum().backward()  # torch runs it
+    report = gpa.analyze(model, input_shape=(1, 4), tracer=tracer, train=False)
+    assert {name: r.shortest for name, r in report.layers.items()} == {"0": 2, "2": 1}
 
 
 @pytest.mark.parametrize(

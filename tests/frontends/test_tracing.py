@@ -1316,3 +1316,61 @@ def test_the_module_named_is_the_one_fx_stopped_in(model, named) -> None:
     tracing = [line for line in lines if line.startswith("  while tracing module")]
     assert tracing == ([f"  while tracing module {named}"] if named else [])
     assert gpa.analyze(model(), input_shape=(1, 2)).tracer != "fx"  # auto moves on
+
+
+class _TestsTimestepRank(nn.Module):
+    """diffusers' UNets normalise the timestep in their own forward: ``len(t.shape)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if len(t.shape) == 0:
+            t = t[None]
+        return self.lin(x) * t[:, None]
+
+
+class _IteratesSizes(nn.Module):
+    """UNet2DConditionModel checks its sample's size so: ``for dim in sample.shape[-2:]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for dim in x.shape[-1:]:
+            if dim % 2:
+                raise ValueError("odd")
+        return self.lin(x)
+
+
+class _LooksUpByRank(nn.Module):
+    """einops' lookup of a recipe by ``x.ndim``, in the root's own forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.scales = {2: 1.0}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) * self.scales[x.ndim]
+
+
+@pytest.mark.parametrize("model", [_TestsTimestepRank, _IteratesSizes, _LooksUpByRank])
+def test_a_failure_in_the_roots_own_forward_advises_no_leaf(model: type[nn.Module]) -> None:
+    """Found by a survey of diffusers' models (seven of nine: UNet2D, UNet1D, ControlNet,
+    UNet2DCondition, Flux): fx failed in the model's own forward, and its hint said to
+    declare "the module that does it" a leaf with the placeholder ``--leaf NAME`` — the
+    model itself, which no leaf can hold. The hint now says so and what reads it; a
+    failure inside a submodule still names that module
+    (``test_the_module_fx_stopped_in_is_named_as_the_leaf_to_declare``)."""
+    shapes = [(2, 4), (2,)] if model is _TestsTimestepRank else [(2, 4)]
+    with pytest.raises(TraceError) as caught:
+        gpa.analyze(model(), input_shape=shapes, tracer="fx")
+    message = " ".join(str(caught.value).split())
+    assert "--leaf" not in message
+    assert "That code is the model's own forward, which cannot be a leaf: --tracer" in message
+    # and what the hint names reads it: the linear, one step from the loss
+    report = gpa.analyze(model(), input_shape=shapes, tracer="autograd")
+    assert {name: r.shortest for name, r in report.layers.items()} == {"lin": 1}

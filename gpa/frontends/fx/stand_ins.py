@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -94,12 +95,14 @@ def _fits(module: nn.Module, x: torch.Tensor) -> bool:
         except (ValueError, AttributeError):
             return False
         stats = module.affine or module.track_running_stats
-        return not stats or channels == module.num_features
+        return (not stats or channels == module.num_features) and not _one_value(module, x)
     if isinstance(module, nn.LayerNorm):
         shape = tuple(module.normalized_shape)
         return tuple(x.shape[x.dim() - len(shape) :]) == shape and x.dim() >= len(shape)
     if isinstance(module, nn.GroupNorm):
-        return channels == module.num_channels
+        return channels == module.num_channels and not normalisation_refused(
+            F.group_norm, x, {"input": x, "num_groups": module.num_groups}
+        )
     if isinstance(module, nn.LocalResponseNorm):
         return x.dim() >= 3
     if isinstance(module, nn.PReLU):
@@ -107,6 +110,18 @@ def _fits(module: nn.Module, x: torch.Tensor) -> bool:
     if isinstance(module, (nn.Softmax, nn.LogSoftmax)):
         return module.dim is None or -x.dim() <= module.dim < max(x.dim(), 1)
     return not any(True for _ in module.parameters())  # a parameter-free activation
+
+
+def _one_value(module: nn.modules.batchnorm._NormBase, x: torch.Tensor) -> bool:
+    """Whether torch refuses ``module`` (a batch or instance norm) ``x`` for one value per
+    channel to compute statistics of: the call runs then, and its error is reported."""
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        positions = module._get_no_batch_dim() - 1  # (its input may come without a batch)
+        own = module.training or not module.track_running_stats
+        return own and math.prod(x.shape[x.dim() - positions :]) == 1
+    # (as _BatchNorm.forward: without running statistics it normalises by the batch's)
+    own = module.training or (module.running_mean is None and module.running_var is None)
+    return own and x.dim() >= 2 and x.shape[0] * math.prod(x.shape[2:]) == 1
 
 
 # The same for pointwise functions and methods of one tensor (other arguments

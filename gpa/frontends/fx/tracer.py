@@ -975,8 +975,26 @@ def _trace_failure_message(model: nn.Module, exc: BaseException) -> str:
         named = cls.__qualname__ if cls.__module__.startswith(TARGET_MODULE_PREFIX) else None
         lines.append(f"  while tracing module '{module}' ({named or class_path(cls)})")
     hint = _OTHER_FAILURE if decorated or known is None else known
-    lines.append(hint.replace("--leaf NAME", f"--leaf {module}") if module else hint)
+    lines.append(_leaf_named(hint, module, in_root=not hasattr(exc, "gpa_module")))
     return "\n".join(lines)
+
+
+def _leaf_named(hint: str, module: str | None, in_root: bool) -> str:
+    """``hint`` advising the module that failed (``module``, its qualified name) as the
+    leaf to declare; where the failure is in the root's own forward (``in_root``), which
+    no leaf can hold, the reason (its first sentence) and what reads it instead."""
+    if module:
+        return hint.replace("--leaf NAME", f"--leaf {module}")
+    if not in_root or "--leaf NAME" not in hint:
+        return hint
+    return f"{hint.split('. ')[0]}. {_IN_ROOT}"
+
+
+# Said where fx fails in the root's own forward (diffusers' UNets test len(t.shape)).
+_IN_ROOT = (
+    "That code is the model's own forward, which cannot be a leaf: --tracer export or "
+    "autograd reads it (auto moves on), or rewrite it without that Python."
+)
 
 
 def _raised_by_decorator(model: nn.Module, exc: BaseException) -> bool:
