@@ -561,7 +561,19 @@ def _failure_message(model: nn.Module, exc: BaseException) -> str:
             lines.append(f"    {frame.line.strip()}")
     if too_small := input_too_small(exc):
         lines.append(too_small)
+    elif _DATA_DEPENDENT in detail:
+        lines.append(_ON_VALUES)
     return "\n".join(lines)
+
+
+#: torch.export's words where Python asks a traced tensor for its values (``if t.all()``,
+#: ``int(n)``) or a size computed from them, and what gpa says after them.
+_DATA_DEPENDENT = "data-dependent"
+_ON_VALUES = (
+    "Forward decides on tensor values where export stopped (an if on t.all(), a count made "
+    "of them), which export cannot: it traces one graph for every input. --tracer autograd "
+    "reads the run on the example inputs (auto moves on)."
+)
 
 
 # ----------------------------------------------------------------- the graph

@@ -219,3 +219,46 @@ def test_a_bad_option_value_is_exit_2_on_every_command(command: str, bad: tuple[
     result = run(*COMMANDS[command], *bad)
     assert result.exit_code == 2, result.output
     assert "Invalid value" in result.stderr
+
+
+@pytest.mark.parametrize("decides", ["if h.all():", "for _ in range(int(h.sum() > 0)):"])
+def test_export_alone_says_the_model_decides_on_values_and_what_reads_it(
+    tmp_path: Path, decides: str
+) -> None:
+    """Found by a survey of recent architectures (Hugging Face's DETR in train mode tests
+    ``torch.isfinite(h).all()``): export's refusal was torch's words alone
+    (``GuardOnDataDependentSymNode: Could not guard on data-dependent expression``),
+    where fx's says what the model does and what reads it. By hand: ``b`` feeds the loss
+    (1), ``a`` through it (2), whichever branch runs."""
+    (tmp_path / "decides.py").write_text(
+        textwrap.dedent(
+            f"""
+            import torch
+            from torch import nn
+
+            class Decides(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+                def forward(self, x):
+                    h = self.a(x)
+                    {decides}
+                        h = h * 2
+                    return self.b(h)
+
+            model = Decides()
+            input_shape = (2, 4)
+            """
+        )
+    )
+    target = str(tmp_path / "decides.py")
+    refused = run("analyze", target, "--tracer", "export")
+    assert refused.exit_code == 2
+    said = " ".join(refused.stderr.split())
+    assert "torch.export cannot export Decides" in said
+    assert "Forward decides on tensor values where export stopped" in said
+    assert "--tracer autograd reads the run on the example inputs (auto moves on)" in said
+    report = json.loads(run("analyze", target, "--format", "json").stdout)
+    assert report["tracer"] == "autograd"
+    assert paths_of(report) == {"a": (2, 2, 1), "b": (1, 1, 1)}
