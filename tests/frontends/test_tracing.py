@@ -1370,7 +1370,7 @@ def test_a_failure_in_the_roots_own_forward_advises_no_leaf(model: type[nn.Modul
         gpa.analyze(model(), input_shape=shapes, tracer="fx")
     message = " ".join(str(caught.value).split())
     assert "--leaf" not in message
-    assert "That code is the model's own forward, which cannot be a leaf: --tracer" in message
+    assert "That code is the model's own forward, which cannot be a leaf: rewrite" in message
     # and what the hint names reads it: the linear, one step from the loss
     report = gpa.analyze(model(), input_shape=shapes, tracer="autograd")
     assert {name: r.shortest for name, r in report.layers.items()} == {"lin": 1}

@@ -992,8 +992,8 @@ def _leaf_named(hint: str, module: str | None, in_root: bool) -> str:
 
 # Said where fx fails in the root's own forward (diffusers' UNets test len(t.shape)).
 _IN_ROOT = (
-    "That code is the model's own forward, which cannot be a leaf: --tracer export or "
-    "autograd reads it (auto moves on), or rewrite it without that Python."
+    "That code is the model's own forward, which cannot be a leaf: rewrite it without "
+    "that Python, or let --tracer export or autograd read it (auto moves on)."
 )
 
 
