@@ -755,9 +755,9 @@ def library_inputs_text() -> str:
         "torchvision and timm models: 1 image (2 where batch norm runs in train mode) of "
         "the size the library gives for the model (torchvision's weights' crop size, timm's input_size; "
         "video models 16 frames); Ultralytics models: 1 image of 640x640 (224x224 for "
-        f"classification); transformers models: {_TOKENS} token ids (0), or one image "
-        "or audio clip of the size the configuration gives, plus decoder token ids for "
-        "encoder-decoder models"
+        f"classification); transformers models: {_TOKENS} token ids (0), or one image (two "
+        "where batch norm runs in train mode) or audio clip of the size the configuration "
+        "gives, plus decoder token ids for encoder-decoder models"
     )
 
 
@@ -867,7 +867,7 @@ def _load_library_model(
         "torchvision": functools.partial(_torchvision_model, train=train),
         "timm": functools.partial(_timm_model, train=train),
         "ultralytics": _ultralytics_model,
-        "transformers": _transformers_model,
+        "transformers": functools.partial(_transformers_model, train=train),
     }
     return loaders[library](spec, name, kwargs, device)
 
@@ -1023,7 +1023,7 @@ def _quiet_ultralytics() -> Iterator[None]:
 
 
 def _transformers_model(
-    spec: str, name: str, kwargs: dict[str, Any], device: str | None
+    spec: str, name: str, kwargs: dict[str, Any], device: str | None, train: bool = True
 ) -> LoadedTarget | None:
     transformers = _import_library("transformers", spec)
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -1052,8 +1052,11 @@ def _transformers_model(
     config = _transformers_config(spec, config_class, kwargs)
     device = "meta" if device is None else device
     model = _construct(spec, lambda: make(config), device)
-    inputs = _transformers_inputs(model, config, device)
+    batch, images = _images(model, train)  # (LeViT's head: a batch norm after pooling)
+    inputs = _transformers_inputs(model, config, device, batch)
     origin = _TRANSFORMERS_INPUTS.get(getattr(model, "main_input_name", "input_ids"))
+    if origin and batch > 1:
+        origin = origin.replace("1 image", images)
     parameters = inspect.signature(model.forward).parameters
     if (
         origin
@@ -1122,12 +1125,13 @@ def _transformers_config(spec: str, config_class: type, kwargs: dict[str, Any]) 
     return config
 
 
-def _image(config: Any, device: str) -> torch.Tensor:
-    """One image of the configuration's size (224 × 224 where it has none: a ResNet's,
-    DETR's) and channels."""
+def _image(config: Any, device: str, batch: int = 1) -> torch.Tensor:
+    """``batch`` images of the configuration's size (224 × 224 where it has none: a
+    ResNet's, DETR's) and channels."""
     size = getattr(config, "image_size", 224)
     height, width = (size, size) if isinstance(size, int) else tuple(size)[:2]
-    return torch.zeros(1, getattr(config, "num_channels", 3), height, width, device=device)
+    channels = getattr(config, "num_channels", 3)
+    return torch.zeros(batch, channels, height, width, device=device)
 
 
 #: What :func:`_transformers_inputs` gives, in words, by the model's main input.
@@ -1140,17 +1144,17 @@ _TRANSFORMERS_INPUTS = {
 
 
 def _transformers_inputs(
-    model: nn.Module, config: Any, device: str
+    model: nn.Module, config: Any, device: str, images: int = 1
 ) -> tuple[torch.Tensor | None, ...] | None:
-    """Inputs that fit a transformers model, by its main input (token ids, an image, an
-    audio clip), with decoder token ids for encoder-decoder models; None when the
-    configuration does not say their size."""
+    """Inputs that fit a transformers model, by its main input (token ids, ``images``
+    images, an audio clip), with decoder token ids for encoder-decoder models; None when
+    the configuration does not say their size."""
     main = getattr(model, "main_input_name", "input_ids")
     values: dict[str, torch.Tensor] = {}
     if main == "input_ids":
         values[main] = torch.zeros(1, _TOKENS, dtype=torch.int64, device=device)
     elif main == "pixel_values":
-        values[main] = _image(config, device)
+        values[main] = _image(config, device, images)
     elif main == "input_features" and hasattr(config, "num_mel_bins"):
         frames = 2 * getattr(config, "max_source_positions", 1500)  # Whisper's two strides
         values[main] = torch.zeros(1, config.num_mel_bins, frames, device=device)

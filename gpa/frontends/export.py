@@ -208,6 +208,8 @@ def export_gradient_graph(model: nn.Module, options: AnalysisOptions) -> Gradien
         try:
             GradientFlow(gm, followed_by="autograd").run(*tree_flatten(inputs)[0])
         except ShapeError as exc:  # export ran the model on these inputs: gpa's limit
+            if input_too_small(exc):  # (unless torch refuses them, export's fakes did not)
+                raise
             raise TraceError(
                 f"export's graph of {type(model).__name__} does not run on the meta device: {exc}"
             ) from exc

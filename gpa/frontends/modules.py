@@ -695,9 +695,11 @@ def resolve_module_class(name: str, model: nn.Module | None = None) -> type[nn.M
         # a bare name the model uses no torch.nn class of: its own class of that name
         # (diffusers' GELU, a projection and an activation), where it has one
         own = [c for c in in_model if c.__name__ == text] if text == torch_name else []
-        if model is None or candidate in in_model or len(own) != 1:
+        if model is None or candidate in in_model or not own:
             return candidate
-        return own[0]
+        if len(own) == 1:
+            return own[0]
+        # (several of its own: ambiguous, below)
 
     # by its name, its module path, or as a report records it (a target file's module by
     # the file's stem: ``mine.Block``, gpa.names.class_path), so a recorded option reads back

@@ -41,8 +41,10 @@ from gpa.frontends.frames import Site, user_frame
 __all__ = [
     "CHECKS",
     "INPUT_TOO_SMALL",
+    "NOTHING_RESAMPLED",
     "ONE_POSITION",
     "ONE_VALUE_PER_CHANNEL",
+    "PADDING_TOO_WIDE",
     "briefly",
     "input_too_small",
     "model_raised",
@@ -126,23 +128,37 @@ INPUT_TOO_SMALL = (
     "The input is too small for the model: a pooling or convolution window is larger than "
     "the feature map reaching it. Give a larger input (--input-shape / input_shape=)."
 )
+#: Said after torch refuses a reflection or circular padding wider than its input.
+PADDING_TOO_WIDE = (
+    "The input is too small for the model: a reflection or circular padding is as wide as "
+    "the feature map reaching it, or wider. Give a larger input (--input-shape / input_shape=)."
+)
+#: Said after torch refuses a resampling that leaves no element (a scale below one).
+NOTHING_RESAMPLED = (
+    "The input is too small for the model: a resampling (interpolate, Upsample) leaves no "
+    "element of the feature map reaching it. Give a larger input (--input-shape / input_shape=)."
+)
 #: Said after torch refuses to normalise one value per channel (a batch norm computing
 #: its input's statistics: in train mode; a group norm, in any mode), by every frontend.
 ONE_VALUE_PER_CHANNEL = (
     "The input is too small for the model: a batch norm in train mode, or a group norm, "
     "needs more than one value per channel to normalise. Give a larger batch or input "
-    "(--input-shape / input_shape=), or, for a batch norm, analyse in eval mode "
-    "(--eval / train=False)."
+    "(--input-shape / input_shape=), or, for a batch norm keeping running statistics, "
+    "analyse in eval mode (--eval / train=False)."
 )
 #: Said after torch refuses an instance norm one position per channel, by every frontend.
 ONE_POSITION = (
     "The input is too small for the model: an instance norm computing its input's "
     "statistics needs more than one position per channel. Give a larger input "
-    "(--input-shape / input_shape=)."
+    "(--input-shape / input_shape=), or, for an instance norm keeping running statistics, "
+    "analyse in eval mode (--eval / train=False)."
 )
-# torch's words (its norms' size checks) -> what to say
+# torch's words (its windows', paddings', resamplings' and norms' size checks) -> what to say
 _HINTS = (
     *((words, INPUT_TOO_SMALL) for words in _TOO_SMALL),
+    ("Padding size should be less than the corresponding input dimension", PADDING_TOO_WIDE),
+    ("Padding value causes wrapping around more than once", PADDING_TOO_WIDE),
+    ("Input and output sizes should be greater than 0", NOTHING_RESAMPLED),
     ("Expected more than 1 value per channel", ONE_VALUE_PER_CHANNEL),
     ("Expected more than 1 spatial element", ONE_POSITION),
 )
@@ -150,8 +166,10 @@ _HINTS = (
 
 def input_too_small(exc: BaseException) -> str | None:
     """What every frontend says where ``exc`` is torch refusing an input too small for an
-    operation — a window larger than its input (:data:`INPUT_TOO_SMALL`), a norm given one
-    value per channel (:data:`ONE_VALUE_PER_CHANNEL`, :data:`ONE_POSITION`) — else None.
+    operation — a window larger than its input (:data:`INPUT_TOO_SMALL`), a padding as wide
+    (:data:`PADDING_TOO_WIDE`), a resampling to nothing (:data:`NOTHING_RESAMPLED`), a norm
+    given one value per channel (:data:`ONE_VALUE_PER_CHANNEL`, :data:`ONE_POSITION`) —
+    else None.
     Such an error is a :class:`~gpa.errors.ShapeError` in every frontend: the model runs
     on a larger input.
 

@@ -526,6 +526,38 @@ def test_a_bare_torch_name_the_model_uses_only_its_own_class_of_names_that(
     assert [r["name"] for r in explicit["layers"]] == ["ff.proj", "out"]  # nn.GELU: torch's
 
 
+class _Gated:
+    class GELU(nn.Module):  # a second class of the model's own named GELU
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x) * torch.sigmoid(x)
+
+
+class _Plain:
+    class GELU(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.gelu(self.proj(x))
+
+
+def test_a_bare_torch_name_two_classes_of_the_model_have_is_ambiguous() -> None:
+    """Found by the review of the change above: with two classes of its own named ``GELU``
+    and no ``torch.nn.GELU``, ``--leaf GELU`` still named torch's class and made no leaf,
+    with a note alone; a name of the model's alone two classes share is refused as
+    ambiguous, naming both, and so is this one."""
+    model = nn.Sequential(_Gated.GELU(), _Plain.GELU(), nn.Linear(8, 2))
+    with pytest.raises(gpa.GpaError, match="class name 'GELU' is ambiguous in this model: "):
+        gpa.analyze(model, input_shape=(2, 8), leaf_modules=["GELU"])
+    report = gpa.analyze(model, input_shape=(2, 8), leaf_modules=[_Plain.GELU])
+    assert list(report.layers) == ["0.proj", "1", "2"]  # the one named: a leaf
+
+
 def test_a_class_no_module_of_the_model_is_of_is_noted(
     blocks_in_a_package: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

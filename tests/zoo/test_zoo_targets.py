@@ -253,8 +253,24 @@ def test_transformers_image_inputs_of_two_towers_and_sizeless_configurations() -
         (1, 16),
         (1, 3, vision.image_size, vision.image_size),
     ]
-    resnet = load_target("transformers:resnet", device="meta")
-    assert [tuple(t.shape) for t in resnet.example_inputs] == [(1, 3, 224, 224)]
+    resnet = load_target("transformers:resnet", device="meta")  # (two: see below)
+    assert [tuple(t.shape) for t in resnet.example_inputs] == [(2, 3, 224, 224)]
+
+
+def test_a_transformers_image_model_whose_batch_norm_trains_gets_two_images() -> None:
+    """Found by the review of a change: gpa gave LeViT (Hugging Face's) one image, and its
+    head's batch norm after pooling cannot train on one value per channel: gpa refused the
+    inputs it chose itself. As timm's and torchvision's, a transformers model with a batch
+    norm gets two images in train mode, one in eval mode."""
+    loaded = load_target("transformers:LevitForImageClassification")
+    assert [tuple(t.shape) for t in loaded.example_inputs] == [(2, 3, 224, 224)]
+    assert loaded.inputs_from == "2 images of the configuration's image_size"
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        loaded.model.train()(torch.zeros(1, 3, 224, 224, device="meta"))  # torch refuses one
+    report = gpa.analyze(loaded.model, loaded.example_inputs, tracer="autograd")
+    assert report.layers["classifier.linear"].shortest == 1
+    evaluated = load_target("transformers:LevitForImageClassification", train=False)
+    assert [tuple(t.shape) for t in evaluated.example_inputs] == [(1, 3, 224, 224)]
 
 
 def test_a_torchvision_detector_in_eval_mode_is_read() -> None:

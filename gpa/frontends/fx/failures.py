@@ -119,24 +119,23 @@ def shape_failure(gm: fx.GraphModule, node: fx.Node, env: dict, exc: Exception) 
         return _check_failure(gm, node, env, exc)
     got = "; ".join(_describe(env[n]) for n in node.all_input_nodes) or "no tensor"
     found = module_of(gm, node)
+    too_small = input_too_small(exc)
+    # (an input too small fits the weights: torch refuses its size, said below)
+    fits = "the input is too small for" if too_small else "input shapes do not fit"
     if node.op == "call_module" and found is not None:
         weight = getattr(found[1], "weight", None)
         expects = (
             f"; its weight has shape {tuple(weight.shape)}"
-            if isinstance(weight, torch.Tensor)
+            if isinstance(weight, torch.Tensor) and not too_small
             else ""
         )
         name, kind = _module_called(gm, node)
-        head = (
-            f"input shapes do not fit layer '{name}' ({kind}): "
-            f"it received input of shape {got}{expects}"
-        )
+        head = f"{fits} layer '{name}' ({kind}): it received input of shape {got}{expects}"
     else:
         head = (
-            f"input shapes do not fit operation '{node.name}'{_in_module(gm, node)}: "
+            f"{fits} operation '{node.name}'{_in_module(gm, node)}: "
             f"it received inputs of shapes {got}"
         )
-    too_small = input_too_small(exc)
     message = f"{head}.\ntorch says: {type(exc).__name__}: {exc}".rstrip()
     return f"{message}\n{too_small}" if too_small else message
 
