@@ -23,24 +23,9 @@ from gpa.cli.options import (
     table_only,
     wide_option,
 )
+from gpa.columns import LAYER_COLUMNS
 
-__all__ = ["COLUMN_NAMES", "command"]
-
-#: The columns of the per-layer table (``gpa.render.text.COLUMNS``, named here for the
-#: help without importing the renderer: ``gpa --help`` stays quick).
-COLUMN_NAMES = (
-    "type",
-    "calls",
-    "shortest",
-    "longest",
-    "timestamps",
-    "paths",
-    "params",
-    "flops",
-    "sources",
-    "segments",
-    "combos",
-)
+__all__ = ["command"]
 
 
 @click.command("analyze")
@@ -49,7 +34,7 @@ COLUMN_NAMES = (
 @config_option
 @format_option("json", "csv", "html", "dot", "graphml", "node-link")
 @output_option
-@columns_option(COLUMN_NAMES, "shortest,longest,timestamps")
+@columns_option(LAYER_COLUMNS, "shortest,longest,timestamps")
 @wide_option
 @depth_option
 @click.pass_context
@@ -88,11 +73,11 @@ def command(
     from gpa.ci.check import analyze_spec
     from gpa.render.graph import FORMATS as GRAPH_FORMATS
     from gpa.render.graph import export_graph
-    from gpa.render.text import CHANNEL_COLUMNS, COLUMNS, format_csv, format_table
+    from gpa.render.text import CHANNEL_COLUMNS, format_csv, format_table
 
     spec = configured(target, kwargs, analysis_settings(ctx, params), config_path)
     options = spec.settings.analysis_options()
-    chosen = chosen_columns(columns, COLUMNS)
+    chosen = chosen_columns(columns, LAYER_COLUMNS)
     if chosen and depth:
         raise click.BadParameter(
             "--columns are those of the per-layer table: give --depth 0 or leave --depth out",

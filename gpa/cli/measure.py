@@ -23,24 +23,9 @@ from gpa.cli.options import (
     table_only,
     wide_option,
 )
+from gpa.columns import MEASURED_COLUMNS
 
-__all__ = ["COLUMN_NAMES", "command"]
-
-#: The columns of the measured table (``gpa.measure.render.COLUMNS`` but the layer's name,
-#: named here for the help without importing torch).
-COLUMN_NAMES = (
-    "type",
-    "shortest",
-    "longest",
-    "combination",
-    "weight_grad_norm",
-    "weight_grad_norm_std",
-    "output_grad_norm",
-    "relative_norm",
-    "frozen",
-    "most_similar",
-    "most_similar_cka",
-)
+__all__ = ["command"]
 
 
 @click.command("measure")
@@ -50,7 +35,7 @@ COLUMN_NAMES = (
 @config_option
 @format_option("json", "csv", "html")
 @output_option
-@columns_option(COLUMN_NAMES, "weight_grad_norm,relative_norm,most_similar")
+@columns_option(MEASURED_COLUMNS, "weight_grad_norm,relative_norm,most_similar")
 @wide_option
 @click.pass_context
 def command(
@@ -85,7 +70,7 @@ def command(
     from gpa.measure import measure_target
     from gpa.measure.render import format_csv, format_page, format_table
 
-    chosen = chosen_columns(columns, COLUMN_NAMES)
+    chosen = chosen_columns(columns, MEASURED_COLUMNS)
     table_only(fmt, {"--columns": bool(columns), "--wide": wide})
     spec = configured(target, kwargs, analysis_settings(ctx, params), config_path)
     with progress_display(quiet) as progress:

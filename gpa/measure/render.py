@@ -24,25 +24,14 @@ from typing import Any
 
 from rich.console import Console
 
+from gpa.columns import MEASURED_COLUMNS
 from gpa.render.html import html_page
 from gpa.render.text import columns_table, fit_columns
 
 __all__ = ["COLUMNS", "format_csv", "format_html", "format_page", "format_table"]
 
-COLUMNS = (
-    "name",
-    "type",
-    "shortest",
-    "longest",
-    "combination",
-    "weight_grad_norm",
-    "weight_grad_norm_std",
-    "output_grad_norm",
-    "relative_norm",
-    "frozen",
-    "most_similar",
-    "most_similar_cka",
-)
+#: The columns of the CSV (and of the table, under its own headers).
+COLUMNS = ("name", *MEASURED_COLUMNS)
 
 
 def _rows(data: dict[str, Any]) -> list[dict[str, Any]]:

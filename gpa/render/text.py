@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from gpa.columns import LAYER_COLUMNS
 from gpa.names import installed_path
 
 __all__ = [
@@ -63,19 +64,7 @@ CSV_COLUMNS: tuple[str, ...] = (
 CSV_CHANNEL_COLUMNS: tuple[str, ...] = ("segments", "gradient_combinations")
 
 #: The columns of :func:`format_table`, in display order.
-COLUMNS: tuple[str, ...] = (
-    "type",
-    "calls",
-    "shortest",
-    "longest",
-    "timestamps",
-    "paths",
-    "params",
-    "flops",
-    "sources",
-    "segments",
-    "combos",
-)
+COLUMNS: tuple[str, ...] = LAYER_COLUMNS
 #: The columns only a channel-level analysis (``channels=True``) fills.
 CHANNEL_COLUMNS: tuple[str, ...] = ("segments", "combos")
 

@@ -14,9 +14,8 @@ import torch
 from click.testing import CliRunner
 
 import gpa
-from gpa.cli import analyze as analyze_cli
 from gpa.cli import main
-from gpa.cli import measure as measure_cli
+from gpa.columns import LAYER_COLUMNS, MEASURED_COLUMNS
 from tests.measure.test_measure import LAYER_KEYS
 
 matplotlib.use("Agg")
@@ -357,7 +356,7 @@ def test_columns_choose_the_measured_table_as_they_choose_analyzes(tmp_path: Pat
     header = next(line for line in chosen.output.splitlines() if line.split()[:1] == ["layer"])
     assert header.split() == ["layer", "rel", "type"]
     csv_header = CliRunner().invoke(main, [*args, "--format", "csv"]).stdout.splitlines()[0]
-    assert set(measure_cli.COLUMN_NAMES) == set(csv_header.split(",")) - {"name"}
+    assert csv_header.split(",") == ["name", *MEASURED_COLUMNS]
     unknown = CliRunner().invoke(main, [*args, "--columns", "relative_norm,paths"])
     assert unknown.exit_code == 2
     assert "unknown column(s) paths; choose from type, shortest" in unknown.stderr
@@ -378,13 +377,12 @@ def test_options_of_the_measured_table_are_refused_with_another_format(
 
 
 def test_the_help_names_the_columns_each_table_has() -> None:
-    """The column names the help lists are spelled out in the commands (no renderer is
-    imported for ``gpa --help``): they are the tables' own."""
-    import gpa.measure.render as measured
+    """The column names the help lists (``gpa.columns``, imported without a renderer for
+    ``gpa --help``) are the tables' own: the measured CSV's header (above) and the
+    analysed table's."""
     import gpa.render.text as analysed
 
-    assert tuple(analysed.COLUMNS) == analyze_cli.COLUMN_NAMES
-    assert tuple(measured.COLUMNS[1:]) == measure_cli.COLUMN_NAMES
-    for command, names in (("analyze", analysed.COLUMNS), ("measure", measured.COLUMNS[1:])):
+    assert analysed.COLUMNS == LAYER_COLUMNS
+    for command, names in (("analyze", LAYER_COLUMNS), ("measure", MEASURED_COLUMNS)):
         text = " ".join(CliRunner().invoke(main, [command, "--help"]).output.split())
         assert f"(of: {', '.join(names)})" in text
