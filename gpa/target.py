@@ -1052,21 +1052,7 @@ def _transformers_model(
     config = _transformers_config(spec, config_class, kwargs)
     device = "meta" if device is None else device
     model = _construct(spec, lambda: make(config), device)
-    batch, images = _images(model, train)  # (LeViT's head: a batch norm after pooling)
-    inputs = _transformers_inputs(model, config, device, batch)
-    origin = _TRANSFORMERS_INPUTS.get(getattr(model, "main_input_name", "input_ids"))
-    if origin and batch > 1:
-        origin = origin.replace("1 image", images)
-    parameters = inspect.signature(model.forward).parameters
-    if (
-        origin
-        and getattr(config, "vision_config", None) is not None
-        and "pixel_values" in parameters
-    ):
-        origin += ", and " + _TRANSFORMERS_INPUTS["pixel_values"]  # two towers (CLIP)
-    if origin and getattr(config, "is_encoder_decoder", False):
-        origin += f", and {_TOKENS} decoder token ids (all 0)"
-    origin = origin if inputs is not None else None
+    inputs, origin = _transformers_inputs(model, config, device, train)
     notes = ()
     if "use_cache" not in kwargs and hasattr(config, "use_cache"):
         notes = (_NO_CACHE,)
@@ -1134,41 +1120,46 @@ def _image(config: Any, device: str, batch: int = 1) -> torch.Tensor:
     return torch.zeros(batch, channels, height, width, device=device)
 
 
-#: What :func:`_transformers_inputs` gives, in words, by the model's main input.
-_TRANSFORMERS_INPUTS = {
-    "input_ids": f"{_TOKENS} token ids (all 0)",
-    "pixel_values": "1 image of the configuration's image_size",
-    "input_features": "1 audio clip of the configuration's length",
-    "input_values": "1 second of audio (16,000 samples)",
-}
-
-
 def _transformers_inputs(
-    model: nn.Module, config: Any, device: str, images: int = 1
-) -> tuple[torch.Tensor | None, ...] | None:
-    """Inputs that fit a transformers model, by its main input (token ids, ``images``
-    images, an audio clip), with decoder token ids for encoder-decoder models; None when
-    the configuration does not say their size."""
+    model: nn.Module, config: Any, device: str, train: bool
+) -> tuple[tuple[torch.Tensor | None, ...] | None, str | None]:
+    """Inputs that fit a transformers model, by its main input (token ids, an image, an
+    audio clip), with an image beside token ids for two towers (CLIP) and decoder token ids
+    for encoder-decoder models, and what they are in words; (None, None) when the
+    configuration does not say their size. A model reading images with a batch norm gets
+    two of everything in train mode, as timm's do (LeViT's and GroupViT's heads normalise
+    after pooling)."""
     main = getattr(model, "main_input_name", "input_ids")
+    parameters = list(inspect.signature(model.forward).parameters)
+    vision = getattr(config, "vision_config", None)
+    towers = main == "input_ids" and vision is not None and "pixel_values" in parameters
+    batch, images = _images(model, train) if main == "pixel_values" or towers else (1, "")
+    ids = f"{_TOKENS} token ids (all 0)" if batch == 1 else f"{batch} × {_TOKENS} token ids (all 0)"
     values: dict[str, torch.Tensor] = {}
+    said = []
     if main == "input_ids":
-        values[main] = torch.zeros(1, _TOKENS, dtype=torch.int64, device=device)
+        values[main] = torch.zeros(batch, _TOKENS, dtype=torch.int64, device=device)
+        said.append(ids)
     elif main == "pixel_values":
-        values[main] = _image(config, device, images)
+        values[main] = _image(config, device, batch)
+        said.append(f"{images} of the configuration's image_size")
     elif main == "input_features" and hasattr(config, "num_mel_bins"):
         frames = 2 * getattr(config, "max_source_positions", 1500)  # Whisper's two strides
         values[main] = torch.zeros(1, config.num_mel_bins, frames, device=device)
+        said.append("1 audio clip of the configuration's length")
     elif main == "input_values":
         values[main] = torch.zeros(1, 16000, device=device)
+        said.append("1 second of audio (16,000 samples)")
     else:
-        return None
-    parameters = list(inspect.signature(model.forward).parameters)
-    vision = getattr(config, "vision_config", None)
-    if main == "input_ids" and vision is not None and "pixel_values" in parameters:
-        values["pixel_values"] = _image(vision, device)  # two towers (CLIP, SigLIP)
+        return None, None
+    if towers:
+        values["pixel_values"] = _image(vision, device, batch)
+        said.append(f"{images} of the configuration's image_size")
     if getattr(config, "is_encoder_decoder", False) and "decoder_input_ids" in parameters:
-        values["decoder_input_ids"] = torch.zeros(1, _TOKENS, dtype=torch.int64, device=device)
+        decoder = torch.zeros(batch, _TOKENS, dtype=torch.int64, device=device)
+        values["decoder_input_ids"] = decoder
+        said.append(ids.replace("token ids", "decoder token ids"))
     if any(name not in parameters for name in values):
-        return None
+        return None, None
     last = max(parameters.index(name) for name in values)
-    return tuple(values.get(name) for name in parameters[: last + 1])
+    return tuple(values.get(name) for name in parameters[: last + 1]), ", and ".join(said)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dis
 import linecache
+import re
 import traceback
 import types
 
@@ -128,15 +129,18 @@ INPUT_TOO_SMALL = (
     "The input is too small for the model: a pooling or convolution window is larger than "
     "the feature map reaching it. Give a larger input (--input-shape / input_shape=)."
 )
-#: Said after torch refuses a reflection or circular padding wider than its input.
+#: Said after torch refuses a reflection padding as wide as its input (or wider), or a
+#: circular padding wider.
 PADDING_TOO_WIDE = (
-    "The input is too small for the model: a reflection or circular padding is as wide as "
-    "the feature map reaching it, or wider. Give a larger input (--input-shape / input_shape=)."
+    "The input is too small for the model: a reflection padding as wide as the feature map "
+    "reaching it, or a circular padding wider, reads past its other side. Give a larger "
+    "input (--input-shape / input_shape=)."
 )
 #: Said after torch refuses a resampling that leaves no element (a scale below one).
 NOTHING_RESAMPLED = (
-    "The input is too small for the model: a resampling (interpolate, Upsample) leaves no "
-    "element of the feature map reaching it. Give a larger input (--input-shape / input_shape=)."
+    "The input is too small for the model: a resampling (interpolate, Upsample) scaling "
+    "the feature map reaching it down leaves no element. Give a larger input "
+    "(--input-shape / input_shape=)."
 )
 #: Said after torch refuses to normalise one value per channel (a batch norm computing
 #: its input's statistics: in train mode; a group norm, in any mode), by every frontend.
@@ -181,7 +185,14 @@ def input_too_small(exc: BaseException) -> str | None:
         True
     """
     text = str(exc)
+    if _ASKED_FOR_NONE.search(text):  # (a size or scale of its own: no input helps)
+        return None
     return next((hint for words, hint in _HINTS if words in text), None)
+
+
+# torch's resampling refusal where the output size asked is negative (a negative
+# scale_factor): what the call asks, not the input's size
+_ASKED_FOR_NONE = re.compile(r"greater than 0, but got .*output[^-]*-\d")
 
 
 def model_raised(

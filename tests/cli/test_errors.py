@@ -600,6 +600,19 @@ def test_an_input_too_small_for_the_model_is_said_so_by_every_frontend(
     assert "Give a larger input (--input-shape / input_shape=)" in str(raised.value)
 
 
+@pytest.mark.parametrize("tracer", ALL)
+def test_a_resampling_asked_for_a_negative_size_is_no_input_too_small(tracer: str) -> None:
+    """torch's refusal of a resampling to no element also fires for a negative size the
+    call itself asks (a review of the hint: ``scale_factor=-1``): no larger input helps,
+    so nothing says to give one."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Upsample(scale_factor=-1.0))
+    with pytest.raises(RuntimeError, match="should be greater than 0"):
+        model(torch.zeros(1, 3, 8, 8))  # torch refuses it at any size
+    with pytest.raises(GpaError) as raised:
+        gpa.analyze(model, input_shape=(1, 3, 8, 8), tracer=tracer)
+    assert "too small" not in str(raised.value)
+
+
 class _FunctionalBatchNorm(nn.Module):
     """``F.batch_norm`` in the model's own code (timm's ``BatchNormAct2d`` calls it so)."""
 

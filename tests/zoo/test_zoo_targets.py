@@ -273,6 +273,27 @@ def test_a_transformers_image_model_whose_batch_norm_trains_gets_two_images() ->
     assert [tuple(t.shape) for t in evaluated.example_inputs] == [(1, 3, 224, 224)]
 
 
+def test_two_towers_whose_batch_norms_train_get_two_of_each_input() -> None:
+    """Found by a review of the change above: GroupViT reads token ids first and an image
+    beside them, and both its projection heads normalise by a batch norm after pooling:
+    with one of each, the analysis refused the inputs gpa chose. Two of each now, said so;
+    CLIP (no batch norm) keeps one of each, and a DETR's words no longer name decoder
+    token ids its forward does not take."""
+    groupvit = load_target("transformers:groupvit")
+    shapes = [tuple(t.shape) for t in groupvit.example_inputs if t is not None]
+    assert shapes == [(2, 16), (2, 3, 224, 224)]
+    assert groupvit.inputs_from == (
+        "2 × 16 token ids (all 0), and 2 images of the configuration's image_size"
+    )
+    report = gpa.analyze(groupvit.model, groupvit.example_inputs, tracer="autograd")
+    assert report.layers["text_projection.3"].shortest == 1  # (the heads feed the loss)
+    clip = load_target("transformers:clip")
+    assert clip.inputs_from == "16 token ids (all 0), and 1 image of the configuration's image_size"
+    assert (
+        load_target("transformers:detr").inputs_from == "1 image of the configuration's image_size"
+    )
+
+
 def test_a_torchvision_detector_in_eval_mode_is_read() -> None:
     """Its meta run cached meta anchors before failing, and the run on real inputs read
     them: no frontend read any torchvision R-CNN, RetinaNet or FCOS in eval mode (found by
