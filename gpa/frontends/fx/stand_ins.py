@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -113,15 +112,21 @@ def _fits(module: nn.Module, x: torch.Tensor) -> bool:
 
 
 def _one_value(module: nn.modules.batchnorm._NormBase, x: torch.Tensor) -> bool:
-    """Whether torch refuses ``module`` (a batch or instance norm) ``x`` for one value per
-    channel to compute statistics of: the call runs then, and its error is reported."""
+    """Whether torch refuses ``module`` (a batch or instance norm) ``x`` whatever its
+    values — one value per channel to compute statistics of, above all (the functional
+    norm's rule, :func:`~gpa.frontends.fx.shape_rules.normalisation_refused`, given what
+    the module passes it): the call runs then, and its error is reported."""
+    stats = {"running_mean": module.running_mean, "running_var": module.running_var}
     if isinstance(module, nn.modules.instancenorm._InstanceNorm):
-        positions = module._get_no_batch_dim() - 1  # (its input may come without a batch)
+        if x.dim() == module._get_no_batch_dim():  # (torch adds the batch axis first)
+            x = x.unsqueeze(0)
         own = module.training or not module.track_running_stats
-        return own and math.prod(x.shape[x.dim() - positions :]) == 1
+        bound = {"input": x, "use_input_stats": own, "eps": module.eps, **stats}
+        return normalisation_refused(F.instance_norm, x, bound)
     # (as _BatchNorm.forward: without running statistics it normalises by the batch's)
     own = module.training or (module.running_mean is None and module.running_var is None)
-    return own and x.dim() >= 2 and x.shape[0] * math.prod(x.shape[2:]) == 1
+    bound = {"input": x, "training": own, "eps": module.eps, **stats}
+    return normalisation_refused(F.batch_norm, x, bound)
 
 
 # The same for pointwise functions and methods of one tensor (other arguments
